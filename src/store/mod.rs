@@ -1,0 +1,112 @@
+//! Storage for one shard: the commitlog, the consume queues, the checkpoint and the metadata
+//! files, all under `<store>/shard-<n>/`.
+//!
+//! Data enters through [`ShardStore::append`] (encode into the commitlog's aligned write buffer,
+//! assign the queue offset, dispatch a consume-queue entry in memory) and becomes durable through
+//! [`ShardStore::flush`] (one O_DIRECT write of the dirty blocks and one fdatasync: group commit).
+//! It leaves through [`ShardStore::entries`] + [`ShardStore::read_record`]. On open, recovery
+//! scans the commitlog forward from the checkpoint, truncates at the first torn or corrupt
+//! record and re-dispatches consume queues. All I/O goes through the [`io::Disk`] seam.
+
+pub mod checkpoint;
+pub mod commitlog;
+pub mod consume_queue;
+pub mod glommio_disk;
+pub mod io;
+pub mod record;
+pub mod sim;
+
+use std::path::PathBuf;
+use std::time::Duration;
+use thiserror::Error;
+
+pub use consume_queue::CqEntry;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Why an append was not taken. None of these lose data: the caller retries after the event
+/// named, or answers the client with an error status.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum AppendError {
+    /// The write buffer holds `write_buffer_bytes` not yet written; retry after the next flush.
+    #[error("write buffer full")]
+    BufferFull,
+    /// The record does not fit in the current segment and the next one is not created yet;
+    /// retry after `prepare_next_segment`.
+    #[error("next segment not ready")]
+    SegmentNotReady,
+    #[error("record of {size} bytes exceeds the maximum of {max} bytes")]
+    TooLarge { size: usize, max: usize },
+    #[error("unknown queue {queue} of topic id {topic_id}")]
+    UnknownQueue { topic_id: u32, queue: u32 },
+    /// A previous write or sync failed; the store refuses appends until restarted.
+    #[error("store failed: {0}")]
+    Failed(String),
+}
+
+/// Identifies a queue inside a shard's store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueKey {
+    pub topic_id: u32,
+    pub queue: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// `<store>/shard-<n>`.
+    pub dir: PathBuf,
+    pub segment_size_bytes: u64,
+    /// Bound on bytes appended but not yet written to disk, per shard.
+    pub write_buffer_bytes: usize,
+    /// Largest encoded record accepted.
+    pub max_record_bytes: usize,
+}
+
+/// Where an appended record went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub queue_offset: u64,
+    pub commitlog_offset: u64,
+    /// Commitlog offset just past the record: the completion key.
+    pub end_offset: u64,
+}
+
+/// What recovery found, for the start-up log line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// True when the abort marker was present: the previous run did not shut down cleanly.
+    pub unclean_shutdown: bool,
+    pub scan_start_offset: u64,
+    pub scanned_bytes: u64,
+    pub scanned_records: u64,
+    /// Bytes past the last good record that were discarded (zeroed).
+    pub truncated_bytes: u64,
+    /// Why the scan stopped short, if it found a torn or corrupt record.
+    pub truncation_reason: Option<String>,
+    pub max_offset: u64,
+    pub consume_queue_entries_trimmed: u64,
+    pub consume_queue_entries_dispatched: u64,
+    pub duration: Duration,
+}
+
+pub use shard_store::ShardStore;
+mod shard_store;
