@@ -4,5 +4,6 @@
 //! (listeners, connections) → `shard` (the core that owns a queue) → [`store`] (commitlog,
 //! consume queues, recovery) → `client` (the blocking Rust client).
 
+pub mod cli;
 pub mod protocol;
 pub mod store;
