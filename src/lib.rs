@@ -5,5 +5,6 @@
 //! consume queues, recovery) → `client` (the blocking Rust client).
 
 pub mod cli;
+pub mod client;
 pub mod protocol;
 pub mod store;

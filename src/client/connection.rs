@@ -1,0 +1,414 @@
+//! One pipelined connection to one broker port.
+//!
+//! Requests are written whole (one `write_all` per frame) with increasing request ids starting
+//! at 1; id 0 is never used, so a response with id 0 is the broker's answer to a frame it could
+//! not attribute (bad magic, short length) just before it closes the connection. Responses are
+//! read into `read_buf`, parsed with [`FrameDecoder`], and handed out in arrival order; a
+//! response that arrives while the caller waits for another id is parked in `arrived`.
+
+use super::error::ClientError;
+use super::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_FRAME_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
+    READ_CHUNK_BYTES,
+};
+use crate::protocol::codec::DecodeError;
+use crate::protocol::frame::{begin_frame, finish_frame, FrameHeader};
+use crate::protocol::message::decode_error_message;
+use crate::protocol::{FrameDecoder, Opcode, Status};
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionOptions {
+    pub connect_timeout: Duration,
+    /// How long one request may wait for its response.
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_frame_bytes: usize,
+}
+
+impl Default for ConnectionOptions {
+    fn default() -> Self {
+        ConnectionOptions {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+}
+
+/// A response frame, owning its body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub header: FrameHeader,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn request_id(&self) -> u64 {
+        self.header.request_id
+    }
+
+    /// The status, or a protocol error when the broker sent a value this client does not know.
+    pub fn status(&self, addr: &str) -> Result<Status, ClientError> {
+        Status::from_u16(self.header.status).ok_or_else(|| ClientError::Protocol {
+            addr: addr.to_string(),
+            reason: format!("unknown status {}", self.header.status),
+        })
+    }
+
+    /// Splits body statuses (OK and "stored but the guarantee was not met") from error
+    /// statuses, whose body is a message.
+    pub fn into_result(self, addr: &str) -> Result<(Status, Vec<u8>), ClientError> {
+        let status = self.status(addr)?;
+        if status.has_body() {
+            Ok((status, self.body))
+        } else {
+            Err(ClientError::Status {
+                status,
+                message: decode_error_message(&self.body),
+            })
+        }
+    }
+}
+
+pub struct Connection {
+    addr: String,
+    stream: TcpStream,
+    options: ConnectionOptions,
+    decoder: FrameDecoder,
+    /// Bytes read from the socket and not yet handed out as frames; at most one partial frame
+    /// plus one read chunk beyond the frames already complete.
+    read_buf: Vec<u8>,
+    read_start: usize,
+    /// Reused for every request so sending allocates only when a request outgrows it.
+    write_buf: Vec<u8>,
+    next_request_id: u64,
+    /// Requests sent and not yet answered, with their opcode to check the response against.
+    /// Bounded by the caller's window: the connection never sends on its own.
+    in_flight: HashMap<u64, Opcode>,
+    /// Responses read while waiting for another id, in arrival order.
+    arrived: VecDeque<Response>,
+    broken: bool,
+}
+
+impl Connection {
+    pub fn connect(addr: &str, options: ConnectionOptions) -> Result<Connection, ClientError> {
+        let io_err = |source| ClientError::Io {
+            addr: addr.to_string(),
+            source,
+        };
+        let mut last_error = None;
+        let mut stream = None;
+        for socket_addr in addr.to_socket_addrs().map_err(io_err)? {
+            match TcpStream::connect_timeout(&socket_addr, options.connect_timeout) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        let stream = match (stream, last_error) {
+            (Some(s), _) => s,
+            (None, Some(e)) => return Err(io_err(e)),
+            (None, None) => {
+                return Err(ClientError::InvalidArgument(format!(
+                    "{addr} resolves to no address"
+                )))
+            }
+        };
+        // Requests are small and latency-bound; Nagle would hold a pipelined tail back.
+        stream.set_nodelay(true).map_err(io_err)?;
+        stream
+            .set_write_timeout(Some(options.write_timeout))
+            .map_err(io_err)?;
+        Ok(Connection {
+            addr: addr.to_string(),
+            stream,
+            options,
+            decoder: FrameDecoder::new(options.max_frame_bytes),
+            read_buf: Vec::with_capacity(READ_CHUNK_BYTES),
+            read_start: 0,
+            write_buf: Vec::new(),
+            next_request_id: 1,
+            in_flight: HashMap::new(),
+            arrived: VecDeque::new(),
+            broken: false,
+        })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn options(&self) -> ConnectionOptions {
+        self.options
+    }
+
+    /// Whether an earlier error left the stream unusable (closed, misaligned, I/O failure).
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Sends a request and returns its id without waiting for the response.
+    pub fn send(&mut self, opcode: Opcode, body: &[u8]) -> Result<u64, ClientError> {
+        self.send_with(opcode, |out| out.extend_from_slice(body))
+    }
+
+    /// Like [`send`](Self::send), with the body encoded straight into the frame buffer.
+    pub fn send_with(
+        &mut self,
+        opcode: Opcode,
+        encode_body: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<u64, ClientError> {
+        let request_id = self.next_request_id;
+        self.write_buf.clear();
+        let start = begin_frame(
+            &mut self.write_buf,
+            FrameHeader::request(opcode, request_id),
+        );
+        encode_body(&mut self.write_buf);
+        if self.write_buf.len() > self.options.max_frame_bytes {
+            return Err(ClientError::InvalidArgument(format!(
+                "{opcode:?} request of {} bytes exceeds the maximum frame size of {} bytes",
+                self.write_buf.len(),
+                self.options.max_frame_bytes
+            )));
+        }
+        finish_frame(&mut self.write_buf, start);
+        if let Err(source) = self.stream.write_all(&self.write_buf) {
+            self.broken = true;
+            return Err(match source.kind() {
+                ErrorKind::WouldBlock | ErrorKind::TimedOut => ClientError::Timeout {
+                    addr: self.addr.clone(),
+                    after: self.options.write_timeout,
+                },
+                _ => ClientError::Io {
+                    addr: self.addr.clone(),
+                    source,
+                },
+            });
+        }
+        self.next_request_id += 1;
+        self.in_flight.insert(request_id, opcode);
+        Ok(request_id)
+    }
+
+    /// Sends a request and waits for its response.
+    pub fn call(&mut self, opcode: Opcode, body: &[u8]) -> Result<Response, ClientError> {
+        let id = self.send(opcode, body)?;
+        self.wait(id)
+    }
+
+    /// The next response in arrival order (parked ones first).
+    pub fn recv(&mut self) -> Result<Response, ClientError> {
+        self.recv_within(self.options.read_timeout)
+    }
+
+    pub fn recv_within(&mut self, timeout: Duration) -> Result<Response, ClientError> {
+        if let Some(response) = self.arrived.pop_front() {
+            return Ok(response);
+        }
+        let deadline = Instant::now() + timeout;
+        self.read_response(deadline, timeout)
+    }
+
+    /// Waits for the response to request `request_id`, parking any others that arrive first.
+    pub fn wait(&mut self, request_id: u64) -> Result<Response, ClientError> {
+        self.wait_within(request_id, self.options.read_timeout)
+    }
+
+    pub fn wait_within(
+        &mut self,
+        request_id: u64,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
+        if let Some(at) = self
+            .arrived
+            .iter()
+            .position(|r| r.request_id() == request_id)
+        {
+            return Ok(self.arrived.remove(at).expect("position is in range"));
+        }
+        if !self.in_flight.contains_key(&request_id) {
+            return Err(ClientError::InvalidArgument(format!(
+                "request {request_id} is not in flight on {}",
+                self.addr
+            )));
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let response = self.read_response(deadline, timeout)?;
+            if response.request_id() == request_id {
+                return Ok(response);
+            }
+            self.arrived.push_back(response);
+        }
+    }
+
+    /// Whether [`recv`](Self::recv) can return without reading the socket.
+    pub fn has_buffered_response(&self) -> bool {
+        !self.arrived.is_empty()
+            || !matches!(
+                self.decoder.decode(&self.read_buf[self.read_start..]),
+                Ok(None)
+            )
+    }
+
+    fn read_response(
+        &mut self,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
+        let response = self.read_frame(deadline, timeout)?;
+        self.accept(response)
+    }
+
+    /// Checks a response against what is in flight.
+    fn accept(&mut self, response: Response) -> Result<Response, ClientError> {
+        let header = response.header;
+        if !header.is_response() {
+            return Err(self.violation(format!(
+                "frame for request {} is not marked as a response",
+                header.request_id
+            )));
+        }
+        match self.in_flight.remove(&header.request_id) {
+            Some(opcode) if opcode as u16 == header.opcode => Ok(response),
+            Some(opcode) => Err(self.violation(format!(
+                "response to request {} has opcode {}, expected {opcode:?}",
+                header.request_id, header.opcode
+            ))),
+            None if header.request_id == 0 => {
+                // The broker could not attribute one of our frames and closes the connection.
+                self.broken = true;
+                let status = response.status(&self.addr)?;
+                Err(ClientError::Status {
+                    status,
+                    message: decode_error_message(&response.body),
+                })
+            }
+            None => Err(self.violation(format!(
+                "response for request {} that is not in flight",
+                header.request_id
+            ))),
+        }
+    }
+
+    fn violation(&mut self, reason: String) -> ClientError {
+        self.broken = true;
+        ClientError::Protocol {
+            addr: self.addr.clone(),
+            reason,
+        }
+    }
+
+    fn read_frame(
+        &mut self,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
+        loop {
+            match self.decoder.decode(&self.read_buf[self.read_start..]) {
+                Ok(Some(frame)) => {
+                    let response = Response {
+                        header: frame.header,
+                        body: frame.body.to_vec(),
+                    };
+                    self.read_start += frame.wire_len();
+                    return Ok(response);
+                }
+                Ok(None) => {}
+                Err(source) => {
+                    self.broken = true;
+                    return Err(ClientError::Frame {
+                        addr: self.addr.clone(),
+                        source,
+                    });
+                }
+            }
+            self.fill(deadline, timeout)?;
+        }
+    }
+
+    /// Reads at least one more byte, or fails with timeout, close or I/O error.
+    fn fill(&mut self, deadline: Instant, timeout: Duration) -> Result<(), ClientError> {
+        // Only a partial frame remains in front of `read_start`: moving it is cheap.
+        self.read_buf.drain(..self.read_start);
+        self.read_start = 0;
+        let filled = self.read_buf.len();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(self.timeout(timeout));
+            }
+            let io_err = |source| ClientError::Io {
+                addr: self.addr.clone(),
+                source,
+            };
+            self.stream
+                .set_read_timeout(Some(remaining))
+                .map_err(io_err)?;
+            self.read_buf.resize(filled + READ_CHUNK_BYTES, 0);
+            let result = self.stream.read(&mut self.read_buf[filled..]);
+            self.read_buf
+                .truncate(filled + *result.as_ref().unwrap_or(&0));
+            match result {
+                Ok(0) => {
+                    self.broken = true;
+                    return Err(ClientError::ConnectionClosed {
+                        addr: self.addr.clone(),
+                    });
+                }
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(self.timeout(timeout));
+                }
+                Err(source) => {
+                    self.broken = true;
+                    return Err(ClientError::Io {
+                        addr: self.addr.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    fn timeout(&self, after: Duration) -> ClientError {
+        ClientError::Timeout {
+            addr: self.addr.clone(),
+            after,
+        }
+    }
+
+    /// Decodes a response body with context for the error.
+    pub fn decode<T>(
+        &self,
+        what: &'static str,
+        body: &[u8],
+        decode: impl FnOnce(&[u8]) -> Result<T, DecodeError>,
+    ) -> Result<T, ClientError> {
+        decode(body).map_err(|source| ClientError::Decode {
+            addr: self.addr.clone(),
+            what,
+            source,
+        })
+    }
+}
+
+impl AsRawFd for Connection {
+    fn as_raw_fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+}

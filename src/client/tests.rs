@@ -1,0 +1,340 @@
+//! Client tests against the fake broker in `fake_broker.rs`.
+
+use super::fake_broker::{self, metadata, topic, FakeConn};
+use super::*;
+use crate::protocol::message::{
+    MessageRef, ProduceRequest, ProduceResponse, PullRequest, PullResponse, PullSummary,
+};
+use crate::protocol::{Opcode, Status};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn message(body: &[u8]) -> MessageRef<'_> {
+    MessageRef {
+        born_timestamp_ms: 1,
+        key: b"",
+        properties: b"",
+        body,
+    }
+}
+
+fn produce_ack(queue: u32, base_offset: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    ProduceResponse {
+        queue,
+        base_offset,
+        count: 1,
+        commitlog_offset: 0,
+    }
+    .encode(&mut out);
+    out
+}
+
+/// Answers metadata with `meta`, produce with an ack naming the queue and this server's port
+/// as the offset (so a test can see where a request went).
+fn shard_server(meta: Arc<Mutex<Vec<u8>>>, metadata_calls: Arc<AtomicUsize>) -> u16 {
+    let port = Arc::new(AtomicUsize::new(0));
+    let port_in_handler = Arc::clone(&port);
+    let bound = fake_broker::spawn(move |mut conn: FakeConn| {
+        while let Some((header, body)) = conn.read_request() {
+            match Opcode::from_u16(header.opcode) {
+                Some(Opcode::Metadata) => {
+                    metadata_calls.fetch_add(1, Ordering::SeqCst);
+                    let body = meta.lock().unwrap().clone();
+                    conn.reply(&header, Status::Ok, &body);
+                }
+                Some(Opcode::Produce) => {
+                    let request = ProduceRequest::decode(&body).unwrap();
+                    let me = port_in_handler.load(Ordering::SeqCst) as u64;
+                    conn.reply(&header, Status::Ok, &produce_ack(request.queue, me));
+                }
+                _ => conn.reply(&header, Status::BadRequest, b"unexpected"),
+            }
+        }
+    });
+    port.store(bound as usize, Ordering::SeqCst);
+    bound
+}
+
+#[test]
+fn pipelined_responses_out_of_order_are_matched_by_id() {
+    let port = fake_broker::spawn(|mut conn| {
+        let mut requests = Vec::new();
+        for _ in 0..3 {
+            requests.push(conn.read_request().unwrap().0);
+        }
+        for header in requests.iter().rev() {
+            conn.reply(header, Status::Ok, &header.request_id.to_le_bytes());
+        }
+    });
+    let mut c = Connection::connect(&format!("127.0.0.1:{port}"), Default::default()).unwrap();
+    let ids: Vec<u64> = (0..3).map(|_| c.send(Opcode::Ping, b"").unwrap()).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    assert_eq!(c.wait(2).unwrap().body, 2u64.to_le_bytes());
+    // 3 arrived first and was parked; recv hands it out before reading the socket again.
+    assert_eq!(c.recv().unwrap().request_id(), 3);
+    assert_eq!(c.wait(1).unwrap().request_id(), 1);
+    assert_eq!(c.in_flight(), 0);
+    assert!(matches!(c.wait(1), Err(ClientError::InvalidArgument(_))));
+}
+
+#[test]
+fn error_statuses_map_to_errors_and_stored_statuses_do_not() {
+    let port = fake_broker::spawn(|mut conn| {
+        while let Some((header, _)) = conn.read_request() {
+            match Opcode::from_u16(header.opcode).unwrap() {
+                Opcode::Metadata => {
+                    let body = metadata(vec![0], vec![topic("t", vec![0])]);
+                    conn.reply(&header, Status::Ok, &body)
+                }
+                Opcode::TopicCreate => conn.reply(&header, Status::TopicExists, b"t exists"),
+                Opcode::Produce => {
+                    conn.reply(&header, Status::FlushDiskTimeout, &produce_ack(0, 7))
+                }
+                Opcode::Pull => {
+                    let mut out = Vec::new();
+                    PullResponse {
+                        summary: PullSummary {
+                            next_offset: 3,
+                            min_offset: 0,
+                            max_offset: 3,
+                        },
+                        messages: vec![],
+                    }
+                    .encode(&mut out);
+                    conn.reply(&header, Status::NoNewMessage, &out)
+                }
+                _ => conn.reply(&header, Status::SystemBusy, b"busy"),
+            }
+        }
+    });
+    let mut client = Client::connect(&format!("127.0.0.1:{port}")).unwrap();
+    match client.create_topic("t", 4) {
+        Err(ClientError::Status { status, message }) => {
+            assert_eq!(status, Status::TopicExists);
+            assert_eq!(message, "t exists");
+        }
+        other => panic!("expected TOPIC_EXISTS, got {other:?}"),
+    }
+    let stored = client.produce("t", Some(0), &[message(b"x")]).unwrap();
+    assert_eq!(stored.status, Status::FlushDiskTimeout);
+    assert_eq!(stored.response.base_offset, 7);
+    let pulled = client.pull("t", 0, 3, 32, 1 << 20, 0).unwrap();
+    assert_eq!(pulled.status, Status::NoNewMessage);
+    assert!(pulled.messages.is_empty());
+    let busy = client.describe_group("g").unwrap_err();
+    assert_eq!(busy.status(), Some(Status::SystemBusy));
+}
+
+#[test]
+fn requests_route_to_the_shard_that_owns_the_queue() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let empty = Arc::new(Mutex::new(Vec::new()));
+    let shard0 = shard_server(Arc::clone(&empty), Arc::clone(&calls));
+    let shard1 = shard_server(Arc::clone(&empty), Arc::clone(&calls));
+    // Shard 2 has port 0: its queues must go through the bootstrap connection.
+    let meta = metadata(vec![shard0, shard1, 0], vec![topic("t", vec![1, 0, 2, 1])]);
+    let bootstrap = shard_server(Arc::new(Mutex::new(meta)), Arc::clone(&calls));
+    let mut client = Client::connect(&format!("127.0.0.1:{bootstrap}")).unwrap();
+    let expected = [shard1, shard0, bootstrap, shard1];
+    for (queue, port) in expected.iter().enumerate() {
+        let result = client
+            .produce("t", Some(queue as u32), &[message(b"x")])
+            .unwrap();
+        assert_eq!(result.response.queue, queue as u32);
+        assert_eq!(
+            result.response.base_offset,
+            u64::from(*port),
+            "queue {queue}"
+        );
+    }
+    assert_eq!(client.route("t", 0), ConnectionSlot::Shard(1));
+    assert_eq!(client.route("t", 2), ConnectionSlot::Bootstrap);
+    assert_eq!(client.route("unknown", 0), ConnectionSlot::Bootstrap);
+}
+
+#[test]
+fn topic_not_found_refreshes_metadata_once_and_retries_on_the_right_shard() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let shard_meta = Arc::new(Mutex::new(Vec::new()));
+    let shard0 = shard_server(shard_meta, Arc::new(AtomicUsize::new(0)));
+    let meta = Arc::new(Mutex::new(metadata(vec![shard0], vec![])));
+    let meta_in_handler = Arc::clone(&meta);
+    let calls_in_handler = Arc::clone(&calls);
+    let bootstrap = fake_broker::spawn(move |mut conn| {
+        while let Some((header, _)) = conn.read_request() {
+            if header.opcode == Opcode::Metadata as u16 {
+                calls_in_handler.fetch_add(1, Ordering::SeqCst);
+                let body = meta_in_handler.lock().unwrap().clone();
+                conn.reply(&header, Status::Ok, &body);
+            } else {
+                // The topic appears in metadata only after the first produce fails.
+                *meta_in_handler.lock().unwrap() =
+                    metadata(vec![shard0], vec![topic("t", vec![0])]);
+                conn.reply(&header, Status::TopicNotFound, b"no topic t here");
+            }
+        }
+    });
+    let mut client = Client::connect(&format!("127.0.0.1:{bootstrap}")).unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let result = client.produce("t", Some(0), &[message(b"x")]).unwrap();
+    assert_eq!(result.response.base_offset, u64::from(shard0));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // A topic that never appears fails after exactly one refresh.
+    let missing = client
+        .produce("gone", Some(0), &[message(b"x")])
+        .unwrap_err();
+    assert_eq!(missing.status(), Some(Status::TopicNotFound));
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn pipelined_produce_collects_acks_from_every_shard() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let empty = Arc::new(Mutex::new(Vec::new()));
+    let shard0 = shard_server(Arc::clone(&empty), Arc::clone(&calls));
+    let shard1 = shard_server(Arc::clone(&empty), Arc::clone(&calls));
+    let meta = metadata(vec![shard0, shard1], vec![topic("t", vec![0, 1])]);
+    let bootstrap = shard_server(Arc::new(Mutex::new(meta)), Arc::clone(&calls));
+    let mut client = Client::connect(&format!("127.0.0.1:{bootstrap}")).unwrap();
+    let mut tickets = Vec::new();
+    for _ in 0..10 {
+        tickets.push(client.send_produce("t", None, &[message(b"x")]).unwrap());
+    }
+    assert_eq!(client.in_flight(), 10);
+    let mut seen = Vec::new();
+    while client.in_flight() > 0 {
+        let ack = client
+            .next_produce_ack(Duration::from_secs(5))
+            .unwrap()
+            .expect("an ack within 5 s");
+        let result = ack.result.unwrap();
+        let expected_port = [shard0, shard1][result.response.queue as usize];
+        assert_eq!(result.response.base_offset, u64::from(expected_port));
+        seen.push(ack.ticket);
+    }
+    seen.sort_by_key(|t| (format!("{:?}", t.slot), t.request_id));
+    tickets.sort_by_key(|t| (format!("{:?}", t.slot), t.request_id));
+    assert_eq!(seen, tickets);
+    assert!(client
+        .next_produce_ack(Duration::from_millis(10))
+        .unwrap()
+        .is_none());
+}
+
+#[test]
+fn queue_for_key_is_stable_and_round_robin_spreads() {
+    let meta = metadata(vec![0], vec![topic("t", vec![0, 0, 0])]);
+    let bootstrap = shard_server(Arc::new(Mutex::new(meta)), Arc::new(AtomicUsize::new(0)));
+    let mut client = Client::connect(&format!("127.0.0.1:{bootstrap}")).unwrap();
+    let q = client.queue_for_key("t", b"order-42").unwrap();
+    assert_eq!(q, crc32c::crc32c(b"order-42") % 3);
+    let keyed = MessageRef {
+        key: b"order-42",
+        ..message(b"x")
+    };
+    for _ in 0..3 {
+        let r = client.produce("t", None, &[keyed]).unwrap();
+        assert_eq!(r.response.queue, q);
+    }
+    let mut queues: Vec<u32> = (0..6)
+        .map(|_| {
+            client
+                .produce("t", None, &[message(b"x")])
+                .unwrap()
+                .response
+                .queue
+        })
+        .collect();
+    queues.sort();
+    assert_eq!(queues, vec![0, 0, 1, 1, 2, 2]);
+}
+
+#[test]
+fn connection_level_error_timeout_and_close_are_reported() {
+    let port = fake_broker::spawn(|mut conn| {
+        let (header, body) = conn.read_request().unwrap();
+        match body.as_slice() {
+            b"unattributable" => {
+                conn.reply_raw(header.opcode, 0, Status::BadMagic, b"bad magic 0x0000");
+            }
+            b"close" => {}
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    });
+    let addr = format!("127.0.0.1:{port}");
+    let options = ConnectionOptions {
+        read_timeout: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let mut c = Connection::connect(&addr, options).unwrap();
+    let err = c.call(Opcode::Ping, b"unattributable").unwrap_err();
+    assert_eq!(err.status(), Some(Status::BadMagic));
+    assert!(c.is_broken());
+
+    let mut c = Connection::connect(&addr, options).unwrap();
+    assert!(matches!(
+        c.call(Opcode::Ping, b"close"),
+        Err(ClientError::ConnectionClosed { .. })
+    ));
+
+    let mut c = Connection::connect(&addr, options).unwrap();
+    let err = c.call(Opcode::Ping, b"slow").unwrap_err();
+    assert!(matches!(err, ClientError::Timeout { .. }), "{err:?}");
+    assert!(err.to_string().contains(&addr));
+}
+
+#[test]
+fn pull_waits_longer_than_the_long_poll() {
+    let port = fake_broker::spawn(|mut conn| {
+        while let Some((header, body)) = conn.read_request() {
+            if header.opcode == Opcode::Metadata as u16 {
+                conn.reply(&header, Status::Ok, &metadata(vec![0], vec![]));
+                continue;
+            }
+            let request = PullRequest::decode(&body).unwrap();
+            std::thread::sleep(Duration::from_millis(u64::from(request.max_wait_ms)));
+            let mut out = Vec::new();
+            PullResponse {
+                summary: PullSummary {
+                    next_offset: request.offset,
+                    min_offset: 0,
+                    max_offset: request.offset,
+                },
+                messages: vec![],
+            }
+            .encode(&mut out);
+            conn.reply(&header, Status::NoNewMessage, &out);
+        }
+    });
+    let options = ClientOptions {
+        connection: ConnectionOptions {
+            read_timeout: Duration::from_millis(50),
+            ..Default::default()
+        },
+        shard_aware: true,
+    };
+    let mut client = Client::connect_with(&format!("127.0.0.1:{port}"), options).unwrap();
+    let pulled = client.pull("t", 0, 5, 10, 1024, 300).unwrap();
+    assert_eq!(pulled.status, Status::NoNewMessage);
+    assert_eq!(pulled.summary.next_offset, 5);
+}
+
+#[test]
+fn oversized_and_unencodable_requests_are_refused_before_sending() {
+    let port = fake_broker::spawn(|mut conn| while conn.read_request().is_some() {});
+    let options = ConnectionOptions {
+        max_frame_bytes: 64,
+        ..Default::default()
+    };
+    let mut c = Connection::connect(&format!("127.0.0.1:{port}"), options).unwrap();
+    assert!(matches!(
+        c.send(Opcode::Ping, &[0u8; 100]),
+        Err(ClientError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        Client::connect("no-port-here"),
+        Err(ClientError::InvalidArgument(_))
+    ));
+}
