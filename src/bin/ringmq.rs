@@ -1,3 +1,5 @@
+//! The `ringmq` binary: `serve` and the client subcommands, all in [`ringmq::cli`].
+
 fn main() {
-    println!("Hello, world!");
+    std::process::exit(ringmq::cli::app::main_with_args(std::env::args_os()));
 }

@@ -1,4 +1,15 @@
 //! The `ringmq` command line: one module per subcommand. `serve` runs the broker; every other
 //! subcommand is a client of a running broker through [`crate::client`].
+//!
+//! [`app`] holds the top-level parser and dispatch, [`output`] the text/JSON formatting shared
+//! by the client subcommands.
 
+pub mod app;
+pub mod consume;
+pub mod group;
+pub mod output;
+pub mod produce;
 pub mod serve;
+#[cfg(test)]
+mod tests;
+pub mod topic;

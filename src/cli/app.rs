@@ -1,0 +1,101 @@
+//! The top-level `ringmq` parser and dispatch. Every failure becomes a message on stderr and a
+//! non-zero exit code; nothing here panics on user input.
+
+use super::{consume, group, produce, serve, topic};
+use crate::client::{Client, ClientError};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ringmq",
+    version,
+    about = "A durable thread-per-core message broker"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the broker.
+    Serve(serve::ServeArgs),
+    /// Create, list, describe and delete topics.
+    Topic(topic::TopicArgs),
+    /// Send messages: one per line of stdin, or synthetic ones with --count.
+    Produce(produce::ProduceArgs),
+    /// Read messages from a topic's queues.
+    Consume(consume::ConsumeArgs),
+    /// Inspect consumer groups.
+    Group(group::GroupArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Options shared by every client subcommand.
+#[derive(Args, Debug, Clone)]
+pub struct BrokerArgs {
+    /// Bootstrap broker address HOST:PORT.
+    #[arg(long, global = true, default_value = "127.0.0.1:10911")]
+    pub broker: String,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+impl BrokerArgs {
+    pub fn connect(&self) -> Result<Client, String> {
+        Client::connect(&self.broker).map_err(|e| describe(&self.broker, &e))
+    }
+}
+
+/// A message for a user: the broker's status name and explanation, or what failed locally.
+pub fn describe(broker: &str, error: &ClientError) -> String {
+    match error {
+        ClientError::Io { addr, source } => format!("cannot reach broker at {addr}: {source}"),
+        ClientError::Status { .. } => error.to_string(),
+        _ => format!("{error} (broker {broker})"),
+    }
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Topic(args) => topic::run(args),
+        Command::Produce(args) => produce::run(args),
+        Command::Consume(args) => consume::run(args),
+        Command::Group(args) => group::run(args),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("ringmq: {message}");
+            1
+        }
+    }
+}
+
+/// Parses `args` (clap prints help, version and usage errors itself) and runs the command.
+pub fn main_with_args<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    match Cli::try_parse_from(args) {
+        Ok(cli) => run(cli),
+        Err(e) => {
+            let _ = e.print();
+            if e.use_stderr() {
+                2
+            } else {
+                0
+            }
+        }
+    }
+}

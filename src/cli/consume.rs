@@ -1,0 +1,220 @@
+//! `ringmq consume TOPIC`: pulls from one or all queues of a topic.
+//!
+//! Each round sends one pull per queue (pipelined, so queues on different shards wait at the
+//! same time) and prints what comes back in queue order. Rounds run with no wait while messages
+//! keep coming; once a round comes back empty the next one long-polls for `--max-wait-ms`. An
+//! empty long-poll round ends the command unless `--follow` is given.
+
+use super::app::{describe, BrokerArgs, Format};
+use super::output::{emit, to_json_line, ConsumeLine};
+use crate::client::{Client, ClientError, PullResult};
+use crate::protocol::message::{PullRequest, PulledMessage};
+use crate::protocol::Status;
+use clap::Args;
+use std::str::FromStr;
+
+/// Messages asked for per pull: enough to amortise the round trip, small enough that one
+/// response stays far below the frame limit at typical message sizes.
+pub const PULL_MAX_MESSAGES: u32 = 256;
+/// Bytes asked for per pull; bounds one response frame.
+pub const PULL_MAX_BYTES: u32 = 4 * 1024 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+    Offset(u64),
+}
+
+impl FromStr for StartFrom {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "earliest" => Ok(StartFrom::Earliest),
+            "latest" => Ok(StartFrom::Latest),
+            _ => s
+                .parse::<u64>()
+                .map(StartFrom::Offset)
+                .map_err(|_| format!("`{s}` is not `earliest`, `latest` or a queue offset")),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    pub topic: String,
+    /// Where to start: earliest, latest or a queue offset. Default: the group's committed
+    /// offset with --group, else earliest.
+    #[arg(long)]
+    pub from: Option<StartFrom>,
+    /// Queue to read (default: all queues).
+    #[arg(long)]
+    pub queue: Option<u32>,
+    /// Consumer group: start from its committed offsets and commit after each batch.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Stop after N messages.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Long-poll wait per pull when the queues are drained.
+    #[arg(long, default_value_t = 1000)]
+    pub max_wait_ms: u32,
+    /// Keep long-polling instead of exiting when no message arrives.
+    #[arg(long)]
+    pub follow: bool,
+}
+
+/// One queue being read, and the next offset to read from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Cursor {
+    queue: u32,
+    offset: u64,
+    committed: u64,
+}
+
+pub fn run(args: ConsumeArgs) -> Result<(), String> {
+    let mut client = args.broker.connect()?;
+    let fail = |e: ClientError| describe(&args.broker.broker, &e);
+    let mut cursors = start_cursors(&mut client, &args).map_err(fail)?;
+    let mut printed = 0u64;
+    let mut wait_ms = 0;
+    loop {
+        let round = pull_round(&mut client, &args, &mut cursors, wait_ms, &mut printed)?;
+        if args.count.is_some_and(|n| printed >= n) {
+            return Ok(());
+        }
+        wait_ms = match (round, wait_ms) {
+            (0, 0) => args.max_wait_ms,
+            (0, _) if !args.follow => return Ok(()),
+            (0, waited) => waited,
+            _ => 0,
+        };
+    }
+}
+
+fn start_cursors(client: &mut Client, args: &ConsumeArgs) -> Result<Vec<Cursor>, ClientError> {
+    let description = client.describe_topic(&args.topic)?;
+    let queues: Vec<_> = description
+        .queues
+        .iter()
+        .filter(|q| args.queue.is_none_or(|wanted| wanted == q.queue))
+        .collect();
+    if queues.is_empty() {
+        return Err(ClientError::Status {
+            status: Status::QueueNotFound,
+            message: format!(
+                "topic `{}` has no queue {}",
+                args.topic,
+                args.queue.map_or("at all".to_string(), |q| q.to_string())
+            ),
+        });
+    }
+    let mut cursors = Vec::with_capacity(queues.len());
+    for q in queues {
+        let offset = match (args.from, &args.group) {
+            (Some(StartFrom::Earliest), _) => q.min_offset,
+            (Some(StartFrom::Latest), _) => q.max_offset,
+            (Some(StartFrom::Offset(o)), _) => o,
+            (None, Some(group)) => client
+                .fetch_offset(group, &args.topic, q.queue)?
+                .unwrap_or(q.min_offset),
+            (None, None) => q.min_offset,
+        };
+        cursors.push(Cursor {
+            queue: q.queue,
+            offset,
+            committed: offset,
+        });
+    }
+    Ok(cursors)
+}
+
+/// One pull per queue; returns how many messages were printed.
+fn pull_round(
+    client: &mut Client,
+    args: &ConsumeArgs,
+    cursors: &mut [Cursor],
+    wait_ms: u32,
+    printed: &mut u64,
+) -> Result<u64, String> {
+    let fail = |e: ClientError| describe(&args.broker.broker, &e);
+    let mut tickets = Vec::with_capacity(cursors.len());
+    for cursor in cursors.iter() {
+        let request = PullRequest {
+            topic: args.topic.clone(),
+            queue: cursor.queue,
+            offset: cursor.offset,
+            max_messages: PULL_MAX_MESSAGES,
+            max_bytes: PULL_MAX_BYTES,
+            max_wait_ms: wait_ms,
+        };
+        tickets.push(client.send_pull(&request).map_err(fail)?);
+    }
+    let mut round = 0;
+    for (cursor, ticket) in cursors.iter_mut().zip(tickets) {
+        match client.wait_pull(ticket, wait_ms) {
+            Ok(result) => round += print_batch(args, cursor, &result, printed)?,
+            Err(e) if e.status() == Some(Status::OffsetOutOfRange) => {
+                let stats = client
+                    .queue_stats(&args.topic, cursor.queue)
+                    .map_err(fail)?;
+                eprintln!(
+                    "queue {}: offset {} is out of range, moving to {}",
+                    cursor.queue, cursor.offset, stats.min_offset
+                );
+                cursor.offset = stats.min_offset;
+            }
+            Err(e) => return Err(fail(e)),
+        }
+        if let Some(group) = &args.group {
+            if cursor.offset != cursor.committed {
+                client
+                    .commit_offset(group, &args.topic, cursor.queue, cursor.offset)
+                    .map_err(fail)?;
+                cursor.committed = cursor.offset;
+            }
+        }
+    }
+    Ok(round)
+}
+
+/// Prints a batch up to the `--count` limit and advances the cursor past what was printed.
+fn print_batch(
+    args: &ConsumeArgs,
+    cursor: &mut Cursor,
+    result: &PullResult,
+    printed: &mut u64,
+) -> Result<u64, String> {
+    let mut count = 0;
+    for m in &result.messages {
+        if args.count.is_some_and(|n| *printed >= n) {
+            return Ok(count);
+        }
+        emit(&format_message(args.broker.format, cursor.queue, m))?;
+        cursor.offset = m.queue_offset + 1;
+        *printed += 1;
+        count += 1;
+    }
+    cursor.offset = cursor.offset.max(result.summary.next_offset);
+    Ok(count)
+}
+
+pub fn format_message(format: Format, queue: u32, m: &PulledMessage) -> String {
+    match format {
+        Format::Json => to_json_line(&ConsumeLine::new(queue, m)),
+        Format::Text => {
+            let key = if m.key.is_empty() {
+                "-".into()
+            } else {
+                String::from_utf8_lossy(&m.key)
+            };
+            format!(
+                "{queue}\t{}\t{key}\t{}",
+                m.queue_offset,
+                String::from_utf8_lossy(&m.body)
+            )
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Argument parsing and output formatting of the client subcommands.
+
+use super::app::{Cli, Command, Format};
+use super::consume::{format_message, StartFrom};
+use super::output::{table, to_json_line, ConsumeLine, ProduceLine};
+use super::produce::synthetic_body;
+use super::topic::TopicCommand;
+use crate::client::ProduceResult;
+use crate::protocol::message::{ProduceResponse, PulledMessage};
+use crate::protocol::Status;
+use clap::Parser;
+
+fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+    Cli::try_parse_from(std::iter::once("ringmq").chain(args.iter().copied()))
+}
+
+#[test]
+fn from_accepts_earliest_latest_and_offsets() {
+    assert_eq!("earliest".parse(), Ok(StartFrom::Earliest));
+    assert_eq!("latest".parse(), Ok(StartFrom::Latest));
+    assert_eq!("42".parse(), Ok(StartFrom::Offset(42)));
+    assert!("-1".parse::<StartFrom>().is_err());
+    assert!("newest".parse::<StartFrom>().is_err());
+    assert!(parse(&["consume", "t", "--from", "yesterday"]).is_err());
+}
+
+#[test]
+fn consume_flags_parse_with_defaults() {
+    let Command::Consume(args) = parse(&["consume", "orders", "--group", "g", "--follow"])
+        .unwrap()
+        .command
+    else {
+        panic!("not consume")
+    };
+    assert_eq!(args.topic, "orders");
+    assert_eq!(args.broker.broker, "127.0.0.1:10911");
+    assert_eq!(args.broker.format, Format::Text);
+    assert_eq!(args.max_wait_ms, 1000);
+    assert_eq!(args.group.as_deref(), Some("g"));
+    assert!(args.follow && args.from.is_none() && args.queue.is_none());
+
+    let Command::Consume(args) = parse(&[
+        "consume", "t", "--from", "7", "--queue", "2", "--count", "5", "--format", "json",
+    ])
+    .unwrap()
+    .command
+    else {
+        panic!("not consume")
+    };
+    assert_eq!(args.from, Some(StartFrom::Offset(7)));
+    assert_eq!((args.queue, args.count), (Some(2), Some(5)));
+    assert_eq!(args.broker.format, Format::Json);
+}
+
+#[test]
+fn topic_and_produce_flags_parse() {
+    let Command::Topic(args) = parse(&[
+        "topic",
+        "create",
+        "orders",
+        "--queues",
+        "8",
+        "--broker",
+        "10.0.0.1:9000",
+    ])
+    .unwrap()
+    .command
+    else {
+        panic!("not topic")
+    };
+    assert_eq!(args.broker.broker, "10.0.0.1:9000");
+    assert!(
+        matches!(args.command, TopicCommand::Create { ref name, queues: 8 } if name == "orders")
+    );
+
+    let Command::Produce(args) =
+        parse(&["produce", "t", "--count", "10", "--size", "3", "--key", "k"])
+            .unwrap()
+            .command
+    else {
+        panic!("not produce")
+    };
+    assert_eq!((args.count, args.size, args.window), (Some(10), 3, 64));
+    assert_eq!(args.key.as_deref(), Some("k"));
+    assert!(parse(&["produce", "t", "--window", "0"]).is_err());
+    assert!(parse(&["produce", "t", "--format", "yaml"]).is_err());
+    assert!(parse(&["serve", "--shards", "2"]).is_ok());
+}
+
+#[test]
+fn produce_json_lines() {
+    let ok = Ok(ProduceResult {
+        status: Status::Ok,
+        response: ProduceResponse {
+            queue: 3,
+            base_offset: 41,
+            count: 1,
+            commitlog_offset: 9,
+        },
+    });
+    assert_eq!(
+        to_json_line(&ProduceLine::new(1, &ok)),
+        r#"{"line":1,"status":"OK","queue":3,"offset":41}"#
+    );
+    let stored = ok.map(|r| ProduceResult {
+        status: Status::FlushDiskTimeout,
+        ..r
+    });
+    assert_eq!(
+        to_json_line(&ProduceLine::new(2, &stored)),
+        r#"{"line":2,"status":"FLUSH_DISK_TIMEOUT","queue":3,"offset":41}"#
+    );
+    let failed = Err("TOPIC_NOT_FOUND: no \"t\"".to_string());
+    assert_eq!(
+        to_json_line(&ProduceLine::new(3, &failed)),
+        r#"{"line":3,"status":"ERROR","error":"TOPIC_NOT_FOUND: no \"t\""}"#
+    );
+}
+
+fn pulled(key: &[u8], body: &[u8]) -> PulledMessage {
+    PulledMessage {
+        queue_offset: 5,
+        born_timestamp_ms: 1,
+        store_timestamp_ms: 1700000000123,
+        key: key.to_vec(),
+        properties: vec![],
+        body: body.to_vec(),
+    }
+}
+
+#[test]
+fn consume_json_lines_use_text_or_base64() {
+    assert_eq!(
+        format_message(Format::Json, 2, &pulled(b"k1", b"hello \"world\"")),
+        r#"{"queue":2,"offset":5,"key":"k1","timestamp":1700000000123,"body":"hello \"world\""}"#
+    );
+    assert_eq!(
+        format_message(Format::Json, 0, &pulled(b"", &[0xff, 0x00, 0x41])),
+        r#"{"queue":0,"offset":5,"key":null,"timestamp":1700000000123,"body_base64":"/wBB"}"#
+    );
+    let odd_key = ConsumeLine::new(0, &pulled(&[0xc3], b""));
+    assert_eq!(odd_key.key, None);
+    assert_eq!(odd_key.key_base64.as_deref(), Some("ww=="));
+    assert_eq!(odd_key.body.as_deref(), Some(""));
+    assert_eq!(
+        format_message(Format::Text, 1, &pulled(b"", b"hi")),
+        "1\t5\t-\thi"
+    );
+}
+
+#[test]
+fn tables_align_and_synthetic_bodies_have_the_requested_size() {
+    let text = table(
+        &["QUEUE", "SHARD"],
+        &[vec!["0".into(), "1".into()], vec!["10".into(), "0".into()]],
+    );
+    assert_eq!(text, "QUEUE  SHARD\n0      1\n10     0\n");
+    assert_eq!(synthetic_body(7, 12), b"0000000007xx");
+    assert_eq!(synthetic_body(7, 3).len(), 3);
+}
