@@ -12,3 +12,5 @@ pub mod message;
 
 pub use codes::{Opcode, Status};
 pub use frame::{FrameDecoder, FrameError, FrameHeader};
+#[cfg(test)]
+mod proptests;
