@@ -1,1 +1,606 @@
-//! TODO(helper): commitlog
+//! The commitlog of one shard: fixed-size segments `<dir>/commitlog/<20-digit start offset>`,
+//! an in-memory write buffer, group-commit flush and the recovery scan.
+//!
+//! Records enter through [`CommitLog::append`] (encoded straight into the write buffer) and
+//! reach disk through [`CommitLog::flush`]: the dirty range, from the block holding the last
+//! flushed byte up to the end rounded up to [`BLOCK_BYTES`], goes out in one O_DIRECT write per
+//! segment involved and one fdatasync per file. The partial last block is rewritten as it fills.
+//! Segments are created and zero-filled ahead of need ([`CommitLog::prepare_next_segment`]) so
+//! later fdatasyncs only touch written extents. A record never spans segments: the unused tail
+//! gets an end-of-segment marker and the record starts the next segment.
+//!
+//! Recovery ([`CommitLog::recover`]) scans forward, stops at the first torn or corrupt record,
+//! zeroes what lies past it and deletes later segments, so stale bytes are never read as records.
+
+use super::io::{Disk, DiskFile, BLOCK_BYTES};
+use super::record::{self, Decoded, RecordView, END_OF_SEGMENT_MARKER_BYTES};
+use super::{AppendError, StoreConfig, StoreError};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+/// Size of each zero-fill write when preparing a segment: large writes reach the device's
+/// streaming bandwidth (4 GB/s at 1 MiB in the probe) without pinning much DMA memory.
+pub const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
+/// Size of each read during the recovery scan, for the same reason; a window always holds at
+/// least one whole record of `max_record_bytes`.
+pub const SCAN_READ_BYTES: usize = 1 << 20;
+/// Digits in a segment file name: a u64 offset zero-padded so names sort by offset.
+const SEGMENT_NAME_DIGITS: usize = 20;
+
+pub fn segment_file_name(base: u64) -> String {
+    format!("{base:0width$}", width = SEGMENT_NAME_DIGITS)
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    if name.len() != SEGMENT_NAME_DIGITS || !name.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    name.parse().ok()
+}
+
+fn align_down(v: u64) -> u64 {
+    v / BLOCK_BYTES as u64 * BLOCK_BYTES as u64
+}
+
+fn align_up(v: u64) -> u64 {
+    v.div_ceil(BLOCK_BYTES as u64) * BLOCK_BYTES as u64
+}
+
+/// Where and why the recovery scan stopped.
+pub struct ScanEnd {
+    pub end_offset: u64,
+    pub scanned_bytes: u64,
+    pub scanned_records: u64,
+    /// `Some` when the scan stopped at a torn or corrupt record rather than at zeros.
+    pub corruption: Option<String>,
+}
+
+pub struct CommitLog<D: Disk> {
+    disk: D,
+    dir: PathBuf,
+    segment_size_bytes: u64,
+    write_buffer_bytes: usize,
+    max_record_bytes: usize,
+    state: RefCell<LogState<D::File>>,
+}
+
+struct LogState<F> {
+    /// Open segment files by start offset; a segment appears here only once it is fully
+    /// zero-filled and synced (or was found on disk at open).
+    segments: BTreeMap<u64, Rc<F>>,
+    /// Bytes `[buffer_start, max_offset)`: the partial block before the flushed offset plus
+    /// everything appended since. Capacity reserved at open, so appends never allocate.
+    buffer: Vec<u8>,
+    /// Block-aligned commitlog offset of `buffer[0]`.
+    buffer_start: u64,
+    max_offset: u64,
+    flushed_offset: u64,
+    /// Set by the first failed write or sync; the log accepts nothing after it.
+    failed: Option<String>,
+}
+
+impl<D: Disk> CommitLog<D> {
+    pub fn dir_of(config: &StoreConfig) -> PathBuf {
+        config.dir.join("commitlog")
+    }
+
+    fn segment_path(&self, base: u64) -> PathBuf {
+        self.dir.join(segment_file_name(base))
+    }
+
+    fn base_of(&self, offset: u64) -> u64 {
+        offset / self.segment_size_bytes * self.segment_size_bytes
+    }
+
+    pub fn max_offset(&self) -> u64 {
+        self.state.borrow().max_offset
+    }
+
+    pub fn flushed_offset(&self) -> u64 {
+        self.state.borrow().flushed_offset
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.state.borrow().failed.clone()
+    }
+
+    pub fn oldest_segment(&self) -> Option<u64> {
+        self.state.borrow().segments.keys().next().copied()
+    }
+
+    /// Refuses every later append and flush: a write or sync failed somewhere in the store.
+    pub fn mark_failed(&self, reason: String) {
+        let mut state = self.state.borrow_mut();
+        if state.failed.is_none() {
+            state.failed = Some(reason);
+        }
+    }
+
+    fn fail(&self, context: String, error: std::io::Error) -> StoreError {
+        let mut state = self.state.borrow_mut();
+        if state.failed.is_none() {
+            state.failed = Some(format!("{context}: {error}"));
+        }
+        StoreError::io(context, error)
+    }
+
+    /// Opens every segment on disk. The log is empty until [`CommitLog::finish_recovery`].
+    pub async fn open(disk: D, config: &StoreConfig) -> Result<Self, StoreError> {
+        let dir = Self::dir_of(config);
+        disk.create_dir_all(&dir)
+            .await
+            .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        let names = disk
+            .list(&dir)
+            .await
+            .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+        let mut segments = BTreeMap::new();
+        for base in names.iter().filter_map(|n| parse_segment_name(n)) {
+            if base % config.segment_size_bytes != 0 {
+                return Err(StoreError::Corrupt(format!(
+                    "segment {} does not start at a multiple of segment_size_bytes {}",
+                    segment_file_name(base),
+                    config.segment_size_bytes
+                )));
+            }
+            let path = dir.join(segment_file_name(base));
+            let file = disk
+                .open(&path, false)
+                .await
+                .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+            segments.insert(base, Rc::new(file));
+        }
+        let state = LogState {
+            segments,
+            buffer: Vec::with_capacity(config.write_buffer_bytes + BLOCK_BYTES),
+            buffer_start: 0,
+            max_offset: 0,
+            flushed_offset: 0,
+            failed: None,
+        };
+        Ok(CommitLog {
+            disk,
+            dir,
+            segment_size_bytes: config.segment_size_bytes,
+            write_buffer_bytes: config.write_buffer_bytes,
+            max_record_bytes: config.max_record_bytes,
+            state: RefCell::new(state),
+        })
+    }
+
+    /// Where the recovery scan starts: `hint` (from the checkpoint) when a segment holds it,
+    /// else the start of the oldest segment.
+    pub fn scan_start(&self, hint: Option<u64>) -> u64 {
+        let state = self.state.borrow();
+        let oldest = state.segments.keys().next().copied().unwrap_or(0);
+        let Some(hint) = hint else { return oldest };
+        let in_segment = state.segments.contains_key(&self.base_of(hint));
+        let at_end_of_segment = hint % self.segment_size_bytes == 0
+            && hint >= self.segment_size_bytes
+            && state
+                .segments
+                .contains_key(&(hint - self.segment_size_bytes));
+        if hint >= oldest && (in_segment || at_end_of_segment) {
+            hint
+        } else {
+            oldest
+        }
+    }
+
+    /// Decodes records forward from `from` (a record boundary) until zeros, a torn or corrupt
+    /// record, a missing segment or `limit`, calling `on_record` for each good record.
+    pub async fn scan(
+        &self,
+        from: u64,
+        limit: u64,
+        mut on_record: impl FnMut(&RecordView<'_>) -> Result<(), StoreError>,
+    ) -> Result<ScanEnd, StoreError> {
+        let mut pos = from;
+        let mut records = 0u64;
+        let mut window = Window::default();
+        let mut corruption = None;
+        while pos < limit {
+            let base = self.base_of(pos);
+            let segment_end = base + self.segment_size_bytes;
+            let file = match self.state.borrow().segments.get(&base) {
+                Some(file) => file.clone(),
+                None => break,
+            };
+            let remaining = segment_end - pos;
+            if remaining < END_OF_SEGMENT_MARKER_BYTES as u64 {
+                pos = segment_end;
+                continue;
+            }
+            let need = remaining.min(self.max_record_bytes as u64) as usize;
+            if !window.covers(base, pos, need) {
+                let want = remaining.min(SCAN_READ_BYTES.max(self.max_record_bytes) as u64);
+                window.fill(&*file, pos, base, want as usize).await?;
+            }
+            let available = window.from(pos);
+            if available.is_empty() {
+                break;
+            }
+            match record::decode(available, pos) {
+                Ok(Decoded::Record(view)) => {
+                    on_record(&view)?;
+                    records += 1;
+                    pos = view.end_offset();
+                }
+                Ok(Decoded::EndOfSegment) => {
+                    let claimed = u32::from_le_bytes(available[..4].try_into().expect("4"));
+                    if claimed as u64 != remaining {
+                        corruption = Some(format!(
+                            "end-of-segment marker at {pos} covers {claimed} bytes, \
+                             but {remaining} remain in the segment"
+                        ));
+                        break;
+                    }
+                    pos = segment_end;
+                }
+                Ok(Decoded::EndOfData) => break,
+                Err(e) => {
+                    corruption = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        Ok(ScanEnd {
+            end_offset: pos,
+            scanned_bytes: pos - from,
+            scanned_records: records,
+            corruption,
+        })
+    }
+
+    /// Makes `scan.end_offset` the end of the log: deletes later segments, zeroes stale bytes
+    /// past the end, syncs the scanned segments, loads the partial last block into the write
+    /// buffer and makes sure the segment for the next append exists. Returns the bytes zeroed.
+    pub async fn finish_recovery(&self, from: u64, scan: &ScanEnd) -> Result<u64, StoreError> {
+        let end = scan.end_offset;
+        let base = self.base_of(end);
+        self.remove_segments_after(base).await?;
+        let current = self.state.borrow().segments.get(&base).cloned();
+        let mut truncated_bytes = 0;
+        let mut head = Vec::new();
+        if let Some(file) = &current {
+            let head_start = align_down(end) - base;
+            head = read_exact(&**file, head_start, (end - base - head_start) as usize).await?;
+            truncated_bytes = self
+                .zero_tail(&**file, base, end, &head, scan.corruption.is_some())
+                .await?;
+        }
+        let synced: Vec<Rc<D::File>> = {
+            let state = self.state.borrow();
+            let first = self.base_of(from);
+            state
+                .segments
+                .range(first..=base)
+                .map(|(_, f)| f.clone())
+                .collect()
+        };
+        for file in synced {
+            file.fdatasync().await.map_err(|e| {
+                StoreError::io(format!("fdatasync of {}", file.path().display()), e)
+            })?;
+        }
+        if current.is_none() {
+            let file = self.zero_filled_segment(base).await?;
+            self.state.borrow_mut().segments.insert(base, Rc::new(file));
+        }
+        let mut state = self.state.borrow_mut();
+        state.buffer.clear();
+        state.buffer.extend_from_slice(&head);
+        state.buffer_start = align_down(end);
+        state.max_offset = end;
+        state.flushed_offset = end;
+        Ok(truncated_bytes)
+    }
+
+    async fn remove_segments_after(&self, base: u64) -> Result<(), StoreError> {
+        let later: Vec<u64> = {
+            let mut state = self.state.borrow_mut();
+            let later: Vec<u64> = state.segments.range(base + 1..).map(|(b, _)| *b).collect();
+            for b in &later {
+                state.segments.remove(b);
+            }
+            later
+        };
+        for b in later {
+            let path = self.segment_path(b);
+            self.disk
+                .remove(&path)
+                .await
+                .map_err(|e| StoreError::io(format!("removing {}", path.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes what may hold stale bytes past `end` in its segment: to the segment end after a
+    /// corrupt record (anything may follow it), else up to the last non-zero byte before the
+    /// first all-zero window of one write buffer plus one block. No run of zeros that long
+    /// occurs inside written data (every record has a non-zero header and is at most one write
+    /// buffer long), and an unsynced flush writes at most that far past the durable end.
+    async fn zero_tail(
+        &self,
+        file: &D::File,
+        base: u64,
+        end: u64,
+        head: &[u8],
+        corrupt: bool,
+    ) -> Result<u64, StoreError> {
+        let segment_end = base + self.segment_size_bytes;
+        let zero_end = if corrupt {
+            segment_end
+        } else {
+            let window = (self.write_buffer_bytes + BLOCK_BYTES) as u64;
+            let mut last_non_zero = end;
+            let mut at = end;
+            while at < segment_end {
+                let probe_end = (at + window).min(segment_end);
+                let probe = read_exact(file, at - base, (probe_end - at) as usize).await?;
+                match probe.iter().rposition(|b| *b != 0) {
+                    Some(last) => last_non_zero = at + last as u64 + 1,
+                    None => break,
+                }
+                at = probe_end;
+            }
+            last_non_zero
+        };
+        if zero_end == end {
+            return Ok(0);
+        }
+        let context = || format!("zeroing the tail of {}", file.path().display());
+        let mut at = align_down(end);
+        let stop = align_up(zero_end);
+        while at < stop {
+            let len = ZERO_FILL_CHUNK_BYTES.min((stop - at) as usize);
+            let mut buf = file.alloc_buffer(len);
+            if at == align_down(end) {
+                buf.as_mut()[..head.len()].copy_from_slice(head);
+            }
+            file.write_at(buf, at - base)
+                .await
+                .map_err(|e| StoreError::io(context(), e))?;
+            at += len as u64;
+        }
+        file.fdatasync()
+            .await
+            .map_err(|e| StoreError::io(context(), e))?;
+        Ok(zero_end - end)
+    }
+
+    /// Reserves room for a record of `len` bytes and encodes it with `encode(offset, bytes)`.
+    /// Returns the commitlog offset the record starts at.
+    pub fn append(
+        &self,
+        len: usize,
+        encode: impl FnOnce(u64, &mut [u8]),
+    ) -> Result<u64, AppendError> {
+        let mut state = self.state.borrow_mut();
+        if let Some(reason) = &state.failed {
+            return Err(AppendError::Failed(reason.clone()));
+        }
+        let mut start = state.max_offset;
+        let segment_end = self.base_of(start) + self.segment_size_bytes;
+        if start + len as u64 > segment_end {
+            start = segment_end;
+        }
+        if !state.segments.contains_key(&self.base_of(start)) {
+            return Err(AppendError::SegmentNotReady);
+        }
+        let end = start + len as u64;
+        if end - state.flushed_offset > self.write_buffer_bytes as u64 {
+            return Err(AppendError::BufferFull);
+        }
+        let gap = (start - state.max_offset) as usize;
+        let gap_at = state.buffer.len();
+        state.buffer.resize(gap_at + gap + len, 0);
+        if gap >= END_OF_SEGMENT_MARKER_BYTES {
+            record::encode_end_of_segment(&mut state.buffer[gap_at..gap_at + gap]);
+        }
+        encode(start, &mut state.buffer[gap_at + gap..]);
+        state.max_offset = end;
+        Ok(start)
+    }
+
+    /// Writes the dirty range and fdatasyncs every file it touched. Returns the flushed offset.
+    pub async fn flush(&self) -> Result<u64, StoreError> {
+        let (target, parts) = {
+            let state = self.state.borrow();
+            if let Some(reason) = &state.failed {
+                return Err(StoreError::io(
+                    "commitlog failed earlier",
+                    std::io::Error::other(reason.clone()),
+                ));
+            }
+            if state.max_offset == state.flushed_offset {
+                return Ok(state.flushed_offset);
+            }
+            (state.max_offset, self.dirty_writes(&state))
+        };
+        let files: Vec<Rc<D::File>> = parts.iter().map(|(file, _, _)| file.clone()).collect();
+        for (file, buf, file_offset) in parts {
+            let path = file.path();
+            if let Err(e) = file.write_at(buf, file_offset).await {
+                let context = format!("write of {} at {file_offset}", path.display());
+                return Err(self.fail(context, e));
+            }
+        }
+        for file in files {
+            if let Err(e) = file.fdatasync().await {
+                let context = format!("fdatasync of {}", file.path().display());
+                return Err(self.fail(context, e));
+            }
+        }
+        let mut state = self.state.borrow_mut();
+        state.flushed_offset = state.flushed_offset.max(target);
+        let keep_from = align_down(state.flushed_offset);
+        let drop = (keep_from - state.buffer_start) as usize;
+        state.buffer.drain(..drop);
+        state.buffer_start = keep_from;
+        Ok(state.flushed_offset)
+    }
+
+    /// One aligned buffer per segment the dirty range `[buffer_start, max_offset)` touches.
+    fn dirty_writes(&self, state: &LogState<D::File>) -> DirtyWrites<D::File> {
+        let mut writes = Vec::new();
+        let end = align_up(state.max_offset);
+        let mut at = state.buffer_start;
+        while at < state.max_offset {
+            let base = self.base_of(at);
+            let part_end = end.min(base + self.segment_size_bytes);
+            let file = state.segments[&base].clone();
+            let mut buf = file.alloc_buffer((part_end - at) as usize);
+            let copy_end = part_end.min(state.max_offset);
+            let from = (at - state.buffer_start) as usize;
+            let to = (copy_end - state.buffer_start) as usize;
+            buf.as_mut()[..to - from].copy_from_slice(&state.buffer[from..to]);
+            writes.push((file, buf, at - base));
+            at = part_end;
+        }
+        writes
+    }
+
+    /// True when the segment for the next append is missing, or the current one is half full
+    /// and its successor is not prepared yet.
+    pub fn needs_next_segment(&self) -> bool {
+        let state = self.state.borrow();
+        let base = self.base_of(state.max_offset);
+        let half_full = state.max_offset - base >= self.segment_size_bytes / 2;
+        !state.segments.contains_key(&base)
+            || (half_full
+                && !state
+                    .segments
+                    .contains_key(&(base + self.segment_size_bytes)))
+    }
+
+    /// Creates and zero-fills the next missing segment (current or next); no-op if both exist.
+    pub async fn prepare_next_segment(&self) -> Result<(), StoreError> {
+        let base = {
+            let state = self.state.borrow();
+            let current = self.base_of(state.max_offset);
+            let next = current + self.segment_size_bytes;
+            if !state.segments.contains_key(&current) {
+                current
+            } else if !state.segments.contains_key(&next) {
+                next
+            } else {
+                return Ok(());
+            }
+        };
+        let file = self.zero_filled_segment(base).await?;
+        self.state.borrow_mut().segments.insert(base, Rc::new(file));
+        Ok(())
+    }
+
+    async fn zero_filled_segment(&self, base: u64) -> Result<D::File, StoreError> {
+        let path = self.segment_path(base);
+        let context = || format!("zero-filling segment {}", path.display());
+        let file = self
+            .disk
+            .open(&path, true)
+            .await
+            .map_err(|e| StoreError::io(context(), e))?;
+        let mut at = 0u64;
+        while at < self.segment_size_bytes {
+            let len = ZERO_FILL_CHUNK_BYTES.min((self.segment_size_bytes - at) as usize);
+            let buf = file.alloc_buffer(len);
+            file.write_at(buf, at)
+                .await
+                .map_err(|e| StoreError::io(context(), e))?;
+            at += len as u64;
+        }
+        file.fdatasync()
+            .await
+            .map_err(|e| StoreError::io(context(), e))?;
+        Ok(file)
+    }
+
+    /// The bytes `[offset, offset + len)`, from the write buffer when still there, else from
+    /// the segment file (which then holds them durably).
+    pub async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+        let file = {
+            let state = self.state.borrow();
+            let end = offset + len as u64;
+            if offset >= state.buffer_start && end <= state.max_offset {
+                let from = (offset - state.buffer_start) as usize;
+                return Ok(state.buffer[from..from + len].to_vec());
+            }
+            match state.segments.get(&self.base_of(offset)) {
+                Some(file) => file.clone(),
+                None => {
+                    return Err(StoreError::Corrupt(format!(
+                        "no segment holds commitlog offset {offset}"
+                    )))
+                }
+            }
+        };
+        let base = self.base_of(offset);
+        let bytes = file
+            .read_at(offset - base, len)
+            .await
+            .map_err(|e| StoreError::io(format!("read of {}", file.path().display()), e))?;
+        Ok(bytes.to_vec())
+    }
+}
+
+/// The writes of one flush: (segment file, aligned buffer, offset in the file).
+type DirtyWrites<F> = Vec<(Rc<F>, <F as DiskFile>::Buf, u64)>;
+
+/// Reads `len` bytes at `offset`; bytes past the end of the file read as zeros (a segment
+/// whose zero-fill was cut short by a crash).
+async fn read_exact<F: DiskFile>(file: &F, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+    let bytes = file
+        .read_at(offset, len)
+        .await
+        .map_err(|e| StoreError::io(format!("read of {}", file.path().display()), e))?;
+    let mut out = bytes.to_vec();
+    out.resize(len, 0);
+    Ok(out)
+}
+
+/// The bytes the recovery scan read last: `[start, start + bytes.len())` of one segment.
+#[derive(Default)]
+struct Window {
+    /// Start offset of the segment the window was read from.
+    base: u64,
+    start: u64,
+    bytes: Vec<u8>,
+    /// The read that filled the window stopped at the end of the file.
+    at_file_end: bool,
+}
+
+impl Window {
+    fn covers(&self, base: u64, pos: u64, need: usize) -> bool {
+        let end = self.start + self.bytes.len() as u64;
+        self.base == base
+            && pos >= self.start
+            && pos <= end
+            && (pos + need as u64 <= end || self.at_file_end)
+    }
+
+    fn from(&self, pos: u64) -> &[u8] {
+        &self.bytes[(pos - self.start) as usize..]
+    }
+
+    async fn fill<F: DiskFile>(
+        &mut self,
+        file: &F,
+        pos: u64,
+        base: u64,
+        want: usize,
+    ) -> Result<(), StoreError> {
+        let bytes = file
+            .read_at(pos - base, want)
+            .await
+            .map_err(|e| StoreError::io(format!("read of {}", file.path().display()), e))?;
+        self.base = base;
+        self.start = pos;
+        self.bytes.clear();
+        self.bytes.extend_from_slice(&bytes);
+        self.at_file_end = self.bytes.len() < want;
+        Ok(())
+    }
+}

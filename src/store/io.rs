@@ -33,7 +33,7 @@ pub trait Disk: Clone + 'static {
     async fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
 }
 
-// `len` is an async file-size query, not a collection length; `is_empty` would mean nothing.
+// `len` is the file size in bytes, not a collection length; an `is_empty` would mean nothing.
 #[allow(clippy::len_without_is_empty)]
 pub trait DiskFile: 'static {
     /// A buffer suitable for a direct write: aligned to [`BLOCK_BYTES`].

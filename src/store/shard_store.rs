@@ -4,12 +4,57 @@
 //! tasks (connections, the flusher, the segment allocator) can share one `Rc<ShardStore>`.
 //! Only one `flush` and one `prepare_next_segment` run at a time: the shard has one task each.
 
-use super::io::Disk;
-use super::record::RecordInput;
+use super::checkpoint::{abort_marker_path, checkpoint_path, Checkpoint};
+use super::commitlog::CommitLog;
+use super::consume_queue::{self, QueueState};
+use super::io::{Disk, BLOCK_BYTES};
+use super::record::{self, Decoded, RecordInput, RecordView, RECORD_HEADER_BYTES};
 use super::{AppendError, Appended, CqEntry, QueueKey, RecoveryReport, StoreConfig, StoreError};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
 
 pub struct ShardStore<D: Disk> {
-    _disk: D,
+    disk: D,
+    config: StoreConfig,
+    log: CommitLog<D>,
+    /// The consume queues this shard owns; entries are dispatched here at append.
+    queues: RefCell<BTreeMap<QueueKey, QueueState>>,
+}
+
+fn invalid_config(reason: String) -> StoreError {
+    StoreError::io(
+        "invalid store config",
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, reason),
+    )
+}
+
+fn validate(config: &StoreConfig) -> Result<(), StoreError> {
+    let segment = config.segment_size_bytes;
+    if segment == 0 || segment % BLOCK_BYTES as u64 != 0 {
+        return Err(invalid_config(format!(
+            "segment_size_bytes {segment} is not a positive multiple of {BLOCK_BYTES}"
+        )));
+    }
+    if config.max_record_bytes < RECORD_HEADER_BYTES
+        || config.max_record_bytes > config.write_buffer_bytes
+        || config.max_record_bytes as u64 > segment
+    {
+        return Err(invalid_config(format!(
+            "max_record_bytes {} must be at least {RECORD_HEADER_BYTES} and at most \
+             write_buffer_bytes {} and segment_size_bytes {segment}",
+            config.max_record_bytes, config.write_buffer_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// What the first recovery pass decided about each queue.
+#[derive(Default)]
+struct Dispatch {
+    dispatched: u64,
+    /// Queues whose consume queue is behind or inconsistent: rebuilt from the oldest segment.
+    rebuild: BTreeSet<QueueKey>,
 }
 
 impl<D: Disk> ShardStore<D> {
@@ -22,93 +67,408 @@ impl<D: Disk> ShardStore<D> {
         config: StoreConfig,
         queues: &[QueueKey],
     ) -> Result<(Self, RecoveryReport), StoreError> {
-        let _ = (disk, config, queues);
-        todo!()
+        let started = Instant::now();
+        validate(&config)?;
+        let store_dir = config.dir.clone();
+        let io = |what: &str| {
+            let what = format!("{what} in {}", store_dir.display());
+            move |e| StoreError::io(what, e)
+        };
+        disk.create_dir_all(&config.dir)
+            .await
+            .map_err(io("creating the store directory"))?;
+        let abort = abort_marker_path(&config.dir);
+        let unclean_shutdown = disk.exists(&abort).await.map_err(io("checking abort"))?;
+        let checkpoint = disk
+            .read_file(&checkpoint_path(&config.dir))
+            .await
+            .map_err(io("reading the checkpoint"))?
+            .and_then(|bytes| Checkpoint::decode(&bytes));
+        let log = CommitLog::open(disk.clone(), &config).await?;
+        let store = ShardStore {
+            disk: disk.clone(),
+            config,
+            log,
+            queues: RefCell::new(BTreeMap::new()),
+        };
+        let loaded = store.load_queues(queues).await?;
+        let scan_start = store.log.scan_start(checkpoint.map(|c| c.scan_start()));
+        let mut dispatch = Dispatch::default();
+        let scan = store
+            .log
+            .scan(scan_start, u64::MAX, |view| {
+                store.redispatch(view, &mut dispatch);
+                Ok(())
+            })
+            .await?;
+        let truncated_bytes = store.log.finish_recovery(scan_start, &scan).await?;
+        let trimmed = store.trim_queues(scan.end_offset, &loaded).await?;
+        if scan_start > store.log.oldest_segment().unwrap_or(0) {
+            for (key, state) in store.queues.borrow().iter() {
+                if !state.file_exists {
+                    dispatch.rebuild.insert(*key);
+                }
+            }
+        }
+        dispatch.dispatched += store.rebuild(&dispatch.rebuild, scan.end_offset).await?;
+        disk.write_atomic(&abort, Vec::new())
+            .await
+            .map_err(io("writing the abort marker"))?;
+        store.persist_metadata().await?;
+        let report = RecoveryReport {
+            unclean_shutdown,
+            scan_start_offset: scan_start,
+            scanned_bytes: scan.scanned_bytes,
+            scanned_records: scan.scanned_records,
+            truncated_bytes,
+            truncation_reason: scan.corruption.clone(),
+            max_offset: scan.end_offset,
+            consume_queue_entries_trimmed: trimmed,
+            consume_queue_entries_dispatched: dispatch.dispatched,
+            duration: started.elapsed(),
+        };
+        Ok((store, report))
+    }
+
+    /// Loads each queue's file; returns how many entries each file held.
+    async fn load_queues(
+        &self,
+        keys: &[QueueKey],
+    ) -> Result<BTreeMap<QueueKey, usize>, StoreError> {
+        let mut loaded = BTreeMap::new();
+        for key in keys {
+            let path = consume_queue::queue_path(&self.config.dir, *key);
+            let entries = consume_queue::load(&self.disk, &path).await?;
+            let file_exists = entries.is_some();
+            let entries = entries.unwrap_or_default();
+            loaded.insert(*key, entries.len());
+            let state = QueueState {
+                persisted: entries.len(),
+                entries,
+                file_exists,
+            };
+            self.queues.borrow_mut().insert(*key, state);
+        }
+        Ok(loaded)
+    }
+
+    /// Dispatches one scanned record idempotently: append if it is the queue's next entry,
+    /// skip if already present, schedule a rebuild if the queue is behind or disagrees.
+    fn redispatch(&self, view: &RecordView<'_>, dispatch: &mut Dispatch) {
+        let key = QueueKey {
+            topic_id: view.topic_id,
+            queue: view.queue_id,
+        };
+        if dispatch.rebuild.contains(&key) {
+            return;
+        }
+        let mut queues = self.queues.borrow_mut();
+        let Some(state) = queues.get_mut(&key) else {
+            return;
+        };
+        let next = state.entries.len() as u64;
+        if view.queue_offset == next {
+            state.entries.push(entry_of(view));
+            dispatch.dispatched += 1;
+        } else if view.queue_offset > next
+            || state.entries[view.queue_offset as usize].commitlog_offset != view.commitlog_offset
+        {
+            dispatch.rebuild.insert(key);
+        }
+    }
+
+    /// Drops entries whose record does not end at or before `end` and zeroes them in the file
+    /// so they can never come back. Returns how many were dropped.
+    async fn trim_queues(
+        &self,
+        end: u64,
+        loaded: &BTreeMap<QueueKey, usize>,
+    ) -> Result<u64, StoreError> {
+        let mut trimmed = 0;
+        for (key, &file_entries) in loaded {
+            let kept = {
+                let mut queues = self.queues.borrow_mut();
+                let state = queues.get_mut(key).expect("loaded queue");
+                while state.entries.last().is_some_and(|e| e.end_offset() > end) {
+                    state.entries.pop();
+                }
+                state.persisted = state.persisted.min(state.entries.len());
+                state.persisted
+            };
+            if kept >= file_entries {
+                continue;
+            }
+            trimmed += (file_entries - kept) as u64;
+            let tail_index = consume_queue::block_first_entry(kept);
+            let tail: Vec<CqEntry> = self.queues.borrow()[key].entries[tail_index..kept].to_vec();
+            let path = consume_queue::queue_path(&self.config.dir, *key);
+            let zero_to = (file_entries * consume_queue::CQ_ENTRY_BYTES) as u64;
+            consume_queue::write_from(&self.disk, &path, &tail, tail_index, kept, zero_to).await?;
+        }
+        Ok(trimmed)
+    }
+
+    /// Rebuilds the given queues from the oldest segment up to `end`. Returns entries added.
+    async fn rebuild(&self, keys: &BTreeSet<QueueKey>, end: u64) -> Result<u64, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        for key in keys {
+            let path = consume_queue::queue_path(&self.config.dir, *key);
+            let exists = {
+                let mut queues = self.queues.borrow_mut();
+                let state = queues.get_mut(key).expect("known queue");
+                *state = QueueState::default();
+                self.disk.exists(&path)
+            };
+            if exists
+                .await
+                .map_err(|e| StoreError::io("checking a consume queue", e))?
+            {
+                self.disk
+                    .remove(&path)
+                    .await
+                    .map_err(|e| StoreError::io(format!("removing {}", path.display()), e))?;
+            }
+        }
+        let mut added = 0;
+        let oldest = self.log.oldest_segment().unwrap_or(0);
+        self.log
+            .scan(oldest, end, |view| {
+                let key = QueueKey {
+                    topic_id: view.topic_id,
+                    queue: view.queue_id,
+                };
+                if !keys.contains(&key) {
+                    return Ok(());
+                }
+                let mut queues = self.queues.borrow_mut();
+                let state = queues.get_mut(&key).expect("known queue");
+                let next = state.entries.len() as u64;
+                if view.queue_offset > next {
+                    return Err(StoreError::Corrupt(format!(
+                        "queue {}/{} jumps from offset {next} to {} at commitlog offset {}",
+                        key.topic_id, key.queue, view.queue_offset, view.commitlog_offset
+                    )));
+                }
+                if view.queue_offset == next {
+                    state.entries.push(entry_of(view));
+                    added += 1;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(added)
     }
 
     /// Registers a new, empty queue (a topic was created).
     pub fn add_queue(&self, key: QueueKey) {
-        let _ = key;
-        todo!()
+        self.queues.borrow_mut().entry(key).or_default();
     }
 
     /// Forgets every queue of a topic and removes its consume-queue files.
     pub async fn remove_topic(&self, topic_id: u32) -> Result<(), StoreError> {
-        let _ = topic_id;
-        todo!()
+        self.queues
+            .borrow_mut()
+            .retain(|key, _| key.topic_id != topic_id);
+        let dir = consume_queue::queue_dir(&self.config.dir, topic_id);
+        self.disk
+            .remove_dir_all(&dir)
+            .await
+            .map_err(|e| StoreError::io(format!("removing {}", dir.display()), e))
     }
 
     /// Appends one record to the commitlog write buffer, assigning the next queue offset of
     /// `input`'s queue (the `queue_offset` field of `input` is ignored and filled in), and
     /// dispatches its consume-queue entry in memory. Memory only: durable after `flush`.
     pub fn append(&self, input: &RecordInput<'_>) -> Result<Appended, AppendError> {
-        let _ = input;
-        todo!()
+        let key = QueueKey {
+            topic_id: input.topic_id,
+            queue: input.queue_id,
+        };
+        let mut queues = self.queues.borrow_mut();
+        let Some(state) = queues.get_mut(&key) else {
+            return Err(AppendError::UnknownQueue {
+                topic_id: key.topic_id,
+                queue: key.queue,
+            });
+        };
+        let size = input.encoded_len();
+        if size > self.config.max_record_bytes {
+            return Err(AppendError::TooLarge {
+                size,
+                max: self.config.max_record_bytes,
+            });
+        }
+        let queue_offset = state.entries.len() as u64;
+        let record = RecordInput {
+            queue_offset,
+            ..*input
+        };
+        let commitlog_offset = self
+            .log
+            .append(size, |offset, out| record.encode_into(offset, out))?;
+        state.entries.push(CqEntry {
+            commitlog_offset,
+            size: size as u32,
+            tag_hash: record::key_hash(input.key),
+        });
+        Ok(Appended {
+            queue_offset,
+            commitlog_offset,
+            end_offset: commitlog_offset + size as u64,
+        })
     }
 
     /// Writes every dirty block present at the call and fdatasyncs: one sync covers every
     /// append made before the call (group commit). Returns the new flushed offset.
     pub async fn flush(&self) -> Result<u64, StoreError> {
-        todo!()
+        self.log.flush().await
     }
 
     /// Writes the consume queues' new entries and the checkpoint (flushed offset and the
     /// commitlog offset up to which consume queues are on disk).
     pub async fn persist_metadata(&self) -> Result<(), StoreError> {
-        todo!()
+        if let Some(reason) = self.log.failure() {
+            return Err(StoreError::io(
+                "store failed earlier",
+                std::io::Error::other(reason),
+            ));
+        }
+        let checkpoint = Checkpoint {
+            flushed_offset: self.log.flushed_offset(),
+            dispatched_offset: self.log.max_offset(),
+        };
+        let pending: Vec<(QueueKey, usize, usize, bool, Vec<CqEntry>)> = self
+            .queues
+            .borrow()
+            .iter()
+            .filter(|(_, s)| !s.file_exists || s.persisted < s.entries.len())
+            .map(|(key, s)| {
+                let tail_index = consume_queue::block_first_entry(s.persisted);
+                let tail = s.entries[tail_index..].to_vec();
+                (*key, tail_index, s.persisted, s.file_exists, tail)
+            })
+            .collect();
+        for (key, tail_index, from, file_exists, tail) in pending {
+            if let Err(e) = self
+                .write_queue(key, &tail, tail_index, from, file_exists)
+                .await
+            {
+                self.log.mark_failed(e.to_string());
+                return Err(e);
+            }
+            if let Some(state) = self.queues.borrow_mut().get_mut(&key) {
+                state.persisted = state.persisted.max(tail_index + tail.len());
+                state.file_exists = true;
+            }
+        }
+        let path = checkpoint_path(&self.config.dir);
+        self.disk
+            .write_atomic(&path, checkpoint.encode())
+            .await
+            .map_err(|e| StoreError::io(format!("writing {}", path.display()), e))
+    }
+
+    async fn write_queue(
+        &self,
+        key: QueueKey,
+        tail: &[CqEntry],
+        tail_index: usize,
+        from: usize,
+        file_exists: bool,
+    ) -> Result<(), StoreError> {
+        if !file_exists {
+            let dir = consume_queue::queue_dir(&self.config.dir, key.topic_id);
+            self.disk
+                .create_dir_all(&dir)
+                .await
+                .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        }
+        let path = consume_queue::queue_path(&self.config.dir, key);
+        consume_queue::write_from(&self.disk, &path, tail, tail_index, from, 0).await
     }
 
     /// True when the next segment should be created and zero-filled ahead of need.
     pub fn needs_next_segment(&self) -> bool {
-        todo!()
+        self.log.needs_next_segment()
     }
 
     /// Creates and zero-fills the next segment (no-op if it exists).
     pub async fn prepare_next_segment(&self) -> Result<(), StoreError> {
-        todo!()
+        self.log.prepare_next_segment().await
     }
 
     /// Commitlog offset just past the last appended record.
     pub fn max_offset(&self) -> u64 {
-        todo!()
+        self.log.max_offset()
     }
 
     /// Commitlog offset up to which an fdatasync has completed.
     pub fn flushed_offset(&self) -> u64 {
-        todo!()
+        self.log.flushed_offset()
     }
 
     /// Bytes appended but not yet flushed.
     pub fn dirty_bytes(&self) -> u64 {
-        todo!()
+        self.log.max_offset() - self.log.flushed_offset()
     }
 
     /// (min queue offset, next queue offset) of a queue, counting every appended entry.
     pub fn queue_range(&self, key: QueueKey) -> Option<(u64, u64)> {
-        let _ = key;
-        todo!()
+        let queues = self.queues.borrow();
+        queues.get(&key).map(|s| (0, s.entries.len() as u64))
     }
 
     /// One past the highest queue offset whose record ends at or before `confirmed_offset`.
     pub fn visible_end(&self, key: QueueKey, confirmed_offset: u64) -> Option<u64> {
-        let _ = (key, confirmed_offset);
-        todo!()
+        let queues = self.queues.borrow();
+        let state = queues.get(&key)?;
+        Some(consume_queue::visible_end(&state.entries, confirmed_offset) as u64)
     }
 
     /// Consume-queue entries of `key` from queue offset `from`, at most `max_count`.
     pub fn entries(&self, key: QueueKey, from: u64, max_count: usize) -> Vec<CqEntry> {
-        let _ = (key, from, max_count);
-        todo!()
+        let queues = self.queues.borrow();
+        let Some(state) = queues.get(&key) else {
+            return Vec::new();
+        };
+        let start = (from as usize).min(state.entries.len());
+        let end = start.saturating_add(max_count).min(state.entries.len());
+        state.entries[start..end].to_vec()
     }
 
     /// The bytes of the record an entry points to (from the write buffer or from disk).
     pub async fn read_record(&self, entry: CqEntry) -> Result<Vec<u8>, StoreError> {
-        let _ = entry;
-        todo!()
+        let bytes = self
+            .log
+            .read(entry.commitlog_offset, entry.size as usize)
+            .await?;
+        match record::decode(&bytes, entry.commitlog_offset) {
+            Ok(Decoded::Record(view)) if view.total_size == entry.size => Ok(bytes),
+            Ok(other) => Err(StoreError::Corrupt(format!(
+                "consume-queue entry {entry:?} points at {other:?}, not a record of its size"
+            ))),
+            Err(e) => Err(StoreError::Corrupt(e.to_string())),
+        }
     }
 
     /// Clean shutdown: flush, persist metadata, remove the abort marker.
     pub async fn close(&self) -> Result<(), StoreError> {
-        todo!()
+        self.flush().await?;
+        self.persist_metadata().await?;
+        let abort = abort_marker_path(&self.config.dir);
+        self.disk
+            .remove(&abort)
+            .await
+            .map_err(|e| StoreError::io(format!("removing {}", abort.display()), e))
+    }
+}
+
+fn entry_of(view: &RecordView<'_>) -> CqEntry {
+    CqEntry {
+        commitlog_offset: view.commitlog_offset,
+        size: view.total_size,
+        tag_hash: view.key_hash,
     }
 }
