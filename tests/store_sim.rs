@@ -313,3 +313,35 @@ fn deleted_consume_queue_is_rebuilt_from_the_commitlog() {
     assert_eq!(report.consume_queue_entries_dispatched, 0);
     check_recovered(&store, &model);
 }
+
+#[test]
+fn stale_records_past_a_truncation_never_come_back() {
+    let disk = SimDisk::new();
+    let (store, _) = open(&disk);
+    let mut model = Model::new();
+    // Headers are 78 bytes here (topic "t", key "k"): the second record ends at block 4096,
+    // so the flush after the truncation does not rewrite the third record's block.
+    let first = vec![b'a'; 2000 - 78];
+    let second_old = vec![b'b'; 2096 - 78];
+    let second_new = vec![b'n'; 2096 - 78];
+    for body in [&first, &second_old, &b"third-cccc".to_vec()] {
+        append(&store, &mut model, 0, body);
+    }
+    flush(&store, &mut model);
+    let second = store.entries(QUEUES[0], 1, 1)[0];
+    let path = config().dir.join("commitlog").join(format!("{:020}", 0));
+    assert!(disk.flip_bit(&path, second.commitlog_offset + 80, 0));
+    let (store, report) = open(&disk);
+    assert!(report.truncation_reason.is_some());
+    assert!(report.truncated_bytes > 0);
+    assert_eq!(store.queue_range(QUEUES[0]), Some((0, 1)));
+    // A same-size record ends exactly where the stale third record starts.
+    let mut model = Model::new();
+    model.bodies[0].push(first);
+    append(&store, &mut model, 0, &second_new);
+    assert_eq!(store.max_offset(), 4096);
+    flush(&store, &mut model);
+    let (store, _) = open(&disk.crash(1));
+    assert_eq!(store.queue_range(QUEUES[0]), Some((0, 2)));
+    check_recovered(&store, &model);
+}
