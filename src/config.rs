@@ -1,0 +1,274 @@
+//! Broker configuration: TOML through serde with every default built in, so `ringmq serve` runs
+//! with no file at all. A file given with `--config` and then command-line flags override the
+//! defaults; [`BrokerConfig::validate`] refuses bad values with a message naming the key.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// When a producer's OK is sent relative to the disk (see README "Modes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FlushDiskType {
+    /// OK after an fdatasync covering the record completed (group commit).
+    #[serde(rename = "SYNC_FLUSH")]
+    SyncFlush,
+    /// OK once the record is in the shard's memory; a timer flushes.
+    #[serde(rename = "ASYNC_FLUSH")]
+    AsyncFlush,
+}
+
+impl FlushDiskType {
+    pub fn name(self) -> &'static str {
+        match self {
+            FlushDiskType::SyncFlush => "SYNC_FLUSH",
+            FlushDiskType::AsyncFlush => "ASYNC_FLUSH",
+        }
+    }
+}
+
+impl FromStr for FlushDiskType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "SYNC_FLUSH" => Ok(FlushDiskType::SyncFlush),
+            "ASYNC_FLUSH" => Ok(FlushDiskType::AsyncFlush),
+            other => Err(format!(
+                "flush_disk_type: `{other}` is not SYNC_FLUSH or ASYNC_FLUSH"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for FlushDiskType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Name of the broker group, reported in metadata.
+    pub broker_name: String,
+    /// Root of the store; each shard keeps `shard-<n>/` below it.
+    pub store_dir: PathBuf,
+    /// Client address shared by every shard (SO_REUSEPORT); port 0 picks a free port.
+    pub listen: String,
+    /// First shard-aware port: shard `n` also listens on `shard_port_base + n`. 0 derives it
+    /// as the listen port + 100 (or picks free ports when the listen port is 0).
+    pub shard_port_base: u16,
+    /// Number of shards; 0 means one per available core.
+    pub shards: usize,
+    pub flush_disk_type: FlushDiskType,
+    /// ASYNC_FLUSH: how often the flusher looks at dirty data.
+    pub flush_interval_ms: u64,
+    /// ASYNC_FLUSH: flush only when at least this many 4 KiB pages are dirty...
+    pub flush_least_pages: u64,
+    /// ...unless this long has passed since the last flush, then flush whatever is dirty.
+    pub flush_thorough_interval_ms: u64,
+    /// SYNC_FLUSH: a produce not flushed within this gets FLUSH_DISK_TIMEOUT.
+    pub sync_flush_timeout_ms: u64,
+    pub segment_size_bytes: u64,
+    /// Per shard: bytes appended but not yet written before producers wait for the flusher.
+    pub write_buffer_bytes: u64,
+    /// Largest message body accepted.
+    pub max_message_bytes: u64,
+    /// Largest frame accepted on a connection (a batch of messages must fit).
+    pub max_frame_bytes: u64,
+    /// Upper bound on a pull's long-poll wait, whatever the client asks.
+    pub max_pull_wait_ms: u64,
+    /// How often consume queues and the checkpoint are written.
+    pub checkpoint_interval_ms: u64,
+    /// Executor busy-spin before parking; trades idle CPU for cross-core latency.
+    pub spin_before_park_us: u64,
+    /// Memory glommio registers with io_uring per ring (3 rings per executor).
+    pub io_memory_bytes: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            broker_name: "broker-a".to_string(),
+            store_dir: PathBuf::from("./data"),
+            listen: "127.0.0.1:10911".to_string(),
+            shard_port_base: 0,
+            shards: 0,
+            flush_disk_type: FlushDiskType::SyncFlush,
+            flush_interval_ms: 500,
+            flush_least_pages: 4,
+            flush_thorough_interval_ms: 10_000,
+            sync_flush_timeout_ms: 5_000,
+            segment_size_bytes: GIB,
+            write_buffer_bytes: 16 * MIB,
+            max_message_bytes: 4 * MIB,
+            max_frame_bytes: 16 * MIB,
+            max_pull_wait_ms: 30_000,
+            checkpoint_interval_ms: 1_000,
+            spin_before_park_us: 0,
+            io_memory_bytes: 10 * MIB,
+        }
+    }
+}
+
+/// Smallest segment: a few maximum-size writes must fit and zero-filling stays cheap in tests.
+const MIN_SEGMENT_BYTES: u64 = 64 * KIB;
+/// Blocks are 4 KiB on disk; sizes that reach the disk must be multiples of it.
+const BLOCK: u64 = 4096;
+/// glommio refuses less than 64 KiB of io memory.
+const MIN_IO_MEMORY_BYTES: u64 = 64 * KIB;
+/// Far beyond any real core count; catches typos such as `shards = 2000`.
+const MAX_SHARDS: usize = 256;
+
+impl BrokerConfig {
+    /// Parses a TOML document; unknown keys are refused so a typo is not silently ignored.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| format!("invalid configuration: {e}"))
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("configuration serializes")
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.listen.parse().map_err(|_| {
+            format!(
+                "listen: `{}` is not HOST:PORT (an IP and a port)",
+                self.listen
+            )
+        })
+    }
+
+    pub fn shard_count(&self) -> usize {
+        if self.shards == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            self.shards
+        }
+    }
+
+    /// Checks every value, naming the key of the first bad one.
+    pub fn validate(&self) -> Result<(), String> {
+        self.listen_addr()?;
+        if self.broker_name.is_empty() || self.broker_name.len() > 64 {
+            return Err("broker_name: must be 1 to 64 characters".into());
+        }
+        if self.shards > MAX_SHARDS {
+            return Err(format!("shards: {} exceeds {MAX_SHARDS}", self.shards));
+        }
+        if self.segment_size_bytes < MIN_SEGMENT_BYTES || self.segment_size_bytes % BLOCK != 0 {
+            return Err(format!(
+                "segment_size_bytes: {} must be a multiple of 4096 and at least {MIN_SEGMENT_BYTES}",
+                self.segment_size_bytes
+            ));
+        }
+        if self.segment_size_bytes > u32::MAX as u64 * 4 {
+            return Err("segment_size_bytes: at most 16 GiB".into());
+        }
+        if self.write_buffer_bytes < 16 * BLOCK || self.write_buffer_bytes % BLOCK != 0 {
+            return Err(format!(
+                "write_buffer_bytes: {} must be a multiple of 4096 and at least 64 KiB",
+                self.write_buffer_bytes
+            ));
+        }
+        if self.max_message_bytes == 0 {
+            return Err("max_message_bytes: must be positive".into());
+        }
+        let largest_record = self.max_message_bytes + 2 * 64 * KIB + 512;
+        if largest_record * 2 > self.write_buffer_bytes {
+            return Err(format!(
+                "max_message_bytes: {} is too large for write_buffer_bytes {} (a record must fit twice)",
+                self.max_message_bytes, self.write_buffer_bytes
+            ));
+        }
+        if largest_record * 2 > self.segment_size_bytes {
+            return Err(format!(
+                "max_message_bytes: {} is too large for segment_size_bytes {}",
+                self.max_message_bytes, self.segment_size_bytes
+            ));
+        }
+        if self.max_frame_bytes < self.max_message_bytes + 1024 {
+            return Err("max_frame_bytes: must exceed max_message_bytes by at least 1 KiB".into());
+        }
+        if self.max_frame_bytes > u32::MAX as u64 {
+            return Err("max_frame_bytes: at most 4 GiB".into());
+        }
+        for (key, value) in [
+            ("flush_interval_ms", self.flush_interval_ms),
+            (
+                "flush_thorough_interval_ms",
+                self.flush_thorough_interval_ms,
+            ),
+            ("sync_flush_timeout_ms", self.sync_flush_timeout_ms),
+            ("checkpoint_interval_ms", self.checkpoint_interval_ms),
+        ] {
+            if value == 0 {
+                return Err(format!("{key}: must be positive"));
+            }
+        }
+        if self.io_memory_bytes < MIN_IO_MEMORY_BYTES {
+            return Err(format!(
+                "io_memory_bytes: {} is below glommio's minimum of {MIN_IO_MEMORY_BYTES}",
+                self.io_memory_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip_through_toml() {
+        let config = BrokerConfig::default();
+        config.validate().unwrap();
+        let back = BrokerConfig::from_toml(&config.to_toml()).unwrap();
+        assert_eq!(back, config);
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        assert_eq!(
+            BrokerConfig::from_toml("").unwrap(),
+            BrokerConfig::default()
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = BrokerConfig::from_toml("flush_disk_type = \"SOMETIMES\"").unwrap_err();
+        assert!(err.contains("flush_disk_type"), "{err}");
+        let err = BrokerConfig::from_toml("flush_intervl_ms = 5").unwrap_err();
+        assert!(err.contains("flush_intervl_ms"), "{err}");
+        let config = BrokerConfig {
+            segment_size_bytes: 5000,
+            ..BrokerConfig::default()
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .starts_with("segment_size_bytes"));
+        let config = BrokerConfig {
+            listen: "nowhere".into(),
+            ..BrokerConfig::default()
+        };
+        assert!(config.validate().unwrap_err().starts_with("listen"));
+        let config = BrokerConfig {
+            max_message_bytes: 8 * MIB,
+            ..BrokerConfig::default()
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .starts_with("max_message_bytes"));
+    }
+}

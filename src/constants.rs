@@ -1,0 +1,31 @@
+//! Every fixed bound of the broker, each with the reason for its value.
+
+/// Requests one connection may have in flight before the broker stops reading from it. Enough
+/// for deep pipelining (the probe saw throughput flatten past a window of 256) while bounding
+/// the memory a single client can pin.
+pub const MAX_INFLIGHT_REQUESTS_PER_CONNECTION: usize = 1024;
+
+/// Initial read buffer per connection; grows to the frame size when a larger frame arrives.
+pub const CONNECTION_READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Cross-shard channel depth per pair of shards. A forwarded request waits (asynchronously)
+/// when the owner has this many unanswered; 1024 covers a full pipeline window of one client.
+pub const SHARD_CHANNEL_CAPACITY: usize = 1024;
+
+/// Longest topic or group name: fits in file names on every filesystem with room to spare.
+pub const MAX_NAME_BYTES: usize = 127;
+
+/// Most queues per topic: keeps metadata responses and describe fan-out small.
+pub const MAX_QUEUES_PER_TOPIC: u32 = 1024;
+
+/// Most messages one produce request may carry.
+pub const MAX_MESSAGES_PER_PRODUCE: usize = 65_536;
+
+/// Most messages one pull returns, whatever the client asks for.
+pub const MAX_MESSAGES_PER_PULL: u32 = 4096;
+
+/// Most bytes one pull returns (at least one message is always returned if available).
+pub const MAX_BYTES_PER_PULL: u32 = 8 * 1024 * 1024;
+
+/// Listen backlog for client sockets.
+pub const LISTEN_BACKLOG: i32 = 1024;
