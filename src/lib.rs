@@ -6,5 +6,10 @@
 
 pub mod cli;
 pub mod client;
+pub mod config;
+pub mod constants;
+pub mod net;
 pub mod protocol;
+pub mod server;
+pub mod shard;
 pub mod store;

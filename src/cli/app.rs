@@ -88,7 +88,10 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     match Cli::try_parse_from(args) {
-        Ok(cli) => run(cli),
+        Ok(cli) => {
+            install_logger(matches!(cli.command, Command::Serve(_)));
+            run(cli)
+        }
         Err(e) => {
             let _ = e.print();
             if e.use_stderr() {
@@ -98,4 +101,19 @@ where
             }
         }
     }
+}
+
+/// Logs go to stderr (stdout carries data and the broker's ready line). The broker logs at
+/// `info` by default; client commands only at `warn`. `RUST_LOG` overrides both. glommio
+/// reports its fallbacks (io_uring buffer registration, probe errors) only through the `log`
+/// crate, which this subscriber captures too.
+fn install_logger(serving: bool) {
+    let default = if serving { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(filter)
+        .try_init();
 }

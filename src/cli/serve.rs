@@ -1,5 +1,7 @@
-//! `ringmq serve`: starts the broker.
+//! `ringmq serve`: builds the effective configuration (defaults, then `--config FILE`, then
+//! flags) and runs the broker.
 
+use crate::config::{BrokerConfig, FlushDiskType};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -22,8 +24,37 @@ pub struct ServeArgs {
     pub flush: Option<String>,
 }
 
+impl ServeArgs {
+    pub fn effective_config(&self) -> Result<BrokerConfig, String> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--config {}: {e}", path.display()))?;
+                BrokerConfig::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            None => BrokerConfig::default(),
+        };
+        if let Some(store) = &self.store {
+            config.store_dir = store.clone();
+        }
+        if let Some(listen) = &self.listen {
+            config.listen = listen.clone();
+        }
+        if let Some(shards) = self.shards {
+            if shards == 0 {
+                return Err("--shards: must be at least 1".into());
+            }
+            config.shards = shards;
+        }
+        if let Some(flush) = &self.flush {
+            config.flush_disk_type = flush.parse::<FlushDiskType>()?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
 /// Runs the broker until SIGINT/SIGTERM. Returns a message for the user on failure.
 pub fn run(args: ServeArgs) -> Result<(), String> {
-    let _ = args;
-    Err("serve is not implemented yet".to_string())
+    crate::server::run(args.effective_config()?)
 }

@@ -1,0 +1,204 @@
+//! Starting the broker: the main thread prepares everything shared-nothing shards need
+//! (configuration, topic table, listening sockets, the channel mesh, stop signals), starts one
+//! pinned glommio executor per shard, waits until every shard has recovered its store, prints
+//! the ready line, and on SIGINT or SIGTERM asks every shard to shut down cleanly.
+
+use crate::config::BrokerConfig;
+use crate::net::bind_listeners;
+use crate::shard::mesh::build_mesh;
+use crate::shard::startup::{run_shard, ShardStartup};
+use crate::shard::topics::TopicTable;
+use glommio::{LocalExecutorBuilder, Placement};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::os::fd::RawFd;
+use std::path::Path;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+use tracing::{error, info};
+
+/// `<store>/store.json`: facts about the store that must not change between runs.
+#[derive(Serialize, Deserialize)]
+struct StoreIdentity {
+    format_version: u32,
+    shards: usize,
+}
+
+const STORE_FORMAT_VERSION: u32 = 1;
+
+fn check_store_identity(store_dir: &Path, shards: usize) -> Result<(), String> {
+    let path = store_dir.join("store.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let identity: StoreIdentity = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{}: unreadable store identity: {e}", path.display()))?;
+            if identity.format_version != STORE_FORMAT_VERSION {
+                return Err(format!(
+                    "{}: store format {} is not supported (this build reads {STORE_FORMAT_VERSION})",
+                    path.display(),
+                    identity.format_version
+                ));
+            }
+            if identity.shards != shards {
+                return Err(format!(
+                    "store {} was created with {} shards; start with --shards {} (changing the shard count of a store is not supported)",
+                    store_dir.display(),
+                    identity.shards,
+                    identity.shards
+                ));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let identity = StoreIdentity {
+                format_version: STORE_FORMAT_VERSION,
+                shards,
+            };
+            write_atomic_blocking(
+                &path,
+                &serde_json::to_vec_pretty(&identity).expect("serializes"),
+            )
+            .map_err(|e| format!("{}: {e}", path.display()))
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+fn write_atomic_blocking(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
+fn blocking_eventfd() -> Result<RawFd, String> {
+    // Blocking on purpose: glommio's io_uring read arms an internal poll on it.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
+    }
+    Ok(fd)
+}
+
+fn signal_stop(fds: &[RawFd]) {
+    for fd in fds {
+        let one: u64 = 1;
+        unsafe { libc::write(*fd, &one as *const u64 as *const libc::c_void, 8) };
+    }
+}
+
+/// Runs the broker until SIGINT or SIGTERM.
+pub fn run(config: BrokerConfig) -> Result<(), String> {
+    config.validate()?;
+    let shard_count = config.shard_count();
+    std::fs::create_dir_all(&config.store_dir)
+        .map_err(|e| format!("store_dir {}: {e}", config.store_dir.display()))?;
+    check_store_identity(&config.store_dir, shard_count)?;
+    info!("effective configuration:\n{}", config.to_toml());
+    let topics = Arc::new(TopicTable::load(&config.store_dir)?);
+    let listeners = bind_listeners(&config, shard_count)?;
+    let shard_ports = Arc::new(listeners.shard_ports.clone());
+    let config = Arc::new(config);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let stop_fds = (0..shard_count)
+        .map(|_| blocking_eventfd())
+        .collect::<Result<Vec<_>, _>>()?;
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut executors = Vec::with_capacity(shard_count);
+    for ((id, mesh), listener_fds) in build_mesh(shard_count)
+        .into_iter()
+        .enumerate()
+        .zip(listeners.per_shard)
+    {
+        let startup = ShardStartup {
+            id,
+            shard_count,
+            config: config.clone(),
+            topics: topics.clone(),
+            mesh,
+            listener_fds,
+            shard_ports: shard_ports.clone(),
+            ready: ready_tx.clone(),
+            stop_fd: stop_fds[id],
+        };
+        let core = cores.get(id % cores.len().max(1)).copied();
+        let builder = LocalExecutorBuilder::new(Placement::Unbound)
+            .name(&format!("shard-{id}"))
+            .io_memory(config.io_memory_bytes as usize)
+            .spin_before_park(Duration::from_micros(config.spin_before_park_us));
+        let handle = builder
+            .spawn(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                run_shard(startup)
+            })
+            .map_err(|e| format!("starting the executor of shard {id}: {e}"))?;
+        executors.push(handle);
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    for _ in 0..shard_count {
+        match ready_rx.recv() {
+            Ok(Ok((id, report))) => info!(
+                shard = id,
+                unclean_shutdown = report.unclean_shutdown,
+                scan_start_offset = report.scan_start_offset,
+                scanned_bytes = report.scanned_bytes,
+                scanned_records = report.scanned_records,
+                truncated_bytes = report.truncated_bytes,
+                truncation_reason = report.truncation_reason.as_deref().unwrap_or("none"),
+                max_offset = report.max_offset,
+                consume_queue_entries_trimmed = report.consume_queue_entries_trimmed,
+                consume_queue_entries_dispatched = report.consume_queue_entries_dispatched,
+                duration_ms = report.duration.as_secs_f64() * 1000.0,
+                "recovered"
+            ),
+            Ok(Err(e)) => {
+                error!("{e}");
+                failure.get_or_insert(e);
+            }
+            Err(_) => {
+                failure.get_or_insert_with(|| "a shard stopped during start-up".to_string());
+                break;
+            }
+        }
+    }
+    if let Some(e) = failure {
+        signal_stop(&stop_fds);
+        for handle in executors {
+            let _ = handle.join();
+        }
+        return Err(e);
+    }
+    let ports: Vec<String> = shard_ports.iter().map(|p| p.to_string()).collect();
+    println!(
+        "ringmq ready listen={} shard_ports={} shards={} flush={} store={}",
+        listeners.listen_addr,
+        ports.join(","),
+        shard_count,
+        config.flush_disk_type,
+        config.store_dir.display()
+    );
+    let _ = std::io::stdout().flush();
+    wait_for_termination()?;
+    info!("shutting down");
+    signal_stop(&stop_fds);
+    for handle in executors {
+        if let Err(e) = handle.join() {
+            error!("a shard executor failed: {e}");
+        }
+    }
+    info!("stopped cleanly");
+    Ok(())
+}
+
+fn wait_for_termination() -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| format!("installing signal handlers: {e}"))?;
+    let _ = signals.forever().next();
+    Ok(())
+}

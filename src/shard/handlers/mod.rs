@@ -1,0 +1,101 @@
+//! Request handlers, one file per command. [`handle`] is the single entry point for a decoded
+//! request, whether it came from a connection of this shard or was forwarded by another shard.
+
+mod group;
+mod metadata;
+mod produce;
+mod pull;
+mod topic;
+
+use super::mesh::{Reply, ShardRequest};
+use super::Shard;
+use crate::protocol::codec::DecodeError;
+use crate::protocol::{Opcode, Status};
+use std::rc::Rc;
+
+pub async fn handle(shard: &Rc<Shard>, opcode: Opcode, body: &[u8]) -> Reply {
+    match opcode {
+        Opcode::Ping => Reply::ok(Vec::new()),
+        Opcode::Metadata => metadata::handle(shard),
+        Opcode::Produce => produce::handle(shard, body).await,
+        Opcode::Pull => pull::handle(shard, body).await,
+        Opcode::QueueStats => topic::queue_stats(shard, body).await,
+        Opcode::TopicCreate => topic::create(shard, body).await,
+        Opcode::TopicDelete => topic::delete(shard, body).await,
+        Opcode::TopicList => topic::list(shard),
+        Opcode::TopicDescribe => topic::describe(shard, body).await,
+        Opcode::GroupCommit => group::commit(shard, body).await,
+        Opcode::GroupFetch => group::fetch(shard, body).await,
+        Opcode::GroupDescribe => group::describe(shard, body).await,
+    }
+}
+
+/// Runs a request that another shard sent over the mesh.
+pub async fn handle_shard_request(shard: Rc<Shard>, request: ShardRequest) {
+    match request {
+        ShardRequest::Execute {
+            opcode,
+            body,
+            reply,
+        } => {
+            let answer = handle(&shard, opcode, &body).await;
+            let _ = reply.send(answer);
+        }
+        ShardRequest::ApplyTopics { table, reply } => {
+            let _ = reply.send(shard.apply_topics(table).await);
+        }
+        ShardRequest::GroupOffsets { group, reply } => {
+            let _ = reply.send(group::local_offsets(&shard, &group));
+        }
+    }
+}
+
+fn bad_request(e: DecodeError) -> Reply {
+    Reply::error(Status::BadRequest, format!("malformed request body: {e}"))
+}
+
+fn topic_not_found(name: &str) -> Reply {
+    Reply::error(
+        Status::TopicNotFound,
+        format!("topic `{name}` does not exist"),
+    )
+}
+
+fn queue_not_found(name: &str, queue: u32, count: u32) -> Reply {
+    Reply::error(
+        Status::QueueNotFound,
+        format!(
+            "topic `{name}` has queues 0 to {}, not {queue}",
+            count.saturating_sub(1)
+        ),
+    )
+}
+
+/// Where a queue-scoped request must run: here, or on the owning shard.
+enum Route {
+    Local { topic_id: u32 },
+    Remote(usize),
+}
+
+fn route(shard: &Shard, topic: &str, queue: u32) -> Result<Route, Reply> {
+    let entry = shard.topic(topic).ok_or_else(|| topic_not_found(topic))?;
+    let owner = *entry
+        .queue_shards
+        .get(queue as usize)
+        .ok_or_else(|| queue_not_found(topic, queue, entry.queue_count()))?
+        as usize;
+    if owner == shard.id {
+        Ok(Route::Local {
+            topic_id: entry.topic_id,
+        })
+    } else {
+        Ok(Route::Remote(owner))
+    }
+}
+
+/// Encodes a body with a writer function into a fresh vector.
+fn body(encode: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(&mut out);
+    out
+}

@@ -1,0 +1,214 @@
+//! Produce: append a batch to one queue and answer when the flush mode's guarantee holds.
+
+use super::{bad_request, body, route, Route};
+use crate::config::FlushDiskType;
+use crate::constants::MAX_MESSAGES_PER_PRODUCE;
+use crate::protocol::message::{ProduceRequest, ProduceResponse, ANY_QUEUE};
+use crate::protocol::{Opcode, Status};
+use crate::shard::completion::Completion;
+use crate::shard::mesh::Reply;
+use crate::shard::Shard;
+use crate::store::record::RecordInput;
+use crate::store::{AppendError, Appended, QueueKey};
+use futures_lite::future;
+use glommio::timer::sleep;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub async fn handle(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
+    let request = match ProduceRequest::decode(raw) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    if let Err(reply) = validate(shard, &request) {
+        return reply;
+    }
+    let queue = if request.queue == ANY_QUEUE {
+        match pick_queue(shard, request.topic) {
+            Ok(q) => q,
+            Err(reply) => return reply,
+        }
+    } else {
+        request.queue
+    };
+    let topic_id = match route(shard, request.topic, queue) {
+        Ok(Route::Local { topic_id, .. }) => topic_id,
+        Ok(Route::Remote(owner)) => {
+            let mut forwarded = Vec::with_capacity(raw.len());
+            ProduceRequest { queue, ..request }.encode(&mut forwarded);
+            return shard.forward(owner, Opcode::Produce, forwarded).await;
+        }
+        Err(reply) => return reply,
+    };
+    let key = QueueKey { topic_id, queue };
+    let (first, last) = match append_batch(shard, key, &request).await {
+        Ok(range) => range,
+        Err(reply) => return reply,
+    };
+    let status = match shard.config.flush_disk_type {
+        FlushDiskType::AsyncFlush => {
+            shard.visible.notify();
+            Status::Ok
+        }
+        FlushDiskType::SyncFlush => wait_for_flush(shard, last.end_offset).await,
+    };
+    if status == Status::StoreError {
+        return Reply::error(
+            status,
+            "the store failed to write or sync; the message may not be durable",
+        );
+    }
+    let response = ProduceResponse {
+        queue,
+        base_offset: first.queue_offset,
+        count: request.messages.len() as u32,
+        commitlog_offset: first.commitlog_offset,
+    };
+    Reply::with_status(status, body(|out| response.encode(out)))
+}
+
+fn validate(shard: &Shard, request: &ProduceRequest<'_>) -> Result<(), Reply> {
+    if request.messages.len() > MAX_MESSAGES_PER_PRODUCE {
+        return Err(Reply::error(
+            Status::BadRequest,
+            format!(
+                "{} messages in one produce request; the maximum is {MAX_MESSAGES_PER_PRODUCE}",
+                request.messages.len()
+            ),
+        ));
+    }
+    let max = shard.config.max_message_bytes as usize;
+    if let Some((i, m)) = request
+        .messages
+        .iter()
+        .enumerate()
+        .find(|(_, m)| m.body.len() > max)
+    {
+        return Err(Reply::error(
+            Status::MessageTooLarge,
+            format!(
+                "message {i} has a body of {} bytes; the maximum is {max}",
+                m.body.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A queue of the topic, preferring the ones this shard owns so the request needs no hop.
+fn pick_queue(shard: &Shard, topic: &str) -> Result<u32, Reply> {
+    let entry = shard
+        .topic(topic)
+        .ok_or_else(|| super::topic_not_found(topic))?;
+    let local: Vec<u32> = entry
+        .queue_shards
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| **s as usize == shard.id)
+        .map(|(q, _)| q as u32)
+        .collect();
+    let turn = shard.next_queue.get();
+    shard.next_queue.set(turn.wrapping_add(1));
+    Ok(if local.is_empty() {
+        (turn % entry.queue_shards.len()) as u32
+    } else {
+        local[turn % local.len()]
+    })
+}
+
+/// Appends every message of the batch; the queue offsets of a batch are contiguous because
+/// the append gate is held while the batch waits for buffer space or a new segment.
+async fn append_batch(
+    shard: &Rc<Shard>,
+    key: QueueKey,
+    request: &ProduceRequest<'_>,
+) -> Result<(Appended, Appended), Reply> {
+    let _gate = shard
+        .append_gate
+        .acquire_permit(1)
+        .await
+        .map_err(|e| Reply::error(Status::Internal, e.to_string()))?;
+    let store_timestamp_ms = now_ms();
+    let mut first = None;
+    let mut last = None;
+    for m in &request.messages {
+        let input = RecordInput {
+            topic_id: key.topic_id,
+            queue_id: key.queue,
+            queue_offset: 0,
+            born_timestamp_ms: m.born_timestamp_ms,
+            store_timestamp_ms,
+            topic: request.topic,
+            key: m.key,
+            properties: m.properties,
+            body: m.body,
+        };
+        let appended = append_one(shard, &input).await?;
+        first.get_or_insert(appended);
+        last = Some(appended);
+    }
+    if shard.config.flush_disk_type == FlushDiskType::SyncFlush {
+        shard.flush_requested.notify();
+    }
+    if shard.store.needs_next_segment() {
+        shard.segment_wanted.notify();
+    }
+    Ok((
+        first.expect("batch is not empty"),
+        last.expect("batch is not empty"),
+    ))
+}
+
+async fn append_one(shard: &Shard, input: &RecordInput<'_>) -> Result<Appended, Reply> {
+    loop {
+        match shard.store.append(input) {
+            Ok(appended) => return Ok(appended),
+            Err(AppendError::BufferFull) => {
+                let flushed = shard.flushed.listen();
+                shard.flush_urgent.set(true);
+                shard.flush_requested.notify();
+                let _ = flushed.await;
+            }
+            Err(AppendError::SegmentNotReady) => {
+                let ready = shard.segment_ready.listen();
+                shard.segment_wanted.notify();
+                let _ = ready.await;
+            }
+            Err(e @ AppendError::TooLarge { .. }) => {
+                return Err(Reply::error(Status::MessageTooLarge, e.to_string()))
+            }
+            Err(e @ AppendError::UnknownQueue { .. }) => {
+                return Err(Reply::error(Status::QueueNotFound, e.to_string()))
+            }
+            Err(e @ AppendError::Failed(_)) => {
+                return Err(Reply::error(Status::StoreError, e.to_string()))
+            }
+        }
+    }
+}
+
+/// SYNC_FLUSH: waits for a flush covering `end_offset`, at most `sync_flush_timeout_ms`.
+async fn wait_for_flush(shard: &Shard, end_offset: u64) -> Status {
+    let done = shard.completions.wait(end_offset);
+    let timeout = Duration::from_millis(shard.config.sync_flush_timeout_ms);
+    future::or(
+        async {
+            match done.await {
+                Ok(Completion::Done) => Status::Ok,
+                Ok(Completion::Failed) | Err(_) => Status::StoreError,
+            }
+        },
+        async {
+            sleep(timeout).await;
+            Status::FlushDiskTimeout
+        },
+    )
+    .await
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,133 @@
+//! Pull: read confirmed messages of one queue, long-polling at its end.
+
+use super::{bad_request, body, route, Route};
+use crate::constants::{MAX_BYTES_PER_PULL, MAX_MESSAGES_PER_PULL};
+use crate::protocol::message::{PullRequest, PullResponseEncoder, PullSummary, PulledMessageRef};
+use crate::protocol::{Opcode, Status};
+use crate::shard::mesh::Reply;
+use crate::shard::Shard;
+use crate::store::record::{self, Decoded};
+use crate::store::QueueKey;
+use futures_lite::future;
+use glommio::timer::sleep;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+pub async fn handle(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
+    let request = match PullRequest::decode(raw) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let topic_id = match route(shard, &request.topic, request.queue) {
+        Ok(Route::Local { topic_id, .. }) => topic_id,
+        Ok(Route::Remote(owner)) => return shard.forward(owner, Opcode::Pull, raw.to_vec()).await,
+        Err(reply) => return reply,
+    };
+    let key = QueueKey {
+        topic_id,
+        queue: request.queue,
+    };
+    let wait =
+        Duration::from_millis((request.max_wait_ms as u64).min(shard.config.max_pull_wait_ms));
+    let deadline = Instant::now() + wait;
+    loop {
+        let summary = match summary(shard, key, request.offset) {
+            Ok(s) => s,
+            Err(reply) => return reply,
+        };
+        if request.offset < summary.max_offset {
+            return read_messages(shard, key, &request, summary).await;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Reply::with_status(
+                Status::NoNewMessage,
+                body(|out| {
+                    PullResponseEncoder::begin(out, summary).finish(out, request.offset);
+                }),
+            );
+        }
+        let visible = shard.visible.listen();
+        future::or(
+            async {
+                let _ = visible.await;
+            },
+            sleep(deadline - now),
+        )
+        .await;
+    }
+}
+
+fn summary(shard: &Shard, key: QueueKey, offset: u64) -> Result<PullSummary, Reply> {
+    let (min_offset, _) = shard.store.queue_range(key).ok_or_else(|| {
+        Reply::error(
+            Status::QueueNotFound,
+            "queue is not registered on its shard",
+        )
+    })?;
+    let max_offset = shard
+        .store
+        .visible_end(key, shard.confirmed_offset())
+        .unwrap_or(min_offset);
+    if offset < min_offset || offset > max_offset {
+        return Err(Reply::error(
+            Status::OffsetOutOfRange,
+            format!("offset {offset} is outside the queue's range {min_offset}..={max_offset}"),
+        ));
+    }
+    Ok(PullSummary {
+        next_offset: offset,
+        min_offset,
+        max_offset,
+    })
+}
+
+async fn read_messages(
+    shard: &Shard,
+    key: QueueKey,
+    request: &PullRequest,
+    summary: PullSummary,
+) -> Reply {
+    let max_messages = request.max_messages.clamp(1, MAX_MESSAGES_PER_PULL) as u64;
+    let max_bytes = request.max_bytes.clamp(1, MAX_BYTES_PER_PULL) as usize;
+    let count = (summary.max_offset - request.offset).min(max_messages) as usize;
+    let entries = shard.store.entries(key, request.offset, count);
+    let mut out = Vec::new();
+    let mut encoder = PullResponseEncoder::begin(&mut out, summary);
+    let mut next = request.offset;
+    for entry in entries {
+        if encoder.count() > 0 && out.len() + entry.size as usize > max_bytes {
+            break;
+        }
+        let bytes = match shard.store.read_record(entry).await {
+            Ok(b) => b,
+            Err(e) => return Reply::error(Status::StoreError, e.to_string()),
+        };
+        let view = match record::decode(&bytes, entry.commitlog_offset) {
+            Ok(Decoded::Record(view)) if view.queue_offset == next => view,
+            Ok(_) | Err(_) => {
+                return Reply::error(
+                    Status::StoreError,
+                    format!(
+                        "record for queue offset {next} at commitlog offset {} is unreadable",
+                        entry.commitlog_offset
+                    ),
+                )
+            }
+        };
+        encoder.push(
+            &mut out,
+            &PulledMessageRef {
+                queue_offset: view.queue_offset,
+                born_timestamp_ms: view.born_timestamp_ms,
+                store_timestamp_ms: view.store_timestamp_ms,
+                key: view.key,
+                properties: view.properties,
+                body: view.body,
+            },
+        );
+        next += 1;
+    }
+    encoder.finish(&mut out, next);
+    Reply::ok(out)
+}

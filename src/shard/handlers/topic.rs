@@ -1,0 +1,187 @@
+//! Topic commands. Changes run on shard 0, which owns the topic table: it writes
+//! `topics.json` atomically, then every shard applies the new table before the reply.
+
+use super::{bad_request, body, route, topic_not_found, Route};
+use crate::protocol::message::{
+    Name, QueueRef, QueueStats, TopicCreate, TopicDescription, TopicList,
+};
+use crate::protocol::{Opcode, Status};
+use crate::shard::mesh::{Reply, ShardRequest};
+use crate::shard::topics::{topics_path, TopicTable};
+use crate::shard::Shard;
+use crate::store::io::Disk;
+use crate::store::QueueKey;
+use futures_channel::oneshot;
+use std::rc::Rc;
+use std::sync::Arc;
+use tracing::info;
+
+/// Shard that owns the topic table.
+const METADATA_SHARD: usize = 0;
+
+pub async fn create(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
+    if shard.id != METADATA_SHARD {
+        return shard
+            .forward(METADATA_SHARD, Opcode::TopicCreate, raw.to_vec())
+            .await;
+    }
+    let request = match TopicCreate::decode(raw) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let _gate = match shard.metadata_gate.acquire_permit(1).await {
+        Ok(p) => p,
+        Err(e) => return Reply::error(Status::Internal, e.to_string()),
+    };
+    let current = shard.topic_table();
+    if current.topics.contains_key(&request.name) {
+        return Reply::error(
+            Status::TopicExists,
+            format!("topic `{}` already exists", request.name),
+        );
+    }
+    let (table, _) = match current.with_topic(&request.name, request.queue_count, shard.shard_count)
+    {
+        Ok(t) => t,
+        Err(message) => return Reply::error(Status::InvalidName, message),
+    };
+    if let Err(reply) = publish(shard, table).await {
+        return reply;
+    }
+    info!(topic = %request.name, queues = request.queue_count, "topic created");
+    let info = shard
+        .topic(&request.name)
+        .expect("topic just published")
+        .info(&request.name);
+    Reply::ok(body(|out| info.encode(out)))
+}
+
+pub async fn delete(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
+    if shard.id != METADATA_SHARD {
+        return shard
+            .forward(METADATA_SHARD, Opcode::TopicDelete, raw.to_vec())
+            .await;
+    }
+    let request = match Name::decode(raw) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let _gate = match shard.metadata_gate.acquire_permit(1).await {
+        Ok(p) => p,
+        Err(e) => return Reply::error(Status::Internal, e.to_string()),
+    };
+    let current = shard.topic_table();
+    if !current.topics.contains_key(&request.name) {
+        return topic_not_found(&request.name);
+    }
+    if let Err(reply) = publish(shard, current.without_topic(&request.name)).await {
+        return reply;
+    }
+    info!(topic = %request.name, "topic deleted");
+    Reply::ok(Vec::new())
+}
+
+/// Makes a new table durable, then applies it on every shard (this one last).
+async fn publish(shard: &Rc<Shard>, table: TopicTable) -> Result<(), Reply> {
+    let path = topics_path(&shard.config.store_dir);
+    shard
+        .disk
+        .write_atomic(&path, table.to_json())
+        .await
+        .map_err(|e| Reply::error(Status::StoreError, format!("{}: {e}", path.display())))?;
+    let table = Arc::new(table);
+    for other in (0..shard.shard_count).filter(|s| *s != shard.id) {
+        let (tx, rx) = oneshot::channel();
+        let request = ShardRequest::ApplyTopics {
+            table: table.clone(),
+            reply: tx,
+        };
+        shard
+            .mesh
+            .send(other, request)
+            .await
+            .map_err(|g| g.reply())?;
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => return Err(Reply::error(Status::StoreError, message)),
+            Err(_) => return Err(crate::shard::mesh::ShardGone(other).reply()),
+        }
+    }
+    shard
+        .apply_topics(table)
+        .await
+        .map_err(|message| Reply::error(Status::StoreError, message))
+}
+
+pub fn list(shard: &Shard) -> Reply {
+    let list = TopicList {
+        topics: shard.topic_table().infos(),
+    };
+    Reply::ok(body(|out| list.encode(out)))
+}
+
+pub async fn describe(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
+    let request = match Name::decode(raw) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let Some(entry) = shard.topic(&request.name) else {
+        return topic_not_found(&request.name);
+    };
+    let mut queues = Vec::with_capacity(entry.queue_shards.len());
+    for queue in 0..entry.queue_count() {
+        let mut stats_body = Vec::new();
+        QueueRef {
+            topic: request.name.clone(),
+            queue,
+        }
+        .encode(&mut stats_body);
+        let reply = queue_stats(shard, &stats_body).await;
+        if reply.status != Status::Ok {
+            return reply;
+        }
+        match QueueStats::decode(&reply.body) {
+            Ok(stats) => queues.push(stats),
+            Err(e) => return Reply::error(Status::Internal, e.to_string()),
+        }
+    }
+    let description = TopicDescription {
+        topic: entry.info(&request.name),
+        queues,
+    };
+    Reply::ok(body(|out| description.encode(out)))
+}
+
+pub async fn queue_stats(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
+    let request = match QueueRef::decode(raw) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let topic_id = match route(shard, &request.topic, request.queue) {
+        Ok(Route::Local { topic_id, .. }) => topic_id,
+        Ok(Route::Remote(owner)) => {
+            return Box::pin(shard.forward(owner, Opcode::QueueStats, raw.to_vec())).await
+        }
+        Err(reply) => return reply,
+    };
+    let key = QueueKey {
+        topic_id,
+        queue: request.queue,
+    };
+    let Some((min_offset, _)) = shard.store.queue_range(key) else {
+        return Reply::error(
+            Status::QueueNotFound,
+            "queue is not registered on its shard",
+        );
+    };
+    let stats = QueueStats {
+        queue: request.queue,
+        shard: shard.id as u16,
+        min_offset,
+        max_offset: shard
+            .store
+            .visible_end(key, shard.confirmed_offset())
+            .unwrap_or(min_offset),
+    };
+    Reply::ok(body(|out| stats.encode(out)))
+}

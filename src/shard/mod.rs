@@ -1,0 +1,152 @@
+//! A shard: the core that owns a set of queues, their commitlog and consume queues.
+//!
+//! One glommio executor per shard, pinned to a core. Requests arrive from the shard's
+//! connections ([`crate::net`]) or, for queues this shard owns, from other shards over the
+//! [`mesh`]; [`handlers`] run them (one file per command). Appends go into the shard's
+//! [`ShardStore`]; the [`flusher`] task makes them durable and releases the waiting producers
+//! in batches ([`completion`]). Nothing here takes a lock shared with another core.
+
+pub mod completion;
+pub mod flusher;
+pub mod groups;
+pub mod handlers;
+pub mod mesh;
+pub mod startup;
+pub mod topics;
+
+use crate::config::{BrokerConfig, FlushDiskType};
+use crate::protocol::Opcode;
+use crate::store::glommio_disk::GlommioDisk;
+use crate::store::{QueueKey, ShardStore};
+use completion::{Completions, Event};
+use futures_channel::oneshot;
+use glommio::sync::Semaphore;
+use groups::GroupOffsets;
+use mesh::{Mesh, Reply, ShardRequest};
+use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
+use std::sync::Arc;
+use topics::{TopicEntry, TopicTable};
+
+pub struct Shard {
+    pub id: usize,
+    pub shard_count: usize,
+    pub config: Arc<BrokerConfig>,
+    /// Port on which each shard accepts connections directly (shard-aware clients).
+    pub shard_ports: Arc<Vec<u16>>,
+    pub store_dir: PathBuf,
+    pub disk: GlommioDisk,
+    pub store: ShardStore<GlommioDisk>,
+    pub topics: RefCell<Arc<TopicTable>>,
+    pub groups: GroupOffsets<GlommioDisk>,
+    /// Producers waiting for a flush (SYNC_FLUSH).
+    pub completions: Completions,
+    /// Records became visible to consumers: wakes long polls.
+    pub visible: Event,
+    /// Wakes the flusher: data was appended (SYNC_FLUSH) or the write buffer is full.
+    pub flush_requested: Event,
+    /// A flush finished: write-buffer space is free again.
+    pub flushed: Event,
+    /// Wakes the segment allocator.
+    pub segment_wanted: Event,
+    /// The next segment was created.
+    pub segment_ready: Event,
+    /// Keeps a produce batch contiguous when it has to wait mid-batch for buffer space or a
+    /// segment; uncontended in the common case, where no append awaits.
+    pub append_gate: Semaphore,
+    /// Serializes topic-table changes on shard 0.
+    pub metadata_gate: Semaphore,
+    pub mesh: Mesh,
+    /// Set by a producer that found the write buffer full: flush now, whatever the mode.
+    pub flush_urgent: Cell<bool>,
+    /// Set at shutdown: background tasks finish their current step and return.
+    pub stopping: Cell<bool>,
+    /// Round-robin position for produce requests that let the broker pick the queue.
+    pub next_queue: Cell<usize>,
+}
+
+impl Shard {
+    /// The commitlog offset up to which records may be shown to consumers: flushed under
+    /// SYNC_FLUSH, appended under ASYNC_FLUSH.
+    pub fn confirmed_offset(&self) -> u64 {
+        match self.config.flush_disk_type {
+            FlushDiskType::SyncFlush => self.store.flushed_offset(),
+            FlushDiskType::AsyncFlush => self.store.max_offset(),
+        }
+    }
+
+    pub fn topic(&self, name: &str) -> Option<TopicEntry> {
+        self.topics.borrow().topics.get(name).cloned()
+    }
+
+    pub fn topic_table(&self) -> Arc<TopicTable> {
+        self.topics.borrow().clone()
+    }
+
+    /// Queues of the table that this shard owns.
+    pub fn owned_queues(&self, table: &TopicTable) -> Vec<QueueKey> {
+        owned_queues(self.id, table)
+    }
+
+    /// Runs a client request on shard `to` and returns its reply.
+    pub async fn forward(&self, to: usize, opcode: Opcode, body: Vec<u8>) -> Reply {
+        let (tx, rx) = oneshot::channel();
+        let request = ShardRequest::Execute {
+            opcode,
+            body,
+            reply: tx,
+        };
+        if let Err(gone) = self.mesh.send(to, request).await {
+            return gone.reply();
+        }
+        match rx.await {
+            Ok(reply) => reply,
+            Err(_) => mesh::ShardGone(to).reply(),
+        }
+    }
+
+    /// Swaps in a new topic table: registers queues this shard now owns and drops the topics
+    /// that are gone.
+    pub async fn apply_topics(&self, table: Arc<TopicTable>) -> Result<(), String> {
+        let old = self.topic_table();
+        for (name, entry) in &old.topics {
+            let kept = table
+                .topics
+                .get(name)
+                .is_some_and(|e| e.topic_id == entry.topic_id);
+            if !kept {
+                self.store
+                    .remove_topic(entry.topic_id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.groups.forget_topic(name).await?;
+            }
+        }
+        let known: std::collections::HashSet<QueueKey> =
+            owned_queues(self.id, &old).into_iter().collect();
+        for key in owned_queues(self.id, &table) {
+            if !known.contains(&key) {
+                self.store.add_queue(key);
+            }
+        }
+        *self.topics.borrow_mut() = table;
+        Ok(())
+    }
+}
+
+pub fn owned_queues(shard_id: usize, table: &TopicTable) -> Vec<QueueKey> {
+    table
+        .topics
+        .values()
+        .flat_map(|e| {
+            e.queue_shards
+                .iter()
+                .enumerate()
+                .filter(move |(_, s)| **s as usize == shard_id)
+                .map(move |(q, _)| QueueKey {
+                    topic_id: e.topic_id,
+                    queue: q as u32,
+                })
+        })
+        .collect()
+}

@@ -1,0 +1,167 @@
+//! Starting and stopping one shard inside its executor.
+
+use super::mesh::{Mesh, MeshEnds, ShardRequest};
+use super::topics::TopicTable;
+use super::{flusher, groups::GroupOffsets, handlers, owned_queues, Shard};
+use crate::config::BrokerConfig;
+use crate::net;
+use crate::store::glommio_disk::{prime_iopoll_probe, GlommioDisk};
+use crate::store::io::Disk;
+use crate::store::{RecoveryReport, ShardStore, StoreConfig};
+use glommio::channels::shared_channel::ConnectedReceiver;
+use glommio::io::BufferedFile;
+use glommio::sync::Semaphore;
+use glommio::{spawn_local, Task};
+use std::cell::{Cell, RefCell};
+use std::os::fd::{FromRawFd, RawFd};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+use tracing::{info, warn};
+
+/// Everything the main thread hands to a shard's executor.
+pub struct ShardStartup {
+    pub id: usize,
+    pub shard_count: usize,
+    pub config: Arc<BrokerConfig>,
+    pub topics: Arc<TopicTable>,
+    pub mesh: MeshEnds,
+    /// Listening sockets: the shared client port and this shard's own port.
+    pub listener_fds: Vec<RawFd>,
+    pub shard_ports: Arc<Vec<u16>>,
+    /// Reports start-up success (with the recovery report) or failure to the main thread.
+    pub ready: mpsc::Sender<Result<(usize, RecoveryReport), String>>,
+    /// Blocking eventfd the main thread writes to ask for a clean shutdown.
+    pub stop_fd: RawFd,
+}
+
+pub fn shard_dir(store_dir: &std::path::Path, id: usize) -> PathBuf {
+    store_dir.join(format!("shard-{id}"))
+}
+
+/// The body of a shard's executor: open and recover the store, serve until told to stop, then
+/// shut down cleanly (final flush, checkpoint, abort marker removed).
+pub async fn run_shard(start: ShardStartup) {
+    let ready = start.ready.clone();
+    let id = start.id;
+    match open_shard(start).await {
+        Ok((shard, receivers, listener_fds, stop_fd, report)) => {
+            let _ = ready.send(Ok((id, report)));
+            serve_until_stopped(shard, receivers, listener_fds, stop_fd).await;
+        }
+        Err(e) => {
+            let _ = ready.send(Err(format!("shard {id}: {e}")));
+        }
+    }
+}
+
+type Opened = (
+    Rc<Shard>,
+    Vec<(usize, ConnectedReceiver<ShardRequest>)>,
+    Vec<RawFd>,
+    RawFd,
+    RecoveryReport,
+);
+
+async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
+    let config = start.config.clone();
+    let dir = shard_dir(&config.store_dir, start.id);
+    let disk = GlommioDisk::new();
+    disk.create_dir_all(&dir)
+        .await
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Must precede every other O_DIRECT open on this thread (see DESIGN.md section 6).
+    prime_iopoll_probe(&dir)
+        .await
+        .map_err(|e| format!("{}: priming the io_uring poll probe: {e}", dir.display()))?;
+    let store_config = StoreConfig {
+        dir: dir.clone(),
+        segment_size_bytes: config.segment_size_bytes,
+        write_buffer_bytes: config.write_buffer_bytes as usize,
+        max_record_bytes: max_record_bytes(&config),
+    };
+    let queues = owned_queues(start.id, &start.topics);
+    let (store, report) = ShardStore::open(disk, store_config, &queues)
+        .await
+        .map_err(|e| e.to_string())?;
+    let groups = GroupOffsets::load(disk, dir.join("groups.json")).await?;
+    let (mesh, receivers) = Mesh::connect(start.mesh).await;
+    let completions = super::completion::Completions::new(store.flushed_offset());
+    let shard = Rc::new(Shard {
+        id: start.id,
+        shard_count: start.shard_count,
+        config,
+        shard_ports: start.shard_ports,
+        store_dir: dir,
+        disk,
+        store,
+        topics: RefCell::new(start.topics),
+        groups,
+        completions,
+        visible: Default::default(),
+        flush_requested: Default::default(),
+        flushed: Default::default(),
+        segment_wanted: Default::default(),
+        segment_ready: Default::default(),
+        append_gate: Semaphore::new(1),
+        metadata_gate: Semaphore::new(1),
+        mesh,
+        flush_urgent: Cell::new(false),
+        stopping: Cell::new(false),
+        next_queue: Cell::new(0),
+    });
+    Ok((shard, receivers, start.listener_fds, start.stop_fd, report))
+}
+
+/// Largest encoded record: the largest body plus the largest key and properties and the
+/// header with the longest topic name.
+pub fn max_record_bytes(config: &BrokerConfig) -> usize {
+    config.max_message_bytes as usize
+        + 2 * u16::MAX as usize
+        + crate::store::record::RECORD_HEADER_BYTES
+        + crate::constants::MAX_NAME_BYTES
+}
+
+async fn serve_until_stopped(
+    shard: Rc<Shard>,
+    receivers: Vec<(usize, ConnectedReceiver<ShardRequest>)>,
+    listener_fds: Vec<RawFd>,
+    stop_fd: RawFd,
+) {
+    for (_, receiver) in receivers {
+        let shard = shard.clone();
+        spawn_local(async move {
+            while let Some(request) = receiver.recv().await {
+                let shard = shard.clone();
+                spawn_local(handlers::handle_shard_request(shard, request)).detach();
+            }
+        })
+        .detach();
+    }
+    let flusher_task = spawn_local(flusher::run_flusher(shard.clone()));
+    let allocator_task = spawn_local(flusher::run_segment_allocator(shard.clone()));
+    let accept_loops: Vec<Task<()>> = listener_fds
+        .into_iter()
+        .map(|fd| spawn_local(net::accept_loop(shard.clone(), fd)))
+        .collect();
+
+    // The eventfd is blocking on purpose: io_uring arms an internal poll on it, and this task
+    // parks until the main thread writes to it.
+    let stop = unsafe { BufferedFile::from_raw_fd(stop_fd) };
+    if let Err(e) = stop.read_at(0, 8).await {
+        warn!(shard = shard.id, "waiting for the stop signal failed: {e}");
+    }
+    drop(accept_loops);
+    info!(shard = shard.id, "stopping: final flush and checkpoint");
+    shard.stopping.set(true);
+    shard.flush_requested.notify();
+    shard.segment_wanted.notify();
+    flusher_task.await;
+    allocator_task.await;
+    match shard.store.close().await {
+        Ok(()) => {}
+        Err(e) => warn!(shard = shard.id, "clean shutdown failed: {e}"),
+    }
+    let _ = stop.close().await;
+}

@@ -1,0 +1,155 @@
+//! Shared harness for end-to-end tests: runs the real `ringmq serve` binary on loopback in a
+//! temporary store, waits for its ready line (an event, not a sleep), and can SIGKILL and
+//! restart it on the same store.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+/// How long a broker may take to recover and print its ready line. Generous: a debug build on
+/// a loaded 2-core machine zero-fills its first segments before it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Broker {
+    child: Option<Child>,
+    pub store: PathBuf,
+    pub addr: String,
+    pub shard_ports: Vec<u16>,
+    args: Vec<String>,
+    stderr_log: PathBuf,
+}
+
+impl Broker {
+    /// Starts a broker in `root` (store in `root/data`, log in `root/broker.log`) with `extra`
+    /// flags (e.g. `--flush SYNC_FLUSH`) and a small-segment configuration suitable for tests.
+    pub fn start(root: &Path, extra: &[&str]) -> Broker {
+        let store = root.join("data");
+        let config = root.join("broker.toml");
+        std::fs::write(
+            &config,
+            "segment_size_bytes = 1048576\nwrite_buffer_bytes = 4194304\nmax_message_bytes = 1048576\n\
+             max_frame_bytes = 4194304\ncheckpoint_interval_ms = 200\nsync_flush_timeout_ms = 10000\n",
+        )
+        .expect("write test config");
+        let mut args = vec![
+            "serve".to_string(),
+            "--config".to_string(),
+            config.display().to_string(),
+            "--store".to_string(),
+            store.display().to_string(),
+            "--listen".to_string(),
+            "127.0.0.1:0".to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut broker = Broker {
+            child: None,
+            store,
+            addr: String::new(),
+            shard_ports: Vec::new(),
+            args,
+            stderr_log: root.join("broker.log"),
+        };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_log)
+            .expect("open broker log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start ringmq serve");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut lines = BufReader::new(stdout);
+            let mut line = String::new();
+            while lines.read_line(&mut line).unwrap_or(0) > 0 {
+                if line.starts_with("ringmq ready") {
+                    let _ = tx.send(line.clone());
+                }
+                line.clear();
+            }
+            // Drain to EOF so the broker never blocks on a full pipe.
+            let _ = lines.read_to_end(&mut Vec::new());
+        });
+        let line = match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "broker did not become ready; its log:\n{}",
+                    std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+                );
+            }
+        };
+        for field in line.split_whitespace() {
+            if let Some(v) = field.strip_prefix("listen=") {
+                self.addr = v.to_string();
+            }
+            if let Some(v) = field.strip_prefix("shard_ports=") {
+                self.shard_ports = v.split(',').map(|p| p.parse().expect("port")).collect();
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no chance to flush, checkpoint or remove the abort marker.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether the exit status was success.
+    pub fn stop(&mut self) -> bool {
+        match self.child.take() {
+            Some(mut child) => {
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                child.wait().map(|s| s.success()).unwrap_or(false)
+            }
+            None => true,
+        }
+    }
+
+    /// Starts the broker again on the same store (after `kill` or `stop`). Ports may change.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "broker still running");
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn temp_store() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("ringmq-test-")
+        .tempdir_in(std::env::temp_dir())
+        .expect("temp dir")
+}
