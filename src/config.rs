@@ -63,6 +63,8 @@ pub struct BrokerConfig {
     /// First shard-aware port: shard `n` also listens on `shard_port_base + n`. 0 derives it
     /// as the listen port + 100 (or picks free ports when the listen port is 0).
     pub shard_port_base: u16,
+    /// Prometheus endpoint HOST:PORT serving `GET /metrics`; unset means none.
+    pub metrics_listen: Option<String>,
     /// Number of shards; 0 means one per available core.
     pub shards: usize,
     pub flush_disk_type: FlushDiskType,
@@ -98,6 +100,7 @@ impl Default for BrokerConfig {
             store_dir: PathBuf::from("./data"),
             listen: "127.0.0.1:10911".to_string(),
             shard_port_base: 0,
+            metrics_listen: None,
             shards: 0,
             flush_disk_type: FlushDiskType::SyncFlush,
             flush_interval_ms: 500,
@@ -144,6 +147,17 @@ impl BrokerConfig {
         })
     }
 
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, String> {
+        self.metrics_listen
+            .as_ref()
+            .map(|m| {
+                m.parse().map_err(|_| {
+                    format!("metrics_listen: `{m}` is not HOST:PORT (an IP and a port)")
+                })
+            })
+            .transpose()
+    }
+
     pub fn shard_count(&self) -> usize {
         if self.shards == 0 {
             std::thread::available_parallelism()
@@ -157,6 +171,7 @@ impl BrokerConfig {
     /// Checks every value, naming the key of the first bad one.
     pub fn validate(&self) -> Result<(), String> {
         self.listen_addr()?;
+        self.metrics_addr()?;
         if self.broker_name.is_empty() || self.broker_name.len() > 64 {
             return Err("broker_name: must be 1 to 64 characters".into());
         }

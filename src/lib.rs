@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod constants;
+pub mod metrics;
 pub mod net;
 pub mod protocol;
 pub mod server;

@@ -121,6 +121,11 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
             listener_fds,
             shard_ports: shard_ports.clone(),
             ready: ready_tx.clone(),
+            metrics_fd: if id == 0 {
+                listeners.metrics.map(|(fd, _)| fd)
+            } else {
+                None
+            },
             stop_fd: stop_fds[id],
         };
         let core = cores.get(id % cores.len().max(1)).copied();
@@ -174,8 +179,12 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         return Err(e);
     }
     let ports: Vec<String> = shard_ports.iter().map(|p| p.to_string()).collect();
+    let metrics = listeners
+        .metrics
+        .map(|(_, addr)| format!(" metrics={addr}"))
+        .unwrap_or_default();
     println!(
-        "ringmq ready listen={} shard_ports={} shards={} flush={} store={}",
+        "ringmq ready listen={} shard_ports={} shards={} flush={} store={}{metrics}",
         listeners.listen_addr,
         ports.join(","),
         shard_count,

@@ -10,6 +10,7 @@ pub mod group;
 pub mod output;
 pub mod produce;
 pub mod serve;
+pub mod stats;
 #[cfg(test)]
 mod tests;
 pub mod topic;

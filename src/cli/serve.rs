@@ -22,6 +22,9 @@ pub struct ServeArgs {
     /// SYNC_FLUSH or ASYNC_FLUSH.
     #[arg(long)]
     pub flush: Option<String>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 impl ServeArgs {
@@ -45,6 +48,9 @@ impl ServeArgs {
                 return Err("--shards: must be at least 1".into());
             }
             config.shards = shards;
+        }
+        if let Some(metrics) = &self.metrics_listen {
+            config.metrics_listen = Some(metrics.clone());
         }
         if let Some(flush) = &self.flush {
             config.flush_disk_type = flush.parse::<FlushDiskType>()?;

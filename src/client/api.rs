@@ -470,6 +470,23 @@ impl Client {
         Ok(offset.offset)
     }
 
+    /// The broker's probes merged across shards (counters, gauges, histogram summaries).
+    pub fn stats(&mut self) -> Result<crate::metrics::Stats, ClientError> {
+        let (_, stats) = self.call_on(
+            ConnectionSlot::Bootstrap,
+            Opcode::Stats,
+            None,
+            |_| {},
+            |body| {
+                serde_json::from_slice(body).map_err(|_| DecodeError::Invalid {
+                    field: "stats",
+                    reason: "not a valid JSON stats document",
+                })
+            },
+        )?;
+        Ok(stats)
+    }
+
     pub fn describe_group(&mut self, group: &str) -> Result<GroupDescription, ClientError> {
         check_name("group", group)?;
         let request = Name {
@@ -737,6 +754,7 @@ fn opcode_body_name(opcode: Opcode) -> &'static str {
         Opcode::GroupCommit => "group commit response",
         Opcode::GroupFetch => "group offset",
         Opcode::GroupDescribe => "group description",
+        Opcode::Stats => "stats",
     }
 }
 

@@ -6,6 +6,7 @@
 //! answered with an error where the request id is known, and then only this connection closes.
 
 use crate::constants::{CONNECTION_READ_BUFFER_BYTES, MAX_INFLIGHT_REQUESTS_PER_CONNECTION};
+use crate::metrics::Counter;
 use crate::protocol::frame::{encode_frame, FrameDecoder, FrameError, FrameHeader};
 use crate::protocol::{Opcode, Status};
 use crate::shard::handlers;
@@ -33,12 +34,16 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     }
     let writer = unsafe { TcpStream::from_raw_fd(write_fd) };
     let (tx, rx) = local_channel::new_bounded::<Vec<u8>>(MAX_INFLIGHT_REQUESTS_PER_CONNECTION);
+    let writer_shard = shard.clone();
     let writer_task = spawn_local(async move {
         let mut writer = writer;
         while let Some(frame) = rx.recv().await {
             if writer.write_all(&frame).await.is_err() {
                 break;
             }
+            writer_shard
+                .probe
+                .add(Counter::BytesOut, frame.len() as u64);
         }
         let _ = writer.close().await;
     });
@@ -93,7 +98,10 @@ async fn read_requests(shard: Rc<Shard>, mut stream: TcpStream, tx: Rc<LocalSend
         }
         match stream.read(&mut buf[filled..]).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => filled += n,
+            Ok(n) => {
+                shard.probe.add(Counter::BytesIn, n as u64);
+                filled += n;
+            }
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct BoundListeners {
     pub per_shard: Vec<Vec<RawFd>>,
     pub listen_addr: SocketAddr,
     pub shard_ports: Vec<u16>,
+    /// The Prometheus endpoint's socket and address, served by shard 0.
+    pub metrics: Option<(RawFd, SocketAddr)>,
 }
 
 fn listening_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<Socket> {
@@ -62,10 +64,20 @@ pub fn bind_listeners(config: &BrokerConfig, shard_count: usize) -> Result<Bound
         shard_ports.push(bound_port(&own).map_err(|e| explain(own_addr, e))?);
         per_shard.push(vec![shared.into_raw_fd(), own.into_raw_fd()]);
     }
+    let metrics = match config.metrics_addr()? {
+        Some(addr) => {
+            let socket = listening_socket(addr, false).map_err(|e| explain(addr, e))?;
+            let mut bound = addr;
+            bound.set_port(bound_port(&socket).map_err(|e| explain(addr, e))?);
+            Some((socket.into_raw_fd(), bound))
+        }
+        None => None,
+    };
     Ok(BoundListeners {
         per_shard,
         listen_addr,
         shard_ports,
+        metrics,
     })
 }
 
@@ -96,6 +108,9 @@ pub async fn accept_loop(shard: Rc<Shard>, fd: RawFd) {
         match listener.accept().await {
             Ok(stream) => {
                 debug!(shard = shard.id, "connection accepted");
+                shard
+                    .probe
+                    .add(crate::metrics::Counter::ConnectionsAccepted, 1);
                 spawn_local(connection::serve(shard.clone(), stream)).detach();
             }
             Err(e) => {

@@ -18,10 +18,11 @@ pub enum Opcode {
     GroupCommit = 30,
     GroupFetch = 31,
     GroupDescribe = 32,
+    Stats = 40,
 }
 
 impl Opcode {
-    pub const ALL: [Opcode; 12] = [
+    pub const ALL: [Opcode; 13] = [
         Opcode::Ping,
         Opcode::Metadata,
         Opcode::Produce,
@@ -34,6 +35,7 @@ impl Opcode {
         Opcode::GroupCommit,
         Opcode::GroupFetch,
         Opcode::GroupDescribe,
+        Opcode::Stats,
     ];
 
     pub fn from_u16(value: u16) -> Option<Opcode> {

@@ -73,6 +73,10 @@ pub async fn run_flusher(shard: Rc<Shard>) {
 async fn flush_once(shard: &Shard) -> Result<(), crate::store::StoreError> {
     match shard.store.flush().await {
         Ok(offset) => {
+            let stats = shard.store.last_flush();
+            shard
+                .probe
+                .flushed(stats.bytes, stats.write_duration, stats.sync_duration);
             shard.completions.release(offset);
             if shard.config.flush_disk_type == FlushDiskType::SyncFlush {
                 shard.visible.notify();
@@ -81,6 +85,7 @@ async fn flush_once(shard: &Shard) -> Result<(), crate::store::StoreError> {
             Ok(())
         }
         Err(e) => {
+            shard.probe.add(crate::metrics::Counter::FlushErrors, 1);
             shard.completions.fail_all();
             shard.flushed.notify();
             Err(e)

@@ -53,6 +53,10 @@ pub enum ShardRequest {
         table: Arc<TopicTable>,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// This shard's probe snapshot.
+    Probe {
+        reply: oneshot::Sender<crate::metrics::ProbeSnapshot>,
+    },
     /// The committed offsets of a group for the queues this shard owns.
     GroupOffsets {
         group: String,

@@ -15,6 +15,7 @@ pub mod startup;
 pub mod topics;
 
 use crate::config::{BrokerConfig, FlushDiskType};
+use crate::metrics::{Counter, ProbeSnapshot, ShardProbe};
 use crate::protocol::Opcode;
 use crate::store::glommio_disk::GlommioDisk;
 use crate::store::{QueueKey, ShardStore};
@@ -61,6 +62,8 @@ pub struct Shard {
     pub flush_urgent: Cell<bool>,
     /// Set at shutdown: background tasks finish their current step and return.
     pub stopping: Cell<bool>,
+    /// Counters and histograms of this shard; written only by this core.
+    pub probe: ShardProbe,
     /// Round-robin position for produce requests that let the broker pick the queue.
     pub next_queue: Cell<usize>,
 }
@@ -90,6 +93,7 @@ impl Shard {
 
     /// Runs a client request on shard `to` and returns its reply.
     pub async fn forward(&self, to: usize, opcode: Opcode, body: Vec<u8>) -> Reply {
+        self.probe.add(Counter::ForwardedRequests, 1);
         let (tx, rx) = oneshot::channel();
         let request = ShardRequest::Execute {
             opcode,
@@ -103,6 +107,36 @@ impl Shard {
             Ok(reply) => reply,
             Err(_) => mesh::ShardGone(to).reply(),
         }
+    }
+
+    pub fn snapshot(&self) -> ProbeSnapshot {
+        self.probe.snapshot(
+            self.id,
+            vec![("pending_completions", self.completions.pending() as u64)],
+        )
+    }
+
+    /// One snapshot per shard, in shard order.
+    pub async fn gather_snapshots(&self) -> Vec<ProbeSnapshot> {
+        let mut snapshots = Vec::with_capacity(self.shard_count);
+        for other in 0..self.shard_count {
+            if other == self.id {
+                snapshots.push(self.snapshot());
+                continue;
+            }
+            let (tx, rx) = oneshot::channel();
+            if self
+                .mesh
+                .send(other, ShardRequest::Probe { reply: tx })
+                .await
+                .is_ok()
+            {
+                if let Ok(snapshot) = rx.await {
+                    snapshots.push(snapshot);
+                }
+            }
+        }
+        snapshots
     }
 
     /// Swaps in a new topic table: registers queues this shard now owns and drops the topics

@@ -32,6 +32,8 @@ pub struct ShardStartup {
     pub shard_ports: Arc<Vec<u16>>,
     /// Reports start-up success (with the recovery report) or failure to the main thread.
     pub ready: mpsc::Sender<Result<(usize, RecoveryReport), String>>,
+    /// The Prometheus endpoint's listening socket (shard 0 only).
+    pub metrics_fd: Option<RawFd>,
     /// Blocking eventfd the main thread writes to ask for a clean shutdown.
     pub stop_fd: RawFd,
 }
@@ -45,10 +47,11 @@ pub fn shard_dir(store_dir: &std::path::Path, id: usize) -> PathBuf {
 pub async fn run_shard(start: ShardStartup) {
     let ready = start.ready.clone();
     let id = start.id;
+    let metrics_fd = start.metrics_fd;
     match open_shard(start).await {
         Ok((shard, receivers, listener_fds, stop_fd, report)) => {
             let _ = ready.send(Ok((id, report)));
-            serve_until_stopped(shard, receivers, listener_fds, stop_fd).await;
+            serve_until_stopped(shard, receivers, listener_fds, metrics_fd, stop_fd).await;
         }
         Err(e) => {
             let _ = ready.send(Err(format!("shard {id}: {e}")));
@@ -109,6 +112,7 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
         mesh,
         flush_urgent: Cell::new(false),
         stopping: Cell::new(false),
+        probe: Default::default(),
         next_queue: Cell::new(0),
     });
     Ok((shard, receivers, start.listener_fds, start.stop_fd, report))
@@ -127,6 +131,7 @@ async fn serve_until_stopped(
     shard: Rc<Shard>,
     receivers: Vec<(usize, ConnectedReceiver<ShardRequest>)>,
     listener_fds: Vec<RawFd>,
+    metrics_fd: Option<RawFd>,
     stop_fd: RawFd,
 ) {
     for (_, receiver) in receivers {
@@ -141,10 +146,13 @@ async fn serve_until_stopped(
     }
     let flusher_task = spawn_local(flusher::run_flusher(shard.clone()));
     let allocator_task = spawn_local(flusher::run_segment_allocator(shard.clone()));
-    let accept_loops: Vec<Task<()>> = listener_fds
+    let mut accept_loops: Vec<Task<()>> = listener_fds
         .into_iter()
         .map(|fd| spawn_local(net::accept_loop(shard.clone(), fd)))
         .collect();
+    if let Some(fd) = metrics_fd {
+        accept_loops.push(spawn_local(crate::metrics::http::serve(shard.clone(), fd)));
+    }
 
     // The eventfd is blocking on purpose: io_uring arms an internal poll on it, and this task
     // parks until the main thread writes to it.

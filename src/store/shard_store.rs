@@ -326,6 +326,11 @@ impl<D: Disk> ShardStore<D> {
         self.log.flush().await
     }
 
+    /// Sizes and durations of the most recent successful flush.
+    pub fn last_flush(&self) -> super::commitlog::FlushStats {
+        self.log.last_flush()
+    }
+
     /// Writes the consume queues' new entries and the checkpoint (flushed offset and the
     /// commitlog offset up to which consume queues are on disk).
     pub async fn persist_metadata(&self) -> Result<(), StoreError> {

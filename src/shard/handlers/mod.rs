@@ -27,6 +27,7 @@ pub async fn handle(shard: &Rc<Shard>, opcode: Opcode, body: &[u8]) -> Reply {
         Opcode::GroupCommit => group::commit(shard, body).await,
         Opcode::GroupFetch => group::fetch(shard, body).await,
         Opcode::GroupDescribe => group::describe(shard, body).await,
+        Opcode::Stats => stats(shard).await,
     }
 }
 
@@ -44,9 +45,21 @@ pub async fn handle_shard_request(shard: Rc<Shard>, request: ShardRequest) {
         ShardRequest::ApplyTopics { table, reply } => {
             let _ = reply.send(shard.apply_topics(table).await);
         }
+        ShardRequest::Probe { reply } => {
+            let _ = reply.send(shard.snapshot());
+        }
         ShardRequest::GroupOffsets { group, reply } => {
             let _ = reply.send(group::local_offsets(&shard, &group));
         }
+    }
+}
+
+/// Stats: every shard's probe merged, as a JSON document (see `metrics::Stats`).
+async fn stats(shard: &Rc<Shard>) -> Reply {
+    let snapshots = shard.gather_snapshots().await;
+    match crate::metrics::ProbeSnapshot::merge(&snapshots) {
+        Some(merged) => Reply::ok(serde_json::to_vec(&merged.to_stats()).expect("stats serialize")),
+        None => Reply::error(Status::Internal, "no shard answered"),
     }
 }
 

@@ -3,6 +3,7 @@
 use super::{bad_request, body, route, Route};
 use crate::config::FlushDiskType;
 use crate::constants::MAX_MESSAGES_PER_PRODUCE;
+use crate::metrics::{Counter, Hist};
 use crate::protocol::message::{ProduceRequest, ProduceResponse, ANY_QUEUE};
 use crate::protocol::{Opcode, Status};
 use crate::shard::completion::Completion;
@@ -13,7 +14,7 @@ use crate::store::{AppendError, Appended, QueueKey};
 use futures_lite::future;
 use glommio::timer::sleep;
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub async fn handle(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
     let request = match ProduceRequest::decode(raw) {
@@ -40,11 +41,20 @@ pub async fn handle(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
         }
         Err(reply) => return reply,
     };
+    let started = Instant::now();
+    shard.probe.add(Counter::ProduceRequests, 1);
     let key = QueueKey { topic_id, queue };
     let (first, last) = match append_batch(shard, key, &request).await {
         Ok(range) => range,
         Err(reply) => return reply,
     };
+    shard
+        .probe
+        .record_duration(Hist::AppendLatency, started.elapsed());
+    shard.probe.appended(
+        request.messages.len() as u64,
+        last.end_offset - first.commitlog_offset,
+    );
     let status = match shard.config.flush_disk_type {
         FlushDiskType::AsyncFlush => {
             shard.visible.notify();
@@ -58,6 +68,9 @@ pub async fn handle(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
             "the store failed to write or sync; the message may not be durable",
         );
     }
+    shard
+        .probe
+        .record_duration(Hist::ProduceLatency, started.elapsed());
     let response = ProduceResponse {
         queue,
         base_offset: first.queue_offset,

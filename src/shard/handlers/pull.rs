@@ -2,6 +2,7 @@
 
 use super::{bad_request, body, route, Route};
 use crate::constants::{MAX_BYTES_PER_PULL, MAX_MESSAGES_PER_PULL};
+use crate::metrics::{Counter, Hist};
 use crate::protocol::message::{PullRequest, PullResponseEncoder, PullSummary, PulledMessageRef};
 use crate::protocol::{Opcode, Status};
 use crate::shard::mesh::Reply;
@@ -23,6 +24,7 @@ pub async fn handle(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
         Ok(Route::Remote(owner)) => return shard.forward(owner, Opcode::Pull, raw.to_vec()).await,
         Err(reply) => return reply,
     };
+    shard.probe.add(Counter::PullRequests, 1);
     let key = QueueKey {
         topic_id,
         queue: request.queue,
@@ -36,7 +38,12 @@ pub async fn handle(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
             Err(reply) => return reply,
         };
         if request.offset < summary.max_offset {
-            return read_messages(shard, key, &request, summary).await;
+            let started = Instant::now();
+            let reply = read_messages(shard, key, &request, summary).await;
+            shard
+                .probe
+                .record_duration(Hist::PullLatency, started.elapsed());
+            return reply;
         }
         let now = Instant::now();
         if now >= deadline {
@@ -128,6 +135,9 @@ async fn read_messages(
         );
         next += 1;
     }
+    shard
+        .probe
+        .add(Counter::MessagesPulled, next - request.offset);
     encoder.finish(&mut out, next);
     Reply::ok(out)
 }
