@@ -5,6 +5,11 @@
 /// the memory a single client can pin.
 pub const MAX_INFLIGHT_REQUESTS_PER_CONNECTION: usize = 1024;
 
+/// Request bytes one connection may have in flight. With the count bound alone a client could
+/// pin 1024 maximum-size frames (16 GiB at the default frame limit); 64 MiB keeps a handful of
+/// full-size batches in flight, enough for throughput, and bounds what one peer can hold.
+pub const MAX_INFLIGHT_BYTES_PER_CONNECTION: usize = 64 * 1024 * 1024;
+
 /// Initial read buffer per connection; grows to the frame size when a larger frame arrives.
 pub const CONNECTION_READ_BUFFER_BYTES: usize = 64 * 1024;
 

@@ -5,7 +5,10 @@
 //! frame that breaks framing (oversized, bad magic, bad crc, unknown version or opcode) is
 //! answered with an error where the request id is known, and then only this connection closes.
 
-use crate::constants::{CONNECTION_READ_BUFFER_BYTES, MAX_INFLIGHT_REQUESTS_PER_CONNECTION};
+use crate::constants::{
+    CONNECTION_READ_BUFFER_BYTES, MAX_INFLIGHT_BYTES_PER_CONNECTION,
+    MAX_INFLIGHT_REQUESTS_PER_CONNECTION,
+};
 use crate::metrics::Counter;
 use crate::protocol::frame::{encode_frame, FrameDecoder, FrameError, FrameHeader};
 use crate::protocol::{Opcode, Status};
@@ -54,6 +57,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 async fn read_requests(shard: Rc<Shard>, mut stream: TcpStream, tx: Rc<LocalSender<Vec<u8>>>) {
     let decoder = FrameDecoder::new(shard.config.max_frame_bytes as usize);
     let inflight = Rc::new(Semaphore::new(MAX_INFLIGHT_REQUESTS_PER_CONNECTION as u64));
+    let inflight_bytes = Rc::new(Semaphore::new(MAX_INFLIGHT_BYTES_PER_CONNECTION as u64));
     let mut buf = vec![0u8; CONNECTION_READ_BUFFER_BYTES];
     let mut filled = 0;
     loop {
@@ -73,12 +77,17 @@ async fn read_requests(shard: Rc<Shard>, mut stream: TcpStream, tx: Rc<LocalSend
                     let Ok(permit) = inflight.clone().acquire_static_permit(1).await else {
                         return;
                     };
+                    let cost = frame.wire_len().min(MAX_INFLIGHT_BYTES_PER_CONNECTION) as u64;
+                    let Ok(bytes_permit) = inflight_bytes.clone().acquire_static_permit(cost).await
+                    else {
+                        return;
+                    };
                     let (shard, tx, header) = (shard.clone(), tx.clone(), frame.header);
                     let body = frame.body.to_vec();
                     spawn_local(async move {
                         let reply = handlers::handle(&shard, opcode, &body).await;
                         send_reply(&tx, header, reply).await;
-                        drop(permit);
+                        drop((permit, bytes_permit));
                     })
                     .detach();
                 }
