@@ -31,7 +31,7 @@ impl Broker {
         let config = root.join("broker.toml");
         std::fs::write(
             &config,
-            "segment_size_bytes = 1048576\nwrite_buffer_bytes = 4194304\nmax_message_bytes = 1048576\n\
+            "segment_size_bytes = 1048576\nwrite_buffer_bytes = 4194304\nmax_message_bytes = 262144\n\
              max_frame_bytes = 4194304\ncheckpoint_interval_ms = 200\nsync_flush_timeout_ms = 10000\n",
         )
         .expect("write test config");
@@ -139,7 +139,74 @@ impl Broker {
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
+
+    /// Whether the broker process is still running (has not exited on its own).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// A blocking client on the shared (bootstrap) port.
+    pub fn client(&self) -> ringmq::client::Client {
+        ringmq::client::Client::connect(&self.addr).expect("connect to broker")
+    }
+
+    pub fn client_with(&self, options: ringmq::client::ClientOptions) -> ringmq::client::Client {
+        ringmq::client::Client::connect_with(&self.addr, options).expect("connect to broker")
+    }
+
+    /// Runs a client subcommand of the binary against this broker (`--broker` added), feeding
+    /// `stdin`, and returns its output once it exits.
+    pub fn cli(&self, args: &[&str], stdin: &[u8]) -> std::process::Output {
+        run_binary(
+            &args
+                .iter()
+                .copied()
+                .chain(["--broker", self.addr.as_str()])
+                .collect::<Vec<_>>(),
+            stdin,
+        )
+    }
 }
+
+/// Runs the `ringmq` binary with `args` and `stdin` to completion.
+pub fn run_binary(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ringmq");
+    let mut input = child.stdin.take().expect("stdin piped");
+    let data = stdin.to_vec();
+    let writer = thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let pid = child.id() as i32;
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let output = match rx.recv_timeout(CLI_TIMEOUT) {
+        Ok(output) => output.expect("wait for ringmq"),
+        Err(_) => {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!(
+                "`ringmq {}` did not exit within {CLI_TIMEOUT:?}",
+                args.join(" ")
+            );
+        }
+    };
+    writer.join().expect("stdin writer");
+    output
+}
+
+/// How long a CLI invocation may run before the test gives up on it.
+const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Drop for Broker {
     fn drop(&mut self) {
