@@ -47,6 +47,53 @@ impl fmt::Display for FlushDiskType {
     }
 }
 
+/// What a broker does in its group (see README "Replication").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrokerRole {
+    /// A produce is answered once `min_in_sync_replicas - 1` slaves acknowledged it.
+    #[serde(rename = "SYNC_MASTER")]
+    SyncMaster,
+    /// A produce is answered without waiting for slaves; they catch up in the background.
+    #[serde(rename = "ASYNC_MASTER")]
+    AsyncMaster,
+    /// Refuses produce; replicates from `master` and serves reads up to what it has.
+    #[serde(rename = "SLAVE")]
+    Slave,
+}
+
+impl BrokerRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            BrokerRole::SyncMaster => "SYNC_MASTER",
+            BrokerRole::AsyncMaster => "ASYNC_MASTER",
+            BrokerRole::Slave => "SLAVE",
+        }
+    }
+    pub fn is_master(self) -> bool {
+        self != BrokerRole::Slave
+    }
+}
+
+impl FromStr for BrokerRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "SYNC_MASTER" => Ok(BrokerRole::SyncMaster),
+            "ASYNC_MASTER" => Ok(BrokerRole::AsyncMaster),
+            "SLAVE" => Ok(BrokerRole::Slave),
+            other => Err(format!(
+                "broker_role: `{other}` is not SYNC_MASTER, ASYNC_MASTER or SLAVE"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for BrokerRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 const GIB: u64 = 1024 * MIB;
@@ -63,6 +110,29 @@ pub struct BrokerConfig {
     /// First shard-aware port: shard `n` also listens on `shard_port_base + n`. 0 derives it
     /// as the listen port + 100 (or picks free ports when the listen port is 0).
     pub shard_port_base: u16,
+    pub broker_role: BrokerRole,
+    /// Replication listener of a master (one port for every shard; SO_REUSEPORT).
+    pub ha_listen: String,
+    /// A slave's master: the master's `ha_listen` address.
+    pub master: Option<String>,
+    /// Copies that must hold a record before a SYNC_MASTER answers OK: the master and
+    /// `min_in_sync_replicas - 1` slaves.
+    pub min_in_sync_replicas: u32,
+    /// SYNC_MASTER: a produce not acknowledged by enough slaves within this gets
+    /// FLUSH_SLAVE_TIMEOUT (the message is stored).
+    pub sync_replica_timeout_ms: u64,
+    /// A slave further behind than this does not count as in sync: with too few in-sync
+    /// slaves a SYNC_MASTER answers SLAVE_NOT_AVAILABLE at once.
+    pub ha_max_gap_bytes: u64,
+    /// How often a slave reports its offset when nothing else is sent, and a master sends an
+    /// empty frame to an idle slave.
+    pub ha_heartbeat_interval_ms: u64,
+    /// A link that has received nothing for this long is dropped and reconnected.
+    pub ha_link_timeout_ms: u64,
+    /// ASYNC_MASTER: log a warning when a slave lags by more than this many bytes.
+    pub ha_lag_warn_bytes: u64,
+    /// How often a slave copies topics and consumer-group offsets from its master.
+    pub metadata_sync_interval_ms: u64,
     /// Prometheus endpoint HOST:PORT serving `GET /metrics`; unset means none.
     pub metrics_listen: Option<String>,
     /// Number of shards; 0 means one per available core.
@@ -101,6 +171,16 @@ impl Default for BrokerConfig {
             listen: "127.0.0.1:10911".to_string(),
             shard_port_base: 0,
             metrics_listen: None,
+            broker_role: BrokerRole::AsyncMaster,
+            ha_listen: "127.0.0.1:10912".to_string(),
+            master: None,
+            min_in_sync_replicas: 2,
+            sync_replica_timeout_ms: 3_000,
+            ha_max_gap_bytes: 256 * MIB,
+            ha_heartbeat_interval_ms: 1_000,
+            ha_link_timeout_ms: 5_000,
+            ha_lag_warn_bytes: 64 * MIB,
+            metadata_sync_interval_ms: 2_000,
             shards: 0,
             flush_disk_type: FlushDiskType::SyncFlush,
             flush_interval_ms: 500,
@@ -147,6 +227,29 @@ impl BrokerConfig {
         })
     }
 
+    pub fn ha_addr(&self) -> Result<SocketAddr, String> {
+        self.ha_listen.parse().map_err(|_| {
+            format!(
+                "ha_listen: `{}` is not HOST:PORT (an IP and a port)",
+                self.ha_listen
+            )
+        })
+    }
+
+    /// The master's HA address, required for a slave.
+    pub fn master_addr(&self) -> Result<Option<SocketAddr>, String> {
+        match (&self.master, self.broker_role) {
+            (None, BrokerRole::Slave) => {
+                Err("master: a SLAVE needs its master's HA address".into())
+            }
+            (Some(m), _) => m
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("master: `{m}` is not HOST:PORT (an IP and a port)")),
+            (None, _) => Ok(None),
+        }
+    }
+
     pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, String> {
         self.metrics_listen
             .as_ref()
@@ -172,6 +275,11 @@ impl BrokerConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.listen_addr()?;
         self.metrics_addr()?;
+        self.ha_addr()?;
+        self.master_addr()?;
+        if self.min_in_sync_replicas == 0 {
+            return Err("min_in_sync_replicas: at least 1 (the master itself)".into());
+        }
         if self.broker_name.is_empty() || self.broker_name.len() > 64 {
             return Err("broker_name: must be 1 to 64 characters".into());
         }
@@ -223,10 +331,17 @@ impl BrokerConfig {
             ),
             ("sync_flush_timeout_ms", self.sync_flush_timeout_ms),
             ("checkpoint_interval_ms", self.checkpoint_interval_ms),
+            ("sync_replica_timeout_ms", self.sync_replica_timeout_ms),
+            ("ha_heartbeat_interval_ms", self.ha_heartbeat_interval_ms),
+            ("ha_link_timeout_ms", self.ha_link_timeout_ms),
+            ("metadata_sync_interval_ms", self.metadata_sync_interval_ms),
         ] {
             if value == 0 {
                 return Err(format!("{key}: must be positive"));
             }
+        }
+        if self.ha_link_timeout_ms <= self.ha_heartbeat_interval_ms {
+            return Err("ha_link_timeout_ms: must exceed ha_heartbeat_interval_ms".into());
         }
         if self.io_memory_bytes < MIN_IO_MEMORY_BYTES {
             return Err(format!(
@@ -272,6 +387,13 @@ mod tests {
             .validate()
             .unwrap_err()
             .starts_with("segment_size_bytes"));
+        let err = BrokerConfig::from_toml("broker_role = \"LEADER\"").unwrap_err();
+        assert!(err.contains("broker_role"), "{err}");
+        let config = BrokerConfig {
+            broker_role: BrokerRole::Slave,
+            ..BrokerConfig::default()
+        };
+        assert!(config.validate().unwrap_err().starts_with("master"));
         let config = BrokerConfig {
             listen: "nowhere".into(),
             ..BrokerConfig::default()

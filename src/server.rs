@@ -121,6 +121,8 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
             listener_fds,
             shard_ports: shard_ports.clone(),
             ready: ready_tx.clone(),
+            ha_fd: listeners.ha[id],
+            client_addr: listeners.listen_addr.to_string(),
             metrics_fd: if id == 0 {
                 listeners.metrics.map(|(fd, _)| fd)
             } else {
@@ -184,11 +186,13 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         .map(|(_, addr)| format!(" metrics={addr}"))
         .unwrap_or_default();
     println!(
-        "ringmq ready listen={} shard_ports={} shards={} flush={} store={}{metrics}",
+        "ringmq ready listen={} shard_ports={} shards={} role={} flush={} ha={} store={}{metrics}",
         listeners.listen_addr,
         ports.join(","),
         shard_count,
+        config.broker_role,
         config.flush_disk_type,
+        listeners.ha_addr,
         config.store_dir.display()
     );
     let _ = std::io::stdout().flush();

@@ -22,6 +22,18 @@ pub struct ServeArgs {
     /// SYNC_FLUSH or ASYNC_FLUSH.
     #[arg(long)]
     pub flush: Option<String>,
+    /// SYNC_MASTER, ASYNC_MASTER or SLAVE.
+    #[arg(long)]
+    pub role: Option<String>,
+    /// Name of the broker group (master and slaves share it).
+    #[arg(long)]
+    pub broker_name: Option<String>,
+    /// Replication listen address of a master HOST:PORT (default 127.0.0.1:10912).
+    #[arg(long)]
+    pub ha_listen: Option<String>,
+    /// A slave's master: the master's replication address HOST:PORT.
+    #[arg(long)]
+    pub master: Option<String>,
     /// Serve Prometheus metrics at http://HOST:PORT/metrics.
     #[arg(long)]
     pub metrics_listen: Option<String>,
@@ -48,6 +60,18 @@ impl ServeArgs {
                 return Err("--shards: must be at least 1".into());
             }
             config.shards = shards;
+        }
+        if let Some(role) = &self.role {
+            config.broker_role = role.parse()?;
+        }
+        if let Some(name) = &self.broker_name {
+            config.broker_name = name.clone();
+        }
+        if let Some(ha) = &self.ha_listen {
+            config.ha_listen = ha.clone();
+        }
+        if let Some(master) = &self.master {
+            config.master = Some(master.clone());
         }
         if let Some(metrics) = &self.metrics_listen {
             config.metrics_listen = Some(metrics.clone());

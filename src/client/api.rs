@@ -755,6 +755,7 @@ fn opcode_body_name(opcode: Opcode) -> &'static str {
         Opcode::GroupFetch => "group offset",
         Opcode::GroupDescribe => "group description",
         Opcode::Stats => "stats",
+        Opcode::MetadataSnapshot => "metadata snapshot",
     }
 }
 

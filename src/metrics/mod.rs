@@ -36,10 +36,14 @@ pub enum Counter {
     ConnectionsAccepted,
     BytesIn,
     BytesOut,
+    ReplicationShippedBytes,
+    ReplicationSplicedBytes,
+    ReplicationCopiedBytes,
+    ReplicationReceivedBytes,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 11] = [
+    pub const ALL: [Counter; 15] = [
         Counter::ProduceRequests,
         Counter::MessagesAppended,
         Counter::BytesAppended,
@@ -51,6 +55,10 @@ impl Counter {
         Counter::ConnectionsAccepted,
         Counter::BytesIn,
         Counter::BytesOut,
+        Counter::ReplicationShippedBytes,
+        Counter::ReplicationSplicedBytes,
+        Counter::ReplicationCopiedBytes,
+        Counter::ReplicationReceivedBytes,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -65,6 +73,10 @@ impl Counter {
             Counter::ConnectionsAccepted => "connections_accepted_total",
             Counter::BytesIn => "received_bytes_total",
             Counter::BytesOut => "sent_bytes_total",
+            Counter::ReplicationShippedBytes => "replication_shipped_bytes_total",
+            Counter::ReplicationSplicedBytes => "replication_spliced_bytes_total",
+            Counter::ReplicationCopiedBytes => "replication_copied_bytes_total",
+            Counter::ReplicationReceivedBytes => "replication_received_bytes_total",
         }
     }
     pub fn help(self) -> &'static str {
@@ -80,6 +92,14 @@ impl Counter {
             Counter::ConnectionsAccepted => "Client connections accepted.",
             Counter::BytesIn => "Bytes received from clients.",
             Counter::BytesOut => "Bytes sent to clients.",
+            Counter::ReplicationShippedBytes => "Commitlog bytes a master shipped to slaves.",
+            Counter::ReplicationSplicedBytes => {
+                "Shipped bytes that went file to socket by splice, never through user space."
+            }
+            Counter::ReplicationCopiedBytes => {
+                "Shipped bytes the master copied in user space (goal: 0)."
+            }
+            Counter::ReplicationReceivedBytes => "Commitlog bytes a slave received.",
         }
     }
 }

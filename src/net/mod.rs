@@ -25,6 +25,9 @@ pub struct BoundListeners {
     pub per_shard: Vec<Vec<RawFd>>,
     pub listen_addr: SocketAddr,
     pub shard_ports: Vec<u16>,
+    /// `ha[n]`: shard `n`'s socket on the shared replication port.
+    pub ha: Vec<RawFd>,
+    pub ha_addr: SocketAddr,
     /// The Prometheus endpoint's socket and address, served by shard 0.
     pub metrics: Option<(RawFd, SocketAddr)>,
 }
@@ -64,6 +67,15 @@ pub fn bind_listeners(config: &BrokerConfig, shard_count: usize) -> Result<Bound
         shard_ports.push(bound_port(&own).map_err(|e| explain(own_addr, e))?);
         per_shard.push(vec![shared.into_raw_fd(), own.into_raw_fd()]);
     }
+    let mut ha_addr = config.ha_addr()?;
+    let mut ha = Vec::with_capacity(shard_count);
+    for _ in 0..shard_count {
+        let socket = listening_socket(ha_addr, true).map_err(|e| explain(ha_addr, e))?;
+        if ha_addr.port() == 0 {
+            ha_addr.set_port(bound_port(&socket).map_err(|e| explain(ha_addr, e))?);
+        }
+        ha.push(socket.into_raw_fd());
+    }
     let metrics = match config.metrics_addr()? {
         Some(addr) => {
             let socket = listening_socket(addr, false).map_err(|e| explain(addr, e))?;
@@ -77,6 +89,8 @@ pub fn bind_listeners(config: &BrokerConfig, shard_count: usize) -> Result<Bound
         per_shard,
         listen_addr,
         shard_ports,
+        ha,
+        ha_addr,
         metrics,
     })
 }

@@ -19,10 +19,11 @@ pub enum Opcode {
     GroupFetch = 31,
     GroupDescribe = 32,
     Stats = 40,
+    MetadataSnapshot = 60,
 }
 
 impl Opcode {
-    pub const ALL: [Opcode; 13] = [
+    pub const ALL: [Opcode; 14] = [
         Opcode::Ping,
         Opcode::Metadata,
         Opcode::Produce,
@@ -36,6 +37,7 @@ impl Opcode {
         Opcode::GroupFetch,
         Opcode::GroupDescribe,
         Opcode::Stats,
+        Opcode::MetadataSnapshot,
     ];
 
     pub fn from_u16(value: u16) -> Option<Opcode> {

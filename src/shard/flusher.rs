@@ -47,6 +47,7 @@ pub async fn run_flusher(shard: Rc<Shard>) {
         }
         if last_checkpoint.elapsed() >= checkpoint_every {
             last_checkpoint = Instant::now();
+            let _gate = shard.store_gate.acquire_permit(1).await;
             if let Err(e) = shard.store.persist_metadata().await {
                 warn!(
                     shard = shard.id,
@@ -71,6 +72,7 @@ pub async fn run_flusher(shard: Rc<Shard>) {
 }
 
 async fn flush_once(shard: &Shard) -> Result<(), crate::store::StoreError> {
+    let _gate = shard.store_gate.acquire_permit(1).await;
     match shard.store.flush().await {
         Ok(offset) => {
             let stats = shard.store.last_flush();

@@ -12,11 +12,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct OffsetRow {
-    group: String,
-    topic: String,
-    queue: u32,
-    offset: u64,
+pub struct OffsetRow {
+    pub group: String,
+    pub topic: String,
+    pub queue: u32,
+    pub offset: u64,
 }
 
 pub struct GroupOffsets<D: Disk> {
@@ -82,6 +82,36 @@ impl<D: Disk> GroupOffsets<D> {
         self.persist(self.version.get()).await
     }
 
+    pub fn all_rows(&self) -> Vec<OffsetRow> {
+        self.offsets
+            .borrow()
+            .iter()
+            .map(|((g, t, q), o)| OffsetRow {
+                group: g.clone(),
+                topic: t.clone(),
+                queue: *q,
+                offset: *o,
+            })
+            .collect()
+    }
+
+    /// Slave: takes the master's offsets for these queues (the master is the authority).
+    pub async fn apply_from_master(&self, rows: Vec<OffsetRow>) -> Result<(), String> {
+        let mut changed = false;
+        {
+            let mut offsets = self.offsets.borrow_mut();
+            for row in rows {
+                let previous = offsets.insert((row.group, row.topic, row.queue), row.offset);
+                changed |= previous != Some(row.offset);
+            }
+        }
+        if !changed {
+            return Ok(());
+        }
+        self.version.set(self.version.get() + 1);
+        self.persist(self.version.get()).await
+    }
+
     /// Drops every group's offsets for a deleted topic.
     pub async fn forget_topic(&self, topic: &str) -> Result<(), String> {
         self.offsets.borrow_mut().retain(|(_, t, _), _| t != topic);
@@ -99,17 +129,7 @@ impl<D: Disk> GroupOffsets<D> {
             return Ok(());
         }
         let version = self.version.get();
-        let rows: Vec<OffsetRow> = self
-            .offsets
-            .borrow()
-            .iter()
-            .map(|((g, t, q), o)| OffsetRow {
-                group: g.clone(),
-                topic: t.clone(),
-                queue: *q,
-                offset: *o,
-            })
-            .collect();
+        let rows = self.all_rows();
         let bytes = serde_json::to_vec(&rows).expect("offsets serialize");
         self.disk
             .write_atomic(&self.path, bytes)

@@ -53,6 +53,21 @@ pub enum ShardRequest {
         table: Arc<TopicTable>,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// A replication link for this shard, accepted by another shard on the shared HA port.
+    AdoptReplicaLink {
+        fd: std::os::fd::RawFd,
+        hello: Box<crate::replication::protocol::Hello>,
+        peer: String,
+    },
+    /// Every group offset this shard keeps.
+    AllGroupOffsets {
+        reply: oneshot::Sender<Vec<crate::shard::groups::OffsetRow>>,
+    },
+    /// Slave: the master's group offsets for queues this shard owns.
+    ApplyGroupOffsets {
+        rows: Vec<crate::shard::groups::OffsetRow>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// This shard's probe snapshot.
     Probe {
         reply: oneshot::Sender<crate::metrics::ProbeSnapshot>,

@@ -14,9 +14,11 @@ pub mod mesh;
 pub mod startup;
 pub mod topics;
 
-use crate::config::{BrokerConfig, FlushDiskType};
+use crate::config::{BrokerConfig, BrokerRole, FlushDiskType};
 use crate::metrics::{Counter, ProbeSnapshot, ShardProbe};
 use crate::protocol::Opcode;
+use crate::replication::identity::LogIdentity;
+use crate::replication::replicas::Replicas;
 use crate::store::glommio_disk::GlommioDisk;
 use crate::store::{QueueKey, ShardStore};
 use completion::{Completions, Event};
@@ -64,6 +66,27 @@ pub struct Shard {
     pub stopping: Cell<bool>,
     /// Counters and histograms of this shard; written only by this core.
     pub probe: ShardProbe,
+    /// This shard's role; changes once, when a slave is promoted.
+    pub role: Cell<BrokerRole>,
+    pub role_changed: Event,
+    /// The log's id and epochs (see `replication::identity`).
+    pub identity: RefCell<LogIdentity>,
+    /// Master: the slaves' links and the SYNC_MASTER producers waiting for them.
+    pub replicas: Replicas,
+    /// New log bytes to ship (master) or a link to stop: wakes shippers and reporters.
+    pub replication_wakeup: Event,
+    /// Slave: the master's confirmed offset as last heard; bounds what consumers see here.
+    pub master_confirmed: Cell<u64>,
+    /// Slave: whether the link to the master is streaming.
+    pub link_up: Cell<bool>,
+    /// Slave: a link to the master was just established (triggers a metadata copy).
+    pub link_established: Event,
+    /// Slave: the master's client address, learned in the handshake (metadata sync).
+    pub master_client_addr: RefCell<Option<String>>,
+    /// This broker's client address, told to slaves.
+    pub client_addr: String,
+    /// Held around flushes, metadata writes and truncation: they must not overlap.
+    pub store_gate: Semaphore,
     /// Round-robin position for produce requests that let the broker pick the queue.
     pub next_queue: Cell<usize>,
 }
@@ -72,10 +95,44 @@ impl Shard {
     /// The commitlog offset up to which records may be shown to consumers: flushed under
     /// SYNC_FLUSH, appended under ASYNC_FLUSH.
     pub fn confirmed_offset(&self) -> u64 {
+        let local = self.local_confirmed_offset();
+        match self.role.get() {
+            BrokerRole::SyncMaster if self.replicas.needed() > 0 => {
+                local.min(self.replicas.completions.released_offset())
+            }
+            BrokerRole::SyncMaster | BrokerRole::AsyncMaster => local,
+            BrokerRole::Slave => local.min(self.master_confirmed.get()),
+        }
+    }
+
+    /// What this shard's own flush mode guarantees, whatever the replicas have.
+    pub fn local_confirmed_offset(&self) -> u64 {
         match self.config.flush_disk_type {
             FlushDiskType::SyncFlush => self.store.flushed_offset(),
             FlushDiskType::AsyncFlush => self.store.max_offset(),
         }
+    }
+
+    /// Slave: the master says everything before `offset` is confirmed there.
+    pub fn set_master_confirmed(&self, offset: u64) {
+        if offset > self.master_confirmed.get() {
+            self.master_confirmed.set(offset);
+            self.visible.notify();
+        } else if offset < self.master_confirmed.get() {
+            // A master that restarted (or a new one) may confirm less than before; never
+            // show more than the current master confirms.
+            self.master_confirmed.set(offset);
+        }
+    }
+
+    /// Remembers where this log was cut back to follow its master.
+    pub async fn record_divergence(&self, offset: u64) {
+        let mut identity = self.identity.borrow().clone();
+        identity.divergence_points.push(offset);
+        if let Err(e) = identity.save(&self.disk, &self.store_dir).await {
+            tracing::warn!(shard = self.id, "recording the divergence point: {e}");
+        }
+        *self.identity.borrow_mut() = identity;
     }
 
     pub fn topic(&self, name: &str) -> Option<TopicEntry> {

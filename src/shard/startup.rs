@@ -3,8 +3,10 @@
 use super::mesh::{Mesh, MeshEnds, ShardRequest};
 use super::topics::TopicTable;
 use super::{flusher, groups::GroupOffsets, handlers, owned_queues, Shard};
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, BrokerRole};
 use crate::net;
+use crate::replication::identity::LogIdentity;
+use crate::replication::replicas::Replicas;
 use crate::store::glommio_disk::{prime_iopoll_probe, GlommioDisk};
 use crate::store::io::Disk;
 use crate::store::{RecoveryReport, ShardStore, StoreConfig};
@@ -32,6 +34,10 @@ pub struct ShardStartup {
     pub shard_ports: Arc<Vec<u16>>,
     /// Reports start-up success (with the recovery report) or failure to the main thread.
     pub ready: mpsc::Sender<Result<(usize, RecoveryReport), String>>,
+    /// This shard's socket on the shared replication port.
+    pub ha_fd: RawFd,
+    /// The broker's client address, told to slaves in the replication handshake.
+    pub client_addr: String,
     /// The Prometheus endpoint's listening socket (shard 0 only).
     pub metrics_fd: Option<RawFd>,
     /// Blocking eventfd the main thread writes to ask for a clean shutdown.
@@ -48,10 +54,11 @@ pub async fn run_shard(start: ShardStartup) {
     let ready = start.ready.clone();
     let id = start.id;
     let metrics_fd = start.metrics_fd;
+    let ha_fd = start.ha_fd;
     match open_shard(start).await {
         Ok((shard, receivers, listener_fds, stop_fd, report)) => {
             let _ = ready.send(Ok((id, report)));
-            serve_until_stopped(shard, receivers, listener_fds, metrics_fd, stop_fd).await;
+            serve_until_stopped(shard, receivers, listener_fds, metrics_fd, ha_fd, stop_fd).await;
         }
         Err(e) => {
             let _ = ready.send(Err(format!("shard {id}: {e}")));
@@ -89,6 +96,19 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
         .await
         .map_err(|e| e.to_string())?;
     let groups = GroupOffsets::load(disk, dir.join("groups.json")).await?;
+    let identity = LogIdentity::load_or_create(&disk, &dir).await?;
+    let role = match identity.promoted_role {
+        Some(promoted) if promoted != config.broker_role => {
+            warn!(
+                shard = start.id,
+                configured = %config.broker_role,
+                "this shard was promoted to {promoted} (epoch {}); running as {promoted}: update the configuration",
+                identity.last_epoch()
+            );
+            promoted
+        }
+        _ => config.broker_role,
+    };
     let (mesh, receivers) = Mesh::connect(start.mesh).await;
     let completions = super::completion::Completions::new(store.flushed_offset());
     let shard = Rc::new(Shard {
@@ -112,6 +132,17 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
         mesh,
         flush_urgent: Cell::new(false),
         stopping: Cell::new(false),
+        role: Cell::new(role),
+        role_changed: Default::default(),
+        identity: RefCell::new(identity),
+        replicas: Replicas::new(start.config.min_in_sync_replicas),
+        replication_wakeup: Default::default(),
+        master_confirmed: Cell::new(0),
+        link_up: Cell::new(false),
+        link_established: Default::default(),
+        master_client_addr: RefCell::new(None),
+        client_addr: start.client_addr,
+        store_gate: Semaphore::new(1),
         probe: Default::default(),
         next_queue: Cell::new(0),
     });
@@ -132,6 +163,7 @@ async fn serve_until_stopped(
     receivers: Vec<(usize, ConnectedReceiver<ShardRequest>)>,
     listener_fds: Vec<RawFd>,
     metrics_fd: Option<RawFd>,
+    ha_fd: RawFd,
     stop_fd: RawFd,
 ) {
     for (_, receiver) in receivers {
@@ -150,6 +182,29 @@ async fn serve_until_stopped(
         .into_iter()
         .map(|fd| spawn_local(net::accept_loop(shard.clone(), fd)))
         .collect();
+    accept_loops.push(spawn_local(crate::replication::master::accept_loop(
+        shard.clone(),
+        ha_fd,
+    )));
+    if shard.role.get() == BrokerRole::Slave {
+        match shard.config.master_addr() {
+            Ok(Some(master)) => {
+                accept_loops.push(spawn_local(crate::replication::slave::run(
+                    shard.clone(),
+                    master,
+                )));
+                if shard.id == 0 {
+                    accept_loops.push(spawn_local(crate::replication::metadata_sync::run(
+                        shard.clone(),
+                    )));
+                }
+            }
+            Ok(None) | Err(_) => warn!(
+                shard = shard.id,
+                "a SLAVE without a valid master address does not replicate"
+            ),
+        }
+    }
     if let Some(fd) = metrics_fd {
         accept_loops.push(spawn_local(crate::metrics::http::serve(shard.clone(), fd)));
     }

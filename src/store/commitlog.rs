@@ -389,6 +389,58 @@ impl<D: Disk> CommitLog<D> {
         Ok(zero_end - end)
     }
 
+    /// Where a record of `len` bytes appended now would start: at the end of the log, or at the
+    /// next segment when it does not fit in the current one. The same rule on master and slave
+    /// gives byte-identical logs.
+    pub fn next_start(&self, len: usize) -> u64 {
+        let start = self.state.borrow().max_offset;
+        let segment_end = self.base_of(start) + self.segment_size_bytes;
+        if start + len as u64 > segment_end {
+            segment_end
+        } else {
+            start
+        }
+    }
+
+    /// The segment holding `offset`: its file path, start and end offsets.
+    pub fn segment_of(&self, offset: u64) -> Option<(PathBuf, u64, u64)> {
+        let base = self.base_of(offset);
+        self.state.borrow().segments.contains_key(&base).then(|| {
+            (
+                self.segment_path(base),
+                base,
+                base + self.segment_size_bytes,
+            )
+        })
+    }
+
+    pub fn segment_size_bytes(&self) -> u64 {
+        self.segment_size_bytes
+    }
+
+    /// Calls `f` with the appended bytes from `offset` (at most `max_len`, not past the end of
+    /// its segment) while they are still in the write buffer; `None` when `offset` is older
+    /// than the buffer. Borrowed, not copied: replication sends them straight to a socket.
+    pub fn with_buffered<R>(
+        &self,
+        offset: u64,
+        max_len: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Option<R> {
+        let state = self.state.borrow();
+        if offset < state.buffer_start || offset > state.max_offset {
+            return None;
+        }
+        let segment_end = self.base_of(offset) + self.segment_size_bytes;
+        let end = state
+            .max_offset
+            .min(offset + max_len as u64)
+            .min(segment_end);
+        let from = (offset - state.buffer_start) as usize;
+        let to = (end - state.buffer_start) as usize;
+        Some(f(&state.buffer[from..to]))
+    }
+
     /// Reserves room for a record of `len` bytes and encodes it with `encode(offset, bytes)`.
     /// Returns the commitlog offset the record starts at.
     pub fn append(

@@ -58,6 +58,9 @@ pub enum AppendError {
     TooLarge { size: usize, max: usize },
     #[error("unknown queue {queue} of topic id {topic_id}")]
     UnknownQueue { topic_id: u32, queue: u32 },
+    /// A replicated record does not fit this log where the master put it: the logs diverged.
+    #[error("replicated record does not match this log: {0}")]
+    Diverged(String),
     /// A previous write or sync failed; the store refuses appends until restarted.
     #[error("store failed: {0}")]
     Failed(String),

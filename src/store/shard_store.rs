@@ -320,6 +320,107 @@ impl<D: Disk> ShardStore<D> {
         })
     }
 
+    /// Appends one record shipped by the master, byte for byte. It must decode (crc, size,
+    /// stored offset), land at the commitlog offset the master gave it and carry the next
+    /// queue offset of its queue; a queue not yet known here (its topic is still being
+    /// synced) is registered on the spot. Nothing is appended when a check fails.
+    pub fn append_replicated(&self, bytes: &[u8]) -> Result<Appended, AppendError> {
+        if bytes.len() < record::RECORD_HEADER_BYTES {
+            return Err(AppendError::Diverged(format!(
+                "{} bytes is not a record",
+                bytes.len()
+            )));
+        }
+        let claimed = u64::from_le_bytes(bytes[28..36].try_into().expect("8 bytes"));
+        let view = match record::decode(bytes, claimed) {
+            Ok(record::Decoded::Record(view)) if view.total_size as usize == bytes.len() => view,
+            Ok(_) => return Err(AppendError::Diverged(format!("no record at {claimed}"))),
+            Err(e) => return Err(AppendError::Diverged(e.to_string())),
+        };
+        if bytes.len() > self.config.max_record_bytes {
+            return Err(AppendError::TooLarge {
+                size: bytes.len(),
+                max: self.config.max_record_bytes,
+            });
+        }
+        let start = self.log.next_start(bytes.len());
+        if start != claimed {
+            return Err(AppendError::Diverged(format!(
+                "record for commitlog offset {claimed} would land at {start}"
+            )));
+        }
+        let key = QueueKey {
+            topic_id: view.topic_id,
+            queue: view.queue_id,
+        };
+        let mut queues = self.queues.borrow_mut();
+        let state = queues.entry(key).or_default();
+        if view.queue_offset != state.entries.len() as u64 {
+            return Err(AppendError::Diverged(format!(
+                "record at {claimed} has queue offset {} but topic id {} queue {} is at {}",
+                view.queue_offset,
+                key.topic_id,
+                key.queue,
+                state.entries.len()
+            )));
+        }
+        let commitlog_offset = self
+            .log
+            .append(bytes.len(), |_, out| out.copy_from_slice(bytes))?;
+        debug_assert_eq!(commitlog_offset, claimed);
+        state.entries.push(CqEntry {
+            commitlog_offset,
+            size: bytes.len() as u32,
+            tag_hash: view.key_hash,
+        });
+        Ok(Appended {
+            queue_offset: view.queue_offset,
+            commitlog_offset,
+            end_offset: commitlog_offset + bytes.len() as u64,
+        })
+    }
+
+    /// Cuts the log back to `offset` (a slave whose log diverged from its master's): flushes,
+    /// zeroes everything from `offset` to the end of its segment, deletes later segments, drops
+    /// consume-queue entries past it and writes a new checkpoint. The caller must not run a
+    /// flush or `persist_metadata` concurrently.
+    pub async fn truncate_to(&self, offset: u64) -> Result<(), StoreError> {
+        if offset >= self.log.max_offset() {
+            return Ok(());
+        }
+        self.log.flush().await?;
+        let cut = super::commitlog::ScanEnd {
+            end_offset: offset,
+            scanned_bytes: 0,
+            scanned_records: 0,
+            corruption: Some(format!("diverged from the master at {offset}")),
+        };
+        self.log.finish_recovery(offset, &cut).await?;
+        let in_files: BTreeMap<QueueKey, usize> = self
+            .queues
+            .borrow()
+            .iter()
+            .filter(|(_, s)| s.file_exists)
+            .map(|(k, s)| (*k, s.persisted))
+            .collect();
+        for state in self.queues.borrow_mut().values_mut() {
+            while state
+                .entries
+                .last()
+                .is_some_and(|e| e.end_offset() > offset)
+            {
+                state.entries.pop();
+            }
+        }
+        self.trim_queues(offset, &in_files).await?;
+        self.persist_metadata().await
+    }
+
+    /// The commitlog, for replication: segment locations and the unflushed tail.
+    pub fn commitlog(&self) -> &CommitLog<D> {
+        &self.log
+    }
+
     /// Writes every dirty block present at the call and fdatasyncs: one sync covers every
     /// append made before the call (group commit). Returns the new flushed offset.
     pub async fn flush(&self) -> Result<u64, StoreError> {

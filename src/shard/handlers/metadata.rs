@@ -2,16 +2,53 @@
 
 use super::body;
 use crate::protocol::message::Metadata;
+use crate::shard::groups::OffsetRow;
 use crate::shard::mesh::Reply;
+use crate::shard::mesh::ShardRequest;
+use crate::shard::topics::TopicTable;
 use crate::shard::Shard;
+use futures_channel::oneshot;
+use serde::{Deserialize, Serialize};
+use std::rc::Rc;
 
 pub fn handle(shard: &Shard) -> Reply {
     let metadata = Metadata {
         broker_name: shard.config.broker_name.clone(),
-        role: "ASYNC_MASTER".to_string(),
+        role: shard.role.get().name().to_string(),
         flush_disk_type: shard.config.flush_disk_type.name().to_string(),
         shard_ports: shard.shard_ports.to_vec(),
         topics: shard.topic_table().infos(),
     };
     Reply::ok(body(|out| metadata.encode(out)))
+}
+
+/// What a slave copies from its master: the whole topic table (with the next topic id, so a
+/// promoted slave never reuses a deleted topic's id) and every group offset.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MetadataSnapshot {
+    pub topics: TopicTable,
+    pub group_offsets: Vec<OffsetRow>,
+}
+
+pub async fn snapshot(shard: &Rc<Shard>) -> Reply {
+    let mut group_offsets = shard.groups.all_rows();
+    for other in (0..shard.shard_count).filter(|s| *s != shard.id) {
+        let (tx, rx) = oneshot::channel();
+        if let Err(gone) = shard
+            .mesh
+            .send(other, ShardRequest::AllGroupOffsets { reply: tx })
+            .await
+        {
+            return gone.reply();
+        }
+        match rx.await {
+            Ok(rows) => group_offsets.extend(rows),
+            Err(_) => return crate::shard::mesh::ShardGone(other).reply(),
+        }
+    }
+    let snapshot = MetadataSnapshot {
+        topics: (*shard.topic_table()).clone(),
+        group_offsets,
+    };
+    Reply::ok(serde_json::to_vec(&snapshot).expect("snapshot serializes"))
 }

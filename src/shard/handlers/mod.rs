@@ -2,10 +2,10 @@
 //! request, whether it came from a connection of this shard or was forwarded by another shard.
 
 mod group;
-mod metadata;
+pub(crate) mod metadata;
 mod produce;
 mod pull;
-mod topic;
+pub(crate) mod topic;
 
 use super::mesh::{Reply, ShardRequest};
 use super::Shard;
@@ -28,6 +28,7 @@ pub async fn handle(shard: &Rc<Shard>, opcode: Opcode, body: &[u8]) -> Reply {
         Opcode::GroupFetch => group::fetch(shard, body).await,
         Opcode::GroupDescribe => group::describe(shard, body).await,
         Opcode::Stats => stats(shard).await,
+        Opcode::MetadataSnapshot => metadata::snapshot(shard).await,
     }
 }
 
@@ -44,6 +45,15 @@ pub async fn handle_shard_request(shard: Rc<Shard>, request: ShardRequest) {
         }
         ShardRequest::ApplyTopics { table, reply } => {
             let _ = reply.send(shard.apply_topics(table).await);
+        }
+        ShardRequest::AdoptReplicaLink { fd, hello, peer } => {
+            crate::replication::master::adopt(shard, fd, *hello, peer).await;
+        }
+        ShardRequest::AllGroupOffsets { reply } => {
+            let _ = reply.send(shard.groups.all_rows());
+        }
+        ShardRequest::ApplyGroupOffsets { rows, reply } => {
+            let _ = reply.send(shard.groups.apply_from_master(rows).await);
         }
         ShardRequest::Probe { reply } => {
             let _ = reply.send(shard.snapshot());

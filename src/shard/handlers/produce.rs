@@ -1,7 +1,7 @@
 //! Produce: append a batch to one queue and answer when the flush mode's guarantee holds.
 
 use super::{bad_request, body, route, Route};
-use crate::config::FlushDiskType;
+use crate::config::{BrokerRole, FlushDiskType};
 use crate::constants::MAX_MESSAGES_PER_PRODUCE;
 use crate::metrics::{Counter, Hist};
 use crate::protocol::message::{ProduceRequest, ProduceResponse, ANY_QUEUE};
@@ -21,6 +21,15 @@ pub async fn handle(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
+    if !shard.role.get().is_master() {
+        return Reply::error(
+            Status::NotMaster,
+            format!(
+                "{} is a slave: send produce requests to its master",
+                shard.config.broker_name
+            ),
+        );
+    }
     if let Err(reply) = validate(shard, &request) {
         return reply;
     }
@@ -55,13 +64,8 @@ pub async fn handle(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
         request.messages.len() as u64,
         last.end_offset - first.commitlog_offset,
     );
-    let status = match shard.config.flush_disk_type {
-        FlushDiskType::AsyncFlush => {
-            shard.visible.notify();
-            Status::Ok
-        }
-        FlushDiskType::SyncFlush => wait_for_flush(shard, last.end_offset).await,
-    };
+    shard.replication_wakeup.notify();
+    let status = wait_for_guarantee(shard, last.end_offset).await;
     if status == Status::StoreError {
         return Reply::error(
             status,
@@ -193,11 +197,66 @@ async fn append_one(shard: &Shard, input: &RecordInput<'_>) -> Result<Appended, 
             Err(e @ AppendError::UnknownQueue { .. }) => {
                 return Err(Reply::error(Status::QueueNotFound, e.to_string()))
             }
-            Err(e @ AppendError::Failed(_)) => {
+            Err(e @ (AppendError::Failed(_) | AppendError::Diverged(_))) => {
                 return Err(Reply::error(Status::StoreError, e.to_string()))
             }
         }
     }
+}
+
+/// Waits until the flush mode's and the role's guarantees hold for everything before
+/// `end_offset`, or says which one did not hold in time. Both waits run at once: the flush and
+/// the shipping to slaves overlap.
+async fn wait_for_guarantee(shard: &Shard, end_offset: u64) -> Status {
+    let needs_slaves = shard.role.get() == BrokerRole::SyncMaster && shard.replicas.needed() > 0;
+    if needs_slaves
+        && shard
+            .replicas
+            .in_sync(shard.store.max_offset(), shard.config.ha_max_gap_bytes)
+            < shard.replicas.needed()
+    {
+        return Status::SlaveNotAvailable;
+    }
+    let flush = async {
+        match shard.config.flush_disk_type {
+            FlushDiskType::AsyncFlush => {
+                shard.visible.notify();
+                Status::Ok
+            }
+            FlushDiskType::SyncFlush => wait_for_flush(shard, end_offset).await,
+        }
+    };
+    let replicas = async {
+        if needs_slaves {
+            wait_for_slaves(shard, end_offset).await
+        } else {
+            Status::Ok
+        }
+    };
+    match future::zip(flush, replicas).await {
+        (Status::Ok, replicas) => replicas,
+        (flush, _) => flush,
+    }
+}
+
+/// SYNC_MASTER: waits for enough slaves to acknowledge `end_offset`, at most
+/// `sync_replica_timeout_ms`.
+async fn wait_for_slaves(shard: &Shard, end_offset: u64) -> Status {
+    let done = shard.replicas.completions.wait(end_offset);
+    let timeout = Duration::from_millis(shard.config.sync_replica_timeout_ms);
+    future::or(
+        async {
+            match done.await {
+                Ok(Completion::Done) => Status::Ok,
+                Ok(Completion::Failed) | Err(_) => Status::FlushSlaveTimeout,
+            }
+        },
+        async {
+            sleep(timeout).await;
+            Status::FlushSlaveTimeout
+        },
+    )
+    .await
 }
 
 /// SYNC_FLUSH: waits for a flush covering `end_offset`, at most `sync_flush_timeout_ms`.

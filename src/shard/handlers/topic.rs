@@ -19,7 +19,19 @@ use tracing::info;
 /// Shard that owns the topic table.
 const METADATA_SHARD: usize = 0;
 
+fn refuse_on_slave(shard: &Shard) -> Option<Reply> {
+    (!shard.role.get().is_master()).then(|| {
+        Reply::error(
+            Status::NotMaster,
+            "topics are changed on the master; this slave copies them",
+        )
+    })
+}
+
 pub async fn create(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
+    if let Some(reply) = refuse_on_slave(shard) {
+        return reply;
+    }
     if shard.id != METADATA_SHARD {
         return shard
             .forward(METADATA_SHARD, Opcode::TopicCreate, raw.to_vec())
@@ -57,6 +69,9 @@ pub async fn create(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
 }
 
 pub async fn delete(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
+    if let Some(reply) = refuse_on_slave(shard) {
+        return reply;
+    }
     if shard.id != METADATA_SHARD {
         return shard
             .forward(METADATA_SHARD, Opcode::TopicDelete, raw.to_vec())
@@ -82,7 +97,7 @@ pub async fn delete(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
 }
 
 /// Makes a new table durable, then applies it on every shard (this one last).
-async fn publish(shard: &Rc<Shard>, table: TopicTable) -> Result<(), Reply> {
+pub async fn publish(shard: &Rc<Shard>, table: TopicTable) -> Result<(), Reply> {
     let path = topics_path(&shard.config.store_dir);
     shard
         .disk

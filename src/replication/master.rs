@@ -1,0 +1,322 @@
+//! The master side of replication links.
+//!
+//! Every shard accepts on the shared HA port; the handshake names the slave's shard, and a link
+//! for another shard is handed to it over the mesh (the socket's descriptor, duplicated). The
+//! owning shard then answers the handshake and runs two tasks per link: the shipper streams
+//! commitlog bytes from the slave's offset, and the report reader turns 8-byte reports into
+//! released SYNC_MASTER producers. A report past the master's end closes the link.
+
+use super::protocol::{
+    divergence_point, encode_data_header, encode_heartbeat, Hello, Welcome, HEARTBEAT_BYTES,
+    MAX_HANDSHAKE_BYTES, REPORT_BYTES,
+};
+use crate::metrics::Counter;
+use crate::shard::mesh::ShardRequest;
+use crate::shard::Shard;
+use futures_lite::future;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::spawn_local;
+use glommio::timer::sleep;
+use std::cell::Cell;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+/// Most bytes shipped in one data frame: large enough for full-speed catch-up, small enough
+/// that a slave applies and acknowledges in steps.
+pub const SHIP_CHUNK_BYTES: usize = 1 << 20;
+/// How often a lagging ASYNC_MASTER slave may be warned about, per link.
+const LAG_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+pub async fn accept_loop(shard: Rc<Shard>, fd: RawFd) {
+    // SAFETY: a listening socket bound by the main thread, owned by this task.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                spawn_local(handshake(shard.clone(), stream)).detach();
+            }
+            Err(e) => {
+                warn!(shard = shard.id, "replication accept failed: {e}");
+                sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn read_hello(shard: &Shard, stream: &mut TcpStream) -> Result<Hello, String> {
+    let timeout = Duration::from_millis(shard.config.ha_link_timeout_ms);
+    let mut len = [0u8; 4];
+    with_timeout(timeout, stream.read_exact(&mut len)).await?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_HANDSHAKE_BYTES {
+        return Err(format!(
+            "handshake of {len} bytes exceeds {MAX_HANDSHAKE_BYTES}"
+        ));
+    }
+    let mut body = vec![0u8; len];
+    with_timeout(timeout, stream.read_exact(&mut body)).await?;
+    Hello::decode(&body).map_err(|e| format!("bad handshake: {e}"))
+}
+
+pub async fn with_timeout<T>(
+    timeout: Duration,
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+) -> Result<T, String> {
+    future::or(async { io.await.map_err(|e| e.to_string()) }, async {
+        sleep(timeout).await;
+        Err(format!("silent for {} ms", timeout.as_millis()))
+    })
+    .await
+}
+
+async fn handshake(shard: Rc<Shard>, mut stream: TcpStream) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let hello = match read_hello(&shard, &mut stream).await {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(shard = shard.id, %peer, "replication handshake failed: {e}");
+            return;
+        }
+    };
+    let target = hello.shard as usize;
+    if target == shard.id || target >= shard.shard_count {
+        serve_slave(shard, stream, hello, peer).await;
+        return;
+    }
+    // SAFETY: dup gives the target shard its own descriptor for the same socket.
+    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    if fd < 0 {
+        warn!(shard = shard.id, "dup of a replication socket failed");
+        return;
+    }
+    drop(stream);
+    let request = ShardRequest::AdoptReplicaLink {
+        fd,
+        hello: Box::new(hello),
+        peer,
+    };
+    if let Err(gone) = shard.mesh.send(target, request).await {
+        warn!(
+            shard = shard.id,
+            "handing a replication link to shard {} failed", gone.0
+        );
+    }
+}
+
+/// Runs on the target shard for a link accepted by another shard.
+pub async fn adopt(shard: Rc<Shard>, fd: RawFd, hello: Hello, peer: String) {
+    // SAFETY: `fd` was duplicated for this shard by the accepting one.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    serve_slave(shard, stream, hello, peer).await;
+}
+
+/// What the master answers a slave, and where it will ship from.
+fn welcome(shard: &Shard, hello: &Hello) -> (Welcome, u64) {
+    let config = &shard.config;
+    let refuse = |reason: String| (Welcome::refuse(reason), 0);
+    if !shard.role.get().is_master() {
+        return refuse(format!(
+            "{} is a {}, not a master",
+            config.broker_name,
+            shard.role.get()
+        ));
+    }
+    if hello.broker_name != config.broker_name {
+        return refuse(format!(
+            "slave belongs to group `{}`, this master to `{}`",
+            hello.broker_name, config.broker_name
+        ));
+    }
+    if hello.shard as usize != shard.id || hello.shard_count as usize != shard.shard_count {
+        return refuse(format!(
+            "slave shard {} of {} cannot follow master shard {} of {}",
+            hello.shard, hello.shard_count, shard.id, shard.shard_count
+        ));
+    }
+    if hello.segment_size_bytes != config.segment_size_bytes {
+        return refuse(format!(
+            "segment_size_bytes differs (slave {}, master {}); logs would not line up",
+            hello.segment_size_bytes, config.segment_size_bytes
+        ));
+    }
+    let identity = shard.identity.borrow().clone();
+    let fresh = hello.log_id == [0; 16];
+    if !fresh && hello.log_id != identity.log_id {
+        return refuse(
+            "the slave holds another log (its log id differs); empty its store to follow this master"
+                .to_string(),
+        );
+    }
+    if hello.last_epoch > identity.last_epoch() {
+        return refuse(format!(
+            "the slave has seen epoch {} but this master is at epoch {}: this master is stale",
+            hello.last_epoch,
+            identity.last_epoch()
+        ));
+    }
+    let master_max = shard.store.max_offset();
+    let mut truncate_to = if fresh && hello.max_offset == 0 {
+        u64::MAX
+    } else {
+        divergence_point(&identity.epochs, hello.last_epoch)
+    };
+    if hello.max_offset.min(truncate_to) > master_max {
+        // The slave holds bytes this master lost (unflushed when it crashed): cut them.
+        truncate_to = master_max;
+    }
+    let start = hello.max_offset.min(truncate_to);
+    let welcome = Welcome {
+        refused: None,
+        log_id: identity.log_id,
+        epochs: identity.epochs,
+        truncate_to: if truncate_to < hello.max_offset {
+            truncate_to
+        } else {
+            u64::MAX
+        },
+        client_addr: shard.client_addr.clone(),
+    };
+    (welcome, start)
+}
+
+async fn serve_slave(shard: Rc<Shard>, mut stream: TcpStream, hello: Hello, peer: String) {
+    let (answer, start) = welcome(&shard, &hello);
+    let mut bytes = Vec::new();
+    answer.encode(&mut bytes);
+    if stream.write_all(&bytes).await.is_err() {
+        return;
+    }
+    if let Some(reason) = answer.refused {
+        warn!(shard = shard.id, %peer, "refused a slave: {reason}");
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    let link = shard.replicas.register(peer.clone(), start);
+    info!(shard = shard.id, %peer, start_offset = start, "slave connected");
+    // SAFETY: a second descriptor for the same socket, owned by the report reader.
+    let read_fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    if read_fd >= 0 {
+        let reader = unsafe { TcpStream::from_raw_fd(read_fd) };
+        let closed = Rc::new(Cell::new(false));
+        let reports = spawn_local(read_reports(shard.clone(), reader, link, closed.clone()));
+        let result = ship(&shard, &mut stream, start, &closed).await;
+        if let Err(e) = result {
+            info!(shard = shard.id, %peer, "slave link closed: {e}");
+        }
+        closed.set(true);
+        drop(stream);
+        reports.await;
+    }
+    shard.replicas.unregister(link);
+    info!(shard = shard.id, %peer, "slave disconnected");
+}
+
+async fn read_reports(shard: Rc<Shard>, mut reader: TcpStream, link: u64, closed: Rc<Cell<bool>>) {
+    let timeout = Duration::from_millis(shard.config.ha_link_timeout_ms);
+    let mut report = [0u8; REPORT_BYTES];
+    let mut last_warning: Option<Instant> = None;
+    while !closed.get() {
+        if let Err(e) = with_timeout(timeout, reader.read_exact(&mut report)).await {
+            info!(shard = shard.id, "slave report stream ended: {e}");
+            break;
+        }
+        let offset = u64::from_le_bytes(report);
+        let master_max = shard.store.max_offset();
+        match shard.replicas.report(link, offset, master_max) {
+            Ok(advanced) => {
+                if advanced {
+                    shard.visible.notify();
+                }
+            }
+            Err(fake) => {
+                error!(
+                    shard = shard.id,
+                    reported = fake.reported,
+                    master_max = fake.master_max,
+                    "a slave acknowledged an offset beyond this master's log; closing the link"
+                );
+                break;
+            }
+        }
+        let lag = master_max.saturating_sub(offset);
+        if lag > shard.config.ha_lag_warn_bytes
+            && last_warning.is_none_or(|at| at.elapsed() >= LAG_WARNING_EVERY)
+        {
+            last_warning = Some(Instant::now());
+            warn!(shard = shard.id, lag_bytes = lag, "slave lags behind");
+        }
+    }
+    closed.set(true);
+    shard.replication_wakeup.notify();
+}
+
+/// Streams the log from `start` until the link closes.
+async fn ship(
+    shard: &Rc<Shard>,
+    stream: &mut TcpStream,
+    start: u64,
+    closed: &Cell<bool>,
+) -> Result<(), String> {
+    let heartbeat = Duration::from_millis(shard.config.ha_heartbeat_interval_ms);
+    let mut sent = start;
+    let mut last_sent_at = Instant::now();
+    while !closed.get() {
+        let max = shard.store.max_offset();
+        if sent < max {
+            sent += ship_chunk(shard, stream, sent, max).await?;
+            last_sent_at = Instant::now();
+            continue;
+        }
+        if last_sent_at.elapsed() >= heartbeat {
+            let beat = encode_heartbeat(max, shard.confirmed_offset());
+            stream
+                .write_all(&beat[..HEARTBEAT_BYTES])
+                .await
+                .map_err(|e| e.to_string())?;
+            last_sent_at = Instant::now();
+            continue;
+        }
+        let wake = shard.replication_wakeup.listen();
+        future::or(
+            async {
+                let _ = wake.await;
+            },
+            sleep(heartbeat.saturating_sub(last_sent_at.elapsed())),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Sends one frame of the log starting at `from` (never past its segment). Returns the bytes
+/// of log it carried.
+async fn ship_chunk(
+    shard: &Rc<Shard>,
+    stream: &mut TcpStream,
+    from: u64,
+    max: u64,
+) -> Result<u64, String> {
+    let log = shard.store.commitlog();
+    let segment_end = (from / log.segment_size_bytes() + 1) * log.segment_size_bytes();
+    let end = max.min(segment_end).min(from + SHIP_CHUNK_BYTES as u64);
+    let bytes = log
+        .read(from, (end - from) as usize)
+        .await
+        .map_err(|e| e.to_string())?;
+    shard
+        .probe
+        .add(Counter::ReplicationCopiedBytes, bytes.len() as u64);
+    let header = encode_data_header(from, bytes.len() as u32, shard.confirmed_offset());
+    stream.write_all(&header).await.map_err(|e| e.to_string())?;
+    stream.write_all(&bytes).await.map_err(|e| e.to_string())?;
+    shard
+        .probe
+        .add(Counter::ReplicationShippedBytes, bytes.len() as u64);
+    Ok(bytes.len() as u64)
+}

@@ -1,0 +1,318 @@
+//! The slave side of a replication link, one per shard.
+//!
+//! Connects to the master's HA address with backoff, hands over a [`Hello`], cuts its log back
+//! if the master says the logs diverged, adopts the master's log identity, then applies the
+//! shipped bytes record by record through [`ShardStore::append_replicated`] (the same append
+//! rule as the master, so the same offsets and segment rolls) and reports its confirmed offset
+//! (flushed under SYNC_FLUSH) after every flush or append and as a heartbeat.
+//!
+//! [`ShardStore::append_replicated`]: crate::store::ShardStore::append_replicated
+
+use super::identity::LogIdentity;
+use super::master::with_timeout;
+use super::protocol::{
+    u64_at, Hello, Welcome, DATA_HEADER_BYTES, HEARTBEAT_BYTES, KIND_DATA, KIND_HEARTBEAT,
+    MAX_HANDSHAKE_BYTES,
+};
+use crate::config::BrokerRole;
+use crate::metrics::Counter;
+use crate::shard::Shard;
+use crate::store::record::{self, END_OF_SEGMENT_MARKER_BYTES, RECORD_HEADER_BYTES};
+use crate::store::AppendError;
+use futures_lite::future;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use glommio::spawn_local;
+use glommio::timer::sleep;
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::rc::Rc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// Reconnect backoff: start fast (a restarting master is back within a second), cap so a
+/// long outage costs one attempt every few seconds.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(3);
+
+/// Runs while this shard is a slave; returns when it is promoted.
+pub async fn run(shard: Rc<Shard>, master: SocketAddr) {
+    let mut backoff = BACKOFF_START;
+    while shard.role.get() == BrokerRole::Slave {
+        let role_changed = shard.role_changed.listen();
+        let outcome = future::or(link_once(&shard, master), async {
+            let _ = role_changed.await;
+            Ok(false)
+        })
+        .await;
+        shard.link_up.set(false);
+        match outcome {
+            Ok(true) => backoff = BACKOFF_START,
+            Ok(false) => {}
+            Err(e) => warn!(shard = shard.id, %master, "replication link: {e}"),
+        }
+        if shard.role.get() != BrokerRole::Slave {
+            break;
+        }
+        sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+    info!(
+        shard = shard.id,
+        "replication from the master stopped: this shard is now a {}",
+        shard.role.get()
+    );
+}
+
+/// One connection to the master. `Ok(true)` when it got as far as streaming.
+async fn link_once(shard: &Rc<Shard>, master: SocketAddr) -> Result<bool, String> {
+    let timeout = Duration::from_millis(shard.config.ha_link_timeout_ms);
+    let mut stream = with_timeout(timeout, async {
+        TcpStream::connect(master)
+            .await
+            .map_err(std::io::Error::from)
+    })
+    .await
+    .map_err(|e| format!("connecting: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let welcome = handshake(shard, &mut stream, timeout).await?;
+    if let Some(reason) = welcome.refused {
+        return Err(format!("refused by the master: {reason}"));
+    }
+    if welcome.truncate_to < shard.store.max_offset() {
+        warn!(
+            shard = shard.id,
+            divergence_offset = welcome.truncate_to,
+            discarded_bytes = shard.store.max_offset() - welcome.truncate_to,
+            "this log diverged from the master's; cutting it back to the divergence point"
+        );
+        let _gate = shard.store_gate.acquire_permit(1).await;
+        shard
+            .store
+            .truncate_to(welcome.truncate_to)
+            .await
+            .map_err(|e| format!("truncating to {}: {e}", welcome.truncate_to))?;
+        shard.record_divergence(welcome.truncate_to).await;
+    }
+    let identity = LogIdentity {
+        log_id: welcome.log_id,
+        epochs: welcome.epochs.clone(),
+        ..shard.identity.borrow().clone()
+    };
+    if *shard.identity.borrow() != identity {
+        identity.save(&shard.disk, &shard.store_dir).await?;
+        *shard.identity.borrow_mut() = identity;
+    }
+    *shard.master_client_addr.borrow_mut() = Some(welcome.client_addr.clone());
+    shard.link_up.set(true);
+    shard.link_established.notify();
+    info!(shard = shard.id, %master, from_offset = shard.store.max_offset(), "replicating from the master");
+    // SAFETY: a second descriptor for the same socket, owned by the reporter.
+    let write_fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    if write_fd < 0 {
+        return Err("dup of the replication socket failed".into());
+    }
+    let writer = unsafe { TcpStream::from_raw_fd(write_fd) };
+    let closed = Rc::new(Cell::new(false));
+    let reporter = spawn_local(report(shard.clone(), writer, closed.clone()));
+    let result = receive(shard, &mut stream, timeout).await;
+    closed.set(true);
+    shard.flushed.notify();
+    reporter.await;
+    result.map(|()| true)
+}
+
+async fn handshake(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    timeout: Duration,
+) -> Result<Welcome, String> {
+    let identity = shard.identity.borrow().clone();
+    let max_offset = shard.store.max_offset();
+    let hello = Hello {
+        shard: shard.id as u16,
+        shard_count: shard.shard_count as u16,
+        segment_size_bytes: shard.config.segment_size_bytes,
+        log_id: if max_offset == 0 {
+            [0; 16]
+        } else {
+            identity.log_id
+        },
+        last_epoch: identity.last_epoch(),
+        max_offset,
+        broker_name: shard.config.broker_name.clone(),
+    };
+    let mut out = Vec::new();
+    hello.encode(&mut out);
+    with_timeout(timeout, stream.write_all(&out)).await?;
+    let mut len = [0u8; 4];
+    with_timeout(timeout, stream.read_exact(&mut len)).await?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_HANDSHAKE_BYTES {
+        return Err(format!("master's answer of {len} bytes is too large"));
+    }
+    let mut body = vec![0u8; len];
+    with_timeout(timeout, stream.read_exact(&mut body)).await?;
+    Welcome::decode(&body).map_err(|e| format!("bad answer from the master: {e}"))
+}
+
+/// Sends the confirmed offset whenever it moves, and at least every heartbeat interval.
+async fn report(shard: Rc<Shard>, mut writer: TcpStream, closed: Rc<Cell<bool>>) {
+    let heartbeat = Duration::from_millis(shard.config.ha_heartbeat_interval_ms);
+    let mut last = None;
+    while !closed.get() {
+        let offset = shard.local_confirmed_offset();
+        if last != Some(offset) {
+            if writer.write_all(&offset.to_le_bytes()).await.is_err() {
+                break;
+            }
+            last = Some(offset);
+            continue;
+        }
+        let flushed = shard.flushed.listen();
+        let appended = shard.replication_wakeup.listen();
+        let woke = future::or(
+            async {
+                future::or(
+                    async {
+                        let _ = flushed.await;
+                    },
+                    async {
+                        let _ = appended.await;
+                    },
+                )
+                .await;
+                true
+            },
+            async {
+                sleep(heartbeat).await;
+                false
+            },
+        )
+        .await;
+        if !woke {
+            last = None;
+        }
+    }
+}
+
+/// Reads frames until the link fails or goes silent.
+async fn receive(
+    shard: &Rc<Shard>,
+    stream: &mut TcpStream,
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut pending: Vec<u8> = Vec::new();
+    // Log position of `pending[0]`, and of the byte after everything received.
+    let mut position = shard.store.max_offset();
+    let mut next_offset = position;
+    let mut kind = [0u8; 1];
+    loop {
+        with_timeout(timeout, stream.read_exact(&mut kind)).await?;
+        match kind[0] {
+            KIND_HEARTBEAT => {
+                let mut rest = [0u8; HEARTBEAT_BYTES - 1];
+                with_timeout(timeout, stream.read_exact(&mut rest)).await?;
+                shard.set_master_confirmed(u64_at(&rest, 8));
+            }
+            KIND_DATA => {
+                let mut rest = [0u8; DATA_HEADER_BYTES - 1];
+                with_timeout(timeout, stream.read_exact(&mut rest)).await?;
+                let offset = u64_at(&rest, 0);
+                let len = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes")) as usize;
+                let confirmed = u64_at(&rest, 12);
+                if offset != next_offset {
+                    return Err(format!(
+                        "master sent offset {offset}, expected {next_offset}"
+                    ));
+                }
+                if len > super::master::SHIP_CHUNK_BYTES {
+                    return Err(format!("data frame of {len} bytes is larger than allowed"));
+                }
+                let at = pending.len();
+                pending.resize(at + len, 0);
+                with_timeout(timeout, stream.read_exact(&mut pending[at..])).await?;
+                next_offset += len as u64;
+                shard
+                    .probe
+                    .add(Counter::ReplicationReceivedBytes, len as u64);
+                apply(shard, &mut pending, &mut position).await?;
+                shard.set_master_confirmed(confirmed);
+            }
+            other => return Err(format!("unknown frame kind {other} from the master")),
+        }
+    }
+}
+
+/// Appends every complete record at the front of `pending` (which starts at log offset
+/// `position`) and removes what it consumed.
+async fn apply(shard: &Rc<Shard>, pending: &mut Vec<u8>, position: &mut u64) -> Result<(), String> {
+    let segment = shard.config.segment_size_bytes;
+    let mut used = 0usize;
+    loop {
+        let at = *position;
+        let rest = &pending[used..];
+        let segment_left = (segment - at % segment) as usize;
+        if segment_left < END_OF_SEGMENT_MARKER_BYTES || is_end_of_segment(rest) {
+            // The master left this segment's tail unused. The slave's append rule will do the
+            // same when the next record arrives (and write the marker itself), so the bytes
+            // are only skipped here.
+            if rest.len() < segment_left {
+                break;
+            }
+            used += segment_left;
+            *position += segment_left as u64;
+            continue;
+        }
+        if rest.len() < RECORD_HEADER_BYTES {
+            break;
+        }
+        let size = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        if size < RECORD_HEADER_BYTES || size > segment_left {
+            return Err(format!("corrupt record size {size} at offset {at}"));
+        }
+        if rest.len() < size {
+            break;
+        }
+        append(shard, &pending[used..used + size]).await?;
+        used += size;
+        *position += size as u64;
+    }
+    pending.drain(..used);
+    if used > 0 {
+        shard.visible.notify();
+        shard.flush_requested.notify();
+        shard.replication_wakeup.notify();
+    }
+    Ok(())
+}
+
+fn is_end_of_segment(bytes: &[u8]) -> bool {
+    bytes.len() >= END_OF_SEGMENT_MARKER_BYTES
+        && u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"))
+            == record::END_OF_SEGMENT_MAGIC
+}
+
+async fn append(shard: &Rc<Shard>, bytes: &[u8]) -> Result<(), String> {
+    loop {
+        match shard.store.append_replicated(bytes) {
+            Ok(_) => {
+                shard.probe.appended(1, bytes.len() as u64);
+                return Ok(());
+            }
+            Err(AppendError::BufferFull) => {
+                let flushed = shard.flushed.listen();
+                shard.flush_urgent.set(true);
+                shard.flush_requested.notify();
+                let _ = flushed.await;
+            }
+            Err(AppendError::SegmentNotReady) => {
+                let ready = shard.segment_ready.listen();
+                shard.segment_wanted.notify();
+                let _ = ready.await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
