@@ -1,7 +1,7 @@
 //! The top-level `ringmq` parser and dispatch. Every failure becomes a message on stderr and a
 //! non-zero exit code; nothing here panics on user input.
 
-use super::{consume, group, produce, serve, stats, topic};
+use super::{cluster, consume, group, produce, serve, stats, topic};
 use crate::client::{Client, ClientError};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -30,6 +30,8 @@ pub enum Command {
     Group(group::GroupArgs),
     /// The broker's counters and latency histograms, merged across shards.
     Stats(stats::StatsArgs),
+    /// Replication state of a broker, and promotion of a slave.
+    Cluster(cluster::ClusterArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
@@ -74,6 +76,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Consume(args) => consume::run(args),
         Command::Group(args) => group::run(args),
         Command::Stats(args) => stats::run(args),
+        Command::Cluster(args) => cluster::run(args),
     };
     match result {
         Ok(()) => 0,

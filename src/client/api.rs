@@ -470,6 +470,39 @@ impl Client {
         Ok(offset.offset)
     }
 
+    /// Role, offsets and replication links of every shard of the broker.
+    pub fn cluster_status(
+        &mut self,
+    ) -> Result<crate::shard::handlers::cluster::ClusterStatus, ClientError> {
+        let (_, status) = self.call_on(
+            ConnectionSlot::Bootstrap,
+            Opcode::ClusterStatus,
+            None,
+            |_| {},
+            decode_json("cluster status"),
+        )?;
+        Ok(status)
+    }
+
+    /// Turns this broker (a slave) into the master of its group; `role` is SYNC_MASTER or
+    /// ASYNC_MASTER (`None`: ASYNC_MASTER). Returns the status after promotion.
+    pub fn promote(
+        &mut self,
+        role: Option<&str>,
+    ) -> Result<crate::shard::handlers::cluster::ClusterStatus, ClientError> {
+        let request = Name {
+            name: role.unwrap_or("").to_string(),
+        };
+        let (_, status) = self.call_on(
+            ConnectionSlot::Bootstrap,
+            Opcode::ClusterPromote,
+            None,
+            |out| request.encode(out),
+            decode_json("cluster status"),
+        )?;
+        Ok(status)
+    }
+
     /// The broker's probes merged across shards (counters, gauges, histogram summaries).
     pub fn stats(&mut self) -> Result<crate::metrics::Stats, ClientError> {
         let (_, stats) = self.call_on(
@@ -756,6 +789,20 @@ fn opcode_body_name(opcode: Opcode) -> &'static str {
         Opcode::GroupDescribe => "group description",
         Opcode::Stats => "stats",
         Opcode::MetadataSnapshot => "metadata snapshot",
+        Opcode::ClusterStatus => "cluster status",
+        Opcode::ClusterPromote => "cluster status after promotion",
+    }
+}
+
+/// A decoder for JSON response bodies (stats, cluster status).
+fn decode_json<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+) -> impl Fn(&[u8]) -> Result<T, DecodeError> {
+    move |body| {
+        serde_json::from_slice(body).map_err(|_| DecodeError::Invalid {
+            field: what,
+            reason: "not a valid JSON document",
+        })
     }
 }
 

@@ -20,10 +20,12 @@ pub enum Opcode {
     GroupDescribe = 32,
     Stats = 40,
     MetadataSnapshot = 60,
+    ClusterStatus = 50,
+    ClusterPromote = 51,
 }
 
 impl Opcode {
-    pub const ALL: [Opcode; 14] = [
+    pub const ALL: [Opcode; 16] = [
         Opcode::Ping,
         Opcode::Metadata,
         Opcode::Produce,
@@ -38,6 +40,8 @@ impl Opcode {
         Opcode::GroupDescribe,
         Opcode::Stats,
         Opcode::MetadataSnapshot,
+        Opcode::ClusterStatus,
+        Opcode::ClusterPromote,
     ];
 
     pub fn from_u16(value: u16) -> Option<Opcode> {

@@ -232,6 +232,7 @@ async fn read_reports(shard: Rc<Shard>, mut reader: TcpStream, link: u64, closed
             Ok(advanced) => {
                 if advanced {
                     shard.visible.notify();
+                    shard.replication_wakeup.notify();
                 }
             }
             Err(fake) => {
@@ -266,15 +267,21 @@ async fn ship(
     let heartbeat = Duration::from_millis(shard.config.ha_heartbeat_interval_ms);
     let mut sent = start;
     let mut last_sent_at = Instant::now();
+    let mut confirmed_sent = 0;
     while !closed.get() {
         let max = shard.store.max_offset();
         if sent < max {
+            confirmed_sent = shard.confirmed_offset();
             sent += ship_chunk(shard, stream, sent, max).await?;
             last_sent_at = Instant::now();
             continue;
         }
-        if last_sent_at.elapsed() >= heartbeat {
-            let beat = encode_heartbeat(max, shard.confirmed_offset());
+        // A heartbeat also carries a confirmed offset that moved (a flush or a slave ack), so
+        // the slave's consumers see records as soon as the master's guarantee holds.
+        let confirmed = shard.confirmed_offset();
+        if last_sent_at.elapsed() >= heartbeat || confirmed != confirmed_sent {
+            confirmed_sent = confirmed;
+            let beat = encode_heartbeat(max, confirmed);
             stream
                 .write_all(&beat[..HEARTBEAT_BYTES])
                 .await

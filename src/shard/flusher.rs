@@ -80,6 +80,7 @@ async fn flush_once(shard: &Shard) -> Result<(), crate::store::StoreError> {
                 .probe
                 .flushed(stats.bytes, stats.write_duration, stats.sync_duration);
             shard.completions.release(offset);
+            shard.replication_wakeup.notify();
             if shard.config.flush_disk_type == FlushDiskType::SyncFlush {
                 shard.visible.notify();
             }

@@ -68,6 +68,15 @@ pub enum ShardRequest {
         rows: Vec<crate::shard::groups::OffsetRow>,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// This shard's replication state, for `cluster status`.
+    ClusterState {
+        reply: oneshot::Sender<crate::shard::handlers::cluster::ShardStatus>,
+    },
+    /// Make this shard a master.
+    Promote {
+        role: crate::config::BrokerRole,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// This shard's probe snapshot.
     Probe {
         reply: oneshot::Sender<crate::metrics::ProbeSnapshot>,

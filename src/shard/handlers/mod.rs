@@ -1,6 +1,7 @@
 //! Request handlers, one file per command. [`handle`] is the single entry point for a decoded
 //! request, whether it came from a connection of this shard or was forwarded by another shard.
 
+pub(crate) mod cluster;
 mod group;
 pub(crate) mod metadata;
 mod produce;
@@ -29,6 +30,8 @@ pub async fn handle(shard: &Rc<Shard>, opcode: Opcode, body: &[u8]) -> Reply {
         Opcode::GroupDescribe => group::describe(shard, body).await,
         Opcode::Stats => stats(shard).await,
         Opcode::MetadataSnapshot => metadata::snapshot(shard).await,
+        Opcode::ClusterStatus => cluster::status(shard).await,
+        Opcode::ClusterPromote => cluster::promote(shard, body).await,
     }
 }
 
@@ -54,6 +57,12 @@ pub async fn handle_shard_request(shard: Rc<Shard>, request: ShardRequest) {
         }
         ShardRequest::ApplyGroupOffsets { rows, reply } => {
             let _ = reply.send(shard.groups.apply_from_master(rows).await);
+        }
+        ShardRequest::ClusterState { reply } => {
+            let _ = reply.send(cluster::local_status(&shard));
+        }
+        ShardRequest::Promote { role, reply } => {
+            let _ = reply.send(cluster::promote_local(&shard, role).await);
         }
         ShardRequest::Probe { reply } => {
             let _ = reply.send(shard.snapshot());

@@ -1,0 +1,219 @@
+//! Cluster commands: `ClusterStatus` (role, offsets and links of every shard) and
+//! `ClusterPromote` (turn a slave into the master of its group).
+
+use super::bad_request;
+use crate::config::BrokerRole;
+use crate::protocol::message::Name;
+use crate::protocol::Status;
+use crate::shard::mesh::{Reply, ShardRequest};
+use crate::shard::Shard;
+use futures_channel::oneshot;
+use serde::{Deserialize, Serialize};
+use std::rc::Rc;
+use tracing::{info, warn};
+
+/// The `ClusterStatus` body (JSON).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub broker_name: String,
+    pub role: String,
+    pub flush_disk_type: String,
+    pub shards: Vec<ShardStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShardStatus {
+    pub shard: usize,
+    pub role: String,
+    pub epoch: u32,
+    pub log_id: String,
+    pub max_offset: u64,
+    pub flushed_offset: u64,
+    /// What consumers of this shard can see.
+    pub confirmed_offset: u64,
+    pub divergence_points: Vec<u64>,
+    /// Master: one row per connected slave.
+    pub slaves: Vec<SlaveStatus>,
+    /// Slave: the link to the master.
+    pub master_link: Option<MasterLink>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SlaveStatus {
+    pub peer: String,
+    pub acked_offset: u64,
+    pub lag_bytes: u64,
+    /// How long the slave has been behind the master's end (0 when caught up).
+    pub lag_ms: u64,
+    pub connected_ms: u64,
+    pub last_report_ms_ago: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MasterLink {
+    pub master: String,
+    pub streaming: bool,
+    pub master_confirmed_offset: u64,
+}
+
+pub fn local_status(shard: &Shard) -> ShardStatus {
+    let identity = shard.identity.borrow().clone();
+    let max_offset = shard.store.max_offset();
+    let slaves = shard
+        .replicas
+        .states()
+        .into_iter()
+        .map(|s| {
+            let lag_bytes = max_offset.saturating_sub(s.acked_offset);
+            SlaveStatus {
+                peer: s.peer,
+                acked_offset: s.acked_offset,
+                lag_bytes,
+                lag_ms: if lag_bytes == 0 {
+                    0
+                } else {
+                    s.caught_up_at.elapsed().as_millis() as u64
+                },
+                connected_ms: s.connected_at.elapsed().as_millis() as u64,
+                last_report_ms_ago: s.last_report_at.elapsed().as_millis() as u64,
+            }
+        })
+        .collect();
+    let master_link = (shard.role.get() == BrokerRole::Slave).then(|| MasterLink {
+        master: shard.config.master.clone().unwrap_or_default(),
+        streaming: shard.link_up.get(),
+        master_confirmed_offset: shard.master_confirmed.get(),
+    });
+    ShardStatus {
+        shard: shard.id,
+        role: shard.role.get().name().to_string(),
+        epoch: identity.last_epoch(),
+        log_id: identity.log_id.iter().map(|b| format!("{b:02x}")).collect(),
+        max_offset,
+        flushed_offset: shard.store.flushed_offset(),
+        confirmed_offset: shard.confirmed_offset(),
+        divergence_points: identity.divergence_points,
+        slaves,
+        master_link,
+    }
+}
+
+pub async fn status(shard: &Rc<Shard>) -> Reply {
+    let mut shards = Vec::with_capacity(shard.shard_count);
+    for other in 0..shard.shard_count {
+        if other == shard.id {
+            shards.push(local_status(shard));
+            continue;
+        }
+        let (tx, rx) = oneshot::channel();
+        if let Err(gone) = shard
+            .mesh
+            .send(other, ShardRequest::ClusterState { reply: tx })
+            .await
+        {
+            return gone.reply();
+        }
+        match rx.await {
+            Ok(s) => shards.push(s),
+            Err(_) => return crate::shard::mesh::ShardGone(other).reply(),
+        }
+    }
+    let status = ClusterStatus {
+        broker_name: shard.config.broker_name.clone(),
+        role: shard.role.get().name().to_string(),
+        flush_disk_type: shard.config.flush_disk_type.name().to_string(),
+        shards,
+    };
+    Reply::ok(serde_json::to_vec(&status).expect("status serializes"))
+}
+
+/// Promotes every shard; the body names the new role (empty: ASYNC_MASTER).
+pub async fn promote(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
+    let request = match Name::decode(raw) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let role = if request.name.is_empty() {
+        BrokerRole::AsyncMaster
+    } else {
+        match request.name.parse::<BrokerRole>() {
+            Ok(r) if r.is_master() => r,
+            _ => {
+                return Reply::error(
+                    Status::BadRequest,
+                    format!(
+                        "promote to `{}`: the role must be SYNC_MASTER or ASYNC_MASTER",
+                        request.name
+                    ),
+                )
+            }
+        }
+    };
+    if shard.role.get().is_master() {
+        return Reply::error(
+            Status::BadRequest,
+            format!(
+                "{} is already a {}",
+                shard.config.broker_name,
+                shard.role.get()
+            ),
+        );
+    }
+    for other in (0..shard.shard_count).filter(|s| *s != shard.id) {
+        let (tx, rx) = oneshot::channel();
+        if let Err(gone) = shard
+            .mesh
+            .send(other, ShardRequest::Promote { role, reply: tx })
+            .await
+        {
+            return gone.reply();
+        }
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => return Reply::error(Status::StoreError, message),
+            Err(_) => return crate::shard::mesh::ShardGone(other).reply(),
+        }
+    }
+    match promote_local(shard, role).await {
+        Ok(()) => status(shard).await,
+        Err(message) => Reply::error(Status::StoreError, message),
+    }
+}
+
+/// Makes this shard a master: flush, open a new epoch at the end of its log (the divergence
+/// point for a former master that rejoins), remember the promotion, then switch role.
+pub async fn promote_local(shard: &Rc<Shard>, role: BrokerRole) -> Result<(), String> {
+    if shard.role.get().is_master() {
+        return Ok(());
+    }
+    let _gate = shard.store_gate.acquire_permit(1).await;
+    shard.store.flush().await.map_err(|e| e.to_string())?;
+    let end = shard.store.max_offset();
+    let mut identity = shard.identity.borrow().next_epoch(end);
+    identity.promoted_role = Some(role);
+    identity.save(&shard.disk, &shard.store_dir).await?;
+    let epoch = identity.last_epoch();
+    *shard.identity.borrow_mut() = identity;
+    // Everything the old master confirmed stays visible; the rest waits for this master's
+    // own guarantee (its flush, and under SYNC_MASTER its slaves).
+    shard
+        .replicas
+        .completions
+        .release(shard.master_confirmed.get().min(end));
+    shard.role.set(role);
+    shard.role_changed.notify();
+    shard.visible.notify();
+    if role == BrokerRole::SyncMaster && shard.replicas.needed() > 0 {
+        warn!(
+            shard = shard.id,
+            "promoted to SYNC_MASTER: producers get SLAVE_NOT_AVAILABLE until a slave follows"
+        );
+    }
+    info!(
+        shard = shard.id,
+        epoch,
+        epoch_start_offset = end,
+        "promoted to {role}"
+    );
+    Ok(())
+}
