@@ -1,7 +1,7 @@
 //! The top-level `ringmq` parser and dispatch. Every failure becomes a message on stderr and a
 //! non-zero exit code; nothing here panics on user input.
 
-use super::{consume, group, produce, serve, topic};
+use super::{bench, consume, group, produce, serve, topic};
 use crate::client::{Client, ClientError};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -28,6 +28,9 @@ pub enum Command {
     Consume(consume::ConsumeArgs),
     /// Inspect consumer groups.
     Group(group::GroupArgs),
+    /// Measure throughput and latency: every mode x producer count, with HDR histograms,
+    /// plots and a sync/async ratio table.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
@@ -71,6 +74,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Produce(args) => produce::run(args),
         Command::Consume(args) => consume::run(args),
         Command::Group(args) => group::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => 0,
