@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 pub struct RunMeasurement {
     pub mode: BenchMode,
     pub producers: u32,
+    /// Wall-clock start of the measured phase.
     pub started_at: SystemTime,
     pub produce: Histogram<u64>,
     pub produce_intervals: Vec<Histogram<u64>>,
@@ -67,7 +68,8 @@ pub fn run(
             )
         })?;
     let shared = Arc::new(Shared::new());
-    let started_at = SystemTime::now();
+    // The measured phase, which the per-second intervals count from, starts after the warmup.
+    let started_at = SystemTime::now() + workload.warmup;
     let consumers = spawn_consumers(addr, workload, &shared);
     let producers: Vec<_> = (0..workload.producers)
         .map(|index| {
