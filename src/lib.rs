@@ -4,6 +4,7 @@
 //! (listeners, connections) → `shard` (the core that owns a queue) → [`store`] (commitlog,
 //! consume queues, recovery) → `client` (the blocking Rust client).
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -5,6 +5,7 @@
 //! by the client subcommands.
 
 pub mod app;
+pub mod bench;
 pub mod cluster;
 pub mod consume;
 pub mod group;

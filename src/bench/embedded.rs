@@ -1,0 +1,224 @@
+//! Embedded brokers: this same executable run as `ringmq serve` in a fresh store per run.
+//!
+//! The child's stdout is read for its `ringmq ready listen=…` line (an event, not a sleep); its
+//! stderr goes to a log file in the results folder, whose tail is quoted when start fails. Stop
+//! is SIGTERM, then SIGKILL after a grace period; the store is deleted afterwards.
+
+use super::mode::BrokerProcess;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a broker may take to print its ready line: it zero-fills its first segment per
+/// shard (1 GiB each with the default configuration) before it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a broker may take to exit after SIGTERM (a final flush and checkpoint) before it is
+/// killed.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// Lines of the broker's log quoted in an error.
+const LOG_TAIL_LINES: usize = 20;
+
+pub struct EmbeddedBroker {
+    child: Option<Child>,
+    store: PathBuf,
+    log_path: PathBuf,
+    pub addr: String,
+    pub ready_line: String,
+}
+
+/// Where and how to start one broker process.
+pub struct StartSpec<'a> {
+    pub process: &'a BrokerProcess,
+    /// TOML given to `--config`, written next to the log.
+    pub config_toml: &'a str,
+    pub shards: Option<usize>,
+    /// Parent of the fresh store directory.
+    pub store_root: &'a Path,
+    /// File name stem for the log and config in `out_dir`.
+    pub name: &'a str,
+    pub out_dir: &'a Path,
+}
+
+impl EmbeddedBroker {
+    pub fn start(spec: &StartSpec<'_>) -> Result<EmbeddedBroker, String> {
+        let exe = std::env::current_exe()
+            .map_err(|e| format!("cannot find the ringmq executable to start a broker: {e}"))?;
+        let store = fresh_dir(spec.store_root, spec.name)?;
+        let config_path = spec.out_dir.join(format!("{}.broker.toml", spec.name));
+        std::fs::write(&config_path, spec.config_toml)
+            .map_err(|e| format!("writing {}: {e}", config_path.display()))?;
+        let log_path = spec.out_dir.join(format!("{}.broker.log", spec.name));
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| format!("creating {}: {e}", log_path.display()))?;
+        let mut command = Command::new(exe);
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--store")
+            .arg(&store)
+            .args(["--listen", "127.0.0.1:0", "--flush"])
+            .arg(spec.process.flush_disk_type.name());
+        if let Some(shards) = spec.shards {
+            command.arg("--shards").arg(shards.to_string());
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start the embedded broker: {e}"))?;
+        let ready = wait_ready(&mut child);
+        let mut broker = EmbeddedBroker {
+            child: Some(child),
+            store,
+            log_path,
+            addr: String::new(),
+            ready_line: String::new(),
+        };
+        match ready {
+            Ok(line) => {
+                broker.addr = parse_listen(&line).ok_or_else(|| {
+                    format!("the embedded broker's ready line has no listen address: {line}")
+                })?;
+                broker.ready_line = line;
+                Ok(broker)
+            }
+            Err(reason) => {
+                broker.kill();
+                Err(format!(
+                    "embedded {} broker failed to start: {reason}\n{}",
+                    spec.process.flush_disk_type,
+                    broker.log_tail()
+                ))
+            }
+        }
+    }
+
+    /// The last lines of the broker's stderr, for error messages.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log_path)
+    }
+
+    /// SIGTERM, wait for a clean exit (killing it after the grace period), delete the store.
+    pub fn stop(mut self) -> Result<(), String> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        // SAFETY: kill(2) on the pid of a child we own and have not reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_GRACE;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+            }
+        };
+        let _ = std::fs::remove_dir_all(&self.store);
+        match status {
+            Some(s) if s.success() => Ok(()),
+            Some(s) => Err(format!(
+                "embedded broker exited with {s} on SIGTERM\n{}",
+                self.log_tail()
+            )),
+            None => Err(format!(
+                "embedded broker did not exit within {} s of SIGTERM and was killed\n{}",
+                STOP_GRACE.as_secs(),
+                self.log_tail()
+            )),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits for the ready line on the child's stdout, or its exit, or the timeout. A thread keeps
+/// draining stdout afterwards so the broker never blocks on a full pipe.
+fn wait_ready(child: &mut Child) -> Result<String, String> {
+    let stdout = child.stdout.take().ok_or("broker stdout was not piped")?;
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            if line.starts_with("ringmq ready") {
+                let _ = sender.send(line.trim().to_string());
+            }
+            line.clear();
+        }
+        let _ = reader.read_to_end(&mut Vec::new());
+    });
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        match receiver.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => return Ok(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                return Err(format!("it exited ({status}) before it was ready"));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("it exited ({status}) before it was ready"));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "no ready line within {} s",
+                READY_TIMEOUT.as_secs()
+            ));
+        }
+    }
+}
+
+fn parse_listen(line: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix("listen="))
+        .map(str::to_string)
+}
+
+fn fresh_dir(root: &Path, name: &str) -> Result<PathBuf, String> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = root.join(format!(
+        "ringmq-bench-{}-{name}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| format!("creating broker store {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+pub fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(LOG_TAIL_LINES);
+    format!(
+        "last lines of {}:\n{}",
+        path.display(),
+        lines[from..].join("\n")
+    )
+}

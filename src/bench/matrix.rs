@@ -1,0 +1,302 @@
+//! The matrix: every mode × every producer count with the same workload, and the files of the
+//! results folder (per run `.hgrm` and `.hlog`, then `results.json`, `machine.json` and charts).
+
+use super::embedded::{EmbeddedBroker, StartSpec};
+use super::histogram::{write_interval_log, write_percentile_distribution, IntervalSeries};
+use super::mode::BenchMode;
+use super::plot::{self, Series};
+use super::report::{self, ModeRatio};
+use super::run::{self, run_name, RunMeasurement, RunSummary};
+use super::workload::{self, Workload};
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Where the broker of each run comes from.
+pub enum Target {
+    /// A broker already running at this address; its mode is read from its metadata.
+    External(String),
+    /// A fresh broker per run.
+    Embedded {
+        /// TOML for `--config` (empty: the broker's defaults).
+        config_toml: String,
+        shards: Option<usize>,
+        store_root: PathBuf,
+    },
+}
+
+pub struct Matrix {
+    pub target: Target,
+    pub modes: Vec<BenchMode>,
+    pub producer_counts: Vec<u32>,
+    /// The workload; `producers` and `topic` are set per run.
+    pub workload: Workload,
+    pub out_dir: PathBuf,
+    pub progress: bool,
+}
+
+/// Runs the whole matrix, printing as it goes, and writes the results folder.
+pub fn run_matrix(matrix: &Matrix) -> Result<(), String> {
+    std::fs::create_dir_all(&matrix.out_dir)
+        .map_err(|e| format!("creating {}: {e}", matrix.out_dir.display()))?;
+    let modes = resolve_modes(matrix)?;
+    let mut measurements = Vec::new();
+    let mut ready_lines = Vec::new();
+    for &mode in &modes {
+        for &producers in &matrix.producer_counts {
+            let (measurement, ready) = run_one(matrix, mode, producers)?;
+            ready_lines.extend(ready);
+            print_run(&measurement.summary);
+            write_run_files(&matrix.out_dir, &measurement)?;
+            measurements.push(measurement);
+        }
+    }
+    let summaries: Vec<RunSummary> = measurements.iter().map(|m| m.summary.clone()).collect();
+    let ratios = report::ratios(&summaries);
+    println!();
+    print!("{}", report::matrix_table(&summaries));
+    if !ratios.is_empty() {
+        println!();
+        print!("{}", report::ratio_table(&ratios));
+    }
+    write_results_json(matrix, &summaries, &ratios)?;
+    write_machine_json(matrix, &ready_lines)?;
+    write_plots(&matrix.out_dir, &measurements)?;
+    println!("\nresults in {}", matrix.out_dir.display());
+    Ok(())
+}
+
+fn resolve_modes(matrix: &Matrix) -> Result<Vec<BenchMode>, String> {
+    let Target::External(addr) = &matrix.target else {
+        return Ok(matrix.modes.clone());
+    };
+    let client = workload::connect(addr)?;
+    let reported = client.metadata().flush_disk_type.clone();
+    let mode = BenchMode::from_metadata(&reported)
+        .ok_or_else(|| format!("broker {addr} reports an unknown flush mode `{reported}`"))?;
+    if !matrix.modes.is_empty() && matrix.modes != [mode] {
+        return Err(format!(
+            "broker {addr} runs {mode}; --modes can only name that mode with --broker"
+        ));
+    }
+    Ok(vec![mode])
+}
+
+fn run_one(
+    matrix: &Matrix,
+    mode: BenchMode,
+    producers: u32,
+) -> Result<(RunMeasurement, Option<String>), String> {
+    let name = run_name(mode, producers);
+    let workload = Workload {
+        producers,
+        topic: format!(
+            "bench-{}-{}",
+            name.to_ascii_lowercase().replace('_', "-"),
+            workload::wall_ns()
+        ),
+        ..matrix.workload.clone()
+    };
+    match &matrix.target {
+        Target::External(addr) => Ok((run::run(addr, mode, &workload, matrix.progress)?, None)),
+        Target::Embedded {
+            config_toml,
+            shards,
+            store_root,
+        } => {
+            let processes = mode.broker_processes();
+            let mut brokers = Vec::new();
+            for (index, process) in processes.iter().enumerate() {
+                let spec = StartSpec {
+                    process,
+                    config_toml,
+                    shards: *shards,
+                    store_root,
+                    name: &format!("{name}-{index}"),
+                    out_dir: &matrix.out_dir,
+                };
+                brokers.push(EmbeddedBroker::start(&spec)?);
+            }
+            let addr = brokers[0].addr.clone();
+            let ready = brokers[0].ready_line.clone();
+            let result = run::run(&addr, mode, &workload, matrix.progress)
+                .map_err(|e| format!("{name}: {e}\n{}", brokers[0].log_tail()));
+            for broker in brokers {
+                broker.stop()?;
+            }
+            Ok((result?, Some(ready)))
+        }
+    }
+}
+
+fn print_run(run: &RunSummary) {
+    println!("== {} ==", run.name);
+    println!("{}", report::kafka_line(run));
+    println!("{}", report::microsecond_lines(run));
+    if run.failed_messages > 0 || run.stored_without_guarantee > 0 {
+        println!(
+            "warning: {} messages failed, {} stored without the mode's guarantee{}",
+            run.failed_messages,
+            run.stored_without_guarantee,
+            run.first_failure
+                .as_deref()
+                .map(|f| format!(" (first failure: {f})"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+fn create(path: &Path) -> Result<std::io::BufWriter<std::fs::File>, String> {
+    std::fs::File::create(path)
+        .map(std::io::BufWriter::new)
+        .map_err(|e| format!("creating {}: {e}", path.display()))
+}
+
+fn write_run_files(out_dir: &Path, m: &RunMeasurement) -> Result<(), String> {
+    let name = &m.summary.name;
+    for (what, histogram) in [("produce", &m.produce), ("e2e", &m.e2e)] {
+        let path = out_dir.join(format!("{name}.{what}.hgrm"));
+        let mut file = create(&path)?;
+        write_percentile_distribution(histogram, &mut file)
+            .and_then(|_| file.flush())
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    let path = out_dir.join(format!("{name}.hlog"));
+    let mut file = create(&path)?;
+    let series = [
+        IntervalSeries {
+            tag: "produce",
+            intervals: &m.produce_intervals,
+        },
+        IntervalSeries {
+            tag: "e2e",
+            intervals: &m.e2e_intervals,
+        },
+    ];
+    write_interval_log(
+        &mut file,
+        m.started_at,
+        &format!("ringmq bench {name}"),
+        &series,
+    )
+    .and_then(|_| file.flush())
+    .map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+fn workload_json(w: &Workload, matrix: &Matrix) -> serde_json::Value {
+    json!({
+        "producers_list": matrix.producer_counts,
+        "consumers": w.consumers,
+        "queues": w.queues,
+        "keys": w.keys,
+        "size_bytes": w.size_bytes,
+        "batch": w.batch,
+        "window": w.window,
+        "warmup_secs": w.warmup.as_secs_f64(),
+        "duration_secs": w.duration.map(|d| d.as_secs_f64()),
+        "count": w.count,
+        "rate_per_sec": w.rate_per_sec,
+    })
+}
+
+fn write_results_json(
+    matrix: &Matrix,
+    runs: &[RunSummary],
+    ratios: &[ModeRatio],
+) -> Result<(), String> {
+    let value = json!({
+        "workload": workload_json(&matrix.workload, matrix),
+        "modes": matrix.modes,
+        "runs": runs,
+        "ratios": ratios,
+        "table": report::matrix_table(runs),
+    });
+    let path = matrix.out_dir.join("results.json");
+    let text = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+fn write_machine_json(matrix: &Matrix, ready_lines: &[String]) -> Result<(), String> {
+    let (store_path, broker) = match &matrix.target {
+        Target::External(addr) => (std::env::temp_dir(), json!({ "external_broker": addr })),
+        Target::Embedded {
+            config_toml,
+            shards,
+            store_root,
+        } => (
+            store_root.clone(),
+            json!({
+                "config_toml": config_toml,
+                "shards": shards,
+                "ready_lines": ready_lines,
+                "processes": matrix.modes.iter().map(|m| json!({
+                    "mode": m,
+                    "processes": m.broker_processes(),
+                    "effective_config": effective_config(config_toml, *m, *shards),
+                })).collect::<Vec<_>>(),
+            }),
+        ),
+    };
+    let value = super::machine::describe(&store_path, broker);
+    let path = matrix.out_dir.join("machine.json");
+    let text = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// The configuration an embedded broker of `mode` runs with (defaults, the file, the flags),
+/// as TOML; the listen address and store are per run and come from the ready lines.
+fn effective_config(config_toml: &str, mode: BenchMode, shards: Option<usize>) -> String {
+    let mut config = match crate::config::BrokerConfig::from_toml(config_toml) {
+        Ok(config) => config,
+        Err(e) => return format!("invalid: {e}"),
+    };
+    if let Some(process) = mode.broker_processes().first() {
+        config.flush_disk_type = process.flush_disk_type;
+    }
+    if let Some(shards) = shards {
+        config.shards = shards;
+    }
+    config.to_toml()
+}
+
+fn write_plots(out_dir: &Path, measurements: &[RunMeasurement]) -> Result<(), String> {
+    let produce: Vec<Series<'_>> = measurements
+        .iter()
+        .map(|m| Series {
+            label: m.summary.name.clone(),
+            histogram: &m.produce,
+        })
+        .collect();
+    plot::latency_by_percentile(
+        out_dir,
+        "produce-latency-by-percentile",
+        "Produce latency by percentile (send → ack)",
+        &produce,
+    )?;
+    let e2e: Vec<Series<'_>> = measurements
+        .iter()
+        .filter(|m| !m.e2e.is_empty())
+        .map(|m| Series {
+            label: m.summary.name.clone(),
+            histogram: &m.e2e,
+        })
+        .collect();
+    if !e2e.is_empty() {
+        plot::latency_by_percentile(
+            out_dir,
+            "e2e-latency-by-percentile",
+            "End-to-end latency by percentile (born → consumed)",
+            &e2e,
+        )?;
+    }
+    let throughput: Vec<(String, Vec<u64>)> = measurements
+        .iter()
+        .map(|m| {
+            (
+                m.summary.name.clone(),
+                m.summary.messages_per_second_series.clone(),
+            )
+        })
+        .collect();
+    plot::throughput_over_time(out_dir, "throughput-over-time", &throughput)
+}

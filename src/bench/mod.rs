@@ -1,0 +1,20 @@
+//! `ringmq bench`: the benchmark instrument.
+//!
+//! A [`matrix::Matrix`] runs one [`workload::Workload`] for every mode × producer count, each
+//! against a fresh embedded broker ([`embedded`], started per [`mode::BenchMode`]) or against an
+//! existing one. Producer and consumer threads ([`workload`]) record latencies into HDR
+//! histograms ([`histogram`]); [`run`] merges them; [`report`] prints the summary lines, the
+//! matrix and the sync/async ratios; [`plot`] draws the charts and [`machine`] records what it
+//! all ran on. Everything of one invocation lands in one results folder.
+
+pub mod embedded;
+pub mod histogram;
+pub mod machine;
+pub mod matrix;
+pub mod mode;
+pub mod plot;
+pub mod report;
+pub mod run;
+#[cfg(test)]
+mod tests;
+pub mod workload;

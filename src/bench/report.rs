@@ -1,0 +1,155 @@
+//! Text output: the per-run summary lines (Kafka's producer-perf shape plus µs percentiles),
+//! the matrix table and the sync/async ratio table.
+
+use super::mode::BenchMode;
+use super::run::RunSummary;
+use serde::Serialize;
+use std::fmt::Write;
+
+/// Kafka `ProducerPerformance`'s closing line, from the same numbers: ms with two decimals for
+/// average and max, whole ms for percentiles, "MB" meaning MiB as Kafka computes it.
+pub fn kafka_line(run: &RunSummary) -> String {
+    let l = &run.produce_latency;
+    let ms = |us: u64| us / 1000;
+    format!(
+        "{} records sent, {:.1} records/sec ({:.2} MB/sec), {:.2} ms avg latency, {:.2} ms max latency, \
+         {} ms 50th, {} ms 95th, {} ms 99th, {} ms 99.9th.",
+        run.messages,
+        run.messages_per_sec,
+        run.mib_per_sec,
+        l.mean_us / 1000.0,
+        l.max_us as f64 / 1000.0,
+        ms(l.p50_us),
+        ms(l.p95_us),
+        ms(l.p99_us),
+        ms(l.p99_9_us)
+    )
+}
+
+/// The µs percentile lines for produce and end-to-end latency.
+pub fn microsecond_lines(run: &RunSummary) -> String {
+    let line = |what: &str, l: &super::histogram::Percentiles| {
+        format!(
+            "{what} latency us: p50={} p90={} p99={} p99.9={} p99.99={} max={} (n={})",
+            l.p50_us, l.p90_us, l.p99_us, l.p99_9_us, l.p99_99_us, l.max_us, l.count
+        )
+    };
+    format!(
+        "{}\n{}",
+        line("produce", &run.produce_latency),
+        line("e2e", &run.e2e_latency)
+    )
+}
+
+/// The matrix: one row per run.
+pub fn matrix_table(runs: &[RunSummary]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<12} {:>9} {:>10} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | {:>8} {:>8}",
+        "mode",
+        "producers",
+        "msg/s",
+        "MiB/s",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "p99.99",
+        "max",
+        "e2e p50",
+        "e2e p99"
+    );
+    let _ = writeln!(
+        out,
+        "{:<12} {:>9} {:>10} {:>8} | {:^53} | {:^17}",
+        "", "", "", "", "produce latency (us)", "e2e (us)"
+    );
+    for r in runs {
+        let l = &r.produce_latency;
+        let _ = writeln!(
+            out,
+            "{:<12} {:>9} {:>10.0} {:>8.2} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | {:>8} {:>8}",
+            r.mode.name(),
+            r.producers,
+            r.messages_per_sec,
+            r.mib_per_sec,
+            l.p50_us,
+            l.p90_us,
+            l.p99_us,
+            l.p99_9_us,
+            l.p99_99_us,
+            l.max_us,
+            r.e2e_latency.p50_us,
+            r.e2e_latency.p99_us
+        );
+    }
+    out
+}
+
+/// A sync mode against its async twin at one producer count.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ModeRatio {
+    pub mode: BenchMode,
+    pub baseline: BenchMode,
+    pub producers: u32,
+    /// sync msg/s ÷ async msg/s: 1.0 means durability costs no throughput.
+    pub throughput_ratio: f64,
+    /// sync p99 ÷ async p99 (produce latency).
+    pub p99_ratio: f64,
+}
+
+/// Every (mode with a twin, producer count) pair for which both runs exist.
+pub fn ratios(runs: &[RunSummary]) -> Vec<ModeRatio> {
+    let mut out = Vec::new();
+    for run in runs {
+        let Some(baseline) = run.mode.async_twin() else {
+            continue;
+        };
+        let Some(twin) = runs
+            .iter()
+            .find(|r| r.mode == baseline && r.producers == run.producers)
+        else {
+            continue;
+        };
+        out.push(ModeRatio {
+            mode: run.mode,
+            baseline,
+            producers: run.producers,
+            throughput_ratio: ratio(run.messages_per_sec, twin.messages_per_sec),
+            p99_ratio: ratio(
+                run.produce_latency.p99_us as f64,
+                twin.produce_latency.p99_us as f64,
+            ),
+        });
+    }
+    out
+}
+
+fn ratio(numerator: f64, denominator: f64) -> f64 {
+    if denominator > 0.0 {
+        numerator / denominator
+    } else {
+        f64::NAN
+    }
+}
+
+pub fn ratio_table(ratios: &[ModeRatio]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<26} {:>9} {:>12} {:>10}",
+        "ratio", "producers", "msg/s ratio", "p99 ratio"
+    );
+    for r in ratios {
+        let _ = writeln!(
+            out,
+            "{:<26} {:>9} {:>12.3} {:>10.3}",
+            format!("{} / {}", r.mode.name(), r.baseline.name()),
+            r.producers,
+            r.throughput_ratio,
+            r.p99_ratio
+        );
+    }
+    out
+}

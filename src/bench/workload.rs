@@ -1,0 +1,397 @@
+//! The load generator: producer threads (each with its own [`Client`] and connections) and
+//! consumer threads (one long-polling connection per queue), all measured against one clock.
+//!
+//! Time is kept as offsets from the run's origin (`Instant`); the measured phase starts after the
+//! warmup. Each message body starts with the wall-clock time (ns since the epoch) at which it was
+//! *meant* to be sent, which consumers in this process subtract from their receipt time for the
+//! end-to-end latency. Produce latency is ack time minus intended send time: in closed loop the
+//! intended time is the send time; in open loop ([`Pacer`]) it is the schedule's, so a stall
+//! delays the messages due during it and their latency shows it (no coordinated omission).
+
+use super::histogram::{new_latency_histogram, record_latency};
+use crate::client::{Client, ClientError, ClientOptions, DEFAULT_READ_TIMEOUT};
+use crate::protocol::message::MessageRef;
+use crate::protocol::Status;
+use hdrhistogram::Histogram;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Bytes at the start of every body: the intended send time, u64 little-endian ns since epoch.
+pub const TIMESTAMP_BYTES: usize = 8;
+
+/// How long a consumer's pull waits at the end of its queue. Short enough that the end of the
+/// run is noticed quickly, long enough that an idle consumer costs the broker little.
+const PULL_WAIT_MS: u32 = 200;
+
+/// Messages and bytes asked for per pull.
+const PULL_MAX_MESSAGES: u32 = 256;
+const PULL_MAX_BYTES: u32 = 4 * 1024 * 1024;
+
+/// How long consumers keep reading after the producers stop, to receive what was acked last.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every producer and consumer of one run does.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub topic: String,
+    pub producers: u32,
+    pub consumers: u32,
+    pub queues: u32,
+    /// Distinct keys; 0 sends without keys (the client spreads requests round-robin).
+    pub keys: u32,
+    pub size_bytes: usize,
+    pub batch: u32,
+    pub window: u32,
+    pub warmup: Duration,
+    /// Measured phase length; `None` with `count`.
+    pub duration: Option<Duration>,
+    /// Measured messages in total over all producers.
+    pub count: Option<u64>,
+    /// Open loop: messages per second over all producers.
+    pub rate_per_sec: Option<f64>,
+}
+
+/// When each request of one producer is due.
+#[derive(Clone, Copy, Debug)]
+pub struct Pacer {
+    /// `None`: closed loop, a request is due as soon as the window has room.
+    interval: Option<Duration>,
+}
+
+impl Pacer {
+    pub fn closed_loop() -> Pacer {
+        Pacer { interval: None }
+    }
+
+    /// One request of `batch` messages every `batch / rate` seconds.
+    pub fn open_loop(rate_per_sec: f64, batch: u32) -> Pacer {
+        let seconds = f64::from(batch) / rate_per_sec.max(f64::MIN_POSITIVE);
+        Pacer {
+            interval: Some(Duration::from_secs_f64(seconds)),
+        }
+    }
+
+    /// Offset from the origin at which request `index` is due; `now` in closed loop.
+    pub fn due(&self, index: u64, now: Duration) -> Duration {
+        match self.interval {
+            Some(interval) => interval.mul_f64(index as f64),
+            None => now,
+        }
+    }
+
+    pub fn is_open_loop(&self) -> bool {
+        self.interval.is_some()
+    }
+}
+
+/// The latency of a request due at `intended` and acknowledged at `acked` (both offsets from
+/// the origin): the whole wait, including any time it spent waiting to be sent.
+pub fn intended_latency(intended: Duration, acked: Duration) -> Duration {
+    acked.saturating_sub(intended)
+}
+
+/// Shared between the run's threads.
+pub struct Shared {
+    pub origin: Instant,
+    /// Wall-clock ns since the epoch at `origin`, for body timestamps.
+    pub origin_wall_ns: u64,
+    /// Messages acknowledged in the measured phase, for the progress display.
+    pub acked_messages: AtomicU64,
+    pub producers_done: AtomicBool,
+}
+
+impl Shared {
+    pub fn new() -> Shared {
+        Shared {
+            origin: Instant::now(),
+            origin_wall_ns: wall_ns(),
+            acked_messages: AtomicU64::new(0),
+            producers_done: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared::new()
+    }
+}
+
+/// What one producer measured.
+pub struct ProducerOutcome {
+    pub latency: Histogram<u64>,
+    /// `intervals[n]`: latencies of messages acknowledged in second `n` of the measured phase.
+    pub intervals: Vec<Histogram<u64>>,
+    pub acked_messages: u64,
+    /// Stored, but with a status other than OK (e.g. FLUSH_DISK_TIMEOUT).
+    pub stored_without_guarantee: u64,
+    pub failed_messages: u64,
+    pub first_failure: Option<String>,
+    /// Offset of the last measured acknowledgement.
+    pub last_ack: Duration,
+}
+
+/// What one consumer connection measured.
+pub struct ConsumerOutcome {
+    pub latency: Histogram<u64>,
+    pub intervals: Vec<Histogram<u64>>,
+    pub received_messages: u64,
+}
+
+pub fn connect(addr: &str) -> Result<Client, String> {
+    Client::connect_with(addr, ClientOptions::default()).map_err(|e| describe(addr, &e))
+}
+
+pub fn describe(addr: &str, error: &ClientError) -> String {
+    crate::cli::app::describe(addr, error)
+}
+
+/// This producer's share of a total, the remainder going to the first ones.
+pub fn share(total: u64, parts: u32, index: u32) -> u64 {
+    let parts = u64::from(parts.max(1));
+    total / parts + u64::from(u64::from(index) < total % parts)
+}
+
+struct InFlight {
+    intended: Duration,
+    messages: u32,
+}
+
+/// Runs one producer to the end of the measured phase and collects its acknowledgements.
+pub fn run_producer(
+    addr: &str,
+    workload: &Workload,
+    index: u32,
+    shared: &Shared,
+) -> Result<ProducerOutcome, String> {
+    let mut client = connect(addr)?;
+    client
+        .topic(&workload.topic)
+        .map_err(|e| describe(addr, &e))?;
+    let pacer = match workload.rate_per_sec {
+        Some(rate) => Pacer::open_loop(rate / f64::from(workload.producers), workload.batch),
+        None => Pacer::closed_loop(),
+    };
+    let measured_count = workload.count.map(|c| share(c, workload.producers, index));
+    let end = workload.duration.map(|d| workload.warmup + d);
+    let keys: Vec<Vec<u8>> = (0..workload.keys)
+        .map(|k| format!("key-{k}").into_bytes())
+        .collect();
+    let mut bodies: Vec<Vec<u8>> = (0..workload.batch)
+        .map(|_| filler_body(workload.size_bytes))
+        .collect();
+    let mut outcome = ProducerOutcome {
+        latency: new_latency_histogram(),
+        intervals: Vec::new(),
+        acked_messages: 0,
+        stored_without_guarantee: 0,
+        failed_messages: 0,
+        first_failure: None,
+        last_ack: Duration::ZERO,
+    };
+    let mut in_flight: HashMap<crate::client::Ticket, InFlight> = HashMap::new();
+    let mut next_request = 0u64;
+    let mut measured_sent = 0u64;
+    let mut next_key = index as usize;
+    loop {
+        let now = shared.origin.elapsed();
+        let sending = match (measured_count, end) {
+            (Some(count), _) => measured_sent < count,
+            (None, Some(end)) => pacer.due(next_request, now) < end,
+            (None, None) => false,
+        };
+        while sending && in_flight.len() < workload.window as usize {
+            let now = shared.origin.elapsed();
+            let intended = pacer.due(next_request, now);
+            if intended > now {
+                break;
+            }
+            let measured = intended >= workload.warmup;
+            let mut messages = workload.batch;
+            if let (true, Some(count)) = (measured, measured_count) {
+                messages = messages.min((count - measured_sent) as u32);
+            }
+            if messages == 0 {
+                break;
+            }
+            let born_ns = shared.origin_wall_ns + intended.as_nanos() as u64;
+            let key: &[u8] = if keys.is_empty() {
+                b""
+            } else {
+                next_key = next_key.wrapping_add(1);
+                &keys[next_key % keys.len()]
+            };
+            for body in bodies.iter_mut().take(messages as usize) {
+                body[..TIMESTAMP_BYTES].copy_from_slice(&born_ns.to_le_bytes());
+            }
+            let batch: Vec<MessageRef<'_>> = bodies[..messages as usize]
+                .iter()
+                .map(|body| MessageRef {
+                    born_timestamp_ms: born_ns / 1_000_000,
+                    key,
+                    properties: b"",
+                    body,
+                })
+                .collect();
+            let ticket = client
+                .send_produce(&workload.topic, None, &batch)
+                .map_err(|e| describe(addr, &e))?;
+            in_flight.insert(ticket, InFlight { intended, messages });
+            next_request += 1;
+            if measured {
+                measured_sent += u64::from(messages);
+            }
+            if measured_count.is_some_and(|c| measured_sent >= c) {
+                break;
+            }
+        }
+        if in_flight.is_empty() {
+            if !sending || measured_count.is_some_and(|c| measured_sent >= c) {
+                return Ok(outcome);
+            }
+            let due = pacer.due(next_request, shared.origin.elapsed());
+            std::thread::sleep(due.saturating_sub(shared.origin.elapsed()));
+            continue;
+        }
+        let window_full = in_flight.len() >= workload.window as usize;
+        let wait = if pacer.is_open_loop() && sending && !window_full {
+            pacer
+                .due(next_request, Duration::ZERO)
+                .saturating_sub(shared.origin.elapsed())
+        } else {
+            DEFAULT_READ_TIMEOUT
+        };
+        match client.next_produce_ack(wait) {
+            Ok(Some(ack)) => {
+                let acked = shared.origin.elapsed();
+                let Some(request) = in_flight.remove(&ack.ticket) else {
+                    continue;
+                };
+                account(&mut outcome, workload, shared, &request, acked, ack.result);
+            }
+            Ok(None) if wait < DEFAULT_READ_TIMEOUT => {}
+            Ok(None) => {
+                return Err(format!(
+                    "producer {index}: no acknowledgement from {addr} within {} s",
+                    wait.as_secs()
+                ))
+            }
+            Err(e) => return Err(format!("producer {index}: {}", describe(addr, &e))),
+        }
+    }
+}
+
+fn account(
+    outcome: &mut ProducerOutcome,
+    workload: &Workload,
+    shared: &Shared,
+    request: &InFlight,
+    acked: Duration,
+    result: Result<crate::client::ProduceResult, ClientError>,
+) {
+    if request.intended < workload.warmup {
+        return;
+    }
+    let messages = u64::from(request.messages);
+    match result {
+        Ok(r) => {
+            if r.status != Status::Ok {
+                outcome.stored_without_guarantee += messages;
+            }
+            let latency = intended_latency(request.intended, acked);
+            record_latency(&mut outcome.latency, latency, messages);
+            let second = acked.saturating_sub(workload.warmup).as_secs() as usize;
+            while outcome.intervals.len() <= second {
+                outcome.intervals.push(new_latency_histogram());
+            }
+            record_latency(&mut outcome.intervals[second], latency, messages);
+            outcome.acked_messages += messages;
+            outcome.last_ack = outcome.last_ack.max(acked);
+            shared.acked_messages.fetch_add(messages, Ordering::Relaxed);
+        }
+        Err(e) => {
+            outcome.failed_messages += messages;
+            if outcome.first_failure.is_none() {
+                outcome.first_failure = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// A body of `size` bytes whose first [`TIMESTAMP_BYTES`] are overwritten per send.
+fn filler_body(size: usize) -> Vec<u8> {
+    let mut body = vec![b'x'; size.max(TIMESTAMP_BYTES)];
+    body[..TIMESTAMP_BYTES].fill(0);
+    body
+}
+
+/// Reads one queue from offset 0 until the producers are done and the queue has been drained,
+/// recording each message's end-to-end latency (receipt wall time minus intended send time).
+pub fn run_consumer(
+    addr: &str,
+    workload: &Workload,
+    queue: u32,
+    shared: Arc<Shared>,
+) -> Result<ConsumerOutcome, String> {
+    let mut client = connect(addr)?;
+    let measured_from_ns = shared.origin_wall_ns + workload.warmup.as_nanos() as u64;
+    let mut outcome = ConsumerOutcome {
+        latency: new_latency_histogram(),
+        intervals: Vec::new(),
+        received_messages: 0,
+    };
+    let mut offset = 0u64;
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        if shared.producers_done.load(Ordering::Acquire) && drain_deadline.is_none() {
+            drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
+        }
+        let pulled = client
+            .pull(
+                &workload.topic,
+                queue,
+                offset,
+                PULL_MAX_MESSAGES,
+                PULL_MAX_BYTES,
+                PULL_WAIT_MS,
+            )
+            .map_err(|e| format!("consumer of queue {queue}: {}", describe(addr, &e)))?;
+        let received_ns = wall_ns();
+        for message in &pulled.messages {
+            let Some(born_ns) = body_timestamp_ns(&message.body) else {
+                continue;
+            };
+            if born_ns < measured_from_ns {
+                continue;
+            }
+            let latency = Duration::from_nanos(received_ns.saturating_sub(born_ns));
+            record_latency(&mut outcome.latency, latency, 1);
+            let second = (received_ns.saturating_sub(measured_from_ns) / 1_000_000_000) as usize;
+            while outcome.intervals.len() <= second {
+                outcome.intervals.push(new_latency_histogram());
+            }
+            record_latency(&mut outcome.intervals[second], latency, 1);
+            outcome.received_messages += 1;
+        }
+        offset = pulled.summary.next_offset.max(offset);
+        let caught_up = pulled.messages.is_empty() || pulled.status == Status::NoNewMessage;
+        match drain_deadline {
+            Some(_) if caught_up => return Ok(outcome),
+            Some(deadline) if Instant::now() >= deadline => return Ok(outcome),
+            _ => {}
+        }
+    }
+}
+
+pub fn body_timestamp_ns(body: &[u8]) -> Option<u64> {
+    let bytes: [u8; TIMESTAMP_BYTES] = body.get(..TIMESTAMP_BYTES)?.try_into().ok()?;
+    Some(u64::from_le_bytes(bytes))
+}
+
+pub fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}

@@ -1,0 +1,190 @@
+//! `ringmq bench`: parses the workload and matrix options and hands them to
+//! [`crate::bench::matrix`].
+
+use crate::bench::matrix::{run_matrix, Matrix, Target};
+use crate::bench::mode::BenchMode;
+use crate::bench::workload::{Workload, TIMESTAMP_BYTES};
+use crate::cli::produce::MAX_WINDOW;
+use clap::Args;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Benchmark an existing broker HOST:PORT instead of starting one per run.
+    #[arg(long)]
+    pub broker: Option<String>,
+    /// Modes to run, comma-separated (default: SYNC_FLUSH,ASYNC_FLUSH; with --broker, the
+    /// broker's own mode).
+    #[arg(long, value_delimiter = ',')]
+    pub modes: Vec<BenchMode>,
+    /// Producer threads, each with its own client and connections.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub producers: u32,
+    /// Producer counts to run, comma-separated (overrides --producers): the matrix's rows.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub producers_list: Vec<u32>,
+    /// Consumer clients; 0 measures no end-to-end latency. Each queue is long-polled on its own
+    /// connection.
+    #[arg(long, default_value_t = 1)]
+    pub consumers: u32,
+    /// Message body size in bytes (the first 8 carry the send timestamp).
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Messages per produce request.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub batch: u32,
+    /// Queues of the benchmark topic.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub queues: u32,
+    /// Distinct message keys (queue chosen by key hash); 0 = no keys, queues round-robin.
+    #[arg(long, default_value_t = 0)]
+    pub keys: u32,
+    /// Length of the measured phase in seconds (default 10 unless --count is given).
+    #[arg(long, conflicts_with = "count")]
+    pub duration: Option<f64>,
+    /// Measured messages in total over all producers, instead of --duration.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Seconds of unmeasured load before the measured phase.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Produce requests in flight per producer; 1 = closed loop, each waits for its ack.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_WINDOW as i64))]
+    pub window: u32,
+    /// Open loop: total messages per second over all producers; latency counts from each
+    /// message's scheduled send time (coordinated omission corrected).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Results folder (default results/<timestamp>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Shards of each embedded broker (default: one per core).
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// TOML configuration for embedded brokers (default: the broker's built-in defaults).
+    #[arg(long)]
+    pub broker_config: Option<PathBuf>,
+    /// Where embedded brokers' fresh stores are created (default: the system temp dir).
+    #[arg(long)]
+    pub store_root: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    fn workload(&self) -> Result<Workload, String> {
+        if self.size < TIMESTAMP_BYTES {
+            return Err(format!(
+                "--size must be at least {TIMESTAMP_BYTES}: the body carries the send timestamp"
+            ));
+        }
+        let seconds = |flag: &str, v: f64| {
+            Duration::try_from_secs_f64(v).map_err(|_| format!("{flag}: `{v}` is not a duration"))
+        };
+        let duration = match (self.duration, self.count) {
+            (_, Some(0)) => return Err("--count must be at least 1".into()),
+            (_, Some(_)) => None,
+            (Some(d), None) if d > 0.0 => Some(seconds("--duration", d)?),
+            (Some(_), None) => return Err("--duration must be positive".into()),
+            (None, None) => Some(Duration::from_secs(10)),
+        };
+        if let Some(rate) = self.rate {
+            if !(rate > 0.0 && rate.is_finite()) {
+                return Err(format!("--rate: `{rate}` is not a positive rate"));
+            }
+        }
+        Ok(Workload {
+            topic: String::new(),
+            producers: self.producers,
+            consumers: self.consumers,
+            queues: self.queues,
+            keys: self.keys,
+            size_bytes: self.size,
+            batch: self.batch,
+            window: self.window,
+            warmup: seconds("--warmup", self.warmup)?,
+            duration,
+            count: self.count,
+            rate_per_sec: self.rate,
+        })
+    }
+
+    fn target(&self) -> Result<Target, String> {
+        if let Some(addr) = &self.broker {
+            return Ok(Target::External(addr.clone()));
+        }
+        let config_toml = match &self.broker_config {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("--broker-config {}: {e}", path.display()))?,
+            None => String::new(),
+        };
+        Ok(Target::Embedded {
+            config_toml,
+            shards: self.shards,
+            store_root: self.store_root.clone().unwrap_or_else(std::env::temp_dir),
+        })
+    }
+}
+
+/// `results/<UTC timestamp>` (YYYYMMDD-HHMMSS).
+fn default_out_dir() -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    PathBuf::from("results").join(format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    ))
+}
+
+/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+pub fn run(args: BenchArgs) -> Result<(), String> {
+    let workload = args.workload()?;
+    let modes = match (&args.broker, args.modes.is_empty()) {
+        (None, true) => BenchMode::ALL.to_vec(),
+        _ => args.modes.clone(),
+    };
+    let producer_counts = if args.producers_list.is_empty() {
+        vec![args.producers]
+    } else {
+        args.producers_list.clone()
+    };
+    let matrix = Matrix {
+        target: args.target()?,
+        modes,
+        producer_counts,
+        workload,
+        out_dir: args.out.clone().unwrap_or_else(default_out_dir),
+        progress: std::io::stdout().is_terminal(),
+    };
+    run_matrix(&matrix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::civil_from_days;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}

@@ -1,0 +1,154 @@
+//! End to end: the real `ringmq bench` binary with embedded brokers on a tiny workload writes
+//! the whole results folder and prints the matrix and ratio tables.
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn bench_matrix_writes_the_results_folder() {
+    let root = common::temp_store();
+    let out = root.path().join("results");
+    let config = root.path().join("broker.toml");
+    // Small segments keep broker start (zero-filling the first segment) fast in a debug build.
+    std::fs::write(
+        &config,
+        "segment_size_bytes = 4194304\nwrite_buffer_bytes = 1048576\nmax_message_bytes = 65536\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args([
+            "bench",
+            "--count",
+            "200",
+            "--producers-list",
+            "1,4",
+            "--size",
+            "128",
+        ])
+        .args(["--warmup", "0.2", "--queues", "4", "--shards", "2"])
+        .arg("--broker-config")
+        .arg(&config)
+        .arg("--store-root")
+        .arg(root.path())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run ringmq bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("200 records sent,"), "{stdout}");
+    assert!(stdout.contains("ms 99.9th."), "{stdout}");
+    for row in [
+        "SYNC_FLUSH           1",
+        "SYNC_FLUSH           4",
+        "ASYNC_FLUSH          4",
+    ] {
+        assert!(stdout.contains(row), "table row `{row}` missing:\n{stdout}");
+    }
+    assert!(stdout.contains("SYNC_FLUSH / ASYNC_FLUSH"), "{stdout}");
+
+    for name in [
+        "SYNC_FLUSH-p1",
+        "SYNC_FLUSH-p4",
+        "ASYNC_FLUSH-p1",
+        "ASYNC_FLUSH-p4",
+    ] {
+        let hgrm = std::fs::read_to_string(out.join(format!("{name}.produce.hgrm"))).unwrap();
+        assert!(hgrm.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"));
+        assert!(hgrm.contains("Total count    =          200]"), "{hgrm}");
+        assert!(out.join(format!("{name}.e2e.hgrm")).exists());
+        let hlog = std::fs::read_to_string(out.join(format!("{name}.hlog"))).unwrap();
+        assert!(
+            hlog.contains("#[StartTime: ") && hlog.contains("Tag=produce"),
+            "{hlog}"
+        );
+    }
+    for file in [
+        "produce-latency-by-percentile.png",
+        "produce-latency-by-percentile.svg",
+        "e2e-latency-by-percentile.png",
+        "throughput-over-time.png",
+        "throughput-over-time.svg",
+    ] {
+        let len = std::fs::metadata(out.join(file))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(len > 1000, "{file}: {len} bytes");
+    }
+    let png = std::fs::read(out.join("throughput-over-time.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let runs = results["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 4);
+    for run in runs {
+        assert_eq!(run["messages"], 200);
+        assert_eq!(run["failed_messages"], 0);
+        assert_eq!(run["produce_latency"]["count"], 200);
+    }
+    assert_eq!(results["ratios"].as_array().unwrap().len(), 2);
+
+    let machine: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("machine.json")).unwrap()).unwrap();
+    assert!(machine["kernel"].is_string());
+    assert!(machine["cores"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        machine["broker_config"]["ready_lines"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    // Every embedded broker's store was removed after its run.
+    let leftover: Vec<_> = std::fs::read_dir(root.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("ringmq-bench-"))
+        .collect();
+    assert!(leftover.is_empty(), "stores left behind: {leftover:?}");
+}
+
+#[test]
+fn bench_reports_an_unreachable_broker() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["bench", "--broker", "127.0.0.1:1", "--count", "10"])
+        .output()
+        .expect("run ringmq bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach broker at 127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bench_reports_a_failed_embedded_start_with_the_broker_log() {
+    let root = common::temp_store();
+    let config = root.path().join("bad.toml");
+    std::fs::write(&config, "segment_size_bytes = 12345\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["bench", "--count", "10", "--modes", "SYNC_FLUSH"])
+        .arg("--broker-config")
+        .arg(&config)
+        .arg("--store-root")
+        .arg(root.path())
+        .arg("--out")
+        .arg(root.path().join("out"))
+        .output()
+        .expect("run ringmq bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("embedded SYNC_FLUSH broker failed to start"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("segment_size_bytes"), "{stderr}");
+}
