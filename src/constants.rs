@@ -32,5 +32,10 @@ pub const MAX_MESSAGES_PER_PULL: u32 = 4096;
 /// Most bytes one pull returns (at least one message is always returned if available).
 pub const MAX_BYTES_PER_PULL: u32 = 8 * 1024 * 1024;
 
+/// Largest single read a pull makes for a run of records. Records of other queues lie between
+/// a queue's records, so a span reads more than it returns; 4 MiB keeps that waste bounded
+/// while a catching-up consumer still gets hundreds of records per disk read.
+pub const MAX_PULL_SPAN_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Listen backlog for client sockets.
 pub const LISTEN_BACKLOG: i32 = 1024;

@@ -83,8 +83,9 @@ struct LogState<F> {
     /// Open segment files by start offset; a segment appears here only once it is fully
     /// zero-filled and synced (or was found on disk at open).
     segments: BTreeMap<u64, Rc<F>>,
-    /// Bytes `[buffer_start, max_offset)`: the partial block before the flushed offset plus
-    /// everything appended since. Capacity reserved at open, so appends never allocate.
+    /// Bytes `[buffer_start, max_offset)`: recently flushed bytes kept for readers (see
+    /// `compact`), the partial block before the flushed offset, and everything appended since.
+    /// Capacity reserved at open, so appends never allocate.
     buffer: Vec<u8>,
     /// Block-aligned commitlog offset of `buffer[0]`.
     buffer_start: u64,
@@ -171,7 +172,9 @@ impl<D: Disk> CommitLog<D> {
         }
         let state = LogState {
             segments,
-            buffer: Vec::with_capacity(config.write_buffer_bytes + BLOCK_BYTES),
+            // Dirty bytes (at most one write buffer) plus retained flushed bytes (at most one
+            // more, see `compact`) plus a block of alignment on each side.
+            buffer: Vec::with_capacity(2 * config.write_buffer_bytes + 2 * BLOCK_BYTES),
             buffer_start: 0,
             max_offset: 0,
             flushed_offset: 0,
@@ -518,18 +521,32 @@ impl<D: Disk> CommitLog<D> {
             sync_duration: sync_start.elapsed(),
         });
         state.flushed_offset = state.flushed_offset.max(target);
-        let keep_from = align_down(state.flushed_offset);
-        let drop = (keep_from - state.buffer_start) as usize;
-        state.buffer.drain(..drop);
-        state.buffer_start = keep_from;
+        self.compact(&mut state);
         Ok(state.flushed_offset)
     }
 
-    /// One aligned buffer per segment the dirty range `[buffer_start, max_offset)` touches.
+    /// Keeps recently flushed bytes in the buffer so that consumers reading near the end of
+    /// the log (the common case) are served from memory, not by an O_DIRECT read per record.
+    /// When more than `write_buffer_bytes` of flushed bytes are held, the oldest are dropped
+    /// down to half of that: the move happens once per half buffer appended, so it costs about
+    /// one byte copied per byte appended rather than a whole buffer per flush.
+    fn compact(&self, state: &mut LogState<D::File>) {
+        let flushed_block = align_down(state.flushed_offset);
+        if flushed_block - state.buffer_start <= self.write_buffer_bytes as u64 {
+            return;
+        }
+        let keep_from = align_down(flushed_block - self.write_buffer_bytes as u64 / 2);
+        let drop = (keep_from - state.buffer_start) as usize;
+        state.buffer.drain(..drop);
+        state.buffer_start = keep_from;
+    }
+
+    /// One aligned buffer per segment the dirty range (from the block holding the flushed
+    /// offset to the end) touches.
     fn dirty_writes(&self, state: &LogState<D::File>) -> DirtyWrites<D::File> {
         let mut writes = Vec::new();
         let end = align_up(state.max_offset);
-        let mut at = state.buffer_start;
+        let mut at = align_down(state.flushed_offset).max(state.buffer_start);
         while at < state.max_offset {
             let base = self.base_of(at);
             let part_end = end.min(base + self.segment_size_bytes);

@@ -545,6 +545,16 @@ impl<D: Disk> ShardStore<D> {
     }
 
     /// The bytes of the record an entry points to (from the write buffer or from disk).
+    /// The bytes of the log from `from` to `to` in one read (memory or one segment on disk).
+    /// Pulls read the records of consecutive entries this way rather than one read each.
+    pub async fn read_span(&self, from: u64, to: u64) -> Result<Vec<u8>, StoreError> {
+        self.log.read(from, (to - from) as usize).await
+    }
+
+    pub fn segment_size_bytes(&self) -> u64 {
+        self.config.segment_size_bytes
+    }
+
     pub async fn read_record(&self, entry: CqEntry) -> Result<Vec<u8>, StoreError> {
         let bytes = self
             .log

@@ -1,14 +1,14 @@
 //! Pull: read confirmed messages of one queue, long-polling at its end.
 
 use super::{bad_request, body, route, Route};
-use crate::constants::{MAX_BYTES_PER_PULL, MAX_MESSAGES_PER_PULL};
+use crate::constants::{MAX_BYTES_PER_PULL, MAX_MESSAGES_PER_PULL, MAX_PULL_SPAN_BYTES};
 use crate::metrics::{Counter, Hist};
 use crate::protocol::message::{PullRequest, PullResponseEncoder, PullSummary, PulledMessageRef};
 use crate::protocol::{Opcode, Status};
 use crate::shard::mesh::Reply;
 use crate::shard::Shard;
 use crate::store::record::{self, Decoded};
-use crate::store::QueueKey;
+use crate::store::{CqEntry, QueueKey};
 use futures_lite::future;
 use glommio::timer::sleep;
 use std::rc::Rc;
@@ -102,42 +102,75 @@ async fn read_messages(
     let mut out = Vec::new();
     let mut encoder = PullResponseEncoder::begin(&mut out, summary);
     let mut next = request.offset;
-    for entry in entries {
-        if encoder.count() > 0 && out.len() + entry.size as usize > max_bytes {
-            break;
-        }
-        let bytes = match shard.store.read_record(entry).await {
+    let mut rest = &entries[..];
+    'spans: while !rest.is_empty() {
+        let span = span_len(shard, rest);
+        let first = rest[0].commitlog_offset;
+        let last = &rest[span - 1];
+        let bytes = match shard
+            .store
+            .read_span(first, last.commitlog_offset + last.size as u64)
+            .await
+        {
             Ok(b) => b,
             Err(e) => return Reply::error(Status::StoreError, e.to_string()),
         };
-        let view = match record::decode(&bytes, entry.commitlog_offset) {
-            Ok(Decoded::Record(view)) if view.queue_offset == next => view,
-            Ok(_) | Err(_) => {
-                return Reply::error(
-                    Status::StoreError,
-                    format!(
-                        "record for queue offset {next} at commitlog offset {} is unreadable",
-                        entry.commitlog_offset
-                    ),
-                )
+        for entry in &rest[..span] {
+            if encoder.count() > 0 && out.len() + entry.size as usize > max_bytes {
+                break 'spans;
             }
-        };
-        encoder.push(
-            &mut out,
-            &PulledMessageRef {
-                queue_offset: view.queue_offset,
-                born_timestamp_ms: view.born_timestamp_ms,
-                store_timestamp_ms: view.store_timestamp_ms,
-                key: view.key,
-                properties: view.properties,
-                body: view.body,
-            },
-        );
-        next += 1;
+            let at = (entry.commitlog_offset - first) as usize;
+            let record = &bytes[at..at + entry.size as usize];
+            let view = match record::decode(record, entry.commitlog_offset) {
+                Ok(Decoded::Record(view))
+                    if view.queue_offset == next && view.total_size == entry.size =>
+                {
+                    view
+                }
+                Ok(_) | Err(_) => {
+                    return Reply::error(
+                        Status::StoreError,
+                        format!(
+                            "record for queue offset {next} at commitlog offset {} is unreadable",
+                            entry.commitlog_offset
+                        ),
+                    )
+                }
+            };
+            encoder.push(
+                &mut out,
+                &PulledMessageRef {
+                    queue_offset: view.queue_offset,
+                    born_timestamp_ms: view.born_timestamp_ms,
+                    store_timestamp_ms: view.store_timestamp_ms,
+                    key: view.key,
+                    properties: view.properties,
+                    body: view.body,
+                },
+            );
+            next += 1;
+        }
+        rest = &rest[span..];
     }
     shard
         .probe
         .add(Counter::MessagesPulled, next - request.offset);
     encoder.finish(&mut out, next);
     Reply::ok(out)
+}
+
+/// How many of `entries` (at least one) one read can cover: same segment, within
+/// `MAX_PULL_SPAN_BYTES` of the first record's start.
+fn span_len(shard: &Shard, entries: &[CqEntry]) -> usize {
+    let segment = shard.store.segment_size_bytes();
+    let first = entries[0].commitlog_offset;
+    let limit = first + MAX_PULL_SPAN_BYTES;
+    let same_segment = |offset: u64| offset / segment == first / segment;
+    1 + entries[1..]
+        .iter()
+        .take_while(|e| {
+            let end = e.commitlog_offset + e.size as u64;
+            same_segment(e.commitlog_offset) && end <= limit
+        })
+        .count()
 }
