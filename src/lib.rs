@@ -2,7 +2,8 @@
 //!
 //! A request's path through the crate, by module: [`protocol`] (frames, pure) → `net`
 //! (listeners, connections) → `shard` (the core that owns a queue) → [`store`] (commitlog,
-//! consume queues, recovery) → `client` (the blocking Rust client).
+//! consume queues, recovery) → [`replication`] (zero-copy sends to replicas) → `client` (the
+//! blocking Rust client).
 
 pub mod cli;
 pub mod client;
@@ -11,6 +12,7 @@ pub mod constants;
 pub mod metrics;
 pub mod net;
 pub mod protocol;
+pub mod replication;
 pub mod server;
 pub mod shard;
 pub mod store;

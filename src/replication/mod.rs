@@ -1,0 +1,3 @@
+//! Replication: moving committed commitlog bytes from this broker to its replicas.
+
+pub mod splice;
