@@ -39,3 +39,26 @@ pub const MAX_PULL_SPAN_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Listen backlog for client sockets.
 pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// Pipe capacity the replication splice sender asks for (`F_SETPIPE_SZ`). One pipe's worth is
+/// the most one linked file → pipe → socket pair can move, so this is the chunk size; 1 MiB
+/// matched the best measured throughput (notes/glommio-probe.md §3) and is the default
+/// `/proc/sys/fs/pipe-max-size`. If the system refuses it the sender halves it down to
+/// [`SPLICE_PIPE_MIN_CAPACITY_BYTES`], then keeps whatever the kernel gave.
+pub const SPLICE_PIPE_CAPACITY_BYTES: usize = 1024 * 1024;
+
+/// Smallest pipe capacity worth asking for before settling for the kernel default (64 KiB).
+pub const SPLICE_PIPE_MIN_CAPACITY_BYTES: usize = 64 * 1024;
+
+/// Submission queue entries of the splice sender's own ring. A transfer step has at most two
+/// linked operations in flight, and cancellation adds at most three; 8 leaves room for both.
+pub const SPLICE_RING_ENTRIES: u32 = 8;
+
+/// How long one round of cancelling an abandoned splice transfer waits for the kernel before
+/// asking again. Cancelled polls and interrupted socket waits end within microseconds; a splice
+/// in the middle of a disk read ends when the read does.
+pub const SPLICE_CANCEL_ROUND_WAIT_MS: u32 = 10;
+
+/// Rounds of cancellation before giving up and leaving the rest to the ring's teardown: one
+/// second in all, far above a disk read, so a stuck kernel cannot hang the core for longer.
+pub const SPLICE_CANCEL_ROUNDS_MAX: usize = 100;

@@ -2,7 +2,8 @@
 //!
 //! A request's path through the crate, by module: [`protocol`] (frames, pure) → `net`
 //! (listeners, connections) → `shard` (the core that owns a queue) → [`store`] (commitlog,
-//! consume queues, recovery) → `client` (the blocking Rust client).
+//! consume queues, recovery) → [`replication`] (zero-copy sends to replicas) → `client` (the
+//! blocking Rust client).
 
 pub mod bench;
 pub mod cli;

@@ -14,3 +14,4 @@ pub mod metadata_sync;
 pub mod protocol;
 pub mod replicas;
 pub mod slave;
+pub mod splice;
