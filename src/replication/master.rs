@@ -10,6 +10,7 @@ use super::protocol::{
     divergence_point, encode_data_header, encode_heartbeat, Hello, Welcome, HEARTBEAT_BYTES,
     MAX_HANDSHAKE_BYTES, REPORT_BYTES,
 };
+use super::splice::SpliceSender;
 use crate::metrics::Counter;
 use crate::shard::mesh::ShardRequest;
 use crate::shard::Shard;
@@ -257,6 +258,24 @@ async fn read_reports(shard: Rc<Shard>, mut reader: TcpStream, link: u64, closed
     shard.replication_wakeup.notify();
 }
 
+/// Per link: the splice ring and the segment file it reads from.
+struct Shipper {
+    splice: SpliceSender,
+    /// A plain buffered read-only descriptor of the segment being shipped: splice reads the
+    /// page cache, which sees what the O_DIRECT writes put on disk.
+    segment: Option<(u64, std::fs::File)>,
+}
+
+impl Shipper {
+    fn segment_file(&mut self, path: &std::path::Path, base: u64) -> Result<RawFd, String> {
+        if self.segment.as_ref().is_none_or(|(b, _)| *b != base) {
+            let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            self.segment = Some((base, file));
+        }
+        Ok(self.segment.as_ref().expect("just opened").1.as_raw_fd())
+    }
+}
+
 /// Streams the log from `start` until the link closes.
 async fn ship(
     shard: &Rc<Shard>,
@@ -265,6 +284,10 @@ async fn ship(
     closed: &Cell<bool>,
 ) -> Result<(), String> {
     let heartbeat = Duration::from_millis(shard.config.ha_heartbeat_interval_ms);
+    let mut shipper = Shipper {
+        splice: SpliceSender::new().map_err(|e| format!("creating the splice ring: {e}"))?,
+        segment: None,
+    };
     let mut sent = start;
     let mut last_sent_at = Instant::now();
     let mut confirmed_sent = 0;
@@ -272,7 +295,7 @@ async fn ship(
         let max = shard.store.max_offset();
         if sent < max {
             confirmed_sent = shard.confirmed_offset();
-            sent += ship_chunk(shard, stream, sent, max).await?;
+            sent += ship_chunk(shard, &mut shipper, stream, sent, max).await?;
             last_sent_at = Instant::now();
             continue;
         }
@@ -301,29 +324,94 @@ async fn ship(
     Ok(())
 }
 
-/// Sends one frame of the log starting at `from` (never past its segment). Returns the bytes
-/// of log it carried.
+/// Sends one frame of the log starting at `from`, never past its segment, and never across the
+/// flushed offset: bytes on disk go by splice (file → pipe → socket, no user-space copy), the
+/// unflushed tail straight from the write buffer. Returns the bytes of log it carried.
 async fn ship_chunk(
     shard: &Rc<Shard>,
+    shipper: &mut Shipper,
     stream: &mut TcpStream,
     from: u64,
     max: u64,
 ) -> Result<u64, String> {
     let log = shard.store.commitlog();
+    let flushed = shard.store.flushed_offset();
     let segment_end = (from / log.segment_size_bytes() + 1) * log.segment_size_bytes();
-    let end = max.min(segment_end).min(from + SHIP_CHUNK_BYTES as u64);
-    let bytes = log
-        .read(from, (end - from) as usize)
-        .await
-        .map_err(|e| e.to_string())?;
-    shard
-        .probe
-        .add(Counter::ReplicationCopiedBytes, bytes.len() as u64);
-    let header = encode_data_header(from, bytes.len() as u32, shard.confirmed_offset());
+    let mut end = max.min(segment_end).min(from + SHIP_CHUNK_BYTES as u64);
+    if from < flushed {
+        end = end.min(flushed);
+    }
+    let len = (end - from) as usize;
+    let header = encode_data_header(from, len as u32, shard.confirmed_offset());
     stream.write_all(&header).await.map_err(|e| e.to_string())?;
-    stream.write_all(&bytes).await.map_err(|e| e.to_string())?;
+    if from < flushed {
+        let (path, base, _) = log
+            .segment_of(from)
+            .ok_or_else(|| format!("no segment holds offset {from}"))?;
+        let fd = shipper.segment_file(&path, base)?;
+        shipper
+            .splice
+            .send_file_range(fd, from - base, len, stream.as_raw_fd())
+            .await
+            .map_err(|e| format!("splicing {} at {}: {e}", path.display(), from - base))?;
+        shard
+            .probe
+            .add(Counter::ReplicationSplicedBytes, len as u64);
+    } else {
+        send_tail(shard, stream, from, len).await?;
+    }
     shard
         .probe
-        .add(Counter::ReplicationShippedBytes, bytes.len() as u64);
-    Ok(bytes.len() as u64)
+        .add(Counter::ReplicationShippedBytes, len as u64);
+    Ok(len as u64)
+}
+
+/// Sends `len` unflushed bytes from the write buffer with non-blocking `send` calls made
+/// while the buffer is borrowed: the kernel copies them into the socket, this process copies
+/// nothing. If the socket is full, the rest is copied out and written asynchronously (counted
+/// in `replication_copied_bytes_total`).
+async fn send_tail(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    from: u64,
+    len: usize,
+) -> Result<(), String> {
+    let log = shard.store.commitlog();
+    let fd = stream.as_raw_fd();
+    let mut done = 0usize;
+    while done < len {
+        let sent = log.with_buffered(from + done as u64, len - done, |bytes| {
+            // SAFETY: `bytes` is a live borrow of the write buffer for the whole call.
+            unsafe {
+                libc::send(
+                    fd,
+                    bytes.as_ptr().cast(),
+                    bytes.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            }
+        });
+        match sent {
+            Some(n) if n > 0 => done += n as usize,
+            Some(_) => {
+                let error = std::io::Error::last_os_error();
+                if error.kind() != std::io::ErrorKind::WouldBlock {
+                    return Err(format!("sending the log tail: {error}"));
+                }
+                break;
+            }
+            None => break,
+        }
+    }
+    if done < len {
+        let rest = log
+            .read(from + done as u64, len - done)
+            .await
+            .map_err(|e| e.to_string())?;
+        shard
+            .probe
+            .add(Counter::ReplicationCopiedBytes, rest.len() as u64);
+        stream.write_all(&rest).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
