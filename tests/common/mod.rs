@@ -21,6 +21,8 @@ pub struct Broker {
     pub shard_ports: Vec<u16>,
     args: Vec<String>,
     stderr_log: PathBuf,
+    /// The last ready line, for fields a test needs beyond the ones parsed here.
+    pub ready_line: String,
 }
 
 impl Broker {
@@ -52,6 +54,7 @@ impl Broker {
             shard_ports: Vec::new(),
             args,
             stderr_log: root.join("broker.log"),
+            ready_line: String::new(),
         };
         broker.spawn();
         broker
@@ -104,7 +107,16 @@ impl Broker {
                 self.shard_ports = v.split(',').map(|p| p.parse().expect("port")).collect();
             }
         }
+        self.ready_line = line;
         self.child = Some(child);
+    }
+
+    /// A `name=value` field of the ready line.
+    pub fn ready_field(&self, name: &str) -> Option<String> {
+        let prefix = format!("{name}=");
+        self.ready_line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(prefix.as_str()).map(str::to_string))
     }
 
     /// SIGKILL: no chance to flush, checkpoint or remove the abort marker.
