@@ -41,6 +41,8 @@ pub struct StartSpec<'a> {
     /// File name stem for the log and config in `out_dir`.
     pub name: &'a str,
     pub out_dir: &'a Path,
+    /// For a slave: the master's replication address.
+    pub master_ha: Option<&'a str>,
 }
 
 impl EmbeddedBroker {
@@ -61,8 +63,19 @@ impl EmbeddedBroker {
             .arg(&config_path)
             .arg("--store")
             .arg(&store)
-            .args(["--listen", "127.0.0.1:0", "--flush"])
-            .arg(spec.process.flush_disk_type.name());
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--ha-listen",
+                "127.0.0.1:0",
+                "--flush",
+            ])
+            .arg(spec.process.flush_disk_type.name())
+            .arg("--role")
+            .arg(spec.process.broker_role.name());
+        if let Some(master) = spec.master_ha {
+            command.arg("--master").arg(master);
+        }
         if let Some(shards) = spec.shards {
             command.arg("--shards").arg(shards.to_string());
         }
@@ -97,6 +110,14 @@ impl EmbeddedBroker {
                 ))
             }
         }
+    }
+
+    /// A `name=value` field of the ready line (e.g. `ha`).
+    pub fn ready_field(&self, name: &str) -> Option<String> {
+        let prefix = format!("{name}=");
+        self.ready_line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(prefix.as_str()).map(str::to_string))
     }
 
     /// The last lines of the broker's stderr, for error messages.
@@ -221,4 +242,35 @@ pub fn log_tail(path: &Path) -> String {
         path.display(),
         lines[from..].join("\n")
     )
+}
+
+/// How long a slave may take to connect every shard's link before the run is abandoned.
+const SLAVE_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until every shard of the master at `addr` has `slaves` connected, caught-up slaves,
+/// so a SYNC_MASTER run measures replication rather than SLAVE_NOT_AVAILABLE answers.
+pub fn wait_for_slaves(addr: &str, slaves: usize) -> Result<(), String> {
+    let deadline = Instant::now() + SLAVE_CONNECT_TIMEOUT;
+    let mut client = crate::client::Client::connect(addr)
+        .map_err(|e| format!("cannot reach the embedded master at {addr}: {e}"))?;
+    loop {
+        let status = client
+            .cluster_status()
+            .map_err(|e| format!("cluster status of {addr}: {e}"))?;
+        let ready = status
+            .shards
+            .iter()
+            .all(|s| s.slaves.iter().filter(|r| r.lag_bytes == 0).count() >= slaves);
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the embedded slave did not connect to {addr} within {} s",
+                SLAVE_CONNECT_TIMEOUT.as_secs()
+            ));
+        }
+        // Polling a status that has no event to wait on; the interval only bounds start-up.
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -72,7 +72,8 @@ fn resolve_modes(matrix: &Matrix) -> Result<Vec<BenchMode>, String> {
     };
     let client = workload::connect(addr)?;
     let reported = client.metadata().flush_disk_type.clone();
-    let mode = BenchMode::from_metadata(&reported)
+    let role = client.metadata().role.clone();
+    let mode = BenchMode::from_metadata(&role, &reported)
         .ok_or_else(|| format!("broker {addr} reports an unknown flush mode `{reported}`"))?;
     if !matrix.modes.is_empty() && matrix.modes != [mode] {
         return Err(format!(
@@ -105,8 +106,9 @@ fn run_one(
             store_root,
         } => {
             let processes = mode.broker_processes();
-            let mut brokers = Vec::new();
+            let mut brokers: Vec<EmbeddedBroker> = Vec::new();
             for (index, process) in processes.iter().enumerate() {
+                let master_ha = brokers.first().and_then(|m| m.ready_field("ha"));
                 let spec = StartSpec {
                     process,
                     config_toml,
@@ -114,8 +116,12 @@ fn run_one(
                     store_root,
                     name: &format!("{name}-{index}"),
                     out_dir: &matrix.out_dir,
+                    master_ha: master_ha.as_deref(),
                 };
                 brokers.push(EmbeddedBroker::start(&spec)?);
+            }
+            if processes.len() > 1 {
+                super::embedded::wait_for_slaves(&brokers[0].addr, processes.len() - 1)?;
             }
             let addr = brokers[0].addr.clone();
             let ready = brokers[0].ready_line.clone();

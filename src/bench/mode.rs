@@ -1,11 +1,12 @@
 //! The broker modes a bench run compares, and what must run for each.
 //!
 //! A mode names a durability guarantee ([`BenchMode::SyncFlush`] …) and yields the broker
-//! processes that provide it ([`BenchMode::broker_processes`]). Today every mode is one
-//! process; a replicated mode (SYNC_MASTER / ASYNC_MASTER) will yield a master and a slave, and
-//! the embedded-broker code starts whatever list it is given.
+//! processes that provide it ([`BenchMode::broker_processes`]): one broker for the flush modes,
+//! a master and a slave on loopback for the replicated ones. The replicated modes both run
+//! ASYNC_FLUSH (RocketMQ's usual pairing with SYNC_MASTER), so their ratio isolates what waiting
+//! for the slave costs.
 
-use crate::config::FlushDiskType;
+use crate::config::{BrokerRole as Role, FlushDiskType};
 use serde::Serialize;
 use std::fmt;
 use std::str::FromStr;
@@ -16,6 +17,10 @@ pub enum BenchMode {
     SyncFlush,
     #[serde(rename = "ASYNC_FLUSH")]
     AsyncFlush,
+    #[serde(rename = "SYNC_MASTER")]
+    SyncMaster,
+    #[serde(rename = "ASYNC_MASTER")]
+    AsyncMaster,
 }
 
 /// What a broker process in a mode plays.
@@ -23,22 +28,32 @@ pub enum BenchMode {
 pub enum BrokerRole {
     /// Takes produce requests; the bench's clients connect to it.
     Master,
+    /// Follows the master started before it.
+    Slave,
 }
 
 /// One broker process a mode needs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct BrokerProcess {
     pub role: BrokerRole,
+    pub broker_role: Role,
     pub flush_disk_type: FlushDiskType,
 }
 
 impl BenchMode {
-    pub const ALL: [BenchMode; 2] = [BenchMode::SyncFlush, BenchMode::AsyncFlush];
+    pub const ALL: [BenchMode; 4] = [
+        BenchMode::SyncFlush,
+        BenchMode::AsyncFlush,
+        BenchMode::SyncMaster,
+        BenchMode::AsyncMaster,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             BenchMode::SyncFlush => "SYNC_FLUSH",
             BenchMode::AsyncFlush => "ASYNC_FLUSH",
+            BenchMode::SyncMaster => "SYNC_MASTER",
+            BenchMode::AsyncMaster => "ASYNC_MASTER",
         }
     }
 
@@ -47,25 +62,48 @@ impl BenchMode {
     pub fn async_twin(self) -> Option<BenchMode> {
         match self {
             BenchMode::SyncFlush => Some(BenchMode::AsyncFlush),
-            BenchMode::AsyncFlush => None,
+            BenchMode::SyncMaster => Some(BenchMode::AsyncMaster),
+            BenchMode::AsyncFlush | BenchMode::AsyncMaster => None,
         }
     }
 
     /// The processes to start, clients' target first.
     pub fn broker_processes(self) -> Vec<BrokerProcess> {
-        let flush_disk_type = match self {
-            BenchMode::SyncFlush => FlushDiskType::SyncFlush,
-            BenchMode::AsyncFlush => FlushDiskType::AsyncFlush,
+        let single = |flush_disk_type| {
+            vec![BrokerProcess {
+                role: BrokerRole::Master,
+                broker_role: Role::AsyncMaster,
+                flush_disk_type,
+            }]
         };
-        vec![BrokerProcess {
-            role: BrokerRole::Master,
-            flush_disk_type,
-        }]
+        let pair = |broker_role| {
+            vec![
+                BrokerProcess {
+                    role: BrokerRole::Master,
+                    broker_role,
+                    flush_disk_type: FlushDiskType::AsyncFlush,
+                },
+                BrokerProcess {
+                    role: BrokerRole::Slave,
+                    broker_role: Role::Slave,
+                    flush_disk_type: FlushDiskType::AsyncFlush,
+                },
+            ]
+        };
+        match self {
+            BenchMode::SyncFlush => single(FlushDiskType::SyncFlush),
+            BenchMode::AsyncFlush => single(FlushDiskType::AsyncFlush),
+            BenchMode::SyncMaster => pair(Role::SyncMaster),
+            BenchMode::AsyncMaster => pair(Role::AsyncMaster),
+        }
     }
 
-    /// The mode a running broker is in, from the `flush_disk_type` its metadata reports.
-    pub fn from_metadata(flush_disk_type: &str) -> Option<BenchMode> {
-        flush_disk_type.parse().ok()
+    /// The mode a running broker is in, from the role and flush mode its metadata reports.
+    pub fn from_metadata(role: &str, flush_disk_type: &str) -> Option<BenchMode> {
+        match role {
+            "SYNC_MASTER" => Some(BenchMode::SyncMaster),
+            _ => flush_disk_type.parse().ok(),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ pub struct BenchArgs {
     /// Benchmark an existing broker HOST:PORT instead of starting one per run.
     #[arg(long)]
     pub broker: Option<String>,
-    /// Modes to run, comma-separated (default: SYNC_FLUSH,ASYNC_FLUSH; with --broker, the
+    /// Modes to run, comma-separated (default: SYNC_FLUSH,ASYNC_FLUSH,SYNC_MASTER,ASYNC_MASTER; with --broker, the
     /// broker's own mode).
     #[arg(long, value_delimiter = ',')]
     pub modes: Vec<BenchMode>,
