@@ -47,16 +47,21 @@ fn bench_matrix_writes_the_results_folder() {
         "SYNC_FLUSH           1",
         "SYNC_FLUSH           4",
         "ASYNC_FLUSH          4",
+        "SYNC_MASTER          4",
+        "ASYNC_MASTER         1",
     ] {
         assert!(stdout.contains(row), "table row `{row}` missing:\n{stdout}");
     }
     assert!(stdout.contains("SYNC_FLUSH / ASYNC_FLUSH"), "{stdout}");
+    assert!(stdout.contains("SYNC_MASTER / ASYNC_MASTER"), "{stdout}");
 
     for name in [
         "SYNC_FLUSH-p1",
         "SYNC_FLUSH-p4",
         "ASYNC_FLUSH-p1",
         "ASYNC_FLUSH-p4",
+        "SYNC_MASTER-p4",
+        "ASYNC_MASTER-p1",
     ] {
         let hgrm = std::fs::read_to_string(out.join(format!("{name}.produce.hgrm"))).unwrap();
         assert!(hgrm.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"));
@@ -86,13 +91,14 @@ fn bench_matrix_writes_the_results_folder() {
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     let runs = results["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 4);
+    // Every mode (two flush modes, two replicated ones) at each producer count.
+    assert_eq!(runs.len(), 8);
     for run in runs {
         assert_eq!(run["messages"], 200);
         assert_eq!(run["failed_messages"], 0);
         assert_eq!(run["produce_latency"]["count"], 200);
     }
-    assert_eq!(results["ratios"].as_array().unwrap().len(), 2);
+    assert_eq!(results["ratios"].as_array().unwrap().len(), 4);
 
     let machine: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("machine.json")).unwrap()).unwrap();
@@ -103,7 +109,7 @@ fn bench_matrix_writes_the_results_folder() {
             .as_array()
             .unwrap()
             .len(),
-        4
+        8
     );
     // Every embedded broker's store was removed after its run.
     let leftover: Vec<_> = std::fs::read_dir(root.path())
