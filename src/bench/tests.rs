@@ -339,14 +339,38 @@ fn percentile_axis_labels() {
 #[test]
 fn modes_parse_and_pair() {
     assert_eq!("sync_flush".parse::<BenchMode>(), Ok(BenchMode::SyncFlush));
-    assert!("SYNC_MASTER".parse::<BenchMode>().is_err());
+    assert_eq!(
+        "SYNC_MASTER".parse::<BenchMode>(),
+        Ok(BenchMode::SyncMaster)
+    );
+    assert!("SYNC_SLAVE".parse::<BenchMode>().is_err());
     assert_eq!(
         BenchMode::SyncFlush.async_twin(),
         Some(BenchMode::AsyncFlush)
     );
-    for mode in BenchMode::ALL {
-        assert!(!mode.broker_processes().is_empty());
+    assert_eq!(
+        BenchMode::SyncMaster.async_twin(),
+        Some(BenchMode::AsyncMaster)
+    );
+    assert_eq!(BenchMode::AsyncMaster.async_twin(), None);
+    for mode in [BenchMode::SyncFlush, BenchMode::AsyncFlush] {
+        assert_eq!(mode.broker_processes().len(), 1);
     }
+    for mode in [BenchMode::SyncMaster, BenchMode::AsyncMaster] {
+        let processes = mode.broker_processes();
+        assert_eq!(processes.len(), 2, "a master and its slave");
+        assert_eq!(processes[0].role, super::mode::BrokerRole::Master);
+        assert_eq!(processes[1].broker_role, crate::config::BrokerRole::Slave);
+        assert_eq!(processes[0].flush_disk_type, processes[1].flush_disk_type);
+    }
+    assert_eq!(
+        BenchMode::from_metadata("SYNC_MASTER", "ASYNC_FLUSH"),
+        Some(BenchMode::SyncMaster)
+    );
+    assert_eq!(
+        BenchMode::from_metadata("ASYNC_MASTER", "SYNC_FLUSH"),
+        Some(BenchMode::SyncFlush)
+    );
 }
 
 #[test]
