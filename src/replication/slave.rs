@@ -281,6 +281,11 @@ async fn apply(shard: &Rc<Shard>, pending: &mut Vec<u8>, position: &mut u64) -> 
     }
     pending.drain(..used);
     if used > 0 {
+        // Catching up, write behind while receiving rather than stall on a full buffer: ask
+        // for a flush once a quarter of the buffer is dirty, whatever the flush mode's timer.
+        if shard.store.dirty_bytes() >= shard.config.write_buffer_bytes / 4 {
+            shard.flush_urgent.set(true);
+        }
         shard.visible.notify();
         shard.flush_requested.notify();
         shard.replication_wakeup.notify();
