@@ -3,18 +3,22 @@
 
 use super::Shard;
 use crate::config::FlushDiskType;
+use crate::store::StoreError;
 use futures_lite::future;
 use glommio::timer::sleep;
+use glommio::{spawn_local, Task};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tracing::{error, warn};
 
-/// Under SYNC_FLUSH: flush whenever anything is dirty. While one flush (write + fdatasync) is
-/// in flight, appends accumulate; the next flush covers all of them with one sync and releases
-/// all their producers at once. Under ASYNC_FLUSH: every `flush_interval_ms`, flush when at
-/// least `flush_least_pages` are dirty or `flush_thorough_interval_ms` has passed; a full write
-/// buffer asks for a flush at once. Consume queues and the checkpoint are written every
-/// `checkpoint_interval_ms` between flushes.
+/// Under SYNC_FLUSH: flush whenever anything is dirty. Flushes are pipelined: while the
+/// fdatasync of one batch is in flight, everything appended meanwhile is already being written,
+/// and its own sync starts as soon as the previous one completes. Each sync releases every
+/// producer it covers in one batch (group commit). Under ASYNC_FLUSH: every
+/// `flush_interval_ms`, flush when at least `flush_least_pages` are dirty or
+/// `flush_thorough_interval_ms` has passed; a full write buffer asks for a flush at once.
+/// Consume queues and the checkpoint are written every `checkpoint_interval_ms` between
+/// flushes.
 pub async fn run_flusher(shard: Rc<Shard>) {
     let config = shard.config.clone();
     let checkpoint_every = Duration::from_millis(config.checkpoint_interval_ms);
@@ -36,7 +40,10 @@ pub async fn run_flusher(shard: Rc<Shard>) {
         };
         if due || shard.flush_urgent.replace(false) {
             last_flush = Instant::now();
-            if let Err(e) = flush_once(&shard).await {
+            if let Err(e) = flush_burst(&shard).await {
+                shard.probe.add(crate::metrics::Counter::FlushErrors, 1);
+                shard.completions.fail_all();
+                shard.flushed.notify();
                 error!(
                     shard = shard.id,
                     "flush failed, refusing further appends: {e}"
@@ -71,29 +78,38 @@ pub async fn run_flusher(shard: Rc<Shard>) {
     }
 }
 
-async fn flush_once(shard: &Shard) -> Result<(), crate::store::StoreError> {
+/// Writes and syncs until nothing is left unwritten, with at most one sync in flight while
+/// the next batch is written.
+async fn flush_burst(shard: &Rc<Shard>) -> Result<(), StoreError> {
     let _gate = shard.store_gate.acquire_permit(1).await;
-    match shard.store.flush().await {
-        Ok(offset) => {
-            let stats = shard.store.last_flush();
-            shard
-                .probe
-                .flushed(stats.bytes, stats.write_duration, stats.sync_duration);
-            shard.completions.release(offset);
-            shard.replication_wakeup.notify();
-            if shard.config.flush_disk_type == FlushDiskType::SyncFlush {
-                shard.visible.notify();
-            }
-            shard.flushed.notify();
-            Ok(())
+    let mut in_flight: Option<Task<Result<u64, StoreError>>> = None;
+    loop {
+        let written = shard.store.write_dirty().await?;
+        if let Some(previous) = in_flight.take() {
+            released(shard, previous.await?);
         }
-        Err(e) => {
-            shard.probe.add(crate::metrics::Counter::FlushErrors, 1);
-            shard.completions.fail_all();
-            shard.flushed.notify();
-            Err(e)
-        }
+        let Some(written) = written else {
+            return Ok(());
+        };
+        let syncing = shard.clone();
+        in_flight = Some(spawn_local(
+            async move { syncing.store.sync(written).await },
+        ));
     }
+}
+
+/// A sync completed: everything before `offset` is durable.
+fn released(shard: &Shard, offset: u64) {
+    let stats = shard.store.last_flush();
+    shard
+        .probe
+        .flushed(stats.bytes, stats.write_duration, stats.sync_duration);
+    shard.completions.release(offset);
+    shard.replication_wakeup.notify();
+    if shard.config.flush_disk_type == FlushDiskType::SyncFlush {
+        shard.visible.notify();
+    }
+    shard.flushed.notify();
 }
 
 /// Creates and zero-fills the next commitlog segment ahead of need.

@@ -69,6 +69,14 @@ pub struct FlushStats {
     pub sync_duration: Duration,
 }
 
+/// Bytes written by [`CommitLog::write_dirty`], durable once [`CommitLog::sync`] completes.
+pub struct Written<F> {
+    target: u64,
+    files: Vec<Rc<F>>,
+    written_bytes: u64,
+    write_duration: Duration,
+}
+
 pub struct CommitLog<D: Disk> {
     disk: D,
     last_flush: Cell<FlushStats>,
@@ -90,6 +98,8 @@ struct LogState<F> {
     /// Block-aligned commitlog offset of `buffer[0]`.
     buffer_start: u64,
     max_offset: u64,
+    /// End of the last completed write; `flushed_offset` follows it once synced.
+    written_offset: u64,
     flushed_offset: u64,
     /// Set by the first failed write or sync; the log accepts nothing after it.
     failed: Option<String>,
@@ -177,6 +187,7 @@ impl<D: Disk> CommitLog<D> {
             buffer: Vec::with_capacity(2 * config.write_buffer_bytes + 2 * BLOCK_BYTES),
             buffer_start: 0,
             max_offset: 0,
+            written_offset: 0,
             flushed_offset: 0,
             failed: None,
         };
@@ -315,6 +326,7 @@ impl<D: Disk> CommitLog<D> {
         state.buffer.extend_from_slice(&head);
         state.buffer_start = align_down(end);
         state.max_offset = end;
+        state.written_offset = end;
         state.flushed_offset = end;
         Ok(truncated_bytes)
     }
@@ -480,6 +492,18 @@ impl<D: Disk> CommitLog<D> {
 
     /// Writes the dirty range and fdatasyncs every file it touched. Returns the flushed offset.
     pub async fn flush(&self) -> Result<u64, StoreError> {
+        match self.write_dirty().await? {
+            Some(written) => self.sync(written).await,
+            None => Ok(self.state.borrow().flushed_offset),
+        }
+    }
+
+    /// First half of a flush: writes every byte appended since the last write (from the block
+    /// holding the written end, so the partial block is rewritten as it fills) and returns
+    /// what [`CommitLog::sync`] must make durable. A shard may write the next batch while the
+    /// previous one is being synced: a rewrite of the partial block only ever adds bytes to
+    /// it, so a torn rewrite cannot damage what an earlier sync made durable.
+    pub async fn write_dirty(&self) -> Result<Option<Written<D::File>>, StoreError> {
         let (target, parts) = {
             let state = self.state.borrow();
             if let Some(reason) = &state.failed {
@@ -488,12 +512,12 @@ impl<D: Disk> CommitLog<D> {
                     std::io::Error::other(reason.clone()),
                 ));
             }
-            if state.max_offset == state.flushed_offset {
-                return Ok(state.flushed_offset);
+            if state.max_offset == state.written_offset {
+                return Ok(None);
             }
             (state.max_offset, self.dirty_writes(&state))
         };
-        let files: Vec<Rc<D::File>> = parts.iter().map(|(file, _, _)| file.clone()).collect();
+        let mut files: Vec<Rc<D::File>> = Vec::with_capacity(parts.len());
         let written_bytes = parts
             .iter()
             .map(|(_, buf, _)| buf.as_ref().len() as u64)
@@ -505,9 +529,23 @@ impl<D: Disk> CommitLog<D> {
                 let context = format!("write of {} at {file_offset}", path.display());
                 return Err(self.fail(context, e));
             }
+            files.push(file);
         }
+        let mut state = self.state.borrow_mut();
+        state.written_offset = state.written_offset.max(target);
+        Ok(Some(Written {
+            target,
+            files,
+            written_bytes,
+            write_duration: write_start.elapsed(),
+        }))
+    }
+
+    /// Second half of a flush: fdatasyncs the files a write touched; everything before its
+    /// end is then durable. Returns the flushed offset.
+    pub async fn sync(&self, written: Written<D::File>) -> Result<u64, StoreError> {
         let sync_start = Instant::now();
-        for file in files {
+        for file in &written.files {
             if let Err(e) = file.fdatasync().await {
                 let context = format!("fdatasync of {}", file.path().display());
                 return Err(self.fail(context, e));
@@ -515,14 +553,20 @@ impl<D: Disk> CommitLog<D> {
         }
         let mut state = self.state.borrow_mut();
         self.last_flush.set(FlushStats {
-            bytes: target.saturating_sub(state.flushed_offset),
-            written_bytes,
-            write_duration: sync_start - write_start,
+            bytes: written.target.saturating_sub(state.flushed_offset),
+            written_bytes: written.written_bytes,
+            write_duration: written.write_duration,
             sync_duration: sync_start.elapsed(),
         });
-        state.flushed_offset = state.flushed_offset.max(target);
+        state.flushed_offset = state.flushed_offset.max(written.target);
         self.compact(&mut state);
         Ok(state.flushed_offset)
+    }
+
+    /// Bytes appended but not yet written.
+    pub fn unwritten_bytes(&self) -> u64 {
+        let state = self.state.borrow();
+        state.max_offset - state.written_offset
     }
 
     /// Keeps recently flushed bytes in the buffer so that consumers reading near the end of
@@ -546,7 +590,7 @@ impl<D: Disk> CommitLog<D> {
     fn dirty_writes(&self, state: &LogState<D::File>) -> DirtyWrites<D::File> {
         let mut writes = Vec::new();
         let end = align_up(state.max_offset);
-        let mut at = align_down(state.flushed_offset).max(state.buffer_start);
+        let mut at = align_down(state.written_offset).max(state.buffer_start);
         while at < state.max_offset {
             let base = self.base_of(at);
             let part_end = end.min(base + self.segment_size_bytes);

@@ -427,6 +427,26 @@ impl<D: Disk> ShardStore<D> {
         self.log.flush().await
     }
 
+    /// First half of a pipelined flush (see [`CommitLog::write_dirty`]).
+    pub async fn write_dirty(
+        &self,
+    ) -> Result<Option<super::commitlog::Written<D::File>>, StoreError> {
+        self.log.write_dirty().await
+    }
+
+    /// Second half: makes a write durable. Returns the flushed offset.
+    pub async fn sync(
+        &self,
+        written: super::commitlog::Written<D::File>,
+    ) -> Result<u64, StoreError> {
+        self.log.sync(written).await
+    }
+
+    /// Bytes appended but not yet written to disk.
+    pub fn unwritten_bytes(&self) -> u64 {
+        self.log.unwritten_bytes()
+    }
+
     /// Sizes and durations of the most recent successful flush.
     pub fn last_flush(&self) -> super::commitlog::FlushStats {
         self.log.last_flush()
