@@ -200,21 +200,20 @@ impl FailoverClient {
     }
 
     fn switch_to(&mut self, index: usize) {
-        if index != self.active {
-            self.switches += 1;
-            tracing::info!(
-                from = %self.brokers[self.active],
-                to = %self.brokers[index],
-                "consumer failover: switched broker"
-            );
-            self.active = index;
+        if index == self.active {
+            return;
         }
-        if index != 0 {
-            // Only when the client left the master does the wait for a retry start.
-            if self.primary_retry_at <= Instant::now() {
-                self.primary_retry_at = Instant::now() + self.retry_primary_every;
-            }
+        if self.active == 0 {
+            // Left the master: the first try to go back is one interval from now.
+            self.primary_retry_at = Instant::now() + self.retry_primary_every;
         }
+        self.switches += 1;
+        tracing::info!(
+            from = %self.brokers[self.active],
+            to = %self.brokers[index],
+            "consumer failover: switched broker"
+        );
+        self.active = index;
     }
 
     fn maybe_return_to_primary(&mut self) {

@@ -359,6 +359,8 @@ fn group_member(
                 ),
                 Some(Opcode::Pull) => {
                     let request = PullRequest::decode(&body).unwrap();
+                    // A long poll at the queue's end: answered after the wait.
+                    std::thread::sleep(Duration::from_millis(u64::from(request.max_wait_ms)));
                     log.lock()
                         .unwrap()
                         .push(format!("{name} pull {}", request.offset));
@@ -471,4 +473,34 @@ fn failover_client_needs_a_reachable_broker() {
     let addr = dead.local_addr().unwrap().to_string();
     drop(dead);
     assert!(FailoverClient::connect(&[addr], ClientOptions::default()).is_err());
+}
+
+#[test]
+fn failover_returns_to_the_master_even_when_every_pull_long_polls() {
+    // Regression: a successful request on the slave re-armed the retry deadline whenever it
+    // had passed during the request, so a consumer whose pulls long-poll longer than the retry
+    // interval never went back to the master.
+    use std::sync::atomic::AtomicBool;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let master_down = Arc::new(AtomicBool::new(true));
+    let master = group_member("master", master_down.clone(), log.clone());
+    let slave = group_member("slave", Arc::new(AtomicBool::new(false)), log.clone());
+    let brokers = [master, slave];
+    let mut client = FailoverClient::connect(&brokers, ClientOptions::default()).unwrap();
+    assert_eq!(
+        client.active(),
+        1,
+        "the master is down: started on the slave"
+    );
+    client.set_retry_primary_every(Duration::from_millis(20));
+    master_down.store(false, Ordering::SeqCst);
+    for offset in 0..3 {
+        client.pull("t", 0, offset, 10, 1024, 50).unwrap();
+    }
+    assert_eq!(
+        client.active(),
+        0,
+        "back on the master: {:?}",
+        log.lock().unwrap()
+    );
 }
