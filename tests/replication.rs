@@ -320,7 +320,7 @@ fn stalled_slave_gives_flush_slave_timeout_then_ok() {
         Status::Ok
     );
     let _resume = Resume(slave.broker.pid().unwrap() as i32);
-    slave.broker.signal(libc::SIGSTOP);
+    slave.broker.pause();
     let producers: Vec<_> = (0..3u32)
         .map(|p| {
             let addr = master.broker.addr.clone();
@@ -695,6 +695,37 @@ fn consumer_fails_over_to_the_slave_and_back() {
         read.by_broker[1],
         consumer.switches()
     );
+
+    // The CLI with the same list reads everything from the slave while the master is down.
+    let caught_up = wait_caught_up(&master.broker);
+    wait_slave_confirmed(&slave.broker, &caught_up);
+    master.broker.kill();
+    let list = format!("{},{}", brokers[0], brokers[1]);
+    let out = common::run_binary(
+        &[
+            "consume",
+            TOPIC,
+            "--broker",
+            &list,
+            "--format",
+            "json",
+            "--max-wait-ms",
+            "200",
+        ],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(
+        lines,
+        produced.len(),
+        "ringmq consume --broker master,slave"
+    );
+    println!("ringmq consume --broker {list} with the master down: {lines} messages");
 }
 
 #[derive(Default)]

@@ -23,6 +23,7 @@ pub struct Broker {
     pub ha: String,
     args: Vec<String>,
     stderr_log: PathBuf,
+    bind_retries: u32,
 }
 
 impl Broker {
@@ -65,6 +66,7 @@ impl Broker {
             ha: String::new(),
             args,
             stderr_log: root.join("broker.log"),
+            bind_retries: 0,
         };
         broker.spawn();
         broker
@@ -103,6 +105,15 @@ impl Broker {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
+                // A fixed port (see PortBlock) may still be held for a moment by the sockets
+                // of the process that was just killed: try again, within a bound.
+                let log = self.log();
+                let tail = &log[log.rfind("effective configuration").unwrap_or(0)..];
+                if tail.contains("Address already in use") && self.bind_retries < 50 {
+                    self.bind_retries += 1;
+                    thread::sleep(Duration::from_millis(100));
+                    return self.spawn();
+                }
                 panic!(
                     "broker did not become ready; its log:\n{}",
                     std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
@@ -164,6 +175,26 @@ impl Broker {
             0,
             "kill({pid}, {signal})"
         );
+    }
+
+    /// SIGSTOP, and wait until every thread of the broker is stopped (delivery to a
+    /// multi-threaded process is not instantaneous: a core could still answer meanwhile).
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+        let pid = self.pid().expect("broker running");
+        wait_until(Duration::from_secs(10), "the broker stopped", || {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+            tasks
+                .filter_map(|t| t.ok())
+                .all(|t| {
+                    let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                    // The state follows the parenthesised command name.
+                    stat.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().next())
+                        .is_some_and(|state| state == "T" || state == "t")
+                })
+                .then_some(())
+        });
     }
 
     pub fn log(&self) -> String {
