@@ -177,7 +177,7 @@ fn sync_master_acks_survive_master_death() {
     const TOPIC: &str = "durable";
     const QUEUES: u32 = 4;
     const PRODUCERS: u32 = 4;
-    const ROUNDS: u32 = 3;
+    const ROUNDS: u32 = 5;
     let seed = seed();
     println!("RINGMQ_REPL_SEED={seed}");
     let mut rng = Rng(seed);
