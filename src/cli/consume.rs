@@ -4,10 +4,14 @@
 //! same time) and prints what comes back in queue order. Rounds run with no wait while messages
 //! keep coming; once a round comes back empty the next one long-polls for `--max-wait-ms`. An
 //! empty long-poll round ends the command unless `--follow` is given.
+//!
+//! `--broker MASTER,SLAVE...` reads through a [`FailoverClient`]: from the master while it
+//! answers, from the next reachable broker of the list while it does not, and back to the master
+//! when it returns. The cursors are this command's own, so a switch neither skips nor repeats.
 
 use super::app::{describe, BrokerArgs, Format};
 use super::output::{emit, to_json_line, ConsumeLine};
-use crate::client::{Client, ClientError, PullResult};
+use crate::client::{Client, ClientError, ClientOptions, FailoverClient, PullResult};
 use crate::protocol::message::{PullRequest, PulledMessage};
 use crate::protocol::Status;
 use clap::Args;
@@ -74,8 +78,66 @@ struct Cursor {
     committed: u64,
 }
 
+/// Where a consume reads from: one broker, or a broker group with failover.
+enum Source {
+    Single(Box<Client>),
+    Group(FailoverClient),
+}
+
+impl Source {
+    fn describe_topic(
+        &mut self,
+        topic: &str,
+    ) -> Result<crate::protocol::message::TopicDescription, ClientError> {
+        match self {
+            Source::Single(c) => c.describe_topic(topic),
+            Source::Group(c) => c.describe_topic(topic),
+        }
+    }
+    fn fetch_offset(
+        &mut self,
+        group: &str,
+        topic: &str,
+        queue: u32,
+    ) -> Result<Option<u64>, ClientError> {
+        match self {
+            Source::Single(c) => c.fetch_offset(group, topic, queue),
+            Source::Group(c) => c.fetch_offset(group, topic, queue),
+        }
+    }
+    fn commit_offset(
+        &mut self,
+        group: &str,
+        topic: &str,
+        queue: u32,
+        offset: u64,
+    ) -> Result<(), ClientError> {
+        match self {
+            Source::Single(c) => c.commit_offset(group, topic, queue, offset),
+            Source::Group(c) => c.commit_offset(group, topic, queue, offset),
+        }
+    }
+    fn queue_stats(
+        &mut self,
+        topic: &str,
+        queue: u32,
+    ) -> Result<crate::protocol::message::QueueStats, ClientError> {
+        match self {
+            Source::Single(c) => c.queue_stats(topic, queue),
+            Source::Group(c) => c.queue_stats(topic, queue),
+        }
+    }
+}
+
 pub fn run(args: ConsumeArgs) -> Result<(), String> {
-    let mut client = args.broker.connect()?;
+    let mut client = if args.broker.broker.contains(',') {
+        Source::Group(
+            FailoverClient::connect_list(&args.broker.broker, ClientOptions::default())
+                .map_err(|e| describe(&args.broker.broker, &e))?,
+        )
+    } else {
+        Source::Single(Box::new(args.broker.connect()?))
+    };
     let fail = |e: ClientError| describe(&args.broker.broker, &e);
     let mut cursors = start_cursors(&mut client, &args).map_err(fail)?;
     let mut printed = 0u64;
@@ -94,7 +156,7 @@ pub fn run(args: ConsumeArgs) -> Result<(), String> {
     }
 }
 
-fn start_cursors(client: &mut Client, args: &ConsumeArgs) -> Result<Vec<Cursor>, ClientError> {
+fn start_cursors(client: &mut Source, args: &ConsumeArgs) -> Result<Vec<Cursor>, ClientError> {
     let description = client.describe_topic(&args.topic)?;
     let queues: Vec<_> = description
         .queues
@@ -133,7 +195,7 @@ fn start_cursors(client: &mut Client, args: &ConsumeArgs) -> Result<Vec<Cursor>,
 
 /// One pull per queue; returns how many messages were printed.
 fn pull_round(
-    client: &mut Client,
+    client: &mut Source,
     args: &ConsumeArgs,
     cursors: &mut [Cursor],
     wait_ms: u32,
@@ -141,20 +203,39 @@ fn pull_round(
 ) -> Result<u64, String> {
     let fail = |e: ClientError| describe(&args.broker.broker, &e);
     let mut tickets = Vec::with_capacity(cursors.len());
-    for cursor in cursors.iter() {
-        let request = PullRequest {
-            topic: args.topic.clone(),
-            queue: cursor.queue,
-            offset: cursor.offset,
-            max_messages: PULL_MAX_MESSAGES,
-            max_bytes: PULL_MAX_BYTES,
-            max_wait_ms: wait_ms,
-        };
-        tickets.push(client.send_pull(&request).map_err(fail)?);
+    if let Source::Single(client) = client {
+        for cursor in cursors.iter() {
+            let request = PullRequest {
+                topic: args.topic.clone(),
+                queue: cursor.queue,
+                offset: cursor.offset,
+                max_messages: PULL_MAX_MESSAGES,
+                max_bytes: PULL_MAX_BYTES,
+                max_wait_ms: wait_ms,
+            };
+            tickets.push(Some(client.send_pull(&request).map_err(fail)?));
+        }
+    } else {
+        // A failover client pulls one queue at a time, so a failed pull can be re-sent to
+        // another broker. A long poll is split across the queues to bound the round.
+        tickets.resize(cursors.len(), None);
     }
+    let group_wait = wait_ms / cursors.len().max(1) as u32;
     let mut round = 0;
     for (cursor, ticket) in cursors.iter_mut().zip(tickets) {
-        match client.wait_pull(ticket, wait_ms) {
+        let pulled = match (&mut *client, ticket) {
+            (Source::Single(client), Some(ticket)) => client.wait_pull(ticket, wait_ms),
+            (Source::Group(client), _) => client.pull(
+                &args.topic,
+                cursor.queue,
+                cursor.offset,
+                PULL_MAX_MESSAGES,
+                PULL_MAX_BYTES,
+                group_wait,
+            ),
+            (Source::Single(_), None) => unreachable!("every single-broker pull has a ticket"),
+        };
+        match pulled {
             Ok(result) => round += print_batch(args, cursor, &result, printed)?,
             Err(e) if e.status() == Some(Status::OffsetOutOfRange) => {
                 let stats = client

@@ -10,16 +10,19 @@
 mod api;
 mod connection;
 mod error;
+mod failover;
 #[cfg(test)]
 pub(crate) mod fake_broker;
 #[cfg(test)]
 mod tests;
 
+pub use crate::shard::handlers::cluster::{ClusterStatus, MasterLink, ShardStatus, SlaveStatus};
 pub use api::{
     Client, ClientOptions, ConnectionSlot, ProduceAck, ProduceResult, PullResult, Ticket,
 };
 pub use connection::{Connection, ConnectionOptions, Response};
 pub use error::ClientError;
+pub use failover::{FailoverClient, DEFAULT_RETRY_PRIMARY_EVERY};
 
 use std::time::Duration;
 

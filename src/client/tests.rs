@@ -338,3 +338,169 @@ fn oversized_and_unencodable_requests_are_refused_before_sending() {
         Err(ClientError::InvalidArgument(_))
     ));
 }
+
+/// A fake broker for failover tests: answers metadata, pull (one message whose body is `name`
+/// at the requested offset) and group commit (recorded); drops every connection while `down`.
+fn group_member(
+    name: &'static str,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    log: Arc<Mutex<Vec<String>>>,
+) -> String {
+    let port = fake_broker::spawn(move |mut conn: FakeConn| {
+        while let Some((header, body)) = conn.read_request() {
+            if down.load(Ordering::SeqCst) {
+                return;
+            }
+            match Opcode::from_u16(header.opcode) {
+                Some(Opcode::Metadata) => conn.reply(
+                    &header,
+                    Status::Ok,
+                    &metadata(vec![0], vec![topic("t", vec![0])]),
+                ),
+                Some(Opcode::Pull) => {
+                    let request = PullRequest::decode(&body).unwrap();
+                    // A long poll at the queue's end: answered after the wait.
+                    std::thread::sleep(Duration::from_millis(u64::from(request.max_wait_ms)));
+                    log.lock()
+                        .unwrap()
+                        .push(format!("{name} pull {}", request.offset));
+                    let mut out = Vec::new();
+                    PullResponse {
+                        summary: PullSummary {
+                            next_offset: request.offset + 1,
+                            min_offset: 0,
+                            max_offset: request.offset + 1,
+                        },
+                        messages: vec![crate::protocol::message::PulledMessageRef {
+                            queue_offset: request.offset,
+                            born_timestamp_ms: 1,
+                            store_timestamp_ms: 1,
+                            key: b"",
+                            properties: b"",
+                            body: name.as_bytes(),
+                        }],
+                    }
+                    .encode(&mut out);
+                    conn.reply(&header, Status::Ok, &out);
+                }
+                Some(Opcode::GroupCommit) => {
+                    let request = crate::protocol::message::GroupCommit::decode(&body).unwrap();
+                    log.lock()
+                        .unwrap()
+                        .push(format!("{name} commit {}", request.offset));
+                    conn.reply(&header, Status::Ok, b"");
+                }
+                Some(Opcode::Produce) => {
+                    log.lock().unwrap().push(format!("{name} produce"));
+                    conn.reply(&header, Status::NotMaster, b"slave");
+                }
+                _ => conn.reply(&header, Status::BadRequest, b"unexpected"),
+            }
+        }
+    });
+    format!("127.0.0.1:{port}")
+}
+
+#[test]
+fn failover_reads_from_the_slave_while_the_master_is_down_and_goes_back() {
+    use std::sync::atomic::AtomicBool;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let master_down = Arc::new(AtomicBool::new(false));
+    let slave_down = Arc::new(AtomicBool::new(false));
+    let master = group_member("master", master_down.clone(), log.clone());
+    let slave = group_member("slave", slave_down.clone(), log.clone());
+    let mut client =
+        FailoverClient::connect_list(&format!("{master},{slave}"), ClientOptions::default())
+            .unwrap();
+    client.set_retry_primary_every(Duration::from_secs(3600));
+    let mut offset = 0;
+    let mut pull = |client: &mut FailoverClient| {
+        let result = client.pull("t", 0, offset, 10, 1024, 0).unwrap();
+        offset = result.summary.next_offset;
+        String::from_utf8(result.messages[0].body.clone()).unwrap()
+    };
+    assert_eq!(pull(&mut client), "master");
+    client.commit_offset("g", "t", 0, 1).unwrap();
+    assert_eq!(client.active(), 0);
+
+    master_down.store(true, Ordering::SeqCst);
+    assert_eq!(
+        pull(&mut client),
+        "slave",
+        "the same pull went to the slave"
+    );
+    assert_eq!(client.active(), 1);
+    assert_eq!(client.active_addr(), slave);
+    client.commit_offset("g", "t", 0, 2).unwrap();
+    // Produce never fails over: the master is down, so it fails, and the slave never sees it.
+    assert!(client.produce("t", Some(0), &[message(b"x")]).is_err());
+
+    // Back up, but the retry interval has not passed: the client stays on the slave.
+    master_down.store(false, Ordering::SeqCst);
+    assert_eq!(pull(&mut client), "slave");
+    client.set_retry_primary_every(Duration::ZERO);
+    assert_eq!(pull(&mut client), "master", "returned to the master");
+    assert_eq!(client.active(), 0);
+    assert_eq!(client.switches(), 2);
+
+    // Both down: the error says the broker is unreachable.
+    master_down.store(true, Ordering::SeqCst);
+    slave_down.store(true, Ordering::SeqCst);
+    assert!(client.pull("t", 0, 4, 10, 1024, 0).is_err());
+    slave_down.store(false, Ordering::SeqCst);
+    assert_eq!(pull(&mut client), "slave");
+
+    let log = log.lock().unwrap().clone();
+    assert_eq!(
+        log,
+        [
+            "master pull 0",
+            "master commit 1",
+            "slave pull 1",
+            "slave commit 2",
+            "slave pull 2",
+            "master pull 3",
+            "slave pull 4",
+        ],
+        "each offset pulled once, in order, across the switches; no produce reached the slave"
+    );
+}
+
+#[test]
+fn failover_client_needs_a_reachable_broker() {
+    assert!(FailoverClient::connect(&[], ClientOptions::default()).is_err());
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    assert!(FailoverClient::connect(&[addr], ClientOptions::default()).is_err());
+}
+
+#[test]
+fn failover_returns_to_the_master_even_when_every_pull_long_polls() {
+    // Regression: a successful request on the slave re-armed the retry deadline whenever it
+    // had passed during the request, so a consumer whose pulls long-poll longer than the retry
+    // interval never went back to the master.
+    use std::sync::atomic::AtomicBool;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let master_down = Arc::new(AtomicBool::new(true));
+    let master = group_member("master", master_down.clone(), log.clone());
+    let slave = group_member("slave", Arc::new(AtomicBool::new(false)), log.clone());
+    let brokers = [master, slave];
+    let mut client = FailoverClient::connect(&brokers, ClientOptions::default()).unwrap();
+    assert_eq!(
+        client.active(),
+        1,
+        "the master is down: started on the slave"
+    );
+    client.set_retry_primary_every(Duration::from_millis(20));
+    master_down.store(false, Ordering::SeqCst);
+    for offset in 0..3 {
+        client.pull("t", 0, offset, 10, 1024, 50).unwrap();
+    }
+    assert_eq!(
+        client.active(),
+        0,
+        "back on the master: {:?}",
+        log.lock().unwrap()
+    );
+}

@@ -661,18 +661,26 @@ impl<D: Disk> CommitLog<D> {
         Ok(file)
     }
 
-    /// The bytes `[offset, offset + len)`, from the write buffer when still there, else from
-    /// the segment file (which then holds them durably).
+    /// The bytes `[offset, offset + len)`: what is still in the write buffer from there, the
+    /// rest from the segment file (which holds everything before the buffer).
     pub async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
-        let file = {
+        let (file, tail) = {
             let state = self.state.borrow();
             let end = offset + len as u64;
             if offset >= state.buffer_start && end <= state.max_offset {
                 let from = (offset - state.buffer_start) as usize;
                 return Ok(state.buffer[from..from + len].to_vec());
             }
+            // A range that starts before the write buffer and ends in it: the buffered part may
+            // not be written yet (the file still holds zeros there), so it comes from the
+            // buffer, copied now, before the read below lets a flush move the buffer.
+            let tail = if end > state.buffer_start && end <= state.max_offset {
+                state.buffer[..(end - state.buffer_start) as usize].to_vec()
+            } else {
+                Vec::new()
+            };
             match state.segments.get(&self.base_of(offset)) {
-                Some(file) => file.clone(),
+                Some(file) => (file.clone(), tail),
                 None => {
                     return Err(StoreError::Corrupt(format!(
                         "no segment holds commitlog offset {offset}"
@@ -682,10 +690,12 @@ impl<D: Disk> CommitLog<D> {
         };
         let base = self.base_of(offset);
         let bytes = file
-            .read_at(offset - base, len)
+            .read_at(offset - base, len - tail.len())
             .await
             .map_err(|e| StoreError::io(format!("read of {}", file.path().display()), e))?;
-        Ok(bytes.to_vec())
+        let mut out = bytes.to_vec();
+        out.extend_from_slice(&tail);
+        Ok(out)
     }
 }
 

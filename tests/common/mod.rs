@@ -19,22 +19,34 @@ pub struct Broker {
     pub store: PathBuf,
     pub addr: String,
     pub shard_ports: Vec<u16>,
+    /// The replication (HA) address from the ready line.
+    pub ha: String,
     args: Vec<String>,
     stderr_log: PathBuf,
     /// The last ready line, for fields a test needs beyond the ones parsed here.
     pub ready_line: String,
+    bind_retries: u32,
 }
 
 impl Broker {
     /// Starts a broker in `root` (store in `root/data`, log in `root/broker.log`) with `extra`
     /// flags (e.g. `--flush SYNC_FLUSH`) and a small-segment configuration suitable for tests.
     pub fn start(root: &Path, extra: &[&str]) -> Broker {
+        Broker::start_with_config(root, "", extra)
+    }
+
+    /// Like [`Broker::start`], with `config` (TOML lines) appended to the test configuration.
+    /// `--listen` defaults to `127.0.0.1:0` unless `extra` names one.
+    pub fn start_with_config(root: &Path, config_extra: &str, extra: &[&str]) -> Broker {
         let store = root.join("data");
         let config = root.join("broker.toml");
         std::fs::write(
             &config,
-            "segment_size_bytes = 1048576\nwrite_buffer_bytes = 4194304\nmax_message_bytes = 262144\n\
-             max_frame_bytes = 4194304\ncheckpoint_interval_ms = 200\nsync_flush_timeout_ms = 10000\n",
+            format!(
+                "segment_size_bytes = 1048576\nwrite_buffer_bytes = 4194304\nmax_message_bytes = 262144\n\
+                 max_frame_bytes = 4194304\ncheckpoint_interval_ms = 200\nsync_flush_timeout_ms = 10000\n\
+                 {config_extra}\n"
+            ),
         )
         .expect("write test config");
         let mut args = vec![
@@ -43,18 +55,21 @@ impl Broker {
             config.display().to_string(),
             "--store".to_string(),
             store.display().to_string(),
-            "--listen".to_string(),
-            "127.0.0.1:0".to_string(),
         ];
+        if !extra.contains(&"--listen") {
+            args.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut broker = Broker {
             child: None,
             store,
             addr: String::new(),
             shard_ports: Vec::new(),
+            ha: String::new(),
             args,
             stderr_log: root.join("broker.log"),
             ready_line: String::new(),
+            bind_retries: 0,
         };
         broker.spawn();
         broker
@@ -93,6 +108,15 @@ impl Broker {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
+                // A fixed port (see PortBlock) may still be held for a moment by the sockets
+                // of the process that was just killed: try again, within a bound.
+                let log = self.log();
+                let tail = &log[log.rfind("effective configuration").unwrap_or(0)..];
+                if tail.contains("Address already in use") && self.bind_retries < 50 {
+                    self.bind_retries += 1;
+                    thread::sleep(Duration::from_millis(100));
+                    return self.spawn();
+                }
                 panic!(
                     "broker did not become ready; its log:\n{}",
                     std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
@@ -102,6 +126,9 @@ impl Broker {
         for field in line.split_whitespace() {
             if let Some(v) = field.strip_prefix("listen=") {
                 self.addr = v.to_string();
+            }
+            if let Some(v) = field.strip_prefix("ha=") {
+                self.ha = v.to_string();
             }
             if let Some(v) = field.strip_prefix("shard_ports=") {
                 self.shard_ports = v.split(',').map(|p| p.parse().expect("port")).collect();
@@ -142,6 +169,44 @@ impl Broker {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "broker still running");
         self.spawn();
+    }
+
+    /// Sets `flag`'s value for the next (re)start, e.g. `--role` or `--master`.
+    pub fn set_arg(&mut self, flag: &str, value: &str) {
+        match self.args.iter().position(|a| a == flag) {
+            Some(at) => self.args[at + 1] = value.to_string(),
+            None => self.args.extend([flag.to_string(), value.to_string()]),
+        }
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGSTOP`) to the running broker.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.pid().expect("broker running") as i32;
+        assert_eq!(
+            unsafe { libc::kill(pid, signal) },
+            0,
+            "kill({pid}, {signal})"
+        );
+    }
+
+    /// SIGSTOP, and wait until every thread of the broker is stopped (delivery to a
+    /// multi-threaded process is not instantaneous: a core could still answer meanwhile).
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+        let pid = self.pid().expect("broker running");
+        wait_until(Duration::from_secs(10), "the broker stopped", || {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+            tasks
+                .filter_map(|t| t.ok())
+                .all(|t| {
+                    let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                    // The state follows the parenthesised command name.
+                    stat.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().next())
+                        .is_some_and(|state| state == "T" || state == "t")
+                })
+                .then_some(())
+        });
     }
 
     pub fn log(&self) -> String {
@@ -231,4 +296,70 @@ pub fn temp_store() -> tempfile::TempDir {
         .prefix("ringmq-test-")
         .tempdir_in(std::env::temp_dir())
         .expect("temp dir")
+}
+
+/// Polls `probe` until it returns `Some`, at most `timeout`; panics naming `what` otherwise.
+/// For conditions the tests cannot be told about (cluster status, a log line): the poll is
+/// the event, the deadline the bound.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        if std::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Fixed ports for a broker that must keep its addresses across restarts (replication: a
+/// slave reconnects to its master's HA port; a failover consumer to its master's client port).
+/// The client port `listen`, the shard-aware ports `listen + 100 + n` (n < 4) and the HA port
+/// `listen + 1`, all below the kernel's ephemeral range (32768+) so no outgoing connection can
+/// take them while the broker is down, and spread by process id so that concurrent test
+/// processes do not pick the same ones. Every port is checked free when allocated.
+#[derive(Clone, Copy, Debug)]
+pub struct PortBlock {
+    pub listen: u16,
+    pub ha: u16,
+}
+
+impl PortBlock {
+    pub fn allocate() -> PortBlock {
+        use std::sync::atomic::{AtomicU16, Ordering};
+        static NEXT: AtomicU16 = AtomicU16::new(0);
+        let spread = (std::process::id() % 97) as u16;
+        loop {
+            let slot = NEXT.fetch_add(1, Ordering::SeqCst);
+            assert!(slot < 60, "ran out of test port blocks");
+            let listen = 20_000 + spread + slot * 200;
+            let ports = [
+                listen,
+                listen + 1,
+                listen + 100,
+                listen + 101,
+                listen + 102,
+                listen + 103,
+            ];
+            let free = ports
+                .iter()
+                .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok());
+            if free {
+                return PortBlock {
+                    listen,
+                    ha: listen + 1,
+                };
+            }
+        }
+    }
+
+    pub fn listen_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.listen)
+    }
+
+    pub fn ha_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.ha)
+    }
 }

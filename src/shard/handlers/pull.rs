@@ -66,7 +66,7 @@ pub async fn handle(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
 }
 
 fn summary(shard: &Shard, key: QueueKey, offset: u64) -> Result<PullSummary, Reply> {
-    let (min_offset, _) = shard.store.queue_range(key).ok_or_else(|| {
+    let (min_offset, stored_end) = shard.store.queue_range(key).ok_or_else(|| {
         Reply::error(
             Status::QueueNotFound,
             "queue is not registered on its shard",
@@ -76,7 +76,11 @@ fn summary(shard: &Shard, key: QueueKey, offset: u64) -> Result<PullSummary, Rep
         .store
         .visible_end(key, shard.confirmed_offset())
         .unwrap_or(min_offset);
-    if offset < min_offset || offset > max_offset {
+    // An offset the queue holds but does not show yet (not confirmed: a restarted SYNC_MASTER
+    // until its slave acknowledges again, a slave until its master confirms) is not out of
+    // range: the consumer waits for it like for a new message, so it neither skips nor
+    // rewinds.
+    if offset < min_offset || offset > max_offset.max(stored_end) {
         return Err(Reply::error(
             Status::OffsetOutOfRange,
             format!("offset {offset} is outside the queue's range {min_offset}..={max_offset}"),

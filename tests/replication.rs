@@ -1,0 +1,867 @@
+//! Replication against real processes on loopback: a master and a slave (`ringmq serve`), with
+//! SIGKILL, SIGSTOP and restarts. Brokers that restart keep their ports ([`PortBlock`]), so a
+//! slave reconnects to its master, and a failover consumer finds it again, on their own.
+//!
+//! Set `RINGMQ_REPL_SEED` to replay the kill points of the durability test; the seed is printed.
+
+mod common;
+
+use common::{temp_store, wait_until, Broker, PortBlock};
+use ringmq::client::{Client, ClientOptions, ClusterStatus, FailoverClient};
+use ringmq::protocol::message::MessageRef;
+use ringmq::protocol::Status;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const SHARDS: &str = "2";
+/// Short heartbeats and link timeouts so links notice a dead peer quickly; frequent metadata
+/// copies so a slave knows a new topic soon after it is created.
+const HA_CONFIG: &str = "ha_heartbeat_interval_ms = 100\nha_link_timeout_ms = 3000\n\
+                         metadata_sync_interval_ms = 200\nsync_replica_timeout_ms = 3000\n";
+const CATCH_UP: Duration = Duration::from_secs(30);
+
+struct Node {
+    broker: Broker,
+    ports: PortBlock,
+    _dir: tempfile::TempDir,
+}
+
+fn start_node(role: &str, flush: &str, master: Option<&PortBlock>, config: &str) -> Node {
+    let dir = temp_store();
+    let ports = PortBlock::allocate();
+    let listen = ports.listen_addr();
+    let ha = ports.ha_addr();
+    let master_ha = master.map(|m| m.ha_addr());
+    let mut args = vec![
+        "--shards",
+        SHARDS,
+        "--role",
+        role,
+        "--flush",
+        flush,
+        "--listen",
+        &listen,
+        "--ha-listen",
+        &ha,
+    ];
+    if let Some(m) = &master_ha {
+        args.extend(["--master", m.as_str()]);
+    }
+    // Lines of `config` replace the defaults of HA_CONFIG with the same key.
+    let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_string();
+    let overridden: Vec<String> = config.lines().map(key).collect();
+    let mut toml: String = HA_CONFIG
+        .lines()
+        .map(str::trim)
+        .filter(|l| !overridden.contains(&key(l)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    toml.push_str(config);
+    let broker = Broker::start_with_config(dir.path(), &toml, &args);
+    Node {
+        broker,
+        ports,
+        _dir: dir,
+    }
+}
+
+fn message(body: &[u8]) -> MessageRef<'_> {
+    MessageRef {
+        born_timestamp_ms: 0,
+        key: b"",
+        properties: b"",
+        body,
+    }
+}
+
+fn status(broker: &Broker) -> Option<ClusterStatus> {
+    Client::connect(&broker.addr).ok()?.cluster_status().ok()
+}
+
+/// Waits until every shard of `master` has a slave that acknowledged its whole log.
+fn wait_caught_up(master: &Broker) -> ClusterStatus {
+    wait_until(CATCH_UP, "the slave to catch up", || {
+        let s = status(master)?;
+        s.shards
+            .iter()
+            .all(|sh| sh.slaves.iter().any(|l| l.acked_offset == sh.max_offset))
+            .then_some(s)
+    })
+}
+
+/// Waits until `slave` shows consumers everything it holds, on every shard.
+fn wait_slave_confirmed(slave: &Broker, master: &ClusterStatus) {
+    wait_until(CATCH_UP, "the slave to confirm the master's log", || {
+        let s = status(slave)?;
+        s.shards
+            .iter()
+            .zip(&master.shards)
+            .all(|(sl, m)| sl.max_offset == m.max_offset && sl.confirmed_offset == m.max_offset)
+            .then_some(())
+    });
+}
+
+/// Waits until `broker` knows `topic` (a slave copies topics from its master).
+fn wait_topic(broker: &Broker, topic: &str) {
+    wait_until(CATCH_UP, "the topic on the slave", || {
+        let mut c = Client::connect(&broker.addr).ok()?;
+        c.list_topics()
+            .ok()?
+            .iter()
+            .any(|t| t.name == topic)
+            .then_some(())
+    });
+}
+
+/// Every visible message of every queue: queue → (offset, body) in order.
+fn read_all(broker: &Broker, topic: &str, queues: u32) -> BTreeMap<u32, Vec<(u64, Vec<u8>)>> {
+    let mut client = broker.client();
+    let mut out = BTreeMap::new();
+    for queue in 0..queues {
+        let mut offset = 0;
+        let mut messages = Vec::new();
+        loop {
+            let pulled = client
+                .pull(topic, queue, offset, 256, 4 << 20, 0)
+                .expect("pull");
+            if pulled.messages.is_empty() {
+                break;
+            }
+            for m in pulled.messages {
+                assert_eq!(
+                    m.queue_offset, offset,
+                    "queue {queue}: offsets are contiguous"
+                );
+                offset += 1;
+                messages.push((m.queue_offset, m.body));
+            }
+        }
+        out.insert(queue, messages);
+    }
+    out
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+fn seed() -> u64 {
+    match std::env::var("RINGMQ_REPL_SEED") {
+        Ok(s) => s.parse().expect("RINGMQ_REPL_SEED must be a u64"),
+        Err(_) => {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_nanos() as u64
+                | 1
+        }
+    }
+}
+
+/// SYNC_MASTER + SYNC_FLUSH with a slave; producers record every outcome; the master is
+/// SIGKILLed at a seeded moment (after a random number of acknowledgements). Every message
+/// acknowledged OK must be on the slave at exactly its acknowledged offset, once, in order.
+#[test]
+fn sync_master_acks_survive_master_death() {
+    const TOPIC: &str = "durable";
+    const QUEUES: u32 = 4;
+    const PRODUCERS: u32 = 4;
+    const ROUNDS: u32 = 5;
+    let seed = seed();
+    println!("RINGMQ_REPL_SEED={seed}");
+    let mut rng = Rng(seed);
+    let mut master = start_node("SYNC_MASTER", "SYNC_FLUSH", None, "");
+    let slave = start_node("SLAVE", "SYNC_FLUSH", Some(&master.ports), "");
+    master.broker.client().create_topic(TOPIC, QUEUES).unwrap();
+    wait_topic(&slave.broker, TOPIC);
+    wait_caught_up(&master.broker);
+
+    // body → (queue, offset) for every OK.
+    let mut acked: HashMap<Vec<u8>, (u32, u64)> = HashMap::new();
+    let mut other = 0usize;
+    let mut unknown = 0usize;
+    for round in 0..ROUNDS {
+        let kill_after = 20 + rng.below(150);
+        let (tx, rx) = mpsc::channel();
+        let producers: Vec<_> = (0..PRODUCERS)
+            .map(|p| {
+                let addr = master.broker.addr.clone();
+                let tx = tx.clone();
+                thread::spawn(move || {
+                    let mut outcomes = Vec::new();
+                    let Ok(mut client) = Client::connect(&addr) else {
+                        return outcomes;
+                    };
+                    for seq in 0u64.. {
+                        let body = format!("r{round}-p{p}-{seq:06}").into_bytes();
+                        let queue = (seq as u32 + p) % QUEUES;
+                        let result = client.produce(TOPIC, Some(queue), &[message(&body)]);
+                        let failed = result.is_err();
+                        outcomes.push((body, result.map(|r| (r.status, r.response))));
+                        let _ = tx.send(());
+                        if failed {
+                            break;
+                        }
+                    }
+                    outcomes
+                })
+            })
+            .collect();
+        drop(tx);
+        let mut answered = 0;
+        while answered < kill_after {
+            rx.recv_timeout(Duration::from_secs(30))
+                .expect("producers answered");
+            answered += 1;
+        }
+        master.broker.kill();
+        let mut round_acked = 0;
+        for producer in producers {
+            for (body, outcome) in producer.join().unwrap() {
+                match outcome {
+                    Ok((Status::Ok, r)) => {
+                        round_acked += 1;
+                        assert!(
+                            acked.insert(body, (r.queue, r.base_offset)).is_none(),
+                            "unique bodies"
+                        );
+                    }
+                    Ok(_) => other += 1,
+                    Err(_) => unknown += 1,
+                }
+            }
+        }
+        println!("round {round}: killed after {kill_after} answers, {round_acked} acked");
+        master.broker.restart();
+        let caught_up = wait_caught_up(&master.broker);
+        wait_slave_confirmed(&slave.broker, &caught_up);
+    }
+
+    let on_slave = read_all(&slave.broker, TOPIC, QUEUES);
+    let mut seen: HashMap<Vec<u8>, (u32, u64)> = HashMap::new();
+    for (queue, messages) in &on_slave {
+        let mut last_seq: HashMap<String, u64> = HashMap::new();
+        for (offset, body) in messages {
+            assert!(
+                seen.insert(body.clone(), (*queue, *offset)).is_none(),
+                "{} stored twice",
+                String::from_utf8_lossy(body)
+            );
+            let text = String::from_utf8_lossy(body).into_owned();
+            let (producer, seq) = text.rsplit_once('-').expect("body format");
+            let seq: u64 = seq.parse().unwrap();
+            if let Some(previous) = last_seq.insert(producer.to_string(), seq) {
+                assert!(previous < seq, "queue {queue}: {text} after seq {previous}");
+            }
+        }
+    }
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|(body, at)| seen.get(*body) != Some(at))
+        .map(|(body, at)| (String::from_utf8_lossy(body).into_owned(), *at))
+        .collect();
+    println!(
+        "{ROUNDS} rounds: {} acked OK, {other} other statuses, {unknown} unanswered, {} on the slave, {} lost",
+        acked.len(),
+        seen.len(),
+        lost.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged but missing or moved: {lost:?}"
+    );
+    assert!(acked.len() >= 20 * ROUNDS as usize);
+}
+
+/// Sends SIGCONT when dropped, so a failing test never leaves a stopped broker.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+#[test]
+fn stalled_slave_gives_flush_slave_timeout_then_ok() {
+    let master = start_node(
+        "SYNC_MASTER",
+        "ASYNC_FLUSH",
+        None,
+        "sync_replica_timeout_ms = 1000\n",
+    );
+    // A long link timeout: the stopped slave stays connected (and in sync by gap), so producers
+    // wait for it rather than being told at once that no slave is available.
+    let slave = start_node(
+        "SLAVE",
+        "ASYNC_FLUSH",
+        Some(&master.ports),
+        "ha_link_timeout_ms = 60000\n",
+    );
+    let mut client = master.broker.client();
+    client.create_topic("stall", 2).unwrap();
+    wait_topic(&slave.broker, "stall");
+    assert_eq!(
+        client
+            .produce("stall", Some(0), &[message(b"before")])
+            .unwrap()
+            .status,
+        Status::Ok
+    );
+    let _resume = Resume(slave.broker.pid().unwrap() as i32);
+    slave.broker.pause();
+    let producers: Vec<_> = (0..3u32)
+        .map(|p| {
+            let addr = master.broker.addr.clone();
+            thread::spawn(move || {
+                let mut client = Client::connect(&addr).unwrap();
+                (0..2)
+                    .map(|i| {
+                        let started = Instant::now();
+                        let body = format!("stalled-{p}-{i}");
+                        let r = client.produce("stall", Some(p % 2), &[message(body.as_bytes())]);
+                        (r.map(|r| r.status), started.elapsed())
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for producer in producers {
+        for (status, took) in producer.join().unwrap() {
+            assert_eq!(status.unwrap(), Status::FlushSlaveTimeout);
+            assert!(
+                took >= Duration::from_millis(900),
+                "answered after {took:?}"
+            );
+            assert!(
+                took < Duration::from_millis(3000),
+                "answered after {took:?}"
+            );
+            slowest = slowest.max(took);
+        }
+    }
+    println!("stalled slave: 6 produces got FLUSH_SLAVE_TIMEOUT, slowest {slowest:?}");
+    slave.broker.signal(libc::SIGCONT);
+    let took = wait_until(Duration::from_secs(20), "OK after SIGCONT", || {
+        let started = Instant::now();
+        let r = client
+            .produce("stall", Some(0), &[message(b"after")])
+            .ok()?;
+        (r.status == Status::Ok).then(|| started.elapsed())
+    });
+    println!("after SIGCONT: OK in {took:?}");
+}
+
+#[test]
+fn sync_master_without_slave_says_so_at_once_and_stores() {
+    let master = start_node("SYNC_MASTER", "SYNC_FLUSH", None, "");
+    let mut client = master.broker.client();
+    client.create_topic("alone", 1).unwrap();
+    let started = Instant::now();
+    let r = client
+        .produce("alone", Some(0), &[message(b"lonely")])
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status, Status::SlaveNotAvailable);
+    assert!(took < Duration::from_millis(500), "took {took:?}");
+    println!("no slave: SLAVE_NOT_AVAILABLE in {took:?}");
+    let slave = start_node("SLAVE", "SYNC_FLUSH", Some(&master.ports), "");
+    wait_topic(&slave.broker, "alone");
+    let caught_up = wait_caught_up(&master.broker);
+    wait_slave_confirmed(&slave.broker, &caught_up);
+    for broker in [&master.broker, &slave.broker] {
+        let all = read_all(broker, "alone", 1);
+        assert_eq!(all[&0], vec![(r.response.base_offset, b"lonely".to_vec())]);
+    }
+}
+
+/// Files under `shard-<n>/commitlog` of a store, by relative path.
+fn commitlog_files(store: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for shard in std::fs::read_dir(store).unwrap() {
+        let shard = shard.unwrap().path();
+        let log = shard.join("commitlog");
+        if !log.is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(&log).unwrap() {
+            let file = file.unwrap().path();
+            let name = format!(
+                "{}/commitlog/{}",
+                shard.file_name().unwrap().to_string_lossy(),
+                file.file_name().unwrap().to_string_lossy()
+            );
+            files.insert(name, std::fs::read(&file).unwrap());
+        }
+    }
+    files
+}
+
+/// Produces `count` 1 KiB messages (batches of 32) spread over `queues`; returns bodies per
+/// queue.
+fn produce_bulk(broker: &Broker, topic: &str, queues: u32, tag: &str, count: usize) -> usize {
+    let mut client = broker.client();
+    let mut sent = 0;
+    while sent < count {
+        let bodies: Vec<Vec<u8>> = (sent..sent + 32)
+            .map(|i| {
+                let mut b = format!("{tag}-{i:08}-").into_bytes();
+                b.resize(1024, b'x');
+                b
+            })
+            .collect();
+        let batch: Vec<MessageRef<'_>> = bodies.iter().map(|b| message(b)).collect();
+        let queue = (sent / 32) as u32 % queues;
+        let r = client.produce(topic, Some(queue), &batch).unwrap();
+        assert_eq!(r.status, Status::Ok);
+        sent += 32;
+    }
+    sent
+}
+
+#[test]
+fn fresh_slave_catches_up_byte_for_byte() {
+    let mut master = start_node("ASYNC_MASTER", "ASYNC_FLUSH", None, "");
+    master.broker.client().create_topic("bulk", 4).unwrap();
+    let sent = produce_bulk(&master.broker, "bulk", 4, "bulk", 4096);
+    let mut slave = start_node("SLAVE", "ASYNC_FLUSH", Some(&master.ports), "");
+    wait_topic(&slave.broker, "bulk");
+    let caught_up = wait_caught_up(&master.broker);
+    wait_slave_confirmed(&slave.broker, &caught_up);
+    let total: u64 = caught_up.shards.iter().map(|s| s.max_offset).sum();
+    assert!(total > 4 << 20, "{total} bytes of log");
+    let from_master = read_all(&master.broker, "bulk", 4);
+    let from_slave = read_all(&slave.broker, "bulk", 4);
+    assert_eq!(from_master.values().map(Vec::len).sum::<usize>(), sent);
+    assert!(from_slave == from_master, "the slave serves every message");
+    assert!(master.broker.stop() && slave.broker.stop());
+    let m = commitlog_files(&master.broker.store);
+    let s = commitlog_files(&slave.broker.store);
+    let mut compared = 0;
+    for (name, bytes) in &m {
+        match s.get(name) {
+            Some(other) => {
+                assert!(other == bytes, "{name} differs between master and slave");
+                compared += 1;
+            }
+            // A segment made ahead of need on one side only must be empty.
+            None => assert!(bytes.iter().all(|b| *b == 0), "{name} missing on the slave"),
+        }
+    }
+    for (name, bytes) in &s {
+        if !m.contains_key(name) {
+            assert!(bytes.iter().all(|b| *b == 0), "{name} only on the slave");
+        }
+    }
+    assert!(compared >= 4, "several segments per shard: {:?}", m.keys());
+    println!(
+        "fresh slave: {sent} messages, {total} bytes of log, {compared} identical segment files"
+    );
+}
+
+/// `start_offset=N` of every "slave connected" line of a master's log.
+fn connect_offsets(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("slave connected"))
+        .filter_map(|l| {
+            let at = l.find("start_offset=")? + "start_offset=".len();
+            l[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+fn restarted_slave_resumes_from_its_own_end() {
+    let master = start_node("ASYNC_MASTER", "ASYNC_FLUSH", None, "");
+    master.broker.client().create_topic("resume", 2).unwrap();
+    produce_bulk(&master.broker, "resume", 2, "one", 1024);
+    let mut slave = start_node("SLAVE", "ASYNC_FLUSH", Some(&master.ports), "");
+    wait_topic(&slave.broker, "resume");
+    let first = wait_caught_up(&master.broker);
+    assert!(slave.broker.stop(), "clean stop");
+    produce_bulk(&master.broker, "resume", 2, "two", 1024);
+    let before = connect_offsets(&master.broker.log()).len();
+    slave.broker.restart();
+    let second = wait_caught_up(&master.broker);
+    wait_slave_confirmed(&slave.broker, &second);
+    let offsets = connect_offsets(&master.broker.log())[before..].to_vec();
+    if offsets.len() != 2 {
+        let interesting = |log: String| -> String {
+            log.lines()
+                .filter(|l| l.contains("slave") || l.contains("link") || l.contains("replicat"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        println!(
+            "MASTER:\n{}\nSLAVE:\n{}",
+            interesting(master.broker.log()),
+            interesting(slave.broker.log())
+        );
+    }
+    let mut expected: Vec<u64> = first.shards.iter().map(|s| s.max_offset).collect();
+    expected.sort_unstable();
+    let mut resumed = offsets.clone();
+    resumed.sort_unstable();
+    assert_eq!(
+        resumed, expected,
+        "each shard resumed at the slave's own end, not at 0"
+    );
+    assert!(resumed.iter().all(|o| *o > 0));
+    assert!(read_all(&slave.broker, "resume", 2) == read_all(&master.broker, "resume", 2));
+    println!(
+        "restarted slave: resumed at {offsets:?}, master now at {:?}",
+        {
+            second
+                .shards
+                .iter()
+                .map(|s| s.max_offset)
+                .collect::<Vec<_>>()
+        }
+    );
+}
+
+#[test]
+fn fake_ack_beyond_the_master_is_refused() {
+    use ringmq::replication::protocol::{Hello, Welcome};
+    let master = start_node(
+        "SYNC_MASTER",
+        "ASYNC_FLUSH",
+        None,
+        "sync_replica_timeout_ms = 1000\nha_max_gap_bytes = 1099511627776\n",
+    );
+    let mut client = master.broker.client();
+    let topic = client.create_topic("fake", 4).unwrap();
+    let queue = topic
+        .queue_shards
+        .iter()
+        .position(|s| *s == 0)
+        .expect("a queue on shard 0") as u32;
+
+    let mut link = std::net::TcpStream::connect(&master.broker.ha).unwrap();
+    link.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut hello = Vec::new();
+    Hello {
+        shard: 0,
+        shard_count: 2,
+        segment_size_bytes: 1 << 20,
+        log_id: [0; 16],
+        last_epoch: 0,
+        max_offset: 0,
+        broker_name: "broker-a".into(),
+    }
+    .encode(&mut hello);
+    link.write_all(&hello).unwrap();
+    let mut len = [0u8; 4];
+    link.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    link.read_exact(&mut body).unwrap();
+    let welcome = Welcome::decode(&body).unwrap();
+    assert_eq!(welcome.refused, None);
+    wait_until(Duration::from_secs(10), "the fake link registered", || {
+        status(&master.broker)?.shards[0]
+            .slaves
+            .len()
+            .eq(&1)
+            .then_some(())
+    });
+
+    let addr = master.broker.addr.clone();
+    let producer = thread::spawn(move || {
+        let mut client = Client::connect(&addr).unwrap();
+        let started = Instant::now();
+        let r = client.produce("fake", Some(queue), &[message(b"must not be ok")]);
+        (r.unwrap().status, started.elapsed())
+    });
+    wait_until(Duration::from_secs(10), "the record appended", || {
+        (status(&master.broker)?.shards[0].max_offset > 0).then_some(())
+    });
+    link.write_all(&(1u64 << 40).to_le_bytes()).unwrap();
+    // The master closes the link: reading ends with EOF (after whatever it shipped).
+    let mut sink = Vec::new();
+    let read = link.read_to_end(&mut sink);
+    assert!(read.is_ok(), "the master closed the link: {read:?}");
+    let (status, took) = producer.join().unwrap();
+    assert_eq!(
+        status,
+        Status::FlushSlaveTimeout,
+        "a fake ack released a producer"
+    );
+    let log = master.broker.log();
+    assert!(
+        log.contains("a slave acknowledged an offset beyond this master's log"),
+        "the refusal is logged"
+    );
+    println!("fake ack: link closed, producer got {status:?} after {took:?}");
+}
+
+#[test]
+fn consumer_fails_over_to_the_slave_and_back() {
+    const TOPIC: &str = "orders";
+    const QUEUES: u32 = 2;
+    const COUNT: usize = 300;
+    let mut master = start_node("SYNC_MASTER", "SYNC_FLUSH", None, "");
+    let slave = start_node("SLAVE", "SYNC_FLUSH", Some(&master.ports), "");
+    master.broker.client().create_topic(TOPIC, QUEUES).unwrap();
+    wait_topic(&slave.broker, TOPIC);
+    wait_caught_up(&master.broker);
+    let mut producer = master.broker.client();
+    let mut produced = HashSet::new();
+    for i in 0..COUNT {
+        let body = format!("m{i:05}");
+        let r = producer
+            .produce(TOPIC, Some(i as u32 % QUEUES), &[message(body.as_bytes())])
+            .unwrap();
+        assert_eq!(r.status, Status::Ok);
+        produced.insert(body.into_bytes());
+    }
+    let caught_up = wait_caught_up(&master.broker);
+    wait_slave_confirmed(&slave.broker, &caught_up);
+
+    let brokers = vec![master.ports.listen_addr(), slave.ports.listen_addr()];
+    let mut consumer = FailoverClient::connect(&brokers, ClientOptions::default()).unwrap();
+    consumer.set_retry_primary_every(Duration::from_millis(200));
+    let mut positions: Vec<u64> = (0..QUEUES)
+        .map(|q| consumer.fetch_offset("g", TOPIC, q).unwrap().unwrap_or(0))
+        .collect();
+    let mut read = Consumed::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumed_len(&positions) < 100 {
+        read.step(&mut consumer, &mut positions, TOPIC, QUEUES);
+    }
+    assert_eq!(consumer.active(), 0, "read from the master first");
+    master.broker.kill();
+    while consumed_len(&positions) < 200 {
+        read.step(&mut consumer, &mut positions, TOPIC, QUEUES);
+        assert!(Instant::now() < deadline, "stuck on the slave");
+    }
+    assert_eq!(consumer.active(), 1, "the consumer moved to the slave");
+    let on_slave = read.by_broker[1];
+    master.broker.restart();
+    // Keep consuming (long polls once drained) until the client is back on the master.
+    while consumer.active() != 0 {
+        read.step(&mut consumer, &mut positions, TOPIC, QUEUES);
+        assert!(Instant::now() < deadline, "never went back to the master");
+    }
+    let back_at = read.consumed.len();
+    // More messages, produced once the slave follows the restarted master again, and the
+    // rest of the topic: all read from the master.
+    wait_caught_up(&master.broker);
+    let mut producer = master.broker.client();
+    for i in COUNT..COUNT + 50 {
+        let body = format!("m{i:05}");
+        let r = producer
+            .produce(TOPIC, Some(i as u32 % QUEUES), &[message(body.as_bytes())])
+            .unwrap();
+        assert_eq!(r.status, Status::Ok);
+        produced.insert(body.into_bytes());
+    }
+    while consumed_len(&positions) < produced.len() as u64 {
+        read.step(&mut consumer, &mut positions, TOPIC, QUEUES);
+        assert!(
+            Instant::now() < deadline,
+            "stuck after the master came back"
+        );
+    }
+    assert_eq!(consumer.active(), 0, "finished on the master");
+    assert!(read.consumed.len() - back_at >= 50);
+    let unique: HashSet<_> = read.consumed.iter().cloned().collect();
+    assert_eq!(read.consumed.len(), produced.len(), "nothing read twice");
+    assert_eq!(unique, produced, "everything read");
+    let committed: Vec<_> = (0..QUEUES)
+        .map(|q| consumer.fetch_offset("g", TOPIC, q).unwrap().unwrap())
+        .collect();
+    assert_eq!(committed, positions);
+    println!(
+        "consumer failover: {} consumed once each, {} from the master, {} from the slave ({on_slave} before the master returned), {} switches",
+        read.consumed.len(),
+        read.by_broker[0],
+        read.by_broker[1],
+        consumer.switches()
+    );
+
+    // The CLI with the same list reads everything from the slave while the master is down.
+    let caught_up = wait_caught_up(&master.broker);
+    wait_slave_confirmed(&slave.broker, &caught_up);
+    master.broker.kill();
+    let list = format!("{},{}", brokers[0], brokers[1]);
+    let out = common::run_binary(
+        &[
+            "consume",
+            TOPIC,
+            "--broker",
+            &list,
+            "--format",
+            "json",
+            "--max-wait-ms",
+            "200",
+        ],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(
+        lines,
+        produced.len(),
+        "ringmq consume --broker master,slave"
+    );
+    println!("ringmq consume --broker {list} with the master down: {lines} messages");
+}
+
+#[derive(Default)]
+struct Consumed {
+    consumed: Vec<Vec<u8>>,
+    by_broker: [usize; 2],
+}
+
+impl Consumed {
+    /// One batch of at most 10 from each queue, each committed.
+    fn step(
+        &mut self,
+        consumer: &mut FailoverClient,
+        positions: &mut [u64],
+        topic: &str,
+        queues: u32,
+    ) {
+        for q in 0..queues {
+            let at = q as usize;
+            let r = match consumer.pull(topic, q, positions[at], 10, 1 << 20, 100) {
+                Ok(r) => r,
+                Err(e) => panic!("pull at {} of queue {q}: {e}", positions[at]),
+            };
+            for m in &r.messages {
+                assert_eq!(m.queue_offset, positions[at], "no skip, no repeat");
+                positions[at] += 1;
+                self.consumed.push(m.body.clone());
+                self.by_broker[consumer.active()] += 1;
+            }
+            consumer
+                .commit_offset("g", topic, q, positions[at])
+                .unwrap();
+        }
+    }
+}
+
+fn consumed_len(positions: &[u64]) -> u64 {
+    positions.iter().sum()
+}
+
+#[test]
+fn promoted_slave_and_divergent_old_master() {
+    const TOPIC: &str = "epochs";
+    let mut old = start_node("ASYNC_MASTER", "SYNC_FLUSH", None, "");
+    let mut new = start_node("SLAVE", "SYNC_FLUSH", Some(&old.ports), "");
+    old.broker.client().create_topic(TOPIC, 2).unwrap();
+    wait_topic(&new.broker, TOPIC);
+    let mut client = old.broker.client();
+    for i in 0..50u32 {
+        let body = format!("common-{i}");
+        let r = client
+            .produce(TOPIC, Some(i % 2), &[message(body.as_bytes())])
+            .unwrap();
+        assert_eq!(r.status, Status::Ok);
+    }
+    wait_caught_up(&old.broker);
+    assert!(new.broker.stop());
+    for i in 0..30u32 {
+        let body = format!("divergent-{i}");
+        client
+            .produce(TOPIC, Some(i % 2), &[message(body.as_bytes())])
+            .unwrap();
+    }
+    drop(client);
+    let old_ends: Vec<u64> = status(&old.broker)
+        .unwrap()
+        .shards
+        .iter()
+        .map(|s| s.max_offset)
+        .collect();
+    old.broker.kill();
+
+    new.broker.restart();
+    let promoted = new.broker.client().promote(Some("ASYNC_MASTER")).unwrap();
+    assert!(promoted
+        .shards
+        .iter()
+        .all(|s| s.role == "ASYNC_MASTER" && s.epoch == 2));
+    let mut client = new.broker.client();
+    for i in 0..20u32 {
+        let body = format!("new-{i}");
+        let r = client
+            .produce(TOPIC, Some(i % 2), &[message(body.as_bytes())])
+            .unwrap();
+        assert_eq!(r.status, Status::Ok);
+    }
+    old.broker.set_arg("--role", "SLAVE");
+    old.broker.set_arg("--master", &new.ports.ha_addr());
+    old.broker.restart();
+    let caught_up = wait_caught_up(&new.broker);
+    wait_slave_confirmed(&old.broker, &caught_up);
+    let old_status = status(&old.broker).unwrap();
+    let mut cut = 0;
+    for (shard, promoted_at) in old_status.shards.iter().zip(&promoted.shards) {
+        assert_eq!(shard.role, "SLAVE");
+        assert_eq!(shard.epoch, 2);
+        if old_ends[shard.shard] > promoted_at.max_offset {
+            assert_eq!(
+                shard.divergence_points,
+                vec![promoted_at.max_offset],
+                "shard {} cut its log where the new epoch starts",
+                shard.shard
+            );
+            cut += 1;
+        }
+    }
+    assert!(cut > 0, "some shard held divergent records");
+    assert!(old.broker.log().contains("diverged"), "the cut is logged");
+    let on_old = read_all(&old.broker, TOPIC, 2);
+    let on_new = read_all(&new.broker, TOPIC, 2);
+    assert!(
+        on_old == on_new,
+        "the old master's log now equals the new master's"
+    );
+    let bodies: Vec<String> = on_old
+        .values()
+        .flatten()
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert_eq!(bodies.len(), 70);
+    assert!(bodies.iter().all(|b| !b.starts_with("divergent")));
+    assert!(old.broker.stop() && new.broker.stop());
+    let m = commitlog_files(&new.broker.store);
+    let s = commitlog_files(&old.broker.store);
+    for (name, bytes) in &m {
+        if let Some(other) = s.get(name) {
+            assert!(other == bytes, "{name} differs after the cut");
+        }
+    }
+    println!(
+        "promotion: divergence points {:?}, {} messages on both",
+        old_status
+            .shards
+            .iter()
+            .map(|s| s.divergence_points.clone())
+            .collect::<Vec<_>>(),
+        bodies.len()
+    );
+}
