@@ -865,3 +865,32 @@ fn promoted_slave_and_divergent_old_master() {
         bodies.len()
     );
 }
+
+/// A SYNC_MASTER restarted without its slave still shows consumers what its slave had
+/// acknowledged before the restart (the acknowledged offset is persisted), instead of nothing.
+#[test]
+fn restarted_sync_master_keeps_showing_what_was_replicated() {
+    let mut master = start_node("SYNC_MASTER", "SYNC_FLUSH", None, "");
+    let mut slave = start_node("SLAVE", "SYNC_FLUSH", Some(&master.ports), "");
+    let mut client = master.broker.client();
+    client.create_topic("kept", 1).unwrap();
+    wait_caught_up(&master.broker);
+    let mut acked = Vec::new();
+    for i in 0..20u32 {
+        let body = format!("kept-{i}");
+        let r = client
+            .produce("kept", Some(0), &[message(body.as_bytes())])
+            .unwrap();
+        assert_eq!(r.status, Status::Ok, "message {i}");
+        acked.push((r.response.base_offset, body.into_bytes()));
+    }
+    assert!(slave.broker.stop(), "the slave stops cleanly");
+    assert!(master.broker.stop(), "the master stops cleanly");
+    master.broker.restart();
+    let visible = read_all(&master.broker, "kept", 1);
+    assert_eq!(
+        visible[&0], acked,
+        "acknowledged messages visible after a restart"
+    );
+    drop(slave);
+}

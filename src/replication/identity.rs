@@ -21,6 +21,11 @@ pub struct LogIdentity {
     /// configuration says, so a restart cannot silently turn a promoted master into a slave.
     #[serde(default)]
     pub promoted_role: Option<crate::config::BrokerRole>,
+    /// SYNC_MASTER: the offset enough slaves had acknowledged, written with each checkpoint,
+    /// so a restarted master shows consumers what was confirmed before it stopped instead of
+    /// nothing until a slave acknowledges again.
+    #[serde(default)]
+    pub replicated_offset: u64,
 }
 
 pub fn identity_path(shard_dir: &Path) -> PathBuf {
@@ -52,6 +57,7 @@ impl LogIdentity {
             epochs: vec![(1, 0)],
             divergence_points: Vec::new(),
             promoted_role: None,
+            replicated_offset: 0,
         }
     }
 

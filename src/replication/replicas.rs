@@ -37,12 +37,13 @@ pub struct Replicas {
 }
 
 impl Replicas {
-    pub fn new(min_in_sync_replicas: u32) -> Replicas {
+    /// `confirmed_offset`: what slaves are known to have acknowledged already (persisted).
+    pub fn new(min_in_sync_replicas: u32, confirmed_offset: u64) -> Replicas {
         Replicas {
             needed: min_in_sync_replicas.saturating_sub(1) as usize,
             links: RefCell::new(BTreeMap::new()),
             next_link_id: Cell::new(1),
-            completions: Completions::new(0),
+            completions: Completions::new(confirmed_offset),
         }
     }
 
@@ -137,7 +138,7 @@ mod tests {
 
     #[test]
     fn one_ack_releases_every_covered_producer_and_fake_acks_are_refused() {
-        let replicas = Replicas::new(2);
+        let replicas = Replicas::new(2, 0);
         let mut a = replicas.completions.wait(100);
         let mut b = replicas.completions.wait(200);
         let mut c = replicas.completions.wait(300);
@@ -164,7 +165,7 @@ mod tests {
 
     #[test]
     fn quorum_needs_enough_links() {
-        let replicas = Replicas::new(3);
+        let replicas = Replicas::new(3, 0);
         let one = replicas.register("a".into(), 0);
         replicas.report(one, 1000, 1000).unwrap();
         assert_eq!(replicas.quorum_offset(), None);
@@ -173,6 +174,6 @@ mod tests {
         assert_eq!(replicas.quorum_offset(), Some(600));
         replicas.unregister(one);
         assert_eq!(replicas.quorum_offset(), None);
-        assert_eq!(Replicas::new(1).quorum_offset(), None);
+        assert_eq!(Replicas::new(1, 0).quorum_offset(), None);
     }
 }

@@ -61,6 +61,7 @@ pub async fn run_flusher(shard: Rc<Shard>) {
                     "writing consume queues and checkpoint failed: {e}"
                 );
             }
+            shard.persist_replicated_offset().await;
             continue;
         }
         let wait = match config.flush_disk_type {

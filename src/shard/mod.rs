@@ -125,6 +125,24 @@ impl Shard {
         }
     }
 
+    /// SYNC_MASTER: writes the slaves' acknowledged offset when it moved (called with each
+    /// checkpoint), so a restart starts from it.
+    pub async fn persist_replicated_offset(&self) {
+        if self.role.get() != BrokerRole::SyncMaster {
+            return;
+        }
+        let released = self.replicas.completions.released_offset();
+        if released == self.identity.borrow().replicated_offset {
+            return;
+        }
+        let mut identity = self.identity.borrow().clone();
+        identity.replicated_offset = released;
+        match identity.save(&self.disk, &self.store_dir).await {
+            Ok(()) => *self.identity.borrow_mut() = identity,
+            Err(e) => tracing::warn!(shard = self.id, "writing the replicated offset: {e}"),
+        }
+    }
+
     /// Remembers where this log was cut back to follow its master.
     pub async fn record_divergence(&self, offset: u64) {
         let mut identity = self.identity.borrow().clone();

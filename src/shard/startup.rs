@@ -111,6 +111,7 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
     };
     let (mesh, receivers) = Mesh::connect(start.mesh).await;
     let completions = super::completion::Completions::new(store.flushed_offset());
+    let replicated_offset = identity.replicated_offset.min(store.max_offset());
     let shard = Rc::new(Shard {
         id: start.id,
         shard_count: start.shard_count,
@@ -135,7 +136,7 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
         role: Cell::new(role),
         role_changed: Default::default(),
         identity: RefCell::new(identity),
-        replicas: Replicas::new(start.config.min_in_sync_replicas),
+        replicas: Replicas::new(start.config.min_in_sync_replicas, replicated_offset),
         replication_wakeup: Default::default(),
         master_confirmed: Cell::new(0),
         link_up: Cell::new(false),
@@ -222,6 +223,7 @@ async fn serve_until_stopped(
     shard.segment_wanted.notify();
     flusher_task.await;
     allocator_task.await;
+    shard.persist_replicated_offset().await;
     match shard.store.close().await {
         Ok(()) => {}
         Err(e) => warn!(shard = shard.id, "clean shutdown failed: {e}"),
