@@ -884,6 +884,13 @@ fn restarted_sync_master_keeps_showing_what_was_replicated() {
         assert_eq!(r.status, Status::Ok, "message {i}");
         acked.push((r.response.base_offset, body.into_bytes()));
     }
+    wait_caught_up(&master.broker);
+    let gauges = client.stats().unwrap().gauges;
+    assert_eq!(
+        gauges["replication_slaves"], 2,
+        "one slave link per shard: {gauges:?}"
+    );
+    assert_eq!(gauges["replication_lag_bytes"], 0, "{gauges:?}");
     assert!(slave.broker.stop(), "the slave stops cleanly");
     assert!(master.broker.stop(), "the master stops cleanly");
     master.broker.restart();

@@ -30,6 +30,16 @@ const RECORDS_BUCKETS: [f64; 13] = [
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0, 16384.0,
 ];
 
+fn gauge_help(name: &str) -> &'static str {
+    match name {
+        "pending_completions" => "Produce requests waiting for a flush or for slaves.",
+        "replication_slaves" => "Slaves connected to this master shard.",
+        "replication_lag_bytes" => "Bytes the furthest-behind slave lacks.",
+        "replication_lag_ms" => "How long the furthest-behind slave has been behind.",
+        _ => "A point-in-time value.",
+    }
+}
+
 #[derive(Debug)]
 struct SnapshotCollector {
     shards: Vec<ProbeSnapshot>,
@@ -87,12 +97,8 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
             .map(|s| s.gauges.iter().map(|(n, _)| *n).collect())
             .unwrap_or_default();
         for name in gauge_names {
-            let mut family = encoder.encode_descriptor(
-                name,
-                "Producer requests waiting for a flush.",
-                None,
-                MetricType::Gauge,
-            )?;
+            let mut family =
+                encoder.encode_descriptor(name, gauge_help(name), None, MetricType::Gauge)?;
             for s in &self.shards {
                 let value = s
                     .gauges

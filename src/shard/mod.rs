@@ -185,10 +185,34 @@ impl Shard {
     }
 
     pub fn snapshot(&self) -> ProbeSnapshot {
-        self.probe.snapshot(
-            self.id,
-            vec![("pending_completions", self.completions.pending() as u64)],
-        )
+        self.probe.snapshot(self.id, self.gauges())
+    }
+
+    /// Point-in-time values for the probe: waiting producers, and per master shard its slaves
+    /// and the worst slave lag (bytes behind the master's end, and for how long).
+    fn gauges(&self) -> Vec<(&'static str, u64)> {
+        let max_offset = self.store.max_offset();
+        let slaves = self.replicas.states();
+        let lag_bytes = slaves
+            .iter()
+            .map(|s| max_offset.saturating_sub(s.acked_offset))
+            .max()
+            .unwrap_or(0);
+        let lag_ms = slaves
+            .iter()
+            .filter(|s| s.acked_offset < max_offset)
+            .map(|s| s.caught_up_at.elapsed().as_millis() as u64)
+            .max()
+            .unwrap_or(0);
+        vec![
+            (
+                "pending_completions",
+                (self.completions.pending() + self.replicas.completions.pending()) as u64,
+            ),
+            ("replication_slaves", slaves.len() as u64),
+            ("replication_lag_bytes", lag_bytes),
+            ("replication_lag_ms", lag_ms),
+        ]
     }
 
     /// One snapshot per shard, in shard order.
