@@ -18,7 +18,6 @@ use crate::config::BrokerRole;
 use crate::metrics::Counter;
 use crate::shard::Shard;
 use crate::store::record::{self, END_OF_SEGMENT_MARKER_BYTES, RECORD_HEADER_BYTES};
-use crate::store::AppendError;
 use futures_lite::future;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -300,24 +299,10 @@ fn is_end_of_segment(bytes: &[u8]) -> bool {
 }
 
 async fn append(shard: &Rc<Shard>, bytes: &[u8]) -> Result<(), String> {
-    loop {
-        match shard.store.append_replicated(bytes) {
-            Ok(_) => {
-                shard.probe.appended(1, bytes.len() as u64);
-                return Ok(());
-            }
-            Err(AppendError::BufferFull) => {
-                let flushed = shard.flushed.listen();
-                shard.flush_urgent.set(true);
-                shard.flush_requested.notify();
-                let _ = flushed.await;
-            }
-            Err(AppendError::SegmentNotReady) => {
-                let ready = shard.segment_ready.listen();
-                shard.segment_wanted.notify();
-                let _ = ready.await;
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    }
+    shard
+        .append_waiting(|| shard.store.append_replicated(bytes))
+        .await
+        .map_err(|e| e.to_string())?;
+    shard.probe.appended(1, bytes.len() as u64);
+    Ok(())
 }

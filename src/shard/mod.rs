@@ -20,7 +20,7 @@ use crate::protocol::Opcode;
 use crate::replication::identity::LogIdentity;
 use crate::replication::replicas::Replicas;
 use crate::store::glommio_disk::GlommioDisk;
-use crate::store::{QueueKey, ShardStore};
+use crate::store::{AppendError, Appended, QueueKey, ShardStore};
 use completion::{Completions, Event};
 use futures_channel::oneshot;
 use glommio::sync::Semaphore;
@@ -166,6 +166,48 @@ impl Shard {
         owned_queues(self.id, table)
     }
 
+    /// Runs an append, waiting (without blocking the core) while the write buffer is full or
+    /// the next segment is not created yet, and retrying. Other errors are returned.
+    pub async fn append_waiting(
+        &self,
+        mut append: impl FnMut() -> Result<Appended, AppendError>,
+    ) -> Result<Appended, AppendError> {
+        loop {
+            match append() {
+                Err(AppendError::BufferFull) => {
+                    let flushed = self.flushed.listen();
+                    self.flush_urgent.set(true);
+                    self.flush_requested.notify();
+                    let _ = flushed.await;
+                }
+                Err(AppendError::SegmentNotReady) => {
+                    let ready = self.segment_ready.listen();
+                    self.segment_wanted.notify();
+                    let _ = ready.await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Sends a request built by `request` to every other shard and collects their answers
+    /// (this shard's own answer is the caller's to add).
+    pub async fn ask_others<T>(
+        &self,
+        request: impl Fn(oneshot::Sender<T>) -> ShardRequest,
+    ) -> Result<Vec<T>, Reply> {
+        let mut answers = Vec::with_capacity(self.shard_count.saturating_sub(1));
+        for other in (0..self.shard_count).filter(|s| *s != self.id) {
+            let (tx, rx) = oneshot::channel();
+            self.mesh
+                .send(other, request(tx))
+                .await
+                .map_err(|gone| gone.reply())?;
+            answers.push(rx.await.map_err(|_| mesh::ShardGone(other).reply())?);
+        }
+        Ok(answers)
+    }
+
     /// Runs a client request on shard `to` and returns its reply.
     pub async fn forward(&self, to: usize, opcode: Opcode, body: Vec<u8>) -> Reply {
         self.probe.add(Counter::ForwardedRequests, 1);
@@ -215,26 +257,13 @@ impl Shard {
         ]
     }
 
-    /// One snapshot per shard, in shard order.
+    /// One snapshot per shard (a shard that does not answer is left out).
     pub async fn gather_snapshots(&self) -> Vec<ProbeSnapshot> {
-        let mut snapshots = Vec::with_capacity(self.shard_count);
-        for other in 0..self.shard_count {
-            if other == self.id {
-                snapshots.push(self.snapshot());
-                continue;
-            }
-            let (tx, rx) = oneshot::channel();
-            if self
-                .mesh
-                .send(other, ShardRequest::Probe { reply: tx })
-                .await
-                .is_ok()
-            {
-                if let Ok(snapshot) = rx.await {
-                    snapshots.push(snapshot);
-                }
-            }
+        let mut snapshots = vec![self.snapshot()];
+        if let Ok(others) = self.ask_others(|reply| ShardRequest::Probe { reply }).await {
+            snapshots.extend(others);
         }
+        snapshots.sort_by_key(|s| s.shards.first().copied());
         snapshots
     }
 

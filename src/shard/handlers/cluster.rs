@@ -7,7 +7,6 @@ use crate::protocol::message::Name;
 use crate::protocol::Status;
 use crate::shard::mesh::{Reply, ShardRequest};
 use crate::shard::Shard;
-use futures_channel::oneshot;
 use serde::{Deserialize, Serialize};
 use std::rc::Rc;
 use tracing::{info, warn};
@@ -99,25 +98,15 @@ pub fn local_status(shard: &Shard) -> ShardStatus {
 }
 
 pub async fn status(shard: &Rc<Shard>) -> Reply {
-    let mut shards = Vec::with_capacity(shard.shard_count);
-    for other in 0..shard.shard_count {
-        if other == shard.id {
-            shards.push(local_status(shard));
-            continue;
-        }
-        let (tx, rx) = oneshot::channel();
-        if let Err(gone) = shard
-            .mesh
-            .send(other, ShardRequest::ClusterState { reply: tx })
-            .await
-        {
-            return gone.reply();
-        }
-        match rx.await {
-            Ok(s) => shards.push(s),
-            Err(_) => return crate::shard::mesh::ShardGone(other).reply(),
-        }
-    }
+    let mut shards = match shard
+        .ask_others(|reply| ShardRequest::ClusterState { reply })
+        .await
+    {
+        Ok(others) => others,
+        Err(reply) => return reply,
+    };
+    shards.push(local_status(shard));
+    shards.sort_by_key(|s| s.shard);
     let status = ClusterStatus {
         broker_name: shard.config.broker_name.clone(),
         role: shard.role.get().name().to_string(),
@@ -159,20 +148,15 @@ pub async fn promote(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
             ),
         );
     }
-    for other in (0..shard.shard_count).filter(|s| *s != shard.id) {
-        let (tx, rx) = oneshot::channel();
-        if let Err(gone) = shard
-            .mesh
-            .send(other, ShardRequest::Promote { role, reply: tx })
-            .await
-        {
-            return gone.reply();
-        }
-        match rx.await {
-            Ok(Ok(())) => {}
-            Ok(Err(message)) => return Reply::error(Status::StoreError, message),
-            Err(_) => return crate::shard::mesh::ShardGone(other).reply(),
-        }
+    let outcomes = match shard
+        .ask_others(|reply| ShardRequest::Promote { role, reply })
+        .await
+    {
+        Ok(outcomes) => outcomes,
+        Err(reply) => return reply,
+    };
+    if let Some(Err(message)) = outcomes.into_iter().find(|o| o.is_err()) {
+        return Reply::error(Status::StoreError, message);
     }
     match promote_local(shard, role).await {
         Ok(()) => status(shard).await,

@@ -10,7 +10,6 @@ use crate::shard::mesh::{Reply, ShardRequest};
 use crate::shard::topics::validate_name;
 use crate::shard::Shard;
 use crate::store::QueueKey;
-use futures_channel::oneshot;
 use std::rc::Rc;
 
 pub async fn commit(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
@@ -71,19 +70,15 @@ pub async fn describe(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
         Err(e) => return bad_request(e),
     };
     let mut queues = local_offsets(shard, &request.name);
-    for other in (0..shard.shard_count).filter(|s| *s != shard.id) {
-        let (tx, rx) = oneshot::channel();
-        let ask = ShardRequest::GroupOffsets {
+    match shard
+        .ask_others(|reply| ShardRequest::GroupOffsets {
             group: request.name.clone(),
-            reply: tx,
-        };
-        if let Err(gone) = shard.mesh.send(other, ask).await {
-            return gone.reply();
-        }
-        match rx.await {
-            Ok(rows) => queues.extend(rows),
-            Err(_) => return crate::shard::mesh::ShardGone(other).reply(),
-        }
+            reply,
+        })
+        .await
+    {
+        Ok(others) => queues.extend(others.into_iter().flatten()),
+        Err(reply) => return reply,
     }
     queues.sort_by(|a, b| (&a.topic, a.queue).cmp(&(&b.topic, b.queue)));
     let description = GroupDescription {

@@ -7,7 +7,6 @@ use crate::shard::mesh::Reply;
 use crate::shard::mesh::ShardRequest;
 use crate::shard::topics::TopicTable;
 use crate::shard::Shard;
-use futures_channel::oneshot;
 use serde::{Deserialize, Serialize};
 use std::rc::Rc;
 
@@ -32,19 +31,12 @@ pub struct MetadataSnapshot {
 
 pub async fn snapshot(shard: &Rc<Shard>) -> Reply {
     let mut group_offsets = shard.groups.all_rows();
-    for other in (0..shard.shard_count).filter(|s| *s != shard.id) {
-        let (tx, rx) = oneshot::channel();
-        if let Err(gone) = shard
-            .mesh
-            .send(other, ShardRequest::AllGroupOffsets { reply: tx })
-            .await
-        {
-            return gone.reply();
-        }
-        match rx.await {
-            Ok(rows) => group_offsets.extend(rows),
-            Err(_) => return crate::shard::mesh::ShardGone(other).reply(),
-        }
+    match shard
+        .ask_others(|reply| ShardRequest::AllGroupOffsets { reply })
+        .await
+    {
+        Ok(others) => group_offsets.extend(others.into_iter().flatten()),
+        Err(reply) => return reply,
     }
     let snapshot = MetadataSnapshot {
         topics: (*shard.topic_table()).clone(),

@@ -177,31 +177,17 @@ async fn append_batch(
 }
 
 async fn append_one(shard: &Shard, input: &RecordInput<'_>) -> Result<Appended, Reply> {
-    loop {
-        match shard.store.append(input) {
-            Ok(appended) => return Ok(appended),
-            Err(AppendError::BufferFull) => {
-                let flushed = shard.flushed.listen();
-                shard.flush_urgent.set(true);
-                shard.flush_requested.notify();
-                let _ = flushed.await;
-            }
-            Err(AppendError::SegmentNotReady) => {
-                let ready = shard.segment_ready.listen();
-                shard.segment_wanted.notify();
-                let _ = ready.await;
-            }
-            Err(e @ AppendError::TooLarge { .. }) => {
-                return Err(Reply::error(Status::MessageTooLarge, e.to_string()))
-            }
-            Err(e @ AppendError::UnknownQueue { .. }) => {
-                return Err(Reply::error(Status::QueueNotFound, e.to_string()))
-            }
-            Err(e @ (AppendError::Failed(_) | AppendError::Diverged(_))) => {
-                return Err(Reply::error(Status::StoreError, e.to_string()))
-            }
-        }
-    }
+    shard
+        .append_waiting(|| shard.store.append(input))
+        .await
+        .map_err(|e| {
+            let status = match e {
+                AppendError::TooLarge { .. } => Status::MessageTooLarge,
+                AppendError::UnknownQueue { .. } => Status::QueueNotFound,
+                _ => Status::StoreError,
+            };
+            Reply::error(status, e.to_string())
+        })
 }
 
 /// Waits until the flush mode's and the role's guarantees hold for everything before

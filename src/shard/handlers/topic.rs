@@ -11,7 +11,6 @@ use crate::shard::topics::{topics_path, TopicTable};
 use crate::shard::Shard;
 use crate::store::io::Disk;
 use crate::store::QueueKey;
-use futures_channel::oneshot;
 use std::rc::Rc;
 use std::sync::Arc;
 use tracing::info;
@@ -105,22 +104,14 @@ pub async fn publish(shard: &Rc<Shard>, table: TopicTable) -> Result<(), Reply> 
         .await
         .map_err(|e| Reply::error(Status::StoreError, format!("{}: {e}", path.display())))?;
     let table = Arc::new(table);
-    for other in (0..shard.shard_count).filter(|s| *s != shard.id) {
-        let (tx, rx) = oneshot::channel();
-        let request = ShardRequest::ApplyTopics {
+    let outcomes = shard
+        .ask_others(|reply| ShardRequest::ApplyTopics {
             table: table.clone(),
-            reply: tx,
-        };
-        shard
-            .mesh
-            .send(other, request)
-            .await
-            .map_err(|g| g.reply())?;
-        match rx.await {
-            Ok(Ok(())) => {}
-            Ok(Err(message)) => return Err(Reply::error(Status::StoreError, message)),
-            Err(_) => return Err(crate::shard::mesh::ShardGone(other).reply()),
-        }
+            reply,
+        })
+        .await?;
+    if let Some(Err(message)) = outcomes.into_iter().find(|o| o.is_err()) {
+        return Err(Reply::error(Status::StoreError, message));
     }
     shard
         .apply_topics(table)
