@@ -70,15 +70,19 @@ pub struct FlushStats {
 }
 
 /// Bytes written by [`CommitLog::write_dirty`], durable once [`CommitLog::sync`] completes.
-pub struct Written<F> {
+pub struct Written {
     target: u64,
-    files: Vec<Rc<F>>,
     written_bytes: u64,
     write_duration: Duration,
 }
 
 pub struct CommitLog<D: Disk> {
     disk: D,
+    /// Files written since the last sync began. A sync takes them all, not only the files of
+    /// its own write: a segment roll writes the old segment's end marker in one write, and the
+    /// next write may touch only the new segment, yet the marker must be durable before
+    /// anything after it counts as durable.
+    unsynced_files: RefCell<Vec<Rc<D::File>>>,
     last_flush: Cell<FlushStats>,
     dir: PathBuf,
     segment_size_bytes: u64,
@@ -193,6 +197,7 @@ impl<D: Disk> CommitLog<D> {
         };
         Ok(CommitLog {
             disk,
+            unsynced_files: RefCell::new(Vec::new()),
             last_flush: Cell::new(FlushStats::default()),
             dir,
             segment_size_bytes: config.segment_size_bytes,
@@ -503,7 +508,7 @@ impl<D: Disk> CommitLog<D> {
     /// what [`CommitLog::sync`] must make durable. A shard may write the next batch while the
     /// previous one is being synced: a rewrite of the partial block only ever adds bytes to
     /// it, so a torn rewrite cannot damage what an earlier sync made durable.
-    pub async fn write_dirty(&self) -> Result<Option<Written<D::File>>, StoreError> {
+    pub async fn write_dirty(&self) -> Result<Option<Written>, StoreError> {
         let (target, parts) = {
             let state = self.state.borrow();
             if let Some(reason) = &state.failed {
@@ -517,7 +522,6 @@ impl<D: Disk> CommitLog<D> {
             }
             (state.max_offset, self.dirty_writes(&state))
         };
-        let mut files: Vec<Rc<D::File>> = Vec::with_capacity(parts.len());
         let written_bytes = parts
             .iter()
             .map(|(_, buf, _)| buf.as_ref().len() as u64)
@@ -529,23 +533,26 @@ impl<D: Disk> CommitLog<D> {
                 let context = format!("write of {} at {file_offset}", path.display());
                 return Err(self.fail(context, e));
             }
-            files.push(file);
+            let mut unsynced = self.unsynced_files.borrow_mut();
+            if !unsynced.iter().any(|f| Rc::ptr_eq(f, &file)) {
+                unsynced.push(file);
+            }
         }
         let mut state = self.state.borrow_mut();
         state.written_offset = state.written_offset.max(target);
         Ok(Some(Written {
             target,
-            files,
             written_bytes,
             write_duration: write_start.elapsed(),
         }))
     }
 
-    /// Second half of a flush: fdatasyncs the files a write touched; everything before its
-    /// end is then durable. Returns the flushed offset.
-    pub async fn sync(&self, written: Written<D::File>) -> Result<u64, StoreError> {
+    /// Second half of a flush: fdatasyncs every file written since the last sync began;
+    /// everything before the write's end is then durable. Returns the flushed offset.
+    pub async fn sync(&self, written: Written) -> Result<u64, StoreError> {
         let sync_start = Instant::now();
-        for file in &written.files {
+        let files = std::mem::take(&mut *self.unsynced_files.borrow_mut());
+        for file in &files {
             if let Err(e) = file.fdatasync().await {
                 let context = format!("fdatasync of {}", file.path().display());
                 return Err(self.fail(context, e));

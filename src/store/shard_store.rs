@@ -428,17 +428,12 @@ impl<D: Disk> ShardStore<D> {
     }
 
     /// First half of a pipelined flush (see [`CommitLog::write_dirty`]).
-    pub async fn write_dirty(
-        &self,
-    ) -> Result<Option<super::commitlog::Written<D::File>>, StoreError> {
+    pub async fn write_dirty(&self) -> Result<Option<super::commitlog::Written>, StoreError> {
         self.log.write_dirty().await
     }
 
     /// Second half: makes a write durable. Returns the flushed offset.
-    pub async fn sync(
-        &self,
-        written: super::commitlog::Written<D::File>,
-    ) -> Result<u64, StoreError> {
+    pub async fn sync(&self, written: super::commitlog::Written) -> Result<u64, StoreError> {
         self.log.sync(written).await
     }
 
