@@ -901,3 +901,27 @@ fn restarted_sync_master_keeps_showing_what_was_replicated() {
     );
     drop(slave);
 }
+
+/// Topics and group offsets reach a slave as soon as they change on the master, not only at
+/// the periodic copy (set to a minute here, longer than the test waits).
+#[test]
+fn metadata_changes_reach_the_slave_at_once() {
+    let slow_periodic = "metadata_sync_interval_ms = 60000\n";
+    let master = start_node("ASYNC_MASTER", "SYNC_FLUSH", None, slow_periodic);
+    let slave = start_node("SLAVE", "SYNC_FLUSH", Some(&master.ports), slow_periodic);
+    wait_until(CATCH_UP, "the slave links", || {
+        let s = status(&slave.broker)?;
+        s.shards
+            .iter()
+            .all(|sh| sh.master_link.as_ref().is_some_and(|l| l.streaming))
+            .then_some(())
+    });
+    let mut client = master.broker.client();
+    client.create_topic("late", 2).unwrap();
+    wait_topic(&slave.broker, "late");
+    client.commit_offset("readers", "late", 1, 7).unwrap();
+    wait_until(CATCH_UP, "the group offset on the slave", || {
+        let mut c = Client::connect(&slave.broker.addr).ok()?;
+        (c.fetch_offset("readers", "late", 1).ok()? == Some(7)).then_some(())
+    });
+}

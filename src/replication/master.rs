@@ -7,8 +7,8 @@
 //! released SYNC_MASTER producers. A report past the master's end closes the link.
 
 use super::protocol::{
-    divergence_point, encode_data_header, encode_heartbeat, Hello, Welcome, HEARTBEAT_BYTES,
-    MAX_HANDSHAKE_BYTES, REPORT_BYTES,
+    divergence_point, encode_data_header, encode_heartbeat, Hello, MasterState, Welcome,
+    HEARTBEAT_BYTES, MAX_HANDSHAKE_BYTES, REPORT_BYTES,
 };
 use super::splice::SpliceSender;
 use crate::metrics::Counter;
@@ -290,21 +290,22 @@ async fn ship(
     };
     let mut sent = start;
     let mut last_sent_at = Instant::now();
-    let mut confirmed_sent = 0;
+    let mut state_sent = MasterState::default();
     while !closed.get() {
         let max = shard.store.max_offset();
         if sent < max {
-            confirmed_sent = shard.confirmed_offset();
+            state_sent = shard.master_state();
             sent += ship_chunk(shard, &mut shipper, stream, sent, max).await?;
             last_sent_at = Instant::now();
             continue;
         }
-        // A heartbeat also carries a confirmed offset that moved (a flush or a slave ack), so
-        // the slave's consumers see records as soon as the master's guarantee holds.
-        let confirmed = shard.confirmed_offset();
-        if last_sent_at.elapsed() >= heartbeat || confirmed != confirmed_sent {
-            confirmed_sent = confirmed;
-            let beat = encode_heartbeat(max, confirmed);
+        // A heartbeat also goes out when the confirmed offset moved (a flush or a slave ack), so
+        // the slave's consumers see records as soon as the master's guarantee holds, and when
+        // topics or group offsets changed, so the slave copies them at once.
+        let state = shard.master_state();
+        if last_sent_at.elapsed() >= heartbeat || state != state_sent {
+            state_sent = state;
+            let beat = encode_heartbeat(max, state);
             stream
                 .write_all(&beat[..HEARTBEAT_BYTES])
                 .await
@@ -342,7 +343,7 @@ async fn ship_chunk(
         end = end.min(flushed);
     }
     let len = (end - from) as usize;
-    let header = encode_data_header(from, len as u32, shard.confirmed_offset());
+    let header = encode_data_header(from, len as u32, shard.master_state());
     stream.write_all(&header).await.map_err(|e| e.to_string())?;
     if from < flushed {
         let (path, base, _) = log

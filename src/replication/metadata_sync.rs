@@ -1,5 +1,6 @@
 //! Slave: copies topics and consumer-group offsets from the master, on shard 0, when the link
-//! comes up and every `metadata_sync_interval_ms`.
+//! comes up, as soon as a master shard reports a change (its metadata version moved) and every
+//! `metadata_sync_interval_ms`.
 //!
 //! It asks the master's client port (learned in the replication handshake) for a
 //! `MetadataSnapshot` with the blocking client on glommio's blocking pool, so the core never
@@ -33,21 +34,24 @@ pub async fn run(shard: Rc<Shard>) {
         }
         let role_changed = shard.role_changed.listen();
         let link_established = shard.link_established.listen();
-        future::or(
-            async {
+        let changed = shard.metadata_changed.listen();
+        let woken = async {
+            future::or(
+                async {
+                    let _ = role_changed.await;
+                },
                 future::or(
-                    async {
-                        let _ = role_changed.await;
-                    },
                     async {
                         let _ = link_established.await;
                     },
-                )
-                .await
-            },
-            sleep(interval),
-        )
-        .await;
+                    async {
+                        let _ = changed.await;
+                    },
+                ),
+            )
+            .await
+        };
+        future::or(woken, sleep(interval)).await;
     }
 }
 

@@ -4,10 +4,11 @@
 //! length prefix); the master answers with a [`Welcome`] (u32 length prefix) that accepts or
 //! refuses it. After that:
 //! - master → slave: frames of one kind byte then a fixed header: `DATA` (commitlog offset u64,
-//!   length u32, master confirmed offset u64, then that many raw commitlog bytes) or
-//!   `HEARTBEAT` (master max offset u64, master confirmed offset u64). The confirmed offset
-//!   bounds what the slave shows consumers, so a record is never served by a slave before
-//!   the master's guarantee holds for it;
+//!   length u32, master confirmed offset u64, metadata version u64, then that many raw
+//!   commitlog bytes) or `HEARTBEAT` (master max offset u64, master confirmed offset u64,
+//!   metadata version u64). The confirmed offset bounds what the slave shows consumers, so a
+//!   record is never served by a slave before the master's guarantee holds for it; a change of
+//!   the metadata version (topics or group offsets changed) makes the slave copy them at once;
 //! - slave → master: 8-byte reports, the slave's confirmed offset (u64).
 
 use crate::protocol::codec::{DecodeError, Reader, Writer};
@@ -16,10 +17,10 @@ pub const HA_MAGIC: u32 = 0x4148_4D52;
 pub const HA_VERSION: u16 = 1;
 pub const KIND_DATA: u8 = 1;
 pub const KIND_HEARTBEAT: u8 = 2;
-/// Kind byte + offset + length + master confirmed offset.
-pub const DATA_HEADER_BYTES: usize = 1 + 8 + 4 + 8;
-/// Kind byte + master max offset + master confirmed offset.
-pub const HEARTBEAT_BYTES: usize = 1 + 8 + 8;
+/// Kind byte + offset + length + master confirmed offset + metadata version.
+pub const DATA_HEADER_BYTES: usize = 1 + 8 + 4 + 8 + 8;
+/// Kind byte + master max offset + master confirmed offset + metadata version.
+pub const HEARTBEAT_BYTES: usize = 1 + 8 + 8 + 8;
 pub const REPORT_BYTES: usize = 8;
 /// Largest handshake message accepted: a few hundred epochs and names.
 pub const MAX_HANDSHAKE_BYTES: usize = 64 * 1024;
@@ -169,20 +170,30 @@ impl Welcome {
     }
 }
 
-pub fn encode_data_header(offset: u64, len: u32, confirmed: u64) -> [u8; DATA_HEADER_BYTES] {
+/// What every master frame carries besides log bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MasterState {
+    pub confirmed_offset: u64,
+    /// Counts topic and group-offset changes on the master shard.
+    pub metadata_version: u64,
+}
+
+pub fn encode_data_header(offset: u64, len: u32, state: MasterState) -> [u8; DATA_HEADER_BYTES] {
     let mut out = [0u8; DATA_HEADER_BYTES];
     out[0] = KIND_DATA;
     out[1..9].copy_from_slice(&offset.to_le_bytes());
     out[9..13].copy_from_slice(&len.to_le_bytes());
-    out[13..21].copy_from_slice(&confirmed.to_le_bytes());
+    out[13..21].copy_from_slice(&state.confirmed_offset.to_le_bytes());
+    out[21..29].copy_from_slice(&state.metadata_version.to_le_bytes());
     out
 }
 
-pub fn encode_heartbeat(master_max_offset: u64, confirmed: u64) -> [u8; HEARTBEAT_BYTES] {
+pub fn encode_heartbeat(master_max_offset: u64, state: MasterState) -> [u8; HEARTBEAT_BYTES] {
     let mut out = [0u8; HEARTBEAT_BYTES];
     out[0] = KIND_HEARTBEAT;
     out[1..9].copy_from_slice(&master_max_offset.to_le_bytes());
-    out[9..17].copy_from_slice(&confirmed.to_le_bytes());
+    out[9..17].copy_from_slice(&state.confirmed_offset.to_le_bytes());
+    out[17..25].copy_from_slice(&state.metadata_version.to_le_bytes());
     out
 }
 

@@ -214,6 +214,7 @@ async fn receive(
                 let mut rest = [0u8; HEARTBEAT_BYTES - 1];
                 with_timeout(timeout, stream.read_exact(&mut rest)).await?;
                 shard.set_master_confirmed(u64_at(&rest, 8));
+                shard.master_metadata_version(u64_at(&rest, 16)).await;
             }
             KIND_DATA => {
                 let mut rest = [0u8; DATA_HEADER_BYTES - 1];
@@ -221,6 +222,7 @@ async fn receive(
                 let offset = u64_at(&rest, 0);
                 let len = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes")) as usize;
                 let confirmed = u64_at(&rest, 12);
+                let metadata_version = u64_at(&rest, 20);
                 if offset != next_offset {
                     return Err(format!(
                         "master sent offset {offset}, expected {next_offset}"
@@ -238,6 +240,7 @@ async fn receive(
                     .add(Counter::ReplicationReceivedBytes, len as u64);
                 apply(shard, &mut pending, &mut position).await?;
                 shard.set_master_confirmed(confirmed);
+                shard.master_metadata_version(metadata_version).await;
             }
             other => return Err(format!("unknown frame kind {other} from the master")),
         }

@@ -77,6 +77,8 @@ pub enum ShardRequest {
         role: crate::config::BrokerRole,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Slave: a master shard's topics or group offsets changed; shard 0 copies them now.
+    MetadataChanged,
     /// This shard's probe snapshot.
     Probe {
         reply: oneshot::Sender<crate::metrics::ProbeSnapshot>,

@@ -39,7 +39,10 @@ pub async fn commit(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
         )
         .await
     {
-        Ok(()) => Reply::ok(Vec::new()),
+        Ok(()) => {
+            shard.bump_metadata_version();
+            Reply::ok(Vec::new())
+        }
         Err(message) => Reply::error(Status::StoreError, message),
     }
 }

@@ -64,6 +64,7 @@ pub async fn handle_shard_request(shard: Rc<Shard>, request: ShardRequest) {
         ShardRequest::Promote { role, reply } => {
             let _ = reply.send(cluster::promote_local(&shard, role).await);
         }
+        ShardRequest::MetadataChanged => shard.metadata_changed.notify(),
         ShardRequest::Probe { reply } => {
             let _ = reply.send(shard.snapshot());
         }
