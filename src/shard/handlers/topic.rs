@@ -2,6 +2,7 @@
 //! `topics.json` atomically, then every shard applies the new table before the reply.
 
 use super::{bad_request, body, route, topic_not_found, Route};
+use crate::protocol::codec::DecodeError;
 use crate::protocol::message::{
     Name, QueueRef, QueueStats, TopicCreate, TopicDescription, TopicList,
 };
@@ -27,38 +28,58 @@ fn refuse_on_slave(shard: &Shard) -> Option<Reply> {
     })
 }
 
-pub async fn create(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
+/// Runs a topic-table change: refused on a slave, forwarded to shard 0 from other shards,
+/// then on shard 0, under the metadata gate, `change` computes the new table from the current
+/// one and it is published. `Err` carries the reply to send as it is (a forwarded answer or an
+/// error); `Ok` the decoded request once the change is applied everywhere.
+async fn change_topics<R>(
+    shard: &Rc<Shard>,
+    opcode: Opcode,
+    raw: &[u8],
+    decode: fn(&[u8]) -> Result<R, DecodeError>,
+    change: impl FnOnce(&TopicTable, &R) -> Result<TopicTable, Reply>,
+) -> Result<R, Reply> {
     if let Some(reply) = refuse_on_slave(shard) {
-        return reply;
+        return Err(reply);
     }
     if shard.id != METADATA_SHARD {
-        return shard
-            .forward(METADATA_SHARD, Opcode::TopicCreate, raw.to_vec())
-            .await;
+        return Err(shard.forward(METADATA_SHARD, opcode, raw.to_vec()).await);
     }
-    let request = match TopicCreate::decode(raw) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
+    let request = decode(raw).map_err(bad_request)?;
+    let _gate = shard
+        .metadata_gate
+        .acquire_permit(1)
+        .await
+        .map_err(|e| Reply::error(Status::Internal, e.to_string()))?;
+    let table = change(&shard.topic_table(), &request)?;
+    publish(shard, table).await?;
+    Ok(request)
+}
+
+pub async fn create(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
+    let changed = change_topics(
+        shard,
+        Opcode::TopicCreate,
+        raw,
+        TopicCreate::decode,
+        |current, request| {
+            if current.topics.contains_key(&request.name) {
+                return Err(Reply::error(
+                    Status::TopicExists,
+                    format!("topic `{}` already exists", request.name),
+                ));
+            }
+            current
+                .with_topic(&request.name, request.queue_count, shard.shard_count)
+                .map(|(table, _)| table)
+                .map_err(|message| Reply::error(Status::InvalidName, message))
+        },
+    )
+    .await;
+    let request = match changed {
+        Ok(request) => request,
+        Err(reply) => return reply,
     };
-    let _gate = match shard.metadata_gate.acquire_permit(1).await {
-        Ok(p) => p,
-        Err(e) => return Reply::error(Status::Internal, e.to_string()),
-    };
-    let current = shard.topic_table();
-    if current.topics.contains_key(&request.name) {
-        return Reply::error(
-            Status::TopicExists,
-            format!("topic `{}` already exists", request.name),
-        );
-    }
-    let (table, _) = match current.with_topic(&request.name, request.queue_count, shard.shard_count)
-    {
-        Ok(t) => t,
-        Err(message) => return Reply::error(Status::InvalidName, message),
-    };
-    if let Err(reply) = publish(shard, table).await {
-        return reply;
-    }
     info!(topic = %request.name, queues = request.queue_count, "topic created");
     let info = shard
         .topic(&request.name)
@@ -68,31 +89,26 @@ pub async fn create(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
 }
 
 pub async fn delete(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
-    if let Some(reply) = refuse_on_slave(shard) {
-        return reply;
+    let changed = change_topics(
+        shard,
+        Opcode::TopicDelete,
+        raw,
+        Name::decode,
+        |current, request| {
+            if !current.topics.contains_key(&request.name) {
+                return Err(topic_not_found(&request.name));
+            }
+            Ok(current.without_topic(&request.name))
+        },
+    )
+    .await;
+    match changed {
+        Ok(request) => {
+            info!(topic = %request.name, "topic deleted");
+            Reply::ok(Vec::new())
+        }
+        Err(reply) => reply,
     }
-    if shard.id != METADATA_SHARD {
-        return shard
-            .forward(METADATA_SHARD, Opcode::TopicDelete, raw.to_vec())
-            .await;
-    }
-    let request = match Name::decode(raw) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
-    let _gate = match shard.metadata_gate.acquire_permit(1).await {
-        Ok(p) => p,
-        Err(e) => return Reply::error(Status::Internal, e.to_string()),
-    };
-    let current = shard.topic_table();
-    if !current.topics.contains_key(&request.name) {
-        return topic_not_found(&request.name);
-    }
-    if let Err(reply) = publish(shard, current.without_topic(&request.name)).await {
-        return reply;
-    }
-    info!(topic = %request.name, "topic deleted");
-    Reply::ok(Vec::new())
 }
 
 /// Makes a new table durable, then applies it on every shard (this one last).
