@@ -7,6 +7,8 @@
 
 mod common;
 
+use ringmq::store::sim::SeededRng;
+
 use common::{temp_store, Broker};
 use ringmq::client::Client;
 use ringmq::protocol::message::MessageRef;
@@ -26,31 +28,8 @@ const ROUNDS: u32 = 30;
 const RECONNECT_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// xorshift64*: enough randomness for kill timing, reproducible from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn seed() -> u64 {
-    match std::env::var("RINGMQ_CRASH_SEED") {
-        Ok(s) => s.parse().expect("RINGMQ_CRASH_SEED must be a u64"),
-        Err(_) => {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock")
-                .as_nanos() as u64
-                | 1
-        }
-    }
+    common::seed_from_env("RINGMQ_CRASH_SEED")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,7 +196,7 @@ fn read_queue(client: &mut Client, queue: u32) -> Vec<(u64, Vec<u8>)> {
 fn acknowledged_messages_survive_repeated_sigkill() {
     let seed = seed();
     eprintln!("crash test seed: {seed} (set RINGMQ_CRASH_SEED={seed} to replay)");
-    let mut rng = Rng(seed);
+    let mut rng = SeededRng(seed);
     let dir = temp_store();
     let mut broker = Broker::start(dir.path(), &["--flush", "SYNC_FLUSH", "--shards", "2"]);
     broker

@@ -6,6 +6,8 @@
 
 mod common;
 
+use ringmq::store::sim::SeededRng;
+
 use common::{temp_store, wait_until, Broker, PortBlock};
 use ringmq::client::{Client, ClientOptions, ClusterStatus, FailoverClient};
 use ringmq::protocol::message::MessageRef;
@@ -145,28 +147,8 @@ fn read_all(broker: &Broker, topic: &str, queues: u32) -> BTreeMap<u32, Vec<(u64
     out
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
-}
-
 fn seed() -> u64 {
-    match std::env::var("RINGMQ_REPL_SEED") {
-        Ok(s) => s.parse().expect("RINGMQ_REPL_SEED must be a u64"),
-        Err(_) => {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock")
-                .as_nanos() as u64
-                | 1
-        }
-    }
+    common::seed_from_env("RINGMQ_REPL_SEED")
 }
 
 /// SYNC_MASTER + SYNC_FLUSH with a slave; producers record every outcome; the master is
@@ -180,7 +162,7 @@ fn sync_master_acks_survive_master_death() {
     const ROUNDS: u32 = 5;
     let seed = seed();
     println!("RINGMQ_REPL_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = SeededRng(seed);
     let mut master = start_node("SYNC_MASTER", "SYNC_FLUSH", None, "");
     let slave = start_node("SLAVE", "SYNC_FLUSH", Some(&master.ports), "");
     master.broker.client().create_topic(TOPIC, QUEUES).unwrap();

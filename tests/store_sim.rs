@@ -3,7 +3,7 @@
 
 use futures_lite::future::block_on;
 use ringmq::store::record::{self, Decoded, RecordInput};
-use ringmq::store::sim::{SimDisk, SimFault};
+use ringmq::store::sim::{SeededRng, SimDisk, SimFault};
 use ringmq::store::{AppendError, QueueKey, ShardStore, StoreConfig};
 use std::path::PathBuf;
 
@@ -31,20 +31,6 @@ fn config() -> StoreConfig {
     }
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// What the test appended: per queue, the bodies in queue-offset order.
 #[derive(Clone, Default)]
 struct Model {
@@ -62,7 +48,7 @@ impl Model {
     }
 }
 
-fn body_for(rng: &mut Rng, q: usize, n: usize) -> Vec<u8> {
+fn body_for(rng: &mut SeededRng, q: usize, n: usize) -> Vec<u8> {
     let len = rng.below(1500) as usize;
     let mut body = format!("q{q}-n{n}-").into_bytes();
     body.extend((0..len).map(|i| (i as u8).wrapping_mul(31) ^ q as u8));
@@ -109,7 +95,7 @@ fn flush(store: &ShardStore<SimDisk>, model: &mut Model) {
     }
 }
 
-fn workload(store: &ShardStore<SimDisk>, model: &mut Model, rng: &mut Rng, ops: usize) {
+fn workload(store: &ShardStore<SimDisk>, model: &mut Model, rng: &mut SeededRng, ops: usize) {
     for _ in 0..ops {
         match rng.below(20) {
             0..=14 => {
@@ -160,7 +146,7 @@ fn check_recovered(store: &ShardStore<SimDisk>, model: &Model) -> Model {
 #[test]
 fn crash_recovery_across_seeds() {
     for seed in 0..250u64 {
-        let mut rng = Rng(seed);
+        let mut rng = SeededRng(seed);
         let disk = SimDisk::new();
         let (store, _) = open(&disk);
         let mut model = Model::new();
@@ -182,7 +168,7 @@ fn crash_recovery_across_seeds() {
 #[test]
 fn bit_flip_keeps_exactly_the_records_before_it() {
     for seed in 0..60u64 {
-        let mut rng = Rng(seed);
+        let mut rng = SeededRng(seed);
         let disk = SimDisk::new();
         let (store, _) = open(&disk);
         let mut model = Model::new();
@@ -274,7 +260,7 @@ fn clean_close_restarts_from_the_checkpoint() {
     let disk = SimDisk::new();
     let (store, _) = open(&disk);
     let mut model = Model::new();
-    let mut rng = Rng(42);
+    let mut rng = SeededRng(42);
     workload(&store, &mut model, &mut rng, 400);
     block_on(store.close()).unwrap();
     let max = store.max_offset();
@@ -295,7 +281,7 @@ fn deleted_consume_queue_is_rebuilt_from_the_commitlog() {
     let disk = SimDisk::new();
     let (store, _) = open(&disk);
     let mut model = Model::new();
-    let mut rng = Rng(3);
+    let mut rng = SeededRng(3);
     workload(&store, &mut model, &mut rng, 300);
     block_on(store.close()).unwrap();
     let cq = config().dir.join("consumequeue/1/1");
@@ -379,7 +365,7 @@ fn a_read_that_straddles_the_write_buffer_returns_the_buffered_bytes() {
 #[test]
 fn a_torn_rewrite_of_the_partial_block_never_loses_synced_records() {
     for seed in 0..300u64 {
-        let mut rng = Rng(seed ^ 0x5151_5151);
+        let mut rng = SeededRng(seed ^ 0x5151_5151);
         let disk = SimDisk::new();
         let (store, _) = open(&disk);
         let mut model = Model::new();

@@ -60,20 +60,24 @@ pub struct SimFile {
 }
 
 /// splitmix64: a tiny, well-mixed seeded generator; enough for choosing crash outcomes.
-struct SplitMix64(u64);
+/// A small seeded generator (splitmix64): the crash model's, and the tests' for workloads
+/// that must replay from a printed seed.
+#[derive(Clone, Debug)]
+pub struct SeededRng(pub u64);
 
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
+impl SeededRng {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    /// Uniform-enough in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)
     }
-    fn chance(&mut self, numerator: u64, denominator: u64) -> bool {
+    pub fn chance(&mut self, numerator: u64, denominator: u64) -> bool {
         self.below(denominator) < numerator
     }
 }
@@ -105,7 +109,7 @@ impl SimDisk {
 
     /// The disk as it could be after a power loss now, chosen by `seed`. `self` is unchanged.
     pub fn crash(&self, seed: u64) -> SimDisk {
-        let mut rng = SplitMix64(seed);
+        let mut rng = SeededRng(seed);
         let state = self.state.borrow();
         let mut files = BTreeMap::new();
         for (path, file) in &state.files {
@@ -137,7 +141,7 @@ impl SimDisk {
         }
     }
 
-    fn land(content: &mut Vec<u8>, rng: &mut SplitMix64, offset: u64, bytes: &[u8], torn: bool) {
+    fn land(content: &mut Vec<u8>, rng: &mut SeededRng, offset: u64, bytes: &[u8], torn: bool) {
         if !torn {
             apply(content, offset, bytes);
             return;
@@ -153,7 +157,7 @@ impl SimDisk {
     fn flip_changed_bit(
         content: &mut [u8],
         durable: &[u8],
-        rng: &mut SplitMix64,
+        rng: &mut SeededRng,
         landed: &[&(u64, Vec<u8>)],
     ) {
         let (offset, bytes) = landed[rng.below(landed.len() as u64) as usize];

@@ -363,3 +363,18 @@ impl PortBlock {
         format!("127.0.0.1:{}", self.ha)
     }
 }
+
+/// The seed for a randomized test: from `var` to replay a failure, else from the clock. Tests
+/// print it so a failing run can be replayed.
+pub fn seed_from_env(var: &str) -> u64 {
+    match std::env::var(var) {
+        Ok(s) => s.parse().unwrap_or_else(|_| panic!("{var} must be a u64")),
+        Err(_) => {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_nanos() as u64
+                | 1
+        }
+    }
+}
