@@ -198,7 +198,7 @@ async fn serve_slave(shard: Rc<Shard>, mut stream: TcpStream, hello: Hello, peer
         return;
     }
     let _ = stream.set_nodelay(true);
-    let link = shard.replicas.register(peer.clone(), start);
+    let link = shard.replicas.register(peer.clone());
     info!(shard = shard.id, %peer, start_offset = start, "slave connected");
     // SAFETY: a second descriptor for the same socket, owned by the report reader.
     let read_fd = unsafe { libc::dup(stream.as_raw_fd()) };
@@ -211,6 +211,7 @@ async fn serve_slave(shard: Rc<Shard>, mut stream: TcpStream, hello: Hello, peer
             info!(shard = shard.id, %peer, "slave link closed: {e}");
         }
         closed.set(true);
+        shutdown_socket(stream.as_raw_fd());
         drop(stream);
         reports.await;
     }
@@ -255,7 +256,16 @@ async fn read_reports(shard: Rc<Shard>, mut reader: TcpStream, link: u64, closed
         }
     }
     closed.set(true);
+    // The shipper may be blocked sending to a peer that stopped reading: shutting the socket
+    // down makes that send fail now rather than when TCP gives up.
+    shutdown_socket(reader.as_raw_fd());
     shard.replication_wakeup.notify();
+}
+
+/// Ends both directions of a link's socket, so every task blocked on it returns.
+pub fn shutdown_socket(fd: RawFd) {
+    // SAFETY: shutdown(2) on a descriptor the caller owns; errors (already closed) are moot.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
 
 /// Per link: the splice ring and the segment file it reads from.

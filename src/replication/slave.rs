@@ -92,6 +92,10 @@ async fn link_once(shard: &Rc<Shard>, master: SocketAddr) -> Result<bool, String
             .truncate_to(welcome.truncate_to)
             .await
             .map_err(|e| format!("truncating to {}: {e}", welcome.truncate_to))?;
+        // Nothing past the cut may still count as flushed or replicated (a later promotion
+        // must not answer OK from stale counters).
+        shard.completions.reset_to(shard.store.flushed_offset());
+        shard.replicas.completions.reset_to(welcome.truncate_to);
         shard.record_divergence(welcome.truncate_to).await;
     }
     let identity = LogIdentity {
@@ -117,6 +121,7 @@ async fn link_once(shard: &Rc<Shard>, master: SocketAddr) -> Result<bool, String
     let reporter = spawn_local(report(shard.clone(), writer, closed.clone()));
     let result = receive(shard, &mut stream, timeout).await;
     closed.set(true);
+    super::master::shutdown_socket(stream.as_raw_fd());
     shard.flushed.notify();
     reporter.await;
     result.map(|()| true)

@@ -71,6 +71,14 @@ impl Completions {
         released
     }
 
+    /// Lowers the released offset to at most `offset` (a log cut back by truncation): nothing
+    /// past the new end may count as released any more. Waiters are untouched.
+    pub fn reset_to(&self, offset: u64) {
+        if offset < self.released_offset.get() {
+            self.released_offset.set(offset);
+        }
+    }
+
     /// Fails every current and future waiter.
     pub fn fail_all(&self) {
         self.failed.set(true);
@@ -129,6 +137,18 @@ mod tests {
         assert_eq!(d.try_recv().unwrap(), Some(Completion::Failed));
         let mut f = c.wait(1000);
         assert_eq!(f.try_recv().unwrap(), Some(Completion::Failed));
+    }
+
+    #[test]
+    fn reset_lowers_what_counts_as_released() {
+        let c = Completions::new(0);
+        c.release(500);
+        c.reset_to(200);
+        assert_eq!(c.released_offset(), 200);
+        let mut w = c.wait(300);
+        assert_eq!(w.try_recv().unwrap(), None, "300 is past the cut");
+        c.reset_to(400);
+        assert_eq!(c.released_offset(), 200, "reset never raises");
     }
 
     #[test]

@@ -31,6 +31,20 @@ pub async fn run_flusher(shard: Rc<Shard>) {
         if shard.stopping.get() {
             return;
         }
+        // Checked before flushing: under steady SYNC_FLUSH load something is always dirty, and
+        // the checkpoint (and consume-queue files) must still be written every interval.
+        if last_checkpoint.elapsed() >= checkpoint_every {
+            last_checkpoint = Instant::now();
+            let _gate = shard.store_gate.acquire_permit(1).await;
+            if let Err(e) = shard.store.persist_metadata().await {
+                warn!(
+                    shard = shard.id,
+                    "writing consume queues and checkpoint failed: {e}"
+                );
+            }
+            shard.persist_replicated_offset().await;
+            continue;
+        }
         let dirty = shard.store.dirty_bytes();
         let due = match config.flush_disk_type {
             FlushDiskType::SyncFlush => dirty > 0,
@@ -50,18 +64,6 @@ pub async fn run_flusher(shard: Rc<Shard>) {
                 );
                 return;
             }
-            continue;
-        }
-        if last_checkpoint.elapsed() >= checkpoint_every {
-            last_checkpoint = Instant::now();
-            let _gate = shard.store_gate.acquire_permit(1).await;
-            if let Err(e) = shard.store.persist_metadata().await {
-                warn!(
-                    shard = shard.id,
-                    "writing consume queues and checkpoint failed: {e}"
-                );
-            }
-            shard.persist_replicated_offset().await;
             continue;
         }
         let wait = match config.flush_disk_type {

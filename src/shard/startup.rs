@@ -96,7 +96,7 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
         .await
         .map_err(|e| e.to_string())?;
     let groups = GroupOffsets::load(disk, dir.join("groups.json")).await?;
-    let identity = LogIdentity::load_or_create(&disk, &dir).await?;
+    let mut identity = LogIdentity::load_or_create(&disk, &dir).await?;
     let role = match identity.promoted_role {
         Some(promoted) if promoted != config.broker_role => {
             warn!(
@@ -109,6 +109,21 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
         }
         _ => config.broker_role,
     };
+    // A master that crashed may have lost bytes a slave already received (the unflushed tail
+    // is shipped from memory). A new epoch at the recovered end makes a returning slave cut
+    // its log back there instead of keeping bytes this log no longer has.
+    let recovered_end = store.max_offset();
+    let epoch_start = identity.epochs.last().map(|(_, start)| *start);
+    if role.is_master() && report.unclean_shutdown && epoch_start != Some(recovered_end) {
+        identity = identity.next_epoch(recovered_end);
+        identity.save(&disk, &dir).await?;
+        info!(
+            shard = start.id,
+            epoch = identity.last_epoch(),
+            epoch_start_offset = recovered_end,
+            "unclean restart as master: new epoch"
+        );
+    }
     let (mesh, receivers) = Mesh::connect(start.mesh).await;
     let completions = super::completion::Completions::new(store.flushed_offset());
     let replicated_offset = identity.replicated_offset.min(store.max_offset());

@@ -180,10 +180,10 @@ pub async fn promote_local(shard: &Rc<Shard>, role: BrokerRole) -> Result<(), St
     *shard.identity.borrow_mut() = identity;
     // Everything the old master confirmed stays visible; the rest waits for this master's
     // own guarantee (its flush, and under SYNC_MASTER its slaves).
-    shard
-        .replicas
-        .completions
-        .release(shard.master_confirmed.get().min(end));
+    let confirmed = shard.master_confirmed.get().min(end);
+    shard.completions.reset_to(shard.store.flushed_offset());
+    shard.replicas.completions.reset_to(confirmed);
+    shard.replicas.completions.release(confirmed);
     shard.role.set(role);
     shard.role_changed.notify();
     shard.visible.notify();

@@ -113,7 +113,10 @@ async fn read_messages(
         let last = &rest[span - 1];
         let bytes = match shard
             .store
-            .read_span(first, last.commitlog_offset + last.size as u64)
+            .read_span(
+                first,
+                last.commitlog_offset.saturating_add(last.size as u64),
+            )
             .await
         {
             Ok(b) => b,
@@ -173,8 +176,10 @@ fn span_len(shard: &Shard, entries: &[CqEntry]) -> usize {
     1 + entries[1..]
         .iter()
         .take_while(|e| {
-            let end = e.commitlog_offset + e.size as u64;
-            same_segment(e.commitlog_offset) && end <= limit
+            // Entries of a queue increase; a corrupt one that does not ends the span (and
+            // fails its own read) instead of underflowing the arithmetic below.
+            let end = e.commitlog_offset.saturating_add(e.size as u64);
+            e.commitlog_offset >= first && same_segment(e.commitlog_offset) && end <= limit
         })
         .count()
 }
