@@ -28,6 +28,7 @@ fn open_store() -> ShardStore<SimDisk> {
         segment_size_bytes: 64 * 1024 * 1024,
         write_buffer_bytes: 4 * 1024 * 1024,
         max_record_bytes: 64 * 1024,
+        adopt_unknown_queues: false,
     };
     block_on(ShardStore::open(SimDisk::new(), config, &[QUEUE]))
         .expect("open store on the simulated disk")

@@ -76,6 +76,7 @@ fn append_flush_read_close_reopen_and_roll_on_a_real_disk() {
                 segment_size_bytes: 128 * 1024,
                 write_buffer_bytes: 32 * 1024,
                 max_record_bytes: 8 * 1024,
+                adopt_unknown_queues: false,
             };
             let disk = GlommioDisk::new();
             let (store, report) = ShardStore::open(disk, config.clone(), &[KEY])

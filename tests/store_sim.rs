@@ -28,6 +28,7 @@ fn config() -> StoreConfig {
         segment_size_bytes: 64 * 1024,
         write_buffer_bytes: 16 * 1024,
         max_record_bytes: 4 * 1024,
+        adopt_unknown_queues: false,
     }
 }
 
@@ -397,5 +398,65 @@ fn a_torn_rewrite_of_the_partial_block_never_loses_synced_records() {
         let crashed = disk.crash(seed);
         let (store, _) = open(&crashed);
         check_recovered(&store, &model);
+    }
+}
+
+/// A slave registers queues on the fly when the master ships records of a topic it has not
+/// copied yet. After a restart (clean or not, consume queues persisted or not) it must still
+/// hold those queues, or the next shipped record of one of them would not fit.
+#[test]
+fn a_slave_keeps_queues_it_adopted_across_restarts() {
+    let key = QueueKey {
+        topic_id: 9,
+        queue: 0,
+    };
+    let master_disk = SimDisk::new();
+    let (master, _) = block_on(ShardStore::open(master_disk, config(), &[key])).expect("open");
+    let mut shipped = Vec::new();
+    for i in 0..6u32 {
+        let body = format!("adopted-{i}");
+        let input = RecordInput {
+            topic_id: key.topic_id,
+            queue_id: key.queue,
+            queue_offset: 0,
+            born_timestamp_ms: 1,
+            store_timestamp_ms: 2,
+            topic: "late",
+            key: b"",
+            properties: b"",
+            body: body.as_bytes(),
+        };
+        let appended = master.append(&input).expect("append on the master");
+        let entry = master.entries(key, appended.queue_offset, 1)[0];
+        shipped.push(block_on(master.read_record(entry)).expect("read"));
+    }
+    let slave_config = StoreConfig {
+        adopt_unknown_queues: true,
+        ..config()
+    };
+    for persist_queues in [false, true] {
+        let disk = SimDisk::new();
+        let (slave, _) =
+            block_on(ShardStore::open(disk.clone(), slave_config.clone(), &[])).expect("open");
+        for record in &shipped[..4] {
+            slave.append_replicated(record).expect("replicated append");
+        }
+        block_on(slave.flush()).expect("flush");
+        if persist_queues {
+            block_on(slave.persist_metadata()).expect("persist");
+        }
+        let crashed = disk.crash(7);
+        let (slave, _) =
+            block_on(ShardStore::open(crashed, slave_config.clone(), &[])).expect("reopen");
+        assert_eq!(
+            slave.queue_range(key),
+            Some((0, 4)),
+            "queue forgotten (consume queues persisted: {persist_queues})"
+        );
+        for record in &shipped[4..] {
+            slave
+                .append_replicated(record)
+                .expect("the next shipped record fits");
+        }
     }
 }

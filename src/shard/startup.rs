@@ -85,17 +85,6 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
     prime_iopoll_probe(&dir)
         .await
         .map_err(|e| format!("{}: priming the io_uring poll probe: {e}", dir.display()))?;
-    let store_config = StoreConfig {
-        dir: dir.clone(),
-        segment_size_bytes: config.segment_size_bytes,
-        write_buffer_bytes: config.write_buffer_bytes as usize,
-        max_record_bytes: max_record_bytes(&config),
-    };
-    let queues = owned_queues(start.id, &start.topics);
-    let (store, report) = ShardStore::open(disk, store_config, &queues)
-        .await
-        .map_err(|e| e.to_string())?;
-    let groups = GroupOffsets::load(disk, dir.join("groups.json")).await?;
     let mut identity = LogIdentity::load_or_create(&disk, &dir).await?;
     let role = match identity.promoted_role {
         Some(promoted) if promoted != config.broker_role => {
@@ -109,6 +98,18 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
         }
         _ => config.broker_role,
     };
+    let store_config = StoreConfig {
+        dir: dir.clone(),
+        segment_size_bytes: config.segment_size_bytes,
+        write_buffer_bytes: config.write_buffer_bytes as usize,
+        max_record_bytes: max_record_bytes(&config),
+        adopt_unknown_queues: role == BrokerRole::Slave,
+    };
+    let queues = owned_queues(start.id, &start.topics);
+    let (store, report) = ShardStore::open(disk, store_config, &queues)
+        .await
+        .map_err(|e| e.to_string())?;
+    let groups = GroupOffsets::load(disk, dir.join("groups.json")).await?;
     // A master that crashed may have lost bytes a slave already received (the unflushed tail
     // is shipped from memory). A new epoch at the recovered end makes a returning slave cut
     // its log back there instead of keeping bytes this log no longer has.

@@ -82,6 +82,10 @@ pub struct StoreConfig {
     pub write_buffer_bytes: usize,
     /// Largest encoded record accepted.
     pub max_record_bytes: usize,
+    /// Slave stores: recovery registers queues it finds records of but does not know yet (their
+    /// topic had not been copied from the master when the slave stopped) instead of skipping
+    /// them as records of deleted topics.
+    pub adopt_unknown_queues: bool,
 }
 
 /// Where an appended record went.

@@ -91,7 +91,10 @@ impl<D: Disk> ShardStore<D> {
             log,
             queues: RefCell::new(BTreeMap::new()),
         };
-        let loaded = store.load_queues(queues).await?;
+        let on_disk = store.queues_on_disk().await?;
+        let mut keys: Vec<QueueKey> = queues.to_vec();
+        keys.extend(on_disk.into_iter().filter(|k| !queues.contains(k)));
+        let loaded = store.load_queues(&keys).await?;
         let scan_start = store.log.scan_start(checkpoint.map(|c| c.scan_start()));
         let mut dispatch = Dispatch::default();
         let scan = store
@@ -131,6 +134,29 @@ impl<D: Disk> ShardStore<D> {
     }
 
     /// Loads each queue's file; returns how many entries each file held.
+    /// Every queue with a consume-queue file: `consumequeue/<topic id>/<queue>`.
+    async fn queues_on_disk(&self) -> Result<Vec<QueueKey>, StoreError> {
+        let root = self.config.dir.join("consumequeue");
+        let list = |dir: std::path::PathBuf| async move {
+            self.disk
+                .list(&dir)
+                .await
+                .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))
+        };
+        let mut keys = Vec::new();
+        for topic in list(root.clone()).await? {
+            let Ok(topic_id) = topic.parse::<u32>() else {
+                continue;
+            };
+            for queue in list(root.join(&topic)).await? {
+                if let Ok(queue) = queue.parse::<u32>() {
+                    keys.push(QueueKey { topic_id, queue });
+                }
+            }
+        }
+        Ok(keys)
+    }
+
     async fn load_queues(
         &self,
         keys: &[QueueKey],
@@ -163,6 +189,9 @@ impl<D: Disk> ShardStore<D> {
             return;
         }
         let mut queues = self.queues.borrow_mut();
+        if self.config.adopt_unknown_queues {
+            queues.entry(key).or_default();
+        }
         let Some(state) = queues.get_mut(&key) else {
             return;
         };
