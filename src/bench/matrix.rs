@@ -295,14 +295,23 @@ fn write_plots(out_dir: &Path, measurements: &[RunMeasurement]) -> Result<(), St
             &e2e,
         )?;
     }
+    // The last second of a run is partial (the stragglers acknowledged after the measured
+    // phase ends) and would draw as a drop; the chart leaves it out, results.json and the .hlog
+    // keep every interval.
     let throughput: Vec<(String, Vec<u64>)> = measurements
         .iter()
         .map(|m| {
-            (
-                m.summary.name.clone(),
-                m.summary.messages_per_second_series.clone(),
-            )
+            let series = whole_seconds(&m.summary.messages_per_second_series);
+            (m.summary.name.clone(), series.to_vec())
         })
         .collect();
     plot::throughput_over_time(out_dir, "throughput-over-time", &throughput)
+}
+
+/// A per-second series without its last, partial second (a one-point series is kept).
+pub fn whole_seconds(series: &[u64]) -> &[u64] {
+    match series.len() {
+        0 | 1 => series,
+        n => &series[..n - 1],
+    }
 }

@@ -389,3 +389,11 @@ fn plots_render_png_and_svg() {
     }
     let _ = SystemTime::now();
 }
+
+#[test]
+fn throughput_chart_leaves_out_the_partial_last_second() {
+    use super::matrix::whole_seconds;
+    assert_eq!(whole_seconds(&[900, 1000, 980, 12]), &[900, 1000, 980]);
+    assert_eq!(whole_seconds(&[40]), &[40]);
+    assert!(whole_seconds(&[]).is_empty());
+}

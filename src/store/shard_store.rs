@@ -418,6 +418,16 @@ impl<D: Disk> ShardStore<D> {
             return Ok(());
         }
         self.log.flush().await?;
+        // Point recovery at or before the cut first: if the broker dies while the tail is being
+        // zeroed, recovery must not start scanning inside the zeroed range and leave a hole.
+        let before_cut = Checkpoint {
+            flushed_offset: offset,
+            dispatched_offset: offset,
+        };
+        self.disk
+            .write_atomic(&checkpoint_path(&self.config.dir), before_cut.encode())
+            .await
+            .map_err(|e| StoreError::io("writing the checkpoint before a truncation", e))?;
         let cut = super::commitlog::ScanEnd {
             end_offset: offset,
             scanned_bytes: 0,
