@@ -161,15 +161,7 @@ where
             .label(s.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font(("sans-serif", 16))
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| e.to_string())?;
-    root.present().map_err(|e| e.to_string())
+    finish(&mut chart, &root, SeriesLabelPosition::UpperLeft)
 }
 
 fn draw_throughput<DB: DrawingBackend>(
@@ -221,9 +213,18 @@ where
             .label(label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
+    finish(&mut chart, &root, SeriesLabelPosition::LowerRight)
+}
+
+/// Draws the legend at `position` and writes the chart out: the same for every chart.
+fn finish<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    root: &DrawingArea<DB, Shift>,
+    position: SeriesLabelPosition,
+) -> Result<(), String> {
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(position)
         .label_font(("sans-serif", 16))
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
