@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+use tracing::warn;
 
 /// Size of each zero-fill write when preparing a segment: large writes reach the device's
 /// streaming bandwidth (4 GB/s at 1 MiB in the probe) without pinning much DMA memory.
@@ -639,6 +640,20 @@ impl<D: Disk> CommitLog<D> {
         writes
     }
 
+    /// Whether `bytes` of records appended now land in segments that exist: they fit in what
+    /// is left of the current segment, or the next one is already prepared. A batch is only
+    /// appended once this holds, so it is never cut in two by a segment that cannot be made.
+    pub fn has_room_for(&self, bytes: u64) -> bool {
+        let state = self.state.borrow();
+        let base = self.base_of(state.max_offset);
+        let room = base + self.segment_size_bytes - state.max_offset;
+        state.segments.contains_key(&base)
+            && (bytes <= room
+                || state
+                    .segments
+                    .contains_key(&(base + self.segment_size_bytes)))
+    }
+
     /// True when the segment for the next append is missing, or the current one is half full
     /// and its successor is not prepared yet.
     pub fn needs_next_segment(&self) -> bool {
@@ -671,12 +686,53 @@ impl<D: Disk> CommitLog<D> {
         Ok(())
     }
 
+    /// Creates segment `base` and writes zeros through it. A new segment that could not be
+    /// filled (no space, say) is removed again, so the space it took is free for what can still be
+    /// written (consume queues, checkpoints) until the allocator tries again.
     async fn zero_filled_segment(&self, base: u64) -> Result<D::File, StoreError> {
         let path = self.segment_path(base);
+        let existed = self
+            .disk
+            .exists(&path)
+            .await
+            .map_err(|e| StoreError::io(format!("looking for {}", path.display()), e))?;
+        match self.fill_with_zeros(&path).await {
+            Ok(file) => Ok(file),
+            Err(e) if existed => Err(e),
+            Err(e) => {
+                if let Err(remove) = self.disk.remove(&path).await {
+                    warn!("removing the partial segment {}: {remove}", path.display());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn fill_with_zeros(&self, path: &std::path::Path) -> Result<D::File, StoreError> {
         let context = || format!("zero-filling segment {}", path.display());
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        let available = self
+            .disk
+            .available_bytes(dir)
+            .await
+            .map_err(|e| StoreError::io(context(), e))?;
+        // Checked first so a full disk costs one statvfs per retry, not a segment's worth of
+        // zeros written and removed again.
+        if available < self.segment_size_bytes {
+            return Err(StoreError::io(
+                context(),
+                std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!(
+                        "no space left on device: a segment needs {} bytes, {available} are free",
+                        self.segment_size_bytes
+                    ),
+                ),
+            ));
+        }
         let file = self
             .disk
-            .open(&path, true)
+            .open(path, true)
             .await
             .map_err(|e| StoreError::io(context(), e))?;
         let mut at = 0u64;

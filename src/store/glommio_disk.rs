@@ -211,6 +211,23 @@ impl Disk for GlommioDisk {
         .await
     }
 
+    async fn available_bytes(&self, dir: &Path) -> io::Result<u64> {
+        let dir = dir.to_path_buf();
+        blocking(move || {
+            let c_path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))?;
+            let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+            // SAFETY: a valid C string and a pointer to writable memory of the right type.
+            if unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: statvfs succeeded, so it filled the struct.
+            let stats = unsafe { stats.assume_init() };
+            Ok(stats.f_bavail * stats.f_frsize)
+        })
+        .await
+    }
+
     async fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
         let path = path.to_path_buf();
         blocking(move || match fs::read(&path) {

@@ -30,6 +30,8 @@ pub trait Disk: Clone + 'static {
     async fn write_atomic(&self, path: &Path, bytes: Vec<u8>) -> io::Result<()>;
     /// The whole content of a small file, or `None` if it does not exist.
     async fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
+    /// Bytes an unprivileged writer may still allocate on the file system holding `dir`.
+    async fn available_bytes(&self, dir: &Path) -> io::Result<u64>;
 }
 
 // `len` is the file size in bytes, not a collection length; an `is_empty` would mean nothing.

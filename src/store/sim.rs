@@ -50,6 +50,8 @@ struct SimState {
     /// Bytes returned by reads since the disk was made: lets a test bound the reads of a
     /// recovery against the bytes it scanned.
     read_bytes: u64,
+    /// What `available_bytes` reports; `None` is unlimited.
+    available_bytes: Option<u64>,
 }
 
 #[derive(Clone, Default)]
@@ -120,6 +122,11 @@ impl SimDisk {
         self.state.borrow().read_bytes
     }
 
+    /// Makes `available_bytes` report `bytes` (`None`: unlimited), as a full disk would.
+    pub fn set_available_bytes(&self, bytes: Option<u64>) {
+        self.state.borrow_mut().available_bytes = bytes;
+    }
+
     /// The disk as it could be after a power loss now, chosen by `seed`. `self` is unchanged.
     pub fn crash(&self, seed: u64) -> SimDisk {
         let mut rng = SeededRng(seed);
@@ -151,6 +158,7 @@ impl SimDisk {
                 dirs: state.dirs.clone(),
                 faults: Vec::new(),
                 read_bytes: 0,
+                available_bytes: state.available_bytes,
             })),
         }
     }
@@ -310,6 +318,10 @@ impl Disk for SimDisk {
 
     async fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
         Ok(self.content(path))
+    }
+
+    async fn available_bytes(&self, _dir: &Path) -> io::Result<u64> {
+        Ok(self.state.borrow().available_bytes.unwrap_or(u64::MAX))
     }
 }
 
