@@ -66,21 +66,34 @@ struct Plan {
     /// Load before each kill: `load_min_ms` plus a seeded random part below `load_spread_ms`.
     load_min_ms: u64,
     load_spread_ms: u64,
+    /// Message body size: larger bodies put megabytes between two checkpoints, so recovery
+    /// scans (and reads) that much.
+    body_bytes: usize,
 }
 
-fn body(producer: u32, seq: u64) -> Vec<u8> {
-    format!("p{producer}-s{seq}").into_bytes()
+/// `p<producer>-s<seq>`, padded with `-` and dots to `body_bytes` when shorter.
+fn body(producer: u32, seq: u64, body_bytes: usize) -> Vec<u8> {
+    let mut body = format!("p{producer}-s{seq}").into_bytes();
+    if body.len() < body_bytes {
+        body.push(b'-');
+        body.resize(body_bytes, b'.');
+    }
+    body
 }
 
 fn parse_body(body: &[u8]) -> Option<(u32, u64)> {
     let text = std::str::from_utf8(body).ok()?;
     let (p, s) = text.strip_prefix('p')?.split_once("-s")?;
+    let (s, padding) = s.split_once('-').unwrap_or((s, ""));
+    if padding.bytes().any(|b| b != b'.') {
+        return None;
+    }
     Some((p.parse().ok()?, s.parse().ok()?))
 }
 
 /// One producer for one round: owns queue `id`, keeps `WINDOW` produces in flight starting at
 /// sequence number `first_seq`, and records every outcome until the broker dies under it.
-fn produce_until_killed(id: u32, addr: &str, first_seq: u64) -> Vec<Outcome> {
+fn produce_until_killed(id: u32, addr: &str, first_seq: u64, body_bytes: usize) -> Vec<Outcome> {
     let mut outcomes: Vec<Outcome> = Vec::new();
     let Ok(mut client) = Client::connect(addr).and_then(|mut c| c.topic(TOPIC).map(|_| c)) else {
         return outcomes;
@@ -90,7 +103,7 @@ fn produce_until_killed(id: u32, addr: &str, first_seq: u64) -> Vec<Outcome> {
     loop {
         while pending.len() < WINDOW {
             let seq = first_seq + outcomes.len() as u64;
-            let body = body(id, seq);
+            let body = body(id, seq, body_bytes);
             let message = MessageRef {
                 born_timestamp_ms: seq,
                 key: b"",
@@ -301,7 +314,8 @@ fn run(name: &str, plan: Plan) {
             .map(|id| {
                 let addr = broker.addr.clone();
                 let first_seq = round_starts[id as usize];
-                thread::spawn(move || produce_until_killed(id, &addr, first_seq))
+                let body_bytes = plan.body_bytes;
+                thread::spawn(move || produce_until_killed(id, &addr, first_seq, body_bytes))
             })
             .collect();
         let load_ms = plan.load_min_ms + rng.below(plan.load_spread_ms);
@@ -380,6 +394,7 @@ fn acknowledged_messages_survive_repeated_sigkill() {
             rounds: 30,
             load_min_ms: 50,
             load_spread_ms: 400,
+            body_bytes: 0,
         },
     );
 }
@@ -395,6 +410,7 @@ fn acknowledged_messages_survive_sigkill_at_the_default_configuration() {
             rounds: 4,
             load_min_ms: 1000,
             load_spread_ms: 2000,
+            body_bytes: 1024,
         },
     );
 }
@@ -410,6 +426,7 @@ fn async_flush_loses_only_a_suffix_of_acknowledged_messages() {
             rounds: 10,
             load_min_ms: 50,
             load_spread_ms: 400,
+            body_bytes: 0,
         },
     );
 }
@@ -425,6 +442,7 @@ fn async_flush_loses_only_a_suffix_at_the_default_configuration() {
             rounds: 4,
             load_min_ms: 1000,
             load_spread_ms: 2000,
+            body_bytes: 1024,
         },
     );
 }
@@ -437,7 +455,7 @@ fn a_kill_while_idle_is_recovered_as_an_unclean_shutdown() {
     client.create_topic(TOPIC, 2).expect("create topic");
     let mut acked = Vec::new();
     for i in 0..20u64 {
-        let body = body((i % 2) as u32, i);
+        let body = body((i % 2) as u32, i, 0);
         let message = MessageRef {
             born_timestamp_ms: i,
             key: b"",
