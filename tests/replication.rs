@@ -388,8 +388,8 @@ fn sync_master_acks_survive_master_death_at_the_default_configuration() {
         KillPlan {
             sizes: Sizes::Default,
             rounds: 4,
-            kill_after_min: 500,
-            kill_after_spread: 2000,
+            kill_after_min: 1000,
+            kill_after_spread: 2500,
         },
     );
 }

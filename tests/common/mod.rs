@@ -112,7 +112,7 @@ impl Broker {
     }
 
     /// Like [`Broker::start`], with `config` (TOML lines) appended to the test configuration.
-    /// `--listen` defaults to `127.0.0.1:0` unless `extra` names one.
+    /// `--listen` and `--ha-listen` default to `127.0.0.1:0` unless `extra` names them.
     pub fn start_with_config(root: &Path, config_extra: &str, extra: &[&str]) -> Broker {
         Broker::start_sized(root, Sizes::Small, config_extra, extra)
     }
@@ -130,8 +130,11 @@ impl Broker {
             "--store".to_string(),
             store.display().to_string(),
         ];
-        if !extra.contains(&"--listen") {
-            args.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
+        // The default HA port is fixed (10912): concurrent tests would share or fight over it.
+        for flag in ["--listen", "--ha-listen"] {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_string(), "127.0.0.1:0".to_string()]);
+            }
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut broker = Broker {
