@@ -13,6 +13,7 @@ pub mod commitlog;
 pub mod consume_queue;
 pub mod glommio_disk;
 pub mod io;
+pub mod lock;
 pub mod record;
 pub mod sim;
 
