@@ -470,33 +470,16 @@ fn a_kill_while_idle_is_recovered_as_an_unclean_shutdown() {
     }
 
     assert!(broker.stop(), "clean stop failed:\n{}", broker.log());
-    let before = broker.log().len();
     broker.restart();
-    let clean = broker.log()[before..].to_string();
-    let recovered: Vec<&str> = clean.lines().filter(|l| l.contains("recovered")).collect();
-    assert_eq!(recovered.len(), 2, "one report per shard:\n{clean}");
-    assert!(
-        recovered
-            .iter()
-            .all(|l| l.contains("unclean_shutdown=false")),
-        "{clean}"
-    );
+    let clean = broker.recoveries();
+    assert_eq!(clean.len(), 2, "one report per shard: {clean:?}");
+    assert!(clean.iter().all(|r| !r.unclean_shutdown), "{clean:?}");
 
     broker.kill();
-    let before = broker.log().len();
     broker.restart();
-    let unclean = broker.log()[before..].to_string();
-    let recovered: Vec<&str> = unclean
-        .lines()
-        .filter(|l| l.contains("recovered"))
-        .collect();
-    assert_eq!(recovered.len(), 2, "one report per shard:\n{unclean}");
-    assert!(
-        recovered
-            .iter()
-            .all(|l| l.contains("unclean_shutdown=true")),
-        "{unclean}"
-    );
+    let unclean = broker.recoveries();
+    assert_eq!(unclean.len(), 2, "one report per shard: {unclean:?}");
+    assert!(unclean.iter().all(|r| r.unclean_shutdown), "{unclean:?}");
 
     let mut client = broker.client();
     let mut stored: Vec<(u32, u64, Vec<u8>)> = Vec::new();

@@ -507,5 +507,7 @@ fn a_second_broker_on_the_same_store_exits_naming_the_store_and_the_holder() {
     first.kill();
     first.restart();
     let mut client = first.client();
-    client.create_topic("after-lock", 1).expect("broker serves after restart");
+    client
+        .create_topic("after-lock", 1)
+        .expect("broker serves after restart");
 }
