@@ -98,7 +98,9 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
     let shard_count = config.shard_count();
     std::fs::create_dir_all(&config.store_dir)
         .map_err(|e| format!("store_dir {}: {e}", config.store_dir.display()))?;
-    let _store_lock = StoreLock::acquire(&config.store_dir)?;
+    // Held until the process exits, on every path: an error return while some shard still
+    // writes must not let another broker take the store.
+    std::mem::forget(StoreLock::acquire(&config.store_dir)?);
     check_store_identity(&config.store_dir, shard_count)?;
     info!("effective configuration:\n{}", config.to_toml());
     let topics = Arc::new(TopicTable::load(&config.store_dir)?);
@@ -184,12 +186,17 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
     }
     info!("shutting down");
     signal_stop(&stop_fds);
-    for _ in 0..shard_count {
+    // Only shard exits count: a repeated SIGTERM must not cut a shard's final flush short.
+    let mut exited = 0;
+    while exited < shard_count {
         match events.recv() {
-            Ok(Lifecycle::ShardExited { id, cause: Some(e) }) => {
-                error!(shard = id, "a shard executor failed while stopping: {e}")
+            Ok(Lifecycle::ShardExited { id, cause }) => {
+                exited += 1;
+                if let Some(e) = cause {
+                    error!(shard = id, "a shard executor failed while stopping: {e}");
+                }
             }
-            Ok(_) => {}
+            Ok(Lifecycle::Terminate) => info!("already shutting down"),
             Err(_) => break,
         }
     }

@@ -539,3 +539,53 @@ fn a_corrupt_consume_queue_entry_is_rebuilt_from_the_commitlog() {
         check_recovered(&store, &model);
     }
 }
+
+/// A batch is admitted whole or not at all: it waits for the segments and the buffer space it
+/// needs (or is refused when it could never fit), and a segment that the disk has no room for
+/// is never created, nor left behind half-written.
+#[test]
+fn batches_are_admitted_whole_and_a_full_disk_creates_no_segment() {
+    let disk = SimDisk::new();
+    let (store, _) = open(&disk);
+    let mut model = Model::new();
+    let segment = config().segment_size_bytes;
+    let buffer = config().write_buffer_bytes;
+    let small = vec![1000usize; 4];
+    assert_eq!(store.admit_batch(&small), Ok(()));
+    assert!(matches!(
+        store.admit_batch(&vec![1000; buffer / 1000 + 1]),
+        Err(AppendError::BatchTooLarge {
+            limit: "write_buffer_bytes",
+            ..
+        })
+    ));
+    // Fill the current segment to within a few records of its end, flushing as we go.
+    while store.max_offset() + 3000 < segment {
+        append(&store, &mut model, 0, &[7u8; 900]);
+        if store.dirty_bytes() > buffer as u64 / 2 {
+            flush(&store, &mut model);
+        }
+    }
+    flush(&store, &mut model);
+    disk.set_available_bytes(Some(segment - 1));
+    let crossing = vec![1000usize; 8];
+    assert_eq!(
+        store.admit_batch(&crossing),
+        Err(AppendError::SegmentNotReady)
+    );
+    let error = block_on(store.prepare_next_segment()).expect_err("no room for a segment");
+    assert!(error.is_disk_full(), "{error}");
+    let segments = block_on(ringmq::store::io::Disk::list(
+        &disk,
+        &config().dir.join("commitlog"),
+    ))
+    .unwrap();
+    assert_eq!(segments.len(), 1, "no partial segment left: {segments:?}");
+    assert_eq!(
+        store.admit_batch(&crossing),
+        Err(AppendError::SegmentNotReady)
+    );
+    disk.set_available_bytes(None);
+    block_on(store.prepare_next_segment()).expect("room again");
+    assert_eq!(store.admit_batch(&crossing), Ok(()));
+}

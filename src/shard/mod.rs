@@ -213,22 +213,13 @@ impl Shard {
         owned_queues(self.id, table)
     }
 
-    /// Waits until `bytes` of records can be appended into segments that exist (see
-    /// [`ShardStore::has_room_for`]): [`AppendError::DiskFull`] at once when the next segment
-    /// could not be created for lack of space, [`AppendError::Busy`] at `deadline`.
-    pub async fn reserve_segment_room(
-        &self,
-        deadline: Instant,
-        bytes: u64,
-    ) -> Result<(), AppendError> {
-        self.append_waiting(deadline, || {
-            if self.store.has_room_for(bytes) {
-                Ok(())
-            } else {
-                Err(AppendError::SegmentNotReady)
-            }
-        })
-        .await
+    /// Waits until a batch of records of `lens` bytes can be appended whole without another
+    /// wait (see [`ShardStore::admit_batch`]): [`AppendError::DiskFull`] at once when the next
+    /// segment could not be created for lack of space, [`AppendError::Busy`] at `deadline`.
+    /// The caller holds the append gate, so nothing else appends before it does.
+    pub async fn admit_batch(&self, deadline: Instant, lens: &[usize]) -> Result<(), AppendError> {
+        self.append_waiting(deadline, || self.store.admit_batch(lens))
+            .await
     }
 
     /// Runs an append, waiting (without blocking the core) while the write buffer is full or
@@ -251,9 +242,11 @@ impl Shard {
                 }
                 Err(AppendError::SegmentNotReady) => {
                     if let Some(failure) = self.segment_failure.borrow().as_ref() {
-                        if failure.is_disk_full() {
-                            return Err(AppendError::DiskFull(failure.to_string()));
-                        }
+                        return Err(if failure.is_disk_full() {
+                            AppendError::DiskFull(failure.to_string())
+                        } else {
+                            AppendError::Failed(failure.to_string())
+                        });
                     }
                     let ready = self.segment_ready.listen();
                     self.segment_wanted.notify();

@@ -346,8 +346,18 @@ impl<D: Disk> CommitLog<D> {
             })?;
         }
         if current.is_none() {
-            let file = self.zero_filled_segment(base).await?;
-            self.state.borrow_mut().segments.insert(base, Rc::new(file));
+            // The log ends on a segment boundary. With no room for the next segment the broker
+            // still starts and serves reads; appends answer DISK_FULL until the allocator
+            // creates it.
+            match self.zero_filled_segment(base).await {
+                Ok(file) => {
+                    self.state.borrow_mut().segments.insert(base, Rc::new(file));
+                }
+                Err(e) if e.is_disk_full() => {
+                    warn!("starting without the next commitlog segment: {e}");
+                }
+                Err(e) => return Err(e),
+            }
         }
         let mut state = self.state.borrow_mut();
         state.buffer.clear();
@@ -640,18 +650,53 @@ impl<D: Disk> CommitLog<D> {
         writes
     }
 
-    /// Whether `bytes` of records appended now land in segments that exist: they fit in what
-    /// is left of the current segment, or the next one is already prepared. A batch is only
-    /// appended once this holds, so it is never cut in two by a segment that cannot be made.
-    pub fn has_room_for(&self, bytes: u64) -> bool {
+    /// Whether a batch of records of `lens` bytes can be appended now without waiting, all of
+    /// it: `SegmentNotReady` or `BufferFull` when it must wait (for the allocator or a flush),
+    /// `BatchTooLarge` when it never could. Placed exactly as [`CommitLog::append`] would (a
+    /// record that does not fit its segment starts the next), so once this holds and nothing
+    /// else appends in between, every record of the batch goes in without a wait; a batch is
+    /// never cut in two by a segment that cannot be made or a flush that does not come.
+    pub fn admit_batch(&self, lens: &[usize]) -> Result<(), AppendError> {
         let state = self.state.borrow();
-        let base = self.base_of(state.max_offset);
-        let room = base + self.segment_size_bytes - state.max_offset;
-        state.segments.contains_key(&base)
-            && (bytes <= room
-                || state
-                    .segments
-                    .contains_key(&(base + self.segment_size_bytes)))
+        if let Some(reason) = &state.failed {
+            return Err(AppendError::Failed(reason.clone()));
+        }
+        let first_base = self.base_of(state.max_offset);
+        let mut end = state.max_offset;
+        for len in lens {
+            let segment_end = self.base_of(end) + self.segment_size_bytes;
+            if end + *len as u64 > segment_end {
+                end = segment_end;
+            }
+            end += *len as u64;
+        }
+        let bytes = end - state.max_offset;
+        if bytes > self.write_buffer_bytes as u64 {
+            return Err(AppendError::BatchTooLarge {
+                bytes,
+                limit: "write_buffer_bytes",
+                max_bytes: self.write_buffer_bytes as u64,
+            });
+        }
+        let last_base = self.base_of(end.saturating_sub(1).max(state.max_offset));
+        if last_base > first_base + self.segment_size_bytes {
+            return Err(AppendError::BatchTooLarge {
+                bytes,
+                limit: "segment_size_bytes",
+                max_bytes: self.segment_size_bytes,
+            });
+        }
+        let mut base = first_base;
+        while base <= last_base {
+            if !state.segments.contains_key(&base) {
+                return Err(AppendError::SegmentNotReady);
+            }
+            base += self.segment_size_bytes;
+        }
+        if end - state.flushed_offset > self.write_buffer_bytes as u64 {
+            return Err(AppendError::BufferFull);
+        }
+        Ok(())
     }
 
     /// True when the segment for the next append is missing, or the current one is half full

@@ -276,8 +276,9 @@ impl DiskFile for GlommioFile {
 
     async fn read_chunk_at(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> io::Result<()> {
         debug_assert!(
-            len <= self.max_io_bytes,
-            "read of {len} bytes past the device limit"
+            (offset as usize % BLOCK_BYTES + len).div_ceil(BLOCK_BYTES) * BLOCK_BYTES
+                <= self.max_io_bytes,
+            "read of {len} bytes at {offset} past the device limit"
         );
         let bytes = self
             .file

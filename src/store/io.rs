@@ -59,13 +59,12 @@ pub trait DiskFile: 'static {
     /// where reads are cut to the device's limit: recovery, consume-queue loads and pulls all
     /// come through here.
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let chunk = self.max_io_bytes();
         let mut out = Vec::with_capacity(len);
         while out.len() < len {
-            let want = chunk.min(len - out.len());
             let before = out.len();
-            self.read_chunk_at(offset + before as u64, want, &mut out)
-                .await?;
+            let at = offset + before as u64;
+            let want = chunk_len(at, len - before, self.max_io_bytes());
+            self.read_chunk_at(at, want, &mut out).await?;
             if out.len() - before < want {
                 break;
             }
@@ -88,6 +87,14 @@ pub trait DiskFile: 'static {
     async fn fdatasync(&self) -> io::Result<()>;
     async fn len(&self) -> io::Result<u64>;
     fn path(&self) -> PathBuf;
+}
+
+/// How much of a read of `len` bytes at `offset` one request may take: a direct read goes to
+/// the device from the block below `offset` to the block above its end, and that whole span
+/// must stay within `max_io_bytes` (a multiple of [`BLOCK_BYTES`]).
+pub fn chunk_len(offset: u64, len: usize, max_io_bytes: usize) -> usize {
+    let skew = (offset % BLOCK_BYTES as u64) as usize;
+    len.min(max_io_bytes - skew)
 }
 
 /// The error for a write buffer above the file's [`DiskFile::max_io_bytes`]: a caller that did

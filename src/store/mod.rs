@@ -80,6 +80,14 @@ pub enum AppendError {
     /// A previous write or sync failed; the store refuses appends until restarted.
     #[error("store failed: {0}")]
     Failed(String),
+    /// A produce batch larger than the write buffer or than a segment can never be admitted
+    /// whole; the client must send smaller batches.
+    #[error("the batch takes {bytes} bytes in the commitlog, more than {limit} ({max_bytes}): send smaller batches")]
+    BatchTooLarge {
+        bytes: u64,
+        limit: &'static str,
+        max_bytes: u64,
+    },
     /// The record needs the next segment, and creating it failed for lack of space.
     #[error("disk full: {0}")]
     DiskFull(String),

@@ -150,13 +150,9 @@ impl<D: Disk> ShardStore<D> {
                 }
             }
         }
-        if !dispatch.rebuild.is_empty() {
-            stage(format!(
-                "rebuilding {} consume queues from the commitlog",
-                dispatch.rebuild.len()
-            ));
-        }
-        dispatch.dispatched += store.rebuild(&dispatch.rebuild, scan.end_offset).await?;
+        dispatch.dispatched += store
+            .rebuild(&dispatch.rebuild, scan.end_offset, stage)
+            .await?;
         stage("writing the abort marker, consume queues and checkpoint".to_string());
         disk.write_atomic(&abort, Vec::new())
             .await
@@ -299,7 +295,12 @@ impl<D: Disk> ShardStore<D> {
     }
 
     /// Rebuilds the given queues from the oldest segment up to `end`. Returns entries added.
-    async fn rebuild(&self, keys: &BTreeSet<QueueKey>, end: u64) -> Result<u64, StoreError> {
+    async fn rebuild(
+        &self,
+        keys: &BTreeSet<QueueKey>,
+        end: u64,
+        stage: &dyn Fn(String),
+    ) -> Result<u64, StoreError> {
         if keys.is_empty() {
             return Ok(0);
         }
@@ -323,8 +324,20 @@ impl<D: Disk> ShardStore<D> {
         }
         let mut added = 0;
         let oldest = self.log.oldest_segment().unwrap_or(0);
-        self.log
+        let segment_size = self.config.segment_size_bytes;
+        let mut scanning = u64::MAX;
+        let scan = self
+            .log
             .scan(oldest, end, |view| {
+                let base = view.commitlog_offset / segment_size * segment_size;
+                if base != scanning {
+                    scanning = base;
+                    stage(format!(
+                        "rebuilding {} consume queues: scanning segment {}",
+                        keys.len(),
+                        self.log.segment_path(base).display()
+                    ));
+                }
                 let key = QueueKey {
                     topic_id: view.topic_id,
                     queue: view.queue_id,
@@ -348,6 +361,15 @@ impl<D: Disk> ShardStore<D> {
                 Ok(())
             })
             .await?;
+        // The rebuild reads records the recovery scan did not check: one that fails its crc
+        // stops it short, and the queue would silently miss every entry after it.
+        if scan.end_offset < end || scan.corruption.is_some() {
+            return Err(StoreError::Corrupt(format!(
+                "rebuilding consume queues stopped at commitlog offset {} of {end}: {}",
+                scan.end_offset,
+                scan.corruption.as_deref().unwrap_or("a gap in the log")
+            )));
+        }
         Ok(added)
     }
 
@@ -610,9 +632,9 @@ impl<D: Disk> ShardStore<D> {
         consume_queue::write_from(&self.disk, &path, tail, tail_index, from, 0).await
     }
 
-    /// See [`CommitLog::has_room_for`].
-    pub fn has_room_for(&self, bytes: u64) -> bool {
-        self.log.has_room_for(bytes)
+    /// See [`CommitLog::admit_batch`].
+    pub fn admit_batch(&self, lens: &[usize]) -> Result<(), AppendError> {
+        self.log.admit_batch(lens)
     }
 
     /// True when the next segment should be created and zero-filled ahead of need.

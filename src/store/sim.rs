@@ -374,7 +374,8 @@ impl DiskFile for SimFile {
     }
 
     async fn read_chunk_at(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> io::Result<()> {
-        if len > SIM_MAX_IO_BYTES {
+        let device_span = (offset as usize % BLOCK_BYTES + len).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
+        if device_span > SIM_MAX_IO_BYTES {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(

@@ -152,15 +152,15 @@ async fn append_batch<'a>(
         .map_err(|e| Reply::error(Status::Internal, e.to_string()))?;
     let store_timestamp_ms = now_ms();
     let input = |m: &MessageRef<'a>| record_input(key, request.topic, store_timestamp_ms, m);
-    // The whole batch or none of it: its segments must exist before its first record goes in,
-    // so a full disk answers DISK_FULL for a batch that was not stored at all.
-    let batch_bytes = request
+    // The whole batch or none of it: its segments and its buffer space must be there before
+    // its first record goes in, so DISK_FULL or SYSTEM_BUSY always means nothing was stored.
+    let lens: Vec<usize> = request
         .messages
         .iter()
-        .map(|m| input(m).encoded_len() as u64)
-        .sum();
+        .map(|m| input(m).encoded_len())
+        .collect();
     shard
-        .reserve_segment_room(deadline, batch_bytes)
+        .admit_batch(deadline, &lens)
         .await
         .map_err(append_failure)?;
     let mut first = None;
@@ -214,7 +214,7 @@ fn record_input<'a>(
 
 fn append_failure(e: AppendError) -> Reply {
     let status = match e {
-        AppendError::TooLarge { .. } => Status::MessageTooLarge,
+        AppendError::TooLarge { .. } | AppendError::BatchTooLarge { .. } => Status::MessageTooLarge,
         AppendError::UnknownQueue { .. } => Status::QueueNotFound,
         AppendError::DiskFull(_) => Status::DiskFull,
         AppendError::Busy { .. } => Status::SystemBusy,
