@@ -4,6 +4,7 @@
 //! the ready line, and on SIGINT or SIGTERM asks every shard to shut down cleanly.
 
 use crate::config::BrokerConfig;
+use crate::net::admission::Admission;
 use crate::net::bind_listeners;
 use crate::shard::mesh::build_mesh;
 use crate::shard::startup::{run_shard, ShardStartup};
@@ -100,6 +101,7 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
     let topics = Arc::new(TopicTable::load(&config.store_dir)?);
     let listeners = bind_listeners(&config, shard_count)?;
     let shard_ports = Arc::new(listeners.shard_ports.clone());
+    let admission = Admission::new(&config);
     let config = Arc::new(config);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let stop_fds = (0..shard_count)
@@ -129,6 +131,7 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
                 None
             },
             stop_fd: stop_fds[id],
+            admission: admission.clone(),
         };
         let core = cores.get(id % cores.len().max(1)).copied();
         let builder = LocalExecutorBuilder::new(Placement::Unbound)

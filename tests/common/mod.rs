@@ -25,7 +25,6 @@ pub struct Broker {
     stderr_log: PathBuf,
     /// The last ready line, for fields a test needs beyond the ones parsed here.
     pub ready_line: String,
-    bind_retries: u32,
 }
 
 impl Broker {
@@ -35,20 +34,13 @@ impl Broker {
         Broker::start_with_config(root, "", extra)
     }
 
-    /// Like [`Broker::start`], with `config` (TOML lines) appended to the test configuration.
+    /// Like [`Broker::start`], with `config` (TOML lines) appended to the test configuration;
+    /// a line of `config` replaces the test configuration's line with the same key.
     /// `--listen` defaults to `127.0.0.1:0` unless `extra` names one.
     pub fn start_with_config(root: &Path, config_extra: &str, extra: &[&str]) -> Broker {
         let store = root.join("data");
         let config = root.join("broker.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "segment_size_bytes = 1048576\nwrite_buffer_bytes = 4194304\nmax_message_bytes = 262144\n\
-                 max_frame_bytes = 4194304\ncheckpoint_interval_ms = 200\nsync_flush_timeout_ms = 10000\n\
-                 {config_extra}\n"
-            ),
-        )
-        .expect("write test config");
+        std::fs::write(&config, test_config(config_extra)).expect("write test config");
         let mut args = vec![
             "serve".to_string(),
             "--config".to_string(),
@@ -69,7 +61,6 @@ impl Broker {
             args,
             stderr_log: root.join("broker.log"),
             ready_line: String::new(),
-            bind_retries: 0,
         };
         broker.spawn();
         broker
@@ -108,15 +99,6 @@ impl Broker {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                // A fixed port (see PortBlock) may still be held for a moment by the sockets
-                // of the process that was just killed: try again, within a bound.
-                let log = self.log();
-                let tail = &log[log.rfind("effective configuration").unwrap_or(0)..];
-                if tail.contains("Address already in use") && self.bind_retries < 50 {
-                    self.bind_retries += 1;
-                    thread::sleep(Duration::from_millis(100));
-                    return self.spawn();
-                }
                 panic!(
                     "broker did not become ready; its log:\n{}",
                     std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
@@ -246,6 +228,24 @@ impl Broker {
             stdin,
         )
     }
+}
+
+/// Small segments and buffers for fast tests, with the lines of `extra` added or replacing
+/// the line of the same key.
+pub fn test_config(extra: &str) -> String {
+    const BASE: &str = "segment_size_bytes = 1048576\nwrite_buffer_bytes = 4194304\n\
+                        max_message_bytes = 262144\nmax_frame_bytes = 4194304\n\
+                        checkpoint_interval_ms = 200\nsync_flush_timeout_ms = 10000\n";
+    let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_string();
+    let replaced: Vec<String> = extra.lines().map(key).filter(|k| !k.is_empty()).collect();
+    let mut toml: String = BASE
+        .lines()
+        .filter(|line| !replaced.contains(&key(line)))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    toml.push_str(extra);
+    toml.push('\n');
+    toml
 }
 
 /// Runs the `ringmq` binary with `args` and `stdin` to completion.
