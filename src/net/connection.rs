@@ -97,6 +97,9 @@ async fn write_responses(
                 );
             }
             shutdown_both(writer.as_raw_fd());
+            // Requests still in flight must be able to queue their answers and finish (a
+            // dropped receiver does not release senders waiting on a full channel).
+            while rx.recv().await.is_some() {}
             break;
         }
         activity.set(Instant::now());
@@ -242,11 +245,13 @@ impl Reader {
         body_start: usize,
         permits: (ConnectionPermits, BudgetPermit),
     ) {
-        let (shard, tx) = (self.shard.clone(), self.tx.clone());
+        let (shard, tx, activity) = (self.shard.clone(), self.tx.clone(), self.activity.clone());
         spawn_local(async move {
             let reply = handlers::handle(&shard, opcode, &frame[body_start..]).await;
             drop(frame);
             send_reply(&tx, header, reply).await;
+            // The idle clock starts when the last request in flight is done.
+            activity.set(Instant::now());
             drop(permits);
         })
         .detach();

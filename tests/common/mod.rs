@@ -36,7 +36,7 @@ impl Broker {
 
     /// Like [`Broker::start`], with `config` (TOML lines) appended to the test configuration;
     /// a line of `config` replaces the test configuration's line with the same key.
-    /// `--listen` defaults to `127.0.0.1:0` unless `extra` names one.
+    /// `--listen` and `--ha-listen` default to `127.0.0.1:0` unless `extra` names them.
     pub fn start_with_config(root: &Path, config_extra: &str, extra: &[&str]) -> Broker {
         let store = root.join("data");
         let config = root.join("broker.toml");
@@ -48,8 +48,11 @@ impl Broker {
             "--store".to_string(),
             store.display().to_string(),
         ];
-        if !extra.contains(&"--listen") {
-            args.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
+        // Free ports unless the test names its own, so tests can run side by side.
+        for flag in ["--listen", "--ha-listen"] {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_string(), "127.0.0.1:0".to_string()]);
+            }
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut broker = Broker {
