@@ -55,9 +55,10 @@ pub const BIND_RETRY_INTERVAL_MS: u64 = 50;
 /// timeout (30 s), instead of queueing more work behind the overload.
 pub const INFLIGHT_BUDGET_WAIT_MS: u64 = 1_000;
 
-/// How long the broker tries to write the `SYSTEM_BUSY` frame to a connection it does not
-/// admit. The frame is small and the socket new, so it fits the send buffer at once; the bound
-/// only stops a refused peer from holding a task.
+/// How long the broker spends on a connection it does not admit: writing the `SYSTEM_BUSY`
+/// frame (small, so it fits a new socket's buffer at once), then waiting for the peer to close
+/// so the close does not reset the answer away. The bound stops a refused peer from holding a
+/// task.
 pub const REFUSAL_WRITE_TIMEOUT_MS: u64 = 1_000;
 
 /// Pipe capacity the replication splice sender asks for (`F_SETPIPE_SZ`). One pipe's worth is

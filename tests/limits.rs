@@ -233,6 +233,15 @@ fn the_51st_connection_from_one_address_is_refused_while_another_is_served() {
         r.message()
     );
     assert_closed(&mut over, "the 51st connection");
+    // The Rust client, which sends at once, gets the status too rather than a reset.
+    match ringmq::client::Client::connect(&broker.addr) {
+        Err(ringmq::client::ClientError::Status { status, message }) => {
+            assert_eq!(status, Status::SystemBusy, "{message}");
+            assert!(message.starts_with("max_connections_per_ip"), "{message}");
+        }
+        Err(e) => panic!("the client saw {e} instead of SYSTEM_BUSY"),
+        Ok(_) => panic!("the client was admitted over the limit"),
+    }
     let mut other = connect_from("127.0.0.2", &broker.addr);
     ping(&mut other, 1);
     // A closed connection frees its place.

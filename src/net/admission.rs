@@ -210,6 +210,27 @@ mod tests {
     }
 
     #[test]
+    fn frames_still_arriving_cannot_take_the_whole_budget() {
+        glommio::LocalExecutor::default().run(async {
+            let budget = InflightBudget::new(1000);
+            let receiving = budget
+                .reserve_receiving(700)
+                .await
+                .expect("within the share");
+            assert!(
+                budget.reserve_receiving(100).await.is_none(),
+                "past the receiving share: no budget within the wait"
+            );
+            let complete = budget
+                .reserve(250)
+                .await
+                .expect("the rest serves complete frames");
+            drop((receiving, complete));
+            budget.reserve_receiving(750).await.expect("freed on drop");
+        });
+    }
+
+    #[test]
     fn total_limit_spans_addresses() {
         let admission = admission(2, 5);
         let _a = admission.admit("10.0.0.1".parse().unwrap()).unwrap();

@@ -479,13 +479,22 @@ async fn reject(tx: &LocalSender<Vec<u8>>, error: &FrameError) {
     send_reply(tx, header, Reply::error(error.status(), error.to_string())).await;
 }
 
-/// Answers a connection the broker does not admit with `SYSTEM_BUSY` and closes it.
-pub async fn refuse(mut stream: TcpStream, reason: String, write_timeout: Duration) {
+/// Answers a connection the broker does not admit with `SYSTEM_BUSY` and closes it. What
+/// the peer sent meanwhile is read and dropped until it closes too (within `timeout`): closing
+/// with unread bytes would reset the connection and could discard the answer on its way.
+pub async fn refuse(mut stream: TcpStream, reason: String, timeout: Duration) {
     let frame = response_frame(
         connection_error_header(),
         Reply::error(Status::SystemBusy, reason),
     );
-    let _ = stream.set_write_timeout(Some(write_timeout));
-    let _ = stream.write_all(&frame).await;
+    let _ = stream.set_write_timeout(Some(timeout));
+    if stream.write_all(&frame).await.is_err() {
+        return;
+    }
     let _ = stream.close().await;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    future::or(drain, sleep(timeout)).await;
 }
