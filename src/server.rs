@@ -9,6 +9,7 @@ use crate::net::bind_listeners;
 use crate::shard::mesh::build_mesh;
 use crate::shard::startup::{run_shard, ShardStartup};
 use crate::shard::topics::TopicTable;
+use crate::store::lock::StoreLock;
 use glommio::{LocalExecutorBuilder, Placement};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -96,6 +97,7 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
     let shard_count = config.shard_count();
     std::fs::create_dir_all(&config.store_dir)
         .map_err(|e| format!("store_dir {}: {e}", config.store_dir.display()))?;
+    let _store_lock = StoreLock::acquire(&config.store_dir)?;
     check_store_identity(&config.store_dir, shard_count)?;
     info!("effective configuration:\n{}", config.to_toml());
     let topics = Arc::new(TopicTable::load(&config.store_dir)?);

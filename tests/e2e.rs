@@ -478,3 +478,36 @@ fn invalid_configuration_is_refused_naming_the_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no_such_key"), "{stderr}");
 }
+
+#[test]
+fn a_second_broker_on_the_same_store_exits_naming_the_store_and_the_holder() {
+    let dir = temp_store();
+    let mut first = Broker::start(dir.path(), &[]);
+    let store = first.store.display().to_string();
+    let out = run_binary(
+        &[
+            "serve",
+            "--store",
+            &store,
+            "--listen",
+            "127.0.0.1:0",
+            "--ha-listen",
+            "127.0.0.1:0",
+        ],
+        b"",
+    );
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ringmq ready"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&store), "{stderr}");
+    let pid = first.pid().expect("first broker runs");
+    assert!(stderr.contains(&format!("pid {pid}")), "{stderr}");
+
+    // The lock dies with its holder, SIGKILL included: an immediate restart takes it.
+    first.kill();
+    first.restart();
+    let mut client = first.client();
+    client
+        .create_topic("after-lock", 1)
+        .expect("broker serves after restart");
+}

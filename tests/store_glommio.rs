@@ -116,3 +116,45 @@ fn append_flush_read_close_reopen_and_roll_on_a_real_disk() {
         .join()
         .unwrap();
 }
+
+/// Single requests of 1, 4, 8 and 16 MiB through the storage seam on a fresh executor, as
+/// recovery issues them right after start-up. Requests above the device's limit
+/// (`max_sectors_kb`, 4 MiB on this project's disks) used to hang the executor for good
+/// (glommio#633); the seam now cuts them, so each one completes and reads back what was
+/// written. A deadline turns a regression into a failure instead of a hung test.
+#[test]
+fn large_reads_and_writes_complete_on_a_fresh_executor() {
+    use ringmq::store::io::{Disk, DiskFile};
+    const MIB: usize = 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let executor = LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            prime_iopoll_probe(&path).await.unwrap();
+            let disk = GlommioDisk::new();
+            let file = disk.open(&path.join("large"), true).await.unwrap();
+            assert_eq!(file.max_io_bytes() % 4096, 0);
+            for size_mib in [1usize, 4, 8, 16] {
+                let len = size_mib * MIB;
+                let bytes: Vec<u8> = (0..len).map(|i| (i / 4096 + size_mib) as u8).collect();
+                file.write_bytes_at(&bytes, 0).await.unwrap();
+                file.fdatasync().await.unwrap();
+                let back = file.read_at(0, len).await.unwrap();
+                assert!(back == bytes, "{size_mib} MiB read back differs");
+                let unaligned = file.read_at(4096 + 17, len - 8192).await.unwrap();
+                assert!(unaligned[..] == bytes[4096 + 17..len - 4096 + 17]);
+                done_tx.send(size_mib).unwrap();
+            }
+        })
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for size_mib in [1usize, 4, 8, 16] {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match done_rx.recv_timeout(left) {
+            Ok(done) => assert_eq!(done, size_mib),
+            Err(_) => panic!("a {size_mib} MiB direct read or write did not complete in 60 s"),
+        }
+    }
+    executor.join().unwrap();
+}

@@ -460,3 +460,44 @@ fn a_slave_keeps_queues_it_adopted_across_restarts() {
         }
     }
 }
+
+/// A recovery reads the log about once, whatever the largest allowed record: the scan used to
+/// refill a window of `max_record_bytes` for every record, so at the default 4 MiB limit a
+/// restart read the segment once per record and never finished. Small records under a large
+/// record limit, as in the default configuration, after a crash that lost the checkpoint, so
+/// the whole log is scanned.
+#[test]
+fn recovery_reads_each_scanned_byte_about_once() {
+    let large_limit = StoreConfig {
+        segment_size_bytes: 8 * 1024 * 1024,
+        write_buffer_bytes: 4 * 1024 * 1024 + 4096,
+        max_record_bytes: 4 * 1024 * 1024 + 4096,
+        ..config()
+    };
+    let disk = SimDisk::new();
+    let (store, _) =
+        block_on(ShardStore::open(disk.clone(), large_limit.clone(), &QUEUES)).expect("open");
+    let mut model = Model::new();
+    let mut rng = SeededRng(7);
+    workload(&store, &mut model, &mut rng, 3000);
+    flush(&store, &mut model);
+    let crashed = disk.crash(7);
+    let checkpoint = ringmq::store::checkpoint::checkpoint_path(&large_limit.dir);
+    block_on(ringmq::store::io::Disk::remove(&crashed, &checkpoint)).expect("no checkpoint");
+    let before = crashed.read_bytes();
+    let (_, report) = block_on(ShardStore::open(
+        crashed.clone(),
+        large_limit.clone(),
+        &QUEUES,
+    ))
+    .expect("reopen");
+    let read = crashed.read_bytes() - before;
+    assert!(report.unclean_shutdown);
+    assert!(report.scanned_records > 1000, "{report:?}");
+    let slack = 2 * large_limit.max_record_bytes as u64 + 4 * large_limit.write_buffer_bytes as u64;
+    assert!(
+        read <= 2 * report.scanned_bytes + slack,
+        "recovery read {read} bytes to scan {} bytes",
+        report.scanned_bytes
+    );
+}

@@ -79,12 +79,15 @@ pub enum Status {
     SystemBusy = 200,
     /// Retryable: this broker's role does not accept the request (e.g. produce on a slave).
     NotMaster = 201,
+    /// Retryable: not stored, the disk has no space for the next commitlog segment. Reads
+    /// keep working; writes are accepted again as soon as space is freed.
+    DiskFull = 202,
     StoreError = 300,
     Internal = 301,
 }
 
 impl Status {
-    const ALL: [Status; 21] = [
+    const ALL: [Status; 22] = [
         Status::Ok,
         Status::FlushDiskTimeout,
         Status::FlushSlaveTimeout,
@@ -104,6 +107,7 @@ impl Status {
         Status::InvalidName,
         Status::SystemBusy,
         Status::NotMaster,
+        Status::DiskFull,
         Status::StoreError,
         Status::Internal,
     ];
@@ -146,6 +150,7 @@ impl Status {
             Status::InvalidName => "INVALID_NAME",
             Status::SystemBusy => "SYSTEM_BUSY",
             Status::NotMaster => "NOT_MASTER",
+            Status::DiskFull => "DISK_FULL",
             Status::StoreError => "STORE_ERROR",
             Status::Internal => "INTERNAL",
         }
@@ -153,7 +158,10 @@ impl Status {
 
     /// Whether the same request may succeed if sent again unchanged.
     pub fn is_retryable(self) -> bool {
-        matches!(self, Status::SystemBusy | Status::NotMaster)
+        matches!(
+            self,
+            Status::SystemBusy | Status::NotMaster | Status::DiskFull
+        )
     }
 }
 

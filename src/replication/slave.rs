@@ -307,8 +307,12 @@ fn is_end_of_segment(bytes: &[u8]) -> bool {
 }
 
 async fn append(shard: &Rc<Shard>, bytes: &[u8]) -> Result<(), String> {
+    // A slave appends what its master shipped; if its own flusher or disk cannot keep up for
+    // a whole link timeout, the link is dropped and resumes from the slave's end later.
+    let deadline = std::time::Instant::now()
+        + std::time::Duration::from_millis(shard.config.ha_link_timeout_ms);
     shard
-        .append_waiting(|| shard.store.append_replicated(bytes))
+        .append_waiting(deadline, || shard.store.append_replicated(bytes))
         .await
         .map_err(|e| e.to_string())?;
     shard.probe.appended(1, bytes.len() as u64);

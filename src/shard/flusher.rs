@@ -9,7 +9,12 @@ use glommio::timer::sleep;
 use glommio::{spawn_local, Task};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use tracing::{error, warn};
+use tracing::{error, info, warn};
+
+/// How often the allocator retries a segment it could not create. Space freed by an operator
+/// or by retention is picked up within this; short enough that producers retrying DISK_FULL
+/// see writes accepted again promptly, long enough not to spin on a full disk.
+const SEGMENT_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Under SYNC_FLUSH: flush whenever anything is dirty. Flushes are pipelined: while the
 /// fdatasync of one batch is in flight, everything appended meanwhile is already being written,
@@ -123,15 +128,25 @@ pub async fn run_segment_allocator(shard: Rc<Shard>) {
         }
         if shard.store.needs_next_segment() {
             if let Err(e) = shard.store.prepare_next_segment().await {
-                error!(
-                    shard = shard.id,
-                    "creating the next commitlog segment failed: {e}"
-                );
-                // Appends waiting for the segment are told through the event and will see the
-                // failure on their next attempt; try again after a pause rather than spin.
+                if shard.segment_failure.borrow().is_none() {
+                    error!(
+                        shard = shard.id,
+                        "creating the next commitlog segment failed, retrying every {} ms: {e}",
+                        SEGMENT_RETRY_INTERVAL.as_millis()
+                    );
+                }
+                // Appends waiting for the segment are woken to answer from the failure
+                // (DISK_FULL at once when space ran out); try again after a pause, not a spin.
+                *shard.segment_failure.borrow_mut() = Some(e);
                 shard.segment_ready.notify();
-                sleep(Duration::from_secs(1)).await;
+                sleep(SEGMENT_RETRY_INTERVAL).await;
                 continue;
+            }
+            if shard.segment_failure.borrow_mut().take().is_some() {
+                info!(
+                    shard = shard.id,
+                    "the next commitlog segment was created after all; accepting appends again"
+                );
             }
             shard.segment_ready.notify();
             continue;

@@ -20,15 +20,18 @@ use crate::protocol::Opcode;
 use crate::replication::identity::LogIdentity;
 use crate::replication::replicas::Replicas;
 use crate::store::glommio_disk::GlommioDisk;
-use crate::store::{AppendError, Appended, QueueKey, ShardStore};
+use crate::store::{AppendError, QueueKey, ShardStore, StoreError};
 use completion::{Completions, Event};
 use futures_channel::oneshot;
+use futures_lite::future;
 use glommio::sync::Semaphore;
+use glommio::timer::sleep;
 use groups::GroupOffsets;
 use mesh::{Mesh, Reply, ShardRequest};
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 use topics::{TopicEntry, TopicTable};
 
 pub struct Shard {
@@ -52,8 +55,12 @@ pub struct Shard {
     pub flushed: Event,
     /// Wakes the segment allocator.
     pub segment_wanted: Event,
-    /// The next segment was created.
+    /// The next segment was created, or creating it failed (see `segment_failure`).
     pub segment_ready: Event,
+    /// Why the allocator could not create the next segment, until it next succeeds. Appends
+    /// that need that segment are answered from it at once (`DISK_FULL` when it was for lack
+    /// of space) instead of waiting for a segment that may not come.
+    pub segment_failure: RefCell<Option<StoreError>>,
     /// Keeps a produce batch contiguous when it has to wait mid-batch for buffer space or a
     /// segment; uncontended in the common case, where no append awaits.
     pub append_gate: Semaphore,
@@ -206,26 +213,71 @@ impl Shard {
         owned_queues(self.id, table)
     }
 
-    /// Runs an append, waiting (without blocking the core) while the write buffer is full or
-    /// the next segment is not created yet, and retrying. Other errors are returned.
-    pub async fn append_waiting(
+    /// Waits until `bytes` of records can be appended into segments that exist (see
+    /// [`ShardStore::has_room_for`]): [`AppendError::DiskFull`] at once when the next segment
+    /// could not be created for lack of space, [`AppendError::Busy`] at `deadline`.
+    pub async fn reserve_segment_room(
         &self,
-        mut append: impl FnMut() -> Result<Appended, AppendError>,
-    ) -> Result<Appended, AppendError> {
+        deadline: Instant,
+        bytes: u64,
+    ) -> Result<(), AppendError> {
+        self.append_waiting(deadline, || {
+            if self.store.has_room_for(bytes) {
+                Ok(())
+            } else {
+                Err(AppendError::SegmentNotReady)
+            }
+        })
+        .await
+    }
+
+    /// Runs an append, waiting (without blocking the core) while the write buffer is full or
+    /// the next segment is not created yet, and retrying, until `deadline`: then
+    /// [`AppendError::Busy`]. A segment that could not be created for lack of space is
+    /// [`AppendError::DiskFull`] at once. Other errors are returned.
+    pub async fn append_waiting<T>(
+        &self,
+        deadline: Instant,
+        mut append: impl FnMut() -> Result<T, AppendError>,
+    ) -> Result<T, AppendError> {
+        let started = Instant::now();
         loop {
-            match append() {
+            let (waiting_for, event) = match append() {
                 Err(AppendError::BufferFull) => {
                     let flushed = self.flushed.listen();
                     self.flush_urgent.set(true);
                     self.flush_requested.notify();
-                    let _ = flushed.await;
+                    ("write-buffer space (a flush)", flushed)
                 }
                 Err(AppendError::SegmentNotReady) => {
+                    if let Some(failure) = self.segment_failure.borrow().as_ref() {
+                        if failure.is_disk_full() {
+                            return Err(AppendError::DiskFull(failure.to_string()));
+                        }
+                    }
                     let ready = self.segment_ready.listen();
                     self.segment_wanted.notify();
-                    let _ = ready.await;
+                    ("the next commitlog segment", ready)
                 }
                 other => return other,
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let woken = future::or(
+                async {
+                    let _ = event.await;
+                    true
+                },
+                async {
+                    sleep(left).await;
+                    false
+                },
+            )
+            .await;
+            if !woken {
+                return Err(AppendError::Busy {
+                    waited_ms: started.elapsed().as_millis() as u64,
+                    waiting_for,
+                });
             }
         }
     }

@@ -153,6 +153,7 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
         flushed: Default::default(),
         segment_wanted: Default::default(),
         segment_ready: Default::default(),
+        segment_failure: Default::default(),
         append_gate: Semaphore::new(1),
         metadata_gate: Semaphore::new(1),
         mesh,

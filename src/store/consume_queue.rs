@@ -125,7 +125,7 @@ pub async fn write_from<D: Disk>(
     let data_end = (tail_index + tail.len()) * CQ_ENTRY_BYTES;
     let end = data_end.max(zero_to_bytes as usize).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
     if end > block_start {
-        let mut buf = file.alloc_buffer(end - block_start);
+        let mut image = vec![0u8; end - block_start];
         let first = block_start / CQ_ENTRY_BYTES;
         let skew = block_start - first * CQ_ENTRY_BYTES;
         let mut scratch = [0u8; CQ_ENTRY_BYTES];
@@ -138,9 +138,9 @@ pub async fn write_from<D: Disk>(
             } else {
                 (&scratch[..], at - block_start)
             };
-            buf.as_mut()[dst..dst + src.len()].copy_from_slice(src);
+            image[dst..dst + src.len()].copy_from_slice(src);
         }
-        file.write_at(buf, block_start as u64)
+        file.write_bytes_at(&image, block_start as u64)
             .await
             .map_err(|e| StoreError::io(context(), e))?;
     }

@@ -11,8 +11,8 @@
 //! `spawn_blocking`, so the core never blocks on them. Closures there never panic: a panic in
 //! a `spawn_blocking` closure hangs the caller (glommio/glommio#37); they return `io::Result`.
 
-use super::io::{Disk, DiskFile};
-use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
+use super::io::{oversized_write, Disk, DiskFile, BLOCK_BYTES};
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -84,6 +84,31 @@ impl GlommioDisk {
 pub struct GlommioFile {
     file: DmaFile,
     path: PathBuf,
+    /// The device's single-request limit, read once at open (see [`DiskFile::max_io_bytes`]).
+    max_io_bytes: usize,
+}
+
+/// Used when the file's device has no request queue in sysfs (overlay, tmpfs, network file
+/// systems report device major 0): 128 KiB is the kernel's default `max_sectors_kb` and what
+/// glommio assumes for an unknown device.
+const FALLBACK_MAX_IO_BYTES: usize = 128 * 1024;
+
+/// The most bytes one request to block device `major:minor` may carry, from
+/// `/sys/dev/block/M:m/queue/max_sectors_kb` (a partition's queue is its disk's, one level up),
+/// rounded down to whole blocks.
+fn device_max_io_bytes(major: u32, minor: u32) -> usize {
+    let dev = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    let kib = [dev.join("queue"), dev.join("../queue")]
+        .iter()
+        .find_map(|queue| {
+            fs::read_to_string(queue.join("max_sectors_kb"))
+                .ok()
+                .and_then(|text| text.trim().parse::<usize>().ok())
+        });
+    match kib {
+        Some(kib) if kib * 1024 >= BLOCK_BYTES => kib * 1024 / BLOCK_BYTES * BLOCK_BYTES,
+        _ => FALLBACK_MAX_IO_BYTES,
+    }
 }
 
 impl Disk for GlommioDisk {
@@ -109,9 +134,12 @@ impl Disk for GlommioDisk {
             let parent = parent_of(path);
             blocking(move || sync_dir(&parent)).await?;
         }
+        let (major, minor) = (file.dev_major(), file.dev_minor());
+        let max_io_bytes = blocking(move || Ok(device_max_io_bytes(major, minor))).await?;
         Ok(GlommioFile {
             file,
             path: path.to_path_buf(),
+            max_io_bytes,
         })
     }
 
@@ -183,6 +211,23 @@ impl Disk for GlommioDisk {
         .await
     }
 
+    async fn available_bytes(&self, dir: &Path) -> io::Result<u64> {
+        let dir = dir.to_path_buf();
+        blocking(move || {
+            let c_path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))?;
+            let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+            // SAFETY: a valid C string and a pointer to writable memory of the right type.
+            if unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: statvfs succeeded, so it filled the struct.
+            let stats = unsafe { stats.assume_init() };
+            Ok(stats.f_bavail * stats.f_frsize)
+        })
+        .await
+    }
+
     async fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
         let path = path.to_path_buf();
         blocking(move || match fs::read(&path) {
@@ -196,7 +241,10 @@ impl Disk for GlommioDisk {
 
 impl DiskFile for GlommioFile {
     type Buf = DmaBuffer;
-    type ReadBuf = ReadResult;
+
+    fn max_io_bytes(&self) -> usize {
+        self.max_io_bytes
+    }
 
     fn alloc_buffer(&self, len: usize) -> DmaBuffer {
         let mut buf = self.file.alloc_dma_buffer(len);
@@ -206,6 +254,9 @@ impl DiskFile for GlommioFile {
 
     async fn write_at(&self, buf: DmaBuffer, offset: u64) -> io::Result<usize> {
         let len = buf.len();
+        if len > self.max_io_bytes {
+            return Err(oversized_write(&self.path, len, self.max_io_bytes));
+        }
         let written = self
             .file
             .write_at(buf, offset)
@@ -223,11 +274,18 @@ impl DiskFile for GlommioFile {
         Ok(written)
     }
 
-    async fn read_at(&self, offset: u64, len: usize) -> io::Result<ReadResult> {
-        self.file
+    async fn read_chunk_at(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> io::Result<()> {
+        debug_assert!(
+            len <= self.max_io_bytes,
+            "read of {len} bytes past the device limit"
+        );
+        let bytes = self
+            .file
             .read_at(offset, len)
             .await
-            .map_err(io::Error::from)
+            .map_err(io::Error::from)?;
+        out.extend_from_slice(&bytes);
+        Ok(())
     }
 
     async fn fdatasync(&self) -> io::Result<()> {

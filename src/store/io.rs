@@ -8,7 +8,6 @@
 #![allow(async_fn_in_trait)]
 
 use std::io;
-use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
 /// Alignment and granularity of every data write: the device's physical block.
@@ -31,6 +30,8 @@ pub trait Disk: Clone + 'static {
     async fn write_atomic(&self, path: &Path, bytes: Vec<u8>) -> io::Result<()>;
     /// The whole content of a small file, or `None` if it does not exist.
     async fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
+    /// Bytes an unprivileged writer may still allocate on the file system holding `dir`.
+    async fn available_bytes(&self, dir: &Path) -> io::Result<u64>;
 }
 
 // `len` is the file size in bytes, not a collection length; an `is_empty` would mean nothing.
@@ -38,16 +39,65 @@ pub trait Disk: Clone + 'static {
 pub trait DiskFile: 'static {
     /// A buffer suitable for a direct write: aligned to [`BLOCK_BYTES`].
     type Buf: AsRef<[u8]> + AsMut<[u8]>;
-    type ReadBuf: Deref<Target = [u8]>;
 
-    /// A zeroed write buffer of `len` bytes (a multiple of [`BLOCK_BYTES`]).
+    /// The largest single read or write this file takes: the device's limit for one request
+    /// (`max_sectors_kb`), a multiple of [`BLOCK_BYTES`]. A direct request above it is split by
+    /// the block layer, and glommio 0.9 on an IOPOLL ring never sees such a request complete
+    /// (glommio#633): the executor parks forever. Writers split by it; [`DiskFile::read_at`]
+    /// splits reads by it; [`DiskFile::write_at`] refuses a larger buffer.
+    fn max_io_bytes(&self) -> usize;
+    /// A zeroed write buffer of `len` bytes (a multiple of [`BLOCK_BYTES`], at most
+    /// [`DiskFile::max_io_bytes`]).
     fn alloc_buffer(&self, len: usize) -> Self::Buf;
-    /// Writes the whole buffer at `offset` (a multiple of [`BLOCK_BYTES`]).
+    /// Writes the whole buffer at `offset` (a multiple of [`BLOCK_BYTES`]). A buffer larger
+    /// than [`DiskFile::max_io_bytes`] is refused with `InvalidInput`.
     async fn write_at(&self, buf: Self::Buf, offset: u64) -> io::Result<usize>;
-    /// Reads up to `len` bytes at any offset; fewer only at the end of the file.
-    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Self::ReadBuf>;
+    /// One read of at most [`DiskFile::max_io_bytes`] at any offset, appended to `out`; fewer
+    /// bytes only at the end of the file. Callers use [`DiskFile::read_at`].
+    async fn read_chunk_at(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> io::Result<()>;
+    /// Reads up to `len` bytes at any offset; fewer only at the end of the file. The one place
+    /// where reads are cut to the device's limit: recovery, consume-queue loads and pulls all
+    /// come through here.
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let chunk = self.max_io_bytes();
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let want = chunk.min(len - out.len());
+            let before = out.len();
+            self.read_chunk_at(offset + before as u64, want, &mut out)
+                .await?;
+            if out.len() - before < want {
+                break;
+            }
+        }
+        Ok(out)
+    }
+    /// Writes `bytes` (a multiple of [`BLOCK_BYTES`]) at `offset` (likewise) in requests of at
+    /// most [`DiskFile::max_io_bytes`], each copied into an aligned buffer. For writers that
+    /// build their bytes elsewhere; the commitlog fills aligned buffers directly instead.
+    async fn write_bytes_at(&self, bytes: &[u8], offset: u64) -> io::Result<()> {
+        let chunk = self.max_io_bytes();
+        for (index, part) in bytes.chunks(chunk).enumerate() {
+            let mut buf = self.alloc_buffer(part.len());
+            buf.as_mut().copy_from_slice(part);
+            self.write_at(buf, offset + (index * chunk) as u64).await?;
+        }
+        Ok(())
+    }
     /// Makes every completed write to this file durable.
     async fn fdatasync(&self) -> io::Result<()>;
     async fn len(&self) -> io::Result<u64>;
     fn path(&self) -> PathBuf;
+}
+
+/// The error for a write buffer above the file's [`DiskFile::max_io_bytes`]: a caller that did
+/// not split its write, a programming error answered with an error rather than a hung core.
+pub fn oversized_write(path: &Path, len: usize, max_io_bytes: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "{}: direct write of {len} bytes exceeds the device's single-request limit of {max_io_bytes} bytes",
+            path.display()
+        ),
+    )
 }

@@ -13,6 +13,7 @@ pub mod commitlog;
 pub mod consume_queue;
 pub mod glommio_disk;
 pub mod io;
+pub mod lock;
 pub mod record;
 pub mod sim;
 
@@ -41,6 +42,21 @@ impl StoreError {
             source,
         }
     }
+
+    /// The file system had no space (ENOSPC, or EDQUOT for a quota): retryable once space is
+    /// freed, unlike other I/O errors.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } => {
+                source.kind() == std::io::ErrorKind::StorageFull
+                    || matches!(
+                        source.raw_os_error(),
+                        Some(libc::ENOSPC) | Some(libc::EDQUOT)
+                    )
+            }
+            StoreError::Corrupt(_) => false,
+        }
+    }
 }
 
 /// Why an append was not taken. None of these lose data: the caller retries after the event
@@ -64,6 +80,16 @@ pub enum AppendError {
     /// A previous write or sync failed; the store refuses appends until restarted.
     #[error("store failed: {0}")]
     Failed(String),
+    /// The record needs the next segment, and creating it failed for lack of space.
+    #[error("disk full: {0}")]
+    DiskFull(String),
+    /// The wait for write-buffer space or the next segment outlasted the request's deadline:
+    /// the flusher or the segment allocator is not keeping up.
+    #[error("timed out after {waited_ms} ms waiting for {waiting_for}")]
+    Busy {
+        waited_ms: u64,
+        waiting_for: &'static str,
+    },
 }
 
 /// Identifies a queue inside a shard's store.

@@ -549,6 +549,11 @@ impl<D: Disk> ShardStore<D> {
         consume_queue::write_from(&self.disk, &path, tail, tail_index, from, 0).await
     }
 
+    /// See [`CommitLog::has_room_for`].
+    pub fn has_room_for(&self, bytes: u64) -> bool {
+        self.log.has_room_for(bytes)
+    }
+
     /// True when the next segment should be created and zero-filled ahead of need.
     pub fn needs_next_segment(&self) -> bool {
         self.log.needs_next_segment()

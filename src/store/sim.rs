@@ -13,7 +13,7 @@
 //!
 //! Futures complete immediately, so tests drive the store with `futures_lite::future::block_on`.
 
-use super::io::{Disk, DiskFile, BLOCK_BYTES};
+use super::io::{oversized_write, Disk, DiskFile, BLOCK_BYTES};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -22,6 +22,11 @@ use std::rc::Rc;
 
 /// Granularity at which a torn write lands: the device's logical sector.
 const SECTOR_BYTES: usize = 512;
+
+/// The simulated device's single-request limit: far below a real disk's, so every reader and
+/// writer in the store is exercised cutting its I/O into several requests (a single request
+/// above it is refused, where a real device behind glommio would hang).
+pub const SIM_MAX_IO_BYTES: usize = 64 * 1024;
 
 /// A fault to inject into the next matching operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +47,11 @@ struct SimState {
     files: BTreeMap<PathBuf, SimFileState>,
     dirs: BTreeSet<PathBuf>,
     faults: Vec<SimFault>,
+    /// Bytes returned by reads since the disk was made: lets a test bound the reads of a
+    /// recovery against the bytes it scanned.
+    read_bytes: u64,
+    /// What `available_bytes` reports; `None` is unlimited.
+    available_bytes: Option<u64>,
 }
 
 #[derive(Clone, Default)]
@@ -107,6 +117,16 @@ impl SimDisk {
         Self::default()
     }
 
+    /// Bytes returned by data-file reads on this disk (not counting a crash copy's).
+    pub fn read_bytes(&self) -> u64 {
+        self.state.borrow().read_bytes
+    }
+
+    /// Makes `available_bytes` report `bytes` (`None`: unlimited), as a full disk would.
+    pub fn set_available_bytes(&self, bytes: Option<u64>) {
+        self.state.borrow_mut().available_bytes = bytes;
+    }
+
     /// The disk as it could be after a power loss now, chosen by `seed`. `self` is unchanged.
     pub fn crash(&self, seed: u64) -> SimDisk {
         let mut rng = SeededRng(seed);
@@ -137,6 +157,8 @@ impl SimDisk {
                 files,
                 dirs: state.dirs.clone(),
                 faults: Vec::new(),
+                read_bytes: 0,
+                available_bytes: state.available_bytes,
             })),
         }
     }
@@ -297,6 +319,10 @@ impl Disk for SimDisk {
     async fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
         Ok(self.content(path))
     }
+
+    async fn available_bytes(&self, _dir: &Path) -> io::Result<u64> {
+        Ok(self.state.borrow().available_bytes.unwrap_or(u64::MAX))
+    }
 }
 
 impl SimFile {
@@ -311,7 +337,10 @@ impl SimFile {
 
 impl DiskFile for SimFile {
     type Buf = Vec<u8>;
-    type ReadBuf = Vec<u8>;
+
+    fn max_io_bytes(&self) -> usize {
+        SIM_MAX_IO_BYTES
+    }
 
     fn alloc_buffer(&self, len: usize) -> Vec<u8> {
         assert_eq!(len % BLOCK_BYTES, 0, "direct-write buffer of {len} bytes");
@@ -329,6 +358,9 @@ impl DiskFile for SimFile {
                 ),
             ));
         }
+        if buf.len() > SIM_MAX_IO_BYTES {
+            return Err(oversized_write(&self.path, buf.len(), SIM_MAX_IO_BYTES));
+        }
         self.with_file(|state| {
             if SimDisk::take_fault(state, SimFault::Write) {
                 return Err(eio("write", &self.path));
@@ -341,12 +373,23 @@ impl DiskFile for SimFile {
         })
     }
 
-    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    async fn read_chunk_at(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> io::Result<()> {
+        if len > SIM_MAX_IO_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: read of {len} bytes past the device limit",
+                    self.path.display()
+                ),
+            ));
+        }
         self.with_file(|state| {
             let content = &state.files[&self.path].current;
             let start = (offset as usize).min(content.len());
             let end = (start + len).min(content.len());
-            Ok(content[start..end].to_vec())
+            out.extend_from_slice(&content[start..end]);
+            state.read_bytes += (end - start) as u64;
+            Ok(())
         })
     }
 

@@ -4,7 +4,7 @@ use super::{bad_request, body, route, Route};
 use crate::config::{BrokerRole, FlushDiskType};
 use crate::constants::MAX_MESSAGES_PER_PRODUCE;
 use crate::metrics::{Counter, Hist};
-use crate::protocol::message::{ProduceRequest, ProduceResponse, ANY_QUEUE};
+use crate::protocol::message::{MessageRef, ProduceRequest, ProduceResponse, ANY_QUEUE};
 use crate::protocol::{Opcode, Status};
 use crate::shard::completion::Completion;
 use crate::shard::mesh::Reply;
@@ -53,7 +53,11 @@ pub async fn handle(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
     let started = Instant::now();
     shard.probe.add(Counter::ProduceRequests, 1);
     let key = QueueKey { topic_id, queue };
-    let (first, last) = match append_batch(shard, key, &request).await {
+    // One deadline for the whole request: waiting for buffer space or a segment and waiting
+    // for the flush both count against `sync_flush_timeout_ms`, so a status always arrives
+    // within it (plus the slaves' own wait under SYNC_MASTER).
+    let deadline = started + Duration::from_millis(shard.config.sync_flush_timeout_ms);
+    let (first, last) = match append_batch(shard, key, &request, deadline).await {
         Ok(range) => range,
         Err(reply) => return reply,
     };
@@ -65,7 +69,7 @@ pub async fn handle(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
         last.end_offset - first.commitlog_offset,
     );
     shard.replication_wakeup.notify();
-    let status = wait_for_guarantee(shard, last.end_offset).await;
+    let status = wait_for_guarantee(shard, last.end_offset, deadline).await;
     if status == Status::StoreError {
         return Reply::error(
             status,
@@ -135,10 +139,11 @@ fn pick_queue(shard: &Shard, topic: &str) -> Result<u32, Reply> {
 
 /// Appends every message of the batch; the queue offsets of a batch are contiguous because
 /// the append gate is held while the batch waits for buffer space or a new segment.
-async fn append_batch(
+async fn append_batch<'a>(
     shard: &Rc<Shard>,
     key: QueueKey,
-    request: &ProduceRequest<'_>,
+    request: &ProduceRequest<'a>,
+    deadline: Instant,
 ) -> Result<(Appended, Appended), Reply> {
     let _gate = shard
         .append_gate
@@ -146,21 +151,22 @@ async fn append_batch(
         .await
         .map_err(|e| Reply::error(Status::Internal, e.to_string()))?;
     let store_timestamp_ms = now_ms();
+    let input = |m: &MessageRef<'a>| record_input(key, request.topic, store_timestamp_ms, m);
+    // The whole batch or none of it: its segments must exist before its first record goes in,
+    // so a full disk answers DISK_FULL for a batch that was not stored at all.
+    let batch_bytes = request
+        .messages
+        .iter()
+        .map(|m| input(m).encoded_len() as u64)
+        .sum();
+    shard
+        .reserve_segment_room(deadline, batch_bytes)
+        .await
+        .map_err(append_failure)?;
     let mut first = None;
     let mut last = None;
     for m in &request.messages {
-        let input = RecordInput {
-            topic_id: key.topic_id,
-            queue_id: key.queue,
-            queue_offset: 0,
-            born_timestamp_ms: m.born_timestamp_ms,
-            store_timestamp_ms,
-            topic: request.topic,
-            key: m.key,
-            properties: m.properties,
-            body: m.body,
-        };
-        let appended = append_one(shard, &input).await?;
+        let appended = append_one(shard, deadline, &input(m)).await?;
         first.get_or_insert(appended);
         last = Some(appended);
     }
@@ -176,24 +182,54 @@ async fn append_batch(
     ))
 }
 
-async fn append_one(shard: &Shard, input: &RecordInput<'_>) -> Result<Appended, Reply> {
+async fn append_one(
+    shard: &Shard,
+    deadline: Instant,
+    input: &RecordInput<'_>,
+) -> Result<Appended, Reply> {
     shard
-        .append_waiting(|| shard.store.append(input))
+        .append_waiting(deadline, || shard.store.append(input))
         .await
-        .map_err(|e| {
-            let status = match e {
-                AppendError::TooLarge { .. } => Status::MessageTooLarge,
-                AppendError::UnknownQueue { .. } => Status::QueueNotFound,
-                _ => Status::StoreError,
-            };
-            Reply::error(status, e.to_string())
-        })
+        .map_err(append_failure)
+}
+
+fn record_input<'a>(
+    key: QueueKey,
+    topic: &'a str,
+    store_timestamp_ms: u64,
+    m: &MessageRef<'a>,
+) -> RecordInput<'a> {
+    RecordInput {
+        topic_id: key.topic_id,
+        queue_id: key.queue,
+        queue_offset: 0,
+        born_timestamp_ms: m.born_timestamp_ms,
+        store_timestamp_ms,
+        topic,
+        key: m.key,
+        properties: m.properties,
+        body: m.body,
+    }
+}
+
+fn append_failure(e: AppendError) -> Reply {
+    let status = match e {
+        AppendError::TooLarge { .. } => Status::MessageTooLarge,
+        AppendError::UnknownQueue { .. } => Status::QueueNotFound,
+        AppendError::DiskFull(_) => Status::DiskFull,
+        AppendError::Busy { .. } => Status::SystemBusy,
+        AppendError::BufferFull
+        | AppendError::SegmentNotReady
+        | AppendError::Diverged(_)
+        | AppendError::Failed(_) => Status::StoreError,
+    };
+    Reply::error(status, e.to_string())
 }
 
 /// Waits until the flush mode's and the role's guarantees hold for everything before
 /// `end_offset`, or says which one did not hold in time. Both waits run at once: the flush and
 /// the shipping to slaves overlap.
-async fn wait_for_guarantee(shard: &Shard, end_offset: u64) -> Status {
+async fn wait_for_guarantee(shard: &Shard, end_offset: u64, deadline: Instant) -> Status {
     let needs_slaves = shard.role.get() == BrokerRole::SyncMaster && shard.replicas.needed() > 0;
     if needs_slaves
         && shard
@@ -209,7 +245,7 @@ async fn wait_for_guarantee(shard: &Shard, end_offset: u64) -> Status {
                 shard.visible.notify();
                 Status::Ok
             }
-            FlushDiskType::SyncFlush => wait_for_flush(shard, end_offset).await,
+            FlushDiskType::SyncFlush => wait_for_flush(shard, end_offset, deadline).await,
         }
     };
     let replicas = async {
@@ -245,10 +281,10 @@ async fn wait_for_slaves(shard: &Shard, end_offset: u64) -> Status {
     .await
 }
 
-/// SYNC_FLUSH: waits for a flush covering `end_offset`, at most `sync_flush_timeout_ms`.
-async fn wait_for_flush(shard: &Shard, end_offset: u64) -> Status {
+/// SYNC_FLUSH: waits for a flush covering `end_offset`, until the request's deadline.
+async fn wait_for_flush(shard: &Shard, end_offset: u64, deadline: Instant) -> Status {
     let done = shard.completions.wait(end_offset);
-    let timeout = Duration::from_millis(shard.config.sync_flush_timeout_ms);
+    let timeout = deadline.saturating_duration_since(Instant::now());
     future::or(
         async {
             match done.await {
