@@ -49,6 +49,13 @@ pub const BIND_RETRY_MS: u64 = 5_000;
 /// Pause between two binds of a port in use: 100 tries within [`BIND_RETRY_MS`].
 pub const BIND_RETRY_INTERVAL_MS: u64 = 50;
 
+/// Descriptors one client connection holds: its socket and the duplicate its writer owns.
+pub const DESCRIPTORS_PER_CONNECTION: u64 = 2;
+
+/// Descriptors kept for everything but client connections: listeners, replication links,
+/// segment and consume-queue files, io_uring rings and eventfds of every shard.
+pub const DESCRIPTOR_RESERVE: u64 = 1024;
+
 /// How long a request waits for room in its shard's `shard_inflight_budget_bytes` before it is
 /// answered `SYSTEM_BUSY`. Requests finish in milliseconds, so a budget still full after a
 /// second means overload: answering then lets the client back off long before its own read

@@ -5,7 +5,7 @@
 
 use crate::config::BrokerConfig;
 use crate::net::admission::Admission;
-use crate::net::bind_listeners;
+use crate::net::{bind_listeners, raise_descriptor_limit};
 use crate::shard::mesh::build_mesh;
 use crate::shard::startup::{run_shard, ShardStartup};
 use crate::shard::topics::TopicTable;
@@ -101,6 +101,7 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
     check_store_identity(&config.store_dir, shard_count)?;
     info!("effective configuration:\n{}", config.to_toml());
     let topics = Arc::new(TopicTable::load(&config.store_dir)?);
+    raise_descriptor_limit(&config);
     let listeners = bind_listeners(&config, shard_count)?;
     let shard_ports = Arc::new(listeners.shard_ports.clone());
     let admission = Admission::new(&config);

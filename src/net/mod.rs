@@ -14,7 +14,8 @@ pub mod connection;
 
 use crate::config::BrokerConfig;
 use crate::constants::{
-    BIND_RETRY_INTERVAL_MS, BIND_RETRY_MS, LISTEN_BACKLOG, REFUSAL_WRITE_TIMEOUT_MS,
+    BIND_RETRY_INTERVAL_MS, BIND_RETRY_MS, DESCRIPTORS_PER_CONNECTION, DESCRIPTOR_RESERVE,
+    LISTEN_BACKLOG, REFUSAL_WRITE_TIMEOUT_MS,
 };
 use crate::shard::Shard;
 use admission::{Admission, InflightBudget};
@@ -165,6 +166,37 @@ pub fn bind_listeners(config: &BrokerConfig, shard_count: usize) -> Result<Bound
         ha_addr,
         metrics,
     })
+}
+
+/// Raises the soft limit on open descriptors to the hard limit, as Go's runtime does: a
+/// client connection holds [`DESCRIPTORS_PER_CONNECTION`], and the usual soft limit of 1024
+/// would stop accepting at about 500 connections, far below `max_connections`. Warns when
+/// even the hard limit is short of what `max_connections` needs.
+pub fn raise_descriptor_limit(config: &BrokerConfig) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            ..limit
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    let needed = config.max_connections as u64 * DESCRIPTORS_PER_CONNECTION + DESCRIPTOR_RESERVE;
+    if limit.rlim_cur < needed {
+        warn!(
+            "the open-descriptor limit {} is below the {needed} that max_connections {} needs; accepts fail past it (raise `ulimit -n` or lower max_connections)",
+            limit.rlim_cur, config.max_connections
+        );
+    }
 }
 
 /// Shard `n`'s own port: `shard_port_base + n`, by default the client port + 100 + n, or a
