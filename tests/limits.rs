@@ -1,5 +1,6 @@
 //! Connection limits and timeouts against the real broker on loopback: stalled partial frames
-//! are closed after `request_read_timeout_ms` without growing the broker's memory, idle
+//! (small and large) are closed after `request_read_timeout_ms` without growing the broker's
+//! memory, idle
 //! connections are closed after `connections_max_idle_ms` while a long-poll pull is not idle,
 //! `max_connections_per_ip` and `max_connections` refuse with `SYSTEM_BUSY`, a peer that never
 //! reads is closed after `response_write_timeout_ms`, and 64 connections each holding a 15 MiB
@@ -173,6 +174,25 @@ fn stalled_partial_frames_are_closed_within_the_read_timeout() {
         "RSS grew by {grown} bytes, over {STALLED_RSS_BOUND_BYTES}"
     );
     broker.client().ping().expect("the broker still serves");
+}
+
+#[test]
+fn a_large_frame_that_stalls_is_answered_with_its_request_id() {
+    let dir = temp_store();
+    let config = "request_read_timeout_ms = 1000";
+    let broker = Broker::start_with_config(dir.path(), config, &["--shards", "1"]);
+    // Larger than the 64 KiB read buffer: read into its own buffer, from the shard's budget.
+    let whole = frame(Opcode::Ping, 42, &vec![0u8; 1024 * 1024]);
+    let mut s = connect_from("127.0.0.1", &broker.addr);
+    s.write_all(&whole[..200 * 1024]).expect("send a fifth");
+    let r = read_response(&mut s).expect("a status before the close");
+    assert_eq!(r.status, Status::BadRequest as u16, "{}", r.message());
+    assert_eq!(r.request_id, 42);
+    assert_closed(&mut s, "a stalled large frame");
+    let mut whole_sender = connect_from("127.0.0.1", &broker.addr);
+    whole_sender.write_all(&whole).expect("send all of it");
+    let r = read_response(&mut whole_sender).expect("answered");
+    assert_eq!((r.status, r.request_id), (Status::Ok as u16, 42));
 }
 
 #[test]

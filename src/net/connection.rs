@@ -118,8 +118,9 @@ fn shutdown_both(fd: RawFd) {
 enum End {
     /// The peer closed, an I/O error, or a framing error already answered.
     Closed,
-    /// A started frame did not finish within `request_read_timeout_ms`.
-    ReadTimeout,
+    /// A started frame did not finish within `request_read_timeout_ms`; its header when it
+    /// is no longer in the base buffer.
+    ReadTimeout(Option<FrameHeader>),
     /// Nothing in flight and no traffic for `connections_max_idle_ms`.
     Idle,
 }
@@ -164,7 +165,7 @@ impl Reader {
         };
         match end {
             End::Closed => {}
-            End::ReadTimeout => self.answer_read_timeout().await,
+            End::ReadTimeout(header) => self.answer_read_timeout(header).await,
             End::Idle => debug!(shard = self.shard.id, "closing an idle connection"),
         }
     }
@@ -285,14 +286,20 @@ impl Reader {
         let Some((receiving, budget)) = self.net.budget.reserve_receiving(total as u64).await
         else {
             self.answer_busy(header, total).await;
-            return self.discard(total).await;
+            return self
+                .discard(total)
+                .await
+                .map_err(|end| with_header(end, header));
         };
         let mut frame = vec![0u8; total];
         frame[..self.filled].copy_from_slice(&self.buf[..self.filled]);
         let mut got = self.filled;
         self.filled = 0;
         while got < total {
-            got += self.read_frame_part(&mut frame, got, total).await?;
+            got += self
+                .read_frame_part(&mut frame, got, total)
+                .await
+                .map_err(|end| with_header(end, header))?;
         }
         drop(receiving);
         match self.decoder.decode(&frame) {
@@ -364,11 +371,11 @@ impl Reader {
         self.shard.probe.add(Counter::BytesIn, n as u64);
     }
 
-    async fn answer_read_timeout(&self) {
-        let header = if self.filled >= FRAME_HEADER_BYTES {
-            pending_header(&self.buf)
-        } else {
-            connection_error_header()
+    async fn answer_read_timeout(&self, header: Option<FrameHeader>) {
+        let header = match header {
+            Some(header) => header,
+            None if self.filled >= FRAME_HEADER_BYTES => pending_header(&self.buf),
+            None => connection_error_header(),
         };
         let message = format!(
             "request_read_timeout_ms: a frame started {} ms ago is still incomplete; closing the connection",
@@ -376,6 +383,14 @@ impl Reader {
         );
         debug!(shard = self.shard.id, "{message}");
         send_reply(&self.tx, header, Reply::error(Status::BadRequest, message)).await;
+    }
+}
+
+/// Names the frame a read timeout belongs to, once its header has left the base buffer.
+fn with_header(end: End, header: FrameHeader) -> End {
+    match end {
+        End::ReadTimeout(None) => End::ReadTimeout(Some(header)),
+        other => other,
     }
 }
 
@@ -400,7 +415,7 @@ impl Expiry {
         match self {
             Expiry::At(deadline) => {
                 sleep(deadline.saturating_duration_since(Instant::now())).await;
-                End::ReadTimeout
+                End::ReadTimeout(None)
             }
             Expiry::Idle {
                 idle,
