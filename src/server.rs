@@ -94,6 +94,7 @@ fn signal_stop(fds: &[RawFd]) {
 /// Runs the broker until SIGINT or SIGTERM.
 pub fn run(config: BrokerConfig) -> Result<(), String> {
     config.validate()?;
+    install_fail_stop_panic_hook();
     let shard_count = config.shard_count();
     std::fs::create_dir_all(&config.store_dir)
         .map_err(|e| format!("store_dir {}: {e}", config.store_dir.display()))?;
@@ -202,22 +203,93 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         config.store_dir.display()
     );
     let _ = std::io::stdout().flush();
-    wait_for_termination()?;
+    let events = watch_shards_and_signals(executors)?;
+    match events.recv() {
+        Ok(Lifecycle::Terminate) => {}
+        Ok(Lifecycle::ShardExited { id, cause }) => {
+            return Err(fail_stop(id, &cause));
+        }
+        Err(_) => return Err("lost the shard watchers".to_string()),
+    }
     info!("shutting down");
     signal_stop(&stop_fds);
-    for handle in executors {
-        if let Err(e) = handle.join() {
-            error!("a shard executor failed: {e}");
+    for _ in 0..shard_count {
+        match events.recv() {
+            Ok(Lifecycle::ShardExited { id, cause: Some(e) }) => {
+                error!(shard = id, "a shard executor failed while stopping: {e}")
+            }
+            Ok(_) => {}
+            Err(_) => break,
         }
     }
     info!("stopped cleanly");
     Ok(())
 }
 
-fn wait_for_termination() -> Result<(), String> {
+/// What the main thread waits for once the broker is ready.
+enum Lifecycle {
+    /// SIGINT or SIGTERM: stop cleanly.
+    Terminate,
+    /// A shard's executor ended, with the cause when it failed.
+    ShardExited { id: usize, cause: Option<String> },
+}
+
+/// One thread per shard joins its executor and one forwards the stop signals, all into one
+/// channel, so the main thread sees whichever comes first.
+fn watch_shards_and_signals(
+    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+) -> Result<mpsc::Receiver<Lifecycle>, String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
+    let (tx, rx) = mpsc::channel();
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .map_err(|e| format!("installing signal handlers: {e}"))?;
-    let _ = signals.forever().next();
-    Ok(())
+    let signal_tx = tx.clone();
+    std::thread::Builder::new()
+        .name("signals".to_string())
+        .spawn(move || {
+            for _ in signals.forever() {
+                if signal_tx.send(Lifecycle::Terminate).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| format!("starting the signal thread: {e}"))?;
+    for (id, handle) in executors.into_iter().enumerate() {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name(format!("watch-shard-{id}"))
+            .spawn(move || {
+                let cause = handle.join().err().map(|e| e.to_string());
+                let _ = tx.send(Lifecycle::ShardExited { id, cause });
+            })
+            .map_err(|e| format!("starting the watcher of shard {id}: {e}"))?;
+    }
+    Ok(rx)
+}
+
+/// A shard ended while the broker was serving: the process stops as a whole, so that its
+/// supervisor restarts it and recovery repairs the shard, rather than serving on without it.
+fn fail_stop(id: usize, cause: &Option<String>) -> String {
+    let cause = cause.as_deref().unwrap_or("its executor returned");
+    let message = format!(
+        "shard {id} stopped unexpectedly ({cause}); the broker exits so a restart recovers it"
+    );
+    error!("{message}");
+    message
+}
+
+/// Makes a panic on any thread, a shard's above all, end the process at once after one log
+/// line naming the thread (`shard-N`) and the cause. A panicking shard task would otherwise
+/// end only that executor, and a panic inside glommio's blocking pool hangs its caller
+/// (glommio#37); either way the broker would keep serving with a dead shard. Abort (as
+/// `panic = "abort"` does) skips destructors: nothing is flushed that recovery would not check.
+pub fn install_fail_stop_panic_hook() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed thread");
+        error!("{name} panicked: {info}; the broker aborts so a restart recovers it");
+        default_hook(info);
+        std::process::abort();
+    }));
 }

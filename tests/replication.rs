@@ -8,7 +8,7 @@ mod common;
 
 use ringmq::store::sim::SeededRng;
 
-use common::{temp_store, wait_until, Broker, PortBlock};
+use common::{temp_store, wait_until, Broker, PortBlock, Sizes};
 use ringmq::client::{Client, ClientOptions, ClusterStatus, FailoverClient};
 use ringmq::protocol::message::MessageRef;
 use ringmq::protocol::Status;
@@ -33,14 +33,24 @@ struct Node {
 }
 
 fn start_node(role: &str, flush: &str, master: Option<&PortBlock>, config: &str) -> Node {
+    start_sized_node(Sizes::Small, role, flush, master, config)
+}
+
+/// A node at `sizes`. At [`Sizes::Small`] it runs two shards with [`HA_CONFIG`]'s short
+/// intervals under `config`; at [`Sizes::Default`] everything but `config` is the default.
+fn start_sized_node(
+    sizes: Sizes,
+    role: &str,
+    flush: &str,
+    master: Option<&PortBlock>,
+    config: &str,
+) -> Node {
     let dir = temp_store();
     let ports = PortBlock::allocate();
     let listen = ports.listen_addr();
     let ha = ports.ha_addr();
     let master_ha = master.map(|m| m.ha_addr());
     let mut args = vec![
-        "--shards",
-        SHARDS,
         "--role",
         role,
         "--flush",
@@ -53,6 +63,9 @@ fn start_node(role: &str, flush: &str, master: Option<&PortBlock>, config: &str)
     if let Some(m) = &master_ha {
         args.extend(["--master", m.as_str()]);
     }
+    if sizes == Sizes::Small {
+        args.extend(["--shards", SHARDS]);
+    }
     // Lines of `config` replace the defaults of HA_CONFIG with the same key.
     let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_string();
     let overridden: Vec<String> = config.lines().map(key).collect();
@@ -62,8 +75,11 @@ fn start_node(role: &str, flush: &str, master: Option<&PortBlock>, config: &str)
         .filter(|l| !overridden.contains(&key(l)))
         .map(|l| format!("{l}\n"))
         .collect();
+    if sizes == Sizes::Default {
+        toml.clear();
+    }
     toml.push_str(config);
-    let broker = Broker::start_with_config(dir.path(), &toml, &args);
+    let broker = Broker::start_sized(dir.path(), sizes, &toml, &args);
     Node {
         broker,
         ports,
@@ -151,66 +167,144 @@ fn seed() -> u64 {
     common::seed_from_env("RINGMQ_REPL_SEED")
 }
 
-/// SYNC_MASTER + SYNC_FLUSH with a slave; producers record every outcome; the master is
-/// SIGKILLed at a seeded moment (after a random number of acknowledgements). Every message
-/// acknowledged OK must be on the slave at exactly its acknowledged offset, once, in order.
-#[test]
-fn sync_master_acks_survive_master_death() {
-    const TOPIC: &str = "durable";
-    const QUEUES: u32 = 4;
+/// One durability test's rounds: the nodes' configuration and when the master dies.
+struct KillPlan {
+    sizes: Sizes,
+    rounds: u32,
+    /// The master is killed after `kill_after_min` answers plus a seeded random part below
+    /// `kill_after_spread`.
+    kill_after_min: u64,
+    kill_after_spread: u64,
+}
+
+/// One round's producers: four blocking clients on the master, each sending to every queue in
+/// turn until its connection dies. Every answer is announced on `answered`.
+fn spawn_round_producers(
+    addr: &str,
+    round: u32,
+    queues: u32,
+    answered: &mpsc::Sender<()>,
+) -> Vec<thread::JoinHandle<Vec<SendOutcome>>> {
     const PRODUCERS: u32 = 4;
-    const ROUNDS: u32 = 5;
+    (0..PRODUCERS)
+        .map(|p| {
+            let addr = addr.to_string();
+            let tx = answered.clone();
+            thread::spawn(move || {
+                let mut outcomes = Vec::new();
+                let Ok(mut client) = Client::connect(&addr) else {
+                    return outcomes;
+                };
+                for seq in 0u64.. {
+                    let body = format!("r{round}-p{p}-{seq:06}").into_bytes();
+                    let queue = (seq as u32 + p) % queues;
+                    let result = client.produce(DURABLE_TOPIC, Some(queue), &[message(&body)]);
+                    let failed = result.is_err();
+                    outcomes.push((body, result.map(|r| (r.status, r.response))));
+                    let _ = tx.send(());
+                    if failed {
+                        break;
+                    }
+                }
+                outcomes
+            })
+        })
+        .collect()
+}
+
+type SendOutcome = (
+    Vec<u8>,
+    Result<(Status, ringmq::protocol::message::ProduceResponse), ringmq::client::ClientError>,
+);
+
+const DURABLE_TOPIC: &str = "durable";
+
+/// What one broker holds against what was acknowledged: (acknowledged missing or moved,
+/// stored twice, out of each producer's order).
+fn check_against(
+    on: &BTreeMap<u32, Vec<(u64, Vec<u8>)>>,
+    acked: &HashMap<Vec<u8>, (u32, u64)>,
+) -> (Vec<String>, usize, usize) {
+    let mut seen: HashMap<&[u8], (u32, u64)> = HashMap::new();
+    let (mut dup, mut reordered) = (0, 0);
+    for (queue, messages) in on {
+        let mut last_seq: HashMap<&str, u64> = HashMap::new();
+        for (offset, body) in messages {
+            if seen.insert(body, (*queue, *offset)).is_some() {
+                dup += 1;
+            }
+            let text = std::str::from_utf8(body).expect("a body the test sent");
+            let (producer, seq) = text.rsplit_once('-').expect("body format");
+            let seq: u64 = seq.parse().expect("body format");
+            if let Some(previous) = last_seq.insert(producer, seq) {
+                if previous >= seq {
+                    reordered += 1;
+                }
+            }
+        }
+    }
+    let lost = acked
+        .iter()
+        .filter(|(body, at)| seen.get(body.as_slice()) != Some(at))
+        .map(|(body, at)| format!("{}@{at:?}", String::from_utf8_lossy(body)))
+        .collect();
+    (lost, dup, reordered)
+}
+
+/// SYNC_MASTER + SYNC_FLUSH with a slave; producers record every outcome; the master is
+/// SIGKILLed at a seeded moment (after a seeded number of acknowledgements), in odd rounds the
+/// slave with it, and both are restarted at once. After every round, once the slave caught up,
+/// every message acknowledged OK in any round must be on the master and on the slave at
+/// exactly its acknowledged offset, once, in its producer's order.
+fn acks_survive_master_death(name: &str, plan: KillPlan) {
+    const QUEUES: u32 = 4;
     let seed = seed();
-    println!("RINGMQ_REPL_SEED={seed}");
+    eprintln!("{name}: RINGMQ_REPL_SEED={seed}");
     let mut rng = SeededRng(seed);
-    let mut master = start_node("SYNC_MASTER", "SYNC_FLUSH", None, "");
-    let slave = start_node("SLAVE", "SYNC_FLUSH", Some(&master.ports), "");
-    master.broker.client().create_topic(TOPIC, QUEUES).unwrap();
-    wait_topic(&slave.broker, TOPIC);
+    let mut master = start_sized_node(plan.sizes, "SYNC_MASTER", "SYNC_FLUSH", None, "");
+    let mut slave = start_sized_node(plan.sizes, "SLAVE", "SYNC_FLUSH", Some(&master.ports), "");
+    master
+        .broker
+        .client()
+        .create_topic(DURABLE_TOPIC, QUEUES)
+        .unwrap();
+    wait_topic(&slave.broker, DURABLE_TOPIC);
     wait_caught_up(&master.broker);
 
     // body → (queue, offset) for every OK.
     let mut acked: HashMap<Vec<u8>, (u32, u64)> = HashMap::new();
-    let mut other = 0usize;
-    let mut unknown = 0usize;
-    for round in 0..ROUNDS {
-        let kill_after = 20 + rng.below(150);
+    let (mut other, mut unknown) = (0usize, 0usize);
+    let started = Instant::now();
+    for round in 0..plan.rounds {
+        let kill_slave = round % 2 == 1;
+        let kill_after = plan.kill_after_min + rng.below(plan.kill_after_spread);
         let (tx, rx) = mpsc::channel();
-        let producers: Vec<_> = (0..PRODUCERS)
-            .map(|p| {
-                let addr = master.broker.addr.clone();
-                let tx = tx.clone();
-                thread::spawn(move || {
-                    let mut outcomes = Vec::new();
-                    let Ok(mut client) = Client::connect(&addr) else {
-                        return outcomes;
-                    };
-                    for seq in 0u64.. {
-                        let body = format!("r{round}-p{p}-{seq:06}").into_bytes();
-                        let queue = (seq as u32 + p) % QUEUES;
-                        let result = client.produce(TOPIC, Some(queue), &[message(&body)]);
-                        let failed = result.is_err();
-                        outcomes.push((body, result.map(|r| (r.status, r.response))));
-                        let _ = tx.send(());
-                        if failed {
-                            break;
-                        }
-                    }
-                    outcomes
-                })
-            })
-            .collect();
+        let producers = spawn_round_producers(&master.broker.addr, round, QUEUES, &tx);
         drop(tx);
-        let mut answered = 0;
-        while answered < kill_after {
+        let load_began = Instant::now();
+        for _ in 0..kill_after {
             rx.recv_timeout(Duration::from_secs(30))
                 .expect("producers answered");
-            answered += 1;
         }
+        let load = load_began.elapsed();
         master.broker.kill();
-        let mut round_acked = 0;
+        if kill_slave {
+            slave.broker.kill();
+            thread::scope(|s| {
+                s.spawn(|| slave.broker.restart());
+                master.broker.restart();
+            });
+        } else {
+            master.broker.restart();
+        }
+        let mut recoveries = master.broker.recoveries();
+        if kill_slave {
+            recoveries.extend(slave.broker.recoveries());
+        }
+        let (mut sent, mut round_acked, mut round_other) = (0, 0, 0);
         for producer in producers {
             for (body, outcome) in producer.join().unwrap() {
+                sent += 1;
                 match outcome {
                     Ok((Status::Ok, r)) => {
                         round_acked += 1;
@@ -219,51 +313,85 @@ fn sync_master_acks_survive_master_death() {
                             "unique bodies"
                         );
                     }
-                    Ok(_) => other += 1,
+                    Ok(_) => round_other += 1,
                     Err(_) => unknown += 1,
                 }
             }
         }
-        println!("round {round}: killed after {kill_after} answers, {round_acked} acked");
-        master.broker.restart();
+        other += round_other;
         let caught_up = wait_caught_up(&master.broker);
         wait_slave_confirmed(&slave.broker, &caught_up);
-    }
-
-    let on_slave = read_all(&slave.broker, TOPIC, QUEUES);
-    let mut seen: HashMap<Vec<u8>, (u32, u64)> = HashMap::new();
-    for (queue, messages) in &on_slave {
-        let mut last_seq: HashMap<String, u64> = HashMap::new();
-        for (offset, body) in messages {
+        let on_master = check_against(&read_all(&master.broker, DURABLE_TOPIC, QUEUES), &acked);
+        let on_slave = check_against(&read_all(&slave.broker, DURABLE_TOPIC, QUEUES), &acked);
+        eprintln!(
+            "{name}: round {round}: killed the master{} after {kill_after} answers ({load:?}): \
+             sent={sent} acked={round_acked} other_status={round_other}; all acked so far {}: \
+             master lost={} dup={} reordered={}, slave lost={} dup={} reordered={}; \
+             recovery (master, then slave if killed): {}",
+            if kill_slave { " and the slave" } else { "" },
+            acked.len(),
+            on_master.0.len(),
+            on_master.1,
+            on_master.2,
+            on_slave.0.len(),
+            on_slave.1,
+            on_slave.2,
+            recoveries
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        for (broker, (lost, dup, reordered)) in [("master", on_master), ("slave", on_slave)] {
             assert!(
-                seen.insert(body.clone(), (*queue, *offset)).is_none(),
-                "{} stored twice",
-                String::from_utf8_lossy(body)
+                lost.is_empty(),
+                "round {round}: acknowledged but missing or moved on the {broker} \
+                 (seed {seed}): {lost:?}"
             );
-            let text = String::from_utf8_lossy(body).into_owned();
-            let (producer, seq) = text.rsplit_once('-').expect("body format");
-            let seq: u64 = seq.parse().unwrap();
-            if let Some(previous) = last_seq.insert(producer.to_string(), seq) {
-                assert!(previous < seq, "queue {queue}: {text} after seq {previous}");
-            }
+            assert_eq!(
+                dup, 0,
+                "round {round}: duplicates on the {broker} (seed {seed})"
+            );
+            assert_eq!(
+                reordered, 0,
+                "round {round}: reordered on the {broker} (seed {seed})"
+            );
         }
     }
-    let lost: Vec<_> = acked
-        .iter()
-        .filter(|(body, at)| seen.get(*body) != Some(at))
-        .map(|(body, at)| (String::from_utf8_lossy(body).into_owned(), *at))
-        .collect();
-    println!(
-        "{ROUNDS} rounds: {} acked OK, {other} other statuses, {unknown} unanswered, {} on the slave, {} lost",
+    eprintln!(
+        "{name}: {} rounds: {} acked OK, {other} other statuses, {unknown} unanswered, \
+         lost=0 dup=0 on master and slave, in {:?}",
+        plan.rounds,
         acked.len(),
-        seen.len(),
-        lost.len()
+        started.elapsed()
     );
-    assert!(
-        lost.is_empty(),
-        "acknowledged but missing or moved: {lost:?}"
+    assert!(acked.len() as u64 >= plan.kill_after_min * plan.rounds as u64 / 2);
+}
+
+#[test]
+fn sync_master_acks_survive_master_death() {
+    acks_survive_master_death(
+        "sync_master small",
+        KillPlan {
+            sizes: Sizes::Small,
+            rounds: 5,
+            kill_after_min: 20,
+            kill_after_spread: 150,
+        },
     );
-    assert!(acked.len() >= 20 * ROUNDS as usize);
+}
+
+#[test]
+fn sync_master_acks_survive_master_death_at_the_default_configuration() {
+    acks_survive_master_death(
+        "sync_master default",
+        KillPlan {
+            sizes: Sizes::Default,
+            rounds: 4,
+            kill_after_min: 1000,
+            kill_after_spread: 2500,
+        },
+    );
 }
 
 /// Sends SIGCONT when dropped, so a failing test never leaves a stopped broker.

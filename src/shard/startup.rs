@@ -61,6 +61,7 @@ pub async fn run_shard(start: ShardStartup) {
     match open_shard(start).await {
         Ok((shard, receivers, listener_fds, stop_fd, report)) => {
             let _ = ready.send(Ok((id, report)));
+            inject_test_panic(id);
             let listeners = Listeners {
                 client_fds: listener_fds,
                 metrics_fd,
@@ -72,6 +73,16 @@ pub async fn run_shard(start: ShardStartup) {
         Err(e) => {
             let _ = ready.send(Err(format!("shard {id}: {e}")));
         }
+    }
+}
+
+/// Debug builds only: `RINGMQ_TEST_PANIC_SHARD=N` makes shard N panic in a task right after
+/// it is ready, so the end-to-end tests can check that a dead shard stops the whole broker.
+fn inject_test_panic(id: usize) {
+    if cfg!(debug_assertions)
+        && std::env::var("RINGMQ_TEST_PANIC_SHARD").ok() == Some(id.to_string())
+    {
+        spawn_local(async move { panic!("injected test panic in shard {id}") }).detach();
     }
 }
 

@@ -20,6 +20,32 @@ pub struct CqEntry {
 
 pub const CQ_ENTRY_BYTES: usize = 20;
 
+/// What a consume-queue entry may point at: a file entry outside these is corrupt.
+#[derive(Clone, Copy, Debug)]
+pub struct EntryLimits {
+    pub max_record_bytes: u64,
+    pub segment_size_bytes: u64,
+}
+
+/// The index of the first entry that cannot describe a record of this queue: a size below a
+/// record header or above the largest record, a record crossing its segment's end, or one that
+/// does not start after the previous entry's end. Entries carry no checksum of their own, so
+/// this is what stands between a flipped bit and a read of gigabytes or a slice out of range.
+pub fn first_invalid_entry(entries: &[CqEntry], limits: EntryLimits) -> Option<usize> {
+    let header = crate::store::record::RECORD_HEADER_BYTES as u64;
+    let mut previous_end = 0u64;
+    entries.iter().position(|entry| {
+        let size = entry.size as u64;
+        let in_segment = entry.commitlog_offset % limits.segment_size_bytes;
+        let bad = size < header
+            || size > limits.max_record_bytes
+            || in_segment + size > limits.segment_size_bytes
+            || entry.commitlog_offset < previous_end;
+        previous_end = entry.commitlog_offset.saturating_add(size);
+        bad
+    })
+}
+
 impl CqEntry {
     pub fn end_offset(&self) -> u64 {
         self.commitlog_offset + self.size as u64

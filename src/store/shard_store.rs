@@ -13,6 +13,7 @@ use super::{AppendError, Appended, CqEntry, QueueKey, RecoveryReport, StoreConfi
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
+use tracing::warn;
 
 pub struct ShardStore<D: Disk> {
     disk: D,
@@ -94,9 +95,12 @@ impl<D: Disk> ShardStore<D> {
         let on_disk = store.queues_on_disk().await?;
         let mut keys: Vec<QueueKey> = queues.to_vec();
         keys.extend(on_disk.into_iter().filter(|k| !queues.contains(k)));
-        let loaded = store.load_queues(&keys).await?;
+        let (loaded, invalid) = store.load_queues(&keys).await?;
         let scan_start = store.log.scan_start(checkpoint.map(|c| c.scan_start()));
-        let mut dispatch = Dispatch::default();
+        let mut dispatch = Dispatch {
+            rebuild: invalid,
+            ..Dispatch::default()
+        };
         let scan = store
             .log
             .scan(scan_start, u64::MAX, |view| {
@@ -157,16 +161,33 @@ impl<D: Disk> ShardStore<D> {
         Ok(keys)
     }
 
+    /// Also returns the queues whose file holds an entry that cannot be right (see
+    /// [`consume_queue::first_invalid_entry`]): they are rebuilt from the commitlog.
     async fn load_queues(
         &self,
         keys: &[QueueKey],
-    ) -> Result<BTreeMap<QueueKey, usize>, StoreError> {
+    ) -> Result<(BTreeMap<QueueKey, usize>, BTreeSet<QueueKey>), StoreError> {
         let mut loaded = BTreeMap::new();
+        let mut invalid = BTreeSet::new();
         for key in keys {
             let path = consume_queue::queue_path(&self.config.dir, *key);
             let entries = consume_queue::load(&self.disk, &path).await?;
             let file_exists = entries.is_some();
-            let entries = entries.unwrap_or_default();
+            let mut entries = entries.unwrap_or_default();
+            let limits = consume_queue::EntryLimits {
+                max_record_bytes: self.config.max_record_bytes as u64,
+                segment_size_bytes: self.config.segment_size_bytes,
+            };
+            if let Some(bad) = consume_queue::first_invalid_entry(&entries, limits) {
+                warn!(
+                    "consume queue {} holds an impossible entry at index {bad} ({:?}); \
+                     rebuilding it from the commitlog",
+                    path.display(),
+                    entries[bad]
+                );
+                entries.clear();
+                invalid.insert(*key);
+            }
             loaded.insert(*key, entries.len());
             let state = QueueState {
                 persisted: entries.len(),
@@ -175,7 +196,7 @@ impl<D: Disk> ShardStore<D> {
             };
             self.queues.borrow_mut().insert(*key, state);
         }
-        Ok(loaded)
+        Ok((loaded, invalid))
     }
 
     /// Dispatches one scanned record idempotently: append if it is the queue's next entry,
@@ -612,6 +633,11 @@ impl<D: Disk> ShardStore<D> {
 
     pub fn segment_size_bytes(&self) -> u64 {
         self.config.segment_size_bytes
+    }
+
+    /// The largest record this store writes; a consume-queue entry claiming more is corrupt.
+    pub fn max_record_bytes(&self) -> usize {
+        self.config.max_record_bytes
     }
 
     pub async fn read_record(&self, entry: CqEntry) -> Result<Vec<u8>, StoreError> {

@@ -11,8 +11,82 @@ use std::thread;
 use std::time::Duration;
 
 /// How long a broker may take to recover and print its ready line. Generous: a debug build on
-/// a loaded 2-core machine zero-fills its first segments before it is ready.
+/// a loaded 2-core machine zero-fills its first segments (1 GiB each at the default
+/// configuration) before it is ready. Past it the test fails with the tail of the broker's log:
+/// a recovery that hangs never hangs the suite.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a broker may take to exit after SIGTERM before the test kills it and fails.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Lines of the broker's log a failure message quotes.
+const LOG_TAIL_LINES: usize = 40;
+
+/// The configuration a test broker runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sizes {
+    /// 1 MiB segments, 4 MiB write buffers, 256 KiB messages, checkpoints every 200 ms: a
+    /// short test rolls many segments and crosses many checkpoints.
+    Small,
+    /// Nothing set: 1 GiB segments, one shard per core, the default buffers, intervals and
+    /// timeouts, as a user who installs the broker runs it.
+    Default,
+}
+
+impl Sizes {
+    fn config(self) -> &'static str {
+        match self {
+            Sizes::Small => {
+                "segment_size_bytes = 1048576\nwrite_buffer_bytes = 4194304\n\
+                 max_message_bytes = 262144\nmax_frame_bytes = 4194304\n\
+                 checkpoint_interval_ms = 200\nsync_flush_timeout_ms = 10000\n"
+            }
+            Sizes::Default => "",
+        }
+    }
+}
+
+/// One shard's "recovered" log line: what its start-up recovery scanned and how long it took.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recovery {
+    pub shard: u32,
+    pub unclean_shutdown: bool,
+    pub scanned_bytes: u64,
+    pub truncated_bytes: u64,
+    pub duration_ms: f64,
+}
+
+impl Recovery {
+    /// Parses a `recovered` line of the broker's log (tracing's `key=value` fields).
+    fn parse(line: &str) -> Option<Recovery> {
+        let field = |name: &str| {
+            let prefix = format!("{name}=");
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(prefix.as_str()).map(str::to_string))
+        };
+        Some(Recovery {
+            shard: field("shard")?.parse().ok()?,
+            unclean_shutdown: field("unclean_shutdown")?.parse().ok()?,
+            scanned_bytes: field("scanned_bytes")?.parse().ok()?,
+            truncated_bytes: field("truncated_bytes")?.parse().ok()?,
+            duration_ms: field("duration_ms")?.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "shard {} unclean={} scanned_bytes={} truncated_bytes={} duration_ms={:.1}",
+            self.shard,
+            self.unclean_shutdown,
+            self.scanned_bytes,
+            self.truncated_bytes,
+            self.duration_ms
+        )
+    }
+}
 
 pub struct Broker {
     child: Option<Child>,
@@ -25,6 +99,8 @@ pub struct Broker {
     stderr_log: PathBuf,
     /// The last ready line, for fields a test needs beyond the ones parsed here.
     pub ready_line: String,
+    /// Where the current process's part of the log starts.
+    log_start: usize,
 }
 
 impl Broker {
@@ -38,9 +114,15 @@ impl Broker {
     /// a line of `config` replaces the test configuration's line with the same key.
     /// `--listen` and `--ha-listen` default to `127.0.0.1:0` unless `extra` names them.
     pub fn start_with_config(root: &Path, config_extra: &str, extra: &[&str]) -> Broker {
+        Broker::start_sized(root, Sizes::Small, config_extra, extra)
+    }
+
+    /// Like [`Broker::start_with_config`], at the configuration `sizes` names.
+    pub fn start_sized(root: &Path, sizes: Sizes, config_extra: &str, extra: &[&str]) -> Broker {
         let store = root.join("data");
         let config = root.join("broker.toml");
-        std::fs::write(&config, test_config(config_extra)).expect("write test config");
+        std::fs::write(&config, merged_config(sizes.config(), config_extra))
+            .expect("write test config");
         let mut args = vec![
             "serve".to_string(),
             "--config".to_string(),
@@ -64,6 +146,7 @@ impl Broker {
             args,
             stderr_log: root.join("broker.log"),
             ready_line: String::new(),
+            log_start: 0,
         };
         broker.spawn();
         broker
@@ -75,6 +158,7 @@ impl Broker {
             .append(true)
             .open(&self.stderr_log)
             .expect("open broker log");
+        self.log_start = self.log().len();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
             .args(&self.args)
             .env("RUST_LOG", "info")
@@ -103,8 +187,9 @@ impl Broker {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "broker did not become ready; its log:\n{}",
-                    std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+                    "broker did not become ready within {READY_TIMEOUT:?} (or exited); \
+                     the end of its log:\n{}",
+                    self.log_tail()
                 );
             }
         };
@@ -139,14 +224,30 @@ impl Broker {
         }
     }
 
-    /// SIGTERM and wait for a clean exit; returns whether the exit status was success.
+    /// SIGTERM and wait for a clean exit; returns whether the exit status was success. A broker
+    /// still running after [`STOP_TIMEOUT`] is killed and the test fails with its log.
     pub fn stop(&mut self) -> bool {
-        match self.child.take() {
-            Some(mut child) => {
-                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-                child.wait().map(|s| s.success()).unwrap_or(false)
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "broker did not exit within {STOP_TIMEOUT:?} of SIGTERM; \
+                         the end of its log:\n{}",
+                        self.log_tail()
+                    );
+                }
             }
-            None => true,
         }
     }
 
@@ -198,6 +299,30 @@ impl Broker {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
 
+    /// The last [`LOG_TAIL_LINES`] lines of the log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    }
+
+    /// The log written by the current (last started) process.
+    pub fn current_log(&self) -> String {
+        self.log()
+            .get(self.log_start..)
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The per-shard recovery reports of the current process, one per shard.
+    pub fn recoveries(&self) -> Vec<Recovery> {
+        self.current_log()
+            .lines()
+            .filter(|l| l.contains(" recovered "))
+            .filter_map(Recovery::parse)
+            .collect()
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
@@ -233,15 +358,18 @@ impl Broker {
     }
 }
 
-/// Small segments and buffers for fast tests, with the lines of `extra` added or replacing
-/// the line of the same key.
+/// The small test configuration with the lines of `extra` added or replacing the line of the
+/// same key.
 pub fn test_config(extra: &str) -> String {
-    const BASE: &str = "segment_size_bytes = 1048576\nwrite_buffer_bytes = 4194304\n\
-                        max_message_bytes = 262144\nmax_frame_bytes = 4194304\n\
-                        checkpoint_interval_ms = 200\nsync_flush_timeout_ms = 10000\n";
+    merged_config(Sizes::Small.config(), extra)
+}
+
+/// `base` (TOML lines) with the lines of `extra` added, each replacing the line of `base` with
+/// the same key (TOML refuses a key given twice).
+fn merged_config(base: &str, extra: &str) -> String {
     let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_string();
     let replaced: Vec<String> = extra.lines().map(key).filter(|k| !k.is_empty()).collect();
-    let mut toml: String = BASE
+    let mut toml: String = base
         .lines()
         .filter(|line| !replaced.contains(&key(line)))
         .map(|line| format!("{line}\n"))

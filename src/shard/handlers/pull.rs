@@ -111,6 +111,12 @@ async fn read_messages(
         let span = span_len(shard, rest);
         let first = rest[0].commitlog_offset;
         let last = &rest[span - 1];
+        if last.size as usize > shard.store.max_record_bytes() {
+            return Reply::error(
+                Status::StoreError,
+                format!("consume-queue entry for queue offset {next} is corrupt: {last:?}"),
+            );
+        }
         let bytes = match shard
             .store
             .read_span(
@@ -127,7 +133,7 @@ async fn read_messages(
                 break 'spans;
             }
             let at = (entry.commitlog_offset - first) as usize;
-            let record = &bytes[at..at + entry.size as usize];
+            let record = bytes.get(at..at + entry.size as usize).unwrap_or(&[]);
             let view = match record::decode(record, entry.commitlog_offset) {
                 Ok(Decoded::Record(view))
                     if view.queue_offset == next && view.total_size == entry.size =>
