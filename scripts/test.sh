@@ -1,7 +1,53 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit, property, simulated-disk and end-to-end tests.
+# The whole test suite, in stages, each timed: formatting and lints, build, unit and simulated-
+# disk tests, end-to-end tests, crash and limit tests against the real binary, and a bounded
+# coverage-guided fuzzing run of every decoder. `.ci/run` runs exactly this.
+#
+# Every file in tests/ runs in exactly one stage: the crash-and-limits stage names its files,
+# and every other test file runs in the end-to-end stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
-cargo test --all-targets
+
+FUZZ_SECONDS="${RINGMQ_FUZZ_SECONDS:-30}"
+suite_start=$(date +%s)
+
+stage() {
+  local name=$1
+  shift
+  local start
+  start=$(date +%s)
+  echo "==> stage: $name"
+  "$@"
+  echo "==> stage: $name took $(($(date +%s) - start)) s"
+}
+
+crash_and_limits=(crash replication disk_full fail_stop limits)
+end_to_end=()
+for file in tests/*.rs; do
+  name=$(basename "$file" .rs)
+  case " ${crash_and_limits[*]} store_sim store_glommio fuzz_regressions " in
+    *" $name "*) ;;
+    *) end_to_end+=("$name") ;;
+  esac
+done
+test_args() {
+  local name
+  for name in "$@"; do
+    [ -f "tests/$name.rs" ] && printf -- '--test\n%s\n' "$name"
+  done
+  return 0
+}
+
+stage "format" cargo fmt --all -- --check
+stage "clippy" cargo clippy --all-targets -- -D warnings
+stage "build" cargo test --all-targets --no-run
+mapfile -t unit < <(test_args store_sim store_glommio fuzz_regressions)
+stage "unit, property and simulation" cargo test --lib --bins --benches --examples "${unit[@]}"
+mapfile -t e2e < <(test_args "${end_to_end[@]}")
+stage "end to end" cargo test "${e2e[@]}"
+mapfile -t crash < <(test_args "${crash_and_limits[@]}")
+stage "crash and limits" cargo test "${crash[@]}"
+if [ -x scripts/fuzz.sh ]; then
+  stage "fuzzing (${FUZZ_SECONDS} s per target)" scripts/fuzz.sh "$FUZZ_SECONDS"
+fi
+echo "==> whole suite took $(($(date +%s) - suite_start)) s"

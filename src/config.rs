@@ -158,6 +158,11 @@ pub struct BrokerConfig {
     pub max_pull_wait_ms: u64,
     /// How often consume queues and the checkpoint are written.
     pub checkpoint_interval_ms: u64,
+    /// Longest any one start-up stage of a shard may take (priming the probe, loading consume
+    /// queues, scanning one commitlog segment, truncating, rebuilding...) before the broker
+    /// exits naming the shard and the stage instead of hanging. Five minutes is about a hundred
+    /// times a full 1 GiB segment's scan on the slowest disk measured here.
+    pub startup_stage_timeout_ms: u64,
     /// Executor busy-spin before parking; trades idle CPU for cross-core latency.
     pub spin_before_park_us: u64,
     /// Memory glommio registers with io_uring per ring (3 rings per executor).
@@ -210,6 +215,7 @@ impl Default for BrokerConfig {
             max_frame_bytes: 16 * MIB,
             max_pull_wait_ms: 30_000,
             checkpoint_interval_ms: 1_000,
+            startup_stage_timeout_ms: 300_000,
             spin_before_park_us: 0,
             io_memory_bytes: 10 * MIB,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -361,6 +367,7 @@ impl BrokerConfig {
             ),
             ("sync_flush_timeout_ms", self.sync_flush_timeout_ms),
             ("checkpoint_interval_ms", self.checkpoint_interval_ms),
+            ("startup_stage_timeout_ms", self.startup_stage_timeout_ms),
             ("sync_replica_timeout_ms", self.sync_replica_timeout_ms),
             ("ha_heartbeat_interval_ms", self.ha_heartbeat_interval_ms),
             ("ha_link_timeout_ms", self.ha_link_timeout_ms),

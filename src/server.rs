@@ -7,16 +7,17 @@ use crate::config::BrokerConfig;
 use crate::net::admission::Admission;
 use crate::net::{bind_listeners, raise_descriptor_limit};
 use crate::shard::mesh::build_mesh;
-use crate::shard::startup::{run_shard, ShardStartup};
+use crate::shard::startup::{run_shard, ShardStartup, StartupEvent};
 use crate::shard::topics::TopicTable;
 use crate::store::lock::StoreLock;
+use crate::store::RecoveryReport;
 use glommio::{LocalExecutorBuilder, Placement};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{error, info};
 
 /// `<store>/store.json`: facts about the store that must not change between runs.
@@ -153,38 +154,12 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         executors.push(handle);
     }
     drop(ready_tx);
-    let mut failure = None;
-    for _ in 0..shard_count {
-        match ready_rx.recv() {
-            Ok(Ok((id, report))) => info!(
-                shard = id,
-                unclean_shutdown = report.unclean_shutdown,
-                scan_start_offset = report.scan_start_offset,
-                scanned_bytes = report.scanned_bytes,
-                scanned_records = report.scanned_records,
-                truncated_bytes = report.truncated_bytes,
-                truncation_reason = report.truncation_reason.as_deref().unwrap_or("none"),
-                max_offset = report.max_offset,
-                consume_queue_entries_trimmed = report.consume_queue_entries_trimmed,
-                consume_queue_entries_dispatched = report.consume_queue_entries_dispatched,
-                duration_ms = report.duration.as_secs_f64() * 1000.0,
-                "recovered"
-            ),
-            Ok(Err(e)) => {
-                error!("{e}");
-                failure.get_or_insert(e);
-            }
-            Err(_) => {
-                failure.get_or_insert_with(|| "a shard stopped during start-up".to_string());
-                break;
-            }
-        }
-    }
-    if let Some(e) = failure {
+    let stage_timeout = Duration::from_millis(config.startup_stage_timeout_ms);
+    if let Err(e) = wait_until_ready(&ready_rx, shard_count, stage_timeout) {
+        error!("{e}");
         signal_stop(&stop_fds);
-        for handle in executors {
-            let _ = handle.join();
-        }
+        // A stuck shard never returns; the others are told to stop, and the process exits
+        // without joining them (its caller exits with this error).
         return Err(e);
     }
     let ports: Vec<String> = shard_ports.iter().map(|p| p.to_string()).collect();
@@ -224,6 +199,71 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
     }
     info!("stopped cleanly");
     Ok(())
+}
+
+/// Waits for every shard to report ready, logging each one's recovery. Fails at the first
+/// shard that fails, or whose current start-up stage has lasted longer than `stage_timeout`,
+/// naming the shard and the stage (which names its file).
+fn wait_until_ready(
+    events: &mpsc::Receiver<StartupEvent>,
+    shard_count: usize,
+    stage_timeout: Duration,
+) -> Result<(), String> {
+    let mut stages: Vec<Option<(String, Instant)>> = vec![None; shard_count];
+    let mut ready = 0;
+    while ready < shard_count {
+        let oldest = stages
+            .iter()
+            .enumerate()
+            .filter_map(|(id, s)| s.as_ref().map(|(stage, at)| (id, stage, *at)))
+            .min_by_key(|(_, _, at)| *at);
+        if let Some((id, stage, at)) = oldest {
+            if at.elapsed() >= stage_timeout {
+                return Err(format!(
+                    "shard {id} did not finish a start-up stage within {} ms \
+                     (startup_stage_timeout_ms): {stage}",
+                    stage_timeout.as_millis()
+                ));
+            }
+        }
+        let wait = oldest.map_or(stage_timeout, |(_, _, at)| {
+            stage_timeout.saturating_sub(at.elapsed())
+        });
+        match events.recv_timeout(wait) {
+            Ok(StartupEvent::Stage { id, stage }) => {
+                info!(shard = id, "start-up: {stage}");
+                stages[id] = Some((stage, Instant::now()));
+            }
+            Ok(StartupEvent::Ready { id, report }) => {
+                log_recovery(id, &report);
+                stages[id] = None;
+                ready += 1;
+            }
+            Ok(StartupEvent::Failed { error, .. }) => return Err(error),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err("a shard stopped during start-up".to_string())
+            }
+        }
+    }
+    Ok(())
+}
+
+fn log_recovery(id: usize, report: &RecoveryReport) {
+    info!(
+        shard = id,
+        unclean_shutdown = report.unclean_shutdown,
+        scan_start_offset = report.scan_start_offset,
+        scanned_bytes = report.scanned_bytes,
+        scanned_records = report.scanned_records,
+        truncated_bytes = report.truncated_bytes,
+        truncation_reason = report.truncation_reason.as_deref().unwrap_or("none"),
+        max_offset = report.max_offset,
+        consume_queue_entries_trimmed = report.consume_queue_entries_trimmed,
+        consume_queue_entries_dispatched = report.consume_queue_entries_dispatched,
+        duration_ms = report.duration.as_secs_f64() * 1000.0,
+        "recovered"
+    );
 }
 
 /// What the main thread waits for once the broker is ready.

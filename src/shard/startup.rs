@@ -32,8 +32,9 @@ pub struct ShardStartup {
     /// Listening sockets: the shared client port and this shard's own port.
     pub listener_fds: Vec<RawFd>,
     pub shard_ports: Arc<Vec<u16>>,
-    /// Reports start-up success (with the recovery report) or failure to the main thread.
-    pub ready: mpsc::Sender<Result<(usize, RecoveryReport), String>>,
+    /// Tells the main thread each start-up stage as it begins, then success (with the recovery
+    /// report) or failure.
+    pub ready: mpsc::Sender<StartupEvent>,
     /// This shard's socket on the shared replication port.
     pub ha_fd: RawFd,
     /// The broker's client address, told to slaves in the replication handshake.
@@ -44,6 +45,23 @@ pub struct ShardStartup {
     pub stop_fd: RawFd,
     /// The broker-wide client connection limits, shared by every shard.
     pub admission: Arc<net::admission::Admission>,
+}
+
+/// What a shard tells the main thread while it starts.
+pub enum StartupEvent {
+    /// The shard began this stage; the main thread gives each stage a deadline.
+    Stage {
+        id: usize,
+        stage: String,
+    },
+    Ready {
+        id: usize,
+        report: RecoveryReport,
+    },
+    Failed {
+        id: usize,
+        error: String,
+    },
 }
 
 pub fn shard_dir(store_dir: &std::path::Path, id: usize) -> PathBuf {
@@ -60,7 +78,7 @@ pub async fn run_shard(start: ShardStartup) {
     let admission = start.admission.clone();
     match open_shard(start).await {
         Ok((shard, receivers, listener_fds, stop_fd, report)) => {
-            let _ = ready.send(Ok((id, report)));
+            let _ = ready.send(StartupEvent::Ready { id, report });
             inject_test_panic(id);
             let listeners = Listeners {
                 client_fds: listener_fds,
@@ -71,17 +89,23 @@ pub async fn run_shard(start: ShardStartup) {
             serve_until_stopped(shard, receivers, listeners, stop_fd).await;
         }
         Err(e) => {
-            let _ = ready.send(Err(format!("shard {id}: {e}")));
+            let _ = ready.send(StartupEvent::Failed {
+                id,
+                error: format!("shard {id}: {e}"),
+            });
         }
     }
 }
 
-/// Debug builds only: `RINGMQ_TEST_PANIC_SHARD=N` makes shard N panic in a task right after
-/// it is ready, so the end-to-end tests can check that a dead shard stops the whole broker.
+/// Debug builds only: whether the test fault `variable` (e.g. `RINGMQ_TEST_PANIC_SHARD`)
+/// names shard `id`. The end-to-end tests use these to check fail-stop and start-up deadlines.
+fn test_fault(variable: &str, id: usize) -> bool {
+    cfg!(debug_assertions) && std::env::var(variable).ok() == Some(id.to_string())
+}
+
+/// `RINGMQ_TEST_PANIC_SHARD=N`: shard N panics in a task right after it is ready.
 fn inject_test_panic(id: usize) {
-    if cfg!(debug_assertions)
-        && std::env::var("RINGMQ_TEST_PANIC_SHARD").ok() == Some(id.to_string())
-    {
+    if test_fault("RINGMQ_TEST_PANIC_SHARD", id) {
         spawn_local(async move { panic!("injected test panic in shard {id}") }).detach();
     }
 }
@@ -98,6 +122,19 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
     let config = start.config.clone();
     let dir = shard_dir(&config.store_dir, start.id);
     let disk = GlommioDisk::new();
+    let ready = start.ready.clone();
+    let id = start.id;
+    let stage = move |stage: String| {
+        let _ = ready.send(StartupEvent::Stage { id, stage });
+    };
+    stage(format!(
+        "priming the io_uring poll probe in {}",
+        dir.display()
+    ));
+    if test_fault("RINGMQ_TEST_STALL_SHARD", id) {
+        // `RINGMQ_TEST_STALL_SHARD=N`: this stage never finishes, as a hung device would.
+        futures_lite::future::pending::<()>().await;
+    }
     disk.create_dir_all(&dir)
         .await
         .map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -105,6 +142,7 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
     prime_iopoll_probe(&dir)
         .await
         .map_err(|e| format!("{}: priming the io_uring poll probe: {e}", dir.display()))?;
+    stage(format!("loading the log identity in {}", dir.display()));
     let mut identity = LogIdentity::load_or_create(&disk, &dir).await?;
     let role = match identity.promoted_role {
         Some(promoted) if promoted != config.broker_role => {
@@ -126,9 +164,13 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
         adopt_unknown_queues: role == BrokerRole::Slave,
     };
     let queues = owned_queues(start.id, &start.topics);
-    let (store, report) = ShardStore::open(disk, store_config, &queues)
+    let (store, report) = ShardStore::open_reporting(disk, store_config, &queues, &stage)
         .await
         .map_err(|e| e.to_string())?;
+    stage(format!(
+        "loading group offsets from {}",
+        dir.join("groups.json").display()
+    ));
     let groups = GroupOffsets::load(disk, dir.join("groups.json")).await?;
     // A master that crashed may have lost bytes a slave already received (the unflushed tail
     // is shipped from memory). A new epoch at the recovered end makes a returning slave cut
@@ -145,6 +187,7 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
             "unclean restart as master: new epoch"
         );
     }
+    stage("connecting to the other shards".to_string());
     let (mesh, receivers) = Mesh::connect(start.mesh).await;
     let completions = super::completion::Completions::new(store.flushed_offset());
     let replicated_offset = identity.replicated_offset.min(store.max_offset());

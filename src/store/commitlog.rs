@@ -115,7 +115,7 @@ impl<D: Disk> CommitLog<D> {
         config.dir.join("commitlog")
     }
 
-    fn segment_path(&self, base: u64) -> PathBuf {
+    pub fn segment_path(&self, base: u64) -> PathBuf {
         self.dir.join(segment_file_name(base))
     }
 

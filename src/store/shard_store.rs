@@ -68,6 +68,18 @@ impl<D: Disk> ShardStore<D> {
         config: StoreConfig,
         queues: &[QueueKey],
     ) -> Result<(Self, RecoveryReport), StoreError> {
+        Self::open_reporting(disk, config, queues, &|_| {}).await
+    }
+
+    /// [`ShardStore::open`], telling `stage` what recovery is doing as it goes (each step, and
+    /// each segment the scan enters), so a caller can put a deadline on every stage and name
+    /// the one that did not finish.
+    pub async fn open_reporting(
+        disk: D,
+        config: StoreConfig,
+        queues: &[QueueKey],
+        stage: &dyn Fn(String),
+    ) -> Result<(Self, RecoveryReport), StoreError> {
         let started = Instant::now();
         validate(&config)?;
         let store_dir = config.dir.clone();
@@ -85,6 +97,7 @@ impl<D: Disk> ShardStore<D> {
             .await
             .map_err(io("reading the checkpoint"))?
             .and_then(|bytes| Checkpoint::decode(&bytes));
+        stage(format!("opening the commitlog in {}", config.dir.display()));
         let log = CommitLog::open(disk.clone(), &config).await?;
         let store = ShardStore {
             disk: disk.clone(),
@@ -95,20 +108,40 @@ impl<D: Disk> ShardStore<D> {
         let on_disk = store.queues_on_disk().await?;
         let mut keys: Vec<QueueKey> = queues.to_vec();
         keys.extend(on_disk.into_iter().filter(|k| !queues.contains(k)));
+        stage(format!("loading {} consume queues", keys.len()));
         let (loaded, invalid) = store.load_queues(&keys).await?;
         let scan_start = store.log.scan_start(checkpoint.map(|c| c.scan_start()));
         let mut dispatch = Dispatch {
             rebuild: invalid,
             ..Dispatch::default()
         };
+        let segment_size = store.config.segment_size_bytes;
+        let mut scanning = u64::MAX;
+        let mut enter_segment = |offset: u64| {
+            let base = offset / segment_size * segment_size;
+            if base != scanning {
+                scanning = base;
+                stage(format!(
+                    "scanning commitlog segment {} from offset {offset}",
+                    store.log.segment_path(base).display()
+                ));
+            }
+        };
+        enter_segment(scan_start);
         let scan = store
             .log
             .scan(scan_start, u64::MAX, |view| {
+                enter_segment(view.commitlog_offset);
                 store.redispatch(view, &mut dispatch);
                 Ok(())
             })
             .await?;
+        stage(format!(
+            "truncating the commitlog at offset {} and syncing it",
+            scan.end_offset
+        ));
         let truncated_bytes = store.log.finish_recovery(scan_start, &scan).await?;
+        stage("trimming consume queues past the recovered end".to_string());
         let trimmed = store.trim_queues(scan.end_offset, &loaded).await?;
         if scan_start > store.log.oldest_segment().unwrap_or(0) {
             for (key, state) in store.queues.borrow().iter() {
@@ -117,7 +150,14 @@ impl<D: Disk> ShardStore<D> {
                 }
             }
         }
+        if !dispatch.rebuild.is_empty() {
+            stage(format!(
+                "rebuilding {} consume queues from the commitlog",
+                dispatch.rebuild.len()
+            ));
+        }
         dispatch.dispatched += store.rebuild(&dispatch.rebuild, scan.end_offset).await?;
+        stage("writing the abort marker, consume queues and checkpoint".to_string());
         disk.write_atomic(&abort, Vec::new())
             .await
             .map_err(io("writing the abort marker"))?;
