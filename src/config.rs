@@ -105,13 +105,14 @@ pub struct BrokerConfig {
     pub broker_name: String,
     /// Root of the store; each shard keeps `shard-<n>/` below it.
     pub store_dir: PathBuf,
-    /// Client address shared by every shard (SO_REUSEPORT); port 0 picks a free port.
+    /// Client address shared by every shard (one socket, accepted on by all); port 0 picks a
+    /// free port.
     pub listen: String,
     /// First shard-aware port: shard `n` also listens on `shard_port_base + n`. 0 derives it
     /// as the listen port + 100 (or picks free ports when the listen port is 0).
     pub shard_port_base: u16,
     pub broker_role: BrokerRole,
-    /// Replication listener of a master (one port for every shard; SO_REUSEPORT).
+    /// Replication listener of a master (one socket for every shard).
     pub ha_listen: String,
     /// A slave's master: the master's `ha_listen` address.
     pub master: Option<String>,
@@ -166,6 +167,22 @@ pub struct BrokerConfig {
     pub spin_before_park_us: u64,
     /// Memory glommio registers with io_uring per ring (3 rings per executor).
     pub io_memory_bytes: u64,
+    /// Client connections across every shard; one more is answered SYSTEM_BUSY and closed.
+    pub max_connections: u32,
+    /// Client connections from one IP address; one more is answered SYSTEM_BUSY and closed.
+    pub max_connections_per_ip: u32,
+    /// Per shard: request bytes held across all its connections (frames being received and
+    /// requests being handled). A reader waits for room (back-pressure), then SYSTEM_BUSY.
+    pub shard_inflight_budget_bytes: u64,
+    /// A frame whose first byte arrived this long ago and that is still incomplete gets
+    /// BAD_REQUEST and its connection is closed.
+    pub request_read_timeout_ms: u64,
+    /// A connection with no request in flight and no traffic for this long is closed (a
+    /// long-poll pull in flight is not idle).
+    pub connections_max_idle_ms: u64,
+    /// A connection whose responses make no progress towards the peer for this long (a peer
+    /// that never reads) is closed.
+    pub response_write_timeout_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -201,6 +218,12 @@ impl Default for BrokerConfig {
             startup_stage_timeout_ms: 300_000,
             spin_before_park_us: 0,
             io_memory_bytes: 10 * MIB,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            shard_inflight_budget_bytes: 256 * MIB,
+            request_read_timeout_ms: 30_000,
+            connections_max_idle_ms: 600_000,
+            response_write_timeout_ms: 30_000,
         }
     }
 }
@@ -213,6 +236,13 @@ const BLOCK: u64 = 4096;
 const MIN_IO_MEMORY_BYTES: u64 = 64 * KIB;
 /// Far beyond any real core count; catches typos such as `shards = 2000`.
 const MAX_SHARDS: usize = 256;
+/// Each connection holds two descriptors, a task and a 64 KiB read buffer (256 MiB for all
+/// of them at worst); 4096 serves a large fleet of pipelining clients and stays within the
+/// descriptor limits servers commonly run with.
+const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
+/// A quarter of the total, so one host (a client with a connection leak, say) cannot lock
+/// every other host out.
+const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 1024;
 
 impl BrokerConfig {
     /// Parses a TOML document; unknown keys are refused so a typo is not silently ignored.
@@ -350,10 +380,32 @@ impl BrokerConfig {
         if self.ha_link_timeout_ms <= self.ha_heartbeat_interval_ms {
             return Err("ha_link_timeout_ms: must exceed ha_heartbeat_interval_ms".into());
         }
+        self.validate_connection_limits()?;
         if self.io_memory_bytes < MIN_IO_MEMORY_BYTES {
             return Err(format!(
                 "io_memory_bytes: {} is below glommio's minimum of {MIN_IO_MEMORY_BYTES}",
                 self.io_memory_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_connection_limits(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("max_connections", self.max_connections as u64),
+            ("max_connections_per_ip", self.max_connections_per_ip as u64),
+            ("request_read_timeout_ms", self.request_read_timeout_ms),
+            ("connections_max_idle_ms", self.connections_max_idle_ms),
+            ("response_write_timeout_ms", self.response_write_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(format!("{key}: must be positive"));
+            }
+        }
+        if self.shard_inflight_budget_bytes < 2 * self.max_frame_bytes {
+            return Err(format!(
+                "shard_inflight_budget_bytes: {} must be at least twice max_frame_bytes {} (frames still arriving may hold three quarters of it, and a largest frame must fit)",
+                self.shard_inflight_budget_bytes, self.max_frame_bytes
             ));
         }
         Ok(())
@@ -414,5 +466,56 @@ mod tests {
             .validate()
             .unwrap_err()
             .starts_with("max_message_bytes"));
+    }
+
+    #[test]
+    fn connection_limits_name_their_key() {
+        for (config, key) in [
+            (
+                BrokerConfig {
+                    max_connections: 0,
+                    ..BrokerConfig::default()
+                },
+                "max_connections:",
+            ),
+            (
+                BrokerConfig {
+                    max_connections_per_ip: 0,
+                    ..BrokerConfig::default()
+                },
+                "max_connections_per_ip:",
+            ),
+            (
+                BrokerConfig {
+                    request_read_timeout_ms: 0,
+                    ..BrokerConfig::default()
+                },
+                "request_read_timeout_ms:",
+            ),
+            (
+                BrokerConfig {
+                    connections_max_idle_ms: 0,
+                    ..BrokerConfig::default()
+                },
+                "connections_max_idle_ms:",
+            ),
+            (
+                BrokerConfig {
+                    response_write_timeout_ms: 0,
+                    ..BrokerConfig::default()
+                },
+                "response_write_timeout_ms:",
+            ),
+            (
+                BrokerConfig {
+                    shard_inflight_budget_bytes: 16 * MIB,
+                    ..BrokerConfig::default()
+                },
+                "shard_inflight_budget_bytes:",
+            ),
+        ] {
+            let err = config.validate().unwrap_err();
+            assert!(err.starts_with(key), "{err}");
+        }
     }
 }

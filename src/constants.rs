@@ -40,6 +40,34 @@ pub const MAX_PULL_SPAN_BYTES: u64 = 4 * 1024 * 1024;
 /// Listen backlog for client sockets.
 pub const LISTEN_BACKLOG: i32 = 1024;
 
+/// How long start-up keeps retrying a port that is in use. A broker killed a moment ago holds
+/// its listening sockets until the kernel has torn its io_uring rings down (measured up to
+/// about half a second), and supervisors restart at once; 5 s covers that ten times over,
+/// while a port held by a live process still fails start-up quickly, naming the port.
+pub const BIND_RETRY_MS: u64 = 5_000;
+
+/// Pause between two binds of a port in use: 100 tries within [`BIND_RETRY_MS`].
+pub const BIND_RETRY_INTERVAL_MS: u64 = 50;
+
+/// Descriptors one client connection holds: its socket and the duplicate its writer owns.
+pub const DESCRIPTORS_PER_CONNECTION: u64 = 2;
+
+/// Descriptors kept for everything but client connections: listeners, replication links,
+/// segment and consume-queue files, io_uring rings and eventfds of every shard.
+pub const DESCRIPTOR_RESERVE: u64 = 1024;
+
+/// How long a request waits for room in its shard's `shard_inflight_budget_bytes` before it is
+/// answered `SYSTEM_BUSY`. Requests finish in milliseconds, so a budget still full after a
+/// second means overload: answering then lets the client back off long before its own read
+/// timeout (30 s), instead of queueing more work behind the overload.
+pub const INFLIGHT_BUDGET_WAIT_MS: u64 = 1_000;
+
+/// How long the broker spends on a connection it does not admit: writing the `SYSTEM_BUSY`
+/// frame (small, so it fits a new socket's buffer at once), then waiting for the peer to close
+/// so the close does not reset the answer away. The bound stops a refused peer from holding a
+/// task.
+pub const REFUSAL_WRITE_TIMEOUT_MS: u64 = 1_000;
+
 /// Pipe capacity the replication splice sender asks for (`F_SETPIPE_SZ`). One pipe's worth is
 /// the most one linked file → pipe → socket pair can move, so this is the chunk size; 1 MiB
 /// matched the best measured throughput (notes/glommio-probe.md §3) and is the default

@@ -4,7 +4,8 @@
 //! the ready line, and on SIGINT or SIGTERM asks every shard to shut down cleanly.
 
 use crate::config::BrokerConfig;
-use crate::net::bind_listeners;
+use crate::net::admission::Admission;
+use crate::net::{bind_listeners, raise_descriptor_limit};
 use crate::shard::mesh::build_mesh;
 use crate::shard::startup::{run_shard, ShardStartup, StartupEvent};
 use crate::shard::topics::TopicTable;
@@ -104,8 +105,10 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
     check_store_identity(&config.store_dir, shard_count)?;
     info!("effective configuration:\n{}", config.to_toml());
     let topics = Arc::new(TopicTable::load(&config.store_dir)?);
+    raise_descriptor_limit(&config);
     let listeners = bind_listeners(&config, shard_count)?;
     let shard_ports = Arc::new(listeners.shard_ports.clone());
+    let admission = Admission::new(&config);
     let config = Arc::new(config);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let stop_fds = (0..shard_count)
@@ -135,6 +138,7 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
                 None
             },
             stop_fd: stop_fds[id],
+            admission: admission.clone(),
         };
         let core = cores.get(id % cores.len().max(1)).copied();
         let builder = LocalExecutorBuilder::new(Placement::Unbound)

@@ -17,7 +17,7 @@ use crate::protocol::message::decode_error_message;
 use crate::protocol::{FrameDecoder, Opcode, Status};
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -105,7 +105,7 @@ impl Connection {
         let mut last_error = None;
         let mut stream = None;
         for socket_addr in addr.to_socket_addrs().map_err(io_err)? {
-            match TcpStream::connect_timeout(&socket_addr, options.connect_timeout) {
+            match connect_to(&socket_addr, options.connect_timeout) {
                 Ok(s) => {
                     stream = Some(s);
                     break;
@@ -407,8 +407,69 @@ impl Connection {
     }
 }
 
+/// Connects to `addr`, never returning a connection to itself. With the broker down and its
+/// port inside the ephemeral range, the kernel can pick that very port as the local end, and
+/// the connect succeeds against itself (TCP simultaneous open); kept, it would hold the port
+/// the broker needs to restart. Such a connection is reset at once (no TIME_WAIT) and the
+/// connect tried again, which picks another local port and so fails like any connect to a
+/// port nobody listens on.
+fn connect_to(addr: &SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    for _ in 0..SELF_CONNECT_ATTEMPTS {
+        let stream = TcpStream::connect_timeout(addr, timeout)?;
+        if !is_self_connection(&stream) {
+            return Ok(stream);
+        }
+        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    }
+    Err(std::io::Error::new(
+        ErrorKind::ConnectionRefused,
+        format!("{addr}: connected to itself (nothing listens there); dropped the connection"),
+    ))
+}
+
+/// Attempts per address when a connect lands on itself: the second one takes another local
+/// port, so three are plenty.
+const SELF_CONNECT_ATTEMPTS: usize = 3;
+
+/// Whether the two ends of a connected socket are the same address (a self-connection).
+pub fn is_self_connection(socket: &impl AsRawFd) -> bool {
+    let socket = socket2::SockRef::from(socket);
+    let (local, peer) = (socket.local_addr(), socket.peer_addr());
+    matches!(
+        (local.map(|a| a.as_socket()), peer.map(|a| a.as_socket())),
+        (Ok(Some(local)), Ok(Some(peer))) if local == peer
+    )
+}
+
 impl AsRawFd for Connection {
     fn as_raw_fd(&self) -> RawFd {
         self.stream.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use socket2::{Domain, Protocol, Socket, Type};
+
+    #[test]
+    fn a_socket_connected_to_its_own_address_is_detected() {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        socket
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let own = socket.local_addr().unwrap();
+        // A connect to the socket's own address opens simultaneously with itself: what the
+        // kernel does when it picks a not-yet-listening broker port as the ephemeral port.
+        socket.connect(&own).expect("self-connect");
+        let stream: TcpStream = socket.into();
+        assert!(is_self_connection(&stream));
+    }
+
+    #[test]
+    fn an_ordinary_connection_is_not_a_self_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = connect_to(&listener.local_addr().unwrap(), Duration::from_secs(5)).unwrap();
+        assert!(!is_self_connection(&stream));
     }
 }

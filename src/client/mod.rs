@@ -20,7 +20,7 @@ pub use crate::shard::handlers::cluster::{ClusterStatus, MasterLink, ShardStatus
 pub use api::{
     Client, ClientOptions, ConnectionSlot, ProduceAck, ProduceResult, PullResult, Ticket,
 };
-pub use connection::{Connection, ConnectionOptions, Response};
+pub use connection::{is_self_connection, Connection, ConnectionOptions, Response};
 pub use error::ClientError;
 pub use failover::{FailoverClient, DEFAULT_RETRY_PRIMARY_EVERY};
 

@@ -1,30 +1,54 @@
 //! One client connection: read frames, run each request as its own task (pipelining: many in
-//! flight, answered as they complete, matched by request id), write responses in batches.
+//! flight, answered as they complete, matched by request id), write responses in order of
+//! completion.
 //!
 //! The socket is duplicated so a reader and a writer task can each own a glommio stream. A
 //! frame that breaks framing (oversized, bad magic, bad crc, unknown version or opcode) is
 //! answered with an error where the request id is known, and then only this connection closes.
+//!
+//! Bounds: a frame that does not fit the connection's base read buffer reserves its size from
+//! the shard's [`InflightBudget`] before its body is read (the reader stops reading while it
+//! waits: back-pressure), and a request that gets no budget within the wait is answered
+//! `SYSTEM_BUSY` (a large frame's body is then read and dropped, so the connection stays
+//! usable). A frame started and not finished within `request_read_timeout_ms` is answered
+//! `BAD_REQUEST` and the connection closes; a connection with nothing in flight and no traffic
+//! for `connections_max_idle_ms` is closed; a writer that makes no progress for
+//! `response_write_timeout_ms` (a peer that never reads) closes the connection.
 
+use super::admission::{BudgetPermit, Ticket};
+use super::ShardNet;
 use crate::constants::{
-    CONNECTION_READ_BUFFER_BYTES, MAX_INFLIGHT_BYTES_PER_CONNECTION,
+    CONNECTION_READ_BUFFER_BYTES, INFLIGHT_BUDGET_WAIT_MS, MAX_INFLIGHT_BYTES_PER_CONNECTION,
     MAX_INFLIGHT_REQUESTS_PER_CONNECTION,
 };
 use crate::metrics::Counter;
 use crate::protocol::frame::{encode_frame, FrameDecoder, FrameError, FrameHeader};
+use crate::protocol::frame::{FRAME_HEADER_BYTES, PROTOCOL_VERSION};
 use crate::protocol::{Opcode, Status};
 use crate::shard::handlers;
 use crate::shard::mesh::Reply;
 use crate::shard::Shard;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::channels::local_channel::{self, LocalSender};
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 use glommio::spawn_local;
-use glommio::sync::Semaphore;
-use std::os::fd::{AsRawFd, FromRawFd};
+use glommio::sync::{Semaphore, StaticPermit};
+use glommio::timer::sleep;
+use std::cell::Cell;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 use tracing::debug;
 
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+/// The configured timeouts of every connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionTimeouts {
+    pub request_read: Duration,
+    pub idle: Duration,
+    pub response_write: Duration,
+}
+
+pub async fn serve(shard: Rc<Shard>, net: Rc<ShardNet>, stream: TcpStream, ticket: Ticket) {
     let _ = stream.set_nodelay(true);
     // SAFETY: dup returns a new descriptor for the same socket, owned by the writer stream.
     let write_fd = unsafe { libc::dup(stream.as_raw_fd()) };
@@ -36,102 +60,456 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         return;
     }
     let writer = unsafe { TcpStream::from_raw_fd(write_fd) };
+    let _ = writer.set_write_timeout(Some(net.timeouts.response_write));
+    let activity = Rc::new(Cell::new(Instant::now()));
     let (tx, rx) = local_channel::new_bounded::<Vec<u8>>(MAX_INFLIGHT_REQUESTS_PER_CONNECTION);
-    let writer_shard = shard.clone();
-    let writer_task = spawn_local(async move {
-        let mut writer = writer;
-        while let Some(frame) = rx.recv().await {
-            if writer.write_all(&frame).await.is_err() {
-                break;
-            }
-            writer_shard
-                .probe
-                .add(Counter::BytesOut, frame.len() as u64);
-        }
-        let _ = writer.close().await;
-    });
-    read_requests(shard, stream, Rc::new(tx)).await;
+    let writer_task = spawn_local(write_responses(shard.clone(), writer, rx, activity.clone()));
+    let reader = Reader {
+        decoder: FrameDecoder::new(shard.config.max_frame_bytes as usize),
+        requests: Rc::new(Semaphore::new(MAX_INFLIGHT_REQUESTS_PER_CONNECTION as u64)),
+        request_bytes: Rc::new(Semaphore::new(MAX_INFLIGHT_BYTES_PER_CONNECTION as u64)),
+        buf: vec![0u8; CONNECTION_READ_BUFFER_BYTES],
+        filled: 0,
+        frame_started: Instant::now(),
+        shard,
+        net,
+        stream,
+        tx: Rc::new(tx),
+        activity,
+    };
+    reader.run().await;
     writer_task.await;
+    drop(ticket);
 }
 
-async fn read_requests(shard: Rc<Shard>, mut stream: TcpStream, tx: Rc<LocalSender<Vec<u8>>>) {
-    let decoder = FrameDecoder::new(shard.config.max_frame_bytes as usize);
-    let inflight = Rc::new(Semaphore::new(MAX_INFLIGHT_REQUESTS_PER_CONNECTION as u64));
-    let inflight_bytes = Rc::new(Semaphore::new(MAX_INFLIGHT_BYTES_PER_CONNECTION as u64));
-    let mut buf = vec![0u8; CONNECTION_READ_BUFFER_BYTES];
-    let mut filled = 0;
-    loop {
+async fn write_responses(
+    shard: Rc<Shard>,
+    mut writer: TcpStream,
+    rx: LocalReceiver<Vec<u8>>,
+    activity: Rc<Cell<Instant>>,
+) {
+    while let Some(frame) = rx.recv().await {
+        if let Err(e) = writer.write_all(&frame).await {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                debug!(
+                    shard = shard.id,
+                    "closing a connection whose peer does not read its responses"
+                );
+            }
+            shutdown_both(writer.as_raw_fd());
+            // Requests still in flight must be able to queue their answers and finish (a
+            // dropped receiver does not release senders waiting on a full channel).
+            while rx.recv().await.is_some() {}
+            break;
+        }
+        activity.set(Instant::now());
+        shard.probe.add(Counter::BytesOut, frame.len() as u64);
+    }
+    let _ = writer.close().await;
+}
+
+/// Ends both directions of the socket, so the reader of the same socket sees its end too.
+fn shutdown_both(fd: RawFd) {
+    // SAFETY: shutdown on a socket descriptor this task owns.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// Why the reader stops.
+enum End {
+    /// The peer closed, an I/O error, or a framing error already answered.
+    Closed,
+    /// A started frame did not finish within `request_read_timeout_ms`; its header when it
+    /// is no longer in the base buffer.
+    ReadTimeout(Option<FrameHeader>),
+    /// Nothing in flight and no traffic for `connections_max_idle_ms`.
+    Idle,
+}
+
+struct Reader {
+    shard: Rc<Shard>,
+    net: Rc<ShardNet>,
+    stream: TcpStream,
+    tx: Rc<LocalSender<Vec<u8>>>,
+    decoder: FrameDecoder,
+    /// Requests of this connection in flight (count), so one peer cannot pin unbounded work.
+    requests: Rc<Semaphore>,
+    /// Request bytes of this connection in flight, its share of the shard's budget at most.
+    request_bytes: Rc<Semaphore>,
+    /// When bytes last arrived or a response was last written: the idle clock.
+    activity: Rc<Cell<Instant>>,
+    /// Base read buffer; a frame larger than it is read into its own buffer.
+    buf: Vec<u8>,
+    filled: usize,
+    /// When the first byte of the frame now in `buf[..filled]` arrived.
+    frame_started: Instant,
+}
+
+/// Per-connection permits of one request.
+type ConnectionPermits = (StaticPermit, StaticPermit);
+
+impl Reader {
+    async fn run(mut self) {
+        let end = loop {
+            if let Err(end) = self.dispatch_buffered().await {
+                break end;
+            }
+            if let Some(total) = self.pending_large_frame() {
+                if let Err(end) = self.receive_large(total).await {
+                    break end;
+                }
+                continue;
+            }
+            if let Err(end) = self.fill().await {
+                break end;
+            }
+        };
+        match end {
+            End::Closed => {}
+            End::ReadTimeout(header) => self.answer_read_timeout(header).await,
+            End::Idle => debug!(shard = self.shard.id, "closing an idle connection"),
+        }
+    }
+
+    /// Starts every complete frame in the buffer.
+    async fn dispatch_buffered(&mut self) -> Result<(), End> {
         let mut consumed = 0;
         loop {
-            match decoder.decode(&buf[consumed..filled]) {
-                Ok(Some(frame)) => {
-                    consumed += frame.wire_len();
-                    let Some(opcode) = Opcode::from_u16(frame.header.opcode) else {
-                        let reply = Reply::error(
-                            Status::UnknownOpcode,
-                            format!("unknown opcode {}", frame.header.opcode),
-                        );
-                        send_reply(&tx, frame.header, reply).await;
-                        return;
-                    };
-                    let Ok(permit) = inflight.clone().acquire_static_permit(1).await else {
-                        return;
-                    };
-                    let cost = frame.wire_len().min(MAX_INFLIGHT_BYTES_PER_CONNECTION) as u64;
-                    let Ok(bytes_permit) = inflight_bytes.clone().acquire_static_permit(cost).await
-                    else {
-                        return;
-                    };
-                    let (shard, tx, header) = (shard.clone(), tx.clone(), frame.header);
-                    let body = frame.body.to_vec();
-                    spawn_local(async move {
-                        let reply = handlers::handle(&shard, opcode, &body).await;
-                        send_reply(&tx, header, reply).await;
-                        drop((permit, bytes_permit));
-                    })
-                    .detach();
-                }
+            let frame = match self.decoder.decode(&self.buf[consumed..self.filled]) {
+                Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
-                    reject(&tx, &e).await;
-                    return;
+                    reject(&self.tx, &e).await;
+                    return Err(End::Closed);
                 }
+            };
+            let (header, wire_len) = (frame.header, frame.wire_len());
+            let body = frame.body.to_vec();
+            consumed += wire_len;
+            let opcode = self.opcode(header).await?;
+            let permits = self.connection_permits(wire_len).await?;
+            match self.net.budget.reserve(wire_len as u64).await {
+                Some(budget) => self.start(opcode, header, body, (permits, budget)),
+                None => self.answer_busy(header, wire_len).await,
             }
         }
-        buf.copy_within(consumed..filled, 0);
-        filled -= consumed;
-        if filled == buf.len() {
-            // The frame is larger than the buffer but within the maximum (checked by the
-            // decoder as soon as its header arrived): grow to hold it.
-            buf.resize(buf.len() * 2, 0);
+        self.buf.copy_within(consumed..self.filled, 0);
+        self.filled -= consumed;
+        if consumed > 0 && self.filled > 0 {
+            self.frame_started = Instant::now();
         }
-        match stream.read(&mut buf[filled..]).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                shard.probe.add(Counter::BytesIn, n as u64);
-                filled += n;
+        Ok(())
+    }
+
+    async fn opcode(&self, header: FrameHeader) -> Result<Opcode, End> {
+        match Opcode::from_u16(header.opcode) {
+            Some(opcode) => Ok(opcode),
+            None => {
+                let message = format!("unknown opcode {}", header.opcode);
+                send_reply(
+                    &self.tx,
+                    header,
+                    Reply::error(Status::UnknownOpcode, message),
+                )
+                .await;
+                Err(End::Closed)
             }
+        }
+    }
+
+    /// Waits (back-pressure on this connection only) for a place among its requests in flight.
+    async fn connection_permits(&self, wire_len: usize) -> Result<ConnectionPermits, End> {
+        let count = self.requests.clone().acquire_static_permit(1).await;
+        let cost = wire_len.min(MAX_INFLIGHT_BYTES_PER_CONNECTION) as u64;
+        let bytes = self.request_bytes.clone().acquire_static_permit(cost).await;
+        match (count, bytes) {
+            (Ok(count), Ok(bytes)) => Ok((count, bytes)),
+            _ => Err(End::Closed),
+        }
+    }
+
+    /// Runs one request as its own task; its permits are held until its answer is queued.
+    fn start(
+        &self,
+        opcode: Opcode,
+        header: FrameHeader,
+        frame: Vec<u8>,
+        permits: (ConnectionPermits, BudgetPermit),
+    ) {
+        self.start_at(opcode, header, frame, 0, permits)
+    }
+
+    fn start_at(
+        &self,
+        opcode: Opcode,
+        header: FrameHeader,
+        frame: Vec<u8>,
+        body_start: usize,
+        permits: (ConnectionPermits, BudgetPermit),
+    ) {
+        let (shard, tx, activity) = (self.shard.clone(), self.tx.clone(), self.activity.clone());
+        spawn_local(async move {
+            let reply = handlers::handle(&shard, opcode, &frame[body_start..]).await;
+            drop(frame);
+            send_reply(&tx, header, reply).await;
+            // The idle clock starts when the last request in flight is done.
+            activity.set(Instant::now());
+            drop(permits);
+        })
+        .detach();
+    }
+
+    async fn answer_busy(&self, header: FrameHeader, wire_len: usize) {
+        let message = format!(
+            "shard_inflight_budget_bytes: shard {} had no room for a {wire_len}-byte request within {INFLIGHT_BUDGET_WAIT_MS} ms; retry later",
+            self.shard.id
+        );
+        send_reply(&self.tx, header, Reply::error(Status::SystemBusy, message)).await;
+    }
+
+    /// The size of the frame in the buffer when its header is complete and it cannot fit.
+    fn pending_large_frame(&self) -> Option<usize> {
+        if self.filled < FRAME_HEADER_BYTES {
+            return None;
+        }
+        // `dispatch_buffered` has checked the header (magic, version, size) already.
+        let length = u32::from_le_bytes(self.buf[0..4].try_into().expect("4 bytes")) as usize;
+        let total = 4 + length;
+        (total > self.buf.len()).then_some(total)
+    }
+
+    /// Reads a frame larger than the base buffer into its own buffer, once the shard's budget
+    /// holds it; without budget the frame is answered `SYSTEM_BUSY` and its bytes dropped.
+    async fn receive_large(&mut self, total: usize) -> Result<(), End> {
+        let header = pending_header(&self.buf);
+        let opcode = self.opcode(header).await?;
+        let permits = self.connection_permits(total).await?;
+        let Some((receiving, budget)) = self.net.budget.reserve_receiving(total as u64).await
+        else {
+            self.answer_busy(header, total).await;
+            return self
+                .discard(total)
+                .await
+                .map_err(|end| with_header(end, header));
+        };
+        let mut frame = vec![0u8; total];
+        frame[..self.filled].copy_from_slice(&self.buf[..self.filled]);
+        let mut got = self.filled;
+        self.filled = 0;
+        while got < total {
+            got += self
+                .read_frame_part(&mut frame, got, total)
+                .await
+                .map_err(|end| with_header(end, header))?;
+        }
+        drop(receiving);
+        match self.decoder.decode(&frame) {
+            Ok(Some(_)) => {}
+            Ok(None) => unreachable!("a whole frame was read"),
+            Err(e) => {
+                reject(&self.tx, &e).await;
+                return Err(End::Closed);
+            }
+        }
+        self.start_at(opcode, header, frame, FRAME_HEADER_BYTES, (permits, budget));
+        Ok(())
+    }
+
+    async fn read_frame_part(
+        &mut self,
+        frame: &mut [u8],
+        from: usize,
+        to: usize,
+    ) -> Result<usize, End> {
+        let deadline = self.frame_started + self.net.timeouts.request_read;
+        let n = read_or_expire(&mut self.stream, &mut frame[from..to], expire_at(deadline)).await?;
+        self.received(n);
+        Ok(n)
+    }
+
+    /// Reads and drops the rest of a frame of `total` bytes whose start is in the buffer.
+    async fn discard(&mut self, total: usize) -> Result<(), End> {
+        let mut remaining = total - self.filled;
+        self.filled = 0;
+        let deadline = self.frame_started + self.net.timeouts.request_read;
+        while remaining > 0 {
+            let chunk = remaining.min(self.buf.len());
+            let n = read_or_expire(
+                &mut self.stream,
+                &mut self.buf[..chunk],
+                expire_at(deadline),
+            )
+            .await?;
+            self.received(n);
+            remaining -= n;
+        }
+        Ok(())
+    }
+
+    /// Reads more bytes into the base buffer, within the read or the idle deadline.
+    async fn fill(&mut self) -> Result<(), End> {
+        let expire = if self.filled > 0 {
+            Expiry::At(self.frame_started + self.net.timeouts.request_read)
+        } else {
+            Expiry::Idle {
+                idle: self.net.timeouts.idle,
+                activity: self.activity.clone(),
+                requests: self.requests.clone(),
+            }
+        };
+        let was_empty = self.filled == 0;
+        let n = read_or_expire(&mut self.stream, &mut self.buf[self.filled..], expire).await?;
+        if was_empty {
+            self.frame_started = Instant::now();
+        }
+        self.filled += n;
+        self.received(n);
+        Ok(())
+    }
+
+    fn received(&self, n: usize) {
+        self.activity.set(Instant::now());
+        self.shard.probe.add(Counter::BytesIn, n as u64);
+    }
+
+    async fn answer_read_timeout(&self, header: Option<FrameHeader>) {
+        let header = match header {
+            Some(header) => header,
+            None if self.filled >= FRAME_HEADER_BYTES => pending_header(&self.buf),
+            None => connection_error_header(),
+        };
+        let message = format!(
+            "request_read_timeout_ms: a frame started {} ms ago is still incomplete; closing the connection",
+            self.frame_started.elapsed().as_millis()
+        );
+        debug!(shard = self.shard.id, "{message}");
+        send_reply(&self.tx, header, Reply::error(Status::BadRequest, message)).await;
+    }
+}
+
+/// Names the frame a read timeout belongs to, once its header has left the base buffer.
+fn with_header(end: End, header: FrameHeader) -> End {
+    match end {
+        End::ReadTimeout(None) => End::ReadTimeout(Some(header)),
+        other => other,
+    }
+}
+
+/// When a read gives up.
+enum Expiry {
+    /// A started frame must be complete by then.
+    At(Instant),
+    /// Between frames: when nothing has been in flight and nothing has moved for `idle`.
+    Idle {
+        idle: Duration,
+        activity: Rc<Cell<Instant>>,
+        requests: Rc<Semaphore>,
+    },
+}
+
+fn expire_at(deadline: Instant) -> Expiry {
+    Expiry::At(deadline)
+}
+
+impl Expiry {
+    async fn wait(self) -> End {
+        match self {
+            Expiry::At(deadline) => {
+                sleep(deadline.saturating_duration_since(Instant::now())).await;
+                End::ReadTimeout(None)
+            }
+            Expiry::Idle {
+                idle,
+                activity,
+                requests,
+            } => loop {
+                let now = Instant::now();
+                let in_flight = requests.available() < MAX_INFLIGHT_REQUESTS_PER_CONNECTION as u64;
+                // A request in flight (a long-poll pull, say) keeps the connection busy.
+                let since = if in_flight { now } else { activity.get() };
+                let deadline = since + idle;
+                if deadline <= now {
+                    return End::Idle;
+                }
+                sleep(deadline - now).await;
+            },
         }
     }
 }
 
-async fn send_reply(tx: &LocalSender<Vec<u8>>, request: FrameHeader, reply: Reply) {
-    let mut frame =
-        Vec::with_capacity(crate::protocol::frame::FRAME_HEADER_BYTES + reply.body.len());
+/// Reads into `into` unless `expire` comes first. glommio's socket read waits for readiness
+/// and then reads, so abandoning it loses no bytes.
+async fn read_or_expire(
+    stream: &mut TcpStream,
+    into: &mut [u8],
+    expire: Expiry,
+) -> Result<usize, End> {
+    let read = async {
+        match stream.read(into).await {
+            Ok(0) | Err(_) => Err(End::Closed),
+            Ok(n) => Ok(n),
+        }
+    };
+    future::or(read, async { Err(expire.wait().await) }).await
+}
+
+/// The header of the frame at the start of `buf`, which holds at least a whole header.
+fn pending_header(buf: &[u8]) -> FrameHeader {
+    debug_assert!(buf.len() >= FRAME_HEADER_BYTES && buf[6] == PROTOCOL_VERSION);
+    FrameHeader {
+        flags: buf[7],
+        opcode: u16::from_le_bytes([buf[8], buf[9]]),
+        status: 0,
+        request_id: u64::from_le_bytes(buf[12..20].try_into().expect("8 bytes")),
+    }
+}
+
+/// The header of an answer that belongs to no request: opcode 0, request id 0.
+fn connection_error_header() -> FrameHeader {
+    FrameHeader {
+        opcode: 0,
+        ..FrameHeader::request(Opcode::Ping, 0)
+    }
+}
+
+fn response_frame(request: FrameHeader, reply: Reply) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + reply.body.len());
     encode_frame(
         &mut frame,
         FrameHeader::response(request.opcode, reply.status, request.request_id),
         &reply.body,
     );
-    let _ = tx.send(frame).await;
+    frame
+}
+
+async fn send_reply(tx: &LocalSender<Vec<u8>>, request: FrameHeader, reply: Reply) {
+    let _ = tx.send(response_frame(request, reply)).await;
 }
 
 async fn reject(tx: &LocalSender<Vec<u8>>, error: &FrameError) {
     debug!("closing a connection: {error}");
-    let header = FrameHeader::request(Opcode::Ping, error.request_id());
     let header = FrameHeader {
-        opcode: 0,
-        ..header
+        request_id: error.request_id(),
+        ..connection_error_header()
     };
     send_reply(tx, header, Reply::error(error.status(), error.to_string())).await;
+}
+
+/// Answers a connection the broker does not admit with `SYSTEM_BUSY` and closes it. What
+/// the peer sent meanwhile is read and dropped until it closes too (within `timeout`): closing
+/// with unread bytes would reset the connection and could discard the answer on its way.
+pub async fn refuse(mut stream: TcpStream, reason: String, timeout: Duration) {
+    let frame = response_frame(
+        connection_error_header(),
+        Reply::error(Status::SystemBusy, reason),
+    );
+    let _ = stream.set_write_timeout(Some(timeout));
+    if stream.write_all(&frame).await.is_err() {
+        return;
+    }
+    let _ = stream.close().await;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    future::or(drain, sleep(timeout)).await;
 }

@@ -1,87 +1,160 @@
 //! Listeners and connections.
 //!
 //! The main thread binds every listening socket before the executors start ([`bind_listeners`]):
-//! one socket per shard on the shared client port (SO_REUSEPORT spreads connections across
-//! shards; a port of 0 is resolved once so every shard shares the same one) and one socket per
-//! shard on its shard-aware port. Each shard then accepts on its own sockets
-//! ([`accept_loop`]) and serves each connection on its own core ([`connection`]).
+//! one socket on the shared client port and one on the HA port, each handed to every shard as
+//! a duplicate descriptor (every shard accepts on the same socket), and one socket per shard on
+//! its shard-aware port. No socket sets SO_REUSEPORT, so no other process can bind a port the
+//! broker holds; SO_REUSEADDR lets a restart bind over connections left in TIME_WAIT, and a
+//! port still held by a just-killed broker is retried for [`BIND_RETRY_MS`]. Each shard then
+//! accepts on its sockets ([`accept_loop`]), admits the connection against the limits
+//! ([`admission`]) and serves it on its own core ([`connection`]).
 
+pub mod admission;
 pub mod connection;
 
 use crate::config::BrokerConfig;
-use crate::constants::LISTEN_BACKLOG;
+use crate::constants::{
+    BIND_RETRY_INTERVAL_MS, BIND_RETRY_MS, DESCRIPTORS_PER_CONNECTION, DESCRIPTOR_RESERVE,
+    LISTEN_BACKLOG, REFUSAL_WRITE_TIMEOUT_MS,
+};
 use crate::shard::Shard;
+use admission::{Admission, InflightBudget};
 use glommio::net::TcpListener;
 use glommio::spawn_local;
 use socket2::{Domain, Protocol, Socket, Type};
+use std::fmt;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 /// The sockets of every shard and the addresses actually bound.
 pub struct BoundListeners {
-    /// `per_shard[n]`: the shared-port socket and the shard-aware socket of shard `n`.
+    /// `per_shard[n]`: shard `n`'s descriptor of the shared client socket and its own
+    /// shard-aware socket.
     pub per_shard: Vec<Vec<RawFd>>,
     pub listen_addr: SocketAddr,
     pub shard_ports: Vec<u16>,
-    /// `ha[n]`: shard `n`'s socket on the shared replication port.
+    /// `ha[n]`: shard `n`'s descriptor of the one replication socket.
     pub ha: Vec<RawFd>,
     pub ha_addr: SocketAddr,
     /// The Prometheus endpoint's socket and address, served by shard 0.
     pub metrics: Option<(RawFd, SocketAddr)>,
 }
 
-fn listening_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<Socket> {
+/// What a listening port is for, so a bind error names the port the user has to look at.
+#[derive(Clone, Copy, Debug)]
+enum PortRole {
+    Client,
+    Shard(usize),
+    Ha,
+    Metrics,
+}
+
+impl fmt::Display for PortRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortRole::Client => f.write_str("client port (listen)"),
+            PortRole::Shard(n) => write!(f, "shard {n} port (shard_port_base + {n})"),
+            PortRole::Ha => f.write_str("HA port (ha_listen)"),
+            PortRole::Metrics => f.write_str("metrics port (metrics_listen)"),
+        }
+    }
+}
+
+/// Binds and listens once, without retrying.
+fn listening_socket(addr: SocketAddr) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-    }
+    // Non-blocking for good: every shard accepts on a shared socket, and glommio's accept
+    // tries a non-blocking accept by toggling O_NONBLOCK on the shared open file, which would
+    // race between executors (one could restore blocking mode while another accepts).
+    socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket)
 }
 
-fn bound_port(socket: &Socket) -> std::io::Result<u16> {
+/// Binds `addr`, retrying "address in use" until `deadline`: a broker killed a moment ago
+/// still holds its ports while the kernel tears its io_uring rings down (up to about half a
+/// second), and a supervisor restarts at once.
+fn bind_retrying(addr: SocketAddr, role: PortRole, deadline: Instant) -> Result<Socket, String> {
+    let mut logged = false;
+    loop {
+        match listening_socket(addr) {
+            Ok(socket) => return Ok(socket),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                if !logged {
+                    warn!("{role} {addr} is in use; retrying for up to {BIND_RETRY_MS} ms in case a stopped broker still holds it");
+                    logged = true;
+                }
+                std::thread::sleep(Duration::from_millis(BIND_RETRY_INTERVAL_MS));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(format!(
+                    "cannot listen on the {role} {addr}: it is in use by another process (still after {BIND_RETRY_MS} ms); stop that process or choose another port"
+                ))
+            }
+            Err(e) => return Err(format!("cannot listen on the {role} {addr}: {e}")),
+        }
+    }
+}
+
+fn bound_port(socket: &Socket, role: PortRole) -> Result<u16, String> {
     socket
-        .local_addr()?
-        .as_socket()
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
         .map(|a| a.port())
-        .ok_or_else(|| std::io::Error::other("listener has no inet address"))
+        .ok_or_else(|| format!("the {role} socket has no inet address"))
+}
+
+/// `count` descriptors of one socket: the socket itself and `count - 1` duplicates.
+fn share(socket: Socket, count: usize, role: PortRole) -> Result<Vec<RawFd>, String> {
+    let mut fds = Vec::with_capacity(count);
+    for _ in 1..count {
+        // SAFETY: F_DUPFD_CLOEXEC on a valid descriptor returns a new one or -1.
+        let fd = unsafe { libc::fcntl(socket.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            for fd in fds {
+                unsafe { libc::close(fd) };
+            }
+            return Err(format!("duplicating the {role} socket: {e}"));
+        }
+        fds.push(fd);
+    }
+    fds.insert(0, socket.into_raw_fd());
+    Ok(fds)
 }
 
 pub fn bind_listeners(config: &BrokerConfig, shard_count: usize) -> Result<BoundListeners, String> {
+    let deadline = Instant::now() + Duration::from_millis(BIND_RETRY_MS);
     let mut listen_addr = config.listen_addr()?;
+    let shared = bind_retrying(listen_addr, PortRole::Client, deadline)?;
+    listen_addr.set_port(bound_port(&shared, PortRole::Client)?);
+    let shared = share(shared, shard_count, PortRole::Client)?;
     let mut per_shard = Vec::with_capacity(shard_count);
     let mut shard_ports = Vec::with_capacity(shard_count);
-    let explain = |addr: SocketAddr, e: std::io::Error| format!("cannot listen on {addr}: {e}");
-    for shard in 0..shard_count {
-        let shared = listening_socket(listen_addr, true).map_err(|e| explain(listen_addr, e))?;
-        if listen_addr.port() == 0 {
-            listen_addr.set_port(bound_port(&shared).map_err(|e| explain(listen_addr, e))?);
-        }
+    for (shard, shared_fd) in shared.into_iter().enumerate() {
+        let role = PortRole::Shard(shard);
         let mut own_addr = listen_addr;
         own_addr.set_port(shard_port(config, listen_addr.port(), shard)?);
-        let own = listening_socket(own_addr, false).map_err(|e| explain(own_addr, e))?;
-        shard_ports.push(bound_port(&own).map_err(|e| explain(own_addr, e))?);
-        per_shard.push(vec![shared.into_raw_fd(), own.into_raw_fd()]);
+        let own = bind_retrying(own_addr, role, deadline)?;
+        shard_ports.push(bound_port(&own, role)?);
+        per_shard.push(vec![shared_fd, own.into_raw_fd()]);
     }
     let mut ha_addr = config.ha_addr()?;
-    let mut ha = Vec::with_capacity(shard_count);
-    for _ in 0..shard_count {
-        let socket = listening_socket(ha_addr, true).map_err(|e| explain(ha_addr, e))?;
-        if ha_addr.port() == 0 {
-            ha_addr.set_port(bound_port(&socket).map_err(|e| explain(ha_addr, e))?);
-        }
-        ha.push(socket.into_raw_fd());
-    }
+    let ha = bind_retrying(ha_addr, PortRole::Ha, deadline)?;
+    ha_addr.set_port(bound_port(&ha, PortRole::Ha)?);
+    let ha = share(ha, shard_count, PortRole::Ha)?;
     let metrics = match config.metrics_addr()? {
-        Some(addr) => {
-            let socket = listening_socket(addr, false).map_err(|e| explain(addr, e))?;
-            let mut bound = addr;
-            bound.set_port(bound_port(&socket).map_err(|e| explain(addr, e))?);
-            Some((socket.into_raw_fd(), bound))
+        Some(mut addr) => {
+            let socket = bind_retrying(addr, PortRole::Metrics, deadline)?;
+            addr.set_port(bound_port(&socket, PortRole::Metrics)?);
+            Some((socket.into_raw_fd(), addr))
         }
         None => None,
     };
@@ -93,6 +166,37 @@ pub fn bind_listeners(config: &BrokerConfig, shard_count: usize) -> Result<Bound
         ha_addr,
         metrics,
     })
+}
+
+/// Raises the soft limit on open descriptors to the hard limit, as Go's runtime does: a
+/// client connection holds [`DESCRIPTORS_PER_CONNECTION`], and the usual soft limit of 1024
+/// would stop accepting at about 500 connections, far below `max_connections`. Warns when
+/// even the hard limit is short of what `max_connections` needs.
+pub fn raise_descriptor_limit(config: &BrokerConfig) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            ..limit
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    let needed = config.max_connections as u64 * DESCRIPTORS_PER_CONNECTION + DESCRIPTOR_RESERVE;
+    if limit.rlim_cur < needed {
+        warn!(
+            "the open-descriptor limit {} is below the {needed} that max_connections {} needs; accepts fail past it (raise `ulimit -n` or lower max_connections)",
+            limit.rlim_cur, config.max_connections
+        );
+    }
 }
 
 /// Shard `n`'s own port: `shard_port_base + n`, by default the client port + 100 + n, or a
@@ -113,24 +217,66 @@ fn shard_port(config: &BrokerConfig, listen_port: u16, shard: usize) -> Result<u
     })
 }
 
+/// What every client connection of one shard shares.
+pub struct ShardNet {
+    /// The broker-wide connection limits (shared with every other shard).
+    pub admission: Arc<Admission>,
+    /// This shard's request-memory budget across its connections.
+    pub budget: Rc<InflightBudget>,
+    pub timeouts: connection::ConnectionTimeouts,
+}
+
+impl ShardNet {
+    pub fn new(config: &BrokerConfig, admission: Arc<Admission>) -> Rc<ShardNet> {
+        Rc::new(ShardNet {
+            admission,
+            budget: InflightBudget::new(config.shard_inflight_budget_bytes),
+            timeouts: connection::ConnectionTimeouts {
+                request_read: Duration::from_millis(config.request_read_timeout_ms),
+                idle: Duration::from_millis(config.connections_max_idle_ms),
+                response_write: Duration::from_millis(config.response_write_timeout_ms),
+            },
+        })
+    }
+}
+
 /// Accepts connections on one listening socket until the task is dropped.
-pub async fn accept_loop(shard: Rc<Shard>, fd: RawFd) {
+pub async fn accept_loop(shard: Rc<Shard>, net: Rc<ShardNet>, fd: RawFd) {
     // SAFETY: the fd is a listening socket created by `bind_listeners` and owned by this task
     // from here on.
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                debug!(shard = shard.id, "connection accepted");
                 shard
                     .probe
                     .add(crate::metrics::Counter::ConnectionsAccepted, 1);
-                spawn_local(connection::serve(shard.clone(), stream)).detach();
+                let Ok(peer) = stream.peer_addr() else {
+                    continue;
+                };
+                match net.admission.admit(peer.ip()) {
+                    Ok(ticket) => {
+                        debug!(shard = shard.id, %peer, "connection accepted");
+                        spawn_local(connection::serve(
+                            shard.clone(),
+                            net.clone(),
+                            stream,
+                            ticket,
+                        ))
+                        .detach();
+                    }
+                    Err(refusal) => {
+                        debug!(shard = shard.id, %peer, "connection refused: {refusal}");
+                        let timeout = Duration::from_millis(REFUSAL_WRITE_TIMEOUT_MS);
+                        spawn_local(connection::refuse(stream, refusal.to_string(), timeout))
+                            .detach();
+                    }
+                }
             }
             Err(e) => {
                 // Typically EMFILE: keep serving existing connections and try again.
                 warn!(shard = shard.id, "accept failed: {e}");
-                glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+                glommio::timer::sleep(Duration::from_millis(100)).await;
             }
         }
     }

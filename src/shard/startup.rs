@@ -43,6 +43,8 @@ pub struct ShardStartup {
     pub metrics_fd: Option<RawFd>,
     /// Blocking eventfd the main thread writes to ask for a clean shutdown.
     pub stop_fd: RawFd,
+    /// The broker-wide client connection limits, shared by every shard.
+    pub admission: Arc<net::admission::Admission>,
 }
 
 /// What a shard tells the main thread while it starts.
@@ -73,11 +75,18 @@ pub async fn run_shard(start: ShardStartup) {
     let id = start.id;
     let metrics_fd = start.metrics_fd;
     let ha_fd = start.ha_fd;
+    let admission = start.admission.clone();
     match open_shard(start).await {
         Ok((shard, receivers, listener_fds, stop_fd, report)) => {
             let _ = ready.send(StartupEvent::Ready { id, report });
             inject_test_panic(id);
-            serve_until_stopped(shard, receivers, listener_fds, metrics_fd, ha_fd, stop_fd).await;
+            let listeners = Listeners {
+                client_fds: listener_fds,
+                metrics_fd,
+                ha_fd,
+                admission,
+            };
+            serve_until_stopped(shard, receivers, listeners, stop_fd).await;
         }
         Err(e) => {
             let _ = ready.send(StartupEvent::Failed {
@@ -233,14 +242,26 @@ pub fn max_record_bytes(config: &BrokerConfig) -> usize {
         + crate::constants::MAX_NAME_BYTES
 }
 
+/// The sockets a shard accepts on, and the limits its client connections are admitted by.
+struct Listeners {
+    client_fds: Vec<RawFd>,
+    metrics_fd: Option<RawFd>,
+    ha_fd: RawFd,
+    admission: Arc<net::admission::Admission>,
+}
+
 async fn serve_until_stopped(
     shard: Rc<Shard>,
     receivers: Vec<(usize, ConnectedReceiver<ShardRequest>)>,
-    listener_fds: Vec<RawFd>,
-    metrics_fd: Option<RawFd>,
-    ha_fd: RawFd,
+    listeners: Listeners,
     stop_fd: RawFd,
 ) {
+    let Listeners {
+        client_fds,
+        metrics_fd,
+        ha_fd,
+        admission,
+    } = listeners;
     for (_, receiver) in receivers {
         let shard = shard.clone();
         spawn_local(async move {
@@ -253,9 +274,10 @@ async fn serve_until_stopped(
     }
     let flusher_task = spawn_local(flusher::run_flusher(shard.clone()));
     let allocator_task = spawn_local(flusher::run_segment_allocator(shard.clone()));
-    let mut accept_loops: Vec<Task<()>> = listener_fds
+    let shard_net = net::ShardNet::new(&shard.config, admission);
+    let mut accept_loops: Vec<Task<()>> = client_fds
         .into_iter()
-        .map(|fd| spawn_local(net::accept_loop(shard.clone(), fd)))
+        .map(|fd| spawn_local(net::accept_loop(shard.clone(), shard_net.clone(), fd)))
         .collect();
     accept_loops.push(spawn_local(crate::replication::master::accept_loop(
         shard.clone(),

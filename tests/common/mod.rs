@@ -99,7 +99,6 @@ pub struct Broker {
     stderr_log: PathBuf,
     /// The last ready line, for fields a test needs beyond the ones parsed here.
     pub ready_line: String,
-    bind_retries: u32,
     /// Where the current process's part of the log starts.
     log_start: usize,
 }
@@ -111,7 +110,8 @@ impl Broker {
         Broker::start_with_config(root, "", extra)
     }
 
-    /// Like [`Broker::start`], with `config` (TOML lines) appended to the test configuration.
+    /// Like [`Broker::start`], with `config` (TOML lines) appended to the test configuration;
+    /// a line of `config` replaces the test configuration's line with the same key.
     /// `--listen` and `--ha-listen` default to `127.0.0.1:0` unless `extra` names them.
     pub fn start_with_config(root: &Path, config_extra: &str, extra: &[&str]) -> Broker {
         Broker::start_sized(root, Sizes::Small, config_extra, extra)
@@ -121,7 +121,7 @@ impl Broker {
     pub fn start_sized(root: &Path, sizes: Sizes, config_extra: &str, extra: &[&str]) -> Broker {
         let store = root.join("data");
         let config = root.join("broker.toml");
-        std::fs::write(&config, format!("{}{config_extra}\n", sizes.config()))
+        std::fs::write(&config, merged_config(sizes.config(), config_extra))
             .expect("write test config");
         let mut args = vec![
             "serve".to_string(),
@@ -130,7 +130,7 @@ impl Broker {
             "--store".to_string(),
             store.display().to_string(),
         ];
-        // The default HA port is fixed (10912): concurrent tests would share or fight over it.
+        // Free ports unless the test names its own, so tests can run side by side.
         for flag in ["--listen", "--ha-listen"] {
             if !extra.contains(&flag) {
                 args.extend([flag.to_string(), "127.0.0.1:0".to_string()]);
@@ -146,7 +146,6 @@ impl Broker {
             args,
             stderr_log: root.join("broker.log"),
             ready_line: String::new(),
-            bind_retries: 0,
             log_start: 0,
         };
         broker.spawn();
@@ -187,15 +186,6 @@ impl Broker {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                // A fixed port (see PortBlock) may still be held for a moment by the sockets
-                // of the process that was just killed: try again, within a bound.
-                let log = self.log();
-                let tail = &log[log.rfind("effective configuration").unwrap_or(0)..];
-                if tail.contains("Address already in use") && self.bind_retries < 50 {
-                    self.bind_retries += 1;
-                    thread::sleep(Duration::from_millis(100));
-                    return self.spawn();
-                }
                 panic!(
                     "broker did not become ready within {READY_TIMEOUT:?} (or exited); \
                      the end of its log:\n{}",
@@ -366,6 +356,27 @@ impl Broker {
             stdin,
         )
     }
+}
+
+/// The small test configuration with the lines of `extra` added or replacing the line of the
+/// same key.
+pub fn test_config(extra: &str) -> String {
+    merged_config(Sizes::Small.config(), extra)
+}
+
+/// `base` (TOML lines) with the lines of `extra` added, each replacing the line of `base` with
+/// the same key (TOML refuses a key given twice).
+fn merged_config(base: &str, extra: &str) -> String {
+    let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_string();
+    let replaced: Vec<String> = extra.lines().map(key).filter(|k| !k.is_empty()).collect();
+    let mut toml: String = base
+        .lines()
+        .filter(|line| !replaced.contains(&key(line)))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    toml.push_str(extra);
+    toml.push('\n');
+    toml
 }
 
 /// Runs the `ringmq` binary with `args` and `stdin` to completion.
