@@ -1035,3 +1035,52 @@ fn metadata_changes_reach_the_slave_at_once() {
         (c.fetch_offset("readers", "late", 1).ok()? == Some(7)).then_some(())
     });
 }
+
+/// SIGTERM on a SYNC_MASTER whose producers wait for a stalled slave: the stop answers them
+/// (FLUSH_SLAVE_TIMEOUT: stored, not replicated in time) before the broker exits, rather than
+/// dropping their connections with the answers unsent.
+#[test]
+fn sigterm_answers_producers_waiting_for_a_stalled_slave() {
+    let mut master = start_node(
+        "SYNC_MASTER",
+        "ASYNC_FLUSH",
+        None,
+        "sync_replica_timeout_ms = 2000\n",
+    );
+    let slave = start_node(
+        "SLAVE",
+        "ASYNC_FLUSH",
+        Some(&master.ports),
+        "ha_link_timeout_ms = 60000\n",
+    );
+    let mut client = master.broker.client();
+    client.create_topic("term", 1).unwrap();
+    wait_topic(&slave.broker, "term");
+    let _resume = Resume(slave.broker.pid().unwrap() as i32);
+    slave.broker.pause();
+    let producers: Vec<_> = (0..3)
+        .map(|p| {
+            let addr = master.broker.addr.clone();
+            thread::spawn(move || {
+                let mut client = Client::connect(&addr).unwrap();
+                let body = format!("waiting-{p}");
+                client
+                    .produce("term", Some(0), &[message(body.as_bytes())])
+                    .map(|r| r.status)
+            })
+        })
+        .collect();
+    wait_until(Duration::from_secs(20), "three producers waiting", || {
+        let stats = client.stats().ok()?;
+        (stats.gauges["pending_completions"] >= 3).then_some(())
+    });
+    master.broker.signal(libc::SIGTERM);
+    for producer in producers {
+        let status = producer.join().unwrap();
+        assert_eq!(
+            status.expect("answered before the broker exited"),
+            Status::FlushSlaveTimeout
+        );
+    }
+    assert!(master.broker.stop(), "clean exit after SIGTERM");
+}

@@ -89,7 +89,9 @@ async fn write_responses(
     activity: Rc<Cell<Instant>>,
 ) {
     while let Some(frame) = rx.recv().await {
-        if let Err(e) = writer.write_all(&frame).await {
+        let written = writer.write_all(&frame).await;
+        shard.count_in_flight(&shard.responses_unwritten, -1);
+        if let Err(e) = written {
             if e.kind() == std::io::ErrorKind::TimedOut {
                 debug!(
                     shard = shard.id,
@@ -99,7 +101,9 @@ async fn write_responses(
             shutdown_both(writer.as_raw_fd());
             // Requests still in flight must be able to queue their answers and finish (a
             // dropped receiver does not release senders waiting on a full channel).
-            while rx.recv().await.is_some() {}
+            while rx.recv().await.is_some() {
+                shard.count_in_flight(&shard.responses_unwritten, -1);
+            }
             break;
         }
         activity.set(Instant::now());
@@ -178,7 +182,7 @@ impl Reader {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
-                    reject(&self.tx, &e).await;
+                    reject(&self.shard, &self.tx, &e).await;
                     return Err(End::Closed);
                 }
             };
@@ -206,6 +210,7 @@ impl Reader {
             None => {
                 let message = format!("unknown opcode {}", header.opcode);
                 send_reply(
+                    &self.shard,
                     &self.tx,
                     header,
                     Reply::error(Status::UnknownOpcode, message),
@@ -247,10 +252,12 @@ impl Reader {
         permits: (ConnectionPermits, BudgetPermit),
     ) {
         let (shard, tx, activity) = (self.shard.clone(), self.tx.clone(), self.activity.clone());
+        shard.count_in_flight(&shard.requests_in_flight, 1);
         spawn_local(async move {
             let reply = handlers::handle(&shard, opcode, &frame[body_start..]).await;
             drop(frame);
-            send_reply(&tx, header, reply).await;
+            send_reply(&shard, &tx, header, reply).await;
+            shard.count_in_flight(&shard.requests_in_flight, -1);
             // The idle clock starts when the last request in flight is done.
             activity.set(Instant::now());
             drop(permits);
@@ -263,7 +270,13 @@ impl Reader {
             "shard_inflight_budget_bytes: shard {} had no room for a {wire_len}-byte request within {INFLIGHT_BUDGET_WAIT_MS} ms; retry later",
             self.shard.id
         );
-        send_reply(&self.tx, header, Reply::error(Status::SystemBusy, message)).await;
+        send_reply(
+            &self.shard,
+            &self.tx,
+            header,
+            Reply::error(Status::SystemBusy, message),
+        )
+        .await;
     }
 
     /// The size of the frame in the buffer when its header is complete and it cannot fit.
@@ -306,7 +319,7 @@ impl Reader {
             Ok(Some(_)) => {}
             Ok(None) => unreachable!("a whole frame was read"),
             Err(e) => {
-                reject(&self.tx, &e).await;
+                reject(&self.shard, &self.tx, &e).await;
                 return Err(End::Closed);
             }
         }
@@ -382,7 +395,13 @@ impl Reader {
             self.frame_started.elapsed().as_millis()
         );
         debug!(shard = self.shard.id, "{message}");
-        send_reply(&self.tx, header, Reply::error(Status::BadRequest, message)).await;
+        send_reply(
+            &self.shard,
+            &self.tx,
+            header,
+            Reply::error(Status::BadRequest, message),
+        )
+        .await;
     }
 }
 
@@ -481,17 +500,27 @@ fn response_frame(request: FrameHeader, reply: Reply) -> Vec<u8> {
     frame
 }
 
-async fn send_reply(tx: &LocalSender<Vec<u8>>, request: FrameHeader, reply: Reply) {
-    let _ = tx.send(response_frame(request, reply)).await;
+/// Queues a response for the writer, counted in `responses_unwritten` until it is written.
+async fn send_reply(shard: &Shard, tx: &LocalSender<Vec<u8>>, request: FrameHeader, reply: Reply) {
+    shard.count_in_flight(&shard.responses_unwritten, 1);
+    if tx.send(response_frame(request, reply)).await.is_err() {
+        shard.count_in_flight(&shard.responses_unwritten, -1);
+    }
 }
 
-async fn reject(tx: &LocalSender<Vec<u8>>, error: &FrameError) {
+async fn reject(shard: &Shard, tx: &LocalSender<Vec<u8>>, error: &FrameError) {
     debug!("closing a connection: {error}");
     let header = FrameHeader {
         request_id: error.request_id(),
         ..connection_error_header()
     };
-    send_reply(tx, header, Reply::error(error.status(), error.to_string())).await;
+    send_reply(
+        shard,
+        tx,
+        header,
+        Reply::error(error.status(), error.to_string()),
+    )
+    .await;
 }
 
 /// Answers a connection the broker does not admit with `SYSTEM_BUSY` and closes it. What

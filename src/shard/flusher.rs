@@ -88,7 +88,7 @@ pub async fn run_flusher(shard: Rc<Shard>) {
 
 /// Writes and syncs until nothing is left unwritten, with at most one sync in flight while
 /// the next batch is written.
-async fn flush_burst(shard: &Rc<Shard>) -> Result<(), StoreError> {
+pub async fn flush_burst(shard: &Rc<Shard>) -> Result<(), StoreError> {
     let _gate = shard.store_gate.acquire_permit(1).await;
     let mut in_flight: Option<Task<Result<u64, StoreError>>> = None;
     loop {

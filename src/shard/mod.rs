@@ -57,6 +57,12 @@ pub struct Shard {
     pub segment_wanted: Event,
     /// The next segment was created, or creating it failed (see `segment_failure`).
     pub segment_ready: Event,
+    /// Client requests being handled and responses queued but not yet written: a clean
+    /// shutdown waits for both to reach zero, so what was in flight at SIGTERM is answered.
+    pub requests_in_flight: Cell<usize>,
+    pub responses_unwritten: Cell<usize>,
+    /// Both counts above reached zero.
+    pub drained: Event,
     /// Why the allocator could not create the next segment, until it next succeeds. Appends
     /// that need that segment are answered from it at once (`DISK_FULL` when it was for lack
     /// of space) instead of waiting for a segment that may not come.
@@ -211,6 +217,20 @@ impl Shard {
     /// Queues of the table that this shard owns.
     pub fn owned_queues(&self, table: &TopicTable) -> Vec<QueueKey> {
         owned_queues(self.id, table)
+    }
+
+    /// Counts a request in (`+1`) or out (`-1`) of `requests_in_flight`, or a response in
+    /// or out of `responses_unwritten` (see [`Shard::drained`]).
+    pub fn count_in_flight(&self, counter: &Cell<usize>, delta: isize) {
+        counter.set(
+            counter
+                .get()
+                .checked_add_signed(delta)
+                .expect("in-flight count"),
+        );
+        if self.requests_in_flight.get() == 0 && self.responses_unwritten.get() == 0 {
+            self.drained.notify();
+        }
     }
 
     /// Waits until a batch of records of `lens` bytes can be appended whole without another

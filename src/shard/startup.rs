@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::Duration;
 use tracing::{info, warn};
 
 /// Everything the main thread hands to a shard's executor.
@@ -208,6 +209,9 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
         segment_wanted: Default::default(),
         segment_ready: Default::default(),
         segment_failure: Default::default(),
+        requests_in_flight: Cell::new(0),
+        responses_unwritten: Cell::new(0),
+        drained: Default::default(),
         append_gate: Semaphore::new(1),
         metadata_gate: Semaphore::new(1),
         mesh,
@@ -231,6 +235,37 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
         next_queue: Cell::new(0),
     });
     Ok((shard, receivers, start.listener_fds, start.stop_fd, report))
+}
+
+/// Waits until every request in flight has been answered and its answer written, at most
+/// as long as a produce may wait for its guarantees (plus a second), so a clean stop answers
+/// what it had accepted without waiting forever on a peer that does not read.
+async fn drain_in_flight(shard: &Rc<Shard>) {
+    let bound = Duration::from_millis(
+        shard.config.sync_flush_timeout_ms + shard.config.sync_replica_timeout_ms + 1_000,
+    );
+    let deadline = std::time::Instant::now() + bound;
+    while shard.requests_in_flight.get() > 0 || shard.responses_unwritten.get() > 0 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            warn!(
+                shard = shard.id,
+                requests = shard.requests_in_flight.get(),
+                responses = shard.responses_unwritten.get(),
+                "stopping with requests still unanswered after {} ms",
+                bound.as_millis()
+            );
+            return;
+        }
+        let drained = shard.drained.listen();
+        futures_lite::future::or(
+            async {
+                let _ = drained.await;
+            },
+            glommio::timer::sleep(left),
+        )
+        .await;
+    }
 }
 
 /// Largest encoded record: the largest body plus the largest key and properties and the
@@ -317,8 +352,14 @@ async fn serve_until_stopped(
     shard.stopping.set(true);
     shard.flush_requested.notify();
     shard.segment_wanted.notify();
+    shard.visible.notify();
     flusher_task.await;
     allocator_task.await;
+    if let Err(e) = flusher::flush_burst(&shard).await {
+        warn!(shard = shard.id, "the final flush failed: {e}");
+        shard.completions.fail_all();
+    }
+    drain_in_flight(&shard).await;
     shard.persist_replicated_offset().await;
     match shard.store.close().await {
         Ok(()) => {}

@@ -15,6 +15,12 @@ use crate::protocol::{Opcode, Status};
 use std::rc::Rc;
 
 pub async fn handle(shard: &Rc<Shard>, opcode: Opcode, body: &[u8]) -> Reply {
+    if shard.stopping.get() && opcode == Opcode::Produce {
+        return Reply::error(
+            Status::SystemBusy,
+            "the broker is shutting down: retry after it restarts",
+        );
+    }
     match opcode {
         Opcode::Ping => Reply::ok(Vec::new()),
         Opcode::Metadata => metadata::handle(shard),

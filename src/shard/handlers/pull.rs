@@ -46,7 +46,8 @@ pub async fn handle(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
             return reply;
         }
         let now = Instant::now();
-        if now >= deadline {
+        // A shutting-down shard answers a long poll at once rather than hold its stop.
+        if now >= deadline || shard.stopping.get() {
             return Reply::with_status(
                 Status::NoNewMessage,
                 body(|out| {
