@@ -4,18 +4,17 @@
 //! `DISK_FULL` within the produce timeout; every acknowledged message stays readable; once
 //! space is freed the broker takes writes again without a restart.
 //!
-//! Needs root (losetup, mount); without it the test says so and passes nothing off as tested:
-//! it fails unless `RINGMQ_SKIP_ROOT_TESTS=1` is set.
+//! Needs root (losetup, mount); without it the test fails unless `RINGMQ_SKIP_ROOT_TESTS=1`
+//! is set, so nothing passes off as tested.
 
 mod common;
 
-use common::{run_binary, temp_store};
+use common::{run_binary, temp_store, Broker, Sizes};
 use ringmq::client::Client;
 use ringmq::protocol::message::MessageRef;
 use ringmq::protocol::Status;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1024 * 1024;
@@ -85,51 +84,6 @@ fn checked(program: &str, args: &[&str]) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
-}
-
-/// The broker with nothing configured but its store and loopback ports.
-struct DefaultBroker {
-    child: Child,
-    addr: String,
-}
-
-impl DefaultBroker {
-    fn start(store: &Path, log: &Path) -> DefaultBroker {
-        let log = std::fs::File::create(log).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["serve", "--store", store.to_str().unwrap()])
-            .args(["--listen", "127.0.0.1:0", "--ha-listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("start ringmq serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("ringmq ready") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(120))
-            .expect("broker ready within 120 s");
-        let addr = line
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix("listen="))
-            .expect("listen= in the ready line")
-            .to_string();
-        DefaultBroker { child, addr }
-    }
-}
-
-impl Drop for DefaultBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn body(seq: u64) -> Vec<u8> {
@@ -225,8 +179,9 @@ fn disk_full_at_default_segment_size_answers_disk_full_keeps_reads_and_recovers(
     // filler below takes away enough that the next segment does not fit.
     let shards = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     let disk = LoopMount::create(root.path(), (shards + 1) * SEGMENT_BYTES + 768 * MIB);
-    let store = disk.mount.join("store");
-    let broker = DefaultBroker::start(&store, &root.path().join("broker.log"));
+    // Store, configuration and log all on the small file system; the broker stops before
+    // the file system is unmounted (declared after it).
+    let broker = Broker::start_sized(&disk.mount, Sizes::Default, "", &[]);
     let free = disk.available_bytes();
     assert!(free > SEGMENT_BYTES + 64 * MIB, "only {free} bytes free");
     let filler = disk.mount.join("filler");

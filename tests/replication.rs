@@ -403,22 +403,28 @@ impl Drop for Resume {
     }
 }
 
-#[test]
-fn stalled_slave_gives_flush_slave_timeout_then_ok() {
+/// A SYNC_MASTER that waits `replica_timeout_ms` for its slave, and a slave with a long link
+/// timeout: once stopped, it stays connected (and in sync by gap), so producers wait for it
+/// rather than being told at once that no slave is available.
+fn sync_master_with_patient_slave(replica_timeout_ms: u64) -> (Node, Node) {
     let master = start_node(
         "SYNC_MASTER",
         "ASYNC_FLUSH",
         None,
-        "sync_replica_timeout_ms = 1000\n",
+        &format!("sync_replica_timeout_ms = {replica_timeout_ms}\n"),
     );
-    // A long link timeout: the stopped slave stays connected (and in sync by gap), so producers
-    // wait for it rather than being told at once that no slave is available.
     let slave = start_node(
         "SLAVE",
         "ASYNC_FLUSH",
         Some(&master.ports),
         "ha_link_timeout_ms = 60000\n",
     );
+    (master, slave)
+}
+
+#[test]
+fn stalled_slave_gives_flush_slave_timeout_then_ok() {
+    let (master, slave) = sync_master_with_patient_slave(1000);
     let mut client = master.broker.client();
     client.create_topic("stall", 2).unwrap();
     wait_topic(&slave.broker, "stall");
@@ -1041,18 +1047,7 @@ fn metadata_changes_reach_the_slave_at_once() {
 /// dropping their connections with the answers unsent.
 #[test]
 fn sigterm_answers_producers_waiting_for_a_stalled_slave() {
-    let mut master = start_node(
-        "SYNC_MASTER",
-        "ASYNC_FLUSH",
-        None,
-        "sync_replica_timeout_ms = 2000\n",
-    );
-    let slave = start_node(
-        "SLAVE",
-        "ASYNC_FLUSH",
-        Some(&master.ports),
-        "ha_link_timeout_ms = 60000\n",
-    );
+    let (mut master, slave) = sync_master_with_patient_slave(2000);
     let mut client = master.broker.client();
     client.create_topic("term", 1).unwrap();
     wait_topic(&slave.broker, "term");
