@@ -373,9 +373,7 @@ impl BrokerConfig {
             ("ha_link_timeout_ms", self.ha_link_timeout_ms),
             ("metadata_sync_interval_ms", self.metadata_sync_interval_ms),
         ] {
-            if value == 0 {
-                return Err(format!("{key}: must be positive"));
-            }
+            check_duration_ms(key, value)?;
         }
         if self.ha_link_timeout_ms <= self.ha_heartbeat_interval_ms {
             return Err("ha_link_timeout_ms: must exceed ha_heartbeat_interval_ms".into());
@@ -394,13 +392,17 @@ impl BrokerConfig {
         for (key, value) in [
             ("max_connections", self.max_connections as u64),
             ("max_connections_per_ip", self.max_connections_per_ip as u64),
-            ("request_read_timeout_ms", self.request_read_timeout_ms),
-            ("connections_max_idle_ms", self.connections_max_idle_ms),
-            ("response_write_timeout_ms", self.response_write_timeout_ms),
         ] {
             if value == 0 {
                 return Err(format!("{key}: must be positive"));
             }
+        }
+        for (key, value) in [
+            ("request_read_timeout_ms", self.request_read_timeout_ms),
+            ("connections_max_idle_ms", self.connections_max_idle_ms),
+            ("response_write_timeout_ms", self.response_write_timeout_ms),
+        ] {
+            check_duration_ms(key, value)?;
         }
         if self.shard_inflight_budget_bytes < 2 * self.max_frame_bytes {
             return Err(format!(
@@ -410,6 +412,22 @@ impl BrokerConfig {
         }
         Ok(())
     }
+}
+
+/// Longest time any `_ms` key may name: beyond a day a timeout protects nothing, and the
+/// bound keeps every `Instant + Duration` and every sum of timeouts far from overflow.
+const MAX_DURATION_MS: u64 = 24 * 60 * 60 * 1000;
+
+fn check_duration_ms(key: &str, value: u64) -> Result<(), String> {
+    if value == 0 {
+        return Err(format!("{key}: must be positive"));
+    }
+    if value > MAX_DURATION_MS {
+        return Err(format!(
+            "{key}: {value} is more than a day ({MAX_DURATION_MS} ms)"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

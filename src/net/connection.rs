@@ -296,8 +296,11 @@ impl Reader {
         let header = pending_header(&self.buf);
         let opcode = self.opcode(header).await?;
         let permits = self.connection_permits(total).await?;
-        let Some((receiving, budget)) = self.net.budget.reserve_receiving(total as u64).await
-        else {
+        let reserved = self.net.budget.reserve_receiving(total as u64).await;
+        // The read deadline is the peer's to meet: time the broker spent not reading (waiting
+        // for this connection's permits or the shard's budget) does not count against it.
+        self.frame_started = Instant::now();
+        let Some((receiving, budget)) = reserved else {
             self.answer_busy(header, total).await;
             return self
                 .discard(total)

@@ -74,6 +74,14 @@ async fn link_once(shard: &Rc<Shard>, master: SocketAddr) -> Result<bool, String
     })
     .await
     .map_err(|e| format!("connecting: {e}"))?;
+    // With the master down and its HA port in the ephemeral range, a connect can land on this
+    // very socket; holding it would keep the master from binding its port again.
+    if crate::client::is_self_connection(&stream) {
+        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        return Err(format!(
+            "connecting to {master} reached this socket itself; retrying"
+        ));
+    }
     let _ = stream.set_nodelay(true);
     let welcome = handshake(shard, &mut stream, timeout).await?;
     if let Some(reason) = welcome.refused {

@@ -33,7 +33,7 @@ pub async fn run_flusher(shard: Rc<Shard>) {
     let mut last_flush = Instant::now();
     let mut last_checkpoint = Instant::now();
     loop {
-        if shard.stopping.get() {
+        if shard.background_stopping.get() {
             return;
         }
         // Checked before flushing: under steady SYNC_FLUSH load something is always dirty, and
@@ -123,7 +123,7 @@ fn released(shard: &Shard, offset: u64) {
 /// Creates and zero-fills the next commitlog segment ahead of need.
 pub async fn run_segment_allocator(shard: Rc<Shard>) {
     loop {
-        if shard.stopping.get() {
+        if shard.background_stopping.get() {
             return;
         }
         if shard.store.needs_next_segment() {

@@ -77,6 +77,9 @@ pub struct Shard {
     pub flush_urgent: Cell<bool>,
     /// Set at shutdown: background tasks finish their current step and return.
     pub stopping: Cell<bool>,
+    /// Set once the requests in flight at a stop are answered: the flusher and the segment
+    /// allocator keep running until then, so whatever those requests append is flushed.
+    pub background_stopping: Cell<bool>,
     /// Counters and histograms of this shard; written only by this core.
     pub probe: ShardProbe,
     /// This shard's role; changes once, when a slave is promoted.

@@ -217,6 +217,7 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
         mesh,
         flush_urgent: Cell::new(false),
         stopping: Cell::new(false),
+        background_stopping: Cell::new(false),
         role: Cell::new(role),
         role_changed: Default::default(),
         identity: RefCell::new(identity),
@@ -350,16 +351,14 @@ async fn serve_until_stopped(
     drop(accept_loops);
     info!(shard = shard.id, "stopping: final flush and checkpoint");
     shard.stopping.set(true);
+    shard.visible.notify();
+    shard.flush_requested.notify();
+    drain_in_flight(&shard).await;
+    shard.background_stopping.set(true);
     shard.flush_requested.notify();
     shard.segment_wanted.notify();
-    shard.visible.notify();
     flusher_task.await;
     allocator_task.await;
-    if let Err(e) = flusher::flush_burst(&shard).await {
-        warn!(shard = shard.id, "the final flush failed: {e}");
-        shard.completions.fail_all();
-    }
-    drain_in_flight(&shard).await;
     shard.persist_replicated_offset().await;
     match shard.store.close().await {
         Ok(()) => {}

@@ -49,8 +49,11 @@ pub async fn handle_shard_request(shard: Rc<Shard>, request: ShardRequest) {
             body,
             reply,
         } => {
+            // Counted on the shard that runs it, so that shard's clean stop waits for it too.
+            shard.count_in_flight(&shard.requests_in_flight, 1);
             let answer = handle(&shard, opcode, &body).await;
             let _ = reply.send(answer);
+            shard.count_in_flight(&shard.requests_in_flight, -1);
         }
         ShardRequest::ApplyTopics { table, reply } => {
             let _ = reply.send(shard.apply_topics(table).await);
