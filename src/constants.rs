@@ -68,6 +68,11 @@ pub const INFLIGHT_BUDGET_WAIT_MS: u64 = 1_000;
 /// task.
 pub const REFUSAL_WRITE_TIMEOUT_MS: u64 = 1_000;
 
+/// Refused connections one shard answers at a time. Each holds a descriptor for up to two
+/// refusal timeouts; past this many, a refused connection is reset at once, so a peer that
+/// connects over its limit in a loop cannot exhaust the broker's descriptors.
+pub const MAX_REFUSALS_IN_FLIGHT_PER_SHARD: usize = 64;
+
 /// Pipe capacity the replication splice sender asks for (`F_SETPIPE_SZ`). One pipe's worth is
 /// the most one linked file → pipe → socket pair can move, so this is the chunk size; 1 MiB
 /// matched the best measured throughput (notes/glommio-probe.md §3) and is the default

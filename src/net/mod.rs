@@ -15,13 +15,14 @@ pub mod connection;
 use crate::config::BrokerConfig;
 use crate::constants::{
     BIND_RETRY_INTERVAL_MS, BIND_RETRY_MS, DESCRIPTORS_PER_CONNECTION, DESCRIPTOR_RESERVE,
-    LISTEN_BACKLOG, REFUSAL_WRITE_TIMEOUT_MS,
+    LISTEN_BACKLOG, MAX_REFUSALS_IN_FLIGHT_PER_SHARD, REFUSAL_WRITE_TIMEOUT_MS,
 };
 use crate::shard::Shard;
 use admission::{Admission, InflightBudget};
 use glommio::net::TcpListener;
 use glommio::spawn_local;
 use socket2::{Domain, Protocol, Socket, Type};
+use std::cell::Cell;
 use std::fmt;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
@@ -224,6 +225,8 @@ pub struct ShardNet {
     /// This shard's request-memory budget across its connections.
     pub budget: Rc<InflightBudget>,
     pub timeouts: connection::ConnectionTimeouts,
+    /// Refusals being answered now (see `MAX_REFUSALS_IN_FLIGHT_PER_SHARD`).
+    refusals_in_flight: Rc<Cell<usize>>,
 }
 
 impl ShardNet {
@@ -236,6 +239,7 @@ impl ShardNet {
                 idle: Duration::from_millis(config.connections_max_idle_ms),
                 response_write: Duration::from_millis(config.response_write_timeout_ms),
             },
+            refusals_in_flight: Rc::new(Cell::new(0)),
         })
     }
 }
@@ -267,9 +271,19 @@ pub async fn accept_loop(shard: Rc<Shard>, net: Rc<ShardNet>, fd: RawFd) {
                     }
                     Err(refusal) => {
                         debug!(shard = shard.id, %peer, "connection refused: {refusal}");
+                        let in_flight = net.refusals_in_flight.clone();
+                        if in_flight.get() >= MAX_REFUSALS_IN_FLIGHT_PER_SHARD {
+                            let _ =
+                                socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                            continue;
+                        }
+                        in_flight.set(in_flight.get() + 1);
                         let timeout = Duration::from_millis(REFUSAL_WRITE_TIMEOUT_MS);
-                        spawn_local(connection::refuse(stream, refusal.to_string(), timeout))
-                            .detach();
+                        spawn_local(async move {
+                            connection::refuse(stream, refusal.to_string(), timeout).await;
+                            in_flight.set(in_flight.get() - 1);
+                        })
+                        .detach();
                     }
                 }
             }
