@@ -71,11 +71,18 @@ for t in "${targets[@]}"; do
     speed=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
     cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1 || true)
     echo "fuzz: $t: exit $rc, ${runs:-?} executions, ${speed:-?} exec/s, ${cov:-no coverage line}"
-    crashes=("$artifacts"*)
-    if [ $rc -ne 0 ] || [ -e "${crashes[0]}" ]; then
+    shopt -s nullglob
+    crashes=("$artifacts"crash-* "$artifacts"timeout-* "$artifacts"oom-* "$artifacts"leak-*)
+    shopt -u nullglob
+    if [ $rc -ne 0 ] || [ ${#crashes[@]} -ne 0 ]; then
         mkdir -p "fuzz/regressions/$t"
         for c in "${crashes[@]}"; do
-            [ -e "$c" ] && cp "$c" "fuzz/regressions/$t/" && echo "fuzz: $t: kept $(basename "$c")"
+            kept=$(for k in "fuzz/regressions/$t"/*; do cmp -s "$c" "$k" && echo "$k"; done; true)
+            if [ -n "$kept" ]; then
+                echo "fuzz: $t: $(basename "$c") is already kept as $kept"
+            else
+                cp "$c" "fuzz/regressions/$t/" && echo "fuzz: $t: kept $(basename "$c")"
+            fi
         done
         tail -40 "$log"
         failed+=("$t")

@@ -1,7 +1,7 @@
 //! Targets for the replication link, on both sides: a hostile slave must not crash its master,
 //! and a hostile master must not crash its slave.
 
-use super::store::{append_from, append_waiting, log_bytes, open_store};
+use super::store::{append_from, append_waiting, log_bytes, open_store, recompute_crc};
 use super::Input;
 use crate::replication::master::SHIP_CHUNK_BYTES;
 use crate::replication::protocol::{
@@ -44,8 +44,9 @@ fn length_prefix(out: &[u8]) -> usize {
 }
 
 /// The streams after the handshake. The first byte picks:
-/// - bit 0 clear: the slave's receiver, on raw bytes from a hostile master (bit 1 clear) or on
-///   the log of a real master store built from the input and shipped in input-sized frames
+/// - bit 0 clear: the slave's receiver, on raw bytes from a hostile master (bit 1 clear; with
+///   bit 2 set each record's crc32c is recomputed, so mutations reach the checks after it) or
+///   on the log of a real master store built from the input and shipped in input-sized frames
 ///   (bit 1 set), which the slave must reproduce byte for byte;
 /// - bit 0 set: the master's handling of slave reports.
 pub fn ha_stream(data: &[u8]) {
@@ -54,7 +55,7 @@ pub fn ha_stream(data: &[u8]) {
     };
     match (selector & 1 == 1, selector & 2 == 2) {
         (false, false) => {
-            slave_receives(rest);
+            slave_receives(rest, selector & 4 == 4);
         }
         (false, true) => shipped_master_log(rest),
         (true, _) => master_reads_reports(rest),
@@ -70,7 +71,7 @@ struct Received {
 }
 
 /// Runs the slave's receive loop over `stream` until it ends or the link would be dropped.
-fn slave_receives(stream: &[u8]) -> Received {
+fn slave_receives(stream: &[u8], fix_crc: bool) -> Received {
     let slave_disk = SimDisk::new();
     let slave = open_store(&slave_disk).expect("a new store opens");
     let segment = slave.segment_size_bytes();
@@ -109,6 +110,9 @@ fn slave_receives(stream: &[u8]) -> Received {
                     position += skipped as u64;
                 }
                 Ok(Shipped::Record(size)) => {
+                    if fix_crc {
+                        recompute_crc(&mut pending[used..used + size]);
+                    }
                     let record = &pending[used..used + size];
                     if append_waiting(&slave, || slave.append_replicated(record)).is_err() {
                         break 'link;
@@ -138,7 +142,7 @@ fn slave_receives(stream: &[u8]) -> Received {
 fn shipped_master_log(data: &[u8]) {
     let (stream, log) = master_stream(&mut Input::new(data));
     let end = log.len() as u64;
-    let received = slave_receives(&stream);
+    let received = slave_receives(&stream, false);
     let slave = received.slave;
     block_on(slave.flush()).expect("a simulated disk does not fail");
     let copied = log_bytes(&received.slave_disk, slave.max_offset());

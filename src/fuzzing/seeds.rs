@@ -51,6 +51,11 @@ pub fn seeds() -> Vec<Seed> {
     shipped.extend_from_slice(&[0x00, 0x04, 0x00, 0xff, 0x1f, 0x01]);
     let (stream, _) = master_stream(&mut Input::new(&shipped));
     add("ha_stream", "master_stream", with_selector(0, &stream));
+    add(
+        "ha_stream",
+        "master_stream_fix_crc",
+        with_selector(4, &stream),
+    );
     add("ha_stream", "master_log", with_selector(2, &shipped));
     add("ha_stream", "reports", with_selector(1, &reports()));
     add(

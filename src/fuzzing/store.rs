@@ -155,7 +155,8 @@ pub fn commitlog_record(data: &[u8]) {
     }
 }
 
-fn recompute_crc(rec: &mut [u8]) {
+/// Rewrites the crc32c of the record at the front of `rec`, when its size field fits.
+pub(crate) fn recompute_crc(rec: &mut [u8]) {
     if rec.len() < record::RECORD_HEADER_BYTES {
         return;
     }
