@@ -48,7 +48,7 @@ if [ ${#targets[@]} -eq 0 ]; then
     targets=("${all_targets[@]}")
 fi
 
-echo "fuzz: building ${#targets[@]} targets for $triple"
+echo "fuzz: building the fuzz targets for $triple"
 RUSTFLAGS="${rustflags[*]}" cargo build --manifest-path fuzz/Cargo.toml --locked \
     --release --config profile.release.debug=true --target "$triple" \
     --target-dir "$target_dir" --bins
