@@ -137,10 +137,12 @@ fn slave_receives(stream: &[u8], fix_crc: bool) -> Received {
 }
 
 /// A master store built from the input, its log shipped in frames of input-chosen sizes with
-/// heartbeats between them. The slave must end with the same log bytes, and after a clean close
-/// must recover to the same end.
+/// heartbeats between them. The slave must end with the same log bytes. Then, where the input
+/// asks, the slave cuts its log back to an input-chosen offset, as a master's [`Welcome`] can
+/// tell it to. After a clean close the slave must recover to the same end.
 fn shipped_master_log(data: &[u8]) {
-    let (stream, log) = master_stream(&mut Input::new(data));
+    let mut input = Input::new(data);
+    let (stream, log) = master_stream(&mut input);
     let end = log.len() as u64;
     let received = slave_receives(&stream, false);
     let slave = received.slave;
@@ -153,10 +155,17 @@ fn shipped_master_log(data: &[u8]) {
         "the slave did not copy the whole log"
     );
     assert_eq!(copied, log, "the slave's log differs from the master's");
+    let cut = input.u64();
+    if cut & 1 == 1 {
+        let truncate_to = (cut >> 1) % (end + 1);
+        block_on(slave.truncate_to(truncate_to)).expect("a simulated disk does not fail");
+        assert_eq!(slave.max_offset(), truncate_to);
+    }
+    let kept = slave.max_offset();
     block_on(slave.close()).expect("a simulated disk does not fail");
     drop(slave);
     let reopened = open_store(&received.slave_disk).expect("a closed slave store reopens");
-    assert_eq!(reopened.max_offset(), copied.len() as u64);
+    assert_eq!(reopened.max_offset(), kept);
 }
 
 /// The stream a master sends for the records `input` describes (see [`append_from`]), and the

@@ -57,6 +57,13 @@ pub fn seeds() -> Vec<Seed> {
         with_selector(4, &stream),
     );
     add("ha_stream", "master_log", with_selector(2, &shipped));
+    let mut truncated = shipped.clone();
+    truncated.extend_from_slice(&(2 * 1000 + 1u64).to_le_bytes());
+    add(
+        "ha_stream",
+        "master_log_truncated",
+        with_selector(2, &truncated),
+    );
     add("ha_stream", "reports", with_selector(1, &reports()));
     add(
         "commitlog_record",
