@@ -10,6 +10,8 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod constants;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod net;
 pub mod protocol;

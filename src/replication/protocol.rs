@@ -12,6 +12,9 @@
 //! - slave → master: 8-byte reports, the slave's confirmed offset (u64).
 
 use crate::protocol::codec::{DecodeError, Reader, Writer};
+use crate::store::record::{
+    END_OF_SEGMENT_MAGIC, END_OF_SEGMENT_MARKER_BYTES, RECORD_HEADER_BYTES,
+};
 
 pub const HA_MAGIC: u32 = 0x4148_4D52;
 pub const HA_VERSION: u16 = 1;
@@ -197,6 +200,106 @@ pub fn encode_heartbeat(master_max_offset: u64, state: MasterState) -> [u8; HEAR
     out
 }
 
+/// A master → slave frame's fixed header (everything but a `DATA` frame's log bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MasterFrame {
+    /// `len` raw commitlog bytes starting at commitlog offset `offset` follow.
+    Data {
+        offset: u64,
+        len: u32,
+        state: MasterState,
+    },
+    Heartbeat {
+        master_max_offset: u64,
+        state: MasterState,
+    },
+}
+
+impl MasterFrame {
+    /// Header bytes after the kind byte; `None` for a kind this slave does not know.
+    pub fn header_bytes_after(kind: u8) -> Option<usize> {
+        match kind {
+            KIND_DATA => Some(DATA_HEADER_BYTES - 1),
+            KIND_HEARTBEAT => Some(HEARTBEAT_BYTES - 1),
+            _ => None,
+        }
+    }
+
+    /// Decodes the header bytes that followed the kind byte `kind`.
+    pub fn decode(kind: u8, rest: &[u8]) -> Result<MasterFrame, DecodeError> {
+        let mut r = Reader::new(rest);
+        let frame = match kind {
+            KIND_DATA => MasterFrame::Data {
+                offset: r.u64("offset")?,
+                len: r.u32("length")?,
+                state: read_master_state(&mut r)?,
+            },
+            KIND_HEARTBEAT => MasterFrame::Heartbeat {
+                master_max_offset: r.u64("master_max_offset")?,
+                state: read_master_state(&mut r)?,
+            },
+            _ => {
+                return Err(DecodeError::Invalid {
+                    field: "kind",
+                    reason: "unknown master frame kind",
+                })
+            }
+        };
+        r.finish()?;
+        Ok(frame)
+    }
+}
+
+fn read_master_state(r: &mut Reader<'_>) -> Result<MasterState, DecodeError> {
+    Ok(MasterState {
+        confirmed_offset: r.u64("confirmed_offset")?,
+        metadata_version: r.u64("metadata_version")?,
+    })
+}
+
+/// What the front of a slave's received log bytes holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shipped {
+    /// The master left the rest of this segment unused. The slave's append rule does the same
+    /// when the next record arrives (and writes the marker itself), so these bytes are skipped.
+    SegmentTail(usize),
+    /// One whole record of this many bytes.
+    Record(usize),
+    /// The next record or segment tail has not fully arrived.
+    Incomplete,
+}
+
+/// Splits received log bytes `rest`, which start at commitlog offset `at`, at the next record
+/// or segment-tail boundary. An error means the master's bytes cannot be a log of this
+/// segment size.
+pub fn next_shipped(rest: &[u8], at: u64, segment_size_bytes: u64) -> Result<Shipped, String> {
+    let segment_left = (segment_size_bytes - at % segment_size_bytes) as usize;
+    if segment_left < END_OF_SEGMENT_MARKER_BYTES || is_end_of_segment(rest) {
+        return Ok(if rest.len() < segment_left {
+            Shipped::Incomplete
+        } else {
+            Shipped::SegmentTail(segment_left)
+        });
+    }
+    if rest.len() < RECORD_HEADER_BYTES {
+        return Ok(Shipped::Incomplete);
+    }
+    let size = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+    if size < RECORD_HEADER_BYTES || size > segment_left {
+        return Err(format!("corrupt record size {size} at offset {at}"));
+    }
+    Ok(if rest.len() < size {
+        Shipped::Incomplete
+    } else {
+        Shipped::Record(size)
+    })
+}
+
+fn is_end_of_segment(bytes: &[u8]) -> bool {
+    bytes.len() >= END_OF_SEGMENT_MARKER_BYTES
+        && u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) == END_OF_SEGMENT_MAGIC
+}
+
 pub fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
 }
@@ -251,6 +354,72 @@ mod tests {
             Some("wrong group")
         );
         assert!(Hello::decode(&[0u8; 10]).is_err());
+    }
+
+    #[test]
+    fn master_frames_decode_what_the_master_encodes() {
+        let state = MasterState {
+            confirmed_offset: 4096,
+            metadata_version: 9,
+        };
+        let data = encode_data_header(8192, 300, state);
+        assert_eq!(
+            MasterFrame::header_bytes_after(data[0]),
+            Some(data.len() - 1)
+        );
+        assert_eq!(
+            MasterFrame::decode(data[0], &data[1..]),
+            Ok(MasterFrame::Data {
+                offset: 8192,
+                len: 300,
+                state
+            })
+        );
+        let beat = encode_heartbeat(12_000, state);
+        assert_eq!(
+            MasterFrame::header_bytes_after(beat[0]),
+            Some(beat.len() - 1)
+        );
+        assert_eq!(
+            MasterFrame::decode(beat[0], &beat[1..]),
+            Ok(MasterFrame::Heartbeat {
+                master_max_offset: 12_000,
+                state
+            })
+        );
+        assert_eq!(MasterFrame::header_bytes_after(7), None);
+        assert!(MasterFrame::decode(KIND_DATA, &data[1..10]).is_err());
+    }
+
+    #[test]
+    fn shipped_bytes_split_at_records_and_segment_tails() {
+        let segment = 64 * 1024;
+        let mut record = vec![0u8; RECORD_HEADER_BYTES + 10];
+        let size = record.len() as u32;
+        record[..4].copy_from_slice(&size.to_le_bytes());
+        assert_eq!(next_shipped(&record, 0, segment), Ok(Shipped::Record(86)));
+        assert_eq!(
+            next_shipped(&record[..50], 0, segment),
+            Ok(Shipped::Incomplete)
+        );
+        let mut tail = vec![0u8; 100];
+        tail[..4].copy_from_slice(&100u32.to_le_bytes());
+        tail[4..8].copy_from_slice(&END_OF_SEGMENT_MAGIC.to_le_bytes());
+        let at = segment - 100;
+        assert_eq!(
+            next_shipped(&tail, at, segment),
+            Ok(Shipped::SegmentTail(100))
+        );
+        assert_eq!(
+            next_shipped(&tail[..99], at, segment),
+            Ok(Shipped::Incomplete)
+        );
+        assert_eq!(
+            next_shipped(&[0; 5], segment - 5, segment),
+            Ok(Shipped::SegmentTail(5))
+        );
+        record[..4].copy_from_slice(&200u32.to_le_bytes());
+        assert!(next_shipped(&record, segment - 150, segment).is_err());
     }
 
     #[test]

@@ -11,13 +11,11 @@
 use super::identity::LogIdentity;
 use super::master::with_timeout;
 use super::protocol::{
-    u64_at, Hello, Welcome, DATA_HEADER_BYTES, HEARTBEAT_BYTES, KIND_DATA, KIND_HEARTBEAT,
-    MAX_HANDSHAKE_BYTES,
+    next_shipped, Hello, MasterFrame, Shipped, Welcome, DATA_HEADER_BYTES, MAX_HANDSHAKE_BYTES,
 };
 use crate::config::BrokerRole;
 use crate::metrics::Counter;
 use crate::shard::Shard;
-use crate::store::record::{self, END_OF_SEGMENT_MARKER_BYTES, RECORD_HEADER_BYTES};
 use futures_lite::future;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -219,23 +217,24 @@ async fn receive(
     // Log position of `pending[0]`, and of the byte after everything received.
     let mut position = shard.store.max_offset();
     let mut next_offset = position;
-    let mut kind = [0u8; 1];
+    let mut header = [0u8; DATA_HEADER_BYTES];
     loop {
-        with_timeout(timeout, stream.read_exact(&mut kind)).await?;
-        match kind[0] {
-            KIND_HEARTBEAT => {
-                let mut rest = [0u8; HEARTBEAT_BYTES - 1];
-                with_timeout(timeout, stream.read_exact(&mut rest)).await?;
-                shard.set_master_confirmed(u64_at(&rest, 8));
-                shard.master_metadata_version(u64_at(&rest, 16)).await;
+        with_timeout(timeout, stream.read_exact(&mut header[..1])).await?;
+        let kind = header[0];
+        let Some(header_len) = MasterFrame::header_bytes_after(kind) else {
+            return Err(format!("unknown frame kind {kind} from the master"));
+        };
+        let rest = &mut header[1..1 + header_len];
+        with_timeout(timeout, stream.read_exact(rest)).await?;
+        let frame =
+            MasterFrame::decode(kind, rest).map_err(|e| format!("bad master frame: {e}"))?;
+        match frame {
+            MasterFrame::Heartbeat { state, .. } => {
+                shard.set_master_confirmed(state.confirmed_offset);
+                shard.master_metadata_version(state.metadata_version).await;
             }
-            KIND_DATA => {
-                let mut rest = [0u8; DATA_HEADER_BYTES - 1];
-                with_timeout(timeout, stream.read_exact(&mut rest)).await?;
-                let offset = u64_at(&rest, 0);
-                let len = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes")) as usize;
-                let confirmed = u64_at(&rest, 12);
-                let metadata_version = u64_at(&rest, 20);
+            MasterFrame::Data { offset, len, state } => {
+                let len = len as usize;
                 if offset != next_offset {
                     return Err(format!(
                         "master sent offset {offset}, expected {next_offset}"
@@ -252,10 +251,9 @@ async fn receive(
                     .probe
                     .add(Counter::ReplicationReceivedBytes, len as u64);
                 apply(shard, &mut pending, &mut position).await?;
-                shard.set_master_confirmed(confirmed);
-                shard.master_metadata_version(metadata_version).await;
+                shard.set_master_confirmed(state.confirmed_offset);
+                shard.master_metadata_version(state.metadata_version).await;
             }
-            other => return Err(format!("unknown frame kind {other} from the master")),
         }
     }
 }
@@ -266,33 +264,18 @@ async fn apply(shard: &Rc<Shard>, pending: &mut Vec<u8>, position: &mut u64) -> 
     let segment = shard.config.segment_size_bytes;
     let mut used = 0usize;
     loop {
-        let at = *position;
-        let rest = &pending[used..];
-        let segment_left = (segment - at % segment) as usize;
-        if segment_left < END_OF_SEGMENT_MARKER_BYTES || is_end_of_segment(rest) {
-            // The master left this segment's tail unused. The slave's append rule will do the
-            // same when the next record arrives (and write the marker itself), so the bytes
-            // are only skipped here.
-            if rest.len() < segment_left {
-                break;
+        match next_shipped(&pending[used..], *position, segment)? {
+            Shipped::Incomplete => break,
+            Shipped::SegmentTail(skipped) => {
+                used += skipped;
+                *position += skipped as u64;
             }
-            used += segment_left;
-            *position += segment_left as u64;
-            continue;
+            Shipped::Record(size) => {
+                append(shard, &pending[used..used + size]).await?;
+                used += size;
+                *position += size as u64;
+            }
         }
-        if rest.len() < RECORD_HEADER_BYTES {
-            break;
-        }
-        let size = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-        if size < RECORD_HEADER_BYTES || size > segment_left {
-            return Err(format!("corrupt record size {size} at offset {at}"));
-        }
-        if rest.len() < size {
-            break;
-        }
-        append(shard, &pending[used..used + size]).await?;
-        used += size;
-        *position += size as u64;
     }
     pending.drain(..used);
     if used > 0 {
@@ -306,12 +289,6 @@ async fn apply(shard: &Rc<Shard>, pending: &mut Vec<u8>, position: &mut u64) -> 
         shard.replication_wakeup.notify();
     }
     Ok(())
-}
-
-fn is_end_of_segment(bytes: &[u8]) -> bool {
-    bytes.len() >= END_OF_SEGMENT_MARKER_BYTES
-        && u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"))
-            == record::END_OF_SEGMENT_MAGIC
 }
 
 async fn append(shard: &Rc<Shard>, bytes: &[u8]) -> Result<(), String> {

@@ -47,8 +47,10 @@ pub fn first_invalid_entry(entries: &[CqEntry], limits: EntryLimits) -> Option<u
 }
 
 impl CqEntry {
+    /// Where the record ends. A corrupt entry near the top of the offset range saturates, so it
+    /// lies past every real log position instead of wrapping around to the front.
     pub fn end_offset(&self) -> u64 {
-        self.commitlog_offset + self.size as u64
+        self.commitlog_offset.saturating_add(self.size as u64)
     }
 }
 
@@ -71,7 +73,7 @@ pub fn queue_path(store_dir: &Path, key: QueueKey) -> PathBuf {
     queue_dir(store_dir, key.topic_id).join(key.queue.to_string())
 }
 
-fn encode_entry(entry: &CqEntry, out: &mut [u8]) {
+pub(crate) fn encode_entry(entry: &CqEntry, out: &mut [u8]) {
     out[0..8].copy_from_slice(&entry.commitlog_offset.to_le_bytes());
     out[8..12].copy_from_slice(&entry.size.to_le_bytes());
     out[12..20].copy_from_slice(&entry.tag_hash.to_le_bytes());
