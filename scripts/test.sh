@@ -47,7 +47,5 @@ mapfile -t e2e < <(test_args "${end_to_end[@]}")
 stage "end to end" cargo test "${e2e[@]}"
 mapfile -t crash < <(test_args "${crash_and_limits[@]}")
 stage "crash and limits" cargo test "${crash[@]}"
-if [ -x scripts/fuzz.sh ]; then
-  stage "fuzzing (${FUZZ_SECONDS} s per target)" scripts/fuzz.sh "$FUZZ_SECONDS"
-fi
+stage "fuzzing (${FUZZ_SECONDS} s per target)" scripts/fuzz.sh "$FUZZ_SECONDS"
 echo "==> whole suite took $(($(date +%s) - suite_start)) s"
