@@ -42,7 +42,7 @@ pub fn client_response(data: &[u8]) {
         };
         let header = FrameHeader {
             flags: FLAG_RESPONSE,
-            opcode: input.pick(&Opcode::ALL) as u16,
+            opcode: input.pick(Opcode::ALL) as u16,
             status,
             request_id: u64::from(input.u8()),
         };

@@ -46,7 +46,7 @@ pub fn frame(data: &[u8]) {
 /// frame with one body bit flipped, which the crc must catch.
 pub fn frame_structured(data: &[u8]) {
     let mut input = Input::new(data);
-    let opcode = input.pick(&Opcode::ALL);
+    let opcode = input.pick(Opcode::ALL);
     let header = FrameHeader {
         flags: input.u8(),
         opcode: opcode as u16,

@@ -2,120 +2,107 @@
 
 use std::fmt;
 
-/// What a request asks for. The numeric value is the `opcode` field of the frame header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u16)]
-pub enum Opcode {
-    Ping = 1,
-    Metadata = 2,
-    Produce = 10,
-    Pull = 11,
-    QueueStats = 12,
-    TopicCreate = 20,
-    TopicDelete = 21,
-    TopicList = 22,
-    TopicDescribe = 23,
-    GroupCommit = 30,
-    GroupFetch = 31,
-    GroupDescribe = 32,
-    Stats = 40,
-    MetadataSnapshot = 60,
-    ClusterStatus = 50,
-    ClusterPromote = 51,
+/// Declares a wire enum once: each variant with its value and its name in the docs;
+/// the enum, its `ALL` list and its `from_u16` follow from that one list, so adding a code
+/// touches one place (and the docs, which `tests/protocol_docs.rs` checks against `ALL`).
+macro_rules! wire_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $value:literal => $wire:literal ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u16)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant = $value ),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn from_u16(value: u16) -> Option<$name> {
+                match value {
+                    $( $value => Some($name::$variant), )+
+                    _ => None,
+                }
+            }
+        }
+
+        impl $name {
+            /// The name used in CLI output and in the docs, in the domain's own spelling.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $wire, )+
+                }
+            }
+        }
+    };
 }
 
-impl Opcode {
-    pub const ALL: [Opcode; 16] = [
-        Opcode::Ping,
-        Opcode::Metadata,
-        Opcode::Produce,
-        Opcode::Pull,
-        Opcode::QueueStats,
-        Opcode::TopicCreate,
-        Opcode::TopicDelete,
-        Opcode::TopicList,
-        Opcode::TopicDescribe,
-        Opcode::GroupCommit,
-        Opcode::GroupFetch,
-        Opcode::GroupDescribe,
-        Opcode::Stats,
-        Opcode::MetadataSnapshot,
-        Opcode::ClusterStatus,
-        Opcode::ClusterPromote,
-    ];
-
-    pub fn from_u16(value: u16) -> Option<Opcode> {
-        Opcode::ALL.iter().copied().find(|op| *op as u16 == value)
+wire_enum! {
+    /// What a request asks for. The numeric value is the `opcode` field of the frame header.
+    pub enum Opcode {
+        Ping = 1 => "Ping",
+        Metadata = 2 => "Metadata",
+        Produce = 10 => "Produce",
+        Pull = 11 => "Pull",
+        QueueStats = 12 => "QueueStats",
+        TopicCreate = 20 => "TopicCreate",
+        TopicDelete = 21 => "TopicDelete",
+        TopicList = 22 => "TopicList",
+        TopicDescribe = 23 => "TopicDescribe",
+        GroupCommit = 30 => "GroupCommit",
+        GroupFetch = 31 => "GroupFetch",
+        GroupDescribe = 32 => "GroupDescribe",
+        Stats = 40 => "Stats",
+        MetadataSnapshot = 60 => "MetadataSnapshot",
+        ClusterStatus = 50 => "ClusterStatus",
+        ClusterPromote = 51 => "ClusterPromote",
     }
 }
 
-/// The outcome of a request. `Ok` and the three "stored but guarantee not met" statuses carry a
-/// normal response body; every other status carries a UTF-8 error message as its body.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u16)]
-pub enum Status {
-    Ok = 0,
-    /// Stored, but no fdatasync covering it completed within `sync_flush_timeout_ms`.
-    FlushDiskTimeout = 1,
-    /// Stored, but not acknowledged by enough slaves within `sync_replica_timeout_ms`.
-    FlushSlaveTimeout = 2,
-    /// Stored, but no slave is connected and in sync.
-    SlaveNotAvailable = 3,
-    /// A pull found no message at or after its offset within its wait.
-    NoNewMessage = 4,
-    BadRequest = 100,
-    FrameTooLarge = 101,
-    BadCrc = 102,
-    UnknownOpcode = 103,
-    BadMagic = 104,
-    UnsupportedVersion = 105,
-    TopicNotFound = 110,
-    TopicExists = 111,
-    QueueNotFound = 112,
-    MessageTooLarge = 113,
-    OffsetOutOfRange = 114,
-    InvalidName = 115,
-    /// Retryable: a bounded queue or buffer is full.
-    SystemBusy = 200,
-    /// Retryable: this broker's role does not accept the request (e.g. produce on a slave).
-    NotMaster = 201,
-    /// Retryable: not stored, the disk has no space for the next commitlog segment. Reads
-    /// keep working; writes are accepted again as soon as space is freed.
-    DiskFull = 202,
-    StoreError = 300,
-    Internal = 301,
+wire_enum! {
+    /// The outcome of a request. `Ok` and the three "stored but guarantee not met" statuses
+    /// carry a normal response body; every other status carries a UTF-8 error message as its
+    /// body.
+    pub enum Status {
+        Ok = 0 => "OK",
+        /// Stored, but no fdatasync covering it completed within `sync_flush_timeout_ms`.
+        FlushDiskTimeout = 1 => "FLUSH_DISK_TIMEOUT",
+        /// Stored, but not acknowledged by enough slaves within `sync_replica_timeout_ms`.
+        FlushSlaveTimeout = 2 => "FLUSH_SLAVE_TIMEOUT",
+        /// Stored, but no slave is connected and in sync.
+        SlaveNotAvailable = 3 => "SLAVE_NOT_AVAILABLE",
+        /// A pull found no message at or after its offset within its wait.
+        NoNewMessage = 4 => "NO_NEW_MESSAGE",
+        BadRequest = 100 => "BAD_REQUEST",
+        FrameTooLarge = 101 => "FRAME_TOO_LARGE",
+        BadCrc = 102 => "BAD_CRC",
+        UnknownOpcode = 103 => "UNKNOWN_OPCODE",
+        BadMagic = 104 => "BAD_MAGIC",
+        UnsupportedVersion = 105 => "UNSUPPORTED_VERSION",
+        TopicNotFound = 110 => "TOPIC_NOT_FOUND",
+        TopicExists = 111 => "TOPIC_EXISTS",
+        QueueNotFound = 112 => "QUEUE_NOT_FOUND",
+        MessageTooLarge = 113 => "MESSAGE_TOO_LARGE",
+        OffsetOutOfRange = 114 => "OFFSET_OUT_OF_RANGE",
+        InvalidName = 115 => "INVALID_NAME",
+        /// Retryable, not stored: overload (a bounded queue, buffer or limit is full).
+        SystemBusy = 200 => "SYSTEM_BUSY",
+        /// Retryable: this broker's role does not accept the request (e.g. produce on a slave).
+        NotMaster = 201 => "NOT_MASTER",
+        /// Retryable: not stored, the disk has no space for the next commitlog segment. Reads
+        /// keep working; writes are accepted again as soon as space is freed.
+        DiskFull = 202 => "DISK_FULL",
+        StoreError = 300 => "STORE_ERROR",
+        Internal = 301 => "INTERNAL",
+    }
 }
 
 impl Status {
-    const ALL: [Status; 22] = [
-        Status::Ok,
-        Status::FlushDiskTimeout,
-        Status::FlushSlaveTimeout,
-        Status::SlaveNotAvailable,
-        Status::NoNewMessage,
-        Status::BadRequest,
-        Status::FrameTooLarge,
-        Status::BadCrc,
-        Status::UnknownOpcode,
-        Status::BadMagic,
-        Status::UnsupportedVersion,
-        Status::TopicNotFound,
-        Status::TopicExists,
-        Status::QueueNotFound,
-        Status::MessageTooLarge,
-        Status::OffsetOutOfRange,
-        Status::InvalidName,
-        Status::SystemBusy,
-        Status::NotMaster,
-        Status::DiskFull,
-        Status::StoreError,
-        Status::Internal,
-    ];
-
-    pub fn from_u16(value: u16) -> Option<Status> {
-        Status::ALL.iter().copied().find(|s| *s as u16 == value)
-    }
-
     /// Statuses whose body is the normal response body rather than an error message.
     pub fn has_body(self) -> bool {
         matches!(
@@ -126,34 +113,6 @@ impl Status {
                 | Status::SlaveNotAvailable
                 | Status::NoNewMessage
         )
-    }
-
-    /// The name used in CLI output and docs, in the domain's own spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            Status::Ok => "OK",
-            Status::FlushDiskTimeout => "FLUSH_DISK_TIMEOUT",
-            Status::FlushSlaveTimeout => "FLUSH_SLAVE_TIMEOUT",
-            Status::SlaveNotAvailable => "SLAVE_NOT_AVAILABLE",
-            Status::NoNewMessage => "NO_NEW_MESSAGE",
-            Status::BadRequest => "BAD_REQUEST",
-            Status::FrameTooLarge => "FRAME_TOO_LARGE",
-            Status::BadCrc => "BAD_CRC",
-            Status::UnknownOpcode => "UNKNOWN_OPCODE",
-            Status::BadMagic => "BAD_MAGIC",
-            Status::UnsupportedVersion => "UNSUPPORTED_VERSION",
-            Status::TopicNotFound => "TOPIC_NOT_FOUND",
-            Status::TopicExists => "TOPIC_EXISTS",
-            Status::QueueNotFound => "QUEUE_NOT_FOUND",
-            Status::MessageTooLarge => "MESSAGE_TOO_LARGE",
-            Status::OffsetOutOfRange => "OFFSET_OUT_OF_RANGE",
-            Status::InvalidName => "INVALID_NAME",
-            Status::SystemBusy => "SYSTEM_BUSY",
-            Status::NotMaster => "NOT_MASTER",
-            Status::DiskFull => "DISK_FULL",
-            Status::StoreError => "STORE_ERROR",
-            Status::Internal => "INTERNAL",
-        }
     }
 
     /// Whether the same request may succeed if sent again unchanged.
