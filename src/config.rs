@@ -487,6 +487,22 @@ mod tests {
     }
 
     #[test]
+    fn a_duration_over_a_day_is_refused_naming_its_key() {
+        let config = BrokerConfig {
+            request_read_timeout_ms: MAX_DURATION_MS + 1,
+            ..BrokerConfig::default()
+        };
+        let error = config.validate().unwrap_err();
+        assert!(error.starts_with("request_read_timeout_ms:"), "{error}");
+        let config = BrokerConfig {
+            sync_flush_timeout_ms: MAX_DURATION_MS + 1,
+            ..BrokerConfig::default()
+        };
+        let error = config.validate().unwrap_err();
+        assert!(error.starts_with("sync_flush_timeout_ms:"), "{error}");
+    }
+
+    #[test]
     fn connection_limits_name_their_key() {
         for (config, key) in [
             (

@@ -319,16 +319,7 @@ fn a_peer_that_never_reads_is_closed_after_the_write_timeout() {
     let broker = Broker::start_with_config(dir.path(), config, &["--shards", "1"]);
     let mut client = broker.client();
     client.create_topic("unread", 1).expect("create");
-    let body = vec![b'x'; 8 * 1024];
-    let batch: Vec<MessageRef<'_>> = (0..32)
-        .map(|_| MessageRef {
-            born_timestamp_ms: 0,
-            key: b"",
-            properties: b"",
-            body: &body,
-        })
-        .collect();
-    client.produce("unread", Some(0), &batch).expect("produce");
+    common::produce_filler(&mut client, "unread", 0, 32, 8 * 1024);
     let pull = PullRequest {
         topic: "unread".into(),
         queue: 0,

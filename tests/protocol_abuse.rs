@@ -318,16 +318,7 @@ fn a_reader_that_never_reads_does_not_stall_others() {
     let mut client = broker.client();
     let info = client.create_topic("slow", 2).expect("create");
     // Enough data that every pull answer is large and the slow socket fills quickly.
-    let body = vec![b'x'; 8 * 1024];
-    let batch: Vec<MessageRef<'_>> = (0..32)
-        .map(|_| MessageRef {
-            born_timestamp_ms: 0,
-            key: b"",
-            properties: b"",
-            body: &body,
-        })
-        .collect();
-    client.produce("slow", Some(0), &batch).expect("produce");
+    common::produce_filler(&mut client, "slow", 0, 32, 8 * 1024);
 
     // The slow reader talks to the shard that owns queue 0, the queue the others use too.
     let port = broker.shard_ports[info.queue_shards[0] as usize];

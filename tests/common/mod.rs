@@ -509,3 +509,26 @@ pub fn seed_from_env(var: &str) -> u64 {
         }
     }
 }
+
+/// Produces `count` messages of `size` bytes of `b'x'` to `queue` in one batch: enough data
+/// that pulls of it are large.
+pub fn produce_filler(
+    client: &mut ringmq::client::Client,
+    topic: &str,
+    queue: u32,
+    count: usize,
+    size: usize,
+) {
+    let body = vec![b'x'; size];
+    let batch: Vec<ringmq::protocol::message::MessageRef<'_>> = (0..count)
+        .map(|_| ringmq::protocol::message::MessageRef {
+            born_timestamp_ms: 0,
+            key: b"",
+            properties: b"",
+            body: &body,
+        })
+        .collect();
+    client
+        .produce(topic, Some(queue), &batch)
+        .expect("produce filler");
+}
