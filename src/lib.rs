@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod constants;
 #[doc(hidden)]
