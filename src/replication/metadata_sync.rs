@@ -93,7 +93,12 @@ async fn sync_once<D: Disk>(shard: &Rc<Shard<D>>, addr: String) -> Result<(), St
             continue;
         }
         if owner == shard.id() {
-            shard.metadata().groups().apply_from_master(rows).await?;
+            shard
+                .metadata()
+                .groups()
+                .apply_from_master(rows)
+                .await
+                .map_err(|e| e.to_string())?;
             continue;
         }
         let (tx, rx) = oneshot::channel();
@@ -102,7 +107,9 @@ async fn sync_once<D: Disk>(shard: &Rc<Shard<D>>, addr: String) -> Result<(), St
             .send(owner, ShardRequest::ApplyGroupOffsets { rows, reply: tx })
             .await
             .map_err(|g| format!("shard {} is not running", g.0))?;
-        rx.await.map_err(|_| "a shard stopped".to_string())??;
+        rx.await
+            .map_err(|_| "a shard stopped".to_string())?
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }

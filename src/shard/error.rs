@@ -26,6 +26,11 @@ pub enum ShardError {
     #[error("{0}")]
     QueueNotFound(String),
     #[error("{0}")]
+    OffsetOutOfRange(String),
+    /// A record the consume queue points to cannot be read back as that record.
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("{0}")]
     NotMaster(String),
     #[error("{0}")]
     MessageTooLarge(String),
@@ -37,6 +42,11 @@ pub enum ShardError {
     /// the message names the file.
     #[error("{0}")]
     Metadata(String),
+    /// A flush covering the record failed.
+    #[error("the store failed to write or sync; the message may not be durable")]
+    NotDurable,
+    #[error("the broker is shutting down: retry after it restarts")]
+    ShuttingDown,
     #[error("shard {0} is not running")]
     ShardGone(usize),
     /// A bug or an impossible state, reported rather than panicking the core.
@@ -53,6 +63,7 @@ impl ShardError {
             ShardError::TopicExists(_) => Status::TopicExists,
             ShardError::TopicNotFound(_) => Status::TopicNotFound,
             ShardError::QueueNotFound(_) => Status::QueueNotFound,
+            ShardError::OffsetOutOfRange(_) => Status::OffsetOutOfRange,
             ShardError::NotMaster(_) => Status::NotMaster,
             ShardError::MessageTooLarge(_) => Status::MessageTooLarge,
             ShardError::Append(e) => match e {
@@ -67,7 +78,11 @@ impl ShardError {
                 | AppendError::Diverged(_)
                 | AppendError::Failed(_) => Status::StoreError,
             },
-            ShardError::Store(_) | ShardError::Metadata(_) => Status::StoreError,
+            ShardError::Store(_)
+            | ShardError::Metadata(_)
+            | ShardError::Unreadable(_)
+            | ShardError::NotDurable => Status::StoreError,
+            ShardError::ShuttingDown => Status::SystemBusy,
             ShardError::ShardGone(_) | ShardError::Internal(_) => Status::Internal,
         }
     }

@@ -66,7 +66,7 @@ pub enum ShardRequest {
     /// Slave: the master's group offsets for queues this shard owns.
     ApplyGroupOffsets {
         rows: Vec<crate::shard::groups::OffsetRow>,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), crate::shard::ShardError>>,
     },
     /// This shard's replication state, for `cluster status`.
     ClusterState {

@@ -188,9 +188,7 @@ impl<D: Disk> Shard<D> {
         };
         let (store, _report) =
             ShardStore::open(disk.clone(), store_config, &owned_queues(0, &topics)).await?;
-        let groups = GroupOffsets::load(disk.clone(), dir.join("groups.json"))
-            .await
-            .map_err(ShardError::Metadata)?;
+        let groups = GroupOffsets::load(disk.clone(), dir.join("groups.json")).await?;
         Ok(Rc::new(Shard::assemble(ShardParts {
             id: 0,
             shard_count: 1,
@@ -600,11 +598,7 @@ impl<D: Disk> Shard<D> {
                 .is_some_and(|e| e.topic_id == entry.topic_id);
             if !kept {
                 self.store.remove_topic(entry.topic_id).await?;
-                self.metadata
-                    .groups()
-                    .forget_topic(name)
-                    .await
-                    .map_err(ShardError::Metadata)?;
+                self.metadata.groups().forget_topic(name).await?;
             }
         }
         let known: std::collections::HashSet<QueueKey> =

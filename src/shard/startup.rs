@@ -2,7 +2,7 @@
 
 use super::mesh::{Mesh, MeshEnds, ShardRequest};
 use super::topics::TopicTable;
-use super::{groups::GroupOffsets, handlers, owned_queues, Shard, ShardParts};
+use super::{groups::GroupOffsets, handlers, owned_queues, Shard, ShardError, ShardParts};
 use crate::clock::RealClock;
 use crate::config::{BrokerConfig, BrokerRole};
 use crate::net;
@@ -116,7 +116,7 @@ type Opened = (
     RecoveryReport,
 );
 
-async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
+async fn open_shard(start: ShardStartup) -> Result<Opened, ShardError> {
     let config = start.config.clone();
     let dir = shard_dir(&config.store_dir, start.id);
     let disk = GlommioDisk::new();
@@ -135,19 +135,24 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
     }
     disk.create_dir_all(&dir)
         .await
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
+        .map_err(|e| ShardError::Metadata(format!("{}: {e}", dir.display())))?;
     // Must precede every other O_DIRECT open on this thread (see DESIGN.md section 6).
-    prime_iopoll_probe(&dir)
-        .await
-        .map_err(|e| format!("{}: priming the io_uring poll probe: {e}", dir.display()))?;
+    prime_iopoll_probe(&dir).await.map_err(|e| {
+        ShardError::Metadata(format!(
+            "{}: priming the io_uring poll probe: {e}",
+            dir.display()
+        ))
+    })?;
     stage(format!("loading the log identity in {}", dir.display()));
-    let mut identity = LogIdentity::load_or_create(&disk, &dir).await?;
+    let mut identity = LogIdentity::load_or_create(&disk, &dir)
+        .await
+        .map_err(ShardError::Metadata)?;
     let role = match identity.promoted_role {
         Some(promoted) if promoted != config.broker_role => {
             warn!(
                 shard = start.id,
                 configured = %config.broker_role,
-                "this shard was promoted to {promoted} (epoch {}); running as {promoted}: update the configuration",
+                "this shard's role was set to {promoted} at runtime (epoch {}); running as {promoted}: update the configuration",
                 identity.last_epoch()
             );
             promoted
@@ -162,9 +167,7 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
         adopt_unknown_queues: role == BrokerRole::Slave,
     };
     let queues = owned_queues(start.id, &start.topics);
-    let (store, report) = ShardStore::open_reporting(disk, store_config, &queues, &stage)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (store, report) = ShardStore::open_reporting(disk, store_config, &queues, &stage).await?;
     stage(format!(
         "loading group offsets from {}",
         dir.join("groups.json").display()
@@ -177,7 +180,10 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
     let epoch_start = identity.epochs.last().map(|(_, start)| *start);
     if role.is_master() && report.unclean_shutdown && epoch_start != Some(recovered_end) {
         identity = identity.next_epoch(recovered_end);
-        identity.save(&disk, &dir).await?;
+        identity
+            .save(&disk, &dir)
+            .await
+            .map_err(ShardError::Metadata)?;
         info!(
             shard = start.id,
             epoch = identity.last_epoch(),

@@ -1,11 +1,11 @@
 //! Consumer-group offsets. The shard that owns a queue keeps its groups' offsets, so a commit
 //! goes where the consumer already pulls from; describe gathers every shard's rows.
 
-use super::{bad_request, body, route, Route};
+use super::{body, route, Route};
 use crate::protocol::message::{
     GroupCommit, GroupDescription, GroupFetch, GroupOffset, GroupQueueLag, Name,
 };
-use crate::protocol::{Opcode, Status};
+use crate::protocol::Opcode;
 use crate::shard::mesh::{Reply, ShardRequest};
 use crate::shard::topics::validate_name;
 use crate::shard::{Shard, ShardError};
@@ -13,24 +13,15 @@ use crate::store::io::Disk;
 use crate::store::QueueKey;
 use std::rc::Rc;
 
-pub async fn commit<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Reply {
-    let request = match GroupCommit::decode(raw) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
-    if let Err(message) = validate_name("group", &request.group) {
-        return Reply::error(Status::InvalidName, message);
+pub async fn commit<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
+    let request = GroupCommit::decode(raw)?;
+    validate_name("group", &request.group)?;
+    if let Route::Remote(owner) = route(shard, &request.topic, request.queue)? {
+        return Ok(shard
+            .forward(owner, Opcode::GroupCommit, raw.to_vec())
+            .await);
     }
-    match route(shard, &request.topic, request.queue) {
-        Ok(Route::Local { .. }) => {}
-        Ok(Route::Remote(owner)) => {
-            return shard
-                .forward(owner, Opcode::GroupCommit, raw.to_vec())
-                .await
-        }
-        Err(reply) => return reply,
-    }
-    match shard
+    shard
         .metadata()
         .groups()
         .commit(
@@ -39,27 +30,15 @@ pub async fn commit<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Reply {
             request.queue,
             request.offset,
         )
-        .await
-    {
-        Ok(()) => {
-            shard.metadata().bump();
-            Reply::ok(Vec::new())
-        }
-        Err(message) => ShardError::Metadata(message).into(),
-    }
+        .await?;
+    shard.metadata().bump();
+    Ok(Reply::ok(Vec::new()))
 }
 
-pub async fn fetch<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Reply {
-    let request = match GroupFetch::decode(raw) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
-    match route(shard, &request.topic, request.queue) {
-        Ok(Route::Local { .. }) => {}
-        Ok(Route::Remote(owner)) => {
-            return shard.forward(owner, Opcode::GroupFetch, raw.to_vec()).await
-        }
-        Err(reply) => return reply,
+pub async fn fetch<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
+    let request = GroupFetch::decode(raw)?;
+    if let Route::Remote(owner) = route(shard, &request.topic, request.queue)? {
+        return Ok(shard.forward(owner, Opcode::GroupFetch, raw.to_vec()).await);
     }
     let offset = GroupOffset {
         offset: shard
@@ -67,31 +46,25 @@ pub async fn fetch<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Reply {
             .groups()
             .get(&request.group, &request.topic, request.queue),
     };
-    Reply::ok(body(|out| offset.encode(out)))
+    Ok(Reply::ok(body(|out| offset.encode(out))))
 }
 
-pub async fn describe<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Reply {
-    let request = match Name::decode(raw) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
+pub async fn describe<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
+    let request = Name::decode(raw)?;
     let mut queues = local_offsets(shard, &request.name);
-    match shard
+    let others = shard
         .ask_others(|reply| ShardRequest::GroupOffsets {
             group: request.name.clone(),
             reply,
         })
-        .await
-    {
-        Ok(others) => queues.extend(others.into_iter().flatten()),
-        Err(e) => return e.into(),
-    }
+        .await?;
+    queues.extend(others.into_iter().flatten());
     queues.sort_by(|a, b| (&a.topic, a.queue).cmp(&(&b.topic, b.queue)));
     let description = GroupDescription {
         group: request.name,
         queues,
     };
-    Reply::ok(body(|out| description.encode(out)))
+    Ok(Reply::ok(body(|out| description.encode(out))))
 }
 
 /// This shard's rows for a group: committed offset and the queue's visible end.

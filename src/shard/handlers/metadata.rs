@@ -6,7 +6,7 @@ use crate::shard::groups::OffsetRow;
 use crate::shard::mesh::Reply;
 use crate::shard::mesh::ShardRequest;
 use crate::shard::topics::TopicTable;
-use crate::shard::Shard;
+use crate::shard::{Shard, ShardError};
 use crate::store::io::Disk;
 use serde::{Deserialize, Serialize};
 use std::rc::Rc;
@@ -30,18 +30,17 @@ pub struct MetadataSnapshot {
     pub group_offsets: Vec<OffsetRow>,
 }
 
-pub async fn snapshot<D: Disk>(shard: &Rc<Shard<D>>) -> Reply {
+pub async fn snapshot<D: Disk>(shard: &Rc<Shard<D>>) -> Result<Reply, ShardError> {
     let mut group_offsets = shard.metadata().groups().all_rows();
-    match shard
+    let others = shard
         .ask_others(|reply| ShardRequest::AllGroupOffsets { reply })
-        .await
-    {
-        Ok(others) => group_offsets.extend(others.into_iter().flatten()),
-        Err(e) => return e.into(),
-    }
+        .await?;
+    group_offsets.extend(others.into_iter().flatten());
     let snapshot = MetadataSnapshot {
         topics: (*shard.topic_table()).clone(),
         group_offsets,
     };
-    Reply::ok(serde_json::to_vec(&snapshot).expect("snapshot serializes"))
+    Ok(Reply::ok(
+        serde_json::to_vec(&snapshot).expect("snapshot serializes"),
+    ))
 }

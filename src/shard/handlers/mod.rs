@@ -9,41 +9,45 @@ mod pull;
 pub(crate) mod topic;
 
 use super::mesh::{Reply, ShardRequest};
-use super::Shard;
-use crate::protocol::codec::DecodeError;
-use crate::protocol::{Opcode, Status};
+use super::{Shard, ShardError};
+use crate::protocol::Opcode;
 use crate::store::io::Disk;
 use std::rc::Rc;
 
 pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, opcode: Opcode, body: &[u8]) -> Reply {
+    dispatch(shard, opcode, body)
+        .await
+        .unwrap_or_else(Reply::from)
+}
+
+/// Runs one request; a failure becomes its reply in [`handle`], the one place where a
+/// [`ShardError`] turns into a wire status.
+async fn dispatch<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    opcode: Opcode,
+    body: &[u8],
+) -> Result<Reply, ShardError> {
     if shard.lifecycle().is_stopping() && opcode == Opcode::Produce {
-        return Reply::error(
-            Status::SystemBusy,
-            "the broker is shutting down: retry after it restarts",
-        );
+        return Err(ShardError::ShuttingDown);
     }
     match opcode {
-        Opcode::Ping => Reply::ok(Vec::new()),
-        Opcode::Metadata => metadata::handle(shard),
+        Opcode::Ping => Ok(Reply::ok(Vec::new())),
+        Opcode::Metadata => Ok(metadata::handle(shard)),
         Opcode::Produce => produce::handle(shard, body).await,
         Opcode::Pull => pull::handle(shard, body).await,
         Opcode::QueueStats => topic::queue_stats(shard, body).await,
         Opcode::TopicCreate => topic::create(shard, body).await,
         Opcode::TopicDelete => topic::delete(shard, body).await,
-        Opcode::TopicList => topic::list(shard),
+        Opcode::TopicList => Ok(topic::list(shard)),
         Opcode::TopicDescribe => topic::describe(shard, body).await,
         Opcode::GroupCommit => group::commit(shard, body).await,
         Opcode::GroupFetch => group::fetch(shard, body).await,
         Opcode::GroupDescribe => group::describe(shard, body).await,
         Opcode::Stats => stats(shard).await,
         Opcode::MetadataSnapshot => metadata::snapshot(shard).await,
-        Opcode::ClusterStatus => cluster::status(shard).await.unwrap_or_else(Reply::from),
-        Opcode::ClusterPromote => cluster::promote(shard, body)
-            .await
-            .unwrap_or_else(Reply::from),
-        Opcode::ClusterDemote => cluster::demote(shard, body)
-            .await
-            .unwrap_or_else(Reply::from),
+        Opcode::ClusterStatus => cluster::status(shard).await,
+        Opcode::ClusterPromote => cluster::promote(shard, body).await,
+        Opcode::ClusterDemote => cluster::demote(shard, body).await,
     }
 }
 
@@ -90,33 +94,18 @@ pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRe
 }
 
 /// Stats: every shard's probe merged, as a JSON document (see `metrics::Stats`).
-async fn stats<D: Disk>(shard: &Rc<Shard<D>>) -> Reply {
+async fn stats<D: Disk>(shard: &Rc<Shard<D>>) -> Result<Reply, ShardError> {
     let snapshots = shard.gather_snapshots().await;
-    match crate::metrics::ProbeSnapshot::merge(&snapshots) {
-        Some(merged) => Reply::ok(serde_json::to_vec(&merged.to_stats()).expect("stats serialize")),
-        None => Reply::error(Status::Internal, "no shard answered"),
-    }
+    let merged = crate::metrics::ProbeSnapshot::merge(&snapshots)
+        .ok_or_else(|| ShardError::Internal("no shard answered".to_string()))?;
+    Ok(Reply::ok(
+        serde_json::to_vec(&merged.to_stats()).expect("stats serialize"),
+    ))
 }
 
-fn bad_request(e: DecodeError) -> Reply {
-    Reply::error(Status::BadRequest, format!("malformed request body: {e}"))
-}
-
-fn topic_not_found(name: &str) -> Reply {
-    Reply::error(
-        Status::TopicNotFound,
-        format!("topic `{name}` does not exist"),
-    )
-}
-
-fn queue_not_found(name: &str, queue: u32, count: u32) -> Reply {
-    Reply::error(
-        Status::QueueNotFound,
-        format!(
-            "topic `{name}` has queues 0 to {}, not {queue}",
-            count.saturating_sub(1)
-        ),
-    )
+/// The owning shard does not hold a queue the topic table gives it (a table being applied).
+fn unregistered_queue() -> ShardError {
+    ShardError::QueueNotFound("queue is not registered on its shard".to_string())
 }
 
 /// Where a queue-scoped request must run: here, or on the owning shard.
@@ -125,13 +114,16 @@ enum Route {
     Remote(usize),
 }
 
-fn route<D: Disk>(shard: &Shard<D>, topic: &str, queue: u32) -> Result<Route, Reply> {
-    let entry = shard.topic(topic).ok_or_else(|| topic_not_found(topic))?;
-    let owner = *entry
-        .queue_shards
-        .get(queue as usize)
-        .ok_or_else(|| queue_not_found(topic, queue, entry.queue_count()))?
-        as usize;
+fn route<D: Disk>(shard: &Shard<D>, topic: &str, queue: u32) -> Result<Route, ShardError> {
+    let entry = shard
+        .topic(topic)
+        .ok_or_else(|| ShardError::TopicNotFound(topic.to_string()))?;
+    let owner = *entry.queue_shards.get(queue as usize).ok_or_else(|| {
+        ShardError::QueueNotFound(format!(
+            "topic `{topic}` has queues 0 to {}, not {queue}",
+            entry.queue_count().saturating_sub(1)
+        ))
+    })? as usize;
     if owner == shard.id() {
         Ok(Route::Local {
             topic_id: entry.topic_id,

@@ -1,6 +1,6 @@
 //! Produce: append a batch to one queue and answer when the flush mode's guarantee holds.
 
-use super::{bad_request, body, route, Route};
+use super::{body, route, Route};
 use crate::config::{BrokerRole, FlushDiskType};
 use crate::constants::MAX_MESSAGES_PER_PRODUCE;
 use crate::metrics::{Counter, Hist};
@@ -9,41 +9,32 @@ use crate::protocol::{Opcode, Status};
 use crate::replication::replicas::Replicas;
 use crate::shard::completion::Completion;
 use crate::shard::mesh::Reply;
-use crate::shard::Shard;
+use crate::shard::{Shard, ShardError};
 use crate::store::io::Disk;
 use crate::store::record::RecordInput;
-use crate::store::{AppendError, Appended, QueueKey};
+use crate::store::{Appended, QueueKey};
 use futures_lite::future;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Reply {
-    let request = match ProduceRequest::decode(raw) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
+pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
+    let request = ProduceRequest::decode(raw)?;
     if !shard.is_master() {
-        return not_master(shard);
+        return Err(not_master(shard));
     }
-    if let Err(reply) = validate(shard, &request) {
-        return reply;
-    }
+    validate(shard, &request)?;
     let queue = if request.queue == ANY_QUEUE {
-        match pick_queue(shard, request.topic) {
-            Ok(q) => q,
-            Err(reply) => return reply,
-        }
+        pick_queue(shard, request.topic)?
     } else {
         request.queue
     };
-    let topic_id = match route(shard, request.topic, queue) {
-        Ok(Route::Local { topic_id, .. }) => topic_id,
-        Ok(Route::Remote(owner)) => {
+    let topic_id = match route(shard, request.topic, queue)? {
+        Route::Local { topic_id, .. } => topic_id,
+        Route::Remote(owner) => {
             let mut forwarded = Vec::with_capacity(raw.len());
             ProduceRequest { queue, ..request }.encode(&mut forwarded);
-            return shard.forward(owner, Opcode::Produce, forwarded).await;
+            return Ok(shard.forward(owner, Opcode::Produce, forwarded).await);
         }
-        Err(reply) => return reply,
     };
     let started = shard.clock().now();
     shard.probe().add(Counter::ProduceRequests, 1);
@@ -52,10 +43,7 @@ pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Reply {
     // for the flush both count against `sync_flush_timeout_ms`, so a status always arrives
     // within it (plus the slaves' own wait under SYNC_MASTER).
     let deadline = started + Duration::from_millis(shard.config().sync_flush_timeout_ms);
-    let (first, last) = match append_batch(shard, key, &request, deadline).await {
-        Ok(range) => range,
-        Err(reply) => return reply,
-    };
+    let (first, last) = append_batch(shard, key, &request, deadline).await?;
     shard
         .probe()
         .record_duration(Hist::AppendLatency, shard.clock().now() - started);
@@ -69,10 +57,7 @@ pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Reply {
     }
     let status = wait_for_guarantee(shard, last.end_offset, deadline).await;
     if status == Status::StoreError {
-        return Reply::error(
-            status,
-            "the store failed to write or sync; the message may not be durable",
-        );
+        return Err(ShardError::NotDurable);
     }
     shard
         .probe()
@@ -83,28 +68,22 @@ pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Reply {
         count: request.messages.len() as u32,
         commitlog_offset: first.commitlog_offset,
     };
-    Reply::with_status(status, body(|out| response.encode(out)))
+    Ok(Reply::with_status(status, body(|out| response.encode(out))))
 }
 
-fn not_master<D: Disk>(shard: &Shard<D>) -> Reply {
-    Reply::error(
-        Status::NotMaster,
-        format!(
-            "{} is a slave: send produce requests to its master",
-            shard.config().broker_name
-        ),
-    )
+fn not_master<D: Disk>(shard: &Shard<D>) -> ShardError {
+    ShardError::NotMaster(format!(
+        "{} is a slave: send produce requests to its master",
+        shard.config().broker_name
+    ))
 }
 
-fn validate<D: Disk>(shard: &Shard<D>, request: &ProduceRequest<'_>) -> Result<(), Reply> {
+fn validate<D: Disk>(shard: &Shard<D>, request: &ProduceRequest<'_>) -> Result<(), ShardError> {
     if request.messages.len() > MAX_MESSAGES_PER_PRODUCE {
-        return Err(Reply::error(
-            Status::BadRequest,
-            format!(
-                "{} messages in one produce request; the maximum is {MAX_MESSAGES_PER_PRODUCE}",
-                request.messages.len()
-            ),
-        ));
+        return Err(ShardError::Refused(format!(
+            "{} messages in one produce request; the maximum is {MAX_MESSAGES_PER_PRODUCE}",
+            request.messages.len()
+        )));
     }
     let max = shard.config().max_message_bytes as usize;
     if let Some((i, m)) = request
@@ -113,22 +92,19 @@ fn validate<D: Disk>(shard: &Shard<D>, request: &ProduceRequest<'_>) -> Result<(
         .enumerate()
         .find(|(_, m)| m.body.len() > max)
     {
-        return Err(Reply::error(
-            Status::MessageTooLarge,
-            format!(
-                "message {i} has a body of {} bytes; the maximum is {max}",
-                m.body.len()
-            ),
-        ));
+        return Err(ShardError::MessageTooLarge(format!(
+            "message {i} has a body of {} bytes; the maximum is {max}",
+            m.body.len()
+        )));
     }
     Ok(())
 }
 
 /// A queue of the topic, preferring the ones this shard owns so the request needs no hop.
-fn pick_queue<D: Disk>(shard: &Shard<D>, topic: &str) -> Result<u32, Reply> {
+fn pick_queue<D: Disk>(shard: &Shard<D>, topic: &str) -> Result<u32, ShardError> {
     let entry = shard
         .topic(topic)
-        .ok_or_else(|| super::topic_not_found(topic))?;
+        .ok_or_else(|| ShardError::TopicNotFound(topic.to_string()))?;
     let local: Vec<u32> = entry
         .queue_shards
         .iter()
@@ -151,7 +127,7 @@ async fn append_batch<'a, D: Disk>(
     key: QueueKey,
     request: &ProduceRequest<'a>,
     deadline: Instant,
-) -> Result<(Appended, Appended), Reply> {
+) -> Result<(Appended, Appended), ShardError> {
     let _gate = shard.appending().lock().await;
     // A role change holds the gate: a batch that waited for it behind a demotion must not
     // append on what is now a slave.
@@ -167,10 +143,7 @@ async fn append_batch<'a, D: Disk>(
         .iter()
         .map(|m| input(m).encoded_len())
         .collect();
-    shard
-        .admit_batch(deadline, &lens)
-        .await
-        .map_err(append_failure)?;
+    shard.admit_batch(deadline, &lens).await?;
     let mut first = None;
     let mut last = None;
     for m in &request.messages {
@@ -194,11 +167,10 @@ async fn append_one<D: Disk>(
     shard: &Shard<D>,
     deadline: Instant,
     input: &RecordInput<'_>,
-) -> Result<Appended, Reply> {
-    shard
+) -> Result<Appended, ShardError> {
+    Ok(shard
         .append_waiting(deadline, || shard.store().append(input))
-        .await
-        .map_err(append_failure)
+        .await?)
 }
 
 fn record_input<'a>(
@@ -218,20 +190,6 @@ fn record_input<'a>(
         properties: m.properties,
         body: m.body,
     }
-}
-
-fn append_failure(e: AppendError) -> Reply {
-    let status = match e {
-        AppendError::TooLarge { .. } | AppendError::BatchTooLarge { .. } => Status::MessageTooLarge,
-        AppendError::UnknownQueue { .. } => Status::QueueNotFound,
-        AppendError::DiskFull(_) => Status::DiskFull,
-        AppendError::Busy { .. } => Status::SystemBusy,
-        AppendError::BufferFull
-        | AppendError::SegmentNotReady
-        | AppendError::Diverged(_)
-        | AppendError::Failed(_) => Status::StoreError,
-    };
-    Reply::error(status, e.to_string())
 }
 
 /// Waits until the flush mode's and the role's guarantees hold for everything before

@@ -1,13 +1,13 @@
 //! Pull: read confirmed messages of one queue, long-polling at its end.
 
-use super::{bad_request, body, route, Route};
+use super::{body, route, Route};
 use crate::constants::{MAX_BYTES_PER_PULL, MAX_MESSAGES_PER_PULL, MAX_PULL_SPAN_BYTES};
 use crate::metrics::{Counter, Hist};
 use crate::protocol::message::{PullRequest, PullResponseEncoder, PullSummary, PulledMessageRef};
 use crate::protocol::{Opcode, Status};
 use crate::shard::mesh::Reply;
 use crate::shard::visibility::WaitFor;
-use crate::shard::Shard;
+use crate::shard::{Shard, ShardError};
 use crate::store::io::Disk;
 use crate::store::record::{self, Decoded};
 use crate::store::{CqEntry, QueueKey};
@@ -15,15 +15,11 @@ use futures_lite::future;
 use std::rc::Rc;
 use std::time::Duration;
 
-pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Reply {
-    let request = match PullRequest::decode(raw) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
-    let topic_id = match route(shard, &request.topic, request.queue) {
-        Ok(Route::Local { topic_id, .. }) => topic_id,
-        Ok(Route::Remote(owner)) => return shard.forward(owner, Opcode::Pull, raw.to_vec()).await,
-        Err(reply) => return reply,
+pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
+    let request = PullRequest::decode(raw)?;
+    let topic_id = match route(shard, &request.topic, request.queue)? {
+        Route::Local { topic_id, .. } => topic_id,
+        Route::Remote(owner) => return Ok(shard.forward(owner, Opcode::Pull, raw.to_vec()).await),
     };
     shard.probe().add(Counter::PullRequests, 1);
     let key = QueueKey {
@@ -35,27 +31,24 @@ pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Reply {
     let clock = shard.clock();
     let deadline = clock.now() + wait;
     loop {
-        let summary = match summary(shard, key, request.offset) {
-            Ok(s) => s,
-            Err(reply) => return reply,
-        };
+        let summary = summary(shard, key, request.offset)?;
         if request.offset < summary.max_offset {
             let started = clock.now();
             let reply = read_messages(shard, key, &request, summary).await;
             shard
                 .probe()
                 .record_duration(Hist::PullLatency, clock.now() - started);
-            return reply;
+            return reply.map(Reply::ok);
         }
         let now = clock.now();
         // A shutting-down shard answers a long poll at once rather than hold its stop.
         if now >= deadline || shard.lifecycle().is_stopping() {
-            return Reply::with_status(
+            return Ok(Reply::with_status(
                 Status::NoNewMessage,
                 body(|out| {
                     PullResponseEncoder::begin(out, summary).finish(out, request.offset);
                 }),
-            );
+            ));
         }
         let visible = shard
             .visibility()
@@ -79,13 +72,15 @@ fn wait_for<D: Disk>(shard: &Shard<D>, key: QueueKey, offset: u64) -> WaitFor {
     }
 }
 
-fn summary<D: Disk>(shard: &Shard<D>, key: QueueKey, offset: u64) -> Result<PullSummary, Reply> {
-    let (min_offset, stored_end) = shard.store().queue_range(key).ok_or_else(|| {
-        Reply::error(
-            Status::QueueNotFound,
-            "queue is not registered on its shard",
-        )
-    })?;
+fn summary<D: Disk>(
+    shard: &Shard<D>,
+    key: QueueKey,
+    offset: u64,
+) -> Result<PullSummary, ShardError> {
+    let (min_offset, stored_end) = shard
+        .store()
+        .queue_range(key)
+        .ok_or_else(super::unregistered_queue)?;
     let max_offset = shard
         .store()
         .visible_end(key, shard.confirmed_offset())
@@ -95,10 +90,9 @@ fn summary<D: Disk>(shard: &Shard<D>, key: QueueKey, offset: u64) -> Result<Pull
     // range: the consumer waits for it like for a new message, so it neither skips nor
     // rewinds.
     if offset < min_offset || offset > max_offset.max(stored_end) {
-        return Err(Reply::error(
-            Status::OffsetOutOfRange,
-            format!("offset {offset} is outside the queue's range {min_offset}..={max_offset}"),
-        ));
+        return Err(ShardError::OffsetOutOfRange(format!(
+            "offset {offset} is outside the queue's range {min_offset}..={max_offset}"
+        )));
     }
     Ok(PullSummary {
         next_offset: offset,
@@ -112,7 +106,7 @@ async fn read_messages<D: Disk>(
     key: QueueKey,
     request: &PullRequest,
     summary: PullSummary,
-) -> Reply {
+) -> Result<Vec<u8>, ShardError> {
     let max_messages = request.max_messages.clamp(1, MAX_MESSAGES_PER_PULL) as u64;
     let max_bytes = request.max_bytes.clamp(1, MAX_BYTES_PER_PULL) as usize;
     let count = (summary.max_offset - request.offset).min(max_messages) as usize;
@@ -126,22 +120,17 @@ async fn read_messages<D: Disk>(
         let first = rest[0].commitlog_offset;
         let last = &rest[span - 1];
         if last.size as usize > shard.store().max_record_bytes() {
-            return Reply::error(
-                Status::StoreError,
-                format!("consume-queue entry for queue offset {next} is corrupt: {last:?}"),
-            );
+            return Err(ShardError::Unreadable(format!(
+                "consume-queue entry for queue offset {next} is corrupt: {last:?}"
+            )));
         }
-        let bytes = match shard
+        let bytes = shard
             .store()
             .read_span(
                 first,
                 last.commitlog_offset.saturating_add(last.size as u64),
             )
-            .await
-        {
-            Ok(b) => b,
-            Err(e) => return Reply::error(Status::StoreError, e.to_string()),
-        };
+            .await?;
         for entry in &rest[..span] {
             if encoder.count() > 0 && out.len() + entry.size as usize > max_bytes {
                 break 'spans;
@@ -155,13 +144,10 @@ async fn read_messages<D: Disk>(
                     view
                 }
                 Ok(_) | Err(_) => {
-                    return Reply::error(
-                        Status::StoreError,
-                        format!(
-                            "record for queue offset {next} at commitlog offset {} is unreadable",
-                            entry.commitlog_offset
-                        ),
-                    )
+                    return Err(ShardError::Unreadable(format!(
+                        "record for queue offset {next} at commitlog offset {} is unreadable",
+                        entry.commitlog_offset
+                    )))
                 }
             };
             encoder.push(
@@ -183,7 +169,7 @@ async fn read_messages<D: Disk>(
         .probe()
         .add(Counter::MessagesPulled, next - request.offset);
     encoder.finish(&mut out, next);
-    Reply::ok(out)
+    Ok(out)
 }
 
 /// How many of `entries` (at least one) one read can cover: same segment, within
