@@ -637,3 +637,104 @@ pub fn owned_queues(shard_id: usize, table: &TopicTable) -> Vec<QueueKey> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::RealClock;
+    use crate::protocol::message::{
+        MessageRef, ProduceRequest, PullRequest, PullResponse, TopicCreate,
+    };
+    use crate::protocol::Status;
+    use crate::store::sim::SimDisk;
+
+    fn config() -> BrokerConfig {
+        BrokerConfig {
+            store_dir: PathBuf::from("/sim"),
+            flush_disk_type: FlushDiskType::SyncFlush,
+            // Small enough that the simulated disk zero-fills segments in a blink.
+            segment_size_bytes: 1 << 20,
+            write_buffer_bytes: 1 << 18,
+            max_message_bytes: 1 << 16,
+            ..BrokerConfig::default()
+        }
+    }
+
+    fn pull(queue: u32, max_wait_ms: u32) -> Vec<u8> {
+        let mut body = Vec::new();
+        PullRequest {
+            topic: "t".to_string(),
+            queue,
+            offset: 0,
+            max_messages: 16,
+            max_bytes: 1 << 16,
+            max_wait_ms,
+        }
+        .encode(&mut body);
+        body
+    }
+
+    /// The shard runs without sockets or peers on the simulated disk: a produce releases the
+    /// long poll parked on its own queue, not the one parked on another, and a stop answers the
+    /// one still parked at once.
+    #[test]
+    fn a_produce_wakes_only_the_pull_parked_on_its_queue() {
+        glommio::LocalExecutor::default().run(async {
+            let disk = SimDisk::new();
+            let shard = Shard::open_for_test(disk, Rc::new(RealClock), config())
+                .await
+                .unwrap();
+            let background = shard.spawn_background();
+            let mut create = Vec::new();
+            TopicCreate {
+                name: "t".to_string(),
+                queue_count: 2,
+            }
+            .encode(&mut create);
+            let created = handlers::handle(&shard, Opcode::TopicCreate, &create).await;
+            assert_eq!(created.status, Status::Ok);
+
+            let parked_here = {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    handlers::handle(&shard, Opcode::Pull, &pull(1, 10_000)).await
+                })
+            };
+            let parked_elsewhere = {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    handlers::handle(&shard, Opcode::Pull, &pull(0, 10_000)).await
+                })
+            };
+            while shard.visibility().parked() < 2 {
+                futures_lite::future::yield_now().await;
+            }
+            let mut produce = Vec::new();
+            ProduceRequest {
+                topic: "t",
+                queue: 1,
+                messages: vec![MessageRef {
+                    born_timestamp_ms: 0,
+                    key: b"",
+                    properties: b"",
+                    body: b"hello",
+                }],
+            }
+            .encode(&mut produce);
+            let produced = handlers::handle(&shard, Opcode::Produce, &produce).await;
+            assert_eq!(produced.status, Status::Ok);
+            let answer = parked_here.await;
+            assert_eq!(answer.status, Status::Ok);
+            let pulled = PullResponse::decode(&answer.body).unwrap();
+            assert_eq!(pulled.messages.len(), 1);
+            assert_eq!(pulled.messages[0].body, b"hello");
+            assert_eq!(shard.visibility().parked(), 1, "queue 0's pull still waits");
+
+            let started = std::time::Instant::now();
+            shard.stop(background).await.unwrap();
+            let answer = parked_elsewhere.await;
+            assert_eq!(answer.status, Status::NoNewMessage);
+            assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        });
+    }
+}

@@ -92,6 +92,22 @@ pub struct CommitLog<D: Disk> {
     state: RefCell<LogState<D::File>>,
 }
 
+/// Debug builds: the record just encoded at `offset` decodes back as one whole record, before
+/// any write can carry it to disk.
+fn decodes_back(bytes: &[u8], offset: u64) {
+    match record::decode(bytes, offset) {
+        Ok(record::Decoded::Record(view)) => assert_eq!(
+            view.total_size as usize,
+            bytes.len(),
+            "the record encoded at commitlog offset {offset} decodes to another length"
+        ),
+        other => panic!(
+            "the record encoded at commitlog offset {offset} does not decode back: {:?}",
+            other.map(|_| ())
+        ),
+    }
+}
+
 struct LogState<F> {
     /// Open segment files by start offset; a segment appears here only once it is fully
     /// zero-filled and synced (or was found on disk at open).
@@ -108,6 +124,37 @@ struct LogState<F> {
     flushed_offset: u64,
     /// Set by the first failed write or sync; the log accepts nothing after it.
     failed: Option<String>,
+}
+
+impl<F> LogState<F> {
+    /// The offsets' order and the buffer's shape, checked after every change: what is flushed
+    /// was written, what was written was appended, and the buffer starts on a block boundary
+    /// (direct writes are cut from it block by block) and holds exactly the bytes from there to
+    /// the end of the log.
+    fn check(&self) {
+        assert!(
+            self.flushed_offset <= self.written_offset && self.written_offset <= self.max_offset,
+            "commitlog offsets out of order: flushed {} written {} max {}",
+            self.flushed_offset,
+            self.written_offset,
+            self.max_offset
+        );
+        assert_eq!(
+            self.buffer_start % BLOCK_BYTES as u64,
+            0,
+            "write buffer starts at {}, not on a block boundary",
+            self.buffer_start
+        );
+        assert!(
+            self.buffer_start <= self.flushed_offset
+                && self.buffer.len() as u64 == self.max_offset - self.buffer_start,
+            "write buffer [{}, +{}) does not end at the log's end {} or starts past the flushed offset {}",
+            self.buffer_start,
+            self.buffer.len(),
+            self.max_offset,
+            self.flushed_offset
+        );
+    }
 }
 
 impl<D: Disk> CommitLog<D> {
@@ -366,6 +413,7 @@ impl<D: Disk> CommitLog<D> {
         state.max_offset = end;
         state.written_offset = end;
         state.flushed_offset = end;
+        state.check();
         Ok(truncated_bytes)
     }
 
@@ -526,7 +574,11 @@ impl<D: Disk> CommitLog<D> {
             record::encode_end_of_segment(&mut state.buffer[gap_at..gap_at + gap]);
         }
         encode(start, &mut state.buffer[gap_at + gap..]);
+        if cfg!(debug_assertions) {
+            decodes_back(&state.buffer[gap_at + gap..], start);
+        }
         state.max_offset = end;
+        state.check();
         Ok(start)
     }
 
@@ -575,6 +627,7 @@ impl<D: Disk> CommitLog<D> {
         }
         let mut state = self.state.borrow_mut();
         state.written_offset = state.written_offset.max(target);
+        state.check();
         Ok(Some(Written {
             target,
             written_bytes,
@@ -602,6 +655,7 @@ impl<D: Disk> CommitLog<D> {
         });
         state.flushed_offset = state.flushed_offset.max(written.target);
         self.compact(&mut state);
+        state.check();
         Ok(state.flushed_offset)
     }
 
