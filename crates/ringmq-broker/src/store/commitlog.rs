@@ -92,22 +92,6 @@ pub struct CommitLog<D: Disk> {
     state: RefCell<LogState<D::File>>,
 }
 
-/// Debug builds: the record just encoded at `offset` decodes back as one whole record, before
-/// any write can carry it to disk.
-fn decodes_back(bytes: &[u8], offset: u64) {
-    match record::decode(bytes, offset) {
-        Ok(record::Decoded::Record(view)) => assert_eq!(
-            view.total_size as usize,
-            bytes.len(),
-            "the record encoded at commitlog offset {offset} decodes to another length"
-        ),
-        other => panic!(
-            "the record encoded at commitlog offset {offset} does not decode back: {:?}",
-            other.map(|_| ())
-        ),
-    }
-}
-
 struct LogState<F> {
     /// Open segment files by start offset; a segment appears here only once it is fully
     /// zero-filled and synced (or was found on disk at open).
@@ -574,9 +558,6 @@ impl<D: Disk> CommitLog<D> {
             record::encode_end_of_segment(&mut state.buffer[gap_at..gap_at + gap]);
         }
         encode(start, &mut state.buffer[gap_at + gap..]);
-        if cfg!(debug_assertions) {
-            decodes_back(&state.buffer[gap_at + gap..], start);
-        }
         state.max_offset = end;
         state.check();
         Ok(start)

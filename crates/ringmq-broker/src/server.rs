@@ -33,11 +33,14 @@ const STORE_FORMAT_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The configuration is invalid (the message names the key).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// `store_dir` cannot be created.
     #[error("{0}")]
-    Config(String),
+    StoreDir(String),
     /// Another broker holds the store (the message names the store and the holder).
-    #[error("{0}")]
-    Locked(String),
+    #[error(transparent)]
+    Locked(#[from] crate::store::lock::LockError),
     /// `<store>/store.json` is unreadable or does not match this run.
     #[error("{0}")]
     StoreIdentity(String),
@@ -85,7 +88,7 @@ fn check_store_identity(store_dir: &Path, shards: usize) -> Result<(), ServerErr
                 format_version: STORE_FORMAT_VERSION,
                 shards,
             };
-            write_atomic_blocking(
+            crate::store::glommio_disk::write_atomic_blocking(
                 &path,
                 &serde_json::to_vec_pretty(&identity).expect("serializes"),
             )
@@ -96,15 +99,6 @@ fn check_store_identity(store_dir: &Path, shards: usize) -> Result<(), ServerErr
             path.display()
         ))),
     }
-}
-
-fn write_atomic_blocking(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
 fn blocking_eventfd() -> Result<RawFd, ServerError> {
@@ -128,15 +122,15 @@ fn signal_stop(fds: &[RawFd]) {
 
 /// Runs the broker until SIGINT or SIGTERM.
 pub fn run(config: BrokerConfig) -> Result<(), ServerError> {
-    config.validate().map_err(ServerError::Config)?;
+    config.validate()?;
     install_fail_stop_panic_hook();
     let shard_count = config.shard_count();
     std::fs::create_dir_all(&config.store_dir).map_err(|e| {
-        ServerError::Config(format!("store_dir {}: {e}", config.store_dir.display()))
+        ServerError::StoreDir(format!("store_dir {}: {e}", config.store_dir.display()))
     })?;
     // Held until the process exits, on every path: an error return while some shard still
     // writes must not let another broker take the store.
-    std::mem::forget(StoreLock::acquire(&config.store_dir).map_err(ServerError::Locked)?);
+    std::mem::forget(StoreLock::acquire(&config.store_dir)?);
     check_store_identity(&config.store_dir, shard_count)?;
     info!("effective configuration:\n{}", config.to_toml());
     let topics = Arc::new(TopicTable::load(&config.store_dir)?);

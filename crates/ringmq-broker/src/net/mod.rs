@@ -50,8 +50,8 @@ pub struct BoundListeners {
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     /// An address in the configuration does not parse (the message names the key).
-    #[error("{0}")]
-    Config(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("cannot listen on the {role} {addr}: it is in use by another process (still after {BIND_RETRY_MS} ms); stop that process or choose another port")]
     InUse { role: PortRole, addr: SocketAddr },
     #[error("cannot listen on the {role} {addr}: {source}")]
@@ -159,7 +159,7 @@ pub fn bind_listeners(
     shard_count: usize,
 ) -> Result<BoundListeners, NetError> {
     let deadline = Instant::now() + Duration::from_millis(BIND_RETRY_MS);
-    let mut listen_addr = config.listen_addr().map_err(NetError::Config)?;
+    let mut listen_addr = config.listen_addr()?;
     let shared = bind_retrying(listen_addr, PortRole::Client, deadline)?;
     listen_addr.set_port(bound_port(&shared, PortRole::Client)?);
     let shared = share(shared, shard_count, PortRole::Client)?;
@@ -173,11 +173,11 @@ pub fn bind_listeners(
         shard_ports.push(bound_port(&own, role)?);
         per_shard.push(vec![shared_fd, own.into_raw_fd()]);
     }
-    let mut ha_addr = config.ha_addr().map_err(NetError::Config)?;
+    let mut ha_addr = config.ha_addr()?;
     let ha = bind_retrying(ha_addr, PortRole::Ha, deadline)?;
     ha_addr.set_port(bound_port(&ha, PortRole::Ha)?);
     let ha = share(ha, shard_count, PortRole::Ha)?;
-    let metrics = match config.metrics_addr().map_err(NetError::Config)? {
+    let metrics = match config.metrics_addr()? {
         Some(mut addr) => {
             let socket = bind_retrying(addr, PortRole::Metrics, deadline)?;
             addr.set_port(bound_port(&socket, PortRole::Metrics)?);
@@ -231,7 +231,7 @@ pub fn raise_descriptor_limit(config: &BrokerConfig) {
 fn shard_port(config: &BrokerConfig, listen_port: u16, shard: usize) -> Result<u16, NetError> {
     let base = if config.shard_port_base != 0 {
         config.shard_port_base as usize
-    } else if config.listen_addr().map_err(NetError::Config)?.port() == 0 {
+    } else if config.listen_addr()?.port() == 0 {
         return Ok(0);
     } else {
         listen_port as usize + 100
