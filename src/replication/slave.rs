@@ -411,3 +411,27 @@ async fn append(shard: &Rc<Shard>, bytes: &[u8]) -> Result<(), ReplicationError>
     shard.probe.appended(1, bytes.len() as u64);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_self_connection;
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::SocketAddr;
+
+    /// What the kernel does when a slave dials a stopped master whose HA port lies in the
+    /// ephemeral range and picks that very port for the connect: the socket meets itself.
+    #[test]
+    fn a_socket_connected_to_its_own_address_is_detected() {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        socket
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let own = socket.local_addr().unwrap();
+        socket.connect(&own).expect("self-connect");
+        let stream: std::net::TcpStream = socket.into();
+        assert!(is_self_connection(&stream));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let other = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert!(!is_self_connection(&other));
+    }
+}
