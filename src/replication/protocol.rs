@@ -209,20 +209,9 @@ impl Welcome {
             })
         };
         let welcome = decode(&mut r).map_err(answer)?;
-        r.finish()
-            .map_err(ReplicationError::decode("answer from the master"))?;
+        r.finish().map_err(answer)?;
         Ok(welcome)
     }
-}
-
-/// What the master shard's frames report besides log bytes, as the shipper last sent it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MasterState {
-    /// Goes out in every `DATA` and `HEARTBEAT` frame.
-    pub confirmed_offset: u64,
-    /// Counts topic and group-offset changes on the master shard: when it moves, a `METADATA`
-    /// frame goes out (the version itself stays on the master).
-    pub metadata_version: u64,
 }
 
 pub fn encode_data_header(offset: u64, len: u32, confirmed_offset: u64) -> [u8; DATA_HEADER_BYTES] {
