@@ -39,10 +39,10 @@ test_args() {
 }
 
 stage "format" cargo fmt --all -- --check
-stage "clippy" cargo clippy --all-targets -- -D warnings
-stage "build" cargo test --all-targets --no-run
+stage "clippy" cargo clippy --workspace --all-targets -- -D warnings
+stage "build" cargo test --workspace --all-targets --no-run
 mapfile -t unit < <(test_args store_sim store_glommio fuzz_regressions)
-stage "unit, property and simulation" cargo test --lib --bins --benches --examples "${unit[@]}"
+stage "unit, property and simulation" cargo test --workspace --lib --bins --benches --examples "${unit[@]}"
 mapfile -t e2e < <(test_args "${end_to_end[@]}")
 stage "end to end" cargo test "${e2e[@]}"
 mapfile -t crash < <(test_args "${crash_and_limits[@]}")

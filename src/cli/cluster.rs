@@ -2,7 +2,7 @@
 
 use super::app::{describe, BrokerArgs, Format};
 use super::output::{emit, table};
-use crate::shard::handlers::cluster::ClusterStatus;
+use crate::protocol::admin::ClusterStatus;
 use clap::{Args, Subcommand};
 
 #[derive(Args, Debug)]

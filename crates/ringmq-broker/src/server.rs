@@ -94,14 +94,14 @@ fn signal_stop(fds: &[RawFd]) {
 
 /// Runs the broker until SIGINT or SIGTERM.
 pub fn run(config: BrokerConfig) -> Result<(), String> {
-    config.validate()?;
+    config.validate().map_err(|e| e.to_string())?;
     install_fail_stop_panic_hook();
     let shard_count = config.shard_count();
     std::fs::create_dir_all(&config.store_dir)
         .map_err(|e| format!("store_dir {}: {e}", config.store_dir.display()))?;
     // Held until the process exits, on every path: an error return while some shard still
     // writes must not let another broker take the store.
-    std::mem::forget(StoreLock::acquire(&config.store_dir)?);
+    std::mem::forget(StoreLock::acquire(&config.store_dir).map_err(|e| e.to_string())?);
     check_store_identity(&config.store_dir, shard_count)?;
     info!("effective configuration:\n{}", config.to_toml());
     let topics = Arc::new(TopicTable::load(&config.store_dir)?);

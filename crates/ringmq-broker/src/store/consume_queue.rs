@@ -73,7 +73,7 @@ pub fn queue_path(store_dir: &Path, key: QueueKey) -> PathBuf {
     queue_dir(store_dir, key.topic_id).join(key.queue.to_string())
 }
 
-pub(crate) fn encode_entry(entry: &CqEntry, out: &mut [u8]) {
+pub fn encode_entry(entry: &CqEntry, out: &mut [u8]) {
     out[0..8].copy_from_slice(&entry.commitlog_offset.to_le_bytes());
     out[8..12].copy_from_slice(&entry.size.to_le_bytes());
     out[12..20].copy_from_slice(&entry.tag_hash.to_le_bytes());

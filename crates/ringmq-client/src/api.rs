@@ -471,9 +471,7 @@ impl Client {
     }
 
     /// Role, offsets and replication links of every shard of the broker.
-    pub fn cluster_status(
-        &mut self,
-    ) -> Result<crate::shard::handlers::cluster::ClusterStatus, ClientError> {
+    pub fn cluster_status(&mut self) -> Result<crate::protocol::admin::ClusterStatus, ClientError> {
         let (_, status) = self.call_on(
             ConnectionSlot::Bootstrap,
             Opcode::ClusterStatus,
@@ -489,7 +487,7 @@ impl Client {
     pub fn promote(
         &mut self,
         role: Option<&str>,
-    ) -> Result<crate::shard::handlers::cluster::ClusterStatus, ClientError> {
+    ) -> Result<crate::protocol::admin::ClusterStatus, ClientError> {
         let request = Name {
             name: role.unwrap_or("").to_string(),
         };
@@ -504,7 +502,7 @@ impl Client {
     }
 
     /// The broker's probes merged across shards (counters, gauges, histogram summaries).
-    pub fn stats(&mut self) -> Result<crate::metrics::Stats, ClientError> {
+    pub fn stats(&mut self) -> Result<crate::protocol::admin::Stats, ClientError> {
         let (_, stats) = self.call_on(
             ConnectionSlot::Bootstrap,
             Opcode::Stats,

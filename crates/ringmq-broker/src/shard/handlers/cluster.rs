@@ -7,53 +7,10 @@ use crate::protocol::message::Name;
 use crate::protocol::Status;
 use crate::shard::mesh::{Reply, ShardRequest};
 use crate::shard::Shard;
-use serde::{Deserialize, Serialize};
 use std::rc::Rc;
 use tracing::{info, warn};
 
-/// The `ClusterStatus` body (JSON).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ClusterStatus {
-    pub broker_name: String,
-    pub role: String,
-    pub flush_disk_type: String,
-    pub shards: Vec<ShardStatus>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ShardStatus {
-    pub shard: usize,
-    pub role: String,
-    pub epoch: u32,
-    pub log_id: String,
-    pub max_offset: u64,
-    pub flushed_offset: u64,
-    /// What consumers of this shard can see.
-    pub confirmed_offset: u64,
-    pub divergence_points: Vec<u64>,
-    /// Master: one row per connected slave.
-    pub slaves: Vec<SlaveStatus>,
-    /// Slave: the link to the master.
-    pub master_link: Option<MasterLink>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SlaveStatus {
-    pub peer: String,
-    pub acked_offset: u64,
-    pub lag_bytes: u64,
-    /// How long the slave has been behind the master's end (0 when caught up).
-    pub lag_ms: u64,
-    pub connected_ms: u64,
-    pub last_report_ms_ago: u64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct MasterLink {
-    pub master: String,
-    pub streaming: bool,
-    pub master_confirmed_offset: u64,
-}
+pub use crate::protocol::admin::{ClusterStatus, MasterLink, ShardStatus, SlaveStatus};
 
 pub fn local_status(shard: &Shard) -> ShardStatus {
     let identity = shard.identity.borrow().clone();

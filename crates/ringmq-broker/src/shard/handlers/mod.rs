@@ -3,7 +3,7 @@
 
 pub(crate) mod cluster;
 mod group;
-pub(crate) mod metadata;
+pub mod metadata;
 mod produce;
 mod pull;
 pub(crate) mod topic;

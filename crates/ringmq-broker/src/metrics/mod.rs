@@ -10,9 +10,7 @@ pub mod http;
 pub mod prometheus;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Histograms track 1 µs to 1 hour with two significant digits (1% resolution): about 15 KiB
@@ -309,47 +307,27 @@ impl ProbeSnapshot {
             histograms: self
                 .histograms
                 .iter()
-                .map(|(h, hist)| (h.name().to_string(), HistogramSummary::of(hist)))
+                .map(|(h, hist)| (h.name().to_string(), summarize(hist)))
                 .collect(),
         }
     }
 }
 
-/// The body of a `Stats` response (JSON): probes merged across the shards listed.
-#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
-pub struct Stats {
-    pub shards: Vec<usize>,
-    pub counters: BTreeMap<String, u64>,
-    pub gauges: BTreeMap<String, u64>,
-    pub histograms: BTreeMap<String, HistogramSummary>,
-}
+pub use crate::protocol::admin::{HistogramSummary, Stats};
 
-#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
-pub struct HistogramSummary {
-    pub count: u64,
-    pub min: u64,
-    pub mean: f64,
-    pub p50: u64,
-    pub p90: u64,
-    pub p99: u64,
-    pub p999: u64,
-    pub max: u64,
-}
-
-impl HistogramSummary {
-    pub fn of(h: &Histogram<u64>) -> HistogramSummary {
-        let empty = h.is_empty();
-        let q = |p: f64| if empty { 0 } else { h.value_at_quantile(p) };
-        HistogramSummary {
-            count: h.len(),
-            min: if empty { 0 } else { h.min() },
-            mean: if empty { 0.0 } else { h.mean() },
-            p50: q(0.5),
-            p90: q(0.9),
-            p99: q(0.99),
-            p999: q(0.999),
-            max: if empty { 0 } else { h.max() },
-        }
+/// Summarizes a histogram for the `Stats` document.
+pub fn summarize(h: &Histogram<u64>) -> HistogramSummary {
+    let empty = h.is_empty();
+    let q = |p: f64| if empty { 0 } else { h.value_at_quantile(p) };
+    HistogramSummary {
+        count: h.len(),
+        min: if empty { 0 } else { h.min() },
+        mean: if empty { 0.0 } else { h.mean() },
+        p50: q(0.5),
+        p90: q(0.9),
+        p99: q(0.99),
+        p999: q(0.999),
+        max: if empty { 0 } else { h.max() },
     }
 }
 

@@ -16,13 +16,16 @@ pub(crate) mod fake_broker;
 #[cfg(test)]
 mod tests;
 
-pub use crate::shard::handlers::cluster::{ClusterStatus, MasterLink, ShardStatus, SlaveStatus};
+pub use ringmq_protocol::admin::{ClusterStatus, MasterLink, ShardStatus, SlaveStatus, Stats};
+
 pub use api::{
     Client, ClientOptions, ConnectionSlot, ProduceAck, ProduceResult, PullResult, Ticket,
 };
 pub use connection::{is_self_connection, Connection, ConnectionOptions, Response};
 pub use error::ClientError;
 pub use failover::{FailoverClient, DEFAULT_RETRY_PRIMARY_EVERY};
+/// The wire protocol, under the name the modules here use for it.
+use ringmq_protocol as protocol;
 
 use std::time::Duration;
 

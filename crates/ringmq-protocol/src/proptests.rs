@@ -207,7 +207,7 @@ fn docs_hex_example_matches_the_encoder() {
         FRAME_HEADER_BYTES + 2 + 6 + 4 + 4 + 8 + 2 + 2 + 2 + 4 + 5
     );
     let dump = hex_dump(&frame);
-    let docs = include_str!("../../docs/protocol.md");
+    let docs = include_str!("../../../docs/protocol.md");
     assert!(
         docs.contains(&dump),
         "docs/protocol.md must contain:\n{dump}"

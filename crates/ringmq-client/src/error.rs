@@ -59,3 +59,15 @@ impl ClientError {
         )
     }
 }
+
+impl ClientError {
+    /// The error as a message for a person at a terminal: the broker's status name and
+    /// explanation as it sent them, or what failed locally and which broker it concerns.
+    pub fn for_user(&self, broker: &str) -> String {
+        match self {
+            ClientError::Io { addr, source } => format!("cannot reach broker at {addr}: {source}"),
+            ClientError::Status { .. } => self.to_string(),
+            _ => format!("{self} (broker {broker})"),
+        }
+    }
+}

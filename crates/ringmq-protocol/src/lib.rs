@@ -5,6 +5,7 @@
 //! read buffers) and leave through [`frame::encode_frame`]. `docs/protocol.md` is the normative
 //! description; this module is its one implementation.
 
+pub mod admin;
 pub mod codec;
 pub mod codes;
 pub mod frame;
