@@ -57,7 +57,7 @@ fn check_store_identity(store_dir: &Path, shards: usize) -> Result<(), String> {
                 format_version: STORE_FORMAT_VERSION,
                 shards,
             };
-            write_atomic_blocking(
+            crate::store::glommio_disk::write_atomic_blocking(
                 &path,
                 &serde_json::to_vec_pretty(&identity).expect("serializes"),
             )
@@ -65,15 +65,6 @@ fn check_store_identity(store_dir: &Path, shards: usize) -> Result<(), String> {
         }
         Err(e) => Err(format!("{}: {e}", path.display())),
     }
-}
-
-fn write_atomic_blocking(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
 fn blocking_eventfd() -> Result<RawFd, String> {
