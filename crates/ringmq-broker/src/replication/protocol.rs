@@ -19,9 +19,7 @@ use crate::constants::MAX_QUEUES_PER_TOPIC;
 use crate::protocol::codec::{DecodeError, Reader, Writer};
 use crate::shard::groups::OffsetRow;
 use crate::shard::topics::{validate_name, TopicEntry, TopicTable};
-use crate::store::record::{
-    END_OF_SEGMENT_MAGIC, END_OF_SEGMENT_MARKER_BYTES, RECORD_HEADER_BYTES,
-};
+use crate::store::record::{self, END_OF_SEGMENT_MARKER_BYTES, RECORD_HEADER_BYTES};
 use std::collections::BTreeMap;
 
 pub const HA_MAGIC: u32 = 0x4148_4D52;
@@ -444,7 +442,7 @@ pub fn next_shipped(
     segment_size_bytes: u64,
 ) -> Result<Shipped, ReplicationError> {
     let segment_left = (segment_size_bytes - at % segment_size_bytes) as usize;
-    if segment_left < END_OF_SEGMENT_MARKER_BYTES || is_end_of_segment(rest) {
+    if segment_left < END_OF_SEGMENT_MARKER_BYTES || record::is_end_of_segment(rest) {
         return Ok(if rest.len() < segment_left {
             Shipped::Incomplete
         } else {
@@ -454,7 +452,7 @@ pub fn next_shipped(
     if rest.len() < RECORD_HEADER_BYTES {
         return Ok(Shipped::Incomplete);
     }
-    let size = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+    let size = record::peek_total_size(rest).expect("a whole header") as usize;
     if size < RECORD_HEADER_BYTES || size > segment_left {
         return Err(ReplicationError::Protocol(format!(
             "corrupt record size {size} at offset {at}"
@@ -465,11 +463,6 @@ pub fn next_shipped(
     } else {
         Shipped::Record(size)
     })
-}
-
-fn is_end_of_segment(bytes: &[u8]) -> bool {
-    bytes.len() >= END_OF_SEGMENT_MARKER_BYTES
-        && u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) == END_OF_SEGMENT_MAGIC
 }
 
 pub fn u64_at(bytes: &[u8], at: usize) -> u64 {
@@ -671,7 +664,7 @@ mod tests {
         );
         let mut tail = vec![0u8; 100];
         tail[..4].copy_from_slice(&100u32.to_le_bytes());
-        tail[4..8].copy_from_slice(&END_OF_SEGMENT_MAGIC.to_le_bytes());
+        tail[4..8].copy_from_slice(&record::END_OF_SEGMENT_MAGIC.to_le_bytes());
         let at = segment - 100;
         assert_eq!(
             next_shipped(&tail, at, segment).ok(),
