@@ -161,7 +161,8 @@ pub struct BrokerConfig {
     pub ha_link_timeout_ms: u64,
     /// ASYNC_MASTER: log a warning when a slave lags by more than this many bytes.
     pub ha_lag_warn_bytes: u64,
-    /// How often a slave copies topics and consumer-group offsets from its master.
+    /// How often a master re-sends topics and consumer-group offsets to its slaves when they
+    /// have not changed (changes go out at once).
     pub metadata_sync_interval_ms: u64,
     /// Prometheus endpoint HOST:PORT serving `GET /metrics`; unset means none.
     pub metrics_listen: Option<String>,

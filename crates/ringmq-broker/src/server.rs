@@ -160,7 +160,6 @@ pub fn run(config: BrokerConfig) -> Result<(), ServerError> {
             shard_ports: shard_ports.clone(),
             ready: ready_tx.clone(),
             ha_fd: listeners.ha[id],
-            client_addr: listeners.listen_addr.to_string(),
             metrics_fd: if id == 0 {
                 listeners.metrics.map(|(fd, _)| fd)
             } else {

@@ -38,6 +38,9 @@ pub enum ShardError {
     Append(#[from] AppendError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The log identity could not be read or written (it names the file).
+    #[error(transparent)]
+    Replication(#[from] crate::replication::error::ReplicationError),
     /// A metadata file (topics, group offsets, the log identity) could not be read or written;
     /// the message names the file.
     #[error("{0}")]
@@ -79,6 +82,7 @@ impl ShardError {
                 | AppendError::Failed(_) => Status::StoreError,
             },
             ShardError::Store(_)
+            | ShardError::Replication(_)
             | ShardError::Metadata(_)
             | ShardError::Unreadable(_)
             | ShardError::NotDurable => Status::StoreError,

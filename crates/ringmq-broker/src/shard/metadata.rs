@@ -1,9 +1,8 @@
 //! The metadata stage: this shard's copy of the topic table, the group offsets of the queues
 //! it owns, and the version counter slaves watch to copy metadata as soon as it changes.
 //!
-//! Its events, each notified only here: `changed` (this shard's version moved: wakes the
-//! shippers, whose next heartbeat carries it) and `master_changed` (slave shard 0: some master
-//! shard's metadata version moved; copy it now).
+//! Its event, notified only here: `changed` (this shard's version moved: wakes the shippers,
+//! which send a metadata frame to the slaves).
 
 use super::completion::Event;
 use super::groups::GroupOffsets;
@@ -22,9 +21,6 @@ pub struct Metadata<D: Disk> {
     /// Counts topic-table and group-offset changes on this shard.
     version: Cell<u64>,
     changed: Event,
-    /// Slave: the master shard's metadata version as last heard.
-    master_seen: Cell<u64>,
-    master_changed: Event,
 }
 
 impl<D: Disk> Metadata<D> {
@@ -35,8 +31,6 @@ impl<D: Disk> Metadata<D> {
             gate: Semaphore::new(1),
             version: Cell::new(0),
             changed: Event::default(),
-            master_seen: Cell::new(0),
-            master_changed: Event::default(),
         }
     }
 
@@ -78,19 +72,5 @@ impl<D: Disk> Metadata<D> {
 
     pub fn listen_changed(&self) -> oneshot::Receiver<()> {
         self.changed.listen()
-    }
-
-    /// Slave: records the master shard's version; returns whether it moved.
-    pub fn master_version_seen(&self, version: u64) -> bool {
-        self.master_seen.replace(version) != version
-    }
-
-    /// Slave shard 0: some master shard's metadata changed.
-    pub fn master_changed(&self) {
-        self.master_changed.notify();
-    }
-
-    pub fn listen_master_changed(&self) -> oneshot::Receiver<()> {
-        self.master_changed.listen()
     }
 }

@@ -71,8 +71,6 @@ pub struct Shard<D: Disk = GlommioDisk> {
     clock: Rc<dyn Clock>,
     store: ShardStore<D>,
     mesh: Mesh,
-    /// This broker's client address, told to slaves.
-    client_addr: String,
     /// Counters and histograms of this shard; written only by this core.
     probe: ShardProbe,
     appending: Appending,
@@ -96,7 +94,6 @@ pub struct ShardParts<D: Disk> {
     pub groups: GroupOffsets<D>,
     pub topics: Arc<TopicTable>,
     pub mesh: Mesh,
-    pub client_addr: String,
     pub role: BrokerRole,
     pub identity: LogIdentity,
 }
@@ -136,7 +133,6 @@ impl<D: Disk> Shard<D> {
             clock: parts.clock,
             store: parts.store,
             mesh: parts.mesh,
-            client_addr: parts.client_addr,
             probe: ShardProbe::default(),
             appending: Appending::default(),
             flushing: Flushing::new(flushed),
@@ -163,9 +159,7 @@ impl<D: Disk> Shard<D> {
         disk.create_dir_all(&dir)
             .await
             .map_err(|e| ShardError::Metadata(format!("{}: {e}", dir.display())))?;
-        let identity = LogIdentity::load_or_create(&disk, &dir)
-            .await
-            .map_err(ShardError::Metadata)?;
+        let identity = LogIdentity::load_or_create(&disk, &dir).await?;
         let topics_path = topics::topics_path(&config.store_dir);
         let topics = match disk.read_file(&topics_path).await {
             Ok(Some(bytes)) => serde_json::from_slice(&bytes)
@@ -201,7 +195,6 @@ impl<D: Disk> Shard<D> {
             groups,
             topics: Arc::new(topics),
             mesh: Mesh::alone(),
-            client_addr: String::new(),
             role,
             identity,
         })))
@@ -282,10 +275,6 @@ impl<D: Disk> Shard<D> {
 
     pub fn mesh(&self) -> &Mesh {
         &self.mesh
-    }
-
-    pub fn client_addr(&self) -> &str {
-        &self.client_addr
     }
 
     pub fn probe(&self) -> &ShardProbe {
@@ -372,14 +361,6 @@ impl<D: Disk> Shard<D> {
         self.appending.announce();
     }
 
-    /// What this master shard tells its slaves in every frame.
-    pub fn master_state(&self) -> crate::replication::protocol::MasterState {
-        crate::replication::protocol::MasterState {
-            confirmed_offset: self.confirmed_offset(),
-            metadata_version: self.metadata.version(),
-        }
-    }
-
     /// Waits until something a replication link reports on may have changed (an append, a
     /// flush, a metadata change, a link or role event), at most `timeout`.
     pub async fn wait_replication_news(&self, timeout: Duration) {
@@ -409,26 +390,6 @@ impl<D: Disk> Shard<D> {
             .await
         };
         future::or(any, self.clock.sleep(timeout)).await;
-    }
-
-    /// Slave: the master shard's metadata version; when it moved, shard 0 copies metadata.
-    pub async fn master_metadata_version(&self, version: u64) {
-        if !self.metadata.master_version_seen(version) {
-            return;
-        }
-        if self.id == 0 {
-            self.metadata.master_changed();
-        } else if self
-            .mesh
-            .send(0, ShardRequest::MetadataChanged)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                shard = self.id,
-                "shard 0 is not running: metadata copy delayed"
-            );
-        }
     }
 
     /// Slave: the master says everything before `offset` is confirmed there.

@@ -4,7 +4,7 @@
 //! [`Shard::change_role`] is the only place the role changes: at runtime, on `cluster
 //! promote` (slave to master) and `cluster demote` (master to slave of a given master), with no
 //! restart. Its events, each notified only here: `changed` (the role changed: the slave link
-//! and the metadata copier stop, shippers re-check) and `links` (a replication link closed,
+//! stops, shippers re-check) and `links` (a replication link closed,
 //! came up or reported: wakes shippers and reporters).
 
 use super::completion::Event;
@@ -76,10 +76,6 @@ pub struct SlaveLink {
     streaming: Cell<bool>,
     /// The master's confirmed offset as last heard; bounds what consumers see here.
     master_confirmed: Cell<u64>,
-    /// The master's client address, learned in the handshake (metadata copy).
-    master_client_addr: RefCell<Option<String>>,
-    /// A link to the master was just established (triggers a metadata copy).
-    established: Event,
 }
 
 impl SlaveLink {
@@ -88,8 +84,6 @@ impl SlaveLink {
             master,
             streaming: Cell::new(false),
             master_confirmed: Cell::new(0),
-            master_client_addr: RefCell::new(None),
-            established: Event::default(),
         }
     }
 
@@ -105,23 +99,13 @@ impl SlaveLink {
         self.master_confirmed.get()
     }
 
-    pub fn master_client_addr(&self) -> Option<String> {
-        self.master_client_addr.borrow().clone()
-    }
-
     /// The handshake succeeded: the link streams from now on.
-    pub fn established(&self, master_client_addr: String) {
-        *self.master_client_addr.borrow_mut() = Some(master_client_addr);
+    pub fn established(&self) {
         self.streaming.set(true);
-        self.established.notify();
     }
 
     pub fn lost(&self) {
         self.streaming.set(false);
-    }
-
-    pub fn listen_established(&self) -> oneshot::Receiver<()> {
-        self.established.listen()
     }
 
     /// Records the master's confirmed offset; returns whether it moved. A master that
@@ -238,15 +222,14 @@ impl<D: Disk> Shard<D> {
             }
             RoleTarget::Master(mode) => self.promote(mode).await?,
             RoleTarget::Slave(master) => {
-                let was_master = current.is_master();
-                if !was_master
+                if !current.is_master()
                     && self.role_state().slave_link().and_then(|l| l.master()) == Some(master)
                 {
                     return Ok(());
                 }
                 self.demote(master).await?;
                 if let Some(link) = self.role_state().slave_link() {
-                    self.start_slave_link(link, was_master);
+                    self.start_slave_link(link);
                 }
             }
         }
@@ -264,10 +247,7 @@ impl<D: Disk> Shard<D> {
         let mut identity = self.role_state().identity().next_epoch(end);
         identity.promoted_role = Some(mode.broker_role());
         identity.master_addr = None;
-        identity
-            .save(self.disk(), self.dir())
-            .await
-            .map_err(ShardError::Metadata)?;
+        identity.save(self.disk(), self.dir()).await?;
         let epoch = identity.last_epoch();
         self.role_state().set_identity(identity);
         // Everything the old master confirmed stays visible; the rest waits for this master's
@@ -319,21 +299,14 @@ impl<D: Disk> Shard<D> {
         let mut identity = self.role_state().identity();
         identity.promoted_role = Some(role);
         identity.master_addr = master;
-        identity
-            .save(self.disk(), self.dir())
-            .await
-            .map_err(ShardError::Metadata)?;
+        identity.save(self.disk(), self.dir()).await?;
         self.role_state().set_identity(identity);
         Ok(())
     }
 
-    /// Starts the tasks of a slave: the link to the master, and on shard 0 the metadata copier
-    /// (only when coming from a master: a slave already runs one). Each returns on its own once
-    /// the role changes again.
-    pub(super) fn start_slave_link(self: &Rc<Self>, link: Rc<SlaveLink>, metadata_too: bool) {
+    /// Starts the slave's link to its master (which also carries topics and group offsets);
+    /// it returns on its own once the role changes again.
+    pub(super) fn start_slave_link(self: &Rc<Self>, link: Rc<SlaveLink>) {
         glommio::spawn_local(crate::replication::slave::run(self.clone(), link)).detach();
-        if metadata_too && self.id() == 0 {
-            glommio::spawn_local(crate::replication::metadata_sync::run(self.clone())).detach();
-        }
     }
 }

@@ -35,8 +35,6 @@ pub struct ShardStartup {
     pub ready: mpsc::Sender<StartupEvent>,
     /// This shard's socket on the shared replication port.
     pub ha_fd: RawFd,
-    /// The broker's client address, told to slaves in the replication handshake.
-    pub client_addr: String,
     /// The Prometheus endpoint's listening socket (shard 0 only).
     pub metrics_fd: Option<RawFd>,
     /// Blocking eventfd the main thread writes to ask for a clean shutdown.
@@ -144,9 +142,7 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, ShardError> {
         ))
     })?;
     stage(format!("loading the log identity in {}", dir.display()));
-    let mut identity = LogIdentity::load_or_create(&disk, &dir)
-        .await
-        .map_err(ShardError::Metadata)?;
+    let mut identity = LogIdentity::load_or_create(&disk, &dir).await?;
     let role = match identity.promoted_role {
         Some(promoted) if promoted != config.broker_role => {
             warn!(
@@ -180,10 +176,7 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, ShardError> {
     let epoch_start = identity.epochs.last().map(|(_, start)| *start);
     if role.is_master() && report.unclean_shutdown && epoch_start != Some(recovered_end) {
         identity = identity.next_epoch(recovered_end);
-        identity
-            .save(&disk, &dir)
-            .await
-            .map_err(ShardError::Metadata)?;
+        identity.save(&disk, &dir).await?;
         info!(
             shard = start.id,
             epoch = identity.last_epoch(),
@@ -205,7 +198,6 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, ShardError> {
         groups,
         topics: start.topics,
         mesh,
-        client_addr: start.client_addr,
         role,
         identity,
     }));
@@ -267,11 +259,6 @@ async fn serve_until_stopped(
                 shard.clone(),
                 link,
             )));
-            if shard.id() == 0 {
-                accept_loops.push(spawn_local(crate::replication::metadata_sync::run(
-                    shard.clone(),
-                )));
-            }
         } else {
             warn!(
                 shard = shard.id(),

@@ -74,16 +74,12 @@ pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRe
         ShardRequest::AllGroupOffsets { reply } => {
             let _ = reply.send(shard.metadata().groups().all_rows());
         }
-        ShardRequest::ApplyGroupOffsets { rows, reply } => {
-            let _ = reply.send(shard.metadata().groups().apply_from_master(rows).await);
-        }
         ShardRequest::ClusterState { reply } => {
             let _ = reply.send(cluster::local_status(&shard));
         }
         ShardRequest::ChangeRole { target, reply } => {
             let _ = reply.send(shard.change_role(target).await);
         }
-        ShardRequest::MetadataChanged => shard.metadata().master_changed(),
         ShardRequest::Probe { reply } => {
             let _ = reply.send(shard.snapshot());
         }
