@@ -111,6 +111,7 @@ impl<D: Disk> Shard<D> {
                         .identity
                         .replicated_offset
                         .min(parts.store.max_offset()),
+                    parts.clock.clone(),
                 )),
             },
             None => {

@@ -259,7 +259,11 @@ impl<D: Disk> Shard<D> {
             .min(end);
         self.flushing()
             .reset_released(self.store().flushed_offset());
-        let replicas = Rc::new(Replicas::new(self.config().min_in_sync_replicas, confirmed));
+        let replicas = Rc::new(Replicas::new(
+            self.config().min_in_sync_replicas,
+            confirmed,
+            self.clock().clone(),
+        ));
         if mode == MasterMode::Sync && replicas.needed() > 0 {
             warn!(
                 shard = self.id(),

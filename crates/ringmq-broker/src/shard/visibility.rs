@@ -83,7 +83,7 @@ impl Visibility {
     pub fn confirmed(&self, offset: u64) {
         self.confirmed.set(offset);
         let mut by_end = self.by_end.borrow_mut();
-        let still_waiting = by_end.split_off(&(offset + 1));
+        let still_waiting = by_end.split_off(&offset.saturating_add(1));
         let covered = std::mem::replace(&mut *by_end, still_waiting);
         drop(by_end);
         for tx in covered.into_values().flatten() {
