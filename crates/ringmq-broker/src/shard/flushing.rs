@@ -215,6 +215,12 @@ pub async fn run_flusher<D: Disk>(shard: Rc<Shard<D>>) {
 /// the next batch is written.
 pub async fn flush_burst<D: Disk>(shard: &Rc<Shard<D>>) -> Result<(), StoreError> {
     let _gate = shard.flushing().lock_store().await;
+    flush_holding_gate(shard).await
+}
+
+/// [`flush_burst`] for a caller that holds the store gate already (a role change). Every
+/// flush goes through here, so the producers a sync covers are always released by it.
+pub(super) async fn flush_holding_gate<D: Disk>(shard: &Rc<Shard<D>>) -> Result<(), StoreError> {
     let mut in_flight: Option<Task<Result<u64, StoreError>>> = None;
     loop {
         let written = shard.store().write_dirty().await?;

@@ -671,19 +671,7 @@ mod tests {
             while shard.visibility().parked() < 2 {
                 futures_lite::future::yield_now().await;
             }
-            let mut produce = Vec::new();
-            ProduceRequest {
-                topic: "t",
-                queue: 1,
-                messages: vec![MessageRef {
-                    born_timestamp_ms: 0,
-                    key: b"",
-                    properties: b"",
-                    body: b"hello",
-                }],
-            }
-            .encode(&mut produce);
-            let produced = handlers::handle(&shard, Opcode::Produce, &produce).await;
+            let produced = handlers::handle(&shard, Opcode::Produce, &produce(1, b"hello")).await;
             assert_eq!(produced.status, Status::Ok);
             let answer = parked_here.await;
             assert_eq!(answer.status, Status::Ok);
@@ -697,6 +685,93 @@ mod tests {
             let answer = parked_elsewhere.await;
             assert_eq!(answer.status, Status::NoNewMessage);
             assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        });
+    }
+
+    fn produce(queue: u32, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        ProduceRequest {
+            topic: "t",
+            queue,
+            messages: vec![MessageRef {
+                born_timestamp_ms: 0,
+                key: b"",
+                properties: b"",
+                body,
+            }],
+        }
+        .encode(&mut out);
+        out
+    }
+
+    async fn create_topic<D: Disk>(shard: &Rc<Shard<D>>) {
+        let mut create = Vec::new();
+        TopicCreate {
+            name: "t".to_string(),
+            queue_count: 1,
+        }
+        .encode(&mut create);
+        let created = handlers::handle(shard, Opcode::TopicCreate, &create).await;
+        assert_eq!(created.status, Status::Ok);
+    }
+
+    /// The role transition alone, on the simulated disk: a demotion answers the SYNC_MASTER
+    /// producer waiting for its slave at once (not at its 60 s timeout), refuses produce from
+    /// then on and is remembered in the log identity; promoting back opens a new epoch and
+    /// takes produce again.
+    #[test]
+    fn demotion_fails_waiting_producers_and_promotion_back_takes_writes() {
+        glommio::LocalExecutor::default().run(async {
+            let config = BrokerConfig {
+                broker_role: BrokerRole::SyncMaster,
+                min_in_sync_replicas: 2,
+                sync_replica_timeout_ms: 60_000,
+                ..config()
+            };
+            let shard = Shard::open_for_test(SimDisk::new(), Rc::new(RealClock), config)
+                .await
+                .unwrap();
+            let background = shard.spawn_background();
+            create_topic(&shard).await;
+            // A slave that connected and has acknowledged nothing yet: in sync by gap, so the
+            // producer waits for it.
+            shard.replicas().unwrap().register("slave".to_string());
+            let waiting = {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    handlers::handle(&shard, Opcode::Produce, &produce(0, b"unconfirmed")).await
+                })
+            };
+            while shard.replicas().unwrap().completions.pending() == 0 {
+                futures_lite::future::yield_now().await;
+            }
+            // Nothing listens there: the link retries in the background until the promotion.
+            let master: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+            let started = std::time::Instant::now();
+            shard
+                .change_role(role::RoleTarget::Slave(master))
+                .await
+                .unwrap();
+            assert_eq!(waiting.await.status, Status::FlushSlaveTimeout);
+            assert!(started.elapsed() < std::time::Duration::from_secs(10));
+            assert_eq!(shard.role(), BrokerRole::Slave);
+            assert!(shard.replicas().is_none());
+            let identity = shard.role_state().identity();
+            assert_eq!(identity.promoted_role, Some(BrokerRole::Slave));
+            assert_eq!(identity.master_addr, Some(master));
+            let refused = handlers::handle(&shard, Opcode::Produce, &produce(0, b"no")).await;
+            assert_eq!(refused.status, Status::NotMaster);
+
+            let epoch = identity.last_epoch();
+            shard
+                .change_role(role::RoleTarget::Master(role::MasterMode::Async))
+                .await
+                .unwrap();
+            assert_eq!(shard.role(), BrokerRole::AsyncMaster);
+            assert_eq!(shard.role_state().identity().last_epoch(), epoch + 1);
+            let taken = handlers::handle(&shard, Opcode::Produce, &produce(0, b"yes")).await;
+            assert_eq!(taken.status, Status::Ok);
+            shard.stop(background).await.unwrap();
         });
     }
 }

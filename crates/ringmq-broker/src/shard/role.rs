@@ -241,8 +241,8 @@ impl<D: Disk> Shard<D> {
         Ok(())
     }
 
-    async fn promote(&self, mode: MasterMode) -> Result<(), ShardError> {
-        self.store().flush().await?;
+    async fn promote(self: &Rc<Self>, mode: MasterMode) -> Result<(), ShardError> {
+        super::flushing::flush_holding_gate(self).await?;
         let end = self.store().max_offset();
         let mut identity = self.role_state().identity().next_epoch(end);
         identity.promoted_role = Some(mode.broker_role());
@@ -281,13 +281,13 @@ impl<D: Disk> Shard<D> {
         Ok(())
     }
 
-    async fn demote(&self, master: SocketAddr) -> Result<(), ShardError> {
+    async fn demote(self: &Rc<Self>, master: SocketAddr) -> Result<(), ShardError> {
         if let Some(replicas) = self.role_state().replicas() {
             // Nothing these producers wrote was acknowledged by enough slaves; the new master
             // may not hold it. They get FLUSH_SLAVE_TIMEOUT, as on any missing acknowledgement.
             replicas.completions.fail_all();
         }
-        self.store().flush().await?;
+        super::flushing::flush_holding_gate(self).await?;
         self.persist_role(BrokerRole::Slave, Some(master)).await?;
         *self.role_state().role.borrow_mut() = Role::Slave(Rc::new(SlaveLink::new(Some(master))));
         info!(shard = self.id(), %master, "demoted: following the master at {master}");
