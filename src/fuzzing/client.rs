@@ -3,12 +3,10 @@
 use super::{round_trip, Input};
 use crate::client::{ClusterStatus, Response, DEFAULT_MAX_FRAME_BYTES};
 use crate::metrics::Stats;
-use crate::protocol::codes::Opcode;
+use crate::protocol::codes::{Opcode, Status};
 use crate::protocol::frame::{encode_frame, FrameDecoder, FrameHeader, FLAG_RESPONSE};
-use crate::protocol::message::{
-    GroupDescription, GroupOffset, Metadata, ProduceResponse, PullResponse, QueueStats,
-    TopicDescription, TopicInfo, TopicList,
-};
+use crate::protocol::message::*;
+use crate::protocol::requests::{for_each_request, ProduceResult, PullResult};
 use crate::shard::handlers::metadata::MetadataSnapshot;
 use std::hint::black_box;
 
@@ -56,9 +54,10 @@ pub fn client_response(data: &[u8]) {
             header: frame.header,
             body: frame.body.to_vec(),
         };
-        if let Ok((_status, body)) = black_box(response.into_result("fuzz")) {
+        if let Ok((status, body)) = black_box(response.into_result("fuzz")) {
             if let Some(opcode) = Opcode::from_u16(frame.header.opcode) {
                 response_body(opcode, &body);
+                client_decoder(opcode, status, &body);
             }
         }
     }
@@ -88,6 +87,25 @@ fn response_body(opcode: Opcode, body: &[u8]) {
         Opcode::Ping | Opcode::TopicDelete | Opcode::GroupCommit => {}
     }
 }
+
+/// The decoder `Client::call` runs for `opcode`'s declared response: never panics.
+fn client_decoder(opcode: Opcode, status: Status, body: &[u8]) {
+    for_each_request!(client_decoders, opcode, status, body)
+}
+
+macro_rules! client_decoders {
+    (($opcode:expr, $status:expr, $body:expr)
+        $( $op:ident = $value:literal => $wire:literal : $req:ty => $resp:ty, $what:literal
+           { $($extra:tt)* }; )+
+    ) => {
+        match $opcode {
+            $( Opcode::$op => {
+                let _ = black_box(<$resp as ringmq_protocol::Response>::from_answer($status, $body));
+            } )+
+        }
+    };
+}
+use client_decoders;
 
 /// JSON bodies: whatever parses must serialize and parse again.
 fn json<T: serde::de::DeserializeOwned + serde::Serialize>(body: &[u8]) {

@@ -2,6 +2,7 @@
 
 use super::fake_broker::{self, metadata, topic, FakeConn};
 use super::*;
+use crate::protocol::message::{GroupCommit, GroupDescribe};
 use crate::protocol::message::{
     MessageRef, ProduceRequest, ProduceResponse, PullRequest, PullResponse, PullSummary,
 };
@@ -123,7 +124,9 @@ fn error_statuses_map_to_errors_and_stored_statuses_do_not() {
     let pulled = client.pull("t", 0, 3, 32, 1 << 20, 0).unwrap();
     assert_eq!(pulled.status, Status::NoNewMessage);
     assert!(pulled.messages.is_empty());
-    let busy = client.describe_group("g").unwrap_err();
+    let busy = client
+        .call(&GroupDescribe { group: "g".into() })
+        .unwrap_err();
     assert_eq!(busy.status(), Some(Status::SystemBusy));
 }
 
@@ -420,7 +423,14 @@ fn failover_reads_from_the_slave_while_the_master_is_down_and_goes_back() {
         String::from_utf8(result.messages[0].body.clone()).unwrap()
     };
     assert_eq!(pull(&mut client), "master");
-    client.commit_offset("g", "t", 0, 1).unwrap();
+    client
+        .call(&GroupCommit {
+            group: "g".into(),
+            topic: "t".into(),
+            queue: 0,
+            offset: 1,
+        })
+        .unwrap();
     assert_eq!(client.active(), 0);
 
     master_down.store(true, Ordering::SeqCst);
@@ -431,7 +441,14 @@ fn failover_reads_from_the_slave_while_the_master_is_down_and_goes_back() {
     );
     assert_eq!(client.active(), 1);
     assert_eq!(client.active_addr(), slave);
-    client.commit_offset("g", "t", 0, 2).unwrap();
+    client
+        .call(&GroupCommit {
+            group: "g".into(),
+            topic: "t".into(),
+            queue: 0,
+            offset: 2,
+        })
+        .unwrap();
     // Produce never fails over: the master is down, so it fails, and the slave never sees it.
     assert!(client.produce("t", Some(0), &[message(b"x")]).is_err());
 

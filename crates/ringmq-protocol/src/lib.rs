@@ -10,8 +10,10 @@ pub mod codec;
 pub mod codes;
 pub mod frame;
 pub mod message;
+pub mod requests;
 
 pub use codes::{Opcode, Status};
 pub use frame::{FrameDecoder, FrameError, FrameHeader};
+pub use requests::{Request, Response};
 #[cfg(test)]
 mod proptests;
