@@ -39,7 +39,10 @@ where
                 value.write_fields(&mut Writer::new(&mut out));
                 prop_assert!(value.check_fields().is_ok());
                 prop_assert!(T::min_bytes() <= out.len());
-                prop_assert_eq!(<T as Response>::from_answer(Status::Ok, &out).unwrap(), value);
+                prop_assert_eq!(
+                    <T as Response>::from_answer(Status::Ok, &out).unwrap(),
+                    value
+                );
                 Ok(())
             })
             .unwrap();
@@ -49,13 +52,22 @@ where
 macro_rules! nothing_to_round_trip {
     ($($ty:ty),*) => {$( impl RoundTrips for $ty { fn round_trip() {} } )*};
 }
-nothing_to_round_trip!((), crate::admin::Stats, crate::admin::ClusterStatus, serde_json::Value);
+nothing_to_round_trip!(
+    (),
+    crate::admin::Stats,
+    crate::admin::ClusterStatus,
+    serde_json::Value
+);
 
 impl RoundTrips for ProduceRequest<'_> {
     fn round_trip() {
         TestRunner::default()
             .run(&produce_parts(), |(topic, queue, messages)| {
-                let request = ProduceRequest { topic: &topic, queue, messages: refs(&messages) };
+                let request = ProduceRequest {
+                    topic: &topic,
+                    queue,
+                    messages: refs(&messages),
+                };
                 let mut out = Vec::new();
                 request.encode(&mut out);
                 prop_assert_eq!(ProduceRequest::decode(&out).unwrap(), request.clone());
@@ -78,9 +90,16 @@ impl RoundTrips for ProduceResult {
 impl RoundTrips for PullResult {
     fn round_trip() {
         TestRunner::default()
-            .run(&(PullSummary::strategy(), proptest::collection::vec(owned_message(), 0..6)),
+            .run(
+                &(
+                    PullSummary::strategy(),
+                    proptest::collection::vec(owned_message(), 0..6),
+                ),
                 |(summary, messages)| {
-                    let response = PullResponse { summary, messages: pulled(&messages) };
+                    let response = PullResponse {
+                        summary,
+                        messages: pulled(&messages),
+                    };
                     let mut out = Vec::new();
                     response.encode(&mut out);
                     prop_assert_eq!(PullResponse::decode(&out).unwrap(), response.clone());
@@ -90,18 +109,28 @@ impl RoundTrips for PullResult {
                     let copied: Vec<_> = response.messages.iter().map(|m| m.to_owned()).collect();
                     prop_assert_eq!(owned.messages, copied);
                     Ok(())
-                })
+                },
+            )
             .unwrap();
     }
 }
 
 fn produce_parts() -> impl Strategy<Value = (String, u32, Vec<OwnedMessage>)> {
-    (name(), any::<u32>(), proptest::collection::vec(owned_message(), 1..6))
+    (
+        name(),
+        any::<u32>(),
+        proptest::collection::vec(owned_message(), 1..6),
+    )
 }
 fn refs(messages: &[OwnedMessage]) -> Vec<MessageRef<'_>> {
     messages
         .iter()
-        .map(|(t, k, p, b)| MessageRef { born_timestamp_ms: *t, key: k, properties: p, body: b })
+        .map(|(t, k, p, b)| MessageRef {
+            born_timestamp_ms: *t,
+            key: k,
+            properties: p,
+            body: b,
+        })
         .collect()
 }
 fn pulled(messages: &[OwnedMessage]) -> Vec<PulledMessageRef<'_>> {
