@@ -2,6 +2,7 @@
 //! request and response body.
 
 use super::{round_trip, Input};
+use crate::protocol::codec::Fields;
 use crate::protocol::codes::{Opcode, Status};
 use crate::protocol::frame::{
     begin_frame, encode_frame, finish_frame, FrameDecoder, FrameError, FrameHeader,
@@ -92,14 +93,15 @@ pub(crate) fn request_body(opcode: Opcode, body: &[u8]) {
     for_each_request!(request_decoders, opcode, body)
 }
 
-/// One match arm per declared request: its body round-trips canonically.
+/// One match arm per declared request: its body round-trips (to the same bytes where its
+/// codecs are canonical).
 macro_rules! request_decoders {
     (($opcode:expr, $body:expr)
         $( $op:ident = $value:literal => $wire:literal : $req:ty => $resp:ty, $what:literal
            { $($extra:tt)* }; )+
     ) => {
         match $opcode {
-            $( Opcode::$op => round_trip!($body, $req, canonical: true), )+
+            $( Opcode::$op => round_trip!($body, $req, canonical: <$req as Fields<'_>>::canonical()), )+
         }
     };
 }

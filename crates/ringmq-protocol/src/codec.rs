@@ -159,7 +159,7 @@ impl<'a> Reader<'a> {
 }
 
 /// How one field is laid out on the wire. A body's fields are declared once with a codec each
-/// ([`wire_body!`](crate::protocol::message)), and its encoder, decoder, size floor, encodability
+/// ([`wire_body!`](crate::message)), and its encoder, decoder, size floor, encodability
 /// check and property-test strategy all follow from that list, so they cannot drift apart.
 ///
 /// A codec is a value (mostly a unit struct) rather than a type parameter so a list codec can
@@ -175,6 +175,11 @@ pub trait Codec<'a, T> {
     fn check(&self, v: &T, field: &'static str) -> Result<(), EncodeError> {
         let _ = (v, field);
         Ok(())
+    }
+    /// Whether every decodable encoding is the one `write` produces (false where some bytes
+    /// are ignored, like the offset of an absent [`Flagged`]).
+    fn canonical(&self) -> bool {
+        true
     }
 }
 
@@ -200,6 +205,8 @@ pub trait Fields<'a>: Sized {
     fn read_fields(r: &mut Reader<'a>) -> Result<Self, DecodeError>;
     fn min_bytes() -> usize;
     fn check_fields(&self) -> Result<(), EncodeError>;
+    /// Whether every field's codec is canonical.
+    fn canonical() -> bool;
 }
 
 macro_rules! int_codec {
@@ -331,6 +338,9 @@ impl<'a, T: Fields<'a>> Codec<'a, T> for Struct {
     fn check(&self, v: &T, _field: &'static str) -> Result<(), EncodeError> {
         v.check_fields()
     }
+    fn canonical(&self) -> bool {
+        T::canonical()
+    }
 }
 
 /// A `u32` count, then that many items. `count` and `item` are the names decode errors give the
@@ -389,6 +399,9 @@ impl<'a, T, C: Codec<'a, T>> Codec<'a, Vec<T>> for List<C> {
     fn check(&self, v: &Vec<T>, _field: &'static str) -> Result<(), EncodeError> {
         self.check_items(v)
     }
+    fn canonical(&self) -> bool {
+        self.codec.canonical()
+    }
 }
 
 /// An optional `u64` as a presence byte (0 or 1) and the value (0 when absent), both always
@@ -418,6 +431,10 @@ impl<'a> Codec<'a, Option<u64>> for Flagged {
     }
     fn min_bytes(&self) -> usize {
         1 + 8
+    }
+    fn canonical(&self) -> bool {
+        // An absent value decodes whatever its offset bytes hold and encodes them as zero.
+        false
     }
 }
 

@@ -44,6 +44,9 @@ macro_rules! wire_body {
                 $( Codec::<$lt, $ty>::check(&$codec, &self.$field, stringify!($field))?; )*
                 Ok(())
             }
+            fn canonical() -> bool {
+                true $( && Codec::<$lt, $ty>::canonical(&$codec) )*
+            }
         }
 
         impl<$($inherent_lt)*> $name<$($inherent_lt)*> {

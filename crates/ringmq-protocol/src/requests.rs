@@ -9,7 +9,7 @@
 //! its body in `message.rs` if it is new, its handler, and its entry in `docs/protocol.md`
 //! (which `tests/protocol_docs.rs` checks).
 
-use super::codec::{DecodeError, EncodeError};
+use super::codec::{DecodeError, EncodeError, Fields, Reader, Writer};
 use super::codes::wire_enum;
 use super::message::*;
 use super::Status;
@@ -79,6 +79,12 @@ pub trait Request {
 /// and the body.
 pub trait Response: Sized {
     fn from_answer(status: Status, body: &[u8]) -> Result<Self, DecodeError>;
+    /// The body again (the status is the caller's): what a broker would send for this value.
+    /// The fuzz targets check that decoding what this writes gives the same bytes again.
+    fn encode_answer(&self, out: &mut Vec<u8>);
+    /// Whether a decodable body has only the encoding `encode_answer` writes (false where
+    /// bytes are ignored, or for JSON, where spacing and number spelling vary).
+    fn canonical() -> bool;
 }
 
 /// Responses without a body: anything the broker sends there is ignored.
@@ -86,15 +92,25 @@ impl Response for () {
     fn from_answer(_status: Status, _body: &[u8]) -> Result<Self, DecodeError> {
         Ok(())
     }
+    fn encode_answer(&self, _out: &mut Vec<u8>) {}
+    fn canonical() -> bool {
+        false
+    }
 }
 
 /// Every owned wire body answers with its own decoder.
-impl<T: for<'a> super::codec::Fields<'a>> Response for T {
+impl<T: for<'a> Fields<'a>> Response for T {
     fn from_answer(_status: Status, body: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = super::codec::Reader::new(body);
+        let mut r = Reader::new(body);
         let value = T::read_fields(&mut r)?;
         r.finish()?;
         Ok(value)
+    }
+    fn encode_answer(&self, out: &mut Vec<u8>) {
+        self.write_fields(&mut Writer::new(out));
+    }
+    fn canonical() -> bool {
+        <T as Fields<'_>>::canonical()
     }
 }
 
@@ -108,6 +124,12 @@ macro_rules! json_responses {
                     field: $what,
                     reason: "not a valid JSON document",
                 })
+            }
+            fn encode_answer(&self, out: &mut Vec<u8>) {
+                serde_json::to_writer(out, self).expect("an admin document serializes");
+            }
+            fn canonical() -> bool {
+                false
             }
         }
     )*};
@@ -133,6 +155,12 @@ impl Response for ProduceResult {
         let response = ProduceResponse::decode(body)?;
         Ok(ProduceResult { status, response })
     }
+    fn encode_answer(&self, out: &mut Vec<u8>) {
+        self.response.encode(out);
+    }
+    fn canonical() -> bool {
+        <ProduceResponse as Fields<'_>>::canonical()
+    }
 }
 
 /// A pull's answer, copied out of the frame. `status` is `Ok` (messages may still be empty
@@ -152,6 +180,24 @@ impl Response for PullResult {
             summary: response.summary,
             messages: response.messages.iter().map(|m| m.to_owned()).collect(),
         })
+    }
+    fn encode_answer(&self, out: &mut Vec<u8>) {
+        let mut encoder = PullResponseEncoder::begin(out, self.summary);
+        for m in &self.messages {
+            let borrowed = PulledMessageRef {
+                queue_offset: m.queue_offset,
+                born_timestamp_ms: m.born_timestamp_ms,
+                store_timestamp_ms: m.store_timestamp_ms,
+                key: &m.key,
+                properties: &m.properties,
+                body: &m.body,
+            };
+            encoder.push(out, &borrowed);
+        }
+        encoder.finish(out, self.summary.next_offset);
+    }
+    fn canonical() -> bool {
+        <PullResponse<'_> as Fields<'_>>::canonical()
     }
 }
 
