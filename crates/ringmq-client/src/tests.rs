@@ -157,6 +157,41 @@ fn requests_route_to_the_shard_that_owns_the_queue() {
     assert_eq!(client.route("unknown", 0), ConnectionSlot::Bootstrap);
 }
 
+/// The generic call routes by what the request declares: a produce sent with `call` goes
+/// where `produce` sends it, and a value the wire cannot carry is refused before sending.
+#[test]
+fn generic_call_routes_queue_scoped_requests_and_checks_lengths() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let empty = Arc::new(Mutex::new(Vec::new()));
+    let shard0 = shard_server(Arc::clone(&empty), Arc::clone(&calls));
+    let meta = metadata(vec![shard0, 0], vec![topic("t", vec![0, 1])]);
+    let bootstrap = shard_server(Arc::new(Mutex::new(meta)), Arc::clone(&calls));
+    let mut client = Client::connect(&format!("127.0.0.1:{bootstrap}")).unwrap();
+    for (queue, port) in [(0u32, shard0), (1, bootstrap)] {
+        let result = client
+            .call(&ProduceRequest {
+                topic: "t",
+                queue,
+                messages: vec![message(b"x")],
+            })
+            .unwrap();
+        assert_eq!(result.status, Status::Ok);
+        assert_eq!(
+            result.response.base_offset,
+            u64::from(port),
+            "queue {queue}"
+        );
+    }
+    let long = "n".repeat(usize::from(u16::MAX) + 1);
+    let refused = client.call(&GroupDescribe { group: long });
+    assert!(
+        matches!(&refused, Err(ClientError::InvalidArgument(m)) if m.contains("`group`")),
+        "{refused:?}"
+    );
+    // Nothing was sent for the refused request: the connection still answers in order.
+    assert_eq!(client.refresh_metadata().unwrap().shard_count(), 2);
+}
+
 #[test]
 fn topic_not_found_refreshes_metadata_once_and_retries_on_the_right_shard() {
     let calls = Arc::new(AtomicUsize::new(0));
