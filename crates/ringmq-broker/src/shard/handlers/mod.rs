@@ -28,8 +28,9 @@ pub async fn handle(shard: &Rc<Shard>, opcode: Opcode, body: &[u8]) -> Reply {
 
 /// The handler of one request type (a row of `protocol::requests::for_each_request!`). The
 /// dispatch below is expanded from that table, so a declared request without a `Handler`
-/// impl does not compile. Handlers take the raw body: several forward it to another shard
-/// as it came, or refuse the request (a slave, a stopping broker) before decoding it.
+/// impl does not compile. Handlers take the raw body and decode it with their request type
+/// themselves: several forward the body to another shard as it came, or refuse the request
+/// (on a slave) before decoding it.
 trait Handler: Request {
     async fn run(shard: &Rc<Shard>, body: &[u8]) -> Reply;
 }
