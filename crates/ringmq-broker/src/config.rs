@@ -19,6 +19,33 @@ pub enum FlushDiskType {
     AsyncFlush,
 }
 
+/// A configuration the broker refuses: a document that does not parse, or the key of the first
+/// bad value and why it is bad. Displayed as `key: reason`, the form operators grep for.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Toml(String),
+    #[error("{key}: {reason}")]
+    Value { key: &'static str, reason: String },
+}
+
+impl ConfigError {
+    fn value(key: &'static str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Value {
+            key,
+            reason: reason.into(),
+        }
+    }
+
+    /// The key a bad value was given for (none when the document does not parse).
+    pub fn key(&self) -> Option<&'static str> {
+        match self {
+            ConfigError::Toml(_) => None,
+            ConfigError::Value { key, .. } => Some(key),
+        }
+    }
+}
+
 impl FlushDiskType {
     pub fn name(self) -> &'static str {
         match self {
@@ -29,13 +56,14 @@ impl FlushDiskType {
 }
 
 impl FromStr for FlushDiskType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
         match s {
             "SYNC_FLUSH" => Ok(FlushDiskType::SyncFlush),
             "ASYNC_FLUSH" => Ok(FlushDiskType::AsyncFlush),
-            other => Err(format!(
-                "flush_disk_type: `{other}` is not SYNC_FLUSH or ASYNC_FLUSH"
+            other => Err(ConfigError::value(
+                "flush_disk_type",
+                format!("`{other}` is not SYNC_FLUSH or ASYNC_FLUSH"),
             )),
         }
     }
@@ -75,14 +103,15 @@ impl BrokerRole {
 }
 
 impl FromStr for BrokerRole {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
         match s {
             "SYNC_MASTER" => Ok(BrokerRole::SyncMaster),
             "ASYNC_MASTER" => Ok(BrokerRole::AsyncMaster),
             "SLAVE" => Ok(BrokerRole::Slave),
-            other => Err(format!(
-                "broker_role: `{other}` is not SYNC_MASTER, ASYNC_MASTER or SLAVE"
+            other => Err(ConfigError::value(
+                "broker_role",
+                format!("`{other}` is not SYNC_MASTER, ASYNC_MASTER or SLAVE"),
             )),
         }
     }
@@ -132,7 +161,8 @@ pub struct BrokerConfig {
     pub ha_link_timeout_ms: u64,
     /// ASYNC_MASTER: log a warning when a slave lags by more than this many bytes.
     pub ha_lag_warn_bytes: u64,
-    /// How often a slave copies topics and consumer-group offsets from its master.
+    /// How often a master re-sends topics and consumer-group offsets to its slaves when they
+    /// have not changed (changes go out at once).
     pub metadata_sync_interval_ms: u64,
     /// Prometheus endpoint HOST:PORT serving `GET /metrics`; unset means none.
     pub metrics_listen: Option<String>,
@@ -246,52 +276,58 @@ const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 1024;
 
 impl BrokerConfig {
     /// Parses a TOML document; unknown keys are refused so a typo is not silently ignored.
-    pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| format!("invalid configuration: {e}"))
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))
     }
 
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("configuration serializes")
     }
 
-    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.listen.parse().map_err(|_| {
-            format!(
-                "listen: `{}` is not HOST:PORT (an IP and a port)",
-                self.listen
+            ConfigError::value(
+                "listen",
+                format!("`{}` is not HOST:PORT (an IP and a port)", self.listen),
             )
         })
     }
 
-    pub fn ha_addr(&self) -> Result<SocketAddr, String> {
+    pub fn ha_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.ha_listen.parse().map_err(|_| {
-            format!(
-                "ha_listen: `{}` is not HOST:PORT (an IP and a port)",
-                self.ha_listen
+            ConfigError::value(
+                "ha_listen",
+                format!("`{}` is not HOST:PORT (an IP and a port)", self.ha_listen),
             )
         })
     }
 
     /// The master's HA address, required for a slave.
-    pub fn master_addr(&self) -> Result<Option<SocketAddr>, String> {
+    pub fn master_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
         match (&self.master, self.broker_role) {
-            (None, BrokerRole::Slave) => {
-                Err("master: a SLAVE needs its master's HA address".into())
-            }
-            (Some(m), _) => m
-                .parse()
-                .map(Some)
-                .map_err(|_| format!("master: `{m}` is not HOST:PORT (an IP and a port)")),
+            (None, BrokerRole::Slave) => Err(ConfigError::value(
+                "master",
+                "a SLAVE needs its master's HA address",
+            )),
+            (Some(m), _) => m.parse().map(Some).map_err(|_| {
+                ConfigError::value(
+                    "master",
+                    format!("`{m}` is not HOST:PORT (an IP and a port)"),
+                )
+            }),
             (None, _) => Ok(None),
         }
     }
 
-    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, String> {
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
         self.metrics_listen
             .as_ref()
             .map(|m| {
                 m.parse().map_err(|_| {
-                    format!("metrics_listen: `{m}` is not HOST:PORT (an IP and a port)")
+                    ConfigError::value(
+                        "metrics_listen",
+                        format!("`{m}` is not HOST:PORT (an IP and a port)"),
+                    )
                 })
             })
             .transpose()
@@ -308,56 +344,80 @@ impl BrokerConfig {
     }
 
     /// Checks every value, naming the key of the first bad one.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         self.metrics_addr()?;
         self.ha_addr()?;
         self.master_addr()?;
         if self.min_in_sync_replicas == 0 {
-            return Err("min_in_sync_replicas: at least 1 (the master itself)".into());
+            return Err(ConfigError::value(
+                "min_in_sync_replicas",
+                "at least 1 (the master itself)",
+            ));
         }
         if self.broker_name.is_empty() || self.broker_name.len() > 64 {
-            return Err("broker_name: must be 1 to 64 characters".into());
+            return Err(ConfigError::value(
+                "broker_name",
+                "must be 1 to 64 characters",
+            ));
         }
         if self.shards > MAX_SHARDS {
-            return Err(format!("shards: {} exceeds {MAX_SHARDS}", self.shards));
+            return Err(ConfigError::value(
+                "shards",
+                format!("{} exceeds {MAX_SHARDS}", self.shards),
+            ));
         }
         if self.segment_size_bytes < MIN_SEGMENT_BYTES || self.segment_size_bytes % BLOCK != 0 {
-            return Err(format!(
-                "segment_size_bytes: {} must be a multiple of 4096 and at least {MIN_SEGMENT_BYTES}",
-                self.segment_size_bytes
+            return Err(ConfigError::value(
+                "segment_size_bytes",
+                format!(
+                    "{} must be a multiple of 4096 and at least {MIN_SEGMENT_BYTES}",
+                    self.segment_size_bytes
+                ),
             ));
         }
         if self.segment_size_bytes > u32::MAX as u64 * 4 {
-            return Err("segment_size_bytes: at most 16 GiB".into());
+            return Err(ConfigError::value("segment_size_bytes", "at most 16 GiB"));
         }
         if self.write_buffer_bytes < 16 * BLOCK || self.write_buffer_bytes % BLOCK != 0 {
-            return Err(format!(
-                "write_buffer_bytes: {} must be a multiple of 4096 and at least 64 KiB",
-                self.write_buffer_bytes
+            return Err(ConfigError::value(
+                "write_buffer_bytes",
+                format!(
+                    "{} must be a multiple of 4096 and at least 64 KiB",
+                    self.write_buffer_bytes
+                ),
             ));
         }
         if self.max_message_bytes == 0 {
-            return Err("max_message_bytes: must be positive".into());
+            return Err(ConfigError::value("max_message_bytes", "must be positive"));
         }
         let largest_record = self.max_message_bytes + 2 * 64 * KIB + 512;
         if largest_record * 2 > self.write_buffer_bytes {
-            return Err(format!(
-                "max_message_bytes: {} is too large for write_buffer_bytes {} (a record must fit twice)",
-                self.max_message_bytes, self.write_buffer_bytes
+            return Err(ConfigError::value(
+                "max_message_bytes",
+                format!(
+                    "{} is too large for write_buffer_bytes {} (a record must fit twice)",
+                    self.max_message_bytes, self.write_buffer_bytes
+                ),
             ));
         }
         if largest_record * 2 > self.segment_size_bytes {
-            return Err(format!(
-                "max_message_bytes: {} is too large for segment_size_bytes {}",
-                self.max_message_bytes, self.segment_size_bytes
+            return Err(ConfigError::value(
+                "max_message_bytes",
+                format!(
+                    "{} is too large for segment_size_bytes {}",
+                    self.max_message_bytes, self.segment_size_bytes
+                ),
             ));
         }
         if self.max_frame_bytes < self.max_message_bytes + 1024 {
-            return Err("max_frame_bytes: must exceed max_message_bytes by at least 1 KiB".into());
+            return Err(ConfigError::value(
+                "max_frame_bytes",
+                "must exceed max_message_bytes by at least 1 KiB",
+            ));
         }
         if self.max_frame_bytes > u32::MAX as u64 {
-            return Err("max_frame_bytes: at most 4 GiB".into());
+            return Err(ConfigError::value("max_frame_bytes", "at most 4 GiB"));
         }
         for (key, value) in [
             ("flush_interval_ms", self.flush_interval_ms),
@@ -376,25 +436,31 @@ impl BrokerConfig {
             check_duration_ms(key, value)?;
         }
         if self.ha_link_timeout_ms <= self.ha_heartbeat_interval_ms {
-            return Err("ha_link_timeout_ms: must exceed ha_heartbeat_interval_ms".into());
+            return Err(ConfigError::value(
+                "ha_link_timeout_ms",
+                "must exceed ha_heartbeat_interval_ms",
+            ));
         }
         self.validate_connection_limits()?;
         if self.io_memory_bytes < MIN_IO_MEMORY_BYTES {
-            return Err(format!(
-                "io_memory_bytes: {} is below glommio's minimum of {MIN_IO_MEMORY_BYTES}",
-                self.io_memory_bytes
+            return Err(ConfigError::value(
+                "io_memory_bytes",
+                format!(
+                    "{} is below glommio's minimum of {MIN_IO_MEMORY_BYTES}",
+                    self.io_memory_bytes
+                ),
             ));
         }
         Ok(())
     }
 
-    fn validate_connection_limits(&self) -> Result<(), String> {
+    fn validate_connection_limits(&self) -> Result<(), ConfigError> {
         for (key, value) in [
             ("max_connections", self.max_connections as u64),
             ("max_connections_per_ip", self.max_connections_per_ip as u64),
         ] {
             if value == 0 {
-                return Err(format!("{key}: must be positive"));
+                return Err(ConfigError::value(key, "must be positive"));
             }
         }
         for (key, value) in [
@@ -405,10 +471,12 @@ impl BrokerConfig {
             check_duration_ms(key, value)?;
         }
         if self.shard_inflight_budget_bytes < 2 * self.max_frame_bytes {
-            return Err(format!(
-                "shard_inflight_budget_bytes: {} must be at least twice max_frame_bytes {} (frames still arriving may hold three quarters of it, and a largest frame must fit)",
+            return Err(ConfigError::value(
+                    "shard_inflight_budget_bytes",
+                    format!(
+                        "{} must be at least twice max_frame_bytes {} (frames still arriving may hold three quarters of it, and a largest frame must fit)",
                 self.shard_inflight_budget_bytes, self.max_frame_bytes
-            ));
+            )));
         }
         Ok(())
     }
@@ -418,13 +486,14 @@ impl BrokerConfig {
 /// bound keeps every `Instant + Duration` and every sum of timeouts far from overflow.
 const MAX_DURATION_MS: u64 = 24 * 60 * 60 * 1000;
 
-fn check_duration_ms(key: &str, value: u64) -> Result<(), String> {
+fn check_duration_ms(key: &'static str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
-        return Err(format!("{key}: must be positive"));
+        return Err(ConfigError::value(key, "must be positive"));
     }
     if value > MAX_DURATION_MS {
-        return Err(format!(
-            "{key}: {value} is more than a day ({MAX_DURATION_MS} ms)"
+        return Err(ConfigError::value(
+            key,
+            format!("{value} is more than a day ({MAX_DURATION_MS} ms)"),
         ));
     }
     Ok(())
@@ -453,37 +522,31 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let err = BrokerConfig::from_toml("flush_disk_type = \"SOMETIMES\"").unwrap_err();
-        assert!(err.contains("flush_disk_type"), "{err}");
+        assert!(err.to_string().contains("flush_disk_type"), "{err}");
         let err = BrokerConfig::from_toml("flush_intervl_ms = 5").unwrap_err();
-        assert!(err.contains("flush_intervl_ms"), "{err}");
+        assert!(err.to_string().contains("flush_intervl_ms"), "{err}");
         let config = BrokerConfig {
             segment_size_bytes: 5000,
             ..BrokerConfig::default()
         };
-        assert!(config
-            .validate()
-            .unwrap_err()
-            .starts_with("segment_size_bytes"));
+        assert!(config.validate().unwrap_err().key() == Some("segment_size_bytes"));
         let err = BrokerConfig::from_toml("broker_role = \"LEADER\"").unwrap_err();
-        assert!(err.contains("broker_role"), "{err}");
+        assert!(err.to_string().contains("broker_role"), "{err}");
         let config = BrokerConfig {
             broker_role: BrokerRole::Slave,
             ..BrokerConfig::default()
         };
-        assert!(config.validate().unwrap_err().starts_with("master"));
+        assert!(config.validate().unwrap_err().key() == Some("master"));
         let config = BrokerConfig {
             listen: "nowhere".into(),
             ..BrokerConfig::default()
         };
-        assert!(config.validate().unwrap_err().starts_with("listen"));
+        assert!(config.validate().unwrap_err().key() == Some("listen"));
         let config = BrokerConfig {
             max_message_bytes: 8 * MIB,
             ..BrokerConfig::default()
         };
-        assert!(config
-            .validate()
-            .unwrap_err()
-            .starts_with("max_message_bytes"));
+        assert!(config.validate().unwrap_err().key() == Some("max_message_bytes"));
     }
 
     #[test]
@@ -493,13 +556,13 @@ mod tests {
             ..BrokerConfig::default()
         };
         let error = config.validate().unwrap_err();
-        assert!(error.starts_with("request_read_timeout_ms:"), "{error}");
+        assert!(error.key() == Some("request_read_timeout_ms"), "{error}");
         let config = BrokerConfig {
             sync_flush_timeout_ms: MAX_DURATION_MS + 1,
             ..BrokerConfig::default()
         };
         let error = config.validate().unwrap_err();
-        assert!(error.starts_with("sync_flush_timeout_ms:"), "{error}");
+        assert!(error.key() == Some("sync_flush_timeout_ms"), "{error}");
     }
 
     #[test]
@@ -549,7 +612,7 @@ mod tests {
             ),
         ] {
             let err = config.validate().unwrap_err();
-            assert!(err.starts_with(key), "{err}");
+            assert!(err.to_string().starts_with(key), "{err}");
         }
     }
 }

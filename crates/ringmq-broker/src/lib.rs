@@ -16,7 +16,5 @@ pub mod server;
 pub mod shard;
 pub mod store;
 
-/// The blocking client: the slave's metadata copy still reads the master's client port with it.
-use ringmq_client as client;
 /// The wire protocol, under the name the modules here use for it.
 use ringmq_protocol as protocol;

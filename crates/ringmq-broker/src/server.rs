@@ -57,7 +57,7 @@ fn check_store_identity(store_dir: &Path, shards: usize) -> Result<(), String> {
                 format_version: STORE_FORMAT_VERSION,
                 shards,
             };
-            write_atomic_blocking(
+            crate::store::glommio_disk::write_atomic_blocking(
                 &path,
                 &serde_json::to_vec_pretty(&identity).expect("serializes"),
             )
@@ -65,15 +65,6 @@ fn check_store_identity(store_dir: &Path, shards: usize) -> Result<(), String> {
         }
         Err(e) => Err(format!("{}: {e}", path.display())),
     }
-}
-
-fn write_atomic_blocking(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
 fn blocking_eventfd() -> Result<RawFd, String> {
@@ -94,14 +85,14 @@ fn signal_stop(fds: &[RawFd]) {
 
 /// Runs the broker until SIGINT or SIGTERM.
 pub fn run(config: BrokerConfig) -> Result<(), String> {
-    config.validate()?;
+    config.validate().map_err(|e| e.to_string())?;
     install_fail_stop_panic_hook();
     let shard_count = config.shard_count();
     std::fs::create_dir_all(&config.store_dir)
         .map_err(|e| format!("store_dir {}: {e}", config.store_dir.display()))?;
     // Held until the process exits, on every path: an error return while some shard still
     // writes must not let another broker take the store.
-    std::mem::forget(StoreLock::acquire(&config.store_dir)?);
+    std::mem::forget(StoreLock::acquire(&config.store_dir).map_err(|e| e.to_string())?);
     check_store_identity(&config.store_dir, shard_count)?;
     info!("effective configuration:\n{}", config.to_toml());
     let topics = Arc::new(TopicTable::load(&config.store_dir)?);
@@ -131,7 +122,6 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
             shard_ports: shard_ports.clone(),
             ready: ready_tx.clone(),
             ha_fd: listeners.ha[id],
-            client_addr: listeners.listen_addr.to_string(),
             metrics_fd: if id == 0 {
                 listeners.metrics.map(|(fd, _)| fd)
             } else {

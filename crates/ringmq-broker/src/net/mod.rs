@@ -133,7 +133,7 @@ fn share(socket: Socket, count: usize, role: PortRole) -> Result<Vec<RawFd>, Str
 
 pub fn bind_listeners(config: &BrokerConfig, shard_count: usize) -> Result<BoundListeners, String> {
     let deadline = Instant::now() + Duration::from_millis(BIND_RETRY_MS);
-    let mut listen_addr = config.listen_addr()?;
+    let mut listen_addr = config.listen_addr().map_err(|e| e.to_string())?;
     let shared = bind_retrying(listen_addr, PortRole::Client, deadline)?;
     listen_addr.set_port(bound_port(&shared, PortRole::Client)?);
     let shared = share(shared, shard_count, PortRole::Client)?;
@@ -147,11 +147,11 @@ pub fn bind_listeners(config: &BrokerConfig, shard_count: usize) -> Result<Bound
         shard_ports.push(bound_port(&own, role)?);
         per_shard.push(vec![shared_fd, own.into_raw_fd()]);
     }
-    let mut ha_addr = config.ha_addr()?;
+    let mut ha_addr = config.ha_addr().map_err(|e| e.to_string())?;
     let ha = bind_retrying(ha_addr, PortRole::Ha, deadline)?;
     ha_addr.set_port(bound_port(&ha, PortRole::Ha)?);
     let ha = share(ha, shard_count, PortRole::Ha)?;
-    let metrics = match config.metrics_addr()? {
+    let metrics = match config.metrics_addr().map_err(|e| e.to_string())? {
         Some(mut addr) => {
             let socket = bind_retrying(addr, PortRole::Metrics, deadline)?;
             addr.set_port(bound_port(&socket, PortRole::Metrics)?);
@@ -205,7 +205,7 @@ pub fn raise_descriptor_limit(config: &BrokerConfig) {
 fn shard_port(config: &BrokerConfig, listen_port: u16, shard: usize) -> Result<u16, String> {
     let base = if config.shard_port_base != 0 {
         config.shard_port_base as usize
-    } else if config.listen_addr()?.port() == 0 {
+    } else if config.listen_addr().map_err(|e| e.to_string())?.port() == 0 {
         return Ok(0);
     } else {
         listen_port as usize + 100

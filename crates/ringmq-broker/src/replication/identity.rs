@@ -5,6 +5,7 @@
 //! where each master's term started; promotion opens a new one at the new master's end, which
 //! is where a former master rejoining as a slave must cut its log.
 
+use super::error::ReplicationError;
 use super::protocol::{Epoch, LogId};
 use crate::store::io::Disk;
 use serde::{Deserialize, Serialize};
@@ -75,26 +76,30 @@ impl LogIdentity {
     pub async fn load_or_create<D: Disk>(
         disk: &D,
         shard_dir: &Path,
-    ) -> Result<LogIdentity, String> {
+    ) -> Result<LogIdentity, ReplicationError> {
         let path = identity_path(shard_dir);
         match disk.read_file(&path).await {
-            Ok(Some(bytes)) => serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{}: not a valid log identity: {e}", path.display())),
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).map_err(|e| {
+                ReplicationError::Store(format!(
+                    "{}: not a valid log identity: {e}",
+                    path.display()
+                ))
+            }),
             Ok(None) => {
                 let identity = LogIdentity::new();
                 identity.save(disk, shard_dir).await?;
                 Ok(identity)
             }
-            Err(e) => Err(format!("{}: {e}", path.display())),
+            Err(e) => Err(ReplicationError::io(path.display().to_string(), e)),
         }
     }
 
-    pub async fn save<D: Disk>(&self, disk: &D, shard_dir: &Path) -> Result<(), String> {
+    pub async fn save<D: Disk>(&self, disk: &D, shard_dir: &Path) -> Result<(), ReplicationError> {
         let path = identity_path(shard_dir);
         let bytes = serde_json::to_vec(self).expect("identity serializes");
         disk.write_atomic(&path, bytes)
             .await
-            .map_err(|e| format!("{}: {e}", path.display()))
+            .map_err(|e| ReplicationError::io(path.display().to_string(), e))
     }
 }
 

@@ -4,11 +4,16 @@
 //! for another shard is handed to it over the mesh (the socket's descriptor, duplicated). The
 //! owning shard then answers the handshake and runs two tasks per link: the shipper streams
 //! commitlog bytes from the slave's offset, and the report reader turns 8-byte reports into
-//! released SYNC_MASTER producers. A report past the master's end closes the link.
+//! released SYNC_MASTER producers. A report past the master's end closes the link. The
+//! shipper also sends this shard's metadata (topics from shard 0, the group offsets of its own
+//! queues) right after the handshake, whenever it changes and every
+//! `metadata_sync_interval_ms`.
 
+use super::error::ReplicationError;
 use super::protocol::{
-    divergence_point, encode_data_header, encode_heartbeat, Hello, MasterState, Welcome,
-    HEARTBEAT_BYTES, MAX_HANDSHAKE_BYTES, REPORT_BYTES,
+    divergence_point, encode_data_header, encode_heartbeat, encode_refusal, Hello, MetadataFrame,
+    Welcome, HA_VERSION, HEARTBEAT_BYTES, MAX_HANDSHAKE_BYTES, MAX_METADATA_BYTES,
+    METADATA_HEADER_BYTES, REPORT_BYTES,
 };
 use super::splice::SpliceSender;
 use crate::metrics::Counter;
@@ -47,29 +52,65 @@ pub async fn accept_loop(shard: Rc<Shard>, fd: RawFd) {
     }
 }
 
-async fn read_hello(shard: &Shard, stream: &mut TcpStream) -> Result<Hello, String> {
+/// Reads a slave's hello. A hello of another protocol version is answered with a refusal that
+/// names both versions (the slave logs it) before the error returns.
+async fn read_hello(shard: &Shard, stream: &mut TcpStream) -> Result<Hello, ReplicationError> {
     let timeout = Duration::from_millis(shard.config.ha_link_timeout_ms);
     let mut len = [0u8; 4];
-    with_timeout(timeout, stream.read_exact(&mut len)).await?;
+    with_timeout(
+        timeout,
+        "reading the handshake",
+        stream.read_exact(&mut len),
+    )
+    .await?;
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_HANDSHAKE_BYTES {
-        return Err(format!(
-            "handshake of {len} bytes exceeds {MAX_HANDSHAKE_BYTES}"
-        ));
+        return Err(ReplicationError::TooLarge {
+            what: "handshake",
+            len,
+            max: MAX_HANDSHAKE_BYTES,
+        });
     }
     let mut body = vec![0u8; len];
-    with_timeout(timeout, stream.read_exact(&mut body)).await?;
-    Hello::decode(&body).map_err(|e| format!("bad handshake: {e}"))
+    with_timeout(
+        timeout,
+        "reading the handshake",
+        stream.read_exact(&mut body),
+    )
+    .await?;
+    let version = Hello::version_of(&body).map_err(ReplicationError::decode("handshake"))?;
+    if version != HA_VERSION {
+        let reason = version_refusal(version);
+        let mut answer = Vec::new();
+        encode_refusal(&reason, &mut answer);
+        with_timeout(timeout, "refusing the slave", stream.write_all(&answer)).await?;
+        return Err(ReplicationError::Protocol(reason));
+    }
+    Hello::decode(&body).map_err(ReplicationError::decode("handshake"))
 }
 
+/// Why a slave of protocol version `slave` is refused.
+pub fn version_refusal(slave: u16) -> String {
+    format!(
+        "the slave speaks replication protocol version {slave}, this master version {HA_VERSION}"
+    )
+}
+
+/// Runs `io`, failing it when it takes longer than `timeout` (the peer went silent).
 pub async fn with_timeout<T>(
     timeout: Duration,
+    what: &'static str,
     io: impl std::future::Future<Output = std::io::Result<T>>,
-) -> Result<T, String> {
-    future::or(async { io.await.map_err(|e| e.to_string()) }, async {
-        sleep(timeout).await;
-        Err(format!("silent for {} ms", timeout.as_millis()))
-    })
+) -> Result<T, ReplicationError> {
+    future::or(
+        async { io.await.map_err(|e| ReplicationError::io(what, e)) },
+        async {
+            sleep(timeout).await;
+            Err(ReplicationError::Silent {
+                ms: timeout.as_millis(),
+            })
+        },
+    )
     .await
 }
 
@@ -117,31 +158,30 @@ pub async fn adopt(shard: Rc<Shard>, fd: RawFd, hello: Hello, peer: String) {
     serve_slave(shard, stream, hello, peer).await;
 }
 
-/// What the master answers a slave, and where it will ship from.
-fn welcome(shard: &Shard, hello: &Hello) -> (Welcome, u64) {
+/// What the master answers a slave, and where it will ship from; `Err` holds why it refuses.
+fn welcome(shard: &Shard, hello: &Hello) -> Result<(Welcome, u64), String> {
     let config = &shard.config;
-    let refuse = |reason: String| (Welcome::refuse(reason), 0);
     if !shard.role.get().is_master() {
-        return refuse(format!(
+        return Err(format!(
             "{} is a {}, not a master",
             config.broker_name,
             shard.role.get()
         ));
     }
     if hello.broker_name != config.broker_name {
-        return refuse(format!(
+        return Err(format!(
             "slave belongs to group `{}`, this master to `{}`",
             hello.broker_name, config.broker_name
         ));
     }
     if hello.shard as usize != shard.id || hello.shard_count as usize != shard.shard_count {
-        return refuse(format!(
+        return Err(format!(
             "slave shard {} of {} cannot follow master shard {} of {}",
             hello.shard, hello.shard_count, shard.id, shard.shard_count
         ));
     }
     if hello.segment_size_bytes != config.segment_size_bytes {
-        return refuse(format!(
+        return Err(format!(
             "segment_size_bytes differs (slave {}, master {}); logs would not line up",
             hello.segment_size_bytes, config.segment_size_bytes
         ));
@@ -149,13 +189,13 @@ fn welcome(shard: &Shard, hello: &Hello) -> (Welcome, u64) {
     let identity = shard.identity.borrow().clone();
     let fresh = hello.log_id == [0; 16];
     if !fresh && hello.log_id != identity.log_id {
-        return refuse(
+        return Err(
             "the slave holds another log (its log id differs); empty its store to follow this master"
                 .to_string(),
         );
     }
     if hello.last_epoch > identity.last_epoch() {
-        return refuse(format!(
+        return Err(format!(
             "the slave has seen epoch {} but this master is at epoch {}: this master is stale",
             hello.last_epoch,
             identity.last_epoch()
@@ -173,7 +213,6 @@ fn welcome(shard: &Shard, hello: &Hello) -> (Welcome, u64) {
     }
     let start = hello.max_offset.min(truncate_to);
     let welcome = Welcome {
-        refused: None,
         log_id: identity.log_id,
         epochs: identity.epochs,
         truncate_to: if truncate_to < hello.max_offset {
@@ -181,22 +220,27 @@ fn welcome(shard: &Shard, hello: &Hello) -> (Welcome, u64) {
         } else {
             u64::MAX
         },
-        client_addr: shard.client_addr.clone(),
     };
-    (welcome, start)
+    Ok((welcome, start))
 }
 
 async fn serve_slave(shard: Rc<Shard>, mut stream: TcpStream, hello: Hello, peer: String) {
-    let (answer, start) = welcome(&shard, &hello);
+    let answer = welcome(&shard, &hello);
     let mut bytes = Vec::new();
-    answer.encode(&mut bytes);
+    match &answer {
+        Ok((welcome, _)) => welcome.encode(&mut bytes),
+        Err(reason) => encode_refusal(reason, &mut bytes),
+    }
     if stream.write_all(&bytes).await.is_err() {
         return;
     }
-    if let Some(reason) = answer.refused {
-        warn!(shard = shard.id, %peer, "refused a slave: {reason}");
-        return;
-    }
+    let start = match answer {
+        Ok((_, start)) => start,
+        Err(reason) => {
+            warn!(shard = shard.id, %peer, "refused a slave: {reason}");
+            return;
+        }
+    };
     let _ = stream.set_nodelay(true);
     let link = shard.replicas.register(peer.clone());
     info!(shard = shard.id, %peer, start_offset = start, "slave connected");
@@ -224,7 +268,9 @@ async fn read_reports(shard: Rc<Shard>, mut reader: TcpStream, link: u64, closed
     let mut report = [0u8; REPORT_BYTES];
     let mut last_warning: Option<Instant> = None;
     while !closed.get() {
-        if let Err(e) = with_timeout(timeout, reader.read_exact(&mut report)).await {
+        if let Err(e) =
+            with_timeout(timeout, "reading a report", reader.read_exact(&mut report)).await
+        {
             info!(shard = shard.id, "slave report stream ended: {e}");
             break;
         }
@@ -277,52 +323,74 @@ struct Shipper {
 }
 
 impl Shipper {
-    fn segment_file(&mut self, path: &std::path::Path, base: u64) -> Result<RawFd, String> {
+    fn segment_file(
+        &mut self,
+        path: &std::path::Path,
+        base: u64,
+    ) -> Result<RawFd, ReplicationError> {
         if self.segment.as_ref().is_none_or(|(b, _)| *b != base) {
-            let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let file = std::fs::File::open(path)
+                .map_err(|e| ReplicationError::io(path.display().to_string(), e))?;
             self.segment = Some((base, file));
         }
         Ok(self.segment.as_ref().expect("just opened").1.as_raw_fd())
     }
 }
 
-/// Streams the log from `start` until the link closes.
+/// Streams the log from `start` until the link closes, and the metadata frames between.
 async fn ship(
     shard: &Rc<Shard>,
     stream: &mut TcpStream,
     start: u64,
     closed: &Cell<bool>,
-) -> Result<(), String> {
+) -> Result<(), ReplicationError> {
     let heartbeat = Duration::from_millis(shard.config.ha_heartbeat_interval_ms);
+    let metadata_every = Duration::from_millis(shard.config.metadata_sync_interval_ms);
     let mut shipper = Shipper {
-        splice: SpliceSender::new().map_err(|e| format!("creating the splice ring: {e}"))?,
+        splice: SpliceSender::new()
+            .map_err(|e| ReplicationError::io("creating the splice ring", e))?,
         segment: None,
     };
     let mut sent = start;
     let mut last_sent_at = Instant::now();
-    let mut state_sent = MasterState::default();
+    let mut confirmed_sent = 0u64;
+    // (version, when) of the last metadata frame; none yet, so the first one goes out before
+    // any log bytes.
+    let mut metadata_sent: Option<(u64, Instant)> = None;
     while !closed.get() {
+        let version = shard.metadata_version.get();
+        if metadata_sent.is_none_or(|(v, at)| v != version || at.elapsed() >= metadata_every) {
+            send_metadata(shard, stream, version).await?;
+            metadata_sent = Some((version, Instant::now()));
+            last_sent_at = Instant::now();
+            continue;
+        }
         let max = shard.store.max_offset();
         if sent < max {
-            state_sent = shard.master_state();
+            confirmed_sent = shard.confirmed_offset();
             sent += ship_chunk(shard, &mut shipper, stream, sent, max).await?;
+            // Frames go out in log order, each where the last ended, never past the log's end.
+            debug_assert!(
+                sent <= max,
+                "shipped up to {sent}, past the log's end {max}"
+            );
             last_sent_at = Instant::now();
             continue;
         }
         // A heartbeat also goes out when the confirmed offset moved (a flush or a slave ack), so
-        // the slave's consumers see records as soon as the master's guarantee holds, and when
-        // topics or group offsets changed, so the slave copies them at once.
-        let state = shard.master_state();
-        if last_sent_at.elapsed() >= heartbeat || state != state_sent {
-            state_sent = state;
-            let beat = encode_heartbeat(max, state);
+        // the slave's consumers see records as soon as the master's guarantee holds.
+        let confirmed = shard.confirmed_offset();
+        if last_sent_at.elapsed() >= heartbeat || confirmed != confirmed_sent {
+            confirmed_sent = confirmed;
+            let beat = encode_heartbeat(max, confirmed);
             stream
                 .write_all(&beat[..HEARTBEAT_BYTES])
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| ReplicationError::io("sending a heartbeat", e))?;
             last_sent_at = Instant::now();
             continue;
         }
+        // Topic and group-offset changes bump the metadata version and notify this event too.
         let wake = shard.replication_wakeup.listen();
         future::or(
             async {
@@ -335,6 +403,33 @@ async fn ship(
     Ok(())
 }
 
+/// Sends this shard's metadata as of `version`: the topic table from shard 0 (every shard
+/// holds the same table, one copy is enough), and the group offsets of this shard's queues.
+async fn send_metadata(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    version: u64,
+) -> Result<(), ReplicationError> {
+    let frame = MetadataFrame {
+        version,
+        topics: (shard.id == 0).then(|| (*shard.topic_table()).clone()),
+        group_offsets: shard.groups.all_rows(),
+    }
+    .encode();
+    let len = frame.len() - METADATA_HEADER_BYTES;
+    if len > MAX_METADATA_BYTES {
+        return Err(ReplicationError::TooLarge {
+            what: "metadata frame",
+            len,
+            max: MAX_METADATA_BYTES,
+        });
+    }
+    stream
+        .write_all(&frame)
+        .await
+        .map_err(|e| ReplicationError::io("sending metadata", e))
+}
+
 /// Sends one frame of the log starting at `from`, never past its segment, and never across the
 /// flushed offset: bytes on disk go by splice (file → pipe → socket, no user-space copy), the
 /// unflushed tail straight from the write buffer. Returns the bytes of log it carried.
@@ -344,7 +439,7 @@ async fn ship_chunk(
     stream: &mut TcpStream,
     from: u64,
     max: u64,
-) -> Result<u64, String> {
+) -> Result<u64, ReplicationError> {
     let log = shard.store.commitlog();
     let flushed = shard.store.flushed_offset();
     let segment_end = (from / log.segment_size_bytes() + 1) * log.segment_size_bytes();
@@ -353,18 +448,23 @@ async fn ship_chunk(
         end = end.min(flushed);
     }
     let len = (end - from) as usize;
-    let header = encode_data_header(from, len as u32, shard.master_state());
-    stream.write_all(&header).await.map_err(|e| e.to_string())?;
+    let header = encode_data_header(from, len as u32, shard.confirmed_offset());
+    stream
+        .write_all(&header)
+        .await
+        .map_err(|e| ReplicationError::io("sending a data frame", e))?;
     if from < flushed {
         let (path, base, _) = log
             .segment_of(from)
-            .ok_or_else(|| format!("no segment holds offset {from}"))?;
+            .ok_or_else(|| ReplicationError::Store(format!("no segment holds offset {from}")))?;
         let fd = shipper.segment_file(&path, base)?;
         shipper
             .splice
             .send_file_range(fd, from - base, len, stream.as_raw_fd())
             .await
-            .map_err(|e| format!("splicing {} at {}: {e}", path.display(), from - base))?;
+            .map_err(|e| {
+                ReplicationError::io(format!("splicing {} at {}", path.display(), from - base), e)
+            })?;
         shard
             .probe
             .add(Counter::ReplicationSplicedBytes, len as u64);
@@ -386,7 +486,7 @@ async fn send_tail(
     stream: &mut TcpStream,
     from: u64,
     len: usize,
-) -> Result<(), String> {
+) -> Result<(), ReplicationError> {
     let log = shard.store.commitlog();
     let fd = stream.as_raw_fd();
     let mut done = 0usize;
@@ -407,7 +507,7 @@ async fn send_tail(
             Some(_) => {
                 let error = std::io::Error::last_os_error();
                 if error.kind() != std::io::ErrorKind::WouldBlock {
-                    return Err(format!("sending the log tail: {error}"));
+                    return Err(ReplicationError::io("sending the log tail", error));
                 }
                 break;
             }
@@ -418,11 +518,14 @@ async fn send_tail(
         let rest = log
             .read(from + done as u64, len - done)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ReplicationError::Store(e.to_string()))?;
         shard
             .probe
             .add(Counter::ReplicationCopiedBytes, rest.len() as u64);
-        stream.write_all(&rest).await.map_err(|e| e.to_string())?;
+        stream
+            .write_all(&rest)
+            .await
+            .map_err(|e| ReplicationError::io("sending the log tail", e))?;
     }
     Ok(())
 }

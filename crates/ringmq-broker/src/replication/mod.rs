@@ -7,11 +7,16 @@
 //! straight from the write buffer. The slave ([`slave`]) re-appends every record through the
 //! same append rule, so its log is byte-identical, flushes under its own flush mode and reports
 //! its confirmed offset. [`replicas`] turns reports into released SYNC_MASTER producers.
+//! Topics and group offsets travel on the same link, in metadata frames the master sends after
+//! the handshake and whenever they change; the slave applies them as a master would. Failures
+//! are [`ReplicationError`]s.
 
+pub mod error;
 pub mod identity;
 pub mod master;
-pub mod metadata_sync;
 pub mod protocol;
 pub mod replicas;
 pub mod slave;
 pub mod splice;
+
+pub use error::ReplicationError;

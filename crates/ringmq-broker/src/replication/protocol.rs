@@ -1,32 +1,48 @@
 //! The replication link's messages (pure: no I/O), all little-endian.
 //!
 //! A slave shard opens a TCP connection to its master's HA address and sends a [`Hello`] (u32
-//! length prefix); the master answers with a [`Welcome`] (u32 length prefix) that accepts or
-//! refuses it. After that:
+//! length prefix); the master answers (u32 length prefix) with a [`Welcome`] that accepts it or
+//! a refusal that says why. A refusal keeps one layout in every protocol version (refused byte,
+//! reason, then the fields version 1 required), so a slave of any version can print why it was
+//! refused, a version mismatch included. After that:
 //! - master → slave: frames of one kind byte then a fixed header: `DATA` (commitlog offset u64,
-//!   length u32, master confirmed offset u64, metadata version u64, then that many raw
-//!   commitlog bytes) or `HEARTBEAT` (master max offset u64, master confirmed offset u64,
-//!   metadata version u64). The confirmed offset bounds what the slave shows consumers, so a
-//!   record is never served by a slave before the master's guarantee holds for it; a change of
-//!   the metadata version (topics or group offsets changed) makes the slave copy them at once;
+//!   length u32, master confirmed offset u64, then that many raw commitlog bytes), `HEARTBEAT`
+//!   (master max offset u64, master confirmed offset u64) or `METADATA` (length u32, then a
+//!   [`MetadataFrame`]: topics and group offsets). The confirmed offset bounds what the slave
+//!   shows consumers, so a record is never served by a slave before the master's guarantee
+//!   holds for it. A `METADATA` frame follows the handshake and every change of the master
+//!   shard's topics or group offsets, so the slave copies them over the link it already has;
 //! - slave → master: 8-byte reports, the slave's confirmed offset (u64).
 
+use super::error::ReplicationError;
+use crate::constants::MAX_QUEUES_PER_TOPIC;
 use crate::protocol::codec::{DecodeError, Reader, Writer};
-use crate::store::record::{
-    END_OF_SEGMENT_MAGIC, END_OF_SEGMENT_MARKER_BYTES, RECORD_HEADER_BYTES,
-};
+use crate::shard::groups::OffsetRow;
+use crate::shard::topics::{validate_name, TopicEntry, TopicTable};
+use crate::store::record::{self, END_OF_SEGMENT_MARKER_BYTES, RECORD_HEADER_BYTES};
+use std::collections::BTreeMap;
 
 pub const HA_MAGIC: u32 = 0x4148_4D52;
-pub const HA_VERSION: u16 = 1;
+/// Version 2: metadata travels in `METADATA` frames; the master's client address left the
+/// handshake and the metadata version left `DATA` and `HEARTBEAT` frames.
+pub const HA_VERSION: u16 = 2;
 pub const KIND_DATA: u8 = 1;
 pub const KIND_HEARTBEAT: u8 = 2;
-/// Kind byte + offset + length + master confirmed offset + metadata version.
-pub const DATA_HEADER_BYTES: usize = 1 + 8 + 4 + 8 + 8;
-/// Kind byte + master max offset + master confirmed offset + metadata version.
-pub const HEARTBEAT_BYTES: usize = 1 + 8 + 8 + 8;
+pub const KIND_METADATA: u8 = 3;
+/// Kind byte + offset + length + master confirmed offset.
+pub const DATA_HEADER_BYTES: usize = 1 + 8 + 4 + 8;
+/// Kind byte + master max offset + master confirmed offset.
+pub const HEARTBEAT_BYTES: usize = 1 + 8 + 8;
+/// Kind byte + body length.
+pub const METADATA_HEADER_BYTES: usize = 1 + 4;
+/// The longest fixed header of a master frame.
+pub const MAX_FRAME_HEADER_BYTES: usize = DATA_HEADER_BYTES;
 pub const REPORT_BYTES: usize = 8;
 /// Largest handshake message accepted: a few hundred epochs and names.
 pub const MAX_HANDSHAKE_BYTES: usize = 64 * 1024;
+/// Largest metadata frame: a million group offsets with 30-byte names, far more than a broker
+/// keeps, while a slave never allocates more than this for one frame a master announces.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024 * 1024;
 
 pub type LogId = [u8; 16];
 
@@ -46,17 +62,14 @@ pub struct Hello {
     pub broker_name: String,
 }
 
+/// The master's acceptance of a slave.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Welcome {
-    /// `None` means accepted; `Some(reason)` refused.
-    pub refused: Option<String>,
     pub log_id: LogId,
     pub epochs: Vec<Epoch>,
     /// The slave must first cut its log back to this offset (it diverged there); `u64::MAX`
     /// when nothing needs cutting.
     pub truncate_to: u64,
-    /// The master's client address, for copying topics and group offsets.
-    pub client_addr: String,
 }
 
 fn with_length(out: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) {
@@ -84,8 +97,10 @@ impl Hello {
         });
     }
 
-    /// Decodes the body after the length prefix.
-    pub fn decode(body: &[u8]) -> Result<Hello, DecodeError> {
+    /// The protocol version a hello body (after the length prefix) speaks. The magic and the
+    /// version open the hello in every version, so a master can name the slave's version when
+    /// it refuses it.
+    pub fn version_of(body: &[u8]) -> Result<u16, DecodeError> {
         let mut r = Reader::new(body);
         if r.u32("magic")? != HA_MAGIC {
             return Err(DecodeError::Invalid {
@@ -93,12 +108,19 @@ impl Hello {
                 reason: "not a ringmq replication link",
             });
         }
-        if r.u16("version")? != HA_VERSION {
+        r.u16("version")
+    }
+
+    /// Decodes the body after the length prefix; a hello of another version is an error (check
+    /// [`Hello::version_of`] first to say which).
+    pub fn decode(body: &[u8]) -> Result<Hello, DecodeError> {
+        if Hello::version_of(body)? != HA_VERSION {
             return Err(DecodeError::Invalid {
                 field: "version",
                 reason: "unsupported replication protocol version",
             });
         }
+        let mut r = Reader::new(&body[6..]);
         let shard = r.u16("shard")?;
         let shard_count = r.u16("shard_count")?;
         let segment_size_bytes = r.u64("segment_size_bytes")?;
@@ -125,94 +147,104 @@ fn read_log_id(r: &mut Reader<'_>) -> Result<LogId, DecodeError> {
     Ok(id)
 }
 
-impl Welcome {
-    pub fn refuse(reason: impl Into<String>) -> Welcome {
-        Welcome {
-            refused: Some(reason.into()),
-            log_id: [0; 16],
-            epochs: Vec::new(),
-            truncate_to: u64::MAX,
-            client_addr: String::new(),
-        }
-    }
+/// A refusal: refused byte 1 and the reason, then what version 1's answer required after them
+/// (zero log id, no epochs, no cut, empty client address), so that slaves of version 1 print
+/// the reason too.
+pub fn encode_refusal(reason: &str, out: &mut Vec<u8>) {
+    with_length(out, |out| {
+        Writer::new(out).u8(1).str16(reason);
+        out.extend_from_slice(&[0; 16]);
+        Writer::new(out).u32(0).u64(u64::MAX).str16("");
+    });
+}
 
+impl Welcome {
+    /// An acceptance: refused byte 0, an empty reason, then the master's protocol version, so a
+    /// slave tells a master of another version from a garbled answer.
     pub fn encode(&self, out: &mut Vec<u8>) {
         with_length(out, |out| {
-            Writer::new(out)
-                .u8(self.refused.is_some() as u8)
-                .str16(self.refused.as_deref().unwrap_or(""));
+            let mut w = Writer::new(out);
+            w.u8(0).str16("").u16(HA_VERSION);
             out.extend_from_slice(&self.log_id);
             let mut w = Writer::new(out);
             w.u32(self.epochs.len() as u32);
             for (epoch, start) in &self.epochs {
                 w.u32(*epoch).u64(*start);
             }
-            w.u64(self.truncate_to).str16(&self.client_addr);
+            w.u64(self.truncate_to);
         });
     }
 
-    pub fn decode(body: &[u8]) -> Result<Welcome, DecodeError> {
+    /// Decodes the master's answer (the body after the length prefix): a refusal, an
+    /// acceptance in another protocol version and bytes that are neither are errors.
+    pub fn decode(body: &[u8]) -> Result<Welcome, ReplicationError> {
+        let answer = ReplicationError::decode("answer from the master");
         let mut r = Reader::new(body);
-        let refused = r.u8("refused")?;
-        let reason = r.str16("reason")?.to_string();
-        let log_id = read_log_id(&mut r)?;
-        let count = r.count("epoch_count", 12)?;
-        let mut epochs = Vec::with_capacity(count);
-        for _ in 0..count {
-            epochs.push((r.u32("epoch")?, r.u64("epoch_start")?));
+        let refused = r.u8("refused").map_err(answer)?;
+        let reason = r.str16("reason").map_err(answer)?;
+        if refused != 0 {
+            // What follows the reason differs between versions and says nothing more.
+            return Err(ReplicationError::Refused(reason.to_string()));
         }
-        let welcome = Welcome {
-            refused: (refused != 0).then_some(reason),
-            log_id,
-            epochs,
-            truncate_to: r.u64("truncate_to")?,
-            client_addr: r.str16("client_addr")?.to_string(),
+        let version = r.u16("version").map_err(answer)?;
+        if version != HA_VERSION {
+            return Err(ReplicationError::Version {
+                master: version,
+                slave: HA_VERSION,
+            });
+        }
+        let decode = |r: &mut Reader<'_>| -> Result<Welcome, DecodeError> {
+            let log_id = read_log_id(r)?;
+            let count = r.count("epoch_count", 12)?;
+            let mut epochs = Vec::with_capacity(count);
+            for _ in 0..count {
+                epochs.push((r.u32("epoch")?, r.u64("epoch_start")?));
+            }
+            Ok(Welcome {
+                log_id,
+                epochs,
+                truncate_to: r.u64("truncate_to")?,
+            })
         };
-        r.finish()?;
+        let welcome = decode(&mut r).map_err(answer)?;
+        r.finish().map_err(answer)?;
         Ok(welcome)
     }
 }
 
-/// What every master frame carries besides log bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MasterState {
-    pub confirmed_offset: u64,
-    /// Counts topic and group-offset changes on the master shard.
-    pub metadata_version: u64,
-}
-
-pub fn encode_data_header(offset: u64, len: u32, state: MasterState) -> [u8; DATA_HEADER_BYTES] {
+pub fn encode_data_header(offset: u64, len: u32, confirmed_offset: u64) -> [u8; DATA_HEADER_BYTES] {
     let mut out = [0u8; DATA_HEADER_BYTES];
     out[0] = KIND_DATA;
     out[1..9].copy_from_slice(&offset.to_le_bytes());
     out[9..13].copy_from_slice(&len.to_le_bytes());
-    out[13..21].copy_from_slice(&state.confirmed_offset.to_le_bytes());
-    out[21..29].copy_from_slice(&state.metadata_version.to_le_bytes());
+    out[13..21].copy_from_slice(&confirmed_offset.to_le_bytes());
     out
 }
 
-pub fn encode_heartbeat(master_max_offset: u64, state: MasterState) -> [u8; HEARTBEAT_BYTES] {
+pub fn encode_heartbeat(master_max_offset: u64, confirmed_offset: u64) -> [u8; HEARTBEAT_BYTES] {
     let mut out = [0u8; HEARTBEAT_BYTES];
     out[0] = KIND_HEARTBEAT;
     out[1..9].copy_from_slice(&master_max_offset.to_le_bytes());
-    out[9..17].copy_from_slice(&state.confirmed_offset.to_le_bytes());
-    out[17..25].copy_from_slice(&state.metadata_version.to_le_bytes());
+    out[9..17].copy_from_slice(&confirmed_offset.to_le_bytes());
     out
 }
 
-/// A master → slave frame's fixed header (everything but a `DATA` frame's log bytes).
+/// A master → slave frame's fixed header (everything but the bytes a `DATA` or `METADATA`
+/// frame carries after it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MasterFrame {
     /// `len` raw commitlog bytes starting at commitlog offset `offset` follow.
     Data {
         offset: u64,
         len: u32,
-        state: MasterState,
+        confirmed_offset: u64,
     },
     Heartbeat {
         master_max_offset: u64,
-        state: MasterState,
+        confirmed_offset: u64,
     },
+    /// A [`MetadataFrame`] of `len` bytes follows.
+    Metadata { len: u32 },
 }
 
 impl MasterFrame {
@@ -221,6 +253,7 @@ impl MasterFrame {
         match kind {
             KIND_DATA => Some(DATA_HEADER_BYTES - 1),
             KIND_HEARTBEAT => Some(HEARTBEAT_BYTES - 1),
+            KIND_METADATA => Some(METADATA_HEADER_BYTES - 1),
             _ => None,
         }
     }
@@ -232,11 +265,14 @@ impl MasterFrame {
             KIND_DATA => MasterFrame::Data {
                 offset: r.u64("offset")?,
                 len: r.u32("length")?,
-                state: read_master_state(&mut r)?,
+                confirmed_offset: r.u64("confirmed_offset")?,
             },
             KIND_HEARTBEAT => MasterFrame::Heartbeat {
                 master_max_offset: r.u64("master_max_offset")?,
-                state: read_master_state(&mut r)?,
+                confirmed_offset: r.u64("confirmed_offset")?,
+            },
+            KIND_METADATA => MasterFrame::Metadata {
+                len: r.u32("length")?,
             },
             _ => {
                 return Err(DecodeError::Invalid {
@@ -250,11 +286,139 @@ impl MasterFrame {
     }
 }
 
-fn read_master_state(r: &mut Reader<'_>) -> Result<MasterState, DecodeError> {
-    Ok(MasterState {
-        confirmed_offset: r.u64("confirmed_offset")?,
-        metadata_version: r.u64("metadata_version")?,
-    })
+/// What a master shard tells its slave shard about metadata: the whole topic table from shard
+/// 0 (with the next topic id, so a promoted slave never reuses a deleted topic's id) and the
+/// group offsets of the queues the master shard owns, which the slave shard of the same number
+/// owns too (same table, same placement).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetadataFrame {
+    /// The master shard's metadata version this snapshot reflects (for logs and tests).
+    pub version: u64,
+    /// Master shard 0 only: the topic table, published by slave shard 0 when it differs.
+    pub topics: Option<TopicTable>,
+    pub group_offsets: Vec<OffsetRow>,
+}
+
+/// Shortest encodings, for counts: a topic (empty name, id, queue count) and a row.
+const MIN_TOPIC_BYTES: usize = 2 + 4 + 4;
+const MIN_ROW_BYTES: usize = 2 + 2 + 4 + 8;
+
+impl MetadataFrame {
+    /// The whole frame: kind byte, body length, body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![KIND_METADATA, 0, 0, 0, 0];
+        let mut w = Writer::new(&mut out);
+        w.u64(self.version);
+        match &self.topics {
+            None => {
+                w.u8(0);
+            }
+            Some(table) => {
+                w.u8(1)
+                    .u32(table.next_topic_id)
+                    .u32(table.topics.len() as u32);
+                for (name, entry) in &table.topics {
+                    w.str16(name)
+                        .u32(entry.topic_id)
+                        .u32(entry.queue_shards.len() as u32);
+                    for shard in &entry.queue_shards {
+                        w.u16(*shard);
+                    }
+                }
+            }
+        }
+        w.u32(self.group_offsets.len() as u32);
+        for row in &self.group_offsets {
+            w.str16(&row.group)
+                .str16(&row.topic)
+                .u32(row.queue)
+                .u64(row.offset);
+        }
+        let len = (out.len() - METADATA_HEADER_BYTES) as u32;
+        out[1..METADATA_HEADER_BYTES].copy_from_slice(&len.to_le_bytes());
+        out
+    }
+
+    /// Decodes a body (after the frame header). Names must be valid topic and group names and
+    /// each topic has 1 to `MAX_QUEUES_PER_TOPIC` queues, as on a master; which shards exist
+    /// is the receiver's check.
+    pub fn decode(body: &[u8]) -> Result<MetadataFrame, DecodeError> {
+        let mut r = Reader::new(body);
+        let version = r.u64("version")?;
+        let topics = match r.u8("has_topics")? {
+            0 => None,
+            1 => {
+                let next_topic_id = r.u32("next_topic_id")?;
+                let count = r.count("topic_count", MIN_TOPIC_BYTES)?;
+                let mut topics = BTreeMap::new();
+                for _ in 0..count {
+                    let name = r.str16("topic")?;
+                    if validate_name("topic", name).is_err() {
+                        return Err(DecodeError::Invalid {
+                            field: "topic",
+                            reason: "not a valid topic name",
+                        });
+                    }
+                    let topic_id = r.u32("topic_id")?;
+                    let queues = r.count("queue_count", 2)?;
+                    if queues == 0 || queues > MAX_QUEUES_PER_TOPIC as usize {
+                        return Err(DecodeError::Invalid {
+                            field: "queue_count",
+                            reason: "a topic has 1 to MAX_QUEUES_PER_TOPIC queues",
+                        });
+                    }
+                    let mut queue_shards = Vec::with_capacity(queues);
+                    for _ in 0..queues {
+                        queue_shards.push(r.u16("queue_shard")?);
+                    }
+                    let entry = TopicEntry {
+                        topic_id,
+                        queue_shards,
+                    };
+                    if topics.insert(name.to_string(), entry).is_some() {
+                        return Err(DecodeError::Invalid {
+                            field: "topic",
+                            reason: "a topic is listed twice",
+                        });
+                    }
+                }
+                Some(TopicTable {
+                    next_topic_id,
+                    topics,
+                })
+            }
+            _ => {
+                return Err(DecodeError::Invalid {
+                    field: "has_topics",
+                    reason: "must be 0 or 1",
+                })
+            }
+        };
+        let count = r.count("offset_count", MIN_ROW_BYTES)?;
+        let mut group_offsets = Vec::with_capacity(count);
+        for _ in 0..count {
+            let group = r.str16("group")?;
+            let topic = r.str16("topic")?;
+            if validate_name("group", group).is_err() || validate_name("topic", topic).is_err() {
+                return Err(DecodeError::Invalid {
+                    field: "group_offset",
+                    reason: "not a valid group or topic name",
+                });
+            }
+            group_offsets.push(OffsetRow {
+                group: group.to_string(),
+                topic: topic.to_string(),
+                queue: r.u32("queue")?,
+                offset: r.u64("offset")?,
+            });
+        }
+        r.finish()?;
+        Ok(MetadataFrame {
+            version,
+            topics,
+            group_offsets,
+        })
+    }
 }
 
 /// What the front of a slave's received log bytes holds.
@@ -272,9 +436,13 @@ pub enum Shipped {
 /// Splits received log bytes `rest`, which start at commitlog offset `at`, at the next record
 /// or segment-tail boundary. An error means the master's bytes cannot be a log of this
 /// segment size.
-pub fn next_shipped(rest: &[u8], at: u64, segment_size_bytes: u64) -> Result<Shipped, String> {
+pub fn next_shipped(
+    rest: &[u8],
+    at: u64,
+    segment_size_bytes: u64,
+) -> Result<Shipped, ReplicationError> {
     let segment_left = (segment_size_bytes - at % segment_size_bytes) as usize;
-    if segment_left < END_OF_SEGMENT_MARKER_BYTES || is_end_of_segment(rest) {
+    if segment_left < END_OF_SEGMENT_MARKER_BYTES || record::is_end_of_segment(rest) {
         return Ok(if rest.len() < segment_left {
             Shipped::Incomplete
         } else {
@@ -284,20 +452,17 @@ pub fn next_shipped(rest: &[u8], at: u64, segment_size_bytes: u64) -> Result<Shi
     if rest.len() < RECORD_HEADER_BYTES {
         return Ok(Shipped::Incomplete);
     }
-    let size = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+    let size = record::peek_total_size(rest).expect("a whole header") as usize;
     if size < RECORD_HEADER_BYTES || size > segment_left {
-        return Err(format!("corrupt record size {size} at offset {at}"));
+        return Err(ReplicationError::Protocol(format!(
+            "corrupt record size {size} at offset {at}"
+        )));
     }
     Ok(if rest.len() < size {
         Shipped::Incomplete
     } else {
         Shipped::Record(size)
     })
-}
-
-fn is_end_of_segment(bytes: &[u8]) -> bool {
-    bytes.len() >= END_OF_SEGMENT_MARKER_BYTES
-        && u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) == END_OF_SEGMENT_MAGIC
 }
 
 pub fn u64_at(bytes: &[u8], at: usize) -> u64 {
@@ -319,9 +484,8 @@ pub fn divergence_point(master_epochs: &[Epoch], slave_last_epoch: u32) -> u64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn handshake_round_trips() {
-        let hello = Hello {
+    fn hello() -> Hello {
+        Hello {
             shard: 1,
             shard_count: 2,
             segment_size_bytes: 1 << 20,
@@ -329,7 +493,12 @@ mod tests {
             last_epoch: 3,
             max_offset: 4096,
             broker_name: "broker-a".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn handshake_round_trips() {
+        let hello = hello();
         let mut out = Vec::new();
         hello.encode(&mut out);
         assert_eq!(
@@ -337,32 +506,76 @@ mod tests {
             out.len() - 4
         );
         assert_eq!(Hello::decode(&out[4..]).unwrap(), hello);
+        assert_eq!(Hello::version_of(&out[4..]), Ok(HA_VERSION));
         let welcome = Welcome {
-            refused: None,
             log_id: [9; 16],
             epochs: vec![(1, 0), (2, 8192)],
             truncate_to: 8192,
-            client_addr: "127.0.0.1:10911".into(),
         };
         let mut out = Vec::new();
         welcome.encode(&mut out);
         assert_eq!(Welcome::decode(&out[4..]).unwrap(), welcome);
         let mut out = Vec::new();
-        Welcome::refuse("wrong group").encode(&mut out);
-        assert_eq!(
-            Welcome::decode(&out[4..]).unwrap().refused.as_deref(),
-            Some("wrong group")
-        );
+        encode_refusal("wrong group", &mut out);
+        assert!(matches!(
+            Welcome::decode(&out[4..]),
+            Err(ReplicationError::Refused(reason)) if reason == "wrong group"
+        ));
         assert!(Hello::decode(&[0u8; 10]).is_err());
+    }
+
+    /// A peer of another version is told apart from garbage, on both sides: the master reads
+    /// the slave's version before anything else, and the slave reads the master's.
+    #[test]
+    fn another_protocol_version_is_named_not_garbled() {
+        let mut out = Vec::new();
+        hello().encode(&mut out);
+        out[8..10].copy_from_slice(&1u16.to_le_bytes());
+        assert_eq!(Hello::version_of(&out[4..]), Ok(1));
+        assert!(Hello::decode(&out[4..]).is_err());
+        let mut out = Vec::new();
+        Welcome {
+            log_id: [9; 16],
+            epochs: vec![(1, 0)],
+            truncate_to: u64::MAX,
+        }
+        .encode(&mut out);
+        // refused byte, empty reason (2 bytes), then the version.
+        out[7..9].copy_from_slice(&3u16.to_le_bytes());
+        let error = Welcome::decode(&out[4..]).unwrap_err();
+        assert!(matches!(
+            error,
+            ReplicationError::Version {
+                master: 3,
+                slave: HA_VERSION
+            }
+        ));
+        let message = error.to_string();
+        assert!(
+            message.contains("version 3") && message.contains(&format!("version {HA_VERSION}")),
+            "{message}"
+        );
+    }
+
+    /// A refusal keeps version 1's layout, so a version-1 slave decodes it with its own
+    /// decoder (refused, reason, log id, epochs, truncate_to, client address) and prints why.
+    #[test]
+    fn a_refusal_decodes_as_version_one_did() {
+        let mut out = Vec::new();
+        encode_refusal("versions differ", &mut out);
+        let mut r = Reader::new(&out[4..]);
+        assert_eq!(r.u8("refused"), Ok(1));
+        assert_eq!(r.str16("reason"), Ok("versions differ"));
+        assert_eq!(read_log_id(&mut r), Ok([0; 16]));
+        assert_eq!(r.count("epoch_count", 12), Ok(0));
+        assert_eq!(r.u64("truncate_to"), Ok(u64::MAX));
+        assert_eq!(r.str16("client_addr"), Ok(""));
+        assert_eq!(r.finish(), Ok(()));
     }
 
     #[test]
     fn master_frames_decode_what_the_master_encodes() {
-        let state = MasterState {
-            confirmed_offset: 4096,
-            metadata_version: 9,
-        };
-        let data = encode_data_header(8192, 300, state);
+        let data = encode_data_header(8192, 300, 4096);
         assert_eq!(
             MasterFrame::header_bytes_after(data[0]),
             Some(data.len() - 1)
@@ -372,10 +585,10 @@ mod tests {
             Ok(MasterFrame::Data {
                 offset: 8192,
                 len: 300,
-                state
+                confirmed_offset: 4096
             })
         );
-        let beat = encode_heartbeat(12_000, state);
+        let beat = encode_heartbeat(12_000, 4096);
         assert_eq!(
             MasterFrame::header_bytes_after(beat[0]),
             Some(beat.len() - 1)
@@ -384,11 +597,55 @@ mod tests {
             MasterFrame::decode(beat[0], &beat[1..]),
             Ok(MasterFrame::Heartbeat {
                 master_max_offset: 12_000,
-                state
+                confirmed_offset: 4096
             })
         );
         assert_eq!(MasterFrame::header_bytes_after(7), None);
         assert!(MasterFrame::decode(KIND_DATA, &data[1..10]).is_err());
+    }
+
+    fn metadata() -> MetadataFrame {
+        let (table, _) = TopicTable::default().with_topic("orders", 3, 2).unwrap();
+        let (table, _) = table.with_topic("audit", 1, 2).unwrap();
+        MetadataFrame {
+            version: 7,
+            topics: Some(table),
+            group_offsets: vec![OffsetRow {
+                group: "readers".into(),
+                topic: "orders".into(),
+                queue: 2,
+                offset: 41,
+            }],
+        }
+    }
+
+    #[test]
+    fn metadata_frames_round_trip_and_refuse_what_a_master_cannot_hold() {
+        for frame in [metadata(), MetadataFrame::default()] {
+            let bytes = frame.encode();
+            let header_len = MasterFrame::header_bytes_after(bytes[0]).unwrap();
+            let header = MasterFrame::decode(bytes[0], &bytes[1..1 + header_len]).unwrap();
+            let MasterFrame::Metadata { len } = header else {
+                panic!("not a metadata frame: {header:?}");
+            };
+            let body = &bytes[METADATA_HEADER_BYTES..];
+            assert_eq!(len as usize, body.len());
+            assert_eq!(MetadataFrame::decode(body), Ok(frame));
+        }
+        let mut bad_name = metadata();
+        bad_name.group_offsets[0].group = "../etc".into();
+        let bytes = bad_name.encode();
+        assert!(MetadataFrame::decode(&bytes[METADATA_HEADER_BYTES..]).is_err());
+        let mut no_queues = metadata();
+        let table = no_queues.topics.as_mut().unwrap();
+        table.topics.get_mut("audit").unwrap().queue_shards.clear();
+        let bytes = no_queues.encode();
+        assert!(MetadataFrame::decode(&bytes[METADATA_HEADER_BYTES..]).is_err());
+        let bytes = metadata().encode();
+        for cut in 0..bytes.len() - METADATA_HEADER_BYTES {
+            let body = &bytes[METADATA_HEADER_BYTES..METADATA_HEADER_BYTES + cut];
+            assert!(MetadataFrame::decode(body).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]
@@ -397,26 +654,29 @@ mod tests {
         let mut record = vec![0u8; RECORD_HEADER_BYTES + 10];
         let size = record.len() as u32;
         record[..4].copy_from_slice(&size.to_le_bytes());
-        assert_eq!(next_shipped(&record, 0, segment), Ok(Shipped::Record(86)));
         assert_eq!(
-            next_shipped(&record[..50], 0, segment),
-            Ok(Shipped::Incomplete)
+            next_shipped(&record, 0, segment).ok(),
+            Some(Shipped::Record(86))
+        );
+        assert_eq!(
+            next_shipped(&record[..50], 0, segment).ok(),
+            Some(Shipped::Incomplete)
         );
         let mut tail = vec![0u8; 100];
         tail[..4].copy_from_slice(&100u32.to_le_bytes());
-        tail[4..8].copy_from_slice(&END_OF_SEGMENT_MAGIC.to_le_bytes());
+        tail[4..8].copy_from_slice(&record::END_OF_SEGMENT_MAGIC.to_le_bytes());
         let at = segment - 100;
         assert_eq!(
-            next_shipped(&tail, at, segment),
-            Ok(Shipped::SegmentTail(100))
+            next_shipped(&tail, at, segment).ok(),
+            Some(Shipped::SegmentTail(100))
         );
         assert_eq!(
-            next_shipped(&tail[..99], at, segment),
-            Ok(Shipped::Incomplete)
+            next_shipped(&tail[..99], at, segment).ok(),
+            Some(Shipped::Incomplete)
         );
         assert_eq!(
-            next_shipped(&[0; 5], segment - 5, segment),
-            Ok(Shipped::SegmentTail(5))
+            next_shipped(&[0; 5], segment - 5, segment).ok(),
+            Some(Shipped::SegmentTail(5))
         );
         record[..4].copy_from_slice(&200u32.to_le_bytes());
         assert!(next_shipped(&record, segment - 150, segment).is_err());

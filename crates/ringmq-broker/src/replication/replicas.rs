@@ -96,9 +96,21 @@ impl Replicas {
         }
         let before = self.completions.released_offset();
         if let Some(quorum) = self.quorum_offset() {
+            // Every link's offset was at most the master's end when it was reported, and a
+            // master's end only grows: a quorum past it would release a producer on a fake ack.
+            debug_assert!(
+                quorum <= master_max,
+                "quorum offset {quorum} is past the master's end {master_max}"
+            );
             self.completions.release(quorum);
         }
-        Ok(self.completions.released_offset() > before)
+        let after = self.completions.released_offset();
+        // A link that disconnects or reports less lowers the quorum, never what was released.
+        debug_assert!(
+            after >= before,
+            "the replicated offset moved back from {before} to {after}"
+        );
+        Ok(after > before)
     }
 
     /// The highest offset that `needed` links have all reached.

@@ -4,17 +4,21 @@
 //! if the master says the logs diverged, adopts the master's log identity, then applies the
 //! shipped bytes record by record through [`ShardStore::append_replicated`] (the same append
 //! rule as the master, so the same offsets and segment rolls) and reports its confirmed offset
-//! (flushed under SYNC_FLUSH) after every flush or append and as a heartbeat.
+//! (flushed under SYNC_FLUSH) after every flush or append and as a heartbeat. Metadata frames
+//! on the same link carry the master's topics and group offsets ([`apply_metadata`]).
 //!
 //! [`ShardStore::append_replicated`]: crate::store::ShardStore::append_replicated
 
+use super::error::ReplicationError;
 use super::identity::LogIdentity;
 use super::master::with_timeout;
 use super::protocol::{
-    next_shipped, Hello, MasterFrame, Shipped, Welcome, DATA_HEADER_BYTES, MAX_HANDSHAKE_BYTES,
+    next_shipped, Hello, MasterFrame, MetadataFrame, Shipped, Welcome, MAX_FRAME_HEADER_BYTES,
+    MAX_HANDSHAKE_BYTES, MAX_METADATA_BYTES,
 };
 use crate::config::BrokerRole;
 use crate::metrics::Counter;
+use crate::shard::handlers::topic::publish;
 use crate::shard::Shard;
 use futures_lite::future;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -63,28 +67,24 @@ pub async fn run(shard: Rc<Shard>, master: SocketAddr) {
 }
 
 /// One connection to the master. `Ok(true)` when it got as far as streaming.
-async fn link_once(shard: &Rc<Shard>, master: SocketAddr) -> Result<bool, String> {
+async fn link_once(shard: &Rc<Shard>, master: SocketAddr) -> Result<bool, ReplicationError> {
     let timeout = Duration::from_millis(shard.config.ha_link_timeout_ms);
-    let mut stream = with_timeout(timeout, async {
+    let mut stream = with_timeout(timeout, "connecting", async {
         TcpStream::connect(master)
             .await
             .map_err(std::io::Error::from)
     })
-    .await
-    .map_err(|e| format!("connecting: {e}"))?;
+    .await?;
     // With the master down and its HA port in the ephemeral range, a connect can land on this
     // very socket; holding it would keep the master from binding its port again.
-    if crate::client::is_self_connection(&stream) {
+    if is_self_connection(&stream) {
         let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-        return Err(format!(
+        return Err(ReplicationError::Protocol(format!(
             "connecting to {master} reached this socket itself; retrying"
-        ));
+        )));
     }
     let _ = stream.set_nodelay(true);
     let welcome = handshake(shard, &mut stream, timeout).await?;
-    if let Some(reason) = welcome.refused {
-        return Err(format!("refused by the master: {reason}"));
-    }
     if welcome.truncate_to < shard.store.max_offset() {
         warn!(
             shard = shard.id,
@@ -97,7 +97,9 @@ async fn link_once(shard: &Rc<Shard>, master: SocketAddr) -> Result<bool, String
             .store
             .truncate_to(welcome.truncate_to)
             .await
-            .map_err(|e| format!("truncating to {}: {e}", welcome.truncate_to))?;
+            .map_err(|e| {
+                ReplicationError::Store(format!("truncating to {}: {e}", welcome.truncate_to))
+            })?;
         // Nothing past the cut may still count as flushed or replicated (a later promotion
         // must not answer OK from stale counters).
         shard.completions.reset_to(shard.store.flushed_offset());
@@ -113,14 +115,15 @@ async fn link_once(shard: &Rc<Shard>, master: SocketAddr) -> Result<bool, String
         identity.save(&shard.disk, &shard.store_dir).await?;
         *shard.identity.borrow_mut() = identity;
     }
-    *shard.master_client_addr.borrow_mut() = Some(welcome.client_addr.clone());
     shard.link_up.set(true);
-    shard.link_established.notify();
     info!(shard = shard.id, %master, from_offset = shard.store.max_offset(), "replicating from the master");
     // SAFETY: a second descriptor for the same socket, owned by the reporter.
     let write_fd = unsafe { libc::dup(stream.as_raw_fd()) };
     if write_fd < 0 {
-        return Err("dup of the replication socket failed".into());
+        return Err(ReplicationError::io(
+            "duplicating the replication socket",
+            std::io::Error::last_os_error(),
+        ));
     }
     let writer = unsafe { TcpStream::from_raw_fd(write_fd) };
     let closed = Rc::new(Cell::new(false));
@@ -133,11 +136,21 @@ async fn link_once(shard: &Rc<Shard>, master: SocketAddr) -> Result<bool, String
     result.map(|()| true)
 }
 
+/// Whether the two ends of a connected socket are the same address (a self-connection).
+fn is_self_connection(socket: &impl AsRawFd) -> bool {
+    let socket = socket2::SockRef::from(socket);
+    let (local, peer) = (socket.local_addr(), socket.peer_addr());
+    matches!(
+        (local.map(|a| a.as_socket()), peer.map(|a| a.as_socket())),
+        (Ok(Some(local)), Ok(Some(peer))) if local == peer
+    )
+}
+
 async fn handshake(
     shard: &Shard,
     stream: &mut TcpStream,
     timeout: Duration,
-) -> Result<Welcome, String> {
+) -> Result<Welcome, ReplicationError> {
     let identity = shard.identity.borrow().clone();
     let max_offset = shard.store.max_offset();
     let hello = Hello {
@@ -155,16 +168,23 @@ async fn handshake(
     };
     let mut out = Vec::new();
     hello.encode(&mut out);
-    with_timeout(timeout, stream.write_all(&out)).await?;
+    with_timeout(timeout, "sending the handshake", stream.write_all(&out)).await?;
     let mut len = [0u8; 4];
-    with_timeout(timeout, stream.read_exact(&mut len)).await?;
+    let reading = "reading the master's answer";
+    with_timeout(timeout, reading, stream.read_exact(&mut len)).await?;
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_HANDSHAKE_BYTES {
-        return Err(format!("master's answer of {len} bytes is too large"));
+        return Err(ReplicationError::TooLarge {
+            what: "the master's answer",
+            len,
+            max: MAX_HANDSHAKE_BYTES,
+        });
     }
     let mut body = vec![0u8; len];
-    with_timeout(timeout, stream.read_exact(&mut body)).await?;
-    Welcome::decode(&body).map_err(|e| format!("bad answer from the master: {e}"))
+    with_timeout(timeout, reading, stream.read_exact(&mut body)).await?;
+    // A refusal (a version mismatch included: the master names both versions) and an
+    // acceptance of another version come back as errors that say so.
+    Welcome::decode(&body)
 }
 
 /// Sends the confirmed offset whenever it moves, and at least every heartbeat interval.
@@ -212,55 +232,137 @@ async fn receive(
     shard: &Rc<Shard>,
     stream: &mut TcpStream,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), ReplicationError> {
     let mut pending: Vec<u8> = Vec::new();
     // Log position of `pending[0]`, and of the byte after everything received.
     let mut position = shard.store.max_offset();
     let mut next_offset = position;
-    let mut header = [0u8; DATA_HEADER_BYTES];
+    let mut header = [0u8; MAX_FRAME_HEADER_BYTES];
+    let reading = "reading from the master";
     loop {
-        with_timeout(timeout, stream.read_exact(&mut header[..1])).await?;
+        with_timeout(timeout, reading, stream.read_exact(&mut header[..1])).await?;
         let kind = header[0];
         let Some(header_len) = MasterFrame::header_bytes_after(kind) else {
-            return Err(format!("unknown frame kind {kind} from the master"));
+            return Err(ReplicationError::Protocol(format!(
+                "unknown frame kind {kind} from the master"
+            )));
         };
         let rest = &mut header[1..1 + header_len];
-        with_timeout(timeout, stream.read_exact(rest)).await?;
+        with_timeout(timeout, reading, stream.read_exact(rest)).await?;
         let frame =
-            MasterFrame::decode(kind, rest).map_err(|e| format!("bad master frame: {e}"))?;
+            MasterFrame::decode(kind, rest).map_err(ReplicationError::decode("master frame"))?;
         match frame {
-            MasterFrame::Heartbeat { state, .. } => {
-                shard.set_master_confirmed(state.confirmed_offset);
-                shard.master_metadata_version(state.metadata_version).await;
+            MasterFrame::Heartbeat {
+                confirmed_offset, ..
+            } => {
+                shard.set_master_confirmed(confirmed_offset);
             }
-            MasterFrame::Data { offset, len, state } => {
+            MasterFrame::Data {
+                offset,
+                len,
+                confirmed_offset,
+            } => {
                 let len = len as usize;
                 if offset != next_offset {
-                    return Err(format!(
+                    return Err(ReplicationError::Protocol(format!(
                         "master sent offset {offset}, expected {next_offset}"
-                    ));
+                    )));
                 }
                 if len > super::master::SHIP_CHUNK_BYTES {
-                    return Err(format!("data frame of {len} bytes is larger than allowed"));
+                    return Err(ReplicationError::TooLarge {
+                        what: "data frame",
+                        len,
+                        max: super::master::SHIP_CHUNK_BYTES,
+                    });
                 }
                 let at = pending.len();
                 pending.resize(at + len, 0);
-                with_timeout(timeout, stream.read_exact(&mut pending[at..])).await?;
+                with_timeout(timeout, reading, stream.read_exact(&mut pending[at..])).await?;
                 next_offset += len as u64;
                 shard
                     .probe
                     .add(Counter::ReplicationReceivedBytes, len as u64);
                 apply(shard, &mut pending, &mut position).await?;
-                shard.set_master_confirmed(state.confirmed_offset);
-                shard.master_metadata_version(state.metadata_version).await;
+                debug_assert!(
+                    position <= next_offset,
+                    "applied up to {position}, past the {next_offset} received"
+                );
+                shard.set_master_confirmed(confirmed_offset);
+            }
+            MasterFrame::Metadata { len } => {
+                let len = len as usize;
+                if len > MAX_METADATA_BYTES {
+                    return Err(ReplicationError::TooLarge {
+                        what: "metadata frame",
+                        len,
+                        max: MAX_METADATA_BYTES,
+                    });
+                }
+                let mut body = vec![0u8; len];
+                with_timeout(timeout, reading, stream.read_exact(&mut body)).await?;
+                let metadata = MetadataFrame::decode(&body)
+                    .map_err(ReplicationError::decode("metadata frame"))?;
+                apply_metadata(shard, metadata).await?;
             }
         }
     }
 }
 
+/// Applies a master shard's metadata through the same paths as on a master: slave shard 0
+/// publishes a topic table that differs from its own (atomic write, then every shard applies
+/// it), and each slave shard takes the group offsets of the queues it owns, which are the
+/// queues its master shard owns. An error drops the link; the next handshake resends all.
+pub async fn apply_metadata(
+    shard: &Rc<Shard>,
+    metadata: MetadataFrame,
+) -> Result<(), ReplicationError> {
+    if let Some(table) = metadata.topics {
+        if shard.id != 0 {
+            return Err(ReplicationError::Metadata(format!(
+                "master shard {} sent a topic table; only shard 0 does",
+                shard.id
+            )));
+        }
+        if let Some((name, _)) = table.topics.iter().find(|(_, t)| {
+            t.queue_shards
+                .iter()
+                .any(|s| *s as usize >= shard.shard_count)
+        }) {
+            return Err(ReplicationError::Metadata(format!(
+                "topic `{name}` places a queue on a shard this broker does not have (it has {})",
+                shard.shard_count
+            )));
+        }
+        if *shard.topic_table() != table {
+            let topics = table.topics.len();
+            publish(shard, table).await.map_err(|reply| {
+                ReplicationError::Metadata(String::from_utf8_lossy(&reply.body).into_owned())
+            })?;
+            info!(
+                shard = shard.id,
+                topics,
+                version = metadata.version,
+                "copied the topic table from the master"
+            );
+        }
+    }
+    if !metadata.group_offsets.is_empty() {
+        shard
+            .groups
+            .apply_from_master(metadata.group_offsets)
+            .await
+            .map_err(ReplicationError::Metadata)?;
+    }
+    Ok(())
+}
+
 /// Appends every complete record at the front of `pending` (which starts at log offset
 /// `position`) and removes what it consumed.
-async fn apply(shard: &Rc<Shard>, pending: &mut Vec<u8>, position: &mut u64) -> Result<(), String> {
+async fn apply(
+    shard: &Rc<Shard>,
+    pending: &mut Vec<u8>,
+    position: &mut u64,
+) -> Result<(), ReplicationError> {
     let segment = shard.config.segment_size_bytes;
     let mut used = 0usize;
     loop {
@@ -274,6 +376,12 @@ async fn apply(shard: &Rc<Shard>, pending: &mut Vec<u8>, position: &mut u64) -> 
                 append(shard, &pending[used..used + size]).await?;
                 used += size;
                 *position += size as u64;
+                // The same append rule as the master's: the record lands where it did there.
+                debug_assert_eq!(
+                    shard.store.max_offset(),
+                    *position,
+                    "the slave's log is not where the master's is"
+                );
             }
         }
     }
@@ -291,7 +399,7 @@ async fn apply(shard: &Rc<Shard>, pending: &mut Vec<u8>, position: &mut u64) -> 
     Ok(())
 }
 
-async fn append(shard: &Rc<Shard>, bytes: &[u8]) -> Result<(), String> {
+async fn append(shard: &Rc<Shard>, bytes: &[u8]) -> Result<(), ReplicationError> {
     // A slave appends what its master shipped; if its own flusher or disk cannot keep up for
     // a whole link timeout, the link is dropped and resumes from the slave's end later.
     let deadline = std::time::Instant::now()
@@ -299,7 +407,31 @@ async fn append(shard: &Rc<Shard>, bytes: &[u8]) -> Result<(), String> {
     shard
         .append_waiting(deadline, || shard.store.append_replicated(bytes))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| ReplicationError::Store(e.to_string()))?;
     shard.probe.appended(1, bytes.len() as u64);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_self_connection;
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::SocketAddr;
+
+    /// What the kernel does when a slave dials a stopped master whose HA port lies in the
+    /// ephemeral range and picks that very port for the connect: the socket meets itself.
+    #[test]
+    fn a_socket_connected_to_its_own_address_is_detected() {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        socket
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let own = socket.local_addr().unwrap();
+        socket.connect(&own).expect("self-connect");
+        let stream: std::net::TcpStream = socket.into();
+        assert!(is_self_connection(&stream));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let other = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert!(!is_self_connection(&other));
+    }
 }

@@ -63,11 +63,6 @@ pub enum ShardRequest {
     AllGroupOffsets {
         reply: oneshot::Sender<Vec<crate::shard::groups::OffsetRow>>,
     },
-    /// Slave: the master's group offsets for queues this shard owns.
-    ApplyGroupOffsets {
-        rows: Vec<crate::shard::groups::OffsetRow>,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
     /// This shard's replication state, for `cluster status`.
     ClusterState {
         reply: oneshot::Sender<crate::shard::handlers::cluster::ShardStatus>,
@@ -77,8 +72,6 @@ pub enum ShardRequest {
         role: crate::config::BrokerRole,
         reply: oneshot::Sender<Result<(), String>>,
     },
-    /// Slave: a master shard's topics or group offsets changed; shard 0 copies them now.
-    MetadataChanged,
     /// This shard's probe snapshot.
     Probe {
         reply: oneshot::Sender<crate::metrics::ProbeSnapshot>,

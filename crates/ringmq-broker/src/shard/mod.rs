@@ -93,21 +93,11 @@ pub struct Shard {
     pub replication_wakeup: Event,
     /// Slave: the master's confirmed offset as last heard; bounds what consumers see here.
     pub master_confirmed: Cell<u64>,
-    /// Counts topic-table and group-offset changes on this shard; slaves watch it to copy
-    /// metadata as soon as it changes.
+    /// Counts topic-table and group-offset changes on this shard; a master's shippers send a
+    /// metadata frame to its slaves when it moves.
     pub metadata_version: Cell<u64>,
-    /// Slave: the master shard's metadata version as last heard.
-    pub master_metadata_seen: Cell<u64>,
-    /// Slave shard 0: some master shard's metadata changed; copy it now.
-    pub metadata_changed: Event,
     /// Slave: whether the link to the master is streaming.
     pub link_up: Cell<bool>,
-    /// Slave: a link to the master was just established (triggers a metadata copy).
-    pub link_established: Event,
-    /// Slave: the master's client address, learned in the handshake (metadata sync).
-    pub master_client_addr: RefCell<Option<String>>,
-    /// This broker's client address, told to slaves.
-    pub client_addr: String,
     /// Held around flushes, metadata writes and truncation: they must not overlap.
     pub store_gate: Semaphore,
     /// Round-robin position for produce requests that let the broker pick the queue.
@@ -136,37 +126,9 @@ impl Shard {
         }
     }
 
-    /// What this master shard tells its slaves in every frame.
-    pub fn master_state(&self) -> crate::replication::protocol::MasterState {
-        crate::replication::protocol::MasterState {
-            confirmed_offset: self.confirmed_offset(),
-            metadata_version: self.metadata_version.get(),
-        }
-    }
-
     pub fn bump_metadata_version(&self) {
         self.metadata_version.set(self.metadata_version.get() + 1);
         self.replication_wakeup.notify();
-    }
-
-    /// Slave: the master shard's metadata version; when it moved, shard 0 copies metadata.
-    pub async fn master_metadata_version(&self, version: u64) {
-        if self.master_metadata_seen.replace(version) == version {
-            return;
-        }
-        if self.id == 0 {
-            self.metadata_changed.notify();
-        } else if self
-            .mesh
-            .send(0, ShardRequest::MetadataChanged)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                shard = self.id,
-                "shard 0 is not running: metadata copy delayed"
-            );
-        }
     }
 
     /// Slave: the master says everything before `offset` is confirmed there.

@@ -38,8 +38,6 @@ pub struct ShardStartup {
     pub ready: mpsc::Sender<StartupEvent>,
     /// This shard's socket on the shared replication port.
     pub ha_fd: RawFd,
-    /// The broker's client address, told to slaves in the replication handshake.
-    pub client_addr: String,
     /// The Prometheus endpoint's listening socket (shard 0 only).
     pub metrics_fd: Option<RawFd>,
     /// Blocking eventfd the main thread writes to ask for a clean shutdown.
@@ -144,7 +142,9 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
         .await
         .map_err(|e| format!("{}: priming the io_uring poll probe: {e}", dir.display()))?;
     stage(format!("loading the log identity in {}", dir.display()));
-    let mut identity = LogIdentity::load_or_create(&disk, &dir).await?;
+    let mut identity = LogIdentity::load_or_create(&disk, &dir)
+        .await
+        .map_err(|e| e.to_string())?;
     let role = match identity.promoted_role {
         Some(promoted) if promoted != config.broker_role => {
             warn!(
@@ -180,7 +180,10 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
     let epoch_start = identity.epochs.last().map(|(_, start)| *start);
     if role.is_master() && report.unclean_shutdown && epoch_start != Some(recovered_end) {
         identity = identity.next_epoch(recovered_end);
-        identity.save(&disk, &dir).await?;
+        identity
+            .save(&disk, &dir)
+            .await
+            .map_err(|e| e.to_string())?;
         info!(
             shard = start.id,
             epoch = identity.last_epoch(),
@@ -225,12 +228,7 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
         replication_wakeup: Default::default(),
         master_confirmed: Cell::new(0),
         link_up: Cell::new(false),
-        link_established: Default::default(),
         metadata_version: Cell::new(0),
-        master_metadata_seen: Cell::new(0),
-        metadata_changed: Default::default(),
-        master_client_addr: RefCell::new(None),
-        client_addr: start.client_addr,
         store_gate: Semaphore::new(1),
         probe: Default::default(),
         next_queue: Cell::new(0),
@@ -326,11 +324,6 @@ async fn serve_until_stopped(
                     shard.clone(),
                     master,
                 )));
-                if shard.id == 0 {
-                    accept_loops.push(spawn_local(crate::replication::metadata_sync::run(
-                        shard.clone(),
-                    )));
-                }
             }
             Ok(None) | Err(_) => warn!(
                 shard = shard.id,

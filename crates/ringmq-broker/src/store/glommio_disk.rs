@@ -197,18 +197,7 @@ impl Disk for GlommioDisk {
 
     async fn write_atomic(&self, path: &Path, bytes: Vec<u8>) -> io::Result<()> {
         let path = path.to_path_buf();
-        blocking(move || {
-            let mut tmp = path.clone().into_os_string();
-            tmp.push(".tmp");
-            let tmp = PathBuf::from(tmp);
-            let mut file = fs::File::create(&tmp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            drop(file);
-            fs::rename(&tmp, &path)?;
-            sync_dir(&parent_of(&path))
-        })
-        .await
+        blocking(move || write_atomic_blocking(&path, &bytes)).await
     }
 
     async fn available_bytes(&self, dir: &Path) -> io::Result<u64> {
@@ -300,4 +289,20 @@ impl DiskFile for GlommioFile {
     fn path(&self) -> PathBuf {
         self.path.clone()
     }
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old file or the new one:
+/// write `<path>.tmp`, sync it, rename it over `path`, sync the directory. Blocks the calling
+/// thread; [`GlommioDisk::write_atomic`] runs it on the blocking pool, and the server calls it
+/// directly before any executor starts.
+pub fn write_atomic_blocking(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.to_path_buf().into_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, path)?;
+    sync_dir(&parent_of(path))
 }

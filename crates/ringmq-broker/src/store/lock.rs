@@ -12,6 +12,30 @@ use std::path::{Path, PathBuf};
 /// Name of the lock file inside the store directory.
 pub const STORE_LOCK_NAME: &str = "lock";
 
+/// Why the store's lock could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds it; `holder` names it by pid when the lock file says.
+    #[error(
+        "store {} is in use: {holder} holds its lock {}; stop that broker or use another --store",
+        store.display(),
+        path.display()
+    )]
+    InUse {
+        store: PathBuf,
+        path: PathBuf,
+        holder: String,
+    },
+    #[error("store lock {}: {what}{source}", path.display())]
+    Io {
+        path: PathBuf,
+        /// What was being done, with a trailing `: `, or empty.
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Holds the lock until dropped (the process exits).
 #[derive(Debug)]
 pub struct StoreLock {
@@ -22,7 +46,7 @@ pub struct StoreLock {
 impl StoreLock {
     /// Takes the lock of `store_dir` without waiting. Fails with a message naming the store
     /// and, when it can be read, the pid of the process that holds it.
-    pub fn acquire(store_dir: &Path) -> Result<StoreLock, String> {
+    pub fn acquire(store_dir: &Path) -> Result<StoreLock, LockError> {
         let path = store_dir.join(STORE_LOCK_NAME);
         let mut file = OpenOptions::new()
             .read(true)
@@ -30,7 +54,11 @@ impl StoreLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|e| format!("store lock {}: {e}", path.display()))?;
+            .map_err(|source| LockError::Io {
+                path: path.clone(),
+                what: "",
+                source,
+            })?;
         // SAFETY: flock on a descriptor this function owns; no memory is involved.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
@@ -42,21 +70,28 @@ impl StoreLock {
                     "" => "another process".to_string(),
                     pid => format!("the process with pid {pid}"),
                 };
-                return Err(format!(
-                    "store {} is in use: {holder} holds its lock {}; \
-                     stop that broker or use another --store",
-                    store_dir.display(),
-                    path.display()
-                ));
+                return Err(LockError::InUse {
+                    store: store_dir.to_path_buf(),
+                    path,
+                    holder,
+                });
             }
-            return Err(format!("store lock {}: {error}", path.display()));
+            return Err(LockError::Io {
+                path,
+                what: "",
+                source: error,
+            });
         }
         let pid = std::process::id();
         file.set_len(0)
             .and_then(|()| file.seek(SeekFrom::Start(0)).map(|_| ()))
             .and_then(|()| file.write_all(format!("{pid}\n").as_bytes()))
             .and_then(|()| file.sync_data())
-            .map_err(|e| format!("store lock {}: writing the pid: {e}", path.display()))?;
+            .map_err(|source| LockError::Io {
+                path: path.clone(),
+                what: "writing the pid: ",
+                source,
+            })?;
         Ok(StoreLock { _file: file, path })
     }
 }
@@ -69,7 +104,9 @@ mod tests {
     fn a_second_holder_is_refused_with_the_first_ones_pid_and_the_lock_frees_on_drop() {
         let dir = tempfile::tempdir().unwrap();
         let first = StoreLock::acquire(dir.path()).expect("first lock");
-        let error = StoreLock::acquire(dir.path()).expect_err("second lock must fail");
+        let error = StoreLock::acquire(dir.path())
+            .expect_err("second lock must fail")
+            .to_string();
         assert!(error.contains(&dir.path().display().to_string()), "{error}");
         assert!(
             error.contains(&format!("pid {}", std::process::id())),

@@ -91,6 +91,40 @@ impl RecordInput<'_> {
         }
         let crc = crc32c::crc32c(&out[CRC_START..]);
         put_u32(out, 8, crc);
+        #[cfg(debug_assertions)]
+        self.assert_decodes_back(commitlog_offset, out);
+    }
+
+    /// Debug builds: the bytes just encoded decode to this record at this offset, so an
+    /// encoder bug fails at the append that made it instead of at recovery or in a consumer.
+    #[cfg(debug_assertions)]
+    fn assert_decodes_back(&self, commitlog_offset: u64, encoded: &[u8]) {
+        let view = match decode(encoded, commitlog_offset) {
+            Ok(Decoded::Record(view)) => view,
+            other => panic!("record encoded at {commitlog_offset} does not decode: {other:?}"),
+        };
+        assert_eq!(
+            view.total_size as usize,
+            encoded.len(),
+            "encoded record size"
+        );
+        assert_eq!(
+            (view.topic_id, view.queue_id, view.queue_offset),
+            (self.topic_id, self.queue_id, self.queue_offset),
+            "encoded record position"
+        );
+        assert_eq!(
+            (view.born_timestamp_ms, view.store_timestamp_ms),
+            (self.born_timestamp_ms, self.store_timestamp_ms),
+            "encoded record timestamps"
+        );
+        assert!(
+            view.topic == self.topic
+                && view.key == self.key
+                && view.properties == self.properties
+                && view.body == self.body,
+            "encoded record at {commitlog_offset}: fields do not decode back"
+        );
     }
 }
 
@@ -263,6 +297,23 @@ pub fn encode_end_of_segment(out: &mut [u8]) {
     put_u32(out, 4, END_OF_SEGMENT_MAGIC);
 }
 
+/// The `total_size` field of the record or marker that `bytes` starts with, unchecked: for
+/// callers that frame a stream of log bytes before they can [`decode`] a whole record.
+pub fn peek_total_size(bytes: &[u8]) -> Option<u32> {
+    (bytes.len() >= 4).then(|| get_u32(bytes, 0))
+}
+
+/// Whether `bytes` starts with an end-of-segment marker.
+pub fn is_end_of_segment(bytes: &[u8]) -> bool {
+    bytes.len() >= END_OF_SEGMENT_MARKER_BYTES && get_u32(bytes, 4) == END_OF_SEGMENT_MAGIC
+}
+
+/// The commitlog offset a record header claims to start at, unchecked: where a replicated
+/// record says it belongs, before [`decode`] checks it.
+pub fn peek_commitlog_offset(bytes: &[u8]) -> Option<u64> {
+    (bytes.len() >= RECORD_HEADER_BYTES).then(|| get_u64(bytes, 28))
+}
+
 fn put_u16(out: &mut [u8], at: usize, v: u16) {
     out[at..at + 2].copy_from_slice(&v.to_le_bytes());
 }
@@ -298,6 +349,36 @@ mod tests {
             properties: b"p=1",
             body: b"hello world",
         }
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "fields do not decode back")]
+    fn a_record_that_does_not_decode_to_its_input_fails_the_debug_check() {
+        let input = sample();
+        let mut out = vec![0u8; input.encoded_len()];
+        input.encode_into(4096, &mut out);
+        // Same bytes, but the producer's body differed: the check must notice.
+        let other = RecordInput {
+            body: b"hello there",
+            ..input
+        };
+        other.assert_decodes_back(4096, &out);
+    }
+
+    #[test]
+    fn peeks_read_the_header_fields_they_name() {
+        let input = sample();
+        let mut out = vec![0u8; input.encoded_len()];
+        input.encode_into(8192, &mut out);
+        assert_eq!(peek_total_size(&out), Some(out.len() as u32));
+        assert_eq!(peek_commitlog_offset(&out), Some(8192));
+        assert_eq!(peek_commitlog_offset(&out[..RECORD_HEADER_BYTES - 1]), None);
+        assert!(!is_end_of_segment(&out));
+        let mut marker = [0u8; 64];
+        encode_end_of_segment(&mut marker);
+        assert!(is_end_of_segment(&marker));
+        assert_eq!(peek_total_size(&marker), Some(64));
     }
 
     #[test]

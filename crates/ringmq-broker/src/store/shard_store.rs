@@ -437,13 +437,12 @@ impl<D: Disk> ShardStore<D> {
     /// queue offset of its queue; a queue not yet known here (its topic is still being
     /// synced) is registered on the spot. Nothing is appended when a check fails.
     pub fn append_replicated(&self, bytes: &[u8]) -> Result<Appended, AppendError> {
-        if bytes.len() < record::RECORD_HEADER_BYTES {
+        let Some(claimed) = record::peek_commitlog_offset(bytes) else {
             return Err(AppendError::Diverged(format!(
                 "{} bytes is not a record",
                 bytes.len()
             )));
-        }
-        let claimed = u64::from_le_bytes(bytes[28..36].try_into().expect("8 bytes"));
+        };
         let view = match record::decode(bytes, claimed) {
             Ok(record::Decoded::Record(view)) if view.total_size as usize == bytes.len() => view,
             Ok(_) => return Err(AppendError::Diverged(format!("no record at {claimed}"))),

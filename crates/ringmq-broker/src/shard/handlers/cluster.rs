@@ -132,7 +132,10 @@ pub async fn promote_local(shard: &Rc<Shard>, role: BrokerRole) -> Result<(), St
     let end = shard.store.max_offset();
     let mut identity = shard.identity.borrow().next_epoch(end);
     identity.promoted_role = Some(role);
-    identity.save(&shard.disk, &shard.store_dir).await?;
+    identity
+        .save(&shard.disk, &shard.store_dir)
+        .await
+        .map_err(|e| e.to_string())?;
     let epoch = identity.last_epoch();
     *shard.identity.borrow_mut() = identity;
     // Everything the old master confirmed stays visible; the rest waits for this master's

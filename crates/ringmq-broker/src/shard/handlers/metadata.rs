@@ -21,8 +21,8 @@ pub fn handle(shard: &Shard) -> Reply {
     Reply::ok(body(|out| metadata.encode(out)))
 }
 
-/// What a slave copies from its master: the whole topic table (with the next topic id, so a
-/// promoted slave never reuses a deleted topic's id) and every group offset.
+/// The whole topic table (with the next topic id) and every group offset, for tools; slaves
+/// get the same over the replication link, in metadata frames (`replication::protocol`).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MetadataSnapshot {
     pub topics: TopicTable,

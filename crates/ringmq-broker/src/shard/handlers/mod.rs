@@ -102,16 +102,12 @@ pub async fn handle_shard_request(shard: Rc<Shard>, request: ShardRequest) {
         ShardRequest::AllGroupOffsets { reply } => {
             let _ = reply.send(shard.groups.all_rows());
         }
-        ShardRequest::ApplyGroupOffsets { rows, reply } => {
-            let _ = reply.send(shard.groups.apply_from_master(rows).await);
-        }
         ShardRequest::ClusterState { reply } => {
             let _ = reply.send(cluster::local_status(&shard));
         }
         ShardRequest::Promote { role, reply } => {
             let _ = reply.send(cluster::promote_local(&shard, role).await);
         }
-        ShardRequest::MetadataChanged => shard.metadata_changed.notify(),
         ShardRequest::Probe { reply } => {
             let _ = reply.send(shard.snapshot());
         }
