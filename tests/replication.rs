@@ -1229,7 +1229,8 @@ fn metadata_arrives_on_the_replication_link_alone() {
     wait_topic(&slave.broker, "remote");
     let mut client = Client::connect(&slave.broker.addr).unwrap();
     let topic = client
-        .list_topics()
+        .call(&TopicListRequest {})
+        .map(|l| l.topics)
         .unwrap()
         .into_iter()
         .find(|t| t.name == "remote")
@@ -1238,7 +1239,16 @@ fn metadata_arrives_on_the_replication_link_alone() {
     wait_until(CATCH_UP, "every group offset on the slave", || {
         let mut c = Client::connect(&slave.broker.addr).ok()?;
         (0..4u32)
-            .all(|q| c.fetch_offset("readers", "remote", q).ok() == Some(Some(100 + u64::from(q))))
+            .all(|q| {
+                c.call(&GroupFetch {
+                    group: "readers".into(),
+                    topic: "remote".into(),
+                    queue: q,
+                })
+                .map(|o| o.offset)
+                .ok()
+                    == Some(Some(100 + u64::from(q)))
+            })
             .then_some(())
     });
     beating.store(false, std::sync::atomic::Ordering::Relaxed);
