@@ -556,3 +556,79 @@ fn failover_returns_to_the_master_even_when_every_pull_long_polls() {
         log.lock().unwrap()
     );
 }
+
+/// A master that answers metadata at once and nothing else (a slow master: each request
+/// times out at the client, though it may have been carried out), and a slave that logs
+/// what reaches it. Only the requests marked `FailsOver` may be resent to the slave; a
+/// produce or a topic change that timed out must not, or the slave would answer `NOT_MASTER`
+/// (produce) or carry out a change the master may also have made.
+#[test]
+fn failover_resends_only_reads_after_a_timeout() {
+    use crate::protocol::message::{QueueRef, QueueStats, TopicDelete};
+    let master = fake_broker::spawn(|mut conn| {
+        let mut held = Vec::new();
+        while let Some((header, _)) = conn.read_request() {
+            if header.opcode == Opcode::Metadata as u16 {
+                conn.reply(&header, Status::Ok, &metadata(vec![0], vec![topic("t", vec![0])]));
+            } else {
+                held.push(header);
+            }
+        }
+    });
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen_in_slave = Arc::clone(&seen);
+    let slave = fake_broker::spawn(move |mut conn| {
+        while let Some((header, _)) = conn.read_request() {
+            let opcode = Opcode::from_u16(header.opcode).unwrap();
+            if opcode == Opcode::Metadata {
+                conn.reply(&header, Status::Ok, &metadata(vec![0], vec![topic("t", vec![0])]));
+                continue;
+            }
+            seen_in_slave.lock().unwrap().push(opcode);
+            match opcode {
+                Opcode::QueueStats => {
+                    let mut body = Vec::new();
+                    QueueStats {
+                        queue: 0,
+                        shard: 0,
+                        min_offset: 0,
+                        max_offset: 5,
+                    }
+                    .encode(&mut body);
+                    conn.reply(&header, Status::Ok, &body);
+                }
+                Opcode::Produce => conn.reply(&header, Status::NotMaster, b"slave"),
+                _ => conn.reply(&header, Status::Ok, b""),
+            }
+        }
+    });
+    let mut options = ClientOptions::default();
+    options.connection.read_timeout = Duration::from_millis(200);
+    let brokers = [format!("127.0.0.1:{master}"), format!("127.0.0.1:{slave}")];
+    let mut client = FailoverClient::connect(&brokers, options).unwrap();
+    assert_eq!(client.active(), 0);
+
+    let produced = client.produce("t", Some(0), &[message(b"x")]);
+    assert!(
+        matches!(produced, Err(ClientError::Timeout { .. })),
+        "{produced:?}"
+    );
+    let deleted = client.primary().unwrap().call(&TopicDelete { name: "t".into() });
+    assert!(
+        matches!(deleted, Err(ClientError::Timeout { .. })),
+        "{deleted:?}"
+    );
+    assert_eq!(client.active(), 0, "a write that timed out switches nothing");
+    assert!(seen.lock().unwrap().is_empty(), "{:?}", seen.lock().unwrap());
+
+    // A read that times out is answered by the slave, which serves reads from then on.
+    let stats = client
+        .call(&QueueRef {
+            topic: "t".into(),
+            queue: 0,
+        })
+        .unwrap();
+    assert_eq!(stats.max_offset, 5);
+    assert_eq!(client.active(), 1);
+    assert_eq!(*seen.lock().unwrap(), [Opcode::QueueStats]);
+}

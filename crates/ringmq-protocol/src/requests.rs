@@ -16,29 +16,34 @@ use super::Status;
 
 /// Expands `$callback! { (args) rows }` with the request table; a row is
 /// `Opcode = value => "Name": RequestType => ResponseType, "what the response is" { extras };`
-/// where the extras are `queue: |r| (topic, queue)` and `wait_ms: |r| millis` when they apply.
+/// where the extras are, in this order and when they apply: `#[fails_over]` (the request may
+/// go to a slave when the master cannot be reached, see [`FailsOver`]), `queue: |r| (topic,
+/// queue)` and `wait_ms: |r| millis`.
 /// `args` (optional) are passed through first, for callbacks that need context.
 #[macro_export]
 macro_rules! for_each_request {
     ($callback:ident $(, $($args:tt)*)?) => {
         $callback! { ($($($args)*)?)
             Ping = 1 => "Ping": Ping => (), "ping response" {};
-            Metadata = 2 => "Metadata": MetadataRequest => Metadata, "metadata" {};
+            Metadata = 2 => "Metadata": MetadataRequest => Metadata, "metadata"
+                { #[fails_over] };
             Produce = 10 => "Produce": ProduceRequest<'_> => ProduceResult, "produce response"
                 { queue: |r| (r.topic, r.queue) };
             Pull = 11 => "Pull": PullRequest => PullResult, "pull response"
-                { queue: |r| (r.topic.as_str(), r.queue), wait_ms: |r| r.max_wait_ms };
+                { #[fails_over] queue: |r| (r.topic.as_str(), r.queue),
+                  wait_ms: |r| r.max_wait_ms };
             QueueStats = 12 => "QueueStats": QueueRef => QueueStats, "queue stats"
-                { queue: |r| (r.topic.as_str(), r.queue) };
+                { #[fails_over] queue: |r| (r.topic.as_str(), r.queue) };
             TopicCreate = 20 => "TopicCreate": TopicCreate => TopicInfo, "topic info" {};
             TopicDelete = 21 => "TopicDelete": TopicDelete => (), "topic delete response" {};
-            TopicList = 22 => "TopicList": TopicListRequest => TopicList, "topic list" {};
+            TopicList = 22 => "TopicList": TopicListRequest => TopicList, "topic list"
+                { #[fails_over] };
             TopicDescribe = 23 => "TopicDescribe": TopicDescribe => TopicDescription,
-                "topic description" {};
+                "topic description" { #[fails_over] };
             GroupCommit = 30 => "GroupCommit": GroupCommit => (), "group commit response"
-                { queue: |r| (r.topic.as_str(), r.queue) };
+                { #[fails_over] queue: |r| (r.topic.as_str(), r.queue) };
             GroupFetch = 31 => "GroupFetch": GroupFetch => GroupOffset, "group offset"
-                { queue: |r| (r.topic.as_str(), r.queue) };
+                { #[fails_over] queue: |r| (r.topic.as_str(), r.queue) };
             GroupDescribe = 32 => "GroupDescribe": GroupDescribe => GroupDescription,
                 "group description" {};
             Stats = 40 => "Stats": StatsRequest => $crate::admin::Stats, "stats" {};
@@ -73,6 +78,22 @@ pub trait Request {
     fn wait_ms(&self) -> Option<u32> {
         None
     }
+}
+
+/// A request that a consumer's failover client (`ringmq_client::FailoverClient`) may send to
+/// a slave when the master cannot be reached or does not answer in time: the reads (pull,
+/// queue stats, topic describe and list, metadata, group fetch) and the group commit, whose
+/// offsets are the consumer's own and which a slave keeps. Anything else must not be resent
+/// elsewhere after a timeout: a produce or topic change may already have happened on the
+/// master (the slave would answer `NOT_MASTER`, or worse, a promotion there would make two
+/// masters). Marked `#[fails_over]` in [`for_each_request!`].
+pub trait FailsOver: Request {}
+
+/// The impl a row's `#[fails_over]` stands for (any other word there does not compile).
+macro_rules! marker_impl {
+    (fails_over, $req:ty) => {
+        impl FailsOver for $req {}
+    };
 }
 
 /// A response as a client receives it: the status (one for which [`Status::has_body`] holds)
@@ -205,7 +226,8 @@ impl Response for PullResult {
 macro_rules! declare_requests {
     (()
         $( $op:ident = $value:literal => $wire:literal : $req:ty => $resp:ty, $what:literal
-           { $( queue: |$qr:ident| $queue:expr )? $(, wait_ms: |$wr:ident| $wait:expr )? }; )+
+           { $( #[$fails_over:ident] )? $( queue: |$qr:ident| $queue:expr )?
+             $(, wait_ms: |$wr:ident| $wait:expr )? }; )+
     ) => {
         wire_enum! {
             /// What a request asks for. The numeric value is the `opcode` field of the frame
@@ -239,6 +261,7 @@ macro_rules! declare_requests {
                     }
                 )?
             }
+            $( marker_impl!($fails_over, $req); )?
         )+
     };
 }
