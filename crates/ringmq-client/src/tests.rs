@@ -569,7 +569,11 @@ fn failover_resends_only_reads_after_a_timeout() {
         let mut held = Vec::new();
         while let Some((header, _)) = conn.read_request() {
             if header.opcode == Opcode::Metadata as u16 {
-                conn.reply(&header, Status::Ok, &metadata(vec![0], vec![topic("t", vec![0])]));
+                conn.reply(
+                    &header,
+                    Status::Ok,
+                    &metadata(vec![0], vec![topic("t", vec![0])]),
+                );
             } else {
                 held.push(header);
             }
@@ -581,7 +585,11 @@ fn failover_resends_only_reads_after_a_timeout() {
         while let Some((header, _)) = conn.read_request() {
             let opcode = Opcode::from_u16(header.opcode).unwrap();
             if opcode == Opcode::Metadata {
-                conn.reply(&header, Status::Ok, &metadata(vec![0], vec![topic("t", vec![0])]));
+                conn.reply(
+                    &header,
+                    Status::Ok,
+                    &metadata(vec![0], vec![topic("t", vec![0])]),
+                );
                 continue;
             }
             seen_in_slave.lock().unwrap().push(opcode);
@@ -613,13 +621,24 @@ fn failover_resends_only_reads_after_a_timeout() {
         matches!(produced, Err(ClientError::Timeout { .. })),
         "{produced:?}"
     );
-    let deleted = client.primary().unwrap().call(&TopicDelete { name: "t".into() });
+    let deleted = client
+        .primary()
+        .unwrap()
+        .call(&TopicDelete { name: "t".into() });
     assert!(
         matches!(deleted, Err(ClientError::Timeout { .. })),
         "{deleted:?}"
     );
-    assert_eq!(client.active(), 0, "a write that timed out switches nothing");
-    assert!(seen.lock().unwrap().is_empty(), "{:?}", seen.lock().unwrap());
+    assert_eq!(
+        client.active(),
+        0,
+        "a write that timed out switches nothing"
+    );
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
 
     // A read that times out is answered by the slave, which serves reads from then on.
     let stats = client

@@ -52,6 +52,10 @@ pub async fn fetch(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
+    // Refused like a commit, so a consumer with a bad group learns it before it reads.
+    if let Err(message) = validate_name("group", &request.group) {
+        return Reply::error(Status::InvalidName, message);
+    }
     match route(shard, &request.topic, request.queue) {
         Ok(Route::Local { .. }) => {}
         Ok(Route::Remote(owner)) => {
@@ -72,6 +76,9 @@ pub async fn describe(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
+    if let Err(message) = validate_name("group", &request.group) {
+        return Reply::error(Status::InvalidName, message);
+    }
     let mut queues = local_offsets(shard, &request.group);
     match shard
         .ask_others(|reply| ShardRequest::GroupOffsets {
