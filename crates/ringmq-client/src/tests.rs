@@ -651,3 +651,97 @@ fn failover_resends_only_reads_after_a_timeout() {
     assert_eq!(client.active(), 1);
     assert_eq!(*seen.lock().unwrap(), [Opcode::QueueStats]);
 }
+
+/// The topic cache follows answers to the generic call as it followed the old topic methods:
+/// a topic deleted through `call` is forgotten, so after it is recreated elsewhere the
+/// client learns the new placement instead of routing to the old shard; create, describe and
+/// metadata answers put their placement in the cache.
+#[test]
+fn the_topic_cache_follows_every_answered_call() {
+    use crate::protocol::message::{
+        MetadataRequest, TopicCreate, TopicDelete, TopicDescribe, TopicDescription, TopicInfo,
+    };
+    let shard_calls = Arc::new(AtomicUsize::new(0));
+    let shard0 = shard_server(Arc::new(Mutex::new(Vec::new())), Arc::clone(&shard_calls));
+    let shard1 = shard_server(Arc::new(Mutex::new(Vec::new())), Arc::clone(&shard_calls));
+    let ports = vec![shard0, shard1];
+    let meta = Arc::new(Mutex::new(metadata(
+        ports.clone(),
+        vec![topic("t", vec![0])],
+    )));
+    let metadata_calls = Arc::new(AtomicUsize::new(0));
+    let (meta_in_handler, calls_in_handler) = (Arc::clone(&meta), Arc::clone(&metadata_calls));
+    let bootstrap = fake_broker::spawn(move |mut conn| {
+        while let Some((header, body)) = conn.read_request() {
+            let mut out = Vec::new();
+            match Opcode::from_u16(header.opcode) {
+                Some(Opcode::Metadata) => {
+                    calls_in_handler.fetch_add(1, Ordering::SeqCst);
+                    out = meta_in_handler.lock().unwrap().clone();
+                }
+                Some(Opcode::TopicDelete) => {}
+                Some(Opcode::TopicCreate) => {
+                    let request = TopicCreate::decode(&body).unwrap();
+                    topic(&request.name, vec![1]).encode(&mut out);
+                }
+                Some(Opcode::TopicDescribe) => {
+                    let request = TopicDescribe::decode(&body).unwrap();
+                    TopicDescription {
+                        topic: topic(&request.name, vec![1, 0]),
+                        queues: Vec::new(),
+                    }
+                    .encode(&mut out);
+                }
+                _ => {
+                    conn.reply(&header, Status::BadRequest, b"unexpected");
+                    continue;
+                }
+            }
+            conn.reply(&header, Status::Ok, &out);
+        }
+    });
+    let mut client = Client::connect(&format!("127.0.0.1:{bootstrap}")).unwrap();
+    assert_eq!(client.route("t", 0), ConnectionSlot::Shard(0));
+
+    // Deleted, then recreated on shard 1 by someone else.
+    client.call(&TopicDelete { name: "t".into() }).unwrap();
+    assert_eq!(client.route("t", 0), ConnectionSlot::Bootstrap, "forgotten");
+    *meta.lock().unwrap() = metadata(ports.clone(), vec![topic("t", vec![1])]);
+    assert_eq!(client.topic("t").unwrap().queue_shards, [1]);
+    assert_eq!(
+        metadata_calls.load(Ordering::SeqCst),
+        2,
+        "learned by one refresh"
+    );
+    let produced = client
+        .call(&ProduceRequest {
+            topic: "t",
+            queue: 0,
+            messages: vec![message(b"x")],
+        })
+        .unwrap();
+    assert_eq!(produced.response.base_offset, u64::from(shard1));
+
+    // Create and describe answers are cached without asking for metadata.
+    let created: TopicInfo = client
+        .call(&TopicCreate {
+            name: "u".into(),
+            queue_count: 1,
+        })
+        .unwrap();
+    assert_eq!(created.queue_shards, [1]);
+    assert_eq!(client.route("u", 0), ConnectionSlot::Shard(1));
+    client.call(&TopicDescribe { name: "v".into() }).unwrap();
+    assert_eq!(client.route("v", 1), ConnectionSlot::Shard(0));
+    assert_eq!(metadata_calls.load(Ordering::SeqCst), 2);
+
+    // A metadata answer replaces the cache.
+    *meta.lock().unwrap() = metadata(ports, vec![topic("w", vec![1])]);
+    client.call(&MetadataRequest {}).unwrap();
+    assert_eq!(client.route("w", 0), ConnectionSlot::Shard(1));
+    assert_eq!(
+        client.route("u", 0),
+        ConnectionSlot::Bootstrap,
+        "not in metadata"
+    );
+}

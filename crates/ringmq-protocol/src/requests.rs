@@ -78,6 +78,53 @@ pub trait Request {
     fn wait_ms(&self) -> Option<u32> {
         None
     }
+    /// What a successful answer tells a client about topic placement: a client that caches
+    /// placement to route queue-scoped requests applies it, so a topic created, described or
+    /// deleted through any call routes right afterwards. Declared per opcode in
+    /// `placement_of!` below.
+    fn placement<'a>(&'a self, response: &'a Self::Response) -> Placement<'a> {
+        let _ = response;
+        Placement::Unchanged
+    }
+}
+
+/// What an answer says about where topics are ([`Request::placement`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement<'a> {
+    /// Nothing (most answers).
+    Unchanged,
+    /// The topic exists with this placement (create, describe).
+    Topic(&'a TopicInfo),
+    /// The topic no longer exists (delete).
+    Deleted(&'a str),
+    /// Every topic and the shard ports (metadata).
+    Everything(&'a Metadata),
+}
+
+/// The answers that change what a client knows about placement, by opcode; every other
+/// opcode keeps the default. Expanded inside each row's `Request` impl.
+macro_rules! placement_of {
+    (TopicCreate) => {
+        fn placement<'a>(&'a self, info: &'a TopicInfo) -> Placement<'a> {
+            Placement::Topic(info)
+        }
+    };
+    (TopicDescribe) => {
+        fn placement<'a>(&'a self, description: &'a TopicDescription) -> Placement<'a> {
+            Placement::Topic(&description.topic)
+        }
+    };
+    (TopicDelete) => {
+        fn placement<'a>(&'a self, _: &'a ()) -> Placement<'a> {
+            Placement::Deleted(&self.name)
+        }
+    };
+    (Metadata) => {
+        fn placement<'a>(&'a self, metadata: &'a Metadata) -> Placement<'a> {
+            Placement::Everything(metadata)
+        }
+    };
+    ($other:ident) => {};
 }
 
 /// A request that a consumer's failover client (`ringmq_client::FailoverClient`) may send to
@@ -260,6 +307,7 @@ macro_rules! declare_requests {
                         Some($wait)
                     }
                 )?
+                placement_of!($op);
             }
             $( marker_impl!($fails_over, $req); )?
         )+
