@@ -35,10 +35,20 @@ fn produce_ack(queue: u32, base_offset: u64) -> Vec<u8> {
 /// Answers metadata with `meta`, produce with an ack naming the queue and this server's port
 /// as the offset (so a test can see where a request went).
 fn shard_server(meta: Arc<Mutex<Vec<u8>>>, metadata_calls: Arc<AtomicUsize>) -> u16 {
+    shard_server_logging(meta, metadata_calls, Arc::new(Mutex::new(Vec::new())))
+}
+
+/// [`shard_server`] that also records the opcode of every request it receives.
+fn shard_server_logging(
+    meta: Arc<Mutex<Vec<u8>>>,
+    metadata_calls: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<u16>>>,
+) -> u16 {
     let port = Arc::new(AtomicUsize::new(0));
     let port_in_handler = Arc::clone(&port);
     let bound = fake_broker::spawn(move |mut conn: FakeConn| {
         while let Some((header, body)) = conn.read_request() {
+            seen.lock().unwrap().push(header.opcode);
             match Opcode::from_u16(header.opcode) {
                 Some(Opcode::Metadata) => {
                     metadata_calls.fetch_add(1, Ordering::SeqCst);
@@ -165,7 +175,12 @@ fn generic_call_routes_queue_scoped_requests_and_checks_lengths() {
     let empty = Arc::new(Mutex::new(Vec::new()));
     let shard0 = shard_server(Arc::clone(&empty), Arc::clone(&calls));
     let meta = metadata(vec![shard0, 0], vec![topic("t", vec![0, 1])]);
-    let bootstrap = shard_server(Arc::new(Mutex::new(meta)), Arc::clone(&calls));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let bootstrap = shard_server_logging(
+        Arc::new(Mutex::new(meta)),
+        Arc::clone(&calls),
+        Arc::clone(&seen),
+    );
     let mut client = Client::connect(&format!("127.0.0.1:{bootstrap}")).unwrap();
     for (queue, port) in [(0u32, shard0), (1, bootstrap)] {
         let result = client
@@ -188,8 +203,25 @@ fn generic_call_routes_queue_scoped_requests_and_checks_lengths() {
         matches!(&refused, Err(ClientError::InvalidArgument(m)) if m.contains("`group`")),
         "{refused:?}"
     );
-    // Nothing was sent for the refused request: the connection still answers in order.
-    assert_eq!(client.refresh_metadata().unwrap().shard_count(), 2);
+    // Nothing was sent for the refused request (nor for an empty name): the bootstrap saw
+    // only the metadata and the produce it answered. A ping marks that everything sent before
+    // it has arrived (this fake answers it BAD_REQUEST, after recording it).
+    let empty = client.call(&GroupDescribe {
+        group: String::new(),
+    });
+    assert!(
+        matches!(&empty, Err(ClientError::InvalidArgument(_))),
+        "{empty:?}"
+    );
+    client.ping().unwrap_err();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            Opcode::Metadata as u16,
+            Opcode::Produce as u16,
+            Opcode::Ping as u16
+        ]
+    );
 }
 
 #[test]
