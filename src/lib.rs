@@ -11,6 +11,8 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod constants;
+/// The fuzz targets' bodies run the store on the simulated disk, so they come with it.
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
@@ -20,3 +22,6 @@ pub mod replication;
 pub mod server;
 pub mod shard;
 pub mod store;
+/// The simulator (disk, clock, driver): test builds only, see the module's doc.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

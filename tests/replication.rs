@@ -6,7 +6,7 @@
 
 mod common;
 
-use ringmq::store::sim::SeededRng;
+use ringmq::testing::SeededRng;
 
 use common::{temp_store, wait_until, Broker, PortBlock, Sizes};
 use ringmq::client::{Client, ClientOptions, ClusterStatus, FailoverClient};

@@ -3,8 +3,8 @@
 
 use futures_lite::future::block_on;
 use ringmq::store::record::{self, Decoded, RecordInput};
-use ringmq::store::sim::{SeededRng, SimDisk, SimFault};
 use ringmq::store::{AppendError, QueueKey, ShardStore, StoreConfig};
+use ringmq::testing::{SeededRng, SimDisk, SimFault};
 use std::path::PathBuf;
 
 const QUEUES: [QueueKey; 3] = [

@@ -9,8 +9,8 @@ use crate::replication::protocol::{
     MasterState, Shipped, Welcome,
 };
 use crate::replication::replicas::Replicas;
-use crate::store::sim::SimDisk;
 use crate::store::ShardStore;
+use crate::testing::disk::SimDisk;
 use futures_lite::future::block_on;
 use std::hint::black_box;
 

@@ -629,7 +629,17 @@ impl<D: Disk> ShardStore<D> {
                 .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         }
         let path = consume_queue::queue_path(&self.config.dir, key);
-        consume_queue::write_from(&self.disk, &path, tail, tail_index, from, 0).await
+        consume_queue::write_from(&self.disk, &path, tail, tail_index, from, 0).await?;
+        if !file_exists {
+            // The checkpoint written next says these entries are on disk: the new file's name
+            // must be durable before it.
+            let dir = consume_queue::queue_dir(&self.config.dir, key.topic_id);
+            self.disk
+                .sync_dir(&dir)
+                .await
+                .map_err(|e| StoreError::io(format!("syncing {}", dir.display()), e))?;
+        }
+        Ok(())
     }
 
     /// See [`CommitLog::admit_batch`].

@@ -1,0 +1,20 @@
+//! Deterministic simulation of a node, for tests: [`disk::SimDisk`] (an in-memory [`Disk`]
+//! with latencies, faults and a crash model), [`clock::SimClock`] (virtual time, implementing
+//! [`crate::clock::Clock`]), [`driver::run`] (one thread, time moves only when every task is
+//! blocked) and [`rng::SeededRng`] (the seed everything is drawn from).
+//!
+//! Compiled only for the crate's own unit tests and with the `testing` feature, which the
+//! crate's dev-dependency on itself turns on for integration tests, benches and examples, and
+//! which the fuzz crate asks for: release builds of the broker do not contain the simulator.
+//! `docs/simulation.md` describes the fault model and how to replay a seed.
+//!
+//! [`Disk`]: crate::store::io::Disk
+
+pub mod clock;
+pub mod disk;
+pub mod driver;
+pub mod rng;
+
+pub use clock::SimClock;
+pub use disk::{SimDisk, SimFault};
+pub use rng::SeededRng;
