@@ -503,6 +503,27 @@ impl Client {
         Ok(status)
     }
 
+    /// Turns this broker (a master) into a slave of the master whose HA port is at `master`
+    /// (`HOST:PORT`), at runtime: shipping stops, waiting SYNC_MASTER producers fail, and a
+    /// divergent tail is cut back when the link to the new master comes up. Returns the status
+    /// after demotion.
+    pub fn demote(
+        &mut self,
+        master: &str,
+    ) -> Result<crate::shard::handlers::cluster::ClusterStatus, ClientError> {
+        let request = Name {
+            name: master.to_string(),
+        };
+        let (_, status) = self.call_on(
+            ConnectionSlot::Bootstrap,
+            Opcode::ClusterDemote,
+            None,
+            |out| request.encode(out),
+            decode_json("cluster status"),
+        )?;
+        Ok(status)
+    }
+
     /// The broker's probes merged across shards (counters, gauges, histogram summaries).
     pub fn stats(&mut self) -> Result<crate::metrics::Stats, ClientError> {
         let (_, stats) = self.call_on(
@@ -791,6 +812,7 @@ fn opcode_body_name(opcode: Opcode) -> &'static str {
         Opcode::MetadataSnapshot => "metadata snapshot",
         Opcode::ClusterStatus => "cluster status",
         Opcode::ClusterPromote => "cluster status after promotion",
+        Opcode::ClusterDemote => "cluster status after demotion",
     }
 }
 

@@ -84,7 +84,9 @@ fn response_body(opcode: Opcode, body: &[u8]) {
         Opcode::GroupDescribe => round_trip!(body, GroupDescription, canonical: true),
         Opcode::Stats => json::<Stats>(body),
         Opcode::MetadataSnapshot => json::<MetadataSnapshot>(body),
-        Opcode::ClusterStatus | Opcode::ClusterPromote => json::<ClusterStatus>(body),
+        Opcode::ClusterStatus | Opcode::ClusterPromote | Opcode::ClusterDemote => {
+            json::<ClusterStatus>(body)
+        }
         Opcode::Ping | Opcode::TopicDelete | Opcode::GroupCommit => {}
     }
 }

@@ -99,7 +99,8 @@ pub(crate) fn request_body(opcode: Opcode, body: &[u8]) {
         Opcode::TopicDelete
         | Opcode::TopicDescribe
         | Opcode::GroupDescribe
-        | Opcode::ClusterPromote => round_trip!(body, Name, canonical: true),
+        | Opcode::ClusterPromote
+        | Opcode::ClusterDemote => round_trip!(body, Name, canonical: true),
         Opcode::GroupCommit => round_trip!(body, GroupCommit, canonical: true),
         Opcode::GroupFetch => round_trip!(body, GroupFetch, canonical: true),
         Opcode::Ping

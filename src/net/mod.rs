@@ -253,14 +253,14 @@ pub async fn accept_loop(shard: Rc<Shard>, net: Rc<ShardNet>, fd: RawFd) {
         match listener.accept().await {
             Ok(stream) => {
                 shard
-                    .probe
+                    .probe()
                     .add(crate::metrics::Counter::ConnectionsAccepted, 1);
                 let Ok(peer) = stream.peer_addr() else {
                     continue;
                 };
                 match net.admission.admit(peer.ip()) {
                     Ok(ticket) => {
-                        debug!(shard = shard.id, %peer, "connection accepted");
+                        debug!(shard = shard.id(), %peer, "connection accepted");
                         spawn_local(connection::serve(
                             shard.clone(),
                             net.clone(),
@@ -270,7 +270,7 @@ pub async fn accept_loop(shard: Rc<Shard>, net: Rc<ShardNet>, fd: RawFd) {
                         .detach();
                     }
                     Err(refusal) => {
-                        debug!(shard = shard.id, %peer, "connection refused: {refusal}");
+                        debug!(shard = shard.id(), %peer, "connection refused: {refusal}");
                         let in_flight = net.refusals_in_flight.clone();
                         if in_flight.get() >= MAX_REFUSALS_IN_FLIGHT_PER_SHARD {
                             let _ =
@@ -289,7 +289,7 @@ pub async fn accept_loop(shard: Rc<Shard>, net: Rc<ShardNet>, fd: RawFd) {
             }
             Err(e) => {
                 // Typically EMFILE: keep serving existing connections and try again.
-                warn!(shard = shard.id, "accept failed: {e}");
+                warn!(shard = shard.id(), "accept failed: {e}");
                 glommio::timer::sleep(Duration::from_millis(100)).await;
             }
         }

@@ -61,6 +61,7 @@ wire_enum! {
         MetadataSnapshot = 60 => "MetadataSnapshot",
         ClusterStatus = 50 => "ClusterStatus",
         ClusterPromote = 51 => "ClusterPromote",
+        ClusterDemote = 52 => "ClusterDemote",
     }
 }
 

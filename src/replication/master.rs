@@ -10,10 +10,12 @@ use super::protocol::{
     divergence_point, encode_data_header, encode_heartbeat, Hello, MasterState, Welcome,
     HEARTBEAT_BYTES, MAX_HANDSHAKE_BYTES, REPORT_BYTES,
 };
+use super::replicas::Replicas;
 use super::splice::SpliceSender;
 use crate::metrics::Counter;
 use crate::shard::mesh::ShardRequest;
 use crate::shard::Shard;
+use crate::store::io::Disk;
 use futures_lite::future;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
@@ -31,7 +33,7 @@ pub const SHIP_CHUNK_BYTES: usize = 1 << 20;
 /// How often a lagging ASYNC_MASTER slave may be warned about, per link.
 const LAG_WARNING_EVERY: Duration = Duration::from_secs(10);
 
-pub async fn accept_loop(shard: Rc<Shard>, fd: RawFd) {
+pub async fn accept_loop<D: Disk>(shard: Rc<Shard<D>>, fd: RawFd) {
     // SAFETY: a listening socket bound by the main thread, owned by this task.
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
     loop {
@@ -40,15 +42,15 @@ pub async fn accept_loop(shard: Rc<Shard>, fd: RawFd) {
                 spawn_local(handshake(shard.clone(), stream)).detach();
             }
             Err(e) => {
-                warn!(shard = shard.id, "replication accept failed: {e}");
+                warn!(shard = shard.id(), "replication accept failed: {e}");
                 sleep(Duration::from_millis(100)).await;
             }
         }
     }
 }
 
-async fn read_hello(shard: &Shard, stream: &mut TcpStream) -> Result<Hello, String> {
-    let timeout = Duration::from_millis(shard.config.ha_link_timeout_ms);
+async fn read_hello<D: Disk>(shard: &Shard<D>, stream: &mut TcpStream) -> Result<Hello, String> {
+    let timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
     let mut len = [0u8; 4];
     with_timeout(timeout, stream.read_exact(&mut len)).await?;
     let len = u32::from_le_bytes(len) as usize;
@@ -73,7 +75,7 @@ pub async fn with_timeout<T>(
     .await
 }
 
-async fn handshake(shard: Rc<Shard>, mut stream: TcpStream) {
+async fn handshake<D: Disk>(shard: Rc<Shard<D>>, mut stream: TcpStream) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -81,19 +83,19 @@ async fn handshake(shard: Rc<Shard>, mut stream: TcpStream) {
     let hello = match read_hello(&shard, &mut stream).await {
         Ok(h) => h,
         Err(e) => {
-            warn!(shard = shard.id, %peer, "replication handshake failed: {e}");
+            warn!(shard = shard.id(), %peer, "replication handshake failed: {e}");
             return;
         }
     };
     let target = hello.shard as usize;
-    if target == shard.id || target >= shard.shard_count {
+    if target == shard.id() || target >= shard.shard_count() {
         serve_slave(shard, stream, hello, peer).await;
         return;
     }
     // SAFETY: dup gives the target shard its own descriptor for the same socket.
     let fd = unsafe { libc::dup(stream.as_raw_fd()) };
     if fd < 0 {
-        warn!(shard = shard.id, "dup of a replication socket failed");
+        warn!(shard = shard.id(), "dup of a replication socket failed");
         return;
     }
     drop(stream);
@@ -102,30 +104,30 @@ async fn handshake(shard: Rc<Shard>, mut stream: TcpStream) {
         hello: Box::new(hello),
         peer,
     };
-    if let Err(gone) = shard.mesh.send(target, request).await {
+    if let Err(gone) = shard.mesh().send(target, request).await {
         warn!(
-            shard = shard.id,
+            shard = shard.id(),
             "handing a replication link to shard {} failed", gone.0
         );
     }
 }
 
 /// Runs on the target shard for a link accepted by another shard.
-pub async fn adopt(shard: Rc<Shard>, fd: RawFd, hello: Hello, peer: String) {
+pub async fn adopt<D: Disk>(shard: Rc<Shard<D>>, fd: RawFd, hello: Hello, peer: String) {
     // SAFETY: `fd` was duplicated for this shard by the accepting one.
     let stream = unsafe { TcpStream::from_raw_fd(fd) };
     serve_slave(shard, stream, hello, peer).await;
 }
 
 /// What the master answers a slave, and where it will ship from.
-fn welcome(shard: &Shard, hello: &Hello) -> (Welcome, u64) {
-    let config = &shard.config;
+fn welcome<D: Disk>(shard: &Shard<D>, hello: &Hello) -> (Welcome, u64) {
+    let config = &shard.config();
     let refuse = |reason: String| (Welcome::refuse(reason), 0);
-    if !shard.role.get().is_master() {
+    if !shard.role().is_master() {
         return refuse(format!(
             "{} is a {}, not a master",
             config.broker_name,
-            shard.role.get()
+            shard.role()
         ));
     }
     if hello.broker_name != config.broker_name {
@@ -134,10 +136,13 @@ fn welcome(shard: &Shard, hello: &Hello) -> (Welcome, u64) {
             hello.broker_name, config.broker_name
         ));
     }
-    if hello.shard as usize != shard.id || hello.shard_count as usize != shard.shard_count {
+    if hello.shard as usize != shard.id() || hello.shard_count as usize != shard.shard_count() {
         return refuse(format!(
             "slave shard {} of {} cannot follow master shard {} of {}",
-            hello.shard, hello.shard_count, shard.id, shard.shard_count
+            hello.shard,
+            hello.shard_count,
+            shard.id(),
+            shard.shard_count()
         ));
     }
     if hello.segment_size_bytes != config.segment_size_bytes {
@@ -146,7 +151,7 @@ fn welcome(shard: &Shard, hello: &Hello) -> (Welcome, u64) {
             hello.segment_size_bytes, config.segment_size_bytes
         ));
     }
-    let identity = shard.identity.borrow().clone();
+    let identity = shard.role_state().identity();
     let fresh = hello.log_id == [0; 16];
     if !fresh && hello.log_id != identity.log_id {
         return refuse(
@@ -161,7 +166,7 @@ fn welcome(shard: &Shard, hello: &Hello) -> (Welcome, u64) {
             identity.last_epoch()
         ));
     }
-    let master_max = shard.store.max_offset();
+    let master_max = shard.store().max_offset();
     let mut truncate_to = if fresh && hello.max_offset == 0 {
         u64::MAX
     } else {
@@ -181,12 +186,17 @@ fn welcome(shard: &Shard, hello: &Hello) -> (Welcome, u64) {
         } else {
             u64::MAX
         },
-        client_addr: shard.client_addr.clone(),
+        client_addr: shard.client_addr().to_string(),
     };
     (welcome, start)
 }
 
-async fn serve_slave(shard: Rc<Shard>, mut stream: TcpStream, hello: Hello, peer: String) {
+async fn serve_slave<D: Disk>(
+    shard: Rc<Shard<D>>,
+    mut stream: TcpStream,
+    hello: Hello,
+    peer: String,
+) {
     let (answer, start) = welcome(&shard, &hello);
     let mut bytes = Vec::new();
     answer.encode(&mut bytes);
@@ -194,52 +204,68 @@ async fn serve_slave(shard: Rc<Shard>, mut stream: TcpStream, hello: Hello, peer
         return;
     }
     if let Some(reason) = answer.refused {
-        warn!(shard = shard.id, %peer, "refused a slave: {reason}");
+        warn!(shard = shard.id(), %peer, "refused a slave: {reason}");
         return;
     }
+    // The welcome refuses unless this shard is a master, so it has this term's replicas.
+    let Some(replicas) = shard.replicas() else {
+        return;
+    };
     let _ = stream.set_nodelay(true);
-    let link = shard.replicas.register(peer.clone());
-    info!(shard = shard.id, %peer, start_offset = start, "slave connected");
+    let link = replicas.register(peer.clone());
+    info!(shard = shard.id(), %peer, start_offset = start, "slave connected");
     // SAFETY: a second descriptor for the same socket, owned by the report reader.
     let read_fd = unsafe { libc::dup(stream.as_raw_fd()) };
     if read_fd >= 0 {
         let reader = unsafe { TcpStream::from_raw_fd(read_fd) };
         let closed = Rc::new(Cell::new(false));
-        let reports = spawn_local(read_reports(shard.clone(), reader, link, closed.clone()));
-        let result = ship(&shard, &mut stream, start, &closed).await;
+        let reports = spawn_local(read_reports(
+            shard.clone(),
+            replicas.clone(),
+            reader,
+            link,
+            closed.clone(),
+        ));
+        let result = ship(&shard, &replicas, &mut stream, start, &closed).await;
         if let Err(e) = result {
-            info!(shard = shard.id, %peer, "slave link closed: {e}");
+            info!(shard = shard.id(), %peer, "slave link closed: {e}");
         }
         closed.set(true);
         shutdown_socket(stream.as_raw_fd());
         drop(stream);
         reports.await;
     }
-    shard.replicas.unregister(link);
-    info!(shard = shard.id, %peer, "slave disconnected");
+    replicas.unregister(link);
+    info!(shard = shard.id(), %peer, "slave disconnected");
 }
 
-async fn read_reports(shard: Rc<Shard>, mut reader: TcpStream, link: u64, closed: Rc<Cell<bool>>) {
-    let timeout = Duration::from_millis(shard.config.ha_link_timeout_ms);
+async fn read_reports<D: Disk>(
+    shard: Rc<Shard<D>>,
+    replicas: Rc<Replicas>,
+    mut reader: TcpStream,
+    link: u64,
+    closed: Rc<Cell<bool>>,
+) {
+    let timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
     let mut report = [0u8; REPORT_BYTES];
     let mut last_warning: Option<Instant> = None;
     while !closed.get() {
         if let Err(e) = with_timeout(timeout, reader.read_exact(&mut report)).await {
-            info!(shard = shard.id, "slave report stream ended: {e}");
+            info!(shard = shard.id(), "slave report stream ended: {e}");
             break;
         }
         let offset = u64::from_le_bytes(report);
-        let master_max = shard.store.max_offset();
-        match shard.replicas.report(link, offset, master_max) {
+        let master_max = shard.store().max_offset();
+        match replicas.report(link, offset, master_max) {
             Ok(advanced) => {
                 if advanced {
-                    shard.visible.notify();
-                    shard.replication_wakeup.notify();
+                    shard.publish_confirmed();
+                    shard.role_state().wake_links();
                 }
             }
             Err(fake) => {
                 error!(
-                    shard = shard.id,
+                    shard = shard.id(),
                     reported = fake.reported,
                     master_max = fake.master_max,
                     "a slave acknowledged an offset beyond this master's log; closing the link"
@@ -248,18 +274,20 @@ async fn read_reports(shard: Rc<Shard>, mut reader: TcpStream, link: u64, closed
             }
         }
         let lag = master_max.saturating_sub(offset);
-        if lag > shard.config.ha_lag_warn_bytes
-            && last_warning.is_none_or(|at| at.elapsed() >= LAG_WARNING_EVERY)
+        if lag > shard.config().ha_lag_warn_bytes
+            && last_warning.is_none_or(|at| {
+                shard.clock().now().saturating_duration_since(at) >= LAG_WARNING_EVERY
+            })
         {
-            last_warning = Some(Instant::now());
-            warn!(shard = shard.id, lag_bytes = lag, "slave lags behind");
+            last_warning = Some(shard.clock().now());
+            warn!(shard = shard.id(), lag_bytes = lag, "slave lags behind");
         }
     }
     closed.set(true);
     // The shipper may be blocked sending to a peer that stopped reading: shutting the socket
     // down makes that send fail now rather than when TCP gives up.
     shutdown_socket(reader.as_raw_fd());
-    shard.replication_wakeup.notify();
+    shard.role_state().wake_links();
 }
 
 /// Ends both directions of a link's socket, so every task blocked on it returns.
@@ -287,50 +315,52 @@ impl Shipper {
 }
 
 /// Streams the log from `start` until the link closes.
-async fn ship(
-    shard: &Rc<Shard>,
+async fn ship<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    replicas: &Rc<Replicas>,
     stream: &mut TcpStream,
     start: u64,
     closed: &Cell<bool>,
 ) -> Result<(), String> {
-    let heartbeat = Duration::from_millis(shard.config.ha_heartbeat_interval_ms);
+    let heartbeat = Duration::from_millis(shard.config().ha_heartbeat_interval_ms);
     let mut shipper = Shipper {
         splice: SpliceSender::new().map_err(|e| format!("creating the splice ring: {e}"))?,
         segment: None,
     };
+    let clock = shard.clock();
     let mut sent = start;
-    let mut last_sent_at = Instant::now();
+    let mut last_sent_at = clock.now();
     let mut state_sent = MasterState::default();
     while !closed.get() {
-        let max = shard.store.max_offset();
+        // A demotion (or a demotion and a promotion back) ends this term: its links stop.
+        if !shard.replicas().is_some_and(|r| Rc::ptr_eq(&r, replicas)) {
+            return Err("this shard is no longer the master that accepted the link".into());
+        }
+        let since_sent = clock.now().saturating_duration_since(last_sent_at);
+        let max = shard.store().max_offset();
         if sent < max {
             state_sent = shard.master_state();
             sent += ship_chunk(shard, &mut shipper, stream, sent, max).await?;
-            last_sent_at = Instant::now();
+            last_sent_at = clock.now();
             continue;
         }
         // A heartbeat also goes out when the confirmed offset moved (a flush or a slave ack), so
         // the slave's consumers see records as soon as the master's guarantee holds, and when
         // topics or group offsets changed, so the slave copies them at once.
         let state = shard.master_state();
-        if last_sent_at.elapsed() >= heartbeat || state != state_sent {
+        if since_sent >= heartbeat || state != state_sent {
             state_sent = state;
             let beat = encode_heartbeat(max, state);
             stream
                 .write_all(&beat[..HEARTBEAT_BYTES])
                 .await
                 .map_err(|e| e.to_string())?;
-            last_sent_at = Instant::now();
+            last_sent_at = clock.now();
             continue;
         }
-        let wake = shard.replication_wakeup.listen();
-        future::or(
-            async {
-                let _ = wake.await;
-            },
-            sleep(heartbeat.saturating_sub(last_sent_at.elapsed())),
-        )
-        .await;
+        shard
+            .wait_replication_news(heartbeat.saturating_sub(since_sent))
+            .await;
     }
     Ok(())
 }
@@ -338,15 +368,15 @@ async fn ship(
 /// Sends one frame of the log starting at `from`, never past its segment, and never across the
 /// flushed offset: bytes on disk go by splice (file → pipe → socket, no user-space copy), the
 /// unflushed tail straight from the write buffer. Returns the bytes of log it carried.
-async fn ship_chunk(
-    shard: &Rc<Shard>,
+async fn ship_chunk<D: Disk>(
+    shard: &Rc<Shard<D>>,
     shipper: &mut Shipper,
     stream: &mut TcpStream,
     from: u64,
     max: u64,
 ) -> Result<u64, String> {
-    let log = shard.store.commitlog();
-    let flushed = shard.store.flushed_offset();
+    let log = shard.store().commitlog();
+    let flushed = shard.store().flushed_offset();
     let segment_end = (from / log.segment_size_bytes() + 1) * log.segment_size_bytes();
     let mut end = max.min(segment_end).min(from + SHIP_CHUNK_BYTES as u64);
     if from < flushed {
@@ -366,13 +396,13 @@ async fn ship_chunk(
             .await
             .map_err(|e| format!("splicing {} at {}: {e}", path.display(), from - base))?;
         shard
-            .probe
+            .probe()
             .add(Counter::ReplicationSplicedBytes, len as u64);
     } else {
         send_tail(shard, stream, from, len).await?;
     }
     shard
-        .probe
+        .probe()
         .add(Counter::ReplicationShippedBytes, len as u64);
     Ok(len as u64)
 }
@@ -381,13 +411,13 @@ async fn ship_chunk(
 /// while the buffer is borrowed: the kernel copies them into the socket, this process copies
 /// nothing. If the socket is full, the rest is copied out and written asynchronously (counted
 /// in `replication_copied_bytes_total`).
-async fn send_tail(
-    shard: &Shard,
+async fn send_tail<D: Disk>(
+    shard: &Shard<D>,
     stream: &mut TcpStream,
     from: u64,
     len: usize,
 ) -> Result<(), String> {
-    let log = shard.store.commitlog();
+    let log = shard.store().commitlog();
     let fd = stream.as_raw_fd();
     let mut done = 0usize;
     while done < len {
@@ -420,7 +450,7 @@ async fn send_tail(
             .await
             .map_err(|e| e.to_string())?;
         shard
-            .probe
+            .probe()
             .add(Counter::ReplicationCopiedBytes, rest.len() as u64);
         stream.write_all(&rest).await.map_err(|e| e.to_string())?;
     }

@@ -9,32 +9,31 @@
 //! their queues.
 
 use crate::client::{Connection, ConnectionOptions};
-use crate::config::BrokerRole;
 use crate::protocol::Opcode;
 use crate::shard::groups::OffsetRow;
 use crate::shard::handlers::metadata::MetadataSnapshot;
 use crate::shard::handlers::topic::publish;
 use crate::shard::mesh::ShardRequest;
 use crate::shard::Shard;
+use crate::store::io::Disk;
 use futures_channel::oneshot;
 use futures_lite::future;
-use glommio::timer::sleep;
 use std::rc::Rc;
 use std::time::Duration;
 use tracing::{info, warn};
 
-pub async fn run(shard: Rc<Shard>) {
-    let interval = Duration::from_millis(shard.config.metadata_sync_interval_ms);
-    while shard.role.get() == BrokerRole::Slave {
-        let addr = shard.master_client_addr.borrow().clone();
-        if let Some(addr) = addr {
+pub async fn run<D: Disk>(shard: Rc<Shard<D>>) {
+    let interval = Duration::from_millis(shard.config().metadata_sync_interval_ms);
+    while let Some(link) = shard.role_state().slave_link() {
+        if let Some(addr) = link.master_client_addr() {
             if let Err(e) = sync_once(&shard, addr).await {
                 warn!("copying metadata from the master: {e}");
             }
         }
-        let role_changed = shard.role_changed.listen();
-        let link_established = shard.link_established.listen();
-        let changed = shard.metadata_changed.listen();
+        let role_changed = shard.role_state().listen_changed();
+        let link_established = link.listen_established();
+        let changed = shard.metadata().listen_master_changed();
+        drop(link);
         let woken = async {
             future::or(
                 async {
@@ -51,7 +50,7 @@ pub async fn run(shard: Rc<Shard>) {
             )
             .await
         };
-        future::or(woken, sleep(interval)).await;
+        future::or(woken, shard.clock().sleep(interval)).await;
     }
 }
 
@@ -67,7 +66,7 @@ fn fetch(addr: &str) -> Result<MetadataSnapshot, String> {
     serde_json::from_slice(&body).map_err(|e| format!("{addr}: bad metadata snapshot: {e}"))
 }
 
-async fn sync_once(shard: &Rc<Shard>, addr: String) -> Result<(), String> {
+async fn sync_once<D: Disk>(shard: &Rc<Shard<D>>, addr: String) -> Result<(), String> {
     let snapshot = glommio::executor()
         .spawn_blocking(move || fetch(&addr))
         .await?;
@@ -75,11 +74,11 @@ async fn sync_once(shard: &Rc<Shard>, addr: String) -> Result<(), String> {
         let topics = snapshot.topics.topics.len();
         publish(shard, snapshot.topics)
             .await
-            .map_err(|reply| String::from_utf8_lossy(&reply.body).into_owned())?;
+            .map_err(|e| e.to_string())?;
         info!(topics, "copied the topic table from the master");
     }
     let table = shard.topic_table();
-    let mut by_shard: Vec<Vec<OffsetRow>> = vec![Vec::new(); shard.shard_count];
+    let mut by_shard: Vec<Vec<OffsetRow>> = vec![Vec::new(); shard.shard_count()];
     for row in snapshot.group_offsets {
         let owner = table
             .topics
@@ -93,13 +92,13 @@ async fn sync_once(shard: &Rc<Shard>, addr: String) -> Result<(), String> {
         if rows.is_empty() {
             continue;
         }
-        if owner == shard.id {
-            shard.groups.apply_from_master(rows).await?;
+        if owner == shard.id() {
+            shard.metadata().groups().apply_from_master(rows).await?;
             continue;
         }
         let (tx, rx) = oneshot::channel();
         shard
-            .mesh
+            .mesh()
             .send(owner, ShardRequest::ApplyGroupOffsets { rows, reply: tx })
             .await
             .map_err(|g| format!("shard {} is not running", g.0))?;

@@ -13,14 +13,14 @@ use super::master::with_timeout;
 use super::protocol::{
     next_shipped, Hello, MasterFrame, Shipped, Welcome, DATA_HEADER_BYTES, MAX_HANDSHAKE_BYTES,
 };
-use crate::config::BrokerRole;
 use crate::metrics::Counter;
+use crate::shard::role::SlaveLink;
 use crate::shard::Shard;
+use crate::store::io::Disk;
 use futures_lite::future;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::spawn_local;
-use glommio::timer::sleep;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -33,38 +33,52 @@ use tracing::{info, warn};
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(3);
 
-/// Runs while this shard is a slave; returns when it is promoted.
-pub async fn run(shard: Rc<Shard>, master: SocketAddr) {
+/// Runs while this shard is a slave following `link`; returns once the role changes (a
+/// promotion, or a demotion to follow another master, which starts a link of its own).
+pub async fn run<D: Disk>(shard: Rc<Shard<D>>, link: Rc<SlaveLink>) {
+    let Some(master) = link.master() else {
+        return;
+    };
+    let current = |shard: &Shard<D>| {
+        shard
+            .role_state()
+            .slave_link()
+            .is_some_and(|l| Rc::ptr_eq(&l, &link))
+    };
     let mut backoff = BACKOFF_START;
-    while shard.role.get() == BrokerRole::Slave {
-        let role_changed = shard.role_changed.listen();
-        let outcome = future::or(link_once(&shard, master), async {
+    while current(&shard) {
+        let role_changed = shard.role_state().listen_changed();
+        let outcome = future::or(link_once(&shard, &link, master), async {
             let _ = role_changed.await;
             Ok(false)
         })
         .await;
-        shard.link_up.set(false);
+        link.lost();
         match outcome {
             Ok(true) => backoff = BACKOFF_START,
             Ok(false) => {}
-            Err(e) => warn!(shard = shard.id, %master, "replication link: {e}"),
+            Err(e) => warn!(shard = shard.id(), %master, "replication link: {e}"),
         }
-        if shard.role.get() != BrokerRole::Slave {
+        if !current(&shard) {
             break;
         }
-        sleep(backoff).await;
+        shard.clock().sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
     info!(
-        shard = shard.id,
+        shard = shard.id(),
         "replication from the master stopped: this shard is now a {}",
-        shard.role.get()
+        shard.role()
     );
 }
 
 /// One connection to the master. `Ok(true)` when it got as far as streaming.
-async fn link_once(shard: &Rc<Shard>, master: SocketAddr) -> Result<bool, String> {
-    let timeout = Duration::from_millis(shard.config.ha_link_timeout_ms);
+async fn link_once<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    link: &SlaveLink,
+    master: SocketAddr,
+) -> Result<bool, String> {
+    let timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
     let mut stream = with_timeout(timeout, async {
         TcpStream::connect(master)
             .await
@@ -85,38 +99,33 @@ async fn link_once(shard: &Rc<Shard>, master: SocketAddr) -> Result<bool, String
     if let Some(reason) = welcome.refused {
         return Err(format!("refused by the master: {reason}"));
     }
-    if welcome.truncate_to < shard.store.max_offset() {
+    if welcome.truncate_to < shard.store().max_offset() {
         warn!(
-            shard = shard.id,
+            shard = shard.id(),
             divergence_offset = welcome.truncate_to,
-            discarded_bytes = shard.store.max_offset() - welcome.truncate_to,
+            discarded_bytes = shard.store().max_offset() - welcome.truncate_to,
             "this log diverged from the master's; cutting it back to the divergence point"
         );
-        let _gate = shard.store_gate.acquire_permit(1).await;
+        let _gate = shard.flushing().lock_store().await;
         shard
-            .store
+            .store()
             .truncate_to(welcome.truncate_to)
             .await
             .map_err(|e| format!("truncating to {}: {e}", welcome.truncate_to))?;
-        // Nothing past the cut may still count as flushed or replicated (a later promotion
-        // must not answer OK from stale counters).
-        shard.completions.reset_to(shard.store.flushed_offset());
-        shard.replicas.completions.reset_to(welcome.truncate_to);
-        shard.record_divergence(welcome.truncate_to).await;
+        shard.truncated(welcome.truncate_to).await;
     }
     let identity = LogIdentity {
         log_id: welcome.log_id,
         epochs: welcome.epochs.clone(),
-        ..shard.identity.borrow().clone()
+        ..shard.role_state().identity()
     };
-    if *shard.identity.borrow() != identity {
-        identity.save(&shard.disk, &shard.store_dir).await?;
-        *shard.identity.borrow_mut() = identity;
+    if shard.role_state().identity() != identity {
+        identity.save(shard.disk(), shard.dir()).await?;
+        shard.role_state().set_identity(identity);
     }
-    *shard.master_client_addr.borrow_mut() = Some(welcome.client_addr.clone());
-    shard.link_up.set(true);
-    shard.link_established.notify();
-    info!(shard = shard.id, %master, from_offset = shard.store.max_offset(), "replicating from the master");
+    link.established(welcome.client_addr.clone());
+    shard.role_state().wake_links();
+    info!(shard = shard.id(), %master, from_offset = shard.store().max_offset(), "replicating from the master");
     // SAFETY: a second descriptor for the same socket, owned by the reporter.
     let write_fd = unsafe { libc::dup(stream.as_raw_fd()) };
     if write_fd < 0 {
@@ -128,22 +137,22 @@ async fn link_once(shard: &Rc<Shard>, master: SocketAddr) -> Result<bool, String
     let result = receive(shard, &mut stream, timeout).await;
     closed.set(true);
     super::master::shutdown_socket(stream.as_raw_fd());
-    shard.flushed.notify();
+    shard.role_state().wake_links();
     reporter.await;
     result.map(|()| true)
 }
 
-async fn handshake(
-    shard: &Shard,
+async fn handshake<D: Disk>(
+    shard: &Shard<D>,
     stream: &mut TcpStream,
     timeout: Duration,
 ) -> Result<Welcome, String> {
-    let identity = shard.identity.borrow().clone();
-    let max_offset = shard.store.max_offset();
+    let identity = shard.role_state().identity();
+    let max_offset = shard.store().max_offset();
     let hello = Hello {
-        shard: shard.id as u16,
-        shard_count: shard.shard_count as u16,
-        segment_size_bytes: shard.config.segment_size_bytes,
+        shard: shard.id() as u16,
+        shard_count: shard.shard_count() as u16,
+        segment_size_bytes: shard.config().segment_size_bytes,
         log_id: if max_offset == 0 {
             [0; 16]
         } else {
@@ -151,7 +160,7 @@ async fn handshake(
         },
         last_epoch: identity.last_epoch(),
         max_offset,
-        broker_name: shard.config.broker_name.clone(),
+        broker_name: shard.config().broker_name.clone(),
     };
     let mut out = Vec::new();
     hello.encode(&mut out);
@@ -168,8 +177,8 @@ async fn handshake(
 }
 
 /// Sends the confirmed offset whenever it moves, and at least every heartbeat interval.
-async fn report(shard: Rc<Shard>, mut writer: TcpStream, closed: Rc<Cell<bool>>) {
-    let heartbeat = Duration::from_millis(shard.config.ha_heartbeat_interval_ms);
+async fn report<D: Disk>(shard: Rc<Shard<D>>, mut writer: TcpStream, closed: Rc<Cell<bool>>) {
+    let heartbeat = Duration::from_millis(shard.config().ha_heartbeat_interval_ms);
     let mut last = None;
     while !closed.get() {
         let offset = shard.local_confirmed_offset();
@@ -180,42 +189,23 @@ async fn report(shard: Rc<Shard>, mut writer: TcpStream, closed: Rc<Cell<bool>>)
             last = Some(offset);
             continue;
         }
-        let flushed = shard.flushed.listen();
-        let appended = shard.replication_wakeup.listen();
-        let woke = future::or(
-            async {
-                future::or(
-                    async {
-                        let _ = flushed.await;
-                    },
-                    async {
-                        let _ = appended.await;
-                    },
-                )
-                .await;
-                true
-            },
-            async {
-                sleep(heartbeat).await;
-                false
-            },
-        )
-        .await;
-        if !woke {
+        let waited_from = shard.clock().now();
+        shard.wait_replication_news(heartbeat).await;
+        if shard.clock().now().saturating_duration_since(waited_from) >= heartbeat {
             last = None;
         }
     }
 }
 
 /// Reads frames until the link fails or goes silent.
-async fn receive(
-    shard: &Rc<Shard>,
+async fn receive<D: Disk>(
+    shard: &Rc<Shard<D>>,
     stream: &mut TcpStream,
     timeout: Duration,
 ) -> Result<(), String> {
     let mut pending: Vec<u8> = Vec::new();
     // Log position of `pending[0]`, and of the byte after everything received.
-    let mut position = shard.store.max_offset();
+    let mut position = shard.store().max_offset();
     let mut next_offset = position;
     let mut header = [0u8; DATA_HEADER_BYTES];
     loop {
@@ -248,7 +238,7 @@ async fn receive(
                 with_timeout(timeout, stream.read_exact(&mut pending[at..])).await?;
                 next_offset += len as u64;
                 shard
-                    .probe
+                    .probe()
                     .add(Counter::ReplicationReceivedBytes, len as u64);
                 apply(shard, &mut pending, &mut position).await?;
                 shard.set_master_confirmed(state.confirmed_offset);
@@ -260,8 +250,12 @@ async fn receive(
 
 /// Appends every complete record at the front of `pending` (which starts at log offset
 /// `position`) and removes what it consumed.
-async fn apply(shard: &Rc<Shard>, pending: &mut Vec<u8>, position: &mut u64) -> Result<(), String> {
-    let segment = shard.config.segment_size_bytes;
+async fn apply<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    pending: &mut Vec<u8>,
+    position: &mut u64,
+) -> Result<(), String> {
+    let segment = shard.config().segment_size_bytes;
     let mut used = 0usize;
     loop {
         match next_shipped(&pending[used..], *position, segment)? {
@@ -281,25 +275,26 @@ async fn apply(shard: &Rc<Shard>, pending: &mut Vec<u8>, position: &mut u64) -> 
     if used > 0 {
         // Catching up, write behind while receiving rather than stall on a full buffer: ask
         // for a flush once a quarter of the buffer is dirty, whatever the flush mode's timer.
-        if shard.store.dirty_bytes() >= shard.config.write_buffer_bytes / 4 {
-            shard.flush_urgent.set(true);
+        if shard.store().dirty_bytes() >= shard.config().write_buffer_bytes / 4 {
+            shard.flushing().request_urgent();
+        } else {
+            shard.flushing().request();
         }
-        shard.visible.notify();
-        shard.flush_requested.notify();
-        shard.replication_wakeup.notify();
+        shard.publish_confirmed();
     }
     Ok(())
 }
 
-async fn append(shard: &Rc<Shard>, bytes: &[u8]) -> Result<(), String> {
+async fn append<D: Disk>(shard: &Rc<Shard<D>>, bytes: &[u8]) -> Result<(), String> {
     // A slave appends what its master shipped; if its own flusher or disk cannot keep up for
     // a whole link timeout, the link is dropped and resumes from the slave's end later.
-    let deadline = std::time::Instant::now()
-        + std::time::Duration::from_millis(shard.config.ha_link_timeout_ms);
-    shard
-        .append_waiting(deadline, || shard.store.append_replicated(bytes))
+    let deadline =
+        shard.clock().now() + std::time::Duration::from_millis(shard.config().ha_link_timeout_ms);
+    let appended = shard
+        .append_waiting(deadline, || shard.store().append_replicated(bytes))
         .await
         .map_err(|e| e.to_string())?;
-    shard.probe.appended(1, bytes.len() as u64);
+    shard.appended(appended.queue, appended.end_offset);
+    shard.probe().appended(1, bytes.len() as u64);
     Ok(())
 }

@@ -426,6 +426,7 @@ impl<D: Disk> ShardStore<D> {
             tag_hash: record::key_hash(input.key),
         });
         Ok(Appended {
+            queue: key,
             queue_offset,
             commitlog_offset,
             end_offset: commitlog_offset + size as u64,
@@ -486,6 +487,7 @@ impl<D: Disk> ShardStore<D> {
             tag_hash: view.key_hash,
         });
         Ok(Appended {
+            queue: key,
             queue_offset: view.queue_offset,
             commitlog_offset,
             end_offset: commitlog_offset + bytes.len() as u64,

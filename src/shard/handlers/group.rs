@@ -8,11 +8,12 @@ use crate::protocol::message::{
 use crate::protocol::{Opcode, Status};
 use crate::shard::mesh::{Reply, ShardRequest};
 use crate::shard::topics::validate_name;
-use crate::shard::Shard;
+use crate::shard::{Shard, ShardError};
+use crate::store::io::Disk;
 use crate::store::QueueKey;
 use std::rc::Rc;
 
-pub async fn commit(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
+pub async fn commit<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Reply {
     let request = match GroupCommit::decode(raw) {
         Ok(r) => r,
         Err(e) => return bad_request(e),
@@ -30,7 +31,8 @@ pub async fn commit(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
         Err(reply) => return reply,
     }
     match shard
-        .groups
+        .metadata()
+        .groups()
         .commit(
             &request.group,
             &request.topic,
@@ -40,14 +42,14 @@ pub async fn commit(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
         .await
     {
         Ok(()) => {
-            shard.bump_metadata_version();
+            shard.metadata().bump();
             Reply::ok(Vec::new())
         }
-        Err(message) => Reply::error(Status::StoreError, message),
+        Err(message) => ShardError::Metadata(message).into(),
     }
 }
 
-pub async fn fetch(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
+pub async fn fetch<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Reply {
     let request = match GroupFetch::decode(raw) {
         Ok(r) => r,
         Err(e) => return bad_request(e),
@@ -61,13 +63,14 @@ pub async fn fetch(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
     }
     let offset = GroupOffset {
         offset: shard
-            .groups
+            .metadata()
+            .groups()
             .get(&request.group, &request.topic, request.queue),
     };
     Reply::ok(body(|out| offset.encode(out)))
 }
 
-pub async fn describe(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
+pub async fn describe<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Reply {
     let request = match Name::decode(raw) {
         Ok(r) => r,
         Err(e) => return bad_request(e),
@@ -81,7 +84,7 @@ pub async fn describe(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
         .await
     {
         Ok(others) => queues.extend(others.into_iter().flatten()),
-        Err(reply) => return reply,
+        Err(e) => return e.into(),
     }
     queues.sort_by(|a, b| (&a.topic, a.queue).cmp(&(&b.topic, b.queue)));
     let description = GroupDescription {
@@ -92,10 +95,11 @@ pub async fn describe(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
 }
 
 /// This shard's rows for a group: committed offset and the queue's visible end.
-pub fn local_offsets(shard: &Shard, group: &str) -> Vec<GroupQueueLag> {
+pub fn local_offsets<D: Disk>(shard: &Shard<D>, group: &str) -> Vec<GroupQueueLag> {
     let confirmed = shard.confirmed_offset();
     shard
-        .groups
+        .metadata()
+        .groups()
         .of_group(group)
         .into_iter()
         .filter_map(|(topic, queue, committed)| {
@@ -104,7 +108,7 @@ pub fn local_offsets(shard: &Shard, group: &str) -> Vec<GroupQueueLag> {
                 topic_id: entry.topic_id,
                 queue,
             };
-            let max_offset = shard.store.visible_end(key, confirmed)?;
+            let max_offset = shard.store().visible_end(key, confirmed)?;
             Some(GroupQueueLag {
                 topic,
                 queue,

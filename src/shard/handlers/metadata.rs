@@ -7,15 +7,16 @@ use crate::shard::mesh::Reply;
 use crate::shard::mesh::ShardRequest;
 use crate::shard::topics::TopicTable;
 use crate::shard::Shard;
+use crate::store::io::Disk;
 use serde::{Deserialize, Serialize};
 use std::rc::Rc;
 
-pub fn handle(shard: &Shard) -> Reply {
+pub fn handle<D: Disk>(shard: &Shard<D>) -> Reply {
     let metadata = Metadata {
-        broker_name: shard.config.broker_name.clone(),
-        role: shard.role.get().name().to_string(),
-        flush_disk_type: shard.config.flush_disk_type.name().to_string(),
-        shard_ports: shard.shard_ports.to_vec(),
+        broker_name: shard.config().broker_name.clone(),
+        role: shard.role().name().to_string(),
+        flush_disk_type: shard.config().flush_disk_type.name().to_string(),
+        shard_ports: shard.shard_ports().to_vec(),
         topics: shard.topic_table().infos(),
     };
     Reply::ok(body(|out| metadata.encode(out)))
@@ -29,14 +30,14 @@ pub struct MetadataSnapshot {
     pub group_offsets: Vec<OffsetRow>,
 }
 
-pub async fn snapshot(shard: &Rc<Shard>) -> Reply {
-    let mut group_offsets = shard.groups.all_rows();
+pub async fn snapshot<D: Disk>(shard: &Rc<Shard<D>>) -> Reply {
+    let mut group_offsets = shard.metadata().groups().all_rows();
     match shard
         .ask_others(|reply| ShardRequest::AllGroupOffsets { reply })
         .await
     {
         Ok(others) => group_offsets.extend(others.into_iter().flatten()),
-        Err(reply) => return reply,
+        Err(e) => return e.into(),
     }
     let snapshot = MetadataSnapshot {
         topics: (*shard.topic_table()).clone(),

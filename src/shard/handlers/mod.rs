@@ -12,10 +12,11 @@ use super::mesh::{Reply, ShardRequest};
 use super::Shard;
 use crate::protocol::codec::DecodeError;
 use crate::protocol::{Opcode, Status};
+use crate::store::io::Disk;
 use std::rc::Rc;
 
-pub async fn handle(shard: &Rc<Shard>, opcode: Opcode, body: &[u8]) -> Reply {
-    if shard.stopping.get() && opcode == Opcode::Produce {
+pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, opcode: Opcode, body: &[u8]) -> Reply {
+    if shard.lifecycle().is_stopping() && opcode == Opcode::Produce {
         return Reply::error(
             Status::SystemBusy,
             "the broker is shutting down: retry after it restarts",
@@ -36,13 +37,18 @@ pub async fn handle(shard: &Rc<Shard>, opcode: Opcode, body: &[u8]) -> Reply {
         Opcode::GroupDescribe => group::describe(shard, body).await,
         Opcode::Stats => stats(shard).await,
         Opcode::MetadataSnapshot => metadata::snapshot(shard).await,
-        Opcode::ClusterStatus => cluster::status(shard).await,
-        Opcode::ClusterPromote => cluster::promote(shard, body).await,
+        Opcode::ClusterStatus => cluster::status(shard).await.unwrap_or_else(Reply::from),
+        Opcode::ClusterPromote => cluster::promote(shard, body)
+            .await
+            .unwrap_or_else(Reply::from),
+        Opcode::ClusterDemote => cluster::demote(shard, body)
+            .await
+            .unwrap_or_else(Reply::from),
     }
 }
 
 /// Runs a request that another shard sent over the mesh.
-pub async fn handle_shard_request(shard: Rc<Shard>, request: ShardRequest) {
+pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRequest) {
     match request {
         ShardRequest::Execute {
             opcode,
@@ -50,10 +56,10 @@ pub async fn handle_shard_request(shard: Rc<Shard>, request: ShardRequest) {
             reply,
         } => {
             // Counted on the shard that runs it, so that shard's clean stop waits for it too.
-            shard.count_in_flight(&shard.requests_in_flight, 1);
+            shard.lifecycle().request_started();
             let answer = handle(&shard, opcode, &body).await;
             let _ = reply.send(answer);
-            shard.count_in_flight(&shard.requests_in_flight, -1);
+            shard.lifecycle().request_finished();
         }
         ShardRequest::ApplyTopics { table, reply } => {
             let _ = reply.send(shard.apply_topics(table).await);
@@ -62,18 +68,18 @@ pub async fn handle_shard_request(shard: Rc<Shard>, request: ShardRequest) {
             crate::replication::master::adopt(shard, fd, *hello, peer).await;
         }
         ShardRequest::AllGroupOffsets { reply } => {
-            let _ = reply.send(shard.groups.all_rows());
+            let _ = reply.send(shard.metadata().groups().all_rows());
         }
         ShardRequest::ApplyGroupOffsets { rows, reply } => {
-            let _ = reply.send(shard.groups.apply_from_master(rows).await);
+            let _ = reply.send(shard.metadata().groups().apply_from_master(rows).await);
         }
         ShardRequest::ClusterState { reply } => {
             let _ = reply.send(cluster::local_status(&shard));
         }
-        ShardRequest::Promote { role, reply } => {
-            let _ = reply.send(cluster::promote_local(&shard, role).await);
+        ShardRequest::ChangeRole { target, reply } => {
+            let _ = reply.send(shard.change_role(target).await);
         }
-        ShardRequest::MetadataChanged => shard.metadata_changed.notify(),
+        ShardRequest::MetadataChanged => shard.metadata().master_changed(),
         ShardRequest::Probe { reply } => {
             let _ = reply.send(shard.snapshot());
         }
@@ -84,7 +90,7 @@ pub async fn handle_shard_request(shard: Rc<Shard>, request: ShardRequest) {
 }
 
 /// Stats: every shard's probe merged, as a JSON document (see `metrics::Stats`).
-async fn stats(shard: &Rc<Shard>) -> Reply {
+async fn stats<D: Disk>(shard: &Rc<Shard<D>>) -> Reply {
     let snapshots = shard.gather_snapshots().await;
     match crate::metrics::ProbeSnapshot::merge(&snapshots) {
         Some(merged) => Reply::ok(serde_json::to_vec(&merged.to_stats()).expect("stats serialize")),
@@ -119,14 +125,14 @@ enum Route {
     Remote(usize),
 }
 
-fn route(shard: &Shard, topic: &str, queue: u32) -> Result<Route, Reply> {
+fn route<D: Disk>(shard: &Shard<D>, topic: &str, queue: u32) -> Result<Route, Reply> {
     let entry = shard.topic(topic).ok_or_else(|| topic_not_found(topic))?;
     let owner = *entry
         .queue_shards
         .get(queue as usize)
         .ok_or_else(|| queue_not_found(topic, queue, entry.queue_count()))?
         as usize;
-    if owner == shard.id {
+    if owner == shard.id() {
         Ok(Route::Local {
             topic_id: entry.topic_id,
         })

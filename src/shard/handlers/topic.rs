@@ -9,7 +9,7 @@ use crate::protocol::message::{
 use crate::protocol::{Opcode, Status};
 use crate::shard::mesh::{Reply, ShardRequest};
 use crate::shard::topics::{topics_path, TopicTable};
-use crate::shard::Shard;
+use crate::shard::{Shard, ShardError};
 use crate::store::io::Disk;
 use crate::store::QueueKey;
 use std::rc::Rc;
@@ -19,8 +19,8 @@ use tracing::info;
 /// Shard that owns the topic table.
 const METADATA_SHARD: usize = 0;
 
-fn refuse_on_slave(shard: &Shard) -> Option<Reply> {
-    (!shard.role.get().is_master()).then(|| {
+fn refuse_on_slave<D: Disk>(shard: &Shard<D>) -> Option<Reply> {
+    (!shard.role().is_master()).then(|| {
         Reply::error(
             Status::NotMaster,
             "topics are changed on the master; this slave copies them",
@@ -32,8 +32,8 @@ fn refuse_on_slave(shard: &Shard) -> Option<Reply> {
 /// then on shard 0, under the metadata gate, `change` computes the new table from the current
 /// one and it is published. `Err` carries the reply to send as it is (a forwarded answer or an
 /// error); `Ok` the decoded request once the change is applied everywhere.
-async fn change_topics<R>(
-    shard: &Rc<Shard>,
+async fn change_topics<R, D: Disk>(
+    shard: &Rc<Shard<D>>,
     opcode: Opcode,
     raw: &[u8],
     decode: fn(&[u8]) -> Result<R, DecodeError>,
@@ -42,21 +42,17 @@ async fn change_topics<R>(
     if let Some(reply) = refuse_on_slave(shard) {
         return Err(reply);
     }
-    if shard.id != METADATA_SHARD {
+    if shard.id() != METADATA_SHARD {
         return Err(shard.forward(METADATA_SHARD, opcode, raw.to_vec()).await);
     }
     let request = decode(raw).map_err(bad_request)?;
-    let _gate = shard
-        .metadata_gate
-        .acquire_permit(1)
-        .await
-        .map_err(|e| Reply::error(Status::Internal, e.to_string()))?;
+    let _gate = shard.metadata().lock().await;
     let table = change(&shard.topic_table(), &request)?;
-    publish(shard, table).await?;
+    publish(shard, table).await.map_err(Reply::from)?;
     Ok(request)
 }
 
-pub async fn create(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
+pub async fn create<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Reply {
     let changed = change_topics(
         shard,
         Opcode::TopicCreate,
@@ -70,7 +66,7 @@ pub async fn create(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
                 ));
             }
             current
-                .with_topic(&request.name, request.queue_count, shard.shard_count)
+                .with_topic(&request.name, request.queue_count, shard.shard_count())
                 .map(|(table, _)| table)
                 .map_err(|message| Reply::error(Status::InvalidName, message))
         },
@@ -88,7 +84,7 @@ pub async fn create(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
     Reply::ok(body(|out| info.encode(out)))
 }
 
-pub async fn delete(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
+pub async fn delete<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Reply {
     let changed = change_topics(
         shard,
         Opcode::TopicDelete,
@@ -112,13 +108,13 @@ pub async fn delete(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
 }
 
 /// Makes a new table durable, then applies it on every shard (this one last).
-pub async fn publish(shard: &Rc<Shard>, table: TopicTable) -> Result<(), Reply> {
-    let path = topics_path(&shard.config.store_dir);
+pub async fn publish<D: Disk>(shard: &Rc<Shard<D>>, table: TopicTable) -> Result<(), ShardError> {
+    let path = topics_path(&shard.config().store_dir);
     shard
-        .disk
+        .disk()
         .write_atomic(&path, table.to_json())
         .await
-        .map_err(|e| Reply::error(Status::StoreError, format!("{}: {e}", path.display())))?;
+        .map_err(|e| ShardError::Metadata(format!("{}: {e}", path.display())))?;
     let table = Arc::new(table);
     let outcomes = shard
         .ask_others(|reply| ShardRequest::ApplyTopics {
@@ -126,23 +122,18 @@ pub async fn publish(shard: &Rc<Shard>, table: TopicTable) -> Result<(), Reply> 
             reply,
         })
         .await?;
-    if let Some(Err(message)) = outcomes.into_iter().find(|o| o.is_err()) {
-        return Err(Reply::error(Status::StoreError, message));
-    }
-    shard
-        .apply_topics(table)
-        .await
-        .map_err(|message| Reply::error(Status::StoreError, message))
+    outcomes.into_iter().collect::<Result<Vec<()>, _>>()?;
+    shard.apply_topics(table).await
 }
 
-pub fn list(shard: &Shard) -> Reply {
+pub fn list<D: Disk>(shard: &Shard<D>) -> Reply {
     let list = TopicList {
         topics: shard.topic_table().infos(),
     };
     Reply::ok(body(|out| list.encode(out)))
 }
 
-pub async fn describe(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
+pub async fn describe<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Reply {
     let request = match Name::decode(raw) {
         Ok(r) => r,
         Err(e) => return bad_request(e),
@@ -174,7 +165,7 @@ pub async fn describe(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
     Reply::ok(body(|out| description.encode(out)))
 }
 
-pub async fn queue_stats(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
+pub async fn queue_stats<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Reply {
     let request = match QueueRef::decode(raw) {
         Ok(r) => r,
         Err(e) => return bad_request(e),
@@ -190,7 +181,7 @@ pub async fn queue_stats(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
         topic_id,
         queue: request.queue,
     };
-    let Some((min_offset, _)) = shard.store.queue_range(key) else {
+    let Some((min_offset, _)) = shard.store().queue_range(key) else {
         return Reply::error(
             Status::QueueNotFound,
             "queue is not registered on its shard",
@@ -198,10 +189,10 @@ pub async fn queue_stats(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
     };
     let stats = QueueStats {
         queue: request.queue,
-        shard: shard.id as u16,
+        shard: shard.id() as u16,
         min_offset,
         max_offset: shard
-            .store
+            .store()
             .visible_end(key, shard.confirmed_offset())
             .unwrap_or(min_offset),
     };
