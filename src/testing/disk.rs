@@ -858,3 +858,205 @@ impl DiskFile for SimFile {
         self.path.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::driver::run;
+    use futures_lite::future::block_on;
+    use std::time::Duration;
+
+    const BUDGET: Duration = Duration::from_secs(60);
+
+    fn timed(seed: u64) -> (SimClock, SimDisk) {
+        let clock = SimClock::new(seed);
+        let disk = SimDisk::timed(&clock, seed, IoLatency::TYPICAL);
+        (clock, disk)
+    }
+
+    fn block(byte: u8) -> Vec<u8> {
+        vec![byte; BLOCK_BYTES]
+    }
+
+    /// A file in `/d`, created and its name synced.
+    async fn synced_file(disk: &SimDisk) -> SimFile {
+        disk.create_dir_all(Path::new("/d")).await.unwrap();
+        let file = disk.open(Path::new("/d/f"), true).await.unwrap();
+        disk.sync_dir(Path::new("/d")).await.unwrap();
+        file
+    }
+
+    /// Writes in flight together complete in an order drawn from the seed: the same seed gives
+    /// the same order, and some seeds give an order other than submission order.
+    #[test]
+    fn writes_in_flight_complete_in_a_seeded_order() {
+        let order_of = |seed: u64| {
+            let (clock, disk) = timed(seed);
+            run(&clock, BUDGET, move || async move {
+                let file = Rc::new(synced_file(&disk).await);
+                let order = Rc::new(RefCell::new(Vec::new()));
+                let writes: Vec<_> = (0..6u64)
+                    .map(|i| {
+                        let (file, order) = (file.clone(), order.clone());
+                        glommio::spawn_local(async move {
+                            let at = i * BLOCK_BYTES as u64;
+                            file.write_at(block(i as u8), at).await.unwrap();
+                            order.borrow_mut().push(i);
+                        })
+                    })
+                    .collect();
+                for write in writes {
+                    write.await;
+                }
+                let order = order.borrow().clone();
+                order
+            })
+            .unwrap()
+        };
+        let orders: Vec<Vec<u64>> = (0..20).map(order_of).collect();
+        assert_eq!(order_of(3), orders[3], "a seed replays");
+        assert!(orders.iter().any(|o| *o != [0, 1, 2, 3, 4, 5]), "{orders:?}");
+        assert!(orders.iter().any(|o| *o != orders[0]), "{orders:?}");
+    }
+
+    /// An fdatasync covers the writes that had completed when it was issued. A write issued
+    /// while the sync runs (batch N+1 during sync N) is not covered, even if it completes
+    /// first: some crash after the sync loses it, none loses the covered write.
+    #[test]
+    fn a_sync_covers_only_the_writes_completed_before_it() {
+        let mut lost_the_later_write = 0;
+        for seed in 0..40u64 {
+            let (clock, disk) = timed(seed);
+            let inner = disk.clone();
+            run(&clock, BUDGET, move || async move {
+                let file = Rc::new(synced_file(&inner).await);
+                file.write_at(block(1), 0).await.unwrap();
+                let later = file.clone();
+                let next_batch = glommio::spawn_local(async move {
+                    later.write_at(block(2), BLOCK_BYTES as u64).await.unwrap();
+                });
+                file.fdatasync().await.unwrap();
+                next_batch.await;
+            })
+            .unwrap();
+            let crashed = disk.crash(seed);
+            let content = crashed.content(Path::new("/d/f")).expect("synced name");
+            assert_eq!(content[..BLOCK_BYTES], block(1), "seed {seed}");
+            if content.len() < 2 * BLOCK_BYTES || content[BLOCK_BYTES..] != block(2) {
+                lost_the_later_write += 1;
+            }
+        }
+        assert!(lost_the_later_write > 0, "the later write was always covered");
+    }
+
+    /// A created file's name survives a crash only once its directory is synced; data synced
+    /// with fdatasync does not help a file whose name is lost.
+    #[test]
+    fn a_new_file_can_vanish_until_its_directory_is_synced() {
+        let mut vanished = 0;
+        for seed in 0..40u64 {
+            let disk = SimDisk::new();
+            let file = block_on(async {
+                disk.create_dir_all(Path::new("/d")).await.unwrap();
+                let file = disk.open(Path::new("/d/f"), true).await.unwrap();
+                file.write_at(block(7), 0).await.unwrap();
+                file.fdatasync().await.unwrap();
+                file
+            });
+            if disk.crash(seed).content(Path::new("/d/f")).is_none() {
+                vanished += 1;
+            }
+            block_on(disk.sync_dir(Path::new("/d"))).unwrap();
+            let crashed = disk.crash(seed);
+            assert_eq!(crashed.content(Path::new("/d/f")), Some(block(7)));
+            drop(file);
+        }
+        assert!(vanished > 0 && vanished < 40, "vanished {vanished} of 40");
+    }
+
+    /// A crash at any point of a `write_atomic` leaves the old content or the new one, never
+    /// a mix or nothing; a `.tmp` file may be left behind.
+    #[test]
+    fn write_atomic_interrupted_anywhere_leaves_old_or_new() {
+        let mut outcomes = BTreeMap::new();
+        for seed in 0..60u64 {
+            let (clock, disk) = timed(seed);
+            let path = Path::new("/d/meta");
+            let inner = disk.clone();
+            let cut_at = SeededRng(seed).below(1500);
+            let sleeper = clock.clone();
+            run(&clock, BUDGET, move || async move {
+                inner.create_dir_all(Path::new("/d")).await.unwrap();
+                inner.write_atomic(path, b"old".to_vec()).await.unwrap();
+                let writer = inner.clone();
+                glommio::spawn_local(async move {
+                    writer.write_atomic(path, b"new".to_vec()).await.unwrap();
+                })
+                .detach();
+                sleeper.sleep_ticks(cut_at).await;
+            })
+            .unwrap();
+            let crashed = disk.crash(seed);
+            let content = crashed.content(path).expect("never lost");
+            assert!(content == b"old" || content == b"new", "seed {seed}");
+            *outcomes.entry(content).or_insert(0) += 1;
+        }
+        assert_eq!(outcomes.len(), 2, "both outcomes occur: {outcomes:?}");
+    }
+
+    /// Read faults at full rate: every read fails, or every read returns a corrupt sector.
+    #[test]
+    fn read_faults_fail_or_corrupt_reads() {
+        let disk = SimDisk::new();
+        let file = block_on(synced_file(&disk));
+        block_on(file.write_at(block(5), 0)).unwrap();
+        disk.set_read_faults(ReadFaults {
+            eio_per_million: 1_000_000,
+            corrupt_sector_per_million: 0,
+        });
+        assert!(block_on(file.read_at(0, BLOCK_BYTES)).is_err());
+        disk.set_read_faults(ReadFaults {
+            eio_per_million: 0,
+            corrupt_sector_per_million: 1_000_000,
+        });
+        let read = block_on(file.read_at(0, BLOCK_BYTES)).unwrap();
+        assert_eq!(read.len(), BLOCK_BYTES);
+        assert_ne!(read, block(5));
+        let differing = read.iter().filter(|b| **b != 5).count();
+        assert!(differing <= SECTOR_BYTES, "{differing} bytes differ");
+        disk.set_read_faults(ReadFaults::default());
+        assert_eq!(block_on(file.read_at(0, BLOCK_BYTES)).unwrap(), block(5));
+    }
+
+    #[test]
+    #[should_panic(expected = "while the write of [0, 8192) is in flight")]
+    fn overlapping_writes_in_flight_are_a_caller_bug() {
+        let (clock, disk) = timed(1);
+        let _ = run(&clock, BUDGET, move || async move {
+            let file = Rc::new(synced_file(&disk).await);
+            let first = file.clone();
+            let a = glommio::spawn_local(async move {
+                first.write_at(vec![1; 2 * BLOCK_BYTES], 0).await.unwrap();
+            });
+            let b = file.write_at(block(2), BLOCK_BYTES as u64);
+            let _ = futures_lite::future::zip(a, b).await;
+        });
+    }
+
+    #[test]
+    #[should_panic(expected = "unaligned direct write of 4096 bytes at 512")]
+    fn an_unaligned_write_is_a_caller_bug() {
+        let disk = SimDisk::new();
+        let file = block_on(synced_file(&disk));
+        let _ = block_on(file.write_at(block(1), 512));
+    }
+
+    #[test]
+    fn creating_a_file_in_a_missing_directory_fails() {
+        let disk = SimDisk::new();
+        let error = block_on(disk.open(Path::new("/nowhere/f"), true))
+            .err()
+            .expect("no such directory");
+        assert_eq!(error.kind(), io::ErrorKind::NotFound);
+    }
+}
