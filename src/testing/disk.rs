@@ -915,7 +915,10 @@ mod tests {
         };
         let orders: Vec<Vec<u64>> = (0..20).map(order_of).collect();
         assert_eq!(order_of(3), orders[3], "a seed replays");
-        assert!(orders.iter().any(|o| *o != [0, 1, 2, 3, 4, 5]), "{orders:?}");
+        assert!(
+            orders.iter().any(|o| *o != [0, 1, 2, 3, 4, 5]),
+            "{orders:?}"
+        );
         assert!(orders.iter().any(|o| *o != orders[0]), "{orders:?}");
     }
 
@@ -946,7 +949,10 @@ mod tests {
                 lost_the_later_write += 1;
             }
         }
-        assert!(lost_the_later_write > 0, "the later write was always covered");
+        assert!(
+            lost_the_later_write > 0,
+            "the later write was always covered"
+        );
     }
 
     /// A created file's name survives a crash only once its directory is synced; data synced
