@@ -602,13 +602,18 @@ fn batches_are_admitted_whole_and_a_full_disk_creates_no_segment() {
 }
 
 /// Runs `check` for each seed; a failing seed is named with the way to replay it alone.
+/// `RINGMQ_SIM_SEED=<n>` runs only seed `n`; `RINGMQ_SIM_SEEDS=<count>` runs that many.
 fn for_each_seed(seeds: std::ops::Range<u64>, check: impl Fn(u64)) {
-    let seeds = match std::env::var("RINGMQ_SIM_SEED") {
-        Ok(one) => {
+    let seeds = match (
+        std::env::var("RINGMQ_SIM_SEED"),
+        std::env::var("RINGMQ_SIM_SEEDS"),
+    ) {
+        (Ok(one), _) => {
             let seed = one.parse().expect("RINGMQ_SIM_SEED is a u64");
             seed..seed + 1
         }
-        Err(_) => seeds,
+        (_, Ok(count)) => 0..count.parse().expect("RINGMQ_SIM_SEEDS is a count"),
+        _ => seeds,
     };
     for seed in seeds {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(seed)));
