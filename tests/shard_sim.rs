@@ -26,6 +26,8 @@ use ringmq::protocol::message::{
 };
 use ringmq::protocol::{Opcode, Status};
 use ringmq::shard::{handlers, Shard};
+use ringmq::store::record::{self, Decoded};
+use ringmq::store::{AppendError, QueueKey, ShardStore, StoreConfig};
 use ringmq::testing::disk::IoLatency;
 use ringmq::testing::{driver, SeededRng, SimClock, SimDisk};
 use std::cell::RefCell;
@@ -109,6 +111,11 @@ struct History {
     acked: Vec<BTreeMap<u64, Vec<u8>>>,
     /// Per queue, offset to body: shown to a consumer.
     seen: Vec<BTreeMap<u64, Vec<u8>>>,
+    /// Per queue, offset to body: acknowledged OK by a SYNC_MASTER, so held durably by the
+    /// slave too. Kept across lives: the master flushes synchronously, so these never go.
+    replicated: Vec<BTreeMap<u64, Vec<u8>>>,
+    /// The topic's id, as the slave's store knows its queues.
+    topic_id: u32,
 }
 
 impl History {
@@ -116,6 +123,7 @@ impl History {
         History {
             acked: vec![BTreeMap::new(); QUEUES as usize],
             seen: vec![BTreeMap::new(); QUEUES as usize],
+            replicated: vec![BTreeMap::new(); QUEUES as usize],
             ..History::default()
         }
     }
@@ -188,10 +196,23 @@ async fn producer(
         if reply.status == Status::Ok {
             let response = ProduceResponse::decode(&reply.body).expect("produce response");
             assert_eq!(response.queue, queue);
+            if shard.config().flush_disk_type == FlushDiskType::SyncFlush {
+                let flushed = shard.store().flushed_offset();
+                assert!(
+                    flushed > response.commitlog_offset,
+                    "a SYNC_FLUSH produce at commitlog offset {} was answered OK with the log \
+                     flushed to {flushed}",
+                    response.commitlog_offset
+                );
+            }
             let mut history = history.borrow_mut();
             for (i, body) in bodies.iter().enumerate() {
                 let offset = response.base_offset + i as u64;
                 History::note(&mut history.acked[queue as usize], offset, body, "acked");
+                if shard.role() == BrokerRole::SyncMaster {
+                    let replicated = &mut history.replicated[queue as usize];
+                    History::note(replicated, offset, body, "replicated");
+                }
             }
         }
         clock.sleep_ticks(rng.below(3_000)).await;
@@ -262,34 +283,21 @@ async fn consumer(
     }
 }
 
-/// Everything each queue holds now, read back through pulls: offset to body.
+/// Everything each queue holds now, read from the store (not through pulls: a SYNC_MASTER
+/// shows only what a slave acknowledged again since the restart): offset to body.
 async fn read_all(shard: &Rc<Shard<SimDisk>>) -> Vec<BTreeMap<u64, Vec<u8>>> {
+    let topic_id = shard.topic(TOPIC).expect("the topic").topic_id;
     let mut queues = Vec::new();
     for queue in 0..QUEUES {
+        let key = QueueKey { topic_id, queue };
         let mut held = BTreeMap::new();
-        let mut offset = 0;
-        loop {
-            let request = encode(|out| {
-                PullRequest {
-                    topic: TOPIC.to_string(),
-                    queue,
-                    offset,
-                    max_messages: 256,
-                    max_bytes: 1 << 20,
-                    max_wait_ms: 0,
-                }
-                .encode(out)
-            });
-            let reply = handlers::handle(shard, Opcode::Pull, &request).await;
-            if reply.status == Status::NoNewMessage {
-                break;
-            }
-            assert_eq!(reply.status, Status::Ok, "reading back queue {queue}");
-            let response = PullResponse::decode(&reply.body).expect("pull response");
-            for message in &response.messages {
-                held.insert(message.queue_offset, message.body.to_vec());
-            }
-            offset = response.summary.next_offset;
+        for (offset, entry) in shard.store().entries(key, 0, usize::MAX).iter().enumerate() {
+            let bytes = shard.store().read_record(*entry).await.expect("read back");
+            let Ok(Decoded::Record(view)) = record::decode(&bytes, entry.commitlog_offset) else {
+                panic!("queue {queue} offset {offset} does not decode");
+            };
+            assert_eq!(view.queue_offset, offset as u64);
+            held.insert(offset as u64, view.body.to_vec());
         }
         queues.push(held);
     }
@@ -354,13 +362,18 @@ fn life(
     rng: &mut SeededRng,
     previous_clean: bool,
     run: bool,
+    slave: Option<Rc<ShardStore<SimDisk>>>,
 ) -> bool {
     let (disk, inner, history) = (disk.clone(), clock.clone(), history.clone());
+    let role = match slave {
+        Some(_) => BrokerRole::SyncMaster,
+        None => BrokerRole::AsyncMaster,
+    };
     let mut rng = rng.fork();
     let cut_ticks = rng.between(5_000, 150_000);
     let clean = rng.chance(1, 4);
     driver::run(clock, LIFE_BUDGET, move || async move {
-        let config = config(flush, BrokerRole::AsyncMaster);
+        let config = config(flush, role);
         let shard = Shard::open_for_test(disk, Rc::new(inner.clone()), config)
             .await
             .expect("open");
@@ -375,6 +388,7 @@ fn life(
             let reply = handlers::handle(&shard, Opcode::TopicCreate, &create).await;
             assert_eq!(reply.status, Status::Ok, "creating the topic");
         }
+        history.borrow_mut().topic_id = shard.topic(TOPIC).expect("the topic").topic_id;
         let held = read_all(&shard).await;
         check_recovered(&mut history.borrow_mut(), held, flush, previous_clean);
         if !run {
@@ -390,6 +404,23 @@ fn life(
                 history.clone(),
                 rng.fork(),
                 tag,
+            )));
+        }
+        if let Some(slave) = slave {
+            // The slave reconnects: what it holds past the master's recovered end was never
+            // acknowledged (the master flushes synchronously) and is cut, as a slave does.
+            let master_max = shard.store().max_offset();
+            if slave.max_offset() > master_max {
+                slave
+                    .truncate_to(master_max)
+                    .await
+                    .expect("slave truncation");
+            }
+            tasks.push(glommio::spawn_local(replicate(
+                shard.clone(),
+                slave,
+                inner.clone(),
+                rng.fork(),
             )));
         }
         for _ in 0..CONSUMERS {
@@ -418,7 +449,7 @@ fn run_seed(seed: u64, flush: FlushDiskType) -> u64 {
     let history = Rc::new(RefCell::new(History::new()));
     let mut clean = true;
     for life_index in 0..4u64 {
-        clean = life(&clock, &disk, flush, &history, &mut rng, clean, true);
+        clean = life(&clock, &disk, flush, &history, &mut rng, clean, true, None);
         disk = if clean {
             disk.clone()
         } else {
@@ -426,7 +457,7 @@ fn run_seed(seed: u64, flush: FlushDiskType) -> u64 {
         };
     }
     // A last life only recovers and checks.
-    life(&clock, &disk, flush, &history, &mut rng, clean, false);
+    life(&clock, &disk, flush, &history, &mut rng, clean, false, None);
     assert!(
         history.borrow().sent.len() > 10,
         "seed {seed}: the run produced almost nothing"
@@ -446,4 +477,200 @@ fn async_flush_never_shows_invented_or_reordered_records_across_crashes() {
     for_each_seed("shard_sim async_flush", 100, |seed| {
         run_seed(seed, FlushDiskType::AsyncFlush)
     });
+}
+
+fn slave_store_config() -> StoreConfig {
+    let master = config(FlushDiskType::SyncFlush, BrokerRole::Slave);
+    StoreConfig {
+        dir: PathBuf::from("/slave/shard-0"),
+        segment_size_bytes: master.segment_size_bytes,
+        write_buffer_bytes: master.write_buffer_bytes as usize,
+        max_record_bytes: ringmq::shard::startup::max_record_bytes(&master),
+        adopt_unknown_queues: true,
+    }
+}
+
+/// The slave side of replication, through the master's replica-ack path: at seeded times
+/// (and after seeded stalls longer than the replica timeout) copy what the master appended
+/// into the slave's store record by record, sync it, and report the synced offset as a link
+/// would.
+async fn replicate(
+    shard: Rc<Shard<SimDisk>>,
+    slave: Rc<ShardStore<SimDisk>>,
+    clock: SimClock,
+    mut rng: SeededRng,
+) {
+    let replicas = shard.replicas().expect("a SYNC_MASTER has replicas");
+    let link = replicas.register("simulated slave".to_string());
+    let segment = shard.config().segment_size_bytes;
+    let mut cursor = slave.max_offset();
+    loop {
+        clock.sleep_ticks(rng.below(4_000)).await;
+        if rng.chance(1, 25) {
+            clock.sleep_ticks(rng.between(100_000, 300_000)).await;
+        }
+        cursor = copy_from_master(&shard, &slave, cursor, segment).await;
+        slave.flush().await.expect("slave flush");
+        let master_max = shard.store().max_offset();
+        match replicas.report(link, slave.flushed_offset(), master_max) {
+            Ok(true) => {
+                shard.publish_confirmed();
+                shard.role_state().wake_links();
+            }
+            Ok(false) => {}
+            Err(fake) => panic!("the simulated slave reported past the master: {fake:?}"),
+        }
+    }
+}
+
+/// Copies the master's records from `cursor` on; returns where the next copy starts.
+async fn copy_from_master(
+    shard: &Rc<Shard<SimDisk>>,
+    slave: &ShardStore<SimDisk>,
+    mut cursor: u64,
+    segment: u64,
+) -> u64 {
+    loop {
+        let end = shard.store().max_offset();
+        if cursor >= end {
+            return cursor;
+        }
+        let segment_end = (cursor / segment + 1) * segment;
+        let len = (end.min(segment_end) - cursor).min(64 * 1024) as usize;
+        let bytes = shard
+            .store()
+            .commitlog()
+            .read(cursor, len)
+            .await
+            .expect("master read");
+        let mut at = 0;
+        while at < bytes.len() {
+            match record::decode(&bytes[at..], cursor + at as u64) {
+                Ok(Decoded::Record(view)) => {
+                    let record = &bytes[at..at + view.total_size as usize];
+                    append_on_slave(slave, record).await;
+                    at += view.total_size as usize;
+                }
+                Ok(Decoded::EndOfSegment) => {
+                    at = (segment_end - cursor) as usize;
+                    break;
+                }
+                // A record cut by the read's end: read it whole next time.
+                Ok(Decoded::EndOfData) | Err(_) => break,
+            }
+        }
+        if at == 0 {
+            return cursor;
+        }
+        cursor += at as u64;
+    }
+}
+
+async fn append_on_slave(slave: &ShardStore<SimDisk>, record: &[u8]) {
+    loop {
+        match slave.append_replicated(record) {
+            Ok(_) => return,
+            Err(AppendError::BufferFull) => {
+                slave.flush().await.expect("slave flush");
+            }
+            Err(AppendError::SegmentNotReady) => {
+                slave.prepare_next_segment().await.expect("slave segment");
+            }
+            Err(e) => panic!("the slave refused a shipped record: {e}"),
+        }
+    }
+}
+
+/// Every record a SYNC_MASTER acknowledged is on the slave's disk: a crash of the slave now
+/// loses none of them.
+fn check_slave_holds(
+    clock: &SimClock,
+    slave_disk: &SimDisk,
+    history: &Rc<RefCell<History>>,
+    seed: u64,
+) {
+    let topic_id = history.borrow().topic_id;
+    let crashed = slave_disk.crash(seed ^ 0x51A7E);
+    let history = history.clone();
+    driver::run(clock, LIFE_BUDGET, move || async move {
+        let (store, _) = ShardStore::open(crashed, slave_store_config(), &[])
+            .await
+            .expect("slave recovery");
+        for (queue, replicated) in history.borrow().replicated.iter().enumerate() {
+            let key = QueueKey {
+                topic_id,
+                queue: queue as u32,
+            };
+            for (offset, body) in replicated {
+                let entry = store
+                    .entries(key, *offset, 1)
+                    .first()
+                    .copied()
+                    .unwrap_or_else(|| {
+                        panic!("the slave lost acknowledged offset {offset} of queue {queue}")
+                    });
+                let bytes = store.read_record(entry).await.expect("slave read");
+                let Ok(Decoded::Record(view)) = record::decode(&bytes, entry.commitlog_offset)
+                else {
+                    panic!("slave record does not decode");
+                };
+                assert_eq!(
+                    view.body,
+                    body.as_slice(),
+                    "slave queue {queue} offset {offset}"
+                );
+            }
+        }
+    })
+    .expect("slave check");
+}
+
+/// A SYNC_MASTER with a simulated slave (see the module doc), over several master lives.
+fn run_replicated_seed(seed: u64) -> u64 {
+    let mut rng = SeededRng(seed ^ 0x5EED_0F5A);
+    let clock = SimClock::new(seed);
+    let mut disk = SimDisk::timed(&clock, seed, IoLatency::TYPICAL);
+    let slave_disk = SimDisk::timed(&clock, seed ^ 0xD15C, IoLatency::TYPICAL);
+    let opening = slave_disk.clone();
+    let slave = driver::run(&clock, LIFE_BUDGET, move || async move {
+        ShardStore::open(opening, slave_store_config(), &[])
+            .await
+            .expect("slave open")
+            .0
+    })
+    .expect("slave open");
+    let slave = Rc::new(slave);
+    let history = Rc::new(RefCell::new(History::new()));
+    let flush = FlushDiskType::SyncFlush;
+    let mut clean = true;
+    for life_index in 0..3u64 {
+        clean = life(
+            &clock,
+            &disk,
+            flush,
+            &history,
+            &mut rng,
+            clean,
+            true,
+            Some(slave.clone()),
+        );
+        check_slave_holds(&clock, &slave_disk, &history, seed ^ life_index);
+        disk = if clean {
+            disk.clone()
+        } else {
+            disk.crash(seed.wrapping_mul(7_000_003) ^ life_index)
+        };
+    }
+    life(&clock, &disk, flush, &history, &mut rng, clean, false, None);
+    let replicated: usize = history.borrow().replicated.iter().map(BTreeMap::len).sum();
+    assert!(
+        replicated > 0,
+        "seed {seed}: no produce was ever acknowledged by the slave"
+    );
+    clock.fired()
+}
+
+#[test]
+fn sync_master_acknowledges_only_what_the_slave_holds_durably() {
+    for_each_seed("shard_sim sync_master", 40, run_replicated_seed);
 }
