@@ -46,6 +46,10 @@ const LIFE_BUDGET: Duration = Duration::from_secs(3600);
 /// hundred microseconds of simulated latency) and the flush it waits for, bounded generously.
 const WAIT_SLACK: Duration = Duration::from_millis(20);
 
+/// Seeds per test when `RINGMQ_SIM_SEEDS` is not set: a debug build (plain `cargo test`)
+/// runs a quick sample, an optimised one (`scripts/test.sh`) about two minutes' worth here.
+const DEFAULT_SEEDS: u64 = if cfg!(debug_assertions) { 20 } else { 1_000 };
+
 /// Seeds per test: `RINGMQ_SIM_SEEDS`, else `default`; `RINGMQ_SIM_SEED` runs just one.
 fn seeds(default: u64) -> std::ops::Range<u64> {
     if let Ok(one) = std::env::var("RINGMQ_SIM_SEED") {
@@ -467,14 +471,14 @@ fn run_seed(seed: u64, flush: FlushDiskType) -> u64 {
 
 #[test]
 fn sync_flush_keeps_every_acknowledged_and_every_seen_record_across_crashes() {
-    for_each_seed("shard_sim sync_flush", 100, |seed| {
+    for_each_seed("shard_sim sync_flush", DEFAULT_SEEDS, |seed| {
         run_seed(seed, FlushDiskType::SyncFlush)
     });
 }
 
 #[test]
 fn async_flush_never_shows_invented_or_reordered_records_across_crashes() {
-    for_each_seed("shard_sim async_flush", 100, |seed| {
+    for_each_seed("shard_sim async_flush", DEFAULT_SEEDS, |seed| {
         run_seed(seed, FlushDiskType::AsyncFlush)
     });
 }
@@ -672,5 +676,5 @@ fn run_replicated_seed(seed: u64) -> u64 {
 
 #[test]
 fn sync_master_acknowledges_only_what_the_slave_holds_durably() {
-    for_each_seed("shard_sim sync_master", 40, run_replicated_seed);
+    for_each_seed("shard_sim sync_master", DEFAULT_SEEDS, run_replicated_seed);
 }
