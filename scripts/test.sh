@@ -42,11 +42,11 @@ test_args() {
 }
 
 stage "format" cargo fmt --all -- --check
-stage "clippy" cargo clippy --all-targets -- -D warnings
-stage "build" cargo test --all-targets --no-run
+stage "clippy" cargo clippy --workspace --all-targets -- -D warnings
+stage "build" cargo test --workspace --all-targets --no-run
 mapfile -t unit < <(test_args store_sim store_glommio fuzz_regressions)
 unit_and_simulation() {
-  cargo test --lib --bins --benches --examples "${unit[@]}"
+  cargo test --workspace --lib --bins --benches --examples "${unit[@]}"
   # The whole shard on the simulated disk and clock, thousands of seeds: optimised, so it
   # builds the release profile (about 10 minutes cold on 2 cores, seconds warm).
   RINGMQ_SIM_SEEDS="$SIM_SEEDS" cargo test --release --test shard_sim

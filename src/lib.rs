@@ -1,27 +1,20 @@
 //! ringmq: a durable, replicated, thread-per-core message broker.
 //!
-//! A request's path through the crate, by module: [`protocol`] (frames, pure) → `net`
-//! (listeners, connections) → `shard` (the core that owns a queue) → [`store`] (commitlog,
-//! consume queues, recovery) → [`replication`] (zero-copy sends to replicas) → `client` (the
-//! blocking Rust client).
+//! The workspace's crates, from the wire inward: `ringmq-protocol` (frames, opcodes, message
+//! bodies, admin documents; pure), `ringmq-client` (the blocking Rust client; depends on the
+//! protocol crate only) and `ringmq-broker` (net → shard → store → disk, replication, metrics).
+//! This package holds what sits on top of them: the `ringmq` command line ([`cli`]), the
+//! benchmark tool ([`bench`]) and the fuzzing entry points. Its library re-exports the other
+//! crates' modules under one name (`ringmq::store`, `ringmq::protocol`, ...), which is what the
+//! integration tests, the benches and the fuzz targets use. `docs/architecture.md` is the map.
 
 pub mod bench;
 pub mod cli;
-pub mod client;
-pub mod clock;
-pub mod config;
-pub mod constants;
 /// The fuzz targets' bodies run the store on the simulated disk, so they come with it.
-#[cfg(any(test, feature = "testing"))]
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod metrics;
-pub mod net;
-pub mod protocol;
-pub mod replication;
-pub mod server;
-pub mod shard;
-pub mod store;
-/// The simulator (disk, clock, driver): test builds only, see the module's doc.
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;
+
+pub use ringmq_broker::*;
+pub use ringmq_client as client;
+pub use ringmq_protocol as protocol;

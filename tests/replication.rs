@@ -688,8 +688,7 @@ fn fake_ack_beyond_the_master_is_refused() {
     link.read_exact(&mut len).unwrap();
     let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
     link.read_exact(&mut body).unwrap();
-    let welcome = Welcome::decode(&body).unwrap();
-    assert_eq!(welcome.refused, None);
+    Welcome::decode(&body).expect("the master accepts the fake slave");
     wait_until(Duration::from_secs(10), "the fake link registered", || {
         status(&master.broker)?.shards[0]
             .slaves
@@ -1040,6 +1039,190 @@ fn metadata_changes_reach_the_slave_at_once() {
         let mut c = Client::connect(&slave.broker.addr).ok()?;
         (c.fetch_offset("readers", "late", 1).ok()? == Some(7)).then_some(())
     });
+}
+
+/// A master of this version refuses a slave of another with a reason naming both versions,
+/// in the layout every version decodes (see `replication::protocol`).
+#[test]
+fn a_slave_of_another_protocol_version_is_refused_naming_both_versions() {
+    use ringmq::replication::protocol::{Hello, Welcome, HA_VERSION};
+    use ringmq::replication::ReplicationError;
+    let master = start_node("ASYNC_MASTER", "SYNC_FLUSH", None, "");
+    let mut link = std::net::TcpStream::connect(&master.broker.ha).unwrap();
+    link.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut hello = Vec::new();
+    Hello {
+        shard: 0,
+        shard_count: 2,
+        segment_size_bytes: 1 << 20,
+        log_id: [0; 16],
+        last_epoch: 0,
+        max_offset: 0,
+        broker_name: "broker-a".into(),
+    }
+    .encode(&mut hello);
+    // Length prefix, magic, then the version.
+    let old = HA_VERSION - 1;
+    hello[8..10].copy_from_slice(&old.to_le_bytes());
+    link.write_all(&hello).unwrap();
+    let mut len = [0u8; 4];
+    link.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    link.read_exact(&mut body).unwrap();
+    let reason = match Welcome::decode(&body) {
+        Err(ReplicationError::Refused(reason)) => reason,
+        other => panic!("a slave of version {old} was not refused: {other:?}"),
+    };
+    assert!(
+        reason.contains(&format!("version {old}"))
+            && reason.contains(&format!("version {HA_VERSION}")),
+        "the refusal does not name both versions: {reason}"
+    );
+    let mut rest = Vec::new();
+    assert_eq!(
+        link.read_to_end(&mut rest).map_err(|e| e.kind()),
+        Ok(0),
+        "the master closes the link after refusing"
+    );
+    assert!(status(&master.broker).unwrap().shards[0].slaves.is_empty());
+}
+
+/// A master impersonated by the test on an HA port, with no client port anywhere: what a
+/// slave learns about topics and group offsets can only come over the replication link.
+struct FakeMaster {
+    ports: PortBlock,
+    listener: std::net::TcpListener,
+}
+
+impl FakeMaster {
+    fn bind() -> FakeMaster {
+        let ports = PortBlock::allocate();
+        let listener = std::net::TcpListener::bind(ports.ha_addr()).unwrap();
+        FakeMaster { ports, listener }
+    }
+
+    /// Accepts the next slave link and reads its hello.
+    fn accept(&self) -> (std::net::TcpStream, ringmq::replication::protocol::Hello) {
+        use ringmq::replication::protocol::Hello;
+        let (mut link, _) = self.listener.accept().unwrap();
+        link.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut len = [0u8; 4];
+        link.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+        link.read_exact(&mut body).unwrap();
+        (link, Hello::decode(&body).expect("a hello of this version"))
+    }
+}
+
+/// Topics and group offsets reach a slave in metadata frames on the HA link: the test plays
+/// the master on its HA port and has no client port, so a slave that dialled one for them
+/// would never see them.
+#[test]
+fn metadata_arrives_on_the_replication_link_alone() {
+    use ringmq::replication::protocol::{encode_heartbeat, MetadataFrame, Welcome};
+    use ringmq::shard::groups::OffsetRow;
+    use ringmq::shard::topics::TopicTable;
+    let fake = FakeMaster::bind();
+    let slave = start_node("SLAVE", "SYNC_FLUSH", Some(&fake.ports), "");
+    let (table, _) = TopicTable::default()
+        .with_topic("remote", 4, 2)
+        .expect("a valid topic");
+    let placement = table.topics["remote"].queue_shards.clone();
+    let mut links = Vec::new();
+    for _ in 0..2 {
+        let (mut link, hello) = fake.accept();
+        let mut answer = Vec::new();
+        Welcome {
+            log_id: [5; 16],
+            epochs: vec![(1, 0)],
+            truncate_to: u64::MAX,
+        }
+        .encode(&mut answer);
+        link.write_all(&answer).unwrap();
+        // As a master shard does: the table from shard 0, each shard its own queues' offsets.
+        let shard = hello.shard;
+        let group_offsets = (0..placement.len() as u32)
+            .filter(|q| placement[*q as usize] == shard)
+            .map(|queue| OffsetRow {
+                group: "readers".into(),
+                topic: "remote".into(),
+                queue,
+                offset: 100 + u64::from(queue),
+            })
+            .collect();
+        let frame = MetadataFrame {
+            version: 1,
+            topics: (shard == 0).then(|| table.clone()),
+            group_offsets,
+        };
+        link.write_all(&frame.encode()).unwrap();
+        links.push(link);
+    }
+    // Heartbeats keep both links inside the slave's link timeout while the test looks.
+    let beating = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let heart = {
+        let beating = beating.clone();
+        thread::spawn(move || {
+            while beating.load(std::sync::atomic::Ordering::Relaxed) {
+                for link in &mut links {
+                    let _ = link.write_all(&encode_heartbeat(0, 0));
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    wait_topic(&slave.broker, "remote");
+    let mut client = Client::connect(&slave.broker.addr).unwrap();
+    let topic = client
+        .list_topics()
+        .unwrap()
+        .into_iter()
+        .find(|t| t.name == "remote")
+        .unwrap();
+    assert_eq!(topic.queue_shards, placement, "the master's placement");
+    wait_until(CATCH_UP, "every group offset on the slave", || {
+        let mut c = Client::connect(&slave.broker.addr).ok()?;
+        (0..4u32)
+            .all(|q| c.fetch_offset("readers", "remote", q).ok() == Some(Some(100 + u64::from(q))))
+            .then_some(())
+    });
+    beating.store(false, std::sync::atomic::Ordering::Relaxed);
+    heart.join().unwrap();
+}
+
+/// A slave refuses a master that accepts it in another protocol version, and says which
+/// versions met.
+#[test]
+fn a_slave_names_both_versions_when_its_master_speaks_another() {
+    use ringmq::replication::protocol::{Welcome, HA_VERSION};
+    let fake = FakeMaster::bind();
+    let slave = start_node("SLAVE", "SYNC_FLUSH", Some(&fake.ports), "");
+    let (mut link, _) = fake.accept();
+    let mut answer = Vec::new();
+    Welcome {
+        log_id: [5; 16],
+        epochs: vec![(1, 0)],
+        truncate_to: u64::MAX,
+    }
+    .encode(&mut answer);
+    // Length prefix, refused byte, empty reason, then the version.
+    let newer = HA_VERSION + 1;
+    answer[7..9].copy_from_slice(&newer.to_le_bytes());
+    link.write_all(&answer).unwrap();
+    let expected = format!(
+        "the master speaks replication protocol version {newer}, this slave version {HA_VERSION}"
+    );
+    wait_until(CATCH_UP, "the slave to report the version mismatch", || {
+        slave.broker.log().contains(&expected).then_some(())
+    });
+    let mut rest = Vec::new();
+    assert_eq!(
+        link.read_to_end(&mut rest).map_err(|e| e.kind()),
+        Ok(0),
+        "the slave closes the link"
+    );
 }
 
 /// SIGTERM on a SYNC_MASTER whose producers wait for a stalled slave: the stop answers them

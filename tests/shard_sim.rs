@@ -355,21 +355,35 @@ fn check_recovered(
     history.seen = held;
 }
 
+/// How one life runs.
+struct LifePlan {
+    flush: FlushDiskType,
+    /// Whether the previous life stopped cleanly (then even ASYNC_FLUSH loses nothing).
+    previous_clean: bool,
+    /// False: only recover and check.
+    run: bool,
+    /// SYNC_MASTER with a simulated slave on this disk; `None`: an ASYNC_MASTER alone.
+    slave_disk: Option<SimDisk>,
+}
+
 /// One life of the shard: open (recovering) on `disk`, check what survived, run producers and
-/// consumers until a seeded instant (`None`: only check), then either crash (return with
+/// consumers until a seeded instant (unless only checking), then either crash (return with
 /// everything in flight) or stop cleanly. Returns whether it stopped cleanly.
 fn life(
     clock: &SimClock,
     disk: &SimDisk,
-    flush: FlushDiskType,
     history: &Rc<RefCell<History>>,
     rng: &mut SeededRng,
-    previous_clean: bool,
-    run: bool,
-    slave: Option<Rc<ShardStore<SimDisk>>>,
+    plan: LifePlan,
 ) -> bool {
+    let LifePlan {
+        flush,
+        previous_clean,
+        run,
+        slave_disk,
+    } = plan;
     let (disk, inner, history) = (disk.clone(), clock.clone(), history.clone());
-    let role = match slave {
+    let role = match slave_disk {
         Some(_) => BrokerRole::SyncMaster,
         None => BrokerRole::AsyncMaster,
     };
@@ -395,6 +409,31 @@ fn life(
         history.borrow_mut().topic_id = shard.topic(TOPIC).expect("the topic").topic_id;
         let held = read_all(&shard).await;
         check_recovered(&mut history.borrow_mut(), held, flush, previous_clean);
+        let slave = match slave_disk {
+            // The slave restarts with the master (both lost power): it recovers, must still
+            // hold every record a SYNC_MASTER acknowledged, and cuts what it holds past the
+            // master's recovered end (never acknowledged: the master flushes synchronously),
+            // as a reconnecting slave does.
+            Some(slave_disk) => {
+                let (slave, _) = ShardStore::open(slave_disk, slave_store_config(), &[])
+                    .await
+                    .expect("slave recovery");
+                let (topic_id, replicated) = {
+                    let history = history.borrow();
+                    (history.topic_id, history.replicated.clone())
+                };
+                check_slave_holds(&slave, topic_id, &replicated).await;
+                let master_max = shard.store().max_offset();
+                if slave.max_offset() > master_max {
+                    slave
+                        .truncate_to(master_max)
+                        .await
+                        .expect("slave truncation");
+                }
+                Some(Rc::new(slave))
+            }
+            None => None,
+        };
         if !run {
             return true;
         }
@@ -411,15 +450,6 @@ fn life(
             )));
         }
         if let Some(slave) = slave {
-            // The slave reconnects: what it holds past the master's recovered end was never
-            // acknowledged (the master flushes synchronously) and is cut, as a slave does.
-            let master_max = shard.store().max_offset();
-            if slave.max_offset() > master_max {
-                slave
-                    .truncate_to(master_max)
-                    .await
-                    .expect("slave truncation");
-            }
             tasks.push(glommio::spawn_local(replicate(
                 shard.clone(),
                 slave,
@@ -453,7 +483,13 @@ fn run_seed(seed: u64, flush: FlushDiskType) -> u64 {
     let history = Rc::new(RefCell::new(History::new()));
     let mut clean = true;
     for life_index in 0..4u64 {
-        clean = life(&clock, &disk, flush, &history, &mut rng, clean, true, None);
+        let plan = LifePlan {
+            flush,
+            previous_clean: clean,
+            run: true,
+            slave_disk: None,
+        };
+        clean = life(&clock, &disk, &history, &mut rng, plan);
         disk = if clean {
             disk.clone()
         } else {
@@ -461,7 +497,13 @@ fn run_seed(seed: u64, flush: FlushDiskType) -> u64 {
         };
     }
     // A last life only recovers and checks.
-    life(&clock, &disk, flush, &history, &mut rng, clean, false, None);
+    let plan = LifePlan {
+        flush,
+        previous_clean: clean,
+        run: false,
+        slave_disk: None,
+    };
+    life(&clock, &disk, &history, &mut rng, plan);
     assert!(
         history.borrow().sent.len() > 10,
         "seed {seed}: the run produced almost nothing"
@@ -585,48 +627,37 @@ async fn append_on_slave(slave: &ShardStore<SimDisk>, record: &[u8]) {
     }
 }
 
-/// Every record a SYNC_MASTER acknowledged is on the slave's disk: a crash of the slave now
-/// loses none of them.
-fn check_slave_holds(
-    clock: &SimClock,
-    slave_disk: &SimDisk,
-    history: &Rc<RefCell<History>>,
-    seed: u64,
+/// Every record a SYNC_MASTER acknowledged is on the slave, which has just recovered from a
+/// crash: none of them was lost.
+async fn check_slave_holds(
+    store: &ShardStore<SimDisk>,
+    topic_id: u32,
+    replicated: &[BTreeMap<u64, Vec<u8>>],
 ) {
-    let topic_id = history.borrow().topic_id;
-    let crashed = slave_disk.crash(seed ^ 0x51A7E);
-    let history = history.clone();
-    driver::run(clock, LIFE_BUDGET, move || async move {
-        let (store, _) = ShardStore::open(crashed, slave_store_config(), &[])
-            .await
-            .expect("slave recovery");
-        for (queue, replicated) in history.borrow().replicated.iter().enumerate() {
-            let key = QueueKey {
-                topic_id,
-                queue: queue as u32,
+    for (queue, replicated) in replicated.iter().enumerate() {
+        let key = QueueKey {
+            topic_id,
+            queue: queue as u32,
+        };
+        for (offset, body) in replicated {
+            let entry = store
+                .entries(key, *offset, 1)
+                .first()
+                .copied()
+                .unwrap_or_else(|| {
+                    panic!("the slave lost acknowledged offset {offset} of queue {queue}")
+                });
+            let bytes = store.read_record(entry).await.expect("slave read");
+            let Ok(Decoded::Record(view)) = record::decode(&bytes, entry.commitlog_offset) else {
+                panic!("slave record does not decode");
             };
-            for (offset, body) in replicated {
-                let entry = store
-                    .entries(key, *offset, 1)
-                    .first()
-                    .copied()
-                    .unwrap_or_else(|| {
-                        panic!("the slave lost acknowledged offset {offset} of queue {queue}")
-                    });
-                let bytes = store.read_record(entry).await.expect("slave read");
-                let Ok(Decoded::Record(view)) = record::decode(&bytes, entry.commitlog_offset)
-                else {
-                    panic!("slave record does not decode");
-                };
-                assert_eq!(
-                    view.body,
-                    body.as_slice(),
-                    "slave queue {queue} offset {offset}"
-                );
-            }
+            assert_eq!(
+                view.body,
+                body.as_slice(),
+                "slave queue {queue} offset {offset}"
+            );
         }
-    })
-    .expect("slave check");
+    }
 }
 
 /// A SYNC_MASTER with a simulated slave (see the module doc), over several master lives.
@@ -634,38 +665,33 @@ fn run_replicated_seed(seed: u64) -> u64 {
     let mut rng = SeededRng(seed ^ 0x5EED_0F5A);
     let clock = SimClock::new(seed);
     let mut disk = SimDisk::timed(&clock, seed, IoLatency::TYPICAL);
-    let slave_disk = SimDisk::timed(&clock, seed ^ 0xD15C, IoLatency::TYPICAL);
-    let opening = slave_disk.clone();
-    let slave = driver::run(&clock, LIFE_BUDGET, move || async move {
-        ShardStore::open(opening, slave_store_config(), &[])
-            .await
-            .expect("slave open")
-            .0
-    })
-    .expect("slave open");
-    let slave = Rc::new(slave);
+    let mut slave_disk = SimDisk::timed(&clock, seed ^ 0xD15C, IoLatency::TYPICAL);
     let history = Rc::new(RefCell::new(History::new()));
     let flush = FlushDiskType::SyncFlush;
     let mut clean = true;
     for life_index in 0..3u64 {
-        clean = life(
-            &clock,
-            &disk,
+        let plan = LifePlan {
             flush,
-            &history,
-            &mut rng,
-            clean,
-            true,
-            Some(slave.clone()),
-        );
-        check_slave_holds(&clock, &slave_disk, &history, seed ^ life_index);
+            previous_clean: clean,
+            run: true,
+            slave_disk: Some(slave_disk.clone()),
+        };
+        clean = life(&clock, &disk, &history, &mut rng, plan);
+        slave_disk = slave_disk.crash(seed.wrapping_mul(31) ^ life_index);
         disk = if clean {
             disk.clone()
         } else {
             disk.crash(seed.wrapping_mul(7_000_003) ^ life_index)
         };
     }
-    life(&clock, &disk, flush, &history, &mut rng, clean, false, None);
+    // A last life only recovers both and checks.
+    let plan = LifePlan {
+        flush,
+        previous_clean: clean,
+        run: false,
+        slave_disk: Some(slave_disk.clone()),
+    };
+    life(&clock, &disk, &history, &mut rng, plan);
     let replicated: usize = history.borrow().replicated.iter().map(BTreeMap::len).sum();
     assert!(
         replicated > 0,

@@ -145,7 +145,7 @@ pub fn connect(addr: &str) -> Result<Client, String> {
 }
 
 pub fn describe(addr: &str, error: &ClientError) -> String {
-    crate::cli::app::describe(addr, error)
+    error.for_user(addr)
 }
 
 /// This producer's share of a total, the remainder going to the first ones.

@@ -61,13 +61,9 @@ impl BrokerArgs {
     }
 }
 
-/// A message for a user: the broker's status name and explanation, or what failed locally.
+/// A message for a user (see [`ClientError::for_user`]).
 pub fn describe(broker: &str, error: &ClientError) -> String {
-    match error {
-        ClientError::Io { addr, source } => format!("cannot reach broker at {addr}: {source}"),
-        ClientError::Status { .. } => error.to_string(),
-        _ => format!("{error} (broker {broker})"),
-    }
+    error.for_user(broker)
 }
 
 /// Runs a parsed command line; returns the process exit code.

@@ -1,8 +1,9 @@
-//! `ringmq cluster status|promote`: a broker's replication state, and promotion of a slave.
+//! `ringmq cluster status|promote|demote`: a broker's replication state, promotion of a slave
+//! and demotion of a master, both at runtime.
 
 use super::app::{describe, BrokerArgs, Format};
 use super::output::{emit, table};
-use crate::shard::handlers::cluster::ClusterStatus;
+use crate::protocol::admin::ClusterStatus;
 use clap::{Args, Subcommand};
 
 #[derive(Args, Debug)]
@@ -23,6 +24,12 @@ pub enum ClusterCommand {
         #[arg(long, default_value = "ASYNC_MASTER")]
         role: String,
     },
+    /// Turn the master at --broker into a slave of the master whose HA port is --master.
+    Demote {
+        /// The new master's HA address, HOST:PORT.
+        #[arg(long)]
+        master: String,
+    },
 }
 
 pub fn run(args: ClusterArgs) -> Result<(), String> {
@@ -30,6 +37,7 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
     let status = match &args.command {
         ClusterCommand::Status => client.cluster_status(),
         ClusterCommand::Promote { role } => client.promote(Some(role)),
+        ClusterCommand::Demote { master } => client.demote(master),
     }
     .map_err(|e| describe(&args.broker.broker, &e))?;
     match args.broker.format {

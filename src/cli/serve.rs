@@ -1,7 +1,7 @@
 //! `ringmq serve`: builds the effective configuration (defaults, then `--config FILE`, then
 //! flags) and runs the broker.
 
-use crate::config::{BrokerConfig, FlushDiskType};
+use crate::config::{BrokerConfig, ConfigError, FlushDiskType};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -62,7 +62,7 @@ impl ServeArgs {
             config.shards = shards;
         }
         if let Some(role) = &self.role {
-            config.broker_role = role.parse()?;
+            config.broker_role = role.parse().map_err(|e: ConfigError| e.to_string())?;
         }
         if let Some(name) = &self.broker_name {
             config.broker_name = name.clone();
@@ -77,14 +77,14 @@ impl ServeArgs {
             config.metrics_listen = Some(metrics.clone());
         }
         if let Some(flush) = &self.flush {
-            config.flush_disk_type = flush.parse::<FlushDiskType>()?;
+            config.flush_disk_type = flush.parse::<FlushDiskType>().map_err(|e| e.to_string())?;
         }
-        config.validate()?;
+        config.validate().map_err(|e| e.to_string())?;
         Ok(config)
     }
 }
 
 /// Runs the broker until SIGINT/SIGTERM. Returns a message for the user on failure.
 pub fn run(args: ServeArgs) -> Result<(), String> {
-    crate::server::run(args.effective_config()?)
+    crate::server::run(args.effective_config()?).map_err(|e| e.to_string())
 }

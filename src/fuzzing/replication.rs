@@ -5,22 +5,27 @@ use super::store::{append_from, append_waiting, log_bytes, open_store, recompute
 use super::Input;
 use crate::replication::master::SHIP_CHUNK_BYTES;
 use crate::replication::protocol::{
-    divergence_point, encode_data_header, encode_heartbeat, next_shipped, Hello, MasterFrame,
-    MasterState, Shipped, Welcome,
+    divergence_point, encode_data_header, encode_heartbeat, encode_refusal, next_shipped, Hello,
+    MasterFrame, MetadataFrame, Shipped, Welcome, MAX_METADATA_BYTES, METADATA_HEADER_BYTES,
 };
 use crate::replication::replicas::Replicas;
+use crate::replication::ReplicationError;
+use crate::shard::groups::OffsetRow;
+use crate::shard::topics::TopicTable;
 use crate::store::ShardStore;
 use crate::testing::disk::SimDisk;
 use futures_lite::future::block_on;
 use std::hint::black_box;
 
 /// The handshake: the first byte picks the master's decoder of a slave's [`Hello`] or the
-/// slave's decoder of the master's [`Welcome`]; the rest is the body after the length prefix.
+/// slave's decoder of the master's answer (a [`Welcome`] or a refusal); the rest is the body
+/// after the length prefix.
 pub fn ha_handshake(data: &[u8]) {
     let Some((&selector, body)) = data.split_first() else {
         return;
     };
     if selector & 1 == 0 {
+        black_box(Hello::version_of(body)).ok();
         if let Ok(hello) = black_box(Hello::decode(body)) {
             let mut out = Vec::new();
             hello.encode(&mut out);
@@ -28,13 +33,26 @@ pub fn ha_handshake(data: &[u8]) {
             assert_eq!(Hello::decode(&out[4..]).as_ref(), Ok(&hello));
             assert_eq!(&out[4..], body, "hello encoding is not canonical");
         }
-    } else if let Ok(welcome) = black_box(Welcome::decode(body)) {
-        let mut out = Vec::new();
-        welcome.encode(&mut out);
-        assert_eq!(length_prefix(&out), out.len() - 4);
-        assert_eq!(Welcome::decode(&out[4..]).as_ref(), Ok(&welcome));
-        for (epoch, _) in &welcome.epochs {
-            black_box(divergence_point(&welcome.epochs, *epoch));
+    } else {
+        match black_box(Welcome::decode(body)) {
+            Ok(welcome) => {
+                let mut out = Vec::new();
+                welcome.encode(&mut out);
+                assert_eq!(length_prefix(&out), out.len() - 4);
+                assert_eq!(Welcome::decode(&out[4..]).ok().as_ref(), Some(&welcome));
+                for (epoch, _) in &welcome.epochs {
+                    black_box(divergence_point(&welcome.epochs, *epoch));
+                }
+            }
+            Err(ReplicationError::Refused(reason)) => {
+                let mut out = Vec::new();
+                encode_refusal(&reason, &mut out);
+                assert!(
+                    matches!(Welcome::decode(&out[4..]), Err(ReplicationError::Refused(r)) if r == reason),
+                    "a refusal does not decode back to its reason"
+                );
+            }
+            Err(_) => {}
         }
     }
 }
@@ -47,7 +65,8 @@ fn length_prefix(out: &[u8]) -> usize {
 /// - bit 0 clear: the slave's receiver, on raw bytes from a hostile master (bit 1 clear; with
 ///   bit 2 set each record's crc32c is recomputed, so mutations reach the checks after it) or
 ///   on the log of a real master store built from the input and shipped in input-sized frames
-///   (bit 1 set), which the slave must reproduce byte for byte;
+///   with heartbeats and metadata frames between (bit 1 set), which the slave must reproduce
+///   byte for byte;
 /// - bit 0 set: the master's handling of slave reports.
 pub fn ha_stream(data: &[u8]) {
     let Some((&selector, rest)) = data.split_first() else {
@@ -88,8 +107,34 @@ fn slave_receives(stream: &[u8], fix_crc: bool) -> Received {
             Ok(frame) => frame,
             Err(_) => break,
         };
-        let MasterFrame::Data { offset, len, .. } = frame else {
-            continue;
+        let (offset, len) = match frame {
+            MasterFrame::Heartbeat { .. } => continue,
+            MasterFrame::Metadata { len } => {
+                if len as usize > MAX_METADATA_BYTES {
+                    break;
+                }
+                let body = input.bytes(len as usize);
+                if body.len() < len as usize {
+                    break;
+                }
+                match black_box(MetadataFrame::decode(body)) {
+                    Ok(metadata) => {
+                        let again = metadata.encode();
+                        assert_eq!(
+                            length_prefix(&again[1..]),
+                            again.len() - METADATA_HEADER_BYTES
+                        );
+                        assert_eq!(
+                            MetadataFrame::decode(&again[METADATA_HEADER_BYTES..]).as_ref(),
+                            Ok(&metadata),
+                            "a metadata frame does not decode back to itself"
+                        );
+                        continue;
+                    }
+                    Err(_) => break,
+                }
+            }
+            MasterFrame::Data { offset, len, .. } => (offset, len),
         };
         if offset != next_offset || len as usize > SHIP_CHUNK_BYTES {
             break;
@@ -177,18 +222,18 @@ pub(crate) fn master_stream(input: &mut Input<'_>) -> (Vec<u8>, Vec<u8>) {
     block_on(master.flush()).expect("a simulated disk does not fail");
     let end = master.max_offset();
     let log = log_bytes(&master_disk, end);
-    let state = MasterState {
-        confirmed_offset: end,
-        metadata_version: 1,
-    };
     let mut stream = Vec::new();
     let mut offset = 0usize;
     while offset < log.len() {
         let chunk = (usize::from(input.u16()) % 8192 + 1).min(log.len() - offset);
-        if input.u8() & 3 == 0 {
-            stream.extend_from_slice(&encode_heartbeat(end, state));
+        let between = input.u8();
+        if between & 3 == 0 {
+            stream.extend_from_slice(&encode_heartbeat(end, end));
         }
-        stream.extend_from_slice(&encode_data_header(offset as u64, chunk as u32, state));
+        if between & 12 == 4 {
+            stream.extend_from_slice(&sample_metadata(u64::from(between)).encode());
+        }
+        stream.extend_from_slice(&encode_data_header(offset as u64, chunk as u32, end));
         stream.extend_from_slice(&log[offset..offset + chunk]);
         offset += chunk;
     }
@@ -202,7 +247,11 @@ fn master_reads_reports(data: &[u8]) {
     let mut input = Input::new(data);
     let min_in_sync_replicas = u32::from(input.u8() % 4);
     let mut master_max = u64::from(input.u32());
-    let replicas = Replicas::new(min_in_sync_replicas, 0);
+    let replicas = Replicas::new(
+        min_in_sync_replicas,
+        0,
+        std::rc::Rc::new(crate::clock::RealClock),
+    );
     let mut links = [
         Some(replicas.register("127.0.0.1:1".into())),
         Some(replicas.register("127.0.0.1:2".into())),
@@ -231,5 +280,22 @@ fn master_reads_reports(data: &[u8]) {
             "a report released producers past the master's end"
         );
         black_box(replicas.in_sync(master_max, 1 << 20));
+    }
+}
+
+/// A metadata frame as master shard 0 sends it: a topic table and group offsets.
+pub(crate) fn sample_metadata(version: u64) -> MetadataFrame {
+    let (table, _) = TopicTable::default()
+        .with_topic("orders", 4, 2)
+        .expect("a valid topic");
+    MetadataFrame {
+        version,
+        topics: Some(table),
+        group_offsets: vec![OffsetRow {
+            group: "readers".into(),
+            topic: "orders".into(),
+            queue: 1,
+            offset: 17,
+        }],
     }
 }

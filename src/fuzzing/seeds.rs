@@ -3,7 +3,7 @@
 //! numbers and crcs itself. `tests/fuzz_regressions.rs` writes them to `fuzz/seeds/<target>/`
 //! (with `RINGMQ_WRITE_FUZZ_SEEDS=1`) and checks the committed files still match.
 
-use super::replication::master_stream;
+use super::replication::{master_stream, sample_metadata};
 use super::Input;
 use crate::protocol::codes::Opcode;
 use crate::protocol::frame::{encode_frame, FrameHeader};
@@ -12,7 +12,7 @@ use crate::protocol::message::{
     Name, ProduceRequest, ProduceResponse, PullRequest, PullResponse, PullSummary,
     PulledMessageRef, QueueRef, QueueStats, TopicCreate, TopicDescription, TopicInfo, TopicList,
 };
-use crate::replication::protocol::{Hello, Welcome};
+use crate::replication::protocol::{encode_refusal, Hello, Welcome};
 use crate::store::checkpoint::Checkpoint;
 use crate::store::record::{encode_end_of_segment, RecordInput};
 
@@ -46,9 +46,16 @@ pub fn seeds() -> Vec<Seed> {
     }
     add("ha_handshake", "hello", with_selector(0, &hello_body()));
     add("ha_handshake", "welcome", with_selector(1, &welcome_body()));
+    add("ha_handshake", "refusal", with_selector(1, &refusal_body()));
+    add(
+        "ha_stream",
+        "metadata",
+        with_selector(0, &sample_metadata(3).encode()),
+    );
     let records = record_specs();
     let mut shipped = records.clone();
-    shipped.extend_from_slice(&[0x00, 0x04, 0x00, 0xff, 0x1f, 0x01]);
+    // Two frames: a heartbeat before the first, a metadata frame before the second.
+    shipped.extend_from_slice(&[0x00, 0x04, 0x00, 0xff, 0x1f, 0x05]);
     let (stream, _) = master_stream(&mut Input::new(&shipped));
     add("ha_stream", "master_stream", with_selector(0, &stream));
     add(
@@ -374,13 +381,16 @@ fn hello_body() -> Vec<u8> {
 
 fn welcome_body() -> Vec<u8> {
     let welcome = Welcome {
-        refused: None,
         log_id: [9; 16],
         epochs: vec![(1, 0), (2, 8192)],
         truncate_to: 8192,
-        client_addr: "127.0.0.1:10911".into(),
     };
     encoded(|out| welcome.encode(out))[4..].to_vec()
+}
+
+fn refusal_body() -> Vec<u8> {
+    let reason = crate::replication::master::version_refusal(1);
+    encoded(|out| encode_refusal(&reason, out))[4..].to_vec()
 }
 
 /// Input for [`super::store::append_from`]: records of every queue, one large enough that a

@@ -1,0 +1,618 @@
+//! Broker configuration: TOML through serde with every default built in, so `ringmq serve` runs
+//! with no file at all. A file given with `--config` and then command-line flags override the
+//! defaults; [`BrokerConfig::validate`] refuses bad values with a message naming the key.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// When a producer's OK is sent relative to the disk (see README "Modes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FlushDiskType {
+    /// OK after an fdatasync covering the record completed (group commit).
+    #[serde(rename = "SYNC_FLUSH")]
+    SyncFlush,
+    /// OK once the record is in the shard's memory; a timer flushes.
+    #[serde(rename = "ASYNC_FLUSH")]
+    AsyncFlush,
+}
+
+/// A configuration the broker refuses: a document that does not parse, or the key of the first
+/// bad value and why it is bad. Displayed as `key: reason`, the form operators grep for.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Toml(String),
+    #[error("{key}: {reason}")]
+    Value { key: &'static str, reason: String },
+}
+
+impl ConfigError {
+    fn value(key: &'static str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Value {
+            key,
+            reason: reason.into(),
+        }
+    }
+
+    /// The key a bad value was given for (none when the document does not parse).
+    pub fn key(&self) -> Option<&'static str> {
+        match self {
+            ConfigError::Toml(_) => None,
+            ConfigError::Value { key, .. } => Some(key),
+        }
+    }
+}
+
+impl FlushDiskType {
+    pub fn name(self) -> &'static str {
+        match self {
+            FlushDiskType::SyncFlush => "SYNC_FLUSH",
+            FlushDiskType::AsyncFlush => "ASYNC_FLUSH",
+        }
+    }
+}
+
+impl FromStr for FlushDiskType {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "SYNC_FLUSH" => Ok(FlushDiskType::SyncFlush),
+            "ASYNC_FLUSH" => Ok(FlushDiskType::AsyncFlush),
+            other => Err(ConfigError::value(
+                "flush_disk_type",
+                format!("`{other}` is not SYNC_FLUSH or ASYNC_FLUSH"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for FlushDiskType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a broker does in its group (see README "Replication").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrokerRole {
+    /// A produce is answered once `min_in_sync_replicas - 1` slaves acknowledged it.
+    #[serde(rename = "SYNC_MASTER")]
+    SyncMaster,
+    /// A produce is answered without waiting for slaves; they catch up in the background.
+    #[serde(rename = "ASYNC_MASTER")]
+    AsyncMaster,
+    /// Refuses produce; replicates from `master` and serves reads up to what it has.
+    #[serde(rename = "SLAVE")]
+    Slave,
+}
+
+impl BrokerRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            BrokerRole::SyncMaster => "SYNC_MASTER",
+            BrokerRole::AsyncMaster => "ASYNC_MASTER",
+            BrokerRole::Slave => "SLAVE",
+        }
+    }
+    pub fn is_master(self) -> bool {
+        self != BrokerRole::Slave
+    }
+}
+
+impl FromStr for BrokerRole {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "SYNC_MASTER" => Ok(BrokerRole::SyncMaster),
+            "ASYNC_MASTER" => Ok(BrokerRole::AsyncMaster),
+            "SLAVE" => Ok(BrokerRole::Slave),
+            other => Err(ConfigError::value(
+                "broker_role",
+                format!("`{other}` is not SYNC_MASTER, ASYNC_MASTER or SLAVE"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for BrokerRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Name of the broker group, reported in metadata.
+    pub broker_name: String,
+    /// Root of the store; each shard keeps `shard-<n>/` below it.
+    pub store_dir: PathBuf,
+    /// Client address shared by every shard (one socket, accepted on by all); port 0 picks a
+    /// free port.
+    pub listen: String,
+    /// First shard-aware port: shard `n` also listens on `shard_port_base + n`. 0 derives it
+    /// as the listen port + 100 (or picks free ports when the listen port is 0).
+    pub shard_port_base: u16,
+    pub broker_role: BrokerRole,
+    /// Replication listener of a master (one socket for every shard).
+    pub ha_listen: String,
+    /// A slave's master: the master's `ha_listen` address.
+    pub master: Option<String>,
+    /// Copies that must hold a record before a SYNC_MASTER answers OK: the master and
+    /// `min_in_sync_replicas - 1` slaves.
+    pub min_in_sync_replicas: u32,
+    /// SYNC_MASTER: a produce not acknowledged by enough slaves within this gets
+    /// FLUSH_SLAVE_TIMEOUT (the message is stored).
+    pub sync_replica_timeout_ms: u64,
+    /// A slave further behind than this does not count as in sync: with too few in-sync
+    /// slaves a SYNC_MASTER answers SLAVE_NOT_AVAILABLE at once.
+    pub ha_max_gap_bytes: u64,
+    /// How often a slave reports its offset when nothing else is sent, and a master sends an
+    /// empty frame to an idle slave.
+    pub ha_heartbeat_interval_ms: u64,
+    /// A link that has received nothing for this long is dropped and reconnected.
+    pub ha_link_timeout_ms: u64,
+    /// ASYNC_MASTER: log a warning when a slave lags by more than this many bytes.
+    pub ha_lag_warn_bytes: u64,
+    /// How often a master re-sends topics and consumer-group offsets to its slaves when they
+    /// have not changed (changes go out at once).
+    pub metadata_sync_interval_ms: u64,
+    /// Prometheus endpoint HOST:PORT serving `GET /metrics`; unset means none.
+    pub metrics_listen: Option<String>,
+    /// Number of shards; 0 means one per available core.
+    pub shards: usize,
+    pub flush_disk_type: FlushDiskType,
+    /// ASYNC_FLUSH: how often the flusher looks at dirty data.
+    pub flush_interval_ms: u64,
+    /// ASYNC_FLUSH: flush only when at least this many 4 KiB pages are dirty...
+    pub flush_least_pages: u64,
+    /// ...unless this long has passed since the last flush, then flush whatever is dirty.
+    pub flush_thorough_interval_ms: u64,
+    /// SYNC_FLUSH: a produce not flushed within this gets FLUSH_DISK_TIMEOUT.
+    pub sync_flush_timeout_ms: u64,
+    pub segment_size_bytes: u64,
+    /// Per shard: bytes appended but not yet written before producers wait for the flusher.
+    pub write_buffer_bytes: u64,
+    /// Largest message body accepted.
+    pub max_message_bytes: u64,
+    /// Largest frame accepted on a connection (a batch of messages must fit).
+    pub max_frame_bytes: u64,
+    /// Upper bound on a pull's long-poll wait, whatever the client asks.
+    pub max_pull_wait_ms: u64,
+    /// How often consume queues and the checkpoint are written.
+    pub checkpoint_interval_ms: u64,
+    /// Longest any one start-up stage of a shard may take (priming the probe, loading consume
+    /// queues, scanning one commitlog segment, truncating, rebuilding...) before the broker
+    /// exits naming the shard and the stage instead of hanging. Five minutes is about a hundred
+    /// times a full 1 GiB segment's scan on the slowest disk measured here.
+    pub startup_stage_timeout_ms: u64,
+    /// Executor busy-spin before parking; trades idle CPU for cross-core latency.
+    pub spin_before_park_us: u64,
+    /// Memory glommio registers with io_uring per ring (3 rings per executor).
+    pub io_memory_bytes: u64,
+    /// Client connections across every shard; one more is answered SYSTEM_BUSY and closed.
+    pub max_connections: u32,
+    /// Client connections from one IP address; one more is answered SYSTEM_BUSY and closed.
+    pub max_connections_per_ip: u32,
+    /// Per shard: request bytes held across all its connections (frames being received and
+    /// requests being handled). A reader waits for room (back-pressure), then SYSTEM_BUSY.
+    pub shard_inflight_budget_bytes: u64,
+    /// A frame whose first byte arrived this long ago and that is still incomplete gets
+    /// BAD_REQUEST and its connection is closed.
+    pub request_read_timeout_ms: u64,
+    /// A connection with no request in flight and no traffic for this long is closed (a
+    /// long-poll pull in flight is not idle).
+    pub connections_max_idle_ms: u64,
+    /// A connection whose responses make no progress towards the peer for this long (a peer
+    /// that never reads) is closed.
+    pub response_write_timeout_ms: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            broker_name: "broker-a".to_string(),
+            store_dir: PathBuf::from("./data"),
+            listen: "127.0.0.1:10911".to_string(),
+            shard_port_base: 0,
+            metrics_listen: None,
+            broker_role: BrokerRole::AsyncMaster,
+            ha_listen: "127.0.0.1:10912".to_string(),
+            master: None,
+            min_in_sync_replicas: 2,
+            sync_replica_timeout_ms: 3_000,
+            ha_max_gap_bytes: 256 * MIB,
+            ha_heartbeat_interval_ms: 1_000,
+            ha_link_timeout_ms: 5_000,
+            ha_lag_warn_bytes: 64 * MIB,
+            metadata_sync_interval_ms: 2_000,
+            shards: 0,
+            flush_disk_type: FlushDiskType::SyncFlush,
+            flush_interval_ms: 500,
+            flush_least_pages: 4,
+            flush_thorough_interval_ms: 10_000,
+            sync_flush_timeout_ms: 5_000,
+            segment_size_bytes: GIB,
+            write_buffer_bytes: 16 * MIB,
+            max_message_bytes: 4 * MIB,
+            max_frame_bytes: 16 * MIB,
+            max_pull_wait_ms: 30_000,
+            checkpoint_interval_ms: 1_000,
+            startup_stage_timeout_ms: 300_000,
+            spin_before_park_us: 0,
+            io_memory_bytes: 10 * MIB,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            shard_inflight_budget_bytes: 256 * MIB,
+            request_read_timeout_ms: 30_000,
+            connections_max_idle_ms: 600_000,
+            response_write_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Smallest segment: a few maximum-size writes must fit and zero-filling stays cheap in tests.
+const MIN_SEGMENT_BYTES: u64 = 64 * KIB;
+/// Blocks are 4 KiB on disk; sizes that reach the disk must be multiples of it.
+const BLOCK: u64 = 4096;
+/// glommio refuses less than 64 KiB of io memory.
+const MIN_IO_MEMORY_BYTES: u64 = 64 * KIB;
+/// Far beyond any real core count; catches typos such as `shards = 2000`.
+const MAX_SHARDS: usize = 256;
+/// Each connection holds two descriptors, a task and a 64 KiB read buffer (256 MiB for all
+/// of them at worst); 4096 serves a large fleet of pipelining clients and stays within the
+/// descriptor limits servers commonly run with.
+const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
+/// A quarter of the total, so one host (a client with a connection leak, say) cannot lock
+/// every other host out.
+const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 1024;
+
+impl BrokerConfig {
+    /// Parses a TOML document; unknown keys are refused so a typo is not silently ignored.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("configuration serializes")
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|_| {
+            ConfigError::value(
+                "listen",
+                format!("`{}` is not HOST:PORT (an IP and a port)", self.listen),
+            )
+        })
+    }
+
+    pub fn ha_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.ha_listen.parse().map_err(|_| {
+            ConfigError::value(
+                "ha_listen",
+                format!("`{}` is not HOST:PORT (an IP and a port)", self.ha_listen),
+            )
+        })
+    }
+
+    /// The master's HA address, required for a slave.
+    pub fn master_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        match (&self.master, self.broker_role) {
+            (None, BrokerRole::Slave) => Err(ConfigError::value(
+                "master",
+                "a SLAVE needs its master's HA address",
+            )),
+            (Some(m), _) => m.parse().map(Some).map_err(|_| {
+                ConfigError::value(
+                    "master",
+                    format!("`{m}` is not HOST:PORT (an IP and a port)"),
+                )
+            }),
+            (None, _) => Ok(None),
+        }
+    }
+
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        self.metrics_listen
+            .as_ref()
+            .map(|m| {
+                m.parse().map_err(|_| {
+                    ConfigError::value(
+                        "metrics_listen",
+                        format!("`{m}` is not HOST:PORT (an IP and a port)"),
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    pub fn shard_count(&self) -> usize {
+        if self.shards == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            self.shards
+        }
+    }
+
+    /// Checks every value, naming the key of the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        self.metrics_addr()?;
+        self.ha_addr()?;
+        self.master_addr()?;
+        if self.min_in_sync_replicas == 0 {
+            return Err(ConfigError::value(
+                "min_in_sync_replicas",
+                "at least 1 (the master itself)",
+            ));
+        }
+        if self.broker_name.is_empty() || self.broker_name.len() > 64 {
+            return Err(ConfigError::value(
+                "broker_name",
+                "must be 1 to 64 characters",
+            ));
+        }
+        if self.shards > MAX_SHARDS {
+            return Err(ConfigError::value(
+                "shards",
+                format!("{} exceeds {MAX_SHARDS}", self.shards),
+            ));
+        }
+        if self.segment_size_bytes < MIN_SEGMENT_BYTES || self.segment_size_bytes % BLOCK != 0 {
+            return Err(ConfigError::value(
+                "segment_size_bytes",
+                format!(
+                    "{} must be a multiple of 4096 and at least {MIN_SEGMENT_BYTES}",
+                    self.segment_size_bytes
+                ),
+            ));
+        }
+        if self.segment_size_bytes > u32::MAX as u64 * 4 {
+            return Err(ConfigError::value("segment_size_bytes", "at most 16 GiB"));
+        }
+        if self.write_buffer_bytes < 16 * BLOCK || self.write_buffer_bytes % BLOCK != 0 {
+            return Err(ConfigError::value(
+                "write_buffer_bytes",
+                format!(
+                    "{} must be a multiple of 4096 and at least 64 KiB",
+                    self.write_buffer_bytes
+                ),
+            ));
+        }
+        if self.max_message_bytes == 0 {
+            return Err(ConfigError::value("max_message_bytes", "must be positive"));
+        }
+        let largest_record = self.max_message_bytes + 2 * 64 * KIB + 512;
+        if largest_record * 2 > self.write_buffer_bytes {
+            return Err(ConfigError::value(
+                "max_message_bytes",
+                format!(
+                    "{} is too large for write_buffer_bytes {} (a record must fit twice)",
+                    self.max_message_bytes, self.write_buffer_bytes
+                ),
+            ));
+        }
+        if largest_record * 2 > self.segment_size_bytes {
+            return Err(ConfigError::value(
+                "max_message_bytes",
+                format!(
+                    "{} is too large for segment_size_bytes {}",
+                    self.max_message_bytes, self.segment_size_bytes
+                ),
+            ));
+        }
+        if self.max_frame_bytes < self.max_message_bytes + 1024 {
+            return Err(ConfigError::value(
+                "max_frame_bytes",
+                "must exceed max_message_bytes by at least 1 KiB",
+            ));
+        }
+        if self.max_frame_bytes > u32::MAX as u64 {
+            return Err(ConfigError::value("max_frame_bytes", "at most 4 GiB"));
+        }
+        for (key, value) in [
+            ("flush_interval_ms", self.flush_interval_ms),
+            (
+                "flush_thorough_interval_ms",
+                self.flush_thorough_interval_ms,
+            ),
+            ("sync_flush_timeout_ms", self.sync_flush_timeout_ms),
+            ("checkpoint_interval_ms", self.checkpoint_interval_ms),
+            ("startup_stage_timeout_ms", self.startup_stage_timeout_ms),
+            ("sync_replica_timeout_ms", self.sync_replica_timeout_ms),
+            ("ha_heartbeat_interval_ms", self.ha_heartbeat_interval_ms),
+            ("ha_link_timeout_ms", self.ha_link_timeout_ms),
+            ("metadata_sync_interval_ms", self.metadata_sync_interval_ms),
+        ] {
+            check_duration_ms(key, value)?;
+        }
+        if self.ha_link_timeout_ms <= self.ha_heartbeat_interval_ms {
+            return Err(ConfigError::value(
+                "ha_link_timeout_ms",
+                "must exceed ha_heartbeat_interval_ms",
+            ));
+        }
+        self.validate_connection_limits()?;
+        if self.io_memory_bytes < MIN_IO_MEMORY_BYTES {
+            return Err(ConfigError::value(
+                "io_memory_bytes",
+                format!(
+                    "{} is below glommio's minimum of {MIN_IO_MEMORY_BYTES}",
+                    self.io_memory_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_connection_limits(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("max_connections", self.max_connections as u64),
+            ("max_connections_per_ip", self.max_connections_per_ip as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::value(key, "must be positive"));
+            }
+        }
+        for (key, value) in [
+            ("request_read_timeout_ms", self.request_read_timeout_ms),
+            ("connections_max_idle_ms", self.connections_max_idle_ms),
+            ("response_write_timeout_ms", self.response_write_timeout_ms),
+        ] {
+            check_duration_ms(key, value)?;
+        }
+        if self.shard_inflight_budget_bytes < 2 * self.max_frame_bytes {
+            return Err(ConfigError::value(
+                    "shard_inflight_budget_bytes",
+                    format!(
+                        "{} must be at least twice max_frame_bytes {} (frames still arriving may hold three quarters of it, and a largest frame must fit)",
+                self.shard_inflight_budget_bytes, self.max_frame_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Longest time any `_ms` key may name: beyond a day a timeout protects nothing, and the
+/// bound keeps every `Instant + Duration` and every sum of timeouts far from overflow.
+const MAX_DURATION_MS: u64 = 24 * 60 * 60 * 1000;
+
+fn check_duration_ms(key: &'static str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::value(key, "must be positive"));
+    }
+    if value > MAX_DURATION_MS {
+        return Err(ConfigError::value(
+            key,
+            format!("{value} is more than a day ({MAX_DURATION_MS} ms)"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip_through_toml() {
+        let config = BrokerConfig::default();
+        config.validate().unwrap();
+        let back = BrokerConfig::from_toml(&config.to_toml()).unwrap();
+        assert_eq!(back, config);
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        assert_eq!(
+            BrokerConfig::from_toml("").unwrap(),
+            BrokerConfig::default()
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = BrokerConfig::from_toml("flush_disk_type = \"SOMETIMES\"").unwrap_err();
+        assert!(err.to_string().contains("flush_disk_type"), "{err}");
+        let err = BrokerConfig::from_toml("flush_intervl_ms = 5").unwrap_err();
+        assert!(err.to_string().contains("flush_intervl_ms"), "{err}");
+        let config = BrokerConfig {
+            segment_size_bytes: 5000,
+            ..BrokerConfig::default()
+        };
+        assert!(config.validate().unwrap_err().key() == Some("segment_size_bytes"));
+        let err = BrokerConfig::from_toml("broker_role = \"LEADER\"").unwrap_err();
+        assert!(err.to_string().contains("broker_role"), "{err}");
+        let config = BrokerConfig {
+            broker_role: BrokerRole::Slave,
+            ..BrokerConfig::default()
+        };
+        assert!(config.validate().unwrap_err().key() == Some("master"));
+        let config = BrokerConfig {
+            listen: "nowhere".into(),
+            ..BrokerConfig::default()
+        };
+        assert!(config.validate().unwrap_err().key() == Some("listen"));
+        let config = BrokerConfig {
+            max_message_bytes: 8 * MIB,
+            ..BrokerConfig::default()
+        };
+        assert!(config.validate().unwrap_err().key() == Some("max_message_bytes"));
+    }
+
+    #[test]
+    fn a_duration_over_a_day_is_refused_naming_its_key() {
+        let config = BrokerConfig {
+            request_read_timeout_ms: MAX_DURATION_MS + 1,
+            ..BrokerConfig::default()
+        };
+        let error = config.validate().unwrap_err();
+        assert!(error.key() == Some("request_read_timeout_ms"), "{error}");
+        let config = BrokerConfig {
+            sync_flush_timeout_ms: MAX_DURATION_MS + 1,
+            ..BrokerConfig::default()
+        };
+        let error = config.validate().unwrap_err();
+        assert!(error.key() == Some("sync_flush_timeout_ms"), "{error}");
+    }
+
+    #[test]
+    fn connection_limits_name_their_key() {
+        for (config, key) in [
+            (
+                BrokerConfig {
+                    max_connections: 0,
+                    ..BrokerConfig::default()
+                },
+                "max_connections:",
+            ),
+            (
+                BrokerConfig {
+                    max_connections_per_ip: 0,
+                    ..BrokerConfig::default()
+                },
+                "max_connections_per_ip:",
+            ),
+            (
+                BrokerConfig {
+                    request_read_timeout_ms: 0,
+                    ..BrokerConfig::default()
+                },
+                "request_read_timeout_ms:",
+            ),
+            (
+                BrokerConfig {
+                    connections_max_idle_ms: 0,
+                    ..BrokerConfig::default()
+                },
+                "connections_max_idle_ms:",
+            ),
+            (
+                BrokerConfig {
+                    response_write_timeout_ms: 0,
+                    ..BrokerConfig::default()
+                },
+                "response_write_timeout_ms:",
+            ),
+            (
+                BrokerConfig {
+                    shard_inflight_budget_bytes: 16 * MIB,
+                    ..BrokerConfig::default()
+                },
+                "shard_inflight_budget_bytes:",
+            ),
+        ] {
+            let err = config.validate().unwrap_err();
+            assert!(err.to_string().starts_with(key), "{err}");
+        }
+    }
+}

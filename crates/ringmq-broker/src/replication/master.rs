@@ -1,0 +1,569 @@
+//! The master side of replication links.
+//!
+//! Every shard accepts on the shared HA port; the handshake names the slave's shard, and a link
+//! for another shard is handed to it over the mesh (the socket's descriptor, duplicated). The
+//! owning shard then answers the handshake and runs two tasks per link: the shipper streams
+//! commitlog bytes from the slave's offset, and the report reader turns 8-byte reports into
+//! released SYNC_MASTER producers. A report past the master's end closes the link. The
+//! shipper also sends this shard's metadata (topics from shard 0, the group offsets of its own
+//! queues) right after the handshake, whenever it changes and every
+//! `metadata_sync_interval_ms`.
+
+use super::error::ReplicationError;
+use super::protocol::{
+    divergence_point, encode_data_header, encode_heartbeat, encode_refusal, Hello, MetadataFrame,
+    Welcome, HA_VERSION, HEARTBEAT_BYTES, MAX_HANDSHAKE_BYTES, MAX_METADATA_BYTES,
+    METADATA_HEADER_BYTES, REPORT_BYTES,
+};
+use super::replicas::Replicas;
+use super::splice::SpliceSender;
+use crate::metrics::Counter;
+use crate::shard::mesh::ShardRequest;
+use crate::shard::Shard;
+use crate::store::io::Disk;
+use futures_lite::future;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::spawn_local;
+use glommio::timer::sleep;
+use std::cell::Cell;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+/// Most bytes shipped in one data frame: large enough for full-speed catch-up, small enough
+/// that a slave applies and acknowledges in steps.
+pub const SHIP_CHUNK_BYTES: usize = 1 << 20;
+/// How often a lagging ASYNC_MASTER slave may be warned about, per link.
+const LAG_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+pub async fn accept_loop<D: Disk>(shard: Rc<Shard<D>>, fd: RawFd) {
+    // SAFETY: a listening socket bound by the main thread, owned by this task.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                spawn_local(handshake(shard.clone(), stream)).detach();
+            }
+            Err(e) => {
+                warn!(shard = shard.id(), "replication accept failed: {e}");
+                sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Reads a slave's hello. A hello of another protocol version is answered with a refusal that
+/// names both versions (the slave logs it) before the error returns.
+async fn read_hello<D: Disk>(
+    shard: &Shard<D>,
+    stream: &mut TcpStream,
+) -> Result<Hello, ReplicationError> {
+    let timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
+    let mut len = [0u8; 4];
+    with_timeout(
+        timeout,
+        "reading the handshake",
+        stream.read_exact(&mut len),
+    )
+    .await?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_HANDSHAKE_BYTES {
+        return Err(ReplicationError::TooLarge {
+            what: "handshake",
+            len,
+            max: MAX_HANDSHAKE_BYTES,
+        });
+    }
+    let mut body = vec![0u8; len];
+    with_timeout(
+        timeout,
+        "reading the handshake",
+        stream.read_exact(&mut body),
+    )
+    .await?;
+    let version = Hello::version_of(&body).map_err(ReplicationError::decode("handshake"))?;
+    if version != HA_VERSION {
+        let reason = version_refusal(version);
+        let mut answer = Vec::new();
+        encode_refusal(&reason, &mut answer);
+        with_timeout(timeout, "refusing the slave", stream.write_all(&answer)).await?;
+        return Err(ReplicationError::Protocol(reason));
+    }
+    Hello::decode(&body).map_err(ReplicationError::decode("handshake"))
+}
+
+/// Why a slave of protocol version `slave` is refused.
+pub fn version_refusal(slave: u16) -> String {
+    format!(
+        "the slave speaks replication protocol version {slave}, this master version {HA_VERSION}"
+    )
+}
+
+/// Runs `io`, failing it when it takes longer than `timeout` (the peer went silent).
+pub async fn with_timeout<T>(
+    timeout: Duration,
+    what: &'static str,
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+) -> Result<T, ReplicationError> {
+    future::or(
+        async { io.await.map_err(|e| ReplicationError::io(what, e)) },
+        async {
+            sleep(timeout).await;
+            Err(ReplicationError::Silent {
+                ms: timeout.as_millis(),
+            })
+        },
+    )
+    .await
+}
+
+async fn handshake<D: Disk>(shard: Rc<Shard<D>>, mut stream: TcpStream) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let hello = match read_hello(&shard, &mut stream).await {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(shard = shard.id(), %peer, "replication handshake failed: {e}");
+            return;
+        }
+    };
+    let target = hello.shard as usize;
+    if target == shard.id() || target >= shard.shard_count() {
+        serve_slave(shard, stream, hello, peer).await;
+        return;
+    }
+    // SAFETY: dup gives the target shard its own descriptor for the same socket.
+    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    if fd < 0 {
+        warn!(shard = shard.id(), "dup of a replication socket failed");
+        return;
+    }
+    drop(stream);
+    let request = ShardRequest::AdoptReplicaLink {
+        fd,
+        hello: Box::new(hello),
+        peer,
+    };
+    if let Err(gone) = shard.mesh().send(target, request).await {
+        warn!(
+            shard = shard.id(),
+            "handing a replication link to shard {} failed", gone.0
+        );
+    }
+}
+
+/// Runs on the target shard for a link accepted by another shard.
+pub async fn adopt<D: Disk>(shard: Rc<Shard<D>>, fd: RawFd, hello: Hello, peer: String) {
+    // SAFETY: `fd` was duplicated for this shard by the accepting one.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    serve_slave(shard, stream, hello, peer).await;
+}
+
+/// What the master answers a slave, and where it will ship from; `Err` holds why it refuses.
+fn welcome<D: Disk>(shard: &Shard<D>, hello: &Hello) -> Result<(Welcome, u64), String> {
+    let config = &shard.config();
+    if !shard.role().is_master() {
+        return Err(format!(
+            "{} is a {}, not a master",
+            config.broker_name,
+            shard.role()
+        ));
+    }
+    if hello.broker_name != config.broker_name {
+        return Err(format!(
+            "slave belongs to group `{}`, this master to `{}`",
+            hello.broker_name, config.broker_name
+        ));
+    }
+    if hello.shard as usize != shard.id() || hello.shard_count as usize != shard.shard_count() {
+        return Err(format!(
+            "slave shard {} of {} cannot follow master shard {} of {}",
+            hello.shard,
+            hello.shard_count,
+            shard.id(),
+            shard.shard_count()
+        ));
+    }
+    if hello.segment_size_bytes != config.segment_size_bytes {
+        return Err(format!(
+            "segment_size_bytes differs (slave {}, master {}); logs would not line up",
+            hello.segment_size_bytes, config.segment_size_bytes
+        ));
+    }
+    let identity = shard.role_state().identity();
+    let fresh = hello.log_id == [0; 16];
+    if !fresh && hello.log_id != identity.log_id {
+        return Err(
+            "the slave holds another log (its log id differs); empty its store to follow this master"
+                .to_string(),
+        );
+    }
+    if hello.last_epoch > identity.last_epoch() {
+        return Err(format!(
+            "the slave has seen epoch {} but this master is at epoch {}: this master is stale",
+            hello.last_epoch,
+            identity.last_epoch()
+        ));
+    }
+    let master_max = shard.store().max_offset();
+    let mut truncate_to = if fresh && hello.max_offset == 0 {
+        u64::MAX
+    } else {
+        divergence_point(&identity.epochs, hello.last_epoch)
+    };
+    if hello.max_offset.min(truncate_to) > master_max {
+        // The slave holds bytes this master lost (unflushed when it crashed): cut them.
+        truncate_to = master_max;
+    }
+    let start = hello.max_offset.min(truncate_to);
+    let welcome = Welcome {
+        log_id: identity.log_id,
+        epochs: identity.epochs,
+        truncate_to: if truncate_to < hello.max_offset {
+            truncate_to
+        } else {
+            u64::MAX
+        },
+    };
+    Ok((welcome, start))
+}
+
+async fn serve_slave<D: Disk>(
+    shard: Rc<Shard<D>>,
+    mut stream: TcpStream,
+    hello: Hello,
+    peer: String,
+) {
+    let answer = welcome(&shard, &hello);
+    let mut bytes = Vec::new();
+    match &answer {
+        Ok((welcome, _)) => welcome.encode(&mut bytes),
+        Err(reason) => encode_refusal(reason, &mut bytes),
+    }
+    if stream.write_all(&bytes).await.is_err() {
+        return;
+    }
+    let start = match answer {
+        Ok((_, start)) => start,
+        Err(reason) => {
+            warn!(shard = shard.id(), %peer, "refused a slave: {reason}");
+            return;
+        }
+    };
+    // The welcome refuses unless this shard is a master, so it has this term's replicas.
+    let Some(replicas) = shard.replicas() else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let link = replicas.register(peer.clone());
+    info!(shard = shard.id(), %peer, start_offset = start, "slave connected");
+    // SAFETY: a second descriptor for the same socket, owned by the report reader.
+    let read_fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    if read_fd >= 0 {
+        let reader = unsafe { TcpStream::from_raw_fd(read_fd) };
+        let closed = Rc::new(Cell::new(false));
+        let reports = spawn_local(read_reports(
+            shard.clone(),
+            replicas.clone(),
+            reader,
+            link,
+            closed.clone(),
+        ));
+        let result = ship(&shard, &replicas, &mut stream, start, &closed).await;
+        if let Err(e) = result {
+            info!(shard = shard.id(), %peer, "slave link closed: {e}");
+        }
+        closed.set(true);
+        shutdown_socket(stream.as_raw_fd());
+        drop(stream);
+        reports.await;
+    }
+    replicas.unregister(link);
+    info!(shard = shard.id(), %peer, "slave disconnected");
+}
+
+async fn read_reports<D: Disk>(
+    shard: Rc<Shard<D>>,
+    replicas: Rc<Replicas>,
+    mut reader: TcpStream,
+    link: u64,
+    closed: Rc<Cell<bool>>,
+) {
+    let timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
+    let mut report = [0u8; REPORT_BYTES];
+    let mut last_warning: Option<Instant> = None;
+    while !closed.get() {
+        if let Err(e) =
+            with_timeout(timeout, "reading a report", reader.read_exact(&mut report)).await
+        {
+            info!(shard = shard.id(), "slave report stream ended: {e}");
+            break;
+        }
+        let offset = u64::from_le_bytes(report);
+        let master_max = shard.store().max_offset();
+        match replicas.report(link, offset, master_max) {
+            Ok(advanced) => {
+                if advanced {
+                    shard.publish_confirmed();
+                    shard.role_state().wake_links();
+                }
+            }
+            Err(fake) => {
+                error!(
+                    shard = shard.id(),
+                    reported = fake.reported,
+                    master_max = fake.master_max,
+                    "a slave acknowledged an offset beyond this master's log; closing the link"
+                );
+                break;
+            }
+        }
+        let lag = master_max.saturating_sub(offset);
+        if lag > shard.config().ha_lag_warn_bytes
+            && last_warning.is_none_or(|at| {
+                shard.clock().now().saturating_duration_since(at) >= LAG_WARNING_EVERY
+            })
+        {
+            last_warning = Some(shard.clock().now());
+            warn!(shard = shard.id(), lag_bytes = lag, "slave lags behind");
+        }
+    }
+    closed.set(true);
+    // The shipper may be blocked sending to a peer that stopped reading: shutting the socket
+    // down makes that send fail now rather than when TCP gives up.
+    shutdown_socket(reader.as_raw_fd());
+    shard.role_state().wake_links();
+}
+
+/// Ends both directions of a link's socket, so every task blocked on it returns.
+pub fn shutdown_socket(fd: RawFd) {
+    // SAFETY: shutdown(2) on a descriptor the caller owns; errors (already closed) are moot.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// Per link: the splice ring and the segment file it reads from.
+struct Shipper {
+    splice: SpliceSender,
+    /// A plain buffered read-only descriptor of the segment being shipped: splice reads the
+    /// page cache, which sees what the O_DIRECT writes put on disk.
+    segment: Option<(u64, std::fs::File)>,
+}
+
+impl Shipper {
+    fn segment_file(
+        &mut self,
+        path: &std::path::Path,
+        base: u64,
+    ) -> Result<RawFd, ReplicationError> {
+        if self.segment.as_ref().is_none_or(|(b, _)| *b != base) {
+            let file = std::fs::File::open(path)
+                .map_err(|e| ReplicationError::io(path.display().to_string(), e))?;
+            self.segment = Some((base, file));
+        }
+        Ok(self.segment.as_ref().expect("just opened").1.as_raw_fd())
+    }
+}
+
+/// Streams the log from `start` until the link closes, and the metadata frames between.
+async fn ship<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    replicas: &Rc<Replicas>,
+    stream: &mut TcpStream,
+    start: u64,
+    closed: &Cell<bool>,
+) -> Result<(), ReplicationError> {
+    let heartbeat = Duration::from_millis(shard.config().ha_heartbeat_interval_ms);
+    let metadata_every = Duration::from_millis(shard.config().metadata_sync_interval_ms);
+    let mut shipper = Shipper {
+        splice: SpliceSender::new()
+            .map_err(|e| ReplicationError::io("creating the splice ring", e))?,
+        segment: None,
+    };
+    let clock = shard.clock();
+    let mut sent = start;
+    let mut last_sent_at = clock.now();
+    let mut confirmed_sent = 0u64;
+    // (version, when) of the last metadata frame; none yet, so the first one goes out before
+    // any log bytes.
+    let mut metadata_sent: Option<(u64, Instant)> = None;
+    while !closed.get() {
+        // A demotion (or a demotion and a promotion back) ends this term: its links stop.
+        if !shard.replicas().is_some_and(|r| Rc::ptr_eq(&r, replicas)) {
+            return Err(ReplicationError::Protocol(
+                "this shard is no longer the master that accepted the link".to_string(),
+            ));
+        }
+        let now = clock.now();
+        let version = shard.metadata().version();
+        if metadata_sent.is_none_or(|(v, at)| {
+            v != version || now.saturating_duration_since(at) >= metadata_every
+        }) {
+            send_metadata(shard, stream, version).await?;
+            metadata_sent = Some((version, clock.now()));
+            last_sent_at = clock.now();
+            continue;
+        }
+        let max = shard.store().max_offset();
+        if sent < max {
+            confirmed_sent = shard.confirmed_offset();
+            sent += ship_chunk(shard, &mut shipper, stream, sent, max).await?;
+            // Frames go out in log order, each where the last ended, never past the log's end.
+            debug_assert!(
+                sent <= max,
+                "shipped up to {sent}, past the log's end {max}"
+            );
+            last_sent_at = clock.now();
+            continue;
+        }
+        // A heartbeat also goes out when the confirmed offset moved (a flush or a slave ack), so
+        // the slave's consumers see records as soon as the master's guarantee holds.
+        let confirmed = shard.confirmed_offset();
+        let since_sent = clock.now().saturating_duration_since(last_sent_at);
+        if since_sent >= heartbeat || confirmed != confirmed_sent {
+            confirmed_sent = confirmed;
+            let beat = encode_heartbeat(max, confirmed);
+            stream
+                .write_all(&beat[..HEARTBEAT_BYTES])
+                .await
+                .map_err(|e| ReplicationError::io("sending a heartbeat", e))?;
+            last_sent_at = clock.now();
+            continue;
+        }
+        // Topic and group-offset changes bump the metadata version, which wakes this too.
+        shard
+            .wait_replication_news(heartbeat.saturating_sub(since_sent))
+            .await;
+    }
+    Ok(())
+}
+
+/// Sends this shard's metadata as of `version`: the topic table from shard 0 (every shard
+/// holds the same table, one copy is enough), and the group offsets of this shard's queues.
+async fn send_metadata<D: Disk>(
+    shard: &Shard<D>,
+    stream: &mut TcpStream,
+    version: u64,
+) -> Result<(), ReplicationError> {
+    let frame = MetadataFrame {
+        version,
+        topics: (shard.id() == 0).then(|| (*shard.topic_table()).clone()),
+        group_offsets: shard.metadata().groups().all_rows(),
+    }
+    .encode();
+    let len = frame.len() - METADATA_HEADER_BYTES;
+    if len > MAX_METADATA_BYTES {
+        return Err(ReplicationError::TooLarge {
+            what: "metadata frame",
+            len,
+            max: MAX_METADATA_BYTES,
+        });
+    }
+    stream
+        .write_all(&frame)
+        .await
+        .map_err(|e| ReplicationError::io("sending metadata", e))
+}
+
+/// Sends one frame of the log starting at `from`, never past its segment, and never across the
+/// flushed offset: bytes on disk go by splice (file → pipe → socket, no user-space copy), the
+/// unflushed tail straight from the write buffer. Returns the bytes of log it carried.
+async fn ship_chunk<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    shipper: &mut Shipper,
+    stream: &mut TcpStream,
+    from: u64,
+    max: u64,
+) -> Result<u64, ReplicationError> {
+    let log = shard.store().commitlog();
+    let flushed = shard.store().flushed_offset();
+    let segment_end = (from / log.segment_size_bytes() + 1) * log.segment_size_bytes();
+    let mut end = max.min(segment_end).min(from + SHIP_CHUNK_BYTES as u64);
+    if from < flushed {
+        end = end.min(flushed);
+    }
+    let len = (end - from) as usize;
+    let header = encode_data_header(from, len as u32, shard.confirmed_offset());
+    stream
+        .write_all(&header)
+        .await
+        .map_err(|e| ReplicationError::io("sending a data frame", e))?;
+    if from < flushed {
+        let (path, base, _) = log
+            .segment_of(from)
+            .ok_or_else(|| ReplicationError::Store(format!("no segment holds offset {from}")))?;
+        let fd = shipper.segment_file(&path, base)?;
+        shipper
+            .splice
+            .send_file_range(fd, from - base, len, stream.as_raw_fd())
+            .await
+            .map_err(|e| {
+                ReplicationError::io(format!("splicing {} at {}", path.display(), from - base), e)
+            })?;
+        shard
+            .probe()
+            .add(Counter::ReplicationSplicedBytes, len as u64);
+    } else {
+        send_tail(shard, stream, from, len).await?;
+    }
+    shard
+        .probe()
+        .add(Counter::ReplicationShippedBytes, len as u64);
+    Ok(len as u64)
+}
+
+/// Sends `len` unflushed bytes from the write buffer with non-blocking `send` calls made
+/// while the buffer is borrowed: the kernel copies them into the socket, this process copies
+/// nothing. If the socket is full, the rest is copied out and written asynchronously (counted
+/// in `replication_copied_bytes_total`).
+async fn send_tail<D: Disk>(
+    shard: &Shard<D>,
+    stream: &mut TcpStream,
+    from: u64,
+    len: usize,
+) -> Result<(), ReplicationError> {
+    let log = shard.store().commitlog();
+    let fd = stream.as_raw_fd();
+    let mut done = 0usize;
+    while done < len {
+        let sent = log.with_buffered(from + done as u64, len - done, |bytes| {
+            // SAFETY: `bytes` is a live borrow of the write buffer for the whole call.
+            unsafe {
+                libc::send(
+                    fd,
+                    bytes.as_ptr().cast(),
+                    bytes.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            }
+        });
+        match sent {
+            Some(n) if n > 0 => done += n as usize,
+            Some(_) => {
+                let error = std::io::Error::last_os_error();
+                if error.kind() != std::io::ErrorKind::WouldBlock {
+                    return Err(ReplicationError::io("sending the log tail", error));
+                }
+                break;
+            }
+            None => break,
+        }
+    }
+    if done < len {
+        let rest = log
+            .read(from + done as u64, len - done)
+            .await
+            .map_err(|e| ReplicationError::Store(e.to_string()))?;
+        shard
+            .probe()
+            .add(Counter::ReplicationCopiedBytes, rest.len() as u64);
+        stream
+            .write_all(&rest)
+            .await
+            .map_err(|e| ReplicationError::io("sending the log tail", e))?;
+    }
+    Ok(())
+}

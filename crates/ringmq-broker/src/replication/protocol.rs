@@ -1,0 +1,693 @@
+//! The replication link's messages (pure: no I/O), all little-endian.
+//!
+//! A slave shard opens a TCP connection to its master's HA address and sends a [`Hello`] (u32
+//! length prefix); the master answers (u32 length prefix) with a [`Welcome`] that accepts it or
+//! a refusal that says why. A refusal keeps one layout in every protocol version (refused byte,
+//! reason, then the fields version 1 required), so a slave of any version can print why it was
+//! refused, a version mismatch included. After that:
+//! - master → slave: frames of one kind byte then a fixed header: `DATA` (commitlog offset u64,
+//!   length u32, master confirmed offset u64, then that many raw commitlog bytes), `HEARTBEAT`
+//!   (master max offset u64, master confirmed offset u64) or `METADATA` (length u32, then a
+//!   [`MetadataFrame`]: topics and group offsets). The confirmed offset bounds what the slave
+//!   shows consumers, so a record is never served by a slave before the master's guarantee
+//!   holds for it. A `METADATA` frame follows the handshake and every change of the master
+//!   shard's topics or group offsets, so the slave copies them over the link it already has;
+//! - slave → master: 8-byte reports, the slave's confirmed offset (u64).
+
+use super::error::ReplicationError;
+use crate::constants::MAX_QUEUES_PER_TOPIC;
+use crate::protocol::codec::{DecodeError, Reader, Writer};
+use crate::shard::groups::OffsetRow;
+use crate::shard::topics::{validate_name, TopicEntry, TopicTable};
+use crate::store::record::{self, END_OF_SEGMENT_MARKER_BYTES, RECORD_HEADER_BYTES};
+use std::collections::BTreeMap;
+
+pub const HA_MAGIC: u32 = 0x4148_4D52;
+/// Version 2: metadata travels in `METADATA` frames; the master's client address left the
+/// handshake and the metadata version left `DATA` and `HEARTBEAT` frames.
+pub const HA_VERSION: u16 = 2;
+pub const KIND_DATA: u8 = 1;
+pub const KIND_HEARTBEAT: u8 = 2;
+pub const KIND_METADATA: u8 = 3;
+/// Kind byte + offset + length + master confirmed offset.
+pub const DATA_HEADER_BYTES: usize = 1 + 8 + 4 + 8;
+/// Kind byte + master max offset + master confirmed offset.
+pub const HEARTBEAT_BYTES: usize = 1 + 8 + 8;
+/// Kind byte + body length.
+pub const METADATA_HEADER_BYTES: usize = 1 + 4;
+/// The longest fixed header of a master frame.
+pub const MAX_FRAME_HEADER_BYTES: usize = DATA_HEADER_BYTES;
+pub const REPORT_BYTES: usize = 8;
+/// Largest handshake message accepted: a few hundred epochs and names.
+pub const MAX_HANDSHAKE_BYTES: usize = 64 * 1024;
+/// Largest metadata frame: a million group offsets with 30-byte names, far more than a broker
+/// keeps, while a slave never allocates more than this for one frame a master announces.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024 * 1024;
+
+pub type LogId = [u8; 16];
+
+/// (epoch, first commitlog offset written in it). A master starts a new epoch when promoted.
+pub type Epoch = (u32, u64);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub shard: u16,
+    pub shard_count: u16,
+    pub segment_size_bytes: u64,
+    /// All zeros when the slave's log is empty and it will adopt the master's.
+    pub log_id: LogId,
+    /// The slave's latest epoch (0 when it has none).
+    pub last_epoch: u32,
+    pub max_offset: u64,
+    pub broker_name: String,
+}
+
+/// The master's acceptance of a slave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    pub log_id: LogId,
+    pub epochs: Vec<Epoch>,
+    /// The slave must first cut its log back to this offset (it diverged there); `u64::MAX`
+    /// when nothing needs cutting.
+    pub truncate_to: u64,
+}
+
+fn with_length(out: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    encode(out);
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+impl Hello {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        with_length(out, |out| {
+            let mut w = Writer::new(out);
+            w.u32(HA_MAGIC)
+                .u16(HA_VERSION)
+                .u16(self.shard)
+                .u16(self.shard_count)
+                .u64(self.segment_size_bytes);
+            out.extend_from_slice(&self.log_id);
+            Writer::new(out)
+                .u32(self.last_epoch)
+                .u64(self.max_offset)
+                .str16(&self.broker_name);
+        });
+    }
+
+    /// The protocol version a hello body (after the length prefix) speaks. The magic and the
+    /// version open the hello in every version, so a master can name the slave's version when
+    /// it refuses it.
+    pub fn version_of(body: &[u8]) -> Result<u16, DecodeError> {
+        let mut r = Reader::new(body);
+        if r.u32("magic")? != HA_MAGIC {
+            return Err(DecodeError::Invalid {
+                field: "magic",
+                reason: "not a ringmq replication link",
+            });
+        }
+        r.u16("version")
+    }
+
+    /// Decodes the body after the length prefix; a hello of another version is an error (check
+    /// [`Hello::version_of`] first to say which).
+    pub fn decode(body: &[u8]) -> Result<Hello, DecodeError> {
+        if Hello::version_of(body)? != HA_VERSION {
+            return Err(DecodeError::Invalid {
+                field: "version",
+                reason: "unsupported replication protocol version",
+            });
+        }
+        let mut r = Reader::new(&body[6..]);
+        let shard = r.u16("shard")?;
+        let shard_count = r.u16("shard_count")?;
+        let segment_size_bytes = r.u64("segment_size_bytes")?;
+        let log_id = read_log_id(&mut r)?;
+        let hello = Hello {
+            shard,
+            shard_count,
+            segment_size_bytes,
+            log_id,
+            last_epoch: r.u32("last_epoch")?,
+            max_offset: r.u64("max_offset")?,
+            broker_name: r.str16("broker_name")?.to_string(),
+        };
+        r.finish()?;
+        Ok(hello)
+    }
+}
+
+fn read_log_id(r: &mut Reader<'_>) -> Result<LogId, DecodeError> {
+    let mut id = [0u8; 16];
+    for b in id.iter_mut() {
+        *b = r.u8("log_id")?;
+    }
+    Ok(id)
+}
+
+/// A refusal: refused byte 1 and the reason, then what version 1's answer required after them
+/// (zero log id, no epochs, no cut, empty client address), so that slaves of version 1 print
+/// the reason too.
+pub fn encode_refusal(reason: &str, out: &mut Vec<u8>) {
+    with_length(out, |out| {
+        Writer::new(out).u8(1).str16(reason);
+        out.extend_from_slice(&[0; 16]);
+        Writer::new(out).u32(0).u64(u64::MAX).str16("");
+    });
+}
+
+impl Welcome {
+    /// An acceptance: refused byte 0, an empty reason, then the master's protocol version, so a
+    /// slave tells a master of another version from a garbled answer.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        with_length(out, |out| {
+            let mut w = Writer::new(out);
+            w.u8(0).str16("").u16(HA_VERSION);
+            out.extend_from_slice(&self.log_id);
+            let mut w = Writer::new(out);
+            w.u32(self.epochs.len() as u32);
+            for (epoch, start) in &self.epochs {
+                w.u32(*epoch).u64(*start);
+            }
+            w.u64(self.truncate_to);
+        });
+    }
+
+    /// Decodes the master's answer (the body after the length prefix): a refusal, an
+    /// acceptance in another protocol version and bytes that are neither are errors.
+    pub fn decode(body: &[u8]) -> Result<Welcome, ReplicationError> {
+        let answer = ReplicationError::decode("answer from the master");
+        let mut r = Reader::new(body);
+        let refused = r.u8("refused").map_err(answer)?;
+        let reason = r.str16("reason").map_err(answer)?;
+        if refused != 0 {
+            // What follows the reason differs between versions and says nothing more.
+            return Err(ReplicationError::Refused(reason.to_string()));
+        }
+        let version = r.u16("version").map_err(answer)?;
+        if version != HA_VERSION {
+            return Err(ReplicationError::Version {
+                master: version,
+                slave: HA_VERSION,
+            });
+        }
+        let decode = |r: &mut Reader<'_>| -> Result<Welcome, DecodeError> {
+            let log_id = read_log_id(r)?;
+            let count = r.count("epoch_count", 12)?;
+            let mut epochs = Vec::with_capacity(count);
+            for _ in 0..count {
+                epochs.push((r.u32("epoch")?, r.u64("epoch_start")?));
+            }
+            Ok(Welcome {
+                log_id,
+                epochs,
+                truncate_to: r.u64("truncate_to")?,
+            })
+        };
+        let welcome = decode(&mut r).map_err(answer)?;
+        r.finish().map_err(answer)?;
+        Ok(welcome)
+    }
+}
+
+pub fn encode_data_header(offset: u64, len: u32, confirmed_offset: u64) -> [u8; DATA_HEADER_BYTES] {
+    let mut out = [0u8; DATA_HEADER_BYTES];
+    out[0] = KIND_DATA;
+    out[1..9].copy_from_slice(&offset.to_le_bytes());
+    out[9..13].copy_from_slice(&len.to_le_bytes());
+    out[13..21].copy_from_slice(&confirmed_offset.to_le_bytes());
+    out
+}
+
+pub fn encode_heartbeat(master_max_offset: u64, confirmed_offset: u64) -> [u8; HEARTBEAT_BYTES] {
+    let mut out = [0u8; HEARTBEAT_BYTES];
+    out[0] = KIND_HEARTBEAT;
+    out[1..9].copy_from_slice(&master_max_offset.to_le_bytes());
+    out[9..17].copy_from_slice(&confirmed_offset.to_le_bytes());
+    out
+}
+
+/// A master → slave frame's fixed header (everything but the bytes a `DATA` or `METADATA`
+/// frame carries after it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MasterFrame {
+    /// `len` raw commitlog bytes starting at commitlog offset `offset` follow.
+    Data {
+        offset: u64,
+        len: u32,
+        confirmed_offset: u64,
+    },
+    Heartbeat {
+        master_max_offset: u64,
+        confirmed_offset: u64,
+    },
+    /// A [`MetadataFrame`] of `len` bytes follows.
+    Metadata { len: u32 },
+}
+
+impl MasterFrame {
+    /// Header bytes after the kind byte; `None` for a kind this slave does not know.
+    pub fn header_bytes_after(kind: u8) -> Option<usize> {
+        match kind {
+            KIND_DATA => Some(DATA_HEADER_BYTES - 1),
+            KIND_HEARTBEAT => Some(HEARTBEAT_BYTES - 1),
+            KIND_METADATA => Some(METADATA_HEADER_BYTES - 1),
+            _ => None,
+        }
+    }
+
+    /// Decodes the header bytes that followed the kind byte `kind`.
+    pub fn decode(kind: u8, rest: &[u8]) -> Result<MasterFrame, DecodeError> {
+        let mut r = Reader::new(rest);
+        let frame = match kind {
+            KIND_DATA => MasterFrame::Data {
+                offset: r.u64("offset")?,
+                len: r.u32("length")?,
+                confirmed_offset: r.u64("confirmed_offset")?,
+            },
+            KIND_HEARTBEAT => MasterFrame::Heartbeat {
+                master_max_offset: r.u64("master_max_offset")?,
+                confirmed_offset: r.u64("confirmed_offset")?,
+            },
+            KIND_METADATA => MasterFrame::Metadata {
+                len: r.u32("length")?,
+            },
+            _ => {
+                return Err(DecodeError::Invalid {
+                    field: "kind",
+                    reason: "unknown master frame kind",
+                })
+            }
+        };
+        r.finish()?;
+        Ok(frame)
+    }
+}
+
+/// What a master shard tells its slave shard about metadata: the whole topic table from shard
+/// 0 (with the next topic id, so a promoted slave never reuses a deleted topic's id) and the
+/// group offsets of the queues the master shard owns, which the slave shard of the same number
+/// owns too (same table, same placement).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetadataFrame {
+    /// The master shard's metadata version this snapshot reflects (for logs and tests).
+    pub version: u64,
+    /// Master shard 0 only: the topic table, published by slave shard 0 when it differs.
+    pub topics: Option<TopicTable>,
+    pub group_offsets: Vec<OffsetRow>,
+}
+
+/// Shortest encodings, for counts: a topic (empty name, id, queue count) and a row.
+const MIN_TOPIC_BYTES: usize = 2 + 4 + 4;
+const MIN_ROW_BYTES: usize = 2 + 2 + 4 + 8;
+
+impl MetadataFrame {
+    /// The whole frame: kind byte, body length, body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![KIND_METADATA, 0, 0, 0, 0];
+        let mut w = Writer::new(&mut out);
+        w.u64(self.version);
+        match &self.topics {
+            None => {
+                w.u8(0);
+            }
+            Some(table) => {
+                w.u8(1)
+                    .u32(table.next_topic_id)
+                    .u32(table.topics.len() as u32);
+                for (name, entry) in &table.topics {
+                    w.str16(name)
+                        .u32(entry.topic_id)
+                        .u32(entry.queue_shards.len() as u32);
+                    for shard in &entry.queue_shards {
+                        w.u16(*shard);
+                    }
+                }
+            }
+        }
+        w.u32(self.group_offsets.len() as u32);
+        for row in &self.group_offsets {
+            w.str16(&row.group)
+                .str16(&row.topic)
+                .u32(row.queue)
+                .u64(row.offset);
+        }
+        let len = (out.len() - METADATA_HEADER_BYTES) as u32;
+        out[1..METADATA_HEADER_BYTES].copy_from_slice(&len.to_le_bytes());
+        out
+    }
+
+    /// Decodes a body (after the frame header). Names must be valid topic and group names and
+    /// each topic has 1 to `MAX_QUEUES_PER_TOPIC` queues, as on a master; which shards exist
+    /// is the receiver's check.
+    pub fn decode(body: &[u8]) -> Result<MetadataFrame, DecodeError> {
+        let mut r = Reader::new(body);
+        let version = r.u64("version")?;
+        let topics = match r.u8("has_topics")? {
+            0 => None,
+            1 => {
+                let next_topic_id = r.u32("next_topic_id")?;
+                let count = r.count("topic_count", MIN_TOPIC_BYTES)?;
+                let mut topics = BTreeMap::new();
+                for _ in 0..count {
+                    let name = r.str16("topic")?;
+                    if validate_name("topic", name).is_err() {
+                        return Err(DecodeError::Invalid {
+                            field: "topic",
+                            reason: "not a valid topic name",
+                        });
+                    }
+                    let topic_id = r.u32("topic_id")?;
+                    let queues = r.count("queue_count", 2)?;
+                    if queues == 0 || queues > MAX_QUEUES_PER_TOPIC as usize {
+                        return Err(DecodeError::Invalid {
+                            field: "queue_count",
+                            reason: "a topic has 1 to MAX_QUEUES_PER_TOPIC queues",
+                        });
+                    }
+                    let mut queue_shards = Vec::with_capacity(queues);
+                    for _ in 0..queues {
+                        queue_shards.push(r.u16("queue_shard")?);
+                    }
+                    let entry = TopicEntry {
+                        topic_id,
+                        queue_shards,
+                    };
+                    if topics.insert(name.to_string(), entry).is_some() {
+                        return Err(DecodeError::Invalid {
+                            field: "topic",
+                            reason: "a topic is listed twice",
+                        });
+                    }
+                }
+                Some(TopicTable {
+                    next_topic_id,
+                    topics,
+                })
+            }
+            _ => {
+                return Err(DecodeError::Invalid {
+                    field: "has_topics",
+                    reason: "must be 0 or 1",
+                })
+            }
+        };
+        let count = r.count("offset_count", MIN_ROW_BYTES)?;
+        let mut group_offsets = Vec::with_capacity(count);
+        for _ in 0..count {
+            let group = r.str16("group")?;
+            let topic = r.str16("topic")?;
+            if validate_name("group", group).is_err() || validate_name("topic", topic).is_err() {
+                return Err(DecodeError::Invalid {
+                    field: "group_offset",
+                    reason: "not a valid group or topic name",
+                });
+            }
+            group_offsets.push(OffsetRow {
+                group: group.to_string(),
+                topic: topic.to_string(),
+                queue: r.u32("queue")?,
+                offset: r.u64("offset")?,
+            });
+        }
+        r.finish()?;
+        Ok(MetadataFrame {
+            version,
+            topics,
+            group_offsets,
+        })
+    }
+}
+
+/// What the front of a slave's received log bytes holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shipped {
+    /// The master left the rest of this segment unused. The slave's append rule does the same
+    /// when the next record arrives (and writes the marker itself), so these bytes are skipped.
+    SegmentTail(usize),
+    /// One whole record of this many bytes.
+    Record(usize),
+    /// The next record or segment tail has not fully arrived.
+    Incomplete,
+}
+
+/// Splits received log bytes `rest`, which start at commitlog offset `at`, at the next record
+/// or segment-tail boundary. An error means the master's bytes cannot be a log of this
+/// segment size.
+pub fn next_shipped(
+    rest: &[u8],
+    at: u64,
+    segment_size_bytes: u64,
+) -> Result<Shipped, ReplicationError> {
+    let segment_left = (segment_size_bytes - at % segment_size_bytes) as usize;
+    if segment_left < END_OF_SEGMENT_MARKER_BYTES || record::is_end_of_segment(rest) {
+        return Ok(if rest.len() < segment_left {
+            Shipped::Incomplete
+        } else {
+            Shipped::SegmentTail(segment_left)
+        });
+    }
+    if rest.len() < RECORD_HEADER_BYTES {
+        return Ok(Shipped::Incomplete);
+    }
+    let size = record::peek_total_size(rest).expect("a whole header") as usize;
+    if size < RECORD_HEADER_BYTES || size > segment_left {
+        return Err(ReplicationError::Protocol(format!(
+            "corrupt record size {size} at offset {at}"
+        )));
+    }
+    Ok(if rest.len() < size {
+        Shipped::Incomplete
+    } else {
+        Shipped::Record(size)
+    })
+}
+
+pub fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Where the master's log and a slave's diverge: the start of the first master epoch newer
+/// than the slave's last one (everything the slave wrote from there on was never the master's),
+/// or `u64::MAX` when the slave's last epoch is the master's current one.
+pub fn divergence_point(master_epochs: &[Epoch], slave_last_epoch: u32) -> u64 {
+    master_epochs
+        .iter()
+        .find(|(epoch, _)| *epoch > slave_last_epoch)
+        .map(|(_, start)| *start)
+        .unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> Hello {
+        Hello {
+            shard: 1,
+            shard_count: 2,
+            segment_size_bytes: 1 << 20,
+            log_id: [7; 16],
+            last_epoch: 3,
+            max_offset: 4096,
+            broker_name: "broker-a".into(),
+        }
+    }
+
+    #[test]
+    fn handshake_round_trips() {
+        let hello = hello();
+        let mut out = Vec::new();
+        hello.encode(&mut out);
+        assert_eq!(
+            u32::from_le_bytes(out[..4].try_into().unwrap()) as usize,
+            out.len() - 4
+        );
+        assert_eq!(Hello::decode(&out[4..]).unwrap(), hello);
+        assert_eq!(Hello::version_of(&out[4..]), Ok(HA_VERSION));
+        let welcome = Welcome {
+            log_id: [9; 16],
+            epochs: vec![(1, 0), (2, 8192)],
+            truncate_to: 8192,
+        };
+        let mut out = Vec::new();
+        welcome.encode(&mut out);
+        assert_eq!(Welcome::decode(&out[4..]).unwrap(), welcome);
+        let mut out = Vec::new();
+        encode_refusal("wrong group", &mut out);
+        assert!(matches!(
+            Welcome::decode(&out[4..]),
+            Err(ReplicationError::Refused(reason)) if reason == "wrong group"
+        ));
+        assert!(Hello::decode(&[0u8; 10]).is_err());
+    }
+
+    /// A peer of another version is told apart from garbage, on both sides: the master reads
+    /// the slave's version before anything else, and the slave reads the master's.
+    #[test]
+    fn another_protocol_version_is_named_not_garbled() {
+        let mut out = Vec::new();
+        hello().encode(&mut out);
+        out[8..10].copy_from_slice(&1u16.to_le_bytes());
+        assert_eq!(Hello::version_of(&out[4..]), Ok(1));
+        assert!(Hello::decode(&out[4..]).is_err());
+        let mut out = Vec::new();
+        Welcome {
+            log_id: [9; 16],
+            epochs: vec![(1, 0)],
+            truncate_to: u64::MAX,
+        }
+        .encode(&mut out);
+        // refused byte, empty reason (2 bytes), then the version.
+        out[7..9].copy_from_slice(&3u16.to_le_bytes());
+        let error = Welcome::decode(&out[4..]).unwrap_err();
+        assert!(matches!(
+            error,
+            ReplicationError::Version {
+                master: 3,
+                slave: HA_VERSION
+            }
+        ));
+        let message = error.to_string();
+        assert!(
+            message.contains("version 3") && message.contains(&format!("version {HA_VERSION}")),
+            "{message}"
+        );
+    }
+
+    /// A refusal keeps version 1's layout, so a version-1 slave decodes it with its own
+    /// decoder (refused, reason, log id, epochs, truncate_to, client address) and prints why.
+    #[test]
+    fn a_refusal_decodes_as_version_one_did() {
+        let mut out = Vec::new();
+        encode_refusal("versions differ", &mut out);
+        let mut r = Reader::new(&out[4..]);
+        assert_eq!(r.u8("refused"), Ok(1));
+        assert_eq!(r.str16("reason"), Ok("versions differ"));
+        assert_eq!(read_log_id(&mut r), Ok([0; 16]));
+        assert_eq!(r.count("epoch_count", 12), Ok(0));
+        assert_eq!(r.u64("truncate_to"), Ok(u64::MAX));
+        assert_eq!(r.str16("client_addr"), Ok(""));
+        assert_eq!(r.finish(), Ok(()));
+    }
+
+    #[test]
+    fn master_frames_decode_what_the_master_encodes() {
+        let data = encode_data_header(8192, 300, 4096);
+        assert_eq!(
+            MasterFrame::header_bytes_after(data[0]),
+            Some(data.len() - 1)
+        );
+        assert_eq!(
+            MasterFrame::decode(data[0], &data[1..]),
+            Ok(MasterFrame::Data {
+                offset: 8192,
+                len: 300,
+                confirmed_offset: 4096
+            })
+        );
+        let beat = encode_heartbeat(12_000, 4096);
+        assert_eq!(
+            MasterFrame::header_bytes_after(beat[0]),
+            Some(beat.len() - 1)
+        );
+        assert_eq!(
+            MasterFrame::decode(beat[0], &beat[1..]),
+            Ok(MasterFrame::Heartbeat {
+                master_max_offset: 12_000,
+                confirmed_offset: 4096
+            })
+        );
+        assert_eq!(MasterFrame::header_bytes_after(7), None);
+        assert!(MasterFrame::decode(KIND_DATA, &data[1..10]).is_err());
+    }
+
+    fn metadata() -> MetadataFrame {
+        let (table, _) = TopicTable::default().with_topic("orders", 3, 2).unwrap();
+        let (table, _) = table.with_topic("audit", 1, 2).unwrap();
+        MetadataFrame {
+            version: 7,
+            topics: Some(table),
+            group_offsets: vec![OffsetRow {
+                group: "readers".into(),
+                topic: "orders".into(),
+                queue: 2,
+                offset: 41,
+            }],
+        }
+    }
+
+    #[test]
+    fn metadata_frames_round_trip_and_refuse_what_a_master_cannot_hold() {
+        for frame in [metadata(), MetadataFrame::default()] {
+            let bytes = frame.encode();
+            let header_len = MasterFrame::header_bytes_after(bytes[0]).unwrap();
+            let header = MasterFrame::decode(bytes[0], &bytes[1..1 + header_len]).unwrap();
+            let MasterFrame::Metadata { len } = header else {
+                panic!("not a metadata frame: {header:?}");
+            };
+            let body = &bytes[METADATA_HEADER_BYTES..];
+            assert_eq!(len as usize, body.len());
+            assert_eq!(MetadataFrame::decode(body), Ok(frame));
+        }
+        let mut bad_name = metadata();
+        bad_name.group_offsets[0].group = "../etc".into();
+        let bytes = bad_name.encode();
+        assert!(MetadataFrame::decode(&bytes[METADATA_HEADER_BYTES..]).is_err());
+        let mut no_queues = metadata();
+        let table = no_queues.topics.as_mut().unwrap();
+        table.topics.get_mut("audit").unwrap().queue_shards.clear();
+        let bytes = no_queues.encode();
+        assert!(MetadataFrame::decode(&bytes[METADATA_HEADER_BYTES..]).is_err());
+        let bytes = metadata().encode();
+        for cut in 0..bytes.len() - METADATA_HEADER_BYTES {
+            let body = &bytes[METADATA_HEADER_BYTES..METADATA_HEADER_BYTES + cut];
+            assert!(MetadataFrame::decode(body).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn shipped_bytes_split_at_records_and_segment_tails() {
+        let segment = 64 * 1024;
+        let mut record = vec![0u8; RECORD_HEADER_BYTES + 10];
+        let size = record.len() as u32;
+        record[..4].copy_from_slice(&size.to_le_bytes());
+        assert_eq!(
+            next_shipped(&record, 0, segment).ok(),
+            Some(Shipped::Record(86))
+        );
+        assert_eq!(
+            next_shipped(&record[..50], 0, segment).ok(),
+            Some(Shipped::Incomplete)
+        );
+        let mut tail = vec![0u8; 100];
+        tail[..4].copy_from_slice(&100u32.to_le_bytes());
+        tail[4..8].copy_from_slice(&record::END_OF_SEGMENT_MAGIC.to_le_bytes());
+        let at = segment - 100;
+        assert_eq!(
+            next_shipped(&tail, at, segment).ok(),
+            Some(Shipped::SegmentTail(100))
+        );
+        assert_eq!(
+            next_shipped(&tail[..99], at, segment).ok(),
+            Some(Shipped::Incomplete)
+        );
+        assert_eq!(
+            next_shipped(&[0; 5], segment - 5, segment).ok(),
+            Some(Shipped::SegmentTail(5))
+        );
+        record[..4].copy_from_slice(&200u32.to_le_bytes());
+        assert!(next_shipped(&record, segment - 150, segment).is_err());
+    }
+
+    #[test]
+    fn divergence_is_the_first_newer_epoch() {
+        let epochs = [(1, 0), (2, 5000), (3, 9000)];
+        assert_eq!(divergence_point(&epochs, 1), 5000);
+        assert_eq!(divergence_point(&epochs, 2), 9000);
+        assert_eq!(divergence_point(&epochs, 3), u64::MAX);
+        assert_eq!(divergence_point(&epochs, 0), 0);
+    }
+}

@@ -1,0 +1,208 @@
+//! The master's view of its slaves, per shard: each link's acknowledged offset, and the
+//! producers waiting (SYNC_MASTER) for enough slaves to acknowledge their records.
+//!
+//! A report moves one link's offset forward; the quorum offset is the offset that at least
+//! `min_in_sync_replicas - 1` links have reached, and one [`Completions::release`] frees every
+//! producer it covers in one batch. A report past the master's own end is refused: a fake
+//! acknowledgement must never release a producer.
+
+use crate::clock::Clock;
+use crate::shard::completion::Completions;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct ReplicaState {
+    pub peer: String,
+    pub acked_offset: u64,
+    pub connected_at: Instant,
+    pub last_report_at: Instant,
+    /// When this link last reported an offset at or past the master's end (caught up).
+    pub caught_up_at: Instant,
+}
+
+/// Why a report was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FakeAck {
+    pub reported: u64,
+    pub master_max: u64,
+}
+
+pub struct Replicas {
+    /// Slaves that must acknowledge a record before a SYNC_MASTER answers OK.
+    needed: usize,
+    links: RefCell<BTreeMap<u64, ReplicaState>>,
+    next_link_id: Cell<u64>,
+    pub completions: Completions,
+    /// The shard's clock: link times (and so the lag gauges) read it, not the wall clock.
+    clock: Rc<dyn Clock>,
+}
+
+impl Replicas {
+    /// `confirmed_offset`: what slaves are known to have acknowledged already (persisted).
+    pub fn new(min_in_sync_replicas: u32, confirmed_offset: u64, clock: Rc<dyn Clock>) -> Replicas {
+        Replicas {
+            needed: min_in_sync_replicas.saturating_sub(1) as usize,
+            links: RefCell::new(BTreeMap::new()),
+            next_link_id: Cell::new(1),
+            completions: Completions::new(confirmed_offset),
+            clock,
+        }
+    }
+
+    pub fn needed(&self) -> usize {
+        self.needed
+    }
+
+    /// A new link counts as having acknowledged nothing until it reports: the offset in its
+    /// handshake may include bytes it has not made durable.
+    pub fn register(&self, peer: String) -> u64 {
+        let id = self.next_link_id.get();
+        self.next_link_id.set(id + 1);
+        let now = self.clock.now();
+        self.links.borrow_mut().insert(
+            id,
+            ReplicaState {
+                peer,
+                acked_offset: 0,
+                connected_at: now,
+                last_report_at: now,
+                caught_up_at: now,
+            },
+        );
+        id
+    }
+
+    pub fn unregister(&self, id: u64) {
+        self.links.borrow_mut().remove(&id);
+    }
+
+    /// Records a link's report. Returns whether the quorum offset advanced.
+    pub fn report(&self, id: u64, offset: u64, master_max: u64) -> Result<bool, FakeAck> {
+        if offset > master_max {
+            return Err(FakeAck {
+                reported: offset,
+                master_max,
+            });
+        }
+        {
+            let mut links = self.links.borrow_mut();
+            let Some(link) = links.get_mut(&id) else {
+                return Ok(false);
+            };
+            let now = self.clock.now();
+            link.acked_offset = offset;
+            link.last_report_at = now;
+            if offset >= master_max {
+                link.caught_up_at = now;
+            }
+        }
+        let before = self.completions.released_offset();
+        if let Some(quorum) = self.quorum_offset() {
+            // Every link's offset was at most the master's end when it was reported, and a
+            // master's end only grows: a quorum past it would release a producer on a fake ack.
+            debug_assert!(
+                quorum <= master_max,
+                "quorum offset {quorum} is past the master's end {master_max}"
+            );
+            self.completions.release(quorum);
+        }
+        let after = self.completions.released_offset();
+        // A link that disconnects or reports less lowers the quorum, never what was released.
+        debug_assert!(
+            after >= before,
+            "the replicated offset moved back from {before} to {after}"
+        );
+        Ok(after > before)
+    }
+
+    /// The highest offset that `needed` links have all reached.
+    pub fn quorum_offset(&self) -> Option<u64> {
+        if self.needed == 0 {
+            return None;
+        }
+        let mut acked: Vec<u64> = self
+            .links
+            .borrow()
+            .values()
+            .map(|l| l.acked_offset)
+            .collect();
+        if acked.len() < self.needed {
+            return None;
+        }
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        Some(acked[self.needed - 1])
+    }
+
+    /// Links close enough to the master's end to count as in sync.
+    pub fn in_sync(&self, master_max: u64, max_gap_bytes: u64) -> usize {
+        self.links
+            .borrow()
+            .values()
+            .filter(|l| master_max.saturating_sub(l.acked_offset) <= max_gap_bytes)
+            .count()
+    }
+
+    pub fn states(&self) -> Vec<ReplicaState> {
+        self.links.borrow().values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::RealClock;
+    use crate::shard::completion::Completion;
+
+    #[test]
+    fn one_ack_releases_every_covered_producer_and_fake_acks_are_refused() {
+        let replicas = Replicas::new(2, 0, Rc::new(RealClock));
+        let mut a = replicas.completions.wait(100);
+        let mut b = replicas.completions.wait(200);
+        let mut c = replicas.completions.wait(300);
+        let link = replicas.register("slave".into());
+        assert_eq!(
+            replicas.report(link, 500, 400),
+            Err(FakeAck {
+                reported: 500,
+                master_max: 400
+            })
+        );
+        assert_eq!(
+            a.try_recv().unwrap(),
+            None,
+            "a fake ack released a producer"
+        );
+        assert_eq!(replicas.report(link, 250, 400), Ok(true));
+        assert_eq!(a.try_recv().unwrap(), Some(Completion::Done));
+        assert_eq!(b.try_recv().unwrap(), Some(Completion::Done));
+        assert_eq!(c.try_recv().unwrap(), None);
+        assert_eq!(replicas.in_sync(400, 100), 0);
+        assert_eq!(replicas.in_sync(400, 200), 1);
+    }
+
+    #[test]
+    fn quorum_needs_enough_links() {
+        let replicas = Replicas::new(3, 0, Rc::new(RealClock));
+        let one = replicas.register("a".into());
+        replicas.report(one, 1000, 1000).unwrap();
+        assert_eq!(replicas.quorum_offset(), None);
+        let two = replicas.register("b".into());
+        replicas.report(two, 600, 1000).unwrap();
+        assert_eq!(replicas.quorum_offset(), Some(600));
+        replicas.unregister(one);
+        assert_eq!(replicas.quorum_offset(), None);
+        assert_eq!(
+            Replicas::new(1, 0, Rc::new(RealClock)).quorum_offset(),
+            None
+        );
+        // A link that has not reported yet holds the quorum back, whatever its handshake said.
+        let three = replicas.register("c".into());
+        replicas.report(two, 900, 1000).unwrap();
+        assert_eq!(replicas.quorum_offset(), Some(0));
+        replicas.report(three, 800, 1000).unwrap();
+        assert_eq!(replicas.quorum_offset(), Some(800));
+    }
+}

@@ -1,0 +1,431 @@
+//! The slave side of a replication link, one per shard.
+//!
+//! Connects to the master's HA address with backoff, hands over a [`Hello`], cuts its log back
+//! if the master says the logs diverged, adopts the master's log identity, then applies the
+//! shipped bytes record by record through [`ShardStore::append_replicated`] (the same append
+//! rule as the master, so the same offsets and segment rolls) and reports its confirmed offset
+//! (flushed under SYNC_FLUSH) after every flush or append and as a heartbeat. Metadata frames
+//! on the same link carry the master's topics and group offsets ([`apply_metadata`]).
+//!
+//! [`ShardStore::append_replicated`]: crate::store::ShardStore::append_replicated
+
+use super::error::ReplicationError;
+use super::identity::LogIdentity;
+use super::master::with_timeout;
+use super::protocol::{
+    next_shipped, Hello, MasterFrame, MetadataFrame, Shipped, Welcome, MAX_FRAME_HEADER_BYTES,
+    MAX_HANDSHAKE_BYTES, MAX_METADATA_BYTES,
+};
+use crate::metrics::Counter;
+use crate::shard::handlers::topic::publish;
+use crate::shard::role::SlaveLink;
+use crate::shard::Shard;
+use crate::store::io::Disk;
+use futures_lite::future;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use glommio::spawn_local;
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::rc::Rc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// Reconnect backoff: start fast (a restarting master is back within a second), cap so a
+/// long outage costs one attempt every few seconds.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(3);
+
+/// Runs while this shard is a slave following `link`; returns once the role changes (a
+/// promotion, or a demotion to follow another master, which starts a link of its own).
+pub async fn run<D: Disk>(shard: Rc<Shard<D>>, link: Rc<SlaveLink>) {
+    let Some(master) = link.master() else {
+        return;
+    };
+    let current = |shard: &Shard<D>| {
+        shard
+            .role_state()
+            .slave_link()
+            .is_some_and(|l| Rc::ptr_eq(&l, &link))
+    };
+    let mut backoff = BACKOFF_START;
+    while current(&shard) {
+        let role_changed = shard.role_state().listen_changed();
+        let outcome = future::or(link_once(&shard, &link, master), async {
+            let _ = role_changed.await;
+            Ok(false)
+        })
+        .await;
+        link.lost();
+        match outcome {
+            Ok(true) => backoff = BACKOFF_START,
+            Ok(false) => {}
+            Err(e) => warn!(shard = shard.id(), %master, "replication link: {e}"),
+        }
+        if !current(&shard) {
+            break;
+        }
+        shard.clock().sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+    info!(
+        shard = shard.id(),
+        "replication from the master stopped: this shard is now a {}",
+        shard.role()
+    );
+}
+
+/// One connection to the master. `Ok(true)` when it got as far as streaming.
+async fn link_once<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    link: &SlaveLink,
+    master: SocketAddr,
+) -> Result<bool, ReplicationError> {
+    let timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
+    let mut stream = with_timeout(timeout, "connecting", async {
+        TcpStream::connect(master)
+            .await
+            .map_err(std::io::Error::from)
+    })
+    .await?;
+    // With the master down and its HA port in the ephemeral range, a connect can land on this
+    // very socket; holding it would keep the master from binding its port again.
+    if is_self_connection(&stream) {
+        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        return Err(ReplicationError::Protocol(format!(
+            "connecting to {master} reached this socket itself; retrying"
+        )));
+    }
+    let _ = stream.set_nodelay(true);
+    let welcome = handshake(shard, &mut stream, timeout).await?;
+    if welcome.truncate_to < shard.store().max_offset() {
+        warn!(
+            shard = shard.id(),
+            divergence_offset = welcome.truncate_to,
+            discarded_bytes = shard.store().max_offset() - welcome.truncate_to,
+            "this log diverged from the master's; cutting it back to the divergence point"
+        );
+        let _gate = shard.flushing().lock_store().await;
+        shard
+            .store()
+            .truncate_to(welcome.truncate_to)
+            .await
+            .map_err(|e| {
+                ReplicationError::Store(format!("truncating to {}: {e}", welcome.truncate_to))
+            })?;
+        shard.truncated(welcome.truncate_to).await;
+    }
+    let identity = LogIdentity {
+        log_id: welcome.log_id,
+        epochs: welcome.epochs.clone(),
+        ..shard.role_state().identity()
+    };
+    if shard.role_state().identity() != identity {
+        identity.save(shard.disk(), shard.dir()).await?;
+        shard.role_state().set_identity(identity);
+    }
+    link.established();
+    shard.role_state().wake_links();
+    info!(shard = shard.id(), %master, from_offset = shard.store().max_offset(), "replicating from the master");
+    // SAFETY: a second descriptor for the same socket, owned by the reporter.
+    let write_fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    if write_fd < 0 {
+        return Err(ReplicationError::io(
+            "duplicating the replication socket",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let writer = unsafe { TcpStream::from_raw_fd(write_fd) };
+    let closed = Rc::new(Cell::new(false));
+    let reporter = spawn_local(report(shard.clone(), writer, closed.clone()));
+    let result = receive(shard, &mut stream, timeout).await;
+    closed.set(true);
+    super::master::shutdown_socket(stream.as_raw_fd());
+    shard.role_state().wake_links();
+    reporter.await;
+    result.map(|()| true)
+}
+
+/// Whether the two ends of a connected socket are the same address (a self-connection).
+fn is_self_connection(socket: &impl AsRawFd) -> bool {
+    let socket = socket2::SockRef::from(socket);
+    let (local, peer) = (socket.local_addr(), socket.peer_addr());
+    matches!(
+        (local.map(|a| a.as_socket()), peer.map(|a| a.as_socket())),
+        (Ok(Some(local)), Ok(Some(peer))) if local == peer
+    )
+}
+
+async fn handshake<D: Disk>(
+    shard: &Shard<D>,
+    stream: &mut TcpStream,
+    timeout: Duration,
+) -> Result<Welcome, ReplicationError> {
+    let identity = shard.role_state().identity();
+    let max_offset = shard.store().max_offset();
+    let hello = Hello {
+        shard: shard.id() as u16,
+        shard_count: shard.shard_count() as u16,
+        segment_size_bytes: shard.config().segment_size_bytes,
+        log_id: if max_offset == 0 {
+            [0; 16]
+        } else {
+            identity.log_id
+        },
+        last_epoch: identity.last_epoch(),
+        max_offset,
+        broker_name: shard.config().broker_name.clone(),
+    };
+    let mut out = Vec::new();
+    hello.encode(&mut out);
+    with_timeout(timeout, "sending the handshake", stream.write_all(&out)).await?;
+    let mut len = [0u8; 4];
+    let reading = "reading the master's answer";
+    with_timeout(timeout, reading, stream.read_exact(&mut len)).await?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_HANDSHAKE_BYTES {
+        return Err(ReplicationError::TooLarge {
+            what: "the master's answer",
+            len,
+            max: MAX_HANDSHAKE_BYTES,
+        });
+    }
+    let mut body = vec![0u8; len];
+    with_timeout(timeout, reading, stream.read_exact(&mut body)).await?;
+    // A refusal (a version mismatch included: the master names both versions) and an
+    // acceptance of another version come back as errors that say so.
+    Welcome::decode(&body)
+}
+
+/// Sends the confirmed offset whenever it moves, and at least every heartbeat interval.
+async fn report<D: Disk>(shard: Rc<Shard<D>>, mut writer: TcpStream, closed: Rc<Cell<bool>>) {
+    let heartbeat = Duration::from_millis(shard.config().ha_heartbeat_interval_ms);
+    let mut last = None;
+    while !closed.get() {
+        let offset = shard.local_confirmed_offset();
+        if last != Some(offset) {
+            if writer.write_all(&offset.to_le_bytes()).await.is_err() {
+                break;
+            }
+            last = Some(offset);
+            continue;
+        }
+        let waited_from = shard.clock().now();
+        shard.wait_replication_news(heartbeat).await;
+        if shard.clock().now().saturating_duration_since(waited_from) >= heartbeat {
+            last = None;
+        }
+    }
+}
+
+/// Reads frames until the link fails or goes silent.
+async fn receive<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    stream: &mut TcpStream,
+    timeout: Duration,
+) -> Result<(), ReplicationError> {
+    let mut pending: Vec<u8> = Vec::new();
+    // Log position of `pending[0]`, and of the byte after everything received.
+    let mut position = shard.store().max_offset();
+    let mut next_offset = position;
+    let mut header = [0u8; MAX_FRAME_HEADER_BYTES];
+    let reading = "reading from the master";
+    loop {
+        with_timeout(timeout, reading, stream.read_exact(&mut header[..1])).await?;
+        let kind = header[0];
+        let Some(header_len) = MasterFrame::header_bytes_after(kind) else {
+            return Err(ReplicationError::Protocol(format!(
+                "unknown frame kind {kind} from the master"
+            )));
+        };
+        let rest = &mut header[1..1 + header_len];
+        with_timeout(timeout, reading, stream.read_exact(rest)).await?;
+        let frame =
+            MasterFrame::decode(kind, rest).map_err(ReplicationError::decode("master frame"))?;
+        match frame {
+            MasterFrame::Heartbeat {
+                confirmed_offset, ..
+            } => {
+                shard.set_master_confirmed(confirmed_offset);
+            }
+            MasterFrame::Data {
+                offset,
+                len,
+                confirmed_offset,
+            } => {
+                let len = len as usize;
+                if offset != next_offset {
+                    return Err(ReplicationError::Protocol(format!(
+                        "master sent offset {offset}, expected {next_offset}"
+                    )));
+                }
+                if len > super::master::SHIP_CHUNK_BYTES {
+                    return Err(ReplicationError::TooLarge {
+                        what: "data frame",
+                        len,
+                        max: super::master::SHIP_CHUNK_BYTES,
+                    });
+                }
+                let at = pending.len();
+                pending.resize(at + len, 0);
+                with_timeout(timeout, reading, stream.read_exact(&mut pending[at..])).await?;
+                next_offset += len as u64;
+                shard
+                    .probe()
+                    .add(Counter::ReplicationReceivedBytes, len as u64);
+                apply(shard, &mut pending, &mut position).await?;
+                debug_assert!(
+                    position <= next_offset,
+                    "applied up to {position}, past the {next_offset} received"
+                );
+                shard.set_master_confirmed(confirmed_offset);
+            }
+            MasterFrame::Metadata { len } => {
+                let len = len as usize;
+                if len > MAX_METADATA_BYTES {
+                    return Err(ReplicationError::TooLarge {
+                        what: "metadata frame",
+                        len,
+                        max: MAX_METADATA_BYTES,
+                    });
+                }
+                let mut body = vec![0u8; len];
+                with_timeout(timeout, reading, stream.read_exact(&mut body)).await?;
+                let metadata = MetadataFrame::decode(&body)
+                    .map_err(ReplicationError::decode("metadata frame"))?;
+                apply_metadata(shard, metadata).await?;
+            }
+        }
+    }
+}
+
+/// Applies a master shard's metadata through the same paths as on a master: slave shard 0
+/// publishes a topic table that differs from its own (atomic write, then every shard applies
+/// it), and each slave shard takes the group offsets of the queues it owns, which are the
+/// queues its master shard owns. An error drops the link; the next handshake resends all.
+pub async fn apply_metadata<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    metadata: MetadataFrame,
+) -> Result<(), ReplicationError> {
+    if let Some(table) = metadata.topics {
+        if shard.id() != 0 {
+            return Err(ReplicationError::Metadata(format!(
+                "master shard {} sent a topic table; only shard 0 does",
+                shard.id()
+            )));
+        }
+        if let Some((name, _)) = table.topics.iter().find(|(_, t)| {
+            t.queue_shards
+                .iter()
+                .any(|s| *s as usize >= shard.shard_count())
+        }) {
+            return Err(ReplicationError::Metadata(format!(
+                "topic `{name}` places a queue on a shard this broker does not have (it has {})",
+                shard.shard_count()
+            )));
+        }
+        if *shard.topic_table() != table {
+            let topics = table.topics.len();
+            publish(shard, table)
+                .await
+                .map_err(|e| ReplicationError::Metadata(e.to_string()))?;
+            info!(
+                shard = shard.id(),
+                topics,
+                version = metadata.version,
+                "copied the topic table from the master"
+            );
+        }
+    }
+    if !metadata.group_offsets.is_empty() {
+        shard
+            .metadata()
+            .groups()
+            .apply_from_master(metadata.group_offsets)
+            .await
+            .map_err(|e| ReplicationError::Metadata(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Appends every complete record at the front of `pending` (which starts at log offset
+/// `position`) and removes what it consumed.
+async fn apply<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    pending: &mut Vec<u8>,
+    position: &mut u64,
+) -> Result<(), ReplicationError> {
+    let segment = shard.config().segment_size_bytes;
+    let mut used = 0usize;
+    loop {
+        match next_shipped(&pending[used..], *position, segment)? {
+            Shipped::Incomplete => break,
+            Shipped::SegmentTail(skipped) => {
+                used += skipped;
+                *position += skipped as u64;
+            }
+            Shipped::Record(size) => {
+                append(shard, &pending[used..used + size]).await?;
+                used += size;
+                *position += size as u64;
+                // The same append rule as the master's: the record lands where it did there.
+                debug_assert_eq!(
+                    shard.store().max_offset(),
+                    *position,
+                    "the slave's log is not where the master's is"
+                );
+            }
+        }
+    }
+    pending.drain(..used);
+    if used > 0 {
+        // Catching up, write behind while receiving rather than stall on a full buffer: ask
+        // for a flush once a quarter of the buffer is dirty, whatever the flush mode's timer.
+        if shard.store().dirty_bytes() >= shard.config().write_buffer_bytes / 4 {
+            shard.flushing().request_urgent();
+        } else {
+            shard.flushing().request();
+        }
+        shard.publish_confirmed();
+    }
+    Ok(())
+}
+
+async fn append<D: Disk>(shard: &Rc<Shard<D>>, bytes: &[u8]) -> Result<(), ReplicationError> {
+    // A slave appends what its master shipped; if its own flusher or disk cannot keep up for
+    // a whole link timeout, the link is dropped and resumes from the slave's end later.
+    let deadline =
+        shard.clock().now() + std::time::Duration::from_millis(shard.config().ha_link_timeout_ms);
+    let appended = shard
+        .append_waiting(deadline, || shard.store().append_replicated(bytes))
+        .await
+        .map_err(|e| ReplicationError::Store(e.to_string()))?;
+    shard.appended(appended.queue, appended.end_offset);
+    shard.probe().appended(1, bytes.len() as u64);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_self_connection;
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::SocketAddr;
+
+    /// What the kernel does when a slave dials a stopped master whose HA port lies in the
+    /// ephemeral range and picks that very port for the connect: the socket meets itself.
+    #[test]
+    fn a_socket_connected_to_its_own_address_is_detected() {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        socket
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let own = socket.local_addr().unwrap();
+        socket.connect(&own).expect("self-connect");
+        let stream: std::net::TcpStream = socket.into();
+        assert!(is_self_connection(&stream));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let other = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert!(!is_self_connection(&other));
+    }
+}

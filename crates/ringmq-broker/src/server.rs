@@ -1,0 +1,376 @@
+//! Starting the broker: the main thread prepares everything shared-nothing shards need
+//! (configuration, topic table, listening sockets, the channel mesh, stop signals), starts one
+//! pinned glommio executor per shard, waits until every shard has recovered its store, prints
+//! the ready line, and on SIGINT or SIGTERM asks every shard to shut down cleanly.
+
+use crate::config::BrokerConfig;
+use crate::net::admission::Admission;
+use crate::net::{bind_listeners, raise_descriptor_limit};
+use crate::shard::mesh::build_mesh;
+use crate::shard::startup::{run_shard, ShardStartup, StartupEvent};
+use crate::shard::topics::TopicTable;
+use crate::store::lock::StoreLock;
+use crate::store::RecoveryReport;
+use glommio::{LocalExecutorBuilder, Placement};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::os::fd::RawFd;
+use std::path::Path;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+use tracing::{error, info};
+
+/// `<store>/store.json`: facts about the store that must not change between runs.
+#[derive(Serialize, Deserialize)]
+struct StoreIdentity {
+    format_version: u32,
+    shards: usize,
+}
+
+const STORE_FORMAT_VERSION: u32 = 1;
+
+/// Why the broker did not start, or stopped. Each message names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is invalid (the message names the key).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// `store_dir` cannot be created.
+    #[error("{0}")]
+    StoreDir(String),
+    /// Another broker holds the store (the message names the store and the holder).
+    #[error(transparent)]
+    Locked(#[from] crate::store::lock::LockError),
+    /// `<store>/store.json` is unreadable or does not match this run.
+    #[error("{0}")]
+    StoreIdentity(String),
+    #[error(transparent)]
+    Shard(#[from] crate::shard::ShardError),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    /// A shard or a thread of the main process failed to start (the message names which).
+    #[error("{0}")]
+    Startup(String),
+    /// A shard ended while serving (fail-stop), or the watchers were lost.
+    #[error("{0}")]
+    Stopped(String),
+}
+
+fn check_store_identity(store_dir: &Path, shards: usize) -> Result<(), ServerError> {
+    let path = store_dir.join("store.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let identity: StoreIdentity = serde_json::from_slice(&bytes).map_err(|e| {
+                ServerError::StoreIdentity(format!(
+                    "{}: unreadable store identity: {e}",
+                    path.display()
+                ))
+            })?;
+            if identity.format_version != STORE_FORMAT_VERSION {
+                return Err(ServerError::StoreIdentity(format!(
+                    "{}: store format {} is not supported (this build reads {STORE_FORMAT_VERSION})",
+                    path.display(),
+                    identity.format_version
+                )));
+            }
+            if identity.shards != shards {
+                return Err(ServerError::StoreIdentity(format!(
+                    "store {} was created with {} shards; start with --shards {} (changing the shard count of a store is not supported)",
+                    store_dir.display(),
+                    identity.shards,
+                    identity.shards
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let identity = StoreIdentity {
+                format_version: STORE_FORMAT_VERSION,
+                shards,
+            };
+            crate::store::glommio_disk::write_atomic_blocking(
+                &path,
+                &serde_json::to_vec_pretty(&identity).expect("serializes"),
+            )
+            .map_err(|e| ServerError::StoreIdentity(format!("{}: {e}", path.display())))
+        }
+        Err(e) => Err(ServerError::StoreIdentity(format!(
+            "{}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+fn blocking_eventfd() -> Result<RawFd, ServerError> {
+    // Blocking on purpose: glommio's io_uring read arms an internal poll on it.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(ServerError::Startup(format!(
+            "eventfd: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(fd)
+}
+
+fn signal_stop(fds: &[RawFd]) {
+    for fd in fds {
+        let one: u64 = 1;
+        unsafe { libc::write(*fd, &one as *const u64 as *const libc::c_void, 8) };
+    }
+}
+
+/// Runs the broker until SIGINT or SIGTERM.
+pub fn run(config: BrokerConfig) -> Result<(), ServerError> {
+    config.validate()?;
+    install_fail_stop_panic_hook();
+    let shard_count = config.shard_count();
+    std::fs::create_dir_all(&config.store_dir).map_err(|e| {
+        ServerError::StoreDir(format!("store_dir {}: {e}", config.store_dir.display()))
+    })?;
+    // Held until the process exits, on every path: an error return while some shard still
+    // writes must not let another broker take the store.
+    std::mem::forget(StoreLock::acquire(&config.store_dir)?);
+    check_store_identity(&config.store_dir, shard_count)?;
+    info!("effective configuration:\n{}", config.to_toml());
+    let topics = Arc::new(TopicTable::load(&config.store_dir)?);
+    raise_descriptor_limit(&config);
+    let listeners = bind_listeners(&config, shard_count)?;
+    let shard_ports = Arc::new(listeners.shard_ports.clone());
+    let admission = Admission::new(&config);
+    let config = Arc::new(config);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let stop_fds = (0..shard_count)
+        .map(|_| blocking_eventfd())
+        .collect::<Result<Vec<_>, _>>()?;
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut executors = Vec::with_capacity(shard_count);
+    for ((id, mesh), listener_fds) in build_mesh(shard_count)
+        .into_iter()
+        .enumerate()
+        .zip(listeners.per_shard)
+    {
+        let startup = ShardStartup {
+            id,
+            shard_count,
+            config: config.clone(),
+            topics: topics.clone(),
+            mesh,
+            listener_fds,
+            shard_ports: shard_ports.clone(),
+            ready: ready_tx.clone(),
+            ha_fd: listeners.ha[id],
+            metrics_fd: if id == 0 {
+                listeners.metrics.map(|(fd, _)| fd)
+            } else {
+                None
+            },
+            stop_fd: stop_fds[id],
+            admission: admission.clone(),
+        };
+        let core = cores.get(id % cores.len().max(1)).copied();
+        let builder = LocalExecutorBuilder::new(Placement::Unbound)
+            .name(&format!("shard-{id}"))
+            .io_memory(config.io_memory_bytes as usize)
+            .spin_before_park(Duration::from_micros(config.spin_before_park_us));
+        let handle = builder
+            .spawn(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                run_shard(startup)
+            })
+            .map_err(|e| {
+                ServerError::Startup(format!("starting the executor of shard {id}: {e}"))
+            })?;
+        executors.push(handle);
+    }
+    drop(ready_tx);
+    let stage_timeout = Duration::from_millis(config.startup_stage_timeout_ms);
+    if let Err(e) = wait_until_ready(&ready_rx, shard_count, stage_timeout) {
+        error!("{e}");
+        signal_stop(&stop_fds);
+        // A stuck shard never returns; the others are told to stop, and the process exits
+        // without joining them (its caller exits with this error).
+        return Err(e);
+    }
+    let ports: Vec<String> = shard_ports.iter().map(|p| p.to_string()).collect();
+    let metrics = listeners
+        .metrics
+        .map(|(_, addr)| format!(" metrics={addr}"))
+        .unwrap_or_default();
+    println!(
+        "ringmq ready listen={} shard_ports={} shards={} role={} flush={} ha={} store={}{metrics}",
+        listeners.listen_addr,
+        ports.join(","),
+        shard_count,
+        config.broker_role,
+        config.flush_disk_type,
+        listeners.ha_addr,
+        config.store_dir.display()
+    );
+    let _ = std::io::stdout().flush();
+    let events = watch_shards_and_signals(executors)?;
+    match events.recv() {
+        Ok(Lifecycle::Terminate) => {}
+        Ok(Lifecycle::ShardExited { id, cause }) => {
+            return Err(fail_stop(id, &cause));
+        }
+        Err(_) => return Err(ServerError::Stopped("lost the shard watchers".to_string())),
+    }
+    info!("shutting down");
+    signal_stop(&stop_fds);
+    // Only shard exits count: a repeated SIGTERM must not cut a shard's final flush short.
+    let mut exited = 0;
+    while exited < shard_count {
+        match events.recv() {
+            Ok(Lifecycle::ShardExited { id, cause }) => {
+                exited += 1;
+                if let Some(e) = cause {
+                    error!(shard = id, "a shard executor failed while stopping: {e}");
+                }
+            }
+            Ok(Lifecycle::Terminate) => info!("already shutting down"),
+            Err(_) => break,
+        }
+    }
+    info!("stopped cleanly");
+    Ok(())
+}
+
+/// Waits for every shard to report ready, logging each one's recovery. Fails at the first
+/// shard that fails, or whose current start-up stage has lasted longer than `stage_timeout`,
+/// naming the shard and the stage (which names its file).
+fn wait_until_ready(
+    events: &mpsc::Receiver<StartupEvent>,
+    shard_count: usize,
+    stage_timeout: Duration,
+) -> Result<(), ServerError> {
+    let mut stages: Vec<Option<(String, Instant)>> = vec![None; shard_count];
+    let mut ready = 0;
+    while ready < shard_count {
+        let oldest = stages
+            .iter()
+            .enumerate()
+            .filter_map(|(id, s)| s.as_ref().map(|(stage, at)| (id, stage, *at)))
+            .min_by_key(|(_, _, at)| *at);
+        if let Some((id, stage, at)) = oldest {
+            if at.elapsed() >= stage_timeout {
+                return Err(ServerError::Startup(format!(
+                    "shard {id} did not finish a start-up stage within {} ms \
+                     (startup_stage_timeout_ms): {stage}",
+                    stage_timeout.as_millis()
+                )));
+            }
+        }
+        let wait = oldest.map_or(stage_timeout, |(_, _, at)| {
+            stage_timeout.saturating_sub(at.elapsed())
+        });
+        match events.recv_timeout(wait) {
+            Ok(StartupEvent::Stage { id, stage }) => {
+                info!(shard = id, "start-up: {stage}");
+                stages[id] = Some((stage, Instant::now()));
+            }
+            Ok(StartupEvent::Ready { id, report }) => {
+                log_recovery(id, &report);
+                stages[id] = None;
+                ready += 1;
+            }
+            Ok(StartupEvent::Failed { error, .. }) => return Err(ServerError::Startup(error)),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(ServerError::Startup(
+                    "a shard stopped during start-up".to_string(),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn log_recovery(id: usize, report: &RecoveryReport) {
+    info!(
+        shard = id,
+        unclean_shutdown = report.unclean_shutdown,
+        scan_start_offset = report.scan_start_offset,
+        scanned_bytes = report.scanned_bytes,
+        scanned_records = report.scanned_records,
+        truncated_bytes = report.truncated_bytes,
+        truncation_reason = report.truncation_reason.as_deref().unwrap_or("none"),
+        max_offset = report.max_offset,
+        consume_queue_entries_trimmed = report.consume_queue_entries_trimmed,
+        consume_queue_entries_dispatched = report.consume_queue_entries_dispatched,
+        duration_ms = report.duration.as_secs_f64() * 1000.0,
+        "recovered"
+    );
+}
+
+/// What the main thread waits for once the broker is ready.
+enum Lifecycle {
+    /// SIGINT or SIGTERM: stop cleanly.
+    Terminate,
+    /// A shard's executor ended, with the cause when it failed.
+    ShardExited { id: usize, cause: Option<String> },
+}
+
+/// One thread per shard joins its executor and one forwards the stop signals, all into one
+/// channel, so the main thread sees whichever comes first.
+fn watch_shards_and_signals(
+    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+) -> Result<mpsc::Receiver<Lifecycle>, ServerError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let (tx, rx) = mpsc::channel();
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| ServerError::Startup(format!("installing signal handlers: {e}")))?;
+    let signal_tx = tx.clone();
+    std::thread::Builder::new()
+        .name("signals".to_string())
+        .spawn(move || {
+            for _ in signals.forever() {
+                if signal_tx.send(Lifecycle::Terminate).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| ServerError::Startup(format!("starting the signal thread: {e}")))?;
+    for (id, handle) in executors.into_iter().enumerate() {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name(format!("watch-shard-{id}"))
+            .spawn(move || {
+                let cause = handle.join().err().map(|e| e.to_string());
+                let _ = tx.send(Lifecycle::ShardExited { id, cause });
+            })
+            .map_err(|e| {
+                ServerError::Startup(format!("starting the watcher of shard {id}: {e}"))
+            })?;
+    }
+    Ok(rx)
+}
+
+/// A shard ended while the broker was serving: the process stops as a whole, so that its
+/// supervisor restarts it and recovery repairs the shard, rather than serving on without it.
+fn fail_stop(id: usize, cause: &Option<String>) -> ServerError {
+    let cause = cause.as_deref().unwrap_or("its executor returned");
+    let message = format!(
+        "shard {id} stopped unexpectedly ({cause}); the broker exits so a restart recovers it"
+    );
+    error!("{message}");
+    ServerError::Stopped(message)
+}
+
+/// Makes a panic on any thread, a shard's above all, end the process at once after one log
+/// line naming the thread (`shard-N`) and the cause. A panicking shard task would otherwise
+/// end only that executor, and a panic inside glommio's blocking pool hangs its caller
+/// (glommio#37); either way the broker would keep serving with a dead shard. Abort (as
+/// `panic = "abort"` does) skips destructors: nothing is flushed that recovery would not check.
+pub fn install_fail_stop_panic_hook() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed thread");
+        error!("{name} panicked: {info}; the broker aborts so a restart recovers it");
+        default_hook(info);
+        std::process::abort();
+    }));
+}

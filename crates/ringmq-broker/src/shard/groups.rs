@@ -1,0 +1,146 @@
+//! Consumer-group offsets of the queues this shard owns, in `<shard>/groups.json`.
+//!
+//! A commit updates memory and then waits for a durable write (write, fsync, rename, fsync the
+//! directory). Writes are serialized and coalesced: a commit that arrives while a write is in
+//! flight is covered by the next one, so a burst of commits costs two writes, not one each.
+
+use super::ShardError;
+use crate::store::io::Disk;
+use glommio::sync::Semaphore;
+use serde::{Deserialize, Serialize};
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetRow {
+    pub group: String,
+    pub topic: String,
+    pub queue: u32,
+    pub offset: u64,
+}
+
+pub struct GroupOffsets<D: Disk> {
+    disk: D,
+    path: PathBuf,
+    offsets: RefCell<BTreeMap<(String, String, u32), u64>>,
+    version: Cell<u64>,
+    persisted_version: Cell<u64>,
+    write_gate: Semaphore,
+}
+
+impl<D: Disk> GroupOffsets<D> {
+    pub async fn load(disk: D, path: PathBuf) -> Result<Self, ShardError> {
+        let rows: Vec<OffsetRow> = match disk.read_file(&path).await {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).map_err(|e| {
+                ShardError::Metadata(format!(
+                    "{}: not a valid group offset file: {e}",
+                    path.display()
+                ))
+            })?,
+            Ok(None) => Vec::new(),
+            Err(e) => return Err(ShardError::Metadata(format!("{}: {e}", path.display()))),
+        };
+        let offsets = rows
+            .into_iter()
+            .map(|r| ((r.group, r.topic, r.queue), r.offset))
+            .collect();
+        Ok(GroupOffsets {
+            disk,
+            path,
+            offsets: RefCell::new(offsets),
+            version: Cell::new(0),
+            persisted_version: Cell::new(0),
+            write_gate: Semaphore::new(1),
+        })
+    }
+
+    pub fn get(&self, group: &str, topic: &str, queue: u32) -> Option<u64> {
+        self.offsets
+            .borrow()
+            .get(&(group.to_string(), topic.to_string(), queue))
+            .copied()
+    }
+
+    /// Every (topic, queue, offset) committed by `group`.
+    pub fn of_group(&self, group: &str) -> Vec<(String, u32, u64)> {
+        self.offsets
+            .borrow()
+            .iter()
+            .filter(|((g, _, _), _)| g == group)
+            .map(|((_, t, q), o)| (t.clone(), *q, *o))
+            .collect()
+    }
+
+    /// Records the offset and returns once it is on disk.
+    pub async fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        queue: u32,
+        offset: u64,
+    ) -> Result<(), ShardError> {
+        self.offsets
+            .borrow_mut()
+            .insert((group.to_string(), topic.to_string(), queue), offset);
+        self.version.set(self.version.get() + 1);
+        self.persist(self.version.get()).await
+    }
+
+    pub fn all_rows(&self) -> Vec<OffsetRow> {
+        self.offsets
+            .borrow()
+            .iter()
+            .map(|((g, t, q), o)| OffsetRow {
+                group: g.clone(),
+                topic: t.clone(),
+                queue: *q,
+                offset: *o,
+            })
+            .collect()
+    }
+
+    /// Slave: takes the master's offsets for these queues (the master is the authority).
+    pub async fn apply_from_master(&self, rows: Vec<OffsetRow>) -> Result<(), ShardError> {
+        let mut changed = false;
+        {
+            let mut offsets = self.offsets.borrow_mut();
+            for row in rows {
+                let previous = offsets.insert((row.group, row.topic, row.queue), row.offset);
+                changed |= previous != Some(row.offset);
+            }
+        }
+        if !changed {
+            return Ok(());
+        }
+        self.version.set(self.version.get() + 1);
+        self.persist(self.version.get()).await
+    }
+
+    /// Drops every group's offsets for a deleted topic.
+    pub async fn forget_topic(&self, topic: &str) -> Result<(), ShardError> {
+        self.offsets.borrow_mut().retain(|(_, t, _), _| t != topic);
+        self.version.set(self.version.get() + 1);
+        self.persist(self.version.get()).await
+    }
+
+    async fn persist(&self, wanted: u64) -> Result<(), ShardError> {
+        let _permit = self
+            .write_gate
+            .acquire_permit(1)
+            .await
+            .map_err(|e| ShardError::Internal(format!("group offsets: {e}")))?;
+        if self.persisted_version.get() >= wanted {
+            return Ok(());
+        }
+        let version = self.version.get();
+        let rows = self.all_rows();
+        let bytes = serde_json::to_vec(&rows).expect("offsets serialize");
+        self.disk
+            .write_atomic(&self.path, bytes)
+            .await
+            .map_err(|e| ShardError::Metadata(format!("{}: {e}", self.path.display())))?;
+        self.persisted_version.set(version);
+        Ok(())
+    }
+}

@@ -1,0 +1,141 @@
+//! Cluster commands: `ClusterStatus` (role, offsets and links of every shard),
+//! `ClusterPromote` (turn a slave into the master of its group) and `ClusterDemote` (turn a
+//! master into a slave of another master). Both role commands run the one role transition,
+//! [`Shard::change_role`], on every shard, at runtime.
+
+use crate::config::BrokerRole;
+use crate::protocol::message::Name;
+use crate::shard::mesh::{Reply, ShardRequest};
+use crate::shard::role::{MasterMode, RoleTarget};
+use crate::shard::{Shard, ShardError};
+use crate::store::io::Disk;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+pub use crate::protocol::admin::{ClusterStatus, MasterLink, ShardStatus, SlaveStatus};
+
+pub fn local_status<D: Disk>(shard: &Shard<D>) -> ShardStatus {
+    let identity = shard.role_state().identity();
+    let max_offset = shard.store().max_offset();
+    let now = shard.clock().now();
+    let since = |at: std::time::Instant| now.saturating_duration_since(at).as_millis() as u64;
+    let slaves = shard
+        .replicas()
+        .map(|r| r.states())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| {
+            let lag_bytes = max_offset.saturating_sub(s.acked_offset);
+            SlaveStatus {
+                peer: s.peer,
+                acked_offset: s.acked_offset,
+                lag_bytes,
+                lag_ms: if lag_bytes == 0 {
+                    0
+                } else {
+                    since(s.caught_up_at)
+                },
+                connected_ms: since(s.connected_at),
+                last_report_ms_ago: since(s.last_report_at),
+            }
+        })
+        .collect();
+    let master_link = shard.role_state().slave_link().map(|link| MasterLink {
+        master: link
+            .master()
+            .map(|m| m.to_string())
+            .or_else(|| shard.config().master.clone())
+            .unwrap_or_default(),
+        streaming: link.is_streaming(),
+        master_confirmed_offset: link.master_confirmed(),
+    });
+    ShardStatus {
+        shard: shard.id(),
+        role: shard.role().name().to_string(),
+        epoch: identity.last_epoch(),
+        log_id: identity.log_id.iter().map(|b| format!("{b:02x}")).collect(),
+        max_offset,
+        flushed_offset: shard.store().flushed_offset(),
+        confirmed_offset: shard.confirmed_offset(),
+        divergence_points: identity.divergence_points,
+        slaves,
+        master_link,
+    }
+}
+
+pub async fn status<D: Disk>(shard: &Rc<Shard<D>>) -> Result<Reply, ShardError> {
+    let mut shards = shard
+        .ask_others(|reply| ShardRequest::ClusterState { reply })
+        .await?;
+    shards.push(local_status(shard));
+    shards.sort_by_key(|s| s.shard);
+    let status = ClusterStatus {
+        broker_name: shard.config().broker_name.clone(),
+        role: shard.role().name().to_string(),
+        flush_disk_type: shard.config().flush_disk_type.name().to_string(),
+        shards,
+    };
+    Ok(Reply::ok(
+        serde_json::to_vec(&status).expect("status serializes"),
+    ))
+}
+
+/// Promotes every shard; the body names the new role (empty: ASYNC_MASTER).
+pub async fn promote<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
+    let request = Name::decode(raw)?;
+    let mode = if request.name.is_empty() {
+        MasterMode::Async
+    } else {
+        request
+            .name
+            .parse::<BrokerRole>()
+            .ok()
+            .and_then(MasterMode::of)
+            .ok_or_else(|| {
+                ShardError::Refused(format!(
+                    "promote to `{}`: the role must be SYNC_MASTER or ASYNC_MASTER",
+                    request.name
+                ))
+            })?
+    };
+    if shard.is_master() {
+        return Err(ShardError::Refused(format!(
+            "{} is already a {}",
+            shard.config().broker_name,
+            shard.role()
+        )));
+    }
+    change_everywhere(shard, RoleTarget::Master(mode)).await?;
+    status(shard).await
+}
+
+/// Demotes every shard to a slave of the master whose HA port the body names (`HOST:PORT`).
+pub async fn demote<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
+    let request = Name::decode(raw)?;
+    let master: SocketAddr = request.name.parse().map_err(|_| {
+        ShardError::Refused(format!(
+            "demote: `{}` is not the new master's HA address (an IP and a port)",
+            request.name
+        ))
+    })?;
+    if !shard.is_master() {
+        return Err(ShardError::Refused(format!(
+            "{} is already a SLAVE",
+            shard.config().broker_name
+        )));
+    }
+    change_everywhere(shard, RoleTarget::Slave(master)).await?;
+    status(shard).await
+}
+
+/// Runs the role transition on every other shard, then on this one.
+async fn change_everywhere<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    target: RoleTarget,
+) -> Result<(), ShardError> {
+    let outcomes = shard
+        .ask_others(|reply| ShardRequest::ChangeRole { target, reply })
+        .await?;
+    outcomes.into_iter().collect::<Result<Vec<()>, _>>()?;
+    shard.change_role(target).await
+}

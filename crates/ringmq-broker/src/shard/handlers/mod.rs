@@ -1,0 +1,137 @@
+//! Request handlers, one file per command. [`handle`] is the single entry point for a decoded
+//! request, whether it came from a connection of this shard or was forwarded by another shard.
+
+pub(crate) mod cluster;
+mod group;
+pub mod metadata;
+mod produce;
+mod pull;
+pub(crate) mod topic;
+
+use super::mesh::{Reply, ShardRequest};
+use super::{Shard, ShardError};
+use crate::protocol::Opcode;
+use crate::store::io::Disk;
+use std::rc::Rc;
+
+pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, opcode: Opcode, body: &[u8]) -> Reply {
+    dispatch(shard, opcode, body)
+        .await
+        .unwrap_or_else(Reply::from)
+}
+
+/// Runs one request; a failure becomes its reply in [`handle`], the one place where a
+/// [`ShardError`] turns into a wire status.
+async fn dispatch<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    opcode: Opcode,
+    body: &[u8],
+) -> Result<Reply, ShardError> {
+    if shard.lifecycle().is_stopping() && opcode == Opcode::Produce {
+        return Err(ShardError::ShuttingDown);
+    }
+    match opcode {
+        Opcode::Ping => Ok(Reply::ok(Vec::new())),
+        Opcode::Metadata => Ok(metadata::handle(shard)),
+        Opcode::Produce => produce::handle(shard, body).await,
+        Opcode::Pull => pull::handle(shard, body).await,
+        Opcode::QueueStats => topic::queue_stats(shard, body).await,
+        Opcode::TopicCreate => topic::create(shard, body).await,
+        Opcode::TopicDelete => topic::delete(shard, body).await,
+        Opcode::TopicList => Ok(topic::list(shard)),
+        Opcode::TopicDescribe => topic::describe(shard, body).await,
+        Opcode::GroupCommit => group::commit(shard, body).await,
+        Opcode::GroupFetch => group::fetch(shard, body).await,
+        Opcode::GroupDescribe => group::describe(shard, body).await,
+        Opcode::Stats => stats(shard).await,
+        Opcode::MetadataSnapshot => metadata::snapshot(shard).await,
+        Opcode::ClusterStatus => cluster::status(shard).await,
+        Opcode::ClusterPromote => cluster::promote(shard, body).await,
+        Opcode::ClusterDemote => cluster::demote(shard, body).await,
+    }
+}
+
+/// Runs a request that another shard sent over the mesh.
+pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRequest) {
+    match request {
+        ShardRequest::Execute {
+            opcode,
+            body,
+            reply,
+        } => {
+            // Counted on the shard that runs it, so that shard's clean stop waits for it too.
+            shard.lifecycle().request_started();
+            let answer = handle(&shard, opcode, &body).await;
+            let _ = reply.send(answer);
+            shard.lifecycle().request_finished();
+        }
+        ShardRequest::ApplyTopics { table, reply } => {
+            let _ = reply.send(shard.apply_topics(table).await);
+        }
+        ShardRequest::AdoptReplicaLink { fd, hello, peer } => {
+            crate::replication::master::adopt(shard, fd, *hello, peer).await;
+        }
+        ShardRequest::AllGroupOffsets { reply } => {
+            let _ = reply.send(shard.metadata().groups().all_rows());
+        }
+        ShardRequest::ClusterState { reply } => {
+            let _ = reply.send(cluster::local_status(&shard));
+        }
+        ShardRequest::ChangeRole { target, reply } => {
+            let _ = reply.send(shard.change_role(target).await);
+        }
+        ShardRequest::Probe { reply } => {
+            let _ = reply.send(shard.snapshot());
+        }
+        ShardRequest::GroupOffsets { group, reply } => {
+            let _ = reply.send(group::local_offsets(&shard, &group));
+        }
+    }
+}
+
+/// Stats: every shard's probe merged, as a JSON document (see `metrics::Stats`).
+async fn stats<D: Disk>(shard: &Rc<Shard<D>>) -> Result<Reply, ShardError> {
+    let snapshots = shard.gather_snapshots().await;
+    let merged = crate::metrics::ProbeSnapshot::merge(&snapshots)
+        .ok_or_else(|| ShardError::Internal("no shard answered".to_string()))?;
+    Ok(Reply::ok(
+        serde_json::to_vec(&merged.to_stats()).expect("stats serialize"),
+    ))
+}
+
+/// The owning shard does not hold a queue the topic table gives it (a table being applied).
+fn unregistered_queue() -> ShardError {
+    ShardError::QueueNotFound("queue is not registered on its shard".to_string())
+}
+
+/// Where a queue-scoped request must run: here, or on the owning shard.
+enum Route {
+    Local { topic_id: u32 },
+    Remote(usize),
+}
+
+fn route<D: Disk>(shard: &Shard<D>, topic: &str, queue: u32) -> Result<Route, ShardError> {
+    let entry = shard
+        .topic(topic)
+        .ok_or_else(|| ShardError::TopicNotFound(topic.to_string()))?;
+    let owner = *entry.queue_shards.get(queue as usize).ok_or_else(|| {
+        ShardError::QueueNotFound(format!(
+            "topic `{topic}` has queues 0 to {}, not {queue}",
+            entry.queue_count().saturating_sub(1)
+        ))
+    })? as usize;
+    if owner == shard.id() {
+        Ok(Route::Local {
+            topic_id: entry.topic_id,
+        })
+    } else {
+        Ok(Route::Remote(owner))
+    }
+}
+
+/// Encodes a body with a writer function into a fresh vector.
+fn body(encode: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(&mut out);
+    out
+}

@@ -1,0 +1,857 @@
+//! [`Client`]: a shard-aware client over [`Connection`]s.
+//!
+//! The bootstrap connection carries metadata, topic and group-describe requests. Queue-scoped
+//! requests (produce, pull, queue stats, group commit and fetch) go to the shard that owns the
+//! queue according to `TopicInfo::queue_shards`, over a connection to `HOST:shard_ports[n]`
+//! opened on first use. A shard whose port is 0 or that cannot be reached is served through the
+//! bootstrap connection instead: the broker forwards such requests to the owning core.
+
+use super::connection::{Connection, ConnectionOptions, Response};
+use super::error::ClientError;
+use super::LONG_POLL_MARGIN;
+use crate::protocol::codec::DecodeError;
+use crate::protocol::message::{
+    encode_produce, GroupCommit, GroupDescription, GroupFetch, GroupOffset, MessageRef, Metadata,
+    Name, ProduceResponse, PullRequest, PullResponse, PullSummary, PulledMessage, QueueRef,
+    QueueStats, TopicCreate, TopicDescription, TopicInfo, TopicList, ANY_QUEUE,
+};
+use crate::protocol::{Opcode, Status};
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug)]
+pub struct ClientOptions {
+    pub connection: ConnectionOptions,
+    /// Talk to the owning shard's port directly. Off, every request uses the bootstrap
+    /// connection and the broker forwards (useful behind a proxy that exposes one port).
+    pub shard_aware: bool,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connection: ConnectionOptions::default(),
+            shard_aware: true,
+        }
+    }
+}
+
+/// Which of the client's connections a request went out on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConnectionSlot {
+    Bootstrap,
+    Shard(u16),
+}
+
+/// A request sent without waiting: request ids are per connection, so both are needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ticket {
+    pub slot: ConnectionSlot,
+    pub request_id: u64,
+}
+
+/// A produce the broker stored. `status` is `Ok` or one of the statuses that mean "stored, but
+/// the durability guarantee was not met in time" (`FlushDiskTimeout`, `FlushSlaveTimeout`,
+/// `SlaveNotAvailable`); callers that need the guarantee must check it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProduceResult {
+    pub status: Status,
+    pub response: ProduceResponse,
+}
+
+/// One produce acknowledgement from the pipelined API.
+#[derive(Debug)]
+pub struct ProduceAck {
+    pub ticket: Ticket,
+    pub result: Result<ProduceResult, ClientError>,
+}
+
+/// `status` is `Ok` (messages may still be empty when `max_bytes` is tiny) or `NoNewMessage`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PullResult {
+    pub status: Status,
+    pub summary: PullSummary,
+    pub messages: Vec<PulledMessage>,
+}
+
+enum ShardConnection {
+    NotOpened,
+    Open(Box<Connection>),
+    /// Port 0 or connect failed: use the bootstrap connection until metadata is refreshed.
+    Unavailable,
+}
+
+pub struct Client {
+    bootstrap_addr: String,
+    /// Host part of the bootstrap address; shard ports are reached on the same host.
+    host: String,
+    options: ClientOptions,
+    bootstrap: Connection,
+    metadata: Metadata,
+    topics: HashMap<String, TopicInfo>,
+    /// Indexed by shard; as long as `metadata.shard_ports`.
+    shards: Vec<ShardConnection>,
+    round_robin: u32,
+}
+
+impl Client {
+    pub fn connect(addr: &str) -> Result<Client, ClientError> {
+        Client::connect_with(addr, ClientOptions::default())
+    }
+
+    /// Connects to the bootstrap address and fetches metadata.
+    pub fn connect_with(addr: &str, options: ClientOptions) -> Result<Client, ClientError> {
+        let host = match addr.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => host,
+            _ => {
+                return Err(ClientError::InvalidArgument(format!(
+                    "broker address `{addr}` is not HOST:PORT"
+                )))
+            }
+        };
+        let bootstrap = Connection::connect(addr, options.connection)?;
+        let mut client = Client {
+            bootstrap_addr: addr.to_string(),
+            host: host.to_string(),
+            options,
+            bootstrap,
+            metadata: Metadata {
+                broker_name: String::new(),
+                role: String::new(),
+                flush_disk_type: String::new(),
+                shard_ports: Vec::new(),
+                topics: Vec::new(),
+            },
+            topics: HashMap::new(),
+            shards: Vec::new(),
+            round_robin: 0,
+        };
+        client.refresh_metadata()?;
+        Ok(client)
+    }
+
+    /// The metadata fetched last.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// Fetches metadata from the bootstrap connection and resets shard connections whose port
+    /// changed.
+    pub fn refresh_metadata(&mut self) -> Result<&Metadata, ClientError> {
+        let (_, metadata) = self.call_on(
+            ConnectionSlot::Bootstrap,
+            Opcode::Metadata,
+            None,
+            |_| {},
+            Metadata::decode,
+        )?;
+        let ports_changed = metadata.shard_ports != self.metadata.shard_ports;
+        self.topics = metadata
+            .topics
+            .iter()
+            .map(|t| (t.name.clone(), t.clone()))
+            .collect();
+        if ports_changed {
+            self.shards = (0..metadata.shard_ports.len())
+                .map(|_| ShardConnection::NotOpened)
+                .collect();
+        } else {
+            for slot in &mut self.shards {
+                if matches!(slot, ShardConnection::Unavailable) {
+                    *slot = ShardConnection::NotOpened;
+                }
+            }
+        }
+        self.metadata = metadata;
+        Ok(&self.metadata)
+    }
+
+    /// Round-trip time of an empty request on the bootstrap connection.
+    pub fn ping(&mut self) -> Result<Duration, ClientError> {
+        let started = Instant::now();
+        self.call_on(
+            ConnectionSlot::Bootstrap,
+            Opcode::Ping,
+            None,
+            |_| {},
+            |_| Ok(()),
+        )?;
+        Ok(started.elapsed())
+    }
+
+    pub fn create_topic(&mut self, name: &str, queues: u32) -> Result<TopicInfo, ClientError> {
+        check_name("topic", name)?;
+        let request = TopicCreate {
+            name: name.to_string(),
+            queue_count: queues,
+        };
+        let (_, info) = self.call_on(
+            ConnectionSlot::Bootstrap,
+            Opcode::TopicCreate,
+            None,
+            |out| request.encode(out),
+            TopicInfo::decode,
+        )?;
+        self.topics.insert(info.name.clone(), info.clone());
+        Ok(info)
+    }
+
+    pub fn delete_topic(&mut self, name: &str) -> Result<(), ClientError> {
+        check_name("topic", name)?;
+        let request = Name {
+            name: name.to_string(),
+        };
+        self.call_on(
+            ConnectionSlot::Bootstrap,
+            Opcode::TopicDelete,
+            None,
+            |out| request.encode(out),
+            |_| Ok(()),
+        )?;
+        self.topics.remove(name);
+        Ok(())
+    }
+
+    pub fn list_topics(&mut self) -> Result<Vec<TopicInfo>, ClientError> {
+        let (_, list) = self.call_on(
+            ConnectionSlot::Bootstrap,
+            Opcode::TopicList,
+            None,
+            |_| {},
+            TopicList::decode,
+        )?;
+        Ok(list.topics)
+    }
+
+    pub fn describe_topic(&mut self, name: &str) -> Result<TopicDescription, ClientError> {
+        check_name("topic", name)?;
+        let request = Name {
+            name: name.to_string(),
+        };
+        let (_, description) = self.call_on(
+            ConnectionSlot::Bootstrap,
+            Opcode::TopicDescribe,
+            None,
+            |out| request.encode(out),
+            TopicDescription::decode,
+        )?;
+        self.topics
+            .insert(name.to_string(), description.topic.clone());
+        Ok(description)
+    }
+
+    /// The topic's placement, refreshing metadata once when the topic is not known yet.
+    pub fn topic(&mut self, name: &str) -> Result<TopicInfo, ClientError> {
+        if !self.topics.contains_key(name) {
+            self.refresh_metadata()?;
+        }
+        self.topics
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ClientError::Status {
+                status: Status::TopicNotFound,
+                message: format!("topic `{name}` is not in the broker's metadata"),
+            })
+    }
+
+    /// The queue a key maps to: crc32c (Castagnoli) of the key bytes modulo the queue count, so
+    /// every client in every language places a key on the same queue.
+    pub fn queue_for_key(&mut self, topic: &str, key: &[u8]) -> Result<u32, ClientError> {
+        let info = self.topic(topic)?;
+        queue_for_key(&info, key).ok_or_else(|| no_queues(topic))
+    }
+
+    /// Produces a batch to one queue and waits for the acknowledgement. With `queue: None` the
+    /// queue is the first message's key hash, or round-robin when it has no key.
+    pub fn produce(
+        &mut self,
+        topic: &str,
+        queue: Option<u32>,
+        messages: &[MessageRef<'_>],
+    ) -> Result<ProduceResult, ClientError> {
+        check_messages(topic, messages)?;
+        let known = self.topics.contains_key(topic);
+        // Picking a queue for an unknown topic already refreshed metadata once.
+        let may_refresh = !known && queue.is_some();
+        let queue = self.resolve_queue(topic, queue, messages)?;
+        let attempt = |client: &mut Client| {
+            let slot = client.route(topic, queue);
+            client.call_on(
+                slot,
+                Opcode::Produce,
+                None,
+                |out| encode_produce(out, topic, queue, messages),
+                ProduceResponse::decode,
+            )
+        };
+        let (status, response) = retry_unknown_topic(self, !may_refresh, attempt)?;
+        Ok(ProduceResult { status, response })
+    }
+
+    /// Sends a produce without waiting; collect the acknowledgement with
+    /// [`next_produce_ack`](Self::next_produce_ack) or [`wait_produce`](Self::wait_produce).
+    /// No metadata retry happens here: call [`topic`](Self::topic) first to learn the routing.
+    pub fn send_produce(
+        &mut self,
+        topic: &str,
+        queue: Option<u32>,
+        messages: &[MessageRef<'_>],
+    ) -> Result<Ticket, ClientError> {
+        check_messages(topic, messages)?;
+        let queue = self.resolve_queue(topic, queue, messages)?;
+        let slot = self.route(topic, queue);
+        let connection = self.connection(slot)?;
+        let request_id = connection.send_with(Opcode::Produce, |out| {
+            encode_produce(out, topic, queue, messages)
+        })?;
+        Ok(Ticket { slot, request_id })
+    }
+
+    pub fn wait_produce(&mut self, ticket: Ticket) -> Result<ProduceResult, ClientError> {
+        let response = self.wait_ticket(ticket, None)?;
+        let connection = self.connection(ticket.slot)?;
+        produce_result(connection, response)
+    }
+
+    /// Requests sent through the pipelined API and not yet collected, over all connections.
+    pub fn in_flight(&self) -> usize {
+        self.open_connections().map(|(_, c)| c.in_flight()).sum()
+    }
+
+    /// The next produce acknowledgement in arrival order over every connection, or `None` when
+    /// nothing arrived within `timeout` (or nothing is in flight). An `Err` means a connection
+    /// failed: its requests in flight will not be answered.
+    pub fn next_produce_ack(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<ProduceAck>, ClientError> {
+        let Some((slot, response)) = self.next_response(timeout)? else {
+            return Ok(None);
+        };
+        let ticket = Ticket {
+            slot,
+            request_id: response.request_id(),
+        };
+        let connection = self.connection(slot)?;
+        if response.header.opcode != Opcode::Produce as u16 {
+            return Err(ClientError::InvalidArgument(format!(
+                "response to request {} on {} is not a produce acknowledgement",
+                ticket.request_id,
+                connection.addr()
+            )));
+        }
+        let result = produce_result(connection, response);
+        Ok(Some(ProduceAck { ticket, result }))
+    }
+
+    /// Reads one message batch from a queue; `max_wait_ms > 0` long-polls at the queue's end.
+    pub fn pull(
+        &mut self,
+        topic: &str,
+        queue: u32,
+        offset: u64,
+        max_messages: u32,
+        max_bytes: u32,
+        max_wait_ms: u32,
+    ) -> Result<PullResult, ClientError> {
+        check_name("topic", topic)?;
+        let request = PullRequest {
+            topic: topic.to_string(),
+            queue,
+            offset,
+            max_messages,
+            max_bytes,
+            max_wait_ms,
+        };
+        let known = self.topics.contains_key(topic);
+        let wait = Some(self.pull_timeout(max_wait_ms));
+        let attempt = |client: &mut Client| {
+            let slot = client.route(topic, queue);
+            client.call_on(
+                slot,
+                Opcode::Pull,
+                wait,
+                |out| request.encode(out),
+                |body| PullResponse::decode(body).map(|r| owned_pull(&r)),
+            )
+        };
+        let (status, (summary, messages)) = retry_unknown_topic(self, known, attempt)?;
+        Ok(PullResult {
+            status,
+            summary,
+            messages,
+        })
+    }
+
+    /// Sends a pull without waiting, so pulls on many queues can wait at the same time.
+    pub fn send_pull(&mut self, request: &PullRequest) -> Result<Ticket, ClientError> {
+        check_name("topic", &request.topic)?;
+        let slot = self.route(&request.topic, request.queue);
+        let connection = self.connection(slot)?;
+        let request_id = connection.send_with(Opcode::Pull, |out| request.encode(out))?;
+        Ok(Ticket { slot, request_id })
+    }
+
+    pub fn wait_pull(
+        &mut self,
+        ticket: Ticket,
+        max_wait_ms: u32,
+    ) -> Result<PullResult, ClientError> {
+        let timeout = self.pull_timeout(max_wait_ms);
+        let response = self.wait_ticket(ticket, Some(timeout))?;
+        let connection = self.connection(ticket.slot)?;
+        let (status, body) = response.into_result(connection.addr())?;
+        let (summary, messages) = connection.decode("pull response", &body, |b| {
+            PullResponse::decode(b).map(|r| owned_pull(&r))
+        })?;
+        Ok(PullResult {
+            status,
+            summary,
+            messages,
+        })
+    }
+
+    /// Stores a consumer group's next offset to consume for one queue.
+    pub fn commit_offset(
+        &mut self,
+        group: &str,
+        topic: &str,
+        queue: u32,
+        offset: u64,
+    ) -> Result<(), ClientError> {
+        check_name("group", group)?;
+        check_name("topic", topic)?;
+        let request = GroupCommit {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            queue,
+            offset,
+        };
+        let known = self.topics.contains_key(topic);
+        retry_unknown_topic(self, known, |client| {
+            let slot = client.route(topic, queue);
+            client.call_on(
+                slot,
+                Opcode::GroupCommit,
+                None,
+                |out| request.encode(out),
+                |_| Ok(()),
+            )
+        })?;
+        Ok(())
+    }
+
+    /// The group's committed offset for a queue, `None` when it never committed one.
+    pub fn fetch_offset(
+        &mut self,
+        group: &str,
+        topic: &str,
+        queue: u32,
+    ) -> Result<Option<u64>, ClientError> {
+        check_name("group", group)?;
+        check_name("topic", topic)?;
+        let request = GroupFetch {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            queue,
+        };
+        let known = self.topics.contains_key(topic);
+        let (_, offset) = retry_unknown_topic(self, known, |client| {
+            let slot = client.route(topic, queue);
+            client.call_on(
+                slot,
+                Opcode::GroupFetch,
+                None,
+                |out| request.encode(out),
+                GroupOffset::decode,
+            )
+        })?;
+        Ok(offset.offset)
+    }
+
+    /// Role, offsets and replication links of every shard of the broker.
+    pub fn cluster_status(&mut self) -> Result<crate::protocol::admin::ClusterStatus, ClientError> {
+        let (_, status) = self.call_on(
+            ConnectionSlot::Bootstrap,
+            Opcode::ClusterStatus,
+            None,
+            |_| {},
+            decode_json("cluster status"),
+        )?;
+        Ok(status)
+    }
+
+    /// Turns this broker (a slave) into the master of its group; `role` is SYNC_MASTER or
+    /// ASYNC_MASTER (`None`: ASYNC_MASTER). Returns the status after promotion.
+    pub fn promote(
+        &mut self,
+        role: Option<&str>,
+    ) -> Result<crate::protocol::admin::ClusterStatus, ClientError> {
+        let request = Name {
+            name: role.unwrap_or("").to_string(),
+        };
+        let (_, status) = self.call_on(
+            ConnectionSlot::Bootstrap,
+            Opcode::ClusterPromote,
+            None,
+            |out| request.encode(out),
+            decode_json("cluster status"),
+        )?;
+        Ok(status)
+    }
+
+    /// Turns this broker (a master) into a slave of the master whose HA port is at `master`
+    /// (`HOST:PORT`), at runtime: shipping stops, waiting SYNC_MASTER producers fail, and a
+    /// divergent tail is cut back when the link to the new master comes up. Returns the status
+    /// after demotion.
+    pub fn demote(
+        &mut self,
+        master: &str,
+    ) -> Result<crate::protocol::admin::ClusterStatus, ClientError> {
+        let request = Name {
+            name: master.to_string(),
+        };
+        let (_, status) = self.call_on(
+            ConnectionSlot::Bootstrap,
+            Opcode::ClusterDemote,
+            None,
+            |out| request.encode(out),
+            decode_json("cluster status"),
+        )?;
+        Ok(status)
+    }
+
+    /// The broker's probes merged across shards (counters, gauges, histogram summaries).
+    pub fn stats(&mut self) -> Result<crate::protocol::admin::Stats, ClientError> {
+        let (_, stats) = self.call_on(
+            ConnectionSlot::Bootstrap,
+            Opcode::Stats,
+            None,
+            |_| {},
+            |body| {
+                serde_json::from_slice(body).map_err(|_| DecodeError::Invalid {
+                    field: "stats",
+                    reason: "not a valid JSON stats document",
+                })
+            },
+        )?;
+        Ok(stats)
+    }
+
+    pub fn describe_group(&mut self, group: &str) -> Result<GroupDescription, ClientError> {
+        check_name("group", group)?;
+        let request = Name {
+            name: group.to_string(),
+        };
+        let (_, description) = self.call_on(
+            ConnectionSlot::Bootstrap,
+            Opcode::GroupDescribe,
+            None,
+            |out| request.encode(out),
+            GroupDescription::decode,
+        )?;
+        Ok(description)
+    }
+
+    pub fn queue_stats(&mut self, topic: &str, queue: u32) -> Result<QueueStats, ClientError> {
+        check_name("topic", topic)?;
+        let request = QueueRef {
+            topic: topic.to_string(),
+            queue,
+        };
+        let known = self.topics.contains_key(topic);
+        let (_, stats) = retry_unknown_topic(self, known, |client| {
+            let slot = client.route(topic, queue);
+            client.call_on(
+                slot,
+                Opcode::QueueStats,
+                None,
+                |out| request.encode(out),
+                QueueStats::decode,
+            )
+        })?;
+        Ok(stats)
+    }
+
+    /// The connection a queue-scoped request for `topic`/`queue` would use.
+    pub fn route(&mut self, topic: &str, queue: u32) -> ConnectionSlot {
+        if !self.options.shard_aware {
+            return ConnectionSlot::Bootstrap;
+        }
+        let shard = self
+            .topics
+            .get(topic)
+            .and_then(|info| info.queue_shards.get(queue as usize).copied());
+        match shard {
+            Some(shard) if self.open_shard(shard) => ConnectionSlot::Shard(shard),
+            _ => ConnectionSlot::Bootstrap,
+        }
+    }
+
+    pub fn bootstrap_addr(&self) -> &str {
+        &self.bootstrap_addr
+    }
+
+    /// Makes sure shard `shard` has a live connection; false means "use bootstrap".
+    fn open_shard(&mut self, shard: u16) -> bool {
+        let index = shard as usize;
+        let Some(&port) = self.metadata.shard_ports.get(index) else {
+            return false;
+        };
+        match &self.shards[index] {
+            ShardConnection::Open(c) if !c.is_broken() => return true,
+            ShardConnection::Unavailable => return false,
+            _ => {}
+        }
+        self.shards[index] = if port == 0 {
+            ShardConnection::Unavailable
+        } else {
+            let addr = format!("{}:{port}", self.host);
+            match Connection::connect(&addr, self.options.connection) {
+                Ok(c) => ShardConnection::Open(Box::new(c)),
+                Err(_) => ShardConnection::Unavailable,
+            }
+        };
+        matches!(self.shards[index], ShardConnection::Open(_))
+    }
+
+    fn connection(&mut self, slot: ConnectionSlot) -> Result<&mut Connection, ClientError> {
+        if let ConnectionSlot::Shard(shard) = slot {
+            if let Some(ShardConnection::Open(c)) = self.shards.get_mut(shard as usize) {
+                return Ok(c);
+            }
+        }
+        if self.bootstrap.is_broken() {
+            self.bootstrap = Connection::connect(&self.bootstrap_addr, self.options.connection)?;
+        }
+        Ok(&mut self.bootstrap)
+    }
+
+    fn open_connections(&self) -> impl Iterator<Item = (ConnectionSlot, &Connection)> {
+        let shards = self.shards.iter().enumerate().filter_map(|(n, s)| match s {
+            ShardConnection::Open(c) => Some((ConnectionSlot::Shard(n as u16), &**c)),
+            _ => None,
+        });
+        std::iter::once((ConnectionSlot::Bootstrap, &self.bootstrap)).chain(shards)
+    }
+
+    /// One request on one connection, waiting for its answer and decoding the body.
+    fn call_on<T>(
+        &mut self,
+        slot: ConnectionSlot,
+        opcode: Opcode,
+        timeout: Option<Duration>,
+        encode: impl FnOnce(&mut Vec<u8>),
+        decode: impl FnOnce(&[u8]) -> Result<T, DecodeError>,
+    ) -> Result<(Status, T), ClientError> {
+        let connection = self.connection(slot)?;
+        let request_id = connection.send_with(opcode, encode)?;
+        let timeout = timeout.unwrap_or(connection.options().read_timeout);
+        let response = connection.wait_within(request_id, timeout)?;
+        let (status, body) = response.into_result(connection.addr())?;
+        let value = connection.decode(opcode_body_name(opcode), &body, decode)?;
+        Ok((status, value))
+    }
+
+    fn wait_ticket(
+        &mut self,
+        ticket: Ticket,
+        timeout: Option<Duration>,
+    ) -> Result<Response, ClientError> {
+        let connection = self.connection(ticket.slot)?;
+        let timeout = timeout.unwrap_or(connection.options().read_timeout);
+        connection.wait_within(ticket.request_id, timeout)
+    }
+
+    /// The next response on any connection with requests in flight, in arrival order.
+    fn next_response(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<(ConnectionSlot, Response)>, ClientError> {
+        let busy: Vec<(ConnectionSlot, i32, bool)> = self
+            .open_connections()
+            .filter(|(_, c)| c.in_flight() > 0 || c.has_buffered_response())
+            .map(|(slot, c)| (slot, c.as_raw_fd(), c.has_buffered_response()))
+            .collect();
+        if let Some(&(slot, _, _)) = busy.iter().find(|(_, _, buffered)| *buffered) {
+            return Ok(Some((slot, self.connection(slot)?.recv()?)));
+        }
+        if busy.is_empty() {
+            return Ok(None);
+        }
+        let mut fds: Vec<libc::pollfd> = busy
+            .iter()
+            .map(|&(_, fd, _)| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let timeout_ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfd structs
+        // whose descriptors are owned by connections that outlive this call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if ready < 0 {
+            let source = std::io::Error::last_os_error();
+            if source.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(None);
+            }
+            return Err(ClientError::Io {
+                addr: self.bootstrap_addr.clone(),
+                source,
+            });
+        }
+        let Some(at) = fds.iter().position(|p| p.revents != 0) else {
+            return Ok(None);
+        };
+        let slot = busy[at].0;
+        Ok(Some((slot, self.connection(slot)?.recv()?)))
+    }
+
+    fn pull_timeout(&self, max_wait_ms: u32) -> Duration {
+        let long_poll = Duration::from_millis(u64::from(max_wait_ms)) + LONG_POLL_MARGIN;
+        long_poll.max(self.options.connection.read_timeout)
+    }
+
+    fn resolve_queue(
+        &mut self,
+        topic: &str,
+        queue: Option<u32>,
+        messages: &[MessageRef<'_>],
+    ) -> Result<u32, ClientError> {
+        if let Some(queue) = queue {
+            return Ok(queue);
+        }
+        if !self.topics.contains_key(topic) {
+            self.refresh_metadata()?;
+        }
+        let Some(info) = self.topics.get(topic) else {
+            // Unknown even after a refresh: let the broker pick, or say the topic is missing.
+            return Ok(ANY_QUEUE);
+        };
+        let key = messages.first().map(|m| m.key).unwrap_or_default();
+        if !key.is_empty() {
+            return queue_for_key(info, key).ok_or_else(|| no_queues(topic));
+        }
+        let count = info.queue_count();
+        if count == 0 {
+            return Err(no_queues(topic));
+        }
+        self.round_robin = self.round_robin.wrapping_add(1);
+        Ok(self.round_robin % count)
+    }
+}
+
+/// Runs `attempt`; when the broker does not know the topic or queue and the client had no
+/// metadata for it, refreshes metadata once (routing may change) and tries again.
+fn retry_unknown_topic<T>(
+    client: &mut Client,
+    known: bool,
+    mut attempt: impl FnMut(&mut Client) -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    match attempt(client) {
+        Err(e)
+            if !known
+                && matches!(
+                    e.status(),
+                    Some(Status::TopicNotFound | Status::QueueNotFound)
+                ) =>
+        {
+            client.refresh_metadata()?;
+            attempt(client)
+        }
+        result => result,
+    }
+}
+
+/// crc32c of the key modulo the queue count; `None` for a topic without queues.
+pub fn queue_for_key(info: &TopicInfo, key: &[u8]) -> Option<u32> {
+    let count = info.queue_count();
+    (count > 0).then(|| crc32c::crc32c(key) % count)
+}
+
+fn no_queues(topic: &str) -> ClientError {
+    ClientError::Status {
+        status: Status::QueueNotFound,
+        message: format!("topic `{topic}` has no queues"),
+    }
+}
+
+fn produce_result(
+    connection: &Connection,
+    response: Response,
+) -> Result<ProduceResult, ClientError> {
+    let (status, body) = response.into_result(connection.addr())?;
+    let response = connection.decode("produce response", &body, ProduceResponse::decode)?;
+    Ok(ProduceResult { status, response })
+}
+
+fn owned_pull(response: &PullResponse<'_>) -> (PullSummary, Vec<PulledMessage>) {
+    let messages = response.messages.iter().map(|m| m.to_owned()).collect();
+    (response.summary, messages)
+}
+
+fn opcode_body_name(opcode: Opcode) -> &'static str {
+    match opcode {
+        Opcode::Ping => "ping response",
+        Opcode::Metadata => "metadata",
+        Opcode::Produce => "produce response",
+        Opcode::Pull => "pull response",
+        Opcode::QueueStats => "queue stats",
+        Opcode::TopicCreate => "topic info",
+        Opcode::TopicDelete => "topic delete response",
+        Opcode::TopicList => "topic list",
+        Opcode::TopicDescribe => "topic description",
+        Opcode::GroupCommit => "group commit response",
+        Opcode::GroupFetch => "group offset",
+        Opcode::GroupDescribe => "group description",
+        Opcode::Stats => "stats",
+        Opcode::MetadataSnapshot => "metadata snapshot",
+        Opcode::ClusterStatus => "cluster status",
+        Opcode::ClusterPromote => "cluster status after promotion",
+        Opcode::ClusterDemote => "cluster status after demotion",
+    }
+}
+
+/// A decoder for JSON response bodies (stats, cluster status).
+fn decode_json<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+) -> impl Fn(&[u8]) -> Result<T, DecodeError> {
+    move |body| {
+        serde_json::from_slice(body).map_err(|_| DecodeError::Invalid {
+            field: what,
+            reason: "not a valid JSON document",
+        })
+    }
+}
+
+/// Names are `u16`-length-prefixed on the wire; longer ones cannot be encoded.
+fn check_name(what: &str, name: &str) -> Result<(), ClientError> {
+    if name.is_empty() || name.len() > u16::MAX as usize {
+        return Err(ClientError::InvalidArgument(format!(
+            "{what} name must be 1 to {} bytes, got {}",
+            u16::MAX,
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_messages(topic: &str, messages: &[MessageRef<'_>]) -> Result<(), ClientError> {
+    check_name("topic", topic)?;
+    if messages.is_empty() {
+        return Err(ClientError::InvalidArgument(
+            "a produce request needs at least one message".to_string(),
+        ));
+    }
+    for (index, m) in messages.iter().enumerate() {
+        if m.key.len() > u16::MAX as usize || m.properties.len() > u16::MAX as usize {
+            return Err(ClientError::InvalidArgument(format!(
+                "message {index}: key and properties must be at most {} bytes each",
+                u16::MAX
+            )));
+        }
+    }
+    Ok(())
+}

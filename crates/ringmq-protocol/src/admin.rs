@@ -1,0 +1,71 @@
+//! Admin documents that cross the wire as JSON bodies: what `ClusterStatus` and `Stats` return.
+//! They live here, not next to the broker code that fills them, so that the client reads them
+//! without depending on the broker.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The `ClusterStatus` body (JSON).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub broker_name: String,
+    pub role: String,
+    pub flush_disk_type: String,
+    pub shards: Vec<ShardStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShardStatus {
+    pub shard: usize,
+    pub role: String,
+    pub epoch: u32,
+    pub log_id: String,
+    pub max_offset: u64,
+    pub flushed_offset: u64,
+    /// What consumers of this shard can see.
+    pub confirmed_offset: u64,
+    pub divergence_points: Vec<u64>,
+    /// Master: one row per connected slave.
+    pub slaves: Vec<SlaveStatus>,
+    /// Slave: the link to the master.
+    pub master_link: Option<MasterLink>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SlaveStatus {
+    pub peer: String,
+    pub acked_offset: u64,
+    pub lag_bytes: u64,
+    /// How long the slave has been behind the master's end (0 when caught up).
+    pub lag_ms: u64,
+    pub connected_ms: u64,
+    pub last_report_ms_ago: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MasterLink {
+    pub master: String,
+    pub streaming: bool,
+    pub master_confirmed_offset: u64,
+}
+
+/// The body of a `Stats` response (JSON): probes merged across the shards listed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub shards: Vec<usize>,
+    pub counters: BTreeMap<String, u64>,
+    pub gauges: BTreeMap<String, u64>,
+    pub histograms: BTreeMap<String, HistogramSummary>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistogramSummary {
+    pub count: u64,
+    pub min: u64,
+    pub mean: f64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
