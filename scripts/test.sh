@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 FUZZ_SECONDS="${RINGMQ_FUZZ_SECONDS:-30}"
 # Seeds per shard simulation test, run optimised (docs/simulation.md).
-SIM_SEEDS="${RINGMQ_SIM_SEEDS:-1000}"
+SIM_SEEDS="${RINGMQ_SIM_SEEDS:-500}"
 suite_start=$(date +%s)
 
 stage() {

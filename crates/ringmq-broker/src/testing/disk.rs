@@ -469,7 +469,11 @@ impl SimDisk {
         }
     }
 
-    /// Flips one bit in a byte that some landed unsynced write changed relative to `durable`.
+    /// Flips one bit in a byte that some landed unsynced write changed relative to `durable`:
+    /// a seeded position in a seeded landed write, moved forward to the first byte there that
+    /// the write changed (none: no flip). The position does not depend on how many bytes
+    /// changed, so a replay whose records differ only in their wall-clock timestamps flips
+    /// the same record.
     fn flip_changed_bit(
         content: &mut [u8],
         durable: &[u8],
@@ -477,13 +481,12 @@ impl SimDisk {
         landed: &[(u64, &Vec<u8>)],
     ) {
         let (offset, bytes) = landed[rng.below(landed.len() as u64) as usize];
-        let changed: Vec<usize> = (0..bytes.len())
-            .map(|i| offset as usize + i)
-            .filter(|&at| at < content.len())
-            .filter(|&at| durable.get(at).copied().unwrap_or(0) != content[at])
-            .collect();
-        if let Some(&at) = changed.get(rng.below(changed.len() as u64) as usize) {
-            content[at] ^= 1 << rng.below(8);
+        let start = offset as usize + rng.below(bytes.len() as u64) as usize;
+        let end = (offset as usize + bytes.len()).min(content.len());
+        let bit = rng.below(8);
+        let changed = (start..end).find(|&at| durable.get(at).copied().unwrap_or(0) != content[at]);
+        if let Some(at) = changed {
+            content[at] ^= 1 << bit;
         }
     }
 

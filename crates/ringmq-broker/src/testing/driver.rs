@@ -10,11 +10,12 @@
 
 use super::clock::SimClock;
 use glommio::timer::Timer;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{LocalExecutor, LocalExecutorBuilder, Placement};
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,9 +25,12 @@ use std::time::Duration;
 const IDLE_PROBE: Duration = Duration::from_micros(1);
 
 /// How long an idle executor spins before parking in the kernel: longer than the probe, so
-/// that waiting for it never parks (a parked thread wakes with the kernel's timer slack, about
-/// 50 µs, which would dominate a run of many small steps).
+/// that waiting for it never parks (a parked thread takes about 50 µs to wake, which would
+/// dominate a run of many small steps). glommio spins only on an executor bound to a CPU.
 const SPIN_BEFORE_PARK: Duration = Duration::from_millis(1);
+
+/// Spreads simulation executors (one per test thread) over the CPUs they are bound to.
+static NEXT_CPU: AtomicUsize = AtomicUsize::new(0);
 
 /// glommio's preemption quantum for simulated runs: longer than any run, so glommio never
 /// interrupts a task queue on a wall-clock signal (which would make the order depend on speed).
@@ -62,6 +66,24 @@ impl Future for UntilIdle {
     }
 }
 
+/// A fresh executor bound to one of the CPUs (so that it spins rather than parks when idle),
+/// or an unbound one where binding is refused.
+fn simulation_executor() -> LocalExecutor {
+    let builder = |placement| {
+        LocalExecutorBuilder::new(placement)
+            .preempt_timer(NO_PREEMPTION)
+            .spin_before_park(SPIN_BEFORE_PARK)
+            .io_memory(64 * 1024)
+            .ring_depth(8)
+            .make()
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = NEXT_CPU.fetch_add(1, Ordering::Relaxed) % cpus;
+    builder(Placement::Fixed(cpu))
+        .or_else(|_| builder(Placement::Unbound))
+        .expect("a glommio executor for the simulation")
+}
+
 /// Why a run stopped without its root future finishing.
 #[derive(Debug)]
 pub enum Stuck {
@@ -83,13 +105,7 @@ where
     F: FnOnce() -> Fut + 'static,
     Fut: Future<Output = T> + 'static,
 {
-    let executor = LocalExecutorBuilder::new(Placement::Unbound)
-        .preempt_timer(NO_PREEMPTION)
-        .spin_before_park(SPIN_BEFORE_PARK)
-        .io_memory(64 * 1024)
-        .ring_depth(8)
-        .make()
-        .expect("a glommio executor for the simulation");
+    let executor = simulation_executor();
     let budget_ticks = super::clock::ticks_in(budget);
     let clock = clock.clone();
     executor.run(async move {
