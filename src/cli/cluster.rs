@@ -4,6 +4,7 @@
 use super::app::{describe, BrokerArgs, Format};
 use super::output::{emit, table};
 use crate::protocol::admin::ClusterStatus;
+use crate::protocol::message::{ClusterDemote, ClusterPromote, ClusterStatusRequest};
 use clap::{Args, Subcommand};
 
 #[derive(Args, Debug)]
@@ -35,9 +36,11 @@ pub enum ClusterCommand {
 pub fn run(args: ClusterArgs) -> Result<(), String> {
     let mut client = args.broker.connect()?;
     let status = match &args.command {
-        ClusterCommand::Status => client.cluster_status(),
-        ClusterCommand::Promote { role } => client.promote(Some(role)),
-        ClusterCommand::Demote { master } => client.demote(master),
+        ClusterCommand::Status => client.call(&ClusterStatusRequest {}),
+        ClusterCommand::Promote { role } => client.call(&ClusterPromote { role: role.clone() }),
+        ClusterCommand::Demote { master } => client.call(&ClusterDemote {
+            master: master.clone(),
+        }),
     }
     .map_err(|e| describe(&args.broker.broker, &e))?;
     match args.broker.format {

@@ -4,7 +4,7 @@
 //! [`Shard::change_role`], on every shard, at runtime.
 
 use crate::config::BrokerRole;
-use crate::protocol::message::Name;
+use crate::protocol::message::{ClusterDemote, ClusterPromote};
 use crate::shard::mesh::{Reply, ShardRequest};
 use crate::shard::role::{MasterMode, RoleTarget};
 use crate::shard::{Shard, ShardError};
@@ -82,19 +82,19 @@ pub async fn status<D: Disk>(shard: &Rc<Shard<D>>) -> Result<Reply, ShardError> 
 
 /// Promotes every shard; the body names the new role (empty: ASYNC_MASTER).
 pub async fn promote<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
-    let request = Name::decode(raw)?;
-    let mode = if request.name.is_empty() {
+    let request = ClusterPromote::decode(raw)?;
+    let mode = if request.role.is_empty() {
         MasterMode::Async
     } else {
         request
-            .name
+            .role
             .parse::<BrokerRole>()
             .ok()
             .and_then(MasterMode::of)
             .ok_or_else(|| {
                 ShardError::Refused(format!(
                     "promote to `{}`: the role must be SYNC_MASTER or ASYNC_MASTER",
-                    request.name
+                    request.role
                 ))
             })?
     };
@@ -111,11 +111,11 @@ pub async fn promote<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply,
 
 /// Demotes every shard to a slave of the master whose HA port the body names (`HOST:PORT`).
 pub async fn demote<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
-    let request = Name::decode(raw)?;
-    let master: SocketAddr = request.name.parse().map_err(|_| {
+    let request = ClusterDemote::decode(raw)?;
+    let master: SocketAddr = request.master.parse().map_err(|_| {
         ShardError::Refused(format!(
             "demote: `{}` is not the new master's HA address (an IP and a port)",
-            request.name
+            request.master
         ))
     })?;
     if !shard.is_master() {

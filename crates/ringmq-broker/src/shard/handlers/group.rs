@@ -3,7 +3,7 @@
 
 use super::{body, route, Route};
 use crate::protocol::message::{
-    GroupCommit, GroupDescription, GroupFetch, GroupOffset, GroupQueueLag, Name,
+    GroupCommit, GroupDescribe, GroupDescription, GroupFetch, GroupOffset, GroupQueueLag,
 };
 use crate::protocol::Opcode;
 use crate::shard::mesh::{Reply, ShardRequest};
@@ -50,18 +50,18 @@ pub async fn fetch<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, S
 }
 
 pub async fn describe<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
-    let request = Name::decode(raw)?;
-    let mut queues = local_offsets(shard, &request.name);
+    let request = GroupDescribe::decode(raw)?;
+    let mut queues = local_offsets(shard, &request.group);
     let others = shard
         .ask_others(|reply| ShardRequest::GroupOffsets {
-            group: request.name.clone(),
+            group: request.group.clone(),
             reply,
         })
         .await?;
     queues.extend(others.into_iter().flatten());
     queues.sort_by(|a, b| (&a.topic, a.queue).cmp(&(&b.topic, b.queue)));
     let description = GroupDescription {
-        group: request.name,
+        group: request.group,
         queues,
     };
     Ok(Reply::ok(body(|out| description.encode(out))))

@@ -10,7 +10,9 @@ pub(crate) mod topic;
 
 use super::mesh::{Reply, ShardRequest};
 use super::{Shard, ShardError};
-use crate::protocol::Opcode;
+use crate::protocol::message::*;
+use crate::protocol::requests::for_each_request;
+use crate::protocol::{Opcode, Request};
 use crate::store::io::Disk;
 use std::rc::Rc;
 
@@ -30,25 +32,64 @@ async fn dispatch<D: Disk>(
     if shard.lifecycle().is_stopping() && opcode == Opcode::Produce {
         return Err(ShardError::ShuttingDown);
     }
-    match opcode {
-        Opcode::Ping => Ok(Reply::ok(Vec::new())),
-        Opcode::Metadata => Ok(metadata::handle(shard)),
-        Opcode::Produce => produce::handle(shard, body).await,
-        Opcode::Pull => pull::handle(shard, body).await,
-        Opcode::QueueStats => topic::queue_stats(shard, body).await,
-        Opcode::TopicCreate => topic::create(shard, body).await,
-        Opcode::TopicDelete => topic::delete(shard, body).await,
-        Opcode::TopicList => Ok(topic::list(shard)),
-        Opcode::TopicDescribe => topic::describe(shard, body).await,
-        Opcode::GroupCommit => group::commit(shard, body).await,
-        Opcode::GroupFetch => group::fetch(shard, body).await,
-        Opcode::GroupDescribe => group::describe(shard, body).await,
-        Opcode::Stats => stats(shard).await,
-        Opcode::MetadataSnapshot => metadata::snapshot(shard).await,
-        Opcode::ClusterStatus => cluster::status(shard).await,
-        Opcode::ClusterPromote => cluster::promote(shard, body).await,
-        Opcode::ClusterDemote => cluster::demote(shard, body).await,
-    }
+    for_each_request!(dispatch_arms, shard, opcode, body)
+}
+
+/// The handler of one request type (a row of `protocol::requests::for_each_request!`). The
+/// dispatch above is expanded from that table, so a declared request without a `Handler`
+/// impl does not compile. Handlers take the raw body and decode it with their request type
+/// themselves: several forward the body to another shard as it came, or refuse the request
+/// (on a slave) before decoding it.
+trait Handler: Request {
+    async fn run<D: Disk>(shard: &Rc<Shard<D>>, body: &[u8]) -> Result<Reply, ShardError>;
+}
+
+/// One match arm per declared request; the match is over `Opcode`, declared by the same
+/// table, so it is exhaustive by construction.
+macro_rules! dispatch_arms {
+    (($shard:expr, $opcode:expr, $body:expr)
+        $( $op:ident = $value:literal => $wire:literal : $req:ty => $resp:ty, $what:literal
+           { $($extra:tt)* }; )+
+    ) => {
+        match $opcode {
+            $( Opcode::$op => <$req as Handler>::run($shard, $body).await, )+
+        }
+    };
+}
+use dispatch_arms;
+
+/// Declares `Handler` impls: `RequestType => |shard, body| handler call`.
+macro_rules! handlers {
+    ($( $req:ty => |$shard:ident, $body:pat_param| $run:expr; )+) => {$(
+        impl Handler for $req {
+            async fn run<D: Disk>(
+                $shard: &Rc<Shard<D>>,
+                $body: &[u8],
+            ) -> Result<Reply, ShardError> {
+                $run
+            }
+        }
+    )+};
+}
+
+handlers! {
+    Ping => |_shard, _| Ok(Reply::ok(Vec::new()));
+    MetadataRequest => |shard, _| Ok(metadata::handle(shard));
+    ProduceRequest<'_> => |shard, body| produce::handle(shard, body).await;
+    PullRequest => |shard, body| pull::handle(shard, body).await;
+    QueueRef => |shard, body| topic::queue_stats(shard, body).await;
+    TopicCreate => |shard, body| topic::create(shard, body).await;
+    TopicDelete => |shard, body| topic::delete(shard, body).await;
+    TopicListRequest => |shard, _| Ok(topic::list(shard));
+    TopicDescribe => |shard, body| topic::describe(shard, body).await;
+    GroupCommit => |shard, body| group::commit(shard, body).await;
+    GroupFetch => |shard, body| group::fetch(shard, body).await;
+    GroupDescribe => |shard, body| group::describe(shard, body).await;
+    StatsRequest => |shard, _| stats(shard).await;
+    MetadataSnapshotRequest => |shard, _| metadata::snapshot(shard).await;
+    ClusterStatusRequest => |shard, _| cluster::status(shard).await;
+    ClusterPromote => |shard, body| cluster::promote(shard, body).await;
+    ClusterDemote => |shard, body| cluster::demote(shard, body).await;
 }
 
 /// Runs a request that another shard sent over the mesh.

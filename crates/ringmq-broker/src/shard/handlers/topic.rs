@@ -4,7 +4,7 @@
 use super::{body, route, Route};
 use crate::protocol::codec::DecodeError;
 use crate::protocol::message::{
-    Name, QueueRef, QueueStats, TopicCreate, TopicDescription, TopicList,
+    QueueRef, QueueStats, TopicCreate, TopicDelete, TopicDescribe, TopicDescription, TopicList,
 };
 use crate::protocol::{Opcode, Status};
 use crate::shard::mesh::{Reply, ShardRequest};
@@ -91,7 +91,7 @@ pub async fn delete<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, 
         shard,
         Opcode::TopicDelete,
         raw,
-        Name::decode,
+        TopicDelete::decode,
         |current, request| {
             if !current.topics.contains_key(&request.name) {
                 return Err(ShardError::TopicNotFound(request.name.clone()));
@@ -136,7 +136,7 @@ pub fn list<D: Disk>(shard: &Shard<D>) -> Reply {
 }
 
 pub async fn describe<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
-    let request = Name::decode(raw)?;
+    let request = TopicDescribe::decode(raw)?;
     let entry = shard
         .topic(&request.name)
         .ok_or_else(|| ShardError::TopicNotFound(request.name.clone()))?;
