@@ -5,8 +5,8 @@
 use divan::{black_box, Bencher};
 use futures_lite::future::block_on;
 use ringmq::store::record::RecordInput;
-use ringmq::store::sim::SimDisk;
 use ringmq::store::{AppendError, QueueKey, ShardStore, StoreConfig};
+use ringmq::testing::SimDisk;
 use std::path::PathBuf;
 
 const BODY_BYTES: usize = 1024;

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The whole test suite, in stages, each timed: formatting and lints, build, unit and simulated-
-# disk tests, end-to-end tests, crash and limit tests against the real binary, and a bounded
-# coverage-guided fuzzing run of every decoder. `.ci/run` runs exactly this.
+# The whole test suite, in stages, each timed: formatting and lints, build, unit, simulated-
+# disk and whole-shard simulation tests, end-to-end tests, crash and limit tests against the
+# real binary, and a bounded coverage-guided fuzzing run of every decoder. `.ci/run` runs
+# exactly this.
 #
-# Every file in tests/ runs in exactly one stage: the crash-and-limits stage names its files,
-# and every other test file runs in the end-to-end stage.
+# Every file in tests/ runs in exactly one stage: the unit stage and the crash-and-limits stage
+# name their files, and every other test file runs in the end-to-end stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FUZZ_SECONDS="${RINGMQ_FUZZ_SECONDS:-30}"
+# Seeds per shard simulation test, run optimised (docs/simulation.md).
+SIM_SEEDS="${RINGMQ_SIM_SEEDS:-500}"
 suite_start=$(date +%s)
 
 stage() {
@@ -25,7 +28,7 @@ crash_and_limits=(crash replication disk_full fail_stop limits ports)
 end_to_end=()
 for file in tests/*.rs; do
   name=$(basename "$file" .rs)
-  case " ${crash_and_limits[*]} store_sim store_glommio fuzz_regressions " in
+  case " ${crash_and_limits[*]} store_sim store_glommio fuzz_regressions shard_sim " in
     *" $name "*) ;;
     *) end_to_end+=("$name") ;;
   esac
@@ -42,7 +45,13 @@ stage "format" cargo fmt --all -- --check
 stage "clippy" cargo clippy --workspace --all-targets -- -D warnings
 stage "build" cargo test --workspace --all-targets --no-run
 mapfile -t unit < <(test_args store_sim store_glommio fuzz_regressions)
-stage "unit, property and simulation" cargo test --workspace --lib --bins --benches --examples "${unit[@]}"
+unit_and_simulation() {
+  cargo test --workspace --lib --bins --benches --examples "${unit[@]}"
+  # The whole shard on the simulated disk and clock, thousands of seeds: optimised, so it
+  # builds the release profile (about 10 minutes cold on 2 cores, seconds warm).
+  RINGMQ_SIM_SEEDS="$SIM_SEEDS" cargo test --release --test shard_sim
+}
+stage "unit, property and simulation (${SIM_SEEDS} shard seeds per mode)" unit_and_simulation
 mapfile -t e2e < <(test_args "${end_to_end[@]}")
 stage "end to end" cargo test "${e2e[@]}"
 mapfile -t crash < <(test_args "${crash_and_limits[@]}")

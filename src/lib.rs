@@ -10,6 +10,8 @@
 
 pub mod bench;
 pub mod cli;
+/// The fuzz targets' bodies run the store on the simulated disk, so they come with it.
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod fuzzing;
 

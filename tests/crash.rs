@@ -16,7 +16,7 @@
 
 mod common;
 
-use ringmq::store::sim::SeededRng;
+use ringmq::testing::SeededRng;
 
 use common::{temp_store, Broker, Recovery, Sizes};
 use ringmq::client::Client;

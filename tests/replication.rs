@@ -10,7 +10,7 @@ use ringmq::protocol::message::{
     ClusterDemote, ClusterPromote, ClusterStatusRequest, GroupCommit, GroupFetch, StatsRequest,
     TopicListRequest,
 };
-use ringmq::store::sim::SeededRng;
+use ringmq::testing::SeededRng;
 
 use common::{temp_store, wait_until, Broker, PortBlock, Sizes};
 use ringmq::client::{Client, ClientOptions, ClusterStatus, FailoverClient};

@@ -12,8 +12,8 @@ use crate::replication::replicas::Replicas;
 use crate::replication::ReplicationError;
 use crate::shard::groups::OffsetRow;
 use crate::shard::topics::TopicTable;
-use crate::store::sim::SimDisk;
 use crate::store::ShardStore;
+use crate::testing::disk::SimDisk;
 use futures_lite::future::block_on;
 use std::hint::black_box;
 

@@ -16,6 +16,9 @@ pub mod replication;
 pub mod server;
 pub mod shard;
 pub mod store;
+/// The simulator (disk, clock, driver): test builds only, see the module's doc.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 /// The wire protocol, under the name the modules here use for it.
 use ringmq_protocol as protocol;

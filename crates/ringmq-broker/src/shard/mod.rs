@@ -608,7 +608,7 @@ mod tests {
         MessageRef, ProduceRequest, PullRequest, PullResponse, TopicCreate,
     };
     use crate::protocol::Status;
-    use crate::store::sim::SimDisk;
+    use crate::testing::disk::SimDisk;
 
     fn config() -> BrokerConfig {
         BrokerConfig {

@@ -829,6 +829,12 @@ impl<D: Disk> CommitLog<D> {
         file.fdatasync()
             .await
             .map_err(|e| StoreError::io(context(), e))?;
+        // The segment's name must survive a crash before any record is acknowledged in it:
+        // otherwise recovery would not find the file at all.
+        self.disk
+            .sync_dir(dir)
+            .await
+            .map_err(|e| StoreError::io(context(), e))?;
         Ok(file)
     }
 

@@ -180,7 +180,7 @@ pub async fn write_from<D: Disk>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sim::SimDisk;
+    use crate::testing::disk::SimDisk;
     use futures_lite::future::block_on;
 
     fn entry(i: u64) -> CqEntry {
@@ -195,6 +195,11 @@ mod tests {
     fn incremental_writes_across_blocks_round_trip() {
         let disk = SimDisk::new();
         let path = Path::new("/s/consumequeue/1/0");
+        block_on(crate::store::io::Disk::create_dir_all(
+            &disk,
+            path.parent().unwrap(),
+        ))
+        .unwrap();
         let all: Vec<CqEntry> = (0..700).map(entry).collect();
         let mut persisted = 0;
         for n in [1usize, 5, 204, 205, 410, 700] {

@@ -114,15 +114,10 @@ fn device_max_io_bytes(major: u32, minor: u32) -> usize {
 impl Disk for GlommioDisk {
     type File = GlommioFile;
 
-    /// Opens with O_DIRECT, read and write. A newly created file's directory entry is made
-    /// durable (fsync of the parent) before returning, so a later fdatasync of the file is
-    /// enough to keep both.
+    /// Opens with O_DIRECT, read and write. A newly created file's directory entry is not
+    /// synced here: the caller syncs the directory ([`Disk::sync_dir`]) once it needs the file
+    /// to survive a crash.
     async fn open(&self, path: &Path, create: bool) -> io::Result<GlommioFile> {
-        let existed = if create {
-            self.exists(path).await?
-        } else {
-            true
-        };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -130,10 +125,6 @@ impl Disk for GlommioDisk {
             .dma_open(path)
             .await
             .map_err(io::Error::from)?;
-        if !existed {
-            let parent = parent_of(path);
-            blocking(move || sync_dir(&parent)).await?;
-        }
         let (major, minor) = (file.dev_major(), file.dev_minor());
         let max_io_bytes = blocking(move || Ok(device_max_io_bytes(major, minor))).await?;
         Ok(GlommioFile {
@@ -153,11 +144,21 @@ impl Disk for GlommioDisk {
         .await
     }
 
+    /// Syncs the parent of every directory it creates, not only the last one's: a crash
+    /// must not lose `a/` after `a/b/` was reported created.
     async fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         let path = path.to_path_buf();
         blocking(move || {
+            let missing: Vec<PathBuf> = path
+                .ancestors()
+                .take_while(|dir| !dir.as_os_str().is_empty() && !dir.exists())
+                .map(Path::to_path_buf)
+                .collect();
             fs::create_dir_all(&path)?;
-            sync_dir(&parent_of(&path))
+            for dir in missing.iter().rev() {
+                sync_dir(&parent_of(dir))?;
+            }
+            Ok(())
         })
         .await
     }
@@ -215,6 +216,11 @@ impl Disk for GlommioDisk {
             Ok(stats.f_bavail * stats.f_frsize)
         })
         .await
+    }
+
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let dir = dir.to_path_buf();
+        blocking(move || sync_dir(&dir)).await
     }
 
     async fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {

@@ -1,7 +1,12 @@
 //! The storage I/O seam. Every byte the store reads or writes goes through [`Disk`] and
 //! [`DiskFile`], implemented by [`crate::store::glommio_disk::GlommioDisk`] (O_DIRECT through the
-//! shard's io_uring rings) and by [`crate::store::sim::SimDisk`] (in memory, loses unsynced
-//! writes, tears the last write and flips bits on a simulated crash, driven by a seed).
+//! shard's io_uring rings) and, in tests, by `crate::testing::disk::SimDisk` (in memory, with
+//! seeded latencies and faults; loses unsynced writes and directory entries, tears the last
+//! write and flips bits on a simulated crash).
+//!
+//! Durability of the namespace: a file created by [`Disk::open`] may vanish in a crash until
+//! [`Disk::sync_dir`] of its directory completes; every other namespace operation
+//! (`create_dir_all`, `remove`, `remove_dir_all`, `write_atomic`) is durable once it returns.
 //!
 //! The traits use `async fn` without `Send` bounds on purpose: a shard's futures never leave
 //! its core.
@@ -16,9 +21,14 @@ pub const BLOCK_BYTES: usize = 4096;
 pub trait Disk: Clone + 'static {
     type File: DiskFile;
 
-    /// Opens a data file for O_DIRECT reads and writes, creating it (empty) if `create`.
+    /// Opens a data file for O_DIRECT reads and writes, creating it (empty) if `create`. A
+    /// created file's directory entry is durable only after [`Disk::sync_dir`] of its directory:
+    /// a caller creating several files syncs the directory once.
     async fn open(&self, path: &Path, create: bool) -> io::Result<Self::File>;
+    /// Unlinks a file, durably.
     async fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Creates a directory and any missing parents, durably (each new one is synced into its
+    /// parent).
     async fn create_dir_all(&self, path: &Path) -> io::Result<()>;
     /// Removes a directory and everything in it; succeeds if it does not exist.
     async fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
@@ -32,6 +42,8 @@ pub trait Disk: Clone + 'static {
     async fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
     /// Bytes an unprivileged writer may still allocate on the file system holding `dir`.
     async fn available_bytes(&self, dir: &Path) -> io::Result<u64>;
+    /// Makes the entries of files created in `dir` so far durable (fsync of the directory).
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }
 
 // `len` is the file size in bytes, not a collection length; an `is_empty` would mean nothing.

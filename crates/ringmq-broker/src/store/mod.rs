@@ -15,7 +15,6 @@ pub mod glommio_disk;
 pub mod io;
 pub mod lock;
 pub mod record;
-pub mod sim;
 
 use std::path::PathBuf;
 use std::time::Duration;
