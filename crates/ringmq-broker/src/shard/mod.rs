@@ -214,6 +214,9 @@ impl<D: Disk> Shard<D> {
     /// cannot hold the stop forever), end the background tasks, final flush and checkpoint.
     pub async fn stop(self: &Rc<Self>, background: BackgroundTasks) -> Result<(), ShardError> {
         self.lifecycle.begin_stop();
+        // The slave link appends and truncates: it ends before the flusher does, so nothing
+        // lands after the final flush and no truncation races the store's close.
+        self.stop_slave_link().await;
         self.visibility.wake_all();
         self.flushing.request();
         let bound = Duration::from_millis(
@@ -393,9 +396,10 @@ impl<D: Disk> Shard<D> {
         future::or(any, self.clock.sleep(timeout)).await;
     }
 
-    /// Slave: the master says everything before `offset` is confirmed there.
-    pub fn set_master_confirmed(&self, offset: u64) {
-        if self.role.set_master_confirmed(offset) {
+    /// Slave: the master `link` follows says everything before `offset` is confirmed there
+    /// (ignored unless `link` is the current link).
+    pub fn set_master_confirmed(&self, link: &SlaveLink, offset: u64) {
+        if self.role.set_master_confirmed(link, offset) {
             self.publish_confirmed();
         }
     }
@@ -433,6 +437,8 @@ impl<D: Disk> Shard<D> {
         self.publish_confirmed();
         let mut identity = self.role.identity();
         identity.divergence_points.push(offset);
+        // Nothing past the cut was acknowledged in the term this log now follows.
+        identity.replicated_offset = identity.replicated_offset.min(offset);
         if let Err(e) = identity.save(&self.disk, &self.dir).await {
             tracing::warn!(shard = self.id, "recording the divergence point: {e}");
         }
@@ -551,16 +557,26 @@ impl<D: Disk> Shard<D> {
 
     /// Swaps in a new topic table: registers queues this shard now owns and drops the topics
     /// that are gone.
+    ///
+    /// A topic whose files could not be removed is still dropped from the table (the table
+    /// was already published; a leftover queue of an unknown topic id is never read again) and
+    /// the first error is returned after the table is swapped and parked pulls are woken, so
+    /// this shard never keeps serving a table the others no longer have.
     pub async fn apply_topics(&self, table: Arc<TopicTable>) -> Result<(), ShardError> {
         let old = self.topic_table();
+        let mut first_error = None;
         for (name, entry) in &old.topics {
             let kept = table
                 .topics
                 .get(name)
                 .is_some_and(|e| e.topic_id == entry.topic_id);
             if !kept {
-                self.store.remove_topic(entry.topic_id).await?;
-                self.metadata.groups().forget_topic(name).await?;
+                if let Err(e) = self.store.remove_topic(entry.topic_id).await {
+                    first_error.get_or_insert(ShardError::from(e));
+                }
+                if let Err(e) = self.metadata.groups().forget_topic(name).await {
+                    first_error.get_or_insert(ShardError::from(e));
+                }
             }
         }
         let known: std::collections::HashSet<QueueKey> =
@@ -573,7 +589,7 @@ impl<D: Disk> Shard<D> {
         self.metadata.set_table(table);
         // A pull parked on a dropped queue answers QUEUE_NOT_FOUND now, not at its timeout.
         self.visibility.wake_all();
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 

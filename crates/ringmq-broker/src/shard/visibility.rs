@@ -18,7 +18,7 @@
 
 use crate::store::QueueKey;
 use futures_channel::oneshot;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
 /// Where a parked pull waits.
@@ -32,8 +32,6 @@ pub enum WaitFor {
 
 #[derive(Default)]
 pub struct Visibility {
-    /// The highest confirmed offset this stage was told of; wakes are relative to it.
-    confirmed: Cell<u64>,
     /// Pulls waiting for their queue's next append.
     by_queue: RefCell<HashMap<QueueKey, Vec<oneshot::Sender<()>>>>,
     /// Pulls waiting for the confirmed offset to reach a commitlog offset.
@@ -49,13 +47,15 @@ fn push_live(list: &mut Vec<oneshot::Sender<()>>, waiter: oneshot::Sender<()>) {
 
 impl Visibility {
     /// Parks a pull. The returned receiver fires when what it waits for may have happened.
-    pub fn wait(&self, what: WaitFor) -> oneshot::Receiver<()> {
+    /// `confirmed_now` is the shard's live confirmed offset (the cached one may be ahead of it
+    /// after a cut or a role change, and a pull woken at once against it would spin).
+    pub fn wait(&self, what: WaitFor, confirmed_now: u64) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
         match what {
             WaitFor::Append(key) => {
                 push_live(self.by_queue.borrow_mut().entry(key).or_default(), tx);
             }
-            WaitFor::Confirmed(end) if end <= self.confirmed.get() => {
+            WaitFor::Confirmed(end) if end <= confirmed_now => {
                 let _ = tx.send(());
             }
             WaitFor::Confirmed(end) => {
@@ -81,8 +81,11 @@ impl Visibility {
     /// The confirmed offset is now `offset`: wakes every pull whose record it covers. A lower
     /// offset than before (a log cut back, a new master confirming less) wakes nobody.
     pub fn confirmed(&self, offset: u64) {
-        self.confirmed.set(offset);
         let mut by_end = self.by_end.borrow_mut();
+        // Most publishes cover nobody: no split (and no allocation) then.
+        if by_end.keys().next().is_none_or(|first| *first > offset) {
+            return;
+        }
         let still_waiting = by_end.split_off(&offset.saturating_add(1));
         let covered = std::mem::replace(&mut *by_end, still_waiting);
         drop(by_end);
@@ -122,7 +125,7 @@ mod tests {
     #[test]
     fn an_append_wakes_only_its_own_queue_once_confirmed() {
         let v = Visibility::default();
-        let mut parked: Vec<_> = (0..1000).map(|q| v.wait(WaitFor::Append(key(q)))).collect();
+        let mut parked: Vec<_> = (0..1000).map(|q| v.wait(WaitFor::Append(key(q)), 0)).collect();
         v.appended(key(7), 500);
         assert!(parked.iter_mut().all(|rx| rx.try_recv().unwrap().is_none()));
         v.confirmed(499);
@@ -141,9 +144,15 @@ mod tests {
     fn a_held_but_unconfirmed_record_wakes_when_confirmed() {
         let v = Visibility::default();
         v.confirmed(100);
-        let mut already = v.wait(WaitFor::Confirmed(100));
+        let mut already = v.wait(WaitFor::Confirmed(100), 100);
         assert_eq!(already.try_recv().unwrap(), Some(()));
-        let mut later = v.wait(WaitFor::Confirmed(300));
+        // A log cut back below what was published: the live offset decides, not the last
+        // publish, so the pull parks instead of waking at once (and looping).
+        let mut cut = v.wait(WaitFor::Confirmed(100), 50);
+        assert_eq!(cut.try_recv().unwrap(), None);
+        v.confirmed(100);
+        assert_eq!(cut.try_recv().unwrap(), Some(()));
+        let mut later = v.wait(WaitFor::Confirmed(300), 100);
         v.confirmed(200);
         assert_eq!(later.try_recv().unwrap(), None);
         v.confirmed(300);
@@ -154,11 +163,11 @@ mod tests {
     fn timed_out_pulls_do_not_accumulate_and_wake_all_reaches_everyone() {
         let v = Visibility::default();
         for _ in 0..100 {
-            drop(v.wait(WaitFor::Append(key(1))));
+            drop(v.wait(WaitFor::Append(key(1)), 0));
         }
-        let mut a = v.wait(WaitFor::Append(key(1)));
+        let mut a = v.wait(WaitFor::Append(key(1)), 0);
         assert_eq!(v.parked(), 1, "dropped waiters were pruned");
-        let mut b = v.wait(WaitFor::Confirmed(10_000));
+        let mut b = v.wait(WaitFor::Confirmed(10_000), 0);
         v.wake_all();
         assert_eq!(a.try_recv().unwrap(), Some(()));
         assert_eq!(b.try_recv().unwrap(), Some(()));
