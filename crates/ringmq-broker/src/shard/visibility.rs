@@ -18,7 +18,7 @@
 
 use crate::store::QueueKey;
 use futures_channel::oneshot;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 
 /// Where a parked pull waits.
@@ -36,6 +36,9 @@ pub struct Visibility {
     by_queue: RefCell<HashMap<QueueKey, Vec<oneshot::Sender<()>>>>,
     /// Pulls waiting for the confirmed offset to reach a commitlog offset.
     by_end: RefCell<BTreeMap<u64, Vec<oneshot::Sender<()>>>>,
+    /// Parked pulls woken so far (each then looks again): lets a test tell a wake-up that
+    /// was due from one that was not.
+    woken: Cell<u64>,
 }
 
 /// Parked senders whose pull timed out (receiver dropped) are dropped whenever their list is
@@ -55,9 +58,7 @@ impl Visibility {
             WaitFor::Append(key) => {
                 push_live(self.by_queue.borrow_mut().entry(key).or_default(), tx);
             }
-            WaitFor::Confirmed(end) if end <= confirmed_now => {
-                let _ = tx.send(());
-            }
+            WaitFor::Confirmed(end) if end <= confirmed_now => self.wake(tx),
             WaitFor::Confirmed(end) => {
                 push_live(self.by_end.borrow_mut().entry(end).or_default(), tx);
             }
@@ -90,7 +91,7 @@ impl Visibility {
         let covered = std::mem::replace(&mut *by_end, still_waiting);
         drop(by_end);
         for tx in covered.into_values().flatten() {
-            let _ = tx.send(());
+            self.wake(tx);
         }
     }
 
@@ -103,8 +104,19 @@ impl Visibility {
             .flat_map(|(_, l)| l)
             .chain(ended.into_values().flatten())
         {
-            let _ = tx.send(());
+            self.wake(tx);
         }
+    }
+
+    fn wake(&self, tx: oneshot::Sender<()>) {
+        if tx.send(()).is_ok() {
+            self.woken.set(self.woken.get() + 1);
+        }
+    }
+
+    /// Parked pulls woken since the shard started (a pull that timed out first not counted).
+    pub fn woken(&self) -> u64 {
+        self.woken.get()
     }
 
     /// Pulls parked right now (timed-out ones not yet dropped included).
