@@ -215,8 +215,10 @@ impl<D: Disk> Shard<D> {
     pub async fn stop(self: &Rc<Self>, background: BackgroundTasks) -> Result<(), ShardError> {
         self.lifecycle.begin_stop();
         // The slave link appends and truncates: it ends before the flusher does, so nothing
-        // lands after the final flush and no truncation races the store's close.
+        // lands after the final flush and no truncation races the store's close. A truncation
+        // it had begun runs to its end under the store gate: taking the gate waits for it.
         self.stop_slave_link().await;
+        drop(self.flushing.lock_store().await);
         self.visibility.wake_all();
         self.flushing.request();
         let bound = Duration::from_millis(
@@ -575,7 +577,7 @@ impl<D: Disk> Shard<D> {
                     first_error.get_or_insert(ShardError::from(e));
                 }
                 if let Err(e) = self.metadata.groups().forget_topic(name).await {
-                    first_error.get_or_insert(ShardError::from(e));
+                    first_error.get_or_insert(e);
                 }
             }
         }
@@ -839,7 +841,11 @@ mod tests {
             assert!(failed.is_err(), "the role file write was failed");
             assert_eq!(shard.role(), BrokerRole::SyncMaster);
             assert!(Rc::ptr_eq(&shard.replicas().unwrap(), &replicas));
-            assert_eq!(replicas.completions.pending(), 1, "the producer still waits");
+            assert_eq!(
+                replicas.completions.pending(),
+                1,
+                "the producer still waits"
+            );
             let end = shard.store().max_offset();
             replicas.report(slave, end, end).unwrap();
             assert_eq!(waiting.await.status, Status::Ok);
@@ -888,17 +894,28 @@ mod tests {
             }
             .encode(&mut demote);
             let answer = handlers::handle(&shard, Opcode::ClusterDemote, &demote).await;
-            assert_eq!(answer.status, Status::Ok, "{:?}", String::from_utf8_lossy(&answer.body));
+            assert_eq!(
+                answer.status,
+                Status::Ok,
+                "{:?}",
+                String::from_utf8_lossy(&answer.body)
+            );
             assert_eq!(shard.role(), BrokerRole::Slave);
             let second = shard.role_state().slave_link().unwrap();
             assert_eq!(second.master(), Some(new));
-            assert!(!shard.role_state().is_current(&first), "the old link is stopped");
+            assert!(
+                !shard.role_state().is_current(&first),
+                "the old link is stopped"
+            );
             assert!(shard.role_state().is_current(&second));
             assert_eq!(shard.role_state().identity().master_addr, Some(new));
 
             let started = std::time::Instant::now();
             shard.stop(background).await.unwrap();
-            assert!(!shard.role_state().is_current(&second), "the stop ended the link");
+            assert!(
+                !shard.role_state().is_current(&second),
+                "the stop ended the link"
+            );
             assert!(started.elapsed() < std::time::Duration::from_secs(5));
         });
     }
@@ -936,7 +953,9 @@ mod tests {
                 .await
                 .unwrap();
             shard.truncated(end / 2).await;
-            let saved = LogIdentity::load_or_create(&disk, shard.dir()).await.unwrap();
+            let saved = LogIdentity::load_or_create(&disk, shard.dir())
+                .await
+                .unwrap();
             assert_eq!(saved.replicated_offset, end / 2);
 
             shard
@@ -944,7 +963,9 @@ mod tests {
                 .await
                 .unwrap();
             // This slave heard nothing confirmed from its master: the new term starts at 0.
-            let saved = LogIdentity::load_or_create(&disk, shard.dir()).await.unwrap();
+            let saved = LogIdentity::load_or_create(&disk, shard.dir())
+                .await
+                .unwrap();
             assert_eq!(saved.replicated_offset, 0);
             shard.stop(background).await.unwrap();
         });

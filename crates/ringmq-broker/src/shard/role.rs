@@ -3,8 +3,10 @@
 //!
 //! [`Shard::change_role`] is the only place the role changes: at runtime, on `cluster
 //! promote` (slave to master) and `cluster demote` (master to slave of a given master), with no
-//! restart. Its events, each notified only here: `changed` (the role changed: the slave link
-//! stops, shippers re-check) and `links` (a replication link closed,
+//! restart (and `cluster demote` on a slave, to follow another master). The role stage also
+//! holds the slave link's task, so a transition and a stop can end it and wait for it. Its
+//! events, each notified only here: `changed` (the role changed or the link is being stopped:
+//! the slave link stops, shippers re-check) and `links` (a replication link closed,
 //! came up or reported: wakes shippers and reporters).
 
 use super::completion::Event;
@@ -378,7 +380,10 @@ impl<D: Disk> Shard<D> {
     pub fn start_slave_link(self: &Rc<Self>, link: Rc<SlaveLink>) {
         let task = glommio::spawn_local(crate::replication::slave::run(self.clone(), link));
         let previous = self.role_state().link_task.replace(Some(task.detach()));
-        debug_assert!(previous.is_none(), "a slave link started over a running one");
+        debug_assert!(
+            previous.is_none(),
+            "a slave link started over a running one"
+        );
     }
 
     /// After a failed transition: the stopped `link` is replaced by a fresh one to the same

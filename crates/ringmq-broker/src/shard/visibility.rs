@@ -137,7 +137,9 @@ mod tests {
     #[test]
     fn an_append_wakes_only_its_own_queue_once_confirmed() {
         let v = Visibility::default();
-        let mut parked: Vec<_> = (0..1000).map(|q| v.wait(WaitFor::Append(key(q)), 0)).collect();
+        let mut parked: Vec<_> = (0..1000)
+            .map(|q| v.wait(WaitFor::Append(key(q)), 0))
+            .collect();
         v.appended(key(7), 500);
         assert!(parked.iter_mut().all(|rx| rx.try_recv().unwrap().is_none()));
         v.confirmed(499);

@@ -1,7 +1,7 @@
 //! Cluster commands: `ClusterStatus` (role, offsets and links of every shard),
 //! `ClusterPromote` (turn a slave into the master of its group) and `ClusterDemote` (turn a
-//! master into a slave of another master). Both role commands run the one role transition,
-//! [`Shard::change_role`], on every shard, at runtime.
+//! master into a slave of another master, or re-point a slave to another master). Both role
+//! commands run the one role transition, [`Shard::change_role`], on every shard, at runtime.
 
 use crate::config::BrokerRole;
 use crate::protocol::message::{ClusterDemote, ClusterPromote};
@@ -109,7 +109,8 @@ pub async fn promote<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply,
     status(shard).await
 }
 
-/// Demotes every shard to a slave of the master whose HA port the body names (`HOST:PORT`).
+/// Demotes every shard to a slave of the master whose HA port the body names (`HOST:PORT`);
+/// on a slave, re-points every shard to that master.
 pub async fn demote<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
     let request = ClusterDemote::decode(raw)?;
     let master: SocketAddr = request.master.parse().map_err(|_| {
