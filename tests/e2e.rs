@@ -584,3 +584,88 @@ fn a_second_broker_on_the_same_store_exits_naming_the_store_and_the_holder() {
         .create_topic("after-lock", 1)
         .expect("broker serves after restart");
 }
+
+/// Group names are checked before anything is read: the client refuses an empty one without
+/// sending it, and the broker refuses a bad one with `INVALID_NAME` in fetch and describe as it
+/// does in commit (for clients that skip the check), so `consume --group ""` prints nothing
+/// and `group describe ""` fails.
+#[test]
+fn bad_group_names_are_refused_before_anything_is_read() {
+    use ringmq::client::{ClientError, Connection, ConnectionOptions};
+    use ringmq::protocol::{Opcode, Request};
+    let dir = temp_store();
+    let broker = Broker::start(dir.path(), &["--shards", "2"]);
+    let mut client = broker.client();
+    client.create_topic("names", 2).expect("create");
+    client
+        .produce("names", Some(0), &[message(b"", b"once")])
+        .expect("produce");
+
+    let fetch = |group: &str| GroupFetch {
+        group: group.into(),
+        topic: "names".into(),
+        queue: 0,
+    };
+    let refused = client.call(&fetch(""));
+    assert!(
+        matches!(&refused, Err(ClientError::InvalidArgument(m)) if m.contains("`group`")),
+        "{refused:?}"
+    );
+    let refused = client.call(&GroupDescribe { group: "".into() });
+    assert!(
+        matches!(refused, Err(ClientError::InvalidArgument(_))),
+        "{refused:?}"
+    );
+    // Non-empty but not a name: the broker's rule.
+    for result in [
+        client.call(&fetch("no spaces")).map(|_| ()),
+        client
+            .call(&GroupDescribe {
+                group: ".hidden".into(),
+            })
+            .map(|_| ()),
+    ] {
+        assert_eq!(
+            result.as_ref().err().and_then(|e| e.status()),
+            Some(Status::InvalidName),
+            "{result:?}"
+        );
+    }
+
+    // A client without the check: the broker answers INVALID_NAME to the empty name.
+    let mut raw = Connection::connect(&broker.addr, ConnectionOptions::default()).expect("raw");
+    let mut empty_fetch = Vec::new();
+    fetch("").encode_body(&mut empty_fetch);
+    let mut empty_describe = Vec::new();
+    GroupDescribe { group: "".into() }.encode_body(&mut empty_describe);
+    for (opcode, body) in [
+        (Opcode::GroupFetch, empty_fetch),
+        (Opcode::GroupDescribe, empty_describe),
+    ] {
+        let id = raw.send(opcode, &body).expect("send");
+        let response = raw
+            .wait_within(id, Duration::from_secs(10))
+            .expect("answer");
+        let status = response.status(&broker.addr).expect("status");
+        assert_eq!(status, Status::InvalidName, "{opcode:?}");
+    }
+
+    let out = broker.cli(
+        &["consume", "names", "--group", "", "--max-wait-ms", "100"],
+        b"",
+    );
+    assert!(
+        !out.status.success(),
+        "consume with an empty group succeeded"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "printed before failing: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = broker.cli(&["group", "describe", ""], b"");
+    assert!(
+        !out.status.success(),
+        "describing the empty group succeeded"
+    );
+}

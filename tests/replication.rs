@@ -290,9 +290,15 @@ fn acks_survive_master_death(name: &str, plan: KillPlan) {
         let producers = spawn_round_producers(&master.broker.addr, round, QUEUES, &tx);
         drop(tx);
         let load_began = Instant::now();
-        for _ in 0..kill_after {
-            rx.recv_timeout(Duration::from_secs(30))
-                .expect("producers answered");
+        for answered in 0..kill_after {
+            if let Err(e) = rx.recv_timeout(Duration::from_secs(30)) {
+                panic!(
+                    "round {round}: producers stopped answering after {answered} answers ({e}): \
+                     master log:\n{}\nslave log:\n{}",
+                    master.broker.log_tail(),
+                    slave.broker.log_tail()
+                );
+            }
         }
         let load = load_began.elapsed();
         master.broker.kill();

@@ -13,7 +13,7 @@ use super::app::{describe, BrokerArgs, Format};
 use super::output::{emit, to_json_line, ConsumeLine};
 use crate::client::{Client, ClientError, ClientOptions, FailoverClient, PullResult};
 use crate::protocol::message::{GroupCommit, GroupFetch, PullRequest, PulledMessage, QueueRef};
-use crate::protocol::{Request, Status};
+use crate::protocol::{FailsOver, Status};
 use clap::Args;
 use std::str::FromStr;
 
@@ -94,8 +94,9 @@ impl Source {
             Source::Group(c) => c.describe_topic(topic),
         }
     }
-    /// Any declared request, through the failover client when consuming from a group.
-    fn call<R: Request>(&mut self, request: &R) -> Result<R::Response, ClientError> {
+    /// A request that may fail over (a consumer's reads and commits), through the failover
+    /// client when consuming from a group.
+    fn call<R: FailsOver>(&mut self, request: &R) -> Result<R::Response, ClientError> {
         match self {
             Source::Single(c) => c.call(request),
             Source::Group(c) => c.call(request),

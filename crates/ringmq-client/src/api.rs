@@ -9,8 +9,8 @@
 //! Every request goes through one typed call, [`Client::call`], which takes any declared
 //! [`Request`] (`protocol::requests`) and returns its response; the request says whether it is
 //! queue-scoped and how long the broker may hold it. The methods kept beside it add behaviour:
-//! queue choice and pipelining for produce, pipelining for pull, the topic cache for topic
-//! commands, timing for ping.
+//! queue choice and pipelining for produce, pipelining for pull, timing for ping. The topic
+//! cache follows every answered call (`Request::placement`), whichever method sent it.
 
 use super::connection::{Connection, ConnectionOptions, Response};
 use super::error::ClientError;
@@ -20,7 +20,7 @@ use crate::protocol::message::{
     TopicCreate, TopicDelete, TopicDescribe, TopicDescription, TopicInfo, ANY_QUEUE,
 };
 pub use crate::protocol::requests::{ProduceResult, PullResult};
-use crate::protocol::{Opcode, Request, Response as _, Status};
+use crate::protocol::{Opcode, Placement, Request, Response as _, Status};
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -125,9 +125,30 @@ impl Client {
     }
 
     /// Fetches metadata from the bootstrap connection and resets shard connections whose port
-    /// changed.
+    /// changed (what any answered [`MetadataRequest`] does, see [`Client::call`]).
     pub fn refresh_metadata(&mut self) -> Result<&Metadata, ClientError> {
-        let metadata = self.call_on(ConnectionSlot::Bootstrap, &MetadataRequest {}, None)?;
+        self.call(&MetadataRequest {})?;
+        Ok(&self.metadata)
+    }
+
+    /// Applies what an answer says about topic placement to the topic cache (and, for
+    /// metadata, to the shard connections), so routing follows every answered call.
+    fn learn(&mut self, placement: Placement<'_>) {
+        match placement {
+            Placement::Unchanged => {}
+            Placement::Topic(info) => {
+                self.topics.insert(info.name.clone(), info.clone());
+            }
+            // Forgotten, so the next request for the name refreshes metadata when the broker
+            // does not know it (a stale entry would route it to the old queues instead).
+            Placement::Deleted(name) => {
+                self.topics.remove(name);
+            }
+            Placement::Everything(metadata) => self.apply_metadata(metadata.clone()),
+        }
+    }
+
+    fn apply_metadata(&mut self, metadata: Metadata) {
         let ports_changed = metadata.shard_ports != self.metadata.shard_ports;
         self.topics = metadata
             .topics
@@ -146,7 +167,6 @@ impl Client {
             }
         }
         self.metadata = metadata;
-        Ok(&self.metadata)
     }
 
     /// Round-trip time of an empty request on the bootstrap connection.
@@ -157,32 +177,22 @@ impl Client {
     }
 
     pub fn create_topic(&mut self, name: &str, queues: u32) -> Result<TopicInfo, ClientError> {
-        check_name("topic", name)?;
-        let info = self.call(&TopicCreate {
+        self.call(&TopicCreate {
             name: name.to_string(),
             queue_count: queues,
-        })?;
-        self.topics.insert(info.name.clone(), info.clone());
-        Ok(info)
+        })
     }
 
     pub fn delete_topic(&mut self, name: &str) -> Result<(), ClientError> {
-        check_name("topic", name)?;
         self.call(&TopicDelete {
             name: name.to_string(),
-        })?;
-        self.topics.remove(name);
-        Ok(())
+        })
     }
 
     pub fn describe_topic(&mut self, name: &str) -> Result<TopicDescription, ClientError> {
-        check_name("topic", name)?;
-        let description = self.call(&TopicDescribe {
+        self.call(&TopicDescribe {
             name: name.to_string(),
-        })?;
-        self.topics
-            .insert(name.to_string(), description.topic.clone());
-        Ok(description)
+        })
     }
 
     /// The topic's placement, refreshing metadata once when the topic is not known yet.
@@ -392,6 +402,10 @@ impl Client {
     /// is refreshed once (routing may change) and the request sent again. A request that may
     /// be held (a pull's long poll) is waited for that long on top of the read timeout.
     ///
+    /// An answer that says where topics are (create, describe, delete, metadata:
+    /// [`Request::placement`]) updates the topic cache routing uses, as the answer to a
+    /// [`MetadataRequest`] also resets shard connections whose port changed.
+    ///
     /// Statuses that carry a body (`Ok`, the "stored, but" statuses of produce,
     /// `NoNewMessage`) are answers, not errors; responses for which the status matters
     /// ([`ProduceResult`], [`PullResult`]) keep it.
@@ -400,7 +414,7 @@ impl Client {
             .check_body()
             .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         let timeout = request.wait_ms().map(|wait| self.pull_timeout(wait));
-        match request.queue() {
+        let response = match request.queue() {
             None => self.call_on(ConnectionSlot::Bootstrap, request, timeout),
             Some((topic, queue)) => {
                 let known = self.topics.contains_key(topic);
@@ -409,7 +423,9 @@ impl Client {
                     client.call_on(slot, request, timeout)
                 })
             }
-        }
+        }?;
+        self.learn(request.placement(&response));
+        Ok(response)
     }
 
     /// One request on one connection, waiting for its answer and decoding it.

@@ -1,7 +1,7 @@
 //! [`FailoverClient`]: a consumer's client for a broker group (a master and its slaves).
 //!
-//! Reads (pull, queue stats, topic describe) and consumer-group offsets (fetch, commit) go to
-//! the first broker of the list, the master, while it answers. When a request fails because its
+//! Reads (pull, queue stats, topic describe and list, metadata) and consumer-group offsets
+//! (fetch, commit) go to the first broker of the list, the master, while it answers. When a request fails because its
 //! broker cannot be reached (connection refused, reset or closed, or no answer in time) the same
 //! request goes to the next reachable broker of the list, and that broker serves from then on.
 //! While on another broker the client tries the master again at most once per
@@ -9,8 +9,33 @@
 //!
 //! The consumer's positions are its own: the caller passes every offset, so switching brokers
 //! neither skips nor repeats anything. A slave serves records up to what the master confirmed,
-//! so everything a consumer read from the master is also on the slave. Produce never fails over:
-//! [`FailoverClient::produce`] always goes to the master (a slave would answer `NOT_MASTER`).
+//! so everything a consumer read from the master is also on the slave.
+//!
+//! Only those requests fail over: [`FailoverClient::call`] takes the requests the protocol
+//! marks [`FailsOver`], and no other request compiles there. Produce never fails over:
+//! [`FailoverClient::produce`] always goes to the master (a slave would answer `NOT_MASTER`, and
+//! a produce that timed out may have been stored). Topic changes and promotion go through
+//! [`FailoverClient::primary`]: resent to a slave after a slow answer they could make it a
+//! second master.
+//!
+//! ```compile_fail
+//! # use ringmq_client::FailoverClient;
+//! # use ringmq_protocol::message::TopicDelete;
+//! fn delete(client: &mut FailoverClient) {
+//!     // Refused: a topic change must not be resent to a slave.
+//!     let _ = client.call(&TopicDelete { name: "t".into() });
+//! }
+//! ```
+//!
+//! while a read compiles (the same code with a request that fails over):
+//!
+//! ```no_run
+//! # use ringmq_client::FailoverClient;
+//! # use ringmq_protocol::message::TopicDescribe;
+//! fn describe(client: &mut FailoverClient) {
+//!     let _ = client.call(&TopicDescribe { name: "t".into() });
+//! }
+//! ```
 //!
 //! A broker's error status (e.g. `OFFSET_OUT_OF_RANGE`) is not a reason to switch: it is
 //! returned as is.
@@ -18,7 +43,7 @@
 use super::api::{Client, ClientOptions, ProduceResult, PullResult};
 use super::error::ClientError;
 use crate::protocol::message::{MessageRef, TopicDescription};
-use crate::protocol::Request;
+use crate::protocol::FailsOver;
 use std::time::{Duration, Instant};
 
 /// How often a client that failed over tries the master again, by default.
@@ -143,14 +168,15 @@ impl FailoverClient {
         self.with_failover(|c| c.describe_topic(topic))
     }
 
-    /// Sends any declared request ([`Client::call`]) with failover.
-    pub fn call<R: Request>(&mut self, request: &R) -> Result<R::Response, ClientError> {
+    /// Sends a request that may fail over ([`Client::call`]): to the active broker, and to
+    /// the next reachable one while a broker cannot be reached or does not answer in time.
+    pub fn call<R: FailsOver>(&mut self, request: &R) -> Result<R::Response, ClientError> {
         self.with_failover(|c| c.call(request))
     }
 
     /// Runs `op` on the active broker, and on the next reachable ones while a broker cannot be
-    /// reached.
-    pub fn with_failover<T>(
+    /// reached. Private: `op` must be a read ([`FailsOver`]), which only the callers here know.
+    fn with_failover<T>(
         &mut self,
         mut op: impl FnMut(&mut Client) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {

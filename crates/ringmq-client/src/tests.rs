@@ -35,10 +35,20 @@ fn produce_ack(queue: u32, base_offset: u64) -> Vec<u8> {
 /// Answers metadata with `meta`, produce with an ack naming the queue and this server's port
 /// as the offset (so a test can see where a request went).
 fn shard_server(meta: Arc<Mutex<Vec<u8>>>, metadata_calls: Arc<AtomicUsize>) -> u16 {
+    shard_server_logging(meta, metadata_calls, Arc::new(Mutex::new(Vec::new())))
+}
+
+/// [`shard_server`] that also records the opcode of every request it receives.
+fn shard_server_logging(
+    meta: Arc<Mutex<Vec<u8>>>,
+    metadata_calls: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<u16>>>,
+) -> u16 {
     let port = Arc::new(AtomicUsize::new(0));
     let port_in_handler = Arc::clone(&port);
     let bound = fake_broker::spawn(move |mut conn: FakeConn| {
         while let Some((header, body)) = conn.read_request() {
+            seen.lock().unwrap().push(header.opcode);
             match Opcode::from_u16(header.opcode) {
                 Some(Opcode::Metadata) => {
                     metadata_calls.fetch_add(1, Ordering::SeqCst);
@@ -165,7 +175,12 @@ fn generic_call_routes_queue_scoped_requests_and_checks_lengths() {
     let empty = Arc::new(Mutex::new(Vec::new()));
     let shard0 = shard_server(Arc::clone(&empty), Arc::clone(&calls));
     let meta = metadata(vec![shard0, 0], vec![topic("t", vec![0, 1])]);
-    let bootstrap = shard_server(Arc::new(Mutex::new(meta)), Arc::clone(&calls));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let bootstrap = shard_server_logging(
+        Arc::new(Mutex::new(meta)),
+        Arc::clone(&calls),
+        Arc::clone(&seen),
+    );
     let mut client = Client::connect(&format!("127.0.0.1:{bootstrap}")).unwrap();
     for (queue, port) in [(0u32, shard0), (1, bootstrap)] {
         let result = client
@@ -188,8 +203,25 @@ fn generic_call_routes_queue_scoped_requests_and_checks_lengths() {
         matches!(&refused, Err(ClientError::InvalidArgument(m)) if m.contains("`group`")),
         "{refused:?}"
     );
-    // Nothing was sent for the refused request: the connection still answers in order.
-    assert_eq!(client.refresh_metadata().unwrap().shard_count(), 2);
+    // Nothing was sent for the refused request (nor for an empty name): the bootstrap saw
+    // only the metadata and the produce it answered. A ping marks that everything sent before
+    // it has arrived (this fake answers it BAD_REQUEST, after recording it).
+    let empty = client.call(&GroupDescribe {
+        group: String::new(),
+    });
+    assert!(
+        matches!(&empty, Err(ClientError::InvalidArgument(_))),
+        "{empty:?}"
+    );
+    client.ping().unwrap_err();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            Opcode::Metadata as u16,
+            Opcode::Produce as u16,
+            Opcode::Ping as u16
+        ]
+    );
 }
 
 #[test]
@@ -554,5 +586,194 @@ fn failover_returns_to_the_master_even_when_every_pull_long_polls() {
         0,
         "back on the master: {:?}",
         log.lock().unwrap()
+    );
+}
+
+/// A master that answers metadata at once and nothing else (a slow master: each request
+/// times out at the client, though it may have been carried out), and a slave that logs
+/// what reaches it. Only the requests marked `FailsOver` may be resent to the slave; a
+/// produce or a topic change that timed out must not, or the slave would answer `NOT_MASTER`
+/// (produce) or carry out a change the master may also have made.
+#[test]
+fn failover_resends_only_reads_after_a_timeout() {
+    use crate::protocol::message::{QueueRef, QueueStats, TopicDelete};
+    let master = fake_broker::spawn(|mut conn| {
+        let mut held = Vec::new();
+        while let Some((header, _)) = conn.read_request() {
+            if header.opcode == Opcode::Metadata as u16 {
+                conn.reply(
+                    &header,
+                    Status::Ok,
+                    &metadata(vec![0], vec![topic("t", vec![0])]),
+                );
+            } else {
+                held.push(header);
+            }
+        }
+    });
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen_in_slave = Arc::clone(&seen);
+    let slave = fake_broker::spawn(move |mut conn| {
+        while let Some((header, _)) = conn.read_request() {
+            let opcode = Opcode::from_u16(header.opcode).unwrap();
+            if opcode == Opcode::Metadata {
+                conn.reply(
+                    &header,
+                    Status::Ok,
+                    &metadata(vec![0], vec![topic("t", vec![0])]),
+                );
+                continue;
+            }
+            seen_in_slave.lock().unwrap().push(opcode);
+            match opcode {
+                Opcode::QueueStats => {
+                    let mut body = Vec::new();
+                    QueueStats {
+                        queue: 0,
+                        shard: 0,
+                        min_offset: 0,
+                        max_offset: 5,
+                    }
+                    .encode(&mut body);
+                    conn.reply(&header, Status::Ok, &body);
+                }
+                Opcode::Produce => conn.reply(&header, Status::NotMaster, b"slave"),
+                _ => conn.reply(&header, Status::Ok, b""),
+            }
+        }
+    });
+    let mut options = ClientOptions::default();
+    options.connection.read_timeout = Duration::from_millis(200);
+    let brokers = [format!("127.0.0.1:{master}"), format!("127.0.0.1:{slave}")];
+    let mut client = FailoverClient::connect(&brokers, options).unwrap();
+    assert_eq!(client.active(), 0);
+
+    let produced = client.produce("t", Some(0), &[message(b"x")]);
+    assert!(
+        matches!(produced, Err(ClientError::Timeout { .. })),
+        "{produced:?}"
+    );
+    let deleted = client
+        .primary()
+        .unwrap()
+        .call(&TopicDelete { name: "t".into() });
+    assert!(
+        matches!(deleted, Err(ClientError::Timeout { .. })),
+        "{deleted:?}"
+    );
+    assert_eq!(
+        client.active(),
+        0,
+        "a write that timed out switches nothing"
+    );
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+
+    // A read that times out is answered by the slave, which serves reads from then on.
+    let stats = client
+        .call(&QueueRef {
+            topic: "t".into(),
+            queue: 0,
+        })
+        .unwrap();
+    assert_eq!(stats.max_offset, 5);
+    assert_eq!(client.active(), 1);
+    assert_eq!(*seen.lock().unwrap(), [Opcode::QueueStats]);
+}
+
+/// The topic cache follows answers to the generic call as it followed the old topic methods:
+/// a topic deleted through `call` is forgotten, so after it is recreated elsewhere the
+/// client learns the new placement instead of routing to the old shard; create, describe and
+/// metadata answers put their placement in the cache.
+#[test]
+fn the_topic_cache_follows_every_answered_call() {
+    use crate::protocol::message::{
+        MetadataRequest, TopicCreate, TopicDelete, TopicDescribe, TopicDescription, TopicInfo,
+    };
+    let shard_calls = Arc::new(AtomicUsize::new(0));
+    let shard0 = shard_server(Arc::new(Mutex::new(Vec::new())), Arc::clone(&shard_calls));
+    let shard1 = shard_server(Arc::new(Mutex::new(Vec::new())), Arc::clone(&shard_calls));
+    let ports = vec![shard0, shard1];
+    let meta = Arc::new(Mutex::new(metadata(
+        ports.clone(),
+        vec![topic("t", vec![0])],
+    )));
+    let metadata_calls = Arc::new(AtomicUsize::new(0));
+    let (meta_in_handler, calls_in_handler) = (Arc::clone(&meta), Arc::clone(&metadata_calls));
+    let bootstrap = fake_broker::spawn(move |mut conn| {
+        while let Some((header, body)) = conn.read_request() {
+            let mut out = Vec::new();
+            match Opcode::from_u16(header.opcode) {
+                Some(Opcode::Metadata) => {
+                    calls_in_handler.fetch_add(1, Ordering::SeqCst);
+                    out = meta_in_handler.lock().unwrap().clone();
+                }
+                Some(Opcode::TopicDelete) => {}
+                Some(Opcode::TopicCreate) => {
+                    let request = TopicCreate::decode(&body).unwrap();
+                    topic(&request.name, vec![1]).encode(&mut out);
+                }
+                Some(Opcode::TopicDescribe) => {
+                    let request = TopicDescribe::decode(&body).unwrap();
+                    TopicDescription {
+                        topic: topic(&request.name, vec![1, 0]),
+                        queues: Vec::new(),
+                    }
+                    .encode(&mut out);
+                }
+                _ => {
+                    conn.reply(&header, Status::BadRequest, b"unexpected");
+                    continue;
+                }
+            }
+            conn.reply(&header, Status::Ok, &out);
+        }
+    });
+    let mut client = Client::connect(&format!("127.0.0.1:{bootstrap}")).unwrap();
+    assert_eq!(client.route("t", 0), ConnectionSlot::Shard(0));
+
+    // Deleted, then recreated on shard 1 by someone else.
+    client.call(&TopicDelete { name: "t".into() }).unwrap();
+    assert_eq!(client.route("t", 0), ConnectionSlot::Bootstrap, "forgotten");
+    *meta.lock().unwrap() = metadata(ports.clone(), vec![topic("t", vec![1])]);
+    assert_eq!(client.topic("t").unwrap().queue_shards, [1]);
+    assert_eq!(
+        metadata_calls.load(Ordering::SeqCst),
+        2,
+        "learned by one refresh"
+    );
+    let produced = client
+        .call(&ProduceRequest {
+            topic: "t",
+            queue: 0,
+            messages: vec![message(b"x")],
+        })
+        .unwrap();
+    assert_eq!(produced.response.base_offset, u64::from(shard1));
+
+    // Create and describe answers are cached without asking for metadata.
+    let created: TopicInfo = client
+        .call(&TopicCreate {
+            name: "u".into(),
+            queue_count: 1,
+        })
+        .unwrap();
+    assert_eq!(created.queue_shards, [1]);
+    assert_eq!(client.route("u", 0), ConnectionSlot::Shard(1));
+    client.call(&TopicDescribe { name: "v".into() }).unwrap();
+    assert_eq!(client.route("v", 1), ConnectionSlot::Shard(0));
+    assert_eq!(metadata_calls.load(Ordering::SeqCst), 2);
+
+    // A metadata answer replaces the cache.
+    *meta.lock().unwrap() = metadata(ports, vec![topic("w", vec![1])]);
+    client.call(&MetadataRequest {}).unwrap();
+    assert_eq!(client.route("w", 0), ConnectionSlot::Shard(1));
+    assert_eq!(
+        client.route("u", 0),
+        ConnectionSlot::Bootstrap,
+        "not in metadata"
     );
 }

@@ -183,18 +183,34 @@ pub trait Codec<'a, T> {
     }
 }
 
-/// A value that cannot be encoded: a field longer than its length prefix can say.
+/// A value that must not be sent: a field longer than its length prefix can say, or shorter
+/// than its codec allows (an empty [`Name`]).
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
-#[error("field `{field}` is {len} long; the wire allows at most {max}")]
+#[error("field `{field}` is {len} long; it must be {min} to {max}")]
 pub struct EncodeError {
     pub field: &'static str,
     pub len: usize,
+    pub min: usize,
     pub max: usize,
 }
 
 fn check_len(field: &'static str, len: usize, max: usize) -> Result<(), EncodeError> {
-    if len > max {
-        return Err(EncodeError { field, len, max });
+    check_len_within(field, len, 0, max)
+}
+
+fn check_len_within(
+    field: &'static str,
+    len: usize,
+    min: usize,
+    max: usize,
+) -> Result<(), EncodeError> {
+    if len < min || len > max {
+        return Err(EncodeError {
+            field,
+            len,
+            min,
+            max,
+        });
     }
     Ok(())
 }
@@ -262,6 +278,42 @@ impl<'a> Codec<'a, String> for Str16 {
     }
     fn check(&self, v: &String, field: &'static str) -> Result<(), EncodeError> {
         check_len(field, v.len(), u16::MAX as usize)
+    }
+}
+
+/// A topic or group name in a request: laid out like [`Str16`], but a client does not send an
+/// empty one (no broker accepts it, and a consumer would otherwise find out only at its first
+/// commit, after printing a batch it then prints again). Decoding accepts any `str16`, so the
+/// broker answers a bad name with its own status (`INVALID_NAME`) rather than a decode error;
+/// the broker's stricter character rules stay the broker's.
+#[derive(Clone, Copy, Debug)]
+pub struct Name;
+impl<'a> Codec<'a, &'a str> for Name {
+    fn write(&self, w: &mut Writer<'_>, v: &&'a str) {
+        w.str16(v);
+    }
+    fn read(&self, r: &mut Reader<'a>, field: &'static str) -> Result<&'a str, DecodeError> {
+        r.str16(field)
+    }
+    fn min_bytes(&self) -> usize {
+        2
+    }
+    fn check(&self, v: &&'a str, field: &'static str) -> Result<(), EncodeError> {
+        check_len_within(field, v.len(), 1, u16::MAX as usize)
+    }
+}
+impl<'a> Codec<'a, String> for Name {
+    fn write(&self, w: &mut Writer<'_>, v: &String) {
+        w.str16(v);
+    }
+    fn read(&self, r: &mut Reader<'a>, field: &'static str) -> Result<String, DecodeError> {
+        Ok(r.str16(field)?.to_owned())
+    }
+    fn min_bytes(&self) -> usize {
+        2
+    }
+    fn check(&self, v: &String, field: &'static str) -> Result<(), EncodeError> {
+        check_len_within(field, v.len(), 1, u16::MAX as usize)
     }
 }
 
@@ -470,6 +522,12 @@ pub mod strategies {
         fn strategy(&self) -> BoxedStrategy<String> {
             // Any Unicode, not only name characters: the codec carries any string it fits.
             "\\PC{0,24}".boxed()
+        }
+    }
+    impl Strategize<String> for Name {
+        fn strategy(&self) -> BoxedStrategy<String> {
+            // What a client sends: never empty.
+            "\\PC{1,24}".boxed()
         }
     }
     impl Strategize<Vec<u8>> for Bytes16 {

@@ -16,6 +16,6 @@ pub mod requests;
 
 pub use codes::{Opcode, Status};
 pub use frame::{FrameDecoder, FrameError, FrameHeader};
-pub use requests::{Request, Response};
+pub use requests::{FailsOver, Placement, Request, Response};
 #[cfg(test)]
 mod proptests;

@@ -11,7 +11,7 @@
 //! into owned values.
 
 use super::codec::{
-    list, Bytes16, Bytes32, Codec, DecodeError, EncodeError, Fields, Flagged, Reader, Str16,
+    list, Bytes16, Bytes32, Codec, DecodeError, EncodeError, Fields, Flagged, Name, Reader, Str16,
     Struct, Writer, U16, U32, U64,
 };
 
@@ -125,7 +125,7 @@ wire_body! {
     /// Produce: append a batch of messages to one queue of a topic.
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub struct ProduceRequest<'a> {
-        pub topic: &'a str => Str16,
+        pub topic: &'a str => Name,
         /// A queue id, or [`ANY_QUEUE`].
         pub queue: u32 => U32,
         pub messages: Vec<MessageRef<'a>> => PRODUCE_MESSAGES,
@@ -146,7 +146,7 @@ fn produce_has_messages(request: &ProduceRequest<'_>) -> Result<(), DecodeError>
 /// Encodes a produce request from borrowed parts, with the layout [`ProduceRequest`] declares.
 pub fn encode_produce(out: &mut Vec<u8>, topic: &str, queue: u32, messages: &[MessageRef<'_>]) {
     let mut w = Writer::new(out);
-    Str16.write(&mut w, &topic);
+    Name.write(&mut w, &topic);
     U32.write(&mut w, &queue);
     PRODUCE_MESSAGES.write_items(&mut w, messages);
 }
@@ -167,7 +167,7 @@ wire_body! {
     /// Pull: read messages of one queue from a queue offset, optionally waiting for new ones.
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub struct PullRequest {
-        pub topic: String => Str16,
+        pub topic: String => Name,
         pub queue: u32 => U32,
         pub offset: u64 => U64,
         pub max_messages: u32 => U32,
@@ -275,7 +275,7 @@ wire_body! {
     /// A topic and a queue: the body of queue-scoped requests (`QueueStats`).
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub struct QueueRef {
-        pub topic: String => Str16,
+        pub topic: String => Name,
         pub queue: u32 => U32,
     }
 }
@@ -335,7 +335,7 @@ wire_body! {
     /// TopicCreate request.
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub struct TopicCreate {
-        pub name: String => Str16,
+        pub name: String => Name,
         pub queue_count: u32 => U32,
     }
 }
@@ -344,7 +344,7 @@ wire_body! {
     /// TopicDelete request.
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub struct TopicDelete {
-        pub name: String => Str16,
+        pub name: String => Name,
     }
 }
 
@@ -352,7 +352,7 @@ wire_body! {
     /// TopicDescribe request.
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub struct TopicDescribe {
-        pub name: String => Str16,
+        pub name: String => Name,
     }
 }
 
@@ -377,8 +377,8 @@ wire_body! {
     /// GroupCommit request: a consumer group's next offset to consume for one queue.
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub struct GroupCommit {
-        pub group: String => Str16,
-        pub topic: String => Str16,
+        pub group: String => Name,
+        pub topic: String => Name,
         pub queue: u32 => U32,
         pub offset: u64 => U64,
     }
@@ -388,8 +388,8 @@ wire_body! {
     /// GroupFetch request.
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub struct GroupFetch {
-        pub group: String => Str16,
-        pub topic: String => Str16,
+        pub group: String => Name,
+        pub topic: String => Name,
         pub queue: u32 => U32,
     }
 }
@@ -407,7 +407,7 @@ wire_body! {
     /// GroupDescribe request.
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub struct GroupDescribe {
-        pub group: String => Str16,
+        pub group: String => Name,
     }
 }
 

@@ -16,29 +16,34 @@ use super::Status;
 
 /// Expands `$callback! { (args) rows }` with the request table; a row is
 /// `Opcode = value => "Name": RequestType => ResponseType, "what the response is" { extras };`
-/// where the extras are `queue: |r| (topic, queue)` and `wait_ms: |r| millis` when they apply.
+/// where the extras are, in this order and when they apply: `#[fails_over]` (the request may
+/// go to a slave when the master cannot be reached, see [`FailsOver`]), `queue: |r| (topic,
+/// queue)` and `wait_ms: |r| millis`.
 /// `args` (optional) are passed through first, for callbacks that need context.
 #[macro_export]
 macro_rules! for_each_request {
     ($callback:ident $(, $($args:tt)*)?) => {
         $callback! { ($($($args)*)?)
             Ping = 1 => "Ping": Ping => (), "ping response" {};
-            Metadata = 2 => "Metadata": MetadataRequest => Metadata, "metadata" {};
+            Metadata = 2 => "Metadata": MetadataRequest => Metadata, "metadata"
+                { #[fails_over] };
             Produce = 10 => "Produce": ProduceRequest<'_> => ProduceResult, "produce response"
                 { queue: |r| (r.topic, r.queue) };
             Pull = 11 => "Pull": PullRequest => PullResult, "pull response"
-                { queue: |r| (r.topic.as_str(), r.queue), wait_ms: |r| r.max_wait_ms };
+                { #[fails_over] queue: |r| (r.topic.as_str(), r.queue),
+                  wait_ms: |r| r.max_wait_ms };
             QueueStats = 12 => "QueueStats": QueueRef => QueueStats, "queue stats"
-                { queue: |r| (r.topic.as_str(), r.queue) };
+                { #[fails_over] queue: |r| (r.topic.as_str(), r.queue) };
             TopicCreate = 20 => "TopicCreate": TopicCreate => TopicInfo, "topic info" {};
             TopicDelete = 21 => "TopicDelete": TopicDelete => (), "topic delete response" {};
-            TopicList = 22 => "TopicList": TopicListRequest => TopicList, "topic list" {};
+            TopicList = 22 => "TopicList": TopicListRequest => TopicList, "topic list"
+                { #[fails_over] };
             TopicDescribe = 23 => "TopicDescribe": TopicDescribe => TopicDescription,
-                "topic description" {};
+                "topic description" { #[fails_over] };
             GroupCommit = 30 => "GroupCommit": GroupCommit => (), "group commit response"
-                { queue: |r| (r.topic.as_str(), r.queue) };
+                { #[fails_over] queue: |r| (r.topic.as_str(), r.queue) };
             GroupFetch = 31 => "GroupFetch": GroupFetch => GroupOffset, "group offset"
-                { queue: |r| (r.topic.as_str(), r.queue) };
+                { #[fails_over] queue: |r| (r.topic.as_str(), r.queue) };
             GroupDescribe = 32 => "GroupDescribe": GroupDescribe => GroupDescription,
                 "group description" {};
             Stats = 40 => "Stats": StatsRequest => $crate::admin::Stats, "stats" {};
@@ -76,6 +81,69 @@ pub trait Request {
     fn wait_ms(&self) -> Option<u32> {
         None
     }
+    /// What a successful answer tells a client about topic placement: a client that caches
+    /// placement to route queue-scoped requests applies it, so a topic created, described or
+    /// deleted through any call routes right afterwards. Declared per opcode in
+    /// `placement_of!` below.
+    fn placement<'a>(&'a self, response: &'a Self::Response) -> Placement<'a> {
+        let _ = response;
+        Placement::Unchanged
+    }
+}
+
+/// What an answer says about where topics are ([`Request::placement`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement<'a> {
+    /// Nothing (most answers).
+    Unchanged,
+    /// The topic exists with this placement (create, describe).
+    Topic(&'a TopicInfo),
+    /// The topic no longer exists (delete).
+    Deleted(&'a str),
+    /// Every topic and the shard ports (metadata).
+    Everything(&'a Metadata),
+}
+
+/// The answers that change what a client knows about placement, by opcode; every other
+/// opcode keeps the default. Expanded inside each row's `Request` impl.
+macro_rules! placement_of {
+    (TopicCreate) => {
+        fn placement<'a>(&'a self, info: &'a TopicInfo) -> Placement<'a> {
+            Placement::Topic(info)
+        }
+    };
+    (TopicDescribe) => {
+        fn placement<'a>(&'a self, description: &'a TopicDescription) -> Placement<'a> {
+            Placement::Topic(&description.topic)
+        }
+    };
+    (TopicDelete) => {
+        fn placement<'a>(&'a self, _: &'a ()) -> Placement<'a> {
+            Placement::Deleted(&self.name)
+        }
+    };
+    (Metadata) => {
+        fn placement<'a>(&'a self, metadata: &'a Metadata) -> Placement<'a> {
+            Placement::Everything(metadata)
+        }
+    };
+    ($other:ident) => {};
+}
+
+/// A request that a consumer's failover client (`ringmq_client::FailoverClient`) may send to
+/// a slave when the master cannot be reached or does not answer in time: the reads (pull,
+/// queue stats, topic describe and list, metadata, group fetch) and the group commit, whose
+/// offsets are the consumer's own and which a slave keeps. Anything else must not be resent
+/// elsewhere after a timeout: a produce or topic change may already have happened on the
+/// master (the slave would answer `NOT_MASTER`, or worse, a promotion there would make two
+/// masters). Marked `#[fails_over]` in [`for_each_request!`].
+pub trait FailsOver: Request {}
+
+/// The impl a row's `#[fails_over]` stands for (any other word there does not compile).
+macro_rules! marker_impl {
+    (fails_over, $req:ty) => {
+        impl FailsOver for $req {}
+    };
 }
 
 /// A response as a client receives it: the status (one for which [`Status::has_body`] holds)
@@ -208,7 +276,8 @@ impl Response for PullResult {
 macro_rules! declare_requests {
     (()
         $( $op:ident = $value:literal => $wire:literal : $req:ty => $resp:ty, $what:literal
-           { $( queue: |$qr:ident| $queue:expr )? $(, wait_ms: |$wr:ident| $wait:expr )? }; )+
+           { $( #[$fails_over:ident] )? $( queue: |$qr:ident| $queue:expr )?
+             $(, wait_ms: |$wr:ident| $wait:expr )? }; )+
     ) => {
         wire_enum! {
             /// What a request asks for. The numeric value is the `opcode` field of the frame
@@ -241,7 +310,9 @@ macro_rules! declare_requests {
                         Some($wait)
                     }
                 )?
+                placement_of!($op);
             }
+            $( marker_impl!($fails_over, $req); )?
         )+
     };
 }

@@ -37,6 +37,8 @@ pub async fn commit<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, 
 
 pub async fn fetch<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
     let request = GroupFetch::decode(raw)?;
+    // Refused like a commit, so a consumer with a bad group learns it before it reads.
+    validate_name("group", &request.group)?;
     if let Route::Remote(owner) = route(shard, &request.topic, request.queue)? {
         return Ok(shard.forward(owner, Opcode::GroupFetch, raw.to_vec()).await);
     }
@@ -51,6 +53,7 @@ pub async fn fetch<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, S
 
 pub async fn describe<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
     let request = GroupDescribe::decode(raw)?;
+    validate_name("group", &request.group)?;
     let mut queues = local_offsets(shard, &request.group);
     let others = shard
         .ask_others(|reply| ShardRequest::GroupOffsets {
