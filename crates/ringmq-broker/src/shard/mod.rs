@@ -217,7 +217,7 @@ impl<D: Disk> Shard<D> {
         // The slave link appends and truncates: it ends before the flusher does, so nothing
         // lands after the final flush and no truncation races the store's close. A truncation
         // it had begun runs to its end under the store gate: taking the gate waits for it.
-        self.stop_slave_link().await;
+        self.end_slave_link_for_stop().await;
         drop(self.flushing.lock_store().await);
         self.visibility.wake_all();
         self.flushing.request();

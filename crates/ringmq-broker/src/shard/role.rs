@@ -253,6 +253,10 @@ impl<D: Disk> Shard<D> {
             .acquire_permit(1)
             .await
             .expect("the role-change gate is never closed");
+        // A stop has ended the link (or will): a link started now would outlive the flusher.
+        if self.lifecycle().is_stopping() {
+            return Err(ShardError::ShuttingDown);
+        }
         let current = self.role_state().broker_role();
         if let RoleTarget::Slave(master) = target {
             if !current.is_master()
@@ -393,6 +397,19 @@ impl<D: Disk> Shard<D> {
         fresh.master_confirmed.set(link.master_confirmed());
         *self.role_state().role.borrow_mut() = Role::Slave(fresh.clone());
         self.start_slave_link(fresh);
+    }
+
+    /// At a stop (after `begin_stop`): waits for a role change in progress, which may start a
+    /// link, then ends the link; a later role change is refused, so none starts again.
+    pub(super) async fn end_slave_link_for_stop(&self) {
+        debug_assert!(self.lifecycle().is_stopping());
+        let _changing = self
+            .role_state()
+            .changing
+            .acquire_permit(1)
+            .await
+            .expect("the role-change gate is never closed");
+        self.stop_slave_link().await;
     }
 
     /// Ends the slave link, if one runs, and waits until its task has returned: nothing it
