@@ -1440,3 +1440,74 @@ fn demote_then_promote_back_at_runtime() {
     assert!(bodies.iter().all(|b| !b.starts_with("divergent")));
     assert!(a.broker.stop() && b.broker.stop());
 }
+
+/// A failover with two slaves: the master dies, one slave is promoted, and the other is
+/// re-pointed at runtime (`cluster demote --master` on a slave) to follow the new master. It
+/// takes the new master's records from where it stood and shows the same log.
+#[test]
+fn a_second_slave_follows_the_new_master_after_a_failover() {
+    const TOPIC: &str = "repoint";
+    let mut a = start_node("ASYNC_MASTER", "SYNC_FLUSH", None, "");
+    let mut b = start_node("SLAVE", "SYNC_FLUSH", Some(&a.ports), "");
+    let mut c = start_node("SLAVE", "SYNC_FLUSH", Some(&a.ports), "");
+    a.broker.client().create_topic(TOPIC, 2).unwrap();
+    wait_topic(&b.broker, TOPIC);
+    wait_topic(&c.broker, TOPIC);
+    let produce_all = |broker: &Broker, prefix: &str| {
+        let mut client = broker.client();
+        for i in 0..20u32 {
+            let body = format!("{prefix}-{i}");
+            let r = client
+                .produce(TOPIC, Some(i % 2), &[message(body.as_bytes())])
+                .unwrap();
+            assert_eq!(r.status, Status::Ok, "{prefix} {i}");
+        }
+    };
+    produce_all(&a.broker, "old");
+    wait_until(CATCH_UP, "both slaves to catch up", || {
+        let s = status(&a.broker)?;
+        s.shards
+            .iter()
+            .all(|sh| {
+                sh.slaves.len() == 2 && sh.slaves.iter().all(|l| l.acked_offset == sh.max_offset)
+            })
+            .then_some(())
+    });
+    a.broker.kill();
+
+    let promoted = b
+        .broker
+        .client()
+        .call(&ClusterPromote {
+            role: "ASYNC_MASTER".to_string(),
+        })
+        .unwrap();
+    assert!(promoted.shards.iter().all(|s| s.role == "ASYNC_MASTER"));
+    let repointed = c
+        .broker
+        .client()
+        .call(&ClusterDemote {
+            master: b.ports.ha_addr(),
+        })
+        .unwrap();
+    assert!(
+        repointed.shards.iter().all(|s| s.role == "SLAVE"
+            && s.master_link.as_ref().map(|l| l.master.as_str()) == Some(&*b.ports.ha_addr())),
+        "every shard of c follows b now: {repointed:?}"
+    );
+    produce_all(&b.broker, "new");
+    let on_b = wait_caught_up(&b.broker);
+    wait_slave_confirmed(&c.broker, &on_b);
+    let on_b = read_all(&b.broker, TOPIC, 2);
+    assert!(on_b == read_all(&c.broker, TOPIC, 2));
+    assert_eq!(on_b.values().map(Vec::len).sum::<usize>(), 40);
+    let c_status = status(&c.broker).unwrap();
+    assert!(
+        c_status
+            .shards
+            .iter()
+            .all(|s| s.divergence_points.is_empty()),
+        "c held nothing b lacks: nothing to cut"
+    );
+    assert!(b.broker.stop() && c.broker.stop());
+}

@@ -1,5 +1,5 @@
 //! `ringmq cluster status|promote|demote`: a broker's replication state, promotion of a slave
-//! and demotion of a master, both at runtime.
+//! and demotion of a master (or re-pointing of a slave), all at runtime.
 
 use super::app::{describe, BrokerArgs, Format};
 use super::output::{emit, table};
@@ -25,7 +25,8 @@ pub enum ClusterCommand {
         #[arg(long, default_value = "ASYNC_MASTER")]
         role: String,
     },
-    /// Turn the master at --broker into a slave of the master whose HA port is --master.
+    /// Turn the master at --broker into a slave of the master whose HA port is --master (on a
+    /// slave: follow that master instead of its current one).
     Demote {
         /// The new master's HA address, HOST:PORT.
         #[arg(long)]

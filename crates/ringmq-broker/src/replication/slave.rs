@@ -37,25 +37,28 @@ use tracing::{info, warn};
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(3);
 
-/// Runs while this shard is a slave following `link`; returns once the role changes (a
-/// promotion, or a demotion to follow another master, which starts a link of its own).
+/// Runs while this shard is a slave following `link`; returns once the link is stopped (a
+/// role change, which starts a link of its own for another master, or a stop: see
+/// [`Shard::stop_slave_link`]).
+///
+/// The role-change event is polled before the link's own work, so once the link is stopped
+/// the connection is dropped at its next await; the steps that must not be cut in the middle
+/// (the truncation) run as tasks of their own and re-check that the link is current first.
 pub async fn run<D: Disk>(shard: Rc<Shard<D>>, link: Rc<SlaveLink>) {
     let Some(master) = link.master() else {
         return;
     };
-    let current = |shard: &Shard<D>| {
-        shard
-            .role_state()
-            .slave_link()
-            .is_some_and(|l| Rc::ptr_eq(&l, &link))
-    };
+    let current = |shard: &Shard<D>| shard.role_state().is_current(&link);
     let mut backoff = BACKOFF_START;
     while current(&shard) {
         let role_changed = shard.role_state().listen_changed();
-        let outcome = future::or(link_once(&shard, &link, master), async {
-            let _ = role_changed.await;
-            Ok(false)
-        })
+        let outcome = future::or(
+            async {
+                let _ = role_changed.await;
+                Ok(false)
+            },
+            link_once(&shard, &link, master),
+        )
         .await;
         link.lost();
         match outcome {
@@ -66,7 +69,14 @@ pub async fn run<D: Disk>(shard: Rc<Shard<D>>, link: Rc<SlaveLink>) {
         if !current(&shard) {
             break;
         }
-        shard.clock().sleep(backoff).await;
+        let role_changed = shard.role_state().listen_changed();
+        future::or(
+            async {
+                let _ = role_changed.await;
+            },
+            shard.clock().sleep(backoff),
+        )
+        .await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
     info!(
@@ -79,7 +89,7 @@ pub async fn run<D: Disk>(shard: Rc<Shard<D>>, link: Rc<SlaveLink>) {
 /// One connection to the master. `Ok(true)` when it got as far as streaming.
 async fn link_once<D: Disk>(
     shard: &Rc<Shard<D>>,
-    link: &SlaveLink,
+    link: &Rc<SlaveLink>,
     master: SocketAddr,
 ) -> Result<bool, ReplicationError> {
     let timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
@@ -106,15 +116,29 @@ async fn link_once<D: Disk>(
             discarded_bytes = shard.store().max_offset() - welcome.truncate_to,
             "this log diverged from the master's; cutting it back to the divergence point"
         );
-        let _gate = shard.flushing().lock_store().await;
-        shard
-            .store()
-            .truncate_to(welcome.truncate_to)
-            .await
-            .map_err(|e| {
-                ReplicationError::Store(format!("truncating to {}: {e}", welcome.truncate_to))
-            })?;
-        shard.truncated(welcome.truncate_to).await;
+        // A task of its own: a stopped link drops this future at an await, and a truncation cut
+        // off in the middle would leave the store half cut. The task re-checks, holding the
+        // store gate, that the link is still current (a role change may have got the gate
+        // first and made this shard a master whose log must not be cut).
+        let truncation = spawn_local({
+            let (shard, link) = (shard.clone(), link.clone());
+            let to = welcome.truncate_to;
+            async move {
+                let _gate = shard.flushing().lock_store().await;
+                if !shard.role_state().is_current(&link) {
+                    return Err(stale());
+                }
+                shard
+                    .store()
+                    .truncate_to(to)
+                    .await
+                    .map_err(|e| ReplicationError::Store(format!("truncating to {to}: {e}")))?;
+                shard.truncated(to).await;
+                Ok(())
+            }
+        })
+        .detach();
+        truncation.await.unwrap_or_else(|| Err(stale()))?;
     }
     let identity = LogIdentity {
         log_id: welcome.log_id,
@@ -123,6 +147,9 @@ async fn link_once<D: Disk>(
     };
     if shard.role_state().identity() != identity {
         identity.save(shard.disk(), shard.dir()).await?;
+        if !shard.role_state().is_current(link) {
+            return Err(stale());
+        }
         shard.role_state().set_identity(identity);
     }
     link.established();
@@ -139,7 +166,7 @@ async fn link_once<D: Disk>(
     let writer = unsafe { TcpStream::from_raw_fd(write_fd) };
     let closed = Rc::new(Cell::new(false));
     let reporter = spawn_local(report(shard.clone(), writer, closed.clone()));
-    let result = receive(shard, &mut stream, timeout).await;
+    let result = receive(shard, link, &mut stream, timeout).await;
     closed.set(true);
     super::master::shutdown_socket(stream.as_raw_fd());
     shard.role_state().wake_links();
@@ -222,6 +249,7 @@ async fn report<D: Disk>(shard: Rc<Shard<D>>, mut writer: TcpStream, closed: Rc<
 /// Reads frames until the link fails or goes silent.
 async fn receive<D: Disk>(
     shard: &Rc<Shard<D>>,
+    link: &SlaveLink,
     stream: &mut TcpStream,
     timeout: Duration,
 ) -> Result<(), ReplicationError> {
@@ -247,7 +275,7 @@ async fn receive<D: Disk>(
             MasterFrame::Heartbeat {
                 confirmed_offset, ..
             } => {
-                shard.set_master_confirmed(confirmed_offset);
+                shard.set_master_confirmed(link, confirmed_offset);
             }
             MasterFrame::Data {
                 offset,
@@ -274,12 +302,12 @@ async fn receive<D: Disk>(
                 shard
                     .probe()
                     .add(Counter::ReplicationReceivedBytes, len as u64);
-                apply(shard, &mut pending, &mut position).await?;
+                apply(shard, link, &mut pending, &mut position).await?;
                 debug_assert!(
                     position <= next_offset,
                     "applied up to {position}, past the {next_offset} received"
                 );
-                shard.set_master_confirmed(confirmed_offset);
+                shard.set_master_confirmed(link, confirmed_offset);
             }
             MasterFrame::Metadata { len } => {
                 let len = len as usize;
@@ -353,20 +381,27 @@ pub async fn apply_metadata<D: Disk>(
 /// `position`) and removes what it consumed.
 async fn apply<D: Disk>(
     shard: &Rc<Shard<D>>,
+    link: &SlaveLink,
     pending: &mut Vec<u8>,
     position: &mut u64,
 ) -> Result<(), ReplicationError> {
     let segment = shard.config().segment_size_bytes;
     let mut used = 0usize;
-    loop {
-        match next_shipped(&pending[used..], *position, segment)? {
-            Shipped::Incomplete => break,
+    let outcome = loop {
+        let shipped = match next_shipped(&pending[used..], *position, segment) {
+            Ok(shipped) => shipped,
+            Err(e) => break Err(e),
+        };
+        match shipped {
+            Shipped::Incomplete => break Ok(()),
             Shipped::SegmentTail(skipped) => {
                 used += skipped;
                 *position += skipped as u64;
             }
             Shipped::Record(size) => {
-                append(shard, &pending[used..used + size]).await?;
+                if let Err(e) = append(shard, link, &pending[used..used + size]).await {
+                    break Err(e);
+                }
                 used += size;
                 *position += size as u64;
                 // The same append rule as the master's: the record lands where it did there.
@@ -377,7 +412,9 @@ async fn apply<D: Disk>(
                 );
             }
         }
-    }
+    };
+    // What was appended before an error is flushed and shown all the same: pulls parked on it
+    // must not wait out their timeout.
     pending.drain(..used);
     if used > 0 {
         // Catching up, write behind while receiving rather than stall on a full buffer: ask
@@ -389,16 +426,37 @@ async fn apply<D: Disk>(
         }
         shard.publish_confirmed();
     }
-    Ok(())
+    outcome
 }
 
-async fn append<D: Disk>(shard: &Rc<Shard<D>>, bytes: &[u8]) -> Result<(), ReplicationError> {
+/// The error of a link that was stopped while it waited: its master is no longer followed.
+fn stale() -> ReplicationError {
+    ReplicationError::Protocol("the link was stopped by a role change or a stop".to_string())
+}
+
+async fn append<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    link: &SlaveLink,
+    bytes: &[u8],
+) -> Result<(), ReplicationError> {
+    if !shard.role_state().is_current(link) {
+        return Err(stale());
+    }
     // A slave appends what its master shipped; if its own flusher or disk cannot keep up for
     // a whole link timeout, the link is dropped and resumes from the slave's end later.
     let deadline =
         shard.clock().now() + std::time::Duration::from_millis(shard.config().ha_link_timeout_ms);
+    // Checked again inside: the wait for buffer space may outlast the link.
     let appended = shard
-        .append_waiting(deadline, || shard.store().append_replicated(bytes))
+        .append_waiting(deadline, || {
+            if !shard.role_state().is_current(link) {
+                return Err(crate::store::AppendError::Busy {
+                    waited_ms: 0,
+                    waiting_for: "a link that is current (it was stopped)",
+                });
+            }
+            shard.store().append_replicated(bytes)
+        })
         .await
         .map_err(|e| ReplicationError::Store(e.to_string()))?;
     shard.appended(appended.queue, appended.end_offset);

@@ -214,6 +214,11 @@ impl<D: Disk> Shard<D> {
     /// cannot hold the stop forever), end the background tasks, final flush and checkpoint.
     pub async fn stop(self: &Rc<Self>, background: BackgroundTasks) -> Result<(), ShardError> {
         self.lifecycle.begin_stop();
+        // The slave link appends and truncates: it ends before the flusher does, so nothing
+        // lands after the final flush and no truncation races the store's close. A truncation
+        // it had begun runs to its end under the store gate: taking the gate waits for it.
+        self.end_slave_link_for_stop().await;
+        drop(self.flushing.lock_store().await);
         self.visibility.wake_all();
         self.flushing.request();
         let bound = Duration::from_millis(
@@ -393,9 +398,10 @@ impl<D: Disk> Shard<D> {
         future::or(any, self.clock.sleep(timeout)).await;
     }
 
-    /// Slave: the master says everything before `offset` is confirmed there.
-    pub fn set_master_confirmed(&self, offset: u64) {
-        if self.role.set_master_confirmed(offset) {
+    /// Slave: the master `link` follows says everything before `offset` is confirmed there
+    /// (ignored unless `link` is the current link).
+    pub fn set_master_confirmed(&self, link: &SlaveLink, offset: u64) {
+        if self.role.set_master_confirmed(link, offset) {
             self.publish_confirmed();
         }
     }
@@ -433,6 +439,8 @@ impl<D: Disk> Shard<D> {
         self.publish_confirmed();
         let mut identity = self.role.identity();
         identity.divergence_points.push(offset);
+        // Nothing past the cut was acknowledged in the term this log now follows.
+        identity.replicated_offset = identity.replicated_offset.min(offset);
         if let Err(e) = identity.save(&self.disk, &self.dir).await {
             tracing::warn!(shard = self.id, "recording the divergence point: {e}");
         }
@@ -551,16 +559,26 @@ impl<D: Disk> Shard<D> {
 
     /// Swaps in a new topic table: registers queues this shard now owns and drops the topics
     /// that are gone.
+    ///
+    /// A topic whose files could not be removed is still dropped from the table (the table
+    /// was already published; a leftover queue of an unknown topic id is never read again) and
+    /// the first error is returned after the table is swapped and parked pulls are woken, so
+    /// this shard never keeps serving a table the others no longer have.
     pub async fn apply_topics(&self, table: Arc<TopicTable>) -> Result<(), ShardError> {
         let old = self.topic_table();
+        let mut first_error = None;
         for (name, entry) in &old.topics {
             let kept = table
                 .topics
                 .get(name)
                 .is_some_and(|e| e.topic_id == entry.topic_id);
             if !kept {
-                self.store.remove_topic(entry.topic_id).await?;
-                self.metadata.groups().forget_topic(name).await?;
+                if let Err(e) = self.store.remove_topic(entry.topic_id).await {
+                    first_error.get_or_insert(ShardError::from(e));
+                }
+                if let Err(e) = self.metadata.groups().forget_topic(name).await {
+                    first_error.get_or_insert(e);
+                }
             }
         }
         let known: std::collections::HashSet<QueueKey> =
@@ -573,7 +591,7 @@ impl<D: Disk> Shard<D> {
         self.metadata.set_table(table);
         // A pull parked on a dropped queue answers QUEUE_NOT_FOUND now, not at its timeout.
         self.visibility.wake_all();
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 
@@ -671,9 +689,12 @@ mod tests {
             while shard.visibility().parked() < 2 {
                 futures_lite::future::yield_now().await;
             }
+            let woken_before = shard.visibility().woken();
             let produced = handlers::handle(&shard, Opcode::Produce, &produce(1, b"hello")).await;
             assert_eq!(produced.status, Status::Ok);
             let answer = parked_here.await;
+            // One wake-up, of queue 1's pull: queue 0's was neither woken nor re-parked.
+            assert_eq!(shard.visibility().woken() - woken_before, 1);
             assert_eq!(answer.status, Status::Ok);
             let pulled = PullResponse::decode(&answer.body).unwrap();
             assert_eq!(pulled.messages.len(), 1);
@@ -731,7 +752,10 @@ mod tests {
             let shard = Shard::open_for_test(SimDisk::new(), Rc::new(RealClock), config)
                 .await
                 .unwrap();
-            let background = shard.spawn_background();
+            // No flusher until the demotion is done: the role change's own flush is the only
+            // one, and it must release the SYNC_FLUSH wait (else the producer would get
+            // FLUSH_DISK_TIMEOUT at its timeout, not FLUSH_SLAVE_TIMEOUT at once).
+            let allocator = glommio::spawn_local(flushing::run_segment_allocator(shard.clone()));
             create_topic(&shard).await;
             // A slave that connected and has acknowledged nothing yet: in sync by gap, so the
             // producer waits for it.
@@ -754,6 +778,10 @@ mod tests {
                 .unwrap();
             assert_eq!(waiting.await.status, Status::FlushSlaveTimeout);
             assert!(started.elapsed() < std::time::Duration::from_secs(10));
+            let background = BackgroundTasks {
+                flusher: glommio::spawn_local(flushing::run_flusher(shard.clone())),
+                allocator,
+            };
             assert_eq!(shard.role(), BrokerRole::Slave);
             assert!(shard.replicas().is_none());
             let identity = shard.role_state().identity();
@@ -771,6 +799,174 @@ mod tests {
             assert_eq!(shard.role_state().identity().last_epoch(), epoch + 1);
             let taken = handlers::handle(&shard, Opcode::Produce, &produce(0, b"yes")).await;
             assert_eq!(taken.status, Status::Ok);
+            shard.stop(background).await.unwrap();
+        });
+    }
+
+    /// A demotion whose role file cannot be written leaves the shard the master it was, and
+    /// its SYNC_MASTER producers still wait for their slaves (not failed for good): the slave's
+    /// acknowledgement releases the one waiting.
+    #[test]
+    fn a_failed_demotion_leaves_sync_master_producers_working() {
+        glommio::LocalExecutor::default().run(async {
+            let config = BrokerConfig {
+                broker_role: BrokerRole::SyncMaster,
+                min_in_sync_replicas: 2,
+                sync_replica_timeout_ms: 60_000,
+                ..config()
+            };
+            let disk = SimDisk::new();
+            let shard = Shard::open_for_test(disk.clone(), Rc::new(RealClock), config)
+                .await
+                .unwrap();
+            let background = shard.spawn_background();
+            create_topic(&shard).await;
+            let replicas = shard.replicas().unwrap();
+            let slave = replicas.register("slave".to_string());
+            let waiting = {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    handlers::handle(&shard, Opcode::Produce, &produce(0, b"waits")).await
+                })
+            };
+            while replicas.completions.pending() == 0
+                || shard.store().flushed_offset() < shard.store().max_offset()
+            {
+                futures_lite::future::yield_now().await;
+            }
+            // Nothing is left to flush: the demotion's next write is the role file's.
+            disk.inject(crate::store::sim::SimFault::Write);
+            let master: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+            let failed = shard.change_role(role::RoleTarget::Slave(master)).await;
+            assert!(failed.is_err(), "the role file write was failed");
+            assert_eq!(shard.role(), BrokerRole::SyncMaster);
+            assert!(Rc::ptr_eq(&shard.replicas().unwrap(), &replicas));
+            assert_eq!(
+                replicas.completions.pending(),
+                1,
+                "the producer still waits"
+            );
+            let end = shard.store().max_offset();
+            replicas.report(slave, end, end).unwrap();
+            assert_eq!(waiting.await.status, Status::Ok);
+            // And the next producer is served the same way.
+            let next = {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    handlers::handle(&shard, Opcode::Produce, &produce(0, b"next")).await
+                })
+            };
+            while replicas.completions.pending() == 0 {
+                futures_lite::future::yield_now().await;
+            }
+            let end = shard.store().max_offset();
+            replicas.report(slave, end, end).unwrap();
+            let next = next.await;
+            assert_eq!(next.status, Status::Ok);
+            shard.stop(background).await.unwrap();
+        });
+    }
+
+    /// `cluster demote` on a slave re-points it: the link to the old master is stopped and one
+    /// to the new master started, and the new master is what a restart follows. A stop ends
+    /// the link started at runtime.
+    #[test]
+    fn a_slave_is_re_pointed_to_another_master_and_its_link_ends_at_stop() {
+        glommio::LocalExecutor::default().run(async {
+            let old: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+            let new: std::net::SocketAddr = "127.0.0.1:7".parse().unwrap();
+            let config = BrokerConfig {
+                broker_role: BrokerRole::Slave,
+                master: Some(old.to_string()),
+                ..config()
+            };
+            let shard = Shard::open_for_test(SimDisk::new(), Rc::new(RealClock), config)
+                .await
+                .unwrap();
+            let background = shard.spawn_background();
+            let first = shard.role_state().slave_link().unwrap();
+            assert_eq!(first.master(), Some(old));
+            // Nothing listens at either address: each link retries until it is stopped.
+            shard.start_slave_link(first.clone());
+            let mut demote = Vec::new();
+            crate::protocol::message::ClusterDemote {
+                master: new.to_string(),
+            }
+            .encode(&mut demote);
+            let answer = handlers::handle(&shard, Opcode::ClusterDemote, &demote).await;
+            assert_eq!(
+                answer.status,
+                Status::Ok,
+                "{:?}",
+                String::from_utf8_lossy(&answer.body)
+            );
+            assert_eq!(shard.role(), BrokerRole::Slave);
+            let second = shard.role_state().slave_link().unwrap();
+            assert_eq!(second.master(), Some(new));
+            assert!(
+                !shard.role_state().is_current(&first),
+                "the old link is stopped"
+            );
+            assert!(shard.role_state().is_current(&second));
+            assert_eq!(shard.role_state().identity().master_addr, Some(new));
+
+            let started = std::time::Instant::now();
+            shard.stop(background).await.unwrap();
+            assert!(
+                !shard.role_state().is_current(&second),
+                "the stop ended the link"
+            );
+            assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        });
+    }
+
+    /// The acknowledged offset a restart starts from never outlives the records it covers: a
+    /// cut lowers it to the cut, and a promotion writes its own term's starting value.
+    #[test]
+    fn the_replicated_offset_follows_cuts_and_promotions() {
+        glommio::LocalExecutor::default().run(async {
+            let config = BrokerConfig {
+                broker_role: BrokerRole::SyncMaster,
+                // No slave needed: the records go in without one.
+                min_in_sync_replicas: 1,
+                ..config()
+            };
+            let disk = SimDisk::new();
+            let shard = Shard::open_for_test(disk.clone(), Rc::new(RealClock), config)
+                .await
+                .unwrap();
+            let background = shard.spawn_background();
+            create_topic(&shard).await;
+            for _ in 0..3 {
+                let ok = handlers::handle(&shard, Opcode::Produce, &produce(0, b"r")).await;
+                assert_eq!(ok.status, Status::Ok);
+            }
+            let end = shard.store().max_offset();
+            let mut identity = shard.role_state().identity();
+            identity.replicated_offset = end;
+            identity.save(&disk, shard.dir()).await.unwrap();
+            shard.role_state().set_identity(identity);
+
+            let master: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+            shard
+                .change_role(role::RoleTarget::Slave(master))
+                .await
+                .unwrap();
+            shard.truncated(end / 2).await;
+            let saved = LogIdentity::load_or_create(&disk, shard.dir())
+                .await
+                .unwrap();
+            assert_eq!(saved.replicated_offset, end / 2);
+
+            shard
+                .change_role(role::RoleTarget::Master(MasterMode::Sync))
+                .await
+                .unwrap();
+            // This slave heard nothing confirmed from its master: the new term starts at 0.
+            let saved = LogIdentity::load_or_create(&disk, shard.dir())
+                .await
+                .unwrap();
+            assert_eq!(saved.replicated_offset, 0);
             shard.stop(background).await.unwrap();
         });
     }

@@ -3,8 +3,10 @@
 //!
 //! [`Shard::change_role`] is the only place the role changes: at runtime, on `cluster
 //! promote` (slave to master) and `cluster demote` (master to slave of a given master), with no
-//! restart. Its events, each notified only here: `changed` (the role changed: the slave link
-//! stops, shippers re-check) and `links` (a replication link closed,
+//! restart (and `cluster demote` on a slave, to follow another master). The role stage also
+//! holds the slave link's task, so a transition and a stop can end it and wait for it. Its
+//! events, each notified only here: `changed` (the role changed or the link is being stopped:
+//! the slave link stops, shippers re-check) and `links` (a replication link closed,
 //! came up or reported: wakes shippers and reporters).
 
 use super::completion::Event;
@@ -15,6 +17,7 @@ use crate::replication::identity::LogIdentity;
 use crate::replication::replicas::Replicas;
 use crate::store::io::Disk;
 use futures_channel::oneshot;
+use glommio::sync::Semaphore;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -76,6 +79,9 @@ pub struct SlaveLink {
     streaming: Cell<bool>,
     /// The master's confirmed offset as last heard; bounds what consumers see here.
     master_confirmed: Cell<u64>,
+    /// Set when a role change or a stop ends this link: its task returns at its next step and
+    /// nothing it still receives is applied.
+    stopped: Cell<bool>,
 }
 
 impl SlaveLink {
@@ -84,6 +90,7 @@ impl SlaveLink {
             master,
             streaming: Cell::new(false),
             master_confirmed: Cell::new(0),
+            stopped: Cell::new(false),
         }
     }
 
@@ -108,6 +115,10 @@ impl SlaveLink {
         self.streaming.set(false);
     }
 
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.get()
+    }
+
     /// Records the master's confirmed offset; returns whether it moved. A master that
     /// restarted (or a new one) may confirm less than before: never show more than the current
     /// master confirms.
@@ -123,6 +134,12 @@ pub struct RoleState {
     /// The log's id and epochs (see `replication::identity`).
     identity: RefCell<LogIdentity>,
     links: Event,
+    /// The running slave link's task, so a role change and a stop can end it and wait until
+    /// it no longer appends, truncates or reports.
+    link_task: RefCell<Option<glommio::task::JoinHandle<()>>>,
+    /// Serializes role transitions: one stops the link before it takes the gates, so the gates
+    /// alone do not keep a second transition from starting a link in between.
+    changing: Semaphore,
 }
 
 impl RoleState {
@@ -132,7 +149,16 @@ impl RoleState {
             changed: Event::default(),
             identity: RefCell::new(identity),
             links: Event::default(),
+            link_task: RefCell::new(None),
+            changing: Semaphore::new(1),
         }
+    }
+
+    /// Whether `link` is the link this slave follows now (and not being stopped): a link task
+    /// re-checks this after every await before it changes the log or what consumers see.
+    pub fn is_current(&self, link: &SlaveLink) -> bool {
+        !link.is_stopped()
+            && matches!(&*self.role.borrow(), Role::Slave(l) if std::ptr::eq(&**l, link))
     }
 
     pub fn broker_role(&self) -> BrokerRole {
@@ -167,6 +193,11 @@ impl RoleState {
         *self.identity.borrow_mut() = identity;
     }
 
+    /// Whether the shard is still a slave following `link` (stopped or not).
+    fn is_following(&self, link: &SlaveLink) -> bool {
+        matches!(&*self.role.borrow(), Role::Slave(l) if std::ptr::eq(&**l, link))
+    }
+
     pub fn listen_changed(&self) -> oneshot::Receiver<()> {
         self.changed.listen()
     }
@@ -180,10 +211,10 @@ impl RoleState {
         self.links.listen()
     }
 
-    /// Slave: the master's confirmed offset; returns whether it moved.
-    pub fn set_master_confirmed(&self, offset: u64) -> bool {
-        self.slave_link()
-            .is_some_and(|link| link.set_master_confirmed(offset))
+    /// Slave: the master's confirmed offset as heard on `link`; returns whether it moved. A
+    /// link that is no longer the current one is ignored: its master is not this slave's.
+    pub fn set_master_confirmed(&self, link: &SlaveLink, offset: u64) -> bool {
+        self.is_current(link) && link.set_master_confirmed(offset)
     }
 }
 
@@ -210,10 +241,50 @@ impl<D: Disk> Shard<D> {
     ///   replaces the link.
     ///
     /// Every parked pull is woken to look again: what is confirmed depends on the role.
+    ///
+    /// A slave's link is stopped, and its task waited for, before anything else: from then on
+    /// nothing the old master ships is applied, so the promotion's epoch starts at the log's
+    /// real end and no late truncation cuts the new master. If the transition fails, the link
+    /// is started again.
     pub async fn change_role(self: &Rc<Self>, target: RoleTarget) -> Result<(), ShardError> {
+        let _changing = self
+            .role_state()
+            .changing
+            .acquire_permit(1)
+            .await
+            .expect("the role-change gate is never closed");
+        // A stop has ended the link (or will): a link started now would outlive the flusher.
+        if self.lifecycle().is_stopping() {
+            return Err(ShardError::ShuttingDown);
+        }
+        let current = self.role_state().broker_role();
+        if let RoleTarget::Slave(master) = target {
+            if !current.is_master()
+                && self.role_state().slave_link().and_then(|l| l.master()) == Some(master)
+            {
+                return Ok(());
+            }
+        }
+        let stopped_link = self.stop_slave_link().await;
+        let changed = self.change_role_stopped(target, current).await;
+        if changed.is_err() {
+            if let Some(link) = stopped_link {
+                // Still a slave of the same master: follow it again with a fresh link.
+                if self.role_state().is_following(&link) {
+                    self.start_slave_link_replacing(&link);
+                }
+            }
+        }
+        changed
+    }
+
+    async fn change_role_stopped(
+        self: &Rc<Self>,
+        target: RoleTarget,
+        current: BrokerRole,
+    ) -> Result<(), ShardError> {
         let _appends = self.appending().lock().await;
         let _store = self.flushing().lock_store().await;
-        let current = self.role_state().broker_role();
         match target {
             RoleTarget::Master(mode) if current.is_master() => {
                 let replicas = self.role_state().replicas().expect("a master has replicas");
@@ -222,11 +293,6 @@ impl<D: Disk> Shard<D> {
             }
             RoleTarget::Master(mode) => self.promote(mode).await?,
             RoleTarget::Slave(master) => {
-                if !current.is_master()
-                    && self.role_state().slave_link().and_then(|l| l.master()) == Some(master)
-                {
-                    return Ok(());
-                }
                 self.demote(master).await?;
                 if let Some(link) = self.role_state().slave_link() {
                     self.start_slave_link(link);
@@ -244,12 +310,6 @@ impl<D: Disk> Shard<D> {
     async fn promote(self: &Rc<Self>, mode: MasterMode) -> Result<(), ShardError> {
         super::flushing::flush_holding_gate(self).await?;
         let end = self.store().max_offset();
-        let mut identity = self.role_state().identity().next_epoch(end);
-        identity.promoted_role = Some(mode.broker_role());
-        identity.master_addr = None;
-        identity.save(self.disk(), self.dir()).await?;
-        let epoch = identity.last_epoch();
-        self.role_state().set_identity(identity);
         // Everything the old master confirmed stays visible; the rest waits for this master's
         // own guarantee (its flush, and under SYNC_MASTER its slaves).
         let confirmed = self
@@ -257,6 +317,15 @@ impl<D: Disk> Shard<D> {
             .slave_link()
             .map_or(0, |l| l.master_confirmed())
             .min(end);
+        let mut identity = self.role_state().identity().next_epoch(end);
+        identity.promoted_role = Some(mode.broker_role());
+        identity.master_addr = None;
+        // What this term starts from as acknowledged; a restart before the first checkpoint
+        // must not start from an earlier term's value.
+        identity.replicated_offset = confirmed;
+        identity.save(self.disk(), self.dir()).await?;
+        let epoch = identity.last_epoch();
+        self.role_state().set_identity(identity);
         self.flushing()
             .reset_released(self.store().flushed_offset());
         let replicas = Rc::new(Replicas::new(
@@ -282,13 +351,15 @@ impl<D: Disk> Shard<D> {
     }
 
     async fn demote(self: &Rc<Self>, master: SocketAddr) -> Result<(), ShardError> {
+        super::flushing::flush_holding_gate(self).await?;
+        self.persist_role(BrokerRole::Slave, Some(master)).await?;
+        // Only now, with the demotion certain: failing them marks this term's replicas failed
+        // for good, and a demotion that failed above leaves the shard the same master.
         if let Some(replicas) = self.role_state().replicas() {
             // Nothing these producers wrote was acknowledged by enough slaves; the new master
             // may not hold it. They get FLUSH_SLAVE_TIMEOUT, as on any missing acknowledgement.
             replicas.completions.fail_all();
         }
-        super::flushing::flush_holding_gate(self).await?;
-        self.persist_role(BrokerRole::Slave, Some(master)).await?;
         *self.role_state().role.borrow_mut() = Role::Slave(Rc::new(SlaveLink::new(Some(master))));
         info!(shard = self.id(), %master, "demoted: following the master at {master}");
         Ok(())
@@ -309,8 +380,51 @@ impl<D: Disk> Shard<D> {
     }
 
     /// Starts the slave's link to its master (which also carries topics and group offsets);
-    /// it returns on its own once the role changes again.
-    pub(super) fn start_slave_link(self: &Rc<Self>, link: Rc<SlaveLink>) {
-        glommio::spawn_local(crate::replication::slave::run(self.clone(), link)).detach();
+    /// it returns once the role changes again or the shard stops ([`Shard::stop_slave_link`]).
+    pub fn start_slave_link(self: &Rc<Self>, link: Rc<SlaveLink>) {
+        let task = glommio::spawn_local(crate::replication::slave::run(self.clone(), link));
+        let previous = self.role_state().link_task.replace(Some(task.detach()));
+        debug_assert!(
+            previous.is_none(),
+            "a slave link started over a running one"
+        );
+    }
+
+    /// After a failed transition: the stopped `link` is replaced by a fresh one to the same
+    /// master, which keeps what the old one heard confirmed.
+    fn start_slave_link_replacing(self: &Rc<Self>, link: &SlaveLink) {
+        let fresh = Rc::new(SlaveLink::new(link.master()));
+        fresh.master_confirmed.set(link.master_confirmed());
+        *self.role_state().role.borrow_mut() = Role::Slave(fresh.clone());
+        self.start_slave_link(fresh);
+    }
+
+    /// At a stop (after `begin_stop`): waits for a role change in progress, which may start a
+    /// link, then ends the link; a later role change is refused, so none starts again.
+    pub(super) async fn end_slave_link_for_stop(&self) {
+        debug_assert!(self.lifecycle().is_stopping());
+        let _changing = self
+            .role_state()
+            .changing
+            .acquire_permit(1)
+            .await
+            .expect("the role-change gate is never closed");
+        self.stop_slave_link().await;
+    }
+
+    /// Ends the slave link, if one runs, and waits until its task has returned: nothing it
+    /// received is applied after this. Returns the link that was stopped.
+    pub async fn stop_slave_link(&self) -> Option<Rc<SlaveLink>> {
+        let link = self.role_state().slave_link();
+        if let Some(link) = &link {
+            link.stopped.set(true);
+            link.lost();
+        }
+        let task = self.role_state().link_task.borrow_mut().take();
+        if let Some(task) = task {
+            self.role_state().changed.notify();
+            let _ = task.await;
+        }
+        link
     }
 }

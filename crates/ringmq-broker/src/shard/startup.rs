@@ -255,10 +255,8 @@ async fn serve_until_stopped(
     )));
     if let Some(link) = shard.role_state().slave_link() {
         if link.master().is_some() {
-            accept_loops.push(spawn_local(crate::replication::slave::run(
-                shard.clone(),
-                link,
-            )));
+            // Held in the role stage, like a link started at runtime: the stop ends it.
+            shard.start_slave_link(link);
         } else {
             warn!(
                 shard = shard.id(),

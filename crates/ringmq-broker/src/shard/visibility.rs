@@ -32,12 +32,13 @@ pub enum WaitFor {
 
 #[derive(Default)]
 pub struct Visibility {
-    /// The highest confirmed offset this stage was told of; wakes are relative to it.
-    confirmed: Cell<u64>,
     /// Pulls waiting for their queue's next append.
     by_queue: RefCell<HashMap<QueueKey, Vec<oneshot::Sender<()>>>>,
     /// Pulls waiting for the confirmed offset to reach a commitlog offset.
     by_end: RefCell<BTreeMap<u64, Vec<oneshot::Sender<()>>>>,
+    /// Parked pulls woken so far (each then looks again): lets a test tell a wake-up that
+    /// was due from one that was not.
+    woken: Cell<u64>,
 }
 
 /// Parked senders whose pull timed out (receiver dropped) are dropped whenever their list is
@@ -49,15 +50,15 @@ fn push_live(list: &mut Vec<oneshot::Sender<()>>, waiter: oneshot::Sender<()>) {
 
 impl Visibility {
     /// Parks a pull. The returned receiver fires when what it waits for may have happened.
-    pub fn wait(&self, what: WaitFor) -> oneshot::Receiver<()> {
+    /// `confirmed_now` is the shard's live confirmed offset (the cached one may be ahead of it
+    /// after a cut or a role change, and a pull woken at once against it would spin).
+    pub fn wait(&self, what: WaitFor, confirmed_now: u64) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
         match what {
             WaitFor::Append(key) => {
                 push_live(self.by_queue.borrow_mut().entry(key).or_default(), tx);
             }
-            WaitFor::Confirmed(end) if end <= self.confirmed.get() => {
-                let _ = tx.send(());
-            }
+            WaitFor::Confirmed(end) if end <= confirmed_now => self.wake(tx),
             WaitFor::Confirmed(end) => {
                 push_live(self.by_end.borrow_mut().entry(end).or_default(), tx);
             }
@@ -81,13 +82,16 @@ impl Visibility {
     /// The confirmed offset is now `offset`: wakes every pull whose record it covers. A lower
     /// offset than before (a log cut back, a new master confirming less) wakes nobody.
     pub fn confirmed(&self, offset: u64) {
-        self.confirmed.set(offset);
         let mut by_end = self.by_end.borrow_mut();
+        // Most publishes cover nobody: no split (and no allocation) then.
+        if by_end.keys().next().is_none_or(|first| *first > offset) {
+            return;
+        }
         let still_waiting = by_end.split_off(&offset.saturating_add(1));
         let covered = std::mem::replace(&mut *by_end, still_waiting);
         drop(by_end);
         for tx in covered.into_values().flatten() {
-            let _ = tx.send(());
+            self.wake(tx);
         }
     }
 
@@ -100,8 +104,19 @@ impl Visibility {
             .flat_map(|(_, l)| l)
             .chain(ended.into_values().flatten())
         {
-            let _ = tx.send(());
+            self.wake(tx);
         }
+    }
+
+    fn wake(&self, tx: oneshot::Sender<()>) {
+        if tx.send(()).is_ok() {
+            self.woken.set(self.woken.get() + 1);
+        }
+    }
+
+    /// Parked pulls woken since the shard started (a pull that timed out first not counted).
+    pub fn woken(&self) -> u64 {
+        self.woken.get()
     }
 
     /// Pulls parked right now (timed-out ones not yet dropped included).
@@ -122,7 +137,9 @@ mod tests {
     #[test]
     fn an_append_wakes_only_its_own_queue_once_confirmed() {
         let v = Visibility::default();
-        let mut parked: Vec<_> = (0..1000).map(|q| v.wait(WaitFor::Append(key(q)))).collect();
+        let mut parked: Vec<_> = (0..1000)
+            .map(|q| v.wait(WaitFor::Append(key(q)), 0))
+            .collect();
         v.appended(key(7), 500);
         assert!(parked.iter_mut().all(|rx| rx.try_recv().unwrap().is_none()));
         v.confirmed(499);
@@ -141,9 +158,15 @@ mod tests {
     fn a_held_but_unconfirmed_record_wakes_when_confirmed() {
         let v = Visibility::default();
         v.confirmed(100);
-        let mut already = v.wait(WaitFor::Confirmed(100));
+        let mut already = v.wait(WaitFor::Confirmed(100), 100);
         assert_eq!(already.try_recv().unwrap(), Some(()));
-        let mut later = v.wait(WaitFor::Confirmed(300));
+        // A log cut back below what was published: the live offset decides, not the last
+        // publish, so the pull parks instead of waking at once (and looping).
+        let mut cut = v.wait(WaitFor::Confirmed(100), 50);
+        assert_eq!(cut.try_recv().unwrap(), None);
+        v.confirmed(100);
+        assert_eq!(cut.try_recv().unwrap(), Some(()));
+        let mut later = v.wait(WaitFor::Confirmed(300), 100);
         v.confirmed(200);
         assert_eq!(later.try_recv().unwrap(), None);
         v.confirmed(300);
@@ -154,11 +177,11 @@ mod tests {
     fn timed_out_pulls_do_not_accumulate_and_wake_all_reaches_everyone() {
         let v = Visibility::default();
         for _ in 0..100 {
-            drop(v.wait(WaitFor::Append(key(1))));
+            drop(v.wait(WaitFor::Append(key(1)), 0));
         }
-        let mut a = v.wait(WaitFor::Append(key(1)));
+        let mut a = v.wait(WaitFor::Append(key(1)), 0);
         assert_eq!(v.parked(), 1, "dropped waiters were pruned");
-        let mut b = v.wait(WaitFor::Confirmed(10_000));
+        let mut b = v.wait(WaitFor::Confirmed(10_000), 0);
         v.wake_all();
         assert_eq!(a.try_recv().unwrap(), Some(()));
         assert_eq!(b.try_recv().unwrap(), Some(()));

@@ -1,7 +1,7 @@
 //! Cluster commands: `ClusterStatus` (role, offsets and links of every shard),
 //! `ClusterPromote` (turn a slave into the master of its group) and `ClusterDemote` (turn a
-//! master into a slave of another master). Both role commands run the one role transition,
-//! [`Shard::change_role`], on every shard, at runtime.
+//! master into a slave of another master, or re-point a slave to another master). Both role
+//! commands run the one role transition, [`Shard::change_role`], on every shard, at runtime.
 
 use crate::config::BrokerRole;
 use crate::protocol::message::{ClusterDemote, ClusterPromote};
@@ -109,7 +109,8 @@ pub async fn promote<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply,
     status(shard).await
 }
 
-/// Demotes every shard to a slave of the master whose HA port the body names (`HOST:PORT`).
+/// Demotes every shard to a slave of the master whose HA port the body names (`HOST:PORT`);
+/// on a slave, re-points every shard to that master.
 pub async fn demote<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
     let request = ClusterDemote::decode(raw)?;
     let master: SocketAddr = request.master.parse().map_err(|_| {
@@ -118,17 +119,16 @@ pub async fn demote<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, 
             request.master
         ))
     })?;
-    if !shard.is_master() {
-        return Err(ShardError::Refused(format!(
-            "{} is already a SLAVE",
-            shard.config().broker_name
-        )));
-    }
+    // A slave is re-pointed: its link to the old master is replaced by one to `master`.
     change_everywhere(shard, RoleTarget::Slave(master)).await?;
     status(shard).await
 }
 
-/// Runs the role transition on every other shard, then on this one.
+/// Runs the role transition on every other shard, then on this one (only if all the others
+/// changed). A transition that fails leaves its shard in its old role, but shards that already
+/// changed stay changed (no rollback: a rollback can fail the same way): the error names the
+/// shards of each kind, so the operator can retry the same command, which the changed shards
+/// take as done.
 async fn change_everywhere<D: Disk>(
     shard: &Rc<Shard<D>>,
     target: RoleTarget,
@@ -136,6 +136,45 @@ async fn change_everywhere<D: Disk>(
     let outcomes = shard
         .ask_others(|reply| ShardRequest::ChangeRole { target, reply })
         .await?;
-    outcomes.into_iter().collect::<Result<Vec<()>, _>>()?;
-    shard.change_role(target).await
+    let others = (0..shard.shard_count()).filter(|s| *s != shard.id());
+    let mut changed = Vec::new();
+    let mut failed = Vec::new();
+    for (other, outcome) in others.zip(outcomes) {
+        match outcome {
+            Ok(()) => changed.push(other),
+            Err(e) => failed.push(format!("shard {other}: {e}")),
+        }
+    }
+    if failed.is_empty() {
+        match shard.change_role(target).await {
+            Ok(()) => return Ok(()),
+            Err(e) => failed.push(format!("shard {}: {e}", shard.id())),
+        }
+    } else {
+        failed.push(format!(
+            "shard {}: not tried after the failures above",
+            shard.id()
+        ));
+    }
+    Err(ShardError::Metadata(format!(
+        "the role change to {} failed on some shards ({}); changed: {}",
+        describe(target),
+        failed.join("; "),
+        if changed.is_empty() {
+            "none".to_string()
+        } else {
+            changed
+                .iter()
+                .map(|s| format!("shard {s}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    )))
+}
+
+fn describe(target: RoleTarget) -> String {
+    match target {
+        RoleTarget::Master(mode) => mode.broker_role().to_string(),
+        RoleTarget::Slave(master) => format!("SLAVE of {master}"),
+    }
 }

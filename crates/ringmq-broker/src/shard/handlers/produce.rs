@@ -145,9 +145,20 @@ async fn append_batch<'a, D: Disk>(
         .collect();
     shard.admit_batch(deadline, &lens).await?;
     let mut first = None;
-    let mut last = None;
+    let mut last: Option<Appended> = None;
     for m in &request.messages {
-        let appended = append_one(shard, deadline, &input(m)).await?;
+        let appended = match append_one(shard, deadline, &input(m)).await {
+            Ok(appended) => appended,
+            Err(e) => {
+                // Admission makes this rare, but what went in before the failure is in the
+                // log: announce it, so pulls parked on the queue and the shippers see it now
+                // rather than at their timeouts.
+                if let Some(last) = last {
+                    announce_partial(shard, key, last.end_offset);
+                }
+                return Err(e);
+            }
+        };
         first.get_or_insert(appended);
         last = Some(appended);
     }
@@ -161,6 +172,16 @@ async fn append_batch<'a, D: Disk>(
         first.expect("batch is not empty"),
         last.expect("batch is not empty"),
     ))
+}
+
+/// A batch that failed partway: its records already appended count as appended, as after a
+/// whole batch.
+fn announce_partial<D: Disk>(shard: &Shard<D>, key: QueueKey, end_offset: u64) {
+    shard.appended(key, end_offset);
+    match shard.config().flush_disk_type {
+        FlushDiskType::SyncFlush => shard.flushing().request(),
+        FlushDiskType::AsyncFlush => shard.publish_confirmed(),
+    }
 }
 
 async fn append_one<D: Disk>(

@@ -50,9 +50,10 @@ pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, 
                 }),
             ));
         }
-        let visible = shard
-            .visibility()
-            .wait(wait_for(shard, key, request.offset));
+        let visible = shard.visibility().wait(
+            wait_for(shard, key, request.offset),
+            shard.confirmed_offset(),
+        );
         future::or(
             async {
                 let _ = visible.await;
