@@ -835,7 +835,7 @@ mod tests {
                 futures_lite::future::yield_now().await;
             }
             // Nothing is left to flush: the demotion's next write is the role file's.
-            disk.inject(crate::store::sim::SimFault::Write);
+            disk.inject(crate::testing::SimFault::Write);
             let master: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
             let failed = shard.change_role(role::RoleTarget::Slave(master)).await;
             assert!(failed.is_err(), "the role file write was failed");
