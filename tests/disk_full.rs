@@ -12,6 +12,7 @@ mod common;
 use common::{run_binary, temp_store, Broker, Sizes};
 use ringmq::client::Client;
 use ringmq::protocol::message::MessageRef;
+use ringmq::protocol::message::QueueRef;
 use ringmq::protocol::Status;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -215,7 +216,12 @@ fn disk_full_at_default_segment_size_answers_disk_full_keeps_reads_and_recovers(
         read.len(),
         acked.len()
     );
-    let info = client.queue_stats("full", 0).expect("queue stats");
+    let info = client
+        .call(&QueueRef {
+            topic: "full".into(),
+            queue: 0,
+        })
+        .expect("queue stats");
     assert_eq!(
         info.max_offset,
         acked.len() as u64,

@@ -7,6 +7,7 @@ mod common;
 use common::{run_binary, temp_store, Broker};
 use ringmq::client::{Client, ClientOptions};
 use ringmq::protocol::message::MessageRef;
+use ringmq::protocol::message::{GroupCommit, GroupDescribe, GroupFetch, TopicListRequest};
 use ringmq::protocol::Status;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -122,12 +123,24 @@ fn produce_and_consume_across_shards_through_the_shared_port() {
     // Group offsets are queue-scoped too: they must be forwarded to the owner.
     for queue in 0..8 {
         client
-            .commit_offset("g", "orders", queue, queue as u64)
+            .call(&GroupCommit {
+                group: "g".into(),
+                topic: "orders".into(),
+                queue,
+                offset: queue as u64,
+            })
             .expect("commit");
     }
     for queue in 0..8 {
         assert_eq!(
-            client.fetch_offset("g", "orders", queue).expect("fetch"),
+            client
+                .call(&GroupFetch {
+                    group: "g".into(),
+                    topic: "orders".into(),
+                    queue
+                })
+                .map(|o| o.offset)
+                .expect("fetch"),
             Some(queue as u64)
         );
     }
@@ -218,20 +231,65 @@ fn group_offsets_survive_clean_and_unclean_restarts() {
         let batch: Vec<MessageRef<'_>> = bodies.iter().map(|b| message(b"", b)).collect();
         client.produce("g", Some(queue), &batch).expect("produce");
     }
-    assert_eq!(client.fetch_offset("billing", "g", 0).expect("fetch"), None);
-    client.commit_offset("billing", "g", 0, 3).expect("commit");
-    client.commit_offset("billing", "g", 2, 7).expect("commit");
+    assert_eq!(
+        client
+            .call(&GroupFetch {
+                group: "billing".into(),
+                topic: "g".into(),
+                queue: 0
+            })
+            .map(|o| o.offset)
+            .expect("fetch"),
+        None
+    );
+    client
+        .call(&GroupCommit {
+            group: "billing".into(),
+            topic: "g".into(),
+            queue: 0,
+            offset: 3,
+        })
+        .expect("commit");
+    client
+        .call(&GroupCommit {
+            group: "billing".into(),
+            topic: "g".into(),
+            queue: 2,
+            offset: 7,
+        })
+        .expect("commit");
 
     let check = |client: &mut Client, expect: &[(u32, u64)]| {
         for (queue, offset) in expect {
             assert_eq!(
-                client.fetch_offset("billing", "g", *queue).expect("fetch"),
+                client
+                    .call(&GroupFetch {
+                        group: "billing".into(),
+                        topic: "g".into(),
+                        queue: *queue
+                    })
+                    .map(|o| o.offset)
+                    .expect("fetch"),
                 Some(*offset),
                 "queue {queue}"
             );
         }
-        assert_eq!(client.fetch_offset("billing", "g", 1).expect("fetch"), None);
-        let d = client.describe_group("billing").expect("describe group");
+        assert_eq!(
+            client
+                .call(&GroupFetch {
+                    group: "billing".into(),
+                    topic: "g".into(),
+                    queue: 1
+                })
+                .map(|o| o.offset)
+                .expect("fetch"),
+            None
+        );
+        let d = client
+            .call(&GroupDescribe {
+                group: "billing".into(),
+            })
+            .expect("describe group");
         let mut lags: Vec<(u32, u64, u64, u64)> = d
             .queues
             .iter()
@@ -250,8 +308,22 @@ fn group_offsets_survive_clean_and_unclean_restarts() {
     let mut client = broker.client();
     check(&mut client, &[(0, 3), (2, 7)]);
 
-    client.commit_offset("billing", "g", 0, 9).expect("commit");
-    client.commit_offset("billing", "g", 3, 1).expect("commit");
+    client
+        .call(&GroupCommit {
+            group: "billing".into(),
+            topic: "g".into(),
+            queue: 0,
+            offset: 9,
+        })
+        .expect("commit");
+    client
+        .call(&GroupCommit {
+            group: "billing".into(),
+            topic: "g".into(),
+            queue: 3,
+            offset: 1,
+        })
+        .expect("commit");
     broker.kill();
     broker.restart();
     let mut client = broker.client();
@@ -282,7 +354,8 @@ fn topics_survive_restarts_and_deleted_topics_stay_deleted() {
     broker.restart();
     let mut client = broker.client();
     let mut names: Vec<String> = client
-        .list_topics()
+        .call(&TopicListRequest {})
+        .map(|l| l.topics)
         .expect("list")
         .into_iter()
         .map(|t| t.name)

@@ -5,6 +5,7 @@
 
 mod common;
 
+use ringmq::protocol::message::QueueRef;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -129,7 +130,10 @@ fn sigterm_answers_every_request_in_flight_then_exits_cleanly() {
     broker.restart();
     let stats = broker
         .client()
-        .queue_stats("drain", 0)
+        .call(&QueueRef {
+            topic: "drain".into(),
+            queue: 0,
+        })
         .expect("queue stats");
     assert_eq!(
         stats.max_offset, ok,

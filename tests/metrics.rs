@@ -5,6 +5,7 @@ mod common;
 
 use common::{temp_store, Broker};
 use ringmq::protocol::message::MessageRef;
+use ringmq::protocol::message::StatsRequest;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
@@ -62,7 +63,7 @@ fn stats_and_prometheus_count_what_the_broker_did() {
     let pulled = client.pull("probed", 0, 0, 100, 1 << 20, 0).unwrap();
     assert_eq!(pulled.messages.len(), 3);
 
-    let stats = client.stats().unwrap();
+    let stats = client.call(&StatsRequest {}).unwrap();
     assert_eq!(stats.shards, vec![0, 1]);
     assert_eq!(stats.counters["produce_requests_total"], 6);
     assert_eq!(stats.counters["messages_appended_total"], 8);

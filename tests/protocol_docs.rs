@@ -46,7 +46,7 @@ fn check(heading: &str, code: BTreeMap<u16, String>) {
         assert_eq!(
             documented.get(value),
             Some(name),
-            "{heading}: {name} ({value}) is declared in src/protocol/codes.rs but not documented so"
+            "{heading}: {name} ({value}) is declared in ringmq-protocol (requests.rs, codes.rs) but not documented so"
         );
     }
     for (value, name) in &documented {

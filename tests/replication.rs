@@ -6,6 +6,9 @@
 
 mod common;
 
+use ringmq::protocol::message::{
+    ClusterPromote, ClusterStatusRequest, GroupCommit, GroupFetch, StatsRequest, TopicListRequest,
+};
 use ringmq::store::sim::SeededRng;
 
 use common::{temp_store, wait_until, Broker, PortBlock, Sizes};
@@ -97,7 +100,10 @@ fn message(body: &[u8]) -> MessageRef<'_> {
 }
 
 fn status(broker: &Broker) -> Option<ClusterStatus> {
-    Client::connect(&broker.addr).ok()?.cluster_status().ok()
+    Client::connect(&broker.addr)
+        .ok()?
+        .call(&ClusterStatusRequest {})
+        .ok()
 }
 
 /// Waits until every shard of `master` has a slave that acknowledged its whole log.
@@ -127,7 +133,8 @@ fn wait_slave_confirmed(slave: &Broker, master: &ClusterStatus) {
 fn wait_topic(broker: &Broker, topic: &str) {
     wait_until(CATCH_UP, "the topic on the slave", || {
         let mut c = Client::connect(&broker.addr).ok()?;
-        c.list_topics()
+        c.call(&TopicListRequest {})
+            .map(|l| l.topics)
             .ok()?
             .iter()
             .any(|t| t.name == topic)
@@ -753,7 +760,17 @@ fn consumer_fails_over_to_the_slave_and_back() {
     let mut consumer = FailoverClient::connect(&brokers, ClientOptions::default()).unwrap();
     consumer.set_retry_primary_every(Duration::from_millis(200));
     let mut positions: Vec<u64> = (0..QUEUES)
-        .map(|q| consumer.fetch_offset("g", TOPIC, q).unwrap().unwrap_or(0))
+        .map(|q| {
+            consumer
+                .call(&GroupFetch {
+                    group: "g".into(),
+                    topic: TOPIC.into(),
+                    queue: q,
+                })
+                .map(|o| o.offset)
+                .unwrap()
+                .unwrap_or(0)
+        })
         .collect();
     let mut read = Consumed::default();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -800,7 +817,17 @@ fn consumer_fails_over_to_the_slave_and_back() {
     assert_eq!(read.consumed.len(), produced.len(), "nothing read twice");
     assert_eq!(unique, produced, "everything read");
     let committed: Vec<_> = (0..QUEUES)
-        .map(|q| consumer.fetch_offset("g", TOPIC, q).unwrap().unwrap())
+        .map(|q| {
+            consumer
+                .call(&GroupFetch {
+                    group: "g".into(),
+                    topic: TOPIC.into(),
+                    queue: q,
+                })
+                .map(|o| o.offset)
+                .unwrap()
+                .unwrap()
+        })
         .collect();
     assert_eq!(committed, positions);
     println!(
@@ -871,7 +898,12 @@ impl Consumed {
                 self.by_broker[consumer.active()] += 1;
             }
             consumer
-                .commit_offset("g", topic, q, positions[at])
+                .call(&GroupCommit {
+                    group: "g".into(),
+                    topic: topic.into(),
+                    queue: q,
+                    offset: positions[at],
+                })
                 .unwrap();
         }
     }
@@ -914,7 +946,13 @@ fn promoted_slave_and_divergent_old_master() {
     old.broker.kill();
 
     new.broker.restart();
-    let promoted = new.broker.client().promote(Some("ASYNC_MASTER")).unwrap();
+    let promoted = new
+        .broker
+        .client()
+        .call(&ClusterPromote {
+            role: "ASYNC_MASTER".into(),
+        })
+        .unwrap();
     assert!(promoted
         .shards
         .iter()
@@ -1000,7 +1038,7 @@ fn restarted_sync_master_keeps_showing_what_was_replicated() {
         acked.push((r.response.base_offset, body.into_bytes()));
     }
     wait_caught_up(&master.broker);
-    let gauges = client.stats().unwrap().gauges;
+    let gauges = client.call(&StatsRequest {}).unwrap().gauges;
     assert_eq!(
         gauges["replication_slaves"], 2,
         "one slave link per shard: {gauges:?}"
@@ -1034,10 +1072,25 @@ fn metadata_changes_reach_the_slave_at_once() {
     let mut client = master.broker.client();
     client.create_topic("late", 2).unwrap();
     wait_topic(&slave.broker, "late");
-    client.commit_offset("readers", "late", 1, 7).unwrap();
+    client
+        .call(&GroupCommit {
+            group: "readers".into(),
+            topic: "late".into(),
+            queue: 1,
+            offset: 7,
+        })
+        .unwrap();
     wait_until(CATCH_UP, "the group offset on the slave", || {
         let mut c = Client::connect(&slave.broker.addr).ok()?;
-        (c.fetch_offset("readers", "late", 1).ok()? == Some(7)).then_some(())
+        (c.call(&GroupFetch {
+            group: "readers".into(),
+            topic: "late".into(),
+            queue: 1,
+        })
+        .map(|o| o.offset)
+        .ok()?
+            == Some(7))
+        .then_some(())
     });
 }
 
@@ -1196,7 +1249,8 @@ fn metadata_arrives_on_the_replication_link_alone() {
     wait_topic(&slave.broker, "remote");
     let mut client = Client::connect(&slave.broker.addr).unwrap();
     let topic = client
-        .list_topics()
+        .call(&TopicListRequest {})
+        .map(|l| l.topics)
         .unwrap()
         .into_iter()
         .find(|t| t.name == "remote")
@@ -1205,7 +1259,16 @@ fn metadata_arrives_on_the_replication_link_alone() {
     wait_until(CATCH_UP, "every group offset on the slave", || {
         let mut c = Client::connect(&slave.broker.addr).ok()?;
         (0..4u32)
-            .all(|q| c.fetch_offset("readers", "remote", q).ok() == Some(Some(100 + u64::from(q))))
+            .all(|q| {
+                c.call(&GroupFetch {
+                    group: "readers".into(),
+                    topic: "remote".into(),
+                    queue: q,
+                })
+                .map(|o| o.offset)
+                .ok()
+                    == Some(Some(100 + u64::from(q)))
+            })
             .then_some(())
     });
     beating.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -1269,7 +1332,7 @@ fn sigterm_answers_producers_waiting_for_a_stalled_slave() {
         })
         .collect();
     wait_until(Duration::from_secs(20), "three producers waiting", || {
-        let stats = client.stats().ok()?;
+        let stats = client.call(&StatsRequest {}).ok()?;
         (stats.gauges["pending_completions"] >= 3).then_some(())
     });
     master.broker.signal(libc::SIGTERM);

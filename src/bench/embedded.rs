@@ -255,7 +255,7 @@ pub fn wait_for_slaves(addr: &str, slaves: usize) -> Result<(), String> {
         .map_err(|e| format!("cannot reach the embedded master at {addr}: {e}"))?;
     loop {
         let status = client
-            .cluster_status()
+            .call(&crate::protocol::message::ClusterStatusRequest {})
             .map_err(|e| format!("cluster status of {addr}: {e}"))?;
         let ready = status
             .shards

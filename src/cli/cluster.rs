@@ -3,6 +3,7 @@
 use super::app::{describe, BrokerArgs, Format};
 use super::output::{emit, table};
 use crate::protocol::admin::ClusterStatus;
+use crate::protocol::message::{ClusterPromote, ClusterStatusRequest};
 use clap::{Args, Subcommand};
 
 #[derive(Args, Debug)]
@@ -28,8 +29,8 @@ pub enum ClusterCommand {
 pub fn run(args: ClusterArgs) -> Result<(), String> {
     let mut client = args.broker.connect()?;
     let status = match &args.command {
-        ClusterCommand::Status => client.cluster_status(),
-        ClusterCommand::Promote { role } => client.promote(Some(role)),
+        ClusterCommand::Status => client.call(&ClusterStatusRequest {}),
+        ClusterCommand::Promote { role } => client.call(&ClusterPromote { role: role.clone() }),
     }
     .map_err(|e| describe(&args.broker.broker, &e))?;
     match args.broker.format {

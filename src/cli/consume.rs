@@ -12,8 +12,8 @@
 use super::app::{describe, BrokerArgs, Format};
 use super::output::{emit, to_json_line, ConsumeLine};
 use crate::client::{Client, ClientError, ClientOptions, FailoverClient, PullResult};
-use crate::protocol::message::{PullRequest, PulledMessage};
-use crate::protocol::Status;
+use crate::protocol::message::{GroupCommit, GroupFetch, PullRequest, PulledMessage, QueueRef};
+use crate::protocol::{Request, Status};
 use clap::Args;
 use std::str::FromStr;
 
@@ -94,37 +94,11 @@ impl Source {
             Source::Group(c) => c.describe_topic(topic),
         }
     }
-    fn fetch_offset(
-        &mut self,
-        group: &str,
-        topic: &str,
-        queue: u32,
-    ) -> Result<Option<u64>, ClientError> {
+    /// Any declared request, through the failover client when consuming from a group.
+    fn call<R: Request>(&mut self, request: &R) -> Result<R::Response, ClientError> {
         match self {
-            Source::Single(c) => c.fetch_offset(group, topic, queue),
-            Source::Group(c) => c.fetch_offset(group, topic, queue),
-        }
-    }
-    fn commit_offset(
-        &mut self,
-        group: &str,
-        topic: &str,
-        queue: u32,
-        offset: u64,
-    ) -> Result<(), ClientError> {
-        match self {
-            Source::Single(c) => c.commit_offset(group, topic, queue, offset),
-            Source::Group(c) => c.commit_offset(group, topic, queue, offset),
-        }
-    }
-    fn queue_stats(
-        &mut self,
-        topic: &str,
-        queue: u32,
-    ) -> Result<crate::protocol::message::QueueStats, ClientError> {
-        match self {
-            Source::Single(c) => c.queue_stats(topic, queue),
-            Source::Group(c) => c.queue_stats(topic, queue),
+            Source::Single(c) => c.call(request),
+            Source::Group(c) => c.call(request),
         }
     }
 }
@@ -180,7 +154,12 @@ fn start_cursors(client: &mut Source, args: &ConsumeArgs) -> Result<Vec<Cursor>,
             (Some(StartFrom::Latest), _) => q.max_offset,
             (Some(StartFrom::Offset(o)), _) => o,
             (None, Some(group)) => client
-                .fetch_offset(group, &args.topic, q.queue)?
+                .call(&GroupFetch {
+                    group: group.clone(),
+                    topic: args.topic.clone(),
+                    queue: q.queue,
+                })?
+                .offset
                 .unwrap_or(q.min_offset),
             (None, None) => q.min_offset,
         };
@@ -239,7 +218,10 @@ fn pull_round(
             Ok(result) => round += print_batch(args, cursor, &result, printed)?,
             Err(e) if e.status() == Some(Status::OffsetOutOfRange) => {
                 let stats = client
-                    .queue_stats(&args.topic, cursor.queue)
+                    .call(&QueueRef {
+                        topic: args.topic.clone(),
+                        queue: cursor.queue,
+                    })
                     .map_err(fail)?;
                 eprintln!(
                     "queue {}: offset {} is out of range, moving to {}",
@@ -252,7 +234,12 @@ fn pull_round(
         if let Some(group) = &args.group {
             if cursor.offset != cursor.committed {
                 client
-                    .commit_offset(group, &args.topic, cursor.queue, cursor.offset)
+                    .call(&GroupCommit {
+                        group: group.clone(),
+                        topic: args.topic.clone(),
+                        queue: cursor.queue,
+                        offset: cursor.offset,
+                    })
                     .map_err(fail)?;
                 cursor.committed = cursor.offset;
             }

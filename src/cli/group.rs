@@ -2,7 +2,7 @@
 
 use super::app::{describe, BrokerArgs, Format};
 use super::output::{emit, table};
-use crate::protocol::message::GroupDescription;
+use crate::protocol::message::{GroupDescribe, GroupDescription};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -24,7 +24,7 @@ pub fn run(args: GroupArgs) -> Result<(), String> {
     let GroupCommand::Describe { group } = args.command;
     let mut client = args.broker.connect()?;
     let description = client
-        .describe_group(&group)
+        .call(&GroupDescribe { group })
         .map_err(|e| describe(&args.broker.broker, &e))?;
     match args.broker.format {
         Format::Json => emit(&description_json(&description).to_string()),

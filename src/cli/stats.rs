@@ -3,6 +3,7 @@
 use super::app::{describe, BrokerArgs, Format};
 use super::output::{emit, table};
 use crate::metrics::Stats;
+use crate::protocol::message::StatsRequest;
 use clap::Args;
 
 #[derive(Args, Debug)]
@@ -14,7 +15,7 @@ pub struct StatsArgs {
 pub fn run(args: StatsArgs) -> Result<(), String> {
     let mut client = args.broker.connect()?;
     let stats = client
-        .stats()
+        .call(&StatsRequest {})
         .map_err(|e| describe(&args.broker.broker, &e))?;
     match args.broker.format {
         Format::Json => emit(&serde_json::to_string(&stats).expect("stats serialize")),

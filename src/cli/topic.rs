@@ -2,7 +2,7 @@
 
 use super::app::{describe, BrokerArgs, Format};
 use super::output::{emit, table};
-use crate::protocol::message::{TopicDescription, TopicInfo};
+use crate::protocol::message::{TopicDescription, TopicInfo, TopicListRequest};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -47,7 +47,7 @@ pub fn run(args: TopicArgs) -> Result<(), String> {
             }
         }
         TopicCommand::List => {
-            let topics = client.list_topics().map_err(fail)?;
+            let topics = client.call(&TopicListRequest {}).map_err(fail)?.topics;
             match broker.format {
                 Format::Json => {
                     let list: Vec<_> = topics.iter().map(topic_json).collect();

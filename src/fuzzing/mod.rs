@@ -116,12 +116,12 @@ impl<'a> Input<'a> {
 /// Decodes `$body` with `$ty::decode`; on success encodes the value, decodes that again and
 /// asserts the value survived. With `canonical`, the encoding must also equal the input.
 macro_rules! round_trip {
-    ($body:expr, $ty:ident, canonical: $canonical:expr) => {{
+    ($body:expr, $ty:ty, canonical: $canonical:expr) => {{
         let body: &[u8] = $body;
-        if let Ok(value) = std::hint::black_box($ty::decode(body)) {
+        if let Ok(value) = std::hint::black_box(<$ty>::decode(body)) {
             let mut encoded = Vec::new();
             value.encode(&mut encoded);
-            let again = $ty::decode(&encoded).unwrap_or_else(|e| {
+            let again = <$ty>::decode(&encoded).unwrap_or_else(|e| {
                 panic!("{}: re-encoded value does not decode: {e}", stringify!($ty))
             });
             assert_eq!(

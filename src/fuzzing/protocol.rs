@@ -2,16 +2,14 @@
 //! request and response body.
 
 use super::{round_trip, Input};
+use crate::protocol::codec::Fields;
 use crate::protocol::codes::{Opcode, Status};
 use crate::protocol::frame::{
     begin_frame, encode_frame, finish_frame, FrameDecoder, FrameError, FrameHeader,
     FRAME_HEADER_BYTES,
 };
-use crate::protocol::message::{
-    decode_error_message, GroupCommit, GroupDescription, GroupFetch, GroupOffset, Metadata, Name,
-    ProduceRequest, ProduceResponse, PullRequest, PullResponse, QueueRef, QueueStats, TopicCreate,
-    TopicDescription, TopicInfo, TopicList,
-};
+use crate::protocol::message::*;
+use crate::protocol::requests::for_each_request;
 use std::hint::black_box;
 
 /// Frame limits to decode with: the header alone, small, and the broker's default.
@@ -89,27 +87,25 @@ pub fn frame_structured(data: &[u8]) {
     }
 }
 
-/// The body decoder the broker's handler for `opcode` runs (`shard/handlers/`).
+/// The body decoder of the request `opcode` carries, as declared in
+/// `protocol::requests::for_each_request!` (the broker's handlers decode with it).
 pub(crate) fn request_body(opcode: Opcode, body: &[u8]) {
-    match opcode {
-        Opcode::Produce => round_trip!(body, ProduceRequest, canonical: true),
-        Opcode::Pull => round_trip!(body, PullRequest, canonical: true),
-        Opcode::QueueStats => round_trip!(body, QueueRef, canonical: true),
-        Opcode::TopicCreate => round_trip!(body, TopicCreate, canonical: true),
-        Opcode::TopicDelete
-        | Opcode::TopicDescribe
-        | Opcode::GroupDescribe
-        | Opcode::ClusterPromote => round_trip!(body, Name, canonical: true),
-        Opcode::GroupCommit => round_trip!(body, GroupCommit, canonical: true),
-        Opcode::GroupFetch => round_trip!(body, GroupFetch, canonical: true),
-        Opcode::Ping
-        | Opcode::Metadata
-        | Opcode::TopicList
-        | Opcode::Stats
-        | Opcode::MetadataSnapshot
-        | Opcode::ClusterStatus => {}
-    }
+    for_each_request!(request_decoders, opcode, body)
 }
+
+/// One match arm per declared request: its body round-trips (to the same bytes where its
+/// codecs are canonical).
+macro_rules! request_decoders {
+    (($opcode:expr, $body:expr)
+        $( $op:ident = $value:literal => $wire:literal : $req:ty => $resp:ty, $what:literal
+           { $($extra:tt)* }; )+
+    ) => {
+        match $opcode {
+            $( Opcode::$op => round_trip!($body, $req, canonical: <$req as Fields<'_>>::canonical()), )+
+        }
+    };
+}
+use request_decoders;
 
 /// Decoders of [`message_body`], in selector order.
 const BODY_DECODERS: [fn(&[u8]); 18] = [
@@ -117,7 +113,8 @@ const BODY_DECODERS: [fn(&[u8]); 18] = [
     |b| round_trip!(b, PullRequest, canonical: true),
     |b| round_trip!(b, QueueRef, canonical: true),
     |b| round_trip!(b, TopicCreate, canonical: true),
-    |b| round_trip!(b, Name, canonical: true),
+    // Every single-name body (TopicDelete, TopicDescribe, GroupDescribe, ClusterPromote).
+    |b| round_trip!(b, TopicDelete, canonical: true),
     |b| round_trip!(b, GroupCommit, canonical: true),
     |b| round_trip!(b, GroupFetch, canonical: true),
     |b| round_trip!(b, ProduceResponse, canonical: true),

@@ -9,8 +9,8 @@ use crate::protocol::codes::Opcode;
 use crate::protocol::frame::{encode_frame, FrameHeader};
 use crate::protocol::message::{
     GroupCommit, GroupDescription, GroupFetch, GroupOffset, GroupQueueLag, MessageRef, Metadata,
-    Name, ProduceRequest, ProduceResponse, PullRequest, PullResponse, PullSummary,
-    PulledMessageRef, QueueRef, QueueStats, TopicCreate, TopicDescription, TopicInfo, TopicList,
+    ProduceRequest, ProduceResponse, PullRequest, PullResponse, PullSummary, PulledMessageRef,
+    QueueRef, QueueStats, TopicCreate, TopicDelete, TopicDescription, TopicInfo, TopicList,
 };
 use crate::replication::protocol::{encode_refusal, Hello, Welcome};
 use crate::store::checkpoint::Checkpoint;
@@ -157,7 +157,7 @@ fn pull_request() -> Vec<u8> {
 
 /// Request bodies with the opcode that carries each.
 fn request_bodies() -> Vec<(&'static str, Opcode, Vec<u8>)> {
-    let name = |n: &str| encoded(|out| Name { name: n.into() }.encode(out));
+    let name = |n: &str| encoded(|out| TopicDelete { name: n.into() }.encode(out));
     vec![
         ("ping", Opcode::Ping, Vec::new()),
         ("produce", Opcode::Produce, produce_request()),

@@ -5,17 +5,22 @@
 //! queue according to `TopicInfo::queue_shards`, over a connection to `HOST:shard_ports[n]`
 //! opened on first use. A shard whose port is 0 or that cannot be reached is served through the
 //! bootstrap connection instead: the broker forwards such requests to the owning core.
+//!
+//! Every request goes through one typed call, [`Client::call`], which takes any declared
+//! [`Request`] (`protocol::requests`) and returns its response; the request says whether it is
+//! queue-scoped and how long the broker may hold it. The methods kept beside it add behaviour:
+//! queue choice and pipelining for produce, pipelining for pull, the topic cache for topic
+//! commands, timing for ping.
 
 use super::connection::{Connection, ConnectionOptions, Response};
 use super::error::ClientError;
 use super::LONG_POLL_MARGIN;
-use crate::protocol::codec::DecodeError;
 use crate::protocol::message::{
-    encode_produce, GroupCommit, GroupDescription, GroupFetch, GroupOffset, MessageRef, Metadata,
-    Name, ProduceResponse, PullRequest, PullResponse, PullSummary, PulledMessage, QueueRef,
-    QueueStats, TopicCreate, TopicDescription, TopicInfo, TopicList, ANY_QUEUE,
+    encode_produce, MessageRef, Metadata, MetadataRequest, Ping, ProduceRequest, PullRequest,
+    TopicCreate, TopicDelete, TopicDescribe, TopicDescription, TopicInfo, ANY_QUEUE,
 };
-use crate::protocol::{Opcode, Status};
+pub use crate::protocol::requests::{ProduceResult, PullResult};
+use crate::protocol::{Opcode, Request, Response as _, Status};
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -51,28 +56,11 @@ pub struct Ticket {
     pub request_id: u64,
 }
 
-/// A produce the broker stored. `status` is `Ok` or one of the statuses that mean "stored, but
-/// the durability guarantee was not met in time" (`FlushDiskTimeout`, `FlushSlaveTimeout`,
-/// `SlaveNotAvailable`); callers that need the guarantee must check it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProduceResult {
-    pub status: Status,
-    pub response: ProduceResponse,
-}
-
 /// One produce acknowledgement from the pipelined API.
 #[derive(Debug)]
 pub struct ProduceAck {
     pub ticket: Ticket,
     pub result: Result<ProduceResult, ClientError>,
-}
-
-/// `status` is `Ok` (messages may still be empty when `max_bytes` is tiny) or `NoNewMessage`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PullResult {
-    pub status: Status,
-    pub summary: PullSummary,
-    pub messages: Vec<PulledMessage>,
 }
 
 enum ShardConnection {
@@ -139,13 +127,7 @@ impl Client {
     /// Fetches metadata from the bootstrap connection and resets shard connections whose port
     /// changed.
     pub fn refresh_metadata(&mut self) -> Result<&Metadata, ClientError> {
-        let (_, metadata) = self.call_on(
-            ConnectionSlot::Bootstrap,
-            Opcode::Metadata,
-            None,
-            |_| {},
-            Metadata::decode,
-        )?;
+        let metadata = self.call_on(ConnectionSlot::Bootstrap, &MetadataRequest {}, None)?;
         let ports_changed = metadata.shard_ports != self.metadata.shard_ports;
         self.topics = metadata
             .topics
@@ -170,72 +152,34 @@ impl Client {
     /// Round-trip time of an empty request on the bootstrap connection.
     pub fn ping(&mut self) -> Result<Duration, ClientError> {
         let started = Instant::now();
-        self.call_on(
-            ConnectionSlot::Bootstrap,
-            Opcode::Ping,
-            None,
-            |_| {},
-            |_| Ok(()),
-        )?;
+        self.call(&Ping {})?;
         Ok(started.elapsed())
     }
 
     pub fn create_topic(&mut self, name: &str, queues: u32) -> Result<TopicInfo, ClientError> {
         check_name("topic", name)?;
-        let request = TopicCreate {
+        let info = self.call(&TopicCreate {
             name: name.to_string(),
             queue_count: queues,
-        };
-        let (_, info) = self.call_on(
-            ConnectionSlot::Bootstrap,
-            Opcode::TopicCreate,
-            None,
-            |out| request.encode(out),
-            TopicInfo::decode,
-        )?;
+        })?;
         self.topics.insert(info.name.clone(), info.clone());
         Ok(info)
     }
 
     pub fn delete_topic(&mut self, name: &str) -> Result<(), ClientError> {
         check_name("topic", name)?;
-        let request = Name {
+        self.call(&TopicDelete {
             name: name.to_string(),
-        };
-        self.call_on(
-            ConnectionSlot::Bootstrap,
-            Opcode::TopicDelete,
-            None,
-            |out| request.encode(out),
-            |_| Ok(()),
-        )?;
+        })?;
         self.topics.remove(name);
         Ok(())
     }
 
-    pub fn list_topics(&mut self) -> Result<Vec<TopicInfo>, ClientError> {
-        let (_, list) = self.call_on(
-            ConnectionSlot::Bootstrap,
-            Opcode::TopicList,
-            None,
-            |_| {},
-            TopicList::decode,
-        )?;
-        Ok(list.topics)
-    }
-
     pub fn describe_topic(&mut self, name: &str) -> Result<TopicDescription, ClientError> {
         check_name("topic", name)?;
-        let request = Name {
+        let description = self.call(&TopicDescribe {
             name: name.to_string(),
-        };
-        let (_, description) = self.call_on(
-            ConnectionSlot::Bootstrap,
-            Opcode::TopicDescribe,
-            None,
-            |out| request.encode(out),
-            TopicDescription::decode,
-        )?;
+        })?;
         self.topics
             .insert(name.to_string(), description.topic.clone());
         Ok(description)
@@ -277,16 +221,12 @@ impl Client {
         let queue = self.resolve_queue(topic, queue, messages)?;
         let attempt = |client: &mut Client| {
             let slot = client.route(topic, queue);
-            client.call_on(
-                slot,
-                Opcode::Produce,
-                None,
-                |out| encode_produce(out, topic, queue, messages),
-                ProduceResponse::decode,
-            )
+            let response = client.exchange(slot, Opcode::Produce, None, |out| {
+                encode_produce(out, topic, queue, messages)
+            })?;
+            decode_answer::<ProduceRequest<'_>>(client.connection(slot)?, response)
         };
-        let (status, response) = retry_unknown_topic(self, !may_refresh, attempt)?;
-        Ok(ProduceResult { status, response })
+        retry_unknown_topic(self, !may_refresh, attempt)
     }
 
     /// Sends a produce without waiting; collect the acknowledgement with
@@ -310,8 +250,7 @@ impl Client {
 
     pub fn wait_produce(&mut self, ticket: Ticket) -> Result<ProduceResult, ClientError> {
         let response = self.wait_ticket(ticket, None)?;
-        let connection = self.connection(ticket.slot)?;
-        produce_result(connection, response)
+        decode_answer::<ProduceRequest<'_>>(self.connection(ticket.slot)?, response)
     }
 
     /// Requests sent through the pipelined API and not yet collected, over all connections.
@@ -341,7 +280,7 @@ impl Client {
                 connection.addr()
             )));
         }
-        let result = produce_result(connection, response);
+        let result = decode_answer::<ProduceRequest<'_>>(connection, response);
         Ok(Some(ProduceAck { ticket, result }))
     }
 
@@ -356,31 +295,13 @@ impl Client {
         max_wait_ms: u32,
     ) -> Result<PullResult, ClientError> {
         check_name("topic", topic)?;
-        let request = PullRequest {
+        self.call(&PullRequest {
             topic: topic.to_string(),
             queue,
             offset,
             max_messages,
             max_bytes,
             max_wait_ms,
-        };
-        let known = self.topics.contains_key(topic);
-        let wait = Some(self.pull_timeout(max_wait_ms));
-        let attempt = |client: &mut Client| {
-            let slot = client.route(topic, queue);
-            client.call_on(
-                slot,
-                Opcode::Pull,
-                wait,
-                |out| request.encode(out),
-                |body| PullResponse::decode(body).map(|r| owned_pull(&r)),
-            )
-        };
-        let (status, (summary, messages)) = retry_unknown_topic(self, known, attempt)?;
-        Ok(PullResult {
-            status,
-            summary,
-            messages,
         })
     }
 
@@ -389,7 +310,7 @@ impl Client {
         check_name("topic", &request.topic)?;
         let slot = self.route(&request.topic, request.queue);
         let connection = self.connection(slot)?;
-        let request_id = connection.send_with(Opcode::Pull, |out| request.encode(out))?;
+        let request_id = connection.send_with(Opcode::Pull, |out| request.encode_body(out))?;
         Ok(Ticket { slot, request_id })
     }
 
@@ -400,157 +321,7 @@ impl Client {
     ) -> Result<PullResult, ClientError> {
         let timeout = self.pull_timeout(max_wait_ms);
         let response = self.wait_ticket(ticket, Some(timeout))?;
-        let connection = self.connection(ticket.slot)?;
-        let (status, body) = response.into_result(connection.addr())?;
-        let (summary, messages) = connection.decode("pull response", &body, |b| {
-            PullResponse::decode(b).map(|r| owned_pull(&r))
-        })?;
-        Ok(PullResult {
-            status,
-            summary,
-            messages,
-        })
-    }
-
-    /// Stores a consumer group's next offset to consume for one queue.
-    pub fn commit_offset(
-        &mut self,
-        group: &str,
-        topic: &str,
-        queue: u32,
-        offset: u64,
-    ) -> Result<(), ClientError> {
-        check_name("group", group)?;
-        check_name("topic", topic)?;
-        let request = GroupCommit {
-            group: group.to_string(),
-            topic: topic.to_string(),
-            queue,
-            offset,
-        };
-        let known = self.topics.contains_key(topic);
-        retry_unknown_topic(self, known, |client| {
-            let slot = client.route(topic, queue);
-            client.call_on(
-                slot,
-                Opcode::GroupCommit,
-                None,
-                |out| request.encode(out),
-                |_| Ok(()),
-            )
-        })?;
-        Ok(())
-    }
-
-    /// The group's committed offset for a queue, `None` when it never committed one.
-    pub fn fetch_offset(
-        &mut self,
-        group: &str,
-        topic: &str,
-        queue: u32,
-    ) -> Result<Option<u64>, ClientError> {
-        check_name("group", group)?;
-        check_name("topic", topic)?;
-        let request = GroupFetch {
-            group: group.to_string(),
-            topic: topic.to_string(),
-            queue,
-        };
-        let known = self.topics.contains_key(topic);
-        let (_, offset) = retry_unknown_topic(self, known, |client| {
-            let slot = client.route(topic, queue);
-            client.call_on(
-                slot,
-                Opcode::GroupFetch,
-                None,
-                |out| request.encode(out),
-                GroupOffset::decode,
-            )
-        })?;
-        Ok(offset.offset)
-    }
-
-    /// Role, offsets and replication links of every shard of the broker.
-    pub fn cluster_status(&mut self) -> Result<crate::protocol::admin::ClusterStatus, ClientError> {
-        let (_, status) = self.call_on(
-            ConnectionSlot::Bootstrap,
-            Opcode::ClusterStatus,
-            None,
-            |_| {},
-            decode_json("cluster status"),
-        )?;
-        Ok(status)
-    }
-
-    /// Turns this broker (a slave) into the master of its group; `role` is SYNC_MASTER or
-    /// ASYNC_MASTER (`None`: ASYNC_MASTER). Returns the status after promotion.
-    pub fn promote(
-        &mut self,
-        role: Option<&str>,
-    ) -> Result<crate::protocol::admin::ClusterStatus, ClientError> {
-        let request = Name {
-            name: role.unwrap_or("").to_string(),
-        };
-        let (_, status) = self.call_on(
-            ConnectionSlot::Bootstrap,
-            Opcode::ClusterPromote,
-            None,
-            |out| request.encode(out),
-            decode_json("cluster status"),
-        )?;
-        Ok(status)
-    }
-
-    /// The broker's probes merged across shards (counters, gauges, histogram summaries).
-    pub fn stats(&mut self) -> Result<crate::protocol::admin::Stats, ClientError> {
-        let (_, stats) = self.call_on(
-            ConnectionSlot::Bootstrap,
-            Opcode::Stats,
-            None,
-            |_| {},
-            |body| {
-                serde_json::from_slice(body).map_err(|_| DecodeError::Invalid {
-                    field: "stats",
-                    reason: "not a valid JSON stats document",
-                })
-            },
-        )?;
-        Ok(stats)
-    }
-
-    pub fn describe_group(&mut self, group: &str) -> Result<GroupDescription, ClientError> {
-        check_name("group", group)?;
-        let request = Name {
-            name: group.to_string(),
-        };
-        let (_, description) = self.call_on(
-            ConnectionSlot::Bootstrap,
-            Opcode::GroupDescribe,
-            None,
-            |out| request.encode(out),
-            GroupDescription::decode,
-        )?;
-        Ok(description)
-    }
-
-    pub fn queue_stats(&mut self, topic: &str, queue: u32) -> Result<QueueStats, ClientError> {
-        check_name("topic", topic)?;
-        let request = QueueRef {
-            topic: topic.to_string(),
-            queue,
-        };
-        let known = self.topics.contains_key(topic);
-        let (_, stats) = retry_unknown_topic(self, known, |client| {
-            let slot = client.route(topic, queue);
-            client.call_on(
-                slot,
-                Opcode::QueueStats,
-                None,
-                |out| request.encode(out),
-                QueueStats::decode,
-            )
-        })?;
-        Ok(stats)
+        decode_answer::<PullRequest>(self.connection(ticket.slot)?, response)
     }
 
     /// The connection a queue-scoped request for `topic`/`queue` would use.
@@ -615,22 +386,55 @@ impl Client {
         std::iter::once((ConnectionSlot::Bootstrap, &self.bootstrap)).chain(shards)
     }
 
-    /// One request on one connection, waiting for its answer and decoding the body.
-    fn call_on<T>(
+    /// Sends any declared request and returns its response: the one call every request
+    /// type shares. A queue-scoped request goes to the shard that owns its queue, and when the
+    /// broker does not know the topic or queue and the client had no metadata for it, metadata
+    /// is refreshed once (routing may change) and the request sent again. A request that may
+    /// be held (a pull's long poll) is waited for that long on top of the read timeout.
+    ///
+    /// Statuses that carry a body (`Ok`, the "stored, but" statuses of produce,
+    /// `NoNewMessage`) are answers, not errors; responses for which the status matters
+    /// ([`ProduceResult`], [`PullResult`]) keep it.
+    pub fn call<R: Request>(&mut self, request: &R) -> Result<R::Response, ClientError> {
+        request
+            .check_body()
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        let timeout = request.wait_ms().map(|wait| self.pull_timeout(wait));
+        match request.queue() {
+            None => self.call_on(ConnectionSlot::Bootstrap, request, timeout),
+            Some((topic, queue)) => {
+                let known = self.topics.contains_key(topic);
+                retry_unknown_topic(self, known, |client| {
+                    let slot = client.route(topic, queue);
+                    client.call_on(slot, request, timeout)
+                })
+            }
+        }
+    }
+
+    /// One request on one connection, waiting for its answer and decoding it.
+    fn call_on<R: Request>(
+        &mut self,
+        slot: ConnectionSlot,
+        request: &R,
+        timeout: Option<Duration>,
+    ) -> Result<R::Response, ClientError> {
+        let response = self.exchange(slot, R::OPCODE, timeout, |out| request.encode_body(out))?;
+        decode_answer::<R>(self.connection(slot)?, response)
+    }
+
+    /// Sends one frame on one connection and waits for its answer.
+    fn exchange(
         &mut self,
         slot: ConnectionSlot,
         opcode: Opcode,
         timeout: Option<Duration>,
         encode: impl FnOnce(&mut Vec<u8>),
-        decode: impl FnOnce(&[u8]) -> Result<T, DecodeError>,
-    ) -> Result<(Status, T), ClientError> {
+    ) -> Result<Response, ClientError> {
         let connection = self.connection(slot)?;
         let request_id = connection.send_with(opcode, encode)?;
         let timeout = timeout.unwrap_or(connection.options().read_timeout);
-        let response = connection.wait_within(request_id, timeout)?;
-        let (status, body) = response.into_result(connection.addr())?;
-        let value = connection.decode(opcode_body_name(opcode), &body, decode)?;
-        Ok((status, value))
+        connection.wait_within(request_id, timeout)
     }
 
     fn wait_ticket(
@@ -757,51 +561,16 @@ fn no_queues(topic: &str) -> ClientError {
     }
 }
 
-fn produce_result(
+/// Turns an answer to `R` into its response: an error status becomes the error it names,
+/// any other status and the body are decoded as `R` declares.
+fn decode_answer<R: Request>(
     connection: &Connection,
     response: Response,
-) -> Result<ProduceResult, ClientError> {
+) -> Result<R::Response, ClientError> {
     let (status, body) = response.into_result(connection.addr())?;
-    let response = connection.decode("produce response", &body, ProduceResponse::decode)?;
-    Ok(ProduceResult { status, response })
-}
-
-fn owned_pull(response: &PullResponse<'_>) -> (PullSummary, Vec<PulledMessage>) {
-    let messages = response.messages.iter().map(|m| m.to_owned()).collect();
-    (response.summary, messages)
-}
-
-fn opcode_body_name(opcode: Opcode) -> &'static str {
-    match opcode {
-        Opcode::Ping => "ping response",
-        Opcode::Metadata => "metadata",
-        Opcode::Produce => "produce response",
-        Opcode::Pull => "pull response",
-        Opcode::QueueStats => "queue stats",
-        Opcode::TopicCreate => "topic info",
-        Opcode::TopicDelete => "topic delete response",
-        Opcode::TopicList => "topic list",
-        Opcode::TopicDescribe => "topic description",
-        Opcode::GroupCommit => "group commit response",
-        Opcode::GroupFetch => "group offset",
-        Opcode::GroupDescribe => "group description",
-        Opcode::Stats => "stats",
-        Opcode::MetadataSnapshot => "metadata snapshot",
-        Opcode::ClusterStatus => "cluster status",
-        Opcode::ClusterPromote => "cluster status after promotion",
-    }
-}
-
-/// A decoder for JSON response bodies (stats, cluster status).
-fn decode_json<T: serde::de::DeserializeOwned>(
-    what: &'static str,
-) -> impl Fn(&[u8]) -> Result<T, DecodeError> {
-    move |body| {
-        serde_json::from_slice(body).map_err(|_| DecodeError::Invalid {
-            field: what,
-            reason: "not a valid JSON document",
-        })
-    }
+    connection.decode(R::RESPONSE_NAME, &body, |b| {
+        R::Response::from_answer(status, b)
+    })
 }
 
 /// Names are `u16`-length-prefixed on the wire; longer ones cannot be encoded.

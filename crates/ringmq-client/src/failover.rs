@@ -17,7 +17,8 @@
 
 use super::api::{Client, ClientOptions, ProduceResult, PullResult};
 use super::error::ClientError;
-use crate::protocol::message::{MessageRef, QueueStats, TopicDescription};
+use crate::protocol::message::{MessageRef, TopicDescription};
+use crate::protocol::Request;
 use std::time::{Duration, Instant};
 
 /// How often a client that failed over tries the master again, by default.
@@ -135,39 +136,21 @@ impl FailoverClient {
         max_bytes: u32,
         max_wait_ms: u32,
     ) -> Result<PullResult, ClientError> {
-        self.call(|c| c.pull(topic, queue, offset, max_messages, max_bytes, max_wait_ms))
-    }
-
-    pub fn commit_offset(
-        &mut self,
-        group: &str,
-        topic: &str,
-        queue: u32,
-        offset: u64,
-    ) -> Result<(), ClientError> {
-        self.call(|c| c.commit_offset(group, topic, queue, offset))
-    }
-
-    pub fn fetch_offset(
-        &mut self,
-        group: &str,
-        topic: &str,
-        queue: u32,
-    ) -> Result<Option<u64>, ClientError> {
-        self.call(|c| c.fetch_offset(group, topic, queue))
-    }
-
-    pub fn queue_stats(&mut self, topic: &str, queue: u32) -> Result<QueueStats, ClientError> {
-        self.call(|c| c.queue_stats(topic, queue))
+        self.with_failover(|c| c.pull(topic, queue, offset, max_messages, max_bytes, max_wait_ms))
     }
 
     pub fn describe_topic(&mut self, topic: &str) -> Result<TopicDescription, ClientError> {
-        self.call(|c| c.describe_topic(topic))
+        self.with_failover(|c| c.describe_topic(topic))
+    }
+
+    /// Sends any declared request ([`Client::call`]) with failover.
+    pub fn call<R: Request>(&mut self, request: &R) -> Result<R::Response, ClientError> {
+        self.with_failover(|c| c.call(request))
     }
 
     /// Runs `op` on the active broker, and on the next reachable ones while a broker cannot be
     /// reached.
-    pub fn call<T>(
+    pub fn with_failover<T>(
         &mut self,
         mut op: impl FnMut(&mut Client) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {

@@ -2,6 +2,7 @@
 
 use super::fake_broker::{self, metadata, topic, FakeConn};
 use super::*;
+use crate::protocol::message::{GroupCommit, GroupDescribe};
 use crate::protocol::message::{
     MessageRef, ProduceRequest, ProduceResponse, PullRequest, PullResponse, PullSummary,
 };
@@ -123,7 +124,9 @@ fn error_statuses_map_to_errors_and_stored_statuses_do_not() {
     let pulled = client.pull("t", 0, 3, 32, 1 << 20, 0).unwrap();
     assert_eq!(pulled.status, Status::NoNewMessage);
     assert!(pulled.messages.is_empty());
-    let busy = client.describe_group("g").unwrap_err();
+    let busy = client
+        .call(&GroupDescribe { group: "g".into() })
+        .unwrap_err();
     assert_eq!(busy.status(), Some(Status::SystemBusy));
 }
 
@@ -152,6 +155,41 @@ fn requests_route_to_the_shard_that_owns_the_queue() {
     assert_eq!(client.route("t", 0), ConnectionSlot::Shard(1));
     assert_eq!(client.route("t", 2), ConnectionSlot::Bootstrap);
     assert_eq!(client.route("unknown", 0), ConnectionSlot::Bootstrap);
+}
+
+/// The generic call routes by what the request declares: a produce sent with `call` goes
+/// where `produce` sends it, and a value the wire cannot carry is refused before sending.
+#[test]
+fn generic_call_routes_queue_scoped_requests_and_checks_lengths() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let empty = Arc::new(Mutex::new(Vec::new()));
+    let shard0 = shard_server(Arc::clone(&empty), Arc::clone(&calls));
+    let meta = metadata(vec![shard0, 0], vec![topic("t", vec![0, 1])]);
+    let bootstrap = shard_server(Arc::new(Mutex::new(meta)), Arc::clone(&calls));
+    let mut client = Client::connect(&format!("127.0.0.1:{bootstrap}")).unwrap();
+    for (queue, port) in [(0u32, shard0), (1, bootstrap)] {
+        let result = client
+            .call(&ProduceRequest {
+                topic: "t",
+                queue,
+                messages: vec![message(b"x")],
+            })
+            .unwrap();
+        assert_eq!(result.status, Status::Ok);
+        assert_eq!(
+            result.response.base_offset,
+            u64::from(port),
+            "queue {queue}"
+        );
+    }
+    let long = "n".repeat(usize::from(u16::MAX) + 1);
+    let refused = client.call(&GroupDescribe { group: long });
+    assert!(
+        matches!(&refused, Err(ClientError::InvalidArgument(m)) if m.contains("`group`")),
+        "{refused:?}"
+    );
+    // Nothing was sent for the refused request: the connection still answers in order.
+    assert_eq!(client.refresh_metadata().unwrap().shard_count(), 2);
 }
 
 #[test]
@@ -420,7 +458,14 @@ fn failover_reads_from_the_slave_while_the_master_is_down_and_goes_back() {
         String::from_utf8(result.messages[0].body.clone()).unwrap()
     };
     assert_eq!(pull(&mut client), "master");
-    client.commit_offset("g", "t", 0, 1).unwrap();
+    client
+        .call(&GroupCommit {
+            group: "g".into(),
+            topic: "t".into(),
+            queue: 0,
+            offset: 1,
+        })
+        .unwrap();
     assert_eq!(client.active(), 0);
 
     master_down.store(true, Ordering::SeqCst);
@@ -431,7 +476,14 @@ fn failover_reads_from_the_slave_while_the_master_is_down_and_goes_back() {
     );
     assert_eq!(client.active(), 1);
     assert_eq!(client.active_addr(), slave);
-    client.commit_offset("g", "t", 0, 2).unwrap();
+    client
+        .call(&GroupCommit {
+            group: "g".into(),
+            topic: "t".into(),
+            queue: 0,
+            offset: 2,
+        })
+        .unwrap();
     // Produce never fails over: the master is down, so it fails, and the slave never sees it.
     assert!(client.produce("t", Some(0), &[message(b"x")]).is_err());
 

@@ -1,4 +1,5 @@
-//! Opcodes and response statuses, with their numeric values on the wire.
+//! Response statuses and the wire-enum macro, with their numeric values on the wire. Opcodes
+//! are declared with their requests in [`super::requests`] and re-exported here.
 
 use std::fmt;
 
@@ -42,27 +43,10 @@ macro_rules! wire_enum {
     };
 }
 
-wire_enum! {
-    /// What a request asks for. The numeric value is the `opcode` field of the frame header.
-    pub enum Opcode {
-        Ping = 1 => "Ping",
-        Metadata = 2 => "Metadata",
-        Produce = 10 => "Produce",
-        Pull = 11 => "Pull",
-        QueueStats = 12 => "QueueStats",
-        TopicCreate = 20 => "TopicCreate",
-        TopicDelete = 21 => "TopicDelete",
-        TopicList = 22 => "TopicList",
-        TopicDescribe = 23 => "TopicDescribe",
-        GroupCommit = 30 => "GroupCommit",
-        GroupFetch = 31 => "GroupFetch",
-        GroupDescribe = 32 => "GroupDescribe",
-        Stats = 40 => "Stats",
-        MetadataSnapshot = 60 => "MetadataSnapshot",
-        ClusterStatus = 50 => "ClusterStatus",
-        ClusterPromote = 51 => "ClusterPromote",
-    }
-}
+// `wire_enum!` is used by `requests.rs`, which declares `Opcode` from its table of requests.
+pub(crate) use wire_enum;
+
+pub use super::requests::Opcode;
 
 wire_enum! {
     /// The outcome of a request. `Ok` and the three "stored but guarantee not met" statuses

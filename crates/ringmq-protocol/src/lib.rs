@@ -3,15 +3,19 @@
 //! Everything here is pure (no I/O, no allocation beyond the values it returns) so that it can be
 //! property-tested and fuzzed on its own. Bytes enter through [`frame::FrameDecoder`] (connection
 //! read buffers) and leave through [`frame::encode_frame`]. `docs/protocol.md` is the normative
-//! description; this module is its one implementation.
+//! description; this module is its one implementation. Each body is declared once in
+//! [`message`] and each opcode once, with its request and response, in [`requests`]; see
+//! "How to add an opcode" in `docs/protocol.md`.
 
 pub mod admin;
 pub mod codec;
 pub mod codes;
 pub mod frame;
 pub mod message;
+pub mod requests;
 
 pub use codes::{Opcode, Status};
 pub use frame::{FrameDecoder, FrameError, FrameHeader};
+pub use requests::{Request, Response};
 #[cfg(test)]
 mod proptests;

@@ -3,7 +3,7 @@
 
 use super::bad_request;
 use crate::config::BrokerRole;
-use crate::protocol::message::Name;
+use crate::protocol::message::ClusterPromote;
 use crate::protocol::Status;
 use crate::shard::mesh::{Reply, ShardRequest};
 use crate::shard::Shard;
@@ -75,21 +75,21 @@ pub async fn status(shard: &Rc<Shard>) -> Reply {
 
 /// Promotes every shard; the body names the new role (empty: ASYNC_MASTER).
 pub async fn promote(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
-    let request = match Name::decode(raw) {
+    let request = match ClusterPromote::decode(raw) {
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
-    let role = if request.name.is_empty() {
+    let role = if request.role.is_empty() {
         BrokerRole::AsyncMaster
     } else {
-        match request.name.parse::<BrokerRole>() {
+        match request.role.parse::<BrokerRole>() {
             Ok(r) if r.is_master() => r,
             _ => {
                 return Reply::error(
                     Status::BadRequest,
                     format!(
                         "promote to `{}`: the role must be SYNC_MASTER or ASYNC_MASTER",
-                        request.name
+                        request.role
                     ),
                 )
             }

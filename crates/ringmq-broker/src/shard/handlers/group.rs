@@ -3,7 +3,7 @@
 
 use super::{bad_request, body, route, Route};
 use crate::protocol::message::{
-    GroupCommit, GroupDescription, GroupFetch, GroupOffset, GroupQueueLag, Name,
+    GroupCommit, GroupDescribe, GroupDescription, GroupFetch, GroupOffset, GroupQueueLag,
 };
 use crate::protocol::{Opcode, Status};
 use crate::shard::mesh::{Reply, ShardRequest};
@@ -68,14 +68,14 @@ pub async fn fetch(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
 }
 
 pub async fn describe(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
-    let request = match Name::decode(raw) {
+    let request = match GroupDescribe::decode(raw) {
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
-    let mut queues = local_offsets(shard, &request.name);
+    let mut queues = local_offsets(shard, &request.group);
     match shard
         .ask_others(|reply| ShardRequest::GroupOffsets {
-            group: request.name.clone(),
+            group: request.group.clone(),
             reply,
         })
         .await
@@ -85,7 +85,7 @@ pub async fn describe(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
     }
     queues.sort_by(|a, b| (&a.topic, a.queue).cmp(&(&b.topic, b.queue)));
     let description = GroupDescription {
-        group: request.name,
+        group: request.group,
         queues,
     };
     Reply::ok(body(|out| description.encode(out)))

@@ -11,7 +11,9 @@ pub(crate) mod topic;
 use super::mesh::{Reply, ShardRequest};
 use super::Shard;
 use crate::protocol::codec::DecodeError;
-use crate::protocol::{Opcode, Status};
+use crate::protocol::message::*;
+use crate::protocol::requests::for_each_request;
+use crate::protocol::{Opcode, Request, Status};
 use std::rc::Rc;
 
 pub async fn handle(shard: &Rc<Shard>, opcode: Opcode, body: &[u8]) -> Reply {
@@ -21,24 +23,60 @@ pub async fn handle(shard: &Rc<Shard>, opcode: Opcode, body: &[u8]) -> Reply {
             "the broker is shutting down: retry after it restarts",
         );
     }
-    match opcode {
-        Opcode::Ping => Reply::ok(Vec::new()),
-        Opcode::Metadata => metadata::handle(shard),
-        Opcode::Produce => produce::handle(shard, body).await,
-        Opcode::Pull => pull::handle(shard, body).await,
-        Opcode::QueueStats => topic::queue_stats(shard, body).await,
-        Opcode::TopicCreate => topic::create(shard, body).await,
-        Opcode::TopicDelete => topic::delete(shard, body).await,
-        Opcode::TopicList => topic::list(shard),
-        Opcode::TopicDescribe => topic::describe(shard, body).await,
-        Opcode::GroupCommit => group::commit(shard, body).await,
-        Opcode::GroupFetch => group::fetch(shard, body).await,
-        Opcode::GroupDescribe => group::describe(shard, body).await,
-        Opcode::Stats => stats(shard).await,
-        Opcode::MetadataSnapshot => metadata::snapshot(shard).await,
-        Opcode::ClusterStatus => cluster::status(shard).await,
-        Opcode::ClusterPromote => cluster::promote(shard, body).await,
-    }
+    for_each_request!(dispatch, shard, opcode, body)
+}
+
+/// The handler of one request type (a row of `protocol::requests::for_each_request!`). The
+/// dispatch below is expanded from that table, so a declared request without a `Handler`
+/// impl does not compile. Handlers take the raw body and decode it with their request type
+/// themselves: several forward the body to another shard as it came, or refuse the request
+/// (on a slave) before decoding it.
+trait Handler: Request {
+    async fn run(shard: &Rc<Shard>, body: &[u8]) -> Reply;
+}
+
+/// One match arm per declared request; the match is over `Opcode`, declared by the same
+/// table, so it is exhaustive by construction.
+macro_rules! dispatch {
+    (($shard:expr, $opcode:expr, $body:expr)
+        $( $op:ident = $value:literal => $wire:literal : $req:ty => $resp:ty, $what:literal
+           { $($extra:tt)* }; )+
+    ) => {
+        match $opcode {
+            $( Opcode::$op => <$req as Handler>::run($shard, $body).await, )+
+        }
+    };
+}
+use dispatch;
+
+/// Declares `Handler` impls: `RequestType => |shard, body| handler call`.
+macro_rules! handlers {
+    ($( $req:ty => |$shard:ident, $body:pat_param| $run:expr; )+) => {$(
+        impl Handler for $req {
+            async fn run($shard: &Rc<Shard>, $body: &[u8]) -> Reply {
+                $run
+            }
+        }
+    )+};
+}
+
+handlers! {
+    Ping => |_shard, _| Reply::ok(Vec::new());
+    MetadataRequest => |shard, _| metadata::handle(shard);
+    ProduceRequest<'_> => |shard, body| produce::handle(shard, body).await;
+    PullRequest => |shard, body| pull::handle(shard, body).await;
+    QueueRef => |shard, body| topic::queue_stats(shard, body).await;
+    TopicCreate => |shard, body| topic::create(shard, body).await;
+    TopicDelete => |shard, body| topic::delete(shard, body).await;
+    TopicListRequest => |shard, _| topic::list(shard);
+    TopicDescribe => |shard, body| topic::describe(shard, body).await;
+    GroupCommit => |shard, body| group::commit(shard, body).await;
+    GroupFetch => |shard, body| group::fetch(shard, body).await;
+    GroupDescribe => |shard, body| group::describe(shard, body).await;
+    StatsRequest => |shard, _| stats(shard).await;
+    MetadataSnapshotRequest => |shard, _| metadata::snapshot(shard).await;
+    ClusterStatusRequest => |shard, _| cluster::status(shard).await;
+    ClusterPromote => |shard, body| cluster::promote(shard, body).await;
 }
 
 /// Runs a request that another shard sent over the mesh.

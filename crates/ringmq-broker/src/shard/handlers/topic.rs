@@ -4,7 +4,7 @@
 use super::{bad_request, body, route, topic_not_found, Route};
 use crate::protocol::codec::DecodeError;
 use crate::protocol::message::{
-    Name, QueueRef, QueueStats, TopicCreate, TopicDescription, TopicList,
+    QueueRef, QueueStats, TopicCreate, TopicDelete, TopicDescribe, TopicDescription, TopicList,
 };
 use crate::protocol::{Opcode, Status};
 use crate::shard::mesh::{Reply, ShardRequest};
@@ -93,7 +93,7 @@ pub async fn delete(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
         shard,
         Opcode::TopicDelete,
         raw,
-        Name::decode,
+        TopicDelete::decode,
         |current, request| {
             if !current.topics.contains_key(&request.name) {
                 return Err(topic_not_found(&request.name));
@@ -143,7 +143,7 @@ pub fn list(shard: &Shard) -> Reply {
 }
 
 pub async fn describe(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
-    let request = match Name::decode(raw) {
+    let request = match TopicDescribe::decode(raw) {
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };

@@ -1,0 +1,246 @@
+//! Which request each opcode carries and what it is answered with, declared once.
+//!
+//! [`for_each_request!`] holds the table: one row per opcode with its number, its name in the
+//! docs, its request body, its response and, for queue-scoped requests, how to find the queue.
+//! Everything that needs the list of opcodes expands that table instead of listing opcodes
+//! again: the [`Opcode`] enum (through `wire_enum!`), the [`Request`] impls the client's generic
+//! call uses, the broker's dispatch (`shard/handlers/mod.rs`, where an opcode without a handler
+//! does not compile), the fuzz targets and the property tests. Adding an opcode is one row here,
+//! its body in `message.rs` if it is new, its handler, and its entry in `docs/protocol.md`
+//! (which `tests/protocol_docs.rs` checks).
+
+use super::codec::{DecodeError, EncodeError, Fields, Reader, Writer};
+use super::codes::wire_enum;
+use super::message::*;
+use super::Status;
+
+/// Expands `$callback! { (args) rows }` with the request table; a row is
+/// `Opcode = value => "Name": RequestType => ResponseType, "what the response is" { extras };`
+/// where the extras are `queue: |r| (topic, queue)` and `wait_ms: |r| millis` when they apply.
+/// `args` (optional) are passed through first, for callbacks that need context.
+#[macro_export]
+macro_rules! for_each_request {
+    ($callback:ident $(, $($args:tt)*)?) => {
+        $callback! { ($($($args)*)?)
+            Ping = 1 => "Ping": Ping => (), "ping response" {};
+            Metadata = 2 => "Metadata": MetadataRequest => Metadata, "metadata" {};
+            Produce = 10 => "Produce": ProduceRequest<'_> => ProduceResult, "produce response"
+                { queue: |r| (r.topic, r.queue) };
+            Pull = 11 => "Pull": PullRequest => PullResult, "pull response"
+                { queue: |r| (r.topic.as_str(), r.queue), wait_ms: |r| r.max_wait_ms };
+            QueueStats = 12 => "QueueStats": QueueRef => QueueStats, "queue stats"
+                { queue: |r| (r.topic.as_str(), r.queue) };
+            TopicCreate = 20 => "TopicCreate": TopicCreate => TopicInfo, "topic info" {};
+            TopicDelete = 21 => "TopicDelete": TopicDelete => (), "topic delete response" {};
+            TopicList = 22 => "TopicList": TopicListRequest => TopicList, "topic list" {};
+            TopicDescribe = 23 => "TopicDescribe": TopicDescribe => TopicDescription,
+                "topic description" {};
+            GroupCommit = 30 => "GroupCommit": GroupCommit => (), "group commit response"
+                { queue: |r| (r.topic.as_str(), r.queue) };
+            GroupFetch = 31 => "GroupFetch": GroupFetch => GroupOffset, "group offset"
+                { queue: |r| (r.topic.as_str(), r.queue) };
+            GroupDescribe = 32 => "GroupDescribe": GroupDescribe => GroupDescription,
+                "group description" {};
+            Stats = 40 => "Stats": StatsRequest => $crate::admin::Stats, "stats" {};
+            MetadataSnapshot = 60 => "MetadataSnapshot": MetadataSnapshotRequest
+                => serde_json::Value, "metadata snapshot" {};
+            ClusterStatus = 50 => "ClusterStatus": ClusterStatusRequest
+                => $crate::admin::ClusterStatus, "cluster status" {};
+            ClusterPromote = 51 => "ClusterPromote": ClusterPromote
+                => $crate::admin::ClusterStatus,
+                "cluster status after promotion" {};
+        }
+    };
+}
+pub use for_each_request;
+
+/// A request body and what answers it: the client's typed call sends any `Request` and returns
+/// its `Response`. Implemented for every row of [`for_each_request!`] and nothing else.
+pub trait Request {
+    const OPCODE: Opcode;
+    type Response: Response;
+    /// Names the response body in decode errors.
+    const RESPONSE_NAME: &'static str;
+    fn encode_body(&self, out: &mut Vec<u8>);
+    /// Whether every length fits the wire (encoding a value that does not is a bug).
+    fn check_body(&self) -> Result<(), EncodeError>;
+    /// The queue a queue-scoped request concerns: a shard-aware client sends it to the owner.
+    fn queue(&self) -> Option<(&str, u32)> {
+        None
+    }
+    /// For a request the broker may hold before answering (a pull's long poll), how long: the
+    /// client then waits that long plus a margin.
+    fn wait_ms(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// A response as a client receives it: the status (one for which [`Status::has_body`] holds)
+/// and the body.
+pub trait Response: Sized {
+    fn from_answer(status: Status, body: &[u8]) -> Result<Self, DecodeError>;
+    /// The body again (the status is the caller's): what a broker would send for this value.
+    /// The fuzz targets check that decoding what this writes gives the same bytes again.
+    fn encode_answer(&self, out: &mut Vec<u8>);
+    /// Whether a decodable body has only the encoding `encode_answer` writes (false where
+    /// bytes are ignored, or for JSON, where spacing and number spelling vary).
+    fn canonical() -> bool;
+}
+
+/// Responses without a body: anything the broker sends there is ignored.
+impl Response for () {
+    fn from_answer(_status: Status, _body: &[u8]) -> Result<Self, DecodeError> {
+        Ok(())
+    }
+    fn encode_answer(&self, _out: &mut Vec<u8>) {}
+    fn canonical() -> bool {
+        false
+    }
+}
+
+/// Every owned wire body answers with its own decoder.
+impl<T: for<'a> Fields<'a>> Response for T {
+    fn from_answer(_status: Status, body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let value = T::read_fields(&mut r)?;
+        r.finish()?;
+        Ok(value)
+    }
+    fn encode_answer(&self, out: &mut Vec<u8>) {
+        self.write_fields(&mut Writer::new(out));
+    }
+    fn canonical() -> bool {
+        <T as Fields<'_>>::canonical()
+    }
+}
+
+/// Declares responses whose body is a JSON document (the admin ones: stats, cluster status,
+/// the metadata snapshot), decoded with serde.
+macro_rules! json_responses {
+    ($($ty:ty => $what:literal),* $(,)?) => {$(
+        impl Response for $ty {
+            fn from_answer(_status: Status, body: &[u8]) -> Result<Self, DecodeError> {
+                serde_json::from_slice(body).map_err(|_| DecodeError::Invalid {
+                    field: $what,
+                    reason: "not a valid JSON document",
+                })
+            }
+            fn encode_answer(&self, out: &mut Vec<u8>) {
+                serde_json::to_writer(out, self).expect("an admin document serializes");
+            }
+            fn canonical() -> bool {
+                false
+            }
+        }
+    )*};
+}
+
+json_responses! {
+    crate::admin::Stats => "stats",
+    crate::admin::ClusterStatus => "cluster status",
+    serde_json::Value => "metadata snapshot",
+}
+
+/// A produce the broker stored. `status` is `Ok` or one of the statuses that mean "stored, but
+/// the durability guarantee was not met in time" (`FlushDiskTimeout`, `FlushSlaveTimeout`,
+/// `SlaveNotAvailable`); callers that need the guarantee must check it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProduceResult {
+    pub status: Status,
+    pub response: ProduceResponse,
+}
+
+impl Response for ProduceResult {
+    fn from_answer(status: Status, body: &[u8]) -> Result<Self, DecodeError> {
+        let response = ProduceResponse::decode(body)?;
+        Ok(ProduceResult { status, response })
+    }
+    fn encode_answer(&self, out: &mut Vec<u8>) {
+        self.response.encode(out);
+    }
+    fn canonical() -> bool {
+        <ProduceResponse as Fields<'_>>::canonical()
+    }
+}
+
+/// A pull's answer, copied out of the frame. `status` is `Ok` (messages may still be empty
+/// when `max_bytes` is tiny) or `NoNewMessage`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PullResult {
+    pub status: Status,
+    pub summary: PullSummary,
+    pub messages: Vec<PulledMessage>,
+}
+
+impl Response for PullResult {
+    fn from_answer(status: Status, body: &[u8]) -> Result<Self, DecodeError> {
+        let response = PullResponse::decode(body)?;
+        Ok(PullResult {
+            status,
+            summary: response.summary,
+            messages: response.messages.iter().map(|m| m.to_owned()).collect(),
+        })
+    }
+    fn encode_answer(&self, out: &mut Vec<u8>) {
+        let mut encoder = PullResponseEncoder::begin(out, self.summary);
+        for m in &self.messages {
+            let borrowed = PulledMessageRef {
+                queue_offset: m.queue_offset,
+                born_timestamp_ms: m.born_timestamp_ms,
+                store_timestamp_ms: m.store_timestamp_ms,
+                key: &m.key,
+                properties: &m.properties,
+                body: &m.body,
+            };
+            encoder.push(out, &borrowed);
+        }
+        encoder.finish(out, self.summary.next_offset);
+    }
+    fn canonical() -> bool {
+        <PullResponse<'_> as Fields<'_>>::canonical()
+    }
+}
+
+/// Expands the table into the `Opcode` enum and one `Request` impl per row.
+macro_rules! declare_requests {
+    (()
+        $( $op:ident = $value:literal => $wire:literal : $req:ty => $resp:ty, $what:literal
+           { $( queue: |$qr:ident| $queue:expr )? $(, wait_ms: |$wr:ident| $wait:expr )? }; )+
+    ) => {
+        wire_enum! {
+            /// What a request asks for. The numeric value is the `opcode` field of the frame
+            /// header.
+            pub enum Opcode {
+                $( $op = $value => $wire ),+
+            }
+        }
+
+        $(
+            impl Request for $req {
+                const OPCODE: Opcode = Opcode::$op;
+                type Response = $resp;
+                const RESPONSE_NAME: &'static str = $what;
+                fn encode_body(&self, out: &mut Vec<u8>) {
+                    self.encode(out)
+                }
+                fn check_body(&self) -> Result<(), EncodeError> {
+                    self.check()
+                }
+                $(
+                    fn queue(&self) -> Option<(&str, u32)> {
+                        let $qr = self;
+                        Some($queue)
+                    }
+                )?
+                $(
+                    fn wait_ms(&self) -> Option<u32> {
+                        let $wr = self;
+                        Some($wait)
+                    }
+                )?
+            }
+        )+
+    };
+}
+
+for_each_request!(declare_requests);
