@@ -1352,15 +1352,19 @@ fn sigterm_answers_producers_waiting_for_a_stalled_slave() {
 /// frame is large, as it would be in a busy broker.
 #[test]
 fn offset_commits_in_a_loop_do_not_starve_log_shipping() {
+    let commit = |group: &str, offset: u64| GroupCommit {
+        group: group.into(),
+        topic: "busy".into(),
+        queue: 0,
+        offset,
+    };
     let master = start_node("SYNC_MASTER", "ASYNC_FLUSH", None, "");
     let slave = start_node("SLAVE", "ASYNC_FLUSH", Some(&master.ports), "");
     let mut client = master.broker.client();
     client.create_topic("busy", 2).unwrap();
     wait_topic(&slave.broker, "busy");
     for group in 0..500 {
-        client
-            .commit_offset(&format!("group-{group}"), "busy", 0, 1)
-            .unwrap();
+        client.call(&commit(&format!("group-{group}"), 1)).unwrap();
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let committers: Vec<_> = (0..3)
@@ -1372,7 +1376,7 @@ fn offset_commits_in_a_loop_do_not_starve_log_shipping() {
                 let mut commits = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let group = format!("group-{}", (commits * 3 + c) % 500);
-                    client.commit_offset(&group, "busy", 0, commits).unwrap();
+                    client.call(&commit(&group, commits)).unwrap();
                     commits += 1;
                 }
                 commits
@@ -1403,11 +1407,14 @@ fn offset_commits_in_a_loop_do_not_starve_log_shipping() {
     );
     println!("{commits} commits beside {produced} produces, slowest {slowest:?}");
     // Coalescing delays a change, never drops it: the last commit reaches the slave.
-    client
-        .commit_offset("group-0", "busy", 0, 1_000_000)
-        .unwrap();
+    client.call(&commit("group-0", 1_000_000)).unwrap();
     wait_until(CATCH_UP, "the last commit on the slave", || {
         let mut c = Client::connect(&slave.broker.addr).ok()?;
-        (c.fetch_offset("group-0", "busy", 0).ok()? == Some(1_000_000)).then_some(())
+        let fetch = GroupFetch {
+            group: "group-0".into(),
+            topic: "busy".into(),
+            queue: 0,
+        };
+        (c.call(&fetch).ok()?.offset == Some(1_000_000)).then_some(())
     });
 }
