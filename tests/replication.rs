@@ -7,7 +7,8 @@
 mod common;
 
 use ringmq::protocol::message::{
-    ClusterPromote, ClusterStatusRequest, GroupCommit, GroupFetch, StatsRequest, TopicListRequest,
+    ClusterDemote, ClusterPromote, ClusterStatusRequest, GroupCommit, GroupFetch, StatsRequest,
+    TopicListRequest,
 };
 use ringmq::store::sim::SeededRng;
 
@@ -1417,4 +1418,112 @@ fn offset_commits_in_a_loop_do_not_starve_log_shipping() {
         };
         (c.call(&fetch).ok()?.offset == Some(1_000_000)).then_some(())
     });
+}
+
+/// Roles change at runtime, with no restart: a slave is promoted while its old master keeps
+/// taking writes (a divergent tail), the old master is demoted to follow the new one and cuts
+/// that tail, then the roles swap back (the demoted node promoted again, the other demoted to
+/// follow it) and replication flows the other way.
+#[test]
+fn demote_then_promote_back_at_runtime() {
+    const TOPIC: &str = "swap";
+    let mut a = start_node("ASYNC_MASTER", "SYNC_FLUSH", None, "");
+    let mut b = start_node("SLAVE", "SYNC_FLUSH", Some(&a.ports), "");
+    a.broker.client().create_topic(TOPIC, 2).unwrap();
+    wait_topic(&b.broker, TOPIC);
+    let produce_all = |broker: &Broker, prefix: &str, count: u32| {
+        let mut client = broker.client();
+        for i in 0..count {
+            let body = format!("{prefix}-{i}");
+            let r = client
+                .produce(TOPIC, Some(i % 2), &[message(body.as_bytes())])
+                .unwrap();
+            assert_eq!(r.status, Status::Ok, "{prefix} {i}");
+        }
+    };
+    produce_all(&a.broker, "common", 40);
+    wait_caught_up(&a.broker);
+
+    let promoted = b
+        .broker
+        .client()
+        .call(&ClusterPromote {
+            role: "ASYNC_MASTER".to_string(),
+        })
+        .unwrap();
+    assert!(promoted.shards.iter().all(|s| s.role == "ASYNC_MASTER"));
+    produce_all(&a.broker, "divergent", 10);
+    produce_all(&b.broker, "new", 10);
+
+    let demoted = a
+        .broker
+        .client()
+        .call(&ClusterDemote {
+            master: b.ports.ha_addr(),
+        })
+        .unwrap();
+    assert!(demoted
+        .shards
+        .iter()
+        .all(|s| s.role == "SLAVE" && s.master_link.is_some()));
+    let refused = a
+        .broker
+        .client()
+        .produce(TOPIC, Some(0), &[message(b"refused")]);
+    assert!(
+        !matches!(&refused, Ok(r) if r.status == Status::Ok),
+        "a demoted master refuses produce: {refused:?}"
+    );
+    let on_b = wait_caught_up(&b.broker);
+    wait_slave_confirmed(&a.broker, &on_b);
+    let a_status = status(&a.broker).unwrap();
+    let cut: Vec<_> = a_status
+        .shards
+        .iter()
+        .filter(|s| !s.divergence_points.is_empty())
+        .collect();
+    assert!(!cut.is_empty(), "the divergent tail was cut: {a_status:?}");
+    for shard in &cut {
+        assert_eq!(
+            shard.divergence_points,
+            vec![promoted.shards[shard.shard].max_offset],
+            "shard {} cut its log where b's epoch starts",
+            shard.shard
+        );
+    }
+    assert!(read_all(&a.broker, TOPIC, 2) == read_all(&b.broker, TOPIC, 2));
+
+    // And back: a is promoted again (a third epoch), b demoted to follow it.
+    let repromoted = a
+        .broker
+        .client()
+        .call(&ClusterPromote {
+            role: "ASYNC_MASTER".to_string(),
+        })
+        .unwrap();
+    assert!(repromoted
+        .shards
+        .iter()
+        .all(|s| s.role == "ASYNC_MASTER" && s.epoch == 3));
+    let redemoted = b
+        .broker
+        .client()
+        .call(&ClusterDemote {
+            master: a.ports.ha_addr(),
+        })
+        .unwrap();
+    assert!(redemoted.shards.iter().all(|s| s.role == "SLAVE"));
+    produce_all(&a.broker, "back", 10);
+    let on_a = wait_caught_up(&a.broker);
+    wait_slave_confirmed(&b.broker, &on_a);
+    let on_a = read_all(&a.broker, TOPIC, 2);
+    assert!(on_a == read_all(&b.broker, TOPIC, 2));
+    let bodies: Vec<String> = on_a
+        .values()
+        .flatten()
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert_eq!(bodies.len(), 60);
+    assert!(bodies.iter().all(|b| !b.starts_with("divergent")));
+    assert!(a.broker.stop() && b.broker.stop());
 }

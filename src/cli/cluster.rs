@@ -1,9 +1,10 @@
-//! `ringmq cluster status|promote`: a broker's replication state, and promotion of a slave.
+//! `ringmq cluster status|promote|demote`: a broker's replication state, promotion of a slave
+//! and demotion of a master, both at runtime.
 
 use super::app::{describe, BrokerArgs, Format};
 use super::output::{emit, table};
 use crate::protocol::admin::ClusterStatus;
-use crate::protocol::message::{ClusterPromote, ClusterStatusRequest};
+use crate::protocol::message::{ClusterDemote, ClusterPromote, ClusterStatusRequest};
 use clap::{Args, Subcommand};
 
 #[derive(Args, Debug)]
@@ -24,6 +25,12 @@ pub enum ClusterCommand {
         #[arg(long, default_value = "ASYNC_MASTER")]
         role: String,
     },
+    /// Turn the master at --broker into a slave of the master whose HA port is --master.
+    Demote {
+        /// The new master's HA address, HOST:PORT.
+        #[arg(long)]
+        master: String,
+    },
 }
 
 pub fn run(args: ClusterArgs) -> Result<(), String> {
@@ -31,6 +38,9 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
     let status = match &args.command {
         ClusterCommand::Status => client.call(&ClusterStatusRequest {}),
         ClusterCommand::Promote { role } => client.call(&ClusterPromote { role: role.clone() }),
+        ClusterCommand::Demote { master } => client.call(&ClusterDemote {
+            master: master.clone(),
+        }),
     }
     .map_err(|e| describe(&args.broker.broker, &e))?;
     match args.broker.format {

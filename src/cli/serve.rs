@@ -86,5 +86,5 @@ impl ServeArgs {
 
 /// Runs the broker until SIGINT/SIGTERM. Returns a message for the user on failure.
 pub fn run(args: ServeArgs) -> Result<(), String> {
-    crate::server::run(args.effective_config()?)
+    crate::server::run(args.effective_config()?).map_err(|e| e.to_string())
 }

@@ -113,7 +113,8 @@ const BODY_DECODERS: [fn(&[u8]); 18] = [
     |b| round_trip!(b, PullRequest, canonical: true),
     |b| round_trip!(b, QueueRef, canonical: true),
     |b| round_trip!(b, TopicCreate, canonical: true),
-    // Every single-name body (TopicDelete, TopicDescribe, GroupDescribe, ClusterPromote).
+    // Every single-name body (TopicDelete, TopicDescribe, GroupDescribe, ClusterPromote,
+    // ClusterDemote).
     |b| round_trip!(b, TopicDelete, canonical: true),
     |b| round_trip!(b, GroupCommit, canonical: true),
     |b| round_trip!(b, GroupFetch, canonical: true),

@@ -247,7 +247,11 @@ fn master_reads_reports(data: &[u8]) {
     let mut input = Input::new(data);
     let min_in_sync_replicas = u32::from(input.u8() % 4);
     let mut master_max = u64::from(input.u32());
-    let replicas = Replicas::new(min_in_sync_replicas, 0);
+    let replicas = Replicas::new(
+        min_in_sync_replicas,
+        0,
+        std::rc::Rc::new(crate::clock::RealClock),
+    );
     let mut links = [
         Some(replicas.register("127.0.0.1:1".into())),
         Some(replicas.register("127.0.0.1:2".into())),

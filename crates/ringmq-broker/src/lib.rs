@@ -7,6 +7,7 @@
 //! executor per shard. Wire formats live in the `ringmq-protocol` crate. `docs/architecture.md`
 //! is the map.
 
+pub mod clock;
 pub mod config;
 pub mod constants;
 pub mod metrics;

@@ -29,26 +29,57 @@ struct StoreIdentity {
 
 const STORE_FORMAT_VERSION: u32 = 1;
 
-fn check_store_identity(store_dir: &Path, shards: usize) -> Result<(), String> {
+/// Why the broker did not start, or stopped. Each message names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is invalid (the message names the key).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// `store_dir` cannot be created.
+    #[error("{0}")]
+    StoreDir(String),
+    /// Another broker holds the store (the message names the store and the holder).
+    #[error(transparent)]
+    Locked(#[from] crate::store::lock::LockError),
+    /// `<store>/store.json` is unreadable or does not match this run.
+    #[error("{0}")]
+    StoreIdentity(String),
+    #[error(transparent)]
+    Shard(#[from] crate::shard::ShardError),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    /// A shard or a thread of the main process failed to start (the message names which).
+    #[error("{0}")]
+    Startup(String),
+    /// A shard ended while serving (fail-stop), or the watchers were lost.
+    #[error("{0}")]
+    Stopped(String),
+}
+
+fn check_store_identity(store_dir: &Path, shards: usize) -> Result<(), ServerError> {
     let path = store_dir.join("store.json");
     match std::fs::read(&path) {
         Ok(bytes) => {
-            let identity: StoreIdentity = serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{}: unreadable store identity: {e}", path.display()))?;
+            let identity: StoreIdentity = serde_json::from_slice(&bytes).map_err(|e| {
+                ServerError::StoreIdentity(format!(
+                    "{}: unreadable store identity: {e}",
+                    path.display()
+                ))
+            })?;
             if identity.format_version != STORE_FORMAT_VERSION {
-                return Err(format!(
+                return Err(ServerError::StoreIdentity(format!(
                     "{}: store format {} is not supported (this build reads {STORE_FORMAT_VERSION})",
                     path.display(),
                     identity.format_version
-                ));
+                )));
             }
             if identity.shards != shards {
-                return Err(format!(
+                return Err(ServerError::StoreIdentity(format!(
                     "store {} was created with {} shards; start with --shards {} (changing the shard count of a store is not supported)",
                     store_dir.display(),
                     identity.shards,
                     identity.shards
-                ));
+                )));
             }
             Ok(())
         }
@@ -61,17 +92,23 @@ fn check_store_identity(store_dir: &Path, shards: usize) -> Result<(), String> {
                 &path,
                 &serde_json::to_vec_pretty(&identity).expect("serializes"),
             )
-            .map_err(|e| format!("{}: {e}", path.display()))
+            .map_err(|e| ServerError::StoreIdentity(format!("{}: {e}", path.display())))
         }
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(e) => Err(ServerError::StoreIdentity(format!(
+            "{}: {e}",
+            path.display()
+        ))),
     }
 }
 
-fn blocking_eventfd() -> Result<RawFd, String> {
+fn blocking_eventfd() -> Result<RawFd, ServerError> {
     // Blocking on purpose: glommio's io_uring read arms an internal poll on it.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
     if fd < 0 {
-        return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
+        return Err(ServerError::Startup(format!(
+            "eventfd: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     Ok(fd)
 }
@@ -84,15 +121,16 @@ fn signal_stop(fds: &[RawFd]) {
 }
 
 /// Runs the broker until SIGINT or SIGTERM.
-pub fn run(config: BrokerConfig) -> Result<(), String> {
-    config.validate().map_err(|e| e.to_string())?;
+pub fn run(config: BrokerConfig) -> Result<(), ServerError> {
+    config.validate()?;
     install_fail_stop_panic_hook();
     let shard_count = config.shard_count();
-    std::fs::create_dir_all(&config.store_dir)
-        .map_err(|e| format!("store_dir {}: {e}", config.store_dir.display()))?;
+    std::fs::create_dir_all(&config.store_dir).map_err(|e| {
+        ServerError::StoreDir(format!("store_dir {}: {e}", config.store_dir.display()))
+    })?;
     // Held until the process exits, on every path: an error return while some shard still
     // writes must not let another broker take the store.
-    std::mem::forget(StoreLock::acquire(&config.store_dir).map_err(|e| e.to_string())?);
+    std::mem::forget(StoreLock::acquire(&config.store_dir)?);
     check_store_identity(&config.store_dir, shard_count)?;
     info!("effective configuration:\n{}", config.to_toml());
     let topics = Arc::new(TopicTable::load(&config.store_dir)?);
@@ -142,7 +180,9 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
                 }
                 run_shard(startup)
             })
-            .map_err(|e| format!("starting the executor of shard {id}: {e}"))?;
+            .map_err(|e| {
+                ServerError::Startup(format!("starting the executor of shard {id}: {e}"))
+            })?;
         executors.push(handle);
     }
     drop(ready_tx);
@@ -176,7 +216,7 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         Ok(Lifecycle::ShardExited { id, cause }) => {
             return Err(fail_stop(id, &cause));
         }
-        Err(_) => return Err("lost the shard watchers".to_string()),
+        Err(_) => return Err(ServerError::Stopped("lost the shard watchers".to_string())),
     }
     info!("shutting down");
     signal_stop(&stop_fds);
@@ -205,7 +245,7 @@ fn wait_until_ready(
     events: &mpsc::Receiver<StartupEvent>,
     shard_count: usize,
     stage_timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), ServerError> {
     let mut stages: Vec<Option<(String, Instant)>> = vec![None; shard_count];
     let mut ready = 0;
     while ready < shard_count {
@@ -216,11 +256,11 @@ fn wait_until_ready(
             .min_by_key(|(_, _, at)| *at);
         if let Some((id, stage, at)) = oldest {
             if at.elapsed() >= stage_timeout {
-                return Err(format!(
+                return Err(ServerError::Startup(format!(
                     "shard {id} did not finish a start-up stage within {} ms \
                      (startup_stage_timeout_ms): {stage}",
                     stage_timeout.as_millis()
-                ));
+                )));
             }
         }
         let wait = oldest.map_or(stage_timeout, |(_, _, at)| {
@@ -236,10 +276,12 @@ fn wait_until_ready(
                 stages[id] = None;
                 ready += 1;
             }
-            Ok(StartupEvent::Failed { error, .. }) => return Err(error),
+            Ok(StartupEvent::Failed { error, .. }) => return Err(ServerError::Startup(error)),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err("a shard stopped during start-up".to_string())
+                return Err(ServerError::Startup(
+                    "a shard stopped during start-up".to_string(),
+                ))
             }
         }
     }
@@ -275,11 +317,11 @@ enum Lifecycle {
 /// channel, so the main thread sees whichever comes first.
 fn watch_shards_and_signals(
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
-) -> Result<mpsc::Receiver<Lifecycle>, String> {
+) -> Result<mpsc::Receiver<Lifecycle>, ServerError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let (tx, rx) = mpsc::channel();
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .map_err(|e| format!("installing signal handlers: {e}"))?;
+        .map_err(|e| ServerError::Startup(format!("installing signal handlers: {e}")))?;
     let signal_tx = tx.clone();
     std::thread::Builder::new()
         .name("signals".to_string())
@@ -290,7 +332,7 @@ fn watch_shards_and_signals(
                 }
             }
         })
-        .map_err(|e| format!("starting the signal thread: {e}"))?;
+        .map_err(|e| ServerError::Startup(format!("starting the signal thread: {e}")))?;
     for (id, handle) in executors.into_iter().enumerate() {
         let tx = tx.clone();
         std::thread::Builder::new()
@@ -299,20 +341,22 @@ fn watch_shards_and_signals(
                 let cause = handle.join().err().map(|e| e.to_string());
                 let _ = tx.send(Lifecycle::ShardExited { id, cause });
             })
-            .map_err(|e| format!("starting the watcher of shard {id}: {e}"))?;
+            .map_err(|e| {
+                ServerError::Startup(format!("starting the watcher of shard {id}: {e}"))
+            })?;
     }
     Ok(rx)
 }
 
 /// A shard ended while the broker was serving: the process stops as a whole, so that its
 /// supervisor restarts it and recovery repairs the shard, rather than serving on without it.
-fn fail_stop(id: usize, cause: &Option<String>) -> String {
+fn fail_stop(id: usize, cause: &Option<String>) -> ServerError {
     let cause = cause.as_deref().unwrap_or("its executor returned");
     let message = format!(
         "shard {id} stopped unexpectedly ({cause}); the broker exits so a restart recovers it"
     );
     error!("{message}");
-    message
+    ServerError::Stopped(message)
 }
 
 /// Makes a panic on any thread, a shard's above all, end the process at once after one log

@@ -447,6 +447,14 @@ wire_body! {
 }
 
 wire_body! {
+    /// ClusterDemote request: the HA address (`HOST:PORT`) of the master to follow.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct ClusterDemote {
+        pub master: String => Str16,
+    }
+}
+
+wire_body! {
     /// Ping request, with an empty body: the answer's round trip is the measurement.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct Ping {}

@@ -49,6 +49,9 @@ macro_rules! for_each_request {
             ClusterPromote = 51 => "ClusterPromote": ClusterPromote
                 => $crate::admin::ClusterStatus,
                 "cluster status after promotion" {};
+            ClusterDemote = 52 => "ClusterDemote": ClusterDemote
+                => $crate::admin::ClusterStatus,
+                "cluster status after demotion" {};
         }
     };
 }

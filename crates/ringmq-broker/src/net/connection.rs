@@ -65,7 +65,7 @@ pub async fn serve(shard: Rc<Shard>, net: Rc<ShardNet>, stream: TcpStream, ticke
     let (tx, rx) = local_channel::new_bounded::<Vec<u8>>(MAX_INFLIGHT_REQUESTS_PER_CONNECTION);
     let writer_task = spawn_local(write_responses(shard.clone(), writer, rx, activity.clone()));
     let reader = Reader {
-        decoder: FrameDecoder::new(shard.config.max_frame_bytes as usize),
+        decoder: FrameDecoder::new(shard.config().max_frame_bytes as usize),
         requests: Rc::new(Semaphore::new(MAX_INFLIGHT_REQUESTS_PER_CONNECTION as u64)),
         request_bytes: Rc::new(Semaphore::new(MAX_INFLIGHT_BYTES_PER_CONNECTION as u64)),
         buf: vec![0u8; CONNECTION_READ_BUFFER_BYTES],
@@ -90,11 +90,11 @@ async fn write_responses(
 ) {
     while let Some(frame) = rx.recv().await {
         let written = writer.write_all(&frame).await;
-        shard.count_in_flight(&shard.responses_unwritten, -1);
+        shard.lifecycle().response_written();
         if let Err(e) = written {
             if e.kind() == std::io::ErrorKind::TimedOut {
                 debug!(
-                    shard = shard.id,
+                    shard = shard.id(),
                     "closing a connection whose peer does not read its responses"
                 );
             }
@@ -102,12 +102,12 @@ async fn write_responses(
             // Requests still in flight must be able to queue their answers and finish (a
             // dropped receiver does not release senders waiting on a full channel).
             while rx.recv().await.is_some() {
-                shard.count_in_flight(&shard.responses_unwritten, -1);
+                shard.lifecycle().response_written();
             }
             break;
         }
         activity.set(Instant::now());
-        shard.probe.add(Counter::BytesOut, frame.len() as u64);
+        shard.probe().add(Counter::BytesOut, frame.len() as u64);
     }
     let _ = writer.close().await;
 }
@@ -170,7 +170,7 @@ impl Reader {
         match end {
             End::Closed => {}
             End::ReadTimeout(header) => self.answer_read_timeout(header).await,
-            End::Idle => debug!(shard = self.shard.id, "closing an idle connection"),
+            End::Idle => debug!(shard = self.shard.id(), "closing an idle connection"),
         }
     }
 
@@ -252,12 +252,12 @@ impl Reader {
         permits: (ConnectionPermits, BudgetPermit),
     ) {
         let (shard, tx, activity) = (self.shard.clone(), self.tx.clone(), self.activity.clone());
-        shard.count_in_flight(&shard.requests_in_flight, 1);
+        shard.lifecycle().request_started();
         spawn_local(async move {
             let reply = handlers::handle(&shard, opcode, &frame[body_start..]).await;
             drop(frame);
             send_reply(&shard, &tx, header, reply).await;
-            shard.count_in_flight(&shard.requests_in_flight, -1);
+            shard.lifecycle().request_finished();
             // The idle clock starts when the last request in flight is done.
             activity.set(Instant::now());
             drop(permits);
@@ -268,7 +268,7 @@ impl Reader {
     async fn answer_busy(&self, header: FrameHeader, wire_len: usize) {
         let message = format!(
             "shard_inflight_budget_bytes: shard {} had no room for a {wire_len}-byte request within {INFLIGHT_BUDGET_WAIT_MS} ms; retry later",
-            self.shard.id
+            self.shard.id()
         );
         send_reply(
             &self.shard,
@@ -384,7 +384,7 @@ impl Reader {
 
     fn received(&self, n: usize) {
         self.activity.set(Instant::now());
-        self.shard.probe.add(Counter::BytesIn, n as u64);
+        self.shard.probe().add(Counter::BytesIn, n as u64);
     }
 
     async fn answer_read_timeout(&self, header: Option<FrameHeader>) {
@@ -397,7 +397,7 @@ impl Reader {
             "request_read_timeout_ms: a frame started {} ms ago is still incomplete; closing the connection",
             self.frame_started.elapsed().as_millis()
         );
-        debug!(shard = self.shard.id, "{message}");
+        debug!(shard = self.shard.id(), "{message}");
         send_reply(
             &self.shard,
             &self.tx,
@@ -505,9 +505,9 @@ fn response_frame(request: FrameHeader, reply: Reply) -> Vec<u8> {
 
 /// Queues a response for the writer, counted in `responses_unwritten` until it is written.
 async fn send_reply(shard: &Shard, tx: &LocalSender<Vec<u8>>, request: FrameHeader, reply: Reply) {
-    shard.count_in_flight(&shard.responses_unwritten, 1);
+    shard.lifecycle().response_queued();
     if tx.send(response_frame(request, reply)).await.is_err() {
-        shard.count_in_flight(&shard.responses_unwritten, -1);
+        shard.lifecycle().response_written();
     }
 }
 

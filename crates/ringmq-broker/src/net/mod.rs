@@ -46,8 +46,33 @@ pub struct BoundListeners {
 }
 
 /// What a listening port is for, so a bind error names the port the user has to look at.
+/// Why the broker could not set up its listening sockets.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// An address in the configuration does not parse (the message names the key).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on the {role} {addr}: it is in use by another process (still after {BIND_RETRY_MS} ms); stop that process or choose another port")]
+    InUse { role: PortRole, addr: SocketAddr },
+    #[error("cannot listen on the {role} {addr}: {source}")]
+    Bind {
+        role: PortRole,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the {role} socket has no inet address")]
+    NoInetAddress { role: PortRole },
+    #[error("duplicating the {role} socket: {source}")]
+    Duplicate {
+        role: PortRole,
+        source: std::io::Error,
+    },
+    #[error("shard_port_base: shard {shard}'s port {port} is not a valid port")]
+    ShardPort { shard: usize, port: usize },
+}
+
 #[derive(Clone, Copy, Debug)]
-enum PortRole {
+pub enum PortRole {
     Client,
     Shard(usize),
     Ha,
@@ -81,7 +106,7 @@ fn listening_socket(addr: SocketAddr) -> std::io::Result<Socket> {
 /// Binds `addr`, retrying "address in use" until `deadline`: a broker killed a moment ago
 /// still holds its ports while the kernel tears its io_uring rings down (up to about half a
 /// second), and a supervisor restarts at once.
-fn bind_retrying(addr: SocketAddr, role: PortRole, deadline: Instant) -> Result<Socket, String> {
+fn bind_retrying(addr: SocketAddr, role: PortRole, deadline: Instant) -> Result<Socket, NetError> {
     let mut logged = false;
     loop {
         match listening_socket(addr) {
@@ -94,36 +119,34 @@ fn bind_retrying(addr: SocketAddr, role: PortRole, deadline: Instant) -> Result<
                 std::thread::sleep(Duration::from_millis(BIND_RETRY_INTERVAL_MS));
             }
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                return Err(format!(
-                    "cannot listen on the {role} {addr}: it is in use by another process (still after {BIND_RETRY_MS} ms); stop that process or choose another port"
-                ))
+                return Err(NetError::InUse { role, addr })
             }
-            Err(e) => return Err(format!("cannot listen on the {role} {addr}: {e}")),
+            Err(source) => return Err(NetError::Bind { role, addr, source }),
         }
     }
 }
 
-fn bound_port(socket: &Socket, role: PortRole) -> Result<u16, String> {
+fn bound_port(socket: &Socket, role: PortRole) -> Result<u16, NetError> {
     socket
         .local_addr()
         .ok()
         .and_then(|a| a.as_socket())
         .map(|a| a.port())
-        .ok_or_else(|| format!("the {role} socket has no inet address"))
+        .ok_or(NetError::NoInetAddress { role })
 }
 
 /// `count` descriptors of one socket: the socket itself and `count - 1` duplicates.
-fn share(socket: Socket, count: usize, role: PortRole) -> Result<Vec<RawFd>, String> {
+fn share(socket: Socket, count: usize, role: PortRole) -> Result<Vec<RawFd>, NetError> {
     let mut fds = Vec::with_capacity(count);
     for _ in 1..count {
         // SAFETY: F_DUPFD_CLOEXEC on a valid descriptor returns a new one or -1.
         let fd = unsafe { libc::fcntl(socket.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
         if fd < 0 {
-            let e = std::io::Error::last_os_error();
+            let source = std::io::Error::last_os_error();
             for fd in fds {
                 unsafe { libc::close(fd) };
             }
-            return Err(format!("duplicating the {role} socket: {e}"));
+            return Err(NetError::Duplicate { role, source });
         }
         fds.push(fd);
     }
@@ -131,9 +154,12 @@ fn share(socket: Socket, count: usize, role: PortRole) -> Result<Vec<RawFd>, Str
     Ok(fds)
 }
 
-pub fn bind_listeners(config: &BrokerConfig, shard_count: usize) -> Result<BoundListeners, String> {
+pub fn bind_listeners(
+    config: &BrokerConfig,
+    shard_count: usize,
+) -> Result<BoundListeners, NetError> {
     let deadline = Instant::now() + Duration::from_millis(BIND_RETRY_MS);
-    let mut listen_addr = config.listen_addr().map_err(|e| e.to_string())?;
+    let mut listen_addr = config.listen_addr()?;
     let shared = bind_retrying(listen_addr, PortRole::Client, deadline)?;
     listen_addr.set_port(bound_port(&shared, PortRole::Client)?);
     let shared = share(shared, shard_count, PortRole::Client)?;
@@ -147,11 +173,11 @@ pub fn bind_listeners(config: &BrokerConfig, shard_count: usize) -> Result<Bound
         shard_ports.push(bound_port(&own, role)?);
         per_shard.push(vec![shared_fd, own.into_raw_fd()]);
     }
-    let mut ha_addr = config.ha_addr().map_err(|e| e.to_string())?;
+    let mut ha_addr = config.ha_addr()?;
     let ha = bind_retrying(ha_addr, PortRole::Ha, deadline)?;
     ha_addr.set_port(bound_port(&ha, PortRole::Ha)?);
     let ha = share(ha, shard_count, PortRole::Ha)?;
-    let metrics = match config.metrics_addr().map_err(|e| e.to_string())? {
+    let metrics = match config.metrics_addr()? {
         Some(mut addr) => {
             let socket = bind_retrying(addr, PortRole::Metrics, deadline)?;
             addr.set_port(bound_port(&socket, PortRole::Metrics)?);
@@ -202,19 +228,17 @@ pub fn raise_descriptor_limit(config: &BrokerConfig) {
 
 /// Shard `n`'s own port: `shard_port_base + n`, by default the client port + 100 + n, or a
 /// free port when the client port was chosen freely.
-fn shard_port(config: &BrokerConfig, listen_port: u16, shard: usize) -> Result<u16, String> {
+fn shard_port(config: &BrokerConfig, listen_port: u16, shard: usize) -> Result<u16, NetError> {
     let base = if config.shard_port_base != 0 {
         config.shard_port_base as usize
-    } else if config.listen_addr().map_err(|e| e.to_string())?.port() == 0 {
+    } else if config.listen_addr()?.port() == 0 {
         return Ok(0);
     } else {
         listen_port as usize + 100
     };
-    u16::try_from(base + shard).map_err(|_| {
-        format!(
-            "shard_port_base: shard {shard}'s port {} is not a valid port",
-            base + shard
-        )
+    u16::try_from(base + shard).map_err(|_| NetError::ShardPort {
+        shard,
+        port: base + shard,
     })
 }
 
@@ -253,14 +277,14 @@ pub async fn accept_loop(shard: Rc<Shard>, net: Rc<ShardNet>, fd: RawFd) {
         match listener.accept().await {
             Ok(stream) => {
                 shard
-                    .probe
+                    .probe()
                     .add(crate::metrics::Counter::ConnectionsAccepted, 1);
                 let Ok(peer) = stream.peer_addr() else {
                     continue;
                 };
                 match net.admission.admit(peer.ip()) {
                     Ok(ticket) => {
-                        debug!(shard = shard.id, %peer, "connection accepted");
+                        debug!(shard = shard.id(), %peer, "connection accepted");
                         spawn_local(connection::serve(
                             shard.clone(),
                             net.clone(),
@@ -270,7 +294,7 @@ pub async fn accept_loop(shard: Rc<Shard>, net: Rc<ShardNet>, fd: RawFd) {
                         .detach();
                     }
                     Err(refusal) => {
-                        debug!(shard = shard.id, %peer, "connection refused: {refusal}");
+                        debug!(shard = shard.id(), %peer, "connection refused: {refusal}");
                         let in_flight = net.refusals_in_flight.clone();
                         if in_flight.get() >= MAX_REFUSALS_IN_FLIGHT_PER_SHARD {
                             let _ =
@@ -289,7 +313,7 @@ pub async fn accept_loop(shard: Rc<Shard>, net: Rc<ShardNet>, fd: RawFd) {
             }
             Err(e) => {
                 // Typically EMFILE: keep serving existing connections and try again.
-                warn!(shard = shard.id, "accept failed: {e}");
+                warn!(shard = shard.id(), "accept failed: {e}");
                 glommio::timer::sleep(Duration::from_millis(100)).await;
             }
         }

@@ -18,10 +18,14 @@ pub struct LogIdentity {
     /// Offsets at which this log was cut back because it had diverged from its master's.
     #[serde(default)]
     pub divergence_points: Vec<u64>,
-    /// Set by `cluster promote`: the role this shard runs with from then on, whatever the
+    /// Set by `cluster promote` or `cluster demote`: the role this shard runs with from then on, whatever the
     /// configuration says, so a restart cannot silently turn a promoted master into a slave.
     #[serde(default)]
     pub promoted_role: Option<crate::config::BrokerRole>,
+    /// Set by `cluster demote`: the master this shard follows from then on, whatever the
+    /// configuration says (with `promoted_role` SLAVE).
+    #[serde(default)]
+    pub master_addr: Option<std::net::SocketAddr>,
     /// SYNC_MASTER: the offset enough slaves had acknowledged, written with each checkpoint,
     /// so a restarted master shows consumers what was confirmed before it stopped instead of
     /// nothing until a slave acknowledges again.
@@ -58,6 +62,7 @@ impl LogIdentity {
             epochs: vec![(1, 0)],
             divergence_points: Vec::new(),
             promoted_role: None,
+            master_addr: None,
             replicated_offset: 0,
         }
     }

@@ -15,10 +15,12 @@ use super::protocol::{
     Welcome, HA_VERSION, HEARTBEAT_BYTES, MAX_HANDSHAKE_BYTES, MAX_METADATA_BYTES,
     METADATA_HEADER_BYTES, REPORT_BYTES,
 };
+use super::replicas::Replicas;
 use super::splice::SpliceSender;
 use crate::metrics::Counter;
 use crate::shard::mesh::ShardRequest;
 use crate::shard::Shard;
+use crate::store::io::Disk;
 use futures_lite::future;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
@@ -36,7 +38,7 @@ pub const SHIP_CHUNK_BYTES: usize = 1 << 20;
 /// How often a lagging ASYNC_MASTER slave may be warned about, per link.
 const LAG_WARNING_EVERY: Duration = Duration::from_secs(10);
 
-pub async fn accept_loop(shard: Rc<Shard>, fd: RawFd) {
+pub async fn accept_loop<D: Disk>(shard: Rc<Shard<D>>, fd: RawFd) {
     // SAFETY: a listening socket bound by the main thread, owned by this task.
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
     loop {
@@ -45,7 +47,7 @@ pub async fn accept_loop(shard: Rc<Shard>, fd: RawFd) {
                 spawn_local(handshake(shard.clone(), stream)).detach();
             }
             Err(e) => {
-                warn!(shard = shard.id, "replication accept failed: {e}");
+                warn!(shard = shard.id(), "replication accept failed: {e}");
                 sleep(Duration::from_millis(100)).await;
             }
         }
@@ -54,8 +56,11 @@ pub async fn accept_loop(shard: Rc<Shard>, fd: RawFd) {
 
 /// Reads a slave's hello. A hello of another protocol version is answered with a refusal that
 /// names both versions (the slave logs it) before the error returns.
-async fn read_hello(shard: &Shard, stream: &mut TcpStream) -> Result<Hello, ReplicationError> {
-    let timeout = Duration::from_millis(shard.config.ha_link_timeout_ms);
+async fn read_hello<D: Disk>(
+    shard: &Shard<D>,
+    stream: &mut TcpStream,
+) -> Result<Hello, ReplicationError> {
+    let timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
     let mut len = [0u8; 4];
     with_timeout(
         timeout,
@@ -114,7 +119,7 @@ pub async fn with_timeout<T>(
     .await
 }
 
-async fn handshake(shard: Rc<Shard>, mut stream: TcpStream) {
+async fn handshake<D: Disk>(shard: Rc<Shard<D>>, mut stream: TcpStream) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -122,19 +127,19 @@ async fn handshake(shard: Rc<Shard>, mut stream: TcpStream) {
     let hello = match read_hello(&shard, &mut stream).await {
         Ok(h) => h,
         Err(e) => {
-            warn!(shard = shard.id, %peer, "replication handshake failed: {e}");
+            warn!(shard = shard.id(), %peer, "replication handshake failed: {e}");
             return;
         }
     };
     let target = hello.shard as usize;
-    if target == shard.id || target >= shard.shard_count {
+    if target == shard.id() || target >= shard.shard_count() {
         serve_slave(shard, stream, hello, peer).await;
         return;
     }
     // SAFETY: dup gives the target shard its own descriptor for the same socket.
     let fd = unsafe { libc::dup(stream.as_raw_fd()) };
     if fd < 0 {
-        warn!(shard = shard.id, "dup of a replication socket failed");
+        warn!(shard = shard.id(), "dup of a replication socket failed");
         return;
     }
     drop(stream);
@@ -143,29 +148,29 @@ async fn handshake(shard: Rc<Shard>, mut stream: TcpStream) {
         hello: Box::new(hello),
         peer,
     };
-    if let Err(gone) = shard.mesh.send(target, request).await {
+    if let Err(gone) = shard.mesh().send(target, request).await {
         warn!(
-            shard = shard.id,
+            shard = shard.id(),
             "handing a replication link to shard {} failed", gone.0
         );
     }
 }
 
 /// Runs on the target shard for a link accepted by another shard.
-pub async fn adopt(shard: Rc<Shard>, fd: RawFd, hello: Hello, peer: String) {
+pub async fn adopt<D: Disk>(shard: Rc<Shard<D>>, fd: RawFd, hello: Hello, peer: String) {
     // SAFETY: `fd` was duplicated for this shard by the accepting one.
     let stream = unsafe { TcpStream::from_raw_fd(fd) };
     serve_slave(shard, stream, hello, peer).await;
 }
 
 /// What the master answers a slave, and where it will ship from; `Err` holds why it refuses.
-fn welcome(shard: &Shard, hello: &Hello) -> Result<(Welcome, u64), String> {
-    let config = &shard.config;
-    if !shard.role.get().is_master() {
+fn welcome<D: Disk>(shard: &Shard<D>, hello: &Hello) -> Result<(Welcome, u64), String> {
+    let config = &shard.config();
+    if !shard.role().is_master() {
         return Err(format!(
             "{} is a {}, not a master",
             config.broker_name,
-            shard.role.get()
+            shard.role()
         ));
     }
     if hello.broker_name != config.broker_name {
@@ -174,10 +179,13 @@ fn welcome(shard: &Shard, hello: &Hello) -> Result<(Welcome, u64), String> {
             hello.broker_name, config.broker_name
         ));
     }
-    if hello.shard as usize != shard.id || hello.shard_count as usize != shard.shard_count {
+    if hello.shard as usize != shard.id() || hello.shard_count as usize != shard.shard_count() {
         return Err(format!(
             "slave shard {} of {} cannot follow master shard {} of {}",
-            hello.shard, hello.shard_count, shard.id, shard.shard_count
+            hello.shard,
+            hello.shard_count,
+            shard.id(),
+            shard.shard_count()
         ));
     }
     if hello.segment_size_bytes != config.segment_size_bytes {
@@ -186,7 +194,7 @@ fn welcome(shard: &Shard, hello: &Hello) -> Result<(Welcome, u64), String> {
             hello.segment_size_bytes, config.segment_size_bytes
         ));
     }
-    let identity = shard.identity.borrow().clone();
+    let identity = shard.role_state().identity();
     let fresh = hello.log_id == [0; 16];
     if !fresh && hello.log_id != identity.log_id {
         return Err(
@@ -201,7 +209,7 @@ fn welcome(shard: &Shard, hello: &Hello) -> Result<(Welcome, u64), String> {
             identity.last_epoch()
         ));
     }
-    let master_max = shard.store.max_offset();
+    let master_max = shard.store().max_offset();
     let mut truncate_to = if fresh && hello.max_offset == 0 {
         u64::MAX
     } else {
@@ -224,7 +232,12 @@ fn welcome(shard: &Shard, hello: &Hello) -> Result<(Welcome, u64), String> {
     Ok((welcome, start))
 }
 
-async fn serve_slave(shard: Rc<Shard>, mut stream: TcpStream, hello: Hello, peer: String) {
+async fn serve_slave<D: Disk>(
+    shard: Rc<Shard<D>>,
+    mut stream: TcpStream,
+    hello: Hello,
+    peer: String,
+) {
     let answer = welcome(&shard, &hello);
     let mut bytes = Vec::new();
     match &answer {
@@ -237,55 +250,71 @@ async fn serve_slave(shard: Rc<Shard>, mut stream: TcpStream, hello: Hello, peer
     let start = match answer {
         Ok((_, start)) => start,
         Err(reason) => {
-            warn!(shard = shard.id, %peer, "refused a slave: {reason}");
+            warn!(shard = shard.id(), %peer, "refused a slave: {reason}");
             return;
         }
     };
+    // The welcome refuses unless this shard is a master, so it has this term's replicas.
+    let Some(replicas) = shard.replicas() else {
+        return;
+    };
     let _ = stream.set_nodelay(true);
-    let link = shard.replicas.register(peer.clone());
-    info!(shard = shard.id, %peer, start_offset = start, "slave connected");
+    let link = replicas.register(peer.clone());
+    info!(shard = shard.id(), %peer, start_offset = start, "slave connected");
     // SAFETY: a second descriptor for the same socket, owned by the report reader.
     let read_fd = unsafe { libc::dup(stream.as_raw_fd()) };
     if read_fd >= 0 {
         let reader = unsafe { TcpStream::from_raw_fd(read_fd) };
         let closed = Rc::new(Cell::new(false));
-        let reports = spawn_local(read_reports(shard.clone(), reader, link, closed.clone()));
-        let result = ship(&shard, &mut stream, start, &closed).await;
+        let reports = spawn_local(read_reports(
+            shard.clone(),
+            replicas.clone(),
+            reader,
+            link,
+            closed.clone(),
+        ));
+        let result = ship(&shard, &replicas, &mut stream, start, &closed).await;
         if let Err(e) = result {
-            info!(shard = shard.id, %peer, "slave link closed: {e}");
+            info!(shard = shard.id(), %peer, "slave link closed: {e}");
         }
         closed.set(true);
         shutdown_socket(stream.as_raw_fd());
         drop(stream);
         reports.await;
     }
-    shard.replicas.unregister(link);
-    info!(shard = shard.id, %peer, "slave disconnected");
+    replicas.unregister(link);
+    info!(shard = shard.id(), %peer, "slave disconnected");
 }
 
-async fn read_reports(shard: Rc<Shard>, mut reader: TcpStream, link: u64, closed: Rc<Cell<bool>>) {
-    let timeout = Duration::from_millis(shard.config.ha_link_timeout_ms);
+async fn read_reports<D: Disk>(
+    shard: Rc<Shard<D>>,
+    replicas: Rc<Replicas>,
+    mut reader: TcpStream,
+    link: u64,
+    closed: Rc<Cell<bool>>,
+) {
+    let timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
     let mut report = [0u8; REPORT_BYTES];
     let mut last_warning: Option<Instant> = None;
     while !closed.get() {
         if let Err(e) =
             with_timeout(timeout, "reading a report", reader.read_exact(&mut report)).await
         {
-            info!(shard = shard.id, "slave report stream ended: {e}");
+            info!(shard = shard.id(), "slave report stream ended: {e}");
             break;
         }
         let offset = u64::from_le_bytes(report);
-        let master_max = shard.store.max_offset();
-        match shard.replicas.report(link, offset, master_max) {
+        let master_max = shard.store().max_offset();
+        match replicas.report(link, offset, master_max) {
             Ok(advanced) => {
                 if advanced {
-                    shard.visible.notify();
-                    shard.replication_wakeup.notify();
+                    shard.publish_confirmed();
+                    shard.role_state().wake_links();
                 }
             }
             Err(fake) => {
                 error!(
-                    shard = shard.id,
+                    shard = shard.id(),
                     reported = fake.reported,
                     master_max = fake.master_max,
                     "a slave acknowledged an offset beyond this master's log; closing the link"
@@ -294,18 +323,20 @@ async fn read_reports(shard: Rc<Shard>, mut reader: TcpStream, link: u64, closed
             }
         }
         let lag = master_max.saturating_sub(offset);
-        if lag > shard.config.ha_lag_warn_bytes
-            && last_warning.is_none_or(|at| at.elapsed() >= LAG_WARNING_EVERY)
+        if lag > shard.config().ha_lag_warn_bytes
+            && last_warning.is_none_or(|at| {
+                shard.clock().now().saturating_duration_since(at) >= LAG_WARNING_EVERY
+            })
         {
-            last_warning = Some(Instant::now());
-            warn!(shard = shard.id, lag_bytes = lag, "slave lags behind");
+            last_warning = Some(shard.clock().now());
+            warn!(shard = shard.id(), lag_bytes = lag, "slave lags behind");
         }
     }
     closed.set(true);
     // The shipper may be blocked sending to a peer that stopped reading: shutting the socket
     // down makes that send fail now rather than when TCP gives up.
     shutdown_socket(reader.as_raw_fd());
-    shard.replication_wakeup.notify();
+    shard.role_state().wake_links();
 }
 
 /// Ends both directions of a link's socket, so every task blocked on it returns.
@@ -338,68 +369,70 @@ impl Shipper {
 }
 
 /// Streams the log from `start` until the link closes, and the metadata frames between.
-async fn ship(
-    shard: &Rc<Shard>,
+async fn ship<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    replicas: &Rc<Replicas>,
     stream: &mut TcpStream,
     start: u64,
     closed: &Cell<bool>,
 ) -> Result<(), ReplicationError> {
-    let heartbeat = Duration::from_millis(shard.config.ha_heartbeat_interval_ms);
-    let metadata_every = Duration::from_millis(shard.config.metadata_sync_interval_ms);
+    let heartbeat = Duration::from_millis(shard.config().ha_heartbeat_interval_ms);
+    let metadata_every = Duration::from_millis(shard.config().metadata_sync_interval_ms);
     let mut shipper = Shipper {
         splice: SpliceSender::new()
             .map_err(|e| ReplicationError::io("creating the splice ring", e))?,
         segment: None,
     };
+    let clock = shard.clock();
     let mut sent = start;
-    let mut last_sent_at = Instant::now();
+    let mut last_sent_at = clock.now();
     let mut confirmed_sent = 0u64;
     let mut metadata = MetadataPacing::new(heartbeat, metadata_every);
     while !closed.get() {
-        let version = shard.metadata_version.get();
-        if metadata.due(version, Instant::now()) {
+        // A demotion (or a demotion and a promotion back) ends this term: its links stop.
+        if !shard.replicas().is_some_and(|r| Rc::ptr_eq(&r, replicas)) {
+            return Err(ReplicationError::Protocol(
+                "this shard is no longer the master that accepted the link".to_string(),
+            ));
+        }
+        let version = shard.metadata().version();
+        if metadata.due(version, clock.now()) {
             send_metadata(shard, stream, version).await?;
-            metadata.sent(version, Instant::now());
-            last_sent_at = Instant::now();
+            metadata.sent(version, clock.now());
+            last_sent_at = clock.now();
             continue;
         }
-        let max = shard.store.max_offset();
+        let max = shard.store().max_offset();
         if sent < max {
             confirmed_sent = shard.confirmed_offset();
             let shipped = ship_chunk(shard, &mut shipper, stream, sent, max).await?;
             // A frame of no bytes would loop here forever without moving the link.
             debug_assert!(shipped > 0, "an empty data frame at {sent} (log end {max})");
             sent += shipped;
-            last_sent_at = Instant::now();
+            last_sent_at = clock.now();
             continue;
         }
         // A heartbeat also goes out when the confirmed offset moved (a flush or a slave ack), so
         // the slave's consumers see records as soon as the master's guarantee holds.
         let confirmed = shard.confirmed_offset();
-        if last_sent_at.elapsed() >= heartbeat || confirmed != confirmed_sent {
+        let since_sent = clock.now().saturating_duration_since(last_sent_at);
+        if since_sent >= heartbeat || confirmed != confirmed_sent {
             confirmed_sent = confirmed;
             let beat = encode_heartbeat(max, confirmed);
             stream
                 .write_all(&beat[..HEARTBEAT_BYTES])
                 .await
                 .map_err(|e| ReplicationError::io("sending a heartbeat", e))?;
-            last_sent_at = Instant::now();
+            last_sent_at = clock.now();
             continue;
         }
-        // Topic and group-offset changes bump the metadata version and notify this event too;
-        // a change that came too soon after the last metadata frame waits for its turn.
-        let mut wait = heartbeat.saturating_sub(last_sent_at.elapsed());
-        if let Some(turn) = metadata.wait(version, Instant::now()) {
+        // Topic and group-offset changes bump the metadata version, which wakes this too; a
+        // change that came too soon after the last metadata frame waits for its turn.
+        let mut wait = heartbeat.saturating_sub(since_sent);
+        if let Some(turn) = metadata.wait(version, clock.now()) {
             wait = wait.min(turn);
         }
-        let wake = shard.replication_wakeup.listen();
-        future::or(
-            async {
-                let _ = wake.await;
-            },
-            sleep(wait),
-        )
-        .await;
+        shard.wait_replication_news(wait).await;
     }
     Ok(())
 }
@@ -452,24 +485,24 @@ impl MetadataPacing {
 /// Sends this shard's metadata as of `version`: the topic table from shard 0 (every shard
 /// holds the same table, one copy is enough), and the group offsets of this shard's queues.
 /// A snapshot over [`MAX_METADATA_BYTES`] is counted and logged, not sent.
-async fn send_metadata(
-    shard: &Shard,
+async fn send_metadata<D: Disk>(
+    shard: &Shard<D>,
     stream: &mut TcpStream,
     version: u64,
 ) -> Result<(), ReplicationError> {
     let frame = MetadataFrame {
         version,
-        topics: (shard.id == 0).then(|| (*shard.topic_table()).clone()),
-        group_offsets: shard.groups.all_rows(),
+        topics: (shard.id() == 0).then(|| (*shard.topic_table()).clone()),
+        group_offsets: shard.metadata().groups().all_rows(),
     }
     .encode();
     let len = frame.len() - METADATA_HEADER_BYTES;
     if len > MAX_METADATA_BYTES {
         // The slave would skip it; the log matters more than this snapshot, so keep the link
         // and say why the slave's metadata stays behind.
-        shard.probe.add(Counter::ReplicationMetadataErrors, 1);
+        shard.probe().add(Counter::ReplicationMetadataErrors, 1);
         warn!(
-            shard = shard.id,
+            shard = shard.id(),
             len,
             max = MAX_METADATA_BYTES,
             "not sending a metadata snapshot larger than a slave accepts; log shipping goes on"
@@ -485,15 +518,15 @@ async fn send_metadata(
 /// Sends one frame of the log starting at `from`, never past its segment, and never across the
 /// flushed offset: bytes on disk go by splice (file → pipe → socket, no user-space copy), the
 /// unflushed tail straight from the write buffer. Returns the bytes of log it carried.
-async fn ship_chunk(
-    shard: &Rc<Shard>,
+async fn ship_chunk<D: Disk>(
+    shard: &Rc<Shard<D>>,
     shipper: &mut Shipper,
     stream: &mut TcpStream,
     from: u64,
     max: u64,
 ) -> Result<u64, ReplicationError> {
-    let log = shard.store.commitlog();
-    let flushed = shard.store.flushed_offset();
+    let log = shard.store().commitlog();
+    let flushed = shard.store().flushed_offset();
     let segment_end = (from / log.segment_size_bytes() + 1) * log.segment_size_bytes();
     let mut end = max.min(segment_end).min(from + SHIP_CHUNK_BYTES as u64);
     if from < flushed {
@@ -518,13 +551,13 @@ async fn ship_chunk(
                 ReplicationError::io(format!("splicing {} at {}", path.display(), from - base), e)
             })?;
         shard
-            .probe
+            .probe()
             .add(Counter::ReplicationSplicedBytes, len as u64);
     } else {
         send_tail(shard, stream, from, len).await?;
     }
     shard
-        .probe
+        .probe()
         .add(Counter::ReplicationShippedBytes, len as u64);
     Ok(len as u64)
 }
@@ -533,13 +566,13 @@ async fn ship_chunk(
 /// while the buffer is borrowed: the kernel copies them into the socket, this process copies
 /// nothing. If the socket is full, the rest is copied out and written asynchronously (counted
 /// in `replication_copied_bytes_total`).
-async fn send_tail(
-    shard: &Shard,
+async fn send_tail<D: Disk>(
+    shard: &Shard<D>,
     stream: &mut TcpStream,
     from: u64,
     len: usize,
 ) -> Result<(), ReplicationError> {
-    let log = shard.store.commitlog();
+    let log = shard.store().commitlog();
     let fd = stream.as_raw_fd();
     let mut done = 0usize;
     while done < len {
@@ -572,7 +605,7 @@ async fn send_tail(
             .await
             .map_err(|e| ReplicationError::Store(e.to_string()))?;
         shard
-            .probe
+            .probe()
             .add(Counter::ReplicationCopiedBytes, rest.len() as u64);
         stream
             .write_all(&rest)

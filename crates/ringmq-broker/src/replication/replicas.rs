@@ -6,9 +6,11 @@
 //! producer it covers in one batch. A report past the master's own end is refused: a fake
 //! acknowledgement must never release a producer.
 
+use crate::clock::Clock;
 use crate::shard::completion::Completions;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::time::Instant;
 
 #[derive(Clone, Debug)]
@@ -34,16 +36,19 @@ pub struct Replicas {
     links: RefCell<BTreeMap<u64, ReplicaState>>,
     next_link_id: Cell<u64>,
     pub completions: Completions,
+    /// The shard's clock: link times (and so the lag gauges) read it, not the wall clock.
+    clock: Rc<dyn Clock>,
 }
 
 impl Replicas {
     /// `confirmed_offset`: what slaves are known to have acknowledged already (persisted).
-    pub fn new(min_in_sync_replicas: u32, confirmed_offset: u64) -> Replicas {
+    pub fn new(min_in_sync_replicas: u32, confirmed_offset: u64, clock: Rc<dyn Clock>) -> Replicas {
         Replicas {
             needed: min_in_sync_replicas.saturating_sub(1) as usize,
             links: RefCell::new(BTreeMap::new()),
             next_link_id: Cell::new(1),
             completions: Completions::new(confirmed_offset),
+            clock,
         }
     }
 
@@ -56,7 +61,7 @@ impl Replicas {
     pub fn register(&self, peer: String) -> u64 {
         let id = self.next_link_id.get();
         self.next_link_id.set(id + 1);
-        let now = Instant::now();
+        let now = self.clock.now();
         self.links.borrow_mut().insert(
             id,
             ReplicaState {
@@ -87,7 +92,7 @@ impl Replicas {
             let Some(link) = links.get_mut(&id) else {
                 return Ok(false);
             };
-            let now = Instant::now();
+            let now = self.clock.now();
             link.acked_offset = offset;
             link.last_report_at = now;
             if offset >= master_max {
@@ -149,11 +154,12 @@ impl Replicas {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::RealClock;
     use crate::shard::completion::Completion;
 
     #[test]
     fn one_ack_releases_every_covered_producer_and_fake_acks_are_refused() {
-        let replicas = Replicas::new(2, 0);
+        let replicas = Replicas::new(2, 0, Rc::new(RealClock));
         let mut a = replicas.completions.wait(100);
         let mut b = replicas.completions.wait(200);
         let mut c = replicas.completions.wait(300);
@@ -180,7 +186,7 @@ mod tests {
 
     #[test]
     fn quorum_needs_enough_links() {
-        let replicas = Replicas::new(3, 0);
+        let replicas = Replicas::new(3, 0, Rc::new(RealClock));
         let one = replicas.register("a".into());
         replicas.report(one, 1000, 1000).unwrap();
         assert_eq!(replicas.quorum_offset(), None);
@@ -189,7 +195,10 @@ mod tests {
         assert_eq!(replicas.quorum_offset(), Some(600));
         replicas.unregister(one);
         assert_eq!(replicas.quorum_offset(), None);
-        assert_eq!(Replicas::new(1, 0).quorum_offset(), None);
+        assert_eq!(
+            Replicas::new(1, 0, Rc::new(RealClock)).quorum_offset(),
+            None
+        );
         // A link that has not reported yet holds the quorum back, whatever its handshake said.
         let three = replicas.register("c".into());
         replicas.report(two, 900, 1000).unwrap();

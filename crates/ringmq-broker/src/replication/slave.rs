@@ -16,16 +16,16 @@ use super::protocol::{
     next_shipped, Hello, MasterFrame, MetadataFrame, Shipped, Welcome, MAX_FRAME_HEADER_BYTES,
     MAX_HANDSHAKE_BYTES, MAX_METADATA_BYTES,
 };
-use crate::config::BrokerRole;
 use crate::metrics::Counter;
 use crate::shard::groups::OffsetRow;
 use crate::shard::handlers::topic::publish;
+use crate::shard::role::SlaveLink;
 use crate::shard::Shard;
+use crate::store::io::Disk;
 use futures_lite::future;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::spawn_local;
-use glommio::timer::sleep;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -38,38 +38,52 @@ use tracing::{info, warn};
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(3);
 
-/// Runs while this shard is a slave; returns when it is promoted.
-pub async fn run(shard: Rc<Shard>, master: SocketAddr) {
+/// Runs while this shard is a slave following `link`; returns once the role changes (a
+/// promotion, or a demotion to follow another master, which starts a link of its own).
+pub async fn run<D: Disk>(shard: Rc<Shard<D>>, link: Rc<SlaveLink>) {
+    let Some(master) = link.master() else {
+        return;
+    };
+    let current = |shard: &Shard<D>| {
+        shard
+            .role_state()
+            .slave_link()
+            .is_some_and(|l| Rc::ptr_eq(&l, &link))
+    };
     let mut backoff = BACKOFF_START;
-    while shard.role.get() == BrokerRole::Slave {
-        let role_changed = shard.role_changed.listen();
-        let outcome = future::or(link_once(&shard, master), async {
+    while current(&shard) {
+        let role_changed = shard.role_state().listen_changed();
+        let outcome = future::or(link_once(&shard, &link, master), async {
             let _ = role_changed.await;
             Ok(false)
         })
         .await;
-        shard.link_up.set(false);
+        link.lost();
         match outcome {
             Ok(true) => backoff = BACKOFF_START,
             Ok(false) => {}
-            Err(e) => warn!(shard = shard.id, %master, "replication link: {e}"),
+            Err(e) => warn!(shard = shard.id(), %master, "replication link: {e}"),
         }
-        if shard.role.get() != BrokerRole::Slave {
+        if !current(&shard) {
             break;
         }
-        sleep(backoff).await;
+        shard.clock().sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
     info!(
-        shard = shard.id,
+        shard = shard.id(),
         "replication from the master stopped: this shard is now a {}",
-        shard.role.get()
+        shard.role()
     );
 }
 
 /// One connection to the master. `Ok(true)` when it got as far as streaming.
-async fn link_once(shard: &Rc<Shard>, master: SocketAddr) -> Result<bool, ReplicationError> {
-    let timeout = Duration::from_millis(shard.config.ha_link_timeout_ms);
+async fn link_once<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    link: &SlaveLink,
+    master: SocketAddr,
+) -> Result<bool, ReplicationError> {
+    let timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
     let mut stream = with_timeout(timeout, "connecting", async {
         TcpStream::connect(master)
             .await
@@ -86,38 +100,35 @@ async fn link_once(shard: &Rc<Shard>, master: SocketAddr) -> Result<bool, Replic
     }
     let _ = stream.set_nodelay(true);
     let welcome = handshake(shard, &mut stream, timeout).await?;
-    if welcome.truncate_to < shard.store.max_offset() {
+    if welcome.truncate_to < shard.store().max_offset() {
         warn!(
-            shard = shard.id,
+            shard = shard.id(),
             divergence_offset = welcome.truncate_to,
-            discarded_bytes = shard.store.max_offset() - welcome.truncate_to,
+            discarded_bytes = shard.store().max_offset() - welcome.truncate_to,
             "this log diverged from the master's; cutting it back to the divergence point"
         );
-        let _gate = shard.store_gate.acquire_permit(1).await;
+        let _gate = shard.flushing().lock_store().await;
         shard
-            .store
+            .store()
             .truncate_to(welcome.truncate_to)
             .await
             .map_err(|e| {
                 ReplicationError::Store(format!("truncating to {}: {e}", welcome.truncate_to))
             })?;
-        // Nothing past the cut may still count as flushed or replicated (a later promotion
-        // must not answer OK from stale counters).
-        shard.completions.reset_to(shard.store.flushed_offset());
-        shard.replicas.completions.reset_to(welcome.truncate_to);
-        shard.record_divergence(welcome.truncate_to).await;
+        shard.truncated(welcome.truncate_to).await;
     }
     let identity = LogIdentity {
         log_id: welcome.log_id,
         epochs: welcome.epochs.clone(),
-        ..shard.identity.borrow().clone()
+        ..shard.role_state().identity()
     };
-    if *shard.identity.borrow() != identity {
-        identity.save(&shard.disk, &shard.store_dir).await?;
-        *shard.identity.borrow_mut() = identity;
+    if shard.role_state().identity() != identity {
+        identity.save(shard.disk(), shard.dir()).await?;
+        shard.role_state().set_identity(identity);
     }
-    shard.link_up.set(true);
-    info!(shard = shard.id, %master, from_offset = shard.store.max_offset(), "replicating from the master");
+    link.established();
+    shard.role_state().wake_links();
+    info!(shard = shard.id(), %master, from_offset = shard.store().max_offset(), "replicating from the master");
     // SAFETY: a second descriptor for the same socket, owned by the reporter.
     let write_fd = unsafe { libc::dup(stream.as_raw_fd()) };
     if write_fd < 0 {
@@ -132,7 +143,7 @@ async fn link_once(shard: &Rc<Shard>, master: SocketAddr) -> Result<bool, Replic
     let result = receive(shard, &mut stream, timeout).await;
     closed.set(true);
     super::master::shutdown_socket(stream.as_raw_fd());
-    shard.flushed.notify();
+    shard.role_state().wake_links();
     reporter.await;
     result.map(|()| true)
 }
@@ -147,17 +158,17 @@ fn is_self_connection(socket: &impl AsRawFd) -> bool {
     )
 }
 
-async fn handshake(
-    shard: &Shard,
+async fn handshake<D: Disk>(
+    shard: &Shard<D>,
     stream: &mut TcpStream,
     timeout: Duration,
 ) -> Result<Welcome, ReplicationError> {
-    let identity = shard.identity.borrow().clone();
-    let max_offset = shard.store.max_offset();
+    let identity = shard.role_state().identity();
+    let max_offset = shard.store().max_offset();
     let hello = Hello {
-        shard: shard.id as u16,
-        shard_count: shard.shard_count as u16,
-        segment_size_bytes: shard.config.segment_size_bytes,
+        shard: shard.id() as u16,
+        shard_count: shard.shard_count() as u16,
+        segment_size_bytes: shard.config().segment_size_bytes,
         log_id: if max_offset == 0 {
             [0; 16]
         } else {
@@ -165,7 +176,7 @@ async fn handshake(
         },
         last_epoch: identity.last_epoch(),
         max_offset,
-        broker_name: shard.config.broker_name.clone(),
+        broker_name: shard.config().broker_name.clone(),
     };
     let mut out = Vec::new();
     hello.encode(&mut out);
@@ -189,8 +200,8 @@ async fn handshake(
 }
 
 /// Sends the confirmed offset whenever it moves, and at least every heartbeat interval.
-async fn report(shard: Rc<Shard>, mut writer: TcpStream, closed: Rc<Cell<bool>>) {
-    let heartbeat = Duration::from_millis(shard.config.ha_heartbeat_interval_ms);
+async fn report<D: Disk>(shard: Rc<Shard<D>>, mut writer: TcpStream, closed: Rc<Cell<bool>>) {
+    let heartbeat = Duration::from_millis(shard.config().ha_heartbeat_interval_ms);
     let mut last = None;
     while !closed.get() {
         let offset = shard.local_confirmed_offset();
@@ -201,42 +212,23 @@ async fn report(shard: Rc<Shard>, mut writer: TcpStream, closed: Rc<Cell<bool>>)
             last = Some(offset);
             continue;
         }
-        let flushed = shard.flushed.listen();
-        let appended = shard.replication_wakeup.listen();
-        let woke = future::or(
-            async {
-                future::or(
-                    async {
-                        let _ = flushed.await;
-                    },
-                    async {
-                        let _ = appended.await;
-                    },
-                )
-                .await;
-                true
-            },
-            async {
-                sleep(heartbeat).await;
-                false
-            },
-        )
-        .await;
-        if !woke {
+        let waited_from = shard.clock().now();
+        shard.wait_replication_news(heartbeat).await;
+        if shard.clock().now().saturating_duration_since(waited_from) >= heartbeat {
             last = None;
         }
     }
 }
 
 /// Reads frames until the link fails or goes silent.
-async fn receive(
-    shard: &Rc<Shard>,
+async fn receive<D: Disk>(
+    shard: &Rc<Shard<D>>,
     stream: &mut TcpStream,
     timeout: Duration,
 ) -> Result<(), ReplicationError> {
     let mut pending: Vec<u8> = Vec::new();
     // Log position of `pending[0]`, and of the byte after everything received.
-    let mut position = shard.store.max_offset();
+    let mut position = shard.store().max_offset();
     let mut next_offset = position;
     let mut header = [0u8; MAX_FRAME_HEADER_BYTES];
     let reading = "reading from the master";
@@ -281,7 +273,7 @@ async fn receive(
                 read_with_progress(stream, &mut pending[at..], timeout, reading).await?;
                 next_offset += len as u64;
                 shard
-                    .probe
+                    .probe()
                     .add(Counter::ReplicationReceivedBytes, len as u64);
                 apply(shard, &mut pending, &mut position).await?;
                 debug_assert!(
@@ -361,10 +353,10 @@ async fn skip_bytes(
 }
 
 /// A metadata frame that could not be applied: counted and logged; the link goes on.
-fn metadata_failed(shard: &Shard, error: ReplicationError) {
-    shard.probe.add(Counter::ReplicationMetadataErrors, 1);
+fn metadata_failed<D: Disk>(shard: &Shard<D>, error: ReplicationError) {
+    shard.probe().add(Counter::ReplicationMetadataErrors, 1);
     warn!(
-        shard = shard.id,
+        shard = shard.id(),
         "skipped a metadata frame from the master (the log keeps replicating): {error}"
     );
 }
@@ -377,42 +369,40 @@ fn metadata_failed(shard: &Shard, error: ReplicationError) {
 /// next snapshot replaces this one.
 ///
 /// [`GroupOffsets::apply_from_master`]: crate::shard::groups::GroupOffsets::apply_from_master
-pub async fn apply_metadata(
-    shard: &Rc<Shard>,
+pub async fn apply_metadata<D: Disk>(
+    shard: &Rc<Shard<D>>,
     metadata: MetadataFrame,
 ) -> Result<(), ReplicationError> {
     if let Some(table) = metadata.topics {
-        if shard.id != 0 {
+        if shard.id() != 0 {
             return Err(ReplicationError::Metadata(format!(
                 "master shard {} sent a topic table; only shard 0 does",
-                shard.id
+                shard.id()
             )));
         }
         if let Some((name, _)) = table.topics.iter().find(|(_, t)| {
             t.queue_shards
                 .iter()
-                .any(|s| *s as usize >= shard.shard_count)
+                .any(|s| *s as usize >= shard.shard_count())
         }) {
             return Err(ReplicationError::Metadata(format!(
                 "topic `{name}` places a queue on a shard this broker does not have (it has {})",
-                shard.shard_count
+                shard.shard_count()
             )));
         }
         if *shard.topic_table() != table {
             let topics = table.topics.len();
-            // A promotion ends the link by dropping its future; a publish cut off between the
-            // other shards' apply and this shard's would leave this shard's next topic id
+            // A role change ends the link by dropping its future; a publish cut off between
+            // the other shards' apply and this shard's would leave this shard's next topic id
             // behind theirs. A detached task runs to the end whatever becomes of the link.
             let publisher = shard.clone();
             let published = spawn_local(async move { publish(&publisher, table).await })
                 .detach()
                 .await
                 .ok_or_else(|| ReplicationError::Metadata("the publish task was lost".into()))?;
-            published.map_err(|reply| {
-                ReplicationError::Metadata(String::from_utf8_lossy(&reply.body).into_owned())
-            })?;
+            published.map_err(|e| ReplicationError::Metadata(e.to_string()))?;
             info!(
-                shard = shard.id,
+                shard = shard.id(),
                 topics,
                 version = metadata.version,
                 "copied the topic table from the master"
@@ -420,7 +410,7 @@ pub async fn apply_metadata(
         }
     }
     let table = shard.topic_table();
-    let own = shard.id as u16;
+    let own = shard.id() as u16;
     let keep = |row: &OffsetRow| {
         table
             .topics
@@ -429,21 +419,22 @@ pub async fn apply_metadata(
             == Some(&own)
     };
     shard
-        .groups
+        .metadata()
+        .groups()
         .apply_from_master(metadata.group_offsets, keep)
         .await
-        .map_err(ReplicationError::Metadata)?;
+        .map_err(|e| ReplicationError::Metadata(e.to_string()))?;
     Ok(())
 }
 
 /// Appends every complete record at the front of `pending` (which starts at log offset
 /// `position`) and removes what it consumed.
-async fn apply(
-    shard: &Rc<Shard>,
+async fn apply<D: Disk>(
+    shard: &Rc<Shard<D>>,
     pending: &mut Vec<u8>,
     position: &mut u64,
 ) -> Result<(), ReplicationError> {
-    let segment = shard.config.segment_size_bytes;
+    let segment = shard.config().segment_size_bytes;
     let mut used = 0usize;
     loop {
         match next_shipped(&pending[used..], *position, segment)? {
@@ -458,7 +449,7 @@ async fn apply(
                 *position += size as u64;
                 // The same append rule as the master's: the record lands where it did there.
                 debug_assert_eq!(
-                    shard.store.max_offset(),
+                    shard.store().max_offset(),
                     *position,
                     "the slave's log is not where the master's is"
                 );
@@ -469,33 +460,36 @@ async fn apply(
     if used > 0 {
         // Catching up, write behind while receiving rather than stall on a full buffer: ask
         // for a flush once a quarter of the buffer is dirty, whatever the flush mode's timer.
-        if shard.store.dirty_bytes() >= shard.config.write_buffer_bytes / 4 {
-            shard.flush_urgent.set(true);
+        if shard.store().dirty_bytes() >= shard.config().write_buffer_bytes / 4 {
+            shard.flushing().request_urgent();
+        } else {
+            shard.flushing().request();
         }
-        shard.visible.notify();
-        shard.flush_requested.notify();
-        shard.replication_wakeup.notify();
+        shard.publish_confirmed();
     }
     Ok(())
 }
 
-async fn append(shard: &Rc<Shard>, bytes: &[u8]) -> Result<(), ReplicationError> {
+async fn append<D: Disk>(shard: &Rc<Shard<D>>, bytes: &[u8]) -> Result<(), ReplicationError> {
     // A slave appends what its master shipped; if its own flusher or disk cannot keep up for
     // a whole link timeout, the link is dropped and resumes from the slave's end later.
-    let deadline = std::time::Instant::now()
-        + std::time::Duration::from_millis(shard.config.ha_link_timeout_ms);
+    let deadline =
+        shard.clock().now() + std::time::Duration::from_millis(shard.config().ha_link_timeout_ms);
     // A topic id below the next one that the table no longer holds was deleted here while
     // the master's records of it were still on their way: they go into the log unindexed.
     let table = shard.topic_table();
     let deleted =
         |id: u32| id < table.next_topic_id && !table.topics.values().any(|t| t.topic_id == id);
-    shard
+    let appended = shard
         .append_waiting(deadline, || {
-            shard.store.append_replicated_unless_deleted(bytes, deleted)
+            shard
+                .store()
+                .append_replicated_unless_deleted(bytes, deleted)
         })
         .await
         .map_err(|e| ReplicationError::Store(e.to_string()))?;
-    shard.probe.appended(1, bytes.len() as u64);
+    shard.appended(appended.queue, appended.end_offset);
+    shard.probe().appended(1, bytes.len() as u64);
     Ok(())
 }
 

@@ -5,7 +5,8 @@
 //! are sequential, so waiters arrive in offset order and one [`Completions::release`] pops every
 //! waiter it covers from the front: one flush, one batch of completions.
 //!
-//! [`Event`] wakes every waiting long-poll when records become visible.
+//! [`Event`] is a notification every current listener receives once; each stage owns its own
+//! events and is the only one to notify them.
 
 use futures_channel::oneshot;
 use std::cell::{Cell, RefCell};
@@ -49,7 +50,13 @@ impl Completions {
             let _ = tx.send(Completion::Done);
         } else {
             let mut waiters = self.waiters.borrow_mut();
-            debug_assert!(waiters.back().is_none_or(|(end, _)| *end <= end_offset));
+            // Appends on a shard are sequential, so waiters arrive in offset order; release
+            // pops from the front on that assumption.
+            assert!(
+                waiters.back().is_none_or(|(end, _)| *end <= end_offset),
+                "a waiter for {end_offset} arrived after one for {:?}",
+                waiters.back().map(|(end, _)| *end)
+            );
             waiters.push_back((end_offset, tx));
         }
         rx
@@ -63,8 +70,14 @@ impl Completions {
         }
         let mut waiters = self.waiters.borrow_mut();
         let mut released = 0;
+        let mut previous_end = 0;
         while waiters.front().is_some_and(|(end, _)| *end <= offset) {
-            let (_, tx) = waiters.pop_front().expect("front exists");
+            let (end, tx) = waiters.pop_front().expect("front exists");
+            assert!(
+                end >= previous_end,
+                "completions released out of offset order: {end} after {previous_end}"
+            );
+            previous_end = end;
             let _ = tx.send(Completion::Done);
             released += 1;
         }

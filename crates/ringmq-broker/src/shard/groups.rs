@@ -4,6 +4,7 @@
 //! directory). Writes are serialized and coalesced: a commit that arrives while a write is in
 //! flight is covered by the next one, so a burst of commits costs two writes, not one each.
 
+use super::ShardError;
 use crate::store::io::Disk;
 use glommio::sync::Semaphore;
 use serde::{Deserialize, Serialize};
@@ -29,12 +30,16 @@ pub struct GroupOffsets<D: Disk> {
 }
 
 impl<D: Disk> GroupOffsets<D> {
-    pub async fn load(disk: D, path: PathBuf) -> Result<Self, String> {
+    pub async fn load(disk: D, path: PathBuf) -> Result<Self, ShardError> {
         let rows: Vec<OffsetRow> = match disk.read_file(&path).await {
-            Ok(Some(bytes)) => serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{}: not a valid group offset file: {e}", path.display()))?,
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).map_err(|e| {
+                ShardError::Metadata(format!(
+                    "{}: not a valid group offset file: {e}",
+                    path.display()
+                ))
+            })?,
             Ok(None) => Vec::new(),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(e) => return Err(ShardError::Metadata(format!("{}: {e}", path.display()))),
         };
         let offsets = rows
             .into_iter()
@@ -74,7 +79,7 @@ impl<D: Disk> GroupOffsets<D> {
         topic: &str,
         queue: u32,
         offset: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), ShardError> {
         self.offsets
             .borrow_mut()
             .insert((group.to_string(), topic.to_string(), queue), offset);
@@ -105,7 +110,7 @@ impl<D: Disk> GroupOffsets<D> {
         &self,
         rows: Vec<OffsetRow>,
         keep: impl Fn(&OffsetRow) -> bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), ShardError> {
         let rows: BTreeMap<(String, String, u32), u64> = rows
             .into_iter()
             .filter(|row| keep(row))
@@ -120,18 +125,18 @@ impl<D: Disk> GroupOffsets<D> {
     }
 
     /// Drops every group's offsets for a deleted topic.
-    pub async fn forget_topic(&self, topic: &str) -> Result<(), String> {
+    pub async fn forget_topic(&self, topic: &str) -> Result<(), ShardError> {
         self.offsets.borrow_mut().retain(|(_, t, _), _| t != topic);
         self.version.set(self.version.get() + 1);
         self.persist(self.version.get()).await
     }
 
-    async fn persist(&self, wanted: u64) -> Result<(), String> {
+    async fn persist(&self, wanted: u64) -> Result<(), ShardError> {
         let _permit = self
             .write_gate
             .acquire_permit(1)
             .await
-            .map_err(|e| format!("group offsets: {e}"))?;
+            .map_err(|e| ShardError::Internal(format!("group offsets: {e}")))?;
         if self.persisted_version.get() >= wanted {
             return Ok(());
         }
@@ -141,7 +146,7 @@ impl<D: Disk> GroupOffsets<D> {
         self.disk
             .write_atomic(&self.path, bytes)
             .await
-            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+            .map_err(|e| ShardError::Metadata(format!("{}: {e}", self.path.display())))?;
         self.persisted_version.set(version);
         Ok(())
     }

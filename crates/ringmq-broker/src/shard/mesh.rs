@@ -51,7 +51,7 @@ pub enum ShardRequest {
     /// Shard 0 changed the topic table: add or drop local queues, then acknowledge.
     ApplyTopics {
         table: Arc<TopicTable>,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), crate::shard::ShardError>>,
     },
     /// A replication link for this shard, accepted by another shard on the shared HA port.
     AdoptReplicaLink {
@@ -67,10 +67,10 @@ pub enum ShardRequest {
     ClusterState {
         reply: oneshot::Sender<crate::shard::handlers::cluster::ShardStatus>,
     },
-    /// Make this shard a master.
-    Promote {
-        role: crate::config::BrokerRole,
-        reply: oneshot::Sender<Result<(), String>>,
+    /// Change this shard's role (see `Shard::change_role`).
+    ChangeRole {
+        target: crate::shard::role::RoleTarget,
+        reply: oneshot::Sender<Result<(), crate::shard::ShardError>>,
     },
     /// This shard's probe snapshot.
     Probe {
@@ -148,6 +148,13 @@ impl Mesh {
         (Mesh { senders }, receivers)
     }
 
+    /// The mesh of a broker with one shard: nobody to talk to.
+    pub fn alone() -> Mesh {
+        Mesh {
+            senders: vec![None],
+        }
+    }
+
     /// Sends a request to shard `to`, waiting (asynchronously) while its channel is full.
     pub async fn send(&self, to: usize, request: ShardRequest) -> Result<(), ShardGone> {
         let sender = self.senders[to].as_ref().expect("no channel to self");
@@ -157,9 +164,3 @@ impl Mesh {
 
 #[derive(Debug, Clone, Copy)]
 pub struct ShardGone(pub usize);
-
-impl ShardGone {
-    pub fn reply(self) -> Reply {
-        Reply::error(Status::Internal, format!("shard {} is not running", self.0))
-    }
-}

@@ -2,119 +2,335 @@
 //!
 //! One glommio executor per shard, pinned to a core. Requests arrive from the shard's
 //! connections ([`crate::net`]) or, for queues this shard owns, from other shards over the
-//! [`mesh`]; [`handlers`] run them (one file per command). Appends go into the shard's
-//! [`ShardStore`]; the [`flusher`] task makes them durable and releases the waiting producers
-//! in batches ([`completion`]). Nothing here takes a lock shared with another core.
+//! [`mesh`]; [`handlers`] run them (one file per command). The shard's state lives in owned
+//! stages, each the only notifier of its own events (see `docs/architecture.md`):
+//!
+//! - [`appending`]: the append gate, the queue choice, waiting for buffer space or a segment;
+//! - [`flushing`]: the flusher and segment allocator, SYNC_FLUSH completions, the store gate;
+//! - [`visibility`]: the long polls parked per queue, woken as the confirmed offset passes
+//!   their record;
+//! - [`metadata`]: topics, group offsets and the metadata version;
+//! - [`lifecycle`]: requests in flight and the stop flags;
+//! - [`role`]: master (with its replicas) or slave (with its link), changed only by
+//!   [`Shard::change_role`].
+//!
+//! The shard is generic over the [`Disk`] its store writes to and reads time through a
+//! [`Clock`]; [`Shard::open_for_test`] opens one without sockets or mesh peers (for example on
+//! the simulated disk). Nothing here takes a lock shared with another core.
 
+pub mod appending;
 pub mod completion;
-pub mod flusher;
+pub mod error;
+pub mod flushing;
 pub mod groups;
 pub mod handlers;
+pub mod lifecycle;
 pub mod mesh;
+pub mod metadata;
+pub mod role;
 pub mod startup;
 pub mod topics;
+pub mod visibility;
 
+use crate::clock::Clock;
 use crate::config::{BrokerConfig, BrokerRole, FlushDiskType};
 use crate::metrics::{Counter, ProbeSnapshot, ShardProbe};
 use crate::protocol::Opcode;
 use crate::replication::identity::LogIdentity;
 use crate::replication::replicas::Replicas;
 use crate::store::glommio_disk::GlommioDisk;
-use crate::store::{AppendError, QueueKey, ShardStore, StoreError};
-use completion::{Completions, Event};
+use crate::store::io::Disk;
+use crate::store::{AppendError, QueueKey, ShardStore, StoreConfig};
+use appending::Appending;
+pub use error::ShardError;
+use flushing::Flushing;
 use futures_channel::oneshot;
 use futures_lite::future;
-use glommio::sync::Semaphore;
-use glommio::timer::sleep;
 use groups::GroupOffsets;
+use lifecycle::Lifecycle;
 use mesh::{Mesh, Reply, ShardRequest};
-use std::cell::{Cell, RefCell};
-use std::path::PathBuf;
+use metadata::Metadata;
+use role::{MasterMode, Role, RoleState, SlaveLink};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use topics::{TopicEntry, TopicTable};
+use visibility::Visibility;
 
-pub struct Shard {
+pub struct Shard<D: Disk = GlommioDisk> {
+    id: usize,
+    shard_count: usize,
+    config: Arc<BrokerConfig>,
+    /// Port on which each shard accepts connections directly (shard-aware clients).
+    shard_ports: Arc<Vec<u16>>,
+    /// `<store>/shard-<n>`.
+    dir: PathBuf,
+    disk: D,
+    /// Where every timer and deadline of the shard reads time.
+    clock: Rc<dyn Clock>,
+    store: ShardStore<D>,
+    mesh: Mesh,
+    /// Counters and histograms of this shard; written only by this core.
+    probe: ShardProbe,
+    appending: Appending,
+    flushing: Flushing,
+    visibility: Visibility,
+    metadata: Metadata<D>,
+    lifecycle: Lifecycle,
+    role: RoleState,
+}
+
+/// What a shard is made of, for [`Shard::assemble`].
+pub struct ShardParts<D: Disk> {
     pub id: usize,
     pub shard_count: usize,
     pub config: Arc<BrokerConfig>,
-    /// Port on which each shard accepts connections directly (shard-aware clients).
     pub shard_ports: Arc<Vec<u16>>,
-    pub store_dir: PathBuf,
-    pub disk: GlommioDisk,
-    pub store: ShardStore<GlommioDisk>,
-    pub topics: RefCell<Arc<TopicTable>>,
-    pub groups: GroupOffsets<GlommioDisk>,
-    /// Producers waiting for a flush (SYNC_FLUSH).
-    pub completions: Completions,
-    /// Records became visible to consumers: wakes long polls.
-    pub visible: Event,
-    /// Wakes the flusher: data was appended (SYNC_FLUSH) or the write buffer is full.
-    pub flush_requested: Event,
-    /// A flush finished: write-buffer space is free again.
-    pub flushed: Event,
-    /// Wakes the segment allocator.
-    pub segment_wanted: Event,
-    /// The next segment was created, or creating it failed (see `segment_failure`).
-    pub segment_ready: Event,
-    /// Client requests being handled and responses queued but not yet written: a clean
-    /// shutdown waits for both to reach zero, so what was in flight at SIGTERM is answered.
-    pub requests_in_flight: Cell<usize>,
-    pub responses_unwritten: Cell<usize>,
-    /// Both counts above reached zero.
-    pub drained: Event,
-    /// Why the allocator could not create the next segment, until it next succeeds. Appends
-    /// that need that segment are answered from it at once (`DISK_FULL` when it was for lack
-    /// of space) instead of waiting for a segment that may not come.
-    pub segment_failure: RefCell<Option<StoreError>>,
-    /// Keeps a produce batch contiguous when it has to wait mid-batch for buffer space or a
-    /// segment; uncontended in the common case, where no append awaits.
-    pub append_gate: Semaphore,
-    /// Serializes topic-table changes on shard 0.
-    pub metadata_gate: Semaphore,
+    pub dir: PathBuf,
+    pub disk: D,
+    pub clock: Rc<dyn Clock>,
+    pub store: ShardStore<D>,
+    pub groups: GroupOffsets<D>,
+    pub topics: Arc<TopicTable>,
     pub mesh: Mesh,
-    /// Set by a producer that found the write buffer full: flush now, whatever the mode.
-    pub flush_urgent: Cell<bool>,
-    /// Set at shutdown: background tasks finish their current step and return.
-    pub stopping: Cell<bool>,
-    /// Set once the requests in flight at a stop are answered: the flusher and the segment
-    /// allocator keep running until then, so whatever those requests append is flushed.
-    pub background_stopping: Cell<bool>,
-    /// Counters and histograms of this shard; written only by this core.
-    pub probe: ShardProbe,
-    /// This shard's role; changes once, when a slave is promoted.
-    pub role: Cell<BrokerRole>,
-    pub role_changed: Event,
-    /// The log's id and epochs (see `replication::identity`).
-    pub identity: RefCell<LogIdentity>,
-    /// Master: the slaves' links and the SYNC_MASTER producers waiting for them.
-    pub replicas: Replicas,
-    /// New log bytes to ship (master) or a link to stop: wakes shippers and reporters.
-    pub replication_wakeup: Event,
-    /// Slave: the master's confirmed offset as last heard; bounds what consumers see here.
-    pub master_confirmed: Cell<u64>,
-    /// Counts topic-table and group-offset changes on this shard; a master's shippers send a
-    /// metadata frame to its slaves when it moves.
-    pub metadata_version: Cell<u64>,
-    /// Slave: whether the link to the master is streaming.
-    pub link_up: Cell<bool>,
-    /// Held around flushes, metadata writes and truncation: they must not overlap.
-    pub store_gate: Semaphore,
-    /// Round-robin position for produce requests that let the broker pick the queue.
-    pub next_queue: Cell<usize>,
+    pub role: BrokerRole,
+    pub identity: LogIdentity,
 }
 
-impl Shard {
+impl<D: Disk> Shard<D> {
+    /// Builds a shard from an opened store and its metadata, in `role`.
+    pub fn assemble(parts: ShardParts<D>) -> Shard<D> {
+        let role = match MasterMode::of(parts.role) {
+            Some(mode) => Role::Master {
+                mode,
+                // What slaves are known to have acknowledged before a restart (persisted).
+                replicas: Rc::new(Replicas::new(
+                    parts.config.min_in_sync_replicas,
+                    parts
+                        .identity
+                        .replicated_offset
+                        .min(parts.store.max_offset()),
+                    parts.clock.clone(),
+                )),
+            },
+            None => {
+                let master = parts
+                    .identity
+                    .master_addr
+                    .filter(|_| parts.identity.promoted_role == Some(BrokerRole::Slave))
+                    .or_else(|| parts.config.master_addr().ok().flatten());
+                Role::Slave(Rc::new(SlaveLink::new(master)))
+            }
+        };
+        let flushed = parts.store.flushed_offset();
+        Shard {
+            id: parts.id,
+            shard_count: parts.shard_count,
+            config: parts.config,
+            shard_ports: parts.shard_ports,
+            dir: parts.dir,
+            disk: parts.disk,
+            clock: parts.clock,
+            store: parts.store,
+            mesh: parts.mesh,
+            probe: ShardProbe::default(),
+            appending: Appending::default(),
+            flushing: Flushing::new(flushed),
+            visibility: Visibility::default(),
+            metadata: Metadata::new(parts.topics, parts.groups),
+            lifecycle: Lifecycle::default(),
+            role: RoleState::new(role, parts.identity),
+        }
+    }
+
+    /// Opens shard 0 of a one-shard broker on `disk`, with no sockets and no mesh peers: the
+    /// store under `<config.store_dir>/shard-0` is recovered, topics come from
+    /// `<config.store_dir>/topics.json` if the disk holds it. Run [`Shard::spawn_background`]
+    /// for the flusher and the segment allocator, drive it with [`handlers::handle`], end it
+    /// with [`Shard::stop`]. Needs a glommio executor (the background tasks are local tasks).
+    /// Replication never starts: a SLAVE opened this way has no link.
+    pub async fn open_for_test(
+        disk: D,
+        clock: Rc<dyn Clock>,
+        config: BrokerConfig,
+    ) -> Result<Rc<Shard<D>>, ShardError> {
+        let config = Arc::new(config);
+        let dir = startup::shard_dir(&config.store_dir, 0);
+        disk.create_dir_all(&dir)
+            .await
+            .map_err(|e| ShardError::Metadata(format!("{}: {e}", dir.display())))?;
+        let identity = LogIdentity::load_or_create(&disk, &dir).await?;
+        let topics_path = topics::topics_path(&config.store_dir);
+        let topics = match disk.read_file(&topics_path).await {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes)
+                .map_err(|e| ShardError::Metadata(format!("{}: {e}", topics_path.display())))?,
+            Ok(None) => TopicTable::default(),
+            Err(e) => {
+                return Err(ShardError::Metadata(format!(
+                    "{}: {e}",
+                    topics_path.display()
+                )))
+            }
+        };
+        let role = identity.promoted_role.unwrap_or(config.broker_role);
+        let store_config = StoreConfig {
+            dir: dir.clone(),
+            segment_size_bytes: config.segment_size_bytes,
+            write_buffer_bytes: config.write_buffer_bytes as usize,
+            max_record_bytes: startup::max_record_bytes(&config),
+            adopt_unknown_queues: role == BrokerRole::Slave,
+        };
+        let (store, _report) =
+            ShardStore::open(disk.clone(), store_config, &owned_queues(0, &topics)).await?;
+        let groups = GroupOffsets::load(disk.clone(), dir.join("groups.json")).await?;
+        Ok(Rc::new(Shard::assemble(ShardParts {
+            id: 0,
+            shard_count: 1,
+            shard_ports: Arc::new(Vec::new()),
+            config,
+            dir,
+            disk,
+            clock,
+            store,
+            groups,
+            topics: Arc::new(topics),
+            mesh: Mesh::alone(),
+            role,
+            identity,
+        })))
+    }
+
+    /// Starts the flusher and the segment allocator; [`Shard::stop`] ends them.
+    pub fn spawn_background(self: &Rc<Self>) -> BackgroundTasks {
+        BackgroundTasks {
+            flusher: glommio::spawn_local(flushing::run_flusher(self.clone())),
+            allocator: glommio::spawn_local(flushing::run_segment_allocator(self.clone())),
+        }
+    }
+
+    /// A clean stop: refuse new produce requests, answer what is in flight (at most as long
+    /// as a produce may wait for its guarantees, plus a second, so a peer that does not read
+    /// cannot hold the stop forever), end the background tasks, final flush and checkpoint.
+    pub async fn stop(self: &Rc<Self>, background: BackgroundTasks) -> Result<(), ShardError> {
+        self.lifecycle.begin_stop();
+        self.visibility.wake_all();
+        self.flushing.request();
+        let bound = Duration::from_millis(
+            self.config.sync_flush_timeout_ms + self.config.sync_replica_timeout_ms + 1_000,
+        );
+        if let lifecycle::Drain::TimedOut {
+            requests,
+            responses,
+        } = self.lifecycle.wait_drained(&*self.clock, bound).await
+        {
+            tracing::warn!(
+                shard = self.id,
+                requests,
+                responses,
+                "stopping with requests still unanswered after {} ms",
+                bound.as_millis()
+            );
+        }
+        self.lifecycle.stop_background();
+        self.flushing.wake_tasks();
+        background.flusher.await;
+        background.allocator.await;
+        self.persist_replicated_offset().await;
+        self.store.close().await?;
+        Ok(())
+    }
+
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shard_count
+    }
+
+    pub fn config(&self) -> &Arc<BrokerConfig> {
+        &self.config
+    }
+
+    pub fn shard_ports(&self) -> &[u16] {
+        &self.shard_ports
+    }
+
+    /// `<store>/shard-<n>`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn disk(&self) -> &D {
+        &self.disk
+    }
+
+    pub fn clock(&self) -> &Rc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn store(&self) -> &ShardStore<D> {
+        &self.store
+    }
+
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
+    pub fn probe(&self) -> &ShardProbe {
+        &self.probe
+    }
+
+    pub fn appending(&self) -> &Appending {
+        &self.appending
+    }
+
+    pub fn flushing(&self) -> &Flushing {
+        &self.flushing
+    }
+
+    pub fn visibility(&self) -> &Visibility {
+        &self.visibility
+    }
+
+    pub fn metadata(&self) -> &Metadata<D> {
+        &self.metadata
+    }
+
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
+    }
+
+    pub fn role_state(&self) -> &RoleState {
+        &self.role
+    }
+
+    pub fn role(&self) -> BrokerRole {
+        self.role.broker_role()
+    }
+
+    pub fn is_master(&self) -> bool {
+        self.role().is_master()
+    }
+
+    /// Master: this term's replicas. `None` on a slave.
+    pub fn replicas(&self) -> Option<Rc<Replicas>> {
+        self.role.replicas()
+    }
+
     /// The commitlog offset up to which records may be shown to consumers: flushed under
-    /// SYNC_FLUSH, appended under ASYNC_FLUSH.
+    /// SYNC_FLUSH, appended under ASYNC_FLUSH; under SYNC_MASTER also acknowledged by enough
+    /// slaves, on a slave also confirmed by the master.
     pub fn confirmed_offset(&self) -> u64 {
         let local = self.local_confirmed_offset();
-        match self.role.get() {
-            BrokerRole::SyncMaster if self.replicas.needed() > 0 => {
-                local.min(self.replicas.completions.released_offset())
-            }
-            BrokerRole::SyncMaster | BrokerRole::AsyncMaster => local,
-            BrokerRole::Slave => local.min(self.master_confirmed.get()),
+        match &*self.role.role_ref() {
+            Role::Master {
+                mode: MasterMode::Sync,
+                replicas,
+            } if replicas.needed() > 0 => local.min(replicas.completions.released_offset()),
+            Role::Master { .. } => local,
+            Role::Slave(link) => local.min(link.master_confirmed()),
         }
     }
 
@@ -126,76 +342,114 @@ impl Shard {
         }
     }
 
-    pub fn bump_metadata_version(&self) {
-        self.metadata_version.set(self.metadata_version.get() + 1);
-        self.replication_wakeup.notify();
+    /// Tells the visibility stage the current confirmed offset (it moved, or may have): the
+    /// long polls its records satisfy wake.
+    pub fn publish_confirmed(&self) {
+        let store = &self.store;
+        debug_assert!(
+            store.flushed_offset() <= store.max_offset(),
+            "flushed {} past the log's end {}",
+            store.flushed_offset(),
+            store.max_offset()
+        );
+        self.visibility.confirmed(self.confirmed_offset());
+    }
+
+    /// A batch was appended to `key`, ending at `end_offset`: parked pulls of that queue now
+    /// wait for it to be confirmed, shippers and reporters wake.
+    pub fn appended(&self, key: QueueKey, end_offset: u64) {
+        self.visibility.appended(key, end_offset);
+        self.appending.announce();
+    }
+
+    /// Waits until something a replication link reports on may have changed (an append, a
+    /// flush, a metadata change, a link or role event), at most `timeout`.
+    pub async fn wait_replication_news(&self, timeout: Duration) {
+        let appended = self.appending.listen();
+        let flushed = self.flushing.listen_flushed();
+        let metadata = self.metadata.listen_changed();
+        let links = self.role.listen_links();
+        let any = async {
+            future::or(
+                future::or(
+                    async {
+                        let _ = appended.await;
+                    },
+                    async {
+                        let _ = flushed.await;
+                    },
+                ),
+                future::or(
+                    async {
+                        let _ = metadata.await;
+                    },
+                    async {
+                        let _ = links.await;
+                    },
+                ),
+            )
+            .await
+        };
+        future::or(any, self.clock.sleep(timeout)).await;
     }
 
     /// Slave: the master says everything before `offset` is confirmed there.
     pub fn set_master_confirmed(&self, offset: u64) {
-        if offset > self.master_confirmed.get() {
-            self.master_confirmed.set(offset);
-            self.visible.notify();
-        } else if offset < self.master_confirmed.get() {
-            // A master that restarted (or a new one) may confirm less than before; never
-            // show more than the current master confirms.
-            self.master_confirmed.set(offset);
+        if self.role.set_master_confirmed(offset) {
+            self.publish_confirmed();
         }
     }
 
     /// SYNC_MASTER: writes the slaves' acknowledged offset when it moved (called with each
     /// checkpoint), so a restart starts from it.
     pub async fn persist_replicated_offset(&self) {
-        if self.role.get() != BrokerRole::SyncMaster {
+        if self.role() != BrokerRole::SyncMaster {
             return;
         }
-        let released = self.replicas.completions.released_offset();
-        if released == self.identity.borrow().replicated_offset {
+        let Some(replicas) = self.replicas() else {
+            return;
+        };
+        let released = replicas.completions.released_offset();
+        let mut identity = self.role.identity();
+        if released == identity.replicated_offset {
             return;
         }
-        let mut identity = self.identity.borrow().clone();
         identity.replicated_offset = released;
-        match identity.save(&self.disk, &self.store_dir).await {
-            Ok(()) => *self.identity.borrow_mut() = identity,
+        match identity.save(&self.disk, &self.dir).await {
+            Ok(()) => self.role.set_identity(identity),
             Err(e) => tracing::warn!(shard = self.id, "writing the replicated offset: {e}"),
         }
     }
 
-    /// Remembers where this log was cut back to follow its master.
-    pub async fn record_divergence(&self, offset: u64) {
-        let mut identity = self.identity.borrow().clone();
+    /// Slave: the log was cut back to `offset` to follow its master. Nothing past the cut may
+    /// still count as flushed or replicated (a later promotion must not answer OK from stale
+    /// counters), every parked pull looks again, and the cut is remembered.
+    pub async fn truncated(&self, offset: u64) {
+        self.flushing.reset_released(self.store.flushed_offset());
+        if let Some(replicas) = self.replicas() {
+            replicas.completions.reset_to(offset);
+        }
+        self.visibility.wake_all();
+        self.publish_confirmed();
+        let mut identity = self.role.identity();
         identity.divergence_points.push(offset);
-        if let Err(e) = identity.save(&self.disk, &self.store_dir).await {
+        if let Err(e) = identity.save(&self.disk, &self.dir).await {
             tracing::warn!(shard = self.id, "recording the divergence point: {e}");
         }
-        *self.identity.borrow_mut() = identity;
+        self.role.set_identity(identity);
     }
 
     pub fn topic(&self, name: &str) -> Option<TopicEntry> {
-        self.topics.borrow().topics.get(name).cloned()
+        self.metadata.topic(name)
     }
 
     pub fn topic_table(&self) -> Arc<TopicTable> {
-        self.topics.borrow().clone()
+        self.metadata.table()
     }
 
     /// Queues of the table that this shard owns.
     pub fn owned_queues(&self, table: &TopicTable) -> Vec<QueueKey> {
         owned_queues(self.id, table)
-    }
-
-    /// Counts a request in (`+1`) or out (`-1`) of `requests_in_flight`, or a response in
-    /// or out of `responses_unwritten` (see [`Shard::drained`]).
-    pub fn count_in_flight(&self, counter: &Cell<usize>, delta: isize) {
-        counter.set(
-            counter
-                .get()
-                .checked_add_signed(delta)
-                .expect("in-flight count"),
-        );
-        if self.requests_in_flight.get() == 0 && self.responses_unwritten.get() == 0 {
-            self.drained.notify();
-        }
     }
 
     /// Waits until a batch of records of `lens` bytes can be appended whole without another
@@ -207,57 +461,15 @@ impl Shard {
             .await
     }
 
-    /// Runs an append, waiting (without blocking the core) while the write buffer is full or
-    /// the next segment is not created yet, and retrying, until `deadline`: then
-    /// [`AppendError::Busy`]. A segment that could not be created for lack of space is
-    /// [`AppendError::DiskFull`] at once. Other errors are returned.
+    /// See [`Appending::append_waiting`].
     pub async fn append_waiting<T>(
         &self,
         deadline: Instant,
-        mut append: impl FnMut() -> Result<T, AppendError>,
+        append: impl FnMut() -> Result<T, AppendError>,
     ) -> Result<T, AppendError> {
-        let started = Instant::now();
-        loop {
-            let (waiting_for, event) = match append() {
-                Err(AppendError::BufferFull) => {
-                    let flushed = self.flushed.listen();
-                    self.flush_urgent.set(true);
-                    self.flush_requested.notify();
-                    ("write-buffer space (a flush)", flushed)
-                }
-                Err(AppendError::SegmentNotReady) => {
-                    if let Some(failure) = self.segment_failure.borrow().as_ref() {
-                        return Err(if failure.is_disk_full() {
-                            AppendError::DiskFull(failure.to_string())
-                        } else {
-                            AppendError::Failed(failure.to_string())
-                        });
-                    }
-                    let ready = self.segment_ready.listen();
-                    self.segment_wanted.notify();
-                    ("the next commitlog segment", ready)
-                }
-                other => return other,
-            };
-            let left = deadline.saturating_duration_since(Instant::now());
-            let woken = future::or(
-                async {
-                    let _ = event.await;
-                    true
-                },
-                async {
-                    sleep(left).await;
-                    false
-                },
-            )
-            .await;
-            if !woken {
-                return Err(AppendError::Busy {
-                    waited_ms: started.elapsed().as_millis() as u64,
-                    waiting_for,
-                });
-            }
-        }
+        self.appending
+            .append_waiting(&self.flushing, &*self.clock, deadline, append)
+            .await
     }
 
     /// Sends a request built by `request` to every other shard and collects their answers
@@ -265,15 +477,12 @@ impl Shard {
     pub async fn ask_others<T>(
         &self,
         request: impl Fn(oneshot::Sender<T>) -> ShardRequest,
-    ) -> Result<Vec<T>, Reply> {
+    ) -> Result<Vec<T>, ShardError> {
         let mut answers = Vec::with_capacity(self.shard_count.saturating_sub(1));
         for other in (0..self.shard_count).filter(|s| *s != self.id) {
             let (tx, rx) = oneshot::channel();
-            self.mesh
-                .send(other, request(tx))
-                .await
-                .map_err(|gone| gone.reply())?;
-            answers.push(rx.await.map_err(|_| mesh::ShardGone(other).reply())?);
+            self.mesh.send(other, request(tx)).await?;
+            answers.push(rx.await.map_err(|_| ShardError::ShardGone(other))?);
         }
         Ok(answers)
     }
@@ -288,11 +497,11 @@ impl Shard {
             reply: tx,
         };
         if let Err(gone) = self.mesh.send(to, request).await {
-            return gone.reply();
+            return ShardError::from(gone).into();
         }
         match rx.await {
             Ok(reply) => reply,
-            Err(_) => mesh::ShardGone(to).reply(),
+            Err(_) => ShardError::ShardGone(to).into(),
         }
     }
 
@@ -304,7 +513,9 @@ impl Shard {
     /// and the worst slave lag (bytes behind the master's end, and for how long).
     fn gauges(&self) -> Vec<(&'static str, u64)> {
         let max_offset = self.store.max_offset();
-        let slaves = self.replicas.states();
+        let now = self.clock.now();
+        let replicas = self.replicas();
+        let slaves = replicas.as_ref().map(|r| r.states()).unwrap_or_default();
         let lag_bytes = slaves
             .iter()
             .map(|s| max_offset.saturating_sub(s.acked_offset))
@@ -313,13 +524,14 @@ impl Shard {
         let lag_ms = slaves
             .iter()
             .filter(|s| s.acked_offset < max_offset)
-            .map(|s| s.caught_up_at.elapsed().as_millis() as u64)
+            .map(|s| now.saturating_duration_since(s.caught_up_at).as_millis() as u64)
             .max()
             .unwrap_or(0);
+        let replica_waiters = replicas.as_ref().map_or(0, |r| r.completions.pending());
         vec![
             (
                 "pending_completions",
-                (self.completions.pending() + self.replicas.completions.pending()) as u64,
+                (self.flushing.pending() + replica_waiters) as u64,
             ),
             ("replication_slaves", slaves.len() as u64),
             ("replication_lag_bytes", lag_bytes),
@@ -339,7 +551,7 @@ impl Shard {
 
     /// Swaps in a new topic table: registers queues this shard now owns and drops the topics
     /// that are gone.
-    pub async fn apply_topics(&self, table: Arc<TopicTable>) -> Result<(), String> {
+    pub async fn apply_topics(&self, table: Arc<TopicTable>) -> Result<(), ShardError> {
         let old = self.topic_table();
         for (name, entry) in &old.topics {
             let kept = table
@@ -347,11 +559,8 @@ impl Shard {
                 .get(name)
                 .is_some_and(|e| e.topic_id == entry.topic_id);
             if !kept {
-                self.store
-                    .remove_topic(entry.topic_id)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                self.groups.forget_topic(name).await?;
+                self.store.remove_topic(entry.topic_id).await?;
+                self.metadata.groups().forget_topic(name).await?;
             }
         }
         let known: std::collections::HashSet<QueueKey> =
@@ -361,10 +570,17 @@ impl Shard {
                 self.store.add_queue(key);
             }
         }
-        *self.topics.borrow_mut() = table;
-        self.bump_metadata_version();
+        self.metadata.set_table(table);
+        // A pull parked on a dropped queue answers QUEUE_NOT_FOUND now, not at its timeout.
+        self.visibility.wake_all();
         Ok(())
     }
+}
+
+/// The flusher and segment allocator of a shard, ended by [`Shard::stop`].
+pub struct BackgroundTasks {
+    flusher: glommio::Task<()>,
+    allocator: glommio::Task<()>,
 }
 
 pub fn owned_queues(shard_id: usize, table: &TopicTable) -> Vec<QueueKey> {
@@ -382,4 +598,180 @@ pub fn owned_queues(shard_id: usize, table: &TopicTable) -> Vec<QueueKey> {
                 })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::RealClock;
+    use crate::protocol::message::{
+        MessageRef, ProduceRequest, PullRequest, PullResponse, TopicCreate,
+    };
+    use crate::protocol::Status;
+    use crate::store::sim::SimDisk;
+
+    fn config() -> BrokerConfig {
+        BrokerConfig {
+            store_dir: PathBuf::from("/sim"),
+            flush_disk_type: FlushDiskType::SyncFlush,
+            // Small enough that the simulated disk zero-fills segments in a blink.
+            segment_size_bytes: 1 << 20,
+            write_buffer_bytes: 1 << 18,
+            max_message_bytes: 1 << 16,
+            ..BrokerConfig::default()
+        }
+    }
+
+    fn pull(queue: u32, max_wait_ms: u32) -> Vec<u8> {
+        let mut body = Vec::new();
+        PullRequest {
+            topic: "t".to_string(),
+            queue,
+            offset: 0,
+            max_messages: 16,
+            max_bytes: 1 << 16,
+            max_wait_ms,
+        }
+        .encode(&mut body);
+        body
+    }
+
+    /// The shard runs without sockets or peers on the simulated disk: a produce releases the
+    /// long poll parked on its own queue, not the one parked on another, and a stop answers the
+    /// one still parked at once.
+    #[test]
+    fn a_produce_wakes_only_the_pull_parked_on_its_queue() {
+        glommio::LocalExecutor::default().run(async {
+            let disk = SimDisk::new();
+            let shard = Shard::open_for_test(disk, Rc::new(RealClock), config())
+                .await
+                .unwrap();
+            let background = shard.spawn_background();
+            let mut create = Vec::new();
+            TopicCreate {
+                name: "t".to_string(),
+                queue_count: 2,
+            }
+            .encode(&mut create);
+            let created = handlers::handle(&shard, Opcode::TopicCreate, &create).await;
+            assert_eq!(created.status, Status::Ok);
+
+            let parked_here = {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    handlers::handle(&shard, Opcode::Pull, &pull(1, 10_000)).await
+                })
+            };
+            let parked_elsewhere = {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    handlers::handle(&shard, Opcode::Pull, &pull(0, 10_000)).await
+                })
+            };
+            while shard.visibility().parked() < 2 {
+                futures_lite::future::yield_now().await;
+            }
+            let produced = handlers::handle(&shard, Opcode::Produce, &produce(1, b"hello")).await;
+            assert_eq!(produced.status, Status::Ok);
+            let answer = parked_here.await;
+            assert_eq!(answer.status, Status::Ok);
+            let pulled = PullResponse::decode(&answer.body).unwrap();
+            assert_eq!(pulled.messages.len(), 1);
+            assert_eq!(pulled.messages[0].body, b"hello");
+            assert_eq!(shard.visibility().parked(), 1, "queue 0's pull still waits");
+
+            let started = std::time::Instant::now();
+            shard.stop(background).await.unwrap();
+            let answer = parked_elsewhere.await;
+            assert_eq!(answer.status, Status::NoNewMessage);
+            assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        });
+    }
+
+    fn produce(queue: u32, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        ProduceRequest {
+            topic: "t",
+            queue,
+            messages: vec![MessageRef {
+                born_timestamp_ms: 0,
+                key: b"",
+                properties: b"",
+                body,
+            }],
+        }
+        .encode(&mut out);
+        out
+    }
+
+    async fn create_topic<D: Disk>(shard: &Rc<Shard<D>>) {
+        let mut create = Vec::new();
+        TopicCreate {
+            name: "t".to_string(),
+            queue_count: 1,
+        }
+        .encode(&mut create);
+        let created = handlers::handle(shard, Opcode::TopicCreate, &create).await;
+        assert_eq!(created.status, Status::Ok);
+    }
+
+    /// The role transition alone, on the simulated disk: a demotion answers the SYNC_MASTER
+    /// producer waiting for its slave at once (not at its 60 s timeout), refuses produce from
+    /// then on and is remembered in the log identity; promoting back opens a new epoch and
+    /// takes produce again.
+    #[test]
+    fn demotion_fails_waiting_producers_and_promotion_back_takes_writes() {
+        glommio::LocalExecutor::default().run(async {
+            let config = BrokerConfig {
+                broker_role: BrokerRole::SyncMaster,
+                min_in_sync_replicas: 2,
+                sync_replica_timeout_ms: 60_000,
+                ..config()
+            };
+            let shard = Shard::open_for_test(SimDisk::new(), Rc::new(RealClock), config)
+                .await
+                .unwrap();
+            let background = shard.spawn_background();
+            create_topic(&shard).await;
+            // A slave that connected and has acknowledged nothing yet: in sync by gap, so the
+            // producer waits for it.
+            shard.replicas().unwrap().register("slave".to_string());
+            let waiting = {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    handlers::handle(&shard, Opcode::Produce, &produce(0, b"unconfirmed")).await
+                })
+            };
+            while shard.replicas().unwrap().completions.pending() == 0 {
+                futures_lite::future::yield_now().await;
+            }
+            // Nothing listens there: the link retries in the background until the promotion.
+            let master: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+            let started = std::time::Instant::now();
+            shard
+                .change_role(role::RoleTarget::Slave(master))
+                .await
+                .unwrap();
+            assert_eq!(waiting.await.status, Status::FlushSlaveTimeout);
+            assert!(started.elapsed() < std::time::Duration::from_secs(10));
+            assert_eq!(shard.role(), BrokerRole::Slave);
+            assert!(shard.replicas().is_none());
+            let identity = shard.role_state().identity();
+            assert_eq!(identity.promoted_role, Some(BrokerRole::Slave));
+            assert_eq!(identity.master_addr, Some(master));
+            let refused = handlers::handle(&shard, Opcode::Produce, &produce(0, b"no")).await;
+            assert_eq!(refused.status, Status::NotMaster);
+
+            let epoch = identity.last_epoch();
+            shard
+                .change_role(role::RoleTarget::Master(role::MasterMode::Async))
+                .await
+                .unwrap();
+            assert_eq!(shard.role(), BrokerRole::AsyncMaster);
+            assert_eq!(shard.role_state().identity().last_epoch(), epoch + 1);
+            let taken = handlers::handle(&shard, Opcode::Produce, &produce(0, b"yes")).await;
+            assert_eq!(taken.status, Status::Ok);
+            shard.stop(background).await.unwrap();
+        });
+    }
 }

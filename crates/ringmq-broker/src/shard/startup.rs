@@ -2,25 +2,22 @@
 
 use super::mesh::{Mesh, MeshEnds, ShardRequest};
 use super::topics::TopicTable;
-use super::{flusher, groups::GroupOffsets, handlers, owned_queues, Shard};
+use super::{groups::GroupOffsets, handlers, owned_queues, Shard, ShardError, ShardParts};
+use crate::clock::RealClock;
 use crate::config::{BrokerConfig, BrokerRole};
 use crate::net;
 use crate::replication::identity::LogIdentity;
-use crate::replication::replicas::Replicas;
 use crate::store::glommio_disk::{prime_iopoll_probe, GlommioDisk};
 use crate::store::io::Disk;
 use crate::store::{RecoveryReport, ShardStore, StoreConfig};
 use glommio::channels::shared_channel::ConnectedReceiver;
 use glommio::io::BufferedFile;
-use glommio::sync::Semaphore;
 use glommio::{spawn_local, Task};
-use std::cell::{Cell, RefCell};
 use std::os::fd::{FromRawFd, RawFd};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
 use tracing::{info, warn};
 
 /// Everything the main thread hands to a shard's executor.
@@ -117,7 +114,7 @@ type Opened = (
     RecoveryReport,
 );
 
-async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
+async fn open_shard(start: ShardStartup) -> Result<Opened, ShardError> {
     let config = start.config.clone();
     let dir = shard_dir(&config.store_dir, start.id);
     let disk = GlommioDisk::new();
@@ -136,21 +133,22 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
     }
     disk.create_dir_all(&dir)
         .await
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
+        .map_err(|e| ShardError::Metadata(format!("{}: {e}", dir.display())))?;
     // Must precede every other O_DIRECT open on this thread (see DESIGN.md section 6).
-    prime_iopoll_probe(&dir)
-        .await
-        .map_err(|e| format!("{}: priming the io_uring poll probe: {e}", dir.display()))?;
+    prime_iopoll_probe(&dir).await.map_err(|e| {
+        ShardError::Metadata(format!(
+            "{}: priming the io_uring poll probe: {e}",
+            dir.display()
+        ))
+    })?;
     stage(format!("loading the log identity in {}", dir.display()));
-    let mut identity = LogIdentity::load_or_create(&disk, &dir)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut identity = LogIdentity::load_or_create(&disk, &dir).await?;
     let role = match identity.promoted_role {
         Some(promoted) if promoted != config.broker_role => {
             warn!(
                 shard = start.id,
                 configured = %config.broker_role,
-                "this shard was promoted to {promoted} (epoch {}); running as {promoted}: update the configuration",
+                "this shard's role was set to {promoted} at runtime (epoch {}); running as {promoted}: update the configuration",
                 identity.last_epoch()
             );
             promoted
@@ -165,9 +163,7 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
         adopt_unknown_queues: role == BrokerRole::Slave,
     };
     let queues = owned_queues(start.id, &start.topics);
-    let (store, report) = ShardStore::open_reporting(disk, store_config, &queues, &stage)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (store, report) = ShardStore::open_reporting(disk, store_config, &queues, &stage).await?;
     stage(format!(
         "loading group offsets from {}",
         dir.join("groups.json").display()
@@ -180,10 +176,7 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
     let epoch_start = identity.epochs.last().map(|(_, start)| *start);
     if role.is_master() && report.unclean_shutdown && epoch_start != Some(recovered_end) {
         identity = identity.next_epoch(recovered_end);
-        identity
-            .save(&disk, &dir)
-            .await
-            .map_err(|e| e.to_string())?;
+        identity.save(&disk, &dir).await?;
         info!(
             shard = start.id,
             epoch = identity.last_epoch(),
@@ -193,78 +186,22 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, String> {
     }
     stage("connecting to the other shards".to_string());
     let (mesh, receivers) = Mesh::connect(start.mesh).await;
-    let completions = super::completion::Completions::new(store.flushed_offset());
-    let replicated_offset = identity.replicated_offset.min(store.max_offset());
-    let shard = Rc::new(Shard {
+    let shard = Rc::new(Shard::assemble(ShardParts {
         id: start.id,
         shard_count: start.shard_count,
         config,
         shard_ports: start.shard_ports,
-        store_dir: dir,
+        dir,
         disk,
+        clock: Rc::new(RealClock),
         store,
-        topics: RefCell::new(start.topics),
         groups,
-        completions,
-        visible: Default::default(),
-        flush_requested: Default::default(),
-        flushed: Default::default(),
-        segment_wanted: Default::default(),
-        segment_ready: Default::default(),
-        segment_failure: Default::default(),
-        requests_in_flight: Cell::new(0),
-        responses_unwritten: Cell::new(0),
-        drained: Default::default(),
-        append_gate: Semaphore::new(1),
-        metadata_gate: Semaphore::new(1),
+        topics: start.topics,
         mesh,
-        flush_urgent: Cell::new(false),
-        stopping: Cell::new(false),
-        background_stopping: Cell::new(false),
-        role: Cell::new(role),
-        role_changed: Default::default(),
-        identity: RefCell::new(identity),
-        replicas: Replicas::new(start.config.min_in_sync_replicas, replicated_offset),
-        replication_wakeup: Default::default(),
-        master_confirmed: Cell::new(0),
-        link_up: Cell::new(false),
-        metadata_version: Cell::new(0),
-        store_gate: Semaphore::new(1),
-        probe: Default::default(),
-        next_queue: Cell::new(0),
-    });
+        role,
+        identity,
+    }));
     Ok((shard, receivers, start.listener_fds, start.stop_fd, report))
-}
-
-/// Waits until every request in flight has been answered and its answer written, at most
-/// as long as a produce may wait for its guarantees (plus a second), so a clean stop answers
-/// what it had accepted without waiting forever on a peer that does not read.
-async fn drain_in_flight(shard: &Rc<Shard>) {
-    let bound = Duration::from_millis(
-        shard.config.sync_flush_timeout_ms + shard.config.sync_replica_timeout_ms + 1_000,
-    );
-    let deadline = std::time::Instant::now() + bound;
-    while shard.requests_in_flight.get() > 0 || shard.responses_unwritten.get() > 0 {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            warn!(
-                shard = shard.id,
-                requests = shard.requests_in_flight.get(),
-                responses = shard.responses_unwritten.get(),
-                "stopping with requests still unanswered after {} ms",
-                bound.as_millis()
-            );
-            return;
-        }
-        let drained = shard.drained.listen();
-        futures_lite::future::or(
-            async {
-                let _ = drained.await;
-            },
-            glommio::timer::sleep(left),
-        )
-        .await;
-    }
 }
 
 /// Largest encoded record: the largest body plus the largest key and properties and the
@@ -306,9 +243,8 @@ async fn serve_until_stopped(
         })
         .detach();
     }
-    let flusher_task = spawn_local(flusher::run_flusher(shard.clone()));
-    let allocator_task = spawn_local(flusher::run_segment_allocator(shard.clone()));
-    let shard_net = net::ShardNet::new(&shard.config, admission);
+    let background = shard.spawn_background();
+    let shard_net = net::ShardNet::new(shard.config(), admission);
     let mut accept_loops: Vec<Task<()>> = client_fds
         .into_iter()
         .map(|fd| spawn_local(net::accept_loop(shard.clone(), shard_net.clone(), fd)))
@@ -317,18 +253,17 @@ async fn serve_until_stopped(
         shard.clone(),
         ha_fd,
     )));
-    if shard.role.get() == BrokerRole::Slave {
-        match shard.config.master_addr() {
-            Ok(Some(master)) => {
-                accept_loops.push(spawn_local(crate::replication::slave::run(
-                    shard.clone(),
-                    master,
-                )));
-            }
-            Ok(None) | Err(_) => warn!(
-                shard = shard.id,
+    if let Some(link) = shard.role_state().slave_link() {
+        if link.master().is_some() {
+            accept_loops.push(spawn_local(crate::replication::slave::run(
+                shard.clone(),
+                link,
+            )));
+        } else {
+            warn!(
+                shard = shard.id(),
                 "a SLAVE without a valid master address does not replicate"
-            ),
+            );
         }
     }
     if let Some(fd) = metrics_fd {
@@ -339,23 +274,15 @@ async fn serve_until_stopped(
     // parks until the main thread writes to it.
     let stop = unsafe { BufferedFile::from_raw_fd(stop_fd) };
     if let Err(e) = stop.read_at(0, 8).await {
-        warn!(shard = shard.id, "waiting for the stop signal failed: {e}");
+        warn!(
+            shard = shard.id(),
+            "waiting for the stop signal failed: {e}"
+        );
     }
     drop(accept_loops);
-    info!(shard = shard.id, "stopping: final flush and checkpoint");
-    shard.stopping.set(true);
-    shard.visible.notify();
-    shard.flush_requested.notify();
-    drain_in_flight(&shard).await;
-    shard.background_stopping.set(true);
-    shard.flush_requested.notify();
-    shard.segment_wanted.notify();
-    flusher_task.await;
-    allocator_task.await;
-    shard.persist_replicated_offset().await;
-    match shard.store.close().await {
-        Ok(()) => {}
-        Err(e) => warn!(shard = shard.id, "clean shutdown failed: {e}"),
+    info!(shard = shard.id(), "stopping: final flush and checkpoint");
+    if let Err(e) = shard.stop(background).await {
+        warn!(shard = shard.id(), "clean shutdown failed: {e}");
     }
     let _ = stop.close().await;
 }

@@ -3,6 +3,7 @@
 //! Shard 0 owns changes: it writes `<store>/topics.json` atomically, then sends the new table to
 //! every shard, which adds or drops its queues. Every shard reads its own copy to route requests.
 
+use super::ShardError;
 use crate::constants::{MAX_NAME_BYTES, MAX_QUEUES_PER_TOPIC};
 use crate::protocol::message::TopicInfo;
 use serde::{Deserialize, Serialize};
@@ -43,33 +44,38 @@ pub fn topics_path(store_dir: &Path) -> PathBuf {
 
 /// Names are used in file names and logs: letters, digits, `-`, `_` and `.`, not starting
 /// with a dot.
-pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
+pub fn validate_name(kind: &str, name: &str) -> Result<(), ShardError> {
     if name.is_empty() || name.len() > MAX_NAME_BYTES {
-        return Err(format!("{kind} name must be 1 to {MAX_NAME_BYTES} bytes"));
+        return Err(ShardError::InvalidName(format!(
+            "{kind} name must be 1 to {MAX_NAME_BYTES} bytes"
+        )));
     }
     if name.starts_with('.') {
-        return Err(format!("{kind} name `{name}` must not start with a dot"));
+        return Err(ShardError::InvalidName(format!(
+            "{kind} name `{name}` must not start with a dot"
+        )));
     }
     if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
     {
-        return Err(format!(
+        return Err(ShardError::InvalidName(format!(
             "{kind} name `{name}` may contain only letters, digits, '-', '_' and '.'"
-        ));
+        )));
     }
     Ok(())
 }
 
 impl TopicTable {
     /// Reads the table at start-up (before executors run, so plain blocking I/O is fine).
-    pub fn load(store_dir: &Path) -> Result<TopicTable, String> {
+    pub fn load(store_dir: &Path) -> Result<TopicTable, ShardError> {
         let path = topics_path(store_dir);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{}: not a valid topic table: {e}", path.display())),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                ShardError::Metadata(format!("{}: not a valid topic table: {e}", path.display()))
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TopicTable::default()),
-            Err(e) => Err(format!("{}: {e}", path.display())),
+            Err(e) => Err(ShardError::Metadata(format!("{}: {e}", path.display()))),
         }
     }
 
@@ -84,12 +90,13 @@ impl TopicTable {
         name: &str,
         queue_count: u32,
         shard_count: usize,
-    ) -> Result<(TopicTable, u32), String> {
+    ) -> Result<(TopicTable, u32), ShardError> {
         validate_name("topic", name)?;
         if queue_count == 0 || queue_count > MAX_QUEUES_PER_TOPIC {
-            return Err(format!(
+            // Answered INVALID_NAME like a bad name, as it always was: part of the wire contract.
+            return Err(ShardError::InvalidName(format!(
                 "queue count {queue_count} must be between 1 and {MAX_QUEUES_PER_TOPIC}"
-            ));
+            )));
         }
         let start = crc32c::crc32c(name.as_bytes()) as usize;
         let queue_shards = (0..queue_count as usize)
@@ -99,7 +106,7 @@ impl TopicTable {
         let mut table = self.clone();
         table.next_topic_id = topic_id
             .checked_add(1)
-            .ok_or_else(|| "topic ids exhausted".to_string())?;
+            .ok_or_else(|| ShardError::InvalidName("topic ids exhausted".to_string()))?;
         table.topics.insert(
             name.to_string(),
             TopicEntry {

@@ -110,6 +110,37 @@ struct LogState<F> {
     failed: Option<String>,
 }
 
+impl<F> LogState<F> {
+    /// The offsets' order and the buffer's shape, checked after every change: what is flushed
+    /// was written, what was written was appended, and the buffer starts on a block boundary
+    /// (direct writes are cut from it block by block) and holds exactly the bytes from there to
+    /// the end of the log.
+    fn check(&self) {
+        assert!(
+            self.flushed_offset <= self.written_offset && self.written_offset <= self.max_offset,
+            "commitlog offsets out of order: flushed {} written {} max {}",
+            self.flushed_offset,
+            self.written_offset,
+            self.max_offset
+        );
+        assert_eq!(
+            self.buffer_start % BLOCK_BYTES as u64,
+            0,
+            "write buffer starts at {}, not on a block boundary",
+            self.buffer_start
+        );
+        assert!(
+            self.buffer_start <= self.flushed_offset
+                && self.buffer.len() as u64 == self.max_offset - self.buffer_start,
+            "write buffer [{}, +{}) does not end at the log's end {} or starts past the flushed offset {}",
+            self.buffer_start,
+            self.buffer.len(),
+            self.max_offset,
+            self.flushed_offset
+        );
+    }
+}
+
 impl<D: Disk> CommitLog<D> {
     pub fn dir_of(config: &StoreConfig) -> PathBuf {
         config.dir.join("commitlog")
@@ -366,6 +397,7 @@ impl<D: Disk> CommitLog<D> {
         state.max_offset = end;
         state.written_offset = end;
         state.flushed_offset = end;
+        state.check();
         Ok(truncated_bytes)
     }
 
@@ -527,6 +559,7 @@ impl<D: Disk> CommitLog<D> {
         }
         encode(start, &mut state.buffer[gap_at + gap..]);
         state.max_offset = end;
+        state.check();
         Ok(start)
     }
 
@@ -575,6 +608,7 @@ impl<D: Disk> CommitLog<D> {
         }
         let mut state = self.state.borrow_mut();
         state.written_offset = state.written_offset.max(target);
+        state.check();
         Ok(Some(Written {
             target,
             written_bytes,
@@ -602,6 +636,7 @@ impl<D: Disk> CommitLog<D> {
         });
         state.flushed_offset = state.flushed_offset.max(written.target);
         self.compact(&mut state);
+        state.check();
         Ok(state.flushed_offset)
     }
 

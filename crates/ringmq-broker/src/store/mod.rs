@@ -125,6 +125,8 @@ pub struct StoreConfig {
 /// Where an appended record went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {
+    /// The queue the record went to (a replicated record names its own).
+    pub queue: QueueKey,
     pub queue_offset: u64,
     pub commitlog_offset: u64,
     /// Commitlog offset just past the record: the completion key.

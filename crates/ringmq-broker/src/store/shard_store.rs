@@ -426,6 +426,7 @@ impl<D: Disk> ShardStore<D> {
             tag_hash: record::key_hash(input.key),
         });
         Ok(Appended {
+            queue: key,
             queue_offset,
             commitlog_offset,
             end_offset: commitlog_offset + size as u64,
@@ -483,6 +484,7 @@ impl<D: Disk> ShardStore<D> {
                 .append(bytes.len(), |_, out| out.copy_from_slice(bytes))?;
             debug_assert_eq!(commitlog_offset, claimed);
             return Ok(Appended {
+                queue: key,
                 queue_offset: view.queue_offset,
                 commitlog_offset,
                 end_offset: commitlog_offset + bytes.len() as u64,
@@ -510,6 +512,7 @@ impl<D: Disk> ShardStore<D> {
             tag_hash: view.key_hash,
         });
         Ok(Appended {
+            queue: key,
             queue_offset: view.queue_offset,
             commitlog_offset,
             end_offset: commitlog_offset + bytes.len() as u64,

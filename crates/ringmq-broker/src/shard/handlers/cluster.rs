@@ -1,23 +1,28 @@
-//! Cluster commands: `ClusterStatus` (role, offsets and links of every shard) and
-//! `ClusterPromote` (turn a slave into the master of its group).
+//! Cluster commands: `ClusterStatus` (role, offsets and links of every shard),
+//! `ClusterPromote` (turn a slave into the master of its group) and `ClusterDemote` (turn a
+//! master into a slave of another master). Both role commands run the one role transition,
+//! [`Shard::change_role`], on every shard, at runtime.
 
-use super::bad_request;
 use crate::config::BrokerRole;
-use crate::protocol::message::ClusterPromote;
-use crate::protocol::Status;
+use crate::protocol::message::{ClusterDemote, ClusterPromote};
 use crate::shard::mesh::{Reply, ShardRequest};
-use crate::shard::Shard;
+use crate::shard::role::{MasterMode, RoleTarget};
+use crate::shard::{Shard, ShardError};
+use crate::store::io::Disk;
+use std::net::SocketAddr;
 use std::rc::Rc;
-use tracing::{info, warn};
 
 pub use crate::protocol::admin::{ClusterStatus, MasterLink, ShardStatus, SlaveStatus};
 
-pub fn local_status(shard: &Shard) -> ShardStatus {
-    let identity = shard.identity.borrow().clone();
-    let max_offset = shard.store.max_offset();
+pub fn local_status<D: Disk>(shard: &Shard<D>) -> ShardStatus {
+    let identity = shard.role_state().identity();
+    let max_offset = shard.store().max_offset();
+    let now = shard.clock().now();
+    let since = |at: std::time::Instant| now.saturating_duration_since(at).as_millis() as u64;
     let slaves = shard
-        .replicas
-        .states()
+        .replicas()
+        .map(|r| r.states())
+        .unwrap_or_default()
         .into_iter()
         .map(|s| {
             let lag_bytes = max_offset.saturating_sub(s.acked_offset);
@@ -28,25 +33,29 @@ pub fn local_status(shard: &Shard) -> ShardStatus {
                 lag_ms: if lag_bytes == 0 {
                     0
                 } else {
-                    s.caught_up_at.elapsed().as_millis() as u64
+                    since(s.caught_up_at)
                 },
-                connected_ms: s.connected_at.elapsed().as_millis() as u64,
-                last_report_ms_ago: s.last_report_at.elapsed().as_millis() as u64,
+                connected_ms: since(s.connected_at),
+                last_report_ms_ago: since(s.last_report_at),
             }
         })
         .collect();
-    let master_link = (shard.role.get() == BrokerRole::Slave).then(|| MasterLink {
-        master: shard.config.master.clone().unwrap_or_default(),
-        streaming: shard.link_up.get(),
-        master_confirmed_offset: shard.master_confirmed.get(),
+    let master_link = shard.role_state().slave_link().map(|link| MasterLink {
+        master: link
+            .master()
+            .map(|m| m.to_string())
+            .or_else(|| shard.config().master.clone())
+            .unwrap_or_default(),
+        streaming: link.is_streaming(),
+        master_confirmed_offset: link.master_confirmed(),
     });
     ShardStatus {
-        shard: shard.id,
-        role: shard.role.get().name().to_string(),
+        shard: shard.id(),
+        role: shard.role().name().to_string(),
         epoch: identity.last_epoch(),
         log_id: identity.log_id.iter().map(|b| format!("{b:02x}")).collect(),
         max_offset,
-        flushed_offset: shard.store.flushed_offset(),
+        flushed_offset: shard.store().flushed_offset(),
         confirmed_offset: shard.confirmed_offset(),
         divergence_points: identity.divergence_points,
         slaves,
@@ -54,110 +63,79 @@ pub fn local_status(shard: &Shard) -> ShardStatus {
     }
 }
 
-pub async fn status(shard: &Rc<Shard>) -> Reply {
-    let mut shards = match shard
+pub async fn status<D: Disk>(shard: &Rc<Shard<D>>) -> Result<Reply, ShardError> {
+    let mut shards = shard
         .ask_others(|reply| ShardRequest::ClusterState { reply })
-        .await
-    {
-        Ok(others) => others,
-        Err(reply) => return reply,
-    };
+        .await?;
     shards.push(local_status(shard));
     shards.sort_by_key(|s| s.shard);
     let status = ClusterStatus {
-        broker_name: shard.config.broker_name.clone(),
-        role: shard.role.get().name().to_string(),
-        flush_disk_type: shard.config.flush_disk_type.name().to_string(),
+        broker_name: shard.config().broker_name.clone(),
+        role: shard.role().name().to_string(),
+        flush_disk_type: shard.config().flush_disk_type.name().to_string(),
         shards,
     };
-    Reply::ok(serde_json::to_vec(&status).expect("status serializes"))
+    Ok(Reply::ok(
+        serde_json::to_vec(&status).expect("status serializes"),
+    ))
 }
 
 /// Promotes every shard; the body names the new role (empty: ASYNC_MASTER).
-pub async fn promote(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
-    let request = match ClusterPromote::decode(raw) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
-    let role = if request.role.is_empty() {
-        BrokerRole::AsyncMaster
+pub async fn promote<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
+    let request = ClusterPromote::decode(raw)?;
+    let mode = if request.role.is_empty() {
+        MasterMode::Async
     } else {
-        match request.role.parse::<BrokerRole>() {
-            Ok(r) if r.is_master() => r,
-            _ => {
-                return Reply::error(
-                    Status::BadRequest,
-                    format!(
-                        "promote to `{}`: the role must be SYNC_MASTER or ASYNC_MASTER",
-                        request.role
-                    ),
-                )
-            }
-        }
+        request
+            .role
+            .parse::<BrokerRole>()
+            .ok()
+            .and_then(MasterMode::of)
+            .ok_or_else(|| {
+                ShardError::Refused(format!(
+                    "promote to `{}`: the role must be SYNC_MASTER or ASYNC_MASTER",
+                    request.role
+                ))
+            })?
     };
-    if shard.role.get().is_master() {
-        return Reply::error(
-            Status::BadRequest,
-            format!(
-                "{} is already a {}",
-                shard.config.broker_name,
-                shard.role.get()
-            ),
-        );
+    if shard.is_master() {
+        return Err(ShardError::Refused(format!(
+            "{} is already a {}",
+            shard.config().broker_name,
+            shard.role()
+        )));
     }
-    let outcomes = match shard
-        .ask_others(|reply| ShardRequest::Promote { role, reply })
-        .await
-    {
-        Ok(outcomes) => outcomes,
-        Err(reply) => return reply,
-    };
-    if let Some(Err(message)) = outcomes.into_iter().find(|o| o.is_err()) {
-        return Reply::error(Status::StoreError, message);
-    }
-    match promote_local(shard, role).await {
-        Ok(()) => status(shard).await,
-        Err(message) => Reply::error(Status::StoreError, message),
-    }
+    change_everywhere(shard, RoleTarget::Master(mode)).await?;
+    status(shard).await
 }
 
-/// Makes this shard a master: flush, open a new epoch at the end of its log (the divergence
-/// point for a former master that rejoins), remember the promotion, then switch role.
-pub async fn promote_local(shard: &Rc<Shard>, role: BrokerRole) -> Result<(), String> {
-    if shard.role.get().is_master() {
-        return Ok(());
+/// Demotes every shard to a slave of the master whose HA port the body names (`HOST:PORT`).
+pub async fn demote<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
+    let request = ClusterDemote::decode(raw)?;
+    let master: SocketAddr = request.master.parse().map_err(|_| {
+        ShardError::Refused(format!(
+            "demote: `{}` is not the new master's HA address (an IP and a port)",
+            request.master
+        ))
+    })?;
+    if !shard.is_master() {
+        return Err(ShardError::Refused(format!(
+            "{} is already a SLAVE",
+            shard.config().broker_name
+        )));
     }
-    let _gate = shard.store_gate.acquire_permit(1).await;
-    shard.store.flush().await.map_err(|e| e.to_string())?;
-    let end = shard.store.max_offset();
-    let mut identity = shard.identity.borrow().next_epoch(end);
-    identity.promoted_role = Some(role);
-    identity
-        .save(&shard.disk, &shard.store_dir)
-        .await
-        .map_err(|e| e.to_string())?;
-    let epoch = identity.last_epoch();
-    *shard.identity.borrow_mut() = identity;
-    // Everything the old master confirmed stays visible; the rest waits for this master's
-    // own guarantee (its flush, and under SYNC_MASTER its slaves).
-    let confirmed = shard.master_confirmed.get().min(end);
-    shard.completions.reset_to(shard.store.flushed_offset());
-    shard.replicas.completions.reset_to(confirmed);
-    shard.replicas.completions.release(confirmed);
-    shard.role.set(role);
-    shard.role_changed.notify();
-    shard.visible.notify();
-    if role == BrokerRole::SyncMaster && shard.replicas.needed() > 0 {
-        warn!(
-            shard = shard.id,
-            "promoted to SYNC_MASTER: producers get SLAVE_NOT_AVAILABLE until a slave follows"
-        );
-    }
-    info!(
-        shard = shard.id,
-        epoch,
-        epoch_start_offset = end,
-        "promoted to {role}"
-    );
-    Ok(())
+    change_everywhere(shard, RoleTarget::Slave(master)).await?;
+    status(shard).await
+}
+
+/// Runs the role transition on every other shard, then on this one.
+async fn change_everywhere<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    target: RoleTarget,
+) -> Result<(), ShardError> {
+    let outcomes = shard
+        .ask_others(|reply| ShardRequest::ChangeRole { target, reply })
+        .await?;
+    outcomes.into_iter().collect::<Result<Vec<()>, _>>()?;
+    shard.change_role(target).await
 }

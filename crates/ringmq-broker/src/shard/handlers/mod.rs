@@ -9,35 +9,44 @@ mod pull;
 pub(crate) mod topic;
 
 use super::mesh::{Reply, ShardRequest};
-use super::Shard;
-use crate::protocol::codec::DecodeError;
+use super::{Shard, ShardError};
 use crate::protocol::message::*;
 use crate::protocol::requests::for_each_request;
-use crate::protocol::{Opcode, Request, Status};
+use crate::protocol::{Opcode, Request};
+use crate::store::io::Disk;
 use std::rc::Rc;
 
-pub async fn handle(shard: &Rc<Shard>, opcode: Opcode, body: &[u8]) -> Reply {
-    if shard.stopping.get() && opcode == Opcode::Produce {
-        return Reply::error(
-            Status::SystemBusy,
-            "the broker is shutting down: retry after it restarts",
-        );
+pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, opcode: Opcode, body: &[u8]) -> Reply {
+    dispatch(shard, opcode, body)
+        .await
+        .unwrap_or_else(Reply::from)
+}
+
+/// Runs one request; a failure becomes its reply in [`handle`], the one place where a
+/// [`ShardError`] turns into a wire status.
+async fn dispatch<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    opcode: Opcode,
+    body: &[u8],
+) -> Result<Reply, ShardError> {
+    if shard.lifecycle().is_stopping() && opcode == Opcode::Produce {
+        return Err(ShardError::ShuttingDown);
     }
-    for_each_request!(dispatch, shard, opcode, body)
+    for_each_request!(dispatch_arms, shard, opcode, body)
 }
 
 /// The handler of one request type (a row of `protocol::requests::for_each_request!`). The
-/// dispatch below is expanded from that table, so a declared request without a `Handler`
+/// dispatch above is expanded from that table, so a declared request without a `Handler`
 /// impl does not compile. Handlers take the raw body and decode it with their request type
 /// themselves: several forward the body to another shard as it came, or refuse the request
 /// (on a slave) before decoding it.
 trait Handler: Request {
-    async fn run(shard: &Rc<Shard>, body: &[u8]) -> Reply;
+    async fn run<D: Disk>(shard: &Rc<Shard<D>>, body: &[u8]) -> Result<Reply, ShardError>;
 }
 
 /// One match arm per declared request; the match is over `Opcode`, declared by the same
 /// table, so it is exhaustive by construction.
-macro_rules! dispatch {
+macro_rules! dispatch_arms {
     (($shard:expr, $opcode:expr, $body:expr)
         $( $op:ident = $value:literal => $wire:literal : $req:ty => $resp:ty, $what:literal
            { $($extra:tt)* }; )+
@@ -47,13 +56,16 @@ macro_rules! dispatch {
         }
     };
 }
-use dispatch;
+use dispatch_arms;
 
 /// Declares `Handler` impls: `RequestType => |shard, body| handler call`.
 macro_rules! handlers {
     ($( $req:ty => |$shard:ident, $body:pat_param| $run:expr; )+) => {$(
         impl Handler for $req {
-            async fn run($shard: &Rc<Shard>, $body: &[u8]) -> Reply {
+            async fn run<D: Disk>(
+                $shard: &Rc<Shard<D>>,
+                $body: &[u8],
+            ) -> Result<Reply, ShardError> {
                 $run
             }
         }
@@ -61,14 +73,14 @@ macro_rules! handlers {
 }
 
 handlers! {
-    Ping => |_shard, _| Reply::ok(Vec::new());
-    MetadataRequest => |shard, _| metadata::handle(shard);
+    Ping => |_shard, _| Ok(Reply::ok(Vec::new()));
+    MetadataRequest => |shard, _| Ok(metadata::handle(shard));
     ProduceRequest<'_> => |shard, body| produce::handle(shard, body).await;
     PullRequest => |shard, body| pull::handle(shard, body).await;
     QueueRef => |shard, body| topic::queue_stats(shard, body).await;
     TopicCreate => |shard, body| topic::create(shard, body).await;
     TopicDelete => |shard, body| topic::delete(shard, body).await;
-    TopicListRequest => |shard, _| topic::list(shard);
+    TopicListRequest => |shard, _| Ok(topic::list(shard));
     TopicDescribe => |shard, body| topic::describe(shard, body).await;
     GroupCommit => |shard, body| group::commit(shard, body).await;
     GroupFetch => |shard, body| group::fetch(shard, body).await;
@@ -77,10 +89,11 @@ handlers! {
     MetadataSnapshotRequest => |shard, _| metadata::snapshot(shard).await;
     ClusterStatusRequest => |shard, _| cluster::status(shard).await;
     ClusterPromote => |shard, body| cluster::promote(shard, body).await;
+    ClusterDemote => |shard, body| cluster::demote(shard, body).await;
 }
 
 /// Runs a request that another shard sent over the mesh.
-pub async fn handle_shard_request(shard: Rc<Shard>, request: ShardRequest) {
+pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRequest) {
     match request {
         ShardRequest::Execute {
             opcode,
@@ -88,10 +101,10 @@ pub async fn handle_shard_request(shard: Rc<Shard>, request: ShardRequest) {
             reply,
         } => {
             // Counted on the shard that runs it, so that shard's clean stop waits for it too.
-            shard.count_in_flight(&shard.requests_in_flight, 1);
+            shard.lifecycle().request_started();
             let answer = handle(&shard, opcode, &body).await;
             let _ = reply.send(answer);
-            shard.count_in_flight(&shard.requests_in_flight, -1);
+            shard.lifecycle().request_finished();
         }
         ShardRequest::ApplyTopics { table, reply } => {
             let _ = reply.send(shard.apply_topics(table).await);
@@ -100,13 +113,13 @@ pub async fn handle_shard_request(shard: Rc<Shard>, request: ShardRequest) {
             crate::replication::master::adopt(shard, fd, *hello, peer).await;
         }
         ShardRequest::AllGroupOffsets { reply } => {
-            let _ = reply.send(shard.groups.all_rows());
+            let _ = reply.send(shard.metadata().groups().all_rows());
         }
         ShardRequest::ClusterState { reply } => {
             let _ = reply.send(cluster::local_status(&shard));
         }
-        ShardRequest::Promote { role, reply } => {
-            let _ = reply.send(cluster::promote_local(&shard, role).await);
+        ShardRequest::ChangeRole { target, reply } => {
+            let _ = reply.send(shard.change_role(target).await);
         }
         ShardRequest::Probe { reply } => {
             let _ = reply.send(shard.snapshot());
@@ -118,33 +131,18 @@ pub async fn handle_shard_request(shard: Rc<Shard>, request: ShardRequest) {
 }
 
 /// Stats: every shard's probe merged, as a JSON document (see `metrics::Stats`).
-async fn stats(shard: &Rc<Shard>) -> Reply {
+async fn stats<D: Disk>(shard: &Rc<Shard<D>>) -> Result<Reply, ShardError> {
     let snapshots = shard.gather_snapshots().await;
-    match crate::metrics::ProbeSnapshot::merge(&snapshots) {
-        Some(merged) => Reply::ok(serde_json::to_vec(&merged.to_stats()).expect("stats serialize")),
-        None => Reply::error(Status::Internal, "no shard answered"),
-    }
+    let merged = crate::metrics::ProbeSnapshot::merge(&snapshots)
+        .ok_or_else(|| ShardError::Internal("no shard answered".to_string()))?;
+    Ok(Reply::ok(
+        serde_json::to_vec(&merged.to_stats()).expect("stats serialize"),
+    ))
 }
 
-fn bad_request(e: DecodeError) -> Reply {
-    Reply::error(Status::BadRequest, format!("malformed request body: {e}"))
-}
-
-fn topic_not_found(name: &str) -> Reply {
-    Reply::error(
-        Status::TopicNotFound,
-        format!("topic `{name}` does not exist"),
-    )
-}
-
-fn queue_not_found(name: &str, queue: u32, count: u32) -> Reply {
-    Reply::error(
-        Status::QueueNotFound,
-        format!(
-            "topic `{name}` has queues 0 to {}, not {queue}",
-            count.saturating_sub(1)
-        ),
-    )
+/// The owning shard does not hold a queue the topic table gives it (a table being applied).
+fn unregistered_queue() -> ShardError {
+    ShardError::QueueNotFound("queue is not registered on its shard".to_string())
 }
 
 /// Where a queue-scoped request must run: here, or on the owning shard.
@@ -153,14 +151,17 @@ enum Route {
     Remote(usize),
 }
 
-fn route(shard: &Shard, topic: &str, queue: u32) -> Result<Route, Reply> {
-    let entry = shard.topic(topic).ok_or_else(|| topic_not_found(topic))?;
-    let owner = *entry
-        .queue_shards
-        .get(queue as usize)
-        .ok_or_else(|| queue_not_found(topic, queue, entry.queue_count()))?
-        as usize;
-    if owner == shard.id {
+fn route<D: Disk>(shard: &Shard<D>, topic: &str, queue: u32) -> Result<Route, ShardError> {
+    let entry = shard
+        .topic(topic)
+        .ok_or_else(|| ShardError::TopicNotFound(topic.to_string()))?;
+    let owner = *entry.queue_shards.get(queue as usize).ok_or_else(|| {
+        ShardError::QueueNotFound(format!(
+            "topic `{topic}` has queues 0 to {}, not {queue}",
+            entry.queue_count().saturating_sub(1)
+        ))
+    })? as usize;
+    if owner == shard.id() {
         Ok(Route::Local {
             topic_id: entry.topic_id,
         })

@@ -1,135 +1,118 @@
 //! Produce: append a batch to one queue and answer when the flush mode's guarantee holds.
 
-use super::{bad_request, body, route, Route};
+use super::{body, route, Route};
 use crate::config::{BrokerRole, FlushDiskType};
 use crate::constants::MAX_MESSAGES_PER_PRODUCE;
 use crate::metrics::{Counter, Hist};
 use crate::protocol::message::{MessageRef, ProduceRequest, ProduceResponse, ANY_QUEUE};
 use crate::protocol::{Opcode, Status};
+use crate::replication::replicas::Replicas;
 use crate::shard::completion::Completion;
 use crate::shard::mesh::Reply;
-use crate::shard::Shard;
+use crate::shard::{Shard, ShardError};
+use crate::store::io::Disk;
 use crate::store::record::RecordInput;
-use crate::store::{AppendError, Appended, QueueKey};
+use crate::store::{Appended, QueueKey};
 use futures_lite::future;
-use glommio::timer::sleep;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub async fn handle(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
-    let request = match ProduceRequest::decode(raw) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
-    if !shard.role.get().is_master() {
-        return Reply::error(
-            Status::NotMaster,
-            format!(
-                "{} is a slave: send produce requests to its master",
-                shard.config.broker_name
-            ),
-        );
+pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
+    let request = ProduceRequest::decode(raw)?;
+    if !shard.is_master() {
+        return Err(not_master(shard));
     }
-    if let Err(reply) = validate(shard, &request) {
-        return reply;
-    }
+    validate(shard, &request)?;
     let queue = if request.queue == ANY_QUEUE {
-        match pick_queue(shard, request.topic) {
-            Ok(q) => q,
-            Err(reply) => return reply,
-        }
+        pick_queue(shard, request.topic)?
     } else {
         request.queue
     };
-    let topic_id = match route(shard, request.topic, queue) {
-        Ok(Route::Local { topic_id, .. }) => topic_id,
-        Ok(Route::Remote(owner)) => {
+    let topic_id = match route(shard, request.topic, queue)? {
+        Route::Local { topic_id, .. } => topic_id,
+        Route::Remote(owner) => {
             let mut forwarded = Vec::with_capacity(raw.len());
             ProduceRequest { queue, ..request }.encode(&mut forwarded);
-            return shard.forward(owner, Opcode::Produce, forwarded).await;
+            return Ok(shard.forward(owner, Opcode::Produce, forwarded).await);
         }
-        Err(reply) => return reply,
     };
-    let started = Instant::now();
-    shard.probe.add(Counter::ProduceRequests, 1);
+    let started = shard.clock().now();
+    shard.probe().add(Counter::ProduceRequests, 1);
     let key = QueueKey { topic_id, queue };
     // One deadline for the whole request: waiting for buffer space or a segment and waiting
     // for the flush both count against `sync_flush_timeout_ms`, so a status always arrives
     // within it (plus the slaves' own wait under SYNC_MASTER).
-    let deadline = started + Duration::from_millis(shard.config.sync_flush_timeout_ms);
-    let (first, last) = match append_batch(shard, key, &request, deadline).await {
-        Ok(range) => range,
-        Err(reply) => return reply,
-    };
+    let deadline = started + Duration::from_millis(shard.config().sync_flush_timeout_ms);
+    let (first, last) = append_batch(shard, key, &request, deadline).await?;
     shard
-        .probe
-        .record_duration(Hist::AppendLatency, started.elapsed());
-    shard.probe.appended(
+        .probe()
+        .record_duration(Hist::AppendLatency, shard.clock().now() - started);
+    shard.probe().appended(
         request.messages.len() as u64,
         last.end_offset - first.commitlog_offset,
     );
-    shard.replication_wakeup.notify();
+    shard.appended(key, last.end_offset);
+    if shard.config().flush_disk_type == FlushDiskType::AsyncFlush {
+        shard.publish_confirmed();
+    }
     let status = wait_for_guarantee(shard, last.end_offset, deadline).await;
     if status == Status::StoreError {
-        return Reply::error(
-            status,
-            "the store failed to write or sync; the message may not be durable",
-        );
+        return Err(ShardError::NotDurable);
     }
     shard
-        .probe
-        .record_duration(Hist::ProduceLatency, started.elapsed());
+        .probe()
+        .record_duration(Hist::ProduceLatency, shard.clock().now() - started);
     let response = ProduceResponse {
         queue,
         base_offset: first.queue_offset,
         count: request.messages.len() as u32,
         commitlog_offset: first.commitlog_offset,
     };
-    Reply::with_status(status, body(|out| response.encode(out)))
+    Ok(Reply::with_status(status, body(|out| response.encode(out))))
 }
 
-fn validate(shard: &Shard, request: &ProduceRequest<'_>) -> Result<(), Reply> {
+fn not_master<D: Disk>(shard: &Shard<D>) -> ShardError {
+    ShardError::NotMaster(format!(
+        "{} is a slave: send produce requests to its master",
+        shard.config().broker_name
+    ))
+}
+
+fn validate<D: Disk>(shard: &Shard<D>, request: &ProduceRequest<'_>) -> Result<(), ShardError> {
     if request.messages.len() > MAX_MESSAGES_PER_PRODUCE {
-        return Err(Reply::error(
-            Status::BadRequest,
-            format!(
-                "{} messages in one produce request; the maximum is {MAX_MESSAGES_PER_PRODUCE}",
-                request.messages.len()
-            ),
-        ));
+        return Err(ShardError::Refused(format!(
+            "{} messages in one produce request; the maximum is {MAX_MESSAGES_PER_PRODUCE}",
+            request.messages.len()
+        )));
     }
-    let max = shard.config.max_message_bytes as usize;
+    let max = shard.config().max_message_bytes as usize;
     if let Some((i, m)) = request
         .messages
         .iter()
         .enumerate()
         .find(|(_, m)| m.body.len() > max)
     {
-        return Err(Reply::error(
-            Status::MessageTooLarge,
-            format!(
-                "message {i} has a body of {} bytes; the maximum is {max}",
-                m.body.len()
-            ),
-        ));
+        return Err(ShardError::MessageTooLarge(format!(
+            "message {i} has a body of {} bytes; the maximum is {max}",
+            m.body.len()
+        )));
     }
     Ok(())
 }
 
 /// A queue of the topic, preferring the ones this shard owns so the request needs no hop.
-fn pick_queue(shard: &Shard, topic: &str) -> Result<u32, Reply> {
+fn pick_queue<D: Disk>(shard: &Shard<D>, topic: &str) -> Result<u32, ShardError> {
     let entry = shard
         .topic(topic)
-        .ok_or_else(|| super::topic_not_found(topic))?;
+        .ok_or_else(|| ShardError::TopicNotFound(topic.to_string()))?;
     let local: Vec<u32> = entry
         .queue_shards
         .iter()
         .enumerate()
-        .filter(|(_, s)| **s as usize == shard.id)
+        .filter(|(_, s)| **s as usize == shard.id())
         .map(|(q, _)| q as u32)
         .collect();
-    let turn = shard.next_queue.get();
-    shard.next_queue.set(turn.wrapping_add(1));
+    let turn = shard.appending().next_turn();
     Ok(if local.is_empty() {
         (turn % entry.queue_shards.len()) as u32
     } else {
@@ -139,17 +122,18 @@ fn pick_queue(shard: &Shard, topic: &str) -> Result<u32, Reply> {
 
 /// Appends every message of the batch; the queue offsets of a batch are contiguous because
 /// the append gate is held while the batch waits for buffer space or a new segment.
-async fn append_batch<'a>(
-    shard: &Rc<Shard>,
+async fn append_batch<'a, D: Disk>(
+    shard: &Rc<Shard<D>>,
     key: QueueKey,
     request: &ProduceRequest<'a>,
     deadline: Instant,
-) -> Result<(Appended, Appended), Reply> {
-    let _gate = shard
-        .append_gate
-        .acquire_permit(1)
-        .await
-        .map_err(|e| Reply::error(Status::Internal, e.to_string()))?;
+) -> Result<(Appended, Appended), ShardError> {
+    let _gate = shard.appending().lock().await;
+    // A role change holds the gate: a batch that waited for it behind a demotion must not
+    // append on what is now a slave.
+    if !shard.is_master() {
+        return Err(not_master(shard));
+    }
     let store_timestamp_ms = now_ms();
     let input = |m: &MessageRef<'a>| record_input(key, request.topic, store_timestamp_ms, m);
     // The whole batch or none of it: its segments and its buffer space must be there before
@@ -159,10 +143,7 @@ async fn append_batch<'a>(
         .iter()
         .map(|m| input(m).encoded_len())
         .collect();
-    shard
-        .admit_batch(deadline, &lens)
-        .await
-        .map_err(append_failure)?;
+    shard.admit_batch(deadline, &lens).await?;
     let mut first = None;
     let mut last = None;
     for m in &request.messages {
@@ -170,11 +151,11 @@ async fn append_batch<'a>(
         first.get_or_insert(appended);
         last = Some(appended);
     }
-    if shard.config.flush_disk_type == FlushDiskType::SyncFlush {
-        shard.flush_requested.notify();
+    if shard.config().flush_disk_type == FlushDiskType::SyncFlush {
+        shard.flushing().request();
     }
-    if shard.store.needs_next_segment() {
-        shard.segment_wanted.notify();
+    if shard.store().needs_next_segment() {
+        shard.flushing().want_segment();
     }
     Ok((
         first.expect("batch is not empty"),
@@ -182,15 +163,14 @@ async fn append_batch<'a>(
     ))
 }
 
-async fn append_one(
-    shard: &Shard,
+async fn append_one<D: Disk>(
+    shard: &Shard<D>,
     deadline: Instant,
     input: &RecordInput<'_>,
-) -> Result<Appended, Reply> {
-    shard
-        .append_waiting(deadline, || shard.store.append(input))
-        .await
-        .map_err(append_failure)
+) -> Result<Appended, ShardError> {
+    Ok(shard
+        .append_waiting(deadline, || shard.store().append(input))
+        .await?)
 }
 
 fn record_input<'a>(
@@ -212,47 +192,33 @@ fn record_input<'a>(
     }
 }
 
-fn append_failure(e: AppendError) -> Reply {
-    let status = match e {
-        AppendError::TooLarge { .. } | AppendError::BatchTooLarge { .. } => Status::MessageTooLarge,
-        AppendError::UnknownQueue { .. } => Status::QueueNotFound,
-        AppendError::DiskFull(_) => Status::DiskFull,
-        AppendError::Busy { .. } => Status::SystemBusy,
-        AppendError::BufferFull
-        | AppendError::SegmentNotReady
-        | AppendError::Diverged(_)
-        | AppendError::Failed(_) => Status::StoreError,
-    };
-    Reply::error(status, e.to_string())
-}
-
 /// Waits until the flush mode's and the role's guarantees hold for everything before
 /// `end_offset`, or says which one did not hold in time. Both waits run at once: the flush and
 /// the shipping to slaves overlap.
-async fn wait_for_guarantee(shard: &Shard, end_offset: u64, deadline: Instant) -> Status {
-    let needs_slaves = shard.role.get() == BrokerRole::SyncMaster && shard.replicas.needed() > 0;
-    if needs_slaves
-        && shard
-            .replicas
-            .in_sync(shard.store.max_offset(), shard.config.ha_max_gap_bytes)
-            < shard.replicas.needed()
-    {
-        return Status::SlaveNotAvailable;
+async fn wait_for_guarantee<D: Disk>(
+    shard: &Shard<D>,
+    end_offset: u64,
+    deadline: Instant,
+) -> Status {
+    let replicas = shard
+        .replicas()
+        .filter(|r| shard.role() == BrokerRole::SyncMaster && r.needed() > 0);
+    if let Some(replicas) = &replicas {
+        let in_sync = replicas.in_sync(shard.store().max_offset(), shard.config().ha_max_gap_bytes);
+        if in_sync < replicas.needed() {
+            return Status::SlaveNotAvailable;
+        }
     }
     let flush = async {
-        match shard.config.flush_disk_type {
-            FlushDiskType::AsyncFlush => {
-                shard.visible.notify();
-                Status::Ok
-            }
+        match shard.config().flush_disk_type {
+            FlushDiskType::AsyncFlush => Status::Ok,
             FlushDiskType::SyncFlush => wait_for_flush(shard, end_offset, deadline).await,
         }
     };
     let replicas = async {
-        if needs_slaves {
-            wait_for_slaves(shard, end_offset).await
-        } else {
-            Status::Ok
+        match replicas {
+            Some(replicas) => wait_for_slaves(shard, &replicas, end_offset).await,
+            None => Status::Ok,
         }
     };
     match future::zip(flush, replicas).await {
@@ -263,9 +229,13 @@ async fn wait_for_guarantee(shard: &Shard, end_offset: u64, deadline: Instant) -
 
 /// SYNC_MASTER: waits for enough slaves to acknowledge `end_offset`, at most
 /// `sync_replica_timeout_ms`.
-async fn wait_for_slaves(shard: &Shard, end_offset: u64) -> Status {
-    let done = shard.replicas.completions.wait(end_offset);
-    let timeout = Duration::from_millis(shard.config.sync_replica_timeout_ms);
+async fn wait_for_slaves<D: Disk>(
+    shard: &Shard<D>,
+    replicas: &Replicas,
+    end_offset: u64,
+) -> Status {
+    let done = replicas.completions.wait(end_offset);
+    let timeout = Duration::from_millis(shard.config().sync_replica_timeout_ms);
     future::or(
         async {
             match done.await {
@@ -274,7 +244,7 @@ async fn wait_for_slaves(shard: &Shard, end_offset: u64) -> Status {
             }
         },
         async {
-            sleep(timeout).await;
+            shard.clock().sleep(timeout).await;
             Status::FlushSlaveTimeout
         },
     )
@@ -282,9 +252,9 @@ async fn wait_for_slaves(shard: &Shard, end_offset: u64) -> Status {
 }
 
 /// SYNC_FLUSH: waits for a flush covering `end_offset`, until the request's deadline.
-async fn wait_for_flush(shard: &Shard, end_offset: u64, deadline: Instant) -> Status {
-    let done = shard.completions.wait(end_offset);
-    let timeout = deadline.saturating_duration_since(Instant::now());
+async fn wait_for_flush<D: Disk>(shard: &Shard<D>, end_offset: u64, deadline: Instant) -> Status {
+    let done = shard.flushing().wait_durable(end_offset);
+    let timeout = deadline.saturating_duration_since(shard.clock().now());
     future::or(
         async {
             match done.await {
@@ -293,7 +263,7 @@ async fn wait_for_flush(shard: &Shard, end_offset: u64, deadline: Instant) -> St
             }
         },
         async {
-            sleep(timeout).await;
+            shard.clock().sleep(timeout).await;
             Status::FlushDiskTimeout
         },
     )

@@ -1,80 +1,88 @@
 //! Pull: read confirmed messages of one queue, long-polling at its end.
 
-use super::{bad_request, body, route, Route};
+use super::{body, route, Route};
 use crate::constants::{MAX_BYTES_PER_PULL, MAX_MESSAGES_PER_PULL, MAX_PULL_SPAN_BYTES};
 use crate::metrics::{Counter, Hist};
 use crate::protocol::message::{PullRequest, PullResponseEncoder, PullSummary, PulledMessageRef};
 use crate::protocol::{Opcode, Status};
 use crate::shard::mesh::Reply;
-use crate::shard::Shard;
+use crate::shard::visibility::WaitFor;
+use crate::shard::{Shard, ShardError};
+use crate::store::io::Disk;
 use crate::store::record::{self, Decoded};
 use crate::store::{CqEntry, QueueKey};
 use futures_lite::future;
-use glommio::timer::sleep;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-pub async fn handle(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
-    let request = match PullRequest::decode(raw) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
+pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
+    let request = PullRequest::decode(raw)?;
+    let topic_id = match route(shard, &request.topic, request.queue)? {
+        Route::Local { topic_id, .. } => topic_id,
+        Route::Remote(owner) => return Ok(shard.forward(owner, Opcode::Pull, raw.to_vec()).await),
     };
-    let topic_id = match route(shard, &request.topic, request.queue) {
-        Ok(Route::Local { topic_id, .. }) => topic_id,
-        Ok(Route::Remote(owner)) => return shard.forward(owner, Opcode::Pull, raw.to_vec()).await,
-        Err(reply) => return reply,
-    };
-    shard.probe.add(Counter::PullRequests, 1);
+    shard.probe().add(Counter::PullRequests, 1);
     let key = QueueKey {
         topic_id,
         queue: request.queue,
     };
     let wait =
-        Duration::from_millis((request.max_wait_ms as u64).min(shard.config.max_pull_wait_ms));
-    let deadline = Instant::now() + wait;
+        Duration::from_millis((request.max_wait_ms as u64).min(shard.config().max_pull_wait_ms));
+    let clock = shard.clock();
+    let deadline = clock.now() + wait;
     loop {
-        let summary = match summary(shard, key, request.offset) {
-            Ok(s) => s,
-            Err(reply) => return reply,
-        };
+        let summary = summary(shard, key, request.offset)?;
         if request.offset < summary.max_offset {
-            let started = Instant::now();
+            let started = clock.now();
             let reply = read_messages(shard, key, &request, summary).await;
             shard
-                .probe
-                .record_duration(Hist::PullLatency, started.elapsed());
-            return reply;
+                .probe()
+                .record_duration(Hist::PullLatency, clock.now() - started);
+            return reply.map(Reply::ok);
         }
-        let now = Instant::now();
+        let now = clock.now();
         // A shutting-down shard answers a long poll at once rather than hold its stop.
-        if now >= deadline || shard.stopping.get() {
-            return Reply::with_status(
+        if now >= deadline || shard.lifecycle().is_stopping() {
+            return Ok(Reply::with_status(
                 Status::NoNewMessage,
                 body(|out| {
                     PullResponseEncoder::begin(out, summary).finish(out, request.offset);
                 }),
-            );
+            ));
         }
-        let visible = shard.visible.listen();
+        let visible = shard
+            .visibility()
+            .wait(wait_for(shard, key, request.offset));
         future::or(
             async {
                 let _ = visible.await;
             },
-            sleep(deadline - now),
+            clock.sleep(deadline - now),
         )
         .await;
     }
 }
 
-fn summary(shard: &Shard, key: QueueKey, offset: u64) -> Result<PullSummary, Reply> {
-    let (min_offset, stored_end) = shard.store.queue_range(key).ok_or_else(|| {
-        Reply::error(
-            Status::QueueNotFound,
-            "queue is not registered on its shard",
-        )
-    })?;
+/// What a pull at the end of what `key` shows waits for: the record at `offset` to be
+/// confirmed when the queue holds it already, else the queue's next append.
+fn wait_for<D: Disk>(shard: &Shard<D>, key: QueueKey, offset: u64) -> WaitFor {
+    match shard.store().entries(key, offset, 1).first() {
+        Some(entry) => WaitFor::Confirmed(entry.commitlog_offset + entry.size as u64),
+        None => WaitFor::Append(key),
+    }
+}
+
+fn summary<D: Disk>(
+    shard: &Shard<D>,
+    key: QueueKey,
+    offset: u64,
+) -> Result<PullSummary, ShardError> {
+    let (min_offset, stored_end) = shard
+        .store()
+        .queue_range(key)
+        .ok_or_else(super::unregistered_queue)?;
     let max_offset = shard
-        .store
+        .store()
         .visible_end(key, shard.confirmed_offset())
         .unwrap_or(min_offset);
     // An offset the queue holds but does not show yet (not confirmed: a restarted SYNC_MASTER
@@ -82,10 +90,9 @@ fn summary(shard: &Shard, key: QueueKey, offset: u64) -> Result<PullSummary, Rep
     // range: the consumer waits for it like for a new message, so it neither skips nor
     // rewinds.
     if offset < min_offset || offset > max_offset.max(stored_end) {
-        return Err(Reply::error(
-            Status::OffsetOutOfRange,
-            format!("offset {offset} is outside the queue's range {min_offset}..={max_offset}"),
-        ));
+        return Err(ShardError::OffsetOutOfRange(format!(
+            "offset {offset} is outside the queue's range {min_offset}..={max_offset}"
+        )));
     }
     Ok(PullSummary {
         next_offset: offset,
@@ -94,16 +101,16 @@ fn summary(shard: &Shard, key: QueueKey, offset: u64) -> Result<PullSummary, Rep
     })
 }
 
-async fn read_messages(
-    shard: &Shard,
+async fn read_messages<D: Disk>(
+    shard: &Shard<D>,
     key: QueueKey,
     request: &PullRequest,
     summary: PullSummary,
-) -> Reply {
+) -> Result<Vec<u8>, ShardError> {
     let max_messages = request.max_messages.clamp(1, MAX_MESSAGES_PER_PULL) as u64;
     let max_bytes = request.max_bytes.clamp(1, MAX_BYTES_PER_PULL) as usize;
     let count = (summary.max_offset - request.offset).min(max_messages) as usize;
-    let entries = shard.store.entries(key, request.offset, count);
+    let entries = shard.store().entries(key, request.offset, count);
     let mut out = Vec::new();
     let mut encoder = PullResponseEncoder::begin(&mut out, summary);
     let mut next = request.offset;
@@ -112,23 +119,18 @@ async fn read_messages(
         let span = span_len(shard, rest);
         let first = rest[0].commitlog_offset;
         let last = &rest[span - 1];
-        if last.size as usize > shard.store.max_record_bytes() {
-            return Reply::error(
-                Status::StoreError,
-                format!("consume-queue entry for queue offset {next} is corrupt: {last:?}"),
-            );
+        if last.size as usize > shard.store().max_record_bytes() {
+            return Err(ShardError::Unreadable(format!(
+                "consume-queue entry for queue offset {next} is corrupt: {last:?}"
+            )));
         }
-        let bytes = match shard
-            .store
+        let bytes = shard
+            .store()
             .read_span(
                 first,
                 last.commitlog_offset.saturating_add(last.size as u64),
             )
-            .await
-        {
-            Ok(b) => b,
-            Err(e) => return Reply::error(Status::StoreError, e.to_string()),
-        };
+            .await?;
         for entry in &rest[..span] {
             if encoder.count() > 0 && out.len() + entry.size as usize > max_bytes {
                 break 'spans;
@@ -142,13 +144,10 @@ async fn read_messages(
                     view
                 }
                 Ok(_) | Err(_) => {
-                    return Reply::error(
-                        Status::StoreError,
-                        format!(
-                            "record for queue offset {next} at commitlog offset {} is unreadable",
-                            entry.commitlog_offset
-                        ),
-                    )
+                    return Err(ShardError::Unreadable(format!(
+                        "record for queue offset {next} at commitlog offset {} is unreadable",
+                        entry.commitlog_offset
+                    )))
                 }
             };
             encoder.push(
@@ -167,16 +166,16 @@ async fn read_messages(
         rest = &rest[span..];
     }
     shard
-        .probe
+        .probe()
         .add(Counter::MessagesPulled, next - request.offset);
     encoder.finish(&mut out, next);
-    Reply::ok(out)
+    Ok(out)
 }
 
 /// How many of `entries` (at least one) one read can cover: same segment, within
 /// `MAX_PULL_SPAN_BYTES` of the first record's start.
-fn span_len(shard: &Shard, entries: &[CqEntry]) -> usize {
-    let segment = shard.store.segment_size_bytes();
+fn span_len<D: Disk>(shard: &Shard<D>, entries: &[CqEntry]) -> usize {
+    let segment = shard.store().segment_size_bytes();
     let first = entries[0].commitlog_offset;
     let limit = first + MAX_PULL_SPAN_BYTES;
     let same_segment = |offset: u64| offset / segment == first / segment;

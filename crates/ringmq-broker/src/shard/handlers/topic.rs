@@ -1,7 +1,7 @@
 //! Topic commands. Changes run on shard 0, which owns the topic table: it writes
 //! `topics.json` atomically, then every shard applies the new table before the reply.
 
-use super::{bad_request, body, route, topic_not_found, Route};
+use super::{body, route, Route};
 use crate::protocol::codec::DecodeError;
 use crate::protocol::message::{
     QueueRef, QueueStats, TopicCreate, TopicDelete, TopicDescribe, TopicDescription, TopicList,
@@ -9,7 +9,7 @@ use crate::protocol::message::{
 use crate::protocol::{Opcode, Status};
 use crate::shard::mesh::{Reply, ShardRequest};
 use crate::shard::topics::{topics_path, TopicTable};
-use crate::shard::Shard;
+use crate::shard::{Shard, ShardError};
 use crate::store::io::Disk;
 use crate::store::QueueKey;
 use std::rc::Rc;
@@ -19,44 +19,46 @@ use tracing::info;
 /// Shard that owns the topic table.
 const METADATA_SHARD: usize = 0;
 
-fn refuse_on_slave(shard: &Shard) -> Option<Reply> {
-    (!shard.role.get().is_master()).then(|| {
-        Reply::error(
-            Status::NotMaster,
-            "topics are changed on the master; this slave copies them",
-        )
-    })
+fn refuse_on_slave<D: Disk>(shard: &Shard<D>) -> Result<(), ShardError> {
+    if shard.is_master() {
+        return Ok(());
+    }
+    Err(ShardError::NotMaster(
+        "topics are changed on the master; this slave copies them".to_string(),
+    ))
+}
+
+/// How a topic-table change ended on this shard.
+enum Changed<R> {
+    /// Run on shard 0; its answer is to be sent as it is.
+    Forwarded(Reply),
+    /// Applied everywhere; the decoded request.
+    Applied(R),
 }
 
 /// Runs a topic-table change: refused on a slave, forwarded to shard 0 from other shards,
 /// then on shard 0, under the metadata gate, `change` computes the new table from the current
-/// one and it is published. `Err` carries the reply to send as it is (a forwarded answer or an
-/// error); `Ok` the decoded request once the change is applied everywhere.
-async fn change_topics<R>(
-    shard: &Rc<Shard>,
+/// one and it is published.
+async fn change_topics<R, D: Disk>(
+    shard: &Rc<Shard<D>>,
     opcode: Opcode,
     raw: &[u8],
     decode: fn(&[u8]) -> Result<R, DecodeError>,
-    change: impl FnOnce(&TopicTable, &R) -> Result<TopicTable, Reply>,
-) -> Result<R, Reply> {
-    if let Some(reply) = refuse_on_slave(shard) {
-        return Err(reply);
+    change: impl FnOnce(&TopicTable, &R) -> Result<TopicTable, ShardError>,
+) -> Result<Changed<R>, ShardError> {
+    refuse_on_slave(shard)?;
+    if shard.id() != METADATA_SHARD {
+        let reply = shard.forward(METADATA_SHARD, opcode, raw.to_vec()).await;
+        return Ok(Changed::Forwarded(reply));
     }
-    if shard.id != METADATA_SHARD {
-        return Err(shard.forward(METADATA_SHARD, opcode, raw.to_vec()).await);
-    }
-    let request = decode(raw).map_err(bad_request)?;
-    let _gate = shard
-        .metadata_gate
-        .acquire_permit(1)
-        .await
-        .map_err(|e| Reply::error(Status::Internal, e.to_string()))?;
+    let request = decode(raw)?;
+    let _gate = shard.metadata().lock().await;
     let table = change(&shard.topic_table(), &request)?;
     publish(shard, table).await?;
-    Ok(request)
+    Ok(Changed::Applied(request))
 }
 
-pub async fn create(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
+pub async fn create<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
     let changed = change_topics(
         shard,
         Opcode::TopicCreate,
@@ -64,31 +66,27 @@ pub async fn create(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
         TopicCreate::decode,
         |current, request| {
             if current.topics.contains_key(&request.name) {
-                return Err(Reply::error(
-                    Status::TopicExists,
-                    format!("topic `{}` already exists", request.name),
-                ));
+                return Err(ShardError::TopicExists(request.name.to_string()));
             }
             current
-                .with_topic(&request.name, request.queue_count, shard.shard_count)
+                .with_topic(&request.name, request.queue_count, shard.shard_count())
                 .map(|(table, _)| table)
-                .map_err(|message| Reply::error(Status::InvalidName, message))
         },
     )
-    .await;
+    .await?;
     let request = match changed {
-        Ok(request) => request,
-        Err(reply) => return reply,
+        Changed::Applied(request) => request,
+        Changed::Forwarded(reply) => return Ok(reply),
     };
     info!(topic = %request.name, queues = request.queue_count, "topic created");
     let info = shard
         .topic(&request.name)
-        .expect("topic just published")
+        .ok_or_else(|| ShardError::Internal(format!("topic `{}` vanished", request.name)))?
         .info(&request.name);
-    Reply::ok(body(|out| info.encode(out)))
+    Ok(Reply::ok(body(|out| info.encode(out))))
 }
 
-pub async fn delete(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
+pub async fn delete<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
     let changed = change_topics(
         shard,
         Opcode::TopicDelete,
@@ -96,29 +94,29 @@ pub async fn delete(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
         TopicDelete::decode,
         |current, request| {
             if !current.topics.contains_key(&request.name) {
-                return Err(topic_not_found(&request.name));
+                return Err(ShardError::TopicNotFound(request.name.clone()));
             }
             Ok(current.without_topic(&request.name))
         },
     )
-    .await;
+    .await?;
     match changed {
-        Ok(request) => {
+        Changed::Applied(request) => {
             info!(topic = %request.name, "topic deleted");
-            Reply::ok(Vec::new())
+            Ok(Reply::ok(Vec::new()))
         }
-        Err(reply) => reply,
+        Changed::Forwarded(reply) => Ok(reply),
     }
 }
 
 /// Makes a new table durable, then applies it on every shard (this one last).
-pub async fn publish(shard: &Rc<Shard>, table: TopicTable) -> Result<(), Reply> {
-    let path = topics_path(&shard.config.store_dir);
+pub async fn publish<D: Disk>(shard: &Rc<Shard<D>>, table: TopicTable) -> Result<(), ShardError> {
+    let path = topics_path(&shard.config().store_dir);
     shard
-        .disk
+        .disk()
         .write_atomic(&path, table.to_json())
         .await
-        .map_err(|e| Reply::error(Status::StoreError, format!("{}: {e}", path.display())))?;
+        .map_err(|e| ShardError::Metadata(format!("{}: {e}", path.display())))?;
     let table = Arc::new(table);
     let outcomes = shard
         .ask_others(|reply| ShardRequest::ApplyTopics {
@@ -126,30 +124,22 @@ pub async fn publish(shard: &Rc<Shard>, table: TopicTable) -> Result<(), Reply> 
             reply,
         })
         .await?;
-    if let Some(Err(message)) = outcomes.into_iter().find(|o| o.is_err()) {
-        return Err(Reply::error(Status::StoreError, message));
-    }
-    shard
-        .apply_topics(table)
-        .await
-        .map_err(|message| Reply::error(Status::StoreError, message))
+    outcomes.into_iter().collect::<Result<Vec<()>, _>>()?;
+    shard.apply_topics(table).await
 }
 
-pub fn list(shard: &Shard) -> Reply {
+pub fn list<D: Disk>(shard: &Shard<D>) -> Reply {
     let list = TopicList {
         topics: shard.topic_table().infos(),
     };
     Reply::ok(body(|out| list.encode(out)))
 }
 
-pub async fn describe(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
-    let request = match TopicDescribe::decode(raw) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
-    let Some(entry) = shard.topic(&request.name) else {
-        return topic_not_found(&request.name);
-    };
+pub async fn describe<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
+    let request = TopicDescribe::decode(raw)?;
+    let entry = shard
+        .topic(&request.name)
+        .ok_or_else(|| ShardError::TopicNotFound(request.name.clone()))?;
     let mut queues = Vec::with_capacity(entry.queue_shards.len());
     for queue in 0..entry.queue_count() {
         let mut stats_body = Vec::new();
@@ -158,52 +148,45 @@ pub async fn describe(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
             queue,
         }
         .encode(&mut stats_body);
-        let reply = queue_stats(shard, &stats_body).await;
+        let reply = queue_stats(shard, &stats_body).await?;
         if reply.status != Status::Ok {
-            return reply;
+            return Ok(reply);
         }
-        match QueueStats::decode(&reply.body) {
-            Ok(stats) => queues.push(stats),
-            Err(e) => return Reply::error(Status::Internal, e.to_string()),
-        }
+        let stats = QueueStats::decode(&reply.body)
+            .map_err(|e| ShardError::Internal(format!("a shard's queue stats: {e}")))?;
+        queues.push(stats);
     }
     let description = TopicDescription {
         topic: entry.info(&request.name),
         queues,
     };
-    Reply::ok(body(|out| description.encode(out)))
+    Ok(Reply::ok(body(|out| description.encode(out))))
 }
 
-pub async fn queue_stats(shard: &Rc<Shard>, raw: &[u8]) -> Reply {
-    let request = match QueueRef::decode(raw) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
-    let topic_id = match route(shard, &request.topic, request.queue) {
-        Ok(Route::Local { topic_id, .. }) => topic_id,
-        Ok(Route::Remote(owner)) => {
-            return Box::pin(shard.forward(owner, Opcode::QueueStats, raw.to_vec())).await
+pub async fn queue_stats<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
+    let request = QueueRef::decode(raw)?;
+    let topic_id = match route(shard, &request.topic, request.queue)? {
+        Route::Local { topic_id, .. } => topic_id,
+        Route::Remote(owner) => {
+            return Ok(Box::pin(shard.forward(owner, Opcode::QueueStats, raw.to_vec())).await)
         }
-        Err(reply) => return reply,
     };
     let key = QueueKey {
         topic_id,
         queue: request.queue,
     };
-    let Some((min_offset, _)) = shard.store.queue_range(key) else {
-        return Reply::error(
-            Status::QueueNotFound,
-            "queue is not registered on its shard",
-        );
-    };
+    let (min_offset, _) = shard
+        .store()
+        .queue_range(key)
+        .ok_or_else(super::unregistered_queue)?;
     let stats = QueueStats {
         queue: request.queue,
-        shard: shard.id as u16,
+        shard: shard.id() as u16,
         min_offset,
         max_offset: shard
-            .store
+            .store()
             .visible_end(key, shard.confirmed_offset())
             .unwrap_or(min_offset),
     };
-    Reply::ok(body(|out| stats.encode(out)))
+    Ok(Reply::ok(body(|out| stats.encode(out))))
 }
