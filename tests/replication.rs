@@ -1527,3 +1527,84 @@ fn demote_then_promote_back_at_runtime() {
     assert!(bodies.iter().all(|b| !b.starts_with("divergent")));
     assert!(a.broker.stop() && b.broker.stop());
 }
+
+/// A metadata frame the slave cannot decode or apply is skipped, not a reason to drop the
+/// link: the log must keep replicating whatever the metadata does. The fake master sends
+/// garbage and a table naming a shard the slave lacks before a good table, on the same link.
+#[test]
+fn a_bad_metadata_frame_is_skipped_and_the_link_stays() {
+    use ringmq::replication::protocol::{encode_heartbeat, MetadataFrame, Welcome, KIND_METADATA};
+    use ringmq::shard::topics::TopicTable;
+    let fake = FakeMaster::bind();
+    let slave = start_node("SLAVE", "SYNC_FLUSH", Some(&fake.ports), "");
+    let (good, _) = TopicTable::default()
+        .with_topic("kept", 2, 2)
+        .expect("a valid topic");
+    let mut beyond = good.clone();
+    beyond.topics.get_mut("kept").unwrap().queue_shards = vec![0, 7];
+    let mut links = Vec::new();
+    for _ in 0..2 {
+        let (mut link, hello) = fake.accept();
+        let mut answer = Vec::new();
+        Welcome {
+            log_id: [5; 16],
+            epochs: vec![(1, 0)],
+            truncate_to: u64::MAX,
+        }
+        .encode(&mut answer);
+        link.write_all(&answer).unwrap();
+        if hello.shard == 0 {
+            // A body that is no metadata frame, then one that decodes but cannot be applied.
+            link.write_all(&[KIND_METADATA, 3, 0, 0, 0, 1, 2, 3])
+                .unwrap();
+            let frame = MetadataFrame {
+                version: 1,
+                topics: Some(beyond.clone()),
+                group_offsets: Vec::new(),
+            };
+            link.write_all(&frame.encode()).unwrap();
+            let frame = MetadataFrame {
+                version: 2,
+                topics: Some(good.clone()),
+                group_offsets: Vec::new(),
+            };
+            link.write_all(&frame.encode()).unwrap();
+        }
+        links.push(link);
+    }
+    let beating = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let heart = {
+        let beating = beating.clone();
+        thread::spawn(move || {
+            while beating.load(std::sync::atomic::Ordering::Relaxed) {
+                for link in &mut links {
+                    let _ = link.write_all(&encode_heartbeat(0, 0));
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    wait_topic(&slave.broker, "kept");
+    let log = slave.broker.log();
+    assert_eq!(
+        log.matches("skipped a metadata frame").count(),
+        2,
+        "both bad frames are logged as skipped"
+    );
+    fake.listener.set_nonblocking(true).unwrap();
+    assert!(
+        matches!(fake.listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the slave reconnected: a bad metadata frame dropped its link"
+    );
+    let stats = Client::connect(&slave.broker.addr)
+        .unwrap()
+        .call(&StatsRequest {})
+        .unwrap();
+    assert_eq!(
+        stats.counters["replication_metadata_errors_total"], 2,
+        "{:?}",
+        stats.counters
+    );
+    beating.store(false, std::sync::atomic::Ordering::Relaxed);
+    heart.join().unwrap();
+}
