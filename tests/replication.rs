@@ -1122,6 +1122,7 @@ fn a_slave_of_another_protocol_version_is_refused_naming_both_versions() {
         broker_name: "broker-a".into(),
     }
     .encode(&mut hello);
+    let current = hello.clone();
     // Length prefix, magic, then the version.
     let old = HA_VERSION - 1;
     hello[8..10].copy_from_slice(&old.to_le_bytes());
@@ -1145,7 +1146,22 @@ fn a_slave_of_another_protocol_version_is_refused_naming_both_versions() {
         Ok(0),
         "the master closes the link after refusing"
     );
-    assert!(status(&master.broker).unwrap().shards[0].slaves.is_empty());
+    // The same hello in this version is taken, and it is the only slave the master lists:
+    // the refused one never became a link.
+    let mut accepted = std::net::TcpStream::connect(&master.broker.ha).unwrap();
+    accepted
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    accepted.write_all(&current).unwrap();
+    accepted.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    accepted.read_exact(&mut body).unwrap();
+    Welcome::decode(&body).expect("a slave of this version is welcomed");
+    let peer = accepted.local_addr().unwrap().to_string();
+    wait_until(CATCH_UP, "the accepted slave listed alone", || {
+        let slaves = &status(&master.broker)?.shards[0].slaves;
+        (slaves.len() == 1 && slaves[0].peer == peer).then_some(())
+    });
 }
 
 /// A master impersonated by the test on an HA port, with no client port anywhere: what a
@@ -1218,16 +1234,20 @@ fn metadata_arrives_on_the_replication_link_alone() {
             group_offsets,
         };
         link.write_all(&frame.encode()).unwrap();
-        links.push(link);
+        links.push((link, frame.encode()));
     }
-    // Heartbeats keep both links inside the slave's link timeout while the test looks.
+    // Heartbeats keep both links inside the slave's link timeout while the test looks, and the
+    // metadata goes again with each, as a master resends it every sync interval: a slave
+    // shard drops rows of a topic its table does not hold yet, and the table travels on shard
+    // 0's link, in no order with shard 1's.
     let beating = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let heart = {
         let beating = beating.clone();
         thread::spawn(move || {
             while beating.load(std::sync::atomic::Ordering::Relaxed) {
-                for link in &mut links {
+                for (link, frame) in &mut links {
                     let _ = link.write_all(&encode_heartbeat(0, 0));
+                    let _ = link.write_all(frame);
                 }
                 thread::sleep(Duration::from_millis(100));
             }
@@ -1331,6 +1351,79 @@ fn sigterm_answers_producers_waiting_for_a_stalled_slave() {
         );
     }
     assert!(master.broker.stop(), "clean exit after SIGTERM");
+}
+
+/// Group commits in a tight loop (each one moves the master shard's metadata version) while a
+/// SYNC_MASTER producer waits for its slave: the slave's log must keep up, so every produce is
+/// answered OK well within the replica timeout. Offsets go on many groups so each metadata
+/// frame is large, as it would be in a busy broker.
+#[test]
+fn offset_commits_in_a_loop_do_not_starve_log_shipping() {
+    let commit = |group: &str, offset: u64| GroupCommit {
+        group: group.into(),
+        topic: "busy".into(),
+        queue: 0,
+        offset,
+    };
+    let master = start_node("SYNC_MASTER", "ASYNC_FLUSH", None, "");
+    let slave = start_node("SLAVE", "ASYNC_FLUSH", Some(&master.ports), "");
+    let mut client = master.broker.client();
+    client.create_topic("busy", 2).unwrap();
+    wait_topic(&slave.broker, "busy");
+    for group in 0..500 {
+        client.call(&commit(&format!("group-{group}"), 1)).unwrap();
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let committers: Vec<_> = (0..3)
+        .map(|c| {
+            let addr = master.broker.addr.clone();
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut client = Client::connect(&addr).unwrap();
+                let mut commits = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let group = format!("group-{}", (commits * 3 + c) % 500);
+                    client.call(&commit(&group, commits)).unwrap();
+                    commits += 1;
+                }
+                commits
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    let producing = Instant::now();
+    let mut produced = 0;
+    while producing.elapsed() < Duration::from_secs(2) {
+        let i = produced;
+        produced += 1;
+        let body = format!("while committing {i}");
+        let started = Instant::now();
+        let r = client
+            .produce("busy", Some(0), &[message(body.as_bytes())])
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!(r.status, Status::Ok, "produce {i} after {took:?}");
+        slowest = slowest.max(took);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let commits: u64 = committers.into_iter().map(|c| c.join().unwrap()).sum();
+    assert!(commits > 0);
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "the slowest SYNC_MASTER produce took {slowest:?} with {commits} commits beside it"
+    );
+    println!("{commits} commits beside {produced} produces, slowest {slowest:?}");
+    // Coalescing delays a change, never drops it: the last commit reaches the slave.
+    client.call(&commit("group-0", 1_000_000)).unwrap();
+    wait_until(CATCH_UP, "the last commit on the slave", || {
+        let mut c = Client::connect(&slave.broker.addr).ok()?;
+        let fetch = GroupFetch {
+            group: "group-0".into(),
+            topic: "busy".into(),
+            queue: 0,
+        };
+        (c.call(&fetch).ok()?.offset == Some(1_000_000)).then_some(())
+    });
 }
 
 /// Roles change at runtime, with no restart: a slave is promoted while its old master keeps
@@ -1510,4 +1603,85 @@ fn a_second_slave_follows_the_new_master_after_a_failover() {
         "c held nothing b lacks: nothing to cut"
     );
     assert!(b.broker.stop() && c.broker.stop());
+}
+
+/// A metadata frame the slave cannot decode or apply is skipped, not a reason to drop the
+/// link: the log must keep replicating whatever the metadata does. The fake master sends
+/// garbage and a table naming a shard the slave lacks before a good table, on the same link.
+#[test]
+fn a_bad_metadata_frame_is_skipped_and_the_link_stays() {
+    use ringmq::replication::protocol::{encode_heartbeat, MetadataFrame, Welcome, KIND_METADATA};
+    use ringmq::shard::topics::TopicTable;
+    let fake = FakeMaster::bind();
+    let slave = start_node("SLAVE", "SYNC_FLUSH", Some(&fake.ports), "");
+    let (good, _) = TopicTable::default()
+        .with_topic("kept", 2, 2)
+        .expect("a valid topic");
+    let mut beyond = good.clone();
+    beyond.topics.get_mut("kept").unwrap().queue_shards = vec![0, 7];
+    let mut links = Vec::new();
+    for _ in 0..2 {
+        let (mut link, hello) = fake.accept();
+        let mut answer = Vec::new();
+        Welcome {
+            log_id: [5; 16],
+            epochs: vec![(1, 0)],
+            truncate_to: u64::MAX,
+        }
+        .encode(&mut answer);
+        link.write_all(&answer).unwrap();
+        if hello.shard == 0 {
+            // A body that is no metadata frame, then one that decodes but cannot be applied.
+            link.write_all(&[KIND_METADATA, 3, 0, 0, 0, 1, 2, 3])
+                .unwrap();
+            let frame = MetadataFrame {
+                version: 1,
+                topics: Some(beyond.clone()),
+                group_offsets: Vec::new(),
+            };
+            link.write_all(&frame.encode()).unwrap();
+            let frame = MetadataFrame {
+                version: 2,
+                topics: Some(good.clone()),
+                group_offsets: Vec::new(),
+            };
+            link.write_all(&frame.encode()).unwrap();
+        }
+        links.push(link);
+    }
+    let beating = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let heart = {
+        let beating = beating.clone();
+        thread::spawn(move || {
+            while beating.load(std::sync::atomic::Ordering::Relaxed) {
+                for link in &mut links {
+                    let _ = link.write_all(&encode_heartbeat(0, 0));
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    wait_topic(&slave.broker, "kept");
+    let log = slave.broker.log();
+    assert_eq!(
+        log.matches("skipped a metadata frame").count(),
+        2,
+        "both bad frames are logged as skipped"
+    );
+    fake.listener.set_nonblocking(true).unwrap();
+    assert!(
+        matches!(fake.listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the slave reconnected: a bad metadata frame dropped its link"
+    );
+    let stats = Client::connect(&slave.broker.addr)
+        .unwrap()
+        .call(&StatsRequest {})
+        .unwrap();
+    assert_eq!(
+        stats.counters["replication_metadata_errors_total"], 2,
+        "{:?}",
+        stats.counters
+    );
+    beating.store(false, std::sync::atomic::Ordering::Relaxed);
+    heart.join().unwrap();
 }

@@ -38,10 +38,11 @@ pub enum Counter {
     ReplicationSplicedBytes,
     ReplicationCopiedBytes,
     ReplicationReceivedBytes,
+    ReplicationMetadataErrors,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 15] = [
+    pub const ALL: [Counter; 16] = [
         Counter::ProduceRequests,
         Counter::MessagesAppended,
         Counter::BytesAppended,
@@ -57,6 +58,7 @@ impl Counter {
         Counter::ReplicationSplicedBytes,
         Counter::ReplicationCopiedBytes,
         Counter::ReplicationReceivedBytes,
+        Counter::ReplicationMetadataErrors,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -75,6 +77,7 @@ impl Counter {
             Counter::ReplicationSplicedBytes => "replication_spliced_bytes_total",
             Counter::ReplicationCopiedBytes => "replication_copied_bytes_total",
             Counter::ReplicationReceivedBytes => "replication_received_bytes_total",
+            Counter::ReplicationMetadataErrors => "replication_metadata_errors_total",
         }
     }
     pub fn help(self) -> &'static str {
@@ -98,6 +101,9 @@ impl Counter {
                 "Shipped bytes the master copied in user space (goal: 0)."
             }
             Counter::ReplicationReceivedBytes => "Commitlog bytes a slave received.",
+            Counter::ReplicationMetadataErrors => {
+                "Metadata frames a slave could not apply or a master would not send (log keeps flowing)."
+            }
         }
     }
 }

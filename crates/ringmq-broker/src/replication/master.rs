@@ -387,9 +387,7 @@ async fn ship<D: Disk>(
     let mut sent = start;
     let mut last_sent_at = clock.now();
     let mut confirmed_sent = 0u64;
-    // (version, when) of the last metadata frame; none yet, so the first one goes out before
-    // any log bytes.
-    let mut metadata_sent: Option<(u64, Instant)> = None;
+    let mut metadata = MetadataPacing::new(heartbeat, metadata_every);
     while !closed.get() {
         // A demotion (or a demotion and a promotion back) ends this term: its links stop.
         if !shard.replicas().is_some_and(|r| Rc::ptr_eq(&r, replicas)) {
@@ -397,25 +395,20 @@ async fn ship<D: Disk>(
                 "this shard is no longer the master that accepted the link".to_string(),
             ));
         }
-        let now = clock.now();
         let version = shard.metadata().version();
-        if metadata_sent.is_none_or(|(v, at)| {
-            v != version || now.saturating_duration_since(at) >= metadata_every
-        }) {
+        if metadata.due(version, clock.now()) {
             send_metadata(shard, stream, version).await?;
-            metadata_sent = Some((version, clock.now()));
+            metadata.sent(version, clock.now());
             last_sent_at = clock.now();
             continue;
         }
         let max = shard.store().max_offset();
         if sent < max {
             confirmed_sent = shard.confirmed_offset();
-            sent += ship_chunk(shard, &mut shipper, stream, sent, max).await?;
-            // Frames go out in log order, each where the last ended, never past the log's end.
-            debug_assert!(
-                sent <= max,
-                "shipped up to {sent}, past the log's end {max}"
-            );
+            let shipped = ship_chunk(shard, &mut shipper, stream, sent, max).await?;
+            // A frame of no bytes would loop here forever without moving the link.
+            debug_assert!(shipped > 0, "an empty data frame at {sent} (log end {max})");
+            sent += shipped;
             last_sent_at = clock.now();
             continue;
         }
@@ -433,16 +426,65 @@ async fn ship<D: Disk>(
             last_sent_at = clock.now();
             continue;
         }
-        // Topic and group-offset changes bump the metadata version, which wakes this too.
-        shard
-            .wait_replication_news(heartbeat.saturating_sub(since_sent))
-            .await;
+        // Topic and group-offset changes bump the metadata version, which wakes this too; a
+        // change that came too soon after the last metadata frame waits for its turn.
+        let mut wait = heartbeat.saturating_sub(since_sent);
+        if let Some(turn) = metadata.wait(version, clock.now()) {
+            wait = wait.min(turn);
+        }
+        shard.wait_replication_news(wait).await;
     }
     Ok(())
 }
 
+/// When a shipper sends metadata. The first frame goes out before any log bytes; then a full
+/// snapshot every `every`, and a change (every group commit is one) at most once per
+/// `heartbeat`: changes coalesce, so commits in a tight loop cost one frame per heartbeat
+/// interval and the log keeps flowing between them.
+struct MetadataPacing {
+    heartbeat: Duration,
+    every: Duration,
+    /// (version, when) of the last metadata frame.
+    sent: Option<(u64, Instant)>,
+}
+
+impl MetadataPacing {
+    fn new(heartbeat: Duration, every: Duration) -> MetadataPacing {
+        MetadataPacing {
+            heartbeat,
+            every,
+            sent: None,
+        }
+    }
+
+    /// Whether a frame for `version` should go out at `now`.
+    fn due(&self, version: u64, now: Instant) -> bool {
+        self.wait(version, now) == Some(Duration::ZERO)
+            || self
+                .sent
+                .is_some_and(|(_, at)| now.saturating_duration_since(at) >= self.every)
+    }
+
+    /// How long until a frame for `version` is due, `None` when only the periodic snapshot is.
+    fn wait(&self, version: u64, now: Instant) -> Option<Duration> {
+        match self.sent {
+            None => Some(Duration::ZERO),
+            Some((v, _)) if v == version => None,
+            Some((_, at)) => Some(
+                self.heartbeat
+                    .saturating_sub(now.saturating_duration_since(at)),
+            ),
+        }
+    }
+
+    fn sent(&mut self, version: u64, at: Instant) {
+        self.sent = Some((version, at));
+    }
+}
+
 /// Sends this shard's metadata as of `version`: the topic table from shard 0 (every shard
 /// holds the same table, one copy is enough), and the group offsets of this shard's queues.
+/// A snapshot over [`MAX_METADATA_BYTES`] is counted and logged, not sent.
 async fn send_metadata<D: Disk>(
     shard: &Shard<D>,
     stream: &mut TcpStream,
@@ -456,11 +498,16 @@ async fn send_metadata<D: Disk>(
     .encode();
     let len = frame.len() - METADATA_HEADER_BYTES;
     if len > MAX_METADATA_BYTES {
-        return Err(ReplicationError::TooLarge {
-            what: "metadata frame",
+        // The slave would skip it; the log matters more than this snapshot, so keep the link
+        // and say why the slave's metadata stays behind.
+        shard.probe().add(Counter::ReplicationMetadataErrors, 1);
+        warn!(
+            shard = shard.id(),
             len,
-            max: MAX_METADATA_BYTES,
-        });
+            max = MAX_METADATA_BYTES,
+            "not sending a metadata snapshot larger than a slave accepts; log shipping goes on"
+        );
+        return Ok(());
     }
     stream
         .write_all(&frame)
@@ -566,4 +613,49 @@ async fn send_tail<D: Disk>(
             .map_err(|e| ReplicationError::io("sending the log tail", e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MetadataPacing;
+    use std::time::{Duration, Instant};
+
+    /// Group commits in a tight loop bump the metadata version before every frame; the
+    /// shipper must still spend nearly all its frames on the log.
+    #[test]
+    fn metadata_changes_coalesce_to_one_frame_per_heartbeat() {
+        let heartbeat = Duration::from_millis(100);
+        let mut pacing = MetadataPacing::new(heartbeat, Duration::from_secs(2));
+        let start = Instant::now();
+        let mut version = 0;
+        let mut metadata_frames = 0;
+        let mut data_frames = 0;
+        // One frame per millisecond for a second, a commit before each.
+        for ms in 0..1000 {
+            let now = start + Duration::from_millis(ms);
+            version += 1;
+            if pacing.due(version, now) {
+                pacing.sent(version, now);
+                metadata_frames += 1;
+            } else {
+                data_frames += 1;
+            }
+        }
+        assert!(
+            (10..=11).contains(&metadata_frames),
+            "{metadata_frames} metadata frames in 10 heartbeat intervals"
+        );
+        assert!(data_frames >= 989);
+        // A change is due a heartbeat after the last frame; no change waits for the snapshot.
+        let now = start + Duration::from_millis(5000);
+        pacing.sent(version, now);
+        assert_eq!(pacing.wait(version, now), None);
+        assert!(!pacing.due(version, now + Duration::from_millis(1999)));
+        assert!(pacing.due(version, now + Duration::from_secs(2)));
+        assert_eq!(
+            pacing.wait(version + 1, now + Duration::from_millis(30)),
+            Some(Duration::from_millis(70))
+        );
+        assert!(pacing.due(version + 1, now + heartbeat));
+    }
 }

@@ -382,6 +382,17 @@ impl MetadataFrame {
                         });
                     }
                 }
+                // As on a master: ids are handed out from next_topic_id up, once each, so a
+                // promoted slave never hands out an id a topic already has.
+                let mut ids = std::collections::BTreeSet::new();
+                for entry in topics.values() {
+                    if entry.topic_id >= next_topic_id || !ids.insert(entry.topic_id) {
+                        return Err(DecodeError::Invalid {
+                            field: "topic_id",
+                            reason: "topic ids must be unique and below next_topic_id",
+                        });
+                    }
+                }
                 Some(TopicTable {
                     next_topic_id,
                     topics,
@@ -456,6 +467,14 @@ pub fn next_shipped(
     if size < RECORD_HEADER_BYTES || size > segment_left {
         return Err(ReplicationError::Protocol(format!(
             "corrupt record size {size} at offset {at}"
+        )));
+    }
+    // The slave appends where its own log ends, which a segment tail the master skipped may
+    // leave behind the stream's position: a record must claim the position it arrived at.
+    let claimed = record::peek_commitlog_offset(rest).expect("a whole header");
+    if claimed != at {
+        return Err(ReplicationError::Protocol(format!(
+            "a record claims commitlog offset {claimed} but arrived at {at}"
         )));
     }
     Ok(if rest.len() < size {
@@ -636,6 +655,17 @@ mod tests {
         bad_name.group_offsets[0].group = "../etc".into();
         let bytes = bad_name.encode();
         assert!(MetadataFrame::decode(&bytes[METADATA_HEADER_BYTES..]).is_err());
+        let mut same_id = metadata();
+        let table = same_id.topics.as_mut().unwrap();
+        let orders = table.topics["orders"].topic_id;
+        table.topics.get_mut("audit").unwrap().topic_id = orders;
+        let bytes = same_id.encode();
+        assert!(MetadataFrame::decode(&bytes[METADATA_HEADER_BYTES..]).is_err());
+        let mut unissued_id = metadata();
+        let table = unissued_id.topics.as_mut().unwrap();
+        table.topics.get_mut("audit").unwrap().topic_id = table.next_topic_id;
+        let bytes = unissued_id.encode();
+        assert!(MetadataFrame::decode(&bytes[METADATA_HEADER_BYTES..]).is_err());
         let mut no_queues = metadata();
         let table = no_queues.topics.as_mut().unwrap();
         table.topics.get_mut("audit").unwrap().queue_shards.clear();
@@ -678,6 +708,9 @@ mod tests {
             next_shipped(&[0; 5], segment - 5, segment).ok(),
             Some(Shipped::SegmentTail(5))
         );
+        // A record that claims the offset before a skipped segment tail (where the slave's
+        // log still ends) is refused, not appended behind the stream's position.
+        assert!(next_shipped(&record, segment, segment).is_err());
         record[..4].copy_from_slice(&200u32.to_le_bytes());
         assert!(next_shipped(&record, segment - 150, segment).is_err());
     }

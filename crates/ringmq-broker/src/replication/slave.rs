@@ -17,6 +17,7 @@ use super::protocol::{
     MAX_HANDSHAKE_BYTES, MAX_METADATA_BYTES,
 };
 use crate::metrics::Counter;
+use crate::shard::groups::OffsetRow;
 use crate::shard::handlers::topic::publish;
 use crate::shard::role::SlaveLink;
 use crate::shard::Shard;
@@ -297,7 +298,7 @@ async fn receive<D: Disk>(
                 }
                 let at = pending.len();
                 pending.resize(at + len, 0);
-                with_timeout(timeout, reading, stream.read_exact(&mut pending[at..])).await?;
+                read_with_progress(stream, &mut pending[at..], timeout, reading).await?;
                 next_offset += len as u64;
                 shard
                     .probe()
@@ -310,28 +311,92 @@ async fn receive<D: Disk>(
                 shard.set_master_confirmed(link, confirmed_offset);
             }
             MasterFrame::Metadata { len } => {
+                // Metadata never stops the log: a frame this slave cannot hold, decode or apply
+                // is skipped with a warning (the framing stays intact, the body is consumed),
+                // and the master's next snapshot replaces it.
                 let len = len as usize;
                 if len > MAX_METADATA_BYTES {
-                    return Err(ReplicationError::TooLarge {
-                        what: "metadata frame",
-                        len,
-                        max: MAX_METADATA_BYTES,
-                    });
+                    skip_bytes(stream, len, timeout, reading).await?;
+                    metadata_failed(
+                        shard,
+                        ReplicationError::TooLarge {
+                            what: "metadata frame",
+                            len,
+                            max: MAX_METADATA_BYTES,
+                        },
+                    );
+                    continue;
                 }
                 let mut body = vec![0u8; len];
-                with_timeout(timeout, reading, stream.read_exact(&mut body)).await?;
-                let metadata = MetadataFrame::decode(&body)
-                    .map_err(ReplicationError::decode("metadata frame"))?;
-                apply_metadata(shard, metadata).await?;
+                read_with_progress(stream, &mut body, timeout, reading).await?;
+                let applied = match MetadataFrame::decode(&body) {
+                    Ok(metadata) => apply_metadata(shard, metadata).await,
+                    Err(e) => Err(ReplicationError::decode("metadata frame")(e)),
+                };
+                if let Err(e) = applied {
+                    metadata_failed(shard, e);
+                }
             }
         }
     }
 }
 
+/// Reads all of `buf`, failing only when the master sends nothing for `timeout`: a large body
+/// on a slow link takes as long as it takes while bytes keep arriving.
+async fn read_with_progress(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    timeout: Duration,
+    what: &'static str,
+) -> Result<(), ReplicationError> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = with_timeout(timeout, what, stream.read(&mut buf[done..])).await?;
+        if n == 0 {
+            return Err(ReplicationError::io(
+                what,
+                std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+            ));
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// Reads and drops `len` bytes (a frame body this slave will not hold), in bounded pieces.
+async fn skip_bytes(
+    stream: &mut TcpStream,
+    len: usize,
+    timeout: Duration,
+    what: &'static str,
+) -> Result<(), ReplicationError> {
+    let mut scratch = vec![0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let piece = left.min(scratch.len());
+        read_with_progress(stream, &mut scratch[..piece], timeout, what).await?;
+        left -= piece;
+    }
+    Ok(())
+}
+
+/// A metadata frame that could not be applied: counted and logged; the link goes on.
+fn metadata_failed<D: Disk>(shard: &Shard<D>, error: ReplicationError) {
+    shard.probe().add(Counter::ReplicationMetadataErrors, 1);
+    warn!(
+        shard = shard.id(),
+        "skipped a metadata frame from the master (the log keeps replicating): {error}"
+    );
+}
+
 /// Applies a master shard's metadata through the same paths as on a master: slave shard 0
 /// publishes a topic table that differs from its own (atomic write, then every shard applies
 /// it), and each slave shard takes the group offsets of the queues it owns, which are the
-/// queues its master shard owns. An error drops the link; the next handshake resends all.
+/// queues its master shard owns, replacing what it held (see
+/// [`GroupOffsets::apply_from_master`]). The caller logs an error and goes on; the master's
+/// next snapshot replaces this one.
+///
+/// [`GroupOffsets::apply_from_master`]: crate::shard::groups::GroupOffsets::apply_from_master
 pub async fn apply_metadata<D: Disk>(
     shard: &Rc<Shard<D>>,
     metadata: MetadataFrame,
@@ -355,9 +420,15 @@ pub async fn apply_metadata<D: Disk>(
         }
         if *shard.topic_table() != table {
             let topics = table.topics.len();
-            publish(shard, table)
+            // A role change ends the link by dropping its future; a publish cut off between
+            // the other shards' apply and this shard's would leave this shard's next topic id
+            // behind theirs. A detached task runs to the end whatever becomes of the link.
+            let publisher = shard.clone();
+            let published = spawn_local(async move { publish(&publisher, table).await })
+                .detach()
                 .await
-                .map_err(|e| ReplicationError::Metadata(e.to_string()))?;
+                .ok_or_else(|| ReplicationError::Metadata("the publish task was lost".into()))?;
+            published.map_err(|e| ReplicationError::Metadata(e.to_string()))?;
             info!(
                 shard = shard.id(),
                 topics,
@@ -366,14 +437,21 @@ pub async fn apply_metadata<D: Disk>(
             );
         }
     }
-    if !metadata.group_offsets.is_empty() {
-        shard
-            .metadata()
-            .groups()
-            .apply_from_master(metadata.group_offsets)
-            .await
-            .map_err(|e| ReplicationError::Metadata(e.to_string()))?;
-    }
+    let table = shard.topic_table();
+    let own = shard.id() as u16;
+    let keep = |row: &OffsetRow| {
+        table
+            .topics
+            .get(&row.topic)
+            .and_then(|t| t.queue_shards.get(row.queue as usize))
+            == Some(&own)
+    };
+    shard
+        .metadata()
+        .groups()
+        .apply_from_master(metadata.group_offsets, keep)
+        .await
+        .map_err(|e| ReplicationError::Metadata(e.to_string()))?;
     Ok(())
 }
 
@@ -446,6 +524,11 @@ async fn append<D: Disk>(
     // a whole link timeout, the link is dropped and resumes from the slave's end later.
     let deadline =
         shard.clock().now() + std::time::Duration::from_millis(shard.config().ha_link_timeout_ms);
+    // A topic id below the next one that the table no longer holds was deleted here while
+    // the master's records of it were still on their way: they go into the log unindexed.
+    let table = shard.topic_table();
+    let deleted =
+        |id: u32| id < table.next_topic_id && !table.topics.values().any(|t| t.topic_id == id);
     // Checked again inside: the wait for buffer space may outlast the link.
     let appended = shard
         .append_waiting(deadline, || {
@@ -455,7 +538,9 @@ async fn append<D: Disk>(
                     waiting_for: "a link that is current (it was stopped)",
                 });
             }
-            shard.store().append_replicated(bytes)
+            shard
+                .store()
+                .append_replicated_unless_deleted(bytes, deleted)
         })
         .await
         .map_err(|e| ReplicationError::Store(e.to_string()))?;

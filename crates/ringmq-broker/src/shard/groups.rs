@@ -100,19 +100,26 @@ impl<D: Disk> GroupOffsets<D> {
             .collect()
     }
 
-    /// Slave: takes the master's offsets for these queues (the master is the authority).
-    pub async fn apply_from_master(&self, rows: Vec<OffsetRow>) -> Result<(), ShardError> {
-        let mut changed = false;
-        {
-            let mut offsets = self.offsets.borrow_mut();
-            for row in rows {
-                let previous = offsets.insert((row.group, row.topic, row.queue), row.offset);
-                changed |= previous != Some(row.offset);
-            }
-        }
-        if !changed {
+    /// Slave: takes the master shard's offsets. A frame carries every row of the queues that
+    /// master shard owns, which are the queues this shard owns, so it replaces this shard's
+    /// rows outright: a row the master dropped (its topic was deleted) goes here too, whatever
+    /// order the links deliver frames in. Rows `keep` refuses (a topic this shard's table does
+    /// not hold, a queue it does not own) are left out; the master resends its rows every sync
+    /// interval, so a row whose topic arrives later comes with a later frame.
+    pub async fn apply_from_master(
+        &self,
+        rows: Vec<OffsetRow>,
+        keep: impl Fn(&OffsetRow) -> bool,
+    ) -> Result<(), ShardError> {
+        let rows: BTreeMap<(String, String, u32), u64> = rows
+            .into_iter()
+            .filter(|row| keep(row))
+            .map(|r| ((r.group, r.topic, r.queue), r.offset))
+            .collect();
+        if *self.offsets.borrow() == rows {
             return Ok(());
         }
+        *self.offsets.borrow_mut() = rows;
         self.version.set(self.version.get() + 1);
         self.persist(self.version.get()).await
     }
@@ -142,5 +149,61 @@ impl<D: Disk> GroupOffsets<D> {
             .map_err(|e| ShardError::Metadata(format!("{}: {e}", self.path.display())))?;
         self.persisted_version.set(version);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{GroupOffsets, OffsetRow};
+    use crate::testing::SimDisk;
+    use futures_lite::future::block_on;
+    use std::path::PathBuf;
+
+    fn row(topic: &str, queue: u32, offset: u64) -> OffsetRow {
+        OffsetRow {
+            group: "readers".into(),
+            topic: topic.into(),
+            queue,
+            offset,
+        }
+    }
+
+    /// A lagging link delivers a frame from before a topic's deletion after the deletion
+    /// reached this shard: its rows must not come back, and a later frame must clear what an
+    /// earlier one held.
+    #[test]
+    fn a_master_frame_replaces_the_rows_and_skips_topics_this_shard_lacks() {
+        block_on(async {
+            let disk = SimDisk::new();
+            let path = PathBuf::from("/groups.json");
+            let groups = GroupOffsets::load(disk.clone(), path.clone())
+                .await
+                .unwrap();
+            let known = |r: &OffsetRow| r.topic == "orders";
+            groups
+                .apply_from_master(vec![row("orders", 0, 5), row("orders", 1, 9)], known)
+                .await
+                .unwrap();
+            assert_eq!(groups.get("readers", "orders", 1), Some(9));
+            // "gone" was deleted here before this older frame arrived.
+            groups
+                .apply_from_master(vec![row("orders", 0, 6), row("gone", 0, 40)], known)
+                .await
+                .unwrap();
+            assert_eq!(groups.get("readers", "gone", 0), None);
+            assert_eq!(groups.get("readers", "orders", 0), Some(6));
+            assert_eq!(
+                groups.get("readers", "orders", 1),
+                None,
+                "a row the master no longer sends stays on the slave"
+            );
+            groups.apply_from_master(Vec::new(), known).await.unwrap();
+            assert!(groups.all_rows().is_empty());
+            let reloaded = GroupOffsets::load(disk, path).await.unwrap();
+            assert!(
+                reloaded.all_rows().is_empty(),
+                "the replacement was not persisted"
+            );
+        });
     }
 }

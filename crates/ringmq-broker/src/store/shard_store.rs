@@ -442,6 +442,19 @@ impl<D: Disk> ShardStore<D> {
     /// queue offset of its queue; a queue not yet known here (its topic is still being
     /// synced) is registered on the spot. Nothing is appended when a check fails.
     pub fn append_replicated(&self, bytes: &[u8]) -> Result<Appended, AppendError> {
+        self.append_replicated_unless_deleted(bytes, |_| false)
+    }
+
+    /// [`ShardStore::append_replicated`], except that a record of a topic id `deleted` names
+    /// goes into the log (where the master has it) without a consume-queue entry: a slave
+    /// that already dropped a deleted topic's queues still receives the records the master
+    /// wrote before the deletion, and registering them afresh would fail the queue-offset check
+    /// on every reconnect.
+    pub fn append_replicated_unless_deleted(
+        &self,
+        bytes: &[u8],
+        deleted: impl Fn(u32) -> bool,
+    ) -> Result<Appended, AppendError> {
         let Some(claimed) = record::peek_commitlog_offset(bytes) else {
             return Err(AppendError::Diverged(format!(
                 "{} bytes is not a record",
@@ -469,17 +482,30 @@ impl<D: Disk> ShardStore<D> {
             topic_id: view.topic_id,
             queue: view.queue_id,
         };
+        if deleted(key.topic_id) {
+            let commitlog_offset = self
+                .log
+                .append(bytes.len(), |_, out| out.copy_from_slice(bytes))?;
+            debug_assert_eq!(commitlog_offset, claimed);
+            return Ok(Appended {
+                queue: key,
+                queue_offset: view.queue_offset,
+                commitlog_offset,
+                end_offset: commitlog_offset + bytes.len() as u64,
+            });
+        }
         let mut queues = self.queues.borrow_mut();
-        let state = queues.entry(key).or_default();
-        if view.queue_offset != state.entries.len() as u64 {
+        let at = queues
+            .get(&key)
+            .map_or(0, |state| state.entries.len() as u64);
+        if view.queue_offset != at {
+            // Refused before the queue is registered: a failed append leaves no empty queue.
             return Err(AppendError::Diverged(format!(
-                "record at {claimed} has queue offset {} but topic id {} queue {} is at {}",
-                view.queue_offset,
-                key.topic_id,
-                key.queue,
-                state.entries.len()
+                "record at {claimed} has queue offset {} but topic id {} queue {} is at {at}",
+                view.queue_offset, key.topic_id, key.queue,
             )));
         }
+        let state = queues.entry(key).or_default();
         let commitlog_offset = self
             .log
             .append(bytes.len(), |_, out| out.copy_from_slice(bytes))?;
@@ -748,5 +774,71 @@ fn entry_of(view: &RecordView<'_>) -> CqEntry {
         commitlog_offset: view.commitlog_offset,
         size: view.total_size,
         tag_hash: view.key_hash,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{QueueKey, ShardStore, StoreConfig};
+    use crate::store::record::RecordInput;
+    use crate::testing::SimDisk;
+    use futures_lite::future::block_on;
+    use std::path::PathBuf;
+
+    /// A record of topic id 5 queue 0 at `queue_offset`, encoded where it lands in the log.
+    fn shipped(queue_offset: u64, commitlog_offset: u64) -> Vec<u8> {
+        let input = RecordInput {
+            topic_id: 5,
+            queue_id: 0,
+            queue_offset,
+            born_timestamp_ms: 1,
+            store_timestamp_ms: 1,
+            topic: "gone",
+            key: b"",
+            properties: b"",
+            body: b"before the deletion",
+        };
+        let mut out = vec![0u8; input.encoded_len()];
+        input.encode_into(commitlog_offset, &mut out);
+        out
+    }
+
+    /// A slave shard that applied a topic's deletion before the topic's last records arrived
+    /// keeps them in the log (where the master has them) and registers no queue for them; the
+    /// plain replicated append refuses the second one, which is what stalled such a link.
+    #[test]
+    fn records_of_a_deleted_topic_land_in_the_log_without_a_queue() {
+        let config = StoreConfig {
+            dir: PathBuf::from("/store/shard-1"),
+            segment_size_bytes: 64 * 1024,
+            write_buffer_bytes: 16 * 1024,
+            max_record_bytes: 4 * 1024,
+            adopt_unknown_queues: true,
+        };
+        let (slave, _) = block_on(ShardStore::open(SimDisk::new(), config, &[])).expect("open");
+        let key = QueueKey {
+            topic_id: 5,
+            queue: 0,
+        };
+        let first = shipped(0, 0);
+        slave.append_replicated(&first).expect("first record");
+        block_on(slave.remove_topic(5)).expect("remove");
+        let second = shipped(1, slave.max_offset());
+        assert!(
+            slave.append_replicated(&second).is_err(),
+            "a re-registered queue starts at 0 and refuses queue offset 1"
+        );
+        let deleted = |id: u32| id == 5;
+        let end = slave.max_offset() + second.len() as u64;
+        slave
+            .append_replicated_unless_deleted(&second, deleted)
+            .expect("a deleted topic's record is logged");
+        assert_eq!(slave.max_offset(), end);
+        let third = shipped(2, end);
+        slave
+            .append_replicated_unless_deleted(&third, deleted)
+            .expect("and the next one too");
+        assert_eq!(slave.max_offset(), end + third.len() as u64);
+        assert_eq!(slave.queue_range(key), None);
     }
 }
