@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Before/after comparison of two ringmq binaries on the standard matrix, interleaved on one
-# machine in one sitting: runs A, B, A, B... (ROUNDS rounds, default 3) and prints, per mode and
+# machine in one sitting: runs A, B, A, B... (ROUNDS rounds, default 3; DURATION seconds measured
+# after WARMUP, defaults 10 and 2, as perf/run-matrix.sh) and prints, per mode and
 # producer count, the median msg/s and produce p50/p99 of each binary and their ratio (B / A).
 # The machine is noisy; the interleaving spreads drift over both sides.
 #
@@ -9,6 +10,8 @@ set -euo pipefail
 before=$1 after=$2
 shift 2
 rounds="${ROUNDS:-3}"
+duration="${DURATION:-10}"
+warmup="${WARMUP:-2}"
 out="results/compare-$(date -u +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
 for round in $(seq 1 "$rounds"); do
@@ -16,7 +19,7 @@ for round in $(seq 1 "$rounds"); do
     bin=$before
     [ "$side" = after ] && bin=$after
     "$bin" bench --modes SYNC_FLUSH,ASYNC_FLUSH --producers-list 1,16,64 --size 1024 --batch 1 \
-      --window 1 --duration 10 --warmup 2 --out "$out/$side-$round" "$@" >"$out/$side-$round.txt" 2>&1
+      --window 1 --duration "$duration" --warmup "$warmup" --out "$out/$side-$round" "$@" >"$out/$side-$round.txt" 2>&1
     echo "round $round $side done" >&2
   done
 done
