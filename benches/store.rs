@@ -29,6 +29,8 @@ fn open_store() -> ShardStore<SimDisk> {
         write_buffer_bytes: 4 * 1024 * 1024,
         max_record_bytes: 64 * 1024,
         adopt_unknown_queues: false,
+        cq_file_entries: 1024,
+        cq_cache_entries: 64,
     };
     block_on(ShardStore::open(SimDisk::new(), config, &[QUEUE]))
         .expect("open store on the simulated disk")
@@ -96,5 +98,5 @@ fn consume_queue_visible_end(bencher: Bencher) {
 fn consume_queue_entries(bencher: Bencher, count: usize) {
     let store = preloaded();
     let from = (PRELOADED_RECORDS / 2) as u64;
-    bencher.bench_local(|| black_box(store.entries(QUEUE, black_box(from), count)));
+    bencher.bench_local(|| black_box(block_on(store.entries(QUEUE, black_box(from), count))));
 }

@@ -295,13 +295,16 @@ async fn read_all(shard: &Rc<Shard<SimDisk>>) -> Vec<BTreeMap<u64, Vec<u8>>> {
     for queue in 0..QUEUES {
         let key = QueueKey { topic_id, queue };
         let mut held = BTreeMap::new();
-        for (offset, entry) in shard.store().entries(key, 0, usize::MAX).iter().enumerate() {
+        let (min, _) = shard.store().queue_range(key).expect("a registered queue");
+        let entries = shard.store().entries(key, min, usize::MAX).await;
+        for (i, entry) in entries.expect("entries").iter().enumerate() {
+            let offset = min + i as u64;
             let bytes = shard.store().read_record(*entry).await.expect("read back");
             let Ok(Decoded::Record(view)) = record::decode(&bytes, entry.commitlog_offset) else {
                 panic!("queue {queue} offset {offset} does not decode");
             };
-            assert_eq!(view.queue_offset, offset as u64);
-            held.insert(offset as u64, view.body.to_vec());
+            assert_eq!(view.queue_offset, offset);
+            held.insert(offset, view.body.to_vec());
         }
         queues.push(held);
     }
@@ -533,6 +536,8 @@ fn slave_store_config() -> StoreConfig {
         write_buffer_bytes: master.write_buffer_bytes as usize,
         max_record_bytes: ringmq::shard::startup::max_record_bytes(&master),
         adopt_unknown_queues: true,
+        cq_file_entries: 1024,
+        cq_cache_entries: 64,
     }
 }
 
@@ -642,6 +647,8 @@ async fn check_slave_holds(
         for (offset, body) in replicated {
             let entry = store
                 .entries(key, *offset, 1)
+                .await
+                .expect("slave entries")
                 .first()
                 .copied()
                 .unwrap_or_else(|| {

@@ -54,7 +54,7 @@ async fn append_all(store: &ShardStore<GlommioDisk>, range: std::ops::Range<usiz
 
 async fn check_all(store: &ShardStore<GlommioDisk>, count: usize) {
     assert_eq!(store.queue_range(KEY), Some((0, count as u64)));
-    for (i, entry) in store.entries(KEY, 0, usize::MAX).into_iter().enumerate() {
+    for (i, entry) in store.entries(KEY, 0, usize::MAX).await.unwrap().into_iter().enumerate() {
         let bytes = store.read_record(entry).await.unwrap();
         let Ok(Decoded::Record(view)) = record::decode(&bytes, entry.commitlog_offset) else {
             panic!("record {i} does not decode");
@@ -77,6 +77,8 @@ fn append_flush_read_close_reopen_and_roll_on_a_real_disk() {
                 write_buffer_bytes: 32 * 1024,
                 max_record_bytes: 8 * 1024,
                 adopt_unknown_queues: false,
+                cq_file_entries: 1024,
+                cq_cache_entries: 64,
             };
             let disk = GlommioDisk::new();
             let (store, report) = ShardStore::open(disk, config.clone(), &[KEY])

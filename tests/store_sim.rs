@@ -36,6 +36,8 @@ fn config() -> StoreConfig {
         write_buffer_bytes: 16 * 1024,
         max_record_bytes: 4 * 1024,
         adopt_unknown_queues: false,
+        cq_file_entries: 1024,
+        cq_cache_entries: 64,
     }
 }
 
@@ -139,7 +141,7 @@ async fn check_recovered_async(store: &ShardStore<SimDisk>, model: &Model) -> Mo
             model.durable[q]
         );
         assert!(next <= model.bodies[q].len(), "queue {q}: invented records");
-        let entries = store.entries(*key, 0, usize::MAX);
+        let entries = store.entries(*key, 0, usize::MAX).await.unwrap();
         assert_eq!(entries.len(), next);
         for (i, entry) in entries.iter().enumerate() {
             let bytes = store.read_record(*entry).await.unwrap();
@@ -192,7 +194,7 @@ fn bit_flip_keeps_exactly_the_records_before_it() {
         flush(&store, &mut model);
         let mut all: Vec<(usize, u64, u32)> = Vec::new();
         for (q, key) in QUEUES.iter().enumerate() {
-            for e in store.entries(*key, 0, usize::MAX) {
+            for e in block_on(store.entries(*key, 0, usize::MAX)).unwrap() {
                 all.push((q, e.commitlog_offset, e.size));
             }
         }
@@ -296,7 +298,7 @@ fn deleted_consume_queue_is_rebuilt_from_the_commitlog() {
     let mut rng = SeededRng(3);
     workload(&store, &mut model, &mut rng, 300);
     block_on(store.close()).unwrap();
-    let cq = config().dir.join("consumequeue/1/1");
+    let cq = config().dir.join("consumequeue/1/1.cq/00000000000000000000");
     assert!(disk.content(&cq).is_some());
     futures_lite::future::block_on(ringmq::store::io::Disk::remove(&disk, &cq)).unwrap();
     let (store, report) = open(&disk);
@@ -326,7 +328,7 @@ fn stale_records_past_a_truncation_never_come_back() {
         append(&store, &mut model, 0, body);
     }
     flush(&store, &mut model);
-    let second = store.entries(QUEUES[0], 1, 1)[0];
+    let second = block_on(store.entries(QUEUES[0], 1, 1)).unwrap()[0];
     let path = config().dir.join("commitlog").join(format!("{:020}", 0));
     assert!(disk.flip_bit(&path, second.commitlog_offset + 80, 0));
     let (store, report) = open(&disk);
@@ -438,11 +440,13 @@ fn a_slave_keeps_queues_it_adopted_across_restarts() {
             body: body.as_bytes(),
         };
         let appended = master.append(&input).expect("append on the master");
-        let entry = master.entries(key, appended.queue_offset, 1)[0];
+        let entry = block_on(master.entries(key, appended.queue_offset, 1)).unwrap()[0];
         shipped.push(block_on(master.read_record(entry)).expect("read"));
     }
     let slave_config = StoreConfig {
         adopt_unknown_queues: true,
+        cq_file_entries: 1024,
+        cq_cache_entries: 64,
         ..config()
     };
     for persist_queues in [false, true] {
@@ -530,7 +534,7 @@ fn a_corrupt_consume_queue_entry_is_rebuilt_from_the_commitlog() {
             model.bodies[1].len() > 10,
             "the queue must hold entries to corrupt"
         );
-        let cq = config().dir.join("consumequeue/1/1");
+        let cq = config().dir.join("consumequeue/1/1.cq/00000000000000000000");
         let mut bytes = disk.content(&cq).expect("consume queue written");
         let at = 5 * 20 + field_at;
         bytes[at..at + corrupt.len()].copy_from_slice(corrupt);
@@ -824,7 +828,7 @@ fn read_faults_never_return_a_wrong_record() {
         });
         let (mut failed, mut read) = (0, 0);
         for (q, key) in QUEUES.iter().enumerate() {
-            for (i, entry) in store.entries(*key, 0, usize::MAX).iter().enumerate() {
+            for (i, entry) in block_on(store.entries(*key, 0, usize::MAX)).unwrap().iter().enumerate() {
                 match block_on(store.read_record(*entry)) {
                     Ok(bytes) => {
                         let Ok(Decoded::Record(view)) =

@@ -11,6 +11,7 @@
 
 use super::app::{describe, BrokerArgs, Format};
 use super::output::{emit, to_json_line, ConsumeLine};
+use crate::client::reset::{self, OffsetReset, OffsetResetApplied};
 use crate::client::{Client, ClientError, ClientOptions, FailoverClient, PullResult};
 use crate::protocol::message::{GroupCommit, GroupFetch, PullRequest, PulledMessage, QueueRef};
 use crate::protocol::{FailsOver, Status};
@@ -68,6 +69,14 @@ pub struct ConsumeArgs {
     /// Keep long-polling instead of exiting when no message arrives.
     #[arg(long)]
     pub follow: bool,
+    /// Where to go when an offset is out of the queue's range (retention deleted it): the
+    /// queue's minimum (earliest) or its end (latest). The reset is printed to stderr.
+    #[arg(long, default_value = "earliest", value_parser = parse_offset_reset)]
+    pub offset_reset: OffsetReset,
+}
+
+fn parse_offset_reset(text: &str) -> Result<OffsetReset, String> {
+    OffsetReset::parse(text).ok_or_else(|| format!("`{text}` is not earliest or latest"))
 }
 
 /// One queue being read, and the next offset to read from it.
@@ -218,17 +227,29 @@ fn pull_round(
         match pulled {
             Ok(result) => round += print_batch(args, cursor, &result, printed)?,
             Err(e) if e.status() == Some(Status::OffsetOutOfRange) => {
-                let stats = client
-                    .call(&QueueRef {
-                        topic: args.topic.clone(),
-                        queue: cursor.queue,
-                    })
-                    .map_err(fail)?;
-                eprintln!(
-                    "queue {}: offset {} is out of range, moving to {}",
-                    cursor.queue, cursor.offset, stats.min_offset
-                );
-                cursor.offset = stats.min_offset;
+                let policy = args.offset_reset;
+                let reset = match reset::reset_for(&e, policy, cursor.queue, cursor.offset) {
+                    Some(reset) => reset,
+                    // A broker that does not carry the range: ask for it.
+                    None => {
+                        let stats = client
+                            .call(&QueueRef {
+                                topic: args.topic.clone(),
+                                queue: cursor.queue,
+                            })
+                            .map_err(fail)?;
+                        OffsetResetApplied {
+                            queue: cursor.queue,
+                            from: cursor.offset,
+                            to: policy.target(stats.min_offset, stats.max_offset),
+                            min_offset: stats.min_offset,
+                            max_offset: stats.max_offset,
+                            policy,
+                        }
+                    }
+                };
+                eprintln!("{reset}");
+                cursor.offset = reset.to;
             }
             Err(e) => return Err(fail(e)),
         }

@@ -7,7 +7,7 @@
 use super::Input;
 use crate::store::checkpoint::{checkpoint_path, Checkpoint};
 use crate::store::commitlog::{segment_file_name, CommitLog};
-use crate::store::consume_queue::{self, queue_path, CQ_ENTRY_BYTES};
+use crate::store::consume_queue::{self, file_path, CQ_ENTRY_BYTES};
 use crate::store::record::{self, key_hash, Decoded, RecordInput, RecordView};
 use crate::store::{AppendError, QueueKey, ShardStore, StoreConfig};
 use crate::testing::disk::SimDisk;
@@ -43,6 +43,8 @@ pub(crate) fn store_config() -> StoreConfig {
         write_buffer_bytes: 16 * 1024,
         max_record_bytes: 4 * 1024,
         adopt_unknown_queues: true,
+        cq_file_entries: 1024,
+        cq_cache_entries: 64,
     }
 }
 
@@ -247,7 +249,7 @@ fn damage_target(choice: u8) -> PathBuf {
     match choice % 5 {
         0 | 1 => segment_path(0),
         2 => checkpoint_path(&dir),
-        q => queue_path(&dir, QUEUES[q as usize - 3]),
+        q => file_path(&dir, QUEUES[q as usize - 3], 0),
     }
 }
 
@@ -288,7 +290,14 @@ fn recovery(data: &[u8]) {
 fn all_records(store: &ShardStore<SimDisk>) -> Vec<Result<Vec<u8>, String>> {
     let mut out = Vec::new();
     for key in QUEUES {
-        for entry in store.entries(key, 0, usize::MAX) {
+        let entries = match block_on(store.entries(key, 0, usize::MAX)) {
+            Ok(entries) => entries,
+            Err(e) => {
+                out.push(Err(e.to_string()));
+                continue;
+            }
+        };
+        for entry in entries {
             out.push(block_on(store.read_record(entry)).map_err(|e| e.to_string()));
         }
     }

@@ -188,6 +188,11 @@ pub struct BrokerConfig {
     pub max_pull_wait_ms: u64,
     /// How often consume queues and the checkpoint are written.
     pub checkpoint_interval_ms: u64,
+    /// Per queue: consume-queue entries kept in memory past those not yet written (24 bytes
+    /// each); a pull of older ones reads the consume-queue file. 8192 covers a consumer a few
+    /// seconds behind a busy queue without a file read, and bounds the heap at 192 KiB per
+    /// queue: 1,000 queues hold under 200 MiB whatever the number of messages.
+    pub consume_queue_cache_entries: u64,
     /// Longest any one start-up stage of a shard may take (priming the probe, loading consume
     /// queues, scanning one commitlog segment, truncating, rebuilding...) before the broker
     /// exits naming the shard and the stage instead of hanging. Five minutes is about a hundred
@@ -245,6 +250,7 @@ impl Default for BrokerConfig {
             max_frame_bytes: 16 * MIB,
             max_pull_wait_ms: 30_000,
             checkpoint_interval_ms: 1_000,
+            consume_queue_cache_entries: 8192,
             startup_stage_timeout_ms: 300_000,
             spin_before_park_us: 0,
             io_memory_bytes: 10 * MIB,
@@ -386,6 +392,12 @@ impl BrokerConfig {
                     "{} must be a multiple of 4096 and at least 64 KiB",
                     self.write_buffer_bytes
                 ),
+            ));
+        }
+        if self.consume_queue_cache_entries == 0 || self.consume_queue_cache_entries > 1 << 24 {
+            return Err(ConfigError::value(
+                "consume_queue_cache_entries",
+                "must be between 1 and 16777216 (384 MiB per queue)",
             ));
         }
         if self.max_message_bytes == 0 {

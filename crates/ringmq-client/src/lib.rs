@@ -11,6 +11,7 @@ mod api;
 mod connection;
 mod error;
 mod failover;
+pub mod reset;
 #[cfg(test)]
 pub(crate) mod fake_broker;
 #[cfg(test)]
@@ -24,6 +25,7 @@ pub use api::{
 pub use connection::{is_self_connection, Connection, ConnectionOptions, Response};
 pub use error::ClientError;
 pub use failover::{FailoverClient, DEFAULT_RETRY_PRIMARY_EVERY};
+pub use reset::{OffsetReset, OffsetResetApplied};
 /// The wire protocol, under the name the modules here use for it.
 use ringmq_protocol as protocol;
 

@@ -113,3 +113,47 @@ impl fmt::Display for Status {
         f.write_str(self.name())
     }
 }
+
+/// The tail of an `OFFSET_OUT_OF_RANGE` message that carries the queue's range: the body stays
+/// a UTF-8 message for humans (older clients print it as before), and ends with
+/// ` [min_offset=N max_offset=M]` for clients that reset an offset by it.
+pub fn offset_out_of_range_message(detail: &str, min_offset: u64, max_offset: u64) -> String {
+    format!("{detail} [min_offset={min_offset} max_offset={max_offset}]")
+}
+
+/// The (min_offset, max_offset) an `OFFSET_OUT_OF_RANGE` message ends with, if it does (a
+/// broker from before the range was carried sends only the text).
+pub fn parse_offset_range(message: &str) -> Option<(u64, u64)> {
+    let rest = message.strip_suffix(']')?;
+    let tail = &rest[rest.rfind(" [min_offset=")? + " [min_offset=".len()..];
+    let (min, max) = tail.split_once(" max_offset=")?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(min) || !digits(max) {
+        return None;
+    }
+    Some((min.parse().ok()?, max.parse().ok()?))
+}
+
+#[cfg(test)]
+mod offset_range_tests {
+    use super::{offset_out_of_range_message, parse_offset_range};
+
+    #[test]
+    fn the_range_round_trips_and_foreign_text_is_not_a_range() {
+        let message = offset_out_of_range_message("offset 3 is below", 17, u64::MAX);
+        assert_eq!(
+            message,
+            format!("offset 3 is below [min_offset=17 max_offset={}]", u64::MAX)
+        );
+        assert_eq!(parse_offset_range(&message), Some((17, u64::MAX)));
+        for text in [
+            "offset 3 is outside the queue's range 0..=5",
+            "[min_offset=1 max_offset=]",
+            "x [min_offset=1 max_offset=2",
+            "x [min_offset=-1 max_offset=2]",
+            "x [min_offset=1 max_offset=99999999999999999999999]",
+        ] {
+            assert_eq!(parse_offset_range(text), None, "{text}");
+        }
+    }
+}

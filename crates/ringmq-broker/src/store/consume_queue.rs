@@ -8,6 +8,7 @@
 
 use super::io::{Disk, DiskFile, BLOCK_BYTES};
 use super::{QueueKey, StoreError};
+use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 
 /// One consume-queue entry: 20 bytes on disk (commitlog offset u64, size u32, tag hash u64).
@@ -54,23 +55,116 @@ impl CqEntry {
     }
 }
 
-/// The in-memory state of one queue.
+/// Entries per consume-queue file when the config does not say: 2^18 = 262,144 entries, 5 MiB.
+/// RocketMQ uses 300,000 (6 MB); a multiple of 1024 entries (20 KiB, five 4 KiB blocks) keeps
+/// every file a whole number of blocks, so no direct write straddles two files. Small enough
+/// that retention frees space in fine steps and a recovery that reads one file's end reads
+/// little; large enough that a queue of 10^9 entries has under 4,000 files.
+pub const DEFAULT_FILE_ENTRIES: u64 = 1 << 18;
+
+/// The in-memory state of one queue: its bounds and a bounded tail of its entries. Entries
+/// before `tail_start` live only in the files.
 #[derive(Default)]
 pub struct QueueState {
-    /// Every entry, index = queue offset.
-    pub entries: Vec<CqEntry>,
-    /// How many leading entries the file holds durably.
-    pub persisted: usize,
-    /// The file exists (possibly empty); a missing file after a checkpoint means it was lost.
-    pub file_exists: bool,
+    /// The first queue offset still served: files wholly before it are deleted.
+    pub min_offset: u64,
+    /// The queue offset of `tail[0]`.
+    pub tail_start: u64,
+    /// The newest entries: at least every entry not yet persisted, and the rest of the block
+    /// the next write starts in.
+    pub tail: VecDeque<CqEntry>,
+    /// Entries before this queue offset are durable in the files.
+    pub persisted: u64,
+    /// Entries before this offset may have bytes in the files (a trim zeroes up to it).
+    pub on_disk: u64,
+    /// First offsets of the queue's files whose names are durable. Empty: the queue has no
+    /// file yet (new) or lost them (a rebuild case after a checkpoint).
+    pub files: BTreeSet<u64>,
+}
+
+impl QueueState {
+    /// One past the last entry: where the next append goes.
+    pub fn next(&self) -> u64 {
+        self.tail_start + self.tail.len() as u64
+    }
+
+    /// The cached entry at `offset`, if the tail holds it.
+    pub fn cached(&self, offset: u64) -> Option<&CqEntry> {
+        let at = offset.checked_sub(self.tail_start)?;
+        self.tail.get(usize::try_from(at).ok()?)
+    }
+
+    pub fn push(&mut self, entry: CqEntry) {
+        self.tail.push_back(entry);
+    }
+
+    /// An empty queue whose first entry will be `offset`.
+    pub fn starting_at(offset: u64) -> QueueState {
+        QueueState {
+            min_offset: offset,
+            tail_start: offset,
+            persisted: offset,
+            on_disk: offset,
+            ..QueueState::default()
+        }
+    }
+
+    /// Drops cached entries before `keep_from`, but never one a later write or read of the
+    /// tail needs: the block of the first unpersisted entry, and always the last entry (the
+    /// visible end is found from the tail).
+    pub fn evict_before(&mut self, keep_from: u64, file_entries: u64) {
+        let write_block = block_start_offset(self.persisted, file_entries);
+        let keep_from = keep_from
+            .min(write_block)
+            .min(self.next().saturating_sub(1))
+            .max(self.tail_start);
+        let drop = (keep_from - self.tail_start) as usize;
+        self.tail.drain(..drop);
+        self.tail_start = keep_from;
+    }
+}
+
+/// The queue offset of the first entry in the block holding `offset`'s entry in its file.
+pub fn block_start_offset(offset: u64, file_entries: u64) -> u64 {
+    let file = file_start(offset, file_entries);
+    file + block_first_entry((offset - file) as usize) as u64
+}
+
+/// The first offset of the file holding queue offset `offset`.
+pub fn file_start(offset: u64, file_entries: u64) -> u64 {
+    offset / file_entries * file_entries
 }
 
 pub fn queue_dir(store_dir: &Path, topic_id: u32) -> PathBuf {
     store_dir.join("consumequeue").join(topic_id.to_string())
 }
 
-pub fn queue_path(store_dir: &Path, key: QueueKey) -> PathBuf {
+/// The single file of the layout before consume queues were split:
+/// `consumequeue/<topic id>/<queue>`. Found at open, it is migrated (see `migrate_legacy`).
+pub fn legacy_path(store_dir: &Path, key: QueueKey) -> PathBuf {
     queue_dir(store_dir, key.topic_id).join(key.queue.to_string())
+}
+
+/// The directory of a queue's files: `consumequeue/<topic id>/<queue>.cq`. The suffix keeps
+/// it apart from a legacy file of the same queue, so a half-done migration is told by names.
+pub fn files_dir(store_dir: &Path, key: QueueKey) -> PathBuf {
+    queue_dir(store_dir, key.topic_id).join(format!("{}{FILES_DIR_SUFFIX}", key.queue))
+}
+
+pub const FILES_DIR_SUFFIX: &str = ".cq";
+
+/// A queue's file holding offsets from `first`: named by `first` in 20 digits, so names sort
+/// as offsets do.
+pub fn file_path(store_dir: &Path, key: QueueKey, first: u64) -> PathBuf {
+    files_dir(store_dir, key).join(format!("{first:020}"))
+}
+
+/// The first offset a file name stands for, if it is one of ours.
+pub fn parse_file_name(name: &str) -> Option<u64> {
+    if name.len() != 20 || !name.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    name.parse().ok()
 }
 
 pub fn encode_entry(entry: &CqEntry, out: &mut [u8]) {
@@ -101,7 +195,8 @@ pub fn visible_end(entries: &[CqEntry], confirmed_offset: u64) -> usize {
     entries.partition_point(|e| e.end_offset() <= confirmed_offset)
 }
 
-/// Reads a queue file: `None` if it does not exist.
+/// Reads a whole queue file: `None` if it does not exist. For tests and tools; the store
+/// reads ranges ([`read_range`]).
 pub async fn load<D: Disk>(disk: &D, path: &Path) -> Result<Option<Vec<CqEntry>>, StoreError> {
     let context = || format!("reading consume queue {}", path.display());
     if !disk
@@ -121,6 +216,111 @@ pub async fn load<D: Disk>(disk: &D, path: &Path) -> Result<Option<Vec<CqEntry>>
         .await
         .map_err(|e| StoreError::io(context(), e))?;
     Ok(Some(decode_entries(&bytes)))
+}
+
+/// Entries `index..index + count` of a file (indices within the file), in one read; fewer
+/// where the file ends or holds a zero-size entry. The caller validates them.
+pub async fn read_range<D: Disk>(
+    disk: &D,
+    path: &Path,
+    index: u64,
+    count: u64,
+) -> Result<Vec<CqEntry>, StoreError> {
+    let context = || format!("reading consume queue {}", path.display());
+    let file = disk
+        .open(path, false)
+        .await
+        .map_err(|e| StoreError::io(context(), e))?;
+    let bytes = file
+        .read_at(
+            index * CQ_ENTRY_BYTES as u64,
+            count as usize * CQ_ENTRY_BYTES,
+        )
+        .await
+        .map_err(|e| StoreError::io(context(), e))?;
+    Ok(decode_entries(&bytes))
+}
+
+/// How many entries a file holds: the index of its first zero-size entry, found by binary
+/// search (about 18 reads of one block for a full default file) rather than by reading the
+/// file whole, so recovery reads little of each queue.
+pub async fn entry_count<D: Disk>(disk: &D, path: &Path, capacity: u64) -> Result<u64, StoreError> {
+    let context = || format!("reading consume queue {}", path.display());
+    let file = disk
+        .open(path, false)
+        .await
+        .map_err(|e| StoreError::io(context(), e))?;
+    let len = file.len().await.map_err(|e| StoreError::io(context(), e))?;
+    let (mut lo, mut hi) = (0u64, (len / CQ_ENTRY_BYTES as u64).min(capacity));
+    // Invariant: entries before `lo` are present, the one at `hi` (if any) is not.
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let bytes = file
+            .read_at(mid * CQ_ENTRY_BYTES as u64, CQ_ENTRY_BYTES)
+            .await
+            .map_err(|e| StoreError::io(context(), e))?;
+        if decode_entries(&bytes).is_empty() {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(lo)
+}
+
+/// Converts a queue's legacy single file into split files, crash-safely: any files left by an
+/// interrupted earlier attempt are removed, the new files are written and synced, their names
+/// synced, and only then is the legacy file removed. A crash before that last step leaves the
+/// legacy file, and the next open starts over; after it, the split files are complete. Reads
+/// the legacy file one new file's worth at a time. Returns false when the legacy file held an
+/// impossible entry: the entries before it are kept and the caller rebuilds the queue.
+pub async fn migrate_legacy<D: Disk>(
+    disk: &D,
+    store_dir: &Path,
+    key: QueueKey,
+    file_entries: u64,
+    limits: EntryLimits,
+) -> Result<bool, StoreError> {
+    let legacy = legacy_path(store_dir, key);
+    let dir = files_dir(store_dir, key);
+    let io = |what: &'static str, path: &Path| {
+        let context = format!("{what} {} (consume-queue migration)", path.display());
+        move |e| StoreError::io(context, e)
+    };
+    disk.remove_dir_all(&dir)
+        .await
+        .map_err(io("removing", &dir))?;
+    disk.create_dir_all(&dir)
+        .await
+        .map_err(io("creating", &dir))?;
+    let old = disk.open(&legacy, false).await.map_err(io("opening", &legacy))?;
+    let len = old.len().await.map_err(io("sizing", &legacy))?;
+    let chunk_bytes = file_entries * CQ_ENTRY_BYTES as u64;
+    let mut first = 0u64;
+    let mut valid = true;
+    loop {
+        let bytes = old
+            .read_at(first * CQ_ENTRY_BYTES as u64, chunk_bytes as usize)
+            .await
+            .map_err(io("reading", &legacy))?;
+        let mut entries = decode_entries(&bytes);
+        if let Some(bad) = first_invalid_entry(&entries, limits) {
+            entries.truncate(bad);
+            valid = false;
+        }
+        let full = entries.len() as u64 == file_entries;
+        if !entries.is_empty() || first == 0 {
+            let path = file_path(store_dir, key, first);
+            write_from(disk, &path, &entries, 0, 0, 0).await?;
+        }
+        first += entries.len() as u64;
+        if !full || !valid || first * CQ_ENTRY_BYTES as u64 >= len {
+            break;
+        }
+    }
+    disk.sync_dir(&dir).await.map_err(io("syncing", &dir))?;
+    disk.remove(&legacy).await.map_err(io("removing", &legacy))?;
+    Ok(valid)
 }
 
 /// The index of the first entry touching the block that holds entry `from`: a writer needs

@@ -11,6 +11,8 @@
 pub mod checkpoint;
 pub mod commitlog;
 pub mod consume_queue;
+#[cfg(test)]
+mod cq_tests;
 pub mod glommio_disk;
 pub mod io;
 pub mod lock;
@@ -119,6 +121,11 @@ pub struct StoreConfig {
     /// topic had not been copied from the master when the slave stopped) instead of skipping
     /// them as records of deleted topics.
     pub adopt_unknown_queues: bool,
+    /// Entries per consume-queue file (see [`consume_queue::DEFAULT_FILE_ENTRIES`]).
+    pub cq_file_entries: u64,
+    /// Entries of each queue kept in memory past those not yet persisted (the broker's
+    /// `consume_queue_cache_entries`); older ones are read from the files.
+    pub cq_cache_entries: u64,
 }
 
 /// Where an appended record went.

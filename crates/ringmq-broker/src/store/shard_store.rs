@@ -11,6 +11,7 @@ use super::io::{Disk, BLOCK_BYTES};
 use super::record::{self, Decoded, RecordInput, RecordView, RECORD_HEADER_BYTES};
 use super::{AppendError, Appended, CqEntry, QueueKey, RecoveryReport, StoreConfig, StoreError};
 use std::cell::RefCell;
+use super::consume_queue::CQ_ENTRY_BYTES;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 use tracing::warn;
@@ -108,9 +109,9 @@ impl<D: Disk> ShardStore<D> {
         let on_disk = store.queues_on_disk().await?;
         let mut keys: Vec<QueueKey> = queues.to_vec();
         keys.extend(on_disk.into_iter().filter(|k| !queues.contains(k)));
-        stage(format!("loading {} consume queues", keys.len()));
-        let (loaded, invalid) = store.load_queues(&keys).await?;
         let scan_start = store.log.scan_start(checkpoint.map(|c| c.scan_start()));
+        stage(format!("loading the tails of {} consume queues", keys.len()));
+        let invalid = store.load_queues(&keys, scan_start).await?;
         let mut dispatch = Dispatch {
             rebuild: invalid,
             ..Dispatch::default()
@@ -142,10 +143,10 @@ impl<D: Disk> ShardStore<D> {
         ));
         let truncated_bytes = store.log.finish_recovery(scan_start, &scan).await?;
         stage("trimming consume queues past the recovered end".to_string());
-        let trimmed = store.trim_queues(scan.end_offset, &loaded).await?;
+        let trimmed = store.trim_queues(scan.end_offset).await?;
         if scan_start > store.log.oldest_segment().unwrap_or(0) {
             for (key, state) in store.queues.borrow().iter() {
-                if !state.file_exists {
+                if state.files.is_empty() {
                     dispatch.rebuild.insert(*key);
                 }
             }
@@ -153,6 +154,8 @@ impl<D: Disk> ShardStore<D> {
         dispatch.dispatched += store
             .rebuild(&dispatch.rebuild, scan.end_offset, stage)
             .await?;
+        stage("moving queue minimums to the log head".to_string());
+        store.expire_queues_before(store.log_head()).await?;
         stage("writing the abort marker, consume queues and checkpoint".to_string());
         disk.write_atomic(&abort, Vec::new())
             .await
@@ -173,8 +176,8 @@ impl<D: Disk> ShardStore<D> {
         Ok((store, report))
     }
 
-    /// Loads each queue's file; returns how many entries each file held.
-    /// Every queue with a consume-queue file: `consumequeue/<topic id>/<queue>`.
+    /// Every queue with consume-queue files (`consumequeue/<topic id>/<queue>.cq/`) or a
+    /// legacy single file (`consumequeue/<topic id>/<queue>`).
     async fn queues_on_disk(&self) -> Result<Vec<QueueKey>, StoreError> {
         let root = self.config.dir.join("consumequeue");
         let list = |dir: std::path::PathBuf| async move {
@@ -183,60 +186,188 @@ impl<D: Disk> ShardStore<D> {
                 .await
                 .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))
         };
-        let mut keys = Vec::new();
+        let mut keys = BTreeSet::new();
         for topic in list(root.clone()).await? {
             let Ok(topic_id) = topic.parse::<u32>() else {
                 continue;
             };
-            for queue in list(root.join(&topic)).await? {
+            for name in list(root.join(&topic)).await? {
+                let queue = name
+                    .strip_suffix(consume_queue::FILES_DIR_SUFFIX)
+                    .unwrap_or(&name);
                 if let Ok(queue) = queue.parse::<u32>() {
-                    keys.push(QueueKey { topic_id, queue });
+                    keys.insert(QueueKey { topic_id, queue });
                 }
             }
         }
-        Ok(keys)
+        Ok(keys.into_iter().collect())
     }
 
-    /// Also returns the queues whose file holds an entry that cannot be right (see
+    fn entry_limits(&self) -> consume_queue::EntryLimits {
+        consume_queue::EntryLimits {
+            max_record_bytes: self.config.max_record_bytes as u64,
+            segment_size_bytes: self.config.segment_size_bytes,
+        }
+    }
+
+    fn file_entries(&self) -> u64 {
+        self.config.cq_file_entries
+    }
+
+    /// Registers each queue from its files without reading them whole: migrates a legacy
+    /// file, finds the newest file's entry count by binary search, and loads the tail back
+    /// until it holds `cq_cache_entries` entries and reaches before `scan_start` (so the
+    /// recovery scan can compare every entry it re-dispatches), at most one file further.
+    /// Returns the queues whose files hold an entry that cannot be right (see
     /// [`consume_queue::first_invalid_entry`]): they are rebuilt from the commitlog.
     async fn load_queues(
         &self,
         keys: &[QueueKey],
-    ) -> Result<(BTreeMap<QueueKey, usize>, BTreeSet<QueueKey>), StoreError> {
-        let mut loaded = BTreeMap::new();
+        scan_start: u64,
+    ) -> Result<BTreeSet<QueueKey>, StoreError> {
         let mut invalid = BTreeSet::new();
+        let dir = &self.config.dir;
+        let n = self.file_entries();
         for key in keys {
-            let path = consume_queue::queue_path(&self.config.dir, *key);
-            let entries = consume_queue::load(&self.disk, &path).await?;
-            let file_exists = entries.is_some();
-            let mut entries = entries.unwrap_or_default();
-            let limits = consume_queue::EntryLimits {
-                max_record_bytes: self.config.max_record_bytes as u64,
-                segment_size_bytes: self.config.segment_size_bytes,
-            };
-            if let Some(bad) = consume_queue::first_invalid_entry(&entries, limits) {
+            let legacy = consume_queue::legacy_path(dir, *key);
+            let legacy_exists = self
+                .disk
+                .exists(&legacy)
+                .await
+                .map_err(|e| StoreError::io(format!("checking {}", legacy.display()), e))?;
+            if legacy_exists
+                && !consume_queue::migrate_legacy(&self.disk, dir, *key, n, self.entry_limits())
+                    .await?
+            {
                 warn!(
-                    "consume queue {} holds an impossible entry at index {bad} ({:?}); \
-                     rebuilding it from the commitlog",
-                    path.display(),
-                    entries[bad]
+                    "legacy consume queue {} held an impossible entry; rebuilding it from the \
+                     commitlog",
+                    legacy.display()
                 );
-                entries.clear();
                 invalid.insert(*key);
             }
-            loaded.insert(*key, entries.len());
-            let state = QueueState {
-                persisted: entries.len(),
-                entries,
-                file_exists,
+            let files_dir = consume_queue::files_dir(dir, *key);
+            let files: BTreeSet<u64> = self
+                .disk
+                .list(&files_dir)
+                .await
+                .map_err(|e| StoreError::io(format!("listing {}", files_dir.display()), e))?
+                .iter()
+                .filter_map(|name| consume_queue::parse_file_name(name))
+                .collect();
+            let (Some(&first), Some(&last)) = (files.first(), files.last()) else {
+                self.queues.borrow_mut().insert(*key, QueueState::default());
+                continue;
             };
+            let last_path = consume_queue::file_path(dir, *key, last);
+            let count = consume_queue::entry_count(&self.disk, &last_path, n).await?;
+            let on_disk = last + count;
+            let mut state = QueueState::starting_at(on_disk);
+            state.min_offset = first;
+            state.files = files;
             self.queues.borrow_mut().insert(*key, state);
+            // The newest chunk may end early at a zero entry (a torn write): the queue ends
+            // there, and the trim zeroes what lies past it.
+            let window = self.config.cq_cache_entries.max(1);
+            let newest = on_disk.saturating_sub(window).max(last);
+            let chunk = consume_queue::read_range(&self.disk, &last_path, newest - last, on_disk - newest)
+                .await?;
+            let valid = consume_queue::first_invalid_entry(&chunk, self.entry_limits()).is_none();
+            {
+                let mut queues = self.queues.borrow_mut();
+                let state = queues.get_mut(key).expect("registered above");
+                state.on_disk = on_disk;
+                state.tail_start = newest;
+                state.persisted = newest + chunk.len() as u64;
+                state.tail = chunk.into();
+            }
+            let mut loaded_back = 0u64;
+            let mut ok = valid;
+            while ok {
+                let more = {
+                    let queues = self.queues.borrow();
+                    let state = &queues[key];
+                    let covers_scan = state
+                        .tail
+                        .front()
+                        .is_some_and(|e| e.commitlog_offset < scan_start);
+                    state.tail_start > state.min_offset
+                        && (state.tail.len() < window as usize || !covers_scan)
+                        && loaded_back < window + n
+                };
+                if !more {
+                    break;
+                }
+                match self.extend_back(*key).await? {
+                    Some(added) => loaded_back += added,
+                    None => ok = false,
+                }
+            }
+            if !ok {
+                warn!(
+                    "consume queue {} holds an impossible entry near its end; rebuilding it \
+                     from the commitlog",
+                    files_dir.display()
+                );
+                invalid.insert(*key);
+            }
         }
-        Ok((loaded, invalid))
+        Ok(invalid)
+    }
+
+    /// Reads up to `cq_cache_entries` entries before a queue's cached tail (within one file)
+    /// and puts them in front of it. Returns how many, or `None` when the file does not hold
+    /// them as it must (missing, short, impossible or out of order): the queue is damaged.
+    async fn extend_back(&self, key: QueueKey) -> Result<Option<u64>, StoreError> {
+        let n = self.file_entries();
+        let (path, from, count, next_start) = {
+            let queues = self.queues.borrow();
+            let Some(state) = queues.get(&key) else {
+                return Ok(Some(0));
+            };
+            if state.tail_start <= state.min_offset {
+                return Ok(Some(0));
+            }
+            let file = consume_queue::file_start(state.tail_start - 1, n);
+            let from = file
+                .max(state.min_offset)
+                .max(state.tail_start.saturating_sub(self.config.cq_cache_entries.max(1)));
+            if !state.files.contains(&file) {
+                return Ok(None);
+            }
+            (
+                consume_queue::file_path(&self.config.dir, key, file),
+                from - file,
+                state.tail_start - from,
+                state.tail.front().map(|e| e.commitlog_offset),
+            )
+        };
+        let chunk = consume_queue::read_range(&self.disk, &path, from, count).await?;
+        let ordered = match (chunk.last(), next_start) {
+            (Some(last), Some(next)) => last.end_offset() <= next,
+            _ => true,
+        };
+        if chunk.len() as u64 != count
+            || !ordered
+            || consume_queue::first_invalid_entry(&chunk, self.entry_limits()).is_some()
+        {
+            return Ok(None);
+        }
+        let mut queues = self.queues.borrow_mut();
+        let Some(state) = queues.get_mut(&key) else {
+            return Ok(Some(0));
+        };
+        for entry in chunk.into_iter().rev() {
+            state.tail.push_front(entry);
+        }
+        state.tail_start -= count;
+        Ok(Some(count))
     }
 
     /// Dispatches one scanned record idempotently: append if it is the queue's next entry,
     /// skip if already present, schedule a rebuild if the queue is behind or disagrees.
+    /// Entries older than the loaded tail are not compared: they were durable before the
+    /// checkpoint the scan starts from.
     fn redispatch(&self, view: &RecordView<'_>, dispatch: &mut Dispatch) {
         let key = QueueKey {
             topic_id: view.topic_id,
@@ -252,12 +383,14 @@ impl<D: Disk> ShardStore<D> {
         let Some(state) = queues.get_mut(&key) else {
             return;
         };
-        let next = state.entries.len() as u64;
+        let next = state.next();
         if view.queue_offset == next {
-            state.entries.push(entry_of(view));
+            state.push(entry_of(view));
             dispatch.dispatched += 1;
         } else if view.queue_offset > next
-            || state.entries[view.queue_offset as usize] != entry_of(view)
+            || state
+                .cached(view.queue_offset)
+                .is_some_and(|entry| *entry != entry_of(view))
         {
             // The whole entry is compared, not only its offset: consume-queue entries carry no
             // checksum, and a crash during a consume-queue write past the checkpoint can leave
@@ -267,38 +400,89 @@ impl<D: Disk> ShardStore<D> {
         }
     }
 
-    /// Drops entries whose record does not end at or before `end` and zeroes them in the file
-    /// so they can never come back. Returns how many were dropped.
-    async fn trim_queues(
-        &self,
-        end: u64,
-        loaded: &BTreeMap<QueueKey, usize>,
-    ) -> Result<u64, StoreError> {
+    /// Drops entries whose record does not end at or before `end` and zeroes them in the files
+    /// (removing files wholly past the cut) so they can never come back. Returns how many were
+    /// dropped from the files.
+    async fn trim_queues(&self, end: u64) -> Result<u64, StoreError> {
+        let keys: Vec<QueueKey> = self.queues.borrow().keys().copied().collect();
+        let n = self.file_entries();
         let mut trimmed = 0;
-        for (key, &file_entries) in loaded {
-            let kept = {
-                let mut queues = self.queues.borrow_mut();
-                let state = queues.get_mut(key).expect("loaded queue");
-                while state.entries.last().is_some_and(|e| e.end_offset() > end) {
-                    state.entries.pop();
+        for key in keys {
+            loop {
+                let reload = {
+                    let mut queues = self.queues.borrow_mut();
+                    let Some(state) = queues.get_mut(&key) else {
+                        break;
+                    };
+                    while state.tail.back().is_some_and(|e| e.end_offset() > end) {
+                        state.tail.pop_back();
+                    }
+                    state.tail.is_empty() && state.tail_start > state.min_offset
+                };
+                // The cut lies before the cached tail: fetch older entries and look again.
+                if !reload || !matches!(self.extend_back(key).await?, Some(added) if added > 0) {
+                    break;
                 }
-                state.persisted = state.persisted.min(state.entries.len());
-                state.persisted
-            };
-            if kept >= file_entries {
-                continue;
             }
-            trimmed += (file_entries - kept) as u64;
-            let tail_index = consume_queue::block_first_entry(kept);
-            let tail: Vec<CqEntry> = self.queues.borrow()[key].entries[tail_index..kept].to_vec();
-            let path = consume_queue::queue_path(&self.config.dir, *key);
-            let zero_to = (file_entries * consume_queue::CQ_ENTRY_BYTES) as u64;
-            consume_queue::write_from(&self.disk, &path, &tail, tail_index, kept, zero_to).await?;
+            let plan = {
+                let mut queues = self.queues.borrow_mut();
+                let Some(state) = queues.get_mut(&key) else {
+                    continue;
+                };
+                let kept = state.next();
+                state.persisted = state.persisted.min(kept);
+                if state.on_disk <= kept {
+                    continue;
+                }
+                let cut_file = consume_queue::file_start(kept, n);
+                let later: Vec<u64> = state.files.range(cut_file + 1..).copied().collect();
+                let block = consume_queue::block_start_offset(kept, n);
+                let zero_to = (state.on_disk.min(cut_file + n) - cut_file) * CQ_ENTRY_BYTES as u64;
+                let plan = (
+                    state.on_disk - kept,
+                    kept,
+                    cut_file,
+                    later,
+                    block,
+                    zero_to,
+                    state.files.contains(&cut_file),
+                );
+                state.on_disk = kept;
+                plan
+            };
+            let (dropped, kept, cut_file, later, block, zero_to, has_cut_file) = plan;
+            trimmed += dropped;
+            for file in later.iter().rev() {
+                let path = consume_queue::file_path(&self.config.dir, key, *file);
+                self.disk
+                    .remove(&path)
+                    .await
+                    .map_err(|e| StoreError::io(format!("removing {}", path.display()), e))?;
+                if let Some(state) = self.queues.borrow_mut().get_mut(&key) {
+                    state.files.remove(file);
+                }
+            }
+            if has_cut_file {
+                let tail = self.entries_for_write(key, block, kept).await?;
+                let path = consume_queue::file_path(&self.config.dir, key, cut_file);
+                consume_queue::write_from(
+                    &self.disk,
+                    &path,
+                    &tail,
+                    (block - cut_file) as usize,
+                    (kept - cut_file) as usize,
+                    zero_to,
+                )
+                .await?;
+            }
         }
         Ok(trimmed)
     }
 
-    /// Rebuilds the given queues from the oldest segment up to `end`. Returns entries added.
+    /// Rebuilds the given queues from the oldest segment up to `end`, one segment at a time:
+    /// after each, the rebuilt entries are written to the files and the tails cut back to the
+    /// cache bound, so a rebuild of a long log holds no more than a segment's entries. A queue
+    /// starts at the queue offset of its oldest record still in the log. Returns entries added.
     async fn rebuild(
         &self,
         keys: &BTreeSet<QueueKey>,
@@ -309,70 +493,77 @@ impl<D: Disk> ShardStore<D> {
             return Ok(0);
         }
         for key in keys {
-            let path = consume_queue::queue_path(&self.config.dir, *key);
-            let exists = {
-                let mut queues = self.queues.borrow_mut();
-                let state = queues.get_mut(key).expect("known queue");
-                *state = QueueState::default();
-                self.disk.exists(&path)
-            };
-            if exists
+            self.queues.borrow_mut().insert(*key, QueueState::default());
+            let dir = consume_queue::files_dir(&self.config.dir, *key);
+            self.disk
+                .remove_dir_all(&dir)
+                .await
+                .map_err(|e| StoreError::io(format!("removing {}", dir.display()), e))?;
+            let legacy = consume_queue::legacy_path(&self.config.dir, *key);
+            if self
+                .disk
+                .exists(&legacy)
                 .await
                 .map_err(|e| StoreError::io("checking a consume queue", e))?
             {
                 self.disk
-                    .remove(&path)
+                    .remove(&legacy)
                     .await
-                    .map_err(|e| StoreError::io(format!("removing {}", path.display()), e))?;
+                    .map_err(|e| StoreError::io(format!("removing {}", legacy.display()), e))?;
             }
         }
         let mut added = 0;
-        let oldest = self.log.oldest_segment().unwrap_or(0);
+        let mut started = BTreeSet::new();
         let segment_size = self.config.segment_size_bytes;
-        let mut scanning = u64::MAX;
-        let scan = self
-            .log
-            .scan(oldest, end, |view| {
-                let base = view.commitlog_offset / segment_size * segment_size;
-                if base != scanning {
-                    scanning = base;
-                    stage(format!(
-                        "rebuilding {} consume queues: scanning segment {}",
-                        keys.len(),
-                        self.log.segment_path(base).display()
-                    ));
-                }
-                let key = QueueKey {
-                    topic_id: view.topic_id,
-                    queue: view.queue_id,
-                };
-                if !keys.contains(&key) {
-                    return Ok(());
-                }
-                let mut queues = self.queues.borrow_mut();
-                let state = queues.get_mut(&key).expect("known queue");
-                let next = state.entries.len() as u64;
-                if view.queue_offset > next {
-                    return Err(StoreError::Corrupt(format!(
-                        "queue {}/{} jumps from offset {next} to {} at commitlog offset {}",
-                        key.topic_id, key.queue, view.queue_offset, view.commitlog_offset
-                    )));
-                }
-                if view.queue_offset == next {
-                    state.entries.push(entry_of(view));
-                    added += 1;
-                }
-                Ok(())
-            })
-            .await?;
-        // The rebuild reads records the recovery scan did not check: one that fails its crc
-        // stops it short, and the queue would silently miss every entry after it.
-        if scan.end_offset < end || scan.corruption.is_some() {
-            return Err(StoreError::Corrupt(format!(
-                "rebuilding consume queues stopped at commitlog offset {} of {end}: {}",
-                scan.end_offset,
-                scan.corruption.as_deref().unwrap_or("a gap in the log")
-            )));
+        let mut from = self.log.oldest_segment().unwrap_or(0);
+        while from < end {
+            let base = from / segment_size * segment_size;
+            let to = (base + segment_size).min(end);
+            stage(format!(
+                "rebuilding {} consume queues: scanning segment {}",
+                keys.len(),
+                self.log.segment_path(base).display()
+            ));
+            let scan = self
+                .log
+                .scan(from, to, |view| {
+                    let key = QueueKey {
+                        topic_id: view.topic_id,
+                        queue: view.queue_id,
+                    };
+                    if !keys.contains(&key) {
+                        return Ok(());
+                    }
+                    let mut queues = self.queues.borrow_mut();
+                    let state = queues.get_mut(&key).expect("known queue");
+                    if started.insert(key) {
+                        *state = QueueState::starting_at(view.queue_offset);
+                    }
+                    let next = state.next();
+                    if view.queue_offset > next {
+                        return Err(StoreError::Corrupt(format!(
+                            "queue {}/{} jumps from offset {next} to {} at commitlog offset {}",
+                            key.topic_id, key.queue, view.queue_offset, view.commitlog_offset
+                        )));
+                    }
+                    if view.queue_offset == next {
+                        state.push(entry_of(view));
+                        added += 1;
+                    }
+                    Ok(())
+                })
+                .await?;
+            // The rebuild reads records the recovery scan did not check: one that fails its
+            // crc stops it short, and the queue would silently miss every entry after it.
+            if scan.end_offset < to || scan.corruption.is_some() {
+                return Err(StoreError::Corrupt(format!(
+                    "rebuilding consume queues stopped at commitlog offset {} of {end}: {}",
+                    scan.end_offset,
+                    scan.corruption.as_deref().unwrap_or("a gap in the log")
+                )));
+            }
+            self.persist_queues(Some(keys)).await?;
+            from = scan.end_offset.max(to);
         }
         Ok(added)
     }
@@ -416,7 +607,7 @@ impl<D: Disk> ShardStore<D> {
                 max: self.config.max_record_bytes,
             });
         }
-        let queue_offset = state.entries.len() as u64;
+        let queue_offset = state.next();
         let record = RecordInput {
             queue_offset,
             ..*input
@@ -424,7 +615,7 @@ impl<D: Disk> ShardStore<D> {
         let commitlog_offset = self
             .log
             .append(size, |offset, out| record.encode_into(offset, out))?;
-        state.entries.push(CqEntry {
+        state.push(CqEntry {
             commitlog_offset,
             size: size as u32,
             tag_hash: record::key_hash(input.key),
@@ -497,7 +688,7 @@ impl<D: Disk> ShardStore<D> {
         let mut queues = self.queues.borrow_mut();
         let at = queues
             .get(&key)
-            .map_or(0, |state| state.entries.len() as u64);
+            .map_or(0, |state| state.next());
         if view.queue_offset != at {
             // Refused before the queue is registered: a failed append leaves no empty queue.
             return Err(AppendError::Diverged(format!(
@@ -510,7 +701,7 @@ impl<D: Disk> ShardStore<D> {
             .log
             .append(bytes.len(), |_, out| out.copy_from_slice(bytes))?;
         debug_assert_eq!(commitlog_offset, claimed);
-        state.entries.push(CqEntry {
+        state.push(CqEntry {
             commitlog_offset,
             size: bytes.len() as u32,
             tag_hash: view.key_hash,
@@ -549,23 +740,7 @@ impl<D: Disk> ShardStore<D> {
             corruption: Some(format!("diverged from the master at {offset}")),
         };
         self.log.finish_recovery(offset, &cut).await?;
-        let in_files: BTreeMap<QueueKey, usize> = self
-            .queues
-            .borrow()
-            .iter()
-            .filter(|(_, s)| s.file_exists)
-            .map(|(k, s)| (*k, s.persisted))
-            .collect();
-        for state in self.queues.borrow_mut().values_mut() {
-            while state
-                .entries
-                .last()
-                .is_some_and(|e| e.end_offset() > offset)
-            {
-                state.entries.pop();
-            }
-        }
-        self.trim_queues(offset, &in_files).await?;
+        self.trim_queues(offset).await?;
         self.persist_metadata().await
     }
 
@@ -613,29 +788,9 @@ impl<D: Disk> ShardStore<D> {
             flushed_offset: self.log.flushed_offset(),
             dispatched_offset: self.log.max_offset(),
         };
-        let pending: Vec<(QueueKey, usize, usize, bool, Vec<CqEntry>)> = self
-            .queues
-            .borrow()
-            .iter()
-            .filter(|(_, s)| !s.file_exists || s.persisted < s.entries.len())
-            .map(|(key, s)| {
-                let tail_index = consume_queue::block_first_entry(s.persisted);
-                let tail = s.entries[tail_index..].to_vec();
-                (*key, tail_index, s.persisted, s.file_exists, tail)
-            })
-            .collect();
-        for (key, tail_index, from, file_exists, tail) in pending {
-            if let Err(e) = self
-                .write_queue(key, &tail, tail_index, from, file_exists)
-                .await
-            {
-                self.log.mark_failed(e.to_string());
-                return Err(e);
-            }
-            if let Some(state) = self.queues.borrow_mut().get_mut(&key) {
-                state.persisted = state.persisted.max(tail_index + tail.len());
-                state.file_exists = true;
-            }
+        if let Err(e) = self.persist_queues(None).await {
+            self.log.mark_failed(e.to_string());
+            return Err(e);
         }
         let path = checkpoint_path(&self.config.dir);
         self.disk
@@ -644,33 +799,113 @@ impl<D: Disk> ShardStore<D> {
             .map_err(|e| StoreError::io(format!("writing {}", path.display()), e))
     }
 
-    async fn write_queue(
-        &self,
-        key: QueueKey,
-        tail: &[CqEntry],
-        tail_index: usize,
-        from: usize,
-        file_exists: bool,
-    ) -> Result<(), StoreError> {
-        if !file_exists {
-            let dir = consume_queue::queue_dir(&self.config.dir, key.topic_id);
-            self.disk
-                .create_dir_all(&dir)
-                .await
-                .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
-        }
-        let path = consume_queue::queue_path(&self.config.dir, key);
-        consume_queue::write_from(&self.disk, &path, tail, tail_index, from, 0).await?;
-        if !file_exists {
-            // The checkpoint written next says these entries are on disk: the new file's name
-            // must be durable before it.
-            let dir = consume_queue::queue_dir(&self.config.dir, key.topic_id);
-            self.disk
-                .sync_dir(&dir)
-                .await
-                .map_err(|e| StoreError::io(format!("syncing {}", dir.display()), e))?;
+    /// Writes every queue's unpersisted entries (of `only` those queues, if given) to its files,
+    /// creating a file when entries reach its first offset (its name synced before the
+    /// checkpoint that counts on it), then cuts each cached tail back to `cq_cache_entries`.
+    async fn persist_queues(&self, only: Option<&BTreeSet<QueueKey>>) -> Result<(), StoreError> {
+        let n = self.file_entries();
+        let pending: Vec<(QueueKey, u64, u64, bool)> = self
+            .queues
+            .borrow()
+            .iter()
+            .filter(|(key, _)| only.is_none_or(|keys| keys.contains(key)))
+            .filter(|(_, s)| s.files.is_empty() || s.persisted < s.next())
+            .map(|(key, s)| (*key, s.persisted, s.next(), s.files.is_empty()))
+            .collect();
+        for (key, persisted, next, no_files) in pending {
+            let dir = consume_queue::files_dir(&self.config.dir, key);
+            if no_files {
+                self.disk
+                    .create_dir_all(&dir)
+                    .await
+                    .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+            }
+            let mut pos = persisted;
+            loop {
+                let file = consume_queue::file_start(pos, n);
+                let block = consume_queue::block_start_offset(pos, n);
+                let end = next.min(file + n);
+                let tail = self.entries_for_write(key, block, end).await?;
+                let is_new = !self.queues.borrow().get(&key).is_some_and(|s| s.files.contains(&file));
+                let path = consume_queue::file_path(&self.config.dir, key, file);
+                consume_queue::write_from(
+                    &self.disk,
+                    &path,
+                    &tail,
+                    (block - file) as usize,
+                    (pos - file) as usize,
+                    0,
+                )
+                .await?;
+                if is_new {
+                    // The checkpoint written next says these entries are on disk: the new
+                    // file's name must be durable before it.
+                    self.disk
+                        .sync_dir(&dir)
+                        .await
+                        .map_err(|e| StoreError::io(format!("syncing {}", dir.display()), e))?;
+                }
+                if let Some(state) = self.queues.borrow_mut().get_mut(&key) {
+                    state.files.insert(file);
+                    state.persisted = state.persisted.max(end);
+                    state.on_disk = state.on_disk.max(end);
+                }
+                if end >= next {
+                    break;
+                }
+                pos = end;
+            }
+            if let Some(state) = self.queues.borrow_mut().get_mut(&key) {
+                let keep_from = state.next().saturating_sub(self.config.cq_cache_entries);
+                state.evict_before(keep_from, n);
+            }
         }
         Ok(())
+    }
+
+    /// Entries `from..to` of a queue (one file's), for rebuilding a partial block: from the
+    /// cached tail, and from the file for any part before it (always persisted).
+    async fn entries_for_write(
+        &self,
+        key: QueueKey,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<CqEntry>, StoreError> {
+        let n = self.file_entries();
+        let tail_start = match self.queues.borrow().get(&key) {
+            Some(state) => state.tail_start,
+            None => return Ok(Vec::new()),
+        };
+        let mut out = Vec::new();
+        if from < tail_start.min(to) {
+            let file = consume_queue::file_start(from, n);
+            let path = consume_queue::file_path(&self.config.dir, key, file);
+            let count = tail_start.min(to) - from;
+            out = consume_queue::read_range(&self.disk, &path, from - file, count).await?;
+            if out.len() as u64 != count {
+                return Err(StoreError::Corrupt(format!(
+                    "consume queue {} ends before queue offset {}",
+                    path.display(),
+                    from + count
+                )));
+            }
+        }
+        let queues = self.queues.borrow();
+        let Some(state) = queues.get(&key) else {
+            return Ok(Vec::new());
+        };
+        for offset in from.max(state.tail_start)..to {
+            match state.cached(offset) {
+                Some(entry) => out.push(*entry),
+                None => {
+                    return Err(StoreError::Corrupt(format!(
+                        "consume queue {}/{} lost unpersisted entry {offset} from memory",
+                        key.topic_id, key.queue
+                    )))
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// See [`CommitLog::admit_batch`].
@@ -706,25 +941,210 @@ impl<D: Disk> ShardStore<D> {
     /// (min queue offset, next queue offset) of a queue, counting every appended entry.
     pub fn queue_range(&self, key: QueueKey) -> Option<(u64, u64)> {
         let queues = self.queues.borrow();
-        queues.get(&key).map(|s| (0, s.entries.len() as u64))
+        queues.get(&key).map(|s| (s.min_offset, s.next()))
+    }
+
+    /// How many of a queue's entries are in memory (the cached tail), for tests and metrics.
+    pub fn cached_entries(&self, key: QueueKey) -> usize {
+        self.queues.borrow().get(&key).map_or(0, |s| s.tail.len())
     }
 
     /// One past the highest queue offset whose record ends at or before `confirmed_offset`.
+    /// Found in the cached tail; when the confirmed offset lies before it (a slave or
+    /// SYNC_MASTER whose confirmation lags by more than the cache), the answer is the queue's
+    /// minimum: short, never past what is confirmed, and a consumer waits rather than skips.
     pub fn visible_end(&self, key: QueueKey, confirmed_offset: u64) -> Option<u64> {
         let queues = self.queues.borrow();
         let state = queues.get(&key)?;
-        Some(consume_queue::visible_end(&state.entries, confirmed_offset) as u64)
+        let in_tail = state
+            .tail
+            .front()
+            .is_some_and(|first| first.end_offset() <= confirmed_offset);
+        Some(if in_tail || state.tail_start <= state.min_offset {
+            state.tail_start
+                + state
+                    .tail
+                    .partition_point(|e| e.end_offset() <= confirmed_offset) as u64
+        } else {
+            state.min_offset
+        })
     }
 
-    /// Consume-queue entries of `key` from queue offset `from`, at most `max_count`.
-    pub fn entries(&self, key: QueueKey, from: u64, max_count: usize) -> Vec<CqEntry> {
-        let queues = self.queues.borrow();
-        let Some(state) = queues.get(&key) else {
-            return Vec::new();
+    /// Consume-queue entries of `key` from queue offset `from`, at most `max_count`; none
+    /// below the queue's minimum. Entries before the cached tail are read from the queue's
+    /// files, one read per file touched (a pull touches one, two at a file boundary), and
+    /// validated: an impossible entry ends the answer, or fails it when it comes first.
+    pub async fn entries(
+        &self,
+        key: QueueKey,
+        from: u64,
+        max_count: usize,
+    ) -> Result<Vec<CqEntry>, StoreError> {
+        let n = self.file_entries();
+        let mut out: Vec<CqEntry> = Vec::new();
+        let mut pos = from;
+        loop {
+            let (path, index, count) = {
+                let queues = self.queues.borrow();
+                let Some(state) = queues.get(&key) else {
+                    return Ok(out);
+                };
+                let want = (max_count - out.len()) as u64;
+                if want == 0 || pos < state.min_offset || pos >= state.next() {
+                    return Ok(out);
+                }
+                if pos >= state.tail_start {
+                    let at = (pos - state.tail_start) as usize;
+                    let count = want.min(state.next() - pos) as usize;
+                    out.extend(state.tail.range(at..at + count).copied());
+                    return Ok(out);
+                }
+                let file = consume_queue::file_start(pos, n);
+                let count = want.min(file + n - pos).min(state.tail_start - pos);
+                (
+                    consume_queue::file_path(&self.config.dir, key, file),
+                    pos - file,
+                    count,
+                )
+            };
+            let mut chunk = consume_queue::read_range(&self.disk, &path, index, count).await?;
+            let unordered = match (out.last(), chunk.first()) {
+                (Some(last), Some(first)) => first.commitlog_offset < last.end_offset(),
+                _ => false,
+            };
+            let bad = consume_queue::first_invalid_entry(&chunk, self.entry_limits())
+                .or((chunk.len() as u64 != count).then_some(chunk.len()))
+                .or(unordered.then_some(0));
+            if let Some(bad) = bad {
+                if bad == 0 && out.is_empty() {
+                    return Err(StoreError::Corrupt(format!(
+                        "consume queue {} holds no valid entry for queue offset {pos}",
+                        path.display()
+                    )));
+                }
+                chunk.truncate(bad);
+                out.extend(chunk);
+                return Ok(out);
+            }
+            pos += chunk.len() as u64;
+            out.extend(chunk);
+        }
+    }
+
+    /// The commitlog's first retained byte: every record before it is gone. The start of the
+    /// oldest segment (a segment is deleted whole).
+    pub fn log_head(&self) -> u64 {
+        self.log.oldest_segment().unwrap_or(0)
+    }
+
+    /// Moves every queue's minimum to its first entry whose record starts at or after
+    /// `log_head` (never backwards), and deletes the consume-queue files wholly before it
+    /// (never a queue's newest). Idempotent: recovery calls it with the log head, so a crash
+    /// between deleting a segment and trimming the queues, or in the middle of this, heals
+    /// on the next open. Costs one small read per file crossed and one read of the file
+    /// holding the new minimum.
+    pub async fn expire_queues_before(&self, log_head: u64) -> Result<(), StoreError> {
+        let keys: Vec<QueueKey> = self.queues.borrow().keys().copied().collect();
+        for key in keys {
+            self.expire_queue(key, log_head).await?;
+        }
+        Ok(())
+    }
+
+    async fn expire_queue(&self, key: QueueKey, log_head: u64) -> Result<(), StoreError> {
+        let n = self.file_entries();
+        let found = self.first_entry_at_or_after(key, log_head).await?;
+        let doomed: Vec<u64> = {
+            let mut queues = self.queues.borrow_mut();
+            let Some(state) = queues.get_mut(&key) else {
+                return Ok(());
+            };
+            state.min_offset = state.min_offset.max(found);
+            let keep_from = state.tail_start.max(state.min_offset);
+            state.evict_before(keep_from, n);
+            let newest = state.files.last().copied();
+            let min = state.min_offset;
+            state
+                .files
+                .iter()
+                .copied()
+                .filter(|&file| file + n <= min && Some(file) != newest)
+                .collect()
         };
-        let start = (from as usize).min(state.entries.len());
-        let end = start.saturating_add(max_count).min(state.entries.len());
-        state.entries[start..end].to_vec()
+        for file in doomed {
+            let path = consume_queue::file_path(&self.config.dir, key, file);
+            match self.disk.remove(&path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(StoreError::io(format!("removing {}", path.display()), e))
+                }
+            }
+            if let Some(state) = self.queues.borrow_mut().get_mut(&key) {
+                state.files.remove(&file);
+            }
+        }
+        Ok(())
+    }
+
+    /// The queue offset of the first entry of `key` at or after its minimum whose record
+    /// starts at or after `log_head`; the queue's next offset when there is none.
+    async fn first_entry_at_or_after(&self, key: QueueKey, log_head: u64) -> Result<u64, StoreError> {
+        let n = self.file_entries();
+        let (min, tail_start, files) = {
+            let queues = self.queues.borrow();
+            let Some(state) = queues.get(&key) else {
+                return Ok(0);
+            };
+            let first_cached_before = state
+                .tail
+                .front()
+                .is_some_and(|e| e.commitlog_offset < log_head);
+            if first_cached_before || state.tail_start <= state.min_offset {
+                let skip = state.tail_start.max(state.min_offset);
+                let below = state
+                    .tail
+                    .iter()
+                    .skip((skip - state.tail_start) as usize)
+                    .take_while(|e| e.commitlog_offset < log_head)
+                    .count() as u64;
+                return Ok(skip + below);
+            }
+            let files: Vec<u64> = state
+                .files
+                .range(consume_queue::file_start(state.min_offset, n)..state.tail_start)
+                .copied()
+                .collect();
+            (state.min_offset, state.tail_start, files)
+        };
+        // The answer lies in [min, tail_start]: walk the files by their first entries, then
+        // search the one file that holds it.
+        let path = |file: u64| consume_queue::file_path(&self.config.dir, key, file);
+        let mut holder = None;
+        for (i, &file) in files.iter().enumerate() {
+            let later_first = match files.get(i + 1) {
+                Some(&next_file) => consume_queue::read_range(&self.disk, &path(next_file), 0, 1)
+                    .await?
+                    .first()
+                    .map(|e| e.commitlog_offset),
+                None => None,
+            };
+            if later_first.is_none_or(|first| first >= log_head) {
+                holder = Some(file);
+                break;
+            }
+        }
+        let Some(file) = holder else {
+            return Ok(min);
+        };
+        let from = file.max(min);
+        let to = (file + n).min(tail_start);
+        let entries = consume_queue::read_range(&self.disk, &path(file), from - file, to - from).await?;
+        let below = entries
+            .iter()
+            .take_while(|e| e.commitlog_offset < log_head)
+            .count() as u64;
+        Ok(from + below)
     }
 
     /// The bytes of the record an entry points to (from the write buffer or from disk).
@@ -814,6 +1234,8 @@ mod tests {
             write_buffer_bytes: 16 * 1024,
             max_record_bytes: 4 * 1024,
             adopt_unknown_queues: true,
+            cq_file_entries: 1024,
+            cq_cache_entries: 64,
         };
         let (slave, _) = block_on(ShardStore::open(SimDisk::new(), config, &[])).expect("open");
         let key = QueueKey {

@@ -51,7 +51,7 @@ pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, 
             ));
         }
         let visible = shard.visibility().wait(
-            wait_for(shard, key, request.offset),
+            wait_for(shard, key, request.offset).await,
             shard.confirmed_offset(),
         );
         future::or(
@@ -66,8 +66,11 @@ pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, 
 
 /// What a pull at the end of what `key` shows waits for: the record at `offset` to be
 /// confirmed when the queue holds it already, else the queue's next append.
-fn wait_for<D: Disk>(shard: &Shard<D>, key: QueueKey, offset: u64) -> WaitFor {
-    match shard.store().entries(key, offset, 1).first() {
+async fn wait_for<D: Disk>(shard: &Shard<D>, key: QueueKey, offset: u64) -> WaitFor {
+    // An entry older than the cached tail is read from its file; if that read fails, waiting
+    // for the next append still ends the poll by its deadline.
+    let entry = shard.store().entries(key, offset, 1).await.ok();
+    match entry.as_deref().and_then(|entries| entries.first()) {
         Some(entry) => WaitFor::Confirmed(entry.commitlog_offset + entry.size as u64),
         None => WaitFor::Append(key),
     }
@@ -91,9 +94,20 @@ fn summary<D: Disk>(
     // range: the consumer waits for it like for a new message, so it neither skips nor
     // rewinds.
     if offset < min_offset || offset > max_offset.max(stored_end) {
-        return Err(ShardError::OffsetOutOfRange(format!(
-            "offset {offset} is outside the queue's range {min_offset}..={max_offset}"
-        )));
+        let reason = if offset < min_offset {
+            "below the queue's minimum (retention deleted it)"
+        } else {
+            "past the queue's end"
+        };
+        return Err(ShardError::OffsetOutOfRange(
+            crate::protocol::codes::offset_out_of_range_message(
+                &format!(
+                    "offset {offset} is {reason}: outside the queue's range {min_offset}..={max_offset}"
+                ),
+                min_offset,
+                max_offset,
+            ),
+        ));
     }
     Ok(PullSummary {
         next_offset: offset,
@@ -111,7 +125,7 @@ async fn read_messages<D: Disk>(
     let max_messages = request.max_messages.clamp(1, MAX_MESSAGES_PER_PULL) as u64;
     let max_bytes = request.max_bytes.clamp(1, MAX_BYTES_PER_PULL) as usize;
     let count = (summary.max_offset - request.offset).min(max_messages) as usize;
-    let entries = shard.store().entries(key, request.offset, count);
+    let entries = shard.store().entries(key, request.offset, count).await?;
     let mut out = Vec::new();
     let mut encoder = PullResponseEncoder::begin(&mut out, summary);
     let mut next = request.offset;

@@ -1,0 +1,384 @@
+//! Consume queues split into files: rolling, reading entries older than the cached tail,
+//! recovery that reads only the files' ends, the migration of the single-file layout, and
+//! the queue minimum (`expire_queues_before`), all on the simulated disk.
+
+use super::consume_queue::{self, encode_entry, CqEntry, CQ_ENTRY_BYTES};
+use super::io::{Disk, DiskFile, BLOCK_BYTES};
+use super::record::{self, Decoded, RecordInput};
+use super::{AppendError, QueueKey, ShardStore, StoreConfig};
+use crate::testing::SimDisk;
+use futures_lite::future::block_on;
+use std::path::{Path, PathBuf};
+
+const KEY: QueueKey = QueueKey {
+    topic_id: 3,
+    queue: 1,
+};
+const OTHER: QueueKey = QueueKey {
+    topic_id: 3,
+    queue: 2,
+};
+const FILE_ENTRIES: u64 = 100;
+const CACHE: u64 = 16;
+
+fn config() -> StoreConfig {
+    StoreConfig {
+        dir: PathBuf::from("/store/shard-0"),
+        segment_size_bytes: 64 * 1024,
+        write_buffer_bytes: 16 * 1024,
+        max_record_bytes: 4 * 1024,
+        adopt_unknown_queues: false,
+        cq_file_entries: FILE_ENTRIES,
+        cq_cache_entries: CACHE,
+    }
+}
+
+fn open(disk: &SimDisk) -> ShardStore<SimDisk> {
+    block_on(ShardStore::open(disk.clone(), config(), &[KEY, OTHER]))
+        .expect("open")
+        .0
+}
+
+fn body(key: QueueKey, i: u64) -> Vec<u8> {
+    format!("q{} message {i:05}", key.queue).into_bytes()
+}
+
+/// Appends `count` records to `key`, flushing and rolling segments as a shard would, and
+/// persisting the consume queues every `persist_every` records.
+fn append(store: &ShardStore<SimDisk>, key: QueueKey, count: u64, persist_every: u64) {
+    let start = store.queue_range(key).map_or(0, |(_, next)| next);
+    for i in start..start + count {
+        let bytes = body(key, i);
+        let input = RecordInput {
+            topic_id: key.topic_id,
+            queue_id: key.queue,
+            queue_offset: 0,
+            born_timestamp_ms: 1,
+            store_timestamp_ms: 1,
+            topic: "t",
+            key: b"",
+            properties: b"",
+            body: &bytes,
+        };
+        loop {
+            match store.append(&input) {
+                Ok(appended) => {
+                    assert_eq!(appended.queue_offset, i);
+                    break;
+                }
+                Err(AppendError::BufferFull) => {
+                    block_on(store.flush()).expect("flush");
+                }
+                Err(AppendError::SegmentNotReady) => {
+                    block_on(store.prepare_next_segment()).expect("segment");
+                }
+                Err(e) => panic!("append: {e}"),
+            }
+        }
+        if store.needs_next_segment() {
+            block_on(store.prepare_next_segment()).expect("segment");
+        }
+        if (i + 1) % persist_every == 0 {
+            block_on(store.flush()).expect("flush");
+            block_on(store.persist_metadata()).expect("persist");
+        }
+    }
+}
+
+/// Reads `from..` back as a pull would (entries, then records) and checks every body.
+fn check_reads(store: &ShardStore<SimDisk>, key: QueueKey, from: u64) -> u64 {
+    let (min, next) = store.queue_range(key).expect("queue");
+    assert!(from >= min);
+    let mut offset = from;
+    while offset < next {
+        let entries = block_on(store.entries(key, offset, 7)).expect("entries");
+        assert!(!entries.is_empty(), "no entry at {offset} of {next}");
+        for entry in entries {
+            let bytes = block_on(store.read_record(entry)).expect("record");
+            let Ok(Decoded::Record(view)) = record::decode(&bytes, entry.commitlog_offset) else {
+                panic!("offset {offset} does not decode");
+            };
+            assert_eq!(view.queue_offset, offset);
+            assert_eq!(view.body, body(key, offset));
+            offset += 1;
+        }
+    }
+    offset - from
+}
+
+fn files(disk: &SimDisk, key: QueueKey) -> Vec<String> {
+    block_on(disk.list(&consume_queue::files_dir(&config().dir, key))).expect("list")
+}
+
+fn name(first: u64) -> String {
+    format!("{first:020}")
+}
+
+#[test]
+fn files_roll_by_first_offset_and_old_entries_are_read_from_them() {
+    let disk = SimDisk::new();
+    let store = open(&disk);
+    append(&store, KEY, 350, 10);
+    append(&store, OTHER, 5, 5);
+    block_on(store.persist_metadata()).expect("persist");
+    assert_eq!(files(&disk, KEY), [name(0), name(100), name(200), name(300)]);
+    assert_eq!(files(&disk, OTHER), [name(0)]);
+    // The tail is bounded: the cache plus at most the block the next write rewrites.
+    let per_block = (BLOCK_BYTES / CQ_ENTRY_BYTES) as u64;
+    assert!(store.cached_entries(KEY) as u64 <= CACHE + per_block);
+    assert_eq!(check_reads(&store, KEY, 0), 350);
+    // A pull of old data reads one file: a request never spans two.
+    let entries = block_on(store.entries(KEY, 95, 10)).expect("entries");
+    assert_eq!(entries.len(), 10, "entries across a file boundary");
+    assert_eq!(check_reads(&store, OTHER, 0), 5);
+    // Clean restart and a crash both find every persisted entry through the files.
+    block_on(store.close()).expect("close");
+    let store = open(&disk);
+    assert_eq!(store.queue_range(KEY), Some((0, 350)));
+    assert_eq!(check_reads(&store, KEY, 0), 350);
+    append(&store, KEY, 60, 20);
+    for seed in 0..8 {
+        let crashed = disk.crash(seed);
+        let store = open(&crashed);
+        let (min, next) = store.queue_range(KEY).expect("queue");
+        assert_eq!(min, 0);
+        assert!((400..=410).contains(&next), "seed {seed}: {next}");
+        assert_eq!(check_reads(&store, KEY, 0), next);
+        // The recovered store keeps appending into the right file.
+        append(&store, KEY, 150, 30);
+        block_on(store.close()).expect("close");
+        let store = open(&crashed);
+        assert_eq!(check_reads(&store, KEY, 0), next + 150);
+    }
+}
+
+#[test]
+fn recovery_reads_the_ends_of_the_files_not_the_files() {
+    let disk = SimDisk::new();
+    let store = open(&disk);
+    append(&store, KEY, 1000, 50);
+    block_on(store.close()).expect("close");
+    let store = open(&disk);
+    let per_block = (BLOCK_BYTES / CQ_ENTRY_BYTES) as u64;
+    assert!(
+        store.cached_entries(KEY) as u64 <= CACHE + per_block,
+        "{} entries in memory after recovery",
+        store.cached_entries(KEY)
+    );
+    assert_eq!(check_reads(&store, KEY, 990), 10);
+}
+
+#[test]
+fn trimming_past_the_recovered_end_reaches_into_older_files() {
+    let disk = SimDisk::new();
+    let store = open(&disk);
+    append(&store, KEY, 120, 120);
+    let cut = block_on(store.entries(KEY, 90, 1)).expect("entries")[0].commitlog_offset;
+    block_on(store.truncate_to(cut)).expect("truncate");
+    assert_eq!(store.queue_range(KEY), Some((0, 90)));
+    assert_eq!(files(&disk, KEY), [name(0)]);
+    block_on(store.close()).expect("close");
+    let store = open(&disk);
+    assert_eq!(store.queue_range(KEY), Some((0, 90)));
+    assert_eq!(check_reads(&store, KEY, 0), 90);
+    append(&store, KEY, 30, 10);
+    assert_eq!(check_reads(&store, KEY, 0), 120);
+}
+
+/// Writes `entries` as the layout before the split did: one file per queue, entries from the
+/// start, zeros to the end of the last block.
+fn write_legacy(disk: &SimDisk, key: QueueKey, entries: &[CqEntry]) {
+    let path = consume_queue::legacy_path(&config().dir, key);
+    let mut bytes = vec![0u8; (entries.len() * CQ_ENTRY_BYTES).div_ceil(BLOCK_BYTES) * BLOCK_BYTES];
+    for (i, entry) in entries.iter().enumerate() {
+        encode_entry(entry, &mut bytes[i * CQ_ENTRY_BYTES..]);
+    }
+    block_on(async {
+        let file = disk.open(&path, true).await.expect("create legacy file");
+        file.write_bytes_at(&bytes, 0).await.expect("write");
+        file.fdatasync().await.expect("sync");
+        disk.sync_dir(path.parent().expect("dir")).await.expect("sync dir");
+    });
+}
+
+/// A store of the old layout: the records are in the log, each queue's entries in one file.
+fn legacy_store(disk: &SimDisk, count: u64) -> Vec<CqEntry> {
+    let store = open(disk);
+    append(&store, KEY, count, 25);
+    append(&store, OTHER, 3, 3);
+    block_on(store.close()).expect("close");
+    let mut by_queue = Vec::new();
+    for key in [KEY, OTHER] {
+        let entries = block_on(store.entries(key, 0, usize::MAX)).expect("entries");
+        block_on(disk.remove_dir_all(&consume_queue::files_dir(&config().dir, key))).unwrap();
+        write_legacy(disk, key, &entries);
+        by_queue.push(entries);
+    }
+    by_queue.swap_remove(0)
+}
+
+#[test]
+fn a_legacy_single_file_store_is_migrated() {
+    let disk = SimDisk::new();
+    let entries = legacy_store(&disk, 250);
+    let legacy = consume_queue::legacy_path(&config().dir, KEY);
+    let store = open(&disk);
+    assert!(!block_on(disk.exists(&legacy)).unwrap(), "legacy file left");
+    assert_eq!(files(&disk, KEY), [name(0), name(100), name(200)]);
+    assert_eq!(store.queue_range(KEY), Some((0, 250)));
+    assert_eq!(block_on(store.entries(KEY, 0, usize::MAX)).unwrap(), entries);
+    assert_eq!(check_reads(&store, KEY, 0), 250);
+    assert_eq!(check_reads(&store, OTHER, 0), 3);
+    append(&store, KEY, 10, 10);
+    block_on(store.close()).expect("close");
+    let store = open(&disk);
+    assert_eq!(check_reads(&store, KEY, 0), 260);
+}
+
+/// The migration's intermediate states, as a crash leaves them: some new files written (one
+/// torn) with the legacy file still there, or every new file complete and the legacy file not
+/// yet removed. Either reopens to the same queue.
+#[test]
+fn a_migration_interrupted_at_any_step_reopens() {
+    for state in ["partial", "complete"] {
+        let disk = SimDisk::new();
+        let entries = legacy_store(&disk, 250);
+        let dir = consume_queue::files_dir(&config().dir, KEY);
+        block_on(disk.create_dir_all(&dir)).unwrap();
+        let first = &entries[..FILE_ENTRIES as usize];
+        block_on(consume_queue::write_from(
+            &disk,
+            &dir.join(name(0)),
+            first,
+            0,
+            0,
+            0,
+        ))
+        .unwrap();
+        if state == "partial" {
+            // A later file of the interrupted attempt holds garbage.
+            block_on(async {
+                let file = disk.open(&dir.join(name(100)), true).await.unwrap();
+                file.write_bytes_at(&[0x5a; BLOCK_BYTES], 0).await.unwrap();
+                file.fdatasync().await.unwrap();
+            });
+        } else {
+            for first_offset in [100u64, 200] {
+                let end = (first_offset + FILE_ENTRIES).min(250) as usize;
+                block_on(consume_queue::write_from(
+                    &disk,
+                    &dir.join(name(first_offset)),
+                    &entries[first_offset as usize..end],
+                    0,
+                    0,
+                    0,
+                ))
+                .unwrap();
+            }
+        }
+        block_on(disk.sync_dir(&dir)).unwrap();
+        let store = open(&disk);
+        assert_eq!(store.queue_range(KEY), Some((0, 250)), "{state}");
+        assert_eq!(check_reads(&store, KEY, 0), 250, "{state}");
+        let legacy = consume_queue::legacy_path(&config().dir, KEY);
+        assert!(!block_on(disk.exists(&legacy)).unwrap());
+        // A crash right after the migration keeps it (every step was durable).
+        let store = open(&disk.crash(7));
+        assert_eq!(check_reads(&store, KEY, 0), 250, "{state} after a crash");
+    }
+}
+
+#[test]
+fn a_legacy_file_with_an_impossible_entry_is_rebuilt() {
+    let disk = SimDisk::new();
+    let mut entries = legacy_store(&disk, 150);
+    entries[120].size = 3;
+    write_legacy(&disk, KEY, &entries);
+    let (store, report) =
+        block_on(ShardStore::open(disk.clone(), config(), &[KEY, OTHER])).expect("open");
+    assert!(report.consume_queue_entries_dispatched >= 150);
+    assert_eq!(check_reads(&store, KEY, 0), 150);
+}
+
+fn head_at(store: &ShardStore<SimDisk>, offset: u64) -> u64 {
+    block_on(store.entries(KEY, offset, 1)).expect("entries")[0].commitlog_offset
+}
+
+#[test]
+fn expiry_moves_the_minimum_and_deletes_whole_files_only() {
+    let disk = SimDisk::new();
+    let store = open(&disk);
+    append(&store, KEY, 450, 30);
+    append(&store, OTHER, 20, 20);
+    block_on(store.persist_metadata()).unwrap();
+    let head = head_at(&store, 250);
+    block_on(store.expire_queues_before(head)).expect("expire");
+    assert_eq!(store.queue_range(KEY), Some((250, 450)));
+    // OTHER's records were appended after KEY's last: all after the head, nothing expires.
+    assert_eq!(store.queue_range(OTHER), Some((0, 20)));
+    assert_eq!(files(&disk, KEY), [name(200), name(300), name(400)]);
+    assert!(block_on(store.entries(KEY, 249, 5)).unwrap().is_empty());
+    assert_eq!(check_reads(&store, KEY, 250), 200);
+    // Idempotent, and never backwards.
+    block_on(store.expire_queues_before(head)).expect("again");
+    block_on(store.expire_queues_before(0)).expect("older head");
+    assert_eq!(store.queue_range(KEY), Some((250, 450)));
+    // A head past the tail's start finds the minimum in the cache.
+    let late = head_at(&store, 445);
+    block_on(store.expire_queues_before(late)).expect("late");
+    assert_eq!(store.queue_range(KEY), Some((445, 450)));
+    assert_eq!(files(&disk, KEY), [name(400)]);
+    assert_eq!(check_reads(&store, KEY, 445), 5);
+    // A head past every record empties the queue but keeps its newest file and its end.
+    block_on(store.expire_queues_before(u64::MAX)).expect("all");
+    assert_eq!(store.queue_range(KEY), Some((450, 450)));
+    assert_eq!(store.queue_range(OTHER), Some((20, 20)));
+    assert_eq!(files(&disk, KEY), [name(400)]);
+    append(&store, KEY, 60, 20);
+    block_on(store.persist_metadata()).unwrap();
+    assert_eq!(check_reads(&store, KEY, 450), 60);
+    assert_eq!(files(&disk, KEY), [name(400), name(500)]);
+}
+
+/// The retention order: the log head is persisted first (here the test holds it), then the
+/// queues are trimmed; a crash anywhere, including after only some files were deleted,
+/// reopens to the same minimum once recovery applies the head again.
+#[test]
+fn expiry_interrupted_by_a_crash_heals_on_the_next_open() {
+    let disk = SimDisk::new();
+    let store = open(&disk);
+    append(&store, KEY, 450, 30);
+    block_on(store.persist_metadata()).unwrap();
+    let head = head_at(&store, 310);
+    // Half done by hand: the oldest file deleted, the next one not.
+    let dir = consume_queue::files_dir(&config().dir, KEY);
+    block_on(disk.remove(&dir.join(name(0)))).unwrap();
+    for seed in 0..6 {
+        let crashed = disk.crash(seed);
+        let store = open(&crashed);
+        assert_eq!(store.queue_range(KEY).unwrap().0, 100, "the first file left");
+        block_on(store.expire_queues_before(head)).expect("expire");
+        assert_eq!(store.queue_range(KEY), Some((310, 450)));
+        let after = files(&crashed, KEY);
+        assert_eq!(after, [name(300), name(400)]);
+        let store = open(&crashed.crash(seed + 100));
+        block_on(store.expire_queues_before(head)).expect("expire again");
+        assert_eq!(store.queue_range(KEY), Some((310, 450)));
+        assert_eq!(check_reads(&store, KEY, 310), 140);
+    }
+}
+
+#[test]
+fn file_names_are_twenty_digit_first_offsets() {
+    let dir = Path::new("/s");
+    let path = consume_queue::file_path(dir, KEY, 262_144);
+    assert_eq!(
+        path,
+        Path::new("/s/consumequeue/3/1.cq/00000000000000262144")
+    );
+    assert_eq!(consume_queue::parse_file_name("00000000000000262144"), Some(262_144));
+    assert_eq!(consume_queue::parse_file_name("262144"), None);
+    assert_eq!(consume_queue::parse_file_name("0000000000000026214x"), None);
+    assert_eq!(consume_queue::file_start(262_143, 262_144), 0);
+    assert_eq!(consume_queue::file_start(262_144, 262_144), 262_144);
+}

@@ -1,0 +1,132 @@
+//! What a consumer does when its offset is no longer in the queue: the broker answers
+//! `OFFSET_OUT_OF_RANGE` with the queue's minimum and maximum (retention deleted the records
+//! before the minimum, or the offset lies past the end), and the consumer moves to one end of
+//! that range by its [`OffsetReset`] policy and tells its caller what it did.
+
+use crate::protocol::codes::parse_offset_range;
+use crate::protocol::Status;
+use crate::ClientError;
+
+/// Where a consumer whose offset left the queue's range goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffsetReset {
+    /// To the queue's minimum: the oldest message still retained (nothing retained is skipped).
+    Earliest,
+    /// To the queue's maximum: only messages produced from now on.
+    Latest,
+}
+
+impl OffsetReset {
+    pub fn name(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<OffsetReset> {
+        match text {
+            "earliest" => Some(OffsetReset::Earliest),
+            "latest" => Some(OffsetReset::Latest),
+            _ => None,
+        }
+    }
+
+    /// The offset this policy picks in the range `min_offset..=max_offset`.
+    pub fn target(self, min_offset: u64, max_offset: u64) -> u64 {
+        match self {
+            OffsetReset::Earliest => min_offset,
+            OffsetReset::Latest => max_offset.max(min_offset),
+        }
+    }
+}
+
+/// A reset a consumer made: report it to the user (the messages between `from` and `to` were
+/// skipped when `to > from`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OffsetResetApplied {
+    pub queue: u32,
+    pub from: u64,
+    pub to: u64,
+    pub min_offset: u64,
+    pub max_offset: u64,
+    pub policy: OffsetReset,
+}
+
+impl std::fmt::Display for OffsetResetApplied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "queue {}: offset {} is out of range {}..={}; reset to {} ({})",
+            self.queue,
+            self.from,
+            self.min_offset,
+            self.max_offset,
+            self.to,
+            self.policy.name()
+        )
+    }
+}
+
+/// The range an `OFFSET_OUT_OF_RANGE` error carries, if `error` is one and carries it.
+pub fn out_of_range(error: &ClientError) -> Option<(u64, u64)> {
+    match error {
+        ClientError::Status {
+            status: Status::OffsetOutOfRange,
+            message,
+        } => parse_offset_range(message),
+        _ => None,
+    }
+}
+
+/// The reset `policy` makes for a pull of `queue` at `offset` that failed with `error`;
+/// `None` unless the error is `OFFSET_OUT_OF_RANGE` with its range.
+pub fn reset_for(
+    error: &ClientError,
+    policy: OffsetReset,
+    queue: u32,
+    offset: u64,
+) -> Option<OffsetResetApplied> {
+    let (min_offset, max_offset) = out_of_range(error)?;
+    Some(OffsetResetApplied {
+        queue,
+        from: offset,
+        to: policy.target(min_offset, max_offset),
+        min_offset,
+        max_offset,
+        policy,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::codes::offset_out_of_range_message;
+
+    fn error(status: Status, message: String) -> ClientError {
+        ClientError::Status { status, message }
+    }
+
+    #[test]
+    fn each_policy_picks_its_end_of_the_carried_range() {
+        let e = error(
+            Status::OffsetOutOfRange,
+            offset_out_of_range_message("offset 2 is below the minimum", 40, 90),
+        );
+        let earliest = reset_for(&e, OffsetReset::Earliest, 3, 2).expect("a reset");
+        assert_eq!((earliest.from, earliest.to), (2, 40));
+        assert_eq!(
+            earliest.to_string(),
+            "queue 3: offset 2 is out of range 40..=90; reset to 40 (earliest)"
+        );
+        let latest = reset_for(&e, OffsetReset::Latest, 3, 2).expect("a reset");
+        assert_eq!(latest.to, 90);
+        // Another status, or an old broker's message without the range: no reset here.
+        let other = error(Status::StoreError, offset_out_of_range_message("x", 1, 2));
+        assert_eq!(reset_for(&other, OffsetReset::Earliest, 0, 0), None);
+        let old = error(Status::OffsetOutOfRange, "offset 2 is outside 40..=90".into());
+        assert_eq!(reset_for(&old, OffsetReset::Earliest, 0, 0), None);
+        assert_eq!(OffsetReset::parse("latest"), Some(OffsetReset::Latest));
+        assert_eq!(OffsetReset::parse("newest"), None);
+    }
+}
