@@ -101,6 +101,10 @@ fn config(flush: FlushDiskType, role: BrokerRole) -> BrokerConfig {
         sync_replica_timeout_ms: 100,
         min_in_sync_replicas: 2,
         max_pull_wait_ms: 50,
+        // A tail of a few entries and files of a few dozen: pulls that rewind read the files,
+        // and a life rolls them.
+        consume_queue_cache_entries: 3,
+        consume_queue_file_entries: 24,
         ..BrokerConfig::default()
     }
 }
@@ -235,6 +239,11 @@ async fn consumer(
     loop {
         let queue = rng.below(QUEUES as u64) as u32;
         let max_wait_ms = rng.below(80) as u32;
+        // Now and then read again from an older offset: below the cached tail, the entries
+        // come from the consume-queue files, and they must show what they showed before.
+        if rng.chance(1, 8) {
+            next[queue as usize] = rng.below(next[queue as usize] + 1);
+        }
         let request = encode(|out| {
             PullRequest {
                 topic: TOPIC.to_string(),

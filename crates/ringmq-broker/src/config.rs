@@ -193,6 +193,11 @@ pub struct BrokerConfig {
     /// seconds behind a busy queue without a file read, and bounds the heap at 192 KiB per
     /// queue: 1,000 queues hold under 200 MiB whatever the number of messages.
     pub consume_queue_cache_entries: u64,
+    /// Entries per consume-queue file (20 bytes each): 262,144 = 5 MiB, see
+    /// `store::consume_queue::DEFAULT_FILE_ENTRIES`. Retention deletes whole files, so this
+    /// is the step in which consume-queue space is freed. Fixed for a store's life: files are
+    /// named by their first offset, a multiple of it.
+    pub consume_queue_file_entries: u64,
     /// Longest any one start-up stage of a shard may take (priming the probe, loading consume
     /// queues, scanning one commitlog segment, truncating, rebuilding...) before the broker
     /// exits naming the shard and the stage instead of hanging. Five minutes is about a hundred
@@ -251,6 +256,7 @@ impl Default for BrokerConfig {
             max_pull_wait_ms: 30_000,
             checkpoint_interval_ms: 1_000,
             consume_queue_cache_entries: 8192,
+            consume_queue_file_entries: crate::store::consume_queue::DEFAULT_FILE_ENTRIES,
             startup_stage_timeout_ms: 300_000,
             spin_before_park_us: 0,
             io_memory_bytes: 10 * MIB,
@@ -398,6 +404,12 @@ impl BrokerConfig {
             return Err(ConfigError::value(
                 "consume_queue_cache_entries",
                 "must be between 1 and 16777216 (384 MiB per queue)",
+            ));
+        }
+        if self.consume_queue_file_entries == 0 || self.consume_queue_file_entries > 1 << 24 {
+            return Err(ConfigError::value(
+                "consume_queue_file_entries",
+                "must be between 1 and 16777216 (320 MiB files)",
             ));
         }
         if self.max_message_bytes == 0 {

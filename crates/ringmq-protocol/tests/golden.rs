@@ -395,3 +395,16 @@ fn empty_request_bodies() {
         "an empty body has no room for bytes"
     );
 }
+
+/// `OFFSET_OUT_OF_RANGE`'s message tail that carries the queue's range (docs/protocol.md,
+/// "Statuses"): the bytes of one, and the range parsed back from them.
+#[test]
+fn offset_out_of_range_message() {
+    use ringmq_protocol::codes::{offset_out_of_range_message, parse_offset_range};
+    let golden = "6f666673657420332069732062656c6f77205b6d696e5f6f66667365743d3130206d61785f6f66667365743d34325d";
+    let bytes = check_encoding("OFFSET_OUT_OF_RANGE message", golden, |out| {
+        out.extend_from_slice(offset_out_of_range_message("offset 3 is below", 10, 42).as_bytes())
+    });
+    let text = std::str::from_utf8(&bytes).expect("UTF-8");
+    assert_eq!(parse_offset_range(text), Some((10, 42)));
+}

@@ -180,7 +180,7 @@ impl<D: Disk> Shard<D> {
             write_buffer_bytes: config.write_buffer_bytes as usize,
             max_record_bytes: startup::max_record_bytes(&config),
             adopt_unknown_queues: role == BrokerRole::Slave,
-            cq_file_entries: crate::store::consume_queue::DEFAULT_FILE_ENTRIES,
+            cq_file_entries: config.consume_queue_file_entries,
             cq_cache_entries: config.consume_queue_cache_entries,
         };
         let (store, _report) =

@@ -161,7 +161,7 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, ShardError> {
         write_buffer_bytes: config.write_buffer_bytes as usize,
         max_record_bytes: max_record_bytes(&config),
         adopt_unknown_queues: role == BrokerRole::Slave,
-        cq_file_entries: crate::store::consume_queue::DEFAULT_FILE_ENTRIES,
+        cq_file_entries: config.consume_queue_file_entries,
         cq_cache_entries: config.consume_queue_cache_entries,
     };
     let queues = owned_queues(start.id, &start.topics);
