@@ -70,14 +70,17 @@ fn a_consumer_below_the_minimum_is_reset_by_its_policy() {
     assert_eq!(out_of_range(&refused), Some((min, 400)));
     let reset = reset_for(&refused, OffsetReset::Earliest, 0, 0).expect("reset");
     assert_eq!(reset.to, min);
-    let pulled = client.pull("kept", 0, reset.to, 10, 1 << 20, 0).expect("pull");
+    let pulled = client
+        .pull("kept", 0, reset.to, 10, 1 << 20, 0)
+        .expect("pull");
     assert_eq!(pulled.messages[0].queue_offset, min);
 
     let out = broker.cli(&["topic", "describe", "kept"], b"");
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.lines().any(|l| l.split_whitespace().nth(2) == Some(&min.to_string())),
+        text.lines()
+            .any(|l| l.split_whitespace().nth(2) == Some(&min.to_string())),
         "topic describe shows the minimum {min}:\n{text}"
     );
     let out = broker.cli(&["group", "describe", "slow"], b"");
@@ -89,7 +92,9 @@ fn a_consumer_below_the_minimum_is_reset_by_its_policy() {
     let out = broker.cli(&["consume", "kept", "--from", "0", "--count", "3"], b"");
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains(&format!("offset 0 is out of range {min}..=400; reset to {min} (earliest)")),
+        stderr(&out).contains(&format!(
+            "offset 0 is out of range {min}..=400; reset to {min} (earliest)"
+        )),
         "{}",
         stderr(&out)
     );

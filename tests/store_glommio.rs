@@ -54,7 +54,13 @@ async fn append_all(store: &ShardStore<GlommioDisk>, range: std::ops::Range<usiz
 
 async fn check_all(store: &ShardStore<GlommioDisk>, count: usize) {
     assert_eq!(store.queue_range(KEY), Some((0, count as u64)));
-    for (i, entry) in store.entries(KEY, 0, usize::MAX).await.unwrap().into_iter().enumerate() {
+    for (i, entry) in store
+        .entries(KEY, 0, usize::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .enumerate()
+    {
         let bytes = store.read_record(entry).await.unwrap();
         let Ok(Decoded::Record(view)) = record::decode(&bytes, entry.commitlog_offset) else {
             panic!("record {i} does not decode");

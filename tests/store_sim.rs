@@ -298,7 +298,9 @@ fn deleted_consume_queue_is_rebuilt_from_the_commitlog() {
     let mut rng = SeededRng(3);
     workload(&store, &mut model, &mut rng, 300);
     block_on(store.close()).unwrap();
-    let cq = config().dir.join("consumequeue/1/1.cq/00000000000000000000");
+    let cq = config()
+        .dir
+        .join("consumequeue/1/1.cq/00000000000000000000");
     assert!(disk.content(&cq).is_some());
     futures_lite::future::block_on(ringmq::store::io::Disk::remove(&disk, &cq)).unwrap();
     let (store, report) = open(&disk);
@@ -534,7 +536,9 @@ fn a_corrupt_consume_queue_entry_is_rebuilt_from_the_commitlog() {
             model.bodies[1].len() > 10,
             "the queue must hold entries to corrupt"
         );
-        let cq = config().dir.join("consumequeue/1/1.cq/00000000000000000000");
+        let cq = config()
+            .dir
+            .join("consumequeue/1/1.cq/00000000000000000000");
         let mut bytes = disk.content(&cq).expect("consume queue written");
         let at = 5 * 20 + field_at;
         bytes[at..at + corrupt.len()].copy_from_slice(corrupt);

@@ -102,7 +102,14 @@ pub fn description_text(d: &GroupDescription, mins: &[Option<u64>]) -> String {
         "group {} (total lag {total})\n{}",
         d.group,
         table(
-            &["TOPIC", "QUEUE", "COMMITTED", "MIN_OFFSET", "MAX_OFFSET", "LAG"],
+            &[
+                "TOPIC",
+                "QUEUE",
+                "COMMITTED",
+                "MIN_OFFSET",
+                "MAX_OFFSET",
+                "LAG"
+            ],
             &rows
         )
     )

@@ -11,9 +11,9 @@ mod api;
 mod connection;
 mod error;
 mod failover;
-pub mod reset;
 #[cfg(test)]
 pub(crate) mod fake_broker;
+pub mod reset;
 #[cfg(test)]
 mod tests;
 

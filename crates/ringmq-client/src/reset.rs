@@ -124,7 +124,10 @@ mod tests {
         // Another status, or an old broker's message without the range: no reset here.
         let other = error(Status::StoreError, offset_out_of_range_message("x", 1, 2));
         assert_eq!(reset_for(&other, OffsetReset::Earliest, 0, 0), None);
-        let old = error(Status::OffsetOutOfRange, "offset 2 is outside 40..=90".into());
+        let old = error(
+            Status::OffsetOutOfRange,
+            "offset 2 is outside 40..=90".into(),
+        );
         assert_eq!(reset_for(&old, OffsetReset::Earliest, 0, 0), None);
         assert_eq!(OffsetReset::parse("latest"), Some(OffsetReset::Latest));
         assert_eq!(OffsetReset::parse("newest"), None);

@@ -8,7 +8,7 @@
 
 use super::io::{Disk, DiskFile, BLOCK_BYTES};
 use super::{QueueKey, StoreError};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 /// One consume-queue entry: 20 bytes on disk (commitlog offset u64, size u32, tag hash u64).
@@ -77,9 +77,10 @@ pub struct QueueState {
     pub persisted: u64,
     /// Entries before this offset may have bytes in the files (a trim zeroes up to it).
     pub on_disk: u64,
-    /// First offsets of the queue's files whose names are durable. Empty: the queue has no
-    /// file yet (new) or lost them (a rebuild case after a checkpoint).
-    pub files: BTreeSet<u64>,
+    /// The queue's files whose names are durable: the start of the range each covers (a
+    /// multiple of the file size) to its name (the first offset it holds, see `file_path`).
+    /// Empty: the queue has no file yet (new) or lost them (a rebuild case after a checkpoint).
+    pub files: BTreeMap<u64, u64>,
 }
 
 impl QueueState {
@@ -154,7 +155,11 @@ pub fn files_dir(store_dir: &Path, key: QueueKey) -> PathBuf {
 pub const FILES_DIR_SUFFIX: &str = ".cq";
 
 /// A queue's file holding offsets from `first`: named by `first` in 20 digits, so names sort
-/// as offsets do.
+/// as offsets do. A file covers offsets from `file_start(first)` (a multiple of the file
+/// size) to the next multiple, entry `i` at index `i - file_start(first)`; its name is that
+/// start, except for a queue's first file when the queue begins inside it (rebuilt after
+/// retention deleted its oldest records): then the name is the first offset it holds, and the
+/// entries before it are zeros.
 pub fn file_path(store_dir: &Path, key: QueueKey, first: u64) -> PathBuf {
     files_dir(store_dir, key).join(format!("{first:020}"))
 }
@@ -241,17 +246,24 @@ pub async fn read_range<D: Disk>(
     Ok(decode_entries(&bytes))
 }
 
-/// How many entries a file holds: the index of its first zero-size entry, found by binary
+/// How many entries a file holds (counting from index 0, entries before `first_index` being
+/// absent by its name): the index of its first zero-size entry at or after it, found by binary
 /// search (about 18 reads of one block for a full default file) rather than by reading the
 /// file whole, so recovery reads little of each queue.
-pub async fn entry_count<D: Disk>(disk: &D, path: &Path, capacity: u64) -> Result<u64, StoreError> {
+pub async fn entry_count<D: Disk>(
+    disk: &D,
+    path: &Path,
+    first_index: u64,
+    capacity: u64,
+) -> Result<u64, StoreError> {
     let context = || format!("reading consume queue {}", path.display());
     let file = disk
         .open(path, false)
         .await
         .map_err(|e| StoreError::io(context(), e))?;
     let len = file.len().await.map_err(|e| StoreError::io(context(), e))?;
-    let (mut lo, mut hi) = (0u64, (len / CQ_ENTRY_BYTES as u64).min(capacity));
+    let hi = (len / CQ_ENTRY_BYTES as u64).min(capacity);
+    let (mut lo, mut hi) = (first_index.min(hi), hi);
     // Invariant: entries before `lo` are present, the one at `hi` (if any) is not.
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
@@ -293,7 +305,10 @@ pub async fn migrate_legacy<D: Disk>(
     disk.create_dir_all(&dir)
         .await
         .map_err(io("creating", &dir))?;
-    let old = disk.open(&legacy, false).await.map_err(io("opening", &legacy))?;
+    let old = disk
+        .open(&legacy, false)
+        .await
+        .map_err(io("opening", &legacy))?;
     let len = old.len().await.map_err(io("sizing", &legacy))?;
     let chunk_bytes = file_entries * CQ_ENTRY_BYTES as u64;
     let mut first = 0u64;
@@ -319,12 +334,14 @@ pub async fn migrate_legacy<D: Disk>(
         }
     }
     disk.sync_dir(&dir).await.map_err(io("syncing", &dir))?;
-    disk.remove(&legacy).await.map_err(io("removing", &legacy))?;
+    disk.remove(&legacy)
+        .await
+        .map_err(io("removing", &legacy))?;
     Ok(valid)
 }
 
 /// The index of the first entry touching the block that holds entry `from`: a writer needs
-/// the entries from there on to rebuild that partial block.
+/// the entries from there on (those that exist) to rebuild that partial block.
 pub fn block_first_entry(from: usize) -> usize {
     (from * CQ_ENTRY_BYTES) / BLOCK_BYTES * BLOCK_BYTES / CQ_ENTRY_BYTES
 }
@@ -340,10 +357,9 @@ pub async fn write_from<D: Disk>(
     from: usize,
     zero_to_bytes: u64,
 ) -> Result<(), StoreError> {
-    assert!(
-        tail_index <= block_first_entry(from),
-        "consume-queue tail starts too late"
-    );
+    // Entries of the rewritten block before `tail_index` are written as zeros: only a queue's
+    // first file, named past its start (see `file_path`), has no entries there.
+    assert!(tail_index <= from, "consume-queue tail starts too late");
     let context = || format!("writing consume queue {}", path.display());
     let file = disk
         .open(path, true)
@@ -357,7 +373,11 @@ pub async fn write_from<D: Disk>(
         let first = block_start / CQ_ENTRY_BYTES;
         let skew = block_start - first * CQ_ENTRY_BYTES;
         let mut scratch = [0u8; CQ_ENTRY_BYTES];
-        for (i, entry) in tail.iter().enumerate().skip(first - tail_index) {
+        for (i, entry) in tail
+            .iter()
+            .enumerate()
+            .skip(first.saturating_sub(tail_index))
+        {
             let i = i + tail_index;
             encode_entry(entry, &mut scratch);
             let at = i * CQ_ENTRY_BYTES;

@@ -43,6 +43,30 @@ fn body(key: QueueKey, i: u64) -> Vec<u8> {
     format!("q{} message {i:05}", key.queue).into_bytes()
 }
 
+fn append_one(store: &ShardStore<SimDisk>, key: QueueKey, bytes: &[u8]) {
+    let input = RecordInput {
+        topic_id: key.topic_id,
+        queue_id: key.queue,
+        queue_offset: 0,
+        born_timestamp_ms: 1,
+        store_timestamp_ms: 1,
+        topic: "t",
+        key: b"",
+        properties: b"",
+        body: bytes,
+    };
+    loop {
+        match store.append(&input) {
+            Ok(_) => break,
+            Err(AppendError::BufferFull) => block_on(store.flush()).map(|_| ()).expect("flush"),
+            Err(AppendError::SegmentNotReady) => {
+                block_on(store.prepare_next_segment()).expect("segment")
+            }
+            Err(e) => panic!("append: {e}"),
+        }
+    }
+}
+
 /// Appends `count` records to `key`, flushing and rolling segments as a shard would, and
 /// persisting the consume queues every `persist_every` records.
 fn append(store: &ShardStore<SimDisk>, key: QueueKey, count: u64, persist_every: u64) {
@@ -121,7 +145,10 @@ fn files_roll_by_first_offset_and_old_entries_are_read_from_them() {
     append(&store, KEY, 350, 10);
     append(&store, OTHER, 5, 5);
     block_on(store.persist_metadata()).expect("persist");
-    assert_eq!(files(&disk, KEY), [name(0), name(100), name(200), name(300)]);
+    assert_eq!(
+        files(&disk, KEY),
+        [name(0), name(100), name(200), name(300)]
+    );
     assert_eq!(files(&disk, OTHER), [name(0)]);
     // The tail is bounded: the cache plus at most the block the next write rewrites.
     let per_block = (BLOCK_BYTES / CQ_ENTRY_BYTES) as u64;
@@ -197,7 +224,9 @@ fn write_legacy(disk: &SimDisk, key: QueueKey, entries: &[CqEntry]) {
         let file = disk.open(&path, true).await.expect("create legacy file");
         file.write_bytes_at(&bytes, 0).await.expect("write");
         file.fdatasync().await.expect("sync");
-        disk.sync_dir(path.parent().expect("dir")).await.expect("sync dir");
+        disk.sync_dir(path.parent().expect("dir"))
+            .await
+            .expect("sync dir");
     });
 }
 
@@ -226,7 +255,10 @@ fn a_legacy_single_file_store_is_migrated() {
     assert!(!block_on(disk.exists(&legacy)).unwrap(), "legacy file left");
     assert_eq!(files(&disk, KEY), [name(0), name(100), name(200)]);
     assert_eq!(store.queue_range(KEY), Some((0, 250)));
-    assert_eq!(block_on(store.entries(KEY, 0, usize::MAX)).unwrap(), entries);
+    assert_eq!(
+        block_on(store.entries(KEY, 0, usize::MAX)).unwrap(),
+        entries
+    );
     assert_eq!(check_reads(&store, KEY, 0), 250);
     assert_eq!(check_reads(&store, OTHER, 0), 3);
     append(&store, KEY, 10, 10);
@@ -356,7 +388,11 @@ fn expiry_interrupted_by_a_crash_heals_on_the_next_open() {
     for seed in 0..6 {
         let crashed = disk.crash(seed);
         let store = open(&crashed);
-        assert_eq!(store.queue_range(KEY).unwrap().0, 100, "the first file left");
+        assert_eq!(
+            store.queue_range(KEY).unwrap().0,
+            100,
+            "the first file left"
+        );
         block_on(store.expire_queues_before(head)).expect("expire");
         assert_eq!(store.queue_range(KEY), Some((310, 450)));
         let after = files(&crashed, KEY);
@@ -376,9 +412,49 @@ fn file_names_are_twenty_digit_first_offsets() {
         path,
         Path::new("/s/consumequeue/3/1.cq/00000000000000262144")
     );
-    assert_eq!(consume_queue::parse_file_name("00000000000000262144"), Some(262_144));
+    assert_eq!(
+        consume_queue::parse_file_name("00000000000000262144"),
+        Some(262_144)
+    );
     assert_eq!(consume_queue::parse_file_name("262144"), None);
     assert_eq!(consume_queue::parse_file_name("0000000000000026214x"), None);
     assert_eq!(consume_queue::file_start(262_143, 262_144), 0);
     assert_eq!(consume_queue::file_start(262_144, 262_144), 262_144);
+}
+
+/// A queue rebuilt after retention deleted the oldest segments starts at the queue offset of
+/// its oldest record still in the log, inside a file's range: that file is named by the offset
+/// (the entries before it are zeros), and the queue reads, reopens and grows from there.
+#[test]
+fn a_queue_rebuilt_after_segments_were_deleted_starts_inside_a_file() {
+    let disk = SimDisk::new();
+    let store = open(&disk);
+    let filler = vec![b'f'; 3000];
+    for i in 0..150 {
+        append_one(&store, KEY, &body(KEY, i));
+        append_one(&store, OTHER, &filler);
+    }
+    block_on(store.close()).expect("close");
+    let log_dir = config().dir.join("commitlog");
+    for base in [0u64, 64 * 1024] {
+        block_on(disk.remove(&log_dir.join(format!("{base:020}")))).unwrap();
+    }
+    block_on(disk.remove_dir_all(&consume_queue::files_dir(&config().dir, KEY))).unwrap();
+    let store = open(&disk);
+    let (min, next) = store.queue_range(KEY).expect("queue");
+    assert!(
+        min > 0 && min % FILE_ENTRIES != 0,
+        "starts inside a file: {min}"
+    );
+    assert_eq!(next, 150);
+    assert_eq!(files(&disk, KEY)[0], name(min));
+    assert_eq!(check_reads(&store, KEY, min), 150 - min);
+    block_on(store.close()).expect("close");
+    let store = open(&disk);
+    assert_eq!(store.queue_range(KEY), Some((min, 150)));
+    append(&store, KEY, 100, 25);
+    block_on(store.close()).expect("close");
+    let store = open(&disk);
+    assert_eq!(store.queue_range(KEY), Some((min, 250)));
+    assert_eq!(check_reads(&store, KEY, min), 250 - min);
 }

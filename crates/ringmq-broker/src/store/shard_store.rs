@@ -6,12 +6,12 @@
 
 use super::checkpoint::{abort_marker_path, checkpoint_path, Checkpoint};
 use super::commitlog::CommitLog;
+use super::consume_queue::CQ_ENTRY_BYTES;
 use super::consume_queue::{self, QueueState};
 use super::io::{Disk, BLOCK_BYTES};
 use super::record::{self, Decoded, RecordInput, RecordView, RECORD_HEADER_BYTES};
 use super::{AppendError, Appended, CqEntry, QueueKey, RecoveryReport, StoreConfig, StoreError};
 use std::cell::RefCell;
-use super::consume_queue::CQ_ENTRY_BYTES;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 use tracing::warn;
@@ -110,7 +110,10 @@ impl<D: Disk> ShardStore<D> {
         let mut keys: Vec<QueueKey> = queues.to_vec();
         keys.extend(on_disk.into_iter().filter(|k| !queues.contains(k)));
         let scan_start = store.log.scan_start(checkpoint.map(|c| c.scan_start()));
-        stage(format!("loading the tails of {} consume queues", keys.len()));
+        stage(format!(
+            "loading the tails of {} consume queues",
+            keys.len()
+        ));
         let invalid = store.load_queues(&keys, scan_start).await?;
         let mut dispatch = Dispatch {
             rebuild: invalid,
@@ -247,20 +250,29 @@ impl<D: Disk> ShardStore<D> {
                 invalid.insert(*key);
             }
             let files_dir = consume_queue::files_dir(dir, *key);
-            let files: BTreeSet<u64> = self
+            let mut files = BTreeMap::new();
+            let names = self
                 .disk
                 .list(&files_dir)
                 .await
-                .map_err(|e| StoreError::io(format!("listing {}", files_dir.display()), e))?
+                .map_err(|e| StoreError::io(format!("listing {}", files_dir.display()), e))?;
+            for first_held in names
                 .iter()
                 .filter_map(|name| consume_queue::parse_file_name(name))
-                .collect();
-            let (Some(&first), Some(&last)) = (files.first(), files.last()) else {
+            {
+                files
+                    .entry(consume_queue::file_start(first_held, n))
+                    .or_insert(first_held);
+            }
+            let (Some((_, &first)), Some((&last, &last_name))) =
+                (files.first_key_value(), files.last_key_value())
+            else {
                 self.queues.borrow_mut().insert(*key, QueueState::default());
                 continue;
             };
-            let last_path = consume_queue::file_path(dir, *key, last);
-            let count = consume_queue::entry_count(&self.disk, &last_path, n).await?;
+            let last_path = consume_queue::file_path(dir, *key, last_name);
+            let count =
+                consume_queue::entry_count(&self.disk, &last_path, last_name - last, n).await?;
             let on_disk = last + count;
             let mut state = QueueState::starting_at(on_disk);
             state.min_offset = first;
@@ -269,9 +281,10 @@ impl<D: Disk> ShardStore<D> {
             // The newest chunk may end early at a zero entry (a torn write): the queue ends
             // there, and the trim zeroes what lies past it.
             let window = self.config.cq_cache_entries.max(1);
-            let newest = on_disk.saturating_sub(window).max(last);
-            let chunk = consume_queue::read_range(&self.disk, &last_path, newest - last, on_disk - newest)
-                .await?;
+            let newest = on_disk.saturating_sub(window).max(last_name);
+            let chunk =
+                consume_queue::read_range(&self.disk, &last_path, newest - last, on_disk - newest)
+                    .await?;
             let valid = consume_queue::first_invalid_entry(&chunk, self.entry_limits()).is_none();
             {
                 let mut queues = self.queues.borrow_mut();
@@ -329,14 +342,19 @@ impl<D: Disk> ShardStore<D> {
                 return Ok(Some(0));
             }
             let file = consume_queue::file_start(state.tail_start - 1, n);
-            let from = file
-                .max(state.min_offset)
-                .max(state.tail_start.saturating_sub(self.config.cq_cache_entries.max(1)));
-            if !state.files.contains(&file) {
+            let Some(&name) = state.files.get(&file) else {
                 return Ok(None);
+            };
+            let from = name.max(state.min_offset).max(
+                state
+                    .tail_start
+                    .saturating_sub(self.config.cq_cache_entries.max(1)),
+            );
+            if from >= state.tail_start {
+                return Ok(Some(0));
             }
             (
-                consume_queue::file_path(&self.config.dir, key, file),
+                consume_queue::file_path(&self.config.dir, key, name),
                 from - file,
                 state.tail_start - from,
                 state.tail.front().map(|e| e.commitlog_offset),
@@ -435,7 +453,11 @@ impl<D: Disk> ShardStore<D> {
                     continue;
                 }
                 let cut_file = consume_queue::file_start(kept, n);
-                let later: Vec<u64> = state.files.range(cut_file + 1..).copied().collect();
+                let later: Vec<(u64, u64)> = state
+                    .files
+                    .range(cut_file + 1..)
+                    .map(|(start, name)| (*start, *name))
+                    .collect();
                 let block = consume_queue::block_start_offset(kept, n);
                 let zero_to = (state.on_disk.min(cut_file + n) - cut_file) * CQ_ENTRY_BYTES as u64;
                 let plan = (
@@ -445,31 +467,31 @@ impl<D: Disk> ShardStore<D> {
                     later,
                     block,
                     zero_to,
-                    state.files.contains(&cut_file),
+                    state.files.get(&cut_file).copied(),
                 );
                 state.on_disk = kept;
                 plan
             };
-            let (dropped, kept, cut_file, later, block, zero_to, has_cut_file) = plan;
+            let (dropped, kept, cut_file, later, block, zero_to, cut_file_name) = plan;
             trimmed += dropped;
-            for file in later.iter().rev() {
-                let path = consume_queue::file_path(&self.config.dir, key, *file);
+            for (start, name) in later.iter().rev() {
+                let path = consume_queue::file_path(&self.config.dir, key, *name);
                 self.disk
                     .remove(&path)
                     .await
                     .map_err(|e| StoreError::io(format!("removing {}", path.display()), e))?;
                 if let Some(state) = self.queues.borrow_mut().get_mut(&key) {
-                    state.files.remove(file);
+                    state.files.remove(start);
                 }
             }
-            if has_cut_file {
-                let tail = self.entries_for_write(key, block, kept).await?;
-                let path = consume_queue::file_path(&self.config.dir, key, cut_file);
+            if let Some(name) = cut_file_name {
+                let (first, tail) = self.entries_for_write(key, block, kept).await?;
+                let path = consume_queue::file_path(&self.config.dir, key, name);
                 consume_queue::write_from(
                     &self.disk,
                     &path,
                     &tail,
-                    (block - cut_file) as usize,
+                    (first - cut_file) as usize,
                     (kept - cut_file) as usize,
                     zero_to,
                 )
@@ -686,9 +708,7 @@ impl<D: Disk> ShardStore<D> {
             });
         }
         let mut queues = self.queues.borrow_mut();
-        let at = queues
-            .get(&key)
-            .map_or(0, |state| state.next());
+        let at = queues.get(&key).map_or(0, |state| state.next());
         if view.queue_offset != at {
             // Refused before the queue is registered: a failed append leaves no empty queue.
             return Err(AppendError::Diverged(format!(
@@ -825,14 +845,22 @@ impl<D: Disk> ShardStore<D> {
                 let file = consume_queue::file_start(pos, n);
                 let block = consume_queue::block_start_offset(pos, n);
                 let end = next.min(file + n);
-                let tail = self.entries_for_write(key, block, end).await?;
-                let is_new = !self.queues.borrow().get(&key).is_some_and(|s| s.files.contains(&file));
-                let path = consume_queue::file_path(&self.config.dir, key, file);
+                let (first, tail) = self.entries_for_write(key, block, end).await?;
+                // A new file is named by its range's start, or by the queue's minimum when the
+                // queue begins inside it (see `consume_queue::file_path`).
+                let (is_new, name) = match self.queues.borrow().get(&key) {
+                    Some(state) => match state.files.get(&file) {
+                        Some(name) => (false, *name),
+                        None => (true, file.max(state.min_offset)),
+                    },
+                    None => (true, file),
+                };
+                let path = consume_queue::file_path(&self.config.dir, key, name);
                 consume_queue::write_from(
                     &self.disk,
                     &path,
                     &tail,
-                    (block - file) as usize,
+                    (first - file) as usize,
                     (pos - file) as usize,
                     0,
                 )
@@ -846,7 +874,7 @@ impl<D: Disk> ShardStore<D> {
                         .map_err(|e| StoreError::io(format!("syncing {}", dir.display()), e))?;
                 }
                 if let Some(state) = self.queues.borrow_mut().get_mut(&key) {
-                    state.files.insert(file);
+                    state.files.insert(file, name);
                     state.persisted = state.persisted.max(end);
                     state.on_disk = state.on_disk.max(end);
                 }
@@ -863,38 +891,42 @@ impl<D: Disk> ShardStore<D> {
         Ok(())
     }
 
-    /// Entries `from..to` of a queue (one file's), for rebuilding a partial block: from the
-    /// cached tail, and from the file for any part before it (always persisted).
+    /// Entries `from..to` of a queue (one file's), for rebuilding a partial block, and the
+    /// offset of the first (later than `from` where the file holds nothing before it): from
+    /// the cached tail, and from the file for any part before it (always persisted).
     async fn entries_for_write(
         &self,
         key: QueueKey,
         from: u64,
         to: u64,
-    ) -> Result<Vec<CqEntry>, StoreError> {
+    ) -> Result<(u64, Vec<CqEntry>), StoreError> {
         let n = self.file_entries();
-        let tail_start = match self.queues.borrow().get(&key) {
-            Some(state) => state.tail_start,
-            None => return Ok(Vec::new()),
+        let file = consume_queue::file_start(from, n);
+        let (tail_start, start, name) = match self.queues.borrow().get(&key) {
+            Some(state) => match state.files.get(&file) {
+                Some(&name) => (state.tail_start, from.max(name), Some(name)),
+                None => (state.tail_start, from.max(state.tail_start), None),
+            },
+            None => return Ok((from, Vec::new())),
         };
         let mut out = Vec::new();
-        if from < tail_start.min(to) {
-            let file = consume_queue::file_start(from, n);
-            let path = consume_queue::file_path(&self.config.dir, key, file);
-            let count = tail_start.min(to) - from;
-            out = consume_queue::read_range(&self.disk, &path, from - file, count).await?;
+        if let Some(name) = name.filter(|_| start < tail_start.min(to)) {
+            let path = consume_queue::file_path(&self.config.dir, key, name);
+            let count = tail_start.min(to) - start;
+            out = consume_queue::read_range(&self.disk, &path, start - file, count).await?;
             if out.len() as u64 != count {
                 return Err(StoreError::Corrupt(format!(
                     "consume queue {} ends before queue offset {}",
                     path.display(),
-                    from + count
+                    start + count
                 )));
             }
         }
         let queues = self.queues.borrow();
         let Some(state) = queues.get(&key) else {
-            return Ok(Vec::new());
+            return Ok((start, Vec::new()));
         };
-        for offset in from.max(state.tail_start)..to {
+        for offset in start.max(state.tail_start)..to {
             match state.cached(offset) {
                 Some(entry) => out.push(*entry),
                 None => {
@@ -905,7 +937,7 @@ impl<D: Disk> ShardStore<D> {
                 }
             }
         }
-        Ok(out)
+        Ok((start, out))
     }
 
     /// See [`CommitLog::admit_batch`].
@@ -964,7 +996,8 @@ impl<D: Disk> ShardStore<D> {
             state.tail_start
                 + state
                     .tail
-                    .partition_point(|e| e.end_offset() <= confirmed_offset) as u64
+                    .partition_point(|e| e.end_offset() <= confirmed_offset)
+                    as u64
         } else {
             state.min_offset
         })
@@ -1001,8 +1034,9 @@ impl<D: Disk> ShardStore<D> {
                 }
                 let file = consume_queue::file_start(pos, n);
                 let count = want.min(file + n - pos).min(state.tail_start - pos);
+                let name = state.files.get(&file).copied().unwrap_or(file);
                 (
-                    consume_queue::file_path(&self.config.dir, key, file),
+                    consume_queue::file_path(&self.config.dir, key, name),
                     pos - file,
                     count,
                 )
@@ -1054,7 +1088,7 @@ impl<D: Disk> ShardStore<D> {
     async fn expire_queue(&self, key: QueueKey, log_head: u64) -> Result<(), StoreError> {
         let n = self.file_entries();
         let found = self.first_entry_at_or_after(key, log_head).await?;
-        let doomed: Vec<u64> = {
+        let doomed: Vec<(u64, u64)> = {
             let mut queues = self.queues.borrow_mut();
             let Some(state) = queues.get_mut(&key) else {
                 return Ok(());
@@ -1062,23 +1096,21 @@ impl<D: Disk> ShardStore<D> {
             state.min_offset = state.min_offset.max(found);
             let keep_from = state.tail_start.max(state.min_offset);
             state.evict_before(keep_from, n);
-            let newest = state.files.last().copied();
+            let newest = state.files.keys().next_back().copied();
             let min = state.min_offset;
             state
                 .files
                 .iter()
-                .copied()
-                .filter(|&file| file + n <= min && Some(file) != newest)
+                .map(|(start, name)| (*start, *name))
+                .filter(|&(start, _)| start + n <= min && Some(start) != newest)
                 .collect()
         };
-        for file in doomed {
-            let path = consume_queue::file_path(&self.config.dir, key, file);
+        for (file, name) in doomed {
+            let path = consume_queue::file_path(&self.config.dir, key, name);
             match self.disk.remove(&path).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(StoreError::io(format!("removing {}", path.display()), e))
-                }
+                Err(e) => return Err(StoreError::io(format!("removing {}", path.display()), e)),
             }
             if let Some(state) = self.queues.borrow_mut().get_mut(&key) {
                 state.files.remove(&file);
@@ -1089,7 +1121,11 @@ impl<D: Disk> ShardStore<D> {
 
     /// The queue offset of the first entry of `key` at or after its minimum whose record
     /// starts at or after `log_head`; the queue's next offset when there is none.
-    async fn first_entry_at_or_after(&self, key: QueueKey, log_head: u64) -> Result<u64, StoreError> {
+    async fn first_entry_at_or_after(
+        &self,
+        key: QueueKey,
+        log_head: u64,
+    ) -> Result<u64, StoreError> {
         let n = self.file_entries();
         let (min, tail_start, files) = {
             let queues = self.queues.borrow();
@@ -1110,36 +1146,42 @@ impl<D: Disk> ShardStore<D> {
                     .count() as u64;
                 return Ok(skip + below);
             }
-            let files: Vec<u64> = state
+            let files: Vec<(u64, u64)> = state
                 .files
                 .range(consume_queue::file_start(state.min_offset, n)..state.tail_start)
-                .copied()
+                .map(|(start, name)| (*start, *name))
                 .collect();
             (state.min_offset, state.tail_start, files)
         };
         // The answer lies in [min, tail_start]: walk the files by their first entries, then
         // search the one file that holds it.
-        let path = |file: u64| consume_queue::file_path(&self.config.dir, key, file);
+        let path = |name: u64| consume_queue::file_path(&self.config.dir, key, name);
         let mut holder = None;
-        for (i, &file) in files.iter().enumerate() {
+        for (i, &(file, name)) in files.iter().enumerate() {
             let later_first = match files.get(i + 1) {
-                Some(&next_file) => consume_queue::read_range(&self.disk, &path(next_file), 0, 1)
-                    .await?
-                    .first()
-                    .map(|e| e.commitlog_offset),
+                Some(&(next, next_name)) => {
+                    consume_queue::read_range(&self.disk, &path(next_name), next_name - next, 1)
+                        .await?
+                        .first()
+                        .map(|e| e.commitlog_offset)
+                }
                 None => None,
             };
             if later_first.is_none_or(|first| first >= log_head) {
-                holder = Some(file);
+                holder = Some((file, name));
                 break;
             }
         }
-        let Some(file) = holder else {
+        let Some((file, name)) = holder else {
             return Ok(min);
         };
-        let from = file.max(min);
+        let from = name.max(min);
         let to = (file + n).min(tail_start);
-        let entries = consume_queue::read_range(&self.disk, &path(file), from - file, to - from).await?;
+        if from >= to {
+            return Ok(from.min(tail_start));
+        }
+        let entries =
+            consume_queue::read_range(&self.disk, &path(name), from - file, to - from).await?;
         let below = entries
             .iter()
             .take_while(|e| e.commitlog_offset < log_head)
