@@ -236,6 +236,16 @@ pub async fn read_range<D: Disk>(
         .open(path, false)
         .await
         .map_err(|e| StoreError::io(context(), e))?;
+    read_entries(&file, index, count).await
+}
+
+/// [`read_range`] on a file already open.
+pub async fn read_entries<F: DiskFile>(
+    file: &F,
+    index: u64,
+    count: u64,
+) -> Result<Vec<CqEntry>, StoreError> {
+    let context = || format!("reading consume queue {}", file.path().display());
     let bytes = file
         .read_at(
             index * CQ_ENTRY_BYTES as u64,

@@ -13,6 +13,8 @@ use super::record::{self, Decoded, RecordInput, RecordView, RECORD_HEADER_BYTES}
 use super::{AppendError, Appended, CqEntry, QueueKey, RecoveryReport, StoreConfig, StoreError};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::Instant;
 use tracing::warn;
 
@@ -22,6 +24,12 @@ pub struct ShardStore<D: Disk> {
     log: CommitLog<D>,
     /// The consume queues this shard owns; entries are dispatched here at append.
     queues: RefCell<BTreeMap<QueueKey, QueueState>>,
+    /// The consume-queue file each queue last read old entries from, kept open: a consumer
+    /// behind the cached tail reads the same file pull after pull, and opening it each time
+    /// (an open and a device-limit lookup) costs more than the read. Forgotten whenever a
+    /// queue's files are removed, so a file re-created under the same name is never read
+    /// through a descriptor of the old one.
+    readers: RefCell<BTreeMap<QueueKey, (PathBuf, Rc<D::File>)>>,
 }
 
 fn invalid_config(reason: String) -> StoreError {
@@ -105,6 +113,7 @@ impl<D: Disk> ShardStore<D> {
             config,
             log,
             queues: RefCell::new(BTreeMap::new()),
+            readers: RefCell::new(BTreeMap::new()),
         };
         let on_disk = store.queues_on_disk().await?;
         let mut keys: Vec<QueueKey> = queues.to_vec();
@@ -474,6 +483,7 @@ impl<D: Disk> ShardStore<D> {
             };
             let (dropped, kept, cut_file, later, block, zero_to, cut_file_name) = plan;
             trimmed += dropped;
+            self.readers.borrow_mut().remove(&key);
             for (start, name) in later.iter().rev() {
                 let path = consume_queue::file_path(&self.config.dir, key, *name);
                 self.disk
@@ -516,6 +526,7 @@ impl<D: Disk> ShardStore<D> {
         }
         for key in keys {
             self.queues.borrow_mut().insert(*key, QueueState::default());
+            self.readers.borrow_mut().remove(key);
             let dir = consume_queue::files_dir(&self.config.dir, *key);
             self.disk
                 .remove_dir_all(&dir)
@@ -598,6 +609,9 @@ impl<D: Disk> ShardStore<D> {
     /// Forgets every queue of a topic and removes its consume-queue files.
     pub async fn remove_topic(&self, topic_id: u32) -> Result<(), StoreError> {
         self.queues
+            .borrow_mut()
+            .retain(|key, _| key.topic_id != topic_id);
+        self.readers
             .borrow_mut()
             .retain(|key, _| key.topic_id != topic_id);
         let dir = consume_queue::queue_dir(&self.config.dir, topic_id);
@@ -1041,7 +1055,25 @@ impl<D: Disk> ShardStore<D> {
                     count,
                 )
             };
-            let mut chunk = consume_queue::read_range(&self.disk, &path, index, count).await?;
+            let cached = self
+                .readers
+                .borrow()
+                .get(&key)
+                .filter(|(open, _)| *open == path)
+                .map(|(_, file)| file.clone());
+            let file = match cached {
+                Some(file) => file,
+                None => {
+                    let file = Rc::new(self.disk.open(&path, false).await.map_err(|e| {
+                        StoreError::io(format!("reading consume queue {}", path.display()), e)
+                    })?);
+                    self.readers
+                        .borrow_mut()
+                        .insert(key, (path.clone(), file.clone()));
+                    file
+                }
+            };
+            let mut chunk = consume_queue::read_entries(&*file, index, count).await?;
             let unordered = match (out.last(), chunk.first()) {
                 (Some(last), Some(first)) => first.commitlog_offset < last.end_offset(),
                 _ => false,
@@ -1105,6 +1137,9 @@ impl<D: Disk> ShardStore<D> {
                 .filter(|&(start, _)| start + n <= min && Some(start) != newest)
                 .collect()
         };
+        if !doomed.is_empty() {
+            self.readers.borrow_mut().remove(&key);
+        }
         for (file, name) in doomed {
             let path = consume_queue::file_path(&self.config.dir, key, name);
             match self.disk.remove(&path).await {
