@@ -458,3 +458,45 @@ fn a_queue_rebuilt_after_segments_were_deleted_starts_inside_a_file() {
     assert_eq!(store.queue_range(KEY), Some((min, 250)));
     assert_eq!(check_reads(&store, KEY, min), 250 - min);
 }
+
+/// A restart reads the ends of the consume-queue files (a binary search for the newest
+/// file's end, the cached tail, a binary search for the minimum), not the files: 3.2 MB here,
+/// of which a restart reads a few blocks besides the commitlog scan's window (up to 1 MiB).
+#[test]
+fn a_restart_reads_a_bounded_part_of_the_consume_queue_files() {
+    let disk = SimDisk::new();
+    let config = StoreConfig {
+        cq_file_entries: 16_384,
+        segment_size_bytes: 1024 * 1024,
+        ..config()
+    };
+    let open = |disk: &SimDisk| {
+        block_on(ShardStore::open(
+            disk.clone(),
+            config.clone(),
+            &[KEY, OTHER],
+        ))
+        .expect("open")
+        .0
+    };
+    let store = open(&disk);
+    append(&store, KEY, 160_000, 20_000);
+    block_on(store.close()).expect("close");
+    let scan_window = 1024 * 1024;
+    let before = disk.read_bytes();
+    let store = open(&disk);
+    let read = disk.read_bytes() - before;
+    assert!(
+        read < scan_window + 200 * 1024,
+        "a restart read {read} bytes"
+    );
+    assert_eq!(store.queue_range(KEY), Some((0, 160_000)));
+    let before = disk.read_bytes();
+    let old = block_on(store.entries(KEY, 5, 32)).expect("old entries");
+    assert_eq!(old.len(), 32);
+    let read = disk.read_bytes() - before;
+    assert!(
+        read <= 2 * BLOCK_BYTES as u64,
+        "an old pull's entries cost {read} bytes"
+    );
+}

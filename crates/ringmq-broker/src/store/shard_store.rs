@@ -123,7 +123,9 @@ impl<D: Disk> ShardStore<D> {
             "loading the tails of {} consume queues",
             keys.len()
         ));
-        let invalid = store.load_queues(&keys, scan_start).await?;
+        let invalid = store
+            .load_queues(&keys, scan_start, checkpoint.is_some())
+            .await?;
         let mut dispatch = Dispatch {
             rebuild: invalid,
             ..Dispatch::default()
@@ -228,14 +230,18 @@ impl<D: Disk> ShardStore<D> {
 
     /// Registers each queue from its files without reading them whole: migrates a legacy
     /// file, finds the newest file's entry count by binary search, and loads the tail back
-    /// until it holds `cq_cache_entries` entries and reaches before `scan_start` (so the
-    /// recovery scan can compare every entry it re-dispatches), at most one file further.
+    /// until it holds `cq_cache_entries` entries and, when `cover_scan` (a checkpoint bounds
+    /// the scan), reaches before `scan_start` so the recovery scan can compare every entry it
+    /// re-dispatches, at most one file further. Without a checkpoint the scan covers the whole
+    /// log, and loading that far back would put every queue in memory at once: entries older
+    /// than the tail are then not compared.
     /// Returns the queues whose files hold an entry that cannot be right (see
     /// [`consume_queue::first_invalid_entry`]): they are rebuilt from the commitlog.
     async fn load_queues(
         &self,
         keys: &[QueueKey],
         scan_start: u64,
+        cover_scan: bool,
     ) -> Result<BTreeSet<QueueKey>, StoreError> {
         let mut invalid = BTreeSet::new();
         let dir = &self.config.dir;
@@ -309,10 +315,11 @@ impl<D: Disk> ShardStore<D> {
                 let more = {
                     let queues = self.queues.borrow();
                     let state = &queues[key];
-                    let covers_scan = state
-                        .tail
-                        .front()
-                        .is_some_and(|e| e.commitlog_offset < scan_start);
+                    let covers_scan = !cover_scan
+                        || state
+                            .tail
+                            .front()
+                            .is_some_and(|e| e.commitlog_offset < scan_start);
                     state.tail_start > state.min_offset
                         && (state.tail.len() < window as usize || !covers_scan)
                         && loaded_back < window + n
@@ -1107,8 +1114,8 @@ impl<D: Disk> ShardStore<D> {
     /// `log_head` (never backwards), and deletes the consume-queue files wholly before it
     /// (never a queue's newest). Idempotent: recovery calls it with the log head, so a crash
     /// between deleting a segment and trimming the queues, or in the middle of this, heals
-    /// on the next open. Costs one small read per file crossed and one read of the file
-    /// holding the new minimum.
+    /// on the next open. Costs one small read per file crossed and a binary search (one entry
+    /// per read) in the file holding the new minimum.
     pub async fn expire_queues_before(&self, log_head: u64) -> Result<(), StoreError> {
         let keys: Vec<QueueKey> = self.queues.borrow().keys().copied().collect();
         for key in keys {
@@ -1215,13 +1222,30 @@ impl<D: Disk> ShardStore<D> {
         if from >= to {
             return Ok(from.min(tail_start));
         }
-        let entries =
-            consume_queue::read_range(&self.disk, &path(name), from - file, to - from).await?;
-        let below = entries
-            .iter()
-            .take_while(|e| e.commitlog_offset < log_head)
-            .count() as u64;
-        Ok(from + below)
+        // Binary search, one entry per read: entries' commitlog offsets increase, and
+        // reading the file whole (5 MiB at the default size) for every queue at every start
+        // would make recovery read every queue's oldest file.
+        let holder_path = path(name);
+        let reader = self.disk.open(&holder_path, false).await.map_err(|e| {
+            StoreError::io(
+                format!("reading consume queue {}", holder_path.display()),
+                e,
+            )
+        })?;
+        let (mut lo, mut hi) = (from, to);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let before = consume_queue::read_entries(&reader, mid - file, 1)
+                .await?
+                .first()
+                .is_some_and(|e| e.commitlog_offset < log_head);
+            if before {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
     }
 
     /// The bytes of the record an entry points to (from the write buffer or from disk).
