@@ -1,10 +1,12 @@
 //! Consume queues: per (topic, queue), 20-byte entries pointing into the commitlog.
 //!
-//! Entries are dispatched in memory at append (queue offset = index in the queue's Vec, the
-//! min offset is always 0 until retention exists) and written to
-//! `<dir>/consumequeue/<topic_id>/<queue>` by `persist_metadata`, rewriting the partial last
-//! block as it fills. A file's unused tail is zeros; an entry with size 0 ends it (no record is
-//! smaller than its header).
+//! Entries are dispatched in memory at append, into a bounded tail ([`QueueState`]), and
+//! written by `persist_metadata` to fixed-size files `<dir>/consumequeue/<topic_id>/<queue>.cq/
+//! <20-digit first offset>` (see [`file_path`]), rewriting the partial last block as it fills.
+//! Entries older than the tail are read back from the files. A file's unused tail is zeros; an
+//! entry with size 0 ends it (no record is smaller than its header). The single-file layout of
+//! earlier versions (`<dir>/consumequeue/<topic_id>/<queue>`) is converted at open
+//! ([`migrate_legacy`]).
 
 use super::io::{Disk, DiskFile, BLOCK_BYTES};
 use super::{QueueKey, StoreError};
