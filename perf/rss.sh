@@ -33,9 +33,11 @@ if [[ -z "${STORE:-}" ]]; then
   own_store=1
 fi
 mkdir -p "$STORE"
-printf '%s\n' "$CONFIG" > "$STORE/broker.toml"
+# Ports of their own, so the script runs beside another broker.
+printf 'shard_port_base = %s\n%s\n' "$((PORT + 100))" "$CONFIG" > "$STORE/broker.toml"
 
 "$BIN" serve --config "$STORE/broker.toml" --store "$STORE/data" --listen "$ADDR" \
+  --ha-listen "127.0.0.1:$((PORT + 1))" \
   --shards "$SHARDS" --flush ASYNC_FLUSH > "$STORE/broker.out" 2> "$STORE/broker.log" &
 broker=$!
 cleanup() {
