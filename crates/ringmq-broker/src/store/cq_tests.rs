@@ -500,3 +500,174 @@ fn a_restart_reads_a_bounded_part_of_the_consume_queue_files() {
         "an old pull's entries cost {read} bytes"
     );
 }
+
+/// The test's record of one queue: the commitlog offset of every record appended, by queue
+/// offset (a crash cuts it back to what recovery found).
+#[derive(Default)]
+struct Placed {
+    commitlog: Vec<u64>,
+}
+
+impl Placed {
+    /// The minimum `expire_queues_before(head)` must give: the first offset whose record
+    /// starts at or after `head`.
+    fn expected_min(&self, head: u64) -> u64 {
+        self.commitlog.partition_point(|&offset| offset < head) as u64
+    }
+}
+
+fn append_placed(store: &ShardStore<SimDisk>, key: QueueKey, placed: &mut Placed, count: u64) {
+    for _ in 0..count {
+        let i = placed.commitlog.len() as u64;
+        let bytes = body(key, i);
+        let input = RecordInput {
+            topic_id: key.topic_id,
+            queue_id: key.queue,
+            queue_offset: 0,
+            born_timestamp_ms: 1,
+            store_timestamp_ms: 1,
+            topic: "t",
+            key: b"",
+            properties: b"",
+            body: &bytes,
+        };
+        let appended = loop {
+            match store.append(&input) {
+                Ok(appended) => break appended,
+                Err(AppendError::BufferFull) => {
+                    block_on(store.flush()).expect("flush");
+                }
+                Err(AppendError::SegmentNotReady) => {
+                    block_on(store.prepare_next_segment()).expect("segment");
+                }
+                Err(e) => panic!("append: {e}"),
+            }
+        };
+        assert_eq!(appended.queue_offset, i);
+        placed.commitlog.push(appended.commitlog_offset);
+        if store.needs_next_segment() {
+            block_on(store.prepare_next_segment()).expect("segment");
+        }
+    }
+}
+
+/// Seeded runs of appends, flushes, consume-queue writes, expiries (the head only moves
+/// forward and never past what is flushed, as retention moves it), reads of old and new
+/// entries, clean restarts and crashes: after every expiry and every reopen (which applies
+/// the head again, as recovery does with the persisted head), each queue's minimum is the
+/// first entry at or after the head, and every offset from it reads back its own record.
+#[test]
+fn expiry_interleaved_with_appends_reads_and_crashes() {
+    use crate::testing::SeededRng;
+    for seed in 0..24u64 {
+        let mut rng = SeededRng(seed ^ 0xC0FFEE);
+        let mut disk = SimDisk::new();
+        let mut store = open(&disk);
+        let mut placed = [Placed::default(), Placed::default()];
+        let keys = [KEY, OTHER];
+        let mut head = 0u64;
+        for step in 0..160 {
+            let q = rng.below(2) as usize;
+            let op = rng.below(10);
+            match op {
+                0..=3 => append_placed(&store, keys[q], &mut placed[q], rng.between(1, 60)),
+                4 => {
+                    block_on(store.flush()).expect("flush");
+                }
+                5 => block_on(store.persist_metadata()).expect("persist"),
+                6 => {
+                    let flushed = store.flushed_offset();
+                    let candidates: Vec<u64> = placed[q]
+                        .commitlog
+                        .iter()
+                        .copied()
+                        .filter(|&offset| offset <= flushed)
+                        .collect();
+                    if let Some(&pick) =
+                        candidates.get(rng.below(candidates.len() as u64 + 1) as usize)
+                    {
+                        head = head.max(pick);
+                    }
+                    block_on(store.expire_queues_before(head)).expect("expire");
+                }
+                7 => {
+                    let (min, next) = store.queue_range(keys[q]).expect("queue");
+                    let from = min + rng.below(next - min + 1);
+                    let to = (from + rng.between(1, 50)).min(next);
+                    let entries = block_on(store.entries(keys[q], from, (to - from) as usize))
+                        .expect("entries");
+                    assert_eq!(entries.len() as u64, to - from, "seed {seed} step {step}");
+                    for (i, entry) in entries.iter().enumerate() {
+                        let offset = from + i as u64;
+                        assert_eq!(entry.commitlog_offset, placed[q].commitlog[offset as usize]);
+                        let bytes = block_on(store.read_record(*entry)).expect("record");
+                        let Ok(Decoded::Record(view)) =
+                            record::decode(&bytes, entry.commitlog_offset)
+                        else {
+                            panic!("seed {seed}: offset {offset} does not decode");
+                        };
+                        assert_eq!(view.body, body(keys[q], offset));
+                    }
+                    if from > 0 {
+                        assert!(
+                            block_on(store.entries(keys[q], min.saturating_sub(1), 1))
+                                .expect("below")
+                                .is_empty()
+                                || min == 0
+                        );
+                    }
+                }
+                8 => {
+                    block_on(store.close()).expect("close");
+                    store = open(&disk);
+                    block_on(store.expire_queues_before(head)).expect("expire at open");
+                }
+                _ => {
+                    disk = disk.crash(seed * 1000 + step);
+                    store = open(&disk);
+                    block_on(store.expire_queues_before(head)).expect("expire at open");
+                    for (q, key) in keys.iter().enumerate() {
+                        let next = store.queue_range(*key).expect("queue").1;
+                        assert!(next as usize <= placed[q].commitlog.len());
+                        placed[q].commitlog.truncate(next as usize);
+                    }
+                }
+            }
+            // Appends do not move the minimum; every other step leaves it where the head
+            // says (an expiry or a reopen applied it).
+            for (q, key) in keys.iter().enumerate() {
+                let (min, next) = store.queue_range(*key).expect("queue");
+                assert_eq!(
+                    next as usize,
+                    placed[q].commitlog.len(),
+                    "seed {seed} step {step}"
+                );
+                assert_eq!(
+                    min,
+                    placed[q].expected_min(head),
+                    "seed {seed} step {step} op {op} queue {q} head {head} tail {}",
+                    store.cached_entries(*key)
+                );
+            }
+        }
+        // A final expiry and reopen: the minimum is exactly where the head puts it.
+        block_on(store.expire_queues_before(head)).expect("expire");
+        for (q, key) in keys.iter().enumerate() {
+            let (min, next) = store.queue_range(*key).expect("queue");
+            assert_eq!(min, placed[q].expected_min(head), "seed {seed} queue {q}");
+            assert_eq!(check_reads(&store, *key, min), next - min);
+        }
+        block_on(store.close()).expect("close");
+        let store = open(&disk.crash(seed));
+        block_on(store.expire_queues_before(head)).expect("expire");
+        for (q, key) in keys.iter().enumerate() {
+            let (min, next) = store.queue_range(*key).expect("queue");
+            assert_eq!(
+                min,
+                placed[q].expected_min(head),
+                "seed {seed} queue {q} reopened"
+            );
+            assert_eq!(check_reads(&store, *key, min), next - min);
+        }
+    }
+}

@@ -867,14 +867,17 @@ impl<D: Disk> ShardStore<D> {
                 let block = consume_queue::block_start_offset(pos, n);
                 let end = next.min(file + n);
                 let (first, tail) = self.entries_for_write(key, block, end).await?;
-                // A new file is named by its range's start, or by the queue's minimum when the
-                // queue begins inside it (see `consume_queue::file_path`).
-                let (is_new, name) = match self.queues.borrow().get(&key) {
-                    Some(state) => match state.files.get(&file) {
-                        Some(name) => (false, *name),
-                        None => (true, file.max(state.min_offset)),
-                    },
-                    None => (true, file),
+                // A new file is named by the first entry written to it: its range's start, or
+                // later when the queue begins inside it (a rebuild after retention; see
+                // `consume_queue::file_path`).
+                let existing = self
+                    .queues
+                    .borrow()
+                    .get(&key)
+                    .and_then(|state| state.files.get(&file).copied());
+                let (is_new, name) = match existing {
+                    Some(name) => (false, name),
+                    None => (true, first),
                 };
                 let path = consume_queue::file_path(&self.config.dir, key, name);
                 consume_queue::write_from(
