@@ -29,8 +29,11 @@ pub struct ShardStore<D: Disk> {
     /// (an open and a device-limit lookup) costs more than the read. Forgotten whenever a
     /// queue's files are removed, so a file re-created under the same name is never read
     /// through a descriptor of the old one.
-    readers: RefCell<BTreeMap<QueueKey, (PathBuf, Rc<D::File>)>>,
+    readers: RefCell<BTreeMap<QueueKey, OpenFile<D>>>,
 }
+
+/// A consume-queue file kept open for reads, with its path.
+type OpenFile<D> = (PathBuf, Rc<<D as Disk>::File>);
 
 fn invalid_config(reason: String) -> StoreError {
     StoreError::io(
