@@ -671,3 +671,41 @@ fn expiry_interleaved_with_appends_reads_and_crashes() {
         }
     }
 }
+
+/// A migration that fails part-way (a write or an fdatasync of a new file fails) leaves the
+/// legacy file in place: after a crash of that disk the next open migrates again.
+#[test]
+fn a_migration_failing_part_way_is_redone_after_a_crash() {
+    use crate::testing::SimFault;
+    for fault in [SimFault::Write, SimFault::Sync] {
+        let disk = SimDisk::new();
+        let entries = legacy_store(&disk, 250);
+        disk.inject(fault);
+        let failed = block_on(ShardStore::open(disk.clone(), config(), &[KEY, OTHER]));
+        assert!(failed.is_err(), "{fault:?}: the open fails");
+        let files_dir = consume_queue::files_dir(&config().dir, KEY);
+        assert!(
+            block_on(disk.exists(&files_dir)).unwrap(),
+            "{fault:?}: the migration had begun"
+        );
+        let legacy = consume_queue::legacy_path(&config().dir, KEY);
+        for seed in 0..4 {
+            let crashed = disk.crash(seed);
+            assert!(
+                block_on(crashed.exists(&legacy)).unwrap(),
+                "{fault:?}: legacy kept"
+            );
+            let store = open(&crashed);
+            assert_eq!(
+                store.queue_range(KEY),
+                Some((0, 250)),
+                "{fault:?} seed {seed}"
+            );
+            assert_eq!(
+                block_on(store.entries(KEY, 0, usize::MAX)).unwrap(),
+                entries
+            );
+            assert_eq!(check_reads(&store, OTHER, 0), 3);
+        }
+    }
+}
