@@ -8,7 +8,7 @@
 mod common;
 
 use common::{temp_store, Broker};
-use ringmq::client::reset::{out_of_range, reset_for, OffsetReset};
+use ringmq::client::reset::{out_of_range, pull_with_reset, reset_for, OffsetReset, PullOutcome};
 use ringmq::protocol::message::{GroupCommit, MessageRef, QueueRef};
 use ringmq::protocol::Status;
 
@@ -68,12 +68,24 @@ fn a_consumer_below_the_minimum_is_reset_by_its_policy() {
         .expect_err("a pull below the minimum");
     assert_eq!(refused.status(), Some(Status::OffsetOutOfRange));
     assert_eq!(out_of_range(&refused), Some((min, 400)));
-    let reset = reset_for(&refused, OffsetReset::Earliest, 0, 0).expect("reset");
-    assert_eq!(reset.to, min);
-    let pulled = client
-        .pull("kept", 0, reset.to, 10, 1 << 20, 0)
-        .expect("pull");
-    assert_eq!(pulled.messages[0].queue_offset, min);
+    let reset = reset_for(&refused, OffsetReset::Latest, 0, 0).expect("reset");
+    assert_eq!(reset.to, 400);
+    // A consumer loop: the reset is reported once, then the pull at the minimum succeeds.
+    let mut offset = 0;
+    let mut pull = |offset: &mut u64| {
+        pull_with_reset(OffsetReset::Earliest, 0, offset, |at| {
+            client.pull("kept", 0, at, 10, 1 << 20, 0)
+        })
+        .expect("pull or reset")
+    };
+    match pull(&mut offset) {
+        PullOutcome::Reset(reset) => assert_eq!((reset.from, reset.to), (0, min)),
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    match pull(&mut offset) {
+        PullOutcome::Pulled(pulled) => assert_eq!(pulled.messages[0].queue_offset, min),
+        other => panic!("expected messages, got {other:?}"),
+    }
 
     let out = broker.cli(&["topic", "describe", "kept"], b"");
     assert!(out.status.success(), "{}", stderr(&out));

@@ -98,6 +98,36 @@ pub fn reset_for(
     })
 }
 
+/// What a pull made under a reset policy gave.
+#[derive(Debug)]
+pub enum PullOutcome {
+    Pulled(crate::PullResult),
+    /// The offset was out of range and has been moved: report this, then pull again.
+    Reset(OffsetResetApplied),
+}
+
+/// Pulls `queue` at `*offset` with `pull` (any client's pull: [`crate::Client::pull`],
+/// [`crate::FailoverClient::pull`]); on `OFFSET_OUT_OF_RANGE` carrying the range, moves
+/// `*offset` where `policy` says and returns the reset for the caller to report. Any other
+/// error, or a range the broker did not send, is returned as it came.
+pub fn pull_with_reset(
+    policy: OffsetReset,
+    queue: u32,
+    offset: &mut u64,
+    pull: impl FnOnce(u64) -> Result<crate::PullResult, ClientError>,
+) -> Result<PullOutcome, ClientError> {
+    match pull(*offset) {
+        Ok(result) => Ok(PullOutcome::Pulled(result)),
+        Err(error) => match reset_for(&error, policy, queue, *offset) {
+            Some(reset) => {
+                *offset = reset.to;
+                Ok(PullOutcome::Reset(reset))
+            }
+            None => Err(error),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +161,25 @@ mod tests {
         assert_eq!(reset_for(&old, OffsetReset::Earliest, 0, 0), None);
         assert_eq!(OffsetReset::parse("latest"), Some(OffsetReset::Latest));
         assert_eq!(OffsetReset::parse("newest"), None);
+    }
+
+    #[test]
+    fn a_pull_out_of_range_moves_the_offset_and_reports_it() {
+        let mut offset = 7;
+        let outcome = pull_with_reset(OffsetReset::Latest, 1, &mut offset, |at| {
+            assert_eq!(at, 7);
+            Err(error(
+                Status::OffsetOutOfRange,
+                offset_out_of_range_message("offset 7 is below", 10, 20),
+            ))
+        })
+        .expect("a reset, not an error");
+        assert!(matches!(outcome, PullOutcome::Reset(r) if r.to == 20 && r.from == 7));
+        assert_eq!(offset, 20);
+        let failed = pull_with_reset(OffsetReset::Earliest, 1, &mut offset, |_| {
+            Err(error(Status::StoreError, "disk".into()))
+        });
+        assert!(failed.is_err());
+        assert_eq!(offset, 20, "another error leaves the offset");
     }
 }
