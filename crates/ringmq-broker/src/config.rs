@@ -213,6 +213,20 @@ pub struct BrokerConfig {
     /// A connection whose responses make no progress towards the peer for this long (a peer
     /// that never reads) is closed.
     pub response_write_timeout_ms: u64,
+    /// Retention: a commitlog segment whose newest record was stored longer ago than this
+    /// (broker clock) is deleted during the `delete_when` hours. Per broker, not per topic.
+    pub file_reserved_time_ms: u64,
+    /// Hours of the day (broker's local time) in which expired segments are deleted:
+    /// `;`-separated, `"04"` or `"03;04"`, or `"*"` for any hour.
+    pub delete_when: String,
+    /// How often each shard's cleaning stage looks for segments to delete.
+    pub clean_resource_interval_ms: u64,
+    /// Above this fraction of the store's filesystem in use, the oldest segments are deleted
+    /// whatever their age and the hour (never the one being written).
+    pub disk_max_used_space_ratio: f64,
+    /// Above this fraction appends are refused with DISK_FULL until usage falls again; must
+    /// exceed `disk_max_used_space_ratio`.
+    pub disk_space_warning_ratio: f64,
 }
 
 impl Default for BrokerConfig {
@@ -254,6 +268,11 @@ impl Default for BrokerConfig {
             request_read_timeout_ms: 30_000,
             connections_max_idle_ms: 600_000,
             response_write_timeout_ms: 30_000,
+            file_reserved_time_ms: 72 * 60 * 60 * 1000,
+            delete_when: "04".to_string(),
+            clean_resource_interval_ms: 10_000,
+            disk_max_used_space_ratio: 0.75,
+            disk_space_warning_ratio: 0.90,
         }
     }
 }
@@ -442,6 +461,7 @@ impl BrokerConfig {
             ));
         }
         self.validate_connection_limits()?;
+        self.validate_retention()?;
         if self.io_memory_bytes < MIN_IO_MEMORY_BYTES {
             return Err(ConfigError::value(
                 "io_memory_bytes",
@@ -449,6 +469,29 @@ impl BrokerConfig {
                     "{} is below glommio's minimum of {MIN_IO_MEMORY_BYTES}",
                     self.io_memory_bytes
                 ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_retention(&self) -> Result<(), ConfigError> {
+        if self.file_reserved_time_ms == 0 {
+            return Err(ConfigError::value("file_reserved_time_ms", "must be positive"));
+        }
+        check_duration_ms("clean_resource_interval_ms", self.clean_resource_interval_ms)?;
+        DeleteHours::parse(&self.delete_when)?;
+        let max = self.disk_max_used_space_ratio;
+        if !(max > 0.0 && max <= 1.0) {
+            return Err(ConfigError::value(
+                "disk_max_used_space_ratio",
+                format!("{max} is not in (0, 1]"),
+            ));
+        }
+        let warning = self.disk_space_warning_ratio;
+        if !(warning > max && warning <= 1.0) {
+            return Err(ConfigError::value(
+                "disk_space_warning_ratio",
+                format!("{warning} must exceed disk_max_used_space_ratio {max} and be at most 1"),
             ));
         }
         Ok(())
@@ -479,6 +522,45 @@ impl BrokerConfig {
             )));
         }
         Ok(())
+    }
+}
+
+/// The hours of `delete_when`: bit `h` set when hour `h` (0 to 23) is a deletion hour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeleteHours(u32);
+
+impl DeleteHours {
+    pub const ANY: DeleteHours = DeleteHours((1 << 24) - 1);
+
+    /// `"*"`, or hours 0 to 23 separated by `;` (one or two digits each, RocketMQ's
+    /// `deleteWhen`).
+    pub fn parse(text: &str) -> Result<DeleteHours, ConfigError> {
+        let text = text.trim();
+        if text == "*" {
+            return Ok(DeleteHours::ANY);
+        }
+        let mut bits = 0u32;
+        for part in text.split(';') {
+            let part = part.trim();
+            let hour = (!part.is_empty() && part.len() <= 2 && part.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| part.parse::<u32>().ok())
+                .flatten()
+                .filter(|h| *h < 24)
+                .ok_or_else(|| {
+                    ConfigError::value(
+                        "delete_when",
+                        format!(
+                            "`{part}` in `{text}` is not an hour 0 to 23; give hours separated by `;` (\"04\", \"03;04\") or \"*\" for any hour"
+                        ),
+                    )
+                })?;
+            bits |= 1 << hour;
+        }
+        Ok(DeleteHours(bits))
+    }
+
+    pub fn contains(self, hour: u32) -> bool {
+        hour < 24 && self.0 & (1 << hour) != 0
     }
 }
 

@@ -10,7 +10,7 @@ use super::consume_queue::{self, QueueState};
 use super::io::{Disk, BLOCK_BYTES};
 use super::record::{self, Decoded, RecordInput, RecordView, RECORD_HEADER_BYTES};
 use super::{AppendError, Appended, CqEntry, QueueKey, RecoveryReport, StoreConfig, StoreError};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 use tracing::warn;
@@ -21,6 +21,16 @@ pub struct ShardStore<D: Disk> {
     log: CommitLog<D>,
     /// The consume queues this shard owns; entries are dispatched here at append.
     queues: RefCell<BTreeMap<QueueKey, QueueState>>,
+    /// The log head: the commitlog's first retained byte, as the checkpoint records it. Moves
+    /// forward one segment per retention deletion, before the segment's file goes.
+    log_head: Cell<u64>,
+    /// Where [`ShardStore::expire_queues_before`] last moved the queues' minimum to (the
+    /// in-memory stand-in for the consume-queue side, see there).
+    queues_head: Cell<u64>,
+    /// The newest store timestamp (broker clock, ms) seen in each segment, by start offset:
+    /// noted at every append and by the recovery scan; a segment sealed before a restart and
+    /// not scanned is read once by [`ShardStore::newest_store_ms`].
+    newest_store_ms: RefCell<BTreeMap<u64, u64>>,
 }
 
 fn invalid_config(reason: String) -> StoreError {
@@ -99,11 +109,26 @@ impl<D: Disk> ShardStore<D> {
             .and_then(|bytes| Checkpoint::decode(&bytes));
         stage(format!("opening the commitlog in {}", config.dir.display()));
         let log = CommitLog::open(disk.clone(), &config).await?;
+        // A deletion the checkpoint recorded may not have reached its unlink: finish it. A
+        // segment missing before the head is retention's doing, not lost data; a log whose
+        // oldest segment lies past the recorded head (a checkpoint of a broker before
+        // retention, files removed by hand) starts there.
+        let recorded_head = checkpoint.map_or(0, |c| c.log_head);
+        let finished = log.remove_segments_before(recorded_head).await?;
+        if finished > 0 {
+            tracing::info!(
+                "finished {finished} retention deletion(s) a crash interrupted: the checkpoint's log head is {recorded_head}"
+            );
+        }
+        let log_head = recorded_head.max(log.oldest_segment().unwrap_or(recorded_head));
         let store = ShardStore {
             disk: disk.clone(),
             config,
             log,
             queues: RefCell::new(BTreeMap::new()),
+            log_head: Cell::new(log_head),
+            queues_head: Cell::new(0),
+            newest_store_ms: RefCell::new(BTreeMap::new()),
         };
         let on_disk = store.queues_on_disk().await?;
         let mut keys: Vec<QueueKey> = queues.to_vec();
@@ -132,6 +157,7 @@ impl<D: Disk> ShardStore<D> {
             .log
             .scan(scan_start, u64::MAX, |view| {
                 enter_segment(view.commitlog_offset);
+                store.note_store_time(view.commitlog_offset, view.store_timestamp_ms);
                 store.redispatch(view, &mut dispatch);
                 Ok(())
             })
@@ -153,6 +179,8 @@ impl<D: Disk> ShardStore<D> {
         dispatch.dispatched += store
             .rebuild(&dispatch.rebuild, scan.end_offset, stage)
             .await?;
+        // Idempotent: a crash between a deletion's checkpoint and its queue trim heals here.
+        store.expire_queues_before(store.log_head()).await?;
         stage("writing the abort marker, consume queues and checkpoint".to_string());
         disk.write_atomic(&abort, Vec::new())
             .await
@@ -424,6 +452,7 @@ impl<D: Disk> ShardStore<D> {
         let commitlog_offset = self
             .log
             .append(size, |offset, out| record.encode_into(offset, out))?;
+        self.note_store_time(commitlog_offset, input.store_timestamp_ms);
         state.entries.push(CqEntry {
             commitlog_offset,
             size: size as u32,
@@ -487,6 +516,7 @@ impl<D: Disk> ShardStore<D> {
                 .log
                 .append(bytes.len(), |_, out| out.copy_from_slice(bytes))?;
             debug_assert_eq!(commitlog_offset, claimed);
+            self.note_store_time(commitlog_offset, view.store_timestamp_ms);
             return Ok(Appended {
                 queue: key,
                 queue_offset: view.queue_offset,
@@ -510,6 +540,7 @@ impl<D: Disk> ShardStore<D> {
             .log
             .append(bytes.len(), |_, out| out.copy_from_slice(bytes))?;
         debug_assert_eq!(commitlog_offset, claimed);
+        self.note_store_time(commitlog_offset, view.store_timestamp_ms);
         state.entries.push(CqEntry {
             commitlog_offset,
             size: bytes.len() as u32,
@@ -537,6 +568,7 @@ impl<D: Disk> ShardStore<D> {
         let before_cut = Checkpoint {
             flushed_offset: offset,
             dispatched_offset: offset,
+            log_head: self.log_head(),
         };
         self.disk
             .write_atomic(&checkpoint_path(&self.config.dir), before_cut.encode())
@@ -612,6 +644,7 @@ impl<D: Disk> ShardStore<D> {
         let checkpoint = Checkpoint {
             flushed_offset: self.log.flushed_offset(),
             dispatched_offset: self.log.max_offset(),
+            log_head: self.log_head(),
         };
         let pending: Vec<(QueueKey, usize, usize, bool, Vec<CqEntry>)> = self
             .queues
@@ -703,10 +736,16 @@ impl<D: Disk> ShardStore<D> {
         self.log.max_offset() - self.log.flushed_offset()
     }
 
-    /// (min queue offset, next queue offset) of a queue, counting every appended entry.
+    /// (min queue offset, next queue offset) of a queue, counting every appended entry. The
+    /// minimum is derived, never stored: the first entry whose record starts at or after the
+    /// queues' head (see [`ShardStore::expire_queues_before`]).
     pub fn queue_range(&self, key: QueueKey) -> Option<(u64, u64)> {
         let queues = self.queues.borrow();
-        queues.get(&key).map(|s| (0, s.entries.len() as u64))
+        let head = self.queues_head.get();
+        queues.get(&key).map(|s| {
+            let min = s.entries.partition_point(|e| e.commitlog_offset < head);
+            (min as u64, s.entries.len() as u64)
+        })
     }
 
     /// One past the highest queue offset whose record ends at or before `confirmed_offset`.
@@ -755,6 +794,99 @@ impl<D: Disk> ShardStore<D> {
             ))),
             Err(e) => Err(StoreError::Corrupt(e.to_string())),
         }
+    }
+
+    /// The commitlog's first retained byte (the log head).
+    pub fn log_head(&self) -> u64 {
+        self.log_head.get()
+    }
+
+    fn note_store_time(&self, commitlog_offset: u64, store_timestamp_ms: u64) {
+        let base = self.log.base_of(commitlog_offset);
+        let mut newest = self.newest_store_ms.borrow_mut();
+        let at = newest.entry(base).or_insert(store_timestamp_ms);
+        *at = (*at).max(store_timestamp_ms);
+    }
+
+    /// The segments retention may delete, oldest first: wholly before the segment being
+    /// written and wholly flushed (an unflushed end marker would otherwise be lost with it).
+    pub fn retention_candidates(&self) -> Vec<u64> {
+        let flushed = self.log.flushed_offset();
+        let size = self.config.segment_size_bytes;
+        self.log
+            .sealed_segments()
+            .into_iter()
+            .filter(|base| base + size <= flushed)
+            .collect()
+    }
+
+    /// The newest store timestamp of segment `base` (`None`: it holds no record): remembered
+    /// from appends and the recovery scan, else found by reading the segment once (a segment
+    /// sealed before this process started), then remembered.
+    pub async fn newest_store_ms(&self, base: u64) -> Result<Option<u64>, StoreError> {
+        if let Some(ms) = self.newest_store_ms.borrow().get(&base) {
+            return Ok(Some(*ms));
+        }
+        let mut newest = None::<u64>;
+        let end = base + self.config.segment_size_bytes;
+        self.log
+            .scan(base, end, |view| {
+                newest = Some(newest.map_or(view.store_timestamp_ms, |n| {
+                    n.max(view.store_timestamp_ms)
+                }));
+                Ok(())
+            })
+            .await?;
+        if let Some(ms) = newest {
+            self.newest_store_ms.borrow_mut().insert(base, ms);
+        }
+        Ok(newest)
+    }
+
+    /// First step of deleting the oldest segment `base`: the head moves past it and the
+    /// checkpoint records that durably. The caller holds the store gate (no flush or metadata
+    /// write runs meanwhile), then calls [`ShardStore::expire_queues_before`] and
+    /// [`ShardStore::remove_expired_segment`]. Returns the new head.
+    pub async fn advance_log_head(&self, base: u64) -> Result<u64, StoreError> {
+        if !self.retention_candidates().first().is_some_and(|b| *b == base) {
+            return Err(StoreError::Corrupt(format!(
+                "segment {base} is not the oldest deletable segment"
+            )));
+        }
+        let old = self.log_head.get();
+        let head = base + self.config.segment_size_bytes;
+        self.log_head.set(head);
+        if let Err(e) = self.persist_metadata().await {
+            self.log_head.set(old);
+            return Err(e);
+        }
+        Ok(head)
+    }
+
+    /// Last step of a deletion: the segment's file goes (after the checkpoint and the queues).
+    pub async fn remove_expired_segment(&self, base: u64) -> Result<(), StoreError> {
+        if base + self.config.segment_size_bytes > self.log_head.get() {
+            return Err(StoreError::Corrupt(format!(
+                "segment {base} is not before the log head {}",
+                self.log_head.get()
+            )));
+        }
+        self.log.remove_segment(base).await?;
+        self.newest_store_ms.borrow_mut().remove(&base);
+        Ok(())
+    }
+
+    /// Moves every queue's minimum to the first entry at or after `log_head` (the shared
+    /// contract with the consume-queue split: idempotent, called by retention after the
+    /// checkpoint and by recovery).
+    ///
+    /// This is the smallest in-memory version, kept apart so the consume-queue work can
+    /// replace its body: it only records the head that [`ShardStore::queue_range`] derives each
+    /// minimum from. Entries before it stay in memory and in the queue files (nothing reads
+    /// them: a pull below the minimum is OFFSET_OUT_OF_RANGE).
+    pub async fn expire_queues_before(&self, log_head: u64) -> Result<(), StoreError> {
+        self.queues_head.set(self.queues_head.get().max(log_head));
+        Ok(())
     }
 
     /// Clean shutdown: flush, persist metadata, remove the abort marker.
