@@ -531,6 +531,7 @@ pub struct DeleteHours(u32);
 
 impl DeleteHours {
     pub const ANY: DeleteHours = DeleteHours((1 << 24) - 1);
+    pub const NONE: DeleteHours = DeleteHours(0);
 
     /// `"*"`, or hours 0 to 23 separated by `;` (one or two digits each, RocketMQ's
     /// `deleteWhen`).

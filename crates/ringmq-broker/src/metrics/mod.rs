@@ -39,10 +39,12 @@ pub enum Counter {
     ReplicationCopiedBytes,
     ReplicationReceivedBytes,
     ReplicationMetadataErrors,
+    RetentionDeletedSegments,
+    RetentionReclaimedBytes,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 18] = [
         Counter::ProduceRequests,
         Counter::MessagesAppended,
         Counter::BytesAppended,
@@ -59,6 +61,8 @@ impl Counter {
         Counter::ReplicationCopiedBytes,
         Counter::ReplicationReceivedBytes,
         Counter::ReplicationMetadataErrors,
+        Counter::RetentionDeletedSegments,
+        Counter::RetentionReclaimedBytes,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -78,6 +82,8 @@ impl Counter {
             Counter::ReplicationCopiedBytes => "replication_copied_bytes_total",
             Counter::ReplicationReceivedBytes => "replication_received_bytes_total",
             Counter::ReplicationMetadataErrors => "replication_metadata_errors_total",
+            Counter::RetentionDeletedSegments => "retention_deleted_segments_total",
+            Counter::RetentionReclaimedBytes => "retention_reclaimed_bytes_total",
         }
     }
     pub fn help(self) -> &'static str {
@@ -104,6 +110,10 @@ impl Counter {
             Counter::ReplicationMetadataErrors => {
                 "Metadata frames a slave could not apply or a master would not send (log keeps flowing)."
             }
+            Counter::RetentionDeletedSegments => {
+                "Commitlog segments deleted by retention (age or disk pressure)."
+            }
+            Counter::RetentionReclaimedBytes => "Bytes of commitlog segments retention deleted.",
         }
     }
 }
@@ -254,9 +264,17 @@ impl ShardProbe {
 pub struct ProbeSnapshot {
     pub shards: Vec<usize>,
     pub counters: Vec<(Counter, u64)>,
-    /// Point-in-time values such as pending completions; summed when merged.
+    /// Point-in-time values such as pending completions; summed when merged, except the
+    /// [`is_max_gauge`] ones.
     pub gauges: Vec<(&'static str, u64)>,
     pub histograms: Vec<(Hist, Histogram<u64>)>,
+}
+
+/// Gauges that describe something the shards share or a state any one of them is in (the
+/// store's file system, appends refused): merged by taking the largest, since a sum of the
+/// same disk's use seen by every shard means nothing.
+pub fn is_max_gauge(name: &str) -> bool {
+    name.starts_with("disk_") || name == "retention_appends_refused"
 }
 
 impl ProbeSnapshot {
@@ -268,8 +286,12 @@ impl ProbeSnapshot {
             for ((_, a), (_, b)) in merged.counters.iter_mut().zip(&other.counters) {
                 *a = a.wrapping_add(*b);
             }
-            for ((_, a), (_, b)) in merged.gauges.iter_mut().zip(&other.gauges) {
-                *a += *b;
+            for ((name, a), (_, b)) in merged.gauges.iter_mut().zip(&other.gauges) {
+                if is_max_gauge(name) {
+                    *a = (*a).max(*b);
+                } else {
+                    *a += *b;
+                }
             }
             for ((_, a), (_, b)) in merged.histograms.iter_mut().zip(&other.histograms) {
                 a.add(b).expect("histograms share bounds");

@@ -173,6 +173,11 @@ impl<D: Disk> CommitLog<D> {
         self.state.borrow().failed.clone()
     }
 
+    /// Segment files the log holds open (retained, being written, prepared).
+    pub fn segment_count(&self) -> usize {
+        self.state.borrow().segments.len()
+    }
+
     pub fn oldest_segment(&self) -> Option<u64> {
         self.state.borrow().segments.keys().next().copied()
     }
