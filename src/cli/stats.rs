@@ -28,7 +28,21 @@ pub fn run(args: StatsArgs) -> Result<(), String> {
 
 pub fn stats_text(stats: &Stats) -> String {
     let shards: Vec<String> = stats.shards.iter().map(|s| s.to_string()).collect();
-    let mut out = format!("shards {}\n\n", shards.join(","));
+    let mut out = format!("shards {}\n", shards.join(","));
+    let gauge = |name: &str| stats.gauges.get(name).copied();
+    if let Some(ppm) = gauge("disk_used_ratio_ppm") {
+        let refused = gauge("retention_appends_refused").unwrap_or(0) > 0;
+        out.push_str(&format!(
+            "disk used {:.1}%, appends {}\n",
+            ppm as f64 / 1e4,
+            if refused {
+                "refused (DISK_FULL, above disk_space_warning_ratio)"
+            } else {
+                "accepted"
+            }
+        ));
+    }
+    out.push('\n');
     let values: Vec<Vec<String>> = stats
         .counters
         .iter()
