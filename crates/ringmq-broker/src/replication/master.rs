@@ -227,7 +227,9 @@ fn welcome<D: Disk>(shard: &Shard<D>, hello: &Hello) -> Result<(Welcome, u64), S
         // slave store whose log and consume queues start past zero, which this store does not
         // build yet, so the slave is refused with the offsets an operator needs.
         return Err(format!(
-            "the slave needs the log from offset {start}, but retention on this master deleted              everything before offset {head} (its earliest retained offset): this slave cannot              catch up by replication"
+            "the slave needs the log from offset {start}, but retention on this master deleted \
+             everything before offset {head} (its earliest retained offset): this slave cannot \
+             catch up by replication"
         ));
     }
     let welcome = Welcome {
