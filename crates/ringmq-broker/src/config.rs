@@ -603,6 +603,77 @@ mod tests {
     }
 
     #[test]
+    fn delete_when_takes_hours_or_any_and_refuses_the_rest() {
+        let hours = DeleteHours::parse("04").unwrap();
+        assert!(hours.contains(4) && !hours.contains(3) && !hours.contains(14));
+        let hours = DeleteHours::parse("3; 04;23").unwrap();
+        assert!(hours.contains(3) && hours.contains(4) && hours.contains(23));
+        assert!(!hours.contains(0));
+        assert_eq!(DeleteHours::parse("*").unwrap(), DeleteHours::ANY);
+        assert!((0..24).all(|h| DeleteHours::ANY.contains(h)));
+        for bad in ["", "24", "4am", "04;", "-1", "004", "*;04", "4,5"] {
+            let err = DeleteHours::parse(bad).unwrap_err();
+            assert_eq!(err.key(), Some("delete_when"), "{bad}: {err}");
+            assert!(err.to_string().contains("\"*\""), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn retention_values_name_their_key() {
+        let bad = |config: BrokerConfig| config.validate().unwrap_err().key();
+        let base = BrokerConfig::default;
+        assert_eq!(
+            bad(BrokerConfig {
+                delete_when: "25".into(),
+                ..base()
+            }),
+            Some("delete_when")
+        );
+        assert_eq!(
+            bad(BrokerConfig {
+                file_reserved_time_ms: 0,
+                ..base()
+            }),
+            Some("file_reserved_time_ms")
+        );
+        assert_eq!(
+            bad(BrokerConfig {
+                clean_resource_interval_ms: 0,
+                ..base()
+            }),
+            Some("clean_resource_interval_ms")
+        );
+        for ratio in [0.0, -0.5, 1.5, f64::NAN] {
+            assert_eq!(
+                bad(BrokerConfig {
+                    disk_max_used_space_ratio: ratio,
+                    ..base()
+                }),
+                Some("disk_max_used_space_ratio"),
+                "{ratio}"
+            );
+        }
+        for warning in [0.75, 0.5, 1.01, f64::NAN] {
+            assert_eq!(
+                bad(BrokerConfig {
+                    disk_space_warning_ratio: warning,
+                    ..base()
+                }),
+                Some("disk_space_warning_ratio"),
+                "{warning}"
+            );
+        }
+        let config = BrokerConfig::from_toml(
+            "file_reserved_time_ms = 3600000\ndelete_when = \"*\"\n\
+             disk_max_used_space_ratio = 0.5\ndisk_space_warning_ratio = 1.0\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.file_reserved_time_ms, 3_600_000);
+        assert_eq!(BrokerConfig::default().file_reserved_time_ms, 72 * 3_600_000);
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let err = BrokerConfig::from_toml("flush_disk_type = \"SOMETIMES\"").unwrap_err();
         assert!(err.to_string().contains("flush_disk_type"), "{err}");
