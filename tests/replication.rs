@@ -1722,7 +1722,11 @@ fn slaves_apply_retention_on_their_own_copy_and_keep_following() {
     wait_slave_confirmed(&slave.broker, &caught_up);
 
     let out = slave.broker.cli(&["admin", "delete-expired"], b"");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let on_slave = retention_of(&slave.broker);
     for shard in &on_slave.shards {
         let current = shard.max_offset / (1 << 20) * (1 << 20);
@@ -1730,7 +1734,10 @@ fn slaves_apply_retention_on_their_own_copy_and_keep_following() {
         assert!(shard.log_head > 0, "several segments per shard");
     }
     assert!(
-        retention_of(&master.broker).shards.iter().all(|s| s.log_head == 0),
+        retention_of(&master.broker)
+            .shards
+            .iter()
+            .all(|s| s.log_head == 0),
         "the slave's deletions are its own"
     );
 

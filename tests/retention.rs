@@ -87,13 +87,12 @@ async fn fill(store: &ShardStore<SimDisk>, range: std::ops::Range<u64>) {
 /// Every entry from the queue's minimum reads back as the record of its offset.
 async fn check_readable_from_min(store: &ShardStore<SimDisk>) -> (u64, u64) {
     let (min, max) = store.queue_range(KEY).expect("the queue");
-    for (i, entry) in store
-        .entries(KEY, min, usize::MAX)
-        .into_iter()
-        .enumerate()
-    {
+    for (i, entry) in store.entries(KEY, min, usize::MAX).into_iter().enumerate() {
         let offset = min + i as u64;
-        let bytes = store.read_record(entry).await.expect("a retained record reads");
+        let bytes = store
+            .read_record(entry)
+            .await
+            .expect("a retained record reads");
         let Ok(Decoded::Record(view)) = record::decode(&bytes, entry.commitlog_offset) else {
             panic!("offset {offset} does not decode");
         };
@@ -382,7 +381,9 @@ async fn produce(shard: &Rc<Shard<SimDisk>>, n: u64) -> Status {
         }
         .encode(out)
     });
-    handlers::handle(shard, Opcode::Produce, &request).await.status
+    handlers::handle(shard, Opcode::Produce, &request)
+        .await
+        .status
 }
 
 /// A pull's status and, when OK, its first message's body.
@@ -470,7 +471,11 @@ fn segments_expire_by_age_only_inside_the_window() {
             broker_config(delete_when),
             move |shard, clock| async move {
                 let_cleaner_run(&clock).await;
-                assert_eq!(shard.store().log_head(), 0, "{delete_when}: nothing is old yet");
+                assert_eq!(
+                    shard.store().log_head(),
+                    0,
+                    "{delete_when}: nothing is old yet"
+                );
                 clock.jump_wall(Duration::from_secs(61));
                 // Still the same hour: 22:13 plus a minute.
                 assert_eq!(clock.local_hour(), 22);
@@ -479,7 +484,11 @@ fn segments_expire_by_age_only_inside_the_window() {
                 if inside {
                     assert_eq!(shard.store().log_head(), current, "{delete_when}");
                 } else {
-                    assert_eq!(shard.store().log_head(), 0, "{delete_when}: outside the hours");
+                    assert_eq!(
+                        shard.store().log_head(),
+                        0,
+                        "{delete_when}: outside the hours"
+                    );
                     let answer = delete_expired(&shard).await;
                     let deleted = &answer.shards[0].deleted;
                     assert_eq!(deleted.len() as u64, current / SHARD_SEGMENT, "{answer:?}");
@@ -549,14 +558,24 @@ fn disk_pressure_deletes_the_oldest_and_full_disk_refuses_appends_until_it_falls
                 current,
                 "every sealed segment goes under pressure, young as it is"
             );
-            assert_eq!(produce(&shard, MESSAGES).await, Status::Ok, "80% is below 90%");
+            assert_eq!(
+                produce(&shard, MESSAGES).await,
+                Status::Ok,
+                "80% is below 90%"
+            );
             disk.set_space(space(95));
             let_cleaner_run(&clock).await;
             assert!(shard.cleaning().appends_refused());
             assert_eq!(produce(&shard, MESSAGES + 1).await, Status::DiskFull);
             let gauges = shard.snapshot().gauges;
-            assert!(gauges.contains(&("retention_appends_refused", 1)), "{gauges:?}");
-            assert!(gauges.contains(&("disk_used_ratio_ppm", 950_000)), "{gauges:?}");
+            assert!(
+                gauges.contains(&("retention_appends_refused", 1)),
+                "{gauges:?}"
+            );
+            assert!(
+                gauges.contains(&("disk_used_ratio_ppm", 950_000)),
+                "{gauges:?}"
+            );
             // Pulls still work while appends are refused.
             let min = shard.store().queue_range(QueueKey {
                 topic_id: shard.topic(TOPIC).unwrap().topic_id,

@@ -44,7 +44,10 @@ fn produce(client: &mut Client, topic: &str, range: std::ops::Range<u64>) -> (u6
             .collect();
         match client.produce(topic, Some(0), &messages) {
             Ok(result) if result.status == Status::Ok => {
-                assert_eq!(result.response.base_offset, seq, "offsets follow the sequence");
+                assert_eq!(
+                    result.response.base_offset, seq,
+                    "offsets follow the sequence"
+                );
                 acked += messages.len() as u64;
                 seq += messages.len() as u64;
             }
@@ -131,14 +134,24 @@ fn delete_expired_runs_a_pass_now_and_prints_what_it_deleted() {
     let (acked, failure) = produce(&mut client, "aged", 0..300);
     assert_eq!((acked, failure), (300, None));
     let before = retention(&broker).expect("retention status");
-    assert_eq!(before.shards[0].log_head, 0, "outside delete_when nothing goes");
+    assert_eq!(
+        before.shards[0].log_head, 0,
+        "outside delete_when nothing goes"
+    );
 
     let out = broker.cli(&["admin", "delete-expired"], b"");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let max_offset = before.shards[0].max_offset;
     let sealed = max_offset / SEGMENT;
-    assert!(sealed >= 3, "300 messages of 16 KiB fill more than 3 segments");
+    assert!(
+        sealed >= 3,
+        "300 messages of 16 KiB fill more than 3 segments"
+    );
     for base in 0..sealed {
         let name = ringmq::store::commitlog::segment_file_name(base * SEGMENT);
         assert!(text.contains(&name), "{name} listed:\n{text}");
@@ -212,12 +225,18 @@ fn sigkill_during_cleaning_and_an_immediate_restart_lose_nothing_retained() {
         broker.kill();
         broker.restart();
         let (min, max) = check_readable(&broker, "churn");
-        assert!(max >= next, "round {round}: {next} acknowledged, {max} recovered");
+        assert!(
+            max >= next,
+            "round {round}: {next} acknowledged, {max} recovered"
+        );
         assert!(min >= last_min, "round {round}: the minimum went back");
         last_min = min;
         next = max;
     }
-    assert!(last_min > 0, "the cleaner deleted something in three rounds");
+    assert!(
+        last_min > 0,
+        "the cleaner deleted something in three rounds"
+    );
 }
 
 /// A 64 MiB ext4 file system: above disk_max_used_space_ratio (40%) the oldest segments go
@@ -256,7 +275,10 @@ fn disk_pressure_and_disk_full_on_a_small_file_system() {
         (done && shard.log_head > 0).then_some(r)
     });
     assert!(!state.shards[0].appends_refused);
-    assert!(broker.log().contains("reason=\"disk_pressure\"") || broker.log().contains("reason=disk_pressure"));
+    assert!(
+        broker.log().contains("reason=\"disk_pressure\"")
+            || broker.log().contains("reason=disk_pressure")
+    );
     let (min, max) = check_readable(&broker, "pressed");
     assert!(min > 0 && max == 2_560);
 
@@ -265,7 +287,11 @@ fn disk_pressure_and_disk_full_on_a_small_file_system() {
     let filler = disk.mount.join("filler");
     checked(
         "fallocate",
-        &["-l", &(free - (4 << 20)).to_string(), filler.to_str().unwrap()],
+        &[
+            "-l",
+            &(free - (4 << 20)).to_string(),
+            filler.to_str().unwrap(),
+        ],
     );
     wait_until(Duration::from_secs(30), "appends refused", || {
         retention(&broker)?.shards[0].appends_refused.then_some(())

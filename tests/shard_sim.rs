@@ -579,7 +579,8 @@ fn run_seed_with(seed: u64, flush: FlushDiskType, retention: bool) -> u64 {
         "seed {seed}: the run produced almost nothing"
     );
     if retention {
-        DELETING_SEEDS.with(|n| n.set(n.get() + history.borrow().mins.iter().any(|m| *m > 0) as u64));
+        DELETING_SEEDS
+            .with(|n| n.set(n.get() + history.borrow().mins.iter().any(|m| *m > 0) as u64));
     }
     clock.fired()
 }

@@ -98,7 +98,10 @@ pub fn retention_text(retention: &Retention) -> String {
     ));
     for s in &retention.shards {
         if let Some(error) = &s.error {
-            out.push_str(&format!("shard {}: the pass stopped early: {error}\n", s.shard));
+            out.push_str(&format!(
+                "shard {}: the pass stopped early: {error}\n",
+                s.shard
+            ));
         }
     }
     out

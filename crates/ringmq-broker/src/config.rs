@@ -476,9 +476,15 @@ impl BrokerConfig {
 
     fn validate_retention(&self) -> Result<(), ConfigError> {
         if self.file_reserved_time_ms == 0 {
-            return Err(ConfigError::value("file_reserved_time_ms", "must be positive"));
+            return Err(ConfigError::value(
+                "file_reserved_time_ms",
+                "must be positive",
+            ));
         }
-        check_duration_ms("clean_resource_interval_ms", self.clean_resource_interval_ms)?;
+        check_duration_ms(
+            "clean_resource_interval_ms",
+            self.clean_resource_interval_ms,
+        )?;
         DeleteHours::parse(&self.delete_when)?;
         let max = self.disk_max_used_space_ratio;
         if !(max > 0.0 && max <= 1.0) {
@@ -670,7 +676,10 @@ mod tests {
         .unwrap();
         config.validate().unwrap();
         assert_eq!(config.file_reserved_time_ms, 3_600_000);
-        assert_eq!(BrokerConfig::default().file_reserved_time_ms, 72 * 3_600_000);
+        assert_eq!(
+            BrokerConfig::default().file_reserved_time_ms,
+            72 * 3_600_000
+        );
     }
 
     #[test]

@@ -139,7 +139,10 @@ pub async fn pass<D: Disk>(shard: &Rc<Shard<D>>, forced: bool) -> PassReport {
         let ratio = match measure(shard).await {
             Ok(ratio) => ratio,
             Err(e) => {
-                warn!(shard = shard.id(), "retention cannot read the disk's use: {e}");
+                warn!(
+                    shard = shard.id(),
+                    "retention cannot read the disk's use: {e}"
+                );
                 report.error = Some(format!("reading the disk's use: {e}"));
                 // Age-based expiry does not need the ratio; pressure cannot be judged.
                 0.0
@@ -154,9 +157,8 @@ pub async fn pass<D: Disk>(shard: &Rc<Shard<D>>, forced: bool) -> PassReport {
             match store.newest_store_ms(base).await {
                 Ok(newest) => {
                     let now = shard.clock().unix_ms();
-                    let expired = newest.is_none_or(|ms| {
-                        now.saturating_sub(ms) >= config.file_reserved_time_ms
-                    });
+                    let expired = newest
+                        .is_none_or(|ms| now.saturating_sub(ms) >= config.file_reserved_time_ms);
                     if !expired {
                         break;
                     }

@@ -831,9 +831,9 @@ impl<D: Disk> ShardStore<D> {
         let end = base + self.config.segment_size_bytes;
         self.log
             .scan(base, end, |view| {
-                newest = Some(newest.map_or(view.store_timestamp_ms, |n| {
-                    n.max(view.store_timestamp_ms)
-                }));
+                newest = Some(
+                    newest.map_or(view.store_timestamp_ms, |n| n.max(view.store_timestamp_ms)),
+                );
                 Ok(())
             })
             .await?;
@@ -848,7 +848,7 @@ impl<D: Disk> ShardStore<D> {
     /// write runs meanwhile), then calls [`ShardStore::expire_queues_before`] and
     /// [`ShardStore::remove_expired_segment`]. Returns the new head.
     pub async fn advance_log_head(&self, base: u64) -> Result<u64, StoreError> {
-        if !self.retention_candidates().first().is_some_and(|b| *b == base) {
+        if self.retention_candidates().first() != Some(&base) {
             return Err(StoreError::Corrupt(format!(
                 "segment {base} is not the oldest deletable segment"
             )));
