@@ -110,6 +110,21 @@ mod tests {
         let max: u64 = cells[6].parse().unwrap();
         assert!((400..=404).contains(&max), "max: {line}");
         assert!(text.contains("pending_completions"), "{text}");
+        assert!(
+            !text.contains("disk used"),
+            "no disk gauge, no disk line: {text}"
+        );
+        let with_disk = ProbeSnapshot::merge(&[probe.snapshot(
+            0,
+            vec![
+                ("disk_used_ratio_ppm", 923_000),
+                ("retention_appends_refused", 1),
+            ],
+        )])
+        .unwrap()
+        .to_stats();
+        let text = stats_text(&with_disk);
+        assert!(text.contains("disk used 92.3%, appends refused"), "{text}");
         for hist in Hist::ALL {
             assert!(text.contains(hist.name()), "{} missing", hist.name());
         }

@@ -375,15 +375,23 @@ mod tests {
         b.record(Hist::FdatasyncLatency, 10_000);
         a.appended(5, 500);
         a.flushed(500, Duration::from_micros(20), Duration::from_micros(90));
+        let gauges = |pending, disk, refused| {
+            vec![
+                ("pending_completions", pending),
+                ("disk_used_ratio_ppm", disk),
+                ("retention_appends_refused", refused),
+            ]
+        };
         let merged = ProbeSnapshot::merge(&[
-            a.snapshot(0, vec![("pending_completions", 2)]),
-            b.snapshot(1, vec![("pending_completions", 5)]),
+            a.snapshot(0, gauges(2, 400_000, 0)),
+            b.snapshot(1, gauges(5, 410_000, 1)),
         ])
         .unwrap();
         assert_eq!(merged.shards, vec![0, 1]);
         assert_eq!(merged.counter(Counter::ProduceRequests), 7);
         assert_eq!(merged.counter(Counter::Flushes), 1);
-        assert_eq!(merged.gauges, vec![("pending_completions", 7)]);
+        // Shards share the disk: its use and the refusal are the worst shard's, not a sum.
+        assert_eq!(merged.gauges, gauges(7, 410_000, 1));
         let sync = merged.histogram(Hist::FdatasyncLatency);
         assert_eq!(sync.len(), 102);
         assert!(sync.max() >= 9_900, "max {}", sync.max());

@@ -562,6 +562,14 @@ impl<D: Disk> ShardStore<D> {
         if offset >= self.log.max_offset() {
             return Ok(());
         }
+        if offset < self.log_head() {
+            // Retention deleted the segments the cut would land in: the log cannot start
+            // over there, and the slave must not pretend it holds bytes it lacks.
+            return Err(StoreError::Corrupt(format!(
+                "cannot cut the log back to {offset}: retention deleted everything before {}",
+                self.log_head()
+            )));
+        }
         self.log.flush().await?;
         // Point recovery at or before the cut first: if the broker dies while the tail is being
         // zeroed, recovery must not start scanning inside the zeroed range and leave a hole.
