@@ -589,3 +589,32 @@ fn disk_pressure_deletes_the_oldest_and_full_disk_refuses_appends_until_it_falls
         },
     );
 }
+
+/// A checkpoint write that fails leaves the head where it was and the segment in place, and
+/// the next attempt deletes it; a failed deletion is never half-applied in memory.
+#[test]
+fn a_failed_checkpoint_write_keeps_the_segment_and_a_retry_deletes_it() {
+    futures_lite::future::block_on(async {
+        let disk = SimDisk::new();
+        let (store, _) = ShardStore::open(disk.clone(), store_config(), &[KEY])
+            .await
+            .unwrap();
+        fill(&store, 0..200).await;
+        disk.inject(ringmq::testing::SimFault::Write);
+        assert!(store.advance_log_head(0).await.is_err());
+        assert_eq!(store.log_head(), 0);
+        assert_eq!(store.retention_candidates().first(), Some(&0));
+        assert!(
+            store.remove_expired_segment(0).await.is_err(),
+            "not before the head"
+        );
+        assert!(segment_exists(&disk, 0));
+        assert_eq!(check_readable_from_min(&store).await, (0, 200));
+        let head = store.advance_log_head(0).await.unwrap();
+        store.expire_queues_before(head).await.unwrap();
+        store.remove_expired_segment(0).await.unwrap();
+        assert!(!segment_exists(&disk, 0));
+        let (min, max) = check_readable_from_min(&store).await;
+        assert!(min > 0 && max == 200);
+    });
+}

@@ -428,13 +428,20 @@ impl<D: Disk> CommitLog<D> {
                 segment_file_name(base)
             )));
         }
-        self.state.borrow_mut().segments.remove(&base);
+        let Some(file) = self.state.borrow_mut().segments.remove(&base) else {
+            return Ok(());
+        };
         let path = self.segment_path(base);
         match self.disk.remove(&path).await {
             Ok(()) => {}
             // Gone already: a deletion that reached the unlink before a crash.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::io(format!("removing {}", path.display()), e)),
+            Err(e) => {
+                // Kept in the map so the next pass tries again (nothing reads it: it lies
+                // before the head); a restart would remove it too.
+                self.state.borrow_mut().segments.insert(base, file);
+                return Err(StoreError::io(format!("removing {}", path.display()), e));
+            }
         }
         self.disk
             .sync_dir(&self.dir)
