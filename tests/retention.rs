@@ -618,3 +618,29 @@ fn a_failed_checkpoint_write_keeps_the_segment_and_a_retry_deletes_it() {
         assert!(min > 0 && max == 200);
     });
 }
+
+/// Every segment gone and the checkpoint's head past zero: the log resumes at the head (its
+/// next append lands there), not at offset 0 under entries that point past it.
+#[test]
+fn with_every_segment_gone_the_log_resumes_at_the_head() {
+    futures_lite::future::block_on(async {
+        let disk = SimDisk::new();
+        let (store, _) = ShardStore::open(disk.clone(), store_config(), &[KEY])
+            .await
+            .unwrap();
+        fill(&store, 0..200).await;
+        let head = store.advance_log_head(0).await.unwrap();
+        store.close().await.unwrap();
+        for path in disk.paths() {
+            if path.parent().is_some_and(|d| d.ends_with("commitlog")) {
+                ringmq::store::io::Disk::remove(&disk, &path).await.unwrap();
+            }
+        }
+        let (store, report) = ShardStore::open(disk.clone(), store_config(), &[KEY])
+            .await
+            .expect("recovery");
+        assert_eq!(report.max_offset, head);
+        assert_eq!(store.log_head(), head);
+        assert_eq!(store.max_offset(), head);
+    });
+}

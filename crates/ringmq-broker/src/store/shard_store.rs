@@ -135,7 +135,12 @@ impl<D: Disk> ShardStore<D> {
         keys.extend(on_disk.into_iter().filter(|k| !queues.contains(k)));
         stage(format!("loading {} consume queues", keys.len()));
         let (loaded, invalid) = store.load_queues(&keys).await?;
-        let scan_start = store.log.scan_start(checkpoint.map(|c| c.scan_start()));
+        // Never before the head: with every segment gone (removed by hand) the log resumes at
+        // the head rather than restarting at 0 under entries that point past it.
+        let scan_start = store
+            .log
+            .scan_start(checkpoint.map(|c| c.scan_start()))
+            .max(store.log_head());
         let mut dispatch = Dispatch {
             rebuild: invalid,
             ..Dispatch::default()
