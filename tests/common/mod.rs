@@ -594,7 +594,22 @@ impl LoopMount {
 
 impl Drop for LoopMount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount).status();
+        // A killed broker's io_uring is torn down by the kernel after the process is reaped,
+        // so its files can keep the mount busy for a moment: retry, then detach it lazily
+        // rather than leave a mounted file system behind under a deleted image.
+        let unmounted = (0..50).any(|attempt| {
+            if attempt > 0 {
+                thread::sleep(Duration::from_millis(100));
+            }
+            Command::new("umount")
+                .arg(&self.mount)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        if !unmounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+        }
         let _ = Command::new("losetup").args(["-d", &self.device]).status();
         let _ = std::fs::remove_file(&self.image);
     }
