@@ -9,13 +9,11 @@
 
 mod common;
 
-use common::{run_binary, temp_store, Broker, Sizes};
+use common::{checked, run_binary, temp_store, Broker, LoopMount, Sizes};
 use ringmq::client::Client;
 use ringmq::protocol::message::MessageRef;
 use ringmq::protocol::message::QueueRef;
 use ringmq::protocol::Status;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1024 * 1024;
@@ -26,66 +24,6 @@ const BODY_BYTES: usize = 64 * 1024;
 const MESSAGES_PER_BATCH: usize = 16;
 /// The default `sync_flush_timeout_ms`: every produce is answered within it.
 const PRODUCE_TIMEOUT: Duration = Duration::from_millis(5_000);
-
-/// A loop device with an ext4 file system mounted on a directory; undone on drop.
-struct LoopMount {
-    image: PathBuf,
-    device: String,
-    mount: PathBuf,
-}
-
-impl LoopMount {
-    fn create(root: &Path, size_bytes: u64) -> LoopMount {
-        let image = root.join("disk.img");
-        let file = std::fs::File::create(&image).expect("create image");
-        file.set_len(size_bytes).expect("size image");
-        drop(file);
-        let out = checked("losetup", &["--find", "--show", image.to_str().unwrap()]);
-        let device = String::from_utf8(out).unwrap().trim().to_string();
-        let mount = root.join("mnt");
-        std::fs::create_dir_all(&mount).unwrap();
-        let guard = LoopMount {
-            image,
-            device,
-            mount,
-        };
-        checked("mkfs.ext4", &["-q", "-F", &guard.device]);
-        checked("mount", &[&guard.device, guard.mount.to_str().unwrap()]);
-        guard
-    }
-
-    fn available_bytes(&self) -> u64 {
-        let c_path = std::ffi::CString::new(self.mount.to_str().unwrap()).unwrap();
-        let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-        assert_eq!(
-            unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) },
-            0
-        );
-        let stats = unsafe { stats.assume_init() };
-        stats.f_bavail * stats.f_frsize
-    }
-}
-
-impl Drop for LoopMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount).status();
-        let _ = Command::new("losetup").args(["-d", &self.device]).status();
-        let _ = std::fs::remove_file(&self.image);
-    }
-}
-
-fn checked(program: &str, args: &[&str]) -> Vec<u8> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
 
 fn body(seq: u64) -> Vec<u8> {
     let mut body = vec![(seq % 251) as u8; BODY_BYTES];

@@ -1685,3 +1685,83 @@ fn a_bad_metadata_frame_is_skipped_and_the_link_stays() {
     beating.store(false, std::sync::atomic::Ordering::Relaxed);
     heart.join().unwrap();
 }
+
+/// Retention keys that delete nothing by themselves during a test (an hour the broker's local
+/// time is not in) but make everything sealed deletable on request.
+fn retention_on_request() -> String {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let other_hour = (ringmq::clock::local_hour_of(now_ms) + 12) % 24;
+    format!(
+        "file_reserved_time_ms = 1\ndelete_when = \"{other_hour:02}\"\n\
+         clean_resource_interval_ms = 100\n"
+    )
+}
+
+fn retention_of(broker: &Broker) -> ringmq::protocol::admin::Retention {
+    broker
+        .client()
+        .call(&ringmq::protocol::message::RetentionStatusRequest {})
+        .expect("retention status")
+}
+
+/// A slave runs the same cleaning stage on its own copy: its deletions leave the master's
+/// log alone and it keeps following; a fresh slave that would need what the master deleted
+/// is refused with the master's earliest retained offset.
+#[test]
+fn slaves_apply_retention_on_their_own_copy_and_keep_following() {
+    let config = retention_on_request();
+    let master = start_node("ASYNC_MASTER", "SYNC_FLUSH", None, &config);
+    let slave = start_node("SLAVE", "SYNC_FLUSH", Some(&master.ports), &config);
+    master.broker.client().create_topic("kept", 4).unwrap();
+    wait_topic(&slave.broker, "kept");
+    produce_bulk(&master.broker, "kept", 4, "first", 8192);
+    let caught_up = wait_caught_up(&master.broker);
+    wait_slave_confirmed(&slave.broker, &caught_up);
+
+    let out = slave.broker.cli(&["admin", "delete-expired"], b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let on_slave = retention_of(&slave.broker);
+    for shard in &on_slave.shards {
+        let current = shard.max_offset / (1 << 20) * (1 << 20);
+        assert_eq!(shard.log_head, current, "slave shard {}", shard.shard);
+        assert!(shard.log_head > 0, "several segments per shard");
+    }
+    assert!(
+        retention_of(&master.broker)
+            .shards
+            .iter()
+            .all(|s| s.log_head == 0),
+        "the slave's deletions are its own"
+    );
+
+    // The master deletes too; the slave keeps following from its own end.
+    let out = master.broker.cli(&["admin", "delete-expired"], b"");
+    assert!(out.status.success());
+    let master_heads: Vec<u64> = retention_of(&master.broker)
+        .shards
+        .iter()
+        .map(|s| s.log_head)
+        .collect();
+    assert!(master_heads.iter().all(|h| *h > 0), "{master_heads:?}");
+    produce_bulk(&master.broker, "kept", 4, "second", 2048);
+    let caught_up = wait_caught_up(&master.broker);
+    wait_slave_confirmed(&slave.broker, &caught_up);
+
+    // A fresh slave would need the log from 0.
+    let fresh = start_node("SLAVE", "SYNC_FLUSH", Some(&master.ports), &config);
+    let head = master_heads[0];
+    wait_until(CATCH_UP, "the fresh slave's refusal", || {
+        let log = fresh.broker.log();
+        log.contains(&format!(
+            "retention on this master deleted everything before offset {head}"
+        ))
+        .then_some(())
+    });
+}

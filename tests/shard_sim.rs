@@ -10,6 +10,12 @@
 //! - nothing appears that was not produced, at another offset, or twice;
 //! - no produce or pull waits past its timeout (plus a small bound for the I/O it then does).
 //!
+//! With retention on (`delete_when = "*"` and a reserved time of a few milliseconds), the
+//! cleaner deletes segments while producers append, consumers pull and crashes cut deletions
+//! at any step: a queue's minimum only moves forward, every entry from it reads back, and
+//! only what lies before it may be missing; a consumer below it is told OFFSET_OUT_OF_RANGE
+//! and restarts at the minimum.
+//!
 //! A master with a slave: socket replication does not run here. The slave side is modelled
 //! through the master's replica-ack path: a simulated slave copies records from the master's
 //! commitlog into its own store on its own simulated disk, syncs, and reports what it made
@@ -109,6 +115,20 @@ fn config(flush: FlushDiskType, role: BrokerRole) -> BrokerConfig {
     }
 }
 
+/// [`config`] with retention that deletes within a life: any hour, records older than 20 ms
+/// of simulated time, checked every 3 ms; segments as small as the largest record allows
+/// (about 130 KiB) so that a life seals several.
+fn retention_config(flush: FlushDiskType) -> BrokerConfig {
+    BrokerConfig {
+        segment_size_bytes: 160 * 1024,
+        write_buffer_bytes: 140 * 1024,
+        delete_when: "*".to_string(),
+        file_reserved_time_ms: 20,
+        clean_resource_interval_ms: 3,
+        ..config(flush, BrokerRole::AsyncMaster)
+    }
+}
+
 /// What the run produced and what it was told, for the checks after each life.
 #[derive(Default)]
 struct History {
@@ -124,6 +144,8 @@ struct History {
     replicated: Vec<BTreeMap<u64, Vec<u8>>>,
     /// The topic's id, as the slave's store knows its queues.
     topic_id: u32,
+    /// Per queue, its minimum offset at the last recovery: retention only moves it forward.
+    mins: Vec<u64>,
 }
 
 impl History {
@@ -132,6 +154,7 @@ impl History {
             acked: vec![BTreeMap::new(); QUEUES as usize],
             seen: vec![BTreeMap::new(); QUEUES as usize],
             replicated: vec![BTreeMap::new(); QUEUES as usize],
+            mins: vec![0; QUEUES as usize],
             ..History::default()
         }
     }
@@ -290,14 +313,30 @@ async fn consumer(
                 next[queue as usize] = response.summary.next_offset;
             }
             Status::NoNewMessage => {}
+            // Retention passed it: restart at the queue's minimum, as a consumer resets to
+            // earliest.
+            Status::OffsetOutOfRange => {
+                let topic_id = shard.topic(TOPIC).expect("the topic").topic_id;
+                let (min, _) = shard
+                    .store()
+                    .queue_range(QueueKey { topic_id, queue })
+                    .expect("the queue");
+                assert!(
+                    min > next[queue as usize],
+                    "queue {queue}: offset {} answered out of range, minimum {min}",
+                    next[queue as usize]
+                );
+                next[queue as usize] = min;
+            }
             other => panic!("pull answered {other:?}"),
         }
         clock.sleep_ticks(rng.below(2_000)).await;
     }
 }
 
-/// Everything each queue holds now, read from the store (not through pulls: a SYNC_MASTER
-/// shows only what a slave acknowledged again since the restart): offset to body.
+/// Everything each queue holds now from its minimum, read from the store (not through pulls:
+/// a SYNC_MASTER shows only what a slave acknowledged again since the restart): offset to
+/// body.
 async fn read_all(shard: &Rc<Shard<SimDisk>>) -> Vec<BTreeMap<u64, Vec<u8>>> {
     let topic_id = shard.topic(TOPIC).expect("the topic").topic_id;
     let mut queues = Vec::new();
@@ -325,11 +364,18 @@ async fn read_all(shard: &Rc<Shard<SimDisk>>) -> Vec<BTreeMap<u64, Vec<u8>>> {
 fn check_recovered(
     history: &mut History,
     held: Vec<BTreeMap<u64, Vec<u8>>>,
+    mins: Vec<u64>,
     flush: FlushDiskType,
     clean_stop: bool,
 ) {
     let mut bodies_seen = BTreeMap::new();
     for (queue, held) in held.iter().enumerate() {
+        let min = mins[queue];
+        assert!(
+            min >= history.mins[queue],
+            "queue {queue}: the minimum went back from {} to {min}",
+            history.mins[queue]
+        );
         for (offset, body) in held {
             assert_eq!(
                 history.sent.get(body),
@@ -346,7 +392,8 @@ fn check_recovered(
             ("acked", &history.acked[queue]),
             ("seen", &history.seen[queue]),
         ] {
-            for (offset, body) in told {
+            // Retention deleted what lies before the minimum.
+            for (offset, body) in told.range(min..) {
                 match held.get(offset) {
                     Some(kept) => assert_eq!(kept, body, "queue {queue} offset {offset} changed"),
                     None if must_survive => panic!(
@@ -359,10 +406,11 @@ fn check_recovered(
         }
         assert_eq!(
             held.keys().copied().collect::<Vec<_>>(),
-            (0..held.len() as u64).collect::<Vec<_>>(),
+            (min..min + held.len() as u64).collect::<Vec<_>>(),
             "queue {queue} has holes"
         );
     }
+    history.mins = mins;
     history.acked = held.clone();
     history.seen = held;
 }
@@ -376,6 +424,8 @@ struct LifePlan {
     run: bool,
     /// SYNC_MASTER with a simulated slave on this disk; `None`: an ASYNC_MASTER alone.
     slave_disk: Option<SimDisk>,
+    /// Retention deletes segments during the life (see [`retention_config`]).
+    retention: bool,
 }
 
 /// One life of the shard: open (recovering) on `disk`, check what survived, run producers and
@@ -393,6 +443,7 @@ fn life(
         previous_clean,
         run,
         slave_disk,
+        retention,
     } = plan;
     let (disk, inner, history) = (disk.clone(), clock.clone(), history.clone());
     let role = match slave_disk {
@@ -403,7 +454,11 @@ fn life(
     let cut_ticks = rng.between(5_000, 150_000);
     let clean = rng.chance(1, 4);
     driver::run(clock, LIFE_BUDGET, move || async move {
-        let config = config(flush, role);
+        let config = if retention {
+            retention_config(flush)
+        } else {
+            config(flush, role)
+        };
         let shard = Shard::open_for_test(disk, Rc::new(inner.clone()), config)
             .await
             .expect("open");
@@ -420,7 +475,14 @@ fn life(
         }
         history.borrow_mut().topic_id = shard.topic(TOPIC).expect("the topic").topic_id;
         let held = read_all(&shard).await;
-        check_recovered(&mut history.borrow_mut(), held, flush, previous_clean);
+        let topic_id = shard.topic(TOPIC).expect("the topic").topic_id;
+        let mins = (0..QUEUES)
+            .map(|queue| {
+                let key = QueueKey { topic_id, queue };
+                shard.store().queue_range(key).expect("the queue").0
+            })
+            .collect();
+        check_recovered(&mut history.borrow_mut(), held, mins, flush, previous_clean);
         let slave = match slave_disk {
             // The slave restarts with the master (both lost power): it recovers, must still
             // hold every record a SYNC_MASTER acknowledged, and cuts what it holds past the
@@ -489,6 +551,10 @@ fn life(
 
 /// Several lives of one shard on one disk, crashing or stopping at seeded instants.
 fn run_seed(seed: u64, flush: FlushDiskType) -> u64 {
+    run_seed_with(seed, flush, false)
+}
+
+fn run_seed_with(seed: u64, flush: FlushDiskType, retention: bool) -> u64 {
     let mut rng = SeededRng(seed);
     let clock = SimClock::new(seed);
     let mut disk = SimDisk::timed(&clock, seed, IoLatency::TYPICAL);
@@ -500,6 +566,7 @@ fn run_seed(seed: u64, flush: FlushDiskType) -> u64 {
             previous_clean: clean,
             run: true,
             slave_disk: None,
+            retention,
         };
         clean = life(&clock, &disk, &history, &mut rng, plan);
         disk = if clean {
@@ -514,13 +581,23 @@ fn run_seed(seed: u64, flush: FlushDiskType) -> u64 {
         previous_clean: clean,
         run: false,
         slave_disk: None,
+        retention,
     };
     life(&clock, &disk, &history, &mut rng, plan);
     assert!(
         history.borrow().sent.len() > 10,
         "seed {seed}: the run produced almost nothing"
     );
+    if retention {
+        DELETING_SEEDS
+            .with(|n| n.set(n.get() + history.borrow().mins.iter().any(|m| *m > 0) as u64));
+    }
     clock.fired()
+}
+
+thread_local! {
+    /// Seeds of the retention runs whose queues' minimum moved: the test must exercise it.
+    static DELETING_SEEDS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 #[test]
@@ -528,6 +605,22 @@ fn sync_flush_keeps_every_acknowledged_and_every_seen_record_across_crashes() {
     for_each_seed("shard_sim sync_flush", DEFAULT_SEEDS, |seed| {
         run_seed(seed, FlushDiskType::SyncFlush)
     });
+}
+
+#[test]
+fn retention_deletes_segments_among_appends_pulls_and_crashes() {
+    DELETING_SEEDS.with(|n| n.set(0));
+    let range = seeds(DEFAULT_SEEDS);
+    let count = range.end - range.start;
+    for_each_seed("shard_sim retention", DEFAULT_SEEDS, |seed| {
+        run_seed_with(seed, FlushDiskType::SyncFlush, true)
+    });
+    let deleting = DELETING_SEEDS.with(|n| n.get());
+    eprintln!("shard_sim retention: {deleting} of {count} seeds deleted segments");
+    assert!(
+        deleting * 2 >= count,
+        "only {deleting} of {count} seeds ever deleted a segment"
+    );
 }
 
 #[test]
@@ -691,6 +784,7 @@ fn run_replicated_seed(seed: u64) -> u64 {
             previous_clean: clean,
             run: true,
             slave_disk: Some(slave_disk.clone()),
+            retention: false,
         };
         clean = life(&clock, &disk, &history, &mut rng, plan);
         slave_disk = slave_disk.crash(seed.wrapping_mul(31) ^ life_index);
@@ -706,6 +800,7 @@ fn run_replicated_seed(seed: u64) -> u64 {
         previous_clean: clean,
         run: false,
         slave_disk: Some(slave_disk.clone()),
+        retention: false,
     };
     life(&clock, &disk, &history, &mut rng, plan);
     let replicated: usize = history.borrow().replicated.iter().map(BTreeMap::len).sum();

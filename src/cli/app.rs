@@ -1,7 +1,7 @@
 //! The top-level `ringmq` parser and dispatch. Every failure becomes a message on stderr and a
 //! non-zero exit code; nothing here panics on user input.
 
-use super::{bench, cluster, consume, group, produce, serve, stats, topic};
+use super::{admin, bench, cluster, consume, group, produce, serve, stats, topic};
 use crate::client::{Client, ClientError};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -32,6 +32,8 @@ pub enum Command {
     Stats(stats::StatsArgs),
     /// Replication state of a broker, and promotion of a slave.
     Cluster(cluster::ClusterArgs),
+    /// Retention: delete expired segments now, show disk use and the append state.
+    Admin(admin::AdminArgs),
     /// Measure throughput and latency: every mode x producer count, with HDR histograms,
     /// plots and a sync/async ratio table.
     Bench(bench::BenchArgs),
@@ -76,6 +78,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Group(args) => group::run(args),
         Command::Stats(args) => stats::run(args),
         Command::Cluster(args) => cluster::run(args),
+        Command::Admin(args) => admin::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -28,7 +28,21 @@ pub fn run(args: StatsArgs) -> Result<(), String> {
 
 pub fn stats_text(stats: &Stats) -> String {
     let shards: Vec<String> = stats.shards.iter().map(|s| s.to_string()).collect();
-    let mut out = format!("shards {}\n\n", shards.join(","));
+    let mut out = format!("shards {}\n", shards.join(","));
+    let gauge = |name: &str| stats.gauges.get(name).copied();
+    if let Some(ppm) = gauge("disk_used_ratio_ppm") {
+        let refused = gauge("retention_appends_refused").unwrap_or(0) > 0;
+        out.push_str(&format!(
+            "disk used {:.1}%, appends {}\n",
+            ppm as f64 / 1e4,
+            if refused {
+                "refused (DISK_FULL, above disk_space_warning_ratio)"
+            } else {
+                "accepted"
+            }
+        ));
+    }
+    out.push('\n');
     let values: Vec<Vec<String>> = stats
         .counters
         .iter()
@@ -96,6 +110,21 @@ mod tests {
         let max: u64 = cells[6].parse().unwrap();
         assert!((400..=404).contains(&max), "max: {line}");
         assert!(text.contains("pending_completions"), "{text}");
+        assert!(
+            !text.contains("disk used"),
+            "no disk gauge, no disk line: {text}"
+        );
+        let with_disk = ProbeSnapshot::merge(&[probe.snapshot(
+            0,
+            vec![
+                ("disk_used_ratio_ppm", 923_000),
+                ("retention_appends_refused", 1),
+            ],
+        )])
+        .unwrap()
+        .to_stats();
+        let text = stats_text(&with_disk);
+        assert!(text.contains("disk used 92.3%, appends refused"), "{text}");
         for hist in Hist::ALL {
             assert!(text.contains(hist.name()), "{} missing", hist.name());
         }

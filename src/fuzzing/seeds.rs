@@ -85,6 +85,7 @@ pub fn seeds() -> Vec<Seed> {
     let checkpoint = Checkpoint {
         flushed_offset: 8192,
         dispatched_offset: 4096,
+        log_head: 0,
     };
     add(
         "store_files",

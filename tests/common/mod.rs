@@ -532,3 +532,98 @@ pub fn produce_filler(
         .produce(topic, Some(queue), &batch)
         .expect("produce filler");
 }
+
+/// A loop device with an ext4 file system mounted on a directory; undone on drop.
+pub struct LoopMount {
+    image: PathBuf,
+    device: String,
+    pub mount: PathBuf,
+}
+
+impl LoopMount {
+    pub fn create(root: &Path, size_bytes: u64) -> LoopMount {
+        let image = root.join("disk.img");
+        let file = std::fs::File::create(&image).expect("create image");
+        file.set_len(size_bytes).expect("size image");
+        drop(file);
+        let out = checked("losetup", &["--find", "--show", image.to_str().unwrap()]);
+        let device = String::from_utf8(out).unwrap().trim().to_string();
+        let mount = root.join("mnt");
+        std::fs::create_dir_all(&mount).unwrap();
+        let guard = LoopMount {
+            image,
+            device,
+            mount,
+        };
+        checked("mkfs.ext4", &["-q", "-F", &guard.device]);
+        checked("mount", &[&guard.device, guard.mount.to_str().unwrap()]);
+        guard
+    }
+
+    /// [`LoopMount::create`], or `None` (with nothing left behind) where a loop device cannot
+    /// be set up or mounted (a container without loop devices, say).
+    pub fn try_create(root: &Path, size_bytes: u64) -> Option<LoopMount> {
+        let probe = root.join("probe.img");
+        let file = std::fs::File::create(&probe).ok()?;
+        file.set_len(size_bytes).ok()?;
+        drop(file);
+        let out = Command::new("losetup")
+            .args(["--find", "--show", probe.to_str()?])
+            .output()
+            .ok();
+        let _ = std::fs::remove_file(&probe);
+        let device = out
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())?;
+        let _ = Command::new("losetup").args(["-d", &device]).status();
+        let result = std::panic::catch_unwind(|| LoopMount::create(root, size_bytes));
+        result.ok()
+    }
+
+    pub fn available_bytes(&self) -> u64 {
+        let c_path = std::ffi::CString::new(self.mount.to_str().unwrap()).unwrap();
+        let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        assert_eq!(
+            unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) },
+            0
+        );
+        let stats = unsafe { stats.assume_init() };
+        stats.f_bavail * stats.f_frsize
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        // A killed broker's io_uring is torn down by the kernel after the process is reaped,
+        // so its files can keep the mount busy for a moment: retry, then detach it lazily
+        // rather than leave a mounted file system behind under a deleted image.
+        let unmounted = (0..50).any(|attempt| {
+            if attempt > 0 {
+                thread::sleep(Duration::from_millis(100));
+            }
+            Command::new("umount")
+                .arg(&self.mount)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        if !unmounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+        }
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+pub fn checked(program: &str, args: &[&str]) -> Vec<u8> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}

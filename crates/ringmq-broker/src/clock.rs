@@ -15,6 +15,32 @@ pub trait Clock: 'static {
     fn now(&self) -> Instant;
     /// A future that completes once `d` has passed on this clock.
     fn sleep(&self, d: Duration) -> Pin<Box<dyn Future<Output = ()>>>;
+    /// Wall-clock time in milliseconds since the Unix epoch: records' store timestamps and
+    /// the age retention compares them with.
+    fn unix_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+    /// The hour of the day (0 to 23) in the broker's local time zone, for `delete_when`.
+    fn local_hour(&self) -> u32 {
+        local_hour_of(self.unix_ms())
+    }
+}
+
+/// The local-time hour of a Unix time in milliseconds, through the C library's time-zone
+/// rules (TZ and /etc/localtime); UTC when they cannot say.
+pub fn local_hour_of(unix_ms: u64) -> u32 {
+    let secs = (unix_ms / 1000) as libc::time_t;
+    // SAFETY: localtime_r writes only into the `tm` we pass and reads `secs`; both outlive
+    // the call. It is the thread-safe variant (no shared static result).
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let ok = unsafe { !libc::localtime_r(&secs, &mut tm).is_null() };
+    if ok && (0..24).contains(&tm.tm_hour) {
+        tm.tm_hour as u32
+    } else {
+        ((unix_ms / 3_600_000) % 24) as u32
+    }
 }
 
 /// The wall clock: `Instant::now()` and glommio's timer. Sleeping needs a glommio executor.

@@ -223,6 +223,20 @@ pub struct BrokerConfig {
     /// A connection whose responses make no progress towards the peer for this long (a peer
     /// that never reads) is closed.
     pub response_write_timeout_ms: u64,
+    /// Retention: a commitlog segment whose newest record was stored longer ago than this
+    /// (broker clock) is deleted during the `delete_when` hours. Per broker, not per topic.
+    pub file_reserved_time_ms: u64,
+    /// Hours of the day (broker's local time) in which expired segments are deleted:
+    /// `;`-separated, `"04"` or `"03;04"`, or `"*"` for any hour.
+    pub delete_when: String,
+    /// How often each shard's cleaning stage looks for segments to delete.
+    pub clean_resource_interval_ms: u64,
+    /// Above this fraction of the store's filesystem in use, the oldest segments are deleted
+    /// whatever their age and the hour (never the one being written).
+    pub disk_max_used_space_ratio: f64,
+    /// Above this fraction appends are refused with DISK_FULL until usage falls again; must
+    /// exceed `disk_max_used_space_ratio`.
+    pub disk_space_warning_ratio: f64,
 }
 
 impl Default for BrokerConfig {
@@ -266,6 +280,11 @@ impl Default for BrokerConfig {
             request_read_timeout_ms: 30_000,
             connections_max_idle_ms: 600_000,
             response_write_timeout_ms: 30_000,
+            file_reserved_time_ms: 72 * 60 * 60 * 1000,
+            delete_when: "04".to_string(),
+            clean_resource_interval_ms: 10_000,
+            disk_max_used_space_ratio: 0.75,
+            disk_space_warning_ratio: 0.90,
         }
     }
 }
@@ -466,6 +485,7 @@ impl BrokerConfig {
             ));
         }
         self.validate_connection_limits()?;
+        self.validate_retention()?;
         if self.io_memory_bytes < MIN_IO_MEMORY_BYTES {
             return Err(ConfigError::value(
                 "io_memory_bytes",
@@ -473,6 +493,35 @@ impl BrokerConfig {
                     "{} is below glommio's minimum of {MIN_IO_MEMORY_BYTES}",
                     self.io_memory_bytes
                 ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_retention(&self) -> Result<(), ConfigError> {
+        if self.file_reserved_time_ms == 0 {
+            return Err(ConfigError::value(
+                "file_reserved_time_ms",
+                "must be positive",
+            ));
+        }
+        check_duration_ms(
+            "clean_resource_interval_ms",
+            self.clean_resource_interval_ms,
+        )?;
+        DeleteHours::parse(&self.delete_when)?;
+        let max = self.disk_max_used_space_ratio;
+        if !(max > 0.0 && max <= 1.0) {
+            return Err(ConfigError::value(
+                "disk_max_used_space_ratio",
+                format!("{max} is not in (0, 1]"),
+            ));
+        }
+        let warning = self.disk_space_warning_ratio;
+        if !(warning > max && warning <= 1.0) {
+            return Err(ConfigError::value(
+                "disk_space_warning_ratio",
+                format!("{warning} must exceed disk_max_used_space_ratio {max} and be at most 1"),
             ));
         }
         Ok(())
@@ -503,6 +552,46 @@ impl BrokerConfig {
             )));
         }
         Ok(())
+    }
+}
+
+/// The hours of `delete_when`: bit `h` set when hour `h` (0 to 23) is a deletion hour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeleteHours(u32);
+
+impl DeleteHours {
+    pub const ANY: DeleteHours = DeleteHours((1 << 24) - 1);
+    pub const NONE: DeleteHours = DeleteHours(0);
+
+    /// `"*"`, or hours 0 to 23 separated by `;` (one or two digits each, RocketMQ's
+    /// `deleteWhen`).
+    pub fn parse(text: &str) -> Result<DeleteHours, ConfigError> {
+        let text = text.trim();
+        if text == "*" {
+            return Ok(DeleteHours::ANY);
+        }
+        let mut bits = 0u32;
+        for part in text.split(';') {
+            let part = part.trim();
+            let hour = (!part.is_empty() && part.len() <= 2 && part.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| part.parse::<u32>().ok())
+                .flatten()
+                .filter(|h| *h < 24)
+                .ok_or_else(|| {
+                    ConfigError::value(
+                        "delete_when",
+                        format!(
+                            "`{part}` in `{text}` is not an hour 0 to 23; give hours separated by `;` (\"04\", \"03;04\") or \"*\" for any hour"
+                        ),
+                    )
+                })?;
+            bits |= 1 << hour;
+        }
+        Ok(DeleteHours(bits))
+    }
+
+    pub fn contains(self, hour: u32) -> bool {
+        hour < 24 && self.0 & (1 << hour) != 0
     }
 }
 
@@ -540,6 +629,80 @@ mod tests {
         assert_eq!(
             BrokerConfig::from_toml("").unwrap(),
             BrokerConfig::default()
+        );
+    }
+
+    #[test]
+    fn delete_when_takes_hours_or_any_and_refuses_the_rest() {
+        let hours = DeleteHours::parse("04").unwrap();
+        assert!(hours.contains(4) && !hours.contains(3) && !hours.contains(14));
+        let hours = DeleteHours::parse("3; 04;23").unwrap();
+        assert!(hours.contains(3) && hours.contains(4) && hours.contains(23));
+        assert!(!hours.contains(0));
+        assert_eq!(DeleteHours::parse("*").unwrap(), DeleteHours::ANY);
+        assert!((0..24).all(|h| DeleteHours::ANY.contains(h)));
+        for bad in ["", "24", "4am", "04;", "-1", "004", "*;04", "4,5"] {
+            let err = DeleteHours::parse(bad).unwrap_err();
+            assert_eq!(err.key(), Some("delete_when"), "{bad}: {err}");
+            assert!(err.to_string().contains("\"*\""), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn retention_values_name_their_key() {
+        let bad = |config: BrokerConfig| config.validate().unwrap_err().key();
+        let base = BrokerConfig::default;
+        assert_eq!(
+            bad(BrokerConfig {
+                delete_when: "25".into(),
+                ..base()
+            }),
+            Some("delete_when")
+        );
+        assert_eq!(
+            bad(BrokerConfig {
+                file_reserved_time_ms: 0,
+                ..base()
+            }),
+            Some("file_reserved_time_ms")
+        );
+        assert_eq!(
+            bad(BrokerConfig {
+                clean_resource_interval_ms: 0,
+                ..base()
+            }),
+            Some("clean_resource_interval_ms")
+        );
+        for ratio in [0.0, -0.5, 1.5, f64::NAN] {
+            assert_eq!(
+                bad(BrokerConfig {
+                    disk_max_used_space_ratio: ratio,
+                    ..base()
+                }),
+                Some("disk_max_used_space_ratio"),
+                "{ratio}"
+            );
+        }
+        for warning in [0.75, 0.5, 1.01, f64::NAN] {
+            assert_eq!(
+                bad(BrokerConfig {
+                    disk_space_warning_ratio: warning,
+                    ..base()
+                }),
+                Some("disk_space_warning_ratio"),
+                "{warning}"
+            );
+        }
+        let config = BrokerConfig::from_toml(
+            "file_reserved_time_ms = 3600000\ndelete_when = \"*\"\n\
+             disk_max_used_space_ratio = 0.5\ndisk_space_warning_ratio = 1.0\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.file_reserved_time_ms, 3_600_000);
+        assert_eq!(
+            BrokerConfig::default().file_reserved_time_ms,
+            72 * 3_600_000
         );
     }
 

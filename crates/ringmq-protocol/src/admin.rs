@@ -49,6 +49,42 @@ pub struct MasterLink {
     pub master_confirmed_offset: u64,
 }
 
+/// The body of `DeleteExpired` and `RetentionStatus` responses (JSON): one row per shard.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Retention {
+    pub shards: Vec<ShardRetention>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardRetention {
+    pub shard: usize,
+    /// The commitlog's first retained byte.
+    pub log_head: u64,
+    pub max_offset: u64,
+    /// Commitlog segments on disk (retained ones, the one being written, a prepared one).
+    pub segments: usize,
+    /// Used over usable bytes of the store's file system, 0 to 1.
+    pub disk_used_ratio: f64,
+    /// Appends are refused with DISK_FULL: usage is above `disk_space_warning_ratio`.
+    pub appends_refused: bool,
+    /// What this pass deleted (always empty in a `RetentionStatus` answer).
+    pub deleted: Vec<DeletedSegment>,
+    pub deleted_segments_total: u64,
+    pub reclaimed_bytes_total: u64,
+    /// Why the pass stopped early (a failed read, unlink or checkpoint write).
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeletedSegment {
+    /// The segment's file path on the broker.
+    pub file: String,
+    pub start_offset: u64,
+    pub bytes: u64,
+    /// `"expired"` (older than `file_reserved_time_ms`) or `"disk_pressure"`.
+    pub reason: String,
+}
+
 /// The body of a `Stats` response (JSON): probes merged across the shards listed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stats {

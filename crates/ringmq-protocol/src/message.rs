@@ -479,6 +479,18 @@ wire_body! {
 }
 
 wire_body! {
+    /// DeleteExpired request: run every shard's retention pass now.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct DeleteExpiredRequest {}
+}
+
+wire_body! {
+    /// RetentionStatus request: every shard's log head, disk use and retention state.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct RetentionStatusRequest {}
+}
+
+wire_body! {
     /// MetadataSnapshot request: a slave copying its master's topics and group offsets.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct MetadataSnapshotRequest {}

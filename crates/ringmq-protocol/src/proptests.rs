@@ -56,6 +56,7 @@ nothing_to_round_trip!(
     (),
     crate::admin::Stats,
     crate::admin::ClusterStatus,
+    crate::admin::Retention,
     serde_json::Value
 );
 

@@ -47,6 +47,10 @@ macro_rules! for_each_request {
             GroupDescribe = 32 => "GroupDescribe": GroupDescribe => GroupDescription,
                 "group description" {};
             Stats = 40 => "Stats": StatsRequest => $crate::admin::Stats, "stats" {};
+            DeleteExpired = 41 => "DeleteExpired": DeleteExpiredRequest
+                => $crate::admin::Retention, "retention after a cleaning pass" {};
+            RetentionStatus = 42 => "RetentionStatus": RetentionStatusRequest
+                => $crate::admin::Retention, "retention status" {};
             MetadataSnapshot = 60 => "MetadataSnapshot": MetadataSnapshotRequest
                 => serde_json::Value, "metadata snapshot" {};
             ClusterStatus = 50 => "ClusterStatus": ClusterStatusRequest
@@ -209,6 +213,7 @@ macro_rules! json_responses {
 json_responses! {
     crate::admin::Stats => "stats",
     crate::admin::ClusterStatus => "cluster status",
+    crate::admin::Retention => "retention",
     serde_json::Value => "metadata snapshot",
 }
 

@@ -4,7 +4,8 @@
 //! them gives the value back. A change here is a wire format change: it needs a protocol
 //! version and an entry in `docs/protocol.md`, not a new vector.
 //!
-//! The empty request bodies (Ping, Metadata, TopicList, Stats, ClusterStatus,
+//! The empty request bodies (Ping, Metadata, TopicList, Stats, DeleteExpired,
+//! RetentionStatus, ClusterStatus,
 //! MetadataSnapshot) are checked to encode to nothing; the JSON bodies (stats, cluster
 //! status, metadata snapshot) are serde documents of the `admin` types, not declared here.
 
@@ -386,6 +387,8 @@ fn empty_request_bodies() {
     MetadataRequest {}.encode(&mut out);
     TopicListRequest {}.encode(&mut out);
     StatsRequest {}.encode(&mut out);
+    DeleteExpiredRequest {}.encode(&mut out);
+    RetentionStatusRequest {}.encode(&mut out);
     ClusterStatusRequest {}.encode(&mut out);
     MetadataSnapshotRequest {}.encode(&mut out);
     assert!(out.is_empty(), "{}", hex(&out));
@@ -407,4 +410,59 @@ fn offset_out_of_range_message() {
     });
     let text = std::str::from_utf8(&bytes).expect("UTF-8");
     assert_eq!(parse_offset_range(text), Some((10, 42)));
+}
+
+/// The retention opcodes' whole request frames (an empty body): opcode 41 `DeleteExpired`
+/// and 42 `RetentionStatus`, request id 7.
+#[test]
+fn retention_request_frames() {
+    use ringmq_protocol::frame::{encode_frame, FrameHeader};
+    use ringmq_protocol::Opcode;
+    for (opcode, golden) in [
+        (Opcode::DeleteExpired, DELETE_EXPIRED_FRAME),
+        (Opcode::RetentionStatus, RETENTION_STATUS_FRAME),
+    ] {
+        check_encoding(&format!("{opcode:?} frame"), golden, |out| {
+            encode_frame(out, FrameHeader::request(opcode, 7), &[])
+        });
+    }
+    assert_eq!(Opcode::DeleteExpired as u16, 41);
+    assert_eq!(Opcode::RetentionStatus as u16, 42);
+}
+
+const DELETE_EXPIRED_FRAME: &str = "14000000524d010029000000070000000000000000000000";
+const RETENTION_STATUS_FRAME: &str = "14000000524d01002a000000070000000000000000000000";
+
+/// The `Retention` JSON body: field names and order as docs/protocol.md gives them.
+#[test]
+fn retention_document() {
+    use ringmq_protocol::admin::{DeletedSegment, Retention, ShardRetention};
+    let value = Retention {
+        shards: vec![ShardRetention {
+            shard: 1,
+            log_head: 1048576,
+            max_offset: 1050000,
+            segments: 2,
+            disk_used_ratio: 0.5,
+            appends_refused: false,
+            deleted: vec![DeletedSegment {
+                file: "/d/shard-1/commitlog/00000000000000000000".to_string(),
+                start_offset: 0,
+                bytes: 1048576,
+                reason: "expired".to_string(),
+            }],
+            deleted_segments_total: 1,
+            reclaimed_bytes_total: 1048576,
+            error: None,
+        }],
+    };
+    let golden = concat!(
+        r#"{"shards":[{"shard":1,"log_head":1048576,"max_offset":1050000,"segments":2,"#,
+        r#""disk_used_ratio":0.5,"appends_refused":false,"deleted":[{"file":"#,
+        r#""/d/shard-1/commitlog/00000000000000000000","start_offset":0,"bytes":1048576,"#,
+        r#""reason":"expired"}],"deleted_segments_total":1,"reclaimed_bytes_total":1048576,"#,
+        r#""error":null}]}"#
+    );
+    assert_eq!(serde_json::to_string(&value).unwrap(), golden);
+    assert_eq!(serde_json::from_str::<Retention>(golden).unwrap(), value);
 }

@@ -39,10 +39,12 @@ pub enum Counter {
     ReplicationCopiedBytes,
     ReplicationReceivedBytes,
     ReplicationMetadataErrors,
+    RetentionDeletedSegments,
+    RetentionReclaimedBytes,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 18] = [
         Counter::ProduceRequests,
         Counter::MessagesAppended,
         Counter::BytesAppended,
@@ -59,6 +61,8 @@ impl Counter {
         Counter::ReplicationCopiedBytes,
         Counter::ReplicationReceivedBytes,
         Counter::ReplicationMetadataErrors,
+        Counter::RetentionDeletedSegments,
+        Counter::RetentionReclaimedBytes,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -78,6 +82,8 @@ impl Counter {
             Counter::ReplicationCopiedBytes => "replication_copied_bytes_total",
             Counter::ReplicationReceivedBytes => "replication_received_bytes_total",
             Counter::ReplicationMetadataErrors => "replication_metadata_errors_total",
+            Counter::RetentionDeletedSegments => "retention_deleted_segments_total",
+            Counter::RetentionReclaimedBytes => "retention_reclaimed_bytes_total",
         }
     }
     pub fn help(self) -> &'static str {
@@ -104,6 +110,10 @@ impl Counter {
             Counter::ReplicationMetadataErrors => {
                 "Metadata frames a slave could not apply or a master would not send (log keeps flowing)."
             }
+            Counter::RetentionDeletedSegments => {
+                "Commitlog segments deleted by retention (age or disk pressure)."
+            }
+            Counter::RetentionReclaimedBytes => "Bytes of commitlog segments retention deleted.",
         }
     }
 }
@@ -254,9 +264,17 @@ impl ShardProbe {
 pub struct ProbeSnapshot {
     pub shards: Vec<usize>,
     pub counters: Vec<(Counter, u64)>,
-    /// Point-in-time values such as pending completions; summed when merged.
+    /// Point-in-time values such as pending completions; summed when merged, except the
+    /// [`is_max_gauge`] ones.
     pub gauges: Vec<(&'static str, u64)>,
     pub histograms: Vec<(Hist, Histogram<u64>)>,
+}
+
+/// Gauges that describe something the shards share or a state any one of them is in (the
+/// store's file system, appends refused): merged by taking the largest, since a sum of the
+/// same disk's use seen by every shard means nothing.
+pub fn is_max_gauge(name: &str) -> bool {
+    name.starts_with("disk_") || name == "retention_appends_refused"
 }
 
 impl ProbeSnapshot {
@@ -268,8 +286,12 @@ impl ProbeSnapshot {
             for ((_, a), (_, b)) in merged.counters.iter_mut().zip(&other.counters) {
                 *a = a.wrapping_add(*b);
             }
-            for ((_, a), (_, b)) in merged.gauges.iter_mut().zip(&other.gauges) {
-                *a += *b;
+            for ((name, a), (_, b)) in merged.gauges.iter_mut().zip(&other.gauges) {
+                if is_max_gauge(name) {
+                    *a = (*a).max(*b);
+                } else {
+                    *a += *b;
+                }
             }
             for ((_, a), (_, b)) in merged.histograms.iter_mut().zip(&other.histograms) {
                 a.add(b).expect("histograms share bounds");
@@ -353,15 +375,23 @@ mod tests {
         b.record(Hist::FdatasyncLatency, 10_000);
         a.appended(5, 500);
         a.flushed(500, Duration::from_micros(20), Duration::from_micros(90));
+        let gauges = |pending, disk, refused| {
+            vec![
+                ("pending_completions", pending),
+                ("disk_used_ratio_ppm", disk),
+                ("retention_appends_refused", refused),
+            ]
+        };
         let merged = ProbeSnapshot::merge(&[
-            a.snapshot(0, vec![("pending_completions", 2)]),
-            b.snapshot(1, vec![("pending_completions", 5)]),
+            a.snapshot(0, gauges(2, 400_000, 0)),
+            b.snapshot(1, gauges(5, 410_000, 1)),
         ])
         .unwrap();
         assert_eq!(merged.shards, vec![0, 1]);
         assert_eq!(merged.counter(Counter::ProduceRequests), 7);
         assert_eq!(merged.counter(Counter::Flushes), 1);
-        assert_eq!(merged.gauges, vec![("pending_completions", 7)]);
+        // Shards share the disk: its use and the refusal are the worst shard's, not a sum.
+        assert_eq!(merged.gauges, gauges(7, 410_000, 1));
         let sync = merged.histogram(Hist::FdatasyncLatency);
         assert_eq!(sync.len(), 102);
         assert!(sync.max() >= 9_900, "max {}", sync.max());

@@ -36,6 +36,12 @@ fn gauge_help(name: &str) -> &'static str {
         "replication_slaves" => "Slaves connected to this master shard.",
         "replication_lag_bytes" => "Bytes the furthest-behind slave lacks.",
         "replication_lag_ms" => "How long the furthest-behind slave has been behind.",
+        "disk_used_ratio_ppm" => {
+            "Used share of the store's file system in parts per million (retention compares it with disk_max_used_space_ratio and disk_space_warning_ratio)."
+        }
+        "retention_appends_refused" => {
+            "1 while appends are refused with DISK_FULL: disk use is above disk_space_warning_ratio."
+        }
         _ => "A point-in-time value.",
     }
 }

@@ -220,6 +220,18 @@ fn welcome<D: Disk>(shard: &Shard<D>, hello: &Hello) -> Result<(Welcome, u64), S
         truncate_to = master_max;
     }
     let start = hello.max_offset.min(truncate_to);
+    let head = shard.store().log_head();
+    if start < head {
+        // Retention deleted what the slave lacks. RocketMQ's answer (`syncFromLastFile`) is
+        // to restart such a slave from the master's earliest retained offset; that needs a
+        // slave store whose log and consume queues start past zero, which this store does not
+        // build yet, so the slave is refused with the offsets an operator needs.
+        return Err(format!(
+            "the slave needs the log from offset {start}, but retention on this master deleted \
+             everything before offset {head} (its earliest retained offset): this slave cannot \
+             catch up by replication"
+        ));
+    }
     let welcome = Welcome {
         log_id: identity.log_id,
         epochs: identity.epochs,

@@ -76,6 +76,11 @@ pub enum ShardRequest {
     Probe {
         reply: oneshot::Sender<crate::metrics::ProbeSnapshot>,
     },
+    /// This shard's retention row, after a cleaning pass when `pass` is set.
+    Retention {
+        pass: bool,
+        reply: oneshot::Sender<crate::protocol::admin::ShardRetention>,
+    },
     /// The committed offsets of a group for the queues this shard owns.
     GroupOffsets {
         group: String,

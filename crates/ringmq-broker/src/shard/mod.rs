@@ -7,6 +7,7 @@
 //!
 //! - [`appending`]: the append gate, the queue choice, waiting for buffer space or a segment;
 //! - [`flushing`]: the flusher and segment allocator, SYNC_FLUSH completions, the store gate;
+//! - [`cleaning`]: retention, deleting expired segments and refusing appends on a full disk;
 //! - [`visibility`]: the long polls parked per queue, woken as the confirmed offset passes
 //!   their record;
 //! - [`metadata`]: topics, group offsets and the metadata version;
@@ -19,6 +20,7 @@
 //! the simulated disk). Nothing here takes a lock shared with another core.
 
 pub mod appending;
+pub mod cleaning;
 pub mod completion;
 pub mod error;
 pub mod flushing;
@@ -42,6 +44,7 @@ use crate::store::glommio_disk::GlommioDisk;
 use crate::store::io::Disk;
 use crate::store::{AppendError, QueueKey, ShardStore, StoreConfig};
 use appending::Appending;
+use cleaning::Cleaning;
 pub use error::ShardError;
 use flushing::Flushing;
 use futures_channel::oneshot;
@@ -75,6 +78,7 @@ pub struct Shard<D: Disk = GlommioDisk> {
     probe: ShardProbe,
     appending: Appending,
     flushing: Flushing,
+    cleaning: Cleaning,
     visibility: Visibility,
     metadata: Metadata<D>,
     lifecycle: Lifecycle,
@@ -137,6 +141,7 @@ impl<D: Disk> Shard<D> {
             probe: ShardProbe::default(),
             appending: Appending::default(),
             flushing: Flushing::new(flushed),
+            cleaning: Cleaning::default(),
             visibility: Visibility::default(),
             metadata: Metadata::new(parts.topics, parts.groups),
             lifecycle: Lifecycle::default(),
@@ -203,11 +208,12 @@ impl<D: Disk> Shard<D> {
         })))
     }
 
-    /// Starts the flusher and the segment allocator; [`Shard::stop`] ends them.
+    /// Starts the flusher, the segment allocator and the cleaner; [`Shard::stop`] ends them.
     pub fn spawn_background(self: &Rc<Self>) -> BackgroundTasks {
         BackgroundTasks {
             flusher: glommio::spawn_local(flushing::run_flusher(self.clone())),
             allocator: glommio::spawn_local(flushing::run_segment_allocator(self.clone())),
+            cleaner: glommio::spawn_local(cleaning::run_cleaner(self.clone())),
         }
     }
 
@@ -241,8 +247,10 @@ impl<D: Disk> Shard<D> {
         }
         self.lifecycle.stop_background();
         self.flushing.wake_tasks();
+        self.cleaning.wake();
         background.flusher.await;
         background.allocator.await;
+        background.cleaner.await;
         self.persist_replicated_offset().await;
         self.store.close().await?;
         Ok(())
@@ -295,6 +303,10 @@ impl<D: Disk> Shard<D> {
 
     pub fn flushing(&self) -> &Flushing {
         &self.flushing
+    }
+
+    pub fn cleaning(&self) -> &Cleaning {
+        &self.cleaning
     }
 
     pub fn visibility(&self) -> &Visibility {
@@ -467,6 +479,9 @@ impl<D: Disk> Shard<D> {
     /// segment could not be created for lack of space, [`AppendError::Busy`] at `deadline`.
     /// The caller holds the append gate, so nothing else appends before it does.
     pub async fn admit_batch(&self, deadline: Instant, lens: &[usize]) -> Result<(), AppendError> {
+        if let Some(refused) = self.cleaning.refusal(self.config.disk_space_warning_ratio) {
+            return Err(refused);
+        }
         self.append_waiting(deadline, || self.store.admit_batch(lens))
             .await
     }
@@ -546,6 +561,14 @@ impl<D: Disk> Shard<D> {
             ("replication_slaves", slaves.len() as u64),
             ("replication_lag_bytes", lag_bytes),
             ("replication_lag_ms", lag_ms),
+            (
+                "disk_used_ratio_ppm",
+                (self.cleaning.used_ratio() * 1e6).round() as u64,
+            ),
+            (
+                "retention_appends_refused",
+                self.cleaning.appends_refused() as u64,
+            ),
         ]
     }
 
@@ -597,10 +620,11 @@ impl<D: Disk> Shard<D> {
     }
 }
 
-/// The flusher and segment allocator of a shard, ended by [`Shard::stop`].
+/// The flusher, segment allocator and cleaner of a shard, ended by [`Shard::stop`].
 pub struct BackgroundTasks {
     flusher: glommio::Task<()>,
     allocator: glommio::Task<()>,
+    cleaner: glommio::Task<()>,
 }
 
 pub fn owned_queues(shard_id: usize, table: &TopicTable) -> Vec<QueueKey> {
@@ -783,6 +807,7 @@ mod tests {
             let background = BackgroundTasks {
                 flusher: glommio::spawn_local(flushing::run_flusher(shard.clone())),
                 allocator,
+                cleaner: glommio::spawn_local(cleaning::run_cleaner(shard.clone())),
             };
             assert_eq!(shard.role(), BrokerRole::Slave);
             assert!(shard.replicas().is_none());

@@ -6,19 +6,29 @@
 //! checkpoint means: scan from the oldest segment. `<dir>/abort` exists while a store is open;
 //! finding it at open means the previous run did not close cleanly.
 //!
+//! It also holds the *log head*, the commitlog's first retained byte: retention writes it
+//! before it deletes a segment, so a crash after the checkpoint and before the unlink leaves a
+//! file recovery knows to remove, and a segment missing before the head is not lost data.
+//!
 //! Layout, little-endian: magic u32, version u32, flushed_offset u64, dispatched_offset u64,
-//! crc32c u32 of the preceding 24 bytes.
+//! log_head u64, crc32c u32 of the preceding 32 bytes. Version 1 (before retention) lacks
+//! `log_head` (24 bytes and the crc) and reads as head 0.
 
 use std::path::{Path, PathBuf};
 
 const CHECKPOINT_MAGIC: u32 = 0x434B_5054;
-const CHECKPOINT_VERSION: u32 = 1;
-pub const CHECKPOINT_BYTES: usize = 28;
+const CHECKPOINT_VERSION: u32 = 2;
+pub const CHECKPOINT_BYTES: usize = 36;
+/// A version-1 checkpoint, written by brokers before retention.
+const CHECKPOINT_V1_BYTES: usize = 28;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Checkpoint {
     pub flushed_offset: u64,
     pub dispatched_offset: u64,
+    /// The commitlog's first retained byte: every segment before it is deleted (or about to
+    /// be, after a crash mid-deletion).
+    pub log_head: u64,
 }
 
 pub fn checkpoint_path(dir: &Path) -> PathBuf {
@@ -41,27 +51,31 @@ impl Checkpoint {
         out.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
         out.extend_from_slice(&self.flushed_offset.to_le_bytes());
         out.extend_from_slice(&self.dispatched_offset.to_le_bytes());
+        out.extend_from_slice(&self.log_head.to_le_bytes());
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
     }
 
-    /// `None` for anything but a whole, intact checkpoint of this version.
+    /// `None` for anything but a whole, intact checkpoint of this version or version 1.
     pub fn decode(bytes: &[u8]) -> Option<Checkpoint> {
-        if bytes.len() != CHECKPOINT_BYTES {
-            return None;
-        }
+        let (version, body) = match bytes.len() {
+            CHECKPOINT_BYTES => (CHECKPOINT_VERSION, 32),
+            CHECKPOINT_V1_BYTES => (1, 24),
+            _ => return None,
+        };
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4"));
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
-        if u32_at(0) != CHECKPOINT_MAGIC || u32_at(4) != CHECKPOINT_VERSION {
+        if u32_at(0) != CHECKPOINT_MAGIC || u32_at(4) != version {
             return None;
         }
-        if crc32c::crc32c(&bytes[..24]) != u32_at(24) {
+        if crc32c::crc32c(&bytes[..body]) != u32_at(body) {
             return None;
         }
         Some(Checkpoint {
             flushed_offset: u64_at(8),
             dispatched_offset: u64_at(16),
+            log_head: if version == 1 { 0 } else { u64_at(24) },
         })
     }
 }
@@ -75,6 +89,7 @@ mod tests {
         let cp = Checkpoint {
             flushed_offset: 123_456,
             dispatched_offset: 99,
+            log_head: 65_536,
         };
         let bytes = cp.encode();
         assert_eq!(Checkpoint::decode(&bytes), Some(cp));
@@ -84,6 +99,25 @@ mod tests {
             bad[bit / 8] ^= 1 << (bit % 8);
             assert_eq!(Checkpoint::decode(&bad), None, "bit {bit}");
         }
-        assert_eq!(Checkpoint::decode(&bytes[..27]), None);
+        assert_eq!(Checkpoint::decode(&bytes[..35]), None);
+    }
+
+    #[test]
+    fn a_version_1_checkpoint_reads_with_head_zero() {
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(&CHECKPOINT_MAGIC.to_le_bytes());
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&8192u64.to_le_bytes());
+        v1.extend_from_slice(&4096u64.to_le_bytes());
+        let crc = crc32c::crc32c(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        let expected = Checkpoint {
+            flushed_offset: 8192,
+            dispatched_offset: 4096,
+            log_head: 0,
+        };
+        assert_eq!(Checkpoint::decode(&v1), Some(expected));
+        v1[4] = 2;
+        assert_eq!(Checkpoint::decode(&v1), None, "a v2 header on a v1 body");
     }
 }

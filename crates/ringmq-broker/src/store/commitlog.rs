@@ -9,6 +9,9 @@
 //! later fdatasyncs only touch written extents. A record never spans segments: the unused tail
 //! gets an end-of-segment marker and the record starts the next segment.
 //!
+//! Retention removes whole segments from the front ([`CommitLog::remove_segment`]), never the
+//! one being written; the store decides which and records the new head first.
+//!
 //! Recovery ([`CommitLog::recover`]) scans forward, stops at the first torn or corrupt record,
 //! zeroes what lies past it and deletes later segments, so stale bytes are never read as records.
 
@@ -150,7 +153,7 @@ impl<D: Disk> CommitLog<D> {
         self.dir.join(segment_file_name(base))
     }
 
-    fn base_of(&self, offset: u64) -> u64 {
+    pub fn base_of(&self, offset: u64) -> u64 {
         offset / self.segment_size_bytes * self.segment_size_bytes
     }
 
@@ -168,6 +171,11 @@ impl<D: Disk> CommitLog<D> {
 
     pub fn failure(&self) -> Option<String> {
         self.state.borrow().failed.clone()
+    }
+
+    /// Segment files the log holds open (retained, being written, prepared).
+    pub fn segment_count(&self) -> usize {
+        self.state.borrow().segments.len()
     }
 
     pub fn oldest_segment(&self) -> Option<u64> {
@@ -399,6 +407,75 @@ impl<D: Disk> CommitLog<D> {
         state.flushed_offset = end;
         state.check();
         Ok(truncated_bytes)
+    }
+
+    /// Start offsets of the segments wholly before the one being written, oldest first: the
+    /// only ones retention may delete.
+    pub fn sealed_segments(&self) -> Vec<u64> {
+        let state = self.state.borrow();
+        let current = self.base_of(state.max_offset);
+        state.segments.range(..current).map(|(b, _)| *b).collect()
+    }
+
+    /// Forgets segment `base` and unlinks its file, making the removal durable. Readers that
+    /// still hold the file keep reading it until they drop it (an unlinked file lives on while
+    /// open). The caller has made sure nothing needs it (retention, the recovery of a deletion
+    /// the checkpoint had recorded).
+    pub async fn remove_segment(&self, base: u64) -> Result<(), StoreError> {
+        if base >= self.base_of(self.state.borrow().max_offset) {
+            return Err(StoreError::Corrupt(format!(
+                "refusing to delete segment {}: it is being written",
+                segment_file_name(base)
+            )));
+        }
+        let Some(file) = self.state.borrow_mut().segments.remove(&base) else {
+            return Ok(());
+        };
+        let path = self.segment_path(base);
+        match self.disk.remove(&path).await {
+            Ok(()) => {}
+            // Gone already: a deletion that reached the unlink before a crash.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                // Kept in the map so the next pass tries again (nothing reads it: it lies
+                // before the head); a restart would remove it too.
+                self.state.borrow_mut().segments.insert(base, file);
+                return Err(StoreError::io(format!("removing {}", path.display()), e));
+            }
+        }
+        self.disk
+            .sync_dir(&self.dir)
+            .await
+            .map_err(|e| StoreError::io(format!("syncing {}", self.dir.display()), e))
+    }
+
+    /// At open, before the scan: removes the segments wholly before `head` (a deletion the
+    /// checkpoint recorded but a crash kept from its unlink). Returns how many there were.
+    pub async fn remove_segments_before(&self, head: u64) -> Result<usize, StoreError> {
+        let before: Vec<u64> = {
+            let state = self.state.borrow();
+            state
+                .segments
+                .range(..head)
+                .map(|(b, _)| *b)
+                .filter(|b| b + self.segment_size_bytes <= head)
+                .collect()
+        };
+        for base in &before {
+            self.state.borrow_mut().segments.remove(base);
+            let path = self.segment_path(*base);
+            self.disk
+                .remove(&path)
+                .await
+                .map_err(|e| StoreError::io(format!("removing {}", path.display()), e))?;
+        }
+        if !before.is_empty() {
+            self.disk
+                .sync_dir(&self.dir)
+                .await
+                .map_err(|e| StoreError::io(format!("syncing {}", self.dir.display()), e))?;
+        }
+        Ok(before.len())
     }
 
     async fn remove_segments_after(&self, base: u64) -> Result<(), StoreError> {
@@ -859,9 +936,15 @@ impl<D: Disk> CommitLog<D> {
             match state.segments.get(&self.base_of(offset)) {
                 Some(file) => (file.clone(), tail),
                 None => {
+                    let oldest = state.segments.keys().next().copied().unwrap_or(0);
+                    let why = if offset < oldest {
+                        "it was deleted by retention"
+                    } else {
+                        "no segment holds it"
+                    };
                     return Err(StoreError::Corrupt(format!(
-                        "no segment holds commitlog offset {offset}"
-                    )))
+                        "commitlog offset {offset} cannot be read: {why}"
+                    )));
                 }
             }
         };

@@ -11,7 +11,7 @@
 //! `spawn_blocking`, so the core never blocks on them. Closures there never panic: a panic in
 //! a `spawn_blocking` closure hangs the caller (glommio/glommio#37); they return `io::Result`.
 
-use super::io::{oversized_write, Disk, DiskFile, BLOCK_BYTES};
+use super::io::{oversized_write, Disk, DiskFile, DiskSpace, BLOCK_BYTES};
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 use std::fs;
 use std::io::{self, Write};
@@ -214,6 +214,26 @@ impl Disk for GlommioDisk {
             // SAFETY: statvfs succeeded, so it filled the struct.
             let stats = unsafe { stats.assume_init() };
             Ok(stats.f_bavail * stats.f_frsize)
+        })
+        .await
+    }
+
+    async fn space(&self, dir: &Path) -> io::Result<DiskSpace> {
+        let dir = dir.to_path_buf();
+        blocking(move || {
+            let c_path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))?;
+            let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+            // SAFETY: a valid C string and a pointer to writable memory of the right type.
+            if unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: statvfs succeeded, so it filled the struct.
+            let stats = unsafe { stats.assume_init() };
+            Ok(DiskSpace {
+                used_bytes: stats.f_blocks.saturating_sub(stats.f_bfree) * stats.f_frsize,
+                available_bytes: stats.f_bavail * stats.f_frsize,
+            })
         })
         .await
     }

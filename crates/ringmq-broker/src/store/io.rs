@@ -42,8 +42,33 @@ pub trait Disk: Clone + 'static {
     async fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
     /// Bytes an unprivileged writer may still allocate on the file system holding `dir`.
     async fn available_bytes(&self, dir: &Path) -> io::Result<u64>;
+    /// The size and use of the file system holding `dir` (statvfs), for retention's disk
+    /// ratios.
+    async fn space(&self, dir: &Path) -> io::Result<DiskSpace>;
     /// Makes the entries of files created in `dir` so far durable (fsync of the directory).
     async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// The file system's blocks as `df` counts them, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskSpace {
+    /// Bytes in use (all blocks minus free ones, the root reserve counted as free).
+    pub used_bytes: u64,
+    /// Bytes an unprivileged writer may still allocate.
+    pub available_bytes: u64,
+}
+
+impl DiskSpace {
+    /// Used over usable (used plus available), as `df`'s Use% and RocketMQ compute it: the
+    /// root reserve is not space the broker can fill. 0 for an empty or unknown file system.
+    pub fn used_ratio(&self) -> f64 {
+        let usable = self.used_bytes.saturating_add(self.available_bytes);
+        if usable == 0 {
+            0.0
+        } else {
+            self.used_bytes as f64 / usable as f64
+        }
+    }
 }
 
 // `len` is the file size in bytes, not a collection length; an `is_empty` would mean nothing.

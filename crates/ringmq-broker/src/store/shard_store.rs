@@ -11,7 +11,7 @@ use super::consume_queue::{self, QueueState};
 use super::io::{Disk, BLOCK_BYTES};
 use super::record::{self, Decoded, RecordInput, RecordView, RECORD_HEADER_BYTES};
 use super::{AppendError, Appended, CqEntry, QueueKey, RecoveryReport, StoreConfig, StoreError};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -30,6 +30,13 @@ pub struct ShardStore<D: Disk> {
     /// queue's files are removed, so a file re-created under the same name is never read
     /// through a descriptor of the old one.
     readers: RefCell<BTreeMap<QueueKey, OpenFile<D>>>,
+    /// The log head: the commitlog's first retained byte, as the checkpoint records it. Moves
+    /// forward one segment per retention deletion, before the segment's file goes.
+    log_head: Cell<u64>,
+    /// The newest store timestamp (broker clock, ms) seen in each segment, by start offset:
+    /// noted at every append and by the recovery scan; a segment sealed before a restart and
+    /// not scanned is read once by [`ShardStore::newest_store_ms`].
+    newest_store_ms: RefCell<BTreeMap<u64, u64>>,
 }
 
 /// A consume-queue file kept open for reads, with its path.
@@ -111,17 +118,36 @@ impl<D: Disk> ShardStore<D> {
             .and_then(|bytes| Checkpoint::decode(&bytes));
         stage(format!("opening the commitlog in {}", config.dir.display()));
         let log = CommitLog::open(disk.clone(), &config).await?;
+        // A deletion the checkpoint recorded may not have reached its unlink: finish it. A
+        // segment missing before the head is retention's doing, not lost data; a log whose
+        // oldest segment lies past the recorded head (a checkpoint of a broker before
+        // retention, files removed by hand) starts there.
+        let recorded_head = checkpoint.map_or(0, |c| c.log_head);
+        let finished = log.remove_segments_before(recorded_head).await?;
+        if finished > 0 {
+            tracing::info!(
+                "finished {finished} retention deletion(s) a crash interrupted: the checkpoint's log head is {recorded_head}"
+            );
+        }
+        let log_head = recorded_head.max(log.oldest_segment().unwrap_or(recorded_head));
         let store = ShardStore {
             disk: disk.clone(),
             config,
             log,
             queues: RefCell::new(BTreeMap::new()),
             readers: RefCell::new(BTreeMap::new()),
+            log_head: Cell::new(log_head),
+            newest_store_ms: RefCell::new(BTreeMap::new()),
         };
         let on_disk = store.queues_on_disk().await?;
         let mut keys: Vec<QueueKey> = queues.to_vec();
         keys.extend(on_disk.into_iter().filter(|k| !queues.contains(k)));
-        let scan_start = store.log.scan_start(checkpoint.map(|c| c.scan_start()));
+        // Never before the head: with every segment gone (removed by hand) the log resumes at
+        // the head rather than restarting at 0 under entries that point past it.
+        let scan_start = store
+            .log
+            .scan_start(checkpoint.map(|c| c.scan_start()))
+            .max(store.log_head());
         stage(format!(
             "loading the tails of {} consume queues",
             keys.len()
@@ -150,6 +176,7 @@ impl<D: Disk> ShardStore<D> {
             .log
             .scan(scan_start, u64::MAX, |view| {
                 enter_segment(view.commitlog_offset);
+                store.note_store_time(view.commitlog_offset, view.store_timestamp_ms);
                 store.redispatch(view, &mut dispatch);
                 Ok(())
             })
@@ -171,6 +198,7 @@ impl<D: Disk> ShardStore<D> {
         dispatch.dispatched += store
             .rebuild(&dispatch.rebuild, scan.end_offset, stage)
             .await?;
+        // Idempotent: a crash between a deletion's checkpoint and its queue trim heals here.
         stage("moving queue minimums to the log head".to_string());
         store.expire_queues_before(store.log_head()).await?;
         stage("writing the abort marker, consume queues and checkpoint".to_string());
@@ -661,6 +689,7 @@ impl<D: Disk> ShardStore<D> {
         let commitlog_offset = self
             .log
             .append(size, |offset, out| record.encode_into(offset, out))?;
+        self.note_store_time(commitlog_offset, input.store_timestamp_ms);
         state.push(CqEntry {
             commitlog_offset,
             size: size as u32,
@@ -724,6 +753,7 @@ impl<D: Disk> ShardStore<D> {
                 .log
                 .append(bytes.len(), |_, out| out.copy_from_slice(bytes))?;
             debug_assert_eq!(commitlog_offset, claimed);
+            self.note_store_time(commitlog_offset, view.store_timestamp_ms);
             return Ok(Appended {
                 queue: key,
                 queue_offset: view.queue_offset,
@@ -745,6 +775,7 @@ impl<D: Disk> ShardStore<D> {
             .log
             .append(bytes.len(), |_, out| out.copy_from_slice(bytes))?;
         debug_assert_eq!(commitlog_offset, claimed);
+        self.note_store_time(commitlog_offset, view.store_timestamp_ms);
         state.push(CqEntry {
             commitlog_offset,
             size: bytes.len() as u32,
@@ -766,12 +797,21 @@ impl<D: Disk> ShardStore<D> {
         if offset >= self.log.max_offset() {
             return Ok(());
         }
+        if offset < self.log_head() {
+            // Retention deleted the segments the cut would land in: the log cannot start
+            // over there, and the slave must not pretend it holds bytes it lacks.
+            return Err(StoreError::Corrupt(format!(
+                "cannot cut the log back to {offset}: retention deleted everything before {}",
+                self.log_head()
+            )));
+        }
         self.log.flush().await?;
         // Point recovery at or before the cut first: if the broker dies while the tail is being
         // zeroed, recovery must not start scanning inside the zeroed range and leave a hole.
         let before_cut = Checkpoint {
             flushed_offset: offset,
             dispatched_offset: offset,
+            log_head: self.log_head(),
         };
         self.disk
             .write_atomic(&checkpoint_path(&self.config.dir), before_cut.encode())
@@ -831,6 +871,7 @@ impl<D: Disk> ShardStore<D> {
         let checkpoint = Checkpoint {
             flushed_offset: self.log.flushed_offset(),
             dispatched_offset: self.log.max_offset(),
+            log_head: self.log_head(),
         };
         if let Err(e) = self.persist_queues(None).await {
             self.log.mark_failed(e.to_string());
@@ -997,7 +1038,9 @@ impl<D: Disk> ShardStore<D> {
         self.log.max_offset() - self.log.flushed_offset()
     }
 
-    /// (min queue offset, next queue offset) of a queue, counting every appended entry.
+    /// (min queue offset, next queue offset) of a queue, counting every appended entry. The
+    /// minimum is derived, never stored: the first entry whose record starts at or after the
+    /// queues' head (see [`ShardStore::expire_queues_before`]).
     pub fn queue_range(&self, key: QueueKey) -> Option<(u64, u64)> {
         let queues = self.queues.borrow();
         queues.get(&key).map(|s| (s.min_offset, s.next()))
@@ -1108,12 +1151,6 @@ impl<D: Disk> ShardStore<D> {
             pos += chunk.len() as u64;
             out.extend(chunk);
         }
-    }
-
-    /// The commitlog's first retained byte: every record before it is gone. The start of the
-    /// oldest segment (a segment is deleted whole).
-    pub fn log_head(&self) -> u64 {
-        self.log.oldest_segment().unwrap_or(0)
     }
 
     /// Moves every queue's minimum to its first entry whose record starts at or after
@@ -1282,6 +1319,86 @@ impl<D: Disk> ShardStore<D> {
             ))),
             Err(e) => Err(StoreError::Corrupt(e.to_string())),
         }
+    }
+
+    /// The commitlog's first retained byte (the log head).
+    pub fn log_head(&self) -> u64 {
+        self.log_head.get()
+    }
+
+    fn note_store_time(&self, commitlog_offset: u64, store_timestamp_ms: u64) {
+        let base = self.log.base_of(commitlog_offset);
+        let mut newest = self.newest_store_ms.borrow_mut();
+        let at = newest.entry(base).or_insert(store_timestamp_ms);
+        *at = (*at).max(store_timestamp_ms);
+    }
+
+    /// The segments retention may delete, oldest first: wholly before the segment being
+    /// written and wholly flushed (an unflushed end marker would otherwise be lost with it).
+    pub fn retention_candidates(&self) -> Vec<u64> {
+        let flushed = self.log.flushed_offset();
+        let size = self.config.segment_size_bytes;
+        self.log
+            .sealed_segments()
+            .into_iter()
+            .filter(|base| base + size <= flushed)
+            .collect()
+    }
+
+    /// The newest store timestamp of segment `base` (`None`: it holds no record): remembered
+    /// from appends and the recovery scan, else found by reading the segment once (a segment
+    /// sealed before this process started), then remembered.
+    pub async fn newest_store_ms(&self, base: u64) -> Result<Option<u64>, StoreError> {
+        if let Some(ms) = self.newest_store_ms.borrow().get(&base) {
+            return Ok(Some(*ms));
+        }
+        let mut newest = None::<u64>;
+        let end = base + self.config.segment_size_bytes;
+        self.log
+            .scan(base, end, |view| {
+                newest = Some(
+                    newest.map_or(view.store_timestamp_ms, |n| n.max(view.store_timestamp_ms)),
+                );
+                Ok(())
+            })
+            .await?;
+        if let Some(ms) = newest {
+            self.newest_store_ms.borrow_mut().insert(base, ms);
+        }
+        Ok(newest)
+    }
+
+    /// First step of deleting the oldest segment `base`: the head moves past it and the
+    /// checkpoint records that durably. The caller holds the store gate (no flush or metadata
+    /// write runs meanwhile), then calls [`ShardStore::expire_queues_before`] and
+    /// [`ShardStore::remove_expired_segment`]. Returns the new head.
+    pub async fn advance_log_head(&self, base: u64) -> Result<u64, StoreError> {
+        if self.retention_candidates().first() != Some(&base) {
+            return Err(StoreError::Corrupt(format!(
+                "segment {base} is not the oldest deletable segment"
+            )));
+        }
+        let old = self.log_head.get();
+        let head = base + self.config.segment_size_bytes;
+        self.log_head.set(head);
+        if let Err(e) = self.persist_metadata().await {
+            self.log_head.set(old);
+            return Err(e);
+        }
+        Ok(head)
+    }
+
+    /// Last step of a deletion: the segment's file goes (after the checkpoint and the queues).
+    pub async fn remove_expired_segment(&self, base: u64) -> Result<(), StoreError> {
+        if base + self.config.segment_size_bytes > self.log_head.get() {
+            return Err(StoreError::Corrupt(format!(
+                "segment {base} is not before the log head {}",
+                self.log_head.get()
+            )));
+        }
+        self.log.remove_segment(base).await?;
+        self.newest_store_ms.borrow_mut().remove(&base);
+        Ok(())
     }
 
     /// Clean shutdown: flush, persist metadata, remove the abort marker.

@@ -47,7 +47,13 @@ struct ClockState {
     next_id: u64,
     events: BTreeMap<EventKey, Box<dyn FnOnce()>>,
     fired: u64,
+    /// Wall-clock milliseconds at tick 0 plus every jump of [`SimClock::jump_wall`]: the
+    /// simulated wall clock is this plus the virtual time elapsed, never the host's clock.
+    wall_base_ms: u64,
 }
+
+/// The simulated wall clock's start: 2023-11-14 22:13:20 UTC, fixed so runs repeat.
+pub const SIM_WALL_ORIGIN_MS: u64 = 1_700_000_000_000;
 
 /// Virtual time, shared (cheap to clone) by everything in one simulated node.
 #[derive(Clone)]
@@ -65,6 +71,7 @@ impl SimClock {
                 next_id: 0,
                 events: BTreeMap::new(),
                 fired: 0,
+                wall_base_ms: SIM_WALL_ORIGIN_MS,
             })),
         }
     }
@@ -76,6 +83,12 @@ impl SimClock {
     /// Virtual time elapsed since the clock was made.
     pub fn elapsed(&self) -> Duration {
         ticks_to_duration(self.now_ticks())
+    }
+
+    /// Moves the wall clock (store timestamps, retention's age and hour) forward by `d`
+    /// without moving virtual time: days pass for retention while no timer fires.
+    pub fn jump_wall(&self, d: Duration) {
+        self.state.borrow_mut().wall_base_ms += d.as_millis() as u64;
     }
 
     /// Events fired so far: a measure of how much a run simulated.
@@ -175,6 +188,16 @@ impl Clock for SimClock {
 
     fn sleep(&self, d: Duration) -> Pin<Box<dyn Future<Output = ()>>> {
         Box::pin(self.sleep_ticks(ticks_in(d)))
+    }
+
+    fn unix_ms(&self) -> u64 {
+        let state = self.state.borrow();
+        state.wall_base_ms + ticks_to_duration(state.now_ticks).as_millis() as u64
+    }
+
+    /// The hour in UTC: a simulation must not depend on the host's time zone.
+    fn local_hour(&self) -> u32 {
+        ((self.unix_ms() / 3_600_000) % 24) as u32
     }
 }
 

@@ -153,6 +153,8 @@ struct SimState {
     read_bytes: u64,
     /// What `available_bytes` reports; `None` is unlimited.
     available_bytes: Option<u64>,
+    /// What `space` reports; `None`: an empty file system of unknown size (ratio 0).
+    space: Option<crate::store::io::DiskSpace>,
     timing: Option<Timing>,
 }
 
@@ -344,6 +346,11 @@ impl SimDisk {
         self.state.borrow().read_bytes
     }
 
+    /// Makes `space` report `space` (`None`: ratio 0), as a filling disk would.
+    pub fn set_space(&self, space: Option<crate::store::io::DiskSpace>) {
+        self.state.borrow_mut().space = space;
+    }
+
     /// Makes `available_bytes` report `bytes` (`None`: unlimited), as a full disk would.
     pub fn set_available_bytes(&self, bytes: Option<u64>) {
         self.state.borrow_mut().available_bytes = bytes;
@@ -402,6 +409,7 @@ impl SimDisk {
                 rng: rng.fork(),
                 read_bytes: 0,
                 available_bytes: state.available_bytes,
+                space: state.space,
                 timing: state.timing.clone(),
             })),
         }
@@ -692,6 +700,10 @@ impl Disk for SimDisk {
 
     async fn available_bytes(&self, _dir: &Path) -> io::Result<u64> {
         Ok(self.state.borrow().available_bytes.unwrap_or(u64::MAX))
+    }
+
+    async fn space(&self, _dir: &Path) -> io::Result<crate::store::io::DiskSpace> {
+        Ok(self.state.borrow().space.unwrap_or_default())
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {

@@ -86,6 +86,8 @@ handlers! {
     GroupFetch => |shard, body| group::fetch(shard, body).await;
     GroupDescribe => |shard, body| group::describe(shard, body).await;
     StatsRequest => |shard, _| stats(shard).await;
+    DeleteExpiredRequest => |shard, _| retention(shard, true).await;
+    RetentionStatusRequest => |shard, _| retention(shard, false).await;
     MetadataSnapshotRequest => |shard, _| metadata::snapshot(shard).await;
     ClusterStatusRequest => |shard, _| cluster::status(shard).await;
     ClusterPromote => |shard, body| cluster::promote(shard, body).await;
@@ -124,6 +126,11 @@ pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRe
         ShardRequest::Probe { reply } => {
             let _ = reply.send(shard.snapshot());
         }
+        ShardRequest::Retention { pass, reply } => {
+            if let Ok(row) = local_retention(&shard, pass).await {
+                let _ = reply.send(row);
+            }
+        }
         ShardRequest::GroupOffsets { group, reply } => {
             let _ = reply.send(group::local_offsets(&shard, &group));
         }
@@ -138,6 +145,38 @@ async fn stats<D: Disk>(shard: &Rc<Shard<D>>) -> Result<Reply, ShardError> {
     Ok(Reply::ok(
         serde_json::to_vec(&merged.to_stats()).expect("stats serialize"),
     ))
+}
+
+/// DeleteExpired (`pass`: every shard runs a cleaning pass now, outside the `delete_when`
+/// hours) and RetentionStatus: every shard's retention row.
+async fn retention<D: Disk>(shard: &Rc<Shard<D>>, pass: bool) -> Result<Reply, ShardError> {
+    let mut shards = vec![local_retention(shard, pass).await?];
+    shards.extend(
+        shard
+            .ask_others(|reply| ShardRequest::Retention { pass, reply })
+            .await?,
+    );
+    shards.sort_by_key(|row| row.shard);
+    let answer = crate::protocol::admin::Retention { shards };
+    Ok(Reply::ok(
+        serde_json::to_vec(&answer).expect("retention serializes"),
+    ))
+}
+
+async fn local_retention<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    pass: bool,
+) -> Result<crate::protocol::admin::ShardRetention, ShardError> {
+    let report = if pass {
+        shard
+            .cleaning()
+            .request_pass()
+            .await
+            .map_err(|_| ShardError::Internal("the shard is stopping".to_string()))?
+    } else {
+        crate::shard::cleaning::PassReport::default()
+    };
+    Ok(crate::shard::cleaning::status(shard, report))
 }
 
 /// The owning shard does not hold a queue the topic table gives it (a table being applied).

@@ -15,7 +15,7 @@ use crate::store::record::RecordInput;
 use crate::store::{Appended, QueueKey};
 use futures_lite::future;
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
     let request = ProduceRequest::decode(raw)?;
@@ -134,7 +134,7 @@ async fn append_batch<'a, D: Disk>(
     if !shard.is_master() {
         return Err(not_master(shard));
     }
-    let store_timestamp_ms = now_ms();
+    let store_timestamp_ms = shard.clock().unix_ms();
     let input = |m: &MessageRef<'a>| record_input(key, request.topic, store_timestamp_ms, m);
     // The whole batch or none of it: its segments and its buffer space must be there before
     // its first record goes in, so DISK_FULL or SYSTEM_BUSY always means nothing was stored.
@@ -289,11 +289,4 @@ async fn wait_for_flush<D: Disk>(shard: &Shard<D>, end_offset: u64, deadline: In
         },
     )
     .await
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

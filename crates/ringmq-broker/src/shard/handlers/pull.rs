@@ -145,7 +145,8 @@ async fn read_messages<D: Disk>(
                 first,
                 last.commitlog_offset.saturating_add(last.size as u64),
             )
-            .await?;
+            .await
+            .map_err(|e| deleted_while_reading(shard, key, next, e))?;
         for entry in &rest[..span] {
             if encoder.count() > 0 && out.len() + entry.size as usize > max_bytes {
                 break 'spans;
@@ -185,6 +186,24 @@ async fn read_messages<D: Disk>(
         .add(Counter::MessagesPulled, next - request.offset);
     encoder.finish(&mut out, next);
     Ok(out)
+}
+
+/// A read that failed because retention deleted the segment after the range check (the
+/// queue's minimum has passed `offset` since) is OFFSET_OUT_OF_RANGE like a pull that came
+/// later; any other failure stays what it is.
+fn deleted_while_reading<D: Disk>(
+    shard: &Shard<D>,
+    key: QueueKey,
+    offset: u64,
+    error: crate::store::StoreError,
+) -> ShardError {
+    match shard.store().queue_range(key) {
+        Some((min, max)) if offset < min => ShardError::OffsetOutOfRange(format!(
+            "offset {offset} was deleted by retention while being read; the queue's range is \
+             {min}..={max}"
+        )),
+        _ => error.into(),
+    }
 }
 
 /// How many of `entries` (at least one) one read can cover: same segment, within
