@@ -142,18 +142,50 @@ pub enum Disposition {
 
 /// What a consumer sends its requests through: one broker, or a master and its slaves.
 pub trait GroupTransport {
+    /// Whether [`GroupTransport::call_all`] has its requests in flight at once (then a long
+    /// poll waits on every queue at the same time instead of a share of the wait each).
+    const PIPELINED: bool = false;
+
     fn call<R: FailsOver>(&mut self, request: &R) -> Result<R::Response, ClientError>;
+
+    /// Learns where a topic's queues are, so that pulls go straight to their shards.
+    fn learn_topic(&mut self, topic: &str) -> Result<(), ClientError>;
+
+    /// Several requests, answered in order. By default one after another.
+    fn call_all<R: FailsOver>(&mut self, requests: &[R]) -> Vec<Result<R::Response, ClientError>> {
+        requests.iter().map(|r| self.call(r)).collect()
+    }
 }
 
 impl GroupTransport for Client {
+    const PIPELINED: bool = true;
+
     fn call<R: FailsOver>(&mut self, request: &R) -> Result<R::Response, ClientError> {
         Client::call(self, request)
+    }
+
+    fn learn_topic(&mut self, topic: &str) -> Result<(), ClientError> {
+        self.topic(topic).map(|_| ())
+    }
+
+    /// Pipelined: every request is sent before the first answer is awaited.
+    fn call_all<R: FailsOver>(&mut self, requests: &[R]) -> Vec<Result<R::Response, ClientError>> {
+        let tickets: Vec<_> = requests.iter().map(|r| self.send_request(r)).collect();
+        tickets
+            .into_iter()
+            .zip(requests)
+            .map(|(ticket, request)| ticket.and_then(|t| self.wait_request(t, request)))
+            .collect()
     }
 }
 
 impl GroupTransport for FailoverClient {
     fn call<R: FailsOver>(&mut self, request: &R) -> Result<R::Response, ClientError> {
         FailoverClient::call(self, request)
+    }
+
+    fn learn_topic(&mut self, topic: &str) -> Result<(), ClientError> {
+        self.describe_topic(topic).map(|_| ())
     }
 }
 
@@ -246,12 +278,26 @@ impl<T: GroupTransport> GroupConsumer<T> {
         self.heartbeat_if_due()?;
         let queues = self.owned();
         let mut delivered = 0;
-        let wait_ms = self.wait_ms(queues.len());
-        for queue in queues {
-            if delivered >= limit || self.member.is_none() {
-                break;
+        if limit > 0 && !queues.is_empty() {
+            let wait_ms = self.wait_ms(queues.len());
+            let max_messages = self
+                .options
+                .max_messages
+                .min(limit.min(u32::MAX as u64) as u32);
+            let requests: Vec<GroupPull> = queues
+                .iter()
+                .map(|q| {
+                    let c = self.cursors[q];
+                    self.pull_request(q, c.uncommitted, c.next, max_messages, wait_ms)
+                })
+                .collect();
+            let results = self.transport.call_all(&requests);
+            for (queue, result) in queues.iter().zip(results) {
+                if self.member.is_none() {
+                    break;
+                }
+                delivered += self.take_batch(queue, result, limit - delivered, handler)?;
             }
-            delivered += self.pull_queue(&queue, wait_ms, limit - delivered, handler)?;
         }
         let waiting = self.member.as_ref().is_some_and(|m| m.waiting > 0);
         if self.cursors.is_empty() && self.member.is_some() {
@@ -260,7 +306,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
             let pause = if waiting {
                 WAITING_HEARTBEAT_INTERVAL
             } else {
-                Duration::from_millis(wait_ms.max(1) as u64)
+                Duration::from_millis(self.options.max_wait_ms.max(1) as u64)
             };
             std::thread::sleep(pause.min(self.until_heartbeat()));
         }
@@ -299,6 +345,9 @@ impl<T: GroupTransport> GroupConsumer<T> {
     }
 
     fn join(&mut self) -> Result<(), ClientError> {
+        for topic in &self.options.topics {
+            self.transport.learn_topic(topic)?;
+        }
         let sent = Instant::now();
         let o = &self.options;
         let assignment = self.transport.call(&GroupJoin {
@@ -343,7 +392,12 @@ impl<T: GroupTransport> GroupConsumer<T> {
     /// Long-poll per queue: the caller's wait split across the queues, ending before the
     /// next heartbeat is due.
     fn wait_ms(&self, queues: usize) -> u32 {
-        let split = self.options.max_wait_ms / queues.max(1) as u32;
+        let share = if T::PIPELINED {
+            1
+        } else {
+            queues.max(1) as u32
+        };
+        let split = self.options.max_wait_ms / share;
         split.min(self.until_heartbeat().as_millis() as u32)
     }
 
@@ -458,8 +512,20 @@ impl<T: GroupTransport> GroupConsumer<T> {
         max_messages: u32,
         wait_ms: u32,
     ) -> Result<super::PullResult, ClientError> {
+        let request = self.pull_request(queue, commit, offset, max_messages, wait_ms);
+        self.transport.call(&request)
+    }
+
+    fn pull_request(
+        &self,
+        queue: &GroupQueue,
+        commit: Option<u64>,
+        offset: u64,
+        max_messages: u32,
+        wait_ms: u32,
+    ) -> GroupPull {
         let member = self.member.as_ref().expect("pulls only as a member");
-        self.transport.call(&GroupPull {
+        GroupPull {
             group: self.options.group.clone(),
             member_id: member.member_id.clone(),
             generation: member.generation,
@@ -470,7 +536,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
             max_messages,
             max_bytes: self.options.max_bytes,
             max_wait_ms: wait_ms,
-        })
+        }
     }
 
     /// A refused pull or commit: an old generation heartbeats now (the commit waits for the
@@ -509,53 +575,46 @@ impl<T: GroupTransport> GroupConsumer<T> {
         self.cursors.clear();
     }
 
-    /// Pulls one owned queue once (with the commit of its last batch) and delivers what came.
-    fn pull_queue(
+    /// Takes one queue's pull answer (its commit, if it carried one, landed with it) and
+    /// delivers what came, unless the queue was taken away meanwhile.
+    fn take_batch(
         &mut self,
         queue: &GroupQueue,
-        wait_ms: u32,
+        result: Result<super::PullResult, ClientError>,
         limit: u64,
         handler: &mut dyn FnMut(&Delivery<'_>) -> Disposition,
     ) -> Result<u64, ClientError> {
-        let Some(cursor) = self.cursors.get(queue).copied() else {
-            return Ok(0);
-        };
-        let max_messages = self
-            .options
-            .max_messages
-            .min(limit.min(u32::MAX as u64) as u32);
-        let result = match self.group_pull(
-            queue,
-            cursor.uncommitted,
-            cursor.next,
-            max_messages,
-            wait_ms,
-        ) {
+        let result = match result {
             Ok(result) => result,
             Err(e) if e.status() == Some(Status::OffsetOutOfRange) => {
                 let stats = self.transport.call(&QueueRef {
                     topic: queue.topic.clone(),
                     queue: queue.queue,
                 })?;
-                eprintln!(
-                    "queue {}: offset {} is out of range, moving to {}",
-                    queue.queue, cursor.next, stats.min_offset
-                );
                 if let Some(c) = self.cursors.get_mut(queue) {
+                    eprintln!(
+                        "queue {}: offset {} is out of range, moving to {}",
+                        queue.queue, c.next, stats.min_offset
+                    );
                     c.next = stats.min_offset;
                 }
                 return Ok(0);
             }
             Err(e) => return self.refused("pull", queue, e).map(|()| 0),
         };
-        if let Some(c) = self.cursors.get_mut(queue) {
-            // The commit landed with the pull; where reading starts is the broker's answer.
-            c.uncommitted = None;
-            if result.messages.is_empty() {
-                c.next = result.summary.next_offset;
-            }
+        let Some(c) = self.cursors.get_mut(queue) else {
+            return Ok(0);
+        };
+        // The commit landed with the pull; where reading starts is the broker's answer.
+        c.uncommitted = None;
+        if result.messages.is_empty() {
+            c.next = result.summary.next_offset;
         }
-        self.deliver(queue, &result.messages, handler)
+        let take = result
+            .messages
+            .len()
+            .min(limit.min(usize::MAX as u64) as usize);
+        self.deliver(queue, &result.messages[..take], handler)
     }
 
     /// Hands a batch to the handler in order, heartbeating between messages when one is due;
@@ -609,5 +668,198 @@ impl<T: GroupTransport> GroupConsumer<T> {
         self.member
             .as_ref()
             .is_some_and(|m| m.lease_from.elapsed() + m.heartbeat_interval < m.session_timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::message::{PullSummary, PulledMessage};
+    use crate::protocol::requests::PullResult;
+    use crate::protocol::{Opcode, Response};
+
+    /// A coordinator played from a script: each request is recorded (opcode and decoded
+    /// essentials) and answered by `answer`.
+    struct Scripted {
+        log: Vec<String>,
+        answer: Box<dyn FnMut(Opcode, &[u8]) -> (Status, Vec<u8>)>,
+    }
+
+    impl GroupTransport for Scripted {
+        fn learn_topic(&mut self, _topic: &str) -> Result<(), ClientError> {
+            Ok(())
+        }
+
+        fn call<R: FailsOver>(&mut self, request: &R) -> Result<R::Response, ClientError> {
+            let mut body = Vec::new();
+            request.encode_body(&mut body);
+            self.log.push(describe(R::OPCODE, &body));
+            let (status, answer) = (self.answer)(R::OPCODE, &body);
+            if !status.has_body() {
+                return Err(ClientError::Status {
+                    status,
+                    message: String::from_utf8_lossy(&answer).into_owned(),
+                });
+            }
+            Ok(R::Response::from_answer(status, &answer).expect("scripted answer decodes"))
+        }
+    }
+
+    fn describe(opcode: Opcode, body: &[u8]) -> String {
+        match opcode {
+            Opcode::GroupPull => {
+                let p = GroupPull::decode(body).unwrap();
+                format!(
+                    "pull q{} gen {} commit {:?} max {}",
+                    p.queue, p.generation, p.commit, p.max_messages
+                )
+            }
+            Opcode::GroupHeartbeat => {
+                let h = GroupHeartbeat::decode(body).unwrap();
+                let released: Vec<u32> = h.released.iter().map(|q| q.queue).collect();
+                format!("heartbeat gen {} released {released:?}", h.generation)
+            }
+            other => other.name().to_string(),
+        }
+    }
+
+    fn q(queue: u32) -> GroupQueue {
+        GroupQueue {
+            topic: "t".into(),
+            queue,
+        }
+    }
+
+    fn assignment(generation: u64, owned: Vec<GroupQueue>, revoked: Vec<GroupQueue>) -> Vec<u8> {
+        let mut out = Vec::new();
+        GroupAssignment {
+            member_id: "m-1".into(),
+            generation,
+            session_timeout_ms: 3_000,
+            heartbeat_interval_ms: 1_000,
+            owned,
+            revoked,
+            waiting: 0,
+        }
+        .encode(&mut out);
+        out
+    }
+
+    fn batch(offsets: std::ops::Range<u64>) -> Vec<u8> {
+        let mut out = Vec::new();
+        PullResult {
+            status: Status::Ok,
+            summary: PullSummary {
+                next_offset: offsets.end,
+                min_offset: 0,
+                max_offset: offsets.end,
+            },
+            messages: offsets
+                .map(|o| PulledMessage {
+                    queue_offset: o,
+                    born_timestamp_ms: 0,
+                    store_timestamp_ms: 0,
+                    key: Vec::new(),
+                    properties: Vec::new(),
+                    body: b"m".to_vec(),
+                })
+                .collect(),
+        }
+        .encode_answer(&mut out);
+        out
+    }
+
+    /// A pull refused for an old generation makes the member heartbeat at once; the queue it
+    /// is told to give up is committed (at what it processed) before it is reported released,
+    /// and the next pulls carry the new generation and the commit of the last batch.
+    #[test]
+    fn a_revoked_queue_is_committed_before_it_is_released() {
+        let mut heartbeats = 0;
+        let mut pulls_of_q1 = 0;
+        let transport = Scripted {
+            log: Vec::new(),
+            answer: Box::new(move |opcode, body| match opcode {
+                Opcode::GroupJoin => (Status::Ok, assignment(1, vec![q(0), q(1)], vec![])),
+                Opcode::GroupHeartbeat => {
+                    heartbeats += 1;
+                    match heartbeats {
+                        1 => (Status::Ok, assignment(2, vec![q(1)], vec![q(0)])),
+                        _ => (Status::Ok, assignment(2, vec![q(1)], vec![])),
+                    }
+                }
+                Opcode::GroupPull => {
+                    let p = GroupPull::decode(body).unwrap();
+                    match (p.queue, p.max_messages) {
+                        (_, 0) => (Status::NoNewMessage, batch(p.offset..p.offset)),
+                        (0, _) => (Status::Ok, batch(0..2)),
+                        _ if p.generation == 1 => (Status::IllegalGeneration, b"old".to_vec()),
+                        _ => {
+                            pulls_of_q1 += 1;
+                            (Status::Ok, batch(pulls_of_q1 * 5..pulls_of_q1 * 5 + 1))
+                        }
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }),
+        };
+        let mut consumer = GroupConsumer::new(transport, GroupOptions::new("g", "t"));
+        let mut seen = Vec::new();
+        let mut handler = |d: &Delivery<'_>| {
+            seen.push((d.queue, d.message.queue_offset, d.generation));
+            Disposition::Ack
+        };
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        assert_eq!(consumer.owned(), [q(1)]);
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        assert_eq!(
+            consumer.transport.log,
+            [
+                "GroupJoin",
+                "pull q0 gen 1 commit None max 256",
+                "pull q1 gen 1 commit None max 256",
+                "heartbeat gen 1 released []",
+                "pull q0 gen 2 commit Some(2) max 0",
+                "heartbeat gen 2 released [0]",
+                "pull q1 gen 2 commit None max 256",
+                "pull q1 gen 2 commit Some(6) max 256",
+            ]
+        );
+        assert_eq!(seen, [(0, 0, 1), (0, 1, 1), (1, 5, 2), (1, 10, 2)]);
+        assert_eq!(consumer.stats().refused, 1);
+    }
+
+    /// A session that ended (UNKNOWN_MEMBER on a pull) drops every queue, and the next poll
+    /// joins again and reads from the committed offsets.
+    #[test]
+    fn an_ended_session_joins_again() {
+        let mut joins = 0;
+        let transport = Scripted {
+            log: Vec::new(),
+            answer: Box::new(move |opcode, body| match opcode {
+                Opcode::GroupJoin => {
+                    joins += 1;
+                    (Status::Ok, assignment(joins, vec![q(0)], vec![]))
+                }
+                Opcode::GroupPull => {
+                    let p = GroupPull::decode(body).unwrap();
+                    if p.generation == 1 {
+                        (Status::UnknownMember, b"gone".to_vec())
+                    } else {
+                        (Status::Ok, batch(3..4))
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }),
+        };
+        let mut consumer = GroupConsumer::new(transport, GroupOptions::new("g", "t"));
+        let mut handler = |_: &Delivery<'_>| Disposition::Ack;
+        assert_eq!(consumer.poll(u64::MAX, &mut handler).unwrap().delivered, 0);
+        assert!(consumer.member_id().is_none());
+        assert_eq!(consumer.poll(u64::MAX, &mut handler).unwrap().delivered, 1);
+        assert_eq!(consumer.stats().joins, 2);
+        let log = &consumer.transport.log;
+        assert_eq!(log[2], "GroupJoin");
+        assert_eq!(log[3], "pull q0 gen 2 commit None max 256");
     }
 }
