@@ -4,15 +4,15 @@
 //! The consumer runs the membership protocol (`docs/groups.md`) on one thread with no timer
 //! of its own: every [`GroupConsumer::poll`] joins when it is not a member, heartbeats when
 //! one is due, gives up the queues the coordinator revoked (it stops fetching them, commits
-//! what it processed, then reports them released) and pulls each queue it owns once. Every
-//! pull names the member and its generation and carries the commit of what the previous batch
-//! of that queue processed, so a commit costs no round trip of its own and a member whose
-//! session ended can never commit over its successor.
+//! what it processed, then reports them released) and pulls each queue it owns once (all at
+//! once on one broker). Every pull names the member and its generation and may carry the
+//! commit of what that queue's earlier batches processed, so a commit costs no round trip of
+//! its own and a member whose session ended can never commit over its successor.
 //!
 //! Each message goes to the caller's handler, which answers [`Disposition::Ack`] or
-//! [`Disposition::Reject`]. An acknowledged message is committed with the queue's next pull
-//! (at-least-once: a member that dies redelivers only what it acknowledged since its last
-//! commit, at most one batch per queue). A rejected one goes to [`GroupConsumer::reject`],
+//! [`Disposition::Reject`]. An acknowledged message is committed with a later pull of its
+//! queue, at most every [`GroupOptions::commit_interval`] (at-least-once: a member that dies
+//! has only what it acknowledged since its last commit delivered again). A rejected one goes to [`GroupConsumer::reject`],
 //! the seam where retry queues plug in; until they exist it fails the poll, and the rejected
 //! message is neither committed nor skipped.
 
@@ -56,6 +56,11 @@ impl AllocationStrategy {
 /// releasing them), heartbeat this often to pick them up soon after the release.
 pub const WAITING_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
 
+/// Commits ride on pulls at most this often per queue: a busy queue is committed 20 times a
+/// second (a few hundred KiB of offsets file writes), and a crash repeats at most this much
+/// of a member's work on top of the batch in hand.
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(50);
+
 #[derive(Clone, Debug)]
 pub struct GroupOptions {
     pub group: String,
@@ -71,6 +76,10 @@ pub struct GroupOptions {
     pub orderly: bool,
     /// 0: the broker's default (3 s).
     pub session_timeout_ms: u32,
+    /// Shortest time between two commits of one queue riding on its pulls: each commit is a
+    /// write of the broker's offsets file, and what a dead member had processed since its
+    /// last commit is delivered again. Releases and leaves always commit.
+    pub commit_interval: Duration,
     pub max_messages: u32,
     pub max_bytes: u32,
     /// Longest a poll long-polls when its queues are drained (split across them, and never
@@ -90,6 +99,7 @@ impl GroupOptions {
             strategy: AllocationStrategy::Averagely,
             orderly: false,
             session_timeout_ms: 0,
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
             max_messages: 256,
             max_bytes: 4 * 1024 * 1024,
             max_wait_ms: 1_000,
@@ -134,7 +144,7 @@ pub struct Delivery<'a> {
 /// The handler's answer for one message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disposition {
-    /// Processed: committed with the queue's next pull.
+    /// Processed: committed with a later pull of the queue.
     Ack,
     /// Not processed: handed to [`GroupConsumer::reject`].
     Reject,
@@ -207,6 +217,8 @@ struct Cursor {
     next: u64,
     /// The next offset to commit, once something was processed since the last commit.
     uncommitted: Option<u64>,
+    /// When a commit of this queue was last sent with a pull.
+    committed_at: Instant,
 }
 
 struct Membership {
@@ -288,15 +300,18 @@ impl<T: GroupTransport> GroupConsumer<T> {
                 .iter()
                 .map(|q| {
                     let c = self.cursors[q];
-                    self.pull_request(q, c.uncommitted, c.next, max_messages, wait_ms)
+                    let due = c.committed_at.elapsed() >= self.options.commit_interval;
+                    let commit = c.uncommitted.filter(|_| due);
+                    self.pull_request(q, commit, c.next, max_messages, wait_ms)
                 })
                 .collect();
             let results = self.transport.call_all(&requests);
-            for (queue, result) in queues.iter().zip(results) {
+            for ((queue, request), result) in queues.iter().zip(&requests).zip(results) {
                 if self.member.is_none() {
                     break;
                 }
-                delivered += self.take_batch(queue, result, limit - delivered, handler)?;
+                let commit = request.commit;
+                delivered += self.take_batch(queue, commit, result, limit - delivered, handler)?;
             }
         }
         let waiting = self.member.as_ref().is_some_and(|m| m.waiting > 0);
@@ -459,6 +474,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
             self.cursors.entry(queue.clone()).or_insert(Cursor {
                 next: u64::MAX,
                 uncommitted: None,
+                committed_at: sent,
             });
         }
         let mut released = Vec::new();
@@ -580,6 +596,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
     fn take_batch(
         &mut self,
         queue: &GroupQueue,
+        commit: Option<u64>,
         result: Result<super::PullResult, ClientError>,
         limit: u64,
         handler: &mut dyn FnMut(&Delivery<'_>) -> Disposition,
@@ -606,7 +623,12 @@ impl<T: GroupTransport> GroupConsumer<T> {
             return Ok(0);
         };
         // The commit landed with the pull; where reading starts is the broker's answer.
-        c.uncommitted = None;
+        if commit.is_some() {
+            if c.uncommitted == commit {
+                c.uncommitted = None;
+            }
+            c.committed_at = Instant::now();
+        }
         if result.messages.is_empty() {
             c.next = result.summary.next_offset;
         }
@@ -802,7 +824,9 @@ mod tests {
                 other => panic!("unexpected {other:?}"),
             }),
         };
-        let mut consumer = GroupConsumer::new(transport, GroupOptions::new("g", "t"));
+        let mut options = GroupOptions::new("g", "t");
+        options.commit_interval = Duration::ZERO;
+        let mut consumer = GroupConsumer::new(transport, options);
         let mut seen = Vec::new();
         let mut handler = |d: &Delivery<'_>| {
             seen.push((d.queue, d.message.queue_offset, d.generation));

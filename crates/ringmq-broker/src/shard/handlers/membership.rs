@@ -65,6 +65,7 @@ pub async fn join<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, Sh
         },
         shard.clock().now(),
     )?;
+    shard.announce_fence_changes();
     tracing::info!(
         shard = shard.id(),
         group = %request.group,
@@ -121,7 +122,9 @@ pub async fn heartbeat<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Repl
         &request.member_id,
         &request.released,
         shard.clock().now(),
-    )?;
+    );
+    shard.announce_fence_changes();
+    let assignment = assignment?;
     Ok(Reply::ok(body(|out| assignment.encode(out))))
 }
 
@@ -136,6 +139,7 @@ pub async fn leave<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, S
         &request.member_id,
         shard.clock().now(),
     )?;
+    shard.announce_fence_changes();
     tracing::info!(shard = shard.id(), group = %request.group, member = %request.member_id, "group member left");
     Ok(Reply::ok(Vec::new()))
 }
@@ -262,6 +266,16 @@ async fn fence<D: Disk>(
             &queue,
         )?);
     }
+    let cache = shard.fence_cache();
+    if let Some(key) = cache.get(
+        &request.group,
+        &request.member_id,
+        request.generation,
+        &queue,
+    ) {
+        return Ok(key);
+    }
+    let epoch = cache.epoch();
     let (reply, answer) = oneshot::channel();
     shard
         .mesh()
@@ -271,14 +285,23 @@ async fn fence<D: Disk>(
                 group: request.group.clone(),
                 member_id: request.member_id.clone(),
                 generation: request.generation,
-                queue,
+                queue: queue.clone(),
                 reply,
             },
         )
         .await?;
-    Ok(answer
+    let key = answer
         .await
-        .map_err(|_| ShardError::ShardGone(coordinator))??)
+        .map_err(|_| ShardError::ShardGone(coordinator))??;
+    shard.fence_cache().insert(
+        epoch,
+        &request.group,
+        &request.member_id,
+        request.generation,
+        &queue,
+        key.clone(),
+    );
+    Ok(key)
 }
 
 #[cfg(test)]
