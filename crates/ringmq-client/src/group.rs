@@ -222,7 +222,7 @@ struct Cursor {
 }
 
 struct Membership {
-    member_id: String,
+    member_id: std::sync::Arc<str>,
     generation: u64,
     heartbeat_interval: Duration,
     session_timeout: Duration,
@@ -265,7 +265,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
     }
 
     pub fn member_id(&self) -> Option<&str> {
-        self.member.as_ref().map(|m| m.member_id.as_str())
+        self.member.as_ref().map(|m| &*m.member_id)
     }
 
     pub fn generation(&self) -> Option<u64> {
@@ -333,7 +333,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
 
     /// Commits what was processed and leaves the group, so its queues move at once.
     pub fn close(&mut self) -> Result<(), ClientError> {
-        let Some(member_id) = self.member.as_ref().map(|m| m.member_id.clone()) else {
+        let Some(member_id) = self.member.as_ref().map(|m| m.member_id.to_string()) else {
             return Ok(());
         };
         let queues = self.owned();
@@ -381,7 +381,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
         self.stats.joins += 1;
         self.cursors.clear();
         self.member = Some(Membership {
-            member_id: assignment.member_id.clone(),
+            member_id: assignment.member_id.as_str().into(),
             generation: assignment.generation,
             heartbeat_interval: Duration::from_millis(assignment.heartbeat_interval_ms as u64),
             session_timeout: Duration::from_millis(assignment.session_timeout_ms as u64),
@@ -432,7 +432,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
         let sent = Instant::now();
         let answer = self.transport.call(&GroupHeartbeat {
             group: self.options.group.clone(),
-            member_id: member.member_id.clone(),
+            member_id: member.member_id.to_string(),
             generation: member.generation,
             released,
         });
@@ -543,7 +543,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
         let member = self.member.as_ref().expect("pulls only as a member");
         GroupPull {
             group: self.options.group.clone(),
-            member_id: member.member_id.clone(),
+            member_id: member.member_id.to_string(),
             generation: member.generation,
             topic: queue.topic.clone(),
             queue: queue.queue,
@@ -647,23 +647,38 @@ impl<T: GroupTransport> GroupConsumer<T> {
         messages: &[PulledMessage],
         handler: &mut dyn FnMut(&Delivery<'_>) -> Disposition,
     ) -> Result<u64, ClientError> {
+        let Some(member) = &self.member else {
+            return Ok(0);
+        };
+        // Shared, not copied, per message: the hot loop allocates nothing.
+        let mut member_id = member.member_id.clone();
+        let mut generation = member.generation;
+        let mut next_heartbeat = member.next_heartbeat;
         let mut delivered = 0;
+        // What was processed since the cursor was last written: written back before anything
+        // that may commit (a heartbeat's revocations) and at the end.
+        let mut processed_to = None;
         for message in messages {
-            if !self.cursors.contains_key(queue) {
-                break;
-            }
-            if self.options.orderly && !self.lease_holds() {
-                // Paused past the lease: a successor may hold the queue. Ask before going on.
-                if let Some(m) = &mut self.member {
-                    m.next_heartbeat = Instant::now();
+            let lease_ended = self.options.orderly && !self.lease_holds();
+            if lease_ended || Instant::now() >= next_heartbeat {
+                self.advance(queue, processed_to.take());
+                if lease_ended {
+                    // Paused past the lease: a successor may hold the queue. Ask first.
+                    if let Some(m) = &mut self.member {
+                        m.next_heartbeat = Instant::now();
+                    }
                 }
                 self.heartbeat_if_due()?;
-                if !self.cursors.contains_key(queue) || !self.lease_holds() {
+                let Some(member) = &self.member else { break };
+                if !self.cursors.contains_key(queue)
+                    || (self.options.orderly && !self.lease_holds())
+                {
                     break;
                 }
+                member_id = member.member_id.clone();
+                generation = member.generation;
+                next_heartbeat = member.next_heartbeat;
             }
-            let member = self.member.as_ref().expect("a cursor means a membership");
-            let (member_id, generation) = (member.member_id.clone(), member.generation);
             let delivery = Delivery {
                 topic: &queue.topic,
                 queue: queue.queue,
@@ -672,16 +687,23 @@ impl<T: GroupTransport> GroupConsumer<T> {
                 generation,
             };
             if handler(&delivery) == Disposition::Reject {
+                self.advance(queue, processed_to.take());
                 self.reject(&delivery)?;
             }
             delivered += 1;
-            self.stats.delivered += 1;
-            let cursor = self.cursors.get_mut(queue).expect("checked above");
-            cursor.next = message.queue_offset + 1;
-            cursor.uncommitted = Some(cursor.next);
-            self.heartbeat_if_due()?;
+            processed_to = Some(message.queue_offset + 1);
         }
+        self.advance(queue, processed_to);
+        self.stats.delivered += delivered;
         Ok(delivered)
+    }
+
+    /// Moves a queue's cursor past what was processed (a no-op once the queue is gone).
+    fn advance(&mut self, queue: &GroupQueue, processed_to: Option<u64>) {
+        if let (Some(next), Some(cursor)) = (processed_to, self.cursors.get_mut(queue)) {
+            cursor.next = next;
+            cursor.uncommitted = Some(next);
+        }
     }
 
     /// Whether the broker cannot have ended this member's session yet, with a heartbeat
