@@ -722,11 +722,14 @@ mod tests {
     use crate::protocol::requests::PullResult;
     use crate::protocol::{Opcode, Response};
 
+    /// The script: a request's opcode and body to the status and body answered.
+    type Answer = dyn FnMut(Opcode, &[u8]) -> (Status, Vec<u8>);
+
     /// A coordinator played from a script: each request is recorded (opcode and decoded
     /// essentials) and answered by `answer`.
     struct Scripted {
         log: Vec<String>,
-        answer: Box<dyn FnMut(Opcode, &[u8]) -> (Status, Vec<u8>)>,
+        answer: Box<Answer>,
     }
 
     impl GroupTransport for Scripted {

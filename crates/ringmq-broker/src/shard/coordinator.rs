@@ -507,10 +507,17 @@ impl Group {
 /// go. A grant that was asked for before a change and answered after it is not kept: every
 /// change moves `forgotten`, and [`FenceCache::insert`] takes an entry only if it did not move
 /// while the question was out.
+/// A granted fence: the member, its generation and the group name its offsets are under.
+struct Grant {
+    member_id: String,
+    generation: u64,
+    offsets_key: String,
+}
+
 #[derive(Default)]
 pub struct FenceCache {
-    /// (group, topic, queue) to (member id, generation, offsets key).
-    entries: RefCell<HashMap<(String, String, u32), (String, u64, String)>>,
+    /// Keyed by (group, topic, queue).
+    entries: RefCell<HashMap<(String, String, u32), Grant>>,
     forgotten: Cell<u64>,
 }
 
@@ -523,9 +530,9 @@ impl FenceCache {
         queue: &GroupQueue,
     ) -> Option<String> {
         let entries = self.entries.borrow();
-        let (member, granted, key) =
-            entries.get(&(group.to_string(), queue.topic.clone(), queue.queue))?;
-        (member == member_id && *granted == generation).then(|| key.clone())
+        let grant = entries.get(&(group.to_string(), queue.topic.clone(), queue.queue))?;
+        (grant.member_id == member_id && grant.generation == generation)
+            .then(|| grant.offsets_key.clone())
     }
 
     /// What [`FenceCache::insert`] compares against.
@@ -551,7 +558,11 @@ impl FenceCache {
         }
         entries.insert(
             (group.to_string(), queue.topic.clone(), queue.queue),
-            (member_id.to_string(), generation, key),
+            Grant {
+                member_id: member_id.to_string(),
+                generation,
+                offsets_key: key,
+            },
         );
     }
 

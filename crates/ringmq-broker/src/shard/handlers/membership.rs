@@ -480,7 +480,7 @@ mod tests {
                 topic: "t".into(),
                 queue: 1,
             };
-            assert_eq!(a.revoked, [q1.clone()]);
+            assert_eq!(a.revoked, std::slice::from_ref(&q1));
             let early = call(
                 &shard,
                 Opcode::GroupPull,
