@@ -617,7 +617,10 @@ impl<T: GroupTransport> GroupConsumer<T> {
                 }
                 return Ok(0);
             }
-            Err(e) => return self.refused("pull", queue, e).map(|()| 0),
+            Err(e) => {
+                let what = if commit.is_some() { "commit" } else { "pull" };
+                return self.refused(what, queue, e).map(|()| 0);
+            }
         };
         let Some(c) = self.cursors.get_mut(queue) else {
             return Ok(0);
