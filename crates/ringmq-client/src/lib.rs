@@ -14,6 +14,7 @@ mod failover;
 #[cfg(test)]
 pub(crate) mod fake_broker;
 pub mod reset;
+mod group;
 #[cfg(test)]
 mod tests;
 
@@ -26,6 +27,10 @@ pub use connection::{is_self_connection, Connection, ConnectionOptions, Response
 pub use error::ClientError;
 pub use failover::{FailoverClient, DEFAULT_RETRY_PRIMARY_EVERY};
 pub use reset::{OffsetReset, OffsetResetApplied};
+pub use group::{
+    default_client_id, local_host, AllocationStrategy, Delivery, Disposition, GroupConsumer,
+    GroupMode, GroupOptions, GroupStats, GroupTransport, Polled,
+};
 /// The wire protocol, under the name the modules here use for it.
 use ringmq_protocol as protocol;
 

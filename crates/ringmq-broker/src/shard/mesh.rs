@@ -81,6 +81,18 @@ pub enum ShardRequest {
         pass: bool,
         reply: oneshot::Sender<crate::protocol::admin::ShardRetention>,
     },
+    /// Coordinator: may this member, at this generation, pull and commit this queue? The
+    /// answer is the group name its offsets are kept under.
+    GroupFence {
+        group: String,
+        member_id: String,
+        generation: u64,
+        queue: crate::protocol::message::GroupQueue,
+        reply: oneshot::Sender<Result<String, crate::shard::coordinator::MembershipError>>,
+    },
+    /// Coordinator: these groups' generations or queue holders changed; drop the fences
+    /// cached for them.
+    GroupFencesChanged { groups: Vec<String> },
     /// The committed offsets of a group for the queues this shard owns.
     GroupOffsets {
         group: String,

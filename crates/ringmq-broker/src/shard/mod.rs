@@ -11,6 +11,8 @@
 //! - [`visibility`]: the long polls parked per queue, woken as the confirmed offset passes
 //!   their record;
 //! - [`metadata`]: topics, group offsets and the metadata version;
+//! - [`coordinator`]: the live members of the consumer groups this shard coordinates, their
+//!   sessions and queue locks (in memory; [`allocation`] divides the queues);
 //! - [`lifecycle`]: requests in flight and the stop flags;
 //! - [`role`]: master (with its replicas) or slave (with its link), changed only by
 //!   [`Shard::change_role`].
@@ -19,9 +21,11 @@
 //! [`Clock`]; [`Shard::open_for_test`] opens one without sockets or mesh peers (for example on
 //! the simulated disk). Nothing here takes a lock shared with another core.
 
+pub mod allocation;
 pub mod appending;
 pub mod cleaning;
 pub mod completion;
+pub mod coordinator;
 pub mod error;
 pub mod flushing;
 pub mod groups;
@@ -45,6 +49,7 @@ use crate::store::io::Disk;
 use crate::store::{AppendError, QueueKey, ShardStore, StoreConfig};
 use appending::Appending;
 use cleaning::Cleaning;
+use coordinator::Coordinator;
 pub use error::ShardError;
 use flushing::Flushing;
 use futures_channel::oneshot;
@@ -54,6 +59,7 @@ use lifecycle::Lifecycle;
 use mesh::{Mesh, Reply, ShardRequest};
 use metadata::Metadata;
 use role::{MasterMode, Role, RoleState, SlaveLink};
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -83,6 +89,10 @@ pub struct Shard<D: Disk = GlommioDisk> {
     metadata: Metadata<D>,
     lifecycle: Lifecycle,
     role: RoleState,
+    /// Members of the groups whose coordinator this shard is. Borrowed only between awaits.
+    coordinator: RefCell<Coordinator>,
+    /// Fences granted by other shards' coordinators for queues this shard owns.
+    fence_cache: coordinator::FenceCache,
 }
 
 /// What a shard is made of, for [`Shard::assemble`].
@@ -146,6 +156,8 @@ impl<D: Disk> Shard<D> {
             metadata: Metadata::new(parts.topics, parts.groups),
             lifecycle: Lifecycle::default(),
             role: RoleState::new(role, parts.identity),
+            coordinator: RefCell::new(Coordinator::default()),
+            fence_cache: coordinator::FenceCache::default(),
         }
     }
 
@@ -209,7 +221,10 @@ impl<D: Disk> Shard<D> {
     }
 
     /// Starts the flusher, the segment allocator and the cleaner; [`Shard::stop`] ends them.
+    /// Also starts the group sessions' expiry tick, which ends on its own once the stop
+    /// reaches the background tasks (nothing waits for it: it holds no I/O).
     pub fn spawn_background(self: &Rc<Self>) -> BackgroundTasks {
+        glommio::spawn_local(run_group_expiry(self.clone())).detach();
         BackgroundTasks {
             flusher: glommio::spawn_local(flushing::run_flusher(self.clone())),
             allocator: glommio::spawn_local(flushing::run_segment_allocator(self.clone())),
@@ -252,6 +267,9 @@ impl<D: Disk> Shard<D> {
         background.allocator.await;
         background.cleaner.await;
         self.persist_replicated_offset().await;
+        if let Err(e) = self.metadata.groups().flush().await {
+            tracing::warn!(shard = self.id, "writing group offsets at stop: {e}");
+        }
         self.store.close().await?;
         Ok(())
     }
@@ -319,6 +337,40 @@ impl<D: Disk> Shard<D> {
 
     pub fn lifecycle(&self) -> &Lifecycle {
         &self.lifecycle
+    }
+
+    pub fn coordinator(&self) -> &RefCell<Coordinator> {
+        &self.coordinator
+    }
+
+    pub fn fence_cache(&self) -> &coordinator::FenceCache {
+        &self.fence_cache
+    }
+
+    /// Tells every other shard that the groups the coordinator changed since the last call
+    /// have new fences (in the background: a shard whose channel is full is not waited for
+    /// here).
+    pub fn announce_fence_changes(self: &Rc<Self>) {
+        let groups = self.coordinator.borrow_mut().take_changed();
+        if groups.is_empty() || self.shard_count < 2 {
+            return;
+        }
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            for other in (0..shard.shard_count).filter(|s| *s != shard.id) {
+                let request = ShardRequest::GroupFencesChanged {
+                    groups: groups.clone(),
+                };
+                if shard.mesh.send(other, request).await.is_err() {
+                    tracing::warn!(
+                        shard = shard.id,
+                        other,
+                        "cannot tell a shard of new group fences"
+                    );
+                }
+            }
+        })
+        .detach();
     }
 
     pub fn role_state(&self) -> &RoleState {
@@ -617,6 +669,20 @@ impl<D: Disk> Shard<D> {
         // A pull parked on a dropped queue answers QUEUE_NOT_FOUND now, not at its timeout.
         self.visibility.wake_all();
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Ends the group sessions that were not renewed in time, every `GROUP_EXPIRY_TICK_MS` of the
+/// shard's clock, so a dead member's queues move within its session timeout plus a tick.
+async fn run_group_expiry<D: Disk>(shard: Rc<Shard<D>>) {
+    let tick = Duration::from_millis(crate::constants::GROUP_EXPIRY_TICK_MS);
+    while !shard.lifecycle.is_background_stopping() {
+        shard.clock.sleep(tick).await;
+        let ended = shard.coordinator.borrow_mut().expire(shard.clock.now());
+        shard.announce_fence_changes();
+        for (group, member) in ended {
+            tracing::info!(shard = shard.id, %group, %member, "group session ended: its queues move");
+        }
     }
 }
 

@@ -1,0 +1,917 @@
+//! [`GroupConsumer`]: a member of a consumer group, sharing a topic's queues with the other
+//! members (clustering) or reading all of them itself (broadcasting).
+//!
+//! The consumer runs the membership protocol (`docs/groups.md`) on one thread with no timer
+//! of its own: every [`GroupConsumer::poll`] joins when it is not a member, heartbeats when
+//! one is due, gives up the queues the coordinator revoked (it stops fetching them, commits
+//! what it processed, then reports them released) and pulls each queue it owns once (all at
+//! once on one broker). Every pull names the member and its generation and may carry the
+//! commit of what that queue's earlier batches processed, so a commit costs no round trip of
+//! its own and a member whose session ended can never commit over its successor.
+//!
+//! Each message goes to the caller's handler, which answers [`Disposition::Ack`] or
+//! [`Disposition::Reject`]. An acknowledged message is committed with a later pull of its
+//! queue, at most every [`GroupOptions::commit_interval`] (at-least-once: a member that dies
+//! has only what it acknowledged since its last commit delivered again). A rejected one goes to [`GroupConsumer::reject`],
+//! the seam where retry queues plug in; until they exist it fails the poll, and the rejected
+//! message is neither committed nor skipped.
+
+use super::api::Client;
+use super::error::ClientError;
+use super::failover::FailoverClient;
+use crate::protocol::message::{
+    GroupAssignment, GroupHeartbeat, GroupJoin, GroupLeave, GroupPull, GroupQueue, PulledMessage,
+    QueueRef,
+};
+use crate::protocol::{FailsOver, Status};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// How the group's queues are shared (the `mode` byte of `GroupJoin`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupMode {
+    Clustering,
+    Broadcasting,
+}
+
+/// The allocation strategy of a clustering group (the `strategy` byte of `GroupJoin`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocationStrategy {
+    Averagely,
+    ByCircle,
+    ConsistentHash,
+}
+
+impl AllocationStrategy {
+    fn to_wire(self) -> u8 {
+        match self {
+            AllocationStrategy::Averagely => 0,
+            AllocationStrategy::ByCircle => 1,
+            AllocationStrategy::ConsistentHash => 2,
+        }
+    }
+}
+
+/// While queues allotted to this member are still held by another (which is committing and
+/// releasing them), heartbeat this often to pick them up soon after the release.
+pub const WAITING_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Commits ride on pulls at most this often per queue: a busy queue is committed 20 times a
+/// second (a few hundred KiB of offsets file writes), and a crash repeats at most this much
+/// of a member's work on top of the batch in hand.
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(50);
+
+#[derive(Clone, Debug)]
+pub struct GroupOptions {
+    pub group: String,
+    pub topics: Vec<String>,
+    /// Names this process in `group describe`; a broadcasting member's offsets are kept under
+    /// it, so a restart with the same id resumes.
+    pub client_id: String,
+    pub host: String,
+    pub mode: GroupMode,
+    pub strategy: AllocationStrategy,
+    /// One message at a time per queue, in order, and never after the member's lease (its
+    /// session, measured from the last heartbeat it sent that was answered) may have ended.
+    pub orderly: bool,
+    /// 0: the broker's default (3 s).
+    pub session_timeout_ms: u32,
+    /// Shortest time between two commits of one queue riding on its pulls: each commit is a
+    /// write of the broker's offsets file, and what a dead member had processed since its
+    /// last commit is delivered again. Releases and leaves always commit.
+    pub commit_interval: Duration,
+    pub max_messages: u32,
+    pub max_bytes: u32,
+    /// Longest a poll long-polls when its queues are drained (split across them, and never
+    /// past the next heartbeat).
+    pub max_wait_ms: u32,
+}
+
+impl GroupOptions {
+    pub fn new(group: &str, topic: &str) -> GroupOptions {
+        let host = local_host();
+        GroupOptions {
+            group: group.to_string(),
+            topics: vec![topic.to_string()],
+            client_id: default_client_id(&host),
+            host,
+            mode: GroupMode::Clustering,
+            strategy: AllocationStrategy::Averagely,
+            orderly: false,
+            session_timeout_ms: 0,
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
+            max_messages: 256,
+            max_bytes: 4 * 1024 * 1024,
+            max_wait_ms: 1_000,
+        }
+    }
+}
+
+/// This machine's name, for `group describe`.
+pub fn local_host() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// `<host>-<pid>`, with anything a group name may not hold replaced by `-`.
+pub fn default_client_id(host: &str) -> String {
+    format!("{host}-{}", std::process::id())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// One message handed to the handler.
+#[derive(Debug)]
+pub struct Delivery<'a> {
+    pub topic: &'a str,
+    pub queue: u32,
+    pub message: &'a PulledMessage,
+    pub member_id: &'a str,
+    pub generation: u64,
+}
+
+/// The handler's answer for one message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Processed: committed with a later pull of the queue.
+    Ack,
+    /// Not processed: handed to [`GroupConsumer::reject`].
+    Reject,
+}
+
+/// What a consumer sends its requests through: one broker, or a master and its slaves.
+pub trait GroupTransport {
+    /// Whether [`GroupTransport::call_all`] has its requests in flight at once (then a long
+    /// poll waits on every queue at the same time instead of a share of the wait each).
+    const PIPELINED: bool = false;
+
+    fn call<R: FailsOver>(&mut self, request: &R) -> Result<R::Response, ClientError>;
+
+    /// Learns where a topic's queues are, so that pulls go straight to their shards.
+    fn learn_topic(&mut self, topic: &str) -> Result<(), ClientError>;
+
+    /// Several requests, answered in order. By default one after another.
+    fn call_all<R: FailsOver>(&mut self, requests: &[R]) -> Vec<Result<R::Response, ClientError>> {
+        requests.iter().map(|r| self.call(r)).collect()
+    }
+}
+
+impl GroupTransport for Client {
+    const PIPELINED: bool = true;
+
+    fn call<R: FailsOver>(&mut self, request: &R) -> Result<R::Response, ClientError> {
+        Client::call(self, request)
+    }
+
+    fn learn_topic(&mut self, topic: &str) -> Result<(), ClientError> {
+        self.topic(topic).map(|_| ())
+    }
+
+    /// Pipelined: every request is sent before the first answer is awaited.
+    fn call_all<R: FailsOver>(&mut self, requests: &[R]) -> Vec<Result<R::Response, ClientError>> {
+        let tickets: Vec<_> = requests.iter().map(|r| self.send_request(r)).collect();
+        tickets
+            .into_iter()
+            .zip(requests)
+            .map(|(ticket, request)| ticket.and_then(|t| self.wait_request(t, request)))
+            .collect()
+    }
+}
+
+impl GroupTransport for FailoverClient {
+    fn call<R: FailsOver>(&mut self, request: &R) -> Result<R::Response, ClientError> {
+        FailoverClient::call(self, request)
+    }
+
+    fn learn_topic(&mut self, topic: &str) -> Result<(), ClientError> {
+        self.describe_topic(topic).map(|_| ())
+    }
+}
+
+/// Counts a caller can report (`ringmq consume` prints them at the end).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupStats {
+    pub joins: u64,
+    /// Assignments that changed what this member owns.
+    pub rebalances: u64,
+    /// Pulls or commits the coordinator refused (old generation, or the session had ended).
+    pub refused: u64,
+    pub delivered: u64,
+}
+
+/// Where a queue this member owns is read from and what it has processed.
+#[derive(Clone, Copy, Debug)]
+struct Cursor {
+    /// Next offset to read; `u64::MAX` reads from the group's committed offset.
+    next: u64,
+    /// The next offset to commit, once something was processed since the last commit.
+    uncommitted: Option<u64>,
+    /// When a commit of this queue was last sent with a pull.
+    committed_at: Instant,
+}
+
+struct Membership {
+    member_id: std::sync::Arc<str>,
+    generation: u64,
+    heartbeat_interval: Duration,
+    session_timeout: Duration,
+    /// When the last answered heartbeat (or the join) was sent: the broker's session deadline
+    /// is at least a session after it.
+    lease_from: Instant,
+    next_heartbeat: Instant,
+    waiting: u32,
+}
+
+pub struct GroupConsumer<T: GroupTransport> {
+    transport: T,
+    options: GroupOptions,
+    member: Option<Membership>,
+    cursors: BTreeMap<GroupQueue, Cursor>,
+    stats: GroupStats,
+}
+
+/// A poll's outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Polled {
+    pub delivered: u64,
+    /// Nothing to read right now and no queue waiting to be handed over.
+    pub idle: bool,
+}
+
+impl<T: GroupTransport> GroupConsumer<T> {
+    pub fn new(transport: T, options: GroupOptions) -> GroupConsumer<T> {
+        GroupConsumer {
+            transport,
+            options,
+            member: None,
+            cursors: BTreeMap::new(),
+            stats: GroupStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> GroupStats {
+        self.stats
+    }
+
+    pub fn member_id(&self) -> Option<&str> {
+        self.member.as_ref().map(|m| &*m.member_id)
+    }
+
+    pub fn generation(&self) -> Option<u64> {
+        self.member.as_ref().map(|m| m.generation)
+    }
+
+    /// The queues this member reads now.
+    pub fn owned(&self) -> Vec<GroupQueue> {
+        self.cursors.keys().cloned().collect()
+    }
+
+    /// One round: join or heartbeat as needed, give up revoked queues, pull every owned queue
+    /// once and hand each message to `handler`, stopping after `limit` messages.
+    pub fn poll(
+        &mut self,
+        limit: u64,
+        handler: &mut dyn FnMut(&Delivery<'_>) -> Disposition,
+    ) -> Result<Polled, ClientError> {
+        if self.member.is_none() {
+            self.join()?;
+        }
+        self.heartbeat_if_due()?;
+        let queues = self.owned();
+        let mut delivered = 0;
+        if limit > 0 && !queues.is_empty() {
+            let wait_ms = self.wait_ms(queues.len());
+            let max_messages = self
+                .options
+                .max_messages
+                .min(limit.min(u32::MAX as u64) as u32);
+            let requests: Vec<GroupPull> = queues
+                .iter()
+                .map(|q| {
+                    let c = self.cursors[q];
+                    let due = c.committed_at.elapsed() >= self.options.commit_interval;
+                    let commit = c.uncommitted.filter(|_| due);
+                    self.pull_request(q, commit, c.next, max_messages, wait_ms)
+                })
+                .collect();
+            let results = self.transport.call_all(&requests);
+            for ((queue, request), result) in queues.iter().zip(&requests).zip(results) {
+                if self.member.is_none() {
+                    break;
+                }
+                let commit = request.commit;
+                delivered += self.take_batch(queue, commit, result, limit - delivered, handler)?;
+            }
+        }
+        let waiting = self.member.as_ref().is_some_and(|m| m.waiting > 0);
+        if self.cursors.is_empty() && self.member.is_some() {
+            // Nothing to long-poll on: pause rather than spin until the next heartbeat
+            // brings queues.
+            let pause = if waiting {
+                WAITING_HEARTBEAT_INTERVAL
+            } else {
+                Duration::from_millis(self.options.max_wait_ms.max(1) as u64)
+            };
+            std::thread::sleep(pause.min(self.until_heartbeat()));
+        }
+        Ok(Polled {
+            delivered,
+            idle: delivered == 0 && !waiting,
+        })
+    }
+
+    /// Commits what was processed and leaves the group, so its queues move at once.
+    pub fn close(&mut self) -> Result<(), ClientError> {
+        let Some(member_id) = self.member.as_ref().map(|m| m.member_id.to_string()) else {
+            return Ok(());
+        };
+        let queues = self.owned();
+        for queue in &queues {
+            self.commit_only(queue)?;
+        }
+        self.cursors.clear();
+        self.member = None;
+        self.transport.call(&GroupLeave {
+            group: self.options.group.clone(),
+            member_id,
+        })
+    }
+
+    /// A message the handler rejected. Retry queues are not in this client yet: the poll
+    /// fails, and the message stays uncommitted (it is delivered again to whoever reads the
+    /// queue next).
+    pub fn reject(&mut self, delivery: &Delivery<'_>) -> Result<(), ClientError> {
+        Err(ClientError::InvalidArgument(format!(
+            "message {}/{} at offset {} was rejected, and this consumer has no retry queue to \
+             hand it to",
+            delivery.topic, delivery.queue, delivery.message.queue_offset
+        )))
+    }
+
+    fn join(&mut self) -> Result<(), ClientError> {
+        for topic in &self.options.topics {
+            self.transport.learn_topic(topic)?;
+        }
+        let sent = Instant::now();
+        let o = &self.options;
+        let assignment = self.transport.call(&GroupJoin {
+            group: o.group.clone(),
+            client_id: o.client_id.clone(),
+            host: o.host.clone(),
+            topics: o.topics.clone(),
+            mode: match o.mode {
+                GroupMode::Clustering => 0,
+                GroupMode::Broadcasting => 1,
+            },
+            strategy: o.strategy.to_wire(),
+            orderly: u8::from(o.orderly),
+            session_timeout_ms: o.session_timeout_ms,
+        })?;
+        self.stats.joins += 1;
+        self.cursors.clear();
+        self.member = Some(Membership {
+            member_id: assignment.member_id.as_str().into(),
+            generation: assignment.generation,
+            heartbeat_interval: Duration::from_millis(assignment.heartbeat_interval_ms as u64),
+            session_timeout: Duration::from_millis(assignment.session_timeout_ms as u64),
+            lease_from: sent,
+            next_heartbeat: sent,
+            waiting: 0,
+        });
+        tracing::info!(
+            group = %self.options.group,
+            member = %assignment.member_id,
+            generation = assignment.generation,
+            "joined the group"
+        );
+        self.apply(assignment, sent)
+    }
+
+    fn until_heartbeat(&self) -> Duration {
+        self.member.as_ref().map_or(Duration::ZERO, |m| {
+            m.next_heartbeat.saturating_duration_since(Instant::now())
+        })
+    }
+
+    /// Long-poll per queue: the caller's wait split across the queues, ending before the
+    /// next heartbeat is due.
+    fn wait_ms(&self, queues: usize) -> u32 {
+        let share = if T::PIPELINED {
+            1
+        } else {
+            queues.max(1) as u32
+        };
+        let split = self.options.max_wait_ms / share;
+        split.min(self.until_heartbeat().as_millis() as u32)
+    }
+
+    fn heartbeat_if_due(&mut self) -> Result<(), ClientError> {
+        match &self.member {
+            Some(m) if Instant::now() >= m.next_heartbeat => self.heartbeat(Vec::new()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Heartbeats (reporting `released`) and applies the answer; an ended session is left
+    /// for the next poll to join again.
+    fn heartbeat(&mut self, released: Vec<GroupQueue>) -> Result<(), ClientError> {
+        let Some(member) = &self.member else {
+            return Ok(());
+        };
+        let sent = Instant::now();
+        let answer = self.transport.call(&GroupHeartbeat {
+            group: self.options.group.clone(),
+            member_id: member.member_id.to_string(),
+            generation: member.generation,
+            released,
+        });
+        match answer {
+            Ok(assignment) => {
+                if let Some(m) = &mut self.member {
+                    m.lease_from = sent;
+                }
+                self.apply(assignment, sent)
+            }
+            Err(e) if e.status() == Some(Status::UnknownMember) => {
+                self.session_ended("heartbeat", &e);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes an assignment: new queues start from the committed offset, queues gone are
+    /// dropped, revoked ones are committed and reported released at once.
+    fn apply(&mut self, assignment: GroupAssignment, sent: Instant) -> Result<(), ClientError> {
+        let Some(member) = &mut self.member else {
+            return Ok(());
+        };
+        member.generation = assignment.generation;
+        member.waiting = assignment.waiting;
+        member.next_heartbeat = sent
+            + if assignment.waiting > 0 || !assignment.revoked.is_empty() {
+                WAITING_HEARTBEAT_INTERVAL
+            } else {
+                member.heartbeat_interval
+            };
+        let before: Vec<GroupQueue> = self.owned();
+        // Queues neither owned nor revoked were taken from this member (it held them past
+        // its deadline): nothing of them may be committed any more.
+        self.cursors
+            .retain(|q, _| assignment.owned.contains(q) || assignment.revoked.contains(q));
+        for queue in &assignment.owned {
+            self.cursors.entry(queue.clone()).or_insert(Cursor {
+                next: u64::MAX,
+                uncommitted: None,
+                committed_at: sent,
+            });
+        }
+        let mut released = Vec::new();
+        for queue in &assignment.revoked {
+            if self.cursors.contains_key(queue) {
+                self.commit_only(queue)?;
+                if self.member.is_none() {
+                    return Ok(());
+                }
+            }
+            self.cursors.remove(queue);
+            released.push(queue.clone());
+        }
+        if self.owned() != before {
+            self.stats.rebalances += 1;
+            tracing::info!(
+                group = %self.options.group,
+                generation = assignment.generation,
+                owned = ?self.owned().iter().map(|q| q.queue).collect::<Vec<_>>(),
+                "assignment changed"
+            );
+        }
+        if released.is_empty() {
+            Ok(())
+        } else {
+            self.heartbeat(released)
+        }
+    }
+
+    /// Commits a queue's processed offset without reading (before releasing or leaving).
+    fn commit_only(&mut self, queue: &GroupQueue) -> Result<(), ClientError> {
+        let Some(commit) = self.cursors.get(queue).and_then(|c| c.uncommitted) else {
+            return Ok(());
+        };
+        match self.group_pull(queue, Some(commit), commit, 0, 0) {
+            Ok(_) => {
+                if let Some(c) = self.cursors.get_mut(queue) {
+                    c.uncommitted = None;
+                }
+                Ok(())
+            }
+            Err(e) => self.refused("commit", queue, e),
+        }
+    }
+
+    fn group_pull(
+        &mut self,
+        queue: &GroupQueue,
+        commit: Option<u64>,
+        offset: u64,
+        max_messages: u32,
+        wait_ms: u32,
+    ) -> Result<super::PullResult, ClientError> {
+        let request = self.pull_request(queue, commit, offset, max_messages, wait_ms);
+        self.transport.call(&request)
+    }
+
+    fn pull_request(
+        &self,
+        queue: &GroupQueue,
+        commit: Option<u64>,
+        offset: u64,
+        max_messages: u32,
+        wait_ms: u32,
+    ) -> GroupPull {
+        let member = self.member.as_ref().expect("pulls only as a member");
+        GroupPull {
+            group: self.options.group.clone(),
+            member_id: member.member_id.to_string(),
+            generation: member.generation,
+            topic: queue.topic.clone(),
+            queue: queue.queue,
+            commit,
+            offset,
+            max_messages,
+            max_bytes: self.options.max_bytes,
+            max_wait_ms: wait_ms,
+        }
+    }
+
+    /// A refused pull or commit: an old generation heartbeats now (the commit waits for the
+    /// next pull or the release), an ended session drops everything to join again.
+    fn refused(
+        &mut self,
+        what: &str,
+        queue: &GroupQueue,
+        e: ClientError,
+    ) -> Result<(), ClientError> {
+        match e.status() {
+            Some(Status::IllegalGeneration) => {
+                self.stats.refused += 1;
+                tracing::info!(group = %self.options.group, queue = queue.queue, "{what} refused: {e}");
+                if let Some(m) = &mut self.member {
+                    m.next_heartbeat = Instant::now();
+                }
+                self.heartbeat_if_due()
+            }
+            Some(Status::UnknownMember) => {
+                self.stats.refused += 1;
+                self.session_ended(what, &e);
+                Ok(())
+            }
+            _ => Err(e),
+        }
+    }
+
+    fn session_ended(&mut self, what: &str, e: &ClientError) {
+        eprintln!(
+            "group {}: {what} refused ({e}); dropping {} queues and joining again",
+            self.options.group,
+            self.cursors.len()
+        );
+        self.member = None;
+        self.cursors.clear();
+    }
+
+    /// Takes one queue's pull answer (its commit, if it carried one, landed with it) and
+    /// delivers what came, unless the queue was taken away meanwhile.
+    fn take_batch(
+        &mut self,
+        queue: &GroupQueue,
+        commit: Option<u64>,
+        result: Result<super::PullResult, ClientError>,
+        limit: u64,
+        handler: &mut dyn FnMut(&Delivery<'_>) -> Disposition,
+    ) -> Result<u64, ClientError> {
+        let result = match result {
+            Ok(result) => result,
+            Err(e) if e.status() == Some(Status::OffsetOutOfRange) => {
+                let stats = self.transport.call(&QueueRef {
+                    topic: queue.topic.clone(),
+                    queue: queue.queue,
+                })?;
+                if let Some(c) = self.cursors.get_mut(queue) {
+                    eprintln!(
+                        "queue {}: offset {} is out of range, moving to {}",
+                        queue.queue, c.next, stats.min_offset
+                    );
+                    c.next = stats.min_offset;
+                }
+                return Ok(0);
+            }
+            Err(e) => {
+                let what = if commit.is_some() { "commit" } else { "pull" };
+                return self.refused(what, queue, e).map(|()| 0);
+            }
+        };
+        let Some(c) = self.cursors.get_mut(queue) else {
+            return Ok(0);
+        };
+        // The commit landed with the pull; where reading starts is the broker's answer.
+        if commit.is_some() {
+            if c.uncommitted == commit {
+                c.uncommitted = None;
+            }
+            c.committed_at = Instant::now();
+        }
+        if result.messages.is_empty() {
+            c.next = result.summary.next_offset;
+        }
+        let take = result
+            .messages
+            .len()
+            .min(limit.min(usize::MAX as u64) as usize);
+        self.deliver(queue, &result.messages[..take], handler)
+    }
+
+    /// Hands a batch to the handler in order, heartbeating between messages when one is due;
+    /// stops early when the queue is taken away, or (orderly) when the lease may have ended.
+    fn deliver(
+        &mut self,
+        queue: &GroupQueue,
+        messages: &[PulledMessage],
+        handler: &mut dyn FnMut(&Delivery<'_>) -> Disposition,
+    ) -> Result<u64, ClientError> {
+        let Some(member) = &self.member else {
+            return Ok(0);
+        };
+        // Shared, not copied, per message: the hot loop allocates nothing.
+        let mut member_id = member.member_id.clone();
+        let mut generation = member.generation;
+        let mut next_heartbeat = member.next_heartbeat;
+        let mut delivered = 0;
+        // What was processed since the cursor was last written: written back before anything
+        // that may commit (a heartbeat's revocations) and at the end.
+        let mut processed_to = None;
+        for message in messages {
+            let lease_ended = self.options.orderly && !self.lease_holds();
+            if lease_ended || Instant::now() >= next_heartbeat {
+                self.advance(queue, processed_to.take());
+                if lease_ended {
+                    // Paused past the lease: a successor may hold the queue. Ask first.
+                    if let Some(m) = &mut self.member {
+                        m.next_heartbeat = Instant::now();
+                    }
+                }
+                self.heartbeat_if_due()?;
+                let Some(member) = &self.member else { break };
+                if !self.cursors.contains_key(queue)
+                    || (self.options.orderly && !self.lease_holds())
+                {
+                    break;
+                }
+                member_id = member.member_id.clone();
+                generation = member.generation;
+                next_heartbeat = member.next_heartbeat;
+            }
+            let delivery = Delivery {
+                topic: &queue.topic,
+                queue: queue.queue,
+                message,
+                member_id: &member_id,
+                generation,
+            };
+            if handler(&delivery) == Disposition::Reject {
+                self.advance(queue, processed_to.take());
+                self.reject(&delivery)?;
+            }
+            delivered += 1;
+            processed_to = Some(message.queue_offset + 1);
+        }
+        self.advance(queue, processed_to);
+        self.stats.delivered += delivered;
+        Ok(delivered)
+    }
+
+    /// Moves a queue's cursor past what was processed (a no-op once the queue is gone).
+    fn advance(&mut self, queue: &GroupQueue, processed_to: Option<u64>) {
+        if let (Some(next), Some(cursor)) = (processed_to, self.cursors.get_mut(queue)) {
+            cursor.next = next;
+            cursor.uncommitted = Some(next);
+        }
+    }
+
+    /// Whether the broker cannot have ended this member's session yet, with a heartbeat
+    /// interval to spare for the message about to be processed.
+    fn lease_holds(&self) -> bool {
+        self.member
+            .as_ref()
+            .is_some_and(|m| m.lease_from.elapsed() + m.heartbeat_interval < m.session_timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::message::{PullSummary, PulledMessage};
+    use crate::protocol::requests::PullResult;
+    use crate::protocol::{Opcode, Response};
+
+    /// The script: a request's opcode and body to the status and body answered.
+    type Answer = dyn FnMut(Opcode, &[u8]) -> (Status, Vec<u8>);
+
+    /// A coordinator played from a script: each request is recorded (opcode and decoded
+    /// essentials) and answered by `answer`.
+    struct Scripted {
+        log: Vec<String>,
+        answer: Box<Answer>,
+    }
+
+    impl GroupTransport for Scripted {
+        fn learn_topic(&mut self, _topic: &str) -> Result<(), ClientError> {
+            Ok(())
+        }
+
+        fn call<R: FailsOver>(&mut self, request: &R) -> Result<R::Response, ClientError> {
+            let mut body = Vec::new();
+            request.encode_body(&mut body);
+            self.log.push(describe(R::OPCODE, &body));
+            let (status, answer) = (self.answer)(R::OPCODE, &body);
+            if !status.has_body() {
+                return Err(ClientError::Status {
+                    status,
+                    message: String::from_utf8_lossy(&answer).into_owned(),
+                });
+            }
+            Ok(R::Response::from_answer(status, &answer).expect("scripted answer decodes"))
+        }
+    }
+
+    fn describe(opcode: Opcode, body: &[u8]) -> String {
+        match opcode {
+            Opcode::GroupPull => {
+                let p = GroupPull::decode(body).unwrap();
+                format!(
+                    "pull q{} gen {} commit {:?} max {}",
+                    p.queue, p.generation, p.commit, p.max_messages
+                )
+            }
+            Opcode::GroupHeartbeat => {
+                let h = GroupHeartbeat::decode(body).unwrap();
+                let released: Vec<u32> = h.released.iter().map(|q| q.queue).collect();
+                format!("heartbeat gen {} released {released:?}", h.generation)
+            }
+            other => other.name().to_string(),
+        }
+    }
+
+    fn q(queue: u32) -> GroupQueue {
+        GroupQueue {
+            topic: "t".into(),
+            queue,
+        }
+    }
+
+    fn assignment(generation: u64, owned: Vec<GroupQueue>, revoked: Vec<GroupQueue>) -> Vec<u8> {
+        let mut out = Vec::new();
+        GroupAssignment {
+            member_id: "m-1".into(),
+            generation,
+            session_timeout_ms: 3_000,
+            heartbeat_interval_ms: 1_000,
+            owned,
+            revoked,
+            waiting: 0,
+        }
+        .encode(&mut out);
+        out
+    }
+
+    fn batch(offsets: std::ops::Range<u64>) -> Vec<u8> {
+        let mut out = Vec::new();
+        PullResult {
+            status: Status::Ok,
+            summary: PullSummary {
+                next_offset: offsets.end,
+                min_offset: 0,
+                max_offset: offsets.end,
+            },
+            messages: offsets
+                .map(|o| PulledMessage {
+                    queue_offset: o,
+                    born_timestamp_ms: 0,
+                    store_timestamp_ms: 0,
+                    key: Vec::new(),
+                    properties: Vec::new(),
+                    body: b"m".to_vec(),
+                })
+                .collect(),
+        }
+        .encode_answer(&mut out);
+        out
+    }
+
+    /// A pull refused for an old generation makes the member heartbeat at once; the queue it
+    /// is told to give up is committed (at what it processed) before it is reported released,
+    /// and the next pulls carry the new generation and the commit of the last batch.
+    #[test]
+    fn a_revoked_queue_is_committed_before_it_is_released() {
+        let mut heartbeats = 0;
+        let mut pulls_of_q1 = 0;
+        let transport = Scripted {
+            log: Vec::new(),
+            answer: Box::new(move |opcode, body| match opcode {
+                Opcode::GroupJoin => (Status::Ok, assignment(1, vec![q(0), q(1)], vec![])),
+                Opcode::GroupHeartbeat => {
+                    heartbeats += 1;
+                    match heartbeats {
+                        1 => (Status::Ok, assignment(2, vec![q(1)], vec![q(0)])),
+                        _ => (Status::Ok, assignment(2, vec![q(1)], vec![])),
+                    }
+                }
+                Opcode::GroupPull => {
+                    let p = GroupPull::decode(body).unwrap();
+                    match (p.queue, p.max_messages) {
+                        (_, 0) => (Status::NoNewMessage, batch(p.offset..p.offset)),
+                        (0, _) => (Status::Ok, batch(0..2)),
+                        _ if p.generation == 1 => (Status::IllegalGeneration, b"old".to_vec()),
+                        _ => {
+                            pulls_of_q1 += 1;
+                            (Status::Ok, batch(pulls_of_q1 * 5..pulls_of_q1 * 5 + 1))
+                        }
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }),
+        };
+        let mut options = GroupOptions::new("g", "t");
+        options.commit_interval = Duration::ZERO;
+        let mut consumer = GroupConsumer::new(transport, options);
+        let mut seen = Vec::new();
+        let mut handler = |d: &Delivery<'_>| {
+            seen.push((d.queue, d.message.queue_offset, d.generation));
+            Disposition::Ack
+        };
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        assert_eq!(consumer.owned(), [q(1)]);
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        assert_eq!(
+            consumer.transport.log,
+            [
+                "GroupJoin",
+                "pull q0 gen 1 commit None max 256",
+                "pull q1 gen 1 commit None max 256",
+                "heartbeat gen 1 released []",
+                "pull q0 gen 2 commit Some(2) max 0",
+                "heartbeat gen 2 released [0]",
+                "pull q1 gen 2 commit None max 256",
+                "pull q1 gen 2 commit Some(6) max 256",
+            ]
+        );
+        assert_eq!(seen, [(0, 0, 1), (0, 1, 1), (1, 5, 2), (1, 10, 2)]);
+        assert_eq!(consumer.stats().refused, 1);
+    }
+
+    /// A session that ended (UNKNOWN_MEMBER on a pull) drops every queue, and the next poll
+    /// joins again and reads from the committed offsets.
+    #[test]
+    fn an_ended_session_joins_again() {
+        let mut joins = 0;
+        let transport = Scripted {
+            log: Vec::new(),
+            answer: Box::new(move |opcode, body| match opcode {
+                Opcode::GroupJoin => {
+                    joins += 1;
+                    (Status::Ok, assignment(joins, vec![q(0)], vec![]))
+                }
+                Opcode::GroupPull => {
+                    let p = GroupPull::decode(body).unwrap();
+                    if p.generation == 1 {
+                        (Status::UnknownMember, b"gone".to_vec())
+                    } else {
+                        (Status::Ok, batch(3..4))
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }),
+        };
+        let mut consumer = GroupConsumer::new(transport, GroupOptions::new("g", "t"));
+        let mut handler = |_: &Delivery<'_>| Disposition::Ack;
+        assert_eq!(consumer.poll(u64::MAX, &mut handler).unwrap().delivered, 0);
+        assert!(consumer.member_id().is_none());
+        assert_eq!(consumer.poll(u64::MAX, &mut handler).unwrap().delivered, 1);
+        assert_eq!(consumer.stats().joins, 2);
+        let log = &consumer.transport.log;
+        assert_eq!(log[2], "GroupJoin");
+        assert_eq!(log[3], "pull q0 gen 2 commit None max 256");
+    }
+}
