@@ -1,4 +1,5 @@
-//! `ringmq group describe`: a consumer group's committed offsets and lag per queue.
+//! `ringmq group describe`: a consumer group's committed offsets and lag per queue;
+//! `ringmq group dlq` ([`super::dlq`]): its dead letters.
 
 use super::app::{describe, BrokerArgs, Format};
 use super::output::{emit, table};
@@ -18,10 +19,16 @@ pub struct GroupArgs {
 pub enum GroupCommand {
     /// Per topic and queue: committed offset, max offset, lag.
     Describe { group: String },
+    /// The group's dead letters (`%DLQ%<group>`): origin topic, queue and offset, attempts and
+    /// a body preview.
+    Dlq { group: String },
 }
 
 pub fn run(args: GroupArgs) -> Result<(), String> {
-    let GroupCommand::Describe { group } = args.command;
+    let group = match args.command {
+        GroupCommand::Describe { group } => group,
+        GroupCommand::Dlq { group } => return super::dlq::run(&args.broker, &group),
+    };
     let mut client = args.broker.connect()?;
     let description = client
         .call(&GroupDescribe { group })

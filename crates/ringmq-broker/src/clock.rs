@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A source of time and of timers.
 pub trait Clock: 'static {
@@ -15,6 +15,13 @@ pub trait Clock: 'static {
     fn now(&self) -> Instant;
     /// A future that completes once `d` has passed on this clock.
     fn sleep(&self, d: Duration) -> Pin<Box<dyn Future<Output = ()>>>;
+    /// Wall-clock time in ms since the Unix epoch, for deadlines that must outlive the process
+    /// (a delayed retry's due time is stored with the message).
+    fn unix_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
 }
 
 /// The wall clock: `Instant::now()` and glommio's timer. Sleeping needs a glommio executor.

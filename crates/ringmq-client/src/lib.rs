@@ -13,6 +13,7 @@ mod error;
 mod failover;
 #[cfg(test)]
 pub(crate) mod fake_broker;
+pub mod retry;
 #[cfg(test)]
 mod tests;
 

@@ -46,6 +46,8 @@ macro_rules! for_each_request {
                 { #[fails_over] queue: |r| (r.topic.as_str(), r.queue) };
             GroupDescribe = 32 => "GroupDescribe": GroupDescribe => GroupDescription,
                 "group description" {};
+            MessageReject = 38 => "MessageReject": MessageReject => RejectOutcome,
+                "reject outcome" { queue: |r| (r.topic.as_str(), r.queue) };
             Stats = 40 => "Stats": StatsRequest => $crate::admin::Stats, "stats" {};
             MetadataSnapshot = 60 => "MetadataSnapshot": MetadataSnapshotRequest
                 => serde_json::Value, "metadata snapshot" {};

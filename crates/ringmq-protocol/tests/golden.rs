@@ -78,6 +78,8 @@ decodes!(
     GroupFetch,
     GroupOffset,
     GroupDescribe,
+    MessageReject,
+    RejectOutcome,
     GroupDescription,
     ClusterPromote,
     PullSummary
@@ -364,6 +366,32 @@ fn owned_bodies() {
             "020067310200000006006f7264657273010000001000000000000000040302010000000001007800",
             "00000000000000000000000000000000000000",
         )
+    );
+}
+
+/// The reject request and its answer (opcode 38, added after the hand-written encoders: these
+/// bytes are the declared layout in `docs/protocol.md`, fixed from now on).
+#[test]
+fn reject_bodies() {
+    golden!(
+        "message reject",
+        MessageReject {
+            group: "g1".into(),
+            topic: "orders".into(),
+            queue: 5,
+            offset: 0x0102_0304_0506_0708,
+            max_reconsume_times: 2,
+        },
+        "0200673106006f726465727305000000080706050403020102000000"
+    );
+    golden!(
+        "reject outcome",
+        RejectOutcome {
+            topic: "%RETRY%g1".into(),
+            reconsume_times: 3,
+            delay_ms: 0x0102_0304,
+        },
+        "0900255245545259256731030000000403020100000000"
     );
 }
 

@@ -18,7 +18,7 @@ use super::error::ReplicationError;
 use crate::constants::MAX_QUEUES_PER_TOPIC;
 use crate::protocol::codec::{DecodeError, Reader, Writer};
 use crate::shard::groups::OffsetRow;
-use crate::shard::topics::{validate_name, TopicEntry, TopicTable};
+use crate::shard::topics::{validate_stored_name, TopicEntry, TopicTable};
 use crate::store::record::{self, END_OF_SEGMENT_MARKER_BYTES, RECORD_HEADER_BYTES};
 use std::collections::BTreeMap;
 
@@ -353,7 +353,7 @@ impl MetadataFrame {
                 let mut topics = BTreeMap::new();
                 for _ in 0..count {
                     let name = r.str16("topic")?;
-                    if validate_name("topic", name).is_err() {
+                    if validate_stored_name("topic", name).is_err() {
                         return Err(DecodeError::Invalid {
                             field: "topic",
                             reason: "not a valid topic name",
@@ -410,7 +410,9 @@ impl MetadataFrame {
         for _ in 0..count {
             let group = r.str16("group")?;
             let topic = r.str16("topic")?;
-            if validate_name("group", group).is_err() || validate_name("topic", topic).is_err() {
+            if validate_stored_name("group", group).is_err()
+                || validate_stored_name("topic", topic).is_err()
+            {
                 return Err(DecodeError::Invalid {
                     field: "group_offset",
                     reason: "not a valid group or topic name",

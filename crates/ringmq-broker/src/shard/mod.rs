@@ -12,7 +12,8 @@
 //! - [`metadata`]: topics, group offsets and the metadata version;
 //! - [`lifecycle`]: requests in flight and the stop flags;
 //! - [`role`]: master (with its replicas) or slave (with its link), changed only by
-//!   [`Shard::change_role`].
+//!   [`Shard::change_role`];
+//! - [`delays`]: the scheduler that moves delayed retries into their retry topics.
 //!
 //! The shard is generic over the [`Disk`] its store writes to and reads time through a
 //! [`Clock`]; [`Shard::open_for_test`] opens one without sockets or mesh peers (for example on
@@ -20,6 +21,7 @@
 
 pub mod appending;
 pub mod completion;
+pub mod delays;
 pub mod error;
 pub mod flushing;
 pub mod groups;
@@ -79,6 +81,7 @@ pub struct Shard<D: Disk = GlommioDisk> {
     metadata: Metadata<D>,
     lifecycle: Lifecycle,
     role: RoleState,
+    delays: delays::Delays,
 }
 
 /// What a shard is made of, for [`Shard::assemble`].
@@ -141,6 +144,7 @@ impl<D: Disk> Shard<D> {
             metadata: Metadata::new(parts.topics, parts.groups),
             lifecycle: Lifecycle::default(),
             role: RoleState::new(role, parts.identity),
+            delays: delays::Delays::default(),
         }
     }
 
@@ -201,11 +205,13 @@ impl<D: Disk> Shard<D> {
         })))
     }
 
-    /// Starts the flusher and the segment allocator; [`Shard::stop`] ends them.
+    /// Starts the flusher, the segment allocator and the retry scheduler; [`Shard::stop`]
+    /// ends them.
     pub fn spawn_background(self: &Rc<Self>) -> BackgroundTasks {
         BackgroundTasks {
             flusher: glommio::spawn_local(flushing::run_flusher(self.clone())),
             allocator: glommio::spawn_local(flushing::run_segment_allocator(self.clone())),
+            scheduler: glommio::spawn_local(delays::run_scheduler(self.clone())),
         }
     }
 
@@ -214,6 +220,7 @@ impl<D: Disk> Shard<D> {
     /// cannot hold the stop forever), end the background tasks, final flush and checkpoint.
     pub async fn stop(self: &Rc<Self>, background: BackgroundTasks) -> Result<(), ShardError> {
         self.lifecycle.begin_stop();
+        self.delays.wake();
         // The slave link appends and truncates: it ends before the flusher does, so nothing
         // lands after the final flush and no truncation races the store's close. A truncation
         // it had begun runs to its end under the store gate: taking the gate waits for it.
@@ -237,6 +244,9 @@ impl<D: Disk> Shard<D> {
                 bound.as_millis()
             );
         }
+        // The scheduler produces: it ends (its produce refused, its waits woken) while the
+        // flusher still runs, so what it stored is flushed by the final flush.
+        background.scheduler.await;
         self.lifecycle.stop_background();
         self.flushing.wake_tasks();
         background.flusher.await;
@@ -309,6 +319,10 @@ impl<D: Disk> Shard<D> {
 
     pub fn role_state(&self) -> &RoleState {
         &self.role
+    }
+
+    pub fn delays(&self) -> &delays::Delays {
+        &self.delays
     }
 
     pub fn role(&self) -> BrokerRole {
@@ -595,10 +609,11 @@ impl<D: Disk> Shard<D> {
     }
 }
 
-/// The flusher and segment allocator of a shard, ended by [`Shard::stop`].
+/// The flusher, segment allocator and retry scheduler of a shard, ended by [`Shard::stop`].
 pub struct BackgroundTasks {
     flusher: glommio::Task<()>,
     allocator: glommio::Task<()>,
+    scheduler: glommio::Task<()>,
 }
 
 pub fn owned_queues(shard_id: usize, table: &TopicTable) -> Vec<QueueKey> {
@@ -781,6 +796,7 @@ mod tests {
             let background = BackgroundTasks {
                 flusher: glommio::spawn_local(flushing::run_flusher(shard.clone())),
                 allocator,
+                scheduler: glommio::spawn_local(delays::run_scheduler(shard.clone())),
             };
             assert_eq!(shard.role(), BrokerRole::Slave);
             assert!(shard.replicas().is_none());

@@ -21,6 +21,10 @@ use std::time::{Duration, Instant};
 /// the shard's timers (milliseconds) to interleave.
 pub const TICK: Duration = Duration::from_micros(1);
 
+/// The wall-clock time a simulation starts at (2023-11-14): fixed, so a run that stores
+/// wall-clock times (a retry's due time) replays byte for byte from its seed.
+pub const SIM_ORIGIN_UNIX_MS: u64 = 1_700_000_000_000;
+
 /// Ticks in `d`, rounded up: a sleep never ends early.
 pub fn ticks_in(d: Duration) -> u64 {
     let nanos = d.as_nanos().div_ceil(TICK.as_nanos());
@@ -42,6 +46,8 @@ struct EventKey {
 
 struct ClockState {
     origin: Instant,
+    /// The wall-clock time (ms since the Unix epoch) virtual time starts at.
+    origin_unix_ms: u64,
     now_ticks: u64,
     rng: SeededRng,
     next_id: u64,
@@ -60,6 +66,7 @@ impl SimClock {
         SimClock {
             state: Rc::new(RefCell::new(ClockState {
                 origin: Instant::now(),
+                origin_unix_ms: SIM_ORIGIN_UNIX_MS,
                 now_ticks: 0,
                 rng: SeededRng(seed ^ 0xC10C_C10C_C10C_C10C),
                 next_id: 0,
@@ -175,6 +182,11 @@ impl Clock for SimClock {
 
     fn sleep(&self, d: Duration) -> Pin<Box<dyn Future<Output = ()>>> {
         Box::pin(self.sleep_ticks(ticks_in(d)))
+    }
+
+    fn unix_ms(&self) -> u64 {
+        let state = self.state.borrow();
+        state.origin_unix_ms + ticks_to_duration(state.now_ticks).as_millis() as u64
     }
 }
 

@@ -6,6 +6,7 @@ mod group;
 pub mod metadata;
 mod produce;
 mod pull;
+pub(crate) mod reject;
 pub(crate) mod topic;
 
 use super::mesh::{Reply, ShardRequest};
@@ -85,6 +86,7 @@ handlers! {
     GroupCommit => |shard, body| group::commit(shard, body).await;
     GroupFetch => |shard, body| group::fetch(shard, body).await;
     GroupDescribe => |shard, body| group::describe(shard, body).await;
+    MessageReject => |shard, body| reject::handle(shard, body).await;
     StatsRequest => |shard, _| stats(shard).await;
     MetadataSnapshotRequest => |shard, _| metadata::snapshot(shard).await;
     ClusterStatusRequest => |shard, _| cluster::status(shard).await;
@@ -126,6 +128,14 @@ pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRe
         }
         ShardRequest::GroupOffsets { group, reply } => {
             let _ = reply.send(group::local_offsets(&shard, &group));
+        }
+        ShardRequest::EnsureInternalTopic {
+            name,
+            queue_count,
+            reply,
+        } => {
+            let created = topic::ensure_internal(&shard, &name, queue_count).await;
+            let _ = reply.send(created.map(|_| ()));
         }
     }
 }
