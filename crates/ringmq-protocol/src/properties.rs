@@ -30,11 +30,11 @@ const SEPARATOR: u8 = b'\n';
 pub fn get<'a>(properties: &'a [u8], name: &str) -> Option<&'a str> {
     properties
         .split(|b| *b == SEPARATOR)
-        .filter_map(|line| {
+        .rev()
+        .find_map(|line| {
             let rest = line.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
             std::str::from_utf8(rest).ok()
         })
-        .last()
 }
 
 /// The value of property `name` as a number; `None` when absent or not a number.

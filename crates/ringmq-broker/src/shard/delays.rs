@@ -288,7 +288,7 @@ async fn move_when_due<D: Disk>(
         }
         match deliver(shard, &real_topic, message).await {
             Ok(()) => break,
-            Err(status) if status == Status::TopicNotFound => {
+            Err(Status::TopicNotFound) => {
                 let queues = (shard.shard_count() as u32).max(1);
                 if let Err(e) = handlers::topic::ensure_internal(shard, &real_topic, queues).await {
                     warn!(shard = shard.id(), "re-creating {real_topic}: {e}");
