@@ -680,6 +680,32 @@ mod tests {
         }
     }
 
+    /// A master's retry, dead-letter and schedule topics, and the scheduler's progress rows,
+    /// reach its slaves: the broker's own `%` names pass, a client-style name with `%` does not.
+    #[test]
+    fn metadata_frames_carry_the_broker_s_internal_names() {
+        let mut frame = metadata();
+        let table = frame.topics.as_mut().unwrap();
+        for name in ["%RETRY%billing", "%DLQ%billing", "%SCHEDULE%"] {
+            let (with, _) = table.with_internal_topic(name, 2, 2).unwrap();
+            *table = with;
+        }
+        frame.group_offsets.push(OffsetRow {
+            group: "%SCHEDULE%".into(),
+            topic: "%SCHEDULE%".into(),
+            queue: 1,
+            offset: 4,
+        });
+        let bytes = frame.encode();
+        assert_eq!(
+            MetadataFrame::decode(&bytes[METADATA_HEADER_BYTES..]),
+            Ok(frame.clone())
+        );
+        frame.group_offsets[0].topic = "%OTHER%x".into();
+        let bytes = frame.encode();
+        assert!(MetadataFrame::decode(&bytes[METADATA_HEADER_BYTES..]).is_err());
+    }
+
     #[test]
     fn shipped_bytes_split_at_records_and_segment_tails() {
         let segment = 64 * 1024;
