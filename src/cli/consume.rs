@@ -5,13 +5,23 @@
 //! keep coming; once a round comes back empty the next one long-polls for `--max-wait-ms`. An
 //! empty long-poll round ends the command unless `--follow` is given.
 //!
+//! `--group G` (without `--queue` or `--from`) reads as a member of the consumer group through
+//! the client's [`GroupConsumer`]: the group's queues are shared with its other members
+//! (`--broadcast`: every member reads all of them), each message is printed or handed to
+//! `--exec CMD`, and what was processed is committed with the next pull. With `--queue` or
+//! `--from` the group is only a set of offsets, read and committed as before, with no
+//! membership.
+//!
 //! `--broker MASTER,SLAVE...` reads through a [`FailoverClient`]: from the master while it
 //! answers, from the next reachable broker of the list while it does not, and back to the master
 //! when it returns. The cursors are this command's own, so a switch neither skips nor repeats.
 
 use super::app::{describe, BrokerArgs, Format};
 use super::output::{emit, to_json_line, ConsumeLine};
-use crate::client::{Client, ClientError, ClientOptions, FailoverClient, PullResult};
+use crate::client::{
+    AllocationStrategy, Client, ClientError, ClientOptions, Delivery, Disposition, FailoverClient,
+    GroupConsumer, GroupMode, GroupOptions, GroupTransport, PullResult,
+};
 use crate::protocol::message::{GroupCommit, GroupFetch, PullRequest, PulledMessage, QueueRef};
 use crate::protocol::{FailsOver, Status};
 use clap::Args;
@@ -68,6 +78,34 @@ pub struct ConsumeArgs {
     /// Keep long-polling instead of exiting when no message arrives.
     #[arg(long)]
     pub follow: bool,
+    /// With --group: every member reads every message (offsets kept per client id).
+    #[arg(long, requires = "group")]
+    pub broadcast: bool,
+    /// With --group: one message at a time per queue, in order, under a broker-side queue
+    /// lock leased for the member's session.
+    #[arg(long, requires = "group")]
+    pub orderly: bool,
+    /// With --group: how the group's queues are divided among its members.
+    #[arg(long, value_enum, default_value_t = StrategyArg::Averagely, requires = "group")]
+    pub strategy: StrategyArg,
+    /// With --group: the member's session; the broker's default (3000) when not given.
+    #[arg(long, requires = "group")]
+    pub session_timeout_ms: Option<u32>,
+    /// With --group: the member's name in `group describe` (default HOST-PID).
+    #[arg(long, requires = "group")]
+    pub client_id: Option<String>,
+    /// With --group: run CMD with `sh -c` per message instead of printing it: the body on
+    /// its stdin, RINGMQ_TOPIC, RINGMQ_QUEUE, RINGMQ_OFFSET, RINGMQ_GROUP and RINGMQ_MEMBER
+    /// in its environment. Exit 0 acknowledges the message; any other exit rejects it.
+    #[arg(long, requires = "group")]
+    pub exec: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StrategyArg {
+    Averagely,
+    ByCircle,
+    ConsistentHash,
 }
 
 /// One queue being read, and the next offset to read from it.
@@ -105,6 +143,13 @@ impl Source {
 }
 
 pub fn run(args: ConsumeArgs) -> Result<(), String> {
+    if let Some(group) = args
+        .group
+        .clone()
+        .filter(|_| args.queue.is_none() && args.from.is_none())
+    {
+        return run_member(&args, group);
+    }
     let mut client = if args.broker.broker.contains(',') {
         Source::Group(
             FailoverClient::connect_list(&args.broker.broker, ClientOptions::default())
@@ -284,6 +329,130 @@ pub fn format_message(format: Format, queue: u32, m: &PulledMessage) -> String {
                 m.queue_offset,
                 String::from_utf8_lossy(&m.body)
             )
+        }
+    }
+}
+
+/// `consume --group G`: reads as a member of the group until `--count` messages, or (without
+/// `--follow`) until nothing arrived for `--max-wait-ms`, then commits and leaves.
+fn run_member(args: &ConsumeArgs, group: String) -> Result<(), String> {
+    let mut options = GroupOptions::new(&group, &args.topic);
+    if let Some(id) = &args.client_id {
+        options.client_id = id.clone();
+    }
+    options.mode = if args.broadcast {
+        GroupMode::Broadcasting
+    } else {
+        GroupMode::Clustering
+    };
+    options.strategy = match args.strategy {
+        StrategyArg::Averagely => AllocationStrategy::Averagely,
+        StrategyArg::ByCircle => AllocationStrategy::ByCircle,
+        StrategyArg::ConsistentHash => AllocationStrategy::ConsistentHash,
+    };
+    options.orderly = args.orderly;
+    options.session_timeout_ms = args.session_timeout_ms.unwrap_or(0);
+    options.max_wait_ms = args.max_wait_ms;
+    if args.exec.is_some() {
+        // A command per message is slow: a small batch keeps the uncommitted tail (what a
+        // crash redelivers) and the time between heartbeats short.
+        options.max_messages = 16;
+    }
+    if args.broker.broker.contains(',') {
+        let client = FailoverClient::connect_list(&args.broker.broker, ClientOptions::default())
+            .map_err(|e| describe(&args.broker.broker, &e))?;
+        consume_as_member(GroupConsumer::new(client, options), args)
+    } else {
+        consume_as_member(GroupConsumer::new(args.broker.connect()?, options), args)
+    }
+}
+
+fn consume_as_member<T: GroupTransport>(
+    mut consumer: GroupConsumer<T>,
+    args: &ConsumeArgs,
+) -> Result<(), String> {
+    let fail = |e: ClientError| describe(&args.broker.broker, &e);
+    let group = args.group.clone().unwrap_or_default();
+    let mut printed = 0u64;
+    let mut last_message = std::time::Instant::now();
+    let mut failure: Option<String> = None;
+    let result = loop {
+        let limit = args.count.map_or(u64::MAX, |n| n - printed);
+        let mut handler = |d: &Delivery<'_>| match &args.exec {
+            Some(command) => run_exec(command, &group, d),
+            None => {
+                if let Err(e) = emit(&format_message(args.broker.format, d.queue, d.message)) {
+                    failure.get_or_insert(e);
+                }
+                Disposition::Ack
+            }
+        };
+        let polled = match consumer.poll(limit, &mut handler) {
+            Ok(polled) => polled,
+            Err(e) => break Err(fail(e)),
+        };
+        if let Some(e) = failure.take() {
+            break Err(e);
+        }
+        printed += polled.delivered;
+        if polled.delivered > 0 {
+            last_message = std::time::Instant::now();
+        }
+        if args.count.is_some_and(|n| printed >= n) {
+            break Ok(());
+        }
+        let idle_for = last_message.elapsed().as_millis() as u64;
+        if !args.follow && polled.idle && idle_for >= args.max_wait_ms as u64 {
+            break Ok(());
+        }
+    };
+    let closed = consumer.close().map_err(fail);
+    let stats = consumer.stats();
+    eprintln!(
+        "group {group}: delivered {}, joins {}, rebalances {}, refused {}",
+        stats.delivered, stats.joins, stats.rebalances, stats.refused
+    );
+    result.and(closed)
+}
+
+/// Runs `--exec` for one message: exit 0 acknowledges it, anything else (a failed start
+/// included) rejects it.
+fn run_exec(command: &str, group: &str, d: &Delivery<'_>) -> Disposition {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .env("RINGMQ_TOPIC", d.topic)
+        .env("RINGMQ_QUEUE", d.queue.to_string())
+        .env("RINGMQ_OFFSET", d.message.queue_offset.to_string())
+        .env("RINGMQ_GROUP", group)
+        .env("RINGMQ_MEMBER", d.member_id)
+        .stdin(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("--exec: cannot start `sh -c {command}`: {e}");
+            return Disposition::Reject;
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        // A command that does not read its stdin closes the pipe early: not a failure.
+        let _ = stdin.write_all(&d.message.body);
+    }
+    match child.wait() {
+        Ok(status) if status.success() => Disposition::Ack,
+        Ok(status) => {
+            eprintln!(
+                "--exec: {status} for {}/{} offset {}: rejected",
+                d.topic, d.queue, d.message.queue_offset
+            );
+            Disposition::Reject
+        }
+        Err(e) => {
+            eprintln!("--exec: waiting for `sh -c {command}`: {e}");
+            Disposition::Reject
         }
     }
 }

@@ -95,3 +95,32 @@ pub const SPLICE_CANCEL_ROUND_WAIT_MS: u32 = 10;
 /// Rounds of cancellation before giving up and leaving the rest to the ring's teardown: one
 /// second in all, far above a disk read, so a stuck kernel cannot hang the core for longer.
 pub const SPLICE_CANCEL_ROUNDS_MAX: usize = 100;
+
+/// A consumer group member's session when its join asks for none: a few heartbeats (a third
+/// of it each) long, so a dead member's queues move within about three seconds, and long
+/// enough that a busy client's heartbeat is not lost to a slow round.
+pub const GROUP_SESSION_TIMEOUT_MS_DEFAULT: u32 = 3_000;
+
+/// Shortest session a join may ask for: heartbeats every 100 ms at least, the expiry tick's
+/// granularity times three.
+pub const GROUP_SESSION_TIMEOUT_MS_MIN: u32 = 300;
+
+/// Longest session a join may ask for (Kafka's `group.max.session.timeout.ms`): a dead
+/// member's queues must not wait longer than this to move.
+pub const GROUP_SESSION_TIMEOUT_MS_MAX: u32 = 300_000;
+
+/// How often a coordinator shard looks for sessions that ended. A tenth of a second is the
+/// slack it adds to "a dead member's queues move within its session timeout".
+pub const GROUP_EXPIRY_TICK_MS: u64 = 100;
+
+/// Groups with live members one coordinator shard keeps. Each costs a few hundred bytes plus
+/// its members and queues; a client joining random group names cannot grow the table past
+/// this (further joins are answered `SYSTEM_BUSY`).
+pub const MAX_GROUPS_PER_COORDINATOR: usize = 65_536;
+
+/// Members one group may have: more than any topic's queues are worth sharing between, and it
+/// bounds the work of one rebalance (members times queues).
+pub const MAX_MEMBERS_PER_GROUP: usize = 1_024;
+
+/// Topics one group may consume: a join names them all and each rebalance walks their queues.
+pub const MAX_TOPICS_PER_GROUP: usize = 16;

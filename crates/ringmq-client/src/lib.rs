@@ -13,6 +13,7 @@ mod error;
 mod failover;
 #[cfg(test)]
 pub(crate) mod fake_broker;
+mod group;
 pub mod retry;
 #[cfg(test)]
 mod tests;
@@ -25,6 +26,10 @@ pub use api::{
 pub use connection::{is_self_connection, Connection, ConnectionOptions, Response};
 pub use error::ClientError;
 pub use failover::{FailoverClient, DEFAULT_RETRY_PRIMARY_EVERY};
+pub use group::{
+    default_client_id, local_host, AllocationStrategy, Delivery, Disposition, GroupConsumer,
+    GroupMode, GroupOptions, GroupStats, GroupTransport, Polled,
+};
 /// The wire protocol, under the name the modules here use for it.
 use ringmq_protocol as protocol;
 

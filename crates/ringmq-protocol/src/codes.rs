@@ -74,6 +74,13 @@ wire_enum! {
         MessageTooLarge = 113 => "MESSAGE_TOO_LARGE",
         OffsetOutOfRange = 114 => "OFFSET_OUT_OF_RANGE",
         InvalidName = 115 => "INVALID_NAME",
+        /// A group member's request carried a generation other than the group's current
+        /// one, or named a queue it does not hold: it heartbeats for its new assignment
+        /// (Kafka's ILLEGAL_GENERATION).
+        IllegalGeneration = 116 => "ILLEGAL_GENERATION",
+        /// The group has no member with that id (its session ended, or the coordinator
+        /// restarted): the consumer joins again.
+        UnknownMember = 117 => "UNKNOWN_MEMBER",
         /// Retryable, not stored: overload (a bounded queue, buffer or limit is full).
         SystemBusy = 200 => "SYSTEM_BUSY",
         /// Retryable: this broker's role does not accept the request (e.g. produce on a slave).

@@ -12,7 +12,7 @@
 
 use super::codec::{
     list, Bytes16, Bytes32, Codec, DecodeError, EncodeError, Fields, Flagged, Name, Reader, Str16,
-    Struct, Writer, U16, U32, U64,
+    Struct, Writer, U16, U32, U64, U8,
 };
 
 /// `queue` value in a produce request that lets the receiving shard pick one of its own queues.
@@ -434,6 +434,129 @@ wire_body! {
     pub struct GroupDescription {
         pub group: String => Str16,
         pub queues: Vec<GroupQueueLag> => list("queue_count", "queue", Struct),
+    }
+}
+
+wire_body! {
+    /// One queue of a group's subscription, as membership requests and answers name it.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub struct GroupQueue {
+        pub topic: String => Str16,
+        pub queue: u32 => U32,
+    }
+}
+
+wire_body! {
+    /// GroupJoin request: a consumer joins `group` with a session. `mode` is 0 (clustering:
+    /// the queues are divided among the members) or 1 (broadcasting: every member reads
+    /// every queue); `strategy` is 0 (averagely), 1 (by circle) or 2 (consistent hash);
+    /// `orderly` is 1 when the members process each queue one message at a time, in order.
+    /// The first member fixes the group's topics, mode, strategy and orderliness; a join that
+    /// asks for others is refused. `session_timeout_ms` 0 takes the broker's default.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct GroupJoin {
+        pub group: String => Name,
+        pub client_id: String => Name,
+        pub host: String => Str16,
+        pub topics: Vec<String> => list("topic_count", "topic", Name),
+        pub mode: u8 => U8,
+        pub strategy: u8 => U8,
+        pub orderly: u8 => U8,
+        pub session_timeout_ms: u32 => U32,
+    }
+}
+
+wire_body! {
+    /// GroupHeartbeat request: keeps the member's session and reports the queues it has
+    /// given up (stopped fetching and committed) since the last answer told it to.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct GroupHeartbeat {
+        pub group: String => Name,
+        pub member_id: String => Str16,
+        pub generation: u64 => U64,
+        pub released: Vec<GroupQueue> => list("released_count", "released", Struct),
+    }
+}
+
+wire_body! {
+    /// GroupJoin and GroupHeartbeat response: the member's view of the group now. `owned`
+    /// are the queues it holds and may read; `revoked` are queues it holds but must give up
+    /// (stop fetching, commit, then report them released); `waiting` counts queues allotted
+    /// to it that another member still holds.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct GroupAssignment {
+        pub member_id: String => Str16,
+        pub generation: u64 => U64,
+        pub session_timeout_ms: u32 => U32,
+        pub heartbeat_interval_ms: u32 => U32,
+        pub owned: Vec<GroupQueue> => list("owned_count", "owned", Struct),
+        pub revoked: Vec<GroupQueue> => list("revoked_count", "revoked", Struct),
+        pub waiting: u32 => U32,
+    }
+}
+
+wire_body! {
+    /// GroupLeave request: the member has committed what it read and leaves at once.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct GroupLeave {
+        pub group: String => Name,
+        pub member_id: String => Str16,
+    }
+}
+
+wire_body! {
+    /// GroupMembers request: the live members of a group on its coordinator.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct GroupMembers {
+        pub group: String => Name,
+    }
+}
+
+wire_body! {
+    /// One member in a GroupMembership answer.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct GroupMember {
+        pub member_id: String => Str16,
+        pub client_id: String => Str16,
+        pub host: String => Str16,
+        /// Milliseconds since the coordinator last heard from it.
+        pub last_heartbeat_ms: u64 => U64,
+        pub owned: Vec<GroupQueue> => list("owned_count", "owned", Struct),
+    }
+}
+
+wire_body! {
+    /// GroupMembers response. No members (and generation 0) when the group has no session
+    /// on this broker.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct GroupMembership {
+        pub group: String => Str16,
+        pub generation: u64 => U64,
+        pub mode: u8 => U8,
+        pub strategy: u8 => U8,
+        pub orderly: u8 => U8,
+        pub members: Vec<GroupMember> => list("member_count", "member", Struct),
+    }
+}
+
+wire_body! {
+    /// GroupPull request: a member's pull, fenced by its generation, with an optional commit
+    /// of the queue's next offset to consume that lands before the read. `offset` is where to
+    /// read; `u64::MAX` reads from the group's committed offset (the queue's minimum when
+    /// none), and the answer's `next_offset` says where that was. `max_messages` 0 only
+    /// commits (answered at once, `NO_NEW_MESSAGE` with no messages).
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct GroupPull {
+        pub group: String => Name,
+        pub member_id: String => Str16,
+        pub generation: u64 => U64,
+        pub topic: String => Name,
+        pub queue: u32 => U32,
+        pub commit: Option<u64> => Flagged { present: "commit_present" },
+        pub offset: u64 => U64,
+        pub max_messages: u32 => U32,
+        pub max_bytes: u32 => U32,
+        pub max_wait_ms: u32 => U32,
     }
 }
 

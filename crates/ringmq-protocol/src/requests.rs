@@ -46,6 +46,17 @@ macro_rules! for_each_request {
                 { #[fails_over] queue: |r| (r.topic.as_str(), r.queue) };
             GroupDescribe = 32 => "GroupDescribe": GroupDescribe => GroupDescription,
                 "group description" {};
+            GroupJoin = 33 => "GroupJoin": GroupJoin => GroupAssignment, "group assignment"
+                { #[fails_over] };
+            GroupHeartbeat = 34 => "GroupHeartbeat": GroupHeartbeat => GroupAssignment,
+                "group assignment" { #[fails_over] };
+            GroupLeave = 35 => "GroupLeave": GroupLeave => (), "group leave response"
+                { #[fails_over] };
+            GroupMembers = 36 => "GroupMembers": GroupMembers => GroupMembership,
+                "group membership" { #[fails_over] };
+            GroupPull = 37 => "GroupPull": GroupPull => PullResult, "pull response"
+                { #[fails_over] queue: |r| (r.topic.as_str(), r.queue),
+                  wait_ms: |r| r.max_wait_ms };
             MessageReject = 38 => "MessageReject": MessageReject => RejectOutcome,
                 "reject outcome" { queue: |r| (r.topic.as_str(), r.queue) };
             Stats = 40 => "Stats": StatsRequest => $crate::admin::Stats, "stats" {};

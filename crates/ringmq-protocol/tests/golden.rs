@@ -81,6 +81,15 @@ decodes!(
     MessageReject,
     RejectOutcome,
     GroupDescription,
+    GroupQueue,
+    GroupJoin,
+    GroupHeartbeat,
+    GroupAssignment,
+    GroupLeave,
+    GroupMembers,
+    GroupMember,
+    GroupMembership,
+    GroupPull,
     ClusterPromote,
     PullSummary
 );
@@ -366,6 +375,96 @@ fn owned_bodies() {
             "020067310200000006006f7264657273010000001000000000000000040302010000000001007800",
             "00000000000000000000000000000000000000",
         )
+    );
+}
+
+/// The membership bodies (opcodes 33 to 37), as first written with the coordinator.
+#[test]
+fn group_membership_bodies() {
+    let q = |queue| GroupQueue {
+        topic: "t".into(),
+        queue,
+    };
+    golden!("group queue", q(2), "01007402000000");
+    golden!(
+        "group join",
+        GroupJoin {
+            group: "g1".into(),
+            client_id: "c".into(),
+            host: "h".into(),
+            topics: vec!["t".into()],
+            mode: 1,
+            strategy: 2,
+            orderly: 1,
+            session_timeout_ms: 3000,
+        },
+        "0200673101006301006801000000010074010201b80b0000"
+    );
+    golden!(
+        "group heartbeat",
+        GroupHeartbeat {
+            group: "g1".into(),
+            member_id: "c-1".into(),
+            generation: 7,
+            released: vec![q(3)],
+        },
+        "020067310300632d3107000000000000000100000001007403000000"
+    );
+    golden!(
+        "group assignment",
+        GroupAssignment {
+            member_id: "c-1".into(),
+            generation: 7,
+            session_timeout_ms: 3000,
+            heartbeat_interval_ms: 1000,
+            owned: vec![q(0), q(1)],
+            revoked: vec![q(2)],
+            waiting: 1,
+        },
+        "0300632d310700000000000000b80b0000e8030000020000000100740000000001007401000000010000000100740200000001000000"
+    );
+    golden!(
+        "group leave",
+        GroupLeave {
+            group: "g1".into(),
+            member_id: "c-1".into(),
+        },
+        "020067310300632d31"
+    );
+    golden!("group members", GroupMembers { group: "g1".into() }, "02006731");
+    golden!(
+        "group membership",
+        GroupMembership {
+            group: "g1".into(),
+            generation: 7,
+            mode: 0,
+            strategy: 0,
+            orderly: 0,
+            members: vec![GroupMember {
+                member_id: "c-1".into(),
+                client_id: "c".into(),
+                host: "h".into(),
+                last_heartbeat_ms: 250,
+                owned: vec![q(0)],
+            }],
+        },
+        "020067310700000000000000000000010000000300632d31010063010068fa000000000000000100000001007400000000"
+    );
+    golden!(
+        "group pull",
+        GroupPull {
+            group: "g1".into(),
+            member_id: "c-1".into(),
+            generation: 7,
+            topic: "t".into(),
+            queue: 4,
+            commit: Some(9),
+            offset: u64::MAX,
+            max_messages: 256,
+            max_bytes: 65536,
+            max_wait_ms: 100,
+        },
+        "020067310300632d31070000000000000001007404000000010900000000000000ffffffffffffffff000100000000010064000000"
     );
 }
 

@@ -32,6 +32,15 @@ pub enum ShardError {
     Unreadable(String),
     #[error("{0}")]
     NotMaster(String),
+    /// A group member's request at a generation, or for a queue, it does not hold now.
+    #[error("{0}")]
+    IllegalGeneration(String),
+    /// A group member id the coordinator does not know (its session ended).
+    #[error("{0}")]
+    UnknownMember(String),
+    /// A bound on something clients create (groups, members) is reached: retry later.
+    #[error("{0}")]
+    Overloaded(String),
     #[error("{0}")]
     MessageTooLarge(String),
     #[error(transparent)]
@@ -68,6 +77,9 @@ impl ShardError {
             ShardError::QueueNotFound(_) => Status::QueueNotFound,
             ShardError::OffsetOutOfRange(_) => Status::OffsetOutOfRange,
             ShardError::NotMaster(_) => Status::NotMaster,
+            ShardError::IllegalGeneration(_) => Status::IllegalGeneration,
+            ShardError::UnknownMember(_) => Status::UnknownMember,
+            ShardError::Overloaded(_) => Status::SystemBusy,
             ShardError::MessageTooLarge(_) => Status::MessageTooLarge,
             ShardError::Append(e) => match e {
                 AppendError::TooLarge { .. } | AppendError::BatchTooLarge { .. } => {
@@ -101,5 +113,17 @@ impl From<ShardError> for Reply {
 impl From<super::mesh::ShardGone> for ShardError {
     fn from(gone: super::mesh::ShardGone) -> ShardError {
         ShardError::ShardGone(gone.0)
+    }
+}
+
+impl From<super::coordinator::MembershipError> for ShardError {
+    fn from(e: super::coordinator::MembershipError) -> ShardError {
+        use super::coordinator::MembershipError as M;
+        match e {
+            M::UnknownMember(m) => ShardError::UnknownMember(m),
+            M::IllegalGeneration(m) => ShardError::IllegalGeneration(m),
+            M::Refused(m) => ShardError::Refused(m),
+            M::Full(m) => ShardError::Overloaded(m),
+        }
     }
 }

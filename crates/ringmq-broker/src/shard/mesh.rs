@@ -76,6 +76,15 @@ pub enum ShardRequest {
     Probe {
         reply: oneshot::Sender<crate::metrics::ProbeSnapshot>,
     },
+    /// Coordinator: may this member, at this generation, pull and commit this queue? The
+    /// answer is the group name its offsets are kept under.
+    GroupFence {
+        group: String,
+        member_id: String,
+        generation: u64,
+        queue: crate::protocol::message::GroupQueue,
+        reply: oneshot::Sender<Result<String, crate::shard::coordinator::MembershipError>>,
+    },
     /// The committed offsets of a group for the queues this shard owns.
     GroupOffsets {
         group: String,

@@ -10,6 +10,8 @@
 //! - [`visibility`]: the long polls parked per queue, woken as the confirmed offset passes
 //!   their record;
 //! - [`metadata`]: topics, group offsets and the metadata version;
+//! - [`coordinator`]: the live members of the consumer groups this shard coordinates, their
+//!   sessions and queue locks (in memory; [`allocation`] divides the queues);
 //! - [`lifecycle`]: requests in flight and the stop flags;
 //! - [`role`]: master (with its replicas) or slave (with its link), changed only by
 //!   [`Shard::change_role`];
@@ -19,8 +21,10 @@
 //! [`Clock`]; [`Shard::open_for_test`] opens one without sockets or mesh peers (for example on
 //! the simulated disk). Nothing here takes a lock shared with another core.
 
+pub mod allocation;
 pub mod appending;
 pub mod completion;
+pub mod coordinator;
 pub mod delays;
 pub mod error;
 pub mod flushing;
@@ -44,6 +48,7 @@ use crate::store::glommio_disk::GlommioDisk;
 use crate::store::io::Disk;
 use crate::store::{AppendError, QueueKey, ShardStore, StoreConfig};
 use appending::Appending;
+use coordinator::Coordinator;
 pub use error::ShardError;
 use flushing::Flushing;
 use futures_channel::oneshot;
@@ -53,6 +58,7 @@ use lifecycle::Lifecycle;
 use mesh::{Mesh, Reply, ShardRequest};
 use metadata::Metadata;
 use role::{MasterMode, Role, RoleState, SlaveLink};
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -82,6 +88,8 @@ pub struct Shard<D: Disk = GlommioDisk> {
     lifecycle: Lifecycle,
     role: RoleState,
     delays: delays::Delays,
+    /// Members of the groups whose coordinator this shard is. Borrowed only between awaits.
+    coordinator: RefCell<Coordinator>,
 }
 
 /// What a shard is made of, for [`Shard::assemble`].
@@ -145,6 +153,7 @@ impl<D: Disk> Shard<D> {
             lifecycle: Lifecycle::default(),
             role: RoleState::new(role, parts.identity),
             delays: delays::Delays::default(),
+            coordinator: RefCell::new(Coordinator::default()),
         }
     }
 
@@ -206,8 +215,10 @@ impl<D: Disk> Shard<D> {
     }
 
     /// Starts the flusher, the segment allocator and the retry scheduler; [`Shard::stop`]
-    /// ends them.
+    /// ends them. Also starts the group sessions' expiry tick, which ends on its own once the
+    /// stop reaches the background tasks (nothing waits for it: it holds no I/O).
     pub fn spawn_background(self: &Rc<Self>) -> BackgroundTasks {
+        glommio::spawn_local(run_group_expiry(self.clone())).detach();
         BackgroundTasks {
             flusher: glommio::spawn_local(flushing::run_flusher(self.clone())),
             allocator: glommio::spawn_local(flushing::run_segment_allocator(self.clone())),
@@ -315,6 +326,10 @@ impl<D: Disk> Shard<D> {
 
     pub fn lifecycle(&self) -> &Lifecycle {
         &self.lifecycle
+    }
+
+    pub fn coordinator(&self) -> &RefCell<Coordinator> {
+        &self.coordinator
     }
 
     pub fn role_state(&self) -> &RoleState {
@@ -606,6 +621,19 @@ impl<D: Disk> Shard<D> {
         // A pull parked on a dropped queue answers QUEUE_NOT_FOUND now, not at its timeout.
         self.visibility.wake_all();
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Ends the group sessions that were not renewed in time, every `GROUP_EXPIRY_TICK_MS` of the
+/// shard's clock, so a dead member's queues move within its session timeout plus a tick.
+async fn run_group_expiry<D: Disk>(shard: Rc<Shard<D>>) {
+    let tick = Duration::from_millis(crate::constants::GROUP_EXPIRY_TICK_MS);
+    while !shard.lifecycle.is_background_stopping() {
+        shard.clock.sleep(tick).await;
+        let ended = shard.coordinator.borrow_mut().expire(shard.clock.now());
+        for (group, member) in ended {
+            tracing::info!(shard = shard.id, %group, %member, "group session ended: its queues move");
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub(crate) mod cluster;
 mod group;
+mod membership;
 pub mod metadata;
 mod produce;
 mod pull;
@@ -86,6 +87,11 @@ handlers! {
     GroupCommit => |shard, body| group::commit(shard, body).await;
     GroupFetch => |shard, body| group::fetch(shard, body).await;
     GroupDescribe => |shard, body| group::describe(shard, body).await;
+    GroupJoin => |shard, body| membership::join(shard, body).await;
+    GroupHeartbeat => |shard, body| membership::heartbeat(shard, body).await;
+    GroupLeave => |shard, body| membership::leave(shard, body).await;
+    GroupMembers => |shard, body| membership::members(shard, body).await;
+    GroupPull => |shard, body| membership::pull(shard, body).await;
     MessageReject => |shard, body| reject::handle(shard, body).await;
     StatsRequest => |shard, _| stats(shard).await;
     MetadataSnapshotRequest => |shard, _| metadata::snapshot(shard).await;
@@ -125,6 +131,19 @@ pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRe
         }
         ShardRequest::Probe { reply } => {
             let _ = reply.send(shard.snapshot());
+        }
+        ShardRequest::GroupFence {
+            group,
+            member_id,
+            generation,
+            queue,
+            reply,
+        } => {
+            let answer = shard
+                .coordinator()
+                .borrow()
+                .fence(&group, &member_id, generation, &queue);
+            let _ = reply.send(answer);
         }
         ShardRequest::GroupOffsets { group, reply } => {
             let _ = reply.send(group::local_offsets(&shard, &group));

@@ -21,6 +21,15 @@ pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, 
         Route::Local { topic_id, .. } => topic_id,
         Route::Remote(owner) => return Ok(shard.forward(owner, Opcode::Pull, raw.to_vec()).await),
     };
+    serve(shard, topic_id, &request).await
+}
+
+/// Runs a pull of a queue this shard owns (a plain pull, or a group member's once fenced).
+pub async fn serve<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    topic_id: u32,
+    request: &PullRequest,
+) -> Result<Reply, ShardError> {
     shard.probe().add(Counter::PullRequests, 1);
     let key = QueueKey {
         topic_id,
@@ -34,7 +43,7 @@ pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, 
         let summary = summary(shard, key, request.offset)?;
         if request.offset < summary.max_offset {
             let started = clock.now();
-            let reply = read_messages(shard, key, &request, summary).await;
+            let reply = read_messages(shard, key, request, summary).await;
             shard
                 .probe()
                 .record_duration(Hist::PullLatency, clock.now() - started);
@@ -73,7 +82,7 @@ fn wait_for<D: Disk>(shard: &Shard<D>, key: QueueKey, offset: u64) -> WaitFor {
     }
 }
 
-fn summary<D: Disk>(
+pub(super) fn summary<D: Disk>(
     shard: &Shard<D>,
     key: QueueKey,
     offset: u64,

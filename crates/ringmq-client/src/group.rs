@@ -1,0 +1,613 @@
+//! [`GroupConsumer`]: a member of a consumer group, sharing a topic's queues with the other
+//! members (clustering) or reading all of them itself (broadcasting).
+//!
+//! The consumer runs the membership protocol (`docs/groups.md`) on one thread with no timer
+//! of its own: every [`GroupConsumer::poll`] joins when it is not a member, heartbeats when
+//! one is due, gives up the queues the coordinator revoked (it stops fetching them, commits
+//! what it processed, then reports them released) and pulls each queue it owns once. Every
+//! pull names the member and its generation and carries the commit of what the previous batch
+//! of that queue processed, so a commit costs no round trip of its own and a member whose
+//! session ended can never commit over its successor.
+//!
+//! Each message goes to the caller's handler, which answers [`Disposition::Ack`] or
+//! [`Disposition::Reject`]. An acknowledged message is committed with the queue's next pull
+//! (at-least-once: a member that dies redelivers only what it acknowledged since its last
+//! commit, at most one batch per queue). A rejected one goes to [`GroupConsumer::reject`],
+//! the seam where retry queues plug in; until they exist it fails the poll, and the rejected
+//! message is neither committed nor skipped.
+
+use super::api::Client;
+use super::error::ClientError;
+use super::failover::FailoverClient;
+use crate::protocol::message::{
+    GroupAssignment, GroupHeartbeat, GroupJoin, GroupLeave, GroupPull, GroupQueue, PulledMessage,
+    QueueRef,
+};
+use crate::protocol::{FailsOver, Status};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// How the group's queues are shared (the `mode` byte of `GroupJoin`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupMode {
+    Clustering,
+    Broadcasting,
+}
+
+/// The allocation strategy of a clustering group (the `strategy` byte of `GroupJoin`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocationStrategy {
+    Averagely,
+    ByCircle,
+    ConsistentHash,
+}
+
+impl AllocationStrategy {
+    fn to_wire(self) -> u8 {
+        match self {
+            AllocationStrategy::Averagely => 0,
+            AllocationStrategy::ByCircle => 1,
+            AllocationStrategy::ConsistentHash => 2,
+        }
+    }
+}
+
+/// While queues allotted to this member are still held by another (which is committing and
+/// releasing them), heartbeat this often to pick them up soon after the release.
+pub const WAITING_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
+
+#[derive(Clone, Debug)]
+pub struct GroupOptions {
+    pub group: String,
+    pub topics: Vec<String>,
+    /// Names this process in `group describe`; a broadcasting member's offsets are kept under
+    /// it, so a restart with the same id resumes.
+    pub client_id: String,
+    pub host: String,
+    pub mode: GroupMode,
+    pub strategy: AllocationStrategy,
+    /// One message at a time per queue, in order, and never after the member's lease (its
+    /// session, measured from the last heartbeat it sent that was answered) may have ended.
+    pub orderly: bool,
+    /// 0: the broker's default (3 s).
+    pub session_timeout_ms: u32,
+    pub max_messages: u32,
+    pub max_bytes: u32,
+    /// Longest a poll long-polls when its queues are drained (split across them, and never
+    /// past the next heartbeat).
+    pub max_wait_ms: u32,
+}
+
+impl GroupOptions {
+    pub fn new(group: &str, topic: &str) -> GroupOptions {
+        let host = local_host();
+        GroupOptions {
+            group: group.to_string(),
+            topics: vec![topic.to_string()],
+            client_id: default_client_id(&host),
+            host,
+            mode: GroupMode::Clustering,
+            strategy: AllocationStrategy::Averagely,
+            orderly: false,
+            session_timeout_ms: 0,
+            max_messages: 256,
+            max_bytes: 4 * 1024 * 1024,
+            max_wait_ms: 1_000,
+        }
+    }
+}
+
+/// This machine's name, for `group describe`.
+pub fn local_host() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// `<host>-<pid>`, with anything a group name may not hold replaced by `-`.
+pub fn default_client_id(host: &str) -> String {
+    format!("{host}-{}", std::process::id())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// One message handed to the handler.
+#[derive(Debug)]
+pub struct Delivery<'a> {
+    pub topic: &'a str,
+    pub queue: u32,
+    pub message: &'a PulledMessage,
+    pub member_id: &'a str,
+    pub generation: u64,
+}
+
+/// The handler's answer for one message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Processed: committed with the queue's next pull.
+    Ack,
+    /// Not processed: handed to [`GroupConsumer::reject`].
+    Reject,
+}
+
+/// What a consumer sends its requests through: one broker, or a master and its slaves.
+pub trait GroupTransport {
+    fn call<R: FailsOver>(&mut self, request: &R) -> Result<R::Response, ClientError>;
+}
+
+impl GroupTransport for Client {
+    fn call<R: FailsOver>(&mut self, request: &R) -> Result<R::Response, ClientError> {
+        Client::call(self, request)
+    }
+}
+
+impl GroupTransport for FailoverClient {
+    fn call<R: FailsOver>(&mut self, request: &R) -> Result<R::Response, ClientError> {
+        FailoverClient::call(self, request)
+    }
+}
+
+/// Counts a caller can report (`ringmq consume` prints them at the end).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupStats {
+    pub joins: u64,
+    /// Assignments that changed what this member owns.
+    pub rebalances: u64,
+    /// Pulls or commits the coordinator refused (old generation, or the session had ended).
+    pub refused: u64,
+    pub delivered: u64,
+}
+
+/// Where a queue this member owns is read from and what it has processed.
+#[derive(Clone, Copy, Debug)]
+struct Cursor {
+    /// Next offset to read; `u64::MAX` reads from the group's committed offset.
+    next: u64,
+    /// The next offset to commit, once something was processed since the last commit.
+    uncommitted: Option<u64>,
+}
+
+struct Membership {
+    member_id: String,
+    generation: u64,
+    heartbeat_interval: Duration,
+    session_timeout: Duration,
+    /// When the last answered heartbeat (or the join) was sent: the broker's session deadline
+    /// is at least a session after it.
+    lease_from: Instant,
+    next_heartbeat: Instant,
+    waiting: u32,
+}
+
+pub struct GroupConsumer<T: GroupTransport> {
+    transport: T,
+    options: GroupOptions,
+    member: Option<Membership>,
+    cursors: BTreeMap<GroupQueue, Cursor>,
+    stats: GroupStats,
+}
+
+/// A poll's outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Polled {
+    pub delivered: u64,
+    /// Nothing to read right now and no queue waiting to be handed over.
+    pub idle: bool,
+}
+
+impl<T: GroupTransport> GroupConsumer<T> {
+    pub fn new(transport: T, options: GroupOptions) -> GroupConsumer<T> {
+        GroupConsumer {
+            transport,
+            options,
+            member: None,
+            cursors: BTreeMap::new(),
+            stats: GroupStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> GroupStats {
+        self.stats
+    }
+
+    pub fn member_id(&self) -> Option<&str> {
+        self.member.as_ref().map(|m| m.member_id.as_str())
+    }
+
+    pub fn generation(&self) -> Option<u64> {
+        self.member.as_ref().map(|m| m.generation)
+    }
+
+    /// The queues this member reads now.
+    pub fn owned(&self) -> Vec<GroupQueue> {
+        self.cursors.keys().cloned().collect()
+    }
+
+    /// One round: join or heartbeat as needed, give up revoked queues, pull every owned queue
+    /// once and hand each message to `handler`, stopping after `limit` messages.
+    pub fn poll(
+        &mut self,
+        limit: u64,
+        handler: &mut dyn FnMut(&Delivery<'_>) -> Disposition,
+    ) -> Result<Polled, ClientError> {
+        if self.member.is_none() {
+            self.join()?;
+        }
+        self.heartbeat_if_due()?;
+        let queues = self.owned();
+        let mut delivered = 0;
+        let wait_ms = self.wait_ms(queues.len());
+        for queue in queues {
+            if delivered >= limit || self.member.is_none() {
+                break;
+            }
+            delivered += self.pull_queue(&queue, wait_ms, limit - delivered, handler)?;
+        }
+        let waiting = self.member.as_ref().is_some_and(|m| m.waiting > 0);
+        if self.cursors.is_empty() && self.member.is_some() {
+            // Nothing to long-poll on: pause rather than spin until the next heartbeat
+            // brings queues.
+            let pause = if waiting {
+                WAITING_HEARTBEAT_INTERVAL
+            } else {
+                Duration::from_millis(wait_ms.max(1) as u64)
+            };
+            std::thread::sleep(pause.min(self.until_heartbeat()));
+        }
+        Ok(Polled {
+            delivered,
+            idle: delivered == 0 && !waiting,
+        })
+    }
+
+    /// Commits what was processed and leaves the group, so its queues move at once.
+    pub fn close(&mut self) -> Result<(), ClientError> {
+        let Some(member_id) = self.member.as_ref().map(|m| m.member_id.clone()) else {
+            return Ok(());
+        };
+        let queues = self.owned();
+        for queue in &queues {
+            self.commit_only(queue)?;
+        }
+        self.cursors.clear();
+        self.member = None;
+        self.transport.call(&GroupLeave {
+            group: self.options.group.clone(),
+            member_id,
+        })
+    }
+
+    /// A message the handler rejected. Retry queues are not in this client yet: the poll
+    /// fails, and the message stays uncommitted (it is delivered again to whoever reads the
+    /// queue next).
+    pub fn reject(&mut self, delivery: &Delivery<'_>) -> Result<(), ClientError> {
+        Err(ClientError::InvalidArgument(format!(
+            "message {}/{} at offset {} was rejected, and this consumer has no retry queue to \
+             hand it to",
+            delivery.topic, delivery.queue, delivery.message.queue_offset
+        )))
+    }
+
+    fn join(&mut self) -> Result<(), ClientError> {
+        let sent = Instant::now();
+        let o = &self.options;
+        let assignment = self.transport.call(&GroupJoin {
+            group: o.group.clone(),
+            client_id: o.client_id.clone(),
+            host: o.host.clone(),
+            topics: o.topics.clone(),
+            mode: match o.mode {
+                GroupMode::Clustering => 0,
+                GroupMode::Broadcasting => 1,
+            },
+            strategy: o.strategy.to_wire(),
+            orderly: u8::from(o.orderly),
+            session_timeout_ms: o.session_timeout_ms,
+        })?;
+        self.stats.joins += 1;
+        self.cursors.clear();
+        self.member = Some(Membership {
+            member_id: assignment.member_id.clone(),
+            generation: assignment.generation,
+            heartbeat_interval: Duration::from_millis(assignment.heartbeat_interval_ms as u64),
+            session_timeout: Duration::from_millis(assignment.session_timeout_ms as u64),
+            lease_from: sent,
+            next_heartbeat: sent,
+            waiting: 0,
+        });
+        tracing::info!(
+            group = %self.options.group,
+            member = %assignment.member_id,
+            generation = assignment.generation,
+            "joined the group"
+        );
+        self.apply(assignment, sent)
+    }
+
+    fn until_heartbeat(&self) -> Duration {
+        self.member.as_ref().map_or(Duration::ZERO, |m| {
+            m.next_heartbeat.saturating_duration_since(Instant::now())
+        })
+    }
+
+    /// Long-poll per queue: the caller's wait split across the queues, ending before the
+    /// next heartbeat is due.
+    fn wait_ms(&self, queues: usize) -> u32 {
+        let split = self.options.max_wait_ms / queues.max(1) as u32;
+        split.min(self.until_heartbeat().as_millis() as u32)
+    }
+
+    fn heartbeat_if_due(&mut self) -> Result<(), ClientError> {
+        match &self.member {
+            Some(m) if Instant::now() >= m.next_heartbeat => self.heartbeat(Vec::new()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Heartbeats (reporting `released`) and applies the answer; an ended session is left
+    /// for the next poll to join again.
+    fn heartbeat(&mut self, released: Vec<GroupQueue>) -> Result<(), ClientError> {
+        let Some(member) = &self.member else {
+            return Ok(());
+        };
+        let sent = Instant::now();
+        let answer = self.transport.call(&GroupHeartbeat {
+            group: self.options.group.clone(),
+            member_id: member.member_id.clone(),
+            generation: member.generation,
+            released,
+        });
+        match answer {
+            Ok(assignment) => {
+                if let Some(m) = &mut self.member {
+                    m.lease_from = sent;
+                }
+                self.apply(assignment, sent)
+            }
+            Err(e) if e.status() == Some(Status::UnknownMember) => {
+                self.session_ended("heartbeat", &e);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes an assignment: new queues start from the committed offset, queues gone are
+    /// dropped, revoked ones are committed and reported released at once.
+    fn apply(&mut self, assignment: GroupAssignment, sent: Instant) -> Result<(), ClientError> {
+        let Some(member) = &mut self.member else {
+            return Ok(());
+        };
+        member.generation = assignment.generation;
+        member.waiting = assignment.waiting;
+        member.next_heartbeat = sent
+            + if assignment.waiting > 0 || !assignment.revoked.is_empty() {
+                WAITING_HEARTBEAT_INTERVAL
+            } else {
+                member.heartbeat_interval
+            };
+        let before: Vec<GroupQueue> = self.owned();
+        // Queues neither owned nor revoked were taken from this member (it held them past
+        // its deadline): nothing of them may be committed any more.
+        self.cursors
+            .retain(|q, _| assignment.owned.contains(q) || assignment.revoked.contains(q));
+        for queue in &assignment.owned {
+            self.cursors.entry(queue.clone()).or_insert(Cursor {
+                next: u64::MAX,
+                uncommitted: None,
+            });
+        }
+        let mut released = Vec::new();
+        for queue in &assignment.revoked {
+            if self.cursors.contains_key(queue) {
+                self.commit_only(queue)?;
+                if self.member.is_none() {
+                    return Ok(());
+                }
+            }
+            self.cursors.remove(queue);
+            released.push(queue.clone());
+        }
+        if self.owned() != before {
+            self.stats.rebalances += 1;
+            tracing::info!(
+                group = %self.options.group,
+                generation = assignment.generation,
+                owned = ?self.owned().iter().map(|q| q.queue).collect::<Vec<_>>(),
+                "assignment changed"
+            );
+        }
+        if released.is_empty() {
+            Ok(())
+        } else {
+            self.heartbeat(released)
+        }
+    }
+
+    /// Commits a queue's processed offset without reading (before releasing or leaving).
+    fn commit_only(&mut self, queue: &GroupQueue) -> Result<(), ClientError> {
+        let Some(commit) = self.cursors.get(queue).and_then(|c| c.uncommitted) else {
+            return Ok(());
+        };
+        match self.group_pull(queue, Some(commit), commit, 0, 0) {
+            Ok(_) => {
+                if let Some(c) = self.cursors.get_mut(queue) {
+                    c.uncommitted = None;
+                }
+                Ok(())
+            }
+            Err(e) => self.refused("commit", queue, e),
+        }
+    }
+
+    fn group_pull(
+        &mut self,
+        queue: &GroupQueue,
+        commit: Option<u64>,
+        offset: u64,
+        max_messages: u32,
+        wait_ms: u32,
+    ) -> Result<super::PullResult, ClientError> {
+        let member = self.member.as_ref().expect("pulls only as a member");
+        self.transport.call(&GroupPull {
+            group: self.options.group.clone(),
+            member_id: member.member_id.clone(),
+            generation: member.generation,
+            topic: queue.topic.clone(),
+            queue: queue.queue,
+            commit,
+            offset,
+            max_messages,
+            max_bytes: self.options.max_bytes,
+            max_wait_ms: wait_ms,
+        })
+    }
+
+    /// A refused pull or commit: an old generation heartbeats now (the commit waits for the
+    /// next pull or the release), an ended session drops everything to join again.
+    fn refused(
+        &mut self,
+        what: &str,
+        queue: &GroupQueue,
+        e: ClientError,
+    ) -> Result<(), ClientError> {
+        match e.status() {
+            Some(Status::IllegalGeneration) => {
+                self.stats.refused += 1;
+                tracing::info!(group = %self.options.group, queue = queue.queue, "{what} refused: {e}");
+                if let Some(m) = &mut self.member {
+                    m.next_heartbeat = Instant::now();
+                }
+                self.heartbeat_if_due()
+            }
+            Some(Status::UnknownMember) => {
+                self.stats.refused += 1;
+                self.session_ended(what, &e);
+                Ok(())
+            }
+            _ => Err(e),
+        }
+    }
+
+    fn session_ended(&mut self, what: &str, e: &ClientError) {
+        eprintln!(
+            "group {}: {what} refused ({e}); dropping {} queues and joining again",
+            self.options.group,
+            self.cursors.len()
+        );
+        self.member = None;
+        self.cursors.clear();
+    }
+
+    /// Pulls one owned queue once (with the commit of its last batch) and delivers what came.
+    fn pull_queue(
+        &mut self,
+        queue: &GroupQueue,
+        wait_ms: u32,
+        limit: u64,
+        handler: &mut dyn FnMut(&Delivery<'_>) -> Disposition,
+    ) -> Result<u64, ClientError> {
+        let Some(cursor) = self.cursors.get(queue).copied() else {
+            return Ok(0);
+        };
+        let max_messages = self
+            .options
+            .max_messages
+            .min(limit.min(u32::MAX as u64) as u32);
+        let result = match self.group_pull(
+            queue,
+            cursor.uncommitted,
+            cursor.next,
+            max_messages,
+            wait_ms,
+        ) {
+            Ok(result) => result,
+            Err(e) if e.status() == Some(Status::OffsetOutOfRange) => {
+                let stats = self.transport.call(&QueueRef {
+                    topic: queue.topic.clone(),
+                    queue: queue.queue,
+                })?;
+                eprintln!(
+                    "queue {}: offset {} is out of range, moving to {}",
+                    queue.queue, cursor.next, stats.min_offset
+                );
+                if let Some(c) = self.cursors.get_mut(queue) {
+                    c.next = stats.min_offset;
+                }
+                return Ok(0);
+            }
+            Err(e) => return self.refused("pull", queue, e).map(|()| 0),
+        };
+        if let Some(c) = self.cursors.get_mut(queue) {
+            // The commit landed with the pull; where reading starts is the broker's answer.
+            c.uncommitted = None;
+            if result.messages.is_empty() {
+                c.next = result.summary.next_offset;
+            }
+        }
+        self.deliver(queue, &result.messages, handler)
+    }
+
+    /// Hands a batch to the handler in order, heartbeating between messages when one is due;
+    /// stops early when the queue is taken away, or (orderly) when the lease may have ended.
+    fn deliver(
+        &mut self,
+        queue: &GroupQueue,
+        messages: &[PulledMessage],
+        handler: &mut dyn FnMut(&Delivery<'_>) -> Disposition,
+    ) -> Result<u64, ClientError> {
+        let mut delivered = 0;
+        for message in messages {
+            if !self.cursors.contains_key(queue) {
+                break;
+            }
+            if self.options.orderly && !self.lease_holds() {
+                // Paused past the lease: a successor may hold the queue. Ask before going on.
+                if let Some(m) = &mut self.member {
+                    m.next_heartbeat = Instant::now();
+                }
+                self.heartbeat_if_due()?;
+                if !self.cursors.contains_key(queue) || !self.lease_holds() {
+                    break;
+                }
+            }
+            let member = self.member.as_ref().expect("a cursor means a membership");
+            let (member_id, generation) = (member.member_id.clone(), member.generation);
+            let delivery = Delivery {
+                topic: &queue.topic,
+                queue: queue.queue,
+                message,
+                member_id: &member_id,
+                generation,
+            };
+            if handler(&delivery) == Disposition::Reject {
+                self.reject(&delivery)?;
+            }
+            delivered += 1;
+            self.stats.delivered += 1;
+            let cursor = self.cursors.get_mut(queue).expect("checked above");
+            cursor.next = message.queue_offset + 1;
+            cursor.uncommitted = Some(cursor.next);
+            self.heartbeat_if_due()?;
+        }
+        Ok(delivered)
+    }
+
+    /// Whether the broker cannot have ended this member's session yet, with a heartbeat
+    /// interval to spare for the message about to be processed.
+    fn lease_holds(&self) -> bool {
+        self.member
+            .as_ref()
+            .is_some_and(|m| m.lease_from.elapsed() + m.heartbeat_interval < m.session_timeout)
+    }
+}
