@@ -208,3 +208,69 @@ fn a_pending_retry_survives_a_sigkill() {
     assert!(now_ms() >= due, "the retry arrived before it was due");
     assert_eq!(Delivery::of(&m).reconsume_times, 1);
 }
+
+/// `consume --group app --exec CMD`: a command that fails for one message rejects it each
+/// time; it comes back through `%RETRY%app` to the same consumer, with its attempt count in
+/// `RINGMQ_RECONSUME_TIMES`, twice (the broker's `max_reconsume_times = 2`), each no sooner
+/// than its delay, and its third failure makes it a dead letter. The message that succeeds is
+/// processed once.
+#[test]
+fn consume_exec_rejects_on_failure_until_the_message_is_dead() {
+    let root = temp_store();
+    let broker = Broker::start_with_config(root.path(), LEVELS, &[]);
+    let mut client = broker.client();
+    client.create_topic("orders", 2).expect("create");
+    produce(&mut client, "orders", b"fail-me");
+    produce(&mut client, "orders", b"fine");
+    let log = root.path().join("exec.log");
+    let command = format!(
+        "body=$(cat); echo \"$(date +%s%3N) $RINGMQ_TOPIC $RINGMQ_RECONSUME_TIMES $body\" >> {}; \
+         [ \"$body\" != fail-me ]",
+        log.display()
+    );
+    // Four deliveries: "fine" once, "fail-me" three times. Short long polls (split across the
+    // topic's and the retry topic's queues) so a retry is seen soon after it is due.
+    let consumed = broker.cli(
+        &[
+            "consume",
+            "orders",
+            "--group",
+            GROUP,
+            "--exec",
+            &command,
+            "--follow",
+            "--count",
+            "4",
+            "--max-wait-ms",
+            "100",
+        ],
+        b"",
+    );
+    assert!(consumed.status.success(), "{consumed:?}");
+    let log = std::fs::read_to_string(&log).expect("the command ran");
+    let runs: Vec<Vec<&str>> = log.lines().map(|l| l.split(' ').collect()).collect();
+    let failing: Vec<&Vec<&str>> = runs.iter().filter(|r| r[3] == "fail-me").collect();
+    let fine = runs.iter().filter(|r| r[3] == "fine").count();
+    assert_eq!(fine, 1, "{log}");
+    assert_eq!(failing.len(), 3, "{log}");
+    let topics: Vec<&str> = failing.iter().map(|r| r[1]).collect();
+    assert_eq!(topics, ["orders", RETRY, RETRY], "{log}");
+    let attempts: Vec<&str> = failing.iter().map(|r| r[2]).collect();
+    assert_eq!(attempts, ["0", "1", "2"], "{log}");
+    let at: Vec<u64> = failing.iter().map(|r| r[0].parse().unwrap()).collect();
+    // Never before the level's delay (the growth itself is timed in the test above, without
+    // a consumer's polling in between).
+    let gaps = [at[1] - at[0], at[2] - at[1]];
+    eprintln!("--exec runs of the failing message {gaps:?} ms apart");
+    assert!(gaps[0] >= 200 && gaps[1] >= 400, "{gaps:?}\n{log}");
+    let stats = String::from_utf8_lossy(&consumed.stderr);
+    assert!(stats.contains("rejected 3 (dead 1)"), "{stats}");
+
+    let listed = broker.cli(&["group", "dlq", GROUP, "--format", "json"], b"");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    let letter: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
+    assert_eq!(letter["body"], "fail-me");
+    assert_eq!(letter["attempts"], 3);
+    assert_eq!(letter["origin_topic"], "orders");
+}

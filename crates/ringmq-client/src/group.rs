@@ -13,15 +13,18 @@
 //! [`Disposition::Reject`]. An acknowledged message is committed with the queue's next pull
 //! (at-least-once: a member that dies redelivers only what it acknowledged since its last
 //! commit, at most one batch per queue). A rejected one goes to [`GroupConsumer::reject`],
-//! the seam where retry queues plug in; until they exist it fails the poll, and the rejected
-//! message is neither committed nor skipped.
+//! which hands it to the broker (`MessageReject`, [`super::retry`]) and then commits past it
+//! like an acknowledged one: the broker's copy comes back through the group's retry topic
+//! `%RETRY%<group>`, whose queues a clustering group shares like its own topics', until
+//! `max_reconsume_times` rejections make it a dead letter. A broadcasting member does not
+//! retry (as in RocketMQ): its reject fails the poll and the message stays uncommitted.
 
 use super::api::Client;
 use super::error::ClientError;
 use super::failover::FailoverClient;
 use crate::protocol::message::{
-    GroupAssignment, GroupHeartbeat, GroupJoin, GroupLeave, GroupPull, GroupQueue, PulledMessage,
-    QueueRef,
+    GroupAssignment, GroupHeartbeat, GroupJoin, GroupLeave, GroupPull, GroupQueue, MessageReject,
+    PulledMessage, QueueRef, RejectOutcome,
 };
 use crate::protocol::{FailsOver, Status};
 use std::collections::BTreeMap;
@@ -76,6 +79,9 @@ pub struct GroupOptions {
     /// Longest a poll long-polls when its queues are drained (split across them, and never
     /// past the next heartbeat).
     pub max_wait_ms: u32,
+    /// Rejections after which a message is a dead letter; 0: the broker's
+    /// `max_reconsume_times`.
+    pub max_reconsume_times: u32,
 }
 
 impl GroupOptions {
@@ -93,6 +99,7 @@ impl GroupOptions {
             max_messages: 256,
             max_bytes: 4 * 1024 * 1024,
             max_wait_ms: 1_000,
+            max_reconsume_times: 0,
         }
     }
 }
@@ -143,10 +150,16 @@ pub enum Disposition {
 /// What a consumer sends its requests through: one broker, or a master and its slaves.
 pub trait GroupTransport {
     fn call<R: FailsOver>(&mut self, request: &R) -> Result<R::Response, ClientError>;
+    /// A reject appends a copy of the message, so it goes to the master only (never failed
+    /// over to a slave, which would refuse it anyway).
+    fn reject(&mut self, request: &MessageReject) -> Result<RejectOutcome, ClientError>;
 }
 
 impl GroupTransport for Client {
     fn call<R: FailsOver>(&mut self, request: &R) -> Result<R::Response, ClientError> {
+        Client::call(self, request)
+    }
+    fn reject(&mut self, request: &MessageReject) -> Result<RejectOutcome, ClientError> {
         Client::call(self, request)
     }
 }
@@ -154,6 +167,9 @@ impl GroupTransport for Client {
 impl GroupTransport for FailoverClient {
     fn call<R: FailsOver>(&mut self, request: &R) -> Result<R::Response, ClientError> {
         FailoverClient::call(self, request)
+    }
+    fn reject(&mut self, request: &MessageReject) -> Result<RejectOutcome, ClientError> {
+        self.primary()?.call(request)
     }
 }
 
@@ -166,6 +182,10 @@ pub struct GroupStats {
     /// Pulls or commits the coordinator refused (old generation, or the session had ended).
     pub refused: u64,
     pub delivered: u64,
+    /// Messages handed back to the broker: to be retried, or dead.
+    pub rejected: u64,
+    /// Of those, the ones that became dead letters.
+    pub dead: u64,
 }
 
 /// Where a queue this member owns is read from and what it has processed.
@@ -195,6 +215,12 @@ pub struct GroupConsumer<T: GroupTransport> {
     member: Option<Membership>,
     cursors: BTreeMap<GroupQueue, Cursor>,
     stats: GroupStats,
+    /// Whether the group's retry topic existed when this member last joined: the broker
+    /// then shares its queues with the group's own.
+    retry_topic_at_join: bool,
+    /// A reject made the retry topic after this member joined: it joins again at the next
+    /// poll so the group picks the topic's queues up.
+    rejoin: bool,
 }
 
 /// A poll's outcome.
@@ -213,6 +239,8 @@ impl<T: GroupTransport> GroupConsumer<T> {
             member: None,
             cursors: BTreeMap::new(),
             stats: GroupStats::default(),
+            retry_topic_at_join: false,
+            rejoin: false,
         }
     }
 
@@ -240,6 +268,10 @@ impl<T: GroupTransport> GroupConsumer<T> {
         limit: u64,
         handler: &mut dyn FnMut(&Delivery<'_>) -> Disposition,
     ) -> Result<Polled, ClientError> {
+        if self.rejoin {
+            self.rejoin = false;
+            self.close()?;
+        }
         if self.member.is_none() {
             self.join()?;
         }
@@ -287,18 +319,43 @@ impl<T: GroupTransport> GroupConsumer<T> {
         })
     }
 
-    /// A message the handler rejected. Retry queues are not in this client yet: the poll
-    /// fails, and the message stays uncommitted (it is delivered again to whoever reads the
-    /// queue next).
-    pub fn reject(&mut self, delivery: &Delivery<'_>) -> Result<(), ClientError> {
-        Err(ClientError::InvalidArgument(format!(
-            "message {}/{} at offset {} was rejected, and this consumer has no retry queue to \
-             hand it to",
-            delivery.topic, delivery.queue, delivery.message.queue_offset
-        )))
+    /// A message the handler rejected: the broker stores its copy (a retry, or a dead letter
+    /// after `max_reconsume_times`), and the caller then commits past it like an acknowledged
+    /// one. Fails for a broadcasting member (no retries) and when the broker does not take
+    /// the copy; the message then stays uncommitted and is delivered again.
+    pub fn reject(&mut self, delivery: &Delivery<'_>) -> Result<RejectOutcome, ClientError> {
+        if self.options.mode == GroupMode::Broadcasting {
+            return Err(ClientError::InvalidArgument(format!(
+                "message {}/{} at offset {} was rejected, and a broadcasting consumer does not \
+                 retry",
+                delivery.topic, delivery.queue, delivery.message.queue_offset
+            )));
+        }
+        let outcome = self.transport.reject(&MessageReject {
+            group: self.options.group.clone(),
+            topic: delivery.topic.to_string(),
+            queue: delivery.queue,
+            offset: delivery.message.queue_offset,
+            max_reconsume_times: self.options.max_reconsume_times,
+        })?;
+        self.stats.rejected += 1;
+        if outcome.topic != super::retry::retry_topic(&self.options.group) {
+            self.stats.dead += 1;
+        } else if !self.retry_topic_at_join {
+            self.rejoin = true;
+        }
+        Ok(outcome)
     }
 
     fn join(&mut self) -> Result<(), ClientError> {
+        // Asked before the join: a topic made in between only costs one more join later.
+        self.retry_topic_at_join = self
+            .transport
+            .call(&QueueRef {
+                topic: super::retry::retry_topic(&self.options.group),
+                queue: 0,
+            })
+            .is_ok();
         let sent = Instant::now();
         let o = &self.options;
         let assignment = self.transport.call(&GroupJoin {

@@ -431,7 +431,11 @@ fn group_membership_bodies() {
         },
         "020067310300632d31"
     );
-    golden!("group members", GroupMembers { group: "g1".into() }, "02006731");
+    golden!(
+        "group members",
+        GroupMembers { group: "g1".into() },
+        "02006731"
+    );
     golden!(
         "group membership",
         GroupMembership {
