@@ -45,10 +45,15 @@ pub fn get_u64(properties: &[u8], name: &str) -> Option<u64> {
 /// `properties` with each of `set` replacing any line of the same name, appended at the end in
 /// the order given. Every other line stays as it was.
 pub fn with(properties: &[u8], set: &[(&str, String)]) -> Vec<u8> {
+    with_and_without(properties, set, &[])
+}
+
+/// [`with`], also dropping the lines named in `drop`.
+pub fn with_and_without(properties: &[u8], set: &[(&str, String)], drop: &[&str]) -> Vec<u8> {
     let mut out = Vec::with_capacity(properties.len() + 64 * set.len());
     if !properties.is_empty() {
         for line in properties.split(|b| *b == SEPARATOR) {
-            let replaced = set.iter().any(|(name, _)| {
+            let replaced = set.iter().map(|(name, _)| name).chain(drop).any(|name| {
                 line.strip_prefix(name.as_bytes())
                     .is_some_and(|rest| rest.starts_with(b"="))
             });
@@ -90,5 +95,7 @@ mod tests {
         );
         assert_eq!(with(b"", &[(DUE_MS, "1".into())]), b"DUE_MS=1");
         assert_eq!(get_u64(b"DUE_MS=x", DUE_MS), None);
+        let dropped = with_and_without(&out, &[(RECONSUME_TIMES, "3".into())], &[DUE_MS]);
+        assert_eq!(dropped, b"TAGS=new\nopaque\nRECONSUME_TIMES=3");
     }
 }

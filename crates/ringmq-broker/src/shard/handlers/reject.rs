@@ -221,9 +221,14 @@ pub fn plan_copy(
     }
     set.push((props::RECONSUME_TIMES, times.to_string()));
     if rejected_before >= max as u64 {
+        // A dead letter is not scheduled: a retry's schedule lines would only mislead.
         return CopyPlan {
             level: None,
-            properties: props::with(properties, &set),
+            properties: props::with_and_without(
+                properties,
+                &set,
+                &[REAL_TOPIC, DELAY_LEVEL, DUE_MS],
+            ),
             outcome: RejectOutcome {
                 topic: dlq_topic(&request.group),
                 reconsume_times: times,
@@ -317,5 +322,11 @@ mod tests {
             properties = plan.properties;
         }
         assert_eq!(get_u64(&properties, RECONSUME_TIMES), Some(3));
+        assert_eq!(
+            get(&properties, DUE_MS),
+            None,
+            "a dead letter has no due time"
+        );
+        assert_eq!(get(&properties, ORIGIN_TOPIC), Some("orders"));
     }
 }
