@@ -135,6 +135,10 @@ pub struct Coordinator {
     groups: BTreeMap<String, Group>,
     /// Joins so far, which makes each member id unique for the life of the coordinator.
     joins: u64,
+    /// The last generation given to any group. Generations come from this one counter, so a
+    /// group's generation only grows, even when it empties and is created again, and a queue
+    /// shard may refuse a commit older than one it has taken (see `GroupOffsets::record_fenced`).
+    generations: u64,
 }
 
 impl Coordinator {
@@ -202,7 +206,8 @@ impl Coordinator {
             },
         );
         group.queues = join.queues;
-        group.rebalance(now);
+        self.generations += 1;
+        group.rebalance(now, self.generations);
         Ok(group.assignment(&member_id))
     }
 
@@ -243,10 +248,12 @@ impl Coordinator {
         member_id: &str,
         now: Instant,
     ) -> Result<(), MembershipError> {
+        self.generations += 1;
+        let generation = self.generations;
         let group = self.group_with(group_name, member_id)?;
         group.members.remove(member_id);
         group.holders.retain(|_, h| h.member != member_id);
-        group.rebalance(now);
+        group.rebalance(now, generation);
         if group.members.is_empty() {
             self.groups.remove(group_name);
         }
@@ -276,10 +283,12 @@ impl Coordinator {
                     (Some(_), None) => true,
                 });
             if group.members.len() != before {
-                group.rebalance(now);
+                self.generations += 1;
+                group.rebalance(now, self.generations);
             } else if group.holders.len() != before_holders {
                 // A holder lost a queue it kept past its deadline: fence its commits too.
-                group.generation += 1;
+                self.generations += 1;
+                group.generation = self.generations;
                 group.grant();
             }
         }
@@ -384,8 +393,9 @@ fn unknown(group: &str, member_id: &str) -> MembershipError {
 
 impl Group {
     /// A membership change: new generation, new targets, holders of queues they lose told.
-    fn rebalance(&mut self, now: Instant) {
-        self.generation += 1;
+    fn rebalance(&mut self, now: Instant, generation: u64) {
+        debug_assert!(generation > self.generation, "generations only grow");
+        self.generation = generation;
         if self.settings.mode == GroupMode::Broadcasting {
             return;
         }

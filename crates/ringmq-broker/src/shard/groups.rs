@@ -24,6 +24,11 @@ pub struct GroupOffsets<D: Disk> {
     disk: D,
     path: PathBuf,
     offsets: RefCell<BTreeMap<(String, String, u32), u64>>,
+    /// The newest group generation that committed each row through a member's pull. A
+    /// member's commit at an older generation is refused, so a member fenced out while its
+    /// commit crossed the mesh cannot land after its successor's. In memory: after a restart
+    /// every session starts over, and the coordinator's generations with it.
+    fences: RefCell<std::collections::HashMap<(String, String, u32), u64>>,
     version: Cell<u64>,
     persisted_version: Cell<u64>,
     write_gate: Semaphore,
@@ -49,6 +54,7 @@ impl<D: Disk> GroupOffsets<D> {
             disk,
             path,
             offsets: RefCell::new(offsets),
+            fences: RefCell::new(std::collections::HashMap::new()),
             version: Cell::new(0),
             persisted_version: Cell::new(0),
             write_gate: Semaphore::new(1),
@@ -80,11 +86,19 @@ impl<D: Disk> GroupOffsets<D> {
         queue: u32,
         offset: u64,
     ) -> Result<(), ShardError> {
+        let version = self.record(group, topic, queue, offset);
+        self.persist(version).await
+    }
+
+    /// Records the offset in memory only and returns the version that covers it: a commit
+    /// that rides on a group member's pull does not hold the read for a file write;
+    /// [`GroupOffsets::persist`] with the version (run in the background) makes it durable.
+    pub fn record(&self, group: &str, topic: &str, queue: u32, offset: u64) -> u64 {
         self.offsets
             .borrow_mut()
             .insert((group.to_string(), topic.to_string(), queue), offset);
         self.version.set(self.version.get() + 1);
-        self.persist(self.version.get()).await
+        self.version.get()
     }
 
     pub fn all_rows(&self) -> Vec<OffsetRow> {
@@ -127,11 +141,44 @@ impl<D: Disk> GroupOffsets<D> {
     /// Drops every group's offsets for a deleted topic.
     pub async fn forget_topic(&self, topic: &str) -> Result<(), ShardError> {
         self.offsets.borrow_mut().retain(|(_, t, _), _| t != topic);
+        self.fences.borrow_mut().retain(|(_, t, _), _| t != topic);
         self.version.set(self.version.get() + 1);
         self.persist(self.version.get()).await
     }
 
-    async fn persist(&self, wanted: u64) -> Result<(), ShardError> {
+    /// [`GroupOffsets::record`] for a group member's commit at `generation`: refused when a
+    /// newer generation already committed the row.
+    pub fn record_fenced(
+        &self,
+        group: &str,
+        topic: &str,
+        queue: u32,
+        offset: u64,
+        generation: u64,
+    ) -> Result<u64, ShardError> {
+        let key = (group.to_string(), topic.to_string(), queue);
+        let mut fences = self.fences.borrow_mut();
+        let floor = fences.entry(key).or_insert(generation);
+        if generation < *floor {
+            return Err(ShardError::IllegalGeneration(format!(
+                "generation {floor} of group `{group}` already committed {topic}/{queue}; \
+                 this commit is from generation {generation}"
+            )));
+        }
+        *floor = generation;
+        drop(fences);
+        Ok(self.record(group, topic, queue, offset))
+    }
+
+    /// Writes whatever is recorded and not yet on disk (a clean stop: commits recorded by
+    /// [`GroupOffsets::record`] whose background write has not run).
+    pub async fn flush(&self) -> Result<(), ShardError> {
+        self.persist(self.version.get()).await
+    }
+
+    /// Returns once everything up to version `wanted` is on disk (writes coalesce: one write
+    /// covers every change made before it started).
+    pub async fn persist(&self, wanted: u64) -> Result<(), ShardError> {
         let _permit = self
             .write_gate
             .acquire_permit(1)

@@ -263,6 +263,9 @@ impl<D: Disk> Shard<D> {
         background.flusher.await;
         background.allocator.await;
         self.persist_replicated_offset().await;
+        if let Err(e) = self.metadata.groups().flush().await {
+            tracing::warn!(shard = self.id, "writing group offsets at stop: {e}");
+        }
         self.store.close().await?;
         Ok(())
     }

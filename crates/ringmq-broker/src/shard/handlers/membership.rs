@@ -195,10 +195,7 @@ pub async fn pull<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, Sh
     let offsets_key = fence(shard, &request, queue).await?;
     let groups = shard.metadata().groups();
     if let Some(offset) = request.commit {
-        groups
-            .commit(&offsets_key, &request.topic, request.queue, offset)
-            .await?;
-        shard.metadata().bump();
+        commit(shard, &offsets_key, &request, offset).await?;
     }
     let key = QueueKey {
         topic_id,
@@ -235,6 +232,39 @@ pub async fn pull<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, Sh
     pull::serve(shard, topic_id, &plain).await
 }
 
+/// Lands a member's commit. A commit-only request (a member giving a queue up or leaving)
+/// returns once the offset is on disk, as `GroupCommit` does. A commit riding on a read is
+/// written in the background, coalesced with the others, so reading never waits for a file
+/// write: a broker crash can lose the last few milliseconds of those, which only means
+/// their messages are delivered again (the guarantee is at-least-once either way).
+async fn commit<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    offsets_key: &str,
+    request: &GroupPull,
+    offset: u64,
+) -> Result<(), ShardError> {
+    let groups = shard.metadata().groups();
+    let version = groups.record_fenced(
+        offsets_key,
+        &request.topic,
+        request.queue,
+        offset,
+        request.generation,
+    )?;
+    shard.metadata().bump();
+    if request.max_messages == 0 {
+        return groups.persist(version).await;
+    }
+    let owner = shard.clone();
+    glommio::spawn_local(async move {
+        if let Err(e) = owner.metadata().groups().persist(version).await {
+            tracing::warn!(shard = owner.id(), "writing group offsets: {e}");
+        }
+    })
+    .detach();
+    Ok(())
+}
+
 /// Asks the group's coordinator (this shard or another) whether the pull may run.
 async fn fence<D: Disk>(
     shard: &Rc<Shard<D>>,
@@ -267,4 +297,232 @@ async fn fence<D: Disk>(
     Ok(answer
         .await
         .map_err(|_| ShardError::ShardGone(coordinator))??)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::clock::RealClock;
+    use crate::config::{BrokerConfig, FlushDiskType};
+    use crate::protocol::message::*;
+    use crate::protocol::{Opcode, Status};
+    use crate::shard::mesh::Reply;
+    use crate::shard::{handlers, Shard};
+    use crate::store::io::Disk;
+    use crate::testing::SimDisk;
+    use std::path::PathBuf;
+    use std::rc::Rc;
+
+    fn config() -> BrokerConfig {
+        BrokerConfig {
+            store_dir: PathBuf::from("/sim"),
+            flush_disk_type: FlushDiskType::SyncFlush,
+            // Small enough that the simulated disk zero-fills segments in a blink.
+            segment_size_bytes: 1 << 20,
+            write_buffer_bytes: 1 << 18,
+            max_message_bytes: 1 << 16,
+            ..BrokerConfig::default()
+        }
+    }
+
+    async fn call<D: Disk>(shard: &Rc<Shard<D>>, opcode: Opcode, body: Vec<u8>) -> Reply {
+        handlers::handle(shard, opcode, &body).await
+    }
+
+    fn join(client: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        GroupJoin {
+            group: "g".into(),
+            client_id: client.into(),
+            host: "h".into(),
+            topics: vec!["t".into()],
+            mode: 0,
+            strategy: 0,
+            orderly: 0,
+            session_timeout_ms: 0,
+        }
+        .encode(&mut out);
+        out
+    }
+
+    fn heartbeat(a: &GroupAssignment, released: Vec<GroupQueue>) -> Vec<u8> {
+        let mut out = Vec::new();
+        GroupHeartbeat {
+            group: "g".into(),
+            member_id: a.member_id.clone(),
+            generation: a.generation,
+            released,
+        }
+        .encode(&mut out);
+        out
+    }
+
+    fn group_pull(
+        a: &GroupAssignment,
+        queue: u32,
+        commit: Option<u64>,
+        offset: u64,
+        max: u32,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        GroupPull {
+            group: "g".into(),
+            member_id: a.member_id.clone(),
+            generation: a.generation,
+            topic: "t".into(),
+            queue,
+            commit,
+            offset,
+            max_messages: max,
+            max_bytes: 1 << 16,
+            max_wait_ms: 0,
+        }
+        .encode(&mut out);
+        out
+    }
+
+    fn assignment(reply: Reply) -> GroupAssignment {
+        assert_eq!(
+            reply.status,
+            Status::Ok,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        GroupAssignment::decode(&reply.body).unwrap()
+    }
+
+    fn offsets(reply: &Reply) -> Vec<u64> {
+        PullResponse::decode(&reply.body)
+            .unwrap()
+            .messages
+            .iter()
+            .map(|m| m.queue_offset)
+            .collect()
+    }
+
+    async fn committed<D: Disk>(shard: &Rc<Shard<D>>, queue: u32) -> Option<u64> {
+        let mut out = Vec::new();
+        GroupFetch {
+            group: "g".into(),
+            topic: "t".into(),
+            queue,
+        }
+        .encode(&mut out);
+        let reply = call(shard, Opcode::GroupFetch, out).await;
+        GroupOffset::decode(&reply.body).unwrap().offset
+    }
+
+    /// Through the handlers on one shard: a member reads from the group's committed offset
+    /// and commits with its next pull; a join makes its generation stale, so its pull and
+    /// commit are refused and nothing lands; it gives up the revoked queue with a commit and
+    /// a release, and the newcomer reads that queue from the committed offset.
+    #[test]
+    fn a_members_pull_commits_and_a_stale_generation_commits_nothing() {
+        glommio::LocalExecutor::default().run(async {
+            let shard = Shard::open_for_test(SimDisk::new(), Rc::new(RealClock), config())
+                .await
+                .unwrap();
+            let background = shard.spawn_background();
+            let mut create = Vec::new();
+            TopicCreate {
+                name: "t".into(),
+                queue_count: 2,
+            }
+            .encode(&mut create);
+            assert_eq!(
+                call(&shard, Opcode::TopicCreate, create).await.status,
+                Status::Ok
+            );
+            for queue in 0..2 {
+                let mut produce = Vec::new();
+                ProduceRequest {
+                    topic: "t",
+                    queue,
+                    messages: (0..3)
+                        .map(|_| MessageRef {
+                            born_timestamp_ms: 0,
+                            key: b"",
+                            properties: b"",
+                            body: b"m",
+                        })
+                        .collect(),
+                }
+                .encode(&mut produce);
+                assert_eq!(
+                    call(&shard, Opcode::Produce, produce).await.status,
+                    Status::Ok
+                );
+            }
+
+            let a = assignment(call(&shard, Opcode::GroupJoin, join("a")).await);
+            assert_eq!(a.owned.len(), 2);
+            let read = call(
+                &shard,
+                Opcode::GroupPull,
+                group_pull(&a, 0, None, u64::MAX, 16),
+            )
+            .await;
+            assert_eq!(offsets(&read), [0, 1, 2]);
+            let commit = call(&shard, Opcode::GroupPull, group_pull(&a, 0, Some(3), 3, 0)).await;
+            assert_eq!(commit.status, Status::NoNewMessage);
+            assert_eq!(committed(&shard, 0).await, Some(3));
+
+            let b = assignment(call(&shard, Opcode::GroupJoin, join("b")).await);
+            let stale = call(&shard, Opcode::GroupPull, group_pull(&a, 1, Some(2), 2, 16)).await;
+            assert_eq!(stale.status, Status::IllegalGeneration);
+            assert_eq!(committed(&shard, 1).await, None, "a refused commit landed");
+            let a = assignment(call(&shard, Opcode::GroupHeartbeat, heartbeat(&a, vec![])).await);
+            let q1 = GroupQueue {
+                topic: "t".into(),
+                queue: 1,
+            };
+            assert_eq!(a.revoked, [q1.clone()]);
+            let early = call(
+                &shard,
+                Opcode::GroupPull,
+                group_pull(&b, 1, None, u64::MAX, 16),
+            )
+            .await;
+            assert_eq!(
+                early.status,
+                Status::IllegalGeneration,
+                "b read before a released"
+            );
+            let commit = call(&shard, Opcode::GroupPull, group_pull(&a, 1, Some(1), 1, 0)).await;
+            assert_eq!(commit.status, Status::NoNewMessage);
+            let a = assignment(
+                call(
+                    &shard,
+                    Opcode::GroupHeartbeat,
+                    heartbeat(&a, vec![q1.clone()]),
+                )
+                .await,
+            );
+            assert!(a.revoked.is_empty());
+            let b = assignment(call(&shard, Opcode::GroupHeartbeat, heartbeat(&b, vec![])).await);
+            assert_eq!(b.owned, [q1]);
+            let read = call(
+                &shard,
+                Opcode::GroupPull,
+                group_pull(&b, 1, None, u64::MAX, 16),
+            )
+            .await;
+            assert_eq!(offsets(&read), [1, 2], "b starts from a's commit");
+
+            let mut leave = Vec::new();
+            GroupLeave {
+                group: "g".into(),
+                member_id: b.member_id.clone(),
+            }
+            .encode(&mut leave);
+            assert_eq!(
+                call(&shard, Opcode::GroupLeave, leave).await.status,
+                Status::Ok
+            );
+            let a = assignment(call(&shard, Opcode::GroupHeartbeat, heartbeat(&a, vec![])).await);
+            assert_eq!(a.owned.len(), 2);
+            let gone = call(&shard, Opcode::GroupHeartbeat, heartbeat(&b, vec![])).await;
+            assert_eq!(gone.status, Status::UnknownMember);
+            shard.stop(background).await.unwrap();
+        });
+    }
 }
