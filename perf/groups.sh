@@ -12,7 +12,7 @@ rounds="${ROUNDS:-3}"
 cargo build --release --bin ringmq --example group_throughput
 store=$(mktemp -d /tmp/ringmq-groups-bench.XXXXXX)
 trap 'kill "$broker" 2>/dev/null || true; wait "$broker" 2>/dev/null || true; rm -rf "$store"' EXIT
-target/release/ringmq serve --store "$store/data" --listen 127.0.0.1:0 --shards 2 \
+target/release/ringmq serve --store "$store/data" --listen 127.0.0.1:0 --ha-listen 127.0.0.1:0 --shards 2 \
   >"$store/ready" 2>"$store/broker.log" &
 broker=$!
 for _ in $(seq 100); do

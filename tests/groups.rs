@@ -375,8 +375,13 @@ fn a_member_paused_past_its_session_is_refused_and_joins_again() {
     wait_all_processed(&refs, &expected);
     watch(&mut client);
     let repeated = union(&refs).values().filter(|by| by.len() > 1).count();
+    let stderr = members[0].stderr();
+    let refusal = stderr
+        .lines()
+        .find(|l| l.contains("refused (UNKNOWN_MEMBER"))
+        .unwrap_or_default();
     println!(
-        "paused member refused and rejoined; {} messages, {repeated} delivered twice",
+        "paused member refused and rejoined ({refusal}); {} messages, {repeated} delivered twice",
         expected.len()
     );
 }

@@ -158,3 +158,50 @@ fn tables_align_and_synthetic_bodies_have_the_requested_size() {
     assert_eq!(synthetic_body(7, 12), b"0000000007xx");
     assert_eq!(synthetic_body(7, 3).len(), 3);
 }
+
+#[test]
+fn group_member_flags_parse_and_need_a_group() {
+    use super::consume::StrategyArg;
+    let Command::Consume(args) = parse(&[
+        "consume",
+        "orders",
+        "--group",
+        "g",
+        "--broadcast",
+        "--orderly",
+        "--strategy",
+        "consistent-hash",
+        "--session-timeout-ms",
+        "6000",
+        "--client-id",
+        "worker-1",
+        "--exec",
+        "cat >/dev/null",
+    ])
+    .unwrap()
+    .command
+    else {
+        panic!("not consume")
+    };
+    assert!(args.broadcast && args.orderly);
+    assert_eq!(args.strategy, StrategyArg::ConsistentHash);
+    assert_eq!(args.session_timeout_ms, Some(6000));
+    assert_eq!(args.client_id.as_deref(), Some("worker-1"));
+    assert_eq!(args.exec.as_deref(), Some("cat >/dev/null"));
+    let Command::Consume(args) = parse(&["consume", "orders", "--group", "g"])
+        .unwrap()
+        .command
+    else {
+        panic!("not consume")
+    };
+    assert_eq!(args.strategy, StrategyArg::Averagely);
+    assert!(!args.broadcast && !args.orderly && args.exec.is_none());
+    for flag in [&["--broadcast"][..], &["--orderly"], &["--exec", "true"]] {
+        let mut argv = vec!["consume", "orders"];
+        argv.extend_from_slice(flag);
+        assert!(
+            parse(&argv).is_err(),
+            "{flag:?} without --group was accepted"
+        );
+    }
+}

@@ -124,3 +124,8 @@ pub const MAX_MEMBERS_PER_GROUP: usize = 1_024;
 
 /// Topics one group may consume: a join names them all and each rebalance walks their queues.
 pub const MAX_TOPICS_PER_GROUP: usize = 16;
+
+/// Fences a queue shard keeps from other shards' coordinators (one per group and queue being
+/// read, about 100 bytes each). Past this the cache starts over: only a mesh round trip per
+/// pull is lost until it refills.
+pub const MAX_CACHED_FENCES: usize = 65_536;

@@ -334,6 +334,35 @@ impl Client {
         decode_answer::<PullRequest>(self.connection(ticket.slot)?, response)
     }
 
+    /// Sends any declared request without waiting for its answer, to the connection
+    /// [`Client::call`] would use, so requests on several shards are in flight at once;
+    /// [`Client::wait_request`] collects the answer. Nothing is learnt from the answer about
+    /// topic placement, and an unknown topic is not retried: learn routing first
+    /// ([`Client::topic`]).
+    pub fn send_request<R: Request>(&mut self, request: &R) -> Result<Ticket, ClientError> {
+        request
+            .check_body()
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        let slot = match request.queue() {
+            Some((topic, queue)) => self.route(topic, queue),
+            None => ConnectionSlot::Bootstrap,
+        };
+        let connection = self.connection(slot)?;
+        let request_id = connection.send_with(R::OPCODE, |out| request.encode_body(out))?;
+        Ok(Ticket { slot, request_id })
+    }
+
+    /// The answer to a request sent with [`Client::send_request`].
+    pub fn wait_request<R: Request>(
+        &mut self,
+        ticket: Ticket,
+        request: &R,
+    ) -> Result<R::Response, ClientError> {
+        let timeout = request.wait_ms().map(|wait| self.pull_timeout(wait));
+        let response = self.wait_ticket(ticket, timeout)?;
+        decode_answer::<R>(self.connection(ticket.slot)?, response)
+    }
+
     /// The connection a queue-scoped request for `topic`/`queue` would use.
     pub fn route(&mut self, topic: &str, queue: u32) -> ConnectionSlot {
         if !self.options.shard_aware {

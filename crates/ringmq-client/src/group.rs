@@ -4,20 +4,21 @@
 //! The consumer runs the membership protocol (`docs/groups.md`) on one thread with no timer
 //! of its own: every [`GroupConsumer::poll`] joins when it is not a member, heartbeats when
 //! one is due, gives up the queues the coordinator revoked (it stops fetching them, commits
-//! what it processed, then reports them released) and pulls each queue it owns once. Every
-//! pull names the member and its generation and carries the commit of what the previous batch
-//! of that queue processed, so a commit costs no round trip of its own and a member whose
-//! session ended can never commit over its successor.
+//! what it processed, then reports them released) and pulls each queue it owns once (all at
+//! once on one broker). Every pull names the member and its generation and may carry the
+//! commit of what that queue's earlier batches processed, so a commit costs no round trip of
+//! its own and a member whose session ended can never commit over its successor.
 //!
 //! Each message goes to the caller's handler, which answers [`Disposition::Ack`] or
-//! [`Disposition::Reject`]. An acknowledged message is committed with the queue's next pull
-//! (at-least-once: a member that dies redelivers only what it acknowledged since its last
-//! commit, at most one batch per queue). A rejected one goes to [`GroupConsumer::reject`],
-//! which hands it to the broker (`MessageReject`, [`super::retry`]) and then commits past it
-//! like an acknowledged one: the broker's copy comes back through the group's retry topic
-//! `%RETRY%<group>`, whose queues a clustering group shares like its own topics', until
-//! `max_reconsume_times` rejections make it a dead letter. A broadcasting member does not
-//! retry (as in RocketMQ): its reject fails the poll and the message stays uncommitted.
+//! [`Disposition::Reject`]. An acknowledged message is committed with a later pull of its
+//! queue, at most every [`GroupOptions::commit_interval`] (at-least-once: a member that dies
+//! has only what it acknowledged since its last commit delivered again). A rejected one goes
+//! to [`GroupConsumer::reject`], which hands it to the broker (`MessageReject`,
+//! [`super::retry`]) and then commits past it like an acknowledged one: the broker's copy comes
+//! back through the group's retry topic `%RETRY%<group>`, whose queues a clustering group
+//! shares like its own topics', until `max_reconsume_times` rejections make it a dead letter.
+//! A broadcasting member does not retry (as in RocketMQ): its reject fails the poll and the
+//! message stays uncommitted.
 
 use super::api::Client;
 use super::error::ClientError;
@@ -59,6 +60,11 @@ impl AllocationStrategy {
 /// releasing them), heartbeat this often to pick them up soon after the release.
 pub const WAITING_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
 
+/// Commits ride on pulls at most this often per queue: a busy queue is committed 20 times a
+/// second (a few hundred KiB of offsets file writes), and a crash repeats at most this much
+/// of a member's work on top of the batch in hand.
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(50);
+
 #[derive(Clone, Debug)]
 pub struct GroupOptions {
     pub group: String,
@@ -74,6 +80,10 @@ pub struct GroupOptions {
     pub orderly: bool,
     /// 0: the broker's default (3 s).
     pub session_timeout_ms: u32,
+    /// Shortest time between two commits of one queue riding on its pulls: each commit is a
+    /// write of the broker's offsets file, and what a dead member had processed since its
+    /// last commit is delivered again. Releases and leaves always commit.
+    pub commit_interval: Duration,
     pub max_messages: u32,
     pub max_bytes: u32,
     /// Longest a poll long-polls when its queues are drained (split across them, and never
@@ -96,6 +106,7 @@ impl GroupOptions {
             strategy: AllocationStrategy::Averagely,
             orderly: false,
             session_timeout_ms: 0,
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
             max_messages: 256,
             max_bytes: 4 * 1024 * 1024,
             max_wait_ms: 1_000,
@@ -141,7 +152,7 @@ pub struct Delivery<'a> {
 /// The handler's answer for one message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disposition {
-    /// Processed: committed with the queue's next pull.
+    /// Processed: committed with a later pull of the queue.
     Ack,
     /// Not processed: handed to [`GroupConsumer::reject`].
     Reject,
@@ -149,18 +160,46 @@ pub enum Disposition {
 
 /// What a consumer sends its requests through: one broker, or a master and its slaves.
 pub trait GroupTransport {
+    /// Whether [`GroupTransport::call_all`] has its requests in flight at once (then a long
+    /// poll waits on every queue at the same time instead of a share of the wait each).
+    const PIPELINED: bool = false;
+
     fn call<R: FailsOver>(&mut self, request: &R) -> Result<R::Response, ClientError>;
     /// A reject appends a copy of the message, so it goes to the master only (never failed
     /// over to a slave, which would refuse it anyway).
     fn reject(&mut self, request: &MessageReject) -> Result<RejectOutcome, ClientError>;
+
+    /// Learns where a topic's queues are, so that pulls go straight to their shards.
+    fn learn_topic(&mut self, topic: &str) -> Result<(), ClientError>;
+
+    /// Several requests, answered in order. By default one after another.
+    fn call_all<R: FailsOver>(&mut self, requests: &[R]) -> Vec<Result<R::Response, ClientError>> {
+        requests.iter().map(|r| self.call(r)).collect()
+    }
 }
 
 impl GroupTransport for Client {
+    const PIPELINED: bool = true;
+
     fn call<R: FailsOver>(&mut self, request: &R) -> Result<R::Response, ClientError> {
         Client::call(self, request)
     }
     fn reject(&mut self, request: &MessageReject) -> Result<RejectOutcome, ClientError> {
         Client::call(self, request)
+    }
+
+    fn learn_topic(&mut self, topic: &str) -> Result<(), ClientError> {
+        self.topic(topic).map(|_| ())
+    }
+
+    /// Pipelined: every request is sent before the first answer is awaited.
+    fn call_all<R: FailsOver>(&mut self, requests: &[R]) -> Vec<Result<R::Response, ClientError>> {
+        let tickets: Vec<_> = requests.iter().map(|r| self.send_request(r)).collect();
+        tickets
+            .into_iter()
+            .zip(requests)
+            .map(|(ticket, request)| ticket.and_then(|t| self.wait_request(t, request)))
+            .collect()
     }
 }
 
@@ -170,6 +209,10 @@ impl GroupTransport for FailoverClient {
     }
     fn reject(&mut self, request: &MessageReject) -> Result<RejectOutcome, ClientError> {
         self.primary()?.call(request)
+    }
+
+    fn learn_topic(&mut self, topic: &str) -> Result<(), ClientError> {
+        self.describe_topic(topic).map(|_| ())
     }
 }
 
@@ -195,10 +238,12 @@ struct Cursor {
     next: u64,
     /// The next offset to commit, once something was processed since the last commit.
     uncommitted: Option<u64>,
+    /// When a commit of this queue was last sent with a pull.
+    committed_at: Instant,
 }
 
 struct Membership {
-    member_id: String,
+    member_id: std::sync::Arc<str>,
     generation: u64,
     heartbeat_interval: Duration,
     session_timeout: Duration,
@@ -249,7 +294,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
     }
 
     pub fn member_id(&self) -> Option<&str> {
-        self.member.as_ref().map(|m| m.member_id.as_str())
+        self.member.as_ref().map(|m| &*m.member_id)
     }
 
     pub fn generation(&self) -> Option<u64> {
@@ -278,12 +323,29 @@ impl<T: GroupTransport> GroupConsumer<T> {
         self.heartbeat_if_due()?;
         let queues = self.owned();
         let mut delivered = 0;
-        let wait_ms = self.wait_ms(queues.len());
-        for queue in queues {
-            if delivered >= limit || self.member.is_none() {
-                break;
+        if limit > 0 && !queues.is_empty() {
+            let wait_ms = self.wait_ms(queues.len());
+            let max_messages = self
+                .options
+                .max_messages
+                .min(limit.min(u32::MAX as u64) as u32);
+            let requests: Vec<GroupPull> = queues
+                .iter()
+                .map(|q| {
+                    let c = self.cursors[q];
+                    let due = c.committed_at.elapsed() >= self.options.commit_interval;
+                    let commit = c.uncommitted.filter(|_| due);
+                    self.pull_request(q, commit, c.next, max_messages, wait_ms)
+                })
+                .collect();
+            let results = self.transport.call_all(&requests);
+            for ((queue, request), result) in queues.iter().zip(&requests).zip(results) {
+                if self.member.is_none() {
+                    break;
+                }
+                let commit = request.commit;
+                delivered += self.take_batch(queue, commit, result, limit - delivered, handler)?;
             }
-            delivered += self.pull_queue(&queue, wait_ms, limit - delivered, handler)?;
         }
         let waiting = self.member.as_ref().is_some_and(|m| m.waiting > 0);
         if self.cursors.is_empty() && self.member.is_some() {
@@ -292,7 +354,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
             let pause = if waiting {
                 WAITING_HEARTBEAT_INTERVAL
             } else {
-                Duration::from_millis(wait_ms.max(1) as u64)
+                Duration::from_millis(self.options.max_wait_ms.max(1) as u64)
             };
             std::thread::sleep(pause.min(self.until_heartbeat()));
         }
@@ -304,7 +366,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
 
     /// Commits what was processed and leaves the group, so its queues move at once.
     pub fn close(&mut self) -> Result<(), ClientError> {
-        let Some(member_id) = self.member.as_ref().map(|m| m.member_id.clone()) else {
+        let Some(member_id) = self.member.as_ref().map(|m| m.member_id.to_string()) else {
             return Ok(());
         };
         let queues = self.owned();
@@ -356,6 +418,13 @@ impl<T: GroupTransport> GroupConsumer<T> {
                 queue: 0,
             })
             .is_ok();
+        for topic in &self.options.topics {
+            self.transport.learn_topic(topic)?;
+        }
+        if self.retry_topic_at_join {
+            self.transport
+                .learn_topic(&super::retry::retry_topic(&self.options.group))?;
+        }
         let sent = Instant::now();
         let o = &self.options;
         let assignment = self.transport.call(&GroupJoin {
@@ -374,7 +443,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
         self.stats.joins += 1;
         self.cursors.clear();
         self.member = Some(Membership {
-            member_id: assignment.member_id.clone(),
+            member_id: assignment.member_id.as_str().into(),
             generation: assignment.generation,
             heartbeat_interval: Duration::from_millis(assignment.heartbeat_interval_ms as u64),
             session_timeout: Duration::from_millis(assignment.session_timeout_ms as u64),
@@ -400,7 +469,12 @@ impl<T: GroupTransport> GroupConsumer<T> {
     /// Long-poll per queue: the caller's wait split across the queues, ending before the
     /// next heartbeat is due.
     fn wait_ms(&self, queues: usize) -> u32 {
-        let split = self.options.max_wait_ms / queues.max(1) as u32;
+        let share = if T::PIPELINED {
+            1
+        } else {
+            queues.max(1) as u32
+        };
+        let split = self.options.max_wait_ms / share;
         split.min(self.until_heartbeat().as_millis() as u32)
     }
 
@@ -420,7 +494,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
         let sent = Instant::now();
         let answer = self.transport.call(&GroupHeartbeat {
             group: self.options.group.clone(),
-            member_id: member.member_id.clone(),
+            member_id: member.member_id.to_string(),
             generation: member.generation,
             released,
         });
@@ -462,6 +536,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
             self.cursors.entry(queue.clone()).or_insert(Cursor {
                 next: u64::MAX,
                 uncommitted: None,
+                committed_at: sent,
             });
         }
         let mut released = Vec::new();
@@ -515,10 +590,22 @@ impl<T: GroupTransport> GroupConsumer<T> {
         max_messages: u32,
         wait_ms: u32,
     ) -> Result<super::PullResult, ClientError> {
+        let request = self.pull_request(queue, commit, offset, max_messages, wait_ms);
+        self.transport.call(&request)
+    }
+
+    fn pull_request(
+        &self,
+        queue: &GroupQueue,
+        commit: Option<u64>,
+        offset: u64,
+        max_messages: u32,
+        wait_ms: u32,
+    ) -> GroupPull {
         let member = self.member.as_ref().expect("pulls only as a member");
-        self.transport.call(&GroupPull {
+        GroupPull {
             group: self.options.group.clone(),
-            member_id: member.member_id.clone(),
+            member_id: member.member_id.to_string(),
             generation: member.generation,
             topic: queue.topic.clone(),
             queue: queue.queue,
@@ -527,7 +614,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
             max_messages,
             max_bytes: self.options.max_bytes,
             max_wait_ms: wait_ms,
-        })
+        }
     }
 
     /// A refused pull or commit: an old generation heartbeats now (the commit waits for the
@@ -566,53 +653,55 @@ impl<T: GroupTransport> GroupConsumer<T> {
         self.cursors.clear();
     }
 
-    /// Pulls one owned queue once (with the commit of its last batch) and delivers what came.
-    fn pull_queue(
+    /// Takes one queue's pull answer (its commit, if it carried one, landed with it) and
+    /// delivers what came, unless the queue was taken away meanwhile.
+    fn take_batch(
         &mut self,
         queue: &GroupQueue,
-        wait_ms: u32,
+        commit: Option<u64>,
+        result: Result<super::PullResult, ClientError>,
         limit: u64,
         handler: &mut dyn FnMut(&Delivery<'_>) -> Disposition,
     ) -> Result<u64, ClientError> {
-        let Some(cursor) = self.cursors.get(queue).copied() else {
-            return Ok(0);
-        };
-        let max_messages = self
-            .options
-            .max_messages
-            .min(limit.min(u32::MAX as u64) as u32);
-        let result = match self.group_pull(
-            queue,
-            cursor.uncommitted,
-            cursor.next,
-            max_messages,
-            wait_ms,
-        ) {
+        let result = match result {
             Ok(result) => result,
             Err(e) if e.status() == Some(Status::OffsetOutOfRange) => {
                 let stats = self.transport.call(&QueueRef {
                     topic: queue.topic.clone(),
                     queue: queue.queue,
                 })?;
-                eprintln!(
-                    "queue {}: offset {} is out of range, moving to {}",
-                    queue.queue, cursor.next, stats.min_offset
-                );
                 if let Some(c) = self.cursors.get_mut(queue) {
+                    eprintln!(
+                        "queue {}: offset {} is out of range, moving to {}",
+                        queue.queue, c.next, stats.min_offset
+                    );
                     c.next = stats.min_offset;
                 }
                 return Ok(0);
             }
-            Err(e) => return self.refused("pull", queue, e).map(|()| 0),
-        };
-        if let Some(c) = self.cursors.get_mut(queue) {
-            // The commit landed with the pull; where reading starts is the broker's answer.
-            c.uncommitted = None;
-            if result.messages.is_empty() {
-                c.next = result.summary.next_offset;
+            Err(e) => {
+                let what = if commit.is_some() { "commit" } else { "pull" };
+                return self.refused(what, queue, e).map(|()| 0);
             }
+        };
+        let Some(c) = self.cursors.get_mut(queue) else {
+            return Ok(0);
+        };
+        // The commit landed with the pull; where reading starts is the broker's answer.
+        if commit.is_some() {
+            if c.uncommitted == commit {
+                c.uncommitted = None;
+            }
+            c.committed_at = Instant::now();
         }
-        self.deliver(queue, &result.messages, handler)
+        if result.messages.is_empty() {
+            c.next = result.summary.next_offset;
+        }
+        let take = result
+            .messages
+            .len()
+            .min(limit.min(usize::MAX as u64) as usize);
+        self.deliver(queue, &result.messages[..take], handler)
     }
 
     /// Hands a batch to the handler in order, heartbeating between messages when one is due;
@@ -623,23 +712,38 @@ impl<T: GroupTransport> GroupConsumer<T> {
         messages: &[PulledMessage],
         handler: &mut dyn FnMut(&Delivery<'_>) -> Disposition,
     ) -> Result<u64, ClientError> {
+        let Some(member) = &self.member else {
+            return Ok(0);
+        };
+        // Shared, not copied, per message: the hot loop allocates nothing.
+        let mut member_id = member.member_id.clone();
+        let mut generation = member.generation;
+        let mut next_heartbeat = member.next_heartbeat;
         let mut delivered = 0;
+        // What was processed since the cursor was last written: written back before anything
+        // that may commit (a heartbeat's revocations) and at the end.
+        let mut processed_to = None;
         for message in messages {
-            if !self.cursors.contains_key(queue) {
-                break;
-            }
-            if self.options.orderly && !self.lease_holds() {
-                // Paused past the lease: a successor may hold the queue. Ask before going on.
-                if let Some(m) = &mut self.member {
-                    m.next_heartbeat = Instant::now();
+            let lease_ended = self.options.orderly && !self.lease_holds();
+            if lease_ended || Instant::now() >= next_heartbeat {
+                self.advance(queue, processed_to.take());
+                if lease_ended {
+                    // Paused past the lease: a successor may hold the queue. Ask first.
+                    if let Some(m) = &mut self.member {
+                        m.next_heartbeat = Instant::now();
+                    }
                 }
                 self.heartbeat_if_due()?;
-                if !self.cursors.contains_key(queue) || !self.lease_holds() {
+                let Some(member) = &self.member else { break };
+                if !self.cursors.contains_key(queue)
+                    || (self.options.orderly && !self.lease_holds())
+                {
                     break;
                 }
+                member_id = member.member_id.clone();
+                generation = member.generation;
+                next_heartbeat = member.next_heartbeat;
             }
-            let member = self.member.as_ref().expect("a cursor means a membership");
-            let (member_id, generation) = (member.member_id.clone(), member.generation);
             let delivery = Delivery {
                 topic: &queue.topic,
                 queue: queue.queue,
@@ -648,16 +752,23 @@ impl<T: GroupTransport> GroupConsumer<T> {
                 generation,
             };
             if handler(&delivery) == Disposition::Reject {
+                self.advance(queue, processed_to.take());
                 self.reject(&delivery)?;
             }
             delivered += 1;
-            self.stats.delivered += 1;
-            let cursor = self.cursors.get_mut(queue).expect("checked above");
-            cursor.next = message.queue_offset + 1;
-            cursor.uncommitted = Some(cursor.next);
-            self.heartbeat_if_due()?;
+            processed_to = Some(message.queue_offset + 1);
         }
+        self.advance(queue, processed_to);
+        self.stats.delivered += delivered;
         Ok(delivered)
+    }
+
+    /// Moves a queue's cursor past what was processed (a no-op once the queue is gone).
+    fn advance(&mut self, queue: &GroupQueue, processed_to: Option<u64>) {
+        if let (Some(next), Some(cursor)) = (processed_to, self.cursors.get_mut(queue)) {
+            cursor.next = next;
+            cursor.uncommitted = Some(next);
+        }
     }
 
     /// Whether the broker cannot have ended this member's session yet, with a heartbeat
@@ -666,5 +777,203 @@ impl<T: GroupTransport> GroupConsumer<T> {
         self.member
             .as_ref()
             .is_some_and(|m| m.lease_from.elapsed() + m.heartbeat_interval < m.session_timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::message::{PullSummary, PulledMessage};
+    use crate::protocol::requests::PullResult;
+    use crate::protocol::{Opcode, Response};
+
+    /// The script: a request's opcode and body to the status and body answered.
+    type Answer = dyn FnMut(Opcode, &[u8]) -> (Status, Vec<u8>);
+
+    /// A coordinator played from a script: each request is recorded (opcode and decoded
+    /// essentials) and answered by `answer`.
+    struct Scripted {
+        log: Vec<String>,
+        answer: Box<Answer>,
+    }
+
+    impl GroupTransport for Scripted {
+        fn learn_topic(&mut self, _topic: &str) -> Result<(), ClientError> {
+            Ok(())
+        }
+
+        fn call<R: FailsOver>(&mut self, request: &R) -> Result<R::Response, ClientError> {
+            let mut body = Vec::new();
+            request.encode_body(&mut body);
+            self.log.push(describe(R::OPCODE, &body));
+            let (status, answer) = (self.answer)(R::OPCODE, &body);
+            if !status.has_body() {
+                return Err(ClientError::Status {
+                    status,
+                    message: String::from_utf8_lossy(&answer).into_owned(),
+                });
+            }
+            Ok(R::Response::from_answer(status, &answer).expect("scripted answer decodes"))
+        }
+    }
+
+    fn describe(opcode: Opcode, body: &[u8]) -> String {
+        match opcode {
+            Opcode::GroupPull => {
+                let p = GroupPull::decode(body).unwrap();
+                format!(
+                    "pull q{} gen {} commit {:?} max {}",
+                    p.queue, p.generation, p.commit, p.max_messages
+                )
+            }
+            Opcode::GroupHeartbeat => {
+                let h = GroupHeartbeat::decode(body).unwrap();
+                let released: Vec<u32> = h.released.iter().map(|q| q.queue).collect();
+                format!("heartbeat gen {} released {released:?}", h.generation)
+            }
+            other => other.name().to_string(),
+        }
+    }
+
+    fn q(queue: u32) -> GroupQueue {
+        GroupQueue {
+            topic: "t".into(),
+            queue,
+        }
+    }
+
+    fn assignment(generation: u64, owned: Vec<GroupQueue>, revoked: Vec<GroupQueue>) -> Vec<u8> {
+        let mut out = Vec::new();
+        GroupAssignment {
+            member_id: "m-1".into(),
+            generation,
+            session_timeout_ms: 3_000,
+            heartbeat_interval_ms: 1_000,
+            owned,
+            revoked,
+            waiting: 0,
+        }
+        .encode(&mut out);
+        out
+    }
+
+    fn batch(offsets: std::ops::Range<u64>) -> Vec<u8> {
+        let mut out = Vec::new();
+        PullResult {
+            status: Status::Ok,
+            summary: PullSummary {
+                next_offset: offsets.end,
+                min_offset: 0,
+                max_offset: offsets.end,
+            },
+            messages: offsets
+                .map(|o| PulledMessage {
+                    queue_offset: o,
+                    born_timestamp_ms: 0,
+                    store_timestamp_ms: 0,
+                    key: Vec::new(),
+                    properties: Vec::new(),
+                    body: b"m".to_vec(),
+                })
+                .collect(),
+        }
+        .encode_answer(&mut out);
+        out
+    }
+
+    /// A pull refused for an old generation makes the member heartbeat at once; the queue it
+    /// is told to give up is committed (at what it processed) before it is reported released,
+    /// and the next pulls carry the new generation and the commit of the last batch.
+    #[test]
+    fn a_revoked_queue_is_committed_before_it_is_released() {
+        let mut heartbeats = 0;
+        let mut pulls_of_q1 = 0;
+        let transport = Scripted {
+            log: Vec::new(),
+            answer: Box::new(move |opcode, body| match opcode {
+                Opcode::GroupJoin => (Status::Ok, assignment(1, vec![q(0), q(1)], vec![])),
+                Opcode::GroupHeartbeat => {
+                    heartbeats += 1;
+                    match heartbeats {
+                        1 => (Status::Ok, assignment(2, vec![q(1)], vec![q(0)])),
+                        _ => (Status::Ok, assignment(2, vec![q(1)], vec![])),
+                    }
+                }
+                Opcode::GroupPull => {
+                    let p = GroupPull::decode(body).unwrap();
+                    match (p.queue, p.max_messages) {
+                        (_, 0) => (Status::NoNewMessage, batch(p.offset..p.offset)),
+                        (0, _) => (Status::Ok, batch(0..2)),
+                        _ if p.generation == 1 => (Status::IllegalGeneration, b"old".to_vec()),
+                        _ => {
+                            pulls_of_q1 += 1;
+                            (Status::Ok, batch(pulls_of_q1 * 5..pulls_of_q1 * 5 + 1))
+                        }
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }),
+        };
+        let mut options = GroupOptions::new("g", "t");
+        options.commit_interval = Duration::ZERO;
+        let mut consumer = GroupConsumer::new(transport, options);
+        let mut seen = Vec::new();
+        let mut handler = |d: &Delivery<'_>| {
+            seen.push((d.queue, d.message.queue_offset, d.generation));
+            Disposition::Ack
+        };
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        assert_eq!(consumer.owned(), [q(1)]);
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        assert_eq!(
+            consumer.transport.log,
+            [
+                "GroupJoin",
+                "pull q0 gen 1 commit None max 256",
+                "pull q1 gen 1 commit None max 256",
+                "heartbeat gen 1 released []",
+                "pull q0 gen 2 commit Some(2) max 0",
+                "heartbeat gen 2 released [0]",
+                "pull q1 gen 2 commit None max 256",
+                "pull q1 gen 2 commit Some(6) max 256",
+            ]
+        );
+        assert_eq!(seen, [(0, 0, 1), (0, 1, 1), (1, 5, 2), (1, 10, 2)]);
+        assert_eq!(consumer.stats().refused, 1);
+    }
+
+    /// A session that ended (UNKNOWN_MEMBER on a pull) drops every queue, and the next poll
+    /// joins again and reads from the committed offsets.
+    #[test]
+    fn an_ended_session_joins_again() {
+        let mut joins = 0;
+        let transport = Scripted {
+            log: Vec::new(),
+            answer: Box::new(move |opcode, body| match opcode {
+                Opcode::GroupJoin => {
+                    joins += 1;
+                    (Status::Ok, assignment(joins, vec![q(0)], vec![]))
+                }
+                Opcode::GroupPull => {
+                    let p = GroupPull::decode(body).unwrap();
+                    if p.generation == 1 {
+                        (Status::UnknownMember, b"gone".to_vec())
+                    } else {
+                        (Status::Ok, batch(3..4))
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }),
+        };
+        let mut consumer = GroupConsumer::new(transport, GroupOptions::new("g", "t"));
+        let mut handler = |_: &Delivery<'_>| Disposition::Ack;
+        assert_eq!(consumer.poll(u64::MAX, &mut handler).unwrap().delivered, 0);
+        assert!(consumer.member_id().is_none());
+        assert_eq!(consumer.poll(u64::MAX, &mut handler).unwrap().delivered, 1);
+        assert_eq!(consumer.stats().joins, 2);
+        let log = &consumer.transport.log;
+        assert_eq!(log[2], "GroupJoin");
+        assert_eq!(log[3], "pull q0 gen 2 commit None max 256");
     }
 }

@@ -28,10 +28,11 @@
 use super::allocation::{fnv1a, Strategy};
 use crate::constants::{
     GROUP_SESSION_TIMEOUT_MS_DEFAULT, GROUP_SESSION_TIMEOUT_MS_MAX, GROUP_SESSION_TIMEOUT_MS_MIN,
-    MAX_GROUPS_PER_COORDINATOR, MAX_MEMBERS_PER_GROUP,
+    MAX_CACHED_FENCES, MAX_GROUPS_PER_COORDINATOR, MAX_MEMBERS_PER_GROUP,
 };
 use crate::protocol::message::{GroupAssignment, GroupMember, GroupMembership, GroupQueue};
-use std::collections::BTreeMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 /// The shard that coordinates `group`: FNV-1a of its name modulo the shard count. Stable
@@ -139,6 +140,9 @@ pub struct Coordinator {
     /// group's generation only grows, even when it empties and is created again, and a queue
     /// shard may refuse a commit older than one it has taken (see `GroupOffsets::record_fenced`).
     generations: u64,
+    /// Groups whose generation or holders changed since the last [`Coordinator::take_changed`]:
+    /// other shards drop what they cached of those groups' fences.
+    changed: Vec<String>,
 }
 
 impl Coordinator {
@@ -208,7 +212,9 @@ impl Coordinator {
         group.queues = join.queues;
         self.generations += 1;
         group.rebalance(now, self.generations);
-        Ok(group.assignment(&member_id))
+        let assignment = group.assignment(&member_id);
+        self.changed.push(join.group.to_string());
+        Ok(assignment)
     }
 
     /// Renews the member's session, takes the queues it reports released and answers its
@@ -220,6 +226,9 @@ impl Coordinator {
         released: &[GroupQueue],
         now: Instant,
     ) -> Result<GroupAssignment, MembershipError> {
+        if !released.is_empty() {
+            self.changed.push(group_name.to_string());
+        }
         let group = self.group_with(group_name, member_id)?;
         group
             .members
@@ -257,6 +266,7 @@ impl Coordinator {
         if group.members.is_empty() {
             self.groups.remove(group_name);
         }
+        self.changed.push(group_name.to_string());
         Ok(())
     }
 
@@ -285,15 +295,25 @@ impl Coordinator {
             if group.members.len() != before {
                 self.generations += 1;
                 group.rebalance(now, self.generations);
+                self.changed.push(name.clone());
             } else if group.holders.len() != before_holders {
                 // A holder lost a queue it kept past its deadline: fence its commits too.
                 self.generations += 1;
                 group.generation = self.generations;
                 group.grant();
+                self.changed.push(name.clone());
             }
         }
         self.groups.retain(|_, g| !g.members.is_empty());
         ended
+    }
+
+    /// The groups whose fences changed since the last call (see `changed`).
+    pub fn take_changed(&mut self) -> Vec<String> {
+        let mut changed = std::mem::take(&mut self.changed);
+        changed.sort();
+        changed.dedup();
+        changed
     }
 
     /// Whether `member_id` at `generation` may pull and commit `queue` now; the answer is
@@ -478,6 +498,79 @@ impl Group {
             revoked,
             waiting,
         }
+    }
+}
+
+/// A queue shard's copy of the fences another shard's coordinator granted, so a member's
+/// pulls do not cross the mesh each time. The coordinator tells every shard when a group's
+/// generation or holders change (`ShardRequest::GroupFencesChanged`), and that group's entries
+/// go. A grant that was asked for before a change and answered after it is not kept: every
+/// change moves `forgotten`, and [`FenceCache::insert`] takes an entry only if it did not move
+/// while the question was out.
+/// A granted fence: the member, its generation and the group name its offsets are under.
+struct Grant {
+    member_id: String,
+    generation: u64,
+    offsets_key: String,
+}
+
+#[derive(Default)]
+pub struct FenceCache {
+    /// Keyed by (group, topic, queue).
+    entries: RefCell<HashMap<(String, String, u32), Grant>>,
+    forgotten: Cell<u64>,
+}
+
+impl FenceCache {
+    pub fn get(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: u64,
+        queue: &GroupQueue,
+    ) -> Option<String> {
+        let entries = self.entries.borrow();
+        let grant = entries.get(&(group.to_string(), queue.topic.clone(), queue.queue))?;
+        (grant.member_id == member_id && grant.generation == generation)
+            .then(|| grant.offsets_key.clone())
+    }
+
+    /// What [`FenceCache::insert`] compares against.
+    pub fn epoch(&self) -> u64 {
+        self.forgotten.get()
+    }
+
+    pub fn insert(
+        &self,
+        asked_at_epoch: u64,
+        group: &str,
+        member_id: &str,
+        generation: u64,
+        queue: &GroupQueue,
+        key: String,
+    ) {
+        if asked_at_epoch != self.forgotten.get() {
+            return;
+        }
+        let mut entries = self.entries.borrow_mut();
+        if entries.len() >= MAX_CACHED_FENCES {
+            entries.clear();
+        }
+        entries.insert(
+            (group.to_string(), queue.topic.clone(), queue.queue),
+            Grant {
+                member_id: member_id.to_string(),
+                generation,
+                offsets_key: key,
+            },
+        );
+    }
+
+    pub fn forget(&self, groups: &[String]) {
+        self.forgotten.set(self.forgotten.get() + 1);
+        self.entries
+            .borrow_mut()
+            .retain(|(g, _, _), _| !groups.contains(g));
     }
 }
 

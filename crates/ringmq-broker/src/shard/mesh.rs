@@ -85,6 +85,9 @@ pub enum ShardRequest {
         queue: crate::protocol::message::GroupQueue,
         reply: oneshot::Sender<Result<String, crate::shard::coordinator::MembershipError>>,
     },
+    /// Coordinator: these groups' generations or queue holders changed; drop the fences
+    /// cached for them.
+    GroupFencesChanged { groups: Vec<String> },
     /// The committed offsets of a group for the queues this shard owns.
     GroupOffsets {
         group: String,

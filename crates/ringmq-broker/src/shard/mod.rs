@@ -90,6 +90,8 @@ pub struct Shard<D: Disk = GlommioDisk> {
     delays: delays::Delays,
     /// Members of the groups whose coordinator this shard is. Borrowed only between awaits.
     coordinator: RefCell<Coordinator>,
+    /// Fences granted by other shards' coordinators for queues this shard owns.
+    fence_cache: coordinator::FenceCache,
 }
 
 /// What a shard is made of, for [`Shard::assemble`].
@@ -154,6 +156,7 @@ impl<D: Disk> Shard<D> {
             role: RoleState::new(role, parts.identity),
             delays: delays::Delays::default(),
             coordinator: RefCell::new(Coordinator::default()),
+            fence_cache: coordinator::FenceCache::default(),
         }
     }
 
@@ -333,6 +336,36 @@ impl<D: Disk> Shard<D> {
 
     pub fn coordinator(&self) -> &RefCell<Coordinator> {
         &self.coordinator
+    }
+
+    pub fn fence_cache(&self) -> &coordinator::FenceCache {
+        &self.fence_cache
+    }
+
+    /// Tells every other shard that the groups the coordinator changed since the last call
+    /// have new fences (in the background: a shard whose channel is full is not waited for
+    /// here).
+    pub fn announce_fence_changes(self: &Rc<Self>) {
+        let groups = self.coordinator.borrow_mut().take_changed();
+        if groups.is_empty() || self.shard_count < 2 {
+            return;
+        }
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            for other in (0..shard.shard_count).filter(|s| *s != shard.id) {
+                let request = ShardRequest::GroupFencesChanged {
+                    groups: groups.clone(),
+                };
+                if shard.mesh.send(other, request).await.is_err() {
+                    tracing::warn!(
+                        shard = shard.id,
+                        other,
+                        "cannot tell a shard of new group fences"
+                    );
+                }
+            }
+        })
+        .detach();
     }
 
     pub fn role_state(&self) -> &RoleState {
@@ -634,6 +667,7 @@ async fn run_group_expiry<D: Disk>(shard: Rc<Shard<D>>) {
     while !shard.lifecycle.is_background_stopping() {
         shard.clock.sleep(tick).await;
         let ended = shard.coordinator.borrow_mut().expire(shard.clock.now());
+        shard.announce_fence_changes();
         for (group, member) in ended {
             tracing::info!(shard = shard.id, %group, %member, "group session ended: its queues move");
         }

@@ -66,6 +66,7 @@ pub async fn join<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, Sh
         },
         shard.clock().now(),
     )?;
+    shard.announce_fence_changes();
     tracing::info!(
         shard = shard.id(),
         group = %request.group,
@@ -139,7 +140,9 @@ pub async fn heartbeat<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Repl
         &request.member_id,
         &request.released,
         shard.clock().now(),
-    )?;
+    );
+    shard.announce_fence_changes();
+    let assignment = assignment?;
     Ok(Reply::ok(body(|out| assignment.encode(out))))
 }
 
@@ -154,6 +157,7 @@ pub async fn leave<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, S
         &request.member_id,
         shard.clock().now(),
     )?;
+    shard.announce_fence_changes();
     tracing::info!(shard = shard.id(), group = %request.group, member = %request.member_id, "group member left");
     Ok(Reply::ok(Vec::new()))
 }
@@ -280,6 +284,16 @@ async fn fence<D: Disk>(
             &queue,
         )?);
     }
+    let cache = shard.fence_cache();
+    if let Some(key) = cache.get(
+        &request.group,
+        &request.member_id,
+        request.generation,
+        &queue,
+    ) {
+        return Ok(key);
+    }
+    let epoch = cache.epoch();
     let (reply, answer) = oneshot::channel();
     shard
         .mesh()
@@ -289,14 +303,23 @@ async fn fence<D: Disk>(
                 group: request.group.clone(),
                 member_id: request.member_id.clone(),
                 generation: request.generation,
-                queue,
+                queue: queue.clone(),
                 reply,
             },
         )
         .await?;
-    Ok(answer
+    let key = answer
         .await
-        .map_err(|_| ShardError::ShardGone(coordinator))??)
+        .map_err(|_| ShardError::ShardGone(coordinator))??;
+    shard.fence_cache().insert(
+        epoch,
+        &request.group,
+        &request.member_id,
+        request.generation,
+        &queue,
+        key.clone(),
+    );
+    Ok(key)
 }
 
 #[cfg(test)]
@@ -475,7 +498,7 @@ mod tests {
                 topic: "t".into(),
                 queue: 1,
             };
-            assert_eq!(a.revoked, [q1.clone()]);
+            assert_eq!(a.revoked, std::slice::from_ref(&q1));
             let early = call(
                 &shard,
                 Opcode::GroupPull,

@@ -145,6 +145,9 @@ pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRe
                 .fence(&group, &member_id, generation, &queue);
             let _ = reply.send(answer);
         }
+        ShardRequest::GroupFencesChanged { groups } => {
+            shard.fence_cache().forget(&groups);
+        }
         ShardRequest::GroupOffsets { group, reply } => {
             let _ = reply.send(group::local_offsets(&shard, &group));
         }
