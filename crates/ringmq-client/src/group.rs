@@ -410,21 +410,17 @@ impl<T: GroupTransport> GroupConsumer<T> {
     }
 
     fn join(&mut self) -> Result<(), ClientError> {
-        // Asked before the join: a topic made in between only costs one more join later.
-        self.retry_topic_at_join = self
-            .transport
-            .call(&QueueRef {
-                topic: super::retry::retry_topic(&self.options.group),
-                queue: 0,
-            })
-            .is_ok();
         for topic in &self.options.topics {
             self.transport.learn_topic(topic)?;
         }
-        if self.retry_topic_at_join {
-            self.transport
-                .learn_topic(&super::retry::retry_topic(&self.options.group))?;
-        }
+        // Whether the broker shares the retry topic's queues with this join (it exists once the
+        // group rejected something); learned before the join, so a topic made in between only
+        // costs one more join later.
+        self.retry_topic_at_join = self.options.mode == GroupMode::Clustering
+            && self
+                .transport
+                .learn_topic(&super::retry::retry_topic(&self.options.group))
+                .is_ok();
         let sent = Instant::now();
         let o = &self.options;
         let assignment = self.transport.call(&GroupJoin {
@@ -815,6 +811,21 @@ mod tests {
             }
             Ok(R::Response::from_answer(status, &answer).expect("scripted answer decodes"))
         }
+
+        fn reject(&mut self, request: &MessageReject) -> Result<RejectOutcome, ClientError> {
+            let mut body = Vec::new();
+            request.encode(&mut body);
+            self.log
+                .push(format!("reject {}/{}", request.topic, request.offset));
+            let (status, answer) = (self.answer)(Opcode::MessageReject, &body);
+            if !status.has_body() {
+                return Err(ClientError::Status {
+                    status,
+                    message: String::from_utf8_lossy(&answer).into_owned(),
+                });
+            }
+            Ok(RejectOutcome::decode(&answer).expect("scripted answer decodes"))
+        }
     }
 
     fn describe(opcode: Opcode, body: &[u8]) -> String {
@@ -941,6 +952,77 @@ mod tests {
         );
         assert_eq!(seen, [(0, 0, 1), (0, 1, 1), (1, 5, 2), (1, 10, 2)]);
         assert_eq!(consumer.stats().refused, 1);
+    }
+
+    /// A rejected message goes to the broker as a `MessageReject` naming its queue and
+    /// offset, and the next pull commits past it like past the acknowledged ones; a reject the
+    /// broker made a dead letter is counted as one. A broadcasting member's reject fails.
+    #[test]
+    fn a_rejected_message_is_handed_back_and_committed_past() {
+        let mut rejects = 0;
+        let transport = Scripted {
+            log: Vec::new(),
+            answer: Box::new(move |opcode, body| match opcode {
+                Opcode::GroupJoin => (Status::Ok, assignment(1, vec![q(0)], vec![])),
+                Opcode::GroupPull => {
+                    let p = GroupPull::decode(body).unwrap();
+                    match p.offset {
+                        u64::MAX => (Status::Ok, batch(0..3)),
+                        at => (Status::NoNewMessage, batch(at..at)),
+                    }
+                }
+                Opcode::MessageReject => {
+                    rejects += 1;
+                    let topic = if rejects == 1 { "%RETRY%g" } else { "%DLQ%g" };
+                    let mut out = Vec::new();
+                    RejectOutcome {
+                        topic: topic.into(),
+                        reconsume_times: rejects,
+                        delay_ms: 200,
+                    }
+                    .encode(&mut out);
+                    (Status::Ok, out)
+                }
+                other => panic!("unexpected {other:?}"),
+            }),
+        };
+        let mut options = GroupOptions::new("g", "t");
+        options.commit_interval = Duration::ZERO;
+        let mut consumer = GroupConsumer::new(transport, options.clone());
+        let mut handler = |d: &Delivery<'_>| match d.message.queue_offset {
+            0 => Disposition::Ack,
+            _ => Disposition::Reject,
+        };
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        assert_eq!(
+            consumer.transport.log,
+            [
+                "GroupJoin",
+                "pull q0 gen 1 commit None max 256",
+                "reject t/1",
+                "reject t/2",
+                "pull q0 gen 1 commit Some(3) max 256",
+            ]
+        );
+        let stats = consumer.stats();
+        assert_eq!((stats.delivered, stats.rejected, stats.dead), (3, 2, 1));
+
+        options.mode = GroupMode::Broadcasting;
+        let transport = Scripted {
+            log: Vec::new(),
+            answer: Box::new(|opcode, body| match opcode {
+                Opcode::GroupJoin => (Status::Ok, assignment(1, vec![q(0)], vec![])),
+                Opcode::GroupPull => {
+                    let _ = GroupPull::decode(body).unwrap();
+                    (Status::Ok, batch(0..1))
+                }
+                other => panic!("unexpected {other:?}"),
+            }),
+        };
+        let mut broadcast = GroupConsumer::new(transport, options);
+        let mut reject_all = |_: &Delivery<'_>| Disposition::Reject;
+        assert!(broadcast.poll(u64::MAX, &mut reject_all).is_err());
     }
 
     /// A session that ended (UNKNOWN_MEMBER on a pull) drops every queue, and the next poll
