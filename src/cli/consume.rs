@@ -96,10 +96,16 @@ pub struct ConsumeArgs {
     #[arg(long, requires = "group")]
     pub client_id: Option<String>,
     /// With --group: run CMD with `sh -c` per message instead of printing it: the body on
-    /// its stdin, RINGMQ_TOPIC, RINGMQ_QUEUE, RINGMQ_OFFSET, RINGMQ_GROUP and RINGMQ_MEMBER
-    /// in its environment. Exit 0 acknowledges the message; any other exit rejects it.
+    /// its stdin, RINGMQ_TOPIC, RINGMQ_QUEUE, RINGMQ_OFFSET, RINGMQ_GROUP, RINGMQ_MEMBER and
+    /// RINGMQ_RECONSUME_TIMES (0 on a first delivery) in its environment. Exit 0
+    /// acknowledges the message; any other exit rejects it: it comes back later through
+    /// `%RETRY%<group>`, or becomes a dead letter in `%DLQ%<group>`.
     #[arg(long, requires = "group")]
     pub exec: Option<String>,
+    /// With --group: rejections after which a message is a dead letter (default: the
+    /// broker's `max_reconsume_times`).
+    #[arg(long, requires = "group")]
+    pub max_reconsume_times: Option<u32>,
     /// Where to go when an offset is out of the queue's range (retention deleted it): the
     /// queue's minimum (earliest) or its end (latest). The reset is printed to stderr.
     #[arg(long, default_value = "earliest", value_parser = parse_offset_reset)]
@@ -373,6 +379,7 @@ fn run_member(args: &ConsumeArgs, group: String) -> Result<(), String> {
     };
     options.orderly = args.orderly;
     options.session_timeout_ms = args.session_timeout_ms.unwrap_or(0);
+    options.max_reconsume_times = args.max_reconsume_times.unwrap_or(0);
     options.max_wait_ms = args.max_wait_ms;
     if args.exec.is_some() {
         // A command per message is slow: a small batch keeps the uncommitted tail (what a
@@ -430,8 +437,8 @@ fn consume_as_member<T: GroupTransport>(
     let closed = consumer.close().map_err(fail);
     let stats = consumer.stats();
     eprintln!(
-        "group {group}: delivered {}, joins {}, rebalances {}, refused {}",
-        stats.delivered, stats.joins, stats.rebalances, stats.refused
+        "group {group}: delivered {}, joins {}, rebalances {}, refused {}, rejected {} (dead {})",
+        stats.delivered, stats.joins, stats.rebalances, stats.refused, stats.rejected, stats.dead
     );
     result.and(closed)
 }
@@ -449,6 +456,12 @@ fn run_exec(command: &str, group: &str, d: &Delivery<'_>) -> Disposition {
         .env("RINGMQ_OFFSET", d.message.queue_offset.to_string())
         .env("RINGMQ_GROUP", group)
         .env("RINGMQ_MEMBER", d.member_id)
+        .env(
+            "RINGMQ_RECONSUME_TIMES",
+            crate::client::retry::Delivery::of(d.message)
+                .reconsume_times
+                .to_string(),
+        )
         .stdin(Stdio::piped())
         .spawn();
     let mut child = match child {

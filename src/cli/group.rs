@@ -1,6 +1,7 @@
 //! `ringmq group describe`: a consumer group's live members (client id, host, the queues
 //! each holds), its committed offsets and lag per queue. A broadcasting group's offsets are
-//! kept per member, so each member's rows are shown under its client id.
+//! kept per member, so each member's rows are shown under its client id. `ringmq group dlq`
+//! ([`super::dlq`]): the group's dead letters.
 
 use super::app::{describe, BrokerArgs, Format};
 use super::output::{emit, table};
@@ -25,10 +26,16 @@ pub enum GroupCommand {
     /// offset, the queue's minimum and max offset, lag. A committed offset below the minimum
     /// (retention deleted it) is marked.
     Describe { group: String },
+    /// The group's dead letters (`%DLQ%<group>`): origin topic, queue and offset, attempts and
+    /// a body preview.
+    Dlq { group: String },
 }
 
 pub fn run(args: GroupArgs) -> Result<(), String> {
-    let GroupCommand::Describe { group } = args.command;
+    let group = match args.command {
+        GroupCommand::Describe { group } => group,
+        GroupCommand::Dlq { group } => return super::dlq::run(&args.broker, &group),
+    };
     let mut client = args.broker.connect()?;
     let fail = |e| describe(&args.broker.broker, &e);
     let description = client

@@ -9,6 +9,7 @@ pub mod app;
 pub mod bench;
 pub mod cluster;
 pub mod consume;
+pub mod dlq;
 pub mod group;
 pub mod output;
 pub mod produce;

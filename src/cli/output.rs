@@ -60,6 +60,10 @@ pub struct ConsumeLine {
     pub body: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body_base64: Option<String>,
+    /// The message's properties as text, when it has any (a retried or dead message carries
+    /// its origin and attempts there: `RECONSUME_TIMES=2\nORIGIN_TOPIC=...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub properties: Option<String>,
 }
 
 impl ConsumeLine {
@@ -81,6 +85,8 @@ impl ConsumeLine {
             timestamp: m.store_timestamp_ms,
             body,
             body_base64,
+            properties: (!m.properties.is_empty())
+                .then(|| String::from_utf8_lossy(&m.properties).into_owned()),
         }
     }
 }

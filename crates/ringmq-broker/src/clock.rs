@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A source of time and of timers.
 pub trait Clock: 'static {
@@ -15,11 +15,12 @@ pub trait Clock: 'static {
     fn now(&self) -> Instant;
     /// A future that completes once `d` has passed on this clock.
     fn sleep(&self, d: Duration) -> Pin<Box<dyn Future<Output = ()>>>;
-    /// Wall-clock time in milliseconds since the Unix epoch: records' store timestamps and
-    /// the age retention compares them with.
+    /// Wall-clock time in milliseconds since the Unix epoch: records' store timestamps, the
+    /// age retention compares them with, and deadlines that must outlive the process (a
+    /// delayed retry's due time is stored with the message).
     fn unix_ms(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
     }
     /// The hour of the day (0 to 23) in the broker's local time zone, for `delete_when`.

@@ -237,6 +237,13 @@ pub struct BrokerConfig {
     /// Above this fraction appends are refused with DISK_FULL until usage falls again; must
     /// exceed `disk_max_used_space_ratio`.
     pub disk_space_warning_ratio: f64,
+    /// Delay before the n-th retry of a rejected message is delivered (level n, 1-based; the
+    /// last level repeats past the end). RocketMQ's levels by default: 1s 5s 10s 30s 1m 2m 3m
+    /// 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h.
+    pub retry_delay_levels_ms: Vec<u64>,
+    /// Rejections after which a message goes to the group's dead-letter topic `%DLQ%<group>`
+    /// instead of being retried (a consumer may ask for its own value per reject).
+    pub max_reconsume_times: u32,
 }
 
 impl Default for BrokerConfig {
@@ -285,9 +292,20 @@ impl Default for BrokerConfig {
             clean_resource_interval_ms: 10_000,
             disk_max_used_space_ratio: 0.75,
             disk_space_warning_ratio: 0.90,
+            retry_delay_levels_ms: DEFAULT_RETRY_DELAY_LEVELS_MS.to_vec(),
+            max_reconsume_times: 16,
         }
     }
 }
+
+/// RocketMQ's `messageDelayLevel`: 1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h.
+pub const DEFAULT_RETRY_DELAY_LEVELS_MS: [u64; 18] = [
+    1_000, 5_000, 10_000, 30_000, 60_000, 120_000, 180_000, 240_000, 300_000, 360_000, 420_000,
+    480_000, 540_000, 600_000, 1_200_000, 1_800_000, 3_600_000, 7_200_000,
+];
+
+/// Most delay levels: each is one queue of the schedule topic (RocketMQ has 18).
+const MAX_RETRY_DELAY_LEVELS: usize = 64;
 
 /// Smallest segment: a few maximum-size writes must fit and zero-filling stays cheap in tests.
 const MIN_SEGMENT_BYTES: u64 = 64 * KIB;
@@ -486,6 +504,7 @@ impl BrokerConfig {
         }
         self.validate_connection_limits()?;
         self.validate_retention()?;
+        self.validate_retries()?;
         if self.io_memory_bytes < MIN_IO_MEMORY_BYTES {
             return Err(ConfigError::value(
                 "io_memory_bytes",
@@ -525,6 +544,33 @@ impl BrokerConfig {
             ));
         }
         Ok(())
+    }
+
+    fn validate_retries(&self) -> Result<(), ConfigError> {
+        let levels = &self.retry_delay_levels_ms;
+        if levels.is_empty() || levels.len() > MAX_RETRY_DELAY_LEVELS {
+            return Err(ConfigError::value(
+                "retry_delay_levels_ms",
+                format!("1 to {MAX_RETRY_DELAY_LEVELS} levels, not {}", levels.len()),
+            ));
+        }
+        for level in levels {
+            check_duration_ms("retry_delay_levels_ms", *level)?;
+        }
+        if self.max_reconsume_times == 0 {
+            return Err(ConfigError::value(
+                "max_reconsume_times",
+                "at least 1 (0 would send every rejected message to the dead-letter topic)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The delay before retry `attempt` (1-based) and its level: past the last level, the last.
+    pub fn retry_delay(&self, attempt: u32) -> (u32, u64) {
+        let levels = &self.retry_delay_levels_ms;
+        let level = (attempt.max(1) as usize).min(levels.len());
+        (level as u32, levels[level - 1])
     }
 
     fn validate_connection_limits(&self) -> Result<(), ConfigError> {

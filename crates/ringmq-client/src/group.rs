@@ -12,16 +12,20 @@
 //! Each message goes to the caller's handler, which answers [`Disposition::Ack`] or
 //! [`Disposition::Reject`]. An acknowledged message is committed with a later pull of its
 //! queue, at most every [`GroupOptions::commit_interval`] (at-least-once: a member that dies
-//! has only what it acknowledged since its last commit delivered again). A rejected one goes to [`GroupConsumer::reject`],
-//! the seam where retry queues plug in; until they exist it fails the poll, and the rejected
-//! message is neither committed nor skipped.
+//! has only what it acknowledged since its last commit delivered again). A rejected one goes
+//! to [`GroupConsumer::reject`], which hands it to the broker (`MessageReject`,
+//! [`super::retry`]) and then commits past it like an acknowledged one: the broker's copy comes
+//! back through the group's retry topic `%RETRY%<group>`, whose queues a clustering group
+//! shares like its own topics', until `max_reconsume_times` rejections make it a dead letter.
+//! A broadcasting member does not retry (as in RocketMQ): its reject fails the poll and the
+//! message stays uncommitted.
 
 use super::api::Client;
 use super::error::ClientError;
 use super::failover::FailoverClient;
 use crate::protocol::message::{
-    GroupAssignment, GroupHeartbeat, GroupJoin, GroupLeave, GroupPull, GroupQueue, PulledMessage,
-    QueueRef,
+    GroupAssignment, GroupHeartbeat, GroupJoin, GroupLeave, GroupPull, GroupQueue, MessageReject,
+    PulledMessage, QueueRef, RejectOutcome,
 };
 use crate::protocol::{FailsOver, Status};
 use std::collections::BTreeMap;
@@ -85,6 +89,9 @@ pub struct GroupOptions {
     /// Longest a poll long-polls when its queues are drained (split across them, and never
     /// past the next heartbeat).
     pub max_wait_ms: u32,
+    /// Rejections after which a message is a dead letter; 0: the broker's
+    /// `max_reconsume_times`.
+    pub max_reconsume_times: u32,
 }
 
 impl GroupOptions {
@@ -103,6 +110,7 @@ impl GroupOptions {
             max_messages: 256,
             max_bytes: 4 * 1024 * 1024,
             max_wait_ms: 1_000,
+            max_reconsume_times: 0,
         }
     }
 }
@@ -157,6 +165,9 @@ pub trait GroupTransport {
     const PIPELINED: bool = false;
 
     fn call<R: FailsOver>(&mut self, request: &R) -> Result<R::Response, ClientError>;
+    /// A reject appends a copy of the message, so it goes to the master only (never failed
+    /// over to a slave, which would refuse it anyway).
+    fn reject(&mut self, request: &MessageReject) -> Result<RejectOutcome, ClientError>;
 
     /// Learns where a topic's queues are, so that pulls go straight to their shards.
     fn learn_topic(&mut self, topic: &str) -> Result<(), ClientError>;
@@ -171,6 +182,9 @@ impl GroupTransport for Client {
     const PIPELINED: bool = true;
 
     fn call<R: FailsOver>(&mut self, request: &R) -> Result<R::Response, ClientError> {
+        Client::call(self, request)
+    }
+    fn reject(&mut self, request: &MessageReject) -> Result<RejectOutcome, ClientError> {
         Client::call(self, request)
     }
 
@@ -193,6 +207,9 @@ impl GroupTransport for FailoverClient {
     fn call<R: FailsOver>(&mut self, request: &R) -> Result<R::Response, ClientError> {
         FailoverClient::call(self, request)
     }
+    fn reject(&mut self, request: &MessageReject) -> Result<RejectOutcome, ClientError> {
+        self.primary()?.call(request)
+    }
 
     fn learn_topic(&mut self, topic: &str) -> Result<(), ClientError> {
         self.describe_topic(topic).map(|_| ())
@@ -208,6 +225,10 @@ pub struct GroupStats {
     /// Pulls or commits the coordinator refused (old generation, or the session had ended).
     pub refused: u64,
     pub delivered: u64,
+    /// Messages handed back to the broker: to be retried, or dead.
+    pub rejected: u64,
+    /// Of those, the ones that became dead letters.
+    pub dead: u64,
 }
 
 /// Where a queue this member owns is read from and what it has processed.
@@ -239,6 +260,12 @@ pub struct GroupConsumer<T: GroupTransport> {
     member: Option<Membership>,
     cursors: BTreeMap<GroupQueue, Cursor>,
     stats: GroupStats,
+    /// Whether the group's retry topic existed when this member last joined: the broker
+    /// then shares its queues with the group's own.
+    retry_topic_at_join: bool,
+    /// A reject made the retry topic after this member joined: it joins again at the next
+    /// poll so the group picks the topic's queues up.
+    rejoin: bool,
 }
 
 /// A poll's outcome.
@@ -257,6 +284,8 @@ impl<T: GroupTransport> GroupConsumer<T> {
             member: None,
             cursors: BTreeMap::new(),
             stats: GroupStats::default(),
+            retry_topic_at_join: false,
+            rejoin: false,
         }
     }
 
@@ -284,6 +313,10 @@ impl<T: GroupTransport> GroupConsumer<T> {
         limit: u64,
         handler: &mut dyn FnMut(&Delivery<'_>) -> Disposition,
     ) -> Result<Polled, ClientError> {
+        if self.rejoin {
+            self.rejoin = false;
+            self.close()?;
+        }
         if self.member.is_none() {
             self.join()?;
         }
@@ -348,21 +381,46 @@ impl<T: GroupTransport> GroupConsumer<T> {
         })
     }
 
-    /// A message the handler rejected. Retry queues are not in this client yet: the poll
-    /// fails, and the message stays uncommitted (it is delivered again to whoever reads the
-    /// queue next).
-    pub fn reject(&mut self, delivery: &Delivery<'_>) -> Result<(), ClientError> {
-        Err(ClientError::InvalidArgument(format!(
-            "message {}/{} at offset {} was rejected, and this consumer has no retry queue to \
-             hand it to",
-            delivery.topic, delivery.queue, delivery.message.queue_offset
-        )))
+    /// A message the handler rejected: the broker stores its copy (a retry, or a dead letter
+    /// after `max_reconsume_times`), and the caller then commits past it like an acknowledged
+    /// one. Fails for a broadcasting member (no retries) and when the broker does not take
+    /// the copy; the message then stays uncommitted and is delivered again.
+    pub fn reject(&mut self, delivery: &Delivery<'_>) -> Result<RejectOutcome, ClientError> {
+        if self.options.mode == GroupMode::Broadcasting {
+            return Err(ClientError::InvalidArgument(format!(
+                "message {}/{} at offset {} was rejected, and a broadcasting consumer does not \
+                 retry",
+                delivery.topic, delivery.queue, delivery.message.queue_offset
+            )));
+        }
+        let outcome = self.transport.reject(&MessageReject {
+            group: self.options.group.clone(),
+            topic: delivery.topic.to_string(),
+            queue: delivery.queue,
+            offset: delivery.message.queue_offset,
+            max_reconsume_times: self.options.max_reconsume_times,
+        })?;
+        self.stats.rejected += 1;
+        if outcome.topic != super::retry::retry_topic(&self.options.group) {
+            self.stats.dead += 1;
+        } else if !self.retry_topic_at_join {
+            self.rejoin = true;
+        }
+        Ok(outcome)
     }
 
     fn join(&mut self) -> Result<(), ClientError> {
         for topic in &self.options.topics {
             self.transport.learn_topic(topic)?;
         }
+        // Whether the broker shares the retry topic's queues with this join (it exists once the
+        // group rejected something); learned before the join, so a topic made in between only
+        // costs one more join later.
+        self.retry_topic_at_join = self.options.mode == GroupMode::Clustering
+            && self
+                .transport
+                .learn_topic(&super::retry::retry_topic(&self.options.group))
+                .is_ok();
         let sent = Instant::now();
         let o = &self.options;
         let assignment = self.transport.call(&GroupJoin {
@@ -753,6 +811,21 @@ mod tests {
             }
             Ok(R::Response::from_answer(status, &answer).expect("scripted answer decodes"))
         }
+
+        fn reject(&mut self, request: &MessageReject) -> Result<RejectOutcome, ClientError> {
+            let mut body = Vec::new();
+            request.encode(&mut body);
+            self.log
+                .push(format!("reject {}/{}", request.topic, request.offset));
+            let (status, answer) = (self.answer)(Opcode::MessageReject, &body);
+            if !status.has_body() {
+                return Err(ClientError::Status {
+                    status,
+                    message: String::from_utf8_lossy(&answer).into_owned(),
+                });
+            }
+            Ok(RejectOutcome::decode(&answer).expect("scripted answer decodes"))
+        }
     }
 
     fn describe(opcode: Opcode, body: &[u8]) -> String {
@@ -879,6 +952,77 @@ mod tests {
         );
         assert_eq!(seen, [(0, 0, 1), (0, 1, 1), (1, 5, 2), (1, 10, 2)]);
         assert_eq!(consumer.stats().refused, 1);
+    }
+
+    /// A rejected message goes to the broker as a `MessageReject` naming its queue and
+    /// offset, and the next pull commits past it like past the acknowledged ones; a reject the
+    /// broker made a dead letter is counted as one. A broadcasting member's reject fails.
+    #[test]
+    fn a_rejected_message_is_handed_back_and_committed_past() {
+        let mut rejects = 0;
+        let transport = Scripted {
+            log: Vec::new(),
+            answer: Box::new(move |opcode, body| match opcode {
+                Opcode::GroupJoin => (Status::Ok, assignment(1, vec![q(0)], vec![])),
+                Opcode::GroupPull => {
+                    let p = GroupPull::decode(body).unwrap();
+                    match p.offset {
+                        u64::MAX => (Status::Ok, batch(0..3)),
+                        at => (Status::NoNewMessage, batch(at..at)),
+                    }
+                }
+                Opcode::MessageReject => {
+                    rejects += 1;
+                    let topic = if rejects == 1 { "%RETRY%g" } else { "%DLQ%g" };
+                    let mut out = Vec::new();
+                    RejectOutcome {
+                        topic: topic.into(),
+                        reconsume_times: rejects,
+                        delay_ms: 200,
+                    }
+                    .encode(&mut out);
+                    (Status::Ok, out)
+                }
+                other => panic!("unexpected {other:?}"),
+            }),
+        };
+        let mut options = GroupOptions::new("g", "t");
+        options.commit_interval = Duration::ZERO;
+        let mut consumer = GroupConsumer::new(transport, options.clone());
+        let mut handler = |d: &Delivery<'_>| match d.message.queue_offset {
+            0 => Disposition::Ack,
+            _ => Disposition::Reject,
+        };
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        assert_eq!(
+            consumer.transport.log,
+            [
+                "GroupJoin",
+                "pull q0 gen 1 commit None max 256",
+                "reject t/1",
+                "reject t/2",
+                "pull q0 gen 1 commit Some(3) max 256",
+            ]
+        );
+        let stats = consumer.stats();
+        assert_eq!((stats.delivered, stats.rejected, stats.dead), (3, 2, 1));
+
+        options.mode = GroupMode::Broadcasting;
+        let transport = Scripted {
+            log: Vec::new(),
+            answer: Box::new(|opcode, body| match opcode {
+                Opcode::GroupJoin => (Status::Ok, assignment(1, vec![q(0)], vec![])),
+                Opcode::GroupPull => {
+                    let _ = GroupPull::decode(body).unwrap();
+                    (Status::Ok, batch(0..1))
+                }
+                other => panic!("unexpected {other:?}"),
+            }),
+        };
+        let mut broadcast = GroupConsumer::new(transport, options);
+        let mut reject_all = |_: &Delivery<'_>| Disposition::Reject;
+        assert!(broadcast.poll(u64::MAX, &mut reject_all).is_err());
     }
 
     /// A session that ended (UNKNOWN_MEMBER on a pull) drops every queue, and the next poll

@@ -15,6 +15,7 @@ mod failover;
 pub(crate) mod fake_broker;
 pub mod reset;
 mod group;
+pub mod retry;
 #[cfg(test)]
 mod tests;
 

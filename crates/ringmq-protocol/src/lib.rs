@@ -12,6 +12,7 @@ pub mod codec;
 pub mod codes;
 pub mod frame;
 pub mod message;
+pub mod properties;
 pub mod requests;
 
 pub use codes::{Opcode, Status};

@@ -561,6 +561,37 @@ wire_body! {
 }
 
 wire_body! {
+    /// MessageReject request: a consumer of `group` could not process the message at
+    /// `offset` of `topic`/`queue` (an original or a retried copy). The broker reads the record
+    /// itself, so the body is not sent again; the attempts so far travel on the record as the
+    /// `RECONSUME_TIMES` property (see [`super::properties`]).
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct MessageReject {
+        pub group: String => Name,
+        pub topic: String => Name,
+        pub queue: u32 => U32,
+        pub offset: u64 => U64,
+        /// Attempts after which the message is a dead letter; 0 means the broker's
+        /// `max_reconsume_times`.
+        pub max_reconsume_times: u32 => U32,
+    }
+}
+
+wire_body! {
+    /// MessageReject response: where the copy went.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct RejectOutcome {
+        /// `%RETRY%<group>` (delivered again after `delay_ms`) or `%DLQ%<group>` (a dead
+        /// letter, never delivered again by the broker).
+        pub topic: String => Str16,
+        /// The copy's `RECONSUME_TIMES`: how many times the message has been rejected.
+        pub reconsume_times: u32 => U32,
+        /// The delay before the retry is delivered; 0 for a dead letter.
+        pub delay_ms: u64 => U64,
+    }
+}
+
+wire_body! {
     /// ClusterPromote request: the role to take, SYNC_MASTER or ASYNC_MASTER (empty:
     /// ASYNC_MASTER).
     #[derive(Clone, Debug, PartialEq, Eq)]

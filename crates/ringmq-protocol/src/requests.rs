@@ -57,6 +57,8 @@ macro_rules! for_each_request {
             GroupPull = 37 => "GroupPull": GroupPull => PullResult, "pull response"
                 { #[fails_over] queue: |r| (r.topic.as_str(), r.queue),
                   wait_ms: |r| r.max_wait_ms };
+            MessageReject = 38 => "MessageReject": MessageReject => RejectOutcome,
+                "reject outcome" { queue: |r| (r.topic.as_str(), r.queue) };
             Stats = 40 => "Stats": StatsRequest => $crate::admin::Stats, "stats" {};
             DeleteExpired = 41 => "DeleteExpired": DeleteExpiredRequest
                 => $crate::admin::Retention, "retention after a cleaning pass" {};

@@ -18,7 +18,7 @@ use super::error::ReplicationError;
 use crate::constants::MAX_QUEUES_PER_TOPIC;
 use crate::protocol::codec::{DecodeError, Reader, Writer};
 use crate::shard::groups::OffsetRow;
-use crate::shard::topics::{validate_name, TopicEntry, TopicTable};
+use crate::shard::topics::{validate_stored_name, TopicEntry, TopicTable};
 use crate::store::record::{self, END_OF_SEGMENT_MARKER_BYTES, RECORD_HEADER_BYTES};
 use std::collections::BTreeMap;
 
@@ -353,7 +353,7 @@ impl MetadataFrame {
                 let mut topics = BTreeMap::new();
                 for _ in 0..count {
                     let name = r.str16("topic")?;
-                    if validate_name("topic", name).is_err() {
+                    if validate_stored_name("topic", name).is_err() {
                         return Err(DecodeError::Invalid {
                             field: "topic",
                             reason: "not a valid topic name",
@@ -410,7 +410,9 @@ impl MetadataFrame {
         for _ in 0..count {
             let group = r.str16("group")?;
             let topic = r.str16("topic")?;
-            if validate_name("group", group).is_err() || validate_name("topic", topic).is_err() {
+            if validate_stored_name("group", group).is_err()
+                || validate_stored_name("topic", topic).is_err()
+            {
                 return Err(DecodeError::Invalid {
                     field: "group_offset",
                     reason: "not a valid group or topic name",
@@ -676,6 +678,32 @@ mod tests {
             let body = &bytes[METADATA_HEADER_BYTES..METADATA_HEADER_BYTES + cut];
             assert!(MetadataFrame::decode(body).is_err(), "cut at {cut}");
         }
+    }
+
+    /// A master's retry, dead-letter and schedule topics, and the scheduler's progress rows,
+    /// reach its slaves: the broker's own `%` names pass, a client-style name with `%` does not.
+    #[test]
+    fn metadata_frames_carry_the_broker_s_internal_names() {
+        let mut frame = metadata();
+        let table = frame.topics.as_mut().unwrap();
+        for name in ["%RETRY%billing", "%DLQ%billing", "%SCHEDULE%"] {
+            let (with, _) = table.with_internal_topic(name, 2, 2).unwrap();
+            *table = with;
+        }
+        frame.group_offsets.push(OffsetRow {
+            group: "%SCHEDULE%".into(),
+            topic: "%SCHEDULE%".into(),
+            queue: 1,
+            offset: 4,
+        });
+        let bytes = frame.encode();
+        assert_eq!(
+            MetadataFrame::decode(&bytes[METADATA_HEADER_BYTES..]),
+            Ok(frame.clone())
+        );
+        frame.group_offsets[0].topic = "%OTHER%x".into();
+        let bytes = frame.encode();
+        assert!(MetadataFrame::decode(&bytes[METADATA_HEADER_BYTES..]).is_err());
     }
 
     #[test]

@@ -98,6 +98,13 @@ pub enum ShardRequest {
         group: String,
         reply: oneshot::Sender<Vec<GroupQueueLag>>,
     },
+    /// Shard 0: create a topic the broker makes for itself (a retry, dead-letter or schedule
+    /// topic) unless it exists; every shard has it once the answer comes.
+    EnsureInternalTopic {
+        name: String,
+        queue_count: u32,
+        reply: oneshot::Sender<Result<(), crate::shard::ShardError>>,
+    },
 }
 
 /// The unconnected channel ends of one shard, made in the main thread.

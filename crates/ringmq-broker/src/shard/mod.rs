@@ -15,7 +15,8 @@
 //!   sessions and queue locks (in memory; [`allocation`] divides the queues);
 //! - [`lifecycle`]: requests in flight and the stop flags;
 //! - [`role`]: master (with its replicas) or slave (with its link), changed only by
-//!   [`Shard::change_role`].
+//!   [`Shard::change_role`];
+//! - [`delays`]: the scheduler that moves delayed retries into their retry topics.
 //!
 //! The shard is generic over the [`Disk`] its store writes to and reads time through a
 //! [`Clock`]; [`Shard::open_for_test`] opens one without sockets or mesh peers (for example on
@@ -26,6 +27,7 @@ pub mod appending;
 pub mod cleaning;
 pub mod completion;
 pub mod coordinator;
+pub mod delays;
 pub mod error;
 pub mod flushing;
 pub mod groups;
@@ -89,6 +91,7 @@ pub struct Shard<D: Disk = GlommioDisk> {
     metadata: Metadata<D>,
     lifecycle: Lifecycle,
     role: RoleState,
+    delays: delays::Delays,
     /// Members of the groups whose coordinator this shard is. Borrowed only between awaits.
     coordinator: RefCell<Coordinator>,
     /// Fences granted by other shards' coordinators for queues this shard owns.
@@ -156,6 +159,7 @@ impl<D: Disk> Shard<D> {
             metadata: Metadata::new(parts.topics, parts.groups),
             lifecycle: Lifecycle::default(),
             role: RoleState::new(role, parts.identity),
+            delays: delays::Delays::default(),
             coordinator: RefCell::new(Coordinator::default()),
             fence_cache: coordinator::FenceCache::default(),
         }
@@ -220,15 +224,16 @@ impl<D: Disk> Shard<D> {
         })))
     }
 
-    /// Starts the flusher, the segment allocator and the cleaner; [`Shard::stop`] ends them.
-    /// Also starts the group sessions' expiry tick, which ends on its own once the stop
-    /// reaches the background tasks (nothing waits for it: it holds no I/O).
+    /// Starts the flusher, the segment allocator, the cleaner and the retry scheduler;
+    /// [`Shard::stop`] ends them. Also starts the group sessions' expiry tick, which ends on its
+    /// own once the stop reaches the background tasks (nothing waits for it: it holds no I/O).
     pub fn spawn_background(self: &Rc<Self>) -> BackgroundTasks {
         glommio::spawn_local(run_group_expiry(self.clone())).detach();
         BackgroundTasks {
             flusher: glommio::spawn_local(flushing::run_flusher(self.clone())),
             allocator: glommio::spawn_local(flushing::run_segment_allocator(self.clone())),
             cleaner: glommio::spawn_local(cleaning::run_cleaner(self.clone())),
+            scheduler: glommio::spawn_local(delays::run_scheduler(self.clone())),
         }
     }
 
@@ -237,6 +242,7 @@ impl<D: Disk> Shard<D> {
     /// cannot hold the stop forever), end the background tasks, final flush and checkpoint.
     pub async fn stop(self: &Rc<Self>, background: BackgroundTasks) -> Result<(), ShardError> {
         self.lifecycle.begin_stop();
+        self.delays.wake();
         // The slave link appends and truncates: it ends before the flusher does, so nothing
         // lands after the final flush and no truncation races the store's close. A truncation
         // it had begun runs to its end under the store gate: taking the gate waits for it.
@@ -260,6 +266,9 @@ impl<D: Disk> Shard<D> {
                 bound.as_millis()
             );
         }
+        // The scheduler produces: it ends (its produce refused, its waits woken) while the
+        // flusher still runs, so what it stored is flushed by the final flush.
+        background.scheduler.await;
         self.lifecycle.stop_background();
         self.flushing.wake_tasks();
         self.cleaning.wake();
@@ -375,6 +384,10 @@ impl<D: Disk> Shard<D> {
 
     pub fn role_state(&self) -> &RoleState {
         &self.role
+    }
+
+    pub fn delays(&self) -> &delays::Delays {
+        &self.delays
     }
 
     pub fn role(&self) -> BrokerRole {
@@ -686,11 +699,13 @@ async fn run_group_expiry<D: Disk>(shard: Rc<Shard<D>>) {
     }
 }
 
-/// The flusher, segment allocator and cleaner of a shard, ended by [`Shard::stop`].
+/// The flusher, segment allocator, cleaner and retry scheduler of a shard, ended by
+/// [`Shard::stop`].
 pub struct BackgroundTasks {
     flusher: glommio::Task<()>,
     allocator: glommio::Task<()>,
     cleaner: glommio::Task<()>,
+    scheduler: glommio::Task<()>,
 }
 
 pub fn owned_queues(shard_id: usize, table: &TopicTable) -> Vec<QueueKey> {
@@ -874,6 +889,7 @@ mod tests {
                 flusher: glommio::spawn_local(flushing::run_flusher(shard.clone())),
                 allocator,
                 cleaner: glommio::spawn_local(cleaning::run_cleaner(shard.clone())),
+                scheduler: glommio::spawn_local(delays::run_scheduler(shard.clone())),
             };
             assert_eq!(shard.role(), BrokerRole::Slave);
             assert!(shard.replicas().is_none());

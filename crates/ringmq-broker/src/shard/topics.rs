@@ -66,6 +66,45 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), ShardError> {
     Ok(())
 }
 
+/// The retry topic of a group: rejected messages come back through it.
+pub const RETRY_TOPIC_PREFIX: &str = "%RETRY%";
+/// The dead-letter topic of a group: messages rejected `max_reconsume_times` times.
+pub const DLQ_TOPIC_PREFIX: &str = "%DLQ%";
+/// The broker's own topic of delayed retries, one queue per delay level (`shard/delays.rs`);
+/// also the group name its progress offsets are kept under.
+pub const SCHEDULE_TOPIC: &str = "%SCHEDULE%";
+
+pub fn retry_topic(group: &str) -> String {
+    format!("{RETRY_TOPIC_PREFIX}{group}")
+}
+
+pub fn dlq_topic(group: &str) -> String {
+    format!("{DLQ_TOPIC_PREFIX}{group}")
+}
+
+/// A name the broker makes for itself: `%RETRY%<group>`, `%DLQ%<group>` (a valid group name
+/// after the prefix) or `%SCHEDULE%`. Clients cannot create these (`%` is not allowed in their
+/// names) but read them like any topic.
+pub fn is_internal_name(name: &str) -> bool {
+    if name == SCHEDULE_TOPIC {
+        return true;
+    }
+    [RETRY_TOPIC_PREFIX, DLQ_TOPIC_PREFIX].iter().any(|prefix| {
+        name.strip_prefix(prefix)
+            .is_some_and(|group| validate_name("group", group).is_ok())
+    })
+}
+
+/// A name the topic table or the group offsets may hold: a client's ([`validate_name`]) or one
+/// the broker made ([`is_internal_name`]). Checked where names arrive from elsewhere (a
+/// master's metadata frame).
+pub fn validate_stored_name(kind: &str, name: &str) -> Result<(), ShardError> {
+    if is_internal_name(name) {
+        return Ok(());
+    }
+    validate_name(kind, name)
+}
+
 impl TopicTable {
     /// Reads the table at start-up (before executors run, so plain blocking I/O is fine).
     pub fn load(store_dir: &Path) -> Result<TopicTable, ShardError> {
@@ -92,6 +131,30 @@ impl TopicTable {
         shard_count: usize,
     ) -> Result<(TopicTable, u32), ShardError> {
         validate_name("topic", name)?;
+        self.with_topic_unchecked(name, queue_count, shard_count)
+    }
+
+    /// [`TopicTable::with_topic`] for a name the broker makes ([`is_internal_name`]).
+    pub fn with_internal_topic(
+        &self,
+        name: &str,
+        queue_count: u32,
+        shard_count: usize,
+    ) -> Result<(TopicTable, u32), ShardError> {
+        if !is_internal_name(name) {
+            return Err(ShardError::InvalidName(format!(
+                "`{name}` is not a name the broker makes"
+            )));
+        }
+        self.with_topic_unchecked(name, queue_count, shard_count)
+    }
+
+    fn with_topic_unchecked(
+        &self,
+        name: &str,
+        queue_count: u32,
+        shard_count: usize,
+    ) -> Result<(TopicTable, u32), ShardError> {
         if queue_count == 0 || queue_count > MAX_QUEUES_PER_TOPIC {
             // Answered INVALID_NAME like a bad name, as it always was: part of the wire contract.
             return Err(ShardError::InvalidName(format!(
@@ -161,5 +224,35 @@ mod tests {
         assert!(t.with_topic("ok", MAX_QUEUES_PER_TOPIC + 1, 1).is_err());
         assert!(t.with_topic(&"x".repeat(MAX_NAME_BYTES + 1), 1, 1).is_err());
         assert!(t.with_topic("ok-1.a_b", 4, 2).is_ok());
+        assert!(
+            t.with_topic("%RETRY%g", 1, 1).is_err(),
+            "clients cannot make them"
+        );
+    }
+
+    #[test]
+    fn internal_names_are_the_broker_s_own_forms() {
+        let t = TopicTable::default();
+        for name in [
+            retry_topic("app"),
+            dlq_topic("app.v2"),
+            SCHEDULE_TOPIC.to_string(),
+        ] {
+            assert!(is_internal_name(&name), "{name}");
+            assert!(validate_stored_name("topic", &name).is_ok());
+            assert!(t.with_internal_topic(&name, 2, 2).is_ok());
+        }
+        for name in [
+            "%RETRY%",
+            "%RETRY%a/b",
+            "%DLQ%.x",
+            "%SCHEDULE%x",
+            "%OTHER%g",
+            "plain",
+        ] {
+            assert!(!is_internal_name(name), "{name}");
+        }
+        assert!(t.with_internal_topic("plain", 1, 1).is_err());
+        assert!(validate_stored_name("topic", "plain").is_ok());
     }
 }

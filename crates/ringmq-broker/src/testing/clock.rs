@@ -21,6 +21,11 @@ use std::time::{Duration, Instant};
 /// the shard's timers (milliseconds) to interleave.
 pub const TICK: Duration = Duration::from_micros(1);
 
+/// The wall-clock time a simulation starts at (2023-11-14 22:13:20 UTC): fixed, so a run that
+/// stores wall-clock times (store timestamps, a retry's due time) replays byte for byte from
+/// its seed.
+pub const SIM_ORIGIN_UNIX_MS: u64 = 1_700_000_000_000;
+
 /// Ticks in `d`, rounded up: a sleep never ends early.
 pub fn ticks_in(d: Duration) -> u64 {
     let nanos = d.as_nanos().div_ceil(TICK.as_nanos());
@@ -52,9 +57,6 @@ struct ClockState {
     wall_base_ms: u64,
 }
 
-/// The simulated wall clock's start: 2023-11-14 22:13:20 UTC, fixed so runs repeat.
-pub const SIM_WALL_ORIGIN_MS: u64 = 1_700_000_000_000;
-
 /// Virtual time, shared (cheap to clone) by everything in one simulated node.
 #[derive(Clone)]
 pub struct SimClock {
@@ -71,7 +73,7 @@ impl SimClock {
                 next_id: 0,
                 events: BTreeMap::new(),
                 fired: 0,
-                wall_base_ms: SIM_WALL_ORIGIN_MS,
+                wall_base_ms: SIM_ORIGIN_UNIX_MS,
             })),
         }
     }

@@ -14,7 +14,7 @@ use crate::protocol::{Opcode, Status};
 use crate::shard::allocation::Strategy;
 use crate::shard::coordinator::{coordinator_shard, GroupMode, GroupSettings, Join};
 use crate::shard::mesh::{Reply, ShardRequest};
-use crate::shard::topics::validate_name;
+use crate::shard::topics::{retry_topic, validate_name};
 use crate::shard::{Shard, ShardError};
 use crate::store::io::Disk;
 use crate::store::QueueKey;
@@ -53,6 +53,7 @@ pub async fn join<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, Sh
             queue,
         }));
     }
+    queues.extend(retry_queues(shard, &request.group, settings.mode));
     queues.sort();
     let assignment = shard.coordinator().borrow_mut().join(
         Join {
@@ -75,6 +76,23 @@ pub async fn join<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, Sh
         "group member joined"
     );
     Ok(Reply::ok(body(|out| assignment.encode(out))))
+}
+
+/// A clustering group also reads its retry topic `%RETRY%<group>` (where its rejected
+/// messages come back, `handlers/reject.rs`) once the broker has made it, at the group's first
+/// reject; a consumer that rejected before the topic existed joins again to pick it up.
+/// Broadcasting members get no retries (as in RocketMQ: each member's failures are its own).
+fn retry_queues<D: Disk>(shard: &Shard<D>, group: &str, mode: GroupMode) -> Vec<GroupQueue> {
+    let retry = retry_topic(group);
+    match (mode, shard.topic(&retry)) {
+        (GroupMode::Clustering, Some(entry)) => (0..entry.queue_count())
+            .map(|queue| GroupQueue {
+                topic: retry.clone(),
+                queue,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// The join's settings, checked: known mode and strategy, 1 to `MAX_TOPICS_PER_GROUP` valid

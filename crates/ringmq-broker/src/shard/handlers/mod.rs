@@ -7,6 +7,7 @@ mod membership;
 pub mod metadata;
 mod produce;
 mod pull;
+pub(crate) mod reject;
 pub(crate) mod topic;
 
 use super::mesh::{Reply, ShardRequest};
@@ -91,6 +92,7 @@ handlers! {
     GroupLeave => |shard, body| membership::leave(shard, body).await;
     GroupMembers => |shard, body| membership::members(shard, body).await;
     GroupPull => |shard, body| membership::pull(shard, body).await;
+    MessageReject => |shard, body| reject::handle(shard, body).await;
     StatsRequest => |shard, _| stats(shard).await;
     DeleteExpiredRequest => |shard, _| retention(shard, true).await;
     RetentionStatusRequest => |shard, _| retention(shard, false).await;
@@ -155,6 +157,14 @@ pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRe
         }
         ShardRequest::GroupOffsets { group, reply } => {
             let _ = reply.send(group::local_offsets(&shard, &group));
+        }
+        ShardRequest::EnsureInternalTopic {
+            name,
+            queue_count,
+            reply,
+        } => {
+            let created = topic::ensure_internal(&shard, &name, queue_count).await;
+            let _ = reply.send(created.map(|_| ()));
         }
     }
 }

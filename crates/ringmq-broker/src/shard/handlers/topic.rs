@@ -8,10 +8,11 @@ use crate::protocol::message::{
 };
 use crate::protocol::{Opcode, Status};
 use crate::shard::mesh::{Reply, ShardRequest};
-use crate::shard::topics::{topics_path, TopicTable};
+use crate::shard::topics::{topics_path, TopicEntry, TopicTable};
 use crate::shard::{Shard, ShardError};
 use crate::store::io::Disk;
 use crate::store::QueueKey;
+use futures_channel::oneshot;
 use std::rc::Rc;
 use std::sync::Arc;
 use tracing::info;
@@ -107,6 +108,46 @@ pub async fn delete<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, 
         }
         Changed::Forwarded(reply) => Ok(reply),
     }
+}
+
+/// Creates a topic the broker makes for itself (a group's retry or dead-letter topic, the
+/// schedule topic) unless it exists, and returns it. It is made on shard 0 under the metadata
+/// gate like a client's topic, with the broker's name rules instead of the client's; once this
+/// returns, every shard has it.
+pub async fn ensure_internal<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    name: &str,
+    queue_count: u32,
+) -> Result<TopicEntry, ShardError> {
+    if let Some(entry) = shard.topic(name) {
+        return Ok(entry);
+    }
+    refuse_on_slave(shard)?;
+    if shard.id() != METADATA_SHARD {
+        let (reply, answer) = oneshot::channel();
+        let request = ShardRequest::EnsureInternalTopic {
+            name: name.to_string(),
+            queue_count,
+            reply,
+        };
+        shard.mesh().send(METADATA_SHARD, request).await?;
+        answer
+            .await
+            .map_err(|_| ShardError::ShardGone(METADATA_SHARD))??;
+    } else {
+        let _gate = shard.metadata().lock().await;
+        if shard.topic(name).is_none() {
+            let (table, _) =
+                shard
+                    .topic_table()
+                    .with_internal_topic(name, queue_count, shard.shard_count())?;
+            publish(shard, table).await?;
+            info!(topic = %name, queues = queue_count, "internal topic created");
+        }
+    }
+    shard
+        .topic(name)
+        .ok_or_else(|| ShardError::Internal(format!("topic `{name}` vanished after its creation")))
 }
 
 /// Makes a new table durable, then applies it on every shard (this one last).
