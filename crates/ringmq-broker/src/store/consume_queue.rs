@@ -156,6 +156,16 @@ pub fn files_dir(store_dir: &Path, key: QueueKey) -> PathBuf {
 
 pub const FILES_DIR_SUFFIX: &str = ".cq";
 
+/// Present while a queue is being rebuilt from the commitlog: `consumequeue/<topic id>/
+/// <queue>.rebuilding`. The rebuild removes the queue's files and writes them again segment
+/// by segment while the old checkpoint stands; files a crash left half-written would load as
+/// a valid, shorter queue, so an open that finds the marker rebuilds the queue again.
+pub fn rebuild_marker_path(store_dir: &Path, key: QueueKey) -> PathBuf {
+    queue_dir(store_dir, key.topic_id).join(format!("{}{REBUILD_MARKER_SUFFIX}", key.queue))
+}
+
+pub const REBUILD_MARKER_SUFFIX: &str = ".rebuilding";
+
 /// A queue's file holding offsets from `first`: named by `first` in 20 digits, so names sort
 /// as offsets do. A file covers offsets from `file_start(first)` (a multiple of the file
 /// size) to the next multiple, entry `i` at index `i - file_start(first)`; its name is that
@@ -274,8 +284,11 @@ pub async fn entry_count<D: Disk>(
         .await
         .map_err(|e| StoreError::io(context(), e))?;
     let len = file.len().await.map_err(|e| StoreError::io(context(), e))?;
-    let hi = (len / CQ_ENTRY_BYTES as u64).min(capacity);
-    let (mut lo, mut hi) = (first_index.min(hi), hi);
+    // A file named past its range's start can be shorter than its first index (a crash
+    // between its creation and its first fdatasync keeps the name, not the content): it then
+    // holds no entry, and counts as ending at its name, never before it.
+    let hi = (len / CQ_ENTRY_BYTES as u64).min(capacity).max(first_index);
+    let (mut lo, mut hi) = (first_index, hi);
     // Invariant: entries before `lo` are present, the one at `hi` (if any) is not.
     while lo < hi {
         let mid = lo + (hi - lo) / 2;

@@ -239,6 +239,7 @@ impl<D: Disk> ShardStore<D> {
             for name in list(root.join(&topic)).await? {
                 let queue = name
                     .strip_suffix(consume_queue::FILES_DIR_SUFFIX)
+                    .or_else(|| name.strip_suffix(consume_queue::REBUILD_MARKER_SUFFIX))
                     .unwrap_or(&name);
                 if let Ok(queue) = queue.parse::<u32>() {
                     keys.insert(QueueKey { topic_id, queue });
@@ -278,6 +279,22 @@ impl<D: Disk> ShardStore<D> {
         let dir = &self.config.dir;
         let n = self.file_entries();
         for key in keys {
+            let marker = consume_queue::rebuild_marker_path(dir, *key);
+            if self
+                .disk
+                .exists(&marker)
+                .await
+                .map_err(|e| StoreError::io(format!("checking {}", marker.display()), e))?
+            {
+                warn!(
+                    "consume queue {}/{} was being rebuilt when the broker stopped; rebuilding \
+                     it again",
+                    key.topic_id, key.queue
+                );
+                self.queues.borrow_mut().insert(*key, QueueState::default());
+                invalid.insert(*key);
+                continue;
+            }
             let legacy = consume_queue::legacy_path(dir, *key);
             let legacy_exists = self
                 .disk
@@ -302,20 +319,44 @@ impl<D: Disk> ShardStore<D> {
                 .list(&files_dir)
                 .await
                 .map_err(|e| StoreError::io(format!("listing {}", files_dir.display()), e))?;
+            let mut two_in_one_range = false;
             for first_held in names
                 .iter()
                 .filter_map(|name| consume_queue::parse_file_name(name))
             {
-                files
-                    .entry(consume_queue::file_start(first_held, n))
-                    .or_insert(first_held);
+                let range = files.entry(consume_queue::file_start(first_held, n));
+                two_in_one_range |=
+                    matches!(range, std::collections::btree_map::Entry::Occupied(_));
+                range.or_insert(first_held);
             }
-            let (Some((_, &first)), Some((&last, &last_name))) =
+            let (Some((&first_start, &first)), Some((&last, &last_name))) =
                 (files.first_key_value(), files.last_key_value())
             else {
                 self.queues.borrow_mut().insert(*key, QueueState::default());
                 continue;
             };
+            // The queue's first entry is the first file's first, at its name: a first file
+            // that lacks it while later files exist (an empty file an older rebuild left
+            // behind), or two files for one range, cannot be read as one queue.
+            let first_missing = first_start != last
+                && consume_queue::read_range(
+                    &self.disk,
+                    &consume_queue::file_path(dir, *key, first),
+                    first - first_start,
+                    1,
+                )
+                .await?
+                .is_empty();
+            if two_in_one_range || first_missing {
+                warn!(
+                    "consume queue {} holds files that do not form one queue; rebuilding it \
+                     from the commitlog",
+                    files_dir.display()
+                );
+                self.queues.borrow_mut().insert(*key, QueueState::default());
+                invalid.insert(*key);
+                continue;
+            }
             let last_path = consume_queue::file_path(dir, *key, last_name);
             let count =
                 consume_queue::entry_count(&self.disk, &last_path, last_name - last, n).await?;
@@ -358,9 +399,11 @@ impl<D: Disk> ShardStore<D> {
                 if !more {
                     break;
                 }
+                // Nothing added while the tail starts after the minimum: the files do not
+                // hold the entries between them (a file named past the tail's start).
                 match self.extend_back(*key).await? {
-                    Some(added) => loaded_back += added,
-                    None => ok = false,
+                    Some(added) if added > 0 => loaded_back += added,
+                    _ => ok = false,
                 }
             }
             if !ok {
@@ -565,6 +608,19 @@ impl<D: Disk> ShardStore<D> {
         for key in keys {
             self.queues.borrow_mut().insert(*key, QueueState::default());
             self.readers.borrow_mut().remove(key);
+            // Durable before the files go, removed once the rebuilt files are: a crash in
+            // between makes the next open rebuild the queue again rather than load the part
+            // written so far as the whole queue.
+            let marker = consume_queue::rebuild_marker_path(&self.config.dir, *key);
+            let topic_dir = consume_queue::queue_dir(&self.config.dir, key.topic_id);
+            self.disk
+                .create_dir_all(&topic_dir)
+                .await
+                .map_err(|e| StoreError::io(format!("creating {}", topic_dir.display()), e))?;
+            self.disk
+                .write_atomic(&marker, Vec::new())
+                .await
+                .map_err(|e| StoreError::io(format!("writing {}", marker.display()), e))?;
             let dir = consume_queue::files_dir(&self.config.dir, *key);
             self.disk
                 .remove_dir_all(&dir)
@@ -633,8 +689,18 @@ impl<D: Disk> ShardStore<D> {
                     scan.corruption.as_deref().unwrap_or("a gap in the log")
                 )));
             }
-            self.persist_queues(Some(keys)).await?;
+            // Only queues whose first record was seen: writing a queue not yet started would
+            // create a file at offset 0 that its real first file (named by its first offset)
+            // never replaces.
+            self.persist_queues(Some(&started)).await?;
             from = scan.end_offset.max(to);
+        }
+        for key in keys {
+            let marker = consume_queue::rebuild_marker_path(&self.config.dir, *key);
+            self.disk
+                .remove(&marker)
+                .await
+                .map_err(|e| StoreError::io(format!("removing {}", marker.display()), e))?;
         }
         Ok(added)
     }
