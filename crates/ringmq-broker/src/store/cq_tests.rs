@@ -790,9 +790,9 @@ fn a_last_file_shorter_than_its_name_loads_as_empty() {
     assert_eq!(store.queue_range(KEY), Some((first, next)));
     block_on(store.close()).expect("close");
     let dir = consume_queue::files_dir(&config().dir, KEY);
-    assert_eq!(files(&disk, KEY), [name(first)], "one file holds the queue");
     block_on(async {
-        disk.remove(&dir.join(name(first))).await.unwrap();
+        disk.remove_dir_all(&dir).await.unwrap();
+        disk.create_dir_all(&dir).await.unwrap();
         disk.open(&dir.join(name(first)), true).await.unwrap();
         disk.sync_dir(&dir).await.unwrap();
         disk.remove(&super::checkpoint::checkpoint_path(&config().dir))
@@ -836,4 +836,118 @@ fn a_crash_in_the_middle_of_a_rebuild_rebuilds_again() {
         assert_eq!(store.queue_range(KEY), Some((first, next)), "seed {seed}");
         assert_eq!(check_reads(&store, KEY, first), next - first);
     }
+}
+
+/// Finding 4: with the confirmed offset before the cached tail (a SYNC_MASTER whose slave is
+/// more than the cache behind), the visible end was the queue's minimum, so a consumer
+/// between the two waited for ever on a record already confirmed. It is now found in the
+/// files: one past the last entry whose record ends at or before the confirmed offset.
+#[test]
+fn the_visible_end_behind_the_cached_tail_is_found_in_the_files() {
+    let disk = SimDisk::new();
+    let store = open(&disk);
+    append(&store, KEY, 500, 50);
+    block_on(store.persist_metadata()).expect("persist");
+    assert!(
+        (store.cached_entries(KEY) as u64) < 300,
+        "the tail is cut back"
+    );
+    let entries = block_on(store.entries(KEY, 0, usize::MAX)).expect("entries");
+    for at in [0usize, 1, 99, 100, 250, 399] {
+        let confirmed = entries[at].end_offset();
+        assert_eq!(
+            block_on(store.visible_end(KEY, confirmed)).expect("visible end"),
+            Some(at as u64 + 1),
+            "confirmed through entry {at}"
+        );
+        // Part of a record confirmed: that record is not visible.
+        assert_eq!(
+            block_on(store.visible_end(KEY, confirmed - 1)).expect("visible end"),
+            Some(at as u64),
+            "confirmed into entry {at}"
+        );
+    }
+    assert_eq!(
+        block_on(store.visible_end(KEY, u64::MAX)).expect("visible end"),
+        Some(500)
+    );
+    // After expiry the answer never goes below the minimum.
+    block_on(store.expire_queues_before(entries[200].commitlog_offset)).expect("expire");
+    assert_eq!(
+        block_on(store.visible_end(KEY, entries[150].end_offset())).expect("visible end"),
+        Some(200)
+    );
+    assert_eq!(
+        block_on(store.visible_end(KEY, entries[300].end_offset())).expect("visible end"),
+        Some(301)
+    );
+}
+
+/// The consume queues at the default settings (262,144 entries per file, 8,192 cached): the
+/// tail stays bounded, a file boundary is crossed and read across, a restart and a crash
+/// find the queue through the files, the visible end behind the tail is found in them, and
+/// an expiry deletes the first file whole and moves the minimum inside the second.
+#[test]
+fn consume_queues_at_the_default_settings() {
+    let defaults = crate::config::BrokerConfig::default();
+    let config = StoreConfig {
+        cq_file_entries: defaults.consume_queue_file_entries,
+        cq_cache_entries: defaults.consume_queue_cache_entries,
+        segment_size_bytes: 4 * 1024 * 1024,
+        write_buffer_bytes: 1024 * 1024,
+        ..config()
+    };
+    assert_eq!(config.cq_file_entries, 262_144);
+    assert_eq!(config.cq_cache_entries, 8192);
+    let open = |disk: &SimDisk| {
+        block_on(ShardStore::open(
+            disk.clone(),
+            config.clone(),
+            &[KEY, OTHER],
+        ))
+        .expect("open")
+        .0
+    };
+    let disk = SimDisk::new();
+    let store = open(&disk);
+    let total = 270_000u64;
+    append(&store, KEY, total, 10_000);
+    append(&store, OTHER, 10, 10);
+    block_on(store.persist_metadata()).expect("persist");
+    assert_eq!(files(&disk, KEY), [name(0), name(262_144)]);
+    let per_block = (BLOCK_BYTES / CQ_ENTRY_BYTES) as u64;
+    assert!(store.cached_entries(KEY) as u64 <= 8192 + per_block);
+    let across = block_on(store.entries(KEY, 262_140, 10)).expect("entries");
+    assert_eq!(across.len(), 10);
+    let confirmed = block_on(store.entries(KEY, 100_000, 1)).expect("entry")[0].end_offset();
+    assert_eq!(
+        block_on(store.visible_end(KEY, confirmed)).expect("visible end"),
+        Some(100_001)
+    );
+    block_on(store.close()).expect("close");
+    let store = open(&disk);
+    assert_eq!(store.queue_range(KEY), Some((0, total)));
+    assert!(
+        store.cached_entries(KEY) as u64 <= 8192 + per_block,
+        "{}",
+        store.cached_entries(KEY)
+    );
+    assert_eq!(check_reads(&store, KEY, 262_000), total - 262_000);
+    assert_eq!(check_reads(&store, KEY, 0).min(10), 10);
+    append(&store, KEY, 1000, 300);
+    let crashed = disk.crash(3);
+    let store = open(&crashed);
+    let (min, next) = store.queue_range(KEY).expect("queue");
+    assert_eq!(min, 0);
+    assert!((total..=total + 1000).contains(&next), "{next}");
+    assert_eq!(check_reads(&store, KEY, 261_000), next - 261_000);
+    let head = block_on(store.entries(KEY, 263_000, 1)).expect("entry")[0].commitlog_offset;
+    block_on(store.expire_queues_before(head)).expect("expire");
+    assert_eq!(store.queue_range(KEY), Some((263_000, next)));
+    assert_eq!(files(&crashed, KEY), [name(262_144)]);
+    block_on(store.close()).expect("close");
+    let store = open(&crashed);
+    block_on(store.expire_queues_before(head)).expect("expire");
+    assert_eq!(store.queue_range(KEY), Some((263_000, next)));
+    assert_eq!(check_reads(&store, KEY, 263_000), next - 263_000);
 }

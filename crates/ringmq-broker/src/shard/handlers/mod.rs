@@ -132,7 +132,7 @@ pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRe
             }
         }
         ShardRequest::GroupOffsets { group, reply } => {
-            let _ = reply.send(group::local_offsets(&shard, &group));
+            let _ = reply.send(group::local_offsets(&shard, &group).await);
         }
     }
 }

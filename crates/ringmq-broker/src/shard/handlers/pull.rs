@@ -31,7 +31,7 @@ pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, 
     let clock = shard.clock();
     let deadline = clock.now() + wait;
     loop {
-        let summary = summary(shard, key, request.offset)?;
+        let summary = summary(shard, key, request.offset).await?;
         if request.offset < summary.max_offset {
             let started = clock.now();
             let reply = read_messages(shard, key, &request, summary).await;
@@ -76,7 +76,7 @@ async fn wait_for<D: Disk>(shard: &Shard<D>, key: QueueKey, offset: u64) -> Wait
     }
 }
 
-fn summary<D: Disk>(
+async fn summary<D: Disk>(
     shard: &Shard<D>,
     key: QueueKey,
     offset: u64,
@@ -88,6 +88,7 @@ fn summary<D: Disk>(
     let max_offset = shard
         .store()
         .visible_end(key, shard.confirmed_offset())
+        .await?
         .unwrap_or(min_offset);
     // An offset the queue holds but does not show yet (not confirmed: a restarted SYNC_MASTER
     // until its slave acknowledges again, a slave until its master confirms) is not out of
