@@ -951,3 +951,40 @@ fn consume_queues_at_the_default_settings() {
     assert_eq!(store.queue_range(KEY), Some((263_000, next)));
     assert_eq!(check_reads(&store, KEY, 263_000), next - 263_000);
 }
+
+/// Finding 5: consumers behind the cached tail of more queues than the open-reader bound
+/// all read their files, and no more than the bound stay open.
+#[test]
+fn readers_of_many_lagging_queues_stay_bounded() {
+    use crate::constants::CQ_OPEN_READERS;
+    let keys: Vec<QueueKey> = (0..CQ_OPEN_READERS as u32 + 8)
+        .map(|queue| QueueKey { topic_id: 9, queue })
+        .collect();
+    let disk = SimDisk::new();
+    let store = block_on(ShardStore::open(disk.clone(), config(), &keys))
+        .expect("open")
+        .0;
+    for key in &keys {
+        append(&store, *key, 120, 40);
+    }
+    block_on(store.persist_metadata()).expect("persist");
+    for round in 0..3 {
+        for key in &keys {
+            assert_eq!(check_reads_to(&store, *key, round * 10, 10), 10);
+            assert!(store.open_readers() <= CQ_OPEN_READERS);
+        }
+    }
+}
+
+/// Reads `count` entries from `from` (older than the cached tail here) and checks them.
+fn check_reads_to(store: &ShardStore<SimDisk>, key: QueueKey, from: u64, count: usize) -> u64 {
+    let entries = block_on(store.entries(key, from, count)).expect("entries");
+    for (i, entry) in entries.iter().enumerate() {
+        let bytes = block_on(store.read_record(*entry)).expect("record");
+        let Ok(Decoded::Record(view)) = record::decode(&bytes, entry.commitlog_offset) else {
+            panic!("offset {} does not decode", from + i as u64);
+        };
+        assert_eq!(view.body, body(key, from + i as u64));
+    }
+    entries.len() as u64
+}

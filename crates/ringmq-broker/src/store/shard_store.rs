@@ -11,6 +11,7 @@ use super::consume_queue::{self, QueueState};
 use super::io::{Disk, BLOCK_BYTES};
 use super::record::{self, Decoded, RecordInput, RecordView, RECORD_HEADER_BYTES};
 use super::{AppendError, Appended, CqEntry, QueueKey, RecoveryReport, StoreConfig, StoreError};
+use crate::constants::CQ_OPEN_READERS;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -26,10 +27,9 @@ pub struct ShardStore<D: Disk> {
     queues: RefCell<BTreeMap<QueueKey, QueueState>>,
     /// The consume-queue file each queue last read old entries from, kept open: a consumer
     /// behind the cached tail reads the same file pull after pull, and opening it each time
-    /// (an open and a device-limit lookup) costs more than the read. Forgotten whenever a
-    /// queue's files are removed, so a file re-created under the same name is never read
-    /// through a descriptor of the old one.
-    readers: RefCell<BTreeMap<QueueKey, OpenFile<D>>>,
+    /// (an open and a device-limit lookup) costs more than the read. Bounded, and forgotten
+    /// whenever a queue's files are removed (see [`Readers`]).
+    readers: RefCell<Readers<D::File>>,
     /// The log head: the commitlog's first retained byte, as the checkpoint records it. Moves
     /// forward one segment per retention deletion, before the segment's file goes.
     log_head: Cell<u64>,
@@ -39,8 +39,67 @@ pub struct ShardStore<D: Disk> {
     newest_store_ms: RefCell<BTreeMap<u64, u64>>,
 }
 
-/// A consume-queue file kept open for reads, with its path.
-type OpenFile<D> = (PathBuf, Rc<<D as Disk>::File>);
+/// The consume-queue files kept open for reads, one per queue at most, [`CQ_OPEN_READERS`]
+/// in all (the least recently used is closed first). A file re-created under the same name
+/// must never be read through a descriptor of the old one: removing files forgets their
+/// queue's reader and moves `epoch` on, and a reader opened across such a removal (a pull's
+/// open in flight while a trim or an expiry deleted the file) is used once, not kept.
+struct Readers<F> {
+    open: BTreeMap<QueueKey, (PathBuf, Rc<F>, u64)>,
+    /// Counts uses, for the least recently used.
+    uses: u64,
+    epoch: u64,
+}
+
+impl<F> Readers<F> {
+    fn new() -> Self {
+        Readers {
+            open: BTreeMap::new(),
+            uses: 0,
+            epoch: 0,
+        }
+    }
+
+    fn get(&mut self, key: QueueKey, path: &std::path::Path) -> Option<Rc<F>> {
+        self.uses += 1;
+        let uses = self.uses;
+        let (open, file, used) = self.open.get_mut(&key)?;
+        if open != path {
+            return None;
+        }
+        *used = uses;
+        Some(file.clone())
+    }
+
+    /// Keeps `file`, opened when the epoch was `opened_at`, unless files were removed since.
+    fn keep(&mut self, key: QueueKey, path: PathBuf, file: Rc<F>, opened_at: u64) {
+        if opened_at != self.epoch {
+            return;
+        }
+        if !self.open.contains_key(&key) && self.open.len() >= CQ_OPEN_READERS {
+            let oldest = self
+                .open
+                .iter()
+                .min_by_key(|(_, (_, _, used))| *used)
+                .map(|(key, _)| *key);
+            if let Some(oldest) = oldest {
+                self.open.remove(&oldest);
+            }
+        }
+        self.uses += 1;
+        self.open.insert(key, (path, file, self.uses));
+    }
+
+    /// Forgets the readers of the queues `gone` names, before their files are removed.
+    fn forget(&mut self, gone: impl Fn(&QueueKey) -> bool) {
+        self.open.retain(|key, _| !gone(key));
+        self.epoch += 1;
+    }
+
+    fn len(&self) -> usize {
+        self.open.len()
+    }
+}
 
 fn invalid_config(reason: String) -> StoreError {
     StoreError::io(
@@ -135,7 +194,7 @@ impl<D: Disk> ShardStore<D> {
             config,
             log,
             queues: RefCell::new(BTreeMap::new()),
-            readers: RefCell::new(BTreeMap::new()),
+            readers: RefCell::new(Readers::new()),
             log_head: Cell::new(log_head),
             newest_store_ms: RefCell::new(BTreeMap::new()),
         };
@@ -571,7 +630,7 @@ impl<D: Disk> ShardStore<D> {
             };
             let (dropped, kept, cut_file, later, block, zero_to, cut_file_name) = plan;
             trimmed += dropped;
-            self.readers.borrow_mut().remove(&key);
+            self.readers.borrow_mut().forget(|k| *k == key);
             for (start, name) in later.iter().rev() {
                 let path = consume_queue::file_path(&self.config.dir, key, *name);
                 self.disk
@@ -614,7 +673,7 @@ impl<D: Disk> ShardStore<D> {
         }
         for key in keys {
             self.queues.borrow_mut().insert(*key, QueueState::default());
-            self.readers.borrow_mut().remove(key);
+            self.readers.borrow_mut().forget(|k| k == key);
             // Durable before the files go, removed once the rebuilt files are: a crash in
             // between makes the next open rebuild the queue again rather than load the part
             // written so far as the whole queue.
@@ -724,7 +783,7 @@ impl<D: Disk> ShardStore<D> {
             .retain(|key, _| key.topic_id != topic_id);
         self.readers
             .borrow_mut()
-            .retain(|key, _| key.topic_id != topic_id);
+            .forget(|key| key.topic_id == topic_id);
         let dir = consume_queue::queue_dir(&self.config.dir, topic_id);
         self.disk
             .remove_dir_all(&dir)
@@ -1119,6 +1178,11 @@ impl<D: Disk> ShardStore<D> {
         queues.get(&key).map(|s| (s.min_offset, s.next()))
     }
 
+    /// How many consume-queue files are kept open for reads (at most [`CQ_OPEN_READERS`]).
+    pub fn open_readers(&self) -> usize {
+        self.readers.borrow().len()
+    }
+
     /// How many of a queue's entries are in memory (the cached tail), for tests and metrics.
     pub fn cached_entries(&self, key: QueueKey) -> usize {
         self.queues.borrow().get(&key).map_or(0, |s| s.tail.len())
@@ -1202,21 +1266,17 @@ impl<D: Disk> ShardStore<D> {
                     count,
                 )
             };
-            let cached = self
-                .readers
-                .borrow()
-                .get(&key)
-                .filter(|(open, _)| *open == path)
-                .map(|(_, file)| file.clone());
+            let cached = self.readers.borrow_mut().get(key, &path);
             let file = match cached {
                 Some(file) => file,
                 None => {
+                    let opened_at = self.readers.borrow().epoch;
                     let file = Rc::new(self.disk.open(&path, false).await.map_err(|e| {
                         StoreError::io(format!("reading consume queue {}", path.display()), e)
                     })?);
                     self.readers
                         .borrow_mut()
-                        .insert(key, (path.clone(), file.clone()));
+                        .keep(key, path.clone(), file.clone(), opened_at);
                     file
                 }
             };
@@ -1279,7 +1339,7 @@ impl<D: Disk> ShardStore<D> {
                 .collect()
         };
         if !doomed.is_empty() {
-            self.readers.borrow_mut().remove(&key);
+            self.readers.borrow_mut().forget(|k| *k == key);
         }
         for (file, name) in doomed {
             let path = consume_queue::file_path(&self.config.dir, key, name);
@@ -1519,6 +1579,43 @@ mod tests {
     use crate::testing::SimDisk;
     use futures_lite::future::block_on;
     use std::path::PathBuf;
+
+    /// Review finding 5: the open readers are bounded, least recently used closed first, and
+    /// a reader opened before a removal of files (a pull's open in flight while a trim or an
+    /// expiry deleted the file) is not kept, so a later file of the same name is never read
+    /// through it.
+    #[test]
+    fn readers_are_bounded_and_never_kept_across_a_removal() {
+        use super::{Readers, CQ_OPEN_READERS};
+        use std::path::Path;
+        use std::rc::Rc;
+        let key = |queue: u32| QueueKey { topic_id: 1, queue };
+        let path = |queue: u32| PathBuf::from(format!("/q/{queue}"));
+        let mut readers = Readers::<u32>::new();
+        for queue in 0..CQ_OPEN_READERS as u32 {
+            let epoch = readers.epoch;
+            readers.keep(key(queue), path(queue), Rc::new(queue), epoch);
+        }
+        // Queue 0 used again: queue 1 is now the least recently used.
+        assert_eq!(readers.get(key(0), &path(0)).as_deref(), Some(&0));
+        let epoch = readers.epoch;
+        readers.keep(key(99), path(99), Rc::new(99), epoch);
+        assert_eq!(readers.len(), CQ_OPEN_READERS);
+        assert!(
+            readers.get(key(1), &path(1)).is_none(),
+            "the LRU was closed"
+        );
+        assert!(readers.get(key(0), &path(0)).is_some());
+        assert!(readers.get(key(0), Path::new("/q/other")).is_none());
+        // An open begun before a removal is used once, not kept.
+        let opened_at = readers.epoch;
+        readers.forget(|k| *k == key(2));
+        readers.keep(key(2), path(2), Rc::new(2), opened_at);
+        assert!(readers.get(key(2), &path(2)).is_none());
+        let epoch = readers.epoch;
+        readers.keep(key(2), path(2), Rc::new(2), epoch);
+        assert!(readers.get(key(2), &path(2)).is_some());
+    }
 
     /// A record of topic id 5 queue 0 at `queue_offset`, encoded where it lands in the log.
     fn shipped(queue_offset: u64, commitlog_offset: u64) -> Vec<u8> {
