@@ -988,3 +988,35 @@ fn check_reads_to(store: &ShardStore<SimDisk>, key: QueueKey, from: u64, count: 
     }
     entries.len() as u64
 }
+
+/// Finding 7: with no checkpoint the recovery scan covers the whole log, and a queue whose
+/// files are lost took every entry into memory before anything was written. Past a file's
+/// worth of unpersisted entries it is now rebuilt, segment by segment.
+#[test]
+fn recovery_without_a_checkpoint_keeps_a_lost_queue_out_of_memory() {
+    let disk = SimDisk::new();
+    let store = open(&disk);
+    append(&store, KEY, 3000, 500);
+    block_on(store.close()).expect("close");
+    block_on(async {
+        disk.remove_dir_all(&consume_queue::files_dir(&config().dir, KEY))
+            .await
+            .unwrap();
+        disk.remove(&super::checkpoint::checkpoint_path(&config().dir))
+            .await
+            .unwrap();
+    });
+    let (store, report) =
+        block_on(ShardStore::open(disk.clone(), config(), &[KEY, OTHER])).expect("open");
+    // A 64 KiB segment holds about 1,400 of these records.
+    assert!(
+        report.consume_queue_peak_cached_entries < 1600,
+        "{} entries of one queue in memory",
+        report.consume_queue_peak_cached_entries
+    );
+    assert_eq!(store.queue_range(KEY), Some((0, 3000)));
+    assert_eq!(check_reads(&store, KEY, 0), 3000);
+    block_on(store.close()).expect("close");
+    let store = open(&disk);
+    assert_eq!(check_reads(&store, KEY, 0), 3000);
+}

@@ -134,6 +134,14 @@ struct Dispatch {
     dispatched: u64,
     /// Queues whose consume queue is behind or inconsistent: rebuilt from the oldest segment.
     rebuild: BTreeSet<QueueKey>,
+    /// Without a checkpoint the scan covers the whole log, and a queue whose files are lost
+    /// or far behind would take every entry of it into memory (24 GB for 10^9 entries): past
+    /// this many unpersisted entries the queue is dropped from memory and rebuilt instead,
+    /// which writes its files segment by segment. `None` with a checkpoint: the scan then
+    /// covers only what was appended after it.
+    unpersisted_limit: Option<u64>,
+    /// The most entries any queue held in memory during the scan and the rebuild.
+    peak_cached: u64,
 }
 
 impl<D: Disk> ShardStore<D> {
@@ -216,6 +224,9 @@ impl<D: Disk> ShardStore<D> {
             .await?;
         let mut dispatch = Dispatch {
             rebuild: invalid,
+            unpersisted_limit: checkpoint
+                .is_none()
+                .then_some(store.file_entries().max(store.config.cq_cache_entries)),
             ..Dispatch::default()
         };
         let segment_size = store.config.segment_size_bytes;
@@ -254,9 +265,11 @@ impl<D: Disk> ShardStore<D> {
                 }
             }
         }
-        dispatch.dispatched += store
+        let (rebuilt, rebuild_peak) = store
             .rebuild(&dispatch.rebuild, scan.end_offset, stage)
             .await?;
+        dispatch.dispatched += rebuilt;
+        dispatch.peak_cached = dispatch.peak_cached.max(rebuild_peak);
         // Idempotent: a crash between a deletion's checkpoint and its queue trim heals here.
         stage("moving queue minimums to the log head".to_string());
         store.expire_queues_before(store.log_head()).await?;
@@ -275,6 +288,7 @@ impl<D: Disk> ShardStore<D> {
             max_offset: scan.end_offset,
             consume_queue_entries_trimmed: trimmed,
             consume_queue_entries_dispatched: dispatch.dispatched,
+            consume_queue_peak_cached_entries: dispatch.peak_cached,
             duration: started.elapsed(),
         };
         Ok((store, report))
@@ -559,6 +573,14 @@ impl<D: Disk> ShardStore<D> {
         if view.queue_offset == next {
             state.push(entry_of(view));
             dispatch.dispatched += 1;
+            dispatch.peak_cached = dispatch.peak_cached.max(state.tail.len() as u64);
+            if dispatch
+                .unpersisted_limit
+                .is_some_and(|limit| state.next() - state.persisted > limit)
+            {
+                *state = QueueState::default();
+                dispatch.rebuild.insert(key);
+            }
         } else if view.queue_offset > next
             || state
                 .cached(view.queue_offset)
@@ -661,15 +683,16 @@ impl<D: Disk> ShardStore<D> {
     /// Rebuilds the given queues from the oldest segment up to `end`, one segment at a time:
     /// after each, the rebuilt entries are written to the files and the tails cut back to the
     /// cache bound, so a rebuild of a long log holds no more than a segment's entries. A queue
-    /// starts at the queue offset of its oldest record still in the log. Returns entries added.
+    /// starts at the queue offset of its oldest record still in the log. Returns entries added
+    /// and the most entries one queue held in memory meanwhile.
     async fn rebuild(
         &self,
         keys: &BTreeSet<QueueKey>,
         end: u64,
         stage: &dyn Fn(String),
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(u64, u64), StoreError> {
         if keys.is_empty() {
-            return Ok(0);
+            return Ok((0, 0));
         }
         for key in keys {
             self.queues.borrow_mut().insert(*key, QueueState::default());
@@ -706,6 +729,7 @@ impl<D: Disk> ShardStore<D> {
             }
         }
         let mut added = 0;
+        let mut peak = 0;
         let mut started = BTreeSet::new();
         let segment_size = self.config.segment_size_bytes;
         let mut from = self.log.oldest_segment().unwrap_or(0);
@@ -742,6 +766,7 @@ impl<D: Disk> ShardStore<D> {
                     if view.queue_offset == next {
                         state.push(entry_of(view));
                         added += 1;
+                        peak = peak.max(state.tail.len() as u64);
                     }
                     Ok(())
                 })
@@ -768,7 +793,7 @@ impl<D: Disk> ShardStore<D> {
                 .await
                 .map_err(|e| StoreError::io(format!("removing {}", marker.display()), e))?;
         }
-        Ok(added)
+        Ok((added, peak))
     }
 
     /// Registers a new, empty queue (a topic was created).
