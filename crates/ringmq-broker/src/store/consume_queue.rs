@@ -58,8 +58,9 @@ impl CqEntry {
 }
 
 /// Entries per consume-queue file when the config does not say: 2^18 = 262,144 entries, 5 MiB.
-/// RocketMQ uses 300,000 (6 MB); a multiple of 1024 entries (20 KiB, five 4 KiB blocks) keeps
-/// every file a whole number of blocks, so no direct write straddles two files. Small enough
+/// RocketMQ uses 300,000 (6 MB). A multiple of 1024 entries (20 KiB, five 4 KiB blocks) keeps
+/// every file a whole number of blocks with no padding; the config accepts any size (each
+/// file is written on its own, its last block padded with zeros). Small enough
 /// that retention frees space in fine steps and a recovery that reads one file's end reads
 /// little; large enough that a queue of 10^9 entries has under 4,000 files.
 pub const DEFAULT_FILE_ENTRIES: u64 = 1 << 18;

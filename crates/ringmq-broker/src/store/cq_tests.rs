@@ -1020,3 +1020,34 @@ fn recovery_without_a_checkpoint_keeps_a_lost_queue_out_of_memory() {
     let store = open(&disk);
     assert_eq!(check_reads(&store, KEY, 0), 3000);
 }
+
+/// Finding 9: entries read from a file before the cached tail were checked against each
+/// other but not against the tail they run into; a file entry overlapping the tail's first
+/// now ends the answer before the tail.
+#[test]
+fn a_file_entry_overlapping_the_cached_tail_ends_the_answer() {
+    let disk = SimDisk::new();
+    let store = open(&disk);
+    append(&store, KEY, 250, 50);
+    block_on(store.persist_metadata()).expect("persist");
+    let (_, next) = store.queue_range(KEY).expect("queue");
+    let tail_start = next - store.cached_entries(KEY) as u64;
+    assert!(tail_start > 3, "{tail_start}");
+    let first_cached = block_on(store.entries(KEY, tail_start, 1)).expect("tail")[0];
+    // The entry before the tail, in its file, claims the tail's first record.
+    let file = (tail_start - 1) / FILE_ENTRIES * FILE_ENTRIES;
+    let path = consume_queue::file_path(&config().dir, KEY, file);
+    let at = (tail_start - 1 - file) as usize * CQ_ENTRY_BYTES;
+    block_on(async {
+        let f = disk.open(&path, false).await.unwrap();
+        let block = at / BLOCK_BYTES * BLOCK_BYTES;
+        let mut bytes = f.read_at(block as u64, 2 * BLOCK_BYTES).await.unwrap();
+        bytes.resize(2 * BLOCK_BYTES, 0);
+        encode_entry(&first_cached, &mut bytes[at - block..]);
+        f.write_bytes_at(&bytes, block as u64).await.unwrap();
+        f.fdatasync().await.unwrap();
+    });
+    let entries = block_on(store.entries(KEY, tail_start - 3, 10)).expect("entries");
+    assert_eq!(entries.len(), 3, "stops before the tail");
+    assert_eq!(entries[2], first_cached);
+}

@@ -1279,7 +1279,15 @@ impl<D: Disk> ShardStore<D> {
                 if pos >= state.tail_start {
                     let at = (pos - state.tail_start) as usize;
                     let count = want.min(state.next() - pos) as usize;
-                    out.extend(state.tail.range(at..at + count).copied());
+                    // Entries read from a file before the tail must end before the tail's
+                    // first starts, as the file chunks are checked against each other.
+                    let unordered = match (out.last(), state.tail.get(at)) {
+                        (Some(last), Some(first)) => first.commitlog_offset < last.end_offset(),
+                        _ => false,
+                    };
+                    if !unordered {
+                        out.extend(state.tail.range(at..at + count).copied());
+                    }
                     return Ok(out);
                 }
                 let file = consume_queue::file_start(pos, n);

@@ -102,9 +102,8 @@ async fn summary<D: Disk>(
         };
         return Err(ShardError::OffsetOutOfRange(
             crate::protocol::codes::offset_out_of_range_message(
-                &format!(
-                    "offset {offset} is {reason}: outside the queue's range {min_offset}..={max_offset}"
-                ),
+                // The range follows in the bracketed suffix, once.
+                &format!("offset {offset} is {reason}"),
                 min_offset,
                 max_offset,
             ),
