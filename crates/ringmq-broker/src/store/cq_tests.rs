@@ -154,7 +154,8 @@ fn files_roll_by_first_offset_and_old_entries_are_read_from_them() {
     let per_block = (BLOCK_BYTES / CQ_ENTRY_BYTES) as u64;
     assert!(store.cached_entries(KEY) as u64 <= CACHE + per_block);
     assert_eq!(check_reads(&store, KEY, 0), 350);
-    // A pull of old data reads one file: a request never spans two.
+    // A request across a file boundary reads the two files (one read each) and returns every
+    // entry it asked for.
     let entries = block_on(store.entries(KEY, 95, 10)).expect("entries");
     assert_eq!(entries.len(), 10, "entries across a file boundary");
     assert_eq!(check_reads(&store, OTHER, 0), 5);
@@ -179,20 +180,29 @@ fn files_roll_by_first_offset_and_old_entries_are_read_from_them() {
     }
 }
 
+/// Both in memory and in bytes read: 20,000 entries are 200 files (400 KB) here, and a clean
+/// restart reads the newest file's end, the cached tail and the log after the checkpoint (at
+/// most the last 64 KiB segment), not the files.
 #[test]
 fn recovery_reads_the_ends_of_the_files_not_the_files() {
     let disk = SimDisk::new();
     let store = open(&disk);
-    append(&store, KEY, 1000, 50);
+    append(&store, KEY, 20_000, 1000);
     block_on(store.close()).expect("close");
+    let before = disk.read_bytes();
     let store = open(&disk);
+    let read = disk.read_bytes() - before;
+    assert!(
+        read < config().segment_size_bytes + 16 * 1024,
+        "a restart read {read} bytes"
+    );
     let per_block = (BLOCK_BYTES / CQ_ENTRY_BYTES) as u64;
     assert!(
         store.cached_entries(KEY) as u64 <= CACHE + per_block,
         "{} entries in memory after recovery",
         store.cached_entries(KEY)
     );
-    assert_eq!(check_reads(&store, KEY, 990), 10);
+    assert_eq!(check_reads(&store, KEY, 19_990), 10);
 }
 
 #[test]
@@ -1050,4 +1060,38 @@ fn a_file_entry_overlapping_the_cached_tail_ends_the_answer() {
     let entries = block_on(store.entries(KEY, tail_start - 3, 10)).expect("entries");
     assert_eq!(entries.len(), 3, "stops before the tail");
     assert_eq!(entries[2], first_cached);
+}
+
+/// Finding 8: each legacy queue's migration is its own start-up stage, so the stage deadline
+/// bounds one queue's conversion, not the whole store's.
+#[test]
+fn each_legacy_queue_migrates_in_its_own_stage() {
+    let disk = SimDisk::new();
+    legacy_store(&disk, 150);
+    let stages = std::cell::RefCell::new(Vec::new());
+    let record = |what: String| stages.borrow_mut().push(what);
+    let (store, _) = block_on(ShardStore::open_reporting(
+        disk.clone(),
+        config(),
+        &[KEY, OTHER],
+        &record,
+    ))
+    .expect("open");
+    let migrating: Vec<String> = stages
+        .borrow()
+        .iter()
+        .filter(|what| what.starts_with("migrating consume queue"))
+        .cloned()
+        .collect();
+    assert_eq!(migrating.len(), 2, "{migrating:?}");
+    for key in [KEY, OTHER] {
+        let legacy = consume_queue::legacy_path(&config().dir, key);
+        assert!(
+            migrating
+                .iter()
+                .any(|what| what.contains(&legacy.display().to_string())),
+            "{migrating:?}"
+        );
+    }
+    assert_eq!(check_reads(&store, KEY, 0), 150);
 }

@@ -220,7 +220,7 @@ impl<D: Disk> ShardStore<D> {
             keys.len()
         ));
         let invalid = store
-            .load_queues(&keys, scan_start, checkpoint.is_some())
+            .load_queues(&keys, scan_start, checkpoint.is_some(), stage)
             .await?;
         let mut dispatch = Dispatch {
             rebuild: invalid,
@@ -347,6 +347,7 @@ impl<D: Disk> ShardStore<D> {
         keys: &[QueueKey],
         scan_start: u64,
         cover_scan: bool,
+        stage: &dyn Fn(String),
     ) -> Result<BTreeSet<QueueKey>, StoreError> {
         let mut invalid = BTreeSet::new();
         let dir = &self.config.dir;
@@ -374,6 +375,14 @@ impl<D: Disk> ShardStore<D> {
                 .exists(&legacy)
                 .await
                 .map_err(|e| StoreError::io(format!("checking {}", legacy.display()), e))?;
+            if legacy_exists {
+                // A stage per queue: a store with many large legacy files takes long in all,
+                // and the deadline is for one step.
+                stage(format!(
+                    "migrating consume queue {} to split files",
+                    legacy.display()
+                ));
+            }
             if legacy_exists
                 && !consume_queue::migrate_legacy(&self.disk, dir, *key, n, self.entry_limits())
                     .await?
@@ -384,6 +393,9 @@ impl<D: Disk> ShardStore<D> {
                     legacy.display()
                 );
                 invalid.insert(*key);
+            }
+            if legacy_exists {
+                stage("loading the tails of consume queues".to_string());
             }
             let files_dir = consume_queue::files_dir(dir, *key);
             let mut files = BTreeMap::new();
@@ -1422,6 +1434,13 @@ impl<D: Disk> ShardStore<D> {
                 .collect();
             (state.min_offset, state.tail_start, files)
         };
+        // The usual case at every open: the head lies before the queue's first entry, and one
+        // read says so (no walk, no search).
+        if let Some(first) = self.entries(key, min, 1).await?.first() {
+            if first.commitlog_offset >= log_head {
+                return Ok(min);
+            }
+        }
         // The answer lies in [min, tail_start]: walk the files by their first entries, then
         // search the one file that holds it.
         let path = |name: u64| consume_queue::file_path(&self.config.dir, key, name);
