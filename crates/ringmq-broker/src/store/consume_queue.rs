@@ -289,18 +289,25 @@ pub async fn entry_count<D: Disk>(
     // between its creation and its first fdatasync keeps the name, not the content): it then
     // holds no entry, and counts as ending at its name, never before it.
     let hi = (len / CQ_ENTRY_BYTES as u64).min(capacity).max(first_index);
-    let (mut lo, mut hi) = (first_index, hi);
-    // Invariant: entries before `lo` are present, the one at `hi` (if any) is not.
+    partition_point(&file, first_index, hi, |entry| entry.is_some()).await
+}
+
+/// The first index in `lo..hi` of a file whose entry (`None`: absent) fails `before`, which
+/// must hold for a prefix of the range and fail for the rest: a binary search reading one
+/// entry at a time, so finding an end or a minimum in a 5 MiB file costs about 18 small reads.
+pub async fn partition_point<F: DiskFile>(
+    file: &F,
+    mut lo: u64,
+    mut hi: u64,
+    before: impl Fn(Option<&CqEntry>) -> bool,
+) -> Result<u64, StoreError> {
+    // Invariant: entries before `lo` pass `before`, the one at `hi` (if any) does not.
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        let bytes = file
-            .read_at(mid * CQ_ENTRY_BYTES as u64, CQ_ENTRY_BYTES)
-            .await
-            .map_err(|e| StoreError::io(context(), e))?;
-        if decode_entries(&bytes).is_empty() {
-            hi = mid;
-        } else {
+        if before(read_entries(file, mid, 1).await?.first()) {
             lo = mid + 1;
+        } else {
+            hi = mid;
         }
     }
     Ok(lo)

@@ -128,6 +128,23 @@ fn validate(config: &StoreConfig) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// What a trim does to one queue's files, decided under the borrow and carried out after.
+struct TrimPlan {
+    /// Entries dropped from the files.
+    dropped: u64,
+    /// The queue's new end.
+    kept: u64,
+    /// The start of the file the cut lies in, and its name if it exists.
+    cut_file: u64,
+    cut_file_name: Option<u64>,
+    /// Files wholly past the cut: (range start, name).
+    later: Vec<(u64, u64)>,
+    /// The first entry of the block the rewrite starts in.
+    block: u64,
+    /// Bytes of the cut file to zero up to.
+    zero_to: u64,
+}
+
 /// What the first recovery pass decided about each queue.
 #[derive(Default)]
 struct Dispatch {
@@ -650,19 +667,27 @@ impl<D: Disk> ShardStore<D> {
                     .collect();
                 let block = consume_queue::block_start_offset(kept, n);
                 let zero_to = (state.on_disk.min(cut_file + n) - cut_file) * CQ_ENTRY_BYTES as u64;
-                let plan = (
-                    state.on_disk - kept,
+                let plan = TrimPlan {
+                    dropped: state.on_disk - kept,
                     kept,
                     cut_file,
                     later,
                     block,
                     zero_to,
-                    state.files.get(&cut_file).copied(),
-                );
+                    cut_file_name: state.files.get(&cut_file).copied(),
+                };
                 state.on_disk = kept;
                 plan
             };
-            let (dropped, kept, cut_file, later, block, zero_to, cut_file_name) = plan;
+            let TrimPlan {
+                dropped,
+                kept,
+                cut_file,
+                later,
+                block,
+                zero_to,
+                cut_file_name,
+            } = plan;
             trimmed += dropped;
             self.readers.borrow_mut().forget(|k| *k == key);
             for (start, name) in later.iter().rev() {
@@ -1478,20 +1503,11 @@ impl<D: Disk> ShardStore<D> {
                 e,
             )
         })?;
-        let (mut lo, mut hi) = (from, to);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let before = consume_queue::read_entries(&reader, mid - file, 1)
-                .await?
-                .first()
-                .is_some_and(|e| e.commitlog_offset < log_head);
-            if before {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        Ok(lo)
+        let index = consume_queue::partition_point(&reader, from - file, to - file, |entry| {
+            entry.is_some_and(|e| e.commitlog_offset < log_head)
+        })
+        .await?;
+        Ok(file + index)
     }
 
     /// The bytes of the record an entry points to (from the write buffer or from disk).
