@@ -289,14 +289,13 @@ fn pull_round(
                                 queue: cursor.queue,
                             })
                             .map_err(fail)?;
-                        OffsetResetApplied {
-                            queue: cursor.queue,
-                            from: cursor.offset,
-                            to: policy.target(stats.min_offset, stats.max_offset),
-                            min_offset: stats.min_offset,
-                            max_offset: stats.max_offset,
+                        OffsetResetApplied::new(
                             policy,
-                        }
+                            cursor.queue,
+                            cursor.offset,
+                            stats.min_offset,
+                            stats.max_offset,
+                        )
                     }
                 };
                 eprintln!("{reset}");

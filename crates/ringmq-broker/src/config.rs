@@ -195,8 +195,9 @@ pub struct BrokerConfig {
     pub consume_queue_cache_entries: u64,
     /// Entries per consume-queue file (20 bytes each): 262,144 = 5 MiB, see
     /// `store::consume_queue::DEFAULT_FILE_ENTRIES`. Retention deletes whole files, so this
-    /// is the step in which consume-queue space is freed. Fixed for a store's life: files are
-    /// named by their first offset, a multiple of it.
+    /// is the step in which consume-queue space is freed. Fixed for a store's life (recorded
+    /// in `store.json`, a start with another value refused): each file covers the offsets
+    /// from a multiple of it.
     pub consume_queue_file_entries: u64,
     /// Longest any one start-up stage of a shard may take (priming the probe, loading consume
     /// queues, scanning one commitlog segment, truncating, rebuilding...) before the broker

@@ -53,8 +53,16 @@ pub const BIND_RETRY_INTERVAL_MS: u64 = 50;
 pub const DESCRIPTORS_PER_CONNECTION: u64 = 2;
 
 /// Descriptors kept for everything but client connections: listeners, replication links,
-/// segment and consume-queue files, io_uring rings and eventfds of every shard.
+/// segment and consume-queue files (at most [`CQ_OPEN_READERS`] kept open per shard), io_uring
+/// rings and eventfds of every shard.
 pub const DESCRIPTOR_RESERVE: u64 = 1024;
+
+/// Consume-queue files a shard keeps open for consumers reading behind the cached tail, the
+/// least recently used closed first. Each such consumer reads one file pull after pull, so
+/// this many lagging queues per shard read without an open each; more still read, paying
+/// the open. Small because the descriptors come out of [`DESCRIPTOR_RESERVE`]: 16 per shard
+/// is 512 at 32 shards, leaving the rest for segments, links and rings.
+pub const CQ_OPEN_READERS: usize = 16;
 
 /// How long a request waits for room in its shard's `shard_inflight_budget_bytes` before it is
 /// answered `SYSTEM_BUSY`. Requests finish in milliseconds, so a budget still full after a

@@ -25,6 +25,11 @@ use tracing::{error, info};
 struct StoreIdentity {
     format_version: u32,
     shards: usize,
+    /// Entries per consume-queue file: a queue offset's file and index follow from it, so a
+    /// store read with another value would read every entry from the wrong place. Absent in
+    /// a store.json written before the key existed: this run's value is recorded then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    consume_queue_file_entries: Option<u64>,
 }
 
 const STORE_FORMAT_VERSION: u32 = 1;
@@ -56,11 +61,22 @@ pub enum ServerError {
     Stopped(String),
 }
 
-fn check_store_identity(store_dir: &Path, shards: usize) -> Result<(), ServerError> {
+fn check_store_identity(
+    store_dir: &Path,
+    shards: usize,
+    cq_file_entries: u64,
+) -> Result<(), ServerError> {
     let path = store_dir.join("store.json");
+    let write = |identity: &StoreIdentity| {
+        crate::store::glommio_disk::write_atomic_blocking(
+            &path,
+            &serde_json::to_vec_pretty(identity).expect("serializes"),
+        )
+        .map_err(|e| ServerError::StoreIdentity(format!("{}: {e}", path.display())))
+    };
     match std::fs::read(&path) {
         Ok(bytes) => {
-            let identity: StoreIdentity = serde_json::from_slice(&bytes).map_err(|e| {
+            let mut identity: StoreIdentity = serde_json::from_slice(&bytes).map_err(|e| {
                 ServerError::StoreIdentity(format!(
                     "{}: unreadable store identity: {e}",
                     path.display()
@@ -81,19 +97,26 @@ fn check_store_identity(store_dir: &Path, shards: usize) -> Result<(), ServerErr
                     identity.shards
                 )));
             }
-            Ok(())
+            match identity.consume_queue_file_entries {
+                Some(recorded) if recorded != cq_file_entries => {
+                    Err(ServerError::StoreIdentity(format!(
+                        "store {} was created with consume_queue_file_entries = {recorded}; set it \
+                         back to {recorded} (a store keeps its consume-queue file size)",
+                        store_dir.display()
+                    )))
+                }
+                Some(_) => Ok(()),
+                None => {
+                    identity.consume_queue_file_entries = Some(cq_file_entries);
+                    write(&identity)
+                }
+            }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let identity = StoreIdentity {
-                format_version: STORE_FORMAT_VERSION,
-                shards,
-            };
-            crate::store::glommio_disk::write_atomic_blocking(
-                &path,
-                &serde_json::to_vec_pretty(&identity).expect("serializes"),
-            )
-            .map_err(|e| ServerError::StoreIdentity(format!("{}: {e}", path.display())))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write(&StoreIdentity {
+            format_version: STORE_FORMAT_VERSION,
+            shards,
+            consume_queue_file_entries: Some(cq_file_entries),
+        }),
         Err(e) => Err(ServerError::StoreIdentity(format!(
             "{}: {e}",
             path.display()
@@ -131,7 +154,11 @@ pub fn run(config: BrokerConfig) -> Result<(), ServerError> {
     // Held until the process exits, on every path: an error return while some shard still
     // writes must not let another broker take the store.
     std::mem::forget(StoreLock::acquire(&config.store_dir)?);
-    check_store_identity(&config.store_dir, shard_count)?;
+    check_store_identity(
+        &config.store_dir,
+        shard_count,
+        config.consume_queue_file_entries,
+    )?;
     info!("effective configuration:\n{}", config.to_toml());
     let topics = Arc::new(TopicTable::load(&config.store_dir)?);
     raise_descriptor_limit(&config);
@@ -373,4 +400,38 @@ pub fn install_fail_stop_panic_hook() {
         default_hook(info);
         std::process::abort();
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_store_identity;
+
+    /// Review finding 6: a store keeps its consume-queue file size; a restart with another
+    /// value is refused, and a store.json from before the key records this run's value.
+    #[test]
+    fn a_store_keeps_its_consume_queue_file_size() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        check_store_identity(dir.path(), 2, 1024).expect("new store");
+        check_store_identity(dir.path(), 2, 1024).expect("same value");
+        let refused = check_store_identity(dir.path(), 2, 2048).expect_err("another value");
+        assert!(
+            refused
+                .to_string()
+                .contains("consume_queue_file_entries = 1024"),
+            "{refused}"
+        );
+        let path = dir.path().join("store.json");
+        std::fs::write(&path, br#"{"format_version": 1, "shards": 2}"#).expect("old identity");
+        check_store_identity(dir.path(), 2, 4096).expect("an old store.json");
+        let written = std::fs::read_to_string(&path).expect("read");
+        assert!(
+            written.contains("\"consume_queue_file_entries\": 4096"),
+            "{written}"
+        );
+        assert!(check_store_identity(dir.path(), 2, 1024).is_err());
+        assert!(
+            check_store_identity(dir.path(), 3, 4096).is_err(),
+            "shards still checked"
+        );
+    }
 }

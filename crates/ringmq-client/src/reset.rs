@@ -53,6 +53,33 @@ pub struct OffsetResetApplied {
     pub policy: OffsetReset,
 }
 
+impl OffsetResetApplied {
+    /// The reset `policy` makes for `queue` at `from`, outside `min_offset..=max_offset`. An
+    /// offset past the end goes to the end whatever the policy: the consumer has read
+    /// everything there is, and `earliest` would replay the whole queue.
+    pub fn new(
+        policy: OffsetReset,
+        queue: u32,
+        from: u64,
+        min_offset: u64,
+        max_offset: u64,
+    ) -> OffsetResetApplied {
+        let to = if from > max_offset && max_offset >= min_offset {
+            max_offset
+        } else {
+            policy.target(min_offset, max_offset)
+        };
+        OffsetResetApplied {
+            queue,
+            from,
+            to,
+            min_offset,
+            max_offset,
+            policy,
+        }
+    }
+}
+
 impl std::fmt::Display for OffsetResetApplied {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -88,14 +115,9 @@ pub fn reset_for(
     offset: u64,
 ) -> Option<OffsetResetApplied> {
     let (min_offset, max_offset) = out_of_range(error)?;
-    Some(OffsetResetApplied {
-        queue,
-        from: offset,
-        to: policy.target(min_offset, max_offset),
-        min_offset,
-        max_offset,
-        policy,
-    })
+    Some(OffsetResetApplied::new(
+        policy, queue, offset, min_offset, max_offset,
+    ))
 }
 
 /// What a pull made under a reset policy gave.
@@ -161,6 +183,20 @@ mod tests {
         assert_eq!(reset_for(&old, OffsetReset::Earliest, 0, 0), None);
         assert_eq!(OffsetReset::parse("latest"), Some(OffsetReset::Latest));
         assert_eq!(OffsetReset::parse("newest"), None);
+    }
+
+    /// Review finding 9: an offset past the end goes to the end under either policy;
+    /// `earliest` used to rewind it to the minimum and replay the whole queue.
+    #[test]
+    fn an_offset_past_the_end_goes_to_the_end() {
+        let e = error(
+            Status::OffsetOutOfRange,
+            offset_out_of_range_message("offset 500 is past the queue's end", 40, 90),
+        );
+        for policy in [OffsetReset::Earliest, OffsetReset::Latest] {
+            let reset = reset_for(&e, policy, 3, 500).expect("a reset");
+            assert_eq!((reset.from, reset.to), (500, 90), "{policy:?}");
+        }
     }
 
     #[test]

@@ -58,8 +58,9 @@ impl CqEntry {
 }
 
 /// Entries per consume-queue file when the config does not say: 2^18 = 262,144 entries, 5 MiB.
-/// RocketMQ uses 300,000 (6 MB); a multiple of 1024 entries (20 KiB, five 4 KiB blocks) keeps
-/// every file a whole number of blocks, so no direct write straddles two files. Small enough
+/// RocketMQ uses 300,000 (6 MB). A multiple of 1024 entries (20 KiB, five 4 KiB blocks) keeps
+/// every file a whole number of blocks with no padding; the config accepts any size (each
+/// file is written on its own, its last block padded with zeros). Small enough
 /// that retention frees space in fine steps and a recovery that reads one file's end reads
 /// little; large enough that a queue of 10^9 entries has under 4,000 files.
 pub const DEFAULT_FILE_ENTRIES: u64 = 1 << 18;
@@ -155,6 +156,16 @@ pub fn files_dir(store_dir: &Path, key: QueueKey) -> PathBuf {
 }
 
 pub const FILES_DIR_SUFFIX: &str = ".cq";
+
+/// Present while a queue is being rebuilt from the commitlog: `consumequeue/<topic id>/
+/// <queue>.rebuilding`. The rebuild removes the queue's files and writes them again segment
+/// by segment while the old checkpoint stands; files a crash left half-written would load as
+/// a valid, shorter queue, so an open that finds the marker rebuilds the queue again.
+pub fn rebuild_marker_path(store_dir: &Path, key: QueueKey) -> PathBuf {
+    queue_dir(store_dir, key.topic_id).join(format!("{}{REBUILD_MARKER_SUFFIX}", key.queue))
+}
+
+pub const REBUILD_MARKER_SUFFIX: &str = ".rebuilding";
 
 /// A queue's file holding offsets from `first`: named by `first` in 20 digits, so names sort
 /// as offsets do. A file covers offsets from `file_start(first)` (a multiple of the file
@@ -274,19 +285,29 @@ pub async fn entry_count<D: Disk>(
         .await
         .map_err(|e| StoreError::io(context(), e))?;
     let len = file.len().await.map_err(|e| StoreError::io(context(), e))?;
-    let hi = (len / CQ_ENTRY_BYTES as u64).min(capacity);
-    let (mut lo, mut hi) = (first_index.min(hi), hi);
-    // Invariant: entries before `lo` are present, the one at `hi` (if any) is not.
+    // A file named past its range's start can be shorter than its first index (a crash
+    // between its creation and its first fdatasync keeps the name, not the content): it then
+    // holds no entry, and counts as ending at its name, never before it.
+    let hi = (len / CQ_ENTRY_BYTES as u64).min(capacity).max(first_index);
+    partition_point(&file, first_index, hi, |entry| entry.is_some()).await
+}
+
+/// The first index in `lo..hi` of a file whose entry (`None`: absent) fails `before`, which
+/// must hold for a prefix of the range and fail for the rest: a binary search reading one
+/// entry at a time, so finding an end or a minimum in a 5 MiB file costs about 18 small reads.
+pub async fn partition_point<F: DiskFile>(
+    file: &F,
+    mut lo: u64,
+    mut hi: u64,
+    before: impl Fn(Option<&CqEntry>) -> bool,
+) -> Result<u64, StoreError> {
+    // Invariant: entries before `lo` pass `before`, the one at `hi` (if any) does not.
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        let bytes = file
-            .read_at(mid * CQ_ENTRY_BYTES as u64, CQ_ENTRY_BYTES)
-            .await
-            .map_err(|e| StoreError::io(context(), e))?;
-        if decode_entries(&bytes).is_empty() {
-            hi = mid;
-        } else {
+        if before(read_entries(file, mid, 1).await?.first()) {
             lo = mid + 1;
+        } else {
+            hi = mid;
         }
     }
     Ok(lo)

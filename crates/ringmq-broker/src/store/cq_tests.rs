@@ -154,7 +154,8 @@ fn files_roll_by_first_offset_and_old_entries_are_read_from_them() {
     let per_block = (BLOCK_BYTES / CQ_ENTRY_BYTES) as u64;
     assert!(store.cached_entries(KEY) as u64 <= CACHE + per_block);
     assert_eq!(check_reads(&store, KEY, 0), 350);
-    // A pull of old data reads one file: a request never spans two.
+    // A request across a file boundary reads the two files (one read each) and returns every
+    // entry it asked for.
     let entries = block_on(store.entries(KEY, 95, 10)).expect("entries");
     assert_eq!(entries.len(), 10, "entries across a file boundary");
     assert_eq!(check_reads(&store, OTHER, 0), 5);
@@ -179,20 +180,29 @@ fn files_roll_by_first_offset_and_old_entries_are_read_from_them() {
     }
 }
 
+/// Both in memory and in bytes read: 20,000 entries are 200 files (400 KB) here, and a clean
+/// restart reads the newest file's end, the cached tail and the log after the checkpoint (at
+/// most the last 64 KiB segment), not the files.
 #[test]
 fn recovery_reads_the_ends_of_the_files_not_the_files() {
     let disk = SimDisk::new();
     let store = open(&disk);
-    append(&store, KEY, 1000, 50);
+    append(&store, KEY, 20_000, 1000);
     block_on(store.close()).expect("close");
+    let before = disk.read_bytes();
     let store = open(&disk);
+    let read = disk.read_bytes() - before;
+    assert!(
+        read < config().segment_size_bytes + 16 * 1024,
+        "a restart read {read} bytes"
+    );
     let per_block = (BLOCK_BYTES / CQ_ENTRY_BYTES) as u64;
     assert!(
         store.cached_entries(KEY) as u64 <= CACHE + per_block,
         "{} entries in memory after recovery",
         store.cached_entries(KEY)
     );
-    assert_eq!(check_reads(&store, KEY, 990), 10);
+    assert_eq!(check_reads(&store, KEY, 19_990), 10);
 }
 
 #[test]
@@ -708,4 +718,380 @@ fn a_migration_failing_part_way_is_redone_after_a_crash() {
             assert_eq!(check_reads(&store, OTHER, 0), 3);
         }
     }
+}
+
+/// A store where KEY's oldest records lie in segments that are then deleted by hand, the
+/// oldest remaining segment holds none of KEY's records (only OTHER's), and KEY continues
+/// after it for two more segments; KEY's files are removed, so the next open rebuilds KEY
+/// from the log. Returns KEY's first offset still in the log and its next offset.
+fn store_needing_a_rebuild_across_a_gap(disk: &SimDisk, key_before: u64) -> (u64, u64) {
+    let store = open(disk);
+    let filler = vec![b'f'; 3000];
+    let segment = config().segment_size_bytes;
+    for i in 0..key_before {
+        append_one(&store, KEY, &body(KEY, i));
+        append_one(&store, OTHER, &filler);
+    }
+    // Filler alone until a whole segment holds nothing of KEY.
+    let quiet_from = store.max_offset().div_ceil(segment) * segment;
+    while store.max_offset() < quiet_from + segment {
+        append_one(&store, OTHER, &filler);
+    }
+    let mut next = key_before;
+    while store.max_offset() < quiet_from + 3 * segment {
+        append_one(&store, KEY, &body(KEY, next));
+        append_one(&store, OTHER, &filler);
+        next += 1;
+    }
+    block_on(store.close()).expect("close");
+    let log_dir = config().dir.join("commitlog");
+    for base in (0..quiet_from).step_by(segment as usize) {
+        block_on(disk.remove(&log_dir.join(format!("{base:020}")))).unwrap();
+    }
+    block_on(disk.remove_dir_all(&consume_queue::files_dir(&config().dir, KEY))).unwrap();
+    (key_before, next)
+}
+
+/// Finding 1 of the consume-queue review: the rebuild wrote an empty file 0 for a queue with
+/// no record in the first segment it scanned, which then stood beside the queue's real first
+/// file (two files in one range, or a first file without entries). Both a start inside the
+/// first file's range and one past it (which made the load loop spin) reopen to the queue.
+#[test]
+fn a_rebuild_whose_first_segment_lacks_the_queue_leaves_one_first_file() {
+    for key_before in [40u64, 140] {
+        let disk = SimDisk::new();
+        let (first, next) = store_needing_a_rebuild_across_a_gap(&disk, key_before);
+        let store = open(&disk);
+        assert_eq!(store.queue_range(KEY), Some((first, next)), "{key_before}");
+        assert_eq!(files(&disk, KEY)[0], name(first), "{key_before}");
+        assert_eq!(check_reads(&store, KEY, first), next - first);
+        block_on(store.close()).expect("close");
+        let store = open(&disk);
+        assert_eq!(store.queue_range(KEY), Some((first, next)), "{key_before}");
+        assert_eq!(check_reads(&store, KEY, first), next - first);
+        append(&store, KEY, 30, 10);
+        block_on(store.close()).expect("close");
+        // A store the old rebuild left with the empty file 0 beside the real first file is
+        // recognised and rebuilt, not loaded as an empty queue or spun on.
+        let stale = consume_queue::files_dir(&config().dir, KEY).join(name(0));
+        block_on(async {
+            disk.open(&stale, true).await.expect("create");
+            disk.sync_dir(stale.parent().unwrap()).await.expect("sync");
+        });
+        let store = open(&disk);
+        assert_eq!(
+            store.queue_range(KEY),
+            Some((first, next + 30)),
+            "{key_before}"
+        );
+        assert_eq!(check_reads(&store, KEY, first), next + 30 - first);
+        assert_eq!(files(&disk, KEY)[0], name(first), "{key_before}");
+    }
+}
+
+/// Finding 3: a last file named past its range's start that came back shorter than its name
+/// (created, then a crash before its content was synced) made the load underflow. It counts
+/// as holding nothing; without a checkpoint the scan then dispatches the queue again.
+#[test]
+fn a_last_file_shorter_than_its_name_loads_as_empty() {
+    let disk = SimDisk::new();
+    let (first, next) = store_needing_a_rebuild_across_a_gap(&disk, 140);
+    let store = open(&disk);
+    assert_eq!(store.queue_range(KEY), Some((first, next)));
+    block_on(store.close()).expect("close");
+    let dir = consume_queue::files_dir(&config().dir, KEY);
+    block_on(async {
+        disk.remove_dir_all(&dir).await.unwrap();
+        disk.create_dir_all(&dir).await.unwrap();
+        disk.open(&dir.join(name(first)), true).await.unwrap();
+        disk.sync_dir(&dir).await.unwrap();
+        disk.remove(&super::checkpoint::checkpoint_path(&config().dir))
+            .await
+            .unwrap();
+    });
+    let store = open(&disk);
+    assert_eq!(store.queue_range(KEY), Some((first, next)));
+    assert_eq!(check_reads(&store, KEY, first), next - first);
+}
+
+/// Finding 2: a crash part-way through a rebuild (here a write fails while the rebuild writes
+/// the second segment's entries, then the disk crashes) left the files written so far, which
+/// the next open loaded as the whole queue under the old checkpoint: an idle queue came back
+/// short. The marker makes the next open rebuild it again.
+#[test]
+fn a_crash_in_the_middle_of_a_rebuild_rebuilds_again() {
+    use crate::testing::SimFault;
+    let disk = SimDisk::new();
+    let (first, next) = store_needing_a_rebuild_across_a_gap(&disk, 40);
+    let rebuilding = std::cell::Cell::new(0);
+    let failing = disk.clone();
+    let stage = |what: String| {
+        if what.starts_with("rebuilding") {
+            rebuilding.set(rebuilding.get() + 1);
+            if rebuilding.get() == 3 {
+                failing.inject(SimFault::Write);
+            }
+        }
+    };
+    let failed = block_on(ShardStore::open_reporting(
+        disk.clone(),
+        config(),
+        &[KEY, OTHER],
+        &stage,
+    ));
+    assert!(failed.is_err(), "the write fault fails the open");
+    assert_eq!(rebuilding.get(), 3, "the rebuild got to its third segment");
+    for seed in 0..4 {
+        let store = open(&disk.crash(seed));
+        assert_eq!(store.queue_range(KEY), Some((first, next)), "seed {seed}");
+        assert_eq!(check_reads(&store, KEY, first), next - first);
+    }
+}
+
+/// Finding 4: with the confirmed offset before the cached tail (a SYNC_MASTER whose slave is
+/// more than the cache behind), the visible end was the queue's minimum, so a consumer
+/// between the two waited for ever on a record already confirmed. It is now found in the
+/// files: one past the last entry whose record ends at or before the confirmed offset.
+#[test]
+fn the_visible_end_behind_the_cached_tail_is_found_in_the_files() {
+    let disk = SimDisk::new();
+    let store = open(&disk);
+    append(&store, KEY, 500, 50);
+    block_on(store.persist_metadata()).expect("persist");
+    assert!(
+        (store.cached_entries(KEY) as u64) < 300,
+        "the tail is cut back"
+    );
+    let entries = block_on(store.entries(KEY, 0, usize::MAX)).expect("entries");
+    for at in [0usize, 1, 99, 100, 250, 399] {
+        let confirmed = entries[at].end_offset();
+        assert_eq!(
+            block_on(store.visible_end(KEY, confirmed)).expect("visible end"),
+            Some(at as u64 + 1),
+            "confirmed through entry {at}"
+        );
+        // Part of a record confirmed: that record is not visible.
+        assert_eq!(
+            block_on(store.visible_end(KEY, confirmed - 1)).expect("visible end"),
+            Some(at as u64),
+            "confirmed into entry {at}"
+        );
+    }
+    assert_eq!(
+        block_on(store.visible_end(KEY, u64::MAX)).expect("visible end"),
+        Some(500)
+    );
+    // After expiry the answer never goes below the minimum.
+    block_on(store.expire_queues_before(entries[200].commitlog_offset)).expect("expire");
+    assert_eq!(
+        block_on(store.visible_end(KEY, entries[150].end_offset())).expect("visible end"),
+        Some(200)
+    );
+    assert_eq!(
+        block_on(store.visible_end(KEY, entries[300].end_offset())).expect("visible end"),
+        Some(301)
+    );
+}
+
+/// The consume queues at the default settings (262,144 entries per file, 8,192 cached): the
+/// tail stays bounded, a file boundary is crossed and read across, a restart and a crash
+/// find the queue through the files, the visible end behind the tail is found in them, and
+/// an expiry deletes the first file whole and moves the minimum inside the second.
+#[test]
+fn consume_queues_at_the_default_settings() {
+    let defaults = crate::config::BrokerConfig::default();
+    let config = StoreConfig {
+        cq_file_entries: defaults.consume_queue_file_entries,
+        cq_cache_entries: defaults.consume_queue_cache_entries,
+        segment_size_bytes: 4 * 1024 * 1024,
+        write_buffer_bytes: 1024 * 1024,
+        ..config()
+    };
+    assert_eq!(config.cq_file_entries, 262_144);
+    assert_eq!(config.cq_cache_entries, 8192);
+    let open = |disk: &SimDisk| {
+        block_on(ShardStore::open(
+            disk.clone(),
+            config.clone(),
+            &[KEY, OTHER],
+        ))
+        .expect("open")
+        .0
+    };
+    let disk = SimDisk::new();
+    let store = open(&disk);
+    let total = 270_000u64;
+    append(&store, KEY, total, 10_000);
+    append(&store, OTHER, 10, 10);
+    block_on(store.persist_metadata()).expect("persist");
+    assert_eq!(files(&disk, KEY), [name(0), name(262_144)]);
+    let per_block = (BLOCK_BYTES / CQ_ENTRY_BYTES) as u64;
+    assert!(store.cached_entries(KEY) as u64 <= 8192 + per_block);
+    let across = block_on(store.entries(KEY, 262_140, 10)).expect("entries");
+    assert_eq!(across.len(), 10);
+    let confirmed = block_on(store.entries(KEY, 100_000, 1)).expect("entry")[0].end_offset();
+    assert_eq!(
+        block_on(store.visible_end(KEY, confirmed)).expect("visible end"),
+        Some(100_001)
+    );
+    block_on(store.close()).expect("close");
+    let store = open(&disk);
+    assert_eq!(store.queue_range(KEY), Some((0, total)));
+    assert!(
+        store.cached_entries(KEY) as u64 <= 8192 + per_block,
+        "{}",
+        store.cached_entries(KEY)
+    );
+    assert_eq!(check_reads(&store, KEY, 262_000), total - 262_000);
+    assert_eq!(check_reads(&store, KEY, 0).min(10), 10);
+    append(&store, KEY, 1000, 300);
+    let crashed = disk.crash(3);
+    let store = open(&crashed);
+    let (min, next) = store.queue_range(KEY).expect("queue");
+    assert_eq!(min, 0);
+    assert!((total..=total + 1000).contains(&next), "{next}");
+    assert_eq!(check_reads(&store, KEY, 261_000), next - 261_000);
+    let head = block_on(store.entries(KEY, 263_000, 1)).expect("entry")[0].commitlog_offset;
+    block_on(store.expire_queues_before(head)).expect("expire");
+    assert_eq!(store.queue_range(KEY), Some((263_000, next)));
+    assert_eq!(files(&crashed, KEY), [name(262_144)]);
+    block_on(store.close()).expect("close");
+    let store = open(&crashed);
+    block_on(store.expire_queues_before(head)).expect("expire");
+    assert_eq!(store.queue_range(KEY), Some((263_000, next)));
+    assert_eq!(check_reads(&store, KEY, 263_000), next - 263_000);
+}
+
+/// Finding 5: consumers behind the cached tail of more queues than the open-reader bound
+/// all read their files, and no more than the bound stay open.
+#[test]
+fn readers_of_many_lagging_queues_stay_bounded() {
+    use crate::constants::CQ_OPEN_READERS;
+    let keys: Vec<QueueKey> = (0..CQ_OPEN_READERS as u32 + 8)
+        .map(|queue| QueueKey { topic_id: 9, queue })
+        .collect();
+    let disk = SimDisk::new();
+    let store = block_on(ShardStore::open(disk.clone(), config(), &keys))
+        .expect("open")
+        .0;
+    for key in &keys {
+        append(&store, *key, 120, 40);
+    }
+    block_on(store.persist_metadata()).expect("persist");
+    for round in 0..3 {
+        for key in &keys {
+            assert_eq!(check_reads_to(&store, *key, round * 10, 10), 10);
+            assert!(store.open_readers() <= CQ_OPEN_READERS);
+        }
+    }
+}
+
+/// Reads `count` entries from `from` (older than the cached tail here) and checks them.
+fn check_reads_to(store: &ShardStore<SimDisk>, key: QueueKey, from: u64, count: usize) -> u64 {
+    let entries = block_on(store.entries(key, from, count)).expect("entries");
+    for (i, entry) in entries.iter().enumerate() {
+        let bytes = block_on(store.read_record(*entry)).expect("record");
+        let Ok(Decoded::Record(view)) = record::decode(&bytes, entry.commitlog_offset) else {
+            panic!("offset {} does not decode", from + i as u64);
+        };
+        assert_eq!(view.body, body(key, from + i as u64));
+    }
+    entries.len() as u64
+}
+
+/// Finding 7: with no checkpoint the recovery scan covers the whole log, and a queue whose
+/// files are lost took every entry into memory before anything was written. Past a file's
+/// worth of unpersisted entries it is now rebuilt, segment by segment.
+#[test]
+fn recovery_without_a_checkpoint_keeps_a_lost_queue_out_of_memory() {
+    let disk = SimDisk::new();
+    let store = open(&disk);
+    append(&store, KEY, 3000, 500);
+    block_on(store.close()).expect("close");
+    block_on(async {
+        disk.remove_dir_all(&consume_queue::files_dir(&config().dir, KEY))
+            .await
+            .unwrap();
+        disk.remove(&super::checkpoint::checkpoint_path(&config().dir))
+            .await
+            .unwrap();
+    });
+    let (store, report) =
+        block_on(ShardStore::open(disk.clone(), config(), &[KEY, OTHER])).expect("open");
+    // A 64 KiB segment holds about 1,400 of these records.
+    assert!(
+        report.consume_queue_peak_cached_entries < 1600,
+        "{} entries of one queue in memory",
+        report.consume_queue_peak_cached_entries
+    );
+    assert_eq!(store.queue_range(KEY), Some((0, 3000)));
+    assert_eq!(check_reads(&store, KEY, 0), 3000);
+    block_on(store.close()).expect("close");
+    let store = open(&disk);
+    assert_eq!(check_reads(&store, KEY, 0), 3000);
+}
+
+/// Finding 9: entries read from a file before the cached tail were checked against each
+/// other but not against the tail they run into; a file entry overlapping the tail's first
+/// now ends the answer before the tail.
+#[test]
+fn a_file_entry_overlapping_the_cached_tail_ends_the_answer() {
+    let disk = SimDisk::new();
+    let store = open(&disk);
+    append(&store, KEY, 250, 50);
+    block_on(store.persist_metadata()).expect("persist");
+    let (_, next) = store.queue_range(KEY).expect("queue");
+    let tail_start = next - store.cached_entries(KEY) as u64;
+    assert!(tail_start > 3, "{tail_start}");
+    let first_cached = block_on(store.entries(KEY, tail_start, 1)).expect("tail")[0];
+    // The entry before the tail, in its file, claims the tail's first record.
+    let file = (tail_start - 1) / FILE_ENTRIES * FILE_ENTRIES;
+    let path = consume_queue::file_path(&config().dir, KEY, file);
+    let at = (tail_start - 1 - file) as usize * CQ_ENTRY_BYTES;
+    block_on(async {
+        let f = disk.open(&path, false).await.unwrap();
+        let block = at / BLOCK_BYTES * BLOCK_BYTES;
+        let mut bytes = f.read_at(block as u64, 2 * BLOCK_BYTES).await.unwrap();
+        bytes.resize(2 * BLOCK_BYTES, 0);
+        encode_entry(&first_cached, &mut bytes[at - block..]);
+        f.write_bytes_at(&bytes, block as u64).await.unwrap();
+        f.fdatasync().await.unwrap();
+    });
+    let entries = block_on(store.entries(KEY, tail_start - 3, 10)).expect("entries");
+    assert_eq!(entries.len(), 3, "stops before the tail");
+    assert_eq!(entries[2], first_cached);
+}
+
+/// Finding 8: each legacy queue's migration is its own start-up stage, so the stage deadline
+/// bounds one queue's conversion, not the whole store's.
+#[test]
+fn each_legacy_queue_migrates_in_its_own_stage() {
+    let disk = SimDisk::new();
+    legacy_store(&disk, 150);
+    let stages = std::cell::RefCell::new(Vec::new());
+    let record = |what: String| stages.borrow_mut().push(what);
+    let (store, _) = block_on(ShardStore::open_reporting(
+        disk.clone(),
+        config(),
+        &[KEY, OTHER],
+        &record,
+    ))
+    .expect("open");
+    let migrating: Vec<String> = stages
+        .borrow()
+        .iter()
+        .filter(|what| what.starts_with("migrating consume queue"))
+        .cloned()
+        .collect();
+    assert_eq!(migrating.len(), 2, "{migrating:?}");
+    for key in [KEY, OTHER] {
+        let legacy = consume_queue::legacy_path(&config().dir, key);
+        assert!(
+            migrating
+                .iter()
+                .any(|what| what.contains(&legacy.display().to_string())),
+            "{migrating:?}"
+        );
+    }
+    assert_eq!(check_reads(&store, KEY, 0), 150);
 }

@@ -154,6 +154,9 @@ pub struct RecoveryReport {
     pub max_offset: u64,
     pub consume_queue_entries_trimmed: u64,
     pub consume_queue_entries_dispatched: u64,
+    /// The most consume-queue entries one queue held in memory during recovery: bounded by
+    /// a segment's entries or the file size, however long the log.
+    pub consume_queue_peak_cached_entries: u64,
     pub duration: Duration,
 }
 

@@ -54,7 +54,7 @@ pub async fn fetch<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, S
 pub async fn describe<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
     let request = GroupDescribe::decode(raw)?;
     validate_name("group", &request.group)?;
-    let mut queues = local_offsets(shard, &request.group);
+    let mut queues = local_offsets(shard, &request.group).await;
     let others = shard
         .ask_others(|reply| ShardRequest::GroupOffsets {
             group: request.group.clone(),
@@ -71,26 +71,33 @@ pub async fn describe<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply
 }
 
 /// This shard's rows for a group: committed offset and the queue's visible end.
-pub fn local_offsets<D: Disk>(shard: &Shard<D>, group: &str) -> Vec<GroupQueueLag> {
+pub async fn local_offsets<D: Disk>(shard: &Shard<D>, group: &str) -> Vec<GroupQueueLag> {
     let confirmed = shard.confirmed_offset();
-    shard
-        .metadata()
-        .groups()
-        .of_group(group)
-        .into_iter()
-        .filter_map(|(topic, queue, committed)| {
-            let entry = shard.topic(&topic)?;
-            let key = QueueKey {
-                topic_id: entry.topic_id,
-                queue,
-            };
-            let max_offset = shard.store().visible_end(key, confirmed)?;
-            Some(GroupQueueLag {
-                topic,
-                queue,
-                committed_offset: committed,
-                max_offset,
-            })
-        })
-        .collect()
+    let mut rows = Vec::new();
+    for (topic, queue, committed) in shard.metadata().groups().of_group(group) {
+        let Some(entry) = shard.topic(&topic) else {
+            continue;
+        };
+        let key = QueueKey {
+            topic_id: entry.topic_id,
+            queue,
+        };
+        // A queue whose files cannot be read shows its minimum as its end (no lag claimed)
+        // rather than failing the whole description.
+        let max_offset = match shard.store().visible_end(key, confirmed).await {
+            Ok(Some(end)) => end,
+            Ok(None) => continue,
+            Err(_) => match shard.store().queue_range(key) {
+                Some((min, _)) => min,
+                None => continue,
+            },
+        };
+        rows.push(GroupQueueLag {
+            topic,
+            queue,
+            committed_offset: committed,
+            max_offset,
+        });
+    }
+    rows
 }

@@ -219,7 +219,7 @@ pub async fn pull<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, Sh
         offset => offset,
     };
     if request.max_messages == 0 {
-        let summary = pull::summary(shard, key, offset)?;
+        let summary = pull::summary(shard, key, offset).await?;
         return Ok(Reply::with_status(
             Status::NoNewMessage,
             body(|out| PullResponseEncoder::begin(out, summary).finish(out, offset)),

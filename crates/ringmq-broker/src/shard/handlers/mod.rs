@@ -156,7 +156,7 @@ pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRe
             shard.fence_cache().forget(&groups);
         }
         ShardRequest::GroupOffsets { group, reply } => {
-            let _ = reply.send(group::local_offsets(&shard, &group));
+            let _ = reply.send(group::local_offsets(&shard, &group).await);
         }
         ShardRequest::EnsureInternalTopic {
             name,

@@ -40,7 +40,7 @@ pub async fn serve<D: Disk>(
     let clock = shard.clock();
     let deadline = clock.now() + wait;
     loop {
-        let summary = summary(shard, key, request.offset)?;
+        let summary = summary(shard, key, request.offset).await?;
         if request.offset < summary.max_offset {
             let started = clock.now();
             let reply = read_messages(shard, key, request, summary).await;
@@ -85,7 +85,7 @@ async fn wait_for<D: Disk>(shard: &Shard<D>, key: QueueKey, offset: u64) -> Wait
     }
 }
 
-pub(super) fn summary<D: Disk>(
+pub(super) async fn summary<D: Disk>(
     shard: &Shard<D>,
     key: QueueKey,
     offset: u64,
@@ -97,6 +97,7 @@ pub(super) fn summary<D: Disk>(
     let max_offset = shard
         .store()
         .visible_end(key, shard.confirmed_offset())
+        .await?
         .unwrap_or(min_offset);
     // An offset the queue holds but does not show yet (not confirmed: a restarted SYNC_MASTER
     // until its slave acknowledges again, a slave until its master confirms) is not out of
@@ -110,9 +111,8 @@ pub(super) fn summary<D: Disk>(
         };
         return Err(ShardError::OffsetOutOfRange(
             crate::protocol::codes::offset_out_of_range_message(
-                &format!(
-                    "offset {offset} is {reason}: outside the queue's range {min_offset}..={max_offset}"
-                ),
+                // The range follows in the bracketed suffix, once.
+                &format!("offset {offset} is {reason}"),
                 min_offset,
                 max_offset,
             ),

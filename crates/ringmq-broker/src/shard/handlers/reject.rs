@@ -144,6 +144,7 @@ async fn read_original<D: Disk>(
         .ok_or_else(super::unregistered_queue)?;
     let visible = store
         .visible_end(key, shard.confirmed_offset())
+        .await?
         .unwrap_or(min_offset);
     if offset < min_offset || offset >= visible {
         return Err(ShardError::OffsetOutOfRange(format!(

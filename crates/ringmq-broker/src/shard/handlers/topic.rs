@@ -227,6 +227,7 @@ pub async fn queue_stats<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Re
         max_offset: shard
             .store()
             .visible_end(key, shard.confirmed_offset())
+            .await?
             .unwrap_or(min_offset),
     };
     Ok(Reply::ok(body(|out| stats.encode(out))))
