@@ -237,6 +237,35 @@ fn the_age_of_a_sealed_segment_is_read_back_after_a_restart() {
     });
 }
 
+/// A flipped bit in a sealed segment stops the read for its age early: its age is unknown
+/// (`None`), not the age of the records before the flip, so retention keeps it.
+#[test]
+fn a_damaged_segment_has_no_age() {
+    futures_lite::future::block_on(async {
+        let disk = SimDisk::new();
+        let (store, _) = ShardStore::open(disk.clone(), store_config(), &[KEY])
+            .await
+            .unwrap();
+        fill(&store, 0..200).await;
+        let entries = store.entries(KEY, 0, usize::MAX).await.unwrap();
+        store.close().await.unwrap();
+        // Inside the body of a record halfway through segment 0: records before it still
+        // read, with older store times.
+        let victim = entries[entries.len() / 6];
+        assert!(victim.commitlog_offset + u64::from(victim.size) < SEGMENT);
+        let path = store_config()
+            .dir
+            .join("commitlog")
+            .join(segment_file_name(0));
+        assert!(disk.flip_bit(&path, victim.commitlog_offset + 100, 3));
+        let (store, _) = ShardStore::open(disk, store_config(), &[KEY])
+            .await
+            .unwrap();
+        assert_eq!(store.newest_store_ms(0).await.unwrap(), None);
+    });
+}
+
+
 /// Writes `records` (queue offsets from `first_offset`) into a sparse segment file at `base`
 /// and returns their consume-queue entries.
 fn write_sparse_segment(
@@ -610,6 +639,54 @@ fn disk_pressure_deletes_the_oldest_and_full_disk_refuses_appends_until_it_falls
             assert_eq!(produce(&shard, MESSAGES + 1).await, Status::Ok);
         },
     );
+}
+
+/// Under pressure a pass frees what brings the disk back under disk_max_used_space_ratio
+/// (not every sealed segment); appends refused above disk_space_warning_ratio stay refused
+/// until use falls a band below it.
+#[test]
+fn pressure_frees_its_share_and_the_refusal_has_a_band() {
+    let clock = SimClock::new(5);
+    let disk = SimDisk::new();
+    let config = BrokerConfig {
+        // Only the operator's passes below run.
+        clean_resource_interval_ms: 3_600_000,
+        ..broker_config("04")
+    };
+    with_shard(&clock, &disk, config, |shard, clock| async move {
+        let disk = shard.disk().clone();
+        // Sizes in segments: the share to free is computed in bytes.
+        let space = |used_segments_x10: u64| {
+            let used = used_segments_x10 * SHARD_SEGMENT / 10;
+            Some(DiskSpace {
+                used_bytes: used,
+                available_bytes: 100 * SHARD_SEGMENT - used,
+            })
+        };
+        // Past a checkpoint, so the sealed segments are covered.
+        clock.sleep(Duration::from_millis(200)).await;
+        let sealed = shard.store().max_offset() / SHARD_SEGMENT;
+        assert!(sealed >= 2, "{sealed} sealed segments");
+        // Half a segment over 75%: one segment goes, the others stay.
+        disk.set_space(space(755));
+        let answer = delete_expired(&shard).await;
+        let deleted = &answer.shards[0].deleted;
+        assert_eq!(deleted.len(), 1, "{answer:?}");
+        assert_eq!(deleted[0].reason, "disk_pressure");
+        assert_eq!(shard.store().log_head(), SHARD_SEGMENT);
+        disk.set_space(space(950));
+        delete_expired(&shard).await;
+        assert!(shard.cleaning().appends_refused());
+        // Below the warning ratio, inside the band: still refused.
+        disk.set_space(space(890));
+        delete_expired(&shard).await;
+        assert!(shard.cleaning().appends_refused());
+        assert_eq!(produce(&shard, MESSAGES).await, Status::DiskFull);
+        disk.set_space(space(870));
+        delete_expired(&shard).await;
+        assert!(!shard.cleaning().appends_refused());
+        assert_eq!(produce(&shard, MESSAGES).await, Status::Ok);
+    });
 }
 
 /// A deletion writes nothing (finding: it needed free space and a failed consume-queue write
