@@ -181,6 +181,20 @@ pub async fn pass<D: Disk>(shard: &Rc<Shard<D>>, forced: bool) -> PassReport {
         }
     };
     let ratio = space.map_or(0.0, |s| s.used_ratio());
+    // A segment goes only once a checkpoint covers it. Timed passes wait for the flusher's
+    // regular one; an operator's pass writes one first, so that what was just sealed goes now
+    // too, unless the disk is past the warning ratio (a write there could fail and stop the
+    // store; the covered segments still go).
+    if forced && !shard.cleaning().refusing.get() {
+        let _gate = shard.flushing().lock_store().await;
+        if let Err(e) = store.persist_metadata().await {
+            warn!(
+                shard = shard.id(),
+                "retention could not write a checkpoint before its pass: {e}"
+            );
+            report.error = Some(format!("writing the checkpoint: {e}"));
+        }
+    }
     // Bytes this shard frees under pressure: its share of what brings the file system back to
     // the ratio (every shard of the broker shares it and each frees its part), at least one
     // segment.
