@@ -812,3 +812,32 @@ fn with_every_segment_gone_the_log_resumes_at_the_head() {
         assert_eq!(store.max_offset(), head);
     });
 }
+
+/// An operator's pass asked for while the shard stops is answered at once (the shard is
+/// stopping) rather than left waiting on a cleaner that exits without another pass.
+#[test]
+fn delete_expired_during_a_stop_is_answered() {
+    let clock = SimClock::new(11);
+    let disk = SimDisk::new();
+    let inner = clock.clone();
+    driver::run(&clock, Duration::from_secs(600), move || async move {
+        let shard = Shard::open_for_test(disk, Rc::new(inner.clone()), broker_config("04"))
+            .await
+            .expect("open");
+        let background = shard.spawn_background();
+        let stopping = glommio::spawn_local({
+            let shard = shard.clone();
+            async move { shard.stop(background).await }
+        });
+        // The stop has begun (it refuses new work) and runs on while this request waits.
+        glommio::yield_if_needed().await;
+        futures_lite::future::yield_now().await;
+        assert!(shard.lifecycle().is_stopping());
+        let started = inner.now();
+        let reply = handlers::handle(&shard, Opcode::DeleteExpired, &[]).await;
+        assert_ne!(reply.status, Status::Ok);
+        assert!(inner.now() - started < Duration::from_secs(1));
+        stopping.await.expect("stop");
+    })
+    .expect("the stop and the request both end");
+}

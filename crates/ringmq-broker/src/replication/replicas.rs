@@ -221,4 +221,21 @@ mod tests {
         replicas.report(three, 800, 1000).unwrap();
         assert_eq!(replicas.quorum_offset(), Some(800));
     }
+
+    /// Retention's bound: the lowest of each link's acknowledged offset or, before it reports
+    /// past it, where its link started; none without links.
+    #[test]
+    fn the_slowest_slave_bounds_what_it_still_needs() {
+        let replicas = Replicas::new(1, 0, Rc::new(RealClock));
+        assert_eq!(replicas.slowest_needed_offset(), None);
+        let a = replicas.register("a".into(), 4096);
+        let b = replicas.register("b".into(), 0);
+        assert_eq!(replicas.slowest_needed_offset(), Some(0));
+        replicas.report(b, 10_000, 20_000).unwrap();
+        assert_eq!(replicas.slowest_needed_offset(), Some(4096));
+        replicas.report(a, 15_000, 20_000).unwrap();
+        assert_eq!(replicas.slowest_needed_offset(), Some(10_000));
+        replicas.unregister(b);
+        assert_eq!(replicas.slowest_needed_offset(), Some(15_000));
+    }
 }
