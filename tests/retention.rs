@@ -841,3 +841,33 @@ fn delete_expired_during_a_stop_is_answered() {
     })
     .expect("the stop and the request both end");
 }
+
+/// A queue whose consume-queue files are lost after retention deleted the front of the log is
+/// rebuilt from the log head: the store opens, the queue starts at the first retained record
+/// (its offset past 0, read from the record) and every retained record reads back.
+#[test]
+fn a_queue_rebuilt_after_deletions_opens() {
+    futures_lite::future::block_on(async {
+        let disk = SimDisk::new();
+        let (store, _) = ShardStore::open(disk.clone(), store_config(), &[KEY])
+            .await
+            .unwrap();
+        fill(&store, 0..200).await;
+        let head = store.advance_log_head(0, u64::MAX).unwrap();
+        store.expire_queues_before(head).await.unwrap();
+        store.remove_expired_segment(0).await.unwrap();
+        let before = check_readable_from_min(&store).await;
+        assert!(before.0 > 0);
+        store.close().await.unwrap();
+        let dir = consume_queue::queue_dir(&store_config().dir, KEY.topic_id);
+        ringmq::store::io::Disk::remove_dir_all(&disk, &dir)
+            .await
+            .unwrap();
+        let (store, report) = ShardStore::open(disk.clone(), store_config(), &[KEY])
+            .await
+            .expect("a rebuild after deletions opens");
+        assert!(report.consume_queue_entries_dispatched > 0, "{report:?}");
+        assert_eq!(store.log_head(), head);
+        assert_eq!(check_readable_from_min(&store).await, before);
+    });
+}
