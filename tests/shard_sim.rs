@@ -398,7 +398,8 @@ fn check_recovered(
             if let Some(&sent) = history.stored_after.get(body) {
                 assert!(
                     sent + RESERVED_MS <= history.ended_ms,
-                    "queue {queue}: offset {offset}, stored at or after {sent} ms, was deleted                      by {} ms, younger than file_reserved_time_ms {RESERVED_MS}",
+                    "queue {queue}: offset {offset}, stored at or after {sent} ms, was deleted \
+                     by {} ms, younger than file_reserved_time_ms {RESERVED_MS}",
                     history.ended_ms
                 );
             }

@@ -228,7 +228,9 @@ fn welcome<D: Disk>(shard: &Shard<D>, hello: &Hello) -> Result<(Welcome, u64), S
             // be cut back (the master no longer has the log there) nor restarted without
             // discarding bytes the master still retains under other contents.
             return Err(format!(
-                "the slave's log diverged at offset {start}, before this master's log head                  {head} (retention deleted the log there): empty the slave's store to follow                  this master"
+                "the slave's log diverged at offset {start}, before this master's log head \
+                 {head} (retention deleted the log there): empty the slave's store to follow \
+                 this master"
             ));
         }
         // Retention deleted what the slave lacks, and the slave holds nothing at or past the
