@@ -12,7 +12,7 @@ use ringmq::protocol::message::{
 };
 use ringmq::testing::SeededRng;
 
-use common::{temp_store, wait_until, Broker, PortBlock, Sizes};
+use common::{retention_on_request, temp_store, wait_until, Broker, PortBlock, Sizes};
 use ringmq::client::{Client, ClientOptions, ClusterStatus, FailoverClient};
 use ringmq::protocol::message::MessageRef;
 use ringmq::protocol::Status;
@@ -1684,20 +1684,6 @@ fn a_bad_metadata_frame_is_skipped_and_the_link_stays() {
     );
     beating.store(false, std::sync::atomic::Ordering::Relaxed);
     heart.join().unwrap();
-}
-
-/// Retention keys that delete nothing by themselves during a test (an hour the broker's local
-/// time is not in) but make everything sealed deletable on request.
-fn retention_on_request() -> String {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let other_hour = (ringmq::clock::local_hour_of(now_ms) + 12) % 24;
-    format!(
-        "file_reserved_time_ms = 1\ndelete_when = \"{other_hour:02}\"\n\
-         clean_resource_interval_ms = 100\n"
-    )
 }
 
 fn retention_of(broker: &Broker) -> ringmq::protocol::admin::Retention {
