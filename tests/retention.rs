@@ -871,3 +871,56 @@ fn a_queue_rebuilt_after_deletions_opens() {
         assert_eq!(check_readable_from_min(&store).await, before);
     });
 }
+
+/// A SYNC_MASTER whose slave acknowledged nothing has confirmed nothing: disk pressure deletes
+/// none of it (the records exist nowhere else) and the pass says why.
+#[test]
+fn pressure_never_deletes_what_a_sync_master_has_not_confirmed() {
+    let clock = SimClock::new(13);
+    let disk = SimDisk::new();
+    let inner = clock.clone();
+    let config = BrokerConfig {
+        broker_role: ringmq::config::BrokerRole::SyncMaster,
+        min_in_sync_replicas: 2,
+        sync_replica_timeout_ms: 10,
+        ..broker_config("*")
+    };
+    driver::run(&clock, Duration::from_secs(3600), move || async move {
+        let shard = Shard::open_for_test(disk, Rc::new(inner.clone()), config)
+            .await
+            .expect("open");
+        let create = encode(|out| {
+            TopicCreate {
+                name: TOPIC.to_string(),
+                queue_count: 1,
+            }
+            .encode(out)
+        });
+        let created = handlers::handle(&shard, Opcode::TopicCreate, &create).await;
+        assert_eq!(created.status, Status::Ok);
+        let background = shard.spawn_background();
+        for n in 0..MESSAGES {
+            // Stored, but no slave answers: never OK.
+            assert_ne!(produce(&shard, n).await, Status::Ok, "message {n}");
+        }
+        assert!(shard.store().max_offset() > 2 * SHARD_SEGMENT);
+        assert_eq!(shard.confirmed_offset(), 0);
+        shard.disk().set_space(Some(DiskSpace {
+            used_bytes: 85,
+            available_bytes: 15,
+        }));
+        inner.jump_wall(Duration::from_secs(3600));
+        let answer = delete_expired(&shard).await;
+        let row = &answer.shards[0];
+        assert!(row.deleted.is_empty(), "{answer:?}");
+        assert_eq!(shard.store().log_head(), 0);
+        assert!(
+            row.error
+                .as_deref()
+                .is_some_and(|e| e.contains("confirmed offset")),
+            "{answer:?}"
+        );
+        shard.stop(background).await.expect("stop");
+    })
+    .expect("the run ends");
+}
