@@ -924,3 +924,96 @@ fn pressure_never_deletes_what_a_sync_master_has_not_confirmed() {
     })
     .expect("the run ends");
 }
+
+/// A record as a master ships it: queue offset `queue_offset`, at commitlog offset `at`.
+fn shipped(queue_offset: u64, at: u64) -> Vec<u8> {
+    let b = body(queue_offset);
+    let input = RecordInput {
+        queue_offset,
+        ..input(&b, queue_offset)
+    };
+    let mut out = vec![0u8; input.encoded_len()];
+    input.encode_into(at, &mut out);
+    out
+}
+
+/// A slave restarted at its master's log head (syncFromLastFile): the old log and queue files
+/// go, the log starts empty at the head, the queue takes the master's queue offset from the
+/// first record shipped for it, and all of it survives a crash right after the restart or
+/// after the records.
+#[test]
+fn a_slave_log_restarts_at_the_masters_head() {
+    for crash_after_records in [false, true] {
+        futures_lite::future::block_on(async {
+            let disk = SimDisk::new();
+            let (store, _) = ShardStore::open(disk.clone(), store_config(), &[KEY])
+                .await
+                .unwrap();
+            fill(&store, 0..50).await;
+            let head = 3 * SEGMENT;
+            assert!(
+                store.restart_at(SEGMENT / 2).await.is_err(),
+                "not a boundary"
+            );
+            store.restart_at(head).await.unwrap();
+            assert_eq!((store.log_head(), store.max_offset()), (head, head));
+            assert_eq!(store.queue_range(KEY), Some((0, 0)));
+            assert!(!segment_exists(&disk, 0));
+            // The master's queue is at 500 at its head.
+            let mut at = head;
+            if crash_after_records {
+                for q in 500..520 {
+                    let bytes = shipped(q, at);
+                    // As the slave's link does: a refused first record of an emptied queue
+                    // starts the queue at its offset, then goes again.
+                    let appended = match store.append_replicated(&bytes) {
+                        Ok(appended) => appended,
+                        Err(_) => {
+                            assert!(store.start_queue_at_replicated(&bytes).await.unwrap());
+                            store.append_replicated(&bytes).unwrap()
+                        }
+                    };
+                    assert_eq!(appended.queue_offset, q);
+                    at = appended.end_offset;
+                }
+                // A gap after the first record is still refused.
+                assert!(store.append_replicated(&shipped(600, at)).is_err());
+                store.flush().await.unwrap();
+                store.persist_metadata().await.unwrap();
+            }
+            let survivor = disk.crash(3);
+            let (store, _) = ShardStore::open(survivor.clone(), store_config(), &[KEY])
+                .await
+                .expect("recovery after a restart");
+            assert_eq!(store.log_head(), head);
+            if crash_after_records {
+                assert_eq!(store.queue_range(KEY), Some((500, 520)));
+                check_readable_from_min(&store).await;
+            } else {
+                assert_eq!(store.max_offset(), head);
+                // Reopened, the empty queue has a file at its old offset: the plain append
+                // refuses the master's offset, the slave's retry path starts the queue there.
+                let bytes = shipped(500, head);
+                let first = match store.append_replicated(&bytes) {
+                    Ok(first) => first,
+                    Err(_) => {
+                        assert!(store.start_queue_at_replicated(&bytes).await.unwrap());
+                        store.append_replicated(&bytes).unwrap()
+                    }
+                };
+                assert_eq!(first.queue_offset, 500);
+                assert!(store
+                    .append_replicated(&shipped(501, first.end_offset))
+                    .is_ok());
+                store.flush().await.unwrap();
+                store.persist_metadata().await.unwrap();
+                store.close().await.unwrap();
+                let (store, _) = ShardStore::open(survivor, store_config(), &[KEY])
+                    .await
+                    .expect("reopen");
+                assert_eq!(store.queue_range(KEY), Some((500, 502)));
+                check_readable_from_min(&store).await;
+            }
+        });
+    }
+}

@@ -558,8 +558,8 @@ async fn append<D: Disk>(
     let deleted =
         |id: u32| id < table.next_topic_id && !table.topics.values().any(|t| t.topic_id == id);
     // Checked again inside: the wait for buffer space may outlast the link.
-    let appended = shard
-        .append_waiting(deadline, || {
+    let attempt = || {
+        shard.append_waiting(deadline, || {
             if !shard.role_state().is_current(link) {
                 return Err(crate::store::AppendError::Busy {
                     waited_ms: 0,
@@ -570,8 +570,26 @@ async fn append<D: Disk>(
                 .store()
                 .append_replicated_unless_deleted(bytes, deleted)
         })
-        .await
-        .map_err(|e| ReplicationError::Store(e.to_string()))?;
+    };
+    let appended = match attempt().await {
+        // The first record of a queue emptied by a restart at the master's head: the queue
+        // starts at its offset, then the append goes again.
+        Err(crate::store::AppendError::Diverged(why)) => {
+            let started = shard
+                .store()
+                .start_queue_at_replicated(bytes)
+                .await
+                .map_err(|e| ReplicationError::Store(e.to_string()))?;
+            if !started {
+                return Err(ReplicationError::Store(
+                    crate::store::AppendError::Diverged(why).to_string(),
+                ));
+            }
+            attempt().await
+        }
+        other => other,
+    }
+    .map_err(|e| ReplicationError::Store(e.to_string()))?;
     shard.appended(appended.queue, appended.end_offset);
     shard.probe().appended(1, bytes.len() as u64);
     Ok(())

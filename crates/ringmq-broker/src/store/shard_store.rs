@@ -904,6 +904,47 @@ impl<D: Disk> ShardStore<D> {
         self.persist_metadata().await
     }
 
+    /// Before a replicated append that [`ShardStore::append_replicated`] refused: when `bytes`
+    /// is the first record of a queue that holds no entry, in a log that starts past 0, and
+    /// carries a later queue offset (a slave restarted at its master's head, then restarted
+    /// itself, which gave the empty queue a file at its old offset), the queue's empty files go
+    /// and it starts at the record's offset. Returns whether it did (the append is worth a
+    /// retry). The files go before the state changes, so a checkpoint meanwhile writes nothing
+    /// for the queue; a crash in between leaves a queue without files, which starts over the
+    /// same way.
+    pub async fn start_queue_at_replicated(&self, bytes: &[u8]) -> Result<bool, StoreError> {
+        let Some(claimed) = record::peek_commitlog_offset(bytes) else {
+            return Ok(false);
+        };
+        let Ok(record::Decoded::Record(view)) = record::decode(bytes, claimed) else {
+            return Ok(false);
+        };
+        let key = QueueKey {
+            topic_id: view.topic_id,
+            queue: view.queue_id,
+        };
+        let empty_before = |queues: &BTreeMap<QueueKey, QueueState>| {
+            queues.get(&key).is_some_and(|s| {
+                s.min_offset == s.next() && !s.files.is_empty() && view.queue_offset > s.next()
+            })
+        };
+        if self.log_head() == 0 || !empty_before(&self.queues.borrow()) {
+            return Ok(false);
+        }
+        self.readers.borrow_mut().remove(&key);
+        let dir = consume_queue::files_dir(&self.config.dir, key);
+        self.disk
+            .remove_dir_all(&dir)
+            .await
+            .map_err(|e| StoreError::io(format!("removing {}", dir.display()), e))?;
+        let mut queues = self.queues.borrow_mut();
+        if !empty_before(&queues) {
+            return Ok(false);
+        }
+        queues.insert(key, QueueState::starting_at(view.queue_offset));
+        Ok(true)
+    }
+
     /// The commitlog, for replication: segment locations and the unflushed tail.
     pub fn commitlog(&self) -> &CommitLog<D> {
         &self.log
