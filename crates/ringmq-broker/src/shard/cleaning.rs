@@ -10,14 +10,17 @@
 //!   more than `file_reserved_time_ms` ago on the broker's clock. A segment that is not old
 //!   enough ends the pass: the ones after it are newer.
 //!
-//! Each deletion persists the new log head in the checkpoint (under the store gate, so no
-//! flush or metadata write overlaps it), moves the queues' minimum, then unlinks the file,
-//! in that order (see `docs/storage.md`); recovery finishes one a crash cut short. Appends never
-//! wait for the cleaner: it holds the store gate only for the checkpoint write.
+//! Only segments wholly before the confirmed offset and the last checkpoint's dispatched
+//! offset are candidates; age expiry also stays behind connected slaves (see [`pass`]).
+//!
+//! Each deletion moves the log head in memory, moves the queues' minimum, then unlinks the
+//! file, in that order, writing nothing (see `docs/storage.md`): it works on a full disk, and
+//! neither appends nor flushes (nor the acks waiting on them) wait for the cleaner. The next
+//! regular checkpoint records the head; an operator's pass writes one first.
 //!
 //! Its state: whether appends are refused (disk use above `disk_space_warning_ratio`, checked
-//! at every pass and after every deletion; [`Cleaning::refusal`] answers appends DISK_FULL
-//! until it falls) and the last disk use seen. Its event, notified only here: `wanted` (an
+//! at every pass and after a pass that deleted; [`Cleaning::refusal`] answers appends
+//! DISK_FULL until it falls [`REFUSAL_RELEASE_BAND`] below) and the last disk use seen. Its event, notified only here: `wanted` (an
 //! operator's pass, or a stop).
 
 use super::completion::Event;
