@@ -12,7 +12,7 @@ use ringmq::protocol::message::{
 };
 use ringmq::testing::SeededRng;
 
-use common::{temp_store, wait_until, Broker, PortBlock, Sizes};
+use common::{retention_on_request, temp_store, wait_until, Broker, PortBlock, Sizes};
 use ringmq::client::{Client, ClientOptions, ClusterStatus, FailoverClient};
 use ringmq::protocol::message::MessageRef;
 use ringmq::protocol::Status;
@@ -1686,20 +1686,6 @@ fn a_bad_metadata_frame_is_skipped_and_the_link_stays() {
     heart.join().unwrap();
 }
 
-/// Retention keys that delete nothing by themselves during a test (an hour the broker's local
-/// time is not in) but make everything sealed deletable on request.
-fn retention_on_request() -> String {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let other_hour = (ringmq::clock::local_hour_of(now_ms) + 12) % 24;
-    format!(
-        "file_reserved_time_ms = 1\ndelete_when = \"{other_hour:02}\"\n\
-         clean_resource_interval_ms = 100\n"
-    )
-}
-
 fn retention_of(broker: &Broker) -> ringmq::protocol::admin::Retention {
     broker
         .client()
@@ -1754,14 +1740,133 @@ fn slaves_apply_retention_on_their_own_copy_and_keep_following() {
     let caught_up = wait_caught_up(&master.broker);
     wait_slave_confirmed(&slave.broker, &caught_up);
 
-    // A fresh slave would need the log from 0.
+    // A fresh slave would need the log from 0, which the master deleted: it starts over at
+    // the master's earliest retained offset (syncFromLastFile) and follows from there, its
+    // queues starting where the master's do.
     let fresh = start_node("SLAVE", "SYNC_FLUSH", Some(&master.ports), &config);
-    let head = master_heads[0];
-    wait_until(CATCH_UP, "the fresh slave's refusal", || {
-        let log = fresh.broker.log();
-        log.contains(&format!(
-            "retention on this master deleted everything before offset {head}"
-        ))
-        .then_some(())
+    wait_topic(&fresh.broker, "kept");
+    let master_status = status(&master.broker).unwrap();
+    wait_until(CATCH_UP, "the fresh slave to follow from the head", || {
+        let s = status(&fresh.broker)?;
+        s.shards
+            .iter()
+            .zip(&master_status.shards)
+            .all(|(f, m)| f.max_offset == m.max_offset && f.confirmed_offset == m.max_offset)
+            .then_some(())
     });
+    let fresh_heads: Vec<u64> = retention_of(&fresh.broker)
+        .shards
+        .iter()
+        .map(|s| s.log_head)
+        .collect();
+    assert_eq!(
+        fresh_heads, master_heads,
+        "the fresh slave starts at the master's head"
+    );
+    assert!(fresh
+        .broker
+        .log()
+        .contains("starting over from its log head"));
+    let on_master = master.broker.client().describe_topic("kept").unwrap();
+    let on_fresh = fresh.broker.client().describe_topic("kept").unwrap();
+    for (m, f) in on_master.queues.iter().zip(&on_fresh.queues) {
+        assert!(
+            m.min_offset > 0,
+            "queue {}: retention moved the minimum",
+            m.queue
+        );
+        assert_eq!((f.min_offset, f.max_offset), (m.min_offset, m.max_offset));
+    }
+    // Every retained message reads back from the fresh slave as from the master.
+    for q in &on_master.queues {
+        let read = |broker: &Broker| {
+            let mut client = broker.client();
+            let mut offset = q.min_offset;
+            let mut bodies = Vec::new();
+            while offset < q.max_offset {
+                let pulled = client
+                    .pull("kept", q.queue, offset, 256, 4 << 20, 0)
+                    .expect("pull");
+                assert!(!pulled.messages.is_empty(), "queue {} at {offset}", q.queue);
+                for m in pulled.messages {
+                    assert_eq!(m.queue_offset, offset);
+                    offset += 1;
+                    bodies.push(m.body);
+                }
+            }
+            bodies
+        };
+        assert_eq!(
+            read(&fresh.broker),
+            read(&master.broker),
+            "queue {}",
+            q.queue
+        );
+    }
+}
+
+/// Age-based retention on a master stays behind a connected slave that has not received the
+/// log: with the slave stopped (its link still open), an operator's pass deletes nothing the
+/// slave lacks and says why; once it catches up, the segments go.
+#[test]
+fn age_retention_waits_for_a_connected_slave() {
+    let config = retention_on_request();
+    // Checkpoints often, so the sealed segments are covered when the operator asks.
+    let master = start_node(
+        "ASYNC_MASTER",
+        "SYNC_FLUSH",
+        None,
+        &format!("{config}checkpoint_interval_ms = 100\n"),
+    );
+    let slave = start_node(
+        "SLAVE",
+        "SYNC_FLUSH",
+        Some(&master.ports),
+        &format!("{config}ha_link_timeout_ms = 60000\n"),
+    );
+    master.broker.client().create_topic("held", 4).unwrap();
+    wait_topic(&slave.broker, "held");
+    produce_bulk(&master.broker, "held", 4, "first", 1024);
+    let caught_up = wait_caught_up(&master.broker);
+    wait_slave_confirmed(&slave.broker, &caught_up);
+    let acked: Vec<u64> = caught_up
+        .shards
+        .iter()
+        .map(|s| s.slaves[0].acked_offset)
+        .collect();
+
+    let resume = Resume(slave.broker.pid().unwrap() as i32);
+    slave.broker.pause();
+    produce_bulk(&master.broker, "held", 4, "second", 8192);
+    let answer: ringmq::protocol::admin::Retention = master
+        .broker
+        .client()
+        .call(&ringmq::protocol::message::DeleteExpiredRequest {})
+        .expect("delete-expired");
+    for (shard, acked) in answer.shards.iter().zip(&acked) {
+        assert!(
+            shard.log_head <= *acked,
+            "shard {}: deleted up to {} past the slave's {acked}",
+            shard.shard,
+            shard.log_head
+        );
+        assert!(
+            shard
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("a connected slave still needs it")),
+            "{shard:?}"
+        );
+    }
+    drop(resume);
+    let caught_up = wait_caught_up(&master.broker);
+    let answer: ringmq::protocol::admin::Retention = master
+        .broker
+        .client()
+        .call(&ringmq::protocol::message::DeleteExpiredRequest {})
+        .expect("delete-expired");
+    for (shard, status) in answer.shards.iter().zip(&caught_up.shards) {
+        let current = status.max_offset / (1 << 20) * (1 << 20);
+        assert_eq!(shard.log_head, current, "shard {}: {shard:?}", shard.shard);
+    }
 }

@@ -133,7 +133,7 @@ fn a_crash_at_any_step_of_a_deletion_recovers_to_the_head() {
                     .await
                     .unwrap();
                 fill(&store, 0..200).await;
-                let candidates = store.retention_candidates();
+                let candidates = store.retention_candidates(u64::MAX);
                 assert!(candidates.len() >= 2, "200 records fill three segments");
                 assert_eq!(candidates[0], 0);
                 let expected_min = store
@@ -144,7 +144,7 @@ fn a_crash_at_any_step_of_a_deletion_recovers_to_the_head() {
                     .position(|e| e.commitlog_offset >= SEGMENT)
                     .unwrap() as u64;
                 if steps >= 1 {
-                    let head = store.advance_log_head(0).await.unwrap();
+                    let head = store.advance_log_head(0, u64::MAX).unwrap();
                     assert_eq!(head, SEGMENT);
                     if steps >= 2 {
                         store.expire_queues_before(head).await.unwrap();
@@ -162,9 +162,18 @@ fn a_crash_at_any_step_of_a_deletion_recovers_to_the_head() {
                 assert_eq!(store.max_offset(), report.max_offset);
                 let (min, max) = check_readable_from_min(&store).await;
                 assert_eq!(max, 200, "steps {steps}: nothing after the head is lost");
-                if steps == 0 {
-                    assert_eq!((min, store.log_head()), (0, 0));
-                    assert!(segment_exists(&survivor, 0));
+                if steps < 3 {
+                    // Nothing of a deletion is durable before its unlink: the head moved in
+                    // memory only, so the segment and the head are where they were. The
+                    // queue may have lost the consume-queue files wholly before the head (step
+                    // 2), never an entry at or after it.
+                    assert_eq!(store.log_head(), 0, "steps {steps} seed {seed}");
+                    assert!(segment_exists(&survivor, 0), "steps {steps}");
+                    if steps == 2 {
+                        assert!(min > 0 && min <= expected_min, "steps {steps}: {min}");
+                    } else {
+                        assert_eq!(min, 0, "steps {steps}");
+                    }
                 } else {
                     assert_eq!(store.log_head(), SEGMENT, "steps {steps} seed {seed}");
                     assert_eq!(min, expected_min, "steps {steps} seed {seed}");
@@ -229,8 +238,36 @@ fn the_age_of_a_sealed_segment_is_read_back_after_a_restart() {
             Some(newest_in_first)
         );
         let current = store.max_offset() / SEGMENT * SEGMENT;
-        assert!(!store.retention_candidates().contains(&current));
-        assert!(store.advance_log_head(current).await.is_err());
+        assert!(!store.retention_candidates(u64::MAX).contains(&current));
+        assert!(store.advance_log_head(current, u64::MAX).is_err());
+    });
+}
+
+/// A flipped bit in a sealed segment stops the read for its age early: its age is unknown
+/// (`None`), not the age of the records before the flip, so retention keeps it.
+#[test]
+fn a_damaged_segment_has_no_age() {
+    futures_lite::future::block_on(async {
+        let disk = SimDisk::new();
+        let (store, _) = ShardStore::open(disk.clone(), store_config(), &[KEY])
+            .await
+            .unwrap();
+        fill(&store, 0..200).await;
+        let entries = store.entries(KEY, 0, usize::MAX).await.unwrap();
+        store.close().await.unwrap();
+        // Inside the body of a record halfway through segment 0: records before it still
+        // read, with older store times.
+        let victim = entries[entries.len() / 6];
+        assert!(victim.commitlog_offset + u64::from(victim.size) < SEGMENT);
+        let path = store_config()
+            .dir
+            .join("commitlog")
+            .join(segment_file_name(0));
+        assert!(disk.flip_bit(&path, victim.commitlog_offset + 100, 3));
+        let (store, _) = ShardStore::open(disk, store_config(), &[KEY])
+            .await
+            .unwrap();
+        assert_eq!(store.newest_store_ms(0).await.unwrap(), None);
     });
 }
 
@@ -378,6 +415,9 @@ fn broker_config(delete_when: &str) -> BrokerConfig {
         file_reserved_time_ms: 60_000,
         delete_when: delete_when.to_string(),
         clean_resource_interval_ms: 100,
+        // A segment goes only once a checkpoint covers it: a short interval, so the passes
+        // below find the sealed segments covered.
+        checkpoint_interval_ms: 50,
         ..BrokerConfig::default()
     }
 }
@@ -612,10 +652,60 @@ fn disk_pressure_deletes_the_oldest_and_full_disk_refuses_appends_until_it_falls
     );
 }
 
-/// A checkpoint write that fails leaves the head where it was and the segment in place, and
-/// the next attempt deletes it; a failed deletion is never half-applied in memory.
+/// Under pressure a pass frees what brings the disk back under disk_max_used_space_ratio
+/// (not every sealed segment); appends refused above disk_space_warning_ratio stay refused
+/// until use falls a band below it.
 #[test]
-fn a_failed_checkpoint_write_keeps_the_segment_and_a_retry_deletes_it() {
+fn pressure_frees_its_share_and_the_refusal_has_a_band() {
+    let clock = SimClock::new(5);
+    let disk = SimDisk::new();
+    let config = BrokerConfig {
+        // Only the operator's passes below run.
+        clean_resource_interval_ms: 3_600_000,
+        ..broker_config("04")
+    };
+    with_shard(&clock, &disk, config, |shard, clock| async move {
+        let disk = shard.disk().clone();
+        // Sizes in segments: the share to free is computed in bytes.
+        let space = |used_segments_x10: u64| {
+            let used = used_segments_x10 * SHARD_SEGMENT / 10;
+            Some(DiskSpace {
+                used_bytes: used,
+                available_bytes: 100 * SHARD_SEGMENT - used,
+            })
+        };
+        // Past a checkpoint, so the sealed segments are covered.
+        clock.sleep(Duration::from_millis(200)).await;
+        let sealed = shard.store().max_offset() / SHARD_SEGMENT;
+        assert!(sealed >= 2, "{sealed} sealed segments");
+        // Half a segment over 75%: one segment goes, the others stay.
+        disk.set_space(space(755));
+        let answer = delete_expired(&shard).await;
+        let deleted = &answer.shards[0].deleted;
+        assert_eq!(deleted.len(), 1, "{answer:?}");
+        assert_eq!(deleted[0].reason, "disk_pressure");
+        assert_eq!(shard.store().log_head(), SHARD_SEGMENT);
+        disk.set_space(space(950));
+        delete_expired(&shard).await;
+        assert!(shard.cleaning().appends_refused());
+        // Below the warning ratio, inside the band: still refused.
+        disk.set_space(space(890));
+        delete_expired(&shard).await;
+        assert!(shard.cleaning().appends_refused());
+        assert_eq!(produce(&shard, MESSAGES).await, Status::DiskFull);
+        disk.set_space(space(870));
+        delete_expired(&shard).await;
+        assert!(!shard.cleaning().appends_refused());
+        assert_eq!(produce(&shard, MESSAGES).await, Status::Ok);
+    });
+}
+
+/// A deletion writes nothing (finding: it needed free space and a failed consume-queue write
+/// stopped the store): with every write failing it still deletes, and the write fault it never
+/// reached is still pending afterwards. The checkpoint records the head at its next regular
+/// write, and a restart before that starts the log at the oldest segment left.
+#[test]
+fn a_deletion_writes_nothing_and_works_on_a_full_disk() {
     futures_lite::future::block_on(async {
         let disk = SimDisk::new();
         let (store, _) = ShardStore::open(disk.clone(), store_config(), &[KEY])
@@ -623,22 +713,78 @@ fn a_failed_checkpoint_write_keeps_the_segment_and_a_retry_deletes_it() {
             .unwrap();
         fill(&store, 0..200).await;
         disk.inject(ringmq::testing::SimFault::Write);
-        assert!(store.advance_log_head(0).await.is_err());
-        assert_eq!(store.log_head(), 0);
-        assert_eq!(store.retention_candidates().first(), Some(&0));
         assert!(
             store.remove_expired_segment(0).await.is_err(),
             "not before the head"
         );
-        assert!(segment_exists(&disk, 0));
-        assert_eq!(check_readable_from_min(&store).await, (0, 200));
-        let head = store.advance_log_head(0).await.unwrap();
+        let head = store.advance_log_head(0, u64::MAX).unwrap();
         store.expire_queues_before(head).await.unwrap();
         store.remove_expired_segment(0).await.unwrap();
         assert!(!segment_exists(&disk, 0));
         let (min, max) = check_readable_from_min(&store).await;
         assert!(min > 0 && max == 200);
+        assert!(
+            ringmq::store::io::Disk::write_atomic(&disk, Path::new("/probe"), vec![1])
+                .await
+                .is_err(),
+            "the deletion consumed the injected write fault: it wrote something"
+        );
+        let checkpoint = Checkpoint::decode(
+            &ringmq::store::io::Disk::read_file(&disk, &checkpoint_path(&store_config().dir))
+                .await
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(checkpoint.log_head, 0, "recorded at the next checkpoint");
+        let survivor = disk.crash(1);
+        let (reopened, _) = ShardStore::open(survivor, store_config(), &[KEY])
+            .await
+            .unwrap();
+        assert_eq!(reopened.log_head(), head);
+        assert_eq!(check_readable_from_min(&reopened).await, (min, 200));
     });
+}
+
+/// Retention deletes only what the last checkpoint's consume queues cover and what is
+/// confirmed: a segment past either stays a candidate-in-waiting.
+#[test]
+fn candidates_stop_at_the_confirmed_offset_and_the_checkpoint() {
+    futures_lite::future::block_on(async {
+        let disk = SimDisk::new();
+        let (store, _) = ShardStore::open(disk.clone(), store_config(), &[KEY])
+            .await
+            .unwrap();
+        fill(&store, 0..200).await;
+        let all = store.retention_candidates(u64::MAX);
+        assert!(all.len() >= 2);
+        assert_eq!(store.retention_candidates(SEGMENT), vec![0]);
+        assert_eq!(store.retention_candidates(SEGMENT - 1), Vec::<u64>::new());
+        assert!(store.advance_log_head(0, SEGMENT - 1).is_err());
+        // Appended and flushed past another segment, but no checkpoint since: the new
+        // segments wait for the consume queues on disk to cover them.
+        fill_without_checkpoint(&store, 200..400).await;
+        assert_eq!(store.retention_candidates(u64::MAX), all);
+        store.persist_metadata().await.unwrap();
+        assert!(store.retention_candidates(u64::MAX).len() > all.len());
+    });
+}
+
+async fn fill_without_checkpoint(store: &ShardStore<SimDisk>, range: std::ops::Range<u64>) {
+    for i in range {
+        let b = body(i);
+        loop {
+            match store.append(&input(&b, i)) {
+                Ok(_) => break,
+                Err(AppendError::SegmentNotReady) => store.prepare_next_segment().await.unwrap(),
+                Err(AppendError::BufferFull) => {
+                    store.flush().await.unwrap();
+                }
+                Err(e) => panic!("append {i}: {e}"),
+            }
+        }
+    }
+    store.flush().await.unwrap();
 }
 
 /// Every segment gone and the checkpoint's head past zero: the log resumes at the head (its
@@ -651,7 +797,7 @@ fn with_every_segment_gone_the_log_resumes_at_the_head() {
             .await
             .unwrap();
         fill(&store, 0..200).await;
-        let head = store.advance_log_head(0).await.unwrap();
+        let head = store.advance_log_head(0, u64::MAX).unwrap();
         store.close().await.unwrap();
         for path in disk.paths() {
             if path.parent().is_some_and(|d| d.ends_with("commitlog")) {
@@ -665,4 +811,209 @@ fn with_every_segment_gone_the_log_resumes_at_the_head() {
         assert_eq!(store.log_head(), head);
         assert_eq!(store.max_offset(), head);
     });
+}
+
+/// An operator's pass asked for while the shard stops is answered at once (the shard is
+/// stopping) rather than left waiting on a cleaner that exits without another pass.
+#[test]
+fn delete_expired_during_a_stop_is_answered() {
+    let clock = SimClock::new(11);
+    let disk = SimDisk::new();
+    let inner = clock.clone();
+    driver::run(&clock, Duration::from_secs(600), move || async move {
+        let shard = Shard::open_for_test(disk, Rc::new(inner.clone()), broker_config("04"))
+            .await
+            .expect("open");
+        let background = shard.spawn_background();
+        let stopping = glommio::spawn_local({
+            let shard = shard.clone();
+            async move { shard.stop(background).await }
+        });
+        // The stop has begun (it refuses new work) and runs on while this request waits.
+        glommio::yield_if_needed().await;
+        futures_lite::future::yield_now().await;
+        assert!(shard.lifecycle().is_stopping());
+        let started = inner.now();
+        let reply = handlers::handle(&shard, Opcode::DeleteExpired, &[]).await;
+        assert_ne!(reply.status, Status::Ok);
+        assert!(inner.now() - started < Duration::from_secs(1));
+        stopping.await.expect("stop");
+    })
+    .expect("the stop and the request both end");
+}
+
+/// A queue whose consume-queue files are lost after retention deleted the front of the log is
+/// rebuilt from the log head: the store opens, the queue starts at the first retained record
+/// (its offset past 0, read from the record) and every retained record reads back.
+#[test]
+fn a_queue_rebuilt_after_deletions_opens() {
+    futures_lite::future::block_on(async {
+        let disk = SimDisk::new();
+        let (store, _) = ShardStore::open(disk.clone(), store_config(), &[KEY])
+            .await
+            .unwrap();
+        fill(&store, 0..200).await;
+        let head = store.advance_log_head(0, u64::MAX).unwrap();
+        store.expire_queues_before(head).await.unwrap();
+        store.remove_expired_segment(0).await.unwrap();
+        let before = check_readable_from_min(&store).await;
+        assert!(before.0 > 0);
+        store.close().await.unwrap();
+        let dir = consume_queue::queue_dir(&store_config().dir, KEY.topic_id);
+        ringmq::store::io::Disk::remove_dir_all(&disk, &dir)
+            .await
+            .unwrap();
+        let (store, report) = ShardStore::open(disk.clone(), store_config(), &[KEY])
+            .await
+            .expect("a rebuild after deletions opens");
+        assert!(report.consume_queue_entries_dispatched > 0, "{report:?}");
+        assert_eq!(store.log_head(), head);
+        assert_eq!(check_readable_from_min(&store).await, before);
+    });
+}
+
+/// A SYNC_MASTER whose slave acknowledged nothing has confirmed nothing: disk pressure deletes
+/// none of it (the records exist nowhere else) and the pass says why.
+#[test]
+fn pressure_never_deletes_what_a_sync_master_has_not_confirmed() {
+    let clock = SimClock::new(13);
+    let disk = SimDisk::new();
+    let inner = clock.clone();
+    let config = BrokerConfig {
+        broker_role: ringmq::config::BrokerRole::SyncMaster,
+        min_in_sync_replicas: 2,
+        sync_replica_timeout_ms: 10,
+        ..broker_config("*")
+    };
+    driver::run(&clock, Duration::from_secs(3600), move || async move {
+        let shard = Shard::open_for_test(disk, Rc::new(inner.clone()), config)
+            .await
+            .expect("open");
+        let create = encode(|out| {
+            TopicCreate {
+                name: TOPIC.to_string(),
+                queue_count: 1,
+            }
+            .encode(out)
+        });
+        let created = handlers::handle(&shard, Opcode::TopicCreate, &create).await;
+        assert_eq!(created.status, Status::Ok);
+        let background = shard.spawn_background();
+        for n in 0..MESSAGES {
+            // Stored, but no slave answers: never OK.
+            assert_ne!(produce(&shard, n).await, Status::Ok, "message {n}");
+        }
+        assert!(shard.store().max_offset() > 2 * SHARD_SEGMENT);
+        assert_eq!(shard.confirmed_offset(), 0);
+        shard.disk().set_space(Some(DiskSpace {
+            used_bytes: 85,
+            available_bytes: 15,
+        }));
+        inner.jump_wall(Duration::from_secs(3600));
+        let answer = delete_expired(&shard).await;
+        let row = &answer.shards[0];
+        assert!(row.deleted.is_empty(), "{answer:?}");
+        assert_eq!(shard.store().log_head(), 0);
+        assert!(
+            row.error
+                .as_deref()
+                .is_some_and(|e| e.contains("confirmed offset")),
+            "{answer:?}"
+        );
+        shard.stop(background).await.expect("stop");
+    })
+    .expect("the run ends");
+}
+
+/// A record as a master ships it: queue offset `queue_offset`, at commitlog offset `at`.
+fn shipped(queue_offset: u64, at: u64) -> Vec<u8> {
+    let b = body(queue_offset);
+    let input = RecordInput {
+        queue_offset,
+        ..input(&b, queue_offset)
+    };
+    let mut out = vec![0u8; input.encoded_len()];
+    input.encode_into(at, &mut out);
+    out
+}
+
+/// A slave restarted at its master's log head (syncFromLastFile): the old log and queue files
+/// go, the log starts empty at the head, the queue takes the master's queue offset from the
+/// first record shipped for it, and all of it survives a crash right after the restart or
+/// after the records.
+#[test]
+fn a_slave_log_restarts_at_the_masters_head() {
+    for crash_after_records in [false, true] {
+        futures_lite::future::block_on(async {
+            let disk = SimDisk::new();
+            let (store, _) = ShardStore::open(disk.clone(), store_config(), &[KEY])
+                .await
+                .unwrap();
+            fill(&store, 0..50).await;
+            let head = 3 * SEGMENT;
+            assert!(
+                store.restart_at(SEGMENT / 2).await.is_err(),
+                "not a boundary"
+            );
+            store.restart_at(head).await.unwrap();
+            assert_eq!((store.log_head(), store.max_offset()), (head, head));
+            assert_eq!(store.queue_range(KEY), Some((0, 0)));
+            assert!(!segment_exists(&disk, 0));
+            // The master's queue is at 500 at its head.
+            let mut at = head;
+            if crash_after_records {
+                for q in 500..520 {
+                    let bytes = shipped(q, at);
+                    // As the slave's link does: a refused first record of an emptied queue
+                    // starts the queue at its offset, then goes again.
+                    let appended = match store.append_replicated(&bytes) {
+                        Ok(appended) => appended,
+                        Err(_) => {
+                            assert!(store.start_queue_at_replicated(&bytes).await.unwrap());
+                            store.append_replicated(&bytes).unwrap()
+                        }
+                    };
+                    assert_eq!(appended.queue_offset, q);
+                    at = appended.end_offset;
+                }
+                // A gap after the first record is still refused.
+                assert!(store.append_replicated(&shipped(600, at)).is_err());
+                store.flush().await.unwrap();
+                store.persist_metadata().await.unwrap();
+            }
+            let survivor = disk.crash(3);
+            let (store, _) = ShardStore::open(survivor.clone(), store_config(), &[KEY])
+                .await
+                .expect("recovery after a restart");
+            assert_eq!(store.log_head(), head);
+            if crash_after_records {
+                assert_eq!(store.queue_range(KEY), Some((500, 520)));
+                check_readable_from_min(&store).await;
+            } else {
+                assert_eq!(store.max_offset(), head);
+                // Reopened, the empty queue has a file at its old offset: the plain append
+                // refuses the master's offset, the slave's retry path starts the queue there.
+                let bytes = shipped(500, head);
+                let first = match store.append_replicated(&bytes) {
+                    Ok(first) => first,
+                    Err(_) => {
+                        assert!(store.start_queue_at_replicated(&bytes).await.unwrap());
+                        store.append_replicated(&bytes).unwrap()
+                    }
+                };
+                assert_eq!(first.queue_offset, 500);
+                assert!(store
+                    .append_replicated(&shipped(501, first.end_offset))
+                    .is_ok());
+                store.flush().await.unwrap();
+                store.persist_metadata().await.unwrap();
+                store.close().await.unwrap();
+                let (store, _) = ShardStore::open(survivor, store_config(), &[KEY])
+                    .await
+                    .expect("reopen");
+                assert_eq!(store.queue_range(KEY), Some((500, 502)));
+                check_readable_from_min(&store).await;
+            }
+        });
+    }
 }

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{checked, temp_store, wait_until, Broker, LoopMount};
+use common::{checked, retention_on_request, temp_store, wait_until, Broker, LoopMount};
 use ringmq::client::Client;
 use ringmq::protocol::admin::Retention;
 use ringmq::protocol::message::{MessageRef, RetentionStatusRequest};
@@ -118,15 +118,7 @@ fn check_readable(broker: &Broker, topic: &str) -> (u64, u64) {
 fn delete_expired_runs_a_pass_now_and_prints_what_it_deleted() {
     let root = temp_store();
     // An hour the broker's local time is not in for the length of this test.
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let other_hour = (ringmq::clock::local_hour_of(now_ms) + 12) % 24;
-    let config = format!(
-        "shards = 1\nfile_reserved_time_ms = 1\ndelete_when = \"{other_hour:02}\"\n\
-         clean_resource_interval_ms = 100\n"
-    );
+    let config = format!("shards = 1\n{}", retention_on_request());
     let broker =
         Broker::start_with_config(root.path(), &config, &["--metrics-listen", "127.0.0.1:0"]);
     let mut client = broker.client();

@@ -115,6 +115,9 @@ fn config(flush: FlushDiskType, role: BrokerRole) -> BrokerConfig {
     }
 }
 
+/// `file_reserved_time_ms` of [`retention_config`].
+const RESERVED_MS: u64 = 20;
+
 /// [`config`] with retention that deletes within a life: any hour, records older than 20 ms
 /// of simulated time, checked every 3 ms; segments as small as the largest record allows
 /// (about 130 KiB) so that a life seals several.
@@ -123,8 +126,10 @@ fn retention_config(flush: FlushDiskType) -> BrokerConfig {
         segment_size_bytes: 160 * 1024,
         write_buffer_bytes: 140 * 1024,
         delete_when: "*".to_string(),
-        file_reserved_time_ms: 20,
+        file_reserved_time_ms: RESERVED_MS,
         clean_resource_interval_ms: 3,
+        // Retention deletes only what a checkpoint covers: frequent ones, so a life deletes.
+        checkpoint_interval_ms: 5,
         ..config(flush, BrokerRole::AsyncMaster)
     }
 }
@@ -146,6 +151,14 @@ struct History {
     topic_id: u32,
     /// Per queue, its minimum offset at the last recovery: retention only moves it forward.
     mins: Vec<u64>,
+    /// Per acknowledged body, the broker's wall clock (ms) when its produce was sent: its
+    /// store timestamp is no earlier. Kept across lives.
+    stored_after: BTreeMap<Vec<u8>, u64>,
+    /// The broker's wall clock (ms) when the last life ended (its crash or clean stop): no
+    /// deletion happened later.
+    ended_ms: u64,
+    /// Whether retention ran in the lives checked: only then may a record go.
+    retention: bool,
 }
 
 impl History {
@@ -218,6 +231,7 @@ async fn producer(
             .encode(out)
         });
         let started = clock.now();
+        let sent_ms = clock.unix_ms();
         let reply = handlers::handle(&shard, Opcode::Produce, &request).await;
         let waited = clock.now() - started;
         assert!(
@@ -240,6 +254,7 @@ async fn producer(
             for (i, body) in bodies.iter().enumerate() {
                 let offset = response.base_offset + i as u64;
                 History::note(&mut history.acked[queue as usize], offset, body, "acked");
+                history.stored_after.insert(body.clone(), sent_ms);
                 if shard.role() == BrokerRole::SyncMaster {
                     let replicated = &mut history.replicated[queue as usize];
                     History::note(replicated, offset, body, "replicated");
@@ -371,6 +386,24 @@ fn check_recovered(
     let mut bodies_seen = BTreeMap::new();
     for (queue, held) in held.iter().enumerate() {
         let min = mins[queue];
+        // What went below the minimum was deleted by retention, which takes a segment only
+        // once its newest record is file_reserved_time_ms old: every acknowledged record
+        // below the new minimum was stored at least that long before the life ended. This is
+        // judged from the history, not from the recovered state under test.
+        for (offset, body) in history.acked[queue].range(..min) {
+            assert!(
+                history.retention,
+                "queue {queue}: offset {offset} went below the minimum {min} without retention"
+            );
+            if let Some(&sent) = history.stored_after.get(body) {
+                assert!(
+                    sent + RESERVED_MS <= history.ended_ms,
+                    "queue {queue}: offset {offset}, stored at or after {sent} ms, was deleted \
+                     by {} ms, younger than file_reserved_time_ms {RESERVED_MS}",
+                    history.ended_ms
+                );
+            }
+        }
         assert!(
             min >= history.mins[queue],
             "queue {queue}: the minimum went back from {} to {min}",
@@ -544,6 +577,9 @@ fn life(
             drop(tasks);
             shard.stop(background).await.expect("clean stop");
         }
+        let mut history = history.borrow_mut();
+        history.ended_ms = inner.unix_ms();
+        history.retention |= retention;
         clean
     })
     .expect("a life runs until its cut")
@@ -654,7 +690,7 @@ async fn replicate(
     mut rng: SeededRng,
 ) {
     let replicas = shard.replicas().expect("a SYNC_MASTER has replicas");
-    let link = replicas.register("simulated slave".to_string());
+    let link = replicas.register("simulated slave".to_string(), 0);
     let segment = shard.config().segment_size_bytes;
     let mut cursor = slave.max_offset();
     loop {

@@ -358,6 +358,22 @@ impl Broker {
     }
 }
 
+/// Retention keys that delete nothing by themselves during a test (`delete_when` is an hour the
+/// broker's local time is not in now) but make everything sealed deletable on request
+/// (`file_reserved_time_ms = 1`), with a pass every 100 ms.
+#[allow(dead_code)]
+pub fn retention_on_request() -> String {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let other_hour = (ringmq::clock::local_hour_of(now_ms) + 12) % 24;
+    format!(
+        "file_reserved_time_ms = 1\ndelete_when = \"{other_hour:02}\"\n\
+         clean_resource_interval_ms = 100\n"
+    )
+}
+
 /// The small test configuration with the lines of `extra` added or replacing the line of the
 /// same key.
 pub fn test_config(extra: &str) -> String {

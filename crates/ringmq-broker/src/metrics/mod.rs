@@ -216,6 +216,11 @@ impl ShardProbe {
         c.set(c.get().wrapping_add(n));
     }
 
+    /// One counter's value, without a snapshot of them all.
+    pub fn counter(&self, counter: Counter) -> u64 {
+        self.counters[counter as usize].get()
+    }
+
     pub fn record(&self, hist: Hist, value: u64) {
         self.histograms[hist as usize]
             .borrow_mut()

@@ -219,23 +219,30 @@ fn welcome<D: Disk>(shard: &Shard<D>, hello: &Hello) -> Result<(Welcome, u64), S
         // The slave holds bytes this master lost (unflushed when it crashed): cut them.
         truncate_to = master_max;
     }
-    let start = hello.max_offset.min(truncate_to);
+    let mut start = hello.max_offset.min(truncate_to);
     let head = shard.store().log_head();
-    if start < head {
-        // Retention deleted what the slave lacks. RocketMQ's answer (`syncFromLastFile`) is
-        // to restart such a slave from the master's earliest retained offset; that needs a
-        // slave store whose log and consume queues start past zero, which this store does not
-        // build yet, so the slave is refused with the offsets an operator needs.
-        return Err(format!(
-            "the slave needs the log from offset {start}, but retention on this master deleted \
-             everything before offset {head} (its earliest retained offset): this slave cannot \
-             catch up by replication"
-        ));
+    let restart = start < head;
+    if restart {
+        if hello.max_offset > head {
+            // The slave's log diverged before the head and holds bytes past it: it can neither
+            // be cut back (the master no longer has the log there) nor restarted without
+            // discarding bytes the master still retains under other contents.
+            return Err(format!(
+                "the slave's log diverged at offset {start}, before this master's log head \
+                 {head} (retention deleted the log there): empty the slave's store to follow \
+                 this master"
+            ));
+        }
+        // Retention deleted what the slave lacks, and the slave holds nothing at or past the
+        // head: it starts over, empty, at the head (RocketMQ's `syncFromLastFile`). A
+        // `truncate_to` at or past the slave's end says so.
+        truncate_to = head;
+        start = head;
     }
     let welcome = Welcome {
         log_id: identity.log_id,
         epochs: identity.epochs,
-        truncate_to: if truncate_to < hello.max_offset {
+        truncate_to: if truncate_to < hello.max_offset || restart {
             truncate_to
         } else {
             u64::MAX
@@ -271,7 +278,7 @@ async fn serve_slave<D: Disk>(
         return;
     };
     let _ = stream.set_nodelay(true);
-    let link = replicas.register(peer.clone());
+    let link = replicas.register(peer.clone(), start);
     info!(shard = shard.id(), %peer, start_offset = start, "slave connected");
     // SAFETY: a second descriptor for the same socket, owned by the report reader.
     let read_fd = unsafe { libc::dup(stream.as_raw_fd()) };
@@ -545,16 +552,30 @@ async fn ship_chunk<D: Disk>(
         end = end.min(flushed);
     }
     let len = (end - from) as usize;
+    // The segment is found and opened before the frame's header goes out: if retention
+    // deleted it (disk pressure may delete what a slave still needs), the link ends with a
+    // clear error instead of a header the slave would wait on bytes for. A descriptor opened
+    // earlier still reads a segment unlinked since.
+    let on_disk = if from < flushed {
+        let base = from / log.segment_size_bytes() * log.segment_size_bytes();
+        let path = log.segment_path(base);
+        let cached = shipper.segment.as_ref().is_some_and(|(b, _)| *b == base);
+        if !cached && log.segment_of(from).is_none() {
+            return Err(ReplicationError::Store(format!(
+                "the slave needs offset {from}, but retention deleted it (the log head is {})",
+                shard.store().log_head()
+            )));
+        }
+        Some((shipper.segment_file(&path, base)?, path, base))
+    } else {
+        None
+    };
     let header = encode_data_header(from, len as u32, shard.confirmed_offset());
     stream
         .write_all(&header)
         .await
         .map_err(|e| ReplicationError::io("sending a data frame", e))?;
-    if from < flushed {
-        let (path, base, _) = log
-            .segment_of(from)
-            .ok_or_else(|| ReplicationError::Store(format!("no segment holds offset {from}")))?;
-        let fd = shipper.segment_file(&path, base)?;
+    if let Some((fd, path, base)) = on_disk {
         shipper
             .splice
             .send_file_range(fd, from - base, len, stream.as_raw_fd())

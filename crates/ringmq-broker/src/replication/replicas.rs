@@ -17,6 +17,9 @@ use std::time::Instant;
 pub struct ReplicaState {
     pub peer: String,
     pub acked_offset: u64,
+    /// Where the master ships this link from (its handshake's start): the slave needs every
+    /// byte from here, acknowledged or not.
+    pub shipped_from: u64,
     pub connected_at: Instant,
     pub last_report_at: Instant,
     /// When this link last reported an offset at or past the master's end (caught up).
@@ -58,7 +61,7 @@ impl Replicas {
 
     /// A new link counts as having acknowledged nothing until it reports: the offset in its
     /// handshake may include bytes it has not made durable.
-    pub fn register(&self, peer: String) -> u64 {
+    pub fn register(&self, peer: String, shipped_from: u64) -> u64 {
         let id = self.next_link_id.get();
         self.next_link_id.set(id + 1);
         let now = self.clock.now();
@@ -67,6 +70,7 @@ impl Replicas {
             ReplicaState {
                 peer,
                 acked_offset: 0,
+                shipped_from,
                 connected_at: now,
                 last_report_at: now,
                 caught_up_at: now,
@@ -137,6 +141,17 @@ impl Replicas {
         Some(acked[self.needed - 1])
     }
 
+    /// The lowest offset a connected slave still needs from this master (its acknowledged
+    /// offset, or where its link started if it has acknowledged less): age-based retention
+    /// deletes nothing from there on. `None` without slaves.
+    pub fn slowest_needed_offset(&self) -> Option<u64> {
+        self.links
+            .borrow()
+            .values()
+            .map(|l| l.acked_offset.max(l.shipped_from))
+            .min()
+    }
+
     /// Links close enough to the master's end to count as in sync.
     pub fn in_sync(&self, master_max: u64, max_gap_bytes: u64) -> usize {
         self.links
@@ -163,7 +178,7 @@ mod tests {
         let mut a = replicas.completions.wait(100);
         let mut b = replicas.completions.wait(200);
         let mut c = replicas.completions.wait(300);
-        let link = replicas.register("slave".into());
+        let link = replicas.register("slave".into(), 0);
         assert_eq!(
             replicas.report(link, 500, 400),
             Err(FakeAck {
@@ -187,10 +202,10 @@ mod tests {
     #[test]
     fn quorum_needs_enough_links() {
         let replicas = Replicas::new(3, 0, Rc::new(RealClock));
-        let one = replicas.register("a".into());
+        let one = replicas.register("a".into(), 0);
         replicas.report(one, 1000, 1000).unwrap();
         assert_eq!(replicas.quorum_offset(), None);
-        let two = replicas.register("b".into());
+        let two = replicas.register("b".into(), 0);
         replicas.report(two, 600, 1000).unwrap();
         assert_eq!(replicas.quorum_offset(), Some(600));
         replicas.unregister(one);
@@ -200,10 +215,27 @@ mod tests {
             None
         );
         // A link that has not reported yet holds the quorum back, whatever its handshake said.
-        let three = replicas.register("c".into());
+        let three = replicas.register("c".into(), 0);
         replicas.report(two, 900, 1000).unwrap();
         assert_eq!(replicas.quorum_offset(), Some(0));
         replicas.report(three, 800, 1000).unwrap();
         assert_eq!(replicas.quorum_offset(), Some(800));
+    }
+
+    /// Retention's bound: the lowest of each link's acknowledged offset or, before it reports
+    /// past it, where its link started; none without links.
+    #[test]
+    fn the_slowest_slave_bounds_what_it_still_needs() {
+        let replicas = Replicas::new(1, 0, Rc::new(RealClock));
+        assert_eq!(replicas.slowest_needed_offset(), None);
+        let a = replicas.register("a".into(), 4096);
+        let b = replicas.register("b".into(), 0);
+        assert_eq!(replicas.slowest_needed_offset(), Some(0));
+        replicas.report(b, 10_000, 20_000).unwrap();
+        assert_eq!(replicas.slowest_needed_offset(), Some(4096));
+        replicas.report(a, 15_000, 20_000).unwrap();
+        assert_eq!(replicas.slowest_needed_offset(), Some(10_000));
+        replicas.unregister(b);
+        assert_eq!(replicas.slowest_needed_offset(), Some(15_000));
     }
 }

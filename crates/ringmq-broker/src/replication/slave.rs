@@ -110,7 +110,35 @@ async fn link_once<D: Disk>(
     }
     let _ = stream.set_nodelay(true);
     let welcome = handshake(shard, &mut stream, timeout).await?;
-    if welcome.truncate_to < shard.store().max_offset() {
+    let max_offset = shard.store().max_offset();
+    if welcome.truncate_to != u64::MAX && welcome.truncate_to >= max_offset {
+        // The master's retention deleted everything this log lacks (and everything it holds):
+        // start over, empty, at the master's log head (RocketMQ's syncFromLastFile). A task
+        // of its own and under the store gate, as a truncation below.
+        let to = welcome.truncate_to;
+        warn!(
+            shard = shard.id(),
+            master_log_head = to,
+            discarded_bytes = max_offset - shard.store().log_head(),
+            "the master deleted the log this slave needs; starting over from its log head"
+        );
+        let restart = spawn_local({
+            let (shard, link) = (shard.clone(), link.clone());
+            async move {
+                let _gate = shard.flushing().lock_store().await;
+                if !shard.role_state().is_current(&link) {
+                    return Err(stale());
+                }
+                shard.store().restart_at(to).await.map_err(|e| {
+                    ReplicationError::Store(format!("restarting the log at {to}: {e}"))
+                })?;
+                shard.restarted(to);
+                Ok(())
+            }
+        })
+        .detach();
+        restart.await.unwrap_or_else(|| Err(stale()))?;
+    } else if welcome.truncate_to < max_offset {
         warn!(
             shard = shard.id(),
             divergence_offset = welcome.truncate_to,
@@ -530,8 +558,8 @@ async fn append<D: Disk>(
     let deleted =
         |id: u32| id < table.next_topic_id && !table.topics.values().any(|t| t.topic_id == id);
     // Checked again inside: the wait for buffer space may outlast the link.
-    let appended = shard
-        .append_waiting(deadline, || {
+    let attempt = || {
+        shard.append_waiting(deadline, || {
             if !shard.role_state().is_current(link) {
                 return Err(crate::store::AppendError::Busy {
                     waited_ms: 0,
@@ -542,8 +570,26 @@ async fn append<D: Disk>(
                 .store()
                 .append_replicated_unless_deleted(bytes, deleted)
         })
-        .await
-        .map_err(|e| ReplicationError::Store(e.to_string()))?;
+    };
+    let appended = match attempt().await {
+        // The first record of a queue emptied by a restart at the master's head: the queue
+        // starts at its offset, then the append goes again.
+        Err(crate::store::AppendError::Diverged(why)) => {
+            let started = shard
+                .store()
+                .start_queue_at_replicated(bytes)
+                .await
+                .map_err(|e| ReplicationError::Store(e.to_string()))?;
+            if !started {
+                return Err(ReplicationError::Store(
+                    crate::store::AppendError::Diverged(why).to_string(),
+                ));
+            }
+            attempt().await
+        }
+        other => other,
+    }
+    .map_err(|e| ReplicationError::Store(e.to_string()))?;
     shard.appended(appended.queue, appended.end_offset);
     shard.probe().appended(1, bytes.len() as u64);
     Ok(())

@@ -506,6 +506,16 @@ impl<D: Disk> Shard<D> {
         }
     }
 
+    /// Slave: the log was started over at `offset`, the master's log head (see
+    /// `ShardStore::restart_at`). The flushed and released counters follow the new log, every
+    /// parked pull looks again (its queue is empty now).
+    pub fn restarted(&self, offset: u64) {
+        debug_assert_eq!(self.store.max_offset(), offset);
+        self.flushing.reset_released(self.store.flushed_offset());
+        self.visibility.wake_all();
+        self.publish_confirmed();
+    }
+
     /// Slave: the log was cut back to `offset` to follow its master. Nothing past the cut may
     /// still count as flushed or replicated (a later promotion must not answer OK from stale
     /// counters), every parked pull looks again, and the cut is remembered.
@@ -866,7 +876,7 @@ mod tests {
             create_topic(&shard).await;
             // A slave that connected and has acknowledged nothing yet: in sync by gap, so the
             // producer waits for it.
-            shard.replicas().unwrap().register("slave".to_string());
+            shard.replicas().unwrap().register("slave".to_string(), 0);
             let waiting = {
                 let shard = shard.clone();
                 glommio::spawn_local(async move {
@@ -931,7 +941,7 @@ mod tests {
             let background = shard.spawn_background();
             create_topic(&shard).await;
             let replicas = shard.replicas().unwrap();
-            let slave = replicas.register("slave".to_string());
+            let slave = replicas.register("slave".to_string(), 0);
             let waiting = {
                 let shard = shard.clone();
                 glommio::spawn_local(async move {

@@ -6,9 +6,15 @@
 //! checkpoint means: scan from the oldest segment. `<dir>/abort` exists while a store is open;
 //! finding it at open means the previous run did not close cleanly.
 //!
-//! It also holds the *log head*, the commitlog's first retained byte: retention writes it
-//! before it deletes a segment, so a crash after the checkpoint and before the unlink leaves a
-//! file recovery knows to remove, and a segment missing before the head is not lost data.
+//! It also holds the *log head*, the commitlog's first retained byte as of the last
+//! checkpoint. Retention moves the head in memory and unlinks the segment without writing
+//! anything (a full disk must not stop it); the next regular checkpoint records the head.
+//! Recovery removes any segment still present before the recorded head (an unlink that
+//! failed), and starts the log at its oldest segment when that lies past the recorded head:
+//! a front segment missing is taken as deleted, whether retention or an operator removed it.
+//! The head therefore does not tell retention from lost data; what recovery guards is that a
+//! segment is deleted only once the checkpoint's consume queues cover it, so rebuilding them
+//! never needs its records.
 //!
 //! Layout, little-endian: magic u32, version u32, flushed_offset u64, dispatched_offset u64,
 //! log_head u64, crc32c u32 of the preceding 32 bytes. Version 1 (before retention) lacks
@@ -26,8 +32,9 @@ const CHECKPOINT_V1_BYTES: usize = 28;
 pub struct Checkpoint {
     pub flushed_offset: u64,
     pub dispatched_offset: u64,
-    /// The commitlog's first retained byte: every segment before it is deleted (or about to
-    /// be, after a crash mid-deletion).
+    /// The commitlog's first retained byte when this checkpoint was written: every segment
+    /// before it is deleted (or about to be, after a failed unlink). Later deletions may have
+    /// moved the real head past it.
     pub log_head: u64,
 }
 

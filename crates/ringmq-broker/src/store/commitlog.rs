@@ -443,37 +443,30 @@ impl<D: Disk> CommitLog<D> {
                 return Err(StoreError::io(format!("removing {}", path.display()), e));
             }
         }
-        self.disk
-            .sync_dir(&self.dir)
-            .await
-            .map_err(|e| StoreError::io(format!("syncing {}", self.dir.display()), e))
+        // `Disk::remove` is durable (it syncs the directory): nothing more to sync.
+        Ok(())
     }
 
     /// At open, before the scan: removes the segments wholly before `head` (a deletion the
     /// checkpoint recorded but a crash kept from its unlink). Returns how many there were.
     pub async fn remove_segments_before(&self, head: u64) -> Result<usize, StoreError> {
-        let before: Vec<u64> = {
-            let state = self.state.borrow();
-            state
-                .segments
-                .range(..head)
-                .map(|(b, _)| *b)
-                .filter(|b| b + self.segment_size_bytes <= head)
-                .collect()
-        };
+        // Segments start at multiples of the segment size and the head is one (it moves a
+        // whole segment at a time), so a segment starting before it ends at or before it.
+        let before: Vec<u64> = self
+            .state
+            .borrow()
+            .segments
+            .range(..head)
+            .map(|(b, _)| *b)
+            .collect();
         for base in &before {
             self.state.borrow_mut().segments.remove(base);
             let path = self.segment_path(*base);
+            // Durable on return: `Disk::remove` syncs the directory.
             self.disk
                 .remove(&path)
                 .await
                 .map_err(|e| StoreError::io(format!("removing {}", path.display()), e))?;
-        }
-        if !before.is_empty() {
-            self.disk
-                .sync_dir(&self.dir)
-                .await
-                .map_err(|e| StoreError::io(format!("syncing {}", self.dir.display()), e))?;
         }
         Ok(before.len())
     }

@@ -37,6 +37,11 @@ pub struct ShardStore<D: Disk> {
     /// noted at every append and by the recovery scan; a segment sealed before a restart and
     /// not scanned is read once by [`ShardStore::newest_store_ms`].
     newest_store_ms: RefCell<BTreeMap<u64, u64>>,
+    /// The dispatched offset of the last checkpoint written: consume-queue entries on disk
+    /// cover every record before it. A segment is deleted only wholly before it, so a crash
+    /// after the unlink (which the checkpoint does not record until its next regular write)
+    /// never needs a deleted record to rebuild a queue.
+    checkpointed_offset: Cell<u64>,
 }
 
 /// The consume-queue files kept open for reads, one per queue at most, [`CQ_OPEN_READERS`]
@@ -222,6 +227,7 @@ impl<D: Disk> ShardStore<D> {
             readers: RefCell::new(Readers::new()),
             log_head: Cell::new(log_head),
             newest_store_ms: RefCell::new(BTreeMap::new()),
+            checkpointed_offset: Cell::new(0),
         };
         let on_disk = store.queues_on_disk().await?;
         let mut keys: Vec<QueueKey> = queues.to_vec();
@@ -957,7 +963,16 @@ impl<D: Disk> ShardStore<D> {
         }
         let mut queues = self.queues.borrow_mut();
         let at = queues.get(&key).map_or(0, |state| state.next());
-        if view.queue_offset != at {
+        // A queue that holds nothing (no entry, no file) in a log that starts past 0 takes the
+        // master's queue offset: its earlier entries lie before the head, deleted here and on
+        // the master (a slave restarted at the master's log head, see `restart_at`).
+        let starts_here = self.log_head() > 0
+            && queues
+                .get(&key)
+                .is_none_or(|s| s.min_offset == s.next() && s.files.is_empty());
+        if starts_here && view.queue_offset > at {
+            queues.insert(key, QueueState::starting_at(view.queue_offset));
+        } else if view.queue_offset != at {
             // Refused before the queue is registered: a failed append leaves no empty queue.
             return Err(AppendError::Diverged(format!(
                 "record at {claimed} has queue offset {} but topic id {} queue {} is at {at}",
@@ -1022,6 +1037,108 @@ impl<D: Disk> ShardStore<D> {
         self.persist_metadata().await
     }
 
+    /// Starts the log over, empty, at `head` (a segment boundary at or past the log's end): a
+    /// slave whose master's retention deleted everything this log lacks (RocketMQ's
+    /// `syncFromLastFile`). Every byte held here lies before `head`, so it is deleted on the
+    /// master too; the log, every consume-queue file and every queue's entries go, the queues
+    /// stay registered, empty, and each takes the queue offset of the first record the master
+    /// ships for it (see [`ShardStore::append_replicated`]).
+    ///
+    /// Order, for a crash at any point: the consume-queue files first (a crash then reopens
+    /// the old log and rebuilds its queues from it, and the next handshake restarts again),
+    /// then the checkpoint with the new head (from there, recovery removes every segment
+    /// before it and resumes the log at it), then the segments. The caller must not run a
+    /// flush or `persist_metadata` concurrently (it holds the store gate).
+    pub async fn restart_at(&self, head: u64) -> Result<(), StoreError> {
+        let size = self.config.segment_size_bytes;
+        if head % size != 0 || head < self.log.max_offset() {
+            return Err(StoreError::Corrupt(format!(
+                "cannot restart the log at {head}: not a segment boundary at or past its end {}",
+                self.log.max_offset()
+            )));
+        }
+        self.log.flush().await?;
+        self.readers.borrow_mut().clear();
+        let topics: BTreeSet<u32> = self.queues.borrow().keys().map(|k| k.topic_id).collect();
+        let on_disk: BTreeSet<u32> = self
+            .queues_on_disk()
+            .await?
+            .into_iter()
+            .map(|k| k.topic_id)
+            .collect();
+        for topic_id in topics.union(&on_disk) {
+            let dir = consume_queue::queue_dir(&self.config.dir, *topic_id);
+            self.disk
+                .remove_dir_all(&dir)
+                .await
+                .map_err(|e| StoreError::io(format!("removing {}", dir.display()), e))?;
+        }
+        for state in self.queues.borrow_mut().values_mut() {
+            *state = QueueState::default();
+        }
+        let restarted = Checkpoint {
+            flushed_offset: head,
+            dispatched_offset: head,
+            log_head: head,
+        };
+        self.disk
+            .write_atomic(&checkpoint_path(&self.config.dir), restarted.encode())
+            .await
+            .map_err(|e| StoreError::io("writing the checkpoint of a restarted log", e))?;
+        self.log_head.set(head);
+        self.newest_store_ms.borrow_mut().clear();
+        self.log.remove_segments_before(head).await?;
+        let start = super::commitlog::ScanEnd {
+            end_offset: head,
+            scanned_bytes: 0,
+            scanned_records: 0,
+            corruption: None,
+        };
+        self.log.finish_recovery(head, &start).await?;
+        self.persist_metadata().await
+    }
+
+    /// Before a replicated append that [`ShardStore::append_replicated`] refused: when `bytes`
+    /// is the first record of a queue that holds no entry, in a log that starts past 0, and
+    /// carries a later queue offset (a slave restarted at its master's head, then restarted
+    /// itself, which gave the empty queue a file at its old offset), the queue's empty files go
+    /// and it starts at the record's offset. Returns whether it did (the append is worth a
+    /// retry). The files go before the state changes, so a checkpoint meanwhile writes nothing
+    /// for the queue; a crash in between leaves a queue without files, which starts over the
+    /// same way.
+    pub async fn start_queue_at_replicated(&self, bytes: &[u8]) -> Result<bool, StoreError> {
+        let Some(claimed) = record::peek_commitlog_offset(bytes) else {
+            return Ok(false);
+        };
+        let Ok(record::Decoded::Record(view)) = record::decode(bytes, claimed) else {
+            return Ok(false);
+        };
+        let key = QueueKey {
+            topic_id: view.topic_id,
+            queue: view.queue_id,
+        };
+        let empty_before = |queues: &BTreeMap<QueueKey, QueueState>| {
+            queues.get(&key).is_some_and(|s| {
+                s.min_offset == s.next() && !s.files.is_empty() && view.queue_offset > s.next()
+            })
+        };
+        if self.log_head() == 0 || !empty_before(&self.queues.borrow()) {
+            return Ok(false);
+        }
+        self.readers.borrow_mut().remove(&key);
+        let dir = consume_queue::files_dir(&self.config.dir, key);
+        self.disk
+            .remove_dir_all(&dir)
+            .await
+            .map_err(|e| StoreError::io(format!("removing {}", dir.display()), e))?;
+        let mut queues = self.queues.borrow_mut();
+        if !empty_before(&queues) {
+            return Ok(false);
+        }
+        queues.insert(key, QueueState::starting_at(view.queue_offset));
+        Ok(true)
+    }
+
     /// The commitlog, for replication: segment locations and the unflushed tail.
     pub fn commitlog(&self) -> &CommitLog<D> {
         &self.log
@@ -1075,7 +1192,9 @@ impl<D: Disk> ShardStore<D> {
         self.disk
             .write_atomic(&path, checkpoint.encode())
             .await
-            .map_err(|e| StoreError::io(format!("writing {}", path.display()), e))
+            .map_err(|e| StoreError::io(format!("writing {}", path.display()), e))?;
+        self.checkpointed_offset.set(checkpoint.dispatched_offset);
+        Ok(())
     }
 
     /// Writes every queue's unpersisted entries (of `only` those queues, if given) to its files,
@@ -1548,32 +1667,52 @@ impl<D: Disk> ShardStore<D> {
     fn note_store_time(&self, commitlog_offset: u64, store_timestamp_ms: u64) {
         let base = self.log.base_of(commitlog_offset);
         let mut newest = self.newest_store_ms.borrow_mut();
-        let at = newest.entry(base).or_insert(store_timestamp_ms);
-        *at = (*at).max(store_timestamp_ms);
+        // Records arrive in log order: the segment being noted is the last one in the map,
+        // so no lookup by key is needed for all but a segment's first record.
+        match newest.last_entry() {
+            Some(mut last) if *last.key() == base => {
+                let at = last.get_mut();
+                *at = (*at).max(store_timestamp_ms);
+            }
+            _ => {
+                let at = newest.entry(base).or_insert(store_timestamp_ms);
+                *at = (*at).max(store_timestamp_ms);
+            }
+        }
     }
 
     /// The segments retention may delete, oldest first: wholly before the segment being
-    /// written and wholly flushed (an unflushed end marker would otherwise be lost with it).
-    pub fn retention_candidates(&self) -> Vec<u64> {
-        let flushed = self.log.flushed_offset();
+    /// written, wholly flushed (an unflushed end marker would otherwise be lost with it), wholly
+    /// before `confirmed` (the shard's confirmed offset: under SYNC_MASTER a record no slave
+    /// has acknowledged yet must stay) and wholly covered by the last checkpoint (see
+    /// `checkpointed_offset`).
+    pub fn retention_candidates(&self, confirmed: u64) -> Vec<u64> {
+        let limit = self
+            .log
+            .flushed_offset()
+            .min(confirmed)
+            .min(self.checkpointed_offset.get());
         let size = self.config.segment_size_bytes;
         self.log
             .sealed_segments()
             .into_iter()
-            .filter(|base| base + size <= flushed)
+            .filter(|base| base + size <= limit)
             .collect()
     }
 
-    /// The newest store timestamp of segment `base` (`None`: it holds no record): remembered
-    /// from appends and the recovery scan, else found by reading the segment once (a segment
-    /// sealed before this process started), then remembered.
+    /// The newest store timestamp of segment `base`: remembered from appends and the
+    /// recovery scan, else found by reading the segment once (a segment sealed before this
+    /// process started), then remembered. `None` (its age is unknown) when the read found no
+    /// record or stopped early at something that is not a record: a flipped bit must not make
+    /// a young segment look expired, so retention skips such a segment and reports it.
     pub async fn newest_store_ms(&self, base: u64) -> Result<Option<u64>, StoreError> {
         if let Some(ms) = self.newest_store_ms.borrow().get(&base) {
             return Ok(Some(*ms));
         }
         let mut newest = None::<u64>;
         let end = base + self.config.segment_size_bytes;
-        self.log
+        let scan = self
+            .log
             .scan(base, end, |view| {
                 newest = Some(
                     newest.map_or(view.store_timestamp_ms, |n| n.max(view.store_timestamp_ms)),
@@ -1581,33 +1720,36 @@ impl<D: Disk> ShardStore<D> {
                 Ok(())
             })
             .await?;
+        if scan.corruption.is_some() {
+            return Ok(None);
+        }
         if let Some(ms) = newest {
             self.newest_store_ms.borrow_mut().insert(base, ms);
         }
         Ok(newest)
     }
 
-    /// First step of deleting the oldest segment `base`: the head moves past it and the
-    /// checkpoint records that durably. The caller holds the store gate (no flush or metadata
-    /// write runs meanwhile), then calls [`ShardStore::expire_queues_before`] and
-    /// [`ShardStore::remove_expired_segment`]. Returns the new head.
-    pub async fn advance_log_head(&self, base: u64) -> Result<u64, StoreError> {
-        if self.retention_candidates().first() != Some(&base) {
+    /// First step of deleting the oldest segment `base` (one of
+    /// [`ShardStore::retention_candidates`] for `confirmed`): the head moves past it, in
+    /// memory only. Nothing is written, so a deletion works on a full disk and never waits
+    /// for (or holds up) a flush: the next regular checkpoint records the head, and a crash
+    /// before it is safe because recovery starts the log at its oldest segment on disk
+    /// whatever the checkpoint says. The caller then calls
+    /// [`ShardStore::expire_queues_before`] and [`ShardStore::remove_expired_segment`].
+    /// Returns the new head.
+    pub fn advance_log_head(&self, base: u64, confirmed: u64) -> Result<u64, StoreError> {
+        if self.retention_candidates(confirmed).first() != Some(&base) {
             return Err(StoreError::Corrupt(format!(
                 "segment {base} is not the oldest deletable segment"
             )));
         }
-        let old = self.log_head.get();
         let head = base + self.config.segment_size_bytes;
         self.log_head.set(head);
-        if let Err(e) = self.persist_metadata().await {
-            self.log_head.set(old);
-            return Err(e);
-        }
         Ok(head)
     }
 
-    /// Last step of a deletion: the segment's file goes (after the checkpoint and the queues).
+    /// Last step of a deletion: the segment's file goes (after the head and the queues moved
+    /// past it) and its directory is synced.
     pub async fn remove_expired_segment(&self, base: u64) -> Result<(), StoreError> {
         if base + self.config.segment_size_bytes > self.log_head.get() {
             return Err(StoreError::Corrupt(format!(

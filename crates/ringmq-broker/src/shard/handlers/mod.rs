@@ -202,7 +202,7 @@ async fn local_retention<D: Disk>(
     let report = if pass {
         shard
             .cleaning()
-            .request_pass()
+            .request_pass(shard.lifecycle().is_stopping())
             .await
             .map_err(|_| ShardError::Internal("the shard is stopping".to_string()))?
     } else {

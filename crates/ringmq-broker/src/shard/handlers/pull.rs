@@ -134,7 +134,12 @@ async fn read_messages<D: Disk>(
     let max_messages = request.max_messages.clamp(1, MAX_MESSAGES_PER_PULL) as u64;
     let max_bytes = request.max_bytes.clamp(1, MAX_BYTES_PER_PULL) as usize;
     let count = (summary.max_offset - request.offset).min(max_messages) as usize;
-    let entries = shard.store().entries(key, request.offset, count).await?;
+    // The consume-queue file read may be deleted by retention meanwhile, as the log below.
+    let entries = shard
+        .store()
+        .entries(key, request.offset, count)
+        .await
+        .map_err(|e| deleted_while_reading(shard, key, request.offset, e))?;
     let mut out = Vec::new();
     let mut encoder = PullResponseEncoder::begin(&mut out, summary);
     let mut next = request.offset;
