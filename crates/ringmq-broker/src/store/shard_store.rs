@@ -1058,7 +1058,7 @@ impl<D: Disk> ShardStore<D> {
             )));
         }
         self.log.flush().await?;
-        self.readers.borrow_mut().clear();
+        self.readers.borrow_mut().forget(|_| true);
         let topics: BTreeSet<u32> = self.queues.borrow().keys().map(|k| k.topic_id).collect();
         let on_disk: BTreeSet<u32> = self
             .queues_on_disk()
@@ -1125,7 +1125,7 @@ impl<D: Disk> ShardStore<D> {
         if self.log_head() == 0 || !empty_before(&self.queues.borrow()) {
             return Ok(false);
         }
-        self.readers.borrow_mut().remove(&key);
+        self.readers.borrow_mut().forget(|k| *k == key);
         let dir = consume_queue::files_dir(&self.config.dir, key);
         self.disk
             .remove_dir_all(&dir)
