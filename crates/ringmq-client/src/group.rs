@@ -24,6 +24,7 @@ use crate::protocol::message::{
     QueueRef,
 };
 use crate::protocol::{FailsOver, Status};
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,11 @@ impl AllocationStrategy {
         }
     }
 }
+
+/// How long to wait before joining again after a slave refused membership (`NOT_MASTER`)
+/// and the master could not be reached: the slave takes groups over once its master has been
+/// gone for a session, so this only paces the tries.
+pub const NOT_MASTER_PAUSE: Duration = Duration::from_millis(100);
 
 /// While queues allotted to this member are still held by another (which is committing and
 /// releasing them), heartbeat this often to pick them up soon after the release.
@@ -107,19 +113,29 @@ impl GroupOptions {
     }
 }
 
-/// This machine's name, for `group describe`.
+/// This machine's name, for `group describe`, as a name the broker takes (see [`as_name`]).
 pub fn local_host() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
+        .map(|h| as_name(h.trim()))
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-/// `<host>-<pid>`, with anything a group name may not hold replaced by `-`.
+/// `<host>-<pid>`, as a name the broker takes.
 pub fn default_client_id(host: &str) -> String {
-    format!("{host}-{}", std::process::id())
+    as_name(&format!("{host}-{}", std::process::id()))
+}
+
+/// The broker's longest name (`MAX_NAME_BYTES` in ringmq-broker's constants).
+const MAX_NAME_BYTES: usize = 127;
+
+/// `text` with anything a broker name may not hold replaced by `-`, no leading dot, and at
+/// most the broker's name length (member client ids and hosts are checked as names).
+fn as_name(text: &str) -> String {
+    let name: String = text
+        .trim_start_matches('.')
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
@@ -128,17 +144,44 @@ pub fn default_client_id(host: &str) -> String {
                 '-'
             }
         })
-        .collect()
+        .take(MAX_NAME_BYTES)
+        .collect();
+    name
 }
 
 /// One message handed to the handler.
-#[derive(Debug)]
 pub struct Delivery<'a> {
     pub topic: &'a str,
     pub queue: u32,
     pub message: &'a PulledMessage,
     pub member_id: &'a str,
     pub generation: u64,
+    keepalive: &'a dyn Fn(),
+}
+
+impl std::fmt::Debug for Delivery<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("topic", &self.topic)
+            .field("queue", &self.queue)
+            .field("offset", &self.message.queue_offset)
+            .field("member_id", &self.member_id)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl Delivery<'_> {
+    /// Renews the member's session when a heartbeat is due: a handler that may run longer
+    /// than a heartbeat interval (`--exec` runs a command) calls this while it works, or the
+    /// session ends under it, its queue moves, and what it processed is never committed.
+    /// Cheap when no heartbeat is due. The renewal only keeps the session: a rebalance it
+    /// brings is taken after the handler returns, and a queue revoked meanwhile must still be
+    /// released within a session of being revoked (like Kafka's `max.poll.interval.ms`, a
+    /// handler longer than that loses the queue).
+    pub fn keep_alive(&self) {
+        (self.keepalive)()
+    }
 }
 
 /// The handler's answer for one message.
@@ -160,6 +203,17 @@ pub trait GroupTransport {
 
     /// Learns where a topic's queues are, so that pulls go straight to their shards.
     fn learn_topic(&mut self, topic: &str) -> Result<(), ClientError>;
+
+    /// Which broker requests go to now (an index in the transport's list; a single broker is
+    /// always 0). A member belongs to the coordinator of the broker it joined on: once this
+    /// changes, the consumer joins again there.
+    fn broker(&self) -> usize {
+        0
+    }
+
+    /// A slave refused membership (`NOT_MASTER`: its master may be live): go back to the
+    /// master now if it can be reached.
+    fn back_to_primary(&mut self) {}
 
     /// Several requests, answered in order. By default one after another.
     fn call_all<R: FailsOver>(&mut self, requests: &[R]) -> Vec<Result<R::Response, ClientError>> {
@@ -197,6 +251,14 @@ impl GroupTransport for FailoverClient {
     fn learn_topic(&mut self, topic: &str) -> Result<(), ClientError> {
         self.describe_topic(topic).map(|_| ())
     }
+
+    fn broker(&self) -> usize {
+        self.active()
+    }
+
+    fn back_to_primary(&mut self) {
+        self.retry_primary_now();
+    }
 }
 
 /// Counts a caller can report (`ringmq consume` prints them at the end).
@@ -223,6 +285,8 @@ struct Cursor {
 
 struct Membership {
     member_id: std::sync::Arc<str>,
+    /// The transport's broker the member joined on ([`GroupTransport::broker`]).
+    broker: usize,
     generation: u64,
     heartbeat_interval: Duration,
     session_timeout: Duration,
@@ -306,6 +370,15 @@ impl<T: GroupTransport> GroupConsumer<T> {
                 })
                 .collect();
             let results = self.transport.call_all(&requests);
+            let refused_by_slave = results
+                .iter()
+                .any(|r| matches!(r, Err(e) if e.status() == Some(Status::NotMaster)));
+            if refused_by_slave {
+                // The transport moved to a slave on a slow answer, and the slave refused:
+                // back to the master, where this session may well be alive.
+                self.transport.back_to_primary();
+            }
+            self.check_broker();
             for ((queue, request), result) in queues.iter().zip(&requests).zip(results) {
                 if self.member.is_none() {
                     break;
@@ -365,7 +438,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
         }
         let sent = Instant::now();
         let o = &self.options;
-        let assignment = self.transport.call(&GroupJoin {
+        let answer = self.transport.call(&GroupJoin {
             group: o.group.clone(),
             client_id: o.client_id.clone(),
             host: o.host.clone(),
@@ -377,11 +450,22 @@ impl<T: GroupTransport> GroupConsumer<T> {
             strategy: o.strategy.to_wire(),
             orderly: u8::from(o.orderly),
             session_timeout_ms: o.session_timeout_ms,
-        })?;
+        });
+        let assignment = match answer {
+            Ok(assignment) => assignment,
+            Err(e) if e.status() == Some(Status::NotMaster) => {
+                tracing::info!(group = %self.options.group, "join refused: {e}");
+                self.transport.back_to_primary();
+                std::thread::sleep(NOT_MASTER_PAUSE);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         self.stats.joins += 1;
         self.cursors.clear();
         self.member = Some(Membership {
             member_id: assignment.member_id.as_str().into(),
+            broker: self.transport.broker(),
             generation: assignment.generation,
             heartbeat_interval: Duration::from_millis(assignment.heartbeat_interval_ms as u64),
             session_timeout: Duration::from_millis(assignment.session_timeout_ms as u64),
@@ -438,6 +522,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
         });
         match answer {
             Ok(assignment) => {
+                self.check_broker();
                 if let Some(m) = &mut self.member {
                     m.lease_from = sent;
                 }
@@ -447,7 +532,30 @@ impl<T: GroupTransport> GroupConsumer<T> {
                 self.session_ended("heartbeat", &e);
                 Ok(())
             }
+            Err(e) if e.status() == Some(Status::NotMaster) => {
+                self.not_master("heartbeat", &e);
+                Ok(())
+            }
             Err(e) => Err(e),
+        }
+    }
+
+    /// A slave refused a member's request: its master may be live, so membership stays
+    /// there. Back to the master; the session survives if the master still has it.
+    fn not_master(&mut self, what: &str, e: &ClientError) {
+        tracing::info!(group = %self.options.group, "{what} refused: {e}");
+        self.transport.back_to_primary();
+        self.check_broker();
+    }
+
+    /// A member's session lives on the coordinator of the broker it joined on: once the
+    /// transport moved to another broker (failover or failback), the queues it held may be
+    /// another member's there, so it drops them and joins again where it is now.
+    fn check_broker(&mut self) {
+        let now = self.transport.broker();
+        if self.member.as_ref().is_some_and(|m| m.broker != now) {
+            let e = ClientError::InvalidArgument(format!("the consumer moved to broker {now}"));
+            self.session_ended("membership", &e);
         }
     }
 
@@ -577,6 +685,10 @@ impl<T: GroupTransport> GroupConsumer<T> {
                 self.session_ended(what, &e);
                 Ok(())
             }
+            Some(Status::NotMaster) => {
+                self.not_master(what, &e);
+                Ok(())
+            }
             _ => Err(e),
         }
     }
@@ -657,6 +769,8 @@ impl<T: GroupTransport> GroupConsumer<T> {
         let mut member_id = member.member_id.clone();
         let mut generation = member.generation;
         let mut next_heartbeat = member.next_heartbeat;
+        let interval = member.heartbeat_interval;
+        let group = self.options.group.clone();
         let mut delivered = 0;
         // What was processed since the cursor was last written: written back before anything
         // that may commit (a heartbeat's revocations) and at the end.
@@ -682,16 +796,56 @@ impl<T: GroupTransport> GroupConsumer<T> {
                 generation = member.generation;
                 next_heartbeat = member.next_heartbeat;
             }
-            let delivery = Delivery {
-                topic: &queue.topic,
-                queue: queue.queue,
-                message,
-                member_id: &member_id,
-                generation,
+            let renewed = Cell::new(None);
+            let disposition = {
+                let transport = RefCell::new(&mut self.transport);
+                let last = Cell::new(Instant::now());
+                let keepalive = || {
+                    if last.get().elapsed() < interval {
+                        return;
+                    }
+                    let sent = Instant::now();
+                    last.set(sent);
+                    let Ok(mut transport) = transport.try_borrow_mut() else {
+                        return;
+                    };
+                    let renewal = GroupHeartbeat {
+                        group: group.to_string(),
+                        member_id: member_id.to_string(),
+                        generation,
+                        released: Vec::new(),
+                    };
+                    // A refusal is left for the heartbeat after the handler to act on.
+                    if transport.call(&renewal).is_ok() {
+                        renewed.set(Some(sent));
+                    }
+                };
+                handler(&Delivery {
+                    topic: &queue.topic,
+                    queue: queue.queue,
+                    message,
+                    member_id: &member_id,
+                    generation,
+                    keepalive: &keepalive,
+                })
             };
-            if handler(&delivery) == Disposition::Reject {
+            if let (Some(sent), Some(m)) = (renewed.get(), &mut self.member) {
+                // Renewed during the handler: the lease runs from the renewal, and the
+                // assignment it answered is taken now.
+                m.lease_from = sent;
+                m.next_heartbeat = Instant::now();
+                next_heartbeat = m.next_heartbeat;
+            }
+            if disposition == Disposition::Reject {
                 self.advance(queue, processed_to.take());
-                self.reject(&delivery)?;
+                self.reject(&Delivery {
+                    topic: &queue.topic,
+                    queue: queue.queue,
+                    message,
+                    member_id: &member_id,
+                    generation,
+                    keepalive: &|| {},
+                })?;
             }
             delivered += 1;
             processed_to = Some(message.queue_offset + 1);
@@ -733,9 +887,20 @@ mod tests {
     struct Scripted {
         log: Vec<String>,
         answer: Box<Answer>,
+        /// The broker answering now, which the script may move (a failover).
+        broker: std::rc::Rc<Cell<usize>>,
     }
 
     impl GroupTransport for Scripted {
+        fn broker(&self) -> usize {
+            self.broker.get()
+        }
+
+        fn back_to_primary(&mut self) {
+            self.log.push("back to the master".into());
+            self.broker.set(0);
+        }
+
         fn learn_topic(&mut self, _topic: &str) -> Result<(), ClientError> {
             Ok(())
         }
@@ -828,6 +993,7 @@ mod tests {
         let mut pulls_of_q1 = 0;
         let transport = Scripted {
             log: Vec::new(),
+            broker: Default::default(),
             answer: Box::new(move |opcode, body| match opcode {
                 Opcode::GroupJoin => (Status::Ok, assignment(1, vec![q(0), q(1)], vec![])),
                 Opcode::GroupHeartbeat => {
@@ -881,6 +1047,122 @@ mod tests {
         assert_eq!(consumer.stats().refused, 1);
     }
 
+    /// A handler that runs past heartbeat intervals keeps its session with `keep_alive`:
+    /// heartbeats go out while it works, then its commit rides on the next pull as usual.
+    #[test]
+    fn a_slow_handler_keeps_its_session_alive() {
+        let transport = Scripted {
+            log: Vec::new(),
+            broker: Default::default(),
+            answer: Box::new(move |opcode, body| {
+                let mut assignment = GroupAssignment {
+                    member_id: "m-1".into(),
+                    generation: 1,
+                    session_timeout_ms: 300,
+                    heartbeat_interval_ms: 20,
+                    owned: vec![q(0)],
+                    revoked: vec![],
+                    waiting: 0,
+                };
+                match opcode {
+                    Opcode::GroupJoin | Opcode::GroupHeartbeat => {
+                        let mut out = Vec::new();
+                        assignment.owned = vec![q(0)];
+                        assignment.encode(&mut out);
+                        (Status::Ok, out)
+                    }
+                    Opcode::GroupPull => {
+                        let p = GroupPull::decode(body).unwrap();
+                        (Status::Ok, batch(p.offset.min(5)..p.offset.min(5) + 1))
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }),
+        };
+        let mut options = GroupOptions::new("g", "t");
+        options.commit_interval = Duration::ZERO;
+        let mut consumer = GroupConsumer::new(transport, options);
+        let mut handler = |d: &Delivery<'_>| {
+            // Five heartbeat intervals of work.
+            for _ in 0..10 {
+                std::thread::sleep(Duration::from_millis(10));
+                d.keep_alive();
+            }
+            Disposition::Ack
+        };
+        assert_eq!(consumer.poll(u64::MAX, &mut handler).unwrap().delivered, 1);
+        let log = &consumer.transport.log;
+        let during = log[2..]
+            .iter()
+            .filter(|l| l.starts_with("heartbeat"))
+            .count();
+        assert!(during >= 3, "{log:?}");
+        consumer
+            .poll(u64::MAX, &mut |_: &Delivery<'_>| Disposition::Ack)
+            .unwrap();
+        let log = &consumer.transport.log;
+        assert!(
+            log.iter()
+                .any(|l| l.starts_with("pull q0 gen 1 commit Some(6)")),
+            "{log:?}"
+        );
+    }
+
+    /// A slave's NOT_MASTER sends the consumer back to the master and keeps its session
+    /// there; a transport that moved to another broker (a failover on a slow answer) drops
+    /// the membership, discards what came from there, and joins again.
+    #[test]
+    fn a_slave_refusal_goes_back_and_a_broker_change_joins_again() {
+        let broker = std::rc::Rc::new(Cell::new(0));
+        let moved = broker.clone();
+        let mut pulls = 0;
+        let mut joins = 0;
+        let transport = Scripted {
+            log: Vec::new(),
+            broker: broker.clone(),
+            answer: Box::new(move |opcode, _body| match opcode {
+                Opcode::GroupJoin => {
+                    joins += 1;
+                    (Status::Ok, assignment(joins, vec![q(0)], vec![]))
+                }
+                Opcode::GroupPull => {
+                    pulls += 1;
+                    match pulls {
+                        1 => {
+                            moved.set(1);
+                            (Status::NotMaster, b"slave".to_vec())
+                        }
+                        2 => {
+                            moved.set(1);
+                            (Status::Ok, batch(0..3))
+                        }
+                        _ => (Status::Ok, batch(0..1)),
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }),
+        };
+        let mut consumer = GroupConsumer::new(transport, GroupOptions::new("g", "t"));
+        let mut delivered = Vec::new();
+        let mut handler = |d: &Delivery<'_>| {
+            delivered.push(d.message.queue_offset);
+            Disposition::Ack
+        };
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        assert_eq!(broker.get(), 0, "back on the master");
+        assert_eq!(consumer.generation(), Some(1), "the master session is kept");
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        assert!(consumer.member_id().is_none(), "moved broker: joins again");
+        broker.set(0);
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        assert_eq!(consumer.generation(), Some(2));
+        assert_eq!(
+            delivered,
+            [0],
+            "nothing delivered from the other broker's answer"
+        );
+    }
+
     /// A session that ended (UNKNOWN_MEMBER on a pull) drops every queue, and the next poll
     /// joins again and reads from the committed offsets.
     #[test]
@@ -888,6 +1170,7 @@ mod tests {
         let mut joins = 0;
         let transport = Scripted {
             log: Vec::new(),
+            broker: Default::default(),
             answer: Box::new(move |opcode, body| match opcode {
                 Opcode::GroupJoin => {
                     joins += 1;

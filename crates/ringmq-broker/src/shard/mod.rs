@@ -95,6 +95,15 @@ pub struct Shard<D: Disk = GlommioDisk> {
     fence_cache: coordinator::FenceCache,
 }
 
+/// Wall-clock milliseconds now, which seeds the group coordinator's generations and member
+/// ids ([`Coordinator::booted`]); 0 on a clock before the epoch (generations still only grow
+/// within the boot).
+fn boot_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// What a shard is made of, for [`Shard::assemble`].
 pub struct ShardParts<D: Disk> {
     pub id: usize,
@@ -156,7 +165,7 @@ impl<D: Disk> Shard<D> {
             metadata: Metadata::new(parts.topics, parts.groups),
             lifecycle: Lifecycle::default(),
             role: RoleState::new(role, parts.identity),
-            coordinator: RefCell::new(Coordinator::default()),
+            coordinator: RefCell::new(Coordinator::booted(boot_ms(), parts.id)),
             fence_cache: coordinator::FenceCache::default(),
         }
     }

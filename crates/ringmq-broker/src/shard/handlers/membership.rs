@@ -5,7 +5,7 @@
 //! may read or commit it.
 
 use super::{body, pull, route, Route};
-use crate::constants::MAX_TOPICS_PER_GROUP;
+use crate::constants::{MAX_TOPICS_PER_GROUP, SLAVE_GROUP_GRACE_MS};
 use crate::protocol::message::{
     GroupHeartbeat, GroupJoin, GroupLeave, GroupMembers, GroupPull, GroupQueue, PullRequest,
     PullResponseEncoder,
@@ -20,6 +20,7 @@ use crate::store::io::Disk;
 use crate::store::QueueKey;
 use futures_channel::oneshot;
 use std::rc::Rc;
+use std::time::Duration;
 
 /// `Some(reply)` when another shard coordinates `group` and answered the forwarded request.
 async fn forwarded<D: Disk>(
@@ -35,9 +36,30 @@ async fn forwarded<D: Disk>(
     Some(shard.forward(coordinator, opcode, raw.to_vec()).await)
 }
 
+/// Refuses membership on a slave whose master may still be live (`NOT_MASTER`, which a
+/// failover client does not move on for): one coordinator per group across the master and
+/// its slaves, or a member that failed over on a slow answer would join here and take
+/// queues its master session still holds. Once the link has been down for
+/// [`SLAVE_GROUP_GRACE_MS`] the slave coordinates groups itself, as a master would.
+fn coordinates_here<D: Disk>(shard: &Shard<D>) -> Result<(), ShardError> {
+    let Some(link) = shard.role_state().slave_link() else {
+        return Ok(());
+    };
+    let grace = Duration::from_millis(SLAVE_GROUP_GRACE_MS);
+    if link.master_may_be_live(shard.clock().now(), grace) {
+        return Err(ShardError::NotMaster(format!(
+            "this slave follows a master that is live (or was less than {SLAVE_GROUP_GRACE_MS} \
+             ms ago): consumer groups are coordinated there"
+        )));
+    }
+    Ok(())
+}
+
 pub async fn join<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
     let request = GroupJoin::decode(raw)?;
     validate_name("group", &request.group)?;
+    validate_name("host", &request.host)?;
+    coordinates_here(shard)?;
     validate_name("client id", &request.client_id)?;
     if let Some(reply) = forwarded(shard, &request.group, Opcode::GroupJoin, raw).await {
         return Ok(reply);
@@ -114,6 +136,7 @@ fn settings(request: &GroupJoin) -> Result<GroupSettings, ShardError> {
 pub async fn heartbeat<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
     let request = GroupHeartbeat::decode(raw)?;
     validate_name("group", &request.group)?;
+    coordinates_here(shard)?;
     if let Some(reply) = forwarded(shard, &request.group, Opcode::GroupHeartbeat, raw).await {
         return Ok(reply);
     }
@@ -168,6 +191,7 @@ pub async fn members<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply,
 pub async fn pull<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
     let request = GroupPull::decode(raw)?;
     validate_name("group", &request.group)?;
+    coordinates_here(shard)?;
     let topic_id = match route(shard, &request.topic, request.queue)? {
         Route::Local { topic_id } => topic_id,
         Route::Remote(owner) => {
@@ -414,6 +438,50 @@ mod tests {
         .encode(&mut out);
         let reply = call(shard, Opcode::GroupFetch, out).await;
         GroupOffset::decode(&reply.body).unwrap().offset
+    }
+
+    /// A slave refuses membership with NOT_MASTER while its link to the master streams and
+    /// for a grace after it is lost (its master may still have the members), and coordinates
+    /// groups itself once the master has been gone longer (here the join goes on to find no
+    /// topic: the gate opened).
+    #[test]
+    fn a_slave_refuses_membership_while_its_master_may_be_live() {
+        glommio::LocalExecutor::default().run(async {
+            let config = BrokerConfig {
+                broker_role: crate::config::BrokerRole::Slave,
+                ..config()
+            };
+            let shard = Shard::open_for_test(SimDisk::new(), Rc::new(RealClock), config)
+                .await
+                .unwrap();
+            let background = shard.spawn_background();
+            let link = shard.role_state().slave_link().expect("a slave's link");
+            link.established();
+            let a = GroupAssignment {
+                member_id: "a-1".into(),
+                generation: 1,
+                session_timeout_ms: 3_000,
+                heartbeat_interval_ms: 1_000,
+                owned: vec![],
+                revoked: vec![],
+                waiting: 0,
+            };
+            let streaming = call(&shard, Opcode::GroupJoin, join("a")).await;
+            assert_eq!(streaming.status, Status::NotMaster);
+            let beat = call(&shard, Opcode::GroupHeartbeat, heartbeat(&a, vec![])).await;
+            assert_eq!(beat.status, Status::NotMaster);
+            let pull = call(&shard, Opcode::GroupPull, group_pull(&a, 0, Some(1), 1, 0)).await;
+            assert_eq!(pull.status, Status::NotMaster);
+            link.lost(std::time::Instant::now());
+            let just_lost = call(&shard, Opcode::GroupJoin, join("a")).await;
+            assert_eq!(just_lost.status, Status::NotMaster);
+            link.established();
+            let long_ago = std::time::Duration::from_millis(crate::constants::SLAVE_GROUP_GRACE_MS);
+            link.lost(std::time::Instant::now() - long_ago);
+            let taken_over = call(&shard, Opcode::GroupJoin, join("a")).await;
+            assert_eq!(taken_over.status, Status::TopicNotFound);
+            shard.stop(background).await.unwrap();
+        });
     }
 
     /// Through the handlers on one shard: a member reads from the group's committed offset
