@@ -112,7 +112,7 @@ fn broadcast_offsets(
     let mut rows = Vec::new();
     for m in &membership.members {
         let d = client.call(&GroupDescribe {
-            group: format!("{}..{}", membership.group, m.client_id),
+            group: crate::protocol::broadcast_offsets_key(&membership.group, &m.client_id),
         })?;
         let mins = queue_minimums(client, &d);
         rows.push((m.client_id.clone(), d, mins));

@@ -19,9 +19,10 @@
 use super::api::Client;
 use super::error::ClientError;
 use super::failover::FailoverClient;
+use super::reset::{OffsetReset, OffsetResetApplied};
 use crate::protocol::message::{
-    GroupAssignment, GroupHeartbeat, GroupJoin, GroupLeave, GroupPull, GroupQueue, PulledMessage,
-    QueueRef,
+    GroupAssignment, GroupFetch, GroupHeartbeat, GroupJoin, GroupLeave, GroupPull, GroupQueue,
+    PulledMessage, QueueRef,
 };
 use crate::protocol::{FailsOver, Status};
 use std::cell::{Cell, RefCell};
@@ -716,17 +717,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
         let result = match result {
             Ok(result) => result,
             Err(e) if e.status() == Some(Status::OffsetOutOfRange) => {
-                let stats = self.transport.call(&QueueRef {
-                    topic: queue.topic.clone(),
-                    queue: queue.queue,
-                })?;
-                if let Some(c) = self.cursors.get_mut(queue) {
-                    eprintln!(
-                        "queue {}: offset {} is out of range, moving to {}",
-                        queue.queue, c.next, stats.min_offset
-                    );
-                    c.next = stats.min_offset;
-                }
+                self.out_of_range(queue, &e)?;
                 return Ok(0);
             }
             Err(e) => {
@@ -752,6 +743,69 @@ impl<T: GroupTransport> GroupConsumer<T> {
             .len()
             .min(limit.min(usize::MAX as u64) as usize);
         self.deliver(queue, &result.messages[..take], handler)
+    }
+
+    /// A pull outside the queue's range: below its minimum (retention deleted what was
+    /// left unread) it moves to the minimum; past its end (a broker crash under ASYNC_FLUSH
+    /// lost a tail the group had committed) to the end, not back to the minimum, which would
+    /// deliver the whole queue again. The range comes from the error (the shared reset
+    /// module), or from the queue's stats when the error does not carry it.
+    fn out_of_range(&mut self, queue: &GroupQueue, e: &ClientError) -> Result<(), ClientError> {
+        let Some(next) = self.cursors.get(queue).map(|c| c.next) else {
+            return Ok(());
+        };
+        let from = match next {
+            u64::MAX => self
+                .transport
+                .call(&GroupFetch {
+                    group: self.offsets_group(),
+                    topic: queue.topic.clone(),
+                    queue: queue.queue,
+                })?
+                .offset
+                .unwrap_or(0),
+            next => next,
+        };
+        let (min_offset, max_offset) = match super::reset::out_of_range(e) {
+            Some(range) => range,
+            None => {
+                let stats = self.transport.call(&QueueRef {
+                    topic: queue.topic.clone(),
+                    queue: queue.queue,
+                })?;
+                (stats.min_offset, stats.max_offset)
+            }
+        };
+        let policy = if from > max_offset {
+            OffsetReset::Latest
+        } else {
+            OffsetReset::Earliest
+        };
+        let applied = OffsetResetApplied {
+            queue: queue.queue,
+            from,
+            to: policy.target(min_offset, max_offset),
+            min_offset,
+            max_offset,
+            policy,
+        };
+        eprintln!("group {}: {applied}", self.options.group);
+        if let Some(c) = self.cursors.get_mut(queue) {
+            c.next = applied.to;
+            // The new position is committed with the next pull, so a successor starts there.
+            c.uncommitted = Some(applied.to);
+        }
+        Ok(())
+    }
+
+    /// The group name this member's offsets are kept under (a broadcasting member's own).
+    fn offsets_group(&self) -> String {
+        match self.options.mode {
+            GroupMode::Clustering => self.options.group.clone(),
+            GroupMode::Broadcasting => {
+                crate::protocol::broadcast_offsets_key(&self.options.group, &self.options.client_id)
+            }
+        }
     }
 
     /// Hands a batch to the handler in order, heartbeating between messages when one is due;

@@ -47,7 +47,7 @@ pub fn coordinator_shard(group: &str, shard_count: usize) -> usize {
 /// Where a broadcasting member's offsets are kept: its own group name per client id, so a
 /// member that restarts under the same client id resumes where it stopped.
 pub fn broadcast_offsets_key(group: &str, client_id: &str) -> String {
-    format!("{group}..{client_id}")
+    crate::protocol::broadcast_offsets_key(group, client_id)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -87,7 +87,7 @@ pub async fn join<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, Sh
         },
         shard.clock().now(),
     )?;
-    shard.announce_fence_changes();
+    shard.announce_fence_changes().await;
     tracing::info!(
         shard = shard.id(),
         group = %request.group,
@@ -146,7 +146,7 @@ pub async fn heartbeat<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Repl
         &request.released,
         shard.clock().now(),
     );
-    shard.announce_fence_changes();
+    shard.announce_fence_changes().await;
     let assignment = assignment?;
     Ok(Reply::ok(body(|out| assignment.encode(out))))
 }
@@ -162,7 +162,7 @@ pub async fn leave<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, S
         &request.member_id,
         shard.clock().now(),
     )?;
-    shard.announce_fence_changes();
+    shard.announce_fence_changes().await;
     tracing::info!(shard = shard.id(), group = %request.group, member = %request.member_id, "group member left");
     Ok(Reply::ok(Vec::new()))
 }
@@ -184,10 +184,13 @@ pub async fn members<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply,
 /// runs as a plain pull's does.
 ///
 /// The fence and the commit are not one step when the coordinator is another shard: the
-/// coordinator could end the member's session during the hop back. That window is the mesh's
-/// round trip (microseconds) against a session's seconds, and what lands then is an offset the
-/// member had processed up to, so a successor that read from an earlier committed offset
-/// loses nothing; at worst it sees again what it already processed.
+/// coordinator could end the member's session during the hop back, or while this shard still
+/// holds a cached grant. The coordinator answers the join, heartbeat or leave that changed the
+/// group only once every shard has dropped its cached grants of the group, so no successor
+/// reads before then; and the queue shard refuses a commit older than the newest generation
+/// that committed the row (`GroupOffsets::record_fenced`). What can still land in that window
+/// is an offset the member had processed up to, before any successor read: nothing is lost,
+/// at worst a message is seen again.
 pub async fn pull<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
     let request = GroupPull::decode(raw)?;
     validate_name("group", &request.group)?;
