@@ -384,8 +384,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
                 if self.member.is_none() {
                     break;
                 }
-                let commit = request.commit;
-                delivered += self.take_batch(queue, commit, result, limit - delivered, handler)?;
+                delivered += self.take_batch(queue, request, result, limit - delivered, handler)?;
             }
         }
         let waiting = self.member.as_ref().is_some_and(|m| m.waiting > 0);
@@ -489,16 +488,17 @@ impl<T: GroupTransport> GroupConsumer<T> {
         })
     }
 
-    /// Long-poll per queue: the caller's wait split across the queues, ending before the
-    /// next heartbeat is due.
+    /// Long-poll per queue: the caller's wait, ending before the next heartbeat is due, split
+    /// across the queues when they are pulled one after another (their waits add up: each gets
+    /// its share of the time to the heartbeat, or a slow poll outlives the session).
     fn wait_ms(&self, queues: usize) -> u32 {
         let share = if T::PIPELINED {
             1
         } else {
             queues.max(1) as u32
         };
-        let split = self.options.max_wait_ms / share;
-        split.min(self.until_heartbeat().as_millis() as u32)
+        let until_heartbeat = self.until_heartbeat().as_millis().min(u32::MAX as u128) as u32;
+        self.options.max_wait_ms.min(until_heartbeat) / share
     }
 
     fn heartbeat_if_due(&mut self) -> Result<(), ClientError> {
@@ -625,7 +625,10 @@ impl<T: GroupTransport> GroupConsumer<T> {
                 }
                 Ok(())
             }
-            Err(e) => self.refused("commit", queue, e),
+            Err(e) => {
+                let generation = self.member.as_ref().map_or(0, |m| m.generation);
+                self.refused("commit", queue, generation, e)
+            }
         }
     }
 
@@ -666,18 +669,24 @@ impl<T: GroupTransport> GroupConsumer<T> {
 
     /// A refused pull or commit: an old generation heartbeats now (the commit waits for the
     /// next pull or the release), an ended session drops everything to join again.
+    ///
+    /// `generation` is the one the refused request carried: when a heartbeat since (for an
+    /// earlier refusal of the same poll) already brought a newer one, this refusal is old
+    /// news and sends no heartbeat of its own.
     fn refused(
         &mut self,
         what: &str,
         queue: &GroupQueue,
+        generation: u64,
         e: ClientError,
     ) -> Result<(), ClientError> {
         match e.status() {
             Some(Status::IllegalGeneration) => {
                 self.stats.refused += 1;
                 tracing::info!(group = %self.options.group, queue = queue.queue, "{what} refused: {e}");
-                if let Some(m) = &mut self.member {
-                    m.next_heartbeat = Instant::now();
+                match &mut self.member {
+                    Some(m) if m.generation == generation => m.next_heartbeat = Instant::now(),
+                    _ => return Ok(()),
                 }
                 self.heartbeat_if_due()
             }
@@ -709,11 +718,12 @@ impl<T: GroupTransport> GroupConsumer<T> {
     fn take_batch(
         &mut self,
         queue: &GroupQueue,
-        commit: Option<u64>,
+        request: &GroupPull,
         result: Result<super::PullResult, ClientError>,
         limit: u64,
         handler: &mut dyn FnMut(&Delivery<'_>) -> Disposition,
     ) -> Result<u64, ClientError> {
+        let commit = request.commit;
         let result = match result {
             Ok(result) => result,
             Err(e) if e.status() == Some(Status::OffsetOutOfRange) => {
@@ -722,7 +732,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
             }
             Err(e) => {
                 let what = if commit.is_some() { "commit" } else { "pull" };
-                return self.refused(what, queue, e).map(|()| 0);
+                return self.refused(what, queue, request.generation, e).map(|()| 0);
             }
         };
         let Some(c) = self.cursors.get_mut(queue) else {
@@ -1215,6 +1225,53 @@ mod tests {
             [0],
             "nothing delivered from the other broker's answer"
         );
+    }
+
+    /// Queues pulled one after another (not pipelined) share the time to the next heartbeat,
+    /// so their long-polls together end before it, however long `max_wait_ms` is; and a poll
+    /// whose every pull is refused for an old generation heartbeats once, not once per queue.
+    #[test]
+    fn sequential_long_polls_fit_before_the_heartbeat_and_refusals_heartbeat_once() {
+        let waits = std::rc::Rc::new(RefCell::new(Vec::new()));
+        let seen = waits.clone();
+        let mut heartbeats = 0;
+        let transport = Scripted {
+            log: Vec::new(),
+            broker: Default::default(),
+            answer: Box::new(move |opcode, body| match opcode {
+                Opcode::GroupJoin => (Status::Ok, assignment(1, (0..8).map(q).collect(), vec![])),
+                Opcode::GroupHeartbeat => {
+                    heartbeats += 1;
+                    (
+                        Status::Ok,
+                        assignment(1 + heartbeats, (0..8).map(q).collect(), vec![]),
+                    )
+                }
+                Opcode::GroupPull => {
+                    let p = GroupPull::decode(body).unwrap();
+                    seen.borrow_mut().push(p.max_wait_ms);
+                    if seen.borrow().len() > 8 && p.generation == 1 {
+                        (Status::IllegalGeneration, b"old".to_vec())
+                    } else {
+                        (Status::NoNewMessage, batch(0..0))
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }),
+        };
+        let mut options = GroupOptions::new("g", "t");
+        options.max_wait_ms = 5_000;
+        let mut consumer = GroupConsumer::new(transport, options);
+        let mut handler = |_: &Delivery<'_>| Disposition::Ack;
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        let total: u32 = waits.borrow().iter().sum();
+        assert!(total <= 1_000, "{:?}", waits.borrow());
+        // Now the coordinator moved on: all eight pulls of generation 1 are refused.
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        let log = &consumer.transport.log;
+        let heartbeats = log.iter().filter(|l| l.starts_with("heartbeat")).count();
+        assert_eq!(heartbeats, 1, "{log:?}");
+        assert_eq!(consumer.generation(), Some(2));
     }
 
     /// A session that ended (UNKNOWN_MEMBER on a pull) drops every queue, and the next poll
