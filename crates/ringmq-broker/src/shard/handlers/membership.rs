@@ -55,10 +55,32 @@ fn coordinates_here<D: Disk>(shard: &Shard<D>) -> Result<(), ShardError> {
     Ok(())
 }
 
+/// A broadcasting member's offsets live under `<group>..<client id>` (see
+/// `broadcast_offsets_key`). A member's group may not hold `..` nor end with `.`, and its
+/// client id may not hold `..` (nor start with `.`, as no name may), so such a key splits
+/// one way only and is no joinable group's name: no two members, and no clustering group,
+/// share an offsets row.
+fn broadcast_key_safe(group: &str, client_id: &str) -> Result<(), ShardError> {
+    if group.contains("..") || group.ends_with('.') {
+        return Err(ShardError::InvalidName(format!(
+            "a consumer group member's group name `{group}` may not hold `..` nor end with `.` \
+             (broadcasting offsets are kept under `<group>..<client id>`)"
+        )));
+    }
+    if client_id.contains("..") {
+        return Err(ShardError::InvalidName(format!(
+            "client id `{client_id}` may not hold `..` (broadcasting offsets are kept under \
+             `<group>..<client id>`)"
+        )));
+    }
+    Ok(())
+}
+
 pub async fn join<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
     let request = GroupJoin::decode(raw)?;
     validate_name("group", &request.group)?;
     validate_name("host", &request.host)?;
+    broadcast_key_safe(&request.group, &request.client_id)?;
     coordinates_here(shard)?;
     validate_name("client id", &request.client_id)?;
     if let Some(reply) = forwarded(shard, &request.group, Opcode::GroupJoin, raw).await {
@@ -441,6 +463,35 @@ mod tests {
         .encode(&mut out);
         let reply = call(shard, Opcode::GroupFetch, out).await;
         GroupOffset::decode(&reply.body).unwrap().offset
+    }
+
+    /// A group or client id a broadcasting offsets key could be confused with is refused at
+    /// the join.
+    #[test]
+    fn a_join_refuses_names_a_broadcast_key_could_collide_with() {
+        glommio::LocalExecutor::default().run(async {
+            let shard = Shard::open_for_test(SimDisk::new(), Rc::new(RealClock), config())
+                .await
+                .unwrap();
+            let background = shard.spawn_background();
+            for (group, client) in [("a..b", "c"), ("a.", "b"), ("a", "b..c")] {
+                let mut out = Vec::new();
+                GroupJoin {
+                    group: group.into(),
+                    client_id: client.into(),
+                    host: "h".into(),
+                    topics: vec!["t".into()],
+                    mode: 1,
+                    strategy: 0,
+                    orderly: 0,
+                    session_timeout_ms: 0,
+                }
+                .encode(&mut out);
+                let reply = call(&shard, Opcode::GroupJoin, out).await;
+                assert_eq!(reply.status, Status::InvalidName, "{group} / {client}");
+            }
+            shard.stop(background).await.unwrap();
+        });
     }
 
     /// A slave refuses membership with NOT_MASTER while its link to the master streams and
