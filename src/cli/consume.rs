@@ -55,6 +55,10 @@ impl FromStr for StartFrom {
     }
 }
 
+/// `--queue` and `--from` read a group's offsets without membership: a member's flags would
+/// be ignored there (and `--exec` would commit past messages it never ran), so they refuse.
+const MEMBER_CONFLICTS: [&str; 2] = ["queue", "from"];
+
 #[derive(Args, Debug)]
 pub struct ConsumeArgs {
     #[command(flatten)]
@@ -80,27 +84,33 @@ pub struct ConsumeArgs {
     #[arg(long)]
     pub follow: bool,
     /// With --group: every member reads every message (offsets kept per client id).
-    #[arg(long, requires = "group")]
+    #[arg(long, requires = "group", conflicts_with_all = MEMBER_CONFLICTS)]
     pub broadcast: bool,
     /// With --group: one message at a time per queue, in order, under a broker-side queue
     /// lock leased for the member's session.
-    #[arg(long, requires = "group")]
+    #[arg(long, requires = "group", conflicts_with_all = MEMBER_CONFLICTS)]
     pub orderly: bool,
     /// With --group: how the group's queues are divided among its members.
-    #[arg(long, value_enum, default_value_t = StrategyArg::Averagely, requires = "group")]
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = StrategyArg::Averagely,
+        requires = "group",
+        conflicts_with_all = MEMBER_CONFLICTS
+    )]
     pub strategy: StrategyArg,
     /// With --group: the member's session; the broker's default (3000) when not given.
-    #[arg(long, requires = "group")]
+    #[arg(long, requires = "group", conflicts_with_all = MEMBER_CONFLICTS)]
     pub session_timeout_ms: Option<u32>,
     /// With --group: the member's name in `group describe` (default HOST-PID).
-    #[arg(long, requires = "group")]
+    #[arg(long, requires = "group", conflicts_with_all = MEMBER_CONFLICTS)]
     pub client_id: Option<String>,
     /// With --group: run CMD with `sh -c` per message instead of printing it: the body on
     /// its stdin, RINGMQ_TOPIC, RINGMQ_QUEUE, RINGMQ_OFFSET, RINGMQ_GROUP, RINGMQ_MEMBER and
     /// RINGMQ_RECONSUME_TIMES (0 on a first delivery) in its environment. Exit 0
     /// acknowledges the message; any other exit rejects it: it comes back later through
     /// `%RETRY%<group>`, or becomes a dead letter in `%DLQ%<group>`.
-    #[arg(long, requires = "group")]
+    #[arg(long, requires = "group", conflicts_with_all = MEMBER_CONFLICTS)]
     pub exec: Option<String>,
     /// With --group: rejections after which a message is a dead letter (default: the
     /// broker's `max_reconsume_times`).
@@ -403,7 +413,13 @@ fn consume_as_member<T: GroupTransport>(
     let mut printed = 0u64;
     let mut last_message = std::time::Instant::now();
     let mut failure: Option<String> = None;
+    let stop = stop_on_signals();
     let result = loop {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // Interrupted: commit and leave below, so the queues move at once and nothing
+            // processed is delivered again.
+            break Ok(());
+        }
         let limit = args.count.map_or(u64::MAX, |n| n - printed);
         let mut handler = |d: &Delivery<'_>| match &args.exec {
             Some(command) => run_exec(command, &group, d),
@@ -442,6 +458,43 @@ fn consume_as_member<T: GroupTransport>(
     result.and(closed)
 }
 
+/// Longest pause between two looks at a running `--exec` command: its exit is seen within
+/// this, and heartbeats (one per interval, a second or so) go out on time.
+const EXEC_POLL_MAX: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Waits for the command's exit, renewing the member's session while it runs, so a command
+/// slower than the session does not lose its queue (and have its message redelivered to the
+/// next owner, forever). The first looks come quickly so a fast command costs little.
+fn wait_keeping_alive(
+    child: &mut std::process::Child,
+    d: &Delivery<'_>,
+) -> std::io::Result<std::process::ExitStatus> {
+    let mut pause = std::time::Duration::from_micros(200);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        d.keep_alive();
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(EXEC_POLL_MAX);
+    }
+}
+
+/// A flag SIGINT and SIGTERM set, so a member stops at the end of its poll and leaves
+/// cleanly (committing); a second signal ends the process at once, for a member stuck on an
+/// unreachable broker. Without handlers the signal kills it with its tail uncommitted and its
+/// queues stalled for a session.
+fn stop_on_signals() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        // Registration fails only for a forbidden signal; these two never are.
+        let _ = signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone());
+        let _ = signal_hook::flag::register(signal, stop.clone());
+    }
+    stop
+}
+
 /// Runs `--exec` for one message: exit 0 acknowledges it, anything else (a failed start
 /// included) rejects it.
 fn run_exec(command: &str, group: &str, d: &Delivery<'_>) -> Disposition {
@@ -474,7 +527,7 @@ fn run_exec(command: &str, group: &str, d: &Delivery<'_>) -> Disposition {
         // A command that does not read its stdin closes the pipe early: not a failure.
         let _ = stdin.write_all(&d.message.body);
     }
-    match child.wait() {
+    match wait_keeping_alive(&mut child, d) {
         Ok(status) if status.success() => Disposition::Ack,
         Ok(status) => {
             eprintln!(

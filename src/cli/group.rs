@@ -60,7 +60,10 @@ pub fn run(args: GroupArgs) -> Result<(), String> {
         }
         Format::Text => {
             print!("{}", members_text(&membership));
-            print!("{}", description_text(&description, &mins, Some(&membership)));
+            print!(
+                "{}",
+                description_text(&description, &mins, Some(&membership))
+            );
             for (client_id, d, mins) in &per_member {
                 println!("member {client_id}:");
                 print!("{}", description_text(d, mins, None));
@@ -116,7 +119,7 @@ fn broadcast_offsets(
     let mut rows = Vec::new();
     for m in &membership.members {
         let d = client.call(&GroupDescribe {
-            group: format!("{}..{}", membership.group, m.client_id),
+            group: crate::protocol::broadcast_offsets_key(&membership.group, &m.client_id),
         })?;
         let mins = queue_minimums(client, &d);
         rows.push((m.client_id.clone(), d, mins));
@@ -124,10 +127,7 @@ fn broadcast_offsets(
     Ok(rows)
 }
 
-fn members_json(
-    membership: &GroupMembership,
-    per_member: &[MemberOffsets],
-) -> serde_json::Value {
+fn members_json(membership: &GroupMembership, per_member: &[MemberOffsets]) -> serde_json::Value {
     let members: Vec<_> = membership
         .members
         .iter()

@@ -205,3 +205,26 @@ fn group_member_flags_parse_and_need_a_group() {
         );
     }
 }
+
+/// `--queue` and `--from` read a group's offsets without membership, so a member's flags
+/// with them refuse instead of being ignored (`--exec` would commit past messages it never ran).
+#[test]
+fn member_flags_refuse_queue_and_from() {
+    let member_flags: [&[&str]; 6] = [
+        &["--exec", "true"],
+        &["--broadcast"],
+        &["--orderly"],
+        &["--strategy", "by-circle"],
+        &["--session-timeout-ms", "5000"],
+        &["--client-id", "w"],
+    ];
+    for flag in member_flags {
+        for plain in [&["--queue", "0"][..], &["--from", "earliest"]] {
+            let mut argv = vec!["consume", "orders", "--group", "billing"];
+            argv.extend_from_slice(plain);
+            argv.extend_from_slice(flag);
+            assert!(parse(&argv).is_err(), "{argv:?} was accepted");
+        }
+    }
+    assert!(parse(&["consume", "orders", "--group", "billing", "--queue", "0"]).is_ok());
+}

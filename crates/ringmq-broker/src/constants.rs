@@ -117,6 +117,13 @@ pub const GROUP_SESSION_TIMEOUT_MS_MIN: u32 = 300;
 /// member's queues must not wait longer than this to move.
 pub const GROUP_SESSION_TIMEOUT_MS_MAX: u32 = 300_000;
 
+/// How long a slave refuses consumer group membership (`NOT_MASTER`) after its link to the
+/// master stopped streaming: a member still in session on a master that is alive (but cut
+/// off from this slave) keeps its queues there for up to its session, so a member failing
+/// over here before then could take the same queues. A default session; a master that is
+/// really gone makes groups wait this long on the slave.
+pub const SLAVE_GROUP_GRACE_MS: u64 = GROUP_SESSION_TIMEOUT_MS_DEFAULT as u64;
+
 /// How often a coordinator shard looks for sessions that ended. A tenth of a second is the
 /// slack it adds to "a dead member's queues move within its session timeout".
 pub const GROUP_EXPIRY_TICK_MS: u64 = 100;

@@ -225,6 +225,13 @@ impl FailoverClient {
         self.active = index;
     }
 
+    /// Tries the master now (not waiting for `retry_primary_every`) and goes back to it if it
+    /// connects: for an answer from a slave that says the master should serve this.
+    pub fn retry_primary_now(&mut self) {
+        self.primary_retry_at = Instant::now();
+        self.maybe_return_to_primary();
+    }
+
     fn maybe_return_to_primary(&mut self) {
         if self.active == 0 || Instant::now() < self.primary_retry_at {
             return;

@@ -23,11 +23,13 @@
 use super::api::Client;
 use super::error::ClientError;
 use super::failover::FailoverClient;
+use super::reset::{OffsetReset, OffsetResetApplied};
 use crate::protocol::message::{
-    GroupAssignment, GroupHeartbeat, GroupJoin, GroupLeave, GroupPull, GroupQueue, MessageReject,
-    PulledMessage, QueueRef, RejectOutcome,
+    GroupAssignment, GroupFetch, GroupHeartbeat, GroupJoin, GroupLeave, GroupPull, GroupQueue,
+    MessageReject, PulledMessage, QueueRef, RejectOutcome,
 };
 use crate::protocol::{FailsOver, Status};
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -55,6 +57,11 @@ impl AllocationStrategy {
         }
     }
 }
+
+/// How long to wait before joining again after a slave refused membership (`NOT_MASTER`)
+/// and the master could not be reached: the slave takes groups over once its master has been
+/// gone for a session, so this only paces the tries.
+pub const NOT_MASTER_PAUSE: Duration = Duration::from_millis(100);
 
 /// While queues allotted to this member are still held by another (which is committing and
 /// releasing them), heartbeat this often to pick them up soon after the release.
@@ -115,19 +122,29 @@ impl GroupOptions {
     }
 }
 
-/// This machine's name, for `group describe`.
+/// This machine's name, for `group describe`, as a name the broker takes (see [`as_name`]).
 pub fn local_host() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
+        .map(|h| as_name(h.trim()))
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-/// `<host>-<pid>`, with anything a group name may not hold replaced by `-`.
+/// `<host>-<pid>`, as a name the broker takes.
 pub fn default_client_id(host: &str) -> String {
-    format!("{host}-{}", std::process::id())
+    as_name(&format!("{host}-{}", std::process::id()))
+}
+
+/// The broker's longest name (`MAX_NAME_BYTES` in ringmq-broker's constants).
+const MAX_NAME_BYTES: usize = 127;
+
+/// `text` with anything a broker name may not hold replaced by `-`, no leading dot, and at
+/// most the broker's name length (member client ids and hosts are checked as names).
+fn as_name(text: &str) -> String {
+    let name: String = text
+        .trim_start_matches('.')
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
@@ -136,17 +153,44 @@ pub fn default_client_id(host: &str) -> String {
                 '-'
             }
         })
-        .collect()
+        .take(MAX_NAME_BYTES)
+        .collect();
+    name
 }
 
 /// One message handed to the handler.
-#[derive(Debug)]
 pub struct Delivery<'a> {
     pub topic: &'a str,
     pub queue: u32,
     pub message: &'a PulledMessage,
     pub member_id: &'a str,
     pub generation: u64,
+    keepalive: &'a dyn Fn(),
+}
+
+impl std::fmt::Debug for Delivery<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("topic", &self.topic)
+            .field("queue", &self.queue)
+            .field("offset", &self.message.queue_offset)
+            .field("member_id", &self.member_id)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl Delivery<'_> {
+    /// Renews the member's session when a heartbeat is due: a handler that may run longer
+    /// than a heartbeat interval (`--exec` runs a command) calls this while it works, or the
+    /// session ends under it, its queue moves, and what it processed is never committed.
+    /// Cheap when no heartbeat is due. The renewal only keeps the session: a rebalance it
+    /// brings is taken after the handler returns, and a queue revoked meanwhile must still be
+    /// released within a session of being revoked (like Kafka's `max.poll.interval.ms`, a
+    /// handler longer than that loses the queue).
+    pub fn keep_alive(&self) {
+        (self.keepalive)()
+    }
 }
 
 /// The handler's answer for one message.
@@ -171,6 +215,17 @@ pub trait GroupTransport {
 
     /// Learns where a topic's queues are, so that pulls go straight to their shards.
     fn learn_topic(&mut self, topic: &str) -> Result<(), ClientError>;
+
+    /// Which broker requests go to now (an index in the transport's list; a single broker is
+    /// always 0). A member belongs to the coordinator of the broker it joined on: once this
+    /// changes, the consumer joins again there.
+    fn broker(&self) -> usize {
+        0
+    }
+
+    /// A slave refused membership (`NOT_MASTER`: its master may be live): go back to the
+    /// master now if it can be reached.
+    fn back_to_primary(&mut self) {}
 
     /// Several requests, answered in order. By default one after another.
     fn call_all<R: FailsOver>(&mut self, requests: &[R]) -> Vec<Result<R::Response, ClientError>> {
@@ -214,6 +269,14 @@ impl GroupTransport for FailoverClient {
     fn learn_topic(&mut self, topic: &str) -> Result<(), ClientError> {
         self.describe_topic(topic).map(|_| ())
     }
+
+    fn broker(&self) -> usize {
+        self.active()
+    }
+
+    fn back_to_primary(&mut self) {
+        self.retry_primary_now();
+    }
 }
 
 /// Counts a caller can report (`ringmq consume` prints them at the end).
@@ -244,6 +307,8 @@ struct Cursor {
 
 struct Membership {
     member_id: std::sync::Arc<str>,
+    /// The transport's broker the member joined on ([`GroupTransport::broker`]).
+    broker: usize,
     generation: u64,
     heartbeat_interval: Duration,
     session_timeout: Duration,
@@ -339,12 +404,20 @@ impl<T: GroupTransport> GroupConsumer<T> {
                 })
                 .collect();
             let results = self.transport.call_all(&requests);
+            let refused_by_slave = results
+                .iter()
+                .any(|r| matches!(r, Err(e) if e.status() == Some(Status::NotMaster)));
+            if refused_by_slave {
+                // The transport moved to a slave on a slow answer, and the slave refused:
+                // back to the master, where this session may well be alive.
+                self.transport.back_to_primary();
+            }
+            self.check_broker();
             for ((queue, request), result) in queues.iter().zip(&requests).zip(results) {
                 if self.member.is_none() {
                     break;
                 }
-                let commit = request.commit;
-                delivered += self.take_batch(queue, commit, result, limit - delivered, handler)?;
+                delivered += self.take_batch(queue, request, result, limit - delivered, handler)?;
             }
         }
         let waiting = self.member.as_ref().is_some_and(|m| m.waiting > 0);
@@ -423,7 +496,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
                 .is_ok();
         let sent = Instant::now();
         let o = &self.options;
-        let assignment = self.transport.call(&GroupJoin {
+        let answer = self.transport.call(&GroupJoin {
             group: o.group.clone(),
             client_id: o.client_id.clone(),
             host: o.host.clone(),
@@ -435,11 +508,22 @@ impl<T: GroupTransport> GroupConsumer<T> {
             strategy: o.strategy.to_wire(),
             orderly: u8::from(o.orderly),
             session_timeout_ms: o.session_timeout_ms,
-        })?;
+        });
+        let assignment = match answer {
+            Ok(assignment) => assignment,
+            Err(e) if e.status() == Some(Status::NotMaster) => {
+                tracing::info!(group = %self.options.group, "join refused: {e}");
+                self.transport.back_to_primary();
+                std::thread::sleep(NOT_MASTER_PAUSE);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         self.stats.joins += 1;
         self.cursors.clear();
         self.member = Some(Membership {
             member_id: assignment.member_id.as_str().into(),
+            broker: self.transport.broker(),
             generation: assignment.generation,
             heartbeat_interval: Duration::from_millis(assignment.heartbeat_interval_ms as u64),
             session_timeout: Duration::from_millis(assignment.session_timeout_ms as u64),
@@ -462,16 +546,17 @@ impl<T: GroupTransport> GroupConsumer<T> {
         })
     }
 
-    /// Long-poll per queue: the caller's wait split across the queues, ending before the
-    /// next heartbeat is due.
+    /// Long-poll per queue: the caller's wait, ending before the next heartbeat is due, split
+    /// across the queues when they are pulled one after another (their waits add up: each gets
+    /// its share of the time to the heartbeat, or a slow poll outlives the session).
     fn wait_ms(&self, queues: usize) -> u32 {
         let share = if T::PIPELINED {
             1
         } else {
             queues.max(1) as u32
         };
-        let split = self.options.max_wait_ms / share;
-        split.min(self.until_heartbeat().as_millis() as u32)
+        let until_heartbeat = self.until_heartbeat().as_millis().min(u32::MAX as u128) as u32;
+        self.options.max_wait_ms.min(until_heartbeat) / share
     }
 
     fn heartbeat_if_due(&mut self) -> Result<(), ClientError> {
@@ -496,6 +581,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
         });
         match answer {
             Ok(assignment) => {
+                self.check_broker();
                 if let Some(m) = &mut self.member {
                     m.lease_from = sent;
                 }
@@ -505,7 +591,30 @@ impl<T: GroupTransport> GroupConsumer<T> {
                 self.session_ended("heartbeat", &e);
                 Ok(())
             }
+            Err(e) if e.status() == Some(Status::NotMaster) => {
+                self.not_master("heartbeat", &e);
+                Ok(())
+            }
             Err(e) => Err(e),
+        }
+    }
+
+    /// A slave refused a member's request: its master may be live, so membership stays
+    /// there. Back to the master; the session survives if the master still has it.
+    fn not_master(&mut self, what: &str, e: &ClientError) {
+        tracing::info!(group = %self.options.group, "{what} refused: {e}");
+        self.transport.back_to_primary();
+        self.check_broker();
+    }
+
+    /// A member's session lives on the coordinator of the broker it joined on: once the
+    /// transport moved to another broker (failover or failback), the queues it held may be
+    /// another member's there, so it drops them and joins again where it is now.
+    fn check_broker(&mut self) {
+        let now = self.transport.broker();
+        if self.member.as_ref().is_some_and(|m| m.broker != now) {
+            let e = ClientError::InvalidArgument(format!("the consumer moved to broker {now}"));
+            self.session_ended("membership", &e);
         }
     }
 
@@ -574,7 +683,10 @@ impl<T: GroupTransport> GroupConsumer<T> {
                 }
                 Ok(())
             }
-            Err(e) => self.refused("commit", queue, e),
+            Err(e) => {
+                let generation = self.member.as_ref().map_or(0, |m| m.generation);
+                self.refused("commit", queue, generation, e)
+            }
         }
     }
 
@@ -615,24 +727,34 @@ impl<T: GroupTransport> GroupConsumer<T> {
 
     /// A refused pull or commit: an old generation heartbeats now (the commit waits for the
     /// next pull or the release), an ended session drops everything to join again.
+    ///
+    /// `generation` is the one the refused request carried: when a heartbeat since (for an
+    /// earlier refusal of the same poll) already brought a newer one, this refusal is old
+    /// news and sends no heartbeat of its own.
     fn refused(
         &mut self,
         what: &str,
         queue: &GroupQueue,
+        generation: u64,
         e: ClientError,
     ) -> Result<(), ClientError> {
         match e.status() {
             Some(Status::IllegalGeneration) => {
                 self.stats.refused += 1;
                 tracing::info!(group = %self.options.group, queue = queue.queue, "{what} refused: {e}");
-                if let Some(m) = &mut self.member {
-                    m.next_heartbeat = Instant::now();
+                match &mut self.member {
+                    Some(m) if m.generation == generation => m.next_heartbeat = Instant::now(),
+                    _ => return Ok(()),
                 }
                 self.heartbeat_if_due()
             }
             Some(Status::UnknownMember) => {
                 self.stats.refused += 1;
                 self.session_ended(what, &e);
+                Ok(())
+            }
+            Some(Status::NotMaster) => {
+                self.not_master(what, &e);
                 Ok(())
             }
             _ => Err(e),
@@ -654,30 +776,21 @@ impl<T: GroupTransport> GroupConsumer<T> {
     fn take_batch(
         &mut self,
         queue: &GroupQueue,
-        commit: Option<u64>,
+        request: &GroupPull,
         result: Result<super::PullResult, ClientError>,
         limit: u64,
         handler: &mut dyn FnMut(&Delivery<'_>) -> Disposition,
     ) -> Result<u64, ClientError> {
+        let commit = request.commit;
         let result = match result {
             Ok(result) => result,
             Err(e) if e.status() == Some(Status::OffsetOutOfRange) => {
-                let stats = self.transport.call(&QueueRef {
-                    topic: queue.topic.clone(),
-                    queue: queue.queue,
-                })?;
-                if let Some(c) = self.cursors.get_mut(queue) {
-                    eprintln!(
-                        "queue {}: offset {} is out of range, moving to {}",
-                        queue.queue, c.next, stats.min_offset
-                    );
-                    c.next = stats.min_offset;
-                }
+                self.out_of_range(queue, &e)?;
                 return Ok(0);
             }
             Err(e) => {
                 let what = if commit.is_some() { "commit" } else { "pull" };
-                return self.refused(what, queue, e).map(|()| 0);
+                return self.refused(what, queue, request.generation, e).map(|()| 0);
             }
         };
         let Some(c) = self.cursors.get_mut(queue) else {
@@ -700,6 +813,69 @@ impl<T: GroupTransport> GroupConsumer<T> {
         self.deliver(queue, &result.messages[..take], handler)
     }
 
+    /// A pull outside the queue's range: below its minimum (retention deleted what was
+    /// left unread) it moves to the minimum; past its end (a broker crash under ASYNC_FLUSH
+    /// lost a tail the group had committed) to the end, not back to the minimum, which would
+    /// deliver the whole queue again. The range comes from the error (the shared reset
+    /// module), or from the queue's stats when the error does not carry it.
+    fn out_of_range(&mut self, queue: &GroupQueue, e: &ClientError) -> Result<(), ClientError> {
+        let Some(next) = self.cursors.get(queue).map(|c| c.next) else {
+            return Ok(());
+        };
+        let from = match next {
+            u64::MAX => self
+                .transport
+                .call(&GroupFetch {
+                    group: self.offsets_group(),
+                    topic: queue.topic.clone(),
+                    queue: queue.queue,
+                })?
+                .offset
+                .unwrap_or(0),
+            next => next,
+        };
+        let (min_offset, max_offset) = match super::reset::out_of_range(e) {
+            Some(range) => range,
+            None => {
+                let stats = self.transport.call(&QueueRef {
+                    topic: queue.topic.clone(),
+                    queue: queue.queue,
+                })?;
+                (stats.min_offset, stats.max_offset)
+            }
+        };
+        let policy = if from > max_offset {
+            OffsetReset::Latest
+        } else {
+            OffsetReset::Earliest
+        };
+        let applied = OffsetResetApplied {
+            queue: queue.queue,
+            from,
+            to: policy.target(min_offset, max_offset),
+            min_offset,
+            max_offset,
+            policy,
+        };
+        eprintln!("group {}: {applied}", self.options.group);
+        if let Some(c) = self.cursors.get_mut(queue) {
+            c.next = applied.to;
+            // The new position is committed with the next pull, so a successor starts there.
+            c.uncommitted = Some(applied.to);
+        }
+        Ok(())
+    }
+
+    /// The group name this member's offsets are kept under (a broadcasting member's own).
+    fn offsets_group(&self) -> String {
+        match self.options.mode {
+            GroupMode::Clustering => self.options.group.clone(),
+            GroupMode::Broadcasting => {
+                crate::protocol::broadcast_offsets_key(&self.options.group, &self.options.client_id)
+            }
+        }
+    }
+
     /// Hands a batch to the handler in order, heartbeating between messages when one is due;
     /// stops early when the queue is taken away, or (orderly) when the lease may have ended.
     fn deliver(
@@ -715,6 +891,8 @@ impl<T: GroupTransport> GroupConsumer<T> {
         let mut member_id = member.member_id.clone();
         let mut generation = member.generation;
         let mut next_heartbeat = member.next_heartbeat;
+        let interval = member.heartbeat_interval;
+        let group = self.options.group.clone();
         let mut delivered = 0;
         // What was processed since the cursor was last written: written back before anything
         // that may commit (a heartbeat's revocations) and at the end.
@@ -740,16 +918,56 @@ impl<T: GroupTransport> GroupConsumer<T> {
                 generation = member.generation;
                 next_heartbeat = member.next_heartbeat;
             }
-            let delivery = Delivery {
-                topic: &queue.topic,
-                queue: queue.queue,
-                message,
-                member_id: &member_id,
-                generation,
+            let renewed = Cell::new(None);
+            let disposition = {
+                let transport = RefCell::new(&mut self.transport);
+                let last = Cell::new(Instant::now());
+                let keepalive = || {
+                    if last.get().elapsed() < interval {
+                        return;
+                    }
+                    let sent = Instant::now();
+                    last.set(sent);
+                    let Ok(mut transport) = transport.try_borrow_mut() else {
+                        return;
+                    };
+                    let renewal = GroupHeartbeat {
+                        group: group.to_string(),
+                        member_id: member_id.to_string(),
+                        generation,
+                        released: Vec::new(),
+                    };
+                    // A refusal is left for the heartbeat after the handler to act on.
+                    if transport.call(&renewal).is_ok() {
+                        renewed.set(Some(sent));
+                    }
+                };
+                handler(&Delivery {
+                    topic: &queue.topic,
+                    queue: queue.queue,
+                    message,
+                    member_id: &member_id,
+                    generation,
+                    keepalive: &keepalive,
+                })
             };
-            if handler(&delivery) == Disposition::Reject {
+            if let (Some(sent), Some(m)) = (renewed.get(), &mut self.member) {
+                // Renewed during the handler: the lease runs from the renewal, and the
+                // assignment it answered is taken now.
+                m.lease_from = sent;
+                m.next_heartbeat = Instant::now();
+                next_heartbeat = m.next_heartbeat;
+            }
+            if disposition == Disposition::Reject {
                 self.advance(queue, processed_to.take());
-                self.reject(&delivery)?;
+                self.reject(&Delivery {
+                    topic: &queue.topic,
+                    queue: queue.queue,
+                    message,
+                    member_id: &member_id,
+                    generation,
+                    keepalive: &|| {},
+                })?;
             }
             delivered += 1;
             processed_to = Some(message.queue_offset + 1);
@@ -791,9 +1009,20 @@ mod tests {
     struct Scripted {
         log: Vec<String>,
         answer: Box<Answer>,
+        /// The broker answering now, which the script may move (a failover).
+        broker: std::rc::Rc<Cell<usize>>,
     }
 
     impl GroupTransport for Scripted {
+        fn broker(&self) -> usize {
+            self.broker.get()
+        }
+
+        fn back_to_primary(&mut self) {
+            self.log.push("back to the master".into());
+            self.broker.set(0);
+        }
+
         fn learn_topic(&mut self, _topic: &str) -> Result<(), ClientError> {
             Ok(())
         }
@@ -901,6 +1130,7 @@ mod tests {
         let mut pulls_of_q1 = 0;
         let transport = Scripted {
             log: Vec::new(),
+            broker: Default::default(),
             answer: Box::new(move |opcode, body| match opcode {
                 Opcode::GroupJoin => (Status::Ok, assignment(1, vec![q(0), q(1)], vec![])),
                 Opcode::GroupHeartbeat => {
@@ -962,6 +1192,7 @@ mod tests {
         let mut rejects = 0;
         let transport = Scripted {
             log: Vec::new(),
+            broker: Default::default(),
             answer: Box::new(move |opcode, body| match opcode {
                 Opcode::GroupJoin => (Status::Ok, assignment(1, vec![q(0)], vec![])),
                 Opcode::GroupPull => {
@@ -1011,6 +1242,7 @@ mod tests {
         options.mode = GroupMode::Broadcasting;
         let transport = Scripted {
             log: Vec::new(),
+            broker: Default::default(),
             answer: Box::new(|opcode, body| match opcode {
                 Opcode::GroupJoin => (Status::Ok, assignment(1, vec![q(0)], vec![])),
                 Opcode::GroupPull => {
@@ -1025,6 +1257,169 @@ mod tests {
         assert!(broadcast.poll(u64::MAX, &mut reject_all).is_err());
     }
 
+    /// A handler that runs past heartbeat intervals keeps its session with `keep_alive`:
+    /// heartbeats go out while it works, then its commit rides on the next pull as usual.
+    #[test]
+    fn a_slow_handler_keeps_its_session_alive() {
+        let transport = Scripted {
+            log: Vec::new(),
+            broker: Default::default(),
+            answer: Box::new(move |opcode, body| {
+                let mut assignment = GroupAssignment {
+                    member_id: "m-1".into(),
+                    generation: 1,
+                    session_timeout_ms: 300,
+                    heartbeat_interval_ms: 20,
+                    owned: vec![q(0)],
+                    revoked: vec![],
+                    waiting: 0,
+                };
+                match opcode {
+                    Opcode::GroupJoin | Opcode::GroupHeartbeat => {
+                        let mut out = Vec::new();
+                        assignment.owned = vec![q(0)];
+                        assignment.encode(&mut out);
+                        (Status::Ok, out)
+                    }
+                    Opcode::GroupPull => {
+                        let p = GroupPull::decode(body).unwrap();
+                        (Status::Ok, batch(p.offset.min(5)..p.offset.min(5) + 1))
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }),
+        };
+        let mut options = GroupOptions::new("g", "t");
+        options.commit_interval = Duration::ZERO;
+        let mut consumer = GroupConsumer::new(transport, options);
+        let mut handler = |d: &Delivery<'_>| {
+            // Five heartbeat intervals of work.
+            for _ in 0..10 {
+                std::thread::sleep(Duration::from_millis(10));
+                d.keep_alive();
+            }
+            Disposition::Ack
+        };
+        assert_eq!(consumer.poll(u64::MAX, &mut handler).unwrap().delivered, 1);
+        let log = &consumer.transport.log;
+        let during = log[2..]
+            .iter()
+            .filter(|l| l.starts_with("heartbeat"))
+            .count();
+        assert!(during >= 3, "{log:?}");
+        consumer
+            .poll(u64::MAX, &mut |_: &Delivery<'_>| Disposition::Ack)
+            .unwrap();
+        let log = &consumer.transport.log;
+        assert!(
+            log.iter()
+                .any(|l| l.starts_with("pull q0 gen 1 commit Some(6)")),
+            "{log:?}"
+        );
+    }
+
+    /// A slave's NOT_MASTER sends the consumer back to the master and keeps its session
+    /// there; a transport that moved to another broker (a failover on a slow answer) drops
+    /// the membership, discards what came from there, and joins again.
+    #[test]
+    fn a_slave_refusal_goes_back_and_a_broker_change_joins_again() {
+        let broker = std::rc::Rc::new(Cell::new(0));
+        let moved = broker.clone();
+        let mut pulls = 0;
+        let mut joins = 0;
+        let transport = Scripted {
+            log: Vec::new(),
+            broker: broker.clone(),
+            answer: Box::new(move |opcode, _body| match opcode {
+                Opcode::GroupJoin => {
+                    joins += 1;
+                    (Status::Ok, assignment(joins, vec![q(0)], vec![]))
+                }
+                Opcode::GroupPull => {
+                    pulls += 1;
+                    match pulls {
+                        1 => {
+                            moved.set(1);
+                            (Status::NotMaster, b"slave".to_vec())
+                        }
+                        2 => {
+                            moved.set(1);
+                            (Status::Ok, batch(0..3))
+                        }
+                        _ => (Status::Ok, batch(0..1)),
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }),
+        };
+        let mut consumer = GroupConsumer::new(transport, GroupOptions::new("g", "t"));
+        let mut delivered = Vec::new();
+        let mut handler = |d: &Delivery<'_>| {
+            delivered.push(d.message.queue_offset);
+            Disposition::Ack
+        };
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        assert_eq!(broker.get(), 0, "back on the master");
+        assert_eq!(consumer.generation(), Some(1), "the master session is kept");
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        assert!(consumer.member_id().is_none(), "moved broker: joins again");
+        broker.set(0);
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        assert_eq!(consumer.generation(), Some(2));
+        assert_eq!(
+            delivered,
+            [0],
+            "nothing delivered from the other broker's answer"
+        );
+    }
+
+    /// Queues pulled one after another (not pipelined) share the time to the next heartbeat,
+    /// so their long-polls together end before it, however long `max_wait_ms` is; and a poll
+    /// whose every pull is refused for an old generation heartbeats once, not once per queue.
+    #[test]
+    fn sequential_long_polls_fit_before_the_heartbeat_and_refusals_heartbeat_once() {
+        let waits = std::rc::Rc::new(RefCell::new(Vec::new()));
+        let seen = waits.clone();
+        let mut heartbeats = 0;
+        let transport = Scripted {
+            log: Vec::new(),
+            broker: Default::default(),
+            answer: Box::new(move |opcode, body| match opcode {
+                Opcode::GroupJoin => (Status::Ok, assignment(1, (0..8).map(q).collect(), vec![])),
+                Opcode::GroupHeartbeat => {
+                    heartbeats += 1;
+                    (
+                        Status::Ok,
+                        assignment(1 + heartbeats, (0..8).map(q).collect(), vec![]),
+                    )
+                }
+                Opcode::GroupPull => {
+                    let p = GroupPull::decode(body).unwrap();
+                    seen.borrow_mut().push(p.max_wait_ms);
+                    if seen.borrow().len() > 8 && p.generation == 1 {
+                        (Status::IllegalGeneration, b"old".to_vec())
+                    } else {
+                        (Status::NoNewMessage, batch(0..0))
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }),
+        };
+        let mut options = GroupOptions::new("g", "t");
+        options.max_wait_ms = 5_000;
+        let mut consumer = GroupConsumer::new(transport, options);
+        let mut handler = |_: &Delivery<'_>| Disposition::Ack;
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        let total: u32 = waits.borrow().iter().sum();
+        assert!(total <= 1_000, "{:?}", waits.borrow());
+        // Now the coordinator moved on: all eight pulls of generation 1 are refused.
+        consumer.poll(u64::MAX, &mut handler).unwrap();
+        let log = &consumer.transport.log;
+        let heartbeats = log.iter().filter(|l| l.starts_with("heartbeat")).count();
+        assert_eq!(heartbeats, 1, "{log:?}");
+        assert_eq!(consumer.generation(), Some(2));
+    }
+
     /// A session that ended (UNKNOWN_MEMBER on a pull) drops every queue, and the next poll
     /// joins again and reads from the committed offsets.
     #[test]
@@ -1032,6 +1427,7 @@ mod tests {
         let mut joins = 0;
         let transport = Scripted {
             log: Vec::new(),
+            broker: Default::default(),
             answer: Box::new(move |opcode, body| match opcode {
                 Opcode::GroupJoin => {
                     joins += 1;

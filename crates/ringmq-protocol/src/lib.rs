@@ -20,3 +20,10 @@ pub use frame::{FrameDecoder, FrameError, FrameHeader};
 pub use requests::{FailsOver, Placement, Request, Response};
 #[cfg(test)]
 mod proptests;
+
+/// Where a broadcasting group member's offsets are kept: the group name the broker, the
+/// client and the CLI all use for that member's rows (`GroupFetch`, `GroupDescribe`), per
+/// client id, so a member restarted with the same client id resumes where it stopped.
+pub fn broadcast_offsets_key(group: &str, client_id: &str) -> String {
+    format!("{group}..{client_id}")
+}

@@ -61,7 +61,7 @@ pub async fn run<D: Disk>(shard: Rc<Shard<D>>, link: Rc<SlaveLink>) {
             link_once(&shard, &link, master),
         )
         .await;
-        link.lost();
+        link.lost(shard.clock().now());
         match outcome {
             Ok(true) => backoff = BACKOFF_START,
             Ok(false) => {}

@@ -5,7 +5,9 @@
 //! name); other shards forward membership requests there and ask it to fence a member's pull
 //! or commit. Membership is kept in memory only: after a broker restart every member's next
 //! request gets `UNKNOWN_MEMBER` and it joins again (committed offsets are durable in
-//! [`super::groups`], so nothing is lost but the session).
+//! [`super::groups`], so nothing is lost but the session). Member ids carry a nonce of the
+//! coordinator's boot and generations start from its boot time ([`Coordinator::booted`]), so
+//! no id or generation of an earlier boot, or of another broker, is valid again.
 //!
 //! The state machine is pure: every transition takes the time it happens at, so a test drives
 //! it with a simulated clock. Its rules:
@@ -45,7 +47,7 @@ pub fn coordinator_shard(group: &str, shard_count: usize) -> usize {
 /// Where a broadcasting member's offsets are kept: its own group name per client id, so a
 /// member that restarts under the same client id resumes where it stopped.
 pub fn broadcast_offsets_key(group: &str, client_id: &str) -> String {
-    format!("{group}..{client_id}")
+    crate::protocol::broadcast_offsets_key(group, client_id)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,6 +136,10 @@ struct Group {
 #[derive(Default)]
 pub struct Coordinator {
     groups: BTreeMap<String, Group>,
+    /// Names this coordinator's life in its member ids ([`Coordinator::booted`]), so an id
+    /// handed out before a restart, or by another broker of the group (a slave), is never
+    /// handed out again: a stale member cannot pass for a new one with the same client id.
+    nonce: u64,
     /// Joins so far, which makes each member id unique for the life of the coordinator.
     joins: u64,
     /// The last generation given to any group. Generations come from this one counter, so a
@@ -145,7 +151,30 @@ pub struct Coordinator {
     changed: Vec<String>,
 }
 
+/// Generations a coordinator may give out per millisecond of its boot time before it could
+/// reach the first generation of one booted a millisecond later (2^20: a million membership
+/// changes per millisecond of uptime difference, far beyond what a coordinator sees).
+const GENERATION_BASE_SHIFT: u32 = 20;
+
 impl Coordinator {
+    /// A coordinator booted at `boot_ms` (wall-clock milliseconds since the epoch) on shard
+    /// `shard`. Its generations start above any generation an earlier boot gave out (a boot
+    /// later by a millisecond starts 2^20 higher), so the commit floors queue shards keep
+    /// (`GroupOffsets::record_fenced`), and a member that slept through the restart, still
+    /// refuse the old generations; its member ids carry a nonce of the boot, so none repeats.
+    pub fn booted(boot_ms: u64, shard: usize) -> Coordinator {
+        let nonce = fnv1a(&[
+            &boot_ms.to_le_bytes(),
+            &(shard as u64).to_le_bytes(),
+            &u64::from(std::process::id()).to_le_bytes(),
+        ]);
+        Coordinator {
+            nonce,
+            generations: boot_ms << GENERATION_BASE_SHIFT,
+            ..Coordinator::default()
+        }
+    }
+
     pub fn join(
         &mut self,
         join: Join<'_>,
@@ -199,7 +228,10 @@ impl Coordinator {
             )));
         }
         self.joins += 1;
-        let member_id = format!("{}-{}", join.client_id, self.joins);
+        let member_id = format!(
+            "{}-{:08x}-{}",
+            join.client_id, self.nonce as u32, self.joins
+        );
         group.members.insert(
             member_id.clone(),
             Member {
@@ -641,6 +673,39 @@ mod tests {
                 assert!(seen.insert(*q), "queue {q} held twice: {:?}", held(c, now));
             }
         }
+    }
+
+    /// A restarted coordinator (or a slave's) never hands out an id or a generation an
+    /// earlier one did: with the same client id, the old member's id is unknown to the new
+    /// coordinator and its generation is below every new one.
+    #[test]
+    fn a_rebooted_coordinator_repeats_no_member_id_or_generation() {
+        let clock = SimClock::new(4);
+        let now = crate::clock::Clock::now(&clock);
+        let boot = 1_800_000_000_000;
+        let mut before = Coordinator::booted(boot, 0);
+        let old = join(&mut before, "a", GroupMode::Clustering, now);
+        for _ in 0..5 {
+            join(&mut before, "b", GroupMode::Clustering, now);
+        }
+        let mut after = Coordinator::booted(boot + 1, 0);
+        let new = join(&mut after, "a", GroupMode::Clustering, now);
+        assert_ne!(new.member_id, old.member_id);
+        assert!(new.generation > before.generations, "{new:?}");
+        let q0 = GroupQueue {
+            topic: "t".into(),
+            queue: 0,
+        };
+        assert!(matches!(
+            after.fence("g", &old.member_id, old.generation, &q0),
+            Err(MembershipError::UnknownMember(_))
+        ));
+        // Another shard booted in the same millisecond names its members apart too.
+        let mut other = Coordinator::booted(boot + 1, 1);
+        assert_ne!(
+            join(&mut other, "a", GroupMode::Clustering, now).member_id,
+            new.member_id
+        );
     }
 
     /// A second member joins: the first is told to give up half its queues, the newcomer

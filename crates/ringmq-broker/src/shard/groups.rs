@@ -27,7 +27,8 @@ pub struct GroupOffsets<D: Disk> {
     /// The newest group generation that committed each row through a member's pull. A
     /// member's commit at an older generation is refused, so a member fenced out while its
     /// commit crossed the mesh cannot land after its successor's. In memory: after a restart
-    /// every session starts over, and the coordinator's generations with it.
+    /// every session starts over, and the coordinator's generations start above every
+    /// generation of the earlier boot (`Coordinator::booted`), so nothing stale passes.
     fences: RefCell<std::collections::HashMap<(String, String, u32), u64>>,
     version: Cell<u64>,
     persisted_version: Cell<u64>,

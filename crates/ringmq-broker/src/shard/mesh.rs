@@ -91,8 +91,11 @@ pub enum ShardRequest {
         reply: oneshot::Sender<Result<String, crate::shard::coordinator::MembershipError>>,
     },
     /// Coordinator: these groups' generations or queue holders changed; drop the fences
-    /// cached for them.
-    GroupFencesChanged { groups: Vec<String> },
+    /// cached for them, then answer (the coordinator answers its member only after that).
+    GroupFencesChanged {
+        groups: Vec<String>,
+        done: oneshot::Sender<()>,
+    },
     /// The committed offsets of a group for the queues this shard owns.
     GroupOffsets {
         group: String,

@@ -96,6 +96,17 @@ pub struct Shard<D: Disk = GlommioDisk> {
     coordinator: RefCell<Coordinator>,
     /// Fences granted by other shards' coordinators for queues this shard owns.
     fence_cache: coordinator::FenceCache,
+    /// Serializes [`Shard::announce_fence_changes`] (see there).
+    fence_announcements: glommio::sync::Semaphore,
+}
+
+/// Wall-clock milliseconds now, which seeds the group coordinator's generations and member
+/// ids ([`Coordinator::booted`]); 0 on a clock before the epoch (generations still only grow
+/// within the boot).
+fn boot_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What a shard is made of, for [`Shard::assemble`].
@@ -160,8 +171,9 @@ impl<D: Disk> Shard<D> {
             lifecycle: Lifecycle::default(),
             role: RoleState::new(role, parts.identity),
             delays: delays::Delays::default(),
-            coordinator: RefCell::new(Coordinator::default()),
+            coordinator: RefCell::new(Coordinator::booted(boot_ms(), parts.id)),
             fence_cache: coordinator::FenceCache::default(),
+            fence_announcements: glommio::sync::Semaphore::new(1),
         }
     }
 
@@ -359,27 +371,41 @@ impl<D: Disk> Shard<D> {
     /// Tells every other shard that the groups the coordinator changed since the last call
     /// have new fences (in the background: a shard whose channel is full is not waited for
     /// here).
-    pub fn announce_fence_changes(self: &Rc<Self>) {
-        let groups = self.coordinator.borrow_mut().take_changed();
-        if groups.is_empty() || self.shard_count < 2 {
+    pub async fn announce_fence_changes(self: &Rc<Self>) {
+        if self.shard_count < 2 {
+            self.coordinator.borrow_mut().take_changed();
             return;
         }
-        let shard = self.clone();
-        glommio::spawn_local(async move {
-            for other in (0..shard.shard_count).filter(|s| *s != shard.id) {
-                let request = ShardRequest::GroupFencesChanged {
-                    groups: groups.clone(),
-                };
-                if shard.mesh.send(other, request).await.is_err() {
-                    tracing::warn!(
-                        shard = shard.id,
-                        other,
-                        "cannot tell a shard of new group fences"
-                    );
-                }
+        // One announcement at a time: whoever takes changes waits until every shard dropped
+        // them, and whoever comes next waits for that, so no answer to a member (say, a new
+        // owner's heartbeat) leaves before the fences it makes stale are gone everywhere.
+        let Ok(_turn) = self.fence_announcements.acquire_permit(1).await else {
+            return;
+        };
+        let groups = self.coordinator.borrow_mut().take_changed();
+        if groups.is_empty() {
+            return;
+        }
+        let mut acks = Vec::new();
+        for other in (0..self.shard_count).filter(|s| *s != self.id) {
+            let (done, ack) = oneshot::channel();
+            let request = ShardRequest::GroupFencesChanged {
+                groups: groups.clone(),
+                done,
+            };
+            match self.mesh.send(other, request).await {
+                Ok(()) => acks.push(ack),
+                Err(_) => tracing::warn!(
+                    shard = self.id,
+                    other,
+                    "cannot tell a shard of new group fences"
+                ),
             }
-        })
-        .detach();
+        }
+        for ack in acks {
+            // A shard gone away cannot serve a pull with a stale fence either.
+            let _ = ack.await;
+        }
     }
 
     pub fn role_state(&self) -> &RoleState {
@@ -702,7 +728,7 @@ async fn run_group_expiry<D: Disk>(shard: Rc<Shard<D>>) {
     while !shard.lifecycle.is_background_stopping() {
         shard.clock.sleep(tick).await;
         let ended = shard.coordinator.borrow_mut().expire(shard.clock.now());
-        shard.announce_fence_changes();
+        shard.announce_fence_changes().await;
         for (group, member) in ended {
             tracing::info!(shard = shard.id, %group, %member, "group session ended: its queues move");
         }

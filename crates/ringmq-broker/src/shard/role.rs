@@ -21,6 +21,7 @@ use glommio::sync::Semaphore;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 /// How a master answers producers.
@@ -82,6 +83,9 @@ pub struct SlaveLink {
     /// Set when a role change or a stop ends this link: its task returns at its next step and
     /// nothing it still receives is applied.
     stopped: Cell<bool>,
+    /// When the link last stopped streaming: a master heard this recently may still have
+    /// live group members (see [`SlaveLink::master_may_be_live`]).
+    lost_at: Cell<Option<Instant>>,
 }
 
 impl SlaveLink {
@@ -91,6 +95,7 @@ impl SlaveLink {
             streaming: Cell::new(false),
             master_confirmed: Cell::new(0),
             stopped: Cell::new(false),
+            lost_at: Cell::new(None),
         }
     }
 
@@ -111,8 +116,21 @@ impl SlaveLink {
         self.streaming.set(true);
     }
 
-    pub fn lost(&self) {
-        self.streaming.set(false);
+    pub fn lost(&self, now: Instant) {
+        if self.streaming.replace(false) {
+            self.lost_at.set(Some(now));
+        }
+    }
+
+    /// Whether the master this slave follows may still be serving: the link streams, or
+    /// stopped streaming less than `grace` ago. Consumer group membership then belongs to
+    /// the master alone, or a queue could have an owner on each broker.
+    pub fn master_may_be_live(&self, now: Instant, grace: Duration) -> bool {
+        self.is_streaming()
+            || self
+                .lost_at
+                .get()
+                .is_some_and(|at| now.saturating_duration_since(at) < grace)
     }
 
     pub fn is_stopped(&self) -> bool {
@@ -418,7 +436,7 @@ impl<D: Disk> Shard<D> {
         let link = self.role_state().slave_link();
         if let Some(link) = &link {
             link.stopped.set(true);
-            link.lost();
+            link.lost(self.clock().now());
         }
         let task = self.role_state().link_task.borrow_mut().take();
         if let Some(task) = task {

@@ -5,7 +5,7 @@
 //! may read or commit it.
 
 use super::{body, pull, route, Route};
-use crate::constants::MAX_TOPICS_PER_GROUP;
+use crate::constants::{MAX_TOPICS_PER_GROUP, SLAVE_GROUP_GRACE_MS};
 use crate::protocol::message::{
     GroupHeartbeat, GroupJoin, GroupLeave, GroupMembers, GroupPull, GroupQueue, PullRequest,
     PullResponseEncoder,
@@ -20,6 +20,7 @@ use crate::store::io::Disk;
 use crate::store::QueueKey;
 use futures_channel::oneshot;
 use std::rc::Rc;
+use std::time::Duration;
 
 /// `Some(reply)` when another shard coordinates `group` and answered the forwarded request.
 async fn forwarded<D: Disk>(
@@ -35,9 +36,52 @@ async fn forwarded<D: Disk>(
     Some(shard.forward(coordinator, opcode, raw.to_vec()).await)
 }
 
+/// Refuses membership on a slave whose master may still be live (`NOT_MASTER`, which a
+/// failover client does not move on for): one coordinator per group across the master and
+/// its slaves, or a member that failed over on a slow answer would join here and take
+/// queues its master session still holds. Once the link has been down for
+/// [`SLAVE_GROUP_GRACE_MS`] the slave coordinates groups itself, as a master would.
+fn coordinates_here<D: Disk>(shard: &Shard<D>) -> Result<(), ShardError> {
+    let Some(link) = shard.role_state().slave_link() else {
+        return Ok(());
+    };
+    let grace = Duration::from_millis(SLAVE_GROUP_GRACE_MS);
+    if link.master_may_be_live(shard.clock().now(), grace) {
+        return Err(ShardError::NotMaster(format!(
+            "this slave follows a master that is live (or was less than {SLAVE_GROUP_GRACE_MS} \
+             ms ago): consumer groups are coordinated there"
+        )));
+    }
+    Ok(())
+}
+
+/// A broadcasting member's offsets live under `<group>..<client id>` (see
+/// `broadcast_offsets_key`). A member's group may not hold `..` nor end with `.`, and its
+/// client id may not hold `..` (nor start with `.`, as no name may), so such a key splits
+/// one way only and is no joinable group's name: no two members, and no clustering group,
+/// share an offsets row.
+fn broadcast_key_safe(group: &str, client_id: &str) -> Result<(), ShardError> {
+    if group.contains("..") || group.ends_with('.') {
+        return Err(ShardError::InvalidName(format!(
+            "a consumer group member's group name `{group}` may not hold `..` nor end with `.` \
+             (broadcasting offsets are kept under `<group>..<client id>`)"
+        )));
+    }
+    if client_id.contains("..") {
+        return Err(ShardError::InvalidName(format!(
+            "client id `{client_id}` may not hold `..` (broadcasting offsets are kept under \
+             `<group>..<client id>`)"
+        )));
+    }
+    Ok(())
+}
+
 pub async fn join<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
     let request = GroupJoin::decode(raw)?;
     validate_name("group", &request.group)?;
+    validate_name("host", &request.host)?;
+    broadcast_key_safe(&request.group, &request.client_id)?;
+    coordinates_here(shard)?;
     validate_name("client id", &request.client_id)?;
     if let Some(reply) = forwarded(shard, &request.group, Opcode::GroupJoin, raw).await {
         return Ok(reply);
@@ -66,7 +110,7 @@ pub async fn join<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, Sh
         },
         shard.clock().now(),
     )?;
-    shard.announce_fence_changes();
+    shard.announce_fence_changes().await;
     tracing::info!(
         shard = shard.id(),
         group = %request.group,
@@ -132,6 +176,7 @@ fn settings(request: &GroupJoin) -> Result<GroupSettings, ShardError> {
 pub async fn heartbeat<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
     let request = GroupHeartbeat::decode(raw)?;
     validate_name("group", &request.group)?;
+    coordinates_here(shard)?;
     if let Some(reply) = forwarded(shard, &request.group, Opcode::GroupHeartbeat, raw).await {
         return Ok(reply);
     }
@@ -141,7 +186,7 @@ pub async fn heartbeat<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Repl
         &request.released,
         shard.clock().now(),
     );
-    shard.announce_fence_changes();
+    shard.announce_fence_changes().await;
     let assignment = assignment?;
     Ok(Reply::ok(body(|out| assignment.encode(out))))
 }
@@ -157,7 +202,7 @@ pub async fn leave<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, S
         &request.member_id,
         shard.clock().now(),
     )?;
-    shard.announce_fence_changes();
+    shard.announce_fence_changes().await;
     tracing::info!(shard = shard.id(), group = %request.group, member = %request.member_id, "group member left");
     Ok(Reply::ok(Vec::new()))
 }
@@ -179,13 +224,17 @@ pub async fn members<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply,
 /// runs as a plain pull's does.
 ///
 /// The fence and the commit are not one step when the coordinator is another shard: the
-/// coordinator could end the member's session during the hop back. That window is the mesh's
-/// round trip (microseconds) against a session's seconds, and what lands then is an offset the
-/// member had processed up to, so a successor that read from an earlier committed offset
-/// loses nothing; at worst it sees again what it already processed.
+/// coordinator could end the member's session during the hop back, or while this shard still
+/// holds a cached grant. The coordinator answers the join, heartbeat or leave that changed the
+/// group only once every shard has dropped its cached grants of the group, so no successor
+/// reads before then; and the queue shard refuses a commit older than the newest generation
+/// that committed the row (`GroupOffsets::record_fenced`). What can still land in that window
+/// is an offset the member had processed up to, before any successor read: nothing is lost,
+/// at worst a message is seen again.
 pub async fn pull<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
     let request = GroupPull::decode(raw)?;
     validate_name("group", &request.group)?;
+    coordinates_here(shard)?;
     let topic_id = match route(shard, &request.topic, request.queue)? {
         Route::Local { topic_id } => topic_id,
         Route::Remote(owner) => {
@@ -432,6 +481,79 @@ mod tests {
         .encode(&mut out);
         let reply = call(shard, Opcode::GroupFetch, out).await;
         GroupOffset::decode(&reply.body).unwrap().offset
+    }
+
+    /// A group or client id a broadcasting offsets key could be confused with is refused at
+    /// the join.
+    #[test]
+    fn a_join_refuses_names_a_broadcast_key_could_collide_with() {
+        glommio::LocalExecutor::default().run(async {
+            let shard = Shard::open_for_test(SimDisk::new(), Rc::new(RealClock), config())
+                .await
+                .unwrap();
+            let background = shard.spawn_background();
+            for (group, client) in [("a..b", "c"), ("a.", "b"), ("a", "b..c")] {
+                let mut out = Vec::new();
+                GroupJoin {
+                    group: group.into(),
+                    client_id: client.into(),
+                    host: "h".into(),
+                    topics: vec!["t".into()],
+                    mode: 1,
+                    strategy: 0,
+                    orderly: 0,
+                    session_timeout_ms: 0,
+                }
+                .encode(&mut out);
+                let reply = call(&shard, Opcode::GroupJoin, out).await;
+                assert_eq!(reply.status, Status::InvalidName, "{group} / {client}");
+            }
+            shard.stop(background).await.unwrap();
+        });
+    }
+
+    /// A slave refuses membership with NOT_MASTER while its link to the master streams and
+    /// for a grace after it is lost (its master may still have the members), and coordinates
+    /// groups itself once the master has been gone longer (here the join goes on to find no
+    /// topic: the gate opened).
+    #[test]
+    fn a_slave_refuses_membership_while_its_master_may_be_live() {
+        glommio::LocalExecutor::default().run(async {
+            let config = BrokerConfig {
+                broker_role: crate::config::BrokerRole::Slave,
+                ..config()
+            };
+            let shard = Shard::open_for_test(SimDisk::new(), Rc::new(RealClock), config)
+                .await
+                .unwrap();
+            let background = shard.spawn_background();
+            let link = shard.role_state().slave_link().expect("a slave's link");
+            link.established();
+            let a = GroupAssignment {
+                member_id: "a-1".into(),
+                generation: 1,
+                session_timeout_ms: 3_000,
+                heartbeat_interval_ms: 1_000,
+                owned: vec![],
+                revoked: vec![],
+                waiting: 0,
+            };
+            let streaming = call(&shard, Opcode::GroupJoin, join("a")).await;
+            assert_eq!(streaming.status, Status::NotMaster);
+            let beat = call(&shard, Opcode::GroupHeartbeat, heartbeat(&a, vec![])).await;
+            assert_eq!(beat.status, Status::NotMaster);
+            let pull = call(&shard, Opcode::GroupPull, group_pull(&a, 0, Some(1), 1, 0)).await;
+            assert_eq!(pull.status, Status::NotMaster);
+            link.lost(std::time::Instant::now());
+            let just_lost = call(&shard, Opcode::GroupJoin, join("a")).await;
+            assert_eq!(just_lost.status, Status::NotMaster);
+            link.established();
+            let long_ago = std::time::Duration::from_millis(crate::constants::SLAVE_GROUP_GRACE_MS);
+            link.lost(std::time::Instant::now() - long_ago);
+            let taken_over = call(&shard, Opcode::GroupJoin, join("a")).await;
+            assert_eq!(taken_over.status, Status::TopicNotFound);
+            shard.stop(background).await.unwrap();
+        });
     }
 
     /// Through the handlers on one shard: a member reads from the group's committed offset

@@ -152,8 +152,9 @@ pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRe
                 .fence(&group, &member_id, generation, &queue);
             let _ = reply.send(answer);
         }
-        ShardRequest::GroupFencesChanged { groups } => {
+        ShardRequest::GroupFencesChanged { groups, done } => {
             shard.fence_cache().forget(&groups);
+            let _ = done.send(());
         }
         ShardRequest::GroupOffsets { group, reply } => {
             let _ = reply.send(group::local_offsets(&shard, &group).await);
