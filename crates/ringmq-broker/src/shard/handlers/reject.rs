@@ -29,7 +29,7 @@ use std::rc::Rc;
 
 /// Queues of a dead-letter topic: one, as in RocketMQ. Dead letters are rare and read by an
 /// operator, who wants them in the order they died.
-const DLQ_QUEUE_COUNT: u32 = 1;
+pub const DLQ_QUEUE_COUNT: u32 = 1;
 
 pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
     let request = MessageReject::decode(raw)?;
