@@ -483,7 +483,9 @@ mod tests {
     use super::*;
     use crate::clock::Clock;
     use crate::config::{BrokerConfig, FlushDiskType};
-    use crate::protocol::message::{MessageReject, PullRequest, RejectOutcome, TopicCreate};
+    use crate::protocol::message::{
+        MessageReject, PullRequest, RejectOutcome, TopicCreate, TopicDelete,
+    };
     use crate::protocol::properties::{ORIGIN_OFFSET, ORIGIN_TOPIC, RECONSUME_TIMES};
     use crate::testing::disk::IoLatency;
     use crate::testing::{driver, SeededRng, SimClock, SimDisk};
@@ -513,9 +515,20 @@ mod tests {
     }
 
     async fn open(disk: SimDisk, clock: &SimClock) -> Rc<Shard<SimDisk>> {
-        Shard::open_for_test(disk, Rc::new(clock.clone()), config())
+        open_with(disk, clock, config()).await
+    }
+
+    async fn open_with(disk: SimDisk, clock: &SimClock, config: BrokerConfig) -> Rc<Shard<SimDisk>> {
+        Shard::open_for_test(disk, Rc::new(clock.clone()), config)
             .await
             .expect("open")
+    }
+
+    fn progress(shard: &Shard<SimDisk>) -> Option<u64> {
+        shard
+            .metadata()
+            .groups()
+            .get(SCHEDULE_TOPIC, SCHEDULE_TOPIC, 0)
     }
 
     async fn create_topic(shard: &Rc<Shard<SimDisk>>) {
@@ -692,6 +705,146 @@ mod tests {
             let reply = handlers::handle(&shard, Opcode::MessageReject, &body).await;
             assert_eq!(reply.status, Status::InvalidName);
             assert!(shard.topic(SCHEDULE_TOPIC).is_none(), "nothing was made");
+            shard.stop(background).await.expect("clean stop");
+        })
+        .expect("the run finishes");
+    }
+
+    /// Under ASYNC_FLUSH a moved retry's copy is only appended: the progress offset (fsynced
+    /// on its own) must not pass it before the flusher has written it, or a power cut in
+    /// between loses the retry (the schedule record is counted as moved, the copy is gone).
+    #[test]
+    fn progress_waits_until_the_copy_is_flushed() {
+        let clock = SimClock::new(3);
+        let disk = SimDisk::timed(&clock, 3, IoLatency::TYPICAL);
+        let inner = clock.clone();
+        driver::run(&clock, Duration::from_secs(30), move || async move {
+            let config = BrokerConfig {
+                flush_disk_type: FlushDiskType::AsyncFlush,
+                flush_least_pages: 1 << 30,
+                flush_thorough_interval_ms: 3_000,
+                max_pull_wait_ms: 200,
+                ..config()
+            };
+            let shard = open_with(disk, &inner, config).await;
+            let background = shard.spawn_background();
+            create_topic(&shard).await;
+            let started = inner.unix_ms();
+            let offset = produce(&shard, b"m").await;
+            reject(&shard, "t", offset, 0).await.unwrap();
+            next(&shard, RETRY, 0, 5_000).await.expect("the retry");
+            let copy_end = shard.store().max_offset();
+            assert!(
+                shard.store().flushed_offset() < copy_end,
+                "not vacuous: the copy is not flushed yet"
+            );
+            while inner.unix_ms() - started < 2_500 {
+                if progress(&shard).is_some() {
+                    assert!(
+                        shard.store().flushed_offset() >= copy_end,
+                        "the progress passed a copy that is not on disk"
+                    );
+                }
+                inner.sleep(Duration::from_millis(20)).await;
+            }
+            // Once the flusher wrote it, the progress follows.
+            while progress(&shard).is_none() {
+                assert!(inner.unix_ms() - started < 10_000, "the progress never moved");
+                inner.sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(progress(&shard), Some(1));
+            shard.stop(background).await.expect("clean stop");
+        })
+        .expect("the run finishes");
+    }
+
+    /// Progress above the schedule queue's end (a promoted slave got the offset before the
+    /// log) resumes at the end, not at the start: the retries already moved are not moved
+    /// again.
+    #[test]
+    fn progress_past_the_end_resumes_at_the_end() {
+        let clock = SimClock::new(5);
+        let disk = SimDisk::timed(&clock, 5, IoLatency::TYPICAL);
+        let inner = clock.clone();
+        driver::run(&clock, Duration::from_secs(30), move || async move {
+            let shard = open(disk.clone(), &inner).await;
+            let background = shard.spawn_background();
+            create_topic(&shard).await;
+            let first = produce(&shard, b"first").await;
+            reject(&shard, "t", first, 0).await.unwrap();
+            next(&shard, RETRY, 0, 5_000).await.expect("the first retry");
+            shard.stop(background).await.expect("clean stop");
+
+            let shard = open(disk, &inner).await;
+            shard
+                .metadata()
+                .groups()
+                .commit(SCHEDULE_TOPIC, SCHEDULE_TOPIC, 0, 50)
+                .await
+                .unwrap();
+            let background = shard.spawn_background();
+            let second = produce(&shard, b"second").await;
+            reject(&shard, "t", second, 0).await.unwrap();
+            let moved = next(&shard, RETRY, 1, 5_000).await.expect("the second retry");
+            assert_eq!(moved.body, b"second", "the first retry was moved again");
+            assert!(next(&shard, RETRY, 2, 1_000).await.is_none());
+            shard.stop(background).await.expect("clean stop");
+        })
+        .expect("the run finishes");
+    }
+
+    /// A client cannot write to or delete the broker's own topics, and a schedule record
+    /// aimed at anything but a retry topic (here the schedule topic itself, which would loop)
+    /// is skipped.
+    #[test]
+    fn the_brokers_topics_are_not_the_clients() {
+        let clock = SimClock::new(2);
+        let inner = clock.clone();
+        driver::run(&clock, Duration::from_secs(10), move || async move {
+            let shard = open(SimDisk::new(), &inner).await;
+            let background = shard.spawn_background();
+            create_topic(&shard).await;
+            let offset = produce(&shard, b"x").await;
+            reject(&shard, "t", offset, 0).await.unwrap();
+            next(&shard, RETRY, 0, 5_000).await.expect("the retry");
+            let looping = encode(|out| {
+                ProduceRequest {
+                    topic: SCHEDULE_TOPIC,
+                    queue: 0,
+                    messages: vec![MessageRef {
+                        born_timestamp_ms: 0,
+                        key: b"",
+                        properties: b"REAL_TOPIC=%SCHEDULE%",
+                        body: b"loop",
+                    }],
+                }
+                .encode(out)
+            });
+            let refused = handlers::handle_client(&shard, Opcode::Produce, &looping).await;
+            assert_eq!(refused.status, Status::BadRequest);
+            for name in [SCHEDULE_TOPIC, RETRY] {
+                let delete = encode(|out| {
+                    TopicDelete {
+                        name: name.to_string(),
+                    }
+                    .encode(out)
+                });
+                let refused = handlers::handle_client(&shard, Opcode::TopicDelete, &delete).await;
+                assert_eq!(refused.status, Status::BadRequest, "{name}");
+                assert!(shard.topic(name).is_some());
+            }
+            // The broker's own path stores it; the scheduler passes it over.
+            let stored = handlers::handle(&shard, Opcode::Produce, &looping).await;
+            assert_eq!(stored.status, Status::Ok);
+            while progress(&shard) != Some(2) {
+                inner.sleep(Duration::from_millis(20)).await;
+            }
+            let key = QueueKey {
+                topic_id: shard.topic(SCHEDULE_TOPIC).unwrap().topic_id,
+                queue: 0,
+            };
+            assert_eq!(shard.store().queue_range(key).unwrap().1, 2, "no loop");
+            assert_eq!(shard.delays().delivered(), 1);
             shard.stop(background).await.expect("clean stop");
         })
         .expect("the run finishes");
