@@ -91,7 +91,13 @@ async fn fill(store: &ShardStore<SimDisk>, range: std::ops::Range<u64>) {
 /// Every entry from the queue's minimum reads back as the record of its offset.
 async fn check_readable_from_min(store: &ShardStore<SimDisk>) -> (u64, u64) {
     let (min, max) = store.queue_range(KEY).expect("the queue");
-    for (i, entry) in store.entries(KEY, min, usize::MAX).await.unwrap().into_iter().enumerate() {
+    for (i, entry) in store
+        .entries(KEY, min, usize::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .enumerate()
+    {
         let offset = min + i as u64;
         let bytes = store
             .read_record(entry)
@@ -323,7 +329,13 @@ fn a_half_done_deletion_recovers_at_the_default_segment_size() {
                 assert_eq!(report.max_offset, end);
                 assert_eq!(store.log_head(), segment);
                 assert_eq!(store.queue_range(KEY), Some((50, 100)));
-                for (i, entry) in store.entries(KEY, 50, usize::MAX).await.unwrap().into_iter().enumerate() {
+                for (i, entry) in store
+                    .entries(KEY, 50, usize::MAX)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .enumerate()
+                {
                     let bytes = store.read_record(entry).await.expect("read");
                     let Ok(Decoded::Record(view)) = record::decode(&bytes, entry.commitlog_offset)
                     else {

@@ -60,7 +60,10 @@ pub fn run(args: GroupArgs) -> Result<(), String> {
         }
         Format::Text => {
             print!("{}", members_text(&membership));
-            print!("{}", description_text(&description, &mins, Some(&membership)));
+            print!(
+                "{}",
+                description_text(&description, &mins, Some(&membership))
+            );
             for (client_id, d, mins) in &per_member {
                 println!("member {client_id}:");
                 print!("{}", description_text(d, mins, None));
@@ -124,10 +127,7 @@ fn broadcast_offsets(
     Ok(rows)
 }
 
-fn members_json(
-    membership: &GroupMembership,
-    per_member: &[MemberOffsets],
-) -> serde_json::Value {
+fn members_json(membership: &GroupMembership, per_member: &[MemberOffsets]) -> serde_json::Value {
     let members: Vec<_> = membership
         .members
         .iter()

@@ -406,7 +406,11 @@ impl<T: GroupTransport> GroupConsumer<T> {
         self.stats.rejected += 1;
         if outcome.topic != super::retry::retry_topic(&self.options.group) {
             self.stats.dead += 1;
-        } else if !self.retry_topic_at_join {
+        } else if !self.retry_topic_at_join
+            && !self.cursors.keys().any(|q| q.topic == outcome.topic)
+        {
+            // Unless the group already shares the retry topic's queues (this member holds one
+            // since a later rebalance): then joining again would only rebalance for nothing.
             self.rejoin = true;
         }
         Ok(outcome)
@@ -1047,7 +1051,10 @@ mod tests {
         let mut reject_all = |_: &Delivery<'_>| Disposition::Reject;
         broadcast.poll(u64::MAX, &mut reject_all).unwrap();
         let stats = broadcast.stats();
-        assert_eq!((stats.delivered, stats.rejected, stats.reject_failures), (1, 0, 1));
+        assert_eq!(
+            (stats.delivered, stats.rejected, stats.reject_failures),
+            (1, 0, 1)
+        );
     }
 
     /// A reject whose copy was stored without its guarantee (FLUSH_DISK_TIMEOUT) or not at all

@@ -13,8 +13,8 @@ mod error;
 mod failover;
 #[cfg(test)]
 pub(crate) mod fake_broker;
-pub mod reset;
 mod group;
+pub mod reset;
 pub mod retry;
 #[cfg(test)]
 mod tests;
@@ -27,11 +27,11 @@ pub use api::{
 pub use connection::{is_self_connection, Connection, ConnectionOptions, Response};
 pub use error::ClientError;
 pub use failover::{FailoverClient, DEFAULT_RETRY_PRIMARY_EVERY};
-pub use reset::{OffsetReset, OffsetResetApplied};
 pub use group::{
     default_client_id, local_host, AllocationStrategy, Delivery, Disposition, GroupConsumer,
     GroupMode, GroupOptions, GroupStats, GroupTransport, Polled,
 };
+pub use reset::{OffsetReset, OffsetResetApplied};
 /// The wire protocol, under the name the modules here use for it.
 use ringmq_protocol as protocol;
 

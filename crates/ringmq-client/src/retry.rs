@@ -10,9 +10,9 @@
 use super::api::Client;
 use super::error::ClientError;
 use crate::protocol::message::{MessageReject, PulledMessage, RejectOutcome};
+use crate::protocol::properties as props;
 use crate::protocol::requests::RejectResult;
 use crate::protocol::Status;
-use crate::protocol::properties as props;
 
 /// The retry topic of a group.
 pub fn retry_topic(group: &str) -> String {

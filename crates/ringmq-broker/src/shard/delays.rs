@@ -518,7 +518,11 @@ mod tests {
         open_with(disk, clock, config()).await
     }
 
-    async fn open_with(disk: SimDisk, clock: &SimClock, config: BrokerConfig) -> Rc<Shard<SimDisk>> {
+    async fn open_with(
+        disk: SimDisk,
+        clock: &SimClock,
+        config: BrokerConfig,
+    ) -> Rc<Shard<SimDisk>> {
         Shard::open_for_test(disk, Rc::new(clock.clone()), config)
             .await
             .expect("open")
@@ -669,6 +673,11 @@ mod tests {
             let letter = next(&shard, "%DLQ%app", 0, 1_000)
                 .await
                 .expect("a dead letter");
+            // A dead letter, or a schedule record, is not rejected again.
+            for topic in ["%DLQ%app", SCHEDULE_TOPIC] {
+                let refused = reject(&shard, topic, 0, 2).await.unwrap_err();
+                assert_eq!(refused.status, Status::BadRequest, "{topic}");
+            }
             assert_eq!(letter.body, b"a");
             assert_eq!(props::get_u64(&letter.properties, RECONSUME_TIMES), Some(3));
             assert_eq!(props::get(&letter.properties, ORIGIN_TOPIC), Some("t"));
@@ -749,7 +758,10 @@ mod tests {
             }
             // Once the flusher wrote it, the progress follows.
             while progress(&shard).is_none() {
-                assert!(inner.unix_ms() - started < 10_000, "the progress never moved");
+                assert!(
+                    inner.unix_ms() - started < 10_000,
+                    "the progress never moved"
+                );
                 inner.sleep(Duration::from_millis(50)).await;
             }
             assert_eq!(progress(&shard), Some(1));
@@ -772,7 +784,9 @@ mod tests {
             create_topic(&shard).await;
             let first = produce(&shard, b"first").await;
             reject(&shard, "t", first, 0).await.unwrap();
-            next(&shard, RETRY, 0, 5_000).await.expect("the first retry");
+            next(&shard, RETRY, 0, 5_000)
+                .await
+                .expect("the first retry");
             shard.stop(background).await.expect("clean stop");
 
             let shard = open(disk, &inner).await;
@@ -785,7 +799,9 @@ mod tests {
             let background = shard.spawn_background();
             let second = produce(&shard, b"second").await;
             reject(&shard, "t", second, 0).await.unwrap();
-            let moved = next(&shard, RETRY, 1, 5_000).await.expect("the second retry");
+            let moved = next(&shard, RETRY, 1, 5_000)
+                .await
+                .expect("the second retry");
             assert_eq!(moved.body, b"second", "the first retry was moved again");
             assert!(next(&shard, RETRY, 2, 1_000).await.is_none());
             shard.stop(background).await.expect("clean stop");

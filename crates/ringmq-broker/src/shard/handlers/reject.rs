@@ -20,7 +20,9 @@ use crate::protocol::properties::{self as props, DELAY_LEVEL, DUE_MS, REAL_TOPIC
 use crate::protocol::Opcode;
 use crate::shard::handlers::topic::ensure_internal;
 use crate::shard::mesh::Reply;
-use crate::shard::topics::{dlq_topic, retry_topic, validate_name, SCHEDULE_TOPIC};
+use crate::shard::topics::{
+    dlq_topic, retry_topic, validate_name, DLQ_TOPIC_PREFIX, SCHEDULE_TOPIC,
+};
 use crate::shard::{Shard, ShardError};
 use crate::store::io::Disk;
 use crate::store::record::{self, Decoded};
@@ -34,6 +36,14 @@ pub const DLQ_QUEUE_COUNT: u32 = 1;
 pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
     let request = MessageReject::decode(raw)?;
     validate_name("group", &request.group)?;
+    // A dead letter is the end of a message, and a schedule record is not delivered to
+    // consumers: rejecting either would only make more copies.
+    if request.topic == SCHEDULE_TOPIC || request.topic.starts_with(DLQ_TOPIC_PREFIX) {
+        return Err(ShardError::Refused(format!(
+            "`{}` cannot be rejected: only a group's topics and its retry topic are retried",
+            request.topic
+        )));
+    }
     if !shard.is_master() {
         return Err(ShardError::NotMaster(
             "a reject appends a copy of the message: send it to the master".to_string(),
