@@ -5,7 +5,7 @@ use crate::client::{Response, DEFAULT_MAX_FRAME_BYTES};
 use crate::protocol::codes::{Opcode, Status};
 use crate::protocol::frame::{encode_frame, FrameDecoder, FrameHeader, FLAG_RESPONSE};
 use crate::protocol::message::*;
-use crate::protocol::requests::{for_each_request, ProduceResult, PullResult};
+use crate::protocol::requests::{for_each_request, ProduceResult, PullResult, RejectResult};
 use crate::shard::handlers::metadata::MetadataSnapshot;
 use std::hint::black_box;
 

@@ -240,7 +240,7 @@ impl GroupTransport for Client {
         Client::call(self, request)
     }
     fn reject(&mut self, request: &MessageReject) -> Result<RejectOutcome, ClientError> {
-        Client::call(self, request)
+        super::retry::durable(Client::call(self, request)?)
     }
 
     fn learn_topic(&mut self, topic: &str) -> Result<(), ClientError> {
@@ -263,7 +263,7 @@ impl GroupTransport for FailoverClient {
         FailoverClient::call(self, request)
     }
     fn reject(&mut self, request: &MessageReject) -> Result<RejectOutcome, ClientError> {
-        self.primary()?.call(request)
+        super::retry::durable(self.primary()?.call(request)?)
     }
 
     fn learn_topic(&mut self, topic: &str) -> Result<(), ClientError> {
@@ -292,6 +292,9 @@ pub struct GroupStats {
     pub rejected: u64,
     /// Of those, the ones that became dead letters.
     pub dead: u64,
+    /// Rejects that failed: the message was delivered again (or passed over when
+    /// broadcasting).
+    pub reject_failures: u64,
 }
 
 /// Where a queue this member owns is read from and what it has processed.
@@ -476,7 +479,11 @@ impl<T: GroupTransport> GroupConsumer<T> {
         self.stats.rejected += 1;
         if outcome.topic != super::retry::retry_topic(&self.options.group) {
             self.stats.dead += 1;
-        } else if !self.retry_topic_at_join {
+        } else if !self.retry_topic_at_join
+            && !self.cursors.keys().any(|q| q.topic == outcome.topic)
+        {
+            // Unless the group already shares the retry topic's queues (this member holds one
+            // since a later rebalance): then joining again would only rebalance for nothing.
             self.rejoin = true;
         }
         Ok(outcome)
@@ -960,14 +967,32 @@ impl<T: GroupTransport> GroupConsumer<T> {
             }
             if disposition == Disposition::Reject {
                 self.advance(queue, processed_to.take());
-                self.reject(&Delivery {
+                if let Err(e) = self.reject(&Delivery {
                     topic: &queue.topic,
                     queue: queue.queue,
                     message,
                     member_id: &member_id,
                     generation,
                     keepalive: &|| {},
-                })?;
+                }) {
+                    self.stats.reject_failures += 1;
+                    let broadcasting = self.options.mode == GroupMode::Broadcasting;
+                    tracing::warn!(
+                        group = %self.options.group,
+                        topic = %queue.topic,
+                        queue = queue.queue,
+                        offset = message.queue_offset,
+                        "reject failed: {e}; {}",
+                        if broadcasting { "passed over" } else { "delivered again" }
+                    );
+                    // A broadcasting member does not retry (as in RocketMQ): the message is
+                    // passed over. Otherwise the copy may not be stored (the master is down,
+                    // or it was not durable in time): the queue's batch stops here and stays
+                    // uncommitted from this message on, so the next poll delivers it again.
+                    if !broadcasting {
+                        break;
+                    }
+                }
             }
             delivered += 1;
             processed_to = Some(message.queue_offset + 1);
@@ -998,7 +1023,7 @@ impl<T: GroupTransport> GroupConsumer<T> {
 mod tests {
     use super::*;
     use crate::protocol::message::{PullSummary, PulledMessage};
-    use crate::protocol::requests::PullResult;
+    use crate::protocol::requests::{PullResult, RejectResult};
     use crate::protocol::{Opcode, Response};
 
     /// The script: a request's opcode and body to the status and body answered.
@@ -1053,7 +1078,8 @@ mod tests {
                     message: String::from_utf8_lossy(&answer).into_owned(),
                 });
             }
-            Ok(RejectOutcome::decode(&answer).expect("scripted answer decodes"))
+            let outcome = RejectOutcome::decode(&answer).expect("scripted answer decodes");
+            crate::retry::durable(RejectResult { status, outcome })
         }
     }
 
@@ -1186,7 +1212,8 @@ mod tests {
 
     /// A rejected message goes to the broker as a `MessageReject` naming its queue and
     /// offset, and the next pull commits past it like past the acknowledged ones; a reject the
-    /// broker made a dead letter is counted as one. A broadcasting member's reject fails.
+    /// broker made a dead letter is counted as one. A broadcasting member's reject fails, and
+    /// its poll passes the message over.
     #[test]
     fn a_rejected_message_is_handed_back_and_committed_past() {
         let mut rejects = 0;
@@ -1254,7 +1281,73 @@ mod tests {
         };
         let mut broadcast = GroupConsumer::new(transport, options);
         let mut reject_all = |_: &Delivery<'_>| Disposition::Reject;
-        assert!(broadcast.poll(u64::MAX, &mut reject_all).is_err());
+        broadcast.poll(u64::MAX, &mut reject_all).unwrap();
+        let stats = broadcast.stats();
+        assert_eq!(
+            (stats.delivered, stats.rejected, stats.reject_failures),
+            (1, 0, 1)
+        );
+    }
+
+    /// A reject whose copy was stored without its guarantee (FLUSH_DISK_TIMEOUT) or not at all
+    /// (the master unreachable) does not end the poll and is not committed past: the message
+    /// comes again from the queue, and only the reject answered OK lets the commit pass it.
+    #[test]
+    fn a_failed_or_undurable_reject_leaves_the_message_uncommitted() {
+        let mut rejects = 0;
+        let transport = Scripted {
+            log: Vec::new(),
+            broker: Default::default(),
+            answer: Box::new(move |opcode, body| match opcode {
+                Opcode::GroupJoin => (Status::Ok, assignment(1, vec![q(0)], vec![])),
+                Opcode::GroupPull => match GroupPull::decode(body).unwrap().offset {
+                    u64::MAX => (Status::Ok, batch(0..3)),
+                    at if at < 3 => (Status::Ok, batch(at..3)),
+                    at => (Status::NoNewMessage, batch(at..at)),
+                },
+                Opcode::MessageReject => {
+                    rejects += 1;
+                    let mut out = Vec::new();
+                    RejectOutcome {
+                        topic: "%RETRY%g".into(),
+                        reconsume_times: 1,
+                        delay_ms: 200,
+                    }
+                    .encode(&mut out);
+                    match rejects {
+                        1 => (Status::FlushDiskTimeout, out),
+                        2 => (Status::NotMaster, b"no master".to_vec()),
+                        _ => (Status::Ok, out),
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }),
+        };
+        let mut options = GroupOptions::new("g", "t");
+        options.commit_interval = Duration::ZERO;
+        let mut consumer = GroupConsumer::new(transport, options);
+        let mut seen = Vec::new();
+        let mut handler = |d: &Delivery<'_>| {
+            seen.push(d.message.queue_offset);
+            match d.message.queue_offset {
+                1 => Disposition::Reject,
+                _ => Disposition::Ack,
+            }
+        };
+        for _ in 0..4 {
+            consumer.poll(u64::MAX, &mut handler).unwrap();
+        }
+        assert_eq!(seen, [0, 1, 1, 1, 2]);
+        let commits: Vec<&str> = consumer
+            .transport
+            .log
+            .iter()
+            .filter_map(|l| l.split(" commit ").nth(1))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        assert_eq!(commits, ["None", "Some(1)", "None", "Some(3)"]);
+        let stats = consumer.stats();
+        assert_eq!((stats.rejected, stats.reject_failures), (1, 2));
     }
 
     /// A handler that runs past heartbeat intervals keeps its session with `keep_alive`:

@@ -11,6 +11,8 @@ use super::api::Client;
 use super::error::ClientError;
 use crate::protocol::message::{MessageReject, PulledMessage, RejectOutcome};
 use crate::protocol::properties as props;
+use crate::protocol::requests::RejectResult;
+use crate::protocol::Status;
 
 /// The retry topic of a group.
 pub fn retry_topic(group: &str) -> String {
@@ -37,7 +39,9 @@ pub fn subscribed_topics(client: &mut Client, group: &str, topics: &[String]) ->
 /// Rejects the message at `offset` of `topic`/`queue` for `group`: the broker schedules its
 /// retry (or makes it a dead letter) and answers once the copy is stored. The consumer then
 /// commits past the message as if it had been processed: the copy is the one to wait for.
-/// `max_reconsume_times` 0 uses the broker's `max_reconsume_times`.
+/// `max_reconsume_times` 0 uses the broker's `max_reconsume_times`. A copy stored without its
+/// durability guarantee in time ([`durable`]) is an error: the consumer must not commit past
+/// the message then, so that a crash that loses the copy delivers the original again.
 pub fn reject(
     client: &mut Client,
     group: &str,
@@ -46,13 +50,29 @@ pub fn reject(
     offset: u64,
     max_reconsume_times: u32,
 ) -> Result<RejectOutcome, ClientError> {
-    client.call(&MessageReject {
+    durable(client.call(&MessageReject {
         group: group.to_string(),
         topic: topic.to_string(),
         queue,
         offset,
         max_reconsume_times,
-    })
+    })?)
+}
+
+/// The outcome of a reject whose copy is durable (`OK`); an error for a copy stored without
+/// its guarantee (`FLUSH_DISK_TIMEOUT`, `FLUSH_SLAVE_TIMEOUT`, `SLAVE_NOT_AVAILABLE`), which a
+/// crash may still lose.
+pub fn durable(result: RejectResult) -> Result<RejectOutcome, ClientError> {
+    match result.status {
+        Status::Ok => Ok(result.outcome),
+        status => Err(ClientError::Status {
+            status,
+            message: format!(
+                "the copy went to {} but is not durable yet: the message stays uncommitted",
+                result.outcome.topic
+            ),
+        }),
+    }
 }
 
 /// What a delivered message says about its earlier attempts.

@@ -5,7 +5,7 @@ use super::codec::strategies::Generate;
 use super::codec::{Fields, Writer};
 use super::frame::{encode_frame, FrameHeader, FRAME_HEADER_BYTES};
 use super::message::*;
-use super::requests::{for_each_request, ProduceResult, PullResult};
+use super::requests::{for_each_request, ProduceResult, PullResult, RejectResult};
 use super::{FrameDecoder, Opcode, Request, Response, Status};
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
@@ -85,6 +85,12 @@ impl RoundTrips for ProduceRequest<'_> {
 impl RoundTrips for ProduceResult {
     fn round_trip() {
         <ProduceResponse as RoundTrips>::round_trip();
+    }
+}
+
+impl RoundTrips for RejectResult {
+    fn round_trip() {
+        <RejectOutcome as RoundTrips>::round_trip();
     }
 }
 

@@ -57,7 +57,7 @@ macro_rules! for_each_request {
             GroupPull = 37 => "GroupPull": GroupPull => PullResult, "pull response"
                 { #[fails_over] queue: |r| (r.topic.as_str(), r.queue),
                   wait_ms: |r| r.max_wait_ms };
-            MessageReject = 38 => "MessageReject": MessageReject => RejectOutcome,
+            MessageReject = 38 => "MessageReject": MessageReject => RejectResult,
                 "reject outcome" { queue: |r| (r.topic.as_str(), r.queue) };
             Stats = 40 => "Stats": StatsRequest => $crate::admin::Stats, "stats" {};
             DeleteExpired = 41 => "DeleteExpired": DeleteExpiredRequest
@@ -249,6 +249,28 @@ impl Response for ProduceResult {
     }
     fn canonical() -> bool {
         <ProduceResponse as Fields<'_>>::canonical()
+    }
+}
+
+/// A reject the broker stored a copy for. `status` is `Ok`, or one of the statuses of a copy
+/// stored without its durability guarantee in time (as for [`ProduceResult`]): only `Ok`
+/// promises the copy survives a crash, so only then may the consumer commit past the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RejectResult {
+    pub status: Status,
+    pub outcome: RejectOutcome,
+}
+
+impl Response for RejectResult {
+    fn from_answer(status: Status, body: &[u8]) -> Result<Self, DecodeError> {
+        let outcome = RejectOutcome::decode(body)?;
+        Ok(RejectResult { status, outcome })
+    }
+    fn encode_answer(&self, out: &mut Vec<u8>) {
+        self.outcome.encode(out);
+    }
+    fn canonical() -> bool {
+        <RejectOutcome as Fields<'_>>::canonical()
     }
 }
 

@@ -254,7 +254,7 @@ impl Reader {
         let (shard, tx, activity) = (self.shard.clone(), self.tx.clone(), self.activity.clone());
         shard.lifecycle().request_started();
         spawn_local(async move {
-            let reply = handlers::handle(&shard, opcode, &frame[body_start..]).await;
+            let reply = handlers::handle_client(&shard, opcode, &frame[body_start..]).await;
             drop(frame);
             send_reply(&shard, &tx, header, reply).await;
             shard.lifecycle().request_finished();

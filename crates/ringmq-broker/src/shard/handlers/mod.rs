@@ -11,12 +11,38 @@ pub(crate) mod reject;
 pub(crate) mod topic;
 
 use super::mesh::{Reply, ShardRequest};
+use super::topics::is_internal_name;
 use super::{Shard, ShardError};
 use crate::protocol::message::*;
 use crate::protocol::requests::for_each_request;
 use crate::protocol::{Opcode, Request};
 use crate::store::io::Disk;
 use std::rc::Rc;
+
+/// A request from a client's connection: [`handle`], except that a client may not produce to
+/// or delete a topic the broker makes for itself (`%SCHEDULE%`, `%RETRY%<group>`,
+/// `%DLQ%<group>`). Their contents are the broker's promises: a schedule record aimed back at
+/// the schedule topic would loop, one with a far due time at a level's head would hold every
+/// group's retries behind it, and a deleted schedule topic drops every pending retry. The
+/// broker's own produces (a reject's copy, a due retry, a forward between shards) come through
+/// [`handle`] and are unaffected.
+pub async fn handle_client<D: Disk>(shard: &Rc<Shard<D>>, opcode: Opcode, body: &[u8]) -> Reply {
+    if matches!(opcode, Opcode::Produce | Opcode::TopicDelete) {
+        if let Some(name) = leading_name(body).filter(|n| is_internal_name(n)) {
+            return Reply::from(ShardError::Refused(format!(
+                "`{name}` is kept by the broker: clients read it but do not write or delete it"
+            )));
+        }
+    }
+    handle(shard, opcode, body).await
+}
+
+/// The name a Produce or TopicDelete body starts with (a u16 length, then UTF-8), without
+/// decoding the rest: the check above costs a produce nothing but this peek.
+fn leading_name(body: &[u8]) -> Option<&str> {
+    let len = u16::from_le_bytes([*body.first()?, *body.get(1)?]) as usize;
+    std::str::from_utf8(body.get(2..2 + len)?).ok()
+}
 
 pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, opcode: Opcode, body: &[u8]) -> Reply {
     dispatch(shard, opcode, body)

@@ -20,7 +20,9 @@ use crate::protocol::properties::{self as props, DELAY_LEVEL, DUE_MS, REAL_TOPIC
 use crate::protocol::Opcode;
 use crate::shard::handlers::topic::ensure_internal;
 use crate::shard::mesh::Reply;
-use crate::shard::topics::{dlq_topic, retry_topic, validate_name, SCHEDULE_TOPIC};
+use crate::shard::topics::{
+    dlq_topic, retry_topic, validate_name, DLQ_TOPIC_PREFIX, SCHEDULE_TOPIC,
+};
 use crate::shard::{Shard, ShardError};
 use crate::store::io::Disk;
 use crate::store::record::{self, Decoded};
@@ -29,11 +31,19 @@ use std::rc::Rc;
 
 /// Queues of a dead-letter topic: one, as in RocketMQ. Dead letters are rare and read by an
 /// operator, who wants them in the order they died.
-const DLQ_QUEUE_COUNT: u32 = 1;
+pub const DLQ_QUEUE_COUNT: u32 = 1;
 
 pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
     let request = MessageReject::decode(raw)?;
     validate_name("group", &request.group)?;
+    // A dead letter is the end of a message, and a schedule record is not delivered to
+    // consumers: rejecting either would only make more copies.
+    if request.topic == SCHEDULE_TOPIC || request.topic.starts_with(DLQ_TOPIC_PREFIX) {
+        return Err(ShardError::Refused(format!(
+            "`{}` cannot be rejected: only a group's topics and its retry topic are retried",
+            request.topic
+        )));
+    }
     if !shard.is_master() {
         return Err(ShardError::NotMaster(
             "a reject appends a copy of the message: send it to the master".to_string(),
@@ -66,7 +76,7 @@ pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, 
             original.commitlog_offset
         ),
     };
-    let plan = plan_copy(
+    let mut plan = plan_copy(
         shard.config(),
         shard.clock().unix_ms(),
         &request,
@@ -74,10 +84,18 @@ pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, 
         &original.properties,
     );
     if plan.properties.len() > u16::MAX as usize {
-        return Err(ShardError::Refused(format!(
-            "the message's properties ({} bytes) leave no room for the retry properties",
+        // Refusing would stop the consumer at this message on every restart: it is a dead
+        // letter instead, without the producer's lines that left no room.
+        tracing::warn!(
+            group = %request.group,
+            topic = %request.topic,
+            queue = request.queue,
+            offset = request.offset,
+            "the message's properties ({} bytes) leave no room for the retry properties: a \
+             dead letter without them",
             original.properties.len()
-        )));
+        );
+        plan = plan_trimmed_dead_letter(&request, &origin, &original.properties);
     }
     let queue = match plan.level {
         Some(level) => {
@@ -256,6 +274,50 @@ pub fn plan_copy(
     }
 }
 
+/// The dead letter of a message whose properties leave no room for the broker's lines: only
+/// those lines (origin and attempt count, kept from the record when it is a retry).
+pub fn plan_trimmed_dead_letter(
+    request: &MessageReject,
+    origin: &Origin<'_>,
+    properties: &[u8],
+) -> CopyPlan {
+    let rejected_before = props::get_u64(properties, props::RECONSUME_TIMES).unwrap_or(0);
+    let times = u32::try_from(rejected_before.saturating_add(1)).unwrap_or(u32::MAX);
+    let kept = |name: &str, fallback: String| {
+        props::get(properties, name)
+            .filter(|_| props::get(properties, props::ORIGIN_TOPIC).is_some())
+            .map_or(fallback, str::to_string)
+    };
+    let set = [
+        (
+            props::ORIGIN_TOPIC,
+            kept(props::ORIGIN_TOPIC, origin.topic.to_string()),
+        ),
+        (
+            props::ORIGIN_QUEUE,
+            kept(props::ORIGIN_QUEUE, origin.queue.to_string()),
+        ),
+        (
+            props::ORIGIN_OFFSET,
+            kept(props::ORIGIN_OFFSET, origin.offset.to_string()),
+        ),
+        (
+            props::ORIGIN_MESSAGE_ID,
+            kept(props::ORIGIN_MESSAGE_ID, origin.message_id.clone()),
+        ),
+        (props::RECONSUME_TIMES, times.to_string()),
+    ];
+    CopyPlan {
+        level: None,
+        properties: props::with(&[], &set),
+        outcome: RejectOutcome {
+            topic: dlq_topic(&request.group),
+            reconsume_times: times,
+            delay_ms: 0,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,5 +392,29 @@ mod tests {
             "a dead letter has no due time"
         );
         assert_eq!(get(&properties, ORIGIN_TOPIC), Some("orders"));
+    }
+
+    /// A message whose properties leave no room for the retry lines is a dead letter with
+    /// only the broker's lines, its origin and count kept from the retried record.
+    #[test]
+    fn properties_too_large_make_a_trimmed_dead_letter() {
+        let config = BrokerConfig::default();
+        let mut huge = vec![b'x'; u16::MAX as usize - 20];
+        let plan = plan_copy(&config, 0, &request(0), &origin(), &huge);
+        assert!(plan.properties.len() > u16::MAX as usize, "not vacuous");
+        let dead = plan_trimmed_dead_letter(&request(0), &origin(), &huge);
+        assert_eq!(
+            (dead.level, dead.outcome.topic.as_str()),
+            (None, "%DLQ%app")
+        );
+        assert!(dead.properties.len() < 256);
+        assert_eq!(get(&dead.properties, ORIGIN_TOPIC), Some("orders"));
+        assert_eq!(get_u64(&dead.properties, RECONSUME_TIMES), Some(1));
+        // A retry's record: its first origin and count are kept.
+        huge.extend_from_slice(b"\nORIGIN_TOPIC=first\nORIGIN_QUEUE=3\nRECONSUME_TIMES=4");
+        let dead = plan_trimmed_dead_letter(&request(0), &origin(), &huge);
+        assert_eq!(get(&dead.properties, ORIGIN_TOPIC), Some("first"));
+        assert_eq!(get(&dead.properties, "ORIGIN_QUEUE"), Some("3"));
+        assert_eq!(dead.outcome.reconsume_times, 5);
     }
 }
