@@ -107,15 +107,23 @@ fn sigterm_answers_every_request_in_flight_then_exits_cleanly() {
         properties: b"",
         body: &body,
     };
-    let tickets: Vec<_> = (0..400)
+    let mut tickets: Vec<_> = (0..400)
         .map(|_| {
             client
                 .send_produce("drain", Some(0), &[message])
                 .expect("send")
         })
         .collect();
+    // The signal goes once the broker has answered the first: before that, on a loaded machine
+    // it may not have read any of them yet (every answer SYSTEM_BUSY, nothing acknowledged to
+    // check after the restart). The other 399 are in flight, read or not, when it arrives.
+    let first = tickets.remove(0);
+    let first = client
+        .wait_produce(first)
+        .expect("the first produce before the signal");
+    assert_eq!(first.status, Status::Ok);
     broker.signal(libc::SIGTERM);
-    let mut ok = 0u64;
+    let mut ok = 1u64;
     let mut busy = 0u64;
     for ticket in tickets {
         match client.wait_produce(ticket) {
@@ -125,7 +133,6 @@ fn sigterm_answers_every_request_in_flight_then_exits_cleanly() {
         }
     }
     eprintln!("after SIGTERM: {ok} OK, {busy} SYSTEM_BUSY");
-    assert!(ok > 0, "something was acknowledged");
     assert!(broker.stop(), "the broker exits cleanly after SIGTERM");
     broker.restart();
     let stats = broker
