@@ -490,7 +490,6 @@ mod tests {
     use crate::testing::disk::IoLatency;
     use crate::testing::{driver, SeededRng, SimClock, SimDisk};
     use std::cell::RefCell;
-    use std::path::PathBuf;
 
     const GROUP: &str = "app";
     const RETRY: &str = "%RETRY%app";
@@ -498,13 +497,8 @@ mod tests {
 
     fn config() -> BrokerConfig {
         BrokerConfig {
-            store_dir: PathBuf::from("/sim"),
-            flush_disk_type: FlushDiskType::SyncFlush,
-            segment_size_bytes: 1 << 20,
-            write_buffer_bytes: 1 << 18,
-            max_message_bytes: 1 << 16,
             retry_delay_levels_ms: LEVELS_MS.to_vec(),
-            ..BrokerConfig::default()
+            ..crate::testing::small_shard_config()
         }
     }
 

@@ -772,15 +772,7 @@ mod tests {
     use crate::testing::disk::SimDisk;
 
     fn config() -> BrokerConfig {
-        BrokerConfig {
-            store_dir: PathBuf::from("/sim"),
-            flush_disk_type: FlushDiskType::SyncFlush,
-            // Small enough that the simulated disk zero-fills segments in a blink.
-            segment_size_bytes: 1 << 20,
-            write_buffer_bytes: 1 << 18,
-            max_message_bytes: 1 << 16,
-            ..BrokerConfig::default()
-        }
+        crate::testing::small_shard_config()
     }
 
     fn pull(queue: u32, max_wait_ms: u32) -> Vec<u8> {

@@ -19,3 +19,18 @@ pub mod rng;
 pub use clock::SimClock;
 pub use disk::{SimDisk, SimFault};
 pub use rng::SeededRng;
+
+use crate::config::{BrokerConfig, FlushDiskType};
+
+/// A SYNC_FLUSH broker config for a shard on the simulated disk: segments small enough that
+/// the simulated disk zero-fills them in a blink, the store at `/sim`, defaults otherwise.
+pub fn small_shard_config() -> BrokerConfig {
+    BrokerConfig {
+        store_dir: std::path::PathBuf::from("/sim"),
+        flush_disk_type: FlushDiskType::SyncFlush,
+        segment_size_bytes: 1 << 20,
+        write_buffer_bytes: 1 << 18,
+        max_message_bytes: 1 << 16,
+        ..BrokerConfig::default()
+    }
+}

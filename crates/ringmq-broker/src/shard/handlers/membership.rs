@@ -374,26 +374,17 @@ async fn fence<D: Disk>(
 #[cfg(test)]
 mod tests {
     use crate::clock::RealClock;
-    use crate::config::{BrokerConfig, FlushDiskType};
+    use crate::config::BrokerConfig;
     use crate::protocol::message::*;
     use crate::protocol::{Opcode, Status};
     use crate::shard::mesh::Reply;
     use crate::shard::{handlers, Shard};
     use crate::store::io::Disk;
     use crate::testing::SimDisk;
-    use std::path::PathBuf;
     use std::rc::Rc;
 
     fn config() -> BrokerConfig {
-        BrokerConfig {
-            store_dir: PathBuf::from("/sim"),
-            flush_disk_type: FlushDiskType::SyncFlush,
-            // Small enough that the simulated disk zero-fills segments in a blink.
-            segment_size_bytes: 1 << 20,
-            write_buffer_bytes: 1 << 18,
-            max_message_bytes: 1 << 16,
-            ..BrokerConfig::default()
-        }
+        crate::testing::small_shard_config()
     }
 
     async fn call<D: Disk>(shard: &Rc<Shard<D>>, opcode: Opcode, body: Vec<u8>) -> Reply {
