@@ -52,14 +52,31 @@ pub struct BrokerArgs {
     /// Bootstrap broker address HOST:PORT.
     #[arg(long, global = true, default_value = "127.0.0.1:10911")]
     pub broker: String,
+    /// Name servers HOST:PORT[,HOST:PORT...]: find the brokers through them instead of
+    /// --broker (any of them is asked, the next one when it fails).
+    #[arg(long, global = true, env = "RINGMQ_NAMESRV", conflicts_with = "broker")]
+    pub namesrv: Option<String>,
+    /// With --namesrv: only this cluster's broker groups (default: every cluster listed).
+    #[arg(long = "cluster", global = true, default_value = "", requires = "namesrv")]
+    pub cluster_name: String,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }
 
 impl BrokerArgs {
+    /// A client of one broker: `--broker`, or with `--namesrv` the master of the only broker
+    /// group the name servers list (a command about one broker refuses to pick among several).
     pub fn connect(&self) -> Result<Client, String> {
-        Client::connect(&self.broker).map_err(|e| describe(&self.broker, &e))
+        match &self.namesrv {
+            Some(namesrv) => super::routed::single_master(self, namesrv),
+            None => Client::connect(&self.broker).map_err(|e| describe(&self.broker, &e)),
+        }
+    }
+
+    /// What errors name: the broker, or the name servers.
+    pub fn target(&self) -> &str {
+        self.namesrv.as_deref().unwrap_or(&self.broker)
     }
 }
 

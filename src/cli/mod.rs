@@ -13,6 +13,7 @@ pub mod dlq;
 pub mod group;
 pub mod output;
 pub mod produce;
+pub mod routed;
 pub mod serve;
 pub mod stats;
 #[cfg(test)]

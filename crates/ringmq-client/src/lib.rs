@@ -10,6 +10,7 @@
 mod api;
 mod connection;
 mod error;
+pub mod cluster;
 mod failover;
 #[cfg(test)]
 pub(crate) mod fake_broker;
