@@ -258,6 +258,7 @@ fn pull_response() -> Vec<u8> {
             next_offset: 44,
             min_offset: 0,
             max_offset: 50,
+            suggest: 0,
         },
         messages: vec![
             PulledMessageRef {

@@ -152,6 +152,7 @@ fn pull_response() {
         next_offset: 11,
         min_offset: 0x11,
         max_offset: 0x22,
+        suggest: 1,
     };
     let messages = [
         PulledMessageRef {
@@ -171,8 +172,11 @@ fn pull_response() {
             body: b"x",
         },
     ];
+    // `suggest` (1, read from a slave) is the summary's last byte, before the message count.
     let golden = concat!(
-        "0b00000000000000110000000000000022000000000000000200000009000000000000000b0a0000",
+        "0b0000000000000011000000000000002200000000000000",
+        "01",
+        "0200000009000000000000000b0a0000",
         "000000000d0c00000000000001006b0200707004000000626f64790a000000000000000100000000",
         "0000000200000000000000000000000100000078",
     );

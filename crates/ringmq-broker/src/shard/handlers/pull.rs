@@ -122,6 +122,7 @@ pub(super) async fn summary<D: Disk>(
         next_offset: offset,
         min_offset,
         max_offset,
+        suggest: 0,
     })
 }
 
