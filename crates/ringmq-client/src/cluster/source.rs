@@ -61,13 +61,14 @@ impl RouteSource for NameServerSource {
 }
 
 fn entry(route: BrokerRoute) -> BrokerEntry {
+    let broker = route.broker;
     BrokerEntry {
-        cluster: route.cluster_name,
-        group: route.broker_name,
-        broker_id: route.broker_id,
-        role: route.role,
-        epoch: route.epoch,
-        listen: route.listen,
-        topics: route.topics,
+        cluster: broker.cluster_name,
+        group: broker.broker_name,
+        broker_id: broker.broker_id,
+        role: broker.role,
+        epoch: broker.epoch,
+        listen: broker.listen,
+        topics: broker.topics,
     }
 }
