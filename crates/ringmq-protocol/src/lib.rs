@@ -12,6 +12,7 @@ pub mod codec;
 pub mod codes;
 pub mod frame;
 pub mod message;
+pub mod namesrv;
 pub mod properties;
 pub mod requests;
 

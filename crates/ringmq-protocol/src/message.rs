@@ -106,6 +106,9 @@ macro_rules! wire_body {
     };
 }
 
+/// Other body modules (`namesrv`) declare theirs with the same macro.
+pub(crate) use wire_body;
+
 wire_body! {
     /// One message as a producer sends it (borrowed).
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]

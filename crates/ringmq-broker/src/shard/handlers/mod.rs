@@ -126,6 +126,18 @@ handlers! {
     ClusterStatusRequest => |shard, _| cluster::status(shard).await;
     ClusterPromote => |shard, body| cluster::promote(shard, body).await;
     ClusterDemote => |shard, body| cluster::demote(shard, body).await;
+    crate::protocol::namesrv::BrokerRegister => |_shard, _| Err(name_server_only("BrokerRegister"));
+    crate::protocol::namesrv::BrokerUnregister => |_shard, _| Err(name_server_only("BrokerUnregister"));
+    crate::protocol::namesrv::RouteQuery => |_shard, _| Err(name_server_only("RouteQuery"));
+}
+
+/// The name-server requests (opcodes 70-72) share the protocol's table, so the broker's
+/// dispatch has an arm for them; a broker refuses them (a client pointed `--namesrv` at a
+/// broker's port learns so from the message).
+fn name_server_only(request: &str) -> ShardError {
+    ShardError::Refused(format!(
+        "{request} is a name-server request and this is a broker: give `--namesrv` the address of a `ringmq namesrv`"
+    ))
 }
 
 /// Runs a request that another shard sent over the mesh.
