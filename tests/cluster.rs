@@ -17,7 +17,7 @@ use ringmq::client::cluster::{
     BrokerEntry, ClusterConsumer, ClusterConsumerOptions, ClusterProducer, ClusterProducerOptions,
     FailureClass, NameServerSource, QueueRef, RouteSource,
 };
-use ringmq::client::{Client, ConnectionOptions};
+use ringmq::client::Client;
 use ringmq::protocol::message::{MessageRef, TopicListRequest};
 use ringmq::protocol::Status;
 use std::collections::{BTreeMap, HashMap};
@@ -128,7 +128,7 @@ fn start_broker(group: &str, role: &str, master_ha: Option<&str>, namesrv: &str)
 }
 
 fn listed(server: &str) -> Vec<BrokerEntry> {
-    NameServerSource::new(ConnectionOptions::default())
+    NameServerSource::default()
         .query(server, CLUSTER)
         .unwrap_or_default()
 }

@@ -36,7 +36,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 pub fn routes(args: &BrokerArgs, namesrv: &str) -> Result<RouteCache, String> {
     let fail = |e: ClientError| describe(namesrv, &e);
     let mut cache =
-        RouteCache::connect(namesrv, &args.cluster_name, ClientOptions::default()).map_err(fail)?;
+        RouteCache::connect(namesrv, &args.cluster_name).map_err(fail)?;
     let route = cache.route().map_err(fail)?;
     if route.is_empty() {
         return Err(format!("the name servers at {namesrv} list no broker"));

@@ -72,7 +72,7 @@ impl ClusterConsumer {
         namesrv: &str,
         options: ClusterConsumerOptions,
     ) -> Result<ClusterConsumer, ClientError> {
-        let mut routes = RouteCache::connect(namesrv, &options.cluster, options.client)?;
+        let mut routes = RouteCache::connect(namesrv, &options.cluster)?;
         routes.set_refresh_every(options.route_refresh);
         Ok(ClusterConsumer::with_routes(routes, options))
     }

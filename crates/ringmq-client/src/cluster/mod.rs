@@ -200,15 +200,6 @@ impl ClusterRoute {
     }
 }
 
-/// Parses `a,b,c` into a list of addresses (spaces and empty items ignored).
-pub fn parse_addrs(list: &str) -> Vec<String> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
 /// Routes fetched from name servers, refreshed on a timer and on demand.
 pub struct RouteCache {
     source: Box<dyn RouteSource>,
@@ -255,15 +246,12 @@ impl RouteCache {
         })
     }
 
-    /// A cache that asks the name servers of `list` (`a,b`) over the ringmq protocol.
-    pub fn connect(
-        list: &str,
-        cluster: &str,
-        options: crate::ClientOptions,
-    ) -> Result<RouteCache, ClientError> {
+    /// A cache that asks the name servers of `list` (`a,b`) over the ringmq protocol, with
+    /// the name-server client's short timeouts.
+    pub fn connect(list: &str, cluster: &str) -> Result<RouteCache, ClientError> {
         RouteCache::new(
-            Box::new(NameServerSource::new(options.connection)),
-            parse_addrs(list),
+            Box::new(NameServerSource::default()),
+            crate::namesrv::parse_namesrv_list(list)?,
             cluster,
             DEFAULT_ROUTE_REFRESH,
         )

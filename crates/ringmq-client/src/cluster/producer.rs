@@ -188,7 +188,7 @@ impl ClusterProducer {
         namesrv: &str,
         options: ClusterProducerOptions,
     ) -> Result<ClusterProducer, ClientError> {
-        let mut routes = RouteCache::connect(namesrv, &options.cluster, options.client)?;
+        let mut routes = RouteCache::connect(namesrv, &options.cluster)?;
         routes.set_refresh_every(options.route_refresh);
         Ok(ClusterProducer::with_routes(routes, options))
     }

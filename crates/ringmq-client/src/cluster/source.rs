@@ -1,12 +1,16 @@
 //! Where a [`super::RouteCache`] gets its broker lists: [`NameServerSource`] asks name servers
-//! over the ringmq protocol (`RouteQuery`, opcode 72); tests substitute their own
-//! [`RouteSource`].
+//! over the ringmq protocol (`RouteQuery`, opcode 72) through [`NameServerClient`]; tests
+//! substitute their own [`RouteSource`].
+//!
+//! The source keeps one single-server [`NameServerClient`] per name server, rather than one
+//! client over the whole list, because the cache decides when to move on: not only when a
+//! server fails but also when it answers with an empty list.
 
 use super::BrokerEntry;
-use crate::connection::{Connection, ConnectionOptions};
+use crate::connection::ConnectionOptions;
 use crate::error::ClientError;
-use crate::protocol::namesrv::{BrokerRoute, RouteQuery};
-use crate::protocol::{Request, Response as _};
+use crate::namesrv::{namesrv_connection_options, NameServerClient};
+use crate::protocol::namesrv::BrokerRoute;
 use std::collections::HashMap;
 
 /// Answers "which brokers does this name server list".
@@ -15,48 +19,41 @@ pub trait RouteSource: Send {
     fn query(&mut self, server: &str, cluster: &str) -> Result<Vec<BrokerEntry>, ClientError>;
 }
 
-/// Asks name servers with `RouteQuery`, keeping one connection per name server.
+/// Asks name servers with `RouteQuery`, one connection per name server.
 pub struct NameServerSource {
     options: ConnectionOptions,
-    connections: HashMap<String, Connection>,
+    clients: HashMap<String, NameServerClient>,
 }
 
 impl NameServerSource {
     pub fn new(options: ConnectionOptions) -> NameServerSource {
         NameServerSource {
             options,
-            connections: HashMap::new(),
+            clients: HashMap::new(),
         }
     }
+}
 
-    fn ask(&mut self, server: &str, request: &RouteQuery) -> Result<Vec<BrokerRoute>, ClientError> {
-        if !self.connections.contains_key(server) {
-            let connection = Connection::connect(server, self.options)?;
-            self.connections.insert(server.to_string(), connection);
-        }
-        let connection = self.connections.get_mut(server).expect("just opened");
-        let request_id = connection.send_with(RouteQuery::OPCODE, |out| request.encode_body(out))?;
-        let (status, body) = connection.wait(request_id)?.into_result(server)?;
-        let routes = connection.decode(RouteQuery::RESPONSE_NAME, &body, |b| {
-            <RouteQuery as Request>::Response::from_answer(status, b)
-        })?;
-        Ok(routes.brokers)
+impl Default for NameServerSource {
+    /// With the name-server client's short timeouts: a hung name server costs a few seconds.
+    fn default() -> Self {
+        NameServerSource::new(namesrv_connection_options())
     }
 }
 
 impl RouteSource for NameServerSource {
     fn query(&mut self, server: &str, cluster: &str) -> Result<Vec<BrokerEntry>, ClientError> {
-        let request = RouteQuery {
-            cluster_name: cluster.to_string(),
-        };
-        match self.ask(server, &request) {
-            Ok(brokers) => Ok(brokers.into_iter().map(entry).collect()),
-            Err(e) => {
-                // Reconnect next time; a name server that restarted is asked afresh.
-                self.connections.remove(server);
-                Err(e)
-            }
+        if !self.clients.contains_key(server) {
+            let client = NameServerClient::new(vec![server.to_string()], self.options)?;
+            self.clients.insert(server.to_string(), client);
         }
+        let client = self.clients.get_mut(server).expect("just inserted");
+        Ok(client
+            .routes(cluster)?
+            .brokers
+            .into_iter()
+            .map(entry)
+            .collect())
     }
 }
 
