@@ -20,15 +20,12 @@ use super::{QueueRef, RouteCache, DEFAULT_ROUTE_REFRESH};
 use crate::api::{ClientOptions, PullResult};
 use crate::error::ClientError;
 use crate::failover::{FailoverClient, DEFAULT_RETRY_PRIMARY_EVERY};
-use crate::protocol::message::{GroupCommit, GroupFetch, TopicDescription};
+use crate::protocol::message::{
+    GroupCommit, GroupFetch, TopicDescription, SUGGEST_MASTER, SUGGEST_SLAVE,
+};
 use crate::protocol::Status;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
-
-/// `PullSummary::suggest`: read this queue from a slave of its group.
-pub const SUGGEST_SLAVE: u8 = 1;
-/// `PullSummary::suggest`: read this queue from the master again.
-pub const SUGGEST_MASTER: u8 = 2;
 
 #[derive(Clone, Debug)]
 pub struct ClusterConsumerOptions {

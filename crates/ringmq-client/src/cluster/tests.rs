@@ -477,3 +477,94 @@ fn a_rejected_message_is_never_resent_and_ordered_fails_rather_than_move() {
 fn producer_with(masters: &[(&str, &str)], options: ClusterProducerOptions) -> ClusterProducer {
     producer(masters, options)
 }
+
+/// A fake broker of topic `t` (one queue) that answers every pull with one message at the
+/// pulled offset, whose body names `name`, and `suggest` in the summary; logs each pull.
+fn fake_reader(name: &'static str, suggest: u8, log: Arc<Mutex<Vec<String>>>) -> String {
+    use crate::protocol::message::{PullRequest, PullResponse, PullSummary, PulledMessageRef};
+    let port = fake_broker::spawn(move |mut conn: FakeConn| {
+        while let Some((header, body)) = conn.read_request() {
+            match Opcode::from_u16(header.opcode) {
+                Some(Opcode::Metadata) => {
+                    conn.reply(&header, Status::Ok, &metadata(vec![0], vec![topic("t", vec![0])]))
+                }
+                Some(Opcode::Pull) => {
+                    let request = PullRequest::decode(&body).unwrap();
+                    log.lock().unwrap().push(format!("{name} {}", request.offset));
+                    let mut out = Vec::new();
+                    PullResponse {
+                        summary: PullSummary {
+                            next_offset: request.offset + 1,
+                            min_offset: 0,
+                            max_offset: request.offset + 1,
+                            suggest,
+                        },
+                        messages: vec![PulledMessageRef {
+                            queue_offset: request.offset,
+                            born_timestamp_ms: 0,
+                            store_timestamp_ms: 0,
+                            key: b"",
+                            properties: b"",
+                            body: name.as_bytes(),
+                        }],
+                    }
+                    .encode(&mut out);
+                    conn.reply(&header, Status::Ok, &out)
+                }
+                _ => conn.reply(&header, Status::BadRequest, b""),
+            }
+        }
+    });
+    format!("127.0.0.1:{port}")
+}
+
+fn consumer_of(brokers: Vec<BrokerEntry>) -> ClusterConsumer {
+    let source = FakeSource::default();
+    source.set("ns", brokers);
+    ClusterConsumer::with_routes(cache(&source, &["ns"]), ClusterConsumerOptions::default())
+}
+
+#[test]
+fn a_consumer_follows_the_slave_read_suggestion_per_queue() {
+    use crate::protocol::message::{SUGGEST_MASTER, SUGGEST_SLAVE};
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let master = fake_reader("master", SUGGEST_SLAVE, Arc::clone(&log));
+    let slave = fake_reader("slave", SUGGEST_MASTER, Arc::clone(&log));
+    let mut consumer = consumer_of(vec![
+        broker("a", 1, "SYNC_MASTER", 1, &master, 1),
+        broker("a", 2, "SLAVE", 1, &slave, 1),
+    ]);
+    let queue = QueueRef {
+        group: "a".into(),
+        queue: 0,
+    };
+    assert_eq!(consumer.queues("t").unwrap(), vec![queue.clone()]);
+    let mut offset = 0;
+    for _ in 0..4 {
+        let r = consumer.pull("t", &queue, offset, 10, 1 << 20, 0).unwrap();
+        offset = r.summary.next_offset;
+    }
+    // The master suggested a slave, the slave sent it back, and so on; no offset repeated.
+    assert_eq!(*log.lock().unwrap(), vec!["master 0", "slave 1", "master 2", "slave 3"]);
+    // The slave's last answer sent the queue back to the master.
+    assert!(!consumer.reads_from_slave("t", &queue));
+}
+
+#[test]
+fn a_consumer_reads_a_dead_masters_queues_from_its_slave() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let slave = fake_reader("slave", 0, Arc::clone(&log));
+    let b = fake_reader("b", 0, Arc::clone(&log));
+    let mut consumer = consumer_of(vec![
+        broker("a", 1, "SYNC_MASTER", 1, &dead_address(), 1),
+        broker("a", 2, "SLAVE", 1, &slave, 1),
+        broker("b", 3, "SYNC_MASTER", 1, &b, 1),
+    ]);
+    let queues = consumer.queues("t").unwrap();
+    assert_eq!(queues.len(), 2);
+    for queue in &queues {
+        consumer.pull("t", queue, 5, 10, 1 << 20, 0).unwrap();
+    }
+    assert_eq!(*log.lock().unwrap(), vec!["slave 5", "b 5"]);
+    assert_eq!(consumer.active_broker("a"), Some(slave.as_str()));
+}
