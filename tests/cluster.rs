@@ -53,7 +53,13 @@ struct NameServer {
 impl NameServer {
     fn start() -> NameServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["namesrv", "--listen", "127.0.0.1:0", "--broker-expiry-ms", EXPIRY_MS])
+            .args([
+                "namesrv",
+                "--listen",
+                "127.0.0.1:0",
+                "--broker-expiry-ms",
+                EXPIRY_MS,
+            ])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -151,17 +157,31 @@ fn producers_and_consumers_keep_going_when_a_master_and_a_name_server_die() {
     let b_master = start_broker("b", "SYNC_MASTER", None, &namesrv);
     let b_slave = start_broker("b", "SLAVE", Some(&b_master.broker.ha), &namesrv);
     for server in [&ns1.addr, &ns2.addr] {
-        wait_until(WAIT, "every broker registered with both name servers", || {
-            (listed(server).len() == 4).then_some(())
-        });
+        wait_until(
+            WAIT,
+            "every broker registered with both name servers",
+            || (listed(server).len() == 4).then_some(()),
+        );
     }
 
     // Created through the name servers: QUEUES queues on each group's master.
     let out = common::run_binary(
-        &["topic", "create", TOPIC, "--queues", "2", "--namesrv", &namesrv],
+        &[
+            "topic",
+            "create",
+            TOPIC,
+            "--queues",
+            "2",
+            "--namesrv",
+            &namesrv,
+        ],
         b"",
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for slave in [&a_slave.broker, &b_slave.broker] {
         wait_until(WAIT, "the topic on the slaves", || {
             let mut c = Client::connect(&slave.addr).ok()?;
@@ -180,12 +200,28 @@ fn producers_and_consumers_keep_going_when_a_master_and_a_name_server_die() {
         });
     }
     let described = common::run_binary(
-        &["topic", "describe", TOPIC, "--namesrv", &namesrv, "--format", "json"],
+        &[
+            "topic",
+            "describe",
+            TOPIC,
+            "--namesrv",
+            &namesrv,
+            "--format",
+            "json",
+        ],
         b"",
     );
-    assert!(described.status.success(), "{}", String::from_utf8_lossy(&described.stderr));
+    assert!(
+        described.status.success(),
+        "{}",
+        String::from_utf8_lossy(&described.stderr)
+    );
     let description: serde_json::Value = serde_json::from_slice(&described.stdout).unwrap();
-    assert_eq!(description["groups"].as_array().unwrap().len(), 2, "{description}");
+    assert_eq!(
+        description["groups"].as_array().unwrap().len(),
+        2,
+        "{description}"
+    );
 
     // The producer: unique payloads, one at a time, every outcome kept.
     let history = Arc::new(Mutex::new(Vec::<Sent>::new()));
@@ -227,12 +263,17 @@ fn producers_and_consumers_keep_going_when_a_master_and_a_name_server_die() {
         })
     };
     let wait_oks = |target: u64, what: &str| {
-        wait_until(WAIT, what, || (oks.load(Ordering::SeqCst) >= target).then_some(()));
+        wait_until(WAIT, what, || {
+            (oks.load(Ordering::SeqCst) >= target).then_some(())
+        });
     };
     wait_oks(PHASE_OKS, "acknowledgements before the kill");
     let killed_at = Instant::now();
     a_master.broker.kill();
-    wait_oks(2 * PHASE_OKS, "acknowledgements after group a's master died");
+    wait_oks(
+        2 * PHASE_OKS,
+        "acknowledgements after group a's master died",
+    );
     // Group a's master leaves the routes within the expiry.
     for server in [&ns1.addr, &ns2.addr] {
         wait_until(WAIT, "a's master gone from the routes", || {
@@ -267,15 +308,17 @@ fn producers_and_consumers_keep_going_when_a_master_and_a_name_server_die() {
     let failed: Vec<&Sent> = history.iter().filter(|s| s.result.is_err()).collect();
     let mut by_class: BTreeMap<String, usize> = BTreeMap::new();
     for f in &failed {
-        *by_class.entry(format!("{:?}", f.result.as_ref().unwrap_err())).or_default() += 1;
+        *by_class
+            .entry(format!("{:?}", f.result.as_ref().unwrap_err()))
+            .or_default() += 1;
     }
-    let by_group = history
-        .iter()
-        .filter_map(|s| s.result.as_ref().ok())
-        .fold(BTreeMap::<&str, usize>::new(), |mut m, (g, _, _)| {
+    let by_group = history.iter().filter_map(|s| s.result.as_ref().ok()).fold(
+        BTreeMap::<&str, usize>::new(),
+        |mut m, (g, _, _)| {
             *m.entry(g.as_str()).or_default() += 1;
             m
-        });
+        },
+    );
     println!(
         "cluster: {} sends, {} OK ({by_group:?}), {} failed {by_class:?}; longest gap without an OK {:?} \
          (across the master kill {:?})",
@@ -294,7 +337,9 @@ fn producers_and_consumers_keep_going_when_a_master_and_a_name_server_die() {
         "sends failed after the name server died: {failed_after_ns_kill:?}"
     );
     assert!(
-        history.iter().any(|s| s.done_at > killed_at && matches!(&s.result, Ok((g, _, _)) if g == "b")),
+        history
+            .iter()
+            .any(|s| s.done_at > killed_at && matches!(&s.result, Ok((g, _, _)) if g == "b")),
         "group b took messages after a's master died"
     );
 
@@ -358,9 +403,14 @@ fn producers_and_consumers_keep_going_when_a_master_and_a_name_server_die() {
             "{payload} read elsewhere than acknowledged"
         );
     }
-    let unacked_read: Vec<&String> = read.keys().filter(|p| !acked.contains_key(p.as_str())).collect();
+    let unacked_read: Vec<&String> = read
+        .keys()
+        .filter(|p| !acked.contains_key(p.as_str()))
+        .collect();
     for payload in &unacked_read {
-        let sent = sent.get(payload.as_str()).unwrap_or_else(|| panic!("{payload} never sent"));
+        let sent = sent
+            .get(payload.as_str())
+            .unwrap_or_else(|| panic!("{payload} never sent"));
         assert!(sent.result.is_err(), "{payload}");
     }
     println!(

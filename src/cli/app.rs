@@ -57,7 +57,12 @@ pub struct BrokerArgs {
     #[arg(long, global = true, env = "RINGMQ_NAMESRV", conflicts_with = "broker")]
     pub namesrv: Option<String>,
     /// With --namesrv: only this cluster's broker groups (default: every cluster listed).
-    #[arg(long = "cluster", global = true, default_value = "", requires = "namesrv")]
+    #[arg(
+        long = "cluster",
+        global = true,
+        default_value = "",
+        requires = "namesrv"
+    )]
     pub cluster_name: String,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]

@@ -20,8 +20,8 @@ use super::output::{emit, table, ConsumeLine};
 use super::produce::{synthetic_body, ProduceArgs};
 use super::topic::TopicCommand;
 use crate::client::cluster::{
-    ClusterConsumer, ClusterConsumerOptions, ClusterProducer, ClusterProducerOptions,
-    ClusterRoute, FailureClass, QueueRef, RouteCache,
+    ClusterConsumer, ClusterConsumerOptions, ClusterProducer, ClusterProducerOptions, ClusterRoute,
+    FailureClass, QueueRef, RouteCache,
 };
 use crate::client::{reset, Client, ClientError, ClientOptions, FailoverClient, GroupConsumer};
 use crate::protocol::message::{MessageRef, PulledMessage, TopicDescription, TopicListRequest};
@@ -35,8 +35,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 /// `--cluster` picked one.
 pub fn routes(args: &BrokerArgs, namesrv: &str) -> Result<RouteCache, String> {
     let fail = |e: ClientError| describe(namesrv, &e);
-    let mut cache =
-        RouteCache::connect(namesrv, &args.cluster_name).map_err(fail)?;
+    let mut cache = RouteCache::connect(namesrv, &args.cluster_name).map_err(fail)?;
     let route = cache.route().map_err(fail)?;
     if route.is_empty() {
         return Err(format!("the name servers at {namesrv} list no broker"));
@@ -59,7 +58,11 @@ pub fn single_master(args: &BrokerArgs, namesrv: &str) -> Result<Client, String>
     let masters: Vec<(String, String)> = route
         .groups
         .values()
-        .filter_map(|g| g.master.as_ref().map(|m| (g.name.clone(), m.listen.clone())))
+        .filter_map(|g| {
+            g.master
+                .as_ref()
+                .map(|m| (g.name.clone(), m.listen.clone()))
+        })
         .collect();
     match masters.as_slice() {
         [(_, listen)] if route.groups.len() == 1 => {
@@ -143,12 +146,15 @@ pub fn topic(args: &BrokerArgs, namesrv: &str, command: TopicCommand) -> Result<
             let mut topics: BTreeMap<String, Vec<(String, u32)>> = BTreeMap::new();
             for group in route.groups.keys() {
                 let mut reader = group_reader(&route, group)?;
-                let list = reader
-                    .call(&TopicListRequest {})
-                    .map_err(|e| format!("group {group}: {}", describe(reader.active_addr(), &e)))?;
+                let list = reader.call(&TopicListRequest {}).map_err(|e| {
+                    format!("group {group}: {}", describe(reader.active_addr(), &e))
+                })?;
                 for t in list.topics {
                     let queues = t.queue_count();
-                    topics.entry(t.name).or_default().push((group.clone(), queues));
+                    topics
+                        .entry(t.name)
+                        .or_default()
+                        .push((group.clone(), queues));
                 }
             }
             match args.format {
@@ -187,12 +193,17 @@ pub fn topic(args: &BrokerArgs, namesrv: &str, command: TopicCommand) -> Result<
                     Ok(d) => described.push((group.clone(), d)),
                     Err(e) if e.status() == Some(Status::TopicNotFound) => {}
                     Err(e) => {
-                        return Err(format!("group {group}: {}", describe(reader.active_addr(), &e)))
+                        return Err(format!(
+                            "group {group}: {}",
+                            describe(reader.active_addr(), &e)
+                        ))
                     }
                 }
             }
             if described.is_empty() {
-                return Err(format!("TOPIC_NOT_FOUND: no broker group has topic `{name}`"));
+                return Err(format!(
+                    "TOPIC_NOT_FOUND: no broker group has topic `{name}`"
+                ));
             }
             match args.format {
                 Format::Json => {
@@ -229,7 +240,10 @@ pub fn topic(args: &BrokerArgs, namesrv: &str, command: TopicCommand) -> Result<
                         .collect();
                     print!(
                         "topic {name}\n{}",
-                        table(&["GROUP", "QUEUE", "SHARD", "MIN_OFFSET", "MAX_OFFSET"], &rows)
+                        table(
+                            &["GROUP", "QUEUE", "SHARD", "MIN_OFFSET", "MAX_OFFSET"],
+                            &rows
+                        )
                     );
                     Ok(())
                 }
@@ -254,7 +268,9 @@ pub fn topic(args: &BrokerArgs, namesrv: &str, command: TopicCommand) -> Result<
                 deleted.push(group.clone());
             }
             if deleted.is_empty() {
-                return Err(format!("TOPIC_NOT_FOUND: no broker group lists topic `{name}`"));
+                return Err(format!(
+                    "TOPIC_NOT_FOUND: no broker group lists topic `{name}`"
+                ));
             }
             match args.format {
                 Format::Json => emit(&json!({ "deleted": name, "groups": deleted }).to_string()),
@@ -418,10 +434,15 @@ pub fn consume(args: &ConsumeArgs, namesrv: &str) -> Result<(), String> {
     let mut ranges: BTreeMap<String, TopicDescription> = BTreeMap::new();
     for queue in queues {
         if !ranges.contains_key(&queue.group) {
-            let d = consumer.describe_topic(&queue.group, &args.topic).map_err(fail)?;
+            let d = consumer
+                .describe_topic(&queue.group, &args.topic)
+                .map_err(fail)?;
             ranges.insert(queue.group.clone(), d);
         }
-        let stats = ranges[&queue.group].queues.iter().find(|q| q.queue == queue.queue);
+        let stats = ranges[&queue.group]
+            .queues
+            .iter()
+            .find(|q| q.queue == queue.queue);
         let (min, max) = stats.map_or((0, 0), |q| (q.min_offset, q.max_offset));
         let offset = match (args.from, &args.group) {
             (Some(StartFrom::Earliest), _) => min,
@@ -440,7 +461,10 @@ pub fn consume(args: &ConsumeArgs, namesrv: &str) -> Result<(), String> {
         });
     }
     if cursors.is_empty() {
-        return Err(format!("QUEUE_NOT_FOUND: topic `{}` has no such queue", args.topic));
+        return Err(format!(
+            "QUEUE_NOT_FOUND: topic `{}` has no such queue",
+            args.topic
+        ));
     }
     let mut printed = 0u64;
     let mut wait_ms = 0;
@@ -517,7 +541,10 @@ pub fn consume_as_members(args: &ConsumeArgs, namesrv: &str, group: &str) -> Res
         .map(|g| g.name.clone())
         .collect();
     if groups.is_empty() {
-        return Err(format!("TOPIC_NOT_FOUND: no broker group lists topic `{}`", args.topic));
+        return Err(format!(
+            "TOPIC_NOT_FOUND: no broker group lists topic `{}`",
+            args.topic
+        ));
     }
     let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
         let handles: Vec<_> = groups
@@ -534,7 +561,10 @@ pub fn consume_as_members(args: &ConsumeArgs, namesrv: &str, group: &str) -> Res
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("a member thread panicked".into())))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a member thread panicked".into()))
+            })
             .collect()
     });
     results.into_iter().collect()

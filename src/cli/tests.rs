@@ -255,12 +255,25 @@ fn namesrv_replaces_broker_on_every_client_command_and_refuses_both() {
             .chain(["--broker", "127.0.0.1:10911"])
             .collect();
         let error = parse(&both).expect_err("--broker with --namesrv");
-        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict, "{command:?}");
+        assert_eq!(
+            error.kind(),
+            clap::error::ErrorKind::ArgumentConflict,
+            "{command:?}"
+        );
         assert!(error.to_string().contains("--namesrv"), "{error}");
     }
     let Command::Topic(args) = parse(&[
-        "topic", "create", "t", "--queues", "2", "--groups", "a,b", "--namesrv", "n:1",
-        "--cluster", "c1",
+        "topic",
+        "create",
+        "t",
+        "--queues",
+        "2",
+        "--groups",
+        "a,b",
+        "--namesrv",
+        "n:1",
+        "--cluster",
+        "c1",
     ])
     .unwrap()
     .command
@@ -269,7 +282,9 @@ fn namesrv_replaces_broker_on_every_client_command_and_refuses_both() {
     };
     assert_eq!(args.broker.namesrv.as_deref(), Some("n:1"));
     assert_eq!(args.broker.cluster_name, "c1");
-    assert!(matches!(args.command, TopicCommand::Create { ref groups, .. } if groups == &["a", "b"]));
+    assert!(
+        matches!(args.command, TopicCommand::Create { ref groups, .. } if groups == &["a", "b"])
+    );
     // --cluster only means something with name servers.
     assert!(parse(&["topic", "list", "--cluster", "c1"]).is_err());
 }

@@ -8,9 +8,9 @@
 //! queue (the broker's shard-aware ports), so the common path has no cross-core hop on the broker.
 
 mod api;
+pub mod cluster;
 mod connection;
 mod error;
-pub mod cluster;
 mod failover;
 #[cfg(test)]
 pub(crate) mod fake_broker;

@@ -112,7 +112,10 @@ impl ClusterConsumer {
     /// The address the group's reads go to now, when its client is open.
     pub fn active_broker(&self, group: &str) -> Option<&str> {
         let reader = self.readers.get(group)?;
-        reader.master_first.as_ref().map(FailoverClient::active_addr)
+        reader
+            .master_first
+            .as_ref()
+            .map(FailoverClient::active_addr)
     }
 
     /// Reads one batch of `queue` from `offset` (long-polling `max_wait_ms` at its end).
@@ -128,7 +131,14 @@ impl ClusterConsumer {
         let key = (topic.to_string(), queue.clone());
         let slave_first = self.on_slave.contains(&key);
         let client = self.client(&queue.group, slave_first)?;
-        let result = client.pull(topic, queue.queue, offset, max_messages, max_bytes, max_wait_ms);
+        let result = client.pull(
+            topic,
+            queue.queue,
+            offset,
+            max_messages,
+            max_bytes,
+            max_wait_ms,
+        );
         match &result {
             Ok(answer) => match answer.summary.suggest {
                 SUGGEST_SLAVE => {
@@ -190,7 +200,11 @@ impl ClusterConsumer {
 
     /// The group's client, rebuilt when the routes list other brokers for the group than it
     /// was built over.
-    fn client(&mut self, group: &str, slave_first: bool) -> Result<&mut FailoverClient, ClientError> {
+    fn client(
+        &mut self,
+        group: &str,
+        slave_first: bool,
+    ) -> Result<&mut FailoverClient, ClientError> {
         let route = self.routes.route()?;
         let Some(group_route) = route.groups.get(group) else {
             return Err(ClientError::InvalidArgument(format!(
@@ -207,7 +221,11 @@ impl ClusterConsumer {
                 slave_first: None,
             });
         if reader.brokers != brokers {
-            tracing::info!(group, ?brokers, "group's brokers changed; reconnecting its reader");
+            tracing::info!(
+                group,
+                ?brokers,
+                "group's brokers changed; reconnecting its reader"
+            );
             *reader = GroupReader {
                 brokers: brokers.clone(),
                 master_first: None,

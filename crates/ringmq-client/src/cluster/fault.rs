@@ -82,16 +82,14 @@ impl FaultTolerance {
 
     /// Whether the group may be sent to now.
     pub fn is_available(&self, group: &str, now: Instant) -> bool {
-        self.groups
-            .get(group)
-            .is_none_or(|h| now >= h.available_at)
+        self.groups.get(group).is_none_or(|h| now >= h.available_at)
     }
 
     /// How long the group is still avoided (zero when it is available).
     pub fn avoided_for(&self, group: &str, now: Instant) -> Duration {
-        self.groups
-            .get(group)
-            .map_or(Duration::ZERO, |h| h.available_at.saturating_duration_since(now))
+        self.groups.get(group).map_or(Duration::ZERO, |h| {
+            h.available_at.saturating_duration_since(now)
+        })
     }
 
     pub fn consecutive_failures(&self, group: &str) -> u32 {

@@ -13,9 +13,9 @@
 //! an empty answer never replaces routes that list brokers. It refreshes every
 //! `route_refresh` (5 s by default) and at once when a client saw a routing error.
 
+mod consumer;
 mod fault;
 mod producer;
-mod consumer;
 mod source;
 #[cfg(test)]
 mod tests;
@@ -23,7 +23,7 @@ mod tests;
 pub use consumer::{ClusterConsumer, ClusterConsumerOptions};
 pub use fault::{FaultTolerance, FAILURE_BASE_AVOID, MAX_AVOID};
 pub use producer::{
-    decide, classify_error, ClusterProducer, ClusterProducerOptions, Decision, FailureClass,
+    classify_error, decide, ClusterProducer, ClusterProducerOptions, Decision, FailureClass,
     SendError, SendOutcome,
 };
 pub use source::{NameServerSource, RouteSource};

@@ -260,14 +260,20 @@ impl ClusterProducer {
                         attempts,
                     };
                     if result.status == Status::Ok {
-                        self.fault.record_success(&queue.group, latency, Instant::now());
+                        self.fault
+                            .record_success(&queue.group, latency, Instant::now());
                         return Ok(outcome);
                     }
                     let error = ClientError::Status {
                         status: result.status,
                         message: "stored without the flush or replication guarantee".into(),
                     };
-                    (FailureClass::StoredWithoutGuarantee, None, error, Some(outcome))
+                    (
+                        FailureClass::StoredWithoutGuarantee,
+                        None,
+                        error,
+                        Some(outcome),
+                    )
                 }
                 Err((error, written)) => {
                     let class = classify_error(&error, written);
@@ -285,7 +291,8 @@ impl ClusterProducer {
             };
             if class != FailureClass::Rejected {
                 if !hinted {
-                    self.fault.record_failure(&queue.group, latency, Instant::now());
+                    self.fault
+                        .record_failure(&queue.group, latency, Instant::now());
                 }
                 self.routes.invalidate();
             }
@@ -374,8 +381,10 @@ impl ClusterProducer {
                 Some(queues[crc32c::crc32c(key) as usize % queues.len()].clone())
             }
             Some(key) => {
-                let left: Vec<&QueueRef> =
-                    queues.iter().filter(|q| !tried.contains(&q.group)).collect();
+                let left: Vec<&QueueRef> = queues
+                    .iter()
+                    .filter(|q| !tried.contains(&q.group))
+                    .collect();
                 (!left.is_empty()).then(|| left[crc32c::crc32c(key) as usize % left.len()].clone())
             }
             None => self.next_round_robin(&queues, tried),
@@ -387,7 +396,10 @@ impl ClusterProducer {
     }
 
     fn next_round_robin(&mut self, queues: &[QueueRef], tried: &[String]) -> Option<QueueRef> {
-        let left: Vec<&QueueRef> = queues.iter().filter(|q| !tried.contains(&q.group)).collect();
+        let left: Vec<&QueueRef> = queues
+            .iter()
+            .filter(|q| !tried.contains(&q.group))
+            .collect();
         if left.is_empty() {
             return None;
         }
@@ -439,8 +451,8 @@ impl ClusterProducer {
         messages: &[MessageRef<'_>],
     ) -> Result<ProduceResult, (ClientError, bool)> {
         if !self.clients.contains_key(master) {
-            let client = Client::connect_with(master, self.options.client)
-                .map_err(|e| (e, false))?;
+            let client =
+                Client::connect_with(master, self.options.client).map_err(|e| (e, false))?;
             self.clients.insert(master.to_string(), client);
         }
         let client = self.clients.get_mut(master).expect("just inserted");

@@ -44,7 +44,14 @@ impl RouteSource for FakeSource {
     }
 }
 
-fn broker(group: &str, id: u64, role: &str, epoch: u32, listen: &str, queues: usize) -> BrokerEntry {
+fn broker(
+    group: &str,
+    id: u64,
+    role: &str,
+    epoch: u32,
+    listen: &str,
+    queues: usize,
+) -> BrokerEntry {
     BrokerEntry {
         cluster: "c".into(),
         group: group.into(),
@@ -86,7 +93,13 @@ fn routes_name_each_groups_master_slaves_and_queues() {
     assert_eq!(a.slaves, vec!["127.0.0.1:2", "127.0.0.1:5"]);
     assert_eq!(a.brokers()[0], "127.0.0.1:1");
     assert_eq!(route.writable_queues("t").len(), 8);
-    assert_eq!(route.writable_queues("t")[4], QueueRef { group: "b".into(), queue: 0 });
+    assert_eq!(
+        route.writable_queues("t")[4],
+        QueueRef {
+            group: "b".into(),
+            queue: 0
+        }
+    );
     assert!(route.writable_queues("other").is_empty());
     assert!(ClusterRoute::from_brokers(&brokers, "elsewhere").is_empty());
 }
@@ -176,7 +189,9 @@ fn failures_avoid_a_group_longer_each_time_up_to_a_bound() {
     assert_eq!(failure_avoid(40), MAX_AVOID);
     assert!((1..40).all(|n| failure_avoid(n) <= failure_avoid(n + 1)));
     assert_eq!(latency_avoid(Duration::from_millis(5)), Duration::ZERO);
-    assert!(latency_avoid(Duration::from_millis(2500)) > latency_avoid(Duration::from_millis(1200)));
+    assert!(
+        latency_avoid(Duration::from_millis(2500)) > latency_avoid(Duration::from_millis(1200))
+    );
 
     let mut fault = FaultTolerance::default();
     let now = Instant::now();
@@ -216,7 +231,14 @@ fn the_resend_decision_table() {
         (MaybeStored, false, true, true, true, Report),
         (MaybeStored, false, false, true, false, Report),
         (StoredWithoutGuarantee, false, true, false, false, Report),
-        (StoredWithoutGuarantee, false, true, true, false, ResendAnotherGroup),
+        (
+            StoredWithoutGuarantee,
+            false,
+            true,
+            true,
+            false,
+            ResendAnotherGroup,
+        ),
         (StoredWithoutGuarantee, false, true, true, true, Report),
         (Rejected, false, true, true, false, Report),
     ];
@@ -248,12 +270,32 @@ fn errors_are_classified_by_whether_the_request_was_written() {
     assert_eq!(classify_error(&timeout, true), FailureClass::MaybeStored);
     let closed = ClientError::ConnectionClosed { addr: "x".into() };
     assert_eq!(classify_error(&closed, true), FailureClass::MaybeStored);
-    for s in [Status::NotMaster, Status::SystemBusy, Status::DiskFull, Status::TopicNotFound] {
-        assert_eq!(classify_error(&status(s), true), FailureClass::NotStored, "{s:?}");
+    for s in [
+        Status::NotMaster,
+        Status::SystemBusy,
+        Status::DiskFull,
+        Status::TopicNotFound,
+    ] {
+        assert_eq!(
+            classify_error(&status(s), true),
+            FailureClass::NotStored,
+            "{s:?}"
+        );
     }
-    assert_eq!(classify_error(&status(Status::StoreError), true), FailureClass::MaybeStored);
-    for s in [Status::MessageTooLarge, Status::BadRequest, Status::InvalidName] {
-        assert_eq!(classify_error(&status(s), true), FailureClass::Rejected, "{s:?}");
+    assert_eq!(
+        classify_error(&status(Status::StoreError), true),
+        FailureClass::MaybeStored
+    );
+    for s in [
+        Status::MessageTooLarge,
+        Status::BadRequest,
+        Status::InvalidName,
+    ] {
+        assert_eq!(
+            classify_error(&status(s), true),
+            FailureClass::Rejected,
+            "{s:?}"
+        );
     }
     let invalid = ClientError::InvalidArgument("x".into());
     assert_eq!(classify_error(&invalid, false), FailureClass::Rejected);
@@ -273,9 +315,11 @@ fn fake_master(behaviour: Behaviour, produces: Arc<AtomicUsize>) -> String {
     let port = fake_broker::spawn(move |mut conn: FakeConn| {
         while let Some((header, body)) = conn.read_request() {
             match Opcode::from_u16(header.opcode) {
-                Some(Opcode::Metadata) => {
-                    conn.reply(&header, Status::Ok, &metadata(vec![0], vec![topic("t", vec![0; 4])]))
-                }
+                Some(Opcode::Metadata) => conn.reply(
+                    &header,
+                    Status::Ok,
+                    &metadata(vec![0], vec![topic("t", vec![0; 4])]),
+                ),
                 Some(Opcode::Produce) => {
                     produces.fetch_add(1, Ordering::SeqCst);
                     let request = ProduceRequest::decode(&body).unwrap();
@@ -345,19 +389,29 @@ fn round_robin_spreads_over_every_group_and_a_key_keeps_its_queue() {
         seen.insert((outcome.group, outcome.queue));
     }
     assert_eq!(seen.len(), 8, "every queue of both groups: {seen:?}");
-    let first = producer.send("t", Some(b"order-42"), &[message(b"", b"x")]).unwrap();
+    let first = producer
+        .send("t", Some(b"order-42"), &[message(b"", b"x")])
+        .unwrap();
     for _ in 0..5 {
-        let again = producer.send("t", None, &[message(b"order-42", b"x")]).unwrap();
+        let again = producer
+            .send("t", None, &[message(b"order-42", b"x")])
+            .unwrap();
         assert_eq!((&again.group, again.queue), (&first.group, first.queue));
     }
-    assert_eq!(a_count.load(Ordering::SeqCst) + b_count.load(Ordering::SeqCst), 14);
+    assert_eq!(
+        a_count.load(Ordering::SeqCst) + b_count.load(Ordering::SeqCst),
+        14
+    );
 }
 
 #[test]
 fn a_group_that_cannot_be_reached_is_resent_from_and_then_avoided() {
     let b_count = Arc::new(AtomicUsize::new(0));
     let b = fake_master(Behaviour::Ok, Arc::clone(&b_count));
-    let mut producer = producer(&[("a", &dead_address()), ("b", &b)], ClusterProducerOptions::default());
+    let mut producer = producer(
+        &[("a", &dead_address()), ("b", &b)],
+        ClusterProducerOptions::default(),
+    );
     let mut resent = 0;
     for _ in 0..10 {
         let outcome = producer.send("t", None, &[message(b"", b"x")]).unwrap();
@@ -377,7 +431,10 @@ fn not_master_with_a_hint_resends_to_the_named_master_in_one_round_trip() {
     let new_count = Arc::new(AtomicUsize::new(0));
     let new_master = fake_master(Behaviour::Ok, Arc::clone(&new_count));
     let old = fake_master(
-        Behaviour::Status(Status::NotMaster, format!("demoted [master={new_master} epoch=2]")),
+        Behaviour::Status(
+            Status::NotMaster,
+            format!("demoted [master={new_master} epoch=2]"),
+        ),
         Arc::new(AtomicUsize::new(0)),
     );
     let options = ClusterProducerOptions {
@@ -385,12 +442,22 @@ fn not_master_with_a_hint_resends_to_the_named_master_in_one_round_trip() {
         ..Default::default()
     };
     let mut producer = producer(&[("a", &old)], options);
-    let outcome = producer.send("t", Some(b"k"), &[message(b"", b"x")]).unwrap();
-    assert_eq!((outcome.group.as_str(), outcome.broker.as_str()), ("a", new_master.as_str()));
+    let outcome = producer
+        .send("t", Some(b"k"), &[message(b"", b"x")])
+        .unwrap();
+    assert_eq!(
+        (outcome.group.as_str(), outcome.broker.as_str()),
+        ("a", new_master.as_str())
+    );
     assert_eq!(outcome.attempts, 2);
     // Later sends go straight to the named master while the routes list the old epoch.
-    let outcome = producer.send("t", Some(b"k"), &[message(b"", b"x")]).unwrap();
-    assert_eq!((outcome.broker.as_str(), outcome.attempts), (new_master.as_str(), 1));
+    let outcome = producer
+        .send("t", Some(b"k"), &[message(b"", b"x")])
+        .unwrap();
+    assert_eq!(
+        (outcome.broker.as_str(), outcome.attempts),
+        (new_master.as_str(), 1)
+    );
     assert_eq!(new_count.load(Ordering::SeqCst), 2);
 }
 
@@ -413,12 +480,17 @@ fn stored_without_the_guarantee_is_reported_and_resent_only_when_asked() {
             .map(|n: u32| n.to_string())
             .find(|k| crc32c::crc32c(k.as_bytes()) % 8 < 4)
             .unwrap();
-        let outcome = producer.send("t", Some(key.as_bytes()), &[message(b"", b"x")]).unwrap();
+        let outcome = producer
+            .send("t", Some(key.as_bytes()), &[message(b"", b"x")])
+            .unwrap();
         if retry {
             assert_eq!((outcome.group.as_str(), outcome.status), ("b", Status::Ok));
             assert_eq!(b_count.load(Ordering::SeqCst), 1);
         } else {
-            assert_eq!((outcome.group.as_str(), outcome.status), ("a", Status::FlushSlaveTimeout));
+            assert_eq!(
+                (outcome.group.as_str(), outcome.status),
+                ("a", Status::FlushSlaveTimeout)
+            );
             assert_eq!(b_count.load(Ordering::SeqCst), 0);
         }
         assert_eq!(a_count.load(Ordering::SeqCst), 1);
@@ -441,7 +513,13 @@ fn a_connection_lost_after_writing_is_maybe_stored_and_not_resent() {
         .unwrap_err();
     assert_eq!(error.class, FailureClass::MaybeStored);
     assert_eq!(error.group.as_deref(), Some("a"));
-    assert_eq!((a_count.load(Ordering::SeqCst), b_count.load(Ordering::SeqCst)), (1, 0));
+    assert_eq!(
+        (
+            a_count.load(Ordering::SeqCst),
+            b_count.load(Ordering::SeqCst)
+        ),
+        (1, 0)
+    );
 }
 
 #[test]
@@ -485,12 +563,16 @@ fn fake_reader(name: &'static str, suggest: u8, log: Arc<Mutex<Vec<String>>>) ->
     let port = fake_broker::spawn(move |mut conn: FakeConn| {
         while let Some((header, body)) = conn.read_request() {
             match Opcode::from_u16(header.opcode) {
-                Some(Opcode::Metadata) => {
-                    conn.reply(&header, Status::Ok, &metadata(vec![0], vec![topic("t", vec![0])]))
-                }
+                Some(Opcode::Metadata) => conn.reply(
+                    &header,
+                    Status::Ok,
+                    &metadata(vec![0], vec![topic("t", vec![0])]),
+                ),
                 Some(Opcode::Pull) => {
                     let request = PullRequest::decode(&body).unwrap();
-                    log.lock().unwrap().push(format!("{name} {}", request.offset));
+                    log.lock()
+                        .unwrap()
+                        .push(format!("{name} {}", request.offset));
                     let mut out = Vec::new();
                     PullResponse {
                         summary: PullSummary {
@@ -545,7 +627,10 @@ fn a_consumer_follows_the_slave_read_suggestion_per_queue() {
         offset = r.summary.next_offset;
     }
     // The master suggested a slave, the slave sent it back, and so on; no offset repeated.
-    assert_eq!(*log.lock().unwrap(), vec!["master 0", "slave 1", "master 2", "slave 3"]);
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec!["master 0", "slave 1", "master 2", "slave 3"]
+    );
     // The slave's last answer sent the queue back to the master.
     assert!(!consumer.reads_from_slave("t", &queue));
 }
