@@ -41,6 +41,7 @@ pub fn routes(args: &BrokerArgs, namesrv: &str) -> Result<RouteCache, String> {
         return Err(format!("the name servers at {namesrv} list no broker"));
     }
     let mut clusters: Vec<&str> = route.groups.values().map(|g| g.cluster.as_str()).collect();
+    clusters.sort_unstable();
     clusters.dedup();
     if clusters.len() > 1 {
         return Err(format!(
