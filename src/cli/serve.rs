@@ -37,6 +37,21 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://HOST:PORT/metrics.
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Name servers to register with, IP:PORT[,IP:PORT...] (default: none, the broker works
+    /// alone).
+    #[arg(long, value_delimiter = ',')]
+    pub namesrv: Option<Vec<String>>,
+    /// The cluster this broker's group belongs to (default DefaultCluster).
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// The client address registered with the name servers, HOST:PORT (default: the bound
+    /// listen address).
+    #[arg(long)]
+    pub advertised_listen: Option<String>,
+    /// The replication address registered with the name servers, HOST:PORT (default: the
+    /// bound ha-listen address).
+    #[arg(long)]
+    pub advertised_ha_listen: Option<String>,
 }
 
 impl ServeArgs {
@@ -75,6 +90,25 @@ impl ServeArgs {
         }
         if let Some(metrics) = &self.metrics_listen {
             config.metrics_listen = Some(metrics.clone());
+        }
+        if let Some(namesrv) = &self.namesrv {
+            config.namesrv = namesrv
+                .iter()
+                .map(|a| a.trim().to_string())
+                .filter(|a| !a.is_empty())
+                .collect();
+            if config.namesrv.is_empty() {
+                return Err("--namesrv: give at least one IP:PORT".into());
+            }
+        }
+        if let Some(cluster) = &self.cluster {
+            config.cluster_name = cluster.clone();
+        }
+        if let Some(advertised) = &self.advertised_listen {
+            config.advertised_listen = Some(advertised.clone());
+        }
+        if let Some(advertised) = &self.advertised_ha_listen {
+            config.advertised_ha_listen = Some(advertised.clone());
         }
         if let Some(flush) = &self.flush {
             config.flush_disk_type = flush.parse::<FlushDiskType>().map_err(|e| e.to_string())?;

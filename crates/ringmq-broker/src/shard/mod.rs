@@ -16,7 +16,9 @@
 //! - [`lifecycle`]: requests in flight and the stop flags;
 //! - [`role`]: master (with its replicas) or slave (with its link), changed only by
 //!   [`Shard::change_role`];
-//! - [`delays`]: the scheduler that moves delayed retries into their retry topics.
+//! - [`delays`]: the scheduler that moves delayed retries into their retry topics;
+//! - [`registration`]: the name servers this broker registers with (shard 0's tasks) and the
+//!   group's master their answers name, which every shard's `NOT_MASTER` carries.
 //!
 //! The shard is generic over the [`Disk`] its store writes to and reads time through a
 //! [`Clock`]; [`Shard::open_for_test`] opens one without sockets or mesh peers (for example on
@@ -35,7 +37,9 @@ pub mod handlers;
 pub mod lifecycle;
 pub mod mesh;
 pub mod metadata;
+pub mod registration;
 pub mod role;
+pub mod slave_read;
 pub mod startup;
 pub mod topics;
 pub mod visibility;
@@ -92,6 +96,7 @@ pub struct Shard<D: Disk = GlommioDisk> {
     lifecycle: Lifecycle,
     role: RoleState,
     delays: delays::Delays,
+    registration: registration::Registration,
     /// Members of the groups whose coordinator this shard is. Borrowed only between awaits.
     coordinator: RefCell<Coordinator>,
     /// Fences granted by other shards' coordinators for queues this shard owns.
@@ -171,6 +176,7 @@ impl<D: Disk> Shard<D> {
             lifecycle: Lifecycle::default(),
             role: RoleState::new(role, parts.identity),
             delays: delays::Delays::default(),
+            registration: registration::Registration::default(),
             coordinator: RefCell::new(Coordinator::booted(boot_ms(), parts.id)),
             fence_cache: coordinator::FenceCache::default(),
             fence_announcements: glommio::sync::Semaphore::new(1),
@@ -406,6 +412,10 @@ impl<D: Disk> Shard<D> {
             // A shard gone away cannot serve a pull with a stale fence either.
             let _ = ack.await;
         }
+    }
+
+    pub fn registration(&self) -> &registration::Registration {
+        &self.registration
     }
 
     pub fn role_state(&self) -> &RoleState {
@@ -715,6 +725,8 @@ impl<D: Disk> Shard<D> {
             }
         }
         self.metadata.set_table(table);
+        // Shard 0's name-server tasks register the new topics at once (a no-op elsewhere).
+        self.registration.changed();
         // A pull parked on a dropped queue answers QUEUE_NOT_FOUND now, not at its timeout.
         self.visibility.wake_all();
         first_error.map_or(Ok(()), Err)
