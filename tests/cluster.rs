@@ -276,6 +276,39 @@ fn producers_and_consumers_keep_going_when_a_master_and_a_name_server_die() {
         String::from_utf8_lossy(&consumed.stdout).lines().count(),
         10
     );
+    // As a consumer-group member: one member per broker group, each joining its group's
+    // coordinator, together reading the 10 once.
+    let members = common::run_binary(
+        &[
+            "consume",
+            TOPIC,
+            "--group",
+            "g1",
+            "--namesrv",
+            &namesrv,
+            "--format",
+            "json",
+            "--max-wait-ms",
+            "1000",
+        ],
+        b"",
+    );
+    assert!(
+        members.status.success(),
+        "{}",
+        String::from_utf8_lossy(&members.stderr)
+    );
+    let member_lines: Vec<serde_json::Value> = String::from_utf8_lossy(&members.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut member_bodies: Vec<&str> = member_lines
+        .iter()
+        .map(|l| l["body"].as_str().unwrap())
+        .collect();
+    member_bodies.sort_unstable();
+    let expected: Vec<String> = (1..=10).map(|n| format!("{n:010}")).collect();
+    assert_eq!(member_bodies, expected, "consume --group --namesrv");
     // Synthetic bodies, `{n:010}`: the history checker below knows them as the CLI's.
     let cli_payloads: Vec<String> = (1..=10).map(|n| format!("{n:010}")).collect();
 
@@ -338,6 +371,10 @@ fn producers_and_consumers_keep_going_when_a_master_and_a_name_server_die() {
                 .then_some(())
         });
     }
+    println!(
+        "cluster: a's dead master left both name servers' routes {:?} after the kill (expiry {EXPIRY_MS} ms)",
+        killed_at.elapsed()
+    );
     let history_before_ns_kill = history.lock().unwrap().len();
     ns1.kill();
     let ns_killed_at = Instant::now();
