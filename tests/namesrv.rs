@@ -398,12 +398,36 @@ fn pipelined_requests_are_answered_and_a_bad_frame_closes_only_its_connection() 
     assert_eq!((got[0].1, got[0].2), (Status::FrameTooLarge as u16, 12));
     assert!(closes(&mut big));
 
+    // A registration larger than a connection's base read buffer (64 KiB), then pipelined
+    // queries whose answers together exceed the server's write batch.
+    let mut large = registration("big", 2, "SLAVE", 1);
+    large.topics = (0..1000)
+        .map(|t| ringmq::protocol::message::TopicInfo {
+            name: format!("topic-{t:04}"),
+            topic_id: t,
+            queue_shards: vec![0; 100],
+        })
+        .collect();
+    assert!(ns.register(&large).unwrap().is_accepted());
+    let mut burst = Vec::new();
+    for id in 100..120u64 {
+        burst.extend(frame(Opcode::RouteQuery as u16, id, &query));
+    }
+    raw.write_all(&burst).unwrap();
+    let (got, _) = answers(&mut raw, 20);
+    for (i, (_, status, id, body)) in got.iter().enumerate() {
+        assert_eq!((*status, *id), (Status::Ok as u16, 100 + i as u64));
+        let routes = Routes::decode(body).unwrap();
+        assert_eq!(routes.brokers.len(), 2);
+        assert_eq!(routes.brokers[1].broker, large);
+    }
+
     // Everyone else is still served: the first raw connection and the client.
     raw.write_all(&frame(Opcode::Ping as u16, 53, &[])).unwrap();
     let (got, _) = answers(&mut raw, 1);
     assert_eq!((got[0].1, got[0].2), (Status::Ok as u16, 53));
     match ns.routes("") {
-        Ok(routes) => assert_eq!(routes.brokers.len(), 1),
+        Ok(routes) => assert_eq!(routes.brokers.len(), 2),
         Err(e) => panic!("the client's connection broke: {e}"),
     }
 }

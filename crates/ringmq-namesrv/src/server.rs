@@ -229,6 +229,20 @@ enum After {
     Close,
 }
 
+/// Where [`Connection::answer_buffered`] stopped.
+enum Stop {
+    /// No complete frame is left: read more.
+    NeedBytes,
+    /// The answers reached [`WRITE_BATCH_BYTES`]: write them, then answer the rest.
+    Batch,
+    /// The connection closes after the answers.
+    Close,
+}
+
+/// Answers gathered before they are written: a burst of pipelined route queries, each
+/// answered with every route, must not gather unbounded memory.
+const WRITE_BATCH_BYTES: usize = 1024 * 1024;
+
 struct Connection {
     stream: TcpStream,
     shared: Rc<Shared>,
@@ -258,7 +272,7 @@ impl Connection {
 
     async fn run(mut self) {
         loop {
-            let after = self.answer_buffered();
+            let stop = self.answer_buffered();
             if !self.out.is_empty() {
                 let written = self.stream.write_all(&self.out).await;
                 self.out.clear();
@@ -266,20 +280,30 @@ impl Connection {
                     break;
                 }
             }
-            if matches!(after, After::Close) || !self.read_more().await {
-                break;
+            match stop {
+                Stop::Close => break,
+                Stop::Batch => continue,
+                Stop::NeedBytes => {
+                    if !self.read_more().await {
+                        break;
+                    }
+                }
             }
         }
         let _ = self.stream.close().await;
         self.release_buffer();
     }
 
-    /// Answers every complete frame in the buffer into `out`; stops at the first that closes
-    /// the connection.
-    fn answer_buffered(&mut self) -> After {
+    /// Answers the complete frames in the buffer into `out`: all of them, or up to the first
+    /// that closes the connection, or until `out` holds a batch.
+    fn answer_buffered(&mut self) -> Stop {
         let mut consumed = 0;
-        let mut after = After::Keep;
+        let mut stop = Stop::NeedBytes;
         loop {
+            if self.out.len() >= WRITE_BATCH_BYTES {
+                stop = Stop::Batch;
+                break;
+            }
             match self.decoder.decode(&self.buf[consumed..]) {
                 Ok(Some(frame)) => {
                     consumed += frame.wire_len();
@@ -290,7 +314,7 @@ impl Connection {
                         &body,
                     );
                     if matches!(then, After::Close) {
-                        after = After::Close;
+                        stop = Stop::Close;
                         break;
                     }
                 }
@@ -299,7 +323,7 @@ impl Connection {
                     debug!("closing a connection: {e}");
                     let header = FrameHeader::response(0, e.status(), e.request_id());
                     encode_frame(&mut self.out, header, e.to_string().as_bytes());
-                    after = After::Close;
+                    stop = Stop::Close;
                     break;
                 }
             }
@@ -307,8 +331,13 @@ impl Connection {
         if consumed > 0 {
             self.buf.drain(..consumed);
             self.frame_started = Instant::now();
+            if self.buf.is_empty() && self.charged > 0 {
+                // A large frame is done: give its room back to the other connections.
+                self.buf = Vec::with_capacity(BASE_READ_BUFFER_BYTES);
+                self.release_buffer();
+            }
         }
-        after
+        stop
     }
 
     /// Reads more bytes; false when the connection should end (closed by the peer, an I/O
