@@ -68,7 +68,23 @@ impl NameServer {
         NameServerClient::connect_list(&self.addr).expect("connect to the name server")
     }
 
-    /// SIGKILL: a name server keeps nothing, so how it stops does not matter.
+    /// SIGTERM, and the exit it must answer with: a clean one, within a deadline.
+    fn terminate(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.child.try_wait().expect("wait for the name server") {
+                Some(status) => {
+                    assert!(status.success(), "exit after SIGTERM: {status}");
+                    return;
+                }
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                None => panic!("the name server did not exit within 10 s of SIGTERM"),
+            }
+        }
+    }
+
+    /// SIGKILL (the test's end, or a failure).
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -251,8 +267,8 @@ fn registers_lists_refuses_stale_masters_expires_and_forgets_on_restart() {
         broker_2_last_sent.elapsed()
     );
 
-    // A restarted name server knows nothing until brokers register again.
-    server.kill();
+    // SIGTERM stops it cleanly; restarted, it knows nothing until brokers register again.
+    server.terminate();
     let err = ns.routes("").unwrap_err();
     assert!(err.status().is_none(), "no server to answer: {err}");
     let server = NameServer::start(EXPIRY_MS);
