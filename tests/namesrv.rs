@@ -4,6 +4,8 @@
 //! prints them, a malformed frame closes only its own connection, and a restart forgets
 //! everything. Waits are on events (the ready line, answers) or polls with a deadline.
 
+mod common;
+
 use ringmq::client::namesrv::NameServerClient;
 use ringmq::protocol::frame::{encode_frame, FrameDecoder, FrameHeader, FRAME_HEADER_BYTES};
 use ringmq::protocol::namesrv::{BrokerRegister, RouteQuery, Routes};
@@ -445,5 +447,23 @@ fn pipelined_requests_are_answered_and_a_bad_frame_closes_only_its_connection() 
     match ns.routes("") {
         Ok(routes) => assert_eq!(routes.brokers.len(), 2),
         Err(e) => panic!("the client's connection broke: {e}"),
+    }
+}
+
+/// A broker shares the protocol's table but is no name server: pointed at one, the name-server
+/// client gets a `BAD_REQUEST` that says so, and the broker keeps serving the connection.
+#[test]
+fn a_broker_refuses_name_server_requests_with_a_clear_message() {
+    let root = common::temp_store();
+    let broker = common::Broker::start(root.path(), &["--shards", "1"]);
+    let mut ns = NameServerClient::connect_list(&broker.addr).expect("connect to the broker");
+    for err in [
+        ns.routes("").unwrap_err(),
+        ns.register(&registration("a", 1, "SYNC_MASTER", 1))
+            .unwrap_err(),
+        ns.unregister("prod", "a", 1).unwrap_err(),
+    ] {
+        assert_eq!(err.status(), Some(Status::BadRequest), "{err}");
+        assert!(err.to_string().contains("name-server request"), "{err}");
     }
 }
