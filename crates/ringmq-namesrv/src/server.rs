@@ -358,8 +358,10 @@ impl Connection {
         } else {
             self.frame_started + self.shared.config.request_read_timeout
         };
-        let capacity = self.buf.capacity();
-        self.buf.resize(capacity, 0);
+        // At most one base buffer's worth per read: zeroing the whole room of a grown buffer
+        // on every read would cost a large frame quadratic time.
+        let room = (filled + BASE_READ_BUFFER_BYTES).min(self.buf.capacity());
+        self.buf.resize(room, 0);
         let read = {
             let into = &mut self.buf[filled..];
             let stream = &mut self.stream;
