@@ -102,7 +102,6 @@ pub fn run(config: NameServerConfig) -> Result<(), String> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .map_err(|e| format!("installing signal handlers: {e}"))?;
     let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
-    let (exit_tx, exit_rx) = mpsc::channel::<String>();
     let expiry_ms = config.broker_expiry_ms;
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
         .name("namesrv")
@@ -113,6 +112,10 @@ pub fn run(config: NameServerConfig) -> Result<(), String> {
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err("the name server's executor stopped while starting".into()),
     };
+    // The main thread waits for whichever comes first: a stop signal, or the executor ending
+    // (which only a bug does).
+    let (events, event) = mpsc::channel::<Option<String>>();
+    let exited = events.clone();
     std::thread::Builder::new()
         .name("namesrv-watch".into())
         .spawn(move || {
@@ -120,29 +123,27 @@ pub fn run(config: NameServerConfig) -> Result<(), String> {
                 Ok(()) => "its executor returned".to_string(),
                 Err(e) => e.to_string(),
             };
-            let _ = exit_tx.send(cause);
+            let _ = exited.send(Some(cause));
         })
         .map_err(|e| format!("starting the executor's watcher: {e}"))?;
-    println!("ringmq ready listen={listen} role=NAMESRV expiry_ms={expiry_ms}");
-    let _ = std::io::stdout().flush();
-    let (signal_tx, signal_rx) = mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             if signals.forever().next().is_some() {
-                let _ = signal_tx.send(());
+                let _ = events.send(None);
             }
         })
         .map_err(|e| format!("starting the signal thread: {e}"))?;
-    loop {
-        if signal_rx.recv_timeout(Duration::from_millis(200)).is_ok() {
-            // Nothing to flush: the registry lives in memory only, by design.
+    println!("ringmq ready listen={listen} role=NAMESRV expiry_ms={expiry_ms}");
+    let _ = std::io::stdout().flush();
+    match event.recv() {
+        // Nothing to flush: the registry lives in memory only, by design.
+        Ok(None) => {
             info!("name server stopping");
-            return Ok(());
+            Ok(())
         }
-        if let Ok(cause) = exit_rx.try_recv() {
-            return Err(format!("the name server stopped unexpectedly: {cause}"));
-        }
+        Ok(Some(cause)) => Err(format!("the name server stopped unexpectedly: {cause}")),
+        Err(_) => Err("the name server lost its watchers".into()),
     }
 }
 
@@ -229,6 +230,20 @@ enum After {
     Close,
 }
 
+/// Where [`Connection::answer_buffered`] stopped.
+enum Stop {
+    /// No complete frame is left: read more.
+    NeedBytes,
+    /// The answers reached [`WRITE_BATCH_BYTES`]: write them, then answer the rest.
+    Batch,
+    /// The connection closes after the answers.
+    Close,
+}
+
+/// Answers gathered before they are written: a burst of pipelined route queries, each
+/// answered with every route, must not gather unbounded memory.
+const WRITE_BATCH_BYTES: usize = 1024 * 1024;
+
 struct Connection {
     stream: TcpStream,
     shared: Rc<Shared>,
@@ -258,7 +273,7 @@ impl Connection {
 
     async fn run(mut self) {
         loop {
-            let after = self.answer_buffered();
+            let stop = self.answer_buffered();
             if !self.out.is_empty() {
                 let written = self.stream.write_all(&self.out).await;
                 self.out.clear();
@@ -266,20 +281,30 @@ impl Connection {
                     break;
                 }
             }
-            if matches!(after, After::Close) || !self.read_more().await {
-                break;
+            match stop {
+                Stop::Close => break,
+                Stop::Batch => continue,
+                Stop::NeedBytes => {
+                    if !self.read_more().await {
+                        break;
+                    }
+                }
             }
         }
         let _ = self.stream.close().await;
         self.release_buffer();
     }
 
-    /// Answers every complete frame in the buffer into `out`; stops at the first that closes
-    /// the connection.
-    fn answer_buffered(&mut self) -> After {
+    /// Answers the complete frames in the buffer into `out`: all of them, or up to the first
+    /// that closes the connection, or until `out` holds a batch.
+    fn answer_buffered(&mut self) -> Stop {
         let mut consumed = 0;
-        let mut after = After::Keep;
+        let mut stop = Stop::NeedBytes;
         loop {
+            if self.out.len() >= WRITE_BATCH_BYTES {
+                stop = Stop::Batch;
+                break;
+            }
             match self.decoder.decode(&self.buf[consumed..]) {
                 Ok(Some(frame)) => {
                     consumed += frame.wire_len();
@@ -290,7 +315,7 @@ impl Connection {
                         &body,
                     );
                     if matches!(then, After::Close) {
-                        after = After::Close;
+                        stop = Stop::Close;
                         break;
                     }
                 }
@@ -299,7 +324,7 @@ impl Connection {
                     debug!("closing a connection: {e}");
                     let header = FrameHeader::response(0, e.status(), e.request_id());
                     encode_frame(&mut self.out, header, e.to_string().as_bytes());
-                    after = After::Close;
+                    stop = Stop::Close;
                     break;
                 }
             }
@@ -307,8 +332,13 @@ impl Connection {
         if consumed > 0 {
             self.buf.drain(..consumed);
             self.frame_started = Instant::now();
+            if self.buf.is_empty() && self.charged > 0 {
+                // A large frame is done: give its room back to the other connections.
+                self.buf = Vec::with_capacity(BASE_READ_BUFFER_BYTES);
+                self.release_buffer();
+            }
         }
-        after
+        stop
     }
 
     /// Reads more bytes; false when the connection should end (closed by the peer, an I/O
@@ -328,8 +358,10 @@ impl Connection {
         } else {
             self.frame_started + self.shared.config.request_read_timeout
         };
-        let capacity = self.buf.capacity();
-        self.buf.resize(capacity, 0);
+        // At most one base buffer's worth per read: zeroing the whole room of a grown buffer
+        // on every read would cost a large frame quadratic time.
+        let room = (filled + BASE_READ_BUFFER_BYTES).min(self.buf.capacity());
+        self.buf.resize(room, 0);
         let read = {
             let into = &mut self.buf[filled..];
             let stream = &mut self.stream;
