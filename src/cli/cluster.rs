@@ -1,11 +1,15 @@
 //! `ringmq cluster status|promote|demote`: a broker's replication state, promotion of a slave
-//! and demotion of a master (or re-pointing of a slave), all at runtime.
+//! and demotion of a master (or re-pointing of a slave), all at runtime. `ringmq cluster list`
+//! asks the name servers (`--namesrv`) for every cluster, group and broker instead.
 
 use super::app::{describe, BrokerArgs, Format};
 use super::output::{emit, table};
+use crate::client::NameServerClient;
 use crate::protocol::admin::ClusterStatus;
 use crate::protocol::message::{ClusterDemote, ClusterPromote, ClusterStatusRequest};
+use crate::protocol::namesrv::Routes;
 use clap::{Args, Subcommand};
+use serde::Serialize;
 
 #[derive(Args, Debug)]
 pub struct ClusterArgs {
@@ -32,9 +36,15 @@ pub enum ClusterCommand {
         #[arg(long)]
         master: String,
     },
+    /// Every cluster, broker group and broker the name servers (--namesrv, or
+    /// RINGMQ_NAMESRV) list: role, epoch, addresses and the age of the last heartbeat.
+    List,
 }
 
 pub fn run(args: ClusterArgs) -> Result<(), String> {
+    if matches!(args.command, ClusterCommand::List) {
+        return list(&args);
+    }
     let mut client = args.broker.connect()?;
     let status = match &args.command {
         ClusterCommand::Status => client.call(&ClusterStatusRequest {}),
@@ -42,6 +52,7 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
         ClusterCommand::Demote { master } => client.call(&ClusterDemote {
             master: master.clone(),
         }),
+        ClusterCommand::List => unreachable!("answered above"),
     }
     .map_err(|e| describe(&args.broker.broker, &e))?;
     match args.broker.format {
@@ -112,4 +123,126 @@ pub fn status_text(status: &ClusterStatus) -> String {
         ));
     }
     out
+}
+
+/// `cluster list`: the first name server of `--namesrv` that answers is asked.
+fn list(args: &ClusterArgs) -> Result<(), String> {
+    let Some(namesrv) = args.broker.namesrv.as_deref() else {
+        return Err(
+            "cluster list asks the name servers: give --namesrv HOST:PORT[,HOST:PORT...] (or set RINGMQ_NAMESRV)"
+                .into(),
+        );
+    };
+    let routes = NameServerClient::connect_list(namesrv)
+        .and_then(|mut client| client.routes(&args.broker.cluster_name))
+        .map_err(|e| format!("name servers {namesrv}: {e}"))?;
+    let listing = ClusterListing::from_routes(&routes);
+    match args.broker.format {
+        Format::Json => emit(&serde_json::to_string(&listing).expect("listing serializes")),
+        Format::Text => {
+            print!("{}", listing_text(&listing));
+            Ok(())
+        }
+    }
+}
+
+/// `cluster list --format json`: `{"clusters":[{"name","groups":[{"name","brokers":[...]}]}]}`.
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct ClusterListing {
+    pub clusters: Vec<ListedCluster>,
+}
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct ListedCluster {
+    pub name: String,
+    pub groups: Vec<ListedGroup>,
+}
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct ListedGroup {
+    pub name: String,
+    pub brokers: Vec<ListedBroker>,
+}
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct ListedBroker {
+    pub broker_id: u64,
+    pub role: String,
+    pub epoch: u32,
+    pub listen: String,
+    pub ha_listen: String,
+    pub last_heartbeat_ms_ago: u64,
+}
+
+impl ClusterListing {
+    /// Groups the name server's flat listing (ordered by cluster, group and broker id).
+    pub fn from_routes(routes: &Routes) -> Self {
+        let mut clusters: Vec<ListedCluster> = Vec::new();
+        for route in &routes.brokers {
+            let b = &route.broker;
+            if clusters.last().is_none_or(|c| c.name != b.cluster_name) {
+                clusters.push(ListedCluster {
+                    name: b.cluster_name.clone(),
+                    groups: Vec::new(),
+                });
+            }
+            let groups = &mut clusters.last_mut().expect("pushed above").groups;
+            if groups.last().is_none_or(|g| g.name != b.broker_name) {
+                groups.push(ListedGroup {
+                    name: b.broker_name.clone(),
+                    brokers: Vec::new(),
+                });
+            }
+            groups
+                .last_mut()
+                .expect("pushed above")
+                .brokers
+                .push(ListedBroker {
+                    broker_id: b.broker_id,
+                    role: b.role.clone(),
+                    epoch: b.epoch,
+                    listen: b.listen.clone(),
+                    ha_listen: b.ha_listen.clone(),
+                    last_heartbeat_ms_ago: route.last_heartbeat_ms_ago,
+                });
+        }
+        ClusterListing { clusters }
+    }
+}
+
+pub fn listing_text(listing: &ClusterListing) -> String {
+    let rows: Vec<Vec<String>> = listing
+        .clusters
+        .iter()
+        .flat_map(|c| c.groups.iter().map(move |g| (c, g)))
+        .flat_map(|(c, g)| g.brokers.iter().map(move |b| (c, g, b)))
+        .map(|(c, g, b)| {
+            vec![
+                c.name.clone(),
+                g.name.clone(),
+                b.broker_id.to_string(),
+                b.role.clone(),
+                b.epoch.to_string(),
+                b.listen.clone(),
+                b.ha_listen.clone(),
+                format!("{} ms ago", b.last_heartbeat_ms_ago),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return "no brokers registered\n".to_string();
+    }
+    table(
+        &[
+            "CLUSTER",
+            "GROUP",
+            "BROKER_ID",
+            "ROLE",
+            "EPOCH",
+            "LISTEN",
+            "HA_LISTEN",
+            "HEARTBEAT",
+        ],
+        &rows,
+    )
 }
