@@ -983,4 +983,57 @@ mod tests {
             assert!(err.to_string().starts_with(key), "{err}");
         }
     }
+
+    #[test]
+    fn cluster_keys_name_their_key_and_stay_unread_without_a_name_server() {
+        let alone = BrokerConfig {
+            listen: "0.0.0.0:10911".into(),
+            ..BrokerConfig::default()
+        };
+        alone
+            .validate()
+            .expect("no namesrv: a wildcard bind is fine as before");
+        let cluster = |f: &dyn Fn(&mut BrokerConfig)| {
+            let mut config = BrokerConfig {
+                namesrv: vec!["127.0.0.1:9876".into()],
+                ..BrokerConfig::default()
+            };
+            f(&mut config);
+            config.validate().err().and_then(|e| e.key())
+        };
+        assert_eq!(cluster(&|_| {}), None);
+        assert_eq!(cluster(&|c| c.namesrv.push("ns-2".into())), Some("namesrv"));
+        assert_eq!(
+            cluster(&|c| c.namesrv.push("127.0.0.1:9876".into())),
+            Some("namesrv"),
+            "listed twice"
+        );
+        assert_eq!(cluster(&|c| c.cluster_name.clear()), Some("cluster_name"));
+        assert_eq!(
+            cluster(&|c| c.listen = "0.0.0.0:10911".into()),
+            Some("advertised_listen")
+        );
+        assert_eq!(
+            cluster(&|c| {
+                c.listen = "0.0.0.0:10911".into();
+                c.advertised_listen = Some("broker-a.example:10911".into());
+            }),
+            None
+        );
+        for bad in ["host", "host:0", ":1", "a b:1", "host:99999"] {
+            assert_eq!(
+                cluster(&|c| c.advertised_listen = Some(bad.into())),
+                Some("advertised_listen"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            cluster(&|c| c.namesrv_heartbeat_interval_ms = 0),
+            Some("namesrv_heartbeat_interval_ms")
+        );
+        assert_eq!(
+            cluster(&|c| c.slave_read_lag_bytes = 0),
+            Some("slave_read_lag_bytes")
+        );
+    }
 }

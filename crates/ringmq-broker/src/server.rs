@@ -473,7 +473,25 @@ pub fn install_fail_stop_panic_hook() {
 
 #[cfg(test)]
 mod tests {
-    use super::check_store_identity;
+    use super::{check_store_identity, load_or_create_broker_id};
+
+    /// The broker id is made once per store and read back on every later start; a file that
+    /// does not hold one is refused, not silently replaced (the group would see a new broker).
+    #[test]
+    fn a_store_keeps_its_broker_id() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let id = load_or_create_broker_id(dir.path()).expect("new store");
+        assert_ne!(id, 0);
+        assert_eq!(load_or_create_broker_id(dir.path()).expect("again"), id);
+        let other = tempfile::tempdir().expect("temp dir");
+        assert_ne!(
+            load_or_create_broker_id(other.path()).expect("other store"),
+            id
+        );
+        std::fs::write(dir.path().join("broker_id"), "0\n").expect("write");
+        assert!(load_or_create_broker_id(dir.path()).is_err());
+        assert!(!dir.path().join("broker_id.tmp").exists());
+    }
 
     /// Review finding 6: a store keeps its consume-queue file size; a restart with another
     /// value is refused, and a store.json from before the key records this run's value.
