@@ -653,3 +653,32 @@ fn a_consumer_reads_a_dead_masters_queues_from_its_slave() {
     assert_eq!(*log.lock().unwrap(), vec!["slave 5", "b 5"]);
     assert_eq!(consumer.active_broker("a"), Some(slave.as_str()));
 }
+
+#[test]
+fn a_consumer_goes_to_the_master_the_routes_list_once_they_change() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let slave = fake_reader("slave", 0, Arc::clone(&log));
+    let master = fake_reader("master", 0, Arc::clone(&log));
+    let source = FakeSource::default();
+    // The master expired from the routes: only the slave is listed.
+    source.set("ns", vec![broker("a", 2, "SLAVE", 1, &slave, 1)]);
+    let mut consumer =
+        ClusterConsumer::with_routes(cache(&source, &["ns"]), ClusterConsumerOptions::default());
+    let queue = QueueRef {
+        group: "a".into(),
+        queue: 0,
+    };
+    consumer.pull("t", &queue, 0, 10, 1 << 20, 0).unwrap();
+    // It registered again (restarted, or a slave promoted in its place).
+    source.set(
+        "ns",
+        vec![
+            broker("a", 1, "SYNC_MASTER", 2, &master, 1),
+            broker("a", 2, "SLAVE", 1, &slave, 1),
+        ],
+    );
+    consumer.routes().invalidate();
+    consumer.pull("t", &queue, 1, 10, 1 << 20, 0).unwrap();
+    assert_eq!(*log.lock().unwrap(), vec!["slave 0", "master 1"]);
+    assert_eq!(consumer.active_broker("a"), Some(master.as_str()));
+}
