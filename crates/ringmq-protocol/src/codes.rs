@@ -155,7 +155,7 @@ pub struct MasterHint {
 /// A `NOT_MASTER` message: `detail`, then ` [master=HOST:PORT epoch=N]` when the broker knows
 /// the current master, so clients re-route in one round trip. Like the offset range, the tail
 /// keeps the body a message for humans; the hint is left out when `listen` could not be parsed
-/// back (empty, or with a space or bracket in it), since a tail no parser accepts only misleads.
+/// back (no `HOST:PORT`, or a space in it), since a tail no parser accepts only misleads.
 pub fn not_master_message(detail: &str, master: Option<&MasterHint>) -> String {
     match master {
         Some(hint) if valid_listen(&hint.listen) => {
@@ -180,13 +180,15 @@ pub fn not_master_hint(message: &str) -> Option<MasterHint> {
     })
 }
 
-/// `HOST:PORT` with a non-empty host, a decimal port and nothing that would end the tail early.
+/// `HOST:PORT` with a non-empty host (a bracketed IPv6 address too) and a decimal port, and
+/// no space, which would split the tail.
 fn valid_listen(listen: &str) -> bool {
     let Some((host, port)) = listen.rsplit_once(':') else {
         return false;
     };
     !host.is_empty()
-        && !listen.contains(|c: char| c.is_whitespace() || c == '[' || c == ']')
+        && !listen.contains(char::is_whitespace)
+        && port.bytes().all(|b| b.is_ascii_digit())
         && port.parse::<u16>().is_ok()
 }
 
@@ -210,6 +212,14 @@ mod master_hint_tests {
         );
         assert_eq!(not_master_hint(&message), Some(hint));
         assert_eq!(not_master_message("plain", None), "plain");
+        let v6 = MasterHint {
+            listen: "[::1]:9500".into(),
+            epoch: 0,
+        };
+        assert_eq!(
+            not_master_hint(&not_master_message("x", Some(&v6))),
+            Some(v6)
+        );
         for text in [
             "this broker is a SLAVE",
             "x [master=h:1 epoch=]",
