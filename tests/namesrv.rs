@@ -4,6 +4,8 @@
 //! prints them, a malformed frame closes only its own connection, and a restart forgets
 //! everything. Waits are on events (the ready line, answers) or polls with a deadline.
 
+mod common;
+
 use ringmq::client::namesrv::NameServerClient;
 use ringmq::protocol::frame::{encode_frame, FrameDecoder, FrameHeader, FRAME_HEADER_BYTES};
 use ringmq::protocol::namesrv::{BrokerRegister, RouteQuery, Routes};
@@ -68,7 +70,23 @@ impl NameServer {
         NameServerClient::connect_list(&self.addr).expect("connect to the name server")
     }
 
-    /// SIGKILL: a name server keeps nothing, so how it stops does not matter.
+    /// SIGTERM, and the exit it must answer with: a clean one, within a deadline.
+    fn terminate(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.child.try_wait().expect("wait for the name server") {
+                Some(status) => {
+                    assert!(status.success(), "exit after SIGTERM: {status}");
+                    return;
+                }
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                None => panic!("the name server did not exit within 10 s of SIGTERM"),
+            }
+        }
+    }
+
+    /// SIGKILL (the test's end, or a failure).
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -251,8 +269,8 @@ fn registers_lists_refuses_stale_masters_expires_and_forgets_on_restart() {
         broker_2_last_sent.elapsed()
     );
 
-    // A restarted name server knows nothing until brokers register again.
-    server.kill();
+    // SIGTERM stops it cleanly; restarted, it knows nothing until brokers register again.
+    server.terminate();
     let err = ns.routes("").unwrap_err();
     assert!(err.status().is_none(), "no server to answer: {err}");
     let server = NameServer::start(EXPIRY_MS);
@@ -429,5 +447,23 @@ fn pipelined_requests_are_answered_and_a_bad_frame_closes_only_its_connection() 
     match ns.routes("") {
         Ok(routes) => assert_eq!(routes.brokers.len(), 2),
         Err(e) => panic!("the client's connection broke: {e}"),
+    }
+}
+
+/// A broker shares the protocol's table but is no name server: pointed at one, the name-server
+/// client gets a `BAD_REQUEST` that says so, and the broker keeps serving the connection.
+#[test]
+fn a_broker_refuses_name_server_requests_with_a_clear_message() {
+    let root = common::temp_store();
+    let broker = common::Broker::start(root.path(), &["--shards", "1"]);
+    let mut ns = NameServerClient::connect_list(&broker.addr).expect("connect to the broker");
+    for err in [
+        ns.routes("").unwrap_err(),
+        ns.register(&registration("a", 1, "SYNC_MASTER", 1))
+            .unwrap_err(),
+        ns.unregister("prod", "a", 1).unwrap_err(),
+    ] {
+        assert_eq!(err.status(), Some(Status::BadRequest), "{err}");
+        assert!(err.to_string().contains("name-server request"), "{err}");
     }
 }

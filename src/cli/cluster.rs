@@ -246,3 +246,111 @@ pub fn listing_text(listing: &ClusterListing) -> String {
         &rows,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::app::{Cli, Command};
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ringmq").chain(args.iter().copied()))
+    }
+
+    /// `cluster list` takes the name servers; the broker subcommands keep `--broker`.
+    #[test]
+    fn cluster_list_takes_namesrv_and_the_others_keep_broker() {
+        use super::ClusterCommand;
+        let Command::Cluster(args) = parse(&[
+            "cluster",
+            "list",
+            "--namesrv",
+            "127.0.0.1:9876,127.0.0.1:9877",
+            "--cluster",
+            "prod",
+            "--format",
+            "json",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not cluster")
+        };
+        assert!(matches!(args.command, ClusterCommand::List));
+        assert_eq!(
+            args.broker.namesrv.as_deref(),
+            Some("127.0.0.1:9876,127.0.0.1:9877")
+        );
+        assert_eq!(args.broker.cluster_name, "prod");
+        assert!(parse(&["cluster", "list", "--namesrv", "h:1", "--broker", "h:2"]).is_err());
+        let Command::Cluster(args) = parse(&["cluster", "status", "--broker", "h:2"])
+            .unwrap()
+            .command
+        else {
+            panic!("not cluster")
+        };
+        assert!(matches!(args.command, ClusterCommand::Status));
+        assert_eq!(args.broker.broker, "h:2");
+    }
+
+    #[test]
+    fn cluster_list_groups_routes_by_cluster_and_group() {
+        use super::{listing_text, ClusterListing};
+        use crate::protocol::namesrv::{BrokerRegister, BrokerRoute, Routes};
+        let route = |cluster: &str, group: &str, id: u64, role: &str| BrokerRoute {
+            broker: BrokerRegister {
+                cluster_name: cluster.into(),
+                broker_name: group.into(),
+                broker_id: id,
+                role: role.into(),
+                epoch: 3,
+                flush_disk_type: "SYNC_FLUSH".into(),
+                listen: format!("h:{id}"),
+                ha_listen: String::new(),
+                shard_ports: vec![],
+                topics: vec![],
+                shards: vec![],
+            },
+            last_heartbeat_ms_ago: 40,
+        };
+        let routes = Routes {
+            brokers: vec![
+                route("c1", "a", 1, "SYNC_MASTER"),
+                route("c1", "a", 2, "SLAVE"),
+                route("c1", "b", 3, "ASYNC_MASTER"),
+                route("c2", "a", 4, "SLAVE"),
+            ],
+        };
+        let listing = ClusterListing::from_routes(&routes);
+        let json = serde_json::to_value(&listing).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"clusters": [
+                {"name": "c1", "groups": [
+                    {"name": "a", "brokers": [
+                        {"broker_id": 1, "role": "SYNC_MASTER", "epoch": 3, "listen": "h:1",
+                         "ha_listen": "", "last_heartbeat_ms_ago": 40},
+                        {"broker_id": 2, "role": "SLAVE", "epoch": 3, "listen": "h:2",
+                         "ha_listen": "", "last_heartbeat_ms_ago": 40}]},
+                    {"name": "b", "brokers": [
+                        {"broker_id": 3, "role": "ASYNC_MASTER", "epoch": 3, "listen": "h:3",
+                         "ha_listen": "", "last_heartbeat_ms_ago": 40}]}]},
+                {"name": "c2", "groups": [
+                    {"name": "a", "brokers": [
+                        {"broker_id": 4, "role": "SLAVE", "epoch": 3, "listen": "h:4",
+                         "ha_listen": "", "last_heartbeat_ms_ago": 40}]}]}]})
+        );
+        let text = listing_text(&listing);
+        assert_eq!(text.lines().count(), 5, "{text}");
+        assert!(
+            text.lines()
+                .nth(2)
+                .unwrap()
+                .starts_with("c1       a      2"),
+            "{text}"
+        );
+        assert_eq!(
+            listing_text(&ClusterListing::from_routes(&Routes { brokers: vec![] })),
+            "no brokers registered\n"
+        );
+    }
+}

@@ -102,7 +102,6 @@ pub fn run(config: NameServerConfig) -> Result<(), String> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .map_err(|e| format!("installing signal handlers: {e}"))?;
     let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
-    let (exit_tx, exit_rx) = mpsc::channel::<String>();
     let expiry_ms = config.broker_expiry_ms;
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
         .name("namesrv")
@@ -113,6 +112,10 @@ pub fn run(config: NameServerConfig) -> Result<(), String> {
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err("the name server's executor stopped while starting".into()),
     };
+    // The main thread waits for whichever comes first: a stop signal, or the executor ending
+    // (which only a bug does).
+    let (events, event) = mpsc::channel::<Option<String>>();
+    let exited = events.clone();
     std::thread::Builder::new()
         .name("namesrv-watch".into())
         .spawn(move || {
@@ -120,29 +123,27 @@ pub fn run(config: NameServerConfig) -> Result<(), String> {
                 Ok(()) => "its executor returned".to_string(),
                 Err(e) => e.to_string(),
             };
-            let _ = exit_tx.send(cause);
+            let _ = exited.send(Some(cause));
         })
         .map_err(|e| format!("starting the executor's watcher: {e}"))?;
-    println!("ringmq ready listen={listen} role=NAMESRV expiry_ms={expiry_ms}");
-    let _ = std::io::stdout().flush();
-    let (signal_tx, signal_rx) = mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             if signals.forever().next().is_some() {
-                let _ = signal_tx.send(());
+                let _ = events.send(None);
             }
         })
         .map_err(|e| format!("starting the signal thread: {e}"))?;
-    loop {
-        if signal_rx.recv_timeout(Duration::from_millis(200)).is_ok() {
-            // Nothing to flush: the registry lives in memory only, by design.
+    println!("ringmq ready listen={listen} role=NAMESRV expiry_ms={expiry_ms}");
+    let _ = std::io::stdout().flush();
+    match event.recv() {
+        // Nothing to flush: the registry lives in memory only, by design.
+        Ok(None) => {
             info!("name server stopping");
-            return Ok(());
+            Ok(())
         }
-        if let Ok(cause) = exit_rx.try_recv() {
-            return Err(format!("the name server stopped unexpectedly: {cause}"));
-        }
+        Ok(Some(cause)) => Err(format!("the name server stopped unexpectedly: {cause}")),
+        Err(_) => Err("the name server lost its watchers".into()),
     }
 }
 
@@ -357,8 +358,10 @@ impl Connection {
         } else {
             self.frame_started + self.shared.config.request_read_timeout
         };
-        let capacity = self.buf.capacity();
-        self.buf.resize(capacity, 0);
+        // At most one base buffer's worth per read: zeroing the whole room of a grown buffer
+        // on every read would cost a large frame quadratic time.
+        let room = (filled + BASE_READ_BUFFER_BYTES).min(self.buf.capacity());
+        self.buf.resize(room, 0);
         let read = {
             let into = &mut self.buf[filled..];
             let stream = &mut self.stream;
