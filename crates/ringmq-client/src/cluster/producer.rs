@@ -3,8 +3,10 @@
 //!
 //! Queue choice: round robin over the writable queues of all groups (groups with a master),
 //! skipping groups the fault tolerance avoids ([`super::fault`]); with a key, crc32c of the
-//! key modulo the number of writable queues, so one key maps to one queue while the routes are
-//! unchanged.
+//! key modulo the number of all listed queues (readable: with or without a master), so one key
+//! keeps its queue while a group loses and regains its master. When the key's queue has no
+//! master, an ordered send fails as not stored without sending; an unordered one falls back
+//! to the key's hash over the writable queues.
 //!
 //! A failed attempt falls in one [`FailureClass`] and [`decide`] says what follows:
 //!
@@ -365,6 +367,7 @@ impl ClusterProducer {
             self.routes.invalidate();
             queues = self.routes.route()?.writable_queues(topic);
         }
+        let listed = self.routes.cached().readable_queues(topic);
         if queues.is_empty() {
             return Err(ClientError::Status {
                 status: Status::TopicNotFound,
@@ -372,13 +375,29 @@ impl ClusterProducer {
             });
         }
         let chosen = match key {
-            // The key's queue over all writable queues, whatever the fault tolerance says: a
-            // key keeps its queue while the routes are unchanged.
+            // The key's queue over every listed queue, whatever the fault tolerance says: a
+            // key keeps its queue while the groups and their queue counts are unchanged, a
+            // lost master included.
             Some(key) if first || ordered => {
                 if !first {
                     return Ok(None);
                 }
-                Some(queues[crc32c::crc32c(key) as usize % queues.len()].clone())
+                let hash = crc32c::crc32c(key) as usize;
+                let home = &listed[hash % listed.len()];
+                if queues.contains(home) {
+                    Some(home.clone())
+                } else if ordered {
+                    return Err(ClientError::Status {
+                        status: Status::NotMaster,
+                        message: format!(
+                            "the key's queue {} of group {} has no master now; an ordered send \
+                             never changes queue (not sent)",
+                            home.queue, home.group
+                        ),
+                    });
+                } else {
+                    Some(queues[hash % queues.len()].clone())
+                }
             }
             Some(key) => {
                 let left: Vec<&QueueRef> = queues

@@ -552,6 +552,63 @@ fn a_rejected_message_is_never_resent_and_ordered_fails_rather_than_move() {
     assert_eq!(b_count.load(Ordering::SeqCst), 0);
 }
 
+/// A key whose queue (of the 8 listed, 4 per group) is in group a.
+fn key_in_group_a() -> String {
+    (0..)
+        .map(|n: u32| n.to_string())
+        .find(|k| crc32c::crc32c(k.as_bytes()) % 8 < 4)
+        .unwrap()
+}
+
+/// A key hashes over every listed queue, so it keeps its queue while another group has no
+/// master; when its own group has none, an ordered send fails unsent and an unordered one
+/// goes to a writable queue.
+#[test]
+fn a_key_keeps_its_queue_while_a_group_has_no_master() {
+    let b_count = Arc::new(AtomicUsize::new(0));
+    let b = fake_master(Behaviour::Ok, Arc::clone(&b_count));
+    let routes = |a_role: &str| {
+        let source = FakeSource::default();
+        source.set(
+            "ns",
+            vec![
+                broker("a", 1, a_role, 1, &dead_address(), 4),
+                broker("b", 2, "SYNC_MASTER", 1, &b, 4),
+            ],
+        );
+        cache(&source, &["ns"])
+    };
+    let key_in_b = (0..)
+        .map(|n: u32| n.to_string())
+        .find(|k| crc32c::crc32c(k.as_bytes()) % 8 >= 4)
+        .unwrap();
+    let expected_queue = crc32c::crc32c(key_in_b.as_bytes()) % 8 - 4;
+    let mut without_a = ClusterProducer::with_routes(routes("SLAVE"), Default::default());
+    let outcome = without_a
+        .send("t", Some(key_in_b.as_bytes()), &[message(b"", b"x")])
+        .unwrap();
+    assert_eq!(
+        (outcome.group.as_str(), outcome.queue),
+        ("b", expected_queue)
+    );
+
+    let key = key_in_group_a();
+    let options = ClusterProducerOptions {
+        ordered: true,
+        ..Default::default()
+    };
+    let mut ordered = ClusterProducer::with_routes(routes("SLAVE"), options);
+    let error = ordered
+        .send("t", Some(key.as_bytes()), &[message(b"", b"x")])
+        .unwrap_err();
+    assert_eq!((error.class, error.attempts), (FailureClass::NotStored, 0));
+    assert_eq!(b_count.load(Ordering::SeqCst), 1);
+    let outcome = without_a
+        .send("t", Some(key.as_bytes()), &[message(b"", b"x")])
+        .unwrap();
+    assert_eq!(outcome.group, "b");
+}
+
 fn producer_with(masters: &[(&str, &str)], options: ClusterProducerOptions) -> ClusterProducer {
     producer(masters, options)
 }
