@@ -560,6 +560,66 @@ fn key_in_group_a() -> String {
         .unwrap()
 }
 
+/// A master that answered OK and died (closed the connection, stopped listening): the next
+/// send finds the connection closed before writing, so its failure is a refused connect, not
+/// stored, and it goes on to group b.
+#[test]
+fn a_master_that_closed_after_an_ok_is_not_written_to_again() {
+    let (a_count, b_count) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    let a = {
+        let a_count = Arc::clone(&a_count);
+        let port = fake_broker::spawn_once(move |mut conn: FakeConn| {
+            while let Some((header, body)) = conn.read_request() {
+                match Opcode::from_u16(header.opcode) {
+                    Some(Opcode::Metadata) => conn.reply(
+                        &header,
+                        Status::Ok,
+                        &metadata(vec![0], vec![topic("t", vec![0; 4])]),
+                    ),
+                    Some(Opcode::Produce) => {
+                        a_count.fetch_add(1, Ordering::SeqCst);
+                        let request = ProduceRequest::decode(&body).unwrap();
+                        let mut ack = Vec::new();
+                        ProduceResponse {
+                            queue: request.queue,
+                            base_offset: 0,
+                            count: 1,
+                            commitlog_offset: 0,
+                        }
+                        .encode(&mut ack);
+                        conn.reply(&header, Status::Ok, &ack);
+                        break;
+                    }
+                    _ => conn.reply(&header, Status::BadRequest, b""),
+                }
+            }
+            drop(conn);
+            let _ = closed_tx.send(());
+        });
+        format!("127.0.0.1:{port}")
+    };
+    let b = fake_master(Behaviour::Ok, Arc::clone(&b_count));
+    let mut producer = producer(&[("a", &a), ("b", &b)], ClusterProducerOptions::default());
+    let key = key_in_group_a();
+    let first = producer
+        .send("t", Some(key.as_bytes()), &[message(b"", b"x")])
+        .unwrap();
+    assert_eq!(first.group, "a");
+    closed_rx.recv().unwrap();
+    let second = producer
+        .send("t", Some(key.as_bytes()), &[message(b"", b"x")])
+        .unwrap();
+    assert_eq!((second.group.as_str(), second.attempts), ("b", 2));
+    assert_eq!(
+        (
+            a_count.load(Ordering::SeqCst),
+            b_count.load(Ordering::SeqCst)
+        ),
+        (1, 1)
+    );
+}
+
 /// A key hashes over every listed queue, so it keeps its queue while another group has no
 /// master; when its own group has none, an ordered send fails unsent and an unordered one
 /// goes to a writable queue.
