@@ -41,6 +41,12 @@ use std::time::{Duration, Instant};
 /// Extra attempts after the first, by default (RocketMQ's `retryTimesWhenSendFailed`).
 pub const DEFAULT_RETRIES: u32 = 2;
 
+/// How long a produce waits for its answer, by default: the longest a broker takes to answer
+/// with its defaults (`sync_flush_timeout_ms` 5000 plus `sync_replica_timeout_ms` 3000, after
+/// which it answers FLUSH_DISK_TIMEOUT or FLUSH_SLAVE_TIMEOUT) and a margin. The client's
+/// general 30 s would let one hung master stall a send, and every send behind it, for 30 s.
+pub const DEFAULT_PRODUCE_READ_TIMEOUT: Duration = Duration::from_millis(5_000 + 3_000 + 2_000);
+
 #[derive(Clone, Debug)]
 pub struct ClusterProducerOptions {
     pub client: ClientOptions,
@@ -60,8 +66,10 @@ pub struct ClusterProducerOptions {
 
 impl Default for ClusterProducerOptions {
     fn default() -> Self {
+        let mut client = ClientOptions::default();
+        client.connection.read_timeout = DEFAULT_PRODUCE_READ_TIMEOUT;
         ClusterProducerOptions {
-            client: ClientOptions::default(),
+            client,
             cluster: String::new(),
             route_refresh: DEFAULT_ROUTE_REFRESH,
             retries: DEFAULT_RETRIES,
