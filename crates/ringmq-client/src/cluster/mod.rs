@@ -10,8 +10,8 @@
 //!
 //! [`RouteCache`] asks the name servers: any of them, the next one when one fails or answers
 //! with nothing (a name server that just restarted knows no broker until they re-register), so
-//! an empty answer never replaces routes that list brokers. It refreshes every
-//! `route_refresh` (5 s by default) and at once when a client saw a routing error.
+//! an empty answer never replaces routes that list brokers. It refreshes every `route_refresh` (5 s by default) and
+//! when a client saw a routing error, at most every [`MIN_FORCED_REFRESH_SPACING`].
 
 mod consumer;
 mod fault;
@@ -36,6 +36,11 @@ use std::time::{Duration, Instant};
 /// How often routes are fetched again when nothing went wrong, by default (RocketMQ: 30 s;
 /// shorter here so that a new master is found without a routing error first).
 pub const DEFAULT_ROUTE_REFRESH: Duration = Duration::from_millis(5000);
+
+/// The least time between two fetches a routing error forces: every failed send attempt asks
+/// for one, and a burst of them must not turn into a query per attempt (each can wait out a
+/// hung name server's timeout).
+pub const MIN_FORCED_REFRESH_SPACING: Duration = Duration::from_millis(100);
 
 /// One live broker as a name server lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -213,6 +218,9 @@ pub struct RouteCache {
     refresh_every: Duration,
     /// When the routes are fetched again; `None`: at the next use.
     next_refresh: Option<Instant>,
+    /// When the name servers were last asked (see [`MIN_FORCED_REFRESH_SPACING`]).
+    last_fetch: Option<Instant>,
+    forced_refresh_spacing: Duration,
     /// Answers that listed nothing while the cache listed brokers, and so were ignored.
     ignored_empty: u64,
     failed_queries: u64,
@@ -241,6 +249,8 @@ impl RouteCache {
             version: 0,
             refresh_every,
             next_refresh: None,
+            last_fetch: None,
+            forced_refresh_spacing: MIN_FORCED_REFRESH_SPACING,
             ignored_empty: 0,
             failed_queries: 0,
         })
@@ -259,6 +269,11 @@ impl RouteCache {
 
     pub fn set_refresh_every(&mut self, every: Duration) {
         self.refresh_every = every;
+    }
+
+    /// The least time between forced fetches ([`MIN_FORCED_REFRESH_SPACING`] by default).
+    pub fn set_forced_refresh_spacing(&mut self, spacing: Duration) {
+        self.forced_refresh_spacing = spacing;
     }
 
     pub fn servers(&self) -> &[String] {
@@ -289,8 +304,12 @@ impl RouteCache {
     }
 
     /// Makes the next [`route`](Self::route) fetch: for a caller that saw a routing error.
+    /// Not sooner than [`MIN_FORCED_REFRESH_SPACING`] after the last fetch.
     pub fn invalidate(&mut self) {
-        self.next_refresh = None;
+        self.next_refresh = self
+            .last_fetch
+            .map(|at| at + self.forced_refresh_spacing)
+            .filter(|at| *at > Instant::now());
     }
 
     pub fn ignored_empty_answers(&self) -> u64 {
@@ -305,6 +324,7 @@ impl RouteCache {
     /// keeps the first answer that lists brokers. An answer that lists nothing replaces the
     /// routes only when they list nothing either, and only once every server was asked.
     pub fn refresh(&mut self) -> Result<&ClusterRoute, ClientError> {
+        self.last_fetch = Some(Instant::now());
         let count = self.servers.len();
         let mut last_error = None;
         let mut answered_empty = false;

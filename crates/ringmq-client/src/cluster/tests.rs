@@ -72,7 +72,15 @@ fn two_groups() -> Vec<BrokerEntry> {
     ]
 }
 
+/// A cache that fetches whenever invalidated (the test of the spacing uses
+/// [`cache_with_defaults`]).
 fn cache(source: &FakeSource, servers: &[&str]) -> RouteCache {
+    let mut routes = cache_with_defaults(source, servers);
+    routes.set_forced_refresh_spacing(Duration::ZERO);
+    routes
+}
+
+fn cache_with_defaults(source: &FakeSource, servers: &[&str]) -> RouteCache {
     RouteCache::new(
         Box::new(source.clone()),
         servers.iter().map(|s| s.to_string()).collect(),
@@ -80,6 +88,24 @@ fn cache(source: &FakeSource, servers: &[&str]) -> RouteCache {
         Duration::from_secs(3600),
     )
     .unwrap()
+}
+
+/// Forced refreshes are spaced: a burst of routing errors asks the name servers once.
+#[test]
+fn forced_refreshes_are_spaced() {
+    let source = FakeSource::default();
+    source.set("ns1", two_groups());
+    let mut routes = cache_with_defaults(&source, &["ns1"]);
+    routes.route().unwrap();
+    for _ in 0..5 {
+        routes.invalidate();
+        routes.route().unwrap();
+    }
+    assert_eq!(source.asked.lock().unwrap().len(), 1);
+    routes.set_forced_refresh_spacing(Duration::ZERO);
+    routes.invalidate();
+    routes.route().unwrap();
+    assert_eq!(source.asked.lock().unwrap().len(), 2);
 }
 
 #[test]
