@@ -72,11 +72,12 @@ fn two_groups() -> Vec<BrokerEntry> {
     ]
 }
 
-/// A cache that fetches whenever invalidated (the test of the spacing uses
-/// [`cache_with_defaults`]).
+/// A cache that fetches whenever invalidated and drops a missing group at once (the tests of
+/// those two bounds use [`cache_with_defaults`]).
 fn cache(source: &FakeSource, servers: &[&str]) -> RouteCache {
     let mut routes = cache_with_defaults(source, servers);
     routes.set_forced_refresh_spacing(Duration::ZERO);
+    routes.set_missing_group_grace(Duration::ZERO);
     routes
 }
 
@@ -88,6 +89,26 @@ fn cache_with_defaults(source: &FakeSource, servers: &[&str]) -> RouteCache {
         Duration::from_secs(3600),
     )
     .unwrap()
+}
+
+/// A restarted name server that heard from only one group so far: the other group stays
+/// cached (its reader and its queues with it) until it has been missing for the grace.
+#[test]
+fn a_partial_answer_keeps_the_missing_group_for_a_while() {
+    let source = FakeSource::default();
+    source.set("ns1", two_groups());
+    let mut routes = cache_with_defaults(&source, &["ns1"]);
+    assert_eq!(routes.route().unwrap().groups.len(), 2);
+    source.set("ns1", two_groups()[2..].to_vec());
+    routes.refresh().unwrap();
+    assert_eq!(routes.cached().groups.len(), 2, "a missing group is kept");
+    routes.set_missing_group_grace(Duration::ZERO);
+    routes.refresh().unwrap();
+    assert_eq!(
+        routes.cached().groups.len(),
+        1,
+        "past the grace it is dropped"
+    );
 }
 
 /// Forced refreshes are spaced: a burst of routing errors asks the name servers once.
