@@ -757,11 +757,54 @@ fn fake_reader(name: &'static str, suggest: u8, log: Arc<Mutex<Vec<String>>>) ->
                     .encode(&mut out);
                     conn.reply(&header, Status::Ok, &out)
                 }
+                Some(Opcode::GroupCommit) => {
+                    let commit = crate::protocol::message::GroupCommit::decode(&body).unwrap();
+                    log.lock()
+                        .unwrap()
+                        .push(format!("{name} commit {}", commit.offset));
+                    conn.reply(&header, Status::Ok, b"")
+                }
                 _ => conn.reply(&header, Status::BadRequest, b""),
             }
         }
     });
     format!("127.0.0.1:{port}")
+}
+
+/// A commit the slave took while the master was out of the routes is sent to the master once
+/// the reader is back on it (the master's metadata would overwrite the slave's offset).
+#[test]
+fn a_commit_a_slave_took_is_sent_to_the_master_when_it_returns() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let slave = fake_reader("slave", 0, Arc::clone(&log));
+    let master = fake_reader("master", 0, Arc::clone(&log));
+    let source = FakeSource::default();
+    source.set("ns", vec![broker("a", 2, "SLAVE", 1, &slave, 1)]);
+    let mut consumer =
+        ClusterConsumer::with_routes(cache(&source, &["ns"]), ClusterConsumerOptions::default());
+    let queue = QueueRef {
+        group: "a".into(),
+        queue: 0,
+    };
+    consumer.commit("g", "t", &queue, 7).unwrap();
+    assert_eq!(consumer.pending_commits(), 1);
+    source.set(
+        "ns",
+        vec![
+            broker("a", 1, "SYNC_MASTER", 2, &master, 1),
+            broker("a", 2, "SLAVE", 1, &slave, 1),
+        ],
+    );
+    consumer.routes().invalidate();
+    consumer.pull("t", &queue, 7, 10, 1 << 20, 0).unwrap();
+    assert_eq!(consumer.pending_commits(), 0);
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec!["slave commit 7", "master 7", "master commit 7"]
+    );
+    // A commit the master takes is not remembered.
+    consumer.commit("g", "t", &queue, 8).unwrap();
+    assert_eq!(consumer.pending_commits(), 0);
 }
 
 fn consumer_of(brokers: Vec<BrokerEntry>) -> ClusterConsumer {
