@@ -517,3 +517,27 @@ fn producers_and_consumers_keep_going_when_a_master_and_a_name_server_die() {
     drop(b_slave);
     drop(b_master);
 }
+
+/// RINGMQ_NAMESRV through the binary: with --broker typed the variable is ignored (the error
+/// names the broker, no flag conflict); without it the command asks the name servers.
+#[test]
+fn the_namesrv_variable_yields_to_an_explicit_broker() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(args)
+            // Port 1 on loopback: nothing listens, a connect is refused at once.
+            .env("RINGMQ_NAMESRV", "127.0.0.1:1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ringmq")
+    };
+    let with_broker = run(&["topic", "list", "--broker", "127.0.0.1:2"]);
+    let stderr = String::from_utf8_lossy(&with_broker.stderr);
+    assert_eq!(with_broker.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("127.0.0.1:2"), "{stderr}");
+    assert!(!stderr.contains("cannot be used with"), "{stderr}");
+    let from_env = run(&["topic", "list"]);
+    let stderr = String::from_utf8_lossy(&from_env.stderr);
+    assert_eq!(from_env.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
+}

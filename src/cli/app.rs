@@ -55,8 +55,9 @@ pub struct BrokerArgs {
     #[arg(long, global = true, default_value = "127.0.0.1:10911")]
     pub broker: String,
     /// Name servers HOST:PORT[,HOST:PORT...]: find the brokers through them instead of
-    /// --broker (any of them is asked, the next one when it fails).
-    #[arg(long, global = true, env = "RINGMQ_NAMESRV", conflicts_with = "broker")]
+    /// --broker (any of them is asked, the next one when it fails). Without it, RINGMQ_NAMESRV
+    /// is used unless --broker is on the command line (an explicit flag wins).
+    #[arg(long, global = true, conflicts_with = "broker")]
     pub namesrv: Option<String>,
     /// With --namesrv: only this cluster's broker groups (default: every cluster listed).
     #[arg(
@@ -69,6 +70,58 @@ pub struct BrokerArgs {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+}
+
+/// The environment variable that names the name servers when neither flag is given.
+pub const NAMESRV_ENV: &str = "RINGMQ_NAMESRV";
+
+impl Cli {
+    /// Parses `args`, then takes the name servers from `namesrv_env` (the value of
+    /// [`NAMESRV_ENV`]) when the command line names neither `--namesrv` nor `--broker`. Not
+    /// clap's `env`: clap counts an environment value as given, so the variable would make
+    /// every `--broker` command a conflict.
+    pub fn parse_with_env<I, T>(args: I, namesrv_env: Option<String>) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command().try_get_matches_from(args)?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        let broker_given = given_on_command_line(&matches, "broker");
+        if let Some(broker) = cli.command.broker_args_mut() {
+            if broker.namesrv.is_none() && !broker_given {
+                broker.namesrv = namesrv_env.filter(|v| !v.trim().is_empty());
+            }
+        }
+        Ok(cli)
+    }
+}
+
+/// Whether `id` was typed at any level of the (sub)command line (a global flag is recorded at
+/// the level it was parsed for).
+fn given_on_command_line(matches: &clap::ArgMatches, id: &str) -> bool {
+    let here = matches.try_contains_id(id).unwrap_or(false)
+        && matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    here || matches
+        .subcommand()
+        .is_some_and(|(_, sub)| given_on_command_line(sub, id))
+}
+
+impl Command {
+    /// The client options of a client command.
+    fn broker_args_mut(&mut self) -> Option<&mut BrokerArgs> {
+        match self {
+            Command::Topic(a) => Some(&mut a.broker),
+            Command::Produce(a) => Some(&mut a.broker),
+            Command::Consume(a) => Some(&mut a.broker),
+            Command::Group(a) => Some(&mut a.broker),
+            Command::Stats(a) => Some(&mut a.broker),
+            Command::Cluster(a) => Some(&mut a.broker),
+            Command::Admin(a) => Some(&mut a.broker),
+            Command::Serve(_) | Command::Namesrv(_) | Command::Bench(_) => None,
+        }
+    }
 }
 
 impl BrokerArgs {
@@ -121,7 +174,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    match Cli::try_parse_from(args) {
+    match Cli::parse_with_env(args, std::env::var(NAMESRV_ENV).ok()) {
         Ok(cli) => {
             install_logger(matches!(
                 cli.command,
