@@ -421,13 +421,16 @@ fn producers_and_consumers_keep_going_when_a_master_and_a_name_server_die() {
         longest,
         longest_after_kill
     );
+    // Only a routing failure can be the dead name server's doing: a FLUSH_SLAVE_TIMEOUT or a
+    // timeout on a loaded machine is not, and does not fail the test.
     let failed_after_ns_kill: Vec<&Sent> = history[history_before_ns_kill..]
         .iter()
-        .filter(|s| s.result.is_err() && s.done_at >= ns_killed_at)
+        .filter(|s| s.done_at >= ns_killed_at)
+        .filter(|s| matches!(s.result, Err(FailureClass::NotStored)))
         .collect();
     assert!(
         failed_after_ns_kill.is_empty(),
-        "sends failed after the name server died: {failed_after_ns_kill:?}"
+        "sends not stored after the name server died: {failed_after_ns_kill:?}"
     );
     assert!(
         history
@@ -459,7 +462,7 @@ fn producers_and_consumers_keep_going_when_a_master_and_a_name_server_die() {
         for queue in &queues {
             let at = positions[queue];
             let r = consumer
-                .pull(TOPIC, queue, at, 256, 1 << 20, 0)
+                .pull(TOPIC, queue, at, 256, 1 << 20, 100)
                 .unwrap_or_else(|e| panic!("pull {queue:?} at {at}: {e}"));
             for m in &r.messages {
                 let payload = String::from_utf8(m.body.clone()).unwrap();
@@ -504,7 +507,16 @@ fn producers_and_consumers_keep_going_when_a_master_and_a_name_server_die() {
         let sent = sent
             .get(payload.as_str())
             .unwrap_or_else(|| panic!("{payload} never sent"));
-        assert!(sent.result.is_err(), "{payload}");
+        // Read back but never acknowledged: only an attempt whose fate was unknown may have
+        // stored it; a send reported not stored or rejected must never be found.
+        assert!(
+            matches!(
+                sent.result,
+                Err(FailureClass::MaybeStored | FailureClass::StoredWithoutGuarantee)
+            ),
+            "{payload} was stored, but its send said {:?}",
+            sent.result
+        );
     }
     println!(
         "cluster: consumers read {} messages once each ({} acknowledged, {} whose send failed but \
