@@ -134,9 +134,24 @@ fn topic_create(
         };
         let mut client =
             Client::connect(&master.listen).map_err(|e| describe(&master.listen, &e))?;
-        let info = client
-            .create_topic(&name, queues)
-            .map_err(|e| format!("group {group}: {}", describe(&master.listen, &e)))?;
+        let fail = |e: ClientError| format!("group {group}: {}", describe(&master.listen, &e));
+        let info = match client.create_topic(name, queues) {
+            Ok(info) => info,
+            // Creating on several groups is not atomic: a rerun after a create that failed
+            // partway finds the topic on the groups done before, which is fine when it has the
+            // queue count asked for.
+            Err(e) if e.status() == Some(Status::TopicExists) => {
+                let existing = client.describe_topic(name).map_err(fail)?.topic;
+                if existing.queue_count() != queues {
+                    return Err(format!(
+                        "group {group}: TOPIC_EXISTS: `{name}` has {} queues there, not {queues}",
+                        existing.queue_count()
+                    ));
+                }
+                existing
+            }
+            Err(e) => return Err(fail(e)),
+        };
         created.push((group.clone(), info));
     }
     match args.format {
