@@ -75,52 +75,42 @@ pub struct BrokerArgs {
 /// The environment variable that names the name servers when neither flag is given.
 pub const NAMESRV_ENV: &str = "RINGMQ_NAMESRV";
 
+/// The subcommands that take [`BrokerArgs`] (`serve` has a `--namesrv` of its own).
+const CLIENT_COMMANDS: &[&str] = &[
+    "topic", "produce", "consume", "group", "stats", "cluster", "admin",
+];
+
 impl Cli {
-    /// Parses `args`, then takes the name servers from `namesrv_env` (the value of
-    /// [`NAMESRV_ENV`]) when the command line names neither `--namesrv` nor `--broker`. Not
-    /// clap's `env`: clap counts an environment value as given, so the variable would make
-    /// every `--broker` command a conflict.
+    /// Parses `args` as if `--namesrv <namesrv_env>` (the value of [`NAMESRV_ENV`]) were on a
+    /// client command line that names neither `--namesrv` nor `--broker`. Not clap's `env`:
+    /// clap counts an environment value as given, so the variable would make every `--broker`
+    /// command a conflict. Added to the arguments rather than set after parsing, so flags that
+    /// require `--namesrv` (`--cluster`, `--retry-another-group`) accept the variable too.
     pub fn parse_with_env<I, T>(args: I, namesrv_env: Option<String>) -> Result<Cli, clap::Error>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        use clap::{CommandFactory, FromArgMatches};
-        let matches = Cli::command().try_get_matches_from(args)?;
-        let mut cli = Cli::from_arg_matches(&matches)?;
-        let broker_given = given_on_command_line(&matches, "broker");
-        if let Some(broker) = cli.command.broker_args_mut() {
-            if broker.namesrv.is_none() && !broker_given {
-                broker.namesrv = namesrv_env.filter(|v| !v.trim().is_empty());
+        let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let client_command = args
+            .get(1)
+            .and_then(|a| a.to_str())
+            .is_some_and(|a| CLIENT_COMMANDS.contains(&a));
+        let names = |flag: &str| {
+            args.iter().filter_map(|a| a.to_str()).any(|a| {
+                a == flag
+                    || a.strip_prefix(flag)
+                        .is_some_and(|rest| rest.starts_with('='))
+            })
+        };
+        let given = names("--broker") || names("--namesrv");
+        if let Some(value) = namesrv_env.filter(|v| !v.trim().is_empty()) {
+            if client_command && !given {
+                args.push("--namesrv".into());
+                args.push(value.into());
             }
         }
-        Ok(cli)
-    }
-}
-
-/// Whether `id` was typed at any level of the (sub)command line (a global flag is recorded at
-/// the level it was parsed for).
-fn given_on_command_line(matches: &clap::ArgMatches, id: &str) -> bool {
-    let here = matches.try_contains_id(id).unwrap_or(false)
-        && matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
-    here || matches
-        .subcommand()
-        .is_some_and(|(_, sub)| given_on_command_line(sub, id))
-}
-
-impl Command {
-    /// The client options of a client command.
-    fn broker_args_mut(&mut self) -> Option<&mut BrokerArgs> {
-        match self {
-            Command::Topic(a) => Some(&mut a.broker),
-            Command::Produce(a) => Some(&mut a.broker),
-            Command::Consume(a) => Some(&mut a.broker),
-            Command::Group(a) => Some(&mut a.broker),
-            Command::Stats(a) => Some(&mut a.broker),
-            Command::Cluster(a) => Some(&mut a.broker),
-            Command::Admin(a) => Some(&mut a.broker),
-            Command::Serve(_) | Command::Namesrv(_) | Command::Bench(_) => None,
-        }
+        Cli::try_parse_from(args)
     }
 }
 

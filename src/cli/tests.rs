@@ -319,4 +319,18 @@ fn the_namesrv_variable_yields_to_an_explicit_broker() {
     };
     assert_eq!(args.broker.namesrv.as_deref(), Some("n:1"));
     assert!(with_env(&["topic", "list", "--namesrv", "n:1", "--broker", "b:1"]).is_err());
+    // Flags that need name servers take the variable's.
+    let Command::Produce(args) = with_env(&["produce", "t", "--retry-another-group"])
+        .unwrap()
+        .command
+    else {
+        panic!("not produce")
+    };
+    assert!(args.retry_another_group);
+    assert_eq!(args.broker.namesrv.as_deref(), Some("env:1"));
+    // serve's own --namesrv never comes from it.
+    let Command::Serve(args) = with_env(&["serve"]).unwrap().command else {
+        panic!("not serve")
+    };
+    assert!(args.namesrv.is_none());
 }
