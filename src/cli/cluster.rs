@@ -46,6 +46,8 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
         return list(&args);
     }
     let mut client = args.broker.connect()?;
+    // With --namesrv, the master it found, not the unused --broker default.
+    let addr = client.bootstrap_addr().to_string();
     let status = match &args.command {
         ClusterCommand::Status => client.call(&ClusterStatusRequest {}),
         ClusterCommand::Promote { role } => client.call(&ClusterPromote { role: role.clone() }),
@@ -54,7 +56,7 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
         }),
         ClusterCommand::List => unreachable!("answered above"),
     }
-    .map_err(|e| describe(&args.broker.broker, &e))?;
+    .map_err(|e| describe(&addr, &e))?;
     match args.broker.format {
         Format::Json => emit(&serde_json::to_string(&status).expect("status serializes")),
         Format::Text => {
