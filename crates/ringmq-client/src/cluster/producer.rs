@@ -181,6 +181,46 @@ pub struct SendError {
     pub attempts: u32,
 }
 
+/// What one failed attempt says.
+struct FailedAttempt {
+    class: FailureClass,
+    /// The group's master a `NOT_MASTER` answer named, when it is not the one asked.
+    hint: Option<crate::protocol::MasterHint>,
+    error: ClientError,
+    /// The broker's answer, when it stored the message without the guarantee.
+    outcome: Option<SendOutcome>,
+}
+
+/// The error of a send whose attempts all failed; `last` is `None` when no queue was found.
+fn send_error(
+    topic: &str,
+    last: Option<(ClientError, Option<String>, FailureClass)>,
+    maybe_stored: bool,
+    attempts: u32,
+) -> SendError {
+    let (error, group, class) = last.unwrap_or_else(|| {
+        (
+            ClientError::Status {
+                status: Status::TopicNotFound,
+                message: format!("no writable queue of topic `{topic}` in the routes"),
+            },
+            None,
+            FailureClass::NotStored,
+        )
+    });
+    SendError {
+        // Any attempt that may have stored it makes the whole send "maybe stored".
+        class: if maybe_stored {
+            FailureClass::MaybeStored
+        } else {
+            class
+        },
+        error,
+        group,
+        attempts,
+    }
+}
+
 pub struct ClusterProducer {
     routes: RouteCache,
     options: ClusterProducerOptions,
@@ -254,109 +294,99 @@ impl ClusterProducer {
                 },
             };
             attempts += 1;
-            let retries_left = attempts < allowed;
-            let started = Instant::now();
-            let result = self.attempt(&master, topic, queue.queue, messages);
-            let latency = started.elapsed();
-            let (class, hint, error, outcome) = match result {
-                Ok(result) => {
-                    let outcome = SendOutcome {
-                        status: result.status,
-                        group: queue.group.clone(),
-                        broker: master.clone(),
-                        queue: result.response.queue,
-                        base_offset: result.response.base_offset,
-                        count: result.response.count,
-                        attempts,
-                    };
-                    if result.status == Status::Ok {
-                        self.fault
-                            .record_success(&queue.group, latency, Instant::now());
-                        return Ok(outcome);
-                    }
-                    let error = ClientError::Status {
-                        status: result.status,
-                        message: "stored without the flush or replication guarantee".into(),
-                    };
-                    (
-                        FailureClass::StoredWithoutGuarantee,
-                        None,
-                        error,
-                        Some(outcome),
-                    )
-                }
-                Err((error, written)) => {
-                    let class = classify_error(&error, written);
-                    let hint = error.master_hint();
-                    (class, hint, error, None)
-                }
+            let failed = match self.attempt_once(&queue, &master, topic, messages, attempts) {
+                Ok(outcome) => return Ok(outcome),
+                Err(failed) => *failed,
             };
-            tracing::debug!(group = %queue.group, ?class, %error, "cluster produce attempt failed");
-            let hinted = match &hint {
-                Some(hint) if hint.listen != master => {
-                    self.learn_master(&queue.group, hint.listen.clone(), hint.epoch);
-                    true
-                }
-                _ => false,
-            };
-            if class != FailureClass::Rejected {
-                if !hinted {
-                    self.fault
-                        .record_failure(&queue.group, latency, Instant::now());
-                }
-                self.routes.invalidate();
-            }
-            match class {
+            match failed.class {
                 FailureClass::MaybeStored => maybe_stored = true,
-                FailureClass::StoredWithoutGuarantee => stored = outcome,
+                FailureClass::StoredWithoutGuarantee => stored = failed.outcome,
                 _ => {}
             }
             let decision = decide(
-                class,
-                hinted,
-                retries_left,
+                failed.class,
+                failed.hint.is_some(),
+                attempts < allowed,
                 self.options.retry_another_group_when_not_stored_ok,
                 ordered,
             );
+            last = Some((failed.error, Some(queue.group.clone()), failed.class));
             match decision {
                 Decision::ResendSameQueue => {
-                    let listen = hint.expect("hinted").listen;
-                    pinned = Some((queue.clone(), listen));
+                    let listen = failed.hint.expect("hinted").listen;
+                    pinned = Some((queue, listen));
                 }
-                Decision::ResendAnotherGroup => tried.push(queue.group.clone()),
-                Decision::Report => {
-                    last = Some((error, Some(queue.group.clone()), class));
-                    break;
-                }
+                Decision::ResendAnotherGroup => tried.push(queue.group),
+                Decision::Report => break,
             }
-            last = Some((error, Some(queue.group), class));
         }
         // Stored once without the guarantee, and no later attempt stored it with it.
         if let Some(mut outcome) = stored {
             outcome.attempts = attempts;
             return Ok(outcome);
         }
-        let (error, group, class) = last.unwrap_or_else(|| {
-            (
-                ClientError::Status {
-                    status: Status::TopicNotFound,
-                    message: format!("no writable queue of topic `{topic}` in the routes"),
-                },
-                None,
-                FailureClass::NotStored,
-            )
-        });
-        let class = if maybe_stored {
-            FailureClass::MaybeStored
-        } else {
-            class
+        Err(send_error(topic, last, maybe_stored, attempts))
+    }
+
+    /// One attempt at `master`: the outcome of an OK, else what the failure says (the fault
+    /// tolerance, the routes and a `NOT_MASTER`'s named master are updated here).
+    fn attempt_once(
+        &mut self,
+        queue: &QueueRef,
+        master: &str,
+        topic: &str,
+        messages: &[MessageRef<'_>],
+        attempts: u32,
+    ) -> Result<SendOutcome, Box<FailedAttempt>> {
+        let started = Instant::now();
+        let result = self.attempt(master, topic, queue.queue, messages);
+        let latency = started.elapsed();
+        let failed = match result {
+            Ok(result) => {
+                let outcome = SendOutcome {
+                    status: result.status,
+                    group: queue.group.clone(),
+                    broker: master.to_string(),
+                    queue: result.response.queue,
+                    base_offset: result.response.base_offset,
+                    count: result.response.count,
+                    attempts,
+                };
+                if result.status == Status::Ok {
+                    self.fault
+                        .record_success(&queue.group, latency, Instant::now());
+                    return Ok(outcome);
+                }
+                FailedAttempt {
+                    class: FailureClass::StoredWithoutGuarantee,
+                    hint: None,
+                    error: ClientError::Status {
+                        status: result.status,
+                        message: "stored without the flush or replication guarantee".into(),
+                    },
+                    outcome: Some(outcome),
+                }
+            }
+            Err((error, written)) => FailedAttempt {
+                class: classify_error(&error, written),
+                // Only a hint naming another master than the one just asked is news.
+                hint: error.master_hint().filter(|h| h.listen != master),
+                error,
+                outcome: None,
+            },
         };
-        Err(SendError {
-            class,
-            error,
-            group,
-            attempts,
-        })
+        tracing::debug!(group = %queue.group, class = ?failed.class, error = %failed.error, "cluster produce attempt failed");
+        if let Some(hint) = &failed.hint {
+            self.learn_master(&queue.group, hint.listen.clone(), hint.epoch);
+        }
+        if failed.class != FailureClass::Rejected {
+            if failed.hint.is_none() {
+                self.fault
+                    .record_failure(&queue.group, latency, Instant::now());
+            }
+            self.routes.invalidate();
+        }
+        Err(Box::new(failed))
     }
 
     /// The queue and master address for the next attempt; `None` when every group was tried
