@@ -176,7 +176,7 @@ fn topic_create(
 fn topic_list(args: &BrokerArgs, route: &ClusterRoute) -> Result<(), String> {
     let mut topics: BTreeMap<String, Vec<(String, u32)>> = BTreeMap::new();
     for group in route.groups.keys() {
-        let mut reader = group_reader(&route, group)?;
+        let mut reader = group_reader(route, group)?;
         let list = reader
             .call(&TopicListRequest {})
             .map_err(|e| format!("group {group}: {}", describe(reader.active_addr(), &e)))?;
@@ -220,8 +220,8 @@ fn topic_list(args: &BrokerArgs, route: &ClusterRoute) -> Result<(), String> {
 fn topic_describe(args: &BrokerArgs, route: &ClusterRoute, name: &str) -> Result<(), String> {
     let mut described: Vec<(String, TopicDescription)> = Vec::new();
     for group in route.groups.keys() {
-        let mut reader = group_reader(&route, group)?;
-        match reader.describe_topic(&name) {
+        let mut reader = group_reader(route, group)?;
+        match reader.describe_topic(name) {
             Ok(d) => described.push((group.clone(), d)),
             Err(e) if e.status() == Some(Status::TopicNotFound) => {}
             Err(e) => {
@@ -296,7 +296,7 @@ fn topic_delete(args: &BrokerArgs, route: &ClusterRoute, name: &str) -> Result<(
         let mut client =
             Client::connect(&master.listen).map_err(|e| describe(&master.listen, &e))?;
         client
-            .delete_topic(&name)
+            .delete_topic(name)
             .map_err(|e| format!("group {group}: {}", describe(&master.listen, &e)))?;
         deleted.push(group.clone());
     }
