@@ -71,6 +71,8 @@ pub enum ShardRequest {
     /// this shard's `NOT_MASTER` answers name it from now on.
     MasterHint {
         master: Option<crate::protocol::MasterHint>,
+        /// How registering with each name server last went (for `cluster status`).
+        namesrv: Vec<crate::protocol::admin::NameServerStatus>,
     },
     /// Change this shard's role (see `Shard::change_role`).
     ChangeRole {

@@ -17,6 +17,8 @@ use super::completion::Event;
 use super::handlers::cluster::{local_status, ShardStatus};
 use super::mesh::ShardRequest;
 use super::Shard;
+use crate::metrics::Counter;
+use crate::protocol::admin::NameServerStatus;
 use crate::protocol::frame::{encode_frame, FrameDecoder, FrameHeader, FRAME_HEADER_BYTES};
 use crate::protocol::namesrv::{BrokerRegister, BrokerUnregister, RegisterResult, ShardOffsets};
 use crate::protocol::{MasterHint, Opcode, Status};
@@ -59,6 +61,9 @@ pub struct Registration {
     answers: RefCell<Vec<Option<MasterHint>>>,
     /// The group's master as this shard last heard it: the newest epoch any name server names.
     master: RefCell<Option<MasterHint>>,
+    /// Per name server, how the last registration went (shard 0 keeps it, and sends it to the
+    /// other shards with the master, so `cluster status` shows it from any shard).
+    namesrv: RefCell<Vec<NameServerStatus>>,
     /// A topic or role change: re-register now.
     changed: Event,
 }
@@ -72,6 +77,26 @@ impl Registration {
     /// Records the master (shard 0 sends it to every shard).
     pub fn set_master(&self, master: Option<MasterHint>) {
         *self.master.borrow_mut() = master;
+    }
+
+    /// Each name server as the last registration with it went.
+    pub fn namesrv(&self) -> Vec<NameServerStatus> {
+        self.namesrv.borrow().clone()
+    }
+
+    /// Records the name servers' states (shard 0 sends them to every shard).
+    pub fn set_namesrv(&self, namesrv: Vec<NameServerStatus>) {
+        *self.namesrv.borrow_mut() = namesrv;
+    }
+
+    /// Shard 0: records how registering with name server `index` went; returns whether that
+    /// differs from the last time.
+    fn record_state(&self, index: usize, state: NameServerStatus) -> bool {
+        let mut states = self.namesrv.borrow_mut();
+        if states.len() <= index {
+            states.resize(index + 1, NameServerStatus::default());
+        }
+        std::mem::replace(&mut states[index], state.clone()) != state
     }
 
     /// Something a registration carries changed: every name server task sends it again now.
@@ -130,13 +155,25 @@ async fn keep_registered<D: Disk>(
             // A shard is gone: the broker is stopping; the next round (if any) retries.
             None => Err(io::Error::other("a shard did not report its state")),
         };
-        match outcome.and_then(|(status, answer)| answer_of(status, &answer)) {
+        let (state, master_changed) = match outcome
+            .and_then(|(status, answer)| answer_of(status, &answer))
+        {
             Ok(result) => {
                 if failing {
                     info!(namesrv = %addr, "registered with the name server again");
                     failing = false;
                 }
-                learn(&shard, &identity, index, &result).await;
+                let refused = !result.is_accepted();
+                if refused {
+                    shard.probe().add(Counter::NamesrvRegisterRefused, 1);
+                }
+                let master_changed = learn(&shard, &identity, index, &result);
+                let state = NameServerStatus {
+                    namesrv: addr.to_string(),
+                    registered: true,
+                    refused,
+                };
+                (state, master_changed)
             }
             Err(e) => {
                 if !failing {
@@ -145,7 +182,32 @@ async fn keep_registered<D: Disk>(
                 }
                 // A fresh connection next time: this one may be mid-frame.
                 link.close();
+                let refused = shard
+                    .registration()
+                    .namesrv
+                    .borrow()
+                    .get(index)
+                    .is_some_and(|s| s.refused);
+                let state = NameServerStatus {
+                    namesrv: addr.to_string(),
+                    registered: false,
+                    refused,
+                };
+                (state, false)
             }
+        };
+        let was_refused = shard
+            .registration()
+            .namesrv
+            .borrow()
+            .get(index)
+            .is_some_and(|s| s.refused);
+        if state.refused != was_refused {
+            log_refusal(&shard, &identity, addr, state.refused);
+        }
+        let state_changed = shard.registration().record_state(index, state);
+        if state_changed || master_changed {
+            publish(&shard).await;
         }
         future::or(
             async {
@@ -168,22 +230,52 @@ fn answer_of(status: Status, body: &[u8]) -> io::Result<RegisterResult> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("RegisterResult: {e}")))
 }
 
-/// Takes the master a name server named and, when the broker's view changes, tells every
-/// other shard (their `NOT_MASTER` answers name it too).
-async fn learn<D: Disk>(
+/// A name server started or stopped refusing this broker's master claim: logged on the change
+/// only (every heartbeat would repeat it).
+fn log_refusal<D: Disk>(
+    shard: &Shard<D>,
+    identity: &ClusterIdentity,
+    addr: SocketAddr,
+    refused: bool,
+) {
+    if !refused {
+        info!(namesrv = %addr, "the name server accepts this broker's registration again");
+        return;
+    }
+    let master = shard.registration().master();
+    warn!(
+        namesrv = %addr,
+        broker_id = identity.broker_id,
+        master = %master.as_ref().map_or("none", |m| m.listen.as_str()),
+        master_epoch = master.as_ref().map_or(0, |m| m.epoch),
+        "the name server refused this broker's master claim: its epoch does not outrank the \
+         group's master there (lower, or equal from another broker), so clients are not routed \
+         here; this broker still takes writes sent to it directly until it is demoted (fencing \
+         it is the controller's part)"
+    );
+}
+
+/// Sends the master and the name servers' states to every other shard: their `NOT_MASTER`
+/// answers name the master, their `cluster status` shows the states.
+async fn publish<D: Disk>(shard: &Rc<Shard<D>>) {
+    let registration = shard.registration();
+    for other in (0..shard.shard_count()).filter(|s| *s != shard.id()) {
+        let request = ShardRequest::MasterHint {
+            master: registration.master(),
+            namesrv: registration.namesrv(),
+        };
+        // A shard that is gone is stopping with the broker; nothing to tell it.
+        let _ = shard.mesh().send(other, request).await;
+    }
+}
+
+/// Takes the master a name server named; returns whether the broker's view of it changed.
+fn learn<D: Disk>(
     shard: &Rc<Shard<D>>,
     identity: &ClusterIdentity,
     index: usize,
     result: &RegisterResult,
-) {
-    if !result.is_accepted() {
-        warn!(
-            namesrv = %identity.namesrv[index],
-            master = %result.master_listen,
-            master_epoch = result.master_epoch,
-            "the name server refused this broker's master claim: its group has a master with a newer epoch"
-        );
-    }
+) -> bool {
     // This broker naming itself would send clients back here.
     let named =
         (!result.master_listen.is_empty() && result.master_listen != identity.listen).then(|| {
@@ -193,7 +285,7 @@ async fn learn<D: Disk>(
             }
         });
     let Some(master) = shard.registration().record_answer(index, named) else {
-        return;
+        return false;
     };
     match &master {
         Some(m) => {
@@ -201,13 +293,7 @@ async fn learn<D: Disk>(
         }
         None => info!("the name servers name no master for this group"),
     }
-    for other in (0..shard.shard_count()).filter(|s| *s != shard.id()) {
-        let request = ShardRequest::MasterHint {
-            master: master.clone(),
-        };
-        // A shard that is gone is stopping with the broker; nothing to tell it.
-        let _ = shard.mesh().send(other, request).await;
-    }
+    true
 }
 
 /// The whole registration as it is now, encoded; `None` if a shard did not report.

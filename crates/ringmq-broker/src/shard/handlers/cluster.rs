@@ -75,6 +75,7 @@ pub async fn status<D: Disk>(shard: &Rc<Shard<D>>) -> Result<Reply, ShardError> 
         role: shard.role().name().to_string(),
         flush_disk_type: shard.config().flush_disk_type.name().to_string(),
         shards,
+        namesrv: shard.registration().namesrv(),
     };
     Ok(Reply::ok(
         serde_json::to_vec(&status).expect("status serializes"),
