@@ -181,6 +181,12 @@ impl LogIdentity {
     }
 }
 
+impl Default for LogIdentity {
+    fn default() -> Self {
+        LogIdentity::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,11 +235,5 @@ mod tests {
             promotion_epoch([(MAX_TERM - 1) << GENERATION_BITS | 5]),
             Some(MAX_TERM << 16)
         );
-    }
-}
-
-impl Default for LogIdentity {
-    fn default() -> Self {
-        LogIdentity::new()
     }
 }
