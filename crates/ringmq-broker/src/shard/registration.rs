@@ -312,7 +312,7 @@ async fn registration<D: Disk>(
         cluster_name: config.cluster_name.clone(),
         broker_name: config.broker_name.clone(),
         broker_id: identity.broker_id,
-        role: shard.role().name().to_string(),
+        role: registered_role(&shards).to_string(),
         epoch: shards.iter().map(|s| s.epoch).max().unwrap_or(0),
         flush_disk_type: config.flush_disk_type.name().to_string(),
         listen: identity.listen.clone(),
@@ -331,6 +331,20 @@ async fn registration<D: Disk>(
     let mut body = Vec::new();
     register.encode(&mut body);
     Some(body)
+}
+
+/// The role registered: a master role only when every shard is a master of the same mode.
+/// Shards in different roles (a role change under way, or one that failed on some shards)
+/// register as SLAVE, so no client is routed to a broker only part of which takes writes.
+fn registered_role(shards: &[ShardStatus]) -> &str {
+    match shards.split_first() {
+        Some((first, rest))
+            if first.role.ends_with("MASTER") && rest.iter().all(|s| s.role == first.role) =>
+        {
+            &first.role
+        }
+        _ => "SLAVE",
+    }
 }
 
 /// Sends `BrokerUnregister` to every name server at once and waits for their answers, each at
@@ -473,7 +487,34 @@ async fn within<T>(
 
 #[cfg(test)]
 mod tests {
-    use super::Registration;
+    use super::{registered_role, Registration};
+    use crate::protocol::admin::ShardStatus;
+
+    fn shard(role: &str) -> ShardStatus {
+        ShardStatus {
+            shard: 0,
+            role: role.to_string(),
+            epoch: 1,
+            log_id: String::new(),
+            max_offset: 0,
+            flushed_offset: 0,
+            confirmed_offset: 0,
+            divergence_points: Vec::new(),
+            slaves: Vec::new(),
+            master_link: None,
+        }
+    }
+
+    #[test]
+    fn a_master_role_is_registered_only_when_every_shard_has_it() {
+        let all = [shard("SYNC_MASTER"), shard("SYNC_MASTER")];
+        assert_eq!(registered_role(&all), "SYNC_MASTER");
+        let mixed = [shard("SYNC_MASTER"), shard("SLAVE")];
+        assert_eq!(registered_role(&mixed), "SLAVE");
+        let modes = [shard("SYNC_MASTER"), shard("ASYNC_MASTER")];
+        assert_eq!(registered_role(&modes), "SLAVE");
+        assert_eq!(registered_role(&[shard("SLAVE")]), "SLAVE");
+    }
     use crate::protocol::MasterHint;
 
     fn hint(listen: &str, epoch: u32) -> Option<MasterHint> {

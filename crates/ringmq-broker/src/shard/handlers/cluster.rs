@@ -176,8 +176,14 @@ async fn change_everywhere<D: Disk>(
     }
     if failed.is_empty() {
         let changed = shard.change_role(target).await;
-        // Shard 0's name-server tasks register the new role at once (a no-op elsewhere).
-        shard.registration().changed();
+        // Shard 0's name-server tasks register the new role at once, now that every shard has
+        // it (shard 0 may have changed first, and registered a mix it reports as SLAVE).
+        if shard.id() == 0 {
+            shard.registration().changed();
+        } else {
+            // Shard 0 gone: the broker is stopping and unregisters anyway.
+            let _ = shard.mesh().send(0, ShardRequest::Reregister).await;
+        }
         match changed {
             Ok(()) => return Ok(()),
             Err(e) => failed.push(format!("shard {}: {e}", shard.id())),
