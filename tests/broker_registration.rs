@@ -12,7 +12,9 @@ mod common;
 use common::{temp_store, wait_until, Broker};
 use ringmq::client::namesrv::NameServerClient;
 use ringmq::client::{Client, ClusterStatus};
-use ringmq::protocol::message::{ClusterDemote, ClusterPromote, ClusterStatusRequest, MessageRef};
+use ringmq::protocol::message::{
+    ClusterDemote, ClusterPromote, ClusterStatusRequest, MessageRef, TopicListRequest,
+};
 use ringmq::protocol::namesrv::Routes;
 use ringmq::protocol::Status;
 use std::io::{BufRead, BufReader};
@@ -339,6 +341,14 @@ fn a_restarted_stale_master_never_replaces_its_successor() {
             .then_some(())
     });
 
+    wait_until(Duration::from_secs(30), "the topic on the slave", || {
+        let topics = Client::connect(&new.addr)
+            .ok()?
+            .call(&TopicListRequest {})
+            .ok()?
+            .topics;
+        topics.iter().any(|t| t.name == TOPIC).then_some(())
+    });
     old.kill();
     let promoted = new
         .client()
