@@ -6,8 +6,9 @@
 //! after a topic or role change ([`Registration::changed`], notified by `apply_topics` and
 //! `change_role` on shard 0), and every `namesrv_heartbeat_interval_ms`. The requests go over
 //! glommio's async `TcpStream` with connect and answer deadlines, so no shard ever waits on a
-//! name server: the tasks only yield between the shard's other work. A clean shutdown sends
-//! `BrokerUnregister` to every name server, bounded by [`UNREGISTER_TIMEOUT`].
+//! name server: the tasks only yield between the shard's other work. A clean shutdown
+//! ([`stop`]) lets each task finish its exchange in flight and send `BrokerUnregister` on its
+//! own connection, bounded by [`UNREGISTER_TIMEOUT`].
 //!
 //! Every shard keeps the master the answers named ([`Registration::master`]): shard 0 sends it
 //! to the others over the mesh when it changes, and each shard's `NOT_MASTER` ends with it.
@@ -64,8 +65,11 @@ pub struct Registration {
     /// Per name server, how the last registration went (shard 0 keeps it, and sends it to the
     /// other shards with the master, so `cluster status` shows it from any shard).
     namesrv: RefCell<Vec<NameServerStatus>>,
-    /// A topic or role change: re-register now.
+    /// A topic or role change: re-register now (also notified by a stop).
     changed: Event,
+    /// The broker is stopping: each task finishes the exchange in flight, then unregisters
+    /// on its own connection and returns.
+    stopping: Cell<bool>,
 }
 
 impl Registration {
@@ -123,8 +127,7 @@ impl Registration {
     }
 }
 
-/// Starts one registration task per name server on `shard` (shard 0). The tasks end when the
-/// returned handles are dropped.
+/// Starts one registration task per name server on `shard` (shard 0); [`stop`] ends them.
 pub fn start<D: Disk + 'static>(
     shard: &Rc<Shard<D>>,
     identity: Rc<ClusterIdentity>,
@@ -145,7 +148,7 @@ async fn keep_registered<D: Disk>(
     let interval = Duration::from_millis(shard.config().namesrv_heartbeat_interval_ms);
     let mut link = NameServerLink::new(addr);
     let mut failing = false;
-    loop {
+    while !shard.registration().stopping.get() {
         // Listened to before the registration is built, so a change made while it is being
         // sent is sent again rather than lost.
         let changed = shard.registration().changed.listen();
@@ -209,6 +212,9 @@ async fn keep_registered<D: Disk>(
         if state_changed || master_changed {
             publish(&shard).await;
         }
+        if shard.registration().stopping.get() {
+            break;
+        }
         future::or(
             async {
                 let _ = changed.await;
@@ -217,6 +223,31 @@ async fn keep_registered<D: Disk>(
         )
         .await;
     }
+    unregister(&mut link, &shard, &identity).await;
+}
+
+/// Ends the registration tasks: each finishes the exchange it has in flight (each step is
+/// bounded by [`REQUEST_TIMEOUT`]) and then sends `BrokerUnregister` on the same connection,
+/// so no registration of this broker can reach a name server after its unregister. Waits
+/// for them all, at most the in-flight exchange's bound plus [`UNREGISTER_TIMEOUT`]; a task
+/// still running then is dropped (that name server expires the broker instead).
+pub async fn stop<D: Disk>(shard: &Rc<Shard<D>>, tasks: Vec<glommio::Task<()>>) {
+    shard.registration().stopping.set(true);
+    shard.registration().changed();
+    let all = async {
+        for task in tasks {
+            task.await;
+        }
+    };
+    let bound = REQUEST_TIMEOUT * 2 + UNREGISTER_TIMEOUT;
+    future::or(all, async {
+        sleep(bound).await;
+        warn!(
+            "the name servers did not all answer the unregister within {} ms",
+            bound.as_millis()
+        );
+    })
+    .await;
 }
 
 fn answer_of(status: Status, body: &[u8]) -> io::Result<RegisterResult> {
@@ -347,42 +378,33 @@ fn registered_role(shards: &[ShardStatus]) -> &str {
     }
 }
 
-/// Sends `BrokerUnregister` to every name server at once and waits for their answers, each at
-/// most [`UNREGISTER_TIMEOUT`].
-pub async fn unregister_all(cluster_name: &str, broker_name: &str, identity: &ClusterIdentity) {
+/// Sends `BrokerUnregister` on `link` (the connection the registrations went on, or a new
+/// one after a failure) and waits at most [`UNREGISTER_TIMEOUT`] for the answer.
+async fn unregister<D: Disk>(
+    link: &mut NameServerLink,
+    shard: &Shard<D>,
+    identity: &ClusterIdentity,
+) {
+    let config = shard.config();
     let mut body = Vec::new();
     BrokerUnregister {
-        cluster_name: cluster_name.to_string(),
-        broker_name: broker_name.to_string(),
+        cluster_name: config.cluster_name.clone(),
+        broker_name: config.broker_name.clone(),
         broker_id: identity.broker_id,
     }
     .encode(&mut body);
-    let body = Rc::new(body);
-    let tasks: Vec<_> = identity
-        .namesrv
-        .iter()
-        .map(|addr| {
-            let (addr, body) = (*addr, body.clone());
-            glommio::spawn_local(async move {
-                let mut link = NameServerLink::new(addr);
-                let sent = future::or(
-                    link.exchange(Opcode::BrokerUnregister, &body),
-                    async {
-                        sleep(UNREGISTER_TIMEOUT).await;
-                        Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"))
-                    },
-                )
-                .await;
-                match sent {
-                    Ok((Status::Ok, _)) => info!(namesrv = %addr, "unregistered"),
-                    Ok((status, _)) => warn!(namesrv = %addr, "unregistering: answered {status}"),
-                    Err(e) => warn!(namesrv = %addr, "unregistering failed: {e}; the name server expires this broker instead"),
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await;
+    let addr = link.addr;
+    let sent = future::or(link.exchange(Opcode::BrokerUnregister, &body), async {
+        sleep(UNREGISTER_TIMEOUT).await;
+        Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"))
+    })
+    .await;
+    match sent {
+        Ok((Status::Ok, _)) => info!(namesrv = %addr, "unregistered"),
+        Ok((status, _)) => warn!(namesrv = %addr, "unregistering: answered {status}"),
+        Err(e) => {
+            warn!(namesrv = %addr, "unregistering failed: {e}; the name server expires this broker instead")
+        }
     }
 }
 

@@ -292,13 +292,8 @@ async fn serve_until_stopped(
         );
     }
     drop(accept_loops);
-    drop(registering);
-    if let Some(identity) = &cluster {
-        // Before the final flush: clients stop being sent here while the broker stops.
-        let config = shard.config();
-        super::registration::unregister_all(&config.cluster_name, &config.broker_name, identity)
-            .await;
-    }
+    // Before the final flush: clients stop being sent here while the broker stops.
+    super::registration::stop(&shard, registering).await;
     info!(shard = shard.id(), "stopping: final flush and checkpoint");
     if let Err(e) = shard.stop(background).await {
         warn!(shard = shard.id(), "clean shutdown failed: {e}");
