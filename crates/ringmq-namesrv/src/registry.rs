@@ -77,6 +77,8 @@ impl Group {
             master_broker_id: master.map_or(0, |m| m.broker_id),
             master_epoch: master.map_or(0, |m| m.epoch),
             expiry_ms: expiry_ms.min(u64::from(u32::MAX)) as u32,
+            group_epoch: self.master_mark.map_or(0, |(epoch, _)| epoch),
+            group_epoch_broker_id: self.master_mark.map_or(0, |(_, id)| id),
         }
     }
 }
@@ -179,6 +181,16 @@ impl Registry {
             .or_default()
             .entry(group_name)
             .or_default();
+        if group
+            .brokers
+            .get(&id)
+            .is_some_and(|e| is_out_of_order(&e.registration, &registration))
+        {
+            // An older registration of this broker arriving after a newer one (resent after
+            // a timeout, or overtaken on another connection): the newer one stands, and so
+            // does its expiry clock (this one was sent before it).
+            return Ok(group.result(true, expiry_ms));
+        }
         if is_master_role(&registration.role) {
             let refused = match group.master_mark {
                 Some((epoch, holder)) => {
@@ -281,6 +293,13 @@ impl Registry {
     }
 }
 
+/// Whether `incoming` is older than `stored`, this broker's registration that the registry
+/// holds: both sequenced (non-zero) and `incoming`'s sequence not above it. A sequence of 0
+/// (a broker that does not sequence) is always applied.
+fn is_out_of_order(stored: &BrokerRegister, incoming: &BrokerRegister) -> bool {
+    incoming.sequence != 0 && stored.sequence != 0 && incoming.sequence <= stored.sequence
+}
+
 fn encoded_len(registration: &BrokerRegister) -> usize {
     let mut out = Vec::new();
     registration.encode(&mut out);
@@ -341,6 +360,7 @@ mod tests {
             shard_ports: vec![],
             topics: vec![],
             shards: vec![],
+            sequence: 0,
         }
     }
 
@@ -385,6 +405,8 @@ mod tests {
             .unwrap();
         assert!(!stale.is_accepted());
         assert_eq!(stale.master_listen, "");
+        // No master is listed, but the answer says what the claim lost to.
+        assert_eq!((stale.group_epoch, stale.group_epoch_broker_id), (2, 2));
         assert!(listed(&mut r, "", later).is_empty());
         // Demoted for real, it registers as a slave and is listed again.
         assert!(r
@@ -397,6 +419,43 @@ mod tests {
             .unwrap();
         assert!(back.is_accepted());
         assert_eq!((back.master_broker_id, back.master_epoch), (1, 3));
+    }
+
+    #[test]
+    fn a_late_registration_never_undoes_a_newer_one() {
+        let mut r = Registry::new(EXPIRY);
+        let sequenced = |role: &str, epoch: u32, sequence: u64| BrokerRegister {
+            sequence,
+            ..reg("c", "a", 1, role, epoch)
+        };
+        assert!(r
+            .register(sequenced("SYNC_MASTER", 1, 10), 0)
+            .unwrap()
+            .is_accepted());
+        // Demoted (sequence 11), then its earlier master registration arrives late (10, then
+        // a resend of 11's predecessor): both are ignored, the slave entry stands.
+        r.register(sequenced("SLAVE", 1, 11), 100).unwrap();
+        for late in [10, 11] {
+            let answer = r.register(sequenced("SYNC_MASTER", 1, late), 200).unwrap();
+            assert_eq!(answer.master_listen, "", "sequence {late}");
+            assert_eq!(listed(&mut r, "", 200), vec![(1, "SLAVE".into(), 1)]);
+        }
+        // The ignored ones did not refresh the entry: it expires on the slave's clock.
+        assert!(listed(&mut r, "", 100 + EXPIRY).is_empty());
+        // A restarted broker's sequence is larger (boot-time based): applied.
+        assert!(r
+            .register(sequenced("SYNC_MASTER", 1, 1_000), 2000)
+            .unwrap()
+            .is_accepted());
+        assert!(r
+            .register(sequenced("SLAVE", 1, 1_001), 2001)
+            .unwrap()
+            .is_accepted());
+        // Sequence 0 (a broker that does not sequence) is applied in arrival order.
+        r.register(sequenced("SYNC_MASTER", 2, 0), 2002).unwrap();
+        assert_eq!(listed(&mut r, "", 2002), vec![(1, "SYNC_MASTER".into(), 2)]);
+        r.register(sequenced("SLAVE", 2, 0), 2003).unwrap();
+        assert_eq!(listed(&mut r, "", 2003), vec![(1, "SLAVE".into(), 2)]);
     }
 
     #[test]
