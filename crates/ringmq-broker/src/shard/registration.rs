@@ -358,6 +358,8 @@ async fn registration<D: Disk>(
                 max_offset: s.max_offset,
             })
             .collect(),
+        // Not sequenced yet: the name server applies every registration in arrival order.
+        sequence: 0,
     };
     let mut body = Vec::new();
     register.encode(&mut body);
