@@ -1,10 +1,13 @@
 //! The registration stage: this broker's registration with the name servers (`namesrv`), and
 //! the group's current master as their answers name it.
 //!
-//! Shard 0 runs one task per name server ([`keep_registered`]), so a slow or dead name server
-//! delays no other: each sends the whole registration (`BrokerRegister`) at start, at once
-//! after a topic or role change ([`Registration::changed`], notified by `apply_topics` and
-//! `change_role` on shard 0), and every `namesrv_heartbeat_interval_ms`. The requests go over
+//! Shard 0 builds the whole registration (`BrokerRegister`, one encoding, bounded by
+//! [`MAX_REGISTRATION_BYTES`]) at start, at once after a topic or role change
+//! ([`Registration::changed`], notified by `apply_topics` and `change_role` on shard 0, and by
+//! the other shards over the mesh), and every `namesrv_heartbeat_interval_ms`. One task per
+//! name server ([`keep_registered`]) sends the newest one, so a slow or dead name server delays
+//! no other. Each registration carries a larger `sequence` than the last, so a name server
+//! ignores one that arrives late. The requests go over
 //! glommio's async `TcpStream` with connect and answer deadlines, so no shard ever waits on a
 //! name server: the tasks only yield between the shard's other work. A clean shutdown
 //! ([`stop`]) lets each task finish its exchange in flight and send `BrokerUnregister` on its
@@ -33,6 +36,11 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 use tracing::{info, warn};
+
+/// Largest registration sent: the name server's bound on one (`MAX_REGISTRATION_BYTES` in
+/// ringmq-namesrv), which refuses anything larger; a broker with that many topics is told so
+/// in its log rather than silently never listed.
+pub const MAX_REGISTRATION_BYTES: usize = 4 * 1024 * 1024;
 
 /// How long one connect, and then one answer, may take. A name server answers from memory:
 /// a second means it is down or overloaded, and the next heartbeat tries again.
@@ -70,6 +78,8 @@ pub struct Registration {
     /// The broker is stopping: each task finishes the exchange in flight, then unregisters
     /// on its own connection and returns.
     stopping: Cell<bool>,
+    /// The last registration's `sequence`; 0 before the first.
+    sequence: Cell<u64>,
 }
 
 impl Registration {
@@ -81,6 +91,22 @@ impl Registration {
     /// Records the master (shard 0 sends it to every shard).
     pub fn set_master(&self, master: Option<MasterHint>) {
         *self.master.borrow_mut() = master;
+    }
+
+    /// The next registration's `sequence`: the wall clock in nanoseconds at the first, one
+    /// more each time after, so a restarted broker (booted later by far more nanoseconds than
+    /// it sent registrations) counts above everything it sent before, and a name server can
+    /// ignore a registration that arrives after a newer one.
+    fn next_sequence(&self) -> u64 {
+        let next = match self.sequence.get() {
+            0 => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                .max(1),
+            last => last + 1,
+        };
+        self.sequence.set(next);
+        next
     }
 
     /// Each name server as the last registration with it went.
@@ -127,37 +153,119 @@ impl Registration {
     }
 }
 
-/// Starts one registration task per name server on `shard` (shard 0); [`stop`] ends them.
+/// The newest encoded registration for one name server's task: the builder replaces it, the
+/// task takes it. Holding only the newest means a slow name server is sent what is current
+/// when it is ready, and never makes the builder or the other name servers wait.
+#[derive(Default)]
+struct Outbox {
+    latest: RefCell<Option<Rc<Vec<u8>>>>,
+    posted: Event,
+}
+
+/// Starts the registration on `shard` (shard 0): one task that builds the registration at
+/// start, on every change and every heartbeat, and one task per name server that sends it;
+/// [`stop`] ends them.
 pub fn start<D: Disk + 'static>(
     shard: &Rc<Shard<D>>,
     identity: Rc<ClusterIdentity>,
 ) -> Vec<glommio::Task<()>> {
-    (0..identity.namesrv.len())
-        .map(|index| glommio::spawn_local(keep_registered(shard.clone(), identity.clone(), index)))
-        .collect()
+    let outboxes: Vec<Rc<Outbox>> = identity
+        .namesrv
+        .iter()
+        .map(|_| Rc::new(Outbox::default()))
+        .collect();
+    let mut tasks: Vec<glommio::Task<()>> = outboxes
+        .iter()
+        .enumerate()
+        .map(|(index, outbox)| {
+            glommio::spawn_local(keep_registered(
+                shard.clone(),
+                identity.clone(),
+                index,
+                outbox.clone(),
+            ))
+        })
+        .collect();
+    tasks.push(glommio::spawn_local(build_registrations(
+        shard.clone(),
+        identity,
+        outboxes,
+    )));
+    tasks
 }
 
-/// One name server's registration loop: register, learn the master, wait for a change or the
-/// heartbeat interval, again. Failures are logged once per outage, not every heartbeat.
+/// Builds the registration (the other shards' states over the mesh, the topic table, one
+/// encoding) once per change or heartbeat, and posts it to every name server's task.
+async fn build_registrations<D: Disk>(
+    shard: Rc<Shard<D>>,
+    identity: Rc<ClusterIdentity>,
+    outboxes: Vec<Rc<Outbox>>,
+) {
+    let interval = Duration::from_millis(shard.config().namesrv_heartbeat_interval_ms);
+    let mut too_large = false;
+    while !shard.registration().stopping.get() {
+        // Listened to before the registration is built, so a change made while it is being
+        // built is built again rather than lost.
+        let changed = shard.registration().changed.listen();
+        // `None`: a shard is gone, so the broker is stopping; the next round (if any) retries.
+        if let Some((body, topic_count)) = registration(&shard, &identity).await {
+            let fits = body.len() <= MAX_REGISTRATION_BYTES;
+            if fits == too_large {
+                too_large = !fits;
+                if too_large {
+                    warn!(
+                        bytes = body.len(),
+                        topic_count,
+                        "the registration is larger than the name servers take \
+                         ({MAX_REGISTRATION_BYTES} bytes): not sent, so this broker is not \
+                         listed; fewer topics or queues per broker fit"
+                    );
+                } else {
+                    info!(bytes = body.len(), "the registration fits again");
+                }
+            }
+            if fits {
+                let body = Rc::new(body);
+                for outbox in &outboxes {
+                    *outbox.latest.borrow_mut() = Some(body.clone());
+                    outbox.posted.notify();
+                }
+            }
+        }
+        future::or(
+            async {
+                let _ = changed.await;
+            },
+            sleep(interval),
+        )
+        .await;
+    }
+    // Wakes the name-server tasks to see the stop.
+    for outbox in &outboxes {
+        outbox.posted.notify();
+    }
+}
+
+/// One name server's registration loop: send the newest registration, learn the master,
+/// wait for the next one. Failures are logged once per outage, not every heartbeat.
 async fn keep_registered<D: Disk>(
     shard: Rc<Shard<D>>,
     identity: Rc<ClusterIdentity>,
     index: usize,
+    outbox: Rc<Outbox>,
 ) {
     let addr = identity.namesrv[index];
-    let interval = Duration::from_millis(shard.config().namesrv_heartbeat_interval_ms);
+    let heartbeat_ms = shard.config().namesrv_heartbeat_interval_ms;
     let mut link = NameServerLink::new(addr);
     let mut failing = false;
+    let mut warned_expiry = false;
     while !shard.registration().stopping.get() {
-        // Listened to before the registration is built, so a change made while it is being
-        // sent is sent again rather than lost.
-        let changed = shard.registration().changed.listen();
-        let body = registration(&shard, &identity).await;
-        let outcome = match body {
-            Some(body) => link.exchange(Opcode::BrokerRegister, &body).await,
-            // A shard is gone: the broker is stopping; the next round (if any) retries.
-            None => Err(io::Error::other("a shard did not report its state")),
+        let posted = outbox.posted.listen();
+        let Some(body) = outbox.latest.borrow_mut().take() else {
+            let _ = posted.await;
+            continue;
         };
+        let outcome = link.exchange(Opcode::BrokerRegister, &body).await;
         let (state, master_changed) = match outcome
             .and_then(|(status, answer)| answer_of(status, &answer))
         {
@@ -166,6 +274,7 @@ async fn keep_registered<D: Disk>(
                     info!(namesrv = %addr, "registered with the name server again");
                     failing = false;
                 }
+                check_expiry(addr, heartbeat_ms, result.expiry_ms, &mut warned_expiry);
                 let refused = !result.is_accepted();
                 if refused {
                     shard.probe().add(Counter::NamesrvRegisterRefused, 1);
@@ -212,18 +321,23 @@ async fn keep_registered<D: Disk>(
         if state_changed || master_changed {
             publish(&shard).await;
         }
-        if shard.registration().stopping.get() {
-            break;
-        }
-        future::or(
-            async {
-                let _ = changed.await;
-            },
-            sleep(interval),
-        )
-        .await;
     }
     unregister(&mut link, &shard, &identity).await;
+}
+
+/// Warns (once per task) when three heartbeats do not fit in the name server's expiry: one
+/// lost or late heartbeat would then drop this broker from the routes.
+fn check_expiry(addr: SocketAddr, heartbeat_ms: u64, expiry_ms: u32, warned: &mut bool) {
+    if !*warned && expiry_ms > 0 && heartbeat_ms.saturating_mul(3) > u64::from(expiry_ms) {
+        *warned = true;
+        warn!(
+            namesrv = %addr,
+            namesrv_heartbeat_interval_ms = heartbeat_ms,
+            broker_expiry_ms = expiry_ms,
+            "three heartbeats take longer than the name server's expiry: a heartbeat or two \
+             lost drops this broker from the routes; lower namesrv_heartbeat_interval_ms"
+        );
+    }
 }
 
 /// Ends the registration tasks: each finishes the exchange it has in flight (each step is
@@ -331,7 +445,7 @@ fn learn<D: Disk>(
 async fn registration<D: Disk>(
     shard: &Rc<Shard<D>>,
     identity: &ClusterIdentity,
-) -> Option<Vec<u8>> {
+) -> Option<(Vec<u8>, usize)> {
     let mut shards: Vec<ShardStatus> = shard
         .ask_others(|reply| ShardRequest::ClusterState { reply })
         .await
@@ -358,12 +472,12 @@ async fn registration<D: Disk>(
                 max_offset: s.max_offset,
             })
             .collect(),
-        // Not sequenced yet: the name server applies every registration in arrival order.
-        sequence: 0,
+        sequence: shard.registration().next_sequence(),
     };
     let mut body = Vec::new();
     register.encode(&mut body);
-    Some(body)
+    let topic_count = register.topics.len();
+    Some((body, topic_count))
 }
 
 /// The role registered: a master role only when every shard is a master of the same mode.
@@ -462,6 +576,11 @@ impl NameServerLink {
                     let (header, answer, used) =
                         (frame.header, frame.body.to_vec(), frame.wire_len());
                     buf.drain(..used);
+                    if header.is_response() && header.request_id < id {
+                        // The answer to an earlier request that timed out here: its exchange
+                        // is over; the one due follows on the same connection.
+                        continue;
+                    }
                     if !header.is_response() || header.request_id != id {
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidData,
