@@ -116,6 +116,7 @@ fn registration(group: &str, id: u64, role: &str, epoch: u32) -> BrokerRegister 
             queue_shards: vec![0, 0],
         }],
         shards: vec![],
+        sequence: 0,
     }
 }
 

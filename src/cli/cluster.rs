@@ -311,6 +311,7 @@ mod tests {
                 shard_ports: vec![],
                 topics: vec![],
                 shards: vec![],
+                sequence: 1,
             },
             last_heartbeat_ms_ago: 40,
         };
