@@ -42,19 +42,17 @@ pub enum ClusterCommand {
 }
 
 pub fn run(args: ClusterArgs) -> Result<(), String> {
-    if matches!(args.command, ClusterCommand::List) {
-        return list(&args);
-    }
-    let mut client = args.broker.connect()?;
-    let status = match &args.command {
-        ClusterCommand::Status => client.call(&ClusterStatusRequest {}),
-        ClusterCommand::Promote { role } => client.call(&ClusterPromote { role: role.clone() }),
-        ClusterCommand::Demote { master } => client.call(&ClusterDemote {
+    let connect = || args.broker.connect();
+    let answer = match &args.command {
+        // The name servers, not a broker.
+        ClusterCommand::List => return list(&args),
+        ClusterCommand::Status => connect()?.call(&ClusterStatusRequest {}),
+        ClusterCommand::Promote { role } => connect()?.call(&ClusterPromote { role: role.clone() }),
+        ClusterCommand::Demote { master } => connect()?.call(&ClusterDemote {
             master: master.clone(),
         }),
-        ClusterCommand::List => unreachable!("answered above"),
-    }
-    .map_err(|e| describe(&args.broker.broker, &e))?;
+    };
+    let status = answer.map_err(|e| describe(&args.broker.broker, &e))?;
     match args.broker.format {
         Format::Json => emit(&serde_json::to_string(&status).expect("status serializes")),
         Format::Text => {
