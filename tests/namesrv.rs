@@ -583,36 +583,3 @@ fn killing_the_clients_name_server_goes_unnoticed() {
         assert_eq!(client.current_addr(), second.addr);
     }
 }
-
-/// `RINGMQ_NAMESRV` is a default, not a flag: with it exported, an explicit `--broker` means
-/// that broker (no usage error), while `--broker` with `--namesrv` is still refused.
-#[test]
-fn an_explicit_broker_beats_ringmq_namesrv_from_the_environment() {
-    let dead = dead_addr();
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(args)
-            .env("RINGMQ_NAMESRV", "127.0.0.1:1")
-            .output()
-            .expect("run ringmq")
-    };
-    let output = run(&["cluster", "status", "--broker", &dead]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&dead),
-        "the broker given is the one tried: {stderr}"
-    );
-    let with_equals = run(&["cluster", &format!("--broker={dead}"), "status"]);
-    assert_eq!(with_equals.status.code(), Some(1), "{with_equals:?}");
-    let both = run(&[
-        "cluster",
-        "status",
-        "--broker",
-        &dead,
-        "--namesrv",
-        "127.0.0.1:2",
-    ]);
-    assert_eq!(both.status.code(), Some(2), "{both:?}");
-    assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
-}

@@ -3,8 +3,7 @@
 
 use super::{admin, bench, cluster, consume, group, namesrv, produce, serve, stats, topic};
 use crate::client::{Client, ClientError};
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use std::ffi::OsString;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -122,7 +121,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    match parse(args.into_iter().map(Into::into).collect()) {
+    match Cli::try_parse_from(args) {
         Ok(cli) => {
             install_logger(matches!(
                 cli.command,
@@ -139,45 +138,6 @@ where
             }
         }
     }
-}
-
-/// Parses a command line. `--broker` and `--namesrv` conflict, but `RINGMQ_NAMESRV` is only a
-/// default: an explicit `--broker` with the variable exported means that broker, so the
-/// variable is not consulted then (clap would count it as a conflicting `--namesrv`).
-pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
-    let mut command = Cli::command();
-    if flag_given(&args, "--broker") && !flag_given(&args, "--namesrv") {
-        command = without_namesrv_env(command);
-    }
-    let matches = command.try_get_matches_from(args)?;
-    Cli::from_arg_matches(&matches)
-}
-
-/// Whether `flag` (`--name`) is on the command line, as `--name VALUE` or `--name=VALUE`,
-/// before any `--`.
-fn flag_given(args: &[OsString], flag: &str) -> bool {
-    args.iter()
-        .skip(1)
-        .map(|a| a.to_string_lossy())
-        .take_while(|a| a != "--")
-        .any(|a| a == flag || a.strip_prefix(flag).is_some_and(|v| v.starts_with('=')))
-}
-
-/// `command` with `--namesrv` no longer read from the environment, in every subcommand that
-/// defines it.
-fn without_namesrv_env(command: clap::Command) -> clap::Command {
-    let command = if command.get_arguments().any(|a| a.get_id() == "namesrv") {
-        command.mut_arg("namesrv", |a| a.env(None))
-    } else {
-        command
-    };
-    let names: Vec<String> = command
-        .get_subcommands()
-        .map(|c| c.get_name().to_string())
-        .collect();
-    names.into_iter().fold(command, |c, name| {
-        c.mut_subcommand(name, without_namesrv_env)
-    })
 }
 
 /// Logs go to stderr (stdout carries data and the broker's ready line). The broker logs at
