@@ -1,6 +1,7 @@
 //! Brokers registering with a real name server (`ringmq namesrv` and `ringmq serve --namesrv`
 //! on loopback, port 0): the routes list a broker with its topics, a topic created on it is
-//! listed before its next heartbeat, a slave's `NOT_MASTER` names its group's master, SIGTERM
+//! listed before its next heartbeat, a slave's `NOT_MASTER` names its group's master, its
+//! promotion is listed at once with a newer epoch, SIGTERM
 //! takes a broker out of the routes at once and SIGKILL after the name server's expiry.
 //! Waits are on ready lines and answers, or polls with a deadline.
 
@@ -8,7 +9,7 @@ mod common;
 
 use common::{temp_store, wait_until, Broker};
 use ringmq::client::namesrv::NameServerClient;
-use ringmq::protocol::message::MessageRef;
+use ringmq::protocol::message::{ClusterPromote, MessageRef};
 use ringmq::protocol::namesrv::Routes;
 use ringmq::protocol::Status;
 use std::io::{BufRead, BufReader};
@@ -178,6 +179,19 @@ fn brokers_register_change_at_once_name_their_master_and_leave() {
     let slave_route = listed(&ns.routes(), &slave.addr).expect("the slave is listed");
     assert_eq!(slave_route.broker.role, "SLAVE");
     assert_ne!(slave_route.broker.broker_id, route.broker.broker_id);
+
+    // A promotion is registered at once too: the slave claims g1 with a newer epoch.
+    slave_client
+        .call(&ClusterPromote {
+            role: "ASYNC_MASTER".into(),
+        })
+        .expect("promote the slave");
+    let promoted = wait_until(
+        Duration::from_secs(10),
+        "the promotion in the routes",
+        || listed(&ns.routes(), &slave.addr).filter(|r| r.broker.role == "ASYNC_MASTER"),
+    );
+    assert!(promoted.broker.epoch > route.broker.epoch);
 
     // SIGTERM: out of the routes at once, not after the minute-long expiry.
     assert!(slave.stop(), "the slave stops cleanly");

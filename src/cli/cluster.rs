@@ -4,7 +4,7 @@
 
 use super::app::{describe, BrokerArgs, Format};
 use super::output::{emit, table};
-use crate::client::NameServerClient;
+use crate::client::{Client, ClientError, NameServerClient};
 use crate::protocol::admin::ClusterStatus;
 use crate::protocol::message::{ClusterDemote, ClusterPromote, ClusterStatusRequest};
 use crate::protocol::namesrv::Routes;
@@ -42,17 +42,24 @@ pub enum ClusterCommand {
 }
 
 pub fn run(args: ClusterArgs) -> Result<(), String> {
-    let connect = || args.broker.connect();
-    let answer = match &args.command {
+    type Send<'a> = Box<dyn Fn(&mut Client) -> Result<ClusterStatus, ClientError> + 'a>;
+    let send: Send = match &args.command {
         // The name servers, not a broker.
         ClusterCommand::List => return list(&args),
-        ClusterCommand::Status => connect()?.call(&ClusterStatusRequest {}),
-        ClusterCommand::Promote { role } => connect()?.call(&ClusterPromote { role: role.clone() }),
-        ClusterCommand::Demote { master } => connect()?.call(&ClusterDemote {
-            master: master.clone(),
+        ClusterCommand::Status => Box::new(|c| c.call(&ClusterStatusRequest {})),
+        ClusterCommand::Promote { role } => {
+            Box::new(move |c| c.call(&ClusterPromote { role: role.clone() }))
+        }
+        ClusterCommand::Demote { master } => Box::new(move |c| {
+            c.call(&ClusterDemote {
+                master: master.clone(),
+            })
         }),
     };
-    let status = answer.map_err(|e| describe(&args.broker.broker, &e))?;
+    let mut client = args.broker.connect()?;
+    // With --namesrv, the master it found, not the unused --broker default.
+    let addr = client.bootstrap_addr().to_string();
+    let status = send(&mut client).map_err(|e| describe(&addr, &e))?;
     match args.broker.format {
         Format::Json => emit(&serde_json::to_string(&status).expect("status serializes")),
         Format::Text => {

@@ -122,3 +122,53 @@ impl ServeArgs {
 pub fn run(args: ServeArgs) -> Result<(), String> {
     crate::server::run(args.effective_config()?).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ServeArgs;
+
+    #[test]
+    fn cluster_flags_reach_the_configuration_and_bad_addresses_are_named() {
+        let args = ServeArgs {
+            namesrv: Some(vec!["127.0.0.1:9876".into(), " 127.0.0.1:9877".into()]),
+            cluster: Some("prod".into()),
+            broker_name: Some("broker-b".into()),
+            advertised_listen: Some("broker-b.example:10911".into()),
+            ..ServeArgs::default()
+        };
+        let config = args.effective_config().expect("valid");
+        assert_eq!(config.namesrv, ["127.0.0.1:9876", "127.0.0.1:9877"]);
+        assert_eq!(config.cluster_name, "prod");
+        assert_eq!(config.broker_name, "broker-b");
+        assert_eq!(
+            config.advertised_listen.as_deref(),
+            Some("broker-b.example:10911")
+        );
+        let alone = ServeArgs::default().effective_config().expect("valid");
+        assert!(alone.namesrv.is_empty());
+        assert_eq!(alone.cluster_name, "DefaultCluster");
+
+        let bad = ServeArgs {
+            namesrv: Some(vec!["ns-1:9876".into()]),
+            ..ServeArgs::default()
+        };
+        let refused = bad
+            .effective_config()
+            .expect_err("a host name is not an IP");
+        assert!(refused.starts_with("namesrv: `ns-1:9876`"), "{refused}");
+        let empty = ServeArgs {
+            namesrv: Some(vec![String::new()]),
+            ..ServeArgs::default()
+        };
+        assert!(empty.effective_config().unwrap_err().contains("--namesrv"));
+        let bad = ServeArgs {
+            namesrv: Some(vec!["127.0.0.1:9876".into()]),
+            advertised_listen: Some("no-port".into()),
+            ..ServeArgs::default()
+        };
+        assert!(bad
+            .effective_config()
+            .unwrap_err()
+            .starts_with("advertised_listen:"));
+    }
+}
