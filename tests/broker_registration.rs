@@ -124,8 +124,8 @@ fn brokers_register_change_at_once_name_their_master_and_leave() {
     let broker_id = std::fs::read_to_string(master.store.join("broker_id")).expect("broker_id");
     assert_eq!(broker_id.trim(), route.broker.broker_id.to_string());
 
-    // Listed well before the next heartbeat (a minute away).
-    let created = Instant::now();
+    // Listed well before the next heartbeat (a minute away): the wait gives up after a sixth
+    // of it.
     client.create_topic("after", 3).expect("create topic");
     wait_until(
         Duration::from_secs(10),
@@ -139,7 +139,6 @@ fn brokers_register_change_at_once_name_their_master_and_leave() {
             })
         },
     );
-    assert!(created.elapsed() < Duration::from_secs(30));
 
     // A slave of g1 learns the master from its registration answer and names it.
     let slave_dir = temp_store();
@@ -186,25 +185,15 @@ fn brokers_register_change_at_once_name_their_master_and_leave() {
     assert_eq!(slave_route.broker.role, "SLAVE");
     assert_ne!(slave_route.broker.broker_id, route.broker.broker_id);
 
-    // A promotion is registered at once too: the slave claims g1 with a newer epoch.
-    slave_client
-        .call(&ClusterPromote {
-            role: "ASYNC_MASTER".into(),
-        })
-        .expect("promote the slave");
-    let promoted = wait_until(
-        Duration::from_secs(10),
-        "the promotion in the routes",
-        || listed(&ns.routes(), &slave.addr).filter(|r| r.broker.role == "ASYNC_MASTER"),
-    );
-    assert!(promoted.broker.epoch > route.broker.epoch);
-
-    // SIGTERM: out of the routes at once, not after the minute-long expiry.
+    // SIGTERM: out of the routes at once, not after the minute-long expiry; each broker's
+    // own unregister removes it (the other stays listed until it stops).
     assert!(slave.stop(), "the slave stops cleanly");
+    let routes = ns.routes();
+    assert!(listed(&routes, &slave.addr).is_none(), "{routes:?}");
+    assert!(listed(&routes, &master.addr).is_some(), "{routes:?}");
     assert!(master.stop(), "the master stops cleanly");
     let routes = ns.routes();
     assert!(listed(&routes, &master.addr).is_none(), "{routes:?}");
-    assert!(listed(&routes, &slave.addr).is_none(), "{routes:?}");
 }
 
 #[test]

@@ -37,8 +37,8 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://HOST:PORT/metrics.
     #[arg(long)]
     pub metrics_listen: Option<String>,
-    /// Name servers to register with, IP:PORT[,IP:PORT...] (default: none, the broker works
-    /// alone).
+    /// Name servers to register with, HOST:PORT[,HOST:PORT...], names resolved at start
+    /// (default: none, the broker works alone).
     #[arg(long, value_delimiter = ',')]
     pub namesrv: Option<Vec<String>>,
     /// The cluster this broker's group belongs to (default DefaultCluster).
@@ -98,7 +98,7 @@ impl ServeArgs {
                 .filter(|a| !a.is_empty())
                 .collect();
             if config.namesrv.is_empty() {
-                return Err("--namesrv: give at least one IP:PORT".into());
+                return Err("--namesrv: give at least one HOST:PORT".into());
             }
         }
         if let Some(cluster) = &self.cluster {

@@ -441,29 +441,49 @@ impl BrokerConfig {
             .transpose()
     }
 
-    /// The name servers' addresses, in the order configured.
+    /// The name servers' addresses, in the order configured, host names resolved (once, at
+    /// start: a name server that moves needs a broker restart). Fails naming `namesrv` and
+    /// the entry that does not resolve.
     pub fn namesrv_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
-        self.namesrv
-            .iter()
-            .map(|a| {
-                a.parse().map_err(|_| {
-                    ConfigError::value(
-                        "namesrv",
-                        format!("`{a}` is not HOST:PORT (an IP and a port)"),
-                    )
-                })
-            })
-            .collect()
-    }
-
-    /// Checks the keys of registering with name servers (only read when `namesrv` is set).
-    fn validate_cluster(&self) -> Result<(), ConfigError> {
-        let addrs = self.namesrv_addrs()?;
-        for (i, addr) in addrs.iter().enumerate() {
-            if addrs[..i].contains(addr) {
+        let mut addrs: Vec<SocketAddr> = Vec::with_capacity(self.namesrv.len());
+        for entry in &self.namesrv {
+            let resolved = std::net::ToSocketAddrs::to_socket_addrs(entry.as_str())
+                .map_err(|e| {
+                    ConfigError::value("namesrv", format!("`{entry}` does not resolve: {e}"))
+                })?
+                .next()
+                .ok_or_else(|| {
+                    ConfigError::value("namesrv", format!("`{entry}` resolves to no address"))
+                })?;
+            if addrs.contains(&resolved) {
                 return Err(ConfigError::value(
                     "namesrv",
-                    format!("{addr} is listed twice"),
+                    format!("`{entry}` is {resolved}, listed twice"),
+                ));
+            }
+            addrs.push(resolved);
+        }
+        Ok(addrs)
+    }
+
+    /// Checks the keys of registering with name servers; they are read only when `namesrv`
+    /// is set, and checked only then (a broker on its own starts whatever they say).
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        if self.slave_read_lag_bytes == 0 {
+            return Err(ConfigError::value(
+                "slave_read_lag_bytes",
+                "must be positive (every consumer would be sent to a slave)",
+            ));
+        }
+        if self.namesrv.is_empty() {
+            return Ok(());
+        }
+        for (i, entry) in self.namesrv.iter().enumerate() {
+            check_advertised("namesrv", entry)?;
+            if self.namesrv[..i].contains(entry) {
+                return Err(ConfigError::value(
+                    "namesrv",
+                    format!("{entry} is listed twice"),
                 ));
             }
         }
@@ -473,7 +493,7 @@ impl BrokerConfig {
             return Err(ConfigError::value(
                 "cluster_name",
                 format!(
-                    "must be 1 to {} characters",
+                    "must be 1 to {} bytes of UTF-8",
                     crate::constants::MAX_NAME_BYTES
                 ),
             ));
@@ -498,7 +518,7 @@ impl BrokerConfig {
             let wildcard = bound
                 .parse::<SocketAddr>()
                 .is_ok_and(|a| a.ip().is_unspecified());
-            if wildcard && advertised.is_none() && !self.namesrv.is_empty() {
+            if wildcard && advertised.is_none() {
                 return Err(ConfigError::value(
                     key,
                     format!(
@@ -521,13 +541,21 @@ impl BrokerConfig {
                 ),
             ));
         }
-        if self.slave_read_lag_bytes == 0 {
-            return Err(ConfigError::value(
-                "slave_read_lag_bytes",
-                "must be positive (every consumer would be sent to a slave)",
-            ));
-        }
         Ok(())
+    }
+
+    /// Keys that are set but do nothing in this configuration, to warn about at start.
+    pub fn unused_cluster_keys(&self) -> Vec<&'static str> {
+        if !self.namesrv.is_empty() {
+            return Vec::new();
+        }
+        [
+            ("advertised_listen", self.advertised_listen.is_some()),
+            ("advertised_ha_listen", self.advertised_ha_listen.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect()
     }
 
     pub fn shard_count(&self) -> usize {
@@ -1017,6 +1045,30 @@ mod tests {
         };
         assert_eq!(cluster(&|_| {}), None);
         assert_eq!(cluster(&|c| c.namesrv.push("ns-2".into())), Some("namesrv"));
+        assert_eq!(cluster(&|c| c.namesrv.push("localhost:9877".into())), None);
+        let named = BrokerConfig {
+            namesrv: vec!["localhost:9876".into()],
+            ..BrokerConfig::default()
+        };
+        assert_eq!(
+            named.namesrv_addrs().unwrap()[0].port(),
+            9876,
+            "names resolve"
+        );
+        let unknown = BrokerConfig {
+            namesrv: vec!["no-such-host.invalid:9876".into()],
+            ..BrokerConfig::default()
+        };
+        assert_eq!(unknown.namesrv_addrs().unwrap_err().key(), Some("namesrv"));
+        let standalone = BrokerConfig {
+            cluster_name: String::new(),
+            advertised_listen: Some("x:1".into()),
+            ..BrokerConfig::default()
+        };
+        standalone
+            .validate()
+            .expect("no namesrv: the cluster keys are not checked");
+        assert_eq!(standalone.unused_cluster_keys(), vec!["advertised_listen"]);
         assert_eq!(
             cluster(&|c| c.namesrv.push("127.0.0.1:9876".into())),
             Some("namesrv"),

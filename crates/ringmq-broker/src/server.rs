@@ -175,6 +175,9 @@ fn cluster_identity(
     listeners: &crate::net::BoundListeners,
 ) -> Result<Option<crate::shard::registration::ClusterIdentity>, ServerError> {
     if config.namesrv.is_empty() {
+        for key in config.unused_cluster_keys() {
+            tracing::warn!("`{key}` is set but `namesrv` is not: it is ignored (it is the address registered with the name servers)");
+        }
         return Ok(None);
     }
     Ok(Some(crate::shard::registration::ClusterIdentity {

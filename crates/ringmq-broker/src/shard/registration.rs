@@ -631,7 +631,7 @@ async fn within<T>(
 #[cfg(test)]
 mod tests {
     use super::{registered_role, Registration};
-    use crate::protocol::admin::ShardStatus;
+    use crate::protocol::admin::{NameServerStatus, ShardStatus};
 
     fn shard(role: &str) -> ShardStatus {
         ShardStatus {
@@ -682,5 +682,34 @@ mod tests {
         assert_eq!(r.record_answer(1, None), Some(hint("a:1", 3)));
         assert_eq!(r.record_answer(0, None), Some(None));
         assert_eq!(r.master(), None);
+    }
+
+    #[test]
+    fn a_tie_keeps_one_master_and_refusals_are_recorded_on_change_only() {
+        let r = Registration::default();
+        // Two name servers that took different first claims at the same epoch: one master is
+        // named (the later name server's), never a flip on every answer.
+        assert_eq!(r.record_answer(0, hint("a:1", 7)), Some(hint("a:1", 7)));
+        assert_eq!(r.record_answer(1, hint("b:1", 7)), Some(hint("b:1", 7)));
+        assert_eq!(r.record_answer(0, hint("a:1", 7)), None);
+        assert_eq!(r.record_answer(1, hint("b:1", 7)), None);
+
+        let state = |registered, refused| NameServerStatus {
+            namesrv: "127.0.0.1:9876".to_string(),
+            registered,
+            refused,
+        };
+        assert!(r.record_state(1, state(true, true)), "a new refusal");
+        assert!(
+            !r.record_state(1, state(true, true)),
+            "the same refusal again"
+        );
+        assert_eq!(r.namesrv()[0], NameServerStatus::default(), "not heard yet");
+        assert!(r.namesrv()[1].refused);
+        assert!(
+            r.record_state(1, state(false, true)),
+            "unreachable, still refused"
+        );
+        assert!(r.record_state(1, state(true, false)), "accepted again");
     }
 }
