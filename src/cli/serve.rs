@@ -149,13 +149,13 @@ mod tests {
         assert_eq!(alone.cluster_name, "DefaultCluster");
 
         let bad = ServeArgs {
-            namesrv: Some(vec!["ns-1:9876".into()]),
+            namesrv: Some(vec!["ns-1".into()]),
             ..ServeArgs::default()
         };
         let refused = bad
             .effective_config()
-            .expect_err("a host name is not an IP");
-        assert!(refused.starts_with("namesrv: `ns-1:9876`"), "{refused}");
+            .expect_err("an address needs a port");
+        assert!(refused.starts_with("namesrv: `ns-1`"), "{refused}");
         let empty = ServeArgs {
             namesrv: Some(vec![String::new()]),
             ..ServeArgs::default()
