@@ -112,6 +112,11 @@ impl EmbeddedBroker {
         }
     }
 
+    /// The broker process's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// A `name=value` field of the ready line (e.g. `ha`).
     pub fn ready_field(&self, name: &str) -> Option<String> {
         let prefix = format!("{name}=");

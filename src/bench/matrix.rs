@@ -1,6 +1,7 @@
 //! The matrix: every mode × every producer count with the same workload, and the files of the
 //! results folder (per run `.hgrm` and `.hlog`, then `results.json`, `machine.json` and charts).
 
+use super::cpu::Watched;
 use super::embedded::{EmbeddedBroker, StartSpec};
 use super::histogram::{write_interval_log, write_percentile_distribution, IntervalSeries};
 use super::mode::BenchMode;
@@ -13,9 +14,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Where the broker of each run comes from.
+/// This is the one place that decides which broker address the clients use.
 pub enum Target {
-    /// A broker already running at this address; its mode is read from its metadata.
-    External(String),
+    /// A broker already running at this address; its mode is read from its metadata. `pid` is
+    /// the process whose CPU is reported (given, or found from the port).
+    External { addr: String, pid: Option<u32> },
     /// A fresh broker per run.
     Embedded {
         /// TOML for `--config` (empty: the broker's defaults).
@@ -67,7 +70,7 @@ pub fn run_matrix(matrix: &Matrix) -> Result<(), String> {
 }
 
 fn resolve_modes(matrix: &Matrix) -> Result<Vec<BenchMode>, String> {
-    let Target::External(addr) = &matrix.target else {
+    let Target::External { addr, .. } = &matrix.target else {
         return Ok(matrix.modes.clone());
     };
     let client = workload::connect(addr)?;
@@ -99,7 +102,18 @@ fn run_one(
         ..matrix.workload.clone()
     };
     match &matrix.target {
-        Target::External(addr) => Ok((run::run(addr, mode, &workload, matrix.progress)?, None)),
+        Target::External { addr, pid } => {
+            let watched: Vec<Watched> = pid
+                .or_else(|| external_pid(addr))
+                .map(|pid| Watched {
+                    label: "broker",
+                    pid,
+                })
+                .into_iter()
+                .collect();
+            let result = run::run(addr, mode, &workload, matrix.progress, &watched)?;
+            Ok((result, None))
+        }
         Target::Embedded {
             config_toml,
             shards,
@@ -125,7 +139,15 @@ fn run_one(
             }
             let addr = brokers[0].addr.clone();
             let ready = brokers[0].ready_line.clone();
-            let result = run::run(&addr, mode, &workload, matrix.progress)
+            let watched: Vec<Watched> = brokers
+                .iter()
+                .enumerate()
+                .filter_map(|(index, b)| {
+                    let label = if index == 0 { "broker" } else { "slave" };
+                    b.pid().map(|pid| Watched { label, pid })
+                })
+                .collect();
+            let result = run::run(&addr, mode, &workload, matrix.progress, &watched)
                 .map_err(|e| format!("{name}: {e}\n{}", brokers[0].log_tail()));
             for broker in brokers {
                 broker.stop()?;
@@ -135,10 +157,17 @@ fn run_one(
     }
 }
 
+/// The pid of an external broker on this machine, found from its listening port.
+fn external_pid(addr: &str) -> Option<u32> {
+    let port = addr.rsplit_once(':')?.1.parse().ok()?;
+    super::cpu::pid_listening_on(port)
+}
+
 fn print_run(run: &RunSummary) {
     println!("== {} ==", run.name);
     println!("{}", report::kafka_line(run));
     println!("{}", report::microsecond_lines(run));
+    println!("{}", report::cpu_line(run));
     if run.failed_messages > 0 || run.stored_without_guarantee > 0 {
         println!(
             "warning: {} messages failed, {} stored without the mode's guarantee{}",
@@ -202,6 +231,7 @@ fn workload_json(w: &Workload, matrix: &Matrix) -> serde_json::Value {
         "duration_secs": w.duration.map(|d| d.as_secs_f64()),
         "count": w.count,
         "rate_per_sec": w.rate_per_sec,
+        "driver": w.driver.describe(),
     })
 }
 
@@ -224,7 +254,10 @@ fn write_results_json(
 
 fn write_machine_json(matrix: &Matrix, ready_lines: &[String]) -> Result<(), String> {
     let (store_path, broker) = match &matrix.target {
-        Target::External(addr) => (std::env::temp_dir(), json!({ "external_broker": addr })),
+        Target::External { addr, pid } => (
+            std::env::temp_dir(),
+            json!({ "external_broker": addr, "pid": pid }),
+        ),
         Target::Embedded {
             config_toml,
             shards,

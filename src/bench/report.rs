@@ -41,12 +41,42 @@ pub fn microsecond_lines(run: &RunSummary) -> String {
     )
 }
 
+/// `a%` with no decimals, or `-` when it was not measured.
+fn percent(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.0}%"))
+}
+
+fn micros(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
+}
+
+/// Who used how much CPU in the measured phase: the bench (driver), the broker, the slave.
+pub fn cpu_line(run: &RunSummary) -> String {
+    let c = &run.cpu;
+    let mut line = format!(
+        "cpu ({} driver, {:.1} s sampled): driver={} broker={}",
+        run.driver,
+        c.seconds,
+        percent(c.driver_percent),
+        percent(c.broker_percent)
+    );
+    if c.slave_percent.is_some() {
+        let _ = write!(line, " slave={}", percent(c.slave_percent));
+    }
+    let _ = write!(
+        line,
+        " broker_us_per_msg={} (100% = one core)",
+        micros(c.broker_us_per_message)
+    );
+    line
+}
+
 /// The matrix: one row per run.
 pub fn matrix_table(runs: &[RunSummary]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<12} {:>9} {:>10} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | {:>8} {:>8}",
+        "{:<12} {:>9} {:>10} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | {:>8} {:>8} | {:>6} {:>6} {:>7}",
         "mode",
         "producers",
         "msg/s",
@@ -58,18 +88,21 @@ pub fn matrix_table(runs: &[RunSummary]) -> String {
         "p99.99",
         "max",
         "e2e p50",
-        "e2e p99"
+        "e2e p99",
+        "drv",
+        "brk",
+        "brk us"
     );
     let _ = writeln!(
         out,
-        "{:<12} {:>9} {:>10} {:>8} | {:^53} | {:^17}",
-        "", "", "", "", "produce latency (us)", "e2e (us)"
+        "{:<12} {:>9} {:>10} {:>8} | {:^53} | {:^17} | {:^21}",
+        "", "", "", "", "produce latency (us)", "e2e (us)", "cpu %, broker us/msg"
     );
     for r in runs {
         let l = &r.produce_latency;
         let _ = writeln!(
             out,
-            "{:<12} {:>9} {:>10.0} {:>8.2} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | {:>8} {:>8}",
+            "{:<12} {:>9} {:>10.0} {:>8.2} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | {:>8} {:>8} | {:>6} {:>6} {:>7}",
             r.mode.name(),
             r.producers,
             r.messages_per_sec,
@@ -81,7 +114,10 @@ pub fn matrix_table(runs: &[RunSummary]) -> String {
             l.p99_99_us,
             l.max_us,
             r.e2e_latency.p50_us,
-            r.e2e_latency.p99_us
+            r.e2e_latency.p99_us,
+            percent(r.cpu.driver_percent),
+            percent(r.cpu.broker_percent),
+            micros(r.cpu.broker_us_per_message)
         );
     }
     out

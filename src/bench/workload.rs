@@ -51,6 +51,28 @@ pub struct Workload {
     pub count: Option<u64>,
     /// Open loop: messages per second over all producers.
     pub rate_per_sec: Option<f64>,
+    /// How the producers are run.
+    pub driver: Driver,
+}
+
+/// How producers are driven.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    /// One OS thread and one blocking [`Client`] per producer.
+    Threads,
+    /// Every producer a state machine on one of `threads` event loops
+    /// ([`super::event_loop`]).
+    EventLoop { threads: u32 },
+}
+
+impl Driver {
+    /// `threads` or `event-loop/N`, as printed and stored.
+    pub fn describe(self) -> String {
+        match self {
+            Driver::Threads => "threads".into(),
+            Driver::EventLoop { threads } => format!("event-loop/{threads}"),
+        }
+    }
 }
 
 /// When each request of one producer is due.
@@ -154,9 +176,10 @@ pub fn share(total: u64, parts: u32, index: u32) -> u64 {
     total / parts + u64::from(u64::from(index) < total % parts)
 }
 
-struct InFlight {
-    intended: Duration,
-    messages: u32,
+/// A request sent and not yet acknowledged.
+pub struct InFlight {
+    pub intended: Duration,
+    pub messages: u32,
 }
 
 /// Runs one producer to the end of the measured phase and collects its acknowledgements.
@@ -283,7 +306,8 @@ pub fn run_producer(
     }
 }
 
-fn account(
+/// Records one acknowledgement (or failure) of a measured request; the same for both drivers.
+pub fn account(
     outcome: &mut ProducerOutcome,
     workload: &Workload,
     shared: &Shared,
@@ -321,7 +345,7 @@ fn account(
 }
 
 /// A body of `size` bytes whose first [`TIMESTAMP_BYTES`] are overwritten per send.
-fn filler_body(size: usize) -> Vec<u8> {
+pub fn filler_body(size: usize) -> Vec<u8> {
     let mut body = vec![b'x'; size.max(TIMESTAMP_BYTES)];
     body[..TIMESTAMP_BYTES].fill(0);
     body

@@ -3,7 +3,7 @@
 
 use crate::bench::matrix::{run_matrix, Matrix, Target};
 use crate::bench::mode::BenchMode;
-use crate::bench::workload::{Workload, TIMESTAMP_BYTES};
+use crate::bench::workload::{Driver, Workload, TIMESTAMP_BYTES};
 use crate::cli::produce::MAX_WINDOW;
 use clap::Args;
 use std::io::IsTerminal;
@@ -15,11 +15,23 @@ pub struct BenchArgs {
     /// Benchmark an existing broker HOST:PORT instead of starting one per run.
     #[arg(long)]
     pub broker: Option<String>,
+    /// With --broker: the broker's pid, whose CPU each run reports (default: the local process
+    /// listening on the broker's port, if there is one).
+    #[arg(long, requires = "broker")]
+    pub broker_pid: Option<u32>,
+    /// How producers are run: `event-loop` multiplexes every producer's connections on
+    /// --driver-threads threads; `threads` gives each producer its own OS thread and blocking
+    /// client.
+    #[arg(long, value_enum, default_value_t = DriverKind::EventLoop)]
+    pub driver: DriverKind,
+    /// Event-loop threads with --driver event-loop (producers are spread evenly over them).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub driver_threads: u32,
     /// Modes to run, comma-separated (default: SYNC_FLUSH,ASYNC_FLUSH,SYNC_MASTER,ASYNC_MASTER; with --broker, the
     /// broker's own mode).
     #[arg(long, value_delimiter = ',')]
     pub modes: Vec<BenchMode>,
-    /// Producer threads, each with its own client and connections.
+    /// Producers, each with its own connections and window of requests in flight.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub producers: u32,
     /// Producer counts to run, comma-separated (overrides --producers): the matrix's rows.
@@ -71,6 +83,13 @@ pub struct BenchArgs {
     pub store_root: Option<PathBuf>,
 }
 
+/// `--driver`'s values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverKind {
+    EventLoop,
+    Threads,
+}
+
 impl BenchArgs {
     fn workload(&self) -> Result<Workload, String> {
         if self.size < TIMESTAMP_BYTES {
@@ -106,12 +125,21 @@ impl BenchArgs {
             duration,
             count: self.count,
             rate_per_sec: self.rate,
+            driver: match self.driver {
+                DriverKind::EventLoop => Driver::EventLoop {
+                    threads: self.driver_threads,
+                },
+                DriverKind::Threads => Driver::Threads,
+            },
         })
     }
 
     fn target(&self) -> Result<Target, String> {
         if let Some(addr) = &self.broker {
-            return Ok(Target::External(addr.clone()));
+            return Ok(Target::External {
+                addr: addr.clone(),
+                pid: self.broker_pid,
+            });
         }
         let config_toml = match &self.broker_config {
             Some(path) => std::fs::read_to_string(path)

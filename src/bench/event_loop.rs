@@ -1,0 +1,561 @@
+//! The event-loop driver: many producers multiplexed on a few threads, as redis-benchmark does.
+//!
+//! A producer here is a state machine, not a thread: its own connection to every shard that owns
+//! a queue of the topic (so the broker sees the same connections as with one client per
+//! producer), its window of requests in flight and its outcome. Each driver thread owns a slice
+//! of the producers and waits on all their sockets with one `epoll` instance; when an
+//! acknowledgement arrives the producer's next request is encoded straight into the
+//! connection's write buffer (`begin_frame` + `encode_produce` + `finish_frame`, the protocol
+//! crate's codec) and written at once. So the driver's cost per message is one encode, one
+//! `write` and a share of one `read` and one `epoll_wait`, instead of a thread wake-up per
+//! acknowledgement and 64 runnable threads competing with the broker for the cores.
+//!
+//! Why raw `epoll` through `libc` and not `mio`: the loop needs level-triggered readiness on
+//! plain TCP sockets and a timeout, nothing else; `libc` is already a dependency, so this adds
+//! no crate to the build (nor to the fuzz lockfile), and the loop stays about as long as the
+//! glue `mio` would need. Linux only, like the broker.
+//!
+//! Latency, pacing (closed or open loop, with the coordinated-omission correction), warmup and
+//! the per-second intervals are exactly the thread driver's: both go through
+//! [`workload::account`] and [`Pacer`].
+
+use super::histogram::new_latency_histogram;
+use super::workload::{self, share, InFlight, Pacer, ProducerOutcome, Shared, Workload};
+use crate::client::{
+    queue_for_key, ClientError, ProduceResult, DEFAULT_MAX_FRAME_BYTES, DEFAULT_READ_TIMEOUT,
+};
+use crate::protocol::frame::{begin_frame, finish_frame, FrameHeader};
+use crate::protocol::message::{
+    decode_error_message, encode_produce, MessageRef, ProduceResponse, TopicInfo,
+};
+use crate::protocol::{FrameDecoder, Opcode, Status};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+/// Bytes read from a socket per `read` call; one call usually takes every acknowledgement that
+/// arrived (a produce answer is about 50 bytes).
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Readiness events taken per `epoll_wait`.
+const EVENTS_PER_WAIT: usize = 1024;
+
+/// The longest `epoll_wait` when nothing is due: bounds how late a stalled broker is noticed
+/// (with [`DEFAULT_READ_TIMEOUT`]) without waking an idle loop often.
+const MAX_WAIT: Duration = Duration::from_millis(100);
+
+/// One non-blocking connection of one producer.
+struct Conn {
+    stream: TcpStream,
+    addr: String,
+    producer: usize,
+    write_buf: Vec<u8>,
+    written: usize,
+    read_buf: Vec<u8>,
+    /// Whether EPOLLOUT is registered (only while `write_buf` has unsent bytes).
+    want_write: bool,
+    next_request_id: u64,
+    in_flight: HashMap<u64, InFlight>,
+}
+
+/// One producer's state.
+struct Producer {
+    index: u32,
+    /// Connection (index into the thread's `conns`) per shard; `None` for shards owning none of
+    /// the topic's queues.
+    shard_conns: Vec<Option<usize>>,
+    pacer: Pacer,
+    measured_count: Option<u64>,
+    next_request: u64,
+    measured_sent: u64,
+    next_key: usize,
+    next_queue: u32,
+    in_flight: usize,
+    outcome: ProducerOutcome,
+}
+
+/// The topic's routing as the driver needs it.
+struct Route {
+    info: TopicInfo,
+    /// `queue_shards[q]`: the shard owning queue `q`.
+    queue_shards: Vec<u16>,
+    /// Address per shard: its own port, or the bootstrap address when it has none (the broker
+    /// forwards).
+    shard_addrs: Vec<String>,
+}
+
+fn route(addr: &str, topic: &str) -> Result<Route, String> {
+    let mut client = workload::connect(addr)?;
+    let info = client
+        .topic(topic)
+        .map_err(|e| workload::describe(addr, &e))?;
+    if info.queue_shards.is_empty() {
+        return Err(format!("topic `{topic}` has no queues"));
+    }
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let ports = &client.metadata().shard_ports;
+    let shards = info
+        .queue_shards
+        .iter()
+        .map(|&s| s as usize + 1)
+        .max()
+        .unwrap_or(0)
+        .max(ports.len());
+    let shard_addrs = (0..shards)
+        .map(|s| match ports.get(s) {
+            Some(&port) if port != 0 => format!("{host}:{port}"),
+            _ => addr.to_string(),
+        })
+        .collect();
+    Ok(Route {
+        queue_shards: info.queue_shards.clone(),
+        info,
+        shard_addrs,
+    })
+}
+
+/// Runs every producer of `workload` on `threads` event-loop threads; one outcome per producer.
+pub fn run_producers(
+    addr: &str,
+    workload: &Workload,
+    threads: u32,
+    shared: &std::sync::Arc<Shared>,
+) -> Result<Vec<std::thread::JoinHandle<Result<Vec<ProducerOutcome>, String>>>, String> {
+    let route = std::sync::Arc::new(route(addr, &workload.topic)?);
+    let threads = threads.clamp(1, workload.producers.max(1));
+    let mut first = 0u32;
+    let mut handles = Vec::new();
+    for thread in 0..threads {
+        let count = share(u64::from(workload.producers), threads, thread) as u32;
+        let indices: Vec<u32> = (first..first + count).collect();
+        first += count;
+        let (workload, shared, route) = (workload.clone(), shared.clone(), route.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("bench-loop-{thread}"))
+            .spawn(move || drive(&workload, &indices, &shared, &route))
+            .map_err(|e| format!("starting driver thread: {e}"))?;
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
+/// An epoll instance, closed on drop.
+struct Epoll(libc::c_int);
+
+impl Epoll {
+    fn new() -> Result<Epoll, String> {
+        // SAFETY: epoll_create1 takes no pointers.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(format!(
+                "epoll_create1: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(Epoll(fd))
+    }
+
+    fn control(&self, op: libc::c_int, fd: libc::c_int, token: usize, write: bool) {
+        let mut events = libc::EPOLLIN as u32;
+        if write {
+            events |= libc::EPOLLOUT as u32;
+        }
+        let mut event = libc::epoll_event {
+            events,
+            u64: token as u64,
+        };
+        // SAFETY: `event` is a valid epoll_event for the duration of the call; `fd` is an open
+        // socket owned by a `Conn` that outlives its registration. A failure leaves the socket
+        // unregistered, which the stall timeout reports.
+        unsafe { libc::epoll_ctl(self.0, op, fd, &mut event) };
+    }
+
+    fn wait(&self, events: &mut [libc::epoll_event], timeout: Duration) -> Result<usize, String> {
+        let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: the buffer is valid for `events.len()` entries.
+        let n = unsafe {
+            libc::epoll_wait(self.0, events.as_mut_ptr(), events.len() as libc::c_int, ms)
+        };
+        if n < 0 {
+            let error = std::io::Error::last_os_error();
+            return match error.kind() {
+                ErrorKind::Interrupted => Ok(0),
+                _ => Err(format!("epoll_wait: {error}")),
+            };
+        }
+        Ok(n as usize)
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        // SAFETY: closing the epoll fd this value owns.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// Everything one driver thread owns.
+struct Driver<'a> {
+    workload: &'a Workload,
+    shared: &'a Shared,
+    route: &'a Route,
+    epoll: Epoll,
+    conns: Vec<Conn>,
+    producers: Vec<Producer>,
+    keys: Vec<Vec<u8>>,
+    bodies: Vec<Vec<u8>>,
+    end: Option<Duration>,
+    decoder: FrameDecoder,
+}
+
+fn drive(
+    workload: &Workload,
+    indices: &[u32],
+    shared: &Shared,
+    route: &Route,
+) -> Result<Vec<ProducerOutcome>, String> {
+    let mut driver = Driver {
+        workload,
+        shared,
+        route,
+        epoll: Epoll::new()?,
+        conns: Vec::new(),
+        producers: Vec::new(),
+        keys: (0..workload.keys)
+            .map(|k| format!("key-{k}").into_bytes())
+            .collect(),
+        bodies: (0..workload.batch)
+            .map(|_| workload::filler_body(workload.size_bytes))
+            .collect(),
+        end: workload.duration.map(|d| workload.warmup + d),
+        decoder: FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES),
+    };
+    for &index in indices {
+        driver.add_producer(index)?;
+    }
+    driver.run()?;
+    Ok(driver.producers.into_iter().map(|p| p.outcome).collect())
+}
+
+impl Driver<'_> {
+    fn add_producer(&mut self, index: u32) -> Result<(), String> {
+        let workload = self.workload;
+        let producer = self.producers.len();
+        let mut shard_conns = vec![None; self.route.shard_addrs.len()];
+        let mut shards: Vec<u16> = self.route.queue_shards.clone();
+        shards.sort_unstable();
+        shards.dedup();
+        for shard in shards {
+            let addr = &self.route.shard_addrs[shard as usize];
+            let stream = TcpStream::connect(addr)
+                .map_err(|e| format!("producer {index}: cannot reach broker at {addr}: {e}"))?;
+            stream
+                .set_nodelay(true)
+                .and_then(|_| stream.set_nonblocking(true))
+                .map_err(|e| format!("producer {index}: configuring socket to {addr}: {e}"))?;
+            let token = self.conns.len();
+            self.epoll
+                .control(libc::EPOLL_CTL_ADD, stream.as_raw_fd(), token, false);
+            self.conns.push(Conn {
+                stream,
+                addr: addr.clone(),
+                producer,
+                write_buf: Vec::new(),
+                written: 0,
+                read_buf: Vec::with_capacity(READ_CHUNK_BYTES),
+                want_write: false,
+                next_request_id: 1,
+                in_flight: HashMap::new(),
+            });
+            shard_conns[shard as usize] = Some(token);
+        }
+        let pacer = match workload.rate_per_sec {
+            Some(rate) => Pacer::open_loop(rate / f64::from(workload.producers), workload.batch),
+            None => Pacer::closed_loop(),
+        };
+        self.producers.push(Producer {
+            index,
+            shard_conns,
+            pacer,
+            measured_count: workload.count.map(|c| share(c, workload.producers, index)),
+            next_request: 0,
+            measured_sent: 0,
+            next_key: index as usize,
+            // Producers start on different queues so a closed loop spreads from the first
+            // request, as many independent clients would.
+            next_queue: index,
+            in_flight: 0,
+            outcome: ProducerOutcome {
+                latency: new_latency_histogram(),
+                intervals: Vec::new(),
+                acked_messages: 0,
+                stored_without_guarantee: 0,
+                failed_messages: 0,
+                first_failure: None,
+                last_ack: Duration::ZERO,
+            },
+        });
+        Ok(())
+    }
+
+    /// Whether producer `p` still has requests to send at offset `now`.
+    fn sending(&self, p: usize, now: Duration) -> bool {
+        let producer = &self.producers[p];
+        match (producer.measured_count, self.end) {
+            (Some(count), _) => producer.measured_sent < count,
+            (None, Some(end)) => producer.pacer.due(producer.next_request, now) < end,
+            (None, None) => false,
+        }
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
+        let mut touched: Vec<usize> = (0..self.producers.len()).collect();
+        let open_loop = self.workload.rate_per_sec.is_some();
+        let mut last_progress = self.shared.origin.elapsed();
+        loop {
+            // Closed loop: only producers that got an answer can send. Open loop: any producer
+            // may have come due, so all are visited.
+            if open_loop {
+                touched.clear();
+                touched.extend(0..self.producers.len());
+            }
+            for &p in &touched {
+                self.fill(p)?;
+            }
+            touched.clear();
+            let now = self.shared.origin.elapsed();
+            let in_flight: usize = self.producers.iter().map(|p| p.in_flight).sum();
+            let any_sending = (0..self.producers.len()).any(|p| self.sending(p, now));
+            if in_flight == 0 && !any_sending {
+                return Ok(());
+            }
+            if in_flight > 0 && now.saturating_sub(last_progress) >= DEFAULT_READ_TIMEOUT {
+                return Err(format!(
+                    "no acknowledgement from the broker within {} s ({in_flight} requests in flight)",
+                    DEFAULT_READ_TIMEOUT.as_secs()
+                ));
+            }
+            let mut wait = MAX_WAIT;
+            if open_loop {
+                for p in 0..self.producers.len() {
+                    if self.producers[p].in_flight < self.workload.window as usize
+                        && self.sending(p, now)
+                    {
+                        let due = self.producers[p]
+                            .pacer
+                            .due(self.producers[p].next_request, now);
+                        wait = wait.min(due.saturating_sub(now));
+                    }
+                }
+            }
+            // epoll_wait has millisecond resolution: round up so a due request is not polled
+            // for in a busy loop of zero-timeout waits.
+            if !wait.is_zero() {
+                wait = wait.max(Duration::from_millis(1));
+            }
+            let ready = self.epoll.wait(&mut events, wait)?;
+            for event in &events[..ready] {
+                let token = event.u64 as usize;
+                let flags = event.events;
+                if flags & libc::EPOLLOUT as u32 != 0 {
+                    self.flush(token)?;
+                }
+                if flags & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                    let answered = self.read(token)?;
+                    if answered > 0 {
+                        last_progress = self.shared.origin.elapsed();
+                        touched.push(self.conns[token].producer);
+                    }
+                }
+            }
+            touched.sort_unstable();
+            touched.dedup();
+        }
+    }
+
+    /// Sends producer `p`'s requests while its window has room and (open loop) they are due.
+    fn fill(&mut self, p: usize) -> Result<(), String> {
+        let workload = self.workload;
+        loop {
+            let now = self.shared.origin.elapsed();
+            if !self.sending(p, now) || self.producers[p].in_flight >= workload.window as usize {
+                return Ok(());
+            }
+            let producer = &mut self.producers[p];
+            let intended = producer.pacer.due(producer.next_request, now);
+            if intended > now {
+                return Ok(());
+            }
+            let measured = intended >= workload.warmup;
+            let mut messages = workload.batch;
+            if let (true, Some(count)) = (measured, producer.measured_count) {
+                messages = messages.min((count - producer.measured_sent) as u32);
+            }
+            if messages == 0 {
+                return Ok(());
+            }
+            let key: &[u8] = if self.keys.is_empty() {
+                b""
+            } else {
+                producer.next_key = producer.next_key.wrapping_add(1);
+                &self.keys[producer.next_key % self.keys.len()]
+            };
+            let queue_count = self.route.queue_shards.len() as u32;
+            let queue = if key.is_empty() {
+                producer.next_queue = producer.next_queue.wrapping_add(1);
+                producer.next_queue % queue_count
+            } else {
+                queue_for_key(&self.route.info, key).unwrap_or(0)
+            };
+            let shard = self.route.queue_shards[queue as usize] as usize;
+            let token = producer.shard_conns[shard].expect("every owning shard has a connection");
+            producer.next_request += 1;
+            producer.in_flight += 1;
+            if measured {
+                producer.measured_sent += u64::from(messages);
+            }
+            let born_ns = self.shared.origin_wall_ns + intended.as_nanos() as u64;
+            for body in self.bodies.iter_mut().take(messages as usize) {
+                body[..workload::TIMESTAMP_BYTES].copy_from_slice(&born_ns.to_le_bytes());
+            }
+            let batch: Vec<MessageRef<'_>> = self.bodies[..messages as usize]
+                .iter()
+                .map(|body| MessageRef {
+                    born_timestamp_ms: born_ns / 1_000_000,
+                    key,
+                    properties: b"",
+                    body,
+                })
+                .collect();
+            let conn = &mut self.conns[token];
+            let request_id = conn.next_request_id;
+            conn.next_request_id += 1;
+            let start = begin_frame(
+                &mut conn.write_buf,
+                FrameHeader::request(Opcode::Produce, request_id),
+            );
+            encode_produce(&mut conn.write_buf, &workload.topic, queue, &batch);
+            finish_frame(&mut conn.write_buf, start);
+            conn.in_flight
+                .insert(request_id, InFlight { intended, messages });
+            self.flush(token)?;
+        }
+    }
+
+    /// Writes what the connection's buffer holds; registers for writability if the socket is
+    /// full, and unregisters once it drained.
+    fn flush(&mut self, token: usize) -> Result<(), String> {
+        let conn = &mut self.conns[token];
+        while conn.written < conn.write_buf.len() {
+            match conn.stream.write(&conn.write_buf[conn.written..]) {
+                Ok(0) => return Err(format!("{}: connection closed while writing", conn.addr)),
+                Ok(n) => conn.written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("{}: write failed: {e}", conn.addr)),
+            }
+        }
+        let pending = conn.written < conn.write_buf.len();
+        if !pending {
+            conn.write_buf.clear();
+            conn.written = 0;
+        }
+        if pending != conn.want_write {
+            conn.want_write = pending;
+            self.epoll
+                .control(libc::EPOLL_CTL_MOD, conn.stream.as_raw_fd(), token, pending);
+        }
+        Ok(())
+    }
+
+    /// Reads what arrived and accounts every complete acknowledgement; returns how many.
+    fn read(&mut self, token: usize) -> Result<usize, String> {
+        let mut chunk = [0u8; READ_CHUNK_BYTES];
+        let mut closed = false;
+        loop {
+            let conn = &mut self.conns[token];
+            match conn.stream.read(&mut chunk) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => conn.read_buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("{}: read failed: {e}", conn.addr)),
+            }
+        }
+        let acked = self.shared.origin.elapsed();
+        let mut answered = 0;
+        let mut consumed = 0;
+        loop {
+            let conn = &self.conns[token];
+            let frame = match self.decoder.decode(&conn.read_buf[consumed..]) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => return Err(format!("{}: bad frame from the broker: {e}", conn.addr)),
+            };
+            consumed += frame.wire_len();
+            let header = frame.header;
+            let result = produce_result(header, frame.body);
+            let conn = &mut self.conns[token];
+            let Some(request) = conn.in_flight.remove(&header.request_id) else {
+                return Err(format!(
+                    "{}: answer to request {} that is not in flight",
+                    conn.addr, header.request_id
+                ));
+            };
+            let producer = &mut self.producers[conn.producer];
+            producer.in_flight -= 1;
+            answered += 1;
+            workload::account(
+                &mut producer.outcome,
+                self.workload,
+                self.shared,
+                &request,
+                acked,
+                result,
+            );
+        }
+        let conn = &mut self.conns[token];
+        conn.read_buf.drain(..consumed);
+        if closed {
+            let index = self.producers[conn.producer].index;
+            return Err(format!(
+                "producer {index}: {} closed the connection with {} requests in flight",
+                conn.addr,
+                conn.in_flight.len()
+            ));
+        }
+        Ok(answered)
+    }
+}
+
+/// A produce answer as the client library would return it: a body status decodes the
+/// acknowledgement, any other status is the broker's error message.
+fn produce_result(header: FrameHeader, body: &[u8]) -> Result<ProduceResult, ClientError> {
+    let status = Status::from_u16(header.status).ok_or_else(|| ClientError::Protocol {
+        addr: String::new(),
+        reason: format!("unknown status {}", header.status),
+    })?;
+    if header.opcode != Opcode::Produce as u16 {
+        return Err(ClientError::Protocol {
+            addr: String::new(),
+            reason: format!("answer with opcode {} to a produce", header.opcode),
+        });
+    }
+    if !status.has_body() {
+        return Err(ClientError::Status {
+            status,
+            message: decode_error_message(body),
+        });
+    }
+    let response = ProduceResponse::decode(body).map_err(|e| ClientError::Protocol {
+        addr: String::new(),
+        reason: format!("produce response: {e}"),
+    })?;
+    Ok(ProduceResult { status, response })
+}
