@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::Broker;
+use ringmq::protocol::message::QueueRef;
 use std::process::Command;
 
 #[test]
@@ -97,6 +99,18 @@ fn bench_matrix_writes_the_results_folder() {
         assert_eq!(run["messages"], 200);
         assert_eq!(run["failed_messages"], 0);
         assert_eq!(run["produce_latency"]["count"], 200);
+        // The consumer read back every measured message the broker acknowledged.
+        assert_eq!(run["consumed_messages"], 200);
+        assert_eq!(run["driver"], "event-loop/1");
+        // The embedded broker is a child process: its CPU is always sampled.
+        assert!(run["cpu"]["broker_percent"].is_number(), "{run}");
+        assert!(run["cpu"]["driver_percent"].is_number(), "{run}");
+    }
+    for run in runs
+        .iter()
+        .filter(|r| r["mode"].as_str().unwrap().ends_with("MASTER"))
+    {
+        assert!(run["cpu"]["slave_percent"].is_number(), "{run}");
     }
     assert_eq!(results["ratios"].as_array().unwrap().len(), 4);
 
@@ -157,4 +171,80 @@ fn bench_reports_a_failed_embedded_start_with_the_broker_log() {
         "{stderr}"
     );
     assert!(stderr.contains("segment_size_bytes"), "{stderr}");
+}
+
+/// Against an external broker, with either driver: what the bench counts as acknowledged is
+/// exactly what the broker stored (queue max offsets of the bench's topic), and the broker's
+/// CPU is found from its port.
+#[test]
+fn bench_against_an_external_broker_counts_what_the_broker_stored() {
+    let root = common::temp_store();
+    let broker = Broker::start(root.path(), &["--shards", "2"]);
+    for (driver, producers, window) in [("event-loop", "6", "3"), ("threads", "3", "2")] {
+        let out = root.path().join(format!("results-{driver}"));
+        let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["bench", "--broker", &broker.addr, "--driver", driver])
+            .args([
+                "--driver-threads",
+                "2",
+                "--producers",
+                producers,
+                "--window",
+                window,
+            ])
+            .args(["--count", "300", "--warmup", "0", "--consumers", "0"])
+            .args(["--size", "100", "--queues", "4"])
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .expect("run ringmq bench");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "bench --driver {driver} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        assert!(stdout.contains("broker_us_per_msg="), "{stdout}");
+        let results: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
+                .unwrap();
+        let run = &results["runs"][0];
+        assert_eq!(run["messages"], 300, "{run}");
+        assert_eq!(run["failed_messages"], 0, "{run}");
+        assert!(run["cpu"]["broker_percent"].is_number(), "{run}");
+        assert!(run["cpu"]["broker_us_per_message"].is_number(), "{run}");
+        assert_eq!(
+            run["driver"],
+            if driver == "threads" {
+                "threads"
+            } else {
+                "event-loop/2"
+            }
+        );
+    }
+    // Each run made its own topic; together they stored both runs' messages and no more.
+    let mut client = broker.client();
+    let topics: Vec<_> = client
+        .refresh_metadata()
+        .unwrap()
+        .topics
+        .iter()
+        .filter(|t| t.name.starts_with("bench-"))
+        .cloned()
+        .collect();
+    assert_eq!(topics.len(), 2, "{topics:?}");
+    for topic in topics {
+        let stored: u64 = (0..topic.queue_count())
+            .map(|queue| {
+                client
+                    .call(&QueueRef {
+                        topic: topic.name.clone(),
+                        queue,
+                    })
+                    .unwrap()
+                    .max_offset
+            })
+            .sum();
+        assert_eq!(stored, 300, "topic {}", topic.name);
+    }
 }

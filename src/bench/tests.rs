@@ -8,7 +8,7 @@ use super::mode::BenchMode;
 use super::plot::percentile_label;
 use super::report::{kafka_line, ratio_table, ratios};
 use super::run::RunSummary;
-use super::workload::{intended_latency, share, Pacer};
+use super::workload::{intended_latency, share, Driver, Pacer, Workload};
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
@@ -292,6 +292,8 @@ fn summary(mode: BenchMode, producers: u32, rate: f64, p99_us: u64) -> RunSummar
         },
         e2e_latency: Percentiles::default(),
         messages_per_second_series: vec![],
+        driver: "event-loop/1".into(),
+        cpu: super::cpu::CpuUse::default(),
     }
 }
 
@@ -396,4 +398,276 @@ fn throughput_chart_leaves_out_the_partial_last_second() {
     assert_eq!(whole_seconds(&[900, 1000, 980, 12]), &[900, 1000, 980]);
     assert_eq!(whole_seconds(&[40]), &[40]);
     assert!(whole_seconds(&[]).is_empty());
+}
+
+/// A broker stand-in for the event-loop driver: answers Metadata with one topic of four queues
+/// on shard 0 (no shard ports, so producers use the bootstrap address) and Produce by a fixed
+/// rule on a global request count: every 5th is refused, every 7th (not 5th) is stored without
+/// its guarantee. It holds answers until a connection has gone quiet for a moment, so the
+/// driver's pipelining shows, and records the most requests any connection had unanswered.
+mod fake {
+    use crate::protocol::frame::{encode_frame, FrameHeader};
+    use crate::protocol::message::{Metadata, ProduceRequest, ProduceResponse, TopicInfo};
+    use crate::protocol::{FrameDecoder, Opcode, Status};
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    pub const TOPIC: &str = "fake-topic";
+    pub const REFUSED_MESSAGE: &str = "refused by the fake broker";
+
+    #[derive(Default)]
+    pub struct Counts {
+        pub requests: AtomicU64,
+        pub stored_ok: AtomicU64,
+        pub stored_timeout: AtomicU64,
+        pub refused: AtomicU64,
+        pub max_unanswered: AtomicUsize,
+        pub connections: AtomicUsize,
+    }
+
+    pub fn start() -> (String, Arc<Counts>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let counts = Arc::new(Counts::default());
+        let shared = counts.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                shared.connections.fetch_add(1, Ordering::Relaxed);
+                let counts = shared.clone();
+                std::thread::spawn(move || serve(stream, &counts));
+            }
+        });
+        (addr, counts)
+    }
+
+    fn serve(mut stream: TcpStream, counts: &Counts) {
+        // The quiet period after which held answers are sent: long next to the gap between
+        // the driver's back-to-back writes of one window, short next to the test.
+        stream
+            .set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        let decoder = FrameDecoder::new(1 << 20);
+        let mut buf = Vec::new();
+        let mut held: Vec<u8> = Vec::new();
+        let mut unanswered = 0usize;
+        let mut chunk = [0u8; 65536];
+        loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    if !held.is_empty() {
+                        if stream.write_all(&held).is_err() {
+                            return;
+                        }
+                        held.clear();
+                        unanswered = 0;
+                    }
+                    continue;
+                }
+                Err(_) => return,
+            }
+            let mut used = 0;
+            while let Ok(Some(frame)) = decoder.decode(&buf[used..]) {
+                used += frame.wire_len();
+                let id = frame.header.request_id;
+                if frame.header.opcode == Opcode::Metadata as u16 {
+                    let mut body = Vec::new();
+                    Metadata {
+                        broker_name: "fake".into(),
+                        role: "ASYNC_MASTER".into(),
+                        flush_disk_type: "ASYNC_FLUSH".into(),
+                        shard_ports: Vec::new(),
+                        topics: vec![TopicInfo {
+                            name: TOPIC.into(),
+                            topic_id: 1,
+                            queue_shards: vec![0; 4],
+                        }],
+                    }
+                    .encode(&mut body);
+                    let header = FrameHeader::response(Opcode::Metadata as u16, Status::Ok, id);
+                    let mut out = Vec::new();
+                    encode_frame(&mut out, header, &body);
+                    if stream.write_all(&out).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let messages = ProduceRequest::decode(frame.body).unwrap().messages.len() as u64;
+                let n = counts.requests.fetch_add(1, Ordering::Relaxed) + 1;
+                let (status, body) = if n % 5 == 0 {
+                    counts.refused.fetch_add(messages, Ordering::Relaxed);
+                    (Status::QueueNotFound, REFUSED_MESSAGE.as_bytes().to_vec())
+                } else {
+                    let status = if n % 7 == 0 {
+                        counts.stored_timeout.fetch_add(messages, Ordering::Relaxed);
+                        Status::FlushDiskTimeout
+                    } else {
+                        counts.stored_ok.fetch_add(messages, Ordering::Relaxed);
+                        Status::Ok
+                    };
+                    let mut body = Vec::new();
+                    ProduceResponse {
+                        queue: 0,
+                        base_offset: 0,
+                        count: messages as u32,
+                        commitlog_offset: 0,
+                    }
+                    .encode(&mut body);
+                    (status, body)
+                };
+                let header = FrameHeader::response(Opcode::Produce as u16, status, id);
+                encode_frame(&mut held, header, &body);
+                unanswered += 1;
+                counts
+                    .max_unanswered
+                    .fetch_max(unanswered, Ordering::Relaxed);
+            }
+            buf.drain(..used);
+        }
+    }
+}
+
+fn event_loop_workload(producers: u32, window: u32, batch: u32, count: u64) -> Workload {
+    Workload {
+        topic: fake::TOPIC.into(),
+        producers,
+        consumers: 0,
+        queues: 4,
+        keys: 0,
+        size_bytes: 64,
+        batch,
+        window,
+        warmup: Duration::ZERO,
+        duration: None,
+        count: Some(count),
+        rate_per_sec: None,
+        driver: Driver::EventLoop { threads: 2 },
+    }
+}
+
+fn run_event_loop(addr: &str, workload: &Workload) -> Vec<super::workload::ProducerOutcome> {
+    let shared = std::sync::Arc::new(super::workload::Shared::new());
+    let handles = super::event_loop::run_producers(addr, workload, 2, &shared).unwrap();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap().unwrap())
+        .collect()
+}
+
+#[test]
+fn event_loop_counts_match_what_the_broker_answered_and_count_errors() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (addr, counts) = fake::start();
+    let workload = event_loop_workload(5, 1, 3, 900);
+    let outcomes = run_event_loop(&addr, &workload);
+    assert_eq!(outcomes.len(), 5, "one outcome per producer");
+    let acked: u64 = outcomes.iter().map(|o| o.acked_messages).sum();
+    let without_guarantee: u64 = outcomes.iter().map(|o| o.stored_without_guarantee).sum();
+    let failed: u64 = outcomes.iter().map(|o| o.failed_messages).sum();
+    let (ok, timeout, refused) = (
+        counts.stored_ok.load(Relaxed),
+        counts.stored_timeout.load(Relaxed),
+        counts.refused.load(Relaxed),
+    );
+    assert_eq!(
+        ok + timeout + refused,
+        900,
+        "exactly --count messages were sent"
+    );
+    assert_eq!(acked, ok + timeout, "acknowledged = stored");
+    assert_eq!(without_guarantee, timeout);
+    assert_eq!(failed, refused);
+    assert!(
+        refused > 0 && timeout > 0,
+        "the fake's rule produced both outcomes"
+    );
+    let latencies: u64 = outcomes.iter().map(|o| o.latency.len()).sum();
+    assert_eq!(latencies, acked, "one latency per acknowledged message");
+    let failure = outcomes
+        .iter()
+        .find_map(|o| o.first_failure.clone())
+        .unwrap();
+    assert!(failure.contains(fake::REFUSED_MESSAGE), "{failure}");
+    // Closed loop with window 1: never two requests of one producer (one connection) at once.
+    assert_eq!(counts.max_unanswered.load(Relaxed), 1);
+    // Each producer has its own connection (one shard), plus one metadata connection.
+    assert_eq!(counts.connections.load(Relaxed), 5 + 1);
+}
+
+#[test]
+fn event_loop_pipelines_up_to_the_window_and_no_further() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (addr, counts) = fake::start();
+    let workload = event_loop_workload(3, 4, 1, 600);
+    let outcomes = run_event_loop(&addr, &workload);
+    let answered: u64 = outcomes
+        .iter()
+        .map(|o| o.acked_messages + o.failed_messages)
+        .sum();
+    assert_eq!(answered, 600);
+    let max = counts.max_unanswered.load(Relaxed);
+    assert!(
+        max <= 4,
+        "a connection had {max} requests unanswered, window is 4"
+    );
+    assert!(max >= 2, "the driver never pipelined (max {max} in flight)");
+}
+
+#[test]
+fn event_loop_reports_an_unreachable_broker() {
+    let workload = event_loop_workload(2, 1, 1, 10);
+    let shared = std::sync::Arc::new(super::workload::Shared::new());
+    let error = super::event_loop::run_producers("127.0.0.1:1", &workload, 1, &shared)
+        .err()
+        .expect("no broker listens on port 1");
+    assert!(error.contains("127.0.0.1:1"), "{error}");
+}
+
+#[test]
+fn proc_stat_times_and_listening_sockets_parse() {
+    use super::cpu::{listening_inodes_in, stat_ticks};
+    // A command name with a space and a parenthesis must not shift the fields.
+    let stat = "1234 (bench (x) y) S 1 2 3 4 5 6 7 8 9 10 150 25 0 0 20 0 4 0 100";
+    assert_eq!(stat_ticks(stat), Some(175));
+    assert_eq!(stat_ticks("garbage"), None);
+    let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1\n\
+   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 4343 1\n\
+   2: 0100007F:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4444 1\n";
+    assert_eq!(listening_inodes_in(table, 8080), vec!["4242".to_string()]);
+    assert!(listening_inodes_in(table, 9999).is_empty());
+}
+
+#[test]
+fn this_process_is_found_listening_and_its_cpu_is_sampled() {
+    use super::cpu::{pid_listening_on, Sample, Watched};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    assert_eq!(pid_listening_on(port), Some(std::process::id()));
+    let watched = [Watched {
+        label: "broker",
+        pid: std::process::id(),
+    }];
+    let first = Sample::take(&watched, 0);
+    // Burn CPU until the kernel's accounting moves by a clock tick (10 ms usually); the
+    // deadline only bounds a broken /proc.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut x = 0u64;
+    let used = loop {
+        for _ in 0..1_000_000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let used = first.until(&Sample::take(&watched, 1000), &watched);
+        if used.driver_percent.is_some_and(|p| p > 0.0) || std::time::Instant::now() > deadline {
+            break used;
+        }
+    };
+    assert!(used.driver_percent.unwrap() > 0.0, "{used:?}");
+    assert!(used.broker_percent.unwrap() > 0.0, "{used:?}");
+    assert!(used.broker_us_per_message.unwrap() > 0.0, "{used:?}");
+    assert_eq!(used.slave_percent, None);
 }
