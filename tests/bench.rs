@@ -29,6 +29,7 @@ fn bench_matrix_writes_the_results_folder() {
             "128",
         ])
         .args(["--warmup", "0.2", "--queues", "4", "--shards", "2"])
+        .args(["--latency-axis", "log"])
         .arg("--broker-config")
         .arg(&config)
         .arg("--store-root")
@@ -81,6 +82,8 @@ fn bench_matrix_writes_the_results_folder() {
         "e2e-latency-by-percentile.png",
         "throughput-over-time.png",
         "throughput-over-time.svg",
+        "mode-ratios.png",
+        "mode-ratios.svg",
     ] {
         let len = std::fs::metadata(out.join(file))
             .map(|m| m.len())

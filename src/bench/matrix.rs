@@ -5,7 +5,7 @@ use super::cpu::Watched;
 use super::embedded::{EmbeddedBroker, StartSpec};
 use super::histogram::{write_interval_log, write_percentile_distribution, IntervalSeries};
 use super::mode::BenchMode;
-use super::plot::{self, Series};
+use super::plot::{self, LatencyAxis, RatioSeries, Series};
 use super::report::{self, ModeRatio};
 use super::run::{self, run_name, RunMeasurement, RunSummary};
 use super::workload::{self, Workload};
@@ -36,6 +36,8 @@ pub struct Matrix {
     pub workload: Workload,
     pub out_dir: PathBuf,
     pub progress: bool,
+    /// Scale of the percentile charts' latency axis.
+    pub latency_axis: LatencyAxis,
 }
 
 /// Runs the whole matrix, printing as it goes, and writes the results folder.
@@ -64,7 +66,10 @@ pub fn run_matrix(matrix: &Matrix) -> Result<(), String> {
     }
     write_results_json(matrix, &summaries, &ratios)?;
     write_machine_json(matrix, &ready_lines)?;
-    write_plots(&matrix.out_dir, &measurements)?;
+    write_plots(&matrix.out_dir, &measurements, matrix.latency_axis)?;
+    if !ratios.is_empty() {
+        plot::ratios_by_producers(&matrix.out_dir, "mode-ratios", &ratio_series(&ratios))?;
+    }
     println!("\nresults in {}", matrix.out_dir.display());
     Ok(())
 }
@@ -298,7 +303,33 @@ fn effective_config(config_toml: &str, mode: BenchMode, shards: Option<usize>) -
     config.to_toml()
 }
 
-fn write_plots(out_dir: &Path, measurements: &[RunMeasurement]) -> Result<(), String> {
+/// The ratio table as chart lines: per mode pair, msg/s ratio and p99 ratio by producers.
+pub fn ratio_series(ratios: &[ModeRatio]) -> Vec<RatioSeries> {
+    let mut out: Vec<RatioSeries> = Vec::new();
+    for r in ratios {
+        let pair = format!("{} / {}", r.mode.name(), r.baseline.name());
+        for (metric, value) in [("msg/s", r.throughput_ratio), ("p99", r.p99_ratio)] {
+            let label = format!("{pair} {metric}");
+            match out.iter_mut().find(|s| s.label == label) {
+                Some(series) => series.points.push((r.producers, value)),
+                None => out.push(RatioSeries {
+                    label,
+                    points: vec![(r.producers, value)],
+                }),
+            }
+        }
+    }
+    for series in &mut out {
+        series.points.sort_by_key(|p| p.0);
+    }
+    out
+}
+
+fn write_plots(
+    out_dir: &Path,
+    measurements: &[RunMeasurement],
+    axis: LatencyAxis,
+) -> Result<(), String> {
     let produce: Vec<Series<'_>> = measurements
         .iter()
         .map(|m| Series {
@@ -311,6 +342,7 @@ fn write_plots(out_dir: &Path, measurements: &[RunMeasurement]) -> Result<(), St
         "produce-latency-by-percentile",
         "Produce latency by percentile (send → ack)",
         &produce,
+        axis,
     )?;
     let e2e: Vec<Series<'_>> = measurements
         .iter()
@@ -326,6 +358,7 @@ fn write_plots(out_dir: &Path, measurements: &[RunMeasurement]) -> Result<(), St
             "e2e-latency-by-percentile",
             "End-to-end latency by percentile (born → consumed)",
             &e2e,
+            axis,
         )?;
     }
     // The last second of a run is partial (the stragglers acknowledged after the measured

@@ -383,13 +383,65 @@ fn plots_render_png_and_svg() {
         label: "SYNC_FLUSH-p1".into(),
         histogram: &h,
     }];
-    super::plot::latency_by_percentile(dir.path(), "lat", "title", &series).unwrap();
+    use super::plot::{LatencyAxis, RatioSeries};
+    super::plot::latency_by_percentile(dir.path(), "lat", "title", &series, LatencyAxis::Linear)
+        .unwrap();
+    super::plot::latency_by_percentile(dir.path(), "log", "title", &series, LatencyAxis::Log)
+        .unwrap();
     super::plot::throughput_over_time(dir.path(), "tp", &[("a".into(), vec![1, 5, 3])]).unwrap();
-    for file in ["lat.png", "lat.svg", "tp.png", "tp.svg"] {
+    let ratios = [RatioSeries {
+        label: "SYNC_FLUSH / ASYNC_FLUSH msg/s".into(),
+        points: vec![(1, 0.5), (64, f64::NAN)],
+    }];
+    super::plot::ratios_by_producers(dir.path(), "ratio", &ratios).unwrap();
+    let files = [
+        "lat.png",
+        "lat.svg",
+        "log.png",
+        "log.svg",
+        "tp.png",
+        "tp.svg",
+        "ratio.png",
+    ];
+    for file in files {
         let len = std::fs::metadata(dir.path().join(file)).unwrap().len();
         assert!(len > 1000, "{file} is {len} bytes");
     }
     let _ = SystemTime::now();
+}
+
+#[test]
+fn forty_series_all_look_different() {
+    let styles: Vec<_> = (0..40).map(super::plot::series_style).collect();
+    for (i, a) in styles.iter().enumerate() {
+        for b in &styles[i + 1..] {
+            assert_ne!(a, b);
+        }
+    }
+    // Beyond ten series the colour repeats but the dash pattern does not.
+    assert_eq!(styles[0].0, styles[10].0);
+    assert_ne!(styles[0].1, styles[10].1);
+}
+
+#[test]
+fn ratio_chart_series_follow_the_ratio_table() {
+    let runs = vec![
+        summary(BenchMode::SyncFlush, 64, 900.0, 3000),
+        summary(BenchMode::AsyncFlush, 64, 1000.0, 1000),
+        summary(BenchMode::SyncFlush, 1, 100.0, 500),
+        summary(BenchMode::AsyncFlush, 1, 400.0, 250),
+    ];
+    let series = super::matrix::ratio_series(&ratios(&runs));
+    let labels: Vec<&str> = series.iter().map(|s| s.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            "SYNC_FLUSH / ASYNC_FLUSH msg/s",
+            "SYNC_FLUSH / ASYNC_FLUSH p99"
+        ]
+    );
+    assert_eq!(series[0].points, vec![(1, 0.25), (64, 0.9)]);
+    assert_eq!(series[1].points, vec![(1, 2.0), (64, 3.0)]);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use crate::bench::matrix::{run_matrix, Matrix, Target};
 use crate::bench::mode::BenchMode;
+use crate::bench::plot::LatencyAxis;
 use crate::bench::workload::{Driver, Workload, TIMESTAMP_BYTES};
 use crate::cli::produce::MAX_WINDOW;
 use clap::Args;
@@ -69,6 +70,9 @@ pub struct BenchArgs {
     /// message's scheduled send time (coordinated omission corrected).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Scale of the latency axis of the percentile charts.
+    #[arg(long, value_enum, default_value_t = LatencyAxis::Linear)]
+    pub latency_axis: LatencyAxis,
     /// Results folder (default results/<timestamp>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -201,6 +205,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         workload,
         out_dir: args.out.clone().unwrap_or_else(default_out_dir),
         progress: std::io::stdout().is_terminal(),
+        latency_axis: args.latency_axis,
     };
     run_matrix(&matrix)
 }
