@@ -116,13 +116,17 @@ fn route(addr: &str, topic: &str) -> Result<Route, String> {
     })
 }
 
-/// Runs every producer of `workload` on `threads` event-loop threads; one outcome per producer.
+/// A driver thread: it yields the outcomes of the producers it ran.
+pub type LoopHandle = std::thread::JoinHandle<Result<Vec<ProducerOutcome>, String>>;
+
+/// Starts every producer of `workload` on `threads` event-loop threads; one outcome per
+/// producer once they are joined.
 pub fn run_producers(
     addr: &str,
     workload: &Workload,
     threads: u32,
     shared: &std::sync::Arc<Shared>,
-) -> Result<Vec<std::thread::JoinHandle<Result<Vec<ProducerOutcome>, String>>>, String> {
+) -> Result<Vec<LoopHandle>, String> {
     let route = std::sync::Arc::new(route(addr, &workload.topic)?);
     let threads = threads.clamp(1, workload.producers.max(1));
     let mut first = 0u32;

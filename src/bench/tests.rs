@@ -674,8 +674,7 @@ fn event_loop_reports_an_unreachable_broker() {
     let workload = event_loop_workload(2, 1, 1, 10);
     let shared = std::sync::Arc::new(super::workload::Shared::new());
     let error = super::event_loop::run_producers("127.0.0.1:1", &workload, 1, &shared)
-        .err()
-        .expect("no broker listens on port 1");
+        .expect_err("no broker listens on port 1");
     assert!(error.contains("127.0.0.1:1"), "{error}");
 }
 
