@@ -12,7 +12,7 @@
 #   3. batched durable writes: SYNC_FLUSH, BATCH (default 128) messages per request, 8 producers,
 #      window 2: MiB/s;
 #   4. a fresh slave's catch-up: a master filled with CATCHUP_MIB (default 1024) MiB, then a new
-#      slave started and timed until every shard's lag is 0, with the master's log in the page
+#      slave started and timed from its ready line until every shard's lag is 0, with the master's log in the page
 #      cache ("warm") and, where /proc/sys/vm/drop_caches is writable, after dropping it ("cold");
 # and once per round, perf/redis.sh at 64 clients (appendfsync always and everysec). Once per
 # session perf/limits.sh (4 KiB O_DIRECT write + fdatasync p99, sequential O_DIRECT write
@@ -64,6 +64,7 @@ stop_started() {
 }
 scratch="$(mktemp -d "$dir/ringmq-issue12-XXXXXX")"
 trap 'stop_started; rm -rf "$scratch"' EXIT
+trap 'exit 130' INT TERM # runs the EXIT trap: brokers stopped, stores removed
 
 # Starts `BIN serve ARGS...` with its stdout in FILE and waits for the ready line (an event the
 # broker prints; the file is polled for it). Sets $started to the pid.
@@ -123,10 +124,11 @@ print(sum(s["max_offset"] for s in json.load(sys.stdin)["shards"]))')"
         continue
       fi
     fi
-    local t0
-    t0="$(python3 -c 'import time; print(time.time())')"
+    # Timed from the slave's ready line: a fresh store first zero-fills its segments, which is
+    # start-up, not catch-up.
     serve "$bin" "$dest/slave-$cache.out" --store "$scratch/slave-$cache" --role SLAVE --master "$ha"
-    local slave=$started seconds
+    local slave=$started seconds t0
+    t0="$(python3 -c 'import time; print(time.time())')"
     seconds="$(wait_caught_up "$bin" "$addr" "$t0")"
     kill "$slave"
     wait "$slave" 2>/dev/null || true
@@ -163,7 +165,11 @@ import json, os, statistics, sys
 out, rounds, producers, sides = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 
 def load(path):
-    return json.load(open(path)) if os.path.exists(path) else None
+    # A run that failed leaves no file (or a partial one): its cells read n/a.
+    try:
+        return json.load(open(path))
+    except (OSError, ValueError):
+        return None
 
 def runs(side, r, what):
     data = load(f"{out}/{side}-{r}/{what}/results.json")
