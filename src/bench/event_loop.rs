@@ -18,15 +18,22 @@
 //! Latency, pacing (closed or open loop, with the coordinated-omission correction), warmup and
 //! the per-second intervals are exactly the thread driver's: both go through
 //! [`workload::account`] and [`Pacer`].
+//!
+//! Consumers ([`run_consumers`]) get one more thread: every queue's long-polling connection on
+//! its own `epoll` loop, recording end-to-end latency through [`ConsumerState`] as the thread
+//! driver's consumers do.
 
 use super::histogram::new_latency_histogram;
-use super::workload::{self, share, InFlight, Pacer, ProducerOutcome, Shared, Workload};
+use super::workload::{
+    self, share, ConsumerOutcome, ConsumerState, InFlight, Pacer, ProducerOutcome, Shared, Workload,
+};
 use crate::client::{
     queue_for_key, ClientError, ProduceResult, DEFAULT_MAX_FRAME_BYTES, DEFAULT_READ_TIMEOUT,
 };
 use crate::protocol::frame::{begin_frame, finish_frame, FrameHeader};
 use crate::protocol::message::{
-    decode_error_message, encode_produce, MessageRef, ProduceResponse, TopicInfo,
+    decode_error_message, encode_produce, MessageRef, ProduceResponse, PullRequest, PullResponse,
+    TopicInfo,
 };
 use crate::protocol::{FrameDecoder, Opcode, Status};
 use std::collections::HashMap;
@@ -449,49 +456,23 @@ impl Driver<'_> {
         }
     }
 
-    /// Writes what the connection's buffer holds; registers for writability if the socket is
-    /// full, and unregisters once it drained.
     fn flush(&mut self, token: usize) -> Result<(), String> {
         let conn = &mut self.conns[token];
-        while conn.written < conn.write_buf.len() {
-            match conn.stream.write(&conn.write_buf[conn.written..]) {
-                Ok(0) => return Err(format!("{}: connection closed while writing", conn.addr)),
-                Ok(n) => conn.written += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("{}: write failed: {e}", conn.addr)),
-            }
-        }
-        let pending = conn.written < conn.write_buf.len();
-        if !pending {
-            conn.write_buf.clear();
-            conn.written = 0;
-        }
-        if pending != conn.want_write {
-            conn.want_write = pending;
-            self.epoll
-                .control(libc::EPOLL_CTL_MOD, conn.stream.as_raw_fd(), token, pending);
-        }
-        Ok(())
+        flush_socket(
+            &self.epoll,
+            token,
+            &mut conn.stream,
+            &conn.addr,
+            &mut conn.write_buf,
+            &mut conn.written,
+            &mut conn.want_write,
+        )
     }
 
     /// Reads what arrived and accounts every complete acknowledgement; returns how many.
     fn read(&mut self, token: usize) -> Result<usize, String> {
-        let mut chunk = [0u8; READ_CHUNK_BYTES];
-        let mut closed = false;
-        loop {
-            let conn = &mut self.conns[token];
-            match conn.stream.read(&mut chunk) {
-                Ok(0) => {
-                    closed = true;
-                    break;
-                }
-                Ok(n) => conn.read_buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("{}: read failed: {e}", conn.addr)),
-            }
-        }
+        let conn = &mut self.conns[token];
+        let closed = read_socket(&mut conn.stream, &conn.addr, &mut conn.read_buf)?;
         let acked = self.shared.origin.elapsed();
         let mut answered = 0;
         let mut consumed = 0;
@@ -538,6 +519,52 @@ impl Driver<'_> {
     }
 }
 
+/// Writes what `write_buf` holds from `written` on; registers the socket for writability while
+/// bytes remain (the socket buffer was full) and unregisters once it drained.
+fn flush_socket(
+    epoll: &Epoll,
+    token: usize,
+    stream: &mut TcpStream,
+    addr: &str,
+    write_buf: &mut Vec<u8>,
+    written: &mut usize,
+    want_write: &mut bool,
+) -> Result<(), String> {
+    while *written < write_buf.len() {
+        match stream.write(&write_buf[*written..]) {
+            Ok(0) => return Err(format!("{addr}: connection closed while writing")),
+            Ok(n) => *written += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("{addr}: write failed: {e}")),
+        }
+    }
+    let pending = *written < write_buf.len();
+    if !pending {
+        write_buf.clear();
+        *written = 0;
+    }
+    if pending != *want_write {
+        *want_write = pending;
+        epoll.control(libc::EPOLL_CTL_MOD, stream.as_raw_fd(), token, pending);
+    }
+    Ok(())
+}
+
+/// Appends everything readable now to `read_buf`; true when the peer closed the connection.
+fn read_socket(stream: &mut TcpStream, addr: &str, read_buf: &mut Vec<u8>) -> Result<bool, String> {
+    let mut chunk = [0u8; READ_CHUNK_BYTES];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok(true),
+            Ok(n) => read_buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("{addr}: read failed: {e}")),
+        }
+    }
+}
+
 /// A produce answer as the client library would return it: a body status decodes the
 /// acknowledgement, any other status is the broker's error message.
 fn produce_result(header: FrameHeader, body: &[u8]) -> Result<ProduceResult, ClientError> {
@@ -562,4 +589,191 @@ fn produce_result(header: FrameHeader, body: &[u8]) -> Result<ProduceResult, Cli
         reason: format!("produce response: {e}"),
     })?;
     Ok(ProduceResult { status, response })
+}
+
+/// A consumer thread: it yields every queue's outcome.
+pub type ConsumerLoopHandle = std::thread::JoinHandle<Result<Vec<ConsumerOutcome>, String>>;
+
+/// One queue's long-polling connection on the consumer loop.
+struct Puller {
+    stream: TcpStream,
+    addr: String,
+    queue: u32,
+    write_buf: Vec<u8>,
+    written: usize,
+    want_write: bool,
+    read_buf: Vec<u8>,
+    next_request_id: u64,
+    /// When the pull in flight was sent; `None` once this queue is finished.
+    sent_at: Option<Duration>,
+    state: ConsumerState,
+}
+
+/// Starts one thread that long-polls every queue of the topic on its own connection (as the
+/// thread driver's consumers do, one connection per queue), multiplexed with `epoll`.
+pub fn run_consumers(
+    addr: &str,
+    workload: &Workload,
+    shared: &std::sync::Arc<Shared>,
+) -> Result<ConsumerLoopHandle, String> {
+    let route = route(addr, &workload.topic)?;
+    let epoll = Epoll::new()?;
+    let mut pullers = Vec::new();
+    for (queue, &shard) in route.queue_shards.iter().enumerate() {
+        let addr = route.shard_addrs[shard as usize].clone();
+        let stream = TcpStream::connect(&addr).map_err(|e| {
+            format!("consumer of queue {queue}: cannot reach broker at {addr}: {e}")
+        })?;
+        stream
+            .set_nodelay(true)
+            .and_then(|_| stream.set_nonblocking(true))
+            .map_err(|e| format!("consumer of queue {queue}: configuring socket: {e}"))?;
+        epoll.control(
+            libc::EPOLL_CTL_ADD,
+            stream.as_raw_fd(),
+            pullers.len(),
+            false,
+        );
+        pullers.push(Puller {
+            stream,
+            addr,
+            queue: queue as u32,
+            write_buf: Vec::new(),
+            written: 0,
+            want_write: false,
+            read_buf: Vec::with_capacity(READ_CHUNK_BYTES),
+            next_request_id: 1,
+            sent_at: None,
+            state: ConsumerState::new(workload, shared),
+        });
+    }
+    let (workload, shared) = (workload.clone(), shared.clone());
+    std::thread::Builder::new()
+        .name("bench-consumers".into())
+        .spawn(move || consume(&workload, &shared, &epoll, pullers))
+        .map_err(|e| format!("starting consumer thread: {e}"))
+}
+
+fn consume(
+    workload: &Workload,
+    shared: &Shared,
+    epoll: &Epoll,
+    mut pullers: Vec<Puller>,
+) -> Result<Vec<ConsumerOutcome>, String> {
+    for (token, puller) in pullers.iter_mut().enumerate() {
+        send_pull(workload, shared, epoll, puller, token)?;
+    }
+    let decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
+    // A pull waits at most PULL_WAIT_MS at the broker; one unanswered for the client's read
+    // timeout means the broker is stuck.
+    while pullers.iter().any(|p| p.sent_at.is_some()) {
+        let now = shared.origin.elapsed();
+        if let Some(p) = pullers.iter().find(|p| {
+            p.sent_at
+                .is_some_and(|t| now.saturating_sub(t) >= DEFAULT_READ_TIMEOUT)
+        }) {
+            return Err(format!(
+                "consumer of queue {}: no pull answer from {} within {} s",
+                p.queue,
+                p.addr,
+                DEFAULT_READ_TIMEOUT.as_secs()
+            ));
+        }
+        let ready = epoll.wait(&mut events, MAX_WAIT)?;
+        for event in &events[..ready] {
+            let token = event.u64 as usize;
+            let puller = &mut pullers[token];
+            if event.events & libc::EPOLLOUT as u32 != 0 {
+                flush_socket(
+                    epoll,
+                    token,
+                    &mut puller.stream,
+                    &puller.addr,
+                    &mut puller.write_buf,
+                    &mut puller.written,
+                    &mut puller.want_write,
+                )?;
+            }
+            if event.events & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 == 0 {
+                continue;
+            }
+            let closed = read_socket(&mut puller.stream, &puller.addr, &mut puller.read_buf)?;
+            let mut consumed = 0;
+            let mut answered = false;
+            while let Some(frame) = decoder
+                .decode(&puller.read_buf[consumed..])
+                .map_err(|e| format!("{}: bad frame from the broker: {e}", puller.addr))?
+            {
+                consumed += frame.wire_len();
+                let status = Status::from_u16(frame.header.status);
+                let answer = match status {
+                    Some(status) if status.has_body() => PullResponse::decode(frame.body)
+                        .map(|r| (status, r))
+                        .map_err(|e| format!("pull response: {e}")),
+                    Some(status) => Err(format!("{status}: {}", decode_error_message(frame.body))),
+                    None => Err(format!("unknown status {}", frame.header.status)),
+                };
+                let (status, response) =
+                    answer.map_err(|e| format!("consumer of queue {}: {e}", puller.queue))?;
+                let bodies = response.messages.iter().map(|m| m.body);
+                let finished = puller
+                    .state
+                    .received(bodies, response.summary.next_offset, status);
+                puller.sent_at = None;
+                answered = !finished;
+                if finished {
+                    // A finished queue's socket leaves the set, so its close cannot wake the
+                    // loop again and again.
+                    epoll.control(libc::EPOLL_CTL_DEL, puller.stream.as_raw_fd(), token, false);
+                }
+            }
+            puller.read_buf.drain(..consumed);
+            if answered {
+                send_pull(workload, shared, epoll, puller, token)?;
+            } else if closed && puller.sent_at.is_some() {
+                return Err(format!(
+                    "consumer of queue {}: {} closed the connection",
+                    puller.queue, puller.addr
+                ));
+            }
+        }
+    }
+    Ok(pullers.into_iter().map(|p| p.state.outcome).collect())
+}
+
+fn send_pull(
+    workload: &Workload,
+    shared: &Shared,
+    epoll: &Epoll,
+    puller: &mut Puller,
+    token: usize,
+) -> Result<(), String> {
+    puller.state.before_pull(shared);
+    let request_id = puller.next_request_id;
+    puller.next_request_id += 1;
+    let start = begin_frame(
+        &mut puller.write_buf,
+        FrameHeader::request(Opcode::Pull, request_id),
+    );
+    PullRequest {
+        topic: workload.topic.clone(),
+        queue: puller.queue,
+        offset: puller.state.offset,
+        max_messages: workload::PULL_MAX_MESSAGES,
+        max_bytes: workload::PULL_MAX_BYTES,
+        max_wait_ms: workload::PULL_WAIT_MS,
+    }
+    .encode(&mut puller.write_buf);
+    finish_frame(&mut puller.write_buf, start);
+    puller.sent_at = Some(shared.origin.elapsed());
+    flush_socket(
+        epoll,
+        token,
+        &mut puller.stream,
+        &puller.addr,
+        &mut puller.write_buf,
+        &mut puller.written,
+        &mut puller.want_write,
+    )
 }

@@ -77,7 +77,7 @@ pub fn run(
     let shared = Arc::new(Shared::new());
     // The measured phase, which the per-second intervals count from, starts after the warmup.
     let started_at = SystemTime::now() + workload.warmup;
-    let consumers = spawn_consumers(addr, workload, &shared);
+    let consumers = spawn_consumers(addr, workload, &shared)?;
     let producers = match spawn_producers(addr, workload, &shared) {
         Ok(producers) => producers,
         Err(e) => {
@@ -127,20 +127,30 @@ fn spawn_producers(
     }
 }
 
+/// Starts the consumers: one event-loop thread for every queue's connection with the event-loop
+/// driver, a thread per queue with the thread driver. Each handle yields the outcomes of the
+/// queues it read.
 fn spawn_consumers(
     addr: &str,
     workload: &Workload,
     shared: &Arc<Shared>,
-) -> Vec<Handle<ConsumerOutcome>> {
+) -> Result<Vec<Handle<Vec<ConsumerOutcome>>>, String> {
     if workload.consumers == 0 {
-        return Vec::new();
+        return Ok(Vec::new());
     }
-    (0..workload.queues)
+    if let Driver::EventLoop { .. } = workload.driver {
+        return Ok(vec![super::event_loop::run_consumers(
+            addr, workload, shared,
+        )?]);
+    }
+    Ok((0..workload.queues)
         .map(|queue| {
             let (addr, workload, shared) = (addr.to_string(), workload.clone(), shared.clone());
-            thread::spawn(move || workload::run_consumer(&addr, &workload, queue, shared))
+            thread::spawn(move || {
+                workload::run_consumer(&addr, &workload, queue, shared).map(|o| vec![o])
+            })
         })
-        .collect()
+        .collect())
 }
 
 /// How often the waiting thread looks at the producers: bounds the progress display's lag and
@@ -193,7 +203,7 @@ fn join_all(
 }
 
 fn join_all_consumers(
-    handles: Vec<Handle<ConsumerOutcome>>,
+    handles: Vec<Handle<Vec<ConsumerOutcome>>>,
 ) -> Result<Vec<ConsumerOutcome>, String> {
     handles
         .into_iter()
@@ -201,7 +211,8 @@ fn join_all_consumers(
             h.join()
                 .unwrap_or_else(|_| Err("a consumer thread panicked".into()))
         })
-        .collect()
+        .collect::<Result<Vec<_>, String>>()
+        .map(|v| v.into_iter().flatten().collect())
 }
 
 fn progress_bar(mode: BenchMode, workload: &Workload) -> ProgressBar {

@@ -23,11 +23,11 @@ pub const TIMESTAMP_BYTES: usize = 8;
 
 /// How long a consumer's pull waits at the end of its queue. Short enough that the end of the
 /// run is noticed quickly, long enough that an idle consumer costs the broker little.
-const PULL_WAIT_MS: u32 = 200;
+pub const PULL_WAIT_MS: u32 = 200;
 
 /// Messages and bytes asked for per pull.
-const PULL_MAX_MESSAGES: u32 = 256;
-const PULL_MAX_BYTES: u32 = 4 * 1024 * 1024;
+pub const PULL_MAX_MESSAGES: u32 = 256;
+pub const PULL_MAX_BYTES: u32 = 4 * 1024 * 1024;
 
 /// How long consumers keep reading after the producers stop, to receive what was acked last.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -360,51 +360,90 @@ pub fn run_consumer(
     shared: Arc<Shared>,
 ) -> Result<ConsumerOutcome, String> {
     let mut client = connect(addr)?;
-    let measured_from_ns = shared.origin_wall_ns + workload.warmup.as_nanos() as u64;
-    let mut outcome = ConsumerOutcome {
-        latency: new_latency_histogram(),
-        intervals: Vec::new(),
-        received_messages: 0,
-    };
-    let mut offset = 0u64;
-    let mut drain_deadline: Option<Instant> = None;
+    let mut state = ConsumerState::new(workload, &shared);
     loop {
-        if shared.producers_done.load(Ordering::Acquire) && drain_deadline.is_none() {
-            drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
-        }
+        state.before_pull(&shared);
         let pulled = client
             .pull(
                 &workload.topic,
                 queue,
-                offset,
+                state.offset,
                 PULL_MAX_MESSAGES,
                 PULL_MAX_BYTES,
                 PULL_WAIT_MS,
             )
             .map_err(|e| format!("consumer of queue {queue}: {}", describe(addr, &e)))?;
+        let bodies = pulled.messages.iter().map(|m| m.body.as_slice());
+        if state.received(bodies, pulled.summary.next_offset, pulled.status) {
+            return Ok(state.outcome);
+        }
+    }
+}
+
+/// One queue's consumer, whichever driver runs it: the offset to pull from next, the drain
+/// deadline once the producers are done, and what it measured.
+pub struct ConsumerState {
+    pub offset: u64,
+    measured_from_ns: u64,
+    drain_deadline: Option<Instant>,
+    pub outcome: ConsumerOutcome,
+}
+
+impl ConsumerState {
+    pub fn new(workload: &Workload, shared: &Shared) -> ConsumerState {
+        ConsumerState {
+            offset: 0,
+            measured_from_ns: shared.origin_wall_ns + workload.warmup.as_nanos() as u64,
+            drain_deadline: None,
+            outcome: ConsumerOutcome {
+                latency: new_latency_histogram(),
+                intervals: Vec::new(),
+                received_messages: 0,
+            },
+        }
+    }
+
+    /// Starts the drain period once the producers are done; call before each pull.
+    pub fn before_pull(&mut self, shared: &Shared) {
+        if shared.producers_done.load(Ordering::Acquire) && self.drain_deadline.is_none() {
+            self.drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
+        }
+    }
+
+    /// Records one pull's messages (their bodies) and moves the offset; true when the consumer
+    /// is finished: drained after the producers stopped, or out of drain time.
+    pub fn received<'a>(
+        &mut self,
+        bodies: impl ExactSizeIterator<Item = &'a [u8]>,
+        next_offset: u64,
+        status: Status,
+    ) -> bool {
         let received_ns = wall_ns();
-        for message in &pulled.messages {
-            let Some(born_ns) = body_timestamp_ns(&message.body) else {
+        let empty = bodies.len() == 0;
+        let outcome = &mut self.outcome;
+        for body in bodies {
+            let Some(born_ns) = body_timestamp_ns(body) else {
                 continue;
             };
-            if born_ns < measured_from_ns {
+            if born_ns < self.measured_from_ns {
                 continue;
             }
             let latency = Duration::from_nanos(received_ns.saturating_sub(born_ns));
             record_latency(&mut outcome.latency, latency, 1);
-            let second = (received_ns.saturating_sub(measured_from_ns) / 1_000_000_000) as usize;
+            let second =
+                (received_ns.saturating_sub(self.measured_from_ns) / 1_000_000_000) as usize;
             while outcome.intervals.len() <= second {
                 outcome.intervals.push(new_latency_histogram());
             }
             record_latency(&mut outcome.intervals[second], latency, 1);
             outcome.received_messages += 1;
         }
-        offset = pulled.summary.next_offset.max(offset);
-        let caught_up = pulled.messages.is_empty() || pulled.status == Status::NoNewMessage;
-        match drain_deadline {
-            Some(_) if caught_up => return Ok(outcome),
-            Some(deadline) if Instant::now() >= deadline => return Ok(outcome),
-            _ => {}
+        self.offset = next_offset.max(self.offset);
+        let caught_up = empty || status == Status::NoNewMessage;
+        match self.drain_deadline {
+            Some(_) if caught_up => true,
+            Some(deadline) => Instant::now() >= deadline,
+            None => false,
         }
     }
 }
