@@ -138,11 +138,12 @@ const PALETTE: [RGBColor; 10] = [
 /// Dash patterns (dash, gap in pixels); `None` is a solid line.
 const DASHES: [Option<(u32, u32)>; 4] = [None, Some((14, 6)), Some((3, 4)), Some((20, 5))];
 
-/// Colour and dash pattern of series `index`: the colour cycles fastest and the dash pattern
-/// changes each time the palette wraps, so the first `PALETTE.len() * DASHES.len()` (40) series
-/// all look different; only beyond that do pairs repeat.
+/// Colour and dash pattern of series `index`. Both change from one series to the next (so even
+/// a chart of a few runs reads in greyscale), and the dash pattern is shifted by one each time
+/// the palette wraps, so the first `PALETTE.len() * DASHES.len()` (40) series are all distinct
+/// pairs; only beyond that do pairs repeat.
 pub fn series_style(index: usize) -> (RGBColor, Option<(u32, u32)>) {
-    let dash = DASHES[(index / PALETTE.len()) % DASHES.len()];
+    let dash = DASHES[(index + index / PALETTE.len()) % DASHES.len()];
     (PALETTE[index % PALETTE.len()], dash)
 }
 
@@ -212,9 +213,21 @@ where
             percentile_lines(chart, &root, series)
         }
         LatencyAxis::Log => {
-            // Latencies are at least 1 µs (the histogram's lowest value).
+            // From the decade below the lowest latency drawn (at least 1 µs, the histogram's
+            // lowest value), so the lines use the chart's height.
+            let lowest = series
+                .iter()
+                .filter(|s| !s.histogram.is_empty())
+                .map(|s| s.histogram.min())
+                .min()
+                .unwrap_or(1)
+                .max(1);
+            let y_min = 10f64.powi((lowest as f64).log10().floor() as i32);
             let chart = builder
-                .build_cartesian_2d(0f64..PERCENTILE_DECADES, (1f64..y_max).log_scale())
+                .build_cartesian_2d(
+                    0f64..PERCENTILE_DECADES,
+                    (y_min..y_max.max(y_min * 10.0)).log_scale(),
+                )
                 .map_err(|e| e.to_string())?;
             percentile_lines(chart, &root, series)
         }
