@@ -722,3 +722,34 @@ fn this_process_is_found_listening_and_its_cpu_is_sampled() {
     assert!(used.broker_us_per_message.unwrap() > 0.0, "{used:?}");
     assert_eq!(used.slave_percent, None);
 }
+
+#[test]
+fn event_loop_open_loop_counts_the_schedule_and_the_wait_behind_a_slow_broker() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (addr, counts) = fake::start();
+    // Two producers at 1,000 requests/s each for 0.3 s: 300 requests each are due. The fake
+    // answers only after 5 ms of quiet, so with window 1 a producer completes at most 200
+    // requests/s and falls ever further behind its schedule.
+    let workload = Workload {
+        count: None,
+        duration: Some(Duration::from_millis(300)),
+        rate_per_sec: Some(2000.0),
+        ..event_loop_workload(2, 1, 1, 0)
+    };
+    let outcomes = run_event_loop(&addr, &workload);
+    let requests = counts.requests.load(Relaxed);
+    assert!(
+        (600..=602).contains(&requests),
+        "{requests} requests for 2 × 300 due"
+    );
+    let answered: u64 = outcomes
+        .iter()
+        .map(|o| o.acked_messages + o.failed_messages)
+        .sum();
+    assert_eq!(answered, requests);
+    // The last request of a producer was due at 0.3 s and sent after about 300 × 5 ms: its
+    // latency counts from its schedule, so it carries the whole backlog (no coordinated
+    // omission), far beyond any one request's 5 ms wait.
+    let max_us = outcomes.iter().map(|o| o.latency.max()).max().unwrap();
+    assert!(max_us >= 1_000_000, "max latency {max_us} us");
+}
