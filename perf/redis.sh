@@ -9,9 +9,11 @@
 #   perf/redis.sh                      # every mode × client count, DURATION (default 10) s each
 #   DURATION=1 CLIENTS=64 perf/redis.sh
 #
-# redis-benchmark runs a request count, not a duration: each run sends DURATION × RATE_GUESS
-# requests (default 60000/s, about Redis's everysec rate at 64 clients on 2 cores), so runs last
-# roughly DURATION seconds; the rate is what it reports. Installs redis-server and redis-tools
+# redis-benchmark runs a request count, not a duration: each run sends DURATION × a rate guess,
+# min(RATE_GUESS, per-client guess × clients) with RATE_GUESS 60000/s (about Redis's everysec
+# rate at 64 clients on 2 cores) and per client 6000/s under `always` (one fsync per round trip
+# at one client) or 20000/s under `everysec`, so runs last roughly DURATION seconds; the rate
+# is what redis-benchmark reports. Installs redis-server and redis-tools
 # with apt-get when missing. The stream is deleted between runs; automatic AOF rewrites are off
 # so a background rewrite's fork does not land in one run and not another.
 set -euo pipefail
@@ -62,7 +64,11 @@ for mode in $modes; do
   redis-cli -p "$port" ping >/dev/null
   for clients in $clients_list; do
     redis-cli -p "$port" del bench-stream >/dev/null
-    requests=$(( duration * rate_guess ))
+    per_client=20000
+    [ "$mode" = always ] && per_client=6000
+    guess=$(( per_client * clients ))
+    [ "$guess" -gt "$rate_guess" ] && guess=$rate_guess
+    requests="$(awk -v d="$duration" -v g="$guess" 'BEGIN { printf "%d", d * g }')" # DURATION may be fractional
     before="$(cpu_ticks "$pid")"
     started="$(date +%s.%N)"
     line="$(redis-benchmark -h 127.0.0.1 -p "$port" -c "$clients" -P 1 -n "$requests" --csv \
