@@ -507,7 +507,12 @@ impl Driver<'_> {
         }
         let conn = &mut self.conns[token];
         conn.read_buf.drain(..consumed);
-        if closed {
+        if closed && conn.in_flight.is_empty() {
+            // Nothing is lost yet (e.g. an idle producer's connection after its last answer):
+            // the socket leaves the set, and a later send on it fails with the write error.
+            self.epoll
+                .control(libc::EPOLL_CTL_DEL, conn.stream.as_raw_fd(), token, false);
+        } else if closed {
             let index = self.producers[conn.producer].index;
             return Err(format!(
                 "producer {index}: {} closed the connection with {} requests in flight",
