@@ -39,7 +39,7 @@ use crate::protocol::{FrameDecoder, Opcode, Status};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 /// Bytes read from a socket per `read` call; one call usually takes every acknowledgement that
@@ -152,8 +152,8 @@ pub fn run_producers(
     Ok(handles)
 }
 
-/// An epoll instance, closed on drop.
-struct Epoll(libc::c_int);
+/// An epoll instance (the descriptor closes with the value).
+struct Epoll(OwnedFd);
 
 impl Epoll {
     fn new() -> Result<Epoll, String> {
@@ -165,10 +165,21 @@ impl Epoll {
                 std::io::Error::last_os_error()
             ));
         }
-        Ok(Epoll(fd))
+        // SAFETY: `fd` is a new descriptor nothing else owns.
+        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
-    fn control(&self, op: libc::c_int, fd: libc::c_int, token: usize, write: bool) {
+    /// Registers (`EPOLL_CTL_ADD`), changes (`MOD`) or removes (`DEL`) `fd` for readability and,
+    /// with `write`, writability. A failure is the run's error: an unregistered socket would
+    /// otherwise only show as a stall 30 s later. `peer` names the connection in the message.
+    fn control(
+        &self,
+        op: libc::c_int,
+        fd: libc::c_int,
+        token: usize,
+        write: bool,
+        peer: &str,
+    ) -> Result<(), String> {
         let mut events = libc::EPOLLIN as u32;
         if write {
             events |= libc::EPOLLOUT as u32;
@@ -178,16 +189,32 @@ impl Epoll {
             u64: token as u64,
         };
         // SAFETY: `event` is a valid epoll_event for the duration of the call; `fd` is an open
-        // socket owned by a `Conn` that outlives its registration. A failure leaves the socket
-        // unregistered, which the stall timeout reports.
-        unsafe { libc::epoll_ctl(self.0, op, fd, &mut event) };
+        // descriptor owned by a value that outlives its registration.
+        let rc = unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut event) };
+        if rc < 0 {
+            let name = match op {
+                libc::EPOLL_CTL_ADD => "EPOLL_CTL_ADD",
+                libc::EPOLL_CTL_MOD => "EPOLL_CTL_MOD",
+                _ => "EPOLL_CTL_DEL",
+            };
+            return Err(format!(
+                "{peer}: epoll_ctl {name} of fd {fd}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
     }
 
     fn wait(&self, events: &mut [libc::epoll_event], timeout: Duration) -> Result<usize, String> {
         let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
         // SAFETY: the buffer is valid for `events.len()` entries.
         let n = unsafe {
-            libc::epoll_wait(self.0, events.as_mut_ptr(), events.len() as libc::c_int, ms)
+            libc::epoll_wait(
+                self.0.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as libc::c_int,
+                ms,
+            )
         };
         if n < 0 {
             let error = std::io::Error::last_os_error();
@@ -197,13 +224,6 @@ impl Epoll {
             };
         }
         Ok(n as usize)
-    }
-}
-
-impl Drop for Epoll {
-    fn drop(&mut self) {
-        // SAFETY: closing the epoll fd this value owns.
-        unsafe { libc::close(self.0) };
     }
 }
 
@@ -268,7 +288,7 @@ impl Driver<'_> {
                 .map_err(|e| format!("producer {index}: configuring socket to {addr}: {e}"))?;
             let token = self.conns.len();
             self.epoll
-                .control(libc::EPOLL_CTL_ADD, stream.as_raw_fd(), token, false);
+                .control(libc::EPOLL_CTL_ADD, stream.as_raw_fd(), token, false, addr)?;
             self.conns.push(Conn {
                 stream,
                 addr: addr.clone(),
@@ -510,8 +530,13 @@ impl Driver<'_> {
         if closed && conn.in_flight.is_empty() {
             // Nothing is lost yet (e.g. an idle producer's connection after its last answer):
             // the socket leaves the set, and a later send on it fails with the write error.
-            self.epoll
-                .control(libc::EPOLL_CTL_DEL, conn.stream.as_raw_fd(), token, false);
+            self.epoll.control(
+                libc::EPOLL_CTL_DEL,
+                conn.stream.as_raw_fd(),
+                token,
+                false,
+                &conn.addr,
+            )?;
         } else if closed {
             let index = self.producers[conn.producer].index;
             return Err(format!(
@@ -551,7 +576,13 @@ fn flush_socket(
     }
     if pending != *want_write {
         *want_write = pending;
-        epoll.control(libc::EPOLL_CTL_MOD, stream.as_raw_fd(), token, pending);
+        epoll.control(
+            libc::EPOLL_CTL_MOD,
+            stream.as_raw_fd(),
+            token,
+            pending,
+            addr,
+        )?;
     }
     Ok(())
 }
@@ -638,7 +669,8 @@ pub fn run_consumers(
             stream.as_raw_fd(),
             pullers.len(),
             false,
-        );
+            &addr,
+        )?;
         pullers.push(Puller {
             stream,
             addr,
@@ -730,7 +762,13 @@ fn consume(
                 if finished {
                     // A finished queue's socket leaves the set, so its close cannot wake the
                     // loop again and again.
-                    epoll.control(libc::EPOLL_CTL_DEL, puller.stream.as_raw_fd(), token, false);
+                    epoll.control(
+                        libc::EPOLL_CTL_DEL,
+                        puller.stream.as_raw_fd(),
+                        token,
+                        false,
+                        &puller.addr,
+                    )?;
                 }
             }
             puller.read_buf.drain(..consumed);
