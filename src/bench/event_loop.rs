@@ -43,7 +43,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 /// Bytes read from a socket per `read` call; one call usually takes every acknowledgement that
-/// arrived (a produce answer is about 50 bytes).
+/// arrived (a produce answer is about 50 bytes). Each loop thread has one such buffer, zeroed
+/// once, that every socket is read through.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Readiness events taken per `epoll_wait`.
@@ -239,6 +240,8 @@ struct Driver<'a> {
     bodies: Vec<Vec<u8>>,
     end: Option<Duration>,
     decoder: FrameDecoder,
+    /// The thread's read buffer ([`READ_CHUNK_BYTES`]).
+    chunk: Vec<u8>,
 }
 
 fn drive(
@@ -262,6 +265,7 @@ fn drive(
             .collect(),
         end: workload.duration.map(|d| workload.warmup + d),
         decoder: FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES),
+        chunk: vec![0; READ_CHUNK_BYTES],
     };
     for &index in indices {
         driver.add_producer(index)?;
@@ -492,7 +496,12 @@ impl Driver<'_> {
     /// Reads what arrived and accounts every complete acknowledgement; returns how many.
     fn read(&mut self, token: usize) -> Result<usize, String> {
         let conn = &mut self.conns[token];
-        let closed = read_socket(&mut conn.stream, &conn.addr, &mut conn.read_buf)?;
+        let closed = read_socket(
+            &mut conn.stream,
+            &conn.addr,
+            &mut conn.read_buf,
+            &mut self.chunk,
+        )?;
         let acked = self.shared.origin.elapsed();
         let mut answered = 0;
         let mut consumed = 0;
@@ -587,11 +596,16 @@ fn flush_socket(
     Ok(())
 }
 
-/// Appends everything readable now to `read_buf`; true when the peer closed the connection.
-fn read_socket(stream: &mut TcpStream, addr: &str, read_buf: &mut Vec<u8>) -> Result<bool, String> {
-    let mut chunk = [0u8; READ_CHUNK_BYTES];
+/// Appends everything readable now to `read_buf`, reading through the thread's `chunk`; true
+/// when the peer closed the connection.
+fn read_socket(
+    stream: &mut TcpStream,
+    addr: &str,
+    read_buf: &mut Vec<u8>,
+    chunk: &mut [u8],
+) -> Result<bool, String> {
     loop {
-        match stream.read(&mut chunk) {
+        match stream.read(chunk) {
             Ok(0) => return Ok(true),
             Ok(n) => read_buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
@@ -702,6 +716,7 @@ fn consume(
     }
     let decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
+    let mut chunk = vec![0; READ_CHUNK_BYTES];
     // A pull waits at most PULL_WAIT_MS at the broker; one unanswered for the client's read
     // timeout means the broker is stuck.
     while pullers.iter().any(|p| p.sent_at.is_some()) {
@@ -735,7 +750,12 @@ fn consume(
             if event.events & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 == 0 {
                 continue;
             }
-            let closed = read_socket(&mut puller.stream, &puller.addr, &mut puller.read_buf)?;
+            let closed = read_socket(
+                &mut puller.stream,
+                &puller.addr,
+                &mut puller.read_buf,
+                &mut chunk,
+            )?;
             let mut consumed = 0;
             let mut answered = false;
             while let Some(frame) = decoder
