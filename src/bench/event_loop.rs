@@ -66,6 +66,8 @@ struct Conn {
     want_write: bool,
     next_request_id: u64,
     in_flight: HashMap<u64, InFlight>,
+    /// The broker closed it (with nothing in flight); a producer that picks it fails at once.
+    closed: bool,
 }
 
 /// One producer's state.
@@ -303,6 +305,7 @@ impl Driver<'_> {
                 want_write: false,
                 next_request_id: 1,
                 in_flight: HashMap::new(),
+                closed: false,
             });
             shard_conns[shard as usize] = Some(token);
         }
@@ -447,6 +450,14 @@ impl Driver<'_> {
             };
             let shard = self.route.queue_shards[queue as usize] as usize;
             let token = producer.shard_conns[shard].expect("every owning shard has a connection");
+            if self.conns[token].closed {
+                // Writing would likely succeed into the socket buffer and then wait 30 s for
+                // an answer that cannot come.
+                return Err(format!(
+                    "producer {}: {} closed the connection",
+                    producer.index, self.conns[token].addr
+                ));
+            }
             producer.next_request += 1;
             producer.in_flight += 1;
             if measured {
@@ -538,7 +549,8 @@ impl Driver<'_> {
         conn.read_buf.drain(..consumed);
         if closed && conn.in_flight.is_empty() {
             // Nothing is lost yet (e.g. an idle producer's connection after its last answer):
-            // the socket leaves the set, and a later send on it fails with the write error.
+            // the socket leaves the set, and a later send on it fails (see `fill`).
+            conn.closed = true;
             self.epoll.control(
                 libc::EPOLL_CTL_DEL,
                 conn.stream.as_raw_fd(),
