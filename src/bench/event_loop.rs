@@ -11,9 +11,10 @@
 //! acknowledgement and 64 runnable threads competing with the broker for the cores.
 //!
 //! Why raw `epoll` through `libc` and not `mio`: the loop needs level-triggered readiness on
-//! plain TCP sockets and a timeout, nothing else; `libc` is already a dependency, so this adds
-//! no crate to the build (nor to the fuzz lockfile), and the loop stays about as long as the
-//! glue `mio` would need. Linux only, like the broker.
+//! plain TCP sockets, a timeout and (open loop) a `timerfd` for sub-millisecond send times,
+//! nothing else; `libc` is already a dependency, so this adds no crate to the build (nor to the
+//! fuzz lockfile), and the loop stays about as long as the glue `mio` would need. Linux only,
+//! like the broker.
 //!
 //! Latency, pacing (closed or open loop, with the coordinated-omission correction), warmup and
 //! the per-second intervals are exactly the thread driver's: both go through
@@ -40,7 +41,7 @@ use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Bytes read from a socket per `read` call; one call usually takes every acknowledgement that
 /// arrived (a produce answer is about 50 bytes). Each loop thread has one such buffer, zeroed
@@ -52,7 +53,10 @@ const EVENTS_PER_WAIT: usize = 1024;
 
 /// The longest `epoll_wait` when nothing is due: bounds how late a stalled broker is noticed
 /// (with [`DEFAULT_READ_TIMEOUT`]) without waking an idle loop often.
-const MAX_WAIT: Duration = Duration::from_millis(100);
+pub(super) const MAX_WAIT: Duration = Duration::from_millis(100);
+
+/// The epoll token of the open-loop send timer (connection tokens are indices into `conns`).
+pub(super) const TIMER_TOKEN: usize = usize::MAX;
 
 /// One non-blocking connection of one producer.
 struct Conn {
@@ -162,10 +166,10 @@ pub fn run_producers(
 }
 
 /// An epoll instance (the descriptor closes with the value).
-struct Epoll(OwnedFd);
+pub(super) struct Epoll(OwnedFd);
 
 impl Epoll {
-    fn new() -> Result<Epoll, String> {
+    pub(super) fn new() -> Result<Epoll, String> {
         // SAFETY: epoll_create1 takes no pointers.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -214,7 +218,11 @@ impl Epoll {
         Ok(())
     }
 
-    fn wait(&self, events: &mut [libc::epoll_event], timeout: Duration) -> Result<usize, String> {
+    pub(super) fn wait(
+        &self,
+        events: &mut [libc::epoll_event],
+        timeout: Duration,
+    ) -> Result<usize, String> {
         let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
         // SAFETY: the buffer is valid for `events.len()` entries.
         let n = unsafe {
@@ -236,6 +244,134 @@ impl Epoll {
     }
 }
 
+/// The open-loop send timer: a `CLOCK_MONOTONIC` timerfd in the epoll set, armed for the
+/// instant the next request is due. `epoll_wait`'s own timeout counts whole milliseconds, so
+/// waiting with it sends a request up to 1 ms after its schedule, and that delay would be
+/// counted as broker latency; the timer expires on the instant (to the kernel's timer slack).
+pub(super) struct Timer {
+    fd: OwnedFd,
+    /// `CLOCK_MONOTONIC` at the run's origin, so a due offset becomes an absolute expiry.
+    origin: Duration,
+    /// The due offset the timer is armed for; `None` when disarmed or fired.
+    armed: Option<Duration>,
+}
+
+impl Timer {
+    /// A disarmed timer registered in `epoll` under [`TIMER_TOKEN`]; due offsets count from
+    /// `origin`.
+    pub(super) fn new(epoll: &Epoll, origin: Instant) -> Result<Timer, String> {
+        // SAFETY: timerfd_create takes no pointers.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(format!(
+                "timerfd_create: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: `fd` is a new descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        epoll.control(
+            libc::EPOLL_CTL_ADD,
+            fd.as_raw_fd(),
+            TIMER_TOKEN,
+            false,
+            "send timer",
+        )?;
+        // `Instant` is CLOCK_MONOTONIC on Linux. Reading the elapsed time first can only place
+        // the origin a little late, so the timer never fires before a request is due.
+        let since = origin.elapsed();
+        let origin = monotonic_now()?.saturating_sub(since);
+        Ok(Timer {
+            fd,
+            origin,
+            armed: None,
+        })
+    }
+
+    /// Arms the timer to expire at offset `due` (nothing to do when it already is).
+    pub(super) fn arm(&mut self, due: Duration) -> Result<(), String> {
+        if self.armed == Some(due) {
+            return Ok(());
+        }
+        let at = self.origin + due;
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let spec = libc::itimerspec {
+            it_interval: zero,
+            it_value: libc::timespec {
+                tv_sec: at.as_secs() as libc::time_t,
+                tv_nsec: at.subsec_nanos() as _,
+            },
+        };
+        // SAFETY: `spec` is valid for the call; a null old value is allowed. `at` is never 0
+        // (which would disarm), as CLOCK_MONOTONIC is past 0 at the origin.
+        let rc = unsafe {
+            libc::timerfd_settime(
+                self.fd.as_raw_fd(),
+                libc::TFD_TIMER_ABSTIME,
+                &spec,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc < 0 {
+            return Err(format!(
+                "timerfd_settime: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        self.armed = Some(due);
+        Ok(())
+    }
+
+    /// Takes the expiry that woke the loop: a level-triggered timerfd stays readable until read.
+    pub(super) fn clear(&mut self) {
+        let mut expirations = [0u8; 8];
+        // SAFETY: reading 8 bytes into an 8-byte buffer. It can only fail with EAGAIN (not
+        // expired after all), which leaves nothing to clear.
+        unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                expirations.as_mut_ptr().cast(),
+                expirations.len(),
+            )
+        };
+        self.armed = None;
+    }
+}
+
+fn monotonic_now() -> Result<Duration, String> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is valid for the call.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } < 0 {
+        return Err(format!(
+            "clock_gettime: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
+}
+
+/// How the loop waits at offset `now` when the next open-loop request is due at `next_due`
+/// (`None`: no producer waits for its schedule): the instant to arm the [`Timer`] for and the
+/// `epoll_wait` timeout. A request already due is sent without waiting.
+pub(super) fn plan_wait(now: Duration, next_due: Option<Duration>) -> (Option<Duration>, Duration) {
+    match next_due {
+        Some(due) if due <= now => (None, Duration::ZERO),
+        Some(due) => (Some(due), MAX_WAIT),
+        None => (None, MAX_WAIT),
+    }
+}
+
 /// Everything one driver thread owns.
 struct Driver<'a> {
     workload: &'a Workload,
@@ -250,6 +386,8 @@ struct Driver<'a> {
     decoder: FrameDecoder,
     /// The thread's read buffer ([`READ_CHUNK_BYTES`]).
     chunk: Vec<u8>,
+    /// Open loop only.
+    timer: Option<Timer>,
 }
 
 fn drive(
@@ -258,11 +396,16 @@ fn drive(
     shared: &Shared,
     route: &Route,
 ) -> Result<Vec<ProducerOutcome>, String> {
+    let epoll = Epoll::new()?;
+    let timer = match workload.rate_per_sec {
+        Some(_) => Some(Timer::new(&epoll, shared.origin)?),
+        None => None,
+    };
     let mut driver = Driver {
         workload,
         shared,
         route,
-        epoll: Epoll::new()?,
+        epoll,
         conns: Vec::new(),
         producers: Vec::new(),
         keys: (0..workload.keys)
@@ -274,6 +417,7 @@ fn drive(
         end: workload.duration.map(|d| workload.warmup + d),
         decoder: FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES),
         chunk: vec![0; READ_CHUNK_BYTES],
+        timer,
     };
     for &index in indices {
         driver.add_producer(index)?;
@@ -382,7 +526,7 @@ impl Driver<'_> {
                 next_stall_check = now + MAX_WAIT;
                 self.check_stall(now, in_flight)?;
             }
-            let mut wait = MAX_WAIT;
+            let mut next_due = None;
             if open_loop {
                 for p in 0..self.producers.len() {
                     if self.producers[p].in_flight < self.workload.window as usize
@@ -391,18 +535,23 @@ impl Driver<'_> {
                         let due = self.producers[p]
                             .pacer
                             .due(self.producers[p].next_request, now);
-                        wait = wait.min(due.saturating_sub(now));
+                        next_due = Some(next_due.map_or(due, |d: Duration| d.min(due)));
                     }
                 }
             }
-            // epoll_wait has millisecond resolution: round up so a due request is not polled
-            // for in a busy loop of zero-timeout waits.
-            if !wait.is_zero() {
-                wait = wait.max(Duration::from_millis(1));
+            let (timer_at, timeout) = plan_wait(now, next_due);
+            if let (Some(at), Some(timer)) = (timer_at, &mut self.timer) {
+                timer.arm(at)?;
             }
-            let ready = self.epoll.wait(&mut events, wait)?;
+            let ready = self.epoll.wait(&mut events, timeout)?;
             for event in &events[..ready] {
                 let token = event.u64 as usize;
+                if token == TIMER_TOKEN {
+                    if let Some(timer) = &mut self.timer {
+                        timer.clear();
+                    }
+                    continue;
+                }
                 let flags = event.events;
                 if flags & libc::EPOLLOUT as u32 != 0 {
                     self.flush(token)?;

@@ -753,3 +753,43 @@ fn event_loop_open_loop_counts_the_schedule_and_the_wait_behind_a_slow_broker() 
     let max_us = outcomes.iter().map(|o| o.latency.max()).max().unwrap();
     assert!(max_us >= 1_000_000, "max latency {max_us} us");
 }
+
+#[test]
+fn open_loop_waits_arm_the_timer_for_the_exact_due_instant() {
+    use super::event_loop::{plan_wait, MAX_WAIT};
+    let now = Duration::from_millis(10);
+    // 300 µs ahead: epoll_wait's millisecond timeout would send it 700 µs late (rounded up) or
+    // spin (rounded down); the timer is armed for the instant itself.
+    let due = now + Duration::from_micros(300);
+    assert_eq!(plan_wait(now, Some(due)), (Some(due), MAX_WAIT));
+    let due = now + Duration::from_nanos(1);
+    assert_eq!(plan_wait(now, Some(due)), (Some(due), MAX_WAIT));
+    // Due now or overdue: sent without waiting.
+    assert_eq!(plan_wait(now, Some(now)), (None, Duration::ZERO));
+    assert_eq!(
+        plan_wait(now, Some(Duration::from_millis(3))),
+        (None, Duration::ZERO)
+    );
+    // Nothing waits for its schedule (closed loop, or every window full).
+    assert_eq!(plan_wait(now, None), (None, MAX_WAIT));
+}
+
+#[test]
+fn the_send_timer_wakes_the_loop_at_its_instant_not_at_the_epoll_timeout() {
+    use super::event_loop::{Epoll, Timer, TIMER_TOKEN};
+    let epoll = Epoll::new().unwrap();
+    let origin = std::time::Instant::now();
+    let mut timer = Timer::new(&epoll, origin).unwrap();
+    let due = origin.elapsed() + Duration::from_micros(300);
+    timer.arm(due).unwrap();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 4];
+    // The epoll timeout is far beyond the test: only the timer can end this wait.
+    let ready = epoll.wait(&mut events, Duration::from_secs(120)).unwrap();
+    assert_eq!(ready, 1);
+    assert_eq!({ events[0].u64 }, TIMER_TOKEN as u64);
+    // A timer never expires early, so this holds however loaded the machine is.
+    assert!(origin.elapsed() >= due, "woke before the due instant");
+    // Level-triggered: once read, the timer no longer wakes the loop.
+    timer.clear();
+    assert_eq!(epoll.wait(&mut events, Duration::ZERO).unwrap(), 0);
+}
