@@ -460,7 +460,8 @@ impl Driver<'_> {
             shard_conns[shard as usize] = Some(token);
         }
         let pacer = match workload.rate_per_sec {
-            Some(rate) => Pacer::open_loop(rate / f64::from(workload.producers), workload.batch),
+            Some(rate) => Pacer::open_loop(rate / f64::from(workload.producers), workload.batch)
+                .staggered(index, workload.producers),
             None => Pacer::closed_loop(),
         };
         self.producers.push(Producer {

@@ -261,6 +261,24 @@ fn open_loop_schedule_spreads_batches() {
 }
 
 #[test]
+fn open_loop_producers_are_staggered_over_one_interval() {
+    // Four producers at 250 requests/s each (an interval of 4 ms): together one request every
+    // millisecond, not four at once every 4 ms.
+    let due: Vec<Duration> = (0..4)
+        .map(|i| {
+            Pacer::open_loop(250.0, 1)
+                .staggered(i, 4)
+                .due(2, Duration::ZERO)
+        })
+        .collect();
+    let ms = Duration::from_millis;
+    assert_eq!(due, vec![ms(8), ms(9), ms(10), ms(11)]);
+    // A closed loop has no schedule to stagger.
+    let closed = Pacer::closed_loop().staggered(3, 4);
+    assert_eq!(closed.due(5, ms(7)), ms(7));
+}
+
+#[test]
 fn shares_split_a_total_exactly() {
     let parts: Vec<u64> = (0..3).map(|i| share(10, 3, i)).collect();
     assert_eq!(parts, [4, 3, 3]);

@@ -80,11 +80,16 @@ impl Driver {
 pub struct Pacer {
     /// `None`: closed loop, a request is due as soon as the window has room.
     interval: Option<Duration>,
+    /// When the first request is due ([`Pacer::staggered`]).
+    offset: Duration,
 }
 
 impl Pacer {
     pub fn closed_loop() -> Pacer {
-        Pacer { interval: None }
+        Pacer {
+            interval: None,
+            offset: Duration::ZERO,
+        }
     }
 
     /// One request of `batch` messages every `batch / rate` seconds.
@@ -92,13 +97,25 @@ impl Pacer {
         let seconds = f64::from(batch) / rate_per_sec.max(f64::MIN_POSITIVE);
         Pacer {
             interval: Some(Duration::from_secs_f64(seconds)),
+            offset: Duration::ZERO,
         }
+    }
+
+    /// Producer `index` of `producers` starts `index / producers` of an interval late, so the
+    /// producers' requests are spread evenly over each interval instead of all due at the same
+    /// instant (a burst of `producers` requests, then silence, is not the steady rate asked).
+    pub fn staggered(self, index: u32, producers: u32) -> Pacer {
+        let offset = match self.interval {
+            Some(interval) => interval.mul_f64(f64::from(index) / f64::from(producers.max(1))),
+            None => Duration::ZERO,
+        };
+        Pacer { offset, ..self }
     }
 
     /// Offset from the origin at which request `index` is due; `now` in closed loop.
     pub fn due(&self, index: u64, now: Duration) -> Duration {
         match self.interval {
-            Some(interval) => interval.mul_f64(index as f64),
+            Some(interval) => self.offset + interval.mul_f64(index as f64),
             None => now,
         }
     }
@@ -194,7 +211,8 @@ pub fn run_producer(
         .topic(&workload.topic)
         .map_err(|e| describe(addr, &e))?;
     let pacer = match workload.rate_per_sec {
-        Some(rate) => Pacer::open_loop(rate / f64::from(workload.producers), workload.batch),
+        Some(rate) => Pacer::open_loop(rate / f64::from(workload.producers), workload.batch)
+            .staggered(index, workload.producers),
         None => Pacer::closed_loop(),
     };
     let measured_count = workload.count.map(|c| share(c, workload.producers, index));
