@@ -7,9 +7,11 @@
 //! are child processes, known by pid; an external broker's pid is given (`--broker-pid`) or found
 //! as the process holding the listening socket of its port (`/proc/net/tcp*` inode, then
 //! `/proc/*/fd`), which works when it runs on this machine under a user whose `/proc` entries
-//! this process may read.
+//! this process may read. The search runs only when the broker's host is this machine
+//! ([`is_local_host`]): for a remote broker a local process on the same port is someone else.
 
 use serde::Serialize;
+use std::net::{ToSocketAddrs, UdpSocket};
 use std::time::Instant;
 
 /// A process whose CPU a run reports.
@@ -115,6 +117,20 @@ impl Sample {
         }
         out
     }
+}
+
+/// Whether `host` (a name, an address, IPv6 in brackets or not) is this machine: it resolves to
+/// a loopback or unspecified address, or to one a socket here can bind (only an address of a
+/// local interface can be bound).
+pub fn is_local_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let Ok(addrs) = (host, 0).to_socket_addrs() else {
+        return false;
+    };
+    addrs.into_iter().any(|a| {
+        let ip = a.ip();
+        ip.is_loopback() || ip.is_unspecified() || UdpSocket::bind((ip, 0)).is_ok()
+    })
 }
 
 /// The pid of the local process listening on TCP `port`, if it can be found.

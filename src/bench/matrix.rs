@@ -162,10 +162,13 @@ fn run_one(
     }
 }
 
-/// The pid of an external broker on this machine, found from its listening port.
+/// The pid of the broker at `addr` when it runs on this machine (see [`super::cpu`]).
 fn external_pid(addr: &str) -> Option<u32> {
-    let port = addr.rsplit_once(':')?.1.parse().ok()?;
-    super::cpu::pid_listening_on(port)
+    let (host, port) = addr.rsplit_once(':')?;
+    if !super::cpu::is_local_host(host) {
+        return None;
+    }
+    super::cpu::pid_listening_on(port.parse().ok()?)
 }
 
 fn print_run(run: &RunSummary) {

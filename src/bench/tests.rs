@@ -811,3 +811,14 @@ fn the_send_timer_wakes_the_loop_at_its_instant_not_at_the_epoll_timeout() {
     timer.clear();
     assert_eq!(epoll.wait(&mut events, Duration::ZERO).unwrap(), 0);
 }
+
+#[test]
+fn only_a_broker_on_this_machine_is_looked_up_by_port() {
+    use super::cpu::is_local_host;
+    for host in ["127.0.0.1", "localhost", "0.0.0.0", "::1", "[::1]"] {
+        assert!(is_local_host(host), "{host} is this machine");
+    }
+    // TEST-NET-1 (RFC 5737) is never assigned to an interface: a remote host.
+    assert!(!is_local_host("192.0.2.1"));
+    assert!(!is_local_host("[2001:db8::1]"));
+}
