@@ -473,14 +473,14 @@ fn throughput_chart_leaves_out_the_partial_last_second() {
 /// A broker stand-in for the event-loop driver: answers Metadata with one topic of four queues
 /// on shard 0 (no shard ports, so producers use the bootstrap address) and Produce by a fixed
 /// rule on a global request count: every 5th is refused, every 7th (not 5th) is stored without
-/// its guarantee. It holds answers until a connection has gone quiet for a moment, so the
-/// driver's pipelining shows, and records the most requests any connection had unanswered.
+/// its guarantee. How it answers is its [`fake::Behaviour`]; it records the most requests any
+/// connection had unanswered.
 mod fake {
     use crate::protocol::frame::{encode_frame, FrameHeader};
     use crate::protocol::message::{Metadata, ProduceRequest, ProduceResponse, TopicInfo};
     use crate::protocol::{FrameDecoder, Opcode, Status};
-    use std::io::{ErrorKind, Read, Write};
-    use std::net::{TcpListener, TcpStream};
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
@@ -498,7 +498,40 @@ mod fake {
         pub connections: AtomicUsize,
     }
 
+    #[derive(Clone, Copy)]
+    pub struct Behaviour {
+        /// Answers are held until a connection has this many produce requests unanswered
+        /// (1: each is answered at once), so a pipelining driver is the only way to progress.
+        pub hold: usize,
+        /// How long each batch of answers waits before it is written: a slow broker.
+        pub delay: Duration,
+        /// Answers are written one byte per `write`, so frames arrive split across reads.
+        pub byte_at_a_time: bool,
+        /// A connection's produce request with this number (from 1) is not answered: the fake
+        /// shuts its side of the connection down instead.
+        pub close_on_request: Option<u64>,
+        /// After answering this connection's request with this number the fake shuts its side
+        /// down.
+        pub close_after_answer: Option<u64>,
+    }
+
+    impl Default for Behaviour {
+        fn default() -> Self {
+            Behaviour {
+                hold: 1,
+                delay: Duration::ZERO,
+                byte_at_a_time: false,
+                close_on_request: None,
+                close_after_answer: None,
+            }
+        }
+    }
+
     pub fn start() -> (String, Arc<Counts>) {
+        start_with(Behaviour::default())
+    }
+
+    pub fn start_with(behaviour: Behaviour) -> (String, Arc<Counts>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let counts = Arc::new(Counts::default());
@@ -507,38 +540,40 @@ mod fake {
             for stream in listener.incoming().flatten() {
                 shared.connections.fetch_add(1, Ordering::Relaxed);
                 let counts = shared.clone();
-                std::thread::spawn(move || serve(stream, &counts));
+                std::thread::spawn(move || serve(stream, &counts, behaviour));
             }
         });
         (addr, counts)
     }
 
-    fn serve(mut stream: TcpStream, counts: &Counts) {
-        // The quiet period after which held answers are sent: long next to the gap between
-        // the driver's back-to-back writes of one window, short next to the test.
-        stream
-            .set_read_timeout(Some(Duration::from_millis(5)))
-            .unwrap();
+    /// Ends the fake's side: a FIN (never a reset: what the driver still sends is read and
+    /// dropped until it closes too).
+    fn hang_up(mut stream: TcpStream) {
+        let _ = stream.shutdown(Shutdown::Write);
+        let mut sink = [0u8; 4096];
+        while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+    }
+
+    fn send(stream: &mut TcpStream, bytes: &[u8], behaviour: Behaviour) -> bool {
+        if behaviour.byte_at_a_time {
+            bytes.iter().all(|b| stream.write_all(&[*b]).is_ok())
+        } else {
+            stream.write_all(bytes).is_ok()
+        }
+    }
+
+    fn serve(mut stream: TcpStream, counts: &Counts, behaviour: Behaviour) {
+        stream.set_nodelay(true).unwrap();
         let decoder = FrameDecoder::new(1 << 20);
         let mut buf = Vec::new();
         let mut held: Vec<u8> = Vec::new();
         let mut unanswered = 0usize;
+        let mut produced = 0u64;
         let mut chunk = [0u8; 65536];
         loop {
             match stream.read(&mut chunk) {
-                Ok(0) => return,
+                Ok(0) | Err(_) => return,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    if !held.is_empty() {
-                        if stream.write_all(&held).is_err() {
-                            return;
-                        }
-                        held.clear();
-                        unanswered = 0;
-                    }
-                    continue;
-                }
-                Err(_) => return,
             }
             let mut used = 0;
             while let Ok(Some(frame)) = decoder.decode(&buf[used..]) {
@@ -561,10 +596,14 @@ mod fake {
                     let header = FrameHeader::response(Opcode::Metadata as u16, Status::Ok, id);
                     let mut out = Vec::new();
                     encode_frame(&mut out, header, &body);
-                    if stream.write_all(&out).is_err() {
+                    if !send(&mut stream, &out, behaviour) {
                         return;
                     }
                     continue;
+                }
+                produced += 1;
+                if behaviour.close_on_request == Some(produced) {
+                    return hang_up(stream);
                 }
                 let messages = ProduceRequest::decode(frame.body).unwrap().messages.len() as u64;
                 let n = counts.requests.fetch_add(1, Ordering::Relaxed) + 1;
@@ -595,6 +634,18 @@ mod fake {
                 counts
                     .max_unanswered
                     .fetch_max(unanswered, Ordering::Relaxed);
+                if unanswered >= behaviour.hold {
+                    // The slow broker's service time, not a synchronisation.
+                    std::thread::sleep(behaviour.delay);
+                    if !send(&mut stream, &held, behaviour) {
+                        return;
+                    }
+                    held.clear();
+                    unanswered = 0;
+                }
+                if behaviour.close_after_answer == Some(produced) {
+                    return hang_up(stream);
+                }
             }
             buf.drain(..used);
         }
@@ -620,12 +671,21 @@ fn event_loop_workload(producers: u32, window: u32, batch: u32, count: u64) -> W
 }
 
 fn run_event_loop(addr: &str, workload: &Workload) -> Vec<super::workload::ProducerOutcome> {
+    try_run_event_loop(addr, workload).unwrap()
+}
+
+/// The outcomes of every producer, or the first driver thread's error.
+fn try_run_event_loop(
+    addr: &str,
+    workload: &Workload,
+) -> Result<Vec<super::workload::ProducerOutcome>, String> {
     let shared = std::sync::Arc::new(super::workload::Shared::new());
-    let handles = super::event_loop::run_producers(addr, workload, 2, &shared).unwrap();
-    handles
-        .into_iter()
-        .flat_map(|h| h.join().unwrap().unwrap())
-        .collect()
+    let handles = super::event_loop::run_producers(addr, workload, 2, &shared)?;
+    let mut outcomes = Vec::new();
+    for handle in handles {
+        outcomes.extend(handle.join().unwrap()?);
+    }
+    Ok(outcomes)
 }
 
 #[test]
@@ -671,7 +731,13 @@ fn event_loop_counts_match_what_the_broker_answered_and_count_errors() {
 #[test]
 fn event_loop_pipelines_up_to_the_window_and_no_further() {
     use std::sync::atomic::Ordering::Relaxed;
-    let (addr, counts) = fake::start();
+    // The fake answers a connection only once it has 4 requests pending: the run completes
+    // only if the driver keeps the whole window in flight (200 requests per producer, a
+    // multiple of 4), and never more than the window.
+    let (addr, counts) = fake::start_with(fake::Behaviour {
+        hold: 4,
+        ..fake::Behaviour::default()
+    });
     let workload = event_loop_workload(3, 4, 1, 600);
     let outcomes = run_event_loop(&addr, &workload);
     let answered: u64 = outcomes
@@ -679,12 +745,61 @@ fn event_loop_pipelines_up_to_the_window_and_no_further() {
         .map(|o| o.acked_messages + o.failed_messages)
         .sum();
     assert_eq!(answered, 600);
-    let max = counts.max_unanswered.load(Relaxed);
+    assert_eq!(counts.max_unanswered.load(Relaxed), 4);
+}
+
+#[test]
+fn event_loop_reassembles_answers_split_across_reads() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (addr, counts) = fake::start_with(fake::Behaviour {
+        byte_at_a_time: true,
+        ..fake::Behaviour::default()
+    });
+    let workload = event_loop_workload(2, 2, 2, 200);
+    let outcomes = run_event_loop(&addr, &workload);
+    let acked: u64 = outcomes.iter().map(|o| o.acked_messages).sum();
+    let failed: u64 = outcomes.iter().map(|o| o.failed_messages).sum();
+    let stored = counts.stored_ok.load(Relaxed) + counts.stored_timeout.load(Relaxed);
+    assert_eq!(acked, stored);
+    assert_eq!(failed, counts.refused.load(Relaxed));
+    assert_eq!(acked + failed, 200);
+}
+
+#[test]
+fn event_loop_reports_a_broker_that_closes_with_requests_in_flight() {
+    let (addr, _) = fake::start_with(fake::Behaviour {
+        close_on_request: Some(3),
+        ..fake::Behaviour::default()
+    });
+    let workload = event_loop_workload(1, 1, 1, 10);
+    let Err(error) = try_run_event_loop(&addr, &workload) else {
+        panic!("the broker hung up, yet the run succeeded");
+    };
     assert!(
-        max <= 4,
-        "a connection had {max} requests unanswered, window is 4"
+        error.contains(&format!(
+            "{addr} closed the connection with 1 requests in flight"
+        )),
+        "{error}"
     );
-    assert!(max >= 2, "the driver never pipelined (max {max} in flight)");
+}
+
+#[test]
+fn event_loop_fails_at_once_on_a_connection_the_broker_closed() {
+    // The fake answers request 3 and hangs up but keeps reading: a request the driver wrote
+    // to the closed connection would wait for the stall timeout. Whether the driver sees the
+    // close before or after sending request 4, the error names the close.
+    let (addr, _) = fake::start_with(fake::Behaviour {
+        close_after_answer: Some(3),
+        ..fake::Behaviour::default()
+    });
+    let workload = event_loop_workload(1, 1, 1, 10);
+    let Err(error) = try_run_event_loop(&addr, &workload) else {
+        panic!("the broker hung up, yet the run succeeded");
+    };
+    assert!(
+        error.contains(&format!("{addr} closed the connection")),
+        "{error}"
+    );
 }
 
 #[test]
@@ -744,10 +859,13 @@ fn this_process_is_found_listening_and_its_cpu_is_sampled() {
 #[test]
 fn event_loop_open_loop_counts_the_schedule_and_the_wait_behind_a_slow_broker() {
     use std::sync::atomic::Ordering::Relaxed;
-    let (addr, counts) = fake::start();
     // Two producers at 1,000 requests/s each for 0.3 s: 300 requests each are due. The fake
-    // answers only after 5 ms of quiet, so with window 1 a producer completes at most 200
-    // requests/s and falls ever further behind its schedule.
+    // takes 5 ms per answer, so with window 1 a producer completes at most 200 requests/s and
+    // falls ever further behind its schedule.
+    let (addr, counts) = fake::start_with(fake::Behaviour {
+        delay: Duration::from_millis(5),
+        ..fake::Behaviour::default()
+    });
     let workload = Workload {
         count: None,
         duration: Some(Duration::from_millis(300)),
