@@ -1,8 +1,8 @@
 //! Charts as PNG and SVG with `plotters`: latency by percentile (every run on one chart, the
 //! x axis log-scaled in 1/(1-p) the way HdrHistogram's plotter draws it) and throughput over
 //! time, and the sync/async ratios by producer count. Every series has its own colour and dash
-//! pattern ([`series_style`]); the latency axis is linear or log ([`LatencyAxis`]). PNG text is drawn with DejaVu Sans bundled in the binary, so no system font library
-//! is needed.
+//! pattern ([`series_style`]); the latency axis is linear or log ([`LatencyAxis`]). PNG text
+//! is drawn with DejaVu Sans bundled in the binary, so no system font library is needed.
 
 use hdrhistogram::Histogram;
 use plotters::coord::ranged1d::ValueFormatter;

@@ -12,8 +12,8 @@ pub fn kafka_line(run: &RunSummary) -> String {
     let l = &run.produce_latency;
     let ms = |us: u64| us / 1000;
     format!(
-        "{} records sent, {:.1} records/sec ({:.2} MB/sec), {:.2} ms avg latency, {:.2} ms max latency, \
-         {} ms 50th, {} ms 95th, {} ms 99th, {} ms 99.9th.",
+        "{} records sent, {:.1} records/sec ({:.2} MB/sec), {:.2} ms avg latency, \
+         {:.2} ms max latency, {} ms 50th, {} ms 95th, {} ms 99th, {} ms 99.9th.",
         run.messages,
         run.messages_per_sec,
         run.mib_per_sec,
@@ -76,7 +76,10 @@ pub fn matrix_table(runs: &[RunSummary]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<12} {:>9} {:>10} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | {:>8} {:>8} | {:>6} {:>6} {:>7}",
+        concat!(
+            "{:<12} {:>9} {:>10} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | ",
+            "{:>8} {:>8} | {:>6} {:>6} {:>7}"
+        ),
         "mode",
         "producers",
         "msg/s",
@@ -102,7 +105,10 @@ pub fn matrix_table(runs: &[RunSummary]) -> String {
         let l = &r.produce_latency;
         let _ = writeln!(
             out,
-            "{:<12} {:>9} {:>10.0} {:>8.2} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | {:>8} {:>8} | {:>6} {:>6} {:>7}",
+            concat!(
+                "{:<12} {:>9} {:>10.0} {:>8.2} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | ",
+                "{:>8} {:>8} | {:>6} {:>6} {:>7}"
+            ),
             r.mode.name(),
             r.producers,
             r.messages_per_sec,

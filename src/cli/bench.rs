@@ -28,8 +28,8 @@ pub struct BenchArgs {
     /// Event-loop threads with --driver event-loop (producers are spread evenly over them).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub driver_threads: u32,
-    /// Modes to run, comma-separated (default: SYNC_FLUSH,ASYNC_FLUSH,SYNC_MASTER,ASYNC_MASTER; with --broker, the
-    /// broker's own mode).
+    /// Modes to run, comma-separated (default: SYNC_FLUSH,ASYNC_FLUSH,SYNC_MASTER,ASYNC_MASTER;
+    /// with --broker, the broker's own mode).
     #[arg(long, value_delimiter = ',')]
     pub modes: Vec<BenchMode>,
     /// Producers, each with its own connections and window of requests in flight.
