@@ -899,95 +899,127 @@ fn consume(
     for (token, puller) in pullers.iter_mut().enumerate() {
         send_pull(workload, shared, epoll, puller, token)?;
     }
-    let decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+    let mut pull_loop = PullLoop {
+        workload,
+        shared,
+        epoll,
+        decoder: FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES),
+        chunk: vec![0; READ_CHUNK_BYTES],
+    };
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
-    let mut chunk = vec![0; READ_CHUNK_BYTES];
-    // A pull waits at most PULL_WAIT_MS at the broker; one unanswered for the client's read
-    // timeout means the broker is stuck.
     while pullers.iter().any(|p| p.sent_at.is_some()) {
-        let now = shared.origin.elapsed();
-        if let Some(p) = pullers.iter().find(|p| {
-            p.sent_at
-                .is_some_and(|t| now.saturating_sub(t) >= DEFAULT_READ_TIMEOUT)
-        }) {
-            return Err(format!(
-                "consumer of queue {}: no pull answer from {} within {} s",
-                p.queue,
-                p.addr,
-                DEFAULT_READ_TIMEOUT.as_secs()
-            ));
-        }
+        check_pull_stall(&pullers, shared.origin.elapsed())?;
         let ready = epoll.wait(&mut events, MAX_WAIT)?;
         for event in &events[..ready] {
             let token = event.u64 as usize;
-            let puller = &mut pullers[token];
-            if event.events & libc::EPOLLOUT as u32 != 0 {
-                flush_socket(
-                    epoll,
-                    token,
-                    &mut puller.stream,
-                    &puller.addr,
-                    &mut puller.write_buf,
-                    &mut puller.written,
-                    &mut puller.want_write,
-                )?;
-            }
-            if event.events & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 == 0 {
-                continue;
-            }
-            let closed = read_socket(
-                &mut puller.stream,
-                &puller.addr,
-                &mut puller.read_buf,
-                &mut chunk,
-            )?;
-            let mut consumed = 0;
-            let mut answered = false;
-            while let Some(frame) = decoder
-                .decode(&puller.read_buf[consumed..])
-                .map_err(|e| format!("{}: bad frame from the broker: {e}", puller.addr))?
-            {
-                consumed += frame.wire_len();
-                let status = Status::from_u16(frame.header.status);
-                let answer = match status {
-                    Some(status) if status.has_body() => PullResponse::decode(frame.body)
-                        .map(|r| (status, r))
-                        .map_err(|e| format!("pull response: {e}")),
-                    Some(status) => Err(format!("{status}: {}", decode_error_message(frame.body))),
-                    None => Err(format!("unknown status {}", frame.header.status)),
-                };
-                let (status, response) =
-                    answer.map_err(|e| format!("consumer of queue {}: {e}", puller.queue))?;
-                let bodies = response.messages.iter().map(|m| m.body);
-                let finished = puller
-                    .state
-                    .received(bodies, response.summary.next_offset, status);
-                puller.sent_at = None;
-                answered = !finished;
-                if finished {
-                    // A finished queue's socket leaves the set, so its close cannot wake the
-                    // loop again and again.
-                    epoll.control(
-                        libc::EPOLL_CTL_DEL,
-                        puller.stream.as_raw_fd(),
-                        token,
-                        false,
-                        &puller.addr,
-                    )?;
-                }
-            }
-            puller.read_buf.drain(..consumed);
-            if answered {
-                send_pull(workload, shared, epoll, puller, token)?;
-            } else if closed && puller.sent_at.is_some() {
-                return Err(format!(
-                    "consumer of queue {}: {} closed the connection",
-                    puller.queue, puller.addr
-                ));
-            }
+            pull_loop.on_event(&mut pullers[token], token, event.events)?;
         }
     }
     Ok(pullers.into_iter().map(|p| p.state.outcome).collect())
+}
+
+/// A pull waits at most PULL_WAIT_MS at the broker; one unanswered for the client's read
+/// timeout means the broker is stuck.
+fn check_pull_stall(pullers: &[Puller], now: Duration) -> Result<(), String> {
+    let stalled = pullers.iter().find(|p| {
+        p.sent_at
+            .is_some_and(|t| now.saturating_sub(t) >= DEFAULT_READ_TIMEOUT)
+    });
+    match stalled {
+        Some(p) => Err(format!(
+            "consumer of queue {}: no pull answer from {} within {} s",
+            p.queue,
+            p.addr,
+            DEFAULT_READ_TIMEOUT.as_secs()
+        )),
+        None => Ok(()),
+    }
+}
+
+/// What the consumer loop's events share.
+struct PullLoop<'a> {
+    workload: &'a Workload,
+    shared: &'a Shared,
+    epoll: &'a Epoll,
+    decoder: FrameDecoder,
+    /// The thread's read buffer ([`READ_CHUNK_BYTES`]).
+    chunk: Vec<u8>,
+}
+
+impl PullLoop<'_> {
+    /// One readiness event of `puller`'s connection: writes what is pending, takes every
+    /// complete answer and sends the next pull unless the queue is finished.
+    fn on_event(&mut self, puller: &mut Puller, token: usize, flags: u32) -> Result<(), String> {
+        if flags & libc::EPOLLOUT as u32 != 0 {
+            flush_socket(
+                self.epoll,
+                token,
+                &mut puller.stream,
+                &puller.addr,
+                &mut puller.write_buf,
+                &mut puller.written,
+                &mut puller.want_write,
+            )?;
+        }
+        if flags & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 == 0 {
+            return Ok(());
+        }
+        let closed = read_socket(
+            &mut puller.stream,
+            &puller.addr,
+            &mut puller.read_buf,
+            &mut self.chunk,
+        )?;
+        let mut consumed = 0;
+        let mut answered = false;
+        while let Some(frame) = self
+            .decoder
+            .decode(&puller.read_buf[consumed..])
+            .map_err(|e| format!("{}: bad frame from the broker: {e}", puller.addr))?
+        {
+            consumed += frame.wire_len();
+            let (status, response) = pull_answer(frame.header, frame.body)
+                .map_err(|e| format!("consumer of queue {}: {e}", puller.queue))?;
+            let bodies = response.messages.iter().map(|m| m.body);
+            let finished = puller
+                .state
+                .received(bodies, response.summary.next_offset, status);
+            puller.sent_at = None;
+            answered = !finished;
+            if finished {
+                // A finished queue's socket leaves the set, so its close cannot wake the
+                // loop again and again.
+                self.epoll.control(
+                    libc::EPOLL_CTL_DEL,
+                    puller.stream.as_raw_fd(),
+                    token,
+                    false,
+                    &puller.addr,
+                )?;
+            }
+        }
+        puller.read_buf.drain(..consumed);
+        if answered {
+            send_pull(self.workload, self.shared, self.epoll, puller, token)?;
+        } else if closed && puller.sent_at.is_some() {
+            return Err(format!(
+                "consumer of queue {}: {} closed the connection",
+                puller.queue, puller.addr
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A pull answer: the messages with a body status, the broker's error message otherwise.
+fn pull_answer(header: FrameHeader, body: &[u8]) -> Result<(Status, PullResponse<'_>), String> {
+    match Status::from_u16(header.status) {
+        Some(status) if status.has_body() => PullResponse::decode(body)
+            .map(|r| (status, r))
+            .map_err(|e| format!("pull response: {e}")),
+        Some(status) => Err(format!("{status}: {}", decode_error_message(body))),
+        None => Err(format!("unknown status {}", header.status)),
+    }
 }
 
 fn send_pull(
