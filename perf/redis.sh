@@ -4,7 +4,7 @@
 # embedded brokers, under `appendfsync always` and `appendfsync everysec`, at CLIENTS clients
 # (default "1 16 64"). Prints msg/s and redis-server's CPU (percent of one core and µs per XADD,
 # from /proc/<pid>/stat) per run, and writes OUT/redis.json (default results/redis) for
-# perf/issue12.sh.
+# perf/issue12.sh, with `redis-server --version` in OUT/version.txt.
 #
 #   perf/redis.sh                      # every mode × client count, DURATION (default 10) s each
 #   DURATION=1 CLIENTS=64 perf/redis.sh
@@ -30,6 +30,8 @@ if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/nu
   apt-get update >/dev/null && apt-get install -y redis-server redis-tools >/dev/null
 fi
 
+# The version goes with the figures (OUT/version.txt): Redis releases differ in XADD's cost.
+redis-server --version >"$out/version.txt"
 work="$(mktemp -d "$dir/ringmq-redis-XXXXXX")"
 pid=""
 cleanup() {
