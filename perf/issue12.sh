@@ -23,7 +23,10 @@
 # (extra `ringmq bench` arguments, e.g. "--driver threads"), BROKER_CONFIG (a TOML file given to
 # every broker, embedded or started here), TMPDIR (where stores go). Output: results/issue12-<UTC>
 # with every run's results folder and summary.md, the table also on stdout.
-set -euo pipefail
+#
+# A run that fails is reported on stderr (with the file that holds its output) and its cells read
+# n/a; the session goes on, so one failure does not cost the other figures. Hence no `set -e`.
+set -uo pipefail
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then
   echo "usage: perf/issue12.sh BINARY [AFTER_BINARY]" >&2
   exit 2
@@ -48,10 +51,11 @@ out="results/issue12-$(date -u +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
 
 if [ -n "${LIMITS_JSON:-}" ]; then
-  cp "$LIMITS_JSON" "$out/limits.json"
-else
-  "$here/limits.sh" "$dir" "$out/limits" >&2
+  cp "$LIMITS_JSON" "$out/limits.json" || echo "cannot read LIMITS_JSON $LIMITS_JSON" >&2
+elif "$here/limits.sh" "$dir" "$out/limits" >&2; then
   cp "$out/limits/limits.json" "$out/limits.json"
+else
+  echo "perf/limits.sh failed: the disk-relative targets read n/a" >&2
 fi
 
 started_pids=()
@@ -101,20 +105,24 @@ sys.exit(0 if all(sh["slaves"] and all(r["lag_bytes"] == 0 for r in sh["slaves"]
   done
 }
 
-# The catch-up measurement of one binary into directory $2 (catchup.json).
+# The catch-up measurement of one binary into directory $2 (catchup.json); returns 1 when the
+# master cannot be started or filled (the caller reports it; catchup.json is then missing).
 catchup() {
   local bin=$1 dest=$2
   mkdir -p "$dest"
-  serve "$bin" "$dest/master.out" --store "$scratch/master" --flush ASYNC_FLUSH
+  serve "$bin" "$dest/master.out" --store "$scratch/master" --flush ASYNC_FLUSH || return 1
   local master=$started addr ha
   addr="$(field "$dest/master.out" listen)"
   ha="$(field "$dest/master.out" ha)"
-  "$bin" bench --broker "$addr" --count $((catchup_mib * 1024)) --size 1024 --batch "$batch" \
-    --producers 4 --window 2 --warmup 0 --consumers 0 --out "$dest/fill" >"$dest/fill.txt" 2>&1
+  if ! "$bin" bench --broker "$addr" --count $((catchup_mib * 1024)) --size 1024 --batch "$batch" \
+    --producers 4 --window 2 --warmup 0 --consumers 0 --out "$dest/fill" >"$dest/fill.txt" 2>&1; then
+    echo "filling the master failed, see $dest/fill.txt" >&2
+    return 1
+  fi
   local bytes
   bytes="$("$bin" cluster status --broker "$addr" --format json | python3 -c '
 import json, sys
-print(sum(s["max_offset"] for s in json.load(sys.stdin)["shards"]))')"
+print(sum(s["max_offset"] for s in json.load(sys.stdin)["shards"]))')" || return 1
   local rows=()
   for cache in warm cold; do
     if [ "$cache" = cold ]; then
@@ -126,7 +134,10 @@ print(sum(s["max_offset"] for s in json.load(sys.stdin)["shards"]))')"
     fi
     # Timed from the slave's ready line: a fresh store first zero-fills its segments, which is
     # start-up, not catch-up.
-    serve "$bin" "$dest/slave-$cache.out" --store "$scratch/slave-$cache" --role SLAVE --master "$ha"
+    if ! serve "$bin" "$dest/slave-$cache.out" --store "$scratch/slave-$cache" --role SLAVE --master "$ha"; then
+      echo "the $cache slave did not start, see $dest/slave-$cache.out.err" >&2
+      continue
+    fi
     local slave=$started seconds t0
     t0="$(python3 -c 'import time; print(time.time())')"
     seconds="$(wait_caught_up "$bin" "$addr" "$t0")"
@@ -147,16 +158,22 @@ for round in $(seq 1 "$rounds"); do
     bin="${bins[$i]}" side="${sides[$i]}" d="$out/$side-$round"
     common=(--size 1024 --window 1 --duration "$duration" --warmup "$warmup" "${bench_config[@]}" "${extra[@]}")
     "$bin" bench --modes SYNC_FLUSH,ASYNC_FLUSH --producers-list "1,$producers" --batch 1 \
-      "${common[@]}" --out "$d/flush" >"$d-flush.txt" 2>&1
+      "${common[@]}" --out "$d/flush" >"$d-flush.txt" 2>&1 ||
+      echo "round $round $side: flush runs failed, see $d-flush.txt" >&2
     "$bin" bench --modes SYNC_MASTER,ASYNC_MASTER --producers "$producers" --batch 1 \
-      "${common[@]}" --out "$d/replicated" >"$d-replicated.txt" 2>&1
+      "${common[@]}" --out "$d/replicated" >"$d-replicated.txt" 2>&1 ||
+      echo "round $round $side: replicated runs failed, see $d-replicated.txt" >&2
     "$bin" bench --modes SYNC_FLUSH --producers 8 --batch "$batch" --size 1024 --window 2 \
       --duration "$duration" --warmup "$warmup" "${bench_config[@]}" "${extra[@]}" \
-      --out "$d/batched" >"$d-batched.txt" 2>&1
-    catchup "$bin" "$d/catchup"
+      --out "$d/batched" >"$d-batched.txt" 2>&1 ||
+      echo "round $round $side: batched run failed, see $d-batched.txt" >&2
+    catchup "$bin" "$d/catchup" ||
+      echo "round $round $side: catch-up failed, see $d/catchup" >&2
+    stop_started # whatever a failed catch-up left running
     echo "round $round $side done" >&2
   done
-  DURATION="$duration" CLIENTS=64 OUT="$out/redis-$round" "$here/redis.sh" >"$out/redis-$round.txt" 2>&1
+  DURATION="$duration" CLIENTS=64 OUT="$out/redis-$round" "$here/redis.sh" >"$out/redis-$round.txt" 2>&1 ||
+    echo "round $round: perf/redis.sh failed, see $out/redis-$round.txt" >&2
   echo "round $round redis done" >&2
 done
 
