@@ -66,6 +66,17 @@ stop_started() {
   done
   started_pids=()
 }
+# Stops one broker this script started and forgets its pid: once reaped, the number may be
+# reused by an unrelated process, which stop_started must not signal.
+stop_pid() {
+  local pid=$1 kept=() p
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for p in "${started_pids[@]}"; do
+    [ "$p" = "$pid" ] || kept+=("$p")
+  done
+  started_pids=("${kept[@]}")
+}
 scratch="$(mktemp -d "$dir/ringmq-issue12-XXXXXX")"
 trap 'stop_started; rm -rf "$scratch"' EXIT
 trap 'exit 130' INT TERM # runs the EXIT trap: brokers stopped, stores removed
@@ -86,6 +97,7 @@ serve() {
   done
   echo "broker did not become ready; log:" >&2
   tail -20 "$file.err" >&2
+  stop_pid "$started"
   return 1
 }
 field() { grep -o "$2=[^ ]*" "$1" | head -1 | cut -d= -f2; }
@@ -141,14 +153,11 @@ print(sum(s["max_offset"] for s in json.load(sys.stdin)["shards"]))')" || return
     local slave=$started seconds t0
     t0="$(python3 -c 'import time; print(time.time())')"
     seconds="$(wait_caught_up "$bin" "$addr" "$t0")"
-    kill "$slave"
-    wait "$slave" 2>/dev/null || true
+    stop_pid "$slave"
     rm -rf "$scratch/slave-$cache"
     rows+=("\"$cache\": {\"bytes\": $bytes, \"seconds\": $seconds}")
   done
-  kill "$master"
-  wait "$master" 2>/dev/null || true
-  started_pids=()
+  stop_pid "$master"
   rm -rf "$scratch/master"
   (IFS=,; echo "{${rows[*]}}") >"$dest/catchup.json"
 }
