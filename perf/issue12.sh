@@ -12,17 +12,19 @@
 #   3. batched durable writes: SYNC_FLUSH, BATCH (default 128) messages per request, 8 producers,
 #      window 2: MiB/s;
 #   4. a fresh slave's catch-up: a master filled with CATCHUP_MIB (default 1024) MiB, then a new
-#      slave started and timed from its ready line until every shard's lag is 0, with the master's log in the page
-#      cache ("warm") and, where /proc/sys/vm/drop_caches is writable, after dropping it ("cold");
+#      slave started and timed on the master's clock from its connection until every shard's lag
+#      is 0 (see wait_caught_up), with the master's log in the page cache ("warm") and, where
+#      /proc/sys/vm/drop_caches is writable, after dropping it ("cold");
 # and once per round, perf/redis.sh at 64 clients (appendfsync always and everysec). Once per
 # session perf/limits.sh (4 KiB O_DIRECT write + fdatasync p99, sequential O_DIRECT write
 # bandwidth), unless LIMITS_JSON names an existing limits.json. Every bench run reports broker CPU
 # µs per acknowledged message; the table shows the medians over rounds.
 #
-# Environment: ROUNDS, DURATION, WARMUP, PRODUCERS, BATCH, CATCHUP_MIB, LIMITS_JSON, BENCH_ARGS
-# (extra `ringmq bench` arguments, e.g. "--driver threads"), BROKER_CONFIG (a TOML file given to
-# every broker, embedded or started here), TMPDIR (where stores go). Output: results/issue12-<UTC>
-# with every run's results folder and summary.md, the table also on stdout.
+# Environment: ROUNDS, DURATION, WARMUP, PRODUCERS, BATCH, CATCHUP_MIB, CATCHUP_TIMEOUT,
+# LIMITS_JSON, BENCH_ARGS (extra `ringmq bench` arguments, e.g. "--driver threads"),
+# BROKER_CONFIG (a TOML file given to every broker, embedded or started here), TMPDIR (where
+# stores go). Output: results/issue12-<UTC> with every run's results folder and summary.md, the
+# table also on stdout.
 #
 # A run that fails is reported on stderr (with the file that holds its output) and its cells read
 # n/a; the session goes on, so one failure does not cost the other figures. Hence no `set -e`.
@@ -102,19 +104,59 @@ serve() {
 }
 field() { grep -o "$2=[^ ]*" "$1" | head -1 | cut -d= -f2; }
 
-# Seconds until every shard of the master at $2 has a slave with zero lag.
+# Seconds of catch-up of the slave with pid $3 to the master at $2, on the master's clock: from
+# the slave's connection to each shard (the slave's start-up, which zero-fills its segments, is
+# not catch-up) until that shard's lag reached 0, the slowest shard counting. `cluster status`
+# has no event to wait on, so it is polled; the moment a shard caught up lies between the last
+# poll that saw it lag and the first that did not, and is placed by extrapolating the shard's
+# average rate since its connection from the last lagging poll (never past the first caught-up
+# poll). Fails (exit 1, reason on stderr) when the slave exits or CATCHUP_TIMEOUT (default 600)
+# seconds pass.
 wait_caught_up() {
-  local bin=$1 addr=$2 t0=$3
-  while true; do
-    if "$bin" cluster status --broker "$addr" --format json 2>/dev/null | python3 -c '
-import json, sys
-s = json.load(sys.stdin)
-sys.exit(0 if all(sh["slaves"] and all(r["lag_bytes"] == 0 for r in sh["slaves"]) for sh in s["shards"]) else 1)'; then
-      python3 -c "import time; print(time.time() - $t0)"
-      return 0
-    fi
-    sleep 0.05 # cluster status has no event to wait on; the interval bounds the timing error
-  done
+  python3 - "$1" "$2" "$3" "${CATCHUP_TIMEOUT:-600}" <<'PY'
+import json, subprocess, sys, time
+bin, addr, slave, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+deadline = time.monotonic() + timeout
+
+def alive():
+    try:
+        state = open(f"/proc/{slave}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+lagging = {}  # shard -> (connected_ms, acked_offset, lag_bytes) at the last poll it lagged
+while True:
+    if not alive():
+        sys.exit("the slave exited before it caught up")
+    if time.monotonic() > deadline:
+        sys.exit(f"the slave did not catch up within {timeout:.0f} s")
+    status = subprocess.run([bin, "cluster", "status", "--broker", addr, "--format", "json"],
+                            capture_output=True, text=True)
+    if status.returncode == 0:
+        shards = json.loads(status.stdout)["shards"]
+        caught_up_ms = []
+        for shard in shards:
+            if not shard["slaves"]:
+                break
+            row = shard["slaves"][0]
+            if row["lag_bytes"] > 0:
+                lagging[shard["shard"]] = (row["connected_ms"], row["acked_offset"], row["lag_bytes"])
+                break
+            seen = lagging.get(shard["shard"])
+            if seen is None:
+                # Caught up at the first look: at most this long.
+                caught_up_ms.append(row["connected_ms"])
+                continue
+            connected_ms, acked, lag = seen
+            rate = acked / connected_ms if connected_ms > 0 and acked > 0 else None
+            estimate = connected_ms + lag / rate if rate else row["connected_ms"]
+            caught_up_ms.append(min(estimate, row["connected_ms"]))
+        else:
+            print(f"{max(caught_up_ms, default=0) / 1000:.3f}")
+            sys.exit(0)
+    time.sleep(0.05)  # the poll interval; the estimate above does not depend on it
+PY
 }
 
 # The catch-up measurement of one binary into directory $2 (catchup.json); returns 1 when the
@@ -144,15 +186,17 @@ print(sum(s["max_offset"] for s in json.load(sys.stdin)["shards"]))')" || return
         continue
       fi
     fi
-    # Timed from the slave's ready line: a fresh store first zero-fills its segments, which is
-    # start-up, not catch-up.
     if ! serve "$bin" "$dest/slave-$cache.out" --store "$scratch/slave-$cache" --role SLAVE --master "$ha"; then
       echo "the $cache slave did not start, see $dest/slave-$cache.out.err" >&2
       continue
     fi
-    local slave=$started seconds t0
-    t0="$(python3 -c 'import time; print(time.time())')"
-    seconds="$(wait_caught_up "$bin" "$addr" "$t0")"
+    local slave=$started seconds
+    if ! seconds="$(wait_caught_up "$bin" "$addr" "$slave")"; then
+      echo "$cache catch-up failed (see $dest/slave-$cache.out.err)" >&2
+      stop_pid "$slave"
+      rm -rf "$scratch/slave-$cache"
+      continue
+    fi
     stop_pid "$slave"
     rm -rf "$scratch/slave-$cache"
     rows+=("\"$cache\": {\"bytes\": $bytes, \"seconds\": $seconds}")
