@@ -5,7 +5,8 @@
 #   perf/issue12.sh BEFORE AFTER           # before/after columns, runs interleaved per round
 #
 # Per round and binary (ROUNDS rounds, default 3; each bench run DURATION s measured after
-# WARMUP s, defaults 10 and 2; closed loop, 1 KiB, one message per request, the bench's default
+# WARMUP s, defaults 10 and 2; closed loop, 1 KiB, one message per request, no consumers (the
+# targets are produce figures, and Redis's XADD runs have no readers either), the bench's default
 # driver unless BENCH_ARGS says otherwise):
 #   1. SYNC_FLUSH and ASYNC_FLUSH at 1 and PRODUCERS (default 64) producers;
 #   2. SYNC_MASTER and ASYNC_MASTER at PRODUCERS producers;
@@ -209,7 +210,8 @@ print(sum(s["max_offset"] for s in json.load(sys.stdin)["shards"]))')" || return
 for round in $(seq 1 "$rounds"); do
   for i in "${!bins[@]}"; do
     bin="${bins[$i]}" side="${sides[$i]}" d="$out/$side-$round"
-    common=(--size 1024 --window 1 --duration "$duration" --warmup "$warmup" "${bench_config[@]}" "${extra[@]}")
+    common=(--size 1024 --window 1 --consumers 0 --duration "$duration" --warmup "$warmup"
+      "${bench_config[@]}" "${extra[@]}")
     "$bin" bench --modes SYNC_FLUSH,ASYNC_FLUSH --producers-list "1,$producers" --batch 1 \
       "${common[@]}" --out "$d/flush" >"$d-flush.txt" 2>&1 ||
       echo "round $round $side: flush runs failed, see $d-flush.txt" >&2
@@ -217,7 +219,7 @@ for round in $(seq 1 "$rounds"); do
       "${common[@]}" --out "$d/replicated" >"$d-replicated.txt" 2>&1 ||
       echo "round $round $side: replicated runs failed, see $d-replicated.txt" >&2
     "$bin" bench --modes SYNC_FLUSH --producers 8 --batch "$batch" --size 1024 --window 2 \
-      --duration "$duration" --warmup "$warmup" "${bench_config[@]}" "${extra[@]}" \
+      --consumers 0 --duration "$duration" --warmup "$warmup" "${bench_config[@]}" "${extra[@]}" \
       --out "$d/batched" >"$d-batched.txt" 2>&1 ||
       echo "round $round $side: batched run failed, see $d-batched.txt" >&2
     catchup "$bin" "$d/catchup" ||
