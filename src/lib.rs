@@ -2,7 +2,8 @@
 //!
 //! The workspace's crates, from the wire inward: `ringmq-protocol` (frames, opcodes, message
 //! bodies, admin documents; pure), `ringmq-client` (the blocking Rust client; depends on the
-//! protocol crate only) and `ringmq-broker` (net → shard → store → disk, replication, metrics).
+//! protocol crate only), `ringmq-broker` (net → shard → store → disk, replication, metrics) and
+//! `ringmq-namesrv` (the route registry brokers register with and clients ask).
 //! This package holds what sits on top of them: the `ringmq` command line ([`cli`]), the
 //! benchmark tool ([`bench`]) and the fuzzing entry points. Its library re-exports the other
 //! crates' modules under one name (`ringmq::store`, `ringmq::protocol`, ...), which is what the
@@ -17,4 +18,5 @@ pub mod fuzzing;
 
 pub use ringmq_broker::*;
 pub use ringmq_client as client;
+pub use ringmq_namesrv as namesrv;
 pub use ringmq_protocol as protocol;

@@ -1,7 +1,7 @@
 //! The top-level `ringmq` parser and dispatch. Every failure becomes a message on stderr and a
 //! non-zero exit code; nothing here panics on user input.
 
-use super::{admin, bench, cluster, consume, group, produce, serve, stats, topic};
+use super::{admin, bench, cluster, consume, group, namesrv, produce, serve, stats, topic};
 use crate::client::{Client, ClientError};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -20,6 +20,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the broker.
     Serve(serve::ServeArgs),
+    /// Run a name server: the route registry brokers register with and clients ask.
+    Namesrv(namesrv::NamesrvArgs),
     /// Create, list, describe and delete topics.
     Topic(topic::TopicArgs),
     /// Send messages: one per line of stdin, or synthetic ones with --count.
@@ -52,14 +54,36 @@ pub struct BrokerArgs {
     /// Bootstrap broker address HOST:PORT.
     #[arg(long, global = true, default_value = "127.0.0.1:10911")]
     pub broker: String,
+    /// Name servers HOST:PORT[,HOST:PORT...]: find the brokers through them instead of
+    /// --broker (any of them is asked, the next one when it fails).
+    #[arg(long, global = true, env = "RINGMQ_NAMESRV", conflicts_with = "broker")]
+    pub namesrv: Option<String>,
+    /// With --namesrv: only this cluster's broker groups (default: every cluster listed).
+    #[arg(
+        long = "cluster",
+        global = true,
+        default_value = "",
+        requires = "namesrv"
+    )]
+    pub cluster_name: String,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }
 
 impl BrokerArgs {
+    /// A client of one broker: `--broker`, or with `--namesrv` the master of the only broker
+    /// group the name servers list (a command about one broker refuses to pick among several).
     pub fn connect(&self) -> Result<Client, String> {
-        Client::connect(&self.broker).map_err(|e| describe(&self.broker, &e))
+        match &self.namesrv {
+            Some(namesrv) => super::routed::single_master(self, namesrv),
+            None => Client::connect(&self.broker).map_err(|e| describe(&self.broker, &e)),
+        }
+    }
+
+    /// What errors name: the broker, or the name servers.
+    pub fn target(&self) -> &str {
+        self.namesrv.as_deref().unwrap_or(&self.broker)
     }
 }
 
@@ -72,6 +96,7 @@ pub fn describe(broker: &str, error: &ClientError) -> String {
 pub fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Namesrv(args) => namesrv::run(args),
         Command::Topic(args) => topic::run(args),
         Command::Produce(args) => produce::run(args),
         Command::Consume(args) => consume::run(args),
@@ -98,7 +123,10 @@ where
 {
     match Cli::try_parse_from(args) {
         Ok(cli) => {
-            install_logger(matches!(cli.command, Command::Serve(_)));
+            install_logger(matches!(
+                cli.command,
+                Command::Serve(_) | Command::Namesrv(_)
+            ));
             run(cli)
         }
         Err(e) => {

@@ -1,11 +1,15 @@
 //! `ringmq cluster status|promote|demote`: a broker's replication state, promotion of a slave
-//! and demotion of a master (or re-pointing of a slave), all at runtime.
+//! and demotion of a master (or re-pointing of a slave), all at runtime. `ringmq cluster list`
+//! asks the name servers (`--namesrv`) for every cluster, group and broker instead.
 
 use super::app::{describe, BrokerArgs, Format};
 use super::output::{emit, table};
+use crate::client::NameServerClient;
 use crate::protocol::admin::ClusterStatus;
 use crate::protocol::message::{ClusterDemote, ClusterPromote, ClusterStatusRequest};
+use crate::protocol::namesrv::Routes;
 use clap::{Args, Subcommand};
+use serde::Serialize;
 
 #[derive(Args, Debug)]
 pub struct ClusterArgs {
@@ -32,9 +36,15 @@ pub enum ClusterCommand {
         #[arg(long)]
         master: String,
     },
+    /// Every cluster, broker group and broker the name servers (--namesrv, or
+    /// RINGMQ_NAMESRV) list: role, epoch, addresses and the age of the last heartbeat.
+    List,
 }
 
 pub fn run(args: ClusterArgs) -> Result<(), String> {
+    if matches!(args.command, ClusterCommand::List) {
+        return list(&args);
+    }
     let mut client = args.broker.connect()?;
     let status = match &args.command {
         ClusterCommand::Status => client.call(&ClusterStatusRequest {}),
@@ -42,6 +52,7 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
         ClusterCommand::Demote { master } => client.call(&ClusterDemote {
             master: master.clone(),
         }),
+        ClusterCommand::List => unreachable!("answered above"),
     }
     .map_err(|e| describe(&args.broker.broker, &e))?;
     match args.broker.format {
@@ -112,4 +123,234 @@ pub fn status_text(status: &ClusterStatus) -> String {
         ));
     }
     out
+}
+
+/// `cluster list`: the first name server of `--namesrv` that answers is asked.
+fn list(args: &ClusterArgs) -> Result<(), String> {
+    let Some(namesrv) = args.broker.namesrv.as_deref() else {
+        return Err(
+            "cluster list asks the name servers: give --namesrv HOST:PORT[,HOST:PORT...] (or set RINGMQ_NAMESRV)"
+                .into(),
+        );
+    };
+    let routes = NameServerClient::connect_list(namesrv)
+        .and_then(|mut client| client.routes(&args.broker.cluster_name))
+        .map_err(|e| format!("name servers {namesrv}: {e}"))?;
+    let listing = ClusterListing::from_routes(&routes);
+    match args.broker.format {
+        Format::Json => emit(&serde_json::to_string(&listing).expect("listing serializes")),
+        Format::Text => {
+            print!("{}", listing_text(&listing));
+            Ok(())
+        }
+    }
+}
+
+/// `cluster list --format json`: `{"clusters":[{"name","groups":[{"name","brokers":[...]}]}]}`.
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct ClusterListing {
+    pub clusters: Vec<ListedCluster>,
+}
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct ListedCluster {
+    pub name: String,
+    pub groups: Vec<ListedGroup>,
+}
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct ListedGroup {
+    pub name: String,
+    pub brokers: Vec<ListedBroker>,
+}
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct ListedBroker {
+    pub broker_id: u64,
+    pub role: String,
+    pub epoch: u32,
+    pub listen: String,
+    pub ha_listen: String,
+    pub last_heartbeat_ms_ago: u64,
+}
+
+impl ClusterListing {
+    /// Groups the name server's flat listing (ordered by cluster, group and broker id).
+    pub fn from_routes(routes: &Routes) -> Self {
+        let mut clusters: Vec<ListedCluster> = Vec::new();
+        for route in &routes.brokers {
+            let b = &route.broker;
+            if clusters.last().is_none_or(|c| c.name != b.cluster_name) {
+                clusters.push(ListedCluster {
+                    name: b.cluster_name.clone(),
+                    groups: Vec::new(),
+                });
+            }
+            let groups = &mut clusters.last_mut().expect("pushed above").groups;
+            if groups.last().is_none_or(|g| g.name != b.broker_name) {
+                groups.push(ListedGroup {
+                    name: b.broker_name.clone(),
+                    brokers: Vec::new(),
+                });
+            }
+            groups
+                .last_mut()
+                .expect("pushed above")
+                .brokers
+                .push(ListedBroker {
+                    broker_id: b.broker_id,
+                    role: b.role.clone(),
+                    epoch: b.epoch,
+                    listen: b.listen.clone(),
+                    ha_listen: b.ha_listen.clone(),
+                    last_heartbeat_ms_ago: route.last_heartbeat_ms_ago,
+                });
+        }
+        ClusterListing { clusters }
+    }
+}
+
+pub fn listing_text(listing: &ClusterListing) -> String {
+    let rows: Vec<Vec<String>> = listing
+        .clusters
+        .iter()
+        .flat_map(|c| c.groups.iter().map(move |g| (c, g)))
+        .flat_map(|(c, g)| g.brokers.iter().map(move |b| (c, g, b)))
+        .map(|(c, g, b)| {
+            vec![
+                c.name.clone(),
+                g.name.clone(),
+                b.broker_id.to_string(),
+                b.role.clone(),
+                b.epoch.to_string(),
+                b.listen.clone(),
+                b.ha_listen.clone(),
+                format!("{} ms ago", b.last_heartbeat_ms_ago),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return "no brokers registered\n".to_string();
+    }
+    table(
+        &[
+            "CLUSTER",
+            "GROUP",
+            "BROKER_ID",
+            "ROLE",
+            "EPOCH",
+            "LISTEN",
+            "HA_LISTEN",
+            "HEARTBEAT",
+        ],
+        &rows,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::app::{Cli, Command};
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ringmq").chain(args.iter().copied()))
+    }
+
+    /// `cluster list` takes the name servers; the broker subcommands keep `--broker`.
+    #[test]
+    fn cluster_list_takes_namesrv_and_the_others_keep_broker() {
+        use super::ClusterCommand;
+        let Command::Cluster(args) = parse(&[
+            "cluster",
+            "list",
+            "--namesrv",
+            "127.0.0.1:9876,127.0.0.1:9877",
+            "--cluster",
+            "prod",
+            "--format",
+            "json",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not cluster")
+        };
+        assert!(matches!(args.command, ClusterCommand::List));
+        assert_eq!(
+            args.broker.namesrv.as_deref(),
+            Some("127.0.0.1:9876,127.0.0.1:9877")
+        );
+        assert_eq!(args.broker.cluster_name, "prod");
+        assert!(parse(&["cluster", "list", "--namesrv", "h:1", "--broker", "h:2"]).is_err());
+        let Command::Cluster(args) = parse(&["cluster", "status", "--broker", "h:2"])
+            .unwrap()
+            .command
+        else {
+            panic!("not cluster")
+        };
+        assert!(matches!(args.command, ClusterCommand::Status));
+        assert_eq!(args.broker.broker, "h:2");
+    }
+
+    #[test]
+    fn cluster_list_groups_routes_by_cluster_and_group() {
+        use super::{listing_text, ClusterListing};
+        use crate::protocol::namesrv::{BrokerRegister, BrokerRoute, Routes};
+        let route = |cluster: &str, group: &str, id: u64, role: &str| BrokerRoute {
+            broker: BrokerRegister {
+                cluster_name: cluster.into(),
+                broker_name: group.into(),
+                broker_id: id,
+                role: role.into(),
+                epoch: 3,
+                flush_disk_type: "SYNC_FLUSH".into(),
+                listen: format!("h:{id}"),
+                ha_listen: String::new(),
+                shard_ports: vec![],
+                topics: vec![],
+                shards: vec![],
+            },
+            last_heartbeat_ms_ago: 40,
+        };
+        let routes = Routes {
+            brokers: vec![
+                route("c1", "a", 1, "SYNC_MASTER"),
+                route("c1", "a", 2, "SLAVE"),
+                route("c1", "b", 3, "ASYNC_MASTER"),
+                route("c2", "a", 4, "SLAVE"),
+            ],
+        };
+        let listing = ClusterListing::from_routes(&routes);
+        let json = serde_json::to_value(&listing).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"clusters": [
+                {"name": "c1", "groups": [
+                    {"name": "a", "brokers": [
+                        {"broker_id": 1, "role": "SYNC_MASTER", "epoch": 3, "listen": "h:1",
+                         "ha_listen": "", "last_heartbeat_ms_ago": 40},
+                        {"broker_id": 2, "role": "SLAVE", "epoch": 3, "listen": "h:2",
+                         "ha_listen": "", "last_heartbeat_ms_ago": 40}]},
+                    {"name": "b", "brokers": [
+                        {"broker_id": 3, "role": "ASYNC_MASTER", "epoch": 3, "listen": "h:3",
+                         "ha_listen": "", "last_heartbeat_ms_ago": 40}]}]},
+                {"name": "c2", "groups": [
+                    {"name": "a", "brokers": [
+                        {"broker_id": 4, "role": "SLAVE", "epoch": 3, "listen": "h:4",
+                         "ha_listen": "", "last_heartbeat_ms_ago": 40}]}]}]})
+        );
+        let text = listing_text(&listing);
+        assert_eq!(text.lines().count(), 5, "{text}");
+        assert!(
+            text.lines()
+                .nth(2)
+                .unwrap()
+                .starts_with("c1       a      2"),
+            "{text}"
+        );
+        assert_eq!(
+            listing_text(&ClusterListing::from_routes(&Routes { brokers: vec![] })),
+            "no brokers registered\n"
+        );
+    }
 }

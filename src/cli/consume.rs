@@ -168,11 +168,17 @@ impl Source {
 }
 
 pub fn run(args: ConsumeArgs) -> Result<(), String> {
-    if let Some(group) = args
+    let member_of = args
         .group
         .clone()
-        .filter(|_| args.queue.is_none() && args.from.is_none())
-    {
+        .filter(|_| args.queue.is_none() && args.from.is_none());
+    if let Some(namesrv) = args.broker.namesrv.clone() {
+        return match member_of {
+            Some(group) => super::routed::consume_as_members(&args, &namesrv, &group),
+            None => super::routed::consume(&args, &namesrv),
+        };
+    }
+    if let Some(group) = member_of {
         return run_member(&args, group);
     }
     let mut client = if args.broker.broker.contains(',') {
@@ -372,7 +378,19 @@ pub fn format_message(format: Format, queue: u32, m: &PulledMessage) -> String {
 /// `consume --group G`: reads as a member of the group until `--count` messages, or (without
 /// `--follow`) until nothing arrived for `--max-wait-ms`, then commits and leaves.
 fn run_member(args: &ConsumeArgs, group: String) -> Result<(), String> {
-    let mut options = GroupOptions::new(&group, &args.topic);
+    let options = member_options(args, &group);
+    if args.broker.broker.contains(',') {
+        let client = FailoverClient::connect_list(&args.broker.broker, ClientOptions::default())
+            .map_err(|e| describe(&args.broker.broker, &e))?;
+        consume_as_member(GroupConsumer::new(client, options), args)
+    } else {
+        consume_as_member(GroupConsumer::new(args.broker.connect()?, options), args)
+    }
+}
+
+/// The group consumer's options from the member flags.
+pub(super) fn member_options(args: &ConsumeArgs, group: &str) -> GroupOptions {
+    let mut options = GroupOptions::new(group, &args.topic);
     if let Some(id) = &args.client_id {
         options.client_id = id.clone();
     }
@@ -395,20 +413,14 @@ fn run_member(args: &ConsumeArgs, group: String) -> Result<(), String> {
         // crash redelivers) and the time between heartbeats short.
         options.max_messages = 16;
     }
-    if args.broker.broker.contains(',') {
-        let client = FailoverClient::connect_list(&args.broker.broker, ClientOptions::default())
-            .map_err(|e| describe(&args.broker.broker, &e))?;
-        consume_as_member(GroupConsumer::new(client, options), args)
-    } else {
-        consume_as_member(GroupConsumer::new(args.broker.connect()?, options), args)
-    }
+    options
 }
 
-fn consume_as_member<T: GroupTransport>(
+pub(super) fn consume_as_member<T: GroupTransport>(
     mut consumer: GroupConsumer<T>,
     args: &ConsumeArgs,
 ) -> Result<(), String> {
-    let fail = |e: ClientError| describe(&args.broker.broker, &e);
+    let fail = |e: ClientError| describe(args.broker.target(), &e);
     let group = args.group.clone().unwrap_or_default();
     let mut printed = 0u64;
     let mut last_message = std::time::Instant::now();

@@ -1,5 +1,6 @@
-//! The `ringmq` command line: one module per subcommand. `serve` runs the broker; every other
-//! subcommand is a client of a running broker through [`crate::client`].
+//! The `ringmq` command line: one module per subcommand. `serve` runs the broker and `namesrv`
+//! a name server; every other subcommand is a client of a running broker (or of the name
+//! servers) through [`crate::client`].
 //!
 //! [`app`] holds the top-level parser and dispatch, [`output`] the text/JSON formatting shared
 //! by the client subcommands.
@@ -11,8 +12,10 @@ pub mod cluster;
 pub mod consume;
 pub mod dlq;
 pub mod group;
+pub mod namesrv;
 pub mod output;
 pub mod produce;
+pub mod routed;
 pub mod serve;
 pub mod stats;
 #[cfg(test)]

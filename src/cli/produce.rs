@@ -42,6 +42,15 @@ pub struct ProduceArgs {
     /// Requests in flight at most.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=MAX_WINDOW as i64))]
     pub window: u32,
+    /// With --namesrv: at-least-once, resend to another broker group also when the message
+    /// may be stored (no answer after sending) or was stored without the flush or replication
+    /// guarantee (RocketMQ's retryAnotherBrokerWhenNotStoreOK); a duplicate is then possible.
+    #[arg(long, requires = "namesrv")]
+    pub retry_another_group: bool,
+    /// With --namesrv and --key: fail rather than send a message to another queue than its
+    /// key's (ordered messages).
+    #[arg(long, requires = "key")]
+    pub ordered: bool,
 }
 
 /// Where message bodies come from.
@@ -137,6 +146,9 @@ impl Tally {
 }
 
 pub fn run(args: ProduceArgs) -> Result<(), String> {
+    if let Some(namesrv) = &args.broker.namesrv {
+        return super::routed::produce(&args, namesrv);
+    }
     let mut client = args.broker.connect()?;
     let broker = args.broker.broker.clone();
     client

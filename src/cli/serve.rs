@@ -37,6 +37,21 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://HOST:PORT/metrics.
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Name servers to register with, IP:PORT[,IP:PORT...] (default: none, the broker works
+    /// alone).
+    #[arg(long, value_delimiter = ',')]
+    pub namesrv: Option<Vec<String>>,
+    /// The cluster this broker's group belongs to (default DefaultCluster).
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// The client address registered with the name servers, HOST:PORT (default: the bound
+    /// listen address).
+    #[arg(long)]
+    pub advertised_listen: Option<String>,
+    /// The replication address registered with the name servers, HOST:PORT (default: the
+    /// bound ha-listen address).
+    #[arg(long)]
+    pub advertised_ha_listen: Option<String>,
 }
 
 impl ServeArgs {
@@ -76,6 +91,25 @@ impl ServeArgs {
         if let Some(metrics) = &self.metrics_listen {
             config.metrics_listen = Some(metrics.clone());
         }
+        if let Some(namesrv) = &self.namesrv {
+            config.namesrv = namesrv
+                .iter()
+                .map(|a| a.trim().to_string())
+                .filter(|a| !a.is_empty())
+                .collect();
+            if config.namesrv.is_empty() {
+                return Err("--namesrv: give at least one IP:PORT".into());
+            }
+        }
+        if let Some(cluster) = &self.cluster {
+            config.cluster_name = cluster.clone();
+        }
+        if let Some(advertised) = &self.advertised_listen {
+            config.advertised_listen = Some(advertised.clone());
+        }
+        if let Some(advertised) = &self.advertised_ha_listen {
+            config.advertised_ha_listen = Some(advertised.clone());
+        }
         if let Some(flush) = &self.flush {
             config.flush_disk_type = flush.parse::<FlushDiskType>().map_err(|e| e.to_string())?;
         }
@@ -87,4 +121,54 @@ impl ServeArgs {
 /// Runs the broker until SIGINT/SIGTERM. Returns a message for the user on failure.
 pub fn run(args: ServeArgs) -> Result<(), String> {
     crate::server::run(args.effective_config()?).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServeArgs;
+
+    #[test]
+    fn cluster_flags_reach_the_configuration_and_bad_addresses_are_named() {
+        let args = ServeArgs {
+            namesrv: Some(vec!["127.0.0.1:9876".into(), " 127.0.0.1:9877".into()]),
+            cluster: Some("prod".into()),
+            broker_name: Some("broker-b".into()),
+            advertised_listen: Some("broker-b.example:10911".into()),
+            ..ServeArgs::default()
+        };
+        let config = args.effective_config().expect("valid");
+        assert_eq!(config.namesrv, ["127.0.0.1:9876", "127.0.0.1:9877"]);
+        assert_eq!(config.cluster_name, "prod");
+        assert_eq!(config.broker_name, "broker-b");
+        assert_eq!(
+            config.advertised_listen.as_deref(),
+            Some("broker-b.example:10911")
+        );
+        let alone = ServeArgs::default().effective_config().expect("valid");
+        assert!(alone.namesrv.is_empty());
+        assert_eq!(alone.cluster_name, "DefaultCluster");
+
+        let bad = ServeArgs {
+            namesrv: Some(vec!["ns-1:9876".into()]),
+            ..ServeArgs::default()
+        };
+        let refused = bad
+            .effective_config()
+            .expect_err("a host name is not an IP");
+        assert!(refused.starts_with("namesrv: `ns-1:9876`"), "{refused}");
+        let empty = ServeArgs {
+            namesrv: Some(vec![String::new()]),
+            ..ServeArgs::default()
+        };
+        assert!(empty.effective_config().unwrap_err().contains("--namesrv"));
+        let bad = ServeArgs {
+            namesrv: Some(vec!["127.0.0.1:9876".into()]),
+            advertised_listen: Some("no-port".into()),
+            ..ServeArgs::default()
+        };
+        assert!(bad
+            .effective_config()
+            .unwrap_err()
+            .starts_with("advertised_listen:"));
+    }
 }

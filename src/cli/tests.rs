@@ -70,7 +70,7 @@ fn topic_and_produce_flags_parse() {
     };
     assert_eq!(args.broker.broker, "10.0.0.1:9000");
     assert!(
-        matches!(args.command, TopicCommand::Create { ref name, queues: 8 } if name == "orders")
+        matches!(args.command, TopicCommand::Create { ref name, queues: 8, .. } if name == "orders")
     );
 
     let Command::Produce(args) =
@@ -227,4 +227,64 @@ fn member_flags_refuse_queue_and_from() {
         }
     }
     assert!(parse(&["consume", "orders", "--group", "billing", "--queue", "0"]).is_ok());
+}
+
+#[test]
+fn namesrv_replaces_broker_on_every_client_command_and_refuses_both() {
+    for command in [
+        &["topic", "list"][..],
+        &["produce", "t"],
+        &["consume", "t"],
+        &["group", "describe", "g"],
+        &["stats"],
+        &["admin", "retention"],
+        &["cluster", "status"],
+    ] {
+        let with_namesrv: Vec<&str> = command
+            .iter()
+            .copied()
+            .chain(["--namesrv", "127.0.0.1:9876,127.0.0.1:9877"])
+            .collect();
+        // Some of these subcommands need more arguments; none refuses --namesrv itself.
+        if let Err(e) = parse(&with_namesrv) {
+            assert!(!e.to_string().contains("namesrv"), "{command:?}: {e}");
+        }
+        let both: Vec<&str> = with_namesrv
+            .iter()
+            .copied()
+            .chain(["--broker", "127.0.0.1:10911"])
+            .collect();
+        let error = parse(&both).expect_err("--broker with --namesrv");
+        assert_eq!(
+            error.kind(),
+            clap::error::ErrorKind::ArgumentConflict,
+            "{command:?}"
+        );
+        assert!(error.to_string().contains("--namesrv"), "{error}");
+    }
+    let Command::Topic(args) = parse(&[
+        "topic",
+        "create",
+        "t",
+        "--queues",
+        "2",
+        "--groups",
+        "a,b",
+        "--namesrv",
+        "n:1",
+        "--cluster",
+        "c1",
+    ])
+    .unwrap()
+    .command
+    else {
+        panic!("not topic")
+    };
+    assert_eq!(args.broker.namesrv.as_deref(), Some("n:1"));
+    assert_eq!(args.broker.cluster_name, "c1");
+    assert!(
+        matches!(args.command, TopicCommand::Create { ref groups, .. } if groups == &["a", "b"])
+    );
+    // --cluster only means something with name servers.
+    assert!(parse(&["topic", "list", "--cluster", "c1"]).is_err());
 }

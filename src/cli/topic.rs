@@ -19,8 +19,12 @@ pub enum TopicCommand {
     /// Create a topic with N queues spread over the broker's shards.
     Create {
         name: String,
+        /// Queues per broker group (with --namesrv, every group gets this many).
         #[arg(long, default_value_t = 4)]
         queues: u32,
+        /// With --namesrv: only on these broker groups (default: every group of the cluster).
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
     },
     /// List topics.
     List,
@@ -32,10 +36,16 @@ pub enum TopicCommand {
 
 pub fn run(args: TopicArgs) -> Result<(), String> {
     let broker = &args.broker;
+    if let Some(namesrv) = &broker.namesrv {
+        return super::routed::topic(broker, namesrv, args.command);
+    }
+    if matches!(&args.command, TopicCommand::Create { groups, .. } if !groups.is_empty()) {
+        return Err("--groups picks broker groups of a cluster: it needs --namesrv".into());
+    }
     let mut client = broker.connect()?;
     let fail = |e| describe(&broker.broker, &e);
     match args.command {
-        TopicCommand::Create { name, queues } => {
+        TopicCommand::Create { name, queues, .. } => {
             let info = client.create_topic(&name, queues).map_err(fail)?;
             match broker.format {
                 Format::Json => emit(&topic_json(&info).to_string()),

@@ -12,6 +12,9 @@ use crate::protocol::message::{
     ProduceRequest, ProduceResponse, PullRequest, PullResponse, PullSummary, PulledMessageRef,
     QueueRef, QueueStats, TopicCreate, TopicDelete, TopicDescription, TopicInfo, TopicList,
 };
+use crate::protocol::namesrv::{
+    BrokerRegister, BrokerRoute, BrokerUnregister, RouteQuery, Routes, ShardOffsets,
+};
 use crate::replication::protocol::{encode_refusal, Hello, Welcome};
 use crate::store::checkpoint::Checkpoint;
 use crate::store::record::{encode_end_of_segment, RecordInput};
@@ -212,7 +215,64 @@ fn request_bodies() -> Vec<(&'static str, Opcode, Vec<u8>)> {
                 .encode(out)
             }),
         ),
+        (
+            "broker_register",
+            Opcode::BrokerRegister,
+            encoded(|out| broker_register().encode(out)),
+        ),
+        (
+            "broker_unregister",
+            Opcode::BrokerUnregister,
+            encoded(|out| {
+                BrokerUnregister {
+                    cluster_name: "DefaultCluster".into(),
+                    broker_name: "broker-a".into(),
+                    broker_id: 42,
+                }
+                .encode(out)
+            }),
+        ),
+        (
+            "route_query",
+            Opcode::RouteQuery,
+            encoded(|out| {
+                RouteQuery {
+                    cluster_name: String::new(),
+                }
+                .encode(out)
+            }),
+        ),
     ]
+}
+
+fn broker_register() -> BrokerRegister {
+    BrokerRegister {
+        cluster_name: "DefaultCluster".into(),
+        broker_name: "broker-a".into(),
+        broker_id: 42,
+        role: "SYNC_MASTER".into(),
+        epoch: 2,
+        flush_disk_type: "SYNC_FLUSH".into(),
+        listen: "127.0.0.1:10911".into(),
+        ha_listen: "127.0.0.1:10912".into(),
+        shard_ports: vec![10911, 10913],
+        topics: vec![topic_info()],
+        shards: vec![ShardOffsets {
+            shard: 0,
+            confirmed_offset: 4096,
+            max_offset: 8192,
+        }],
+    }
+}
+
+fn routes() -> Vec<u8> {
+    let routes = Routes {
+        brokers: vec![BrokerRoute {
+            broker: broker_register(),
+            last_heartbeat_ms_ago: 250,
+        }],
+    };
+    encoded(|out| routes.encode(out))
 }
 
 fn frame_input(opcode: Opcode, body: &[u8]) -> Vec<u8> {
@@ -258,6 +318,7 @@ fn pull_response() -> Vec<u8> {
             next_offset: 44,
             min_offset: 0,
             max_offset: 50,
+            suggest: 0,
         },
         messages: vec![
             PulledMessageRef {
@@ -468,6 +529,7 @@ fn client_responses() -> Vec<u8> {
         (Opcode::TopicCreate, 0, encoded(|o| topic_info().encode(o))),
         (Opcode::QueueStats, 0, encoded(|o| queue_stats().encode(o))),
         (Opcode::Stats, 0, stats_json),
+        (Opcode::RouteQuery, 0, routes()),
     ] {
         out.push(0);
         out.extend_from_slice(&(body.len() as u16).to_le_bytes());

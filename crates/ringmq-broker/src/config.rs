@@ -245,6 +245,36 @@ pub struct BrokerConfig {
     /// Rejections after which a message goes to the group's dead-letter topic `%DLQ%<group>`
     /// instead of being retried (a consumer may ask for its own value per reject).
     pub max_reconsume_times: u32,
+    /// Name servers this broker registers with, each `IP:PORT`; empty (the default): no name
+    /// server, the broker works alone as before. Every name server is sent the whole
+    /// registration independently (a dead one delays no other).
+    pub namesrv: Vec<String>,
+    /// The cluster this broker's group belongs to, as registered with the name servers.
+    pub cluster_name: String,
+    /// The client address registered with the name servers (`HOST:PORT`, a host name
+    /// allowed: clients on other hosts resolve it); unset: the bound `listen` address.
+    pub advertised_listen: Option<String>,
+    /// The replication address registered with the name servers (what a slave of this
+    /// broker's group would give as `master`); unset: the bound `ha_listen` address.
+    pub advertised_ha_listen: Option<String>,
+    /// How often the registration is re-sent to every name server when nothing changed
+    /// (a topic or role change is sent at once). A few of these fit in the name server's
+    /// `broker_expiry_ms` (10 s by default), so one lost heartbeat does not drop the broker.
+    pub namesrv_heartbeat_interval_ms: u64,
+    /// Whether pulls suggest another broker of the group (`PullSummary::suggest`): a master
+    /// with a connected slave suggests the slave to a consumer more than
+    /// `slave_read_lag_bytes` behind its log end, and a slave suggests the master once the
+    /// consumer is within that distance. Off by default, as RocketMQ's `slaveReadEnable`.
+    pub slave_read_enable: bool,
+    /// The distance (commitlog bytes from the pulled record to the shard's log end) past
+    /// which a master sends a consumer to a slave. ringmq reads O_DIRECT, never from a page
+    /// cache, so every read the write buffer does not serve costs the shard's disk queue and
+    /// core, which its producers' appends and fsyncs share. A consumer within a few write
+    /// buffers (`write_buffer_bytes`, 16 MiB) of the end reads small, recent spans between
+    /// appends; one further back is catching up, pulling full `MAX_BYTES_PER_PULL` batches
+    /// back to back: that is the reader worth moving. 64 MiB is four write buffers, a few
+    /// seconds of a busy shard's appends, so a consumer that only paused briefly stays.
+    pub slave_read_lag_bytes: u64,
 }
 
 impl Default for BrokerConfig {
@@ -295,7 +325,30 @@ impl Default for BrokerConfig {
             disk_space_warning_ratio: 0.90,
             retry_delay_levels_ms: DEFAULT_RETRY_DELAY_LEVELS_MS.to_vec(),
             max_reconsume_times: 16,
+            namesrv: Vec::new(),
+            cluster_name: "DefaultCluster".to_string(),
+            advertised_listen: None,
+            advertised_ha_listen: None,
+            namesrv_heartbeat_interval_ms: 3_000,
+            slave_read_enable: false,
+            slave_read_lag_bytes: 64 * MIB,
         }
+    }
+}
+
+/// An advertised address: `HOST:PORT` with a host name or IP (clients resolve it) and a
+/// non-zero port, nothing a NOT_MASTER hint could not carry.
+fn check_advertised(key: &'static str, value: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| ConfigError::value(key, format!("`{value}` {why}"));
+    let (host, port) = value
+        .rsplit_once(':')
+        .ok_or_else(|| bad("is not HOST:PORT"))?;
+    if host.is_empty() || value.contains(char::is_whitespace) {
+        return Err(bad("is not HOST:PORT (an empty host, or a space)"));
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err(bad("does not end with a port (1-65535)")),
+        Ok(_) => Ok(()),
     }
 }
 
@@ -381,6 +434,86 @@ impl BrokerConfig {
                 })
             })
             .transpose()
+    }
+
+    /// The name servers' addresses, in the order configured.
+    pub fn namesrv_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        self.namesrv
+            .iter()
+            .map(|a| {
+                a.parse().map_err(|_| {
+                    ConfigError::value(
+                        "namesrv",
+                        format!("`{a}` is not HOST:PORT (an IP and a port)"),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Checks the keys of registering with name servers (only read when `namesrv` is set).
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let addrs = self.namesrv_addrs()?;
+        for (i, addr) in addrs.iter().enumerate() {
+            if addrs[..i].contains(addr) {
+                return Err(ConfigError::value(
+                    "namesrv",
+                    format!("{addr} is listed twice"),
+                ));
+            }
+        }
+        if self.cluster_name.is_empty()
+            || self.cluster_name.len() > crate::constants::MAX_NAME_BYTES
+        {
+            return Err(ConfigError::value(
+                "cluster_name",
+                format!(
+                    "must be 1 to {} characters",
+                    crate::constants::MAX_NAME_BYTES
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("advertised_listen", &self.advertised_listen),
+            ("advertised_ha_listen", &self.advertised_ha_listen),
+        ] {
+            if let Some(value) = value {
+                check_advertised(key, value)?;
+            }
+        }
+        // The bind address is the default advertised one: a wildcard reaches no client.
+        for (key, bound, advertised) in [
+            ("advertised_listen", &self.listen, &self.advertised_listen),
+            (
+                "advertised_ha_listen",
+                &self.ha_listen,
+                &self.advertised_ha_listen,
+            ),
+        ] {
+            let wildcard = bound
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| a.ip().is_unspecified());
+            if wildcard && advertised.is_none() && !self.namesrv.is_empty() {
+                return Err(ConfigError::value(
+                    key,
+                    format!(
+                        "the broker binds {bound}, which no client can connect to: set the \
+                         address to register with the name servers"
+                    ),
+                ));
+            }
+        }
+        check_duration_ms(
+            "namesrv_heartbeat_interval_ms",
+            self.namesrv_heartbeat_interval_ms,
+        )?;
+        if self.slave_read_lag_bytes == 0 {
+            return Err(ConfigError::value(
+                "slave_read_lag_bytes",
+                "must be positive (every consumer would be sent to a slave)",
+            ));
+        }
+        Ok(())
     }
 
     pub fn shard_count(&self) -> usize {
@@ -504,6 +637,7 @@ impl BrokerConfig {
             ));
         }
         self.validate_connection_limits()?;
+        self.validate_cluster()?;
         self.validate_retention()?;
         self.validate_retries()?;
         if self.io_memory_bytes < MIN_IO_MEMORY_BYTES {
@@ -848,5 +982,58 @@ mod tests {
             let err = config.validate().unwrap_err();
             assert!(err.to_string().starts_with(key), "{err}");
         }
+    }
+
+    #[test]
+    fn cluster_keys_name_their_key_and_stay_unread_without_a_name_server() {
+        let alone = BrokerConfig {
+            listen: "0.0.0.0:10911".into(),
+            ..BrokerConfig::default()
+        };
+        alone
+            .validate()
+            .expect("no namesrv: a wildcard bind is fine as before");
+        let cluster = |f: &dyn Fn(&mut BrokerConfig)| {
+            let mut config = BrokerConfig {
+                namesrv: vec!["127.0.0.1:9876".into()],
+                ..BrokerConfig::default()
+            };
+            f(&mut config);
+            config.validate().err().and_then(|e| e.key())
+        };
+        assert_eq!(cluster(&|_| {}), None);
+        assert_eq!(cluster(&|c| c.namesrv.push("ns-2".into())), Some("namesrv"));
+        assert_eq!(
+            cluster(&|c| c.namesrv.push("127.0.0.1:9876".into())),
+            Some("namesrv"),
+            "listed twice"
+        );
+        assert_eq!(cluster(&|c| c.cluster_name.clear()), Some("cluster_name"));
+        assert_eq!(
+            cluster(&|c| c.listen = "0.0.0.0:10911".into()),
+            Some("advertised_listen")
+        );
+        assert_eq!(
+            cluster(&|c| {
+                c.listen = "0.0.0.0:10911".into();
+                c.advertised_listen = Some("broker-a.example:10911".into());
+            }),
+            None
+        );
+        for bad in ["host", "host:0", ":1", "a b:1", "host:99999"] {
+            assert_eq!(
+                cluster(&|c| c.advertised_listen = Some(bad.into())),
+                Some("advertised_listen"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            cluster(&|c| c.namesrv_heartbeat_interval_ms = 0),
+            Some("namesrv_heartbeat_interval_ms")
+        );
+        assert_eq!(
+            cluster(&|c| c.slave_read_lag_bytes = 0),
+            Some("slave_read_lag_bytes")
+        );
     }
 }

@@ -124,6 +124,73 @@ fn check_store_identity(
     }
 }
 
+/// `<store>/broker_id`: the broker's id in its cluster, a random non-zero u64 in decimal.
+const BROKER_ID_FILE: &str = "broker_id";
+
+/// The store's broker id: read back on every start, created (durably: a temporary file, its
+/// fsync, a rename and the directory's fsync) at the first. Name servers tell two brokers of a
+/// group apart by it, so it belongs to the store, not to the process or its address.
+fn load_or_create_broker_id(store_dir: &Path) -> Result<u64, ServerError> {
+    let path = store_dir.join(BROKER_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(id) if id != 0 => Ok(id),
+            _ => Err(ServerError::StoreIdentity(format!(
+                "{}: `{}` is not a broker id (a non-zero decimal u64)",
+                path.display(),
+                text.trim()
+            ))),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = random_broker_id();
+            crate::store::glommio_disk::write_atomic_blocking(&path, format!("{id}\n").as_bytes())
+                .map_err(|e| ServerError::StoreIdentity(format!("{}: {e}", path.display())))?;
+            info!(broker_id = id, "new store: created its broker id");
+            Ok(id)
+        }
+        Err(e) => Err(ServerError::StoreIdentity(format!(
+            "{}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+fn random_broker_id() -> u64 {
+    loop {
+        let mut bytes = [0u8; 8];
+        // getrandom(2) fills 8 bytes in one call once the pool is initialised; a short read
+        // leaves zeros, which the loop below refuses as it refuses a zero id.
+        unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        let id = u64::from_le_bytes(bytes);
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// With `namesrv` set: the broker id and the addresses to register. The advertised addresses
+/// default to the bound ones (the ports port 0 picked included).
+fn cluster_identity(
+    config: &BrokerConfig,
+    listeners: &crate::net::BoundListeners,
+) -> Result<Option<crate::shard::registration::ClusterIdentity>, ServerError> {
+    if config.namesrv.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(crate::shard::registration::ClusterIdentity {
+        broker_id: load_or_create_broker_id(&config.store_dir)?,
+        listen: config
+            .advertised_listen
+            .clone()
+            .unwrap_or_else(|| listeners.listen_addr.to_string()),
+        ha_listen: config
+            .advertised_ha_listen
+            .clone()
+            .unwrap_or_else(|| listeners.ha_addr.to_string()),
+        namesrv: config.namesrv_addrs()?,
+    }))
+}
+
 fn blocking_eventfd() -> Result<RawFd, ServerError> {
     // Blocking on purpose: glommio's io_uring read arms an internal poll on it.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
@@ -165,6 +232,7 @@ pub fn run(config: BrokerConfig) -> Result<(), ServerError> {
     let listeners = bind_listeners(&config, shard_count)?;
     let shard_ports = Arc::new(listeners.shard_ports.clone());
     let admission = Admission::new(&config);
+    let cluster = cluster_identity(&config, &listeners)?;
     let config = Arc::new(config);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let stop_fds = (0..shard_count)
@@ -194,6 +262,7 @@ pub fn run(config: BrokerConfig) -> Result<(), ServerError> {
             },
             stop_fd: stop_fds[id],
             admission: admission.clone(),
+            cluster: if id == 0 { cluster.clone() } else { None },
         };
         let core = cores.get(id % cores.len().max(1)).copied();
         let builder = LocalExecutorBuilder::new(Placement::Unbound)
@@ -404,7 +473,25 @@ pub fn install_fail_stop_panic_hook() {
 
 #[cfg(test)]
 mod tests {
-    use super::check_store_identity;
+    use super::{check_store_identity, load_or_create_broker_id};
+
+    /// The broker id is made once per store and read back on every later start; a file that
+    /// does not hold one is refused, not silently replaced (the group would see a new broker).
+    #[test]
+    fn a_store_keeps_its_broker_id() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let id = load_or_create_broker_id(dir.path()).expect("new store");
+        assert_ne!(id, 0);
+        assert_eq!(load_or_create_broker_id(dir.path()).expect("again"), id);
+        let other = tempfile::tempdir().expect("temp dir");
+        assert_ne!(
+            load_or_create_broker_id(other.path()).expect("other store"),
+            id
+        );
+        std::fs::write(dir.path().join("broker_id"), "0\n").expect("write");
+        assert!(load_or_create_broker_id(dir.path()).is_err());
+        assert!(!dir.path().join("broker_id.tmp").exists());
+    }
 
     /// Review finding 6: a store keeps its consume-queue file size; a restart with another
     /// value is refused, and a store.json from before the key records this run's value.

@@ -378,6 +378,20 @@ impl Client {
         }
     }
 
+    /// Forgets connections the broker closed while they were idle ([`Connection::peer_closed`]),
+    /// so the next request reconnects (and fails to connect, before anything is written, when
+    /// the broker is gone).
+    pub fn drop_closed_connections(&mut self) {
+        self.bootstrap.peer_closed();
+        for slot in &mut self.shards {
+            if let ShardConnection::Open(c) = slot {
+                if c.peer_closed() {
+                    *slot = ShardConnection::NotOpened;
+                }
+            }
+        }
+    }
+
     pub fn bootstrap_addr(&self) -> &str {
         &self.bootstrap_addr
     }

@@ -159,6 +159,32 @@ impl Connection {
         self.in_flight.len()
     }
 
+    /// Whether the broker closed (or reset) this connection while nothing was in flight on
+    /// it: checked without blocking, so a caller can reconnect instead of writing a request
+    /// into a socket that is already gone, after which its fate would be unknown. A
+    /// connection with requests in flight or answers buffered is not examined (its answers
+    /// come first). Marks the connection broken when it was closed.
+    pub fn peer_closed(&mut self) -> bool {
+        if self.broken {
+            return true;
+        }
+        if !self.in_flight.is_empty() || self.has_buffered_response() {
+            return false;
+        }
+        let mut fd = libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd whose descriptor this connection owns; zero timeout.
+        let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+        let hung_up = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR;
+        if ready > 0 && fd.revents & hung_up != 0 {
+            self.broken = true;
+        }
+        self.broken
+    }
+
     /// Sends a request and returns its id without waiting for the response.
     pub fn send(&mut self, opcode: Opcode, body: &[u8]) -> Result<u64, ClientError> {
         self.send_with(opcode, |out| out.extend_from_slice(body))

@@ -1,7 +1,7 @@
 //! Errors a client call can return, each naming the broker address it concerns.
 
 use crate::protocol::codec::DecodeError;
-use crate::protocol::{FrameError, Status};
+use crate::protocol::{not_master_hint, FrameError, MasterHint, Status};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -48,6 +48,18 @@ impl ClientError {
         }
     }
 
+    /// The group's current master a `NOT_MASTER` answer named, if it named one: send the
+    /// request there instead of waiting for a route refresh.
+    pub fn master_hint(&self) -> Option<MasterHint> {
+        match self {
+            ClientError::Status {
+                status: Status::NotMaster,
+                message,
+            } => not_master_hint(message),
+            _ => None,
+        }
+    }
+
     /// Whether the connection this error came from can no longer be used.
     pub fn breaks_connection(&self) -> bool {
         matches!(
@@ -69,5 +81,35 @@ impl ClientError {
             ClientError::Status { .. } => self.to_string(),
             _ => format!("{self} (broker {broker})"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClientError;
+    use crate::protocol::{not_master_message, MasterHint, Status};
+
+    #[test]
+    fn only_a_not_master_answer_names_a_master() {
+        let hint = MasterHint {
+            listen: "127.0.0.1:9500".into(),
+            epoch: 4,
+        };
+        let message = not_master_message("this broker is a SLAVE", Some(&hint));
+        let not_master = ClientError::Status {
+            status: Status::NotMaster,
+            message: message.clone(),
+        };
+        assert_eq!(not_master.master_hint(), Some(hint));
+        let other = ClientError::Status {
+            status: Status::SystemBusy,
+            message,
+        };
+        assert_eq!(other.master_hint(), None);
+        let plain = ClientError::Status {
+            status: Status::NotMaster,
+            message: "this broker is a SLAVE".into(),
+        };
+        assert_eq!(plain.master_hint(), None);
     }
 }

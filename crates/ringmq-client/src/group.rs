@@ -1131,6 +1131,7 @@ mod tests {
                 next_offset: offsets.end,
                 min_offset: 0,
                 max_offset: offsets.end,
+                suggest: 0,
             },
             messages: offsets
                 .map(|o| PulledMessage {

@@ -8,12 +8,14 @@
 //! queue (the broker's shard-aware ports), so the common path has no cross-core hop on the broker.
 
 mod api;
+pub mod cluster;
 mod connection;
 mod error;
 mod failover;
 #[cfg(test)]
 pub(crate) mod fake_broker;
 mod group;
+pub mod namesrv;
 pub mod reset;
 pub mod retry;
 #[cfg(test)]
@@ -32,6 +34,7 @@ pub use group::{
     default_client_id, local_host, AllocationStrategy, Delivery, Disposition, GroupConsumer,
     GroupMode, GroupOptions, GroupStats, GroupTransport, Polled,
 };
+pub use namesrv::NameServerClient;
 pub use reset::{OffsetReset, OffsetResetApplied};
 /// The wire protocol, under the name the modules here use for it.
 use ringmq_protocol as protocol;

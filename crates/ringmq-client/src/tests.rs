@@ -110,6 +110,7 @@ fn error_statuses_map_to_errors_and_stored_statuses_do_not() {
                             next_offset: 3,
                             min_offset: 0,
                             max_offset: 3,
+                            suggest: 0,
                         },
                         messages: vec![],
                     }
@@ -371,6 +372,7 @@ fn pull_waits_longer_than_the_long_poll() {
                     next_offset: request.offset,
                     min_offset: 0,
                     max_offset: request.offset,
+                    suggest: 0,
                 },
                 messages: vec![],
             }
@@ -440,6 +442,7 @@ fn group_member(
                             next_offset: request.offset + 1,
                             min_offset: 0,
                             max_offset: request.offset + 1,
+                            suggest: 0,
                         },
                         messages: vec![crate::protocol::message::PulledMessageRef {
                             queue_offset: request.offset,

@@ -141,6 +141,110 @@ pub fn parse_offset_range(message: &str) -> Option<(u64, u64)> {
     Some((min.parse().ok()?, max.parse().ok()?))
 }
 
+/// The group's current master as a broker that is not it knows it (from its name-server
+/// registration answers): the client address to send the request to instead, and the epoch of
+/// that master's claim, so a client can tell a newer hint from an older one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MasterHint {
+    /// The master's advertised client address, `HOST:PORT`.
+    pub listen: String,
+    /// The epoch the master registered with.
+    pub epoch: u32,
+}
+
+/// A `NOT_MASTER` message: `detail`, then ` [master=HOST:PORT epoch=N]` when the broker knows
+/// the current master, so clients re-route in one round trip. Like the offset range, the tail
+/// keeps the body a message for humans; the hint is left out when `listen` could not be parsed
+/// back (no `HOST:PORT`, or a space in it), since a tail no parser accepts only misleads.
+pub fn not_master_message(detail: &str, master: Option<&MasterHint>) -> String {
+    match master {
+        Some(hint) if valid_listen(&hint.listen) => {
+            format!("{detail} [master={} epoch={}]", hint.listen, hint.epoch)
+        }
+        _ => detail.to_string(),
+    }
+}
+
+/// The master a `NOT_MASTER` message ends with, if it does (a broker that knows no master, or
+/// one from before hints were added, sends only the text).
+pub fn not_master_hint(message: &str) -> Option<MasterHint> {
+    let rest = message.strip_suffix(']')?;
+    let tail = &rest[rest.rfind(" [master=")? + " [master=".len()..];
+    let (listen, epoch) = tail.split_once(" epoch=")?;
+    if !valid_listen(listen) || epoch.is_empty() || !epoch.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(MasterHint {
+        listen: listen.to_string(),
+        epoch: epoch.parse().ok()?,
+    })
+}
+
+/// `HOST:PORT` with a non-empty host (a bracketed IPv6 address too) and a decimal port, and
+/// no space, which would split the tail.
+fn valid_listen(listen: &str) -> bool {
+    let Some((host, port)) = listen.rsplit_once(':') else {
+        return false;
+    };
+    !host.is_empty()
+        && !listen.contains(char::is_whitespace)
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u16>().is_ok()
+}
+
+#[cfg(test)]
+mod master_hint_tests {
+    use super::{not_master_hint, not_master_message, MasterHint};
+
+    #[test]
+    fn the_hint_round_trips_and_foreign_text_is_not_a_hint() {
+        let hint = MasterHint {
+            listen: "10.0.0.7:9500".into(),
+            epoch: u32::MAX,
+        };
+        let message = not_master_message("this broker is a SLAVE", Some(&hint));
+        assert_eq!(
+            message,
+            format!(
+                "this broker is a SLAVE [master=10.0.0.7:9500 epoch={}]",
+                u32::MAX
+            )
+        );
+        assert_eq!(not_master_hint(&message), Some(hint));
+        assert_eq!(not_master_message("plain", None), "plain");
+        let v6 = MasterHint {
+            listen: "[::1]:9500".into(),
+            epoch: 0,
+        };
+        assert_eq!(
+            not_master_hint(&not_master_message("x", Some(&v6))),
+            Some(v6)
+        );
+        for text in [
+            "this broker is a SLAVE",
+            "x [master=h:1 epoch=]",
+            "x [master=:1 epoch=2]",
+            "x [master=h epoch=2]",
+            "x [master=h:port epoch=2]",
+            "x [master=h:1 epoch=-2]",
+            "x [master=h:1 epoch=4294967296]",
+            "x [master=h:1 epoch=2",
+            "x [min_offset=1 max_offset=2]",
+        ] {
+            assert_eq!(not_master_hint(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn an_unparseable_address_is_left_out_rather_than_sent() {
+        let hint = MasterHint {
+            listen: "host with space:1".into(),
+            epoch: 3,
+        };
+        assert_eq!(not_master_message("slave", Some(&hint)), "slave");
+    }
+}
+
 #[cfg(test)]
 mod offset_range_tests {
     use super::{offset_out_of_range_message, parse_offset_range};

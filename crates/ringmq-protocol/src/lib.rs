@@ -12,10 +12,11 @@ pub mod codec;
 pub mod codes;
 pub mod frame;
 pub mod message;
+pub mod namesrv;
 pub mod properties;
 pub mod requests;
 
-pub use codes::{Opcode, Status};
+pub use codes::{not_master_hint, not_master_message, MasterHint, Opcode, Status};
 pub use frame::{FrameDecoder, FrameError, FrameHeader};
 pub use requests::{FailsOver, Placement, Request, Response};
 #[cfg(test)]

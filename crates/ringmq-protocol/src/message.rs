@@ -106,6 +106,9 @@ macro_rules! wire_body {
     };
 }
 
+/// Other body modules (`namesrv`) declare theirs with the same macro.
+pub(crate) use wire_body;
+
 wire_body! {
     /// One message as a producer sends it (borrowed).
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,6 +217,15 @@ impl PulledMessageRef<'_> {
     }
 }
 
+/// `PullSummary::suggest`: keep reading this queue where you are.
+pub const SUGGEST_STAY: u8 = 0;
+/// `PullSummary::suggest`: the master is busy and this position is far behind its log end;
+/// read this queue from a slave of the same group.
+pub const SUGGEST_SLAVE: u8 = 1;
+/// `PullSummary::suggest`: a slave says the consumer is close to the log end again; read this
+/// queue from the master.
+pub const SUGGEST_MASTER: u8 = 2;
+
 wire_body! {
     /// Pull response header fields; messages follow.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,6 +236,9 @@ wire_body! {
         pub min_offset: u64 => U64,
         /// One past the highest confirmed (visible) offset.
         pub max_offset: u64 => U64,
+        /// Where to read this queue from next: [`SUGGEST_STAY`], [`SUGGEST_SLAVE`] or
+        /// [`SUGGEST_MASTER`] (see `slave_read_enable`).
+        pub suggest: u8 => U8,
     }
 }
 

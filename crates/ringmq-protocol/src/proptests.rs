@@ -206,7 +206,7 @@ proptest! {
             PulledMessageRef { queue_offset: i as u64, born_timestamp_ms: *t,
                 store_timestamp_ms: t.wrapping_add(1), key: k, properties: p, body: b }).collect();
         let response = PullResponse { summary: PullSummary { next_offset: offsets.0,
-            min_offset: offsets.1, max_offset: offsets.2 }, messages: pulled };
+            min_offset: offsets.1, max_offset: offsets.2, suggest: (offsets.0 % 3) as u8 }, messages: pulled };
         let mut out = Vec::new();
         response.encode(&mut out);
         prop_assert_eq!(PullResponse::decode(&out).unwrap(), response);

@@ -74,6 +74,12 @@ macro_rules! for_each_request {
             ClusterDemote = 52 => "ClusterDemote": ClusterDemote
                 => $crate::admin::ClusterStatus,
                 "cluster status after demotion" {};
+            BrokerRegister = 70 => "BrokerRegister": $crate::namesrv::BrokerRegister
+                => $crate::namesrv::RegisterResult, "register result" {};
+            BrokerUnregister = 71 => "BrokerUnregister": $crate::namesrv::BrokerUnregister
+                => (), "unregister response" {};
+            RouteQuery = 72 => "RouteQuery": $crate::namesrv::RouteQuery
+                => $crate::namesrv::Routes, "routes" {};
         }
     };
 }

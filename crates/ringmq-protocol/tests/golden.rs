@@ -10,6 +10,7 @@
 //! status, metadata snapshot) are serde documents of the `admin` types, not declared here.
 
 use ringmq_protocol::message::*;
+use ringmq_protocol::namesrv::*;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -92,7 +93,12 @@ decodes!(
     GroupMembership,
     GroupPull,
     ClusterPromote,
-    PullSummary
+    PullSummary,
+    BrokerRegister,
+    RegisterResult,
+    BrokerUnregister,
+    RouteQuery,
+    Routes
 );
 
 fn info() -> TopicInfo {
@@ -152,6 +158,7 @@ fn pull_response() {
         next_offset: 11,
         min_offset: 0x11,
         max_offset: 0x22,
+        suggest: 1,
     };
     let messages = [
         PulledMessageRef {
@@ -171,8 +178,11 @@ fn pull_response() {
             body: b"x",
         },
     ];
+    // `suggest` (1, read from a slave) is the summary's last byte, before the message count.
     let golden = concat!(
-        "0b00000000000000110000000000000022000000000000000200000009000000000000000b0a0000",
+        "0b0000000000000011000000000000002200000000000000",
+        "01",
+        "0200000009000000000000000b0a0000",
         "000000000d0c00000000000001006b0200707004000000626f64790a000000000000000100000000",
         "0000000200000000000000000000000100000078",
     );
@@ -496,6 +506,82 @@ fn reject_bodies() {
             delay_ms: 0x0102_0304,
         },
         "0900255245545259256731030000000403020100000000"
+    );
+}
+
+/// The name-server bodies (opcodes 70-72; docs/protocol.md, "Name-server bodies").
+#[test]
+fn name_server_bodies() {
+    golden!(
+        "broker register",
+        BrokerRegister {
+            cluster_name: "prod".into(),
+            broker_name: "broker-a".into(),
+            broker_id: 0x0102_0304_0506_0708,
+            role: "SYNC_MASTER".into(),
+            epoch: 3,
+            flush_disk_type: "SYNC_FLUSH".into(),
+            listen: "10.0.0.1:9000".into(),
+            ha_listen: "10.0.0.1:9100".into(),
+            shard_ports: vec![9000, 9001],
+            topics: vec![info()],
+            shards: vec![ShardOffsets {
+                shard: 1,
+                confirmed_offset: 0x10,
+                max_offset: 0x20,
+            }],
+        },
+        "040070726f64080062726f6b65722d6108070605040302010b0053594e435f4d4153544552030000000a0053594e435f464c5553480d0031302e302e302e313a393030300d0031302e302e302e313a3931303002000000282329230100000006006f7264657273040302010300000000000100030201000000010010000000000000002000000000000000"
+    );
+    golden!(
+        "register result",
+        RegisterResult {
+            accepted: 0,
+            master_listen: "10.0.0.2:9000".into(),
+            master_ha_listen: "10.0.0.2:9100".into(),
+            master_broker_id: 0x0a0b,
+            master_epoch: 4,
+            expiry_ms: 10_000,
+        },
+        "000d0031302e302e302e323a393030300d0031302e302e302e323a393130300b0a0000000000000400000010270000"
+    );
+    golden!(
+        "broker unregister",
+        BrokerUnregister {
+            cluster_name: "prod".into(),
+            broker_name: "broker-a".into(),
+            broker_id: 0x0102_0304_0506_0708,
+        },
+        "040070726f64080062726f6b65722d610807060504030201"
+    );
+    golden!(
+        "route query",
+        RouteQuery {
+            cluster_name: "prod".into(),
+        },
+        "040070726f64"
+    );
+    golden!(
+        "routes",
+        Routes {
+            brokers: vec![BrokerRoute {
+                broker: BrokerRegister {
+                    cluster_name: "prod".into(),
+                    broker_name: "broker-a".into(),
+                    broker_id: 7,
+                    role: "SLAVE".into(),
+                    epoch: 3,
+                    flush_disk_type: "ASYNC_FLUSH".into(),
+                    listen: "h:1".into(),
+                    ha_listen: "h:2".into(),
+                    shard_ports: vec![9000],
+                    topics: vec![info()],
+                    shards: vec![],
+                },
+                last_heartbeat_ms_ago: 1500,
+            }],
+        },
+        "01000000040070726f64080062726f6b65722d6107000000000000000500534c415645030000000b004153594e435f464c5553480300683a310300683a320100000028230100000006006f7264657273040302010300000000000100030200000000dc05000000000000"
     );
 }
 

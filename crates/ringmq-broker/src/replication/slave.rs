@@ -62,6 +62,8 @@ pub async fn run<D: Disk>(shard: Rc<Shard<D>>, link: Rc<SlaveLink>) {
         )
         .await;
         link.lost(shard.clock().now());
+        // Without the link, what this slave reported counts too (`SlaveLink::visible_bound`).
+        shard.publish_confirmed();
         match outcome {
             Ok(true) => backoff = BACKOFF_START,
             Ok(false) => {}
@@ -194,7 +196,7 @@ async fn link_once<D: Disk>(
     }
     let writer = unsafe { TcpStream::from_raw_fd(write_fd) };
     let closed = Rc::new(Cell::new(false));
-    let reporter = spawn_local(report(shard.clone(), writer, closed.clone()));
+    let reporter = spawn_local(report(shard.clone(), link.clone(), writer, closed.clone()));
     let result = receive(shard, link, &mut stream, timeout).await;
     closed.set(true);
     super::master::shutdown_socket(stream.as_raw_fd());
@@ -255,7 +257,13 @@ async fn handshake<D: Disk>(
 }
 
 /// Sends the confirmed offset whenever it moves, and at least every heartbeat interval.
-async fn report<D: Disk>(shard: Rc<Shard<D>>, mut writer: TcpStream, closed: Rc<Cell<bool>>) {
+/// Each offset sent is recorded in the link: the master may answer producers OK for it.
+async fn report<D: Disk>(
+    shard: Rc<Shard<D>>,
+    link: Rc<SlaveLink>,
+    mut writer: TcpStream,
+    closed: Rc<Cell<bool>>,
+) {
     let heartbeat = Duration::from_millis(shard.config().ha_heartbeat_interval_ms);
     let mut last = None;
     while !closed.get() {
@@ -264,6 +272,7 @@ async fn report<D: Disk>(shard: Rc<Shard<D>>, mut writer: TcpStream, closed: Rc<
             if writer.write_all(&offset.to_le_bytes()).await.is_err() {
                 break;
             }
+            link.record_reported(offset);
             last = Some(offset);
             continue;
         }

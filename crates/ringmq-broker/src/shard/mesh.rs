@@ -67,6 +67,11 @@ pub enum ShardRequest {
     ClusterState {
         reply: oneshot::Sender<crate::shard::handlers::cluster::ShardStatus>,
     },
+    /// Shard 0 heard a new master for this broker's group from the name servers (or none):
+    /// this shard's `NOT_MASTER` answers name it from now on.
+    MasterHint {
+        master: Option<crate::protocol::MasterHint>,
+    },
     /// Change this shard's role (see `Shard::change_role`).
     ChangeRole {
         target: crate::shard::role::RoleTarget,

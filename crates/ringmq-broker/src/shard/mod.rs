@@ -16,7 +16,9 @@
 //! - [`lifecycle`]: requests in flight and the stop flags;
 //! - [`role`]: master (with its replicas) or slave (with its link), changed only by
 //!   [`Shard::change_role`];
-//! - [`delays`]: the scheduler that moves delayed retries into their retry topics.
+//! - [`delays`]: the scheduler that moves delayed retries into their retry topics;
+//! - [`registration`]: the name servers this broker registers with (shard 0's tasks) and the
+//!   group's master their answers name, which every shard's `NOT_MASTER` carries.
 //!
 //! The shard is generic over the [`Disk`] its store writes to and reads time through a
 //! [`Clock`]; [`Shard::open_for_test`] opens one without sockets or mesh peers (for example on
@@ -35,7 +37,9 @@ pub mod handlers;
 pub mod lifecycle;
 pub mod mesh;
 pub mod metadata;
+pub mod registration;
 pub mod role;
+pub mod slave_read;
 pub mod startup;
 pub mod topics;
 pub mod visibility;
@@ -92,6 +96,7 @@ pub struct Shard<D: Disk = GlommioDisk> {
     lifecycle: Lifecycle,
     role: RoleState,
     delays: delays::Delays,
+    registration: registration::Registration,
     /// Members of the groups whose coordinator this shard is. Borrowed only between awaits.
     coordinator: RefCell<Coordinator>,
     /// Fences granted by other shards' coordinators for queues this shard owns.
@@ -148,7 +153,13 @@ impl<D: Disk> Shard<D> {
                     .master_addr
                     .filter(|_| parts.identity.promoted_role == Some(BrokerRole::Slave))
                     .or_else(|| parts.config.master_addr().ok().flatten());
-                Role::Slave(Rc::new(SlaveLink::new(master)))
+                // What this slave showed at its last checkpoint stays visible while its master
+                // is down (see `SlaveLink::visible_bound`); never past the recovered log.
+                let shown = parts
+                    .identity
+                    .replicated_offset
+                    .min(parts.store.max_offset());
+                Role::Slave(Rc::new(SlaveLink::new(master).starting_from(shown)))
             }
         };
         let flushed = parts.store.flushed_offset();
@@ -171,6 +182,7 @@ impl<D: Disk> Shard<D> {
             lifecycle: Lifecycle::default(),
             role: RoleState::new(role, parts.identity),
             delays: delays::Delays::default(),
+            registration: registration::Registration::default(),
             coordinator: RefCell::new(Coordinator::booted(boot_ms(), parts.id)),
             fence_cache: coordinator::FenceCache::default(),
             fence_announcements: glommio::sync::Semaphore::new(1),
@@ -408,6 +420,10 @@ impl<D: Disk> Shard<D> {
         }
     }
 
+    pub fn registration(&self) -> &registration::Registration {
+        &self.registration
+    }
+
     pub fn role_state(&self) -> &RoleState {
         &self.role
     }
@@ -440,7 +456,7 @@ impl<D: Disk> Shard<D> {
                 replicas,
             } if replicas.needed() > 0 => local.min(replicas.completions.released_offset()),
             Role::Master { .. } => local,
-            Role::Slave(link) => local.min(link.master_confirmed()),
+            Role::Slave(link) => local.min(link.visible_bound()),
         }
     }
 
@@ -512,15 +528,17 @@ impl<D: Disk> Shard<D> {
     }
 
     /// SYNC_MASTER: writes the slaves' acknowledged offset when it moved (called with each
-    /// checkpoint), so a restart starts from it.
+    /// checkpoint), so a restart starts from it. SLAVE: writes what consumers see here, so a
+    /// slave restarted while its master is down still shows what was acknowledged.
     pub async fn persist_replicated_offset(&self) {
-        if self.role() != BrokerRole::SyncMaster {
-            return;
-        }
-        let Some(replicas) = self.replicas() else {
-            return;
+        let released = match self.role() {
+            BrokerRole::SyncMaster => match self.replicas() {
+                Some(replicas) => replicas.completions.released_offset(),
+                None => return,
+            },
+            BrokerRole::Slave => self.confirmed_offset(),
+            _ => return,
         };
-        let released = replicas.completions.released_offset();
         let mut identity = self.role.identity();
         if released == identity.replicated_offset {
             return;
@@ -549,6 +567,9 @@ impl<D: Disk> Shard<D> {
         self.flushing.reset_released(self.store.flushed_offset());
         if let Some(replicas) = self.replicas() {
             replicas.completions.reset_to(offset);
+        }
+        if let Some(link) = self.role.slave_link() {
+            link.cut_reported(offset);
         }
         self.visibility.wake_all();
         self.publish_confirmed();
@@ -715,6 +736,8 @@ impl<D: Disk> Shard<D> {
             }
         }
         self.metadata.set_table(table);
+        // Shard 0's name-server tasks register the new topics at once (a no-op elsewhere).
+        self.registration.changed();
         // A pull parked on a dropped queue answers QUEUE_NOT_FOUND now, not at its timeout.
         self.visibility.wake_all();
         first_error.map_or(Ok(()), Err)
@@ -1105,6 +1128,67 @@ mod tests {
                 .unwrap();
             assert_eq!(saved.replicated_offset, 0);
             shard.stop(background).await.unwrap();
+        });
+    }
+
+    /// A master killed after answering OK for what its slave reported but before the heartbeat
+    /// saying so: the slave shows what it reported once the link is down, and a restart while
+    /// the master is still down shows the same.
+    #[test]
+    fn a_slave_shows_what_it_reported_once_its_master_is_gone() {
+        glommio::LocalExecutor::default().run(async {
+            let disk = SimDisk::new();
+            let shard = Shard::open_for_test(disk.clone(), Rc::new(RealClock), config())
+                .await
+                .unwrap();
+            let background = shard.spawn_background();
+            create_topic(&shard).await;
+            for _ in 0..3 {
+                let ok = handlers::handle(&shard, Opcode::Produce, &produce(0, b"r")).await;
+                assert_eq!(ok.status, Status::Ok);
+            }
+            let end = shard.store().max_offset();
+            let master: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+            shard
+                .change_role(role::RoleTarget::Slave(master))
+                .await
+                .unwrap();
+            let link = shard.role_state().slave_link().unwrap();
+            // No await from here to the checks: the link task cannot interleave.
+            link.established();
+            shard.role_state().set_master_confirmed(&link, end / 3);
+            link.record_reported(end);
+            assert_eq!(
+                shard.confirmed_offset(),
+                end / 3,
+                "streaming, the master's word bounds what is shown"
+            );
+            link.lost(shard.clock().now());
+            assert_eq!(
+                shard.confirmed_offset(),
+                end,
+                "the last heartbeat was lost: what was reported is shown"
+            );
+            shard.persist_replicated_offset().await;
+            shard.stop(background).await.unwrap();
+
+            let reopened = Shard::open_for_test(disk.clone(), Rc::new(RealClock), config())
+                .await
+                .unwrap();
+            assert_eq!(reopened.role(), BrokerRole::Slave);
+            assert_eq!(
+                reopened.confirmed_offset(),
+                end,
+                "a restart with the master down shows what was shown before"
+            );
+            let link = reopened.role_state().slave_link().unwrap();
+            link.established();
+            reopened.role_state().set_master_confirmed(&link, end / 3);
+            assert_eq!(
+                reopened.confirmed_offset(),
+                end / 3,
+                "a master that is back decides again"
+            );
         });
     }
 }

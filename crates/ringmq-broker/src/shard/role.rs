@@ -78,8 +78,15 @@ pub struct SlaveLink {
     master: Option<SocketAddr>,
     /// Whether the link is streaming.
     streaming: Cell<bool>,
-    /// The master's confirmed offset as last heard; bounds what consumers see here.
+    /// The master's confirmed offset as last heard; bounds what consumers see here while the
+    /// link streams.
     master_confirmed: Cell<u64>,
+    /// The highest confirmed offset this slave's reporter sent to the master (or, after a
+    /// restart, what this shard showed at its last checkpoint). A SYNC_MASTER answers OK only
+    /// for offsets its slaves reported, and tells the slave so only in its next heartbeat: a
+    /// master killed in between leaves `master_confirmed` below records producers were told
+    /// are stored. While the link is down consumers see up to this figure as well.
+    reported: Cell<u64>,
     /// Set when a role change or a stop ends this link: its task returns at its next step and
     /// nothing it still receives is applied.
     stopped: Cell<bool>,
@@ -94,6 +101,7 @@ impl SlaveLink {
             master,
             streaming: Cell::new(false),
             master_confirmed: Cell::new(0),
+            reported: Cell::new(0),
             stopped: Cell::new(false),
             lost_at: Cell::new(None),
         }
@@ -109,6 +117,38 @@ impl SlaveLink {
 
     pub fn master_confirmed(&self) -> u64 {
         self.master_confirmed.get()
+    }
+
+    /// A link that starts out showing up to `offset` until its master says otherwise: what
+    /// the shard showed before a restart (its identity's `replicated_offset`).
+    pub fn starting_from(self, offset: u64) -> SlaveLink {
+        self.reported.set(offset);
+        self
+    }
+
+    /// The reporter sent `offset` to the master.
+    pub fn record_reported(&self, offset: u64) {
+        self.reported.set(self.reported.get().max(offset));
+    }
+
+    /// The log was cut back to `offset`: what was reported past it is gone.
+    pub fn cut_reported(&self, offset: u64) {
+        self.reported.set(self.reported.get().min(offset));
+    }
+
+    /// How far consumers may read here (before the local flush bound). Streaming, the master's
+    /// word is current and final (a restarted master may confirm less than before). With the
+    /// link down, also what this slave itself reported: the master may have answered OK for
+    /// it without living to send the heartbeat that says so, and a producer told OK must
+    /// find its message on the slave while the master is gone. The residual risk: a master
+    /// that returns after a power loss with a shorter log cuts this slave back below what it
+    /// showed (those records were never acknowledged by a SYNC_MASTER, only received here).
+    pub fn visible_bound(&self) -> u64 {
+        if self.is_streaming() {
+            self.master_confirmed()
+        } else {
+            self.master_confirmed().max(self.reported.get())
+        }
     }
 
     /// The handshake succeeded: the link streams from now on.
@@ -333,7 +373,7 @@ impl<D: Disk> Shard<D> {
         let confirmed = self
             .role_state()
             .slave_link()
-            .map_or(0, |l| l.master_confirmed())
+            .map_or(0, |l| l.visible_bound())
             .min(end);
         let mut identity = self.role_state().identity().next_epoch(end);
         identity.promoted_role = Some(mode.broker_role());
@@ -413,6 +453,7 @@ impl<D: Disk> Shard<D> {
     fn start_slave_link_replacing(self: &Rc<Self>, link: &SlaveLink) {
         let fresh = Rc::new(SlaveLink::new(link.master()));
         fresh.master_confirmed.set(link.master_confirmed());
+        fresh.reported.set(link.reported.get());
         *self.role_state().role.borrow_mut() = Role::Slave(fresh.clone());
         self.start_slave_link(fresh);
     }

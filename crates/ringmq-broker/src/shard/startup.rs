@@ -41,6 +41,8 @@ pub struct ShardStartup {
     pub stop_fd: RawFd,
     /// The broker-wide client connection limits, shared by every shard.
     pub admission: Arc<net::admission::Admission>,
+    /// Shard 0 with `namesrv` set: what to register with the name servers as.
+    pub cluster: Option<super::registration::ClusterIdentity>,
 }
 
 /// What a shard tells the main thread while it starts.
@@ -72,6 +74,7 @@ pub async fn run_shard(start: ShardStartup) {
     let metrics_fd = start.metrics_fd;
     let ha_fd = start.ha_fd;
     let admission = start.admission.clone();
+    let cluster = start.cluster.clone().map(Rc::new);
     match open_shard(start).await {
         Ok((shard, receivers, listener_fds, stop_fd, report)) => {
             let _ = ready.send(StartupEvent::Ready { id, report });
@@ -82,7 +85,7 @@ pub async fn run_shard(start: ShardStartup) {
                 ha_fd,
                 admission,
             };
-            serve_until_stopped(shard, receivers, listeners, stop_fd).await;
+            serve_until_stopped(shard, receivers, listeners, stop_fd, cluster).await;
         }
         Err(e) => {
             let _ = ready.send(StartupEvent::Failed {
@@ -228,6 +231,7 @@ async fn serve_until_stopped(
     receivers: Vec<(usize, ConnectedReceiver<ShardRequest>)>,
     listeners: Listeners,
     stop_fd: RawFd,
+    cluster: Option<Rc<super::registration::ClusterIdentity>>,
 ) {
     let Listeners {
         client_fds,
@@ -269,6 +273,10 @@ async fn serve_until_stopped(
     if let Some(fd) = metrics_fd {
         accept_loops.push(spawn_local(crate::metrics::http::serve(shard.clone(), fd)));
     }
+    let registering = cluster
+        .as_ref()
+        .map(|identity| super::registration::start(&shard, identity.clone()))
+        .unwrap_or_default();
 
     // The eventfd is blocking on purpose: io_uring arms an internal poll on it, and this task
     // parks until the main thread writes to it.
@@ -280,6 +288,13 @@ async fn serve_until_stopped(
         );
     }
     drop(accept_loops);
+    drop(registering);
+    if let Some(identity) = &cluster {
+        // Before the final flush: clients stop being sent here while the broker stops.
+        let config = shard.config();
+        super::registration::unregister_all(&config.cluster_name, &config.broker_name, identity)
+            .await;
+    }
     info!(shard = shard.id(), "stopping: final flush and checkpoint");
     if let Err(e) = shard.stop(background).await {
         warn!(shard = shard.id(), "clean shutdown failed: {e}");

@@ -146,7 +146,10 @@ async fn change_everywhere<D: Disk>(
         }
     }
     if failed.is_empty() {
-        match shard.change_role(target).await {
+        let changed = shard.change_role(target).await;
+        // Shard 0's name-server tasks register the new role at once (a no-op elsewhere).
+        shard.registration().changed();
+        match changed {
             Ok(()) => return Ok(()),
             Err(e) => failed.push(format!("shard {}: {e}", shard.id())),
         }

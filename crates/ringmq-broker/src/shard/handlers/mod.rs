@@ -15,7 +15,7 @@ use super::topics::is_internal_name;
 use super::{Shard, ShardError};
 use crate::protocol::message::*;
 use crate::protocol::requests::for_each_request;
-use crate::protocol::{Opcode, Request};
+use crate::protocol::{Opcode, Request, Status};
 use crate::store::io::Disk;
 use std::rc::Rc;
 
@@ -47,7 +47,18 @@ fn leading_name(body: &[u8]) -> Option<&str> {
 pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, opcode: Opcode, body: &[u8]) -> Reply {
     dispatch(shard, opcode, body)
         .await
-        .unwrap_or_else(Reply::from)
+        .unwrap_or_else(|e| match e {
+            // Every NOT_MASTER names the group's master when the name servers named one, so
+            // a client re-routes in one round trip (docs/protocol.md).
+            ShardError::NotMaster(message) => Reply::error(
+                Status::NotMaster,
+                crate::protocol::not_master_message(
+                    &message,
+                    shard.registration().master().as_ref(),
+                ),
+            ),
+            e => Reply::from(e),
+        })
 }
 
 /// Runs one request; a failure becomes its reply in [`handle`], the one place where a
@@ -126,6 +137,18 @@ handlers! {
     ClusterStatusRequest => |shard, _| cluster::status(shard).await;
     ClusterPromote => |shard, body| cluster::promote(shard, body).await;
     ClusterDemote => |shard, body| cluster::demote(shard, body).await;
+    crate::protocol::namesrv::BrokerRegister => |_shard, _| Err(name_server_only("BrokerRegister"));
+    crate::protocol::namesrv::BrokerUnregister => |_shard, _| Err(name_server_only("BrokerUnregister"));
+    crate::protocol::namesrv::RouteQuery => |_shard, _| Err(name_server_only("RouteQuery"));
+}
+
+/// The name-server requests (opcodes 70-72) share the protocol's table, so the broker's
+/// dispatch has an arm for them; a broker refuses them (a client pointed `--namesrv` at a
+/// broker's port learns so from the message).
+fn name_server_only(request: &str) -> ShardError {
+    ShardError::Refused(format!(
+        "{request} is a name-server request and this is a broker: give `--namesrv` the address of a `ringmq namesrv`"
+    ))
 }
 
 /// Runs a request that another shard sent over the mesh.
@@ -155,8 +178,12 @@ pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRe
             let _ = reply.send(cluster::local_status(&shard));
         }
         ShardRequest::ChangeRole { target, reply } => {
-            let _ = reply.send(shard.change_role(target).await);
+            let changed = shard.change_role(target).await;
+            // Shard 0's name-server tasks register the new role at once.
+            shard.registration().changed();
+            let _ = reply.send(changed);
         }
+        ShardRequest::MasterHint { master } => shard.registration().set_master(master),
         ShardRequest::Probe { reply } => {
             let _ = reply.send(shard.snapshot());
         }

@@ -55,6 +55,10 @@ pub async fn serve<D: Disk>(
             return Ok(Reply::with_status(
                 Status::NoNewMessage,
                 body(|out| {
+                    let summary = PullSummary {
+                        suggest: shard.read_suggestion(None),
+                        ..summary
+                    };
                     PullResponseEncoder::begin(out, summary).finish(out, request.offset);
                 }),
             ));
@@ -122,6 +126,7 @@ pub(super) async fn summary<D: Disk>(
         next_offset: offset,
         min_offset,
         max_offset,
+        suggest: 0,
     })
 }
 
@@ -140,6 +145,10 @@ async fn read_messages<D: Disk>(
         .entries(key, request.offset, count)
         .await
         .map_err(|e| deleted_while_reading(shard, key, request.offset, e))?;
+    let summary = PullSummary {
+        suggest: shard.read_suggestion(entries.first().map(|e| e.commitlog_offset)),
+        ..summary
+    };
     let mut out = Vec::new();
     let mut encoder = PullResponseEncoder::begin(&mut out, summary);
     let mut next = request.offset;

@@ -1,0 +1,472 @@
+//! [`ClusterProducer`]: sends to every writable queue of every broker group a name server
+//! lists, and resends according to what a failure says about the message.
+//!
+//! Queue choice: round robin over the writable queues of all groups (groups with a master),
+//! skipping groups the fault tolerance avoids ([`super::fault`]); with a key, crc32c of the
+//! key modulo the number of writable queues, so one key maps to one queue while the routes are
+//! unchanged.
+//!
+//! A failed attempt falls in one [`FailureClass`] and [`decide`] says what follows:
+//!
+//! | class | examples | what the producer does |
+//! |---|---|---|
+//! | not stored | connect refused, the write failed, `NOT_MASTER`, `SYSTEM_BUSY`, `DISK_FULL`, unknown topic or queue | resends at once to another group (to the same queue at the new master when `NOT_MASTER` names it) |
+//! | maybe stored | no answer in time, or the connection broke, after the request was written | reports it; resends to another group only with `retry_another_group_when_not_stored_ok` |
+//! | stored without guarantee | `FLUSH_DISK_TIMEOUT`, `FLUSH_SLAVE_TIMEOUT`, `SLAVE_NOT_AVAILABLE` | as maybe stored (the broker appended it) |
+//! | rejected | a bad request, a message too large, an invalid name | reports it, never resends (any broker would refuse it) |
+//!
+//! Resends are bounded by `retries` (RocketMQ's `retryTimesWhenSendFailed`, 2), an OK is never
+//! followed by a resend, and the failing group is avoided whatever the class. With `ordered`
+//! and a key, a send never changes queue: it fails instead (a `NOT_MASTER` naming the new
+//! master still resends to the same queue there).
+//!
+//! Whether a request was written decides between "not stored" and "maybe stored": errors
+//! from [`Client::send_produce`] (connecting, writing the frame) happen before the broker can
+//! have the whole request; errors from [`Client::wait_produce`] happen after. Before writing,
+//! a connection the broker already closed (a master that died since the last send) is
+//! dropped ([`Client::drop_closed_connections`]) so that its failure is a connect failure,
+//! known not stored, rather than a write into a dead socket whose fate is unknown.
+
+use super::fault::FaultTolerance;
+use super::{MasterRoute, QueueRef, RouteCache, DEFAULT_ROUTE_REFRESH};
+use crate::api::{Client, ClientOptions, ProduceResult};
+use crate::error::ClientError;
+use crate::protocol::message::MessageRef;
+use crate::protocol::Status;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Extra attempts after the first, by default (RocketMQ's `retryTimesWhenSendFailed`).
+pub const DEFAULT_RETRIES: u32 = 2;
+
+#[derive(Clone, Debug)]
+pub struct ClusterProducerOptions {
+    pub client: ClientOptions,
+    /// Only this cluster's groups; empty: every cluster the name servers list.
+    pub cluster: String,
+    pub route_refresh: Duration,
+    /// Extra attempts after the first for a message not stored (and, with the next option,
+    /// maybe stored).
+    pub retries: u32,
+    /// At-least-once: resend to another group also after a "maybe stored" or "stored without
+    /// the guarantee" answer, accepting a duplicate (RocketMQ's
+    /// `retryAnotherBrokerWhenNotStoreOK`, default false).
+    pub retry_another_group_when_not_stored_ok: bool,
+    /// With a key: fail rather than send the message to another queue than the key's.
+    pub ordered: bool,
+}
+
+impl Default for ClusterProducerOptions {
+    fn default() -> Self {
+        ClusterProducerOptions {
+            client: ClientOptions::default(),
+            cluster: String::new(),
+            route_refresh: DEFAULT_ROUTE_REFRESH,
+            retries: DEFAULT_RETRIES,
+            retry_another_group_when_not_stored_ok: false,
+            ordered: false,
+        }
+    }
+}
+
+/// What a failed attempt says about the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureClass {
+    /// The broker cannot have it: resending cannot duplicate it.
+    NotStored,
+    /// Written, and then no answer: it may be stored.
+    MaybeStored,
+    /// Appended, but the flush or replication guarantee was not met in time.
+    StoredWithoutGuarantee,
+    /// Refused for what it is; every broker would refuse it.
+    Rejected,
+}
+
+/// What the producer does after a failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Send again, to a queue of a group not tried yet.
+    ResendAnotherGroup,
+    /// Send again to the same queue, at the master the `NOT_MASTER` answer named.
+    ResendSameQueue,
+    /// Stop and report this attempt's outcome.
+    Report,
+}
+
+/// The resend decision table (see the module documentation). `hinted`: a `NOT_MASTER`
+/// answer named the group's current master; `retries_left`: another attempt is allowed;
+/// `ordered`: the message has a key and must not change queue.
+pub fn decide(
+    class: FailureClass,
+    hinted: bool,
+    retries_left: bool,
+    retry_not_stored_ok: bool,
+    ordered: bool,
+) -> Decision {
+    if !retries_left {
+        return Decision::Report;
+    }
+    match class {
+        FailureClass::Rejected => Decision::Report,
+        FailureClass::NotStored if hinted => Decision::ResendSameQueue,
+        FailureClass::NotStored if !ordered => Decision::ResendAnotherGroup,
+        FailureClass::NotStored => Decision::Report,
+        FailureClass::MaybeStored | FailureClass::StoredWithoutGuarantee
+            if retry_not_stored_ok && !ordered =>
+        {
+            Decision::ResendAnotherGroup
+        }
+        FailureClass::MaybeStored | FailureClass::StoredWithoutGuarantee => Decision::Report,
+    }
+}
+
+/// The class of an error, given whether it happened before the request was written.
+pub fn classify_error(error: &ClientError, written: bool) -> FailureClass {
+    if let Some(status) = error.status() {
+        return match status {
+            // Refused before the append: the broker is not the master, is shedding load, has
+            // no room, or the routes are stale.
+            Status::NotMaster
+            | Status::SystemBusy
+            | Status::DiskFull
+            | Status::TopicNotFound
+            | Status::QueueNotFound => FailureClass::NotStored,
+            // A store failure may come after part of the work was done.
+            Status::StoreError | Status::Internal => FailureClass::MaybeStored,
+            _ => FailureClass::Rejected,
+        };
+    }
+    match error {
+        ClientError::InvalidArgument(_) => FailureClass::Rejected,
+        _ if !written => FailureClass::NotStored,
+        _ => FailureClass::MaybeStored,
+    }
+}
+
+/// Where a message went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// `OK`, or the "stored without the guarantee" status the broker answered.
+    pub status: Status,
+    pub group: String,
+    /// The master's address that took it.
+    pub broker: String,
+    pub queue: u32,
+    pub base_offset: u64,
+    pub count: u32,
+    /// Attempts made, this one included.
+    pub attempts: u32,
+}
+
+/// A send that did not end in a stored message (or whose fate is unknown).
+#[derive(Debug, thiserror::Error)]
+#[error("{error} (group {}, {attempts} attempt(s), {class:?})", group.as_deref().unwrap_or("none"))]
+pub struct SendError {
+    /// The class of the attempts together: `MaybeStored` when any attempt may have stored it.
+    pub class: FailureClass,
+    /// The last attempt's error.
+    pub error: ClientError,
+    /// The group of the last attempt, when a queue was chosen.
+    pub group: Option<String>,
+    pub attempts: u32,
+}
+
+pub struct ClusterProducer {
+    routes: RouteCache,
+    options: ClusterProducerOptions,
+    /// One client per master address, opened on first use and dropped when it breaks.
+    clients: HashMap<String, Client>,
+    fault: FaultTolerance,
+    /// Masters named by `NOT_MASTER` answers, used until the routes list that epoch or newer.
+    hinted: HashMap<String, MasterRoute>,
+    round_robin: usize,
+}
+
+impl ClusterProducer {
+    /// A producer that finds brokers through the name servers of `namesrv` (`a,b`).
+    pub fn connect(
+        namesrv: &str,
+        options: ClusterProducerOptions,
+    ) -> Result<ClusterProducer, ClientError> {
+        let mut routes = RouteCache::connect(namesrv, &options.cluster)?;
+        routes.set_refresh_every(options.route_refresh);
+        Ok(ClusterProducer::with_routes(routes, options))
+    }
+
+    pub fn with_routes(routes: RouteCache, options: ClusterProducerOptions) -> ClusterProducer {
+        ClusterProducer {
+            routes,
+            options,
+            clients: HashMap::new(),
+            fault: FaultTolerance::default(),
+            hinted: HashMap::new(),
+            round_robin: 0,
+        }
+    }
+
+    pub fn routes(&mut self) -> &mut RouteCache {
+        &mut self.routes
+    }
+
+    pub fn fault_tolerance(&self) -> &FaultTolerance {
+        &self.fault
+    }
+
+    /// Sends one batch to one queue of `topic`: by `key` when given (else the first message's
+    /// key, else round robin), resending as the module documentation says.
+    pub fn send(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        messages: &[MessageRef<'_>],
+    ) -> Result<SendOutcome, SendError> {
+        let key = key
+            .or_else(|| messages.first().map(|m| m.key))
+            .filter(|k| !k.is_empty());
+        let ordered = self.options.ordered && key.is_some();
+        let allowed = 1 + self.options.retries;
+        let mut tried: Vec<String> = Vec::new();
+        let mut pinned: Option<(QueueRef, String)> = None;
+        let mut maybe_stored = false;
+        let mut stored: Option<SendOutcome> = None;
+        let mut last: Option<(ClientError, Option<String>, FailureClass)> = None;
+        let mut attempts = 0;
+        while attempts < allowed {
+            let (queue, master) = match pinned.take() {
+                Some(target) => target,
+                None => match self.pick(topic, key, &tried, ordered, attempts == 0) {
+                    Ok(Some(target)) => target,
+                    Ok(None) => break,
+                    Err(error) => {
+                        last = Some((error, None, FailureClass::NotStored));
+                        break;
+                    }
+                },
+            };
+            attempts += 1;
+            let retries_left = attempts < allowed;
+            let started = Instant::now();
+            let result = self.attempt(&master, topic, queue.queue, messages);
+            let latency = started.elapsed();
+            let (class, hint, error, outcome) = match result {
+                Ok(result) => {
+                    let outcome = SendOutcome {
+                        status: result.status,
+                        group: queue.group.clone(),
+                        broker: master.clone(),
+                        queue: result.response.queue,
+                        base_offset: result.response.base_offset,
+                        count: result.response.count,
+                        attempts,
+                    };
+                    if result.status == Status::Ok {
+                        self.fault
+                            .record_success(&queue.group, latency, Instant::now());
+                        return Ok(outcome);
+                    }
+                    let error = ClientError::Status {
+                        status: result.status,
+                        message: "stored without the flush or replication guarantee".into(),
+                    };
+                    (
+                        FailureClass::StoredWithoutGuarantee,
+                        None,
+                        error,
+                        Some(outcome),
+                    )
+                }
+                Err((error, written)) => {
+                    let class = classify_error(&error, written);
+                    let hint = error.master_hint();
+                    (class, hint, error, None)
+                }
+            };
+            tracing::debug!(group = %queue.group, ?class, %error, "cluster produce attempt failed");
+            let hinted = match &hint {
+                Some(hint) if hint.listen != master => {
+                    self.learn_master(&queue.group, hint.listen.clone(), hint.epoch);
+                    true
+                }
+                _ => false,
+            };
+            if class != FailureClass::Rejected {
+                if !hinted {
+                    self.fault
+                        .record_failure(&queue.group, latency, Instant::now());
+                }
+                self.routes.invalidate();
+            }
+            match class {
+                FailureClass::MaybeStored => maybe_stored = true,
+                FailureClass::StoredWithoutGuarantee => stored = outcome,
+                _ => {}
+            }
+            let decision = decide(
+                class,
+                hinted,
+                retries_left,
+                self.options.retry_another_group_when_not_stored_ok,
+                ordered,
+            );
+            match decision {
+                Decision::ResendSameQueue => {
+                    let listen = hint.expect("hinted").listen;
+                    pinned = Some((queue.clone(), listen));
+                }
+                Decision::ResendAnotherGroup => tried.push(queue.group.clone()),
+                Decision::Report => {
+                    last = Some((error, Some(queue.group.clone()), class));
+                    break;
+                }
+            }
+            last = Some((error, Some(queue.group), class));
+        }
+        // Stored once without the guarantee, and no later attempt stored it with it.
+        if let Some(mut outcome) = stored {
+            outcome.attempts = attempts;
+            return Ok(outcome);
+        }
+        let (error, group, class) = last.unwrap_or_else(|| {
+            (
+                ClientError::Status {
+                    status: Status::TopicNotFound,
+                    message: format!("no writable queue of topic `{topic}` in the routes"),
+                },
+                None,
+                FailureClass::NotStored,
+            )
+        });
+        let class = if maybe_stored {
+            FailureClass::MaybeStored
+        } else {
+            class
+        };
+        Err(SendError {
+            class,
+            error,
+            group,
+            attempts,
+        })
+    }
+
+    /// The queue and master address for the next attempt; `None` when every group was tried
+    /// (or, ordered, when the key's queue cannot be used).
+    fn pick(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        tried: &[String],
+        ordered: bool,
+        first: bool,
+    ) -> Result<Option<(QueueRef, String)>, ClientError> {
+        let mut queues = self.routes.route()?.writable_queues(topic);
+        if queues.is_empty() {
+            // A topic created since the last refresh: fetch once before giving up.
+            self.routes.invalidate();
+            queues = self.routes.route()?.writable_queues(topic);
+        }
+        if queues.is_empty() {
+            return Err(ClientError::Status {
+                status: Status::TopicNotFound,
+                message: format!("no group with a master lists topic `{topic}`"),
+            });
+        }
+        let chosen = match key {
+            // The key's queue over all writable queues, whatever the fault tolerance says: a
+            // key keeps its queue while the routes are unchanged.
+            Some(key) if first || ordered => {
+                if !first {
+                    return Ok(None);
+                }
+                Some(queues[crc32c::crc32c(key) as usize % queues.len()].clone())
+            }
+            Some(key) => {
+                let left: Vec<&QueueRef> = queues
+                    .iter()
+                    .filter(|q| !tried.contains(&q.group))
+                    .collect();
+                (!left.is_empty()).then(|| left[crc32c::crc32c(key) as usize % left.len()].clone())
+            }
+            None => self.next_round_robin(&queues, tried),
+        };
+        Ok(chosen.and_then(|queue| {
+            let master = self.master_of(&queue.group)?;
+            Some((queue, master))
+        }))
+    }
+
+    fn next_round_robin(&mut self, queues: &[QueueRef], tried: &[String]) -> Option<QueueRef> {
+        let left: Vec<&QueueRef> = queues
+            .iter()
+            .filter(|q| !tried.contains(&q.group))
+            .collect();
+        if left.is_empty() {
+            return None;
+        }
+        self.round_robin = self.round_robin.wrapping_add(1);
+        let now = Instant::now();
+        let start = self.round_robin % left.len();
+        let available = (0..left.len())
+            .map(|i| left[(start + i) % left.len()])
+            .find(|q| self.fault.is_available(&q.group, now));
+        // Every group left is avoided: the one available soonest, never no send at all.
+        let queue = available.or_else(|| {
+            left.iter()
+                .copied()
+                .min_by_key(|q| self.fault.avoided_for(&q.group, now))
+        })?;
+        Some(queue.clone())
+    }
+
+    /// The group's master: a hinted one while the routes list an older epoch.
+    fn master_of(&mut self, group: &str) -> Option<String> {
+        let listed = self.routes.cached().groups.get(group)?.master.clone();
+        if let Some(hint) = self.hinted.get(group) {
+            if listed.as_ref().is_none_or(|m| m.epoch < hint.epoch) {
+                return Some(hint.listen.clone());
+            }
+            self.hinted.remove(group);
+        }
+        listed.map(|m| m.listen)
+    }
+
+    fn learn_master(&mut self, group: &str, listen: String, epoch: u32) {
+        tracing::info!(group, master = %listen, epoch, "NOT_MASTER named the group's master");
+        self.hinted.insert(
+            group.to_string(),
+            MasterRoute {
+                listen,
+                epoch,
+                broker_id: 0,
+            },
+        );
+    }
+
+    /// One attempt on one master: the error with whether the request had been written.
+    fn attempt(
+        &mut self,
+        master: &str,
+        topic: &str,
+        queue: u32,
+        messages: &[MessageRef<'_>],
+    ) -> Result<ProduceResult, (ClientError, bool)> {
+        if !self.clients.contains_key(master) {
+            let client =
+                Client::connect_with(master, self.options.client).map_err(|e| (e, false))?;
+            self.clients.insert(master.to_string(), client);
+        }
+        let client = self.clients.get_mut(master).expect("just inserted");
+        client.drop_closed_connections();
+        let sent = client.send_produce(topic, Some(queue), messages);
+        let result = match sent {
+            Ok(ticket) => client.wait_produce(ticket).map_err(|e| (e, true)),
+            Err(e) => Err((e, false)),
+        };
+        if let Err((e, _)) = &result {
+            if e.breaks_connection() || matches!(e, ClientError::Timeout { .. }) {
+                self.clients.remove(master);
+            }
+        }
+        result
+    }
+}

@@ -1,0 +1,233 @@
+//! Brokers registering with a real name server (`ringmq namesrv` and `ringmq serve --namesrv`
+//! on loopback, port 0): the routes list a broker with its topics, a topic created on it is
+//! listed before its next heartbeat, a slave's `NOT_MASTER` names its group's master, its
+//! promotion is listed at once with a newer epoch, SIGTERM
+//! takes a broker out of the routes at once and SIGKILL after the name server's expiry.
+//! Waits are on ready lines and answers, or polls with a deadline.
+
+mod common;
+
+use common::{temp_store, wait_until, Broker};
+use ringmq::client::namesrv::NameServerClient;
+use ringmq::protocol::message::{ClusterPromote, MessageRef};
+use ringmq::protocol::namesrv::Routes;
+use ringmq::protocol::Status;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A heartbeat far longer than the waits below: a route that changes within them changed
+/// because the broker registered at once, not because a heartbeat came round.
+const SLOW_HEARTBEAT: &str = "namesrv_heartbeat_interval_ms = 60000";
+
+struct NameServer {
+    child: Child,
+    addr: String,
+}
+
+impl NameServer {
+    fn start(expiry_ms: u64) -> NameServer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["namesrv", "--listen", "127.0.0.1:0", "--broker-expiry-ms"])
+            .arg(expiry_ms.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ringmq namesrv");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout);
+            let mut line = String::new();
+            while lines.read_line(&mut line).unwrap_or(0) > 0 {
+                if line.starts_with("ringmq") {
+                    let _ = tx.send(line.clone());
+                }
+                line.clear();
+            }
+        });
+        let line = rx
+            .recv_timeout(READY_TIMEOUT)
+            .expect("the name server prints its ready line");
+        let addr = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("listen="))
+            .unwrap_or_else(|| panic!("no listen= in {line:?}"))
+            .to_string();
+        NameServer { child, addr }
+    }
+
+    fn routes(&self) -> Routes {
+        NameServerClient::connect_list(&self.addr)
+            .expect("connect to the name server")
+            .routes("")
+            .expect("routes")
+    }
+}
+
+impl Drop for NameServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The routes' entry for the broker whose advertised client address is `listen`.
+fn listed(routes: &Routes, listen: &str) -> Option<ringmq::protocol::namesrv::BrokerRoute> {
+    routes
+        .brokers
+        .iter()
+        .find(|b| b.broker.listen == listen)
+        .cloned()
+}
+
+#[test]
+fn brokers_register_change_at_once_name_their_master_and_leave() {
+    let ns = NameServer::start(60_000);
+    let master_dir = temp_store();
+    let mut master = Broker::start_with_config(
+        master_dir.path(),
+        SLOW_HEARTBEAT,
+        &[
+            "--namesrv",
+            &ns.addr,
+            "--cluster",
+            "c1",
+            "--broker-name",
+            "g1",
+            "--role",
+            "ASYNC_MASTER",
+        ],
+    );
+    let mut client = master.client();
+    client.create_topic("before", 2).expect("create topic");
+    let route = wait_until(Duration::from_secs(10), "the master in the routes", || {
+        listed(&ns.routes(), &master.addr)
+            .filter(|r| r.broker.topics.iter().any(|t| t.name == "before"))
+    });
+    assert_eq!(route.broker.cluster_name, "c1");
+    assert_eq!(route.broker.broker_name, "g1");
+    assert_eq!(route.broker.role, "ASYNC_MASTER");
+    assert_ne!(route.broker.broker_id, 0);
+    assert_eq!(route.broker.ha_listen, master.ha);
+    assert_eq!(route.broker.shard_ports, master.shard_ports);
+    let broker_id = std::fs::read_to_string(master.store.join("broker_id")).expect("broker_id");
+    assert_eq!(broker_id.trim(), route.broker.broker_id.to_string());
+
+    // Listed well before the next heartbeat (a minute away).
+    let created = Instant::now();
+    client.create_topic("after", 3).expect("create topic");
+    wait_until(
+        Duration::from_secs(10),
+        "the new topic in the routes",
+        || {
+            listed(&ns.routes(), &master.addr).filter(|r| {
+                r.broker
+                    .topics
+                    .iter()
+                    .any(|t| t.name == "after" && t.queue_count() == 3)
+            })
+        },
+    );
+    assert!(created.elapsed() < Duration::from_secs(30));
+
+    // A slave of g1 learns the master from its registration answer and names it.
+    let slave_dir = temp_store();
+    let mut slave = Broker::start_with_config(
+        slave_dir.path(),
+        SLOW_HEARTBEAT,
+        &[
+            "--namesrv",
+            &ns.addr,
+            "--cluster",
+            "c1",
+            "--broker-name",
+            "g1",
+            "--role",
+            "SLAVE",
+            "--master",
+            &master.ha,
+        ],
+    );
+    let mut slave_client = slave.client();
+    let hint = wait_until(
+        Duration::from_secs(10),
+        "NOT_MASTER naming the master",
+        || {
+            let refused = slave_client
+                .produce(
+                    "before",
+                    Some(0),
+                    &[MessageRef {
+                        born_timestamp_ms: 0,
+                        key: b"",
+                        properties: b"",
+                        body: b"to a slave",
+                    }],
+                )
+                .expect_err("a slave refuses produce");
+            assert_eq!(refused.status(), Some(Status::NotMaster), "{refused}");
+            refused.master_hint()
+        },
+    );
+    assert_eq!(hint.listen, master.addr);
+    assert_eq!(hint.epoch, route.broker.epoch);
+    let slave_route = listed(&ns.routes(), &slave.addr).expect("the slave is listed");
+    assert_eq!(slave_route.broker.role, "SLAVE");
+    assert_ne!(slave_route.broker.broker_id, route.broker.broker_id);
+
+    // A promotion is registered at once too: the slave claims g1 with a newer epoch.
+    slave_client
+        .call(&ClusterPromote {
+            role: "ASYNC_MASTER".into(),
+        })
+        .expect("promote the slave");
+    let promoted = wait_until(
+        Duration::from_secs(10),
+        "the promotion in the routes",
+        || listed(&ns.routes(), &slave.addr).filter(|r| r.broker.role == "ASYNC_MASTER"),
+    );
+    assert!(promoted.broker.epoch > route.broker.epoch);
+
+    // SIGTERM: out of the routes at once, not after the minute-long expiry.
+    assert!(slave.stop(), "the slave stops cleanly");
+    assert!(master.stop(), "the master stops cleanly");
+    let routes = ns.routes();
+    assert!(listed(&routes, &master.addr).is_none(), "{routes:?}");
+    assert!(listed(&routes, &slave.addr).is_none(), "{routes:?}");
+}
+
+#[test]
+fn a_killed_broker_expires_from_the_routes() {
+    const EXPIRY_MS: u64 = 1500;
+    let ns = NameServer::start(EXPIRY_MS);
+    let dir = temp_store();
+    let mut broker = Broker::start_with_config(
+        dir.path(),
+        "namesrv_heartbeat_interval_ms = 300",
+        &["--namesrv", &ns.addr, "--broker-name", "g2"],
+    );
+    let route = wait_until(Duration::from_secs(10), "the broker in the routes", || {
+        listed(&ns.routes(), &broker.addr)
+    });
+    assert_eq!(route.broker.cluster_name, "DefaultCluster");
+    // Heartbeats keep it listed past the expiry.
+    std::thread::sleep(Duration::from_millis(2 * EXPIRY_MS));
+    assert!(
+        listed(&ns.routes(), &broker.addr).is_some(),
+        "heartbeats keep it"
+    );
+    let killed = Instant::now();
+    broker.kill();
+    wait_until(
+        Duration::from_secs(15),
+        "the killed broker to expire",
+        || listed(&ns.routes(), &broker.addr).is_none().then_some(()),
+    );
+    // Not before the expiry: only silence dropped it.
+    assert!(killed.elapsed() >= Duration::from_millis(EXPIRY_MS - 400));
+}
