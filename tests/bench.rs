@@ -4,8 +4,10 @@
 mod common;
 
 use common::Broker;
+use ringmq::client::cluster::{NameServerSource, RouteSource};
 use ringmq::protocol::message::QueueRef;
 use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn bench_matrix_writes_the_results_folder() {
@@ -250,4 +252,155 @@ fn bench_against_an_external_broker_counts_what_the_broker_stored() {
             .sum();
         assert_eq!(stored, 300, "topic {}", topic.name);
     }
+}
+
+/// `ringmq namesrv` on a free port, stopped (killed: it keeps nothing) when dropped.
+struct NameServer {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl NameServer {
+    fn start() -> NameServer {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["namesrv", "--listen", "127.0.0.1:0"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start ringmq namesrv");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = lines
+            .find_map(|l| l.ok().filter(|l| l.starts_with("ringmq ready")))
+            .expect("name server ready line");
+        let addr = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("listen="))
+            .expect("listen= in the ready line")
+            .to_string();
+        // Keep draining stdout so the name server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        NameServer { child, addr }
+    }
+}
+
+impl Drop for NameServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `bench --namesrv` against two broker groups on loopback: with either driver every
+/// acknowledged message is stored (the sum of both groups' queue max offsets equals the run's
+/// count) and both groups took some.
+#[test]
+fn bench_over_two_groups_found_through_a_name_server_counts_what_both_stored() {
+    let root = common::temp_store();
+    let namesrv = NameServer::start();
+    let groups: Vec<(tempfile::TempDir, Broker)> = ["a", "b"]
+        .iter()
+        .map(|group| {
+            let dir = common::temp_store();
+            let broker = Broker::start(
+                dir.path(),
+                &[
+                    "--shards",
+                    "2",
+                    "--namesrv",
+                    &namesrv.addr,
+                    "--cluster",
+                    "bench-test",
+                    "--broker-name",
+                    group,
+                ],
+            );
+            (dir, broker)
+        })
+        .collect();
+    common::wait_until(Duration::from_secs(30), "both groups registered", || {
+        let brokers = NameServerSource::default()
+            .query(&namesrv.addr, "bench-test")
+            .ok()?;
+        (brokers.iter().filter(|b| b.is_master()).count() == 2).then_some(())
+    });
+    for driver in ["event-loop", "threads"] {
+        let out = root.path().join(format!("results-{driver}"));
+        let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args([
+                "bench",
+                "--namesrv",
+                &namesrv.addr,
+                "--cluster",
+                "bench-test",
+            ])
+            .args(["--driver", driver, "--producers", "3", "--window", "2"])
+            .args(["--duration", "1", "--warmup", "0", "--consumers", "1"])
+            .args(["--size", "100", "--queues", "2"])
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .expect("run ringmq bench");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "bench --namesrv --driver {driver} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        let results: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
+                .unwrap();
+        let run = &results["runs"][0];
+        assert_eq!(run["failed_messages"], 0, "{run}");
+        let acked = run["messages"].as_u64().unwrap();
+        assert!(acked > 0, "{run}");
+        assert_eq!(
+            run["consumed_messages"], acked,
+            "consumers read every group: {run}"
+        );
+        assert!(run["cpu"]["broker_percent"].is_number(), "{run}");
+        let per_group: Vec<u64> = groups
+            .iter()
+            .map(|(_, broker)| stored_by_bench_topics(broker, driver))
+            .collect();
+        assert_eq!(
+            per_group.iter().sum::<u64>(),
+            acked,
+            "driver {driver}: stored per group {per_group:?}"
+        );
+        assert!(
+            per_group.iter().all(|&n| n > 0),
+            "driver {driver}: every group took messages: {per_group:?}"
+        );
+    }
+}
+
+/// Messages stored in the bench topics on `broker` not yet counted for an earlier driver: the
+/// run's topic is the newest `bench-` topic (each run creates its own).
+fn stored_by_bench_topics(broker: &Broker, driver: &str) -> u64 {
+    let mut client = broker.client();
+    let mut topics: Vec<_> = client
+        .refresh_metadata()
+        .unwrap()
+        .topics
+        .iter()
+        .filter(|t| t.name.starts_with("bench-"))
+        .cloned()
+        .collect();
+    topics.sort_by_key(|t| t.topic_id);
+    let topic = topics
+        .last()
+        .unwrap_or_else(|| panic!("{driver}: no bench topic"));
+    (0..topic.queue_count())
+        .map(|queue| {
+            client
+                .call(&QueueRef {
+                    topic: topic.name.clone(),
+                    queue,
+                })
+                .unwrap()
+                .max_offset
+        })
+        .sum()
 }

@@ -17,7 +17,7 @@ use std::time::Instant;
 /// A process whose CPU a run reports.
 #[derive(Clone, Debug)]
 pub struct Watched {
-    /// `broker` for the process the clients talk to, `slave` for a replica.
+    /// `broker` for a process the clients talk to (a group's master), `slave` for a replica.
     pub label: &'static str,
     pub pid: u32,
 }
@@ -39,9 +39,9 @@ pub struct CpuUse {
     pub seconds: f64,
     /// The whole bench process (producers, consumers, the progress display).
     pub driver_percent: Option<f64>,
-    /// The broker the clients talk to.
+    /// The broker the clients talk to (with several groups: every master together).
     pub broker_percent: Option<f64>,
-    /// The slave of a replicated mode.
+    /// The slave of a replicated mode (with several groups: every slave together).
     pub slave_percent: Option<f64>,
     /// Broker CPU per acknowledged message in the sampled window, in µs.
     pub broker_us_per_message: Option<f64>,
@@ -102,18 +102,34 @@ impl Sample {
             ..CpuUse::default()
         };
         let messages = later.acked_messages.saturating_sub(self.acked_messages);
-        for (index, w) in watched.iter().enumerate() {
-            let (a, b) = (self.watched_ticks[index], later.watched_ticks[index]);
-            match w.label {
-                "broker" => {
-                    out.broker_percent = percent(a, b);
-                    if let (Some(a), Some(b), true) = (a, b, messages > 0) {
-                        let us = b.saturating_sub(a) as f64 * tick * 1e6;
-                        out.broker_us_per_message = Some(us / messages as f64);
-                    }
+        // Every process of a label counts (the masters of all groups are `broker`, their
+        // slaves `slave`); one unreadable process makes the label's total unknown.
+        let total = |label: &str| -> Option<Option<(u64, u64)>> {
+            let mut sum: Option<(u64, u64)> = None;
+            for (index, w) in watched.iter().enumerate() {
+                if (w.label == "broker") != (label == "broker") {
+                    continue;
                 }
-                _ => out.slave_percent = percent(a, b),
+                let (a, b) = (self.watched_ticks[index], later.watched_ticks[index]);
+                let (a, b) = match (a, b) {
+                    (Some(a), Some(b)) => (a, b),
+                    _ => return Some(None),
+                };
+                let (sa, sb) = sum.unwrap_or((0, 0));
+                sum = Some((sa + a, sb + b.max(a)));
             }
+            sum.map(Some)
+        };
+        if let Some(broker) = total("broker") {
+            let (a, b) = (broker.map(|t| t.0), broker.map(|t| t.1));
+            out.broker_percent = percent(a, b);
+            if let (Some(a), Some(b), true) = (a, b, messages > 0) {
+                let us = b.saturating_sub(a) as f64 * tick * 1e6;
+                out.broker_us_per_message = Some(us / messages as f64);
+            }
+        }
+        if let Some(slave) = total("slave") {
+            out.slave_percent = percent(slave.map(|t| t.0), slave.map(|t| t.1));
         }
         out
     }

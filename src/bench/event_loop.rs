@@ -26,11 +26,10 @@
 
 use super::histogram::new_latency_histogram;
 use super::workload::{
-    self, share, ConsumerOutcome, ConsumerState, InFlight, Pacer, ProducerOutcome, Shared, Workload,
+    self, share, ConsumerOutcome, ConsumerState, InFlight, Pacer, ProducerOutcome, Shared,
+    Topology, Workload,
 };
-use crate::client::{
-    queue_for_key, ClientError, ProduceResult, DEFAULT_MAX_FRAME_BYTES, DEFAULT_READ_TIMEOUT,
-};
+use crate::client::{ClientError, ProduceResult, DEFAULT_MAX_FRAME_BYTES, DEFAULT_READ_TIMEOUT};
 use crate::protocol::frame::{begin_frame, finish_frame, FrameHeader};
 use crate::protocol::message::{
     decode_error_message, encode_produce, MessageRef, ProduceResponse, PullRequest, PullResponse,
@@ -96,43 +95,62 @@ struct Producer {
     outcome: ProducerOutcome,
 }
 
-/// The topic's routing as the driver needs it.
+/// The topic's routing as the driver needs it, over every group of the topology.
 struct Route {
-    info: TopicInfo,
-    /// `queue_shards[q]`: the shard owning queue `q`.
-    queue_shards: Vec<u16>,
-    /// Address per shard: its own port, or the bootstrap address when it has none (the broker
-    /// forwards).
-    shard_addrs: Vec<String>,
+    /// Per queue of the topology: the endpoint (index into `endpoints`) of the shard owning
+    /// it, and its queue number in its group.
+    queues: Vec<(usize, u32)>,
+    /// Address of every shard of every group: its own port, or its master's address when it
+    /// has none (the broker forwards).
+    endpoints: Vec<String>,
+    topology: Topology,
 }
 
-fn route(addr: &str, topic: &str) -> Result<Route, String> {
-    let mut client = workload::connect(addr)?;
-    let info = client
-        .topic(topic)
-        .map_err(|e| workload::describe(addr, &e))?;
-    if info.queue_shards.is_empty() {
-        return Err(format!("topic `{topic}` has no queues"));
-    }
-    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
-    let ports = &client.metadata().shard_ports;
-    let shards = info
-        .queue_shards
-        .iter()
-        .map(|&s| s as usize + 1)
-        .max()
-        .unwrap_or(0)
-        .max(ports.len());
-    let shard_addrs = (0..shards)
-        .map(|s| match ports.get(s) {
+fn route(topology: &Topology, topic: &str) -> Result<Route, String> {
+    let mut endpoints = Vec::new();
+    let mut group_endpoints: Vec<Vec<usize>> = Vec::new();
+    let mut infos: Vec<TopicInfo> = Vec::new();
+    for addr in &topology.masters {
+        let mut client = workload::connect(addr)?;
+        let info = client
+            .topic(topic)
+            .map_err(|e| workload::describe(addr, &e))?;
+        let host = addr
+            .rsplit_once(':')
+            .map_or(addr.as_str(), |(host, _)| host);
+        let ports = &client.metadata().shard_ports;
+        let shards = info
+            .queue_shards
+            .iter()
+            .map(|&s| s as usize + 1)
+            .max()
+            .unwrap_or(0)
+            .max(ports.len());
+        let first = endpoints.len();
+        endpoints.extend((0..shards).map(|s| match ports.get(s) {
             Some(&port) if port != 0 => format!("{host}:{port}"),
             _ => addr.to_string(),
-        })
-        .collect();
+        }));
+        group_endpoints.push((first..first + shards).collect());
+        infos.push(info);
+    }
+    let mut queues = Vec::with_capacity(topology.queues.len());
+    for &(group, queue) in &topology.queues {
+        let Some(&shard) = infos[group].queue_shards.get(queue as usize) else {
+            return Err(format!(
+                "topic `{topic}` has no queue {queue} on {}",
+                topology.masters[group]
+            ));
+        };
+        queues.push((group_endpoints[group][shard as usize], queue));
+    }
+    if queues.is_empty() {
+        return Err(format!("topic `{topic}` has no queues"));
+    }
     Ok(Route {
-        queue_shards: info.queue_shards.clone(),
-        info,
-        shard_addrs,
+        queues,
+        endpoints,
+        topology: topology.clone(),
     })
 }
 
@@ -142,12 +160,12 @@ pub type LoopHandle = std::thread::JoinHandle<Result<Vec<ProducerOutcome>, Strin
 /// Starts every producer of `workload` on `threads` event-loop threads; one outcome per
 /// producer once they are joined.
 pub fn run_producers(
-    addr: &str,
+    topology: &Topology,
     workload: &Workload,
     threads: u32,
     shared: &std::sync::Arc<Shared>,
 ) -> Result<Vec<LoopHandle>, String> {
-    let route = std::sync::Arc::new(route(addr, &workload.topic)?);
+    let route = std::sync::Arc::new(route(topology, &workload.topic)?);
     let threads = threads.clamp(1, workload.producers.max(1));
     let mut first = 0u32;
     let mut handles = Vec::new();
@@ -430,12 +448,12 @@ impl Driver<'_> {
     fn add_producer(&mut self, index: u32) -> Result<(), String> {
         let workload = self.workload;
         let producer = self.producers.len();
-        let mut shard_conns = vec![None; self.route.shard_addrs.len()];
-        let mut shards: Vec<u16> = self.route.queue_shards.clone();
+        let mut shard_conns = vec![None; self.route.endpoints.len()];
+        let mut shards: Vec<usize> = self.route.queues.iter().map(|q| q.0).collect();
         shards.sort_unstable();
         shards.dedup();
         for shard in shards {
-            let addr = &self.route.shard_addrs[shard as usize];
+            let addr = &self.route.endpoints[shard];
             let stream = TcpStream::connect(addr)
                 .map_err(|e| format!("producer {index}: cannot reach broker at {addr}: {e}"))?;
             stream
@@ -457,7 +475,7 @@ impl Driver<'_> {
                 in_flight: HashMap::new(),
                 closed: false,
             });
-            shard_conns[shard as usize] = Some(token);
+            shard_conns[shard] = Some(token);
         }
         let pacer = match workload.rate_per_sec {
             Some(rate) => Pacer::open_loop(rate / f64::from(workload.producers), workload.batch)
@@ -613,14 +631,14 @@ impl Driver<'_> {
                 producer.next_key = producer.next_key.wrapping_add(1);
                 &self.keys[producer.next_key % self.keys.len()]
             };
-            let queue_count = self.route.queue_shards.len() as u32;
-            let queue = if key.is_empty() {
+            let queue_count = self.route.queues.len() as u32;
+            let index = if key.is_empty() {
                 producer.next_queue = producer.next_queue.wrapping_add(1);
                 producer.next_queue % queue_count
             } else {
-                queue_for_key(&self.route.info, key).unwrap_or(0)
+                self.route.topology.queue_for_key(key).unwrap_or(0) as u32
             };
-            let shard = self.route.queue_shards[queue as usize] as usize;
+            let (shard, queue) = self.route.queues[index as usize];
             let token = producer.shard_conns[shard].expect("every owning shard has a connection");
             if self.conns[token].closed {
                 // Writing would likely succeed into the socket buffer and then wait 30 s for
@@ -847,15 +865,15 @@ struct Puller {
 /// Starts one thread that long-polls every queue of the topic on its own connection (as the
 /// thread driver's consumers do, one connection per queue), multiplexed with `epoll`.
 pub fn run_consumers(
-    addr: &str,
+    topology: &Topology,
     workload: &Workload,
     shared: &std::sync::Arc<Shared>,
 ) -> Result<ConsumerLoopHandle, String> {
-    let route = route(addr, &workload.topic)?;
+    let route = route(topology, &workload.topic)?;
     let epoll = Epoll::new()?;
     let mut pullers = Vec::new();
-    for (queue, &shard) in route.queue_shards.iter().enumerate() {
-        let addr = route.shard_addrs[shard as usize].clone();
+    for &(shard, queue) in &route.queues {
+        let addr = route.endpoints[shard].clone();
         let stream = TcpStream::connect(&addr).map_err(|e| {
             format!("consumer of queue {queue}: cannot reach broker at {addr}: {e}")
         })?;
@@ -873,7 +891,7 @@ pub fn run_consumers(
         pullers.push(Puller {
             stream,
             addr,
-            queue: queue as u32,
+            queue,
             write_buf: Vec::new(),
             written: 0,
             want_write: false,

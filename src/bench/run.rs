@@ -4,7 +4,7 @@
 use super::cpu::{CpuUse, Sample, Watched};
 use super::histogram::{merge_intervals, new_latency_histogram, Percentiles};
 use super::mode::BenchMode;
-use super::workload::{self, ConsumerOutcome, Driver, ProducerOutcome, Shared, Workload};
+use super::workload::{self, ConsumerOutcome, Driver, ProducerOutcome, Shared, Topology, Workload};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -55,30 +55,22 @@ pub fn run_name(mode: BenchMode, producers: u32) -> String {
     format!("{}-p{producers}", mode.name())
 }
 
-/// Creates the topic and runs the workload against the broker at `addr`; `watched` are the
-/// broker processes whose CPU is reported.
+/// Creates the topic on every master (`masters`: one broker, or every broker group's master)
+/// and runs the workload over all their queues; `watched` are the broker processes whose CPU
+/// is reported.
 pub fn run(
-    addr: &str,
+    masters: &[String],
     mode: BenchMode,
     workload: &Workload,
     progress: bool,
     watched: &[Watched],
 ) -> Result<RunMeasurement, String> {
-    let mut admin = workload::connect(addr)?;
-    admin
-        .create_topic(&workload.topic, workload.queues)
-        .map_err(|e| {
-            format!(
-                "creating topic {}: {}",
-                workload.topic,
-                workload::describe(addr, &e)
-            )
-        })?;
+    let topology = Topology::create(masters.to_vec(), &workload.topic, workload.queues)?;
     let shared = Arc::new(Shared::new());
     // The measured phase, which the per-second intervals count from, starts after the warmup.
     let started_at = SystemTime::now() + workload.warmup;
-    let consumers = spawn_consumers(addr, workload, &shared)?;
-    let producers = match spawn_producers(addr, workload, &shared) {
+    let consumers = spawn_consumers(&topology, workload, &shared)?;
+    let producers = match spawn_producers(&topology, workload, &shared) {
         Ok(producers) => producers,
         Err(e) => {
             shared.producers_done.store(true, Ordering::Release);
@@ -105,21 +97,23 @@ type Handle<T> = thread::JoinHandle<Result<T, String>>;
 /// Starts the producers with the workload's driver; each handle yields the outcomes of the
 /// producers it ran (one for a producer thread, a slice for an event loop).
 fn spawn_producers(
-    addr: &str,
+    topology: &Topology,
     workload: &Workload,
     shared: &Arc<Shared>,
 ) -> Result<Vec<Handle<Vec<ProducerOutcome>>>, String> {
     match workload.driver {
         Driver::EventLoop { threads } => {
-            super::event_loop::run_producers(addr, workload, threads, shared)
+            super::event_loop::run_producers(topology, workload, threads, shared)
         }
         Driver::Threads => (0..workload.producers)
             .map(|index| {
-                let (addr, workload, shared) = (addr.to_string(), workload.clone(), shared.clone());
+                let (topology, workload, shared) =
+                    (topology.clone(), workload.clone(), shared.clone());
                 thread::Builder::new()
                     .name(format!("bench-producer-{index}"))
                     .spawn(move || {
-                        workload::run_producer(&addr, &workload, index, &shared).map(|o| vec![o])
+                        workload::run_producer(&topology, &workload, index, &shared)
+                            .map(|o| vec![o])
                     })
                     .map_err(|e| format!("starting producer thread: {e}"))
             })
@@ -131,7 +125,7 @@ fn spawn_producers(
 /// driver, a thread per queue with the thread driver. Each handle yields the outcomes of the
 /// queues it read.
 fn spawn_consumers(
-    addr: &str,
+    topology: &Topology,
     workload: &Workload,
     shared: &Arc<Shared>,
 ) -> Result<Vec<Handle<Vec<ConsumerOutcome>>>, String> {
@@ -140,12 +134,15 @@ fn spawn_consumers(
     }
     if let Driver::EventLoop { .. } = workload.driver {
         return Ok(vec![super::event_loop::run_consumers(
-            addr, workload, shared,
+            topology, workload, shared,
         )?]);
     }
-    Ok((0..workload.queues)
-        .map(|queue| {
-            let (addr, workload, shared) = (addr.to_string(), workload.clone(), shared.clone());
+    Ok(topology
+        .queues
+        .iter()
+        .map(|&(group, queue)| {
+            let addr = topology.masters[group].clone();
+            let (workload, shared) = (workload.clone(), shared.clone());
             thread::spawn(move || {
                 workload::run_consumer(&addr, &workload, queue, shared).map(|o| vec![o])
             })

@@ -373,6 +373,28 @@ fn modes_parse_and_pair() {
         Some(BenchMode::AsyncMaster)
     );
     assert_eq!(BenchMode::AsyncMaster.async_twin(), None);
+    assert_eq!(
+        "sync_master_x2".parse::<BenchMode>(),
+        Ok(BenchMode::SyncMasterTwoGroups)
+    );
+    assert_eq!(
+        BenchMode::SyncMasterTwoGroups.async_twin(),
+        Some(BenchMode::SyncMaster),
+        "two groups are measured against one group of the same total shards"
+    );
+    assert_eq!(BenchMode::SyncMasterTwoGroups.groups(), 2);
+    assert_eq!(
+        BenchMode::SyncMasterTwoGroups.broker_processes(),
+        BenchMode::SyncMaster.broker_processes(),
+        "each group is what the one-group run starts"
+    );
+    assert!(
+        !BenchMode::ALL.contains(&BenchMode::SyncMasterTwoGroups),
+        "the five-process run is asked for by name"
+    );
+    for mode in BenchMode::ALL {
+        assert_eq!(mode.groups(), 1);
+    }
     for mode in [BenchMode::SyncFlush, BenchMode::AsyncFlush] {
         assert_eq!(mode.broker_processes().len(), 1);
     }
@@ -680,7 +702,8 @@ fn try_run_event_loop(
     workload: &Workload,
 ) -> Result<Vec<super::workload::ProducerOutcome>, String> {
     let shared = std::sync::Arc::new(super::workload::Shared::new());
-    let handles = super::event_loop::run_producers(addr, workload, 2, &shared)?;
+    let topology = super::workload::Topology::single(addr, workload.queues);
+    let handles = super::event_loop::run_producers(&topology, workload, 2, &shared)?;
     let mut outcomes = Vec::new();
     for handle in handles {
         outcomes.extend(handle.join().unwrap()?);
@@ -806,7 +829,8 @@ fn event_loop_fails_at_once_on_a_connection_the_broker_closed() {
 fn event_loop_reports_an_unreachable_broker() {
     let workload = event_loop_workload(2, 1, 1, 10);
     let shared = std::sync::Arc::new(super::workload::Shared::new());
-    let error = super::event_loop::run_producers("127.0.0.1:1", &workload, 1, &shared)
+    let topology = super::workload::Topology::single("127.0.0.1:1", workload.queues);
+    let error = super::event_loop::run_producers(&topology, &workload, 1, &shared)
         .expect_err("no broker listens on port 1");
     assert!(error.contains("127.0.0.1:1"), "{error}");
 }
@@ -939,4 +963,78 @@ fn only_a_broker_on_this_machine_is_looked_up_by_port() {
     // TEST-NET-1 (RFC 5737) is never assigned to an interface: a remote host.
     assert!(!is_local_host("192.0.2.1"));
     assert!(!is_local_host("[2001:db8::1]"));
+}
+
+#[test]
+fn a_topology_spans_every_group_and_keys_hash_over_all_its_queues() {
+    let one = super::workload::Topology::single("127.0.0.1:1", 4);
+    assert_eq!(one.queues, [(0, 0), (0, 1), (0, 2), (0, 3)]);
+    let info = crate::protocol::message::TopicInfo {
+        name: "t".into(),
+        topic_id: 1,
+        queue_shards: vec![0; 4],
+    };
+    // On one broker a key lands where the client's own key hashing puts it.
+    for key in [&b"a"[..], b"key-7", b"order-42"] {
+        assert_eq!(
+            one.queue_for_key(key).map(|q| q as u32),
+            crate::client::queue_for_key(&info, key)
+        );
+    }
+    let two = super::workload::Topology {
+        masters: vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+        queues: vec![(0, 0), (0, 1), (1, 0), (1, 1)],
+    };
+    let groups: std::collections::BTreeSet<usize> = (0..64)
+        .map(|k| two.queues[two.queue_for_key(format!("key-{k}").as_bytes()).unwrap()].0)
+        .collect();
+    assert_eq!(groups.len(), 2, "keys reach both groups");
+}
+
+#[test]
+fn cpu_of_every_master_and_every_slave_is_summed() {
+    use super::cpu::{Sample, Watched};
+    let me = std::process::id();
+    let watched = [
+        Watched {
+            label: "broker",
+            pid: me,
+        },
+        Watched {
+            label: "slave",
+            pid: me,
+        },
+        Watched {
+            label: "broker",
+            pid: me,
+        },
+    ];
+    let before = Sample::take(&watched, 0);
+    // 300 ms of this thread's CPU (not wall time: the machine may be busy), so that the one
+    // clock tick each reading may be off by is small beside what is measured.
+    let cpu_ns = || {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec it is given.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+        t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+    };
+    let start = cpu_ns();
+    let mut x = 0u64;
+    while cpu_ns() - start < 300_000_000 {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+    let after = Sample::take(&watched, 1000);
+    let cpu = before.until(&after, &watched);
+    let (broker, slave) = (cpu.broker_percent.unwrap(), cpu.slave_percent.unwrap());
+    // Both masters are this process: twice its CPU; the one slave once.
+    let ratio = broker / slave;
+    assert!((1.8..=2.2).contains(&ratio), "{cpu:?}");
+    let per_message = cpu.broker_us_per_message.unwrap();
+    assert!(
+        per_message >= 500.0,
+        "two masters' 300 ms over 1000 messages: {cpu:?}"
+    );
 }

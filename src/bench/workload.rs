@@ -13,7 +13,7 @@ use crate::client::{Client, ClientError, ClientOptions, DEFAULT_READ_TIMEOUT};
 use crate::protocol::message::MessageRef;
 use crate::protocol::Status;
 use hdrhistogram::Histogram;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -158,6 +158,53 @@ impl Default for Shared {
     }
 }
 
+/// Where a run's topic lives: the master of every broker group it spans (one entry for a
+/// single broker) and every queue, group by group. A key hashes over all the queues, as the
+/// cluster producer's key hashing does; without keys producers go round the queues.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    /// Client address of each group's master.
+    pub masters: Vec<String>,
+    /// `(index into masters, queue number in that group)` per queue of the topic.
+    pub queues: Vec<(usize, u32)>,
+}
+
+impl Topology {
+    /// One broker's queues: `0..queue_count`.
+    pub fn single(addr: &str, queue_count: u32) -> Topology {
+        Topology {
+            masters: vec![addr.to_string()],
+            queues: (0..queue_count).map(|q| (0, q)).collect(),
+        }
+    }
+
+    /// The queue (an index into `queues`) a key's messages go to; `None` without queues.
+    pub fn queue_for_key(&self, key: &[u8]) -> Option<usize> {
+        let count = self.queues.len() as u32;
+        (count > 0).then(|| (crc32c::crc32c(key) % count) as usize)
+    }
+
+    /// Creates the topic with `queues` queues on every master (an existing topic is kept) and
+    /// reads back how many each has.
+    pub fn create(masters: Vec<String>, topic: &str, queues: u32) -> Result<Topology, String> {
+        let mut all = Vec::new();
+        for (index, addr) in masters.iter().enumerate() {
+            let mut admin = connect(addr)?;
+            let info = admin
+                .create_topic(topic, queues)
+                .map_err(|e| format!("creating topic {topic}: {}", describe(addr, &e)))?;
+            all.extend((0..info.queue_count()).map(|q| (index, q)));
+        }
+        if all.is_empty() {
+            return Err(format!("topic `{topic}` has no queues"));
+        }
+        Ok(Topology {
+            masters,
+            queues: all,
+        })
+    }
+}
+
 /// What one producer measured.
 pub struct ProducerOutcome {
     pub latency: Histogram<u64>,
@@ -200,16 +247,28 @@ pub struct InFlight {
 }
 
 /// Runs one producer to the end of the measured phase and collects its acknowledgements.
+///
+/// It has a client per group master. On one broker the client picks the queue (key hash or
+/// round-robin); over several groups the producer picks a queue of the whole topology and
+/// sends to that queue's master. Acknowledgements are awaited in send order across the
+/// clients: a blocking client waits on one connection at a time, and the oldest request is
+/// the one due first.
 pub fn run_producer(
-    addr: &str,
+    topology: &Topology,
     workload: &Workload,
     index: u32,
     shared: &Shared,
 ) -> Result<ProducerOutcome, String> {
-    let mut client = connect(addr)?;
-    client
-        .topic(&workload.topic)
-        .map_err(|e| describe(addr, &e))?;
+    let mut clients = Vec::with_capacity(topology.masters.len());
+    for addr in &topology.masters {
+        let mut client = connect(addr)?;
+        client
+            .topic(&workload.topic)
+            .map_err(|e| describe(addr, &e))?;
+        clients.push(client);
+    }
+    let several = clients.len() > 1;
+    let mut next_queue = index as usize;
     let pacer = match workload.rate_per_sec {
         Some(rate) => Pacer::open_loop(rate / f64::from(workload.producers), workload.batch)
             .staggered(index, workload.producers),
@@ -232,7 +291,10 @@ pub fn run_producer(
         first_failure: None,
         last_ack: Duration::ZERO,
     };
-    let mut in_flight: HashMap<crate::client::Ticket, InFlight> = HashMap::new();
+    let mut in_flight: Vec<HashMap<crate::client::Ticket, InFlight>> =
+        (0..clients.len()).map(|_| HashMap::new()).collect();
+    // The group of every request in flight, oldest first.
+    let mut order: VecDeque<usize> = VecDeque::new();
     let mut next_request = 0u64;
     let mut measured_sent = 0u64;
     let mut next_key = index as usize;
@@ -243,7 +305,7 @@ pub fn run_producer(
             (None, Some(end)) => pacer.due(next_request, now) < end,
             (None, None) => false,
         };
-        while sending && in_flight.len() < workload.window as usize {
+        while sending && order.len() < workload.window as usize {
             let now = shared.origin.elapsed();
             let intended = pacer.due(next_request, now);
             if intended > now {
@@ -276,10 +338,24 @@ pub fn run_producer(
                     body,
                 })
                 .collect();
-            let ticket = client
-                .send_produce(&workload.topic, None, &batch)
+            let (group, queue) = if several {
+                let queue = if key.is_empty() {
+                    next_queue = next_queue.wrapping_add(1);
+                    next_queue % topology.queues.len()
+                } else {
+                    topology.queue_for_key(key).unwrap_or(0)
+                };
+                let (group, queue) = topology.queues[queue];
+                (group, Some(queue))
+            } else {
+                (0, None)
+            };
+            let addr = &topology.masters[group];
+            let ticket = clients[group]
+                .send_produce(&workload.topic, queue, &batch)
                 .map_err(|e| describe(addr, &e))?;
-            in_flight.insert(ticket, InFlight { intended, messages });
+            in_flight[group].insert(ticket, InFlight { intended, messages });
+            order.push_back(group);
             next_request += 1;
             if measured {
                 measured_sent += u64::from(messages);
@@ -288,15 +364,16 @@ pub fn run_producer(
                 break;
             }
         }
-        if in_flight.is_empty() {
+        let Some(&group) = order.front() else {
             if !sending || measured_count.is_some_and(|c| measured_sent >= c) {
                 return Ok(outcome);
             }
             let due = pacer.due(next_request, shared.origin.elapsed());
             std::thread::sleep(due.saturating_sub(shared.origin.elapsed()));
             continue;
-        }
-        let window_full = in_flight.len() >= workload.window as usize;
+        };
+        let addr = &topology.masters[group];
+        let window_full = order.len() >= workload.window as usize;
         let wait = if pacer.is_open_loop() && sending && !window_full {
             pacer
                 .due(next_request, Duration::ZERO)
@@ -304,12 +381,13 @@ pub fn run_producer(
         } else {
             DEFAULT_READ_TIMEOUT
         };
-        match client.next_produce_ack(wait) {
+        match clients[group].next_produce_ack(wait) {
             Ok(Some(ack)) => {
                 let acked = shared.origin.elapsed();
-                let Some(request) = in_flight.remove(&ack.ticket) else {
+                let Some(request) = in_flight[group].remove(&ack.ticket) else {
                     continue;
                 };
+                order.pop_front();
                 account(&mut outcome, workload, shared, &request, acked, ack.result);
             }
             Ok(None) if wait < DEFAULT_READ_TIMEOUT => {}

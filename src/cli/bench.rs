@@ -16,6 +16,14 @@ pub struct BenchArgs {
     /// Benchmark an existing broker HOST:PORT instead of starting one per run.
     #[arg(long)]
     pub broker: Option<String>,
+    /// Name servers HOST:PORT[,HOST:PORT...]: benchmark the broker groups they list instead of
+    /// starting brokers. Each run creates its topic on every group's master and spreads the
+    /// producers' requests and the consumers over every group's queues.
+    #[arg(long, env = "RINGMQ_NAMESRV", conflicts_with = "broker")]
+    pub namesrv: Option<String>,
+    /// With --namesrv: only this cluster's broker groups (default: every cluster listed).
+    #[arg(long = "cluster", default_value = "", requires = "namesrv")]
+    pub cluster_name: String,
     /// With --broker: the broker's pid, whose CPU each run reports (default: the local process
     /// listening on the broker's port, if there is one).
     #[arg(long, requires = "broker")]
@@ -29,7 +37,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub driver_threads: u32,
     /// Modes to run, comma-separated (default: SYNC_FLUSH,ASYNC_FLUSH,SYNC_MASTER,ASYNC_MASTER;
-    /// with --broker, the broker's own mode).
+    /// with --broker or --namesrv, the brokers' own mode). SYNC_MASTER_X2 runs two SYNC_MASTER
+    /// groups (each a master and a slave, half the shards each) behind an embedded name server;
+    /// its ratio to SYNC_MASTER is the cost of two groups over one of the same total shards.
     #[arg(long, value_delimiter = ',')]
     pub modes: Vec<BenchMode>,
     /// Producers, each with its own connections and window of requests in flight.
@@ -139,6 +149,12 @@ impl BenchArgs {
     }
 
     fn target(&self) -> Result<Target, String> {
+        if let Some(namesrv) = &self.namesrv {
+            return Ok(Target::Cluster {
+                namesrv: namesrv.clone(),
+                cluster: self.cluster_name.clone(),
+            });
+        }
         if let Some(addr) = &self.broker {
             return Ok(Target::External {
                 addr: addr.clone(),
@@ -189,8 +205,9 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
     let workload = args.workload()?;
-    let modes = match (&args.broker, args.modes.is_empty()) {
-        (None, true) => BenchMode::ALL.to_vec(),
+    let external = args.broker.is_some() || args.namesrv.is_some();
+    let modes = match (external, args.modes.is_empty()) {
+        (false, true) => BenchMode::ALL.to_vec(),
         _ => args.modes.clone(),
     };
     let producer_counts = if args.producers_list.is_empty() {
