@@ -404,3 +404,67 @@ fn stored_by_bench_topics(broker: &Broker, driver: &str) -> u64 {
         })
         .sum()
 }
+
+/// The two-group mode: an embedded name server and two SYNC_MASTER groups of one shard each,
+/// reported beside the one-group SYNC_MASTER run of two shards with their ratio.
+#[test]
+fn two_group_mode_runs_beside_one_group_with_the_ratio() {
+    let root = common::temp_store();
+    let out = root.path().join("results");
+    let config = root.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        "segment_size_bytes = 4194304\nwrite_buffer_bytes = 1048576\nmax_message_bytes = 65536\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["bench", "--modes", "SYNC_MASTER,SYNC_MASTER_X2"])
+        .args(["--count", "200", "--producers", "2", "--window", "2"])
+        .args(["--warmup", "0", "--queues", "2", "--shards", "2"])
+        .arg("--broker-config")
+        .arg(&config)
+        .arg("--store-root")
+        .arg(root.path())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run ringmq bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("SYNC_MASTER_X2 / SYNC_MASTER"), "{stdout}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    for run in results["runs"].as_array().unwrap() {
+        assert_eq!(run["messages"], 200, "{run}");
+        assert_eq!(run["failed_messages"], 0, "{run}");
+        assert_eq!(run["consumed_messages"], 200, "{run}");
+    }
+    let x2 = &results["runs"][1];
+    assert_eq!(x2["mode"], "SYNC_MASTER_X2", "{x2}");
+    assert!(x2["cpu"]["slave_percent"].is_number(), "{x2}");
+    // A master and a slave per group, each group's broker with half the shards (one), so
+    // the total matches the one-group run's two.
+    for group in ["g0", "g1"] {
+        for index in 0..2 {
+            let log = out.join(format!("SYNC_MASTER_X2-p2-{group}-{index}.broker.log"));
+            assert!(log.exists(), "{} missing", log.display());
+        }
+    }
+    let machine: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("machine.json")).unwrap()).unwrap();
+    let broker = &machine["broker_config"];
+    assert_eq!(broker["processes"][1]["groups"], 2, "{machine}");
+    let ready = broker["ready_lines"].as_array().unwrap();
+    assert!(
+        ready[0].as_str().unwrap().contains(" shards=2 "),
+        "{ready:?}"
+    );
+    assert!(
+        ready[1].as_str().unwrap().contains(" shards=1 "),
+        "{ready:?}"
+    );
+}

@@ -74,10 +74,17 @@ pub fn cpu_line(run: &RunSummary) -> String {
 /// The matrix: one row per run.
 pub fn matrix_table(runs: &[RunSummary]) -> String {
     let mut out = String::new();
+    // Wide enough for the longest mode name (SYNC_MASTER_X2), 12 as before otherwise.
+    let w = runs
+        .iter()
+        .map(|r| r.mode.name().len())
+        .max()
+        .unwrap_or(0)
+        .max(12);
     let _ = writeln!(
         out,
         concat!(
-            "{:<12} {:>9} {:>10} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | ",
+            "{:<w$} {:>9} {:>10} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | ",
             "{:>8} {:>8} | {:>6} {:>6} {:>7}"
         ),
         "mode",
@@ -94,11 +101,12 @@ pub fn matrix_table(runs: &[RunSummary]) -> String {
         "e2e p99",
         "drv",
         "brk",
-        "brk us"
+        "brk us",
+        w = w
     );
     let _ = writeln!(
         out,
-        "{:<12} {:>9} {:>10} {:>8} | {:^53} | {:^17} | {:^21}",
+        "{:<w$} {:>9} {:>10} {:>8} | {:^53} | {:^17} | {:^21}",
         "", "", "", "", "produce latency (us)", "e2e (us)", "cpu %, broker us/msg"
     );
     for r in runs {
@@ -106,7 +114,7 @@ pub fn matrix_table(runs: &[RunSummary]) -> String {
         let _ = writeln!(
             out,
             concat!(
-                "{:<12} {:>9} {:>10.0} {:>8.2} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | ",
+                "{:<w$} {:>9} {:>10.0} {:>8.2} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | ",
                 "{:>8} {:>8} | {:>6} {:>6} {:>7}"
             ),
             r.mode.name(),
@@ -123,7 +131,8 @@ pub fn matrix_table(runs: &[RunSummary]) -> String {
             r.e2e_latency.p99_us,
             percent(r.cpu.driver_percent),
             percent(r.cpu.broker_percent),
-            micros(r.cpu.broker_us_per_message)
+            micros(r.cpu.broker_us_per_message),
+            w = w
         );
     }
     out
@@ -178,16 +187,23 @@ fn ratio(numerator: f64, denominator: f64) -> f64 {
 
 pub fn ratio_table(ratios: &[ModeRatio]) -> String {
     let mut out = String::new();
+    let pair = |r: &ModeRatio| format!("{} / {}", r.mode.name(), r.baseline.name());
+    let w = ratios
+        .iter()
+        .map(|r| pair(r).len())
+        .max()
+        .unwrap_or(0)
+        .max(26);
     let _ = writeln!(
         out,
-        "{:<26} {:>9} {:>12} {:>10}",
+        "{:<w$} {:>9} {:>12} {:>10}",
         "ratio", "producers", "msg/s ratio", "p99 ratio"
     );
     for r in ratios {
         let _ = writeln!(
             out,
-            "{:<26} {:>9} {:>12.3} {:>10.3}",
-            format!("{} / {}", r.mode.name(), r.baseline.name()),
+            "{:<w$} {:>9} {:>12.3} {:>10.3}",
+            pair(r),
             r.producers,
             r.throughput_ratio,
             r.p99_ratio
