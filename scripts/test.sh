@@ -45,8 +45,21 @@ stage "format" cargo fmt --all -- --check
 stage "clippy" cargo clippy --workspace --all-targets -- -D warnings
 stage "build" cargo test --workspace --all-targets --no-run
 mapfile -t unit < <(test_args store_sim store_glommio fuzz_regressions)
+# A member crate's own tests/ files (the protocol's golden vectors, ...): --workspace --lib
+# runs only their unit tests, and the root's --test flags name only the root's files.
+member_tests() {
+  local file crate
+  for file in crates/*/tests/*.rs; do
+    [ -f "$file" ] || continue
+    crate=$(basename "$(dirname "$(dirname "$file")")")
+    printf -- '-p\n%s\n--test\n%s\n' "$crate" "$(basename "$file" .rs)"
+  done
+}
 unit_and_simulation() {
   cargo test --workspace --lib --bins --benches --examples "${unit[@]}"
+  local members
+  mapfile -t members < <(member_tests)
+  [ ${#members[@]} -eq 0 ] || cargo test "${members[@]}"
   # The whole shard on the simulated disk and clock, thousands of seeds: optimised, so it
   # builds the release profile (about 10 minutes cold on 2 cores, seconds warm).
   RINGMQ_SIM_SEEDS="$SIM_SEEDS" cargo test --release --test shard_sim

@@ -1,8 +1,9 @@
 //! The name server as a real process (`ringmq namesrv` on loopback, port 0): brokers register
 //! through the client library (fake ones: the name server only sees their registrations),
 //! routes list them, a silent one expires, a stale master's claim is refused, `cluster list`
-//! prints them, a malformed frame closes only its own connection, and a restart forgets
-//! everything. Waits are on events (the ready line, answers) or polls with a deadline.
+//! prints them, a malformed frame closes only its own connection, a restart forgets
+//! everything, the connection limit answers `SYSTEM_BUSY`, and a client whose name server is
+//! killed carries on with the other. Waits are on events (the ready line, answers) or polls with a deadline.
 
 mod common;
 
@@ -29,9 +30,15 @@ struct NameServer {
 
 impl NameServer {
     fn start(expiry_ms: u64) -> NameServer {
+        Self::start_with(expiry_ms, &[])
+    }
+
+    /// With extra flags (the hidden limits among them).
+    fn start_with(expiry_ms: u64, flags: &[&str]) -> NameServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
             .args(["namesrv", "--listen", "127.0.0.1:0", "--broker-expiry-ms"])
             .arg(expiry_ms.to_string())
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -116,6 +123,7 @@ fn registration(group: &str, id: u64, role: &str, epoch: u32) -> BrokerRegister 
             queue_shards: vec![0, 0],
         }],
         shards: vec![],
+        sequence: 0,
     }
 }
 
@@ -263,10 +271,16 @@ fn registers_lists_refuses_stale_masters_expires_and_forgets_on_restart() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // Its registration arrived after `broker_2_last_sent`: it cannot have expired sooner.
+    // And it left within the expiry: the bound allows 3 s for this poll's 200 ms steps and a
+    // loaded machine, far less than a missed expiry would take (never).
+    let gone_after = broker_2_last_sent.elapsed();
     assert!(
-        broker_2_last_sent.elapsed() >= Duration::from_millis(EXPIRY_MS),
-        "dropped {:?} after it was last sent, before its expiry",
-        broker_2_last_sent.elapsed()
+        gone_after >= Duration::from_millis(EXPIRY_MS),
+        "dropped {gone_after:?} after it was last sent, before its expiry"
+    );
+    assert!(
+        gone_after < Duration::from_millis(EXPIRY_MS) + Duration::from_secs(3),
+        "still listed {gone_after:?} after it was last sent (expiry {EXPIRY_MS} ms)"
     );
 
     // SIGTERM stops it cleanly; restarted, it knows nothing until brokers register again.
@@ -465,5 +479,107 @@ fn a_broker_refuses_name_server_requests_with_a_clear_message() {
     ] {
         assert_eq!(err.status(), Some(Status::BadRequest), "{err}");
         assert!(err.to_string().contains("name-server request"), "{err}");
+    }
+}
+
+/// A connection over `--max-connections` is answered `SYSTEM_BUSY` (request id 0) and closed,
+/// a client that has another name server moves on to it, and a connection is admitted again
+/// once one closes. An idle connection is closed after `--idle-timeout-ms`.
+#[test]
+fn the_connection_limit_answers_system_busy_and_clients_move_on() {
+    let limited = NameServer::start_with(60_000, &["--max-connections", "2"]);
+    let other = NameServer::start(60_000);
+    let mut held = Vec::new();
+    for n in 0..2u64 {
+        let mut stream = TcpStream::connect(&limited.addr).unwrap();
+        stream
+            .write_all(&frame(Opcode::Ping as u16, n + 1, &[]))
+            .unwrap();
+        let (got, _) = answers(&mut stream, 1);
+        assert_eq!(got[0].1, Status::Ok as u16, "connection {n} is served");
+        held.push(stream);
+    }
+    let mut third = TcpStream::connect(&limited.addr).unwrap();
+    let (got, closed) = answers(&mut third, 1);
+    assert_eq!((got[0].1, got[0].2), (Status::SystemBusy as u16, 0));
+    let message = String::from_utf8_lossy(&got[0].3);
+    assert!(message.contains("at most 2 connections"), "{message}");
+    assert!(
+        closed || closes(&mut third),
+        "the refused connection is closed"
+    );
+
+    // A client whose first name server is full asks the next one.
+    other
+        .client()
+        .register(&registration("a", 1, "SYNC_MASTER", 1))
+        .unwrap();
+    let mut ns = NameServerClient::connect_list(&format!("{},{}", limited.addr, other.addr))
+        .expect("connects (the refusal comes after the connect)");
+    assert_eq!(ns.routes("").unwrap().brokers.len(), 1);
+    assert_eq!(ns.current_addr(), other.addr);
+
+    // One held connection closes: there is room again (polled: the server notices the close
+    // asynchronously).
+    held.pop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut stream = TcpStream::connect(&limited.addr).unwrap();
+        stream
+            .write_all(&frame(Opcode::Ping as u16, 7, &[]))
+            .unwrap();
+        let (got, _) = answers(&mut stream, 1);
+        if got.first().is_some_and(|a| a.1 == Status::Ok as u16) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no room after a close: {got:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let idle = NameServer::start_with(60_000, &["--idle-timeout-ms", "300"]);
+    let mut stream = TcpStream::connect(&idle.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let started = Instant::now();
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("an idle connection is closed, not {other:?}"),
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "closed after {:?}, before the idle timeout",
+        started.elapsed()
+    );
+}
+
+/// Two name servers, a broker registered with both, a client asking them: SIGKILL the one the
+/// client is talking to, mid-session, and its next requests are answered by the other with
+/// the same routes, without an error reaching the caller.
+#[test]
+fn killing_the_clients_name_server_goes_unnoticed() {
+    let mut first = NameServer::start(60_000);
+    let second = NameServer::start(60_000);
+    let brokers = [
+        registration("a", 1, "SYNC_MASTER", 1),
+        registration("a", 2, "SLAVE", 1),
+    ];
+    for server in [&first, &second] {
+        let mut ns = server.client();
+        for r in &brokers {
+            assert!(ns.register(r).unwrap().is_accepted());
+        }
+    }
+    let mut client =
+        NameServerClient::connect_list(&format!("{},{}", first.addr, second.addr)).unwrap();
+    let before = listed(&client.routes("").unwrap());
+    assert_eq!(client.current_addr(), first.addr, "talking to the first");
+    first.kill();
+    for _ in 0..3 {
+        let after = client.routes("").expect("the other name server answers");
+        assert_eq!(listed(&after), before);
+        assert_eq!(client.current_addr(), second.addr);
     }
 }

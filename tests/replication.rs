@@ -29,6 +29,9 @@ const SHARDS: &str = "2";
 const HA_CONFIG: &str = "ha_heartbeat_interval_ms = 100\nha_link_timeout_ms = 3000\n\
                          metadata_sync_interval_ms = 200\nsync_replica_timeout_ms = 3000\n";
 const CATCH_UP: Duration = Duration::from_secs(30);
+/// The epoch a first promotion opens: term 1, generation 0 (`term << 16 | generation`, see
+/// docs/replication.md).
+const FIRST_TERM: u32 = 1 << 16;
 
 struct Node {
     broker: Broker,
@@ -963,7 +966,7 @@ fn promoted_slave_and_divergent_old_master() {
     assert!(promoted
         .shards
         .iter()
-        .all(|s| s.role == "ASYNC_MASTER" && s.epoch == 2));
+        .all(|s| s.role == "ASYNC_MASTER" && s.epoch == FIRST_TERM));
     let mut client = new.broker.client();
     for i in 0..20u32 {
         let body = format!("new-{i}");
@@ -981,7 +984,7 @@ fn promoted_slave_and_divergent_old_master() {
     let mut cut = 0;
     for (shard, promoted_at) in old_status.shards.iter().zip(&promoted.shards) {
         assert_eq!(shard.role, "SLAVE");
-        assert_eq!(shard.epoch, 2);
+        assert_eq!(shard.epoch, FIRST_TERM);
         if old_ends[shard.shard] > promoted_at.max_offset {
             assert_eq!(
                 shard.divergence_points,
@@ -1510,7 +1513,7 @@ fn demote_then_promote_back_at_runtime() {
     assert!(repromoted
         .shards
         .iter()
-        .all(|s| s.role == "ASYNC_MASTER" && s.epoch == 3));
+        .all(|s| s.role == "ASYNC_MASTER" && s.epoch == 2 * FIRST_TERM));
     let redemoted = b
         .broker
         .client()

@@ -26,11 +26,13 @@ pub enum AdminCommand {
 
 pub fn run(args: AdminArgs) -> Result<(), String> {
     let mut client = args.broker.connect()?;
+    // With --namesrv, the master it found, not the unused --broker default.
+    let addr = client.bootstrap_addr().to_string();
     let retention = match args.command {
         AdminCommand::DeleteExpired => client.call(&DeleteExpiredRequest {}),
         AdminCommand::Retention => client.call(&RetentionStatusRequest {}),
     }
-    .map_err(|e| describe(&args.broker.broker, &e))?;
+    .map_err(|e| describe(&addr, &e))?;
     match args.broker.format {
         Format::Json => emit(&serde_json::to_string(&retention).expect("retention serializes")),
         Format::Text => {

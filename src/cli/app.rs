@@ -55,8 +55,9 @@ pub struct BrokerArgs {
     #[arg(long, global = true, default_value = "127.0.0.1:10911")]
     pub broker: String,
     /// Name servers HOST:PORT[,HOST:PORT...]: find the brokers through them instead of
-    /// --broker (any of them is asked, the next one when it fails).
-    #[arg(long, global = true, env = "RINGMQ_NAMESRV", conflicts_with = "broker")]
+    /// --broker (any of them is asked, the next one when it fails). Without it, RINGMQ_NAMESRV
+    /// is used unless --broker is on the command line (an explicit flag wins).
+    #[arg(long, global = true, conflicts_with = "broker")]
     pub namesrv: Option<String>,
     /// With --namesrv: only this cluster's broker groups (default: every cluster listed).
     #[arg(
@@ -69,6 +70,48 @@ pub struct BrokerArgs {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+}
+
+/// The environment variable that names the name servers when neither flag is given.
+pub const NAMESRV_ENV: &str = "RINGMQ_NAMESRV";
+
+/// The subcommands that take [`BrokerArgs`] (`serve` has a `--namesrv` of its own).
+const CLIENT_COMMANDS: &[&str] = &[
+    "topic", "produce", "consume", "group", "stats", "cluster", "admin",
+];
+
+impl Cli {
+    /// Parses `args` as if `--namesrv <namesrv_env>` (the value of [`NAMESRV_ENV`]) were on a
+    /// client command line that names neither `--namesrv` nor `--broker`. Not clap's `env`:
+    /// clap counts an environment value as given, so the variable would make every `--broker`
+    /// command a conflict. Added to the arguments rather than set after parsing, so flags that
+    /// require `--namesrv` (`--cluster`, `--retry-another-group`) accept the variable too.
+    pub fn parse_with_env<I, T>(args: I, namesrv_env: Option<String>) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let client_command = args
+            .get(1)
+            .and_then(|a| a.to_str())
+            .is_some_and(|a| CLIENT_COMMANDS.contains(&a));
+        let names = |flag: &str| {
+            args.iter().filter_map(|a| a.to_str()).any(|a| {
+                a == flag
+                    || a.strip_prefix(flag)
+                        .is_some_and(|rest| rest.starts_with('='))
+            })
+        };
+        let given = names("--broker") || names("--namesrv");
+        if let Some(value) = namesrv_env.filter(|v| !v.trim().is_empty()) {
+            if client_command && !given {
+                args.push("--namesrv".into());
+                args.push(value.into());
+            }
+        }
+        Cli::try_parse_from(args)
+    }
 }
 
 impl BrokerArgs {
@@ -121,7 +164,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    match Cli::try_parse_from(args) {
+    match Cli::parse_with_env(args, std::env::var(NAMESRV_ENV).ok()) {
         Ok(cli) => {
             install_logger(matches!(
                 cli.command,

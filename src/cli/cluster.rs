@@ -43,18 +43,21 @@ pub enum ClusterCommand {
 
 pub fn run(args: ClusterArgs) -> Result<(), String> {
     if matches!(args.command, ClusterCommand::List) {
+        // The name servers, not a broker.
         return list(&args);
     }
     let mut client = args.broker.connect()?;
-    let status = match &args.command {
+    // With --namesrv, the master it found, not the unused --broker default.
+    let addr = client.bootstrap_addr().to_string();
+    let answer = match &args.command {
+        ClusterCommand::List => return list(&args),
         ClusterCommand::Status => client.call(&ClusterStatusRequest {}),
         ClusterCommand::Promote { role } => client.call(&ClusterPromote { role: role.clone() }),
         ClusterCommand::Demote { master } => client.call(&ClusterDemote {
             master: master.clone(),
         }),
-        ClusterCommand::List => unreachable!("answered above"),
-    }
-    .map_err(|e| describe(&args.broker.broker, &e))?;
+    };
+    let status = answer.map_err(|e| describe(&addr, &e))?;
     match args.broker.format {
         Format::Json => emit(&serde_json::to_string(&status).expect("status serializes")),
         Format::Text => {
@@ -309,6 +312,7 @@ mod tests {
                 shard_ports: vec![],
                 topics: vec![],
                 shards: vec![],
+                sequence: 1,
             },
             last_heartbeat_ms_ago: 40,
         };

@@ -68,11 +68,13 @@ impl DeadLetter {
 
 pub fn run(broker: &BrokerArgs, group: &str) -> Result<(), String> {
     let mut client = broker.connect()?;
+    // With --namesrv, the master it found, not the unused --broker default.
+    let addr = client.bootstrap_addr().to_string();
     let letters = match read_all(&mut client, &dlq_topic(group)) {
         Ok(letters) => letters,
         // No reject of this group ever went to the dead-letter topic.
         Err(e) if e.status() == Some(Status::TopicNotFound) => Vec::new(),
-        Err(e) => return Err(describe(&broker.broker, &e)),
+        Err(e) => return Err(describe(&addr, &e)),
     };
     match broker.format {
         Format::Json => {

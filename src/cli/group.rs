@@ -37,7 +37,9 @@ pub fn run(args: GroupArgs) -> Result<(), String> {
         GroupCommand::Dlq { group } => return super::dlq::run(&args.broker, &group),
     };
     let mut client = args.broker.connect()?;
-    let fail = |e| describe(&args.broker.broker, &e);
+    // With --namesrv, the master it found, not the unused --broker default.
+    let addr = client.bootstrap_addr().to_string();
+    let fail = |e| describe(&addr, &e);
     let description = client
         .call(&GroupDescribe {
             group: group.clone(),

@@ -1,8 +1,11 @@
 //! `ringmq namesrv`: runs a name server (the `ringmq-namesrv` crate), a route registry that
 //! keeps nothing on disk. See docs/cluster.md.
 
-use crate::namesrv::{NameServerConfig, DEFAULT_BROKER_EXPIRY_MS, DEFAULT_LISTEN};
+use crate::namesrv::{
+    NameServerConfig, DEFAULT_BROKER_EXPIRY_MS, DEFAULT_GROUP_EPOCH_RETENTION_MS, DEFAULT_LISTEN,
+};
 use clap::Args;
+use std::time::Duration;
 
 #[derive(Args, Debug, Clone)]
 pub struct NamesrvArgs {
@@ -12,14 +15,42 @@ pub struct NamesrvArgs {
     /// Drop a broker from the routes after this long without a registration or heartbeat.
     #[arg(long, default_value_t = DEFAULT_BROKER_EXPIRY_MS)]
     pub broker_expiry_ms: u64,
+    /// How long a broker group with no live broker keeps its highest master epoch (so a stale
+    /// master cannot take it back); after it, the group starts afresh. At least
+    /// --broker-expiry-ms.
+    #[arg(long, default_value_t = DEFAULT_GROUP_EPOCH_RETENTION_MS)]
+    pub group_epoch_retention_ms: u64,
+    /// Connections served at once (tests lower it).
+    #[arg(long, hide = true)]
+    pub max_connections: Option<usize>,
+    /// Connections from one IP address at once.
+    #[arg(long, hide = true)]
+    pub max_connections_per_ip: Option<usize>,
+    /// A frame not complete this long after its first byte closes its connection.
+    #[arg(long, hide = true)]
+    pub request_read_timeout_ms: Option<u64>,
+    /// A connection silent this long is closed.
+    #[arg(long, hide = true)]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 impl NamesrvArgs {
     pub fn config(&self) -> NameServerConfig {
+        let defaults = NameServerConfig::default();
+        let ms = Duration::from_millis;
         NameServerConfig {
             listen: self.listen.clone(),
             broker_expiry_ms: self.broker_expiry_ms,
-            ..NameServerConfig::default()
+            group_epoch_retention_ms: self.group_epoch_retention_ms,
+            max_connections: self.max_connections.unwrap_or(defaults.max_connections),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .unwrap_or(defaults.max_connections_per_ip),
+            request_read_timeout: self
+                .request_read_timeout_ms
+                .map_or(defaults.request_read_timeout, ms),
+            idle_timeout: self.idle_timeout_ms.map_or(defaults.idle_timeout, ms),
+            ..defaults
         }
     }
 }
@@ -45,12 +76,20 @@ mod tests {
         };
         assert_eq!(args.listen, "127.0.0.1:9876");
         assert_eq!(args.broker_expiry_ms, 10_000);
+        assert_eq!(args.group_epoch_retention_ms, 600_000);
+        assert_eq!(args.config().max_connections, 1024);
         let Command::Namesrv(args) = parse(&[
             "namesrv",
             "--listen",
             "127.0.0.1:0",
             "--broker-expiry-ms",
             "1500",
+            "--group-epoch-retention-ms",
+            "60000",
+            "--max-connections",
+            "2",
+            "--idle-timeout-ms",
+            "500",
         ])
         .unwrap()
         .command
@@ -62,6 +101,10 @@ mod tests {
             (config.listen.as_str(), config.broker_expiry_ms),
             ("127.0.0.1:0", 1500)
         );
+        assert_eq!(config.group_epoch_retention_ms, 60_000);
+        assert_eq!(config.max_connections, 2);
+        assert_eq!(config.max_connections_per_ip, 64);
+        assert_eq!(config.idle_timeout, std::time::Duration::from_millis(500));
         assert!(parse(&["namesrv", "--broker-expiry-ms", "soon"]).is_err());
     }
 }

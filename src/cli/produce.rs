@@ -49,7 +49,7 @@ pub struct ProduceArgs {
     pub retry_another_group: bool,
     /// With --namesrv and --key: fail rather than send a message to another queue than its
     /// key's (ordered messages).
-    #[arg(long, requires = "key")]
+    #[arg(long, requires = "key", requires = "namesrv")]
     pub ordered: bool,
 }
 

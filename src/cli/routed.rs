@@ -102,182 +102,212 @@ pub fn topic(args: &BrokerArgs, namesrv: &str, command: TopicCommand) -> Result<
             name,
             queues,
             groups,
-        } => {
-            let targets: Vec<String> = if groups.is_empty() {
-                route.groups.keys().cloned().collect()
-            } else {
-                groups
-            };
-            let mut created = Vec::new();
-            for group in &targets {
-                let Some(route_group) = route.groups.get(group) else {
-                    return Err(format!("broker group `{group}` is not in the routes"));
-                };
-                let Some(master) = &route_group.master else {
+        } => topic_create(args, &route, &name, queues, groups),
+        TopicCommand::List => topic_list(args, &route),
+        TopicCommand::Describe { name } => topic_describe(args, &route, &name),
+        TopicCommand::Delete { name } => topic_delete(args, &route, &name),
+    }
+}
+
+/// Creates `name` with `queues` queues on the master of every group of `groups` (empty: all).
+fn topic_create(
+    args: &BrokerArgs,
+    route: &ClusterRoute,
+    name: &str,
+    queues: u32,
+    groups: Vec<String>,
+) -> Result<(), String> {
+    let targets: Vec<String> = if groups.is_empty() {
+        route.groups.keys().cloned().collect()
+    } else {
+        groups
+    };
+    let mut created = Vec::new();
+    for group in &targets {
+        let Some(route_group) = route.groups.get(group) else {
+            return Err(format!("broker group `{group}` is not in the routes"));
+        };
+        let Some(master) = &route_group.master else {
+            return Err(format!(
+                "broker group `{group}` has no master now: cannot create `{name}` there"
+            ));
+        };
+        let mut client =
+            Client::connect(&master.listen).map_err(|e| describe(&master.listen, &e))?;
+        let fail = |e: ClientError| format!("group {group}: {}", describe(&master.listen, &e));
+        let info = match client.create_topic(name, queues) {
+            Ok(info) => info,
+            // Creating on several groups is not atomic: a rerun after a create that failed
+            // partway finds the topic on the groups done before, which is fine when it has the
+            // queue count asked for.
+            Err(e) if e.status() == Some(Status::TopicExists) => {
+                let existing = client.describe_topic(name).map_err(fail)?.topic;
+                if existing.queue_count() != queues {
                     return Err(format!(
-                        "broker group `{group}` has no master now: cannot create `{name}` there"
+                        "group {group}: TOPIC_EXISTS: `{name}` has {} queues there, not {queues}",
+                        existing.queue_count()
                     ));
-                };
-                let mut client =
-                    Client::connect(&master.listen).map_err(|e| describe(&master.listen, &e))?;
-                let info = client
-                    .create_topic(&name, queues)
-                    .map_err(|e| format!("group {group}: {}", describe(&master.listen, &e)))?;
-                created.push((group.clone(), info));
-            }
-            match args.format {
-                Format::Json => {
-                    let groups: Vec<_> = created
-                        .iter()
-                        .map(|(g, info)| {
-                            json!({"group": g, "topic_id": info.topic_id,
-                                   "queues": info.queue_count(), "queue_shards": info.queue_shards})
-                        })
-                        .collect();
-                    emit(&json!({"name": name, "groups": groups}).to_string())
                 }
-                Format::Text => emit(&format!(
-                    "created topic {name} with {queues} queues on each of {} groups ({})",
-                    created.len(),
-                    targets.join(", ")
-                )),
+                existing
             }
+            Err(e) => return Err(fail(e)),
+        };
+        created.push((group.clone(), info));
+    }
+    match args.format {
+        Format::Json => {
+            let groups: Vec<_> = created
+                .iter()
+                .map(|(g, info)| {
+                    json!({"group": g, "topic_id": info.topic_id,
+                           "queues": info.queue_count(), "queue_shards": info.queue_shards})
+                })
+                .collect();
+            emit(&json!({"name": name, "groups": groups}).to_string())
         }
-        TopicCommand::List => {
-            let mut topics: BTreeMap<String, Vec<(String, u32)>> = BTreeMap::new();
-            for group in route.groups.keys() {
-                let mut reader = group_reader(&route, group)?;
-                let list = reader.call(&TopicListRequest {}).map_err(|e| {
-                    format!("group {group}: {}", describe(reader.active_addr(), &e))
-                })?;
-                for t in list.topics {
-                    let queues = t.queue_count();
-                    topics
-                        .entry(t.name)
-                        .or_default()
-                        .push((group.clone(), queues));
-                }
-            }
-            match args.format {
-                Format::Json => {
-                    let list: Vec<_> = topics
-                        .iter()
-                        .map(|(name, groups)| {
-                            let groups: Vec<_> = groups
-                                .iter()
-                                .map(|(g, q)| json!({"group": g, "queues": q}))
-                                .collect();
-                            json!({"name": name, "groups": groups})
-                        })
-                        .collect();
-                    emit(&json!({ "topics": list }).to_string())
-                }
-                Format::Text => {
-                    let rows: Vec<Vec<String>> = topics
-                        .iter()
-                        .map(|(name, groups)| {
-                            let total: u32 = groups.iter().map(|(_, q)| q).sum();
-                            let names: Vec<&str> = groups.iter().map(|(g, _)| g.as_str()).collect();
-                            vec![name.clone(), names.join(","), total.to_string()]
-                        })
-                        .collect();
-                    print!("{}", table(&["TOPIC", "GROUPS", "QUEUES"], &rows));
-                    Ok(())
-                }
-            }
+        Format::Text => emit(&format!(
+            "created topic {name} with {queues} queues on each of {} groups ({})",
+            created.len(),
+            targets.join(", ")
+        )),
+    }
+}
+
+fn topic_list(args: &BrokerArgs, route: &ClusterRoute) -> Result<(), String> {
+    let mut topics: BTreeMap<String, Vec<(String, u32)>> = BTreeMap::new();
+    for group in route.groups.keys() {
+        let mut reader = group_reader(route, group)?;
+        let list = reader
+            .call(&TopicListRequest {})
+            .map_err(|e| format!("group {group}: {}", describe(reader.active_addr(), &e)))?;
+        for t in list.topics {
+            let queues = t.queue_count();
+            topics
+                .entry(t.name)
+                .or_default()
+                .push((group.clone(), queues));
         }
-        TopicCommand::Describe { name } => {
-            let mut described: Vec<(String, TopicDescription)> = Vec::new();
-            for group in route.groups.keys() {
-                let mut reader = group_reader(&route, group)?;
-                match reader.describe_topic(&name) {
-                    Ok(d) => described.push((group.clone(), d)),
-                    Err(e) if e.status() == Some(Status::TopicNotFound) => {}
-                    Err(e) => {
-                        return Err(format!(
-                            "group {group}: {}",
-                            describe(reader.active_addr(), &e)
-                        ))
-                    }
-                }
-            }
-            if described.is_empty() {
+    }
+    match args.format {
+        Format::Json => {
+            let list: Vec<_> = topics
+                .iter()
+                .map(|(name, groups)| {
+                    let groups: Vec<_> = groups
+                        .iter()
+                        .map(|(g, q)| json!({"group": g, "queues": q}))
+                        .collect();
+                    json!({"name": name, "groups": groups})
+                })
+                .collect();
+            emit(&json!({ "topics": list }).to_string())
+        }
+        Format::Text => {
+            let rows: Vec<Vec<String>> = topics
+                .iter()
+                .map(|(name, groups)| {
+                    let total: u32 = groups.iter().map(|(_, q)| q).sum();
+                    let names: Vec<&str> = groups.iter().map(|(g, _)| g.as_str()).collect();
+                    vec![name.clone(), names.join(","), total.to_string()]
+                })
+                .collect();
+            print!("{}", table(&["TOPIC", "GROUPS", "QUEUES"], &rows));
+            Ok(())
+        }
+    }
+}
+
+fn topic_describe(args: &BrokerArgs, route: &ClusterRoute, name: &str) -> Result<(), String> {
+    let mut described: Vec<(String, TopicDescription)> = Vec::new();
+    for group in route.groups.keys() {
+        let mut reader = group_reader(route, group)?;
+        match reader.describe_topic(name) {
+            Ok(d) => described.push((group.clone(), d)),
+            Err(e) if e.status() == Some(Status::TopicNotFound) => {}
+            Err(e) => {
                 return Err(format!(
-                    "TOPIC_NOT_FOUND: no broker group has topic `{name}`"
-                ));
-            }
-            match args.format {
-                Format::Json => {
-                    let groups: Vec<_> = described
-                        .iter()
-                        .map(|(g, d)| {
-                            let queues: Vec<_> = d
-                                .queues
-                                .iter()
-                                .map(|q| {
-                                    json!({"queue": q.queue, "shard": q.shard,
-                                           "min_offset": q.min_offset, "max_offset": q.max_offset})
-                                })
-                                .collect();
-                            json!({"group": g, "topic_id": d.topic.topic_id, "queues": queues})
-                        })
-                        .collect();
-                    emit(&json!({"name": name, "groups": groups}).to_string())
-                }
-                Format::Text => {
-                    let rows: Vec<Vec<String>> = described
-                        .iter()
-                        .flat_map(|(g, d)| {
-                            d.queues.iter().map(move |q| {
-                                vec![
-                                    g.clone(),
-                                    q.queue.to_string(),
-                                    q.shard.to_string(),
-                                    q.min_offset.to_string(),
-                                    q.max_offset.to_string(),
-                                ]
-                            })
-                        })
-                        .collect();
-                    print!(
-                        "topic {name}\n{}",
-                        table(
-                            &["GROUP", "QUEUE", "SHARD", "MIN_OFFSET", "MAX_OFFSET"],
-                            &rows
-                        )
-                    );
-                    Ok(())
-                }
+                    "group {group}: {}",
+                    describe(reader.active_addr(), &e)
+                ))
             }
         }
-        TopicCommand::Delete { name } => {
-            let mut deleted = Vec::new();
-            for (group, g) in &route.groups {
-                if !g.topics.contains_key(&name) {
-                    continue;
-                }
-                let Some(master) = &g.master else {
-                    return Err(format!(
-                        "broker group `{group}` has no master now: cannot delete `{name}` there"
-                    ));
-                };
-                let mut client =
-                    Client::connect(&master.listen).map_err(|e| describe(&master.listen, &e))?;
-                client
-                    .delete_topic(&name)
-                    .map_err(|e| format!("group {group}: {}", describe(&master.listen, &e)))?;
-                deleted.push(group.clone());
-            }
-            if deleted.is_empty() {
-                return Err(format!(
-                    "TOPIC_NOT_FOUND: no broker group lists topic `{name}`"
-                ));
-            }
-            match args.format {
-                Format::Json => emit(&json!({ "deleted": name, "groups": deleted }).to_string()),
-                Format::Text => emit(&format!("deleted topic {name} on {}", deleted.join(", "))),
-            }
+    }
+    if described.is_empty() {
+        return Err(format!(
+            "TOPIC_NOT_FOUND: no broker group has topic `{name}`"
+        ));
+    }
+    match args.format {
+        Format::Json => {
+            let groups: Vec<_> = described
+                .iter()
+                .map(|(g, d)| {
+                    let queues: Vec<_> = d
+                        .queues
+                        .iter()
+                        .map(|q| {
+                            json!({"queue": q.queue, "shard": q.shard,
+                                   "min_offset": q.min_offset, "max_offset": q.max_offset})
+                        })
+                        .collect();
+                    json!({"group": g, "topic_id": d.topic.topic_id, "queues": queues})
+                })
+                .collect();
+            emit(&json!({"name": name, "groups": groups}).to_string())
         }
+        Format::Text => {
+            let rows: Vec<Vec<String>> = described
+                .iter()
+                .flat_map(|(g, d)| {
+                    d.queues.iter().map(move |q| {
+                        vec![
+                            g.clone(),
+                            q.queue.to_string(),
+                            q.shard.to_string(),
+                            q.min_offset.to_string(),
+                            q.max_offset.to_string(),
+                        ]
+                    })
+                })
+                .collect();
+            print!(
+                "topic {name}\n{}",
+                table(
+                    &["GROUP", "QUEUE", "SHARD", "MIN_OFFSET", "MAX_OFFSET"],
+                    &rows
+                )
+            );
+            Ok(())
+        }
+    }
+}
+
+fn topic_delete(args: &BrokerArgs, route: &ClusterRoute, name: &str) -> Result<(), String> {
+    let mut deleted = Vec::new();
+    for (group, g) in &route.groups {
+        if !g.topics.contains_key(name) {
+            continue;
+        }
+        let Some(master) = &g.master else {
+            return Err(format!(
+                "broker group `{group}` has no master now: cannot delete `{name}` there"
+            ));
+        };
+        let mut client =
+            Client::connect(&master.listen).map_err(|e| describe(&master.listen, &e))?;
+        client
+            .delete_topic(name)
+            .map_err(|e| format!("group {group}: {}", describe(&master.listen, &e)))?;
+        deleted.push(group.clone());
+    }
+    if deleted.is_empty() {
+        return Err(format!(
+            "TOPIC_NOT_FOUND: no broker group lists topic `{name}`"
+        ));
+    }
+    match args.format {
+        Format::Json => emit(&json!({ "deleted": name, "groups": deleted }).to_string()),
+        Format::Text => emit(&format!("deleted topic {name} on {}", deleted.join(", "))),
     }
 }
 

@@ -14,9 +14,11 @@ pub struct StatsArgs {
 
 pub fn run(args: StatsArgs) -> Result<(), String> {
     let mut client = args.broker.connect()?;
+    // With --namesrv, the master it found, not the unused --broker default.
+    let addr = client.bootstrap_addr().to_string();
     let stats = client
         .call(&StatsRequest {})
-        .map_err(|e| describe(&args.broker.broker, &e))?;
+        .map_err(|e| describe(&addr, &e))?;
     match args.broker.format {
         Format::Json => emit(&serde_json::to_string(&stats).expect("stats serialize")),
         Format::Text => {

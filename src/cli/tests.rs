@@ -288,3 +288,49 @@ fn namesrv_replaces_broker_on_every_client_command_and_refuses_both() {
     // --cluster only means something with name servers.
     assert!(parse(&["topic", "list", "--cluster", "c1"]).is_err());
 }
+
+/// RINGMQ_NAMESRV is a default, not a second flag: with --broker typed it is ignored (no
+/// conflict), without it the name servers come from it, and --namesrv beats it.
+#[test]
+fn the_namesrv_variable_yields_to_an_explicit_broker() {
+    let with_env = |args: &[&str]| {
+        Cli::parse_with_env(
+            std::iter::once("ringmq").chain(args.iter().copied()),
+            Some("env:1".to_string()),
+        )
+    };
+    let Command::Topic(args) = with_env(&["topic", "list", "--broker", "b:1"])
+        .unwrap()
+        .command
+    else {
+        panic!("not topic")
+    };
+    assert_eq!(args.broker.namesrv, None);
+    assert_eq!(args.broker.broker, "b:1");
+    let Command::Topic(args) = with_env(&["topic", "list"]).unwrap().command else {
+        panic!("not topic")
+    };
+    assert_eq!(args.broker.namesrv.as_deref(), Some("env:1"));
+    let Command::Topic(args) = with_env(&["topic", "list", "--namesrv", "n:1"])
+        .unwrap()
+        .command
+    else {
+        panic!("not topic")
+    };
+    assert_eq!(args.broker.namesrv.as_deref(), Some("n:1"));
+    assert!(with_env(&["topic", "list", "--namesrv", "n:1", "--broker", "b:1"]).is_err());
+    // Flags that need name servers take the variable's.
+    let Command::Produce(args) = with_env(&["produce", "t", "--retry-another-group"])
+        .unwrap()
+        .command
+    else {
+        panic!("not produce")
+    };
+    assert!(args.retry_another_group);
+    assert_eq!(args.broker.namesrv.as_deref(), Some("env:1"));
+    // serve's own --namesrv never comes from it.
+    let Command::Serve(args) = with_env(&["serve"]).unwrap().command else {
+        panic!("not serve")
+    };
+    assert!(args.namesrv.is_none());
+}

@@ -262,6 +262,7 @@ fn broker_register() -> BrokerRegister {
             confirmed_offset: 4096,
             max_offset: 8192,
         }],
+        sequence: 0x1122_3344_5566_7788,
     }
 }
 

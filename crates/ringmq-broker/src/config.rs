@@ -277,6 +277,11 @@ pub struct BrokerConfig {
     pub slave_read_lag_bytes: u64,
 }
 
+/// Shortest `namesrv_heartbeat_interval_ms`: a heartbeat costs shard 0 a round trip to every
+/// other shard and an encoding of the whole topic table, so a heartbeat every millisecond would
+/// take a core; a tenth of a second still expires a dead broker within a second.
+pub const MIN_NAMESRV_HEARTBEAT_INTERVAL_MS: u64 = 100;
+
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
@@ -507,6 +512,15 @@ impl BrokerConfig {
             "namesrv_heartbeat_interval_ms",
             self.namesrv_heartbeat_interval_ms,
         )?;
+        if self.namesrv_heartbeat_interval_ms < MIN_NAMESRV_HEARTBEAT_INTERVAL_MS {
+            return Err(ConfigError::value(
+                "namesrv_heartbeat_interval_ms",
+                format!(
+                    "must be at least {MIN_NAMESRV_HEARTBEAT_INTERVAL_MS} (each heartbeat \
+                     gathers every shard's state and re-encodes the topic table on shard 0)"
+                ),
+            ));
+        }
         if self.slave_read_lag_bytes == 0 {
             return Err(ConfigError::value(
                 "slave_read_lag_bytes",
@@ -1030,6 +1044,14 @@ mod tests {
         assert_eq!(
             cluster(&|c| c.namesrv_heartbeat_interval_ms = 0),
             Some("namesrv_heartbeat_interval_ms")
+        );
+        assert_eq!(
+            cluster(&|c| c.namesrv_heartbeat_interval_ms = MIN_NAMESRV_HEARTBEAT_INTERVAL_MS - 1),
+            Some("namesrv_heartbeat_interval_ms")
+        );
+        assert_eq!(
+            cluster(&|c| c.namesrv_heartbeat_interval_ms = MIN_NAMESRV_HEARTBEAT_INTERVAL_MS),
+            None
         );
         assert_eq!(
             cluster(&|c| c.slave_read_lag_bytes = 0),

@@ -68,6 +68,24 @@ pub(crate) fn spawn(handler: impl Fn(FakeConn) + Send + Sync + 'static) -> u16 {
     port
 }
 
+/// Like [`spawn`], for one connection only: the listener closes once it is accepted, so a
+/// later connect is refused (a broker that died after answering).
+pub(crate) fn spawn_once(handler: impl FnOnce(FakeConn) + Send + 'static) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let port = listener.local_addr().expect("local addr").port();
+    std::thread::spawn(move || {
+        let Ok((stream, _)) = listener.accept() else {
+            return;
+        };
+        drop(listener);
+        handler(FakeConn {
+            stream,
+            buf: Vec::new(),
+        })
+    });
+    port
+}
+
 pub(crate) fn metadata(shard_ports: Vec<u16>, topics: Vec<TopicInfo>) -> Vec<u8> {
     let mut out = Vec::new();
     Metadata {

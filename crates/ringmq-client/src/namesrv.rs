@@ -3,8 +3,13 @@
 //!
 //! It holds a list of name servers and one connection at a time, to the one that answered
 //! last. A request that cannot get an answer there (the connect fails, the connection breaks,
-//! the answer times out) is sent to the next server of the list, each at most once per request;
-//! an error *status* is the server's answer and is returned as it is. Name servers keep the
+//! the answer times out, the server is busy: `SYSTEM_BUSY`, or it answers with request id 0,
+//! as it does to a connection over its limits, and closes) is sent to the next server of the
+//! list, each at most once per request; any other error *status* is the server's answer and is
+//! returned as it is. A connection kept from an earlier request may have gone stale (that name
+//! server restarted): when it fails short of a timeout, the request is sent once more on a
+//! fresh connection to the same server before moving on (every name-server request is
+//! idempotent, so sending one twice is harmless). Name servers keep the
 //! same routes (every broker registers with all of them), so which one answers does not matter.
 //! Timeouts are short ([`DEFAULT_NAMESRV_TIMEOUT`]): a name server answers from memory, and a
 //! hung one should cost a client a few seconds, not the broker-side 30 s.
@@ -14,7 +19,7 @@ use crate::error::ClientError;
 use crate::protocol::namesrv::{
     BrokerRegister, BrokerUnregister, RegisterResult, RouteQuery, Routes,
 };
-use crate::protocol::{Request, Response as _};
+use crate::protocol::{Request, Response as _, Status};
 use crate::DEFAULT_MAX_FRAME_BYTES;
 use std::time::Duration;
 
@@ -140,9 +145,19 @@ impl NameServerClient {
             .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         let mut last_error = None;
         for _ in 0..self.addrs.len() {
-            match self.call_current(request) {
+            let reused = self.connection.as_ref().is_some_and(|c| !c.is_broken());
+            let mut outcome = self.call_current(request);
+            if reused && outcome.as_ref().is_err_and(is_stale_connection) {
+                tracing::debug!(
+                    "name server {}: a kept connection failed; once more on a fresh one",
+                    self.current_addr()
+                );
+                self.connection = None;
+                outcome = self.call_current(request);
+            }
+            match outcome {
                 Ok(response) => return Ok(response),
-                Err(e) if e.status().is_some() => return Err(e),
+                Err(e) if !self.another_server_may_answer(&e) => return Err(e),
                 Err(e) => {
                     tracing::debug!("name server {}: {e}", self.current_addr());
                     self.connection = None;
@@ -152,6 +167,22 @@ impl NameServerClient {
             }
         }
         Err(last_error.expect("at least one server was tried"))
+    }
+
+    /// Whether `e`, just returned by the current server, says nothing about the request
+    /// itself, so the next server may answer it.
+    fn another_server_may_answer(&self, e: &ClientError) -> bool {
+        match e {
+            ClientError::InvalidArgument(_) => false,
+            ClientError::Status {
+                status: Status::SystemBusy,
+                ..
+            } => true,
+            // An answer with request id 0 (the server refused the connection or could not
+            // attribute a frame) marks the connection broken: it was no answer to this request.
+            ClientError::Status { .. } => self.connection.as_ref().is_some_and(|c| c.is_broken()),
+            _ => true,
+        }
     }
 
     fn call_current<R: Request>(&mut self, request: &R) -> Result<R::Response, ClientError> {
@@ -165,7 +196,11 @@ impl NameServerClient {
     }
 
     fn connect_current(&mut self) -> Result<&mut Connection, ClientError> {
-        if self.connection.as_ref().is_some_and(|c| c.is_broken()) {
+        if self
+            .connection
+            .as_mut()
+            .is_some_and(|c| c.is_broken() || c.peer_closed())
+        {
             self.connection = None;
         }
         if self.connection.is_none() {
@@ -191,6 +226,17 @@ impl NameServerClient {
     }
 }
 
+/// Whether `e`, on a connection kept from an earlier request, may be that connection having
+/// gone stale (closed or reset by a name server that restarted) rather than the server failing
+/// now: worth one more try on a fresh connection. A timeout is not (the server is there and
+/// slow; another wait would double the cost).
+fn is_stale_connection(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Io { .. } | ClientError::ConnectionClosed { .. }
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,16 +253,127 @@ mod tests {
         assert!(parse_namesrv_list("h:99999").is_err());
     }
 
+    /// How a fake name server treats each connection it accepts.
+    #[derive(Clone, Copy)]
+    enum Fake {
+        /// Answers every request with an empty `Routes` (only routes are asked here), keeping
+        /// the connection.
+        Answer,
+        /// Answers one request, then closes the connection (a restart, as its peer sees it).
+        AnswerOnceThenClose,
+        /// Answers `SYSTEM_BUSY` with request id 0 at once and closes (over its connection
+        /// limit), as the name server does.
+        BusyAtConnect,
+    }
+
+    /// A name server on a thread that serves `connections` connections as `fake` says and
+    /// counts the requests it answered.
+    fn fake_server(
+        fake: Fake,
+        connections: usize,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use crate::protocol::frame::{encode_frame, FrameHeader};
+        use crate::protocol::FrameDecoder;
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let answered = std::sync::Arc::new(AtomicUsize::new(0));
+        let count = answered.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(connections) {
+                let mut stream = stream.unwrap();
+                if let Fake::BusyAtConnect = fake {
+                    let mut out = Vec::new();
+                    encode_frame(
+                        &mut out,
+                        FrameHeader::response(0, Status::SystemBusy, 0),
+                        b"at most 1 connection",
+                    );
+                    let _ = stream.write_all(&out);
+                    continue;
+                }
+                let decoder = FrameDecoder::new(1 << 20);
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                'connection: loop {
+                    while let Ok(Some(frame)) = decoder.decode(&buf) {
+                        let (len, header) = (frame.wire_len(), frame.header);
+                        let mut out = Vec::new();
+                        let mut body = Vec::new();
+                        Routes { brokers: vec![] }.encode(&mut body);
+                        encode_frame(
+                            &mut out,
+                            FrameHeader::response(header.opcode, Status::Ok, header.request_id),
+                            &body,
+                        );
+                        buf.drain(..len);
+                        stream.write_all(&out).unwrap();
+                        count.fetch_add(1, Ordering::SeqCst);
+                        if let Fake::AnswerOnceThenClose = fake {
+                            break 'connection;
+                        }
+                    }
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            }
+        });
+        (addr, answered)
+    }
+
+    fn dead_addr() -> String {
+        // A listener bound and closed at once: connecting to its port is refused.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    }
+
     #[test]
     fn a_dead_server_is_skipped_and_all_dead_is_an_io_error() {
-        // A listener bound and closed at once: connecting to its port is refused.
-        let dead = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().to_string()
-        };
+        let dead = dead_addr();
         let e = NameServerClient::connect_list(&format!("{dead},{dead}"))
             .err()
             .expect("nothing listens");
         assert!(matches!(e, ClientError::Io { .. }), "{e:?}");
+        let (live, answered) = fake_server(Fake::Answer, 2);
+        let mut client = NameServerClient::connect_list(&format!("{dead},{live}")).unwrap();
+        assert_eq!(client.current_addr(), live);
+        assert!(client.routes("").unwrap().brokers.is_empty());
+        // The fake serves one connection at a time.
+        drop(client);
+        // Not connected yet, so the request itself starts on the dead one and moves on.
+        let mut client = NameServerClient::new(
+            vec![dead.clone(), live.clone()],
+            namesrv_connection_options(),
+        )
+        .unwrap();
+        assert_eq!(client.current_addr(), dead);
+        assert!(client.routes("").is_ok());
+        assert_eq!(client.current_addr(), live);
+        assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_busy_server_is_skipped() {
+        let (busy, _) = fake_server(Fake::BusyAtConnect, 1);
+        let (live, answered) = fake_server(Fake::Answer, 1);
+        let mut client =
+            NameServerClient::new(vec![busy, live.clone()], namesrv_connection_options()).unwrap();
+        assert!(client.routes("").unwrap().brokers.is_empty());
+        assert_eq!(client.current_addr(), live);
+        assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_stale_kept_connection_is_replaced_once_with_a_single_server() {
+        // The server closes each connection after one answer, as a restarted one would have.
+        let (addr, answered) = fake_server(Fake::AnswerOnceThenClose, 3);
+        let mut client = NameServerClient::connect_list(&addr).unwrap();
+        for n in 1..=3 {
+            assert!(client.routes("").is_ok(), "request {n}");
+        }
+        assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 }

@@ -7,8 +7,9 @@
 //! [`registry`] is the logic (the epoch rule, expiry, the listing), pure and unit-tested;
 //! [`server`] puts it behind TCP on one glommio executor.
 
+pub mod bounds;
 pub mod registry;
 pub mod server;
 
-pub use registry::{Registry, RegistryError};
+pub use registry::{Registry, RegistryError, DEFAULT_GROUP_EPOCH_RETENTION_MS};
 pub use server::{run, NameServerConfig, DEFAULT_BROKER_EXPIRY_MS, DEFAULT_LISTEN};

@@ -10,24 +10,37 @@
 //! server does not serve are answered with their error and close that connection only; a body
 //! that does not decode is answered `BAD_REQUEST` and the connection stays open.
 //!
-//! Bounds, each for a reason: [`MAX_CONNECTIONS`] (a connection over it is answered
-//! `SYSTEM_BUSY` and closed), a frame limit (`max_frame_bytes`, the broker's default), and
-//! [`READ_BUFFER_BUDGET_BYTES`] shared by every connection's read buffer beyond its base size,
-//! so many large frames at once cannot exhaust memory. A frame started and not complete within
+//! Bounds ([`crate::bounds`], each with its reason): connections at once and per IP address
+//! (one over either is answered `SYSTEM_BUSY` and closed), a frame limit (a registration at
+//! its cap), [`READ_BUFFER_BUDGET_BYTES`] shared by every connection's read buffer beyond its
+//! base size, and [`WRITE_BUFFER_BUDGET_BYTES`] shared by unwritten answers beyond a batch, so
+//! many large frames or route answers at once cannot exhaust memory. Route answers are encoded
+//! straight into the connection's output, which shrinks back after a large one, and the task
+//! yields between answers, so a burst of route queries does not hold up registrations. A frame
+//! started and not complete within
 //! `request_read_timeout` is answered `BAD_REQUEST` and closes the connection; a connection
 //! silent for `idle_timeout` is closed; a peer that does not read its answers for
 //! `write_timeout` is dropped.
 
-use crate::registry::{Registry, RegistryError};
+use crate::bounds::{
+    BASE_READ_BUFFER_BYTES, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP, MAX_FRAME_BYTES,
+    READ_BUFFER_BUDGET_BYTES, REFUSAL_WARN_INTERVAL_MS, WRITE_BATCH_BYTES,
+    WRITE_BUFFER_BUDGET_BYTES,
+};
+use crate::registry::{Limits, Registry, RegistryError, DEFAULT_GROUP_EPOCH_RETENTION_MS};
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::sleep;
-use glommio::{spawn_local, LocalExecutorBuilder, Placement};
-use ringmq_protocol::frame::{encode_frame, FrameDecoder, FrameHeader};
-use ringmq_protocol::namesrv::{BrokerRegister, BrokerUnregister, RouteQuery};
+use glommio::{spawn_local, yield_if_needed, LocalExecutorBuilder, Placement};
+use ringmq_protocol::frame::{begin_frame, encode_frame, finish_frame, FrameDecoder, FrameHeader};
+use ringmq_protocol::namesrv::{
+    is_master_role, BrokerRegister, BrokerUnregister, RegisterResult, RouteQuery,
+};
 use ringmq_protocol::{Opcode, Status};
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::io::Write;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -40,26 +53,18 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9876";
 /// default heartbeat intervals (3 s), so one or two lost heartbeats drop nothing.
 pub const DEFAULT_BROKER_EXPIRY_MS: u64 = 10_000;
 
-/// Connections served at once. Brokers hold one each and clients one per process; past this
-/// something is wrong, and each connection may hold a read buffer.
-pub const MAX_CONNECTIONS: usize = 1024;
-
-/// Each connection's read buffer to begin with: far more than a registration of a broker with
-/// a few hundred topics, so it rarely grows.
-const BASE_READ_BUFFER_BYTES: usize = 64 * 1024;
-
-/// What every connection's read buffer may hold beyond its base size, together: a frame that
-/// would need more is answered `SYSTEM_BUSY` and its connection closed.
-pub const READ_BUFFER_BUDGET_BYTES: usize = 256 * 1024 * 1024;
-
 /// The name server's settings.
 #[derive(Clone, Debug)]
 pub struct NameServerConfig {
     /// `HOST:PORT`; port 0 picks a free one (the ready line names it).
     pub listen: String,
     pub broker_expiry_ms: u64,
-    /// Largest frame accepted (the broker's default `max_frame_bytes`).
+    /// How long a group with no live broker keeps its highest epoch.
+    pub group_epoch_retention_ms: u64,
+    /// Largest frame accepted.
     pub max_frame_bytes: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     pub request_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
@@ -70,7 +75,10 @@ impl Default for NameServerConfig {
         NameServerConfig {
             listen: DEFAULT_LISTEN.to_string(),
             broker_expiry_ms: DEFAULT_BROKER_EXPIRY_MS,
-            max_frame_bytes: 16 * 1024 * 1024,
+            group_epoch_retention_ms: DEFAULT_GROUP_EPOCH_RETENTION_MS,
+            max_frame_bytes: MAX_FRAME_BYTES,
+            max_connections: MAX_CONNECTIONS,
+            max_connections_per_ip: MAX_CONNECTIONS_PER_IP,
             // The broker's defaults for the same three.
             request_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
@@ -88,6 +96,21 @@ impl NameServerConfig {
                 self.broker_expiry_ms
             ));
         }
+        if self.group_epoch_retention_ms < self.broker_expiry_ms {
+            return Err(format!(
+                "--group-epoch-retention-ms: must be at least --broker-expiry-ms ({}), and is best many times it (got {})",
+                self.broker_expiry_ms, self.group_epoch_retention_ms
+            ));
+        }
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
+            return Err("--max-connections and --max-connections-per-ip must be at least 1".into());
+        }
+        if self.max_frame_bytes < 1024 {
+            return Err(format!(
+                "--max-frame-bytes: must be at least 1024 (got {})",
+                self.max_frame_bytes
+            ));
+        }
         Ok(())
     }
 }
@@ -97,6 +120,7 @@ impl NameServerConfig {
 /// once it accepts connections. Returns a message for the user on failure.
 pub fn run(config: NameServerConfig) -> Result<(), String> {
     config.validate()?;
+    raise_descriptor_limit(config.max_connections);
     use signal_hook::consts::{SIGINT, SIGTERM};
     // Installed before the ready line, so a signal right after it is not lost.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
@@ -147,20 +171,136 @@ pub fn run(config: NameServerConfig) -> Result<(), String> {
     }
 }
 
+/// Raises the soft limit on open descriptors to the hard limit, as the broker does: the usual
+/// soft limit of 1024 would stop accepts short of `max_connections`. Warns when even the hard
+/// limit is short.
+fn raise_descriptor_limit(max_connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            ..limit
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    // One descriptor per connection, and a few for the listener, stdio and the executor.
+    let needed = max_connections as u64 + 64;
+    if limit.rlim_cur < needed {
+        warn!(
+            "the open-descriptor limit {} is below the {needed} that {max_connections} connections need; accepts fail past it (raise `ulimit -n`)",
+            limit.rlim_cur
+        );
+    }
+}
+
+/// A master claim, as a refusal's warning names it.
+struct Claim {
+    cluster: String,
+    group: String,
+    broker_id: u64,
+    role: String,
+    epoch: u32,
+}
+
 /// State every connection task shares (one executor, so `Rc` and `RefCell`).
 struct Shared {
     registry: RefCell<Registry>,
     started: Instant,
     config: NameServerConfig,
     connections: Cell<usize>,
+    /// Connections per peer IP address (entries removed at zero).
+    per_ip: RefCell<HashMap<IpAddr, usize>>,
     /// Read-buffer bytes beyond the base size, summed over connections.
     buffered: Cell<usize>,
+    /// Unwritten answer bytes beyond [`WRITE_BATCH_BYTES`], summed over connections.
+    writing: Cell<usize>,
+    /// When each refused broker (cluster, group, id) was last warned about, so a refused
+    /// broker retrying every heartbeat logs once a minute. Cleared when it reaches
+    /// `MAX_BROKERS` entries.
+    refusals_warned: RefCell<HashMap<(String, String, u64), u64>>,
 }
 
 impl Shared {
     /// The registry's clock: monotonic milliseconds since start.
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// Takes a connection from `ip`; false (and nothing taken) when at either bound.
+    fn admit(&self, ip: IpAddr) -> Result<(), String> {
+        if self.connections.get() >= self.config.max_connections {
+            return Err(format!(
+                "the name server serves at most {} connections",
+                self.config.max_connections
+            ));
+        }
+        let mut per_ip = self.per_ip.borrow_mut();
+        let from_ip = per_ip.entry(ip).or_insert(0);
+        if *from_ip >= self.config.max_connections_per_ip {
+            return Err(format!(
+                "the name server serves at most {} connections from one address ({ip})",
+                self.config.max_connections_per_ip
+            ));
+        }
+        *from_ip += 1;
+        self.connections.set(self.connections.get() + 1);
+        Ok(())
+    }
+
+    fn leave(&self, ip: IpAddr) {
+        self.connections.set(self.connections.get() - 1);
+        let mut per_ip = self.per_ip.borrow_mut();
+        if let Some(n) = per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// Logs a refused master claim, at most once per [`REFUSAL_WARN_INTERVAL_MS`] per broker.
+    fn warn_refused(&self, claim: &Claim, result: &RegisterResult) {
+        let now = self.now_ms();
+        let key = (claim.cluster.clone(), claim.group.clone(), claim.broker_id);
+        let mut warned = self.refusals_warned.borrow_mut();
+        if warned
+            .get(&key)
+            .is_some_and(|at| now.saturating_sub(*at) < REFUSAL_WARN_INTERVAL_MS)
+        {
+            return;
+        }
+        if warned.len() >= crate::bounds::MAX_BROKERS {
+            warned.clear();
+        }
+        warned.insert(key, now);
+        warn!(
+            cluster = claim.cluster,
+            group = claim.group,
+            "refused {} claim of broker {} at epoch {}: the group's highest epoch is {} (broker {}); listed master: {}",
+            claim.role,
+            claim.broker_id,
+            claim.epoch,
+            result.group_epoch,
+            result.group_epoch_broker_id,
+            if result.master_listen.is_empty() {
+                "none".to_string()
+            } else {
+                format!(
+                    "broker {} at {} epoch {}",
+                    result.master_broker_id, result.master_listen, result.master_epoch
+                )
+            }
+        );
     }
 }
 
@@ -180,11 +320,18 @@ async fn serve(config: NameServerConfig, ready: mpsc::Sender<Result<String, Stri
         }
     };
     let shared = Rc::new(Shared {
-        registry: RefCell::new(Registry::new(config.broker_expiry_ms)),
+        registry: RefCell::new(Registry::with_limits(
+            config.broker_expiry_ms,
+            config.group_epoch_retention_ms,
+            Limits::default(),
+        )),
         started: Instant::now(),
         config,
         connections: Cell::new(0),
+        per_ip: RefCell::new(HashMap::new()),
         buffered: Cell::new(0),
+        writing: Cell::new(0),
+        refusals_warned: RefCell::new(HashMap::new()),
     });
     let _ = ready.send(Ok(addr));
     loop {
@@ -199,21 +346,27 @@ async fn serve(config: NameServerConfig, ready: mpsc::Sender<Result<String, Stri
         };
         let shared = shared.clone();
         spawn_local(async move {
-            if shared.connections.get() >= MAX_CONNECTIONS {
-                refuse(stream, &shared).await;
+            let ip = match stream.peer_addr() {
+                Ok(addr) => addr.ip(),
+                Err(e) => {
+                    debug!("a connection without a peer address: {e}");
+                    return;
+                }
+            };
+            if let Err(message) = shared.admit(ip) {
+                debug!("refusing a connection from {ip}: {message}");
+                refuse(stream, &shared, &message).await;
                 return;
             }
-            shared.connections.set(shared.connections.get() + 1);
             Connection::new(stream, shared.clone()).run().await;
-            shared.connections.set(shared.connections.get() - 1);
+            shared.leave(ip);
         })
         .detach();
     }
 }
 
-async fn refuse(mut stream: TcpStream, shared: &Shared) {
+async fn refuse(mut stream: TcpStream, shared: &Shared, message: &str) {
     let mut out = Vec::new();
-    let message = format!("the name server serves at most {MAX_CONNECTIONS} connections");
     encode_frame(
         &mut out,
         FrameHeader::response(0, Status::SystemBusy, 0),
@@ -240,10 +393,6 @@ enum Stop {
     Close,
 }
 
-/// Answers gathered before they are written: a burst of pipelined route queries, each
-/// answered with every route, must not gather unbounded memory.
-const WRITE_BATCH_BYTES: usize = 1024 * 1024;
-
 struct Connection {
     stream: TcpStream,
     shared: Rc<Shared>,
@@ -254,6 +403,8 @@ struct Connection {
     /// When the first byte of the frame now in `buf` arrived.
     frame_started: Instant,
     out: Vec<u8>,
+    /// Bytes of `out`'s capacity beyond [`WRITE_BATCH_BYTES`] counted in `Shared::writing`.
+    out_charged: usize,
 }
 
 impl Connection {
@@ -268,19 +419,28 @@ impl Connection {
             charged: 0,
             frame_started: Instant::now(),
             out: Vec::new(),
+            out_charged: 0,
         }
     }
 
     async fn run(mut self) {
         loop {
             let stop = self.answer_buffered();
+            self.charge_out();
             if !self.out.is_empty() {
                 let written = self.stream.write_all(&self.out).await;
                 self.out.clear();
+                if self.out.capacity() > WRITE_BATCH_BYTES {
+                    // A large route answer is written: give its memory back.
+                    self.out = Vec::new();
+                }
+                self.charge_out();
                 if written.is_err() {
                     break;
                 }
             }
+            // Another connection's registration must not wait for a burst of route answers.
+            yield_if_needed().await;
             match stop {
                 Stop::Close => break,
                 Stop::Batch => continue,
@@ -293,6 +453,16 @@ impl Connection {
         }
         let _ = self.stream.close().await;
         self.release_buffer();
+        self.out = Vec::new();
+        self.charge_out();
+    }
+
+    /// Brings `Shared::writing` up to date with `out`'s capacity.
+    fn charge_out(&mut self) {
+        let over = self.out.capacity().saturating_sub(WRITE_BATCH_BYTES);
+        let writing = &self.shared.writing;
+        writing.set(writing.get() - self.out_charged + over);
+        self.out_charged = over;
     }
 
     /// Answers the complete frames in the buffer into `out`: all of them, or up to the first
@@ -308,12 +478,7 @@ impl Connection {
             match self.decoder.decode(&self.buf[consumed..]) {
                 Ok(Some(frame)) => {
                     consumed += frame.wire_len();
-                    let (status, body, then) = answer(&self.shared, frame.header, frame.body);
-                    encode_frame(
-                        &mut self.out,
-                        FrameHeader::response(frame.header.opcode, status, frame.header.request_id),
-                        &body,
-                    );
+                    let then = answer(&self.shared, frame.header, frame.body, &mut self.out);
                     if matches!(then, After::Close) {
                         stop = Stop::Close;
                         break;
@@ -438,36 +603,65 @@ impl Connection {
     }
 }
 
-/// The answer to one well-framed request: status, body, and whether the connection stays.
-fn answer(shared: &Shared, header: FrameHeader, body: &[u8]) -> (Status, Vec<u8>, After) {
-    let error = |status: Status, message: String| (status, message.into_bytes(), After::Keep);
-    let ok = |encode: &dyn Fn(&mut Vec<u8>)| {
-        let mut out = Vec::new();
-        encode(&mut out);
-        (Status::Ok, out, After::Keep)
+/// Answers one well-framed request, appending the whole response frame to `out`; whether
+/// the connection stays.
+fn answer(shared: &Shared, header: FrameHeader, body: &[u8], out: &mut Vec<u8>) -> After {
+    let response = |status: Status| FrameHeader::response(header.opcode, status, header.request_id);
+    let error = |out: &mut Vec<u8>, status: Status, message: String, then: After| {
+        encode_frame(out, response(status), message.as_bytes());
+        then
     };
     let malformed = |e: ringmq_protocol::codec::DecodeError| {
-        error(Status::BadRequest, format!("malformed request body: {e}"))
+        (Status::BadRequest, format!("malformed request body: {e}"))
+    };
+    let ok = |out: &mut Vec<u8>, encode: &dyn Fn(&mut Vec<u8>)| {
+        let start = begin_frame(out, response(Status::Ok));
+        encode(out);
+        finish_frame(out, start);
+        After::Keep
     };
     match Opcode::from_u16(header.opcode) {
-        Some(Opcode::Ping) => (Status::Ok, Vec::new(), After::Keep),
+        Some(Opcode::Ping) => ok(out, &|_| {}),
         Some(Opcode::BrokerRegister) => match BrokerRegister::decode(body) {
             Ok(registration) => {
                 let now = shared.now_ms();
-                match shared.registry.borrow_mut().register(registration, now) {
-                    Ok(result) => ok(&|out| result.encode(out)),
-                    Err(e @ RegistryError::Invalid(_)) => error(Status::BadRequest, e.to_string()),
-                    Err(e @ RegistryError::Full(_)) => error(Status::SystemBusy, e.to_string()),
+                // What a refusal's warning names (only master claims can be refused).
+                let claim = is_master_role(&registration.role).then(|| Claim {
+                    cluster: registration.cluster_name.clone(),
+                    group: registration.broker_name.clone(),
+                    broker_id: registration.broker_id,
+                    role: registration.role.clone(),
+                    epoch: registration.epoch,
+                });
+                let registered = shared.registry.borrow_mut().register(registration, now);
+                match registered {
+                    Ok(result) => {
+                        if let Some(claim) = claim.filter(|_| !result.is_accepted()) {
+                            shared.warn_refused(&claim, &result);
+                        }
+                        ok(out, &|out| result.encode(out))
+                    }
+                    Err(e @ RegistryError::Invalid(_)) => {
+                        error(out, Status::BadRequest, e.to_string(), After::Keep)
+                    }
+                    Err(e @ RegistryError::Full(_)) => {
+                        error(out, Status::SystemBusy, e.to_string(), After::Keep)
+                    }
                 }
             }
-            Err(e) => malformed(e),
+            Err(e) => {
+                let (status, message) = malformed(e);
+                error(out, status, message, After::Keep)
+            }
         },
         Some(Opcode::BrokerUnregister) => match BrokerUnregister::decode(body) {
             Ok(r) => {
+                let now = shared.now_ms();
                 let removed = shared.registry.borrow_mut().unregister(
                     &r.cluster_name,
                     &r.broker_name,
                     r.broker_id,
+                    now,
                 );
                 debug!(
                     cluster = r.cluster_name,
@@ -476,31 +670,52 @@ fn answer(shared: &Shared, header: FrameHeader, body: &[u8]) -> (Status, Vec<u8>
                     removed,
                     "unregister"
                 );
-                (Status::Ok, Vec::new(), After::Keep)
+                ok(out, &|_| {})
             }
-            Err(e) => malformed(e),
+            Err(e) => {
+                let (status, message) = malformed(e);
+                error(out, status, message, After::Keep)
+            }
         },
         Some(Opcode::RouteQuery) => match RouteQuery::decode(body) {
             Ok(q) => {
                 let now = shared.now_ms();
-                let routes = shared.registry.borrow_mut().routes(&q.cluster_name, now);
-                ok(&|out| routes.encode(out))
+                let mut registry = shared.registry.borrow_mut();
+                // About the answer's size (every registration plus its age); checked before
+                // encoding so many slow readers of large answers cannot exhaust memory.
+                let estimate = registry.registered_bytes() + 12 * registry.broker_count() + 4;
+                let over = (out.len() + estimate).saturating_sub(WRITE_BATCH_BYTES);
+                if over > 0 && shared.writing.get() + over > WRITE_BUFFER_BUDGET_BYTES {
+                    let message = format!(
+                        "the name server's answers waiting to be written are at their bound ({} MiB); retry later or ask another name server",
+                        WRITE_BUFFER_BUDGET_BYTES >> 20
+                    );
+                    return error(out, Status::SystemBusy, message, After::Keep);
+                }
+                let start = begin_frame(out, response(Status::Ok));
+                registry.encode_routes(&q.cluster_name, now, out);
+                finish_frame(out, start);
+                After::Keep
             }
-            Err(e) => malformed(e),
+            Err(e) => {
+                let (status, message) = malformed(e);
+                error(out, status, message, After::Keep)
+            }
         },
-        Some(other) => (
+        Some(other) => error(
+            out,
             Status::UnknownOpcode,
             format!(
                 "{} ({}) is a broker request and this is a name server: it serves Ping, BrokerRegister, BrokerUnregister and RouteQuery",
                 other.name(),
                 header.opcode
-            )
-            .into_bytes(),
+            ),
             After::Close,
         ),
-        None => (
+        None => error(
+            out,
             Status::UnknownOpcode,
-            format!("unknown opcode {}", header.opcode).into_bytes(),
+            format!("unknown opcode {}", header.opcode),
             After::Close,
         ),
     }

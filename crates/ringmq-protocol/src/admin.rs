@@ -12,6 +12,22 @@ pub struct ClusterStatus {
     pub role: String,
     pub flush_disk_type: String,
     pub shards: Vec<ShardStatus>,
+    /// With `namesrv` set: each name server as this broker's registration last found it.
+    #[serde(default)]
+    pub namesrv: Vec<NameServerStatus>,
+}
+
+/// One name server as a broker's registration with it last went.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameServerStatus {
+    /// The name server's address.
+    pub namesrv: String,
+    /// The last registration was answered.
+    pub registered: bool,
+    /// The last answer refused this broker's master claim: its epoch does not outrank the
+    /// group's master there, which the name server lists instead (this broker is not listed
+    /// as a master).
+    pub refused: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -97,10 +97,12 @@ macro_rules! wire_body {
         #[cfg(test)]
         impl super::codec::strategies::Generate for $name {
             fn strategy() -> proptest::strategy::BoxedStrategy<Self> {
-                use proptest::strategy::{Just, Strategy};
-                (Just(()), $( super::codec::strategies::Strategize::<$ty>::strategy(&$codec), )*)
-                    .prop_map(|((), $($field,)*)| $name { $($field),* })
-                    .boxed()
+                use proptest::strategy::Strategy;
+                super::message::nested_strategy!(
+                    $( super::codec::strategies::Strategize::<$ty>::strategy(&$codec) ),*
+                )
+                .prop_map(|super::message::nested_pattern!($($field),*)| $name { $($field),* })
+                .boxed()
             }
         }
     };
@@ -108,6 +110,29 @@ macro_rules! wire_body {
 
 /// Other body modules (`namesrv`) declare theirs with the same macro.
 pub(crate) use wire_body;
+
+/// The fields' strategies as nested pairs ending in `Just(())`: proptest implements
+/// `Strategy` for tuples of at most 12, and a body may have more fields than that.
+#[cfg(test)]
+macro_rules! nested_strategy {
+    () => { proptest::strategy::Just(()) };
+    ($first:expr $(, $rest:expr)*) => {
+        ($first, super::message::nested_strategy!($($rest),*))
+    };
+}
+#[cfg(test)]
+pub(crate) use nested_strategy;
+
+/// The pattern matching a [`nested_strategy`] value, binding each field by name.
+#[cfg(test)]
+macro_rules! nested_pattern {
+    () => { () };
+    ($first:ident $(, $rest:ident)*) => {
+        ($first, super::message::nested_pattern!($($rest),*))
+    };
+}
+#[cfg(test)]
+pub(crate) use nested_pattern;
 
 wire_body! {
     /// One message as a producer sends it (borrowed).

@@ -51,6 +51,11 @@ wire_body! {
         pub topics: Vec<TopicInfo> => list("topic_count", "topic", Struct),
         /// Per shard offsets; may be empty.
         pub shards: Vec<ShardOffsets> => list("shard_offsets_count", "shard_offsets", Struct),
+        /// Orders this broker's registrations: each one it sends carries a larger value than
+        /// the last (a restart included: brokers base it on their boot time in nanoseconds),
+        /// so a registration that arrives late (resent after a timeout, overtaken by a newer
+        /// one on another connection) is ignored. 0: not sequenced, always applied.
+        pub sequence: u64 => U64,
     }
 }
 
@@ -70,6 +75,11 @@ wire_body! {
         pub master_epoch: u32 => U32,
         /// The name server's `broker_expiry_ms`: a broker silent that long is dropped.
         pub expiry_ms: u32 => U32,
+        /// The highest master epoch the group has accepted, and the broker id that claimed
+        /// it, whether or not that broker is still listed: what a refused master claim lost
+        /// to when no master is listed (0 and 0: the group has accepted no master claim).
+        pub group_epoch: u32 => U32,
+        pub group_epoch_broker_id: u64 => U64,
     }
 }
 

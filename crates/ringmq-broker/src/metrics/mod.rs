@@ -41,10 +41,11 @@ pub enum Counter {
     ReplicationMetadataErrors,
     RetentionDeletedSegments,
     RetentionReclaimedBytes,
+    NamesrvRegisterRefused,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 18] = [
+    pub const ALL: [Counter; 19] = [
         Counter::ProduceRequests,
         Counter::MessagesAppended,
         Counter::BytesAppended,
@@ -63,6 +64,7 @@ impl Counter {
         Counter::ReplicationMetadataErrors,
         Counter::RetentionDeletedSegments,
         Counter::RetentionReclaimedBytes,
+        Counter::NamesrvRegisterRefused,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -84,6 +86,7 @@ impl Counter {
             Counter::ReplicationMetadataErrors => "replication_metadata_errors_total",
             Counter::RetentionDeletedSegments => "retention_deleted_segments_total",
             Counter::RetentionReclaimedBytes => "retention_reclaimed_bytes_total",
+            Counter::NamesrvRegisterRefused => "namesrv_register_refused_total",
         }
     }
     pub fn help(self) -> &'static str {
@@ -114,6 +117,9 @@ impl Counter {
                 "Commitlog segments deleted by retention (age or disk pressure)."
             }
             Counter::RetentionReclaimedBytes => "Bytes of commitlog segments retention deleted.",
+            Counter::NamesrvRegisterRefused => {
+                "Registrations a name server answered by refusing this broker's master claim."
+            }
         }
     }
 }

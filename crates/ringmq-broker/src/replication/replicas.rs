@@ -161,6 +161,15 @@ impl Replicas {
             .count()
     }
 
+    /// Whether some connected slave has acknowledged `offset`: it holds the log up to there.
+    /// Allocates nothing (a far pull asks this on every answer).
+    pub fn any_acked_at_least(&self, offset: u64) -> bool {
+        self.links
+            .borrow()
+            .values()
+            .any(|l| l.acked_offset >= offset)
+    }
+
     pub fn states(&self) -> Vec<ReplicaState> {
         self.links.borrow().values().cloned().collect()
     }

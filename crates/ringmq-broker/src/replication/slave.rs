@@ -113,6 +113,12 @@ async fn link_once<D: Disk>(
     let _ = stream.set_nodelay(true);
     let welcome = handshake(shard, &mut stream, timeout).await?;
     let max_offset = shard.store().max_offset();
+    // The master cuts at its first epoch past this log's last one, which is right for the
+    // epochs the master handed out. An epoch this shard opened on its own (a generation after
+    // a crash as master, while a slave was promoted in its place) may start earlier than that:
+    // from its start the bytes are this shard's alone, so the cut goes there.
+    let unshared = shard.role_state().identity().unshared_from(&welcome.epochs);
+    let cut_to = welcome.truncate_to.min(unshared);
     if welcome.truncate_to != u64::MAX && welcome.truncate_to >= max_offset {
         // The master's retention deleted everything this log lacks (and everything it holds):
         // start over, empty, at the master's log head (RocketMQ's syncFromLastFile). A task
@@ -140,11 +146,11 @@ async fn link_once<D: Disk>(
         })
         .detach();
         restart.await.unwrap_or_else(|| Err(stale()))?;
-    } else if welcome.truncate_to < max_offset {
+    } else if cut_to < max_offset {
         warn!(
             shard = shard.id(),
-            divergence_offset = welcome.truncate_to,
-            discarded_bytes = shard.store().max_offset() - welcome.truncate_to,
+            divergence_offset = cut_to,
+            discarded_bytes = shard.store().max_offset() - cut_to,
             "this log diverged from the master's; cutting it back to the divergence point"
         );
         // A task of its own: a stopped link drops this future at an await, and a truncation cut
@@ -153,7 +159,7 @@ async fn link_once<D: Disk>(
         // first and made this shard a master whose log must not be cut).
         let truncation = spawn_local({
             let (shard, link) = (shard.clone(), link.clone());
-            let to = welcome.truncate_to;
+            let to = cut_to;
             async move {
                 let _gate = shard.flushing().lock_store().await;
                 if !shard.role_state().is_current(&link) {
@@ -182,6 +188,16 @@ async fn link_once<D: Disk>(
             return Err(stale());
         }
         shard.role_state().set_identity(identity);
+    }
+    if cut_to < welcome.truncate_to.min(max_offset) {
+        // The master streams from where it thought the logs parted, past this log's new end:
+        // hand over the new end (and, adopted above, the master's epochs) on a new connection.
+        info!(
+            shard = shard.id(),
+            from_offset = cut_to,
+            "cut back past the master's divergence point; reconnecting from there"
+        );
+        return Ok(true);
     }
     link.established();
     shard.role_state().wake_links();

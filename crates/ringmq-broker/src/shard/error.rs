@@ -57,6 +57,14 @@ pub enum ShardError {
     /// A flush covering the record failed.
     #[error("the store failed to write or sync; the message may not be durable")]
     NotDurable,
+    /// A batch failed after some of its records went into the log: whatever the cause, the
+    /// client must treat it as maybe stored (a resend of the whole batch repeats the first
+    /// records), never as refused before the append.
+    #[error("{stored} of the batch's messages were stored before it failed ({cause}); the batch may be partly stored")]
+    PartlyStored {
+        stored: usize,
+        cause: Box<ShardError>,
+    },
     #[error("the broker is shutting down: retry after it restarts")]
     ShuttingDown,
     #[error("shard {0} is not running")]
@@ -97,7 +105,8 @@ impl ShardError {
             | ShardError::Replication(_)
             | ShardError::Metadata(_)
             | ShardError::Unreadable(_)
-            | ShardError::NotDurable => Status::StoreError,
+            | ShardError::NotDurable
+            | ShardError::PartlyStored { .. } => Status::StoreError,
             ShardError::ShuttingDown => Status::SystemBusy,
             ShardError::ShardGone(_) | ShardError::Internal(_) => Status::Internal,
         }

@@ -71,7 +71,12 @@ pub enum ShardRequest {
     /// this shard's `NOT_MASTER` answers name it from now on.
     MasterHint {
         master: Option<crate::protocol::MasterHint>,
+        /// How registering with each name server last went (for `cluster status`).
+        namesrv: Vec<crate::protocol::admin::NameServerStatus>,
     },
+    /// Shard 0: what a registration carries changed on another shard (every shard's role
+    /// after a role change); register again now.
+    Reregister,
     /// Change this shard's role (see `Shard::change_role`).
     ChangeRole {
         target: crate::shard::role::RoleTarget,

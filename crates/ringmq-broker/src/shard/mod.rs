@@ -952,11 +952,17 @@ mod tests {
 
             let epoch = identity.last_epoch();
             shard
-                .change_role(role::RoleTarget::Master(role::MasterMode::Async))
+                .change_role(role::RoleTarget::Master {
+                    mode: role::MasterMode::Async,
+                    epoch: None,
+                })
                 .await
                 .unwrap();
             assert_eq!(shard.role(), BrokerRole::AsyncMaster);
-            assert_eq!(shard.role_state().identity().last_epoch(), epoch + 1);
+            assert_eq!(
+                shard.role_state().identity().last_epoch(),
+                crate::replication::identity::promotion_epoch([epoch]).unwrap()
+            );
             let taken = handlers::handle(&shard, Opcode::Produce, &produce(0, b"yes")).await;
             assert_eq!(taken.status, Status::Ok);
             shard.stop(background).await.unwrap();
@@ -1119,7 +1125,10 @@ mod tests {
             assert_eq!(saved.replicated_offset, end / 2);
 
             shard
-                .change_role(role::RoleTarget::Master(MasterMode::Sync))
+                .change_role(role::RoleTarget::Master {
+                    mode: MasterMode::Sync,
+                    epoch: None,
+                })
                 .await
                 .unwrap();
             // This slave heard nothing confirmed from its master: the new term starts at 0.

@@ -1,13 +1,17 @@
 //! The registration stage: this broker's registration with the name servers (`namesrv`), and
 //! the group's current master as their answers name it.
 //!
-//! Shard 0 runs one task per name server ([`keep_registered`]), so a slow or dead name server
-//! delays no other: each sends the whole registration (`BrokerRegister`) at start, at once
-//! after a topic or role change ([`Registration::changed`], notified by `apply_topics` and
-//! `change_role` on shard 0), and every `namesrv_heartbeat_interval_ms`. The requests go over
+//! Shard 0 builds the whole registration (`BrokerRegister`, one encoding, bounded by
+//! [`MAX_REGISTRATION_BYTES`]) at start, at once after a topic or role change
+//! ([`Registration::changed`], notified by `apply_topics` and `change_role` on shard 0, and by
+//! the other shards over the mesh), and every `namesrv_heartbeat_interval_ms`. One task per
+//! name server ([`keep_registered`]) sends the newest one, so a slow or dead name server delays
+//! no other. Each registration carries a larger `sequence` than the last, so a name server
+//! ignores one that arrives late. The requests go over
 //! glommio's async `TcpStream` with connect and answer deadlines, so no shard ever waits on a
-//! name server: the tasks only yield between the shard's other work. A clean shutdown sends
-//! `BrokerUnregister` to every name server, bounded by [`UNREGISTER_TIMEOUT`].
+//! name server: the tasks only yield between the shard's other work. A clean shutdown
+//! ([`stop`]) lets each task finish its exchange in flight and send `BrokerUnregister` on its
+//! own connection, bounded by [`UNREGISTER_TIMEOUT`].
 //!
 //! Every shard keeps the master the answers named ([`Registration::master`]): shard 0 sends it
 //! to the others over the mesh when it changes, and each shard's `NOT_MASTER` ends with it.
@@ -17,6 +21,8 @@ use super::completion::Event;
 use super::handlers::cluster::{local_status, ShardStatus};
 use super::mesh::ShardRequest;
 use super::Shard;
+use crate::metrics::Counter;
+use crate::protocol::admin::NameServerStatus;
 use crate::protocol::frame::{encode_frame, FrameDecoder, FrameHeader, FRAME_HEADER_BYTES};
 use crate::protocol::namesrv::{BrokerRegister, BrokerUnregister, RegisterResult, ShardOffsets};
 use crate::protocol::{MasterHint, Opcode, Status};
@@ -30,6 +36,11 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 use tracing::{info, warn};
+
+/// Largest registration sent: the name server's bound on one (`MAX_REGISTRATION_BYTES` in
+/// ringmq-namesrv), which refuses anything larger; a broker with that many topics is told so
+/// in its log rather than silently never listed.
+pub const MAX_REGISTRATION_BYTES: usize = 4 * 1024 * 1024;
 
 /// How long one connect, and then one answer, may take. A name server answers from memory:
 /// a second means it is down or overloaded, and the next heartbeat tries again.
@@ -59,8 +70,16 @@ pub struct Registration {
     answers: RefCell<Vec<Option<MasterHint>>>,
     /// The group's master as this shard last heard it: the newest epoch any name server names.
     master: RefCell<Option<MasterHint>>,
-    /// A topic or role change: re-register now.
+    /// Per name server, how the last registration went (shard 0 keeps it, and sends it to the
+    /// other shards with the master, so `cluster status` shows it from any shard).
+    namesrv: RefCell<Vec<NameServerStatus>>,
+    /// A topic or role change: re-register now (also notified by a stop).
     changed: Event,
+    /// The broker is stopping: each task finishes the exchange in flight, then unregisters
+    /// on its own connection and returns.
+    stopping: Cell<bool>,
+    /// The last registration's `sequence`; 0 before the first.
+    sequence: Cell<u64>,
 }
 
 impl Registration {
@@ -72,6 +91,42 @@ impl Registration {
     /// Records the master (shard 0 sends it to every shard).
     pub fn set_master(&self, master: Option<MasterHint>) {
         *self.master.borrow_mut() = master;
+    }
+
+    /// The next registration's `sequence`: the wall clock in nanoseconds at the first, one
+    /// more each time after, so a restarted broker (booted later by far more nanoseconds than
+    /// it sent registrations) counts above everything it sent before, and a name server can
+    /// ignore a registration that arrives after a newer one.
+    fn next_sequence(&self) -> u64 {
+        let next = match self.sequence.get() {
+            0 => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                .max(1),
+            last => last + 1,
+        };
+        self.sequence.set(next);
+        next
+    }
+
+    /// Each name server as the last registration with it went.
+    pub fn namesrv(&self) -> Vec<NameServerStatus> {
+        self.namesrv.borrow().clone()
+    }
+
+    /// Records the name servers' states (shard 0 sends them to every shard).
+    pub fn set_namesrv(&self, namesrv: Vec<NameServerStatus>) {
+        *self.namesrv.borrow_mut() = namesrv;
+    }
+
+    /// Shard 0: records how registering with name server `index` went; returns whether that
+    /// differs from the last time.
+    fn record_state(&self, index: usize, state: NameServerStatus) -> bool {
+        let mut states = self.namesrv.borrow_mut();
+        if states.len() <= index {
+            states.resize(index + 1, NameServerStatus::default());
+        }
+        std::mem::replace(&mut states[index], state.clone()) != state
     }
 
     /// Something a registration carries changed: every name server task sends it again now.
@@ -98,53 +153,83 @@ impl Registration {
     }
 }
 
-/// Starts one registration task per name server on `shard` (shard 0). The tasks end when the
-/// returned handles are dropped.
+/// The newest encoded registration for one name server's task: the builder replaces it, the
+/// task takes it. Holding only the newest means a slow name server is sent what is current
+/// when it is ready, and never makes the builder or the other name servers wait.
+#[derive(Default)]
+struct Outbox {
+    latest: RefCell<Option<Rc<Vec<u8>>>>,
+    posted: Event,
+}
+
+/// Starts the registration on `shard` (shard 0): one task that builds the registration at
+/// start, on every change and every heartbeat, and one task per name server that sends it;
+/// [`stop`] ends them.
 pub fn start<D: Disk + 'static>(
     shard: &Rc<Shard<D>>,
     identity: Rc<ClusterIdentity>,
 ) -> Vec<glommio::Task<()>> {
-    (0..identity.namesrv.len())
-        .map(|index| glommio::spawn_local(keep_registered(shard.clone(), identity.clone(), index)))
-        .collect()
+    let outboxes: Vec<Rc<Outbox>> = identity
+        .namesrv
+        .iter()
+        .map(|_| Rc::new(Outbox::default()))
+        .collect();
+    let mut tasks: Vec<glommio::Task<()>> = outboxes
+        .iter()
+        .enumerate()
+        .map(|(index, outbox)| {
+            glommio::spawn_local(keep_registered(
+                shard.clone(),
+                identity.clone(),
+                index,
+                outbox.clone(),
+            ))
+        })
+        .collect();
+    tasks.push(glommio::spawn_local(build_registrations(
+        shard.clone(),
+        identity,
+        outboxes,
+    )));
+    tasks
 }
 
-/// One name server's registration loop: register, learn the master, wait for a change or the
-/// heartbeat interval, again. Failures are logged once per outage, not every heartbeat.
-async fn keep_registered<D: Disk>(
+/// Builds the registration (the other shards' states over the mesh, the topic table, one
+/// encoding) once per change or heartbeat, and posts it to every name server's task.
+async fn build_registrations<D: Disk>(
     shard: Rc<Shard<D>>,
     identity: Rc<ClusterIdentity>,
-    index: usize,
+    outboxes: Vec<Rc<Outbox>>,
 ) {
-    let addr = identity.namesrv[index];
     let interval = Duration::from_millis(shard.config().namesrv_heartbeat_interval_ms);
-    let mut link = NameServerLink::new(addr);
-    let mut failing = false;
-    loop {
+    let mut too_large = false;
+    while !shard.registration().stopping.get() {
         // Listened to before the registration is built, so a change made while it is being
-        // sent is sent again rather than lost.
+        // built is built again rather than lost.
         let changed = shard.registration().changed.listen();
-        let body = registration(&shard, &identity).await;
-        let outcome = match body {
-            Some(body) => link.exchange(Opcode::BrokerRegister, &body).await,
-            // A shard is gone: the broker is stopping; the next round (if any) retries.
-            None => Err(io::Error::other("a shard did not report its state")),
-        };
-        match outcome.and_then(|(status, answer)| answer_of(status, &answer)) {
-            Ok(result) => {
-                if failing {
-                    info!(namesrv = %addr, "registered with the name server again");
-                    failing = false;
+        // `None`: a shard is gone, so the broker is stopping; the next round (if any) retries.
+        if let Some((body, topic_count)) = registration(&shard, &identity).await {
+            let fits = body.len() <= MAX_REGISTRATION_BYTES;
+            if fits == too_large {
+                too_large = !fits;
+                if too_large {
+                    warn!(
+                        bytes = body.len(),
+                        topic_count,
+                        "the registration is larger than the name servers take \
+                         ({MAX_REGISTRATION_BYTES} bytes): not sent, so this broker is not \
+                         listed; fewer topics or queues per broker fit"
+                    );
+                } else {
+                    info!(bytes = body.len(), "the registration fits again");
                 }
-                learn(&shard, &identity, index, &result).await;
             }
-            Err(e) => {
-                if !failing {
-                    warn!(namesrv = %addr, "registering with the name server failed: {e}; retrying every heartbeat");
-                    failing = true;
+            if fits {
+                let body = Rc::new(body);
+                for outbox in &outboxes {
+                    *outbox.latest.borrow_mut() = Some(body.clone());
+                    outbox.posted.notify();
                 }
-                // A fresh connection next time: this one may be mid-frame.
-                link.close();
             }
         }
         future::or(
@@ -155,6 +240,128 @@ async fn keep_registered<D: Disk>(
         )
         .await;
     }
+    // Wakes the name-server tasks to see the stop.
+    for outbox in &outboxes {
+        outbox.posted.notify();
+    }
+}
+
+/// One name server's registration loop: send the newest registration, learn the master,
+/// wait for the next one. Failures are logged once per outage, not every heartbeat.
+async fn keep_registered<D: Disk>(
+    shard: Rc<Shard<D>>,
+    identity: Rc<ClusterIdentity>,
+    index: usize,
+    outbox: Rc<Outbox>,
+) {
+    let addr = identity.namesrv[index];
+    let heartbeat_ms = shard.config().namesrv_heartbeat_interval_ms;
+    let mut link = NameServerLink::new(addr);
+    let mut failing = false;
+    let mut warned_expiry = false;
+    while !shard.registration().stopping.get() {
+        let posted = outbox.posted.listen();
+        let Some(body) = outbox.latest.borrow_mut().take() else {
+            let _ = posted.await;
+            continue;
+        };
+        let outcome = link.exchange(Opcode::BrokerRegister, &body).await;
+        let (state, master_changed) = match outcome
+            .and_then(|(status, answer)| answer_of(status, &answer))
+        {
+            Ok(result) => {
+                if failing {
+                    info!(namesrv = %addr, "registered with the name server again");
+                    failing = false;
+                }
+                check_expiry(addr, heartbeat_ms, result.expiry_ms, &mut warned_expiry);
+                let refused = !result.is_accepted();
+                if refused {
+                    shard.probe().add(Counter::NamesrvRegisterRefused, 1);
+                }
+                let master_changed = learn(&shard, &identity, index, &result);
+                let state = NameServerStatus {
+                    namesrv: addr.to_string(),
+                    registered: true,
+                    refused,
+                };
+                (state, master_changed)
+            }
+            Err(e) => {
+                if !failing {
+                    warn!(namesrv = %addr, "registering with the name server failed: {e}; retrying every heartbeat");
+                    failing = true;
+                }
+                // A fresh connection next time: this one may be mid-frame.
+                link.close();
+                let refused = shard
+                    .registration()
+                    .namesrv
+                    .borrow()
+                    .get(index)
+                    .is_some_and(|s| s.refused);
+                let state = NameServerStatus {
+                    namesrv: addr.to_string(),
+                    registered: false,
+                    refused,
+                };
+                (state, false)
+            }
+        };
+        let was_refused = shard
+            .registration()
+            .namesrv
+            .borrow()
+            .get(index)
+            .is_some_and(|s| s.refused);
+        if state.refused != was_refused {
+            log_refusal(&shard, &identity, addr, state.refused);
+        }
+        let state_changed = shard.registration().record_state(index, state);
+        if state_changed || master_changed {
+            publish(&shard).await;
+        }
+    }
+    unregister(&mut link, &shard, &identity).await;
+}
+
+/// Warns (once per task) when three heartbeats do not fit in the name server's expiry: one
+/// lost or late heartbeat would then drop this broker from the routes.
+fn check_expiry(addr: SocketAddr, heartbeat_ms: u64, expiry_ms: u32, warned: &mut bool) {
+    if !*warned && expiry_ms > 0 && heartbeat_ms.saturating_mul(3) > u64::from(expiry_ms) {
+        *warned = true;
+        warn!(
+            namesrv = %addr,
+            namesrv_heartbeat_interval_ms = heartbeat_ms,
+            broker_expiry_ms = expiry_ms,
+            "three heartbeats take longer than the name server's expiry: a heartbeat or two \
+             lost drops this broker from the routes; lower namesrv_heartbeat_interval_ms"
+        );
+    }
+}
+
+/// Ends the registration tasks: each finishes the exchange it has in flight (each step is
+/// bounded by [`REQUEST_TIMEOUT`]) and then sends `BrokerUnregister` on the same connection,
+/// so no registration of this broker can reach a name server after its unregister. Waits
+/// for them all, at most the in-flight exchange's bound plus [`UNREGISTER_TIMEOUT`]; a task
+/// still running then is dropped (that name server expires the broker instead).
+pub async fn stop<D: Disk>(shard: &Rc<Shard<D>>, tasks: Vec<glommio::Task<()>>) {
+    shard.registration().stopping.set(true);
+    shard.registration().changed();
+    let all = async {
+        for task in tasks {
+            task.await;
+        }
+    };
+    let bound = REQUEST_TIMEOUT * 2 + UNREGISTER_TIMEOUT;
+    future::or(all, async {
+        sleep(bound).await;
+        warn!(
+            "the name servers did not all answer the unregister within {} ms",
+            bound.as_millis()
+        );
+    })
+    .await;
 }
 
 fn answer_of(status: Status, body: &[u8]) -> io::Result<RegisterResult> {
@@ -168,22 +375,52 @@ fn answer_of(status: Status, body: &[u8]) -> io::Result<RegisterResult> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("RegisterResult: {e}")))
 }
 
-/// Takes the master a name server named and, when the broker's view changes, tells every
-/// other shard (their `NOT_MASTER` answers name it too).
-async fn learn<D: Disk>(
+/// A name server started or stopped refusing this broker's master claim: logged on the change
+/// only (every heartbeat would repeat it).
+fn log_refusal<D: Disk>(
+    shard: &Shard<D>,
+    identity: &ClusterIdentity,
+    addr: SocketAddr,
+    refused: bool,
+) {
+    if !refused {
+        info!(namesrv = %addr, "the name server accepts this broker's registration again");
+        return;
+    }
+    let master = shard.registration().master();
+    warn!(
+        namesrv = %addr,
+        broker_id = identity.broker_id,
+        master = %master.as_ref().map_or("none", |m| m.listen.as_str()),
+        master_epoch = master.as_ref().map_or(0, |m| m.epoch),
+        "the name server refused this broker's master claim: its epoch does not outrank the \
+         group's master there (lower, or equal from another broker), so clients are not routed \
+         here; this broker still takes writes sent to it directly until it is demoted (fencing \
+         it is the controller's part)"
+    );
+}
+
+/// Sends the master and the name servers' states to every other shard: their `NOT_MASTER`
+/// answers name the master, their `cluster status` shows the states.
+async fn publish<D: Disk>(shard: &Rc<Shard<D>>) {
+    let registration = shard.registration();
+    for other in (0..shard.shard_count()).filter(|s| *s != shard.id()) {
+        let request = ShardRequest::MasterHint {
+            master: registration.master(),
+            namesrv: registration.namesrv(),
+        };
+        // A shard that is gone is stopping with the broker; nothing to tell it.
+        let _ = shard.mesh().send(other, request).await;
+    }
+}
+
+/// Takes the master a name server named; returns whether the broker's view of it changed.
+fn learn<D: Disk>(
     shard: &Rc<Shard<D>>,
     identity: &ClusterIdentity,
     index: usize,
     result: &RegisterResult,
-) {
-    if !result.is_accepted() {
-        warn!(
-            namesrv = %identity.namesrv[index],
-            master = %result.master_listen,
-            master_epoch = result.master_epoch,
-            "the name server refused this broker's master claim: its group has a master with a newer epoch"
-        );
-    }
+) -> bool {
     // This broker naming itself would send clients back here.
     let named =
         (!result.master_listen.is_empty() && result.master_listen != identity.listen).then(|| {
@@ -193,7 +430,7 @@ async fn learn<D: Disk>(
             }
         });
     let Some(master) = shard.registration().record_answer(index, named) else {
-        return;
+        return false;
     };
     match &master {
         Some(m) => {
@@ -201,20 +438,14 @@ async fn learn<D: Disk>(
         }
         None => info!("the name servers name no master for this group"),
     }
-    for other in (0..shard.shard_count()).filter(|s| *s != shard.id()) {
-        let request = ShardRequest::MasterHint {
-            master: master.clone(),
-        };
-        // A shard that is gone is stopping with the broker; nothing to tell it.
-        let _ = shard.mesh().send(other, request).await;
-    }
+    true
 }
 
 /// The whole registration as it is now, encoded; `None` if a shard did not report.
 async fn registration<D: Disk>(
     shard: &Rc<Shard<D>>,
     identity: &ClusterIdentity,
-) -> Option<Vec<u8>> {
+) -> Option<(Vec<u8>, usize)> {
     let mut shards: Vec<ShardStatus> = shard
         .ask_others(|reply| ShardRequest::ClusterState { reply })
         .await
@@ -226,7 +457,7 @@ async fn registration<D: Disk>(
         cluster_name: config.cluster_name.clone(),
         broker_name: config.broker_name.clone(),
         broker_id: identity.broker_id,
-        role: shard.role().name().to_string(),
+        role: registered_role(&shards).to_string(),
         epoch: shards.iter().map(|s| s.epoch).max().unwrap_or(0),
         flush_disk_type: config.flush_disk_type.name().to_string(),
         listen: identity.listen.clone(),
@@ -241,48 +472,55 @@ async fn registration<D: Disk>(
                 max_offset: s.max_offset,
             })
             .collect(),
+        sequence: shard.registration().next_sequence(),
     };
     let mut body = Vec::new();
     register.encode(&mut body);
-    Some(body)
+    let topic_count = register.topics.len();
+    Some((body, topic_count))
 }
 
-/// Sends `BrokerUnregister` to every name server at once and waits for their answers, each at
-/// most [`UNREGISTER_TIMEOUT`].
-pub async fn unregister_all(cluster_name: &str, broker_name: &str, identity: &ClusterIdentity) {
+/// The role registered: a master role only when every shard is a master of the same mode.
+/// Shards in different roles (a role change under way, or one that failed on some shards)
+/// register as SLAVE, so no client is routed to a broker only part of which takes writes.
+fn registered_role(shards: &[ShardStatus]) -> &str {
+    match shards.split_first() {
+        Some((first, rest))
+            if first.role.ends_with("MASTER") && rest.iter().all(|s| s.role == first.role) =>
+        {
+            &first.role
+        }
+        _ => "SLAVE",
+    }
+}
+
+/// Sends `BrokerUnregister` on `link` (the connection the registrations went on, or a new
+/// one after a failure) and waits at most [`UNREGISTER_TIMEOUT`] for the answer.
+async fn unregister<D: Disk>(
+    link: &mut NameServerLink,
+    shard: &Shard<D>,
+    identity: &ClusterIdentity,
+) {
+    let config = shard.config();
     let mut body = Vec::new();
     BrokerUnregister {
-        cluster_name: cluster_name.to_string(),
-        broker_name: broker_name.to_string(),
+        cluster_name: config.cluster_name.clone(),
+        broker_name: config.broker_name.clone(),
         broker_id: identity.broker_id,
     }
     .encode(&mut body);
-    let body = Rc::new(body);
-    let tasks: Vec<_> = identity
-        .namesrv
-        .iter()
-        .map(|addr| {
-            let (addr, body) = (*addr, body.clone());
-            glommio::spawn_local(async move {
-                let mut link = NameServerLink::new(addr);
-                let sent = future::or(
-                    link.exchange(Opcode::BrokerUnregister, &body),
-                    async {
-                        sleep(UNREGISTER_TIMEOUT).await;
-                        Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"))
-                    },
-                )
-                .await;
-                match sent {
-                    Ok((Status::Ok, _)) => info!(namesrv = %addr, "unregistered"),
-                    Ok((status, _)) => warn!(namesrv = %addr, "unregistering: answered {status}"),
-                    Err(e) => warn!(namesrv = %addr, "unregistering failed: {e}; the name server expires this broker instead"),
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await;
+    let addr = link.addr;
+    let sent = future::or(link.exchange(Opcode::BrokerUnregister, &body), async {
+        sleep(UNREGISTER_TIMEOUT).await;
+        Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"))
+    })
+    .await;
+    match sent {
+        Ok((Status::Ok, _)) => info!(namesrv = %addr, "unregistered"),
+        Ok((status, _)) => warn!(namesrv = %addr, "unregistering: answered {status}"),
+        Err(e) => {
+            warn!(namesrv = %addr, "unregistering failed: {e}; the name server expires this broker instead")
+        }
     }
 }
 
@@ -338,6 +576,11 @@ impl NameServerLink {
                     let (header, answer, used) =
                         (frame.header, frame.body.to_vec(), frame.wire_len());
                     buf.drain(..used);
+                    if header.is_response() && header.request_id < id {
+                        // The answer to an earlier request that timed out here: its exchange
+                        // is over; the one due follows on the same connection.
+                        continue;
+                    }
                     if !header.is_response() || header.request_id != id {
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidData,
@@ -387,7 +630,34 @@ async fn within<T>(
 
 #[cfg(test)]
 mod tests {
-    use super::Registration;
+    use super::{registered_role, Registration};
+    use crate::protocol::admin::ShardStatus;
+
+    fn shard(role: &str) -> ShardStatus {
+        ShardStatus {
+            shard: 0,
+            role: role.to_string(),
+            epoch: 1,
+            log_id: String::new(),
+            max_offset: 0,
+            flushed_offset: 0,
+            confirmed_offset: 0,
+            divergence_points: Vec::new(),
+            slaves: Vec::new(),
+            master_link: None,
+        }
+    }
+
+    #[test]
+    fn a_master_role_is_registered_only_when_every_shard_has_it() {
+        let all = [shard("SYNC_MASTER"), shard("SYNC_MASTER")];
+        assert_eq!(registered_role(&all), "SYNC_MASTER");
+        let mixed = [shard("SYNC_MASTER"), shard("SLAVE")];
+        assert_eq!(registered_role(&mixed), "SLAVE");
+        let modes = [shard("SYNC_MASTER"), shard("ASYNC_MASTER")];
+        assert_eq!(registered_role(&modes), "SLAVE");
+        assert_eq!(registered_role(&[shard("SLAVE")]), "SLAVE");
+    }
     use crate::protocol::MasterHint;
 
     fn hint(listen: &str, epoch: u32) -> Option<MasterHint> {

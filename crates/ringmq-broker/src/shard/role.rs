@@ -13,7 +13,7 @@ use super::completion::Event;
 use super::error::ShardError;
 use super::Shard;
 use crate::config::BrokerRole;
-use crate::replication::identity::LogIdentity;
+use crate::replication::identity::{describe_epoch, promotion_epoch, LogIdentity};
 use crate::replication::replicas::Replicas;
 use crate::store::io::Disk;
 use futures_channel::oneshot;
@@ -279,7 +279,14 @@ impl RoleState {
 /// The role a transition goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RoleTarget {
-    Master(MasterMode),
+    /// Master in `mode`. A slave promoted opens `epoch` (packed, see
+    /// `replication::identity`): `cluster promote` computes it once for every shard, so all
+    /// of them open the same term; `None` opens the next term of this shard's own log. A
+    /// shard that is already a master keeps its epoch.
+    Master {
+        mode: MasterMode,
+        epoch: Option<u32>,
+    },
     /// Follow the master whose HA port is at this address.
     Slave(SocketAddr),
 }
@@ -344,12 +351,12 @@ impl<D: Disk> Shard<D> {
         let _appends = self.appending().lock().await;
         let _store = self.flushing().lock_store().await;
         match target {
-            RoleTarget::Master(mode) if current.is_master() => {
+            RoleTarget::Master { mode, .. } if current.is_master() => {
                 let replicas = self.role_state().replicas().expect("a master has replicas");
                 self.persist_role(mode.broker_role(), None).await?;
                 *self.role_state().role.borrow_mut() = Role::Master { mode, replicas };
             }
-            RoleTarget::Master(mode) => self.promote(mode).await?,
+            RoleTarget::Master { mode, epoch } => self.promote(mode, epoch).await?,
             RoleTarget::Slave(master) => {
                 self.demote(master).await?;
                 if let Some(link) = self.role_state().slave_link() {
@@ -365,7 +372,11 @@ impl<D: Disk> Shard<D> {
         Ok(())
     }
 
-    async fn promote(self: &Rc<Self>, mode: MasterMode) -> Result<(), ShardError> {
+    async fn promote(
+        self: &Rc<Self>,
+        mode: MasterMode,
+        epoch: Option<u32>,
+    ) -> Result<(), ShardError> {
         super::flushing::flush_holding_gate(self).await?;
         let end = self.store().max_offset();
         // Everything the old master confirmed stays visible; the rest waits for this master's
@@ -375,7 +386,16 @@ impl<D: Disk> Shard<D> {
             .slave_link()
             .map_or(0, |l| l.visible_bound())
             .min(end);
-        let mut identity = self.role_state().identity().next_epoch(end);
+        let current = self.role_state().identity();
+        let epoch = epoch.or_else(|| promotion_epoch([current.last_epoch()]));
+        let mut identity = epoch
+            .and_then(|epoch| current.open_term(epoch, end))
+            .ok_or_else(|| {
+                ShardError::Refused(format!(
+                    "promotion: epoch {} is in the last term this log can hold",
+                    describe_epoch(current.last_epoch())
+                ))
+            })?;
         identity.promoted_role = Some(mode.broker_role());
         identity.master_addr = None;
         // What this term starts from as acknowledged; a restart before the first checkpoint
@@ -401,6 +421,7 @@ impl<D: Disk> Shard<D> {
         info!(
             shard = self.id(),
             epoch,
+            term_generation = %describe_epoch(epoch),
             epoch_start_offset = end,
             "promoted to {}",
             mode.broker_role()

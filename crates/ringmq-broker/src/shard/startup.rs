@@ -6,7 +6,7 @@ use super::{groups::GroupOffsets, handlers, owned_queues, Shard, ShardError, Sha
 use crate::clock::RealClock;
 use crate::config::{BrokerConfig, BrokerRole};
 use crate::net;
-use crate::replication::identity::LogIdentity;
+use crate::replication::identity::{describe_epoch, LogIdentity};
 use crate::store::glommio_disk::{prime_iopoll_probe, GlommioDisk};
 use crate::store::io::Disk;
 use crate::store::{RecoveryReport, ShardStore, StoreConfig};
@@ -176,17 +176,21 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, ShardError> {
     let groups = GroupOffsets::load(disk, dir.join("groups.json")).await?;
     // A master that crashed may have lost bytes a slave already received (the unflushed tail
     // is shipped from memory). A new epoch at the recovered end makes a returning slave cut
-    // its log back there instead of keeping bytes this log no longer has.
+    // its log back there instead of keeping bytes this log no longer has. It is the next
+    // generation of the same term, not a new term: a slave promoted while this master was
+    // down opened a new term, and this master must stay below it (see
+    // `replication::identity`), however often it restarts.
     let recovered_end = store.max_offset();
     let epoch_start = identity.epochs.last().map(|(_, start)| *start);
     if role.is_master() && report.unclean_shutdown && epoch_start != Some(recovered_end) {
-        identity = identity.next_epoch(recovered_end);
+        identity = identity.next_generation(recovered_end)?;
         identity.save(&disk, &dir).await?;
         info!(
             shard = start.id,
             epoch = identity.last_epoch(),
+            term_generation = %describe_epoch(identity.last_epoch()),
             epoch_start_offset = recovered_end,
-            "unclean restart as master: new epoch"
+            "unclean restart as master: the next generation of its term"
         );
     }
     stage("connecting to the other shards".to_string());
@@ -288,13 +292,8 @@ async fn serve_until_stopped(
         );
     }
     drop(accept_loops);
-    drop(registering);
-    if let Some(identity) = &cluster {
-        // Before the final flush: clients stop being sent here while the broker stops.
-        let config = shard.config();
-        super::registration::unregister_all(&config.cluster_name, &config.broker_name, identity)
-            .await;
-    }
+    // Before the final flush: clients stop being sent here while the broker stops.
+    super::registration::stop(&shard, registering).await;
     info!(shard = shard.id(), "stopping: final flush and checkpoint");
     if let Err(e) = shard.stop(background).await {
         warn!(shard = shard.id(), "clean shutdown failed: {e}");

@@ -14,7 +14,10 @@
 //! per queue: such a queue is read through a second client over the same group whose list
 //! starts with the slaves.
 //!
-//! Consumer-group offsets go to the group that owns the queue, through the same failover.
+//! Consumer-group offsets go to the group that owns the queue, through the same failover. A
+//! commit a slave took while the master was down is remembered and sent again to the master
+//! once the group's reader is back on it: the returning master's metadata would otherwise
+//! overwrite the slave's newer offset, and the consumer group would read those messages again.
 
 use super::{QueueRef, RouteCache, DEFAULT_ROUTE_REFRESH};
 use crate::api::{ClientOptions, PullResult};
@@ -62,6 +65,8 @@ pub struct ClusterConsumer {
     readers: HashMap<String, GroupReader>,
     /// (topic, queue) pairs a master suggested reading from a slave.
     on_slave: HashSet<(String, QueueRef)>,
+    /// Commits a slave took, by (consumer group, topic, queue): sent again to the master.
+    pending_commits: HashMap<(String, String, QueueRef), u64>,
 }
 
 impl ClusterConsumer {
@@ -80,6 +85,7 @@ impl ClusterConsumer {
             options,
             readers: HashMap::new(),
             on_slave: HashSet::new(),
+            pending_commits: HashMap::new(),
         }
     }
 
@@ -139,6 +145,9 @@ impl ClusterConsumer {
             max_bytes,
             max_wait_ms,
         );
+        if result.is_ok() {
+            self.resend_pending_commits(&queue.group);
+        }
         match &result {
             Ok(answer) => match answer.summary.suggest {
                 SUGGEST_SLAVE => {
@@ -175,12 +184,84 @@ impl ClusterConsumer {
         queue: &QueueRef,
         offset: u64,
     ) -> Result<(), ClientError> {
-        self.client(&queue.group, false)?.call(&GroupCommit {
+        self.resend_pending_commits(&queue.group);
+        let client = self.client(&queue.group, false)?;
+        client.call(&GroupCommit {
             group: consumer_group.to_string(),
             topic: topic.to_string(),
             queue: queue.queue,
             offset,
-        })
+        })?;
+        let on_master = self.on_master(&queue.group);
+        let key = (consumer_group.to_string(), topic.to_string(), queue.clone());
+        if on_master {
+            self.pending_commits.remove(&key);
+        } else {
+            self.pending_commits.insert(key, offset);
+        }
+        Ok(())
+    }
+
+    /// Commits taken by a slave and not yet by the master (see the module documentation).
+    pub fn pending_commits(&self) -> usize {
+        self.pending_commits.len()
+    }
+
+    /// Whether the group's reader is on the master the routes list.
+    fn on_master(&self, group: &str) -> bool {
+        let master = self
+            .routes
+            .cached()
+            .groups
+            .get(group)
+            .and_then(|g| g.master.as_ref());
+        match (master, self.active_broker(group)) {
+            (Some(master), Some(active)) => master.listen == active,
+            _ => false,
+        }
+    }
+
+    /// Sends the group's remembered slave commits to its master, once the reader is on it; a
+    /// failed one stays remembered for the next try.
+    fn resend_pending_commits(&mut self, group: &str) {
+        if !self.pending_commits.keys().any(|k| k.2.group == group) || !self.on_master(group) {
+            return;
+        }
+        let pending: Vec<((String, String, QueueRef), u64)> = self
+            .pending_commits
+            .iter()
+            .filter(|(k, _)| k.2.group == group)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let Ok(client) = self.client(group, false) else {
+            return;
+        };
+        let mut sent = Vec::new();
+        for (key, offset) in pending {
+            let commit = GroupCommit {
+                group: key.0.clone(),
+                topic: key.1.clone(),
+                queue: key.2.queue,
+                offset,
+            };
+            match client.call(&commit) {
+                Ok(()) => sent.push(key),
+                Err(e) => {
+                    tracing::debug!(group, error = %e, "resending a slave's commit to the master");
+                    break;
+                }
+            }
+        }
+        if !sent.is_empty() {
+            tracing::info!(
+                group,
+                commits = sent.len(),
+                "sent the commits a slave took to the master"
+            );
+        }
+        for key in sent {
+            self.pending_commits.remove(&key);
+        }
     }
 
     /// The consumer group's committed offset for `queue`, from the group owning the queue.
@@ -190,6 +271,7 @@ impl ClusterConsumer {
         topic: &str,
         queue: &QueueRef,
     ) -> Result<Option<u64>, ClientError> {
+        self.resend_pending_commits(&queue.group);
         let answer = self.client(&queue.group, false)?.call(&GroupFetch {
             group: consumer_group.to_string(),
             topic: topic.to_string(),

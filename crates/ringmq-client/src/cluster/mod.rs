@@ -10,8 +10,10 @@
 //!
 //! [`RouteCache`] asks the name servers: any of them, the next one when one fails or answers
 //! with nothing (a name server that just restarted knows no broker until they re-register), so
-//! an empty answer never replaces routes that list brokers. It refreshes every
-//! `route_refresh` (5 s by default) and at once when a client saw a routing error.
+//! an empty answer never replaces routes that list brokers, and a group an answer leaves out
+//! stays cached for [`MISSING_GROUP_GRACE`] (a restarted name server answers with the brokers
+//! that registered again so far). It refreshes every `route_refresh` (5 s by default) and
+//! when a client saw a routing error, at most every [`MIN_FORCED_REFRESH_SPACING`].
 
 mod consumer;
 mod fault;
@@ -30,12 +32,23 @@ pub use source::{NameServerSource, RouteSource};
 
 use crate::error::ClientError;
 use crate::protocol::message::TopicInfo;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 /// How often routes are fetched again when nothing went wrong, by default (RocketMQ: 30 s;
 /// shorter here so that a new master is found without a routing error first).
 pub const DEFAULT_ROUTE_REFRESH: Duration = Duration::from_millis(5000);
+
+/// The least time between two fetches a routing error forces: every failed send attempt asks
+/// for one, and a burst of them must not turn into a query per attempt (each can wait out a
+/// hung name server's timeout).
+pub const MIN_FORCED_REFRESH_SPACING: Duration = Duration::from_millis(100);
+
+/// How long a group stays in the cache after an answer stopped listing it: a name server that
+/// just restarted lists only the brokers that have registered again (each does within its
+/// heartbeat interval), and such a partial answer must not drop a live group. The name
+/// server's own `broker_expiry_ms` default: a group that is really gone leaves after it.
+pub const MISSING_GROUP_GRACE: Duration = Duration::from_millis(10_000);
 
 /// One live broker as a name server lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -213,6 +226,12 @@ pub struct RouteCache {
     refresh_every: Duration,
     /// When the routes are fetched again; `None`: at the next use.
     next_refresh: Option<Instant>,
+    /// When the name servers were last asked (see [`MIN_FORCED_REFRESH_SPACING`]).
+    last_fetch: Option<Instant>,
+    forced_refresh_spacing: Duration,
+    /// Groups cached but missing from the answers since then (see [`MISSING_GROUP_GRACE`]).
+    missing_since: HashMap<String, Instant>,
+    missing_group_grace: Duration,
     /// Answers that listed nothing while the cache listed brokers, and so were ignored.
     ignored_empty: u64,
     failed_queries: u64,
@@ -241,6 +260,10 @@ impl RouteCache {
             version: 0,
             refresh_every,
             next_refresh: None,
+            last_fetch: None,
+            forced_refresh_spacing: MIN_FORCED_REFRESH_SPACING,
+            missing_since: HashMap::new(),
+            missing_group_grace: MISSING_GROUP_GRACE,
             ignored_empty: 0,
             failed_queries: 0,
         })
@@ -259,6 +282,16 @@ impl RouteCache {
 
     pub fn set_refresh_every(&mut self, every: Duration) {
         self.refresh_every = every;
+    }
+
+    /// The least time between forced fetches ([`MIN_FORCED_REFRESH_SPACING`] by default).
+    pub fn set_forced_refresh_spacing(&mut self, spacing: Duration) {
+        self.forced_refresh_spacing = spacing;
+    }
+
+    /// How long a group missing from the answers stays cached ([`MISSING_GROUP_GRACE`]).
+    pub fn set_missing_group_grace(&mut self, grace: Duration) {
+        self.missing_group_grace = grace;
     }
 
     pub fn servers(&self) -> &[String] {
@@ -289,8 +322,12 @@ impl RouteCache {
     }
 
     /// Makes the next [`route`](Self::route) fetch: for a caller that saw a routing error.
+    /// Not sooner than [`MIN_FORCED_REFRESH_SPACING`] after the last fetch.
     pub fn invalidate(&mut self) {
-        self.next_refresh = None;
+        self.next_refresh = self
+            .last_fetch
+            .map(|at| at + self.forced_refresh_spacing)
+            .filter(|at| *at > Instant::now());
     }
 
     pub fn ignored_empty_answers(&self) -> u64 {
@@ -305,6 +342,7 @@ impl RouteCache {
     /// keeps the first answer that lists brokers. An answer that lists nothing replaces the
     /// routes only when they list nothing either, and only once every server was asked.
     pub fn refresh(&mut self) -> Result<&ClusterRoute, ClientError> {
+        self.last_fetch = Some(Instant::now());
         let count = self.servers.len();
         let mut last_error = None;
         let mut answered_empty = false;
@@ -318,6 +356,7 @@ impl RouteCache {
                         continue;
                     }
                     self.preferred = index;
+                    let route = self.keep_missing_groups(route);
                     self.install(route);
                     return Ok(&self.route);
                 }
@@ -338,6 +377,27 @@ impl RouteCache {
             return Ok(&self.route);
         }
         Err(last_error.expect("at least one server was asked"))
+    }
+
+    /// Adds to `route` the cached groups it lacks that have been missing for less than the
+    /// grace (see [`MISSING_GROUP_GRACE`]).
+    fn keep_missing_groups(&mut self, mut route: ClusterRoute) -> ClusterRoute {
+        let now = Instant::now();
+        let mut still_missing = HashMap::new();
+        for (name, group) in &self.route.groups {
+            if route.groups.contains_key(name) {
+                continue;
+            }
+            let since = self.missing_since.get(name).copied().unwrap_or(now);
+            if now.saturating_duration_since(since) < self.missing_group_grace {
+                route.groups.insert(name.clone(), group.clone());
+                still_missing.insert(name.clone(), since);
+            } else {
+                tracing::info!(group = %name, "the name servers no longer list the group");
+            }
+        }
+        self.missing_since = still_missing;
+        route
     }
 
     fn install(&mut self, route: ClusterRoute) {

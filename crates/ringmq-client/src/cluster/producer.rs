@@ -3,8 +3,10 @@
 //!
 //! Queue choice: round robin over the writable queues of all groups (groups with a master),
 //! skipping groups the fault tolerance avoids ([`super::fault`]); with a key, crc32c of the
-//! key modulo the number of writable queues, so one key maps to one queue while the routes are
-//! unchanged.
+//! key modulo the number of all listed queues (readable: with or without a master), so one key
+//! keeps its queue while a group loses and regains its master. When the key's queue has no
+//! master, an ordered send fails as not stored without sending; an unordered one falls back
+//! to the key's hash over the writable queues.
 //!
 //! A failed attempt falls in one [`FailureClass`] and [`decide`] says what follows:
 //!
@@ -39,6 +41,12 @@ use std::time::{Duration, Instant};
 /// Extra attempts after the first, by default (RocketMQ's `retryTimesWhenSendFailed`).
 pub const DEFAULT_RETRIES: u32 = 2;
 
+/// How long a produce waits for its answer, by default: the longest a broker takes to answer
+/// with its defaults (`sync_flush_timeout_ms` 5000 plus `sync_replica_timeout_ms` 3000, after
+/// which it answers FLUSH_DISK_TIMEOUT or FLUSH_SLAVE_TIMEOUT) and a margin. The client's
+/// general 30 s would let one hung master stall a send, and every send behind it, for 30 s.
+pub const DEFAULT_PRODUCE_READ_TIMEOUT: Duration = Duration::from_millis(5_000 + 3_000 + 2_000);
+
 #[derive(Clone, Debug)]
 pub struct ClusterProducerOptions {
     pub client: ClientOptions,
@@ -58,8 +66,10 @@ pub struct ClusterProducerOptions {
 
 impl Default for ClusterProducerOptions {
     fn default() -> Self {
+        let mut client = ClientOptions::default();
+        client.connection.read_timeout = DEFAULT_PRODUCE_READ_TIMEOUT;
         ClusterProducerOptions {
-            client: ClientOptions::default(),
+            client,
             cluster: String::new(),
             route_refresh: DEFAULT_ROUTE_REFRESH,
             retries: DEFAULT_RETRIES,
@@ -171,6 +181,46 @@ pub struct SendError {
     pub attempts: u32,
 }
 
+/// What one failed attempt says.
+struct FailedAttempt {
+    class: FailureClass,
+    /// The group's master a `NOT_MASTER` answer named, when it is not the one asked.
+    hint: Option<crate::protocol::MasterHint>,
+    error: ClientError,
+    /// The broker's answer, when it stored the message without the guarantee.
+    outcome: Option<SendOutcome>,
+}
+
+/// The error of a send whose attempts all failed; `last` is `None` when no queue was found.
+fn send_error(
+    topic: &str,
+    last: Option<(ClientError, Option<String>, FailureClass)>,
+    maybe_stored: bool,
+    attempts: u32,
+) -> SendError {
+    let (error, group, class) = last.unwrap_or_else(|| {
+        (
+            ClientError::Status {
+                status: Status::TopicNotFound,
+                message: format!("no writable queue of topic `{topic}` in the routes"),
+            },
+            None,
+            FailureClass::NotStored,
+        )
+    });
+    SendError {
+        // Any attempt that may have stored it makes the whole send "maybe stored".
+        class: if maybe_stored {
+            FailureClass::MaybeStored
+        } else {
+            class
+        },
+        error,
+        group,
+        attempts,
+    }
+}
+
 pub struct ClusterProducer {
     routes: RouteCache,
     options: ClusterProducerOptions,
@@ -244,109 +294,99 @@ impl ClusterProducer {
                 },
             };
             attempts += 1;
-            let retries_left = attempts < allowed;
-            let started = Instant::now();
-            let result = self.attempt(&master, topic, queue.queue, messages);
-            let latency = started.elapsed();
-            let (class, hint, error, outcome) = match result {
-                Ok(result) => {
-                    let outcome = SendOutcome {
-                        status: result.status,
-                        group: queue.group.clone(),
-                        broker: master.clone(),
-                        queue: result.response.queue,
-                        base_offset: result.response.base_offset,
-                        count: result.response.count,
-                        attempts,
-                    };
-                    if result.status == Status::Ok {
-                        self.fault
-                            .record_success(&queue.group, latency, Instant::now());
-                        return Ok(outcome);
-                    }
-                    let error = ClientError::Status {
-                        status: result.status,
-                        message: "stored without the flush or replication guarantee".into(),
-                    };
-                    (
-                        FailureClass::StoredWithoutGuarantee,
-                        None,
-                        error,
-                        Some(outcome),
-                    )
-                }
-                Err((error, written)) => {
-                    let class = classify_error(&error, written);
-                    let hint = error.master_hint();
-                    (class, hint, error, None)
-                }
+            let failed = match self.attempt_once(&queue, &master, topic, messages, attempts) {
+                Ok(outcome) => return Ok(outcome),
+                Err(failed) => *failed,
             };
-            tracing::debug!(group = %queue.group, ?class, %error, "cluster produce attempt failed");
-            let hinted = match &hint {
-                Some(hint) if hint.listen != master => {
-                    self.learn_master(&queue.group, hint.listen.clone(), hint.epoch);
-                    true
-                }
-                _ => false,
-            };
-            if class != FailureClass::Rejected {
-                if !hinted {
-                    self.fault
-                        .record_failure(&queue.group, latency, Instant::now());
-                }
-                self.routes.invalidate();
-            }
-            match class {
+            match failed.class {
                 FailureClass::MaybeStored => maybe_stored = true,
-                FailureClass::StoredWithoutGuarantee => stored = outcome,
+                FailureClass::StoredWithoutGuarantee => stored = failed.outcome,
                 _ => {}
             }
             let decision = decide(
-                class,
-                hinted,
-                retries_left,
+                failed.class,
+                failed.hint.is_some(),
+                attempts < allowed,
                 self.options.retry_another_group_when_not_stored_ok,
                 ordered,
             );
+            last = Some((failed.error, Some(queue.group.clone()), failed.class));
             match decision {
                 Decision::ResendSameQueue => {
-                    let listen = hint.expect("hinted").listen;
-                    pinned = Some((queue.clone(), listen));
+                    let listen = failed.hint.expect("hinted").listen;
+                    pinned = Some((queue, listen));
                 }
-                Decision::ResendAnotherGroup => tried.push(queue.group.clone()),
-                Decision::Report => {
-                    last = Some((error, Some(queue.group.clone()), class));
-                    break;
-                }
+                Decision::ResendAnotherGroup => tried.push(queue.group),
+                Decision::Report => break,
             }
-            last = Some((error, Some(queue.group), class));
         }
         // Stored once without the guarantee, and no later attempt stored it with it.
         if let Some(mut outcome) = stored {
             outcome.attempts = attempts;
             return Ok(outcome);
         }
-        let (error, group, class) = last.unwrap_or_else(|| {
-            (
-                ClientError::Status {
-                    status: Status::TopicNotFound,
-                    message: format!("no writable queue of topic `{topic}` in the routes"),
-                },
-                None,
-                FailureClass::NotStored,
-            )
-        });
-        let class = if maybe_stored {
-            FailureClass::MaybeStored
-        } else {
-            class
+        Err(send_error(topic, last, maybe_stored, attempts))
+    }
+
+    /// One attempt at `master`: the outcome of an OK, else what the failure says (the fault
+    /// tolerance, the routes and a `NOT_MASTER`'s named master are updated here).
+    fn attempt_once(
+        &mut self,
+        queue: &QueueRef,
+        master: &str,
+        topic: &str,
+        messages: &[MessageRef<'_>],
+        attempts: u32,
+    ) -> Result<SendOutcome, Box<FailedAttempt>> {
+        let started = Instant::now();
+        let result = self.attempt(master, topic, queue.queue, messages);
+        let latency = started.elapsed();
+        let failed = match result {
+            Ok(result) => {
+                let outcome = SendOutcome {
+                    status: result.status,
+                    group: queue.group.clone(),
+                    broker: master.to_string(),
+                    queue: result.response.queue,
+                    base_offset: result.response.base_offset,
+                    count: result.response.count,
+                    attempts,
+                };
+                if result.status == Status::Ok {
+                    self.fault
+                        .record_success(&queue.group, latency, Instant::now());
+                    return Ok(outcome);
+                }
+                FailedAttempt {
+                    class: FailureClass::StoredWithoutGuarantee,
+                    hint: None,
+                    error: ClientError::Status {
+                        status: result.status,
+                        message: "stored without the flush or replication guarantee".into(),
+                    },
+                    outcome: Some(outcome),
+                }
+            }
+            Err((error, written)) => FailedAttempt {
+                class: classify_error(&error, written),
+                // Only a hint naming another master than the one just asked is news.
+                hint: error.master_hint().filter(|h| h.listen != master),
+                error,
+                outcome: None,
+            },
         };
-        Err(SendError {
-            class,
-            error,
-            group,
-            attempts,
-        })
+        tracing::debug!(group = %queue.group, class = ?failed.class, error = %failed.error, "cluster produce attempt failed");
+        if let Some(hint) = &failed.hint {
+            self.learn_master(&queue.group, hint.listen.clone(), hint.epoch);
+        }
+        if failed.class != FailureClass::Rejected {
+            if failed.hint.is_none() {
+                self.fault
+                    .record_failure(&queue.group, latency, Instant::now());
+            }
+            self.routes.invalidate();
+        }
+        Err(Box::new(failed))
     }
 
     /// The queue and master address for the next attempt; `None` when every group was tried
@@ -365,6 +405,7 @@ impl ClusterProducer {
             self.routes.invalidate();
             queues = self.routes.route()?.writable_queues(topic);
         }
+        let listed = self.routes.cached().readable_queues(topic);
         if queues.is_empty() {
             return Err(ClientError::Status {
                 status: Status::TopicNotFound,
@@ -372,13 +413,29 @@ impl ClusterProducer {
             });
         }
         let chosen = match key {
-            // The key's queue over all writable queues, whatever the fault tolerance says: a
-            // key keeps its queue while the routes are unchanged.
+            // The key's queue over every listed queue, whatever the fault tolerance says: a
+            // key keeps its queue while the groups and their queue counts are unchanged, a
+            // lost master included.
             Some(key) if first || ordered => {
                 if !first {
                     return Ok(None);
                 }
-                Some(queues[crc32c::crc32c(key) as usize % queues.len()].clone())
+                let hash = crc32c::crc32c(key) as usize;
+                let home = &listed[hash % listed.len()];
+                if queues.contains(home) {
+                    Some(home.clone())
+                } else if ordered {
+                    return Err(ClientError::Status {
+                        status: Status::NotMaster,
+                        message: format!(
+                            "the key's queue {} of group {} has no master now; an ordered send \
+                             never changes queue (not sent)",
+                            home.queue, home.group
+                        ),
+                    });
+                } else {
+                    Some(queues[hash % queues.len()].clone())
+                }
             }
             Some(key) => {
                 let left: Vec<&QueueRef> = queues

@@ -12,6 +12,7 @@ use crate::error::ClientError;
 use crate::namesrv::{namesrv_connection_options, NameServerClient};
 use crate::protocol::namesrv::BrokerRoute;
 use std::collections::HashMap;
+use std::time::Duration;
 
 /// Answers "which brokers does this name server list".
 pub trait RouteSource: Send {
@@ -34,10 +35,20 @@ impl NameServerSource {
     }
 }
 
+/// Connect, read and write timeout of one route query. A name server answers from memory in
+/// well under a millisecond; a send that refreshes its routes waits on this, and one hung name
+/// server must not cost a producer more than a fraction of a second before the next is asked.
+pub const ROUTE_QUERY_TIMEOUT: Duration = Duration::from_millis(500);
+
 impl Default for NameServerSource {
-    /// With the name-server client's short timeouts: a hung name server costs a few seconds.
+    /// With [`ROUTE_QUERY_TIMEOUT`]: a hung name server costs half a second.
     fn default() -> Self {
-        NameServerSource::new(namesrv_connection_options())
+        NameServerSource::new(ConnectionOptions {
+            connect_timeout: ROUTE_QUERY_TIMEOUT,
+            read_timeout: ROUTE_QUERY_TIMEOUT,
+            write_timeout: ROUTE_QUERY_TIMEOUT,
+            ..namesrv_connection_options()
+        })
     }
 }
 

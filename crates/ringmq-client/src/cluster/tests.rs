@@ -72,7 +72,16 @@ fn two_groups() -> Vec<BrokerEntry> {
     ]
 }
 
+/// A cache that fetches whenever invalidated and drops a missing group at once (the tests of
+/// those two bounds use [`cache_with_defaults`]).
 fn cache(source: &FakeSource, servers: &[&str]) -> RouteCache {
+    let mut routes = cache_with_defaults(source, servers);
+    routes.set_forced_refresh_spacing(Duration::ZERO);
+    routes.set_missing_group_grace(Duration::ZERO);
+    routes
+}
+
+fn cache_with_defaults(source: &FakeSource, servers: &[&str]) -> RouteCache {
     RouteCache::new(
         Box::new(source.clone()),
         servers.iter().map(|s| s.to_string()).collect(),
@@ -80,6 +89,44 @@ fn cache(source: &FakeSource, servers: &[&str]) -> RouteCache {
         Duration::from_secs(3600),
     )
     .unwrap()
+}
+
+/// A restarted name server that heard from only one group so far: the other group stays
+/// cached (its reader and its queues with it) until it has been missing for the grace.
+#[test]
+fn a_partial_answer_keeps_the_missing_group_for_a_while() {
+    let source = FakeSource::default();
+    source.set("ns1", two_groups());
+    let mut routes = cache_with_defaults(&source, &["ns1"]);
+    assert_eq!(routes.route().unwrap().groups.len(), 2);
+    source.set("ns1", two_groups()[2..].to_vec());
+    routes.refresh().unwrap();
+    assert_eq!(routes.cached().groups.len(), 2, "a missing group is kept");
+    routes.set_missing_group_grace(Duration::ZERO);
+    routes.refresh().unwrap();
+    assert_eq!(
+        routes.cached().groups.len(),
+        1,
+        "past the grace it is dropped"
+    );
+}
+
+/// Forced refreshes are spaced: a burst of routing errors asks the name servers once.
+#[test]
+fn forced_refreshes_are_spaced() {
+    let source = FakeSource::default();
+    source.set("ns1", two_groups());
+    let mut routes = cache_with_defaults(&source, &["ns1"]);
+    routes.route().unwrap();
+    for _ in 0..5 {
+        routes.invalidate();
+        routes.route().unwrap();
+    }
+    assert_eq!(source.asked.lock().unwrap().len(), 1);
+    routes.set_forced_refresh_spacing(Duration::ZERO);
+    routes.invalidate();
+    routes.route().unwrap();
+    assert_eq!(source.asked.lock().unwrap().len(), 2);
 }
 
 #[test]
@@ -552,6 +599,123 @@ fn a_rejected_message_is_never_resent_and_ordered_fails_rather_than_move() {
     assert_eq!(b_count.load(Ordering::SeqCst), 0);
 }
 
+/// A key whose queue (of the 8 listed, 4 per group) is in group a.
+fn key_in_group_a() -> String {
+    (0..)
+        .map(|n: u32| n.to_string())
+        .find(|k| crc32c::crc32c(k.as_bytes()) % 8 < 4)
+        .unwrap()
+}
+
+/// A master that answered OK and died (closed the connection, stopped listening): the next
+/// send finds the connection closed before writing, so its failure is a refused connect, not
+/// stored, and it goes on to group b.
+#[test]
+fn a_master_that_closed_after_an_ok_is_not_written_to_again() {
+    let (a_count, b_count) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    let a = {
+        let a_count = Arc::clone(&a_count);
+        let port = fake_broker::spawn_once(move |mut conn: FakeConn| {
+            while let Some((header, body)) = conn.read_request() {
+                match Opcode::from_u16(header.opcode) {
+                    Some(Opcode::Metadata) => conn.reply(
+                        &header,
+                        Status::Ok,
+                        &metadata(vec![0], vec![topic("t", vec![0; 4])]),
+                    ),
+                    Some(Opcode::Produce) => {
+                        a_count.fetch_add(1, Ordering::SeqCst);
+                        let request = ProduceRequest::decode(&body).unwrap();
+                        let mut ack = Vec::new();
+                        ProduceResponse {
+                            queue: request.queue,
+                            base_offset: 0,
+                            count: 1,
+                            commitlog_offset: 0,
+                        }
+                        .encode(&mut ack);
+                        conn.reply(&header, Status::Ok, &ack);
+                        break;
+                    }
+                    _ => conn.reply(&header, Status::BadRequest, b""),
+                }
+            }
+            drop(conn);
+            let _ = closed_tx.send(());
+        });
+        format!("127.0.0.1:{port}")
+    };
+    let b = fake_master(Behaviour::Ok, Arc::clone(&b_count));
+    let mut producer = producer(&[("a", &a), ("b", &b)], ClusterProducerOptions::default());
+    let key = key_in_group_a();
+    let first = producer
+        .send("t", Some(key.as_bytes()), &[message(b"", b"x")])
+        .unwrap();
+    assert_eq!(first.group, "a");
+    closed_rx.recv().unwrap();
+    let second = producer
+        .send("t", Some(key.as_bytes()), &[message(b"", b"x")])
+        .unwrap();
+    assert_eq!((second.group.as_str(), second.attempts), ("b", 2));
+    assert_eq!(
+        (
+            a_count.load(Ordering::SeqCst),
+            b_count.load(Ordering::SeqCst)
+        ),
+        (1, 1)
+    );
+}
+
+/// A key hashes over every listed queue, so it keeps its queue while another group has no
+/// master; when its own group has none, an ordered send fails unsent and an unordered one
+/// goes to a writable queue.
+#[test]
+fn a_key_keeps_its_queue_while_a_group_has_no_master() {
+    let b_count = Arc::new(AtomicUsize::new(0));
+    let b = fake_master(Behaviour::Ok, Arc::clone(&b_count));
+    let routes = |a_role: &str| {
+        let source = FakeSource::default();
+        source.set(
+            "ns",
+            vec![
+                broker("a", 1, a_role, 1, &dead_address(), 4),
+                broker("b", 2, "SYNC_MASTER", 1, &b, 4),
+            ],
+        );
+        cache(&source, &["ns"])
+    };
+    let key_in_b = (0..)
+        .map(|n: u32| n.to_string())
+        .find(|k| crc32c::crc32c(k.as_bytes()) % 8 >= 4)
+        .unwrap();
+    let expected_queue = crc32c::crc32c(key_in_b.as_bytes()) % 8 - 4;
+    let mut without_a = ClusterProducer::with_routes(routes("SLAVE"), Default::default());
+    let outcome = without_a
+        .send("t", Some(key_in_b.as_bytes()), &[message(b"", b"x")])
+        .unwrap();
+    assert_eq!(
+        (outcome.group.as_str(), outcome.queue),
+        ("b", expected_queue)
+    );
+
+    let key = key_in_group_a();
+    let options = ClusterProducerOptions {
+        ordered: true,
+        ..Default::default()
+    };
+    let mut ordered = ClusterProducer::with_routes(routes("SLAVE"), options);
+    let error = ordered
+        .send("t", Some(key.as_bytes()), &[message(b"", b"x")])
+        .unwrap_err();
+    assert_eq!((error.class, error.attempts), (FailureClass::NotStored, 0));
+    assert_eq!(b_count.load(Ordering::SeqCst), 1);
+    let outcome = without_a
+        .send("t", Some(key.as_bytes()), &[message(b"", b"x")])
+        .unwrap();
+    assert_eq!(outcome.group, "b");
+}
+
 fn producer_with(masters: &[(&str, &str)], options: ClusterProducerOptions) -> ClusterProducer {
     producer(masters, options)
 }
@@ -593,11 +757,54 @@ fn fake_reader(name: &'static str, suggest: u8, log: Arc<Mutex<Vec<String>>>) ->
                     .encode(&mut out);
                     conn.reply(&header, Status::Ok, &out)
                 }
+                Some(Opcode::GroupCommit) => {
+                    let commit = crate::protocol::message::GroupCommit::decode(&body).unwrap();
+                    log.lock()
+                        .unwrap()
+                        .push(format!("{name} commit {}", commit.offset));
+                    conn.reply(&header, Status::Ok, b"")
+                }
                 _ => conn.reply(&header, Status::BadRequest, b""),
             }
         }
     });
     format!("127.0.0.1:{port}")
+}
+
+/// A commit the slave took while the master was out of the routes is sent to the master once
+/// the reader is back on it (the master's metadata would overwrite the slave's offset).
+#[test]
+fn a_commit_a_slave_took_is_sent_to_the_master_when_it_returns() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let slave = fake_reader("slave", 0, Arc::clone(&log));
+    let master = fake_reader("master", 0, Arc::clone(&log));
+    let source = FakeSource::default();
+    source.set("ns", vec![broker("a", 2, "SLAVE", 1, &slave, 1)]);
+    let mut consumer =
+        ClusterConsumer::with_routes(cache(&source, &["ns"]), ClusterConsumerOptions::default());
+    let queue = QueueRef {
+        group: "a".into(),
+        queue: 0,
+    };
+    consumer.commit("g", "t", &queue, 7).unwrap();
+    assert_eq!(consumer.pending_commits(), 1);
+    source.set(
+        "ns",
+        vec![
+            broker("a", 1, "SYNC_MASTER", 2, &master, 1),
+            broker("a", 2, "SLAVE", 1, &slave, 1),
+        ],
+    );
+    consumer.routes().invalidate();
+    consumer.pull("t", &queue, 7, 10, 1 << 20, 0).unwrap();
+    assert_eq!(consumer.pending_commits(), 0);
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec!["slave commit 7", "master 7", "master commit 7"]
+    );
+    // A commit the master takes is not remembered.
+    consumer.commit("g", "t", &queue, 8).unwrap();
+    assert_eq!(consumer.pending_commits(), 0);
 }
 
 fn consumer_of(brokers: Vec<BrokerEntry>) -> ClusterConsumer {

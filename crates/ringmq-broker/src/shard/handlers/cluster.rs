@@ -5,6 +5,7 @@
 
 use crate::config::BrokerRole;
 use crate::protocol::message::{ClusterDemote, ClusterPromote};
+use crate::replication::identity::{describe_epoch, promotion_epoch};
 use crate::shard::mesh::{Reply, ShardRequest};
 use crate::shard::role::{MasterMode, RoleTarget};
 use crate::shard::{Shard, ShardError};
@@ -74,6 +75,7 @@ pub async fn status<D: Disk>(shard: &Rc<Shard<D>>) -> Result<Reply, ShardError> 
         role: shard.role().name().to_string(),
         flush_disk_type: shard.config().flush_disk_type.name().to_string(),
         shards,
+        namesrv: shard.registration().namesrv(),
     };
     Ok(Reply::ok(
         serde_json::to_vec(&status).expect("status serializes"),
@@ -105,8 +107,35 @@ pub async fn promote<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply,
             shard.role()
         )));
     }
-    change_everywhere(shard, RoleTarget::Master(mode)).await?;
+    let epoch = promotion_epoch_everywhere(shard).await?;
+    change_everywhere(
+        shard,
+        RoleTarget::Master {
+            mode,
+            epoch: Some(epoch),
+        },
+    )
+    .await?;
     status(shard).await
+}
+
+/// The epoch every shard opens on a promotion: the first of the term past every term this
+/// broker has seen, on any shard's log and in the master the name servers named, so the new
+/// master outranks every earlier one (a restarted old master included: it only ever moves
+/// its generation). Computed once, so all shards open the same epoch and the registration's
+/// highest epoch is every shard's.
+async fn promotion_epoch_everywhere<D: Disk>(shard: &Rc<Shard<D>>) -> Result<u32, ShardError> {
+    let others: Vec<ShardStatus> = shard
+        .ask_others(|reply| ShardRequest::ClusterState { reply })
+        .await?;
+    let seen = others
+        .iter()
+        .map(|s| s.epoch)
+        .chain([shard.role_state().identity().last_epoch()])
+        .chain(shard.registration().master().map(|m| m.epoch));
+    promotion_epoch(seen).ok_or_else(|| {
+        ShardError::Refused("promotion: every term an epoch can hold is used".to_string())
+    })
 }
 
 /// Demotes every shard to a slave of the master whose HA port the body names (`HOST:PORT`);
@@ -147,8 +176,14 @@ async fn change_everywhere<D: Disk>(
     }
     if failed.is_empty() {
         let changed = shard.change_role(target).await;
-        // Shard 0's name-server tasks register the new role at once (a no-op elsewhere).
-        shard.registration().changed();
+        // Shard 0's name-server tasks register the new role at once, now that every shard has
+        // it (shard 0 may have changed first, and registered a mix it reports as SLAVE).
+        if shard.id() == 0 {
+            shard.registration().changed();
+        } else {
+            // Shard 0 gone: the broker is stopping and unregisters anyway.
+            let _ = shard.mesh().send(0, ShardRequest::Reregister).await;
+        }
         match changed {
             Ok(()) => return Ok(()),
             Err(e) => failed.push(format!("shard {}: {e}", shard.id())),
@@ -177,7 +212,10 @@ async fn change_everywhere<D: Disk>(
 
 fn describe(target: RoleTarget) -> String {
     match target {
-        RoleTarget::Master(mode) => mode.broker_role().to_string(),
+        RoleTarget::Master { mode, epoch } => match epoch {
+            Some(epoch) => format!("{} at epoch {}", mode.broker_role(), describe_epoch(epoch)),
+            None => mode.broker_role().to_string(),
+        },
         RoleTarget::Slave(master) => format!("SLAVE of {master}"),
     }
 }

@@ -183,7 +183,11 @@ pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRe
             shard.registration().changed();
             let _ = reply.send(changed);
         }
-        ShardRequest::MasterHint { master } => shard.registration().set_master(master),
+        ShardRequest::Reregister => shard.registration().changed(),
+        ShardRequest::MasterHint { master, namesrv } => {
+            shard.registration().set_master(master);
+            shard.registration().set_namesrv(namesrv);
+        }
         ShardRequest::Probe { reply } => {
             let _ = reply.send(shard.snapshot());
         }

@@ -146,17 +146,22 @@ async fn append_batch<'a, D: Disk>(
     shard.admit_batch(deadline, &lens).await?;
     let mut first = None;
     let mut last: Option<Appended> = None;
-    for m in &request.messages {
+    for (stored, m) in request.messages.iter().enumerate() {
         let appended = match append_one(shard, deadline, &input(m)).await {
             Ok(appended) => appended,
             Err(e) => {
                 // Admission makes this rare, but what went in before the failure is in the
                 // log: announce it, so pulls parked on the queue and the shippers see it now
-                // rather than at their timeouts.
-                if let Some(last) = last {
-                    announce_partial(shard, key, last.end_offset);
-                }
-                return Err(e);
+                // rather than at their timeouts. SYSTEM_BUSY or DISK_FULL would tell the
+                // client nothing was stored: past the first record the answer is STORE_ERROR.
+                let Some(last) = last else {
+                    return Err(e);
+                };
+                announce_partial(shard, key, last.end_offset);
+                return Err(ShardError::PartlyStored {
+                    stored,
+                    cause: Box::new(e),
+                });
             }
         };
         first.get_or_insert(appended);

@@ -145,10 +145,13 @@ async fn read_messages<D: Disk>(
         .entries(key, request.offset, count)
         .await
         .map_err(|e| deleted_while_reading(shard, key, request.offset, e))?;
-    let summary = PullSummary {
-        suggest: shard.read_suggestion(entries.first().map(|e| e.commitlog_offset)),
-        ..summary
-    };
+    let summary =
+        PullSummary {
+            suggest: shard.read_suggestion(entries.first().zip(entries.last()).map(
+                |(first, last)| first.commitlog_offset..last.commitlog_offset + last.size as u64,
+            )),
+            ..summary
+        };
     let mut out = Vec::new();
     let mut encoder = PullResponseEncoder::begin(&mut out, summary);
     let mut next = request.offset;
