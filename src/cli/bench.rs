@@ -18,8 +18,10 @@ pub struct BenchArgs {
     pub broker: Option<String>,
     /// Name servers HOST:PORT[,HOST:PORT...]: benchmark the broker groups they list instead of
     /// starting brokers. Each run creates its topic on every group's master and spreads the
-    /// producers' requests and the consumers over every group's queues.
-    #[arg(long, env = "RINGMQ_NAMESRV", conflicts_with = "broker")]
+    /// producers' requests and the consumers over every group's queues. Without it,
+    /// RINGMQ_NAMESRV is used unless --broker is on the command line, as for the client
+    /// commands.
+    #[arg(long, conflicts_with = "broker")]
     pub namesrv: Option<String>,
     /// With --namesrv: only this cluster's broker groups (default: every cluster listed).
     #[arg(long = "cluster", default_value = "", requires = "namesrv")]
@@ -230,6 +232,43 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::civil_from_days;
+    use crate::bench::matrix::Target;
+    use crate::cli::app::{Cli, Command};
+
+    fn bench_target(args: &[&str], env: Option<&str>) -> Result<Target, String> {
+        let cli = Cli::parse_with_env(
+            ["ringmq", "bench"].into_iter().chain(args.iter().copied()),
+            env.map(str::to_string),
+        )
+        .map_err(|e| e.to_string())?;
+        let Command::Bench(args) = cli.command else {
+            panic!("not bench")
+        };
+        args.target()
+    }
+
+    /// `--namesrv` (or RINGMQ_NAMESRV when neither flag is typed) makes the cluster the target;
+    /// `--broker` beats the variable and conflicts with the flag.
+    #[test]
+    fn namesrv_flag_and_variable_pick_the_cluster() {
+        let cluster = |t: Target| match t {
+            Target::Cluster { namesrv, cluster } => Some((namesrv, cluster)),
+            _ => None,
+        };
+        let flag = bench_target(&["--namesrv", "n:1,n:2", "--cluster", "c"], None).unwrap();
+        assert_eq!(cluster(flag), Some(("n:1,n:2".into(), "c".into())));
+        let env = bench_target(&["--cluster", "c"], Some("e:1")).unwrap();
+        assert_eq!(cluster(env), Some(("e:1".into(), "c".into())));
+        let broker = bench_target(&["--broker", "b:1"], Some("e:1")).unwrap();
+        assert!(matches!(broker, Target::External { ref addr, .. } if addr == "b:1"));
+        assert!(bench_target(&["--broker", "b:1", "--namesrv", "n:1"], None).is_err());
+        assert!(
+            bench_target(&["--cluster", "c"], None).is_err(),
+            "--cluster needs --namesrv"
+        );
+        let embedded = bench_target(&[], None).unwrap();
+        assert!(matches!(embedded, Target::Embedded { .. }));
+    }
 
     #[test]
     fn civil_dates() {
