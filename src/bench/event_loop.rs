@@ -1,8 +1,8 @@
 //! The event-loop driver: many producers multiplexed on a few threads, as redis-benchmark does.
 //!
 //! A producer here is a state machine, not a thread: its own connection to every shard that owns
-//! a queue of the topic (so the broker sees the same connections as with one client per
-//! producer), its window of requests in flight and its outcome. Each driver thread owns a slice
+//! a queue of the topic, on every broker group of the [`Topology`] (so the brokers see the same
+//! connections as with one client per producer), its window of requests in flight and its outcome. Each driver thread owns a slice
 //! of the producers and waits on all their sockets with one `epoll` instance; when an
 //! acknowledgement arrives the producer's next request is encoded straight into the
 //! connection's write buffer (`begin_frame` + `encode_produce` + `finish_frame`, the protocol
