@@ -4,7 +4,7 @@
 
 use super::app::{describe, BrokerArgs, Format};
 use super::output::{emit, table};
-use crate::client::NameServerClient;
+use crate::client::{Client, ClientError, NameServerClient};
 use crate::protocol::admin::ClusterStatus;
 use crate::protocol::message::{ClusterDemote, ClusterPromote, ClusterStatusRequest};
 use crate::protocol::namesrv::Routes;
@@ -42,22 +42,24 @@ pub enum ClusterCommand {
 }
 
 pub fn run(args: ClusterArgs) -> Result<(), String> {
-    if matches!(args.command, ClusterCommand::List) {
+    type Send<'a> = Box<dyn Fn(&mut Client) -> Result<ClusterStatus, ClientError> + 'a>;
+    let send: Send = match &args.command {
         // The name servers, not a broker.
-        return list(&args);
-    }
+        ClusterCommand::List => return list(&args),
+        ClusterCommand::Status => Box::new(|c| c.call(&ClusterStatusRequest {})),
+        ClusterCommand::Promote { role } => {
+            Box::new(move |c| c.call(&ClusterPromote { role: role.clone() }))
+        }
+        ClusterCommand::Demote { master } => Box::new(move |c| {
+            c.call(&ClusterDemote {
+                master: master.clone(),
+            })
+        }),
+    };
     let mut client = args.broker.connect()?;
     // With --namesrv, the master it found, not the unused --broker default.
     let addr = client.bootstrap_addr().to_string();
-    let answer = match &args.command {
-        ClusterCommand::List => return list(&args),
-        ClusterCommand::Status => client.call(&ClusterStatusRequest {}),
-        ClusterCommand::Promote { role } => client.call(&ClusterPromote { role: role.clone() }),
-        ClusterCommand::Demote { master } => client.call(&ClusterDemote {
-            master: master.clone(),
-        }),
-    };
-    let status = answer.map_err(|e| describe(&addr, &e))?;
+    let status = send(&mut client).map_err(|e| describe(&addr, &e))?;
     match args.broker.format {
         Format::Json => emit(&serde_json::to_string(&status).expect("status serializes")),
         Format::Text => {

@@ -103,7 +103,7 @@ mod tests {
         );
         assert_eq!(config.group_epoch_retention_ms, 60_000);
         assert_eq!(config.max_connections, 2);
-        assert_eq!(config.max_connections_per_ip, 64);
+        assert_eq!(config.max_connections_per_ip, 256);
         assert_eq!(config.idle_timeout, std::time::Duration::from_millis(500));
         assert!(parse(&["namesrv", "--broker-expiry-ms", "soon"]).is_err());
     }

@@ -30,9 +30,10 @@ pub const MAX_FRAME_BYTES: usize = MAX_REGISTRATION_BYTES + 64;
 /// something is wrong, and each connection may hold a read buffer.
 pub const MAX_CONNECTIONS: usize = 1024;
 
-/// Connections from one IP address at once: one host (a broker machine, a client host) needs
-/// a few; one misbehaving host must not take every connection from the others.
-pub const MAX_CONNECTIONS_PER_IP: usize = 64;
+/// Connections from one IP address at once: a quarter of the total, as the broker's
+/// `max_connections_per_ip` is, so one host with a connection leak cannot lock the others out
+/// while a host running many clients (or a whole loopback test cluster) still fits.
+pub const MAX_CONNECTIONS_PER_IP: usize = MAX_CONNECTIONS / 4;
 
 /// Each connection's read buffer to begin with: far more than a registration of a broker with
 /// a few hundred topics, so it rarely grows.
