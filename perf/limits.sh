@@ -2,8 +2,14 @@
 # This machine's limits, so bench results can be read as a fraction of them:
 #   1. O_DIRECT 4 KiB write + fdatasync, one at a time: latency p50/p99 (the floor of a
 #      SYNC_FLUSH ack with no group commit) and IOPS;
-#   2. sequential O_DIRECT 1 MiB writes: bandwidth (the ceiling of commitlog throughput);
-#   3. loopback TCP round trip of a 1 KiB message with TCP_NODELAY: p50/p99 (the floor of any
+#   2. sequential O_DIRECT 1 MiB writes: bandwidth (the ceiling of commitlog throughput), and
+#      sequential O_DIRECT 1 MiB reads of the same file: bandwidth (what a master's disk can feed
+#      a catching-up slave from a cold cache);
+#   3. each 4 KiB O_DIRECT write + fdatasync pair timed as one (a Python probe, PROBE_SECONDS,
+#      default 5): p50/p99 of the sum, the floor of one SYNC_FLUSH ack. fio reports the write
+#      and the sync latency separately, and p99(write) + p99(sync) only bounds p99(write + sync)
+#      from above;
+#   4. loopback TCP round trip of a 1 KiB message with TCP_NODELAY: p50/p99 (the floor of any
 #      produce ack).
 # Runs on the filesystem of DIR (default: the system temp dir, where embedded brokers put their
 # stores). Output: a short table on stdout and limits.json in OUT (default results/limits).
@@ -31,11 +37,16 @@ else
   fio --name=seq1m --filename="$work/seq1m" --size=1G --bs=1m --rw=write \
       --direct=1 --ioengine=libaio --iodepth=4 --end_fsync=1 \
       --output-format=json --output="$out/fio-seq1m.json" >/dev/null
+  # O_DIRECT bypasses the page cache, so this reads the disk even right after the write.
+  fio --name=seqread1m --filename="$work/seq1m" --size=1G --bs=1m --rw=read \
+      --direct=1 --ioengine=libaio --iodepth=4 \
+      --output-format=json --output="$out/fio-seqread1m.json" >/dev/null
+  rm -f "$work/seq1m"
 fi
 
-python3 - "$out" <<'PY'
-import json, os, socket, sys, threading, time
-out = sys.argv[1]
+python3 - "$out" "$work" "${PROBE_SECONDS:-5}" <<'PY'
+import json, mmap, os, socket, sys, threading, time
+out, work, probe_seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 result = {}
 
 def load(name):
@@ -56,6 +67,40 @@ if sync:
 seq = load("fio-seq1m.json")
 if seq:
     result["sequential_o_direct_write_mib_per_sec"] = seq["jobs"][0]["write"]["bw"] / 1024
+seq_read = load("fio-seqread1m.json")
+if seq_read:
+    result["sequential_o_direct_read_mib_per_sec"] = seq_read["jobs"][0]["read"]["bw"] / 1024
+
+def write_sync_pairs():
+    """p50/p99 of one 4 KiB O_DIRECT pwrite plus its fdatasync, timed together, over a file
+    laid out first (overwrites of written extents, as the broker's zero-filled segments)."""
+    path, size = os.path.join(work, "pairs"), 64 << 20
+    with open(path, "wb") as f:
+        f.write(bytes(size))
+        os.fsync(f.fileno())
+    fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+    buf = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT needs
+    buf.write(b"x" * 4096)
+    sums, offset = [], 0
+    end = time.perf_counter() + probe_seconds
+    try:
+        while time.perf_counter() < end:
+            started = time.perf_counter_ns()
+            os.pwrite(fd, buf, offset)
+            os.fdatasync(fd)
+            sums.append((time.perf_counter_ns() - started) / 1e3)
+            offset = (offset + 4096) % size
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    sums.sort()
+    return {"p50": sums[len(sums) // 2], "p99": sums[int(len(sums) * 0.99)], "samples": len(sums),
+            "note": "python probe: includes a few us of interpreter time per pair"}
+
+try:
+    result["o_direct_4k_write_plus_fdatasync_us"] = write_sync_pairs()
+except OSError as e:  # e.g. a filesystem without O_DIRECT (tmpfs)
+    print(f"write+fdatasync probe skipped: {e}", file=sys.stderr)
 
 def echo_server(listener):
     conn, _ = listener.accept()

@@ -43,7 +43,12 @@ pub struct StartSpec<'a> {
     pub out_dir: &'a Path,
     /// For a slave: the master's replication address.
     pub master_ha: Option<&'a str>,
+    /// In a multi-group mode: the name servers to register with and the broker group.
+    pub group: Option<(&'a str, &'a str)>,
 }
+
+/// The cluster name embedded brokers of a multi-group mode register under.
+pub const BENCH_CLUSTER: &str = "bench";
 
 impl EmbeddedBroker {
     pub fn start(spec: &StartSpec<'_>) -> Result<EmbeddedBroker, String> {
@@ -54,8 +59,6 @@ impl EmbeddedBroker {
         std::fs::write(&config_path, spec.config_toml)
             .map_err(|e| format!("writing {}: {e}", config_path.display()))?;
         let log_path = spec.out_dir.join(format!("{}.broker.log", spec.name));
-        let log = std::fs::File::create(&log_path)
-            .map_err(|e| format!("creating {}: {e}", log_path.display()))?;
         let mut command = Command::new(exe);
         command
             .arg("serve")
@@ -79,6 +82,44 @@ impl EmbeddedBroker {
         if let Some(shards) = spec.shards {
             command.arg("--shards").arg(shards.to_string());
         }
+        if let Some((namesrv, group)) = spec.group {
+            command
+                .args(["--namesrv", namesrv, "--cluster", BENCH_CLUSTER])
+                .args(["--broker-name", group]);
+        }
+        EmbeddedBroker::spawn(
+            command,
+            store,
+            log_path,
+            &format!("{} broker", spec.process.flush_disk_type),
+        )
+    }
+
+    /// Starts `ringmq namesrv` on a free loopback port (its ready line has the broker's form);
+    /// `store` is an empty directory it does not use, removed like a broker's.
+    pub fn start_namesrv(
+        store_root: &Path,
+        name: &str,
+        out_dir: &Path,
+    ) -> Result<EmbeddedBroker, String> {
+        let exe = std::env::current_exe().map_err(|e| {
+            format!("cannot find the ringmq executable to start a name server: {e}")
+        })?;
+        let store = fresh_dir(store_root, name)?;
+        let log_path = out_dir.join(format!("{name}.namesrv.log"));
+        let mut command = Command::new(exe);
+        command.args(["namesrv", "--listen", "127.0.0.1:0"]);
+        EmbeddedBroker::spawn(command, store, log_path, "name server")
+    }
+
+    fn spawn(
+        mut command: Command,
+        store: PathBuf,
+        log_path: PathBuf,
+        what: &str,
+    ) -> Result<EmbeddedBroker, String> {
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| format!("creating {}: {e}", log_path.display()))?;
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -104,12 +145,16 @@ impl EmbeddedBroker {
             Err(reason) => {
                 broker.kill();
                 Err(format!(
-                    "embedded {} broker failed to start: {reason}\n{}",
-                    spec.process.flush_disk_type,
+                    "embedded {what} failed to start: {reason}\n{}",
                     broker.log_tail()
                 ))
             }
         }
+    }
+
+    /// The broker process's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// A `name=value` field of the ready line (e.g. `ha`).

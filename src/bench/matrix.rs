@@ -1,22 +1,30 @@
 //! The matrix: every mode × every producer count with the same workload, and the files of the
 //! results folder (per run `.hgrm` and `.hlog`, then `results.json`, `machine.json` and charts).
 
+use super::cpu::Watched;
 use super::embedded::{EmbeddedBroker, StartSpec};
 use super::histogram::{write_interval_log, write_percentile_distribution, IntervalSeries};
 use super::mode::BenchMode;
-use super::plot::{self, Series};
+use super::plot::{self, LatencyAxis, RatioSeries, Series};
 use super::report::{self, ModeRatio};
 use super::run::{self, run_name, RunMeasurement, RunSummary};
 use super::workload::{self, Workload};
+use crate::client::cluster::RouteCache;
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Where the broker of each run comes from.
+/// This is the one place that decides which broker address the clients use.
 pub enum Target {
-    /// A broker already running at this address; its mode is read from its metadata.
-    External(String),
-    /// A fresh broker per run.
+    /// A broker already running at this address; its mode is read from its metadata. `pid` is
+    /// the process whose CPU is reported (given, or found from the port).
+    External { addr: String, pid: Option<u32> },
+    /// The broker groups the name servers at `namesrv` list (of `cluster`; empty: every
+    /// cluster): each run creates its topic on every group's master and drives all their
+    /// queues. Masters running on this machine are found by port for the CPU figures.
+    Cluster { namesrv: String, cluster: String },
+    /// Fresh brokers per run (for a multi-group mode also a fresh name server).
     Embedded {
         /// TOML for `--config` (empty: the broker's defaults).
         config_toml: String,
@@ -33,6 +41,8 @@ pub struct Matrix {
     pub workload: Workload,
     pub out_dir: PathBuf,
     pub progress: bool,
+    /// Scale of the percentile charts' latency axis.
+    pub latency_axis: LatencyAxis,
 }
 
 /// Runs the whole matrix, printing as it goes, and writes the results folder.
@@ -61,15 +71,21 @@ pub fn run_matrix(matrix: &Matrix) -> Result<(), String> {
     }
     write_results_json(matrix, &summaries, &ratios)?;
     write_machine_json(matrix, &ready_lines)?;
-    write_plots(&matrix.out_dir, &measurements)?;
+    write_plots(&matrix.out_dir, &measurements, matrix.latency_axis)?;
+    if !ratios.is_empty() {
+        plot::ratios_by_producers(&matrix.out_dir, "mode-ratios", &ratio_series(&ratios))?;
+    }
     println!("\nresults in {}", matrix.out_dir.display());
     Ok(())
 }
 
 fn resolve_modes(matrix: &Matrix) -> Result<Vec<BenchMode>, String> {
-    let Target::External(addr) = &matrix.target else {
-        return Ok(matrix.modes.clone());
+    let addr = match &matrix.target {
+        Target::External { addr, .. } => addr.clone(),
+        Target::Cluster { namesrv, cluster } => cluster_masters(namesrv, cluster, 0)?.remove(0),
+        Target::Embedded { .. } => return Ok(matrix.modes.clone()),
     };
+    let addr = &addr;
     let client = workload::connect(addr)?;
     let reported = client.metadata().flush_disk_type.clone();
     let role = client.metadata().role.clone();
@@ -77,7 +93,7 @@ fn resolve_modes(matrix: &Matrix) -> Result<Vec<BenchMode>, String> {
         .ok_or_else(|| format!("broker {addr} reports an unknown flush mode `{reported}`"))?;
     if !matrix.modes.is_empty() && matrix.modes != [mode] {
         return Err(format!(
-            "broker {addr} runs {mode}; --modes can only name that mode with --broker"
+            "broker {addr} runs {mode}; --modes can only name that mode with --broker or --namesrv"
         ));
     }
     Ok(vec![mode])
@@ -99,46 +115,191 @@ fn run_one(
         ..matrix.workload.clone()
     };
     match &matrix.target {
-        Target::External(addr) => Ok((run::run(addr, mode, &workload, matrix.progress)?, None)),
+        Target::External { addr, pid } => {
+            let watched: Vec<Watched> = pid
+                .or_else(|| external_pid(addr))
+                .map(|pid| Watched {
+                    label: "broker",
+                    pid,
+                })
+                .into_iter()
+                .collect();
+            let masters = [addr.clone()];
+            let result = run::run(&masters, mode, &workload, matrix.progress, &watched)?;
+            Ok((result, None))
+        }
+        Target::Cluster { namesrv, cluster } => {
+            let masters = cluster_masters(namesrv, cluster, 0)?;
+            let watched: Vec<Watched> = masters
+                .iter()
+                .filter_map(|addr| external_pid(addr))
+                .map(|pid| Watched {
+                    label: "broker",
+                    pid,
+                })
+                .collect();
+            let result = run::run(&masters, mode, &workload, matrix.progress, &watched)?;
+            Ok((result, None))
+        }
         Target::Embedded {
             config_toml,
             shards,
             store_root,
         } => {
+            let groups = mode.groups();
+            let namesrv = match groups {
+                1 => None,
+                _ => Some(EmbeddedBroker::start_namesrv(
+                    store_root,
+                    &format!("{name}-namesrv"),
+                    &matrix.out_dir,
+                )?),
+            };
+            let namesrv_addr = namesrv.as_ref().map(|n| n.addr.clone());
+            // Several groups split the one-group run's shards between them, so the comparison
+            // holds the total fixed.
+            let group_shards = match groups {
+                1 => *shards,
+                n => Some((shards.unwrap_or_else(default_shards) / n).max(1)),
+            };
             let processes = mode.broker_processes();
             let mut brokers: Vec<EmbeddedBroker> = Vec::new();
-            for (index, process) in processes.iter().enumerate() {
-                let master_ha = brokers.first().and_then(|m| m.ready_field("ha"));
-                let spec = StartSpec {
-                    process,
-                    config_toml,
-                    shards: *shards,
-                    store_root,
-                    name: &format!("{name}-{index}"),
-                    out_dir: &matrix.out_dir,
-                    master_ha: master_ha.as_deref(),
-                };
-                brokers.push(EmbeddedBroker::start(&spec)?);
+            let mut masters = Vec::new();
+            for group in 0..groups {
+                let group_name = format!("g{group}");
+                let first = brokers.len();
+                for (index, process) in processes.iter().enumerate() {
+                    let master_ha = (index > 0)
+                        .then(|| brokers[first].ready_field("ha"))
+                        .flatten();
+                    let stem = match groups {
+                        1 => format!("{name}-{index}"),
+                        _ => format!("{name}-{group_name}-{index}"),
+                    };
+                    let spec = StartSpec {
+                        process,
+                        config_toml,
+                        shards: group_shards,
+                        store_root,
+                        name: &stem,
+                        out_dir: &matrix.out_dir,
+                        master_ha: master_ha.as_deref(),
+                        group: namesrv_addr.as_deref().map(|n| (n, group_name.as_str())),
+                    };
+                    brokers.push(EmbeddedBroker::start(&spec)?);
+                }
+                if processes.len() > 1 {
+                    super::embedded::wait_for_slaves(&brokers[first].addr, processes.len() - 1)?;
+                }
+                masters.push(brokers[first].addr.clone());
             }
-            if processes.len() > 1 {
-                super::embedded::wait_for_slaves(&brokers[0].addr, processes.len() - 1)?;
+            // With a name server the clients take the masters from its routes, as `--namesrv`
+            // does, once every group has registered.
+            if let Some(namesrv) = &namesrv_addr {
+                masters = cluster_masters(namesrv, super::embedded::BENCH_CLUSTER, groups)?;
             }
-            let addr = brokers[0].addr.clone();
             let ready = brokers[0].ready_line.clone();
-            let result = run::run(&addr, mode, &workload, matrix.progress)
+            let per_group = processes.len();
+            let watched: Vec<Watched> = brokers
+                .iter()
+                .enumerate()
+                .filter_map(|(index, b)| {
+                    let label = if index % per_group == 0 {
+                        "broker"
+                    } else {
+                        "slave"
+                    };
+                    b.pid().map(|pid| Watched { label, pid })
+                })
+                .collect();
+            let result = run::run(&masters, mode, &workload, matrix.progress, &watched)
                 .map_err(|e| format!("{name}: {e}\n{}", brokers[0].log_tail()));
             for broker in brokers {
                 broker.stop()?;
+            }
+            if let Some(namesrv) = namesrv {
+                namesrv.stop()?;
             }
             Ok((result?, Some(ready)))
         }
     }
 }
 
+/// Shards of an embedded broker started without `--shards`: the broker's default, one per core.
+fn default_shards() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// How long embedded brokers may take to appear in their name server's routes.
+const REGISTER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The master of every broker group the name servers at `namesrv` list (of `cluster`; empty:
+/// all), in group-name order. With `expect_groups` > 0, waits until that many groups have a
+/// master (embedded brokers register right after their ready line).
+pub fn cluster_masters(
+    namesrv: &str,
+    cluster: &str,
+    expect_groups: usize,
+) -> Result<Vec<String>, String> {
+    let fail = |e: crate::client::ClientError| workload::describe(namesrv, &e);
+    let mut cache = RouteCache::connect(namesrv, cluster).map_err(fail)?;
+    let deadline = std::time::Instant::now() + REGISTER_TIMEOUT;
+    loop {
+        let route = cache.refresh().map_err(fail)?;
+        let masters: Vec<String> = route
+            .groups
+            .values()
+            .filter_map(|g| g.master.as_ref().map(|m| m.listen.clone()))
+            .collect();
+        let complete = masters.len() == route.groups.len();
+        if expect_groups == 0 && !masters.is_empty() && complete {
+            return Ok(masters);
+        }
+        if expect_groups > 0 && masters.len() >= expect_groups {
+            return Ok(masters);
+        }
+        if expect_groups == 0 {
+            let missing: Vec<&str> = route
+                .groups
+                .values()
+                .filter(|g| g.master.is_none())
+                .map(|g| g.name.as_str())
+                .collect();
+            return Err(match route.groups.is_empty() {
+                true => format!("the name servers at {namesrv} list no broker"),
+                false => format!(
+                    "broker groups without a master in the routes of {namesrv}: {}",
+                    missing.join(", ")
+                ),
+            });
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "{} of {expect_groups} broker groups registered with the name server at \
+                 {namesrv} within {} s",
+                masters.len(),
+                REGISTER_TIMEOUT.as_secs()
+            ));
+        }
+        // Registration has no event a client can wait on; the interval only bounds start-up.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The pid of the broker at `addr` when it runs on this machine (see [`super::cpu`]).
+fn external_pid(addr: &str) -> Option<u32> {
+    let (host, port) = addr.rsplit_once(':')?;
+    if !super::cpu::is_local_host(host) {
+        return None;
+    }
+    super::cpu::pid_listening_on(port.parse().ok()?)
+}
+
 fn print_run(run: &RunSummary) {
     println!("== {} ==", run.name);
     println!("{}", report::kafka_line(run));
     println!("{}", report::microsecond_lines(run));
+    println!("{}", report::cpu_line(run));
     if run.failed_messages > 0 || run.stored_without_guarantee > 0 {
         println!(
             "warning: {} messages failed, {} stored without the mode's guarantee{}",
@@ -202,6 +363,7 @@ fn workload_json(w: &Workload, matrix: &Matrix) -> serde_json::Value {
         "duration_secs": w.duration.map(|d| d.as_secs_f64()),
         "count": w.count,
         "rate_per_sec": w.rate_per_sec,
+        "driver": w.driver.describe(),
     })
 }
 
@@ -224,7 +386,14 @@ fn write_results_json(
 
 fn write_machine_json(matrix: &Matrix, ready_lines: &[String]) -> Result<(), String> {
     let (store_path, broker) = match &matrix.target {
-        Target::External(addr) => (std::env::temp_dir(), json!({ "external_broker": addr })),
+        Target::External { addr, pid } => (
+            std::env::temp_dir(),
+            json!({ "external_broker": addr, "pid": pid }),
+        ),
+        Target::Cluster { namesrv, cluster } => (
+            std::env::temp_dir(),
+            json!({ "namesrv": namesrv, "cluster": cluster }),
+        ),
         Target::Embedded {
             config_toml,
             shards,
@@ -237,6 +406,7 @@ fn write_machine_json(matrix: &Matrix, ready_lines: &[String]) -> Result<(), Str
                 "ready_lines": ready_lines,
                 "processes": matrix.modes.iter().map(|m| json!({
                     "mode": m,
+                    "groups": m.groups(),
                     "processes": m.broker_processes(),
                     "effective_config": effective_config(config_toml, *m, *shards),
                 })).collect::<Vec<_>>(),
@@ -265,7 +435,33 @@ fn effective_config(config_toml: &str, mode: BenchMode, shards: Option<usize>) -
     config.to_toml()
 }
 
-fn write_plots(out_dir: &Path, measurements: &[RunMeasurement]) -> Result<(), String> {
+/// The ratio table as chart lines: per mode pair, msg/s ratio and p99 ratio by producers.
+pub fn ratio_series(ratios: &[ModeRatio]) -> Vec<RatioSeries> {
+    let mut out: Vec<RatioSeries> = Vec::new();
+    for r in ratios {
+        let pair = format!("{} / {}", r.mode.name(), r.baseline.name());
+        for (metric, value) in [("msg/s", r.throughput_ratio), ("p99", r.p99_ratio)] {
+            let label = format!("{pair} {metric}");
+            match out.iter_mut().find(|s| s.label == label) {
+                Some(series) => series.points.push((r.producers, value)),
+                None => out.push(RatioSeries {
+                    label,
+                    points: vec![(r.producers, value)],
+                }),
+            }
+        }
+    }
+    for series in &mut out {
+        series.points.sort_by_key(|p| p.0);
+    }
+    out
+}
+
+fn write_plots(
+    out_dir: &Path,
+    measurements: &[RunMeasurement],
+    axis: LatencyAxis,
+) -> Result<(), String> {
     let produce: Vec<Series<'_>> = measurements
         .iter()
         .map(|m| Series {
@@ -278,6 +474,7 @@ fn write_plots(out_dir: &Path, measurements: &[RunMeasurement]) -> Result<(), St
         "produce-latency-by-percentile",
         "Produce latency by percentile (send → ack)",
         &produce,
+        axis,
     )?;
     let e2e: Vec<Series<'_>> = measurements
         .iter()
@@ -293,6 +490,7 @@ fn write_plots(out_dir: &Path, measurements: &[RunMeasurement]) -> Result<(), St
             "e2e-latency-by-percentile",
             "End-to-end latency by percentile (born → consumed)",
             &e2e,
+            axis,
         )?;
     }
     // The last second of a run is partial (the stragglers acknowledged after the measured

@@ -4,7 +4,9 @@
 //! processes that provide it ([`BenchMode::broker_processes`]): one broker for the flush modes,
 //! a master and a slave on loopback for the replicated ones. The replicated modes both run
 //! ASYNC_FLUSH (RocketMQ's usual pairing with SYNC_MASTER), so their ratio isolates what waiting
-//! for the slave costs.
+//! for the slave costs. [`BenchMode::SyncMasterTwoGroups`] runs two such SYNC_MASTER groups
+//! behind an embedded name server, each broker with half the one-group run's shards, so its
+//! ratio to SYNC_MASTER shows what spreading the same shards over two groups costs.
 
 use crate::config::{BrokerRole as Role, FlushDiskType};
 use serde::Serialize;
@@ -21,6 +23,8 @@ pub enum BenchMode {
     SyncMaster,
     #[serde(rename = "ASYNC_MASTER")]
     AsyncMaster,
+    #[serde(rename = "SYNC_MASTER_X2")]
+    SyncMasterTwoGroups,
 }
 
 /// What a broker process in a mode plays.
@@ -48,26 +52,48 @@ impl BenchMode {
         BenchMode::AsyncMaster,
     ];
 
+    /// Every mode `--modes` accepts: [`BenchMode::ALL`] (the default matrix) and the two-group
+    /// run, which starts five processes and is asked for by name.
+    pub const KNOWN: [BenchMode; 5] = [
+        BenchMode::SyncFlush,
+        BenchMode::AsyncFlush,
+        BenchMode::SyncMaster,
+        BenchMode::AsyncMaster,
+        BenchMode::SyncMasterTwoGroups,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             BenchMode::SyncFlush => "SYNC_FLUSH",
             BenchMode::AsyncFlush => "ASYNC_FLUSH",
             BenchMode::SyncMaster => "SYNC_MASTER",
             BenchMode::AsyncMaster => "ASYNC_MASTER",
+            BenchMode::SyncMasterTwoGroups => "SYNC_MASTER_X2",
         }
     }
 
-    /// The mode with the same topology and a weaker acknowledgement, which this mode's cost is
-    /// measured against; `None` for modes that are themselves the baseline.
+    /// The mode this mode's cost is measured against: for a sync mode the same topology with a
+    /// weaker acknowledgement, for the two-group run one group of the same total shards;
+    /// `None` for modes that are themselves the baseline.
     pub fn async_twin(self) -> Option<BenchMode> {
         match self {
             BenchMode::SyncFlush => Some(BenchMode::AsyncFlush),
             BenchMode::SyncMaster => Some(BenchMode::AsyncMaster),
+            BenchMode::SyncMasterTwoGroups => Some(BenchMode::SyncMaster),
             BenchMode::AsyncFlush | BenchMode::AsyncMaster => None,
         }
     }
 
-    /// The processes to start, clients' target first.
+    /// Broker groups the mode runs (each of [`BenchMode::broker_processes`]), behind an
+    /// embedded name server when more than one.
+    pub fn groups(self) -> usize {
+        match self {
+            BenchMode::SyncMasterTwoGroups => 2,
+            _ => 1,
+        }
+    }
+
+    /// The processes to start for one group, clients' target first.
     pub fn broker_processes(self) -> Vec<BrokerProcess> {
         let single = |flush_disk_type| {
             vec![BrokerProcess {
@@ -93,7 +119,7 @@ impl BenchMode {
         match self {
             BenchMode::SyncFlush => single(FlushDiskType::SyncFlush),
             BenchMode::AsyncFlush => single(FlushDiskType::AsyncFlush),
-            BenchMode::SyncMaster => pair(Role::SyncMaster),
+            BenchMode::SyncMaster | BenchMode::SyncMasterTwoGroups => pair(Role::SyncMaster),
             BenchMode::AsyncMaster => pair(Role::AsyncMaster),
         }
     }
@@ -110,11 +136,11 @@ impl BenchMode {
 impl FromStr for BenchMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        BenchMode::ALL
+        BenchMode::KNOWN
             .into_iter()
             .find(|m| m.name().eq_ignore_ascii_case(s.trim()))
             .ok_or_else(|| {
-                let known: Vec<&str> = BenchMode::ALL.iter().map(|m| m.name()).collect();
+                let known: Vec<&str> = BenchMode::KNOWN.iter().map(|m| m.name()).collect();
                 format!("unknown mode `{s}`; known modes: {}", known.join(", "))
             })
     }

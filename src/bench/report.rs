@@ -12,8 +12,8 @@ pub fn kafka_line(run: &RunSummary) -> String {
     let l = &run.produce_latency;
     let ms = |us: u64| us / 1000;
     format!(
-        "{} records sent, {:.1} records/sec ({:.2} MB/sec), {:.2} ms avg latency, {:.2} ms max latency, \
-         {} ms 50th, {} ms 95th, {} ms 99th, {} ms 99.9th.",
+        "{} records sent, {:.1} records/sec ({:.2} MB/sec), {:.2} ms avg latency, \
+         {:.2} ms max latency, {} ms 50th, {} ms 95th, {} ms 99th, {} ms 99.9th.",
         run.messages,
         run.messages_per_sec,
         run.mib_per_sec,
@@ -41,12 +41,52 @@ pub fn microsecond_lines(run: &RunSummary) -> String {
     )
 }
 
+/// `a%` with no decimals, or `-` when it was not measured.
+fn percent(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.0}%"))
+}
+
+fn micros(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
+}
+
+/// Who used how much CPU in the measured phase: the bench (driver), the broker, the slave.
+pub fn cpu_line(run: &RunSummary) -> String {
+    let c = &run.cpu;
+    let mut line = format!(
+        "cpu ({} driver, {:.1} s sampled): driver={} broker={}",
+        run.driver,
+        c.seconds,
+        percent(c.driver_percent),
+        percent(c.broker_percent)
+    );
+    if c.slave_percent.is_some() {
+        let _ = write!(line, " slave={}", percent(c.slave_percent));
+    }
+    let _ = write!(
+        line,
+        " broker_us_per_msg={} (100% = one core)",
+        micros(c.broker_us_per_message)
+    );
+    line
+}
+
 /// The matrix: one row per run.
 pub fn matrix_table(runs: &[RunSummary]) -> String {
     let mut out = String::new();
+    // Wide enough for the longest mode name (SYNC_MASTER_X2), 12 as before otherwise.
+    let w = runs
+        .iter()
+        .map(|r| r.mode.name().len())
+        .max()
+        .unwrap_or(0)
+        .max(12);
     let _ = writeln!(
         out,
-        "{:<12} {:>9} {:>10} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | {:>8} {:>8}",
+        concat!(
+            "{:<w$} {:>9} {:>10} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | ",
+            "{:>8} {:>8} | {:>6} {:>6} {:>7}"
+        ),
         "mode",
         "producers",
         "msg/s",
@@ -58,18 +98,25 @@ pub fn matrix_table(runs: &[RunSummary]) -> String {
         "p99.99",
         "max",
         "e2e p50",
-        "e2e p99"
+        "e2e p99",
+        "drv",
+        "brk",
+        "brk us",
+        w = w
     );
     let _ = writeln!(
         out,
-        "{:<12} {:>9} {:>10} {:>8} | {:^53} | {:^17}",
-        "", "", "", "", "produce latency (us)", "e2e (us)"
+        "{:<w$} {:>9} {:>10} {:>8} | {:^53} | {:^17} | {:^21}",
+        "", "", "", "", "produce latency (us)", "e2e (us)", "cpu %, broker us/msg"
     );
     for r in runs {
         let l = &r.produce_latency;
         let _ = writeln!(
             out,
-            "{:<12} {:>9} {:>10.0} {:>8.2} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | {:>8} {:>8}",
+            concat!(
+                "{:<w$} {:>9} {:>10.0} {:>8.2} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | ",
+                "{:>8} {:>8} | {:>6} {:>6} {:>7}"
+            ),
             r.mode.name(),
             r.producers,
             r.messages_per_sec,
@@ -81,7 +128,11 @@ pub fn matrix_table(runs: &[RunSummary]) -> String {
             l.p99_99_us,
             l.max_us,
             r.e2e_latency.p50_us,
-            r.e2e_latency.p99_us
+            r.e2e_latency.p99_us,
+            percent(r.cpu.driver_percent),
+            percent(r.cpu.broker_percent),
+            micros(r.cpu.broker_us_per_message),
+            w = w
         );
     }
     out
@@ -136,16 +187,23 @@ fn ratio(numerator: f64, denominator: f64) -> f64 {
 
 pub fn ratio_table(ratios: &[ModeRatio]) -> String {
     let mut out = String::new();
+    let pair = |r: &ModeRatio| format!("{} / {}", r.mode.name(), r.baseline.name());
+    let w = ratios
+        .iter()
+        .map(|r| pair(r).len())
+        .max()
+        .unwrap_or(0)
+        .max(26);
     let _ = writeln!(
         out,
-        "{:<26} {:>9} {:>12} {:>10}",
+        "{:<w$} {:>9} {:>12} {:>10}",
         "ratio", "producers", "msg/s ratio", "p99 ratio"
     );
     for r in ratios {
         let _ = writeln!(
             out,
-            "{:<26} {:>9} {:>12.3} {:>10.3}",
-            format!("{} / {}", r.mode.name(), r.baseline.name()),
+            "{:<w$} {:>9} {:>12.3} {:>10.3}",
+            pair(r),
             r.producers,
             r.throughput_ratio,
             r.p99_ratio

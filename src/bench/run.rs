@@ -1,9 +1,10 @@
 //! One run: a topic, the producer and consumer threads of a [`Workload`], and the merged
 //! result. The broker (embedded or external) is the caller's business.
 
+use super::cpu::{CpuUse, Sample, Watched};
 use super::histogram::{merge_intervals, new_latency_histogram, Percentiles};
 use super::mode::BenchMode;
-use super::workload::{self, ConsumerOutcome, ProducerOutcome, Shared, Workload};
+use super::workload::{self, ConsumerOutcome, Driver, ProducerOutcome, Shared, Topology, Workload};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -43,6 +44,10 @@ pub struct RunSummary {
     pub e2e_latency: Percentiles,
     /// Messages acknowledged in each second of the measured phase.
     pub messages_per_second_series: Vec<u64>,
+    /// `threads` or `event-loop/N`.
+    pub driver: String,
+    /// CPU of the bench and the broker processes over the measured phase.
+    pub cpu: CpuUse,
 }
 
 /// A run's file-name stem: `SYNC_FLUSH-p16`.
@@ -50,38 +55,31 @@ pub fn run_name(mode: BenchMode, producers: u32) -> String {
     format!("{}-p{producers}", mode.name())
 }
 
-/// Creates the topic and runs the workload against the broker at `addr`.
+/// Creates the topic on every master (`masters`: one broker, or every broker group's master)
+/// and runs the workload over all their queues; `watched` are the broker processes whose CPU
+/// is reported.
 pub fn run(
-    addr: &str,
+    masters: &[String],
     mode: BenchMode,
     workload: &Workload,
     progress: bool,
+    watched: &[Watched],
 ) -> Result<RunMeasurement, String> {
-    let mut admin = workload::connect(addr)?;
-    admin
-        .create_topic(&workload.topic, workload.queues)
-        .map_err(|e| {
-            format!(
-                "creating topic {}: {}",
-                workload.topic,
-                workload::describe(addr, &e)
-            )
-        })?;
+    let topology = Topology::create(masters.to_vec(), &workload.topic, workload.queues)?;
     let shared = Arc::new(Shared::new());
     // The measured phase, which the per-second intervals count from, starts after the warmup.
     let started_at = SystemTime::now() + workload.warmup;
-    let consumers = spawn_consumers(addr, workload, &shared);
-    let producers: Vec<_> = (0..workload.producers)
-        .map(|index| {
-            let (addr, workload, shared) = (addr.to_string(), workload.clone(), shared.clone());
-            thread::Builder::new()
-                .name(format!("bench-producer-{index}"))
-                .spawn(move || workload::run_producer(&addr, &workload, index, &shared))
-                .map_err(|e| format!("starting producer thread: {e}"))
-        })
-        .collect::<Result<_, _>>()?;
+    let consumers = spawn_consumers(&topology, workload, &shared)?;
+    let producers = match spawn_producers(&topology, workload, &shared) {
+        Ok(producers) => producers,
+        Err(e) => {
+            shared.producers_done.store(true, Ordering::Release);
+            let _ = join_all_consumers(consumers);
+            return Err(e);
+        }
+    };
     let bar = progress.then(|| progress_bar(mode, workload));
-    let produced = join_all(producers, bar.as_ref(), &shared, workload);
+    let (produced, cpu) = join_all(producers, bar.as_ref(), &shared, workload, watched);
     shared.producers_done.store(true, Ordering::Release);
     let consumed = join_all_consumers(consumers);
     if let Some(bar) = bar {
@@ -89,34 +87,88 @@ pub fn run(
     }
     let produced = produced?;
     let consumed = consumed?;
-    Ok(merge(mode, workload, started_at, produced, consumed))
+    let mut measurement = merge(mode, workload, started_at, produced, consumed);
+    measurement.summary.cpu = cpu;
+    Ok(measurement)
 }
 
 type Handle<T> = thread::JoinHandle<Result<T, String>>;
 
-fn spawn_consumers(
-    addr: &str,
+/// Starts the producers with the workload's driver; each handle yields the outcomes of the
+/// producers it ran (one for a producer thread, a slice for an event loop).
+fn spawn_producers(
+    topology: &Topology,
     workload: &Workload,
     shared: &Arc<Shared>,
-) -> Vec<Handle<ConsumerOutcome>> {
-    if workload.consumers == 0 {
-        return Vec::new();
+) -> Result<Vec<Handle<Vec<ProducerOutcome>>>, String> {
+    match workload.driver {
+        Driver::EventLoop { threads } => {
+            super::event_loop::run_producers(topology, workload, threads, shared)
+        }
+        Driver::Threads => (0..workload.producers)
+            .map(|index| {
+                let (topology, workload, shared) =
+                    (topology.clone(), workload.clone(), shared.clone());
+                thread::Builder::new()
+                    .name(format!("bench-producer-{index}"))
+                    .spawn(move || {
+                        workload::run_producer(&topology, &workload, index, &shared)
+                            .map(|o| vec![o])
+                    })
+                    .map_err(|e| format!("starting producer thread: {e}"))
+            })
+            .collect(),
     }
-    (0..workload.queues)
-        .map(|queue| {
-            let (addr, workload, shared) = (addr.to_string(), workload.clone(), shared.clone());
-            thread::spawn(move || workload::run_consumer(&addr, &workload, queue, shared))
-        })
-        .collect()
 }
 
+/// Starts the consumers: one event-loop thread for every queue's connection with the event-loop
+/// driver, a thread per queue with the thread driver. Each handle yields the outcomes of the
+/// queues it read.
+fn spawn_consumers(
+    topology: &Topology,
+    workload: &Workload,
+    shared: &Arc<Shared>,
+) -> Result<Vec<Handle<Vec<ConsumerOutcome>>>, String> {
+    if workload.consumers == 0 {
+        return Ok(Vec::new());
+    }
+    if let Driver::EventLoop { .. } = workload.driver {
+        return Ok(vec![super::event_loop::run_consumers(
+            topology, workload, shared,
+        )?]);
+    }
+    Ok(topology
+        .queues
+        .iter()
+        .map(|&(group, queue)| {
+            let addr = topology.masters[group].clone();
+            let (workload, shared) = (workload.clone(), shared.clone());
+            thread::spawn(move || {
+                workload::run_consumer(&addr, &workload, queue, shared).map(|o| vec![o])
+            })
+        })
+        .collect())
+}
+
+/// How often the waiting thread looks at the producers: bounds the progress display's lag and
+/// how far after the warmup the first CPU sample is taken.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Waits for the producers, sampling CPU when the measured phase starts and when the last
+/// producer ends.
 fn join_all(
-    handles: Vec<Handle<ProducerOutcome>>,
+    handles: Vec<Handle<Vec<ProducerOutcome>>>,
     bar: Option<&ProgressBar>,
     shared: &Shared,
     workload: &Workload,
-) -> Result<Vec<ProducerOutcome>, String> {
+    watched: &[Watched],
+) -> (Result<Vec<ProducerOutcome>, String>, CpuUse) {
+    let mut first_sample: Option<Sample> = None;
     while handles.iter().any(|h| !h.is_finished()) {
+        if first_sample.is_none() && shared.origin.elapsed() >= workload.warmup {
+            let acked = shared.acked_messages.load(Ordering::Relaxed);
+            first_sample = Some(Sample::take(watched, acked));
+        }
         if let Some(bar) = bar {
             let elapsed = shared.origin.elapsed();
             let measured = elapsed.saturating_sub(workload.warmup).as_secs_f64();
@@ -127,19 +179,28 @@ fn join_all(
             }
             bar.set_message(format!("{:.0} msg/s", acked as f64 / measured.max(1e-3)));
         }
-        thread::sleep(Duration::from_millis(100));
+        // Polling thread handles that have no event to wait on together; the interval only
+        // bounds the display's and the first sample's lag.
+        thread::sleep(POLL_INTERVAL);
     }
-    handles
+    let last = Sample::take(watched, shared.acked_messages.load(Ordering::Relaxed));
+    // A run shorter than the poll interval: the window is empty and reports nothing.
+    let cpu = first_sample
+        .map(|first| first.until(&last, watched))
+        .unwrap_or_default();
+    let outcomes = handles
         .into_iter()
         .map(|h| {
             h.join()
                 .unwrap_or_else(|_| Err("a producer thread panicked".into()))
         })
-        .collect()
+        .collect::<Result<Vec<Vec<ProducerOutcome>>, String>>()
+        .map(|v| v.into_iter().flatten().collect());
+    (outcomes, cpu)
 }
 
 fn join_all_consumers(
-    handles: Vec<Handle<ConsumerOutcome>>,
+    handles: Vec<Handle<Vec<ConsumerOutcome>>>,
 ) -> Result<Vec<ConsumerOutcome>, String> {
     handles
         .into_iter()
@@ -147,7 +208,8 @@ fn join_all_consumers(
             h.join()
                 .unwrap_or_else(|_| Err("a consumer thread panicked".into()))
         })
-        .collect()
+        .collect::<Result<Vec<_>, String>>()
+        .map(|v| v.into_iter().flatten().collect())
 }
 
 fn progress_bar(mode: BenchMode, workload: &Workload) -> ProgressBar {
@@ -220,6 +282,8 @@ fn merge(
         produce_latency: Percentiles::of(&produce),
         e2e_latency: Percentiles::of(&e2e),
         messages_per_second_series: produce_intervals.iter().map(|h| h.len()).collect(),
+        driver: workload.driver.describe(),
+        cpu: CpuUse::default(),
     };
     RunMeasurement {
         mode,

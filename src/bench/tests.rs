@@ -8,7 +8,7 @@ use super::mode::BenchMode;
 use super::plot::percentile_label;
 use super::report::{kafka_line, ratio_table, ratios};
 use super::run::RunSummary;
-use super::workload::{intended_latency, share, Pacer};
+use super::workload::{intended_latency, share, Driver, Pacer, Workload};
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
@@ -261,6 +261,24 @@ fn open_loop_schedule_spreads_batches() {
 }
 
 #[test]
+fn open_loop_producers_are_staggered_over_one_interval() {
+    // Four producers at 250 requests/s each (an interval of 4 ms): together one request every
+    // millisecond, not four at once every 4 ms.
+    let due: Vec<Duration> = (0..4)
+        .map(|i| {
+            Pacer::open_loop(250.0, 1)
+                .staggered(i, 4)
+                .due(2, Duration::ZERO)
+        })
+        .collect();
+    let ms = Duration::from_millis;
+    assert_eq!(due, vec![ms(8), ms(9), ms(10), ms(11)]);
+    // A closed loop has no schedule to stagger.
+    let closed = Pacer::closed_loop().staggered(3, 4);
+    assert_eq!(closed.due(5, ms(7)), ms(7));
+}
+
+#[test]
 fn shares_split_a_total_exactly() {
     let parts: Vec<u64> = (0..3).map(|i| share(10, 3, i)).collect();
     assert_eq!(parts, [4, 3, 3]);
@@ -292,6 +310,8 @@ fn summary(mode: BenchMode, producers: u32, rate: f64, p99_us: u64) -> RunSummar
         },
         e2e_latency: Percentiles::default(),
         messages_per_second_series: vec![],
+        driver: "event-loop/1".into(),
+        cpu: super::cpu::CpuUse::default(),
     }
 }
 
@@ -353,6 +373,28 @@ fn modes_parse_and_pair() {
         Some(BenchMode::AsyncMaster)
     );
     assert_eq!(BenchMode::AsyncMaster.async_twin(), None);
+    assert_eq!(
+        "sync_master_x2".parse::<BenchMode>(),
+        Ok(BenchMode::SyncMasterTwoGroups)
+    );
+    assert_eq!(
+        BenchMode::SyncMasterTwoGroups.async_twin(),
+        Some(BenchMode::SyncMaster),
+        "two groups are measured against one group of the same total shards"
+    );
+    assert_eq!(BenchMode::SyncMasterTwoGroups.groups(), 2);
+    assert_eq!(
+        BenchMode::SyncMasterTwoGroups.broker_processes(),
+        BenchMode::SyncMaster.broker_processes(),
+        "each group is what the one-group run starts"
+    );
+    assert!(
+        !BenchMode::ALL.contains(&BenchMode::SyncMasterTwoGroups),
+        "the five-process run is asked for by name"
+    );
+    for mode in BenchMode::ALL {
+        assert_eq!(mode.groups(), 1);
+    }
     for mode in [BenchMode::SyncFlush, BenchMode::AsyncFlush] {
         assert_eq!(mode.broker_processes().len(), 1);
     }
@@ -381,13 +423,65 @@ fn plots_render_png_and_svg() {
         label: "SYNC_FLUSH-p1".into(),
         histogram: &h,
     }];
-    super::plot::latency_by_percentile(dir.path(), "lat", "title", &series).unwrap();
+    use super::plot::{LatencyAxis, RatioSeries};
+    super::plot::latency_by_percentile(dir.path(), "lat", "title", &series, LatencyAxis::Linear)
+        .unwrap();
+    super::plot::latency_by_percentile(dir.path(), "log", "title", &series, LatencyAxis::Log)
+        .unwrap();
     super::plot::throughput_over_time(dir.path(), "tp", &[("a".into(), vec![1, 5, 3])]).unwrap();
-    for file in ["lat.png", "lat.svg", "tp.png", "tp.svg"] {
+    let ratios = [RatioSeries {
+        label: "SYNC_FLUSH / ASYNC_FLUSH msg/s".into(),
+        points: vec![(1, 0.5), (64, f64::NAN)],
+    }];
+    super::plot::ratios_by_producers(dir.path(), "ratio", &ratios).unwrap();
+    let files = [
+        "lat.png",
+        "lat.svg",
+        "log.png",
+        "log.svg",
+        "tp.png",
+        "tp.svg",
+        "ratio.png",
+    ];
+    for file in files {
         let len = std::fs::metadata(dir.path().join(file)).unwrap().len();
         assert!(len > 1000, "{file} is {len} bytes");
     }
     let _ = SystemTime::now();
+}
+
+#[test]
+fn forty_series_all_look_different() {
+    let styles: Vec<_> = (0..40).map(super::plot::series_style).collect();
+    for (i, a) in styles.iter().enumerate() {
+        for b in &styles[i + 1..] {
+            assert_ne!(a, b);
+        }
+    }
+    // Beyond ten series the colour repeats but the dash pattern does not.
+    assert_eq!(styles[0].0, styles[10].0);
+    assert_ne!(styles[0].1, styles[10].1);
+}
+
+#[test]
+fn ratio_chart_series_follow_the_ratio_table() {
+    let runs = vec![
+        summary(BenchMode::SyncFlush, 64, 900.0, 3000),
+        summary(BenchMode::AsyncFlush, 64, 1000.0, 1000),
+        summary(BenchMode::SyncFlush, 1, 100.0, 500),
+        summary(BenchMode::AsyncFlush, 1, 400.0, 250),
+    ];
+    let series = super::matrix::ratio_series(&ratios(&runs));
+    let labels: Vec<&str> = series.iter().map(|s| s.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            "SYNC_FLUSH / ASYNC_FLUSH msg/s",
+            "SYNC_FLUSH / ASYNC_FLUSH p99"
+        ]
+    );
+    assert_eq!(series[0].points, vec![(1, 0.25), (64, 0.9)]);
+    assert_eq!(series[1].points, vec![(1, 2.0), (64, 3.0)]);
 }
 
 #[test]
@@ -396,4 +490,551 @@ fn throughput_chart_leaves_out_the_partial_last_second() {
     assert_eq!(whole_seconds(&[900, 1000, 980, 12]), &[900, 1000, 980]);
     assert_eq!(whole_seconds(&[40]), &[40]);
     assert!(whole_seconds(&[]).is_empty());
+}
+
+/// A broker stand-in for the event-loop driver: answers Metadata with one topic of four queues
+/// on shard 0 (no shard ports, so producers use the bootstrap address) and Produce by a fixed
+/// rule on a global request count: every 5th is refused, every 7th (not 5th) is stored without
+/// its guarantee. How it answers is its [`fake::Behaviour`]; it records the most requests any
+/// connection had unanswered.
+mod fake {
+    use crate::protocol::frame::{encode_frame, FrameHeader};
+    use crate::protocol::message::{Metadata, ProduceRequest, ProduceResponse, TopicInfo};
+    use crate::protocol::{FrameDecoder, Opcode, Status};
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    pub const TOPIC: &str = "fake-topic";
+    pub const REFUSED_MESSAGE: &str = "refused by the fake broker";
+
+    #[derive(Default)]
+    pub struct Counts {
+        pub requests: AtomicU64,
+        pub stored_ok: AtomicU64,
+        pub stored_timeout: AtomicU64,
+        pub refused: AtomicU64,
+        pub max_unanswered: AtomicUsize,
+        pub connections: AtomicUsize,
+    }
+
+    #[derive(Clone, Copy)]
+    pub struct Behaviour {
+        /// Answers are held until a connection has this many produce requests unanswered
+        /// (1: each is answered at once), so a pipelining driver is the only way to progress.
+        pub hold: usize,
+        /// How long each batch of answers waits before it is written: a slow broker.
+        pub delay: Duration,
+        /// Answers are written one byte per `write`, so frames arrive split across reads.
+        pub byte_at_a_time: bool,
+        /// A connection's produce request with this number (from 1) is not answered: the fake
+        /// shuts its side of the connection down instead.
+        pub close_on_request: Option<u64>,
+        /// After answering this connection's request with this number the fake shuts its side
+        /// down.
+        pub close_after_answer: Option<u64>,
+    }
+
+    impl Default for Behaviour {
+        fn default() -> Self {
+            Behaviour {
+                hold: 1,
+                delay: Duration::ZERO,
+                byte_at_a_time: false,
+                close_on_request: None,
+                close_after_answer: None,
+            }
+        }
+    }
+
+    pub fn start() -> (String, Arc<Counts>) {
+        start_with(Behaviour::default())
+    }
+
+    pub fn start_with(behaviour: Behaviour) -> (String, Arc<Counts>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let counts = Arc::new(Counts::default());
+        let shared = counts.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                shared.connections.fetch_add(1, Ordering::Relaxed);
+                let counts = shared.clone();
+                std::thread::spawn(move || serve(stream, &counts, behaviour));
+            }
+        });
+        (addr, counts)
+    }
+
+    /// Ends the fake's side: a FIN (never a reset: what the driver still sends is read and
+    /// dropped until it closes too).
+    fn hang_up(mut stream: TcpStream) {
+        let _ = stream.shutdown(Shutdown::Write);
+        let mut sink = [0u8; 4096];
+        while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+    }
+
+    fn send(stream: &mut TcpStream, bytes: &[u8], behaviour: Behaviour) -> bool {
+        if behaviour.byte_at_a_time {
+            bytes.iter().all(|b| stream.write_all(&[*b]).is_ok())
+        } else {
+            stream.write_all(bytes).is_ok()
+        }
+    }
+
+    fn serve(mut stream: TcpStream, counts: &Counts, behaviour: Behaviour) {
+        stream.set_nodelay(true).unwrap();
+        let decoder = FrameDecoder::new(1 << 20);
+        let mut buf = Vec::new();
+        let mut held: Vec<u8> = Vec::new();
+        let mut unanswered = 0usize;
+        let mut produced = 0u64;
+        let mut chunk = [0u8; 65536];
+        loop {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            let mut used = 0;
+            while let Ok(Some(frame)) = decoder.decode(&buf[used..]) {
+                used += frame.wire_len();
+                let id = frame.header.request_id;
+                if frame.header.opcode == Opcode::Metadata as u16 {
+                    let mut body = Vec::new();
+                    Metadata {
+                        broker_name: "fake".into(),
+                        role: "ASYNC_MASTER".into(),
+                        flush_disk_type: "ASYNC_FLUSH".into(),
+                        shard_ports: Vec::new(),
+                        topics: vec![TopicInfo {
+                            name: TOPIC.into(),
+                            topic_id: 1,
+                            queue_shards: vec![0; 4],
+                        }],
+                    }
+                    .encode(&mut body);
+                    let header = FrameHeader::response(Opcode::Metadata as u16, Status::Ok, id);
+                    let mut out = Vec::new();
+                    encode_frame(&mut out, header, &body);
+                    if !send(&mut stream, &out, behaviour) {
+                        return;
+                    }
+                    continue;
+                }
+                produced += 1;
+                if behaviour.close_on_request == Some(produced) {
+                    return hang_up(stream);
+                }
+                let messages = ProduceRequest::decode(frame.body).unwrap().messages.len() as u64;
+                let n = counts.requests.fetch_add(1, Ordering::Relaxed) + 1;
+                let (status, body) = if n % 5 == 0 {
+                    counts.refused.fetch_add(messages, Ordering::Relaxed);
+                    (Status::QueueNotFound, REFUSED_MESSAGE.as_bytes().to_vec())
+                } else {
+                    let status = if n % 7 == 0 {
+                        counts.stored_timeout.fetch_add(messages, Ordering::Relaxed);
+                        Status::FlushDiskTimeout
+                    } else {
+                        counts.stored_ok.fetch_add(messages, Ordering::Relaxed);
+                        Status::Ok
+                    };
+                    let mut body = Vec::new();
+                    ProduceResponse {
+                        queue: 0,
+                        base_offset: 0,
+                        count: messages as u32,
+                        commitlog_offset: 0,
+                    }
+                    .encode(&mut body);
+                    (status, body)
+                };
+                let header = FrameHeader::response(Opcode::Produce as u16, status, id);
+                encode_frame(&mut held, header, &body);
+                unanswered += 1;
+                counts
+                    .max_unanswered
+                    .fetch_max(unanswered, Ordering::Relaxed);
+                if unanswered >= behaviour.hold {
+                    // The slow broker's service time, not a synchronisation.
+                    std::thread::sleep(behaviour.delay);
+                    if !send(&mut stream, &held, behaviour) {
+                        return;
+                    }
+                    held.clear();
+                    unanswered = 0;
+                }
+                if behaviour.close_after_answer == Some(produced) {
+                    return hang_up(stream);
+                }
+            }
+            buf.drain(..used);
+        }
+    }
+}
+
+fn event_loop_workload(producers: u32, window: u32, batch: u32, count: u64) -> Workload {
+    Workload {
+        topic: fake::TOPIC.into(),
+        producers,
+        consumers: 0,
+        queues: 4,
+        keys: 0,
+        size_bytes: 64,
+        batch,
+        window,
+        warmup: Duration::ZERO,
+        duration: None,
+        count: Some(count),
+        rate_per_sec: None,
+        driver: Driver::EventLoop { threads: 2 },
+    }
+}
+
+fn run_event_loop(addr: &str, workload: &Workload) -> Vec<super::workload::ProducerOutcome> {
+    try_run_event_loop(addr, workload).unwrap()
+}
+
+/// The outcomes of every producer, or the first driver thread's error.
+fn try_run_event_loop(
+    addr: &str,
+    workload: &Workload,
+) -> Result<Vec<super::workload::ProducerOutcome>, String> {
+    let shared = std::sync::Arc::new(super::workload::Shared::new());
+    let topology = super::workload::Topology::single(addr, workload.queues);
+    let handles = super::event_loop::run_producers(&topology, workload, 2, &shared)?;
+    let mut outcomes = Vec::new();
+    for handle in handles {
+        outcomes.extend(handle.join().unwrap()?);
+    }
+    Ok(outcomes)
+}
+
+#[test]
+fn event_loop_counts_match_what_the_broker_answered_and_count_errors() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (addr, counts) = fake::start();
+    let workload = event_loop_workload(5, 1, 3, 900);
+    let outcomes = run_event_loop(&addr, &workload);
+    assert_eq!(outcomes.len(), 5, "one outcome per producer");
+    let acked: u64 = outcomes.iter().map(|o| o.acked_messages).sum();
+    let without_guarantee: u64 = outcomes.iter().map(|o| o.stored_without_guarantee).sum();
+    let failed: u64 = outcomes.iter().map(|o| o.failed_messages).sum();
+    let (ok, timeout, refused) = (
+        counts.stored_ok.load(Relaxed),
+        counts.stored_timeout.load(Relaxed),
+        counts.refused.load(Relaxed),
+    );
+    assert_eq!(
+        ok + timeout + refused,
+        900,
+        "exactly --count messages were sent"
+    );
+    assert_eq!(acked, ok + timeout, "acknowledged = stored");
+    assert_eq!(without_guarantee, timeout);
+    assert_eq!(failed, refused);
+    assert!(
+        refused > 0 && timeout > 0,
+        "the fake's rule produced both outcomes"
+    );
+    let latencies: u64 = outcomes.iter().map(|o| o.latency.len()).sum();
+    assert_eq!(latencies, acked, "one latency per acknowledged message");
+    let failure = outcomes
+        .iter()
+        .find_map(|o| o.first_failure.clone())
+        .unwrap();
+    assert!(failure.contains(fake::REFUSED_MESSAGE), "{failure}");
+    // Closed loop with window 1: never two requests of one producer (one connection) at once.
+    assert_eq!(counts.max_unanswered.load(Relaxed), 1);
+    // Each producer has its own connection (one shard), plus one metadata connection.
+    assert_eq!(counts.connections.load(Relaxed), 5 + 1);
+}
+
+#[test]
+fn event_loop_pipelines_up_to_the_window_and_no_further() {
+    use std::sync::atomic::Ordering::Relaxed;
+    // The fake answers a connection only once it has 4 requests pending: the run completes
+    // only if the driver keeps the whole window in flight (200 requests per producer, a
+    // multiple of 4), and never more than the window.
+    let (addr, counts) = fake::start_with(fake::Behaviour {
+        hold: 4,
+        ..fake::Behaviour::default()
+    });
+    let workload = event_loop_workload(3, 4, 1, 600);
+    let outcomes = run_event_loop(&addr, &workload);
+    let answered: u64 = outcomes
+        .iter()
+        .map(|o| o.acked_messages + o.failed_messages)
+        .sum();
+    assert_eq!(answered, 600);
+    assert_eq!(counts.max_unanswered.load(Relaxed), 4);
+}
+
+#[test]
+fn event_loop_reassembles_answers_split_across_reads() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (addr, counts) = fake::start_with(fake::Behaviour {
+        byte_at_a_time: true,
+        ..fake::Behaviour::default()
+    });
+    let workload = event_loop_workload(2, 2, 2, 200);
+    let outcomes = run_event_loop(&addr, &workload);
+    let acked: u64 = outcomes.iter().map(|o| o.acked_messages).sum();
+    let failed: u64 = outcomes.iter().map(|o| o.failed_messages).sum();
+    let stored = counts.stored_ok.load(Relaxed) + counts.stored_timeout.load(Relaxed);
+    assert_eq!(acked, stored);
+    assert_eq!(failed, counts.refused.load(Relaxed));
+    assert_eq!(acked + failed, 200);
+}
+
+#[test]
+fn event_loop_reports_a_broker_that_closes_with_requests_in_flight() {
+    let (addr, _) = fake::start_with(fake::Behaviour {
+        close_on_request: Some(3),
+        ..fake::Behaviour::default()
+    });
+    let workload = event_loop_workload(1, 1, 1, 10);
+    let Err(error) = try_run_event_loop(&addr, &workload) else {
+        panic!("the broker hung up, yet the run succeeded");
+    };
+    assert!(
+        error.contains(&format!(
+            "{addr} closed the connection with 1 requests in flight"
+        )),
+        "{error}"
+    );
+}
+
+#[test]
+fn event_loop_fails_at_once_on_a_connection_the_broker_closed() {
+    // The fake answers request 3 and hangs up but keeps reading: a request the driver wrote
+    // to the closed connection would wait for the stall timeout. Whether the driver sees the
+    // close before or after sending request 4, the error names the close.
+    let (addr, _) = fake::start_with(fake::Behaviour {
+        close_after_answer: Some(3),
+        ..fake::Behaviour::default()
+    });
+    let workload = event_loop_workload(1, 1, 1, 10);
+    let Err(error) = try_run_event_loop(&addr, &workload) else {
+        panic!("the broker hung up, yet the run succeeded");
+    };
+    assert!(
+        error.contains(&format!("{addr} closed the connection")),
+        "{error}"
+    );
+}
+
+#[test]
+fn event_loop_reports_an_unreachable_broker() {
+    let workload = event_loop_workload(2, 1, 1, 10);
+    let shared = std::sync::Arc::new(super::workload::Shared::new());
+    let topology = super::workload::Topology::single("127.0.0.1:1", workload.queues);
+    let error = super::event_loop::run_producers(&topology, &workload, 1, &shared)
+        .expect_err("no broker listens on port 1");
+    assert!(error.contains("127.0.0.1:1"), "{error}");
+}
+
+#[test]
+fn proc_stat_times_and_listening_sockets_parse() {
+    use super::cpu::{listening_inodes_in, stat_ticks};
+    // A command name with a space and a parenthesis must not shift the fields.
+    let stat = "1234 (bench (x) y) S 1 2 3 4 5 6 7 8 9 10 150 25 0 0 20 0 4 0 100";
+    assert_eq!(stat_ticks(stat), Some(175));
+    assert_eq!(stat_ticks("garbage"), None);
+    let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1\n\
+   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 4343 1\n\
+   2: 0100007F:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4444 1\n";
+    assert_eq!(listening_inodes_in(table, 8080), vec!["4242".to_string()]);
+    assert!(listening_inodes_in(table, 9999).is_empty());
+}
+
+#[test]
+fn this_process_is_found_listening_and_its_cpu_is_sampled() {
+    use super::cpu::{pid_listening_on, Sample, Watched};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    assert_eq!(pid_listening_on(port), Some(std::process::id()));
+    let watched = [Watched {
+        label: "broker",
+        pid: std::process::id(),
+    }];
+    let first = Sample::take(&watched, 0);
+    // Burn CPU until the kernel's accounting moves by a clock tick (10 ms usually); the
+    // deadline only bounds a broken /proc.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut x = 0u64;
+    let used = loop {
+        for _ in 0..1_000_000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let used = first.until(&Sample::take(&watched, 1000), &watched);
+        if used.driver_percent.is_some_and(|p| p > 0.0) || std::time::Instant::now() > deadline {
+            break used;
+        }
+    };
+    assert!(used.driver_percent.unwrap() > 0.0, "{used:?}");
+    assert!(used.broker_percent.unwrap() > 0.0, "{used:?}");
+    assert!(used.broker_us_per_message.unwrap() > 0.0, "{used:?}");
+    assert_eq!(used.slave_percent, None);
+}
+
+#[test]
+fn event_loop_open_loop_counts_the_schedule_and_the_wait_behind_a_slow_broker() {
+    use std::sync::atomic::Ordering::Relaxed;
+    // Two producers at 1,000 requests/s each for 0.3 s: 300 requests each are due. The fake
+    // takes 5 ms per answer, so with window 1 a producer completes at most 200 requests/s and
+    // falls ever further behind its schedule.
+    let (addr, counts) = fake::start_with(fake::Behaviour {
+        delay: Duration::from_millis(5),
+        ..fake::Behaviour::default()
+    });
+    let workload = Workload {
+        count: None,
+        duration: Some(Duration::from_millis(300)),
+        rate_per_sec: Some(2000.0),
+        ..event_loop_workload(2, 1, 1, 0)
+    };
+    let outcomes = run_event_loop(&addr, &workload);
+    let requests = counts.requests.load(Relaxed);
+    assert!(
+        (600..=602).contains(&requests),
+        "{requests} requests for 2 × 300 due"
+    );
+    let answered: u64 = outcomes
+        .iter()
+        .map(|o| o.acked_messages + o.failed_messages)
+        .sum();
+    assert_eq!(answered, requests);
+    // The last request of a producer was due at 0.3 s and sent after about 300 × 5 ms: its
+    // latency counts from its schedule, so it carries the whole backlog (no coordinated
+    // omission), far beyond any one request's 5 ms wait.
+    let max_us = outcomes.iter().map(|o| o.latency.max()).max().unwrap();
+    assert!(max_us >= 1_000_000, "max latency {max_us} us");
+}
+
+#[test]
+fn open_loop_waits_arm_the_timer_for_the_exact_due_instant() {
+    use super::event_loop::{plan_wait, MAX_WAIT};
+    let now = Duration::from_millis(10);
+    // 300 µs ahead: epoll_wait's millisecond timeout would send it 700 µs late (rounded up) or
+    // spin (rounded down); the timer is armed for the instant itself.
+    let due = now + Duration::from_micros(300);
+    assert_eq!(plan_wait(now, Some(due)), (Some(due), MAX_WAIT));
+    let due = now + Duration::from_nanos(1);
+    assert_eq!(plan_wait(now, Some(due)), (Some(due), MAX_WAIT));
+    // Due now or overdue: sent without waiting.
+    assert_eq!(plan_wait(now, Some(now)), (None, Duration::ZERO));
+    assert_eq!(
+        plan_wait(now, Some(Duration::from_millis(3))),
+        (None, Duration::ZERO)
+    );
+    // Nothing waits for its schedule (closed loop, or every window full).
+    assert_eq!(plan_wait(now, None), (None, MAX_WAIT));
+}
+
+#[test]
+fn the_send_timer_wakes_the_loop_at_its_instant_not_at_the_epoll_timeout() {
+    use super::event_loop::{Epoll, Timer, TIMER_TOKEN};
+    let epoll = Epoll::new().unwrap();
+    let origin = std::time::Instant::now();
+    let mut timer = Timer::new(&epoll, origin).unwrap();
+    let due = origin.elapsed() + Duration::from_micros(300);
+    timer.arm(due).unwrap();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 4];
+    // The epoll timeout is far beyond the test: only the timer can end this wait.
+    let ready = epoll.wait(&mut events, Duration::from_secs(120)).unwrap();
+    assert_eq!(ready, 1);
+    assert_eq!({ events[0].u64 }, TIMER_TOKEN as u64);
+    // A timer never expires early, so this holds however loaded the machine is.
+    assert!(origin.elapsed() >= due, "woke before the due instant");
+    // Level-triggered: once read, the timer no longer wakes the loop.
+    timer.clear();
+    assert_eq!(epoll.wait(&mut events, Duration::ZERO).unwrap(), 0);
+}
+
+#[test]
+fn only_a_broker_on_this_machine_is_looked_up_by_port() {
+    use super::cpu::is_local_host;
+    for host in ["127.0.0.1", "localhost", "0.0.0.0", "::1", "[::1]"] {
+        assert!(is_local_host(host), "{host} is this machine");
+    }
+    // TEST-NET-1 (RFC 5737) is never assigned to an interface: a remote host.
+    assert!(!is_local_host("192.0.2.1"));
+    assert!(!is_local_host("[2001:db8::1]"));
+}
+
+#[test]
+fn a_topology_spans_every_group_and_keys_hash_over_all_its_queues() {
+    let one = super::workload::Topology::single("127.0.0.1:1", 4);
+    assert_eq!(one.queues, [(0, 0), (0, 1), (0, 2), (0, 3)]);
+    let info = crate::protocol::message::TopicInfo {
+        name: "t".into(),
+        topic_id: 1,
+        queue_shards: vec![0; 4],
+    };
+    // On one broker a key lands where the client's own key hashing puts it.
+    for key in [&b"a"[..], b"key-7", b"order-42"] {
+        assert_eq!(
+            one.queue_for_key(key).map(|q| q as u32),
+            crate::client::queue_for_key(&info, key)
+        );
+    }
+    let two = super::workload::Topology {
+        masters: vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+        queues: vec![(0, 0), (0, 1), (1, 0), (1, 1)],
+    };
+    let groups: std::collections::BTreeSet<usize> = (0..64)
+        .map(|k| two.queues[two.queue_for_key(format!("key-{k}").as_bytes()).unwrap()].0)
+        .collect();
+    assert_eq!(groups.len(), 2, "keys reach both groups");
+}
+
+#[test]
+fn cpu_of_every_master_and_every_slave_is_summed() {
+    use super::cpu::{Sample, Watched};
+    let me = std::process::id();
+    let watched = [
+        Watched {
+            label: "broker",
+            pid: me,
+        },
+        Watched {
+            label: "slave",
+            pid: me,
+        },
+        Watched {
+            label: "broker",
+            pid: me,
+        },
+    ];
+    let before = Sample::take(&watched, 0);
+    // 300 ms of this thread's CPU (not wall time: the machine may be busy), so that the one
+    // clock tick each reading may be off by is small beside what is measured.
+    let cpu_ns = || {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec it is given.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+        t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+    };
+    let start = cpu_ns();
+    let mut x = 0u64;
+    while cpu_ns() - start < 300_000_000 {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+    let after = Sample::take(&watched, 1000);
+    let cpu = before.until(&after, &watched);
+    let (broker, slave) = (cpu.broker_percent.unwrap(), cpu.slave_percent.unwrap());
+    // Both masters are this process: twice its CPU; the one slave once.
+    let ratio = broker / slave;
+    assert!((1.8..=2.2).contains(&ratio), "{cpu:?}");
+    let per_message = cpu.broker_us_per_message.unwrap();
+    assert!(
+        per_message >= 500.0,
+        "two masters' 300 ms over 1000 messages: {cpu:?}"
+    );
 }

@@ -13,7 +13,7 @@ use crate::client::{Client, ClientError, ClientOptions, DEFAULT_READ_TIMEOUT};
 use crate::protocol::message::MessageRef;
 use crate::protocol::Status;
 use hdrhistogram::Histogram;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,11 +23,11 @@ pub const TIMESTAMP_BYTES: usize = 8;
 
 /// How long a consumer's pull waits at the end of its queue. Short enough that the end of the
 /// run is noticed quickly, long enough that an idle consumer costs the broker little.
-const PULL_WAIT_MS: u32 = 200;
+pub const PULL_WAIT_MS: u32 = 200;
 
 /// Messages and bytes asked for per pull.
-const PULL_MAX_MESSAGES: u32 = 256;
-const PULL_MAX_BYTES: u32 = 4 * 1024 * 1024;
+pub const PULL_MAX_MESSAGES: u32 = 256;
+pub const PULL_MAX_BYTES: u32 = 4 * 1024 * 1024;
 
 /// How long consumers keep reading after the producers stop, to receive what was acked last.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,6 +51,28 @@ pub struct Workload {
     pub count: Option<u64>,
     /// Open loop: messages per second over all producers.
     pub rate_per_sec: Option<f64>,
+    /// How the producers are run.
+    pub driver: Driver,
+}
+
+/// How producers are driven.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    /// One OS thread and one blocking [`Client`] per producer.
+    Threads,
+    /// Every producer a state machine on one of `threads` event loops
+    /// ([`super::event_loop`]).
+    EventLoop { threads: u32 },
+}
+
+impl Driver {
+    /// `threads` or `event-loop/N`, as printed and stored.
+    pub fn describe(self) -> String {
+        match self {
+            Driver::Threads => "threads".into(),
+            Driver::EventLoop { threads } => format!("event-loop/{threads}"),
+        }
+    }
 }
 
 /// When each request of one producer is due.
@@ -58,11 +80,16 @@ pub struct Workload {
 pub struct Pacer {
     /// `None`: closed loop, a request is due as soon as the window has room.
     interval: Option<Duration>,
+    /// When the first request is due ([`Pacer::staggered`]).
+    offset: Duration,
 }
 
 impl Pacer {
     pub fn closed_loop() -> Pacer {
-        Pacer { interval: None }
+        Pacer {
+            interval: None,
+            offset: Duration::ZERO,
+        }
     }
 
     /// One request of `batch` messages every `batch / rate` seconds.
@@ -70,13 +97,25 @@ impl Pacer {
         let seconds = f64::from(batch) / rate_per_sec.max(f64::MIN_POSITIVE);
         Pacer {
             interval: Some(Duration::from_secs_f64(seconds)),
+            offset: Duration::ZERO,
         }
+    }
+
+    /// Producer `index` of `producers` starts `index / producers` of an interval late, so the
+    /// producers' requests are spread evenly over each interval instead of all due at the same
+    /// instant (a burst of `producers` requests, then silence, is not the steady rate asked).
+    pub fn staggered(self, index: u32, producers: u32) -> Pacer {
+        let offset = match self.interval {
+            Some(interval) => interval.mul_f64(f64::from(index) / f64::from(producers.max(1))),
+            None => Duration::ZERO,
+        };
+        Pacer { offset, ..self }
     }
 
     /// Offset from the origin at which request `index` is due; `now` in closed loop.
     pub fn due(&self, index: u64, now: Duration) -> Duration {
         match self.interval {
-            Some(interval) => interval.mul_f64(index as f64),
+            Some(interval) => self.offset + interval.mul_f64(index as f64),
             None => now,
         }
     }
@@ -119,6 +158,53 @@ impl Default for Shared {
     }
 }
 
+/// Where a run's topic lives: the master of every broker group it spans (one entry for a
+/// single broker) and every queue, group by group. A key hashes over all the queues, as the
+/// cluster producer's key hashing does; without keys producers go round the queues.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    /// Client address of each group's master.
+    pub masters: Vec<String>,
+    /// `(index into masters, queue number in that group)` per queue of the topic.
+    pub queues: Vec<(usize, u32)>,
+}
+
+impl Topology {
+    /// One broker's queues: `0..queue_count`.
+    pub fn single(addr: &str, queue_count: u32) -> Topology {
+        Topology {
+            masters: vec![addr.to_string()],
+            queues: (0..queue_count).map(|q| (0, q)).collect(),
+        }
+    }
+
+    /// The queue (an index into `queues`) a key's messages go to; `None` without queues.
+    pub fn queue_for_key(&self, key: &[u8]) -> Option<usize> {
+        let count = self.queues.len() as u32;
+        (count > 0).then(|| (crc32c::crc32c(key) % count) as usize)
+    }
+
+    /// Creates the topic with `queues` queues on every master (an existing topic is kept) and
+    /// reads back how many each has.
+    pub fn create(masters: Vec<String>, topic: &str, queues: u32) -> Result<Topology, String> {
+        let mut all = Vec::new();
+        for (index, addr) in masters.iter().enumerate() {
+            let mut admin = connect(addr)?;
+            let info = admin
+                .create_topic(topic, queues)
+                .map_err(|e| format!("creating topic {topic}: {}", describe(addr, &e)))?;
+            all.extend((0..info.queue_count()).map(|q| (index, q)));
+        }
+        if all.is_empty() {
+            return Err(format!("topic `{topic}` has no queues"));
+        }
+        Ok(Topology {
+            masters,
+            queues: all,
+        })
+    }
+}
+
 /// What one producer measured.
 pub struct ProducerOutcome {
     pub latency: Histogram<u64>,
@@ -154,24 +240,38 @@ pub fn share(total: u64, parts: u32, index: u32) -> u64 {
     total / parts + u64::from(u64::from(index) < total % parts)
 }
 
-struct InFlight {
-    intended: Duration,
-    messages: u32,
+/// A request sent and not yet acknowledged.
+pub struct InFlight {
+    pub intended: Duration,
+    pub messages: u32,
 }
 
 /// Runs one producer to the end of the measured phase and collects its acknowledgements.
+///
+/// It has a client per group master. On one broker the client picks the queue (key hash or
+/// round-robin); over several groups the producer picks a queue of the whole topology and
+/// sends to that queue's master. Acknowledgements are awaited in send order across the
+/// clients: a blocking client waits on one connection at a time, and the oldest request is
+/// the one due first.
 pub fn run_producer(
-    addr: &str,
+    topology: &Topology,
     workload: &Workload,
     index: u32,
     shared: &Shared,
 ) -> Result<ProducerOutcome, String> {
-    let mut client = connect(addr)?;
-    client
-        .topic(&workload.topic)
-        .map_err(|e| describe(addr, &e))?;
+    let mut clients = Vec::with_capacity(topology.masters.len());
+    for addr in &topology.masters {
+        let mut client = connect(addr)?;
+        client
+            .topic(&workload.topic)
+            .map_err(|e| describe(addr, &e))?;
+        clients.push(client);
+    }
+    let several = clients.len() > 1;
+    let mut next_queue = index as usize;
     let pacer = match workload.rate_per_sec {
-        Some(rate) => Pacer::open_loop(rate / f64::from(workload.producers), workload.batch),
+        Some(rate) => Pacer::open_loop(rate / f64::from(workload.producers), workload.batch)
+            .staggered(index, workload.producers),
         None => Pacer::closed_loop(),
     };
     let measured_count = workload.count.map(|c| share(c, workload.producers, index));
@@ -191,7 +291,10 @@ pub fn run_producer(
         first_failure: None,
         last_ack: Duration::ZERO,
     };
-    let mut in_flight: HashMap<crate::client::Ticket, InFlight> = HashMap::new();
+    let mut in_flight: Vec<HashMap<crate::client::Ticket, InFlight>> =
+        (0..clients.len()).map(|_| HashMap::new()).collect();
+    // The group of every request in flight, oldest first.
+    let mut order: VecDeque<usize> = VecDeque::new();
     let mut next_request = 0u64;
     let mut measured_sent = 0u64;
     let mut next_key = index as usize;
@@ -202,7 +305,7 @@ pub fn run_producer(
             (None, Some(end)) => pacer.due(next_request, now) < end,
             (None, None) => false,
         };
-        while sending && in_flight.len() < workload.window as usize {
+        while sending && order.len() < workload.window as usize {
             let now = shared.origin.elapsed();
             let intended = pacer.due(next_request, now);
             if intended > now {
@@ -235,10 +338,24 @@ pub fn run_producer(
                     body,
                 })
                 .collect();
-            let ticket = client
-                .send_produce(&workload.topic, None, &batch)
+            let (group, queue) = if several {
+                let queue = if key.is_empty() {
+                    next_queue = next_queue.wrapping_add(1);
+                    next_queue % topology.queues.len()
+                } else {
+                    topology.queue_for_key(key).unwrap_or(0)
+                };
+                let (group, queue) = topology.queues[queue];
+                (group, Some(queue))
+            } else {
+                (0, None)
+            };
+            let addr = &topology.masters[group];
+            let ticket = clients[group]
+                .send_produce(&workload.topic, queue, &batch)
                 .map_err(|e| describe(addr, &e))?;
-            in_flight.insert(ticket, InFlight { intended, messages });
+            in_flight[group].insert(ticket, InFlight { intended, messages });
+            order.push_back(group);
             next_request += 1;
             if measured {
                 measured_sent += u64::from(messages);
@@ -247,15 +364,16 @@ pub fn run_producer(
                 break;
             }
         }
-        if in_flight.is_empty() {
+        let Some(&group) = order.front() else {
             if !sending || measured_count.is_some_and(|c| measured_sent >= c) {
                 return Ok(outcome);
             }
             let due = pacer.due(next_request, shared.origin.elapsed());
             std::thread::sleep(due.saturating_sub(shared.origin.elapsed()));
             continue;
-        }
-        let window_full = in_flight.len() >= workload.window as usize;
+        };
+        let addr = &topology.masters[group];
+        let window_full = order.len() >= workload.window as usize;
         let wait = if pacer.is_open_loop() && sending && !window_full {
             pacer
                 .due(next_request, Duration::ZERO)
@@ -263,12 +381,13 @@ pub fn run_producer(
         } else {
             DEFAULT_READ_TIMEOUT
         };
-        match client.next_produce_ack(wait) {
+        match clients[group].next_produce_ack(wait) {
             Ok(Some(ack)) => {
                 let acked = shared.origin.elapsed();
-                let Some(request) = in_flight.remove(&ack.ticket) else {
+                let Some(request) = in_flight[group].remove(&ack.ticket) else {
                     continue;
                 };
+                order.pop_front();
                 account(&mut outcome, workload, shared, &request, acked, ack.result);
             }
             Ok(None) if wait < DEFAULT_READ_TIMEOUT => {}
@@ -283,7 +402,8 @@ pub fn run_producer(
     }
 }
 
-fn account(
+/// Records one acknowledgement (or failure) of a measured request; the same for both drivers.
+pub fn account(
     outcome: &mut ProducerOutcome,
     workload: &Workload,
     shared: &Shared,
@@ -321,7 +441,7 @@ fn account(
 }
 
 /// A body of `size` bytes whose first [`TIMESTAMP_BYTES`] are overwritten per send.
-fn filler_body(size: usize) -> Vec<u8> {
+pub fn filler_body(size: usize) -> Vec<u8> {
     let mut body = vec![b'x'; size.max(TIMESTAMP_BYTES)];
     body[..TIMESTAMP_BYTES].fill(0);
     body
@@ -336,51 +456,90 @@ pub fn run_consumer(
     shared: Arc<Shared>,
 ) -> Result<ConsumerOutcome, String> {
     let mut client = connect(addr)?;
-    let measured_from_ns = shared.origin_wall_ns + workload.warmup.as_nanos() as u64;
-    let mut outcome = ConsumerOutcome {
-        latency: new_latency_histogram(),
-        intervals: Vec::new(),
-        received_messages: 0,
-    };
-    let mut offset = 0u64;
-    let mut drain_deadline: Option<Instant> = None;
+    let mut state = ConsumerState::new(workload, &shared);
     loop {
-        if shared.producers_done.load(Ordering::Acquire) && drain_deadline.is_none() {
-            drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
-        }
+        state.before_pull(&shared);
         let pulled = client
             .pull(
                 &workload.topic,
                 queue,
-                offset,
+                state.offset,
                 PULL_MAX_MESSAGES,
                 PULL_MAX_BYTES,
                 PULL_WAIT_MS,
             )
             .map_err(|e| format!("consumer of queue {queue}: {}", describe(addr, &e)))?;
+        let bodies = pulled.messages.iter().map(|m| m.body.as_slice());
+        if state.received(bodies, pulled.summary.next_offset, pulled.status) {
+            return Ok(state.outcome);
+        }
+    }
+}
+
+/// One queue's consumer, whichever driver runs it: the offset to pull from next, the drain
+/// deadline once the producers are done, and what it measured.
+pub struct ConsumerState {
+    pub offset: u64,
+    measured_from_ns: u64,
+    drain_deadline: Option<Instant>,
+    pub outcome: ConsumerOutcome,
+}
+
+impl ConsumerState {
+    pub fn new(workload: &Workload, shared: &Shared) -> ConsumerState {
+        ConsumerState {
+            offset: 0,
+            measured_from_ns: shared.origin_wall_ns + workload.warmup.as_nanos() as u64,
+            drain_deadline: None,
+            outcome: ConsumerOutcome {
+                latency: new_latency_histogram(),
+                intervals: Vec::new(),
+                received_messages: 0,
+            },
+        }
+    }
+
+    /// Starts the drain period once the producers are done; call before each pull.
+    pub fn before_pull(&mut self, shared: &Shared) {
+        if shared.producers_done.load(Ordering::Acquire) && self.drain_deadline.is_none() {
+            self.drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
+        }
+    }
+
+    /// Records one pull's messages (their bodies) and moves the offset; true when the consumer
+    /// is finished: drained after the producers stopped, or out of drain time.
+    pub fn received<'a>(
+        &mut self,
+        bodies: impl ExactSizeIterator<Item = &'a [u8]>,
+        next_offset: u64,
+        status: Status,
+    ) -> bool {
         let received_ns = wall_ns();
-        for message in &pulled.messages {
-            let Some(born_ns) = body_timestamp_ns(&message.body) else {
+        let empty = bodies.len() == 0;
+        let outcome = &mut self.outcome;
+        for body in bodies {
+            let Some(born_ns) = body_timestamp_ns(body) else {
                 continue;
             };
-            if born_ns < measured_from_ns {
+            if born_ns < self.measured_from_ns {
                 continue;
             }
             let latency = Duration::from_nanos(received_ns.saturating_sub(born_ns));
             record_latency(&mut outcome.latency, latency, 1);
-            let second = (received_ns.saturating_sub(measured_from_ns) / 1_000_000_000) as usize;
+            let second =
+                (received_ns.saturating_sub(self.measured_from_ns) / 1_000_000_000) as usize;
             while outcome.intervals.len() <= second {
                 outcome.intervals.push(new_latency_histogram());
             }
             record_latency(&mut outcome.intervals[second], latency, 1);
             outcome.received_messages += 1;
         }
-        offset = pulled.summary.next_offset.max(offset);
-        let caught_up = pulled.messages.is_empty() || pulled.status == Status::NoNewMessage;
-        match drain_deadline {
-            Some(_) if caught_up => return Ok(outcome),
-            Some(deadline) if Instant::now() >= deadline => return Ok(outcome),
-            _ => {}
+        self.offset = next_offset.max(self.offset);
+        let caught_up = empty || status == Status::NoNewMessage;
+        match self.drain_deadline {
+            Some(_) if caught_up => true,
+            Some(deadline) => Instant::now() >= deadline,
+            None => false,
         }
     }
 }

@@ -75,9 +75,10 @@ pub struct BrokerArgs {
 /// The environment variable that names the name servers when neither flag is given.
 pub const NAMESRV_ENV: &str = "RINGMQ_NAMESRV";
 
-/// The subcommands that take [`BrokerArgs`] (`serve` has a `--namesrv` of its own).
+/// The subcommands that take [`BrokerArgs`] (`serve` has a `--namesrv` of its own), and
+/// `bench`, whose `--broker`/`--namesrv` pair follows the same rule.
 const CLIENT_COMMANDS: &[&str] = &[
-    "topic", "produce", "consume", "group", "stats", "cluster", "admin",
+    "topic", "produce", "consume", "group", "stats", "cluster", "admin", "bench",
 ];
 
 impl Cli {

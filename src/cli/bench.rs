@@ -3,7 +3,8 @@
 
 use crate::bench::matrix::{run_matrix, Matrix, Target};
 use crate::bench::mode::BenchMode;
-use crate::bench::workload::{Workload, TIMESTAMP_BYTES};
+use crate::bench::plot::LatencyAxis;
+use crate::bench::workload::{Driver, Workload, TIMESTAMP_BYTES};
 use crate::cli::produce::MAX_WINDOW;
 use clap::Args;
 use std::io::IsTerminal;
@@ -15,11 +16,35 @@ pub struct BenchArgs {
     /// Benchmark an existing broker HOST:PORT instead of starting one per run.
     #[arg(long)]
     pub broker: Option<String>,
-    /// Modes to run, comma-separated (default: SYNC_FLUSH,ASYNC_FLUSH,SYNC_MASTER,ASYNC_MASTER; with --broker, the
-    /// broker's own mode).
+    /// Name servers HOST:PORT[,HOST:PORT...]: benchmark the broker groups they list instead of
+    /// starting brokers. Each run creates its topic on every group's master and spreads the
+    /// producers' requests and the consumers over every group's queues. Without it,
+    /// RINGMQ_NAMESRV is used unless --broker is on the command line, as for the client
+    /// commands.
+    #[arg(long, conflicts_with = "broker")]
+    pub namesrv: Option<String>,
+    /// With --namesrv: only this cluster's broker groups (default: every cluster listed).
+    #[arg(long = "cluster", default_value = "", requires = "namesrv")]
+    pub cluster_name: String,
+    /// With --broker: the broker's pid, whose CPU each run reports (default: the local process
+    /// listening on the broker's port, if there is one).
+    #[arg(long, requires = "broker")]
+    pub broker_pid: Option<u32>,
+    /// How producers are run: `event-loop` multiplexes every producer's connections on
+    /// --driver-threads threads; `threads` gives each producer its own OS thread and blocking
+    /// client.
+    #[arg(long, value_enum, default_value_t = DriverKind::EventLoop)]
+    pub driver: DriverKind,
+    /// Event-loop threads with --driver event-loop (producers are spread evenly over them).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub driver_threads: u32,
+    /// Modes to run, comma-separated (default: SYNC_FLUSH,ASYNC_FLUSH,SYNC_MASTER,ASYNC_MASTER;
+    /// with --broker or --namesrv, the brokers' own mode). SYNC_MASTER_X2 runs two SYNC_MASTER
+    /// groups (each a master and a slave, half the shards each) behind an embedded name server;
+    /// its ratio to SYNC_MASTER is the cost of two groups over one of the same total shards.
     #[arg(long, value_delimiter = ',')]
     pub modes: Vec<BenchMode>,
-    /// Producer threads, each with its own client and connections.
+    /// Producers, each with its own connections and window of requests in flight.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub producers: u32,
     /// Producer counts to run, comma-separated (overrides --producers): the matrix's rows.
@@ -57,6 +82,9 @@ pub struct BenchArgs {
     /// message's scheduled send time (coordinated omission corrected).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Scale of the latency axis of the percentile charts.
+    #[arg(long, value_enum, default_value_t = LatencyAxis::Linear)]
+    pub latency_axis: LatencyAxis,
     /// Results folder (default results/<timestamp>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -69,6 +97,13 @@ pub struct BenchArgs {
     /// Where embedded brokers' fresh stores are created (default: the system temp dir).
     #[arg(long)]
     pub store_root: Option<PathBuf>,
+}
+
+/// `--driver`'s values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverKind {
+    EventLoop,
+    Threads,
 }
 
 impl BenchArgs {
@@ -106,12 +141,27 @@ impl BenchArgs {
             duration,
             count: self.count,
             rate_per_sec: self.rate,
+            driver: match self.driver {
+                DriverKind::EventLoop => Driver::EventLoop {
+                    threads: self.driver_threads,
+                },
+                DriverKind::Threads => Driver::Threads,
+            },
         })
     }
 
     fn target(&self) -> Result<Target, String> {
+        if let Some(namesrv) = &self.namesrv {
+            return Ok(Target::Cluster {
+                namesrv: namesrv.clone(),
+                cluster: self.cluster_name.clone(),
+            });
+        }
         if let Some(addr) = &self.broker {
-            return Ok(Target::External(addr.clone()));
+            return Ok(Target::External {
+                addr: addr.clone(),
+                pid: self.broker_pid,
+            });
         }
         let config_toml = match &self.broker_config {
             Some(path) => std::fs::read_to_string(path)
@@ -157,8 +207,9 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
     let workload = args.workload()?;
-    let modes = match (&args.broker, args.modes.is_empty()) {
-        (None, true) => BenchMode::ALL.to_vec(),
+    let external = args.broker.is_some() || args.namesrv.is_some();
+    let modes = match (external, args.modes.is_empty()) {
+        (false, true) => BenchMode::ALL.to_vec(),
         _ => args.modes.clone(),
     };
     let producer_counts = if args.producers_list.is_empty() {
@@ -173,6 +224,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         workload,
         out_dir: args.out.clone().unwrap_or_else(default_out_dir),
         progress: std::io::stdout().is_terminal(),
+        latency_axis: args.latency_axis,
     };
     run_matrix(&matrix)
 }
@@ -180,6 +232,43 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::civil_from_days;
+    use crate::bench::matrix::Target;
+    use crate::cli::app::{Cli, Command};
+
+    fn bench_target(args: &[&str], env: Option<&str>) -> Result<Target, String> {
+        let cli = Cli::parse_with_env(
+            ["ringmq", "bench"].into_iter().chain(args.iter().copied()),
+            env.map(str::to_string),
+        )
+        .map_err(|e| e.to_string())?;
+        let Command::Bench(args) = cli.command else {
+            panic!("not bench")
+        };
+        args.target()
+    }
+
+    /// `--namesrv` (or RINGMQ_NAMESRV when neither flag is typed) makes the cluster the target;
+    /// `--broker` beats the variable and conflicts with the flag.
+    #[test]
+    fn namesrv_flag_and_variable_pick_the_cluster() {
+        let cluster = |t: Target| match t {
+            Target::Cluster { namesrv, cluster } => Some((namesrv, cluster)),
+            _ => None,
+        };
+        let flag = bench_target(&["--namesrv", "n:1,n:2", "--cluster", "c"], None).unwrap();
+        assert_eq!(cluster(flag), Some(("n:1,n:2".into(), "c".into())));
+        let env = bench_target(&["--cluster", "c"], Some("e:1")).unwrap();
+        assert_eq!(cluster(env), Some(("e:1".into(), "c".into())));
+        let broker = bench_target(&["--broker", "b:1"], Some("e:1")).unwrap();
+        assert!(matches!(broker, Target::External { ref addr, .. } if addr == "b:1"));
+        assert!(bench_target(&["--broker", "b:1", "--namesrv", "n:1"], None).is_err());
+        assert!(
+            bench_target(&["--cluster", "c"], None).is_err(),
+            "--cluster needs --namesrv"
+        );
+        let embedded = bench_target(&[], None).unwrap();
+        assert!(matches!(embedded, Target::Embedded { .. }));
+    }
 
     #[test]
     fn civil_dates() {

@@ -24,7 +24,8 @@ mod tests;
 pub use ringmq_protocol::admin::{ClusterStatus, MasterLink, ShardStatus, SlaveStatus, Stats};
 
 pub use api::{
-    Client, ClientOptions, ConnectionSlot, ProduceAck, ProduceResult, PullResult, Ticket,
+    queue_for_key, Client, ClientOptions, ConnectionSlot, ProduceAck, ProduceResult, PullResult,
+    Ticket,
 };
 pub use connection::{is_self_connection, Connection, ConnectionOptions, Response};
 pub use error::ClientError;
