@@ -152,9 +152,7 @@ mod tests {
             namesrv: Some(vec!["ns-1".into()]),
             ..ServeArgs::default()
         };
-        let refused = bad
-            .effective_config()
-            .expect_err("an address needs a port");
+        let refused = bad.effective_config().expect_err("an address needs a port");
         assert!(refused.starts_with("namesrv: `ns-1`"), "{refused}");
         let empty = ServeArgs {
             namesrv: Some(vec![String::new()]),
