@@ -32,7 +32,27 @@ fn main() {
         counting_alloc::mark_counted,
         counting_alloc::allocations,
     );
-    println!("hot path, {BODY_BYTES}-byte messages, {requests} requests per phase after {warmup} warm-up (shard thread only):");
+    let exact = hot_path::measure_in_process(
+        BODY_BYTES,
+        warmup,
+        requests,
+        counting_alloc::mark_counted,
+        counting_alloc::allocations,
+    );
+    println!("shard alone on the simulated disk (exact; handle_client and the answer's framing):");
+    println!(
+        "  produce (SYNC_FLUSH, one message): {:>6.2} allocations/request",
+        exact.produce.allocations
+    );
+    println!(
+        "  pull (one stored message):         {:>6.2} allocations/request",
+        exact.pull.allocations
+    );
+    println!(
+        "  long-poll park and wake:           {:>6.2} allocations/request",
+        exact.parked_pull.allocations
+    );
+    println!("hot path, {BODY_BYTES}-byte messages, {requests} requests per phase after {warmup} warm-up (shard thread only; glommio's run loop turns vary with timing):");
     println!(
         "  produce (SYNC_FLUSH, one message): {:>6.2} allocations/request",
         counts.produce.allocations

@@ -3,6 +3,11 @@
 //! connection code ([`crate::net::connection::serve`]), and a blocking client on another
 //! thread that sends one request at a time and waits for its answer (closed loop).
 //!
+//! [`measure_in_process`] runs the same phases on the simulated disk without a socket, one
+//! request at a time through [`handlers::handle_client`]: nothing there waits on real I/O or
+//! time, so the executor runs the same steps every time and the count is exact (it still
+//! includes glommio's own allocations per run-loop turn).
+//!
 //! What it measures is counted by the caller's global allocator: only the executor thread's
 //! allocations count (the caller's `mark_counted` flags that thread), and the client reads the
 //! caller's counter around each steady-state phase. One request in flight at a time makes the
@@ -19,6 +24,7 @@ use crate::protocol::message::{MessageRef, ProduceRequest, PullRequest, TopicCre
 use crate::protocol::{Opcode, Status};
 use crate::shard::{handlers, Shard};
 use crate::store::glommio_disk::GlommioDisk;
+use crate::testing::SimDisk;
 use glommio::net::TcpListener;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -110,6 +116,144 @@ async fn serve_one(
     let net = ShardNet::new(&config, admission);
     connection::serve(shard.clone(), net, stream, ticket).await;
     shard.stop(background).await.expect("a clean stop");
+}
+
+/// [`measure`]'s phases on the simulated disk, in process: `handle_client` for each request
+/// and the answer framed as the connection frames it, on a fresh executor on this thread.
+pub fn measure_in_process(
+    body_bytes: usize,
+    warmup: usize,
+    requests: usize,
+    mark_counted: fn(),
+    allocations: fn() -> u64,
+) -> HotPathCounts {
+    glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            mark_counted();
+            let config = BrokerConfig {
+                store_dir: "/hot".into(),
+                ..crate::testing::small_shard_config()
+            };
+            let config = BrokerConfig {
+                segment_size_bytes: 64 << 20,
+                ..config
+            };
+            let shard = Shard::open_for_test(SimDisk::new(), Rc::new(RealClock), config)
+                .await
+                .expect("open the shard");
+            let background = shard.spawn_background();
+            let mut create = Vec::new();
+            TopicCreate {
+                name: TOPIC.to_string(),
+                queue_count: 1,
+            }
+            .encode(&mut create);
+            let created = handlers::handle(&shard, Opcode::TopicCreate, &create).await;
+            assert_eq!(created.status, Status::Ok, "creating the topic");
+            let body = vec![b'x'; body_bytes];
+            let mut produce = Vec::new();
+            ProduceRequest {
+                topic: TOPIC,
+                queue: 0,
+                messages: vec![MessageRef {
+                    born_timestamp_ms: 1_700_000_000_000,
+                    key: b"",
+                    properties: b"",
+                    body: &body,
+                }],
+            }
+            .encode(&mut produce);
+            let pull = |offset: usize, max_wait_ms: u32| {
+                let mut out = Vec::new();
+                PullRequest {
+                    topic: TOPIC.to_string(),
+                    queue: 0,
+                    offset: offset as u64,
+                    max_messages: 1,
+                    max_bytes: 1 << 20,
+                    max_wait_ms,
+                }
+                .encode(&mut out);
+                out
+            };
+            let pulls: Vec<Vec<u8>> = (0..warmup + requests).map(|i| pull(i, 0)).collect();
+            let end = warmup + requests;
+            let parked: Vec<Vec<u8>> = (0..warmup + requests)
+                .map(|i| pull(end + i, 60_000))
+                .collect();
+            let answer = std::cell::RefCell::new(Vec::with_capacity(1 << 16));
+            let shard = &shard;
+            let (produce, pulls, parked, answer) = (&produce, &pulls, &parked, &answer);
+            let produced = phase_in_process(warmup, requests, allocations, |_| async move {
+                let reply = handlers::handle_client(shard, Opcode::Produce, produce).await;
+                frame_answer(answer, Opcode::Produce, reply);
+            })
+            .await;
+            let pulled = phase_in_process(warmup, requests, allocations, |i| async move {
+                let reply = handlers::handle_client(shard, Opcode::Pull, &pulls[i]).await;
+                frame_answer(answer, Opcode::Pull, reply);
+            })
+            .await;
+            let both = phase_in_process(warmup, requests, allocations, |i| async move {
+                let (pulled, produced) = futures_lite::future::zip(
+                    handlers::handle_client(shard, Opcode::Pull, &parked[i]),
+                    handlers::handle_client(shard, Opcode::Produce, produce),
+                )
+                .await;
+                frame_answer(answer, Opcode::Pull, pulled);
+                frame_answer(answer, Opcode::Produce, produced);
+            })
+            .await;
+            shard.stop(background).await.expect("a clean stop");
+            HotPathCounts {
+                produce: produced,
+                pull: pulled,
+                parked_pull: PhaseCounts {
+                    allocations: both.allocations - produced.allocations,
+                },
+            }
+        })
+        .expect("a glommio executor")
+        .join()
+        .expect("the shard thread")
+}
+
+/// Frames an answer into the reused `answer` buffer, as the connection's writer does.
+fn frame_answer(
+    answer: &std::cell::RefCell<Vec<u8>>,
+    opcode: Opcode,
+    reply: crate::shard::mesh::Reply,
+) {
+    assert_eq!(reply.status, Status::Ok, "answer status");
+    let mut answer = answer.borrow_mut();
+    answer.clear();
+    encode_frame(
+        &mut answer,
+        FrameHeader::response(opcode as u16, reply.status, 1),
+        &reply.body,
+    );
+}
+
+async fn phase_in_process<'a, F, Fut>(
+    warmup: usize,
+    requests: usize,
+    allocations: fn() -> u64,
+    mut run: F,
+) -> PhaseCounts
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'a,
+{
+    for i in 0..warmup {
+        run(i).await;
+    }
+    let before = allocations();
+    for i in warmup..warmup + requests {
+        run(i).await;
+    }
+    PhaseCounts {
+        allocations: (allocations() - before) as f64 / requests as f64,
+    }
 }
 
 /// The blocking client: each phase's requests one at a time.
