@@ -268,9 +268,13 @@ fn route<D: Disk>(shard: &Shard<D>, topic: &str, queue: u32) -> Result<Route, Sh
     }
 }
 
+/// Room for the small fixed bodies (a produce answer, an empty pull summary) so that encoding
+/// one allocates once rather than growing the vector field by field.
+const SMALL_BODY_BYTES: usize = 64;
+
 /// Encodes a body with a writer function into a fresh vector.
 fn body(encode: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(SMALL_BODY_BYTES);
     encode(&mut out);
     out
 }

@@ -140,7 +140,10 @@ async fn read_messages<D: Disk>(
         .entries(key, request.offset, count)
         .await
         .map_err(|e| deleted_while_reading(shard, key, request.offset, e))?;
-    let mut out = Vec::new();
+    // A stored record is larger than the same message in a pull answer (it also holds the
+    // topic and its own header), so the records' sizes bound the answer: one allocation.
+    let records: usize = entries.iter().map(|e| e.size as usize).sum();
+    let mut out = Vec::with_capacity(records.min(max_bytes) + super::SMALL_BODY_BYTES);
     let mut encoder = PullResponseEncoder::begin(&mut out, summary);
     let mut next = request.offset;
     let mut rest = &entries[..];
