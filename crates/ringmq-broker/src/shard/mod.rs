@@ -566,6 +566,11 @@ impl<D: Disk> Shard<D> {
         self.metadata.topic(name)
     }
 
+    /// `read` of the topic's entry, without copying it.
+    pub fn with_topic<R>(&self, name: &str, read: impl FnOnce(&TopicEntry) -> R) -> Option<R> {
+        self.metadata.with_topic(name, read)
+    }
+
     pub fn topic_table(&self) -> Arc<TopicTable> {
         self.metadata.table()
     }
