@@ -25,21 +25,22 @@ fn main() {
     let (warmup, requests) = if quick { (20, 100) } else { (WARMUP, REQUESTS) };
     let dir = tempfile::tempdir().expect("a scratch directory");
     let counts = hot_path::measure(
-        dir.path(),
+        &dir.path().join("loopback"),
         BODY_BYTES,
         warmup,
         requests,
-        counting_alloc::mark_counted,
+        counting_alloc::set_counting,
         counting_alloc::allocations,
     );
     let exact = hot_path::measure_in_process(
+        &dir.path().join("in-process"),
         BODY_BYTES,
         warmup,
         requests,
-        counting_alloc::mark_counted,
+        counting_alloc::set_counting,
         counting_alloc::allocations,
     );
-    println!("shard alone on the simulated disk (exact; handle_client and the answer's framing):");
+    println!("ringmq's own code (handle_client, the answer's framing and the flusher; real disk):");
     println!(
         "  produce (SYNC_FLUSH, one message): {:>6.2} allocations/request",
         exact.produce.allocations

@@ -1,5 +1,6 @@
 //! A global allocator that counts the allocations of the threads that asked to be counted
-//! (the shard's executor thread in the hot-path driver), shared by `benches/hot_path.rs` and
+//! (the shard's executor thread, or only while ringmq's code runs on it, in the hot-path
+//! driver), shared by `benches/hot_path.rs` and
 //! `tests/hot_path.rs` through `#[path]`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -46,9 +47,9 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
-/// Counts this thread's allocations from now on.
-pub fn mark_counted() {
-    COUNTED.with(|c| c.set(true));
+/// Counts this thread's allocations from now on (`true`), or no longer (`false`).
+pub fn set_counting(on: bool) {
+    COUNTED.with(|c| c.set(on));
 }
 
 /// Allocations counted so far, on every counted thread.
