@@ -11,6 +11,8 @@
 use futures_channel::oneshot;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::future::Future;
+use std::task::{Poll, Waker};
 
 /// The outcome a waiter receives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +131,40 @@ impl Event {
     }
 }
 
+/// A wake-up for one task that waits for it again and again (the flusher), allocating
+/// nothing: [`Signal::notify`] sets it and wakes the waiter; [`Signal::wait`] returns once
+/// it is set, and clears it. Unlike an [`Event`], a notification while nobody waits is
+/// kept: the next wait returns at once, and the waiter, which re-checks its work after
+/// every wake-up, finds nothing or something it would otherwise have seen only later.
+#[derive(Default)]
+pub struct Signal {
+    set: Cell<bool>,
+    waiter: RefCell<Option<Waker>>,
+}
+
+impl Signal {
+    pub fn notify(&self) {
+        self.set.set(true);
+        if let Some(waker) = self.waiter.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Returns once notified (since the last wait returned). One waiter at a time.
+    pub fn wait(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.set.replace(false) {
+                return Poll::Ready(());
+            }
+            let mut waiter = self.waiter.borrow_mut();
+            if !waiter.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waiter = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +198,24 @@ mod tests {
         assert_eq!(w.try_recv().unwrap(), None, "300 is past the cut");
         c.reset_to(400);
         assert_eq!(c.released_offset(), 200, "reset never raises");
+    }
+
+    #[test]
+    fn signal_keeps_a_notification_until_the_next_wait() {
+        use futures_lite::future::{block_on, poll_once};
+        let s = Signal::default();
+        assert_eq!(block_on(poll_once(s.wait())), None, "not notified yet");
+        s.notify();
+        assert_eq!(block_on(poll_once(s.wait())), Some(()));
+        assert_eq!(block_on(poll_once(s.wait())), None, "the wait cleared it");
+        s.notify();
+        s.notify();
+        assert_eq!(block_on(poll_once(s.wait())), Some(()));
+        assert_eq!(
+            block_on(poll_once(s.wait())),
+            None,
+            "two notifies, one wake-up"
+        );
     }
 
     #[test]
