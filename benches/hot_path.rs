@@ -24,23 +24,22 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let (warmup, requests) = if quick { (20, 100) } else { (WARMUP, REQUESTS) };
     let dir = tempfile::tempdir().expect("a scratch directory");
-    let counts = hot_path::measure(
-        &dir.path().join("loopback"),
-        BODY_BYTES,
-        warmup,
-        requests,
-        counting_alloc::set_counting,
-        counting_alloc::allocations,
+    let run = |name: &str, scope| {
+        hot_path::measure(
+            &dir.path().join(name),
+            scope,
+            BODY_BYTES,
+            warmup,
+            requests,
+            counting_alloc::set_counting,
+            counting_alloc::allocations,
+        )
+    };
+    let counts = run("shard-thread", hot_path::Scope::ShardThread);
+    let exact = run("ringmq-code", hot_path::Scope::RingmqCode);
+    println!(
+        "while the connection's tasks, the flusher and its sync task run (real socket and disk):"
     );
-    let exact = hot_path::measure_in_process(
-        &dir.path().join("in-process"),
-        BODY_BYTES,
-        warmup,
-        requests,
-        counting_alloc::set_counting,
-        counting_alloc::allocations,
-    );
-    println!("ringmq's own code (handle_client, the answer's framing and the flusher; real disk):");
     println!(
         "  produce (SYNC_FLUSH, one message): {:>6.2} allocations/request",
         exact.produce.allocations

@@ -21,6 +21,7 @@ use crate::constants::{
     CONNECTION_READ_BUFFER_BYTES, INFLIGHT_BUDGET_WAIT_MS, MAX_COALESCED_RESPONSE_BYTES,
     MAX_INFLIGHT_BYTES_PER_CONNECTION, MAX_INFLIGHT_REQUESTS_PER_CONNECTION,
 };
+use crate::counted_polls::observed;
 use crate::metrics::Counter;
 use crate::protocol::frame::{encode_frame, FrameDecoder, FrameError, FrameHeader};
 use crate::protocol::frame::{FRAME_HEADER_BYTES, PROTOCOL_VERSION};
@@ -63,7 +64,12 @@ pub async fn serve(shard: Rc<Shard>, net: Rc<ShardNet>, stream: TcpStream, ticke
     let _ = writer.set_write_timeout(Some(net.timeouts.response_write));
     let activity = Rc::new(Cell::new(Instant::now()));
     let (tx, rx) = local_channel::new_bounded::<Response>(MAX_INFLIGHT_REQUESTS_PER_CONNECTION);
-    let writer_task = spawn_local(write_responses(shard.clone(), writer, rx, activity.clone()));
+    let writer_task = spawn_local(observed(write_responses(
+        shard.clone(),
+        writer,
+        rx,
+        activity.clone(),
+    )));
     let reader = Reader {
         decoder: FrameDecoder::new(shard.config().max_frame_bytes as usize),
         requests: Rc::new(Semaphore::new(MAX_INFLIGHT_REQUESTS_PER_CONNECTION as u64)),
@@ -77,7 +83,7 @@ pub async fn serve(shard: Rc<Shard>, net: Rc<ShardNet>, stream: TcpStream, ticke
         tx: Rc::new(tx),
         activity,
     };
-    reader.run().await;
+    observed(reader.run()).await;
     writer_task.await;
     drop(ticket);
 }
@@ -281,7 +287,7 @@ impl Reader {
     ) {
         let (shard, tx, activity) = (self.shard.clone(), self.tx.clone(), self.activity.clone());
         shard.lifecycle().request_started();
-        spawn_local(async move {
+        spawn_local(observed(async move {
             let reply = handlers::handle_client(&shard, opcode, &frame[body_start..]).await;
             drop(frame);
             send_reply(&shard, &tx, header, reply).await;
@@ -289,7 +295,7 @@ impl Reader {
             // The idle clock starts when the last request in flight is done.
             activity.set(Instant::now());
             drop(permits);
-        })
+        }))
         .detach();
     }
 

@@ -11,6 +11,7 @@
 use super::completion::{Completion, Completions, Event, Signal};
 use super::Shard;
 use crate::config::FlushDiskType;
+use crate::counted_polls::observed;
 use crate::store::io::Disk;
 use crate::store::{AppendError, StoreError};
 use futures_channel::oneshot;
@@ -250,9 +251,9 @@ pub(super) async fn flush_holding_gate<D: Disk>(shard: &Rc<Shard<D>>) -> Result<
             return Ok(());
         };
         let syncing = shard.clone();
-        in_flight = Some(spawn_local(
-            async move { syncing.store().sync(written).await },
-        ));
+        in_flight = Some(spawn_local(observed(async move {
+            syncing.store().sync(written).await
+        })));
     }
 }
 

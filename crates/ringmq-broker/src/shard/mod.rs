@@ -242,27 +242,9 @@ impl<D: Disk> Shard<D> {
     pub fn spawn_background(self: &Rc<Self>) -> BackgroundTasks {
         glommio::spawn_local(run_group_expiry(self.clone())).detach();
         BackgroundTasks {
-            flusher: glommio::spawn_local(flushing::run_flusher(self.clone())),
-            allocator: glommio::spawn_local(flushing::run_segment_allocator(self.clone())),
-            cleaner: glommio::spawn_local(cleaning::run_cleaner(self.clone())),
-            scheduler: glommio::spawn_local(delays::run_scheduler(self.clone())),
-        }
-    }
-
-    /// [`Shard::spawn_background`] with the flusher's future passed through `wrap` before it
-    /// is spawned: the hot-path counter (`testing::hot_path`) counts what the flusher
-    /// allocates, as part of each SYNC_FLUSH produce.
-    #[cfg(any(test, feature = "testing"))]
-    pub fn spawn_background_wrapping_flusher<F>(
-        self: &Rc<Self>,
-        wrap: impl FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>) -> F,
-    ) -> BackgroundTasks
-    where
-        F: std::future::Future<Output = ()> + 'static,
-    {
-        glommio::spawn_local(run_group_expiry(self.clone())).detach();
-        BackgroundTasks {
-            flusher: glommio::spawn_local(wrap(Box::pin(flushing::run_flusher(self.clone())))),
+            flusher: glommio::spawn_local(crate::counted_polls::observed(flushing::run_flusher(
+                self.clone(),
+            ))),
             allocator: glommio::spawn_local(flushing::run_segment_allocator(self.clone())),
             cleaner: glommio::spawn_local(cleaning::run_cleaner(self.clone())),
             scheduler: glommio::spawn_local(delays::run_scheduler(self.clone())),

@@ -3,21 +3,21 @@
 //! connection code ([`crate::net::connection::serve`]), and a blocking client on another
 //! thread that sends one request at a time and waits for its answer (closed loop).
 //!
-//! On a real disk and socket most of what the shard thread allocates is glommio's run loop:
-//! every turn of it allocates a few times (the preemption timer's sources), and how many turns
-//! a request takes depends on timing. [`measure_in_process`] therefore counts only what is
-//! allocated while ringmq's own code runs: the same phases, one request at a time through
-//! [`handlers::handle_client`] and the answer framed as the connection's writer frames it,
-//! each request's future and the flusher's wrapped in [`Counted`], which switches counting on
-//! only while it is polled. That count is the same from run to run (up to a flush that now
-//! and then covers a warm-up request) and is what `tests/hot_path.rs` holds to its bounds.
+//! Two scopes ([`Scope`]). On a real disk and socket most of what the shard thread allocates
+//! is glommio's run loop: every turn of it allocates a few times (the preemption timer's
+//! sources), and how many turns a request takes depends on timing. [`Scope::RingmqCode`]
+//! therefore counts only while the tasks that serve a request are polled (the connection's
+//! reader, writer and request tasks, the flusher and its sync task: see
+//! [`crate::counted_polls`]), which includes what glommio allocates inside those polls (its
+//! I/O sources and timers) and is the same from run to run; `tests/hot_path.rs` holds it to
+//! its budgets. [`Scope::ShardThread`] counts everything the shard thread allocates.
 //!
-//! What [`measure`] counts by the caller's global allocator: only the executor thread's
-//! allocations count (the caller's `mark_counted` flags that thread), and the client reads the
-//! caller's counter around each steady-state phase. One request in flight at a time makes the
-//! counts deterministic up to the odd allocation a phase boundary catches, which an average
-//! over many requests rounds away. `benches/hot_path.rs` prints the counts;
-//! `tests/hot_path.rs` asserts their bounds.
+//! The client reads the caller's counter around each steady-state phase. One request in
+//! flight at a time makes the counts deterministic up to the odd allocation a phase boundary
+//! catches (the flusher finishing a turn while the client already reads), which an average
+//! over many requests rounds away. The shard's checkpoint and interval flush are set an hour
+//! apart, so no checkpoint (dozens of allocations: files, paths, buffers) lands in a phase
+//! however slow the disk. `benches/hot_path.rs` prints both scopes' counts.
 
 use crate::clock::RealClock;
 use crate::config::{BrokerConfig, FlushDiskType};
@@ -29,14 +29,11 @@ use crate::protocol::{Opcode, Status};
 use crate::shard::{handlers, Shard};
 use crate::store::glommio_disk::GlommioDisk;
 use glommio::net::TcpListener;
-use std::future::Future;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::mpsc;
-use std::task::{Context, Poll};
 
 const TOPIC: &str = "hot";
 
@@ -45,6 +42,16 @@ const TOPIC: &str = "hot";
 pub struct PhaseCounts {
     /// Heap allocations on the shard's thread per request.
     pub allocations: f64,
+}
+
+/// What [`measure`] counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Only while the tasks that serve a request are polled: ringmq's code on the real
+    /// connection path, and glommio's work inside those polls. Does not depend on timing.
+    RingmqCode,
+    /// Everything the shard's thread allocates, glommio's run loop included.
+    ShardThread,
 }
 
 /// What [`measure`] found, per request in steady state.
@@ -60,11 +67,12 @@ pub struct HotPathCounts {
 }
 
 /// Runs the shard in `dir` (empty, on a file system that takes O_DIRECT) and the client:
-/// `warmup` requests, then `requests` counted, for each phase. `set_counting(true)` runs
-/// first on the shard's thread (everything it allocates counts); `allocations` reads the
-/// caller's counter (from any thread).
+/// `warmup` requests, then `requests` counted, for each phase. `set_counting` switches the
+/// caller's counter on and off for the shard's thread (as `scope` says); `allocations` reads
+/// it (from any thread).
 pub fn measure(
     dir: &Path,
+    scope: Scope,
     body_bytes: usize,
     warmup: usize,
     requests: usize,
@@ -75,7 +83,7 @@ pub fn measure(
     let (addr_tx, addr_rx) = mpsc::channel();
     let server = std::thread::spawn(move || {
         glommio::LocalExecutorBuilder::default()
-            .spawn(move || serve_one(config, addr_tx, set_counting))
+            .spawn(move || serve_one(config, addr_tx, scope, set_counting))
             .expect("a glommio executor")
             .join()
             .expect("the shard thread")
@@ -93,6 +101,14 @@ fn shard_config(dir: &Path) -> BrokerConfig {
         // Room for every phase without a segment roll, small enough to zero-fill quickly.
         segment_size_bytes: 64 << 20,
         max_message_bytes: 1 << 16,
+        // No checkpoint and no interval flush within a phase (see the module docs): SYNC_FLUSH
+        // flushes for every produce anyway, and the final checkpoint runs at the stop.
+        checkpoint_interval_ms: 3_600_000,
+        flush_interval_ms: 3_600_000,
+        // The count must not depend on how full the machine's disk is: never DISK_FULL, and
+        // the cleaner never looks for space to free (it has only the segment being written).
+        disk_max_used_space_ratio: 0.999,
+        disk_space_warning_ratio: 1.0,
         ..BrokerConfig::default()
     }
 }
@@ -100,9 +116,13 @@ fn shard_config(dir: &Path) -> BrokerConfig {
 async fn serve_one(
     config: BrokerConfig,
     addr_tx: mpsc::Sender<std::net::SocketAddr>,
+    scope: Scope,
     set_counting: fn(bool),
 ) {
-    set_counting(true);
+    match scope {
+        Scope::RingmqCode => crate::counted_polls::set_switch(Some(set_counting)),
+        Scope::ShardThread => set_counting(true),
+    }
     let shard = Shard::open_for_test(GlommioDisk::new(), Rc::new(RealClock), config.clone())
         .await
         .expect("open the shard");
@@ -127,178 +147,8 @@ async fn serve_one(
     let net = ShardNet::new(&config, admission);
     connection::serve(shard.clone(), net, stream, ticket).await;
     shard.stop(background).await.expect("a clean stop");
-}
-
-/// A future that counts allocations (through the caller's switch) only while it is polled.
-pub struct Counted<F> {
-    inner: Pin<Box<F>>,
-    set_counting: fn(bool),
-}
-
-impl<F: Future> Future for Counted<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        (self.set_counting)(true);
-        let polled = self.inner.as_mut().poll(cx);
-        (self.set_counting)(false);
-        polled
-    }
-}
-
-fn counted<F: Future>(inner: F, set_counting: fn(bool)) -> Counted<F> {
-    Counted {
-        inner: Box::pin(inner),
-        set_counting,
-    }
-}
-
-/// [`measure`]'s phases without the socket, counting only ringmq's own code (see the module
-/// docs): `handle_client` for each request on a real shard in `dir` (glommio disk, SYNC_FLUSH),
-/// and the flusher. `set_counting` switches the caller's counter on and off for this thread.
-pub fn measure_in_process(
-    dir: &Path,
-    body_bytes: usize,
-    warmup: usize,
-    requests: usize,
-    set_counting: fn(bool),
-    allocations: fn() -> u64,
-) -> HotPathCounts {
-    let config = shard_config(dir);
-    glommio::LocalExecutorBuilder::default()
-        .spawn(move || async move {
-            let shard = Shard::open_for_test(GlommioDisk::new(), Rc::new(RealClock), config)
-                .await
-                .expect("open the shard");
-            let background =
-                shard.spawn_background_wrapping_flusher(|flusher| counted(flusher, set_counting));
-            let mut create = Vec::new();
-            TopicCreate {
-                name: TOPIC.to_string(),
-                queue_count: 1,
-            }
-            .encode(&mut create);
-            let created = handlers::handle(&shard, Opcode::TopicCreate, &create).await;
-            assert_eq!(created.status, Status::Ok, "creating the topic");
-            let body = vec![b'x'; body_bytes];
-            let mut produce = Vec::new();
-            ProduceRequest {
-                topic: TOPIC,
-                queue: 0,
-                messages: vec![MessageRef {
-                    born_timestamp_ms: 1_700_000_000_000,
-                    key: b"",
-                    properties: b"",
-                    body: &body,
-                }],
-            }
-            .encode(&mut produce);
-            let pull = |offset: usize, max_wait_ms: u32| {
-                let mut out = Vec::new();
-                PullRequest {
-                    topic: TOPIC.to_string(),
-                    queue: 0,
-                    offset: offset as u64,
-                    max_messages: 1,
-                    max_bytes: 1 << 20,
-                    max_wait_ms,
-                }
-                .encode(&mut out);
-                out
-            };
-            let pulls: Vec<Vec<u8>> = (0..warmup + requests).map(|i| pull(i, 0)).collect();
-            let end = warmup + requests;
-            let parked: Vec<Vec<u8>> = (0..warmup + requests)
-                .map(|i| pull(end + i, 60_000))
-                .collect();
-            let answer = std::cell::RefCell::new(Vec::with_capacity(1 << 16));
-            let shard = &shard;
-            let (produce, pulls, parked, answer) = (&produce, &pulls, &parked, &answer);
-            let produced = phase_in_process(warmup, requests, allocations, |_| {
-                counted(
-                    async move {
-                        let reply = handlers::handle_client(shard, Opcode::Produce, produce).await;
-                        frame_answer(answer, Opcode::Produce, reply);
-                    },
-                    set_counting,
-                )
-            })
-            .await;
-            let pulled = phase_in_process(warmup, requests, allocations, |i| {
-                counted(
-                    async move {
-                        let reply = handlers::handle_client(shard, Opcode::Pull, &pulls[i]).await;
-                        frame_answer(answer, Opcode::Pull, reply);
-                    },
-                    set_counting,
-                )
-            })
-            .await;
-            let both = phase_in_process(warmup, requests, allocations, |i| {
-                counted(
-                    async move {
-                        let (pulled, produced) = futures_lite::future::zip(
-                            handlers::handle_client(shard, Opcode::Pull, &parked[i]),
-                            handlers::handle_client(shard, Opcode::Produce, produce),
-                        )
-                        .await;
-                        frame_answer(answer, Opcode::Pull, pulled);
-                        frame_answer(answer, Opcode::Produce, produced);
-                    },
-                    set_counting,
-                )
-            })
-            .await;
-            shard.stop(background).await.expect("a clean stop");
-            HotPathCounts {
-                produce: produced,
-                pull: pulled,
-                parked_pull: PhaseCounts {
-                    allocations: both.allocations - produced.allocations,
-                },
-            }
-        })
-        .expect("a glommio executor")
-        .join()
-        .expect("the shard thread")
-}
-
-/// Frames an answer into the reused `answer` buffer, as the connection's writer does.
-fn frame_answer(
-    answer: &std::cell::RefCell<Vec<u8>>,
-    opcode: Opcode,
-    reply: crate::shard::mesh::Reply,
-) {
-    assert_eq!(reply.status, Status::Ok, "answer status");
-    let mut answer = answer.borrow_mut();
-    answer.clear();
-    encode_frame(
-        &mut answer,
-        FrameHeader::response(opcode as u16, reply.status, 1),
-        &reply.body,
-    );
-}
-
-async fn phase_in_process<'a, F, Fut>(
-    warmup: usize,
-    requests: usize,
-    allocations: fn() -> u64,
-    mut run: F,
-) -> PhaseCounts
-where
-    F: FnMut(usize) -> Fut,
-    Fut: std::future::Future<Output = ()> + 'a,
-{
-    for i in 0..warmup {
-        run(i).await;
-    }
-    let before = allocations();
-    for i in warmup..warmup + requests {
-        run(i).await;
-    }
-    PhaseCounts {
-        allocations: (allocations() - before) as f64 / requests as f64,
-    }
+    crate::counted_polls::set_switch(None);
+    set_counting(false);
 }
 
 /// The blocking client: each phase's requests one at a time.
