@@ -54,8 +54,12 @@ impl Clock for RealClock {
     }
 
     fn sleep(&self, d: Duration) -> Pin<Box<dyn Future<Output = ()>>> {
+        // The timer's deadline is fixed here, at the call, not at the first poll: a caller
+        // that keeps the future across turns (the flusher's idle timer) counts from when it
+        // asked.
+        let timer = glommio::timer::Timer::new(d);
         Box::pin(async move {
-            glommio::timer::sleep(d).await;
+            timer.await;
         })
     }
 }
