@@ -150,7 +150,11 @@ impl Signal {
         }
     }
 
-    /// Returns once notified (since the last wait returned). One waiter at a time.
+    /// Returns once notified (since the last wait returned). One waiter at a time, and one
+    /// owner: the shard's flusher task is the only caller (`Flushing::request` and
+    /// `request_urgent` the notifiers). A second task waiting at the same time would replace
+    /// the first's waker and leave it asleep until its own timer; this is not checked at run time, because a wait
+    /// dropped by a timer leaves its waker behind and looks the same as a live one.
     pub fn wait(&self) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(move |cx| {
             if self.set.replace(false) {
