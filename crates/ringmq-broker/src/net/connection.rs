@@ -138,9 +138,10 @@ async fn write_responses(
         }
         activity.set(Instant::now());
         shard.probe().add(Counter::BytesOut, out.len() as u64);
-        if out.capacity() > 2 * MAX_COALESCED_RESPONSE_BYTES {
+        if out.capacity() > MAX_COALESCED_RESPONSE_BYTES {
             // A large pull answer grew it: give the memory back rather than hold it idle.
-            out = Vec::new();
+            out.clear();
+            out.shrink_to(MAX_COALESCED_RESPONSE_BYTES);
         }
     }
     let _ = writer.close().await;
