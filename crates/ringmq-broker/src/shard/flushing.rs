@@ -8,7 +8,7 @@
 //! wait in its [`Completions`], released only by a finished sync. None of the tasks blocks the
 //! core; each waits on events or on the shard's clock.
 
-use super::completion::{Completion, Completions, Event, Signal};
+use super::completion::{Completions, Event, Signal, Waiting};
 use super::Shard;
 use crate::config::FlushDiskType;
 use crate::counted_polls::observed;
@@ -109,7 +109,7 @@ impl Flushing {
     }
 
     /// A waiter for a flush covering everything before `end_offset`.
-    pub fn wait_durable(&self, end_offset: u64) -> oneshot::Receiver<Completion> {
+    pub fn wait_durable(&self, end_offset: u64) -> Waiting<'_> {
         self.completions.wait(end_offset)
     }
 

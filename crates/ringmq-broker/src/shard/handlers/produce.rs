@@ -259,8 +259,8 @@ async fn wait_for_slaves<D: Disk>(
     future::or(
         async {
             match done.await {
-                Ok(Completion::Done) => Status::Ok,
-                Ok(Completion::Failed) | Err(_) => Status::FlushSlaveTimeout,
+                Completion::Done => Status::Ok,
+                Completion::Failed => Status::FlushSlaveTimeout,
             }
         },
         async {
@@ -278,8 +278,8 @@ async fn wait_for_flush<D: Disk>(shard: &Shard<D>, end_offset: u64, deadline: In
     future::or(
         async {
             match done.await {
-                Ok(Completion::Done) => Status::Ok,
-                Ok(Completion::Failed) | Err(_) => Status::StoreError,
+                Completion::Done => Status::Ok,
+                Completion::Failed => Status::StoreError,
             }
         },
         async {
