@@ -1,8 +1,8 @@
 //! A switch the hot-path allocation counter (`testing::hot_path`) flips around every poll of
-//! the tasks that serve a request: the connection's reader, writer and request tasks, the
-//! flusher and its sync task. Counting only while these run leaves out glommio's run loop,
-//! whose allocations per request vary with how many turns timing gives it, and keeps what
-//! ringmq's own code allocates on the real connection path, which does not vary.
+//! the tasks that serve a request: the connection's reader, writer and request tasks, and the
+//! flusher. Counting only while these run leaves out glommio's run loop, whose allocations
+//! per request vary with how many turns timing gives it, and keeps what ringmq's own code
+//! allocates on the real connection path, which does not vary.
 //!
 //! Outside test builds [`observed`] returns its future unchanged: production pays nothing.
 

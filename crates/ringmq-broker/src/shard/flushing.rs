@@ -11,13 +11,11 @@
 use super::completion::{Completions, Event, Signal, Waiting};
 use super::Shard;
 use crate::config::FlushDiskType;
-use crate::counted_polls::observed;
 use crate::store::io::Disk;
 use crate::store::{AppendError, StoreError};
 use futures_channel::oneshot;
 use futures_lite::future;
 use glommio::sync::{Permit, Semaphore};
-use glommio::{spawn_local, Task};
 use std::cell::{Cell, RefCell};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -241,20 +239,19 @@ pub async fn flush_burst<D: Disk>(shard: &Rc<Shard<D>>) -> Result<(), StoreError
 /// [`flush_burst`] for a caller that holds the store gate already (a role change). Every
 /// flush goes through here, so the producers a sync covers are always released by it.
 pub(super) async fn flush_holding_gate<D: Disk>(shard: &Rc<Shard<D>>) -> Result<(), StoreError> {
-    let mut in_flight: Option<Task<Result<u64, StoreError>>> = None;
-    loop {
-        let written = shard.store().write_dirty().await?;
-        if let Some(previous) = in_flight.take() {
-            released(shard, previous.await?);
-        }
-        let Some(written) = written else {
-            return Ok(());
-        };
-        let syncing = shard.clone();
-        in_flight = Some(spawn_local(observed(async move {
-            syncing.store().sync(written).await
-        })));
+    // Each sync runs alongside the write of what arrived meanwhile (the two overlap on the
+    // disk), both in this task: no task spawned per flush. The next sync starts once both
+    // are done, as it did when the sync was a task of its own awaited after the write.
+    let mut written = shard.store().write_dirty().await?;
+    while let Some(syncing) = written {
+        let (synced, next) =
+            future::zip(shard.store().sync(syncing), shard.store().write_dirty()).await;
+        // A finished sync releases its producers even when the write beside it failed:
+        // their records are durable.
+        released(shard, synced?);
+        written = next?;
     }
+    Ok(())
 }
 
 /// A sync completed: everything before `offset` is durable.

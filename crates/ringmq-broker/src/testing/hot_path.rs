@@ -7,7 +7,7 @@
 //! is glommio's run loop: every turn of it allocates a few times (the preemption timer's
 //! sources), and how many turns a request takes depends on timing. [`Scope::RingmqCode`]
 //! therefore counts only while the tasks that serve a request are polled (the connection's
-//! reader, writer and request tasks, the flusher and its sync task: see
+//! reader, writer and request tasks and the flusher: see
 //! [`crate::counted_polls`]), which includes what glommio allocates inside those polls (its
 //! I/O sources and timers) and is the same from run to run; `tests/hot_path.rs` holds it to
 //! its budgets. [`Scope::ShardThread`] counts everything the shard thread allocates.
