@@ -38,7 +38,7 @@ fn main() {
     let counts = run("shard-thread", hot_path::Scope::ShardThread);
     let exact = run("ringmq-code", hot_path::Scope::RingmqCode);
     println!(
-        "while the connection's tasks, the flusher and its sync task run (real socket and disk):"
+        "while the connection's tasks and the flusher run (real socket and disk):"
     );
     println!(
         "  produce (SYNC_FLUSH, one message): {:>6.2} allocations/request",
