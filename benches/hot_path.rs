@@ -37,9 +37,7 @@ fn main() {
     };
     let counts = run("shard-thread", hot_path::Scope::ShardThread);
     let exact = run("ringmq-code", hot_path::Scope::RingmqCode);
-    println!(
-        "while the connection's tasks and the flusher run (real socket and disk):"
-    );
+    println!("while the connection's tasks and the flusher run (real socket and disk):");
     println!(
         "  produce (SYNC_FLUSH, one message): {:>6.2} allocations/request",
         exact.produce.allocations

@@ -17,7 +17,6 @@ use futures_channel::oneshot;
 use futures_lite::future;
 use glommio::sync::{Permit, Semaphore};
 use std::cell::{Cell, RefCell};
-use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
@@ -161,7 +160,7 @@ pub async fn run_flusher<D: Disk>(shard: Rc<Shard<D>>) {
     // The idle wait's timer and when it fires, kept across idle turns while it fires no later
     // than the turn needs: arming one per turn cost a boxed future and a timer for every
     // SYNC_FLUSH produce. One that fires early only makes the loop re-check sooner.
-    type Armed = (Instant, Pin<Box<dyn std::future::Future<Output = ()>>>);
+    type Armed = (Instant, crate::clock::Sleep);
     let mut timer: Option<Armed> = None;
     loop {
         if shard.lifecycle().is_background_stopping() {
@@ -218,7 +217,7 @@ pub async fn run_flusher<D: Disk>(shard: Rc<Shard<D>>) {
                 false
             },
             async {
-                armed.as_mut().await;
+                armed.await;
                 true
             },
         )
