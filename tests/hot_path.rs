@@ -24,8 +24,8 @@ static ALLOCATOR: counting_alloc::Counting = counting_alloc::Counting;
 
 /// Allocations per request: the exact counts and a quarter for a phase boundary.
 const PRODUCE_BUDGET: f64 = 8.25;
-const PULL_BUDGET: f64 = 7.25;
-const PARKED_PULL_BUDGET: f64 = 9.25;
+const PULL_BUDGET: f64 = 6.25;
+const PARKED_PULL_BUDGET: f64 = 8.25;
 
 #[test]
 fn steady_state_requests_stay_within_their_allocation_budget() {
