@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A source of time and of timers.
@@ -14,7 +15,7 @@ pub trait Clock: 'static {
     /// The current instant.
     fn now(&self) -> Instant;
     /// A future that completes once `d` has passed on this clock.
-    fn sleep(&self, d: Duration) -> Pin<Box<dyn Future<Output = ()>>>;
+    fn sleep(&self, d: Duration) -> Sleep;
     /// Wall-clock time in milliseconds since the Unix epoch: records' store timestamps, the
     /// age retention compares them with, and deadlines that must outlive the process (a
     /// delayed retry's due time is stored with the message).
@@ -53,9 +54,28 @@ impl Clock for RealClock {
         Instant::now()
     }
 
-    fn sleep(&self, d: Duration) -> Pin<Box<dyn Future<Output = ()>>> {
-        Box::pin(async move {
-            glommio::timer::sleep(d).await;
-        })
+    fn sleep(&self, d: Duration) -> Sleep {
+        // The timer's deadline is fixed here, at the call, not at the first poll: a caller
+        // that keeps the future across turns (the flusher's idle timer) counts from when it
+        // asked.
+        Sleep::Timer(glommio::timer::Timer::new(d))
+    }
+}
+
+/// [`Clock::sleep`]'s future: glommio's timer itself for the real clock (no box around it:
+/// a SYNC_FLUSH produce arms one for its flush timeout), any future for another clock.
+pub enum Sleep {
+    Timer(glommio::timer::Timer),
+    Other(Pin<Box<dyn Future<Output = ()>>>),
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.get_mut() {
+            Sleep::Timer(timer) => Pin::new(timer).poll(cx).map(|_| ()),
+            Sleep::Other(other) => other.as_mut().poll(cx),
+        }
     }
 }

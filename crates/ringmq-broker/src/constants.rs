@@ -13,6 +13,14 @@ pub const MAX_INFLIGHT_BYTES_PER_CONNECTION: usize = 64 * 1024 * 1024;
 /// Initial read buffer per connection; grows to the frame size when a larger frame arrives.
 pub const CONNECTION_READ_BUFFER_BYTES: usize = 64 * 1024;
 
+/// How many bytes of answers a connection's writer gathers into one write when several are
+/// queued (pipelined requests): fewer send calls, and a buffer it keeps for the connection's
+/// life instead of one allocation per answer. After a write the buffer is cut back to this
+/// (a large pull answer may grow it for one write), so an idle connection holds at most
+/// 64 KiB of it: 4096 connections (`max_connections`' default) at most 256 MiB, one that
+/// only ever answers small requests far less (its buffer is as large as its largest burst).
+pub const MAX_COALESCED_RESPONSE_BYTES: usize = 64 * 1024;
+
 /// Cross-shard channel depth per pair of shards. A forwarded request waits (asynchronously)
 /// when the owner has this many unanswered; 1024 covers a full pipeline window of one client.
 pub const SHARD_CHANNEL_CAPACITY: usize = 1024;

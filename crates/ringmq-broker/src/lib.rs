@@ -10,6 +10,7 @@
 pub mod clock;
 pub mod config;
 pub mod constants;
+pub mod counted_polls;
 pub mod metrics;
 pub mod net;
 pub mod replication;

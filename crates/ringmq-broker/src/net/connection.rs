@@ -18,9 +18,10 @@
 use super::admission::{BudgetPermit, Ticket};
 use super::ShardNet;
 use crate::constants::{
-    CONNECTION_READ_BUFFER_BYTES, INFLIGHT_BUDGET_WAIT_MS, MAX_INFLIGHT_BYTES_PER_CONNECTION,
-    MAX_INFLIGHT_REQUESTS_PER_CONNECTION,
+    CONNECTION_READ_BUFFER_BYTES, INFLIGHT_BUDGET_WAIT_MS, MAX_COALESCED_RESPONSE_BYTES,
+    MAX_INFLIGHT_BYTES_PER_CONNECTION, MAX_INFLIGHT_REQUESTS_PER_CONNECTION,
 };
+use crate::counted_polls::observed;
 use crate::metrics::Counter;
 use crate::protocol::frame::{encode_frame, FrameDecoder, FrameError, FrameHeader};
 use crate::protocol::frame::{FRAME_HEADER_BYTES, PROTOCOL_VERSION};
@@ -62,8 +63,13 @@ pub async fn serve(shard: Rc<Shard>, net: Rc<ShardNet>, stream: TcpStream, ticke
     let writer = unsafe { TcpStream::from_raw_fd(write_fd) };
     let _ = writer.set_write_timeout(Some(net.timeouts.response_write));
     let activity = Rc::new(Cell::new(Instant::now()));
-    let (tx, rx) = local_channel::new_bounded::<Vec<u8>>(MAX_INFLIGHT_REQUESTS_PER_CONNECTION);
-    let writer_task = spawn_local(write_responses(shard.clone(), writer, rx, activity.clone()));
+    let (tx, rx) = local_channel::new_bounded::<Response>(MAX_INFLIGHT_REQUESTS_PER_CONNECTION);
+    let writer_task = spawn_local(observed(write_responses(
+        shard.clone(),
+        writer,
+        rx,
+        activity.clone(),
+    )));
     let reader = Reader {
         decoder: FrameDecoder::new(shard.config().max_frame_bytes as usize),
         requests: Rc::new(Semaphore::new(MAX_INFLIGHT_REQUESTS_PER_CONNECTION as u64)),
@@ -77,20 +83,44 @@ pub async fn serve(shard: Rc<Shard>, net: Rc<ShardNet>, stream: TcpStream, ticke
         tx: Rc::new(tx),
         activity,
     };
-    reader.run().await;
+    observed(reader.run()).await;
     writer_task.await;
     drop(ticket);
+}
+
+/// One answer on its way to the writer: framed there, into the writer's own buffer.
+struct Response {
+    request: FrameHeader,
+    reply: Reply,
 }
 
 async fn write_responses(
     shard: Rc<Shard>,
     mut writer: TcpStream,
-    rx: LocalReceiver<Vec<u8>>,
+    rx: LocalReceiver<Response>,
     activity: Rc<Cell<Instant>>,
 ) {
-    while let Some(frame) = rx.recv().await {
-        let written = writer.write_all(&frame).await;
-        shard.lifecycle().response_written();
+    // One buffer for the connection's life: a response is framed into it (header and body in
+    // one copy), so answering allocates nothing here. Answers already queued behind the first
+    // go out in the same write, up to a bound that keeps the buffer small.
+    let mut out = Vec::new();
+    while let Some(first) = rx.recv().await {
+        out.clear();
+        let mut framed = 1;
+        frame_response(&mut out, first);
+        while out.len() < MAX_COALESCED_RESPONSE_BYTES {
+            match future::poll_once(rx.recv()).await {
+                Some(Some(next)) => {
+                    frame_response(&mut out, next);
+                    framed += 1;
+                }
+                _ => break,
+            }
+        }
+        let written = writer.write_all(&out).await;
+        for _ in 0..framed {
+            shard.lifecycle().response_written();
+        }
         if let Err(e) = written {
             if e.kind() == std::io::ErrorKind::TimedOut {
                 debug!(
@@ -107,7 +137,12 @@ async fn write_responses(
             break;
         }
         activity.set(Instant::now());
-        shard.probe().add(Counter::BytesOut, frame.len() as u64);
+        shard.probe().add(Counter::BytesOut, out.len() as u64);
+        if out.capacity() > MAX_COALESCED_RESPONSE_BYTES {
+            // A large pull answer grew it: give the memory back rather than hold it idle.
+            out.clear();
+            out.shrink_to(MAX_COALESCED_RESPONSE_BYTES);
+        }
     }
     let _ = writer.close().await;
 }
@@ -133,7 +168,7 @@ struct Reader {
     shard: Rc<Shard>,
     net: Rc<ShardNet>,
     stream: TcpStream,
-    tx: Rc<LocalSender<Vec<u8>>>,
+    tx: Rc<LocalSender<Response>>,
     decoder: FrameDecoder,
     /// Requests of this connection in flight (count), so one peer cannot pin unbounded work.
     requests: Rc<Semaphore>,
@@ -253,7 +288,7 @@ impl Reader {
     ) {
         let (shard, tx, activity) = (self.shard.clone(), self.tx.clone(), self.activity.clone());
         shard.lifecycle().request_started();
-        spawn_local(async move {
+        spawn_local(observed(async move {
             let reply = handlers::handle_client(&shard, opcode, &frame[body_start..]).await;
             drop(frame);
             send_reply(&shard, &tx, header, reply).await;
@@ -261,7 +296,7 @@ impl Reader {
             // The idle clock starts when the last request in flight is done.
             activity.set(Instant::now());
             drop(permits);
-        })
+        }))
         .detach();
     }
 
@@ -495,23 +530,29 @@ fn connection_error_header() -> FrameHeader {
 
 fn response_frame(request: FrameHeader, reply: Reply) -> Vec<u8> {
     let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + reply.body.len());
-    encode_frame(
-        &mut frame,
-        FrameHeader::response(request.opcode, reply.status, request.request_id),
-        &reply.body,
-    );
+    frame_response(&mut frame, Response { request, reply });
     frame
 }
 
+/// Appends the frame of one answer to `out`.
+fn frame_response(out: &mut Vec<u8>, response: Response) {
+    let Response { request, reply } = response;
+    encode_frame(
+        out,
+        FrameHeader::response(request.opcode, reply.status, request.request_id),
+        &reply.body,
+    );
+}
+
 /// Queues a response for the writer, counted in `responses_unwritten` until it is written.
-async fn send_reply(shard: &Shard, tx: &LocalSender<Vec<u8>>, request: FrameHeader, reply: Reply) {
+async fn send_reply(shard: &Shard, tx: &LocalSender<Response>, request: FrameHeader, reply: Reply) {
     shard.lifecycle().response_queued();
-    if tx.send(response_frame(request, reply)).await.is_err() {
+    if tx.send(Response { request, reply }).await.is_err() {
         shard.lifecycle().response_written();
     }
 }
 
-async fn reject(shard: &Shard, tx: &LocalSender<Vec<u8>>, error: &FrameError) {
+async fn reject(shard: &Shard, tx: &LocalSender<Response>, error: &FrameError) {
     debug!("closing a connection: {error}");
     let header = FrameHeader {
         request_id: error.request_id(),

@@ -23,6 +23,9 @@ pub struct Appending {
     next_queue: Cell<usize>,
     /// A batch was appended (new log bytes to ship or report).
     appended: Event,
+    /// The encoded sizes of the batch being admitted, kept between batches so admitting one
+    /// allocates nothing; only the holder of the gate uses it.
+    batch_lens: Cell<Vec<usize>>,
 }
 
 impl Default for Appending {
@@ -31,6 +34,7 @@ impl Default for Appending {
             gate: Semaphore::new(1),
             next_queue: Cell::new(0),
             appended: Event::default(),
+            batch_lens: Cell::new(Vec::new()),
         }
     }
 }
@@ -42,6 +46,17 @@ impl Appending {
             .acquire_permit(1)
             .await
             .expect("the append gate is never closed")
+    }
+
+    /// The reusable list for a batch's sizes, empty; give it back with [`Self::return_lens`].
+    pub fn take_lens(&self) -> Vec<usize> {
+        let mut lens = self.batch_lens.take();
+        lens.clear();
+        lens
+    }
+
+    pub fn return_lens(&self, lens: Vec<usize>) {
+        self.batch_lens.set(lens);
     }
 
     /// The next round-robin turn for a produce that lets the broker pick the queue.

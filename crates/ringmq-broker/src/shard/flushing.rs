@@ -8,7 +8,7 @@
 //! wait in its [`Completions`], released only by a finished sync. None of the tasks blocks the
 //! core; each waits on events or on the shard's clock.
 
-use super::completion::{Completion, Completions, Event};
+use super::completion::{Completions, Event, Signal, Waiting};
 use super::Shard;
 use crate::config::FlushDiskType;
 use crate::store::io::Disk;
@@ -16,10 +16,9 @@ use crate::store::{AppendError, StoreError};
 use futures_channel::oneshot;
 use futures_lite::future;
 use glommio::sync::{Permit, Semaphore};
-use glommio::{spawn_local, Task};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 /// How often the allocator retries a segment it could not create. Space freed by an operator
@@ -28,7 +27,9 @@ use tracing::{error, info, warn};
 const SEGMENT_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct Flushing {
-    requested: Event,
+    /// Only the flusher waits on it, once per idle turn: a [`Signal`], which allocates
+    /// nothing per wait (a SYNC_FLUSH produce in a closed loop makes the flusher wait once).
+    requested: Signal,
     /// Set by a producer that found the write buffer full: flush now, whatever the mode.
     urgent: Cell<bool>,
     flushed: Event,
@@ -49,7 +50,7 @@ impl Flushing {
     /// `flushed_offset`: what the recovered store already holds durably.
     pub fn new(flushed_offset: u64) -> Flushing {
         Flushing {
-            requested: Event::default(),
+            requested: Signal::default(),
             urgent: Cell::new(false),
             flushed: Event::default(),
             store_gate: Semaphore::new(1),
@@ -105,7 +106,7 @@ impl Flushing {
     }
 
     /// A waiter for a flush covering everything before `end_offset`.
-    pub fn wait_durable(&self, end_offset: u64) -> oneshot::Receiver<Completion> {
+    pub fn wait_durable(&self, end_offset: u64) -> Waiting<'_> {
         self.completions.wait(end_offset)
     }
 
@@ -156,6 +157,11 @@ pub async fn run_flusher<D: Disk>(shard: Rc<Shard<D>>) {
     let least_bytes = config.flush_least_pages * 4096;
     let mut last_flush = clock.now();
     let mut last_checkpoint = clock.now();
+    // The idle wait's timer and when it fires, kept across idle turns while it fires no later
+    // than the turn needs: arming one per turn cost a boxed future and a timer for every
+    // SYNC_FLUSH produce. One that fires early only makes the loop re-check sooner.
+    type Armed = (Instant, crate::clock::Sleep);
+    let mut timer: Option<Armed> = None;
     loop {
         if shard.lifecycle().is_background_stopping() {
             return;
@@ -196,18 +202,29 @@ pub async fn run_flusher<D: Disk>(shard: Rc<Shard<D>>) {
             }
             continue;
         }
-        let wait = match config.flush_disk_type {
-            FlushDiskType::SyncFlush => checkpoint_every,
-            FlushDiskType::AsyncFlush => interval.min(checkpoint_every),
+        let now = clock.now();
+        let wake_by = match config.flush_disk_type {
+            FlushDiskType::SyncFlush => last_checkpoint + checkpoint_every,
+            FlushDiskType::AsyncFlush => (now + interval).min(last_checkpoint + checkpoint_every),
         };
-        let requested = flushing.requested.listen();
-        future::or(
+        if timer.as_ref().is_none_or(|(at, _)| *at > wake_by) {
+            timer = Some((wake_by, clock.sleep(wake_by.saturating_duration_since(now))));
+        }
+        let (_, armed) = timer.as_mut().expect("armed above");
+        let fired = future::or(
             async {
-                let _ = requested.await;
+                flushing.requested.wait().await;
+                false
             },
-            clock.sleep(wait),
+            async {
+                armed.await;
+                true
+            },
         )
         .await;
+        if fired {
+            timer = None;
+        }
     }
 }
 
@@ -221,20 +238,19 @@ pub async fn flush_burst<D: Disk>(shard: &Rc<Shard<D>>) -> Result<(), StoreError
 /// [`flush_burst`] for a caller that holds the store gate already (a role change). Every
 /// flush goes through here, so the producers a sync covers are always released by it.
 pub(super) async fn flush_holding_gate<D: Disk>(shard: &Rc<Shard<D>>) -> Result<(), StoreError> {
-    let mut in_flight: Option<Task<Result<u64, StoreError>>> = None;
-    loop {
-        let written = shard.store().write_dirty().await?;
-        if let Some(previous) = in_flight.take() {
-            released(shard, previous.await?);
-        }
-        let Some(written) = written else {
-            return Ok(());
-        };
-        let syncing = shard.clone();
-        in_flight = Some(spawn_local(
-            async move { syncing.store().sync(written).await },
-        ));
+    // Each sync runs alongside the write of what arrived meanwhile (the two overlap on the
+    // disk), both in this task: no task spawned per flush. The next sync starts once both
+    // are done, as it did when the sync was a task of its own awaited after the write.
+    let mut written = shard.store().write_dirty().await?;
+    while let Some(syncing) = written {
+        let (synced, next) =
+            future::zip(shard.store().sync(syncing), shard.store().write_dirty()).await;
+        // A finished sync releases its producers even when the write beside it failed:
+        // their records are durable.
+        released(shard, synced?);
+        written = next?;
     }
+    Ok(())
 }
 
 /// A sync completed: everything before `offset` is durable.

@@ -38,6 +38,11 @@ impl<D: Disk> Metadata<D> {
         self.topics.borrow().topics.get(name).cloned()
     }
 
+    /// `read` of the topic's entry, without copying it (a request's routing, every request).
+    pub fn with_topic<R>(&self, name: &str, read: impl FnOnce(&TopicEntry) -> R) -> Option<R> {
+        self.topics.borrow().topics.get(name).map(read)
+    }
+
     pub fn table(&self) -> Arc<TopicTable> {
         self.topics.borrow().clone()
     }

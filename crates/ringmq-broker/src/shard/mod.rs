@@ -254,7 +254,9 @@ impl<D: Disk> Shard<D> {
     pub fn spawn_background(self: &Rc<Self>) -> BackgroundTasks {
         glommio::spawn_local(run_group_expiry(self.clone())).detach();
         BackgroundTasks {
-            flusher: glommio::spawn_local(flushing::run_flusher(self.clone())),
+            flusher: glommio::spawn_local(crate::counted_polls::observed(flushing::run_flusher(
+                self.clone(),
+            ))),
             allocator: glommio::spawn_local(flushing::run_segment_allocator(self.clone())),
             cleaner: glommio::spawn_local(cleaning::run_cleaner(self.clone())),
             scheduler: glommio::spawn_local(delays::run_scheduler(self.clone())),
@@ -585,6 +587,11 @@ impl<D: Disk> Shard<D> {
 
     pub fn topic(&self, name: &str) -> Option<TopicEntry> {
         self.metadata.topic(name)
+    }
+
+    /// `read` of the topic's entry, without copying it.
+    pub fn with_topic<R>(&self, name: &str, read: impl FnOnce(&TopicEntry) -> R) -> Option<R> {
+        self.metadata.with_topic(name, read)
     }
 
     pub fn topic_table(&self) -> Arc<TopicTable> {

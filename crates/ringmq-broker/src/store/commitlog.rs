@@ -87,6 +87,10 @@ pub struct CommitLog<D: Disk> {
     /// next write may touch only the new segment, yet the marker must be durable before
     /// anything after it counts as durable.
     unsynced_files: RefCell<Vec<Rc<D::File>>>,
+    /// The other list [`CommitLog::sync`] alternates `unsynced_files` with.
+    spare_unsynced_files: RefCell<Vec<Rc<D::File>>>,
+    /// The list of a flush's writes, kept for the next flush (see `dirty_writes`).
+    spare_writes: RefCell<DirtyWrites<D::File>>,
     last_flush: Cell<FlushStats>,
     dir: PathBuf,
     segment_size_bytes: u64,
@@ -238,6 +242,8 @@ impl<D: Disk> CommitLog<D> {
         Ok(CommitLog {
             disk,
             unsynced_files: RefCell::new(Vec::new()),
+            spare_unsynced_files: RefCell::new(Vec::new()),
+            spare_writes: RefCell::new(Vec::new()),
             last_flush: Cell::new(FlushStats::default()),
             dir,
             segment_size_bytes: config.segment_size_bytes,
@@ -665,10 +671,11 @@ impl<D: Disk> CommitLog<D> {
             .map(|(_, buf, _)| buf.as_ref().len() as u64)
             .sum();
         let write_start = Instant::now();
-        for (file, buf, file_offset) in parts {
-            let path = file.path();
+        let mut parts = parts;
+        for (file, buf, file_offset) in parts.drain(..) {
             if let Err(e) = file.write_at(buf, file_offset).await {
-                let context = format!("write of {} at {file_offset}", path.display());
+                // The path is looked up only now: `path()` allocates.
+                let context = format!("write of {} at {file_offset}", file.path().display());
                 return Err(self.fail(context, e));
             }
             let mut unsynced = self.unsynced_files.borrow_mut();
@@ -676,6 +683,7 @@ impl<D: Disk> CommitLog<D> {
                 unsynced.push(file);
             }
         }
+        *self.spare_writes.borrow_mut() = parts;
         let mut state = self.state.borrow_mut();
         state.written_offset = state.written_offset.max(target);
         state.check();
@@ -690,13 +698,18 @@ impl<D: Disk> CommitLog<D> {
     /// everything before the write's end is then durable. Returns the flushed offset.
     pub async fn sync(&self, written: Written) -> Result<u64, StoreError> {
         let sync_start = Instant::now();
-        let files = std::mem::take(&mut *self.unsynced_files.borrow_mut());
+        // The list is swapped for the spare one (writes of the next batch go there while these
+        // sync) and becomes the spare again afterwards: no allocation per flush.
+        let spare = std::mem::take(&mut *self.spare_unsynced_files.borrow_mut());
+        let mut files = std::mem::replace(&mut *self.unsynced_files.borrow_mut(), spare);
         for file in &files {
             if let Err(e) = file.fdatasync().await {
                 let context = format!("fdatasync of {}", file.path().display());
                 return Err(self.fail(context, e));
             }
         }
+        files.clear();
+        *self.spare_unsynced_files.borrow_mut() = files;
         let mut state = self.state.borrow_mut();
         self.last_flush.set(FlushStats {
             bytes: written.target.saturating_sub(state.flushed_offset),
@@ -735,7 +748,8 @@ impl<D: Disk> CommitLog<D> {
     /// Aligned buffers covering the dirty range (from the block holding the flushed offset to
     /// the end): one per segment it touches, cut further at the device's request limit.
     fn dirty_writes(&self, state: &LogState<D::File>) -> DirtyWrites<D::File> {
-        let mut writes = Vec::new();
+        // Empty: the last flush drained it. Kept between flushes so a flush allocates no list.
+        let mut writes = std::mem::take(&mut *self.spare_writes.borrow_mut());
         let end = align_up(state.max_offset);
         let mut at = align_down(state.written_offset).max(state.buffer_start);
         while at < state.max_offset {

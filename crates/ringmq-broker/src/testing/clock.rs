@@ -188,8 +188,8 @@ impl Clock for SimClock {
         state.origin + ticks_to_duration(state.now_ticks)
     }
 
-    fn sleep(&self, d: Duration) -> Pin<Box<dyn Future<Output = ()>>> {
-        Box::pin(self.sleep_ticks(ticks_in(d)))
+    fn sleep(&self, d: Duration) -> crate::clock::Sleep {
+        crate::clock::Sleep::Other(Box::pin(self.sleep_ticks(ticks_in(d))))
     }
 
     fn unix_ms(&self) -> u64 {

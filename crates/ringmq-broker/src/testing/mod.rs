@@ -14,6 +14,7 @@
 pub mod clock;
 pub mod disk;
 pub mod driver;
+pub mod hot_path;
 pub mod rng;
 
 pub use clock::SimClock;

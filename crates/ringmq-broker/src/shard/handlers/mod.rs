@@ -281,27 +281,33 @@ enum Route {
 }
 
 fn route<D: Disk>(shard: &Shard<D>, topic: &str, queue: u32) -> Result<Route, ShardError> {
-    let entry = shard
-        .topic(topic)
+    // Read in place: copying the entry (its queue list) cost every request an allocation.
+    let (topic_id, owner, queue_count) = shard
+        .with_topic(topic, |entry| {
+            let owner = entry.queue_shards.get(queue as usize).copied();
+            (entry.topic_id, owner, entry.queue_count())
+        })
         .ok_or_else(|| ShardError::TopicNotFound(topic.to_string()))?;
-    let owner = *entry.queue_shards.get(queue as usize).ok_or_else(|| {
+    let owner = owner.ok_or_else(|| {
         ShardError::QueueNotFound(format!(
             "topic `{topic}` has queues 0 to {}, not {queue}",
-            entry.queue_count().saturating_sub(1)
+            queue_count.saturating_sub(1)
         ))
     })? as usize;
     if owner == shard.id() {
-        Ok(Route::Local {
-            topic_id: entry.topic_id,
-        })
+        Ok(Route::Local { topic_id })
     } else {
         Ok(Route::Remote(owner))
     }
 }
 
+/// Room for the small fixed bodies (a produce answer, an empty pull summary) so that encoding
+/// one allocates once rather than growing the vector field by field.
+const SMALL_BODY_BYTES: usize = 64;
+
 /// Encodes a body with a writer function into a fresh vector.
 fn body(encode: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(SMALL_BODY_BYTES);
     encode(&mut out);
     out
 }

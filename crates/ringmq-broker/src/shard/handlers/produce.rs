@@ -138,12 +138,11 @@ async fn append_batch<'a, D: Disk>(
     let input = |m: &MessageRef<'a>| record_input(key, request.topic, store_timestamp_ms, m);
     // The whole batch or none of it: its segments and its buffer space must be there before
     // its first record goes in, so DISK_FULL or SYSTEM_BUSY always means nothing was stored.
-    let lens: Vec<usize> = request
-        .messages
-        .iter()
-        .map(|m| input(m).encoded_len())
-        .collect();
-    shard.admit_batch(deadline, &lens).await?;
+    let mut lens = shard.appending().take_lens();
+    lens.extend(request.messages.iter().map(|m| input(m).encoded_len()));
+    let admitted = shard.admit_batch(deadline, &lens).await;
+    shard.appending().return_lens(lens);
+    admitted?;
     let mut first = None;
     let mut last: Option<Appended> = None;
     for (stored, m) in request.messages.iter().enumerate() {
@@ -265,8 +264,8 @@ async fn wait_for_slaves<D: Disk>(
     future::or(
         async {
             match done.await {
-                Ok(Completion::Done) => Status::Ok,
-                Ok(Completion::Failed) | Err(_) => Status::FlushSlaveTimeout,
+                Completion::Done => Status::Ok,
+                Completion::Failed => Status::FlushSlaveTimeout,
             }
         },
         async {
@@ -284,8 +283,8 @@ async fn wait_for_flush<D: Disk>(shard: &Shard<D>, end_offset: u64, deadline: In
     future::or(
         async {
             match done.await {
-                Ok(Completion::Done) => Status::Ok,
-                Ok(Completion::Failed) | Err(_) => Status::StoreError,
+                Completion::Done => Status::Ok,
+                Completion::Failed => Status::StoreError,
             }
         },
         async {

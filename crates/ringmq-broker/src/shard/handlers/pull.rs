@@ -140,11 +140,13 @@ async fn read_messages<D: Disk>(
     let max_bytes = request.max_bytes.clamp(1, MAX_BYTES_PER_PULL) as usize;
     let count = (summary.max_offset - request.offset).min(max_messages) as usize;
     // The consume-queue file read may be deleted by retention meanwhile, as the log below.
-    let entries = shard
+    let mut pooled = shard.store().entry_list();
+    shard
         .store()
-        .entries(key, request.offset, count)
+        .entries_into(key, request.offset, count, &mut pooled.list)
         .await
         .map_err(|e| deleted_while_reading(shard, key, request.offset, e))?;
+    let entries = &pooled.list;
     let summary =
         PullSummary {
             suggest: shard.read_suggestion(entries.first().zip(entries.last()).map(
@@ -152,7 +154,10 @@ async fn read_messages<D: Disk>(
             )),
             ..summary
         };
-    let mut out = Vec::new();
+    // A stored record is larger than the same message in a pull answer (it also holds the
+    // topic and its own header), so the records' sizes bound the answer: one allocation.
+    let records: usize = entries.iter().map(|e| e.size as usize).sum();
+    let mut out = Vec::with_capacity(records.min(max_bytes) + super::SMALL_BODY_BYTES);
     let mut encoder = PullResponseEncoder::begin(&mut out, summary);
     let mut next = request.offset;
     let mut rest = &entries[..];
