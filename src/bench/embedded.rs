@@ -45,6 +45,10 @@ pub struct StartSpec<'a> {
     pub master_ha: Option<&'a str>,
     /// In a multi-group mode: the name servers to register with and the broker group.
     pub group: Option<(&'a str, &'a str)>,
+    /// The CPUs the process may run on (its affinity mask, which the broker pins its shards
+    /// within); `None`: this process's own. Brokers on one machine each pin shard `n` to the
+    /// `n`th CPU of their mask, so one-shard brokers left alone would all share the first CPU.
+    pub cpus: Option<&'a [usize]>,
 }
 
 /// The cluster name embedded brokers of a multi-group mode register under.
@@ -86,6 +90,9 @@ impl EmbeddedBroker {
             command
                 .args(["--namesrv", namesrv, "--cluster", BENCH_CLUSTER])
                 .args(["--broker-name", group]);
+        }
+        if let Some(cpus) = spec.cpus {
+            restrict_to_cpus(&mut command, cpus);
         }
         EmbeddedBroker::spawn(
             command,
@@ -317,5 +324,59 @@ pub fn wait_for_slaves(addr: &str, slaves: usize) -> Result<(), String> {
         }
         // Polling a status that has no event to wait on; the interval only bounds start-up.
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The CPUs this process may run on, in order (its affinity mask); empty if unknown.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a plain bit set that sched_getaffinity fills for this process.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+/// Splits `cpus` into `parts` contiguous, non-empty sets (parts beyond the CPU count reuse
+/// them round robin), so co-located groups pin their shards to different CPUs.
+pub fn split_cpus(cpus: &[usize], parts: usize) -> Vec<Vec<usize>> {
+    if cpus.is_empty() || parts == 0 {
+        return vec![Vec::new(); parts];
+    }
+    (0..parts)
+        .map(|part| {
+            if parts <= cpus.len() {
+                let (start, end) = (part * cpus.len() / parts, (part + 1) * cpus.len() / parts);
+                cpus[start..end].to_vec()
+            } else {
+                vec![cpus[part % cpus.len()]]
+            }
+        })
+        .collect()
+}
+
+/// Starts the child with `cpus` as its affinity mask.
+fn restrict_to_cpus(command: &mut Command, cpus: &[usize]) {
+    use std::os::unix::process::CommandExt;
+    if cpus.is_empty() {
+        return;
+    }
+    // SAFETY: `set` is built before the fork; the closure only makes the sched_setaffinity
+    // system call, which is async-signal-safe, in the child before exec.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    unsafe {
+        command.pre_exec(move || {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }

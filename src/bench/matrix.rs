@@ -163,9 +163,16 @@ fn run_one(
                 n => Some((shards.unwrap_or_else(default_shards) / n).max(1)),
             };
             let processes = mode.broker_processes();
+            // Each group on its own CPUs, as the one group's shards are: a broker pins shard
+            // `n` to the `n`th CPU of its mask, so unrestricted one-shard brokers would all
+            // share the first CPU.
+            let group_cpus = match groups {
+                1 => vec![Vec::new()],
+                n => super::embedded::split_cpus(&super::embedded::allowed_cpus(), n),
+            };
             let mut brokers: Vec<EmbeddedBroker> = Vec::new();
             let mut masters = Vec::new();
-            for group in 0..groups {
+            for (group, cpus) in group_cpus.iter().enumerate() {
                 let group_name = format!("g{group}");
                 let first = brokers.len();
                 for (index, process) in processes.iter().enumerate() {
@@ -185,6 +192,7 @@ fn run_one(
                         out_dir: &matrix.out_dir,
                         master_ha: master_ha.as_deref(),
                         group: namesrv_addr.as_deref().map(|n| (n, group_name.as_str())),
+                        cpus: Some(cpus.as_slice()).filter(|c| !c.is_empty()),
                     };
                     brokers.push(EmbeddedBroker::start(&spec)?);
                 }

@@ -1038,3 +1038,15 @@ fn cpu_of_every_master_and_every_slave_is_summed() {
         "two masters' 300 ms over 1000 messages: {cpu:?}"
     );
 }
+
+#[test]
+fn groups_get_disjoint_cpus_and_share_them_only_when_there_are_too_few() {
+    use super::embedded::split_cpus;
+    assert_eq!(split_cpus(&[0, 1], 2), vec![vec![0], vec![1]]);
+    assert_eq!(split_cpus(&[0, 1, 2, 3], 2), vec![vec![0, 1], vec![2, 3]]);
+    assert_eq!(split_cpus(&[4, 5, 6], 2), vec![vec![4], vec![5, 6]]);
+    assert_eq!(split_cpus(&[0], 2), vec![vec![0], vec![0]]);
+    assert_eq!(split_cpus(&[], 2), vec![Vec::<usize>::new(), Vec::new()]);
+    let mine = super::embedded::allowed_cpus();
+    assert!(!mine.is_empty(), "this process runs on some CPU");
+}
