@@ -10,77 +10,18 @@
 
 mod common;
 
-use common::{temp_store, wait_until, Broker};
-use ringmq::client::namesrv::NameServerClient;
+use common::{temp_store, wait_until, Broker, NameServer};
 use ringmq::client::{Client, ClusterStatus};
 use ringmq::protocol::message::{
     ClusterDemote, ClusterPromote, ClusterStatusRequest, MessageRef, TopicListRequest,
 };
 use ringmq::protocol::namesrv::Routes;
 use ringmq::protocol::Status;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A heartbeat far longer than the waits below: a route that changes within them changed
 /// because the broker registered at once, not because a heartbeat came round.
 const SLOW_HEARTBEAT: &str = "namesrv_heartbeat_interval_ms = 60000";
-
-struct NameServer {
-    child: Child,
-    addr: String,
-}
-
-impl NameServer {
-    fn start(expiry_ms: u64) -> NameServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["namesrv", "--listen", "127.0.0.1:0", "--broker-expiry-ms"])
-            .arg(expiry_ms.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start ringmq namesrv");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout);
-            let mut line = String::new();
-            while lines.read_line(&mut line).unwrap_or(0) > 0 {
-                if line.starts_with("ringmq") {
-                    let _ = tx.send(line.clone());
-                }
-                line.clear();
-            }
-        });
-        let line = rx
-            .recv_timeout(READY_TIMEOUT)
-            .expect("the name server prints its ready line");
-        let addr = line
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix("listen="))
-            .unwrap_or_else(|| panic!("no listen= in {line:?}"))
-            .to_string();
-        NameServer { child, addr }
-    }
-
-    fn routes(&self) -> Routes {
-        NameServerClient::connect_list(&self.addr)
-            .expect("connect to the name server")
-            .routes("")
-            .expect("routes")
-    }
-}
-
-impl Drop for NameServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The routes' entry for the broker whose advertised client address is `listen`.
 fn listed(routes: &Routes, listen: &str) -> Option<ringmq::protocol::namesrv::BrokerRoute> {

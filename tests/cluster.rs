@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{temp_store, wait_until, Broker};
+use common::{temp_store, wait_until, Broker, NameServer};
 use ringmq::client::cluster::{
     BrokerEntry, ClusterConsumer, ClusterConsumerOptions, ClusterProducer, ClusterProducerOptions,
     FailureClass, NameServerSource, QueueRef, RouteSource,
@@ -21,10 +21,9 @@ use ringmq::client::Client;
 use ringmq::protocol::message::{MessageRef, TopicListRequest};
 use ringmq::protocol::Status;
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -39,71 +38,11 @@ const BROKER_CONFIG: &str = "ha_heartbeat_interval_ms = 100\nha_link_timeout_ms 
                              namesrv_heartbeat_interval_ms = 300\n";
 /// The name servers drop a broker silent this long (shorter than the default to keep the test
 /// short).
-const EXPIRY_MS: &str = "2000";
+const EXPIRY_MS: u64 = 2000;
 const WAIT: Duration = Duration::from_secs(60);
 /// OKs the producers collect in each phase (before the kill, after it, after the name-server
 /// kill).
 const PHASE_OKS: u64 = 400;
-
-struct NameServer {
-    child: Option<Child>,
-    addr: String,
-}
-
-impl NameServer {
-    fn start() -> NameServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args([
-                "namesrv",
-                "--listen",
-                "127.0.0.1:0",
-                "--broker-expiry-ms",
-                EXPIRY_MS,
-            ])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start ringmq namesrv");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut lines = BufReader::new(stdout);
-            let mut line = String::new();
-            while lines.read_line(&mut line).unwrap_or(0) > 0 {
-                if line.starts_with("ringmq") && line.contains("listen=") {
-                    let _ = tx.send(line.clone());
-                }
-                line.clear();
-            }
-            let _ = lines.read_to_end(&mut Vec::new());
-        });
-        let line = rx.recv_timeout(WAIT).expect("name server ready line");
-        let addr = line
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix("listen="))
-            .expect("listen= in the ready line")
-            .to_string();
-        NameServer {
-            child: Some(child),
-            addr,
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for NameServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 struct Node {
     broker: Broker,
@@ -149,8 +88,8 @@ struct Sent {
 
 #[test]
 fn producers_and_consumers_keep_going_when_a_master_and_a_name_server_die() {
-    let mut ns1 = NameServer::start();
-    let ns2 = NameServer::start();
+    let mut ns1 = NameServer::start(EXPIRY_MS);
+    let ns2 = NameServer::start(EXPIRY_MS);
     let namesrv = format!("{},{}", ns1.addr, ns2.addr);
     let mut a_master = start_broker("a", "SYNC_MASTER", None, &namesrv);
     let a_slave = start_broker("a", "SLAVE", Some(&a_master.broker.ha), &namesrv);

@@ -7,104 +7,19 @@
 
 mod common;
 
+use common::NameServer;
 use ringmq::client::namesrv::NameServerClient;
 use ringmq::protocol::frame::{encode_frame, FrameDecoder, FrameHeader, FRAME_HEADER_BYTES};
 use ringmq::protocol::namesrv::{BrokerRegister, RouteQuery, Routes};
 use ringmq::protocol::{Opcode, Status};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Short, so the expiry test waits little; long enough that a heartbeat every 200 ms on a
 /// loaded machine never misses it.
 const EXPIRY_MS: u64 = 1500;
-
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-struct NameServer {
-    child: Child,
-    addr: String,
-}
-
-impl NameServer {
-    fn start(expiry_ms: u64) -> NameServer {
-        Self::start_with(expiry_ms, &[])
-    }
-
-    /// With extra flags (the hidden limits among them).
-    fn start_with(expiry_ms: u64, flags: &[&str]) -> NameServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["namesrv", "--listen", "127.0.0.1:0", "--broker-expiry-ms"])
-            .arg(expiry_ms.to_string())
-            .args(flags)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start ringmq namesrv");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout);
-            let mut line = String::new();
-            while lines.read_line(&mut line).unwrap_or(0) > 0 {
-                if line.starts_with("ringmq ready") {
-                    let _ = tx.send(line.clone());
-                }
-                line.clear();
-            }
-        });
-        let line = rx
-            .recv_timeout(READY_TIMEOUT)
-            .expect("the name server prints its ready line");
-        let field = |name: &str| {
-            line.split_whitespace()
-                .find_map(|f| f.strip_prefix(name))
-                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
-                .to_string()
-        };
-        assert_eq!(field("role="), "NAMESRV");
-        assert_eq!(field("expiry_ms="), expiry_ms.to_string());
-        NameServer {
-            addr: field("listen="),
-            child,
-        }
-    }
-
-    fn client(&self) -> NameServerClient {
-        NameServerClient::connect_list(&self.addr).expect("connect to the name server")
-    }
-
-    /// SIGTERM, and the exit it must answer with: a clean one, within a deadline.
-    fn terminate(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match self.child.try_wait().expect("wait for the name server") {
-                Some(status) => {
-                    assert!(status.success(), "exit after SIGTERM: {status}");
-                    return;
-                }
-                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                None => panic!("the name server did not exit within 10 s of SIGTERM"),
-            }
-        }
-    }
-
-    /// SIGKILL (the test's end, or a failure).
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for NameServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn registration(group: &str, id: u64, role: &str, epoch: u32) -> BrokerRegister {
     BrokerRegister {

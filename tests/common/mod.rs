@@ -643,3 +643,99 @@ pub fn checked(program: &str, args: &[&str]) -> Vec<u8> {
     );
     out.stdout
 }
+
+/// A real `ringmq namesrv` on a free loopback port (its ready line names the port), SIGKILLed
+/// when dropped unless stopped before.
+pub struct NameServer {
+    child: Option<Child>,
+    pub addr: String,
+}
+
+impl NameServer {
+    pub fn start(expiry_ms: u64) -> NameServer {
+        Self::start_with(expiry_ms, &[])
+    }
+
+    /// With extra flags (the hidden limits among them).
+    pub fn start_with(expiry_ms: u64, flags: &[&str]) -> NameServer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["namesrv", "--listen", "127.0.0.1:0", "--broker-expiry-ms"])
+            .arg(expiry_ms.to_string())
+            .args(flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ringmq namesrv");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut lines = BufReader::new(stdout);
+            let mut line = String::new();
+            while lines.read_line(&mut line).unwrap_or(0) > 0 {
+                if line.starts_with("ringmq ready") {
+                    let _ = tx.send(line.clone());
+                }
+                line.clear();
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the name server prints its ready line");
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+                .to_string()
+        };
+        assert_eq!(field("role="), "NAMESRV");
+        assert_eq!(field("expiry_ms="), expiry_ms.to_string());
+        NameServer {
+            addr: field("listen="),
+            child: Some(child),
+        }
+    }
+
+    pub fn client(&self) -> ringmq::client::NameServerClient {
+        ringmq::client::NameServerClient::connect_list(&self.addr)
+            .expect("connect to the name server")
+    }
+
+    /// Every cluster's routes.
+    pub fn routes(&self) -> ringmq::protocol::namesrv::Routes {
+        self.client().routes("").expect("routes")
+    }
+
+    /// SIGTERM, and the exit it must answer with: a clean one, within a deadline.
+    pub fn terminate(&mut self) {
+        let mut child = self.child.take().expect("the name server runs");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match child.try_wait().expect("wait for the name server") {
+                Some(status) => {
+                    assert!(status.success(), "exit after SIGTERM: {status}");
+                    return;
+                }
+                None if std::time::Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(20))
+                }
+                None => panic!("the name server did not exit within 10 s of SIGTERM"),
+            }
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NameServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
