@@ -167,20 +167,7 @@ impl Broker {
             .stderr(stderr)
             .spawn()
             .expect("start ringmq serve");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut lines = BufReader::new(stdout);
-            let mut line = String::new();
-            while lines.read_line(&mut line).unwrap_or(0) > 0 {
-                if line.starts_with("ringmq ready") {
-                    let _ = tx.send(line.clone());
-                }
-                line.clear();
-            }
-            // Drain to EOF so the broker never blocks on a full pipe.
-            let _ = lines.read_to_end(&mut Vec::new());
-        });
+        let rx = ready_lines(&mut child);
         let line = match rx.recv_timeout(READY_TIMEOUT) {
             Ok(line) => line,
             Err(_) => {
@@ -667,18 +654,7 @@ impl NameServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("start ringmq namesrv");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut lines = BufReader::new(stdout);
-            let mut line = String::new();
-            while lines.read_line(&mut line).unwrap_or(0) > 0 {
-                if line.starts_with("ringmq ready") {
-                    let _ = tx.send(line.clone());
-                }
-                line.clear();
-            }
-        });
+        let rx = ready_lines(&mut child);
         let line = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("the name server prints its ready line");
@@ -738,4 +714,23 @@ impl Drop for NameServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The `ringmq ready` lines a broker or name server prints on its piped stdout, as they come;
+/// the rest of the output is drained so the process never blocks on a full pipe.
+fn ready_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut lines = BufReader::new(stdout);
+        let mut line = String::new();
+        while lines.read_line(&mut line).unwrap_or(0) > 0 {
+            if line.starts_with("ringmq ready") {
+                let _ = tx.send(line.clone());
+            }
+            line.clear();
+        }
+        let _ = lines.read_to_end(&mut Vec::new());
+    });
+    rx
 }
