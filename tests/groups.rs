@@ -696,13 +696,15 @@ fn a_group_keeps_reading_from_the_slave_after_the_master_is_lost() {
         .collect();
     let refs: Vec<&Member> = members.iter().collect();
     wait_all_processed(&refs, &expected);
+    // The first member to reach the slave may process all 800 messages before the second
+    // finishes failing over from the dead master; the second must still join and take queues
+    // (the first commits what it processed before it releases them, so nothing repeats).
+    wait_settled(&mut on_slave, &["a", "b"]);
     let seen = union(&refs);
     assert!(
         seen.values().all(|by| by.len() == 1),
         "delivered twice from the slave"
     );
-    let m = membership(&mut on_slave);
-    assert_eq!(m.members.len(), 2, "both members joined on the slave");
     wait_until(Duration::from_secs(10), "commits on the slave", || {
         let d = on_slave
             .call(&GroupDescribe {
@@ -750,13 +752,9 @@ fn running_members_move_to_the_slave_when_the_master_dies() {
         "all processed before the master died"
     );
     wait_all_processed(&refs, &expected);
-    let m = membership(&mut on_slave);
-    let ids: BTreeSet<&str> = m.members.iter().map(|m| m.client_id.as_str()).collect();
-    assert_eq!(
-        ids,
-        BTreeSet::from(["a", "b"]),
-        "both members moved to the slave"
-    );
+    // Both members move to the slave, though one may get there only after the other has
+    // processed the rest: waited for, not sampled once.
+    wait_settled(&mut on_slave, &["a", "b"]);
     let twice = union(&refs).values().filter(|by| by.len() > 1).count();
     eprintln!("failover: {before} processed on the master, {twice} delivered twice");
 }
