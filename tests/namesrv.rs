@@ -39,6 +39,8 @@ fn registration(group: &str, id: u64, role: &str, epoch: u32) -> BrokerRegister 
         }],
         shards: vec![],
         sequence: 0,
+        signed_at_ms: 0,
+        signature: vec![],
     }
 }
 

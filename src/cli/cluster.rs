@@ -315,6 +315,8 @@ mod tests {
                 topics: vec![],
                 shards: vec![],
                 sequence: 1,
+                signed_at_ms: 0,
+                signature: vec![],
             },
             last_heartbeat_ms_ago: 40,
         };

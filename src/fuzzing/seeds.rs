@@ -228,6 +228,9 @@ fn request_bodies() -> Vec<(&'static str, Opcode, Vec<u8>)> {
                     cluster_name: "DefaultCluster".into(),
                     broker_name: "broker-a".into(),
                     broker_id: 42,
+                    sequence: 43,
+                    signed_at_ms: 0x0102_0304_0506,
+                    signature: vec![0x5a; 32],
                 }
                 .encode(out)
             }),
@@ -263,6 +266,8 @@ fn broker_register() -> BrokerRegister {
             max_offset: 8192,
         }],
         sequence: 0x1122_3344_5566_7788,
+        signed_at_ms: 0x0102_0304_0506,
+        signature: vec![0x5a; 32],
     }
 }
 

@@ -128,6 +128,9 @@ impl NameServerClient {
             cluster_name: cluster_name.to_string(),
             broker_name: broker_name.to_string(),
             broker_id,
+            sequence: 0,
+            signed_at_ms: 0,
+            signature: Vec::new(),
         })
     }
 

@@ -506,6 +506,8 @@ mod tests {
             topics: vec![],
             shards: vec![],
             sequence: 0,
+            signed_at_ms: 0,
+            signature: vec![],
         }
     }
 

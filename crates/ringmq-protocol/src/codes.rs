@@ -81,6 +81,12 @@ wire_enum! {
         /// The group has no member with that id (its session ended, or the coordinator
         /// restarted): the consumer joins again.
         UnknownMember = 117 => "UNKNOWN_MEMBER",
+        /// A name server that requires signed registrations refused one without a valid
+        /// signature under its secret (no signature, a wrong secret, an altered body).
+        NotAuthenticated = 142 => "NOT_AUTHENTICATED",
+        /// A correctly signed registration refused as a replay: signed outside the name
+        /// server's replay window, or with a sequence it has already accepted.
+        ReplayRefused = 143 => "REPLAY_REFUSED",
         /// Retryable, not stored: overload (a bounded queue, buffer or limit is full).
         SystemBusy = 200 => "SYSTEM_BUSY",
         /// Retryable: this broker's role does not accept the request (e.g. produce on a slave).

@@ -8,6 +8,7 @@
 //! "How to add an opcode" in `docs/protocol.md`.
 
 pub mod admin;
+pub mod auth;
 pub mod codec;
 pub mod codes;
 pub mod frame;

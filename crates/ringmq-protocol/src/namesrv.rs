@@ -7,7 +7,7 @@
 //! nothing.
 
 use super::codec::{
-    list, Codec, DecodeError, EncodeError, Fields, Name, Reader, Str16, Struct, Writer, U16, U32,
+    list, Bytes16, Codec, DecodeError, EncodeError, Fields, Name, Reader, Str16, Struct, Writer, U16, U32,
     U64, U8,
 };
 use super::message::{wire_body, TopicInfo};
@@ -54,8 +54,17 @@ wire_body! {
         /// Orders this broker's registrations: each one it sends carries a larger value than
         /// the last (a restart included: brokers base it on their boot time in nanoseconds),
         /// so a registration that arrives late (resent after a timeout, overtaken by a newer
-        /// one on another connection) is ignored. 0: not sequenced, always applied.
+        /// one on another connection) is ignored. 0: not sequenced, always applied (refused by
+        /// a name server that requires signatures).
         pub sequence: u64 => U64,
+        /// When the broker signed this registration (its wall clock, ms since the Unix epoch);
+        /// 0 when unsigned. A name server with a secret refuses one outside its replay window.
+        pub signed_at_ms: u64 => U64,
+        /// HMAC-SHA256 over this body encoded with an empty signature, under the name
+        /// server's shared secret ([`crate::auth::sign_register`]); empty when unsigned. Name
+        /// servers strip it from the registrations they list, so a route answer hands no one
+        /// a signed registration to replay.
+        pub signature: Vec<u8> => Bytes16,
     }
 }
 
@@ -97,6 +106,13 @@ wire_body! {
         pub cluster_name: String => Name,
         pub broker_name: String => Name,
         pub broker_id: u64 => U64,
+        /// The broker's next registration sequence (as in `BrokerRegister`): a name server
+        /// that requires signatures refuses one it has seen, so a captured unregistration
+        /// cannot take the broker out of the routes again.
+        pub sequence: u64 => U64,
+        /// As in `BrokerRegister`: signing time and signature, 0 and empty when unsigned.
+        pub signed_at_ms: u64 => U64,
+        pub signature: Vec<u8> => Bytes16,
     }
 }
 

@@ -473,6 +473,8 @@ async fn registration<D: Disk>(
             })
             .collect(),
         sequence: shard.registration().next_sequence(),
+        signed_at_ms: 0,
+        signature: Vec::new(),
     };
     let mut body = Vec::new();
     register.encode(&mut body);
@@ -507,6 +509,9 @@ async fn unregister<D: Disk>(
         cluster_name: config.cluster_name.clone(),
         broker_name: config.broker_name.clone(),
         broker_id: identity.broker_id,
+        sequence: 0,
+        signed_at_ms: 0,
+        signature: Vec::new(),
     }
     .encode(&mut body);
     let addr = link.addr;
