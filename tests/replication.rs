@@ -671,7 +671,7 @@ fn restarted_slave_resumes_from_its_own_end() {
 
 #[test]
 fn fake_ack_beyond_the_master_is_refused() {
-    use ringmq::replication::protocol::{Hello, Welcome};
+    use ringmq::replication::protocol::{Hello, LinkSecurity, Welcome, NONCE_BYTES};
     let master = start_node(
         "SYNC_MASTER",
         "ASYNC_FLUSH",
@@ -698,6 +698,8 @@ fn fake_ack_beyond_the_master_is_refused() {
         last_epoch: 0,
         max_offset: 0,
         broker_name: "broker-a".into(),
+        security: LinkSecurity::Off,
+        nonce: [0; NONCE_BYTES],
     }
     .encode(&mut hello);
     link.write_all(&hello).unwrap();
@@ -1108,7 +1110,7 @@ fn metadata_changes_reach_the_slave_at_once() {
 /// in the layout every version decodes (see `replication::protocol`).
 #[test]
 fn a_slave_of_another_protocol_version_is_refused_naming_both_versions() {
-    use ringmq::replication::protocol::{Hello, Welcome, HA_VERSION};
+    use ringmq::replication::protocol::{Hello, LinkSecurity, Welcome, HA_VERSION, NONCE_BYTES};
     use ringmq::replication::ReplicationError;
     let master = start_node("ASYNC_MASTER", "SYNC_FLUSH", None, "");
     let mut link = std::net::TcpStream::connect(&master.broker.ha).unwrap();
@@ -1123,6 +1125,8 @@ fn a_slave_of_another_protocol_version_is_refused_naming_both_versions() {
         last_epoch: 0,
         max_offset: 0,
         broker_name: "broker-a".into(),
+        security: LinkSecurity::Off,
+        nonce: [0; NONCE_BYTES],
     }
     .encode(&mut hello);
     let current = hello.clone();

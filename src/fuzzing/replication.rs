@@ -5,8 +5,9 @@ use super::store::{append_from, append_waiting, log_bytes, open_store, recompute
 use super::Input;
 use crate::replication::master::SHIP_CHUNK_BYTES;
 use crate::replication::protocol::{
-    divergence_point, encode_data_header, encode_heartbeat, encode_refusal, next_shipped, Hello,
-    MasterFrame, MetadataFrame, Shipped, Welcome, MAX_METADATA_BYTES, METADATA_HEADER_BYTES,
+    decode_proof, divergence_point, encode_data_header, encode_heartbeat, encode_proof,
+    encode_refusal, next_shipped, Answer, Hello, MasterFrame, MetadataFrame, Shipped, Welcome,
+    MAX_METADATA_BYTES, METADATA_HEADER_BYTES,
 };
 use crate::replication::replicas::Replicas;
 use crate::replication::ReplicationError;
@@ -17,14 +18,21 @@ use crate::testing::disk::SimDisk;
 use futures_lite::future::block_on;
 use std::hint::black_box;
 
-/// The handshake: the first byte picks the master's decoder of a slave's [`Hello`] or the
-/// slave's decoder of the master's answer (a [`Welcome`] or a refusal); the rest is the body
-/// after the length prefix.
+/// The handshake: the first byte picks the master's decoder of a slave's [`Hello`] (even), the
+/// slave's decoder of the master's answer (a [`Welcome`], a refusal or a challenge; odd), or,
+/// with bit 1 set as well, the master's decoder of a slave's proof; the rest is the body after
+/// the length prefix.
 pub fn ha_handshake(data: &[u8]) {
     let Some((&selector, body)) = data.split_first() else {
         return;
     };
-    if selector & 1 == 0 {
+    if selector & 3 == 2 {
+        if let Ok(proof) = black_box(decode_proof(body)) {
+            let mut out = Vec::new();
+            encode_proof(&proof, &mut out);
+            assert_eq!(&out[4..], body, "proof encoding is not canonical");
+        }
+    } else if selector & 1 == 0 {
         black_box(Hello::version_of(body)).ok();
         if let Ok(hello) = black_box(Hello::decode(body)) {
             let mut out = Vec::new();
@@ -34,6 +42,12 @@ pub fn ha_handshake(data: &[u8]) {
             assert_eq!(&out[4..], body, "hello encoding is not canonical");
         }
     } else {
+        if let Ok(Answer::Challenge(challenge, proof)) = black_box(Answer::decode(body)) {
+            let mut out = Vec::new();
+            challenge.encode(&proof, &mut out);
+            assert_eq!(length_prefix(&out), out.len() - 4);
+            assert_eq!(&out[4..], body, "challenge encoding is not canonical");
+        }
         match black_box(Welcome::decode(body)) {
             Ok(welcome) => {
                 let mut out = Vec::new();

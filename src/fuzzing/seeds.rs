@@ -15,7 +15,9 @@ use crate::protocol::message::{
 use crate::protocol::namesrv::{
     BrokerRegister, BrokerRoute, BrokerUnregister, RouteQuery, Routes, ShardOffsets,
 };
-use crate::replication::protocol::{encode_refusal, Hello, Welcome};
+use crate::replication::protocol::{
+    encode_refusal, Challenge, Hello, LinkSecurity, Welcome, NONCE_BYTES, PROOF_BYTES,
+};
 use crate::store::checkpoint::Checkpoint;
 use crate::store::record::{encode_end_of_segment, RecordInput};
 
@@ -50,6 +52,16 @@ pub fn seeds() -> Vec<Seed> {
     add("ha_handshake", "hello", with_selector(0, &hello_body()));
     add("ha_handshake", "welcome", with_selector(1, &welcome_body()));
     add("ha_handshake", "refusal", with_selector(1, &refusal_body()));
+    add(
+        "ha_handshake",
+        "challenge",
+        with_selector(1, &challenge_body()),
+    );
+    add(
+        "ha_handshake",
+        "proof",
+        with_selector(2, &[0x3c; PROOF_BYTES]),
+    );
     add(
         "ha_stream",
         "metadata",
@@ -443,8 +455,19 @@ fn hello_body() -> Vec<u8> {
         last_epoch: 3,
         max_offset: 4096,
         broker_name: "broker-a".into(),
+        security: LinkSecurity::Auth,
+        nonce: [0x5a; NONCE_BYTES],
     };
     encoded(|out| hello.encode(out))[4..].to_vec()
+}
+
+fn challenge_body() -> Vec<u8> {
+    let challenge = Challenge {
+        nonce: [0xa5; NONCE_BYTES],
+        broker_name: "broker-a".into(),
+        last_epoch: 1 << 16,
+    };
+    encoded(|out| challenge.encode(&[0x3c; PROOF_BYTES], out))[4..].to_vec()
 }
 
 fn welcome_body() -> Vec<u8> {

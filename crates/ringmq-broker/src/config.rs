@@ -123,6 +123,32 @@ impl fmt::Display for BrokerRole {
     }
 }
 
+/// How the replication link authenticates (docs/security.md, "Replication link").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HaSecurity {
+    /// No authentication: anyone who reaches the HA port is served the log as a slave (the
+    /// broker warns at start).
+    #[serde(rename = "off")]
+    Off,
+    /// Master and slave prove to each other that they hold `ha_secret_file` before any log
+    /// byte or report (a mutual HMAC-SHA256 challenge-response).
+    #[serde(rename = "auth")]
+    Auth,
+    /// Reserved: mutual TLS on the link, a later round. Refused at load.
+    #[serde(rename = "tls")]
+    Tls,
+}
+
+impl HaSecurity {
+    pub fn name(self) -> &'static str {
+        match self {
+            HaSecurity::Off => "off",
+            HaSecurity::Auth => "auth",
+            HaSecurity::Tls => "tls",
+        }
+    }
+}
+
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 const GIB: u64 = 1024 * MIB;
@@ -275,6 +301,27 @@ pub struct BrokerConfig {
     /// back to back: that is the reader worth moving. 64 MiB is four write buffers, a few
     /// seconds of a busy shard's appends, so a consumer that only paused briefly stays.
     pub slave_read_lag_bytes: u64,
+
+    // Authentication of the replication link and the name-server registrations
+    // (docs/security.md, "Replication link" and "Name server"). The secrets are read from
+    // their files at start and never printed: the effective configuration shows the paths.
+    /// `"off"` (the default; the broker warns at start), `"auth"` (a mutual challenge-response
+    /// over `ha_secret_file` before any log byte or report), `"tls"` (reserved: refused until
+    /// TLS on the replication link lands).
+    pub ha_security: HaSecurity,
+    /// The replication link's shared secret, at least 32 bytes (one trailing newline is not
+    /// part of it); the same file on the master and every slave. Required by `"auth"`.
+    pub ha_secret_file: Option<PathBuf>,
+    /// The name servers' shared secret (as `ringmq namesrv --secret-file`): when set, every
+    /// registration, heartbeat and unregistration is signed with it. A name server with a
+    /// secret refuses unsigned ones.
+    pub namesrv_secret_file: Option<PathBuf>,
+    /// `ha_secret_file`'s secret, read by [`BrokerConfig::load_secrets`]; never serialized.
+    #[serde(skip)]
+    pub ha_secret: Option<ringmq_protocol::auth::Secret>,
+    /// `namesrv_secret_file`'s secret, read by [`BrokerConfig::load_secrets`]; never serialized.
+    #[serde(skip)]
+    pub namesrv_secret: Option<ringmq_protocol::auth::Secret>,
 }
 
 /// Shortest `namesrv_heartbeat_interval_ms`: a heartbeat costs shard 0 a round trip to every
@@ -337,6 +384,11 @@ impl Default for BrokerConfig {
             namesrv_heartbeat_interval_ms: 3_000,
             slave_read_enable: false,
             slave_read_lag_bytes: 64 * MIB,
+            ha_security: HaSecurity::Off,
+            ha_secret_file: None,
+            namesrv_secret_file: None,
+            ha_secret: None,
+            namesrv_secret: None,
         }
     }
 }
@@ -679,6 +731,7 @@ impl BrokerConfig {
             ));
         }
         self.validate_connection_limits()?;
+        self.validate_security()?;
         self.validate_cluster()?;
         self.validate_retention()?;
         self.validate_retries()?;
@@ -691,6 +744,44 @@ impl BrokerConfig {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Checks the authentication keys (the files themselves are read by `load_secrets`).
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        match self.ha_security {
+            HaSecurity::Tls => Err(ConfigError::value(
+                "ha_security",
+                "\"tls\" is not implemented yet (TLS on the replication link is a later round); use \"auth\" with ha_secret_file",
+            )),
+            HaSecurity::Auth if self.ha_secret_file.is_none() => Err(ConfigError::value(
+                "ha_secret_file",
+                "ha_security = \"auth\" needs the shared secret's file",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads the secrets of `ha_secret_file` (when `ha_security = "auth"`) and
+    /// `namesrv_secret_file`. An error names the key and the file, never the contents.
+    pub fn load_secrets(&mut self) -> Result<(), ConfigError> {
+        fn read(
+            key: &'static str,
+            path: &std::path::Path,
+        ) -> Result<ringmq_protocol::auth::Secret, ConfigError> {
+            let bytes = std::fs::read(path)
+                .map_err(|e| ConfigError::value(key, format!("{}: {e}", path.display())))?;
+            ringmq_protocol::auth::Secret::from_file_contents(bytes)
+                .map_err(|e| ConfigError::value(key, format!("{}: {e}", path.display())))
+        }
+        self.ha_secret = match (&self.ha_security, &self.ha_secret_file) {
+            (HaSecurity::Auth, Some(path)) => Some(read("ha_secret_file", path)?),
+            _ => None,
+        };
+        self.namesrv_secret = match &self.namesrv_secret_file {
+            Some(path) => Some(read("namesrv_secret_file", path)?),
+            None => None,
+        };
         Ok(())
     }
 

@@ -213,9 +213,31 @@ fn signal_stop(fds: &[RawFd]) {
     }
 }
 
+/// One warning at start per port that anyone who reaches it can abuse (docs/security.md).
+fn warn_unauthenticated(config: &BrokerConfig) {
+    if config.ha_security == crate::config::HaSecurity::Off {
+        tracing::warn!(
+            ha_listen = %config.ha_listen,
+            "ha_security is \"off\": anyone who reaches the HA port can follow this broker as a \
+             slave, read the whole commitlog and move the acknowledged offset (release \
+             SYNC_MASTER producers with fake acknowledgements); set ha_security = \"auth\" \
+             and ha_secret_file on the master and its slaves"
+        );
+    }
+    if !config.namesrv.is_empty() && config.namesrv_secret.is_none() {
+        tracing::warn!(
+            "namesrv_secret_file is not set: this broker's registrations are unsigned, so a \
+             name server that requires signatures refuses them, and one that does not accepts \
+             forged registrations of this group from anyone"
+        );
+    }
+}
+
 /// Runs the broker until SIGINT or SIGTERM.
-pub fn run(config: BrokerConfig) -> Result<(), ServerError> {
+pub fn run(mut config: BrokerConfig) -> Result<(), ServerError> {
     config.validate()?;
+    config.load_secrets()?;
+    warn_unauthenticated(&config);
     install_fail_stop_panic_hook();
     let shard_count = config.shard_count();
     std::fs::create_dir_all(&config.store_dir).map_err(|e| {

@@ -241,7 +241,10 @@ mod tests {
         assert!(s.verify("role a", &[b"ab", b"c"], &tag));
         assert!(!s.verify("role b", &[b"ab", b"c"], &tag), "another label");
         assert!(!s.verify("role a", &[b"a", b"bc"], &tag), "moved boundary");
-        assert!(!secret(2).verify("role a", &[b"ab", b"c"], &tag), "other secret");
+        assert!(
+            !secret(2).verify("role a", &[b"ab", b"c"], &tag),
+            "other secret"
+        );
         assert!(!s.verify("role a", &[b"ab", b"c"], &tag[..31]), "truncated");
         assert!(!s.verify("role a", &[b"ab", b"c"], &[]), "empty");
     }

@@ -7,8 +7,8 @@
 //! nothing.
 
 use super::codec::{
-    list, Bytes16, Codec, DecodeError, EncodeError, Fields, Name, Reader, Str16, Struct, Writer, U16, U32,
-    U64, U8,
+    list, Bytes16, Codec, DecodeError, EncodeError, Fields, Name, Reader, Str16, Struct, Writer,
+    U16, U32, U64, U8,
 };
 use super::message::{wire_body, TopicInfo};
 

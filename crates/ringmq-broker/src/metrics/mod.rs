@@ -42,10 +42,11 @@ pub enum Counter {
     RetentionDeletedSegments,
     RetentionReclaimedBytes,
     NamesrvRegisterRefused,
+    ReplicationHandshakesRefused,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 19] = [
+    pub const ALL: [Counter; 20] = [
         Counter::ProduceRequests,
         Counter::MessagesAppended,
         Counter::BytesAppended,
@@ -65,6 +66,7 @@ impl Counter {
         Counter::RetentionDeletedSegments,
         Counter::RetentionReclaimedBytes,
         Counter::NamesrvRegisterRefused,
+        Counter::ReplicationHandshakesRefused,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -87,6 +89,7 @@ impl Counter {
             Counter::RetentionDeletedSegments => "retention_deleted_segments_total",
             Counter::RetentionReclaimedBytes => "retention_reclaimed_bytes_total",
             Counter::NamesrvRegisterRefused => "namesrv_register_refused_total",
+            Counter::ReplicationHandshakesRefused => "replication_handshakes_refused_total",
         }
     }
     pub fn help(self) -> &'static str {
@@ -119,6 +122,9 @@ impl Counter {
             Counter::RetentionReclaimedBytes => "Bytes of commitlog segments retention deleted.",
             Counter::NamesrvRegisterRefused => {
                 "Registrations a name server answered by refusing this broker's master claim."
+            }
+            Counter::ReplicationHandshakesRefused => {
+                "Replication handshakes refused: a peer that failed or skipped authentication, or a slave the master would not serve."
             }
         }
     }

@@ -43,6 +43,10 @@ pub enum ReplicationError {
     /// of sequence, a record that cannot be one, an unknown frame kind).
     #[error("{0}")]
     Protocol(String),
+    /// The peer did not prove it holds the link's shared secret (or this end cannot ask it
+    /// to): no log byte or report crosses such a link.
+    #[error("authentication failed: {0}")]
+    Auth(String),
     /// The local store refused what the link asked of it (append, truncate, identity file).
     #[error("{0}")]
     Store(String),

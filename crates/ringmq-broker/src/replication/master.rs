@@ -8,15 +8,22 @@
 //! shipper also sends this shard's metadata (topics from shard 0, the group offsets of its own
 //! queues) right after the handshake, whenever it changes and every
 //! `metadata_sync_interval_ms`.
+//!
+//! With `ha_security = "auth"` the owning shard first runs the challenge-response of
+//! [`super::auth`] ([`authenticate`]): a slave that does not prove it holds the secret is
+//! refused (counted, logged at a bounded rate) before the welcome, so it is never registered
+//! as a replica, gets no byte of the log and no report of it is ever read.
 
+use super::auth;
 use super::error::ReplicationError;
 use super::protocol::{
-    divergence_point, encode_data_header, encode_heartbeat, encode_refusal, Hello, MetadataFrame,
-    Welcome, HA_VERSION, HEARTBEAT_BYTES, MAX_HANDSHAKE_BYTES, MAX_METADATA_BYTES,
-    METADATA_HEADER_BYTES, REPORT_BYTES,
+    decode_proof, divergence_point, encode_data_header, encode_heartbeat, encode_refusal,
+    Challenge, Hello, LinkSecurity, MetadataFrame, Welcome, HA_VERSION, HEARTBEAT_BYTES,
+    MAX_HANDSHAKE_BYTES, MAX_METADATA_BYTES, METADATA_HEADER_BYTES, REPORT_BYTES,
 };
 use super::replicas::Replicas;
 use super::splice::SpliceSender;
+use crate::config::HaSecurity;
 use crate::metrics::Counter;
 use crate::shard::mesh::ShardRequest;
 use crate::shard::Shard;
@@ -124,10 +131,19 @@ async fn handshake<D: Disk>(shard: Rc<Shard<D>>, mut stream: TcpStream) {
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
-    let hello = match read_hello(&shard, &mut stream).await {
+    let timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
+    // One bound on the whole hello, however slowly its bytes trickle in.
+    let read = future::or(read_hello(&shard, &mut stream), async {
+        sleep(timeout).await;
+        Err(ReplicationError::Silent {
+            ms: timeout.as_millis(),
+        })
+    });
+    let hello = match read.await {
         Ok(h) => h,
         Err(e) => {
-            warn!(shard = shard.id(), %peer, "replication handshake failed: {e}");
+            shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
+            auth::log_refusal(shard.id(), &peer, &format!("handshake failed: {e}"));
             return;
         }
     };
@@ -161,6 +177,82 @@ pub async fn adopt<D: Disk>(shard: Rc<Shard<D>>, fd: RawFd, hello: Hello, peer: 
     // SAFETY: `fd` was duplicated for this shard by the accepting one.
     let stream = unsafe { TcpStream::from_raw_fd(fd) };
     serve_slave(shard, stream, hello, peer).await;
+}
+
+/// With `ha_security = "auth"`: challenges the slave and checks its proof (see
+/// [`super::auth`]), the whole exchange bounded by `ha_link_timeout_ms`. `Ok` lets the
+/// handshake go on to the welcome; an `Auth` error is a refusal to send to the slave, any
+/// other error a link that failed meanwhile.
+async fn authenticate<D: Disk>(
+    shard: &Shard<D>,
+    stream: &mut TcpStream,
+    hello: &Hello,
+) -> Result<(), ReplicationError> {
+    let config = shard.config();
+    let secret = match (config.ha_security, &config.ha_secret) {
+        (HaSecurity::Auth, Some(secret)) => secret,
+        // "off": the welcome follows at once (a slave that requires authentication refuses
+        // it). "tls" never gets here: validation refuses it.
+        _ => return Ok(()),
+    };
+    if hello.security != LinkSecurity::Auth {
+        return Err(ReplicationError::Auth(
+            "this master requires ha_security = \"auth\" and the slave connected without it \
+             (set ha_security and ha_secret_file on the slave)"
+                .to_string(),
+        ));
+    }
+    let challenge = Challenge {
+        nonce: auth::fresh_nonce(),
+        broker_name: config.broker_name.clone(),
+        last_epoch: shard.role_state().identity().last_epoch(),
+    };
+    let timeout = Duration::from_millis(config.ha_link_timeout_ms);
+    let exchange = async {
+        let mut bytes = Vec::new();
+        challenge.encode(&auth::master_proof(secret, hello, &challenge), &mut bytes);
+        stream
+            .write_all(&bytes)
+            .await
+            .map_err(|e| ReplicationError::io("sending the challenge", e))?;
+        let mut len = [0u8; 4];
+        stream
+            .read_exact(&mut len)
+            .await
+            .map_err(|e| ReplicationError::io("reading the slave's proof", e))?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_HANDSHAKE_BYTES {
+            return Err(ReplicationError::TooLarge {
+                what: "the slave's proof",
+                len,
+                max: MAX_HANDSHAKE_BYTES,
+            });
+        }
+        let mut body = vec![0u8; len];
+        stream
+            .read_exact(&mut body)
+            .await
+            .map_err(|e| ReplicationError::io("reading the slave's proof", e))?;
+        let proof = decode_proof(&body).map_err(|e| {
+            ReplicationError::Auth(format!("the slave's proof does not decode: {e}"))
+        })?;
+        if !auth::verify_slave(secret, hello, &challenge, &proof) {
+            return Err(ReplicationError::Auth(
+                "the slave's proof does not match: its ha_secret_file differs from this \
+                 master's"
+                    .to_string(),
+            ));
+        }
+        Ok(())
+    };
+    future::or(exchange, async {
+        sleep(timeout).await;
+        Err(ReplicationError::Auth(format!(
+            "the slave did not complete the challenge within {} ms",
+            timeout.as_millis()
+        )))
+    })
+    .await
 }
 
 /// What the master answers a slave, and where it will ship from; `Err` holds why it refuses.
@@ -257,6 +349,18 @@ async fn serve_slave<D: Disk>(
     hello: Hello,
     peer: String,
 ) {
+    if let Err(e) = authenticate(&shard, &mut stream, &hello).await {
+        shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
+        auth::log_refusal(shard.id(), &peer, &e.to_string());
+        if let ReplicationError::Auth(reason) = &e {
+            // The slave logs why; the reason names only what was expected.
+            let mut bytes = Vec::new();
+            encode_refusal(&format!("authentication failed: {reason}"), &mut bytes);
+            let timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
+            let _ = with_timeout(timeout, "refusing the slave", stream.write_all(&bytes)).await;
+        }
+        return;
+    }
     let answer = welcome(&shard, &hello);
     let mut bytes = Vec::new();
     match &answer {
@@ -269,6 +373,7 @@ async fn serve_slave<D: Disk>(
     let start = match answer {
         Ok((_, start)) => start,
         Err(reason) => {
+            shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
             warn!(shard = shard.id(), %peer, "refused a slave: {reason}");
             return;
         }

@@ -9,8 +9,10 @@
 //! its confirmed offset. [`replicas`] turns reports into released SYNC_MASTER producers.
 //! Topics and group offsets travel on the same link, in metadata frames the master sends after
 //! the handshake and whenever they change; the slave applies them as a master would. Failures
-//! are [`ReplicationError`]s.
+//! are [`ReplicationError`]s. With `ha_security = "auth"` both ends prove they hold the shared
+//! secret before any of that ([`auth`]).
 
+pub mod auth;
 pub mod error;
 pub mod identity;
 pub mod master;

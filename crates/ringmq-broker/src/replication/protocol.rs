@@ -13,6 +13,10 @@
 //!   holds for it. A `METADATA` frame follows the handshake and every change of the master
 //!   shard's topics or group offsets, so the slave copies them over the link it already has;
 //! - slave → master: 8-byte reports, the slave's confirmed offset (u64).
+//!
+//! With `ha_security = "auth"` a [`Challenge`] and the slave's proof come between the hello and
+//! the welcome (see [`super::auth`]): no data byte goes out and no report is read before both
+//! sides have proved they hold the shared secret.
 
 use super::error::ReplicationError;
 use crate::constants::MAX_QUEUES_PER_TOPIC;
@@ -23,9 +27,21 @@ use crate::store::record::{self, END_OF_SEGMENT_MARKER_BYTES, RECORD_HEADER_BYTE
 use std::collections::BTreeMap;
 
 pub const HA_MAGIC: u32 = 0x4148_4D52;
-/// Version 2: metadata travels in `METADATA` frames; the master's client address left the
-/// handshake and the metadata version left `DATA` and `HEARTBEAT` frames.
-pub const HA_VERSION: u16 = 2;
+/// Version 3: the hello names the slave's `ha_security` and carries its nonce, and an
+/// authenticating master answers it with a [`Challenge`] before the welcome. (Version 2:
+/// metadata travels in `METADATA` frames; the master's client address left the handshake and
+/// the metadata version left `DATA` and `HEARTBEAT` frames.)
+pub const HA_VERSION: u16 = 3;
+/// The refused byte of a master's answer: 0 a [`Welcome`], 1 a refusal, 2 a [`Challenge`].
+const ANSWER_WELCOME: u8 = 0;
+const ANSWER_REFUSED: u8 = 1;
+const ANSWER_CHALLENGE: u8 = 2;
+/// Bytes of a handshake nonce: 256 random bits, so one never repeats.
+pub const NONCE_BYTES: usize = 32;
+pub type Nonce = [u8; NONCE_BYTES];
+/// Bytes of a proof (an HMAC-SHA256 tag).
+pub const PROOF_BYTES: usize = ringmq_protocol::auth::TAG_BYTES;
+pub type Proof = [u8; PROOF_BYTES];
 pub const KIND_DATA: u8 = 1;
 pub const KIND_HEARTBEAT: u8 = 2;
 pub const KIND_METADATA: u8 = 3;
@@ -60,6 +76,136 @@ pub struct Hello {
     pub last_epoch: u32,
     pub max_offset: u64,
     pub broker_name: String,
+    /// Whether the slave authenticates (its `ha_security`), so a master that requires it
+    /// refuses one that does not with a reason that says so.
+    pub security: LinkSecurity,
+    /// The slave's fresh challenge to the master (zeros when it does not authenticate).
+    pub nonce: Nonce,
+}
+
+/// How a link end authenticates, as the hello carries it (u8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkSecurity {
+    /// 0: no authentication (`ha_security = "off"`).
+    Off,
+    /// 1: shared-secret challenge-response (`ha_security = "auth"`).
+    Auth,
+}
+
+impl LinkSecurity {
+    fn wire(self) -> u8 {
+        match self {
+            LinkSecurity::Off => 0,
+            LinkSecurity::Auth => 1,
+        }
+    }
+
+    fn from_wire(value: u8) -> Result<LinkSecurity, DecodeError> {
+        match value {
+            0 => Ok(LinkSecurity::Off),
+            1 => Ok(LinkSecurity::Auth),
+            _ => Err(DecodeError::Invalid {
+                field: "security",
+                reason: "must be 0 (off) or 1 (auth)",
+            }),
+        }
+    }
+}
+
+/// An authenticating master's first answer: its own fresh nonce and identity, and its proof
+/// over the hello and these fields (the refused byte 2, an empty reason, the version, then
+/// these, then the proof). The slave checks the proof before it proves itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Challenge {
+    pub nonce: Nonce,
+    /// The master's `broker_name` and its shard's last epoch: the master's identity as the
+    /// proofs bind it.
+    pub broker_name: String,
+    pub last_epoch: u32,
+}
+
+impl Challenge {
+    /// The challenge's bytes the proofs cover: everything of the answer body but the proof.
+    pub fn unproved_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = Writer::new(&mut out);
+        w.u8(ANSWER_CHALLENGE).str16("").u16(HA_VERSION);
+        out.extend_from_slice(&self.nonce);
+        Writer::new(&mut out)
+            .str16(&self.broker_name)
+            .u32(self.last_epoch);
+        out
+    }
+
+    /// The whole answer, length-prefixed: the unproved bytes, then `proof`.
+    pub fn encode(&self, proof: &Proof, out: &mut Vec<u8>) {
+        with_length(out, |out| {
+            out.extend_from_slice(&self.unproved_bytes());
+            out.extend_from_slice(proof);
+        });
+    }
+}
+
+/// A master's first answer to a hello.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Welcome(Welcome),
+    Challenge(Challenge, Proof),
+}
+
+impl Answer {
+    /// Decodes the master's first answer (after the length prefix): a welcome, a challenge, or
+    /// (as errors) a refusal, another version, or bytes that are none of these.
+    pub fn decode(body: &[u8]) -> Result<Answer, ReplicationError> {
+        if body.first() != Some(&ANSWER_CHALLENGE) {
+            return Welcome::decode(body).map(Answer::Welcome);
+        }
+        let answer = ReplicationError::decode("challenge from the master");
+        let mut r = Reader::new(&body[1..]);
+        r.str16("reason").map_err(answer)?;
+        let version = r.u16("version").map_err(answer)?;
+        if version != HA_VERSION {
+            return Err(ReplicationError::Version {
+                master: version,
+                slave: HA_VERSION,
+            });
+        }
+        let nonce = read_array(&mut r, "nonce").map_err(answer)?;
+        let broker_name = r.str16("broker_name").map_err(answer)?.to_string();
+        let last_epoch = r.u32("last_epoch").map_err(answer)?;
+        let proof = read_array(&mut r, "proof").map_err(answer)?;
+        r.finish().map_err(answer)?;
+        let challenge = Challenge {
+            nonce,
+            broker_name,
+            last_epoch,
+        };
+        Ok(Answer::Challenge(challenge, proof))
+    }
+}
+
+/// A slave's proof, length-prefixed like every handshake message.
+pub fn encode_proof(proof: &Proof, out: &mut Vec<u8>) {
+    with_length(out, |out| out.extend_from_slice(proof));
+}
+
+/// Decodes a slave's proof (after the length prefix): exactly [`PROOF_BYTES`] bytes.
+pub fn decode_proof(body: &[u8]) -> Result<Proof, DecodeError> {
+    let mut r = Reader::new(body);
+    let proof = read_array(&mut r, "proof")?;
+    r.finish()?;
+    Ok(proof)
+}
+
+fn read_array<const N: usize>(
+    r: &mut Reader<'_>,
+    field: &'static str,
+) -> Result<[u8; N], DecodeError> {
+    let mut bytes = [0u8; N];
+    for b in bytes.iter_mut() {
+        *b = r.u8(field)?;
+    }
+    Ok(bytes)
 }
 
 /// The master's acceptance of a slave.
@@ -93,8 +239,18 @@ impl Hello {
             Writer::new(out)
                 .u32(self.last_epoch)
                 .u64(self.max_offset)
-                .str16(&self.broker_name);
+                .str16(&self.broker_name)
+                .u8(self.security.wire());
+            out.extend_from_slice(&self.nonce);
         });
+    }
+
+    /// The hello's body as encoded (without the length prefix): what the proofs cover. A
+    /// decoded hello encodes to the bytes it was decoded from, so both ends hash the same.
+    pub fn body_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode(&mut out);
+        out.split_off(4)
     }
 
     /// The protocol version a hello body (after the length prefix) speaks. The magic and the
@@ -133,6 +289,8 @@ impl Hello {
             last_epoch: r.u32("last_epoch")?,
             max_offset: r.u64("max_offset")?,
             broker_name: r.str16("broker_name")?.to_string(),
+            security: LinkSecurity::from_wire(r.u8("security")?)?,
+            nonce: read_array(&mut r, "nonce")?,
         };
         r.finish()?;
         Ok(hello)
@@ -152,7 +310,7 @@ fn read_log_id(r: &mut Reader<'_>) -> Result<LogId, DecodeError> {
 /// the reason too.
 pub fn encode_refusal(reason: &str, out: &mut Vec<u8>) {
     with_length(out, |out| {
-        Writer::new(out).u8(1).str16(reason);
+        Writer::new(out).u8(ANSWER_REFUSED).str16(reason);
         out.extend_from_slice(&[0; 16]);
         Writer::new(out).u32(0).u64(u64::MAX).str16("");
     });
@@ -164,7 +322,7 @@ impl Welcome {
     pub fn encode(&self, out: &mut Vec<u8>) {
         with_length(out, |out| {
             let mut w = Writer::new(out);
-            w.u8(0).str16("").u16(HA_VERSION);
+            w.u8(ANSWER_WELCOME).str16("").u16(HA_VERSION);
             out.extend_from_slice(&self.log_id);
             let mut w = Writer::new(out);
             w.u32(self.epochs.len() as u32);
@@ -182,7 +340,12 @@ impl Welcome {
         let mut r = Reader::new(body);
         let refused = r.u8("refused").map_err(answer)?;
         let reason = r.str16("reason").map_err(answer)?;
-        if refused != 0 {
+        if refused == ANSWER_CHALLENGE {
+            return Err(ReplicationError::Protocol(
+                "the master sent a second challenge where its welcome was due".to_string(),
+            ));
+        }
+        if refused != ANSWER_WELCOME {
             // What follows the reason differs between versions and says nothing more.
             return Err(ReplicationError::Refused(reason.to_string()));
         }
@@ -514,6 +677,8 @@ mod tests {
             last_epoch: 3,
             max_offset: 4096,
             broker_name: "broker-a".into(),
+            security: LinkSecurity::Auth,
+            nonce: [5; NONCE_BYTES],
         }
     }
 
@@ -543,6 +708,59 @@ mod tests {
             Err(ReplicationError::Refused(reason)) if reason == "wrong group"
         ));
         assert!(Hello::decode(&[0u8; 10]).is_err());
+        let mut encoded = Vec::new();
+        hello.encode(&mut encoded);
+        assert_eq!(hello.body_bytes(), encoded[4..].to_vec());
+        let challenge = Challenge {
+            nonce: [3; NONCE_BYTES],
+            broker_name: "broker-a".into(),
+            last_epoch: 1 << 16,
+        };
+        let mut out = Vec::new();
+        challenge.encode(&[4; PROOF_BYTES], &mut out);
+        assert_eq!(
+            Answer::decode(&out[4..]).unwrap(),
+            Answer::Challenge(challenge.clone(), [4; PROOF_BYTES])
+        );
+        assert_eq!(
+            out[4..out.len() - PROOF_BYTES].to_vec(),
+            challenge.unproved_bytes()
+        );
+        let mut out = Vec::new();
+        encode_proof(&[6; PROOF_BYTES], &mut out);
+        assert_eq!(decode_proof(&out[4..]), Ok([6; PROOF_BYTES]));
+    }
+
+    /// Every cut of a hello, a challenge and a proof is an error, never a shorter message.
+    #[test]
+    fn truncated_handshake_messages_are_refused() {
+        let mut hello_bytes = Vec::new();
+        hello().encode(&mut hello_bytes);
+        for cut in 4..hello_bytes.len() {
+            assert!(
+                Hello::decode(&hello_bytes[4..cut]).is_err(),
+                "hello cut at {cut}"
+            );
+        }
+        let mut challenge = Vec::new();
+        Challenge {
+            nonce: [3; NONCE_BYTES],
+            broker_name: "broker-a".into(),
+            last_epoch: 2,
+        }
+        .encode(&[4; PROOF_BYTES], &mut challenge);
+        for cut in 5..challenge.len() {
+            assert!(
+                Answer::decode(&challenge[4..cut]).is_err(),
+                "challenge cut at {cut}"
+            );
+        }
+        assert!(decode_proof(&[1; PROOF_BYTES - 1]).is_err());
+        assert!(decode_proof(&[1; PROOF_BYTES + 1]).is_err());
+        let mut bad_security = hello_bytes.clone();
+        let at = bad_security.len() - NONCE_BYTES - 1;
+        bad_security[at] = 9;
+        assert!(Hello::decode(&bad_security[4..]).is_err());
     }
 
     /// A peer of another version is told apart from garbage, on both sides: the master reads
@@ -562,18 +780,16 @@ mod tests {
         }
         .encode(&mut out);
         // refused byte, empty reason (2 bytes), then the version.
-        out[7..9].copy_from_slice(&3u16.to_le_bytes());
+        out[7..9].copy_from_slice(&(HA_VERSION + 1).to_le_bytes());
         let error = Welcome::decode(&out[4..]).unwrap_err();
         assert!(matches!(
             error,
-            ReplicationError::Version {
-                master: 3,
-                slave: HA_VERSION
-            }
+            ReplicationError::Version { master, slave: HA_VERSION } if master == HA_VERSION + 1
         ));
         let message = error.to_string();
         assert!(
-            message.contains("version 3") && message.contains(&format!("version {HA_VERSION}")),
+            message.contains(&format!("version {}", HA_VERSION + 1))
+                && message.contains(&format!("version {HA_VERSION}")),
             "{message}"
         );
     }

@@ -6,16 +6,21 @@
 //! rule as the master, so the same offsets and segment rolls) and reports its confirmed offset
 //! (flushed under SYNC_FLUSH) after every flush or append and as a heartbeat. Metadata frames
 //! on the same link carry the master's topics and group offsets ([`apply_metadata`]).
+//! With `ha_security = "auth"` the slave checks the master's proof before it proves itself
+//! ([`super::auth`]), and refuses a master that does not prove it holds the secret: such a
+//! master cannot feed it a byte.
 //!
 //! [`ShardStore::append_replicated`]: crate::store::ShardStore::append_replicated
 
+use super::auth;
 use super::error::ReplicationError;
 use super::identity::LogIdentity;
 use super::master::with_timeout;
 use super::protocol::{
-    next_shipped, Hello, MasterFrame, MetadataFrame, Shipped, Welcome, MAX_FRAME_HEADER_BYTES,
-    MAX_HANDSHAKE_BYTES, MAX_METADATA_BYTES,
+    encode_proof, next_shipped, Answer, Hello, LinkSecurity, MasterFrame, MetadataFrame, Shipped,
+    Welcome, MAX_FRAME_HEADER_BYTES, MAX_HANDSHAKE_BYTES, MAX_METADATA_BYTES, NONCE_BYTES,
 };
+use crate::config::HaSecurity;
 use crate::metrics::Counter;
 use crate::shard::groups::OffsetRow;
 use crate::shard::handlers::topic::publish;
@@ -111,7 +116,20 @@ async fn link_once<D: Disk>(
         )));
     }
     let _ = stream.set_nodelay(true);
-    let welcome = handshake(shard, &mut stream, timeout).await?;
+    // One bound on the whole handshake (authentication included), however slowly the master's
+    // bytes trickle in.
+    let welcome = future::or(handshake(shard, &mut stream, timeout), async {
+        shard.clock().sleep(timeout).await;
+        Err(ReplicationError::Silent {
+            ms: timeout.as_millis(),
+        })
+    })
+    .await
+    .inspect_err(|e| {
+        if matches!(e, ReplicationError::Auth(_)) {
+            shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
+        }
+    })?;
     let max_offset = shard.store().max_offset();
     // The master cuts at its first epoch past this log's last one, which is right for the
     // epochs the master handed out. An epoch this shard opened on its own (a generation after
@@ -238,6 +256,11 @@ async fn handshake<D: Disk>(
 ) -> Result<Welcome, ReplicationError> {
     let identity = shard.role_state().identity();
     let max_offset = shard.store().max_offset();
+    let config = shard.config();
+    let secret = match (config.ha_security, &config.ha_secret) {
+        (HaSecurity::Auth, Some(secret)) => Some(secret),
+        _ => None,
+    };
     let hello = Hello {
         shard: shard.id() as u16,
         shard_count: shard.shard_count() as u16,
@@ -250,10 +273,51 @@ async fn handshake<D: Disk>(
         last_epoch: identity.last_epoch(),
         max_offset,
         broker_name: shard.config().broker_name.clone(),
+        security: if secret.is_some() {
+            LinkSecurity::Auth
+        } else {
+            LinkSecurity::Off
+        },
+        nonce: secret.map_or([0; NONCE_BYTES], |_| auth::fresh_nonce()),
     };
     let mut out = Vec::new();
     hello.encode(&mut out);
     with_timeout(timeout, "sending the handshake", stream.write_all(&out)).await?;
+    let answer = Answer::decode(&read_answer(stream, timeout).await?)?;
+    match (answer, secret) {
+        (Answer::Welcome(welcome), None) => Ok(welcome),
+        (Answer::Welcome(_), Some(_)) => Err(ReplicationError::Auth(
+            "the master did not authenticate itself (is its ha_security \"off\"?); this slave \
+             requires ha_security = \"auth\" and does not follow it"
+                .to_string(),
+        )),
+        (Answer::Challenge(..), None) => Err(ReplicationError::Auth(
+            "the master requires authentication; set ha_security = \"auth\" and \
+             ha_secret_file on this slave"
+                .to_string(),
+        )),
+        (Answer::Challenge(challenge, proof), Some(secret)) => {
+            if !auth::verify_master(secret, &hello, &challenge, &proof) {
+                return Err(ReplicationError::Auth(
+                    "the master's proof does not match: its ha_secret_file differs from this \
+                     slave's; not following it"
+                        .to_string(),
+                ));
+            }
+            let mut out = Vec::new();
+            encode_proof(&auth::slave_proof(secret, &hello, &challenge), &mut out);
+            with_timeout(timeout, "sending the proof", stream.write_all(&out)).await?;
+            // The welcome, or a refusal that says why.
+            Welcome::decode(&read_answer(stream, timeout).await?)
+        }
+    }
+}
+
+/// Reads one length-prefixed answer of the master's handshake.
+async fn read_answer(
+    stream: &mut TcpStream,
+    timeout: Duration,
+) -> Result<Vec<u8>, ReplicationError> {
     let mut len = [0u8; 4];
     let reading = "reading the master's answer";
     with_timeout(timeout, reading, stream.read_exact(&mut len)).await?;
@@ -269,7 +333,7 @@ async fn handshake<D: Disk>(
     with_timeout(timeout, reading, stream.read_exact(&mut body)).await?;
     // A refusal (a version mismatch included: the master names both versions) and an
     // acceptance of another version come back as errors that say so.
-    Welcome::decode(&body)
+    Ok(body)
 }
 
 /// Sends the confirmed offset whenever it moves, and at least every heartbeat interval.

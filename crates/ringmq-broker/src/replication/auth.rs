@@ -1,0 +1,240 @@
+//! The replication link's mutual authentication (`ha_security = "auth"`).
+//!
+//! Both ends hold the same secret (`ha_secret_file`). The exchange, before any log byte,
+//! metadata frame or offset report:
+//!
+//! 1. slave → master: the hello, which carries the slave's fresh nonce;
+//! 2. master → slave: a [`Challenge`] (the master's fresh nonce, its group name and epoch) and
+//!    the master's proof, HMAC-SHA256(secret, [`MASTER_LABEL`] ‖ hello ‖ challenge);
+//! 3. the slave checks that proof (a master without the secret cannot feed it), then sends
+//!    its own, HMAC-SHA256(secret, [`SLAVE_LABEL`] ‖ hello ‖ challenge);
+//! 4. the master checks it and only then sends the welcome and the log.
+//!
+//! Each proof covers both nonces, so an answer recorded on one connection fails on the next
+//! (the other side's nonce is new), and both identities as exchanged. The labels differ by
+//! direction, so a master's proof reflected back as the slave's fails. Tags are compared in
+//! constant time ([`Secret::verify`]). Both ends bound the whole handshake by
+//! `ha_link_timeout_ms`.
+
+use super::protocol::{Challenge, Hello, Nonce, Proof, NONCE_BYTES};
+use ringmq_protocol::auth::Secret;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tracing::warn;
+
+/// Label of the master's proof: the protocol, its version and the direction.
+pub const MASTER_LABEL: &str = "ringmq replication v3 master proof";
+/// Label of the slave's proof.
+pub const SLAVE_LABEL: &str = "ringmq replication v3 slave proof";
+
+/// A fresh random nonce from the kernel's CSPRNG (getrandom(2), which blocks only before
+/// the pool is first initialised, long before a broker starts).
+pub fn fresh_nonce() -> Nonce {
+    let mut nonce = [0u8; NONCE_BYTES];
+    let mut filled = 0;
+    while filled < NONCE_BYTES {
+        // SAFETY: getrandom writes at most the length given into the buffer given.
+        let n = unsafe {
+            libc::getrandom(nonce[filled..].as_mut_ptr().cast(), NONCE_BYTES - filled, 0)
+        };
+        if n > 0 {
+            filled += n as usize;
+        } else {
+            let error = std::io::Error::last_os_error();
+            // EINTR is the only error getrandom(2) returns here (the buffer is valid and
+            // small); anything else would be a kernel without getrandom, which glommio's
+            // io_uring needs newer than anyway.
+            assert_eq!(
+                error.kind(),
+                std::io::ErrorKind::Interrupted,
+                "getrandom failed: {error}"
+            );
+        }
+    }
+    nonce
+}
+
+fn parts<'a>(hello: &'a [u8], challenge: &'a [u8]) -> [&'a [u8]; 2] {
+    [hello, challenge]
+}
+
+/// The master's proof over the hello's body and the challenge (without its proof).
+pub fn master_proof(secret: &Secret, hello: &Hello, challenge: &Challenge) -> Proof {
+    secret.tag(
+        MASTER_LABEL,
+        &parts(&hello.body_bytes(), &challenge.unproved_bytes()),
+    )
+}
+
+/// The slave's proof over the same transcript, under the other label.
+pub fn slave_proof(secret: &Secret, hello: &Hello, challenge: &Challenge) -> Proof {
+    secret.tag(
+        SLAVE_LABEL,
+        &parts(&hello.body_bytes(), &challenge.unproved_bytes()),
+    )
+}
+
+/// Whether `proof` is the master's proof of this transcript.
+pub fn verify_master(secret: &Secret, hello: &Hello, challenge: &Challenge, proof: &[u8]) -> bool {
+    secret.verify(
+        MASTER_LABEL,
+        &parts(&hello.body_bytes(), &challenge.unproved_bytes()),
+        proof,
+    )
+}
+
+/// Whether `proof` is the slave's proof of this transcript.
+pub fn verify_slave(secret: &Secret, hello: &Hello, challenge: &Challenge, proof: &[u8]) -> bool {
+    secret.verify(
+        SLAVE_LABEL,
+        &parts(&hello.body_bytes(), &challenge.unproved_bytes()),
+        proof,
+    )
+}
+
+/// How often a refused handshake is logged, for the whole broker: a rogue peer reconnecting
+/// in a loop must not fill the log; the next warning says how many were not logged.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// When a refusal was last logged, and how many were refused since without a log line.
+/// Process-wide (shards are threads): one warning per interval says enough about one peer or
+/// many.
+static REFUSAL_LOG: Mutex<(Option<Instant>, u64)> = Mutex::new((None, 0));
+
+/// Logs a refused replication handshake, at most once per [`REFUSAL_LOG_EVERY`] for the whole
+/// broker. `reason` never holds a secret (only what the peer sent and what was expected).
+pub fn log_refusal(shard: usize, peer: &str, reason: &str) {
+    let mut log = REFUSAL_LOG.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    if log
+        .0
+        .is_some_and(|at| now.saturating_duration_since(at) < REFUSAL_LOG_EVERY)
+    {
+        log.1 += 1;
+        return;
+    }
+    let unlogged = std::mem::take(&mut log.1);
+    log.0 = Some(now);
+    drop(log);
+    warn!(
+        shard,
+        %peer,
+        unlogged_refusals = unlogged,
+        "refused a replication peer: {reason}"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::protocol::LinkSecurity;
+
+    fn secret(byte: u8) -> Secret {
+        Secret::from_file_contents(vec![byte; 32]).unwrap()
+    }
+
+    fn hello(nonce: Nonce) -> Hello {
+        Hello {
+            shard: 0,
+            shard_count: 1,
+            segment_size_bytes: 1 << 20,
+            log_id: [0; 16],
+            last_epoch: 0,
+            max_offset: 0,
+            broker_name: "broker-a".into(),
+            security: LinkSecurity::Auth,
+            nonce,
+        }
+    }
+
+    fn challenge(nonce: Nonce) -> Challenge {
+        Challenge {
+            nonce,
+            broker_name: "broker-a".into(),
+            last_epoch: 1 << 16,
+        }
+    }
+
+    #[test]
+    fn the_right_secret_passes_both_ways() {
+        let s = secret(1);
+        let (h, c) = (hello(fresh_nonce()), challenge(fresh_nonce()));
+        assert!(verify_master(&s, &h, &c, &master_proof(&s, &h, &c)));
+        assert!(verify_slave(&s, &h, &c, &slave_proof(&s, &h, &c)));
+    }
+
+    #[test]
+    fn a_wrong_secret_fails_on_either_side() {
+        let (right, wrong) = (secret(1), secret(2));
+        let (h, c) = (hello(fresh_nonce()), challenge(fresh_nonce()));
+        // A rogue slave with another secret, and a rogue master with another secret.
+        assert!(!verify_slave(&right, &h, &c, &slave_proof(&wrong, &h, &c)));
+        assert!(!verify_master(
+            &right,
+            &h,
+            &c,
+            &master_proof(&wrong, &h, &c)
+        ));
+        // No secret at all: the zero proof, or nothing.
+        assert!(!verify_slave(&right, &h, &c, &[0; 32]));
+        assert!(!verify_slave(&right, &h, &c, &[]));
+    }
+
+    /// A rogue slave that sends the master's own proof back as its answer is refused: the
+    /// labels bind each proof to its direction.
+    #[test]
+    fn a_reflected_proof_fails() {
+        let s = secret(1);
+        let (h, c) = (hello(fresh_nonce()), challenge(fresh_nonce()));
+        let masters = master_proof(&s, &h, &c);
+        assert!(!verify_slave(&s, &h, &c, &masters));
+        assert!(!verify_master(&s, &h, &c, &slave_proof(&s, &h, &c)));
+    }
+
+    /// A proof recorded on one connection fails on the next: the other end's nonce is new.
+    #[test]
+    fn a_replayed_proof_fails_against_a_fresh_nonce() {
+        let s = secret(1);
+        let recorded_hello = hello(fresh_nonce());
+        let recorded_challenge = challenge(fresh_nonce());
+        let slave_answer = slave_proof(&s, &recorded_hello, &recorded_challenge);
+        let master_answer = master_proof(&s, &recorded_hello, &recorded_challenge);
+        // The rogue slave replays the recorded hello and answer; the master's nonce is fresh.
+        let new_challenge = challenge(fresh_nonce());
+        assert!(!verify_slave(
+            &s,
+            &recorded_hello,
+            &new_challenge,
+            &slave_answer
+        ));
+        // The rogue master replays the recorded challenge; the slave's nonce is fresh.
+        let new_hello = hello(fresh_nonce());
+        assert!(!verify_master(
+            &s,
+            &new_hello,
+            &recorded_challenge,
+            &master_answer
+        ));
+        assert_ne!(fresh_nonce(), fresh_nonce());
+    }
+
+    /// The proofs bind the identities exchanged: a changed group name, epoch or offset breaks
+    /// them.
+    #[test]
+    fn proofs_bind_both_identities() {
+        let s = secret(1);
+        let (h, c) = (hello(fresh_nonce()), challenge(fresh_nonce()));
+        let proof = slave_proof(&s, &h, &c);
+        let other_epoch = Challenge {
+            last_epoch: c.last_epoch + 1,
+            ..c.clone()
+        };
+        assert!(!verify_slave(&s, &h, &other_epoch, &proof));
+        let other_offset = Hello {
+            max_offset: 1,
+            ..h.clone()
+        };
+        assert!(!verify_slave(&s, &other_offset, &c, &proof));
+        assert!(!verify_slave(&s, &h, &c, &proof[..31]), "truncated proof");
+    }
+}

@@ -1,0 +1,323 @@
+//! Authentication of the replication link (`ha_security = "auth"`) and of name-server
+//! registrations (`namesrv_secret_file`, `ringmq namesrv --secret-file`), against real
+//! processes on loopback: a rogue `ringmq serve --role SLAVE` without the secret, or with
+//! another one, gets no byte of the log and cannot release a SYNC_MASTER producer; a slave with
+//! the secret replicates; a forged or replayed registration does not move the routes.
+
+mod common;
+
+use common::{temp_store, wait_until, Broker, NameServer};
+use ringmq::client::{Client, ClusterStatus};
+use ringmq::protocol::auth::{sign_register, Secret};
+use ringmq::protocol::message::{ClusterStatusRequest, MessageRef};
+use ringmq::protocol::namesrv::BrokerRegister;
+use ringmq::protocol::Status;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Short heartbeats and link timeouts, so refused links retry and a good one catches up fast.
+const HA_CONFIG: &str = "ha_heartbeat_interval_ms = 100\nha_link_timeout_ms = 2000\n\
+                         metadata_sync_interval_ms = 200\nsync_replica_timeout_ms = 1000\n";
+const CATCH_UP: Duration = Duration::from_secs(30);
+
+fn secret_file(dir: &Path, name: &str, contents: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).expect("write the secret");
+    path
+}
+
+fn auth_config(secret: &Path) -> String {
+    format!(
+        "{HA_CONFIG}ha_security = \"auth\"\nha_secret_file = \"{}\"\n",
+        secret.display()
+    )
+}
+
+fn message(body: &[u8]) -> MessageRef<'_> {
+    MessageRef {
+        born_timestamp_ms: 0,
+        key: b"",
+        properties: b"",
+        body,
+    }
+}
+
+fn status(broker: &Broker) -> Option<ClusterStatus> {
+    Client::connect(&broker.addr)
+        .ok()?
+        .call(&ClusterStatusRequest {})
+        .ok()
+}
+
+fn slave(dir: &Path, master: &Broker, config: &str) -> Broker {
+    Broker::start_with_config(
+        dir,
+        config,
+        &["--role", "SLAVE", "--shards", "1", "--master", &master.ha],
+    )
+}
+
+/// Nothing of the master's log reached `rogue`: its log is empty and it never connected.
+fn assert_got_nothing(rogue: &Broker) {
+    let s = status(rogue).expect("the rogue's status");
+    assert!(
+        s.shards.iter().all(|sh| sh.max_offset == 0),
+        "a rogue slave received log bytes: {:?}",
+        s.shards
+    );
+    assert!(
+        !rogue.log().contains("replicating from the master"),
+        "a rogue slave got past the handshake:\n{}",
+        rogue.log_tail()
+    );
+}
+
+#[test]
+fn only_a_slave_with_the_secret_is_served_and_releases_producers() {
+    let root = temp_store();
+    let secret = secret_file(
+        root.path(),
+        "ha.secret",
+        b"0123456789abcdef0123456789abcdef\n",
+    );
+    let wrong = secret_file(root.path(), "wrong.secret", &[b'w'; 40]);
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| temp_store()).collect();
+    let master = Broker::start_with_config(
+        dirs[0].path(),
+        &auth_config(&secret),
+        &["--role", "SYNC_MASTER", "--shards", "1"],
+    );
+    assert!(
+        !master.log().contains("ha_security is \"off\""),
+        "an authenticating broker warns as if it were open"
+    );
+    let mut client = master.client();
+    client.create_topic("secured", 1).unwrap();
+    // One rogue with no authentication at all, one with another secret.
+    let open_rogue = slave(dirs[1].path(), &master, HA_CONFIG);
+    assert!(
+        open_rogue.log().contains("ha_security is \"off\""),
+        "a broker without authentication warns at start"
+    );
+    let wrong_rogue = slave(dirs[2].path(), &master, &auth_config(&wrong));
+    wait_until(CATCH_UP, "the master to refuse the rogues", || {
+        (master
+            .log()
+            .contains("refused a replication peer: authentication failed")
+            && open_rogue.log().contains("authentication failed")
+            && wrong_rogue.log().contains("authentication failed"))
+        .then_some(())
+    });
+    // With only rogues connected, no producer is ever told OK.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let r = client
+            .produce("secured", Some(0), &[message(b"not for rogues")])
+            .unwrap();
+        assert!(
+            matches!(
+                r.status,
+                Status::SlaveNotAvailable | Status::FlushSlaveTimeout
+            ),
+            "a produce with only rogue slaves was answered {}",
+            r.status
+        );
+    }
+    assert!(master.log().contains("does not match") || master.log().contains("without it"));
+    assert!(
+        !master.log().contains("0123456789abcdef"),
+        "the secret was logged"
+    );
+    // The slave with the secret replicates and releases producers.
+    let good = slave(dirs[3].path(), &master, &auth_config(&secret));
+    wait_until(CATCH_UP, "the slave with the secret to catch up", || {
+        let s = status(&master)?;
+        let shard = &s.shards[0];
+        shard
+            .slaves
+            .iter()
+            .any(|l| l.acked_offset == shard.max_offset)
+            .then_some(())
+    });
+    let r = wait_until(CATCH_UP, "an OK with the good slave", || {
+        let r = client
+            .produce("secured", Some(0), &[message(b"replicated")])
+            .ok()?;
+        (r.status == Status::Ok).then_some(r)
+    });
+    let on_slave = wait_until(CATCH_UP, "the message on the good slave", || {
+        let pulled = good
+            .client()
+            .pull("secured", 0, r.response.base_offset, 1, 1 << 20, 0)
+            .ok()?;
+        pulled.messages.into_iter().next()
+    });
+    assert_eq!(on_slave.body, b"replicated");
+    // The master's status lists the good slave only.
+    let s = status(&master).unwrap();
+    assert_eq!(s.shards[0].slaves.len(), 1, "{:?}", s.shards[0].slaves);
+    assert_got_nothing(&open_rogue);
+    assert_got_nothing(&wrong_rogue);
+}
+
+/// A master without the secret cannot feed a slave that requires it.
+#[test]
+fn a_slave_with_the_secret_refuses_a_master_without_it() {
+    let root = temp_store();
+    let secret = secret_file(root.path(), "ha.secret", &[b's'; 32]);
+    let (master_dir, slave_dir) = (temp_store(), temp_store());
+    let master = Broker::start_with_config(
+        master_dir.path(),
+        HA_CONFIG,
+        &["--role", "ASYNC_MASTER", "--shards", "1"],
+    );
+    master.client().create_topic("open", 1).unwrap();
+    let r = master
+        .client()
+        .produce("open", Some(0), &[message(b"unauthenticated")])
+        .unwrap();
+    assert_eq!(r.status, Status::Ok);
+    let strict = slave(slave_dir.path(), &master, &auth_config(&secret));
+    wait_until(CATCH_UP, "the slave to refuse the master", || {
+        strict
+            .log()
+            .contains("the master did not authenticate itself")
+            .then_some(())
+    });
+    assert_got_nothing(&strict);
+}
+
+/// `ha_security = "tls"` is reserved: the broker refuses to start, saying so.
+#[test]
+fn ha_security_tls_is_refused_at_load() {
+    let root = temp_store();
+    let config = root.path().join("tls.toml");
+    std::fs::write(&config, "ha_security = \"tls\"\n").unwrap();
+    let store = root.path().join("data");
+    let out = common::run_binary(
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not implemented yet"), "{stderr}");
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[test]
+fn forged_and_replayed_registrations_are_refused() {
+    let root = temp_store();
+    let secret_bytes = [b'n'; 48];
+    let secret_path = secret_file(root.path(), "namesrv.secret", &secret_bytes);
+    let namesrv = NameServer::start_with(10_000, &["--secret-file", secret_path.to_str().unwrap()]);
+    let dir = temp_store();
+    let config = format!(
+        "namesrv = [\"{}\"]\nnamesrv_heartbeat_interval_ms = 200\nnamesrv_secret_file = \"{}\"\n",
+        namesrv.addr,
+        secret_path.display()
+    );
+    let master = Broker::start_with_config(
+        dir.path(),
+        &config,
+        &["--role", "ASYNC_MASTER", "--shards", "1"],
+    );
+    let real = wait_until(CATCH_UP, "the signed master in the routes", || {
+        namesrv
+            .routes()
+            .brokers
+            .into_iter()
+            .find(|b| b.is_master() && b.broker.listen == master.addr)
+    });
+    assert!(
+        real.broker.signature.is_empty(),
+        "routes hand out signatures"
+    );
+    let mut client = namesrv.client();
+    // Right format, higher epoch, another address: unsigned, then signed with another secret.
+    let forged = BrokerRegister {
+        broker_id: real.broker.broker_id + 1,
+        epoch: real.broker.epoch + (10 << 16),
+        listen: "127.0.0.1:1".into(),
+        sequence: u64::MAX - 1,
+        ..real.broker.clone()
+    };
+    let refused = client.register(&forged).unwrap_err();
+    assert_eq!(
+        refused.status(),
+        Some(Status::NotAuthenticated),
+        "{refused}"
+    );
+    let mut wrongly_signed = forged.clone();
+    let other = Secret::from_file_contents(vec![b'x'; 48]).unwrap();
+    sign_register(&other, &mut wrongly_signed, wall_ms());
+    let refused = client.register(&wrongly_signed).unwrap_err();
+    assert_eq!(
+        refused.status(),
+        Some(Status::NotAuthenticated),
+        "{refused}"
+    );
+    // A valid registration, sent twice: the second is a replay. (A slave of another id, so
+    // the accepted first one moves no master.)
+    let secret = Secret::from_file_contents(secret_bytes.to_vec()).unwrap();
+    let mut valid = BrokerRegister {
+        broker_id: real.broker.broker_id + 2,
+        role: "SLAVE".into(),
+        listen: "127.0.0.1:2".into(),
+        sequence: 7,
+        ..real.broker.clone()
+    };
+    sign_register(&secret, &mut valid, wall_ms());
+    client.register(&valid).expect("a valid registration");
+    let replayed = client.register(&valid).unwrap_err();
+    assert_eq!(replayed.status(), Some(Status::ReplayRefused), "{replayed}");
+    // Signed with the secret, but two minutes ago.
+    let mut stale = BrokerRegister {
+        sequence: 8,
+        ..valid.clone()
+    };
+    sign_register(&secret, &mut stale, wall_ms() - 120_000);
+    let refused = client.register(&stale).unwrap_err();
+    assert_eq!(refused.status(), Some(Status::ReplayRefused), "{refused}");
+    // The real master still holds the route, and its own later heartbeats are taken.
+    let routes = wait_until(CATCH_UP, "a later heartbeat of the real master", || {
+        let routes = namesrv.routes();
+        routes
+            .brokers
+            .iter()
+            .any(|b| b.broker.listen == master.addr && b.broker.sequence > real.broker.sequence)
+            .then_some(routes)
+    });
+    let masters: Vec<_> = routes.brokers.iter().filter(|b| b.is_master()).collect();
+    assert_eq!(masters.len(), 1, "{masters:?}");
+    assert_eq!(masters[0].broker.listen, master.addr);
+}
+
+/// A broker without the secret is not listed by a name server that requires it.
+#[test]
+fn an_unsigned_broker_is_not_listed_by_a_name_server_with_a_secret() {
+    let root = temp_store();
+    let secret_path = secret_file(root.path(), "namesrv.secret", &[b'n'; 32]);
+    let namesrv = NameServer::start_with(10_000, &["--secret-file", secret_path.to_str().unwrap()]);
+    let dir = temp_store();
+    let config = format!(
+        "namesrv = [\"{}\"]\nnamesrv_heartbeat_interval_ms = 200\n",
+        namesrv.addr
+    );
+    let broker = Broker::start_with_config(dir.path(), &config, &["--shards", "1"]);
+    wait_until(CATCH_UP, "the broker to log the refusal", || {
+        broker.log().contains("NOT_AUTHENTICATED").then_some(())
+    });
+    assert!(namesrv.routes().brokers.is_empty());
+}
