@@ -20,6 +20,10 @@ pub struct NamesrvArgs {
     /// --broker-expiry-ms.
     #[arg(long, default_value_t = DEFAULT_GROUP_EPOCH_RETENTION_MS)]
     pub group_epoch_retention_ms: u64,
+    /// The brokers' shared secret (at least 32 bytes; their `namesrv_secret_file`): with it,
+    /// only registrations signed with it are taken. Read from the file, never printed.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<std::path::PathBuf>,
     /// Connections served at once (tests lower it).
     #[arg(long, hide = true)]
     pub max_connections: Option<usize>,
@@ -50,6 +54,7 @@ impl NamesrvArgs {
                 .request_read_timeout_ms
                 .map_or(defaults.request_read_timeout, ms),
             idle_timeout: self.idle_timeout_ms.map_or(defaults.idle_timeout, ms),
+            secret_file: self.secret_file.clone(),
             ..defaults
         }
     }

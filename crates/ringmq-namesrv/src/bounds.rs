@@ -1,5 +1,5 @@
 //! Every bound the name server keeps, in one place, each with its reason. The name server
-//! trusts its network (any peer may register; security issue 13 adds authentication), so
+//! trusts its network (without `--secret-file` any peer may register; with it, `crate::auth` checks signatures), so
 //! these are what keep a misbehaving or merely too busy peer from exhausting its memory or
 //! starving other peers.
 

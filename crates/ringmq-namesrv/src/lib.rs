@@ -5,8 +5,10 @@
 //! messages.
 //!
 //! [`registry`] is the logic (the epoch rule, expiry, the listing), pure and unit-tested;
-//! [`server`] puts it behind TCP on one glommio executor.
+//! [`server`] puts it behind TCP on one glommio executor; [`auth`] checks signed registrations
+//! when the name server has a secret.
 
+pub mod auth;
 pub mod bounds;
 pub mod registry;
 pub mod server;

@@ -21,7 +21,13 @@
 //! `request_read_timeout` is answered `BAD_REQUEST` and closes the connection; a connection
 //! silent for `idle_timeout` is closed; a peer that does not read its answers for
 //! `write_timeout` is dropped.
+//!
+//! With a secret (`secret_file`), registrations and unregistrations are checked by
+//! [`crate::auth`] before the registry sees them: unsigned or wrongly signed ones are answered
+//! `NOT_AUTHENTICATED`, replays `REPLAY_REFUSED`, each logged at a bounded rate. Route queries
+//! and pings need no signature.
 
+use crate::auth::Authenticator;
 use crate::bounds::{
     BASE_READ_BUFFER_BYTES, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP, MAX_FRAME_BYTES,
     READ_BUFFER_BUDGET_BYTES, REFUSAL_WARN_INTERVAL_MS, WRITE_BATCH_BYTES,
@@ -68,6 +74,9 @@ pub struct NameServerConfig {
     pub request_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
+    /// The brokers' shared secret; with it only signed registrations are taken. `None`: any
+    /// peer may register (a warning at start says so).
+    pub secret_file: Option<std::path::PathBuf>,
 }
 
 impl Default for NameServerConfig {
@@ -83,6 +92,7 @@ impl Default for NameServerConfig {
             request_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
             write_timeout: Duration::from_secs(30),
+            secret_file: None,
         }
     }
 }
@@ -120,6 +130,23 @@ impl NameServerConfig {
 /// once it accepts connections. Returns a message for the user on failure.
 pub fn run(config: NameServerConfig) -> Result<(), String> {
     config.validate()?;
+    let secret = match &config.secret_file {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| format!("--secret-file {}: {e}", path.display()))?;
+            Some(
+                ringmq_protocol::auth::Secret::from_file_contents(bytes)
+                    .map_err(|e| format!("--secret-file {}: {e}", path.display()))?,
+            )
+        }
+        None => {
+            warn!(
+                "no --secret-file: any peer that reaches this name server can register as a \
+                 broker of any group (and claim its master with a high epoch) or unregister one"
+            );
+            None
+        }
+    };
     raise_descriptor_limit(config.max_connections);
     use signal_hook::consts::{SIGINT, SIGTERM};
     // Installed before the ready line, so a signal right after it is not lost.
@@ -129,7 +156,7 @@ pub fn run(config: NameServerConfig) -> Result<(), String> {
     let expiry_ms = config.broker_expiry_ms;
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
         .name("namesrv")
-        .spawn(move || async move { serve(config, ready_tx).await })
+        .spawn(move || async move { serve(config, secret, ready_tx).await })
         .map_err(|e| format!("starting the name server's executor: {e}"))?;
     let listen = match ready_rx.recv() {
         Ok(Ok(addr)) => addr,
@@ -228,6 +255,8 @@ struct Shared {
     /// broker retrying every heartbeat logs once a minute. Cleared when it reaches
     /// `MAX_BROKERS` entries.
     refusals_warned: RefCell<HashMap<(String, String, u64), u64>>,
+    /// With a secret: the signature and replay checks of registrations.
+    auth: Option<RefCell<Authenticator>>,
 }
 
 impl Shared {
@@ -268,6 +297,33 @@ impl Shared {
         }
     }
 
+    /// With a secret, whether a registration or unregistration of `what` is taken; `Err` is
+    /// the refusal to answer (logged here, at a bounded rate).
+    fn authenticate(
+        &self,
+        what: &str,
+        check: impl FnOnce(&mut Authenticator, u64, u64) -> Result<(), crate::auth::Refusal>,
+    ) -> Result<(), crate::auth::Refusal> {
+        let Some(auth) = &self.auth else {
+            return Ok(());
+        };
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let now = self.now_ms();
+        let mut auth = auth.borrow_mut();
+        let checked = check(&mut auth, wall_ms, now);
+        if let Err((status, why)) = &checked {
+            if let Some(unlogged) = auth.should_log(now) {
+                warn!(
+                    unlogged_refusals = unlogged,
+                    "refused {what} ({status}): {why}"
+                );
+            }
+        }
+        checked
+    }
+
     /// Logs a refused master claim, at most once per [`REFUSAL_WARN_INTERVAL_MS`] per broker.
     fn warn_refused(&self, claim: &Claim, result: &RegisterResult) {
         let now = self.now_ms();
@@ -304,7 +360,11 @@ impl Shared {
     }
 }
 
-async fn serve(config: NameServerConfig, ready: mpsc::Sender<Result<String, String>>) {
+async fn serve(
+    config: NameServerConfig,
+    secret: Option<ringmq_protocol::auth::Secret>,
+    ready: mpsc::Sender<Result<String, String>>,
+) {
     let listener = match TcpListener::bind(config.listen.as_str()) {
         Ok(l) => l,
         Err(e) => {
@@ -332,6 +392,7 @@ async fn serve(config: NameServerConfig, ready: mpsc::Sender<Result<String, Stri
         buffered: Cell::new(0),
         writing: Cell::new(0),
         refusals_warned: RefCell::new(HashMap::new()),
+        auth: secret.map(|s| RefCell::new(Authenticator::new(s))),
     });
     let _ = ready.send(Ok(addr));
     loop {
@@ -623,7 +684,22 @@ fn answer(shared: &Shared, header: FrameHeader, body: &[u8], out: &mut Vec<u8>) 
     match Opcode::from_u16(header.opcode) {
         Some(Opcode::Ping) => ok(out, &|_| {}),
         Some(Opcode::BrokerRegister) => match BrokerRegister::decode(body) {
-            Ok(registration) => {
+            Ok(mut registration) => {
+                let what = format!(
+                    "a registration of {}/{} broker {} ({} at epoch {})",
+                    registration.cluster_name,
+                    registration.broker_name,
+                    registration.broker_id,
+                    registration.role,
+                    registration.epoch
+                );
+                if let Err((status, why)) =
+                    shared.authenticate(&what, |a, wall, now| a.check_register(&registration, wall, now))
+                {
+                    return error(out, status, why, After::Keep);
+                }
+                // Routes hand registrations out: none carries a signature to replay.
+                registration.signature.clear();
                 let now = shared.now_ms();
                 // What a refusal's warning names (only master claims can be refused).
                 let claim = is_master_role(&registration.role).then(|| Claim {
@@ -656,6 +732,15 @@ fn answer(shared: &Shared, header: FrameHeader, body: &[u8], out: &mut Vec<u8>) 
         },
         Some(Opcode::BrokerUnregister) => match BrokerUnregister::decode(body) {
             Ok(r) => {
+                let what = format!(
+                    "an unregistration of {}/{} broker {}",
+                    r.cluster_name, r.broker_name, r.broker_id
+                );
+                if let Err((status, why)) =
+                    shared.authenticate(&what, |a, wall, now| a.check_unregister(&r, wall, now))
+                {
+                    return error(out, status, why, After::Keep);
+                }
                 let now = shared.now_ms();
                 let removed = shared.registry.borrow_mut().unregister(
                     &r.cluster_name,

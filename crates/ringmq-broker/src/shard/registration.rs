@@ -16,6 +16,11 @@
 //! Every shard keeps the master the answers named ([`Registration::master`]): shard 0 sends it
 //! to the others over the mesh when it changes, and each shard's `NOT_MASTER` ends with it.
 //! The stage is idle (no task, no master) when `namesrv` is empty.
+//!
+//! With `namesrv_secret_file`, every registration and the unregistration are signed
+//! (`ringmq_protocol::auth::sign_register`): the signature covers the whole body, its signing
+//! time and its sequence, so a name server with the same secret can tell a forged or replayed
+//! one (docs/security.md, "Name server").
 
 use super::completion::Event;
 use super::handlers::cluster::{local_status, ShardStatus};
@@ -453,7 +458,7 @@ async fn registration<D: Disk>(
     shards.push(local_status(shard));
     shards.sort_by_key(|s| s.shard);
     let config = shard.config();
-    let register = BrokerRegister {
+    let mut register = BrokerRegister {
         cluster_name: config.cluster_name.clone(),
         broker_name: config.broker_name.clone(),
         broker_id: identity.broker_id,
@@ -476,10 +481,21 @@ async fn registration<D: Disk>(
         signed_at_ms: 0,
         signature: Vec::new(),
     };
+    if let Some(secret) = &config.namesrv_secret {
+        ringmq_protocol::auth::sign_register(secret, &mut register, wall_clock_ms());
+    }
     let mut body = Vec::new();
     register.encode(&mut body);
     let topic_count = register.topics.len();
     Some((body, topic_count))
+}
+
+/// The wall clock in ms since the Unix epoch: a signature's time, which the name server checks
+/// against its own clock.
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The role registered: a master role only when every shard is a master of the same mode.
@@ -504,16 +520,21 @@ async fn unregister<D: Disk>(
     identity: &ClusterIdentity,
 ) {
     let config = shard.config();
-    let mut body = Vec::new();
-    BrokerUnregister {
+    let mut unregister = BrokerUnregister {
         cluster_name: config.cluster_name.clone(),
         broker_name: config.broker_name.clone(),
         broker_id: identity.broker_id,
-        sequence: 0,
+        // Above every registration sent: a name server with a secret refuses a sequence it
+        // has seen, so this one cannot be replayed later.
+        sequence: shard.registration().next_sequence(),
         signed_at_ms: 0,
         signature: Vec::new(),
+    };
+    if let Some(secret) = &config.namesrv_secret {
+        ringmq_protocol::auth::sign_unregister(secret, &mut unregister, wall_clock_ms());
     }
-    .encode(&mut body);
+    let mut body = Vec::new();
+    unregister.encode(&mut body);
     let addr = link.addr;
     let sent = future::or(link.exchange(Opcode::BrokerUnregister, &body), async {
         sleep(UNREGISTER_TIMEOUT).await;
