@@ -1117,6 +1117,52 @@ mod tests {
         }
     }
 
+    /// The secrets are read from their files and never printed: the effective configuration
+    /// and `Debug` show the paths only; "tls" and "auth" without a file are refused by name.
+    #[test]
+    fn secrets_are_loaded_from_files_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let canary = "canary-secret-0123456789-0123456789";
+        let path = dir.path().join("ha.secret");
+        std::fs::write(&path, format!("{canary}\n")).unwrap();
+        let mut config = BrokerConfig {
+            ha_security: HaSecurity::Auth,
+            ha_secret_file: Some(path.clone()),
+            namesrv_secret_file: Some(path.clone()),
+            ..BrokerConfig::default()
+        };
+        config.validate().unwrap();
+        config.load_secrets().unwrap();
+        assert!(config.ha_secret.is_some() && config.namesrv_secret.is_some());
+        for printed in [config.to_toml(), format!("{config:?}")] {
+            assert!(!printed.contains(canary), "{printed}");
+            assert!(printed.contains(&path.display().to_string()));
+        }
+        let back = BrokerConfig::from_toml(&config.to_toml()).unwrap();
+        assert_eq!(
+            back.ha_secret, None,
+            "a secret never travels through the TOML"
+        );
+        let short = dir.path().join("weak.secret");
+        std::fs::write(&short, "tooshortsecret").unwrap();
+        let mut weak = BrokerConfig {
+            namesrv_secret_file: Some(short),
+            ..BrokerConfig::default()
+        };
+        let error = weak.load_secrets().unwrap_err();
+        assert_eq!(error.key(), Some("namesrv_secret_file"));
+        assert!(!error.to_string().contains("tooshortsecret"), "{error}");
+        let tls = BrokerConfig::from_toml("ha_security = \"tls\"").unwrap();
+        let error = tls.validate().unwrap_err();
+        assert_eq!(error.key(), Some("ha_security"));
+        assert!(error.to_string().contains("not implemented yet"), "{error}");
+        let no_file = BrokerConfig::from_toml("ha_security = \"auth\"").unwrap();
+        assert_eq!(
+            no_file.validate().unwrap_err().key(),
+            Some("ha_secret_file")
+        );
+    }
+
     #[test]
     fn cluster_keys_name_their_key_and_stay_unread_without_a_name_server() {
         let alone = BrokerConfig {
