@@ -313,7 +313,9 @@ async fn handshake<D: Disk>(
     }
 }
 
-/// Reads one length-prefixed answer of the master's handshake.
+/// Reads one length-prefixed answer of the master's handshake. Its decoders turn a refusal (a
+/// version mismatch included: the master names both versions) and an acceptance of another
+/// version into errors that say so.
 async fn read_answer(
     stream: &mut TcpStream,
     timeout: Duration,
@@ -331,8 +333,6 @@ async fn read_answer(
     }
     let mut body = vec![0u8; len];
     with_timeout(timeout, reading, stream.read_exact(&mut body)).await?;
-    // A refusal (a version mismatch included: the master names both versions) and an
-    // acceptance of another version come back as errors that say so.
     Ok(body)
 }
 
