@@ -321,3 +321,96 @@ fn an_unsigned_broker_is_not_listed_by_a_name_server_with_a_secret() {
     });
     assert!(namesrv.routes().brokers.is_empty());
 }
+
+/// A hand-made slave on the master's HA port: reads the challenge, answers it with something
+/// other than the slave's proof, and returns the master's answer (after the length prefix) and
+/// whatever the master sent after it before closing.
+fn answer_challenge_with(
+    master: &Broker,
+    answer: impl FnOnce(&[u8]) -> Vec<u8>,
+) -> (Vec<u8>, Vec<u8>) {
+    use ringmq::replication::protocol::{encode_proof, Answer, Hello, LinkSecurity, PROOF_BYTES};
+    use std::io::{Read, Write};
+    let mut link = std::net::TcpStream::connect(&master.ha).unwrap();
+    link.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut hello = Vec::new();
+    Hello {
+        shard: 0,
+        shard_count: 1,
+        segment_size_bytes: 1 << 20,
+        log_id: [0; 16],
+        last_epoch: 0,
+        max_offset: 0,
+        broker_name: "broker-a".into(),
+        security: LinkSecurity::Auth,
+        nonce: [0x42; 32],
+    }
+    .encode(&mut hello);
+    link.write_all(&hello).unwrap();
+    let read_message = |link: &mut std::net::TcpStream| {
+        let mut len = [0u8; 4];
+        link.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+        link.read_exact(&mut body).unwrap();
+        body
+    };
+    let challenge = read_message(&mut link);
+    assert!(matches!(
+        Answer::decode(&challenge),
+        Ok(Answer::Challenge(..))
+    ));
+    let proof = answer(&challenge[challenge.len() - PROOF_BYTES..]);
+    let mut out = Vec::new();
+    if proof.len() == PROOF_BYTES {
+        encode_proof(&proof.try_into().unwrap(), &mut out);
+    } else {
+        out.extend_from_slice(&(proof.len() as u32).to_le_bytes());
+        out.extend_from_slice(&proof);
+    }
+    link.write_all(&out).unwrap();
+    let refusal = read_message(&mut link);
+    let mut rest = Vec::new();
+    let _ = link.read_to_end(&mut rest);
+    (refusal, rest)
+}
+
+/// The master's own proof sent back, a zero proof and a truncated one are each refused with a
+/// reason, followed by nothing (no log byte), and counted.
+#[test]
+fn a_reflected_or_garbage_proof_is_refused_by_the_master() {
+    use ringmq::protocol::message::StatsRequest;
+    use ringmq::replication::protocol::Welcome;
+    use ringmq::replication::ReplicationError;
+    let root = temp_store();
+    let secret = secret_file(root.path(), "ha.secret", &[b'r'; 32]);
+    let dir = temp_store();
+    let master = Broker::start_with_config(
+        dir.path(),
+        &auth_config(&secret),
+        &["--role", "SYNC_MASTER", "--shards", "1"],
+    );
+    let mut client = master.client();
+    client.create_topic("kept", 1).unwrap();
+    client
+        .produce("kept", Some(0), &[message(b"secret records")])
+        .unwrap();
+    let answers: [fn(&[u8]) -> Vec<u8>; 3] = [
+        |masters_proof| masters_proof.to_vec(),
+        |_| vec![0; 32],
+        |masters_proof| masters_proof[..16].to_vec(),
+    ];
+    for answer in answers {
+        let (refusal, rest) = answer_challenge_with(&master, answer);
+        match Welcome::decode(&refusal) {
+            Err(ReplicationError::Refused(reason)) => {
+                assert!(reason.contains("authentication failed"), "{reason}")
+            }
+            other => panic!("a bad proof was not refused: {other:?}"),
+        }
+        assert!(rest.is_empty(), "{} bytes followed a refusal", rest.len());
+    }
+    let stats = client.call(&StatsRequest {}).unwrap();
+    assert!(stats.counters["replication_handshakes_refused_total"] >= 3);
+    assert!(status(&master).unwrap().shards[0].slaves.is_empty());
+}
