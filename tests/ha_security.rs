@@ -375,6 +375,9 @@ fn answer_challenge_with(
     (refusal, rest)
 }
 
+/// What a hand-made slave answers a challenge with, given the master's proof.
+type ProofAnswer = fn(&[u8]) -> Vec<u8>;
+
 /// The master's own proof sent back, a zero proof and a truncated one are each refused with a
 /// reason, followed by nothing (no log byte), and counted.
 #[test]
@@ -395,7 +398,7 @@ fn a_reflected_or_garbage_proof_is_refused_by_the_master() {
     client
         .produce("kept", Some(0), &[message(b"secret records")])
         .unwrap();
-    let answers: [fn(&[u8]) -> Vec<u8>; 3] = [
+    let answers: [ProofAnswer; 3] = [
         |masters_proof| masters_proof.to_vec(),
         |_| vec![0; 32],
         |masters_proof| masters_proof[..16].to_vec(),
