@@ -88,7 +88,16 @@ impl Authenticator {
     }
 
     fn take_sequence(&mut self, key: BrokerKey, sequence: u64, now_ms: u64) -> Result<(), Refusal> {
-        if let Some((highest, _)) = self.sequences.get(&key) {
+        // An entry not seen for the memory span is as good as absent: every registration it
+        // could refuse is refused by the time check alone by now, and keeping it would lock out
+        // for good a broker whose sequence went down (a restart with its clock set back).
+        // `seen` moves only on an accepted registration, so refused attempts (a replay loop)
+        // never keep an entry alive.
+        let remembered = self
+            .sequences
+            .get(&key)
+            .filter(|(_, seen)| now_ms.saturating_sub(*seen) < SEQUENCE_MEMORY_MS);
+        if let Some((highest, _)) = remembered {
             if sequence <= *highest {
                 return Err((
                     Status::ReplayRefused,
@@ -98,7 +107,7 @@ impl Authenticator {
                     ),
                 ));
             }
-        } else if self.sequences.len() >= MAX_SEQUENCES {
+        } else if !self.sequences.contains_key(&key) && self.sequences.len() >= MAX_SEQUENCES {
             self.sequences
                 .retain(|_, (_, seen)| now_ms.saturating_sub(*seen) < SEQUENCE_MEMORY_MS);
             if self.sequences.len() >= MAX_SEQUENCES {
@@ -211,6 +220,52 @@ mod tests {
         assert_eq!(auth.check_unregister(&leave, WALL, 6), Ok(()));
         assert_eq!(
             auth.check_unregister(&leave, WALL, 7).unwrap_err().0,
+            Status::ReplayRefused
+        );
+    }
+
+    /// A broker whose sequence went down (restarted with its clock set back) is refused while
+    /// its last accepted sequence is remembered, then accepted once the memory span has passed
+    /// since that acceptance; a refused attempt meanwhile does not extend the span.
+    #[test]
+    fn a_lower_sequence_is_accepted_after_the_memory_span() {
+        let mut auth = Authenticator::new(secret(1));
+        let t = 5_000;
+        let mut first = register(100, 1 << 16);
+        sign_register(&secret(1), &mut first, WALL);
+        assert_eq!(auth.check_register(&first, WALL, t), Ok(()));
+        let mut lower = register(50, 1 << 16);
+        sign_register(&secret(1), &mut lower, WALL + 1_000);
+        assert_eq!(
+            auth.check_register(&lower, WALL + 1_000, t + 1_000)
+                .unwrap_err()
+                .0,
+            Status::ReplayRefused
+        );
+        let mut later = register(50, 1 << 16);
+        sign_register(&secret(1), &mut later, WALL + 122_000);
+        assert_eq!(
+            auth.check_register(&later, WALL + 122_000, t + 122_000),
+            Ok(())
+        );
+        // The accepted one is remembered again: its replay is refused.
+        assert_eq!(
+            auth.check_register(&later, WALL + 122_001, t + 122_001)
+                .unwrap_err()
+                .0,
+            Status::ReplayRefused
+        );
+    }
+
+    /// A signature dated in the future beyond the window is refused (a captured registration
+    /// cannot be pre-dated to outlive the sequence memory).
+    #[test]
+    fn a_future_dated_signature_is_refused() {
+        let mut auth = Authenticator::new(secret(1));
+        let mut ahead = register(1, 1 << 16);
+        sign_register(&secret(1), &mut ahead, WALL + REPLAY_WINDOW_MS + 1);
+        assert_eq!(
+            auth.check_register(&ahead, WALL, 0).unwrap_err().0,
             Status::ReplayRefused
         );
     }
