@@ -28,8 +28,9 @@ pub const MASTER_LABEL: &str = "ringmq replication v3 master proof";
 pub const SLAVE_LABEL: &str = "ringmq replication v3 slave proof";
 
 /// A fresh random nonce from the kernel's CSPRNG (getrandom(2), which blocks only before
-/// the pool is first initialised, long before a broker starts).
-pub fn fresh_nonce() -> Nonce {
+/// the pool is first initialised, long before a broker starts). An error (a kernel or seccomp
+/// policy without getrandom) fails the one handshake that needed the nonce, never the broker.
+pub fn fresh_nonce() -> std::io::Result<Nonce> {
     let mut nonce = [0u8; NONCE_BYTES];
     let mut filled = 0;
     while filled < NONCE_BYTES {
@@ -41,17 +42,12 @@ pub fn fresh_nonce() -> Nonce {
             filled += n as usize;
         } else {
             let error = std::io::Error::last_os_error();
-            // EINTR is the only error getrandom(2) returns here (the buffer is valid and
-            // small); anything else would be a kernel without getrandom, which glommio's
-            // io_uring needs newer than anyway.
-            assert_eq!(
-                error.kind(),
-                std::io::ErrorKind::Interrupted,
-                "getrandom failed: {error}"
-            );
+            if error.kind() != std::io::ErrorKind::Interrupted {
+                return Err(error);
+            }
         }
     }
-    nonce
+    Ok(nonce)
 }
 
 fn parts<'a>(hello: &'a [u8], challenge: &'a [u8]) -> [&'a [u8]; 2] {
@@ -158,7 +154,10 @@ mod tests {
     #[test]
     fn the_right_secret_passes_both_ways() {
         let s = secret(1);
-        let (h, c) = (hello(fresh_nonce()), challenge(fresh_nonce()));
+        let (h, c) = (
+            hello(fresh_nonce().unwrap()),
+            challenge(fresh_nonce().unwrap()),
+        );
         assert!(verify_master(&s, &h, &c, &master_proof(&s, &h, &c)));
         assert!(verify_slave(&s, &h, &c, &slave_proof(&s, &h, &c)));
     }
@@ -166,7 +165,10 @@ mod tests {
     #[test]
     fn a_wrong_secret_fails_on_either_side() {
         let (right, wrong) = (secret(1), secret(2));
-        let (h, c) = (hello(fresh_nonce()), challenge(fresh_nonce()));
+        let (h, c) = (
+            hello(fresh_nonce().unwrap()),
+            challenge(fresh_nonce().unwrap()),
+        );
         // A rogue slave with another secret, and a rogue master with another secret.
         assert!(!verify_slave(&right, &h, &c, &slave_proof(&wrong, &h, &c)));
         assert!(!verify_master(
@@ -185,7 +187,10 @@ mod tests {
     #[test]
     fn a_reflected_proof_fails() {
         let s = secret(1);
-        let (h, c) = (hello(fresh_nonce()), challenge(fresh_nonce()));
+        let (h, c) = (
+            hello(fresh_nonce().unwrap()),
+            challenge(fresh_nonce().unwrap()),
+        );
         let masters = master_proof(&s, &h, &c);
         assert!(!verify_slave(&s, &h, &c, &masters));
         assert!(!verify_master(&s, &h, &c, &slave_proof(&s, &h, &c)));
@@ -195,12 +200,12 @@ mod tests {
     #[test]
     fn a_replayed_proof_fails_against_a_fresh_nonce() {
         let s = secret(1);
-        let recorded_hello = hello(fresh_nonce());
-        let recorded_challenge = challenge(fresh_nonce());
+        let recorded_hello = hello(fresh_nonce().unwrap());
+        let recorded_challenge = challenge(fresh_nonce().unwrap());
         let slave_answer = slave_proof(&s, &recorded_hello, &recorded_challenge);
         let master_answer = master_proof(&s, &recorded_hello, &recorded_challenge);
         // The rogue slave replays the recorded hello and answer; the master's nonce is fresh.
-        let new_challenge = challenge(fresh_nonce());
+        let new_challenge = challenge(fresh_nonce().unwrap());
         assert!(!verify_slave(
             &s,
             &recorded_hello,
@@ -208,14 +213,14 @@ mod tests {
             &slave_answer
         ));
         // The rogue master replays the recorded challenge; the slave's nonce is fresh.
-        let new_hello = hello(fresh_nonce());
+        let new_hello = hello(fresh_nonce().unwrap());
         assert!(!verify_master(
             &s,
             &new_hello,
             &recorded_challenge,
             &master_answer
         ));
-        assert_ne!(fresh_nonce(), fresh_nonce());
+        assert_ne!(fresh_nonce().unwrap(), fresh_nonce().unwrap());
     }
 
     /// The proofs bind the identities exchanged: a changed group name, epoch or offset breaks
@@ -223,7 +228,10 @@ mod tests {
     #[test]
     fn proofs_bind_both_identities() {
         let s = secret(1);
-        let (h, c) = (hello(fresh_nonce()), challenge(fresh_nonce()));
+        let (h, c) = (
+            hello(fresh_nonce().unwrap()),
+            challenge(fresh_nonce().unwrap()),
+        );
         let proof = slave_proof(&s, &h, &c);
         let other_epoch = Challenge {
             last_epoch: c.last_epoch + 1,

@@ -203,7 +203,8 @@ async fn authenticate<D: Disk>(
         ));
     }
     let challenge = Challenge {
-        nonce: auth::fresh_nonce(),
+        nonce: auth::fresh_nonce()
+            .map_err(|e| ReplicationError::io("drawing the challenge's nonce", e))?,
         broker_name: config.broker_name.clone(),
         last_epoch: shard.role_state().identity().last_epoch(),
     };

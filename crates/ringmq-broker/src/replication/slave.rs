@@ -278,7 +278,11 @@ async fn handshake<D: Disk>(
         } else {
             LinkSecurity::Off
         },
-        nonce: secret.map_or([0; NONCE_BYTES], |_| auth::fresh_nonce()),
+        nonce: match secret {
+            Some(_) => auth::fresh_nonce()
+                .map_err(|e| ReplicationError::io("drawing the hello's nonce", e))?,
+            None => [0; NONCE_BYTES],
+        },
     };
     let mut out = Vec::new();
     hello.encode(&mut out);
