@@ -191,6 +191,13 @@ async fn authenticate<D: Disk>(
     let config = shard.config();
     let secret = match (config.ha_security, &config.ha_secret) {
         (HaSecurity::Auth, Some(secret)) => secret,
+        // Validation loads the secret with "auth"; a configuration built otherwise without
+        // one must not turn "auth" into "off" (fail closed).
+        (HaSecurity::Auth, None) => {
+            return Err(ReplicationError::Auth(
+                "this master requires ha_security = \"auth\" but holds no ha_secret".to_string(),
+            ))
+        }
         // "off": the welcome follows at once (a slave that requires authentication refuses
         // it). "tls" never gets here: validation refuses it.
         _ => return Ok(()),

@@ -259,6 +259,15 @@ async fn handshake<D: Disk>(
     let config = shard.config();
     let secret = match (config.ha_security, &config.ha_secret) {
         (HaSecurity::Auth, Some(secret)) => Some(secret),
+        // "auth" without a loaded secret (a configuration not built by validation) follows
+        // no master rather than any (fail closed).
+        (HaSecurity::Auth, None) => {
+            return Err(ReplicationError::Auth(
+                "this slave requires ha_security = \"auth\" but holds no ha_secret; not \
+                 following any master"
+                    .to_string(),
+            ))
+        }
         _ => None,
     };
     let hello = Hello {
