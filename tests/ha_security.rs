@@ -417,3 +417,57 @@ fn a_reflected_or_garbage_proof_is_refused_by_the_master() {
     assert!(stats.counters["replication_handshakes_refused_total"] >= 3);
     assert!(status(&master).unwrap().shards[0].slaves.is_empty());
 }
+
+/// Reads one length-prefixed handshake message; returns it with its prefix.
+fn read_framed(link: &mut std::net::TcpStream) -> Vec<u8> {
+    use std::io::Read;
+    let mut len = [0u8; 4];
+    link.read_exact(&mut len).unwrap();
+    let mut framed = len.to_vec();
+    framed.resize(4 + u32::from_le_bytes(len) as usize, 0);
+    link.read_exact(&mut framed[4..]).unwrap();
+    framed
+}
+
+/// A fake master that reflects a slave's own hello to the slave's HA port gets no challenge
+/// (so no master proof the slave's link would accept): the slave refuses it, and counts it.
+#[test]
+fn a_slave_refuses_its_own_hello_reflected_to_its_ha_port() {
+    use ringmq::protocol::message::StatsRequest;
+    use ringmq::replication::protocol::Welcome;
+    use ringmq::replication::ReplicationError;
+    use std::io::Write;
+    let root = temp_store();
+    let secret = secret_file(root.path(), "ha.secret", &[b'm'; 32]);
+    let fake_master = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake_addr = fake_master.local_addr().unwrap().to_string();
+    let dir = temp_store();
+    let victim = Broker::start_with_config(
+        dir.path(),
+        &auth_config(&secret),
+        &["--role", "SLAVE", "--shards", "1", "--master", &fake_addr],
+    );
+    let (mut from_victim, _) = fake_master.accept().unwrap();
+    from_victim
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let hello = read_framed(&mut from_victim);
+    // The victim's handshake is still waiting on this connection: forward its hello to its
+    // own HA port, as an attacker would to obtain the master's proof over it.
+    let mut to_victim = std::net::TcpStream::connect(&victim.ha).unwrap();
+    to_victim
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    to_victim.write_all(&hello).unwrap();
+    let answer = read_framed(&mut to_victim);
+    match Welcome::decode(&answer[4..]) {
+        Err(ReplicationError::Refused(reason)) => assert!(
+            reason.contains("reflected") || reason.contains("not a master"),
+            "{reason}"
+        ),
+        other => panic!("the slave answered its own reflected hello with {other:?}"),
+    }
+    let stats = victim.client().call(&StatsRequest {}).unwrap();
+    assert!(stats.counters["replication_handshakes_refused_total"] >= 1);
+    assert_got_nothing(&victim);
+}

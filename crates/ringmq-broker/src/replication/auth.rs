@@ -50,6 +50,44 @@ pub fn fresh_nonce() -> std::io::Result<Nonce> {
     Ok(nonce)
 }
 
+/// The nonces of the hellos this process's slave links have sent and whose handshakes are
+/// still going: a hello arriving at this process's HA port with one of them is this process's
+/// own hello reflected back (an attacker forwarding a slave's hello to the slave's own HA
+/// port, to have it compute the master's proof its slave link would accept). At most one per
+/// slave shard, so a short list.
+static OUTSTANDING_HELLOS: Mutex<Vec<Nonce>> = Mutex::new(Vec::new());
+
+/// A hello nonce registered in [`OUTSTANDING_HELLOS`] for as long as this lives (the slave's
+/// handshake).
+pub struct OutstandingHello(Nonce);
+
+impl OutstandingHello {
+    pub fn register(nonce: Nonce) -> OutstandingHello {
+        OUTSTANDING_HELLOS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(nonce);
+        OutstandingHello(nonce)
+    }
+}
+
+impl Drop for OutstandingHello {
+    fn drop(&mut self) {
+        let mut outstanding = OUTSTANDING_HELLOS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = outstanding.iter().position(|n| *n == self.0) {
+            outstanding.swap_remove(at);
+        }
+    }
+}
+
+/// Whether `nonce` is that of a hello this process sent and is still waiting on.
+pub fn is_own_hello(nonce: &Nonce) -> bool {
+    OUTSTANDING_HELLOS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(nonce)
+}
+
 fn parts<'a>(hello: &'a [u8], challenge: &'a [u8]) -> [&'a [u8]; 2] {
     [hello, challenge]
 }
@@ -221,6 +259,17 @@ mod tests {
             &master_answer
         ));
         assert_ne!(fresh_nonce().unwrap(), fresh_nonce().unwrap());
+    }
+
+    #[test]
+    fn an_outstanding_hello_is_recognised_until_dropped() {
+        let nonce = fresh_nonce().unwrap();
+        assert!(!is_own_hello(&nonce));
+        let outstanding = OutstandingHello::register(nonce);
+        assert!(is_own_hello(&nonce));
+        assert!(!is_own_hello(&fresh_nonce().unwrap()));
+        drop(outstanding);
+        assert!(!is_own_hello(&nonce));
     }
 
     /// The proofs bind the identities exchanged: a changed group name, epoch or offset breaks

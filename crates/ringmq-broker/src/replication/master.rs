@@ -263,9 +263,18 @@ async fn authenticate<D: Disk>(
     .await
 }
 
-/// What the master answers a slave, and where it will ship from; `Err` holds why it refuses.
-fn welcome<D: Disk>(shard: &Shard<D>, hello: &Hello) -> Result<(Welcome, u64), String> {
+/// The checks that need no secret, run before the challenge: only a master of the slave's
+/// group answers a challenge at all. Every shard accepts on the HA port whatever its role, so
+/// without this a slave-role shard would compute the master's proof for any hello, its own
+/// included: an attacker forwarding a slave's hello to that slave's own HA port would get
+/// back exactly the challenge and proof the slave's link accepts, and could feed it. A hello
+/// with a nonce this process sent itself is refused for the same reason (whatever the role,
+/// a reflected hello is never a slave).
+fn precheck<D: Disk>(shard: &Shard<D>, hello: &Hello) -> Result<(), String> {
     let config = &shard.config();
+    if hello.security == LinkSecurity::Auth && auth::is_own_hello(&hello.nonce) {
+        return Err("the hello is one this broker sent itself (reflected back)".to_string());
+    }
     if !shard.role().is_master() {
         return Err(format!(
             "{} is a {}, not a master",
@@ -279,6 +288,14 @@ fn welcome<D: Disk>(shard: &Shard<D>, hello: &Hello) -> Result<(Welcome, u64), S
             hello.broker_name, config.broker_name
         ));
     }
+    Ok(())
+}
+
+/// What the master answers a slave, and where it will ship from; `Err` holds why it refuses.
+fn welcome<D: Disk>(shard: &Shard<D>, hello: &Hello) -> Result<(Welcome, u64), String> {
+    let config = &shard.config();
+    // Again after the challenge: the role may have changed meanwhile.
+    precheck(shard, hello)?;
     if hello.shard as usize != shard.id() || hello.shard_count as usize != shard.shard_count() {
         return Err(format!(
             "slave shard {} of {} cannot follow master shard {} of {}",
@@ -357,6 +374,15 @@ async fn serve_slave<D: Disk>(
     hello: Hello,
     peer: String,
 ) {
+    if let Err(reason) = precheck(&shard, &hello) {
+        shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
+        auth::log_refusal(shard.id(), &peer, &reason);
+        let mut bytes = Vec::new();
+        encode_refusal(&reason, &mut bytes);
+        let timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
+        let _ = with_timeout(timeout, "refusing the slave", stream.write_all(&bytes)).await;
+        return;
+    }
     if let Err(e) = authenticate(&shard, &mut stream, &hello).await {
         shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
         auth::log_refusal(shard.id(), &peer, &e.to_string());

@@ -293,6 +293,9 @@ async fn handshake<D: Disk>(
             None => [0; NONCE_BYTES],
         },
     };
+    // While this handshake runs, a hello with this nonce arriving at this process's own HA
+    // port is this one reflected (see `master::precheck`).
+    let _outstanding = secret.map(|_| auth::OutstandingHello::register(hello.nonce));
     let mut out = Vec::new();
     hello.encode(&mut out);
     with_timeout(timeout, "sending the handshake", stream.write_all(&out)).await?;
@@ -310,6 +313,14 @@ async fn handshake<D: Disk>(
                 .to_string(),
         )),
         (Answer::Challenge(challenge, proof), Some(secret)) => {
+            // The proof binds the master's group name as it sent it; it must be this slave's
+            // group (a master of another group with the same secret is not this one's).
+            if challenge.broker_name != hello.broker_name {
+                return Err(ReplicationError::Auth(format!(
+                    "the master belongs to group `{}`, this slave to `{}`; not following it",
+                    challenge.broker_name, hello.broker_name
+                )));
+            }
             if !auth::verify_master(secret, &hello, &challenge, &proof) {
                 return Err(ReplicationError::Auth(
                     "the master's proof does not match: its ha_secret_file differs from this \
