@@ -162,7 +162,14 @@ impl Answer {
         }
         let answer = ReplicationError::decode("challenge from the master");
         let mut r = Reader::new(&body[1..]);
-        r.str16("reason").map_err(answer)?;
+        // The reason is always empty in a challenge: one with text is not a challenge this
+        // protocol writes (and taking it would make two encodings of the same challenge).
+        if !r.str16("reason").map_err(answer)?.is_empty() {
+            return Err(answer(DecodeError::Invalid {
+                field: "reason",
+                reason: "must be empty in a challenge",
+            }));
+        }
         let version = r.u16("version").map_err(answer)?;
         if version != HA_VERSION {
             return Err(ReplicationError::Version {
@@ -755,6 +762,14 @@ mod tests {
                 "challenge cut at {cut}"
             );
         }
+        // A challenge with a reason: the same challenge otherwise, refused (not taken with
+        // its reason dropped, which would re-encode to other bytes).
+        let mut with_reason = challenge[4..5].to_vec();
+        with_reason.extend_from_slice(&1u16.to_le_bytes());
+        with_reason.push(b'x');
+        with_reason.extend_from_slice(&challenge[7..]);
+        assert!(Answer::decode(&with_reason).is_err());
+        assert!(Answer::decode(&challenge[4..]).is_ok());
         assert!(decode_proof(&[1; PROOF_BYTES - 1]).is_err());
         assert!(decode_proof(&[1; PROOF_BYTES + 1]).is_err());
         let mut bad_security = hello_bytes.clone();
