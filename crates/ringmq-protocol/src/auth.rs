@@ -24,8 +24,37 @@ pub const TAG_BYTES: usize = 32;
 
 /// A shared secret. Its bytes never leave this type except into the MAC: `Debug` prints a
 /// placeholder, there is no `Display`, so a config or error that holds one cannot print it.
-#[derive(Clone, PartialEq, Eq)]
+/// Equality (configurations compare) takes the same time whatever byte differs, and the bytes
+/// are overwritten with zeros when a copy is dropped, so a freed buffer does not keep them.
+#[derive(Clone)]
 pub struct Secret(Vec<u8>);
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        // Lengths are no secret (the file's size is not); the bytes are compared without an
+        // early exit.
+        self.0.len() == other.0.len()
+            && std::hint::black_box(
+                self.0
+                    .iter()
+                    .zip(&other.0)
+                    .fold(0u8, |diff, (a, b)| diff | (a ^ b)),
+            ) == 0
+    }
+}
+
+impl Eq for Secret {}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        for byte in self.0.iter_mut() {
+            // SAFETY: a valid, exclusive reference; a volatile write is not optimised away
+            // although the buffer is freed right after.
+            unsafe { std::ptr::write_volatile(byte, 0) };
+        }
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+    }
+}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -37,7 +66,10 @@ impl Secret {
     /// The secret held by a file's contents. One trailing newline (`\n` or `\r\n`) is not part
     /// of it, so a file written with `echo` or an editor holds the secret its text shows. The
     /// error says what is wrong and never contains the bytes.
-    pub fn from_file_contents(mut bytes: Vec<u8>) -> Result<Secret, String> {
+    pub fn from_file_contents(bytes: Vec<u8>) -> Result<Secret, String> {
+        // Held as a `Secret` from here on, so a refused one is zeroed too.
+        let mut secret = Secret(bytes);
+        let bytes = &mut secret.0;
         if bytes.last() == Some(&b'\n') {
             bytes.pop();
             if bytes.last() == Some(&b'\r') {
@@ -56,7 +88,7 @@ impl Secret {
                 bytes.len()
             ));
         }
-        Ok(Secret(bytes))
+        Ok(secret)
     }
 
     fn mac(&self, label: &str, parts: &[&[u8]]) -> Hmac<Sha256> {
@@ -228,6 +260,17 @@ mod tests {
             Secret::from_file_contents(bytes).unwrap()
         };
         assert_eq!(with_newline, secret(b'x'));
+        assert_ne!(secret(b'x'), secret(b'y'));
+        let mut longer = vec![b'x'; MIN_SECRET_BYTES + 1];
+        assert_ne!(
+            Secret::from_file_contents(longer.clone()).unwrap(),
+            secret(b'x')
+        );
+        longer[MIN_SECRET_BYTES] = b'z';
+        assert_ne!(
+            Secret::from_file_contents(longer.clone()).unwrap(),
+            Secret::from_file_contents(vec![b'x'; MIN_SECRET_BYTES + 1]).unwrap()
+        );
         assert!(Secret::from_file_contents(vec![b'x'; MAX_SECRET_BYTES + 1]).is_err());
         let short = Secret::from_file_contents(b"hunter2hunter2\n".to_vec()).unwrap_err();
         assert!(!short.contains("hunter2"), "{short}");
