@@ -471,3 +471,54 @@ fn a_slave_refuses_its_own_hello_reflected_to_its_ha_port() {
     assert!(stats.counters["replication_handshakes_refused_total"] >= 1);
     assert_got_nothing(&victim);
 }
+
+/// Connections that never finish their handshake hold at most a few slots of a shard: the
+/// next one is closed at once (while the silent ones still wait out their deadline), and
+/// counted.
+#[test]
+fn silent_handshakes_beyond_the_cap_are_closed_at_once() {
+    use ringmq::protocol::message::StatsRequest;
+    use std::io::Read;
+    let root = temp_store();
+    let secret = secret_file(root.path(), "ha.secret", &[b'c'; 32]);
+    let dir = temp_store();
+    // A long link timeout: the silent connections stay pending for the whole test.
+    let config = format!(
+        "ha_link_timeout_ms = 30000\nha_security = \"auth\"\nha_secret_file = \"{}\"\n",
+        secret.display()
+    );
+    let master = Broker::start_with_config(
+        dir.path(),
+        &config,
+        &["--role", "SYNC_MASTER", "--shards", "1"],
+    );
+    let mut client = master.client();
+    let refused = |client: &mut Client| {
+        client.call(&StatsRequest {}).unwrap().counters["replication_handshakes_refused_total"]
+    };
+    let before = refused(&mut client);
+    let silent: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| std::net::TcpStream::connect(&master.ha).unwrap())
+        .collect();
+    // The master takes connections in order; once the ninth is closed the eight are pending.
+    let mut extra = std::net::TcpStream::connect(&master.ha).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let read = extra.read_to_end(&mut rest);
+    assert!(
+        matches!(read, Ok(0)),
+        "a handshake past the cap was not closed: {read:?}"
+    );
+    for mut link in &silent {
+        link.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        assert!(
+            matches!(link.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "a pending handshake was closed before its deadline"
+        );
+    }
+    assert!(refused(&mut client) > before);
+    drop(silent);
+}

@@ -44,6 +44,42 @@ use tracing::{error, info, warn};
 pub const SHIP_CHUNK_BYTES: usize = 1 << 20;
 /// How often a lagging ASYNC_MASTER slave may be warned about, per link.
 const LAG_WARNING_EVERY: Duration = Duration::from_secs(10);
+/// Most handshakes a shard runs at once before the slave has authenticated (from accept to
+/// the end of the challenge). A group has a handful of slaves per shard and each reconnects
+/// one link at a time, so honest peers need a few; each pending one holds a socket and a task
+/// for up to `ha_link_timeout_ms`, so a scanner or a flood of silent connections costs a
+/// shard at most this many, and connections past it are closed at once (counted).
+const MAX_PRE_AUTH_HANDSHAKES: usize = 8;
+
+thread_local! {
+    /// Handshakes of this shard's thread not yet past authentication (shards are threads).
+    static PRE_AUTH_HANDSHAKES: Cell<usize> = const { Cell::new(0) };
+}
+
+/// One of this shard's [`MAX_PRE_AUTH_HANDSHAKES`] slots, released when dropped.
+struct PreAuthSlot;
+
+impl PreAuthSlot {
+    fn take() -> Option<PreAuthSlot> {
+        PRE_AUTH_HANDSHAKES.with(|n| {
+            (n.get() < MAX_PRE_AUTH_HANDSHAKES).then(|| {
+                n.set(n.get() + 1);
+                PreAuthSlot
+            })
+        })
+    }
+}
+
+impl Drop for PreAuthSlot {
+    fn drop(&mut self) {
+        PRE_AUTH_HANDSHAKES.with(|n| n.set(n.get() - 1));
+    }
+}
+
+/// What is left until `deadline` (zero once it passed: the next bounded step fails at once).
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
 
 pub async fn accept_loop<D: Disk>(shard: Rc<Shard<D>>, fd: RawFd) {
     // SAFETY: a listening socket bound by the main thread, owned by this task.
@@ -132,7 +168,18 @@ async fn handshake<D: Disk>(shard: Rc<Shard<D>>, mut stream: TcpStream) {
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
     let timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
-    // One bound on the whole hello, however slowly its bytes trickle in.
+    // One deadline for the whole handshake (hello, challenge and proof, the answer), however
+    // slowly the peer's bytes trickle in, on this shard or the one it is handed to.
+    let deadline = Instant::now() + timeout;
+    let Some(slot) = PreAuthSlot::take() else {
+        shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
+        auth::log_refusal(
+            shard.id(),
+            &peer,
+            &format!("{MAX_PRE_AUTH_HANDSHAKES} handshakes are already pending on this shard"),
+        );
+        return;
+    };
     let read = future::or(read_hello(&shard, &mut stream), async {
         sleep(timeout).await;
         Err(ReplicationError::Silent {
@@ -149,9 +196,11 @@ async fn handshake<D: Disk>(shard: Rc<Shard<D>>, mut stream: TcpStream) {
     };
     let target = hello.shard as usize;
     if target == shard.id() || target >= shard.shard_count() {
-        serve_slave(shard, stream, hello, peer).await;
+        serve_slave(shard, stream, hello, peer, deadline, slot).await;
         return;
     }
+    // The target shard takes a slot of its own.
+    drop(slot);
     // SAFETY: dup gives the target shard its own descriptor for the same socket.
     let fd = unsafe { libc::dup(stream.as_raw_fd()) };
     if fd < 0 {
@@ -163,6 +212,7 @@ async fn handshake<D: Disk>(shard: Rc<Shard<D>>, mut stream: TcpStream) {
         fd,
         hello: Box::new(hello),
         peer,
+        deadline,
     };
     if let Err(gone) = shard.mesh().send(target, request).await {
         warn!(
@@ -173,10 +223,25 @@ async fn handshake<D: Disk>(shard: Rc<Shard<D>>, mut stream: TcpStream) {
 }
 
 /// Runs on the target shard for a link accepted by another shard.
-pub async fn adopt<D: Disk>(shard: Rc<Shard<D>>, fd: RawFd, hello: Hello, peer: String) {
+pub async fn adopt<D: Disk>(
+    shard: Rc<Shard<D>>,
+    fd: RawFd,
+    hello: Hello,
+    peer: String,
+    deadline: Instant,
+) {
     // SAFETY: `fd` was duplicated for this shard by the accepting one.
     let stream = unsafe { TcpStream::from_raw_fd(fd) };
-    serve_slave(shard, stream, hello, peer).await;
+    let Some(slot) = PreAuthSlot::take() else {
+        shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
+        auth::log_refusal(
+            shard.id(),
+            &peer,
+            &format!("{MAX_PRE_AUTH_HANDSHAKES} handshakes are already pending on this shard"),
+        );
+        return;
+    };
+    serve_slave(shard, stream, hello, peer, deadline, slot).await;
 }
 
 /// With `ha_security = "auth"`: challenges the slave and checks its proof (see
@@ -187,6 +252,7 @@ async fn authenticate<D: Disk>(
     shard: &Shard<D>,
     stream: &mut TcpStream,
     hello: &Hello,
+    deadline: Instant,
 ) -> Result<(), ReplicationError> {
     let config = shard.config();
     let secret = match (config.ha_security, &config.ha_secret) {
@@ -254,9 +320,9 @@ async fn authenticate<D: Disk>(
         Ok(())
     };
     future::or(exchange, async {
-        sleep(timeout).await;
+        sleep(remaining(deadline)).await;
         Err(ReplicationError::Auth(format!(
-            "the slave did not complete the challenge within {} ms",
+            "the slave did not complete the handshake within {} ms",
             timeout.as_millis()
         )))
     })
@@ -373,25 +439,27 @@ async fn serve_slave<D: Disk>(
     mut stream: TcpStream,
     hello: Hello,
     peer: String,
+    deadline: Instant,
+    slot: PreAuthSlot,
 ) {
     if let Err(reason) = precheck(&shard, &hello) {
         shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
         auth::log_refusal(shard.id(), &peer, &reason);
         let mut bytes = Vec::new();
         encode_refusal(&reason, &mut bytes);
-        let timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
-        let _ = with_timeout(timeout, "refusing the slave", stream.write_all(&bytes)).await;
+        let refusing = stream.write_all(&bytes);
+        let _ = with_timeout(remaining(deadline), "refusing the slave", refusing).await;
         return;
     }
-    if let Err(e) = authenticate(&shard, &mut stream, &hello).await {
+    if let Err(e) = authenticate(&shard, &mut stream, &hello, deadline).await {
         shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
         auth::log_refusal(shard.id(), &peer, &e.to_string());
         if let ReplicationError::Auth(reason) = &e {
             // The slave logs why; the reason names only what was expected.
             let mut bytes = Vec::new();
             encode_refusal(&format!("authentication failed: {reason}"), &mut bytes);
-            let timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
-            let _ = with_timeout(timeout, "refusing the slave", stream.write_all(&bytes)).await;
+            let refusing = stream.write_all(&bytes);
+            let _ = with_timeout(remaining(deadline), "refusing the slave", refusing).await;
         }
         return;
     }
@@ -401,9 +469,16 @@ async fn serve_slave<D: Disk>(
         Ok((welcome, _)) => welcome.encode(&mut bytes),
         Err(reason) => encode_refusal(reason, &mut bytes),
     }
-    if stream.write_all(&bytes).await.is_err() {
+    let answering = stream.write_all(&bytes);
+    if with_timeout(remaining(deadline), "answering the slave", answering)
+        .await
+        .is_err()
+    {
         return;
     }
+    // Past the handshake: an authenticated (or, with "off", accepted) link no longer counts
+    // against the pending handshakes.
+    drop(slot);
     let start = match answer {
         Ok((_, start)) => start,
         Err(reason) => {

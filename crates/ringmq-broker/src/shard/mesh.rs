@@ -58,6 +58,8 @@ pub enum ShardRequest {
         fd: std::os::fd::RawFd,
         hello: Box<crate::replication::protocol::Hello>,
         peer: String,
+        /// When the whole handshake must be done, set at accept.
+        deadline: std::time::Instant,
     },
     /// Every group offset this shard keeps.
     AllGroupOffsets {

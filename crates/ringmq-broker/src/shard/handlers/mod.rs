@@ -168,8 +168,13 @@ pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRe
         ShardRequest::ApplyTopics { table, reply } => {
             let _ = reply.send(shard.apply_topics(table).await);
         }
-        ShardRequest::AdoptReplicaLink { fd, hello, peer } => {
-            crate::replication::master::adopt(shard, fd, *hello, peer).await;
+        ShardRequest::AdoptReplicaLink {
+            fd,
+            hello,
+            peer,
+            deadline,
+        } => {
+            crate::replication::master::adopt(shard, fd, *hello, peer, deadline).await;
         }
         ShardRequest::AllGroupOffsets { reply } => {
             let _ = reply.send(shard.metadata().groups().all_rows());
