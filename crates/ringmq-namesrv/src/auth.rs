@@ -36,8 +36,10 @@ type BrokerKey = (String, String, u64);
 pub struct Authenticator {
     secret: Secret,
     sequences: HashMap<BrokerKey, (u64, u64)>,
-    last_logged_ms: Option<u64>,
-    unlogged: u64,
+    /// Per refusal status: when one was last logged, and how many were not since. Each status
+    /// has its own slot, so a flood of unsigned registrations (a misconfigured broker) never
+    /// hides a replay, or the reverse.
+    logged: HashMap<Status, (Option<u64>, u64)>,
 }
 
 /// A refusal: the status to answer and the message (which never holds the secret).
@@ -48,8 +50,7 @@ impl Authenticator {
         Authenticator {
             secret,
             sequences: HashMap::new(),
-            last_logged_ms: None,
-            unlogged: 0,
+            logged: HashMap::new(),
         }
     }
 
@@ -121,18 +122,17 @@ impl Authenticator {
         Ok(())
     }
 
-    /// Whether a refusal at `now_ms` should be logged, and how many were not logged since the
-    /// last one that was (at most one line per [`REFUSAL_LOG_EVERY_MS`]).
-    pub fn should_log(&mut self, now_ms: u64) -> Option<u64> {
-        if self
-            .last_logged_ms
-            .is_some_and(|at| now_ms.saturating_sub(at) < REFUSAL_LOG_EVERY_MS)
-        {
-            self.unlogged += 1;
+    /// Whether a refusal answered `status` at `now_ms` should be logged, and how many of that
+    /// status were not logged since the last one that was (at most one line per
+    /// [`REFUSAL_LOG_EVERY_MS`] and status; the statuses are a handful, so is the map).
+    pub fn should_log(&mut self, status: Status, now_ms: u64) -> Option<u64> {
+        let (last, unlogged) = self.logged.entry(status).or_insert((None, 0));
+        if last.is_some_and(|at| now_ms.saturating_sub(at) < REFUSAL_LOG_EVERY_MS) {
+            *unlogged += 1;
             return None;
         }
-        self.last_logged_ms = Some(now_ms);
-        Some(std::mem::take(&mut self.unlogged))
+        *last = Some(now_ms);
+        Some(std::mem::take(unlogged))
     }
 }
 
@@ -273,9 +273,13 @@ mod tests {
     #[test]
     fn refusals_are_logged_at_a_bounded_rate() {
         let mut auth = Authenticator::new(secret(1));
-        assert_eq!(auth.should_log(0), Some(0));
-        assert_eq!(auth.should_log(1), None);
-        assert_eq!(auth.should_log(2), None);
-        assert_eq!(auth.should_log(REFUSAL_LOG_EVERY_MS), Some(2));
+        let unsigned = Status::NotAuthenticated;
+        assert_eq!(auth.should_log(unsigned, 0), Some(0));
+        assert_eq!(auth.should_log(unsigned, 1), None);
+        assert_eq!(auth.should_log(unsigned, 2), None);
+        // A replay in the middle of a flood of unsigned registrations still gets its line.
+        assert_eq!(auth.should_log(Status::ReplayRefused, 3), Some(0));
+        assert_eq!(auth.should_log(Status::ReplayRefused, 4), None);
+        assert_eq!(auth.should_log(unsigned, REFUSAL_LOG_EVERY_MS), Some(2));
     }
 }

@@ -314,7 +314,7 @@ impl Shared {
         let mut auth = auth.borrow_mut();
         let checked = check(&mut auth, wall_ms, now);
         if let Err((status, why)) = &checked {
-            if let Some(unlogged) = auth.should_log(now) {
+            if let Some(unlogged) = auth.should_log(*status, now) {
                 warn!(
                     unlogged_refusals = unlogged,
                     "refused {what} ({status}): {why}"

@@ -126,36 +126,69 @@ pub fn verify_slave(secret: &Secret, hello: &Hello, challenge: &Challenge, proof
     )
 }
 
-/// How often a refused handshake is logged, for the whole broker: a rogue peer reconnecting
-/// in a loop must not fill the log; the next warning says how many were not logged.
+/// How often a refused handshake is logged per [`RefusalKind`], for the whole broker: a rogue
+/// peer reconnecting in a loop must not fill the log; the next warning of that kind says how
+/// many were not logged.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// When a refusal was last logged, and how many were refused since without a log line.
-/// Process-wide (shards are threads): one warning per interval says enough about one peer or
-/// many.
-static REFUSAL_LOG: Mutex<(Option<Instant>, u64)> = Mutex::new((None, 0));
+/// What a refusal was about. Each kind has its own log slot, so a port scanner's broken
+/// connections (one every few ms) never take the slot a real authentication failure needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// The hello never arrived or did not decode, or no handshake slot was free.
+    Hello,
+    /// The peer spoke the protocol but is not a slave this master serves (role, group).
+    Peer,
+    /// The challenge-response failed (wrong or no secret, no proof in time).
+    Auth,
+}
 
-/// Logs a refused replication handshake, at most once per [`REFUSAL_LOG_EVERY`] for the whole
-/// broker. `reason` never holds a secret (only what the peer sent and what was expected).
-pub fn log_refusal(shard: usize, peer: &str, reason: &str) {
+impl RefusalKind {
+    const COUNT: usize = 3;
+
+    fn slot(self) -> usize {
+        match self {
+            RefusalKind::Hello => 0,
+            RefusalKind::Peer => 1,
+            RefusalKind::Auth => 2,
+        }
+    }
+}
+
+/// Per kind: when a refusal was last logged, and how many were refused since without a log
+/// line. Process-wide (shards are threads): one warning per interval and kind says enough
+/// about one peer or many.
+static REFUSAL_LOG: Mutex<[(Option<Instant>, u64); RefusalKind::COUNT]> =
+    Mutex::new([(None, 0); RefusalKind::COUNT]);
+
+/// Whether a refusal of `kind` at `now` is logged, and how many of that kind were not since
+/// the last one that was.
+fn should_log(kind: RefusalKind, now: Instant) -> Option<u64> {
     let mut log = REFUSAL_LOG.lock().unwrap_or_else(|e| e.into_inner());
-    let now = Instant::now();
-    if log
+    let slot = &mut log[kind.slot()];
+    if slot
         .0
         .is_some_and(|at| now.saturating_duration_since(at) < REFUSAL_LOG_EVERY)
     {
-        log.1 += 1;
-        return;
+        slot.1 += 1;
+        return None;
     }
-    let unlogged = std::mem::take(&mut log.1);
-    log.0 = Some(now);
-    drop(log);
-    warn!(
-        shard,
-        %peer,
-        unlogged_refusals = unlogged,
-        "refused a replication peer: {reason}"
-    );
+    slot.0 = Some(now);
+    Some(std::mem::take(&mut slot.1))
+}
+
+/// Logs a refused replication handshake, at most once per [`REFUSAL_LOG_EVERY`] and kind for
+/// the whole broker. `reason` never holds a secret (only what the peer sent and what was
+/// expected).
+pub fn log_refusal(shard: usize, peer: &str, kind: RefusalKind, reason: &str) {
+    if let Some(unlogged) = should_log(kind, Instant::now()) {
+        warn!(
+            shard,
+            %peer,
+            unlogged_refusals = unlogged,
+            "refused a replication peer: {reason}"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -259,6 +292,28 @@ mod tests {
             &master_answer
         ));
         assert_ne!(fresh_nonce().unwrap(), fresh_nonce().unwrap());
+    }
+
+    /// A flood of one kind of refusal leaves the other kinds their own log line.
+    #[test]
+    fn each_refusal_kind_has_its_own_log_slot() {
+        // Far in the future, so other tests' refusals (same process) are long past.
+        let now = Instant::now() + Duration::from_secs(3600);
+        assert_eq!(should_log(RefusalKind::Hello, now), Some(0));
+        for _ in 0..5 {
+            assert_eq!(should_log(RefusalKind::Hello, now), None);
+        }
+        assert_eq!(should_log(RefusalKind::Auth, now), Some(0));
+        assert_eq!(should_log(RefusalKind::Auth, now), None);
+        assert_eq!(should_log(RefusalKind::Peer, now), Some(0));
+        assert_eq!(
+            should_log(RefusalKind::Hello, now + REFUSAL_LOG_EVERY),
+            Some(5)
+        );
+        assert_eq!(
+            should_log(RefusalKind::Auth, now + REFUSAL_LOG_EVERY),
+            Some(1)
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! refused (counted, logged at a bounded rate) before the welcome, so it is never registered
 //! as a replica, gets no byte of the log and no report of it is ever read.
 
-use super::auth;
+use super::auth::{self, RefusalKind};
 use super::error::ReplicationError;
 use super::protocol::{
     decode_proof, divergence_point, encode_data_header, encode_heartbeat, encode_refusal,
@@ -176,6 +176,7 @@ async fn handshake<D: Disk>(shard: Rc<Shard<D>>, mut stream: TcpStream) {
         auth::log_refusal(
             shard.id(),
             &peer,
+            RefusalKind::Hello,
             &format!("{MAX_PRE_AUTH_HANDSHAKES} handshakes are already pending on this shard"),
         );
         return;
@@ -190,7 +191,8 @@ async fn handshake<D: Disk>(shard: Rc<Shard<D>>, mut stream: TcpStream) {
         Ok(h) => h,
         Err(e) => {
             shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
-            auth::log_refusal(shard.id(), &peer, &format!("handshake failed: {e}"));
+            let reason = format!("handshake failed: {e}");
+            auth::log_refusal(shard.id(), &peer, RefusalKind::Hello, &reason);
             return;
         }
     };
@@ -237,6 +239,7 @@ pub async fn adopt<D: Disk>(
         auth::log_refusal(
             shard.id(),
             &peer,
+            RefusalKind::Hello,
             &format!("{MAX_PRE_AUTH_HANDSHAKES} handshakes are already pending on this shard"),
         );
         return;
@@ -444,7 +447,7 @@ async fn serve_slave<D: Disk>(
 ) {
     if let Err(reason) = precheck(&shard, &hello) {
         shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
-        auth::log_refusal(shard.id(), &peer, &reason);
+        auth::log_refusal(shard.id(), &peer, RefusalKind::Peer, &reason);
         let mut bytes = Vec::new();
         encode_refusal(&reason, &mut bytes);
         let refusing = stream.write_all(&bytes);
@@ -453,7 +456,11 @@ async fn serve_slave<D: Disk>(
     }
     if let Err(e) = authenticate(&shard, &mut stream, &hello, deadline).await {
         shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
-        auth::log_refusal(shard.id(), &peer, &e.to_string());
+        let kind = match e {
+            ReplicationError::Auth(_) => RefusalKind::Auth,
+            _ => RefusalKind::Hello,
+        };
+        auth::log_refusal(shard.id(), &peer, kind, &e.to_string());
         if let ReplicationError::Auth(reason) = &e {
             // The slave logs why; the reason names only what was expected.
             let mut bytes = Vec::new();

@@ -126,7 +126,11 @@ async fn link_once<D: Disk>(
     })
     .await
     .inspect_err(|e| {
-        if matches!(e, ReplicationError::Auth(_)) {
+        // This slave's own refusals of the master, and the master's refusal of this slave's
+        // proof: both are failed authentications of this link.
+        let master_refused_proof = matches!(e, ReplicationError::Refused(reason)
+            if reason.starts_with("authentication failed"));
+        if matches!(e, ReplicationError::Auth(_)) || master_refused_proof {
             shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
         }
     })?;
