@@ -302,6 +302,24 @@ fn forged_and_replayed_registrations_are_refused() {
     let masters: Vec<_> = routes.brokers.iter().filter(|b| b.is_master()).collect();
     assert_eq!(masters.len(), 1, "{masters:?}");
     assert_eq!(masters[0].broker.listen, master.addr);
+    // The client's unsigned unregistration is refused; the signed one takes the slave out.
+    let (cluster, group) = (&valid.cluster_name, &valid.broker_name);
+    let refused = client
+        .unregister(cluster, group, valid.broker_id)
+        .unwrap_err();
+    assert_eq!(
+        refused.status(),
+        Some(Status::NotAuthenticated),
+        "{refused}"
+    );
+    client
+        .unregister_signed(cluster, group, valid.broker_id, 9, &secret)
+        .expect("a signed unregistration");
+    assert!(!namesrv
+        .routes()
+        .brokers
+        .iter()
+        .any(|b| b.broker.broker_id == valid.broker_id));
 }
 
 /// A broker without the secret is not listed by a name server that requires it.

@@ -117,7 +117,9 @@ impl NameServerClient {
         self.call(registration)
     }
 
-    /// Removes one broker from the routes at once (its clean shutdown).
+    /// Removes one broker from the routes at once (its clean shutdown). Unsigned, with
+    /// sequence 0: a name server with a secret answers `NOT_AUTHENTICATED`; use
+    /// [`NameServerClient::unregister_signed`] with one.
     pub fn unregister(
         &mut self,
         cluster_name: &str,
@@ -132,6 +134,33 @@ impl NameServerClient {
             signed_at_ms: 0,
             signature: Vec::new(),
         })
+    }
+
+    /// As [`NameServerClient::unregister`], signed with `secret` at this host's wall clock
+    /// (`ringmq_protocol::auth::sign_unregister`). `sequence` must be above every one the name
+    /// server accepted from that broker (its registrations' included), or it answers
+    /// `REPLAY_REFUSED`.
+    pub fn unregister_signed(
+        &mut self,
+        cluster_name: &str,
+        broker_name: &str,
+        broker_id: u64,
+        sequence: u64,
+        secret: &crate::protocol::auth::Secret,
+    ) -> Result<(), ClientError> {
+        let mut unregister = BrokerUnregister {
+            cluster_name: cluster_name.to_string(),
+            broker_name: broker_name.to_string(),
+            broker_id,
+            sequence,
+            signed_at_ms: 0,
+            signature: Vec::new(),
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        crate::protocol::auth::sign_unregister(secret, &mut unregister, now_ms);
+        self.call(&unregister)
     }
 
     /// Every live broker of `cluster_name` (empty: of every cluster).
