@@ -108,9 +108,21 @@ fn only_a_slave_with_the_secret_is_served_and_releases_producers() {
             && wrong_rogue.log().contains("authentication failed"))
         .then_some(())
     });
-    // With only rogues connected, no producer is ever told OK.
+    // With only rogues connected, no producer is ever told OK; and the rogues keep being
+    // refused meanwhile (the counter rises during the loop: they were retrying, not gone). The
+    // loop runs at least 3 s and until a refusal was counted in it (a rogue's backoff is at
+    // most 3 s), bounded by CATCH_UP.
+    use ringmq::protocol::message::StatsRequest;
+    let refused = |client: &mut Client| {
+        client.call(&StatsRequest {}).unwrap().counters["replication_handshakes_refused_total"]
+    };
+    let refused_before = refused(&mut client);
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(3) {
+    while started.elapsed() < Duration::from_secs(3) || refused(&mut client) == refused_before {
+        assert!(
+            started.elapsed() < CATCH_UP,
+            "no rogue was refused while producing"
+        );
         let r = client
             .produce("secured", Some(0), &[message(b"not for rogues")])
             .unwrap();
@@ -184,6 +196,38 @@ fn a_slave_with_the_secret_refuses_a_master_without_it() {
             .contains("the master did not authenticate itself")
             .then_some(())
     });
+    assert_got_nothing(&strict);
+}
+
+/// A master with another secret cannot feed a slave either: the slave checks the master's
+/// proof before it proves itself, refuses it, and counts it.
+#[test]
+fn a_slave_refuses_a_master_with_another_secret() {
+    use ringmq::protocol::message::StatsRequest;
+    let root = temp_store();
+    let secret = secret_file(root.path(), "ha.secret", &[b's'; 32]);
+    let wrong = secret_file(root.path(), "wrong.secret", &[b'w'; 32]);
+    let (master_dir, slave_dir) = (temp_store(), temp_store());
+    let master = Broker::start_with_config(
+        master_dir.path(),
+        &auth_config(&wrong),
+        &["--role", "ASYNC_MASTER", "--shards", "1"],
+    );
+    master.client().create_topic("other", 1).unwrap();
+    let r = master
+        .client()
+        .produce("other", Some(0), &[message(b"from the wrong master")])
+        .unwrap();
+    assert_eq!(r.status, Status::Ok);
+    let strict = slave(slave_dir.path(), &master, &auth_config(&secret));
+    wait_until(CATCH_UP, "the slave to refuse the master's proof", || {
+        strict
+            .log()
+            .contains("the master's proof does not match")
+            .then_some(())
+    });
+    let stats = strict.client().call(&StatsRequest {}).unwrap();
+    assert!(stats.counters["replication_handshakes_refused_total"] >= 1);
     assert_got_nothing(&strict);
 }
 
