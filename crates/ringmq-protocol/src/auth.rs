@@ -105,6 +105,12 @@ impl Secret {
         self.mac(label, parts).finalize().into_bytes().into()
     }
 
+    /// A key derived from this one: the tag of `label` and `parts`, as a secret of its own (a
+    /// per-connection session key, say).
+    pub fn derive(&self, label: &str, parts: &[&[u8]]) -> Secret {
+        Secret(self.tag(label, parts).to_vec())
+    }
+
     /// Whether `tag` is the tag of `label` and `parts`, compared in constant time (a wrong tag
     /// takes as long to refuse whatever byte it first differs in). A tag of another length
     /// (truncated, or empty: unsigned) fails.

@@ -92,6 +92,52 @@ fn parts<'a>(hello: &'a [u8], challenge: &'a [u8]) -> [&'a [u8]; 2] {
     [hello, challenge]
 }
 
+/// Label of the session key both ends derive once the proofs passed.
+pub const SESSION_LABEL: &str = "ringmq replication v3 session";
+/// Label of the tag after an authenticated link's welcome.
+pub const WELCOME_LABEL: &str = "ringmq replication v3 welcome";
+/// Label of the tag on each offset report of an authenticated link.
+pub const REPORT_LABEL: &str = "ringmq replication v3 report";
+
+/// The link's session key, HMAC-SHA256(secret, [`SESSION_LABEL`] ‖ hello ‖ challenge): only
+/// the two ends that proved themselves hold it. It tags the welcome and every offset report,
+/// so an attacker relaying the handshake between a real master and slave cannot, once it is
+/// done, alter the welcome or move the acknowledged offset (a report it forges or replays
+/// fails: each tag covers the report's number on the link).
+pub fn session_key(secret: &Secret, hello: &Hello, challenge: &Challenge) -> Secret {
+    secret.derive(
+        SESSION_LABEL,
+        &parts(&hello.body_bytes(), &challenge.unproved_bytes()),
+    )
+}
+
+/// The tag of the welcome whose body (without the length prefix) is `welcome`.
+pub fn welcome_tag(session: &Secret, welcome: &[u8]) -> Proof {
+    session.tag(WELCOME_LABEL, &[welcome])
+}
+
+/// The tag of the `number`-th report (from 0) of a link, carrying `offset`.
+pub fn report_tag(session: &Secret, number: u64, offset: u64) -> Proof {
+    session.tag(
+        REPORT_LABEL,
+        &[&number.to_le_bytes(), &offset.to_le_bytes()],
+    )
+}
+
+/// Whether `tag` is that of the `number`-th report carrying `offset` (constant time).
+pub fn verify_report(session: &Secret, number: u64, offset: u64, tag: &[u8]) -> bool {
+    session.verify(
+        REPORT_LABEL,
+        &[&number.to_le_bytes(), &offset.to_le_bytes()],
+        tag,
+    )
+}
+
+/// Whether `tag` is that of the welcome whose body is `welcome` (constant time).
+pub fn verify_welcome(session: &Secret, welcome: &[u8], tag: &[u8]) -> bool {
+    session.verify(WELCOME_LABEL, &[welcome], tag)
+}
+
 /// The master's proof over the hello's body and the challenge (without its proof).
 pub fn master_proof(secret: &Secret, hello: &Hello, challenge: &Challenge) -> Proof {
     secret.tag(
@@ -314,6 +360,31 @@ mod tests {
             should_log(RefusalKind::Auth, now + REFUSAL_LOG_EVERY),
             Some(1)
         );
+    }
+
+    /// A report tag holds for its number and offset only: a replayed or moved report fails.
+    #[test]
+    fn report_tags_bind_the_number_and_the_offset() {
+        let s = secret(1);
+        let (h, c) = (
+            hello(fresh_nonce().unwrap()),
+            challenge(fresh_nonce().unwrap()),
+        );
+        let key = session_key(&s, &h, &c);
+        let other = session_key(&s, &hello(fresh_nonce().unwrap()), &c);
+        let tag = report_tag(&key, 3, 4096);
+        assert_eq!(tag, report_tag(&key, 3, 4096));
+        assert_ne!(
+            tag,
+            report_tag(&key, 4, 4096),
+            "replayed as the next report"
+        );
+        assert_ne!(tag, report_tag(&key, 3, 8192), "offset moved");
+        assert_ne!(tag, report_tag(&other, 3, 4096), "another connection's key");
+        assert!(verify_report(&key, 3, 4096, &tag));
+        assert!(!verify_report(&key, 3, 4097, &tag));
+        assert!(verify_welcome(&key, b"w", &welcome_tag(&key, b"w")));
+        assert!(!verify_welcome(&key, b"x", &welcome_tag(&key, b"w")));
     }
 
     #[test]

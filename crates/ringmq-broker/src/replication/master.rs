@@ -18,8 +18,8 @@ use super::auth::{self, RefusalKind};
 use super::error::ReplicationError;
 use super::protocol::{
     decode_proof, divergence_point, encode_data_header, encode_heartbeat, encode_refusal,
-    Challenge, Hello, LinkSecurity, MetadataFrame, Welcome, HA_VERSION, HEARTBEAT_BYTES,
-    MAX_HANDSHAKE_BYTES, MAX_METADATA_BYTES, METADATA_HEADER_BYTES, REPORT_BYTES,
+    Challenge, Hello, LinkSecurity, MetadataFrame, Welcome, AUTH_REPORT_BYTES, HA_VERSION,
+    HEARTBEAT_BYTES, MAX_HANDSHAKE_BYTES, MAX_METADATA_BYTES, METADATA_HEADER_BYTES, REPORT_BYTES,
 };
 use super::replicas::Replicas;
 use super::splice::SpliceSender;
@@ -33,6 +33,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::spawn_local;
 use glommio::timer::sleep;
+use ringmq_protocol::auth::Secret;
 use std::cell::Cell;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
@@ -256,7 +257,7 @@ async fn authenticate<D: Disk>(
     stream: &mut TcpStream,
     hello: &Hello,
     deadline: Instant,
-) -> Result<(), ReplicationError> {
+) -> Result<Option<Secret>, ReplicationError> {
     let config = shard.config();
     let secret = match (config.ha_security, &config.ha_secret) {
         (HaSecurity::Auth, Some(secret)) => secret,
@@ -269,7 +270,7 @@ async fn authenticate<D: Disk>(
         }
         // "off": the welcome follows at once (a slave that requires authentication refuses
         // it). "tls" never gets here: validation refuses it.
-        _ => return Ok(()),
+        _ => return Ok(None),
     };
     if hello.security != LinkSecurity::Auth {
         return Err(ReplicationError::Auth(
@@ -320,7 +321,7 @@ async fn authenticate<D: Disk>(
                     .to_string(),
             ));
         }
-        Ok(())
+        Ok(Some(auth::session_key(secret, hello, &challenge)))
     };
     future::or(exchange, async {
         sleep(remaining(deadline)).await;
@@ -454,26 +455,36 @@ async fn serve_slave<D: Disk>(
         let _ = with_timeout(remaining(deadline), "refusing the slave", refusing).await;
         return;
     }
-    if let Err(e) = authenticate(&shard, &mut stream, &hello, deadline).await {
-        shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
-        let kind = match e {
-            ReplicationError::Auth(_) => RefusalKind::Auth,
-            _ => RefusalKind::Hello,
-        };
-        auth::log_refusal(shard.id(), &peer, kind, &e.to_string());
-        if let ReplicationError::Auth(reason) = &e {
-            // The slave logs why; the reason names only what was expected.
-            let mut bytes = Vec::new();
-            encode_refusal(&format!("authentication failed: {reason}"), &mut bytes);
-            let refusing = stream.write_all(&bytes);
-            let _ = with_timeout(remaining(deadline), "refusing the slave", refusing).await;
+    let session = match authenticate(&shard, &mut stream, &hello, deadline).await {
+        Ok(session) => session,
+        Err(e) => {
+            shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
+            let kind = match e {
+                ReplicationError::Auth(_) => RefusalKind::Auth,
+                _ => RefusalKind::Hello,
+            };
+            auth::log_refusal(shard.id(), &peer, kind, &e.to_string());
+            if let ReplicationError::Auth(reason) = &e {
+                // The slave logs why; the reason names only what was expected.
+                let mut bytes = Vec::new();
+                encode_refusal(&format!("authentication failed: {reason}"), &mut bytes);
+                let refusing = stream.write_all(&bytes);
+                let _ = with_timeout(remaining(deadline), "refusing the slave", refusing).await;
+            }
+            return;
         }
-        return;
-    }
+    };
     let answer = welcome(&shard, &hello);
     let mut bytes = Vec::new();
     match &answer {
-        Ok((welcome, _)) => welcome.encode(&mut bytes),
+        Ok((welcome, _)) => {
+            welcome.encode(&mut bytes);
+            if let Some(session) = &session {
+                // After the length-prefixed welcome: its tag under the session key.
+                let tag = auth::welcome_tag(session, &bytes[4..]);
+                bytes.extend_from_slice(&tag);
+            }
+        }
         Err(reason) => encode_refusal(reason, &mut bytes),
     }
     let answering = stream.write_all(&bytes);
@@ -511,6 +522,7 @@ async fn serve_slave<D: Disk>(
             replicas.clone(),
             reader,
             link,
+            session,
             closed.clone(),
         ));
         let result = ship(&shard, &replicas, &mut stream, start, &closed).await;
@@ -531,19 +543,41 @@ async fn read_reports<D: Disk>(
     replicas: Rc<Replicas>,
     mut reader: TcpStream,
     link: u64,
+    session: Option<Secret>,
     closed: Rc<Cell<bool>>,
 ) {
     let timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
-    let mut report = [0u8; REPORT_BYTES];
+    let mut report = [0u8; AUTH_REPORT_BYTES];
+    let report_len = if session.is_some() {
+        AUTH_REPORT_BYTES
+    } else {
+        REPORT_BYTES
+    };
     let mut last_warning: Option<Instant> = None;
+    let mut number = 0u64;
     while !closed.get() {
-        if let Err(e) =
-            with_timeout(timeout, "reading a report", reader.read_exact(&mut report)).await
-        {
+        let reading = reader.read_exact(&mut report[..report_len]);
+        if let Err(e) = with_timeout(timeout, "reading a report", reading).await {
             info!(shard = shard.id(), "slave report stream ended: {e}");
             break;
         }
-        let offset = u64::from_le_bytes(report);
+        let offset = u64::from_le_bytes(report[..REPORT_BYTES].try_into().expect("8 bytes"));
+        if let Some(session) = &session {
+            let tag = &report[REPORT_BYTES..AUTH_REPORT_BYTES];
+            if !auth::verify_report(session, number, offset, tag) {
+                // Not the authenticated slave's report (altered, replayed or injected on the
+                // path): it moves nothing, and the link ends.
+                shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
+                auth::log_refusal(
+                    shard.id(),
+                    &format!("link {link}"),
+                    RefusalKind::Auth,
+                    &format!("report {number} of a slave link carries a wrong tag; closing it"),
+                );
+                break;
+            }
+            number += 1;
+        }
         let master_max = shard.store().max_offset();
         match replicas.report(link, offset, master_max) {
             Ok(advanced) => {

@@ -54,6 +54,8 @@ pub const METADATA_HEADER_BYTES: usize = 1 + 4;
 /// The longest fixed header of a master frame.
 pub const MAX_FRAME_HEADER_BYTES: usize = DATA_HEADER_BYTES;
 pub const REPORT_BYTES: usize = 8;
+/// A report on an authenticated link: the offset, then its tag ([`super::auth::report_tag`]).
+pub const AUTH_REPORT_BYTES: usize = REPORT_BYTES + PROOF_BYTES;
 /// Largest handshake message accepted: a few hundred epochs and names.
 pub const MAX_HANDSHAKE_BYTES: usize = 64 * 1024;
 /// Largest metadata frame: a million group offsets with 30-byte names, far more than a broker

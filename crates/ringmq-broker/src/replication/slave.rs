@@ -18,7 +18,8 @@ use super::identity::LogIdentity;
 use super::master::with_timeout;
 use super::protocol::{
     encode_proof, next_shipped, Answer, Hello, LinkSecurity, MasterFrame, MetadataFrame, Shipped,
-    Welcome, MAX_FRAME_HEADER_BYTES, MAX_HANDSHAKE_BYTES, MAX_METADATA_BYTES, NONCE_BYTES,
+    Welcome, AUTH_REPORT_BYTES, MAX_FRAME_HEADER_BYTES, MAX_HANDSHAKE_BYTES, MAX_METADATA_BYTES,
+    NONCE_BYTES, PROOF_BYTES, REPORT_BYTES,
 };
 use crate::config::HaSecurity;
 use crate::metrics::Counter;
@@ -31,6 +32,7 @@ use futures_lite::future;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::spawn_local;
+use ringmq_protocol::auth::Secret;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -118,7 +120,7 @@ async fn link_once<D: Disk>(
     let _ = stream.set_nodelay(true);
     // One bound on the whole handshake (authentication included), however slowly the master's
     // bytes trickle in.
-    let welcome = future::or(handshake(shard, &mut stream, timeout), async {
+    let (welcome, session) = future::or(handshake(shard, &mut stream, timeout), async {
         shard.clock().sleep(timeout).await;
         Err(ReplicationError::Silent {
             ms: timeout.as_millis(),
@@ -234,7 +236,13 @@ async fn link_once<D: Disk>(
     }
     let writer = unsafe { TcpStream::from_raw_fd(write_fd) };
     let closed = Rc::new(Cell::new(false));
-    let reporter = spawn_local(report(shard.clone(), link.clone(), writer, closed.clone()));
+    let reporter = spawn_local(report(
+        shard.clone(),
+        link.clone(),
+        writer,
+        session,
+        closed.clone(),
+    ));
     let result = receive(shard, link, &mut stream, timeout).await;
     closed.set(true);
     super::master::shutdown_socket(stream.as_raw_fd());
@@ -257,7 +265,7 @@ async fn handshake<D: Disk>(
     shard: &Shard<D>,
     stream: &mut TcpStream,
     timeout: Duration,
-) -> Result<Welcome, ReplicationError> {
+) -> Result<(Welcome, Option<Secret>), ReplicationError> {
     let identity = shard.role_state().identity();
     let max_offset = shard.store().max_offset();
     let config = shard.config();
@@ -305,7 +313,7 @@ async fn handshake<D: Disk>(
     with_timeout(timeout, "sending the handshake", stream.write_all(&out)).await?;
     let answer = Answer::decode(&read_answer(stream, timeout).await?)?;
     match (answer, secret) {
-        (Answer::Welcome(welcome), None) => Ok(welcome),
+        (Answer::Welcome(welcome), None) => Ok((welcome, None)),
         (Answer::Welcome(_), Some(_)) => Err(ReplicationError::Auth(
             "the master did not authenticate itself (is its ha_security \"off\"?); this slave \
              requires ha_security = \"auth\" and does not follow it"
@@ -335,8 +343,27 @@ async fn handshake<D: Disk>(
             let mut out = Vec::new();
             encode_proof(&auth::slave_proof(secret, &hello, &challenge), &mut out);
             with_timeout(timeout, "sending the proof", stream.write_all(&out)).await?;
-            // The welcome, or a refusal that says why.
-            Welcome::decode(&read_answer(stream, timeout).await?)
+            // The welcome, or a refusal that says why. A welcome is followed by its tag under
+            // the session key: a relay on the path cannot alter it (the truncation point, the
+            // epochs) after the proofs.
+            let session = auth::session_key(secret, &hello, &challenge);
+            let body = read_answer(stream, timeout).await?;
+            let welcome = Welcome::decode(&body)?;
+            let mut tag = [0u8; PROOF_BYTES];
+            with_timeout(
+                timeout,
+                "reading the welcome's tag",
+                stream.read_exact(&mut tag),
+            )
+            .await?;
+            if !auth::verify_welcome(&session, &body, &tag) {
+                return Err(ReplicationError::Auth(
+                    "the master's welcome carries a wrong tag (altered on the way?); not \
+                     following it"
+                        .to_string(),
+                ));
+            }
+            Ok((welcome, Some(session)))
         }
     }
 }
@@ -370,14 +397,28 @@ async fn report<D: Disk>(
     shard: Rc<Shard<D>>,
     link: Rc<SlaveLink>,
     mut writer: TcpStream,
+    session: Option<Secret>,
     closed: Rc<Cell<bool>>,
 ) {
     let heartbeat = Duration::from_millis(shard.config().ha_heartbeat_interval_ms);
     let mut last = None;
+    let mut number = 0u64;
+    let mut bytes = [0u8; AUTH_REPORT_BYTES];
     while !closed.get() {
         let offset = shard.local_confirmed_offset();
         if last != Some(offset) {
-            if writer.write_all(&offset.to_le_bytes()).await.is_err() {
+            bytes[..REPORT_BYTES].copy_from_slice(&offset.to_le_bytes());
+            let len = match &session {
+                Some(session) => {
+                    // One HMAC per report (a microsecond), numbered so none can be replayed.
+                    let tag = auth::report_tag(session, number, offset);
+                    bytes[REPORT_BYTES..].copy_from_slice(&tag);
+                    number += 1;
+                    AUTH_REPORT_BYTES
+                }
+                None => REPORT_BYTES,
+            };
+            if writer.write_all(&bytes[..len]).await.is_err() {
                 break;
             }
             link.record_reported(offset);
