@@ -584,3 +584,72 @@ fn silent_handshakes_beyond_the_cap_are_closed_at_once() {
     assert!(refused(&mut client) > before);
     drop(silent);
 }
+
+/// An attacker relaying a real slave's handshake to the master (so both proofs pass) and then
+/// rewriting the slave's offset reports cannot move the acknowledged offset: every report is
+/// tagged under the session key, and the master closes the link on the first forged one.
+#[test]
+fn a_relay_cannot_forge_reports_after_the_handshake() {
+    use ringmq::replication::protocol::PROOF_BYTES;
+    use std::io::{Read, Write};
+    let root = temp_store();
+    let secret = secret_file(root.path(), "ha.secret", &[b'p'; 32]);
+    let (master_dir, slave_dir) = (temp_store(), temp_store());
+    let master = Broker::start_with_config(
+        master_dir.path(),
+        &auth_config(&secret),
+        &["--role", "SYNC_MASTER", "--shards", "1"],
+    );
+    let mut client = master.client();
+    client.create_topic("relayed", 1).unwrap();
+    let r = client
+        .produce("relayed", Some(0), &[message(b"not on the slave")])
+        .unwrap();
+    assert_ne!(r.status, Status::Ok, "no slave yet");
+    let master_max = status(&master).unwrap().shards[0].max_offset;
+    assert!(master_max > 0);
+    let relay = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay_addr = relay.local_addr().unwrap().to_string();
+    let _slave = Broker::start_with_config(
+        slave_dir.path(),
+        &auth_config(&secret),
+        &["--role", "SLAVE", "--shards", "1", "--master", &relay_addr],
+    );
+    let (mut from_slave, _) = relay.accept().unwrap();
+    let mut to_master = std::net::TcpStream::connect(&master.ha).unwrap();
+    for link in [&from_slave, &to_master] {
+        link.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+    }
+    // The handshake goes through untouched: hello, challenge, proof, welcome and its tag.
+    to_master.write_all(&read_framed(&mut from_slave)).unwrap();
+    from_slave.write_all(&read_framed(&mut to_master)).unwrap();
+    to_master.write_all(&read_framed(&mut from_slave)).unwrap();
+    let mut welcome = read_framed(&mut to_master);
+    let mut tag = [0u8; PROOF_BYTES];
+    to_master.read_exact(&mut tag).unwrap();
+    welcome.extend_from_slice(&tag);
+    from_slave.write_all(&welcome).unwrap();
+    // No log byte reaches the slave; its first report (offset 0) is rewritten to claim the
+    // master's whole log, keeping the slave's tag.
+    let mut report = [0u8; 8 + PROOF_BYTES];
+    from_slave.read_exact(&mut report).unwrap();
+    report[..8].copy_from_slice(&master_max.to_le_bytes());
+    to_master.write_all(&report).unwrap();
+    wait_until(CATCH_UP, "the master to refuse the forged report", || {
+        master.log().contains("carries a wrong tag").then_some(())
+    });
+    let s = status(&master).unwrap();
+    assert!(
+        s.shards[0]
+            .slaves
+            .iter()
+            .all(|l| l.acked_offset < master_max),
+        "a forged report was acknowledged: {:?}",
+        s.shards[0].slaves
+    );
+    let r = client
+        .produce("relayed", Some(0), &[message(b"still not acknowledged")])
+        .unwrap();
+    assert_ne!(r.status, Status::Ok);
+}
