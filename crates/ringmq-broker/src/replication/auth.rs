@@ -8,13 +8,18 @@
 //!    the master's proof, HMAC-SHA256(secret, [`MASTER_LABEL`] ‖ hello ‖ challenge);
 //! 3. the slave checks that proof (a master without the secret cannot feed it), then sends
 //!    its own, HMAC-SHA256(secret, [`SLAVE_LABEL`] ‖ hello ‖ challenge);
-//! 4. the master checks it and only then sends the welcome and the log.
+//! 4. the master checks it and only then sends the welcome and the log; the welcome and every
+//!    offset report carry a tag under the session key ([`session_key`]).
+//!
+//! Before step 2 the master checks what needs no secret (it is a master of the slave's group)
+//! and refuses a hello this process sent itself ([`is_own_hello`]), so a slave's hello
+//! reflected to its own HA port earns no master proof.
 //!
 //! Each proof covers both nonces, so an answer recorded on one connection fails on the next
 //! (the other side's nonce is new), and both identities as exchanged. The labels differ by
 //! direction, so a master's proof reflected back as the slave's fails. Tags are compared in
-//! constant time ([`Secret::verify`]). Both ends bound the whole handshake by
-//! `ha_link_timeout_ms`.
+//! constant time ([`Secret::verify`]). Both ends bound the whole handshake by one
+//! `ha_link_timeout_ms` deadline.
 
 use super::protocol::{Challenge, Hello, Nonce, Proof, NONCE_BYTES};
 use ringmq_protocol::auth::Secret;
