@@ -62,7 +62,7 @@ pub fn fresh_nonce() -> std::io::Result<Nonce> {
 /// slave shard, so a short list.
 static OUTSTANDING_HELLOS: Mutex<Vec<Nonce>> = Mutex::new(Vec::new());
 
-/// A hello nonce registered in [`OUTSTANDING_HELLOS`] for as long as this lives (the slave's
+/// A hello nonce registered as outstanding for as long as this lives (the slave's
 /// handshake).
 pub struct OutstandingHello(Nonce);
 
