@@ -289,6 +289,7 @@ fn summary(mode: BenchMode, producers: u32, rate: f64, p99_us: u64) -> RunSummar
     RunSummary {
         mode,
         producers,
+        acks: None,
         name: super::run::run_name(mode, producers),
         messages: (rate * 10.0) as u64,
         seconds: 10.0,
@@ -689,6 +690,7 @@ fn event_loop_workload(producers: u32, window: u32, batch: u32, count: u64) -> W
         count: Some(count),
         rate_per_sec: None,
         driver: Driver::EventLoop { threads: 2 },
+        acks: None,
     }
 }
 
