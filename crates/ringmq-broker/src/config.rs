@@ -944,6 +944,28 @@ mod tests {
     }
 
     #[test]
+    fn acknowledgement_levels_parse_and_round_trip() {
+        let defaults = BrokerConfig::default();
+        assert_eq!(
+            (defaults.default_acks, defaults.min_acks),
+            (None, Acks::None)
+        );
+        let config =
+            BrokerConfig::from_toml("default_acks = \"all\"\nmin_acks = \"leader\"").unwrap();
+        assert_eq!(
+            (config.default_acks, config.min_acks),
+            (Some(Acks::All), Acks::Leader)
+        );
+        assert_eq!(BrokerConfig::from_toml(&config.to_toml()).unwrap(), config);
+        assert_eq!(
+            BrokerConfig::from_toml(&defaults.to_toml()).unwrap(),
+            defaults
+        );
+        let err = BrokerConfig::from_toml("min_acks = \"one\"").unwrap_err();
+        assert!(err.to_string().contains("min_acks"), "{err}");
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let err = BrokerConfig::from_toml("flush_disk_type = \"SOMETIMES\"").unwrap_err();
         assert!(err.to_string().contains("flush_disk_type"), "{err}");
