@@ -277,7 +277,8 @@ pub struct BrokerConfig {
     /// seconds of a busy shard's appends, so a consumer that only paused briefly stays.
     pub slave_read_lag_bytes: u64,
     // Acknowledgement levels (README "Acknowledgement levels"; `shard::handlers::produce`).
-    /// The level of a produce that names none (`"none"`, `"leader"` or `"all"`). Unset: the
+    /// The level of a produce that names none (`"leader"` or `"all"`; `"none"` is refused,
+    /// since such a client waits for its answer). Unset: the
     /// role decides, as before levels existed: `all` on a SYNC_MASTER, `leader` on an
     /// ASYNC_MASTER, so a client that never names a level gets today's guarantee.
     pub default_acks: Option<Acks>,
@@ -696,6 +697,16 @@ impl BrokerConfig {
         self.validate_cluster()?;
         self.validate_retention()?;
         self.validate_retries()?;
+        // A client that names no level waits for an answer (plain `Client::produce` does):
+        // a `none` default would leave every such client waiting out its read timeout. Only a
+        // frame that itself asks for `none` goes unanswered.
+        if self.default_acks == Some(Acks::None) {
+            return Err(ConfigError::value(
+                "default_acks",
+                "`none` would leave every client that names no level without an answer; \
+                 use \"leader\" or \"all\" (a producer asks for none per request)",
+            ));
+        }
         if self.io_memory_bytes < MIN_IO_MEMORY_BYTES {
             return Err(ConfigError::value(
                 "io_memory_bytes",
@@ -963,6 +974,12 @@ mod tests {
         );
         let err = BrokerConfig::from_toml("min_acks = \"one\"").unwrap_err();
         assert!(err.to_string().contains("min_acks"), "{err}");
+        let silent = BrokerConfig::from_toml("default_acks = \"none\"").unwrap();
+        assert_eq!(silent.validate().unwrap_err().key(), Some("default_acks"));
+        BrokerConfig::from_toml("min_acks = \"all\"\ndefault_acks = \"leader\"")
+            .unwrap()
+            .validate()
+            .unwrap();
     }
 
     #[test]

@@ -491,25 +491,38 @@ mod tests {
     #[test]
     fn a_configured_default_applies_to_requests_that_name_none() {
         let policy = AcksPolicy::new(
-            &config(Some(Acks::None), Acks::None),
+            &config(Some(Acks::Leader), Acks::None),
             BrokerRole::SyncMaster,
         );
-        assert_eq!(policy.resolve(None), Acks::None);
+        assert_eq!(policy.resolve(None), Acks::Leader);
         assert_eq!(policy.resolve(Some(Acks::All)), Acks::All);
+        assert_eq!(policy.resolve(Some(Acks::None)), Acks::None);
+    }
+
+    #[test]
+    fn a_request_that_names_no_level_is_always_answered() {
+        // Validation refuses `default_acks = "none"`; every valid policy answers `None`.
+        for default in [None, Some(Acks::Leader), Some(Acks::All)] {
+            for role in [BrokerRole::SyncMaster, BrokerRole::AsyncMaster] {
+                let policy = AcksPolicy::new(&config(default, Acks::None), role);
+                assert!(policy.resolve(None).is_answered(), "{default:?} {role:?}");
+            }
+        }
     }
 
     #[test]
     fn the_floor_raises_and_never_lowers() {
         let policy = AcksPolicy::new(
-            &config(Some(Acks::None), Acks::Leader),
+            &config(Some(Acks::Leader), Acks::Leader),
             BrokerRole::AsyncMaster,
         );
         assert_eq!(policy.resolve(Some(Acks::None)), Acks::Leader);
-        assert_eq!(
-            policy.resolve(None),
-            Acks::Leader,
-            "the default is raised too"
+        assert_eq!(policy.resolve(None), Acks::Leader);
+        let raised = AcksPolicy::new(
+            &config(Some(Acks::Leader), Acks::All),
+            BrokerRole::SyncMaster,
         );
+        assert_eq!(raised.resolve(None), Acks::All, "the default is raised too");
         assert_eq!(policy.resolve(Some(Acks::Leader)), Acks::Leader);
         assert_eq!(policy.resolve(Some(Acks::All)), Acks::All);
         let strict = AcksPolicy::new(&config(None, Acks::All), BrokerRole::AsyncMaster);
