@@ -16,7 +16,8 @@
 //! guarantee on this broker only, `all` also for `min_in_sync_replicas - 1` slaves exactly as
 //! a SYNC_MASTER always has (on an ASYNC_MASTER too), and `none` appends like `leader` and is
 //! never answered. The broker's own produces (a rejected message's copy, a due retry) come
-//! through `handlers::handle` and run at the role's level, as before.
+//! through `handlers::handle` and run at the level a request naming none gets (so
+//! `min_acks` and `default_acks` bind them too), never below `leader`.
 
 use super::{body, route, Route};
 use crate::config::{BrokerConfig, BrokerRole, FlushDiskType};
@@ -62,7 +63,7 @@ impl AcksPolicy {
 }
 
 /// The level the role guaranteed before requests could name one: what a request that names
-/// none gets while `default_acks` is unset, and what the broker's own produces run at.
+/// none gets while `default_acks` is unset.
 pub fn role_acks(role: BrokerRole) -> Acks {
     match role {
         BrokerRole::SyncMaster => Acks::All,
@@ -153,14 +154,23 @@ pub async fn handle_forwarded<D: Disk>(
     decode_and_run(shard, raw, acks).await
 }
 
-/// The broker's own produce (a reject's copy, a due retry): the role's level, as before
-/// levels existed. Refusing it while the shard stops is the caller's choice (the dispatch
-/// does; a reject in progress does not).
+/// The broker's own produce (a reject's copy, a due retry): the level a request naming none
+/// gets (`default_acks`, raised to `min_acks`), and never below `leader`: its caller reads
+/// the outcome (a reject is answered OK only once its copy holds), so it cannot run unanswered.
+/// Refusing it while the shard stops is the caller's choice (the dispatch does; a reject in
+/// progress does not).
 pub async fn handle_internal<D: Disk>(
     shard: &Rc<Shard<D>>,
     raw: &[u8],
 ) -> Result<Reply, ShardError> {
-    decode_and_run(shard, raw, role_acks(shard.role())).await
+    decode_and_run(shard, raw, internal_acks(shard.config(), shard.role())).await
+}
+
+/// The level of the broker's own produces on a broker with `config` in `role`.
+pub fn internal_acks(config: &BrokerConfig, role: BrokerRole) -> Acks {
+    AcksPolicy::new(config, role)
+        .resolve(None)
+        .max(Acks::Leader)
 }
 
 async fn decode_and_run<D: Disk>(
@@ -529,6 +539,24 @@ mod tests {
         for acks in Acks::ALL {
             assert_eq!(strict.resolve(Some(acks)), Acks::All);
         }
+    }
+
+    #[test]
+    fn the_brokers_own_produces_follow_the_policy_at_leader_or_above() {
+        let role = BrokerRole::AsyncMaster;
+        assert_eq!(internal_acks(&config(None, Acks::None), role), Acks::Leader);
+        assert_eq!(internal_acks(&config(None, Acks::All), role), Acks::All);
+        assert_eq!(
+            internal_acks(&config(Some(Acks::All), Acks::None), role),
+            Acks::All
+        );
+        assert_eq!(
+            internal_acks(&config(None, Acks::None), BrokerRole::SyncMaster),
+            Acks::All
+        );
+        // Even a policy that could resolve to `none` leaves them answered.
+        let unvalidated = config(Some(Acks::None), Acks::None);
+        assert_eq!(internal_acks(&unvalidated, role), Acks::Leader);
     }
 
     #[test]
