@@ -201,7 +201,8 @@ async fn run<D: Disk>(
     let topic_id = match route(shard, topic, queue)? {
         Route::Local { topic_id, .. } => topic_id,
         Route::Remote(owner) => {
-            let mut forwarded = Vec::new();
+            // One allocation for the body, as the forward of the raw request always had.
+            let mut forwarded = Vec::with_capacity(produce_wire_len(topic, messages));
             encode_produce(&mut forwarded, topic, queue, messages);
             return Ok(shard.forward_produce(owner, forwarded, acks).await);
         }
@@ -239,6 +240,17 @@ async fn run<D: Disk>(
         commitlog_offset: first.commitlog_offset,
     };
     Ok(Reply::with_status(status, body(|out| response.encode(out))))
+}
+
+/// The length `encode_produce` writes for `topic` and `messages`: a u16-prefixed name, the
+/// queue, a u32 count, and per message its timestamp and three length-prefixed fields.
+fn produce_wire_len(topic: &str, messages: &[MessageRef<'_>]) -> usize {
+    let fixed = 2 + topic.len() + 4 + 4;
+    fixed
+        + messages
+            .iter()
+            .map(|m| 8 + 2 + m.key.len() + 2 + m.properties.len() + 4 + m.body.len())
+            .sum::<usize>()
 }
 
 fn not_master<D: Disk>(shard: &Shard<D>) -> ShardError {
@@ -557,6 +569,27 @@ mod tests {
         // Even a policy that could resolve to `none` leaves them answered.
         let unvalidated = config(Some(Acks::None), Acks::None);
         assert_eq!(internal_acks(&unvalidated, role), Acks::Leader);
+    }
+
+    #[test]
+    fn the_forward_buffer_is_sized_exactly() {
+        let messages = [
+            MessageRef {
+                born_timestamp_ms: 1,
+                key: b"k",
+                properties: b"a=b",
+                body: b"body",
+            },
+            MessageRef {
+                born_timestamp_ms: 2,
+                key: b"",
+                properties: b"",
+                body: &[7; 300],
+            },
+        ];
+        let mut out = Vec::new();
+        encode_produce(&mut out, "topic", 3, &messages);
+        assert_eq!(produce_wire_len("topic", &messages), out.len());
     }
 
     #[test]
