@@ -172,8 +172,10 @@ impl Connection {
         self.broken
     }
 
+    /// Requests sent and not yet handed to the caller: unanswered, or answered and parked
+    /// (read while waiting for another id, or by [`drain_ready`](Self::drain_ready)).
     pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.in_flight.len() + self.arrived.len()
     }
 
     /// Whether the broker closed (or reset) this connection while nothing was in flight on
@@ -262,6 +264,105 @@ impl Connection {
         Ok(request_id)
     }
 
+    /// Reads what the socket holds now, without waiting: answers to `none` produces are
+    /// dropped, every other response is checked and parked for its caller (`recv`, `wait`).
+    pub fn drain_ready(&mut self) -> Result<(), ClientError> {
+        loop {
+            self.park_buffered()?;
+            if !self.read_ready()? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The next response if one can be had without waiting ([`drain_ready`](Self::drain_ready)
+    /// first): `None` when the socket held only answers to `none` produces, or nothing.
+    pub fn try_recv(&mut self) -> Result<Option<Response>, ClientError> {
+        if self.arrived.is_empty() {
+            self.drain_ready()?;
+        }
+        Ok(self.arrived.pop_front())
+    }
+
+    /// Moves every complete frame of `read_buf` to `arrived`, dropping answers to `none`
+    /// produces.
+    fn park_buffered(&mut self) -> Result<(), ClientError> {
+        loop {
+            let (response, wire_len) = match self.decoder.decode(&self.read_buf[self.read_start..])
+            {
+                Ok(Some(frame)) => (
+                    Response {
+                        header: frame.header,
+                        body: frame.body.to_vec(),
+                    },
+                    frame.wire_len(),
+                ),
+                Ok(None) => return Ok(()),
+                Err(source) => {
+                    self.broken = true;
+                    return Err(ClientError::Frame {
+                        addr: self.addr.clone(),
+                        source,
+                    });
+                }
+            };
+            self.read_start += wire_len;
+            if !self.answers_one_way(&response.header) {
+                let response = self.accept(response)?;
+                self.arrived.push_back(response);
+            }
+        }
+    }
+
+    /// One non-blocking read into `read_buf`: whether it got bytes. The broker's close or an
+    /// I/O error marks the connection broken.
+    fn read_ready(&mut self) -> Result<bool, ClientError> {
+        self.read_buf.drain(..self.read_start);
+        self.read_start = 0;
+        let filled = self.read_buf.len();
+        self.read_buf.resize(filled + READ_CHUNK_BYTES, 0);
+        let result = loop {
+            let into = &mut self.read_buf[filled..];
+            // SAFETY: `into` is a valid, exclusively borrowed buffer of `into.len()` bytes and
+            // the descriptor is this connection's own socket. MSG_DONTWAIT makes this one read
+            // non-blocking without changing the socket's mode.
+            let n = unsafe {
+                libc::recv(
+                    self.stream.as_raw_fd(),
+                    into.as_mut_ptr().cast(),
+                    into.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                break Ok(n as usize);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != ErrorKind::Interrupted {
+                break Err(e);
+            }
+        };
+        self.read_buf
+            .truncate(filled + *result.as_ref().unwrap_or(&0));
+        match result {
+            Ok(0) => {
+                self.broken = true;
+                Err(ClientError::ConnectionClosed {
+                    addr: self.addr.clone(),
+                })
+            }
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(false),
+            Err(source) => {
+                self.broken = true;
+                Err(ClientError::Io {
+                    addr: self.addr.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
     /// Sends a request and waits for its response.
     pub fn call(&mut self, opcode: Opcode, body: &[u8]) -> Result<Response, ClientError> {
         let id = self.send(opcode, body)?;
@@ -314,13 +415,24 @@ impl Connection {
         }
     }
 
-    /// Whether [`recv`](Self::recv) can return without reading the socket.
+    /// Whether [`recv`](Self::recv) can return without reading the socket: a parked
+    /// response, or a complete frame in the buffer that is not an answer to a `none` produce
+    /// (`recv` would drop that and read on), or one that does not decode (an error now).
     pub fn has_buffered_response(&self) -> bool {
-        !self.arrived.is_empty()
-            || !matches!(
-                self.decoder.decode(&self.read_buf[self.read_start..]),
-                Ok(None)
-            )
+        if !self.arrived.is_empty() {
+            return true;
+        }
+        let mut at = self.read_start;
+        loop {
+            match self.decoder.decode(&self.read_buf[at..]) {
+                Ok(None) => return false,
+                Err(_) => return true,
+                Ok(Some(frame)) if self.is_one_way_answer(&frame.header) => {
+                    at += frame.wire_len();
+                }
+                Ok(Some(_)) => return true,
+            }
+        }
     }
 
     fn read_response(
@@ -348,6 +460,16 @@ impl Connection {
     /// Whether `header` answers a `none` produce (its level raised by the broker): then it
     /// is dropped, and its id forgotten.
     fn answers_one_way(&mut self, header: &FrameHeader) -> bool {
+        if !self.is_one_way_answer(header) {
+            return false;
+        }
+        if let Ok(at) = self.one_way.binary_search(&header.request_id) {
+            self.one_way.remove(at);
+        }
+        true
+    }
+
+    fn is_one_way_answer(&self, header: &FrameHeader) -> bool {
         let id = header.request_id;
         if !header.is_response()
             || header.opcode != Opcode::Produce as u16
@@ -355,11 +477,7 @@ impl Connection {
         {
             return false;
         }
-        if let Ok(at) = self.one_way.binary_search(&id) {
-            self.one_way.remove(at);
-            return true;
-        }
-        id != 0 && id <= self.one_way_forgotten_through
+        self.one_way.binary_search(&id).is_ok() || (id != 0 && id <= self.one_way_forgotten_through)
     }
 
     /// Checks a response against what is in flight.
