@@ -316,6 +316,51 @@ fn min_acks_raises_none_to_leader_and_the_answer_is_written() {
     assert_eq!(stats.counters["produce_acks_raised_total"], 101);
 }
 
+/// A producer that only sends `none` never waits for anything; on a broker whose `min_acks`
+/// answers them the client drains those answers as it sends, so neither side's buffers fill
+/// and stall the other, and every message arrives. A dropped client drains to the broker's
+/// close, so its last produces are read rather than lost to a reset.
+#[test]
+fn a_producer_that_only_sends_none_never_stalls_a_raising_broker() {
+    const COUNT: u64 = 200_000;
+    let dir = temp_store();
+    let broker =
+        Broker::start_with_config(dir.path(), "min_acks = \"leader\"\n", &["--shards", "1"]);
+    broker.client().create_topic("t", 1).expect("create");
+    let mut client = broker.client();
+    for i in 0..COUNT {
+        let body = format!("m{i}");
+        let sent = client
+            .produce_with("t", Some(0), &[message(body.as_bytes())], Acks::None)
+            .expect("write");
+        assert!(sent.is_none());
+    }
+    client
+        .call(&Ping {})
+        .expect("a ping after the none produces");
+    // The last ones, then drop: the drop drains to the close instead of resetting.
+    let mut last = broker.client();
+    for i in 0..100 {
+        let body = format!("tail{i}");
+        last.produce_with("t", Some(0), &[message(body.as_bytes())], Acks::None)
+            .expect("write");
+    }
+    drop(last);
+    let mut offset = 0;
+    while offset < COUNT + 100 {
+        let pulled = client
+            .pull("t", 0, offset, 1000, 1 << 20, 5000)
+            .expect("pull");
+        assert!(
+            !pulled.messages.is_empty(),
+            "no message at {offset} within the long poll"
+        );
+        offset = pulled.summary.next_offset;
+    }
+    let stats = client.call(&StatsRequest {}).expect("stats");
+    assert_eq!(stats.counters["produce_acks_leader_total"], COUNT + 100);
+}
+
 #[test]
 fn bad_flag_combinations_are_refused_and_the_connection_stays_open() {
     let dir = temp_store();

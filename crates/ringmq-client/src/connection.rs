@@ -9,6 +9,12 @@
 //! A produce sent at level `none` ([`Connection::send_with_acks`]) takes no place among the
 //! requests in flight: the broker writes no answer to it, so nothing waits for one. A broker
 //! whose `min_acks` raised it does answer; that answer is recognised by its id and dropped.
+//! A caller that only sends `none` never reads, so each such send also drains, without
+//! waiting, what the socket already holds ([`Connection::drain_ready`]): otherwise raised
+//! answers would fill both socket buffers and stall the broker's connection. Dropping a
+//! connection that sent `none` produces first shuts its write side and reads to the broker's
+//! close (at most `CLOSE_DRAIN_TIMEOUT`): closing with unread answers would reset the
+//! connection, and the broker could lose the last frames it had not read yet.
 
 use super::error::ClientError;
 use super::{
@@ -29,6 +35,11 @@ use std::time::{Duration, Instant};
 /// their level. 4096 ids are 32 KiB; an answer to an older one is still recognised (see
 /// `one_way_forgotten_through`), so the bound costs only precision, never a broken connection.
 const MAX_ONE_WAY_REMEMBERED: usize = 4096;
+
+/// How long dropping a connection that sent `none` produces waits for the broker to read
+/// them all and close: long enough for a broker that has a backlog of appends, short enough
+/// that a broker that stopped answering does not hold a producer's exit for long.
+const CLOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionOptions {
@@ -108,6 +119,8 @@ pub struct Connection {
     /// The newest `none` produce id dropped from `one_way`: a produce answer at or below it
     /// that nothing waits for belongs to one of those.
     one_way_forgotten_through: u64,
+    /// Whether a `none` produce was ever sent here: then a drop drains before closing.
+    sent_one_way: bool,
     broken: bool,
 }
 
@@ -155,6 +168,7 @@ impl Connection {
             arrived: VecDeque::new(),
             one_way: VecDeque::new(),
             one_way_forgotten_through: 0,
+            sent_one_way: false,
             broken: false,
         })
     }
@@ -258,6 +272,10 @@ impl Connection {
         self.next_request_id += 1;
         if acks == Some(Acks::None) {
             self.remember_one_way(request_id);
+            self.sent_one_way = true;
+            // The send went out whatever this finds: a failure here (the broker closed, a
+            // bad frame) marks the connection broken, and the next request reports it.
+            let _ = self.drain_ready();
         } else {
             self.in_flight.insert(request_id, opcode);
         }
@@ -480,6 +498,28 @@ impl Connection {
         self.one_way.binary_search(&id).is_ok() || (id != 0 && id <= self.one_way_forgotten_through)
     }
 
+    /// Shuts the write side and reads (dropping everything) until the broker closes, at most
+    /// `timeout`: the broker then has read every frame sent here.
+    fn drain_to_close(&mut self, timeout: Duration) {
+        if self.stream.shutdown(std::net::Shutdown::Write).is_err() {
+            return;
+        }
+        let deadline = Instant::now() + timeout;
+        let mut chunk = [0u8; READ_CHUNK_BYTES];
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() || self.stream.set_read_timeout(Some(remaining)).is_err() {
+                return;
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Checks a response against what is in flight.
     fn accept(&mut self, response: Response) -> Result<Response, ClientError> {
         let header = response.header;
@@ -646,6 +686,14 @@ pub fn is_self_connection(socket: &impl AsRawFd) -> bool {
         (local.map(|a| a.as_socket()), peer.map(|a| a.as_socket())),
         (Ok(Some(local)), Ok(Some(peer))) if local == peer
     )
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.sent_one_way && !self.broken {
+            self.drain_to_close(CLOSE_DRAIN_TIMEOUT);
+        }
+    }
 }
 
 impl AsRawFd for Connection {
