@@ -13,7 +13,7 @@ use ringmq::protocol::message::{
     encode_produce, ClusterStatusRequest, MessageRef, Ping, StatsRequest,
 };
 use ringmq::protocol::{Opcode, Status};
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -261,18 +261,32 @@ fn none_is_appended_never_answered_and_holds_no_slot() {
     assert_eq!(stats.counters["produce_acks_none_total"], COUNT);
     assert_eq!(stats.counters["produce_acks_none_errors_total"], 0);
 
-    // On the wire: a none produce gets no frame; the ping sent after it is the first answer,
-    // and a second ping, sent once the produce is readable, is the next.
+    // On the wire: a none produce gets no frame. Once it is readable (its produce is done)
+    // nothing arrives on its connection, and a ping is answered next.
     let mut socket = raw(&broker.addr);
     let mut body = Vec::new();
     encode_produce(&mut body, "t", 0, &[message(b"silent")]);
     send(&mut socket, Opcode::Produce, 1, Some(Acks::None), &body);
-    send(&mut socket, Opcode::Ping, 2, None, &[]);
-    assert_eq!(read_response(&mut socket).request_id, 2);
     let pulled = client.pull("t", 0, COUNT, 10, 1 << 20, 5000).expect("pull");
     assert_eq!(pulled.messages[0].body, b"silent");
-    send(&mut socket, Opcode::Ping, 3, None, &[]);
-    assert_eq!(read_response(&mut socket).request_id, 3);
+    assert_nothing_arrives(&mut socket, Duration::from_millis(500));
+    send(&mut socket, Opcode::Ping, 2, None, &[]);
+    assert_eq!(read_response(&mut socket).request_id, 2);
+}
+
+/// Reads for `wait` and fails on any byte: the broker wrote nothing to this connection.
+fn assert_nothing_arrives(socket: &mut TcpStream, wait: Duration) {
+    socket.set_read_timeout(Some(wait)).unwrap();
+    let mut chunk = [0u8; 64];
+    match socket.read(&mut chunk) {
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+        Ok(n) => panic!(
+            "{n} bytes arrived where no answer is due: {:?}",
+            &chunk[..n]
+        ),
+        Err(e) => panic!("the connection failed: {e}"),
+    }
+    socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
 }
 
 /// With `min_acks = "leader"` a `none` produce is raised and, at its effective level, answered:
