@@ -2,6 +2,7 @@
 //! with no file at all. A file given with `--config` and then command-line flags override the
 //! defaults; [`BrokerConfig::validate`] refuses bad values with a message naming the key.
 
+use crate::protocol::Acks;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
@@ -322,6 +323,18 @@ pub struct BrokerConfig {
     /// `namesrv_secret_file`'s secret, read by [`BrokerConfig::load_secrets`]; never serialized.
     #[serde(skip)]
     pub namesrv_secret: Option<ringmq_protocol::auth::Secret>,
+    // Acknowledgement levels (README "Acknowledgement levels"; `shard::handlers::produce`).
+    /// The level of a produce that names none (`"leader"` or `"all"`; `"none"` is refused,
+    /// since such a client waits for its answer). Unset: the
+    /// role decides, as before levels existed: `all` on a SYNC_MASTER, `leader` on an
+    /// ASYNC_MASTER, so a client that never names a level gets today's guarantee.
+    pub default_acks: Option<Acks>,
+    /// The floor: a produce below it (named, or from `default_acks`) is raised to it, never
+    /// refused. `"none"` by default: in master/slave mode the role's default already gives
+    /// every client that names no level the role's guarantee, and a producer that asks for
+    /// `none` or `leader` chose to trade safety for speed (as RocketMQ's one-way send does).
+    /// An operator who must not allow that sets `"leader"` or `"all"`.
+    pub min_acks: Acks,
 }
 
 /// Shortest `namesrv_heartbeat_interval_ms`: a heartbeat costs shard 0 a round trip to every
@@ -389,6 +402,8 @@ impl Default for BrokerConfig {
             namesrv_secret_file: None,
             ha_secret: None,
             namesrv_secret: None,
+            default_acks: None,
+            min_acks: Acks::None,
         }
     }
 }
@@ -735,6 +750,16 @@ impl BrokerConfig {
         self.validate_cluster()?;
         self.validate_retention()?;
         self.validate_retries()?;
+        // A client that names no level waits for an answer (plain `Client::produce` does):
+        // a `none` default would leave every such client waiting out its read timeout. Only a
+        // frame that itself asks for `none` goes unanswered.
+        if self.default_acks == Some(Acks::None) {
+            return Err(ConfigError::value(
+                "default_acks",
+                "`none` would leave every client that names no level without an answer; \
+                 use \"leader\" or \"all\" (a producer asks for none per request)",
+            ));
+        }
         if self.io_memory_bytes < MIN_IO_MEMORY_BYTES {
             return Err(ConfigError::value(
                 "io_memory_bytes",
@@ -1018,6 +1043,34 @@ mod tests {
             BrokerConfig::default().file_reserved_time_ms,
             72 * 3_600_000
         );
+    }
+
+    #[test]
+    fn acknowledgement_levels_parse_and_round_trip() {
+        let defaults = BrokerConfig::default();
+        assert_eq!(
+            (defaults.default_acks, defaults.min_acks),
+            (None, Acks::None)
+        );
+        let config =
+            BrokerConfig::from_toml("default_acks = \"all\"\nmin_acks = \"leader\"").unwrap();
+        assert_eq!(
+            (config.default_acks, config.min_acks),
+            (Some(Acks::All), Acks::Leader)
+        );
+        assert_eq!(BrokerConfig::from_toml(&config.to_toml()).unwrap(), config);
+        assert_eq!(
+            BrokerConfig::from_toml(&defaults.to_toml()).unwrap(),
+            defaults
+        );
+        let err = BrokerConfig::from_toml("min_acks = \"one\"").unwrap_err();
+        assert!(err.to_string().contains("min_acks"), "{err}");
+        let silent = BrokerConfig::from_toml("default_acks = \"none\"").unwrap();
+        assert_eq!(silent.validate().unwrap_err().key(), Some("default_acks"));
+        BrokerConfig::from_toml("min_acks = \"all\"\ndefault_acks = \"leader\"")
+            .unwrap()
+            .validate()
+            .unwrap();
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::protocol::message::{
 use crate::protocol::{Opcode, Status};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn message(body: &[u8]) -> MessageRef<'_> {
     MessageRef {
@@ -88,6 +88,95 @@ fn pipelined_responses_out_of_order_are_matched_by_id() {
     assert_eq!(c.wait(1).unwrap().request_id(), 1);
     assert_eq!(c.in_flight(), 0);
     assert!(matches!(c.wait(1), Err(ClientError::InvalidArgument(_))));
+}
+
+/// `none` produces take no place in flight; a broker that raised their level (`min_acks`)
+/// answers them anyway, and those answers are dropped by id, also for ids past the bound of
+/// remembered ones, while an answer to an id never sent still breaks the connection.
+#[test]
+fn answers_to_none_produces_are_dropped_and_hold_no_slot() {
+    const SENT: usize = 4096 + 10;
+    let port = fake_broker::spawn(|mut conn| {
+        while let Some((header, _)) = conn.read_request() {
+            assert_eq!(
+                header.acks(),
+                (header.opcode == Opcode::Produce as u16).then_some(crate::Acks::None)
+            );
+            conn.reply(&header, Status::Ok, b"");
+            if header.opcode == Opcode::Ping as u16 {
+                conn.reply_raw(Opcode::Produce as u16, 1_000_000, Status::Ok, b"");
+            }
+        }
+    });
+    let mut c = Connection::connect(&format!("127.0.0.1:{port}"), Default::default()).unwrap();
+    for _ in 0..SENT {
+        c.send_with_acks(Opcode::Produce, Some(crate::Acks::None), |_| {})
+            .unwrap();
+    }
+    assert_eq!(c.in_flight(), 0);
+    let ping = c.send(Opcode::Ping, b"").unwrap();
+    assert_eq!(c.wait(ping).unwrap().request_id(), SENT as u64 + 1);
+    assert!(
+        !c.is_broken(),
+        "every produce answer was recognised and dropped"
+    );
+    // Past every id sent: not an answer to a none produce.
+    assert!(matches!(c.recv(), Err(ClientError::Protocol { .. })));
+}
+
+/// A connection made readable only by a dropped answer (a raised `none` produce) is no
+/// acknowledgement: `next_produce_ack` keeps waiting, within its own timeout, and says
+/// `None` at the end of it rather than blocking for the read timeout.
+#[test]
+fn a_dropped_answer_is_not_an_acknowledgement() {
+    let port = fake_broker::spawn(|mut conn| {
+        let mut one_way = None;
+        while let Some((header, _)) = conn.read_request() {
+            // Answers metadata, and the raised `none` produce once the `leader` one came (so
+            // the answer arrives while the client waits for an ack); the `leader` one never.
+            if header.opcode == Opcode::Metadata as u16 {
+                let body = metadata(vec![0], vec![topic("t", vec![0])]);
+                conn.reply(&header, Status::Ok, &body);
+            } else if header.acks() == Some(crate::Acks::None) {
+                one_way = Some(header);
+            } else if let Some(one_way) = one_way.take() {
+                conn.reply(&one_way, Status::Ok, b"");
+            }
+        }
+    });
+    let options = ClientOptions {
+        connection: ConnectionOptions {
+            read_timeout: Duration::from_secs(30),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut client = Client::connect_with(&format!("127.0.0.1:{port}"), options).unwrap();
+    let sent = client
+        .produce_with("t", Some(0), &[message(b"one-way")], crate::Acks::None)
+        .unwrap();
+    assert!(sent.is_none());
+    client
+        .send_produce_with(
+            "t",
+            Some(0),
+            &[message(b"waits")],
+            Some(crate::Acks::Leader),
+        )
+        .unwrap();
+    let started = Instant::now();
+    let next = client.next_produce_ack(Duration::from_millis(300)).unwrap();
+    assert!(next.is_none(), "{next:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited {:?}, past the caller's timeout",
+        started.elapsed()
+    );
+    assert_eq!(
+        client.in_flight(),
+        1,
+        "the leader produce is still in flight"
+    );
 }
 
 #[test]

@@ -43,10 +43,15 @@ pub enum Counter {
     RetentionReclaimedBytes,
     NamesrvRegisterRefused,
     ReplicationHandshakesRefused,
+    ProduceAcksNone,
+    ProduceAcksLeader,
+    ProduceAcksAll,
+    ProduceAcksRaised,
+    ProduceAcksNoneErrors,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 20] = [
+    pub const ALL: [Counter; 25] = [
         Counter::ProduceRequests,
         Counter::MessagesAppended,
         Counter::BytesAppended,
@@ -67,6 +72,11 @@ impl Counter {
         Counter::RetentionReclaimedBytes,
         Counter::NamesrvRegisterRefused,
         Counter::ReplicationHandshakesRefused,
+        Counter::ProduceAcksNone,
+        Counter::ProduceAcksLeader,
+        Counter::ProduceAcksAll,
+        Counter::ProduceAcksRaised,
+        Counter::ProduceAcksNoneErrors,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -90,6 +100,11 @@ impl Counter {
             Counter::RetentionReclaimedBytes => "retention_reclaimed_bytes_total",
             Counter::NamesrvRegisterRefused => "namesrv_register_refused_total",
             Counter::ReplicationHandshakesRefused => "replication_handshakes_refused_total",
+            Counter::ProduceAcksNone => "produce_acks_none_total",
+            Counter::ProduceAcksLeader => "produce_acks_leader_total",
+            Counter::ProduceAcksAll => "produce_acks_all_total",
+            Counter::ProduceAcksRaised => "produce_acks_raised_total",
+            Counter::ProduceAcksNoneErrors => "produce_acks_none_errors_total",
         }
     }
     pub fn help(self) -> &'static str {
@@ -125,6 +140,21 @@ impl Counter {
             }
             Counter::ReplicationHandshakesRefused => {
                 "Replication handshakes refused: a peer that failed or skipped authentication, or a slave the master would not serve."
+            }
+            Counter::ProduceAcksNone => {
+                "Client produce requests run at level none (appended, never answered)."
+            }
+            Counter::ProduceAcksLeader => {
+                "Client produce requests run at level leader (the master's guarantee only)."
+            }
+            Counter::ProduceAcksAll => {
+                "Client produce requests run at level all (the master's and the slaves')."
+            }
+            Counter::ProduceAcksRaised => {
+                "Client produce requests whose level min_acks raised to its floor."
+            }
+            Counter::ProduceAcksNoneErrors => {
+                "Level none produce requests not answered OK (refused, failed, or stored without their guarantee in time); no response tells their sender."
             }
         }
     }

@@ -289,9 +289,12 @@ impl Reader {
         let (shard, tx, activity) = (self.shard.clone(), self.tx.clone(), self.activity.clone());
         shard.lifecycle().request_started();
         spawn_local(observed(async move {
-            let reply = handlers::handle_client(&shard, opcode, &frame[body_start..]).await;
+            let reply = handlers::handle_client(&shard, header, opcode, &frame[body_start..]).await;
             drop(frame);
-            send_reply(&shard, &tx, header, reply).await;
+            // No reply: a produce at level `none`, whose sender waits for no answer.
+            if let Some(reply) = reply {
+                send_reply(&shard, &tx, header, reply).await;
+            }
             shard.lifecycle().request_finished();
             // The idle clock starts when the last request in flight is done.
             activity.set(Instant::now());
@@ -305,13 +308,11 @@ impl Reader {
             "shard_inflight_budget_bytes: shard {} had no room for a {wire_len}-byte request within {INFLIGHT_BUDGET_WAIT_MS} ms; retry later",
             self.shard.id()
         );
-        send_reply(
-            &self.shard,
-            &self.tx,
-            header,
-            Reply::error(Status::SystemBusy, message),
-        )
-        .await;
+        let reply = Reply::error(Status::SystemBusy, message);
+        // A produce that asked for `none` is never answered, not even SYSTEM_BUSY.
+        if !handlers::withheld(&self.shard, header, &reply) {
+            send_reply(&self.shard, &self.tx, header, reply).await;
+        }
     }
 
     /// The size of the frame in the buffer when its header is complete and it cannot fit.
@@ -433,13 +434,11 @@ impl Reader {
             self.frame_started.elapsed().as_millis()
         );
         debug!(shard = self.shard.id(), "{message}");
-        send_reply(
-            &self.shard,
-            &self.tx,
-            header,
-            Reply::error(Status::BadRequest, message),
-        )
-        .await;
+        let reply = Reply::error(Status::BadRequest, message);
+        // The connection closes either way; a produce that asked for `none` gets no answer.
+        if !handlers::withheld(&self.shard, header, &reply) {
+            send_reply(&self.shard, &self.tx, header, reply).await;
+        }
     }
 }
 
