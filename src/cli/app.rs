@@ -41,6 +41,23 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
+impl Command {
+    /// The TLS flags of a command that talks to brokers.
+    fn tls_args(&self) -> Option<&TlsArgs> {
+        match self {
+            Command::Serve(_) | Command::Namesrv(_) => None,
+            Command::Topic(args) => Some(&args.broker.tls),
+            Command::Produce(args) => Some(&args.broker.tls),
+            Command::Consume(args) => Some(&args.broker.tls),
+            Command::Group(args) => Some(&args.broker.tls),
+            Command::Stats(args) => Some(&args.broker.tls),
+            Command::Cluster(args) => Some(&args.broker.tls),
+            Command::Admin(args) => Some(&args.broker.tls),
+            Command::Bench(args) => Some(&args.tls),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
 pub enum Format {
     #[default]
@@ -70,6 +87,37 @@ pub struct BrokerArgs {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// TLS to the brokers (docs/security.md): given a CA, every broker connection of the command
+/// uses TLS; name-server connections stay plaintext.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// PEM file of the CA(s) that signed the brokers' certificates: connect with TLS.
+    #[arg(long = "tls-ca", global = true, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM client certificate chain for mutual TLS (with --tls-key and --tls-ca).
+    #[arg(long = "tls-cert", global = true, value_name = "FILE", requires_all = ["ca", "key"])]
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long = "tls-key", global = true, value_name = "FILE", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// Loads the files and makes TLS the default of every broker connection of this
+    /// process; the error names the flag and the file.
+    pub fn install(&self) -> Result<(), String> {
+        let Some(ca) = &self.ca else {
+            return Ok(());
+        };
+        let identity = self.cert.as_deref().zip(self.key.as_deref());
+        let tls = crate::client::ClientTls::from_files(ca, identity)?;
+        crate::client::set_default_tls(tls.leak());
+        Ok(())
+    }
 }
 
 /// The environment variable that names the name servers when neither flag is given.
@@ -138,6 +186,12 @@ pub fn describe(broker: &str, error: &ClientError) -> String {
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
+    if let Some(tls) = cli.command.tls_args() {
+        if let Err(e) = tls.install() {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    }
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Namesrv(args) => namesrv::run(args),

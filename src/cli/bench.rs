@@ -30,6 +30,9 @@ pub struct BenchArgs {
     /// listening on the broker's port, if there is one).
     #[arg(long, requires = "broker")]
     pub broker_pid: Option<u32>,
+    /// TLS to --broker (or the brokers --namesrv lists): --tls-ca, --tls-cert, --tls-key.
+    #[command(flatten)]
+    pub tls: super::app::TlsArgs,
     /// How producers are run: `event-loop` multiplexes every producer's connections on
     /// --driver-threads threads; `threads` gives each producer its own OS thread and blocking
     /// client.

@@ -7,6 +7,7 @@
 //! response that arrives while the caller waits for another id is parked in `arrived`.
 
 use super::error::ClientError;
+use super::tls::{explain, ClientTls};
 use super::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_FRAME_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
     READ_CHUNK_BYTES,
@@ -28,6 +29,8 @@ pub struct ConnectionOptions {
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     pub max_frame_bytes: usize,
+    /// TLS for every connection made with these options; `None`: plaintext.
+    pub tls: Option<&'static ClientTls>,
 }
 
 impl Default for ConnectionOptions {
@@ -37,6 +40,7 @@ impl Default for ConnectionOptions {
             read_timeout: DEFAULT_READ_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            tls: super::tls::default_tls(),
         }
     }
 }
@@ -76,9 +80,89 @@ impl Response {
     }
 }
 
+/// The bytes of one connection: the socket itself, or a TLS session over it.
+enum Transport {
+    Plain(TcpStream),
+    /// Boxed: a session holds rustls's buffers, large beside a bare socket.
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Transport {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(stream) => stream,
+            Transport::Tls(session) => &session.sock,
+        }
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Transport::Plain(stream) => stream.read(buf),
+            Transport::Tls(session) => session.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Transport::Plain(stream) => stream.write(buf),
+            Transport::Tls(session) => session.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Transport::Plain(stream) => stream.flush(),
+            Transport::Tls(session) => session.flush(),
+        }
+    }
+}
+
+/// Runs the TLS handshake to its end within the connect timeout, so a refused certificate
+/// or a plaintext port is reported by `connect`, not by the first request.
+fn start_tls(
+    tls: &ClientTls,
+    addr: &str,
+    stream: TcpStream,
+    timeout: Duration,
+) -> Result<Transport, ClientError> {
+    let tls_err = |reason| ClientError::Tls {
+        addr: addr.to_string(),
+        reason,
+    };
+    let mut session = tls.session(addr).map_err(tls_err)?;
+    let mut stream = stream;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|source| ClientError::Io {
+            addr: addr.to_string(),
+            source,
+        })?;
+    while session.is_handshaking() {
+        if let Err(e) = session.complete_io(&mut stream) {
+            return Err(match e.kind() {
+                ErrorKind::WouldBlock | ErrorKind::TimedOut => ClientError::Timeout {
+                    addr: addr.to_string(),
+                    after: timeout,
+                },
+                ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset => tls_err(
+                    "the broker closed the connection during the TLS handshake (it may want a client certificate: --tls-cert, --tls-key; or the port is not TLS)".to_string(),
+                ),
+                _ => tls_err(explain(&e)),
+            });
+        }
+    }
+    Ok(Transport::Tls(Box::new(rustls::StreamOwned::new(
+        session, stream,
+    ))))
+}
+
 pub struct Connection {
     addr: String,
-    stream: TcpStream,
+    stream: Transport,
     options: ConnectionOptions,
     decoder: FrameDecoder,
     /// Bytes read from the socket and not yet handed out as frames; at most one partial frame
@@ -127,6 +211,10 @@ impl Connection {
         stream
             .set_write_timeout(Some(options.write_timeout))
             .map_err(io_err)?;
+        let stream = match options.tls {
+            None => Transport::Plain(stream),
+            Some(tls) => start_tls(tls, addr, stream, options.connect_timeout)?,
+        };
         Ok(Connection {
             addr: addr.to_string(),
             stream,
@@ -172,7 +260,7 @@ impl Connection {
             return false;
         }
         let mut fd = libc::pollfd {
-            fd: self.stream.as_raw_fd(),
+            fd: self.stream.socket().as_raw_fd(),
             events: libc::POLLIN | libc::POLLRDHUP,
             revents: 0,
         };
@@ -382,6 +470,7 @@ impl Connection {
                 source,
             };
             self.stream
+                .socket()
                 .set_read_timeout(Some(remaining))
                 .map_err(io_err)?;
             self.read_buf.resize(filled + READ_CHUNK_BYTES, 0);
@@ -469,7 +558,7 @@ pub fn is_self_connection(socket: &impl AsRawFd) -> bool {
 
 impl AsRawFd for Connection {
     fn as_raw_fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
+        self.stream.socket().as_raw_fd()
     }
 }
 

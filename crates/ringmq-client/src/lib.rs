@@ -18,6 +18,7 @@ mod group;
 pub mod namesrv;
 pub mod reset;
 pub mod retry;
+mod tls;
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +30,7 @@ pub use api::{
 };
 pub use connection::{is_self_connection, Connection, ConnectionOptions, Response};
 pub use error::ClientError;
+pub use tls::{set_default_tls, ClientTls};
 pub use failover::{FailoverClient, DEFAULT_RETRY_PRIMARY_EVERY};
 pub use group::{
     default_client_id, local_host, AllocationStrategy, Delivery, Disposition, GroupConsumer,

@@ -36,6 +36,8 @@ pub fn namesrv_connection_options() -> ConnectionOptions {
         read_timeout: DEFAULT_NAMESRV_TIMEOUT,
         write_timeout: DEFAULT_NAMESRV_TIMEOUT,
         max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+        // The name-server port is plaintext this round (its authentication is another slice).
+        tls: None,
     }
 }
 

@@ -81,6 +81,9 @@ wire_enum! {
         /// The group has no member with that id (its session ended, or the coordinator
         /// restarted): the consumer joins again.
         UnknownMember = 117 => "UNKNOWN_MEMBER",
+        /// The port speaks TLS and the client sent plaintext: reconnect with TLS. Sent with
+        /// request id 0 before the broker closes the connection.
+        TlsRequired = 140 => "TLS_REQUIRED",
         /// Retryable, not stored: overload (a bounded queue, buffer or limit is full).
         SystemBusy = 200 => "SYSTEM_BUSY",
         /// Retryable: this broker's role does not accept the request (e.g. produce on a slave).

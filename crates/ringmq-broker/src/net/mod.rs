@@ -18,6 +18,7 @@ use crate::constants::{
     LISTEN_BACKLOG, MAX_REFUSALS_IN_FLIGHT_PER_SHARD, REFUSAL_WRITE_TIMEOUT_MS,
 };
 use crate::shard::Shard;
+use crate::security::tls::ServerTls;
 use admission::{Admission, InflightBudget};
 use glommio::net::TcpListener;
 use glommio::spawn_local;
@@ -251,10 +252,19 @@ pub struct ShardNet {
     pub timeouts: connection::ConnectionTimeouts,
     /// Refusals being answered now (see `MAX_REFUSALS_IN_FLIGHT_PER_SHARD`).
     refusals_in_flight: Rc<Cell<usize>>,
+    /// TLS on this shard's client and shard ports, when configured.
+    tls: Option<Arc<ServerTls>>,
+    /// TLS handshakes running now, at most `tls_max_handshakes_per_shard`.
+    handshakes_in_flight: Rc<Cell<usize>>,
+    max_handshakes: usize,
 }
 
 impl ShardNet {
-    pub fn new(config: &BrokerConfig, admission: Arc<Admission>) -> Rc<ShardNet> {
+    pub fn new(
+        config: &BrokerConfig,
+        admission: Arc<Admission>,
+        tls: Option<Arc<ServerTls>>,
+    ) -> Rc<ShardNet> {
         Rc::new(ShardNet {
             admission,
             budget: InflightBudget::new(config.shard_inflight_budget_bytes),
@@ -262,10 +272,47 @@ impl ShardNet {
                 request_read: Duration::from_millis(config.request_read_timeout_ms),
                 idle: Duration::from_millis(config.connections_max_idle_ms),
                 response_write: Duration::from_millis(config.response_write_timeout_ms),
+                tls_handshake: Duration::from_millis(config.tls_handshake_timeout_ms),
             },
             refusals_in_flight: Rc::new(Cell::new(0)),
+            tls,
+            handshakes_in_flight: Rc::new(Cell::new(0)),
+            max_handshakes: config.tls_max_handshakes_per_shard as usize,
         })
     }
+}
+
+/// Starts a TLS connection's own task (its handshake never runs in the accept loop), or
+/// closes it at once when the shard already runs `tls_max_handshakes_per_shard` handshakes:
+/// a flood of stalled handshakes then costs bounded memory and delays nobody else.
+fn start_tls(
+    shard: &Rc<Shard>,
+    net: &Rc<ShardNet>,
+    tls: &ServerTls,
+    stream: glommio::net::TcpStream,
+    ticket: admission::Ticket,
+) {
+    let in_flight = net.handshakes_in_flight.clone();
+    if in_flight.get() >= net.max_handshakes {
+        debug!(
+            shard = shard.id(),
+            "tls_max_handshakes_per_shard: {} TLS handshakes already running; closing a new connection",
+            net.max_handshakes
+        );
+        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        return;
+    }
+    in_flight.set(in_flight.get() + 1);
+    let done = move || in_flight.set(in_flight.get() - 1);
+    spawn_local(connection::serve_tls(
+        shard.clone(),
+        net.clone(),
+        stream,
+        ticket,
+        tls.current(),
+        done,
+    ))
+    .detach();
 }
 
 /// Accepts connections on one listening socket until the task is dropped.
@@ -285,13 +332,18 @@ pub async fn accept_loop(shard: Rc<Shard>, net: Rc<ShardNet>, fd: RawFd) {
                 match net.admission.admit(peer.ip()) {
                     Ok(ticket) => {
                         debug!(shard = shard.id(), %peer, "connection accepted");
-                        spawn_local(connection::serve(
-                            shard.clone(),
-                            net.clone(),
-                            stream,
-                            ticket,
-                        ))
-                        .detach();
+                        match &net.tls {
+                            None => {
+                                spawn_local(connection::serve(
+                                    shard.clone(),
+                                    net.clone(),
+                                    stream,
+                                    ticket,
+                                ))
+                                .detach();
+                            }
+                            Some(tls) => start_tls(&shard, &net, tls, stream, ticket),
+                        }
                     }
                     Err(refusal) => {
                         debug!(shard = shard.id(), %peer, "connection refused: {refusal}");

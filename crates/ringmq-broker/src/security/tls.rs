@@ -1,0 +1,212 @@
+//! TLS on the client and shard ports (rustls with the `ring` provider, TLS 1.2 and 1.3, the
+//! provider's AEAD suites only: AES-GCM and ChaCha20-Poly1305).
+//!
+//! [`ServerTls`] holds the rustls configuration every shard's accept loop reads for each new
+//! connection; SIGHUP re-reads the files ([`ServerTls::reload`]) and swaps it in, so new
+//! connections get the new certificates while established ones keep their session. A reload
+//! whose files do not load keeps the old configuration and says why in the log.
+//!
+//! The first bytes a client sends tell TLS and the ringmq framing apart (a TLS record starts
+//! with content type 22, a ringmq frame with a little-endian length and the magic at bytes 4-5),
+//! which is how each kind of port answers the other kind of client in a form it understands
+//! ([`looks_like_client_hello`], [`PLAINTEXT_PORT_ALERT`]).
+
+use super::Principal;
+use crate::config::{BrokerConfig, ClientAuth};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig, ServerConnection};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use tracing::{error, info};
+
+/// Why the TLS files did not load; names the file and the key it was given for.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{key} {path}: {reason}")]
+    File {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("TLS configuration: {0}")]
+    Rustls(String),
+}
+
+fn file_error(key: &'static str, path: &Path, reason: impl ToString) -> TlsError {
+    TlsError::File {
+        key,
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The files and the client-auth mode, as configured.
+#[derive(Clone, Debug)]
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: Option<PathBuf>,
+    client_auth: ClientAuth,
+}
+
+fn certificates(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let iter = CertificateDer::pem_file_iter(path).map_err(|e| file_error(key, path, e))?;
+    let certs = iter
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(key, path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(key, path, "holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
+/// The provider with what it offers spelled out: TLS 1.3 and 1.2, AEAD suites only.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    // ring's defaults are AEAD already (no CBC, no RSA key exchange); the filter states the
+    // rule so a provider update cannot widen it silently.
+    provider.cipher_suites.retain(|suite| {
+        let name = format!("{:?}", suite.suite());
+        name.contains("_GCM_") || name.contains("CHACHA20_POLY1305")
+    });
+    Arc::new(provider)
+}
+
+impl TlsFiles {
+    fn load(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        let chain = certificates("tls_cert_file", &self.cert)?;
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .map_err(|e| file_error("tls_key_file", &self.key, e))?;
+        let provider = provider();
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        let builder = match (&self.ca, self.client_auth) {
+            (_, ClientAuth::None) => builder.with_no_client_auth(),
+            (None, _) => {
+                return Err(TlsError::Rustls(
+                    "client_auth needs tls_ca_file".to_string(),
+                ))
+            }
+            (Some(ca), mode) => {
+                let mut roots = RootCertStore::empty();
+                for cert in certificates("tls_ca_file", ca)? {
+                    roots.add(cert).map_err(|e| file_error("tls_ca_file", ca, e))?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                let verifier = match mode {
+                    ClientAuth::Optional => verifier.allow_unauthenticated(),
+                    _ => verifier,
+                };
+                let verifier = verifier
+                    .build()
+                    .map_err(|e| file_error("tls_ca_file", ca, e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let config = builder
+            .with_single_cert(chain, key)
+            .map_err(|e| file_error("tls_key_file", &self.key, e))?;
+        Ok(Arc::new(config))
+    }
+}
+
+/// The broker's TLS configuration, shared by every shard and swapped on reload.
+pub struct ServerTls {
+    files: TlsFiles,
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl ServerTls {
+    /// Loads the configured files; `None` when TLS is off (no `tls_cert_file`).
+    pub fn from_config(config: &BrokerConfig) -> Result<Option<Arc<ServerTls>>, TlsError> {
+        let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) else {
+            return Ok(None);
+        };
+        let files = TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: config.tls_ca_file.clone(),
+            client_auth: config.client_auth,
+        };
+        let current = RwLock::new(files.load()?);
+        Ok(Some(Arc::new(ServerTls { files, current })))
+    }
+
+    /// The configuration a new connection's handshake uses.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the files (SIGHUP); on failure the old configuration stays and the error is
+    /// logged and returned.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        match self.files.load() {
+            Ok(config) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = config;
+                info!(
+                    cert = %self.files.cert.display(),
+                    "reloaded the TLS certificates; new connections use them"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                error!("reloading the TLS certificates failed, keeping the previous ones: {e}");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The principal of a finished server session: from its client certificate, if it sent one.
+pub fn session_principal(session: &ServerConnection) -> Option<Principal> {
+    let leaf = session.peer_certificates()?.first()?;
+    Principal::from_certificate(leaf)
+}
+
+/// Whether the first bytes a client sent are a TLS handshake record (a ClientHello): content
+/// type 22, then major version 3.
+pub fn looks_like_client_hello(first: &[u8]) -> bool {
+    first.len() >= 2 && first[0] == 0x16 && first[1] == 0x03
+}
+
+/// What a plaintext port answers a ClientHello with: a fatal TLS alert record
+/// (`protocol_version`), which a TLS client reports as a refused handshake at once instead of
+/// waiting for a ServerHello that never comes.
+pub const PLAINTEXT_PORT_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_aead_suites_are_offered() {
+        let provider = provider();
+        assert!(!provider.cipher_suites.is_empty());
+        for suite in &provider.cipher_suites {
+            let name = format!("{:?}", suite.suite());
+            assert!(
+                name.contains("GCM") || name.contains("CHACHA20_POLY1305"),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_client_hello_is_told_from_a_frame() {
+        assert!(looks_like_client_hello(&[0x16, 0x03, 0x01, 0x02, 0x00]));
+        let mut frame = Vec::new();
+        crate::protocol::frame::encode_frame(
+            &mut frame,
+            crate::protocol::frame::FrameHeader::request(crate::protocol::Opcode::Ping, 1),
+            &[],
+        );
+        assert!(!looks_like_client_hello(&frame));
+    }
+}
