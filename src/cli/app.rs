@@ -102,7 +102,12 @@ pub struct TlsArgs {
     #[arg(long = "tls-cert", global = true, value_name = "FILE", requires_all = ["ca", "key"])]
     pub cert: Option<std::path::PathBuf>,
     /// PEM private key of --tls-cert.
-    #[arg(long = "tls-key", global = true, value_name = "FILE", requires = "cert")]
+    #[arg(
+        long = "tls-key",
+        global = true,
+        value_name = "FILE",
+        requires = "cert"
+    )]
     pub key: Option<std::path::PathBuf>,
 }
 

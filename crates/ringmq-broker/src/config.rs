@@ -620,20 +620,39 @@ impl BrokerConfig {
 
     fn validate_tls(&self) -> Result<(), ConfigError> {
         match (&self.tls_cert_file, &self.tls_key_file) {
-            (Some(_), None) => return Err(ConfigError::value("tls_key_file", "tls_cert_file is set: give its private key too")),
-            (None, Some(_)) => return Err(ConfigError::value("tls_cert_file", "tls_key_file is set: give the certificate too")),
+            (Some(_), None) => {
+                return Err(ConfigError::value(
+                    "tls_key_file",
+                    "tls_cert_file is set: give its private key too",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::value(
+                    "tls_cert_file",
+                    "tls_key_file is set: give the certificate too",
+                ))
+            }
             _ => {}
         }
         if self.client_auth != ClientAuth::None {
             if !self.tls_enabled() {
-                return Err(ConfigError::value("client_auth", format!("`{}` needs TLS: set tls_cert_file and tls_key_file", self.client_auth)));
+                return Err(ConfigError::value(
+                    "client_auth",
+                    format!(
+                        "`{}` needs TLS: set tls_cert_file and tls_key_file",
+                        self.client_auth
+                    ),
+                ));
             }
             if self.tls_ca_file.is_none() {
                 return Err(ConfigError::value("tls_ca_file", format!("client_auth = `{}` verifies client certificates against it: give the CA file", self.client_auth)));
             }
         }
         if self.tls_max_handshakes_per_shard == 0 {
-            return Err(ConfigError::value("tls_max_handshakes_per_shard", "at least 1"));
+            return Err(ConfigError::value(
+                "tls_max_handshakes_per_shard",
+                "at least 1",
+            ));
         }
         check_duration_ms("tls_handshake_timeout_ms", self.tls_handshake_timeout_ms)
     }
@@ -1043,6 +1062,33 @@ mod tests {
         };
         let error = config.validate().unwrap_err();
         assert!(error.key() == Some("sync_flush_timeout_ms"), "{error}");
+    }
+
+    #[test]
+    fn tls_keys_name_their_key() {
+        let with = |text: &str| BrokerConfig::from_toml(text).unwrap().validate();
+        let key = |text: &str| with(text).unwrap_err().key();
+        assert_eq!(key("tls_cert_file = \"c.pem\""), Some("tls_key_file"));
+        assert_eq!(key("tls_key_file = \"k.pem\""), Some("tls_cert_file"));
+        assert_eq!(key("client_auth = \"required\""), Some("client_auth"));
+        let tls = "tls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\n";
+        assert_eq!(
+            key(&format!("{tls}client_auth = \"optional\"")),
+            Some("tls_ca_file")
+        );
+        assert_eq!(
+            key(&format!("{tls}tls_max_handshakes_per_shard = 0")),
+            Some("tls_max_handshakes_per_shard")
+        );
+        assert_eq!(
+            key(&format!("{tls}tls_handshake_timeout_ms = 0")),
+            Some("tls_handshake_timeout_ms")
+        );
+        assert!(BrokerConfig::from_toml("client_auth = \"sometimes\"").is_err());
+        with(&format!(
+            "{tls}tls_ca_file = \"ca.pem\"\nclient_auth = \"required\""
+        ))
+        .unwrap();
     }
 
     #[test]

@@ -5,8 +5,8 @@
 
 use crate::config::BrokerConfig;
 use crate::net::admission::Admission;
-use crate::security::tls::ServerTls;
 use crate::net::{bind_listeners, raise_descriptor_limit};
+use crate::security::tls::ServerTls;
 use crate::shard::mesh::build_mesh;
 use crate::shard::startup::{run_shard, ShardStartup, StartupEvent};
 use crate::shard::topics::TopicTable;
@@ -236,8 +236,7 @@ pub fn run(config: BrokerConfig) -> Result<(), ServerError> {
     let listeners = bind_listeners(&config, shard_count)?;
     let shard_ports = Arc::new(listeners.shard_ports.clone());
     let admission = Admission::new(&config);
-    let tls = ServerTls::from_config(&config)
-        .map_err(|e| ServerError::Startup(e.to_string()))?;
+    let tls = ServerTls::from_config(&config).map_err(|e| ServerError::Startup(e.to_string()))?;
     let cluster = cluster_identity(&config, &listeners)?;
     let config = Arc::new(config);
     let cores = core_affinity::get_core_ids().unwrap_or_default();

@@ -160,6 +160,26 @@ fn start_tls(
     ))))
 }
 
+/// An I/O error, or the TLS error inside it as a sentence: under TLS 1.3 a broker refuses a
+/// client certificate after the client's side of the handshake is done, so the refusal
+/// arrives with the first read.
+fn io_or_tls(addr: &str, source: std::io::Error) -> ClientError {
+    let is_tls = source
+        .get_ref()
+        .is_some_and(|inner| inner.is::<rustls::Error>());
+    if is_tls {
+        ClientError::Tls {
+            addr: addr.to_string(),
+            reason: explain(&source),
+        }
+    } else {
+        ClientError::Io {
+            addr: addr.to_string(),
+            source,
+        }
+    }
+}
+
 pub struct Connection {
     addr: String,
     stream: Transport,
@@ -306,10 +326,7 @@ impl Connection {
                     addr: self.addr.clone(),
                     after: self.options.write_timeout,
                 },
-                _ => ClientError::Io {
-                    addr: self.addr.clone(),
-                    source,
-                },
+                _ => io_or_tls(&self.addr, source),
             });
         }
         self.next_request_id += 1;
@@ -491,10 +508,7 @@ impl Connection {
                 }
                 Err(source) => {
                     self.broken = true;
-                    return Err(ClientError::Io {
-                        addr: self.addr.clone(),
-                        source,
-                    });
+                    return Err(io_or_tls(&self.addr, source));
                 }
             }
         }

@@ -18,9 +18,9 @@ mod group;
 pub mod namesrv;
 pub mod reset;
 pub mod retry;
-mod tls;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 pub use ringmq_protocol::admin::{ClusterStatus, MasterLink, ShardStatus, SlaveStatus, Stats};
 
@@ -30,7 +30,6 @@ pub use api::{
 };
 pub use connection::{is_self_connection, Connection, ConnectionOptions, Response};
 pub use error::ClientError;
-pub use tls::{set_default_tls, ClientTls};
 pub use failover::{FailoverClient, DEFAULT_RETRY_PRIMARY_EVERY};
 pub use group::{
     default_client_id, local_host, AllocationStrategy, Delivery, Disposition, GroupConsumer,
@@ -40,6 +39,7 @@ pub use namesrv::NameServerClient;
 pub use reset::{OffsetReset, OffsetResetApplied};
 /// The wire protocol, under the name the modules here use for it.
 use ringmq_protocol as protocol;
+pub use tls::{set_default_tls, ClientTls};
 
 use std::time::Duration;
 

@@ -59,16 +59,13 @@ impl ClientTls {
     pub fn from_files(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<ClientTls, String> {
         let mut roots = RootCertStore::empty();
         for cert in certificates("--tls-ca", ca)? {
-            roots
-                .add(cert)
-                .map_err(|e| file_error("--tls-ca", ca, e))?;
+            roots.add(cert).map_err(|e| file_error("--tls-ca", ca, e))?;
         }
-        let builder = ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
+        let builder =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots);
         let config = match identity {
             None => builder.with_no_client_auth(),
             Some((cert, key)) => {
@@ -76,8 +73,8 @@ impl ClientTls {
                 if !key.exists() {
                     return Err(file_error("--tls-key", key, "no such file"));
                 }
-                let key_der =
-                    PrivateKeyDer::from_pem_file(key).map_err(|e| file_error("--tls-key", key, e))?;
+                let key_der = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| file_error("--tls-key", key, e))?;
                 builder
                     .with_client_auth_cert(chain, key_der)
                     .map_err(|e| file_error("--tls-key", key, e))?
@@ -95,8 +92,9 @@ impl ClientTls {
 
     pub(crate) fn session(&self, addr: &str) -> Result<rustls::ClientConnection, String> {
         let host = host_of(addr);
-        let name = ServerName::try_from(host.to_string())
-            .map_err(|_| format!("{addr}: `{host}` is not a host name or IP address TLS can check"))?;
+        let name = ServerName::try_from(host.to_string()).map_err(|_| {
+            format!("{addr}: `{host}` is not a host name or IP address TLS can check")
+        })?;
         rustls::ClientConnection::new(self.config.clone(), name).map_err(|e| e.to_string())
     }
 }

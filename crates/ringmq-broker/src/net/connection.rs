@@ -111,11 +111,14 @@ pub async fn serve_tls(
         return;
     };
     let deadline = Instant::now() + net.timeouts.tls_handshake;
-    let session = future::or(handshake(stream, config, net.timeouts.tls_handshake), async {
-        sleep(deadline.saturating_duration_since(Instant::now())).await;
-        debug!(shard = shard.id(), %addr, "TLS handshake timed out; closing");
-        None
-    })
+    let session = future::or(
+        handshake(stream, config, net.timeouts.tls_handshake),
+        async {
+            sleep(deadline.saturating_duration_since(Instant::now())).await;
+            debug!(shard = shard.id(), %addr, "TLS handshake timed out; closing");
+            None
+        },
+    )
     .await;
     handshake_done();
     let Some(session) = session else {
@@ -153,7 +156,10 @@ async fn handshake(
         answer_and_close(stream, Status::TlsRequired, reason, timeout).await;
         return None;
     }
-    match futures_rustls::TlsAcceptor::from(config).accept(stream).await {
+    match futures_rustls::TlsAcceptor::from(config)
+        .accept(stream)
+        .await
+    {
         Ok(session) => Some(session),
         Err(e) => {
             debug!("TLS handshake failed: {e}");
@@ -728,7 +734,12 @@ pub async fn refuse(stream: TcpStream, reason: String, timeout: Duration) {
 
 /// Answers a connection with one error frame that belongs to no request, then closes it as
 /// [`refuse`] says.
-async fn answer_and_close(mut stream: TcpStream, status: Status, reason: String, timeout: Duration) {
+async fn answer_and_close(
+    mut stream: TcpStream,
+    status: Status,
+    reason: String,
+    timeout: Duration,
+) {
     let frame = response_frame(connection_error_header(), Reply::error(status, reason));
     let _ = stream.set_write_timeout(Some(timeout));
     if stream.write_all(&frame).await.is_err() {

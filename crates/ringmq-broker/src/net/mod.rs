@@ -17,8 +17,8 @@ use crate::constants::{
     BIND_RETRY_INTERVAL_MS, BIND_RETRY_MS, DESCRIPTORS_PER_CONNECTION, DESCRIPTOR_RESERVE,
     LISTEN_BACKLOG, MAX_REFUSALS_IN_FLIGHT_PER_SHARD, REFUSAL_WRITE_TIMEOUT_MS,
 };
-use crate::shard::Shard;
 use crate::security::tls::ServerTls;
+use crate::shard::Shard;
 use admission::{Admission, InflightBudget};
 use glommio::net::TcpListener;
 use glommio::spawn_local;

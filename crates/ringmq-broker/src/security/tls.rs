@@ -93,7 +93,9 @@ impl TlsFiles {
             (Some(ca), mode) => {
                 let mut roots = RootCertStore::empty();
                 for cert in certificates("tls_ca_file", ca)? {
-                    roots.add(cert).map_err(|e| file_error("tls_ca_file", ca, e))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| file_error("tls_ca_file", ca, e))?;
                 }
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
@@ -196,6 +198,85 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    /// A handshake between an in-memory client and the broker's configuration, under
+    /// `client_auth = required`: the session's principal is the client certificate's URI SAN.
+    #[test]
+    fn a_verified_client_certificate_names_the_principal() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::default();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issue = |san: SanType| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::default();
+            params.subject_alt_names = vec![san];
+            (params.signed_by(&key, &ca, &ca_key).unwrap(), key)
+        };
+        let (server, server_key) = issue(SanType::DnsName("broker.test".try_into().unwrap()));
+        let (client, client_key) = issue(SanType::URI("spiffe://test/app".try_into().unwrap()));
+        let path = |name: &str, text: String| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let config = BrokerConfig {
+            tls_cert_file: Some(path("server.crt", server.pem())),
+            tls_key_file: Some(path("server.key", server_key.serialize_pem())),
+            tls_ca_file: Some(path("ca.pem", ca.pem())),
+            client_auth: ClientAuth::Required,
+            ..BrokerConfig::default()
+        };
+        let tls = ServerTls::from_config(&config).unwrap().unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let client_config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![client.der().clone()],
+                PrivateKeyDer::Pkcs8(client_key.serialize_der().into()),
+            )
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("broker.test").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(client_config), name).unwrap();
+        let mut server = ServerConnection::new(tls.current()).unwrap();
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            client.write_tls(&mut wire).unwrap();
+            server.read_tls(&mut wire.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+            let mut wire = Vec::new();
+            server.write_tls(&mut wire).unwrap();
+            client.read_tls(&mut wire.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+            if !client.is_handshaking() && !server.is_handshaking() {
+                break;
+            }
+        }
+        assert!(!server.is_handshaking());
+        assert_eq!(
+            session_principal(&server),
+            Some(Principal::new("spiffe://test/app"))
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_named_with_its_key() {
+        let config = BrokerConfig {
+            tls_cert_file: Some("/nonexistent/broker.crt".into()),
+            tls_key_file: Some("/nonexistent/broker.key".into()),
+            ..BrokerConfig::default()
+        };
+        let error = ServerTls::from_config(&config).err().unwrap().to_string();
+        assert!(
+            error.starts_with("tls_cert_file /nonexistent/broker.crt"),
+            "{error}"
+        );
     }
 
     #[test]
