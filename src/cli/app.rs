@@ -43,7 +43,7 @@ pub enum Command {
 
 impl Command {
     /// The TLS flags of a command that talks to brokers.
-    fn tls_args(&self) -> Option<&TlsArgs> {
+    pub(crate) fn tls_args(&self) -> Option<&TlsArgs> {
         match self {
             Command::Serve(_) | Command::Namesrv(_) => None,
             Command::Topic(args) => Some(&args.broker.tls),
@@ -97,28 +97,33 @@ pub struct BrokerArgs {
 pub struct TlsArgs {
     /// PEM file of the CA(s) that signed the brokers' certificates: connect with TLS.
     #[arg(long = "tls-ca", global = true, value_name = "FILE")]
-    pub ca: Option<std::path::PathBuf>,
+    pub tls_ca: Option<std::path::PathBuf>,
     /// PEM client certificate chain for mutual TLS (with --tls-key and --tls-ca).
-    #[arg(long = "tls-cert", global = true, value_name = "FILE", requires_all = ["ca", "key"])]
-    pub cert: Option<std::path::PathBuf>,
+    #[arg(
+        long = "tls-cert",
+        global = true,
+        value_name = "FILE",
+        requires_all = ["tls_ca", "tls_key"]
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
     /// PEM private key of --tls-cert.
     #[arg(
         long = "tls-key",
         global = true,
         value_name = "FILE",
-        requires = "cert"
+        requires = "tls_cert"
     )]
-    pub key: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl TlsArgs {
     /// Loads the files and makes TLS the default of every broker connection of this
     /// process; the error names the flag and the file.
     pub fn install(&self) -> Result<(), String> {
-        let Some(ca) = &self.ca else {
+        let Some(ca) = &self.tls_ca else {
             return Ok(());
         };
-        let identity = self.cert.as_deref().zip(self.key.as_deref());
+        let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
         let tls = crate::client::ClientTls::from_files(ca, identity)?;
         crate::client::set_default_tls(tls.leak());
         Ok(())

@@ -334,3 +334,40 @@ fn the_namesrv_variable_yields_to_an_explicit_broker() {
     };
     assert!(args.namesrv.is_none());
 }
+
+#[test]
+fn tls_flags_parse_on_every_client_command_and_need_their_pair() {
+    for command in [
+        &["topic", "list"][..],
+        &["produce", "t", "--count", "1"],
+        &["stats"],
+        &["cluster", "status"],
+    ] {
+        let mut args = command.to_vec();
+        args.extend([
+            "--tls-ca",
+            "ca.pem",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ]);
+        let cli = parse(&args).unwrap_or_else(|e| panic!("{command:?}: {e}"));
+        let tls = cli.command.tls_args().expect("a client command");
+        assert_eq!(tls.tls_ca.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert_eq!(tls.tls_key.as_deref(), Some(std::path::Path::new("k.pem")));
+    }
+    assert!(parse(&["topic", "list", "--tls-cert", "c.pem"]).is_err());
+    assert!(parse(&["topic", "list", "--tls-ca", "ca.pem", "--tls-cert", "c.pem"]).is_err());
+    assert!(parse(&["topic", "list", "--tls-key", "k.pem"]).is_err());
+}
+
+/// clap's own consistency checks over every subcommand (unique argument ids, the ids that
+/// `requires` names exist), which otherwise fire only when that subcommand is parsed.
+#[test]
+fn every_subcommand_passes_clap_checks() {
+    use clap::CommandFactory;
+    Cli::command().debug_assert();
+    let bench = parse(&["bench", "--broker", "127.0.0.1:1", "--tls-ca", "ca.pem"]).unwrap();
+    assert!(bench.command.tls_args().and_then(|t| t.tls_ca.as_ref()).is_some());
+}
