@@ -209,6 +209,14 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
+    if args.tls.tls_ca.is_some() && !matches!(args.driver, DriverKind::Threads) {
+        // The event loop frames requests into raw non-blocking sockets; TLS goes through the
+        // blocking client, which only the thread driver uses.
+        return Err(
+            "--tls-ca: the event-loop driver speaks plaintext only; add --driver threads"
+                .to_string(),
+        );
+    }
     let workload = args.workload()?;
     let external = args.broker.is_some() || args.namesrv.is_some();
     let modes = match (external, args.modes.is_empty()) {

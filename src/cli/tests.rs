@@ -369,5 +369,9 @@ fn every_subcommand_passes_clap_checks() {
     use clap::CommandFactory;
     Cli::command().debug_assert();
     let bench = parse(&["bench", "--broker", "127.0.0.1:1", "--tls-ca", "ca.pem"]).unwrap();
-    assert!(bench.command.tls_args().and_then(|t| t.tls_ca.as_ref()).is_some());
+    assert!(bench
+        .command
+        .tls_args()
+        .and_then(|t| t.tls_ca.as_ref())
+        .is_some());
 }
