@@ -338,3 +338,26 @@ fn a_handshake_flood_does_not_stall_an_established_producer() {
         "every stalled handshake is closed by the broker"
     );
 }
+
+#[test]
+fn a_connection_over_the_limit_is_refused_inside_tls() {
+    let dir = temp_store();
+    let ca = Ca::new(dir.path(), "ca");
+    let (cert, key) = ca.server(dir.path(), "broker");
+    let extra = "max_connections_per_ip = 1";
+    let broker = Broker::start_with_config(dir.path(), &tls_config(&cert, &key, extra), &[]);
+    let options = ClientOptions {
+        shard_aware: false,
+        ..options(&ca.pem, None)
+    };
+    let _held = Client::connect_with(&broker.addr, options).expect("the first connection");
+    let error = match Client::connect_with(&broker.addr, options) {
+        Err(e) => e,
+        Ok(_) => panic!("a connection over max_connections_per_ip was served"),
+    };
+    assert_eq!(error.status(), Some(Status::SystemBusy), "{error}");
+    assert!(
+        error.to_string().contains("max_connections_per_ip"),
+        "{error}"
+    );
+}

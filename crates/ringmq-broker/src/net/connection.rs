@@ -732,6 +732,36 @@ pub async fn refuse(stream: TcpStream, reason: String, timeout: Duration) {
     answer_and_close(stream, Status::SystemBusy, reason, timeout).await
 }
 
+/// [`refuse`] on a TLS port: the refusal goes out inside a TLS session (a plaintext frame
+/// would read as a broken handshake), all of it, handshake included, within `timeout`.
+pub async fn refuse_tls(
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    reason: String,
+    timeout: Duration,
+) {
+    let _ = stream.set_write_timeout(Some(timeout));
+    let answer = async {
+        let acceptor = futures_rustls::TlsAcceptor::from(config);
+        let mut session = acceptor.accept(stream).await.ok()?;
+        let frame = response_frame(
+            connection_error_header(),
+            Reply::error(Status::SystemBusy, reason),
+        );
+        session.write_all(&frame).await.ok()?;
+        session.flush().await.ok()?;
+        // Read and drop what the peer sent until it closes, as `refuse` does.
+        let mut sink = [0u8; 4096];
+        while matches!(session.read(&mut sink).await, Ok(n) if n > 0) {}
+        Some(())
+    };
+    future::or(answer, async {
+        sleep(timeout).await;
+        None
+    })
+    .await;
+}
+
 /// Answers a connection with one error frame that belongs to no request, then closes it as
 /// [`refuse`] says.
 async fn answer_and_close(

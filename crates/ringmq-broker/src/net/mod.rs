@@ -355,8 +355,16 @@ pub async fn accept_loop(shard: Rc<Shard>, net: Rc<ShardNet>, fd: RawFd) {
                         }
                         in_flight.set(in_flight.get() + 1);
                         let timeout = Duration::from_millis(REFUSAL_WRITE_TIMEOUT_MS);
+                        // A TLS client can only read a refusal inside a session.
+                        let tls = net.tls.as_ref().map(|tls| tls.current());
                         spawn_local(async move {
-                            connection::refuse(stream, refusal.to_string(), timeout).await;
+                            let reason = refusal.to_string();
+                            match tls {
+                                None => connection::refuse(stream, reason, timeout).await,
+                                Some(tls) => {
+                                    connection::refuse_tls(stream, tls, reason, timeout).await
+                                }
+                            }
                             in_flight.set(in_flight.get() - 1);
                         })
                         .detach();
