@@ -35,7 +35,9 @@ use crate::metrics::Counter;
 use crate::protocol::frame::{encode_frame, FrameDecoder, FrameError, FrameHeader};
 use crate::protocol::frame::{FRAME_HEADER_BYTES, PROTOCOL_VERSION};
 use crate::protocol::{Opcode, Status};
-use crate::security::tls::{looks_like_client_hello, session_principal, PLAINTEXT_PORT_ALERT};
+use crate::security::tls::{
+    looks_like_client_hello, session_principal, PLAINTEXT_PORT_ALERT, TLS_HANDSHAKE_RECORD,
+};
 use crate::security::Peer;
 use crate::shard::handlers;
 use crate::shard::mesh::Reply;
@@ -95,8 +97,8 @@ pub async fn serve(shard: Rc<Shard>, net: Rc<ShardNet>, stream: TcpStream, ticke
 
 /// Serves a connection accepted on a TLS port: tells a plaintext client so, runs the
 /// handshake within `tls_handshake_timeout_ms`, then serves it like any other. The caller
-/// holds the shard's handshake slot for as long as this runs until the handshake ends
-/// (`handshake_done` is called then, whatever the outcome).
+/// took one of the shard's handshake slots; `handshake_done` gives it back when the
+/// handshake ends, whatever the outcome.
 pub async fn serve_tls(
     shard: Rc<Shard>,
     net: Rc<ShardNet>,
@@ -141,17 +143,21 @@ pub async fn serve_tls(
     serve_halves(shard, net, halves, Peer { addr, principal }, ticket).await;
 }
 
-/// The handshake, after a look at the first bytes: a ringmq frame is answered `TLS_REQUIRED`
-/// in ringmq framing (what a plaintext client reads), anything else that is no ClientHello is
-/// closed on. `None` when no session came of it.
+/// The handshake, after a look at the first byte: anything but a TLS handshake record (a
+/// ringmq frame, say) is answered `TLS_REQUIRED` in ringmq framing, what a plaintext client
+/// reads. One byte decides because a ClientHello may arrive split; a plaintext frame whose
+/// length happens to start with byte 22 goes to rustls and is closed on without the
+/// explanation. `None` when no session came of it.
 async fn handshake(
     stream: TcpStream,
     config: Arc<rustls::ServerConfig>,
     timeout: Duration,
 ) -> Option<futures_rustls::server::TlsStream<TcpStream>> {
-    let mut first = [0u8; 2];
-    let seen = stream.peek(&mut first).await.ok()?;
-    if !looks_like_client_hello(&first[..seen]) {
+    let mut first = [0u8; 1];
+    if stream.peek(&mut first).await.ok()? == 0 {
+        return None;
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD {
         let reason = "this port requires TLS: the client sent plaintext; connect with TLS (ringmq: --tls-ca FILE)".to_string();
         answer_and_close(stream, Status::TlsRequired, reason, timeout).await;
         return None;

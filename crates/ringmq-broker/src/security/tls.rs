@@ -172,10 +172,13 @@ pub fn session_principal(session: &ServerConnection) -> Option<Principal> {
     Principal::from_certificate(leaf)
 }
 
+/// The content type of a TLS handshake record, the first byte a TLS client sends.
+pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
 /// Whether the first bytes a client sent are a TLS handshake record (a ClientHello): content
 /// type 22, then major version 3.
 pub fn looks_like_client_hello(first: &[u8]) -> bool {
-    first.len() >= 2 && first[0] == 0x16 && first[1] == 0x03
+    first.len() >= 2 && first[0] == TLS_HANDSHAKE_RECORD && first[1] == 0x03
 }
 
 /// What a plaintext port answers a ClientHello with: a fatal TLS alert record
