@@ -361,3 +361,62 @@ fn a_connection_over_the_limit_is_refused_inside_tls() {
         "{error}"
     );
 }
+
+/// The principal is shown in the broker's debug log only: a broker started here with the
+/// connection module at debug level names the client certificate's URI SAN.
+#[test]
+fn the_principal_from_the_san_is_in_the_debug_log() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = temp_store();
+    let ca = Ca::new(dir.path(), "ca");
+    let (cert, key) = ca.server(dir.path(), "broker");
+    let extra = format!(
+        "tls_ca_file = \"{}\"\nclient_auth = \"required\"",
+        ca.pem.display()
+    );
+    let config = dir.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        common::test_config(&tls_config(&cert, &key, &extra)),
+    )
+    .unwrap();
+    let log = dir.path().join("broker.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .args(["--store", dir.path().join("data").to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--ha-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info,ringmq_broker::net=debug")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start ringmq serve");
+    let mut ready = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let addr = ready
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("listen="))
+        .unwrap_or_else(|| panic!("no ready line: {ready}"))
+        .to_string();
+    let identity = ca.issue(
+        dir.path(),
+        "orders",
+        vec![SanType::URI("spiffe://test/orders".try_into().unwrap())],
+    );
+    let client = Client::connect_with(&addr, options(&ca.pem, Some(&identity)));
+    let seen = wait_until(Duration::from_secs(10), "the principal in the log", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines()
+            .find(|l| l.contains("TLS handshake done"))
+            .map(str::to_string)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    client.expect("mTLS connect");
+    assert!(
+        seen.contains("principal=Some(\"spiffe://test/orders\")"),
+        "{seen}"
+    );
+}
