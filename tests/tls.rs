@@ -281,6 +281,42 @@ fn the_cli_names_a_missing_ca_file() {
         stderr.contains("--tls-ca") && stderr.contains("nowhere.pem"),
         "{stderr}"
     );
+    let ca = Ca::new(dir.path(), "ca");
+    let output = common::run_binary(
+        &[
+            "topic",
+            "list",
+            "--broker",
+            "127.0.0.1:1",
+            "--tls-ca",
+            ca.pem.to_str().unwrap(),
+            "--tls-cert",
+            missing.to_str().unwrap(),
+            "--tls-key",
+            missing.to_str().unwrap(),
+        ],
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--tls-cert") && stderr.contains("nowhere.pem"),
+        "{stderr}"
+    );
+    let output = common::run_binary(
+        &[
+            "topic",
+            "list",
+            "--broker",
+            "127.0.0.1:1",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ],
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("needs TLS; give --tls-ca"), "{stderr}");
 }
 
 #[test]

@@ -95,7 +95,8 @@ pub struct BrokerArgs {
 /// uses TLS; name-server connections stay plaintext.
 #[derive(Args, Debug, Clone, Default)]
 pub struct TlsArgs {
-    /// PEM file of the CA(s) that signed the brokers' certificates: connect with TLS.
+    /// PEM file of the CA(s) that signed the brokers' certificates: connect with TLS
+    /// (default: RINGMQ_TLS_CA when set).
     #[arg(long = "tls-ca", global = true, value_name = "FILE")]
     pub tls_ca: Option<std::path::PathBuf>,
     /// PEM client certificate chain for mutual TLS (with --tls-key and --tls-ca).
@@ -103,7 +104,7 @@ pub struct TlsArgs {
         long = "tls-cert",
         global = true,
         value_name = "FILE",
-        requires_all = ["tls_ca", "tls_key"]
+        requires = "tls_key"
     )]
     pub tls_cert: Option<std::path::PathBuf>,
     /// PEM private key of --tls-cert.
@@ -116,15 +117,35 @@ pub struct TlsArgs {
     pub tls_key: Option<std::path::PathBuf>,
 }
 
+/// The environment variable that names the CA file when `--tls-ca` is not given.
+pub const TLS_CA_ENV: &str = "RINGMQ_TLS_CA";
+
 impl TlsArgs {
+    /// `--tls-ca`, else a non-empty `env` (the value of [`TLS_CA_ENV`]).
+    pub fn ca_path(&self, env: Option<std::ffi::OsString>) -> Option<std::path::PathBuf> {
+        self.tls_ca
+            .clone()
+            .or_else(|| env.filter(|v| !v.is_empty()).map(Into::into))
+    }
+
     /// Loads the files and makes TLS the default of every broker connection of this
     /// process; the error names the flag and the file.
     pub fn install(&self) -> Result<(), String> {
-        let Some(ca) = &self.tls_ca else {
-            return Ok(());
+        let Some(ca) = self.ca_path(std::env::var_os(TLS_CA_ENV)) else {
+            return match self.tls_cert {
+                Some(_) => Err(format!(
+                    "--tls-cert: a client certificate needs TLS; give --tls-ca FILE (or {TLS_CA_ENV})"
+                )),
+                None => Ok(()),
+            };
         };
         let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
-        let tls = crate::client::ClientTls::from_files(ca, identity)?;
+        let tls = crate::client::ClientTls::from_files(&ca, identity).map_err(|e| {
+            match &self.tls_ca {
+                Some(_) => e,
+                None => format!("{e} (from {TLS_CA_ENV})"),
+            }
+        })?;
         crate::client::set_default_tls(tls.leak());
         Ok(())
     }

@@ -357,6 +357,14 @@ fn tls_flags_parse_on_every_client_command_and_need_their_pair() {
         assert_eq!(tls.tls_ca.as_deref(), Some(std::path::Path::new("ca.pem")));
         assert_eq!(tls.tls_key.as_deref(), Some(std::path::Path::new("k.pem")));
     }
+    let flagless = parse(&["topic", "list"]).unwrap();
+    let tls = flagless.command.tls_args().unwrap();
+    assert_eq!(tls.ca_path(None), None);
+    assert_eq!(tls.ca_path(Some("".into())), None);
+    assert_eq!(tls.ca_path(Some("env.pem".into())), Some("env.pem".into()));
+    let flagged = parse(&["topic", "list", "--tls-ca", "flag.pem"]).unwrap();
+    let tls = flagged.command.tls_args().unwrap();
+    assert_eq!(tls.ca_path(Some("env.pem".into())), Some("flag.pem".into()));
     assert!(parse(&["topic", "list", "--tls-cert", "c.pem"]).is_err());
     assert!(parse(&["topic", "list", "--tls-ca", "ca.pem", "--tls-cert", "c.pem"]).is_err());
     assert!(parse(&["topic", "list", "--tls-key", "k.pem"]).is_err());
