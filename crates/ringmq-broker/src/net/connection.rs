@@ -81,7 +81,6 @@ pub async fn serve(shard: Rc<Shard>, net: Rc<ShardNet>, stream: TcpStream, ticke
     }
     let writer = unsafe { TcpStream::from_raw_fd(write_fd) };
     let _ = writer.set_write_timeout(Some(net.timeouts.response_write));
-    let fd = stream.as_raw_fd();
     let peer = Peer {
         addr,
         principal: None,
@@ -89,7 +88,10 @@ pub async fn serve(shard: Rc<Shard>, net: Rc<ShardNet>, stream: TcpStream, ticke
     let halves = Halves {
         reader: stream,
         writer,
-        fd,
+        // The writer's own descriptor, not the reader's: the reader stream is dropped (its
+        // descriptor closed, and free for the shard to reuse) when the peer closes, while the
+        // writer may still answer requests in flight and shut the socket down on a failed write.
+        fd: write_fd,
         plaintext: true,
     };
     serve_halves(shard, net, halves, peer, ticket).await;
@@ -178,7 +180,8 @@ async fn handshake(
 struct Halves<R, W> {
     reader: R,
     writer: W,
-    /// The socket both halves use, to shut it down from either side.
+    /// The socket both halves use, to shut it down from either side: a descriptor that stays
+    /// open as long as the writer does (on a plaintext port the writer's own duplicate).
     fd: RawFd,
     /// A plaintext port: a ClientHello arriving first is answered with a TLS alert.
     plaintext: bool,
