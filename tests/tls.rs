@@ -9,7 +9,7 @@ mod common;
 use common::{temp_store, wait_until, Broker};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
 use ringmq::client::{Client, ClientError, ClientOptions, ClientTls, ConnectionOptions};
-use ringmq::protocol::message::MessageRef;
+use ringmq::protocol::message::{MessageRef, PullRequest};
 use ringmq::protocol::Status;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -455,4 +455,45 @@ fn the_principal_from_the_san_is_in_the_debug_log() {
         seen.contains("principal=Some(\"spiffe://test/orders\")"),
         "{seen}"
     );
+}
+
+/// A pull answer larger than the socket buffers, to a client that starts reading only after
+/// the broker has filled them: the session's buffered tail must still be flushed, or the
+/// client waits for bytes the broker believes written.
+#[test]
+fn a_large_answer_read_late_arrives_whole_over_tls() {
+    const MESSAGES: usize = 12;
+    const BODY: usize = 256 * 1024;
+    let dir = temp_store();
+    let ca = Ca::new(dir.path(), "ca");
+    let (cert, key) = ca.server(dir.path(), "broker");
+    let broker =
+        Broker::start_with_config(dir.path(), &tls_config(&cert, &key, ""), &["--shards", "1"]);
+    let mut options = options(&ca.pem, None);
+    options.connection.read_timeout = Duration::from_secs(10);
+    let mut client = Client::connect_with(&broker.addr, options).expect("connect");
+    client.create_topic("large", 1).expect("create");
+    let body = vec![b'x'; BODY];
+    for _ in 0..MESSAGES {
+        let ack = client
+            .produce("large", Some(0), &[message(&body)])
+            .expect("produce");
+        assert_eq!(ack.status, Status::Ok);
+    }
+    let ticket = client
+        .send_pull(&PullRequest {
+            topic: "large".into(),
+            queue: 0,
+            offset: 0,
+            max_messages: MESSAGES as u32,
+            max_bytes: (MESSAGES * (BODY + 1024)) as u32,
+            max_wait_ms: 0,
+        })
+        .expect("send the pull");
+    // Not a synchronization: the scenario is a reader that comes late, after the broker's
+    // writes have met a full socket.
+    std::thread::sleep(Duration::from_millis(500));
+    let got = client.wait_pull(ticket, 0).expect("the whole answer");
+    assert_eq!(got.messages.len(), MESSAGES);
+    assert!(got.messages.iter().all(|m| m.body.len() == BODY));
 }

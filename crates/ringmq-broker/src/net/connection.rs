@@ -203,6 +203,7 @@ async fn serve_halves<R, W>(
         shard.clone(),
         halves.writer,
         halves.fd,
+        !halves.plaintext,
         rx,
         activity.clone(),
     )));
@@ -236,6 +237,7 @@ async fn write_responses<W: AsyncWrite + Unpin>(
     shard: Rc<Shard>,
     mut writer: W,
     fd: RawFd,
+    flush: bool,
     rx: LocalReceiver<Response>,
     activity: Rc<Cell<Instant>>,
 ) {
@@ -256,7 +258,12 @@ async fn write_responses<W: AsyncWrite + Unpin>(
                 _ => break,
             }
         }
-        let written = writer.write_all(&out).await;
+        let mut written = writer.write_all(&out).await;
+        if flush && written.is_ok() {
+            // A TLS session accepts bytes into its own buffer and reports them written even
+            // when the socket would block: the tail of an answer stays there until flushed.
+            written = writer.flush().await;
+        }
         for _ in 0..framed {
             shard.lifecycle().response_written();
         }
