@@ -497,3 +497,31 @@ fn a_large_answer_read_late_arrives_whole_over_tls() {
     assert_eq!(got.messages.len(), MESSAGES);
     assert!(got.messages.iter().all(|m| m.body.len() == BODY));
 }
+
+/// A ringmq frame whose little-endian length (790 = 0x316) makes it start `16 03` like a TLS
+/// record, on a plaintext port: served, not answered with a TLS alert.
+#[test]
+fn a_frame_that_starts_like_a_tls_record_is_served_on_a_plaintext_port() {
+    use ringmq::protocol::frame::{encode_frame, FrameHeader, FRAME_HEADER_BYTES};
+    use ringmq::protocol::Opcode;
+    let dir = temp_store();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut frame = Vec::new();
+    encode_frame(
+        &mut frame,
+        FrameHeader::request(Opcode::Ping, 9),
+        &[0u8; 790 - 20],
+    );
+    assert_eq!(&frame[..2], &[0x16, 0x03]);
+    let mut s = TcpStream::connect(&broker.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // In two parts, so the first read may see fewer bytes than decide.
+    s.write_all(&frame[..3]).unwrap();
+    s.flush().unwrap();
+    s.write_all(&frame[3..]).unwrap();
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    s.read_exact(&mut header).expect("a ringmq answer");
+    assert_ne!(header[0], 0x15, "answered with a TLS alert");
+    let request_id = u64::from_le_bytes(header[12..20].try_into().unwrap());
+    assert_eq!(request_id, 9);
+}

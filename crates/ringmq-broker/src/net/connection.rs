@@ -36,7 +36,7 @@ use crate::protocol::frame::{encode_frame, FrameDecoder, FrameError, FrameHeader
 use crate::protocol::frame::{FRAME_HEADER_BYTES, PROTOCOL_VERSION};
 use crate::protocol::{Opcode, Status};
 use crate::security::tls::{
-    looks_like_client_hello, session_principal, PLAINTEXT_PORT_ALERT, TLS_HANDSHAKE_RECORD,
+    opening, session_principal, Opening, PLAINTEXT_PORT_ALERT, TLS_HANDSHAKE_RECORD,
 };
 use crate::security::Peer;
 use crate::shard::handlers;
@@ -314,8 +314,8 @@ struct Reader<R> {
     shard: Rc<Shard>,
     net: Rc<ShardNet>,
     stream: R,
-    /// On a plaintext port, the socket to answer a TLS ClientHello on (taken at the first
-    /// read, so it costs the hot path nothing after).
+    /// On a plaintext port, the socket to answer a TLS ClientHello on, until the first bytes
+    /// have told (cleared then, so it costs the hot path nothing after).
     answer_client_hello: Option<RawFd>,
     /// Who is on the other end, for the handlers (the ACL round) and debug logs.
     peer: Rc<Peer>,
@@ -560,10 +560,16 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         };
         let was_empty = self.filled == 0;
         let n = read_or_expire(&mut self.stream, &mut self.buf[self.filled..], expire).await?;
-        if let Some(fd) = self.answer_client_hello.take() {
-            if looks_like_client_hello(&self.buf[..n]) {
-                answer_client_hello(fd, &self.peer);
-                return Err(End::Closed);
+        if let Some(fd) = self.answer_client_hello {
+            // Decided on the first few bytes, however they arrive; no frame is dispatched
+            // before then (a header is longer than what decides).
+            match opening(&self.buf[..self.filled + n]) {
+                Opening::ClientHello => {
+                    answer_client_hello(fd, &self.peer);
+                    return Err(End::Closed);
+                }
+                Opening::Plaintext => self.answer_client_hello = None,
+                Opening::Undecided => {}
             }
         }
         if was_empty {

@@ -9,7 +9,7 @@
 //! The first bytes a client sends tell TLS and the ringmq framing apart (a TLS record starts
 //! with content type 22, a ringmq frame with a little-endian length and the magic at bytes 4-5),
 //! which is how each kind of port answers the other kind of client in a form it understands
-//! ([`looks_like_client_hello`], [`PLAINTEXT_PORT_ALERT`]).
+//! ([`opening`], [`PLAINTEXT_PORT_ALERT`]).
 
 use super::Principal;
 use crate::config::{BrokerConfig, ClientAuth};
@@ -175,10 +175,36 @@ pub fn session_principal(session: &ServerConnection) -> Option<Principal> {
 /// The content type of a TLS handshake record, the first byte a TLS client sends.
 pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
-/// Whether the first bytes a client sent are a TLS handshake record (a ClientHello): content
-/// type 22, then major version 3.
-pub fn looks_like_client_hello(first: &[u8]) -> bool {
-    first.len() >= 2 && first[0] == TLS_HANDSHAKE_RECORD && first[1] == 0x03
+/// The handshake message type of a ClientHello, the byte after the 5-byte record header.
+const CLIENT_HELLO: u8 = 0x01;
+
+/// How many first bytes [`opening`] may need: the record header and the handshake type.
+pub const OPENING_BYTES: usize = 6;
+
+/// What a connection opened with, as far as its first bytes tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opening {
+    /// A TLS handshake record carrying a ClientHello.
+    ClientHello,
+    /// Anything else: a ringmq frame (its magic, `52 4d`, sits at bytes 4-5, where a
+    /// ClientHello has the end of the record length and the handshake type `01`).
+    Plaintext,
+    /// Too few bytes yet to tell (at most [`OPENING_BYTES`] decide).
+    Undecided,
+}
+
+/// Tells a ClientHello from a ringmq frame by the first bytes a client sent: content type 22,
+/// major version 3, and handshake type 1 at byte 5. Byte 5 matters: a frame length is
+/// little-endian, so a first frame of 790 + 65536·k bytes also starts `16 03`.
+pub fn opening(first: &[u8]) -> Opening {
+    match first {
+        [] => Opening::Undecided,
+        [kind, ..] if *kind != TLS_HANDSHAKE_RECORD => Opening::Plaintext,
+        [_, major, ..] if *major != 0x03 => Opening::Plaintext,
+        _ if first.len() < OPENING_BYTES => Opening::Undecided,
+        _ if first[5] == CLIENT_HELLO => Opening::ClientHello,
+        _ => Opening::Plaintext,
+    }
 }
 
 /// What a plaintext port answers a ClientHello with: a fatal TLS alert record
@@ -284,13 +310,27 @@ mod tests {
 
     #[test]
     fn a_client_hello_is_told_from_a_frame() {
-        assert!(looks_like_client_hello(&[0x16, 0x03, 0x01, 0x02, 0x00]));
-        let mut frame = Vec::new();
-        crate::protocol::frame::encode_frame(
-            &mut frame,
-            crate::protocol::frame::FrameHeader::request(crate::protocol::Opcode::Ping, 1),
-            &[],
-        );
-        assert!(!looks_like_client_hello(&frame));
+        let hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00];
+        assert_eq!(opening(&hello), Opening::ClientHello);
+        for n in 0..OPENING_BYTES {
+            assert_eq!(opening(&hello[..n]), Opening::Undecided, "{n} bytes");
+        }
+        let frame_of = |body: usize| {
+            let mut frame = Vec::new();
+            crate::protocol::frame::encode_frame(
+                &mut frame,
+                crate::protocol::frame::FrameHeader::request(crate::protocol::Opcode::Ping, 1),
+                &vec![0u8; body],
+            );
+            frame
+        };
+        assert_eq!(opening(&frame_of(0)), Opening::Plaintext);
+        assert_eq!(opening(&frame_of(0)[..1]), Opening::Plaintext);
+        // A frame whose length is 790 (0x316) starts 16 03 like a TLS record: its magic at
+        // bytes 4-5 still tells it apart.
+        let confusable = frame_of(790 - 20);
+        assert_eq!(&confusable[..2], &[0x16, 0x03]);
+        assert_eq!(opening(&confusable[..5]), Opening::Undecided);
+        assert_eq!(opening(&confusable), Opening::Plaintext);
     }
 }
