@@ -525,3 +525,32 @@ fn a_frame_that_starts_like_a_tls_record_is_served_on_a_plaintext_port() {
     let request_id = u64::from_le_bytes(header[12..20].try_into().unwrap());
     assert_eq!(request_id, 9);
 }
+
+/// Every plaintext frame on a TLS port is told `TLS_REQUIRED`, also one whose length makes it
+/// start `16 03` like a TLS record (the magic at bytes 4-5 decides), even sent in parts.
+#[test]
+fn a_frame_that_starts_like_a_tls_record_is_told_tls_required() {
+    use ringmq::protocol::frame::{encode_frame, FrameHeader, FRAME_HEADER_BYTES};
+    use ringmq::protocol::Opcode;
+    let dir = temp_store();
+    let ca = Ca::new(dir.path(), "ca");
+    let (cert, key) = ca.server(dir.path(), "broker");
+    let broker = Broker::start_with_config(dir.path(), &tls_config(&cert, &key, ""), &[]);
+    let mut frame = Vec::new();
+    encode_frame(
+        &mut frame,
+        FrameHeader::request(Opcode::Ping, 9),
+        &[0u8; 790 - 20],
+    );
+    assert_eq!(&frame[..2], &[0x16, 0x03]);
+    let mut s = TcpStream::connect(&broker.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(&frame[..3]).unwrap();
+    s.write_all(&frame[3..]).unwrap();
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    s.read_exact(&mut header)
+        .expect("a ringmq answer, not a closed connection");
+    let status = u16::from_le_bytes(header[10..12].try_into().unwrap());
+    assert_eq!(status, Status::TlsRequired as u16);
+}

@@ -36,7 +36,7 @@ use crate::protocol::frame::{encode_frame, FrameDecoder, FrameError, FrameHeader
 use crate::protocol::frame::{FRAME_HEADER_BYTES, PROTOCOL_VERSION};
 use crate::protocol::{Opcode, Status};
 use crate::security::tls::{
-    opening, session_principal, Opening, PLAINTEXT_PORT_ALERT, TLS_HANDSHAKE_RECORD,
+    opening, session_principal, Opening, OPENING_BYTES, PLAINTEXT_PORT_ALERT,
 };
 use crate::security::Peer;
 use crate::shard::handlers;
@@ -54,6 +54,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::debug;
+
+/// How long a TLS port waits before peeking again at a connection whose first bytes do not
+/// yet tell a ClientHello from a frame: short, as the rest is normally one segment behind.
+const PEEK_RETRY_MS: u64 = 2;
 
 /// The configured timeouts of every connection.
 #[derive(Clone, Copy, Debug)]
@@ -145,24 +149,32 @@ pub async fn serve_tls(
     serve_halves(shard, net, halves, Peer { addr, principal }, ticket).await;
 }
 
-/// The handshake, after a look at the first byte: anything but a TLS handshake record (a
-/// ringmq frame, say) is answered `TLS_REQUIRED` in ringmq framing, what a plaintext client
-/// reads. One byte decides because a ClientHello may arrive split; a plaintext frame whose
-/// length happens to start with byte 22 goes to rustls and is closed on without the
-/// explanation. `None` when no session came of it.
+/// The handshake, after a look at the first bytes: anything but a ClientHello (every ringmq
+/// frame: its magic sits at bytes 4-5) is answered `TLS_REQUIRED` in ringmq framing, what a
+/// plaintext client reads. Up to [`OPENING_BYTES`] decide; they are peeked, so rustls still
+/// reads the whole record. `None` when no session came of it (the caller bounds the time).
 async fn handshake(
     stream: TcpStream,
     config: Arc<rustls::ServerConfig>,
     timeout: Duration,
 ) -> Option<futures_rustls::server::TlsStream<TcpStream>> {
-    let mut first = [0u8; 1];
-    if stream.peek(&mut first).await.ok()? == 0 {
-        return None;
-    }
-    if first[0] != TLS_HANDSHAKE_RECORD {
-        let reason = "this port requires TLS: the client sent plaintext; connect with TLS (ringmq: --tls-ca FILE)".to_string();
-        answer_and_close(stream, Status::TlsRequired, reason, timeout).await;
-        return None;
+    let mut first = [0u8; OPENING_BYTES];
+    loop {
+        let n = stream.peek(&mut first).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        match opening(&first[..n]) {
+            Opening::ClientHello => break,
+            Opening::Plaintext => {
+                let reason = "this port requires TLS: the client sent plaintext; connect with TLS (ringmq: --tls-ca FILE)".to_string();
+                answer_and_close(stream, Status::TlsRequired, reason, timeout).await;
+                return None;
+            }
+            // A peek returns what has arrived and does not wait for more: a record header
+            // split across segments (rare: a ClientHello opens in one) is polled for.
+            Opening::Undecided => sleep(Duration::from_millis(PEEK_RETRY_MS)).await,
+        }
     }
     match futures_rustls::TlsAcceptor::from(config)
         .accept(stream)
