@@ -25,7 +25,7 @@
 //! handshake not done within `tls_handshake_timeout_ms` closes the connection.
 
 use super::admission::{BudgetPermit, Ticket};
-use super::ShardNet;
+use super::{HandshakeSlot, ShardNet};
 use crate::constants::{
     CONNECTION_READ_BUFFER_BYTES, INFLIGHT_BUDGET_WAIT_MS, MAX_COALESCED_RESPONSE_BYTES,
     MAX_INFLIGHT_BYTES_PER_CONNECTION, MAX_INFLIGHT_REQUESTS_PER_CONNECTION,
@@ -102,20 +102,19 @@ pub async fn serve(shard: Rc<Shard>, net: Rc<ShardNet>, stream: TcpStream, ticke
 }
 
 /// Serves a connection accepted on a TLS port: tells a plaintext client so, runs the
-/// handshake within `tls_handshake_timeout_ms`, then serves it like any other. The caller
-/// took one of the shard's handshake slots; `handshake_done` gives it back when the
-/// handshake ends, whatever the outcome.
+/// handshake within `tls_handshake_timeout_ms`, then serves it like any other. `slot`, one of
+/// the shard's handshake places, is given back when the handshake ends, whatever the outcome
+/// (or when this future is dropped).
 pub async fn serve_tls(
     shard: Rc<Shard>,
     net: Rc<ShardNet>,
     stream: TcpStream,
     ticket: Ticket,
     config: Arc<rustls::ServerConfig>,
-    handshake_done: impl FnOnce(),
+    slot: HandshakeSlot,
 ) {
     let _ = stream.set_nodelay(true);
     let Ok(addr) = stream.peer_addr() else {
-        handshake_done();
         return;
     };
     let deadline = Instant::now() + net.timeouts.tls_handshake;
@@ -128,7 +127,7 @@ pub async fn serve_tls(
         },
     )
     .await;
-    handshake_done();
+    drop(slot);
     let Some(session) = session else {
         return;
     };

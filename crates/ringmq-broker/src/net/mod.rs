@@ -282,6 +282,24 @@ impl ShardNet {
     }
 }
 
+/// One of a shard's `tls_max_handshakes_per_shard` places, held while a handshake runs and
+/// given back when dropped: by the connection's task once its handshake ends, or with that
+/// task if it is dropped first, so no path can keep or double-release one.
+pub struct HandshakeSlot(Rc<Cell<usize>>);
+
+impl HandshakeSlot {
+    fn take(in_flight: Rc<Cell<usize>>) -> HandshakeSlot {
+        in_flight.set(in_flight.get() + 1);
+        HandshakeSlot(in_flight)
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
 /// Starts a TLS connection's own task (its handshake never runs in the accept loop), or
 /// closes it at once when the shard already runs `tls_max_handshakes_per_shard` handshakes:
 /// a flood of stalled handshakes then costs bounded memory and delays nobody else.
@@ -302,15 +320,14 @@ fn start_tls(
         let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
         return;
     }
-    in_flight.set(in_flight.get() + 1);
-    let done = move || in_flight.set(in_flight.get() - 1);
+    let slot = HandshakeSlot::take(in_flight);
     spawn_local(connection::serve_tls(
         shard.clone(),
         net.clone(),
         stream,
         ticket,
         tls.current(),
-        done,
+        slot,
     ))
     .detach();
 }
