@@ -383,3 +383,23 @@ fn every_subcommand_passes_clap_checks() {
         .and_then(|t| t.tls_ca.as_ref())
         .is_some());
 }
+
+/// The bench refuses TLS with its embedded (plaintext) broker and with the event-loop
+/// driver, whether the CA comes from the flag or from `RINGMQ_TLS_CA`.
+#[test]
+fn bench_refuses_tls_it_cannot_use() {
+    let bench = |args: &[&str]| match parse(args).unwrap().command {
+        Command::Bench(args) => args,
+        _ => unreachable!(),
+    };
+    let check = super::bench::check_tls;
+    let embedded = bench(&["bench", "--tls-ca", "ca.pem", "--driver", "threads"]);
+    let error = check(&embedded, None).unwrap_err();
+    assert!(error.contains("embedded broker"), "{error}");
+    let env_only = bench(&["bench", "--broker", "127.0.0.1:1"]);
+    assert!(check(&env_only, None).is_ok());
+    let error = check(&env_only, Some("ca.pem".into())).unwrap_err();
+    assert!(error.contains("event-loop driver"), "{error}");
+    let threads = bench(&["bench", "--broker", "127.0.0.1:1", "--driver", "threads"]);
+    assert!(check(&threads, Some("ca.pem".into())).is_ok());
+}
