@@ -79,8 +79,14 @@ pub struct NameServerClient {
 }
 
 impl NameServerClient {
-    /// A client of `addrs` that connects on its first request.
+    /// A client of `addrs` that connects on its first request. Always plaintext: the name
+    /// server does not speak TLS, so neither `options.tls` nor the process-wide TLS default
+    /// (which `ConnectionOptions::default()` picks up) applies here.
     pub fn new(addrs: Vec<String>, options: ConnectionOptions) -> Result<Self, ClientError> {
+        let options = ConnectionOptions {
+            tls: None,
+            ..options
+        };
         if addrs.is_empty() {
             return Err(ClientError::InvalidArgument(
                 "no name-server address given".into(),
