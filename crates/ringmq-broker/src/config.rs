@@ -648,6 +648,14 @@ impl BrokerConfig {
                 return Err(ConfigError::value("tls_ca_file", format!("client_auth = `{}` verifies client certificates against it: give the CA file", self.client_auth)));
             }
         }
+        if self.client_auth == ClientAuth::None && self.tls_ca_file.is_some() {
+            // Refused rather than ignored: whoever set a client CA expects client certificates
+            // to be checked, and `none` would silently serve every client unauthenticated.
+            return Err(ConfigError::value(
+                "client_auth",
+                "tls_ca_file is set but client_auth is `none`, so no client certificate would be asked for: set client_auth = \"optional\" or \"required\", or remove tls_ca_file",
+            ));
+        }
         if self.tls_max_handshakes_per_shard == 0 {
             return Err(ConfigError::value(
                 "tls_max_handshakes_per_shard",
@@ -1075,6 +1083,10 @@ mod tests {
         assert_eq!(
             key(&format!("{tls}client_auth = \"optional\"")),
             Some("tls_ca_file")
+        );
+        assert_eq!(
+            key(&format!("{tls}tls_ca_file = \"ca.pem\"")),
+            Some("client_auth")
         );
         assert_eq!(
             key(&format!("{tls}tls_max_handshakes_per_shard = 0")),
