@@ -377,6 +377,9 @@ fn a_handshake_flood_does_not_stall_an_established_producer() {
     // these takes it, every later one is beyond the bound and closed at once.
     let mut over: Vec<_> = (0..OVER).map(|_| stall()).collect();
     held.push(over.remove(0));
+    // A client that comes now finds every place taken, and says the broker is busy.
+    let error = tls_error(Client::connect_with(&broker.addr, options(&ca.pem, None)));
+    assert!(error.contains("busy or refusing"), "{error}");
 
     let mut latencies_us = Vec::with_capacity(REQUESTS);
     for i in 0..REQUESTS {

@@ -148,7 +148,13 @@ fn start_tls(
                     addr: addr.to_string(),
                     after: timeout,
                 },
-                ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset => tls_err(
+                // A reset is what a broker does to a handshake it has no place for (its
+                // tls_max_handshakes_per_shard are all taken); a close, what it does after
+                // refusing what the client sent.
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => tls_err(
+                    "the broker reset the connection during the TLS handshake: it is busy or refusing connections (too many handshakes at once); retry later".to_string(),
+                ),
+                ErrorKind::UnexpectedEof => tls_err(
                     "the broker closed the connection during the TLS handshake (it may want a client certificate: --tls-cert, --tls-key; or the port is not TLS)".to_string(),
                 ),
                 _ => tls_err(explain(&e)),
