@@ -7,7 +7,8 @@
 //! the other (the hot path, unchanged). On a TLS port one rustls session carries both
 //! directions: it is split into a read half and a write half over one shared session (a lock
 //! taken only inside a poll, never across an await), after a handshake that [`serve_tls`] runs
-//! in the connection's own task, outside the accept loop. The reader and the writer are generic
+//! in the connection's own task, outside the accept loop, in the shard's low-share handshake
+//! task queue (the connection is then served in the accept loop's queue). The reader and the writer are generic
 //! over the halves, so both kinds run the same code. A frame that breaks framing (oversized,
 //! bad magic, bad crc, unknown version or opcode) is answered with an error where the request
 //! id is known, and then only this connection closes. A TLS ClientHello on a plaintext port
@@ -45,9 +46,9 @@ use crate::shard::Shard;
 use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
-use glommio::spawn_local;
 use glommio::sync::{Semaphore, StaticPermit};
 use glommio::timer::sleep;
+use glommio::{spawn_local, spawn_local_into};
 use std::cell::Cell;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
@@ -145,7 +146,27 @@ pub async fn serve_tls(
         fd,
         plaintext: false,
     };
-    serve_halves(shard, net, halves, Peer { addr, principal }, ticket).await;
+    let serving = serve_halves(
+        shard.clone(),
+        net.clone(),
+        halves,
+        Peer { addr, principal },
+        ticket,
+    );
+    // The handshake ran in the shard's low-share handshake queue; the connection is served
+    // where plaintext ones are.
+    match net.tls_queues() {
+        Some(queues) => match spawn_local_into(serving, queues.serving) {
+            Ok(task) => {
+                task.detach();
+            }
+            Err(e) => debug!(
+                shard = shard.id(),
+                "serving a TLS connection failed to start: {e}"
+            ),
+        },
+        None => serving.await,
+    }
 }
 
 /// The handshake, after a look at the first bytes: anything but a ClientHello (every ringmq

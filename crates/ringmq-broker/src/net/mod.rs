@@ -21,7 +21,7 @@ use crate::security::tls::ServerTls;
 use crate::shard::Shard;
 use admission::{Admission, InflightBudget};
 use glommio::net::TcpListener;
-use glommio::spawn_local;
+use glommio::{spawn_local, spawn_local_into, Latency, Shares, TaskQueueHandle};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::cell::Cell;
 use std::fmt;
@@ -257,7 +257,24 @@ pub struct ShardNet {
     /// TLS handshakes running now, at most `tls_max_handshakes_per_shard`.
     handshakes_in_flight: Rc<Cell<usize>>,
     max_handshakes: usize,
+    /// Where TLS connections run, when TLS is on (see [`TlsQueues`]).
+    tls_queues: Option<TlsQueues>,
 }
+
+/// The shard's glommio task queues for TLS connections: handshakes (public-key crypto, a
+/// millisecond or so each, and what a flood of full ClientHellos makes a peer pay nothing
+/// for) run in a queue with a small share of the core, so under contention established
+/// connections, which run in the queue the accept loop runs in, keep most of it. A finished
+/// handshake moves its connection back there.
+#[derive(Clone, Copy)]
+pub struct TlsQueues {
+    pub handshakes: TaskQueueHandle,
+    pub serving: TaskQueueHandle,
+}
+
+/// The handshake queue's shares, against the default queue's 1000: about a tenth of the core
+/// while established connections want all of it, all of it when they are idle.
+const TLS_HANDSHAKE_SHARES: usize = 100;
 
 impl ShardNet {
     pub fn new(
@@ -275,10 +292,30 @@ impl ShardNet {
                 tls_handshake: Duration::from_millis(config.tls_handshake_timeout_ms),
             },
             refusals_in_flight: Rc::new(Cell::new(0)),
-            tls,
             handshakes_in_flight: Rc::new(Cell::new(0)),
             max_handshakes: config.tls_max_handshakes_per_shard as usize,
+            // Only with TLS: made on the shard's executor, which a broker without TLS (and
+            // the hot-path harness) need not have here.
+            tls_queues: tls.is_some().then(|| {
+                let executor = glommio::executor();
+                TlsQueues {
+                    handshakes: executor.create_task_queue(
+                        Shares::Static(TLS_HANDSHAKE_SHARES),
+                        Latency::NotImportant,
+                        "tls-handshakes",
+                    ),
+                    serving: executor.current_task_queue(),
+                }
+            }),
+            tls,
         })
+    }
+}
+
+impl ShardNet {
+    /// The task queues TLS connections run in, when TLS is on.
+    pub fn tls_queues(&self) -> Option<TlsQueues> {
+        self.tls_queues
     }
 }
 
@@ -321,15 +358,25 @@ fn start_tls(
         return;
     }
     let slot = HandshakeSlot::take(in_flight);
-    spawn_local(connection::serve_tls(
+    let connection = connection::serve_tls(
         shard.clone(),
         net.clone(),
         stream,
         ticket,
         tls.current(),
         slot,
-    ))
-    .detach();
+    );
+    match net.tls_queues {
+        Some(queues) => match spawn_local_into(connection, queues.handshakes) {
+            Ok(task) => {
+                task.detach();
+            }
+            Err(e) => warn!(shard = shard.id(), "starting a TLS connection failed: {e}"),
+        },
+        None => {
+            spawn_local(connection).detach();
+        }
+    }
 }
 
 /// Accepts connections on one listening socket until the task is dropped.
