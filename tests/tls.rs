@@ -591,3 +591,51 @@ fn a_frame_that_starts_like_a_tls_record_is_told_tls_required() {
     let status = u16::from_le_bytes(header[10..12].try_into().unwrap());
     assert_eq!(status, Status::TlsRequired as u16);
 }
+
+/// Under TLS the client's write timeout holds: a broker that stops reading (paused) makes a
+/// pipelined producer fail with a timeout soon after the socket buffers fill.
+#[test]
+fn the_write_timeout_holds_over_tls() {
+    let dir = temp_store();
+    let ca = Ca::new(dir.path(), "ca");
+    let (cert, key) = ca.server(dir.path(), "broker");
+    let broker =
+        Broker::start_with_config(dir.path(), &tls_config(&cert, &key, ""), &["--shards", "1"]);
+    let mut options = options(&ca.pem, None);
+    options.connection.write_timeout = Duration::from_millis(500);
+    let mut client = Client::connect_with(&broker.addr, options).expect("connect");
+    client.create_topic("stalled", 1).expect("create");
+    let body = vec![b'x'; 200 * 1024];
+    let batch = [
+        message(&body),
+        message(&body),
+        message(&body),
+        message(&body),
+    ];
+    client
+        .produce("stalled", Some(0), &batch)
+        .expect("a produce before the pause");
+    broker.pause();
+    let started = Instant::now();
+    let error = loop {
+        // Socket buffers hold a few megabytes; far fewer requests than this fill them.
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "writes to a broker that does not read kept succeeding"
+        );
+        if let Err(e) = client.send_produce("stalled", Some(0), &batch) {
+            break e;
+        }
+    };
+    assert!(
+        matches!(error, ClientError::Timeout { .. }),
+        "expected a write timeout, got {error}"
+    );
+    // One blocked write, not one per buffered chunk: rustls's own stream waited out the
+    // socket's timeout on every call and took tens of seconds to fail here.
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the write timeout took {took:?}"
+    );
+}

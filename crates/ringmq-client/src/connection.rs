@@ -97,27 +97,82 @@ impl Transport {
 }
 
 impl Read for Transport {
+    /// On TLS, at most one socket read per call, so the caller's deadline (the socket's read
+    /// timeout, set before each call) holds: a read that brought records but no plaintext yet
+    /// answers `Interrupted`, and the caller re-arms the timeout with what is left and calls
+    /// again. rustls's own `Stream` loops over socket reads inside one call instead.
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
             Transport::Plain(stream) => stream.read(buf),
-            Transport::Tls(session) => session.read(buf),
+            Transport::Tls(session) => tls_read(&mut session.conn, &mut session.sock, buf),
         }
     }
 }
 
 impl Write for Transport {
+    /// On TLS, the records of `buf` are written to the socket before this returns, and a
+    /// socket error (the write timeout included) is returned: rustls's own `Stream` buffers
+    /// them and drops the socket's error.
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
             Transport::Plain(stream) => stream.write(buf),
-            Transport::Tls(session) => session.write(buf),
+            Transport::Tls(session) => {
+                let (conn, sock) = (&mut session.conn, &mut session.sock);
+                write_records(conn, sock)?;
+                let n = conn.writer().write(buf)?;
+                write_records(conn, sock)?;
+                Ok(n)
+            }
         }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Transport::Plain(stream) => stream.flush(),
-            Transport::Tls(session) => session.flush(),
+            Transport::Tls(session) => {
+                write_records(&mut session.conn, &mut session.sock)?;
+                session.sock.flush()
+            }
         }
+    }
+}
+
+/// Writes every TLS record the session holds, propagating the socket's errors.
+fn write_records(conn: &mut rustls::ClientConnection, sock: &mut TcpStream) -> std::io::Result<()> {
+    while conn.wants_write() {
+        if conn.write_tls(sock)? == 0 {
+            return Err(ErrorKind::WriteZero.into());
+        }
+    }
+    Ok(())
+}
+
+/// One step of a TLS read: plaintext the session already holds, else one socket read.
+fn tls_read(
+    conn: &mut rustls::ClientConnection,
+    sock: &mut TcpStream,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    match conn.reader().read(buf) {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        // Ok(0) after the broker's close_notify; an end without one reads as a close too.
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(0),
+        other => return other,
+    }
+    let at_eof = conn.read_tls(sock)? == 0;
+    let processed = conn.process_new_packets();
+    // An alert the session queued (on an error, say) goes out best-effort; a key update's
+    // answer must.
+    let written = write_records(conn, sock);
+    if let Err(e) = processed {
+        return Err(std::io::Error::new(ErrorKind::InvalidData, e));
+    }
+    written?;
+    match conn.reader().read(buf) {
+        Err(e) if e.kind() == ErrorKind::WouldBlock && at_eof => Ok(0),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Err(ErrorKind::Interrupted.into()),
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(0),
+        other => other,
     }
 }
 
