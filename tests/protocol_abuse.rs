@@ -465,3 +465,98 @@ fn pipelined_answers_of_mixed_sizes_are_each_written_once() {
         broker.log()
     );
 }
+
+/// How many descriptors the broker process holds open now.
+fn open_fds(broker: &Broker) -> usize {
+    let pid = broker.pid().expect("a running broker");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the broker's fd table")
+        .count()
+}
+
+/// A peer that resets its connection while a long poll is parked: the reader's descriptor is
+/// closed at once and the next connection gets its number, while the writer still holds the
+/// pull. When the pull's answer then fails to write, the broker must shut down the socket the
+/// writer holds, not the number the new client now owns.
+#[test]
+fn a_failed_answer_after_the_peer_left_does_not_touch_a_newer_connection() {
+    let dir = temp_store();
+    let broker = Broker::start(dir.path(), &["--shards", "1"]);
+    let mut producer = broker.client();
+    producer.create_topic("parked", 1).expect("create");
+    // The producer's connection to the shard's port is open before the count below.
+    producer.ping().expect("ping");
+    let wake = MessageRef {
+        born_timestamp_ms: 1,
+        key: b"",
+        properties: b"",
+        body: b"wake",
+    };
+    producer
+        .produce("parked", Some(0), &[wake])
+        .expect("produce");
+    let port = broker.shard_ports[0];
+    let addr = format!("127.0.0.1:{port}");
+
+    let before = open_fds(&broker);
+    let mut leaver = raw(&addr);
+    let pull = PullRequest {
+        topic: "parked".into(),
+        queue: 0,
+        offset: 1,
+        max_messages: 1,
+        max_bytes: 1 << 20,
+        max_wait_ms: 15_000,
+    };
+    let mut body = Vec::new();
+    pull.encode(&mut body);
+    let mut requests = frame(Opcode::Pull as u16, 1, &body);
+    requests.extend_from_slice(&frame(Opcode::Ping as u16, 2, &[]));
+    leaver.write_all(&requests).unwrap();
+    // The ping is answered once the pull ahead of it has started (and parked).
+    let answer = read_response(&mut leaver).expect("the ping's answer");
+    assert_eq!(answer.request_id, 2);
+    // Each plaintext connection holds two descriptors (the reader's and the writer's dup).
+    common::wait_until(IO_TIMEOUT, "the connection's descriptors", || {
+        (open_fds(&broker) == before + 2).then_some(())
+    });
+    socket2::SockRef::from(&leaver)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(leaver);
+    // The reader's descriptor is closed; the writer's stays while the pull is parked.
+    common::wait_until(IO_TIMEOUT, "the reader's descriptor closed", || {
+        (open_fds(&broker) == before + 1).then_some(())
+    });
+    // The lowest free number, the one the reader had, goes to this connection.
+    let mut newer = raw(&addr);
+    newer
+        .write_all(&frame(Opcode::Ping as u16, 7, &[]))
+        .unwrap();
+    assert_eq!(read_response(&mut newer).expect("served").request_id, 7);
+
+    // A message wakes the parked pull; its answer fails on the reset socket.
+    let ack = producer
+        .produce(
+            "parked",
+            Some(0),
+            &[MessageRef {
+                born_timestamp_ms: 1,
+                key: b"",
+                properties: b"",
+                body: b"wake",
+            }],
+        )
+        .expect("produce");
+    assert_eq!(ack.status, Status::Ok);
+    common::wait_until(IO_TIMEOUT, "the leaver's writer gone", || {
+        (open_fds(&broker) == before + 2).then_some(())
+    });
+    for id in 8..12 {
+        newer
+            .write_all(&frame(Opcode::Ping as u16, id, &[]))
+            .unwrap();
+        let answer = read_response(&mut newer).expect("the newer connection is still served");
+        assert_eq!(answer.request_id, id);
+    }
+}

@@ -41,6 +41,23 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
+impl Command {
+    /// The TLS flags of a command that talks to brokers.
+    pub(crate) fn tls_args(&self) -> Option<&TlsArgs> {
+        match self {
+            Command::Serve(_) | Command::Namesrv(_) => None,
+            Command::Topic(args) => Some(&args.broker.tls),
+            Command::Produce(args) => Some(&args.broker.tls),
+            Command::Consume(args) => Some(&args.broker.tls),
+            Command::Group(args) => Some(&args.broker.tls),
+            Command::Stats(args) => Some(&args.broker.tls),
+            Command::Cluster(args) => Some(&args.broker.tls),
+            Command::Admin(args) => Some(&args.broker.tls),
+            Command::Bench(args) => Some(&args.tls),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
 pub enum Format {
     #[default]
@@ -70,6 +87,68 @@ pub struct BrokerArgs {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// TLS to the brokers (docs/security.md): given a CA, every broker connection of the command
+/// uses TLS; name-server connections stay plaintext.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// PEM file of the CA(s) that signed the brokers' certificates: connect with TLS
+    /// (default: RINGMQ_TLS_CA when set).
+    #[arg(long = "tls-ca", global = true, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate chain for mutual TLS (with --tls-key and --tls-ca).
+    #[arg(
+        long = "tls-cert",
+        global = true,
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long = "tls-key",
+        global = true,
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+/// The environment variable that names the CA file when `--tls-ca` is not given.
+pub const TLS_CA_ENV: &str = "RINGMQ_TLS_CA";
+
+impl TlsArgs {
+    /// `--tls-ca`, else a non-empty `env` (the value of [`TLS_CA_ENV`]).
+    pub fn ca_path(&self, env: Option<std::ffi::OsString>) -> Option<std::path::PathBuf> {
+        self.tls_ca
+            .clone()
+            .or_else(|| env.filter(|v| !v.is_empty()).map(Into::into))
+    }
+
+    /// Loads the files and makes TLS the default of every broker connection of this
+    /// process; the error names the flag and the file.
+    pub fn install(&self) -> Result<(), String> {
+        let Some(ca) = self.ca_path(std::env::var_os(TLS_CA_ENV)) else {
+            return match self.tls_cert {
+                Some(_) => Err(format!(
+                    "--tls-cert: a client certificate needs TLS; give --tls-ca FILE (or {TLS_CA_ENV})"
+                )),
+                None => Ok(()),
+            };
+        };
+        let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
+        let tls = crate::client::ClientTls::from_files(&ca, identity).map_err(|e| {
+            match &self.tls_ca {
+                Some(_) => e,
+                None => format!("{e} (from {TLS_CA_ENV})"),
+            }
+        })?;
+        crate::client::set_default_tls(tls.leak());
+        Ok(())
+    }
 }
 
 /// The environment variable that names the name servers when neither flag is given.
@@ -138,6 +217,12 @@ pub fn describe(broker: &str, error: &ClientError) -> String {
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
+    if let Some(tls) = cli.command.tls_args() {
+        if let Err(e) = tls.install() {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    }
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Namesrv(args) => namesrv::run(args),

@@ -5,6 +5,7 @@ use crate::bench::matrix::{run_matrix, Matrix, Target};
 use crate::bench::mode::BenchMode;
 use crate::bench::plot::LatencyAxis;
 use crate::bench::workload::{Driver, Workload, TIMESTAMP_BYTES};
+use crate::cli::app::TLS_CA_ENV;
 use crate::cli::produce::MAX_WINDOW;
 use crate::protocol::Acks;
 use clap::Args;
@@ -31,6 +32,9 @@ pub struct BenchArgs {
     /// listening on the broker's port, if there is one).
     #[arg(long, requires = "broker")]
     pub broker_pid: Option<u32>,
+    /// TLS to --broker (or the brokers --namesrv lists): --tls-ca, --tls-cert, --tls-key.
+    #[command(flatten)]
+    pub tls: super::app::TlsArgs,
     /// How producers are run: `event-loop` multiplexes every producer's connections on
     /// --driver-threads threads; `threads` gives each producer its own OS thread and blocking
     /// client.
@@ -213,7 +217,29 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// Refuses TLS where the bench cannot use it: with the embedded broker (plaintext) and with
+/// the event-loop driver. `env_ca` is the value of `RINGMQ_TLS_CA`, which stands for the flag.
+pub fn check_tls(args: &BenchArgs, env_ca: Option<std::ffi::OsString>) -> Result<(), String> {
+    if args.tls.ca_path(env_ca).is_none() {
+        return Ok(());
+    }
+    if args.broker.is_none() && args.namesrv.is_none() {
+        return Err(format!(
+            "--tls-ca (or {TLS_CA_ENV}): the embedded broker speaks plaintext; give --broker or --namesrv of a TLS broker"
+        ));
+    }
+    if !matches!(args.driver, DriverKind::Threads) {
+        // The event loop frames requests into raw non-blocking sockets; TLS goes through the
+        // blocking client, which only the thread driver uses.
+        return Err(format!(
+            "--tls-ca (or {TLS_CA_ENV}): the event-loop driver speaks plaintext only; add --driver threads"
+        ));
+    }
+    Ok(())
+}
+
 pub fn run(args: BenchArgs) -> Result<(), String> {
+    check_tls(&args, std::env::var_os(TLS_CA_ENV))?;
     let workload = args.workload()?;
     let external = args.broker.is_some() || args.namesrv.is_some();
     let modes = match (external, args.modes.is_empty()) {

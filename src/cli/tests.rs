@@ -340,3 +340,72 @@ fn the_namesrv_variable_yields_to_an_explicit_broker() {
     };
     assert!(args.namesrv.is_none());
 }
+
+#[test]
+fn tls_flags_parse_on_every_client_command_and_need_their_pair() {
+    for command in [
+        &["topic", "list"][..],
+        &["produce", "t", "--count", "1"],
+        &["stats"],
+        &["cluster", "status"],
+    ] {
+        let mut args = command.to_vec();
+        args.extend([
+            "--tls-ca",
+            "ca.pem",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ]);
+        let cli = parse(&args).unwrap_or_else(|e| panic!("{command:?}: {e}"));
+        let tls = cli.command.tls_args().expect("a client command");
+        assert_eq!(tls.tls_ca.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert_eq!(tls.tls_key.as_deref(), Some(std::path::Path::new("k.pem")));
+    }
+    let flagless = parse(&["topic", "list"]).unwrap();
+    let tls = flagless.command.tls_args().unwrap();
+    assert_eq!(tls.ca_path(None), None);
+    assert_eq!(tls.ca_path(Some("".into())), None);
+    assert_eq!(tls.ca_path(Some("env.pem".into())), Some("env.pem".into()));
+    let flagged = parse(&["topic", "list", "--tls-ca", "flag.pem"]).unwrap();
+    let tls = flagged.command.tls_args().unwrap();
+    assert_eq!(tls.ca_path(Some("env.pem".into())), Some("flag.pem".into()));
+    assert!(parse(&["topic", "list", "--tls-cert", "c.pem"]).is_err());
+    assert!(parse(&["topic", "list", "--tls-ca", "ca.pem", "--tls-cert", "c.pem"]).is_err());
+    assert!(parse(&["topic", "list", "--tls-key", "k.pem"]).is_err());
+}
+
+/// clap's own consistency checks over every subcommand (unique argument ids, the ids that
+/// `requires` names exist), which otherwise fire only when that subcommand is parsed.
+#[test]
+fn every_subcommand_passes_clap_checks() {
+    use clap::CommandFactory;
+    Cli::command().debug_assert();
+    let bench = parse(&["bench", "--broker", "127.0.0.1:1", "--tls-ca", "ca.pem"]).unwrap();
+    assert!(bench
+        .command
+        .tls_args()
+        .and_then(|t| t.tls_ca.as_ref())
+        .is_some());
+}
+
+/// The bench refuses TLS with its embedded (plaintext) broker and with the event-loop
+/// driver, whether the CA comes from the flag or from `RINGMQ_TLS_CA`.
+#[test]
+fn bench_refuses_tls_it_cannot_use() {
+    let bench = |args: &[&str]| match parse(args).unwrap().command {
+        Command::Bench(args) => args,
+        _ => unreachable!(),
+    };
+    let check = super::bench::check_tls;
+    let embedded = bench(&["bench", "--tls-ca", "ca.pem", "--driver", "threads"]);
+    let error = check(&embedded, None).unwrap_err();
+    assert!(error.contains("embedded broker"), "{error}");
+    let env_only = bench(&["bench", "--broker", "127.0.0.1:1"]);
+    assert!(check(&env_only, None).is_ok());
+    let error = check(&env_only, Some("ca.pem".into())).unwrap_err();
+    assert!(error.contains("event-loop driver"), "{error}");
+    let threads = bench(&["bench", "--broker", "127.0.0.1:1", "--driver", "threads"]);
+    assert!(check(&threads, Some("ca.pem".into())).is_ok());
+}

@@ -335,6 +335,44 @@ pub struct BrokerConfig {
     /// `none` or `leader` chose to trade safety for speed (as RocketMQ's one-way send does).
     /// An operator who must not allow that sets `"leader"` or `"all"`.
     pub min_acks: Acks,
+    // --- TLS on the client and shard ports (docs/security.md) ---
+    /// PEM certificate chain of the broker (leaf first). Set with `tls_key_file`: the client
+    /// port and every shard port then speak TLS only (it replaces plaintext there; the HA and
+    /// metrics ports are unchanged). Re-read on SIGHUP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`. Re-read on SIGHUP.
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM certificates of the CAs whose client certificates are accepted (mutual TLS);
+    /// needed unless `client_auth = "none"`. Re-read on SIGHUP.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Whether a TLS client must present a certificate signed by `tls_ca_file`: `none`,
+    /// `optional` (one is verified when sent) or `required`.
+    pub client_auth: ClientAuth,
+    /// A TLS handshake not finished this long after the connection was accepted closes it.
+    pub tls_handshake_timeout_ms: u64,
+    /// Per shard: TLS handshakes running at once; a connection accepted beyond it is closed at
+    /// once, so a flood of slow handshakes costs a bounded amount of memory and never delays
+    /// the connections already serving.
+    pub tls_max_handshakes_per_shard: u32,
+}
+
+/// Whether TLS clients must present a certificate (`client_auth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    None,
+    Optional,
+    Required,
+}
+
+impl fmt::Display for ClientAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ClientAuth::None => "none",
+            ClientAuth::Optional => "optional",
+            ClientAuth::Required => "required",
+        })
+    }
 }
 
 /// Shortest `namesrv_heartbeat_interval_ms`: a heartbeat costs shard 0 a round trip to every
@@ -404,6 +442,12 @@ impl Default for BrokerConfig {
             namesrv_secret: None,
             default_acks: None,
             min_acks: Acks::None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
+            client_auth: ClientAuth::None,
+            tls_handshake_timeout_ms: 10_000,
+            tls_max_handshakes_per_shard: 256,
         }
     }
 }
@@ -636,7 +680,60 @@ impl BrokerConfig {
     }
 
     /// Checks every value, naming the key of the first bad one.
+    /// Whether the client and shard ports speak TLS.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert_file.is_some()
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => {
+                return Err(ConfigError::value(
+                    "tls_key_file",
+                    "tls_cert_file is set: give its private key too",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::value(
+                    "tls_cert_file",
+                    "tls_key_file is set: give the certificate too",
+                ))
+            }
+            _ => {}
+        }
+        if self.client_auth != ClientAuth::None {
+            if !self.tls_enabled() {
+                return Err(ConfigError::value(
+                    "client_auth",
+                    format!(
+                        "`{}` needs TLS: set tls_cert_file and tls_key_file",
+                        self.client_auth
+                    ),
+                ));
+            }
+            if self.tls_ca_file.is_none() {
+                return Err(ConfigError::value("tls_ca_file", format!("client_auth = `{}` verifies client certificates against it: give the CA file", self.client_auth)));
+            }
+        }
+        if self.client_auth == ClientAuth::None && self.tls_ca_file.is_some() {
+            // Refused rather than ignored: whoever set a client CA expects client certificates
+            // to be checked, and `none` would silently serve every client unauthenticated.
+            return Err(ConfigError::value(
+                "client_auth",
+                "tls_ca_file is set but client_auth is `none`, so no client certificate would be asked for: set client_auth = \"optional\" or \"required\", or remove tls_ca_file",
+            ));
+        }
+        if self.tls_max_handshakes_per_shard == 0 {
+            return Err(ConfigError::value(
+                "tls_max_handshakes_per_shard",
+                "at least 1",
+            ));
+        }
+        check_duration_ms("tls_handshake_timeout_ms", self.tls_handshake_timeout_ms)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_tls()?;
         self.listen_addr()?;
         self.metrics_addr()?;
         self.ha_addr()?;
@@ -1117,6 +1214,37 @@ mod tests {
         };
         let error = config.validate().unwrap_err();
         assert!(error.key() == Some("sync_flush_timeout_ms"), "{error}");
+    }
+
+    #[test]
+    fn tls_keys_name_their_key() {
+        let with = |text: &str| BrokerConfig::from_toml(text).unwrap().validate();
+        let key = |text: &str| with(text).unwrap_err().key();
+        assert_eq!(key("tls_cert_file = \"c.pem\""), Some("tls_key_file"));
+        assert_eq!(key("tls_key_file = \"k.pem\""), Some("tls_cert_file"));
+        assert_eq!(key("client_auth = \"required\""), Some("client_auth"));
+        let tls = "tls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\n";
+        assert_eq!(
+            key(&format!("{tls}client_auth = \"optional\"")),
+            Some("tls_ca_file")
+        );
+        assert_eq!(
+            key(&format!("{tls}tls_ca_file = \"ca.pem\"")),
+            Some("client_auth")
+        );
+        assert_eq!(
+            key(&format!("{tls}tls_max_handshakes_per_shard = 0")),
+            Some("tls_max_handshakes_per_shard")
+        );
+        assert_eq!(
+            key(&format!("{tls}tls_handshake_timeout_ms = 0")),
+            Some("tls_handshake_timeout_ms")
+        );
+        assert!(BrokerConfig::from_toml("client_auth = \"sometimes\"").is_err());
+        with(&format!(
+            "{tls}tls_ca_file = \"ca.pem\"\nclient_auth = \"required\""
+        ))
+        .unwrap();
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod counted_polls;
 pub mod metrics;
 pub mod net;
 pub mod replication;
+pub mod security;
 pub mod server;
 pub mod shard;
 pub mod store;

@@ -6,6 +6,7 @@
 use crate::config::BrokerConfig;
 use crate::net::admission::Admission;
 use crate::net::{bind_listeners, raise_descriptor_limit};
+use crate::security::tls::ServerTls;
 use crate::shard::mesh::build_mesh;
 use crate::shard::startup::{run_shard, ShardStartup, StartupEvent};
 use crate::shard::topics::TopicTable;
@@ -257,6 +258,7 @@ pub fn run(mut config: BrokerConfig) -> Result<(), ServerError> {
     let listeners = bind_listeners(&config, shard_count)?;
     let shard_ports = Arc::new(listeners.shard_ports.clone());
     let admission = Admission::new(&config);
+    let tls = ServerTls::from_config(&config).map_err(|e| ServerError::Startup(e.to_string()))?;
     let cluster = cluster_identity(&config, &listeners)?;
     let config = Arc::new(config);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -287,6 +289,7 @@ pub fn run(mut config: BrokerConfig) -> Result<(), ServerError> {
             },
             stop_fd: stop_fds[id],
             admission: admission.clone(),
+            tls: tls.clone(),
             cluster: if id == 0 { cluster.clone() } else { None },
         };
         let core = cores.get(id % cores.len().max(1)).copied();
@@ -331,7 +334,7 @@ pub fn run(mut config: BrokerConfig) -> Result<(), ServerError> {
         config.store_dir.display()
     );
     let _ = std::io::stdout().flush();
-    let events = watch_shards_and_signals(executors)?;
+    let events = watch_shards_and_signals(executors, tls)?;
     match events.recv() {
         Ok(Lifecycle::Terminate) => {}
         Ok(Lifecycle::ShardExited { id, cause }) => {
@@ -438,16 +441,28 @@ enum Lifecycle {
 /// channel, so the main thread sees whichever comes first.
 fn watch_shards_and_signals(
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
+    tls: Option<Arc<ServerTls>>,
 ) -> Result<mpsc::Receiver<Lifecycle>, ServerError> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let (tx, rx) = mpsc::channel();
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| ServerError::Startup(format!("installing signal handlers: {e}")))?;
     let signal_tx = tx.clone();
     std::thread::Builder::new()
         .name("signals".to_string())
         .spawn(move || {
-            for _ in signals.forever() {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    // Reloading reads files: done here, never on a shard thread. Its outcome
+                    // is logged inside; a failed reload keeps the old certificates.
+                    match &tls {
+                        Some(tls) => {
+                            let _ = tls.reload();
+                        }
+                        None => info!("SIGHUP: nothing to reload (TLS is off)"),
+                    }
+                    continue;
+                }
                 if signal_tx.send(Lifecycle::Terminate).is_err() {
                     return;
                 }

@@ -17,6 +17,7 @@
 //! connection, and the broker could lose the last frames it had not read yet.
 
 use super::error::ClientError;
+use super::tls::{explain, ClientTls};
 use super::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_FRAME_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
     READ_CHUNK_BYTES,
@@ -48,6 +49,8 @@ pub struct ConnectionOptions {
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     pub max_frame_bytes: usize,
+    /// TLS for every connection made with these options; `None`: plaintext.
+    pub tls: Option<&'static ClientTls>,
 }
 
 impl Default for ConnectionOptions {
@@ -57,6 +60,7 @@ impl Default for ConnectionOptions {
             read_timeout: DEFAULT_READ_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            tls: super::tls::default_tls(),
         }
     }
 }
@@ -96,9 +100,224 @@ impl Response {
     }
 }
 
+/// The bytes of one connection: the socket itself, or a TLS session over it.
+enum Transport {
+    Plain(TcpStream),
+    /// Boxed: a session holds rustls's buffers, large beside a bare socket.
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Transport {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(stream) => stream,
+            Transport::Tls(session) => &session.sock,
+        }
+    }
+}
+
+impl Transport {
+    /// One read that never waits: bytes ready now (plaintext under TLS), `WouldBlock` when
+    /// there are none. The socket stays in blocking mode for every other read.
+    fn read_nonblocking(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Transport::Plain(stream) => {
+                // SAFETY: `buf` is a valid, exclusively borrowed buffer of `buf.len()` bytes
+                // and the descriptor is this connection's own socket. MSG_DONTWAIT makes this
+                // one read non-blocking without changing the socket's mode.
+                let n = unsafe {
+                    libc::recv(
+                        stream.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if n >= 0 {
+                    Ok(n as usize)
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            }
+            Transport::Tls(session) => {
+                // Plaintext rustls already decrypted first; then at most one socket read, in
+                // non-blocking mode for its duration only.
+                match session.conn.reader().read(buf) {
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(0),
+                    other => return other,
+                }
+                session.sock.set_nonblocking(true)?;
+                let result = tls_read(&mut session.conn, &mut session.sock, buf);
+                session.sock.set_nonblocking(false)?;
+                match result {
+                    // Records arrived but no plaintext yet: nothing to hand over now.
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {
+                        Err(ErrorKind::WouldBlock.into())
+                    }
+                    other => other,
+                }
+            }
+        }
+    }
+
+    fn shutdown_write(&mut self) -> std::io::Result<()> {
+        if let Transport::Tls(session) = self {
+            session.conn.send_close_notify();
+            write_records(&mut session.conn, &mut session.sock)?;
+        }
+        self.socket().shutdown(std::net::Shutdown::Write)
+    }
+}
+
+impl Read for Transport {
+    /// On TLS, at most one socket read per call, so the caller's deadline (the socket's read
+    /// timeout, set before each call) holds: a read that brought records but no plaintext yet
+    /// answers `Interrupted`, and the caller re-arms the timeout with what is left and calls
+    /// again. rustls's own `Stream` loops over socket reads inside one call instead.
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Transport::Plain(stream) => stream.read(buf),
+            Transport::Tls(session) => tls_read(&mut session.conn, &mut session.sock, buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    /// On TLS, the records of `buf` are written to the socket before this returns, and a
+    /// socket error (the write timeout included) is returned: rustls's own `Stream` buffers
+    /// them and drops the socket's error.
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Transport::Plain(stream) => stream.write(buf),
+            Transport::Tls(session) => {
+                let (conn, sock) = (&mut session.conn, &mut session.sock);
+                write_records(conn, sock)?;
+                let n = conn.writer().write(buf)?;
+                write_records(conn, sock)?;
+                Ok(n)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Transport::Plain(stream) => stream.flush(),
+            Transport::Tls(session) => {
+                write_records(&mut session.conn, &mut session.sock)?;
+                session.sock.flush()
+            }
+        }
+    }
+}
+
+/// Writes every TLS record the session holds, propagating the socket's errors.
+fn write_records(conn: &mut rustls::ClientConnection, sock: &mut TcpStream) -> std::io::Result<()> {
+    while conn.wants_write() {
+        if conn.write_tls(sock)? == 0 {
+            return Err(ErrorKind::WriteZero.into());
+        }
+    }
+    Ok(())
+}
+
+/// One step of a TLS read: plaintext the session already holds, else one socket read.
+fn tls_read(
+    conn: &mut rustls::ClientConnection,
+    sock: &mut TcpStream,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    match conn.reader().read(buf) {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        // Ok(0) after the broker's close_notify; an end without one reads as a close too.
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(0),
+        other => return other,
+    }
+    let at_eof = conn.read_tls(sock)? == 0;
+    let processed = conn.process_new_packets();
+    // An alert the session queued (on an error, say) goes out best-effort; a key update's
+    // answer must.
+    let written = write_records(conn, sock);
+    if let Err(e) = processed {
+        return Err(std::io::Error::new(ErrorKind::InvalidData, e));
+    }
+    written?;
+    match conn.reader().read(buf) {
+        Err(e) if e.kind() == ErrorKind::WouldBlock && at_eof => Ok(0),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Err(ErrorKind::Interrupted.into()),
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(0),
+        other => other,
+    }
+}
+
+/// Runs the TLS handshake to its end within the connect timeout, so a refused certificate
+/// or a plaintext port is reported by `connect`, not by the first request.
+fn start_tls(
+    tls: &ClientTls,
+    addr: &str,
+    stream: TcpStream,
+    timeout: Duration,
+) -> Result<Transport, ClientError> {
+    let tls_err = |reason| ClientError::Tls {
+        addr: addr.to_string(),
+        reason,
+    };
+    let mut session = tls.session(addr).map_err(tls_err)?;
+    let mut stream = stream;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|source| ClientError::Io {
+            addr: addr.to_string(),
+            source,
+        })?;
+    while session.is_handshaking() {
+        if let Err(e) = session.complete_io(&mut stream) {
+            return Err(match e.kind() {
+                ErrorKind::WouldBlock | ErrorKind::TimedOut => ClientError::Timeout {
+                    addr: addr.to_string(),
+                    after: timeout,
+                },
+                // A reset is what a broker does to a handshake it has no place for (its
+                // tls_max_handshakes_per_shard are all taken); a close, what it does after
+                // refusing what the client sent.
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => tls_err(
+                    "the broker reset the connection during the TLS handshake: it is busy or refusing connections (too many handshakes at once); retry later".to_string(),
+                ),
+                ErrorKind::UnexpectedEof => tls_err(
+                    "the broker closed the connection during the TLS handshake (it may want a client certificate: --tls-cert, --tls-key; or the port is not TLS)".to_string(),
+                ),
+                _ => tls_err(explain(&e)),
+            });
+        }
+    }
+    Ok(Transport::Tls(Box::new(rustls::StreamOwned::new(
+        session, stream,
+    ))))
+}
+
+/// An I/O error, or the TLS error inside it as a sentence: under TLS 1.3 a broker refuses a
+/// client certificate after the client's side of the handshake is done, so the refusal
+/// arrives with the first read.
+fn io_or_tls(addr: &str, source: std::io::Error) -> ClientError {
+    let is_tls = source
+        .get_ref()
+        .is_some_and(|inner| inner.is::<rustls::Error>());
+    if is_tls {
+        ClientError::Tls {
+            addr: addr.to_string(),
+            reason: explain(&source),
+        }
+    } else {
+        ClientError::Io {
+            addr: addr.to_string(),
+            source,
+        }
+    }
+}
+
 pub struct Connection {
     addr: String,
-    stream: TcpStream,
+    stream: Transport,
     options: ConnectionOptions,
     decoder: FrameDecoder,
     /// Bytes read from the socket and not yet handed out as frames; at most one partial frame
@@ -155,6 +374,10 @@ impl Connection {
         stream
             .set_write_timeout(Some(options.write_timeout))
             .map_err(io_err)?;
+        let stream = match options.tls {
+            None => Transport::Plain(stream),
+            Some(tls) => start_tls(tls, addr, stream, options.connect_timeout)?,
+        };
         Ok(Connection {
             addr: addr.to_string(),
             stream,
@@ -205,7 +428,7 @@ impl Connection {
             return false;
         }
         let mut fd = libc::pollfd {
-            fd: self.stream.as_raw_fd(),
+            fd: self.stream.socket().as_raw_fd(),
             events: libc::POLLIN | libc::POLLRDHUP,
             revents: 0,
         };
@@ -263,10 +486,7 @@ impl Connection {
                     addr: self.addr.clone(),
                     after: self.options.write_timeout,
                 },
-                _ => ClientError::Io {
-                    addr: self.addr.clone(),
-                    source,
-                },
+                _ => io_or_tls(&self.addr, source),
             });
         }
         self.next_request_id += 1;
@@ -340,24 +560,9 @@ impl Connection {
         let filled = self.read_buf.len();
         self.read_buf.resize(filled + READ_CHUNK_BYTES, 0);
         let result = loop {
-            let into = &mut self.read_buf[filled..];
-            // SAFETY: `into` is a valid, exclusively borrowed buffer of `into.len()` bytes and
-            // the descriptor is this connection's own socket. MSG_DONTWAIT makes this one read
-            // non-blocking without changing the socket's mode.
-            let n = unsafe {
-                libc::recv(
-                    self.stream.as_raw_fd(),
-                    into.as_mut_ptr().cast(),
-                    into.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n >= 0 {
-                break Ok(n as usize);
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != ErrorKind::Interrupted {
-                break Err(e);
+            match self.stream.read_nonblocking(&mut self.read_buf[filled..]) {
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                other => break other,
             }
         };
         self.read_buf
@@ -501,14 +706,20 @@ impl Connection {
     /// Shuts the write side and reads (dropping everything) until the broker closes, at most
     /// `timeout`: the broker then has read every frame sent here.
     fn drain_to_close(&mut self, timeout: Duration) {
-        if self.stream.shutdown(std::net::Shutdown::Write).is_err() {
+        if self.stream.shutdown_write().is_err() {
             return;
         }
         let deadline = Instant::now() + timeout;
         let mut chunk = [0u8; READ_CHUNK_BYTES];
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() || self.stream.set_read_timeout(Some(remaining)).is_err() {
+            if remaining.is_zero()
+                || self
+                    .stream
+                    .socket()
+                    .set_read_timeout(Some(remaining))
+                    .is_err()
+            {
                 return;
             }
             match self.stream.read(&mut chunk) {
@@ -603,6 +814,7 @@ impl Connection {
                 source,
             };
             self.stream
+                .socket()
                 .set_read_timeout(Some(remaining))
                 .map_err(io_err)?;
             self.read_buf.resize(filled + READ_CHUNK_BYTES, 0);
@@ -623,10 +835,7 @@ impl Connection {
                 }
                 Err(source) => {
                     self.broken = true;
-                    return Err(ClientError::Io {
-                        addr: self.addr.clone(),
-                        source,
-                    });
+                    return Err(io_or_tls(&self.addr, source));
                 }
             }
         }
@@ -698,7 +907,7 @@ impl Drop for Connection {
 
 impl AsRawFd for Connection {
     fn as_raw_fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
+        self.stream.socket().as_raw_fd()
     }
 }
 

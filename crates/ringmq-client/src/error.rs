@@ -35,6 +35,9 @@ pub enum ClientError {
     /// The broker answered with an error status; `message` is its explanation.
     #[error("{status}: {message}")]
     Status { status: Status, message: String },
+    /// The TLS handshake failed; `reason` says why in words (see `tls::explain`).
+    #[error("TLS with {addr}: {reason}")]
+    Tls { addr: String, reason: String },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 }
@@ -68,6 +71,7 @@ impl ClientError {
                 | ClientError::ConnectionClosed { .. }
                 | ClientError::Frame { .. }
                 | ClientError::Protocol { .. }
+                | ClientError::Tls { .. }
         )
     }
 }

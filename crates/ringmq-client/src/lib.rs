@@ -20,6 +20,7 @@ pub mod reset;
 pub mod retry;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 pub use ringmq_protocol::admin::{ClusterStatus, MasterLink, ShardStatus, SlaveStatus, Stats};
 pub use ringmq_protocol::Acks;
@@ -39,6 +40,7 @@ pub use namesrv::NameServerClient;
 pub use reset::{OffsetReset, OffsetResetApplied};
 /// The wire protocol, under the name the modules here use for it.
 use ringmq_protocol as protocol;
+pub use tls::{set_default_tls, ClientTls};
 
 use std::time::Duration;
 

@@ -36,6 +36,8 @@ pub fn namesrv_connection_options() -> ConnectionOptions {
         read_timeout: DEFAULT_NAMESRV_TIMEOUT,
         write_timeout: DEFAULT_NAMESRV_TIMEOUT,
         max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+        // The name-server port is plaintext this round (its authentication is another slice).
+        tls: None,
     }
 }
 
@@ -77,8 +79,14 @@ pub struct NameServerClient {
 }
 
 impl NameServerClient {
-    /// A client of `addrs` that connects on its first request.
+    /// A client of `addrs` that connects on its first request. Always plaintext: the name
+    /// server does not speak TLS, so neither `options.tls` nor the process-wide TLS default
+    /// (which `ConnectionOptions::default()` picks up) applies here.
     pub fn new(addrs: Vec<String>, options: ConnectionOptions) -> Result<Self, ClientError> {
+        let options = ConnectionOptions {
+            tls: None,
+            ..options
+        };
         if addrs.is_empty() {
             return Err(ClientError::InvalidArgument(
                 "no name-server address given".into(),

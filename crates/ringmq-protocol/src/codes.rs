@@ -81,6 +81,9 @@ wire_enum! {
         /// The group has no member with that id (its session ended, or the coordinator
         /// restarted): the consumer joins again.
         UnknownMember = 117 => "UNKNOWN_MEMBER",
+        /// The port speaks TLS and the client sent plaintext: reconnect with TLS. Sent with
+        /// request id 0 before the broker closes the connection.
+        TlsRequired = 140 => "TLS_REQUIRED",
         /// A name server that requires signed registrations refused one without a valid
         /// signature under its secret (no signature, a wrong secret, an altered body).
         NotAuthenticated = 142 => "NOT_AUTHENTICATED",

@@ -2,9 +2,18 @@
 //! flight, answered as they complete, matched by request id), write responses in order of
 //! completion.
 //!
-//! The socket is duplicated so a reader and a writer task can each own a glommio stream. A
-//! frame that breaks framing (oversized, bad magic, bad crc, unknown version or opcode) is
-//! answered with an error where the request id is known, and then only this connection closes.
+//! Transport: a reader task and a writer task each own one direction. On a plaintext port the
+//! socket is duplicated, so each owns a glommio stream of its own and neither ever waits for
+//! the other (the hot path, unchanged). On a TLS port one rustls session carries both
+//! directions: it is split into a read half and a write half over one shared session (a lock
+//! taken only inside a poll, never across an await), after a handshake that [`serve_tls`] runs
+//! in the connection's own task, outside the accept loop, in the shard's low-share handshake
+//! task queue (the connection is then served in the accept loop's queue). The reader and the writer are generic
+//! over the halves, so both kinds run the same code. A frame that breaks framing (oversized,
+//! bad magic, bad crc, unknown version or opcode) is answered with an error where the request
+//! id is known, and then only this connection closes. A TLS ClientHello on a plaintext port
+//! is answered with a TLS alert, a ringmq frame on a TLS port with `TLS_REQUIRED`, so either
+//! kind of confused client learns why at once.
 //!
 //! Bounds: a frame that does not fit the connection's base read buffer reserves its size from
 //! the shard's [`InflightBudget`] before its body is read (the reader stops reading while it
@@ -13,10 +22,11 @@
 //! usable). A frame started and not finished within `request_read_timeout_ms` is answered
 //! `BAD_REQUEST` and the connection closes; a connection with nothing in flight and no traffic
 //! for `connections_max_idle_ms` is closed; a writer that makes no progress for
-//! `response_write_timeout_ms` (a peer that never reads) closes the connection.
+//! `response_write_timeout_ms` (a peer that never reads) closes the connection. A TLS
+//! handshake not done within `tls_handshake_timeout_ms` closes the connection.
 
 use super::admission::{BudgetPermit, Ticket};
-use super::ShardNet;
+use super::{HandshakeSlot, ShardNet};
 use crate::constants::{
     CONNECTION_READ_BUFFER_BYTES, INFLIGHT_BUDGET_WAIT_MS, MAX_COALESCED_RESPONSE_BYTES,
     MAX_INFLIGHT_BYTES_PER_CONNECTION, MAX_INFLIGHT_REQUESTS_PER_CONNECTION,
@@ -26,20 +36,29 @@ use crate::metrics::Counter;
 use crate::protocol::frame::{encode_frame, FrameDecoder, FrameError, FrameHeader};
 use crate::protocol::frame::{FRAME_HEADER_BYTES, PROTOCOL_VERSION};
 use crate::protocol::{Opcode, Status};
+use crate::security::tls::{
+    opening, session_principal, Opening, OPENING_BYTES, PLAINTEXT_PORT_ALERT,
+};
+use crate::security::Peer;
 use crate::shard::handlers;
 use crate::shard::mesh::Reply;
 use crate::shard::Shard;
-use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
-use glommio::spawn_local;
 use glommio::sync::{Semaphore, StaticPermit};
 use glommio::timer::sleep;
+use glommio::{spawn_local, spawn_local_into};
 use std::cell::Cell;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::debug;
+
+/// How long a TLS port waits before peeking again at a connection whose first bytes do not
+/// yet tell a ClientHello from a frame: short, as the rest is normally one segment behind.
+const PEEK_RETRY_MS: u64 = 2;
 
 /// The configured timeouts of every connection.
 #[derive(Clone, Copy, Debug)]
@@ -47,10 +66,15 @@ pub struct ConnectionTimeouts {
     pub request_read: Duration,
     pub idle: Duration,
     pub response_write: Duration,
+    pub tls_handshake: Duration,
 }
 
+/// Serves a connection accepted on a plaintext port.
 pub async fn serve(shard: Rc<Shard>, net: Rc<ShardNet>, stream: TcpStream, ticket: Ticket) {
     let _ = stream.set_nodelay(true);
+    let Ok(addr) = stream.peer_addr() else {
+        return;
+    };
     // SAFETY: dup returns a new descriptor for the same socket, owned by the writer stream.
     let write_fd = unsafe { libc::dup(stream.as_raw_fd()) };
     if write_fd < 0 {
@@ -62,11 +86,156 @@ pub async fn serve(shard: Rc<Shard>, net: Rc<ShardNet>, stream: TcpStream, ticke
     }
     let writer = unsafe { TcpStream::from_raw_fd(write_fd) };
     let _ = writer.set_write_timeout(Some(net.timeouts.response_write));
+    let peer = Peer {
+        addr,
+        principal: None,
+    };
+    let halves = Halves {
+        reader: stream,
+        writer,
+        // The writer's own descriptor, not the reader's: the reader stream is dropped (its
+        // descriptor closed, and free for the shard to reuse) when the peer closes, while the
+        // writer may still answer requests in flight and shut the socket down on a failed write.
+        fd: write_fd,
+        plaintext: true,
+    };
+    serve_halves(shard, net, halves, peer, ticket).await;
+}
+
+/// Serves a connection accepted on a TLS port: tells a plaintext client so, runs the
+/// handshake within `tls_handshake_timeout_ms`, then serves it like any other. `slot`, one of
+/// the shard's handshake places, is given back when the handshake ends, whatever the outcome
+/// (or when this future is dropped).
+pub async fn serve_tls(
+    shard: Rc<Shard>,
+    net: Rc<ShardNet>,
+    stream: TcpStream,
+    ticket: Ticket,
+    config: Arc<rustls::ServerConfig>,
+    slot: HandshakeSlot,
+) {
+    let _ = stream.set_nodelay(true);
+    let Ok(addr) = stream.peer_addr() else {
+        return;
+    };
+    let deadline = Instant::now() + net.timeouts.tls_handshake;
+    let session = future::or(
+        handshake(stream, config, net.timeouts.tls_handshake),
+        async {
+            sleep(deadline.saturating_duration_since(Instant::now())).await;
+            debug!(shard = shard.id(), %addr, "TLS handshake timed out; closing");
+            None
+        },
+    )
+    .await;
+    drop(slot);
+    let Some(session) = session else {
+        return;
+    };
+    let principal = session_principal(session.get_ref().1);
+    debug!(shard = shard.id(), %addr, principal = ?principal.as_ref().map(|p| p.as_str()), "TLS handshake done");
+    let fd = session.get_ref().0.as_raw_fd();
+    let _ = session
+        .get_ref()
+        .0
+        .set_write_timeout(Some(net.timeouts.response_write));
+    let (reader, writer) = futures_lite::io::split(session);
+    let halves = Halves {
+        reader,
+        writer,
+        fd,
+        plaintext: false,
+    };
+    let serving = serve_halves(
+        shard.clone(),
+        net.clone(),
+        halves,
+        Peer { addr, principal },
+        ticket,
+    );
+    // The handshake ran in the shard's low-share handshake queue; the connection is served
+    // where plaintext ones are.
+    match net.tls_queues() {
+        Some(queues) => match spawn_local_into(serving, queues.serving) {
+            Ok(task) => {
+                task.detach();
+            }
+            Err(e) => debug!(
+                shard = shard.id(),
+                "serving a TLS connection failed to start: {e}"
+            ),
+        },
+        None => serving.await,
+    }
+}
+
+/// The handshake, after a look at the first bytes: anything but a ClientHello (every ringmq
+/// frame: its magic sits at bytes 4-5) is answered `TLS_REQUIRED` in ringmq framing, what a
+/// plaintext client reads. Up to [`OPENING_BYTES`] decide; they are peeked, so rustls still
+/// reads the whole record. `None` when no session came of it (the caller bounds the time).
+async fn handshake(
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    timeout: Duration,
+) -> Option<futures_rustls::server::TlsStream<TcpStream>> {
+    let mut first = [0u8; OPENING_BYTES];
+    loop {
+        let n = stream.peek(&mut first).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        match opening(&first[..n]) {
+            Opening::ClientHello => break,
+            Opening::Plaintext => {
+                let reason = "this port requires TLS: the client sent plaintext; connect with TLS (ringmq: --tls-ca FILE)".to_string();
+                answer_and_close(stream, Status::TlsRequired, reason, timeout).await;
+                return None;
+            }
+            // A peek returns what has arrived and does not wait for more: a record header
+            // split across segments (rare: a ClientHello opens in one) is polled for.
+            Opening::Undecided => sleep(Duration::from_millis(PEEK_RETRY_MS)).await,
+        }
+    }
+    match futures_rustls::TlsAcceptor::from(config)
+        .accept(stream)
+        .await
+    {
+        Ok(session) => Some(session),
+        Err(e) => {
+            debug!("TLS handshake failed: {e}");
+            None
+        }
+    }
+}
+
+/// The two directions of one connection and the socket under them.
+struct Halves<R, W> {
+    reader: R,
+    writer: W,
+    /// The socket both halves use, to shut it down from either side: a descriptor that stays
+    /// open as long as the writer does (on a plaintext port the writer's own duplicate).
+    fd: RawFd,
+    /// A plaintext port: a ClientHello arriving first is answered with a TLS alert.
+    plaintext: bool,
+}
+
+async fn serve_halves<R, W>(
+    shard: Rc<Shard>,
+    net: Rc<ShardNet>,
+    halves: Halves<R, W>,
+    peer: Peer,
+    ticket: Ticket,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + 'static,
+{
     let activity = Rc::new(Cell::new(Instant::now()));
     let (tx, rx) = local_channel::new_bounded::<Response>(MAX_INFLIGHT_REQUESTS_PER_CONNECTION);
     let writer_task = spawn_local(observed(write_responses(
         shard.clone(),
-        writer,
+        halves.writer,
+        halves.fd,
+        !halves.plaintext,
         rx,
         activity.clone(),
     )));
@@ -79,7 +248,9 @@ pub async fn serve(shard: Rc<Shard>, net: Rc<ShardNet>, stream: TcpStream, ticke
         frame_started: Instant::now(),
         shard,
         net,
-        stream,
+        stream: halves.reader,
+        answer_client_hello: halves.plaintext.then_some(halves.fd),
+        peer: Rc::new(peer),
         tx: Rc::new(tx),
         activity,
     };
@@ -94,9 +265,11 @@ struct Response {
     reply: Reply,
 }
 
-async fn write_responses(
+async fn write_responses<W: AsyncWrite + Unpin>(
     shard: Rc<Shard>,
-    mut writer: TcpStream,
+    mut writer: W,
+    fd: RawFd,
+    flush: bool,
     rx: LocalReceiver<Response>,
     activity: Rc<Cell<Instant>>,
 ) {
@@ -117,7 +290,12 @@ async fn write_responses(
                 _ => break,
             }
         }
-        let written = writer.write_all(&out).await;
+        let mut written = writer.write_all(&out).await;
+        if flush && written.is_ok() {
+            // A TLS session accepts bytes into its own buffer and reports them written even
+            // when the socket would block: the tail of an answer stays there until flushed.
+            written = writer.flush().await;
+        }
         for _ in 0..framed {
             shard.lifecycle().response_written();
         }
@@ -128,7 +306,7 @@ async fn write_responses(
                     "closing a connection whose peer does not read its responses"
                 );
             }
-            shutdown_both(writer.as_raw_fd());
+            shutdown_both(fd);
             // Requests still in flight must be able to queue their answers and finish (a
             // dropped receiver does not release senders waiting on a full channel).
             while rx.recv().await.is_some() {
@@ -164,10 +342,15 @@ enum End {
     Idle,
 }
 
-struct Reader {
+struct Reader<R> {
     shard: Rc<Shard>,
     net: Rc<ShardNet>,
-    stream: TcpStream,
+    stream: R,
+    /// On a plaintext port, the socket to answer a TLS ClientHello on, until the first bytes
+    /// have told (cleared then, so it costs the hot path nothing after).
+    answer_client_hello: Option<RawFd>,
+    /// Who is on the other end, for the handlers (the ACL round) and debug logs.
+    peer: Rc<Peer>,
     tx: Rc<LocalSender<Response>>,
     decoder: FrameDecoder,
     /// Requests of this connection in flight (count), so one peer cannot pin unbounded work.
@@ -186,7 +369,7 @@ struct Reader {
 /// Per-connection permits of one request.
 type ConnectionPermits = (StaticPermit, StaticPermit);
 
-impl Reader {
+impl<R: AsyncRead + Unpin> Reader<R> {
     async fn run(mut self) {
         let end = loop {
             if let Err(end) = self.dispatch_buffered().await {
@@ -410,6 +593,18 @@ impl Reader {
         };
         let was_empty = self.filled == 0;
         let n = read_or_expire(&mut self.stream, &mut self.buf[self.filled..], expire).await?;
+        if let Some(fd) = self.answer_client_hello {
+            // Decided on the first few bytes, however they arrive; no frame is dispatched
+            // before then (a header is longer than what decides).
+            match opening(&self.buf[..self.filled + n]) {
+                Opening::ClientHello => {
+                    answer_client_hello(fd, &self.peer);
+                    return Err(End::Closed);
+                }
+                Opening::Plaintext => self.answer_client_hello = None,
+                Opening::Undecided => {}
+            }
+        }
         if was_empty {
             self.frame_started = Instant::now();
         }
@@ -494,8 +689,8 @@ impl Expiry {
 
 /// Reads into `into` unless `expire` comes first. glommio's socket read waits for readiness
 /// and then reads, so abandoning it loses no bytes.
-async fn read_or_expire(
-    stream: &mut TcpStream,
+async fn read_or_expire<R: AsyncRead + Unpin>(
+    stream: &mut R,
     into: &mut [u8],
     expire: Expiry,
 ) -> Result<usize, End> {
@@ -506,6 +701,23 @@ async fn read_or_expire(
         }
     };
     future::or(read, async { Err(expire.wait().await) }).await
+}
+
+/// Sends the TLS alert of a plaintext port to a client that opened with a ClientHello, and
+/// ends the socket (the writer task then finds it closed).
+fn answer_client_hello(fd: RawFd, peer: &Peer) {
+    debug!(peer = %peer.addr, "a TLS ClientHello on a plaintext port; answering with a TLS alert");
+    // SAFETY: a send of 7 bytes from a local array on a socket this connection owns; a fresh
+    // connection's send buffer always has room, and a failure changes nothing (it closes).
+    unsafe {
+        libc::send(
+            fd,
+            PLAINTEXT_PORT_ALERT.as_ptr() as *const libc::c_void,
+            PLAINTEXT_PORT_ALERT.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    shutdown_both(fd);
 }
 
 /// The header of the frame at the start of `buf`, which holds at least a whole header.
@@ -569,11 +781,49 @@ async fn reject(shard: &Shard, tx: &LocalSender<Response>, error: &FrameError) {
 /// Answers a connection the broker does not admit with `SYSTEM_BUSY` and closes it. What
 /// the peer sent meanwhile is read and dropped until it closes too (within `timeout`): closing
 /// with unread bytes would reset the connection and could discard the answer on its way.
-pub async fn refuse(mut stream: TcpStream, reason: String, timeout: Duration) {
-    let frame = response_frame(
-        connection_error_header(),
-        Reply::error(Status::SystemBusy, reason),
-    );
+pub async fn refuse(stream: TcpStream, reason: String, timeout: Duration) {
+    answer_and_close(stream, Status::SystemBusy, reason, timeout).await
+}
+
+/// [`refuse`] on a TLS port: the refusal goes out inside a TLS session (a plaintext frame
+/// would read as a broken handshake), all of it, handshake included, within `timeout`.
+pub async fn refuse_tls(
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    reason: String,
+    timeout: Duration,
+) {
+    let _ = stream.set_write_timeout(Some(timeout));
+    let answer = async {
+        let acceptor = futures_rustls::TlsAcceptor::from(config);
+        let mut session = acceptor.accept(stream).await.ok()?;
+        let frame = response_frame(
+            connection_error_header(),
+            Reply::error(Status::SystemBusy, reason),
+        );
+        session.write_all(&frame).await.ok()?;
+        session.flush().await.ok()?;
+        // Read and drop what the peer sent until it closes, as `refuse` does.
+        let mut sink = [0u8; 4096];
+        while matches!(session.read(&mut sink).await, Ok(n) if n > 0) {}
+        Some(())
+    };
+    future::or(answer, async {
+        sleep(timeout).await;
+        None
+    })
+    .await;
+}
+
+/// Answers a connection with one error frame that belongs to no request, then closes it as
+/// [`refuse`] says.
+async fn answer_and_close(
+    mut stream: TcpStream,
+    status: Status,
+    reason: String,
+    timeout: Duration,
+) {
+    let frame = response_frame(connection_error_header(), Reply::error(status, reason));
     let _ = stream.set_write_timeout(Some(timeout));
     if stream.write_all(&frame).await.is_err() {
         return;

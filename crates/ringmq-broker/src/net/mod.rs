@@ -17,10 +17,11 @@ use crate::constants::{
     BIND_RETRY_INTERVAL_MS, BIND_RETRY_MS, DESCRIPTORS_PER_CONNECTION, DESCRIPTOR_RESERVE,
     LISTEN_BACKLOG, MAX_REFUSALS_IN_FLIGHT_PER_SHARD, REFUSAL_WRITE_TIMEOUT_MS,
 };
+use crate::security::tls::ServerTls;
 use crate::shard::Shard;
 use admission::{Admission, InflightBudget};
 use glommio::net::TcpListener;
-use glommio::spawn_local;
+use glommio::{spawn_local, spawn_local_into, Latency, Shares, TaskQueueHandle};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::cell::Cell;
 use std::fmt;
@@ -251,10 +252,36 @@ pub struct ShardNet {
     pub timeouts: connection::ConnectionTimeouts,
     /// Refusals being answered now (see `MAX_REFUSALS_IN_FLIGHT_PER_SHARD`).
     refusals_in_flight: Rc<Cell<usize>>,
+    /// TLS on this shard's client and shard ports, when configured.
+    tls: Option<Arc<ServerTls>>,
+    /// TLS handshakes running now, at most `tls_max_handshakes_per_shard`.
+    handshakes_in_flight: Rc<Cell<usize>>,
+    max_handshakes: usize,
+    /// Where TLS connections run, when TLS is on (see [`TlsQueues`]).
+    tls_queues: Option<TlsQueues>,
 }
 
+/// The shard's glommio task queues for TLS connections: handshakes (public-key crypto, a
+/// millisecond or so each, and what a flood of full ClientHellos makes a peer pay nothing
+/// for) run in a queue with a small share of the core, so under contention established
+/// connections, which run in the queue the accept loop runs in, keep most of it. A finished
+/// handshake moves its connection back there.
+#[derive(Clone, Copy)]
+pub struct TlsQueues {
+    pub handshakes: TaskQueueHandle,
+    pub serving: TaskQueueHandle,
+}
+
+/// The handshake queue's shares, against the default queue's 1000: about a tenth of the core
+/// while established connections want all of it, all of it when they are idle.
+const TLS_HANDSHAKE_SHARES: usize = 100;
+
 impl ShardNet {
-    pub fn new(config: &BrokerConfig, admission: Arc<Admission>) -> Rc<ShardNet> {
+    pub fn new(
+        config: &BrokerConfig,
+        admission: Arc<Admission>,
+        tls: Option<Arc<ServerTls>>,
+    ) -> Rc<ShardNet> {
         Rc::new(ShardNet {
             admission,
             budget: InflightBudget::new(config.shard_inflight_budget_bytes),
@@ -262,9 +289,93 @@ impl ShardNet {
                 request_read: Duration::from_millis(config.request_read_timeout_ms),
                 idle: Duration::from_millis(config.connections_max_idle_ms),
                 response_write: Duration::from_millis(config.response_write_timeout_ms),
+                tls_handshake: Duration::from_millis(config.tls_handshake_timeout_ms),
             },
             refusals_in_flight: Rc::new(Cell::new(0)),
+            handshakes_in_flight: Rc::new(Cell::new(0)),
+            max_handshakes: config.tls_max_handshakes_per_shard as usize,
+            // Only with TLS: made on the shard's executor, which a broker without TLS (and
+            // the hot-path harness) need not have here.
+            tls_queues: tls.is_some().then(|| {
+                let executor = glommio::executor();
+                TlsQueues {
+                    handshakes: executor.create_task_queue(
+                        Shares::Static(TLS_HANDSHAKE_SHARES),
+                        Latency::NotImportant,
+                        "tls-handshakes",
+                    ),
+                    serving: executor.current_task_queue(),
+                }
+            }),
+            tls,
         })
+    }
+}
+
+impl ShardNet {
+    /// The task queues TLS connections run in, when TLS is on.
+    pub fn tls_queues(&self) -> Option<TlsQueues> {
+        self.tls_queues
+    }
+}
+
+/// One of a shard's `tls_max_handshakes_per_shard` places, held while a handshake runs and
+/// given back when dropped: by the connection's task once its handshake ends, or with that
+/// task if it is dropped first, so no path can keep or double-release one.
+pub struct HandshakeSlot(Rc<Cell<usize>>);
+
+impl HandshakeSlot {
+    fn take(in_flight: Rc<Cell<usize>>) -> HandshakeSlot {
+        in_flight.set(in_flight.get() + 1);
+        HandshakeSlot(in_flight)
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// Starts a TLS connection's own task (its handshake never runs in the accept loop), or
+/// closes it at once when the shard already runs `tls_max_handshakes_per_shard` handshakes:
+/// a flood of stalled handshakes then costs bounded memory and delays nobody else.
+fn start_tls(
+    shard: &Rc<Shard>,
+    net: &Rc<ShardNet>,
+    tls: &ServerTls,
+    stream: glommio::net::TcpStream,
+    ticket: admission::Ticket,
+) {
+    let in_flight = net.handshakes_in_flight.clone();
+    if in_flight.get() >= net.max_handshakes {
+        debug!(
+            shard = shard.id(),
+            "tls_max_handshakes_per_shard: {} TLS handshakes already running; closing a new connection",
+            net.max_handshakes
+        );
+        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        return;
+    }
+    let slot = HandshakeSlot::take(in_flight);
+    let connection = connection::serve_tls(
+        shard.clone(),
+        net.clone(),
+        stream,
+        ticket,
+        tls.current(),
+        slot,
+    );
+    match net.tls_queues {
+        Some(queues) => match spawn_local_into(connection, queues.handshakes) {
+            Ok(task) => {
+                task.detach();
+            }
+            Err(e) => warn!(shard = shard.id(), "starting a TLS connection failed: {e}"),
+        },
+        None => {
+            spawn_local(connection).detach();
+        }
     }
 }
 
@@ -285,13 +396,18 @@ pub async fn accept_loop(shard: Rc<Shard>, net: Rc<ShardNet>, fd: RawFd) {
                 match net.admission.admit(peer.ip()) {
                     Ok(ticket) => {
                         debug!(shard = shard.id(), %peer, "connection accepted");
-                        spawn_local(connection::serve(
-                            shard.clone(),
-                            net.clone(),
-                            stream,
-                            ticket,
-                        ))
-                        .detach();
+                        match &net.tls {
+                            None => {
+                                spawn_local(connection::serve(
+                                    shard.clone(),
+                                    net.clone(),
+                                    stream,
+                                    ticket,
+                                ))
+                                .detach();
+                            }
+                            Some(tls) => start_tls(&shard, &net, tls, stream, ticket),
+                        }
                     }
                     Err(refusal) => {
                         debug!(shard = shard.id(), %peer, "connection refused: {refusal}");
@@ -303,8 +419,16 @@ pub async fn accept_loop(shard: Rc<Shard>, net: Rc<ShardNet>, fd: RawFd) {
                         }
                         in_flight.set(in_flight.get() + 1);
                         let timeout = Duration::from_millis(REFUSAL_WRITE_TIMEOUT_MS);
+                        // A TLS client can only read a refusal inside a session.
+                        let tls = net.tls.as_ref().map(|tls| tls.current());
                         spawn_local(async move {
-                            connection::refuse(stream, refusal.to_string(), timeout).await;
+                            let reason = refusal.to_string();
+                            match tls {
+                                None => connection::refuse(stream, reason, timeout).await,
+                                Some(tls) => {
+                                    connection::refuse_tls(stream, tls, reason, timeout).await
+                                }
+                            }
                             in_flight.set(in_flight.get() - 1);
                         })
                         .detach();

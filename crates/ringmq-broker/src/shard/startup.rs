@@ -41,6 +41,9 @@ pub struct ShardStartup {
     pub stop_fd: RawFd,
     /// The broker-wide client connection limits, shared by every shard.
     pub admission: Arc<net::admission::Admission>,
+    /// TLS on the client and shard ports when configured, shared by every shard (SIGHUP
+    /// swaps the certificates inside it).
+    pub tls: Option<Arc<crate::security::tls::ServerTls>>,
     /// Shard 0 with `namesrv` set: what to register with the name servers as.
     pub cluster: Option<super::registration::ClusterIdentity>,
 }
@@ -74,6 +77,7 @@ pub async fn run_shard(start: ShardStartup) {
     let metrics_fd = start.metrics_fd;
     let ha_fd = start.ha_fd;
     let admission = start.admission.clone();
+    let tls = start.tls.clone();
     let cluster = start.cluster.clone().map(Rc::new);
     match open_shard(start).await {
         Ok((shard, receivers, listener_fds, stop_fd, report)) => {
@@ -84,6 +88,7 @@ pub async fn run_shard(start: ShardStartup) {
                 metrics_fd,
                 ha_fd,
                 admission,
+                tls,
             };
             serve_until_stopped(shard, receivers, listeners, stop_fd, cluster).await;
         }
@@ -228,6 +233,7 @@ struct Listeners {
     metrics_fd: Option<RawFd>,
     ha_fd: RawFd,
     admission: Arc<net::admission::Admission>,
+    tls: Option<Arc<crate::security::tls::ServerTls>>,
 }
 
 async fn serve_until_stopped(
@@ -242,6 +248,7 @@ async fn serve_until_stopped(
         metrics_fd,
         ha_fd,
         admission,
+        tls,
     } = listeners;
     for (_, receiver) in receivers {
         let shard = shard.clone();
@@ -254,7 +261,7 @@ async fn serve_until_stopped(
         .detach();
     }
     let background = shard.spawn_background();
-    let shard_net = net::ShardNet::new(shard.config(), admission);
+    let shard_net = net::ShardNet::new(shard.config(), admission, tls);
     let mut accept_loops: Vec<Task<()>> = client_fds
         .into_iter()
         .map(|fd| spawn_local(net::accept_loop(shard.clone(), shard_net.clone(), fd)))

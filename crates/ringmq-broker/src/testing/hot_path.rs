@@ -144,7 +144,7 @@ async fn serve_one(
     let ticket = admission
         .admit(std::net::Ipv4Addr::LOCALHOST.into())
         .expect("one connection is admitted");
-    let net = ShardNet::new(&config, admission);
+    let net = ShardNet::new(&config, admission, None);
     connection::serve(shard.clone(), net, stream, ticket).await;
     shard.stop(background).await.expect("a clean stop");
     crate::counted_polls::set_switch(None);
