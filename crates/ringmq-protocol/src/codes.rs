@@ -81,6 +81,15 @@ wire_enum! {
         /// The group has no member with that id (its session ended, or the coordinator
         /// restarted): the consumer joins again.
         UnknownMember = 117 => "UNKNOWN_MEMBER",
+        /// Retryable: this controller is not the Raft leader. The message ends with
+        /// ` [leader=HOST:PORT id=N]` when it knows the leader; the client sends there.
+        NotLeader = 130 => "NOT_LEADER",
+        /// An `AlterSyncStateSet` whose master epoch or SyncStateSet epoch is not the
+        /// group's current one, or from a broker that is not the group's master: refused.
+        StaleEpoch = 131 => "STALE_EPOCH",
+        /// Retryable: the controller could not commit the change (no majority of
+        /// controllers reachable) within its timeout; it may still commit later.
+        NoQuorum = 132 => "NO_QUORUM",
         /// Retryable, not stored: overload (a bounded queue, buffer or limit is full).
         SystemBusy = 200 => "SYSTEM_BUSY",
         /// Retryable: this broker's role does not accept the request (e.g. produce on a slave).
@@ -110,7 +119,11 @@ impl Status {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            Status::SystemBusy | Status::NotMaster | Status::DiskFull
+            Status::SystemBusy
+                | Status::NotMaster
+                | Status::DiskFull
+                | Status::NotLeader
+                | Status::NoQuorum
         )
     }
 }
