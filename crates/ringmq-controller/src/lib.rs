@@ -1,2 +1,3 @@
 //! placeholder
 pub mod state;
+pub mod store;

@@ -227,7 +227,10 @@ impl ControllerState {
                     unclean: *unclean,
                     lost: lost.clone(),
                 });
-                let excess = record.epoch_history.len().saturating_sub(EPOCH_HISTORY_KEPT);
+                let excess = record
+                    .epoch_history
+                    .len()
+                    .saturating_sub(EPOCH_HISTORY_KEPT);
                 record.epoch_history.drain(..excess);
                 Ok(Applied::Group(record.clone()))
             }
@@ -322,7 +325,9 @@ impl BrokerReport {
         self.unclean_restart && self.async_flush
     }
     fn total_end_offset(&self) -> u64 {
-        self.end_offsets.iter().fold(0u64, |a, b| a.saturating_add(*b))
+        self.end_offsets
+            .iter()
+            .fold(0u64, |a, b| a.saturating_add(*b))
     }
 }
 
@@ -392,7 +397,12 @@ pub fn decide_election(
     let pool: Vec<u64> = if record.master_epoch == 0 {
         // No master was ever elected: every registered broker is as good as any (a group
         // upgraded in place brings its data, which the ranking below weighs).
-        record.brokers.keys().copied().filter(|id| eligible(*id, true)).collect()
+        record
+            .brokers
+            .keys()
+            .copied()
+            .filter(|id| eligible(*id, true))
+            .collect()
     } else {
         let in_set: Vec<u64> = record
             .sync_state_set
@@ -405,9 +415,19 @@ pub fn decide_election(
         } else if record.sync_state_set.iter().all(|id| alive(*id)) {
             // Every member of the last set is back (a total crash): the best of them, even
             // one that restarted uncleanly, never leaves the group without a master.
-            record.sync_state_set.iter().copied().filter(|id| eligible(*id, true)).collect()
+            record
+                .sync_state_set
+                .iter()
+                .copied()
+                .filter(|id| eligible(*id, true))
+                .collect()
         } else if config.enable_elect_unclean_master {
-            record.brokers.keys().copied().filter(|id| eligible(*id, true)).collect()
+            record
+                .brokers
+                .keys()
+                .copied()
+                .filter(|id| eligible(*id, true))
+                .collect()
         } else {
             Vec::new()
         }

@@ -44,7 +44,11 @@ fn report(now: u64, epoch: u32, end: u64) -> BrokerReport {
 /// Three registered brokers, broker 1 elected master with all three in the set.
 fn three_in_sync() -> (ControllerState, [u64; 3]) {
     let mut state = ControllerState::default();
-    let ids = [register(&mut state, "s1"), register(&mut state, "s2"), register(&mut state, "s3")];
+    let ids = [
+        register(&mut state, "s1"),
+        register(&mut state, "s2"),
+        register(&mut state, "s3"),
+    ];
     state
         .apply(&Command::ElectMaster {
             cluster: C.into(),
@@ -59,15 +63,31 @@ fn three_in_sync() -> (ControllerState, [u64; 3]) {
     (state, ids)
 }
 
-fn elect(state: &ControllerState, liveness: &Liveness, now: u64, config: &ElectionConfig) -> Option<Command> {
-    decide_election(C, G, state.group(C, G).unwrap(), liveness, now, config, None)
+fn elect(
+    state: &ControllerState,
+    liveness: &Liveness,
+    now: u64,
+    config: &ElectionConfig,
+) -> Option<Command> {
+    decide_election(
+        C,
+        G,
+        state.group(C, G).unwrap(),
+        liveness,
+        now,
+        config,
+        None,
+    )
 }
 
 fn winner(command: &Option<Command>) -> Option<(u64, BTreeSet<u64>, bool)> {
     match command {
-        Some(Command::ElectMaster { new_master_broker_id, new_sync_state_set, unclean, .. }) => {
-            Some((*new_master_broker_id, new_sync_state_set.clone(), *unclean))
-        }
+        Some(Command::ElectMaster {
+            new_master_broker_id,
+            new_sync_state_set,
+            unclean,
+            ..
+        }) => Some((*new_master_broker_id, new_sync_state_set.clone(), *unclean)),
         _ => None,
     }
 }
@@ -79,7 +99,11 @@ fn a_store_keeps_its_broker_id_and_ids_are_never_reused() {
     let b = register(&mut state, "store-b");
     assert_ne!(a, b);
     assert!(a != 0 && b != 0);
-    assert_eq!(register(&mut state, "store-a"), a, "the compare-and-set keeps the first id");
+    assert_eq!(
+        register(&mut state, "store-a"),
+        a,
+        "the compare-and-set keeps the first id"
+    );
     let other_group = state
         .apply(&Command::RegisterBroker {
             cluster: C.into(),
@@ -109,17 +133,35 @@ fn sync_state_set_changes_are_fenced_by_both_epochs_and_the_master() {
         alter(ids[0], me, se - 1, &ids[..2]),
         alter(ids[1], me, se, &ids[..2]),
     ] {
-        assert!(matches!(state.apply(&stale), Err(Refusal::StaleEpoch { .. })), "{stale:?}");
+        assert!(
+            matches!(state.apply(&stale), Err(Refusal::StaleEpoch { .. })),
+            "{stale:?}"
+        );
     }
-    assert!(matches!(state.apply(&alter(ids[0], me, se, &ids[1..])), Err(Refusal::InvalidSet(_))));
-    assert!(matches!(state.apply(&alter(ids[0], me, se, &[ids[0], 99])), Err(Refusal::InvalidSet(_))));
-    assert_eq!(state.group(C, G).unwrap(), &group, "refusals change nothing");
+    assert!(matches!(
+        state.apply(&alter(ids[0], me, se, &ids[1..])),
+        Err(Refusal::InvalidSet(_))
+    ));
+    assert!(matches!(
+        state.apply(&alter(ids[0], me, se, &[ids[0], 99])),
+        Err(Refusal::InvalidSet(_))
+    ));
+    assert_eq!(
+        state.group(C, G).unwrap(),
+        &group,
+        "refusals change nothing"
+    );
     state.apply(&alter(ids[0], me, se, &ids[..2])).unwrap();
     let after = state.group(C, G).unwrap();
     assert_eq!(after.sync_state_set_epoch, se + 1);
     assert_eq!(after.sync_state_set, ids[..2].iter().copied().collect());
-    assert!(matches!(state.apply(&alter(ids[0], me, se, &ids)), Err(Refusal::StaleEpoch { .. })),
-        "the same proposal again is built on the old set");
+    assert!(
+        matches!(
+            state.apply(&alter(ids[0], me, se, &ids)),
+            Err(Refusal::StaleEpoch { .. })
+        ),
+        "the same proposal again is built on the old set"
+    );
 }
 
 #[test]
@@ -138,7 +180,10 @@ fn of_two_elections_decided_at_one_epoch_only_the_first_applies() {
     state.apply(&elect(ids[1])).unwrap();
     assert!(state.apply(&elect(ids[2])).is_err());
     let group = state.group(C, G).unwrap();
-    assert_eq!((group.master_broker_id, group.master_epoch), (ids[1], epoch + 1));
+    assert_eq!(
+        (group.master_broker_id, group.master_epoch),
+        (ids[1], epoch + 1)
+    );
     assert_eq!(group.epoch_history.last().unwrap().master_broker_id, ids[1]);
 }
 
@@ -148,10 +193,17 @@ fn nothing_is_decided_before_the_new_leader_has_listened_one_silence_period() {
     let config = ElectionConfig::default();
     let mut liveness = Liveness::new(10_000);
     liveness.record(ids[1], report(10_100, 1, 5));
-    assert_eq!(elect(&state, &liveness, 10_500, &config), None, "master unheard, but too early");
+    assert_eq!(
+        elect(&state, &liveness, 10_500, &config),
+        None,
+        "master unheard, but too early"
+    );
     let now = 10_000 + config.broker_silent_ms;
     liveness.record(ids[1], report(now, 1, 5));
-    assert_eq!(winner(&elect(&state, &liveness, now, &config)).unwrap().0, ids[1]);
+    assert_eq!(
+        winner(&elect(&state, &liveness, now, &config)).unwrap().0,
+        ids[1]
+    );
 }
 
 #[test]
@@ -167,7 +219,11 @@ fn a_live_master_is_kept_and_a_silent_one_is_replaced_from_the_set() {
     liveness.record(ids[0], report(now - config.broker_silent_ms, 1, 500));
     let (new, set, unclean) = winner(&elect(&state, &liveness, now, &config)).unwrap();
     assert_eq!(new, ids[2], "the highest end offset wins");
-    assert_eq!(set, ids[1..].iter().copied().collect(), "the surviving member stays in the set");
+    assert_eq!(
+        set,
+        ids[1..].iter().copied().collect(),
+        "the surviving member stays in the set"
+    );
     assert!(!unclean);
 }
 
@@ -179,9 +235,23 @@ fn ranking_is_epoch_then_offsets_then_priority_and_the_preferred_broker_wins() {
     let mut liveness = Liveness::new(0);
     liveness.record(ids[1], report(now, 2, 10));
     liveness.record(ids[2], report(now, 1, 1_000));
-    assert_eq!(winner(&elect(&state, &liveness, now, &config)).unwrap().0, ids[1], "epoch first");
-    liveness.record(ids[1], BrokerReport { election_priority: 1, ..report(now, 1, 1_000) });
-    assert_eq!(winner(&elect(&state, &liveness, now, &config)).unwrap().0, ids[1], "priority breaks a tie");
+    assert_eq!(
+        winner(&elect(&state, &liveness, now, &config)).unwrap().0,
+        ids[1],
+        "epoch first"
+    );
+    liveness.record(
+        ids[1],
+        BrokerReport {
+            election_priority: 1,
+            ..report(now, 1, 1_000)
+        },
+    );
+    assert_eq!(
+        winner(&elect(&state, &liveness, now, &config)).unwrap().0,
+        ids[1],
+        "priority breaks a tie"
+    );
     let group = state.group(C, G).unwrap();
     let preferred = decide_election(C, G, group, &liveness, now, &config, Some(ids[2]));
     assert_eq!(winner(&preferred).unwrap().0, ids[2]);
@@ -193,13 +263,40 @@ fn learners_and_unclean_async_flush_members_are_not_elected() {
     let config = ElectionConfig::default();
     let now = 5_000;
     let mut liveness = Liveness::new(0);
-    liveness.record(ids[1], BrokerReport { learner: true, ..report(now, 1, 900) });
-    liveness.record(ids[2], BrokerReport { unclean_restart: true, async_flush: true, ..report(now, 1, 900) });
+    liveness.record(
+        ids[1],
+        BrokerReport {
+            learner: true,
+            ..report(now, 1, 900)
+        },
+    );
+    liveness.record(
+        ids[2],
+        BrokerReport {
+            unclean_restart: true,
+            async_flush: true,
+            ..report(now, 1, 900)
+        },
+    );
     liveness.record(ids[0], report(0, 1, 900));
-    assert_eq!(elect(&state, &liveness, now, &config), None, "nobody eligible, unclean off");
-    liveness.record(ids[2], BrokerReport { unclean_restart: true, async_flush: false, ..report(now, 1, 900) });
-    assert_eq!(winner(&elect(&state, &liveness, now, &config)).unwrap().0, ids[2],
-        "a SYNC_FLUSH member lost nothing it acknowledged");
+    assert_eq!(
+        elect(&state, &liveness, now, &config),
+        None,
+        "nobody eligible, unclean off"
+    );
+    liveness.record(
+        ids[2],
+        BrokerReport {
+            unclean_restart: true,
+            async_flush: false,
+            ..report(now, 1, 900)
+        },
+    );
+    assert_eq!(
+        winner(&elect(&state, &liveness, now, &config)).unwrap().0,
+        ids[2],
+        "a SYNC_FLUSH member lost nothing it acknowledged"
+    );
 }
 
 #[test]
@@ -208,23 +305,43 @@ fn after_a_total_crash_the_best_of_the_last_set_is_elected_once_all_reported() {
     let config = ElectionConfig::default();
     let now = 50_000;
     let mut liveness = Liveness::new(0);
-    let crashed = |end| BrokerReport { unclean_restart: true, async_flush: true, ..report(now, 1, end) };
+    let crashed = |end| BrokerReport {
+        unclean_restart: true,
+        async_flush: true,
+        ..report(now, 1, end)
+    };
     liveness.record(ids[1], crashed(70));
     liveness.record(ids[2], crashed(90));
-    assert_eq!(elect(&state, &liveness, now, &config), None, "the old master has not reported");
+    assert_eq!(
+        elect(&state, &liveness, now, &config),
+        None,
+        "the old master has not reported"
+    );
     liveness.record(ids[0], crashed(80));
     let (new, set, unclean) = winner(&elect(&state, &liveness, now, &config)).unwrap();
     assert_eq!(new, ids[2], "the highest end offset among the last set");
     assert!(!unclean, "it was in the last set");
-    assert_eq!(set, [ids[2]].into_iter().collect(), "the others rejoin once in sync");
+    assert_eq!(
+        set,
+        [ids[2]].into_iter().collect(),
+        "the others rejoin once in sync"
+    );
     liveness.record(ids[0], report(now, 1, 80));
-    assert_eq!(elect(&state, &liveness, now, &config), None, "a SYNC_FLUSH master restart keeps it");
+    assert_eq!(
+        elect(&state, &liveness, now, &config),
+        None,
+        "a SYNC_FLUSH master restart keeps it"
+    );
 }
 
 #[test]
 fn unclean_election_is_off_by_default_and_records_the_lost_range_when_on() {
     let mut state = ControllerState::default();
-    let ids = [register(&mut state, "s1"), register(&mut state, "s2"), register(&mut state, "s3")];
+    let ids = [
+        register(&mut state, "s1"),
+        register(&mut state, "s2"),
+        register(&mut state, "s3"),
+    ];
     state
         .apply(&Command::ElectMaster {
             cluster: C.into(),
@@ -242,12 +359,31 @@ fn unclean_election_is_off_by_default_and_records_the_lost_range_when_on() {
     liveness.record(ids[1], report(1_000, 1, 480));
     liveness.record(ids[2], report(now, 1, 300));
     let mut config = ElectionConfig::default();
-    assert_eq!(elect(&state, &liveness, now, &config), None, "the out-of-set broker waits");
+    assert_eq!(
+        elect(&state, &liveness, now, &config),
+        None,
+        "the out-of-set broker waits"
+    );
     config.enable_elect_unclean_master = true;
     let command = elect(&state, &liveness, now, &config).unwrap();
-    let Command::ElectMaster { new_master_broker_id, unclean, lost, .. } = &command else { panic!() };
+    let Command::ElectMaster {
+        new_master_broker_id,
+        unclean,
+        lost,
+        ..
+    } = &command
+    else {
+        panic!()
+    };
     assert_eq!((*new_master_broker_id, *unclean), (ids[2], true));
-    assert_eq!(lost, &vec![LostRange { shard: 0, from_offset: 300, to_offset: 500 }]);
+    assert_eq!(
+        lost,
+        &vec![LostRange {
+            shard: 0,
+            from_offset: 300,
+            to_offset: 500
+        }]
+    );
     state.apply(&command).unwrap();
     let history = &state.group(C, G).unwrap().epoch_history;
     assert!(history.last().unwrap().unclean);

@@ -1,0 +1,395 @@
+//! The controller's durable Raft state in its store directory:
+//!
+//! ```text
+//! <store>/lock        flock'd for the life of the process: one controller per store
+//! <store>/log         Raft entries, appended: [len u32][crc32c u32][protobuf Entry], LE
+//! <store>/hardstate   term, vote, commit: one framed record, replaced atomically
+//! <store>/snapshot    the last snapshot (metadata + state machine JSON), replaced atomically
+//! ```
+//!
+//! "Atomically" is: write `<name>.tmp`, fsync it, rename it over `<name>`, fsync the
+//! directory; a crash at any point leaves the old file or the new one, never a mix (a
+//! `.tmp` left behind is ignored and removed on start).
+//!
+//! The log is only appended to and fsynced before Raft is told its entries are durable. On
+//! start it is read up to the first record that is short or fails its crc (a torn last write):
+//! the file is cut there. A record for index `i` replaces every entry from `i` on (Raft
+//! overwrote a conflicting tail), exactly as [`MemStorage`] does when it is appended, so the
+//! replay rebuilds what was in memory. Compaction writes the snapshot first, then rewrites the
+//! log without the entries it covers; a crash between the two leaves a log whose head the
+//! snapshot covers, which the replay skips.
+//!
+//! Reads are served by raft-rs's [`MemStorage`], which this store keeps in step: everything
+//! on disk is also in memory (the controller's log is small: compaction bounds it).
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::storage::{MemStorage, Storage};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Bytes before each record's payload: length and crc32c.
+const RECORD_HEADER_BYTES: usize = 8;
+/// The largest record accepted on replay: a controller entry is a small JSON command (a
+/// SyncStateSet, a registration) or a snapshot of every group; 64 MiB is far above either and
+/// keeps a corrupt length from allocating without bound.
+const MAX_RECORD_BYTES: usize = 64 << 20;
+
+/// What the replay found, logged on start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    pub entries: usize,
+    pub truncated_bytes: u64,
+    pub snapshot_index: u64,
+}
+
+pub struct DiskStore {
+    dir: PathBuf,
+    log: File,
+    memory: MemStorage,
+    /// Held for the life of the store: its flock keeps a second controller off this store.
+    _lock: File,
+    /// Entries appended since the last snapshot: compaction runs past a threshold of them.
+    entries_since_snapshot: u64,
+    pub recovery: Recovery,
+}
+
+fn io_context(path: &Path, what: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+impl DiskStore {
+    /// Opens (or creates) the store in `dir`. A new store starts with `initial_voters` as
+    /// its membership; an existing one keeps what it recorded.
+    pub fn open(dir: &Path, initial_voters: &[u64]) -> io::Result<DiskStore> {
+        fs::create_dir_all(dir).map_err(|e| io_context(dir, "create", e))?;
+        let lock = lock_store(dir)?;
+        for leftover in ["hardstate.tmp", "snapshot.tmp", "log.tmp"] {
+            let _ = fs::remove_file(dir.join(leftover));
+        }
+        let memory = MemStorage::new();
+        let snapshot = match read_record_file(&dir.join("snapshot"))? {
+            Some(bytes) => Snapshot::parse_from_bytes(&bytes).map_err(invalid("snapshot"))?,
+            None => {
+                let mut fresh = Snapshot::default();
+                fresh
+                    .mut_metadata()
+                    .set_conf_state(ConfState::from((initial_voters.to_vec(), vec![])));
+                write_atomically(
+                    dir,
+                    "snapshot",
+                    &frame(&fresh.write_to_bytes().map_err(invalid("snapshot"))?),
+                )?;
+                fresh
+            }
+        };
+        let snapshot_index = snapshot.get_metadata().index;
+        if snapshot_index == 0 {
+            memory.initialize_with_conf_state(snapshot.get_metadata().get_conf_state().clone());
+        } else {
+            memory.wl().apply_snapshot(snapshot).map_err(raft_error)?;
+        }
+        let log_path = dir.join("log");
+        let (entries, good_len, file_len) = replay_log(&log_path, snapshot_index)?;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(&log_path)
+            .map_err(|e| io_context(&log_path, "open", e))?;
+        if good_len < file_len {
+            log.set_len(good_len)
+                .map_err(|e| io_context(&log_path, "truncate", e))?;
+            log.sync_all()
+                .map_err(|e| io_context(&log_path, "fsync", e))?;
+        }
+        use std::io::Seek;
+        log.seek(io::SeekFrom::End(0))?;
+        let count = entries.len();
+        if !entries.is_empty() {
+            memory.wl().append(&entries).map_err(raft_error)?;
+        }
+        if let Some(bytes) = read_record_file(&dir.join("hardstate"))? {
+            let mut hard_state =
+                HardState::parse_from_bytes(&bytes).map_err(invalid("hardstate"))?;
+            // The commit index may name entries a torn tail took (they were never durable
+            // here, so Raft never counted this store for them): clamp it to what is left.
+            let last = memory.last_index().map_err(raft_error)?;
+            hard_state.commit = hard_state.commit.min(last);
+            memory.wl().set_hardstate(hard_state);
+        }
+        Ok(DiskStore {
+            dir: dir.to_path_buf(),
+            log,
+            memory,
+            _lock: lock,
+            entries_since_snapshot: count as u64,
+            recovery: Recovery {
+                entries: count,
+                truncated_bytes: file_len - good_len,
+                snapshot_index,
+            },
+        })
+    }
+
+    /// The in-memory view raft-rs reads (shared: a clone of the same storage).
+    pub fn storage(&self) -> MemStorage {
+        self.memory.clone()
+    }
+
+    pub fn entries_since_snapshot(&self) -> u64 {
+        self.entries_since_snapshot
+    }
+
+    /// Appends and fsyncs `entries`, then shows them to Raft.
+    pub fn append(&mut self, entries: &[Entry]) -> io::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        for entry in entries {
+            buf.extend_from_slice(&frame(&entry.write_to_bytes().map_err(invalid("entry"))?));
+        }
+        let path = self.dir.join("log");
+        self.log
+            .write_all(&buf)
+            .map_err(|e| io_context(&path, "append to", e))?;
+        self.log
+            .sync_data()
+            .map_err(|e| io_context(&path, "fdatasync", e))?;
+        self.memory.wl().append(entries).map_err(raft_error)?;
+        self.entries_since_snapshot += entries.len() as u64;
+        Ok(())
+    }
+
+    pub fn set_hard_state(&mut self, hard_state: &HardState) -> io::Result<()> {
+        let bytes = hard_state.write_to_bytes().map_err(invalid("hardstate"))?;
+        write_atomically(&self.dir, "hardstate", &frame(&bytes))?;
+        self.memory.wl().set_hardstate(hard_state.clone());
+        Ok(())
+    }
+
+    pub fn set_commit(&mut self, commit: u64) -> io::Result<()> {
+        let mut hard_state = self.memory.rl().hard_state().clone();
+        hard_state.commit = commit;
+        self.set_hard_state(&hard_state)
+    }
+
+    /// A snapshot the leader sent: replaces the state and the whole log.
+    pub fn apply_snapshot(&mut self, snapshot: &Snapshot) -> io::Result<()> {
+        let bytes = snapshot.write_to_bytes().map_err(invalid("snapshot"))?;
+        write_atomically(&self.dir, "snapshot", &frame(&bytes))?;
+        self.memory
+            .wl()
+            .apply_snapshot(snapshot.clone())
+            .map_err(raft_error)?;
+        self.rewrite_log(&[])?;
+        self.entries_since_snapshot = 0;
+        Ok(())
+    }
+
+    /// Snapshots the state machine at `applied_index` (`data`, its serialized state) and
+    /// drops the log entries it covers.
+    pub fn compact(
+        &mut self,
+        applied_index: u64,
+        conf_state: &ConfState,
+        data: Vec<u8>,
+    ) -> io::Result<()> {
+        let term = self.memory.term(applied_index).map_err(raft_error)?;
+        let mut snapshot = Snapshot::default();
+        snapshot.set_data(data.into());
+        let metadata = snapshot.mut_metadata();
+        metadata.index = applied_index;
+        metadata.term = term;
+        metadata.set_conf_state(conf_state.clone());
+        let bytes = snapshot.write_to_bytes().map_err(invalid("snapshot"))?;
+        write_atomically(&self.dir, "snapshot", &frame(&bytes))?;
+        let last = self.memory.last_index().map_err(raft_error)?;
+        let kept = if last > applied_index {
+            self.memory
+                .entries(
+                    applied_index + 1,
+                    last + 1,
+                    None,
+                    raft::GetEntriesContext::empty(false),
+                )
+                .map_err(raft_error)?
+        } else {
+            Vec::new()
+        };
+        self.rewrite_log(&kept)?;
+        {
+            let mut core = self.memory.wl();
+            core.apply_snapshot(snapshot).map_err(raft_error)?;
+            if !kept.is_empty() {
+                core.append(&kept).map_err(raft_error)?;
+            }
+        }
+        self.entries_since_snapshot = kept.len() as u64;
+        Ok(())
+    }
+
+    /// The last snapshot's state machine data (empty for a new store).
+    pub fn snapshot_data(&self) -> io::Result<(u64, Vec<u8>)> {
+        match read_record_file(&self.dir.join("snapshot"))? {
+            Some(bytes) => {
+                let snapshot = Snapshot::parse_from_bytes(&bytes).map_err(invalid("snapshot"))?;
+                Ok((snapshot.get_metadata().index, snapshot.get_data().to_vec()))
+            }
+            None => Ok((0, Vec::new())),
+        }
+    }
+
+    fn rewrite_log(&mut self, entries: &[Entry]) -> io::Result<()> {
+        let mut buf = Vec::new();
+        for entry in entries {
+            buf.extend_from_slice(&frame(&entry.write_to_bytes().map_err(invalid("entry"))?));
+        }
+        write_atomically(&self.dir, "log", &buf)?;
+        let path = self.dir.join("log");
+        self.log = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_context(&path, "open", e))?;
+        Ok(())
+    }
+}
+
+/// `[len u32][crc32c u32][payload]`.
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(RECORD_HEADER_BYTES + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The first whole record of `bytes`, if it has one that checks.
+fn unframe(bytes: &[u8]) -> Option<(&[u8], usize)> {
+    let header = bytes.get(..RECORD_HEADER_BYTES)?;
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    if len > MAX_RECORD_BYTES {
+        return None;
+    }
+    let payload = bytes.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len)?;
+    (crc32c::crc32c(payload) == crc).then_some((payload, RECORD_HEADER_BYTES + len))
+}
+
+/// Reads a file holding one framed record. A file that does not check is an error (these
+/// files are only ever replaced whole, so a bad one is corruption, not a torn write).
+fn read_record_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let mut bytes = Vec::new();
+    match File::open(path) {
+        Ok(mut f) => f
+            .read_to_end(&mut bytes)
+            .map_err(|e| io_context(path, "read", e))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_context(path, "open", e)),
+    };
+    match unframe(&bytes) {
+        Some((payload, used)) if used == bytes.len() => Ok(Some(payload.to_vec())),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is corrupt (length or crc32c does not check)",
+                path.display()
+            ),
+        )),
+    }
+}
+
+/// The entries of the log after `snapshot_index`, the length of its good prefix and of the
+/// file.
+fn replay_log(path: &Path, snapshot_index: u64) -> io::Result<(Vec<Entry>, u64, u64)> {
+    let mut bytes = Vec::new();
+    match File::open(path) {
+        Ok(mut f) => {
+            f.read_to_end(&mut bytes)
+                .map_err(|e| io_context(path, "read", e))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0, 0)),
+        Err(e) => return Err(io_context(path, "open", e)),
+    }
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut at = 0;
+    while let Some((payload, used)) = unframe(&bytes[at..]) {
+        let Ok(entry) = Entry::parse_from_bytes(payload) else {
+            break;
+        };
+        at += used;
+        if entry.index <= snapshot_index {
+            continue;
+        }
+        while entries.last().is_some_and(|last| last.index >= entry.index) {
+            entries.pop();
+        }
+        if entries
+            .last()
+            .is_some_and(|last| last.index + 1 != entry.index)
+            || (entries.is_empty() && entry.index != snapshot_index + 1)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: entry {} does not follow entry {} (snapshot at {snapshot_index})",
+                    path.display(),
+                    entry.index,
+                    entries.last().map_or(snapshot_index, |l| l.index)
+                ),
+            ));
+        }
+        entries.push(entry);
+    }
+    Ok((entries, at as u64, bytes.len() as u64))
+}
+
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let target = dir.join(name);
+    let mut f = File::create(&tmp).map_err(|e| io_context(&tmp, "create", e))?;
+    f.write_all(bytes)
+        .map_err(|e| io_context(&tmp, "write", e))?;
+    f.sync_all().map_err(|e| io_context(&tmp, "fsync", e))?;
+    fs::rename(&tmp, &target).map_err(|e| io_context(&target, "rename onto", e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_context(dir, "fsync directory", e))
+}
+
+fn lock_store(dir: &Path) -> io::Result<File> {
+    let path = dir.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_context(&path, "open", e))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is shared.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "store {} is in use: another controller holds {}",
+                dir.display(),
+                path.display()
+            ),
+        ));
+    }
+    Ok(file)
+}
+
+fn invalid(what: &'static str) -> impl Fn(protobuf::ProtobufError) -> io::Error {
+    move |e| io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {e}"))
+}
+
+fn raft_error(e: raft::Error) -> io::Error {
+    io::Error::other(format!("raft storage: {e}"))
+}
+
+#[cfg(test)]
+mod tests;
