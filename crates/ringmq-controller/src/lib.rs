@@ -1,3 +1,7 @@
 //! placeholder
+pub mod core;
+pub mod node;
+#[cfg(test)]
+mod sim;
 pub mod state;
 pub mod store;

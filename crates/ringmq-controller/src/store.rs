@@ -24,11 +24,12 @@
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
-use raft::storage::{MemStorage, Storage};
+use raft::storage::{MemStorage, RaftState, Storage};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 /// Bytes before each record's payload: length and crc32c.
 const RECORD_HEADER_BYTES: usize = 8;
@@ -49,6 +50,7 @@ pub struct DiskStore {
     dir: PathBuf,
     log: File,
     memory: MemStorage,
+    snapshot: Arc<RwLock<Snapshot>>,
     /// Held for the life of the store: its flock keeps a second controller off this store.
     _lock: File,
     /// Entries appended since the last snapshot: compaction runs past a threshold of them.
@@ -89,7 +91,10 @@ impl DiskStore {
         if snapshot_index == 0 {
             memory.initialize_with_conf_state(snapshot.get_metadata().get_conf_state().clone());
         } else {
-            memory.wl().apply_snapshot(snapshot).map_err(raft_error)?;
+            memory
+                .wl()
+                .apply_snapshot(snapshot.clone())
+                .map_err(raft_error)?;
         }
         let log_path = dir.join("log");
         let (entries, good_len, file_len) = replay_log(&log_path, snapshot_index)?;
@@ -125,6 +130,7 @@ impl DiskStore {
             dir: dir.to_path_buf(),
             log,
             memory,
+            snapshot: Arc::new(RwLock::new(snapshot)),
             _lock: lock,
             entries_since_snapshot: count as u64,
             recovery: Recovery {
@@ -136,8 +142,11 @@ impl DiskStore {
     }
 
     /// The in-memory view raft-rs reads (shared: a clone of the same storage).
-    pub fn storage(&self) -> MemStorage {
-        self.memory.clone()
+    pub fn storage(&self) -> ControllerStorage {
+        ControllerStorage {
+            memory: self.memory.clone(),
+            snapshot: self.snapshot.clone(),
+        }
     }
 
     pub fn entries_since_snapshot(&self) -> u64 {
@@ -222,13 +231,7 @@ impl DiskStore {
             Vec::new()
         };
         self.rewrite_log(&kept)?;
-        {
-            let mut core = self.memory.wl();
-            core.apply_snapshot(snapshot).map_err(raft_error)?;
-            if !kept.is_empty() {
-                core.append(&kept).map_err(raft_error)?;
-            }
-        }
+        compact_memory(&self.memory, &self.snapshot, snapshot, &kept)?;
         self.entries_since_snapshot = kept.len() as u64;
         Ok(())
     }
@@ -256,6 +259,82 @@ impl DiskStore {
             .open(&path)
             .map_err(|e| io_context(&path, "open", e))?;
         Ok(())
+    }
+}
+
+/// Drops the entries `snapshot` covers from `memory` (keeping `kept`, the ones after it) and
+/// makes it the snapshot followers are sent. `MemStorageCore::apply_snapshot` resets the
+/// commit index to the snapshot's: it is put back, since commits past it stay committed.
+pub(crate) fn compact_memory(
+    memory: &MemStorage,
+    last_snapshot: &RwLock<Snapshot>,
+    snapshot: Snapshot,
+    kept: &[Entry],
+) -> io::Result<()> {
+    let mut core = memory.wl();
+    let commit = core.hard_state().commit;
+    core.apply_snapshot(snapshot.clone()).map_err(raft_error)?;
+    if !kept.is_empty() {
+        core.append(kept).map_err(raft_error)?;
+    }
+    core.mut_hard_state().commit = commit.max(snapshot.get_metadata().index);
+    *last_snapshot.write().expect("snapshot lock") = snapshot;
+    Ok(())
+}
+
+/// The [`Storage`] raft-rs reads: [`MemStorage`] for the log and state, and the last
+/// snapshot *with its data* for followers that need one (`MemStorage` would send one without
+/// the state machine in it).
+#[derive(Clone)]
+pub struct ControllerStorage {
+    pub(crate) memory: MemStorage,
+    pub(crate) snapshot: Arc<RwLock<Snapshot>>,
+}
+
+impl ControllerStorage {
+    /// A storage in memory only (the simulation's).
+    pub fn in_memory(voters: &[u64]) -> Self {
+        let mut snapshot = Snapshot::default();
+        snapshot
+            .mut_metadata()
+            .set_conf_state(ConfState::from((voters.to_vec(), vec![])));
+        ControllerStorage {
+            memory: MemStorage::new_with_conf_state(ConfState::from((voters.to_vec(), vec![]))),
+            snapshot: Arc::new(RwLock::new(snapshot)),
+        }
+    }
+}
+
+impl Storage for ControllerStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.memory.initial_state()
+    }
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: raft::GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.memory.entries(low, high, max_size, context)
+    }
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.memory.term(idx)
+    }
+    fn first_index(&self) -> raft::Result<u64> {
+        self.memory.first_index()
+    }
+    fn last_index(&self) -> raft::Result<u64> {
+        self.memory.last_index()
+    }
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let snapshot = self.snapshot.read().expect("snapshot lock").clone();
+        if snapshot.get_metadata().index < request_index {
+            return Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(snapshot)
     }
 }
 

@@ -1,0 +1,629 @@
+//! One controller, without I/O: requests in, Raft messages and replies out.
+//!
+//! [`Controller`] joins a [`Consensus`] to the state machine. The process ([`crate::server`])
+//! and the simulation (`tests` below and `crate::sim`) both drive it the same way: `handle` a
+//! request (answered at once, or when its command commits), `step` a peer's message, `tick`
+//! every [`crate::node::TICK_MS`], and `drive` after each of those to get what to send and
+//! which pending requests are now answered. The caller passes the time (a monotonic clock in
+//! ms), so a test decides what time it is.
+//!
+//! A request waits for its command as a *waiter* (`W`: the process's reply channel, a test's
+//! number). A command is tagged with this controller's id and a sequence number in its
+//! entry's context; when an entry with our tag is applied, its waiter gets the result. A
+//! proposal that a leader change dropped never commits: its waiter is answered `NO_QUORUM`
+//! after [`PROPOSAL_TIMEOUT_MS`], and the broker asks again (every controller request is
+//! idempotent or fenced).
+
+use crate::node::{Committed, Consensus, MembershipChange, ProposeError};
+use crate::state::{
+    assigned_role, decide_election, Applied, BrokerAddress, BrokerReport, Command, ControllerState,
+    ElectionConfig, GroupRecord, Liveness, Refusal, Role,
+};
+use ringmq_protocol::controller::{
+    self as wire, ControllerOpcode, ROLE_FENCED, ROLE_MASTER, ROLE_SLAVE,
+};
+use ringmq_protocol::Status;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+
+/// How long a proposal may wait to commit before its waiter is told `NO_QUORUM`: a healthy
+/// group commits in a few ms; two election timeouts (2 s) cover a leader change under way.
+pub const PROPOSAL_TIMEOUT_MS: u64 = 3_000;
+
+/// Log entries between snapshots: a controller's commands are small (a JSON registration or
+/// SyncStateSet change, ~200 bytes), so 10,000 entries keep the log near 2 MiB and a restart's
+/// replay in milliseconds.
+pub const DEFAULT_COMPACT_THRESHOLD: u64 = 10_000;
+
+/// A status and a body (an encoded response, or a UTF-8 message for error statuses).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub status: Status,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    fn ok(body: Vec<u8>) -> Self {
+        Reply {
+            status: Status::Ok,
+            body,
+        }
+    }
+    pub fn error(status: Status, message: impl Into<String>) -> Self {
+        Reply {
+            status,
+            body: message.into().into_bytes(),
+        }
+    }
+}
+
+/// What a pending waiter is owed when its command applies.
+enum Owed {
+    BrokerId,
+    Group,
+    Membership,
+}
+
+struct Pending<W> {
+    waiter: W,
+    owed: Owed,
+    deadline_ms: u64,
+}
+
+pub struct Controller<C: Consensus, W> {
+    pub consensus: C,
+    pub state: ControllerState,
+    pub config: ElectionConfig,
+    /// The log index `state` reflects.
+    pub applied: u64,
+    /// Addresses of the controllers from the command line, for ids the replicated peer table
+    /// does not have yet (the initial members).
+    initial_peers: BTreeMap<u64, String>,
+    /// Soft state: `Some` while this controller leads.
+    liveness: Option<Liveness>,
+    next_sequence: u64,
+    pending: BTreeMap<u64, Pending<W>>,
+    /// Elections proposed and not yet applied, by (cluster, group, epoch decided at), so a
+    /// tick does not propose the same one again while it commits.
+    elections_in_flight: BTreeMap<(String, String, u32), u64>,
+    pub compact_threshold: u64,
+}
+
+impl<C: Consensus, W> Controller<C, W> {
+    pub fn new(
+        consensus: C,
+        state: ControllerState,
+        applied: u64,
+        initial_peers: BTreeMap<u64, String>,
+        config: ElectionConfig,
+    ) -> Self {
+        Controller {
+            consensus,
+            state,
+            config,
+            applied,
+            initial_peers,
+            liveness: None,
+            next_sequence: 1,
+            pending: BTreeMap::new(),
+            elections_in_flight: BTreeMap::new(),
+            compact_threshold: DEFAULT_COMPACT_THRESHOLD,
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.consensus.id()
+    }
+
+    /// A controller's `HOST:PORT`: the replicated table first, then the command line's.
+    pub fn peer_addr(&self, id: u64) -> Option<&str> {
+        self.state
+            .peers
+            .get(&id)
+            .or_else(|| self.initial_peers.get(&id))
+            .map(String::as_str)
+    }
+
+    fn not_leader(&self) -> Reply {
+        let leader = self.consensus.leader().filter(|l| *l != self.id());
+        let hint = leader.and_then(|l| self.peer_addr(l).map(|a| (l, a)));
+        let detail = match leader {
+            Some(l) => format!("controller {} is not the leader; controller {l} is", self.id()),
+            None => format!(
+                "controller {} knows no leader: no majority of controllers is reachable, or an election is under way",
+                self.id()
+            ),
+        };
+        Reply::error(Status::NotLeader, wire::not_leader_message(&detail, hint))
+    }
+
+    /// A request from a broker or an operator. `Some` is the answer now; `None` means the
+    /// waiter is answered from [`drive`](Self::drive) or [`tick`](Self::tick).
+    pub fn handle(
+        &mut self,
+        opcode: ControllerOpcode,
+        body: &[u8],
+        now_ms: u64,
+        waiter: W,
+    ) -> Option<(W, Reply)> {
+        let reply = match self.dispatch(opcode, body, now_ms) {
+            Dispatch::Now(reply) => reply,
+            Dispatch::Propose(command, owed) => match self.propose(&command, now_ms) {
+                Ok(sequence) => {
+                    self.pending.insert(
+                        sequence,
+                        Pending {
+                            waiter,
+                            owed,
+                            deadline_ms: now_ms + PROPOSAL_TIMEOUT_MS,
+                        },
+                    );
+                    return None;
+                }
+                Err(reply) => reply,
+            },
+            Dispatch::Membership(change, addr) => {
+                let sequence = self.take_sequence();
+                let context = serde_json::to_vec(&(sequence, self.id(), addr)).expect("serializes");
+                match self.consensus.propose_membership(change, context) {
+                    Ok(()) => {
+                        self.pending.insert(
+                            sequence,
+                            Pending {
+                                waiter,
+                                owed: Owed::Membership,
+                                deadline_ms: now_ms + PROPOSAL_TIMEOUT_MS,
+                            },
+                        );
+                        return None;
+                    }
+                    Err(e) => self.propose_error(e),
+                }
+            }
+        };
+        Some((waiter, reply))
+    }
+
+    fn take_sequence(&mut self) -> u64 {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        sequence
+    }
+
+    fn propose(&mut self, command: &Command, _now_ms: u64) -> Result<u64, Reply> {
+        let sequence = self.take_sequence();
+        let context = tag(self.id(), sequence);
+        let data = serde_json::to_vec(command).expect("a command serializes");
+        self.consensus
+            .propose(context, data)
+            .map(|()| sequence)
+            .map_err(|e| self.propose_error(e))
+    }
+
+    fn propose_error(&self, e: ProposeError) -> Reply {
+        match e {
+            ProposeError::NotLeader { .. } => self.not_leader(),
+            ProposeError::Refused(message) => Reply::error(Status::NoQuorum, message),
+        }
+    }
+
+    fn dispatch(&mut self, opcode: ControllerOpcode, body: &[u8], now_ms: u64) -> Dispatch {
+        macro_rules! decode {
+            ($ty:ty) => {
+                match wire::decode_request::<$ty>(body) {
+                    Ok(v) => v,
+                    Err(e) => return Dispatch::Now(Reply::error(Status::BadRequest, e.to_string())),
+                }
+            };
+        }
+        if opcode == ControllerOpcode::ControllerStatus {
+            return Dispatch::Now(Reply::ok(
+                serde_json::to_vec(&self.status_document(now_ms)).expect("json"),
+            ));
+        }
+        if !self.consensus.is_leader() {
+            return Dispatch::Now(self.not_leader());
+        }
+        match opcode {
+            ControllerOpcode::RaftMessage | ControllerOpcode::ControllerStatus => {
+                Dispatch::Now(Reply::error(Status::BadRequest, "not a request"))
+            }
+            ControllerOpcode::RegisterBroker => {
+                let r = decode!(wire::RegisterBroker);
+                let address = BrokerAddress {
+                    listen: r.listen,
+                    ha_listen: r.ha_listen,
+                };
+                if let Some(group) = self.state.group(&r.cluster_name, &r.broker_name) {
+                    if let Some(id) = group.stores.get(&r.store_identity) {
+                        if group.brokers.get(id) == Some(&address) {
+                            return Dispatch::Now(Reply::ok(encode(&wire::BrokerIdentity {
+                                broker_id: *id,
+                            })));
+                        }
+                    }
+                }
+                Dispatch::Propose(
+                    Command::RegisterBroker {
+                        cluster: r.cluster_name,
+                        group: r.broker_name,
+                        store_identity: r.store_identity,
+                        address,
+                    },
+                    Owed::BrokerId,
+                )
+            }
+            ControllerOpcode::BrokerHeartbeat => {
+                let h = decode!(wire::BrokerHeartbeat);
+                Dispatch::Now(self.heartbeat(h, now_ms))
+            }
+            ControllerOpcode::AlterSyncStateSet => {
+                let a = decode!(wire::AlterSyncStateSet);
+                Dispatch::Propose(
+                    Command::AlterSyncStateSet {
+                        cluster: a.cluster_name,
+                        group: a.broker_name,
+                        master_broker_id: a.master_broker_id,
+                        master_epoch: a.master_epoch,
+                        sync_state_set_epoch: a.sync_state_set_epoch,
+                        new_sync_state_set: a.new_sync_state_set.into_iter().collect(),
+                    },
+                    Owed::Group,
+                )
+            }
+            ControllerOpcode::GetGroupState => {
+                let g = decode!(wire::GroupRef);
+                Dispatch::Now(match self.state.group(&g.cluster_name, &g.broker_name) {
+                    Some(record) => Reply::ok(encode(&self.group_state(
+                        &g.cluster_name,
+                        &g.broker_name,
+                        record,
+                        now_ms,
+                    ))),
+                    None => Reply::error(
+                        Status::BadRequest,
+                        format!(
+                            "group {}/{} is unknown to the controller",
+                            g.cluster_name, g.broker_name
+                        ),
+                    ),
+                })
+            }
+            ControllerOpcode::AddPeer => {
+                let p = decode!(wire::AddPeer);
+                Dispatch::Membership(MembershipChange::Add(p.id), p.addr)
+            }
+            ControllerOpcode::RemovePeer => {
+                let p = decode!(wire::RemovePeer);
+                if !self.consensus.voters().contains(&p.id) {
+                    return Dispatch::Now(Reply::error(
+                        Status::BadRequest,
+                        format!("controller {} is not a member", p.id),
+                    ));
+                }
+                Dispatch::Membership(MembershipChange::Remove(p.id), String::new())
+            }
+        }
+    }
+
+    fn heartbeat(&mut self, h: wire::BrokerHeartbeat, now_ms: u64) -> Reply {
+        let Some(record) = self.state.group(&h.cluster_name, &h.broker_name) else {
+            return Reply::error(
+                Status::BadRequest,
+                format!(
+                    "group {}/{} is unknown: register the broker first",
+                    h.cluster_name, h.broker_name
+                ),
+            );
+        };
+        if !record.brokers.contains_key(&h.broker_id) {
+            return Reply::error(
+                Status::BadRequest,
+                format!(
+                    "broker id {} is not registered in {}/{}: register first",
+                    h.broker_id, h.cluster_name, h.broker_name
+                ),
+            );
+        }
+        let role = assigned_role(record, h.broker_id);
+        let master = record.brokers.get(&record.master_broker_id);
+        let answer = wire::HeartbeatAnswer {
+            role: match role {
+                Role::Master => ROLE_MASTER,
+                Role::Slave => ROLE_SLAVE,
+                Role::Fenced => ROLE_FENCED,
+            },
+            master_broker_id: record.master_broker_id,
+            master_listen: master.map(|m| m.listen.clone()).unwrap_or_default(),
+            master_ha_listen: master.map(|m| m.ha_listen.clone()).unwrap_or_default(),
+            master_epoch: record.master_epoch,
+            sync_state_set_epoch: record.sync_state_set_epoch,
+            sync_state_set: record.sync_state_set.iter().copied().collect(),
+            lease_expires_ms: if role == Role::Master {
+                h.sent_at_ms.saturating_add(self.config.lease_ms)
+            } else {
+                0
+            },
+        };
+        let liveness = self.liveness.get_or_insert_with(|| Liveness::new(now_ms));
+        liveness.record(
+            h.broker_id,
+            BrokerReport {
+                received_at_ms: now_ms,
+                epoch: h.epoch,
+                end_offsets: h.end_offsets,
+                unclean_restart: h.unclean_restart != 0,
+                async_flush: h.async_flush != 0,
+                learner: h.learner != 0,
+                election_priority: h.election_priority,
+            },
+        );
+        Reply::ok(encode(&answer))
+    }
+
+    fn group_state(
+        &self,
+        cluster: &str,
+        group: &str,
+        record: &GroupRecord,
+        now_ms: u64,
+    ) -> wire::GroupState {
+        wire::GroupState {
+            cluster_name: cluster.to_string(),
+            broker_name: group.to_string(),
+            master_broker_id: record.master_broker_id,
+            master_epoch: record.master_epoch,
+            sync_state_set_epoch: record.sync_state_set_epoch,
+            sync_state_set: record.sync_state_set.iter().copied().collect(),
+            brokers: record
+                .brokers
+                .iter()
+                .map(|(id, a)| wire::BrokerEntry {
+                    broker_id: *id,
+                    listen: a.listen.clone(),
+                    ha_listen: a.ha_listen.clone(),
+                    alive: self
+                        .liveness
+                        .as_ref()
+                        .is_some_and(|l| l.is_alive(*id, now_ms, &self.config))
+                        as u8,
+                })
+                .collect(),
+        }
+    }
+
+    /// The JSON `ControllerStatus` answers: this controller's view.
+    pub fn status_document(&self, now_ms: u64) -> serde_json::Value {
+        let mut groups = Vec::new();
+        for (cluster, by_name) in &self.state.clusters {
+            for (name, record) in by_name {
+                let state = self.group_state(cluster, name, record, now_ms);
+                groups.push(serde_json::json!({
+                    "cluster": cluster,
+                    "group": name,
+                    "master_broker_id": state.master_broker_id,
+                    "master_epoch": state.master_epoch,
+                    "sync_state_set_epoch": state.sync_state_set_epoch,
+                    "sync_state_set": state.sync_state_set,
+                    "brokers": state.brokers.iter().map(|b| serde_json::json!({
+                        "broker_id": b.broker_id, "listen": b.listen, "ha_listen": b.ha_listen,
+                        "alive": b.alive != 0,
+                        "role": wire::role_name(match assigned_role(record, b.broker_id) {
+                            Role::Master => ROLE_MASTER, Role::Slave => ROLE_SLAVE, Role::Fenced => ROLE_FENCED }),
+                    })).collect::<Vec<_>>(),
+                    "epoch_history": record.epoch_history,
+                }));
+            }
+        }
+        let leader = self.consensus.leader();
+        serde_json::json!({
+            "id": self.id(),
+            "leader": leader,
+            "leader_addr": leader.and_then(|l| self.peer_addr(l)),
+            "is_leader": self.consensus.is_leader(),
+            "voters": self.consensus.voters(),
+            "peers": self.consensus.voters().iter().map(|v| (v.to_string(), self.peer_addr(*v))).collect::<BTreeMap<_, _>>(),
+            "commit_index": self.consensus.commit_index(),
+            "applied_index": self.applied,
+            "groups": groups,
+        })
+    }
+
+    pub fn step(&mut self, message: &[u8]) -> Result<(), String> {
+        self.consensus.step(message)
+    }
+
+    /// Advances Raft's clock, proposes elections for groups whose master is lost, and
+    /// answers proposals that timed out.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<(W, Reply)> {
+        self.consensus.tick();
+        if !self.consensus.is_leader() {
+            self.liveness = None;
+            self.elections_in_flight.clear();
+        } else {
+            if self.liveness.is_none() {
+                self.liveness = Some(Liveness::new(now_ms));
+            }
+            self.propose_elections(now_ms);
+        }
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline_ms <= now_ms)
+            .map(|(s, _)| *s)
+            .collect();
+        expired
+            .into_iter()
+            .filter_map(|s| self.pending.remove(&s))
+            .map(|p| (p.waiter, Reply::error(Status::NoQuorum, format!(
+                "the change was not committed within {PROPOSAL_TIMEOUT_MS} ms (no majority of controllers, or a leader change); it may still commit: ask again"
+            ))))
+            .collect()
+    }
+
+    fn propose_elections(&mut self, now_ms: u64) {
+        self.elections_in_flight
+            .retain(|_, deadline| *deadline > now_ms);
+        let liveness = self.liveness.as_ref().expect("leader has liveness");
+        let mut commands = Vec::new();
+        for (cluster, groups) in &self.state.clusters {
+            for (name, record) in groups {
+                let key = (cluster.clone(), name.clone(), record.master_epoch);
+                if self.elections_in_flight.contains_key(&key) {
+                    continue;
+                }
+                if let Some(command) =
+                    decide_election(cluster, name, record, liveness, now_ms, &self.config, None)
+                {
+                    commands.push((key, command));
+                }
+            }
+        }
+        for (key, command) in commands {
+            if self.propose(&command, now_ms).is_ok() {
+                tracing::info!("controller {}: proposing {command:?}", self.id());
+                self.elections_in_flight
+                    .insert(key, now_ms + PROPOSAL_TIMEOUT_MS);
+            }
+        }
+    }
+
+    /// Persists and applies what Raft produced: returns the messages to send (destination
+    /// id, bytes) and the waiters now answered.
+    pub fn drive(&mut self) -> io::Result<(Vec<(u64, Vec<u8>)>, Vec<(W, Reply)>)> {
+        let progress = self.consensus.drive()?;
+        let mut answered = Vec::new();
+        for committed in progress.committed {
+            self.apply(committed, &mut answered);
+        }
+        let state = &self.state;
+        self.consensus
+            .maybe_compact(self.applied, self.compact_threshold, &|| {
+                serde_json::to_vec(state).expect("state serializes")
+            })?;
+        Ok((progress.messages, answered))
+    }
+
+    fn apply(&mut self, committed: Committed, answered: &mut Vec<(W, Reply)>) {
+        match committed {
+            Committed::Restore { index, data } => {
+                if let Ok(state) = serde_json::from_slice::<ControllerState>(&data) {
+                    self.state = state;
+                }
+                self.applied = index;
+            }
+            Committed::Command {
+                index,
+                context,
+                data,
+            } => {
+                self.applied = index;
+                let Ok(command) = serde_json::from_slice::<Command>(&data) else {
+                    tracing::error!(
+                        "controller {}: entry {index} is not a command; skipped",
+                        self.id()
+                    );
+                    return;
+                };
+                let outcome = self.state.apply(&command);
+                if let Command::ElectMaster {
+                    cluster,
+                    group,
+                    expected_master_epoch,
+                    ..
+                } = &command
+                {
+                    self.elections_in_flight.remove(&(
+                        cluster.clone(),
+                        group.clone(),
+                        *expected_master_epoch,
+                    ));
+                }
+                let Some(pending) =
+                    untag(&context, self.id()).and_then(|s| self.pending.remove(&s))
+                else {
+                    return;
+                };
+                let reply = match (outcome, pending.owed, &command) {
+                    (Ok(Applied::BrokerId(id)), Owed::BrokerId, _) => {
+                        Reply::ok(encode(&wire::BrokerIdentity { broker_id: id }))
+                    }
+                    (
+                        Ok(Applied::Group(record)),
+                        Owed::Group,
+                        Command::AlterSyncStateSet { cluster, group, .. },
+                    ) => Reply::ok(encode(&self.group_state(cluster, group, &record, 0))),
+                    (Err(e @ Refusal::StaleEpoch { .. }), _, _) => {
+                        Reply::error(Status::StaleEpoch, e.to_string())
+                    }
+                    (Err(e), _, _) => Reply::error(Status::BadRequest, e.to_string()),
+                    (Ok(other), _, _) => {
+                        Reply::error(Status::Internal, format!("unexpected outcome {other:?}"))
+                    }
+                };
+                answered.push((pending.waiter, reply));
+            }
+            Committed::Membership {
+                index,
+                change,
+                context,
+            } => {
+                self.applied = index;
+                let (sequence, proposer, addr): (u64, u64, String) =
+                    serde_json::from_slice(&context).unwrap_or((0, 0, String::new()));
+                let command = match change {
+                    MembershipChange::Add(id) => Command::SetPeer { id, addr },
+                    MembershipChange::Remove(id) => Command::RemovePeer { id },
+                };
+                let _ = self.state.apply(&command);
+                tracing::info!(
+                    "controller {}: membership {change:?} applied at {index}",
+                    self.id()
+                );
+                if proposer == self.id() {
+                    if let Some(pending) = self.pending.remove(&sequence) {
+                        answered.push((pending.waiter, Reply::ok(Vec::new())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The groups' masters, for the simulation's checks.
+    pub fn masters(&self) -> BTreeSet<(String, String, u32, u64)> {
+        self.state
+            .clusters
+            .iter()
+            .flat_map(|(c, gs)| {
+                gs.iter()
+                    .map(move |(g, r)| (c.clone(), g.clone(), r.master_epoch, r.master_broker_id))
+            })
+            .collect()
+    }
+}
+
+enum Dispatch {
+    Now(Reply),
+    Propose(Command, Owed),
+    Membership(MembershipChange, String),
+}
+
+fn encode<T: for<'a> ringmq_protocol::codec::Fields<'a>>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    value.write_fields(&mut ringmq_protocol::codec::Writer::new(&mut out));
+    out
+}
+
+/// An entry's context: the proposing controller's id and its sequence number, LE.
+fn tag(id: u64, sequence: u64) -> Vec<u8> {
+    let mut context = id.to_le_bytes().to_vec();
+    context.extend_from_slice(&sequence.to_le_bytes());
+    context
+}
+
+fn untag(context: &[u8], id: u64) -> Option<u64> {
+    if context.len() != 16 || context[..8] != id.to_le_bytes() {
+        return None;
+    }
+    Some(u64::from_le_bytes(context[8..].try_into().ok()?))
+}
