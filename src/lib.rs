@@ -18,5 +18,6 @@ pub mod fuzzing;
 
 pub use ringmq_broker::*;
 pub use ringmq_client as client;
+pub use ringmq_controller as controller;
 pub use ringmq_namesrv as namesrv;
 pub use ringmq_protocol as protocol;

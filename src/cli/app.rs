@@ -1,7 +1,9 @@
 //! The top-level `ringmq` parser and dispatch. Every failure becomes a message on stderr and a
 //! non-zero exit code; nothing here panics on user input.
 
-use super::{admin, bench, cluster, consume, group, namesrv, produce, serve, stats, topic};
+use super::{
+    admin, bench, cluster, consume, controller, group, namesrv, produce, serve, stats, topic,
+};
 use crate::client::{Client, ClientError};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -22,6 +24,9 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Run a name server: the route registry brokers register with and clients ask.
     Namesrv(namesrv::NamesrvArgs),
+    /// Run a controller (Raft-replicated broker ids, masters, epochs and SyncStateSets), or
+    /// ask the running ones (status, add-peer, remove-peer).
+    Controller(controller::ControllerArgs),
     /// Create, list, describe and delete topics.
     Topic(topic::TopicArgs),
     /// Send messages: one per line of stdin, or synthetic ones with --count.
@@ -141,6 +146,7 @@ pub fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Namesrv(args) => namesrv::run(args),
+        Command::Controller(args) => controller::run(args),
         Command::Topic(args) => topic::run(args),
         Command::Produce(args) => produce::run(args),
         Command::Consume(args) => consume::run(args),
@@ -169,7 +175,7 @@ where
         Ok(cli) => {
             install_logger(matches!(
                 cli.command,
-                Command::Serve(_) | Command::Namesrv(_)
+                Command::Serve(_) | Command::Namesrv(_) | Command::Controller(_)
             ));
             run(cli)
         }

@@ -1,0 +1,410 @@
+//! The controller process: one listener for peers and brokers, and one thread that owns the
+//! [`Controller`] (Raft and the state machine are single-threaded by design).
+//!
+//! ```text
+//!  accept ─▶ per connection: reader thread ──Event──▶ main loop (Controller, DiskStore)
+//!                            writer thread ◀──frames──┘    │ tick every 100 ms
+//!  per peer: sender thread ◀──── RaftMessage frames ───────┘
+//! ```
+//!
+//! Raft messages (opcode 80) are one-way: a peer connection only ever carries requests from
+//! the sender, and Raft resends what is lost, so a full peer queue drops (bounded by
+//! [`PEER_QUEUE_MESSAGES`]) rather than blocks the main loop. Everything the main loop
+//! must not wait on (sockets) has its own thread; the main loop blocks only on fsyncs of its
+//! own store, which Raft requires before it answers.
+
+use crate::core::{Controller, Reply};
+use crate::node::{RaftNode, ELECTION_TICKS, TICK_MS};
+use crate::state::{ControllerState, ElectionConfig};
+use crate::store::DiskStore;
+use ringmq_protocol::controller::{ControllerOpcode, RaftMessage};
+use ringmq_protocol::frame::{encode_frame, FrameDecoder, FrameHeader};
+use ringmq_protocol::Status;
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The largest frame a controller reads: a Raft append or snapshot of the whole state (every
+/// group's record, a few hundred bytes each) fits many thousands of groups in 64 MiB.
+pub const MAX_FRAME_BYTES: usize = 64 << 20;
+/// Raft messages queued per peer before new ones are dropped (Raft resends): at one tick
+/// (100 ms) that is far more than a healthy link ever holds.
+pub const PEER_QUEUE_MESSAGES: usize = 1024;
+/// Connect and write timeout to a peer: shorter than an election timeout, so a dead peer
+/// costs its sender thread, not the group.
+const PEER_IO_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub id: u64,
+    /// Every controller's `HOST:PORT` at the first start, this one's included.
+    pub peers: BTreeMap<u64, String>,
+    pub store: PathBuf,
+    pub election: ElectionConfig,
+    pub compact_threshold: u64,
+}
+
+/// Where a request's answer goes: its connection's writer, with the request's id and opcode.
+struct Waiter {
+    writer: Sender<Vec<u8>>,
+    request_id: u64,
+    opcode: u16,
+}
+
+enum Event {
+    Request {
+        opcode: ControllerOpcode,
+        body: Vec<u8>,
+        waiter: Waiter,
+    },
+    Raft(Vec<u8>),
+}
+
+/// Opens the store, binds the listener, prints the ready line and serves until killed.
+pub fn run(config: ServerConfig) -> Result<(), String> {
+    let listen = config
+        .peers
+        .get(&config.id)
+        .ok_or_else(|| {
+            format!(
+                "--peers has no address for this controller's --id {}",
+                config.id
+            )
+        })?
+        .clone();
+    let voters: Vec<u64> = config.peers.keys().copied().collect();
+    let store = DiskStore::open(&config.store, &voters).map_err(|e| e.to_string())?;
+    let recovery = store.recovery.clone();
+    let (applied, data) = store.snapshot_data().map_err(|e| e.to_string())?;
+    let state: ControllerState = if data.is_empty() {
+        ControllerState::default()
+    } else {
+        serde_json::from_slice(&data)
+            .map_err(|e| format!("{}: snapshot state: {e}", config.store.display()))?
+    };
+    let node = RaftNode::new(
+        config.id,
+        store,
+        applied,
+        (ELECTION_TICKS, 2 * ELECTION_TICKS),
+    )?;
+    let mut controller = Controller::new(
+        node,
+        state,
+        applied,
+        config.peers.clone(),
+        config.election.clone(),
+    );
+    controller.compact_threshold = config.compact_threshold;
+    let listener =
+        TcpListener::bind(&listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(
+        "controller {} recovered: {} log entries after snapshot {}, {} torn bytes cut",
+        config.id,
+        recovery.entries,
+        recovery.snapshot_index,
+        recovery.truncated_bytes
+    );
+    let (events, inbox) = mpsc::channel();
+    thread::Builder::new()
+        .name("controller-accept".into())
+        .spawn(move || accept_loop(listener, events))
+        .map_err(|e| e.to_string())?;
+    println!(
+        "ringmq ready listen={bound} role=CONTROLLER id={}",
+        config.id
+    );
+    let _ = io::stdout().flush();
+    main_loop(controller, inbox)
+}
+
+fn main_loop(
+    mut controller: Controller<RaftNode<DiskStore>, Waiter>,
+    inbox: Receiver<Event>,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let now_ms = || started.elapsed().as_millis() as u64;
+    let mut peers: BTreeMap<u64, (String, SyncSender<Vec<u8>>)> = BTreeMap::new();
+    let mut next_tick = TICK_MS;
+    loop {
+        let wait = next_tick.saturating_sub(now_ms());
+        let mut answered = Vec::new();
+        match inbox.recv_timeout(Duration::from_millis(wait)) {
+            Ok(event) => handle_event(&mut controller, event, now_ms(), &mut answered),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err("the listener stopped".into()),
+        }
+        // Take whatever else arrived before driving once: one fsync covers them all.
+        while let Ok(event) = inbox.try_recv() {
+            handle_event(&mut controller, event, now_ms(), &mut answered);
+        }
+        if now_ms() >= next_tick {
+            answered.extend(controller.tick(now_ms()));
+            next_tick = now_ms() + TICK_MS;
+        }
+        let (messages, replies) = controller
+            .drive()
+            .map_err(|e| format!("controller store failed, stopping: {e}"))?;
+        answered.extend(replies);
+        for (to, bytes) in messages {
+            send_to_peer(&controller, &mut peers, to, bytes);
+        }
+        for (waiter, reply) in answered {
+            answer(waiter, reply);
+        }
+    }
+}
+
+fn handle_event(
+    controller: &mut Controller<RaftNode<DiskStore>, Waiter>,
+    event: Event,
+    now_ms: u64,
+    answered: &mut Vec<(Waiter, Reply)>,
+) {
+    match event {
+        Event::Raft(body) => match RaftMessage::decode(&body) {
+            Ok(message) => {
+                if let Err(e) = controller.step(&message.message) {
+                    tracing::debug!("raft message from {} refused: {e}", message.from);
+                }
+            }
+            Err(e) => tracing::warn!("undecodable raft message: {e}"),
+        },
+        Event::Request {
+            opcode,
+            body,
+            waiter,
+        } => {
+            if let Some(done) = controller.handle(opcode, &body, now_ms, waiter) {
+                answered.push(done);
+            }
+        }
+    }
+}
+
+fn answer(waiter: Waiter, reply: Reply) {
+    let mut frame = Vec::new();
+    encode_frame(
+        &mut frame,
+        FrameHeader::response(waiter.opcode, reply.status, waiter.request_id),
+        &reply.body,
+    );
+    let _ = waiter.writer.send(frame);
+}
+
+fn send_to_peer(
+    controller: &Controller<RaftNode<DiskStore>, Waiter>,
+    peers: &mut BTreeMap<u64, (String, SyncSender<Vec<u8>>)>,
+    to: u64,
+    message: Vec<u8>,
+) {
+    let Some(addr) = controller.peer_addr(to).map(str::to_string) else {
+        tracing::debug!("no address for controller {to}; message dropped");
+        return;
+    };
+    if peers.get(&to).is_none_or(|(known, _)| *known != addr) {
+        let (tx, rx) = mpsc::sync_channel(PEER_QUEUE_MESSAGES);
+        let target = addr.clone();
+        let _ = thread::Builder::new()
+            .name(format!("controller-peer-{to}"))
+            .spawn(move || peer_sender(target, rx));
+        peers.insert(to, (addr, tx));
+    }
+    let mut body = Vec::new();
+    RaftMessage {
+        from: controller.id(),
+        message,
+    }
+    .encode(&mut body);
+    let mut frame = Vec::new();
+    encode_frame(
+        &mut frame,
+        FrameHeader {
+            flags: 0,
+            opcode: ControllerOpcode::RaftMessage as u16,
+            status: 0,
+            request_id: 0,
+        },
+        &body,
+    );
+    match peers[&to].1.try_send(frame) {
+        Ok(()) | Err(TrySendError::Full(_)) => {}
+        Err(TrySendError::Disconnected(_)) => {
+            peers.remove(&to);
+        }
+    }
+}
+
+/// Sends frames to one peer, reconnecting as needed; ends when its queue is dropped (the
+/// peer's address changed or it left).
+fn peer_sender(addr: String, frames: Receiver<Vec<u8>>) {
+    let mut stream: Option<TcpStream> = None;
+    while let Ok(frame) = frames.recv() {
+        if stream.is_none() {
+            stream = connect(&addr);
+        }
+        let Some(s) = stream.as_mut() else {
+            continue; // peer down: drop, Raft resends
+        };
+        if s.write_all(&frame).is_err() {
+            stream = None;
+        }
+    }
+}
+
+fn connect(addr: &str) -> Option<TcpStream> {
+    use std::net::ToSocketAddrs;
+    let target = addr.to_socket_addrs().ok()?.next()?;
+    let stream = TcpStream::connect_timeout(&target, PEER_IO_TIMEOUT).ok()?;
+    stream.set_write_timeout(Some(PEER_IO_TIMEOUT)).ok()?;
+    stream.set_nodelay(true).ok()?;
+    Some(stream)
+}
+
+fn accept_loop(listener: TcpListener, events: Sender<Event>) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let events = events.clone();
+        let _ = thread::Builder::new()
+            .name("controller-conn".into())
+            .spawn(move || serve_connection(stream, events));
+    }
+}
+
+/// Reads frames from one connection until it closes; a bad frame is answered and closes it.
+fn serve_connection(mut stream: TcpStream, events: Sender<Event>) {
+    let _ = stream.set_nodelay(true);
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
+    let (writer, frames) = mpsc::channel::<Vec<u8>>();
+    let _ = thread::Builder::new()
+        .name("controller-conn-writer".into())
+        .spawn(move || {
+            let mut out = write_half;
+            while let Ok(frame) = frames.recv() {
+                if out.write_all(&frame).is_err() {
+                    break;
+                }
+            }
+        });
+    let decoder = FrameDecoder::new(MAX_FRAME_BYTES);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        loop {
+            let (header, body, used) = match decoder.decode(&buf) {
+                Ok(Some(frame)) => (frame.header, frame.body.to_vec(), frame.wire_len()),
+                Ok(None) => break,
+                Err(e) => {
+                    let mut frame = Vec::new();
+                    encode_frame(
+                        &mut frame,
+                        FrameHeader::response(0, e.status(), e.request_id()),
+                        e.to_string().as_bytes(),
+                    );
+                    let _ = writer.send(frame);
+                    return;
+                }
+            };
+            buf.drain(..used);
+            let Some(opcode) = ControllerOpcode::from_u16(header.opcode) else {
+                let mut frame = Vec::new();
+                let message = format!(
+                    "opcode {} is not a controller request (controllers serve opcodes 80-99)",
+                    header.opcode
+                );
+                encode_frame(
+                    &mut frame,
+                    FrameHeader::response(header.opcode, Status::UnknownOpcode, header.request_id),
+                    message.as_bytes(),
+                );
+                let _ = writer.send(frame);
+                continue;
+            };
+            let event = if opcode == ControllerOpcode::RaftMessage {
+                Event::Raft(body)
+            } else {
+                Event::Request {
+                    opcode,
+                    body,
+                    waiter: Waiter {
+                        writer: writer.clone(),
+                        request_id: header.request_id,
+                        opcode: header.opcode,
+                    },
+                }
+            };
+            if events.send(event).is_err() {
+                return;
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Parses `ID=HOST:PORT,...`.
+pub fn parse_peers(list: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, addr) = parse_peer(entry)?;
+        if peers.insert(id, addr).is_some() {
+            return Err(format!("controller id {id} is listed twice in --peers"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("--peers lists no controller (expected ID=HOST:PORT,...)".into());
+    }
+    Ok(peers)
+}
+
+/// Parses one `ID=HOST:PORT`.
+pub fn parse_peer(entry: &str) -> Result<(u64, String), String> {
+    let (id, addr) = entry
+        .split_once('=')
+        .ok_or_else(|| format!("{entry:?} is not ID=HOST:PORT"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .ok()
+        .filter(|id| *id != 0)
+        .ok_or_else(|| format!("{entry:?}: the id must be a number above 0"))?;
+    let addr = addr.trim();
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok((id, addr.to_string()))
+        }
+        _ => Err(format!("{entry:?}: {addr:?} is not HOST:PORT")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_lists_parse_and_bad_entries_are_named() {
+        let peers = parse_peers("1=127.0.0.1:9001, 2=127.0.0.1:9002,3=h:9003").unwrap();
+        assert_eq!(peers.len(), 3);
+        assert_eq!(peers[&2], "127.0.0.1:9002");
+        for bad in [
+            "",
+            "1=127.0.0.1:9001,1=h:2",
+            "0=h:1",
+            "x=h:1",
+            "1=h",
+            "1=:5",
+            "1",
+        ] {
+            assert!(parse_peers(bad).is_err(), "{bad}");
+        }
+    }
+}
