@@ -35,6 +35,15 @@ pub const PROPOSAL_TIMEOUT_MS: u64 = 3_000;
 /// replay in milliseconds.
 pub const DEFAULT_COMPACT_THRESHOLD: u64 = 10_000;
 
+/// A Raft message to send: (destination controller id, encoded message).
+pub type OutgoingMessage = (u64, Vec<u8>);
+
+/// What [`Controller::drive`] produced: messages to send and waiters answered.
+pub struct Driven<W> {
+    pub messages: Vec<OutgoingMessage>,
+    pub answered: Vec<(W, Reply)>,
+}
+
 /// A status and a body (an encoded response, or a UTF-8 message for error statuses).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
@@ -490,7 +499,7 @@ impl<C: Consensus, W> Controller<C, W> {
 
     /// Persists and applies what Raft produced: returns the messages to send (destination
     /// id, bytes) and the waiters now answered.
-    pub fn drive(&mut self) -> io::Result<(Vec<(u64, Vec<u8>)>, Vec<(W, Reply)>)> {
+    pub fn drive(&mut self) -> io::Result<Driven<W>> {
         let progress = self.consensus.drive()?;
         let mut answered = Vec::new();
         for committed in progress.committed {
@@ -501,7 +510,10 @@ impl<C: Consensus, W> Controller<C, W> {
             .maybe_compact(self.applied, self.compact_threshold, &|| {
                 serde_json::to_vec(state).expect("state serializes")
             })?;
-        Ok((progress.messages, answered))
+        Ok(Driven {
+            messages: progress.messages,
+            answered,
+        })
     }
 
     fn apply(&mut self, committed: Committed, answered: &mut Vec<(W, Reply)>) {

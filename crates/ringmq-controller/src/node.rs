@@ -431,6 +431,12 @@ impl<P: Persistence> Consensus for RaftNode<P> {
         if self.persistence.entries_since_snapshot() < threshold || applied_index == 0 {
             return Ok(false);
         }
+        // Nothing applied since the last snapshot (the tail past it is not applied yet).
+        let first_index = raft::Storage::first_index(&self.persistence.storage())
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        if applied_index < first_index {
+            return Ok(false);
+        }
         let conf_state = self.conf_state.clone();
         self.persistence
             .compact(applied_index, &conf_state, data())?;

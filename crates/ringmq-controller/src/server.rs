@@ -147,11 +147,11 @@ fn main_loop(
             answered.extend(controller.tick(now_ms()));
             next_tick = now_ms() + TICK_MS;
         }
-        let (messages, replies) = controller
+        let driven = controller
             .drive()
             .map_err(|e| format!("controller store failed, stopping: {e}"))?;
-        answered.extend(replies);
-        for (to, bytes) in messages {
+        answered.extend(driven.answered);
+        for (to, bytes) in driven.messages {
             send_to_peer(&controller, &mut peers, to, bytes);
         }
         for (waiter, reply) in answered {

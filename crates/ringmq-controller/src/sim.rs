@@ -124,8 +124,8 @@ impl Sim {
         let Some(node) = self.nodes.get_mut(&id).and_then(Option::as_mut) else {
             return;
         };
-        let (messages, _answers) = node.drive().expect("memory persistence does not fail");
-        self.deliver(id, messages);
+        let driven = node.drive().expect("memory persistence does not fail");
+        self.deliver(id, driven.messages);
     }
 
     /// Sends a broker request to the leader (following NOT_LEADER as a client would, one hop)
@@ -147,9 +147,9 @@ impl Sim {
             for _ in 0..400 {
                 self.step();
                 let node = self.nodes.get_mut(&target)?.as_mut()?;
-                let (messages, answers) = node.drive().unwrap();
-                self.deliver(target, messages);
-                if let Some((_, reply)) = answers.into_iter().next() {
+                let driven = node.drive().unwrap();
+                self.deliver(target, driven.messages);
+                if let Some((_, reply)) = driven.answered.into_iter().next() {
                     return Some(reply);
                 }
             }
