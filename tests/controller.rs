@@ -263,6 +263,22 @@ fn failover_of_the_controller_leader_and_of_the_master() {
         },
     );
 
+    let out = run_binary(&["cluster", "status", "--controller", &list()], b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "{CLUSTER}/{GROUP}: master {} epoch {}",
+            settled.master_broker_id, settled.master_epoch
+        )),
+        "{text}"
+    );
+    assert_eq!(text.matches("alive").count(), 3, "{text}");
+
     // SIGKILL the controller leader: another leads within seconds, with the same state.
     let killed_at = Instant::now();
     let leader_index = cs.iter().position(|c| c.id == first_leader).unwrap();
