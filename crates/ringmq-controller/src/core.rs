@@ -639,3 +639,252 @@ fn untag(context: &[u8], id: u64) -> Option<u64> {
     }
     Some(u64::from_le_bytes(context[8..].try_into().ok()?))
 }
+
+#[cfg(test)]
+mod tests {
+    //! One controller alone (a one-voter group, which leads itself) over memory persistence:
+    //! the answers of each request, decided by the core rather than the state machine.
+    use super::*;
+    use crate::node::{MemoryPersistence, RaftNode};
+    use wire::{
+        AlterSyncStateSet, BrokerHeartbeat, BrokerIdentity, GroupRef, GroupState, HeartbeatAnswer,
+        RegisterBroker,
+    };
+
+    type Lone = Controller<RaftNode<MemoryPersistence>, u32>;
+
+    fn lone() -> Lone {
+        let node = RaftNode::new(1, MemoryPersistence::new(&[1]), 0, (3, 4)).unwrap();
+        let peers = [(1, "127.0.0.1:1".to_string())].into_iter().collect();
+        let mut c = Controller::new(
+            node,
+            ControllerState::default(),
+            0,
+            peers,
+            ElectionConfig::default(),
+        );
+        for now in 0..10 {
+            c.tick(now * 100);
+            c.drive().unwrap();
+        }
+        assert!(c.consensus.is_leader());
+        c
+    }
+
+    fn body<T: for<'a> ringmq_protocol::codec::Fields<'a>>(value: &T) -> Vec<u8> {
+        encode(value)
+    }
+
+    /// Handles a request and drives until it is answered.
+    fn ask(c: &mut Lone, opcode: ControllerOpcode, request: Vec<u8>, now: u64) -> Reply {
+        if let Some((_, reply)) = c.handle(opcode, &request, now, 7) {
+            return reply;
+        }
+        let driven = c.drive().unwrap();
+        let (waiter, reply) = driven
+            .answered
+            .into_iter()
+            .next()
+            .expect("answered once committed");
+        assert_eq!(waiter, 7);
+        reply
+    }
+
+    fn register(c: &mut Lone, store: &str) -> u64 {
+        let reply = ask(
+            c,
+            ControllerOpcode::RegisterBroker,
+            body(&RegisterBroker {
+                cluster_name: "c".into(),
+                broker_name: "g".into(),
+                store_identity: store.into(),
+                listen: format!("{store}:1"),
+                ha_listen: format!("{store}:2"),
+            }),
+            1_000,
+        );
+        assert_eq!(reply.status, Status::Ok);
+        BrokerIdentity::decode(&reply.body).unwrap().broker_id
+    }
+
+    fn heartbeat(c: &mut Lone, id: u64, now: u64) -> HeartbeatAnswer {
+        let reply = ask(
+            c,
+            ControllerOpcode::BrokerHeartbeat,
+            body(&BrokerHeartbeat {
+                cluster_name: "c".into(),
+                broker_name: "g".into(),
+                broker_id: id,
+                epoch: 0,
+                end_offsets: vec![id],
+                unclean_restart: 0,
+                async_flush: 0,
+                learner: 0,
+                election_priority: 0,
+                sent_at_ms: now + 5,
+            }),
+            now,
+        );
+        assert_eq!(
+            reply.status,
+            Status::Ok,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        HeartbeatAnswer::decode(&reply.body).unwrap()
+    }
+
+    #[test]
+    fn a_lone_controller_assigns_ids_elects_a_master_and_fences_stale_changes() {
+        let mut c = lone();
+        let a = register(&mut c, "a");
+        let b = register(&mut c, "b");
+        assert_eq!(
+            register(&mut c, "a"),
+            a,
+            "answered from the state, no new id"
+        );
+        assert_eq!(
+            heartbeat(&mut c, a, 1_000).role,
+            ROLE_FENCED,
+            "no master yet"
+        );
+        heartbeat(&mut c, b, 1_000);
+        // The leader elects once it has listened one silence period.
+        let now = 2_500;
+        c.tick(now);
+        c.drive().unwrap();
+        let answer = heartbeat(&mut c, b, now);
+        assert_eq!(answer.role, ROLE_MASTER, "the highest end offset");
+        assert_eq!(answer.lease_expires_ms, now + 5 + c.config.lease_ms);
+        assert_eq!(heartbeat(&mut c, a, now).role, ROLE_SLAVE);
+        assert_eq!(heartbeat(&mut c, a, now).lease_expires_ms, 0);
+
+        let alter = |set_epoch| {
+            body(&AlterSyncStateSet {
+                cluster_name: "c".into(),
+                broker_name: "g".into(),
+                master_broker_id: b,
+                master_epoch: answer.master_epoch,
+                sync_state_set_epoch: set_epoch,
+                new_sync_state_set: vec![a, b],
+            })
+        };
+        let reply = ask(
+            &mut c,
+            ControllerOpcode::AlterSyncStateSet,
+            alter(answer.sync_state_set_epoch),
+            now,
+        );
+        assert_eq!(reply.status, Status::Ok);
+        assert_eq!(
+            GroupState::decode(&reply.body).unwrap().sync_state_set,
+            vec![a, b]
+        );
+        let stale = ask(
+            &mut c,
+            ControllerOpcode::AlterSyncStateSet,
+            alter(answer.sync_state_set_epoch),
+            now,
+        );
+        assert_eq!(
+            stale.status,
+            Status::StaleEpoch,
+            "{}",
+            String::from_utf8_lossy(&stale.body)
+        );
+
+        let unknown = ask(
+            &mut c,
+            ControllerOpcode::GetGroupState,
+            body(&GroupRef {
+                cluster_name: "c".into(),
+                broker_name: "x".into(),
+            }),
+            now,
+        );
+        assert_eq!(unknown.status, Status::BadRequest);
+        let unregistered = c
+            .handle(
+                ControllerOpcode::BrokerHeartbeat,
+                &body(&BrokerHeartbeat {
+                    cluster_name: "c".into(),
+                    broker_name: "g".into(),
+                    broker_id: 99,
+                    epoch: 0,
+                    end_offsets: vec![],
+                    unclean_restart: 0,
+                    async_flush: 0,
+                    learner: 0,
+                    election_priority: 0,
+                    sent_at_ms: 0,
+                }),
+                now,
+                7,
+            )
+            .unwrap()
+            .1;
+        assert_eq!(unregistered.status, Status::BadRequest);
+        let garbage = c
+            .handle(ControllerOpcode::RegisterBroker, &[1, 2, 3], now, 7)
+            .unwrap()
+            .1;
+        assert_eq!(garbage.status, Status::BadRequest);
+    }
+
+    #[test]
+    fn a_follower_names_the_leader_and_an_uncommitted_change_times_out() {
+        // Three voters, only this one running: it never leads, and says it knows no leader.
+        let node = RaftNode::new(1, MemoryPersistence::new(&[1, 2, 3]), 0, (3, 4)).unwrap();
+        let peers = (1..=3).map(|i| (i, format!("127.0.0.1:{i}"))).collect();
+        let mut c: Lone = Controller::new(
+            node,
+            ControllerState::default(),
+            0,
+            peers,
+            ElectionConfig::default(),
+        );
+        let reply = c
+            .handle(
+                ControllerOpcode::GetGroupState,
+                &body(&GroupRef {
+                    cluster_name: "c".into(),
+                    broker_name: "g".into(),
+                }),
+                0,
+                1,
+            )
+            .unwrap()
+            .1;
+        assert_eq!(reply.status, Status::NotLeader);
+        assert!(String::from_utf8_lossy(&reply.body).contains("no majority"));
+        let status = c
+            .handle(ControllerOpcode::ControllerStatus, &[], 0, 1)
+            .unwrap()
+            .1;
+        assert_eq!(status.status, Status::Ok, "any controller answers status");
+
+        // A proposal that does not commit (the leader is not driven here, as if its
+        // followers were gone): the waiter hears NO_QUORUM at the deadline, not never.
+        let mut leader = lone();
+        assert!(leader
+            .handle(
+                ControllerOpcode::RegisterBroker,
+                &body(&RegisterBroker {
+                    cluster_name: "c".into(),
+                    broker_name: "g".into(),
+                    store_identity: "s".into(),
+                    listen: "h:1".into(),
+                    ha_listen: "h:2".into(),
+                }),
+                1_000,
+                9
+            )
+            .is_none());
+        assert!(leader.tick(1_000 + PROPOSAL_TIMEOUT_MS - 1).is_empty());
+        let expired = leader.tick(1_000 + PROPOSAL_TIMEOUT_MS);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].0, 9);
+        assert_eq!(expired[0].1.status, Status::NoQuorum);
+    }
+}
