@@ -24,7 +24,9 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -37,6 +39,15 @@ pub const PEER_QUEUE_MESSAGES: usize = 1024;
 /// Connect and write timeout to a peer: shorter than an election timeout, so a dead peer
 /// costs its sender thread, not the group.
 const PEER_IO_TIMEOUT: Duration = Duration::from_millis(500);
+/// Connections served at once (each holds two threads): three to five peers and a few brokers
+/// per group need far fewer; past it a connection is answered `SYSTEM_BUSY` and closed.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Requests and Raft messages waiting for the main loop; a full queue holds the connections'
+/// readers (back-pressure on the senders) rather than grow without bound.
+pub const EVENT_QUEUE: usize = 4096;
+/// A connection silent this long is closed: peers send every tick (100 ms) and brokers
+/// heartbeat every second, so only an abandoned connection is this quiet.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -110,7 +121,7 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
         recovery.snapshot_index,
         recovery.truncated_bytes
     );
-    let (events, inbox) = mpsc::channel();
+    let (events, inbox) = mpsc::sync_channel(EVENT_QUEUE);
     thread::Builder::new()
         .name("controller-accept".into())
         .spawn(move || accept_loop(listener, events))
@@ -266,19 +277,42 @@ fn connect(addr: &str) -> Option<TcpStream> {
     Some(stream)
 }
 
-fn accept_loop(listener: TcpListener, events: Sender<Event>) {
+fn accept_loop(listener: TcpListener, events: SyncSender<Event>) {
+    let open = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
+        let Ok(mut stream) = stream else { continue };
+        if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            open.fetch_sub(1, Ordering::SeqCst);
+            let mut frame = Vec::new();
+            let message =
+                format!("the controller serves at most {MAX_CONNECTIONS} connections at once");
+            encode_frame(
+                &mut frame,
+                FrameHeader::response(0, Status::SystemBusy, 0),
+                message.as_bytes(),
+            );
+            let _ = stream.write_all(&frame);
+            continue;
+        }
         let events = events.clone();
-        let _ = thread::Builder::new()
+        let count = open.clone();
+        let spawned = thread::Builder::new()
             .name("controller-conn".into())
-            .spawn(move || serve_connection(stream, events));
+            .spawn(move || {
+                serve_connection(stream, events);
+                count.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            open.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!("cannot start a connection thread; connection dropped");
+        }
     }
 }
 
 /// Reads frames from one connection until it closes; a bad frame is answered and closes it.
-fn serve_connection(mut stream: TcpStream, events: Sender<Event>) {
+fn serve_connection(mut stream: TcpStream, events: SyncSender<Event>) {
     let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
