@@ -4,7 +4,8 @@
 //! leader is SIGKILLed and a new one leads within seconds with the group's state intact; the
 //! master's heartbeats stop and a SyncStateSet member is elected in a new epoch; with two of
 //! three controllers down nothing is elected and reads are refused with `NOT_LEADER`; a dead
-//! controller is replaced with `remove-peer` and `add-peer`. Waits are on the ready line and on
+//! controller is replaced with `remove-peer` and `add-peer`; a bad frame closes only its own
+//! connection. Waits are on the ready line and on
 //! answers polled with a deadline.
 
 mod common;
@@ -478,5 +479,66 @@ fn a_dead_controller_is_replaced_with_remove_peer_and_add_peer() {
     assert!(
         known.contains_key(&id),
         "the registration committed before the change survived it"
+    );
+}
+
+#[test]
+fn a_bad_frame_closes_only_its_connection_and_a_broker_opcode_is_unknown() {
+    use ringmq::protocol::frame::{encode_frame, FrameDecoder, FrameHeader};
+    use std::io::{Read, Write};
+    let cs = controllers(1);
+    wait_for_leader(&cs.iter().collect::<Vec<_>>(), Duration::from_secs(15));
+    let read_answer = |stream: &mut std::net::TcpStream| {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(frame) = FrameDecoder::new(1 << 20).decode(&buf).unwrap() {
+                return (
+                    frame.header,
+                    String::from_utf8_lossy(frame.body).to_string(),
+                );
+            }
+            let n = stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed before answering");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    let mut stream = std::net::TcpStream::connect(&cs[0].addr).unwrap();
+    let mut frame = Vec::new();
+    encode_frame(
+        &mut frame,
+        FrameHeader {
+            flags: 0,
+            opcode: 10,
+            status: 0,
+            request_id: 5,
+        },
+        b"x",
+    );
+    stream.write_all(&frame).unwrap();
+    let (header, message) = read_answer(&mut stream);
+    assert_eq!(
+        (header.status, header.request_id),
+        (Status::UnknownOpcode as u16, 5)
+    );
+    assert!(message.contains("80-99"), "{message}");
+
+    stream.write_all(b"this is not a frame at all").unwrap();
+    let (header, _) = read_answer(&mut stream);
+    assert_eq!(header.status, Status::BadMagic as u16);
+    let mut rest = Vec::new();
+    assert_eq!(
+        stream.read_to_end(&mut rest).unwrap_or(0),
+        0,
+        "the connection is closed"
+    );
+
+    let status = client_of(&[&cs[0]]).status().unwrap();
+    assert_eq!(
+        status["is_leader"], true,
+        "the controller serves everyone else"
     );
 }
