@@ -306,6 +306,20 @@ fn failover_of_the_controller_leader_and_of_the_master() {
         "the group's committed state survived the leader's death"
     );
     cs[leader_index].start();
+    let restarted = cs[leader_index].addr.clone();
+    wait_until(
+        Duration::from_secs(15),
+        "the restarted controller to catch up",
+        || {
+            let mut c =
+                ControllerClient::new(vec![restarted.clone()], Duration::from_secs(2)).ok()?;
+            let status = c.status().ok()?;
+            let group = status["groups"].as_array()?.first()?.clone();
+            (group["master_broker_id"] == settled.master_broker_id
+                && group["sync_state_set"].as_array()?.len() == 3)
+                .then_some(())
+        },
+    );
 
     // Stop the master's heartbeats: a member of its set takes over, in a new epoch.
     let master = settled.master_broker_id;
@@ -358,6 +372,8 @@ fn failover_of_the_controller_leader_and_of_the_master() {
         },
     );
     assert_eq!(refusal.status(), Some(Status::NotLeader), "{refusal}");
+    // No event marks "nothing was elected": give an election the time it would need (the
+    // 2 s silence limit, and more), then look.
     thread::sleep(Duration::from_secs(3));
     for (i, c) in cs.iter_mut().enumerate() {
         if i != keep {

@@ -325,10 +325,21 @@ impl<P: Persistence> RaftNode<P> {
     }
 }
 
-fn encode_messages(messages: Vec<Message>, out: &mut Vec<(u64, Vec<u8>)>) {
+/// Encodes `messages` for sending. A snapshot is reported sent at once: raft-rs pauses a
+/// follower that is being sent a snapshot until told how it went, and a snapshot lost on the
+/// way would pause it for good. Reported as finished, the leader probes the follower next;
+/// if the snapshot never arrived the probe is rejected and a snapshot is sent again.
+fn encode_messages<S: raft::Storage>(
+    raw: &mut RawNode<S>,
+    messages: Vec<Message>,
+    out: &mut Vec<(u64, Vec<u8>)>,
+) {
     for m in messages {
         if let Ok(bytes) = m.write_to_bytes() {
             out.push((m.to, bytes));
+        }
+        if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+            raw.report_snapshot(m.to, raft::SnapshotStatus::Finish);
         }
     }
 }
@@ -395,7 +406,7 @@ impl<P: Persistence> Consensus for RaftNode<P> {
             return Ok(progress);
         }
         let mut ready = self.raw.ready();
-        encode_messages(ready.take_messages(), &mut progress.messages);
+        encode_messages(&mut self.raw, ready.take_messages(), &mut progress.messages);
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
             self.persistence.apply_snapshot(&snapshot)?;
@@ -411,12 +422,16 @@ impl<P: Persistence> Consensus for RaftNode<P> {
         if let Some(hard_state) = ready.hs() {
             self.persistence.set_hard_state(hard_state)?;
         }
-        encode_messages(ready.take_persisted_messages(), &mut progress.messages);
+        encode_messages(
+            &mut self.raw,
+            ready.take_persisted_messages(),
+            &mut progress.messages,
+        );
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
             self.persistence.set_commit(commit)?;
         }
-        encode_messages(light.take_messages(), &mut progress.messages);
+        encode_messages(&mut self.raw, light.take_messages(), &mut progress.messages);
         let committed = light.take_committed_entries();
         self.collect(committed, &mut progress.committed);
         self.raw.advance_apply();

@@ -76,7 +76,8 @@ fn boot(id: u64, persistence: MemoryPersistence, ids: &[u64]) -> Node {
     let node = RaftNode::new(id, persistence, applied, (ticks, ticks + 1)).unwrap();
     let peers = ids.iter().map(|i| (*i, format!("sim-{i}:1"))).collect();
     let mut controller = Controller::new(node, state, applied, peers, ElectionConfig::default());
-    controller.compact_threshold = 20;
+    // Small, so snapshots are taken often and sent to controllers that restart behind.
+    controller.compact_threshold = 4;
     controller
 }
 
