@@ -113,10 +113,20 @@ impl ControllerClient {
         })
     }
 
-    /// The status document of the controller that answers (any controller answers this one
-    /// with its own view; it names the leader).
+    /// The status document of the leader when one is reachable, else of the controller that
+    /// answered (any controller answers with its own view and names the leader; only the
+    /// leader knows which brokers are alive).
     pub fn status(&mut self) -> Result<serde_json::Value, ClientError> {
-        self.call(&StatusRequest {})
+        let status: serde_json::Value = self.call(&StatusRequest {})?;
+        let leader = status["leader_addr"].as_str().map(str::to_string);
+        match leader {
+            Some(addr) if status["is_leader"] != true => {
+                self.connection = None;
+                self.last_answered = Some(addr);
+                Ok(self.call(&StatusRequest {}).unwrap_or(status))
+            }
+            _ => Ok(status),
+        }
     }
 
     pub fn add_peer(&mut self, id: u64, addr: &str) -> Result<(), ClientError> {
