@@ -124,6 +124,10 @@ impl DiskStore {
             // here, so Raft never counted this store for them): clamp it to what is left.
             let last = memory.last_index().map_err(raft_error)?;
             hard_state.commit = hard_state.commit.min(last);
+            // A snapshot is only ever of committed entries; a crash after a snapshot from the
+            // leader was written and before the hard state that followed it leaves an older
+            // commit here, which would put the applied index past the commit.
+            hard_state.commit = hard_state.commit.max(snapshot_index);
             memory.wl().set_hardstate(hard_state);
         }
         Ok(DiskStore {

@@ -235,3 +235,23 @@ fn a_snapshot_from_the_leader_replaces_the_log() {
         (20, b"leader-state".to_vec())
     );
 }
+
+#[test]
+fn a_crash_after_a_leader_snapshot_and_before_its_hard_state_keeps_commit_at_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = DiskStore::open(dir.path(), &[1, 2]).unwrap();
+        store.set_hard_state(&hard_state(2, 2, 0)).unwrap();
+        let mut snapshot = Snapshot::default();
+        snapshot.mut_metadata().index = 9;
+        snapshot.mut_metadata().term = 2;
+        snapshot
+            .mut_metadata()
+            .set_conf_state(ConfState::from((vec![1, 2], vec![])));
+        store.apply_snapshot(&snapshot).unwrap();
+        // The crash: the hard state with commit 9 was never written.
+    }
+    let store = DiskStore::open(dir.path(), &[1, 2]).unwrap();
+    let state = store.storage().initial_state().unwrap();
+    assert_eq!((state.hard_state.term, state.hard_state.commit), (2, 9));
+}
