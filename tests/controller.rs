@@ -4,10 +4,9 @@
 //! leader is SIGKILLed and a new one leads within seconds with the group's state intact; the
 //! master's heartbeats stop and a SyncStateSet member is elected in a new epoch; with two of
 //! three controllers down nothing is elected and reads are refused with `NOT_LEADER`, and once
-//! they are back the silent master is replaced; a dead
-//! controller is replaced with `remove-peer` and `add-peer`; a bad frame closes only its own
-//! connection. Waits are on the ready line and on
-//! answers polled with a deadline.
+//! they are back the silent master is replaced; a dead controller is replaced with
+//! `remove-peer` and `add-peer`; a bad frame closes only its own connection. Waits are on the
+//! ready line and on answers polled with a deadline.
 
 mod common;
 
