@@ -30,6 +30,14 @@ use std::io;
 /// group commits in a few ms; two election timeouts (2 s) cover a leader change under way.
 pub const PROPOSAL_TIMEOUT_MS: u64 = 3_000;
 
+/// How long a heartbeat or group-state read may wait for a read-index round: a broker
+/// heartbeats every second, so an answer later than that is replaced by the next one.
+pub const READ_TIMEOUT_MS: u64 = 1_000;
+
+/// A read-index round not confirmed within this is given up and its reads go into the next
+/// round: a lost heartbeat or response would otherwise hold them until their deadline.
+pub const READ_ROUND_RETRY_MS: u64 = 3 * crate::node::TICK_MS;
+
 /// Log entries between snapshots: a controller's commands are small (a JSON registration or
 /// SyncStateSet change, ~200 bytes), so 10,000 entries keep the log near 2 MiB and a restart's
 /// replay in milliseconds.
@@ -79,6 +87,27 @@ struct Pending<W> {
     deadline_ms: u64,
 }
 
+/// A read answered from the state once a read-index round confirms this controller leads.
+enum Read {
+    Heartbeat(wire::BrokerHeartbeat),
+    GroupState(wire::GroupRef),
+}
+
+struct PendingRead<W> {
+    waiter: W,
+    read: Read,
+    deadline_ms: u64,
+}
+
+/// The read-index round in flight (one at a time): the reads that arrived before it began,
+/// answered once it is confirmed and everything up to its index is applied.
+struct ReadRound<W> {
+    context: Vec<u8>,
+    started_ms: u64,
+    confirmed_index: Option<u64>,
+    batch: Vec<PendingRead<W>>,
+}
+
 pub struct Controller<C: Consensus, W> {
     pub consensus: C,
     pub state: ControllerState,
@@ -92,6 +121,11 @@ pub struct Controller<C: Consensus, W> {
     liveness: Option<Liveness>,
     next_sequence: u64,
     pending: BTreeMap<u64, Pending<W>>,
+    /// Reads waiting for the next read-index round, and the round in flight.
+    reads: Vec<PendingRead<W>>,
+    read_round: Option<ReadRound<W>>,
+    /// The time of the last `handle` or `tick`, for reads answered from `drive`.
+    last_now_ms: u64,
     /// Elections proposed and not yet applied, by (cluster, group, epoch decided at), so a
     /// tick does not propose the same one again while it commits.
     elections_in_flight: BTreeMap<(String, String, u32), u64>,
@@ -115,6 +149,9 @@ impl<C: Consensus, W> Controller<C, W> {
             liveness: None,
             next_sequence: 1,
             pending: BTreeMap::new(),
+            reads: Vec::new(),
+            read_round: None,
+            last_now_ms: 0,
             elections_in_flight: BTreeMap::new(),
             compact_threshold: DEFAULT_COMPACT_THRESHOLD,
         }
@@ -155,8 +192,22 @@ impl<C: Consensus, W> Controller<C, W> {
         now_ms: u64,
         waiter: W,
     ) -> Option<(W, Reply)> {
+        self.last_now_ms = now_ms;
         let reply = match self.dispatch(opcode, body, now_ms) {
             Dispatch::Now(reply) => reply,
+            Dispatch::Read(read) => {
+                if !self.consensus.committed_own_term() {
+                    self.not_serving()
+                } else {
+                    self.reads.push(PendingRead {
+                        waiter,
+                        read,
+                        deadline_ms: now_ms + READ_TIMEOUT_MS,
+                    });
+                    self.start_read_round(now_ms);
+                    return None;
+                }
+            }
             Dispatch::Propose(command, owed) => match self.propose(&command, now_ms) {
                 Ok(sequence) => {
                     self.pending.insert(
@@ -191,6 +242,87 @@ impl<C: Consensus, W> Controller<C, W> {
             }
         };
         Some((waiter, reply))
+    }
+
+    /// Whether this controller may answer from its state: it leads, has committed an entry
+    /// of its own term (so its commit index covers every earlier leader's), and has applied
+    /// everything committed. Reads also wait for a read-index round (see [`Self::drive`]).
+    pub fn can_serve(&self) -> bool {
+        self.consensus.committed_own_term() && self.applied >= self.consensus.commit_index()
+    }
+
+    fn not_serving(&self) -> Reply {
+        if !self.consensus.is_leader() {
+            return self.not_leader();
+        }
+        Reply::error(
+            Status::NoQuorum,
+            format!(
+                "controller {} was just elected and has not yet committed an entry of its term: ask again",
+                self.id()
+            ),
+        )
+    }
+
+    /// Starts a read-index round for the queued reads, unless one is in flight.
+    fn start_read_round(&mut self, now_ms: u64) {
+        if self.read_round.is_some() || self.reads.is_empty() {
+            return;
+        }
+        if !self.consensus.committed_own_term() {
+            return;
+        }
+        let context = tag(self.id(), self.take_sequence());
+        self.consensus.read_index(context.clone());
+        self.read_round = Some(ReadRound {
+            context,
+            started_ms: now_ms,
+            confirmed_index: None,
+            batch: std::mem::take(&mut self.reads),
+        });
+    }
+
+    /// Answers the round's reads if it is confirmed and applied, then starts the next.
+    fn answer_reads(&mut self, answered: &mut Vec<(W, Reply)>) {
+        let ready = self
+            .read_round
+            .as_ref()
+            .and_then(|r| r.confirmed_index)
+            .is_some_and(|index| self.applied >= index);
+        if !ready {
+            return;
+        }
+        let round = self.read_round.take().expect("checked");
+        for read in round.batch {
+            let reply = if self.can_serve() {
+                self.answer_read(read.read)
+            } else {
+                self.not_serving()
+            };
+            answered.push((read.waiter, reply));
+        }
+        self.start_read_round(self.last_now_ms);
+    }
+
+    fn answer_read(&self, read: Read) -> Reply {
+        match read {
+            Read::Heartbeat(h) => self.heartbeat_answer(&h),
+            Read::GroupState(g) => match self.state.group(&g.cluster_name, &g.broker_name) {
+                Some(record) => Reply::ok(encode(&self.group_state(
+                    &g.cluster_name,
+                    &g.broker_name,
+                    record,
+                    self.last_now_ms,
+                ))),
+                None => Reply::error(
+                    Status::BadRequest,
+                    format!(
+                        "group {}/{} is unknown to the controller",
+                        g.cluster_name, g.broker_name
+                    ),
+                ),
+            },
+        }
     }
 
     fn take_sequence(&mut self) -> u64 {
@@ -264,7 +396,8 @@ impl<C: Consensus, W> Controller<C, W> {
             }
             ControllerOpcode::BrokerHeartbeat => {
                 let h = decode!(wire::BrokerHeartbeat);
-                Dispatch::Now(self.heartbeat(h, now_ms))
+                self.record_heartbeat(&h, now_ms);
+                Dispatch::Read(Read::Heartbeat(h))
             }
             ControllerOpcode::AlterSyncStateSet => {
                 let a = decode!(wire::AlterSyncStateSet);
@@ -281,22 +414,7 @@ impl<C: Consensus, W> Controller<C, W> {
                 )
             }
             ControllerOpcode::GetGroupState => {
-                let g = decode!(wire::GroupRef);
-                Dispatch::Now(match self.state.group(&g.cluster_name, &g.broker_name) {
-                    Some(record) => Reply::ok(encode(&self.group_state(
-                        &g.cluster_name,
-                        &g.broker_name,
-                        record,
-                        now_ms,
-                    ))),
-                    None => Reply::error(
-                        Status::BadRequest,
-                        format!(
-                            "group {}/{} is unknown to the controller",
-                            g.cluster_name, g.broker_name
-                        ),
-                    ),
-                })
+                Dispatch::Read(Read::GroupState(decode!(wire::GroupRef)))
             }
             ControllerOpcode::AddPeer => {
                 let p = decode!(wire::AddPeer);
@@ -315,7 +433,34 @@ impl<C: Consensus, W> Controller<C, W> {
         }
     }
 
-    fn heartbeat(&mut self, h: wire::BrokerHeartbeat, now_ms: u64) -> Reply {
+    /// What a heartbeat says about its broker, kept when it arrives (the silence that makes a
+    /// master lost is counted from the last one received, which is no earlier than any lease
+    /// answered for it began). Brokers not registered are not kept.
+    fn record_heartbeat(&mut self, h: &wire::BrokerHeartbeat, now_ms: u64) {
+        let registered = self
+            .state
+            .group(&h.cluster_name, &h.broker_name)
+            .is_some_and(|r| r.brokers.contains_key(&h.broker_id));
+        if !registered {
+            return;
+        }
+        let liveness = self.liveness.get_or_insert_with(|| Liveness::new(now_ms));
+        liveness.record(
+            h.broker_id,
+            BrokerReport {
+                received_at_ms: now_ms,
+                epoch: h.epoch,
+                end_offsets: h.end_offsets.clone(),
+                unclean_restart: h.unclean_restart != 0,
+                async_flush: h.async_flush != 0,
+                learner: h.learner != 0,
+                election_priority: h.election_priority,
+            },
+        );
+    }
+
+    /// The answer to a heartbeat, from the state once a read-index round confirmed it.
+    fn heartbeat_answer(&self, h: &wire::BrokerHeartbeat) -> Reply {
         let Some(record) = self.state.group(&h.cluster_name, &h.broker_name) else {
             return Reply::error(
                 Status::BadRequest,
@@ -354,19 +499,6 @@ impl<C: Consensus, W> Controller<C, W> {
                 0
             },
         };
-        let liveness = self.liveness.get_or_insert_with(|| Liveness::new(now_ms));
-        liveness.record(
-            h.broker_id,
-            BrokerReport {
-                received_at_ms: now_ms,
-                epoch: h.epoch,
-                end_offsets: h.end_offsets,
-                unclean_restart: h.unclean_restart != 0,
-                async_flush: h.async_flush != 0,
-                learner: h.learner != 0,
-                election_priority: h.election_priority,
-            },
-        );
         Reply::ok(encode(&answer))
     }
 
@@ -445,15 +577,25 @@ impl<C: Consensus, W> Controller<C, W> {
     /// Advances Raft's clock, proposes elections for groups whose master is lost, and
     /// answers proposals that timed out.
     pub fn tick(&mut self, now_ms: u64) -> Vec<(W, Reply)> {
+        self.last_now_ms = now_ms;
         self.consensus.tick();
+        let mut answered = Vec::new();
         if !self.consensus.is_leader() {
             self.liveness = None;
             self.elections_in_flight.clear();
+            let round = self.read_round.take().map(|r| r.batch).unwrap_or_default();
+            for read in round.into_iter().chain(std::mem::take(&mut self.reads)) {
+                answered.push((read.waiter, self.not_leader()));
+            }
         } else {
             if self.liveness.is_none() {
                 self.liveness = Some(Liveness::new(now_ms));
             }
-            self.propose_elections(now_ms);
+            // Elections are decided on a state that holds everything committed.
+            if self.can_serve() {
+                self.propose_elections(now_ms);
+            }
+            self.retry_reads(now_ms, &mut answered);
         }
         let expired: Vec<u64> = self
             .pending
@@ -461,13 +603,37 @@ impl<C: Consensus, W> Controller<C, W> {
             .filter(|(_, p)| p.deadline_ms <= now_ms)
             .map(|(s, _)| *s)
             .collect();
-        expired
+        answered.extend(expired
             .into_iter()
             .filter_map(|s| self.pending.remove(&s))
             .map(|p| (p.waiter, Reply::error(Status::NoQuorum, format!(
                 "the change was not committed within {PROPOSAL_TIMEOUT_MS} ms (no majority of controllers, or a leader change); it may still commit: ask again"
-            ))))
-            .collect()
+            )))));
+        answered
+    }
+
+    /// Gives up a read-index round unconfirmed for too long (its reads go into the next),
+    /// answers reads past their deadline `NO_QUORUM`, and starts the next round.
+    fn retry_reads(&mut self, now_ms: u64, answered: &mut Vec<(W, Reply)>) {
+        if self.read_round.as_ref().is_some_and(|r| {
+            r.confirmed_index.is_none()
+                && now_ms.saturating_sub(r.started_ms) >= READ_ROUND_RETRY_MS
+        }) {
+            let mut batch = self.read_round.take().expect("checked").batch;
+            batch.append(&mut self.reads);
+            self.reads = batch;
+        }
+        let (late, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads)
+            .into_iter()
+            .partition(|r| r.deadline_ms <= now_ms);
+        self.reads = waiting;
+        for read in late {
+            answered.push((read.waiter, Reply::error(
+                Status::NoQuorum,
+                format!("a majority of controllers did not confirm controller {} leads within {READ_TIMEOUT_MS} ms: ask again", self.id()),
+            )));
+        }
+        self.start_read_round(now_ms);
     }
 
     fn propose_elections(&mut self, now_ms: u64) {
@@ -505,6 +671,12 @@ impl<C: Consensus, W> Controller<C, W> {
         for committed in progress.committed {
             self.apply(committed, &mut answered);
         }
+        for (context, index) in progress.reads {
+            if let Some(round) = self.read_round.as_mut().filter(|r| r.context == context) {
+                round.confirmed_index = Some(index);
+            }
+        }
+        self.answer_reads(&mut answered);
         let state = &self.state;
         self.consensus
             .maybe_compact(self.applied, self.compact_threshold, &|| {
@@ -518,6 +690,7 @@ impl<C: Consensus, W> Controller<C, W> {
 
     fn apply(&mut self, committed: Committed, answered: &mut Vec<(W, Reply)>) {
         match committed {
+            Committed::Empty { index } => self.applied = index,
             Committed::Restore { index, data } => {
                 if let Ok(state) = serde_json::from_slice::<ControllerState>(&data) {
                     self.state = state;
@@ -616,6 +789,7 @@ impl<C: Consensus, W> Controller<C, W> {
 
 enum Dispatch {
     Now(Reply),
+    Read(Read),
     Propose(Command, Owed),
     Membership(MembershipChange, String),
 }
@@ -804,26 +978,23 @@ mod tests {
             now,
         );
         assert_eq!(unknown.status, Status::BadRequest);
-        let unregistered = c
-            .handle(
-                ControllerOpcode::BrokerHeartbeat,
-                &body(&BrokerHeartbeat {
-                    cluster_name: "c".into(),
-                    broker_name: "g".into(),
-                    broker_id: 99,
-                    epoch: 0,
-                    end_offsets: vec![],
-                    unclean_restart: 0,
-                    async_flush: 0,
-                    learner: 0,
-                    election_priority: 0,
-                    sent_at_ms: 0,
-                }),
-                now,
-                7,
-            )
-            .unwrap()
-            .1;
+        let unregistered = ask(
+            &mut c,
+            ControllerOpcode::BrokerHeartbeat,
+            body(&BrokerHeartbeat {
+                cluster_name: "c".into(),
+                broker_name: "g".into(),
+                broker_id: 99,
+                epoch: 0,
+                end_offsets: vec![],
+                unclean_restart: 0,
+                async_flush: 0,
+                learner: 0,
+                election_priority: 0,
+                sent_at_ms: 0,
+            }),
+            now,
+        );
         assert_eq!(unregistered.status, Status::BadRequest);
         let garbage = c
             .handle(ControllerOpcode::RegisterBroker, &[1, 2, 3], now, 7)

@@ -41,6 +41,9 @@ pub enum Committed {
     },
     /// The leader sent a snapshot: the state machine is replaced by `data`.
     Restore { index: u64, data: Vec<u8> },
+    /// An entry with nothing to apply (the empty entry each new leader commits): the
+    /// applied index moves past it all the same, or a leader would never count as caught up.
+    Empty { index: u64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +58,9 @@ pub struct Progress {
     /// (destination controller id, encoded message).
     pub messages: Vec<(u64, Vec<u8>)>,
     pub committed: Vec<Committed>,
+    /// Leadership confirmed for a [`Consensus::read_index`] round: (its context, the commit
+    /// index a read answered after it must have applied).
+    pub reads: Vec<(Vec<u8>, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -86,6 +92,13 @@ pub trait Consensus {
     fn voters(&self) -> Vec<u64>;
     /// The index of the last entry known committed.
     fn commit_index(&self) -> u64;
+    /// Whether this node leads and has committed an entry of its own term: before that its
+    /// commit index may be behind what an earlier leader committed.
+    fn committed_own_term(&self) -> bool;
+    /// Asks a majority to confirm this node still leads (raft-rs's read index, in its
+    /// `Safe` mode: a heartbeat round, no clock assumed). Confirmed, `context` comes back in
+    /// [`Progress::reads`]; a lost round never does (the caller times it out).
+    fn read_index(&mut self, context: Vec<u8>);
     /// Persists what Raft produced and returns what to send and apply.
     fn drive(&mut self) -> io::Result<Progress>;
     /// Snapshots the state machine (`data`, serialized at `applied_index`) when the log has
@@ -261,6 +274,9 @@ impl<P: Persistence> RaftNode<P> {
             applied,
             pre_vote: true,
             check_quorum: true,
+            // Reads (heartbeat answers, group state) are confirmed by a heartbeat round, not
+            // by a leader lease that a paused or partitioned leader could outlive.
+            read_only_option: raft::ReadOnlyOption::Safe,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
             ..Default::default()
@@ -294,7 +310,8 @@ impl<P: Persistence> RaftNode<P> {
             match entry.get_entry_type() {
                 EntryType::EntryNormal => {
                     if entry.data.is_empty() {
-                        continue; // the empty entry a new leader commits
+                        out.push(Committed::Empty { index: entry.index });
+                        continue;
                     }
                     out.push(Committed::Command {
                         index: entry.index,
@@ -304,6 +321,7 @@ impl<P: Persistence> RaftNode<P> {
                 }
                 EntryType::EntryConfChange => {
                     let Ok(cc) = ConfChange::parse_from_bytes(&entry.data) else {
+                        out.push(Committed::Empty { index: entry.index });
                         continue;
                     };
                     if let Ok(cs) = self.raw.apply_conf_change(&cc) {
@@ -319,7 +337,8 @@ impl<P: Persistence> RaftNode<P> {
                         context: cc.context.to_vec(),
                     });
                 }
-                EntryType::EntryConfChangeV2 => {}
+                // Never proposed here (membership changes are one node at a time).
+                EntryType::EntryConfChangeV2 => out.push(Committed::Empty { index: entry.index }),
             }
         }
     }
@@ -400,6 +419,12 @@ impl<P: Persistence> Consensus for RaftNode<P> {
     fn commit_index(&self) -> u64 {
         self.raw.raft.raft_log.committed
     }
+    fn committed_own_term(&self) -> bool {
+        self.is_leader() && self.raw.raft.commit_to_current_term()
+    }
+    fn read_index(&mut self, context: Vec<u8>) {
+        self.raw.read_index(context);
+    }
     fn drive(&mut self) -> io::Result<Progress> {
         let mut progress = Progress::default();
         if !self.raw.has_ready() {
@@ -407,6 +432,11 @@ impl<P: Persistence> Consensus for RaftNode<P> {
         }
         let mut ready = self.raw.ready();
         encode_messages(&mut self.raw, ready.take_messages(), &mut progress.messages);
+        progress.reads = ready
+            .take_read_states()
+            .into_iter()
+            .map(|r| (r.request_ctx, r.index))
+            .collect();
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
             self.persistence.apply_snapshot(&snapshot)?;

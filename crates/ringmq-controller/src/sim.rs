@@ -58,6 +58,16 @@ struct Sim {
     /// The applied index last checked per controller (states are compared only when it moves).
     checked: BTreeMap<u64, u64>,
     loss_per_thousand: u64,
+    /// Waiter numbers: each request gets its own, so an answer finds its asker.
+    next_waiter: u64,
+    /// Heartbeat waiters: (broker, sent at).
+    heartbeats: BTreeMap<u64, (usize, u64)>,
+    /// Answers to `request`s, by waiter.
+    replies: BTreeMap<u64, Reply>,
+    /// Per broker, until when (sim time) it holds a master lease, and at which epoch.
+    leases: [(u64, u32); 3],
+    /// SyncStateSet changes a master asked for, sent from the run loop.
+    alters: Vec<wire::AlterSyncStateSet>,
 }
 
 const CLUSTER: &str = "sim";
@@ -108,6 +118,11 @@ impl Sim {
             applied_by_index: BTreeMap::new(),
             checked: BTreeMap::new(),
             loss_per_thousand,
+            next_waiter: 1,
+            heartbeats: BTreeMap::new(),
+            replies: BTreeMap::new(),
+            leases: [(0, 0); 3],
+            alters: Vec::new(),
         }
     }
 
@@ -127,6 +142,23 @@ impl Sim {
         };
         let driven = node.drive().expect("memory persistence does not fail");
         self.deliver(id, driven.messages);
+        for (waiter, reply) in driven.answered {
+            self.answered(waiter, reply);
+        }
+    }
+
+    fn answered(&mut self, waiter: u64, reply: Reply) {
+        match self.heartbeats.remove(&waiter) {
+            Some((broker, sent_at)) => self.heartbeat_answered(broker, sent_at, reply),
+            None => {
+                self.replies.insert(waiter, reply);
+            }
+        }
+    }
+
+    fn take_waiter(&mut self) -> u64 {
+        self.next_waiter += 1;
+        self.next_waiter
     }
 
     /// Sends a broker request to the leader (following NOT_LEADER as a client would, one hop)
@@ -134,27 +166,31 @@ impl Sim {
     fn request(&mut self, opcode: ControllerOpcode, body: Vec<u8>) -> Option<Reply> {
         let mut target = self.ids[self.rng.below(self.ids.len() as u64) as usize];
         for _ in 0..2 {
+            let waiter = self.take_waiter();
             let node = self.nodes.get_mut(&target)?.as_mut()?;
             let now = self.now_ms;
-            if let Some((_, reply)) = node.handle(opcode, &body, now, 0) {
-                if reply.status == Status::NotLeader {
-                    let message = String::from_utf8_lossy(&reply.body).to_string();
-                    target = wire::not_leader_hint(&message)?.0;
-                    continue;
+            let reply = match node.handle(opcode, &body, now, waiter) {
+                Some((_, reply)) => reply,
+                None => {
+                    // Pending: run until this node answers it (a crash loses it).
+                    let mut reply = None;
+                    for _ in 0..400 {
+                        self.step();
+                        if let Some(r) = self.replies.remove(&waiter) {
+                            reply = Some(r);
+                            break;
+                        }
+                        self.nodes.get(&target)?.as_ref()?;
+                    }
+                    reply?
                 }
-                return Some(reply);
+            };
+            if reply.status == Status::NotLeader {
+                let message = String::from_utf8_lossy(&reply.body).to_string();
+                target = wire::not_leader_hint(&message)?.0;
+                continue;
             }
-            // Pending: run until this node answers it.
-            for _ in 0..400 {
-                self.step();
-                let node = self.nodes.get_mut(&target)?.as_mut()?;
-                let driven = node.drive().unwrap();
-                self.deliver(target, driven.messages);
-                if let Some((_, reply)) = driven.answered.into_iter().next() {
-                    return Some(reply);
-                }
-            }
-            return None;
+            return Some(reply);
         }
         None
     }
@@ -173,7 +209,9 @@ impl Sim {
         if now % TICK_MS == 0 {
             for id in self.ids.clone() {
                 if let Some(Some(node)) = self.nodes.get_mut(&id) {
-                    node.tick(now);
+                    for (waiter, reply) in node.tick(now) {
+                        self.answered(waiter, reply);
+                    }
                 }
             }
         }
@@ -230,25 +268,53 @@ impl Sim {
         };
         let mut body = Vec::new();
         h.encode(&mut body);
-        // Heartbeats go to every controller; only the leader keeps them.
-        let mut answer = None;
+        // Heartbeats go to every controller; only a confirmed leader answers them, and a
+        // deposed one that has not noticed yet must not answer with a lease.
+        let sent_at = self.now_ms;
         for id in self.ids.clone() {
+            let waiter = self.take_waiter();
+            self.heartbeats.insert(waiter, (broker, sent_at));
             if let Some(Some(node)) = self.nodes.get_mut(&id) {
-                let now = self.now_ms;
                 if let Some((_, reply)) =
-                    node.handle(ControllerOpcode::BrokerHeartbeat, &body, now, 0)
+                    node.handle(ControllerOpcode::BrokerHeartbeat, &body, sent_at, waiter)
                 {
-                    if reply.status == Status::Ok {
-                        answer = wire::HeartbeatAnswer::decode(&reply.body).ok();
-                    }
+                    self.answered(waiter, reply);
                 }
             }
         }
-        // A master takes every live broker into its set (the sim's slaves are always caught
-        // up), as a real master does once they are; a dead one drops out the same way.
-        let Some(answer) = answer.filter(|a| a.role == ROLE_MASTER) else {
+    }
+
+    /// A heartbeat's answer reached its broker: a master lease is checked against every
+    /// other broker's, and the master asks to take every live broker into its set.
+    fn heartbeat_answered(&mut self, broker: usize, sent_at: u64, reply: Reply) {
+        if reply.status != Status::Ok {
+            return;
+        }
+        let Ok(answer) = wire::HeartbeatAnswer::decode(&reply.body) else {
             return;
         };
+        if answer.role != ROLE_MASTER {
+            return;
+        }
+        assert_eq!(
+            answer.lease_expires_ms,
+            sent_at + ElectionConfig::default().lease_ms
+        );
+        let now = self.now_ms;
+        if answer.lease_expires_ms > now {
+            for other in 0..3 {
+                let (until, epoch) = self.leases[other];
+                assert!(
+                    other == broker || until <= now,
+                    "at {now} ms broker {} is granted a master lease (epoch {}) while broker {} holds one until {until} ms (epoch {epoch})",
+                    self.broker_ids[broker], answer.master_epoch, self.broker_ids[other]
+                );
+            }
+            let lease = &mut self.leases[broker];
+            *lease = (lease.0.max(answer.lease_expires_ms), answer.master_epoch);
+        }
+        // A master takes every live broker into its set (the sim's slaves are always caught
+        // up), as a real master does once they are; a dead one drops out the same way.
         let live: Vec<u64> = (0..3)
             .filter(|b| self.brokers_alive[*b] && self.broker_ids[*b] != 0)
             .map(|b| self.broker_ids[b])
@@ -262,6 +328,12 @@ impl Sim {
                 sync_state_set_epoch: answer.sync_state_set_epoch,
                 new_sync_state_set: live,
             };
+            self.alters.push(alter);
+        }
+    }
+
+    fn send_alters(&mut self) {
+        for alter in std::mem::take(&mut self.alters) {
             let mut body = Vec::new();
             alter.encode(&mut body);
             let _ = self.request(ControllerOpcode::AlterSyncStateSet, body);
@@ -343,6 +415,7 @@ impl Sim {
                     }
                     self.heartbeat(b);
                 }
+                self.send_alters();
             }
             if self.rng.chance(5) {
                 self.fault();
@@ -364,6 +437,7 @@ impl Sim {
                     }
                     self.heartbeat(b);
                 }
+                self.send_alters();
             }
         }
         let states: BTreeSet<String> = self
@@ -400,8 +474,10 @@ impl Sim {
         };
         let mut body = Vec::new();
         h.encode(&mut body);
-        let reply = self
-            .request(ControllerOpcode::BrokerHeartbeat, body)
+        // A request may land on a leader still confirming its term (NO_QUORUM): ask again.
+        let reply = (0..5)
+            .filter_map(|_| self.request(ControllerOpcode::BrokerHeartbeat, body.clone()))
+            .find(|r| r.status == Status::Ok)
             .expect("a leader answers");
         let answer = wire::HeartbeatAnswer::decode(&reply.body).unwrap();
         assert_eq!(answer.role, ROLE_MASTER);
