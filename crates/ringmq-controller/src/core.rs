@@ -479,7 +479,13 @@ impl<C: Consensus, W> Controller<C, W> {
                 ),
             );
         }
-        let role = assigned_role(record, h.broker_id);
+        let mut role = assigned_role(record, h.broker_id);
+        // A master back from an unclean ASYNC_FLUSH restart is one `decide_election` replaces
+        // at the next tick: a lease now would overlap its successor's. It is told it is
+        // fenced (with the epoch, which it needs to see to stop reporting the restart).
+        if role == Role::Master && h.unclean_restart != 0 && h.async_flush != 0 {
+            role = Role::Fenced;
+        }
         let master = record.brokers.get(&record.master_broker_id);
         let answer = wire::HeartbeatAnswer {
             role: match role {
@@ -1001,6 +1007,59 @@ mod tests {
             .unwrap()
             .1;
         assert_eq!(garbage.status, Status::BadRequest);
+    }
+
+    #[test]
+    fn a_master_back_from_an_unclean_async_flush_restart_gets_no_lease() {
+        let mut c = lone();
+        let a = register(&mut c, "a");
+        let b = register(&mut c, "b");
+        heartbeat(&mut c, a, 1_000);
+        heartbeat(&mut c, b, 1_000);
+        c.tick(2_500);
+        c.drive().unwrap();
+        let answer = heartbeat(&mut c, b, 2_500);
+        assert_eq!(answer.role, ROLE_MASTER);
+        let alter = ask(
+            &mut c,
+            ControllerOpcode::AlterSyncStateSet,
+            body(&AlterSyncStateSet {
+                cluster_name: "c".into(),
+                broker_name: "g".into(),
+                master_broker_id: b,
+                master_epoch: answer.master_epoch,
+                sync_state_set_epoch: answer.sync_state_set_epoch,
+                new_sync_state_set: vec![a, b],
+            }),
+            2_500,
+        );
+        assert_eq!(alter.status, Status::Ok);
+        let reply = ask(
+            &mut c,
+            ControllerOpcode::BrokerHeartbeat,
+            body(&BrokerHeartbeat {
+                cluster_name: "c".into(),
+                broker_name: "g".into(),
+                broker_id: b,
+                epoch: 1,
+                end_offsets: vec![b],
+                unclean_restart: 1,
+                async_flush: 1,
+                learner: 0,
+                election_priority: 0,
+                sent_at_ms: 2_600,
+            }),
+            2_600,
+        );
+        let answer = HeartbeatAnswer::decode(&reply.body).unwrap();
+        assert_eq!(answer.role, ROLE_FENCED, "it is about to be replaced");
+        assert_eq!(answer.lease_expires_ms, 0);
+        assert_eq!(answer.master_epoch, 1, "it learns the epoch all the same");
+        // The next tick replaces it, and the new master's lease overlaps none.
+        heartbeat(&mut c, a, 2_600);
+        c.tick(2_700);
+        c.drive().unwrap();
+        assert_eq!(heartbeat(&mut c, a, 2_700).role, ROLE_MASTER);
     }
 
     #[test]
