@@ -130,6 +130,10 @@ pub struct Controller<C: Consensus, W> {
     /// tick does not propose the same one again while it commits.
     elections_in_flight: BTreeMap<(String, String, u32), u64>,
     pub compact_threshold: u64,
+    /// Elections applied, with the group as it was just before: the simulation checks each
+    /// against the committed state it was applied to.
+    #[cfg(test)]
+    pub elections_applied: Vec<(GroupRecord, Command)>,
 }
 
 impl<C: Consensus, W> Controller<C, W> {
@@ -154,6 +158,8 @@ impl<C: Consensus, W> Controller<C, W> {
             last_now_ms: 0,
             elections_in_flight: BTreeMap::new(),
             compact_threshold: DEFAULT_COMPACT_THRESHOLD,
+            #[cfg(test)]
+            elections_applied: Vec::new(),
         }
     }
 
@@ -716,7 +722,18 @@ impl<C: Consensus, W> Controller<C, W> {
                     );
                     return;
                 };
+                #[cfg(test)]
+                let before = match &command {
+                    Command::ElectMaster { cluster, group, .. } => {
+                        self.state.group(cluster, group).cloned()
+                    }
+                    _ => None,
+                };
                 let outcome = self.state.apply(&command);
+                #[cfg(test)]
+                if let (Some(before), Ok(_)) = (before, &outcome) {
+                    self.elections_applied.push((before, command.clone()));
+                }
                 if let Command::ElectMaster {
                     cluster,
                     group,

@@ -14,7 +14,7 @@
 
 use crate::core::{Controller, Reply};
 use crate::node::{MemoryPersistence, Persistence as _, RaftNode, TICK_MS};
-use crate::state::{ControllerState, ElectionConfig};
+use crate::state::{Command, ControllerState, ElectionConfig};
 use ringmq_protocol::controller::{self as wire, ControllerOpcode, ROLE_MASTER};
 use ringmq_protocol::Status;
 use std::collections::{BTreeMap, BTreeSet};
@@ -222,6 +222,25 @@ impl Sim {
     }
 
     fn check(&mut self) {
+        for node in self.nodes.values_mut().flatten() {
+            for (before, command) in node.elections_applied.drain(..) {
+                let Command::ElectMaster {
+                    new_master_broker_id,
+                    unclean,
+                    ..
+                } = command
+                else {
+                    continue;
+                };
+                assert!(!unclean, "unclean elections are off in the simulation");
+                assert!(
+                    before.master_epoch == 0
+                        || before.sync_state_set.contains(&new_master_broker_id),
+                    "broker {new_master_broker_id} elected outside the committed set {:?}",
+                    before.sync_state_set
+                );
+            }
+        }
         for (id, node) in &self.nodes {
             let Some(node) = node else { continue };
             if self.checked.insert(*id, node.applied) == Some(node.applied) {

@@ -120,12 +120,15 @@ pub enum Command {
         sync_state_set_epoch: u32,
         new_sync_state_set: BTreeSet<u64>,
     },
-    /// Fenced by the epoch it was decided at: of two elections decided at one epoch, the
-    /// first committed wins and the other changes nothing.
+    /// Fenced by both epochs it was decided at: of two elections decided at one epoch, the
+    /// first committed wins and the other changes nothing; and one decided before a
+    /// SyncStateSet change that commits first changes nothing either (its winner and new set
+    /// came from the old set), so the next tick decides again on the committed set.
     ElectMaster {
         cluster: String,
         group: String,
         expected_master_epoch: u32,
+        expected_sync_state_set_epoch: u32,
         new_master_broker_id: u64,
         new_sync_state_set: BTreeSet<u64>,
         unclean: bool,
@@ -207,13 +210,16 @@ impl ControllerState {
                 cluster,
                 group,
                 expected_master_epoch,
+                expected_sync_state_set_epoch,
                 new_master_broker_id,
                 new_sync_state_set,
                 unclean,
                 lost,
             } => {
                 let record = self.group_mut(cluster, group)?;
-                if record.master_epoch != *expected_master_epoch {
+                if record.master_epoch != *expected_master_epoch
+                    || record.sync_state_set_epoch != *expected_sync_state_set_epoch
+                {
                     return Err(stale(record));
                 }
                 check_set(record, *new_master_broker_id, new_sync_state_set)?;
@@ -450,6 +456,7 @@ pub fn decide_election(
         cluster: cluster.to_string(),
         group: group.to_string(),
         expected_master_epoch: record.master_epoch,
+        expected_sync_state_set_epoch: record.sync_state_set_epoch,
         new_master_broker_id: winner,
         new_sync_state_set: new_set,
         unclean,

@@ -54,6 +54,7 @@ fn three_in_sync() -> (ControllerState, [u64; 3]) {
             cluster: C.into(),
             group: G.into(),
             expected_master_epoch: 0,
+            expected_sync_state_set_epoch: 0,
             new_master_broker_id: ids[0],
             new_sync_state_set: ids.iter().copied().collect(),
             unclean: false,
@@ -165,13 +166,55 @@ fn sync_state_set_changes_are_fenced_by_both_epochs_and_the_master() {
 }
 
 #[test]
+fn an_election_decided_before_a_set_change_that_committed_first_changes_nothing() {
+    let (mut state, ids) = three_in_sync();
+    let config = ElectionConfig::default();
+    // The master is silent; the leader decides on the set {1, 2, 3} and picks broker 3 (the
+    // highest end offset)...
+    let now = 9_000;
+    let mut liveness = Liveness::new(0);
+    liveness.record(ids[1], report(now, 1, 100));
+    liveness.record(ids[2], report(now, 1, 200));
+    let decided = elect(&state, &liveness, now, &config).expect("the master is lost");
+    assert!(
+        matches!(decided, Command::ElectMaster { new_master_broker_id, .. } if new_master_broker_id == ids[2])
+    );
+    // ...but the old master's change dropping broker 3 commits first.
+    let group = state.group(C, G).unwrap().clone();
+    state
+        .apply(&Command::AlterSyncStateSet {
+            cluster: C.into(),
+            group: G.into(),
+            master_broker_id: ids[0],
+            master_epoch: group.master_epoch,
+            sync_state_set_epoch: group.sync_state_set_epoch,
+            new_sync_state_set: ids[..2].iter().copied().collect(),
+        })
+        .unwrap();
+    assert!(matches!(
+        state.apply(&decided),
+        Err(Refusal::StaleEpoch { .. })
+    ));
+    let group = state.group(C, G).unwrap();
+    assert_eq!(group.master_broker_id, ids[0], "nothing changed");
+    // The next decision is made on the committed set.
+    let again = elect(&state, &liveness, now, &config).unwrap();
+    assert!(
+        matches!(again, Command::ElectMaster { new_master_broker_id, .. } if new_master_broker_id == ids[1])
+    );
+    state.apply(&again).unwrap();
+}
+
+#[test]
 fn of_two_elections_decided_at_one_epoch_only_the_first_applies() {
     let (mut state, ids) = three_in_sync();
     let epoch = state.group(C, G).unwrap().master_epoch;
+    let set_epoch = state.group(C, G).unwrap().sync_state_set_epoch;
     let elect = |id: u64| Command::ElectMaster {
         cluster: C.into(),
         group: G.into(),
         expected_master_epoch: epoch,
+        expected_sync_state_set_epoch: set_epoch,
         new_master_broker_id: id,
         new_sync_state_set: [id].into_iter().collect(),
         unclean: false,
@@ -347,6 +390,7 @@ fn unclean_election_is_off_by_default_and_records_the_lost_range_when_on() {
             cluster: C.into(),
             group: G.into(),
             expected_master_epoch: 0,
+            expected_sync_state_set_epoch: 0,
             new_master_broker_id: ids[0],
             new_sync_state_set: ids[..2].iter().copied().collect(),
             unclean: false,
@@ -419,14 +463,17 @@ fn arbitrary_command() -> impl Strategy<Value = Command> {
                 new_sync_state_set: set,
             }
         }),
-        (0u8..2, 0u32..4, 1u64..6, ids).prop_map(|(g, e, m, set)| Command::ElectMaster {
-            cluster: C.into(),
-            group: format!("g{g}"),
-            expected_master_epoch: e,
-            new_master_broker_id: m,
-            new_sync_state_set: set,
-            unclean: false,
-            lost: vec![],
+        (0u8..2, 0u32..4, 0u32..4, 1u64..6, ids).prop_map(|(g, e, se, m, set)| {
+            Command::ElectMaster {
+                cluster: C.into(),
+                group: format!("g{g}"),
+                expected_master_epoch: e,
+                expected_sync_state_set_epoch: se,
+                new_master_broker_id: m,
+                new_sync_state_set: set,
+                unclean: false,
+                lost: vec![],
+            }
         }),
     ]
 }
