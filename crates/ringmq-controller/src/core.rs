@@ -8,8 +8,11 @@
 //! ms), so a test decides what time it is.
 //!
 //! A request waits for its command as a *waiter* (`W`: the process's reply channel, a test's
-//! number). A command is tagged with this controller's id and a sequence number in its
-//! entry's context; when an entry with our tag is applied, its waiter gets the result. A
+//! number). A command is tagged with this controller's id, an incarnation drawn at random
+//! when it starts, and a sequence number in its entry's context; when an entry with our tag
+//! and the very command the waiter proposed is applied, the waiter gets the result (the
+//! sequence starts again at each start, so without the incarnation an entry proposed before
+//! a restart could answer a new waiter with another command's result). A
 //! proposal that a leader change dropped never commits: its waiter is answered `NO_QUORUM`
 //! after [`PROPOSAL_TIMEOUT_MS`], and the broker asks again (every controller request is
 //! idempotent or fenced).
@@ -85,6 +88,9 @@ struct Pending<W> {
     waiter: W,
     owed: Owed,
     deadline_ms: u64,
+    /// The entry's data (a command) or context (a membership change) as proposed: an
+    /// applied entry answers this waiter only if it is the same.
+    proposed: Vec<u8>,
 }
 
 /// A read answered from the state once a read-index round confirms this controller leads.
@@ -120,6 +126,9 @@ pub struct Controller<C: Consensus, W> {
     /// Soft state: `Some` while this controller leads.
     liveness: Option<Liveness>,
     next_sequence: u64,
+    /// Drawn at random at each start: with the id and the sequence, it makes a proposal's
+    /// tag unique across restarts.
+    incarnation: u64,
     pending: BTreeMap<u64, Pending<W>>,
     /// Reads waiting for the next read-index round, and the round in flight.
     reads: Vec<PendingRead<W>>,
@@ -152,6 +161,7 @@ impl<C: Consensus, W> Controller<C, W> {
             initial_peers,
             liveness: None,
             next_sequence: 1,
+            incarnation: random_incarnation(),
             pending: BTreeMap::new(),
             reads: Vec::new(),
             read_round: None,
@@ -215,13 +225,14 @@ impl<C: Consensus, W> Controller<C, W> {
                 }
             }
             Dispatch::Propose(command, owed) => match self.propose(&command, now_ms) {
-                Ok(sequence) => {
+                Ok((sequence, proposed)) => {
                     self.pending.insert(
                         sequence,
                         Pending {
                             waiter,
                             owed,
                             deadline_ms: now_ms + PROPOSAL_TIMEOUT_MS,
+                            proposed,
                         },
                     );
                     return None;
@@ -230,8 +241,15 @@ impl<C: Consensus, W> Controller<C, W> {
             },
             Dispatch::Membership(change, addr) => {
                 let sequence = self.take_sequence();
-                let context = serde_json::to_vec(&(sequence, self.id(), addr)).expect("serializes");
-                match self.consensus.propose_membership(change, context) {
+                let context = serde_json::to_vec(&(
+                    sequence,
+                    self.id(),
+                    self.incarnation,
+                    change_code(change),
+                    addr,
+                ))
+                .expect("serializes");
+                match self.consensus.propose_membership(change, context.clone()) {
                     Ok(()) => {
                         self.pending.insert(
                             sequence,
@@ -239,6 +257,7 @@ impl<C: Consensus, W> Controller<C, W> {
                                 waiter,
                                 owed: Owed::Membership,
                                 deadline_ms: now_ms + PROPOSAL_TIMEOUT_MS,
+                                proposed: context,
                             },
                         );
                         return None;
@@ -278,7 +297,7 @@ impl<C: Consensus, W> Controller<C, W> {
         if !self.consensus.committed_own_term() {
             return;
         }
-        let context = tag(self.id(), self.take_sequence());
+        let context = tag(self.id(), self.incarnation, self.take_sequence());
         self.consensus.read_index(context.clone());
         self.read_round = Some(ReadRound {
             context,
@@ -337,13 +356,14 @@ impl<C: Consensus, W> Controller<C, W> {
         sequence
     }
 
-    fn propose(&mut self, command: &Command, _now_ms: u64) -> Result<u64, Reply> {
+    /// Proposes `command`: its sequence number and its data, as the entry will carry them.
+    fn propose(&mut self, command: &Command, _now_ms: u64) -> Result<(u64, Vec<u8>), Reply> {
         let sequence = self.take_sequence();
-        let context = tag(self.id(), sequence);
+        let context = tag(self.id(), self.incarnation, sequence);
         let data = serde_json::to_vec(command).expect("a command serializes");
         self.consensus
-            .propose(context, data)
-            .map(|()| sequence)
+            .propose(context, data.clone())
+            .map(|()| (sequence, data))
             .map_err(|e| self.propose_error(e))
     }
 
@@ -747,9 +767,7 @@ impl<C: Consensus, W> Controller<C, W> {
                         *expected_master_epoch,
                     ));
                 }
-                let Some(pending) =
-                    untag(&context, self.id()).and_then(|s| self.pending.remove(&s))
-                else {
+                let Some(pending) = self.take_pending(&context, &data) else {
                     return;
                 };
                 let reply = match (outcome, pending.owed, &command) {
@@ -777,8 +795,8 @@ impl<C: Consensus, W> Controller<C, W> {
                 context,
             } => {
                 self.applied = index;
-                let (sequence, proposer, addr): (u64, u64, String) =
-                    serde_json::from_slice(&context).unwrap_or((0, 0, String::new()));
+                let (sequence, proposer, incarnation, _, addr): (u64, u64, u64, u8, String) =
+                    serde_json::from_slice(&context).unwrap_or((0, 0, 0, 0, String::new()));
                 let command = match change {
                     MembershipChange::Add(id) => Command::SetPeer { id, addr },
                     MembershipChange::Remove(id) => Command::RemovePeer { id },
@@ -788,13 +806,29 @@ impl<C: Consensus, W> Controller<C, W> {
                     "controller {}: membership {change:?} applied at {index}",
                     self.id()
                 );
-                if proposer == self.id() {
+                let ours = proposer == self.id()
+                    && incarnation == self.incarnation
+                    && self
+                        .pending
+                        .get(&sequence)
+                        .is_some_and(|p| p.proposed == context);
+                if ours {
                     if let Some(pending) = self.pending.remove(&sequence) {
                         answered.push((pending.waiter, Reply::ok(Vec::new())));
                     }
                 }
             }
         }
+    }
+
+    /// The waiter an applied command answers: the tag is ours (id and incarnation) and the
+    /// command is the one that waiter proposed.
+    fn take_pending(&mut self, context: &[u8], data: &[u8]) -> Option<Pending<W>> {
+        let sequence = untag(context, self.id(), self.incarnation)?;
+        if self.pending.get(&sequence)?.proposed != data {
+            return None;
+        }
+        self.pending.remove(&sequence)
     }
 
     /// The groups' masters, for the simulation's checks.
@@ -823,18 +857,46 @@ fn encode<T: for<'a> ringmq_protocol::codec::Fields<'a>>(value: &T) -> Vec<u8> {
     out
 }
 
-/// An entry's context: the proposing controller's id and its sequence number, LE.
-fn tag(id: u64, sequence: u64) -> Vec<u8> {
+/// An entry's context: the proposing controller's id, its incarnation and the sequence
+/// number, LE.
+fn tag(id: u64, incarnation: u64, sequence: u64) -> Vec<u8> {
     let mut context = id.to_le_bytes().to_vec();
+    context.extend_from_slice(&incarnation.to_le_bytes());
     context.extend_from_slice(&sequence.to_le_bytes());
     context
 }
 
-fn untag(context: &[u8], id: u64) -> Option<u64> {
-    if context.len() != 16 || context[..8] != id.to_le_bytes() {
+/// The sequence number of a context `tag(id, incarnation, _)` wrote, else `None`.
+fn untag(context: &[u8], id: u64, incarnation: u64) -> Option<u64> {
+    if context.len() != 24
+        || context[..8] != id.to_le_bytes()
+        || context[8..16] != incarnation.to_le_bytes()
+    {
         return None;
     }
-    Some(u64::from_le_bytes(context[8..].try_into().ok()?))
+    Some(u64::from_le_bytes(context[16..].try_into().ok()?))
+}
+
+/// A membership change in its proposal's context (so two changes never look alike).
+fn change_code(change: MembershipChange) -> u8 {
+    match change {
+        MembershipChange::Add(_) => 1,
+        MembershipChange::Remove(_) => 2,
+    }
+}
+
+/// A fresh 64-bit value per start: std's randomly keyed hasher (seeded from the OS) over
+/// the wall clock and the process id. Uniqueness is all that is needed, not secrecy.
+fn random_incarnation() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }
 
 #[cfg(test)]
@@ -1077,6 +1139,61 @@ mod tests {
         c.tick(2_700);
         c.drive().unwrap();
         assert_eq!(heartbeat(&mut c, a, 2_700).role, ROLE_MASTER);
+    }
+
+    #[test]
+    fn an_entry_from_an_earlier_start_or_another_command_answers_no_waiter() {
+        let mut c = lone();
+        let register = |store: &str| RegisterBroker {
+            cluster_name: "c".into(),
+            broker_name: "g".into(),
+            store_identity: store.into(),
+            listen: format!("{store}:1"),
+            ha_listen: format!("{store}:2"),
+        };
+        assert!(c
+            .handle(
+                ControllerOpcode::RegisterBroker,
+                &body(&register("b")),
+                1_000,
+                9
+            )
+            .is_none());
+        let sequence = c.next_sequence - 1;
+        // Entries proposed before a restart, carrying the same id and sequence (the sequence
+        // starts again at 1 on each start), and one with our tag but another command.
+        let other = |store: &str| Command::RegisterBroker {
+            cluster: "c".into(),
+            group: "g".into(),
+            store_identity: store.into(),
+            address: BrokerAddress {
+                listen: format!("{store}:1"),
+                ha_listen: format!("{store}:2"),
+            },
+        };
+        let mut answered = Vec::new();
+        for (incarnation, store) in [(c.incarnation.wrapping_add(1), "a"), (c.incarnation, "z")] {
+            let index = c.applied + 1;
+            c.apply(
+                Committed::Command {
+                    index,
+                    context: tag(c.id(), incarnation, sequence),
+                    data: serde_json::to_vec(&other(store)).unwrap(),
+                },
+                &mut answered,
+            );
+        }
+        assert!(
+            answered.is_empty(),
+            "no waiter gets another command's answer"
+        );
+        let (waiter, reply) = c.drive().unwrap().answered.pop().expect("its own entry");
+        assert_eq!(waiter, 9);
+        let id = BrokerIdentity::decode(&reply.body).unwrap().broker_id;
+        let group = c.state.group("c", "g").unwrap();
+        assert_eq!(group.stores["b"], id);
+        assert_ne!(group.stores["a"], id, "two stores never share a broker id");
+        assert_ne!(group.stores["z"], id);
     }
 
     #[test]

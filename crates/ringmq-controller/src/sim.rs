@@ -376,6 +376,10 @@ impl Sim {
                     self.broker_ids[broker] == 0 || self.broker_ids[broker] == id,
                     "a store's id changed"
                 );
+                assert!(
+                    (0..3).all(|b| b == broker || self.broker_ids[b] != id),
+                    "stores {broker} and another were both given broker id {id}"
+                );
                 self.broker_ids[broker] = id;
             }
         }
