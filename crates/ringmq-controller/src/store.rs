@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! <store>/lock        flock'd for the life of the process: one controller per store
-//! <store>/log         Raft entries, appended: [len u32][crc32c u32][protobuf Entry], LE
+//! <store>/log.<S>     Raft entries after the snapshot at index S, appended:
+//!                     [len u32][crc32c u32][protobuf Entry], LE
 //! <store>/hardstate   term, vote, commit: one framed record, replaced atomically
 //! <store>/snapshot    the last snapshot (metadata + state machine JSON), replaced atomically
 //! ```
@@ -15,9 +16,14 @@
 //! start it is read up to the first record that is short or fails its crc (a torn last write):
 //! the file is cut there. A record for index `i` replaces every entry from `i` on (Raft
 //! overwrote a conflicting tail), exactly as [`MemStorage`] does when it is appended, so the
-//! replay rebuilds what was in memory. Compaction writes the snapshot first, then rewrites the
-//! log without the entries it covers; a crash between the two leaves a log whose head the
-//! snapshot covers, which the replay skips.
+//! replay rebuilds what was in memory.
+//!
+//! A new snapshot (compaction, or one the leader sent) comes with a new log file, named by
+//! the snapshot's index: the new log (the entries kept after the snapshot, none for the
+//! leader's) is written atomically first, then the snapshot, which is the commit point; the
+//! old log is removed after. On start the snapshot names the one log that goes with it and
+//! any other is removed, so a crash between the writes never pairs a snapshot with entries
+//! from before it that the leader's log has since replaced.
 //!
 //! Reads are served by raft-rs's [`MemStorage`], which this store keeps in step: everything
 //! on disk is also in memory (the controller's log is small: compaction bounds it).
@@ -49,6 +55,8 @@ pub struct Recovery {
 pub struct DiskStore {
     dir: PathBuf,
     log: File,
+    /// The snapshot index the open log file goes with (its name).
+    log_index: u64,
     memory: MemStorage,
     snapshot: Arc<RwLock<Snapshot>>,
     /// Held for the life of the store: its flock keeps a second controller off this store.
@@ -68,7 +76,7 @@ impl DiskStore {
     pub fn open(dir: &Path, initial_voters: &[u64]) -> io::Result<DiskStore> {
         fs::create_dir_all(dir).map_err(|e| io_context(dir, "create", e))?;
         let lock = lock_store(dir)?;
-        for leftover in ["hardstate.tmp", "snapshot.tmp", "log.tmp"] {
+        for leftover in ["hardstate.tmp", "snapshot.tmp"] {
             let _ = fs::remove_file(dir.join(leftover));
         }
         let memory = MemStorage::new();
@@ -96,8 +104,10 @@ impl DiskStore {
                 .apply_snapshot(snapshot.clone())
                 .map_err(raft_error)?;
         }
-        let log_path = dir.join("log");
+        remove_other_logs(dir, snapshot_index)?;
+        let log_path = dir.join(log_name(snapshot_index));
         let (entries, good_len, file_len) = replay_log(&log_path, snapshot_index)?;
+        let created = !log_path.exists();
         let mut log = OpenOptions::new()
             .create(true)
             .read(true)
@@ -105,6 +115,10 @@ impl DiskStore {
             .truncate(false)
             .open(&log_path)
             .map_err(|e| io_context(&log_path, "open", e))?;
+        if created {
+            // The new file's name must be durable before an entry in it is acknowledged.
+            sync_dir(dir)?;
+        }
         if good_len < file_len {
             log.set_len(good_len)
                 .map_err(|e| io_context(&log_path, "truncate", e))?;
@@ -128,11 +142,15 @@ impl DiskStore {
             // leader was written and before the hard state that followed it leaves an older
             // commit here, which would put the applied index past the commit.
             hard_state.commit = hard_state.commit.max(snapshot_index);
+            // Likewise the term: the snapshot's entries are of its term or earlier, and a
+            // node must never vote or append in a term below one it has seen.
+            hard_state.term = hard_state.term.max(snapshot.get_metadata().term);
             memory.wl().set_hardstate(hard_state);
         }
         Ok(DiskStore {
             dir: dir.to_path_buf(),
             log,
+            log_index: snapshot_index,
             memory,
             snapshot: Arc::new(RwLock::new(snapshot)),
             _lock: lock,
@@ -166,7 +184,7 @@ impl DiskStore {
         for entry in entries {
             buf.extend_from_slice(&frame(&entry.write_to_bytes().map_err(invalid("entry"))?));
         }
-        let path = self.dir.join("log");
+        let path = self.dir.join(log_name(self.log_index));
         self.log
             .write_all(&buf)
             .map_err(|e| io_context(&path, "append to", e))?;
@@ -191,15 +209,15 @@ impl DiskStore {
         self.set_hard_state(&hard_state)
     }
 
-    /// A snapshot the leader sent: replaces the state and the whole log.
+    /// A snapshot the leader sent: replaces the state and the whole log, and becomes the
+    /// snapshot this store serves to followers once it leads.
     pub fn apply_snapshot(&mut self, snapshot: &Snapshot) -> io::Result<()> {
-        let bytes = snapshot.write_to_bytes().map_err(invalid("snapshot"))?;
-        write_atomically(&self.dir, "snapshot", &frame(&bytes))?;
+        self.install(snapshot, &[])?;
         self.memory
             .wl()
             .apply_snapshot(snapshot.clone())
             .map_err(raft_error)?;
-        self.rewrite_log(&[])?;
+        *self.snapshot.write().expect("snapshot lock") = snapshot.clone();
         self.entries_since_snapshot = 0;
         Ok(())
     }
@@ -219,8 +237,6 @@ impl DiskStore {
         metadata.index = applied_index;
         metadata.term = term;
         metadata.set_conf_state(conf_state.clone());
-        let bytes = snapshot.write_to_bytes().map_err(invalid("snapshot"))?;
-        write_atomically(&self.dir, "snapshot", &frame(&bytes))?;
         let last = self.memory.last_index().map_err(raft_error)?;
         let kept = if last > applied_index {
             self.memory
@@ -234,7 +250,7 @@ impl DiskStore {
         } else {
             Vec::new()
         };
-        self.rewrite_log(&kept)?;
+        self.install(&snapshot, &kept)?;
         compact_memory(&self.memory, &self.snapshot, snapshot, &kept)?;
         self.entries_since_snapshot = kept.len() as u64;
         Ok(())
@@ -251,17 +267,29 @@ impl DiskStore {
         }
     }
 
-    fn rewrite_log(&mut self, entries: &[Entry]) -> io::Result<()> {
+    /// Makes `snapshot` durable with `kept` (the entries after it) as its log: the new log
+    /// first, then the snapshot (the commit point), then the old log goes.
+    fn install(&mut self, snapshot: &Snapshot, kept: &[Entry]) -> io::Result<()> {
+        let index = snapshot.get_metadata().index;
         let mut buf = Vec::new();
-        for entry in entries {
+        for entry in kept {
             buf.extend_from_slice(&frame(&entry.write_to_bytes().map_err(invalid("entry"))?));
         }
-        write_atomically(&self.dir, "log", &buf)?;
-        let path = self.dir.join("log");
+        let name = log_name(index);
+        write_atomically(&self.dir, &name, &buf)?;
+        let bytes = snapshot.write_to_bytes().map_err(invalid("snapshot"))?;
+        write_atomically(&self.dir, "snapshot", &frame(&bytes))?;
+        let path = self.dir.join(&name);
         self.log = OpenOptions::new()
             .append(true)
             .open(&path)
             .map_err(|e| io_context(&path, "open", e))?;
+        if self.log_index != index {
+            let old = self.dir.join(log_name(self.log_index));
+            // Left behind by a crash, it is removed on the next start.
+            let _ = fs::remove_file(old);
+        }
+        self.log_index = index;
         Ok(())
     }
 }
@@ -431,6 +459,32 @@ fn replay_log(path: &Path, snapshot_index: u64) -> io::Result<(Vec<Entry>, u64, 
     Ok((entries, at as u64, bytes.len() as u64))
 }
 
+/// The log file that goes with the snapshot at `snapshot_index`.
+fn log_name(snapshot_index: u64) -> String {
+    format!("log.{snapshot_index}")
+}
+
+/// Removes log files (and their temporary files) other than the snapshot's: a crash during
+/// an install leaves the new one unused, or the old one unremoved.
+fn remove_other_logs(dir: &Path, snapshot_index: u64) -> io::Result<()> {
+    let keep = log_name(snapshot_index);
+    for entry in fs::read_dir(dir).map_err(|e| io_context(dir, "list", e))? {
+        let name = entry.map_err(|e| io_context(dir, "list", e))?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("log.") && name != keep {
+            fs::remove_file(dir.join(name))
+                .map_err(|e| io_context(&dir.join(name), "remove", e))?;
+        }
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_context(dir, "fsync directory", e))
+}
+
 fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let target = dir.join(name);
@@ -439,9 +493,7 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
         .map_err(|e| io_context(&tmp, "write", e))?;
     f.sync_all().map_err(|e| io_context(&tmp, "fsync", e))?;
     fs::rename(&tmp, &target).map_err(|e| io_context(&target, "rename onto", e))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_context(dir, "fsync directory", e))
+    sync_dir(dir)
 }
 
 fn lock_store(dir: &Path) -> io::Result<File> {

@@ -73,13 +73,13 @@ fn a_torn_tail_is_cut_at_every_length_and_appends_continue_after_it() {
     {
         let mut store = DiskStore::open(dir.path(), &[1]).unwrap();
         store.append(&[entry(1, 1, "first")]).unwrap();
-        first_len = fs::metadata(dir.path().join("log")).unwrap().len();
+        first_len = fs::metadata(dir.path().join("log.0")).unwrap().len();
         store.append(&[entry(2, 1, "second")]).unwrap();
-        full_len = fs::metadata(dir.path().join("log")).unwrap().len();
+        full_len = fs::metadata(dir.path().join("log.0")).unwrap().len();
     }
-    let pristine = fs::read(dir.path().join("log")).unwrap();
+    let pristine = fs::read(dir.path().join("log.0")).unwrap();
     for cut in first_len..full_len {
-        fs::write(dir.path().join("log"), &pristine[..cut as usize]).unwrap();
+        fs::write(dir.path().join("log.0"), &pristine[..cut as usize]).unwrap();
         let mut store = DiskStore::open(dir.path(), &[1]).unwrap();
         assert_eq!(datas(&store), ["first"], "cut at {cut}");
         assert_eq!(store.recovery.truncated_bytes, cut - first_len);
@@ -99,7 +99,7 @@ fn a_flipped_bit_in_the_last_record_is_a_bad_crc_and_cut() {
             .append(&[entry(1, 1, "first"), entry(2, 1, "second")])
             .unwrap();
     }
-    let path = dir.path().join("log");
+    let path = dir.path().join("log.0");
     let mut bytes = fs::read(&path).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x10;
@@ -134,7 +134,7 @@ fn a_commit_past_a_torn_tail_is_clamped() {
         store.append(&[entry(1, 1, "a"), entry(2, 1, "b")]).unwrap();
         store.set_hard_state(&hard_state(1, 1, 2)).unwrap();
     }
-    let path = dir.path().join("log");
+    let path = dir.path().join("log.0");
     let len = fs::metadata(&path).unwrap().len();
     OpenOptions::new()
         .write(true)
@@ -207,13 +207,68 @@ fn compaction_keeps_the_tail_and_survives_a_crash_between_its_two_writes() {
     let old_log: Vec<u8> = (1..=10)
         .flat_map(|i| frame(&entry(i, 1, &format!("e{i}")).write_to_bytes().unwrap()))
         .collect();
-    fs::write(dir.path().join("log"), old_log).unwrap();
+    fs::write(dir.path().join("log.0"), &old_log).unwrap();
     let store = DiskStore::open(dir.path(), &[1]).unwrap();
     assert_eq!(
         datas(&store),
         ["e8", "e9", "e10"],
-        "entries the snapshot covers are skipped"
+        "the snapshot's own log is read, the old one ignored"
     );
+    assert!(!dir.path().join("log.0").exists(), "and removed");
+    drop(store);
+
+    // A crash after the new log was written and before the snapshot: the old snapshot and
+    // its log stand, the unused new log is removed.
+    let fresh = tempfile::tempdir().unwrap();
+    {
+        let mut store = DiskStore::open(fresh.path(), &[1]).unwrap();
+        let entries: Vec<Entry> = (1..=10).map(|i| entry(i, 1, &format!("e{i}"))).collect();
+        store.append(&entries).unwrap();
+        store.set_hard_state(&hard_state(1, 1, 10)).unwrap();
+    }
+    fs::write(fresh.path().join("log.7"), &old_log[..0]).unwrap();
+    let store = DiskStore::open(fresh.path(), &[1]).unwrap();
+    assert_eq!(datas(&store).len(), 10);
+    assert!(!fresh.path().join("log.7").exists());
+}
+
+#[test]
+fn a_crash_after_a_leader_snapshot_never_keeps_the_old_log_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = leader_snapshot(20, 3);
+    {
+        let mut store = DiskStore::open(dir.path(), &[1, 2]).unwrap();
+        store.append(&[entry(1, 1, "a")]).unwrap();
+        store.set_hard_state(&hard_state(1, 1, 1)).unwrap();
+        store.apply_snapshot(&snapshot).unwrap();
+    }
+    // The old log as a crash before its removal would leave it, holding entries past the
+    // snapshot from a term the leader's log replaced.
+    let stale: Vec<u8> = (1..=22)
+        .flat_map(|i| frame(&entry(i, 1, "stale").write_to_bytes().unwrap()))
+        .collect();
+    fs::write(dir.path().join("log.0"), stale).unwrap();
+    let store = DiskStore::open(dir.path(), &[1, 2]).unwrap();
+    assert!(
+        datas(&store).is_empty(),
+        "no entry after the snapshot survives"
+    );
+    let state = store.storage().initial_state().unwrap();
+    assert_eq!(
+        state.hard_state.term, 3,
+        "the term is never below the snapshot's"
+    );
+}
+
+fn leader_snapshot(index: u64, term: u64) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    snapshot.set_data(b"leader-state".to_vec().into());
+    snapshot.mut_metadata().index = index;
+    snapshot.mut_metadata().term = term;
+    snapshot
+        .mut_metadata()
+        .set_conf_state(ConfState::from((vec![1, 2], vec![])));
+    snapshot
 }
 
 #[test]
@@ -229,6 +284,10 @@ fn a_snapshot_from_the_leader_replaces_the_log() {
         .mut_metadata()
         .set_conf_state(ConfState::from((vec![1, 2], vec![])));
     store.apply_snapshot(&snapshot).unwrap();
+    // Served at once to a follower that needs it (raft-rs panics on an empty one).
+    let served = store.storage().snapshot(0, 0).unwrap();
+    assert_eq!(served.get_metadata().index, 20);
+    assert_eq!(served.get_data(), b"leader-state");
     store.append(&[entry(21, 3, "after")]).unwrap();
     drop(store);
     let store = DiskStore::open(dir.path(), &[1, 2]).unwrap();
