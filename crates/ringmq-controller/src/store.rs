@@ -13,8 +13,12 @@
 //! `.tmp` left behind is ignored and removed on start).
 //!
 //! The log is only appended to and fsynced before Raft is told its entries are durable. On
-//! start it is read up to the first record that is short or fails its crc (a torn last write):
-//! the file is cut there. A record for index `i` replaces every entry from `i` on (Raft
+//! start it is read up to the first record that is short or fails its crc: if that is a torn
+//! last write (nothing valid after it) the file is cut there; a bad record with a valid one
+//! after it is corruption, and so is a hard state that counts as committed an entry the log
+//! no longer has (entries are fsynced before the hard state that commits them, so a torn
+//! write never takes a committed one): the store refuses to start rather than silently
+//! forget what a majority may have counted on. A record for index `i` replaces every entry from `i` on (Raft
 //! overwrote a conflicting tail), exactly as [`MemStorage`] does when it is appended, so the
 //! replay rebuilds what was in memory.
 //!
@@ -134,10 +138,20 @@ impl DiskStore {
         if let Some(bytes) = read_record_file(&dir.join("hardstate"))? {
             let mut hard_state =
                 HardState::parse_from_bytes(&bytes).map_err(invalid("hardstate"))?;
-            // The commit index may name entries a torn tail took (they were never durable
-            // here, so Raft never counted this store for them): clamp it to what is left.
+            // Entries are durable before the hard state that commits them, so a torn tail
+            // never takes a committed one: a commit past the log's end means the log lost
+            // entries (corruption). Starting anyway would apply less than was committed.
             let last = memory.last_index().map_err(raft_error)?;
-            hard_state.commit = hard_state.commit.min(last);
+            if hard_state.commit > last {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "store {}: the hard state counts entries up to {} as committed but the log ends at {last}: committed entries are lost (the log is corrupt). Rebuild this controller from its peers (remove-peer, move the store away, add-peer)",
+                        dir.display(),
+                        hard_state.commit
+                    ),
+                ));
+            }
             // A snapshot is only ever of committed entries; a crash after a snapshot from the
             // leader was written and before the hard state that followed it leaves an older
             // commit here, which would put the applied index past the commit.
@@ -428,9 +442,28 @@ fn replay_log(path: &Path, snapshot_index: u64) -> io::Result<(Vec<Entry>, u64, 
     }
     let mut entries: Vec<Entry> = Vec::new();
     let mut at = 0;
-    while let Some((payload, used)) = unframe(&bytes[at..]) {
-        let Ok(entry) = Entry::parse_from_bytes(payload) else {
+    loop {
+        let Some((payload, used)) = unframe(&bytes[at..]) else {
+            if let Some(next) = record_after_bad(&bytes[at..]) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: the record at byte {at} is corrupt and a valid one follows it at byte {}: not a torn tail",
+                        path.display(),
+                        at + next
+                    ),
+                ));
+            }
             break;
+        };
+        let Ok(entry) = Entry::parse_from_bytes(payload) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: the record at byte {at} checks but is not an entry",
+                    path.display()
+                ),
+            ));
         };
         at += used;
         if entry.index <= snapshot_index {
@@ -483,6 +516,20 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io_context(dir, "fsync directory", e))
+}
+
+/// Where a valid record starts after the bad one `bytes` begins with, if its length field
+/// is sane and the bytes after it frame a record: then the bad one is not a torn last write.
+/// (A torn write whose length field is itself garbage cannot be told from corruption here;
+/// the commit check on start catches a committed entry lost that way.)
+fn record_after_bad(bytes: &[u8]) -> Option<usize> {
+    let header = bytes.get(..RECORD_HEADER_BYTES)?;
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    if len > MAX_RECORD_BYTES {
+        return None;
+    }
+    let next = RECORD_HEADER_BYTES + len;
+    unframe(bytes.get(next..)?).map(|_| next)
 }
 
 fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {

@@ -127,7 +127,7 @@ fn a_rewritten_tail_replaces_the_entries_it_overlaps() {
 }
 
 #[test]
-fn a_commit_past_a_torn_tail_is_clamped() {
+fn a_commit_past_the_log_end_is_corruption_not_clamped() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut store = DiskStore::open(dir.path(), &[1]).unwrap();
@@ -142,11 +142,36 @@ fn a_commit_past_a_torn_tail_is_clamped() {
         .unwrap()
         .set_len(len - 1)
         .unwrap();
-    let store = DiskStore::open(dir.path(), &[1]).unwrap();
-    assert_eq!(
-        store.storage().initial_state().unwrap().hard_state.commit,
-        1
+    // Entry 2 was committed, so it was durable: losing it is corruption, refused.
+    let error = DiskStore::open(dir.path(), &[1]).err().expect("refused");
+    assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+    assert!(
+        error.to_string().contains("committed entries are lost"),
+        "{error}"
     );
+}
+
+#[test]
+fn a_bad_record_followed_by_a_valid_one_is_corruption_not_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = DiskStore::open(dir.path(), &[1]).unwrap();
+        store
+            .append(&[
+                entry(1, 1, "first"),
+                entry(2, 1, "second"),
+                entry(3, 1, "third"),
+            ])
+            .unwrap();
+    }
+    let path = dir.path().join("log.0");
+    let mut bytes = fs::read(&path).unwrap();
+    let first = frame(&entry(1, 1, "first").write_to_bytes().unwrap()).len();
+    bytes[first + RECORD_HEADER_BYTES + 2] ^= 0x10; // inside the second record's payload
+    fs::write(&path, &bytes).unwrap();
+    let error = DiskStore::open(dir.path(), &[1]).err().expect("refused");
+    assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+    assert!(error.to_string().contains("not a torn tail"), "{error}");
 }
 
 #[test]
