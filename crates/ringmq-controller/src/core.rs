@@ -602,8 +602,13 @@ impl<C: Consensus, W> Controller<C, W> {
         })
     }
 
-    pub fn step(&mut self, message: &[u8]) -> Result<(), String> {
-        self.consensus.step(message)
+    /// A Raft message from peer `from`: refused unless `from` is a controller we know (a
+    /// member, or one the peer tables name: we could not answer one we have no address for).
+    pub fn step(&mut self, from: u64, message: &[u8]) -> Result<(), String> {
+        if self.peer_addr(from).is_none() && !self.consensus.voters().contains(&from) {
+            return Err(format!("controller {from} is not a known member"));
+        }
+        self.consensus.step(from, message)
     }
 
     /// Advances Raft's clock, proposes elections for groups whose master is lost, and
@@ -1194,6 +1199,46 @@ mod tests {
         assert_eq!(group.stores["b"], id);
         assert_ne!(group.stores["a"], id, "two stores never share a broker id");
         assert_ne!(group.stores["z"], id);
+    }
+
+    #[test]
+    fn forged_raft_messages_are_refused_without_a_panic() {
+        use protobuf::Message as _;
+        use raft::eraftpb::{Message, MessageType};
+        let node = RaftNode::new(1, MemoryPersistence::new(&[1, 2, 3]), 0, (3, 4)).unwrap();
+        let peers = (1..=3).map(|i| (i, format!("127.0.0.1:{i}"))).collect();
+        let mut c: Lone = Controller::new(
+            node,
+            ControllerState::default(),
+            0,
+            peers,
+            ElectionConfig::default(),
+        );
+        let message = |from: u64, to: u64, commit: u64| {
+            let mut m = Message::default();
+            m.set_msg_type(MessageType::MsgHeartbeat);
+            m.from = from;
+            m.to = to;
+            m.term = 5;
+            m.commit = commit;
+            m.write_to_bytes().unwrap()
+        };
+        // raft-rs's commit_to panics on a commit past the log's end.
+        let past_end = c.step(2, &message(2, 1, 1_000));
+        assert!(past_end.unwrap_err().contains("our log ends at 0"));
+        assert!(
+            c.step(3, &message(2, 1, 0)).is_err(),
+            "another sender inside"
+        );
+        assert!(
+            c.step(2, &message(2, 3, 0)).is_err(),
+            "for another controller"
+        );
+        assert!(c.step(9, &message(9, 1, 0)).is_err(), "not a member");
+        assert!(c.step(2, b"garbage").is_err());
+        // A well-formed heartbeat from a member is taken.
+        c.step(2, &message(2, 1, 0)).unwrap();
+        assert_eq!(c.consensus.leader(), Some(2));
     }
 
     #[test]

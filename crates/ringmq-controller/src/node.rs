@@ -80,8 +80,10 @@ pub trait Consensus {
     }
     /// Advances Raft's logical clock by one tick.
     fn tick(&mut self);
-    /// A message from a peer, as [`Progress::messages`] encoded it.
-    fn step(&mut self, message: &[u8]) -> Result<(), String>;
+    /// A message from peer `from` (the sender the frame names), as [`Progress::messages`]
+    /// encoded it. Refused (an error to log, never a panic) if it does not parse, names
+    /// another sender or receiver, or asks what the Raft library would panic on.
+    fn step(&mut self, from: u64, message: &[u8]) -> Result<(), String>;
     fn propose(&mut self, context: Vec<u8>, data: Vec<u8>) -> Result<(), ProposeError>;
     fn propose_membership(
         &mut self,
@@ -363,6 +365,32 @@ fn encode_messages<S: raft::Storage>(
     }
 }
 
+/// What a peer's message must hold before raft-rs sees it. Peers are not authenticated yet
+/// (issue 13), so these checks keep a forged or garbled message from *crashing* a
+/// controller, not from misleading it: the sender it claims is the frame's, the receiver is
+/// us, and a heartbeat's commit is within our log (raft-rs's `commit_to` panics past its
+/// end; a real leader never sends more than the follower's match index). An append's commit
+/// is safe: raft-rs bounds it by the entries it carries.
+fn check_peer_message(m: &Message, from: u64, us: u64, last_index: u64) -> Result<(), String> {
+    use raft::eraftpb::MessageType;
+    if m.from != from || from == raft::INVALID_ID || from == us {
+        return Err(format!(
+            "the message says it is from {} inside a frame from {from}",
+            m.from
+        ));
+    }
+    if m.to != us {
+        return Err(format!("the message is for controller {}, not {us}", m.to));
+    }
+    if m.get_msg_type() == MessageType::MsgHeartbeat && m.commit > last_index {
+        return Err(format!(
+            "a heartbeat commits up to {} but our log ends at {last_index}",
+            m.commit
+        ));
+    }
+    Ok(())
+}
+
 impl<P: Persistence> Consensus for RaftNode<P> {
     fn id(&self) -> u64 {
         self.raw.raft.id
@@ -377,8 +405,9 @@ impl<P: Persistence> Consensus for RaftNode<P> {
     fn tick(&mut self) {
         self.raw.tick();
     }
-    fn step(&mut self, message: &[u8]) -> Result<(), String> {
+    fn step(&mut self, from: u64, message: &[u8]) -> Result<(), String> {
         let m = Message::parse_from_bytes(message).map_err(|e| e.to_string())?;
+        check_peer_message(&m, from, self.id(), self.raw.raft.raft_log.last_index())?;
         self.raw.step(m).map_err(|e| e.to_string())
     }
     fn propose(&mut self, context: Vec<u8>, data: Vec<u8>) -> Result<(), ProposeError> {

@@ -180,7 +180,7 @@ fn handle_event(
     match event {
         Event::Raft(body) => match RaftMessage::decode(&body) {
             Ok(message) => {
-                if let Err(e) = controller.step(&message.message) {
+                if let Err(e) = controller.step(message.from, &message.message) {
                     tracing::debug!("raft message from {} refused: {e}", message.from);
                 }
             }

@@ -202,8 +202,8 @@ impl Sim {
         self.in_flight = later;
         for (_, from, to, bytes) in due {
             if let Some(Some(node)) = self.nodes.get_mut(&to) {
-                let _ = node.step(&bytes);
-                let _ = from;
+                node.step(from, &bytes)
+                    .expect("a peer's message is accepted");
             }
         }
         if now % TICK_MS == 0 {
