@@ -41,6 +41,17 @@ pub const READ_TIMEOUT_MS: u64 = 1_000;
 /// round: a lost heartbeat or response would otherwise hold them until their deadline.
 pub const READ_ROUND_RETRY_MS: u64 = 3 * crate::node::TICK_MS;
 
+/// Caps on what brokers can make the controllers keep. They bound the replicated state, so
+/// the snapshot a follower is sent (one Raft frame, 64 MiB at most) and the store's records:
+/// a group of 16 brokers with 255-byte names and addresses is ~13 KiB, its epoch history
+/// (32 entries of at most 8 lost ranges) ~17 KiB, so 1,024 groups stay near 32 MiB.
+pub const MAX_NAME_BYTES: usize = 255;
+pub const MAX_CLUSTERS: usize = 64;
+pub const MAX_GROUPS: usize = 1_024;
+pub const MAX_BROKERS_PER_GROUP: usize = 16;
+/// End offsets one heartbeat may carry (one per shard; a broker runs one shard per core).
+pub const MAX_SHARDS: usize = 1_024;
+
 /// Log entries between snapshots: a controller's commands are small (a JSON registration or
 /// SyncStateSet change, ~200 bytes), so 10,000 entries keep the log near 2 MiB and a restart's
 /// replay in milliseconds.
@@ -397,6 +408,9 @@ impl<C: Consensus, W> Controller<C, W> {
             }
             ControllerOpcode::RegisterBroker => {
                 let r = decode!(wire::RegisterBroker);
+                if let Some(refused) = self.registration_refused(&r) {
+                    return Dispatch::Now(refused);
+                }
                 let address = BrokerAddress {
                     listen: r.listen,
                     ha_listen: r.ha_listen,
@@ -422,6 +436,15 @@ impl<C: Consensus, W> Controller<C, W> {
             }
             ControllerOpcode::BrokerHeartbeat => {
                 let h = decode!(wire::BrokerHeartbeat);
+                if h.end_offsets.len() > MAX_SHARDS {
+                    return Dispatch::Now(Reply::error(
+                        Status::BadRequest,
+                        format!(
+                            "a heartbeat carries at most {MAX_SHARDS} end offsets, not {}",
+                            h.end_offsets.len()
+                        ),
+                    ));
+                }
                 self.record_heartbeat(&h, now_ms);
                 Dispatch::Read(Read::Heartbeat(h))
             }
@@ -444,6 +467,12 @@ impl<C: Consensus, W> Controller<C, W> {
             }
             ControllerOpcode::AddPeer => {
                 let p = decode!(wire::AddPeer);
+                if p.addr.len() > MAX_NAME_BYTES || p.id == 0 {
+                    return Dispatch::Now(Reply::error(
+                        Status::BadRequest,
+                        format!("a peer needs an id above 0 and an address of at most {MAX_NAME_BYTES} bytes"),
+                    ));
+                }
                 Dispatch::Membership(MembershipChange::Add(p.id), p.addr)
             }
             ControllerOpcode::RemovePeer => {
@@ -457,6 +486,60 @@ impl<C: Consensus, W> Controller<C, W> {
                 Dispatch::Membership(MembershipChange::Remove(p.id), String::new())
             }
         }
+    }
+
+    /// Why a registration is refused, if it is: a name too long, or a cap it would pass
+    /// (only a new cluster, group or store counts against them).
+    fn registration_refused(&self, r: &wire::RegisterBroker) -> Option<Reply> {
+        for (what, value) in [
+            ("cluster name", &r.cluster_name),
+            ("broker name", &r.broker_name),
+            ("store identity", &r.store_identity),
+            ("listen address", &r.listen),
+            ("HA listen address", &r.ha_listen),
+        ] {
+            if value.len() > MAX_NAME_BYTES || (value.is_empty() && what != "HA listen address") {
+                return Some(Reply::error(
+                    Status::InvalidName,
+                    format!(
+                        "the {what} must be 1 to {MAX_NAME_BYTES} bytes, not {}",
+                        value.len()
+                    ),
+                ));
+            }
+        }
+        let cap = |message: String| Some(Reply::error(Status::BadRequest, message));
+        let clusters = &self.state.clusters;
+        let Some(groups) = clusters.get(&r.cluster_name) else {
+            if clusters.len() >= MAX_CLUSTERS {
+                return cap(format!(
+                    "the controllers keep at most {MAX_CLUSTERS} clusters"
+                ));
+            }
+            return self.group_cap();
+        };
+        let Some(group) = groups.get(&r.broker_name) else {
+            return self.group_cap();
+        };
+        if !group.stores.contains_key(&r.store_identity)
+            && group.stores.len() >= MAX_BROKERS_PER_GROUP
+        {
+            return cap(format!(
+                "group {}/{} has {MAX_BROKERS_PER_GROUP} brokers, the most a group may have (a broker id is kept per store, for good)",
+                r.cluster_name, r.broker_name
+            ));
+        }
+        None
+    }
+
+    fn group_cap(&self) -> Option<Reply> {
+        let groups: usize = self.state.clusters.values().map(|g| g.len()).sum();
+        (groups >= MAX_GROUPS).then(|| {
+            Reply::error(
+                Status::BadRequest,
+                format!("the controllers keep at most {MAX_GROUPS} broker groups"),
+            )
+        })
     }
 
     /// What a heartbeat says about its broker, kept when it arrives (the silence that makes a
@@ -1239,6 +1322,39 @@ mod tests {
         // A well-formed heartbeat from a member is taken.
         c.step(2, &message(2, 1, 0)).unwrap();
         assert_eq!(c.consensus.leader(), Some(2));
+    }
+
+    #[test]
+    fn registrations_past_the_caps_are_refused() {
+        let mut c = lone();
+        for i in 0..MAX_BROKERS_PER_GROUP {
+            register(&mut c, &format!("s{i}"));
+        }
+        let more = |c: &mut Lone, store: &str, group: &str| {
+            ask(
+                c,
+                ControllerOpcode::RegisterBroker,
+                body(&RegisterBroker {
+                    cluster_name: "c".into(),
+                    broker_name: group.into(),
+                    store_identity: store.into(),
+                    listen: "h:1".into(),
+                    ha_listen: "h:2".into(),
+                }),
+                1_000,
+            )
+        };
+        let full = more(&mut c, "one-more", "g");
+        assert_eq!(full.status, Status::BadRequest);
+        assert!(String::from_utf8_lossy(&full.body).contains("the most a group may have"));
+        assert_eq!(
+            more(&mut c, "s3", "g").status,
+            Status::Ok,
+            "a known store still is"
+        );
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        assert_eq!(more(&mut c, "s", &long).status, Status::InvalidName);
+        assert_eq!(more(&mut c, "", "g2").status, Status::InvalidName);
     }
 
     #[test]

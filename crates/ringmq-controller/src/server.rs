@@ -25,14 +25,23 @@ use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The largest frame a controller reads: a Raft append or snapshot of the whole state (every
-/// group's record, a few hundred bytes each) fits many thousands of groups in 64 MiB.
+/// The largest Raft frame a controller reads: a snapshot of the whole state, which the caps
+/// in [`crate::core`] (groups, brokers per group, name lengths, history) keep near 32 MiB.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
+/// The largest frame of any other opcode (a broker's or an operator's request): the biggest,
+/// a heartbeat, carries at most [`crate::core::MAX_SHARDS`] end offsets and a few names.
+pub const MAX_REQUEST_FRAME_BYTES: usize = 64 << 10;
+/// Replies queued for one connection's writer; past it the connection is closed (its client
+/// does not read its answers).
+pub const REPLY_QUEUE: usize = 256;
+/// A reply not written within this is given up with its connection: a client that does not
+/// read cannot hold a writer thread for ever.
+const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Raft messages queued per peer before new ones are dropped (Raft resends): at one tick
 /// (100 ms) that is far more than a healthy link ever holds.
 pub const PEER_QUEUE_MESSAGES: usize = 1024;
@@ -61,7 +70,7 @@ pub struct ServerConfig {
 
 /// Where a request's answer goes: its connection's writer, with the request's id and opcode.
 struct Waiter {
-    writer: Sender<Vec<u8>>,
+    writer: SyncSender<Vec<u8>>,
     request_id: u64,
     opcode: u16,
 }
@@ -205,7 +214,9 @@ fn answer(waiter: Waiter, reply: Reply) {
         FrameHeader::response(waiter.opcode, reply.status, waiter.request_id),
         &reply.body,
     );
-    let _ = waiter.writer.send(frame);
+    // Never block the main loop on a client: a full queue means it does not read, and its
+    // writer closes the connection when its write times out.
+    let _ = waiter.writer.try_send(frame);
 }
 
 fn send_to_peer(
@@ -316,22 +327,35 @@ fn serve_connection(mut stream: TcpStream, events: SyncSender<Event>) {
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
-    let (writer, frames) = mpsc::channel::<Vec<u8>>();
+    let _ = write_half.set_write_timeout(Some(REPLY_WRITE_TIMEOUT));
+    let (writer, frames) = mpsc::sync_channel::<Vec<u8>>(REPLY_QUEUE);
     let _ = thread::Builder::new()
         .name("controller-conn-writer".into())
         .spawn(move || {
             let mut out = write_half;
             while let Ok(frame) = frames.recv() {
                 if out.write_all(&frame).is_err() {
+                    // Timed out or gone: close both halves, so the reader stops too.
+                    let _ = out.shutdown(std::net::Shutdown::Both);
                     break;
                 }
             }
         });
-    let decoder = FrameDecoder::new(MAX_FRAME_BYTES);
+    // Raft frames may be large (a snapshot); everything else is small, and is refused
+    // FRAME_TOO_LARGE as soon as its header says otherwise.
+    let raft_decoder = FrameDecoder::new(MAX_FRAME_BYTES);
+    let request_decoder = FrameDecoder::new(MAX_REQUEST_FRAME_BYTES);
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         loop {
+            let is_raft = buf.len() >= 10
+                && u16::from_le_bytes([buf[8], buf[9]]) == ControllerOpcode::RaftMessage as u16;
+            let decoder = if is_raft || buf.len() < 10 {
+                &raft_decoder
+            } else {
+                &request_decoder
+            };
             let (header, body, used) = match decoder.decode(&buf) {
                 Ok(Some(frame)) => (frame.header, frame.body.to_vec(), frame.wire_len()),
                 Ok(None) => break,
@@ -423,6 +447,61 @@ pub fn parse_peer(entry: &str) -> Result<(u64, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a Raft frame may be large: a request's header claiming more than
+    /// MAX_REQUEST_FRAME_BYTES is refused at once; a Raft one of that size is waited for.
+    #[test]
+    fn request_frames_are_capped_far_below_raft_frames() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (events, _inbox) = mpsc::sync_channel(4);
+        thread::spawn(move || {
+            for stream in listener.incoming().take(2) {
+                let events = events.clone();
+                let stream = stream.unwrap();
+                thread::spawn(move || serve_connection(stream, events));
+            }
+        });
+        let header = |opcode: ControllerOpcode| {
+            let mut frame = Vec::new();
+            let body = vec![0u8; MAX_REQUEST_FRAME_BYTES];
+            encode_frame(
+                &mut frame,
+                FrameHeader {
+                    flags: 0,
+                    opcode: opcode as u16,
+                    status: 0,
+                    request_id: 5,
+                },
+                &body,
+            );
+            frame.truncate(ringmq_protocol::frame::FRAME_HEADER_BYTES);
+            frame
+        };
+        let mut broker = TcpStream::connect(addr).unwrap();
+        broker
+            .write_all(&header(ControllerOpcode::BrokerHeartbeat))
+            .unwrap();
+        let mut reply = Vec::new();
+        broker.read_to_end(&mut reply).unwrap();
+        let frame = FrameDecoder::new(MAX_REQUEST_FRAME_BYTES)
+            .decode(&reply)
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.header.status, Status::FrameTooLarge as u16);
+
+        let mut peer = TcpStream::connect(addr).unwrap();
+        peer.write_all(&header(ControllerOpcode::RaftMessage))
+            .unwrap();
+        peer.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let waited = peer.read(&mut byte);
+        assert!(
+            matches!(&waited, Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut),
+            "the Raft frame's body is awaited, not refused: {waited:?}"
+        );
+    }
 
     #[test]
     fn peer_lists_parse_and_bad_entries_are_named() {

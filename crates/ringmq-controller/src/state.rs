@@ -478,7 +478,12 @@ fn best_candidate(pool: &[u64], liveness: &Liveness, preferred: Option<u64>) -> 
     })
 }
 
-/// Per shard, what the last set's members last reported past the winner's end.
+/// Lost ranges one epoch entry keeps (the first shards'): with [`EPOCH_HISTORY_KEPT`] entries
+/// per group this bounds a group's history, and so the snapshot.
+pub const LOST_RANGES_KEPT: usize = 8;
+
+/// Per shard, what the last set's members last reported past the winner's end (the first
+/// [`LOST_RANGES_KEPT`] shards that lost something).
 fn lost_ranges(record: &GroupRecord, liveness: &Liveness, winner: u64) -> Vec<LostRange> {
     let Some(won) = liveness.reports.get(&winner) else {
         return Vec::new();
@@ -491,7 +496,7 @@ fn lost_ranges(record: &GroupRecord, liveness: &Liveness, winner: u64) -> Vec<Lo
             .filter_map(|id| liveness.reports.get(id)?.end_offsets.get(shard).copied())
             .max()
             .unwrap_or(0);
-        if best > *from {
+        if best > *from && lost.len() < LOST_RANGES_KEPT {
             lost.push(LostRange {
                 shard: shard as u16,
                 from_offset: *from,
