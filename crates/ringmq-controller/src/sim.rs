@@ -1,4 +1,5 @@
-//! A deterministic simulation of N controllers (raft-rs over [`MemoryPersistence`]) and one
+//! A deterministic simulation of N controllers (raft-rs over [`MemoryPersistence`], or over
+//! [`DiskStore`] in a temporary directory for every tenth seed) and one
 //! broker group of three, from one seed: messages are delayed (so reordered), lost and cut by
 //! partitions; controllers crash (losing everything not persisted: soft state, pending
 //! requests, unapplied entries) and restart from their persistence; brokers stop heartbeating.
@@ -9,15 +10,26 @@
 //! network, restarts everything, and checks that the controllers agree and that the group
 //! has a live master.
 //!
+//! Brokers are drawn per seed: ASYNC_FLUSH or not, sometimes one learner, end offsets that
+//! grow by random steps; they crash and come back uncleanly (the master too, before anyone
+//! noticed). The checks also hold that no two brokers ever hold unexpired master leases at
+//! one time, that (unclean elections being off) every elected broker was in the committed
+//! SyncStateSet it was elected from, and that two stores never share a broker id.
+//!
 //! `RINGMQ_CONTROLLER_SIM_SEEDS` sets how many seeds `cargo test` runs (default 200: about
-//! ten seconds in a debug build); `RINGMQ_CONTROLLER_SIM_SEED` runs one seed.
+//! twenty seconds in a debug build, most of it the fsyncs of the disk seeds);
+//! `RINGMQ_CONTROLLER_SIM_SEED` runs one seed.
 
 use crate::core::{Controller, Reply};
-use crate::node::{MemoryPersistence, Persistence as _, RaftNode, TICK_MS};
+use crate::node::{MemoryPersistence, Persistence, RaftNode, TICK_MS};
 use crate::state::{Command, ControllerState, ElectionConfig};
+use crate::store::{ControllerStorage, DiskStore};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use ringmq_protocol::controller::{self as wire, ControllerOpcode, ROLE_MASTER};
 use ringmq_protocol::Status;
 use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::PathBuf;
 
 /// splitmix64: small, seedable, and the same on every machine.
 struct Rng(u64);
@@ -38,14 +50,89 @@ impl Rng {
     }
 }
 
-type Node = Controller<RaftNode<MemoryPersistence>, u64>;
+/// What a simulated controller keeps across a crash: a shared memory storage, or a store
+/// directory reopened on restart (what a real restart reads back).
+enum SimStore {
+    Memory(MemoryPersistence),
+    Disk(DiskStore),
+}
+
+macro_rules! both {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self {
+            SimStore::Memory($s) => $e,
+            SimStore::Disk($s) => $e,
+        }
+    };
+}
+
+impl Persistence for SimStore {
+    fn storage(&self) -> ControllerStorage {
+        both!(self, s => Persistence::storage(s))
+    }
+    fn append(&mut self, entries: &[Entry]) -> io::Result<()> {
+        both!(self, s => Persistence::append(s, entries))
+    }
+    fn set_hard_state(&mut self, hard_state: &HardState) -> io::Result<()> {
+        both!(self, s => Persistence::set_hard_state(s, hard_state))
+    }
+    fn set_commit(&mut self, commit: u64) -> io::Result<()> {
+        both!(self, s => Persistence::set_commit(s, commit))
+    }
+    fn apply_snapshot(&mut self, snapshot: &Snapshot) -> io::Result<()> {
+        both!(self, s => Persistence::apply_snapshot(s, snapshot))
+    }
+    fn entries_since_snapshot(&self) -> u64 {
+        both!(self, s => Persistence::entries_since_snapshot(s))
+    }
+    fn compact(&mut self, applied: u64, conf_state: &ConfState, data: Vec<u8>) -> io::Result<()> {
+        both!(self, s => Persistence::compact(s, applied, conf_state, data))
+    }
+}
+
+/// Where each controller's persistence lives between a crash and its restart.
+enum Kept {
+    Memory(BTreeMap<u64, MemoryPersistence>),
+    Disk(tempfile::TempDir),
+}
+
+impl Kept {
+    fn open(&self, id: u64, ids: &[u64]) -> SimStore {
+        match self {
+            Kept::Memory(m) => SimStore::Memory(m[&id].clone()),
+            Kept::Disk(dir) => {
+                let path: PathBuf = dir.path().join(id.to_string());
+                SimStore::Disk(DiskStore::open(&path, ids).expect("the store reopens"))
+            }
+        }
+    }
+}
+
+type Node = Controller<RaftNode<SimStore>, u64>;
+
+/// How a simulated broker behaves, drawn per seed.
+#[derive(Clone, Copy, Default)]
+struct BrokerTraits {
+    async_flush: bool,
+    learner: bool,
+}
 
 struct Sim {
     rng: Rng,
     now_ms: u64,
     ids: Vec<u64>,
     nodes: BTreeMap<u64, Option<Node>>,
-    persisted: BTreeMap<u64, MemoryPersistence>,
+    persisted: Kept,
+    traits: [BrokerTraits; 3],
+    /// Per broker: its end offset (grows by a random step while it is alive), the highest
+    /// master epoch it has seen, and, after an unclean restart, the epoch it restarted at
+    /// (it reports the restart until it sees a newer one).
+    offsets: [u64; 3],
+    seen_epoch: [u32; 3],
+    unclean_since: [Option<u32>; 3],
+    /// Per broker, bumped at each crash: an answer to a heartbeat its earlier process sent
+    /// is not its own.
+    incarnation: [u64; 3],
     /// (deliver at, from, to, bytes).
     in_flight: Vec<(u64, u64, u64, Vec<u8>)>,
     /// Pairs that cannot talk.
@@ -61,7 +148,7 @@ struct Sim {
     /// Waiter numbers: each request gets its own, so an answer finds its asker.
     next_waiter: u64,
     /// Heartbeat waiters: (broker, sent at).
-    heartbeats: BTreeMap<u64, (usize, u64)>,
+    heartbeats: BTreeMap<u64, (usize, u64, u64)>,
     /// Answers to `request`s, by waiter.
     replies: BTreeMap<u64, Reply>,
     /// Per broker, until when (sim time) it holds a master lease, and at which epoch.
@@ -73,7 +160,7 @@ struct Sim {
 const CLUSTER: &str = "sim";
 const GROUP: &str = "group";
 
-fn boot(id: u64, persistence: MemoryPersistence, ids: &[u64]) -> Node {
+fn boot(id: u64, persistence: SimStore, ids: &[u64]) -> Node {
     let (applied, data) = {
         let storage = persistence.storage();
         let snapshot = storage.snapshot.read().unwrap().clone();
@@ -96,20 +183,36 @@ impl Sim {
         let ids: Vec<u64> = (1..=controllers).collect();
         let mut rng = Rng(seed);
         let loss_per_thousand = rng.below(200);
-        let persisted: BTreeMap<u64, MemoryPersistence> = ids
-            .iter()
-            .map(|i| (*i, MemoryPersistence::new(&ids)))
-            .collect();
+        let persisted = if seed % 10 == 9 {
+            Kept::Disk(tempfile::tempdir().expect("a temporary directory"))
+        } else {
+            Kept::Memory(
+                ids.iter()
+                    .map(|i| (*i, MemoryPersistence::new(&ids)))
+                    .collect(),
+            )
+        };
         let nodes = ids
             .iter()
-            .map(|i| (*i, Some(boot(*i, persisted[i].clone(), &ids))))
+            .map(|i| (*i, Some(boot(*i, persisted.open(*i, &ids), &ids))))
             .collect();
+        let mut traits = [BrokerTraits::default(); 3];
+        for t in traits.iter_mut() {
+            t.async_flush = rng.chance(500);
+        }
+        // Sometimes one learner (never elected); the other two can always take over.
+        traits[2].learner = rng.chance(200);
         Sim {
             rng,
             now_ms: 0,
             ids,
             nodes,
             persisted,
+            traits,
+            offsets: [0; 3],
+            seen_epoch: [0; 3],
+            unclean_since: [None; 3],
+            incarnation: [0; 3],
             in_flight: Vec::new(),
             cut: BTreeSet::new(),
             brokers_alive: [true; 3],
@@ -149,7 +252,11 @@ impl Sim {
 
     fn answered(&mut self, waiter: u64, reply: Reply) {
         match self.heartbeats.remove(&waiter) {
-            Some((broker, sent_at)) => self.heartbeat_answered(broker, sent_at, reply),
+            Some((broker, sent_at, incarnation)) => {
+                if incarnation == self.incarnation[broker] {
+                    self.heartbeat_answered(broker, sent_at, reply);
+                }
+            }
             None => {
                 self.replies.insert(waiter, reply);
             }
@@ -273,15 +380,16 @@ impl Sim {
         if !self.brokers_alive[broker] || self.broker_ids[broker] == 0 {
             return;
         }
+        self.offsets[broker] += self.rng.below(5);
         let h = wire::BrokerHeartbeat {
             cluster_name: CLUSTER.into(),
             broker_name: GROUP.into(),
             broker_id: self.broker_ids[broker],
-            epoch: 0,
-            end_offsets: vec![self.now_ms / 100],
-            unclean_restart: 0,
-            async_flush: 0,
-            learner: 0,
+            epoch: self.seen_epoch[broker],
+            end_offsets: vec![self.offsets[broker]],
+            unclean_restart: self.unclean_since[broker].is_some() as u8,
+            async_flush: self.traits[broker].async_flush as u8,
+            learner: self.traits[broker].learner as u8,
             election_priority: 0,
             sent_at_ms: self.now_ms,
         };
@@ -292,7 +400,8 @@ impl Sim {
         let sent_at = self.now_ms;
         for id in self.ids.clone() {
             let waiter = self.take_waiter();
-            self.heartbeats.insert(waiter, (broker, sent_at));
+            self.heartbeats
+                .insert(waiter, (broker, sent_at, self.incarnation[broker]));
             if let Some(Some(node)) = self.nodes.get_mut(&id) {
                 if let Some((_, reply)) =
                     node.handle(ControllerOpcode::BrokerHeartbeat, &body, sent_at, waiter)
@@ -312,6 +421,10 @@ impl Sim {
         let Ok(answer) = wire::HeartbeatAnswer::decode(&reply.body) else {
             return;
         };
+        self.seen_epoch[broker] = self.seen_epoch[broker].max(answer.master_epoch);
+        if self.unclean_since[broker].is_some_and(|e| answer.master_epoch > e) {
+            self.unclean_since[broker] = None;
+        }
         if answer.role != ROLE_MASTER {
             return;
         }
@@ -391,7 +504,7 @@ impl Sim {
 
     fn restart(&mut self, id: u64) {
         if self.nodes[&id].is_none() {
-            let node = boot(id, self.persisted[&id].clone(), &self.ids);
+            let node = boot(id, self.persisted.open(id, &self.ids), &self.ids);
             self.nodes.insert(id, Some(node));
         }
     }
@@ -419,8 +532,24 @@ impl Sim {
             4 => {
                 let b = self.rng.below(3) as usize;
                 self.brokers_alive[b] = !self.brokers_alive[b];
+                // Back from a crash (not a partition) half the time: its lease died with
+                // it, and unclean, it reports the restart until it sees a newer epoch.
+                if self.brokers_alive[b] && self.rng.chance(500) {
+                    self.leases[b] = (0, 0);
+                    self.unclean_since[b] = Some(self.seen_epoch[b]);
+                    self.incarnation[b] += 1;
+                }
             }
-            _ => {}
+            _ => {
+                // A broker crashes and is back before anyone notices it was gone (the master,
+                // often): its lease died with it, and it restarted uncleanly.
+                let b = self.rng.below(3) as usize;
+                if self.brokers_alive[b] {
+                    self.leases[b] = (0, 0);
+                    self.unclean_since[b] = Some(self.seen_epoch[b]);
+                    self.incarnation[b] += 1;
+                }
+            }
         }
     }
 
