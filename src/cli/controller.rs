@@ -29,8 +29,8 @@ pub struct ControllerArgs {
     /// A master not heard from this long is lost.
     #[arg(long, default_value_t = ElectionConfig::default().broker_silent_ms)]
     pub broker_silent_ms: u64,
-    /// How long after its heartbeat's send time a master's lease runs; at most
-    /// --broker-silent-ms (see docs/controller.md).
+    /// How long after its heartbeat's send time a master's lease runs; at most 90% of
+    /// --broker-silent-ms less 200 ms (see docs/controller.md).
     #[arg(long, default_value_t = ElectionConfig::default().lease_ms)]
     pub lease_ms: u64,
     /// Elect a broker outside the SyncStateSet when none in it can be: available, but data
@@ -80,21 +80,17 @@ fn serve(args: ControllerArgs) -> Result<(), String> {
     let id = args.id.ok_or_else(|| missing("--id"))?;
     let peers = server::parse_peers(args.peers.as_deref().ok_or_else(|| missing("--peers"))?)?;
     let store = args.store.ok_or_else(|| missing("--store"))?;
-    if args.lease_ms > args.broker_silent_ms {
-        return Err(format!(
-            "--lease-ms {} is longer than --broker-silent-ms {}: an old master could still hold its lease when a new one is elected",
-            args.lease_ms, args.broker_silent_ms
-        ));
-    }
+    let election = ElectionConfig {
+        broker_silent_ms: args.broker_silent_ms,
+        lease_ms: args.lease_ms,
+        enable_elect_unclean_master: args.enable_elect_unclean_master,
+    };
+    election.validate()?;
     server::run(ServerConfig {
         id,
         peers,
         store,
-        election: ElectionConfig {
-            broker_silent_ms: args.broker_silent_ms,
-            lease_ms: args.lease_ms,
-            enable_elect_unclean_master: args.enable_elect_unclean_master,
-        },
+        election,
         compact_threshold: args.compact_threshold.max(1),
     })
 }

@@ -28,10 +28,11 @@ pub struct ElectionConfig {
     /// failover target.
     pub broker_silent_ms: u64,
     /// How long a master may acknowledge at lease-based levels after it *sent* the
-    /// heartbeat that renewed it. Not longer than `broker_silent_ms`: the controller declares
-    /// a master lost no earlier than `broker_silent_ms` after it *received* its last
-    /// heartbeat, which was sent before, so the old lease has run out before a new master is
-    /// elected (clocks that run at the same rate assumed; measured on monotonic clocks).
+    /// heartbeat that renewed it. At most [`max_lease_ms`]`(broker_silent_ms)`: the
+    /// controller declares a master lost no earlier than `broker_silent_ms` after it
+    /// *received* its last heartbeat, which was sent before, so the old lease has run out
+    /// before a new master is elected; the margin covers clocks that run up to 10% apart and
+    /// two ticks of the controller's own lateness (measured on monotonic clocks).
     pub lease_ms: u64,
     /// Elect outside the SyncStateSet when nobody in it is electable: available, but what
     /// only the lost members had is lost (recorded in the epoch history). Off by default.
@@ -42,9 +43,32 @@ impl Default for ElectionConfig {
     fn default() -> Self {
         ElectionConfig {
             broker_silent_ms: 2_000,
-            lease_ms: 2_000,
+            lease_ms: max_lease_ms(2_000),
             enable_elect_unclean_master: false,
         }
+    }
+}
+
+/// The longest lease safe with `broker_silent_ms`: 90% of it (clock rates 10% apart) less
+/// two controller ticks. 1,600 ms for the default 2 s.
+pub fn max_lease_ms(broker_silent_ms: u64) -> u64 {
+    (broker_silent_ms / 10 * 9).saturating_sub(2 * crate::node::TICK_MS)
+}
+
+impl ElectionConfig {
+    /// Refuses a lease that could outlive the silence after which a new master is elected.
+    pub fn validate(&self) -> Result<(), String> {
+        let max = max_lease_ms(self.broker_silent_ms);
+        if self.lease_ms > max {
+            return Err(format!(
+                "--lease-ms {} is longer than {max} ms (90% of --broker-silent-ms {} less two 100 ms ticks): an old master could still hold its lease when a new one is elected",
+                self.lease_ms, self.broker_silent_ms
+            ));
+        }
+        if self.lease_ms == 0 {
+            return Err("--lease-ms must be above 0".into());
+        }
+        Ok(())
     }
 }
 

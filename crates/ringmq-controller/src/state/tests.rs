@@ -546,3 +546,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_lease_must_leave_a_margin_under_the_silence_that_elects_a_successor() {
+    let config = ElectionConfig::default();
+    assert_eq!(config.lease_ms, 1_600);
+    config.validate().unwrap();
+    let long = ElectionConfig {
+        lease_ms: 1_700,
+        ..config.clone()
+    };
+    assert!(long.validate().unwrap_err().contains("longer than 1600 ms"));
+    let equal = ElectionConfig {
+        lease_ms: config.broker_silent_ms,
+        ..config
+    };
+    assert!(equal.validate().is_err(), "the old rule allowed this");
+}
