@@ -789,6 +789,10 @@ impl<C: Consensus, W> Controller<C, W> {
         let progress = self.consensus.drive()?;
         let mut answered = Vec::new();
         for committed in progress.committed {
+            if let Committed::Restore { index, data } = &committed {
+                self.restore(*index, data)?;
+                continue;
+            }
             self.apply(committed, &mut answered);
         }
         for (context, index) in progress.reads {
@@ -808,14 +812,30 @@ impl<C: Consensus, W> Controller<C, W> {
         })
     }
 
+    /// Replaces the state by the snapshot the leader sent. One that does not decode is
+    /// fatal: carrying on with the old state would apply the entries after the snapshot to
+    /// a state that is not the group's, and diverge silently.
+    fn restore(&mut self, index: u64, data: &[u8]) -> io::Result<()> {
+        let state = serde_json::from_slice::<ControllerState>(data).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the snapshot at index {index} the leader sent does not decode ({e}): rebuild this controller from its peers"),
+            )
+        })?;
+        self.state = state;
+        self.applied = index;
+        Ok(())
+    }
+
     fn apply(&mut self, committed: Committed, answered: &mut Vec<(W, Reply)>) {
         match committed {
             Committed::Empty { index } => self.applied = index,
             Committed::Restore { index, data } => {
+                // `drive` restores before it applies anything else; kept for completeness.
                 if let Ok(state) = serde_json::from_slice::<ControllerState>(&data) {
                     self.state = state;
+                    self.applied = index;
                 }
-                self.applied = index;
             }
             Committed::Command {
                 index,
@@ -1355,6 +1375,18 @@ mod tests {
         let long = "x".repeat(MAX_NAME_BYTES + 1);
         assert_eq!(more(&mut c, "s", &long).status, Status::InvalidName);
         assert_eq!(more(&mut c, "", "g2").status, Status::InvalidName);
+    }
+
+    #[test]
+    fn a_snapshot_that_does_not_decode_is_fatal_not_skipped() {
+        let mut c = lone();
+        let before = c.applied;
+        let error = c.restore(50, b"not json").unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(c.applied, before, "nothing applied past it");
+        let state = serde_json::to_vec(&ControllerState::default()).unwrap();
+        c.restore(50, &state).unwrap();
+        assert_eq!(c.applied, 50);
     }
 
     #[test]

@@ -166,7 +166,11 @@ fn boot(id: u64, persistence: SimStore, ids: &[u64]) -> Node {
         let snapshot = storage.snapshot.read().unwrap().clone();
         (snapshot.get_metadata().index, snapshot.get_data().to_vec())
     };
-    let state: ControllerState = serde_json::from_slice(&data).unwrap_or_default();
+    let state: ControllerState = if data.is_empty() {
+        ControllerState::default()
+    } else {
+        serde_json::from_slice(&data).expect("a snapshot decodes")
+    };
     // Fixed, staggered election timeouts (raft-rs randomizes them with a thread RNG, which
     // would make a seed unrepeatable).
     let ticks = 10 + 3 * (id as usize);
