@@ -450,6 +450,20 @@ impl<C: Consensus, W> Controller<C, W> {
             }
             ControllerOpcode::AlterSyncStateSet => {
                 let a = decode!(wire::AlterSyncStateSet);
+                // A learner is never electable, so it must not count as in sync (the
+                // leader knows who is one from their heartbeats).
+                let learner = self.liveness.as_ref().and_then(|l| {
+                    a.new_sync_state_set
+                        .iter()
+                        .find(|id| l.reports.get(id).is_some_and(|r| r.learner))
+                        .copied()
+                });
+                if let Some(id) = learner {
+                    return Dispatch::Now(Reply::error(
+                        Status::BadRequest,
+                        format!("broker {id} is a learner: it cannot be in the SyncStateSet"),
+                    ));
+                }
                 Dispatch::Propose(
                     Command::AlterSyncStateSet {
                         cluster: a.cluster_name,
@@ -473,6 +487,12 @@ impl<C: Consensus, W> Controller<C, W> {
                         format!("a peer needs an id above 0 and an address of at most {MAX_NAME_BYTES} bytes"),
                     ));
                 }
+                if self.consensus.voters().contains(&p.id) {
+                    return Dispatch::Now(Reply::error(
+                        Status::BadRequest,
+                        format!("controller {} is already a member", p.id),
+                    ));
+                }
                 Dispatch::Membership(MembershipChange::Add(p.id), p.addr)
             }
             ControllerOpcode::RemovePeer => {
@@ -481,6 +501,17 @@ impl<C: Consensus, W> Controller<C, W> {
                     return Dispatch::Now(Reply::error(
                         Status::BadRequest,
                         format!("controller {} is not a member", p.id),
+                    ));
+                }
+                if p.id == self.id() {
+                    // The leader would stop leading mid-change, and raft-rs 0.7 has no
+                    // transfer here yet: stop it (another is elected), then remove it.
+                    return Dispatch::Now(Reply::error(
+                        Status::BadRequest,
+                        format!(
+                            "controller {} is the leader: stop it first (another controller takes over), then remove it",
+                            p.id
+                        ),
                     ));
                 }
                 Dispatch::Membership(MembershipChange::Remove(p.id), String::new())
@@ -568,6 +599,16 @@ impl<C: Consensus, W> Controller<C, W> {
         );
     }
 
+    /// Whether an `ElectMaster` for the group is in the log past the commit index.
+    fn election_pending(&self, cluster: &str, group: &str) -> bool {
+        self.consensus.uncommitted().iter().any(|data| {
+            matches!(
+                serde_json::from_slice::<Command>(data),
+                Ok(Command::ElectMaster { cluster: c, group: g, .. }) if c == cluster && g == group
+            )
+        })
+    }
+
     /// The answer to a heartbeat, from the state once a read-index round confirmed it.
     fn heartbeat_answer(&self, h: &wire::BrokerHeartbeat) -> Reply {
         let Some(record) = self.state.group(&h.cluster_name, &h.broker_name) else {
@@ -593,6 +634,12 @@ impl<C: Consensus, W> Controller<C, W> {
         // at the next tick: a lease now would overlap its successor's. It is told it is
         // fenced (with the epoch, which it needs to see to stop reporting the restart).
         if role == Role::Master && h.unclean_restart != 0 && h.async_flush != 0 {
+            role = Role::Fenced;
+        }
+        // Likewise a master an election in this leader's log may still replace: proposed
+        // when it was silent, that election commits whenever a majority is back, even after
+        // the master has returned (and its waiter timed out).
+        if role == Role::Master && self.election_pending(&h.cluster_name, &h.broker_name) {
             role = Role::Fenced;
         }
         let master = record.brokers.get(&record.master_broker_id);
@@ -1387,6 +1434,77 @@ mod tests {
         let state = serde_json::to_vec(&ControllerState::default()).unwrap();
         c.restore(50, &state).unwrap();
         assert_eq!(c.applied, 50);
+    }
+
+    #[test]
+    fn membership_changes_and_set_changes_are_validated() {
+        let mut c = lone();
+        let leader = ask(
+            &mut c,
+            ControllerOpcode::RemovePeer,
+            body(&wire::RemovePeer { id: 1 }),
+            1_000,
+        );
+        assert_eq!(leader.status, Status::BadRequest);
+        assert!(String::from_utf8_lossy(&leader.body).contains("is the leader"));
+        let member = ask(
+            &mut c,
+            ControllerOpcode::AddPeer,
+            body(&wire::AddPeer {
+                id: 1,
+                addr: "h:1".into(),
+            }),
+            1_000,
+        );
+        assert_eq!(member.status, Status::BadRequest);
+
+        let a = register(&mut c, "a");
+        let b = register(&mut c, "b");
+        heartbeat(&mut c, a, 1_000);
+        let mut learner = BrokerHeartbeat {
+            cluster_name: "c".into(),
+            broker_name: "g".into(),
+            broker_id: b,
+            epoch: 0,
+            end_offsets: vec![0],
+            unclean_restart: 0,
+            async_flush: 0,
+            learner: 1,
+            election_priority: 0,
+            sent_at_ms: 1_000,
+        };
+        ask(
+            &mut c,
+            ControllerOpcode::BrokerHeartbeat,
+            body(&learner),
+            1_000,
+        );
+        c.tick(2_500);
+        c.drive().unwrap();
+        learner.sent_at_ms = 2_500;
+        ask(
+            &mut c,
+            ControllerOpcode::BrokerHeartbeat,
+            body(&learner),
+            2_500,
+        );
+        let master = heartbeat(&mut c, a, 2_500);
+        assert_eq!(master.role, ROLE_MASTER, "the learner is never elected");
+        let alter = ask(
+            &mut c,
+            ControllerOpcode::AlterSyncStateSet,
+            body(&AlterSyncStateSet {
+                cluster_name: "c".into(),
+                broker_name: "g".into(),
+                master_broker_id: a,
+                master_epoch: master.master_epoch,
+                sync_state_set_epoch: master.sync_state_set_epoch,
+                new_sync_state_set: vec![a, b],
+            }),
+            2_500,
+        );
+        assert_eq!(alter.status, Status::BadRequest);
+        assert!(String::from_utf8_lossy(&alter.body).contains("is a learner"));
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub trait Consensus {
     /// `Safe` mode: a heartbeat round, no clock assumed). Confirmed, `context` comes back in
     /// [`Progress::reads`]; a lost round never does (the caller times it out).
     fn read_index(&mut self, context: Vec<u8>);
+    /// The data of the entries in this node's log past the commit index: proposals that may
+    /// still commit (a leader's own, even after their waiters gave up).
+    fn uncommitted(&self) -> Vec<Vec<u8>>;
     /// Persists what Raft produced and returns what to send and apply.
     fn drive(&mut self) -> io::Result<Progress>;
     /// Snapshots the state machine (`data`, serialized at `applied_index`) when the log has
@@ -453,6 +456,16 @@ impl<P: Persistence> Consensus for RaftNode<P> {
     }
     fn read_index(&mut self, context: Vec<u8>) {
         self.raw.read_index(context);
+    }
+    fn uncommitted(&self) -> Vec<Vec<u8>> {
+        let log = &self.raw.raft.raft_log;
+        let (low, high) = (log.committed + 1, log.last_index() + 1);
+        if low >= high {
+            return Vec::new();
+        }
+        log.slice(low, high, None, raft::GetEntriesContext::empty(false))
+            .map(|entries| entries.into_iter().map(|e| e.data.to_vec()).collect())
+            .unwrap_or_default()
     }
     fn drive(&mut self) -> io::Result<Progress> {
         let mut progress = Progress::default();

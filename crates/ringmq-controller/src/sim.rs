@@ -452,7 +452,9 @@ impl Sim {
         // A master takes every live broker into its set (the sim's slaves are always caught
         // up), as a real master does once they are; a dead one drops out the same way.
         let live: Vec<u64> = (0..3)
-            .filter(|b| self.brokers_alive[*b] && self.broker_ids[*b] != 0)
+            .filter(|b| {
+                self.brokers_alive[*b] && self.broker_ids[*b] != 0 && !self.traits[*b].learner
+            })
             .map(|b| self.broker_ids[b])
             .collect();
         if answer.sync_state_set != live {
