@@ -150,7 +150,7 @@ mod tests {
         };
         assert_eq!(
             (args.id, args.broker_silent_ms, args.lease_ms),
-            (Some(2), 2000, 2000)
+            (Some(2), 2000, 1600)
         );
         assert!(!args.enable_elect_unclean_master);
         let Command::Controller(args) =
