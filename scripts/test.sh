@@ -24,7 +24,7 @@ stage() {
   echo "==> stage: $name took $(($(date +%s) - start)) s"
 }
 
-crash_and_limits=(crash replication disk_full fail_stop limits ports retention_process groups retry broker_registration cluster ha_security acks tls)
+crash_and_limits=(crash replication disk_full fail_stop limits ports retention_process groups retry broker_registration cluster ha_security acks tls controller)
 end_to_end=()
 for file in tests/*.rs; do
   name=$(basename "$file" .rs)

@@ -67,6 +67,15 @@ fn every_opcode_is_documented_with_its_number() {
 }
 
 #[test]
+fn every_controller_opcode_is_documented_with_its_number() {
+    let code = ringmq::protocol::controller::ControllerOpcode::ALL
+        .iter()
+        .map(|o| (*o as u16, o.name().to_string()))
+        .collect();
+    check("## Controller opcodes", code);
+}
+
+#[test]
 fn every_status_is_documented_with_its_number() {
     let code = Status::ALL
         .iter()

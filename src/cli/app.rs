@@ -1,7 +1,9 @@
 //! The top-level `ringmq` parser and dispatch. Every failure becomes a message on stderr and a
 //! non-zero exit code; nothing here panics on user input.
 
-use super::{admin, bench, cluster, consume, group, namesrv, produce, serve, stats, topic};
+use super::{
+    admin, bench, cluster, consume, controller, group, namesrv, produce, serve, stats, topic,
+};
 use crate::client::{Client, ClientError};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -22,6 +24,9 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Run a name server: the route registry brokers register with and clients ask.
     Namesrv(namesrv::NamesrvArgs),
+    /// Run a controller (Raft-replicated broker ids, masters, epochs and SyncStateSets), or
+    /// ask the running ones (status, add-peer, remove-peer).
+    Controller(controller::ControllerArgs),
     /// Create, list, describe and delete topics.
     Topic(topic::TopicArgs),
     /// Send messages: one per line of stdin, or synthetic ones with --count.
@@ -45,7 +50,7 @@ impl Command {
     /// The TLS flags of a command that talks to brokers.
     pub(crate) fn tls_args(&self) -> Option<&TlsArgs> {
         match self {
-            Command::Serve(_) | Command::Namesrv(_) => None,
+            Command::Serve(_) | Command::Namesrv(_) | Command::Controller(_) => None,
             Command::Topic(args) => Some(&args.broker.tls),
             Command::Produce(args) => Some(&args.broker.tls),
             Command::Consume(args) => Some(&args.broker.tls),
@@ -226,6 +231,7 @@ pub fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Namesrv(args) => namesrv::run(args),
+        Command::Controller(args) => controller::run(args),
         Command::Topic(args) => topic::run(args),
         Command::Produce(args) => produce::run(args),
         Command::Consume(args) => consume::run(args),
@@ -254,7 +260,7 @@ where
         Ok(cli) => {
             install_logger(matches!(
                 cli.command,
-                Command::Serve(_) | Command::Namesrv(_)
+                Command::Serve(_) | Command::Namesrv(_) | Command::Controller(_)
             ));
             run(cli)
         }

@@ -22,7 +22,13 @@ pub struct ClusterArgs {
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
     /// Role and, per shard: max, flushed and confirmed offsets; each slave's acked offset and lag.
-    Status,
+    /// With --controller: every group as the controllers keep it (master, epochs,
+    /// SyncStateSet, brokers) instead of one broker's view.
+    Status {
+        /// Controllers HOST:PORT[,HOST:PORT...] (`ringmq controller`).
+        #[arg(long)]
+        controller: Option<String>,
+    },
     /// Turn the slave at --broker into the master of its group.
     Promote {
         /// SYNC_MASTER or ASYNC_MASTER.
@@ -46,7 +52,12 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
     let send: Send = match &args.command {
         // The name servers, not a broker.
         ClusterCommand::List => return list(&args),
-        ClusterCommand::Status => Box::new(|c| c.call(&ClusterStatusRequest {})),
+        ClusterCommand::Status {
+            controller: Some(controllers),
+        } => return controller_status(controllers, args.broker.format),
+        ClusterCommand::Status { controller: None } => {
+            Box::new(|c| c.call(&ClusterStatusRequest {}))
+        }
         ClusterCommand::Promote { role } => {
             Box::new(move |c| c.call(&ClusterPromote { role: role.clone() }))
         }
@@ -67,6 +78,65 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// `cluster status --controller`: the status document of the controller that answers (the
+/// leader when one is reachable), as JSON or one block per group.
+fn controller_status(controllers: &str, format: Format) -> Result<(), String> {
+    let mut client = crate::client::controller::ControllerClient::connect_list(controllers)
+        .map_err(|e| e.to_string())?;
+    let status = client
+        .status()
+        .map_err(|e| format!("controllers {controllers}: {e}"))?;
+    match format {
+        Format::Json => emit(&status.to_string()),
+        Format::Text => {
+            print!("{}", controller_status_text(&status));
+            Ok(())
+        }
+    }
+}
+
+/// The controller status document as text: the leader, then each group.
+pub fn controller_status_text(status: &serde_json::Value) -> String {
+    let mut out = format!(
+        "controller {} (leader: {}, voters: {}, commit index {})\n",
+        status["id"],
+        status["leader_addr"].as_str().unwrap_or("none"),
+        status["voters"],
+        status["commit_index"]
+    );
+    for group in status["groups"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{}/{}: master {} epoch {}, SyncStateSet {} (epoch {})\n",
+            group["cluster"].as_str().unwrap_or(""),
+            group["group"].as_str().unwrap_or(""),
+            group["master_broker_id"],
+            group["master_epoch"],
+            group["sync_state_set"],
+            group["sync_state_set_epoch"]
+        ));
+        let rows: Vec<Vec<String>> = group["brokers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|b| {
+                vec![
+                    b["broker_id"].to_string(),
+                    b["role"].as_str().unwrap_or("").to_string(),
+                    b["listen"].as_str().unwrap_or("").to_string(),
+                    if b["alive"].as_bool() == Some(true) {
+                        "alive"
+                    } else {
+                        "silent"
+                    }
+                    .to_string(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["BROKER", "ROLE", "LISTEN", "HEARD"], &rows));
+    }
+    out
 }
 
 pub fn status_text(status: &ClusterStatus) -> String {
@@ -293,7 +363,10 @@ mod tests {
         else {
             panic!("not cluster")
         };
-        assert!(matches!(args.command, ClusterCommand::Status));
+        assert!(matches!(
+            args.command,
+            ClusterCommand::Status { controller: None }
+        ));
         assert_eq!(args.broker.broker, "h:2");
     }
 

@@ -10,6 +10,7 @@ pub mod app;
 pub mod bench;
 pub mod cluster;
 pub mod consume;
+pub mod controller;
 pub mod dlq;
 pub mod group;
 pub mod namesrv;

@@ -108,7 +108,7 @@ macro_rules! request_decoders {
 use request_decoders;
 
 /// Decoders of [`message_body`], in selector order.
-const BODY_DECODERS: [fn(&[u8]); 18] = [
+const BODY_DECODERS: [fn(&[u8]); 19] = [
     |b| round_trip!(b, ProduceRequest, canonical: true),
     |b| round_trip!(b, PullRequest, canonical: true),
     |b| round_trip!(b, QueueRef, canonical: true),
@@ -142,7 +142,25 @@ const BODY_DECODERS: [fn(&[u8]); 18] = [
             black_box((s.has_body(), s.to_string()));
         }
     },
+    controller_bodies,
 ];
+
+/// Every controller body (`protocol::controller`, opcodes 80-99): each decoder in turn on the
+/// same bytes, and the leader hint of a `NOT_LEADER` message.
+fn controller_bodies(b: &[u8]) {
+    use crate::protocol::controller::*;
+    round_trip!(b, RaftMessage, canonical: true);
+    round_trip!(b, RegisterBroker, canonical: true);
+    round_trip!(b, BrokerIdentity, canonical: true);
+    round_trip!(b, BrokerHeartbeat, canonical: true);
+    round_trip!(b, HeartbeatAnswer, canonical: true);
+    round_trip!(b, AlterSyncStateSet, canonical: true);
+    round_trip!(b, GroupRef, canonical: true);
+    round_trip!(b, GroupState, canonical: true);
+    round_trip!(b, AddPeer, canonical: true);
+    round_trip!(b, RemovePeer, canonical: true);
+    black_box(not_leader_hint(&String::from_utf8_lossy(b)));
+}
 
 /// Every request and response body: the first byte picks the decoder, the rest is the body.
 pub fn message_body(data: &[u8]) {

@@ -443,6 +443,24 @@ fn message_bodies() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("16_error_message", b"topic `orders` not found".to_vec()),
         ("17_codes", vec![10, 0, 200, 0]),
+        (
+            "18_controller_heartbeat",
+            encoded(|out| {
+                crate::protocol::controller::BrokerHeartbeat {
+                    cluster_name: "c1".into(),
+                    broker_name: "group-a".into(),
+                    broker_id: 7,
+                    epoch: 3,
+                    end_offsets: vec![4096, 0],
+                    unclean_restart: 1,
+                    async_flush: 0,
+                    learner: 0,
+                    election_priority: 5,
+                    sent_at_ms: 1000,
+                }
+                .encode(out)
+            }),
+        ),
     ]
 }
 

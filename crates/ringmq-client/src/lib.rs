@@ -10,6 +10,7 @@
 mod api;
 pub mod cluster;
 mod connection;
+pub mod controller;
 mod error;
 mod failover;
 #[cfg(test)]

@@ -81,6 +81,15 @@ wire_enum! {
         /// The group has no member with that id (its session ended, or the coordinator
         /// restarted): the consumer joins again.
         UnknownMember = 117 => "UNKNOWN_MEMBER",
+        /// Retryable: this controller is not the Raft leader. The message ends with
+        /// ` [leader=HOST:PORT id=N]` when it knows the leader; the client sends there.
+        NotLeader = 130 => "NOT_LEADER",
+        /// An `AlterSyncStateSet` whose master epoch or SyncStateSet epoch is not the
+        /// group's current one, or from a broker that is not the group's master: refused.
+        StaleEpoch = 131 => "STALE_EPOCH",
+        /// Retryable: the controller could not commit the change (no majority of
+        /// controllers reachable) within its timeout; it may still commit later.
+        NoQuorum = 132 => "NO_QUORUM",
         /// The port speaks TLS and the client sent plaintext: reconnect with TLS. Sent with
         /// request id 0 before the broker closes the connection.
         TlsRequired = 140 => "TLS_REQUIRED",
@@ -126,6 +135,8 @@ impl Status {
             Status::SystemBusy
                 | Status::NotMaster
                 | Status::DiskFull
+                | Status::NotLeader
+                | Status::NoQuorum
                 | Status::InSyncReplicasNotEnough
         )
     }

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod auth;
 pub mod codec;
 pub mod codes;
+pub mod controller;
 pub mod frame;
 pub mod message;
 pub mod namesrv;

@@ -66,6 +66,16 @@ macro_rules! decodes {
 }
 
 decodes!(
+    ringmq_protocol::controller::RaftMessage,
+    ringmq_protocol::controller::RegisterBroker,
+    ringmq_protocol::controller::BrokerIdentity,
+    ringmq_protocol::controller::BrokerHeartbeat,
+    ringmq_protocol::controller::HeartbeatAnswer,
+    ringmq_protocol::controller::AlterSyncStateSet,
+    ringmq_protocol::controller::GroupState,
+    ringmq_protocol::controller::GroupRef,
+    ringmq_protocol::controller::AddPeer,
+    ringmq_protocol::controller::RemovePeer,
     ProduceResponse,
     PullRequest,
     QueueRef,
@@ -723,4 +733,109 @@ fn retention_document() {
     );
     assert_eq!(serde_json::to_string(&value).unwrap(), golden);
     assert_eq!(serde_json::from_str::<Retention>(golden).unwrap(), value);
+}
+
+/// The controller's bodies (opcodes 80-87, `controller.rs`).
+#[test]
+fn controller_bodies() {
+    use ringmq_protocol::controller::*;
+    golden!(
+        "RaftMessage",
+        RaftMessage {
+            from: 2,
+            message: vec![0x08, 0x03]
+        },
+        "0200000000000000020000000803"
+    );
+    golden!(
+        "RegisterBroker",
+        RegisterBroker {
+            cluster_name: "c".into(),
+            broker_name: "g".into(),
+            store_identity: "s1".into(),
+            listen: "h:1".into(),
+            ha_listen: "h:2".into(),
+        },
+        "010063010067020073310300683a310300683a32"
+    );
+    golden!(
+        "BrokerIdentity",
+        BrokerIdentity { broker_id: 7 },
+        "0700000000000000"
+    );
+    golden!(
+        "BrokerHeartbeat",
+        BrokerHeartbeat {
+            cluster_name: "c".into(),
+            broker_name: "g".into(),
+            broker_id: 7,
+            epoch: 3,
+            end_offsets: vec![4096, 0],
+            unclean_restart: 1,
+            async_flush: 0,
+            learner: 0,
+            election_priority: 5,
+            sent_at_ms: 1000,
+        },
+        "010063010067070000000000000003000000020000000010000000000000000000000000000001000005000000e803000000000000"
+    );
+    golden!(
+        "HeartbeatAnswer",
+        HeartbeatAnswer {
+            role: ROLE_MASTER,
+            master_broker_id: 7,
+            master_listen: "h:1".into(),
+            master_ha_listen: "h:2".into(),
+            master_epoch: 4,
+            sync_state_set_epoch: 9,
+            sync_state_set: vec![7, 8],
+            lease_expires_ms: 3000,
+        },
+        "0107000000000000000300683a310300683a3204000000090000000200000007000000000000000800000000000000b80b000000000000"
+    );
+    golden!(
+        "AlterSyncStateSet",
+        AlterSyncStateSet {
+            cluster_name: "c".into(),
+            broker_name: "g".into(),
+            master_broker_id: 7,
+            master_epoch: 4,
+            sync_state_set_epoch: 9,
+            new_sync_state_set: vec![7],
+        },
+        "01006301006707000000000000000400000009000000010000000700000000000000"
+    );
+    golden!(
+        "GroupState",
+        GroupState {
+            cluster_name: "c".into(),
+            broker_name: "g".into(),
+            master_broker_id: 7,
+            master_epoch: 4,
+            sync_state_set_epoch: 10,
+            sync_state_set: vec![7],
+            brokers: vec![BrokerEntry { broker_id: 7, listen: "h:1".into(), ha_listen: "h:2".into(), alive: 1 }],
+        },
+        "0100630100670700000000000000040000000a0000000100000007000000000000000100000007000000000000000300683a310300683a3201"
+    );
+    golden!(
+        "GroupRef",
+        GroupRef {
+            cluster_name: "c".into(),
+            broker_name: "g".into()
+        },
+        "010063010067"
+    );
+    golden!(
+        "AddPeer",
+        AddPeer {
+            id: 4,
+            addr: "h:9".into()
+        },
+        "04000000000000000300683a39"
+    );
+    golden!("RemovePeer", RemovePeer { id: 3 }, "0300000000000000");
+    let mut out = Vec::new();
+    StatusRequest {}.encode(&mut out);
+    assert!(out.is_empty());
 }

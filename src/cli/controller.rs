@@ -1,0 +1,178 @@
+//! `ringmq controller`: runs a controller (the `ringmq-controller` crate), or with a
+//! subcommand asks the running ones: `status`, `add-peer`, `remove-peer`. See
+//! docs/controller.md.
+
+use crate::client::controller::ControllerClient;
+use clap::{Args, Subcommand};
+use ringmq_controller::core::DEFAULT_COMPACT_THRESHOLD;
+use ringmq_controller::server::{self, ServerConfig};
+use ringmq_controller::state::ElectionConfig;
+use std::path::PathBuf;
+
+#[derive(Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ControllerArgs {
+    #[command(subcommand)]
+    pub action: Option<ControllerAction>,
+    /// This controller's id: one of the ids in --peers.
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// Every controller at the first start, `ID=HOST:PORT,...`; this controller listens on
+    /// its own entry, for its peers and for brokers alike. Later membership changes are made
+    /// with add-peer/remove-peer and kept in the store.
+    #[arg(long)]
+    pub peers: Option<String>,
+    /// Directory of the Raft log, hard state and snapshots. Do not delete it: a controller
+    /// restarted without its store has forgotten what it voted and committed.
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// A master not heard from this long is lost.
+    #[arg(long, default_value_t = ElectionConfig::default().broker_silent_ms)]
+    pub broker_silent_ms: u64,
+    /// How long after its heartbeat's send time a master's lease runs; at most 90% of
+    /// --broker-silent-ms less 200 ms (see docs/controller.md).
+    #[arg(long, default_value_t = ElectionConfig::default().lease_ms)]
+    pub lease_ms: u64,
+    /// Elect a broker outside the SyncStateSet when none in it can be: available, but data
+    /// only the lost members had is lost (recorded in the epoch history).
+    #[arg(long)]
+    pub enable_elect_unclean_master: bool,
+    /// Log entries between snapshots.
+    #[arg(long, default_value_t = DEFAULT_COMPACT_THRESHOLD, hide = true)]
+    pub compact_threshold: u64,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum ControllerAction {
+    /// The controllers' view: leader, members, every group's master, epochs and set (JSON).
+    Status {
+        /// Controllers HOST:PORT[,HOST:PORT...].
+        #[arg(long)]
+        controller: String,
+    },
+    /// Adds a controller to the Raft group (start it with --peers listing the current
+    /// members and itself, then add it).
+    AddPeer {
+        /// ID=HOST:PORT of the new controller.
+        peer: String,
+        #[arg(long)]
+        controller: String,
+    },
+    /// Removes a controller from the Raft group (a dead one, before replacing it).
+    RemovePeer {
+        id: u64,
+        #[arg(long)]
+        controller: String,
+    },
+}
+
+pub fn run(args: ControllerArgs) -> Result<(), String> {
+    match args.action.clone() {
+        Some(action) => run_action(action),
+        None => serve(args),
+    }
+}
+
+fn serve(args: ControllerArgs) -> Result<(), String> {
+    let missing = |flag: &str| {
+        format!("`ringmq controller` needs {flag} (or a subcommand: status, add-peer, remove-peer)")
+    };
+    let id = args.id.ok_or_else(|| missing("--id"))?;
+    let peers = server::parse_peers(args.peers.as_deref().ok_or_else(|| missing("--peers"))?)?;
+    let store = args.store.ok_or_else(|| missing("--store"))?;
+    let election = ElectionConfig {
+        broker_silent_ms: args.broker_silent_ms,
+        lease_ms: args.lease_ms,
+        enable_elect_unclean_master: args.enable_elect_unclean_master,
+    };
+    election.validate()?;
+    server::run(ServerConfig {
+        id,
+        peers,
+        store,
+        election,
+        compact_threshold: args.compact_threshold.max(1),
+    })
+}
+
+fn run_action(action: ControllerAction) -> Result<(), String> {
+    let client = |list: &str| ControllerClient::connect_list(list).map_err(|e| e.to_string());
+    match action {
+        ControllerAction::Status { controller } => {
+            let status = client(&controller)?.status().map_err(|e| e.to_string())?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?
+            );
+        }
+        ControllerAction::AddPeer { peer, controller } => {
+            let (id, addr) = server::parse_peer(&peer)?;
+            client(&controller)?
+                .add_peer(id, &addr)
+                .map_err(|e| e.to_string())?;
+            println!("controller {id} ({addr}) added");
+        }
+        ControllerAction::RemovePeer { id, controller } => {
+            client(&controller)?
+                .remove_peer(id)
+                .map_err(|e| e.to_string())?;
+            println!("controller {id} removed");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ControllerAction;
+    use crate::cli::app::{Cli, Command};
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ringmq").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn controller_flags_and_subcommands_parse() {
+        let Command::Controller(args) = parse(&[
+            "controller",
+            "--id",
+            "2",
+            "--peers",
+            "1=h:1,2=h:2",
+            "--store",
+            "/tmp/x",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not controller")
+        };
+        assert_eq!(
+            (args.id, args.broker_silent_ms, args.lease_ms),
+            (Some(2), 2000, 1600)
+        );
+        assert!(!args.enable_elect_unclean_master);
+        let Command::Controller(args) =
+            parse(&["controller", "add-peer", "4=h:4", "--controller", "h:1"])
+                .unwrap()
+                .command
+        else {
+            panic!("not controller")
+        };
+        assert!(matches!(
+            args.action,
+            Some(ControllerAction::AddPeer { .. })
+        ));
+        assert!(parse(&[
+            "controller",
+            "--id",
+            "1",
+            "remove-peer",
+            "3",
+            "--controller",
+            "h:1"
+        ])
+        .is_err());
+    }
+}
