@@ -141,8 +141,11 @@ fn stalled_partial_frames_are_closed_within_the_read_timeout() {
     let mut stalled: Vec<(TcpStream, Instant)> = (0..SOCKETS)
         .map(|_| {
             let mut s = connect_from("127.0.0.1", &broker.addr);
+            // Taken before the write: the broker's read timer starts when it reads the bytes,
+            // which can be before write_all returns here (once it closed 9 ms "early").
+            let sent = Instant::now();
             s.write_all(partial).expect("send 10 bytes");
-            (s, Instant::now())
+            (s, sent)
         })
         .collect();
     for (i, (s, sent)) in stalled.iter_mut().enumerate() {
