@@ -275,6 +275,21 @@ pub struct BrokerConfig {
     /// back to back: that is the reader worth moving. 64 MiB is four write buffers, a few
     /// seconds of a busy shard's appends, so a consumer that only paused briefly stays.
     pub slave_read_lag_bytes: u64,
+
+    // The Kafka listener (src/kafka, docs/kafka.md).
+    /// Kafka wire-protocol listener `HOST:PORT` (port 0 picks a free port); unset (the
+    /// default): no Kafka listener.
+    pub kafka_listen: Option<String>,
+    /// The address Kafka clients are told to connect to (Metadata's broker), `HOST:PORT`;
+    /// unset: the bound `kafka_listen` address.
+    pub kafka_advertised_listen: Option<String>,
+    /// This broker's Kafka node id (0 to 2^31-1); unset: derived from the store's broker id,
+    /// so it stays the same across restarts of one store.
+    pub kafka_node_id: Option<i32>,
+    /// Whether a Kafka produce or metadata request for a topic that does not exist creates
+    /// it (with one partition, as Kafka's `num.partitions`); off: the client gets
+    /// UNKNOWN_TOPIC_OR_PARTITION (3).
+    pub kafka_auto_create_topics: bool,
 }
 
 /// Shortest `namesrv_heartbeat_interval_ms`: a heartbeat costs shard 0 a round trip to every
@@ -337,6 +352,10 @@ impl Default for BrokerConfig {
             namesrv_heartbeat_interval_ms: 3_000,
             slave_read_enable: false,
             slave_read_lag_bytes: 64 * MIB,
+            kafka_listen: None,
+            kafka_advertised_listen: None,
+            kafka_node_id: None,
+            kafka_auto_create_topics: false,
         }
     }
 }
@@ -425,6 +444,42 @@ impl BrokerConfig {
             }),
             (None, _) => Ok(None),
         }
+    }
+
+    pub fn kafka_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        self.kafka_listen
+            .as_ref()
+            .map(|m| {
+                m.parse().map_err(|_| {
+                    ConfigError::value(
+                        "kafka_listen",
+                        format!("`{m}` is not HOST:PORT (an IP and a port)"),
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    /// The Kafka keys: the listener's address, the advertised one (a wildcard bind needs
+    /// it: no client connects to 0.0.0.0) and the node id's range.
+    fn validate_kafka(&self) -> Result<(), ConfigError> {
+        let Some(bound) = self.kafka_addr()? else {
+            return Ok(());
+        };
+        match &self.kafka_advertised_listen {
+            Some(advertised) => check_advertised("kafka_advertised_listen", advertised)?,
+            None if bound.ip().is_unspecified() => {
+                return Err(ConfigError::value(
+                    "kafka_advertised_listen",
+                    format!("the Kafka listener binds {bound}, which no client can connect to: set the address Kafka clients are told to use"),
+                ))
+            }
+            None => {}
+        }
+        if self.kafka_node_id.is_some_and(|id| id < 0) {
+            return Err(ConfigError::value("kafka_node_id", "must be 0 or more"));
+        }
+        Ok(())
     }
 
     pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
@@ -572,6 +627,7 @@ impl BrokerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         self.metrics_addr()?;
+        self.validate_kafka()?;
         self.ha_addr()?;
         self.master_addr()?;
         if self.min_in_sync_replicas == 0 {

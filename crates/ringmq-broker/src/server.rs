@@ -236,6 +236,18 @@ pub fn run(config: BrokerConfig) -> Result<(), ServerError> {
     let shard_ports = Arc::new(listeners.shard_ports.clone());
     let admission = Admission::new(&config);
     let cluster = cluster_identity(&config, &listeners)?;
+    let kafka = match &listeners.kafka {
+        Some((_, bound)) => {
+            let broker_id = match &cluster {
+                Some(identity) => identity.broker_id,
+                None => load_or_create_broker_id(&config.store_dir)?,
+            };
+            Some(Arc::new(crate::kafka::KafkaNode::new(
+                &config, *bound, broker_id,
+            )))
+        }
+        None => None,
+    };
     let config = Arc::new(config);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let stop_fds = (0..shard_count)
@@ -266,6 +278,11 @@ pub fn run(config: BrokerConfig) -> Result<(), ServerError> {
             stop_fd: stop_fds[id],
             admission: admission.clone(),
             cluster: if id == 0 { cluster.clone() } else { None },
+            kafka: listeners
+                .kafka
+                .as_ref()
+                .zip(kafka.as_ref())
+                .map(|((fds, _), node)| (fds[id], node.clone())),
         };
         let core = cores.get(id % cores.len().max(1)).copied();
         let builder = LocalExecutorBuilder::new(Placement::Unbound)
@@ -298,8 +315,13 @@ pub fn run(config: BrokerConfig) -> Result<(), ServerError> {
         .metrics
         .map(|(_, addr)| format!(" metrics={addr}"))
         .unwrap_or_default();
+    let kafka = listeners
+        .kafka
+        .as_ref()
+        .map(|(_, addr)| format!(" kafka={addr}"))
+        .unwrap_or_default();
     println!(
-        "ringmq ready listen={} shard_ports={} shards={} role={} flush={} ha={} store={}{metrics}",
+        "ringmq ready listen={} shard_ports={} shards={} role={} flush={} ha={} store={}{metrics}{kafka}",
         listeners.listen_addr,
         ports.join(","),
         shard_count,

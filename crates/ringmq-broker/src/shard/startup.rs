@@ -43,6 +43,9 @@ pub struct ShardStartup {
     pub admission: Arc<net::admission::Admission>,
     /// Shard 0 with `namesrv` set: what to register with the name servers as.
     pub cluster: Option<super::registration::ClusterIdentity>,
+    /// With `kafka_listen`: this shard's descriptor of the Kafka socket, and what the Kafka
+    /// connections of every shard share.
+    pub kafka: Option<(RawFd, Arc<crate::kafka::KafkaNode>)>,
 }
 
 /// What a shard tells the main thread while it starts.
@@ -75,6 +78,7 @@ pub async fn run_shard(start: ShardStartup) {
     let ha_fd = start.ha_fd;
     let admission = start.admission.clone();
     let cluster = start.cluster.clone().map(Rc::new);
+    let kafka = start.kafka.clone();
     match open_shard(start).await {
         Ok((shard, receivers, listener_fds, stop_fd, report)) => {
             let _ = ready.send(StartupEvent::Ready { id, report });
@@ -84,6 +88,7 @@ pub async fn run_shard(start: ShardStartup) {
                 metrics_fd,
                 ha_fd,
                 admission,
+                kafka,
             };
             serve_until_stopped(shard, receivers, listeners, stop_fd, cluster).await;
         }
@@ -228,6 +233,7 @@ struct Listeners {
     metrics_fd: Option<RawFd>,
     ha_fd: RawFd,
     admission: Arc<net::admission::Admission>,
+    kafka: Option<(RawFd, Arc<crate::kafka::KafkaNode>)>,
 }
 
 async fn serve_until_stopped(
@@ -242,6 +248,7 @@ async fn serve_until_stopped(
         metrics_fd,
         ha_fd,
         admission,
+        kafka,
     } = listeners;
     for (_, receiver) in receivers {
         let shard = shard.clone();
@@ -273,6 +280,14 @@ async fn serve_until_stopped(
                 "a SLAVE without a valid master address does not replicate"
             );
         }
+    }
+    if let Some((fd, node)) = kafka {
+        accept_loops.push(spawn_local(crate::kafka::accept_loop(
+            shard.clone(),
+            shard_net.clone(),
+            node,
+            fd,
+        )));
     }
     if let Some(fd) = metrics_fd {
         accept_loops.push(spawn_local(crate::metrics::http::serve(shard.clone(), fd)));
