@@ -411,13 +411,17 @@ async fn produce(
     request: ProduceRequest,
 ) -> Option<ProduceResponse> {
     let acks = request.acks;
+    let transactional = request
+        .transactional_id
+        .as_ref()
+        .is_some_and(|id| !id.0.is_empty());
     let mut responses = Vec::with_capacity(request.topic_data.len());
     for topic in request.topic_data {
         let topic_name = topic.name.0.to_string();
         let mut partitions = Vec::with_capacity(topic.partition_data.len());
         for partition in topic.partition_data {
             let index = partition.index;
-            let outcome = if request.transactional_id.is_some() {
+            let outcome = if transactional {
                 partition_produced(
                     index,
                     code::UNSUPPORTED_FOR_MESSAGE_FORMAT,
@@ -893,7 +897,8 @@ async fn init_producer_id(
     node: &KafkaNode,
     request: InitProducerIdRequest,
 ) -> Option<InitProducerIdResponse> {
-    if request.transactional_id.is_some() {
+    // A null transactional id (an empty one read as null too) asks for an idempotent producer.
+    if request.transactional_id.as_ref().is_some_and(|id| !id.0.is_empty()) {
         warn!("InitProducerId with a transactional id: ringmq has no transactions");
         return Some(
             InitProducerIdResponse::default()
