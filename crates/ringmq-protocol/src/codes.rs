@@ -88,6 +88,10 @@ wire_enum! {
         /// Retryable: not stored, the disk has no space for the next commitlog segment. Reads
         /// keep working; writes are accepted again as soon as space is freed.
         DiskFull = 202 => "DISK_FULL",
+        /// Retryable, not stored: an `all` produce refused before its append because the
+        /// in-sync set is smaller than `min_in_sync_replicas`. Reserved for controller mode
+        /// (issue 11); no broker of this version sends it.
+        InSyncReplicasNotEnough = 203 => "IN_SYNC_REPLICAS_NOT_ENOUGH",
         StoreError = 300 => "STORE_ERROR",
         Internal = 301 => "INTERNAL",
     }
@@ -110,7 +114,10 @@ impl Status {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            Status::SystemBusy | Status::NotMaster | Status::DiskFull
+            Status::SystemBusy
+                | Status::NotMaster
+                | Status::DiskFull
+                | Status::InSyncReplicasNotEnough
         )
     }
 }

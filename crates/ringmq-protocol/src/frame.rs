@@ -5,7 +5,7 @@
 //!  0     4    length      bytes after this field (20 + body length)
 //!  4     2    magic       0x4D52 ("RM" on the wire)
 //!  6     1    version     1
-//!  7     1    flags       bit 0: response
+//!  7     1    flags       bit 0: response; bits 1-2: a produce's acknowledgement level
 //!  8     2    opcode      see codes::Opcode
 //! 10     2    status      see codes::Status (0 in requests)
 //! 12     8    request_id  chosen by the client, echoed in the response
@@ -13,6 +13,7 @@
 //! 24     ..   body
 //! ```
 
+use super::acks::Acks;
 use super::codes::{Opcode, Status};
 use thiserror::Error;
 
@@ -20,6 +21,12 @@ pub const FRAME_HEADER_BYTES: usize = 24;
 pub const FRAME_MAGIC: u16 = 0x4D52;
 pub const PROTOCOL_VERSION: u8 = 1;
 pub const FLAG_RESPONSE: u8 = 0x01;
+/// Bits 1-2 of a `Produce` request: 0 leaves the level to the broker's `default_acks`,
+/// 1 = none, 2 = leader, 3 = all (see [`Acks`]). Zero in every other frame.
+pub const FLAG_ACKS_MASK: u8 = 0b0000_0110;
+const FLAG_ACKS_SHIFT: u32 = 1;
+/// Bits no frame sets in protocol version 1; a request with one of them is refused.
+pub const FLAGS_RESERVED_MASK: u8 = 0b1111_1000;
 /// Bytes counted by the length field that belong to the header.
 const LENGTH_COVERED_HEADER_BYTES: usize = FRAME_HEADER_BYTES - 4;
 
@@ -54,6 +61,53 @@ impl FrameHeader {
     pub fn is_response(&self) -> bool {
         self.flags & FLAG_RESPONSE != 0
     }
+
+    /// The same header naming `acks` in flag bits 1-2, or the broker's default for `None`.
+    pub fn with_acks(mut self, acks: Option<Acks>) -> Self {
+        let value = acks.map_or(0, Acks::flag_value);
+        self.flags = (self.flags & !FLAG_ACKS_MASK) | (value << FLAG_ACKS_SHIFT);
+        self
+    }
+
+    /// The level flag bits 1-2 name; `None` when they are 0 (the broker's default).
+    pub fn acks(&self) -> Option<Acks> {
+        Acks::from_flag_value((self.flags & FLAG_ACKS_MASK) >> FLAG_ACKS_SHIFT)
+    }
+
+    /// Checks the flags of a frame received as a request and returns the level it names.
+    /// A request may not set the response bit or a reserved bit, and only `Produce` may name
+    /// a level: a peer that does is not speaking this protocol as documented, but the frame
+    /// boundary is intact, so the receiver answers `BAD_REQUEST` and keeps the connection.
+    pub fn request_acks(&self) -> Result<Option<Acks>, FlagsError> {
+        let flags = self.flags;
+        if flags & FLAG_RESPONSE != 0 {
+            return Err(FlagsError::ResponseBit { flags });
+        }
+        if flags & FLAGS_RESERVED_MASK != 0 {
+            return Err(FlagsError::Reserved { flags });
+        }
+        let acks = self.acks();
+        if acks.is_some() && self.opcode != Opcode::Produce as u16 {
+            return Err(FlagsError::AcksOnOpcode {
+                flags,
+                opcode: self.opcode,
+            });
+        }
+        Ok(acks)
+    }
+}
+
+/// Why a request's flags are refused (answered `BAD_REQUEST`; the connection stays open).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum FlagsError {
+    #[error("request flags {flags:#04x} set the response bit (bit 0)")]
+    ResponseBit { flags: u8 },
+    #[error("request flags {flags:#04x} set reserved bits (bits 3-7 must be 0)")]
+    Reserved { flags: u8 },
+    #[error(
+        "request flags {flags:#04x} name an acknowledgement level (bits 1-2), which only Produce (10) may, not opcode {opcode}"
+    )]
+    AcksOnOpcode { flags: u8, opcode: u16 },
 }
 
 /// Why bytes on a connection are not a frame. Every variant means the stream can no longer be
@@ -244,6 +298,46 @@ mod tests {
         b.extend_from_slice(b"body bytes");
         finish_frame(&mut b, start);
         assert_eq!(&b[2..], &a[..]);
+    }
+
+    #[test]
+    fn acks_travel_in_bits_1_and_2_and_bad_combinations_are_refused() {
+        let produce = FrameHeader::request(Opcode::Produce, 1);
+        assert_eq!(produce.request_acks(), Ok(None));
+        for (acks, flags) in [(Acks::None, 0x02), (Acks::Leader, 0x04), (Acks::All, 0x06)] {
+            let header = produce.with_acks(Some(acks));
+            assert_eq!(header.flags, flags);
+            assert_eq!(header.request_acks(), Ok(Some(acks)));
+            assert_eq!(header.with_acks(None), produce);
+            let mut out = Vec::new();
+            encode_frame(&mut out, header, b"");
+            assert_eq!(out[7], flags);
+            let frame = FrameDecoder::new(64).decode(&out).unwrap().unwrap();
+            assert_eq!(frame.header.acks(), Some(acks));
+        }
+        let ping = FrameHeader::request(Opcode::Ping, 2).with_acks(Some(Acks::All));
+        assert!(matches!(
+            ping.request_acks(),
+            Err(FlagsError::AcksOnOpcode { opcode: 1, .. })
+        ));
+        for bit in 3..8 {
+            let header = FrameHeader {
+                flags: 1 << bit,
+                ..produce
+            };
+            assert!(matches!(
+                header.request_acks(),
+                Err(FlagsError::Reserved { .. })
+            ));
+        }
+        let response_bit = FrameHeader {
+            flags: FLAG_RESPONSE,
+            ..produce
+        };
+        assert!(matches!(
+            response_bit.request_acks(),
+            Err(FlagsError::ResponseBit { .. })
+        ));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! [`message`] and each opcode once, with its request and response, in [`requests`]; see
 //! "How to add an opcode" in `docs/protocol.md`.
 
+pub mod acks;
 pub mod admin;
 pub mod codec;
 pub mod codes;
@@ -16,8 +17,9 @@ pub mod namesrv;
 pub mod properties;
 pub mod requests;
 
+pub use acks::Acks;
 pub use codes::{not_master_hint, not_master_message, MasterHint, Opcode, Status};
-pub use frame::{FrameDecoder, FrameError, FrameHeader};
+pub use frame::{FlagsError, FrameDecoder, FrameError, FrameHeader};
 pub use requests::{FailsOver, Placement, Request, Response};
 #[cfg(test)]
 mod proptests;

@@ -152,6 +152,36 @@ const PRODUCE_REQUEST: &str = concat!(
     "6c6f05000000000000000000000000000000",
 );
 
+/// The header of a produce frame (request id 1, empty body) at each acknowledgement level:
+/// the level is flag byte 7, bits 1-2 (`00` leaves it to the broker's `default_acks`).
+#[test]
+fn produce_frame_acks_flags() {
+    use ringmq_protocol::frame::{encode_frame, FrameDecoder, FrameHeader};
+    use ringmq_protocol::{Acks, Opcode};
+    let cases = [
+        (None, "14000000524d01000a000000010000000000000000000000"),
+        (
+            Some(Acks::None),
+            "14000000524d01020a000000010000000000000000000000",
+        ),
+        (
+            Some(Acks::Leader),
+            "14000000524d01040a000000010000000000000000000000",
+        ),
+        (
+            Some(Acks::All),
+            "14000000524d01060a000000010000000000000000000000",
+        ),
+    ];
+    for (acks, golden) in cases {
+        let header = FrameHeader::request(Opcode::Produce, 1).with_acks(acks);
+        let name = format!("produce frame at {acks:?}");
+        let bytes = check_encoding(&name, golden, |out| encode_frame(out, header, &[]));
+        let frame = FrameDecoder::new(64).decode(&bytes).unwrap().unwrap();
+        assert_eq!(frame.header.request_acks(), Ok(acks), "{name}");
+    }
+}
+
 #[test]
 fn pull_response() {
     let summary = PullSummary {
