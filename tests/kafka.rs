@@ -203,7 +203,11 @@ fn kcat_lists_produces_with_every_acks_level_and_codec_and_consumes_each_record_
         .iter()
         .map(|(line, run)| {
             let (key, value) = line.split_once(':').expect("key:value");
-            (key.to_string(), value.to_string(), format!("run={run},codec=ok"))
+            (
+                key.to_string(),
+                value.to_string(),
+                format!("run={run},codec=ok"),
+            )
         })
         .collect();
     expected.sort();
@@ -238,7 +242,16 @@ fn native_and_kafka_clients_read_each_others_messages() {
         &broker,
         &kafka,
         &[
-            "-P", "-t", "mixed", "-p", "0", "-K:", "-H", "origin=kafka", "-H", "x=1",
+            "-P",
+            "-t",
+            "mixed",
+            "-p",
+            "0",
+            "-K:",
+            "-H",
+            "origin=kafka",
+            "-H",
+            "x=1",
         ],
         b"kafka-key:kafka body\n",
     );
@@ -372,8 +385,7 @@ fn api_versions_with_an_unsupported_version_gets_error_35_and_an_unknown_api_clo
         "group APIs are not served yet"
     );
     // The connection still serves a version both know.
-    let ok: ApiVersionsResponse =
-        wire.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    let ok: ApiVersionsResponse = wire.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
     assert_eq!(ok.error_code, 0);
     assert_eq!(ok.api_keys, versions.api_keys);
     // JoinGroup is not served: one warning, and the connection closes.
@@ -432,9 +444,11 @@ fn produce_request(topic: &str, records: Bytes) -> ProduceRequest {
         .with_timeout_ms(5_000)
         .with_topic_data(vec![produce_request::TopicProduceData::default()
             .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-            .with_partition_data(vec![produce_request::PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(records))])])
+            .with_partition_data(vec![
+                produce_request::PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(records)),
+            ])])
 }
 
 fn produced(answer: &ProduceResponse) -> (i16, i64) {
@@ -467,12 +481,11 @@ fn an_idempotent_retry_is_answered_with_its_offset_and_stored_once() {
     );
     assert_eq!(init.error_code, 0);
     let pid = init.producer_id.0;
-    let other: InitProducerIdResponse =
-        wire.call(
-            ApiKey::InitProducerId,
-            0,
-            &InitProducerIdRequest::default().with_transactional_id(None),
-        );
+    let other: InitProducerIdResponse = wire.call(
+        ApiKey::InitProducerId,
+        0,
+        &InitProducerIdRequest::default().with_transactional_id(None),
+    );
     assert_ne!(other.producer_id.0, pid, "producer ids are unique");
 
     let first = produce_request("idem", idempotent_batch(pid, 0, &["a", "b"]));
@@ -518,8 +531,9 @@ fn an_idempotent_retry_is_answered_with_its_offset_and_stored_once() {
     let offsets: ListOffsetsResponse = wire.call(
         ApiKey::ListOffsets,
         6,
-        &ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![
-            list_offsets_request::ListOffsetsTopic::default()
+        &ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
                 .with_name(TopicName(StrBytes::from_static_str("idem")))
                 .with_partitions(vec![
                     list_offsets_request::ListOffsetsPartition::default()
@@ -531,8 +545,7 @@ fn an_idempotent_retry_is_answered_with_its_offset_and_stored_once() {
                     list_offsets_request::ListOffsetsPartition::default()
                         .with_partition_index(0)
                         .with_timestamp(0),
-                ]),
-        ]),
+                ])]),
     );
     let got: Vec<(i16, i64)> = offsets.topics[0]
         .partitions

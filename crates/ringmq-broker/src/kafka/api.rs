@@ -12,7 +12,7 @@ use crate::protocol::message::{
     MessageRef, Metadata, ProduceRequest as NativeProduce, ProduceResponse as NativeProduced,
     PullRequest, PullResponse, QueueRef, QueueStats, TopicCreate, TopicDelete,
 };
-use crate::protocol::{Opcode, Status};
+use crate::protocol::{Acks, Opcode, Status};
 use crate::shard::handlers;
 use crate::shard::mesh::Reply;
 use crate::shard::Shard;
@@ -69,6 +69,7 @@ mod code {
     pub const MESSAGE_TOO_LARGE: i16 = 10;
     pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
     pub const RECORD_LIST_TOO_LARGE: i16 = 18;
+    pub const INVALID_REQUIRED_ACKS: i16 = 21;
     pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
     pub const UNSUPPORTED_VERSION: i16 = 35;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
@@ -410,7 +411,15 @@ async fn produce(
     node: &KafkaNode,
     request: ProduceRequest,
 ) -> Option<ProduceResponse> {
-    let acks = request.acks;
+    // Kafka's acks onto the broker's levels. The native produce path below waits for the
+    // broker's configured guarantee whatever the level until the shared produce function of
+    // the acknowledgement-levels work takes one; `None` already sends no answer.
+    let acks = match request.acks {
+        0 => Some(Acks::None),
+        1 => Some(Acks::Leader),
+        -1 => Some(Acks::All),
+        _ => None,
+    };
     let transactional = request
         .transactional_id
         .as_ref()
@@ -421,7 +430,14 @@ async fn produce(
         let mut partitions = Vec::with_capacity(topic.partition_data.len());
         for partition in topic.partition_data {
             let index = partition.index;
-            let outcome = if transactional {
+            let outcome = if acks.is_none() {
+                partition_produced(
+                    index,
+                    code::INVALID_REQUIRED_ACKS,
+                    -1,
+                    Some(format!("acks {} is not 0, 1 or -1", request.acks)),
+                )
+            } else if transactional {
                 partition_produced(
                     index,
                     code::UNSUPPORTED_FOR_MESSAGE_FORMAT,
@@ -440,7 +456,7 @@ async fn produce(
         );
     }
     // acks 0: the producer reads no answer (it is not even sent a response frame).
-    (acks != 0).then(|| ProduceResponse::default().with_responses(responses))
+    (acks != Some(Acks::None)).then(|| ProduceResponse::default().with_responses(responses))
 }
 
 async fn produce_partition(
@@ -614,9 +630,12 @@ async fn fetch(shard: &Rc<Shard>, request: FetchRequest) -> Option<FetchResponse
         // Long poll: the native pull waits at the end of every queue asked for at once, until
         // the first one has something or the wait is over; then everything is read again.
         let wait = request.max_wait_ms as u32;
+        // Partitions that answered an error are not waited on: they would answer at once.
         let waits: Vec<_> = wanted
             .iter()
-            .filter(|w| w.offset >= 0)
+            .zip(&answers)
+            .filter(|(w, answer)| w.offset >= 0 && answer.error_code == code::NONE)
+            .map(|(w, _)| w)
             .map(|w| {
                 Box::pin(pull(
                     shard,
@@ -898,7 +917,11 @@ async fn init_producer_id(
     request: InitProducerIdRequest,
 ) -> Option<InitProducerIdResponse> {
     // A null transactional id (an empty one read as null too) asks for an idempotent producer.
-    if request.transactional_id.as_ref().is_some_and(|id| !id.0.is_empty()) {
+    if request
+        .transactional_id
+        .as_ref()
+        .is_some_and(|id| !id.0.is_empty())
+    {
         warn!("InitProducerId with a transactional id: ringmq has no transactions");
         return Some(
             InitProducerIdResponse::default()

@@ -86,8 +86,19 @@ pub fn decode_record_set(
         if info.transactional || info.control {
             return Err(BatchError::Transactional);
         }
+        let count = usize::try_from(info.record_count)
+            .ok()
+            .filter(|n| *n <= MAX_RECORDS_PER_BATCH)
+            .ok_or_else(|| {
+                BatchError::Corrupt(format!(
+                    "{} records in one batch (at most {MAX_RECORDS_PER_BATCH})",
+                    info.record_count
+                ))
+            })?;
         let decompress = |data: &mut Bytes, compression: Compression| {
-            decompress(data, compression, max_decompressed).map_err(anyhow::Error::from)
+            let records = decompress(data, compression, max_decompressed)?;
+            check_record_counts(&records, count)?;
+            Ok::<_, BatchError>(records).map_err(anyhow::Error::from)
         };
         let set = RecordBatchDecoder::decode_with_custom_compression(&mut buf, Some(decompress))
             .map_err(|e| match e.downcast::<BatchError>() {
@@ -110,6 +121,70 @@ pub fn decode_record_set(
         ));
     }
     Ok(batches)
+}
+
+/// Records in one batch at most: a native produce's message limit.
+pub const MAX_RECORDS_PER_BATCH: usize = crate::constants::MAX_MESSAGES_PER_PRODUCE;
+
+/// Walks a batch's (decompressed) records before the codec decodes them, checking that each
+/// length and count fits in the bytes that are there. kafka-protocol 0.18 reserves room for a
+/// record's declared header count before reading one, so a few crafted bytes claiming 2^31
+/// headers would make the broker's allocation fail and abort it.
+fn check_record_counts(records: &[u8], count: usize) -> Result<(), BatchError> {
+    let corrupt = |what: &str| BatchError::Corrupt(format!("record {what} does not fit the batch"));
+    let mut rest = records;
+    for _ in 0..count {
+        let len = varint(&mut rest).ok_or_else(|| corrupt("length"))?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|l| *l <= rest.len())
+            .ok_or_else(|| corrupt("length"))?;
+        let (mut record, tail) = rest.split_at(len);
+        rest = tail;
+        record = record.get(1..).ok_or_else(|| corrupt("attributes"))?;
+        varint(&mut record).ok_or_else(|| corrupt("timestamp delta"))?;
+        varint(&mut record).ok_or_else(|| corrupt("offset delta"))?;
+        for field in ["key", "value"] {
+            skip_nullable(&mut record).ok_or_else(|| corrupt(field))?;
+        }
+        let headers = varint(&mut record).ok_or_else(|| corrupt("header count"))?;
+        // A header takes at least two bytes (its name's and its value's lengths).
+        let headers = usize::try_from(headers)
+            .ok()
+            .filter(|h| h.saturating_mul(2) <= record.len())
+            .ok_or_else(|| corrupt("header count"))?;
+        for _ in 0..headers {
+            skip_nullable(&mut record).ok_or_else(|| corrupt("header name"))?;
+            skip_nullable(&mut record).ok_or_else(|| corrupt("header value"))?;
+        }
+    }
+    Ok(())
+}
+
+/// A zigzag varint (Kafka's record fields), at most 10 bytes.
+fn varint(buf: &mut &[u8]) -> Option<i64> {
+    let mut value: u64 = 0;
+    for i in 0..10 {
+        let (&b, rest) = buf.split_first()?;
+        *buf = rest;
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value >> 1) as i64 ^ -((value & 1) as i64));
+        }
+    }
+    None
+}
+
+/// Skips a varint-length-prefixed field (-1: null).
+fn skip_nullable(buf: &mut &[u8]) -> Option<()> {
+    match varint(buf)? {
+        -1 => Some(()),
+        len => {
+            let len = usize::try_from(len).ok().filter(|l| *l <= buf.len())?;
+            *buf = &buf[len..];
+            Some(())
+        }
+    }
 }
 
 fn to_native(record: &Record, now_ms: u64) -> NativeMessage {
@@ -140,7 +215,8 @@ pub fn encode_batch(messages: &[StoredMessage<'_>]) -> Result<Bytes, BatchError>
     if messages.is_empty() {
         return Ok(Bytes::new());
     }
-    let records: Vec<Record> = messages.iter().map(to_record).collect();
+    let base = messages[0].offset;
+    let records: Vec<Record> = messages.iter().map(|m| to_record(m, base)).collect();
     let mut out = BytesMut::new();
     RecordBatchEncoder::encode(
         &mut out,
@@ -154,7 +230,10 @@ pub fn encode_batch(messages: &[StoredMessage<'_>]) -> Result<Bytes, BatchError>
     Ok(out.freeze())
 }
 
-fn to_record(m: &StoredMessage<'_>) -> Record {
+/// `base`: the batch's first offset. The encoder starts a new batch wherever
+/// `offset - sequence` changes, so each record's sequence follows its offset, from -1 at the
+/// base: one batch, whose base sequence is -1 (no producer).
+fn to_record(m: &StoredMessage<'_>, base: u64) -> Record {
     let mut record = Record {
         transactional: false,
         control: false,
@@ -164,7 +243,7 @@ fn to_record(m: &StoredMessage<'_>) -> Record {
         producer_epoch: -1,
         timestamp_type: TimestampType::Creation,
         offset: m.offset as i64,
-        sequence: -1,
+        sequence: (m.offset.wrapping_sub(base) as i32).wrapping_sub(1),
         timestamp: i64::try_from(m.born_timestamp_ms).unwrap_or(i64::MAX),
         key: (!m.key.is_empty()).then(|| Bytes::copy_from_slice(m.key)),
         value: Some(Bytes::copy_from_slice(m.body)),
@@ -396,6 +475,10 @@ mod tests {
                 })
                 .collect();
             let batch = encode_batch(&stored).expect("encodes");
+            let mut info = batch.clone();
+            let infos = RecordBatchDecoder::decode_batch_info(&mut info).expect("header");
+            prop_assert_eq!(infos.len(), 1, "one batch");
+            prop_assert_eq!((infos[0].base_sequence, infos[0].producer_id), (-1, -1));
             let mut buf = batch.clone();
             let set = RecordBatchDecoder::decode(&mut buf).expect("decodes");
             prop_assert_eq!(set.records.len(), stored.len());
@@ -422,6 +505,23 @@ mod tests {
             prop_assume!(at >= 21);
             bytes[at] ^= flip;
             prop_assert!(decode_record_set(&Bytes::from(bytes), 0, 1 << 20).is_err());
+        }
+
+        /// A batch whose header claims more records, or a record more headers, than its bytes
+        /// hold is refused before the codec reserves room for them.
+        #[test]
+        fn impossible_counts_are_refused(records in 1u32..4, headers in 1u64..(1 << 31)) {
+            let mut record = vec![0u8, 0, 0, 1, 2, b'v']; // attributes, deltas, null key, value "v"
+            let mut zigzag = headers << 1;
+            loop {
+                let b = (zigzag & 0x7f) as u8;
+                zigzag >>= 7;
+                if zigzag == 0 { record.push(b); break; }
+                record.push(b | 0x80);
+            }
+            let mut body = vec![(record.len() as u8) << 1];
+            body.extend_from_slice(&record);
+            prop_assert!(check_record_counts(&body, records as usize).is_err());
         }
 
         /// Arbitrary bytes never panic the decoder.
