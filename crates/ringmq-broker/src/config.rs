@@ -903,6 +903,43 @@ mod tests {
         assert_eq!(back, config);
     }
 
+    /// The Kafka keys: off by default, a wildcard bind needs an advertised address, the
+    /// node id is not negative; each refusal names its key.
+    #[test]
+    fn kafka_keys_are_checked_and_name_their_key() {
+        let kafka = |listen: &str, advertised: Option<&str>, node: Option<i32>| BrokerConfig {
+            kafka_listen: Some(listen.to_string()),
+            kafka_advertised_listen: advertised.map(str::to_string),
+            kafka_node_id: node,
+            ..BrokerConfig::default()
+        };
+        assert_eq!(BrokerConfig::default().kafka_addr().unwrap(), None);
+        kafka("127.0.0.1:9092", None, None).validate().unwrap();
+        kafka("0.0.0.0:9092", Some("mq1.example:9092"), Some(3))
+            .validate()
+            .unwrap();
+        let key = |c: BrokerConfig| c.validate().unwrap_err().key();
+        assert_eq!(key(kafka("localhost", None, None)), Some("kafka_listen"));
+        assert_eq!(
+            key(kafka("0.0.0.0:9092", None, None)),
+            Some("kafka_advertised_listen")
+        );
+        assert_eq!(
+            key(kafka("127.0.0.1:9092", Some("no-port"), None)),
+            Some("kafka_advertised_listen")
+        );
+        assert_eq!(
+            key(kafka("127.0.0.1:9092", None, Some(-1))),
+            Some("kafka_node_id")
+        );
+        let parsed = BrokerConfig::from_toml(
+            "kafka_listen = \"127.0.0.1:0\"\nkafka_node_id = 7\nkafka_auto_create_topics = true",
+        )
+        .unwrap();
+        assert_eq!(parsed.kafka_node_id, Some(7));
+        assert!(parsed.kafka_auto_create_topics);
+    }
+
     #[test]
     fn empty_file_means_defaults() {
         assert_eq!(

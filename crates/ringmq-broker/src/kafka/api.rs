@@ -5,6 +5,7 @@
 //! the client id and software) and the connection closes, except ApiVersions itself, which
 //! Kafka answers with UNSUPPORTED_VERSION (35) in a v0 body and the list.
 
+use super::producers::BatchId;
 use super::records::{self, StoredMessage};
 use super::KafkaNode;
 use crate::constants::{MAX_BYTES_PER_PULL, MAX_MESSAGES_PER_PRODUCE, MAX_MESSAGES_PER_PULL};
@@ -499,15 +500,13 @@ async fn produce_partition(
     let mut first_offset = None;
     for batch in batches {
         let p = batch.producer;
-        let count = batch.messages.len() as u32;
-        if let Some(offset) = node.windows.duplicate_of(
-            topic,
-            queue,
-            p.producer_id,
-            p.producer_epoch,
-            p.base_sequence,
-            count,
-        ) {
+        let id = BatchId {
+            producer_id: p.producer_id,
+            epoch: p.producer_epoch,
+            base_sequence: p.base_sequence,
+            record_count: batch.messages.len() as u32,
+        };
+        if let Some(offset) = node.windows.duplicate_of(topic, queue, id) {
             first_offset.get_or_insert(offset);
             continue;
         }
@@ -550,15 +549,7 @@ async fn produce_partition(
         let Some(stored) = stored else {
             return partition_produced(index, error_code(reply.status), -1, Some(message(&reply)));
         };
-        node.windows.stored(
-            topic,
-            queue,
-            p.producer_id,
-            p.producer_epoch,
-            p.base_sequence,
-            count,
-            stored.base_offset,
-        );
+        node.windows.stored(topic, queue, id, stored.base_offset);
         first_offset.get_or_insert(stored.base_offset);
         if reply.status != Status::Ok {
             return partition_produced(

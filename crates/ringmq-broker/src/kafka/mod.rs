@@ -228,3 +228,27 @@ async fn within(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_id_is_stable_and_not_negative_and_the_advertised_address_splits() {
+        for broker_id in [1, u64::MAX, i32::MAX as u64, 12_345_678_901_234] {
+            let id = node_id_from_broker_id(broker_id);
+            assert!(id >= 0);
+            assert_eq!(id, node_id_from_broker_id(broker_id));
+        }
+        assert_eq!(
+            split_host_port("mq1.example:9092"),
+            Some(("mq1.example".to_string(), 9092))
+        );
+        assert_eq!(
+            split_host_port("[::1]:9092"),
+            Some(("::1".to_string(), 9092))
+        );
+        assert_eq!(split_host_port("mq1.example:0"), None);
+        assert_eq!(split_host_port(":9092"), None);
+    }
+}

@@ -41,6 +41,15 @@ impl ProducerIds {
     }
 }
 
+/// What identifies a produced batch of an idempotent producer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchId {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: u32,
+}
+
 /// One remembered batch: what identifies it and the first offset it was stored at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Seen {
@@ -59,15 +68,13 @@ pub struct Windows {
 impl Windows {
     /// The first offset a batch with these fields was stored at, if it is one of the last
     /// [`WINDOW`] of its producer on this partition.
-    pub fn duplicate_of(
-        &self,
-        topic: &str,
-        partition: u32,
-        producer_id: i64,
-        epoch: i16,
-        base_sequence: i32,
-        record_count: u32,
-    ) -> Option<u64> {
+    pub fn duplicate_of(&self, topic: &str, partition: u32, batch: BatchId) -> Option<u64> {
+        let BatchId {
+            producer_id,
+            epoch,
+            base_sequence,
+            record_count,
+        } = batch;
         if producer_id < 0 {
             return None;
         }
@@ -84,16 +91,13 @@ impl Windows {
     }
 
     /// Remembers a stored batch, forgetting the oldest past [`WINDOW`].
-    pub fn stored(
-        &self,
-        topic: &str,
-        partition: u32,
-        producer_id: i64,
-        epoch: i16,
-        base_sequence: i32,
-        record_count: u32,
-        base_offset: u64,
-    ) {
+    pub fn stored(&self, topic: &str, partition: u32, batch: BatchId, base_offset: u64) {
+        let BatchId {
+            producer_id,
+            epoch,
+            base_sequence,
+            record_count,
+        } = batch;
         if producer_id < 0 {
             return;
         }
@@ -123,25 +127,42 @@ impl Windows {
 mod tests {
     use super::*;
 
+    fn id(producer_id: i64, epoch: i16, base_sequence: i32, record_count: u32) -> BatchId {
+        BatchId {
+            producer_id,
+            epoch,
+            base_sequence,
+            record_count,
+        }
+    }
+
     #[test]
     fn a_retried_batch_is_found_until_five_newer_ones_pass() {
         let w = Windows::default();
-        w.stored("t", 0, 7, 0, 0, 3, 100);
-        assert_eq!(w.duplicate_of("t", 0, 7, 0, 0, 3), Some(100));
-        assert_eq!(w.duplicate_of("t", 1, 7, 0, 0, 3), None, "other partition");
-        assert_eq!(w.duplicate_of("t", 0, 7, 1, 0, 3), None, "other epoch");
-        assert_eq!(w.duplicate_of("t", 0, -1, 0, 0, 3), None, "not idempotent");
+        w.stored("t", 0, id(7, 0, 0, 3), 100);
+        assert_eq!(w.duplicate_of("t", 0, id(7, 0, 0, 3)), Some(100));
+        assert_eq!(
+            w.duplicate_of("t", 1, id(7, 0, 0, 3)),
+            None,
+            "other partition"
+        );
+        assert_eq!(w.duplicate_of("t", 0, id(7, 1, 0, 3)), None, "other epoch");
+        assert_eq!(
+            w.duplicate_of("t", 0, id(-1, 0, 0, 3)),
+            None,
+            "not idempotent"
+        );
         for i in 1..=WINDOW as i32 {
-            w.stored("t", 0, 7, 0, i * 3, 3, 100 + i as u64 * 3);
+            w.stored("t", 0, id(7, 0, i * 3, 3), 100 + i as u64 * 3);
         }
         assert_eq!(
-            w.duplicate_of("t", 0, 7, 0, 0, 3),
+            w.duplicate_of("t", 0, id(7, 0, 0, 3)),
             None,
             "out of the window"
         );
-        assert_eq!(w.duplicate_of("t", 0, 7, 0, 15, 3), Some(115));
+        assert_eq!(w.duplicate_of("t", 0, id(7, 0, 15, 3)), Some(115));
         w.forget_topic("t");
-        assert_eq!(w.duplicate_of("t", 0, 7, 0, 15, 3), None);
+        assert_eq!(w.duplicate_of("t", 0, id(7, 0, 15, 3)), None);
     }
 
     #[test]

@@ -410,7 +410,10 @@ mod tests {
         )
     }
 
-    fn message() -> impl Strategy<Value = (u64, Vec<u8>, Vec<(String, Option<Vec<u8>>)>, Vec<u8>)> {
+    /// Born timestamp, key, headers (name, value), body.
+    type TestMessage = (u64, Vec<u8>, Vec<(String, Option<Vec<u8>>)>, Vec<u8>);
+
+    fn message() -> impl Strategy<Value = TestMessage> {
         (
             0u64..(1 << 45),
             proptest::collection::vec(any::<u8>(), 0..16),
