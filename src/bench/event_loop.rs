@@ -671,7 +671,7 @@ impl Driver<'_> {
             conn.next_request_id += 1;
             let start = begin_frame(
                 &mut conn.write_buf,
-                FrameHeader::request(Opcode::Produce, request_id),
+                FrameHeader::request(Opcode::Produce, request_id).with_acks(workload.acks),
             );
             encode_produce(&mut conn.write_buf, &workload.topic, queue, &batch);
             finish_frame(&mut conn.write_buf, start);

@@ -7,9 +7,10 @@ use super::histogram::{write_interval_log, write_percentile_distribution, Interv
 use super::mode::BenchMode;
 use super::plot::{self, LatencyAxis, RatioSeries, Series};
 use super::report::{self, ModeRatio};
-use super::run::{self, run_name, RunMeasurement, RunSummary};
+use super::run::{self, run_name_at, RunMeasurement, RunSummary};
 use super::workload::{self, Workload};
 use crate::client::cluster::RouteCache;
+use crate::protocol::Acks;
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,9 @@ pub enum Target {
 pub struct Matrix {
     pub target: Target,
     pub modes: Vec<BenchMode>,
+    /// The acknowledgement levels each mode runs at, each its own row (`[None]`: the
+    /// broker's default only, as before `--acks`).
+    pub acks_levels: Vec<Option<Acks>>,
     pub producer_counts: Vec<u32>,
     /// The workload; `producers` and `topic` are set per run.
     pub workload: Workload,
@@ -53,12 +57,14 @@ pub fn run_matrix(matrix: &Matrix) -> Result<(), String> {
     let mut measurements = Vec::new();
     let mut ready_lines = Vec::new();
     for &mode in &modes {
-        for &producers in &matrix.producer_counts {
-            let (measurement, ready) = run_one(matrix, mode, producers)?;
-            ready_lines.extend(ready);
-            print_run(&measurement.summary);
-            write_run_files(&matrix.out_dir, &measurement)?;
-            measurements.push(measurement);
+        for &acks in &matrix.acks_levels {
+            for &producers in &matrix.producer_counts {
+                let (measurement, ready) = run_one(matrix, mode, acks, producers)?;
+                ready_lines.extend(ready);
+                print_run(&measurement.summary);
+                write_run_files(&matrix.out_dir, &measurement)?;
+                measurements.push(measurement);
+            }
         }
     }
     let summaries: Vec<RunSummary> = measurements.iter().map(|m| m.summary.clone()).collect();
@@ -68,6 +74,11 @@ pub fn run_matrix(matrix: &Matrix) -> Result<(), String> {
     if !ratios.is_empty() {
         println!();
         print!("{}", report::ratio_table(&ratios));
+    }
+    let acks_ratios = report::acks_ratios(&summaries);
+    if !acks_ratios.is_empty() {
+        println!();
+        print!("{}", report::acks_ratio_table(&acks_ratios));
     }
     write_results_json(matrix, &summaries, &ratios)?;
     write_machine_json(matrix, &ready_lines)?;
@@ -102,11 +113,13 @@ fn resolve_modes(matrix: &Matrix) -> Result<Vec<BenchMode>, String> {
 fn run_one(
     matrix: &Matrix,
     mode: BenchMode,
+    acks: Option<Acks>,
     producers: u32,
 ) -> Result<(RunMeasurement, Option<String>), String> {
-    let name = run_name(mode, producers);
+    let name = run_name_at(mode, acks, producers);
     let workload = Workload {
         producers,
+        acks,
         topic: format!(
             "bench-{}-{}",
             name.to_ascii_lowercase().replace('_', "-"),

@@ -3,6 +3,7 @@
 
 use super::mode::BenchMode;
 use super::run::RunSummary;
+use crate::protocol::Acks;
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -77,7 +78,7 @@ pub fn matrix_table(runs: &[RunSummary]) -> String {
     // Wide enough for the longest mode name (SYNC_MASTER_X2), 12 as before otherwise.
     let w = runs
         .iter()
-        .map(|r| r.mode.name().len())
+        .map(|r| mode_label(r).len())
         .max()
         .unwrap_or(0)
         .max(12);
@@ -117,7 +118,7 @@ pub fn matrix_table(runs: &[RunSummary]) -> String {
                 "{:<w$} {:>9} {:>10.0} {:>8.2} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | ",
                 "{:>8} {:>8} | {:>6} {:>6} {:>7}"
             ),
-            r.mode.name(),
+            mode_label(r),
             r.producers,
             r.messages_per_sec,
             r.mib_per_sec,
@@ -136,6 +137,14 @@ pub fn matrix_table(runs: &[RunSummary]) -> String {
         );
     }
     out
+}
+
+/// The mode column: the mode, and the level when `--acks` named one (`SYNC_MASTER/all`).
+fn mode_label(run: &RunSummary) -> String {
+    match run.acks {
+        Some(acks) => format!("{}/{acks}", run.mode.name()),
+        None => run.mode.name().to_string(),
+    }
 }
 
 /// A sync mode against its async twin at one producer count.
@@ -159,7 +168,7 @@ pub fn ratios(runs: &[RunSummary]) -> Vec<ModeRatio> {
         };
         let Some(twin) = runs
             .iter()
-            .find(|r| r.mode == baseline && r.producers == run.producers)
+            .find(|r| r.mode == baseline && r.producers == run.producers && r.acks == run.acks)
         else {
             continue;
         };
@@ -173,6 +182,67 @@ pub fn ratios(runs: &[RunSummary]) -> Vec<ModeRatio> {
                 twin.produce_latency.p99_us as f64,
             ),
         });
+    }
+    out
+}
+
+/// One mode at level `all` against the same mode at `leader`, at one producer count: what
+/// waiting for the slaves costs.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AcksRatio {
+    pub mode: BenchMode,
+    pub producers: u32,
+    /// `all` msg/s ÷ `leader` msg/s.
+    pub throughput_ratio: f64,
+    /// `all` p99 ÷ `leader` p99 (produce latency).
+    pub p99_ratio: f64,
+}
+
+/// Every (mode, producer count) run at both `all` and `leader`.
+pub fn acks_ratios(runs: &[RunSummary]) -> Vec<AcksRatio> {
+    let at = |run: &RunSummary, acks: Acks| run.acks == Some(acks);
+    runs.iter()
+        .filter(|run| at(run, Acks::All))
+        .filter_map(|all| {
+            let leader = runs.iter().find(|r| {
+                at(r, Acks::Leader) && r.mode == all.mode && r.producers == all.producers
+            })?;
+            Some(AcksRatio {
+                mode: all.mode,
+                producers: all.producers,
+                throughput_ratio: ratio(all.messages_per_sec, leader.messages_per_sec),
+                p99_ratio: ratio(
+                    all.produce_latency.p99_us as f64,
+                    leader.produce_latency.p99_us as f64,
+                ),
+            })
+        })
+        .collect()
+}
+
+pub fn acks_ratio_table(ratios: &[AcksRatio]) -> String {
+    let mut out = String::new();
+    let pair = |r: &AcksRatio| format!("{} all / leader", r.mode.name());
+    let w = ratios
+        .iter()
+        .map(|r| pair(r).len())
+        .max()
+        .unwrap_or(0)
+        .max(26);
+    let _ = writeln!(
+        out,
+        "{:<w$} {:>9} {:>12} {:>10}",
+        "acks ratio", "producers", "msg/s ratio", "p99 ratio"
+    );
+    for r in ratios {
+        let _ = writeln!(
+            out,
+            "{:<w$} {:>9} {:>12.3} {:>10.3}",
+            pair(r),
+            r.producers,
+            r.throughput_ratio,
+            r.p99_ratio
+        );
     }
     out
 }

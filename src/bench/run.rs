@@ -5,6 +5,7 @@ use super::cpu::{CpuUse, Sample, Watched};
 use super::histogram::{merge_intervals, new_latency_histogram, Percentiles};
 use super::mode::BenchMode;
 use super::workload::{self, ConsumerOutcome, Driver, ProducerOutcome, Shared, Topology, Workload};
+use crate::protocol::Acks;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -31,6 +32,9 @@ pub struct RunMeasurement {
 pub struct RunSummary {
     pub mode: BenchMode,
     pub producers: u32,
+    /// The level every produce named (`--acks`); absent: the broker's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acks: Option<Acks>,
     pub name: String,
     pub messages: u64,
     pub seconds: f64,
@@ -53,6 +57,14 @@ pub struct RunSummary {
 /// A run's file-name stem: `SYNC_FLUSH-p16`.
 pub fn run_name(mode: BenchMode, producers: u32) -> String {
     format!("{}-p{producers}", mode.name())
+}
+
+/// A run's name at an acknowledgement level named by `--acks`: `SYNC_MASTER-all-p16`.
+pub fn run_name_at(mode: BenchMode, acks: Option<Acks>, producers: u32) -> String {
+    match acks {
+        Some(acks) => format!("{}-{acks}-p{producers}", mode.name()),
+        None => run_name(mode, producers),
+    }
 }
 
 /// Creates the topic on every master (`masters`: one broker, or every broker group's master)
@@ -270,7 +282,8 @@ fn merge(
     let summary = RunSummary {
         mode,
         producers: workload.producers,
-        name: run_name(mode, workload.producers),
+        acks: workload.acks,
+        name: run_name_at(mode, workload.acks, workload.producers),
         messages,
         seconds,
         messages_per_sec,

@@ -289,6 +289,7 @@ fn summary(mode: BenchMode, producers: u32, rate: f64, p99_us: u64) -> RunSummar
     RunSummary {
         mode,
         producers,
+        acks: None,
         name: super::run::run_name(mode, producers),
         messages: (rate * 10.0) as u64,
         seconds: 10.0,
@@ -338,6 +339,40 @@ fn ratio_of_each_sync_mode_to_its_async_twin() {
     let table = ratio_table(&r);
     assert!(table.contains("SYNC_FLUSH / ASYNC_FLUSH"));
     assert!(table.contains("0.500") && table.contains("4.000") && table.contains("0.900"));
+}
+
+/// `--acks leader,all`: each level is its own row, sync/async twins pair only at the same
+/// level, and each mode's `all` run is divided by its `leader` run.
+#[test]
+fn acks_levels_are_rows_and_all_is_divided_by_leader() {
+    use crate::protocol::Acks;
+    let at = |mode, acks, rate, p99| RunSummary {
+        acks: Some(acks),
+        name: super::run::run_name_at(mode, Some(acks), 1),
+        ..summary(mode, 1, rate, p99)
+    };
+    let runs = vec![
+        at(BenchMode::SyncMaster, Acks::Leader, 1000.0, 200),
+        at(BenchMode::SyncMaster, Acks::All, 600.0, 500),
+        at(BenchMode::AsyncMaster, Acks::All, 800.0, 400),
+    ];
+    assert_eq!(runs[1].name, "SYNC_MASTER-all-p1");
+    let twins = ratios(&runs);
+    assert_eq!(
+        twins.len(),
+        1,
+        "only SYNC_MASTER/all has its twin at the same level"
+    );
+    assert_eq!(twins[0].throughput_ratio, 0.75);
+    let acks = super::report::acks_ratios(&runs);
+    assert_eq!(acks.len(), 1, "ASYNC_MASTER ran no leader row");
+    assert_eq!(
+        (acks[0].mode, acks[0].throughput_ratio, acks[0].p99_ratio),
+        (BenchMode::SyncMaster, 0.6, 2.5)
+    );
+    let table = super::report::acks_ratio_table(&acks);
+    assert!(table.contains("SYNC_MASTER all / leader") && table.contains("0.600"));
+    assert!(super::report::matrix_table(&runs).contains("SYNC_MASTER/leader"));
 }
 
 #[test]
@@ -689,6 +724,7 @@ fn event_loop_workload(producers: u32, window: u32, batch: u32, count: u64) -> W
         count: Some(count),
         rate_per_sec: None,
         driver: Driver::EventLoop { threads: 2 },
+        acks: None,
     }
 }
 

@@ -11,6 +11,7 @@
 use super::histogram::{new_latency_histogram, record_latency};
 use crate::client::{Client, ClientError, ClientOptions, DEFAULT_READ_TIMEOUT};
 use crate::protocol::message::MessageRef;
+use crate::protocol::Acks;
 use crate::protocol::Status;
 use hdrhistogram::Histogram;
 use std::collections::{HashMap, VecDeque};
@@ -53,6 +54,9 @@ pub struct Workload {
     pub rate_per_sec: Option<f64>,
     /// How the producers are run.
     pub driver: Driver,
+    /// The acknowledgement level every produce names (`None`: the broker's `default_acks`).
+    /// Never `Acks::None`: a produce nobody answers has no latency to measure.
+    pub acks: Option<Acks>,
 }
 
 /// How producers are driven.
@@ -352,7 +356,7 @@ pub fn run_producer(
             };
             let addr = &topology.masters[group];
             let ticket = clients[group]
-                .send_produce(&workload.topic, queue, &batch)
+                .send_produce_with(&workload.topic, queue, &batch, workload.acks)
                 .map_err(|e| describe(addr, &e))?;
             in_flight[group].insert(ticket, InFlight { intended, messages });
             order.push_back(group);

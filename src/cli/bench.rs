@@ -6,6 +6,7 @@ use crate::bench::mode::BenchMode;
 use crate::bench::plot::LatencyAxis;
 use crate::bench::workload::{Driver, Workload, TIMESTAMP_BYTES};
 use crate::cli::produce::MAX_WINDOW;
+use crate::protocol::Acks;
 use clap::Args;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -44,6 +45,12 @@ pub struct BenchArgs {
     /// its ratio to SYNC_MASTER is the cost of two groups over one of the same total shards.
     #[arg(long, value_delimiter = ',')]
     pub modes: Vec<BenchMode>,
+    /// Acknowledgement levels to run, comma-separated: `leader`, `all` (default: none named,
+    /// the broker's `default_acks`). Each level is its own row of the matrix, run against
+    /// fresh brokers like a mode, and a table gives each mode's `all` ÷ `leader` ratio.
+    /// `none` is refused: nothing answers it, so there is no latency to measure.
+    #[arg(long, value_delimiter = ',')]
+    pub acks: Vec<Acks>,
     /// Producers, each with its own connections and window of requests in flight.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub producers: u32,
@@ -147,6 +154,7 @@ impl BenchArgs {
                 },
                 DriverKind::Threads => Driver::Threads,
             },
+            acks: None,
         })
     }
 
@@ -217,9 +225,21 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     } else {
         args.producers_list.clone()
     };
+    if args.acks.contains(&Acks::None) {
+        return Err(
+            "--acks none: a produce at level none is never answered, so the bench cannot time it; run leader or all"
+                .into(),
+        );
+    }
+    let acks_levels = if args.acks.is_empty() {
+        vec![None]
+    } else {
+        args.acks.iter().copied().map(Some).collect()
+    };
     let matrix = Matrix {
         target: args.target()?,
         modes,
+        acks_levels,
         producer_counts,
         workload,
         out_dir: args.out.clone().unwrap_or_else(default_out_dir),

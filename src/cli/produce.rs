@@ -8,7 +8,7 @@ use super::app::{describe, BrokerArgs, Format};
 use super::output::{emit, to_json_line, ProduceLine};
 use crate::client::{Client, ProduceResult, Ticket, DEFAULT_READ_TIMEOUT};
 use crate::protocol::message::MessageRef;
-use crate::protocol::Status;
+use crate::protocol::{Acks, Status};
 use clap::Args;
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -51,6 +51,11 @@ pub struct ProduceArgs {
     /// key's (ordered messages).
     #[arg(long, requires = "key", requires = "namesrv")]
     pub ordered: bool,
+    /// Acknowledgement level of every produce: `none` (no answer: sent is all the CLI
+    /// knows), `leader` (the master's flush guarantee), `all` (its slaves too). Default:
+    /// the broker's `default_acks`.
+    #[arg(long)]
+    pub acks: Option<Acks>,
 }
 
 /// Where message bodies come from.
@@ -123,6 +128,8 @@ pub struct Tally {
     /// Stored, but the flush or replication guarantee was not met in time.
     pub stored_without_guarantee: u64,
     pub failed: u64,
+    /// Written at level `none`: the broker answers nothing, so their fate is unknown.
+    pub unanswered: u64,
 }
 
 impl Tally {
@@ -164,11 +171,16 @@ pub fn run(args: ProduceArgs) -> Result<(), String> {
     };
     let started = Instant::now();
     let tally = pump(&mut client, &args, &mut input)?;
-    let total = tally.ok + tally.stored_without_guarantee + tally.failed;
+    let total = tally.ok + tally.stored_without_guarantee + tally.failed + tally.unanswered;
     if args.broker.format == Format::Text {
         let seconds = started.elapsed().as_secs_f64();
+        let unanswered = if args.acks == Some(Acks::None) {
+            format!(", {} sent unanswered (--acks none)", tally.unanswered)
+        } else {
+            String::new()
+        };
         emit(&format!(
-            "sent {total} messages in {seconds:.3} s ({:.0} msg/s): {} ok, {} stored without guarantee, {} failed",
+            "sent {total} messages in {seconds:.3} s ({:.0} msg/s): {} ok, {} stored without guarantee, {} failed{unanswered}",
             total as f64 / seconds.max(1e-9),
             tally.ok,
             tally.stored_without_guarantee,
@@ -215,7 +227,9 @@ fn pump(client: &mut Client, args: &ProduceArgs, input: &mut Input) -> Result<Ta
                 properties: b"",
                 body: &body,
             };
-            match client.send_produce(&args.topic, args.queue, &[message]) {
+            match client.send_produce_with(&args.topic, args.queue, &[message], args.acks) {
+                // Written and never answered: nothing to wait for.
+                Ok(_) if args.acks == Some(Acks::None) => tally.unanswered += 1,
                 Ok(ticket) => {
                     in_flight.insert(ticket, line);
                 }

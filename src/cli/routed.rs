@@ -338,6 +338,7 @@ pub fn produce(args: &ProduceArgs, namesrv: &str) -> Result<(), String> {
         cluster: args.broker.cluster_name.clone(),
         retry_another_group_when_not_stored_ok: args.retry_another_group,
         ordered: args.ordered,
+        acks: args.acks,
         ..Default::default()
     };
     let mut producer = ClusterProducer::with_routes(routes, options);

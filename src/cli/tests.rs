@@ -82,6 +82,12 @@ fn topic_and_produce_flags_parse() {
     };
     assert_eq!((args.count, args.size, args.window), (Some(10), 3, 64));
     assert_eq!(args.key.as_deref(), Some("k"));
+    assert_eq!(args.acks, None, "the broker's default unless named");
+    let Command::Produce(args) = parse(&["produce", "t", "--acks", "all"]).unwrap().command else {
+        panic!("not produce")
+    };
+    assert_eq!(args.acks, Some(crate::protocol::Acks::All));
+    assert!(parse(&["produce", "t", "--acks", "1"]).is_err());
     assert!(parse(&["produce", "t", "--window", "0"]).is_err());
     assert!(parse(&["produce", "t", "--format", "yaml"]).is_err());
     assert!(parse(&["serve", "--shards", "2"]).is_ok());

@@ -2,6 +2,7 @@
 //! with no file at all. A file given with `--config` and then command-line flags override the
 //! defaults; [`BrokerConfig::validate`] refuses bad values with a message naming the key.
 
+use crate::protocol::Acks;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
@@ -276,6 +277,18 @@ pub struct BrokerConfig {
     /// seconds of a busy shard's appends, so a consumer that only paused briefly stays.
     pub slave_read_lag_bytes: u64,
 
+    // Acknowledgement levels (README "Acknowledgement levels"; `shard::handlers::produce`).
+    /// The level of a produce that names none (`"none"`, `"leader"` or `"all"`). Unset: the
+    /// role decides, as before levels existed: `all` on a SYNC_MASTER, `leader` on an
+    /// ASYNC_MASTER, so a client that never names a level gets today's guarantee.
+    pub default_acks: Option<Acks>,
+    /// The floor: a produce below it (named, or from `default_acks`) is raised to it, never
+    /// refused. `"none"` by default: in master/slave mode the role's default already gives
+    /// every client that names no level the role's guarantee, and a producer that asks for
+    /// `none` or `leader` chose to trade safety for speed (as RocketMQ's one-way send does).
+    /// An operator who must not allow that sets `"leader"` or `"all"`.
+    pub min_acks: Acks,
+
     // The Kafka listener (src/kafka, docs/kafka.md).
     /// Kafka wire-protocol listener `HOST:PORT` (port 0 picks a free port); unset (the
     /// default): no Kafka listener.
@@ -352,6 +365,8 @@ impl Default for BrokerConfig {
             namesrv_heartbeat_interval_ms: 3_000,
             slave_read_enable: false,
             slave_read_lag_bytes: 64 * MIB,
+            default_acks: None,
+            min_acks: Acks::None,
             kafka_listen: None,
             kafka_advertised_listen: None,
             kafka_node_id: None,

@@ -20,7 +20,7 @@ use crate::protocol::message::{
     TopicCreate, TopicDelete, TopicDescribe, TopicDescription, TopicInfo, ANY_QUEUE,
 };
 pub use crate::protocol::requests::{ProduceResult, PullResult};
-use crate::protocol::{Opcode, Placement, Request, Response as _, Status};
+use crate::protocol::{Acks, Opcode, Placement, Request, Response as _, Status};
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -217,13 +217,41 @@ impl Client {
     }
 
     /// Produces a batch to one queue and waits for the acknowledgement. With `queue: None` the
-    /// queue is the first message's key hash, or round-robin when it has no key.
+    /// queue is the first message's key hash, or round-robin when it has no key. The broker's
+    /// `default_acks` decides what the acknowledgement means (see [`produce_with`](Self::produce_with)).
     pub fn produce(
         &mut self,
         topic: &str,
         queue: Option<u32>,
         messages: &[MessageRef<'_>],
     ) -> Result<ProduceResult, ClientError> {
+        let answered = self.produce_at(topic, queue, messages, None)?;
+        Ok(answered.expect("a produce at the broker's default level is answered"))
+    }
+
+    /// [`produce`](Self::produce) at acknowledgement level `acks`: `Leader` is answered once
+    /// the master's flush guarantee holds, `All` once its slaves have the batch too. At
+    /// `Acks::None` it returns `Ok(None)` as soon as the request is written and waits for
+    /// nothing: the broker writes no answer, so nothing about the outcome (not even an error)
+    /// reaches the client. A broker whose `min_acks` is above `none` raises the level and
+    /// answers; that answer is dropped here. Every other level returns `Ok(Some(..))`.
+    pub fn produce_with(
+        &mut self,
+        topic: &str,
+        queue: Option<u32>,
+        messages: &[MessageRef<'_>],
+        acks: Acks,
+    ) -> Result<Option<ProduceResult>, ClientError> {
+        self.produce_at(topic, queue, messages, Some(acks))
+    }
+
+    fn produce_at(
+        &mut self,
+        topic: &str,
+        queue: Option<u32>,
+        messages: &[MessageRef<'_>],
+        acks: Option<Acks>,
+    ) -> Result<Option<ProduceResult>, ClientError> {
         check_messages(topic, messages)?;
         let known = self.topics.contains_key(topic);
         // Picking a queue for an unknown topic already refreshed metadata once.
@@ -231,10 +259,15 @@ impl Client {
         let queue = self.resolve_queue(topic, queue, messages)?;
         let attempt = |client: &mut Client| {
             let slot = client.route(topic, queue);
-            let response = client.exchange(slot, Opcode::Produce, None, |out| {
+            let connection = client.connection(slot)?;
+            let request_id = connection.send_with_acks(Opcode::Produce, acks, |out| {
                 encode_produce(out, topic, queue, messages)
             })?;
-            decode_answer::<ProduceRequest<'_>>(client.connection(slot)?, response)
+            if acks == Some(Acks::None) {
+                return Ok(None);
+            }
+            let response = connection.wait(request_id)?;
+            decode_answer::<ProduceRequest<'_>>(connection, response).map(Some)
         };
         retry_unknown_topic(self, !may_refresh, attempt)
     }
@@ -248,11 +281,23 @@ impl Client {
         queue: Option<u32>,
         messages: &[MessageRef<'_>],
     ) -> Result<Ticket, ClientError> {
+        self.send_produce_with(topic, queue, messages, None)
+    }
+
+    /// [`send_produce`](Self::send_produce) naming a level (`None`: the broker's default). A
+    /// ticket of an `Acks::None` produce is never answered: do not wait for it.
+    pub fn send_produce_with(
+        &mut self,
+        topic: &str,
+        queue: Option<u32>,
+        messages: &[MessageRef<'_>],
+        acks: Option<Acks>,
+    ) -> Result<Ticket, ClientError> {
         check_messages(topic, messages)?;
         let queue = self.resolve_queue(topic, queue, messages)?;
         let slot = self.route(topic, queue);
         let connection = self.connection(slot)?;
-        let request_id = connection.send_with(Opcode::Produce, |out| {
+        let request_id = connection.send_with_acks(Opcode::Produce, acks, |out| {
             encode_produce(out, topic, queue, messages)
         })?;
         Ok(Ticket { slot, request_id })

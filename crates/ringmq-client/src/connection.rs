@@ -5,6 +5,10 @@
 //! not attribute (bad magic, short length) just before it closes the connection. Responses are
 //! read into `read_buf`, parsed with [`FrameDecoder`], and handed out in arrival order; a
 //! response that arrives while the caller waits for another id is parked in `arrived`.
+//!
+//! A produce sent at level `none` ([`Connection::send_with_acks`]) takes no place among the
+//! requests in flight: the broker writes no answer to it, so nothing waits for one. A broker
+//! whose `min_acks` raised it does answer; that answer is recognised by its id and dropped.
 
 use super::error::ClientError;
 use super::{
@@ -14,12 +18,17 @@ use super::{
 use crate::protocol::codec::DecodeError;
 use crate::protocol::frame::{begin_frame, finish_frame, FrameHeader};
 use crate::protocol::message::decode_error_message;
-use crate::protocol::{FrameDecoder, Opcode, Status};
+use crate::protocol::{Acks, FrameDecoder, Opcode, Status};
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
+
+/// `none` produces whose ids a connection remembers, to drop their answers if a broker raised
+/// their level. 4096 ids are 32 KiB; an answer to an older one is still recognised (see
+/// `one_way_forgotten_through`), so the bound costs only precision, never a broken connection.
+const MAX_ONE_WAY_REMEMBERED: usize = 4096;
 
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionOptions {
@@ -93,6 +102,12 @@ pub struct Connection {
     in_flight: HashMap<u64, Opcode>,
     /// Responses read while waiting for another id, in arrival order.
     arrived: VecDeque<Response>,
+    /// Ids of the newest `none` produces sent here, increasing (at most
+    /// `MAX_ONE_WAY_REMEMBERED`).
+    one_way: VecDeque<u64>,
+    /// The newest `none` produce id dropped from `one_way`: a produce answer at or below it
+    /// that nothing waits for belongs to one of those.
+    one_way_forgotten_through: u64,
     broken: bool,
 }
 
@@ -138,6 +153,8 @@ impl Connection {
             next_request_id: 1,
             in_flight: HashMap::new(),
             arrived: VecDeque::new(),
+            one_way: VecDeque::new(),
+            one_way_forgotten_through: 0,
             broken: false,
         })
     }
@@ -196,11 +213,23 @@ impl Connection {
         opcode: Opcode,
         encode_body: impl FnOnce(&mut Vec<u8>),
     ) -> Result<u64, ClientError> {
+        self.send_with_acks(opcode, None, encode_body)
+    }
+
+    /// Like [`send_with`](Self::send_with), naming an acknowledgement level in the frame's
+    /// flags (only `Produce` may; `None`: the broker's default). At `Acks::None` the request
+    /// is not in flight once written: no answer is waited for (see the module comment).
+    pub fn send_with_acks(
+        &mut self,
+        opcode: Opcode,
+        acks: Option<Acks>,
+        encode_body: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<u64, ClientError> {
         let request_id = self.next_request_id;
         self.write_buf.clear();
         let start = begin_frame(
             &mut self.write_buf,
-            FrameHeader::request(opcode, request_id),
+            FrameHeader::request(opcode, request_id).with_acks(acks),
         );
         encode_body(&mut self.write_buf);
         if self.write_buf.len() > self.options.max_frame_bytes {
@@ -225,7 +254,11 @@ impl Connection {
             });
         }
         self.next_request_id += 1;
-        self.in_flight.insert(request_id, opcode);
+        if acks == Some(Acks::None) {
+            self.remember_one_way(request_id);
+        } else {
+            self.in_flight.insert(request_id, opcode);
+        }
         Ok(request_id)
     }
 
@@ -295,8 +328,38 @@ impl Connection {
         deadline: Instant,
         timeout: Duration,
     ) -> Result<Response, ClientError> {
-        let response = self.read_frame(deadline, timeout)?;
-        self.accept(response)
+        loop {
+            let response = self.read_frame(deadline, timeout)?;
+            if !self.answers_one_way(&response.header) {
+                return self.accept(response);
+            }
+        }
+    }
+
+    fn remember_one_way(&mut self, request_id: u64) {
+        if self.one_way.len() == MAX_ONE_WAY_REMEMBERED {
+            if let Some(oldest) = self.one_way.pop_front() {
+                self.one_way_forgotten_through = oldest;
+            }
+        }
+        self.one_way.push_back(request_id);
+    }
+
+    /// Whether `header` answers a `none` produce (its level raised by the broker): then it
+    /// is dropped, and its id forgotten.
+    fn answers_one_way(&mut self, header: &FrameHeader) -> bool {
+        let id = header.request_id;
+        if !header.is_response()
+            || header.opcode != Opcode::Produce as u16
+            || self.in_flight.contains_key(&id)
+        {
+            return false;
+        }
+        if let Ok(at) = self.one_way.binary_search(&id) {
+            self.one_way.remove(at);
+            return true;
+        }
+        id != 0 && id <= self.one_way_forgotten_through
     }
 
     /// Checks a response against what is in flight.

@@ -43,7 +43,7 @@
 use super::api::{Client, ClientOptions, ProduceResult, PullResult};
 use super::error::ClientError;
 use crate::protocol::message::{MessageRef, TopicDescription};
-use crate::protocol::FailsOver;
+use crate::protocol::{Acks, FailsOver};
 use std::time::{Duration, Instant};
 
 /// How often a client that failed over tries the master again, by default.
@@ -146,6 +146,23 @@ impl FailoverClient {
         messages: &[MessageRef<'_>],
     ) -> Result<ProduceResult, ClientError> {
         let result = self.client_at(0)?.produce(topic, queue, messages);
+        if matches!(&result, Err(e) if unreachable(e)) {
+            self.clients[0] = None;
+        }
+        result
+    }
+
+    /// [`Client::produce_with`] on the master (never a slave): `Ok(None)` at `Acks::None`.
+    pub fn produce_with(
+        &mut self,
+        topic: &str,
+        queue: Option<u32>,
+        messages: &[MessageRef<'_>],
+        acks: Acks,
+    ) -> Result<Option<ProduceResult>, ClientError> {
+        let result = self
+            .client_at(0)?
+            .produce_with(topic, queue, messages, acks);
         if matches!(&result, Err(e) if unreachable(e)) {
             self.clients[0] = None;
         }

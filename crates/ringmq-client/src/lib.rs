@@ -22,6 +22,7 @@ pub mod retry;
 mod tests;
 
 pub use ringmq_protocol::admin::{ClusterStatus, MasterLink, ShardStatus, SlaveStatus, Stats};
+pub use ringmq_protocol::Acks;
 
 pub use api::{
     queue_for_key, Client, ClientOptions, ConnectionSlot, ProduceAck, ProduceResult, PullResult,

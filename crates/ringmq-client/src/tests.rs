@@ -90,6 +90,40 @@ fn pipelined_responses_out_of_order_are_matched_by_id() {
     assert!(matches!(c.wait(1), Err(ClientError::InvalidArgument(_))));
 }
 
+/// `none` produces take no place in flight; a broker that raised their level (`min_acks`)
+/// answers them anyway, and those answers are dropped by id, also for ids past the bound of
+/// remembered ones, while an answer to an id never sent still breaks the connection.
+#[test]
+fn answers_to_none_produces_are_dropped_and_hold_no_slot() {
+    const SENT: usize = 4096 + 10;
+    let port = fake_broker::spawn(|mut conn| {
+        while let Some((header, _)) = conn.read_request() {
+            assert_eq!(
+                header.acks(),
+                (header.opcode == Opcode::Produce as u16).then_some(crate::Acks::None)
+            );
+            conn.reply(&header, Status::Ok, b"");
+            if header.opcode == Opcode::Ping as u16 {
+                conn.reply_raw(Opcode::Produce as u16, 1_000_000, Status::Ok, b"");
+            }
+        }
+    });
+    let mut c = Connection::connect(&format!("127.0.0.1:{port}"), Default::default()).unwrap();
+    for _ in 0..SENT {
+        c.send_with_acks(Opcode::Produce, Some(crate::Acks::None), |_| {})
+            .unwrap();
+    }
+    assert_eq!(c.in_flight(), 0);
+    let ping = c.send(Opcode::Ping, b"").unwrap();
+    assert_eq!(c.wait(ping).unwrap().request_id(), SENT as u64 + 1);
+    assert!(
+        !c.is_broken(),
+        "every produce answer was recognised and dropped"
+    );
+    // Past every id sent: not an answer to a none produce.
+    assert!(matches!(c.recv(), Err(ClientError::Protocol { .. })));
+}
+
 #[test]
 fn error_statuses_map_to_errors_and_stored_statuses_do_not() {
     let port = fake_broker::spawn(|mut conn| {

@@ -10,10 +10,9 @@ use super::records::{self, StoredMessage};
 use super::KafkaNode;
 use crate::constants::{MAX_BYTES_PER_PULL, MAX_MESSAGES_PER_PRODUCE, MAX_MESSAGES_PER_PULL};
 use crate::protocol::message::{
-    MessageRef, Metadata, ProduceRequest as NativeProduce, ProduceResponse as NativeProduced,
-    PullRequest, PullResponse, QueueRef, QueueStats, TopicCreate, TopicDelete,
+    MessageRef, Metadata, PullRequest, PullResponse, QueueRef, QueueStats, TopicCreate, TopicDelete,
 };
-use crate::protocol::{Acks, Opcode, Status};
+use crate::protocol::{Acks, FrameHeader, Opcode, Status};
 use crate::shard::handlers;
 use crate::shard::mesh::Reply;
 use crate::shard::Shard;
@@ -71,6 +70,7 @@ mod code {
     pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
     pub const RECORD_LIST_TOO_LARGE: i16 = 18;
     pub const INVALID_REQUIRED_ACKS: i16 = 21;
+    pub const NOT_ENOUGH_REPLICAS: i16 = 19;
     pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
     pub const UNSUPPORTED_VERSION: i16 = 35;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
@@ -246,10 +246,14 @@ fn name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_string()))
 }
 
-/// A native request through the client path (`handle_client`: the same checks as a native
-/// client, broker-kept topics refused).
+/// A native request (not a produce: see [`produce_partition`]) through the client path
+/// (`handle_client`: the same checks as a native client, broker-kept topics refused).
 async fn native(shard: &Rc<Shard>, opcode: Opcode, body: Vec<u8>) -> Reply {
-    handlers::handle_client(shard, opcode, &body).await
+    debug_assert_ne!(opcode, Opcode::Produce);
+    handlers::handle_client(shard, FrameHeader::request(opcode, 0), opcode, &body)
+        .await
+        // Only a produce at level `none` goes unanswered.
+        .unwrap_or_else(|| Reply::error(Status::Internal, "no answer"))
 }
 
 fn message(reply: &Reply) -> String {
@@ -269,6 +273,8 @@ fn error_code(status: Status) -> i16 {
         Status::FlushSlaveTimeout | Status::SlaveNotAvailable => {
             code::NOT_ENOUGH_REPLICAS_AFTER_APPEND
         }
+        // Not stored: too few in-sync replicas (the controller round's answer).
+        Status::InSyncReplicasNotEnough => code::NOT_ENOUGH_REPLICAS,
         Status::TopicExists => code::TOPIC_ALREADY_EXISTS,
         Status::InvalidName => code::INVALID_TOPIC_EXCEPTION,
         Status::DiskFull | Status::StoreError => code::KAFKA_STORAGE_ERROR,
@@ -412,9 +418,8 @@ async fn produce(
     node: &KafkaNode,
     request: ProduceRequest,
 ) -> Option<ProduceResponse> {
-    // Kafka's acks onto the broker's levels. The native produce path below waits for the
-    // broker's configured guarantee whatever the level until the shared produce function of
-    // the acknowledgement-levels work takes one; `None` already sends no answer.
+    // Kafka's acks onto the broker's levels: 0 none, 1 leader (the flush mode on this
+    // broker), -1 all (the slaves too); anything else is refused per partition.
     let acks = match request.acks {
         0 => Some(Acks::None),
         1 => Some(Acks::Leader),
@@ -446,7 +451,8 @@ async fn produce(
                     Some("transactional producers are not supported by ringmq".to_string()),
                 )
             } else {
-                produce_partition(shard, node, &topic_name, index, partition.records).await
+                let acks = acks.unwrap_or(Acks::All);
+                produce_partition(shard, node, &topic_name, index, partition.records, acks).await
             };
             partitions.push(outcome);
         }
@@ -466,10 +472,23 @@ async fn produce_partition(
     topic: &str,
     index: i32,
     records: Option<Bytes>,
+    acks: Acks,
 ) -> produce_response::PartitionProduceResponse {
     let Ok(queue) = u32::try_from(index) else {
         return partition_produced(index, code::UNKNOWN_TOPIC_OR_PARTITION, -1, None);
     };
+    // As for a native client (`handlers::handle_client`): the broker's own topics are read,
+    // never written, by clients.
+    if crate::shard::topics::is_internal_name(topic) {
+        return partition_produced(
+            index,
+            code::INVALID_TOPIC_EXCEPTION,
+            -1,
+            Some(format!(
+                "`{topic}` is kept by the broker: clients read it but do not write it"
+            )),
+        );
+    }
     if shard.topic(topic).is_none() {
         let created = node.auto_create_topics
             && create_topic(shard, topic, DEFAULT_PARTITIONS).await.status == Status::Ok;
@@ -533,21 +552,13 @@ async fn produce_partition(
                 body: &m.body,
             })
             .collect();
-        let mut body = Vec::new();
-        NativeProduce {
-            topic,
-            queue,
-            messages,
-        }
-        .encode(&mut body);
-        let reply = native(shard, Opcode::Produce, body).await;
-        let stored = if reply.status.has_body() {
-            NativeProduced::decode(&reply.body).ok()
-        } else {
-            None
-        };
-        let Some(stored) = stored else {
-            return partition_produced(index, error_code(reply.status), -1, Some(message(&reply)));
+        // The one produce path both listeners take, at the level the Kafka request names
+        // (raised to `min_acks`); whether to answer follows the Kafka request's acks, since a
+        // Kafka producer with acks 0 reads no answer even when the broker waited longer.
+        let produced = handlers::produce::produce(shard, topic, queue, &messages, Some(acks)).await;
+        let reply = &produced.reply;
+        let Some(stored) = produced.response() else {
+            return partition_produced(index, error_code(reply.status), -1, Some(message(reply)));
         };
         node.windows.stored(topic, queue, id, stored.base_offset);
         first_offset.get_or_insert(stored.base_offset);

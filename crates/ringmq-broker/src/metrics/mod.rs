@@ -42,10 +42,15 @@ pub enum Counter {
     RetentionDeletedSegments,
     RetentionReclaimedBytes,
     NamesrvRegisterRefused,
+    ProduceAcksNone,
+    ProduceAcksLeader,
+    ProduceAcksAll,
+    ProduceAcksRaised,
+    ProduceAcksNoneErrors,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 19] = [
+    pub const ALL: [Counter; 24] = [
         Counter::ProduceRequests,
         Counter::MessagesAppended,
         Counter::BytesAppended,
@@ -65,6 +70,11 @@ impl Counter {
         Counter::RetentionDeletedSegments,
         Counter::RetentionReclaimedBytes,
         Counter::NamesrvRegisterRefused,
+        Counter::ProduceAcksNone,
+        Counter::ProduceAcksLeader,
+        Counter::ProduceAcksAll,
+        Counter::ProduceAcksRaised,
+        Counter::ProduceAcksNoneErrors,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -87,6 +97,11 @@ impl Counter {
             Counter::RetentionDeletedSegments => "retention_deleted_segments_total",
             Counter::RetentionReclaimedBytes => "retention_reclaimed_bytes_total",
             Counter::NamesrvRegisterRefused => "namesrv_register_refused_total",
+            Counter::ProduceAcksNone => "produce_acks_none_total",
+            Counter::ProduceAcksLeader => "produce_acks_leader_total",
+            Counter::ProduceAcksAll => "produce_acks_all_total",
+            Counter::ProduceAcksRaised => "produce_acks_raised_total",
+            Counter::ProduceAcksNoneErrors => "produce_acks_none_errors_total",
         }
     }
     pub fn help(self) -> &'static str {
@@ -119,6 +134,21 @@ impl Counter {
             Counter::RetentionReclaimedBytes => "Bytes of commitlog segments retention deleted.",
             Counter::NamesrvRegisterRefused => {
                 "Registrations a name server answered by refusing this broker's master claim."
+            }
+            Counter::ProduceAcksNone => {
+                "Client produce requests run at level none (appended, never answered)."
+            }
+            Counter::ProduceAcksLeader => {
+                "Client produce requests run at level leader (the master's guarantee only)."
+            }
+            Counter::ProduceAcksAll => {
+                "Client produce requests run at level all (the master's and the slaves')."
+            }
+            Counter::ProduceAcksRaised => {
+                "Client produce requests whose level min_acks raised to its floor."
+            }
+            Counter::ProduceAcksNoneErrors => {
+                "Level none produce requests that failed; no response tells their sender."
             }
         }
     }

@@ -289,9 +289,12 @@ impl Reader {
         let (shard, tx, activity) = (self.shard.clone(), self.tx.clone(), self.activity.clone());
         shard.lifecycle().request_started();
         spawn_local(observed(async move {
-            let reply = handlers::handle_client(&shard, opcode, &frame[body_start..]).await;
+            let reply = handlers::handle_client(&shard, header, opcode, &frame[body_start..]).await;
             drop(frame);
-            send_reply(&shard, &tx, header, reply).await;
+            // No reply: a produce at level `none`, whose sender waits for no answer.
+            if let Some(reply) = reply {
+                send_reply(&shard, &tx, header, reply).await;
+            }
             shard.lifecycle().request_finished();
             // The idle clock starts when the last request in flight is done.
             activity.set(Instant::now());

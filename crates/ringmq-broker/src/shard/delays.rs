@@ -830,7 +830,11 @@ mod tests {
                 }
                 .encode(out)
             });
-            let refused = handlers::handle_client(&shard, Opcode::Produce, &looping).await;
+            let header = |opcode| crate::protocol::FrameHeader::request(opcode, 1);
+            let produce = header(Opcode::Produce);
+            let refused = handlers::handle_client(&shard, produce, Opcode::Produce, &looping)
+                .await
+                .expect("answered");
             assert_eq!(refused.status, Status::BadRequest);
             for name in [SCHEDULE_TOPIC, RETRY] {
                 let delete = encode(|out| {
@@ -839,7 +843,11 @@ mod tests {
                     }
                     .encode(out)
                 });
-                let refused = handlers::handle_client(&shard, Opcode::TopicDelete, &delete).await;
+                let delete_header = header(Opcode::TopicDelete);
+                let refused =
+                    handlers::handle_client(&shard, delete_header, Opcode::TopicDelete, &delete)
+                        .await
+                        .expect("answered");
                 assert_eq!(refused.status, Status::BadRequest, "{name}");
                 assert!(shard.topic(name).is_some());
             }

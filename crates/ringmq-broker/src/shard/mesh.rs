@@ -48,6 +48,13 @@ pub enum ShardRequest {
         body: Vec<u8>,
         reply: oneshot::Sender<Reply>,
     },
+    /// Run a produce on the shard that owns its queue at the level the receiving shard
+    /// resolved (a forward keeps the client's level; `Execute` would give it the role's).
+    Produce {
+        body: Vec<u8>,
+        acks: crate::protocol::Acks,
+        reply: oneshot::Sender<Reply>,
+    },
     /// Shard 0 changed the topic table: add or drop local queues, then acknowledge.
     ApplyTopics {
         table: Arc<TopicTable>,

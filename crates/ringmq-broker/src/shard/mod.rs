@@ -47,7 +47,7 @@ pub mod visibility;
 use crate::clock::Clock;
 use crate::config::{BrokerConfig, BrokerRole, FlushDiskType};
 use crate::metrics::{Counter, ProbeSnapshot, ShardProbe};
-use crate::protocol::Opcode;
+use crate::protocol::{Acks, Opcode};
 use crate::replication::identity::LogIdentity;
 use crate::replication::replicas::Replicas;
 use crate::store::glommio_disk::GlommioDisk;
@@ -643,13 +643,28 @@ impl<D: Disk> Shard<D> {
 
     /// Runs a client request on shard `to` and returns its reply.
     pub async fn forward(&self, to: usize, opcode: Opcode, body: Vec<u8>) -> Reply {
-        self.probe.add(Counter::ForwardedRequests, 1);
-        let (tx, rx) = oneshot::channel();
-        let request = ShardRequest::Execute {
+        self.forward_request(to, |reply| ShardRequest::Execute {
             opcode,
             body,
-            reply: tx,
-        };
+            reply,
+        })
+        .await
+    }
+
+    /// Forwards a produce at the acknowledgement level this shard resolved for it.
+    pub async fn forward_produce(&self, to: usize, body: Vec<u8>, acks: Acks) -> Reply {
+        self.forward_request(to, |reply| ShardRequest::Produce { body, acks, reply })
+            .await
+    }
+
+    async fn forward_request(
+        &self,
+        to: usize,
+        request: impl FnOnce(oneshot::Sender<Reply>) -> ShardRequest,
+    ) -> Reply {
+        self.probe.add(Counter::ForwardedRequests, 1);
+        let (tx, rx) = oneshot::channel();
+        let request = request(tx);
         if let Err(gone) = self.mesh.send(to, request).await {
             return ShardError::from(gone).into();
         }

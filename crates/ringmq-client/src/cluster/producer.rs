@@ -34,7 +34,7 @@ use super::{MasterRoute, QueueRef, RouteCache, DEFAULT_ROUTE_REFRESH};
 use crate::api::{Client, ClientOptions, ProduceResult};
 use crate::error::ClientError;
 use crate::protocol::message::MessageRef;
-use crate::protocol::Status;
+use crate::protocol::{Acks, Status};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,10 @@ pub struct ClusterProducerOptions {
     pub retry_another_group_when_not_stored_ok: bool,
     /// With a key: fail rather than send the message to another queue than the key's.
     pub ordered: bool,
+    /// The acknowledgement level every send names (`None`: each broker's `default_acks`).
+    /// At `Acks::None` a send ends once written: nothing is answered, so nothing is resent
+    /// after the write, and the outcome says `acknowledged: false`.
+    pub acks: Option<Acks>,
 }
 
 impl Default for ClusterProducerOptions {
@@ -75,6 +79,7 @@ impl Default for ClusterProducerOptions {
             retries: DEFAULT_RETRIES,
             retry_another_group_when_not_stored_ok: false,
             ordered: false,
+            acks: None,
         }
     }
 }
@@ -139,6 +144,7 @@ pub fn classify_error(error: &ClientError, written: bool) -> FailureClass {
             Status::NotMaster
             | Status::SystemBusy
             | Status::DiskFull
+            | Status::InSyncReplicasNotEnough
             | Status::TopicNotFound
             | Status::QueueNotFound => FailureClass::NotStored,
             // A store failure may come after part of the work was done.
@@ -162,10 +168,14 @@ pub struct SendOutcome {
     /// The master's address that took it.
     pub broker: String,
     pub queue: u32,
+    /// The first message's queue offset; 0 when not `acknowledged`.
     pub base_offset: u64,
     pub count: u32,
     /// Attempts made, this one included.
     pub attempts: u32,
+    /// Whether the broker answered: false for a send at level `none`, which was written and
+    /// whose fate is unknown (then `status` is `OK` and `base_offset` means nothing).
+    pub acknowledged: bool,
 }
 
 /// A send that did not end in a stored message (or whose fate is unknown).
@@ -342,7 +352,19 @@ impl ClusterProducer {
         let result = self.attempt(master, topic, queue.queue, messages);
         let latency = started.elapsed();
         let failed = match result {
-            Ok(result) => {
+            Ok(None) => {
+                return Ok(SendOutcome {
+                    status: Status::Ok,
+                    group: queue.group.clone(),
+                    broker: master.to_string(),
+                    queue: queue.queue,
+                    base_offset: 0,
+                    count: messages.len() as u32,
+                    attempts,
+                    acknowledged: false,
+                })
+            }
+            Ok(Some(result)) => {
                 let outcome = SendOutcome {
                     status: result.status,
                     group: queue.group.clone(),
@@ -351,6 +373,7 @@ impl ClusterProducer {
                     base_offset: result.response.base_offset,
                     count: result.response.count,
                     attempts,
+                    acknowledged: true,
                 };
                 if result.status == Status::Ok {
                     self.fault
@@ -506,7 +529,7 @@ impl ClusterProducer {
         topic: &str,
         queue: u32,
         messages: &[MessageRef<'_>],
-    ) -> Result<ProduceResult, (ClientError, bool)> {
+    ) -> Result<Option<ProduceResult>, (ClientError, bool)> {
         if !self.clients.contains_key(master) {
             let client =
                 Client::connect_with(master, self.options.client).map_err(|e| (e, false))?;
@@ -514,9 +537,11 @@ impl ClusterProducer {
         }
         let client = self.clients.get_mut(master).expect("just inserted");
         client.drop_closed_connections();
-        let sent = client.send_produce(topic, Some(queue), messages);
+        let acks = self.options.acks;
+        let sent = client.send_produce_with(topic, Some(queue), messages, acks);
         let result = match sent {
-            Ok(ticket) => client.wait_produce(ticket).map_err(|e| (e, true)),
+            Ok(_) if acks == Some(Acks::None) => Ok(None),
+            Ok(ticket) => client.wait_produce(ticket).map(Some).map_err(|e| (e, true)),
             Err(e) => Err((e, false)),
         };
         if let Err((e, _)) = &result {

@@ -5,7 +5,7 @@ pub(crate) mod cluster;
 mod group;
 mod membership;
 pub mod metadata;
-mod produce;
+pub mod produce;
 mod pull;
 pub(crate) mod reject;
 pub(crate) mod topic;
@@ -13,28 +13,57 @@ pub(crate) mod topic;
 use super::mesh::{Reply, ShardRequest};
 use super::topics::is_internal_name;
 use super::{Shard, ShardError};
+use crate::protocol::frame::FrameHeader;
 use crate::protocol::message::*;
 use crate::protocol::requests::for_each_request;
 use crate::protocol::{Opcode, Request, Status};
 use crate::store::io::Disk;
 use std::rc::Rc;
 
-/// A request from a client's connection: [`handle`], except that a client may not produce to
-/// or delete a topic the broker makes for itself (`%SCHEDULE%`, `%RETRY%<group>`,
-/// `%DLQ%<group>`). Their contents are the broker's promises: a schedule record aimed back at
-/// the schedule topic would loop, one with a far due time at a level's head would hold every
-/// group's retries behind it, and a deleted schedule topic drops every pending retry. The
-/// broker's own produces (a reject's copy, a due retry, a forward between shards) come through
-/// [`handle`] and are unaffected.
-pub async fn handle_client<D: Disk>(shard: &Rc<Shard<D>>, opcode: Opcode, body: &[u8]) -> Reply {
+/// A request from a client's connection: [`handle`], except that the frame's flags are
+/// checked first (only `Produce` may name an acknowledgement level; see
+/// `protocol::frame::FrameHeader::request_acks`), a produce runs at the level it names through
+/// [`produce::produce`], and a client may not produce to or delete a topic the broker makes
+/// for itself (`%SCHEDULE%`, `%RETRY%<group>`, `%DLQ%<group>`). Their contents are the
+/// broker's promises: a schedule record aimed back at the schedule topic would loop, one with
+/// a far due time at a level's head would hold every group's retries behind it, and a deleted
+/// schedule topic drops every pending retry. The broker's own produces (a reject's copy, a due
+/// retry, a forward between shards) come through [`handle`] and are unaffected.
+///
+/// `None`: write no response (a produce whose applied level is `none`).
+pub async fn handle_client<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    header: FrameHeader,
+    opcode: Opcode,
+    body: &[u8],
+) -> Option<Reply> {
+    let requested = match header.request_acks() {
+        Ok(acks) => acks,
+        Err(e) => return Some(Reply::error(Status::BadRequest, e.to_string())),
+    };
     if matches!(opcode, Opcode::Produce | Opcode::TopicDelete) {
         if let Some(name) = leading_name(body).filter(|n| is_internal_name(n)) {
-            return Reply::from(ShardError::Refused(format!(
+            return Some(Reply::from(ShardError::Refused(format!(
                 "`{name}` is kept by the broker: clients read it but do not write or delete it"
-            )));
+            ))));
         }
     }
-    handle(shard, opcode, body).await
+    if opcode == Opcode::Produce {
+        let request = match ProduceRequest::decode(body) {
+            Ok(request) => request,
+            Err(e) => return Some(Reply::from(ShardError::from(e))),
+        };
+        let produced = produce::produce(
+            shard,
+            request.topic,
+            request.queue,
+            &request.messages,
+            requested,
+        )
+        .await;
+        return produced.acks.is_answered().then_some(produced.reply);
+    }
+    Some(handle(shard, opcode, body).await)
 }
 
 /// The name a Produce or TopicDelete body starts with (a u16 length, then UTF-8), without
@@ -47,18 +76,20 @@ fn leading_name(body: &[u8]) -> Option<&str> {
 pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, opcode: Opcode, body: &[u8]) -> Reply {
     dispatch(shard, opcode, body)
         .await
-        .unwrap_or_else(|e| match e {
-            // Every NOT_MASTER names the group's master when the name servers named one, so
-            // a client re-routes in one round trip (docs/protocol.md).
-            ShardError::NotMaster(message) => Reply::error(
-                Status::NotMaster,
-                crate::protocol::not_master_message(
-                    &message,
-                    shard.registration().master().as_ref(),
-                ),
-            ),
-            e => Reply::from(e),
-        })
+        .unwrap_or_else(|e| error_reply(shard, e))
+}
+
+/// The reply of a failed request.
+fn error_reply<D: Disk>(shard: &Shard<D>, e: ShardError) -> Reply {
+    match e {
+        // Every NOT_MASTER names the group's master when the name servers named one, so
+        // a client re-routes in one round trip (docs/protocol.md).
+        ShardError::NotMaster(message) => Reply::error(
+            Status::NotMaster,
+            crate::protocol::not_master_message(&message, shard.registration().master().as_ref()),
+        ),
+        e => Reply::from(e),
+    }
 }
 
 /// Runs one request; a failure becomes its reply in [`handle`], the one place where a
@@ -114,7 +145,7 @@ macro_rules! handlers {
 handlers! {
     Ping => |_shard, _| Ok(Reply::ok(Vec::new()));
     MetadataRequest => |shard, _| Ok(metadata::handle(shard));
-    ProduceRequest<'_> => |shard, body| produce::handle(shard, body).await;
+    ProduceRequest<'_> => |shard, body| produce::handle_internal(shard, body).await;
     PullRequest => |shard, body| pull::handle(shard, body).await;
     QueueRef => |shard, body| topic::queue_stats(shard, body).await;
     TopicCreate => |shard, body| topic::create(shard, body).await;
@@ -162,6 +193,14 @@ pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRe
             // Counted on the shard that runs it, so that shard's clean stop waits for it too.
             shard.lifecycle().request_started();
             let answer = handle(&shard, opcode, &body).await;
+            let _ = reply.send(answer);
+            shard.lifecycle().request_finished();
+        }
+        ShardRequest::Produce { body, acks, reply } => {
+            shard.lifecycle().request_started();
+            let answer = produce::handle_forwarded(&shard, &body, acks)
+                .await
+                .unwrap_or_else(|e| error_reply(&shard, e));
             let _ = reply.send(answer);
             shard.lifecycle().request_finished();
         }

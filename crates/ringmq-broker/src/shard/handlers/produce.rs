@@ -1,11 +1,31 @@
-//! Produce: append a batch to one queue and answer when the flush mode's guarantee holds.
+//! Produce: append a batch to one queue and answer when the request's acknowledgement level
+//! holds.
+//!
+//! One produce path for every listener. [`produce`] takes (topic, queue, messages, level) and
+//! returns the [`Produced`] outcome: the level it ran at and the reply (a status and, for the
+//! OK family, an encoded `ProduceResponse`). The client protocol's connection reaches it
+//! through `handlers::handle_client`, which takes the level from the frame's flags and writes
+//! no response when the level applied is `none`; another listener (Kafka's) calls it the same
+//! way with the level its own request names, and decides from `Produced::acks` whether to
+//! answer. A queue another shard owns is forwarded there with the level already resolved, so
+//! the owning shard runs it at the same level.
+//!
+//! Levels ([`AcksPolicy`]): a request that names none gets `default_acks` (unset: the role's,
+//! `all` on a SYNC_MASTER and `leader` on an ASYNC_MASTER, as before levels existed); one
+//! below `min_acks` is raised to it. In master/slave mode `leader` waits for the flush mode's
+//! guarantee on this broker only, `all` also for `min_in_sync_replicas - 1` slaves exactly as
+//! a SYNC_MASTER always has (on an ASYNC_MASTER too), and `none` appends like `leader` and is
+//! never answered. The broker's own produces (a rejected message's copy, a due retry) come
+//! through `handlers::handle` and run at the role's level, as before.
 
 use super::{body, route, Route};
-use crate::config::{BrokerRole, FlushDiskType};
+use crate::config::{BrokerConfig, BrokerRole, FlushDiskType};
 use crate::constants::MAX_MESSAGES_PER_PRODUCE;
 use crate::metrics::{Counter, Hist};
-use crate::protocol::message::{MessageRef, ProduceRequest, ProduceResponse, ANY_QUEUE};
-use crate::protocol::{Opcode, Status};
+use crate::protocol::message::{
+    encode_produce, MessageRef, ProduceRequest, ProduceResponse, ANY_QUEUE,
+};
+use crate::protocol::{Acks, Status};
 use crate::replication::replicas::Replicas;
 use crate::shard::completion::Completion;
 use crate::shard::mesh::Reply;
@@ -16,24 +36,164 @@ use crate::store::{Appended, QueueKey};
 use futures_lite::future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+use tracing::debug;
 
-pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
+/// How a request's level is decided: its own, or `default`, and never below `floor`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcksPolicy {
+    pub default: Acks,
+    pub floor: Acks,
+}
+
+impl AcksPolicy {
+    /// The policy of a broker with `config` in `role` (the current one: a promotion changes
+    /// the default when `default_acks` is unset).
+    pub fn new(config: &BrokerConfig, role: BrokerRole) -> AcksPolicy {
+        AcksPolicy {
+            default: config.default_acks.unwrap_or_else(|| role_acks(role)),
+            floor: config.min_acks,
+        }
+    }
+
+    /// The level a request that names `requested` (`None`: the broker's default) runs at.
+    pub fn resolve(self, requested: Option<Acks>) -> Acks {
+        requested.unwrap_or(self.default).max(self.floor)
+    }
+}
+
+/// The level the role guaranteed before requests could name one: what a request that names
+/// none gets while `default_acks` is unset, and what the broker's own produces run at.
+pub fn role_acks(role: BrokerRole) -> Acks {
+    match role {
+        BrokerRole::SyncMaster => Acks::All,
+        // A slave refuses produce whatever the level.
+        BrokerRole::AsyncMaster | BrokerRole::Slave => Acks::Leader,
+    }
+}
+
+/// What one produce came to: the level it ran at and its answer.
+#[derive(Debug)]
+pub struct Produced {
+    /// The level applied (the request's raised to `min_acks`, or the default): `None` means
+    /// the sender expects no answer and the listener writes none.
+    pub acks: Acks,
+    /// The status and, for the OK family (`Status::has_body`), an encoded `ProduceResponse`;
+    /// otherwise an error message.
+    pub reply: Reply,
+}
+
+impl Produced {
+    /// The decoded response when the status carries one (it was stored).
+    pub fn response(&self) -> Option<ProduceResponse> {
+        if !self.reply.status.has_body() {
+            return None;
+        }
+        ProduceResponse::decode(&self.reply.body).ok()
+    }
+}
+
+/// The produce path of every client listener: resolves `requested` (`None`: the broker's
+/// default) against `default_acks` and `min_acks`, appends `messages` to `queue` of `topic`
+/// (`ANY_QUEUE`: one the broker picks) here or on the owning shard, and waits as long as the
+/// level says. Counts the request under its level in /metrics; a `none` request that fails
+/// is counted and logged at debug, since nobody will read its answer.
+pub async fn produce<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    topic: &str,
+    queue: u32,
+    messages: &[MessageRef<'_>],
+    requested: Option<Acks>,
+) -> Produced {
+    let policy = AcksPolicy::new(shard.config(), shard.role());
+    let acks = policy.resolve(requested);
+    count_level(shard, requested.unwrap_or(policy.default), acks);
+    let ran = if shard.lifecycle().is_stopping() {
+        Err(ShardError::ShuttingDown)
+    } else {
+        run(shard, topic, queue, messages, acks).await
+    };
+    let reply = match ran {
+        Ok(reply) => reply,
+        Err(e) => super::error_reply(shard, e),
+    };
+    if acks == Acks::None && reply.status != Status::Ok {
+        shard.probe().add(Counter::ProduceAcksNoneErrors, 1);
+        debug!(
+            shard = shard.id(),
+            topic,
+            status = %reply.status,
+            "a produce at level none failed; its sender asked for no answer: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    Produced { acks, reply }
+}
+
+fn count_level<D: Disk>(shard: &Shard<D>, asked: Acks, applied: Acks) {
+    let counter = match applied {
+        Acks::None => Counter::ProduceAcksNone,
+        Acks::Leader => Counter::ProduceAcksLeader,
+        Acks::All => Counter::ProduceAcksAll,
+    };
+    shard.probe().add(counter, 1);
+    if applied != asked {
+        shard.probe().add(Counter::ProduceAcksRaised, 1);
+    }
+}
+
+/// A client's produce forwarded by another shard, at the level that shard resolved.
+pub async fn handle_forwarded<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    raw: &[u8],
+    acks: Acks,
+) -> Result<Reply, ShardError> {
+    if shard.lifecycle().is_stopping() {
+        return Err(ShardError::ShuttingDown);
+    }
+    decode_and_run(shard, raw, acks).await
+}
+
+/// The broker's own produce (a reject's copy, a due retry): the role's level, as before
+/// levels existed. Refusing it while the shard stops is the caller's choice (the dispatch
+/// does; a reject in progress does not).
+pub async fn handle_internal<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    raw: &[u8],
+) -> Result<Reply, ShardError> {
+    decode_and_run(shard, raw, role_acks(shard.role())).await
+}
+
+async fn decode_and_run<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    raw: &[u8],
+    acks: Acks,
+) -> Result<Reply, ShardError> {
     let request = ProduceRequest::decode(raw)?;
+    run(shard, request.topic, request.queue, &request.messages, acks).await
+}
+
+async fn run<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    topic: &str,
+    queue: u32,
+    messages: &[MessageRef<'_>],
+    acks: Acks,
+) -> Result<Reply, ShardError> {
     if !shard.is_master() {
         return Err(not_master(shard));
     }
-    validate(shard, &request)?;
-    let queue = if request.queue == ANY_QUEUE {
-        pick_queue(shard, request.topic)?
+    validate(shard, messages)?;
+    let queue = if queue == ANY_QUEUE {
+        pick_queue(shard, topic)?
     } else {
-        request.queue
+        queue
     };
-    let topic_id = match route(shard, request.topic, queue)? {
+    let topic_id = match route(shard, topic, queue)? {
         Route::Local { topic_id, .. } => topic_id,
         Route::Remote(owner) => {
-            let mut forwarded = Vec::with_capacity(raw.len());
-            ProduceRequest { queue, ..request }.encode(&mut forwarded);
-            return Ok(shard.forward(owner, Opcode::Produce, forwarded).await);
+            let mut forwarded = Vec::new();
+            encode_produce(&mut forwarded, topic, queue, messages);
+            return Ok(shard.forward_produce(owner, forwarded, acks).await);
         }
     };
     let started = shard.clock().now();
@@ -41,21 +201,21 @@ pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, 
     let key = QueueKey { topic_id, queue };
     // One deadline for the whole request: waiting for buffer space or a segment and waiting
     // for the flush both count against `sync_flush_timeout_ms`, so a status always arrives
-    // within it (plus the slaves' own wait under SYNC_MASTER).
+    // within it (plus the slaves' own wait at level `all`).
     let deadline = started + Duration::from_millis(shard.config().sync_flush_timeout_ms);
-    let (first, last) = append_batch(shard, key, &request, deadline).await?;
+    let (first, last) = append_batch(shard, key, topic, messages, deadline).await?;
     shard
         .probe()
         .record_duration(Hist::AppendLatency, shard.clock().now() - started);
     shard.probe().appended(
-        request.messages.len() as u64,
+        messages.len() as u64,
         last.end_offset - first.commitlog_offset,
     );
     shard.appended(key, last.end_offset);
     if shard.config().flush_disk_type == FlushDiskType::AsyncFlush {
         shard.publish_confirmed();
     }
-    let status = wait_for_guarantee(shard, last.end_offset, deadline).await;
+    let status = wait_for_guarantee(shard, last.end_offset, deadline, acks).await;
     if status == Status::StoreError {
         return Err(ShardError::NotDurable);
     }
@@ -65,7 +225,7 @@ pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, 
     let response = ProduceResponse {
         queue,
         base_offset: first.queue_offset,
-        count: request.messages.len() as u32,
+        count: messages.len() as u32,
         commitlog_offset: first.commitlog_offset,
     };
     Ok(Reply::with_status(status, body(|out| response.encode(out))))
@@ -78,16 +238,15 @@ fn not_master<D: Disk>(shard: &Shard<D>) -> ShardError {
     ))
 }
 
-fn validate<D: Disk>(shard: &Shard<D>, request: &ProduceRequest<'_>) -> Result<(), ShardError> {
-    if request.messages.len() > MAX_MESSAGES_PER_PRODUCE {
+fn validate<D: Disk>(shard: &Shard<D>, messages: &[MessageRef<'_>]) -> Result<(), ShardError> {
+    if messages.len() > MAX_MESSAGES_PER_PRODUCE {
         return Err(ShardError::Refused(format!(
             "{} messages in one produce request; the maximum is {MAX_MESSAGES_PER_PRODUCE}",
-            request.messages.len()
+            messages.len()
         )));
     }
     let max = shard.config().max_message_bytes as usize;
-    if let Some((i, m)) = request
-        .messages
+    if let Some((i, m)) = messages
         .iter()
         .enumerate()
         .find(|(_, m)| m.body.len() > max)
@@ -125,7 +284,8 @@ fn pick_queue<D: Disk>(shard: &Shard<D>, topic: &str) -> Result<u32, ShardError>
 async fn append_batch<'a, D: Disk>(
     shard: &Rc<Shard<D>>,
     key: QueueKey,
-    request: &ProduceRequest<'a>,
+    topic: &'a str,
+    messages: &[MessageRef<'a>],
     deadline: Instant,
 ) -> Result<(Appended, Appended), ShardError> {
     let _gate = shard.appending().lock().await;
@@ -135,17 +295,17 @@ async fn append_batch<'a, D: Disk>(
         return Err(not_master(shard));
     }
     let store_timestamp_ms = shard.clock().unix_ms();
-    let input = |m: &MessageRef<'a>| record_input(key, request.topic, store_timestamp_ms, m);
+    let input = |m: &MessageRef<'a>| record_input(key, topic, store_timestamp_ms, m);
     // The whole batch or none of it: its segments and its buffer space must be there before
     // its first record goes in, so DISK_FULL or SYSTEM_BUSY always means nothing was stored.
     let mut lens = shard.appending().take_lens();
-    lens.extend(request.messages.iter().map(|m| input(m).encoded_len()));
+    lens.extend(messages.iter().map(|m| input(m).encoded_len()));
     let admitted = shard.admit_batch(deadline, &lens).await;
     shard.appending().return_lens(lens);
     admitted?;
     let mut first = None;
     let mut last: Option<Appended> = None;
-    for (stored, m) in request.messages.iter().enumerate() {
+    for (stored, m) in messages.iter().enumerate() {
         let appended = match append_one(shard, deadline, &input(m)).await {
             Ok(appended) => appended,
             Err(e) => {
@@ -217,17 +377,18 @@ fn record_input<'a>(
     }
 }
 
-/// Waits until the flush mode's and the role's guarantees hold for everything before
-/// `end_offset`, or says which one did not hold in time. Both waits run at once: the flush and
-/// the shipping to slaves overlap.
+/// Waits until the flush mode's guarantee holds for everything before `end_offset` and, at
+/// level `all`, the slaves' too, or says which one did not hold in time. Both waits run at
+/// once: the flush and the shipping to slaves overlap.
 async fn wait_for_guarantee<D: Disk>(
     shard: &Shard<D>,
     end_offset: u64,
     deadline: Instant,
+    acks: Acks,
 ) -> Status {
     let replicas = shard
         .replicas()
-        .filter(|r| shard.role() == BrokerRole::SyncMaster && r.needed() > 0);
+        .filter(|r| waits_for_slaves(acks, r.needed()));
     if let Some(replicas) = &replicas {
         let in_sync = replicas.in_sync(shard.store().max_offset(), shard.config().ha_max_gap_bytes);
         if in_sync < replicas.needed() {
@@ -252,7 +413,13 @@ async fn wait_for_guarantee<D: Disk>(
     }
 }
 
-/// SYNC_MASTER: waits for enough slaves to acknowledge `end_offset`, at most
+/// Whether a produce at `acks` waits for `needed` slaves: only `all` does, on either master
+/// role (the later controller round changes what `all` counts, not this).
+fn waits_for_slaves(acks: Acks, needed: usize) -> bool {
+    acks == Acks::All && needed > 0
+}
+
+/// Level `all`: waits for enough slaves to acknowledge `end_offset`, at most
 /// `sync_replica_timeout_ms`.
 async fn wait_for_slaves<D: Disk>(
     shard: &Shard<D>,
@@ -293,4 +460,69 @@ async fn wait_for_flush<D: Disk>(shard: &Shard<D>, end_offset: u64, deadline: In
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(default_acks: Option<Acks>, min_acks: Acks) -> BrokerConfig {
+        BrokerConfig {
+            default_acks,
+            min_acks,
+            ..BrokerConfig::default()
+        }
+    }
+
+    #[test]
+    fn unset_default_follows_the_role_as_before_levels() {
+        let defaults = config(None, BrokerConfig::default().min_acks);
+        let sync = AcksPolicy::new(&defaults, BrokerRole::SyncMaster);
+        let asynchronous = AcksPolicy::new(&defaults, BrokerRole::AsyncMaster);
+        assert_eq!(sync.resolve(None), Acks::All);
+        assert_eq!(asynchronous.resolve(None), Acks::Leader);
+        // The default floor lets a request weaken or strengthen its own level.
+        for acks in Acks::ALL {
+            assert_eq!(sync.resolve(Some(acks)), acks);
+            assert_eq!(asynchronous.resolve(Some(acks)), acks);
+        }
+    }
+
+    #[test]
+    fn a_configured_default_applies_to_requests_that_name_none() {
+        let policy = AcksPolicy::new(
+            &config(Some(Acks::None), Acks::None),
+            BrokerRole::SyncMaster,
+        );
+        assert_eq!(policy.resolve(None), Acks::None);
+        assert_eq!(policy.resolve(Some(Acks::All)), Acks::All);
+    }
+
+    #[test]
+    fn the_floor_raises_and_never_lowers() {
+        let policy = AcksPolicy::new(
+            &config(Some(Acks::None), Acks::Leader),
+            BrokerRole::AsyncMaster,
+        );
+        assert_eq!(policy.resolve(Some(Acks::None)), Acks::Leader);
+        assert_eq!(
+            policy.resolve(None),
+            Acks::Leader,
+            "the default is raised too"
+        );
+        assert_eq!(policy.resolve(Some(Acks::Leader)), Acks::Leader);
+        assert_eq!(policy.resolve(Some(Acks::All)), Acks::All);
+        let strict = AcksPolicy::new(&config(None, Acks::All), BrokerRole::AsyncMaster);
+        for acks in Acks::ALL {
+            assert_eq!(strict.resolve(Some(acks)), Acks::All);
+        }
+    }
+
+    #[test]
+    fn only_all_waits_for_slaves_and_only_when_some_are_needed() {
+        assert!(waits_for_slaves(Acks::All, 1));
+        assert!(!waits_for_slaves(Acks::All, 0));
+        assert!(!waits_for_slaves(Acks::Leader, 1));
+        assert!(!waits_for_slaves(Acks::None, 1));
+    }
 }

@@ -128,7 +128,7 @@ pub async fn handle<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, 
         }],
     }
     .encode(&mut produce_body);
-    let stored = produce::handle(shard, &produce_body).await?;
+    let stored = produce::handle_internal(shard, &produce_body).await?;
     if !stored.status.has_body() {
         return Ok(stored);
     }
