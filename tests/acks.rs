@@ -6,7 +6,8 @@
 mod common;
 
 use common::{temp_store, wait_until, Broker, PortBlock};
-use ringmq::client::{Acks, Client, ClusterStatus, ProduceResult};
+use ringmq::client::retry::reject;
+use ringmq::client::{Acks, Client, ClientError, ClusterStatus, ProduceResult};
 use ringmq::protocol::frame::{encode_frame, FrameDecoder, FrameHeader};
 use ringmq::protocol::message::{
     encode_produce, ClusterStatusRequest, MessageRef, Ping, StatsRequest,
@@ -192,6 +193,36 @@ fn async_master_at_all_waits_for_its_slave() {
         "the slave ends at {slave_end}, before the acknowledged record at {}",
         acked.response.commitlog_offset
     );
+}
+
+/// `min_acks` binds the broker's own produces too: on an ASYNC_MASTER with `min_acks = "all"`
+/// a reject's copy is not answered OK while the slave cannot confirm it.
+#[test]
+fn min_acks_binds_the_copy_of_a_rejected_message() {
+    let master = start_node("ASYNC_MASTER", None, "1", "min_acks = \"all\"\n");
+    let slave = start_node("SLAVE", Some(&master.ports), "1", "");
+    let mut client = master.broker.client();
+    client.create_topic("t", 1).expect("create");
+    wait_caught_up(&master.broker);
+    let stored = produce(&mut client, b"to reject", Acks::Leader);
+    assert_eq!(stored.status, Status::Ok, "raised to all, confirmed");
+    let offset = stored.response.base_offset;
+    let paused = Paused::new(&slave.broker);
+    let err = reject(&mut client, "app", "t", 0, offset, 0)
+        .expect_err("the copy's produce runs at all and the slave is stopped");
+    assert!(
+        matches!(
+            err,
+            ClientError::Status {
+                status: Status::FlushSlaveTimeout,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    drop(paused);
+    wait_caught_up(&master.broker);
+    reject(&mut client, "app", "t", 0, offset, 0).expect("the slave confirms the copy");
 }
 
 #[test]

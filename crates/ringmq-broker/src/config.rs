@@ -278,7 +278,8 @@ pub struct BrokerConfig {
     pub slave_read_lag_bytes: u64,
 
     // Acknowledgement levels (README "Acknowledgement levels"; `shard::handlers::produce`).
-    /// The level of a produce that names none (`"none"`, `"leader"` or `"all"`). Unset: the
+    /// The level of a produce that names none (`"leader"` or `"all"`; `"none"` is refused,
+    /// since such a client waits for its answer). Unset: the
     /// role decides, as before levels existed: `all` on a SYNC_MASTER, `leader` on an
     /// ASYNC_MASTER, so a client that never names a level gets today's guarantee.
     pub default_acks: Option<Acks>,
@@ -753,6 +754,16 @@ impl BrokerConfig {
         self.validate_cluster()?;
         self.validate_retention()?;
         self.validate_retries()?;
+        // A client that names no level waits for an answer (plain `Client::produce` does):
+        // a `none` default would leave every such client waiting out its read timeout. Only a
+        // frame that itself asks for `none` goes unanswered.
+        if self.default_acks == Some(Acks::None) {
+            return Err(ConfigError::value(
+                "default_acks",
+                "`none` would leave every client that names no level without an answer; \
+                 use \"leader\" or \"all\" (a producer asks for none per request)",
+            ));
+        }
         if self.io_memory_bytes < MIN_IO_MEMORY_BYTES {
             return Err(ConfigError::value(
                 "io_memory_bytes",
@@ -1035,6 +1046,34 @@ mod tests {
             BrokerConfig::default().file_reserved_time_ms,
             72 * 3_600_000
         );
+    }
+
+    #[test]
+    fn acknowledgement_levels_parse_and_round_trip() {
+        let defaults = BrokerConfig::default();
+        assert_eq!(
+            (defaults.default_acks, defaults.min_acks),
+            (None, Acks::None)
+        );
+        let config =
+            BrokerConfig::from_toml("default_acks = \"all\"\nmin_acks = \"leader\"").unwrap();
+        assert_eq!(
+            (config.default_acks, config.min_acks),
+            (Some(Acks::All), Acks::Leader)
+        );
+        assert_eq!(BrokerConfig::from_toml(&config.to_toml()).unwrap(), config);
+        assert_eq!(
+            BrokerConfig::from_toml(&defaults.to_toml()).unwrap(),
+            defaults
+        );
+        let err = BrokerConfig::from_toml("min_acks = \"one\"").unwrap_err();
+        assert!(err.to_string().contains("min_acks"), "{err}");
+        let silent = BrokerConfig::from_toml("default_acks = \"none\"").unwrap();
+        assert_eq!(silent.validate().unwrap_err().key(), Some("default_acks"));
+        BrokerConfig::from_toml("min_acks = \"all\"\ndefault_acks = \"leader\"")
+            .unwrap()
+            .validate()
+            .unwrap();
     }
 
     #[test]

@@ -308,13 +308,11 @@ impl Reader {
             "shard_inflight_budget_bytes: shard {} had no room for a {wire_len}-byte request within {INFLIGHT_BUDGET_WAIT_MS} ms; retry later",
             self.shard.id()
         );
-        send_reply(
-            &self.shard,
-            &self.tx,
-            header,
-            Reply::error(Status::SystemBusy, message),
-        )
-        .await;
+        let reply = Reply::error(Status::SystemBusy, message);
+        // A produce that asked for `none` is never answered, not even SYSTEM_BUSY.
+        if !handlers::withheld(&self.shard, header, &reply) {
+            send_reply(&self.shard, &self.tx, header, reply).await;
+        }
     }
 
     /// The size of the frame in the buffer when its header is complete and it cannot fit.
@@ -436,13 +434,11 @@ impl Reader {
             self.frame_started.elapsed().as_millis()
         );
         debug!(shard = self.shard.id(), "{message}");
-        send_reply(
-            &self.shard,
-            &self.tx,
-            header,
-            Reply::error(Status::BadRequest, message),
-        )
-        .await;
+        let reply = Reply::error(Status::BadRequest, message);
+        // The connection closes either way; a produce that asked for `none` gets no answer.
+        if !handlers::withheld(&self.shard, header, &reply) {
+            send_reply(&self.shard, &self.tx, header, reply).await;
+        }
     }
 }
 

@@ -851,6 +851,23 @@ mod tests {
                 assert_eq!(refused.status, Status::BadRequest, "{name}");
                 assert!(shard.topic(name).is_some());
             }
+            // A produce that asks for `none` gets no answer, not even the refusal, nor for a
+            // body that does not decode; both are counted, as SYSTEM_BUSY would be.
+            let silent = produce.with_acks(Some(crate::protocol::Acks::None));
+            let refused = handlers::handle_client(&shard, silent, Opcode::Produce, &looping).await;
+            assert!(refused.is_none(), "{refused:?}");
+            let garbled = handlers::handle_client(&shard, silent, Opcode::Produce, b"\x05").await;
+            assert!(garbled.is_none(), "{garbled:?}");
+            let busy = Reply::error(Status::SystemBusy, "no room");
+            assert!(handlers::withheld(&shard, silent, &busy));
+            assert!(
+                !handlers::withheld(&shard, produce, &busy),
+                "no level: answered"
+            );
+            let errors = shard
+                .probe()
+                .counter(crate::metrics::Counter::ProduceAcksNoneErrors);
+            assert_eq!(errors, 3);
             // The broker's own path stores it; the scheduler passes it over.
             let stored = handlers::handle(&shard, Opcode::Produce, &looping).await;
             assert_eq!(stored.status, Status::Ok);

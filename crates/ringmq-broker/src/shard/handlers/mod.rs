@@ -13,12 +13,14 @@ pub(crate) mod topic;
 use super::mesh::{Reply, ShardRequest};
 use super::topics::is_internal_name;
 use super::{Shard, ShardError};
+use crate::metrics::Counter;
 use crate::protocol::frame::FrameHeader;
 use crate::protocol::message::*;
 use crate::protocol::requests::for_each_request;
-use crate::protocol::{Opcode, Request, Status};
+use crate::protocol::{Acks, Opcode, Request, Status};
 use crate::store::io::Disk;
 use std::rc::Rc;
+use tracing::debug;
 
 /// A request from a client's connection: [`handle`], except that the frame's flags are
 /// checked first (only `Produce` may name an acknowledgement level; see
@@ -30,7 +32,9 @@ use std::rc::Rc;
 /// schedule topic drops every pending retry. The broker's own produces (a reject's copy, a due
 /// retry, a forward between shards) come through [`handle`] and are unaffected.
 ///
-/// `None`: write no response (a produce whose applied level is `none`).
+/// `None`: write no response. A produce frame that asks for `none` (and that `min_acks` leaves
+/// at `none`) gets no answer, ever: not for a refused topic, an undecodable body or a failure
+/// of the produce itself, which are counted and logged at debug instead ([`withheld`]).
 pub async fn handle_client<D: Disk>(
     shard: &Rc<Shard<D>>,
     header: FrameHeader,
@@ -43,15 +47,19 @@ pub async fn handle_client<D: Disk>(
     };
     if matches!(opcode, Opcode::Produce | Opcode::TopicDelete) {
         if let Some(name) = leading_name(body).filter(|n| is_internal_name(n)) {
-            return Some(Reply::from(ShardError::Refused(format!(
+            let refused = Reply::from(ShardError::Refused(format!(
                 "`{name}` is kept by the broker: clients read it but do not write or delete it"
-            ))));
+            )));
+            return (!withheld(shard, header, &refused)).then_some(refused);
         }
     }
     if opcode == Opcode::Produce {
         let request = match ProduceRequest::decode(body) {
             Ok(request) => request,
-            Err(e) => return Some(Reply::from(ShardError::from(e))),
+            Err(e) => {
+                let refused = Reply::from(ShardError::from(e));
+                return (!withheld(shard, header, &refused)).then_some(refused);
+            }
         };
         let produced = produce::produce(
             shard,
@@ -64,6 +72,30 @@ pub async fn handle_client<D: Disk>(
         return produced.acks.is_answered().then_some(produced.reply);
     }
     Some(handle(shard, opcode, body).await)
+}
+
+/// Whether the failure `reply` to the client frame of `header` is withheld because the frame
+/// asked for `none` and runs at `none` (its sender reads no answer). A withheld failure is
+/// counted under level `none` and as a `none` error, and logged at debug, as a failed `none`
+/// produce is. Used before the produce runs: by [`handle_client`] and by the connection for
+/// SYSTEM_BUSY and a read timeout.
+pub fn withheld<D: Disk>(shard: &Shard<D>, header: FrameHeader, reply: &Reply) -> bool {
+    if header.opcode != Opcode::Produce as u16 || header.request_acks() != Ok(Some(Acks::None)) {
+        return false;
+    }
+    let policy = produce::AcksPolicy::new(shard.config(), shard.role());
+    if policy.resolve(Some(Acks::None)).is_answered() {
+        return false;
+    }
+    shard.probe().add(Counter::ProduceAcksNone, 1);
+    shard.probe().add(Counter::ProduceAcksNoneErrors, 1);
+    debug!(
+        shard = shard.id(),
+        status = %reply.status,
+        "a produce at level none was refused; its sender asked for no answer: {}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    true
 }
 
 /// The name a Produce or TopicDelete body starts with (a u16 length, then UTF-8), without

@@ -16,7 +16,8 @@
 //! guarantee on this broker only, `all` also for `min_in_sync_replicas - 1` slaves exactly as
 //! a SYNC_MASTER always has (on an ASYNC_MASTER too), and `none` appends like `leader` and is
 //! never answered. The broker's own produces (a rejected message's copy, a due retry) come
-//! through `handlers::handle` and run at the role's level, as before.
+//! through `handlers::handle` and run at the level a request naming none gets (so
+//! `min_acks` and `default_acks` bind them too), never below `leader`.
 
 use super::{body, route, Route};
 use crate::config::{BrokerConfig, BrokerRole, FlushDiskType};
@@ -62,7 +63,7 @@ impl AcksPolicy {
 }
 
 /// The level the role guaranteed before requests could name one: what a request that names
-/// none gets while `default_acks` is unset, and what the broker's own produces run at.
+/// none gets while `default_acks` is unset.
 pub fn role_acks(role: BrokerRole) -> Acks {
     match role {
         BrokerRole::SyncMaster => Acks::All,
@@ -153,14 +154,23 @@ pub async fn handle_forwarded<D: Disk>(
     decode_and_run(shard, raw, acks).await
 }
 
-/// The broker's own produce (a reject's copy, a due retry): the role's level, as before
-/// levels existed. Refusing it while the shard stops is the caller's choice (the dispatch
-/// does; a reject in progress does not).
+/// The broker's own produce (a reject's copy, a due retry): the level a request naming none
+/// gets (`default_acks`, raised to `min_acks`), and never below `leader`: its caller reads
+/// the outcome (a reject is answered OK only once its copy holds), so it cannot run unanswered.
+/// Refusing it while the shard stops is the caller's choice (the dispatch does; a reject in
+/// progress does not).
 pub async fn handle_internal<D: Disk>(
     shard: &Rc<Shard<D>>,
     raw: &[u8],
 ) -> Result<Reply, ShardError> {
-    decode_and_run(shard, raw, role_acks(shard.role())).await
+    decode_and_run(shard, raw, internal_acks(shard.config(), shard.role())).await
+}
+
+/// The level of the broker's own produces on a broker with `config` in `role`.
+pub fn internal_acks(config: &BrokerConfig, role: BrokerRole) -> Acks {
+    AcksPolicy::new(config, role)
+        .resolve(None)
+        .max(Acks::Leader)
 }
 
 async fn decode_and_run<D: Disk>(
@@ -191,7 +201,8 @@ async fn run<D: Disk>(
     let topic_id = match route(shard, topic, queue)? {
         Route::Local { topic_id, .. } => topic_id,
         Route::Remote(owner) => {
-            let mut forwarded = Vec::new();
+            // One allocation for the body, as the forward of the raw request always had.
+            let mut forwarded = Vec::with_capacity(produce_wire_len(topic, messages));
             encode_produce(&mut forwarded, topic, queue, messages);
             return Ok(shard.forward_produce(owner, forwarded, acks).await);
         }
@@ -229,6 +240,17 @@ async fn run<D: Disk>(
         commitlog_offset: first.commitlog_offset,
     };
     Ok(Reply::with_status(status, body(|out| response.encode(out))))
+}
+
+/// The length `encode_produce` writes for `topic` and `messages`: a u16-prefixed name, the
+/// queue, a u32 count, and per message its timestamp and three length-prefixed fields.
+fn produce_wire_len(topic: &str, messages: &[MessageRef<'_>]) -> usize {
+    let fixed = 2 + topic.len() + 4 + 4;
+    fixed
+        + messages
+            .iter()
+            .map(|m| 8 + 2 + m.key.len() + 2 + m.properties.len() + 4 + m.body.len())
+            .sum::<usize>()
 }
 
 fn not_master<D: Disk>(shard: &Shard<D>) -> ShardError {
@@ -491,31 +513,83 @@ mod tests {
     #[test]
     fn a_configured_default_applies_to_requests_that_name_none() {
         let policy = AcksPolicy::new(
-            &config(Some(Acks::None), Acks::None),
+            &config(Some(Acks::Leader), Acks::None),
             BrokerRole::SyncMaster,
         );
-        assert_eq!(policy.resolve(None), Acks::None);
+        assert_eq!(policy.resolve(None), Acks::Leader);
         assert_eq!(policy.resolve(Some(Acks::All)), Acks::All);
+        assert_eq!(policy.resolve(Some(Acks::None)), Acks::None);
+    }
+
+    #[test]
+    fn a_request_that_names_no_level_is_always_answered() {
+        // Validation refuses `default_acks = "none"`; every valid policy answers `None`.
+        for default in [None, Some(Acks::Leader), Some(Acks::All)] {
+            for role in [BrokerRole::SyncMaster, BrokerRole::AsyncMaster] {
+                let policy = AcksPolicy::new(&config(default, Acks::None), role);
+                assert!(policy.resolve(None).is_answered(), "{default:?} {role:?}");
+            }
+        }
     }
 
     #[test]
     fn the_floor_raises_and_never_lowers() {
         let policy = AcksPolicy::new(
-            &config(Some(Acks::None), Acks::Leader),
+            &config(Some(Acks::Leader), Acks::Leader),
             BrokerRole::AsyncMaster,
         );
         assert_eq!(policy.resolve(Some(Acks::None)), Acks::Leader);
-        assert_eq!(
-            policy.resolve(None),
-            Acks::Leader,
-            "the default is raised too"
+        assert_eq!(policy.resolve(None), Acks::Leader);
+        let raised = AcksPolicy::new(
+            &config(Some(Acks::Leader), Acks::All),
+            BrokerRole::SyncMaster,
         );
+        assert_eq!(raised.resolve(None), Acks::All, "the default is raised too");
         assert_eq!(policy.resolve(Some(Acks::Leader)), Acks::Leader);
         assert_eq!(policy.resolve(Some(Acks::All)), Acks::All);
         let strict = AcksPolicy::new(&config(None, Acks::All), BrokerRole::AsyncMaster);
         for acks in Acks::ALL {
             assert_eq!(strict.resolve(Some(acks)), Acks::All);
         }
+    }
+
+    #[test]
+    fn the_brokers_own_produces_follow_the_policy_at_leader_or_above() {
+        let role = BrokerRole::AsyncMaster;
+        assert_eq!(internal_acks(&config(None, Acks::None), role), Acks::Leader);
+        assert_eq!(internal_acks(&config(None, Acks::All), role), Acks::All);
+        assert_eq!(
+            internal_acks(&config(Some(Acks::All), Acks::None), role),
+            Acks::All
+        );
+        assert_eq!(
+            internal_acks(&config(None, Acks::None), BrokerRole::SyncMaster),
+            Acks::All
+        );
+        // Even a policy that could resolve to `none` leaves them answered.
+        let unvalidated = config(Some(Acks::None), Acks::None);
+        assert_eq!(internal_acks(&unvalidated, role), Acks::Leader);
+    }
+
+    #[test]
+    fn the_forward_buffer_is_sized_exactly() {
+        let messages = [
+            MessageRef {
+                born_timestamp_ms: 1,
+                key: b"k",
+                properties: b"a=b",
+                body: b"body",
+            },
+            MessageRef {
+                born_timestamp_ms: 2,
+                key: b"",
+                properties: b"",
+                body: &[7; 300],
+            },
+        ];
+        let mut out = Vec::new();
+        encode_produce(&mut out, "topic", 3, &messages);
+        assert_eq!(produce_wire_len("topic", &messages), out.len());
     }
 
     #[test]
