@@ -412,6 +412,36 @@ fn api_versions_with_an_unsupported_version_gets_error_35_and_an_unknown_api_clo
     assert_eq!(ok.error_code, 0);
 }
 
+/// A Metadata request of a few bytes claiming 2^31-1 topics closes its connection (it does
+/// not decode) and the broker goes on serving: the codec no longer reserves room for the
+/// declared count first, which aborted the whole process.
+#[test]
+fn a_request_claiming_billions_of_elements_closes_its_connection_and_the_broker_serves_on() {
+    let dir = temp_store();
+    let (broker, kafka) = start(dir.path());
+    for (version, count) in [
+        (4i16, &[0x7f, 0xff, 0xff, 0xff][..]),
+        (12, &[0x80, 0x80, 0x80, 0x80, 0x08][..]),
+    ] {
+        let mut wire = Wire::connect(&kafka);
+        let mut body = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(ApiKey::Metadata as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(1)
+            .with_client_id(Some(StrBytes::from_static_str("ringmq-test")))
+            .encode(&mut body, ApiKey::Metadata.request_header_version(version))
+            .expect("header");
+        body.extend_from_slice(count);
+        wire.raw(&body);
+        assert!(wire.answer(1, 0).is_none(), "v{version}: closed, no answer");
+        let mut again = Wire::connect(&kafka);
+        let ok: MetadataResponse =
+            again.call(ApiKey::Metadata, version, &MetadataRequest::default());
+        assert_eq!(ok.brokers.len(), 1, "v{version}: {}", broker.log());
+    }
+}
+
 fn idempotent_batch(producer_id: i64, base_sequence: i32, values: &[&str]) -> Bytes {
     let records: Vec<Record> = values
         .iter()

@@ -957,6 +957,18 @@ mod tests {
         assert_eq!(body.api_keys.len(), SUPPORTED.len());
     }
 
+    /// A request of a few bytes that declares 2^31-1 topics fails to decode (not enough
+    /// bytes) instead of reserving room for them first: unpatched, the reservation of tens of
+    /// GiB aborts the process (vendor/kafka-protocol/RINGMQ-PATCH.md).
+    #[test]
+    fn an_array_length_past_the_request_fails_to_decode_without_reserving_it() {
+        let mut classic = Bytes::from_static(&[0x7f, 0xff, 0xff, 0xff, 0, 0]);
+        assert!(MetadataRequest::decode(&mut classic, 4).is_err());
+        // Flexible versions: a compact array of 2^31 - 1 (an unsigned varint of 2^31).
+        let mut compact = Bytes::from_static(&[0x80, 0x80, 0x80, 0x80, 0x08, 0]);
+        assert!(MetadataRequest::decode(&mut compact, 12).is_err());
+    }
+
     fn round_trip<T: Encodable + Decodable + PartialEq + std::fmt::Debug>(value: &T, version: i16) {
         let mut buf = BytesMut::new();
         value.encode(&mut buf, version).expect("encodes");

@@ -511,6 +511,11 @@ impl Decoder<Option<StdString>> for CompactString {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
+                // RINGMQ-PATCH: the declared length is checked against the bytes left before
+                // it sizes an allocation.
+                if (n - 1) as usize > buf.remaining() {
+                    bail!("String length {} exceeds the {} bytes left", n - 1, buf.remaining());
+                }
                 let mut strbuf = vec![0; (n - 1) as usize];
                 buf.try_copy_to_slice(&mut strbuf)?;
                 Ok(Some(std::string::String::from_utf8(strbuf)?))
@@ -655,6 +660,11 @@ impl Decoder<Option<Vec<u8>>> for Bytes {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
+                // RINGMQ-PATCH: the declared length is checked against the bytes left before
+                // it sizes an allocation.
+                if n as usize > buf.remaining() {
+                    bail!("Data length {n} exceeds the {} bytes left", buf.remaining());
+                }
                 let mut data = vec![0; n as usize];
                 buf.try_copy_to_slice(&mut data)?;
                 Ok(Some(data))
@@ -804,6 +814,11 @@ impl Decoder<Option<Vec<u8>>> for CompactBytes {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
+                // RINGMQ-PATCH: the declared length is checked against the bytes left before
+                // it sizes an allocation.
+                if (n - 1) as usize > buf.remaining() {
+                    bail!("Data length {} exceeds the {} bytes left", n - 1, buf.remaining());
+                }
                 let mut data = vec![0; (n - 1) as usize];
                 buf.try_copy_to_slice(&mut data)?;
                 Ok(Some(data))
@@ -985,7 +1000,9 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
-                let mut result = Vec::with_capacity(n as usize);
+                // RINGMQ-PATCH: every element takes at least one byte, so no more than the
+                // bytes left are reserved, whatever length the peer declared.
+                let mut result = Vec::with_capacity((n as usize).min(buf.remaining()));
                 for _ in 0..n {
                     result.push(self.0.decode(buf)?);
                 }
@@ -1093,7 +1110,9 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for CompactArray<E> {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
-                let mut result = Vec::with_capacity((n - 1) as usize);
+                // RINGMQ-PATCH: every element takes at least one byte, so no more than the
+                // bytes left are reserved, whatever length the peer declared.
+                let mut result = Vec::with_capacity(((n - 1) as usize).min(buf.remaining()));
                 for _ in 1..n {
                     result.push(self.0.decode(buf)?);
                 }
