@@ -419,11 +419,16 @@ async fn produce(
     request: ProduceRequest,
 ) -> Option<ProduceResponse> {
     // Kafka's acks onto the broker's levels: 0 none, 1 leader (the flush mode on this
-    // broker), -1 all (the slaves too); anything else is refused per partition.
-    let acks = match request.acks {
-        0 => Some(Acks::None),
-        1 => Some(Acks::Leader),
-        -1 => Some(Acks::All),
+    // broker), -1 ("all") the broker's default level, what a native request naming none gets
+    // (`default_acks`, else the role's: a SYNC_MASTER waits for its slave, an ASYNC_MASTER
+    // for its flush). Kafka's "all" means every in-sync replica, and an ASYNC_MASTER keeps
+    // none in sync: mapped to ringmq's `all`, a lone ASYNC_MASTER would wait for a slave it
+    // does not have and answer 20 to every produce, which producers retry without end. Each
+    // is raised to `min_acks`; anything else is refused per partition.
+    let acks: Option<Option<Acks>> = match request.acks {
+        0 => Some(Some(Acks::None)),
+        1 => Some(Some(Acks::Leader)),
+        -1 => Some(None),
         _ => None,
     };
     let transactional = request
@@ -451,7 +456,7 @@ async fn produce(
                     Some("transactional producers are not supported by ringmq".to_string()),
                 )
             } else {
-                let acks = acks.unwrap_or(Acks::All);
+                let acks = acks.flatten();
                 produce_partition(shard, node, &topic_name, index, partition.records, acks).await
             };
             partitions.push(outcome);
@@ -463,7 +468,7 @@ async fn produce(
         );
     }
     // acks 0: the producer reads no answer (it is not even sent a response frame).
-    (acks != Some(Acks::None)).then(|| ProduceResponse::default().with_responses(responses))
+    (request.acks != 0).then(|| ProduceResponse::default().with_responses(responses))
 }
 
 async fn produce_partition(
@@ -472,7 +477,7 @@ async fn produce_partition(
     topic: &str,
     index: i32,
     records: Option<Bytes>,
-    acks: Acks,
+    acks: Option<Acks>,
 ) -> produce_response::PartitionProduceResponse {
     let Ok(queue) = u32::try_from(index) else {
         return partition_produced(index, code::UNKNOWN_TOPIC_OR_PARTITION, -1, None);
@@ -553,9 +558,9 @@ async fn produce_partition(
             })
             .collect();
         // The one produce path both listeners take, at the level the Kafka request names
-        // (raised to `min_acks`); whether to answer follows the Kafka request's acks, since a
+        // (`None`: the broker's default; raised to `min_acks`); whether to answer follows the Kafka request's acks, since a
         // Kafka producer with acks 0 reads no answer even when the broker waited longer.
-        let produced = handlers::produce::produce(shard, topic, queue, &messages, Some(acks)).await;
+        let produced = handlers::produce::produce(shard, topic, queue, &messages, acks).await;
         let reply = &produced.reply;
         let Some(stored) = produced.response() else {
             return partition_produced(index, error_code(reply.status), -1, Some(message(reply)));
