@@ -441,6 +441,60 @@ fn a_request_claiming_billions_of_elements_closes_its_connection_and_the_broker_
     }
 }
 
+/// A record whose key or headers exceed what a stored message keeps (64 KiB each) is refused
+/// with MESSAGE_TOO_LARGE before the append, and the broker goes on serving (it reached the
+/// store's assertion and panicked the shard).
+#[test]
+fn a_record_with_a_key_or_headers_past_64_kib_is_refused_and_the_broker_serves_on() {
+    let dir = temp_store();
+    let (broker, kafka) = start(dir.path());
+    let created = broker.cli(&["topic", "create", "big", "--queues", "1"], b"");
+    assert!(created.status.success(), "{created:?}");
+    let mut wire = Wire::connect(&kafka);
+    let big = Bytes::from(vec![b'k'; 70 * 1024]);
+    for (key, header) in [(Some(big.clone()), None), (None, Some(big))] {
+        let mut record = Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: -1,
+            timestamp: 1_700_000_000_000,
+            key,
+            value: Some(Bytes::from_static(b"v")),
+            headers: Default::default(),
+        };
+        if let Some(value) = header {
+            record
+                .headers
+                .insert(StrBytes::from_static_str("h"), Some(value));
+        }
+        let mut batch = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut batch,
+            [&record].into_iter(),
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .expect("batch");
+        let answer: ProduceResponse =
+            wire.call(ApiKey::Produce, 9, &produce_request("big", batch.freeze()));
+        assert_eq!(produced(&answer).0, 10, "{}", broker.log());
+    }
+    let fine: ProduceResponse = wire.call(
+        ApiKey::Produce,
+        9,
+        &produce_request("big", idempotent_batch(-1, -1, &["ok"])),
+    );
+    assert_eq!(produced(&fine), (0, 0));
+}
+
 fn idempotent_batch(producer_id: i64, base_sequence: i32, values: &[&str]) -> Bytes {
     let records: Vec<Record> = values
         .iter()
