@@ -9,6 +9,7 @@ use super::producers::BatchId;
 use super::records::{self, StoredMessage};
 use super::KafkaNode;
 use crate::constants::{MAX_BYTES_PER_PULL, MAX_MESSAGES_PER_PRODUCE, MAX_MESSAGES_PER_PULL};
+use crate::net::admission::InflightBudget;
 use crate::protocol::message::{
     MessageRef, Metadata, PullRequest, PullResponse, QueueRef, QueueStats, TopicCreate, TopicDelete,
 };
@@ -78,6 +79,7 @@ mod code {
     pub const INVALID_REQUEST: i16 = 42;
     pub const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const INVALID_RECORD: i16 = 87;
 }
 
 fn supported(key: i16) -> Option<(ApiKey, i16, i16)> {
@@ -117,6 +119,7 @@ pub async fn handle(
     shard: &Rc<Shard>,
     node: &KafkaNode,
     session: &mut Session,
+    budget: &InflightBudget,
     request: Bytes,
 ) -> Answer {
     let Some(raw) = raw_header(&request) else {
@@ -177,7 +180,7 @@ pub async fn handle(
             async { Some(api_versions(code::NONE)) }
         }),
         ApiKey::Metadata => run!(MetadataRequest, |r| metadata(shard, node, r, version)),
-        ApiKey::Produce => run!(ProduceRequest, |r| produce(shard, node, r)),
+        ApiKey::Produce => run!(ProduceRequest, |r| produce(shard, node, budget, r)),
         ApiKey::Fetch => run!(FetchRequest, |r| fetch(shard, r)),
         ApiKey::ListOffsets => run!(ListOffsetsRequest, |r| list_offsets(shard, r)),
         ApiKey::CreateTopics => run!(CreateTopicsRequest, |r| create_topics(shard, r)),
@@ -416,6 +419,7 @@ fn partition_produced(
 async fn produce(
     shard: &Rc<Shard>,
     node: &KafkaNode,
+    budget: &InflightBudget,
     request: ProduceRequest,
 ) -> Option<ProduceResponse> {
     // Kafka's acks onto the broker's levels: 0 none, 1 leader (the flush mode on this
@@ -457,7 +461,16 @@ async fn produce(
                 )
             } else {
                 let acks = acks.flatten();
-                produce_partition(shard, node, &topic_name, index, partition.records, acks).await
+                produce_partition(
+                    shard,
+                    node,
+                    &topic_name,
+                    index,
+                    partition.records,
+                    acks,
+                    budget,
+                )
+                .await
             };
             partitions.push(outcome);
         }
@@ -478,6 +491,7 @@ async fn produce_partition(
     index: i32,
     records: Option<Bytes>,
     acks: Option<Acks>,
+    budget: &InflightBudget,
 ) -> produce_response::PartitionProduceResponse {
     let Ok(queue) = u32::try_from(index) else {
         return partition_produced(index, code::UNKNOWN_TOPIC_OR_PARTITION, -1, None);
@@ -509,13 +523,32 @@ async fn produce_partition(
         }
     }
     let records = records.unwrap_or_default();
-    let limit = shard.config().max_frame_bytes as usize * 4;
+    // A compressed batch decompresses to at most max_frame_bytes (the most a native produce
+    // carries), and that room is reserved from the shard's in-flight budget first, as the
+    // compressed bytes were: decompressed records held by requests count like received ones.
+    let limit = shard.config().max_frame_bytes as usize;
+    let _decompressed = if records::is_compressed(&records) {
+        match budget.reserve(limit as u64).await {
+            Some(permit) => Some(permit),
+            None => {
+                return partition_produced(
+                    index,
+                    code::REQUEST_TIMED_OUT,
+                    -1,
+                    Some("no room in the shard's in-flight budget to decompress".to_string()),
+                )
+            }
+        }
+    } else {
+        None
+    };
     let batches = match records::decode_record_set(&records, shard.clock().unix_ms(), limit) {
         Ok(batches) => batches,
         Err(e) => {
             let code = match e {
                 records::BatchError::Transactional => code::UNSUPPORTED_FOR_MESSAGE_FORMAT,
                 records::BatchError::TooLarge(_) => code::RECORD_LIST_TOO_LARGE,
+                records::BatchError::SeveralBatches(_) => code::INVALID_RECORD,
                 records::BatchError::Corrupt(_) => code::CORRUPT_MESSAGE,
             };
             return partition_produced(index, code, -1, Some(e.to_string()));

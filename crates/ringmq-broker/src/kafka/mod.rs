@@ -155,7 +155,7 @@ async fn serve(shard: Rc<Shard>, net: Rc<ShardNet>, node: Arc<KafkaNode>, mut st
             break;
         };
         shard.lifecycle().request_started();
-        let answer = api::handle(&shard, &node, &mut session, request).await;
+        let answer = api::handle(&shard, &node, &mut session, &net.budget, request).await;
         shard.lifecycle().request_finished();
         drop(budget);
         match answer {

@@ -60,12 +60,30 @@ pub enum BatchError {
     #[error("transactional batches are not supported by ringmq (no transaction coordinator)")]
     Transactional,
     /// Decompressed records larger than the limit.
-    #[error("a batch decompresses to more than {0} bytes (4 x max_frame_bytes)")]
+    #[error("a batch decompresses to more than {0} bytes (max_frame_bytes)")]
     TooLarge(usize),
+    /// More than one batch for a partition: Kafka's own rule from Produce v3 (the oldest
+    /// served), and what keeps one partition's decompression to one bounded batch.
+    #[error("{0} record batches for one partition (Produce v3 and later carry exactly one)")]
+    SeveralBatches(usize),
 }
 
-/// Decodes every batch of a produce request's record set. `now_ms` stands in for a missing
-/// timestamp; `max_decompressed` bounds each batch's decompressed records.
+/// Whether a record set's batches are compressed (so decoding it needs room for the
+/// decompressed records), read from the batch headers only.
+pub fn is_compressed(records: &Bytes) -> bool {
+    let mut buf = records.clone();
+    RecordBatchDecoder::decode_batch_info(&mut buf)
+        .is_ok_and(|infos| infos.iter().any(|i| i.compression != Compression::None))
+}
+
+/// The largest zstd window a produced batch may declare, at least: what Kafka clients'
+/// levels use (windowLog 23 for levels up to 19). The window is allocated before the first
+/// byte is decoded, so it is also capped by the decompressed limit when that is larger.
+const ZSTD_MIN_WINDOW_BYTES: usize = 8 << 20;
+
+/// Decodes a produce request's record set: exactly one batch (Kafka's rule since Produce v3).
+/// `now_ms` stands in for a missing timestamp; `max_decompressed` bounds the decompressed
+/// records, so one partition of a request decompresses to at most that.
 pub fn decode_record_set(
     records: &Bytes,
     now_ms: u64,
@@ -74,6 +92,9 @@ pub fn decode_record_set(
     let mut infos_buf = records.clone();
     let infos = RecordBatchDecoder::decode_batch_info(&mut infos_buf)
         .map_err(|e| BatchError::Corrupt(e.to_string()))?;
+    if infos.len() > 1 {
+        return Err(BatchError::SeveralBatches(infos.len()));
+    }
     let mut buf = records.clone();
     let mut batches = Vec::with_capacity(infos.len());
     for info in &infos {
@@ -340,8 +361,10 @@ fn decompress(
         Compression::Snappy => snappy(input, limit)?,
         Compression::Lz4 => read_limited(lz4_flex::frame::FrameDecoder::new(input), limit)?,
         Compression::Zstd => {
-            let decoder = ruzstd::decoding::StreamingDecoder::new(input)
-                .map_err(|e| BatchError::Corrupt(format!("zstd: {e}")))?;
+            let window = limit.max(ZSTD_MIN_WINDOW_BYTES) as u64;
+            let decoder =
+                ruzstd::decoding::StreamingDecoder::new_with_max_window_size(input, window)
+                    .map_err(|e| BatchError::Corrupt(format!("zstd: {e}")))?;
             read_limited(decoder, limit)?
         }
     };
@@ -532,6 +555,64 @@ mod tests {
         fn arbitrary_record_sets_do_not_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode_record_set(&Bytes::from(bytes), 0, 1 << 16);
         }
+    }
+
+    /// Two batches for one partition are refused (each alone decodes).
+    #[test]
+    fn a_record_set_of_two_batches_is_refused() {
+        let stored = [StoredMessage {
+            offset: 0,
+            born_timestamp_ms: 1,
+            key: b"k",
+            properties: b"",
+            body: b"v",
+        }];
+        let batch = encode_batch(&stored).expect("encodes");
+        assert_eq!(decode_record_set(&batch, 0, 1 << 20).expect("one").len(), 1);
+        assert!(!is_compressed(&batch));
+        let mut two = batch.to_vec();
+        two.extend_from_slice(&batch);
+        assert!(matches!(
+            decode_record_set(&Bytes::from(two), 0, 1 << 20),
+            Err(BatchError::SeveralBatches(2))
+        ));
+    }
+
+    /// A zstd frame declaring a window past the limit is refused before its window is
+    /// allocated; one within it decodes.
+    #[test]
+    fn a_zstd_window_past_the_limit_is_refused() {
+        // A frame header: magic, a descriptor with no content size, a window descriptor of
+        // 2^(10 + 20) bytes (1 GiB), then a raw last block of 1 byte.
+        let frame = [
+            0x28,
+            0xb5,
+            0x2f,
+            0xfd,
+            0x00,
+            20 << 3,
+            0x09,
+            0x00,
+            0x00,
+            b'x',
+        ];
+        let refused = decompress(
+            &mut Bytes::copy_from_slice(&frame),
+            Compression::Zstd,
+            1 << 20,
+        );
+        assert!(
+            matches!(refused, Err(BatchError::Corrupt(_))),
+            "{refused:?}"
+        );
+        let small = [0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x00, 0x09, 0x00, 0x00, b'x'];
+        let out = decompress(
+            &mut Bytes::copy_from_slice(&small),
+            Compression::Zstd,
+            1 << 20,
+        )
+        .expect("decodes");
+        assert_eq!(&out[..], b"x");
     }
 
     /// Each codec a producer may use decodes, and a bomb past the limit is refused.
