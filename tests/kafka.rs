@@ -495,6 +495,54 @@ fn a_record_with_a_key_or_headers_past_64_kib_is_refused_and_the_broker_serves_o
     assert_eq!(produced(&fine), (0, 0));
 }
 
+/// A request's bytes are reserved from the shard's in-flight budget before its buffer is
+/// allocated: with room for one stalled max-size request among those still arriving, a
+/// second one announced on the same shard is closed within the budget wait instead of
+/// holding its buffer until request_read_timeout_ms.
+#[test]
+fn a_request_announced_past_the_arriving_budget_is_closed_before_its_buffer_exists() {
+    let dir = temp_store();
+    let broker = Broker::start_with_config(
+        dir.path(),
+        "max_frame_bytes = 1048576\nshard_inflight_budget_bytes = 2097152\n\
+         request_read_timeout_ms = 120000\n",
+        &["--shards", "1", "--kafka-listen", "127.0.0.1:0"],
+    );
+    let kafka = broker.ready_field("kafka").expect("the Kafka listener");
+    let announce = |wire: &mut Wire| {
+        wire.stream
+            .write_all(&(1_000_000i32).to_be_bytes())
+            .expect("send");
+        wire.stream
+            .set_read_timeout(Some(Duration::from_secs(8)))
+            .expect("timeout");
+    };
+    let mut first = Wire::connect(&kafka);
+    announce(&mut first);
+    let mut second = Wire::connect(&kafka);
+    announce(&mut second);
+    // 1.5 MiB for requests still arriving: whichever came second has no room and is closed.
+    let mut ended = 0;
+    for wire in [&mut second, &mut first] {
+        match wire.stream.read(&mut [0u8; 1]) {
+            Ok(0) => ended += 1,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => ended += 1,
+            Ok(_) => panic!("an answer to a request never sent"),
+        }
+    }
+    assert_eq!(
+        ended,
+        1,
+        "exactly the request without room is closed: {}",
+        broker.log()
+    );
+}
+
 fn idempotent_batch(producer_id: i64, base_sequence: i32, values: &[&str]) -> Bytes {
     let records: Vec<Record> = values
         .iter()

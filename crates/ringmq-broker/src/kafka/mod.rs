@@ -21,6 +21,7 @@ pub mod producers;
 pub mod records;
 
 use crate::config::BrokerConfig;
+use crate::net::admission::BudgetPermit;
 use crate::net::ShardNet;
 use crate::shard::Shard;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
@@ -124,6 +125,8 @@ enum End {
     Closed,
     ReadTimeout,
     Idle,
+    /// The shard's in-flight budget had no room for the request in time.
+    NoBudget,
 }
 
 async fn serve(shard: Rc<Shard>, net: Rc<ShardNet>, node: Arc<KafkaNode>, mut stream: TcpStream) {
@@ -132,7 +135,7 @@ async fn serve(shard: Rc<Shard>, net: Rc<ShardNet>, node: Arc<KafkaNode>, mut st
     let max_frame = shard.config().max_frame_bytes as usize;
     let mut session = api::Session::default();
     loop {
-        let request = match read_request(&mut stream, &net, max_frame).await {
+        let (request, budget) = match read_request(&mut stream, &net, max_frame).await {
             Ok(request) => request,
             Err(End::Closed) => break,
             Err(End::ReadTimeout) => {
@@ -146,13 +149,13 @@ async fn serve(shard: Rc<Shard>, net: Rc<ShardNet>, node: Arc<KafkaNode>, mut st
                 debug!(shard = shard.id(), "closing an idle Kafka connection");
                 break;
             }
-        };
-        let Some(budget) = net.budget.reserve(request.len() as u64).await else {
-            debug!(
-                shard = shard.id(),
-                "shard_inflight_budget_bytes: no room for a Kafka request; closing"
-            );
-            break;
+            Err(End::NoBudget) => {
+                debug!(
+                    shard = shard.id(),
+                    "shard_inflight_budget_bytes: no room for a Kafka request; closing"
+                );
+                break;
+            }
         };
         shard.lifecycle().request_started();
         let answer = api::handle(&shard, &node, &mut session, &net.budget, request).await;
@@ -172,12 +175,15 @@ async fn serve(shard: Rc<Shard>, net: Rc<ShardNet>, node: Arc<KafkaNode>, mut st
 }
 
 /// Reads one size-prefixed request (the size is a big-endian i32), within the idle deadline
-/// before its first byte and the read deadline after.
+/// before its first byte and the read deadline after. Its bytes are reserved from the shard's
+/// in-flight budget (the share for requests still arriving included, as on the native
+/// connection) before its buffer is allocated, so connections that each announce a large
+/// request and stall hold budget, not unbounded memory; the permit is the request's to hold.
 async fn read_request(
     stream: &mut TcpStream,
     net: &ShardNet,
     max_frame: usize,
-) -> Result<bytes::Bytes, End> {
+) -> Result<(bytes::Bytes, BudgetPermit), End> {
     let mut size = [0u8; 4];
     let idle = net.timeouts.idle;
     let first = within(stream.read(&mut size), idle, End::Idle).await?;
@@ -197,6 +203,13 @@ async fn read_request(
         debug!("a Kafka request of {len} bytes (max_frame_bytes {max_frame}); closing");
         return Err(End::Closed);
     }
+    let (receiving, budget) = net
+        .budget
+        .reserve_receiving(len as u64)
+        .await
+        .ok_or(End::NoBudget)?;
+    // Time spent waiting for the budget is the broker's, not the peer's.
+    let deadline = Instant::now() + net.timeouts.request_read;
     let mut body = vec![0u8; len as usize];
     let mut got = 0;
     while got < body.len() {
@@ -207,7 +220,8 @@ async fn read_request(
         )
         .await?;
     }
-    Ok(bytes::Bytes::from(body))
+    drop(receiving);
+    Ok((bytes::Bytes::from(body), budget))
 }
 
 /// A read that returns at least one byte within `limit`, or `expired`.
