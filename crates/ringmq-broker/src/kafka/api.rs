@@ -549,6 +549,8 @@ async fn produce_partition(
                 records::BatchError::Transactional => code::UNSUPPORTED_FOR_MESSAGE_FORMAT,
                 records::BatchError::TooLarge(_) => code::RECORD_LIST_TOO_LARGE,
                 records::BatchError::SeveralBatches(_) => code::INVALID_RECORD,
+                records::BatchError::TooManyHeaders(_) => code::INVALID_RECORD,
+                records::BatchError::HeadersTooLarge(_) => code::MESSAGE_TOO_LARGE,
                 records::BatchError::Corrupt(_) => code::CORRUPT_MESSAGE,
             };
             return partition_produced(index, code, -1, Some(e.to_string()));

@@ -64,6 +64,12 @@ pub enum BatchError {
     TooLarge(usize),
     /// More than one batch for a partition: Kafka's own rule from Produce v3 (the oldest
     /// served), and what keeps one partition's decompression to one bounded batch.
+    /// Headers past [`MAX_HEADERS_PER_RECORD`] or [`MAX_HEADERS_PER_BATCH`].
+    #[error("too many record headers: {0}")]
+    TooManyHeaders(String),
+    /// A record's headers past [`MAX_HEADER_BYTES_PER_RECORD`] bytes.
+    #[error("{0} bytes of headers in a record (at most {MAX_HEADER_BYTES_PER_RECORD})")]
+    HeadersTooLarge(usize),
     #[error("{0} record batches for one partition (Produce v3 and later carry exactly one)")]
     SeveralBatches(usize),
 }
@@ -147,12 +153,26 @@ pub fn decode_record_set(
 /// Records in one batch at most: a native produce's message limit.
 pub const MAX_RECORDS_PER_BATCH: usize = crate::constants::MAX_MESSAGES_PER_PRODUCE;
 
+/// Headers one record may carry: its properties, at most 64 KiB, take a byte per header at
+/// least (the line break), and far fewer in practice.
+pub const MAX_HEADERS_PER_RECORD: usize = 4_096;
+
+/// Headers one batch may carry in all. Decoded, a header costs the codec an entry of about
+/// 64 bytes for its two bytes on the wire, so a batch of empty headers would amplify
+/// `max_frame_bytes` of records some thirtyfold; this bounds it to a few MiB.
+pub const MAX_HEADERS_PER_BATCH: usize = 65_536;
+
+/// Header name and value bytes one record may carry: they become its properties, which the
+/// store keeps behind a u16 length.
+pub const MAX_HEADER_BYTES_PER_RECORD: usize = u16::MAX as usize;
+
 /// Walks a batch's (decompressed) records before the codec decodes them, checking that each
-/// length and count fits in the bytes that are there. kafka-protocol 0.18 reserves room for a
-/// record's declared header count before reading one, so a few crafted bytes claiming 2^31
-/// headers would make the broker's allocation fail and abort it.
+/// length and count fits in the bytes that are there, and the header bounds above. The
+/// vendored kafka-protocol caps its reservations by the bytes left, but a record's headers
+/// still cost far more decoded than on the wire.
 fn check_record_counts(records: &[u8], count: usize) -> Result<(), BatchError> {
     let corrupt = |what: &str| BatchError::Corrupt(format!("record {what} does not fit the batch"));
+    let mut batch_headers = 0usize;
     let mut rest = records;
     for _ in 0..count {
         let len = varint(&mut rest).ok_or_else(|| corrupt("length"))?;
@@ -174,9 +194,20 @@ fn check_record_counts(records: &[u8], count: usize) -> Result<(), BatchError> {
             .ok()
             .filter(|h| h.saturating_mul(2) <= record.len())
             .ok_or_else(|| corrupt("header count"))?;
+        batch_headers += headers;
+        if headers > MAX_HEADERS_PER_RECORD || batch_headers > MAX_HEADERS_PER_BATCH {
+            return Err(BatchError::TooManyHeaders(format!(
+                "{headers} headers in a record, {batch_headers} in the batch so far (at most \
+                 {MAX_HEADERS_PER_RECORD} and {MAX_HEADERS_PER_BATCH})"
+            )));
+        }
+        let before = record.len();
         for _ in 0..headers {
             skip_nullable(&mut record).ok_or_else(|| corrupt("header name"))?;
             skip_nullable(&mut record).ok_or_else(|| corrupt("header value"))?;
+        }
+        if before - record.len() > MAX_HEADER_BYTES_PER_RECORD {
+            return Err(BatchError::HeadersTooLarge(before - record.len()));
         }
     }
     Ok(())
@@ -550,7 +581,46 @@ mod tests {
             prop_assert!(check_record_counts(&body, records as usize).is_err());
         }
 
-        /// Arbitrary bytes never panic the decoder.
+        /// A record of more headers than one record may carry is refused, and so is a batch
+    /// whose records carry more in all; within both bounds they decode.
+    #[test]
+    fn header_counts_past_the_bounds_are_refused(extra in 1usize..4) {
+        let record = |headers: usize| {
+            let mut r = vec![0u8, 0, 0, 1, 2, b'v'];
+            let mut zigzag = (headers as u64) << 1;
+            loop {
+                let b = (zigzag & 0x7f) as u8;
+                zigzag >>= 7;
+                if zigzag == 0 { r.push(b); break; }
+                r.push(b | 0x80);
+            }
+            for _ in 0..headers { r.extend_from_slice(&[0, 1]); } // empty name, null value
+            let mut len = (r.len() as u64) << 1;
+            let mut out = Vec::new();
+            loop {
+                let b = (len & 0x7f) as u8;
+                len >>= 7;
+                if len == 0 { out.push(b); break; }
+                out.push(b | 0x80);
+            }
+            out.extend_from_slice(&r);
+            out
+        };
+        prop_assert!(check_record_counts(&record(MAX_HEADERS_PER_RECORD), 1).is_ok());
+        prop_assert!(matches!(
+            check_record_counts(&record(MAX_HEADERS_PER_RECORD + extra), 1),
+            Err(BatchError::TooManyHeaders(_))
+        ));
+        let per_batch = MAX_HEADERS_PER_BATCH / MAX_HEADERS_PER_RECORD;
+        let many = record(MAX_HEADERS_PER_RECORD).repeat(per_batch + extra);
+        prop_assert!(check_record_counts(&many, per_batch).is_ok());
+        prop_assert!(matches!(
+            check_record_counts(&many, per_batch + extra),
+            Err(BatchError::TooManyHeaders(_))
+        ));
+    }
+
+    /// Arbitrary bytes never panic the decoder.
         #[test]
         fn arbitrary_record_sets_do_not_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode_record_set(&Bytes::from(bytes), 0, 1 << 16);
