@@ -543,6 +543,70 @@ fn a_request_announced_past_the_arriving_budget_is_closed_before_its_buffer_exis
     );
 }
 
+/// A fetch past its max_bytes: only the first partition with records gets its oversized
+/// record; the others answer no records and their high watermark, and a partition named
+/// twice is answered once.
+#[test]
+fn a_fetch_gives_only_the_first_partition_an_oversized_record_and_answers_each_once() {
+    let dir = temp_store();
+    let (broker, kafka) = start(dir.path());
+    let created = broker.cli(&["topic", "create", "wide", "--queues", "3"], b"");
+    assert!(created.status.success(), "{created:?}");
+    let mut wire = Wire::connect(&kafka);
+    let value = "v".repeat(10_000);
+    let produce = ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(5_000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str("wide")))
+            .with_partition_data(
+                (0..3)
+                    .map(|p| {
+                        produce_request::PartitionProduceData::default()
+                            .with_index(p)
+                            .with_records(Some(idempotent_batch(-1, -1, &[&value])))
+                    })
+                    .collect(),
+            )]);
+    let answer: ProduceResponse = wire.call(ApiKey::Produce, 9, &produce);
+    for p in &answer.responses[0].partition_responses {
+        assert_eq!((p.error_code, p.base_offset), (0, 0));
+    }
+    let partition = |p: i32| {
+        fetch_request::FetchPartition::default()
+            .with_partition(p)
+            .with_fetch_offset(0)
+            .with_partition_max_bytes(1 << 20)
+    };
+    let fetched: FetchResponse = wire.call(
+        ApiKey::Fetch,
+        12,
+        &FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(100)
+            .with_topics(vec![fetch_request::FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("wide")))
+                .with_partitions(vec![
+                    partition(0),
+                    partition(1),
+                    partition(2),
+                    partition(1),
+                ])]),
+    );
+    let got: Vec<(i32, i16, i64, usize)> = fetched.responses[0]
+        .partitions
+        .iter()
+        .map(|p| {
+            let len = p.records.as_ref().map_or(0, |r| r.len());
+            (p.partition_index, p.error_code, p.high_watermark, len)
+        })
+        .collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got[0].3 > 10_000, "the first partition's record: {got:?}");
+    assert_eq!(&got[1..], &[(1, 0, 1, 0), (2, 0, 1, 0)]);
+}
+
 fn idempotent_batch(producer_id: i64, base_sequence: i32, values: &[&str]) -> Bytes {
     let records: Vec<Record> = values
         .iter()

@@ -649,7 +649,14 @@ struct Wanted {
     max_bytes: i32,
 }
 
+/// Partitions of one fetch that wait at once in a long poll: each wait is a native pull
+/// parked at the end of its queue, so a request naming thousands of partitions would park
+/// thousands. The rest are read again when the poll ends, as every partition is.
+const MAX_LONG_POLL_PARTITIONS: usize = 256;
+
 async fn fetch(shard: &Rc<Shard>, request: FetchRequest) -> Option<FetchResponse> {
+    // A partition named twice is read and answered once.
+    let mut seen = std::collections::HashSet::new();
     let wanted: Vec<Wanted> = request
         .topics
         .iter()
@@ -661,6 +668,7 @@ async fn fetch(shard: &Rc<Shard>, request: FetchRequest) -> Option<FetchResponse
                 max_bytes: p.partition_max_bytes,
             })
         })
+        .filter(|w| seen.insert((w.topic.clone(), w.partition)))
         .collect();
     let mut answers = fetch_once(shard, &wanted, request.max_bytes).await;
     let got: usize = answers
@@ -678,6 +686,7 @@ async fn fetch(shard: &Rc<Shard>, request: FetchRequest) -> Option<FetchResponse
             .zip(&answers)
             .filter(|(w, answer)| w.offset >= 0 && answer.error_code == code::NONE)
             .map(|(w, _)| w)
+            .take(MAX_LONG_POLL_PARTITIONS)
             .map(|w| {
                 Box::pin(pull(
                     shard,
@@ -726,7 +735,11 @@ async fn fetch_once(
     wanted: &[Wanted],
     max_bytes: i32,
 ) -> Vec<fetch_response::PartitionData> {
-    let mut left = usize::try_from(max_bytes).unwrap_or(0).max(1);
+    let mut left = usize::try_from(max_bytes).unwrap_or(0);
+    // Kafka's rule: the first partition with records gets at least one record even past
+    // max_bytes (so a large record never blocks a consumer); every later one only what
+    // still fits, and once max_bytes is spent, no records and its watermarks.
+    let mut oversized_allowed = true;
     let mut out = Vec::with_capacity(wanted.len());
     for w in wanted {
         let partition = fetch_response::PartitionData::default().with_partition_index(w.partition);
@@ -734,18 +747,56 @@ async fn fetch_once(
             out.push(partition.with_error_code(code::OFFSET_OUT_OF_RANGE));
             continue;
         };
-        // Every partition gets at least one message when it has one (Kafka's rule, so a
-        // large record never blocks a consumer); past the request's max_bytes, only that.
-        let limit = usize::try_from(w.max_bytes).unwrap_or(0).min(left).max(1) as u32;
-        let reply = pull(shard, &w.topic, queue, offset, limit, 0).await;
-        out.push(partition_data(partition, &reply, &mut left));
+        let wanted_bytes = usize::try_from(w.max_bytes).unwrap_or(0);
+        let limit = if oversized_allowed {
+            wanted_bytes.min(left.max(1)).max(1)
+        } else {
+            wanted_bytes.min(left)
+        };
+        if limit == 0 {
+            out.push(watermarks(shard, partition, &w.topic, queue).await);
+            continue;
+        }
+        let reply = pull(shard, &w.topic, queue, offset, limit as u32, 0).await;
+        let data = partition_data(partition, &reply, !oversized_allowed, &mut left);
+        if data.records.as_ref().is_some_and(|r| !r.is_empty()) {
+            oversized_allowed = false;
+        }
+        out.push(data);
     }
     out
 }
 
+/// A partition answered without records: its watermarks (or its error).
+async fn watermarks(
+    shard: &Rc<Shard>,
+    partition: fetch_response::PartitionData,
+    topic: &str,
+    queue: u32,
+) -> fetch_response::PartitionData {
+    let mut body = Vec::new();
+    QueueRef {
+        topic: topic.to_string(),
+        queue,
+    }
+    .encode(&mut body);
+    let reply = native(shard, Opcode::QueueStats, body).await;
+    match (reply.status, QueueStats::decode(&reply.body)) {
+        (Status::Ok, Ok(stats)) => partition
+            .with_high_watermark(stats.max_offset as i64)
+            .with_last_stable_offset(stats.max_offset as i64)
+            .with_log_start_offset(stats.min_offset as i64)
+            .with_records(Some(Bytes::new())),
+        (status, _) => partition.with_error_code(error_code(status)),
+    }
+}
+
+/// `strict`: records past `left` are left out (the pull returns its first message whatever
+/// its size), so only the first partition with records may exceed the request's max_bytes.
 fn partition_data(
     partition: fetch_response::PartitionData,
     reply: &Reply,
+    strict: bool,
     left: &mut usize,
 ) -> fetch_response::PartitionData {
     if !reply.status.has_body() {
@@ -774,6 +825,7 @@ fn partition_data(
         })
         .collect();
     let records = match records::encode_batch(&stored) {
+        Ok(records) if strict && records.len() > *left => Bytes::new(),
         Ok(records) => records,
         Err(_) => return partition.with_error_code(code::UNKNOWN_SERVER_ERROR),
     };
