@@ -689,6 +689,9 @@ fn an_idempotent_retry_is_answered_with_its_offset_and_stored_once() {
         &InitProducerIdRequest::default().with_transactional_id(None),
     );
     assert_ne!(other.producer_id.0, pid, "producer ids are unique");
+    // An id this broker never handed out: UNKNOWN_PRODUCER_ID, nothing stored.
+    let invented = produce_request("idem", idempotent_batch(12_345, 0, &["z"]));
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &invented)).0, 59);
 
     let first = produce_request("idem", idempotent_batch(pid, 0, &["a", "b"]));
     let second = produce_request("idem", idempotent_batch(pid, 2, &["c"]));

@@ -79,6 +79,7 @@ mod code {
     pub const INVALID_REQUEST: i16 = 42;
     pub const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const UNKNOWN_PRODUCER_ID: i16 = 59;
     pub const INVALID_RECORD: i16 = 87;
 }
 
@@ -559,6 +560,19 @@ async fn produce_partition(
     let mut first_offset = None;
     for batch in batches {
         let p = batch.producer;
+        // Only ids this broker handed out get a window: any other would make the windows
+        // grow with whatever ids clients invent.
+        if p.producer_id >= 0 && !node.producer_ids.issued(p.producer_id) {
+            return partition_produced(
+                index,
+                code::UNKNOWN_PRODUCER_ID,
+                -1,
+                Some(format!(
+                    "producer id {} was not handed out by this broker (InitProducerId)",
+                    p.producer_id
+                )),
+            );
+        }
         let id = BatchId {
             producer_id: p.producer_id,
             epoch: p.producer_epoch,
@@ -600,7 +614,13 @@ async fn produce_partition(
         let Some(stored) = produced.response() else {
             return partition_produced(index, error_code(reply.status), -1, Some(message(reply)));
         };
-        node.windows.stored(topic, queue, id, stored.base_offset);
+        node.windows.stored(
+            topic,
+            queue,
+            id,
+            stored.base_offset,
+            shard.clock().unix_ms(),
+        );
         first_offset.get_or_insert(stored.base_offset);
         if reply.status != Status::Ok {
             return partition_produced(

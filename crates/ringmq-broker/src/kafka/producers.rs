@@ -8,7 +8,10 @@
 //!
 //! The windows live in memory (one lock shared by the shards: a produce holds it for a map
 //! look-up, never across an await). They are not rebuilt on restart yet, so a batch retried
-//! across a broker restart can be stored twice.
+//! across a broker restart can be stored twice. Only ids this run handed out get a window
+//! (any other is UNKNOWN_PRODUCER_ID), a producer's windows are forgotten after
+//! [`PRODUCER_IDLE_MS`] without a batch, and at most [`MAX_WINDOWS`] are kept (the least
+//! recently used go first), so the memory they take is bounded whatever clients send.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -21,8 +24,16 @@ pub const WINDOW: usize = 5;
 /// Producer ids one millisecond of uptime may hand out before ids could repeat after a restart.
 pub const IDS_PER_MS: i64 = 1024;
 
+/// A producer's windows are forgotten after this long without a batch: Kafka's own
+/// `producer.id.expiration.ms` default (one day).
+pub const PRODUCER_IDLE_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// `(topic, partition, producer)` windows kept at most: about 200 bytes each, so some 20 MiB.
+pub const MAX_WINDOWS: usize = 100_000;
+
 /// The producer-id counter.
 pub struct ProducerIds {
+    first: i64,
     next: AtomicI64,
 }
 
@@ -32,12 +43,18 @@ impl ProducerIds {
             .unwrap_or(0)
             .saturating_mul(IDS_PER_MS);
         ProducerIds {
+            first: start.max(1),
             next: AtomicI64::new(start.max(1)),
         }
     }
 
     pub fn next(&self) -> i64 {
         self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether this run handed out `id`.
+    pub fn issued(&self, id: i64) -> bool {
+        id >= self.first && id < self.next.load(Ordering::Relaxed)
     }
 }
 
@@ -59,10 +76,17 @@ struct Seen {
     base_offset: u64,
 }
 
-/// `(topic, partition, producer id)` → the last [`WINDOW`] batches.
+/// One window: the last [`WINDOW`] batches and when the last one came (Unix ms).
+#[derive(Default)]
+struct Window {
+    seen: VecDeque<Seen>,
+    used_ms: u64,
+}
+
+/// `(topic, partition, producer id)` → its window.
 #[derive(Default)]
 pub struct Windows {
-    windows: Mutex<HashMap<(String, u32, i64), VecDeque<Seen>>>,
+    windows: Mutex<HashMap<(String, u32, i64), Window>>,
 }
 
 impl Windows {
@@ -81,6 +105,7 @@ impl Windows {
         let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         windows
             .get(&(topic.to_string(), partition, producer_id))?
+            .seen
             .iter()
             .find(|s| {
                 s.epoch == epoch
@@ -90,8 +115,16 @@ impl Windows {
             .map(|s| s.base_offset)
     }
 
-    /// Remembers a stored batch, forgetting the oldest past [`WINDOW`].
-    pub fn stored(&self, topic: &str, partition: u32, batch: BatchId, base_offset: u64) {
+    /// Remembers a stored batch at `now_ms`, forgetting the oldest past [`WINDOW`], and past
+    /// [`MAX_WINDOWS`] the idle windows, then the least recently used.
+    pub fn stored(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: BatchId,
+        base_offset: u64,
+        now_ms: u64,
+    ) {
         let BatchId {
             producer_id,
             epoch,
@@ -102,18 +135,30 @@ impl Windows {
             return;
         }
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        let window = windows
-            .entry((topic.to_string(), partition, producer_id))
-            .or_default();
-        window.push_back(Seen {
+        let key = (topic.to_string(), partition, producer_id);
+        if !windows.contains_key(&key) && windows.len() >= MAX_WINDOWS {
+            evict(&mut windows, now_ms);
+        }
+        let window = windows.entry(key).or_default();
+        window.used_ms = now_ms;
+        window.seen.push_back(Seen {
             epoch,
             base_sequence,
             record_count,
             base_offset,
         });
-        while window.len() > WINDOW {
-            window.pop_front();
+        while window.seen.len() > WINDOW {
+            window.seen.pop_front();
         }
+    }
+
+    /// Windows kept now.
+    pub fn len(&self) -> usize {
+        self.windows.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Forgets every window of a deleted topic.
@@ -121,6 +166,20 @@ impl Windows {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         windows.retain(|(t, _, _), _| t != topic);
     }
+}
+
+/// Makes room for a window: drops every idle one, and when that frees nothing the least
+/// recently used tenth (one scan and sort per [`MAX_WINDOWS`] / 10 new windows at worst).
+fn evict(windows: &mut HashMap<(String, u32, i64), Window>, now_ms: u64) {
+    windows.retain(|_, w| now_ms.saturating_sub(w.used_ms) < PRODUCER_IDLE_MS);
+    if windows.len() < MAX_WINDOWS {
+        return;
+    }
+    let mut used: Vec<u64> = windows.values().map(|w| w.used_ms).collect();
+    let cut = used.len() / 10;
+    let (_, threshold, _) = used.select_nth_unstable(cut);
+    let threshold = *threshold;
+    windows.retain(|_, w| w.used_ms > threshold);
 }
 
 #[cfg(test)]
@@ -139,7 +198,7 @@ mod tests {
     #[test]
     fn a_retried_batch_is_found_until_five_newer_ones_pass() {
         let w = Windows::default();
-        w.stored("t", 0, id(7, 0, 0, 3), 100);
+        w.stored("t", 0, id(7, 0, 0, 3), 100, 0);
         assert_eq!(w.duplicate_of("t", 0, id(7, 0, 0, 3)), Some(100));
         assert_eq!(
             w.duplicate_of("t", 1, id(7, 0, 0, 3)),
@@ -153,7 +212,7 @@ mod tests {
             "not idempotent"
         );
         for i in 1..=WINDOW as i32 {
-            w.stored("t", 0, id(7, 0, i * 3, 3), 100 + i as u64 * 3);
+            w.stored("t", 0, id(7, 0, i * 3, 3), 100 + i as u64 * 3, 0);
         }
         assert_eq!(
             w.duplicate_of("t", 0, id(7, 0, 0, 3)),
@@ -165,6 +224,36 @@ mod tests {
         assert_eq!(w.duplicate_of("t", 0, id(7, 0, 15, 3)), None);
     }
 
+    /// Past the cap, idle windows go first, then the least recently used; the count never
+    /// exceeds the cap.
+    #[test]
+    fn windows_are_bounded_by_the_cap_and_expire_when_idle() {
+        let w = Windows::default();
+        for p in 0..MAX_WINDOWS as i64 {
+            w.stored("t", 0, id(p, 0, 0, 1), 0, p as u64);
+        }
+        assert_eq!(w.len(), MAX_WINDOWS);
+        // One more, long after: every earlier window is idle and goes.
+        let later = MAX_WINDOWS as u64 + PRODUCER_IDLE_MS;
+        w.stored("t", 0, id(MAX_WINDOWS as i64, 0, 0, 1), 0, later);
+        assert_eq!(w.len(), 1);
+        for p in 0..MAX_WINDOWS as i64 {
+            w.stored("t", 1, id(p, 0, 0, 1), 0, later + p as u64);
+        }
+        assert!(w.len() <= MAX_WINDOWS);
+        // Nothing idle: the least recently used tenth goes, the newest stay.
+        w.stored("t", 2, id(1, 0, 0, 1), 0, later + MAX_WINDOWS as u64);
+        assert!(w.len() <= MAX_WINDOWS);
+        assert_eq!(w.duplicate_of("t", 2, id(1, 0, 0, 1)), Some(0));
+        assert_eq!(
+            w.duplicate_of("t", 1, id(0, 0, 0, 1)),
+            None,
+            "the oldest went"
+        );
+        let newest = MAX_WINDOWS as i64 - 1;
+        assert_eq!(w.duplicate_of("t", 1, id(newest, 0, 0, 1)), Some(0));
+    }
+
     #[test]
     fn producer_ids_are_unique_and_start_past_an_earlier_run() {
         let first = ProducerIds::starting_at_unix_ms(1_000);
@@ -173,5 +262,8 @@ mod tests {
         assert_ne!(a, b);
         let later = ProducerIds::starting_at_unix_ms(1_001);
         assert!(later.next() > b);
+        assert!(first.issued(a) && first.issued(b));
+        assert!(!first.issued(b + 1), "not handed out yet");
+        assert!(!first.issued(a - 1) && !first.issued(0));
     }
 }
