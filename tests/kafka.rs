@@ -607,6 +607,45 @@ fn a_fetch_gives_only_the_first_partition_an_oversized_record_and_answers_each_o
     assert_eq!(&got[1..], &[(1, 0, 1, 0), (2, 0, 1, 0)]);
 }
 
+/// An idempotent batch whose first attempt was stored but missed its guarantee (error 20: a
+/// lone ASYNC_MASTER with `default_acks = "all"` has no slave) is not answered success on
+/// retry, since the guarantee still does not hold; it is stored once.
+#[test]
+fn a_retry_after_error_20_gets_the_error_again_and_is_stored_once() {
+    let dir = temp_store();
+    let broker = Broker::start_with_config(
+        dir.path(),
+        "default_acks = \"all\"\n",
+        &["--shards", "1", "--kafka-listen", "127.0.0.1:0"],
+    );
+    let kafka = broker.ready_field("kafka").expect("the Kafka listener");
+    let created = broker.cli(&["topic", "create", "unsure", "--queues", "1"], b"");
+    assert!(created.status.success(), "{created:?}");
+    let mut wire = Wire::connect(&kafka);
+    let init: InitProducerIdResponse = wire.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    let batch = produce_request("unsure", idempotent_batch(init.producer_id.0, 0, &["a"]));
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &batch)), (20, 0));
+    assert_eq!(
+        produced(&wire.call(ApiKey::Produce, 9, &batch)),
+        (20, 0),
+        "the retry: still not on a slave"
+    );
+    // The next batch (acks 1: the flush only) lands right after the one copy.
+    let next = produce_request("unsure", idempotent_batch(-1, -1, &["b"])).with_acks(1);
+    assert_eq!(
+        produced(&wire.call(ApiKey::Produce, 9, &next)),
+        (0, 1),
+        "stored once"
+    );
+}
+
 fn idempotent_batch(producer_id: i64, base_sequence: i32, values: &[&str]) -> Bytes {
     let records: Vec<Record> = values
         .iter()

@@ -579,8 +579,28 @@ async fn produce_partition(
             base_sequence: p.base_sequence,
             record_count: batch.messages.len() as u32,
         };
-        if let Some(offset) = node.windows.duplicate_of(topic, queue, id) {
-            first_offset.get_or_insert(offset);
+        if let Some(dup) = node.windows.duplicate_of(topic, queue, id) {
+            if let Some(status) = dup.failed {
+                // The first copy was stored but its guarantee missed: the retry is answered
+                // success only once the guarantee is seen to hold, never at once. The readable
+                // end covers the flush and a SYNC_MASTER's slaves; an ASYNC_MASTER's slaves
+                // (level all) it does not, so there the original error stands.
+                let end = readable_end(shard, topic, queue).await;
+                let covered = status == Status::FlushDiskTimeout
+                    || shard.role() == crate::config::BrokerRole::SyncMaster;
+                let last = dup.base_offset + u64::from(id.record_count);
+                if covered && end.is_some_and(|end| end >= last) {
+                    node.windows.confirmed(topic, queue, id);
+                } else {
+                    return partition_produced(
+                        index,
+                        error_code(status),
+                        dup.base_offset as i64,
+                        Some(format!("stored, but {status} (a retry of that batch)")),
+                    );
+                }
+            }
+            first_offset.get_or_insert(dup.base_offset);
             continue;
         }
         if batch.messages.is_empty() {
@@ -619,6 +639,7 @@ async fn produce_partition(
             queue,
             id,
             stored.base_offset,
+            (reply.status != Status::Ok).then_some(reply.status),
             shard.clock().unix_ms(),
         );
         first_offset.get_or_insert(stored.base_offset);
@@ -785,6 +806,21 @@ async fn fetch_once(
         out.push(data);
     }
     out
+}
+
+/// The end of a queue consumers may read (`None`: unknown).
+async fn readable_end(shard: &Rc<Shard>, topic: &str, queue: u32) -> Option<u64> {
+    let mut body = Vec::new();
+    QueueRef {
+        topic: topic.to_string(),
+        queue,
+    }
+    .encode(&mut body);
+    let reply = native(shard, Opcode::QueueStats, body).await;
+    match (reply.status, QueueStats::decode(&reply.body)) {
+        (Status::Ok, Ok(stats)) => Some(stats.max_offset),
+        _ => None,
+    }
 }
 
 /// A partition answered without records: its watermarks (or its error).

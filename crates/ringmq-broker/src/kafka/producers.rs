@@ -13,6 +13,7 @@
 //! [`PRODUCER_IDLE_MS`] without a batch, and at most [`MAX_WINDOWS`] are kept (the least
 //! recently used go first), so the memory they take is bounded whatever clients send.
 
+use crate::protocol::Status;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
@@ -67,13 +68,24 @@ pub struct BatchId {
     pub record_count: u32,
 }
 
-/// One remembered batch: what identifies it and the first offset it was stored at.
+/// One remembered batch: what identifies it, the first offset it was stored at, and the
+/// status its guarantee missed with, while it has not been seen to hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Seen {
     epoch: i16,
     base_sequence: i32,
     record_count: u32,
     base_offset: u64,
+    failed: Option<Status>,
+}
+
+/// A retried batch found in its window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Duplicate {
+    pub base_offset: u64,
+    /// Stored, but answered this status (its level's guarantee did not hold in time); `None`
+    /// once it held.
+    pub failed: Option<Status>,
 }
 
 /// One window: the last [`WINDOW`] batches and when the last one came (Unix ms).
@@ -90,9 +102,9 @@ pub struct Windows {
 }
 
 impl Windows {
-    /// The first offset a batch with these fields was stored at, if it is one of the last
-    /// [`WINDOW`] of its producer on this partition.
-    pub fn duplicate_of(&self, topic: &str, partition: u32, batch: BatchId) -> Option<u64> {
+    /// Where a batch with these fields was stored, if it is one of the last [`WINDOW`] of
+    /// its producer on this partition.
+    pub fn duplicate_of(&self, topic: &str, partition: u32, batch: BatchId) -> Option<Duplicate> {
         let BatchId {
             producer_id,
             epoch,
@@ -112,17 +124,37 @@ impl Windows {
                     && s.base_sequence == base_sequence
                     && s.record_count == record_count
             })
-            .map(|s| s.base_offset)
+            .map(|s| Duplicate {
+                base_offset: s.base_offset,
+                failed: s.failed,
+            })
     }
 
-    /// Remembers a stored batch at `now_ms`, forgetting the oldest past [`WINDOW`], and past
-    /// [`MAX_WINDOWS`] the idle windows, then the least recently used.
+    /// A batch stored with a missed guarantee was seen to hold since.
+    pub fn confirmed(&self, topic: &str, partition: u32, batch: BatchId) {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(window) = windows.get_mut(&(topic.to_string(), partition, batch.producer_id)) {
+            for s in window.seen.iter_mut() {
+                if s.epoch == batch.epoch
+                    && s.base_sequence == batch.base_sequence
+                    && s.record_count == batch.record_count
+                {
+                    s.failed = None;
+                }
+            }
+        }
+    }
+
+    /// Remembers a stored batch at `now_ms` (`failed`: the status its guarantee missed
+    /// with), forgetting the oldest past [`WINDOW`], and past [`MAX_WINDOWS`] the idle
+    /// windows, then the least recently used.
     pub fn stored(
         &self,
         topic: &str,
         partition: u32,
         batch: BatchId,
         base_offset: u64,
+        failed: Option<Status>,
         now_ms: u64,
     ) {
         let BatchId {
@@ -146,6 +178,7 @@ impl Windows {
             base_sequence,
             record_count,
             base_offset,
+            failed,
         });
         while window.seen.len() > WINDOW {
             window.seen.pop_front();
@@ -195,11 +228,36 @@ mod tests {
         }
     }
 
+    fn ok(base_offset: u64) -> Duplicate {
+        Duplicate {
+            base_offset,
+            failed: None,
+        }
+    }
+
+    /// A batch stored with a missed guarantee is found with its status until confirmed.
+    #[test]
+    fn a_failed_guarantee_is_remembered_until_confirmed() {
+        let w = Windows::default();
+        w.stored(
+            "t",
+            0,
+            id(7, 0, 0, 2),
+            10,
+            Some(Status::SlaveNotAvailable),
+            0,
+        );
+        let found = w.duplicate_of("t", 0, id(7, 0, 0, 2)).expect("found");
+        assert_eq!(found.failed, Some(Status::SlaveNotAvailable));
+        w.confirmed("t", 0, id(7, 0, 0, 2));
+        assert_eq!(w.duplicate_of("t", 0, id(7, 0, 0, 2)), Some(ok(10)));
+    }
+
     #[test]
     fn a_retried_batch_is_found_until_five_newer_ones_pass() {
         let w = Windows::default();
-        w.stored("t", 0, id(7, 0, 0, 3), 100, 0);
-        assert_eq!(w.duplicate_of("t", 0, id(7, 0, 0, 3)), Some(100));
+        w.stored("t", 0, id(7, 0, 0, 3), 100, None, 0);
+        assert_eq!(w.duplicate_of("t", 0, id(7, 0, 0, 3)), Some(ok(100)));
         assert_eq!(
             w.duplicate_of("t", 1, id(7, 0, 0, 3)),
             None,
@@ -212,14 +270,14 @@ mod tests {
             "not idempotent"
         );
         for i in 1..=WINDOW as i32 {
-            w.stored("t", 0, id(7, 0, i * 3, 3), 100 + i as u64 * 3, 0);
+            w.stored("t", 0, id(7, 0, i * 3, 3), 100 + i as u64 * 3, None, 0);
         }
         assert_eq!(
             w.duplicate_of("t", 0, id(7, 0, 0, 3)),
             None,
             "out of the window"
         );
-        assert_eq!(w.duplicate_of("t", 0, id(7, 0, 15, 3)), Some(115));
+        assert_eq!(w.duplicate_of("t", 0, id(7, 0, 15, 3)), Some(ok(115)));
         w.forget_topic("t");
         assert_eq!(w.duplicate_of("t", 0, id(7, 0, 15, 3)), None);
     }
@@ -230,28 +288,28 @@ mod tests {
     fn windows_are_bounded_by_the_cap_and_expire_when_idle() {
         let w = Windows::default();
         for p in 0..MAX_WINDOWS as i64 {
-            w.stored("t", 0, id(p, 0, 0, 1), 0, p as u64);
+            w.stored("t", 0, id(p, 0, 0, 1), 0, None, p as u64);
         }
         assert_eq!(w.len(), MAX_WINDOWS);
         // One more, long after: every earlier window is idle and goes.
         let later = MAX_WINDOWS as u64 + PRODUCER_IDLE_MS;
-        w.stored("t", 0, id(MAX_WINDOWS as i64, 0, 0, 1), 0, later);
+        w.stored("t", 0, id(MAX_WINDOWS as i64, 0, 0, 1), 0, None, later);
         assert_eq!(w.len(), 1);
         for p in 0..MAX_WINDOWS as i64 {
-            w.stored("t", 1, id(p, 0, 0, 1), 0, later + p as u64);
+            w.stored("t", 1, id(p, 0, 0, 1), 0, None, later + p as u64);
         }
         assert!(w.len() <= MAX_WINDOWS);
         // Nothing idle: the least recently used tenth goes, the newest stay.
-        w.stored("t", 2, id(1, 0, 0, 1), 0, later + MAX_WINDOWS as u64);
+        w.stored("t", 2, id(1, 0, 0, 1), 0, None, later + MAX_WINDOWS as u64);
         assert!(w.len() <= MAX_WINDOWS);
-        assert_eq!(w.duplicate_of("t", 2, id(1, 0, 0, 1)), Some(0));
+        assert_eq!(w.duplicate_of("t", 2, id(1, 0, 0, 1)), Some(ok(0)));
         assert_eq!(
             w.duplicate_of("t", 1, id(0, 0, 0, 1)),
             None,
             "the oldest went"
         );
         let newest = MAX_WINDOWS as i64 - 1;
-        assert_eq!(w.duplicate_of("t", 1, id(newest, 0, 0, 1)), Some(0));
+        assert_eq!(w.duplicate_of("t", 1, id(newest, 0, 0, 1)), Some(ok(0)));
     }
 
     #[test]
