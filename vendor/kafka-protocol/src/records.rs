@@ -861,11 +861,18 @@ impl Record {
 
         // Timestamp delta
         let timestamp_delta: i64 = types::VarLong.decode(buf)?;
-        let timestamp = batch_decode_info.min_timestamp + timestamp_delta;
+        // RINGMQ-PATCH: a delta the peer chose must not overflow (a panic in debug builds).
+        let timestamp = batch_decode_info
+            .min_timestamp
+            .checked_add(timestamp_delta)
+            .ok_or_else(|| anyhow!("Record timestamp delta {timestamp_delta} overflows"))?;
 
         // Offset delta
         let offset_delta: i32 = types::VarInt.decode(buf)?;
-        let offset = batch_decode_info.min_offset + offset_delta as i64;
+        let offset = batch_decode_info
+            .min_offset
+            .checked_add(offset_delta as i64)
+            .ok_or_else(|| anyhow!("Record offset delta {offset_delta} overflows"))?;
         let sequence = batch_decode_info.base_sequence.wrapping_add(offset_delta);
 
         // Key

@@ -627,6 +627,37 @@ mod tests {
         }
     }
 
+    /// A record whose timestamp delta overflows the batch's first timestamp is refused, not
+    /// a panic (the codec added them unchecked).
+    #[test]
+    fn a_timestamp_delta_that_overflows_is_refused() {
+        let stored = [
+            StoredMessage {
+                offset: 0,
+                born_timestamp_ms: 0,
+                key: b"",
+                properties: b"",
+                body: b"a",
+            },
+            StoredMessage {
+                offset: 1,
+                born_timestamp_ms: 5,
+                key: b"",
+                properties: b"",
+                body: b"b",
+            },
+        ];
+        let mut bytes = encode_batch(&stored).expect("encodes").to_vec();
+        assert!(decode_record_set(&Bytes::from(bytes.clone()), 0, 1 << 20).is_ok());
+        bytes[27..35].copy_from_slice(&(i64::MAX - 2).to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[21..]);
+        bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert!(matches!(
+            decode_record_set(&Bytes::from(bytes), 0, 1 << 20),
+            Err(BatchError::Corrupt(_))
+        ));
+    }
+
     /// Two batches for one partition are refused (each alone decodes).
     #[test]
     fn a_record_set_of_two_batches_is_refused() {
