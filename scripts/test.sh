@@ -77,9 +77,16 @@ stage "crash and limits" cargo test "${crash[@]}"
 kafka_clients_stage() {
   if ! command -v kcat >/dev/null 2>&1; then
     local sudo=()
-    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-    "${sudo[@]}" apt-get update -qq
-    "${sudo[@]}" apt-get install -y -qq kcat
+    if [ "$(id -u)" -ne 0 ]; then
+      if ! command -v sudo >/dev/null 2>&1; then
+        echo "kcat is missing and installing it needs root or sudo: install kcat (apt-get install kcat) and rerun" >&2
+        return 1
+      fi
+      sudo=(sudo)
+    fi
+    # env: sudo drops the caller's environment, and a prompt would hang the suite.
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kcat
   fi
   local kafka
   mapfile -t kafka < <(test_args "${kafka_clients[@]}")
