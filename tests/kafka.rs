@@ -646,6 +646,29 @@ fn a_retry_after_error_20_gets_the_error_again_and_is_stored_once() {
     );
 }
 
+/// acks 0: no answer, and the next request on the connection gets its own answer with its
+/// own correlation id; a failed partition (an unknown topic) closes the connection, Kafka's
+/// only way to tell a producer that reads no answers.
+#[test]
+fn acks_0_is_unanswered_and_a_failure_closes_the_connection() {
+    let dir = temp_store();
+    let (broker, kafka) = start(dir.path());
+    let created = broker.cli(&["topic", "create", "quiet", "--queues", "1"], b"");
+    assert!(created.status.success(), "{created:?}");
+    let mut wire = Wire::connect(&kafka);
+    let silent = produce_request("quiet", idempotent_batch(-1, -1, &["a"])).with_acks(0);
+    wire.send(ApiKey::Produce, 9, &silent);
+    let next: ProduceResponse = wire.call(
+        ApiKey::Produce,
+        9,
+        &produce_request("quiet", idempotent_batch(-1, -1, &["b"])).with_acks(1),
+    );
+    assert_eq!(produced(&next), (0, 1), "the acks 0 batch came first");
+    let failing = produce_request("nope", idempotent_batch(-1, -1, &["c"])).with_acks(0);
+    let correlation = wire.send(ApiKey::Produce, 9, &failing);
+    assert!(wire.answer(correlation, 0).is_none(), "closed, no answer");
+}
+
 fn idempotent_batch(producer_id: i64, base_sequence: i32, values: &[&str]) -> Bytes {
     let records: Vec<Record> = values
         .iter()

@@ -21,7 +21,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use std::rc::Rc;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// `(API, lowest version, highest version)` this listener serves; ApiVersions lists exactly
 /// these. The caps are Kafka's versions that need nothing ringmq lacks (topic ids in Fetch 13
@@ -181,7 +181,33 @@ pub async fn handle(
             async { Some(api_versions(code::NONE)) }
         }),
         ApiKey::Metadata => run!(MetadataRequest, |r| metadata(shard, node, r, version)),
-        ApiKey::Produce => run!(ProduceRequest, |r| produce(shard, node, budget, r)),
+        ApiKey::Produce => {
+            let request = match ProduceRequest::decode(&mut buf, version) {
+                Ok(request) => request,
+                Err(e) => return undecodable(&raw, &e),
+            };
+            let unanswered = request.acks == 0;
+            let response = produce(shard, node, budget, request).await;
+            let failed = response
+                .responses
+                .iter()
+                .flat_map(|t| &t.partition_responses)
+                .any(|p| p.error_code != code::NONE);
+            match (unanswered, failed) {
+                (false, _) => encode(correlation, response_header, &response, version),
+                // acks 0: the producer reads no answer (it is not even sent a response
+                // frame), so a failure is told the only way Kafka has: the connection closes,
+                // and the producer refreshes its metadata and reconnects.
+                (true, false) => Answer::None,
+                (true, true) => {
+                    debug!(
+                        client_id = %raw.client_id,
+                        "a Kafka produce with acks 0 failed on a partition; closing the connection"
+                    );
+                    Answer::Close
+                }
+            }
+        }
         ApiKey::Fetch => run!(FetchRequest, |r| fetch(shard, r)),
         ApiKey::ListOffsets => run!(ListOffsetsRequest, |r| list_offsets(shard, r)),
         ApiKey::CreateTopics => run!(CreateTopicsRequest, |r| create_topics(shard, r)),
@@ -422,7 +448,7 @@ async fn produce(
     node: &KafkaNode,
     budget: &InflightBudget,
     request: ProduceRequest,
-) -> Option<ProduceResponse> {
+) -> ProduceResponse {
     // Kafka's acks onto the broker's levels: 0 none, 1 leader (the flush mode on this
     // broker), -1 ("all") the broker's default level, what a native request naming none gets
     // (`default_acks`, else the role's: a SYNC_MASTER waits for its slave, an ASYNC_MASTER
@@ -481,8 +507,7 @@ async fn produce(
                 .with_partition_responses(partitions),
         );
     }
-    // acks 0: the producer reads no answer (it is not even sent a response frame).
-    (request.acks != 0).then(|| ProduceResponse::default().with_responses(responses))
+    ProduceResponse::default().with_responses(responses)
 }
 
 async fn produce_partition(
