@@ -377,6 +377,13 @@ async fn metadata(
         .with_node_id(BrokerId(node.node_id))
         .with_host(StrBytes::from_string(node.advertised_host.clone()))
         .with_port(node.advertised_port);
+    // A slave is no partition's leader: its partitions say so (NOT_LEADER_OR_FOLLOWER), so a
+    // client looks for the master instead of producing here and failing per batch.
+    let partition_error = if shard.is_master() {
+        code::NONE
+    } else {
+        code::NOT_LEADER_OR_FOLLOWER
+    };
     let describe = |topic: &str, topic_id: u32, count: u32| {
         metadata_response::MetadataResponseTopic::default()
             .with_name(Some(name(topic)))
@@ -389,6 +396,7 @@ async fn metadata(
                 (0..count)
                     .map(|p| {
                         metadata_response::MetadataResponsePartition::default()
+                            .with_error_code(partition_error)
                             .with_partition_index(p as i32)
                             .with_leader_id(BrokerId(node.node_id))
                             .with_leader_epoch(if version >= 7 { 0 } else { -1 })
