@@ -669,6 +669,47 @@ fn acks_0_is_unanswered_and_a_failure_closes_the_connection() {
     assert!(wire.answer(correlation, 0).is_none(), "closed, no answer");
 }
 
+/// CreateTopics with validate_only runs the real create's checks (name, partition count,
+/// existence) and creates nothing.
+#[test]
+fn create_topics_validate_only_checks_like_the_real_create() {
+    let dir = temp_store();
+    let (_broker, kafka) = start(dir.path());
+    let mut wire = Wire::connect(&kafka);
+    let topic = |name: &str, partitions: i32| {
+        create_topics_request::CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_string(name.to_string())))
+            .with_num_partitions(partitions)
+            .with_replication_factor(-1)
+    };
+    let request = |validate_only: bool| {
+        CreateTopicsRequest::default()
+            .with_timeout_ms(5_000)
+            .with_validate_only(validate_only)
+            .with_topics(vec![
+                topic("bad/name", 1),
+                topic("many", 5_000),
+                topic("fine", 2),
+            ])
+    };
+    let codes =
+        |r: &CreateTopicsResponse| -> Vec<i16> { r.topics.iter().map(|t| t.error_code).collect() };
+    let checked: CreateTopicsResponse = wire.call(ApiKey::CreateTopics, 7, &request(true));
+    let real: CreateTopicsResponse = wire.call(ApiKey::CreateTopics, 7, &request(false));
+    assert_eq!(codes(&checked), vec![17, 17, 0]);
+    assert_eq!(
+        codes(&real),
+        codes(&checked),
+        "validate_only answers as the create did"
+    );
+    let again: CreateTopicsResponse = wire.call(ApiKey::CreateTopics, 7, &request(true));
+    assert_eq!(
+        codes(&again),
+        vec![17, 17, 36],
+        "created by the real one only"
+    );
+}
+
 fn idempotent_batch(producer_id: i64, base_sequence: i32, values: &[&str]) -> Bytes {
     let records: Vec<Record> = values
         .iter()

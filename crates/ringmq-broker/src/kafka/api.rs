@@ -1045,12 +1045,28 @@ async fn create_topics(
             }
         };
         let result = if request.validate_only {
-            if shard.topic(&topic_name).is_some() {
-                result.with_error_code(code::TOPIC_ALREADY_EXISTS)
+            // The real create's checks, in its order, without applying the table it builds.
+            let checked = if !shard.is_master() {
+                Err((
+                    code::NOT_LEADER_OR_FOLLOWER,
+                    "topics are changed on the master".into(),
+                ))
+            } else if shard.topic_table().topics.contains_key(&topic_name) {
+                Err((code::TOPIC_ALREADY_EXISTS, format!("`{topic_name}` exists")))
             } else {
-                result
+                shard
+                    .topic_table()
+                    .with_topic(&topic_name, partitions, shard.shard_count())
+                    .map(|_| ())
+                    .map_err(|e| (code::INVALID_TOPIC_EXCEPTION, e.to_string()))
+            };
+            match checked {
+                Ok(()) => result
                     .with_num_partitions(partitions as i32)
-                    .with_replication_factor(1)
+                    .with_replication_factor(1),
+                Err((code, message)) => result
+                    .with_error_code(code)
+                    .with_error_message(Some(StrBytes::from_string(message))),
             }
         } else {
             let reply = create_topic(shard, &topic_name, partitions).await;
