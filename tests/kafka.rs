@@ -476,7 +476,7 @@ fn a_record_with_a_key_or_headers_past_64_kib_is_refused_and_the_broker_serves_o
         let mut batch = BytesMut::new();
         RecordBatchEncoder::encode(
             &mut batch,
-            [&record].into_iter(),
+            [&record],
             &RecordEncodeOptions {
                 version: 2,
                 compression: Compression::None,
