@@ -824,6 +824,9 @@ fn an_idempotent_retry_is_answered_with_its_offset_and_stored_once() {
     assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &second)), (0, 2));
     // The retry of the first batch: its original offset, nothing stored.
     assert_eq!(produced(&wire.call(ApiKey::Produce, 7, &first)), (0, 0));
+    // A gap (sequence 5 where 3 comes next): OUT_OF_ORDER_SEQUENCE_NUMBER, nothing stored.
+    let gap = produce_request("idem", idempotent_batch(pid, 5, &["g"]));
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &gap)).0, 45);
 
     let fetched: FetchResponse = wire.call(
         ApiKey::Fetch,

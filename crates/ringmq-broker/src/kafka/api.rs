@@ -79,6 +79,7 @@ mod code {
     pub const INVALID_REQUEST: i16 = 42;
     pub const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     pub const UNKNOWN_PRODUCER_ID: i16 = 59;
     pub const INVALID_RECORD: i16 = 87;
 }
@@ -635,6 +636,24 @@ async fn produce_partition(
             }
             first_offset.get_or_insert(dup.base_offset);
             continue;
+        }
+        // Sequence continuity (Kafka's rule): a batch that is not a retry must follow the
+        // newest one its producer stored here, or a batch in between was lost.
+        if p.producer_id >= 0 {
+            let expected =
+                node.windows
+                    .next_sequence(topic, queue, p.producer_id, p.producer_epoch);
+            if let Some(expected) = expected.filter(|e| *e != p.base_sequence) {
+                return partition_produced(
+                    index,
+                    code::OUT_OF_ORDER_SEQUENCE_NUMBER,
+                    -1,
+                    Some(format!(
+                        "base sequence {} where {expected} comes next",
+                        p.base_sequence
+                    )),
+                );
+            }
         }
         if batch.messages.is_empty() {
             continue;

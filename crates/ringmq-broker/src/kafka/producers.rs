@@ -130,6 +130,29 @@ impl Windows {
             })
     }
 
+    /// The base sequence the producer's next batch on this partition must carry: the one
+    /// after its newest remembered batch of `epoch` (sequences wrap at i32::MAX, as Kafka's
+    /// do). `None` when nothing of that producer and epoch is remembered (a new producer, a
+    /// new epoch, or an expired window): any sequence starts it.
+    pub fn next_sequence(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer_id: i64,
+        epoch: i16,
+    ) -> Option<i32> {
+        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let newest = windows
+            .get(&(topic.to_string(), partition, producer_id))?
+            .seen
+            .back()
+            .copied()?;
+        (newest.epoch == epoch).then(|| {
+            let next = i64::from(newest.base_sequence) + i64::from(newest.record_count);
+            (next % (i64::from(i32::MAX) + 1)) as i32
+        })
+    }
+
     /// A batch stored with a missed guarantee was seen to hold since.
     pub fn confirmed(&self, topic: &str, partition: u32, batch: BatchId) {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
@@ -233,6 +256,26 @@ mod tests {
             base_offset,
             failed: None,
         }
+    }
+
+    /// The next batch must follow the newest of its producer and epoch; sequences wrap.
+    #[test]
+    fn the_next_sequence_follows_the_newest_batch_of_the_epoch() {
+        let w = Windows::default();
+        assert_eq!(
+            w.next_sequence("t", 0, 7, 0),
+            None,
+            "a new producer starts anywhere"
+        );
+        w.stored("t", 0, id(7, 0, 0, 3), 0, None, 0);
+        assert_eq!(w.next_sequence("t", 0, 7, 0), Some(3));
+        assert_eq!(
+            w.next_sequence("t", 0, 7, 1),
+            None,
+            "a new epoch starts anywhere"
+        );
+        w.stored("t", 0, id(7, 0, i32::MAX - 1, 2), 3, None, 0);
+        assert_eq!(w.next_sequence("t", 0, 7, 0), Some(0), "wraps");
     }
 
     /// A batch stored with a missed guarantee is found with its status until confirmed.
