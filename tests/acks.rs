@@ -13,7 +13,7 @@ use ringmq::protocol::message::{
     encode_produce, ClusterStatusRequest, MessageRef, Ping, StatsRequest,
 };
 use ringmq::protocol::{Opcode, Status};
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -186,11 +186,18 @@ fn async_master_at_all_waits_for_its_slave() {
     }
     let acked = produce(&mut client, b"all", Acks::All);
     assert_eq!(acked.status, Status::Ok);
-    // Answered only once the slave confirmed it: the slave holds the record already.
-    let slave_end = status(&slave.broker).expect("slave status").shards[0].max_offset;
+    // Answered only once the slave confirmed it: the master recorded that confirmation
+    // before releasing the produce (the slave's own status may trail its acknowledgement).
+    let master_status = status(&master.broker).expect("master status");
+    let confirmed = master_status.shards[0]
+        .slaves
+        .iter()
+        .map(|l| l.acked_offset)
+        .max()
+        .unwrap_or(0);
     assert!(
-        slave_end > acked.response.commitlog_offset,
-        "the slave ends at {slave_end}, before the acknowledged record at {}",
+        confirmed > acked.response.commitlog_offset,
+        "the slave confirmed up to {confirmed}, before the acknowledged record at {}",
         acked.response.commitlog_offset
     );
 }
@@ -261,18 +268,32 @@ fn none_is_appended_never_answered_and_holds_no_slot() {
     assert_eq!(stats.counters["produce_acks_none_total"], COUNT);
     assert_eq!(stats.counters["produce_acks_none_errors_total"], 0);
 
-    // On the wire: a none produce gets no frame; the ping sent after it is the first answer,
-    // and a second ping, sent once the produce is readable, is the next.
+    // On the wire: a none produce gets no frame. Once it is readable (its produce is done)
+    // nothing arrives on its connection, and a ping is answered next.
     let mut socket = raw(&broker.addr);
     let mut body = Vec::new();
     encode_produce(&mut body, "t", 0, &[message(b"silent")]);
     send(&mut socket, Opcode::Produce, 1, Some(Acks::None), &body);
-    send(&mut socket, Opcode::Ping, 2, None, &[]);
-    assert_eq!(read_response(&mut socket).request_id, 2);
     let pulled = client.pull("t", 0, COUNT, 10, 1 << 20, 5000).expect("pull");
     assert_eq!(pulled.messages[0].body, b"silent");
-    send(&mut socket, Opcode::Ping, 3, None, &[]);
-    assert_eq!(read_response(&mut socket).request_id, 3);
+    assert_nothing_arrives(&mut socket, Duration::from_millis(500));
+    send(&mut socket, Opcode::Ping, 2, None, &[]);
+    assert_eq!(read_response(&mut socket).request_id, 2);
+}
+
+/// Reads for `wait` and fails on any byte: the broker wrote nothing to this connection.
+fn assert_nothing_arrives(socket: &mut TcpStream, wait: Duration) {
+    socket.set_read_timeout(Some(wait)).unwrap();
+    let mut chunk = [0u8; 64];
+    match socket.read(&mut chunk) {
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+        Ok(n) => panic!(
+            "{n} bytes arrived where no answer is due: {:?}",
+            &chunk[..n]
+        ),
+        Err(e) => panic!("the connection failed: {e}"),
+    }
+    socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
 }
 
 /// With `min_acks = "leader"` a `none` produce is raised and, at its effective level, answered:
@@ -314,6 +335,51 @@ fn min_acks_raises_none_to_leader_and_the_answer_is_written() {
     assert_eq!(stats.counters["produce_acks_none_total"], 0);
     assert_eq!(stats.counters["produce_acks_leader_total"], 101);
     assert_eq!(stats.counters["produce_acks_raised_total"], 101);
+}
+
+/// A producer that only sends `none` never waits for anything; on a broker whose `min_acks`
+/// answers them the client drains those answers as it sends, so neither side's buffers fill
+/// and stall the other, and every message arrives. A dropped client drains to the broker's
+/// close, so its last produces are read rather than lost to a reset.
+#[test]
+fn a_producer_that_only_sends_none_never_stalls_a_raising_broker() {
+    const COUNT: u64 = 200_000;
+    let dir = temp_store();
+    let broker =
+        Broker::start_with_config(dir.path(), "min_acks = \"leader\"\n", &["--shards", "1"]);
+    broker.client().create_topic("t", 1).expect("create");
+    let mut client = broker.client();
+    for i in 0..COUNT {
+        let body = format!("m{i}");
+        let sent = client
+            .produce_with("t", Some(0), &[message(body.as_bytes())], Acks::None)
+            .expect("write");
+        assert!(sent.is_none());
+    }
+    client
+        .call(&Ping {})
+        .expect("a ping after the none produces");
+    // The last ones, then drop: the drop drains to the close instead of resetting.
+    let mut last = broker.client();
+    for i in 0..100 {
+        let body = format!("tail{i}");
+        last.produce_with("t", Some(0), &[message(body.as_bytes())], Acks::None)
+            .expect("write");
+    }
+    drop(last);
+    let mut offset = 0;
+    while offset < COUNT + 100 {
+        let pulled = client
+            .pull("t", 0, offset, 1000, 1 << 20, 5000)
+            .expect("pull");
+        assert!(
+            !pulled.messages.is_empty(),
+            "no message at {offset} within the long poll"
+        );
+        offset = pulled.summary.next_offset;
+    }
+    let stats = client.call(&StatsRequest {}).expect("stats");
+    assert_eq!(stats.counters["produce_acks_leader_total"], COUNT + 100);
 }
 
 #[test]

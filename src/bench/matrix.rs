@@ -80,7 +80,7 @@ pub fn run_matrix(matrix: &Matrix) -> Result<(), String> {
         println!();
         print!("{}", report::acks_ratio_table(&acks_ratios));
     }
-    write_results_json(matrix, &summaries, &ratios)?;
+    write_results_json(matrix, &summaries, &ratios, &acks_ratios)?;
     write_machine_json(matrix, &ready_lines)?;
     write_plots(&matrix.out_dir, &measurements, matrix.latency_axis)?;
     if !ratios.is_empty() {
@@ -392,12 +392,15 @@ fn write_results_json(
     matrix: &Matrix,
     runs: &[RunSummary],
     ratios: &[ModeRatio],
+    acks_ratios: &[report::AcksRatio],
 ) -> Result<(), String> {
     let value = json!({
         "workload": workload_json(&matrix.workload, matrix),
         "modes": matrix.modes,
         "runs": runs,
         "ratios": ratios,
+        // `all` against `leader` per mode and producer count (empty without both levels).
+        "acks_ratios": acks_ratios,
         "table": report::matrix_table(runs),
     });
     let path = matrix.out_dir.join("results.json");

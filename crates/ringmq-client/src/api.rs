@@ -551,49 +551,65 @@ impl Client {
         connection.wait_within(ticket.request_id, timeout)
     }
 
-    /// The next response on any connection with requests in flight, in arrival order.
+    /// The next response on any connection with requests in flight, in arrival order;
+    /// `None` when nothing is in flight or none arrived within `timeout`. A connection that
+    /// becomes readable with only answers to `none` produces (dropped) does not count: the
+    /// wait goes on, never past `timeout`.
     fn next_response(
         &mut self,
         timeout: Duration,
     ) -> Result<Option<(ConnectionSlot, Response)>, ClientError> {
-        let busy: Vec<(ConnectionSlot, i32, bool)> = self
-            .open_connections()
-            .filter(|(_, c)| c.in_flight() > 0 || c.has_buffered_response())
-            .map(|(slot, c)| (slot, c.as_raw_fd(), c.has_buffered_response()))
-            .collect();
-        if let Some(&(slot, _, _)) = busy.iter().find(|(_, _, buffered)| *buffered) {
-            return Ok(Some((slot, self.connection(slot)?.recv()?)));
-        }
-        if busy.is_empty() {
-            return Ok(None);
-        }
-        let mut fds: Vec<libc::pollfd> = busy
-            .iter()
-            .map(|&(_, fd, _)| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        let timeout_ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfd structs
-        // whose descriptors are owned by connections that outlive this call.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-        if ready < 0 {
-            let source = std::io::Error::last_os_error();
-            if source.kind() == std::io::ErrorKind::Interrupted {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let busy: Vec<(ConnectionSlot, i32, bool)> = self
+                .open_connections()
+                .filter(|(_, c)| c.in_flight() > 0 || c.has_buffered_response())
+                .map(|(slot, c)| (slot, c.as_raw_fd(), c.has_buffered_response()))
+                .collect();
+            if let Some(&(slot, _, _)) = busy.iter().find(|(_, _, buffered)| *buffered) {
+                return Ok(Some((slot, self.connection(slot)?.recv()?)));
+            }
+            if busy.is_empty() {
                 return Ok(None);
             }
-            return Err(ClientError::Io {
-                addr: self.bootstrap_addr.clone(),
-                source,
-            });
+            let mut fds: Vec<libc::pollfd> = busy
+                .iter()
+                .map(|&(_, fd, _)| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            // Rounded up, so a sub-millisecond remainder still waits rather than spins.
+            let timeout_ms = remaining.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfd
+            // structs whose descriptors are owned by connections that outlive this call.
+            let ready =
+                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+            if ready < 0 {
+                let source = std::io::Error::last_os_error();
+                if source.kind() == std::io::ErrorKind::Interrupted {
+                    return Ok(None);
+                }
+                return Err(ClientError::Io {
+                    addr: self.bootstrap_addr.clone(),
+                    source,
+                });
+            }
+            for (at, fd) in fds.iter().enumerate() {
+                if fd.revents == 0 {
+                    continue;
+                }
+                let slot = busy[at].0;
+                if let Some(response) = self.connection(slot)?.try_recv()? {
+                    return Ok(Some((slot, response)));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
         }
-        let Some(at) = fds.iter().position(|p| p.revents != 0) else {
-            return Ok(None);
-        };
-        let slot = busy[at].0;
-        Ok(Some((slot, self.connection(slot)?.recv()?)))
     }
 
     fn pull_timeout(&self, max_wait_ms: u32) -> Duration {

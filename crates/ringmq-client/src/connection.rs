@@ -9,6 +9,12 @@
 //! A produce sent at level `none` ([`Connection::send_with_acks`]) takes no place among the
 //! requests in flight: the broker writes no answer to it, so nothing waits for one. A broker
 //! whose `min_acks` raised it does answer; that answer is recognised by its id and dropped.
+//! A caller that only sends `none` never reads, so each such send also drains, without
+//! waiting, what the socket already holds ([`Connection::drain_ready`]): otherwise raised
+//! answers would fill both socket buffers and stall the broker's connection. Dropping a
+//! connection that sent `none` produces first shuts its write side and reads to the broker's
+//! close (at most `CLOSE_DRAIN_TIMEOUT`): closing with unread answers would reset the
+//! connection, and the broker could lose the last frames it had not read yet.
 
 use super::error::ClientError;
 use super::{
@@ -29,6 +35,11 @@ use std::time::{Duration, Instant};
 /// their level. 4096 ids are 32 KiB; an answer to an older one is still recognised (see
 /// `one_way_forgotten_through`), so the bound costs only precision, never a broken connection.
 const MAX_ONE_WAY_REMEMBERED: usize = 4096;
+
+/// How long dropping a connection that sent `none` produces waits for the broker to read
+/// them all and close: long enough for a broker that has a backlog of appends, short enough
+/// that a broker that stopped answering does not hold a producer's exit for long.
+const CLOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionOptions {
@@ -108,6 +119,8 @@ pub struct Connection {
     /// The newest `none` produce id dropped from `one_way`: a produce answer at or below it
     /// that nothing waits for belongs to one of those.
     one_way_forgotten_through: u64,
+    /// Whether a `none` produce was ever sent here: then a drop drains before closing.
+    sent_one_way: bool,
     broken: bool,
 }
 
@@ -155,6 +168,7 @@ impl Connection {
             arrived: VecDeque::new(),
             one_way: VecDeque::new(),
             one_way_forgotten_through: 0,
+            sent_one_way: false,
             broken: false,
         })
     }
@@ -172,8 +186,10 @@ impl Connection {
         self.broken
     }
 
+    /// Requests sent and not yet handed to the caller: unanswered, or answered and parked
+    /// (read while waiting for another id, or by [`drain_ready`](Self::drain_ready)).
     pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.in_flight.len() + self.arrived.len()
     }
 
     /// Whether the broker closed (or reset) this connection while nothing was in flight on
@@ -256,10 +272,113 @@ impl Connection {
         self.next_request_id += 1;
         if acks == Some(Acks::None) {
             self.remember_one_way(request_id);
+            self.sent_one_way = true;
+            // The send went out whatever this finds: a failure here (the broker closed, a
+            // bad frame) marks the connection broken, and the next request reports it.
+            let _ = self.drain_ready();
         } else {
             self.in_flight.insert(request_id, opcode);
         }
         Ok(request_id)
+    }
+
+    /// Reads what the socket holds now, without waiting: answers to `none` produces are
+    /// dropped, every other response is checked and parked for its caller (`recv`, `wait`).
+    pub fn drain_ready(&mut self) -> Result<(), ClientError> {
+        loop {
+            self.park_buffered()?;
+            if !self.read_ready()? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The next response if one can be had without waiting ([`drain_ready`](Self::drain_ready)
+    /// first): `None` when the socket held only answers to `none` produces, or nothing.
+    pub fn try_recv(&mut self) -> Result<Option<Response>, ClientError> {
+        if self.arrived.is_empty() {
+            self.drain_ready()?;
+        }
+        Ok(self.arrived.pop_front())
+    }
+
+    /// Moves every complete frame of `read_buf` to `arrived`, dropping answers to `none`
+    /// produces.
+    fn park_buffered(&mut self) -> Result<(), ClientError> {
+        loop {
+            let (response, wire_len) = match self.decoder.decode(&self.read_buf[self.read_start..])
+            {
+                Ok(Some(frame)) => (
+                    Response {
+                        header: frame.header,
+                        body: frame.body.to_vec(),
+                    },
+                    frame.wire_len(),
+                ),
+                Ok(None) => return Ok(()),
+                Err(source) => {
+                    self.broken = true;
+                    return Err(ClientError::Frame {
+                        addr: self.addr.clone(),
+                        source,
+                    });
+                }
+            };
+            self.read_start += wire_len;
+            if !self.answers_one_way(&response.header) {
+                let response = self.accept(response)?;
+                self.arrived.push_back(response);
+            }
+        }
+    }
+
+    /// One non-blocking read into `read_buf`: whether it got bytes. The broker's close or an
+    /// I/O error marks the connection broken.
+    fn read_ready(&mut self) -> Result<bool, ClientError> {
+        self.read_buf.drain(..self.read_start);
+        self.read_start = 0;
+        let filled = self.read_buf.len();
+        self.read_buf.resize(filled + READ_CHUNK_BYTES, 0);
+        let result = loop {
+            let into = &mut self.read_buf[filled..];
+            // SAFETY: `into` is a valid, exclusively borrowed buffer of `into.len()` bytes and
+            // the descriptor is this connection's own socket. MSG_DONTWAIT makes this one read
+            // non-blocking without changing the socket's mode.
+            let n = unsafe {
+                libc::recv(
+                    self.stream.as_raw_fd(),
+                    into.as_mut_ptr().cast(),
+                    into.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                break Ok(n as usize);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != ErrorKind::Interrupted {
+                break Err(e);
+            }
+        };
+        self.read_buf
+            .truncate(filled + *result.as_ref().unwrap_or(&0));
+        match result {
+            Ok(0) => {
+                self.broken = true;
+                Err(ClientError::ConnectionClosed {
+                    addr: self.addr.clone(),
+                })
+            }
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(false),
+            Err(source) => {
+                self.broken = true;
+                Err(ClientError::Io {
+                    addr: self.addr.clone(),
+                    source,
+                })
+            }
+        }
     }
 
     /// Sends a request and waits for its response.
@@ -314,13 +433,24 @@ impl Connection {
         }
     }
 
-    /// Whether [`recv`](Self::recv) can return without reading the socket.
+    /// Whether [`recv`](Self::recv) can return without reading the socket: a parked
+    /// response, or a complete frame in the buffer that is not an answer to a `none` produce
+    /// (`recv` would drop that and read on), or one that does not decode (an error now).
     pub fn has_buffered_response(&self) -> bool {
-        !self.arrived.is_empty()
-            || !matches!(
-                self.decoder.decode(&self.read_buf[self.read_start..]),
-                Ok(None)
-            )
+        if !self.arrived.is_empty() {
+            return true;
+        }
+        let mut at = self.read_start;
+        loop {
+            match self.decoder.decode(&self.read_buf[at..]) {
+                Ok(None) => return false,
+                Err(_) => return true,
+                Ok(Some(frame)) if self.is_one_way_answer(&frame.header) => {
+                    at += frame.wire_len();
+                }
+                Ok(Some(_)) => return true,
+            }
+        }
     }
 
     fn read_response(
@@ -348,6 +478,16 @@ impl Connection {
     /// Whether `header` answers a `none` produce (its level raised by the broker): then it
     /// is dropped, and its id forgotten.
     fn answers_one_way(&mut self, header: &FrameHeader) -> bool {
+        if !self.is_one_way_answer(header) {
+            return false;
+        }
+        if let Ok(at) = self.one_way.binary_search(&header.request_id) {
+            self.one_way.remove(at);
+        }
+        true
+    }
+
+    fn is_one_way_answer(&self, header: &FrameHeader) -> bool {
         let id = header.request_id;
         if !header.is_response()
             || header.opcode != Opcode::Produce as u16
@@ -355,11 +495,29 @@ impl Connection {
         {
             return false;
         }
-        if let Ok(at) = self.one_way.binary_search(&id) {
-            self.one_way.remove(at);
-            return true;
+        self.one_way.binary_search(&id).is_ok() || (id != 0 && id <= self.one_way_forgotten_through)
+    }
+
+    /// Shuts the write side and reads (dropping everything) until the broker closes, at most
+    /// `timeout`: the broker then has read every frame sent here.
+    fn drain_to_close(&mut self, timeout: Duration) {
+        if self.stream.shutdown(std::net::Shutdown::Write).is_err() {
+            return;
         }
-        id != 0 && id <= self.one_way_forgotten_through
+        let deadline = Instant::now() + timeout;
+        let mut chunk = [0u8; READ_CHUNK_BYTES];
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() || self.stream.set_read_timeout(Some(remaining)).is_err() {
+                return;
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
     }
 
     /// Checks a response against what is in flight.
@@ -528,6 +686,14 @@ pub fn is_self_connection(socket: &impl AsRawFd) -> bool {
         (local.map(|a| a.as_socket()), peer.map(|a| a.as_socket())),
         (Ok(Some(local)), Ok(Some(peer))) if local == peer
     )
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.sent_one_way && !self.broken {
+            self.drain_to_close(CLOSE_DRAIN_TIMEOUT);
+        }
+    }
 }
 
 impl AsRawFd for Connection {

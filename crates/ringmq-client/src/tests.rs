@@ -9,7 +9,7 @@ use crate::protocol::message::{
 use crate::protocol::{Opcode, Status};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn message(body: &[u8]) -> MessageRef<'_> {
     MessageRef {
@@ -122,6 +122,61 @@ fn answers_to_none_produces_are_dropped_and_hold_no_slot() {
     );
     // Past every id sent: not an answer to a none produce.
     assert!(matches!(c.recv(), Err(ClientError::Protocol { .. })));
+}
+
+/// A connection made readable only by a dropped answer (a raised `none` produce) is no
+/// acknowledgement: `next_produce_ack` keeps waiting, within its own timeout, and says
+/// `None` at the end of it rather than blocking for the read timeout.
+#[test]
+fn a_dropped_answer_is_not_an_acknowledgement() {
+    let port = fake_broker::spawn(|mut conn| {
+        let mut one_way = None;
+        while let Some((header, _)) = conn.read_request() {
+            // Answers metadata, and the raised `none` produce once the `leader` one came (so
+            // the answer arrives while the client waits for an ack); the `leader` one never.
+            if header.opcode == Opcode::Metadata as u16 {
+                let body = metadata(vec![0], vec![topic("t", vec![0])]);
+                conn.reply(&header, Status::Ok, &body);
+            } else if header.acks() == Some(crate::Acks::None) {
+                one_way = Some(header);
+            } else if let Some(one_way) = one_way.take() {
+                conn.reply(&one_way, Status::Ok, b"");
+            }
+        }
+    });
+    let options = ClientOptions {
+        connection: ConnectionOptions {
+            read_timeout: Duration::from_secs(30),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut client = Client::connect_with(&format!("127.0.0.1:{port}"), options).unwrap();
+    let sent = client
+        .produce_with("t", Some(0), &[message(b"one-way")], crate::Acks::None)
+        .unwrap();
+    assert!(sent.is_none());
+    client
+        .send_produce_with(
+            "t",
+            Some(0),
+            &[message(b"waits")],
+            Some(crate::Acks::Leader),
+        )
+        .unwrap();
+    let started = Instant::now();
+    let next = client.next_produce_ack(Duration::from_millis(300)).unwrap();
+    assert!(next.is_none(), "{next:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited {:?}, past the caller's timeout",
+        started.elapsed()
+    );
+    assert_eq!(
+        client.in_flight(),
+        1,
+        "the leader produce is still in flight"
+    );
 }
 
 #[test]

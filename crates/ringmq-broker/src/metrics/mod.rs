@@ -148,7 +148,7 @@ impl Counter {
                 "Client produce requests whose level min_acks raised to its floor."
             }
             Counter::ProduceAcksNoneErrors => {
-                "Level none produce requests that failed; no response tells their sender."
+                "Level none produce requests not answered OK (refused, failed, or stored without their guarantee in time); no response tells their sender."
             }
         }
     }
