@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, in stages, each timed: formatting and lints, build, unit, simulated-
 # disk and whole-shard simulation tests, end-to-end tests, crash and limit tests against the
-# real binary, and a bounded coverage-guided fuzzing run of every decoder. `.ci/run` runs
-# exactly this.
+# real binary, real Kafka clients (kcat) against the Kafka listener, and a bounded
+# coverage-guided fuzzing run of every decoder. `.ci/run` runs exactly this.
 #
-# Every file in tests/ runs in exactly one stage: the unit stage and the crash-and-limits stage
-# name their files, and every other test file runs in the end-to-end stage.
+# Every file in tests/ runs in exactly one stage: the unit, crash-and-limits and Kafka-clients
+# stages name their files, and every other test file runs in the end-to-end stage. The
+# Kafka-clients stage installs `kcat` with apt-get when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,11 +25,13 @@ stage() {
   echo "==> stage: $name took $(($(date +%s) - start)) s"
 }
 
+# Tests driving the broker with real Kafka clients, which this script installs first.
+kafka_clients=(kafka)
 crash_and_limits=(crash replication disk_full fail_stop limits ports retention_process groups retry broker_registration cluster ha_security acks tls controller)
 end_to_end=()
 for file in tests/*.rs; do
   name=$(basename "$file" .rs)
-  case " ${crash_and_limits[*]} store_sim store_glommio fuzz_regressions shard_sim " in
+  case " ${crash_and_limits[*]} ${kafka_clients[*]} store_sim store_glommio fuzz_regressions shard_sim " in
     *" $name "*) ;;
     *) end_to_end+=("$name") ;;
   esac
@@ -69,5 +72,26 @@ mapfile -t e2e < <(test_args "${end_to_end[@]}")
 stage "end to end" cargo test "${e2e[@]}"
 mapfile -t crash < <(test_args "${crash_and_limits[@]}")
 stage "crash and limits" cargo test "${crash[@]}"
+# Kafka clients: kcat (librdkafka) from the distribution's packages when it is missing; the
+# tests then fail rather than skip without it.
+kafka_clients_stage() {
+  if ! command -v kcat >/dev/null 2>&1; then
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+      if ! command -v sudo >/dev/null 2>&1; then
+        echo "kcat is missing and installing it needs root or sudo: install kcat (apt-get install kcat) and rerun" >&2
+        return 1
+      fi
+      sudo=(sudo)
+    fi
+    # env: sudo drops the caller's environment, and a prompt would hang the suite.
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kcat
+  fi
+  local kafka
+  mapfile -t kafka < <(test_args "${kafka_clients[@]}")
+  RINGMQ_REQUIRE_KAFKA_CLIENTS=1 cargo test "${kafka[@]}"
+}
+stage "kafka clients" kafka_clients_stage
 stage "fuzzing (${FUZZ_SECONDS} s per target)" scripts/fuzz.sh "$FUZZ_SECONDS"
 echo "==> whole suite took $(($(date +%s) - suite_start)) s"

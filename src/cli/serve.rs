@@ -52,6 +52,9 @@ pub struct ServeArgs {
     /// bound ha-listen address).
     #[arg(long)]
     pub advertised_ha_listen: Option<String>,
+    /// Serve Kafka's wire protocol on HOST:PORT (default: off; docs/kafka.md).
+    #[arg(long)]
+    pub kafka_listen: Option<String>,
 }
 
 impl ServeArgs {
@@ -109,6 +112,9 @@ impl ServeArgs {
         }
         if let Some(advertised) = &self.advertised_ha_listen {
             config.advertised_ha_listen = Some(advertised.clone());
+        }
+        if let Some(kafka) = &self.kafka_listen {
+            config.kafka_listen = Some(kafka.clone());
         }
         if let Some(flush) = &self.flush {
             config.flush_disk_type = flush.parse::<FlushDiskType>().map_err(|e| e.to_string())?;

@@ -335,6 +335,21 @@ pub struct BrokerConfig {
     /// `none` or `leader` chose to trade safety for speed (as RocketMQ's one-way send does).
     /// An operator who must not allow that sets `"leader"` or `"all"`.
     pub min_acks: Acks,
+
+    // The Kafka listener (src/kafka, docs/kafka.md).
+    /// Kafka wire-protocol listener `HOST:PORT` (port 0 picks a free port); unset (the
+    /// default): no Kafka listener.
+    pub kafka_listen: Option<String>,
+    /// The address Kafka clients are told to connect to (Metadata's broker), `HOST:PORT`;
+    /// unset: the bound `kafka_listen` address.
+    pub kafka_advertised_listen: Option<String>,
+    /// This broker's Kafka node id (0 to 2^31-1); unset: derived from the store's broker id,
+    /// so it stays the same across restarts of one store.
+    pub kafka_node_id: Option<i32>,
+    /// Whether a Kafka produce or metadata request for a topic that does not exist creates
+    /// it (with one partition, as Kafka's `num.partitions`); off: the client gets
+    /// UNKNOWN_TOPIC_OR_PARTITION (3).
+    pub kafka_auto_create_topics: bool,
     // --- TLS on the client and shard ports (docs/security.md) ---
     /// PEM certificate chain of the broker (leaf first). Set with `tls_key_file`: the client
     /// port and every shard port then speak TLS only (it replaces plaintext there; the HA and
@@ -442,6 +457,10 @@ impl Default for BrokerConfig {
             namesrv_secret: None,
             default_acks: None,
             min_acks: Acks::None,
+            kafka_listen: None,
+            kafka_advertised_listen: None,
+            kafka_node_id: None,
+            kafka_auto_create_topics: false,
             tls_cert_file: None,
             tls_key_file: None,
             tls_ca_file: None,
@@ -536,6 +555,42 @@ impl BrokerConfig {
             }),
             (None, _) => Ok(None),
         }
+    }
+
+    pub fn kafka_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        self.kafka_listen
+            .as_ref()
+            .map(|m| {
+                m.parse().map_err(|_| {
+                    ConfigError::value(
+                        "kafka_listen",
+                        format!("`{m}` is not HOST:PORT (an IP and a port)"),
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    /// The Kafka keys: the listener's address, the advertised one (a wildcard bind needs
+    /// it: no client connects to 0.0.0.0) and the node id's range.
+    fn validate_kafka(&self) -> Result<(), ConfigError> {
+        let Some(bound) = self.kafka_addr()? else {
+            return Ok(());
+        };
+        match &self.kafka_advertised_listen {
+            Some(advertised) => check_advertised("kafka_advertised_listen", advertised)?,
+            None if bound.ip().is_unspecified() => {
+                return Err(ConfigError::value(
+                    "kafka_advertised_listen",
+                    format!("the Kafka listener binds {bound}, which no client can connect to: set the address Kafka clients are told to use"),
+                ))
+            }
+            None => {}
+        }
+        if self.kafka_node_id.is_some_and(|id| id < 0) {
+            return Err(ConfigError::value("kafka_node_id", "must be 0 or more"));
+        }
+        Ok(())
     }
 
     pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
@@ -736,6 +791,7 @@ impl BrokerConfig {
         self.validate_tls()?;
         self.listen_addr()?;
         self.metrics_addr()?;
+        self.validate_kafka()?;
         self.ha_addr()?;
         self.master_addr()?;
         if self.min_in_sync_replicas == 0 {
@@ -1058,6 +1114,43 @@ mod tests {
         config.validate().unwrap();
         let back = BrokerConfig::from_toml(&config.to_toml()).unwrap();
         assert_eq!(back, config);
+    }
+
+    /// The Kafka keys: off by default, a wildcard bind needs an advertised address, the
+    /// node id is not negative; each refusal names its key.
+    #[test]
+    fn kafka_keys_are_checked_and_name_their_key() {
+        let kafka = |listen: &str, advertised: Option<&str>, node: Option<i32>| BrokerConfig {
+            kafka_listen: Some(listen.to_string()),
+            kafka_advertised_listen: advertised.map(str::to_string),
+            kafka_node_id: node,
+            ..BrokerConfig::default()
+        };
+        assert_eq!(BrokerConfig::default().kafka_addr().unwrap(), None);
+        kafka("127.0.0.1:9092", None, None).validate().unwrap();
+        kafka("0.0.0.0:9092", Some("mq1.example:9092"), Some(3))
+            .validate()
+            .unwrap();
+        let key = |c: BrokerConfig| c.validate().unwrap_err().key();
+        assert_eq!(key(kafka("localhost", None, None)), Some("kafka_listen"));
+        assert_eq!(
+            key(kafka("0.0.0.0:9092", None, None)),
+            Some("kafka_advertised_listen")
+        );
+        assert_eq!(
+            key(kafka("127.0.0.1:9092", Some("no-port"), None)),
+            Some("kafka_advertised_listen")
+        );
+        assert_eq!(
+            key(kafka("127.0.0.1:9092", None, Some(-1))),
+            Some("kafka_node_id")
+        );
+        let parsed = BrokerConfig::from_toml(
+            "kafka_listen = \"127.0.0.1:0\"\nkafka_node_id = 7\nkafka_auto_create_topics = true",
+        )
+        .unwrap();
+        assert_eq!(parsed.kafka_node_id, Some(7));
+        assert!(parsed.kafka_auto_create_topics);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod constants;
 pub mod counted_polls;
+pub mod kafka;
 pub mod metrics;
 pub mod net;
 pub mod replication;

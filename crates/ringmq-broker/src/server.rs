@@ -260,6 +260,18 @@ pub fn run(mut config: BrokerConfig) -> Result<(), ServerError> {
     let admission = Admission::new(&config);
     let tls = ServerTls::from_config(&config).map_err(|e| ServerError::Startup(e.to_string()))?;
     let cluster = cluster_identity(&config, &listeners)?;
+    let kafka = match &listeners.kafka {
+        Some((_, bound)) => {
+            let broker_id = match &cluster {
+                Some(identity) => identity.broker_id,
+                None => load_or_create_broker_id(&config.store_dir)?,
+            };
+            Some(Arc::new(crate::kafka::KafkaNode::new(
+                &config, *bound, broker_id,
+            )))
+        }
+        None => None,
+    };
     let config = Arc::new(config);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let stop_fds = (0..shard_count)
@@ -291,6 +303,11 @@ pub fn run(mut config: BrokerConfig) -> Result<(), ServerError> {
             admission: admission.clone(),
             tls: tls.clone(),
             cluster: if id == 0 { cluster.clone() } else { None },
+            kafka: listeners
+                .kafka
+                .as_ref()
+                .zip(kafka.as_ref())
+                .map(|((fds, _), node)| (fds[id], node.clone())),
         };
         let core = cores.get(id % cores.len().max(1)).copied();
         let builder = LocalExecutorBuilder::new(Placement::Unbound)
@@ -323,8 +340,13 @@ pub fn run(mut config: BrokerConfig) -> Result<(), ServerError> {
         .metrics
         .map(|(_, addr)| format!(" metrics={addr}"))
         .unwrap_or_default();
+    let kafka = listeners
+        .kafka
+        .as_ref()
+        .map(|(_, addr)| format!(" kafka={addr}"))
+        .unwrap_or_default();
     println!(
-        "ringmq ready listen={} shard_ports={} shards={} role={} flush={} ha={} store={}{metrics}",
+        "ringmq ready listen={} shard_ports={} shards={} role={} flush={} ha={} store={}{metrics}{kafka}",
         listeners.listen_addr,
         ports.join(","),
         shard_count,

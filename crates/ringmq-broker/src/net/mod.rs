@@ -44,6 +44,8 @@ pub struct BoundListeners {
     pub ha_addr: SocketAddr,
     /// The Prometheus endpoint's socket and address, served by shard 0.
     pub metrics: Option<(RawFd, SocketAddr)>,
+    /// With `kafka_listen`: each shard's descriptor of the one Kafka socket, and its address.
+    pub kafka: Option<(Vec<RawFd>, SocketAddr)>,
 }
 
 /// What a listening port is for, so a bind error names the port the user has to look at.
@@ -78,6 +80,7 @@ pub enum PortRole {
     Shard(usize),
     Ha,
     Metrics,
+    Kafka,
 }
 
 impl fmt::Display for PortRole {
@@ -87,6 +90,7 @@ impl fmt::Display for PortRole {
             PortRole::Shard(n) => write!(f, "shard {n} port (shard_port_base + {n})"),
             PortRole::Ha => f.write_str("HA port (ha_listen)"),
             PortRole::Metrics => f.write_str("metrics port (metrics_listen)"),
+            PortRole::Kafka => f.write_str("Kafka port (kafka_listen)"),
         }
     }
 }
@@ -186,6 +190,14 @@ pub fn bind_listeners(
         }
         None => None,
     };
+    let kafka = match config.kafka_addr()? {
+        Some(mut addr) => {
+            let socket = bind_retrying(addr, PortRole::Kafka, deadline)?;
+            addr.set_port(bound_port(&socket, PortRole::Kafka)?);
+            Some((share(socket, shard_count, PortRole::Kafka)?, addr))
+        }
+        None => None,
+    };
     Ok(BoundListeners {
         per_shard,
         listen_addr,
@@ -193,6 +205,7 @@ pub fn bind_listeners(
         ha,
         ha_addr,
         metrics,
+        kafka,
     })
 }
 

@@ -46,6 +46,9 @@ pub struct ShardStartup {
     pub tls: Option<Arc<crate::security::tls::ServerTls>>,
     /// Shard 0 with `namesrv` set: what to register with the name servers as.
     pub cluster: Option<super::registration::ClusterIdentity>,
+    /// With `kafka_listen`: this shard's descriptor of the Kafka socket, and what the Kafka
+    /// connections of every shard share.
+    pub kafka: Option<(RawFd, Arc<crate::kafka::KafkaNode>)>,
 }
 
 /// What a shard tells the main thread while it starts.
@@ -79,6 +82,7 @@ pub async fn run_shard(start: ShardStartup) {
     let admission = start.admission.clone();
     let tls = start.tls.clone();
     let cluster = start.cluster.clone().map(Rc::new);
+    let kafka = start.kafka.clone();
     match open_shard(start).await {
         Ok((shard, receivers, listener_fds, stop_fd, report)) => {
             let _ = ready.send(StartupEvent::Ready { id, report });
@@ -89,6 +93,7 @@ pub async fn run_shard(start: ShardStartup) {
                 ha_fd,
                 admission,
                 tls,
+                kafka,
             };
             serve_until_stopped(shard, receivers, listeners, stop_fd, cluster).await;
         }
@@ -234,6 +239,7 @@ struct Listeners {
     ha_fd: RawFd,
     admission: Arc<net::admission::Admission>,
     tls: Option<Arc<crate::security::tls::ServerTls>>,
+    kafka: Option<(RawFd, Arc<crate::kafka::KafkaNode>)>,
 }
 
 async fn serve_until_stopped(
@@ -249,6 +255,7 @@ async fn serve_until_stopped(
         ha_fd,
         admission,
         tls,
+        kafka,
     } = listeners;
     for (_, receiver) in receivers {
         let shard = shard.clone();
@@ -280,6 +287,14 @@ async fn serve_until_stopped(
                 "a SLAVE without a valid master address does not replicate"
             );
         }
+    }
+    if let Some((fd, node)) = kafka {
+        accept_loops.push(spawn_local(crate::kafka::accept_loop(
+            shard.clone(),
+            shard_net.clone(),
+            node,
+            fd,
+        )));
     }
     if let Some(fd) = metrics_fd {
         accept_loops.push(spawn_local(crate::metrics::http::serve(shard.clone(), fd)));

@@ -278,6 +278,21 @@ fn validate<D: Disk>(shard: &Shard<D>, messages: &[MessageRef<'_>]) -> Result<()
             m.body.len()
         )));
     }
+    // The store's record keeps the key and the properties behind u16 lengths. The native
+    // codec cannot carry more, but another listener's message can (a Kafka record's key, or
+    // its headers as properties lines): refused here, before the append would panic the shard.
+    if let Some((i, m)) = messages
+        .iter()
+        .enumerate()
+        .find(|(_, m)| m.key.len() > u16::MAX as usize || m.properties.len() > u16::MAX as usize)
+    {
+        return Err(ShardError::MessageTooLarge(format!(
+            "message {i} has a key of {} bytes and properties of {} bytes; each is at most {}",
+            m.key.len(),
+            m.properties.len(),
+            u16::MAX
+        )));
+    }
     Ok(())
 }
 

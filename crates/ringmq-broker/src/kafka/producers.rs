@@ -1,0 +1,370 @@
+//! Idempotent producers: producer ids, and each partition's window of recent batches so that a
+//! retried batch is answered with its first offset instead of being stored again.
+//!
+//! Producer ids come from one counter per broker process, started at the Unix time in
+//! milliseconds times [`IDS_PER_MS`]: a restarted broker starts past every id the previous
+//! run could have handed out unless that run gave out more than [`IDS_PER_MS`] ids per
+//! millisecond of its life, or the clock went back. Nothing is persisted.
+//!
+//! The windows live in memory (one lock shared by the shards: a produce holds it for a map
+//! look-up, never across an await). They are not rebuilt on restart yet, so a batch retried
+//! across a broker restart can be stored twice. Only ids this run handed out get a window
+//! (any other is UNKNOWN_PRODUCER_ID), a producer's windows are forgotten after
+//! [`PRODUCER_IDLE_MS`] without a batch, and at most [`MAX_WINDOWS`] are kept (the least
+//! recently used go first), so the memory they take is bounded whatever clients send.
+
+use crate::protocol::Status;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+
+/// Batches remembered per partition and producer, as Kafka's broker keeps
+/// (`max.in.flight.requests.per.connection` is at most 5 with idempotence on).
+pub const WINDOW: usize = 5;
+
+/// Producer ids one millisecond of uptime may hand out before ids could repeat after a restart.
+pub const IDS_PER_MS: i64 = 1024;
+
+/// A producer's windows are forgotten after this long without a batch: Kafka's own
+/// `producer.id.expiration.ms` default (one day).
+pub const PRODUCER_IDLE_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// `(topic, partition, producer)` windows kept at most: about 200 bytes each, so some 20 MiB.
+pub const MAX_WINDOWS: usize = 100_000;
+
+/// The producer-id counter.
+pub struct ProducerIds {
+    first: i64,
+    next: AtomicI64,
+}
+
+impl ProducerIds {
+    pub fn starting_at_unix_ms(now_ms: u64) -> ProducerIds {
+        let start = i64::try_from(now_ms)
+            .unwrap_or(0)
+            .saturating_mul(IDS_PER_MS);
+        ProducerIds {
+            first: start.max(1),
+            next: AtomicI64::new(start.max(1)),
+        }
+    }
+
+    pub fn next(&self) -> i64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether this run handed out `id`.
+    pub fn issued(&self, id: i64) -> bool {
+        id >= self.first && id < self.next.load(Ordering::Relaxed)
+    }
+}
+
+/// What identifies a produced batch of an idempotent producer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchId {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: u32,
+}
+
+/// One remembered batch: what identifies it, the first offset it was stored at, and the
+/// status its guarantee missed with, while it has not been seen to hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seen {
+    epoch: i16,
+    base_sequence: i32,
+    record_count: u32,
+    base_offset: u64,
+    failed: Option<Status>,
+}
+
+/// A retried batch found in its window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Duplicate {
+    pub base_offset: u64,
+    /// Stored, but answered this status (its level's guarantee did not hold in time); `None`
+    /// once it held.
+    pub failed: Option<Status>,
+}
+
+/// One window: the last [`WINDOW`] batches and when the last one came (Unix ms).
+#[derive(Default)]
+struct Window {
+    seen: VecDeque<Seen>,
+    used_ms: u64,
+}
+
+/// `(topic, partition, producer id)` → its window.
+#[derive(Default)]
+pub struct Windows {
+    windows: Mutex<HashMap<(String, u32, i64), Window>>,
+}
+
+impl Windows {
+    /// Where a batch with these fields was stored, if it is one of the last [`WINDOW`] of
+    /// its producer on this partition.
+    pub fn duplicate_of(&self, topic: &str, partition: u32, batch: BatchId) -> Option<Duplicate> {
+        let BatchId {
+            producer_id,
+            epoch,
+            base_sequence,
+            record_count,
+        } = batch;
+        if producer_id < 0 {
+            return None;
+        }
+        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        windows
+            .get(&(topic.to_string(), partition, producer_id))?
+            .seen
+            .iter()
+            .find(|s| {
+                s.epoch == epoch
+                    && s.base_sequence == base_sequence
+                    && s.record_count == record_count
+            })
+            .map(|s| Duplicate {
+                base_offset: s.base_offset,
+                failed: s.failed,
+            })
+    }
+
+    /// The base sequence the producer's next batch on this partition must carry: the one
+    /// after its newest remembered batch of `epoch` (sequences wrap at i32::MAX, as Kafka's
+    /// do). `None` when nothing of that producer and epoch is remembered (a new producer, a
+    /// new epoch, or an expired window): any sequence starts it.
+    pub fn next_sequence(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer_id: i64,
+        epoch: i16,
+    ) -> Option<i32> {
+        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let newest = windows
+            .get(&(topic.to_string(), partition, producer_id))?
+            .seen
+            .back()
+            .copied()?;
+        (newest.epoch == epoch).then(|| {
+            let next = i64::from(newest.base_sequence) + i64::from(newest.record_count);
+            (next % (i64::from(i32::MAX) + 1)) as i32
+        })
+    }
+
+    /// A batch stored with a missed guarantee was seen to hold since.
+    pub fn confirmed(&self, topic: &str, partition: u32, batch: BatchId) {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(window) = windows.get_mut(&(topic.to_string(), partition, batch.producer_id)) {
+            for s in window.seen.iter_mut() {
+                if s.epoch == batch.epoch
+                    && s.base_sequence == batch.base_sequence
+                    && s.record_count == batch.record_count
+                {
+                    s.failed = None;
+                }
+            }
+        }
+    }
+
+    /// Remembers a stored batch at `now_ms` (`failed`: the status its guarantee missed
+    /// with), forgetting the oldest past [`WINDOW`], and past [`MAX_WINDOWS`] the idle
+    /// windows, then the least recently used.
+    pub fn stored(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: BatchId,
+        base_offset: u64,
+        failed: Option<Status>,
+        now_ms: u64,
+    ) {
+        let BatchId {
+            producer_id,
+            epoch,
+            base_sequence,
+            record_count,
+        } = batch;
+        if producer_id < 0 {
+            return;
+        }
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (topic.to_string(), partition, producer_id);
+        if !windows.contains_key(&key) && windows.len() >= MAX_WINDOWS {
+            evict(&mut windows, now_ms);
+        }
+        let window = windows.entry(key).or_default();
+        window.used_ms = now_ms;
+        window.seen.push_back(Seen {
+            epoch,
+            base_sequence,
+            record_count,
+            base_offset,
+            failed,
+        });
+        while window.seen.len() > WINDOW {
+            window.seen.pop_front();
+        }
+    }
+
+    /// Windows kept now.
+    pub fn len(&self) -> usize {
+        self.windows.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets every window of a deleted topic.
+    pub fn forget_topic(&self, topic: &str) {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        windows.retain(|(t, _, _), _| t != topic);
+    }
+}
+
+/// Makes room for a window: drops every idle one, and when that frees nothing the least
+/// recently used tenth (one scan and sort per [`MAX_WINDOWS`] / 10 new windows at worst).
+fn evict(windows: &mut HashMap<(String, u32, i64), Window>, now_ms: u64) {
+    windows.retain(|_, w| now_ms.saturating_sub(w.used_ms) < PRODUCER_IDLE_MS);
+    if windows.len() < MAX_WINDOWS {
+        return;
+    }
+    let mut used: Vec<u64> = windows.values().map(|w| w.used_ms).collect();
+    let cut = used.len() / 10;
+    let (_, threshold, _) = used.select_nth_unstable(cut);
+    let threshold = *threshold;
+    windows.retain(|_, w| w.used_ms > threshold);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(producer_id: i64, epoch: i16, base_sequence: i32, record_count: u32) -> BatchId {
+        BatchId {
+            producer_id,
+            epoch,
+            base_sequence,
+            record_count,
+        }
+    }
+
+    fn ok(base_offset: u64) -> Duplicate {
+        Duplicate {
+            base_offset,
+            failed: None,
+        }
+    }
+
+    /// The next batch must follow the newest of its producer and epoch; sequences wrap.
+    #[test]
+    fn the_next_sequence_follows_the_newest_batch_of_the_epoch() {
+        let w = Windows::default();
+        assert_eq!(
+            w.next_sequence("t", 0, 7, 0),
+            None,
+            "a new producer starts anywhere"
+        );
+        w.stored("t", 0, id(7, 0, 0, 3), 0, None, 0);
+        assert_eq!(w.next_sequence("t", 0, 7, 0), Some(3));
+        assert_eq!(
+            w.next_sequence("t", 0, 7, 1),
+            None,
+            "a new epoch starts anywhere"
+        );
+        w.stored("t", 0, id(7, 0, i32::MAX - 1, 2), 3, None, 0);
+        assert_eq!(w.next_sequence("t", 0, 7, 0), Some(0), "wraps");
+    }
+
+    /// A batch stored with a missed guarantee is found with its status until confirmed.
+    #[test]
+    fn a_failed_guarantee_is_remembered_until_confirmed() {
+        let w = Windows::default();
+        w.stored(
+            "t",
+            0,
+            id(7, 0, 0, 2),
+            10,
+            Some(Status::SlaveNotAvailable),
+            0,
+        );
+        let found = w.duplicate_of("t", 0, id(7, 0, 0, 2)).expect("found");
+        assert_eq!(found.failed, Some(Status::SlaveNotAvailable));
+        w.confirmed("t", 0, id(7, 0, 0, 2));
+        assert_eq!(w.duplicate_of("t", 0, id(7, 0, 0, 2)), Some(ok(10)));
+    }
+
+    #[test]
+    fn a_retried_batch_is_found_until_five_newer_ones_pass() {
+        let w = Windows::default();
+        w.stored("t", 0, id(7, 0, 0, 3), 100, None, 0);
+        assert_eq!(w.duplicate_of("t", 0, id(7, 0, 0, 3)), Some(ok(100)));
+        assert_eq!(
+            w.duplicate_of("t", 1, id(7, 0, 0, 3)),
+            None,
+            "other partition"
+        );
+        assert_eq!(w.duplicate_of("t", 0, id(7, 1, 0, 3)), None, "other epoch");
+        assert_eq!(
+            w.duplicate_of("t", 0, id(-1, 0, 0, 3)),
+            None,
+            "not idempotent"
+        );
+        for i in 1..=WINDOW as i32 {
+            w.stored("t", 0, id(7, 0, i * 3, 3), 100 + i as u64 * 3, None, 0);
+        }
+        assert_eq!(
+            w.duplicate_of("t", 0, id(7, 0, 0, 3)),
+            None,
+            "out of the window"
+        );
+        assert_eq!(w.duplicate_of("t", 0, id(7, 0, 15, 3)), Some(ok(115)));
+        w.forget_topic("t");
+        assert_eq!(w.duplicate_of("t", 0, id(7, 0, 15, 3)), None);
+    }
+
+    /// Past the cap, idle windows go first, then the least recently used; the count never
+    /// exceeds the cap.
+    #[test]
+    fn windows_are_bounded_by_the_cap_and_expire_when_idle() {
+        let w = Windows::default();
+        for p in 0..MAX_WINDOWS as i64 {
+            w.stored("t", 0, id(p, 0, 0, 1), 0, None, p as u64);
+        }
+        assert_eq!(w.len(), MAX_WINDOWS);
+        // One more, long after: every earlier window is idle and goes.
+        let later = MAX_WINDOWS as u64 + PRODUCER_IDLE_MS;
+        w.stored("t", 0, id(MAX_WINDOWS as i64, 0, 0, 1), 0, None, later);
+        assert_eq!(w.len(), 1);
+        for p in 0..MAX_WINDOWS as i64 {
+            w.stored("t", 1, id(p, 0, 0, 1), 0, None, later + p as u64);
+        }
+        assert!(w.len() <= MAX_WINDOWS);
+        // Nothing idle: the least recently used tenth goes, the newest stay.
+        w.stored("t", 2, id(1, 0, 0, 1), 0, None, later + MAX_WINDOWS as u64);
+        assert!(w.len() <= MAX_WINDOWS);
+        assert_eq!(w.duplicate_of("t", 2, id(1, 0, 0, 1)), Some(ok(0)));
+        assert_eq!(
+            w.duplicate_of("t", 1, id(0, 0, 0, 1)),
+            None,
+            "the oldest went"
+        );
+        let newest = MAX_WINDOWS as i64 - 1;
+        assert_eq!(w.duplicate_of("t", 1, id(newest, 0, 0, 1)), Some(ok(0)));
+    }
+
+    #[test]
+    fn producer_ids_are_unique_and_start_past_an_earlier_run() {
+        let first = ProducerIds::starting_at_unix_ms(1_000);
+        let a = first.next();
+        let b = first.next();
+        assert_ne!(a, b);
+        let later = ProducerIds::starting_at_unix_ms(1_001);
+        assert!(later.next() > b);
+        assert!(first.issued(a) && first.issued(b));
+        assert!(!first.issued(b + 1), "not handed out yet");
+        assert!(!first.issued(a - 1) && !first.issued(0));
+    }
+}

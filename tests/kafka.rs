@@ -1,0 +1,889 @@
+//! The Kafka listener against real Kafka clients: `kcat` (librdkafka 2) lists, produces with
+//! every acks level, idempotence and compression codec, and consumes; native and Kafka
+//! clients read each other's messages; and hand-driven requests check what kcat cannot show
+//! (ApiVersions with an unsupported version, an unknown API, an idempotent retry).
+//!
+//! `kcat` is installed by scripts/test.sh (apt). Without it the kcat tests say so and pass,
+//! unless `RINGMQ_REQUIRE_KAFKA_CLIENTS=1` (set by scripts/test.sh), where they fail.
+
+mod common;
+
+use bytes::{Bytes, BytesMut};
+use common::{temp_store, Broker};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// The kcat binary, or `None` (after saying why) when it is not installed and not required.
+fn kcat() -> Option<&'static str> {
+    let found = Command::new("kcat")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return Some("kcat");
+    }
+    if std::env::var("RINGMQ_REQUIRE_KAFKA_CLIENTS").as_deref() == Ok("1") {
+        panic!(
+            "kcat is not installed and RINGMQ_REQUIRE_KAFKA_CLIENTS=1: install it \
+             (`apt-get install -y kcat`) or run scripts/test.sh, which does"
+        );
+    }
+    eprintln!("kcat is not installed: skipping (set RINGMQ_REQUIRE_KAFKA_CLIENTS=1 to fail)");
+    None
+}
+
+/// A lone ASYNC_MASTER with the default config: Kafka's acks -1 runs at the broker's default
+/// level (the flush guarantee here), so it succeeds without a slave (docs/kafka.md).
+fn start(root: &Path) -> (Broker, String) {
+    let broker = Broker::start_with_config(
+        root,
+        "",
+        &["--shards", "2", "--kafka-listen", "127.0.0.1:0"],
+    );
+    let kafka = broker
+        .ready_field("kafka")
+        .expect("the ready line names the Kafka listener");
+    (broker, kafka)
+}
+
+/// Runs kcat with `args` against `kafka`, `stdin` fed, and returns its stdout; fails the test
+/// with its stderr and the broker's log when it fails.
+fn run_kcat(broker: &Broker, kafka: &str, args: &[&str], stdin: &[u8]) -> String {
+    let mut child = Command::new("kcat")
+        .args(["-b", kafka, "-X", "socket.timeout.ms=10000", "-m", "20"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kcat");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("feed kcat");
+    let out = child.wait_with_output().expect("kcat runs");
+    assert!(
+        out.status.success(),
+        "kcat {args:?} failed: {}\nbroker log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        broker.log_tail()
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// One consumed record: partition, offset, key, value, headers (kcat's `%h`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Consumed {
+    partition: u32,
+    offset: u64,
+    key: String,
+    value: String,
+    headers: String,
+}
+
+fn consume_all(broker: &Broker, kafka: &str, topic: &str) -> Vec<Consumed> {
+    let out = run_kcat(
+        broker,
+        kafka,
+        &[
+            "-C",
+            "-t",
+            topic,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%p\t%o\t%k\t%s\t%h\n",
+        ],
+        b"",
+    );
+    out.lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split('\t').collect();
+            assert_eq!(f.len(), 5, "kcat line {line:?}");
+            Consumed {
+                partition: f[0].parse().expect("partition"),
+                offset: f[1].parse().expect("offset"),
+                key: f[2].to_string(),
+                value: f[3].to_string(),
+                headers: f[4].to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Every partition's offsets are exactly 0..n-1, in order (each record once).
+fn assert_dense_offsets(records: &[Consumed]) {
+    let mut partitions: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for r in records {
+        partitions.entry(r.partition).or_default().push(r.offset);
+    }
+    for (p, offsets) in partitions {
+        let expected: Vec<u64> = (0..offsets.len() as u64).collect();
+        assert_eq!(offsets, expected, "partition {p}'s offsets");
+    }
+}
+
+#[test]
+fn kcat_lists_produces_with_every_acks_level_and_codec_and_consumes_each_record_once() {
+    let Some(_) = kcat() else { return };
+    let dir = temp_store();
+    let (broker, kafka) = start(dir.path());
+    let created = broker.cli(&["topic", "create", "orders", "--queues", "3"], b"");
+    assert!(created.status.success(), "{created:?}");
+
+    let listing = run_kcat(&broker, &kafka, &["-L"], b"");
+    assert!(listing.contains("1 brokers"), "{listing}");
+    assert!(listing.contains(&format!("at {kafka}")), "{listing}");
+    assert!(
+        listing.contains("topic \"orders\" with 3 partitions"),
+        "{listing}"
+    );
+
+    let mut sent = Vec::new();
+    let runs = [
+        ("all", "true", "none"),
+        ("1", "false", "none"),
+        ("0", "false", "none"),
+        ("all", "true", "gzip"),
+        ("all", "true", "snappy"),
+        ("all", "true", "lz4"),
+        ("all", "true", "zstd"),
+    ];
+    for (run, (acks, idempotent, codec)) in runs.iter().enumerate() {
+        let lines: Vec<String> = (0..20)
+            .map(|i| format!("key-{run}-{i}:value-{run}-{i}-{codec}"))
+            .collect();
+        let input = lines.join("\n") + "\n";
+        run_kcat(
+            &broker,
+            &kafka,
+            &[
+                "-P",
+                "-t",
+                "orders",
+                "-K:",
+                "-z",
+                codec,
+                "-X",
+                &format!("acks={acks}"),
+                "-X",
+                &format!("enable.idempotence={idempotent}"),
+                "-H",
+                &format!("run={run}"),
+                "-H",
+                "codec=ok",
+            ],
+            input.as_bytes(),
+        );
+        sent.extend(lines.into_iter().map(|l| (l, run)));
+    }
+    // acks 0 has no answer to wait for: the consumer below waits for its records by
+    // comparing counts (kcat exits only after flushing them to the socket).
+    let records = common::wait_until(Duration::from_secs(20), "every record readable", || {
+        let records = consume_all(&broker, &kafka, "orders");
+        (records.len() >= sent.len()).then_some(records)
+    });
+    assert_eq!(records.len(), sent.len(), "each record exactly once");
+    assert_dense_offsets(&records);
+    let mut got: Vec<(String, String, String)> = records
+        .iter()
+        .map(|r| (r.key.clone(), r.value.clone(), r.headers.clone()))
+        .collect();
+    got.sort();
+    let mut expected: Vec<(String, String, String)> = sent
+        .iter()
+        .map(|(line, run)| {
+            let (key, value) = line.split_once(':').expect("key:value");
+            (
+                key.to_string(),
+                value.to_string(),
+                format!("run={run},codec=ok"),
+            )
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(got, expected);
+    assert!(
+        records.iter().map(|r| r.partition).max() == Some(2),
+        "keys spread over the partitions"
+    );
+}
+
+#[test]
+fn native_and_kafka_clients_read_each_others_messages() {
+    let Some(_) = kcat() else { return };
+    let dir = temp_store();
+    let (broker, kafka) = start(dir.path());
+    let created = broker.cli(&["topic", "create", "mixed", "--queues", "1"], b"");
+    assert!(created.status.success(), "{created:?}");
+    let mut client = broker.client();
+    client
+        .produce(
+            "mixed",
+            Some(0),
+            &[ringmq::protocol::message::MessageRef {
+                born_timestamp_ms: 1_700_000_000_000,
+                key: b"native-key",
+                properties: b"origin=native\nflag",
+                body: b"native body",
+            }],
+        )
+        .expect("native produce");
+    run_kcat(
+        &broker,
+        &kafka,
+        &[
+            "-P",
+            "-t",
+            "mixed",
+            "-p",
+            "0",
+            "-K:",
+            "-H",
+            "origin=kafka",
+            "-H",
+            "x=1",
+        ],
+        b"kafka-key:kafka body\n",
+    );
+    let records = consume_all(&broker, &kafka, "mixed");
+    assert_eq!(
+        records,
+        vec![
+            Consumed {
+                partition: 0,
+                offset: 0,
+                key: "native-key".into(),
+                value: "native body".into(),
+                // A property line without `=` is a header with a null value (kcat prints NULL).
+                headers: "origin=native,flag=NULL".into(),
+            },
+            Consumed {
+                partition: 0,
+                offset: 1,
+                key: "kafka-key".into(),
+                value: "kafka body".into(),
+                headers: "origin=kafka,x=1".into(),
+            },
+        ]
+    );
+    let out = broker.cli(
+        &["consume", "mixed", "--format", "json", "--count", "2"],
+        b"",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[1]["key"], "kafka-key");
+    assert_eq!(lines[1]["body"], "kafka body");
+    assert_eq!(lines[1]["properties"], "origin=kafka\nx=1");
+}
+
+/// A hand-driven Kafka connection: size-prefixed requests, answers read in order.
+struct Wire {
+    stream: TcpStream,
+    correlation: i32,
+}
+
+impl Wire {
+    fn connect(kafka: &str) -> Wire {
+        let stream = TcpStream::connect(kafka).expect("connect to the Kafka listener");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        Wire {
+            stream,
+            correlation: 0,
+        }
+    }
+
+    /// Sends `request` at `version` with a v1 header (or v2 for flexible versions).
+    fn send<R: Encodable>(&mut self, key: ApiKey, version: i16, request: &R) -> i32 {
+        self.correlation += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation)
+            .with_client_id(Some(StrBytes::from_static_str("ringmq-test")));
+        let mut body = BytesMut::new();
+        header
+            .encode(&mut body, key.request_header_version(version))
+            .expect("header");
+        request.encode(&mut body, version).expect("request");
+        self.raw(&body);
+        self.correlation
+    }
+
+    fn raw(&mut self, body: &[u8]) {
+        let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+        frame.extend_from_slice(body);
+        self.stream.write_all(&frame).expect("send");
+    }
+
+    /// The next answer's body, after its header (version `header_version`) and correlation.
+    fn answer(&mut self, correlation: i32, header_version: i16) -> Option<Bytes> {
+        let mut size = [0u8; 4];
+        self.stream.read_exact(&mut size).ok()?;
+        let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+        self.stream.read_exact(&mut body).ok()?;
+        let mut body = Bytes::from(body);
+        let header = ResponseHeader::decode(&mut body, header_version).expect("header");
+        assert_eq!(header.correlation_id, correlation);
+        Some(body)
+    }
+
+    fn call<R: Encodable, A: Decodable>(&mut self, key: ApiKey, version: i16, request: &R) -> A {
+        let correlation = self.send(key, version, request);
+        let mut body = self
+            .answer(correlation, key.response_header_version(version))
+            .expect("an answer");
+        A::decode(&mut body, version).expect("decodes")
+    }
+}
+
+#[test]
+fn api_versions_with_an_unsupported_version_gets_error_35_and_an_unknown_api_closes() {
+    let dir = temp_store();
+    let (broker, kafka) = start(dir.path());
+    let mut wire = Wire::connect(&kafka);
+    // ApiVersions v9 (past the 0-4 served): a v0 body with UNSUPPORTED_VERSION and the list.
+    let mut body = BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(ApiKey::ApiVersions as i16)
+        .with_request_api_version(9)
+        .with_correlation_id(7)
+        .with_client_id(Some(StrBytes::from_static_str("ringmq-test")))
+        .encode(&mut body, 1)
+        .expect("header");
+    wire.raw(&body);
+    let mut answer = wire.answer(7, 0).expect("an answer");
+    let versions = ApiVersionsResponse::decode(&mut answer, 0).expect("a v0 body");
+    assert_eq!(versions.error_code, 35);
+    let fetch = versions
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::Fetch as i16)
+        .expect("Fetch listed");
+    assert_eq!((fetch.min_version, fetch.max_version), (4, 12));
+    assert!(
+        !versions
+            .api_keys
+            .iter()
+            .any(|k| k.api_key == ApiKey::JoinGroup as i16),
+        "group APIs are not served yet"
+    );
+    // The connection still serves a version both know.
+    let ok: ApiVersionsResponse = wire.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    assert_eq!(ok.error_code, 0);
+    assert_eq!(ok.api_keys, versions.api_keys);
+    // JoinGroup is not served: one warning, and the connection closes.
+    let correlation = wire.send(ApiKey::JoinGroup, 5, &JoinGroupRequest::default());
+    assert!(wire.answer(correlation, 1).is_none(), "closed, no answer");
+    common::wait_until(Duration::from_secs(10), "the warning", || {
+        let log = broker.log();
+        (log.contains("does not serve") && log.contains("ringmq-test")).then_some(())
+    });
+    // Garbage (a negative size) closes only that connection.
+    let mut bad = Wire::connect(&kafka);
+    bad.stream.write_all(&(-5i32).to_be_bytes()).expect("send");
+    assert!(bad.answer(1, 0).is_none());
+    let mut again = Wire::connect(&kafka);
+    let ok: ApiVersionsResponse =
+        again.call(ApiKey::ApiVersions, 0, &ApiVersionsRequest::default());
+    assert_eq!(ok.error_code, 0);
+}
+
+/// A Metadata request of a few bytes claiming 2^31-1 topics closes its connection (it does
+/// not decode) and the broker goes on serving: the codec no longer reserves room for the
+/// declared count first, which aborted the whole process.
+#[test]
+fn a_request_claiming_billions_of_elements_closes_its_connection_and_the_broker_serves_on() {
+    let dir = temp_store();
+    let (broker, kafka) = start(dir.path());
+    for (version, count) in [
+        (4i16, &[0x7f, 0xff, 0xff, 0xff][..]),
+        (12, &[0x80, 0x80, 0x80, 0x80, 0x08][..]),
+    ] {
+        let mut wire = Wire::connect(&kafka);
+        let mut body = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(ApiKey::Metadata as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(1)
+            .with_client_id(Some(StrBytes::from_static_str("ringmq-test")))
+            .encode(&mut body, ApiKey::Metadata.request_header_version(version))
+            .expect("header");
+        body.extend_from_slice(count);
+        wire.raw(&body);
+        assert!(wire.answer(1, 0).is_none(), "v{version}: closed, no answer");
+        let mut again = Wire::connect(&kafka);
+        let ok: MetadataResponse =
+            again.call(ApiKey::Metadata, version, &MetadataRequest::default());
+        assert_eq!(ok.brokers.len(), 1, "v{version}: {}", broker.log());
+    }
+}
+
+/// A record whose key or headers exceed what a stored message keeps (64 KiB each) is refused
+/// with MESSAGE_TOO_LARGE before the append, and the broker goes on serving (it reached the
+/// store's assertion and panicked the shard).
+#[test]
+fn a_record_with_a_key_or_headers_past_64_kib_is_refused_and_the_broker_serves_on() {
+    let dir = temp_store();
+    let (broker, kafka) = start(dir.path());
+    let created = broker.cli(&["topic", "create", "big", "--queues", "1"], b"");
+    assert!(created.status.success(), "{created:?}");
+    let mut wire = Wire::connect(&kafka);
+    let big = Bytes::from(vec![b'k'; 70 * 1024]);
+    for (key, header) in [(Some(big.clone()), None), (None, Some(big))] {
+        let mut record = Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: -1,
+            timestamp: 1_700_000_000_000,
+            key,
+            value: Some(Bytes::from_static(b"v")),
+            headers: Default::default(),
+        };
+        if let Some(value) = header {
+            record
+                .headers
+                .insert(StrBytes::from_static_str("h"), Some(value));
+        }
+        let mut batch = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut batch,
+            [&record],
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .expect("batch");
+        let answer: ProduceResponse =
+            wire.call(ApiKey::Produce, 9, &produce_request("big", batch.freeze()));
+        assert_eq!(produced(&answer).0, 10, "{}", broker.log());
+    }
+    let fine: ProduceResponse = wire.call(
+        ApiKey::Produce,
+        9,
+        &produce_request("big", idempotent_batch(-1, -1, &["ok"])),
+    );
+    assert_eq!(produced(&fine), (0, 0));
+}
+
+/// A request's bytes are reserved from the shard's in-flight budget before its buffer is
+/// allocated: with room for one stalled max-size request among those still arriving, a
+/// second one announced on the same shard is closed within the budget wait instead of
+/// holding its buffer until request_read_timeout_ms.
+#[test]
+fn a_request_announced_past_the_arriving_budget_is_closed_before_its_buffer_exists() {
+    let dir = temp_store();
+    let broker = Broker::start_with_config(
+        dir.path(),
+        "max_frame_bytes = 1048576\nshard_inflight_budget_bytes = 2097152\n\
+         request_read_timeout_ms = 120000\n",
+        &["--shards", "1", "--kafka-listen", "127.0.0.1:0"],
+    );
+    let kafka = broker.ready_field("kafka").expect("the Kafka listener");
+    let announce = |wire: &mut Wire| {
+        wire.stream
+            .write_all(&(1_000_000i32).to_be_bytes())
+            .expect("send");
+        wire.stream
+            .set_read_timeout(Some(Duration::from_secs(8)))
+            .expect("timeout");
+    };
+    let mut first = Wire::connect(&kafka);
+    announce(&mut first);
+    let mut second = Wire::connect(&kafka);
+    announce(&mut second);
+    // 1.5 MiB for requests still arriving: whichever came second has no room and is closed.
+    let mut ended = 0;
+    for wire in [&mut second, &mut first] {
+        match wire.stream.read(&mut [0u8; 1]) {
+            Ok(0) => ended += 1,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => ended += 1,
+            Ok(_) => panic!("an answer to a request never sent"),
+        }
+    }
+    assert_eq!(
+        ended,
+        1,
+        "exactly the request without room is closed: {}",
+        broker.log()
+    );
+}
+
+/// A fetch past its max_bytes: only the first partition with records gets its oversized
+/// record; the others answer no records and their high watermark, and a partition named
+/// twice is answered once.
+#[test]
+fn a_fetch_gives_only_the_first_partition_an_oversized_record_and_answers_each_once() {
+    let dir = temp_store();
+    let (broker, kafka) = start(dir.path());
+    let created = broker.cli(&["topic", "create", "wide", "--queues", "3"], b"");
+    assert!(created.status.success(), "{created:?}");
+    let mut wire = Wire::connect(&kafka);
+    let value = "v".repeat(10_000);
+    let produce = ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(5_000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str("wide")))
+            .with_partition_data(
+                (0..3)
+                    .map(|p| {
+                        produce_request::PartitionProduceData::default()
+                            .with_index(p)
+                            .with_records(Some(idempotent_batch(-1, -1, &[&value])))
+                    })
+                    .collect(),
+            )]);
+    let answer: ProduceResponse = wire.call(ApiKey::Produce, 9, &produce);
+    for p in &answer.responses[0].partition_responses {
+        assert_eq!((p.error_code, p.base_offset), (0, 0));
+    }
+    let partition = |p: i32| {
+        fetch_request::FetchPartition::default()
+            .with_partition(p)
+            .with_fetch_offset(0)
+            .with_partition_max_bytes(1 << 20)
+    };
+    let fetched: FetchResponse = wire.call(
+        ApiKey::Fetch,
+        12,
+        &FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(100)
+            .with_topics(vec![fetch_request::FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("wide")))
+                .with_partitions(vec![
+                    partition(0),
+                    partition(1),
+                    partition(2),
+                    partition(1),
+                ])]),
+    );
+    let got: Vec<(i32, i16, i64, usize)> = fetched.responses[0]
+        .partitions
+        .iter()
+        .map(|p| {
+            let len = p.records.as_ref().map_or(0, |r| r.len());
+            (p.partition_index, p.error_code, p.high_watermark, len)
+        })
+        .collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got[0].3 > 10_000, "the first partition's record: {got:?}");
+    assert_eq!(&got[1..], &[(1, 0, 1, 0), (2, 0, 1, 0)]);
+}
+
+/// An idempotent batch whose first attempt was stored but missed its guarantee (error 20: a
+/// lone ASYNC_MASTER with `default_acks = "all"` has no slave) is not answered success on
+/// retry, since the guarantee still does not hold; it is stored once.
+#[test]
+fn a_retry_after_error_20_gets_the_error_again_and_is_stored_once() {
+    let dir = temp_store();
+    let broker = Broker::start_with_config(
+        dir.path(),
+        "default_acks = \"all\"\n",
+        &["--shards", "1", "--kafka-listen", "127.0.0.1:0"],
+    );
+    let kafka = broker.ready_field("kafka").expect("the Kafka listener");
+    let created = broker.cli(&["topic", "create", "unsure", "--queues", "1"], b"");
+    assert!(created.status.success(), "{created:?}");
+    let mut wire = Wire::connect(&kafka);
+    let init: InitProducerIdResponse = wire.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    let batch = produce_request("unsure", idempotent_batch(init.producer_id.0, 0, &["a"]));
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &batch)), (20, 0));
+    assert_eq!(
+        produced(&wire.call(ApiKey::Produce, 9, &batch)),
+        (20, 0),
+        "the retry: still not on a slave"
+    );
+    // The next batch (acks 1: the flush only) lands right after the one copy.
+    let next = produce_request("unsure", idempotent_batch(-1, -1, &["b"])).with_acks(1);
+    assert_eq!(
+        produced(&wire.call(ApiKey::Produce, 9, &next)),
+        (0, 1),
+        "stored once"
+    );
+}
+
+/// acks 0: no answer, and the next request on the connection gets its own answer with its
+/// own correlation id; a failed partition (an unknown topic) closes the connection, Kafka's
+/// only way to tell a producer that reads no answers.
+#[test]
+fn acks_0_is_unanswered_and_a_failure_closes_the_connection() {
+    let dir = temp_store();
+    let (broker, kafka) = start(dir.path());
+    let created = broker.cli(&["topic", "create", "quiet", "--queues", "1"], b"");
+    assert!(created.status.success(), "{created:?}");
+    let mut wire = Wire::connect(&kafka);
+    let silent = produce_request("quiet", idempotent_batch(-1, -1, &["a"])).with_acks(0);
+    wire.send(ApiKey::Produce, 9, &silent);
+    let next: ProduceResponse = wire.call(
+        ApiKey::Produce,
+        9,
+        &produce_request("quiet", idempotent_batch(-1, -1, &["b"])).with_acks(1),
+    );
+    assert_eq!(produced(&next), (0, 1), "the acks 0 batch came first");
+    let failing = produce_request("nope", idempotent_batch(-1, -1, &["c"])).with_acks(0);
+    let correlation = wire.send(ApiKey::Produce, 9, &failing);
+    assert!(wire.answer(correlation, 0).is_none(), "closed, no answer");
+}
+
+/// CreateTopics with validate_only runs the real create's checks (name, partition count,
+/// existence) and creates nothing.
+#[test]
+fn create_topics_validate_only_checks_like_the_real_create() {
+    let dir = temp_store();
+    let (_broker, kafka) = start(dir.path());
+    let mut wire = Wire::connect(&kafka);
+    let topic = |name: &str, partitions: i32| {
+        create_topics_request::CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_string(name.to_string())))
+            .with_num_partitions(partitions)
+            .with_replication_factor(-1)
+    };
+    let request = |validate_only: bool| {
+        CreateTopicsRequest::default()
+            .with_timeout_ms(5_000)
+            .with_validate_only(validate_only)
+            .with_topics(vec![
+                topic("bad/name", 1),
+                topic("many", 5_000),
+                topic("fine", 2),
+            ])
+    };
+    let codes =
+        |r: &CreateTopicsResponse| -> Vec<i16> { r.topics.iter().map(|t| t.error_code).collect() };
+    let checked: CreateTopicsResponse = wire.call(ApiKey::CreateTopics, 7, &request(true));
+    let real: CreateTopicsResponse = wire.call(ApiKey::CreateTopics, 7, &request(false));
+    assert_eq!(codes(&checked), vec![17, 17, 0]);
+    assert_eq!(
+        codes(&real),
+        codes(&checked),
+        "validate_only answers as the create did"
+    );
+    let again: CreateTopicsResponse = wire.call(ApiKey::CreateTopics, 7, &request(true));
+    assert_eq!(
+        codes(&again),
+        vec![17, 17, 36],
+        "created by the real one only"
+    );
+}
+
+/// Every advertised Produce version gets an answer to a refused partition (the handler
+/// names a reason, a field only v8 and later carry), and so does every Metadata version.
+#[test]
+fn handler_built_answers_encode_at_every_advertised_version() {
+    let dir = temp_store();
+    let (_broker, kafka) = start(dir.path());
+    let mut wire = Wire::connect(&kafka);
+    for version in 3..=9 {
+        let answer: ProduceResponse = wire.call(
+            ApiKey::Produce,
+            version,
+            &produce_request("missing", idempotent_batch(-1, -1, &["x"])),
+        );
+        assert_eq!(produced(&answer).0, 3, "v{version}");
+    }
+    for version in 0..=12 {
+        let answer: MetadataResponse =
+            wire.call(ApiKey::Metadata, version, &MetadataRequest::default());
+        assert_eq!(answer.brokers.len(), 1, "v{version}");
+    }
+}
+
+fn idempotent_batch(producer_id: i64, base_sequence: i32, values: &[&str]) -> Bytes {
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id,
+            producer_epoch: 0,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: base_sequence + i as i32,
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(Bytes::copy_from_slice(v.as_bytes())),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut out = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut out,
+        records.iter(),
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("batch");
+    out.freeze()
+}
+
+fn produce_request(topic: &str, records: Bytes) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5_000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(vec![
+                produce_request::PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(records)),
+            ])])
+}
+
+fn produced(answer: &ProduceResponse) -> (i16, i64) {
+    let p = &answer.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+#[test]
+fn an_idempotent_retry_is_answered_with_its_offset_and_stored_once() {
+    let dir = temp_store();
+    let (broker, kafka) = start(dir.path());
+    let mut wire = Wire::connect(&kafka);
+    // Unknown topic, no auto-create: UNKNOWN_TOPIC_OR_PARTITION.
+    let unknown: ProduceResponse = wire.call(
+        ApiKey::Produce,
+        9,
+        &produce_request("nope", idempotent_batch(-1, -1, &["x"])),
+    );
+    assert_eq!(produced(&unknown).0, 3);
+    let created = broker.cli(&["topic", "create", "idem", "--queues", "1"], b"");
+    assert!(created.status.success(), "{created:?}");
+    let init: InitProducerIdResponse = wire.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    assert_eq!(init.error_code, 0);
+    let pid = init.producer_id.0;
+    let other: InitProducerIdResponse = wire.call(
+        ApiKey::InitProducerId,
+        0,
+        &InitProducerIdRequest::default().with_transactional_id(None),
+    );
+    assert_ne!(other.producer_id.0, pid, "producer ids are unique");
+    // An id this broker never handed out: UNKNOWN_PRODUCER_ID, nothing stored.
+    let invented = produce_request("idem", idempotent_batch(12_345, 0, &["z"]));
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &invented)).0, 59);
+
+    let first = produce_request("idem", idempotent_batch(pid, 0, &["a", "b"]));
+    let second = produce_request("idem", idempotent_batch(pid, 2, &["c"]));
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &first)), (0, 0));
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &second)), (0, 2));
+    // The retry of the first batch: its original offset, nothing stored.
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 7, &first)), (0, 0));
+    // A gap (sequence 5 where 3 comes next): OUT_OF_ORDER_SEQUENCE_NUMBER, nothing stored.
+    let gap = produce_request("idem", idempotent_batch(pid, 5, &["g"]));
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &gap)).0, 45);
+
+    let fetched: FetchResponse = wire.call(
+        ApiKey::Fetch,
+        12,
+        &FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![fetch_request::FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("idem")))
+                .with_partitions(vec![fetch_request::FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)])]),
+    );
+    let partition = &fetched.responses[0].partitions[0];
+    assert_eq!(partition.error_code, 0);
+    assert_eq!(partition.high_watermark, 3);
+    let mut records = partition.records.clone().expect("records");
+    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut records).expect("batch");
+    let values: Vec<(i64, Bytes)> = set
+        .records
+        .iter()
+        .map(|r| (r.offset, r.value.clone().expect("value")))
+        .collect();
+    assert_eq!(
+        values,
+        vec![
+            (0, Bytes::from_static(b"a")),
+            (1, Bytes::from_static(b"b")),
+            (2, Bytes::from_static(b"c"))
+        ]
+    );
+
+    let offsets: ListOffsetsResponse = wire.call(
+        ApiKey::ListOffsets,
+        6,
+        &ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("idem")))
+                .with_partitions(vec![
+                    list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_timestamp(-2),
+                    list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_timestamp(-1),
+                    list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_timestamp(0),
+                ])]),
+    );
+    let got: Vec<(i16, i64)> = offsets.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.error_code, p.offset))
+        .collect();
+    assert_eq!(got, vec![(0, 0), (0, 3), (0, 0)]);
+}
