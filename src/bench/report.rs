@@ -221,30 +221,13 @@ pub fn acks_ratios(runs: &[RunSummary]) -> Vec<AcksRatio> {
 }
 
 pub fn acks_ratio_table(ratios: &[AcksRatio]) -> String {
-    let mut out = String::new();
-    let pair = |r: &AcksRatio| format!("{} all / leader", r.mode.name());
-    let w = ratios
-        .iter()
-        .map(|r| pair(r).len())
-        .max()
-        .unwrap_or(0)
-        .max(26);
-    let _ = writeln!(
-        out,
-        "{:<w$} {:>9} {:>12} {:>10}",
-        "acks ratio", "producers", "msg/s ratio", "p99 ratio"
-    );
-    for r in ratios {
-        let _ = writeln!(
-            out,
-            "{:<w$} {:>9} {:>12.3} {:>10.3}",
-            pair(r),
-            r.producers,
-            r.throughput_ratio,
-            r.p99_ratio
-        );
-    }
-    out
+    ratio_rows(
+        "acks ratio",
+        ratios.iter().map(|r| {
+            let pair = format!("{} all / leader", r.mode.name());
+            (pair, r.producers, r.throughput_ratio, r.p99_ratio)
+        }),
+    )
 }
 
 fn ratio(numerator: f64, denominator: f64) -> f64 {
@@ -256,27 +239,31 @@ fn ratio(numerator: f64, denominator: f64) -> f64 {
 }
 
 pub fn ratio_table(ratios: &[ModeRatio]) -> String {
+    ratio_rows(
+        "ratio",
+        ratios.iter().map(|r| {
+            let pair = format!("{} / {}", r.mode.name(), r.baseline.name());
+            (pair, r.producers, r.throughput_ratio, r.p99_ratio)
+        }),
+    )
+}
+
+/// One ratio table: a row per (pair, producers, throughput ratio, p99 ratio), the first column
+/// as wide as its longest pair (at least 26).
+fn ratio_rows(title: &str, rows: impl Iterator<Item = (String, u32, f64, f64)>) -> String {
+    let rows: Vec<_> = rows.collect();
+    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(26);
     let mut out = String::new();
-    let pair = |r: &ModeRatio| format!("{} / {}", r.mode.name(), r.baseline.name());
-    let w = ratios
-        .iter()
-        .map(|r| pair(r).len())
-        .max()
-        .unwrap_or(0)
-        .max(26);
     let _ = writeln!(
         out,
         "{:<w$} {:>9} {:>12} {:>10}",
-        "ratio", "producers", "msg/s ratio", "p99 ratio"
+        title, "producers", "msg/s ratio", "p99 ratio"
     );
-    for r in ratios {
+    for (pair, producers, throughput, p99) in rows {
         let _ = writeln!(
             out,
             "{:<w$} {:>9} {:>12.3} {:>10.3}",
-            pair(r),
-            r.producers,
-            r.throughput_ratio,
-            r.p99_ratio
+            pair, producers, throughput, p99
         );
     }
     out

@@ -44,18 +44,7 @@ pub struct ControllerClient {
 
 /// Splits `HOST:PORT[,HOST:PORT...]`.
 pub fn parse_controller_list(list: &str) -> Result<Vec<String>, ClientError> {
-    let addrs: Vec<String> = list
-        .split(',')
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .map(str::to_string)
-        .collect();
-    if addrs.is_empty() {
-        return Err(ClientError::InvalidArgument(format!(
-            "no controller address in {list:?} (expected HOST:PORT[,HOST:PORT...])"
-        )));
-    }
-    Ok(addrs)
+    crate::namesrv::parse_address_list(list, "controller")
 }
 
 impl ControllerClient {

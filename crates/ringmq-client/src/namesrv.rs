@@ -43,6 +43,12 @@ pub fn namesrv_connection_options() -> ConnectionOptions {
 
 /// Splits `HOST:PORT[,HOST:PORT...]` (spaces around commas allowed) into addresses.
 pub fn parse_namesrv_list(list: &str) -> Result<Vec<String>, ClientError> {
+    parse_address_list(list, "name-server")
+}
+
+/// Splits a comma-separated `HOST:PORT` list (spaces around commas allowed); `what` names the
+/// kind of server in the errors. Shared by the name-server and controller lists.
+pub fn parse_address_list(list: &str, what: &str) -> Result<Vec<String>, ClientError> {
     let addrs: Vec<String> = list
         .split(',')
         .map(str::trim)
@@ -51,12 +57,12 @@ pub fn parse_namesrv_list(list: &str) -> Result<Vec<String>, ClientError> {
         .collect();
     if addrs.is_empty() {
         return Err(ClientError::InvalidArgument(format!(
-            "no name-server address in {list:?} (expected HOST:PORT[,HOST:PORT...])"
+            "no {what} address in {list:?} (expected HOST:PORT[,HOST:PORT...])"
         )));
     }
     if let Some(bad) = addrs.iter().find(|a| !looks_like_host_port(a)) {
         return Err(ClientError::InvalidArgument(format!(
-            "name-server address {bad:?} is not HOST:PORT"
+            "{what} address {bad:?} is not HOST:PORT"
         )));
     }
     Ok(addrs)
