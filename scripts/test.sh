@@ -6,7 +6,7 @@
 #
 # Every file in tests/ runs in exactly one stage: the unit, crash-and-limits and Kafka-clients
 # stages name their files, and every other test file runs in the end-to-end stage. The
-# Kafka-clients stage installs `kcat` with apt-get when it is missing.
+# Kafka-clients stage installs its clients first (scripts/kafka-clients.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -72,25 +72,14 @@ mapfile -t e2e < <(test_args "${end_to_end[@]}")
 stage "end to end" cargo test "${e2e[@]}"
 mapfile -t crash < <(test_args "${crash_and_limits[@]}")
 stage "crash and limits" cargo test "${crash[@]}"
-# Kafka clients: kcat (librdkafka) from the distribution's packages when it is missing; the
-# tests then fail rather than skip without it.
+# Kafka clients: kcat, kafka-python, confluent-kafka, KafkaJS and kafka-python's own
+# integration suite, installed (pinned) by scripts/kafka-clients.sh when missing; the tests then
+# fail rather than skip without them.
 kafka_clients_stage() {
-  if ! command -v kcat >/dev/null 2>&1; then
-    local sudo=()
-    if [ "$(id -u)" -ne 0 ]; then
-      if ! command -v sudo >/dev/null 2>&1; then
-        echo "kcat is missing and installing it needs root or sudo: install kcat (apt-get install kcat) and rerun" >&2
-        return 1
-      fi
-      sudo=(sudo)
-    fi
-    # env: sudo drops the caller's environment, and a prompt would hang the suite.
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kcat
-  fi
-  local kafka
+  local clients kafka
+  clients=$(scripts/kafka-clients.sh | tail -n 1)
   mapfile -t kafka < <(test_args "${kafka_clients[@]}")
-  RINGMQ_REQUIRE_KAFKA_CLIENTS=1 cargo test "${kafka[@]}"
+  RINGMQ_KAFKA_CLIENTS="$clients" RINGMQ_REQUIRE_KAFKA_CLIENTS=1 cargo test "${kafka[@]}"
 }
 stage "kafka clients" kafka_clients_stage
 stage "fuzzing (${FUZZ_SECONDS} s per target)" scripts/fuzz.sh "$FUZZ_SECONDS"
