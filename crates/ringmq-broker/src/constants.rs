@@ -152,3 +152,41 @@ pub const MAX_TOPICS_PER_GROUP: usize = 16;
 /// read, about 100 bytes each). Past this the cache starts over: only a mesh round trip per
 /// pull is lost until it refills.
 pub const MAX_CACHED_FENCES: usize = 65_536;
+
+/// Kafka consumer groups (classic protocol, `kafka::groups`): groups with live members one
+/// coordinator shard keeps. A client joining random group ids cannot grow the table past this;
+/// a join past it is COORDINATOR_NOT_AVAILABLE (15), retried once groups empty out. With
+/// [`KAFKA_GROUP_BYTES_PER_SHARD_MAX`] it bounds a shard's group memory.
+pub const KAFKA_GROUPS_PER_SHARD_MAX: usize = 4_096;
+
+/// Members one Kafka group may have: the rebalance relays every member's metadata to the
+/// leader, so this bounds one JoinGroup answer. Past it: GROUP_MAX_SIZE_REACHED (81).
+pub const KAFKA_MEMBERS_PER_GROUP_MAX: usize = 1_024;
+
+/// Protocol metadata bytes of one member's join (its subscription, for every assignor it
+/// offers). A subscription names topics (at most 249 bytes each) and, for sticky assignors,
+/// the partitions it owns: 1 MiB is thousands of topics. Past it: INVALID_REQUEST (42).
+pub const KAFKA_MEMBER_METADATA_BYTES_MAX: usize = 1024 * 1024;
+
+/// Metadata and assignment bytes of one group (every member's join metadata and the leader's
+/// assignments together): what the coordinator holds for it and relays in one JoinGroup
+/// answer to the leader. Past it: INVALID_REQUEST (42).
+pub const KAFKA_GROUP_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Metadata and assignment bytes of every Kafka group one shard coordinates: the byte bound
+/// beside the count bound above (4096 groups of 8 MiB would be 32 GiB). A join or sync past
+/// it is COORDINATOR_NOT_AVAILABLE (15).
+pub const KAFKA_GROUP_BYTES_PER_SHARD_MAX: usize = 256 * 1024 * 1024;
+
+/// Shortest session a Kafka member may ask for (Kafka's `group.min.session.timeout.ms` is
+/// 6 s; lower here so tests of a dead member run quicker, still ten heartbeats of 100 ms).
+/// Outside the bounds: INVALID_SESSION_TIMEOUT (26).
+pub const KAFKA_SESSION_TIMEOUT_MS_MIN: i32 = 1_000;
+
+/// Longest session a Kafka member may ask for (Kafka's `group.max.session.timeout.ms`): a dead
+/// member's partitions move within this.
+pub const KAFKA_SESSION_TIMEOUT_MS_MAX: i32 = 1_800_000;
+
+/// Longest rebalance a Kafka member may ask for (its `max.poll.interval.ms`): how long a join
+/// waits for the other members. A join asking for more is held to this.
+pub const KAFKA_REBALANCE_TIMEOUT_MS_MAX: i32 = 1_800_000;

@@ -5,6 +5,7 @@
 //! the client id and software) and the connection closes, except ApiVersions itself, which
 //! Kafka answers with UNSUPPORTED_VERSION (35) in a v0 body and the list.
 
+use super::group_api;
 use super::producers::BatchId;
 use super::records::{self, StoredMessage};
 use super::KafkaNode;
@@ -36,6 +37,17 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 5),
     (ApiKey::InitProducerId, 0, 4),
+    // Consumer groups, classic protocol (`kafka::groups`). Caps: FindCoordinator 4 batches
+    // keys, JoinGroup 5 and the others' next versions carry `group.instance.id` (static
+    // membership, not served), OffsetCommit 7 and OffsetFetch 8 bring member ids of the new
+    // protocol and several groups per request.
+    (ApiKey::FindCoordinator, 0, 3),
+    (ApiKey::JoinGroup, 0, 4),
+    (ApiKey::SyncGroup, 0, 2),
+    (ApiKey::Heartbeat, 0, 2),
+    (ApiKey::LeaveGroup, 0, 2),
+    (ApiKey::OffsetCommit, 2, 6),
+    (ApiKey::OffsetFetch, 1, 7),
 ];
 
 /// Queues of a topic created by CreateTopics with `num_partitions = -1`, or on first use with
@@ -59,7 +71,7 @@ pub struct Session {
 }
 
 /// Kafka error codes used here.
-mod code {
+pub(super) mod code {
     pub const NONE: i16 = 0;
     pub const UNKNOWN_SERVER_ERROR: i16 = -1;
     pub const OFFSET_OUT_OF_RANGE: i16 = 1;
@@ -214,6 +226,19 @@ pub async fn handle(
         ApiKey::CreateTopics => run!(CreateTopicsRequest, |r| create_topics(shard, r)),
         ApiKey::DeleteTopics => run!(DeleteTopicsRequest, |r| delete_topics(shard, node, r)),
         ApiKey::InitProducerId => run!(InitProducerIdRequest, |r| init_producer_id(node, r)),
+        ApiKey::FindCoordinator => run!(FindCoordinatorRequest, |r| {
+            group_api::find_coordinator(shard, node, r, version)
+        }),
+        ApiKey::JoinGroup => run!(JoinGroupRequest, |r| {
+            group_api::join_group(shard, &raw.client_id, r, version)
+        }),
+        ApiKey::SyncGroup => run!(SyncGroupRequest, |r| group_api::sync_group(shard, r)),
+        ApiKey::Heartbeat => run!(HeartbeatRequest, |r| group_api::heartbeat(shard, r)),
+        ApiKey::LeaveGroup => run!(LeaveGroupRequest, |r| group_api::leave_group(shard, r)),
+        ApiKey::OffsetCommit => run!(OffsetCommitRequest, |r| group_api::offset_commit(shard, r)),
+        ApiKey::OffsetFetch => run!(OffsetFetchRequest, |r| {
+            group_api::offset_fetch(shard, r, version)
+        }),
         _ => Answer::Close,
     }
 }
@@ -279,7 +304,7 @@ fn name(s: &str) -> TopicName {
 
 /// A native request (not a produce: see [`produce_partition`]) through the client path
 /// (`handle_client`: the same checks as a native client, broker-kept topics refused).
-async fn native(shard: &Rc<Shard>, opcode: Opcode, body: Vec<u8>) -> Reply {
+pub(super) async fn native(shard: &Rc<Shard>, opcode: Opcode, body: Vec<u8>) -> Reply {
     debug_assert_ne!(opcode, Opcode::Produce);
     handlers::handle_client(shard, FrameHeader::request(opcode, 0), opcode, &body)
         .await
@@ -292,7 +317,7 @@ fn message(reply: &Reply) -> String {
 }
 
 /// The Kafka error code of a native status.
-fn error_code(status: Status) -> i16 {
+pub(super) fn error_code(status: Status) -> i16 {
     match status {
         Status::Ok | Status::NoNewMessage => code::NONE,
         Status::TopicNotFound | Status::QueueNotFound => code::UNKNOWN_TOPIC_OR_PARTITION,

@@ -17,6 +17,8 @@
 //! in-flight budget while it runs.
 
 mod api;
+mod group_api;
+pub mod groups;
 pub mod producers;
 pub mod records;
 

@@ -127,6 +127,12 @@ pub enum ShardRequest {
         queue_count: u32,
         reply: oneshot::Sender<Result<(), crate::shard::ShardError>>,
     },
+    /// Kafka group coordinator (`kafka::groups`): a group request of a Kafka connection on
+    /// another shard; a join's answer comes when its round closes.
+    KafkaGroup {
+        request: crate::kafka::groups::Request,
+        reply: oneshot::Sender<crate::kafka::groups::Response>,
+    },
 }
 
 /// The unconnected channel ends of one shard, made in the main thread.

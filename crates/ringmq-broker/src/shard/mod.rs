@@ -101,6 +101,8 @@ pub struct Shard<D: Disk = GlommioDisk> {
     coordinator: RefCell<Coordinator>,
     /// Fences granted by other shards' coordinators for queues this shard owns.
     fence_cache: coordinator::FenceCache,
+    /// The Kafka consumer groups this shard coordinates (`kafka::groups`), with their timer.
+    kafka_groups: crate::kafka::groups::Coordinator,
     /// Serializes [`Shard::announce_fence_changes`] (see there).
     fence_announcements: glommio::sync::Semaphore,
 }
@@ -185,6 +187,7 @@ impl<D: Disk> Shard<D> {
             registration: registration::Registration::default(),
             coordinator: RefCell::new(Coordinator::booted(boot_ms(), parts.id)),
             fence_cache: coordinator::FenceCache::default(),
+            kafka_groups: crate::kafka::groups::Coordinator::new(boot_ms() ^ parts.id as u64),
             fence_announcements: glommio::sync::Semaphore::new(1),
         }
     }
@@ -376,6 +379,10 @@ impl<D: Disk> Shard<D> {
 
     pub fn coordinator(&self) -> &RefCell<Coordinator> {
         &self.coordinator
+    }
+
+    pub fn kafka_groups(&self) -> &crate::kafka::groups::Coordinator {
+        &self.kafka_groups
     }
 
     pub fn fence_cache(&self) -> &coordinator::FenceCache {
@@ -639,6 +646,17 @@ impl<D: Disk> Shard<D> {
             answers.push(rx.await.map_err(|_| ShardError::ShardGone(other))?);
         }
         Ok(answers)
+    }
+
+    /// Sends a request built by `request` to shard `to` and waits for its answer.
+    pub async fn ask_one<T>(
+        &self,
+        to: usize,
+        request: impl FnOnce(oneshot::Sender<T>) -> ShardRequest,
+    ) -> Result<T, ShardError> {
+        let (tx, rx) = oneshot::channel();
+        self.mesh.send(to, request(tx)).await?;
+        rx.await.map_err(|_| ShardError::ShardGone(to))
     }
 
     /// Runs a client request on shard `to` and returns its reply.

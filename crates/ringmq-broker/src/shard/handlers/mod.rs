@@ -300,6 +300,9 @@ pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRe
             let created = topic::ensure_internal(&shard, &name, queue_count).await;
             let _ = reply.send(created.map(|_| ()));
         }
+        ShardRequest::KafkaGroup { request, reply } => {
+            let _ = reply.send(shard.kafka_groups().serve(request).await);
+        }
     }
 }
 
