@@ -887,3 +887,280 @@ fn an_idempotent_retry_is_answered_with_its_offset_and_stored_once() {
         .collect();
     assert_eq!(got, vec![(0, 0), (0, 3), (0, 0)]);
 }
+
+// ---- Consumer groups with real clients (kcat -G, kafka-python, confluent-kafka, KafkaJS) ----
+
+/// The directory `scripts/kafka-clients.sh` installs (venv/, node/node_modules/,
+/// kafka-python-src/), from `RINGMQ_KAFKA_CLIENTS`; `None` (after saying why) when unset and not
+/// required.
+fn kafka_clients() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("RINGMQ_KAFKA_CLIENTS").map(std::path::PathBuf::from);
+    if let Some(dir) = dir.filter(|d| d.join("venv/bin/python").exists()) {
+        return Some(dir);
+    }
+    if std::env::var("RINGMQ_REQUIRE_KAFKA_CLIENTS").as_deref() == Ok("1") {
+        panic!(
+            "RINGMQ_KAFKA_CLIENTS does not name an installed client directory and \
+             RINGMQ_REQUIRE_KAFKA_CLIENTS=1: run scripts/kafka-clients.sh and pass its output"
+        );
+    }
+    eprintln!("RINGMQ_KAFKA_CLIENTS unset: skipping (scripts/kafka-clients.sh installs them)");
+    None
+}
+
+fn script(name: &str) -> String {
+    format!("{}/tests/kafka/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a client script to completion within `limit`; fails with its output and the broker's
+/// log when it fails; returns its stdout.
+fn run_client(broker: &Broker, mut command: Command, limit: Duration) -> String {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the client");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("client status") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            break child.wait().expect("killed client");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        status.success(),
+        "{command:?} failed ({status}) after {:?}:\nstdout:\n{stdout}\nstderr:\n{stderr}\nbroker log:\n{}",
+        started.elapsed(),
+        broker.log_tail()
+    );
+    stdout
+}
+
+fn python(clients: &Path, script_name: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(clients.join("venv/bin/python"));
+    command.arg("-u").arg(script(script_name)).args(args);
+    command
+}
+
+fn native_committed(broker: &Broker, group: &str) -> String {
+    let out = broker.cli(&["group", "describe", group], b"");
+    assert!(out.status.success(), "group describe: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn kcat_consumes_as_a_group_and_a_rerun_gets_nothing_new() {
+    if kcat().is_none() {
+        return;
+    }
+    let dir = temp_store();
+    let (broker, kafka) = start(dir.path());
+    let out = broker.cli(&["topic", "create", "--queues", "3", "grouped"], b"");
+    assert!(out.status.success(), "{out:?}");
+    let lines: String = (0..30).map(|i| format!("g{i}\n")).collect();
+    run_kcat(
+        &broker,
+        &kafka,
+        &["-P", "-t", "grouped", "-X", "acks=all"],
+        lines.as_bytes(),
+    );
+    let consume = || {
+        run_kcat(
+            &broker,
+            &kafka,
+            &[
+                "-G",
+                "kcat-readers",
+                "grouped",
+                "-e",
+                "-q",
+                "-f",
+                "%p %o %s\n",
+                "-X",
+                "session.timeout.ms=6000",
+                "-X",
+                "auto.offset.reset=earliest",
+            ],
+            b"",
+        )
+    };
+    let first = consume();
+    let mut values: Vec<&str> = first
+        .lines()
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    values.sort_by_key(|v| v[1..].parse::<u32>().unwrap());
+    let expected: Vec<String> = (0..30).map(|i| format!("g{i}")).collect();
+    assert_eq!(values, expected, "the group reads every record once");
+    let again = consume();
+    assert_eq!(again, "", "a rerun of the group reads nothing new");
+    // The commits are ringmq's group offsets: `ringmq group describe` shows them, no lag.
+    let described = native_committed(&broker, "kcat-readers");
+    assert!(described.contains("(total lag 0)"), "{described}");
+    assert!(
+        described.lines().any(|l| l.starts_with("grouped")),
+        "{described}"
+    );
+}
+
+#[test]
+fn kafka_python_idempotent_producer_and_a_group_that_resumes_after_its_commit() {
+    let Some(clients) = kafka_clients() else {
+        return;
+    };
+    let dir = temp_store();
+    let (broker, kafka) = start(dir.path());
+    let out = run_client(
+        &broker,
+        python(
+            &clients,
+            "kafka_python_group.py",
+            &[&kafka, "kp-orders", "kp-readers"],
+        ),
+        Duration::from_secs(120),
+    );
+    assert!(out.contains("\"second\": [\"second-0\""), "{out}");
+    let described = native_committed(&broker, "kp-readers");
+    assert!(described.contains("(total lag 0)"), "{described}");
+}
+
+#[test]
+fn confluent_kafka_zstd_group_resumes_and_a_killed_members_partitions_move() {
+    let Some(clients) = kafka_clients() else {
+        return;
+    };
+    let dir = temp_store();
+    let (broker, kafka) = start(dir.path());
+    run_client(
+        &broker,
+        python(
+            &clients,
+            "confluent_group.py",
+            &["resume", &kafka, "cf-orders", "cf-readers"],
+        ),
+        Duration::from_secs(120),
+    );
+    assert!(native_committed(&broker, "cf-readers").contains("(total lag 0)"));
+
+    const PARTITIONS: u32 = 4;
+    let out = broker.cli(&["topic", "create", "--queues", "4", "cf-shared"], b"");
+    assert!(out.status.success(), "{out:?}");
+    let member = || {
+        let mut child = python(
+            &clients,
+            "confluent_group.py",
+            &["member", &kafka, "cf-shared", "cf-members"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a member");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u32>>();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(list) = line
+                    .strip_prefix("{\"assigned\": [")
+                    .and_then(|l| l.strip_suffix("]}"))
+                {
+                    let parts = list
+                        .split(", ")
+                        .filter(|p| !p.is_empty())
+                        .map(|p| p.parse().unwrap())
+                        .collect();
+                    let _ = tx.send(parts);
+                }
+            }
+        });
+        (child, rx)
+    };
+    let (mut first, first_rx) = member();
+    let (mut second, second_rx) = member();
+    let mut latest = (Vec::new(), Vec::new());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        while let Ok(a) = first_rx.try_recv() {
+            latest.0 = a;
+        }
+        while let Ok(a) = second_rx.try_recv() {
+            latest.1 = a;
+        }
+        let mut all: Vec<u32> = latest.0.iter().chain(&latest.1).copied().collect();
+        all.sort();
+        if !latest.0.is_empty()
+            && !latest.1.is_empty()
+            && all == (0..PARTITIONS).collect::<Vec<_>>()
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no disjoint, covering assignment: {latest:?}\n{}",
+            broker.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    second.kill().expect("SIGKILL the second member");
+    let killed_at = std::time::Instant::now();
+    let _ = second.wait();
+    // session.timeout.ms=6000 in the script: the partitions move once it ends, plus a
+    // heartbeat (500 ms) for the survivor to join again.
+    let moved = loop {
+        if let Ok(a) = first_rx.recv_timeout(Duration::from_millis(100)) {
+            if a == (0..PARTITIONS).collect::<Vec<_>>() {
+                break killed_at.elapsed();
+            }
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(20),
+            "the partitions did not move\n{}",
+            broker.log_tail()
+        );
+    };
+    eprintln!("partitions moved to the survivor {moved:?} after the SIGKILL");
+    assert!(
+        moved < Duration::from_millis(6_000 + 2_000),
+        "moved after {moved:?}"
+    );
+    let _ = first.kill();
+    let _ = first.wait();
+}
+
+#[test]
+fn kafkajs_admin_producer_with_acks_all_and_a_group_consumer() {
+    let Some(clients) = kafka_clients() else {
+        return;
+    };
+    let dir = temp_store();
+    let (broker, kafka) = start(dir.path());
+    let mut node = Command::new("node");
+    node.arg(script("kafkajs_group.js"))
+        .args([&kafka, "kj-orders", "kj-readers"])
+        .env("NODE_PATH", clients.join("node/node_modules"))
+        .env("KAFKAJS_NO_PARTITIONER_WARNING", "1");
+    let out = run_client(&broker, node, Duration::from_secs(120));
+    assert!(out.contains("\"ok\":true"), "{out}");
+    assert!(native_committed(&broker, "kj-readers").contains("kj-orders"));
+}

@@ -6,7 +6,9 @@
 use super::api::{code as kafka_code, error_code, native};
 use super::groups::{self, code, Join, Joined, Request, Response, Synced};
 use super::KafkaNode;
-use crate::protocol::message::{GroupCommit, GroupDescribe, GroupDescription, GroupFetch, GroupOffset};
+use crate::protocol::message::{
+    GroupCommit, GroupDescribe, GroupDescription, GroupFetch, GroupOffset,
+};
 use crate::protocol::{Opcode, Status};
 use crate::shard::mesh::ShardRequest;
 use crate::shard::Shard;
@@ -248,8 +250,14 @@ pub async fn offset_commit(
             let error = if refused != code::NONE {
                 refused
             } else {
-                commit_one(shard, &group_id, &topic_name, p.partition_index, p.committed_offset)
-                    .await
+                commit_one(
+                    shard,
+                    &group_id,
+                    &topic_name,
+                    p.partition_index,
+                    p.committed_offset,
+                )
+                .await
             };
             partitions.push(
                 offset_commit_response::OffsetCommitResponsePartition::default()
@@ -268,7 +276,13 @@ pub async fn offset_commit(
 
 /// One partition's commit through the native GroupCommit (routed to the shard that owns the
 /// queue, durable when answered). The commit's metadata string is not kept.
-async fn commit_one(shard: &Rc<Shard>, group: &str, topic: &str, partition: i32, offset: i64) -> i16 {
+async fn commit_one(
+    shard: &Rc<Shard>,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> i16 {
     let (Ok(queue), Ok(offset)) = (u32::try_from(partition), u64::try_from(offset)) else {
         return if partition < 0 {
             kafka_code::UNKNOWN_TOPIC_OR_PARTITION

@@ -460,7 +460,14 @@ impl Groups {
                         let _ = replaced.send(Synced::error(code::REBALANCE_IN_PROGRESS));
                     }
                     if group.leader == member_id {
-                        complete_sync(group, group_id, assignments, assignment_bytes, shard_bytes, now);
+                        complete_sync(
+                            group,
+                            group_id,
+                            assignments,
+                            assignment_bytes,
+                            shard_bytes,
+                            now,
+                        );
                     }
                 }
             }
@@ -783,9 +790,14 @@ impl Coordinator {
                 assignments,
             } => {
                 let (tx, rx) = oneshot::channel();
-                self.groups
-                    .borrow_mut()
-                    .sync(&group_id, generation, &member_id, assignments, now, tx);
+                self.groups.borrow_mut().sync(
+                    &group_id,
+                    generation,
+                    &member_id,
+                    assignments,
+                    now,
+                    tx,
+                );
                 self.arm();
                 return Response::Synced(
                     rx.await
@@ -796,12 +808,11 @@ impl Coordinator {
                 group_id,
                 generation,
                 member_id,
-            } => Response::Code(self.groups.borrow_mut().heartbeat(
-                &group_id,
-                generation,
-                &member_id,
-                now,
-            )),
+            } => Response::Code(
+                self.groups
+                    .borrow_mut()
+                    .heartbeat(&group_id, generation, &member_id, now),
+            ),
             Request::Leave {
                 group_id,
                 member_id,
@@ -810,12 +821,11 @@ impl Coordinator {
                 group_id,
                 generation,
                 member_id,
-            } => Response::Code(self.groups.borrow_mut().commit_check(
-                &group_id,
-                generation,
-                &member_id,
-                now,
-            )),
+            } => Response::Code(
+                self.groups
+                    .borrow_mut()
+                    .commit_check(&group_id, generation, &member_id, now),
+            ),
         };
         self.arm();
         response
@@ -882,14 +892,24 @@ mod tests {
         let (tx, mut rx) = oneshot::channel();
         groups.join(join("g", "", &["range", "roundrobin"]), t0, tx);
         let a = joined(&mut rx).expect("a lone member's round closes at once");
-        assert_eq!((a.error, a.generation, a.leader.clone()), (0, 1, a.member_id.clone()));
+        assert_eq!(
+            (a.error, a.generation, a.leader.clone()),
+            (0, 1, a.member_id.clone())
+        );
         assert_eq!(a.protocol_name, "range");
         assert_eq!(a.members.len(), 1);
 
         let (tx, mut rx_b) = oneshot::channel();
         groups.join(join("g", "", &["roundrobin"]), t0, tx);
-        assert_eq!(joined(&mut rx_b), None, "waits for the first member to join again");
-        assert_eq!(groups.heartbeat("g", 1, &a.member_id, t0), code::REBALANCE_IN_PROGRESS);
+        assert_eq!(
+            joined(&mut rx_b),
+            None,
+            "waits for the first member to join again"
+        );
+        assert_eq!(
+            groups.heartbeat("g", 1, &a.member_id, t0),
+            code::REBALANCE_IN_PROGRESS
+        );
         let (tx, mut rx_a) = oneshot::channel();
         groups.join(join("g", &a.member_id, &["range", "roundrobin"]), t0, tx);
         let a2 = joined(&mut rx_a).expect("round closed");
@@ -912,9 +932,15 @@ mod tests {
         assert_eq!(sync_a.try_recv().unwrap().unwrap().assignment, "p0");
         assert_eq!(sync_b.try_recv().unwrap().unwrap().assignment, "p1");
         assert_eq!(groups.heartbeat("g", 2, &b.member_id, t0), code::NONE);
-        assert_eq!(groups.heartbeat("g", 1, &b.member_id, t0), code::ILLEGAL_GENERATION);
+        assert_eq!(
+            groups.heartbeat("g", 1, &b.member_id, t0),
+            code::ILLEGAL_GENERATION
+        );
         assert_eq!(groups.commit_check("g", 2, &b.member_id, t0), code::NONE);
-        assert_eq!(groups.commit_check("g", -1, "", t0), code::UNKNOWN_MEMBER_ID);
+        assert_eq!(
+            groups.commit_check("g", -1, "", t0),
+            code::UNKNOWN_MEMBER_ID
+        );
 
         // b's session ends (a heartbeats): a round opens, a joins again alone.
         let later = t0 + Duration::from_millis(9_000);
@@ -925,7 +951,10 @@ mod tests {
             groups.heartbeat("g", 2, &a.member_id, later),
             code::REBALANCE_IN_PROGRESS
         );
-        assert_eq!(groups.heartbeat("g", 2, &b.member_id, later), code::UNKNOWN_MEMBER_ID);
+        assert_eq!(
+            groups.heartbeat("g", 2, &b.member_id, later),
+            code::UNKNOWN_MEMBER_ID
+        );
         let (tx, mut rx_a) = oneshot::channel();
         groups.join(join("g", &a.member_id, &["range", "roundrobin"]), later, tx);
         let a3 = joined(&mut rx_a).unwrap();
@@ -945,14 +974,26 @@ mod tests {
         let a = joined(&mut rx).unwrap();
         let (tx, mut rx_b) = oneshot::channel();
         groups.join(join("g", "", &["range"]), t0, tx);
-        assert_eq!(groups.earliest_deadline(), Some(t0 + Duration::from_millis(10_000)));
+        assert_eq!(
+            groups.earliest_deadline(),
+            Some(t0 + Duration::from_millis(10_000))
+        );
         // a heartbeats (and so stays in session) but never joins again.
         let t1 = t0 + Duration::from_millis(8_000);
-        assert_eq!(groups.heartbeat("g", 1, &a.member_id, t1), code::REBALANCE_IN_PROGRESS);
+        assert_eq!(
+            groups.heartbeat("g", 1, &a.member_id, t1),
+            code::REBALANCE_IN_PROGRESS
+        );
         groups.expire(t0 + Duration::from_millis(30_000));
         let b = joined(&mut rx_b).unwrap();
-        assert_eq!((b.error, b.generation, b.leader.clone()), (0, 2, b.member_id.clone()));
-        assert_eq!(groups.heartbeat("g", 2, &a.member_id, t1), code::UNKNOWN_MEMBER_ID);
+        assert_eq!(
+            (b.error, b.generation, b.leader.clone()),
+            (0, 2, b.member_id.clone())
+        );
+        assert_eq!(
+            groups.heartbeat("g", 2, &a.member_id, t1),
+            code::UNKNOWN_MEMBER_ID
+        );
     }
 
     #[test]
@@ -960,13 +1001,22 @@ mod tests {
         let t0 = Instant::now();
         let mut groups = Groups::new(1);
         let cases = [
-            (Join { session_timeout_ms: 10, ..join("g", "", &["range"]) }, code::INVALID_SESSION_TIMEOUT),
+            (
+                Join {
+                    session_timeout_ms: 10,
+                    ..join("g", "", &["range"])
+                },
+                code::INVALID_SESSION_TIMEOUT,
+            ),
             (join("", "", &["range"]), code::INVALID_GROUP_ID),
             (join("g", "", &[]), code::INCONSISTENT_GROUP_PROTOCOL),
             (join("g", "nobody", &["range"]), code::UNKNOWN_MEMBER_ID),
             (
                 Join {
-                    protocols: vec![("range".into(), Bytes::from(vec![0; KAFKA_MEMBER_METADATA_BYTES_MAX + 1]))],
+                    protocols: vec![(
+                        "range".into(),
+                        Bytes::from(vec![0; KAFKA_MEMBER_METADATA_BYTES_MAX + 1]),
+                    )],
                     ..join("g", "", &[])
                 },
                 code::INVALID_REQUEST,
@@ -982,7 +1032,10 @@ mod tests {
         assert_eq!(joined(&mut rx).unwrap().error, code::NONE);
         let (tx, mut rx) = oneshot::channel();
         groups.join(join("g", "", &["sticky"]), t0, tx);
-        assert_eq!(joined(&mut rx).unwrap().error, code::INCONSISTENT_GROUP_PROTOCOL);
+        assert_eq!(
+            joined(&mut rx).unwrap().error,
+            code::INCONSISTENT_GROUP_PROTOCOL
+        );
         for _ in 1..KAFKA_MEMBERS_PER_GROUP_MAX {
             let (tx, _rx) = oneshot::channel();
             groups.join(join("g", "", &["range"]), t0, tx);
