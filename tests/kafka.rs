@@ -383,12 +383,22 @@ fn api_versions_with_an_unsupported_version_gets_error_35_and_an_unknown_api_clo
         .find(|k| k.api_key == ApiKey::Fetch as i16)
         .expect("Fetch listed");
     assert_eq!((fetch.min_version, fetch.max_version), (4, 12));
+    let join = versions
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::JoinGroup as i16)
+        .expect("JoinGroup listed");
+    assert_eq!(
+        (join.min_version, join.max_version),
+        (0, 4),
+        "JoinGroup 5 (static membership) is not served"
+    );
     assert!(
         !versions
             .api_keys
             .iter()
-            .any(|k| k.api_key == ApiKey::JoinGroup as i16),
-        "group APIs are not served yet"
+            .any(|k| k.api_key == ApiKey::DescribeGroups as i16),
+        "DescribeGroups is not served"
     );
     // The connection still serves a version both know.
     let ok: ApiVersionsResponse = wire.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
