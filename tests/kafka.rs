@@ -923,13 +923,38 @@ fn script(name: &str) -> String {
 }
 
 /// Runs a client script to completion within `limit`; fails with its output and the broker's
-/// log when it fails; returns its stdout.
-fn run_client(broker: &Broker, mut command: Command, limit: Duration) -> String {
+/// log when it fails; returns its stdout. The pipes are drained while it runs (a client that
+/// writes more than a pipe holds would otherwise block until the limit).
+fn run_client(broker: &Broker, command: Command, limit: Duration) -> String {
+    let (status, stdout, stderr, took) = run_to_end(command, limit);
+    assert!(
+        status.success(),
+        "{status} after {took:?}:\nstdout:\n{stdout}\nstderr:\n{stderr}\nbroker log:\n{}",
+        broker.log_tail()
+    );
+    stdout
+}
+
+/// Runs `command` until it exits or `limit` passes (then it is killed), reading its stdout and
+/// stderr on their own threads; returns its status, both outputs and how long it ran.
+fn run_to_end(
+    mut command: Command,
+    limit: Duration,
+) -> (std::process::ExitStatus, String, String, Duration) {
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start the client");
+        .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
     let started = std::time::Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().expect("client status") {
@@ -941,27 +966,9 @@ fn run_client(broker: &Broker, mut command: Command, limit: Duration) -> String 
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(
-        status.success(),
-        "{command:?} failed ({status}) after {:?}:\nstdout:\n{stdout}\nstderr:\n{stderr}\nbroker log:\n{}",
-        started.elapsed(),
-        broker.log_tail()
-    );
-    stdout
+    let stdout = stdout.join().expect("stdout reader");
+    let stderr = stderr.join().expect("stderr reader");
+    (status, stdout, stderr, started.elapsed())
 }
 
 fn python(clients: &Path, script_name: &str, args: &[&str]) -> Command {
@@ -1136,7 +1143,8 @@ fn confluent_kafka_zstd_group_resumes_and_a_killed_members_partitions_move() {
     let killed_at = std::time::Instant::now();
     let _ = second.wait();
     // session.timeout.ms=6000 in the script: the partitions move once it ends, plus a
-    // heartbeat (500 ms) for the survivor to join again.
+    // heartbeat (500 ms) for the survivor to join again; 6 s more for a loaded CI machine
+    // (at most two sessions: a member dropped only a session late would fail it).
     let moved = loop {
         if let Ok(a) = first_rx.recv_timeout(Duration::from_millis(100)) {
             if a == (0..PARTITIONS).collect::<Vec<_>>() {
@@ -1151,7 +1159,7 @@ fn confluent_kafka_zstd_group_resumes_and_a_killed_members_partitions_move() {
     };
     eprintln!("partitions moved to the survivor {moved:?} after the SIGKILL");
     assert!(
-        moved < Duration::from_millis(6_000 + 2_000),
+        moved < Duration::from_millis(6_000 + 6_000),
         "moved after {moved:?}"
     );
     let _ = first.kill();
@@ -1172,5 +1180,160 @@ fn kafkajs_admin_producer_with_acks_all_and_a_group_consumer() {
         .env("KAFKAJS_NO_PARTITIONER_WARNING", "1");
     let out = run_client(&broker, node, Duration::from_secs(120));
     assert!(out.contains("\"ok\":true"), "{out}");
-    assert!(native_committed(&broker, "kj-readers").contains("kj-orders"));
+    let described = native_committed(&broker, "kj-readers");
+    assert!(described.contains("kj-orders"), "{described}");
+    assert!(described.contains("(total lag 0)"), "{described}");
+}
+
+/// Tests of kafka-python's integration suite deselected, each with why (docs/kafka.md, "The
+/// third-party suite"). The transactional ones are deselected by `-k "not transaction"`.
+const SUITE_DESELECTED: &[(&str, &str)] = &[
+    (
+        "test/integration/test_consumer_integration.py::test_kafka_version_infer",
+        "the advertised API set makes kafka-python infer 2.8, not the 3.9 the test expects",
+    ),
+    (
+        "test/integration/test_consumer_integration.py::test_kafka_consumer_offsets_for_time",
+        "ListOffsets by timestamp searches store times; the test produces with CreateTimes apart from them",
+    ),
+    (
+        "test/integration/test_consumer_integration.py::test_kafka_consumer_offsets_search_many_partitions",
+        "ListOffsets by timestamp searches store times; the test produces with CreateTimes apart from them",
+    ),
+    (
+        "test/integration/test_consumer_integration.py::test_kafka_consumer_unsupported_encoding",
+        "a fetch re-encodes records uncompressed (batches are not stored as received), so reading them needs no gzip codec and none is missed",
+    ),
+];
+
+/// Tests of the suite that passed when this was measured (docs/kafka.md): a run passing fewer
+/// lost something.
+const SUITE_PASSED_AT_LEAST: usize = 20;
+
+/// kafka-python 3.0.12's own integration tests (producer and consumer) in their external mode
+/// against a broker that creates topics on first use: every test not deselected above must
+/// pass, at most 60 s each, and at least [`SUITE_PASSED_AT_LEAST`] of them.
+#[test]
+fn kafka_python_integration_suite() {
+    let Some(clients) = kafka_clients() else {
+        return;
+    };
+    let source = clients.join("kafka-python-src/test");
+    assert!(
+        source.join("integration/fixtures.py").exists(),
+        "{} lacks kafka-python's suite: run scripts/kafka-clients.sh",
+        source.display()
+    );
+    let work = temp_store();
+    let test = work.path().join("test");
+    copy_tree(&source, &test);
+    std::fs::write(test.join("__init__.py"), b"").unwrap();
+    std::fs::copy(script("suite_service.py"), test.join("service.py")).unwrap();
+    let root = work.path().join("broker");
+    std::fs::create_dir(&root).unwrap();
+    let broker = Broker::start_with_config(
+        &root,
+        "kafka_auto_create_topics = true",
+        &["--shards", "2", "--kafka-listen", "127.0.0.1:0"],
+    );
+    let kafka = broker.ready_field("kafka").expect("the Kafka listener");
+    let mut pytest = Command::new(clients.join("venv/bin/python"));
+    pytest
+        .current_dir(work.path())
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-o",
+            "addopts=",
+            "-p",
+            "no:cacheprovider",
+        ])
+        .args(["-p", "suite_timeout", "-k", "not transaction"])
+        .args([
+            "test/integration/test_producer_integration.py",
+            "test/integration/test_consumer_integration.py",
+        ])
+        .env(
+            "PYTHONPATH",
+            format!("{}/tests/kafka", env!("CARGO_MANIFEST_DIR")),
+        )
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("RINGMQ_SUITE_TEST_TIMEOUT_S", "60")
+        .env("KAFKA_URI", format!("PLAINTEXT://{kafka}"))
+        .env("KAFKA_VERSION", "3.9.0")
+        .env("KAFKA_ROOT", work.path());
+    for (test, _why) in SUITE_DESELECTED {
+        pytest.args(["--deselect", test]);
+    }
+    let (status, stdout, stderr, took) = run_to_end(pytest, Duration::from_secs(420));
+    eprintln!("kafka-python's suite ran {took:?}");
+    // pytest's summary, e.g. "20 passed, 6 skipped, 8 deselected, 218 warnings in 7.02s".
+    let passed = stdout
+        .lines()
+        .rev()
+        .find_map(|line| {
+            line.split(", ")
+                .find_map(|part| part.trim_start_matches('=').trim().strip_suffix(" passed"))
+                .and_then(|n| n.rsplit(' ').next()?.parse::<usize>().ok())
+        })
+        .unwrap_or(0);
+    assert!(
+        status.success() && passed >= SUITE_PASSED_AT_LEAST,
+        "kafka-python's suite: {status}, {passed} passed (at least {SUITE_PASSED_AT_LEAST} \
+         expected) after {took:?}:\n{stdout}\nstderr:\n{stderr}\nbroker log:\n{}",
+        broker.log_tail()
+    );
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Bytes past a request's end (a JoinGroup whose frame is mostly padding behind a small
+/// metadata) close the connection: they would otherwise ride along unaccounted, pinned by the
+/// slices kept of the frame. The same request without them is served.
+#[test]
+fn a_group_request_with_bytes_past_its_end_closes_and_the_exact_one_is_served() {
+    let dir = temp_store();
+    let (broker, kafka) = start(dir.path());
+    let join = JoinGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("padded")))
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(10_000)
+        .with_protocol_type(StrBytes::from_static_str("consumer"))
+        .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default()
+            .with_name(StrBytes::from_static_str("range"))
+            .with_metadata(Bytes::from_static(b"0123456789"))]);
+    let version = 2;
+    let mut body = BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(ApiKey::JoinGroup as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(1)
+        .with_client_id(Some(StrBytes::from_static_str("ringmq-test")))
+        .encode(&mut body, ApiKey::JoinGroup.request_header_version(version))
+        .expect("header");
+    join.encode(&mut body, version).expect("request");
+    body.extend_from_slice(&[0u8; 4096]);
+    let mut padded = Wire::connect(&kafka);
+    padded.raw(&body);
+    assert!(padded.answer(1, 0).is_none(), "closed, no answer");
+    let mut exact = Wire::connect(&kafka);
+    let joined: JoinGroupResponse = exact.call(ApiKey::JoinGroup, version, &join);
+    assert_eq!(
+        (joined.error_code, joined.generation_id),
+        (0, 1),
+        "{}",
+        broker.log_tail()
+    );
 }

@@ -70,5 +70,13 @@ print(
         }
     )
 )
-ok = sorted(seen_first) == sorted(first) and sorted(seen_second) == sorted(second)
+# Offsets are dense from 0 on each partition, so the committed positions (next offset to
+# read) sum to the records produced so far: 30 after the first run, 50 after the second.
+ok = (
+    sorted(seen_first) == sorted(first)
+    and sorted(seen_second) == sorted(second)
+    and sum(committed_first.values()) == len(first)
+    and sum(committed_second.values()) == len(first) + len(second)
+    and len(committed_second) == PARTITIONS
+)
 sys.exit(0 if ok else 1)

@@ -1,7 +1,8 @@
 """Stands in for kafka-python's `test/service.py`, which its source distribution does not ship
 and which `test/integration/fixtures.py` imports. With `KAFKA_URI` set the fixtures use only an
 external service (host, port, no process); spawning a broker or ZooKeeper is not possible here.
-tests/kafka.rs copies the sdist's `test/` next to this file as `test/service.py`."""
+tests/kafka.rs (kafka_python_integration_suite) copies the sdist's `test/` into a temporary
+directory and this file into it as `test/service.py`."""
 
 
 class ExternalService:

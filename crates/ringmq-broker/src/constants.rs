@@ -190,3 +190,19 @@ pub const KAFKA_SESSION_TIMEOUT_MS_MAX: i32 = 1_800_000;
 /// Longest rebalance a Kafka member may ask for (its `max.poll.interval.ms`): how long a join
 /// waits for the other members. A join asking for more is held to this.
 pub const KAFKA_REBALANCE_TIMEOUT_MS_MAX: i32 = 1_800_000;
+
+/// Protocols (assignors) one Kafka join may offer: clients offer one to three; the vote over
+/// a group's members is linear in them. Past it: INVALID_REQUEST (42).
+pub const KAFKA_MEMBER_PROTOCOLS_MAX: usize = 32;
+
+/// What each entry of a Kafka group (a member, one protocol it offers) costs in the byte
+/// accounting beside its bytes: the bounds above then bound entries with empty names too.
+pub const KAFKA_GROUP_ENTRY_OVERHEAD_BYTES: usize = 64;
+
+/// Bytes of a Kafka client id a member id starts with (a client id may be 32 KiB; the id is
+/// repeated in every answer to the group's leader).
+pub const KAFKA_MEMBER_ID_CLIENT_ID_MAX: usize = 64;
+
+// The rebalance clamp (`kafka::groups`) needs the session's lower bound under the
+// rebalance's upper one.
+const _: () = assert!(KAFKA_SESSION_TIMEOUT_MS_MAX <= KAFKA_REBALANCE_TIMEOUT_MS_MAX);

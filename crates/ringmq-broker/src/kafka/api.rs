@@ -176,6 +176,12 @@ pub async fn handle(
                 Ok(request) => request,
                 Err(e) => return undecodable(&raw, &e),
             };
+            if !buf.is_empty() {
+                // Bytes past the request: a malformed request, and slices the answer kept
+                // would pin the whole frame.
+                let e = anyhow::anyhow!("{} bytes past the end of the request", buf.len());
+                return undecodable(&raw, &e);
+            }
             match $handler(request).await {
                 Some(body) => encode(correlation, response_header, &body, version),
                 None => Answer::None,

@@ -12,9 +12,11 @@ use crate::protocol::message::{
 use crate::protocol::{Opcode, Status};
 use crate::shard::mesh::ShardRequest;
 use crate::shard::Shard;
+use crate::store::io::Disk;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use std::rc::Rc;
+use tracing::warn;
 
 /// FindCoordinator's key type of a transactional id.
 const KEY_TYPE_TRANSACTION: i8 = 1;
@@ -37,12 +39,35 @@ fn group_id_error(group_id: &str) -> Option<(i16, String)> {
 async fn coordinate(shard: &Rc<Shard>, group_id: &str, request: Request) -> Response {
     let owner = groups::coordinator_shard(group_id, shard.shard_count());
     if owner == shard.id() {
-        return shard.kafka_groups().serve(request).await;
+        return serve_here(shard, request).await;
     }
     shard
         .ask_one(owner, |reply| ShardRequest::KafkaGroup { request, reply })
         .await
         .unwrap_or(Response::Code(code::COORDINATOR_NOT_AVAILABLE))
+}
+
+/// Runs a group request on this shard, its coordinator (from a Kafka connection here or over
+/// the mesh): refused with COORDINATOR_NOT_AVAILABLE (15) once a clean stop began, with
+/// NOT_COORDINATOR (16) on a broker that is not a master, and a join or commit with
+/// INCONSISTENT_GROUP_PROTOCOL (23) while native members are in the group of that name (the
+/// native join refuses Kafka members alike): one kind of member per group name.
+pub async fn serve_here<D: Disk>(shard: &Shard<D>, request: Request) -> Response {
+    if shard.lifecycle().is_stopping() {
+        return request.refused(code::COORDINATOR_NOT_AVAILABLE);
+    }
+    if !shard.is_master() {
+        return request.refused(code::NOT_COORDINATOR);
+    }
+    let joins_or_commits = matches!(request, Request::Join(_) | Request::CommitCheck { .. });
+    if joins_or_commits && shard.coordinator().borrow().has_members(request.group_id()) {
+        warn!(
+            group = %request.group_id(),
+            "a Kafka join or commit for a group with native members; refused"
+        );
+        return request.refused(code::INCONSISTENT_GROUP_PROTOCOL);
+    }
+    shard.kafka_groups().serve(request).await
 }
 
 /// A coordinator's answer as an error code (a Join or Sync answer where a code was expected
@@ -351,7 +376,7 @@ pub async fn offset_fetch(
 /// A partition's committed offset (-1: none), through the native GroupFetch.
 async fn fetch_one(shard: &Rc<Shard>, group: &str, topic: &str, index: i32) -> (i64, i16) {
     let Ok(queue) = u32::try_from(index) else {
-        return (-1, kafka_code::UNKNOWN_TOPIC_OR_PARTITION);
+        return (-1, code::NONE);
     };
     let mut body = Vec::new();
     GroupFetch {
@@ -361,6 +386,10 @@ async fn fetch_one(shard: &Rc<Shard>, group: &str, topic: &str, index: i32) -> (
     }
     .encode(&mut body);
     let reply = native(shard, Opcode::GroupFetch, body).await;
+    if matches!(reply.status, Status::TopicNotFound | Status::QueueNotFound) {
+        // Kafka's answer for a partition nothing was committed to, existing or not.
+        return (-1, code::NONE);
+    }
     if reply.status != Status::Ok {
         return (-1, error_code(reply.status));
     }

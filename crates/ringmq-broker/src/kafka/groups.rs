@@ -26,14 +26,14 @@
 
 use crate::constants::{
     KAFKA_GROUPS_PER_SHARD_MAX, KAFKA_GROUP_BYTES_MAX, KAFKA_GROUP_BYTES_PER_SHARD_MAX,
-    KAFKA_MEMBERS_PER_GROUP_MAX, KAFKA_MEMBER_METADATA_BYTES_MAX, KAFKA_REBALANCE_TIMEOUT_MS_MAX,
+    KAFKA_GROUP_ENTRY_OVERHEAD_BYTES, KAFKA_MEMBERS_PER_GROUP_MAX, KAFKA_MEMBER_ID_CLIENT_ID_MAX,
+    KAFKA_MEMBER_METADATA_BYTES_MAX, KAFKA_MEMBER_PROTOCOLS_MAX, KAFKA_REBALANCE_TIMEOUT_MS_MAX,
     KAFKA_SESSION_TIMEOUT_MS_MAX, KAFKA_SESSION_TIMEOUT_MS_MIN,
 };
-use crate::shard::allocation::fnv1a;
 use bytes::Bytes;
 use futures_channel::oneshot;
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 use tracing::warn;
@@ -53,10 +53,48 @@ pub mod code {
     pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
 }
 
-/// The shard that coordinates Kafka group `group_id`: FNV-1a of the id modulo the shard count,
-/// the same hash the native groups use, so it is stable across restarts.
+/// The shard that coordinates Kafka group `group_id`: the native groups' coordinator shard of
+/// the same name ([`crate::shard::coordinator::coordinator_shard`]), so one shard sees both
+/// kinds of member of a name and refuses to mix them (a Kafka group and a native group of one
+/// name would both hand out the queues and overwrite each other's offsets).
 pub fn coordinator_shard(group_id: &str, shard_count: usize) -> usize {
-    (fnv1a(&[b"kafka:", group_id.as_bytes()]) % shard_count.max(1) as u64) as usize
+    crate::shard::coordinator::coordinator_shard(group_id, shard_count)
+}
+
+/// What one entry (a member, one of its protocols, one assignment) costs beyond its bytes, in
+/// the byte accounting: an entry with an empty name and no metadata is not free.
+const ENTRY: usize = KAFKA_GROUP_ENTRY_OVERHEAD_BYTES;
+
+/// The protocols as the coordinator keeps them: copies, not slices of the request's frame
+/// (a slice would pin the whole frame while the accounting counts only the slice).
+fn owned(protocols: &[(String, Bytes)]) -> Vec<(String, Bytes)> {
+    protocols
+        .iter()
+        .map(|(n, m)| (n.clone(), Bytes::copy_from_slice(m)))
+        .collect()
+}
+
+/// Bytes a member's protocol list is accounted at.
+fn protocols_bytes(protocols: &[(String, Bytes)]) -> usize {
+    protocols
+        .iter()
+        .map(|(n, m)| ENTRY + n.len() + m.len())
+        .sum()
+}
+
+/// The client id as a member id starts with: at most [`KAFKA_MEMBER_ID_CLIENT_ID_MAX`] bytes
+/// (cut on a character boundary), so ids stay short whatever client id a client sends.
+fn member_id_prefix(client_id: &str) -> &str {
+    let mut end = client_id.len().min(KAFKA_MEMBER_ID_CLIENT_ID_MAX);
+    while !client_id.is_char_boundary(end) {
+        end -= 1;
+    }
+    &client_id[..end]
+}
+
+/// The longest a new member's id may be (prefix, `-`, 16 hex digits, `-`, a u64).
+fn new_member_id_bytes(client_id: &str) -> usize {
+    member_id_prefix(client_id).len() + 2 + 16 + 20
 }
 
 /// A JoinGroup, as the coordinator needs it.
@@ -143,6 +181,27 @@ pub enum Request {
     },
 }
 
+impl Request {
+    pub fn group_id(&self) -> &str {
+        match self {
+            Request::Join(join) => &join.group_id,
+            Request::Sync { group_id, .. }
+            | Request::Heartbeat { group_id, .. }
+            | Request::Leave { group_id, .. }
+            | Request::CommitCheck { group_id, .. } => group_id,
+        }
+    }
+
+    /// The answer that refuses this request with `error`.
+    pub fn refused(&self, error: i16) -> Response {
+        match self {
+            Request::Join(join) => Response::Joined(Joined::error(error, &join.member_id)),
+            Request::Sync { .. } => Response::Synced(Synced::error(error)),
+            _ => Response::Code(error),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Response {
     Joined(Joined),
@@ -175,12 +234,11 @@ struct Member {
 }
 
 impl Member {
-    fn bytes(&self) -> usize {
-        self.protocols
-            .iter()
-            .map(|(n, m)| n.len() + m.len())
-            .sum::<usize>()
-            + self.assignment.len()
+    /// What the coordinator holds for the member with id `id`: the id (repeated in the
+    /// leader's JoinGroup answer), its protocols and its assignment, each entry with its
+    /// overhead.
+    fn bytes(&self, id: &str) -> usize {
+        ENTRY + id.len() + protocols_bytes(&self.protocols) + self.assignment.len()
     }
 }
 
@@ -195,41 +253,51 @@ struct Group {
 
 impl Group {
     fn bytes(&self) -> usize {
-        self.members.values().map(Member::bytes).sum()
+        self.members.iter().map(|(id, m)| m.bytes(id)).sum()
     }
 
-    /// The assignors every member offers (any, for the first member).
+    /// The assignors every member offers (any, for the first member), in the protocol order
+    /// of the member whose id sorts first. Linear in the protocols of all members: a join
+    /// names at most [`KAFKA_MEMBER_PROTOCOLS_MAX`], each once.
     fn common_protocols(&self) -> Option<Vec<&str>> {
         let mut members = self.members.values();
         let first = members.next()?;
-        let mut common: Vec<&str> = first.protocols.iter().map(|(n, _)| n.as_str()).collect();
+        let mut common: HashSet<&str> = first.protocols.iter().map(|(n, _)| n.as_str()).collect();
         for member in members {
-            common.retain(|name| member.protocols.iter().any(|(n, _)| n == name));
+            let offered: HashSet<&str> = member.protocols.iter().map(|(n, _)| n.as_str()).collect();
+            common.retain(|name| offered.contains(name));
         }
-        Some(common)
+        Some(
+            first
+                .protocols
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .filter(|n| common.contains(n))
+                .collect(),
+        )
     }
 
     /// Kafka's vote: each member names its most preferred assignor among those all offer; the
-    /// most named wins (ties: the one named first in the leader's order).
+    /// most named wins (ties: the one first in the protocol order of the member whose id
+    /// sorts first, the order [`Group::common_protocols`] lists them in).
     fn choose_protocol(&self) -> Option<String> {
         let common = self.common_protocols()?;
-        let mut votes: Vec<(&str, usize)> = common.iter().map(|n| (*n, 0)).collect();
+        let candidates: HashSet<&str> = common.iter().copied().collect();
+        let mut votes: HashMap<&str, usize> = HashMap::new();
         for member in self.members.values() {
             if let Some((name, _)) = member
                 .protocols
                 .iter()
-                .find(|(n, _)| common.contains(&n.as_str()))
+                .find(|(n, _)| candidates.contains(n.as_str()))
             {
-                if let Some(vote) = votes.iter_mut().find(|(n, _)| n == name) {
-                    vote.1 += 1;
-                }
+                *votes.entry(name.as_str()).or_default() += 1;
             }
         }
-        let most = votes.iter().map(|(_, v)| *v).max()?;
-        votes
+        let most = votes.values().copied().max()?;
+        common
             .into_iter()
-            .find(|(_, v)| *v == most)
-            .map(|(n, _)| n.to_string())
+            .find(|n| votes.get(n) == Some(&most))
+            .map(str::to_string)
     }
 
     fn earliest_deadline(&self) -> Option<Instant> {
@@ -305,7 +373,9 @@ impl Groups {
             self.next_member += 1;
             format!(
                 "{}-{:x}-{}",
-                join.client_id, self.boot_nonce, self.next_member
+                member_id_prefix(&join.client_id),
+                self.boot_nonce,
+                self.next_member
             )
         } else {
             join.member_id.clone()
@@ -325,7 +395,7 @@ impl Groups {
                 }
                 member.session_timeout = session_timeout;
                 member.rebalance_timeout = rebalance_timeout;
-                member.protocols = join.protocols.clone();
+                member.protocols = owned(&join.protocols);
                 if let Some(replaced) = member.waiting_join.replace(reply) {
                     let _ = replaced.send(Joined::error(code::REBALANCE_IN_PROGRESS, &member_id));
                 }
@@ -336,7 +406,7 @@ impl Groups {
                         joined_order,
                         session_timeout,
                         rebalance_timeout,
-                        protocols: join.protocols.clone(),
+                        protocols: owned(&join.protocols),
                         assignment: Bytes::new(),
                         session_deadline: now + session_timeout,
                         waiting_join: Some(reply),
@@ -359,10 +429,25 @@ impl Groups {
         {
             return Err(code::INVALID_SESSION_TIMEOUT);
         }
-        if join.protocol_type.is_empty() || join.protocols.is_empty() {
+        if join.protocol_type.is_empty()
+            || join.protocols.is_empty()
+            || join.protocols.iter().any(|(name, _)| name.is_empty())
+        {
             return Err(code::INCONSISTENT_GROUP_PROTOCOL);
         }
-        let metadata_bytes: usize = join.protocols.iter().map(|(n, m)| n.len() + m.len()).sum();
+        if join.protocols.len() > KAFKA_MEMBER_PROTOCOLS_MAX {
+            warn!(
+                group = %join.group_id,
+                "a Kafka join offering {} protocols (at most {KAFKA_MEMBER_PROTOCOLS_MAX}); refused",
+                join.protocols.len()
+            );
+            return Err(code::INVALID_REQUEST);
+        }
+        let mut names = HashSet::with_capacity(join.protocols.len());
+        if !join.protocols.iter().all(|(name, _)| names.insert(name)) {
+            return Err(code::INVALID_REQUEST);
+        }
+        let metadata_bytes = protocols_bytes(&join.protocols);
         if metadata_bytes > KAFKA_MEMBER_METADATA_BYTES_MAX {
             warn!(
                 group = %join.group_id,
@@ -375,8 +460,9 @@ impl Groups {
             if !join.member_id.is_empty() {
                 return Err(code::UNKNOWN_MEMBER_ID);
             }
+            let member_bytes = ENTRY + new_member_id_bytes(&join.client_id) + metadata_bytes;
             if self.groups.len() >= KAFKA_GROUPS_PER_SHARD_MAX
-                || self.bytes + metadata_bytes > KAFKA_GROUP_BYTES_PER_SHARD_MAX
+                || self.bytes + member_bytes > KAFKA_GROUP_BYTES_PER_SHARD_MAX
             {
                 warn!(
                     group = %join.group_id,
@@ -409,8 +495,17 @@ impl Groups {
         if !others_offer && !alone {
             return Err(code::INCONSISTENT_GROUP_PROTOCOL);
         }
-        let old_bytes = known.map_or(0, Member::bytes);
-        let group_bytes = group.bytes() - old_bytes + metadata_bytes;
+        let (old_bytes, new_bytes) = match known {
+            Some(member) => (
+                member.bytes(&join.member_id),
+                ENTRY + join.member_id.len() + metadata_bytes + member.assignment.len(),
+            ),
+            None => (
+                0,
+                ENTRY + new_member_id_bytes(&join.client_id) + metadata_bytes,
+            ),
+        };
+        let group_bytes = group.bytes() - old_bytes + new_bytes;
         if group_bytes > KAFKA_GROUP_BYTES_MAX {
             warn!(
                 group = %join.group_id,
@@ -419,7 +514,7 @@ impl Groups {
             );
             return Err(code::INVALID_REQUEST);
         }
-        if self.bytes - old_bytes + metadata_bytes > KAFKA_GROUP_BYTES_PER_SHARD_MAX {
+        if self.bytes - old_bytes + new_bytes > KAFKA_GROUP_BYTES_PER_SHARD_MAX {
             return Err(code::COORDINATOR_NOT_AVAILABLE);
         }
         Ok(())
@@ -438,7 +533,10 @@ impl Groups {
             let _ = reply.send(Synced::error(code::UNKNOWN_MEMBER_ID));
             return;
         }
-        let assignment_bytes: usize = assignments.iter().map(|(_, a)| a.len()).sum();
+        if assignments.len() > KAFKA_MEMBERS_PER_GROUP_MAX {
+            let _ = reply.send(Synced::error(code::INVALID_REQUEST));
+            return;
+        }
         let shard_bytes = self.bytes;
         self.account(group_id, |group| {
             let error = member_error(group, member_id, generation);
@@ -456,18 +554,15 @@ impl Groups {
                     let _ = reply.send(synced(group, member_id));
                 }
                 State::CompletingRebalance => {
+                    // Its connection waits for the leader's sync and cannot heartbeat: the
+                    // wait is bounded by the rebalance timeout, not the (shorter) session.
+                    member.session_deadline =
+                        now + member.session_timeout.max(member.rebalance_timeout);
                     if let Some(replaced) = member.waiting_sync.replace(reply) {
                         let _ = replaced.send(Synced::error(code::REBALANCE_IN_PROGRESS));
                     }
                     if group.leader == member_id {
-                        complete_sync(
-                            group,
-                            group_id,
-                            assignments,
-                            assignment_bytes,
-                            shard_bytes,
-                            now,
-                        );
+                        complete_sync(group, group_id, assignments, shard_bytes, now);
                     }
                 }
             }
@@ -570,6 +665,33 @@ impl Groups {
             .min()
     }
 
+    /// The earliest deadline of one group (linear in its members, not in the shard's).
+    pub fn group_deadline(&self, group_id: &str) -> Option<Instant> {
+        self.groups.get(group_id)?.earliest_deadline()
+    }
+
+    /// Whether Kafka group `group_id` has members (a native join of that name is refused).
+    pub fn has_members(&self, group_id: &str) -> bool {
+        self.groups.contains_key(group_id)
+    }
+
+    /// Drops every group, answering each waiting JoinGroup and SyncGroup with `error`: on a
+    /// clean stop (COORDINATOR_NOT_AVAILABLE, the clients find the coordinator again) and when
+    /// the broker stops being a master (NOT_COORDINATOR). Offsets stay where they are.
+    pub fn abandon(&mut self, error: i16) {
+        for (_, group) in self.groups.drain() {
+            for (id, mut member) in group.members {
+                if let Some(waiting) = member.waiting_join.take() {
+                    let _ = waiting.send(Joined::error(error, &id));
+                }
+                if let Some(waiting) = member.waiting_sync.take() {
+                    let _ = waiting.send(Synced::error(error));
+                }
+            }
+        }
+        self.bytes = 0;
+    }
+
     #[cfg(test)]
     fn generation(&self, group_id: &str) -> Option<i32> {
         self.groups.get(group_id).map(|g| g.generation)
@@ -614,17 +736,24 @@ fn complete_sync(
     group: &mut Group,
     group_id: &str,
     assignments: Vec<(String, Bytes)>,
-    assignment_bytes: usize,
     shard_bytes: usize,
     now: Instant,
 ) {
-    let group_bytes = group.bytes() + assignment_bytes;
+    // The previous generation's assignments are replaced, not added to; those for ids that
+    // are not members are dropped.
+    let previous: usize = group.members.values().map(|m| m.assignment.len()).sum();
+    let kept: usize = assignments
+        .iter()
+        .filter(|(id, _)| group.members.contains_key(id))
+        .map(|(_, a)| a.len())
+        .sum();
+    let group_bytes = group.bytes() - previous + kept;
     if group_bytes > KAFKA_GROUP_BYTES_MAX
-        || shard_bytes + assignment_bytes > KAFKA_GROUP_BYTES_PER_SHARD_MAX
+        || shard_bytes - previous + kept > KAFKA_GROUP_BYTES_PER_SHARD_MAX
     {
         warn!(
             group = %group_id,
-            "a Kafka leader's assignments of {assignment_bytes} bytes would make its group \
+            "a Kafka leader's assignments of {kept} bytes would make its group \
              hold {group_bytes} (at most {KAFKA_GROUP_BYTES_MAX}, and \
              {KAFKA_GROUP_BYTES_PER_SHARD_MAX} for the shard's groups); the round is refused"
         );
@@ -634,7 +763,13 @@ fn complete_sync(
     }
     let mut assignments: HashMap<String, Bytes> = assignments.into_iter().collect();
     for (id, member) in group.members.iter_mut() {
-        member.assignment = assignments.remove(id).unwrap_or_default();
+        member.assignment = assignments
+            .remove(id)
+            .map(|a| Bytes::copy_from_slice(&a))
+            .unwrap_or_default();
+        // A follower's wait for the leader was bounded by the rebalance timeout: its session
+        // runs from its assignment on.
+        member.session_deadline = now + member.session_timeout;
     }
     group.state = State::Stable;
     let answers: HashMap<String, Synced> = group
@@ -771,12 +906,13 @@ impl Coordinator {
     /// until its round closes, a follower's sync until the leader's.
     pub async fn serve(&self, request: Request) -> Response {
         let now = Instant::now();
+        let group_id = request.group_id().to_string();
         let response = match request {
             Request::Join(join) => {
                 let member_id = join.member_id.clone();
                 let (tx, rx) = oneshot::channel();
                 self.groups.borrow_mut().join(join, now, tx);
-                self.arm();
+                self.arm_for(&group_id);
                 // A dropped sender: the member was removed while it waited.
                 return Response::Joined(
                     rx.await
@@ -798,21 +934,25 @@ impl Coordinator {
                     now,
                     tx,
                 );
-                self.arm();
+                self.arm_for(&group_id);
                 return Response::Synced(
                     rx.await
                         .unwrap_or_else(|_| Synced::error(code::REBALANCE_IN_PROGRESS)),
                 );
             }
+            // A heartbeat and a commit check only push a session's deadline on: the timer
+            // armed stays early enough (it finds nothing due and arms the next).
             Request::Heartbeat {
                 group_id,
                 generation,
                 member_id,
-            } => Response::Code(
-                self.groups
-                    .borrow_mut()
-                    .heartbeat(&group_id, generation, &member_id, now),
-            ),
+            } => {
+                return Response::Code(
+                    self.groups
+                        .borrow_mut()
+                        .heartbeat(&group_id, generation, &member_id, now),
+                )
+            }
             Request::Leave {
                 group_id,
                 member_id,
@@ -821,24 +961,42 @@ impl Coordinator {
                 group_id,
                 generation,
                 member_id,
-            } => Response::Code(
-                self.groups
-                    .borrow_mut()
-                    .commit_check(&group_id, generation, &member_id, now),
-            ),
+            } => {
+                return Response::Code(
+                    self.groups
+                        .borrow_mut()
+                        .commit_check(&group_id, generation, &member_id, now),
+                )
+            }
         };
-        self.arm();
+        self.arm_for(&group_id);
         response
     }
 
-    /// Makes sure a timer task wakes at the earliest deadline of the groups: a new task when
-    /// none sleeps or the one sleeping wakes later. A task that wakes ends what is due and
-    /// arms the next deadline; heartbeats only push deadlines on, so between changes there is
-    /// at most one wake per session timeout, never a periodic tick.
-    fn arm(&self) {
-        let Some(deadline) = self.groups.borrow().earliest_deadline() else {
-            return;
-        };
+    /// See [`Groups::abandon`].
+    pub fn abandon(&self, error: i16) {
+        self.groups.borrow_mut().abandon(error);
+    }
+
+    /// Whether Kafka group `group_id` has members.
+    pub fn has_members(&self, group_id: &str) -> bool {
+        self.groups.borrow().has_members(group_id)
+    }
+
+    /// After a change to one group: only its deadlines can have moved earlier, so only its
+    /// members are looked at (a request costs its group's size, not the shard's).
+    fn arm_for(&self, group_id: &str) {
+        let deadline = self.groups.borrow().group_deadline(group_id);
+        if let Some(deadline) = deadline {
+            self.arm_at(deadline);
+        }
+    }
+
+    /// Makes sure a timer task wakes by `deadline`: a new task when none sleeps or the one
+    /// sleeping wakes later. A task that wakes ends what is due and arms the earliest deadline
+    /// of all groups; heartbeats only push deadlines on, so between changes there is at most
+    /// one wake per session timeout, never a periodic tick.
+    fn arm_at(&self, deadline: Instant) {
         if self.armed.get().is_some_and(|armed| armed <= deadline) {
             return;
         }
@@ -854,7 +1012,10 @@ impl Coordinator {
                 armed.set(None);
             }
             groups.borrow_mut().expire(Instant::now());
-            Coordinator { groups, armed }.arm();
+            let next = groups.borrow().earliest_deadline();
+            if let Some(next) = next {
+                Coordinator { groups, armed }.arm_at(next);
+            }
         })
         .detach();
     }
@@ -964,36 +1125,126 @@ mod tests {
         assert_eq!(groups.commit_check("g", -1, "", later), code::NONE);
     }
 
-    /// A member that does not join again within the round's deadline is dropped from it.
+    /// A member that heartbeats through a round but does not join again is dropped when the
+    /// round's deadline (the rebalance timeout, 30 s) passes, not before.
     #[test]
     fn a_round_closes_at_its_deadline_without_the_silent_member() {
         let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
         let mut groups = Groups::new(1);
         let (tx, mut rx) = oneshot::channel();
         groups.join(join("g", "", &["range"]), t0, tx);
         let a = joined(&mut rx).unwrap();
         let (tx, mut rx_b) = oneshot::channel();
         groups.join(join("g", "", &["range"]), t0, tx);
+        // a stays in session (10 s) by heartbeats but never joins again.
+        for ms in [8_000, 16_000, 25_000] {
+            assert_eq!(
+                groups.heartbeat("g", 1, &a.member_id, at(ms)),
+                code::REBALANCE_IN_PROGRESS
+            );
+        }
+        assert_eq!(groups.earliest_deadline(), Some(at(30_000)), "the round's");
+        groups.expire(at(29_900));
         assert_eq!(
-            groups.earliest_deadline(),
-            Some(t0 + Duration::from_millis(10_000))
+            joined(&mut rx_b),
+            None,
+            "nothing closes before the deadline"
         );
-        // a heartbeats (and so stays in session) but never joins again.
-        let t1 = t0 + Duration::from_millis(8_000);
-        assert_eq!(
-            groups.heartbeat("g", 1, &a.member_id, t1),
-            code::REBALANCE_IN_PROGRESS
-        );
-        groups.expire(t0 + Duration::from_millis(30_000));
-        let b = joined(&mut rx_b).unwrap();
+        groups.expire(at(30_000));
+        let b = joined(&mut rx_b).expect("the round closed at its deadline");
         assert_eq!(
             (b.error, b.generation, b.leader.clone()),
             (0, 2, b.member_id.clone())
         );
         assert_eq!(
-            groups.heartbeat("g", 2, &a.member_id, t1),
+            groups.heartbeat("g", 2, &a.member_id, at(30_000)),
             code::UNKNOWN_MEMBER_ID
         );
+    }
+
+    /// A follower waiting for the leader's SyncGroup cannot heartbeat: its session does not
+    /// end while it waits, the rebalance timeout bounds the wait.
+    #[test]
+    fn a_follower_waiting_for_the_leaders_sync_keeps_its_session_until_the_rebalance_timeout() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut groups = Groups::new(1);
+        let (tx, mut rx) = oneshot::channel();
+        groups.join(join("g", "", &["range"]), t0, tx);
+        let a = joined(&mut rx).unwrap();
+        let (tx, mut rx_b) = oneshot::channel();
+        groups.join(join("g", "", &["range"]), t0, tx);
+        let (tx, mut rx_a) = oneshot::channel();
+        groups.join(join("g", &a.member_id, &["range"]), t0, tx);
+        let (_, b) = (joined(&mut rx_a).unwrap(), joined(&mut rx_b).unwrap());
+        let (tx, mut sync_b) = oneshot::channel();
+        groups.sync("g", 2, &b.member_id, Vec::new(), t0, tx);
+        for ms in [8_000, 16_000, 24_000] {
+            assert_eq!(groups.heartbeat("g", 2, &a.member_id, at(ms)), code::NONE);
+            groups.expire(at(ms + 2_000));
+        }
+        assert_eq!(
+            sync_b.try_recv().unwrap(),
+            None,
+            "b still waits, in the group"
+        );
+        groups.expire(at(30_000));
+        assert_eq!(
+            sync_b.try_recv().unwrap().unwrap().error,
+            code::UNKNOWN_MEMBER_ID,
+            "the rebalance timeout ends the wait"
+        );
+    }
+
+    /// Protocol lists are bounded, names unique and not empty; every entry and the member id
+    /// count in the byte total; stored metadata does not share the request's buffer.
+    #[test]
+    fn joins_are_bounded_accounted_and_copied() {
+        let t0 = Instant::now();
+        let mut groups = Groups::new(1);
+        let many: Vec<String> = (0..=KAFKA_MEMBER_PROTOCOLS_MAX)
+            .map(|i| format!("p{i}"))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let cases = [
+            (join("g", "", &many), code::INVALID_REQUEST),
+            (join("g", "", &["range", "range"]), code::INVALID_REQUEST),
+            (
+                join("g", "", &["range", ""]),
+                code::INCONSISTENT_GROUP_PROTOCOL,
+            ),
+        ];
+        for (request, error) in cases {
+            let (tx, mut rx) = oneshot::channel();
+            groups.join(request, t0, tx);
+            assert_eq!(joined(&mut rx).unwrap().error, error);
+        }
+        let frame = Bytes::from(vec![7u8; 1 << 20]);
+        let request = Join {
+            client_id: "c".repeat(32_767),
+            protocols: vec![("range".into(), frame.slice(10..20))],
+            ..join("g", "", &[])
+        };
+        let (tx, mut rx) = oneshot::channel();
+        groups.join(request, t0, tx);
+        let a = joined(&mut rx).unwrap();
+        assert_eq!(a.error, code::NONE);
+        assert!(a.member_id.len() <= new_member_id_bytes(&"c".repeat(32_767)));
+        assert!(a.member_id.len() < 128, "{} bytes", a.member_id.len());
+        assert_eq!(
+            groups.bytes,
+            2 * ENTRY + a.member_id.len() + "range".len() + 10,
+            "the member, its id and its one protocol"
+        );
+        let stored = &groups.groups["g"].members[&a.member_id].protocols[0].1;
+        let frame_range = frame.as_ptr() as usize..frame.as_ptr() as usize + frame.len();
+        assert!(
+            !frame_range.contains(&(stored.as_ptr() as usize)),
+            "a copy, not a slice of the frame"
+        );
+        assert_eq!(groups.leave("g", &a.member_id, t0), code::NONE);
+        assert_eq!(groups.bytes, 0);
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! in-flight budget while it runs.
 
 mod api;
-mod group_api;
+pub(crate) mod group_api;
 pub mod groups;
 pub mod producers;
 pub mod records;

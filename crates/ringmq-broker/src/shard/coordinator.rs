@@ -249,6 +249,13 @@ impl Coordinator {
         Ok(assignment)
     }
 
+    /// Whether group `group_name` has native members (a Kafka join of that name is refused).
+    pub fn has_members(&self, group_name: &str) -> bool {
+        self.groups
+            .get(group_name)
+            .is_some_and(|g| !g.members.is_empty())
+    }
+
     /// Renews the member's session, takes the queues it reports released and answers its
     /// assignment now (whatever generation it last knew).
     pub fn heartbeat(

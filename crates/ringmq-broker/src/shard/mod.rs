@@ -272,6 +272,9 @@ impl<D: Disk> Shard<D> {
     pub async fn stop(self: &Rc<Self>, background: BackgroundTasks) -> Result<(), ShardError> {
         self.lifecycle.begin_stop();
         self.delays.wake();
+        // Kafka joins and syncs waiting for their round would hold the drain below.
+        self.kafka_groups
+            .abandon(crate::kafka::groups::code::COORDINATOR_NOT_AVAILABLE);
         // The slave link appends and truncates: it ends before the flusher does, so nothing
         // lands after the final flush and no truncation races the store's close. A truncation
         // it had begun runs to its end under the store gate: taking the gate waits for it.

@@ -332,6 +332,11 @@ impl<D: Disk> Shard<D> {
         }
         let stopped_link = self.stop_slave_link().await;
         let changed = self.change_role_stopped(target, current).await;
+        if changed.is_ok() && !self.is_master() {
+            // A slave coordinates no Kafka groups: their members find the master.
+            self.kafka_groups()
+                .abandon(crate::kafka::groups::code::NOT_COORDINATOR);
+        }
         if changed.is_err() {
             if let Some(link) = stopped_link {
                 // Still a slave of the same master: follow it again with a fresh link.

@@ -86,6 +86,13 @@ pub async fn join<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, Sh
     if let Some(reply) = forwarded(shard, &request.group, Opcode::GroupJoin, raw).await {
         return Ok(reply);
     }
+    if shard.kafka_groups().has_members(&request.group) {
+        // One kind of member per group name: both would hand out the queues (`kafka::groups`).
+        return Err(ShardError::Refused(format!(
+            "group `{}` has Kafka consumers as members: a native consumer cannot join it",
+            request.group
+        )));
+    }
     let settings = settings(&request)?;
     let mut queues = Vec::new();
     for topic in &settings.topics {

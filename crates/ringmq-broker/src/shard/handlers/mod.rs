@@ -301,7 +301,7 @@ pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRe
             let _ = reply.send(created.map(|_| ()));
         }
         ShardRequest::KafkaGroup { request, reply } => {
-            let _ = reply.send(shard.kafka_groups().serve(request).await);
+            let _ = reply.send(crate::kafka::group_api::serve_here(&shard, request).await);
         }
     }
 }
