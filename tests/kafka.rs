@@ -1311,9 +1311,10 @@ fn a_group_request_with_bytes_past_its_end_closes_and_the_exact_one_is_served() 
         .with_session_timeout_ms(10_000)
         .with_rebalance_timeout_ms(10_000)
         .with_protocol_type(StrBytes::from_static_str("consumer"))
-        .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default()
-            .with_name(StrBytes::from_static_str("range"))
-            .with_metadata(Bytes::from_static(b"0123456789"))]);
+        .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
+        )
+        .with_name(StrBytes::from_static_str("range"))
+        .with_metadata(Bytes::from_static(b"0123456789"))]);
     let version = 2;
     let mut body = BytesMut::new();
     RequestHeader::default()
