@@ -323,6 +323,14 @@ pub struct BrokerConfig {
     /// `namesrv_secret_file`'s secret, read by [`BrokerConfig::load_secrets`]; never serialized.
     #[serde(skip)]
     pub namesrv_secret: Option<ringmq_protocol::auth::Secret>,
+    /// The controllers' shared secret (as `ringmq controller --secret-file`): when set, every
+    /// connection this broker opens to a controller authenticates with it (a mutual
+    /// challenge). A controller with a secret refuses a broker without it.
+    pub controller_secret_file: Option<PathBuf>,
+    /// `controller_secret_file`'s secret, read by [`BrokerConfig::load_secrets`]; never
+    /// serialized.
+    #[serde(skip)]
+    pub controller_secret: Option<ringmq_protocol::auth::Secret>,
     // Acknowledgement levels (README "Acknowledgement levels"; `shard::handlers::produce`).
     /// The level of a produce that names none (`"leader"` or `"all"`; `"none"` is refused,
     /// since such a client waits for its answer). Unset: the
@@ -455,6 +463,8 @@ impl Default for BrokerConfig {
             namesrv_secret_file: None,
             ha_secret: None,
             namesrv_secret: None,
+            controller_secret_file: None,
+            controller_secret: None,
             default_acks: None,
             min_acks: Acks::None,
             kafka_listen: None,
@@ -940,8 +950,8 @@ impl BrokerConfig {
         }
     }
 
-    /// Reads the secrets of `ha_secret_file` (when `ha_security = "auth"`) and
-    /// `namesrv_secret_file`. An error names the key and the file, never the contents.
+    /// Reads the secrets of `ha_secret_file` (when `ha_security = "auth"`),
+    /// `namesrv_secret_file` and `controller_secret_file`. An error names the key and the file, never the contents.
     pub fn load_secrets(&mut self) -> Result<(), ConfigError> {
         fn read(
             key: &'static str,
@@ -958,6 +968,10 @@ impl BrokerConfig {
         };
         self.namesrv_secret = match &self.namesrv_secret_file {
             Some(path) => Some(read("namesrv_secret_file", path)?),
+            None => None,
+        };
+        self.controller_secret = match &self.controller_secret_file {
+            Some(path) => Some(read("controller_secret_file", path)?),
             None => None,
         };
         Ok(())
@@ -1403,11 +1417,13 @@ mod tests {
             ha_security: HaSecurity::Auth,
             ha_secret_file: Some(path.clone()),
             namesrv_secret_file: Some(path.clone()),
+            controller_secret_file: Some(path.clone()),
             ..BrokerConfig::default()
         };
         config.validate().unwrap();
         config.load_secrets().unwrap();
         assert!(config.ha_secret.is_some() && config.namesrv_secret.is_some());
+        assert!(config.controller_secret.is_some());
         for printed in [config.to_toml(), format!("{config:?}")] {
             assert!(!printed.contains(canary), "{printed}");
             assert!(printed.contains(&path.display().to_string()));
@@ -1425,6 +1441,13 @@ mod tests {
         };
         let error = weak.load_secrets().unwrap_err();
         assert_eq!(error.key(), Some("namesrv_secret_file"));
+        assert!(!error.to_string().contains("tooshortsecret"), "{error}");
+        let mut weak = BrokerConfig {
+            controller_secret_file: Some(dir.path().join("weak.secret")),
+            ..BrokerConfig::default()
+        };
+        let error = weak.load_secrets().unwrap_err();
+        assert_eq!(error.key(), Some("controller_secret_file"));
         assert!(!error.to_string().contains("tooshortsecret"), "{error}");
         let tls = BrokerConfig::from_toml("ha_security = \"tls\"").unwrap();
         let error = tls.validate().unwrap_err();
