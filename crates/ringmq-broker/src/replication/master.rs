@@ -1063,12 +1063,14 @@ async fn serve_tls_slave<D: Disk>(
     );
     let mut stream = match accepted.await {
         Ok(stream) => stream,
-        Err(reason) => return refuse(
-            RefusalKind::Auth,
-            &format!(
+        Err(reason) => {
+            return refuse(
+                RefusalKind::Auth,
+                &format!(
                 "TLS handshake failed (a slave needs a certificate from ha_tls_ca_file): {reason}"
             ),
-        ),
+            )
+        }
     };
     let read = future::or(read_hello(&shard, &mut stream), async {
         sleep(remaining(deadline)).await;
