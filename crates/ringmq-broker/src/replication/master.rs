@@ -643,7 +643,9 @@ pub fn shutdown_socket(fd: RawFd) {
 
 /// Per link: the splice ring and the segment file it reads from.
 struct Shipper {
-    splice: SpliceSender,
+    /// The pipe splice moves segment bytes through; none under TLS, where nothing is spliced
+    /// (a pipe is two descriptors and 1 MiB of kernel buffer a TLS link would never use).
+    splice: Option<SpliceSender>,
     /// A plain buffered read-only descriptor of the segment being shipped: splice reads the
     /// page cache, which sees what the O_DIRECT writes put on disk.
     segment: Option<(u64, std::fs::File)>,
@@ -675,9 +677,15 @@ async fn ship<D: Disk, W: AsyncWrite + Unpin>(
 ) -> Result<(), ReplicationError> {
     let heartbeat = Duration::from_millis(shard.config().ha_heartbeat_interval_ms);
     let metadata_every = Duration::from_millis(shard.config().metadata_sync_interval_ms);
+    let link_timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
+    let splice = match splice_fd {
+        Some(_) => Some(
+            SpliceSender::new().map_err(|e| ReplicationError::io("creating the splice ring", e))?,
+        ),
+        None => None,
+    };
     let mut shipper = Shipper {
-        splice: SpliceSender::new()
-            .map_err(|e| ReplicationError::io("creating the splice ring", e))?,
+        splice,
         segment: None,
     };
     let clock = shard.clock();
@@ -729,6 +737,10 @@ async fn ship<D: Disk, W: AsyncWrite + Unpin>(
         if let Some(turn) = metadata.wait(version, clock.now()) {
             wait = wait.min(turn);
         }
+        // rustls takes plaintext and keeps its records while the socket is full (its write
+        // returns Ok all the same): before going idle they must leave, or the last frames wait
+        // for the next heartbeat, and so do the SYNC_MASTER producers they would release.
+        with_timeout(link_timeout, "flushing the link", stream.flush()).await?;
         shard.wait_replication_news(wait).await;
     }
     Ok(())
@@ -854,7 +866,7 @@ async fn ship_chunk<D: Disk, W: AsyncWrite + Unpin>(
         .write_all(&header)
         .await
         .map_err(|e| ReplicationError::io("sending a data frame", e))?;
-    let Some(socket) = splice_fd else {
+    let (Some(socket), Some(splice)) = (splice_fd, shipper.splice.as_mut()) else {
         // Under TLS: every byte goes through rustls, read from the log into memory first.
         copy_range(shard, stream, from, len).await?;
         shard
@@ -863,8 +875,7 @@ async fn ship_chunk<D: Disk, W: AsyncWrite + Unpin>(
         return Ok(len as u64);
     };
     if let Some((fd, path, base)) = on_disk {
-        shipper
-            .splice
+        splice
             .send_file_range(fd, from - base, len, socket)
             .await
             .map_err(|e| {
@@ -920,24 +931,14 @@ async fn send_tail<D: Disk, W: AsyncWrite + Unpin>(
         }
     }
     if done < len {
-        let rest = log
-            .read(from + done as u64, len - done)
-            .await
-            .map_err(|e| ReplicationError::Store(e.to_string()))?;
-        shard
-            .probe()
-            .add(Counter::ReplicationCopiedBytes, rest.len() as u64);
-        stream
-            .write_all(&rest)
-            .await
-            .map_err(|e| ReplicationError::io("sending the log tail", e))?;
+        copy_range(shard, stream, from + done as u64, len - done).await?;
     }
     Ok(())
 }
 
-/// The copy path (`ha_security = "tls"`): `len` bytes of the log from `from`, read into memory
-/// (the write buffer or the segment) and written through the stream (counted in
-/// `replication_copied_bytes_total`).
+/// The copy path (`ha_security = "tls"`, and a log tail the socket had no room for): `len`
+/// bytes of the log from `from`, read into memory (the write buffer or the segment) and
+/// written through the stream (counted in `replication_copied_bytes_total`).
 async fn copy_range<D: Disk, W: AsyncWrite + Unpin>(
     shard: &Shard<D>,
     stream: &mut W,
@@ -950,13 +951,21 @@ async fn copy_range<D: Disk, W: AsyncWrite + Unpin>(
         .read(from, len)
         .await
         .map_err(|e| ReplicationError::Store(e.to_string()))?;
+    // The data frame's header already promised `len` bytes: fewer would make the slave read
+    // the next frame's header as log bytes.
+    if bytes.len() != len {
+        return Err(ReplicationError::Store(format!(
+            "reading {len} bytes of the log at {from} for a slave gave {}",
+            bytes.len()
+        )));
+    }
     shard
         .probe()
         .add(Counter::ReplicationCopiedBytes, bytes.len() as u64);
     stream
         .write_all(&bytes)
         .await
-        .map_err(|e| ReplicationError::io("sending log bytes over TLS", e))
+        .map_err(|e| ReplicationError::io("sending log bytes", e))
 }
 
 /// With `ha_security = "tls"`: reads the slave's preface and hands the socket, before TLS, to

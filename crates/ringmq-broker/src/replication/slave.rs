@@ -436,6 +436,7 @@ async fn report<D: Disk, W: AsyncWrite + Unpin>(
     closed: Rc<Cell<bool>>,
 ) {
     let heartbeat = Duration::from_millis(shard.config().ha_heartbeat_interval_ms);
+    let link_timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
     let mut last = None;
     let mut number = 0u64;
     let mut bytes = [0u8; AUTH_REPORT_BYTES];
@@ -453,7 +454,16 @@ async fn report<D: Disk, W: AsyncWrite + Unpin>(
                 }
                 None => REPORT_BYTES,
             };
-            if writer.write_all(&bytes[..len]).await.is_err() {
+            // Under TLS, rustls takes the report and may keep its record while the socket is
+            // full: the flush pushes it out, so no report waits for the next one to leave.
+            let sending = async {
+                writer.write_all(&bytes[..len]).await?;
+                writer.flush().await
+            };
+            if with_timeout(link_timeout, "sending a report", sending)
+                .await
+                .is_err()
+            {
                 break;
             }
             link.record_reported(offset);
