@@ -298,3 +298,106 @@ fn catch_up_throughput_over_tls_and_over_splice() {
         mb / tls_s
     );
 }
+
+/// A bare TLS peer of the master's HA port: the preface for shard 0, then a TLS handshake
+/// that trusts `ca` and presents no certificate, then a few bytes where a hello would go.
+/// Returns the plaintext the master sent back (none is expected).
+fn tls_peer_without_certificate(master: &Broker, ca: &Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = ServerName::IpAddress("127.0.0.1".parse::<std::net::IpAddr>().unwrap().into());
+    let session = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut socket = std::net::TcpStream::connect(&master.ha).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    socket.write_all(b"RHT1\0\0\0\0").unwrap();
+    let mut tls = rustls::StreamOwned::new(session, socket);
+    let mut received = Vec::new();
+    if tls.write_all(&[0u8; 64]).and_then(|()| tls.flush()).is_ok() {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = tls.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&buffer[..n]);
+        }
+    }
+    received
+}
+
+/// Each end checks the other's certificate: a slave that trusts the link's CA but presents a
+/// certificate of another CA is refused by the master (not only a slave that distrusts the
+/// master), so is a TLS peer with no certificate at all, and a slave refuses a master whose
+/// certificate is not of the link's CA.
+#[test]
+fn the_master_checks_slave_certificates_and_the_slave_the_master_s() {
+    let root = temp_store();
+    let ca = Ca::new(root.path(), "ha-ca");
+    let other_ca = Ca::new(root.path(), "other-ca");
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| temp_store()).collect();
+    let master = Broker::start_with_config(
+        dirs[0].path(),
+        &tls_config(&ca, &ca.broker(root.path(), "master")),
+        &["--role", "SYNC_MASTER", "--shards", "1"],
+    );
+    let mut client = master.client();
+    client.create_topic("sealed", 1).unwrap();
+    let _ = client.produce("sealed", Some(0), &[message(b"for the link only")]);
+
+    let impostor = slave(
+        dirs[1].path(),
+        &master,
+        &tls_config(&ca, &other_ca.broker(root.path(), "impostor")),
+    );
+    wait_until(CATCH_UP, "the master to refuse the impostor's certificate", || {
+        master.log().contains("TLS handshake failed").then_some(())
+    });
+
+    let refused_before = counter(&master, "replication_handshakes_refused_total");
+    let received = tls_peer_without_certificate(&master, &ca.pem);
+    assert!(
+        received.is_empty(),
+        "a TLS peer without a certificate got {} plaintext bytes",
+        received.len()
+    );
+    wait_until(CATCH_UP, "the certificate-less peer counted as refused", || {
+        (counter(&master, "replication_handshakes_refused_total") > refused_before).then_some(())
+    });
+
+    let rogue_master = Broker::start_with_config(
+        dirs[2].path(),
+        &tls_config(&ca, &other_ca.broker(root.path(), "rogue-master")),
+        &["--role", "SYNC_MASTER", "--shards", "1"],
+    );
+    let mut rogue_client = rogue_master.client();
+    rogue_client.create_topic("lure", 1).unwrap();
+    let _ = rogue_client.produce("lure", Some(0), &[message(b"from a rogue master")]);
+    let victim = slave(
+        dirs[3].path(),
+        &rogue_master,
+        &tls_config(&ca, &ca.broker(root.path(), "victim")),
+    );
+    wait_until(CATCH_UP, "the slave to refuse the rogue master", || {
+        victim.log().contains("TLS with the master").then_some(())
+    });
+    assert_got_nothing(&victim);
+    assert_got_nothing(&impostor);
+    assert!(
+        status(&master).unwrap().shards[0].slaves.is_empty(),
+        "the master registered a slave it should have refused"
+    );
+    assert!(status(&rogue_master).unwrap().shards[0].slaves.is_empty());
+}
