@@ -31,13 +31,12 @@ use ringmq_protocol::controller::{
 };
 use ringmq_protocol::frame::{encode_frame, FrameDecoder, FrameHeader};
 use ringmq_protocol::Status;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -71,7 +70,16 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A connection that has not finished the handshake by then is closed: the two round trips
 /// take milliseconds, so only a stalled or hostile opener is this slow, and it holds two
 /// threads while it waits.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections still in the handshake (with a secret), at once: openers that prove nothing
+/// get this few of the [`MAX_CONNECTIONS`] slots, so a flood of idle sockets cannot lock
+/// peers and brokers out (their handshakes take milliseconds and free their slot at once).
+pub const MAX_UNAUTHENTICATED_CONNECTIONS: usize = 64;
+/// Of those, from one IP address: one host cannot take them all.
+pub const MAX_UNAUTHENTICATED_PER_IP: usize = 16;
+/// Connections from one IP address at once, authenticated or not (the name server's figure):
+/// a host runs a few brokers and operators, each with a connection or two.
+pub const MAX_CONNECTIONS_PER_IP: usize = 256;
 /// Refused handshakes are logged at most this often (with the number not logged), so a peer
 /// reconnecting in a loop with a wrong secret cannot fill the log.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -356,11 +364,36 @@ fn connect(addr: &str, secret: Option<&Secret>) -> Option<TcpStream> {
     if let Some(secret) = secret {
         stream.set_read_timeout(Some(PEER_IO_TIMEOUT)).ok()?;
         if let Err(e) = ringmq_protocol::controller::authenticate(&mut stream, secret, 1) {
-            log_refusal(&format!("peer {addr} did not authenticate: {e}"));
+            use ringmq_protocol::controller::HandshakeError;
+            log_refusal(&match e {
+                // Its connection limits are full: not a secret that differs.
+                HandshakeError::Refused {
+                    status: Status::SystemBusy,
+                    message,
+                } => format!("peer {addr} is busy, retrying: {}", quoted(&message)),
+                HandshakeError::Refused { status, message } => format!(
+                    "peer {addr} did not authenticate: {status}: {}",
+                    quoted(&message)
+                ),
+                other => format!("peer {addr} did not authenticate: {other}"),
+            });
             return None;
         }
     }
     Some(stream)
+}
+
+/// Longest piece of a peer's refusal text that goes into the log.
+const QUOTED_CHARS: usize = 200;
+
+/// A peer's text for the log: at most [`QUOTED_CHARS`] characters, control characters escaped
+/// (a hostile peer cannot forge log lines or fill the log).
+fn quoted(text: &str) -> String {
+    let mut out: String = text.chars().take(QUOTED_CHARS).collect::<String>();
+    if text.chars().count() > QUOTED_CHARS {
+        out.push_str("...");
+    }
+    format!("{out:?}")
 }
 
 /// Logs a refused handshake, at most once per [`REFUSAL_LOG_EVERY`] for the process. The
@@ -384,34 +417,118 @@ fn log_refusal(reason: &str) {
     );
 }
 
+/// Counts of the connections served, in all, per IP address, and still in the handshake.
+#[derive(Default)]
+struct Admission {
+    open: usize,
+    unauthenticated: usize,
+    /// Per address: (open, unauthenticated); an address leaves when both reach zero, so the
+    /// map holds at most [`MAX_CONNECTIONS`] entries.
+    per_ip: HashMap<IpAddr, (usize, usize)>,
+}
+
+/// A connection's place in the [`Admission`] counts, given back when it drops.
+struct Ticket {
+    admission: Arc<Mutex<Admission>>,
+    ip: IpAddr,
+    unauthenticated: bool,
+}
+
+impl Ticket {
+    /// Takes a place for a connection from `ip` (`unauthenticated`: it must pass the handshake
+    /// first), or says which limit is full.
+    fn take(
+        admission: &Arc<Mutex<Admission>>,
+        ip: IpAddr,
+        unauthenticated: bool,
+    ) -> Result<Ticket, String> {
+        let mut counts = admission.lock().unwrap_or_else(|e| e.into_inner());
+        let (ip_open, ip_unauthenticated) = counts.per_ip.get(&ip).copied().unwrap_or((0, 0));
+        if counts.open >= MAX_CONNECTIONS {
+            return Err(format!(
+                "the controller serves at most {MAX_CONNECTIONS} connections at once"
+            ));
+        }
+        if ip_open >= MAX_CONNECTIONS_PER_IP {
+            return Err(format!(
+                "the controller serves at most {MAX_CONNECTIONS_PER_IP} connections from one address"
+            ));
+        }
+        if unauthenticated
+            && (counts.unauthenticated >= MAX_UNAUTHENTICATED_CONNECTIONS
+                || ip_unauthenticated >= MAX_UNAUTHENTICATED_PER_IP)
+        {
+            return Err(format!(
+                "the controller has {MAX_UNAUTHENTICATED_CONNECTIONS} handshakes pending at most ({MAX_UNAUTHENTICATED_PER_IP} from one address)"
+            ));
+        }
+        counts.open += 1;
+        counts.unauthenticated += usize::from(unauthenticated);
+        counts.per_ip.insert(
+            ip,
+            (ip_open + 1, ip_unauthenticated + usize::from(unauthenticated)),
+        );
+        Ok(Ticket {
+            admission: admission.clone(),
+            ip,
+            unauthenticated,
+        })
+    }
+
+    /// The handshake passed: the connection no longer counts as unauthenticated.
+    fn authenticated(&mut self) {
+        if std::mem::take(&mut self.unauthenticated) {
+            let mut counts = self.admission.lock().unwrap_or_else(|e| e.into_inner());
+            counts.unauthenticated -= 1;
+            if let Some(entry) = counts.per_ip.get_mut(&self.ip) {
+                entry.1 -= 1;
+            }
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.authenticated();
+        let mut counts = self.admission.lock().unwrap_or_else(|e| e.into_inner());
+        counts.open -= 1;
+        let gone = counts.per_ip.get_mut(&self.ip).is_some_and(|entry| {
+            entry.0 -= 1;
+            *entry == (0, 0)
+        });
+        if gone {
+            counts.per_ip.remove(&self.ip);
+        }
+    }
+}
+
 fn accept_loop(listener: TcpListener, events: SyncSender<Event>, secret: Option<Arc<Secret>>) {
-    let open = Arc::new(AtomicUsize::new(0));
+    let admission = Arc::new(Mutex::new(Admission::default()));
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
-        if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            open.fetch_sub(1, Ordering::SeqCst);
-            let mut frame = Vec::new();
-            let message =
-                format!("the controller serves at most {MAX_CONNECTIONS} connections at once");
-            encode_frame(
-                &mut frame,
-                FrameHeader::response(0, Status::SystemBusy, 0),
-                message.as_bytes(),
-            );
-            let _ = stream.write_all(&frame);
+        let Ok(peer) = stream.peer_addr() else {
             continue;
-        }
+        };
+        let ticket = match Ticket::take(&admission, peer.ip(), secret.is_some()) {
+            Ok(ticket) => ticket,
+            Err(message) => {
+                let mut frame = Vec::new();
+                encode_frame(
+                    &mut frame,
+                    FrameHeader::response(0, Status::SystemBusy, 0),
+                    message.as_bytes(),
+                );
+                let _ = stream.set_write_timeout(Some(PEER_IO_TIMEOUT));
+                let _ = stream.write_all(&frame);
+                continue;
+            }
+        };
         let events = events.clone();
-        let count = open.clone();
         let secret = secret.clone();
         let spawned = thread::Builder::new()
             .name("controller-conn".into())
-            .spawn(move || {
-                serve_connection(stream, events, secret.as_deref());
-                count.fetch_sub(1, Ordering::SeqCst);
-            });
+            .spawn(move || serve_connection(stream, events, secret.as_deref(), ticket));
         if spawned.is_err() {
-            open.fetch_sub(1, Ordering::SeqCst);
             tracing::warn!("cannot start a connection thread; connection dropped");
         }
     }
@@ -530,7 +647,12 @@ fn handshake_step(
 }
 
 /// Reads frames from one connection until it closes; a bad frame is answered and closes it.
-fn serve_connection(mut stream: TcpStream, events: SyncSender<Event>, secret: Option<&Secret>) {
+fn serve_connection(
+    mut stream: TcpStream,
+    events: SyncSender<Event>,
+    secret: Option<&Secret>,
+    mut ticket: Ticket,
+) {
     let _ = stream.set_nodelay(true);
     let peer = stream
         .peer_addr()
@@ -599,6 +721,7 @@ fn serve_connection(mut stream: TcpStream, events: SyncSender<Event>, secret: Op
                 Verdict::Serve => {}
                 Verdict::Answered => {
                     if matches!(state, Handshake::Open) {
+                        ticket.authenticated();
                         let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
                     }
                     continue;
@@ -630,12 +753,17 @@ fn serve_connection(mut stream: TcpStream, events: SyncSender<Event>, secret: Op
                 return;
             }
         }
-        if !matches!(state, Handshake::Open) && Instant::now() >= handshake_deadline {
-            log_refusal(&format!(
-                "{peer}: no handshake within {} ms",
-                HANDSHAKE_TIMEOUT.as_millis()
-            ));
-            return;
+        if !matches!(state, Handshake::Open) {
+            let left = handshake_deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                log_refusal(&format!(
+                    "{peer}: no handshake within {} ms",
+                    HANDSHAKE_TIMEOUT.as_millis()
+                ));
+                return;
+            }
+            // Each read waits only for the time the handshake has left.
+            let _ = stream.set_read_timeout(Some(left));
         }
         match stream.read(&mut chunk) {
             Ok(0) | Err(_) => return,
@@ -683,6 +811,42 @@ pub fn parse_peer(entry: &str) -> Result<(u64, String), String> {
 mod tests {
     use super::*;
 
+    /// Openers that never finish the handshake get a small share of the slots, and one host a
+    /// share of that; an authenticated connection gives its handshake slot back.
+    #[test]
+    fn unauthenticated_connections_have_caps_of_their_own() {
+        let admission = Arc::new(Mutex::new(Admission::default()));
+        let flooder: IpAddr = "10.0.0.9".parse().unwrap();
+        let mut held: Vec<Ticket> = (0..MAX_UNAUTHENTICATED_PER_IP)
+            .map(|_| Ticket::take(&admission, flooder, true).unwrap())
+            .collect();
+        assert!(Ticket::take(&admission, flooder, true).is_err());
+        // Another host still gets in, and so does a connection needing no handshake.
+        assert!(Ticket::take(&admission, "10.0.0.1".parse().unwrap(), true).is_ok());
+        held.push(Ticket::take(&admission, flooder, false).unwrap());
+        held[0].authenticated();
+        held.push(Ticket::take(&admission, flooder, true).unwrap());
+        for host in 0..MAX_UNAUTHENTICATED_CONNECTIONS {
+            let ip = IpAddr::from([10, 1, (host / 200) as u8, (host % 200) as u8]);
+            if let Ok(ticket) = Ticket::take(&admission, ip, true) {
+                held.push(ticket);
+            }
+        }
+        let counts = admission.lock().unwrap().unauthenticated;
+        assert_eq!(counts, MAX_UNAUTHENTICATED_CONNECTIONS);
+        drop(held);
+        let counts = admission.lock().unwrap();
+        assert_eq!((counts.open, counts.unauthenticated), (0, 0));
+        assert!(counts.per_ip.is_empty());
+    }
+
+    #[test]
+    fn a_peer_s_refusal_text_is_escaped_and_capped() {
+        assert_eq!(quoted("busy\nfake line"), "\"busy\\nfake line\"");
+        let long = "x".repeat(10_000);
+        assert!(quoted(&long).len() < QUOTED_CHARS + 10);
+    }
+
     /// Only a Raft frame may be large: a request's header claiming more than
     /// MAX_REQUEST_FRAME_BYTES is refused at once; a Raft one of that size is waited for.
     #[test]
@@ -690,11 +854,14 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (events, _inbox) = mpsc::sync_channel(4);
+        let admission = Arc::new(Mutex::new(Admission::default()));
         thread::spawn(move || {
             for stream in listener.incoming().take(2) {
                 let events = events.clone();
                 let stream = stream.unwrap();
-                thread::spawn(move || serve_connection(stream, events, None));
+                let ticket = Ticket::take(&admission, stream.peer_addr().unwrap().ip(), false);
+                let ticket = ticket.unwrap();
+                thread::spawn(move || serve_connection(stream, events, None, ticket));
             }
         });
         let header = |opcode: ControllerOpcode| {
