@@ -289,3 +289,53 @@ fn only_holders_of_the_secret_reach_the_controllers() {
     }
     assert!(!rogue.log().contains(OTHER_SECRET));
 }
+
+/// A connection from 127.0.0.2 that sends nothing.
+fn idle_opener(addr: &str) -> TcpStream {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let target: std::net::SocketAddr = addr.parse().unwrap();
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let source: std::net::SocketAddr = "127.0.0.2:0".parse().unwrap();
+    socket.bind(&SockAddr::from(source)).unwrap();
+    socket.connect(&SockAddr::from(target)).unwrap();
+    let stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// Idle openers from one address get a few handshake slots, not the controller's: past them
+/// they are answered SYSTEM_BUSY at once, a holder of the secret from another address is
+/// served meanwhile, and the idle ones are closed once the 2 s handshake time is up.
+#[test]
+fn idle_openers_cannot_lock_the_controller_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let right = secret_file(dir.path(), "controller.secret", SECRET);
+    let addr = PortBlock::allocate().listen_addr();
+    let controller = ControllerProcess::start(1, &addr, &format!("1={addr}"), &right, dir.path());
+    let opened = std::time::Instant::now();
+    let mut idle: Vec<TcpStream> = (0..16).map(|_| idle_opener(&addr)).collect();
+    let mut refused = idle_opener(&addr);
+    let mut reply = Vec::new();
+    let _ = refused.read_to_end(&mut reply);
+    let frame = FrameDecoder::new(1 << 20)
+        .decode(&reply)
+        .ok()
+        .flatten()
+        .expect("the 17th idle opener is answered");
+    assert_eq!(frame.header.status, Status::SystemBusy as u16);
+    assert!(opened.elapsed() < Duration::from_secs(2), "refused at once");
+    wait_until(Duration::from_secs(20), "a status with the secret", || {
+        client(&controller.addr, Some(SECRET)).status().ok()
+    });
+    for stream in &mut idle {
+        let mut byte = [0u8; 1];
+        let _ = stream.read(&mut byte);
+    }
+    let closed_after = opened.elapsed();
+    assert!(
+        closed_after < Duration::from_millis(4_500),
+        "idle openers held for {closed_after:?}"
+    );
+}
