@@ -12,6 +12,11 @@ mod common;
 use common::{temp_store, test_config, wait_until, Broker, NameServer, PortBlock};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
 use ringmq::client::{Client, ClientOptions, ClientTls, ConnectionOptions};
+use ringmq::client::controller::ControllerClient;
+use ringmq::protocol::auth::Secret;
+use ringmq::protocol::codec::{Fields, Writer};
+use ringmq::protocol::controller::{ControllerHello, ControllerOpcode, ControllerProof};
+use ringmq::protocol::frame::{encode_frame, FrameHeader};
 use ringmq::protocol::message::MessageRef;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -307,6 +312,8 @@ fn no_secret_is_printed_logged_or_served() {
     exposed.push(("broker log (trace)".into(), log));
     exposed.push(("rogue slave log".into(), rogue.log()));
 
+    exposed.extend(traced_controller_output(root, &controller_secret));
+
     let mut canaries = vec![
         HA_CANARY.to_string(),
         NAMESRV_CANARY.to_string(),
@@ -323,4 +330,104 @@ fn no_secret_is_printed_logged_or_served() {
             );
         }
     }
+}
+
+/// One frame of a controller request: `opcode` and `body`'s fields.
+fn controller_frame<B: for<'a> Fields<'a>>(opcode: ControllerOpcode, id: u64, body: &B) -> Vec<u8> {
+    let mut encoded = Vec::new();
+    body.write_fields(&mut Writer::new(&mut encoded));
+    let mut frame = Vec::new();
+    encode_frame(
+        &mut frame,
+        FrameHeader {
+            flags: 0,
+            opcode: opcode as u16,
+            status: 0,
+            request_id: id,
+        },
+        &encoded,
+    );
+    frame
+}
+
+/// A controller with the canary secret, at trace level, under the failures an attacker can
+/// cause: a request without the handshake, a client with another secret, a hello followed by
+/// a wrong proof, a raw Raft frame. Returns its stdout and its log, and every answer.
+fn traced_controller_output(root: &Path, secret: &Path) -> Vec<(String, String)> {
+    let addr = PortBlock::allocate().listen_addr();
+    let store = temp_store();
+    let log_path = root.join("controller.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["controller", "--id", "1", "--peers", &format!("1={addr}")])
+        .arg("--store")
+        .arg(store.path())
+        .arg("--secret-file")
+        .arg(secret)
+        .env("RUST_LOG", "trace")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("start ringmq controller");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let mut ready = String::new();
+    stdout.read_line(&mut ready).unwrap();
+    assert!(ready.starts_with("ringmq ready"), "{ready}");
+    let mut exposed = Vec::new();
+    let client = |secret: Option<&str>| {
+        let client = ControllerClient::new(vec![addr.clone()], Duration::from_secs(2)).unwrap();
+        match secret {
+            Some(s) => client.with_secret(Secret::from_file_contents(s.into()).unwrap()),
+            None => client,
+        }
+    };
+    let without = client(None).status().expect_err("no secret, no status");
+    exposed.push(("controller answer without a secret".into(), without.to_string()));
+    let other = client(Some(ROGUE_CANARY)).status().expect_err("another secret");
+    exposed.push(("controller answer to another secret".into(), other.to_string()));
+    let mut wrong_proof = controller_frame(
+        ControllerOpcode::ControllerHello,
+        1,
+        &ControllerHello {
+            nonce: vec![7; 32],
+        },
+    );
+    wrong_proof.extend(controller_frame(
+        ControllerOpcode::ControllerProof,
+        2,
+        &ControllerProof {
+            proof: vec![9; 32],
+        },
+    ));
+    let answer = raw(&addr, &wrong_proof);
+    // The log keeps one refusal per 10 s; the answer says which branch refused.
+    assert!(answer.contains("the proof does not match"), "{answer}");
+    exposed.push(("controller answer to a wrong proof".into(), answer));
+    let mut raft = Vec::new();
+    encode_frame(
+        &mut raft,
+        FrameHeader {
+            flags: 0,
+            opcode: ControllerOpcode::RaftMessage as u16,
+            status: 0,
+            request_id: 3,
+        },
+        CONTROLLER_CANARY.as_bytes(),
+    );
+    // The canary as a Raft body: refused before it is decoded, so it is not echoed either.
+    exposed.push(("controller answer to a raw Raft frame".into(), raw(&addr, &raft)));
+    let status = client(Some(CONTROLLER_CANARY)).status().expect("with the secret");
+    exposed.push(("controller status".into(), status.to_string()));
+    wait_until(Duration::from_secs(10), "the refusals logged", || {
+        read(&log_path).contains("controller handshake refused").then_some(())
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut rest = String::new();
+    let _ = stdout.read_to_string(&mut rest);
+    exposed.push(("controller stdout".into(), format!("{ready}{rest}")));
+    let log = read(&log_path);
+    assert!(log.contains("TRACE"), "the controller ran at trace level");
+    exposed.push(("controller log (trace)".into(), log));
+    exposed
 }

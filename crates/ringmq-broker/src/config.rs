@@ -336,8 +336,9 @@ pub struct BrokerConfig {
     /// by the clients' CA must not pass as a slave (which is served the whole log).
     pub ha_tls_ca_file: Option<PathBuf>,
     /// The controllers' shared secret (as `ringmq controller --secret-file`): when set, every
-    /// connection this broker opens to a controller authenticates with it (a mutual
-    /// challenge). A controller with a secret refuses a broker without it.
+    /// connection a broker in controller mode opens to a controller authenticates with it (a
+    /// mutual challenge). A controller with a secret refuses a broker without it. Read and
+    /// checked at start by every broker; used only in controller mode.
     pub controller_secret_file: Option<PathBuf>,
     /// `controller_secret_file`'s secret, read by [`BrokerConfig::load_secrets`]; never
     /// serialized.

@@ -717,6 +717,8 @@ fn serve_connection(
                 }
             };
             buf.drain(..used);
+            // Sizes only: a body may be a proof, which is not for the log.
+            tracing::trace!(%peer, opcode = header.opcode, bytes = body.len(), "controller frame");
             match handshake_step(&mut state, secret, &header, &body, &writer, &peer) {
                 Verdict::Serve => {}
                 Verdict::Answered => {
