@@ -362,9 +362,11 @@ fn the_master_checks_slave_certificates_and_the_slave_the_master_s() {
         &master,
         &tls_config(&ca, &other_ca.broker(root.path(), "impostor")),
     );
-    wait_until(CATCH_UP, "the master to refuse the impostor's certificate", || {
-        master.log().contains("TLS handshake failed").then_some(())
-    });
+    wait_until(
+        CATCH_UP,
+        "the master to refuse the impostor's certificate",
+        || master.log().contains("TLS handshake failed").then_some(()),
+    );
 
     let refused_before = counter(&master, "replication_handshakes_refused_total");
     let received = tls_peer_without_certificate(&master, &ca.pem);
@@ -373,9 +375,14 @@ fn the_master_checks_slave_certificates_and_the_slave_the_master_s() {
         "a TLS peer without a certificate got {} plaintext bytes",
         received.len()
     );
-    wait_until(CATCH_UP, "the certificate-less peer counted as refused", || {
-        (counter(&master, "replication_handshakes_refused_total") > refused_before).then_some(())
-    });
+    wait_until(
+        CATCH_UP,
+        "the certificate-less peer counted as refused",
+        || {
+            (counter(&master, "replication_handshakes_refused_total") > refused_before)
+                .then_some(())
+        },
+    );
 
     let rogue_master = Broker::start_with_config(
         dirs[2].path(),

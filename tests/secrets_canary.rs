@@ -11,8 +11,8 @@ mod common;
 
 use common::{temp_store, test_config, wait_until, Broker, NameServer, PortBlock};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
-use ringmq::client::{Client, ClientOptions, ClientTls, ConnectionOptions};
 use ringmq::client::controller::ControllerClient;
+use ringmq::client::{Client, ClientOptions, ClientTls, ConnectionOptions};
 use ringmq::protocol::auth::Secret;
 use ringmq::protocol::codec::{Fields, Writer};
 use ringmq::protocol::controller::{ControllerHello, ControllerOpcode, ControllerProof};
@@ -382,22 +382,26 @@ fn traced_controller_output(root: &Path, secret: &Path) -> Vec<(String, String)>
         }
     };
     let without = client(None).status().expect_err("no secret, no status");
-    exposed.push(("controller answer without a secret".into(), without.to_string()));
-    let other = client(Some(ROGUE_CANARY)).status().expect_err("another secret");
-    exposed.push(("controller answer to another secret".into(), other.to_string()));
+    exposed.push((
+        "controller answer without a secret".into(),
+        without.to_string(),
+    ));
+    let other = client(Some(ROGUE_CANARY))
+        .status()
+        .expect_err("another secret");
+    exposed.push((
+        "controller answer to another secret".into(),
+        other.to_string(),
+    ));
     let mut wrong_proof = controller_frame(
         ControllerOpcode::ControllerHello,
         1,
-        &ControllerHello {
-            nonce: vec![7; 32],
-        },
+        &ControllerHello { nonce: vec![7; 32] },
     );
     wrong_proof.extend(controller_frame(
         ControllerOpcode::ControllerProof,
         2,
-        &ControllerProof {
-            proof: vec![9; 32],
-        },
+        &ControllerProof { proof: vec![9; 32] },
     ));
     let answer = raw(&addr, &wrong_proof);
     // The log keeps one refusal per 10 s; the answer says which branch refused.
@@ -415,11 +419,18 @@ fn traced_controller_output(root: &Path, secret: &Path) -> Vec<(String, String)>
         CONTROLLER_CANARY.as_bytes(),
     );
     // The canary as a Raft body: refused before it is decoded, so it is not echoed either.
-    exposed.push(("controller answer to a raw Raft frame".into(), raw(&addr, &raft)));
-    let status = client(Some(CONTROLLER_CANARY)).status().expect("with the secret");
+    exposed.push((
+        "controller answer to a raw Raft frame".into(),
+        raw(&addr, &raft),
+    ));
+    let status = client(Some(CONTROLLER_CANARY))
+        .status()
+        .expect("with the secret");
     exposed.push(("controller status".into(), status.to_string()));
     wait_until(Duration::from_secs(10), "the refusals logged", || {
-        read(&log_path).contains("controller handshake refused").then_some(())
+        read(&log_path)
+            .contains("controller handshake refused")
+            .then_some(())
     });
     let _ = child.kill();
     let _ = child.wait();

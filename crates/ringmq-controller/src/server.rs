@@ -466,7 +466,10 @@ impl Ticket {
         counts.unauthenticated += usize::from(unauthenticated);
         counts.per_ip.insert(
             ip,
-            (ip_open + 1, ip_unauthenticated + usize::from(unauthenticated)),
+            (
+                ip_open + 1,
+                ip_unauthenticated + usize::from(unauthenticated),
+            ),
         );
         Ok(Ticket {
             admission: admission.clone(),
