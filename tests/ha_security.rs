@@ -231,7 +231,8 @@ fn a_slave_refuses_a_master_with_another_secret() {
     assert_got_nothing(&strict);
 }
 
-/// `ha_security = "tls"` is reserved: the broker refuses to start, saying so.
+/// `ha_security = "tls"` without its certificate files: the broker refuses to start, naming
+/// the missing key.
 #[test]
 fn ha_security_tls_is_refused_at_load() {
     let root = temp_store();
@@ -250,7 +251,7 @@ fn ha_security_tls_is_refused_at_load() {
     );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("not implemented yet"), "{stderr}");
+    assert!(stderr.contains("ha_tls_cert_file"), "{stderr}");
 }
 
 fn wall_ms() -> u64 {

@@ -28,6 +28,9 @@ pub enum ClusterCommand {
         /// Controllers HOST:PORT[,HOST:PORT...] (`ringmq controller`).
         #[arg(long)]
         controller: Option<String>,
+        /// The controllers' secret file (their --secret-file), with --controller.
+        #[arg(long, value_name = "FILE", requires = "controller")]
+        secret_file: Option<std::path::PathBuf>,
     },
     /// Turn the slave at --broker into the master of its group.
     Promote {
@@ -54,10 +57,11 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
         ClusterCommand::List => return list(&args),
         ClusterCommand::Status {
             controller: Some(controllers),
-        } => return controller_status(controllers, args.broker.format),
-        ClusterCommand::Status { controller: None } => {
-            Box::new(|c| c.call(&ClusterStatusRequest {}))
-        }
+            secret_file,
+        } => return controller_status(controllers, secret_file.as_deref(), args.broker.format),
+        ClusterCommand::Status {
+            controller: None, ..
+        } => Box::new(|c| c.call(&ClusterStatusRequest {})),
         ClusterCommand::Promote { role } => {
             Box::new(move |c| c.call(&ClusterPromote { role: role.clone() }))
         }
@@ -82,9 +86,12 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
 
 /// `cluster status --controller`: the status document of the controller that answers (the
 /// leader when one is reachable), as JSON or one block per group.
-fn controller_status(controllers: &str, format: Format) -> Result<(), String> {
-    let mut client = crate::client::controller::ControllerClient::connect_list(controllers)
-        .map_err(|e| e.to_string())?;
+fn controller_status(
+    controllers: &str,
+    secret_file: Option<&std::path::Path>,
+    format: Format,
+) -> Result<(), String> {
+    let mut client = super::controller::connect(controllers, secret_file)?;
     let status = client
         .status()
         .map_err(|e| format!("controllers {controllers}: {e}"))?;
@@ -365,7 +372,10 @@ mod tests {
         };
         assert!(matches!(
             args.command,
-            ClusterCommand::Status { controller: None }
+            ClusterCommand::Status {
+                controller: None,
+                ..
+            }
         ));
         assert_eq!(args.broker.broker, "h:2");
     }

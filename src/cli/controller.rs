@@ -7,7 +7,8 @@ use clap::{Args, Subcommand};
 use ringmq_controller::core::DEFAULT_COMPACT_THRESHOLD;
 use ringmq_controller::server::{self, ServerConfig};
 use ringmq_controller::state::ElectionConfig;
-use std::path::PathBuf;
+use ringmq_protocol::auth::Secret;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug, Clone)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -40,6 +41,11 @@ pub struct ControllerArgs {
     /// Log entries between snapshots.
     #[arg(long, default_value_t = DEFAULT_COMPACT_THRESHOLD, hide = true)]
     pub compact_threshold: u64,
+    /// The controllers' shared secret (at least 32 bytes; the same file on every controller,
+    /// the brokers' `controller_secret_file`): with it every connection, peers' and brokers'
+    /// alike, must prove it holds the secret before it is served. Read once, never printed.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -49,6 +55,9 @@ pub enum ControllerAction {
         /// Controllers HOST:PORT[,HOST:PORT...].
         #[arg(long)]
         controller: String,
+        /// The controllers' secret file (their --secret-file).
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<PathBuf>,
     },
     /// Adds a controller to the Raft group (start it with --peers listing the current
     /// members and itself, then add it).
@@ -57,12 +66,18 @@ pub enum ControllerAction {
         peer: String,
         #[arg(long)]
         controller: String,
+        /// The controllers' secret file (their --secret-file).
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<PathBuf>,
     },
     /// Removes a controller from the Raft group (a dead one, before replacing it).
     RemovePeer {
         id: u64,
         #[arg(long)]
         controller: String,
+        /// The controllers' secret file (their --secret-file).
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<PathBuf>,
     },
 }
 
@@ -80,7 +95,12 @@ fn serve(args: ControllerArgs) -> Result<(), String> {
     let id = args.id.ok_or_else(|| missing("--id"))?;
     let peers = args.peers.as_deref().ok_or_else(|| missing("--peers"))?;
     let store = args.store.clone().ok_or_else(|| missing("--store"))?;
-    server::run(server_config(id, peers, store, &args.election())?)
+    let secret = args
+        .secret_file
+        .as_deref()
+        .map(|path| read_secret_file("--secret-file", path))
+        .transpose()?;
+    server::run(server_config(id, peers, store, &args.election(), secret)?)
 }
 
 /// The controller settings both `ringmq controller` and a name server embedding one
@@ -105,12 +125,14 @@ impl ControllerArgs {
 }
 
 /// A controller's configuration from its flags: `peers` is `ID=HOST:PORT,...`; the election
-/// settings are validated (a lease that could outlive the silence limit is refused).
+/// settings are validated (a lease that could outlive the silence limit is refused); `secret`
+/// is the controllers' shared secret (see [`read_secret_file`]).
 pub fn server_config(
     id: u64,
     peers: &str,
     store: PathBuf,
     election: &ElectionArgs,
+    secret: Option<Secret>,
 ) -> Result<ServerConfig, String> {
     let peers = server::parse_peers(peers)?;
     let config = ElectionConfig {
@@ -125,28 +147,57 @@ pub fn server_config(
         store,
         election: config,
         compact_threshold: election.compact_threshold.max(1),
+        secret,
+    })
+}
+
+/// The secret held by `path`, for the flag `flag`; an error names the flag and the file, never
+/// the contents.
+pub fn read_secret_file(flag: &str, path: &Path) -> Result<Secret, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    Secret::from_file_contents(bytes).map_err(|e| format!("{flag} {}: {e}", path.display()))
+}
+
+/// A client of the controllers `list`, authenticated with `secret_file`'s secret when given.
+pub fn connect(list: &str, secret_file: Option<&Path>) -> Result<ControllerClient, String> {
+    let client = ControllerClient::connect_list(list).map_err(|e| e.to_string())?;
+    Ok(match secret_file {
+        Some(path) => client.with_secret(read_secret_file("--secret-file", path)?),
+        None => client,
     })
 }
 
 fn run_action(action: ControllerAction) -> Result<(), String> {
-    let client = |list: &str| ControllerClient::connect_list(list).map_err(|e| e.to_string());
     match action {
-        ControllerAction::Status { controller } => {
-            let status = client(&controller)?.status().map_err(|e| e.to_string())?;
+        ControllerAction::Status {
+            controller,
+            secret_file,
+        } => {
+            let status = connect(&controller, secret_file.as_deref())?
+                .status()
+                .map_err(|e| e.to_string())?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?
             );
         }
-        ControllerAction::AddPeer { peer, controller } => {
+        ControllerAction::AddPeer {
+            peer,
+            controller,
+            secret_file,
+        } => {
             let (id, addr) = server::parse_peer(&peer)?;
-            client(&controller)?
+            connect(&controller, secret_file.as_deref())?
                 .add_peer(id, &addr)
                 .map_err(|e| e.to_string())?;
             println!("controller {id} ({addr}) added");
         }
-        ControllerAction::RemovePeer { id, controller } => {
-            client(&controller)?
+        ControllerAction::RemovePeer {
+            id,
+            controller,
+            secret_file,
+        } => {
+            connect(&controller, secret_file.as_deref())?
                 .remove_peer(id)
                 .map_err(|e| e.to_string())?;
             println!("controller {id} removed");

@@ -1,7 +1,7 @@
 //! `ringmq namesrv`: runs a name server (the `ringmq-namesrv` crate), a route registry that
 //! keeps nothing on disk. See docs/cluster.md.
 
-use super::controller::{server_config, ElectionArgs};
+use super::controller::{read_secret_file, server_config, ElectionArgs};
 use crate::namesrv::{
     NameServerConfig, DEFAULT_BROKER_EXPIRY_MS, DEFAULT_GROUP_EPOCH_RETENTION_MS, DEFAULT_LISTEN,
 };
@@ -51,6 +51,10 @@ pub struct NamesrvArgs {
     /// The embedded controller's `--enable-elect-unclean-master`.
     #[arg(long)]
     pub controller_enable_elect_unclean_master: bool,
+    /// The embedded controller's `--secret-file`: the controllers' shared secret (at least 32
+    /// bytes), apart from the brokers' --secret-file. Read once, never printed.
+    #[arg(long, value_name = "FILE", requires = "controller_id")]
+    pub controller_secret_file: Option<PathBuf>,
     /// Connections served at once (tests lower it).
     #[arg(long, hide = true)]
     pub max_connections: Option<usize>,
@@ -103,7 +107,13 @@ pub fn run(args: NamesrvArgs) -> Result<(), String> {
             enable_elect_unclean_master: args.controller_enable_elect_unclean_master,
             compact_threshold: DEFAULT_COMPACT_THRESHOLD,
         };
-        let controller = server::start(server_config(id, peers, store.clone(), &election)?)?;
+        let secret = args
+            .controller_secret_file
+            .as_deref()
+            .map(|path| read_secret_file("--controller-secret-file", path))
+            .transpose()?;
+        let controller =
+            server::start(server_config(id, peers, store.clone(), &election, secret)?)?;
         config.ready_suffix = format!(" controller={} controller_id={id}", controller.listen);
         std::thread::Builder::new()
             .name("controller-watch".into())
@@ -179,6 +189,8 @@ mod tests {
             "1=127.0.0.1:9877,2=127.0.0.1:9878",
             "--controller-store",
             "/var/lib/ringmq/controller-2",
+            "--controller-secret-file",
+            "/etc/ringmq/controller.secret",
         ])
         .unwrap()
         .command
@@ -187,8 +199,13 @@ mod tests {
         };
         assert_eq!(args.controller_id, Some(2));
         assert_eq!(args.controller_lease_ms, 1_600);
+        assert_eq!(
+            args.controller_secret_file.as_deref(),
+            Some(std::path::Path::new("/etc/ringmq/controller.secret"))
+        );
         assert!(parse(&["namesrv", "--controller-id", "1"]).is_err());
         assert!(parse(&["namesrv", "--controller-store", "/tmp/x"]).is_err());
         assert!(parse(&["namesrv", "--controller-peers", "1=127.0.0.1:1"]).is_err());
+        assert!(parse(&["namesrv", "--controller-secret-file", "/etc/ringmq/c"]).is_err());
     }
 }

@@ -135,7 +135,9 @@ pub enum HaSecurity {
     /// byte or report (a mutual HMAC-SHA256 challenge-response).
     #[serde(rename = "auth")]
     Auth,
-    /// Reserved: mutual TLS on the link, a later round. Refused at load.
+    /// Mutual TLS on the link with `ha_tls_cert_file`, `ha_tls_key_file` and `ha_tls_ca_file`:
+    /// each end verifies the other's certificate before any log byte or report, and the
+    /// stream is encrypted (the master copies segment bytes through TLS instead of splicing).
     #[serde(rename = "tls")]
     Tls,
 }
@@ -307,8 +309,8 @@ pub struct BrokerConfig {
     // (docs/security.md, "Replication link" and "Name server"). The secrets are read from
     // their files at start and never printed: the effective configuration shows the paths.
     /// `"off"` (the default; the broker warns at start), `"auth"` (a mutual challenge-response
-    /// over `ha_secret_file` before any log byte or report), `"tls"` (reserved: refused until
-    /// TLS on the replication link lands).
+    /// over `ha_secret_file` before any log byte or report), `"tls"` (mutual TLS with the
+    /// `ha_tls_*` files, encrypted).
     pub ha_security: HaSecurity,
     /// The replication link's shared secret, at least 32 bytes (one trailing newline is not
     /// part of it); the same file on the master and every slave. Required by `"auth"`.
@@ -323,6 +325,25 @@ pub struct BrokerConfig {
     /// `namesrv_secret_file`'s secret, read by [`BrokerConfig::load_secrets`]; never serialized.
     #[serde(skip)]
     pub namesrv_secret: Option<ringmq_protocol::auth::Secret>,
+    /// With `ha_security = "tls"`: this broker's certificate chain (PEM, leaf first) on the
+    /// replication link, as master and as slave. A master's must name the address its slaves
+    /// connect to (`ha_listen` / `--master`, an IP SAN for an IP).
+    pub ha_tls_cert_file: Option<PathBuf>,
+    /// With `ha_security = "tls"`: the key of `ha_tls_cert_file` (PKCS#8, PKCS#1 or SEC1).
+    pub ha_tls_key_file: Option<PathBuf>,
+    /// With `ha_security = "tls"`: the CAs whose certificates the other end of a replication
+    /// link must chain to. Its own key rather than `tls_ca_file`: a client certificate signed
+    /// by the clients' CA must not pass as a slave (which is served the whole log).
+    pub ha_tls_ca_file: Option<PathBuf>,
+    /// The controllers' shared secret (as `ringmq controller --secret-file`): when set, every
+    /// connection a broker in controller mode opens to a controller authenticates with it (a
+    /// mutual challenge). A controller with a secret refuses a broker without it. Read and
+    /// checked at start by every broker; used only in controller mode.
+    pub controller_secret_file: Option<PathBuf>,
+    /// `controller_secret_file`'s secret, read by [`BrokerConfig::load_secrets`]; never
+    /// serialized.
+    #[serde(skip)]
+    pub controller_secret: Option<ringmq_protocol::auth::Secret>,
     // Acknowledgement levels (README "Acknowledgement levels"; `shard::handlers::produce`).
     /// The level of a produce that names none (`"leader"` or `"all"`; `"none"` is refused,
     /// since such a client waits for its answer). Unset: the
@@ -455,6 +476,11 @@ impl Default for BrokerConfig {
             namesrv_secret_file: None,
             ha_secret: None,
             namesrv_secret: None,
+            controller_secret_file: None,
+            controller_secret: None,
+            ha_tls_cert_file: None,
+            ha_tls_key_file: None,
+            ha_tls_ca_file: None,
             default_acks: None,
             min_acks: Acks::None,
             kafka_listen: None,
@@ -928,10 +954,21 @@ impl BrokerConfig {
     /// Checks the authentication keys (the files themselves are read by `load_secrets`).
     fn validate_security(&self) -> Result<(), ConfigError> {
         match self.ha_security {
-            HaSecurity::Tls => Err(ConfigError::value(
-                "ha_security",
-                "\"tls\" is not implemented yet (TLS on the replication link is a later round); use \"auth\" with ha_secret_file",
-            )),
+            HaSecurity::Tls => {
+                for (key, value) in [
+                    ("ha_tls_cert_file", &self.ha_tls_cert_file),
+                    ("ha_tls_key_file", &self.ha_tls_key_file),
+                    ("ha_tls_ca_file", &self.ha_tls_ca_file),
+                ] {
+                    if value.is_none() {
+                        return Err(ConfigError::value(
+                            key,
+                            "ha_security = \"tls\" needs ha_tls_cert_file, ha_tls_key_file and ha_tls_ca_file",
+                        ));
+                    }
+                }
+                Ok(())
+            }
             HaSecurity::Auth if self.ha_secret_file.is_none() => Err(ConfigError::value(
                 "ha_secret_file",
                 "ha_security = \"auth\" needs the shared secret's file",
@@ -940,8 +977,8 @@ impl BrokerConfig {
         }
     }
 
-    /// Reads the secrets of `ha_secret_file` (when `ha_security = "auth"`) and
-    /// `namesrv_secret_file`. An error names the key and the file, never the contents.
+    /// Reads the secrets of `ha_secret_file` (when `ha_security = "auth"`),
+    /// `namesrv_secret_file` and `controller_secret_file`. An error names the key and the file, never the contents.
     pub fn load_secrets(&mut self) -> Result<(), ConfigError> {
         fn read(
             key: &'static str,
@@ -958,6 +995,10 @@ impl BrokerConfig {
         };
         self.namesrv_secret = match &self.namesrv_secret_file {
             Some(path) => Some(read("namesrv_secret_file", path)?),
+            None => None,
+        };
+        self.controller_secret = match &self.controller_secret_file {
+            Some(path) => Some(read("controller_secret_file", path)?),
             None => None,
         };
         Ok(())
@@ -1403,11 +1444,13 @@ mod tests {
             ha_security: HaSecurity::Auth,
             ha_secret_file: Some(path.clone()),
             namesrv_secret_file: Some(path.clone()),
+            controller_secret_file: Some(path.clone()),
             ..BrokerConfig::default()
         };
         config.validate().unwrap();
         config.load_secrets().unwrap();
         assert!(config.ha_secret.is_some() && config.namesrv_secret.is_some());
+        assert!(config.controller_secret.is_some());
         for printed in [config.to_toml(), format!("{config:?}")] {
             assert!(!printed.contains(canary), "{printed}");
             assert!(printed.contains(&path.display().to_string()));
@@ -1426,10 +1469,16 @@ mod tests {
         let error = weak.load_secrets().unwrap_err();
         assert_eq!(error.key(), Some("namesrv_secret_file"));
         assert!(!error.to_string().contains("tooshortsecret"), "{error}");
+        let mut weak = BrokerConfig {
+            controller_secret_file: Some(dir.path().join("weak.secret")),
+            ..BrokerConfig::default()
+        };
+        let error = weak.load_secrets().unwrap_err();
+        assert_eq!(error.key(), Some("controller_secret_file"));
+        assert!(!error.to_string().contains("tooshortsecret"), "{error}");
         let tls = BrokerConfig::from_toml("ha_security = \"tls\"").unwrap();
         let error = tls.validate().unwrap_err();
-        assert_eq!(error.key(), Some("ha_security"));
-        assert!(error.to_string().contains("not implemented yet"), "{error}");
+        assert_eq!(error.key(), Some("ha_tls_cert_file"));
         let no_file = BrokerConfig::from_toml("ha_security = \"auth\"").unwrap();
         assert_eq!(
             no_file.validate().unwrap_err().key(),

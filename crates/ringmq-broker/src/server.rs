@@ -238,6 +238,7 @@ fn warn_unauthenticated(config: &BrokerConfig) {
 pub fn run(mut config: BrokerConfig) -> Result<(), ServerError> {
     config.validate()?;
     config.load_secrets()?;
+    crate::replication::tls::init(&config).map_err(ServerError::Startup)?;
     warn_unauthenticated(&config);
     install_fail_stop_panic_hook();
     let shard_count = config.shard_count();

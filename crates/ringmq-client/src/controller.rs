@@ -14,6 +14,8 @@
 //! `ringmq_protocol::controller::ControllerOpcode`.
 
 use crate::error::ClientError;
+use crate::protocol::auth::Secret;
+use crate::protocol::controller::{authenticate, HandshakeError};
 use crate::protocol::controller::{
     not_leader_hint, AddPeer, AlterSyncStateSet, BrokerHeartbeat, BrokerIdentity,
     ControllerRequest, GroupRef, GroupState, HeartbeatAnswer, RegisterBroker, RemovePeer,
@@ -40,6 +42,9 @@ pub struct ControllerClient {
     /// when the list names it differently.
     last_answered: Option<String>,
     next_request_id: u64,
+    /// The controllers' shared secret: with it every new connection runs the controller
+    /// port's handshake before its first request (see [`ControllerClient::with_secret`]).
+    secret: Option<Secret>,
 }
 
 /// Splits `HOST:PORT[,HOST:PORT...]`.
@@ -61,7 +66,18 @@ impl ControllerClient {
             connection: None,
             last_answered: None,
             next_request_id: 1,
+            secret: None,
         })
+    }
+
+    /// Authenticates every connection to the controllers with `secret` (their `--secret-file`):
+    /// the controller proves it holds it before this client sends a request, and this client
+    /// proves it in turn. A controller without a secret, or with another, is refused (the
+    /// error says which).
+    pub fn with_secret(mut self, secret: Secret) -> Self {
+        self.secret = Some(secret);
+        self.connection = None;
+        self
     }
 
     pub fn connect_list(list: &str) -> Result<Self, ClientError> {
@@ -211,10 +227,28 @@ impl ControllerClient {
             let target = addr.to_socket_addrs().map_err(io)?.next().ok_or_else(|| {
                 ClientError::InvalidArgument(format!("{addr} resolves to no address"))
             })?;
-            let stream = TcpStream::connect_timeout(&target, self.timeout).map_err(io)?;
+            let mut stream = TcpStream::connect_timeout(&target, self.timeout).map_err(io)?;
             stream.set_read_timeout(Some(self.timeout)).map_err(io)?;
             stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
             let _ = stream.set_nodelay(true);
+            if let Some(secret) = &self.secret {
+                let first = self.next_request_id;
+                self.next_request_id += 2;
+                match authenticate(&mut stream, secret, first) {
+                    Ok(()) => {}
+                    // Final, like any error status: another controller has the same secret.
+                    Err(HandshakeError::Refused { status, message }) => {
+                        return Ok((status, message.into_bytes()))
+                    }
+                    Err(HandshakeError::Io(e)) => return Err(io(e)),
+                    Err(HandshakeError::Protocol(reason)) => {
+                        return Err(ClientError::Protocol {
+                            addr: addr.to_string(),
+                            reason,
+                        })
+                    }
+                }
+            }
             self.connection = Some((addr.to_string(), stream));
         }
         let request_id = self.next_request_id;

@@ -403,7 +403,10 @@ impl<C: Consensus, W> Controller<C, W> {
             return Dispatch::Now(self.not_leader());
         }
         match opcode {
-            ControllerOpcode::RaftMessage | ControllerOpcode::ControllerStatus => {
+            ControllerOpcode::RaftMessage
+            | ControllerOpcode::ControllerStatus
+            | ControllerOpcode::ControllerHello
+            | ControllerOpcode::ControllerProof => {
                 Dispatch::Now(Reply::error(Status::BadRequest, "not a request"))
             }
             ControllerOpcode::RegisterBroker => {

@@ -7,6 +7,14 @@
 //!  per peer: sender thread ◀──── RaftMessage frames ───────┘
 //! ```
 //!
+//! With a secret (`--secret-file`), every connection proves itself before anything else it
+//! sends is read: `ControllerHello` (88) and `ControllerProof` (89), a mutual HMAC challenge
+//! over both ends' fresh nonces ([`ringmq_protocol::auth::controller_server_proof`]). Until
+//! then the connection's frames are capped at [`MAX_REQUEST_FRAME_BYTES`], its handshake at
+//! [`HANDSHAKE_TIMEOUT`], and any other frame (a Raft message included, which so never reaches
+//! raft-rs) is answered `NOT_AUTHENTICATED` and closes it. Peer senders run the opener's side
+//! ([`ringmq_protocol::controller::authenticate`]) before their first Raft message.
+//!
 //! Raft messages (opcode 80) are one-way: a peer connection only ever carries requests from
 //! the sender, and Raft resends what is lost, so a full peer queue drops (bounded by
 //! [`PEER_QUEUE_MESSAGES`]) rather than blocks the main loop. Everything the main loop
@@ -17,16 +25,18 @@ use crate::core::{Controller, Reply};
 use crate::node::{RaftNode, ELECTION_TICKS, TICK_MS};
 use crate::state::{ControllerState, ElectionConfig};
 use crate::store::DiskStore;
-use ringmq_protocol::controller::{ControllerOpcode, RaftMessage};
+use ringmq_protocol::auth::{self, Secret};
+use ringmq_protocol::controller::{
+    ControllerChallenge, ControllerHello, ControllerOpcode, ControllerProof, RaftMessage,
+};
 use ringmq_protocol::frame::{encode_frame, FrameDecoder, FrameHeader};
 use ringmq_protocol::Status;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -57,6 +67,22 @@ pub const EVENT_QUEUE: usize = 4096;
 /// A connection silent this long is closed: peers send every tick (100 ms) and brokers
 /// heartbeat every second, so only an abandoned connection is this quiet.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A connection that has not finished the handshake by then is closed: the two round trips
+/// take milliseconds, so only a stalled or hostile opener is this slow, and it holds two
+/// threads while it waits.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections still in the handshake (with a secret), at once: openers that prove nothing
+/// get this few of the [`MAX_CONNECTIONS`] slots, so a flood of idle sockets cannot lock
+/// peers and brokers out (their handshakes take milliseconds and free their slot at once).
+pub const MAX_UNAUTHENTICATED_CONNECTIONS: usize = 64;
+/// Of those, from one IP address: one host cannot take them all.
+pub const MAX_UNAUTHENTICATED_PER_IP: usize = 16;
+/// Connections from one IP address at once, authenticated or not (the name server's figure):
+/// a host runs a few brokers and operators, each with a connection or two.
+pub const MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Refused handshakes are logged at most this often (with the number not logged), so a peer
+/// reconnecting in a loop with a wrong secret cannot fill the log.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -66,6 +92,9 @@ pub struct ServerConfig {
     pub store: PathBuf,
     pub election: ElectionConfig,
     pub compact_threshold: u64,
+    /// The controllers' shared secret (`--secret-file`): with it every connection, peers' and
+    /// brokers' alike, authenticates first. `None`: the port is open (a warning at start).
+    pub secret: Option<Secret>,
 }
 
 /// Where a request's answer goes: its connection's writer, with the request's id and opcode.
@@ -162,14 +191,22 @@ pub fn start(config: ServerConfig) -> Result<Started, String> {
         recovery.snapshot_index,
         recovery.truncated_bytes
     );
+    let secret = config.secret.clone().map(Arc::new);
+    if secret.is_none() {
+        tracing::warn!(
+            "controller {} runs without --secret-file: anyone who reaches {bound} can send Raft messages, register brokers and change membership",
+            config.id
+        );
+    }
     let (events, inbox) = mpsc::sync_channel(EVENT_QUEUE);
+    let accept_secret = secret.clone();
     thread::Builder::new()
         .name("controller-accept".into())
-        .spawn(move || accept_loop(listener, events))
+        .spawn(move || accept_loop(listener, events, accept_secret))
         .map_err(|e| e.to_string())?;
     let main_loop = thread::Builder::new()
         .name("controller-main".into())
-        .spawn(move || main_loop(controller, inbox))
+        .spawn(move || main_loop(controller, inbox, secret))
         .map_err(|e| e.to_string())?;
     Ok(Started {
         listen: bound,
@@ -180,6 +217,7 @@ pub fn start(config: ServerConfig) -> Result<Started, String> {
 fn main_loop(
     mut controller: Controller<RaftNode<DiskStore>, Waiter>,
     inbox: Receiver<Event>,
+    secret: Option<Arc<Secret>>,
 ) -> Result<(), String> {
     let started = Instant::now();
     let now_ms = || started.elapsed().as_millis() as u64;
@@ -206,7 +244,7 @@ fn main_loop(
             .map_err(|e| format!("controller store failed, stopping: {e}"))?;
         answered.extend(driven.answered);
         for (to, bytes) in driven.messages {
-            send_to_peer(&controller, &mut peers, to, bytes);
+            send_to_peer(&controller, &mut peers, to, bytes, &secret);
         }
         for (waiter, reply) in answered {
             answer(waiter, reply);
@@ -258,6 +296,7 @@ fn send_to_peer(
     peers: &mut BTreeMap<u64, (String, SyncSender<Vec<u8>>)>,
     to: u64,
     message: Vec<u8>,
+    secret: &Option<Arc<Secret>>,
 ) {
     let Some(addr) = controller.peer_addr(to).map(str::to_string) else {
         tracing::debug!("no address for controller {to}; message dropped");
@@ -266,9 +305,10 @@ fn send_to_peer(
     if peers.get(&to).is_none_or(|(known, _)| *known != addr) {
         let (tx, rx) = mpsc::sync_channel(PEER_QUEUE_MESSAGES);
         let target = addr.clone();
+        let secret = secret.clone();
         let _ = thread::Builder::new()
             .name(format!("controller-peer-{to}"))
-            .spawn(move || peer_sender(target, rx));
+            .spawn(move || peer_sender(target, rx, secret));
         peers.insert(to, (addr, tx));
     }
     let mut body = Vec::new();
@@ -298,11 +338,11 @@ fn send_to_peer(
 
 /// Sends frames to one peer, reconnecting as needed; ends when its queue is dropped (the
 /// peer's address changed or it left).
-fn peer_sender(addr: String, frames: Receiver<Vec<u8>>) {
+fn peer_sender(addr: String, frames: Receiver<Vec<u8>>, secret: Option<Arc<Secret>>) {
     let mut stream: Option<TcpStream> = None;
     while let Ok(frame) = frames.recv() {
         if stream.is_none() {
-            stream = connect(&addr);
+            stream = connect(&addr, secret.as_deref());
         }
         let Some(s) = stream.as_mut() else {
             continue; // peer down: drop, Raft resends
@@ -313,51 +353,324 @@ fn peer_sender(addr: String, frames: Receiver<Vec<u8>>) {
     }
 }
 
-fn connect(addr: &str) -> Option<TcpStream> {
+/// A connection to a peer, authenticated when this controller has a secret (a peer that
+/// fails the handshake is treated as down: its messages are dropped, Raft resends).
+fn connect(addr: &str, secret: Option<&Secret>) -> Option<TcpStream> {
     use std::net::ToSocketAddrs;
     let target = addr.to_socket_addrs().ok()?.next()?;
-    let stream = TcpStream::connect_timeout(&target, PEER_IO_TIMEOUT).ok()?;
+    let mut stream = TcpStream::connect_timeout(&target, PEER_IO_TIMEOUT).ok()?;
     stream.set_write_timeout(Some(PEER_IO_TIMEOUT)).ok()?;
     stream.set_nodelay(true).ok()?;
+    if let Some(secret) = secret {
+        stream.set_read_timeout(Some(PEER_IO_TIMEOUT)).ok()?;
+        if let Err(e) = ringmq_protocol::controller::authenticate(&mut stream, secret, 1) {
+            use ringmq_protocol::controller::HandshakeError;
+            log_refusal(&match e {
+                // Its connection limits are full: not a secret that differs.
+                HandshakeError::Refused {
+                    status: Status::SystemBusy,
+                    message,
+                } => format!("peer {addr} is busy, retrying: {}", quoted(&message)),
+                HandshakeError::Refused { status, message } => format!(
+                    "peer {addr} did not authenticate: {status}: {}",
+                    quoted(&message)
+                ),
+                other => format!("peer {addr} did not authenticate: {other}"),
+            });
+            return None;
+        }
+    }
     Some(stream)
 }
 
-fn accept_loop(listener: TcpListener, events: SyncSender<Event>) {
-    let open = Arc::new(AtomicUsize::new(0));
+/// Longest piece of a peer's refusal text that goes into the log.
+const QUOTED_CHARS: usize = 200;
+
+/// A peer's text for the log: at most [`QUOTED_CHARS`] characters, control characters escaped
+/// (a hostile peer cannot forge log lines or fill the log).
+fn quoted(text: &str) -> String {
+    let mut out: String = text.chars().take(QUOTED_CHARS).collect::<String>();
+    if text.chars().count() > QUOTED_CHARS {
+        out.push_str("...");
+    }
+    format!("{out:?}")
+}
+
+/// Logs a refused handshake, at most once per [`REFUSAL_LOG_EVERY`] for the process. The
+/// reason names what failed, never a secret or a proof.
+fn log_refusal(reason: &str) {
+    static LAST: std::sync::Mutex<(Option<Instant>, u64)> = std::sync::Mutex::new((None, 0));
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    if last
+        .0
+        .is_some_and(|at| now.saturating_duration_since(at) < REFUSAL_LOG_EVERY)
+    {
+        last.1 += 1;
+        return;
+    }
+    let unlogged = std::mem::take(&mut last.1);
+    last.0 = Some(now);
+    tracing::warn!(
+        unlogged_refusals = unlogged,
+        "controller handshake refused: {reason}"
+    );
+}
+
+/// Counts of the connections served, in all, per IP address, and still in the handshake.
+#[derive(Default)]
+struct Admission {
+    open: usize,
+    unauthenticated: usize,
+    /// Per address: (open, unauthenticated); an address leaves when both reach zero, so the
+    /// map holds at most [`MAX_CONNECTIONS`] entries.
+    per_ip: HashMap<IpAddr, (usize, usize)>,
+}
+
+/// A connection's place in the [`Admission`] counts, given back when it drops.
+struct Ticket {
+    admission: Arc<Mutex<Admission>>,
+    ip: IpAddr,
+    unauthenticated: bool,
+}
+
+impl Ticket {
+    /// Takes a place for a connection from `ip` (`unauthenticated`: it must pass the handshake
+    /// first), or says which limit is full.
+    fn take(
+        admission: &Arc<Mutex<Admission>>,
+        ip: IpAddr,
+        unauthenticated: bool,
+    ) -> Result<Ticket, String> {
+        let mut counts = admission.lock().unwrap_or_else(|e| e.into_inner());
+        let (ip_open, ip_unauthenticated) = counts.per_ip.get(&ip).copied().unwrap_or((0, 0));
+        if counts.open >= MAX_CONNECTIONS {
+            return Err(format!(
+                "the controller serves at most {MAX_CONNECTIONS} connections at once"
+            ));
+        }
+        if ip_open >= MAX_CONNECTIONS_PER_IP {
+            return Err(format!(
+                "the controller serves at most {MAX_CONNECTIONS_PER_IP} connections from one address"
+            ));
+        }
+        if unauthenticated
+            && (counts.unauthenticated >= MAX_UNAUTHENTICATED_CONNECTIONS
+                || ip_unauthenticated >= MAX_UNAUTHENTICATED_PER_IP)
+        {
+            return Err(format!(
+                "the controller has {MAX_UNAUTHENTICATED_CONNECTIONS} handshakes pending at most ({MAX_UNAUTHENTICATED_PER_IP} from one address)"
+            ));
+        }
+        counts.open += 1;
+        counts.unauthenticated += usize::from(unauthenticated);
+        counts.per_ip.insert(
+            ip,
+            (
+                ip_open + 1,
+                ip_unauthenticated + usize::from(unauthenticated),
+            ),
+        );
+        Ok(Ticket {
+            admission: admission.clone(),
+            ip,
+            unauthenticated,
+        })
+    }
+
+    /// The handshake passed: the connection no longer counts as unauthenticated.
+    fn authenticated(&mut self) {
+        if std::mem::take(&mut self.unauthenticated) {
+            let mut counts = self.admission.lock().unwrap_or_else(|e| e.into_inner());
+            counts.unauthenticated -= 1;
+            if let Some(entry) = counts.per_ip.get_mut(&self.ip) {
+                entry.1 -= 1;
+            }
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.authenticated();
+        let mut counts = self.admission.lock().unwrap_or_else(|e| e.into_inner());
+        counts.open -= 1;
+        let gone = counts.per_ip.get_mut(&self.ip).is_some_and(|entry| {
+            entry.0 -= 1;
+            *entry == (0, 0)
+        });
+        if gone {
+            counts.per_ip.remove(&self.ip);
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, events: SyncSender<Event>, secret: Option<Arc<Secret>>) {
+    let admission = Arc::new(Mutex::new(Admission::default()));
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
-        if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            open.fetch_sub(1, Ordering::SeqCst);
-            let mut frame = Vec::new();
-            let message =
-                format!("the controller serves at most {MAX_CONNECTIONS} connections at once");
-            encode_frame(
-                &mut frame,
-                FrameHeader::response(0, Status::SystemBusy, 0),
-                message.as_bytes(),
-            );
-            let _ = stream.write_all(&frame);
+        let Ok(peer) = stream.peer_addr() else {
             continue;
-        }
+        };
+        let ticket = match Ticket::take(&admission, peer.ip(), secret.is_some()) {
+            Ok(ticket) => ticket,
+            Err(message) => {
+                let mut frame = Vec::new();
+                encode_frame(
+                    &mut frame,
+                    FrameHeader::response(0, Status::SystemBusy, 0),
+                    message.as_bytes(),
+                );
+                let _ = stream.set_write_timeout(Some(PEER_IO_TIMEOUT));
+                let _ = stream.write_all(&frame);
+                continue;
+            }
+        };
         let events = events.clone();
-        let count = open.clone();
+        let secret = secret.clone();
         let spawned = thread::Builder::new()
             .name("controller-conn".into())
-            .spawn(move || {
-                serve_connection(stream, events);
-                count.fetch_sub(1, Ordering::SeqCst);
-            });
+            .spawn(move || serve_connection(stream, events, secret.as_deref(), ticket));
         if spawned.is_err() {
-            open.fetch_sub(1, Ordering::SeqCst);
             tracing::warn!("cannot start a connection thread; connection dropped");
         }
     }
 }
 
+/// Where a connection stands in the handshake (only with a secret; without one every
+/// connection starts `Open`).
+enum Handshake {
+    /// Nothing but a `ControllerHello` is taken.
+    AwaitHello,
+    /// The challenge was sent; nothing but the opener's `ControllerProof` is taken.
+    AwaitProof {
+        client_nonce: Vec<u8>,
+        server_nonce: [u8; auth::NONCE_BYTES],
+    },
+    /// Authenticated (or no secret): requests and Raft messages are served.
+    Open,
+}
+
+/// What the handshake makes of one frame.
+enum Verdict {
+    /// Served as before: the connection is open.
+    Serve,
+    /// A handshake step, answered; the connection goes on.
+    Answered,
+    /// Refused and answered; the connection closes.
+    Close,
+}
+
+fn reply(writer: &SyncSender<Vec<u8>>, header: &FrameHeader, status: Status, body: &[u8]) {
+    let mut frame = Vec::new();
+    encode_frame(
+        &mut frame,
+        FrameHeader::response(header.opcode, status, header.request_id),
+        body,
+    );
+    let _ = writer.send(frame);
+}
+
+/// One frame through the handshake: a hello is challenged, a proof checked, anything else
+/// before both is refused.
+fn handshake_step(
+    state: &mut Handshake,
+    secret: Option<&Secret>,
+    header: &FrameHeader,
+    body: &[u8],
+    writer: &SyncSender<Vec<u8>>,
+    peer: &str,
+) -> Verdict {
+    let hello = header.opcode == ControllerOpcode::ControllerHello as u16;
+    let proof = header.opcode == ControllerOpcode::ControllerProof as u16;
+    let Some(secret) = secret else {
+        if hello || proof {
+            reply(writer, header, Status::BadRequest, b"this controller runs without --secret-file: connect without a controller secret, or give the controller the same secret");
+            return Verdict::Close;
+        }
+        return Verdict::Serve;
+    };
+    let refuse = |state: &mut Handshake, message: &str| {
+        log_refusal(&format!("{peer}: {message}"));
+        reply(writer, header, Status::NotAuthenticated, message.as_bytes());
+        *state = Handshake::AwaitHello;
+        Verdict::Close
+    };
+    match std::mem::replace(state, Handshake::AwaitHello) {
+        Handshake::Open if hello || proof => refuse(state, "this connection is already authenticated"),
+        Handshake::Open => {
+            *state = Handshake::Open;
+            Verdict::Serve
+        }
+        Handshake::AwaitHello if hello => {
+            let Ok(request) = ringmq_protocol::controller::decode_request::<ControllerHello>(body)
+            else {
+                return refuse(state, "undecodable ControllerHello");
+            };
+            if request.nonce.len() != auth::NONCE_BYTES {
+                return refuse(state, "ControllerHello: the nonce must be 32 bytes");
+            }
+            let Ok(server_nonce) = auth::fresh_nonce() else {
+                return refuse(state, "no random nonce available on the controller");
+            };
+            let mut answer = Vec::new();
+            ControllerChallenge {
+                nonce: server_nonce.to_vec(),
+                proof: auth::controller_server_proof(secret, &request.nonce, &server_nonce)
+                    .to_vec(),
+            }
+            .encode(&mut answer);
+            reply(writer, header, Status::Ok, &answer);
+            *state = Handshake::AwaitProof {
+                client_nonce: request.nonce,
+                server_nonce,
+            };
+            Verdict::Answered
+        }
+        Handshake::AwaitProof {
+            client_nonce,
+            server_nonce,
+        } if proof => {
+            let proved = ringmq_protocol::controller::decode_request::<ControllerProof>(body)
+                .is_ok_and(|p| {
+                    auth::verify_controller_client(secret, &client_nonce, &server_nonce, &p.proof)
+                });
+            if !proved {
+                return refuse(state, "the proof does not match: this peer's controller secret (--secret-file, controller_secret_file) differs from this controller's");
+            }
+            reply(writer, header, Status::Ok, &[]);
+            *state = Handshake::Open;
+            Verdict::Answered
+        }
+        Handshake::AwaitHello | Handshake::AwaitProof { .. } => refuse(
+            state,
+            "this controller requires authentication first: give the client the controllers' secret (--secret-file, or controller_secret_file on a broker)",
+        ),
+    }
+}
+
 /// Reads frames from one connection until it closes; a bad frame is answered and closes it.
-fn serve_connection(mut stream: TcpStream, events: SyncSender<Event>) {
+fn serve_connection(
+    mut stream: TcpStream,
+    events: SyncSender<Event>,
+    secret: Option<&Secret>,
+    mut ticket: Ticket,
+) {
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "unknown peer".to_string(), |a| a.to_string());
+    let mut state = match secret {
+        Some(_) => Handshake::AwaitHello,
+        None => Handshake::Open,
+    };
+    let opened = Instant::now();
+    let handshake_deadline = opened + HANDSHAKE_TIMEOUT;
+    let _ = stream.set_read_timeout(Some(if secret.is_some() {
+        HANDSHAKE_TIMEOUT
+    } else {
+        IDLE_TIMEOUT
+    }));
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
@@ -376,7 +689,8 @@ fn serve_connection(mut stream: TcpStream, events: SyncSender<Event>) {
             }
         });
     // Raft frames may be large (a snapshot); everything else is small, and is refused
-    // FRAME_TOO_LARGE as soon as its header says otherwise.
+    // FRAME_TOO_LARGE as soon as its header says otherwise. Before the handshake every frame
+    // is small: an unauthenticated opener cannot make this thread hold 64 MiB.
     let raft_decoder = FrameDecoder::new(MAX_FRAME_BYTES);
     let request_decoder = FrameDecoder::new(MAX_REQUEST_FRAME_BYTES);
     let mut buf: Vec<u8> = Vec::new();
@@ -385,7 +699,8 @@ fn serve_connection(mut stream: TcpStream, events: SyncSender<Event>) {
         loop {
             let is_raft = buf.len() >= 10
                 && u16::from_le_bytes([buf[8], buf[9]]) == ControllerOpcode::RaftMessage as u16;
-            let decoder = if is_raft || buf.len() < 10 {
+            let open = matches!(state, Handshake::Open);
+            let decoder = if open && (is_raft || buf.len() < 10) {
                 &raft_decoder
             } else {
                 &request_decoder
@@ -405,18 +720,25 @@ fn serve_connection(mut stream: TcpStream, events: SyncSender<Event>) {
                 }
             };
             buf.drain(..used);
+            // Sizes only: a body may be a proof, which is not for the log.
+            tracing::trace!(%peer, opcode = header.opcode, bytes = body.len(), "controller frame");
+            match handshake_step(&mut state, secret, &header, &body, &writer, &peer) {
+                Verdict::Serve => {}
+                Verdict::Answered => {
+                    if matches!(state, Handshake::Open) {
+                        ticket.authenticated();
+                        let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
+                    }
+                    continue;
+                }
+                Verdict::Close => return,
+            }
             let Some(opcode) = ControllerOpcode::from_u16(header.opcode) else {
-                let mut frame = Vec::new();
                 let message = format!(
                     "opcode {} is not a controller request (controllers serve opcodes 80-99)",
                     header.opcode
                 );
-                encode_frame(
-                    &mut frame,
-                    FrameHeader::response(header.opcode, Status::UnknownOpcode, header.request_id),
-                    message.as_bytes(),
-                );
-                let _ = writer.send(frame);
+                reply(&writer, &header, Status::UnknownOpcode, message.as_bytes());
                 continue;
             };
             let event = if opcode == ControllerOpcode::RaftMessage {
@@ -435,6 +757,18 @@ fn serve_connection(mut stream: TcpStream, events: SyncSender<Event>) {
             if events.send(event).is_err() {
                 return;
             }
+        }
+        if !matches!(state, Handshake::Open) {
+            let left = handshake_deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                log_refusal(&format!(
+                    "{peer}: no handshake within {} ms",
+                    HANDSHAKE_TIMEOUT.as_millis()
+                ));
+                return;
+            }
+            // Each read waits only for the time the handshake has left.
+            let _ = stream.set_read_timeout(Some(left));
         }
         match stream.read(&mut chunk) {
             Ok(0) | Err(_) => return,
@@ -482,6 +816,42 @@ pub fn parse_peer(entry: &str) -> Result<(u64, String), String> {
 mod tests {
     use super::*;
 
+    /// Openers that never finish the handshake get a small share of the slots, and one host a
+    /// share of that; an authenticated connection gives its handshake slot back.
+    #[test]
+    fn unauthenticated_connections_have_caps_of_their_own() {
+        let admission = Arc::new(Mutex::new(Admission::default()));
+        let flooder: IpAddr = "10.0.0.9".parse().unwrap();
+        let mut held: Vec<Ticket> = (0..MAX_UNAUTHENTICATED_PER_IP)
+            .map(|_| Ticket::take(&admission, flooder, true).unwrap())
+            .collect();
+        assert!(Ticket::take(&admission, flooder, true).is_err());
+        // Another host still gets in, and so does a connection needing no handshake.
+        assert!(Ticket::take(&admission, "10.0.0.1".parse().unwrap(), true).is_ok());
+        held.push(Ticket::take(&admission, flooder, false).unwrap());
+        held[0].authenticated();
+        held.push(Ticket::take(&admission, flooder, true).unwrap());
+        for host in 0..MAX_UNAUTHENTICATED_CONNECTIONS {
+            let ip = IpAddr::from([10, 1, (host / 200) as u8, (host % 200) as u8]);
+            if let Ok(ticket) = Ticket::take(&admission, ip, true) {
+                held.push(ticket);
+            }
+        }
+        let counts = admission.lock().unwrap().unauthenticated;
+        assert_eq!(counts, MAX_UNAUTHENTICATED_CONNECTIONS);
+        drop(held);
+        let counts = admission.lock().unwrap();
+        assert_eq!((counts.open, counts.unauthenticated), (0, 0));
+        assert!(counts.per_ip.is_empty());
+    }
+
+    #[test]
+    fn a_peer_s_refusal_text_is_escaped_and_capped() {
+        assert_eq!(quoted("busy\nfake line"), "\"busy\\nfake line\"");
+        let long = "x".repeat(10_000);
+        assert!(quoted(&long).len() < QUOTED_CHARS + 10);
+    }
+
     /// Only a Raft frame may be large: a request's header claiming more than
     /// MAX_REQUEST_FRAME_BYTES is refused at once; a Raft one of that size is waited for.
     #[test]
@@ -489,11 +859,14 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (events, _inbox) = mpsc::sync_channel(4);
+        let admission = Arc::new(Mutex::new(Admission::default()));
         thread::spawn(move || {
             for stream in listener.incoming().take(2) {
                 let events = events.clone();
                 let stream = stream.unwrap();
-                thread::spawn(move || serve_connection(stream, events));
+                let ticket = Ticket::take(&admission, stream.peer_addr().unwrap().ip(), false);
+                let ticket = ticket.unwrap();
+                thread::spawn(move || serve_connection(stream, events, None, ticket));
             }
         });
         let header = |opcode: ControllerOpcode| {

@@ -119,6 +119,77 @@ impl Secret {
     }
 }
 
+/// Bytes of a handshake nonce (the controller port's; the replication link has its own of the
+/// same size).
+pub const NONCE_BYTES: usize = 32;
+
+/// A fresh nonce from the kernel's CSPRNG (getrandom(2)). An error (a kernel or seccomp policy
+/// without it) fails the one handshake that needed the nonce, never the process.
+pub fn fresh_nonce() -> std::io::Result<[u8; NONCE_BYTES]> {
+    let mut nonce = [0u8; NONCE_BYTES];
+    getrandom::getrandom(&mut nonce).map_err(std::io::Error::other)?;
+    Ok(nonce)
+}
+
+/// Label of a controller's proof on its port (`ControllerChallenge`).
+const CONTROLLER_SERVER_LABEL: &str = "ringmq controller v1 server proof";
+/// Label of the opener's proof on a controller's port (`ControllerProof`): Raft peers,
+/// brokers and operators alike.
+const CONTROLLER_CLIENT_LABEL: &str = "ringmq controller v1 client proof";
+
+/// The controller's proof over the opener's nonce and its own. Both nonces are in both proofs
+/// (a proof recorded on one connection fails on the next) and the labels differ by direction
+/// (the controller's proof sent back as the opener's fails).
+pub fn controller_server_proof(
+    secret: &Secret,
+    client_nonce: &[u8],
+    server_nonce: &[u8],
+) -> [u8; TAG_BYTES] {
+    secret.tag(CONTROLLER_SERVER_LABEL, &[client_nonce, server_nonce])
+}
+
+/// The opener's proof over the same nonces, under the other label.
+pub fn controller_client_proof(
+    secret: &Secret,
+    client_nonce: &[u8],
+    server_nonce: &[u8],
+) -> [u8; TAG_BYTES] {
+    secret.tag(CONTROLLER_CLIENT_LABEL, &[client_nonce, server_nonce])
+}
+
+/// Whether `proof` is the controller's proof of these nonces (constant time); nonces of
+/// another length than [`NONCE_BYTES`] fail.
+pub fn verify_controller_server(
+    secret: &Secret,
+    client_nonce: &[u8],
+    server_nonce: &[u8],
+    proof: &[u8],
+) -> bool {
+    client_nonce.len() == NONCE_BYTES
+        && server_nonce.len() == NONCE_BYTES
+        && secret.verify(
+            CONTROLLER_SERVER_LABEL,
+            &[client_nonce, server_nonce],
+            proof,
+        )
+}
+
+/// Whether `proof` is the opener's proof of these nonces (constant time).
+pub fn verify_controller_client(
+    secret: &Secret,
+    client_nonce: &[u8],
+    server_nonce: &[u8],
+    proof: &[u8],
+) -> bool {
+    client_nonce.len() == NONCE_BYTES
+        && server_nonce.len() == NONCE_BYTES
+        && secret.verify(
+            CONTROLLER_CLIENT_LABEL,
+            &[client_nonce, server_nonce],
+            proof,
+        )
+}
+
 /// Label of a registration's signature (the opcode's name and the signature's version).
 const REGISTER_LABEL: &str = "ringmq namesrv BrokerRegister v1";
 /// Label of an unregistration's signature.
@@ -296,6 +367,31 @@ mod tests {
         );
         assert!(!s.verify("role a", &[b"ab", b"c"], &tag[..31]), "truncated");
         assert!(!s.verify("role a", &[b"ab", b"c"], &[]), "empty");
+    }
+
+    #[test]
+    fn controller_proofs_bind_both_nonces_and_their_direction() {
+        let s = secret(3);
+        let (c, n) = (fresh_nonce().unwrap(), fresh_nonce().unwrap());
+        assert_ne!(c, n);
+        let server = controller_server_proof(&s, &c, &n);
+        let client = controller_client_proof(&s, &c, &n);
+        assert!(verify_controller_server(&s, &c, &n, &server));
+        assert!(verify_controller_client(&s, &c, &n, &client));
+        assert!(!verify_controller_client(&s, &c, &n, &server), "reflected");
+        assert!(
+            !verify_controller_client(&secret(4), &c, &n, &client),
+            "other secret"
+        );
+        let replayed_on = fresh_nonce().unwrap();
+        assert!(
+            !verify_controller_client(&s, &c, &replayed_on, &client),
+            "replayed"
+        );
+        assert!(
+            !verify_controller_client(&s, &c[..31], &n, &client),
+            "short nonce"
+        );
     }
 
     fn register() -> BrokerRegister {

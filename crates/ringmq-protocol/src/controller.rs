@@ -11,12 +11,14 @@
 //! property tests and the fuzz targets).
 
 use super::codec::{
-    list, Bytes32, Codec, DecodeError, EncodeError, Fields, Name, Reader, Str16, Struct, Writer,
-    U32, U64, U8,
+    list, Bytes16, Bytes32, Codec, DecodeError, EncodeError, Fields, Name, Reader, Str16, Struct,
+    Writer, U32, U64, U8,
 };
 use super::codes::wire_enum;
 use super::message::wire_body;
 use super::requests::Response;
+use crate::auth::Secret;
+use crate::Status;
 
 /// Expands `$callback! { (args) rows }` with the controller's request table; a row is
 /// `Opcode = value => "Name": RequestType => ResponseType, "what the response is" {};`, the
@@ -40,6 +42,10 @@ macro_rules! for_each_controller_request {
             AddPeer = 86 => "AddPeer": $crate::controller::AddPeer => (), "add-peer response" {};
             RemovePeer = 87 => "RemovePeer": $crate::controller::RemovePeer
                 => (), "remove-peer response" {};
+            ControllerHello = 88 => "ControllerHello": $crate::controller::ControllerHello
+                => $crate::controller::ControllerChallenge, "controller challenge" {};
+            ControllerProof = 89 => "ControllerProof": $crate::controller::ControllerProof
+                => (), "controller proof response" {};
         }
     };
 }
@@ -257,6 +263,37 @@ wire_body! {
     }
 }
 
+wire_body! {
+    /// ControllerHello (opcode 88): the first frame of a connection to a controller that has a
+    /// secret (`--secret-file`): the opener's fresh nonce. Answered with a
+    /// [`ControllerChallenge`]; see [`crate::auth::controller_server_proof`].
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct ControllerHello {
+        /// [`crate::auth::NONCE_BYTES`] random bytes, new for every connection.
+        pub nonce: Vec<u8> => Bytes16,
+    }
+}
+
+wire_body! {
+    /// ControllerChallenge: the controller's fresh nonce and its proof that it holds the
+    /// secret, over both nonces.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct ControllerChallenge {
+        pub nonce: Vec<u8> => Bytes16,
+        pub proof: Vec<u8> => Bytes16,
+    }
+}
+
+wire_body! {
+    /// ControllerProof (opcode 89): the opener's proof over both nonces, under the other
+    /// label. Answered `OK` (the connection is authenticated from then on) or
+    /// `NOT_AUTHENTICATED` (and the connection is closed).
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct ControllerProof {
+        pub proof: Vec<u8> => Bytes16,
+    }
+}
+
 /// A `NOT_LEADER` message: `detail`, then ` [leader=HOST:PORT id=N]` when the controller
 /// knows the leader, so a client follows it in one round trip.
 pub fn not_leader_message(detail: &str, leader: Option<(u64, &str)>) -> String {
@@ -277,6 +314,130 @@ pub fn not_leader_hint(message: &str) -> Option<(u64, String)> {
         return None;
     }
     Some((id.parse().ok()?, addr.to_string()))
+}
+
+/// Why a connection to a controller did not authenticate.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The controller answered the hello or the proof with an error status (`NOT_AUTHENTICATED`:
+    /// another secret; `BAD_REQUEST`: it runs without one).
+    #[error("{status}: {message}")]
+    Refused { status: Status, message: String },
+    /// The controller's answer was not a valid challenge, or its proof does not match.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+/// Largest answer read during the handshake: a challenge is under 80 bytes, an error a
+/// sentence.
+const HANDSHAKE_FRAME_BYTES: usize = 4096;
+
+/// The opener's side of the controller port's handshake (`ControllerHello`, then
+/// `ControllerProof`), on a connection nothing else has used yet; request ids `first_request_id`
+/// and the next. It returns once the controller has proved it holds `secret` and accepted
+/// this side's proof. One copy for every opener (Raft peers in `ringmq-controller`, brokers and
+/// operators in `ringmq-client`), generic over the stream so that it needs no socket.
+pub fn authenticate<S: std::io::Read + std::io::Write>(
+    stream: &mut S,
+    secret: &Secret,
+    first_request_id: u64,
+) -> Result<(), HandshakeError> {
+    let client_nonce = crate::auth::fresh_nonce()?;
+    let (status, answer) = handshake_step(
+        stream,
+        ControllerOpcode::ControllerHello,
+        first_request_id,
+        &ControllerHello {
+            nonce: client_nonce.to_vec(),
+        },
+    )?;
+    if status != Status::Ok {
+        return Err(refused(status, &answer));
+    }
+    let challenge = <ControllerChallenge as Response>::from_answer(Status::Ok, &answer)
+        .map_err(|e| HandshakeError::Protocol(format!("undecodable challenge: {e}")))?;
+    if !crate::auth::verify_controller_server(
+        secret,
+        &client_nonce,
+        &challenge.nonce,
+        &challenge.proof,
+    ) {
+        return Err(HandshakeError::Protocol(
+            "the controller's proof does not match: its --secret-file differs from this side's secret".into(),
+        ));
+    }
+    let proof = crate::auth::controller_client_proof(secret, &client_nonce, &challenge.nonce);
+    let (status, answer) = handshake_step(
+        stream,
+        ControllerOpcode::ControllerProof,
+        first_request_id + 1,
+        &ControllerProof {
+            proof: proof.to_vec(),
+        },
+    )?;
+    if status != Status::Ok {
+        return Err(refused(status, &answer));
+    }
+    Ok(())
+}
+
+fn refused(status: Status, answer: &[u8]) -> HandshakeError {
+    HandshakeError::Refused {
+        status,
+        message: String::from_utf8_lossy(answer).into_owned(),
+    }
+}
+
+/// Sends one handshake request and reads its answer: (status, body).
+fn handshake_step<S: std::io::Read + std::io::Write, B: for<'a> Fields<'a>>(
+    stream: &mut S,
+    opcode: ControllerOpcode,
+    request_id: u64,
+    body: &B,
+) -> Result<(Status, Vec<u8>), HandshakeError> {
+    let mut encoded = Vec::new();
+    body.write_fields(&mut Writer::new(&mut encoded));
+    let mut frame = Vec::new();
+    crate::frame::encode_frame(
+        &mut frame,
+        crate::frame::FrameHeader {
+            flags: 0,
+            opcode: opcode as u16,
+            status: 0,
+            request_id,
+        },
+        &encoded,
+    );
+    stream.write_all(&frame)?;
+    let decoder = crate::frame::FrameDecoder::new(HANDSHAKE_FRAME_BYTES);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        match decoder.decode(&buf) {
+            Ok(Some(frame)) => {
+                if !frame.header.is_response() || frame.header.request_id != request_id {
+                    return Err(HandshakeError::Protocol(format!(
+                        "answer to request {} where {request_id} ({}) was asked",
+                        frame.header.request_id,
+                        opcode.name()
+                    )));
+                }
+                let status = Status::from_u16(frame.header.status).ok_or_else(|| {
+                    HandshakeError::Protocol(format!("unknown status {}", frame.header.status))
+                })?;
+                return Ok((status, frame.body.to_vec()));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(HandshakeError::Protocol(format!("bad frame: {e}"))),
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(HandshakeError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// Decodes a controller request body by its type (the fuzz targets and tests use it).

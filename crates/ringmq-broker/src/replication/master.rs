@@ -23,13 +23,14 @@ use super::protocol::{
 };
 use super::replicas::Replicas;
 use super::splice::SpliceSender;
+use super::tls::LinkStream;
 use crate::config::HaSecurity;
 use crate::metrics::Counter;
 use crate::shard::mesh::ShardRequest;
 use crate::shard::Shard;
 use crate::store::io::Disk;
 use futures_lite::future;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::spawn_local;
 use glommio::timer::sleep;
@@ -100,9 +101,9 @@ pub async fn accept_loop<D: Disk>(shard: Rc<Shard<D>>, fd: RawFd) {
 
 /// Reads a slave's hello. A hello of another protocol version is answered with a refusal that
 /// names both versions (the slave logs it) before the error returns.
-async fn read_hello<D: Disk>(
+async fn read_hello<D: Disk, S: AsyncRead + AsyncWrite + Unpin>(
     shard: &Shard<D>,
-    stream: &mut TcpStream,
+    stream: &mut S,
 ) -> Result<Hello, ReplicationError> {
     let timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
     let mut len = [0u8; 4];
@@ -164,6 +165,9 @@ pub async fn with_timeout<T>(
 }
 
 async fn handshake<D: Disk>(shard: Rc<Shard<D>>, mut stream: TcpStream) {
+    if shard.config().ha_security == HaSecurity::Tls {
+        return tls_handshake(shard, stream).await;
+    }
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -252,9 +256,9 @@ pub async fn adopt<D: Disk>(
 /// [`super::auth`]), the whole exchange bounded by `ha_link_timeout_ms`. `Ok` lets the
 /// handshake go on to the welcome; an `Auth` error is a refusal to send to the slave, any
 /// other error a link that failed meanwhile.
-async fn authenticate<D: Disk>(
+async fn authenticate<D: Disk, S: AsyncRead + AsyncWrite + Unpin>(
     shard: &Shard<D>,
-    stream: &mut TcpStream,
+    stream: &mut S,
     hello: &Hello,
     deadline: Instant,
 ) -> Result<Option<Secret>, ReplicationError> {
@@ -268,8 +272,16 @@ async fn authenticate<D: Disk>(
                 "this master requires ha_security = \"auth\" but holds no ha_secret".to_string(),
             ))
         }
-        // "off": the welcome follows at once (a slave that requires authentication refuses
-        // it). "tls" never gets here: validation refuses it.
+        // "tls": the TLS handshake authenticated the slave; a hello that says otherwise is
+        // not one of this master's slaves.
+        (HaSecurity::Tls, _) if hello.security != LinkSecurity::Tls => {
+            return Err(ReplicationError::Auth(
+                "this master requires ha_security = \"tls\" and the slave's hello says otherwise"
+                    .to_string(),
+            ))
+        }
+        // "off" (and "tls"): the welcome follows at once (a slave that requires
+        // authentication refuses it).
         _ => return Ok(None),
     };
     if hello.security != LinkSecurity::Auth {
@@ -438,9 +450,9 @@ fn welcome<D: Disk>(shard: &Shard<D>, hello: &Hello) -> Result<(Welcome, u64), S
     Ok((welcome, start))
 }
 
-async fn serve_slave<D: Disk>(
+async fn serve_slave<D: Disk, S: LinkStream>(
     shard: Rc<Shard<D>>,
-    mut stream: TcpStream,
+    mut stream: S,
     hello: Hello,
     peer: String,
     deadline: Instant,
@@ -509,28 +521,28 @@ async fn serve_slave<D: Disk>(
     let Some(replicas) = shard.replicas() else {
         return;
     };
-    let _ = stream.set_nodelay(true);
+    let fd = stream.socket_fd();
+    let _ = socket2::SockRef::from(&BorrowedSocket(fd)).set_nodelay(true);
     let link = replicas.register(peer.clone(), start);
     info!(shard = shard.id(), %peer, start_offset = start, "slave connected");
-    // SAFETY: a second descriptor for the same socket, owned by the report reader.
-    let read_fd = unsafe { libc::dup(stream.as_raw_fd()) };
-    if read_fd >= 0 {
-        let reader = unsafe { TcpStream::from_raw_fd(read_fd) };
+    if let Ok((reader, mut stream)) = stream.split_link() {
         let closed = Rc::new(Cell::new(false));
         let reports = spawn_local(read_reports(
             shard.clone(),
             replicas.clone(),
             reader,
+            fd,
             link,
             session,
             closed.clone(),
         ));
-        let result = ship(&shard, &replicas, &mut stream, start, &closed).await;
+        let splice_fd = S::ZERO_COPY.then_some(fd);
+        let result = ship(&shard, &replicas, &mut stream, splice_fd, start, &closed).await;
         if let Err(e) = result {
             info!(shard = shard.id(), %peer, "slave link closed: {e}");
         }
         closed.set(true);
-        shutdown_socket(stream.as_raw_fd());
+        shutdown_socket(fd);
         drop(stream);
         reports.await;
     }
@@ -538,10 +550,11 @@ async fn serve_slave<D: Disk>(
     info!(shard = shard.id(), %peer, "slave disconnected");
 }
 
-async fn read_reports<D: Disk>(
+async fn read_reports<D: Disk, R: AsyncRead + Unpin>(
     shard: Rc<Shard<D>>,
     replicas: Rc<Replicas>,
-    mut reader: TcpStream,
+    mut reader: R,
+    fd: RawFd,
     link: u64,
     session: Option<Secret>,
     closed: Rc<Cell<bool>>,
@@ -609,8 +622,17 @@ async fn read_reports<D: Disk>(
     closed.set(true);
     // The shipper may be blocked sending to a peer that stopped reading: shutting the socket
     // down makes that send fail now rather than when TCP gives up.
-    shutdown_socket(reader.as_raw_fd());
+    shutdown_socket(fd);
     shard.role_state().wake_links();
+}
+
+/// A descriptor borrowed for a socket option call (the link's stream owns it).
+struct BorrowedSocket(RawFd);
+
+impl AsRawFd for BorrowedSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
 }
 
 /// Ends both directions of a link's socket, so every task blocked on it returns.
@@ -621,7 +643,9 @@ pub fn shutdown_socket(fd: RawFd) {
 
 /// Per link: the splice ring and the segment file it reads from.
 struct Shipper {
-    splice: SpliceSender,
+    /// The pipe splice moves segment bytes through; none under TLS, where nothing is spliced
+    /// (a pipe is two descriptors and 1 MiB of kernel buffer a TLS link would never use).
+    splice: Option<SpliceSender>,
     /// A plain buffered read-only descriptor of the segment being shipped: splice reads the
     /// page cache, which sees what the O_DIRECT writes put on disk.
     segment: Option<(u64, std::fs::File)>,
@@ -643,18 +667,25 @@ impl Shipper {
 }
 
 /// Streams the log from `start` until the link closes, and the metadata frames between.
-async fn ship<D: Disk>(
+async fn ship<D: Disk, W: AsyncWrite + Unpin>(
     shard: &Rc<Shard<D>>,
     replicas: &Rc<Replicas>,
-    stream: &mut TcpStream,
+    stream: &mut W,
+    splice_fd: Option<RawFd>,
     start: u64,
     closed: &Cell<bool>,
 ) -> Result<(), ReplicationError> {
     let heartbeat = Duration::from_millis(shard.config().ha_heartbeat_interval_ms);
     let metadata_every = Duration::from_millis(shard.config().metadata_sync_interval_ms);
+    let link_timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
+    let splice = match splice_fd {
+        Some(_) => Some(
+            SpliceSender::new().map_err(|e| ReplicationError::io("creating the splice ring", e))?,
+        ),
+        None => None,
+    };
     let mut shipper = Shipper {
-        splice: SpliceSender::new()
-            .map_err(|e| ReplicationError::io("creating the splice ring", e))?,
+        splice,
         segment: None,
     };
     let clock = shard.clock();
@@ -679,7 +710,7 @@ async fn ship<D: Disk>(
         let max = shard.store().max_offset();
         if sent < max {
             confirmed_sent = shard.confirmed_offset();
-            let shipped = ship_chunk(shard, &mut shipper, stream, sent, max).await?;
+            let shipped = ship_chunk(shard, &mut shipper, stream, splice_fd, sent, max).await?;
             // A frame of no bytes would loop here forever without moving the link.
             debug_assert!(shipped > 0, "an empty data frame at {sent} (log end {max})");
             sent += shipped;
@@ -706,6 +737,10 @@ async fn ship<D: Disk>(
         if let Some(turn) = metadata.wait(version, clock.now()) {
             wait = wait.min(turn);
         }
+        // rustls takes plaintext and keeps its records while the socket is full (its write
+        // returns Ok all the same): before going idle they must leave, or the last frames wait
+        // for the next heartbeat, and so do the SYNC_MASTER producers they would release.
+        with_timeout(link_timeout, "flushing the link", stream.flush()).await?;
         shard.wait_replication_news(wait).await;
     }
     Ok(())
@@ -759,9 +794,9 @@ impl MetadataPacing {
 /// Sends this shard's metadata as of `version`: the topic table from shard 0 (every shard
 /// holds the same table, one copy is enough), and the group offsets of this shard's queues.
 /// A snapshot over [`MAX_METADATA_BYTES`] is counted and logged, not sent.
-async fn send_metadata<D: Disk>(
+async fn send_metadata<D: Disk, W: AsyncWrite + Unpin>(
     shard: &Shard<D>,
-    stream: &mut TcpStream,
+    stream: &mut W,
     version: u64,
 ) -> Result<(), ReplicationError> {
     let frame = MetadataFrame {
@@ -792,10 +827,11 @@ async fn send_metadata<D: Disk>(
 /// Sends one frame of the log starting at `from`, never past its segment, and never across the
 /// flushed offset: bytes on disk go by splice (file → pipe → socket, no user-space copy), the
 /// unflushed tail straight from the write buffer. Returns the bytes of log it carried.
-async fn ship_chunk<D: Disk>(
+async fn ship_chunk<D: Disk, W: AsyncWrite + Unpin>(
     shard: &Rc<Shard<D>>,
     shipper: &mut Shipper,
-    stream: &mut TcpStream,
+    stream: &mut W,
+    splice_fd: Option<RawFd>,
     from: u64,
     max: u64,
 ) -> Result<u64, ReplicationError> {
@@ -830,10 +866,17 @@ async fn ship_chunk<D: Disk>(
         .write_all(&header)
         .await
         .map_err(|e| ReplicationError::io("sending a data frame", e))?;
+    let (Some(socket), Some(splice)) = (splice_fd, shipper.splice.as_mut()) else {
+        // Under TLS: every byte goes through rustls, read from the log into memory first.
+        copy_range(shard, stream, from, len).await?;
+        shard
+            .probe()
+            .add(Counter::ReplicationShippedBytes, len as u64);
+        return Ok(len as u64);
+    };
     if let Some((fd, path, base)) = on_disk {
-        shipper
-            .splice
-            .send_file_range(fd, from - base, len, stream.as_raw_fd())
+        splice
+            .send_file_range(fd, from - base, len, socket)
             .await
             .map_err(|e| {
                 ReplicationError::io(format!("splicing {} at {}", path.display(), from - base), e)
@@ -842,7 +885,7 @@ async fn ship_chunk<D: Disk>(
             .probe()
             .add(Counter::ReplicationSplicedBytes, len as u64);
     } else {
-        send_tail(shard, stream, from, len).await?;
+        send_tail(shard, stream, socket, from, len).await?;
     }
     shard
         .probe()
@@ -854,14 +897,14 @@ async fn ship_chunk<D: Disk>(
 /// while the buffer is borrowed: the kernel copies them into the socket, this process copies
 /// nothing. If the socket is full, the rest is copied out and written asynchronously (counted
 /// in `replication_copied_bytes_total`).
-async fn send_tail<D: Disk>(
+async fn send_tail<D: Disk, W: AsyncWrite + Unpin>(
     shard: &Shard<D>,
-    stream: &mut TcpStream,
+    stream: &mut W,
+    fd: RawFd,
     from: u64,
     len: usize,
 ) -> Result<(), ReplicationError> {
     let log = shard.store().commitlog();
-    let fd = stream.as_raw_fd();
     let mut done = 0usize;
     while done < len {
         let sent = log.with_buffered(from + done as u64, len - done, |bytes| {
@@ -888,19 +931,166 @@ async fn send_tail<D: Disk>(
         }
     }
     if done < len {
-        let rest = log
-            .read(from + done as u64, len - done)
-            .await
-            .map_err(|e| ReplicationError::Store(e.to_string()))?;
-        shard
-            .probe()
-            .add(Counter::ReplicationCopiedBytes, rest.len() as u64);
-        stream
-            .write_all(&rest)
-            .await
-            .map_err(|e| ReplicationError::io("sending the log tail", e))?;
+        copy_range(shard, stream, from + done as u64, len - done).await?;
     }
     Ok(())
+}
+
+/// The copy path (`ha_security = "tls"`, and a log tail the socket had no room for): `len`
+/// bytes of the log from `from`, read into memory (the write buffer or the segment) and
+/// written through the stream (counted in `replication_copied_bytes_total`).
+async fn copy_range<D: Disk, W: AsyncWrite + Unpin>(
+    shard: &Shard<D>,
+    stream: &mut W,
+    from: u64,
+    len: usize,
+) -> Result<(), ReplicationError> {
+    let bytes = shard
+        .store()
+        .commitlog()
+        .read(from, len)
+        .await
+        .map_err(|e| ReplicationError::Store(e.to_string()))?;
+    // The data frame's header already promised `len` bytes: fewer would make the slave read
+    // the next frame's header as log bytes.
+    if bytes.len() != len {
+        return Err(ReplicationError::Store(format!(
+            "reading {len} bytes of the log at {from} for a slave gave {}",
+            bytes.len()
+        )));
+    }
+    shard
+        .probe()
+        .add(Counter::ReplicationCopiedBytes, bytes.len() as u64);
+    stream
+        .write_all(&bytes)
+        .await
+        .map_err(|e| ReplicationError::io("sending log bytes", e))
+}
+
+/// With `ha_security = "tls"`: reads the slave's preface and hands the socket, before TLS, to
+/// the shard it names (see [`super::tls`]).
+async fn tls_handshake<D: Disk>(shard: Rc<Shard<D>>, mut stream: TcpStream) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
+    let deadline = Instant::now() + timeout;
+    let Some(slot) = PreAuthSlot::take() else {
+        shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
+        auth::log_refusal(
+            shard.id(),
+            &peer,
+            RefusalKind::Hello,
+            &format!("{MAX_PRE_AUTH_HANDSHAKES} handshakes are already pending on this shard"),
+        );
+        return;
+    };
+    let mut preface = [0u8; super::tls::PREFACE_BYTES];
+    let reading = with_timeout(
+        timeout,
+        "reading the TLS preface",
+        stream.read_exact(&mut preface),
+    );
+    let target = match reading
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|()| super::tls::decode_preface(&preface))
+    {
+        Ok(target) => target as usize,
+        Err(reason) => {
+            shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
+            auth::log_refusal(shard.id(), &peer, RefusalKind::Hello, &reason);
+            return;
+        }
+    };
+    if target == shard.id() || target >= shard.shard_count() {
+        serve_tls_slave(shard, stream, peer, deadline, slot).await;
+        return;
+    }
+    drop(slot);
+    // SAFETY: dup gives the target shard its own descriptor for the same socket.
+    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    if fd < 0 {
+        warn!(shard = shard.id(), "dup of a replication socket failed");
+        return;
+    }
+    drop(stream);
+    let request = ShardRequest::AdoptTlsReplicaLink { fd, peer, deadline };
+    if let Err(gone) = shard.mesh().send(target, request).await {
+        warn!(
+            shard = shard.id(),
+            "handing a replication link to shard {} failed", gone.0
+        );
+    }
+}
+
+/// Runs on the target shard for a TLS link accepted by another shard (its preface read).
+pub async fn adopt_tls<D: Disk>(shard: Rc<Shard<D>>, fd: RawFd, peer: String, deadline: Instant) {
+    // SAFETY: `fd` was duplicated for this shard by the accepting one.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let Some(slot) = PreAuthSlot::take() else {
+        shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
+        auth::log_refusal(
+            shard.id(),
+            &peer,
+            RefusalKind::Hello,
+            &format!("{MAX_PRE_AUTH_HANDSHAKES} handshakes are already pending on this shard"),
+        );
+        return;
+    };
+    serve_tls_slave(shard, stream, peer, deadline, slot).await;
+}
+
+/// The TLS handshake (the slave's certificate must chain to `ha_tls_ca_file`), then the hello
+/// inside TLS and the link as [`serve_slave`] runs it.
+async fn serve_tls_slave<D: Disk>(
+    shard: Rc<Shard<D>>,
+    stream: TcpStream,
+    peer: String,
+    deadline: Instant,
+    slot: PreAuthSlot,
+) {
+    let refuse = |kind: RefusalKind, reason: &str| {
+        shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
+        auth::log_refusal(shard.id(), &peer, kind, reason);
+    };
+    let Some(tls) = super::tls::get() else {
+        return refuse(
+            RefusalKind::Auth,
+            "ha_security = \"tls\" but no TLS configuration is loaded",
+        );
+    };
+    let accepting = futures_rustls::TlsAcceptor::from(tls.server.clone()).accept(stream);
+    let accepted = future::or(
+        async { accepting.await.map_err(|e| e.to_string()) },
+        async {
+            sleep(remaining(deadline)).await;
+            Err("no TLS handshake before ha_link_timeout_ms".to_string())
+        },
+    );
+    let mut stream = match accepted.await {
+        Ok(stream) => stream,
+        Err(reason) => {
+            return refuse(
+                RefusalKind::Auth,
+                &format!(
+                "TLS handshake failed (a slave needs a certificate from ha_tls_ca_file): {reason}"
+            ),
+            )
+        }
+    };
+    let read = future::or(read_hello(&shard, &mut stream), async {
+        sleep(remaining(deadline)).await;
+        Err(ReplicationError::Silent {
+            ms: remaining(deadline).as_millis(),
+        })
+    });
+    match read.await {
+        Ok(hello) => serve_slave(shard, stream, hello, peer, deadline, slot).await,
+        Err(e) => refuse(RefusalKind::Hello, &format!("handshake failed: {e}")),
+    }
 }
 
 #[cfg(test)]

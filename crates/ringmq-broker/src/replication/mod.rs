@@ -10,7 +10,7 @@
 //! Topics and group offsets travel on the same link, in metadata frames the master sends after
 //! the handshake and whenever they change; the slave applies them as a master would. Failures
 //! are [`ReplicationError`]s. With `ha_security = "auth"` both ends prove they hold the shared
-//! secret before any of that ([`auth`]).
+//! secret before any of that ([`auth`]); with `"tls"` the link runs inside mutual TLS ([`tls`]).
 
 pub mod auth;
 pub mod error;
@@ -20,5 +20,6 @@ pub mod protocol;
 pub mod replicas;
 pub mod slave;
 pub mod splice;
+pub mod tls;
 
 pub use error::ReplicationError;

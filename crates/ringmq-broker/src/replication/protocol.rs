@@ -92,6 +92,8 @@ pub enum LinkSecurity {
     Off,
     /// 1: shared-secret challenge-response (`ha_security = "auth"`).
     Auth,
+    /// 2: inside mutual TLS (`ha_security = "tls"`): the TLS handshake authenticated both ends.
+    Tls,
 }
 
 impl LinkSecurity {
@@ -99,6 +101,7 @@ impl LinkSecurity {
         match self {
             LinkSecurity::Off => 0,
             LinkSecurity::Auth => 1,
+            LinkSecurity::Tls => 2,
         }
     }
 
@@ -106,9 +109,10 @@ impl LinkSecurity {
         match value {
             0 => Ok(LinkSecurity::Off),
             1 => Ok(LinkSecurity::Auth),
+            2 => Ok(LinkSecurity::Tls),
             _ => Err(DecodeError::Invalid {
                 field: "security",
-                reason: "must be 0 (off) or 1 (auth)",
+                reason: "must be 0 (off), 1 (auth) or 2 (tls)",
             }),
         }
     }

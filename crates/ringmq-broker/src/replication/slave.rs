@@ -21,6 +21,7 @@ use super::protocol::{
     Welcome, AUTH_REPORT_BYTES, MAX_FRAME_HEADER_BYTES, MAX_HANDSHAKE_BYTES, MAX_METADATA_BYTES,
     NONCE_BYTES, PROOF_BYTES, REPORT_BYTES,
 };
+use super::tls::LinkStream;
 use crate::config::HaSecurity;
 use crate::metrics::Counter;
 use crate::shard::groups::OffsetRow;
@@ -29,13 +30,13 @@ use crate::shard::role::SlaveLink;
 use crate::shard::Shard;
 use crate::store::io::Disk;
 use futures_lite::future;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::spawn_local;
 use ringmq_protocol::auth::Secret;
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -118,6 +119,43 @@ async fn link_once<D: Disk>(
         )));
     }
     let _ = stream.set_nodelay(true);
+    if shard.config().ha_security != HaSecurity::Tls {
+        return follow(shard, link, master, stream, timeout).await;
+    }
+    let Some(tls) = super::tls::get() else {
+        return Err(ReplicationError::Auth(
+            "ha_security = \"tls\" but no TLS configuration is loaded; not following any master"
+                .to_string(),
+        ));
+    };
+    let preface = super::tls::encode_preface(shard.id() as u16);
+    with_timeout(
+        timeout,
+        "sending the TLS preface",
+        stream.write_all(&preface),
+    )
+    .await?;
+    let name = rustls::pki_types::ServerName::IpAddress(master.ip().into());
+    let connecting = futures_rustls::TlsConnector::from(tls.client.clone()).connect(name, stream);
+    let stream = with_timeout(timeout, "the TLS handshake", connecting)
+        .await
+        .map_err(|e| {
+            shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
+            ReplicationError::Auth(format!(
+                "TLS with the master {master} failed (its certificate must chain to ha_tls_ca_file and name its address; it must accept this slave's): {e}"
+            ))
+        })?;
+    follow(shard, link, master, stream, timeout).await
+}
+
+/// The link on a connected stream, plain or TLS: the handshake, the cut, then streaming.
+async fn follow<D: Disk, S: LinkStream>(
+    shard: &Rc<Shard<D>>,
+    link: &Rc<SlaveLink>,
+    master: SocketAddr,
+    mut stream: S,
+    timeout: Duration,
+) -> Result<bool, ReplicationError> {
     // One bound on the whole handshake (authentication included), however slowly the master's
     // bytes trickle in.
     let (welcome, session) = future::or(handshake(shard, &mut stream, timeout), async {
@@ -226,15 +264,10 @@ async fn link_once<D: Disk>(
     link.established();
     shard.role_state().wake_links();
     info!(shard = shard.id(), %master, from_offset = shard.store().max_offset(), "replicating from the master");
-    // SAFETY: a second descriptor for the same socket, owned by the reporter.
-    let write_fd = unsafe { libc::dup(stream.as_raw_fd()) };
-    if write_fd < 0 {
-        return Err(ReplicationError::io(
-            "duplicating the replication socket",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    let writer = unsafe { TcpStream::from_raw_fd(write_fd) };
+    let fd = stream.socket_fd();
+    let (mut stream, writer) = stream
+        .split_link()
+        .map_err(|e| ReplicationError::io("splitting the replication socket", e))?;
     let closed = Rc::new(Cell::new(false));
     let reporter = spawn_local(report(
         shard.clone(),
@@ -245,7 +278,7 @@ async fn link_once<D: Disk>(
     ));
     let result = receive(shard, link, &mut stream, timeout).await;
     closed.set(true);
-    super::master::shutdown_socket(stream.as_raw_fd());
+    super::master::shutdown_socket(fd);
     shard.role_state().wake_links();
     reporter.await;
     result.map(|()| true)
@@ -261,9 +294,9 @@ fn is_self_connection(socket: &impl AsRawFd) -> bool {
     )
 }
 
-async fn handshake<D: Disk>(
+async fn handshake<D: Disk, S: AsyncRead + AsyncWrite + Unpin>(
     shard: &Shard<D>,
-    stream: &mut TcpStream,
+    stream: &mut S,
     timeout: Duration,
 ) -> Result<(Welcome, Option<Secret>), ReplicationError> {
     let identity = shard.role_state().identity();
@@ -296,6 +329,8 @@ async fn handshake<D: Disk>(
         broker_name: shard.config().broker_name.clone(),
         security: if secret.is_some() {
             LinkSecurity::Auth
+        } else if config.ha_security == HaSecurity::Tls {
+            LinkSecurity::Tls
         } else {
             LinkSecurity::Off
         },
@@ -371,8 +406,8 @@ async fn handshake<D: Disk>(
 /// Reads one length-prefixed answer of the master's handshake. Its decoders turn a refusal (a
 /// version mismatch included: the master names both versions) and an acceptance of another
 /// version into errors that say so.
-async fn read_answer(
-    stream: &mut TcpStream,
+async fn read_answer<S: AsyncRead + Unpin>(
+    stream: &mut S,
     timeout: Duration,
 ) -> Result<Vec<u8>, ReplicationError> {
     let mut len = [0u8; 4];
@@ -393,14 +428,15 @@ async fn read_answer(
 
 /// Sends the confirmed offset whenever it moves, and at least every heartbeat interval.
 /// Each offset sent is recorded in the link: the master may answer producers OK for it.
-async fn report<D: Disk>(
+async fn report<D: Disk, W: AsyncWrite + Unpin>(
     shard: Rc<Shard<D>>,
     link: Rc<SlaveLink>,
-    mut writer: TcpStream,
+    mut writer: W,
     session: Option<Secret>,
     closed: Rc<Cell<bool>>,
 ) {
     let heartbeat = Duration::from_millis(shard.config().ha_heartbeat_interval_ms);
+    let link_timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
     let mut last = None;
     let mut number = 0u64;
     let mut bytes = [0u8; AUTH_REPORT_BYTES];
@@ -418,7 +454,16 @@ async fn report<D: Disk>(
                 }
                 None => REPORT_BYTES,
             };
-            if writer.write_all(&bytes[..len]).await.is_err() {
+            // Under TLS, rustls takes the report and may keep its record while the socket is
+            // full: the flush pushes it out, so no report waits for the next one to leave.
+            let sending = async {
+                writer.write_all(&bytes[..len]).await?;
+                writer.flush().await
+            };
+            if with_timeout(link_timeout, "sending a report", sending)
+                .await
+                .is_err()
+            {
                 break;
             }
             link.record_reported(offset);
@@ -434,10 +479,10 @@ async fn report<D: Disk>(
 }
 
 /// Reads frames until the link fails or goes silent.
-async fn receive<D: Disk>(
+async fn receive<D: Disk, R: AsyncRead + Unpin>(
     shard: &Rc<Shard<D>>,
     link: &SlaveLink,
-    stream: &mut TcpStream,
+    stream: &mut R,
     timeout: Duration,
 ) -> Result<(), ReplicationError> {
     let mut pending: Vec<u8> = Vec::new();
@@ -529,8 +574,8 @@ async fn receive<D: Disk>(
 
 /// Reads all of `buf`, failing only when the master sends nothing for `timeout`: a large body
 /// on a slow link takes as long as it takes while bytes keep arriving.
-async fn read_with_progress(
-    stream: &mut TcpStream,
+async fn read_with_progress<R: AsyncRead + Unpin>(
+    stream: &mut R,
     buf: &mut [u8],
     timeout: Duration,
     what: &'static str,
@@ -550,8 +595,8 @@ async fn read_with_progress(
 }
 
 /// Reads and drops `len` bytes (a frame body this slave will not hold), in bounded pieces.
-async fn skip_bytes(
-    stream: &mut TcpStream,
+async fn skip_bytes<R: AsyncRead + Unpin>(
+    stream: &mut R,
     len: usize,
     timeout: Duration,
     what: &'static str,

@@ -51,7 +51,10 @@ struct TlsFiles {
     client_auth: ClientAuth,
 }
 
-fn certificates(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn certificates(
+    key: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let iter = CertificateDer::pem_file_iter(path).map_err(|e| file_error(key, path, e))?;
     let certs = iter
         .collect::<Result<Vec<_>, _>>()
@@ -63,7 +66,7 @@ fn certificates(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'st
 }
 
 /// The provider with what it offers spelled out: TLS 1.3 and 1.2, AEAD suites only.
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     let mut provider = rustls::crypto::ring::default_provider();
     // ring's defaults are AEAD already (no CBC, no RSA key exchange); the filter states the
     // rule so a provider update cannot widen it silently.

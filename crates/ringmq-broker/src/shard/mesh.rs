@@ -68,6 +68,14 @@ pub enum ShardRequest {
         /// When the whole handshake must be done, set at accept.
         deadline: std::time::Instant,
     },
+    /// A TLS replication link for this shard (`ha_security = "tls"`), accepted by another
+    /// shard, its preface read and nothing else: the TLS handshake runs here.
+    AdoptTlsReplicaLink {
+        fd: std::os::fd::RawFd,
+        peer: String,
+        /// When the whole handshake must be done, set at accept.
+        deadline: std::time::Instant,
+    },
     /// Every group offset this shard keeps.
     AllGroupOffsets {
         reply: oneshot::Sender<Vec<crate::shard::groups::OffsetRow>>,

@@ -247,6 +247,9 @@ pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRe
         } => {
             crate::replication::master::adopt(shard, fd, *hello, peer, deadline).await;
         }
+        ShardRequest::AdoptTlsReplicaLink { fd, peer, deadline } => {
+            crate::replication::master::adopt_tls(shard, fd, peer, deadline).await;
+        }
         ShardRequest::AllGroupOffsets { reply } => {
             let _ = reply.send(shard.metadata().groups().all_rows());
         }
