@@ -152,3 +152,9 @@ pub const MAX_TOPICS_PER_GROUP: usize = 16;
 /// read, about 100 bytes each). Past this the cache starts over: only a mesh round trip per
 /// pull is lost until it refills.
 pub const MAX_CACHED_FENCES: usize = 65_536;
+
+/// Audit lines queued for the audit writer thread (`security/audit.rs`). Admin calls are rare
+/// (an operator's commands, a monitor's stats every few seconds): 4096 lines of ~250 bytes
+/// (1 MiB) absorb a burst of minutes while the writer is stalled on a slow disk. Past it a
+/// line is dropped, counted and logged; a shard never waits on the file.
+pub const AUDIT_QUEUE_LINES: usize = 4096;

@@ -74,6 +74,7 @@ mod code {
     pub const NOT_ENOUGH_REPLICAS: i16 = 19;
     pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
     pub const UNSUPPORTED_VERSION: i16 = 35;
+    pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
     pub const INVALID_PARTITIONS: i16 = 37;
     pub const INVALID_REQUEST: i16 = 42;
@@ -281,7 +282,8 @@ fn name(s: &str) -> TopicName {
 /// (`handle_client`: the same checks as a native client, broker-kept topics refused).
 async fn native(shard: &Rc<Shard>, opcode: Opcode, body: Vec<u8>) -> Reply {
     debug_assert_ne!(opcode, Opcode::Produce);
-    handlers::handle_client(shard, FrameHeader::request(opcode, 0), opcode, &body)
+    // The Kafka listener authenticates no one yet: its calls are ANONYMOUS's.
+    handlers::handle_client(shard, FrameHeader::request(opcode, 0), opcode, &body, None, None)
         .await
         // Only a produce at level `none` goes unanswered.
         .unwrap_or_else(|| Reply::error(Status::Internal, "no answer"))
@@ -309,6 +311,7 @@ fn error_code(status: Status) -> i16 {
         Status::TopicExists => code::TOPIC_ALREADY_EXISTS,
         Status::InvalidName => code::INVALID_TOPIC_EXCEPTION,
         Status::DiskFull | Status::StoreError => code::KAFKA_STORAGE_ERROR,
+        Status::NotAuthorized => code::TOPIC_AUTHORIZATION_FAILED,
         _ => code::UNKNOWN_SERVER_ERROR,
     }
 }
@@ -541,6 +544,20 @@ async fn produce_partition(
             Some(format!(
                 "`{topic}` is kept by the broker: clients read it but do not write it"
             )),
+        );
+    }
+    // The same decision as a native produce (`handlers::acl::authorize`), as ANONYMOUS.
+    let need = [crate::security::acl::Need::topic(
+        crate::security::acl::Operation::Produce,
+        topic,
+    )];
+    let caller = handlers::acl::Caller::default();
+    if let Err(refused) = handlers::acl::authorize_needs(shard, caller, &need) {
+        return partition_produced(
+            index,
+            code::TOPIC_AUTHORIZATION_FAILED,
+            -1,
+            Some(refused),
         );
     }
     if shard.topic(topic).is_none() {

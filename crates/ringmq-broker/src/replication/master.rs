@@ -768,6 +768,7 @@ async fn send_metadata<D: Disk>(
         version,
         topics: (shard.id() == 0).then(|| (*shard.topic_table()).clone()),
         group_offsets: shard.metadata().groups().all_rows(),
+        acls: (shard.id() == 0).then(|| (*shard.acls()).clone()),
     }
     .encode();
     let len = frame.len() - METADATA_HEADER_BYTES;

@@ -18,6 +18,7 @@
 //! the welcome (see [`super::auth`]): no data byte goes out and no report is read before both
 //! sides have proved they hold the shared secret.
 
+use crate::security::acl::AclTable;
 use super::error::ReplicationError;
 use crate::constants::MAX_QUEUES_PER_TOPIC;
 use crate::protocol::codec::{DecodeError, Reader, Writer};
@@ -469,6 +470,11 @@ pub struct MetadataFrame {
     /// Master shard 0 only: the topic table, published by slave shard 0 when it differs.
     pub topics: Option<TopicTable>,
     pub group_offsets: Vec<OffsetRow>,
+    /// Master shard 0 only: the ACL rules, taken by slave shard 0 when they differ, so a
+    /// slave authorizes as its master does. Encoded after the offsets as a flag byte and the
+    /// table's JSON (u32 length); a frame that ends after the offsets (a master from before
+    /// ACLs) carries none.
+    pub acls: Option<AclTable>,
 }
 
 /// Shortest encodings, for counts: a topic (empty name, id, queue count) and a row.
@@ -505,6 +511,14 @@ impl MetadataFrame {
                 .str16(&row.topic)
                 .u32(row.queue)
                 .u64(row.offset);
+        }
+        match &self.acls {
+            None => {
+                w.u8(0);
+            }
+            Some(acls) => {
+                w.u8(1).bytes32(&acls.to_json());
+            }
         }
         let len = (out.len() - METADATA_HEADER_BYTES) as u32;
         out[1..METADATA_HEADER_BYTES].copy_from_slice(&len.to_le_bytes());
@@ -597,11 +611,30 @@ impl MetadataFrame {
                 offset: r.u64("offset")?,
             });
         }
+        let acls = match (r.remaining(), r.u8("has_acls")) {
+            (0, _) => None,
+            (_, Ok(0)) => None,
+            (_, Ok(1)) => {
+                let json = r.bytes32("acls")?;
+                Some(AclTable::from_json(json).map_err(|_| DecodeError::Invalid {
+                    field: "acls",
+                    reason: "not a valid ACL table",
+                })?)
+            }
+            (_, Ok(_)) => {
+                return Err(DecodeError::Invalid {
+                    field: "has_acls",
+                    reason: "must be 0 or 1",
+                })
+            }
+            (_, Err(e)) => return Err(e),
+        };
         r.finish()?;
         Ok(MetadataFrame {
             version,
             topics,
             group_offsets,
+            acls,
         })
     }
 }
@@ -870,6 +903,15 @@ mod tests {
                 queue: 2,
                 offset: 41,
             }],
+            acls: Some(AclTable {
+                rules: vec![crate::security::acl::Rule::parse(
+                    "app",
+                    "produce",
+                    "topic-prefix:ord",
+                    "allow",
+                )
+                .unwrap()],
+            }),
         }
     }
 

@@ -623,6 +623,9 @@ pub async fn apply_metadata<D: Disk>(
             );
         }
     }
+    if let Some(acls) = metadata.acls {
+        apply_acls(shard, acls, metadata.version).await?;
+    }
     let table = shard.topic_table();
     let own = shard.id() as u16;
     let keep = |row: &OffsetRow| {
@@ -638,6 +641,42 @@ pub async fn apply_metadata<D: Disk>(
         .apply_from_master(metadata.group_offsets, keep)
         .await
         .map_err(|e| ReplicationError::Metadata(e.to_string()))?;
+    Ok(())
+}
+
+/// Slave shard 0 takes the master's ACL rules when they differ from its own, through the path
+/// a master's change takes (`handlers::acl::publish`: atomic write, then every shard), in a
+/// detached task for the reason the topic table's publish is.
+async fn apply_acls<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    acls: crate::security::acl::AclTable,
+    version: u64,
+) -> Result<(), ReplicationError> {
+    if shard.id() != 0 {
+        return Err(ReplicationError::Metadata(format!(
+            "master shard {} sent ACL rules; only shard 0 does",
+            shard.id()
+        )));
+    }
+    if *shard.acls() == acls {
+        return Ok(());
+    }
+    let rules = acls.rules.len();
+    let publisher = shard.clone();
+    let published = spawn_local(async move {
+        let _gate = publisher.metadata().lock().await;
+        crate::shard::handlers::acl::publish(&publisher, acls).await
+    })
+    .detach()
+    .await
+    .ok_or_else(|| ReplicationError::Metadata("the ACL publish task was lost".into()))?;
+    published.map_err(|e| ReplicationError::Metadata(e.to_string()))?;
+    info!(
+        shard = shard.id(),
+        rules,
+        version,
+        "copied the ACL rules from the master"
+    );
     Ok(())
 }
 
