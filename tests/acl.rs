@@ -118,7 +118,11 @@ fn acl_change(addr: &str, options: &ConnectionOptions, add: bool, rule: [&str; 4
             .encode(b)
         })
     };
-    let opcode = if add { Opcode::AclAdd } else { Opcode::AclRemove };
+    let opcode = if add {
+        Opcode::AclAdd
+    } else {
+        Opcode::AclRemove
+    };
     status_of(addr, options, opcode, &body)
 }
 
@@ -163,12 +167,15 @@ fn anonymous_table_on_the_shared_and_a_shard_port() {
     let dir = temp_store();
     let store = dir.path().join("data");
     bootstrap(&store, "ANONYMOUS", "alter_acls", &["--cluster"], "--allow");
-    bootstrap(&store, "ANONYMOUS", "create", &["--topic-prefix", ""], "--allow");
-    let broker = Broker::start_with_config(
-        dir.path(),
-        "authorization = \"acl\"\n",
-        &["--shards", "2"],
+    bootstrap(
+        &store,
+        "ANONYMOUS",
+        "create",
+        &["--topic-prefix", ""],
+        "--allow",
     );
+    let broker =
+        Broker::start_with_config(dir.path(), "authorization = \"acl\"\n", &["--shards", "2"]);
     let plain = ConnectionOptions::default();
     let ports = [
         broker.addr.clone(),
@@ -182,7 +189,10 @@ fn anonymous_table_on_the_shared_and_a_shard_port() {
             }
             .encode(b)
         });
-        assert_eq!(status_of(&broker.addr, &plain, Opcode::TopicCreate, &body), Status::Ok);
+        assert_eq!(
+            status_of(&broker.addr, &plain, Opcode::TopicCreate, &body),
+            Status::Ok
+        );
     }
     for op in ["produce", "consume", "describe"] {
         for (topic, effects) in [("t-allow", &["allow"][..]), ("t-deny", &["allow", "deny"])] {
@@ -207,7 +217,12 @@ fn anonymous_table_on_the_shared_and_a_shard_port() {
     }
     // A prefix allows every topic it starts; a literal deny inside it wins.
     assert_eq!(
-        acl_change(&broker.addr, &plain, true, ["*", "produce", "topic-prefix:t-", "allow"]),
+        acl_change(
+            &broker.addr,
+            &plain,
+            true,
+            ["*", "produce", "topic-prefix:t-", "allow"]
+        ),
         Status::Ok
     );
     assert_ne!(
@@ -221,19 +236,31 @@ fn anonymous_table_on_the_shared_and_a_shard_port() {
     );
     // The refusal names the operation and the resource.
     let mut connection = Connection::connect(&broker.addr, plain.clone()).unwrap();
-    let refused = connection.call(Opcode::Produce, &produce_body("t-deny")).unwrap();
+    let refused = connection
+        .call(Opcode::Produce, &produce_body("t-deny"))
+        .unwrap();
     let message = String::from_utf8_lossy(&refused.body).into_owned();
     assert!(
         message.contains("produce") && message.contains("t-deny") && message.contains("ANONYMOUS"),
         "{message}"
     );
     // Cluster promote without the cluster permission: refused, audited as refused.
-    let promote = encode(|b| ClusterPromote { role: String::new() }.encode(b));
+    let promote = encode(|b| {
+        ClusterPromote {
+            role: String::new(),
+        }
+        .encode(b)
+    });
     assert_eq!(
         status_of(&ports[1], &plain, Opcode::ClusterPromote, &promote),
         Status::NotAuthorized
     );
-    let line = wait_audit(&broker.store, "ANONYMOUS", "ClusterPromote", "NOT_AUTHORIZED");
+    let line = wait_audit(
+        &broker.store,
+        "ANONYMOUS",
+        "ClusterPromote",
+        "NOT_AUTHORIZED",
+    );
     assert_eq!(line["result"], "refused");
     assert_eq!(line["target"], "cluster");
     assert!(line["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
@@ -243,7 +270,12 @@ fn anonymous_table_on_the_shared_and_a_shard_port() {
     wait_audit(&broker.store, "ANONYMOUS", "AclAdd", "OK");
     // Removing the allow closes it again.
     assert_eq!(
-        acl_change(&broker.addr, &plain, false, ["ANONYMOUS", "consume", "topic:t-allow", "allow"]),
+        acl_change(
+            &broker.addr,
+            &plain,
+            false,
+            ["ANONYMOUS", "consume", "topic:t-allow", "allow"]
+        ),
         Status::Ok
     );
     assert_eq!(
@@ -293,7 +325,10 @@ impl Pki {
     }
 
     fn client(&self, name: &str) -> ConnectionOptions {
-        let (cert, key) = self.issue(name, SanType::URI(format!("spiffe://t/{name}").try_into().unwrap()));
+        let (cert, key) = self.issue(
+            name,
+            SanType::URI(format!("spiffe://t/{name}").try_into().unwrap()),
+        );
         let tls = ClientTls::from_files(&self.pem, Some((&cert, &key)))
             .expect("client TLS")
             .leak();
@@ -329,14 +364,23 @@ fn mtls_principals_superusers_prefixes_and_deny() {
             }
             .encode(b)
         });
-        assert_eq!(status_of(&broker.addr, &app, Opcode::TopicCreate, &body), Status::NotAuthorized);
-        assert_eq!(status_of(&broker.addr, &admin, Opcode::TopicCreate, &body), Status::Ok);
+        assert_eq!(
+            status_of(&broker.addr, &app, Opcode::TopicCreate, &body),
+            Status::NotAuthorized
+        );
+        assert_eq!(
+            status_of(&broker.addr, &admin, Opcode::TopicCreate, &body),
+            Status::Ok
+        );
     }
     for rule in [
         ["spiffe://t/app", "produce", "topic-prefix:orders.", "allow"],
         ["spiffe://t/app", "produce", "topic:orders.secret", "deny"],
     ] {
-        assert_eq!(acl_change(&broker.addr, &app, true, rule), Status::NotAuthorized);
+        assert_eq!(
+            acl_change(&broker.addr, &app, true, rule),
+            Status::NotAuthorized
+        );
         assert_eq!(acl_change(&broker.addr, &admin, true, rule), Status::Ok);
     }
     let shard_port = format!("127.0.0.1:{}", broker.shard_ports[1]);
@@ -349,13 +393,22 @@ fn mtls_principals_superusers_prefixes_and_deny() {
             ("admin", &admin, "billing", true),
         ] {
             let status = status_of(addr, options, Opcode::Produce, &produce_body(topic));
-            assert_eq!(status == Status::Ok, allowed, "{who} produce {topic} on {addr}: {status}");
+            assert_eq!(
+                status == Status::Ok,
+                allowed,
+                "{who} produce {topic} on {addr}: {status}"
+            );
             if !allowed {
                 assert_eq!(status, Status::NotAuthorized);
             }
         }
     }
-    let promote = encode(|b| ClusterPromote { role: String::new() }.encode(b));
+    let promote = encode(|b| {
+        ClusterPromote {
+            role: String::new(),
+        }
+        .encode(b)
+    });
     assert_eq!(
         status_of(&broker.addr, &app, Opcode::ClusterPromote, &promote),
         Status::NotAuthorized
@@ -365,8 +418,18 @@ fn mtls_principals_superusers_prefixes_and_deny() {
         status_of(&broker.addr, &admin, Opcode::ClusterPromote, &promote),
         Status::BadRequest
     );
-    wait_audit(&broker.store, "spiffe://t/app", "ClusterPromote", "NOT_AUTHORIZED");
-    wait_audit(&broker.store, "spiffe://t/admin", "ClusterPromote", "BAD_REQUEST");
+    wait_audit(
+        &broker.store,
+        "spiffe://t/app",
+        "ClusterPromote",
+        "NOT_AUTHORIZED",
+    );
+    wait_audit(
+        &broker.store,
+        "spiffe://t/admin",
+        "ClusterPromote",
+        "BAD_REQUEST",
+    );
     wait_audit(&broker.store, "spiffe://t/admin", "AclAdd", "OK");
     wait_audit(&broker.store, "spiffe://t/app", "AclAdd", "NOT_AUTHORIZED");
 }
@@ -378,10 +441,28 @@ fn a_slave_decides_with_the_replicated_rules() {
     let slave_dir = temp_store();
     let master_store = master_dir.path().join("data");
     for (operation, resource) in [("alter_acls", "--cluster"), ("describe", "--cluster")] {
-        bootstrap(&master_store, "ANONYMOUS", operation, &[resource], "--allow");
-        bootstrap(&slave_dir.path().join("data"), "ANONYMOUS", operation, &[resource], "--allow");
+        bootstrap(
+            &master_store,
+            "ANONYMOUS",
+            operation,
+            &[resource],
+            "--allow",
+        );
+        bootstrap(
+            &slave_dir.path().join("data"),
+            "ANONYMOUS",
+            operation,
+            &[resource],
+            "--allow",
+        );
     }
-    bootstrap(&master_store, "ANONYMOUS", "create", &["--topic-prefix", ""], "--allow");
+    bootstrap(
+        &master_store,
+        "ANONYMOUS",
+        "create",
+        &["--topic-prefix", ""],
+        "--allow",
+    );
     let ha = "ha_heartbeat_interval_ms = 100\nmetadata_sync_interval_ms = 200\nauthorization = \"acl\"\n";
     let (master_ports, slave_ports) = (PortBlock::allocate(), PortBlock::allocate());
     let master = Broker::start_with_config(
@@ -403,7 +484,10 @@ fn a_slave_decides_with_the_replicated_rules() {
             }
             .encode(b)
         });
-        assert_eq!(status_of(&master.addr, &plain, Opcode::TopicCreate, &body), Status::Ok);
+        assert_eq!(
+            status_of(&master.addr, &plain, Opcode::TopicCreate, &body),
+            Status::Ok
+        );
     }
     let rule = ["ANONYMOUS", "consume", "topic:open", "allow"];
     assert_eq!(acl_change(&master.addr, &plain, true, rule), Status::Ok);
@@ -422,8 +506,7 @@ fn a_slave_decides_with_the_replicated_rules() {
         ],
     );
     wait_until(CATCH_UP, "the rule on the slave", || {
-        acl_list(&slave.addr, &plain)
-            .filter(|l| l.rules.iter().any(|r| r.resource == "topic:open"))
+        acl_list(&slave.addr, &plain).filter(|l| l.rules.iter().any(|r| r.resource == "topic:open"))
     });
     wait_until(CATCH_UP, "the topics on the slave", || {
         (status_of(&slave.addr, &plain, Opcode::Pull, &pull_body("open")) != Status::TopicNotFound)
@@ -438,7 +521,12 @@ fn a_slave_decides_with_the_replicated_rules() {
         Status::NotAuthorized
     );
     assert_eq!(
-        acl_change(&slave.addr, &plain, true, ["*", "consume", "topic:closed", "allow"]),
+        acl_change(
+            &slave.addr,
+            &plain,
+            true,
+            ["*", "consume", "topic:closed", "allow"]
+        ),
         Status::NotMaster,
         "a slave copies its master's rules"
     );
@@ -462,29 +550,78 @@ fn authorization_off_warns_once_and_still_audits() {
         1,
         "one warning: {log}"
     );
-    assert!(log.contains("cluster promote/demote") && log.contains("metadata snapshot"), "{log}");
+    assert!(
+        log.contains("cluster promote/demote") && log.contains("metadata snapshot"),
+        "{log}"
+    );
     let out = broker.cli(
-        &["acl", "add", "--principal", "app", "--operation", "produce", "--topic", "t", "--allow"],
+        &[
+            "acl",
+            "add",
+            "--principal",
+            "app",
+            "--operation",
+            "produce",
+            "--topic",
+            "t",
+            "--allow",
+        ],
         b"",
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = broker.cli(&["acl", "list"], b"");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("authorization off") && text.contains("topic:t"), "{text}");
+    assert!(
+        text.contains("authorization off") && text.contains("topic:t"),
+        "{text}"
+    );
     let bad = broker.cli(
-        &["acl", "add", "--principal", "app", "--operation", "promote", "--topic", "t", "--allow"],
+        &[
+            "acl",
+            "add",
+            "--principal",
+            "app",
+            "--operation",
+            "promote",
+            "--topic",
+            "t",
+            "--allow",
+        ],
         b"",
     );
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not an operation on a topic"));
     let store = broker.store.to_str().unwrap().to_string();
     let locked = run_binary(
-        &["acl", "add", "--store", &store, "--principal", "a", "--operation", "stats", "--cluster", "--allow"],
+        &[
+            "acl",
+            "add",
+            "--store",
+            &store,
+            "--principal",
+            "a",
+            "--operation",
+            "stats",
+            "--cluster",
+            "--allow",
+        ],
         b"",
     );
-    assert!(!locked.status.success(), "--store on a running broker is refused");
+    assert!(
+        !locked.status.success(),
+        "--store on a running broker is refused"
+    );
     assert_eq!(
-        status_of(&broker.addr, &ConnectionOptions::default(), Opcode::MetadataSnapshot, &[]),
+        status_of(
+            &broker.addr,
+            &ConnectionOptions::default(),
+            Opcode::MetadataSnapshot,
+            &[]
+        ),
         Status::Ok
     );
     wait_audit(&broker.store, "ANONYMOUS", "MetadataSnapshot", "OK");

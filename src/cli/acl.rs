@@ -133,7 +133,9 @@ pub fn run(args: AclArgs) -> Result<(), String> {
                     })
                     .map_err(fail)?;
             }
-            AclCommand::List => lists.push((name.clone(), client.call(&AclListRequest {}).map_err(fail)?)),
+            AclCommand::List => {
+                lists.push((name.clone(), client.call(&AclListRequest {}).map_err(fail)?))
+            }
         }
     }
     match &args.command {

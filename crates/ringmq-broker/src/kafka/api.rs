@@ -283,10 +283,17 @@ fn name(s: &str) -> TopicName {
 async fn native(shard: &Rc<Shard>, opcode: Opcode, body: Vec<u8>) -> Reply {
     debug_assert_ne!(opcode, Opcode::Produce);
     // The Kafka listener authenticates no one yet: its calls are ANONYMOUS's.
-    handlers::handle_client(shard, FrameHeader::request(opcode, 0), opcode, &body, None, None)
-        .await
-        // Only a produce at level `none` goes unanswered.
-        .unwrap_or_else(|| Reply::error(Status::Internal, "no answer"))
+    handlers::handle_client(
+        shard,
+        FrameHeader::request(opcode, 0),
+        opcode,
+        &body,
+        None,
+        None,
+    )
+    .await
+    // Only a produce at level `none` goes unanswered.
+    .unwrap_or_else(|| Reply::error(Status::Internal, "no answer"))
 }
 
 fn message(reply: &Reply) -> String {
@@ -553,12 +560,7 @@ async fn produce_partition(
     )];
     let caller = handlers::acl::Caller::default();
     if let Err(refused) = handlers::acl::authorize_needs(shard, caller, &need) {
-        return partition_produced(
-            index,
-            code::TOPIC_AUTHORIZATION_FAILED,
-            -1,
-            Some(refused),
-        );
+        return partition_produced(index, code::TOPIC_AUTHORIZATION_FAILED, -1, Some(refused));
     }
     if shard.topic(topic).is_none() {
         let created = node.auto_create_topics

@@ -18,10 +18,10 @@
 //! the welcome (see [`super::auth`]): no data byte goes out and no report is read before both
 //! sides have proved they hold the shared secret.
 
-use crate::security::acl::AclTable;
 use super::error::ReplicationError;
 use crate::constants::MAX_QUEUES_PER_TOPIC;
 use crate::protocol::codec::{DecodeError, Reader, Writer};
+use crate::security::acl::AclTable;
 use crate::shard::groups::OffsetRow;
 use crate::shard::topics::{validate_stored_name, TopicEntry, TopicTable};
 use crate::store::record::{self, END_OF_SEGMENT_MARKER_BYTES, RECORD_HEADER_BYTES};
@@ -949,7 +949,24 @@ mod tests {
         let bytes = no_queues.encode();
         assert!(MetadataFrame::decode(&bytes[METADATA_HEADER_BYTES..]).is_err());
         let bytes = metadata().encode();
-        for cut in 0..bytes.len() - METADATA_HEADER_BYTES {
+        // A frame that ends right after the offsets is one of a master from before ACLs: it
+        // decodes, with no rules (the slave keeps its own). Every other cut is an error.
+        let without_acls = MetadataFrame {
+            acls: None,
+            ..metadata()
+        }
+        .encode();
+        let old_master_len = without_acls.len() - METADATA_HEADER_BYTES - 1;
+        let old_master =
+            &without_acls[METADATA_HEADER_BYTES..METADATA_HEADER_BYTES + old_master_len];
+        assert_eq!(
+            MetadataFrame::decode(old_master),
+            Ok(MetadataFrame {
+                acls: None,
+                ..metadata()
+            })
+        );
+        for cut in (0..bytes.len() - METADATA_HEADER_BYTES).filter(|c| *c != old_master_len) {
             let body = &bytes[METADATA_HEADER_BYTES..METADATA_HEADER_BYTES + cut];
             assert!(MetadataFrame::decode(body).is_err(), "cut at {cut}");
         }

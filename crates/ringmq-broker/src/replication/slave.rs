@@ -673,9 +673,7 @@ async fn apply_acls<D: Disk>(
     published.map_err(|e| ReplicationError::Metadata(e.to_string()))?;
     info!(
         shard = shard.id(),
-        rules,
-        version,
-        "copied the ACL rules from the master"
+        rules, version, "copied the ACL rules from the master"
     );
     Ok(())
 }

@@ -265,8 +265,8 @@ impl FromStr for Resource {
             "group-prefix" => Resource::Group(Pattern::Prefix(name)),
             other => {
                 return Err(format!(
-                    "resource kind `{other}`: one of topic, topic-prefix, group, group-prefix, cluster"
-                ))
+                "resource kind `{other}`: one of topic, topic-prefix, group, group-prefix, cluster"
+            ))
             }
         };
         match &resource {
@@ -511,11 +511,17 @@ pub fn needs(opcode: Opcode, body: &[u8]) -> Result<Vec<Need>, DecodeError> {
         }
         Opcode::GroupCommit => {
             let r = GroupCommit::decode(body)?;
-            vec![Need::group(O::Commit, r.group), Need::topic(O::Consume, r.topic)]
+            vec![
+                Need::group(O::Commit, r.group),
+                Need::topic(O::Consume, r.topic),
+            ]
         }
         Opcode::GroupFetch => {
             let r = GroupFetch::decode(body)?;
-            vec![Need::group(O::Fetch, r.group), Need::topic(O::Describe, r.topic)]
+            vec![
+                Need::group(O::Fetch, r.group),
+                Need::topic(O::Describe, r.topic),
+            ]
         }
         Opcode::GroupDescribe => vec![Need::group(O::Fetch, GroupDescribe::decode(body)?.group)],
         Opcode::GroupJoin => {
@@ -532,13 +538,19 @@ pub fn needs(opcode: Opcode, body: &[u8]) -> Result<Vec<Need>, DecodeError> {
         Opcode::GroupPull => {
             let r = GroupPull::decode(body)?;
             let commit = r.commit.map(|_| Need::group(O::Commit, r.group.clone()));
-            let mut needs = vec![Need::topic(O::Consume, r.topic), Need::group(O::Fetch, r.group)];
+            let mut needs = vec![
+                Need::topic(O::Consume, r.topic),
+                Need::group(O::Fetch, r.group),
+            ];
             needs.extend(commit);
             needs
         }
         Opcode::MessageReject => {
             let r = MessageReject::decode(body)?;
-            vec![Need::topic(O::Consume, r.topic), Need::group(O::Commit, r.group)]
+            vec![
+                Need::topic(O::Consume, r.topic),
+                Need::group(O::Commit, r.group),
+            ]
         }
         Opcode::Stats | Opcode::RetentionStatus => vec![Need::cluster(O::Stats)],
         Opcode::DeleteExpired => vec![Need::cluster(O::Retention)],
@@ -683,7 +695,9 @@ impl AclTable {
     pub fn load(store_dir: &Path) -> Result<AclTable, String> {
         let path = acls_path(store_dir);
         match std::fs::read(&path) {
-            Ok(bytes) => AclTable::from_json(&bytes).map_err(|e| format!("{}: {e}", path.display())),
+            Ok(bytes) => {
+                AclTable::from_json(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AclTable::default()),
             Err(e) => Err(format!("{}: {e}", path.display())),
         }
@@ -736,11 +750,21 @@ mod tests {
         let need = [Need::topic(Operation::Produce, "orders")];
         let mut table = AclTable::default();
         assert!(table.decide(Some("app"), &[], &need).is_err(), "no rule");
-        table.rules.push(rule("app", Operation::Produce, "topic:orders", Effect::Allow));
+        table.rules.push(rule(
+            "app",
+            Operation::Produce,
+            "topic:orders",
+            Effect::Allow,
+        ));
         assert_eq!(table.decide(Some("app"), &[], &need), Ok(()));
         assert!(table.decide(Some("other"), &[], &need).is_err());
         assert!(table.decide(None, &[], &need).is_err(), "anonymous");
-        table.rules.push(rule("*", Operation::Produce, "topic-prefix:ord", Effect::Deny));
+        table.rules.push(rule(
+            "*",
+            Operation::Produce,
+            "topic-prefix:ord",
+            Effect::Deny,
+        ));
         let denied = table.decide(Some("app"), &[], &need).unwrap_err();
         assert_eq!(
             denied.to_string(),
@@ -757,10 +781,14 @@ mod tests {
     fn anonymous_and_wildcard_principals() {
         let need = [Need::cluster(Operation::Stats)];
         let mut table = AclTable::default();
-        table.rules.push(rule(ANONYMOUS, Operation::Stats, "cluster", Effect::Allow));
+        table
+            .rules
+            .push(rule(ANONYMOUS, Operation::Stats, "cluster", Effect::Allow));
         assert_eq!(table.decide(None, &[], &need), Ok(()));
         assert!(table.decide(Some("app"), &[], &need).is_err());
-        table.rules.push(rule("*", Operation::Stats, "cluster", Effect::Allow));
+        table
+            .rules
+            .push(rule("*", Operation::Stats, "cluster", Effect::Allow));
         assert_eq!(table.decide(Some("app"), &[], &need), Ok(()));
     }
 
@@ -789,9 +817,16 @@ mod tests {
             ]
         );
         let mut table = AclTable::default();
-        table.rules.push(rule("c", Operation::Consume, "topic:orders", Effect::Allow));
-        assert!(table.decide(Some("c"), &[], &needs).is_err(), "no group rule");
-        table.rules.push(rule("c", Operation::Fetch, "group-prefix:", Effect::Allow));
+        table
+            .rules
+            .push(rule("c", Operation::Consume, "topic:orders", Effect::Allow));
+        assert!(
+            table.decide(Some("c"), &[], &needs).is_err(),
+            "no group rule"
+        );
+        table
+            .rules
+            .push(rule("c", Operation::Fetch, "group-prefix:", Effect::Allow));
         assert_eq!(table.decide(Some("c"), &[], &needs), Ok(()));
     }
 
@@ -814,11 +849,18 @@ mod tests {
             }
         }
         let mut create = Vec::new();
-        TopicCreate { name: "t".into(), queue_count: 1 }.encode(&mut create);
+        TopicCreate {
+            name: "t".into(),
+            queue_count: 1,
+        }
+        .encode(&mut create);
         assert!(admin(Opcode::TopicCreate, &create) && is_admin(Opcode::TopicCreate));
         assert!(admin(Opcode::ClusterPromote, &{
             let mut b = Vec::new();
-            ClusterPromote { role: String::new() }.encode(&mut b);
+            ClusterPromote {
+                role: String::new(),
+            }
+            .encode(&mut b);
             b
         }));
         assert!(admin(Opcode::MetadataSnapshot, &[]));
@@ -859,10 +901,15 @@ mod tests {
             Just(Resource::Cluster),
         ];
         let effect = prop_oneof![Just(Effect::Allow), Just(Effect::Deny)];
-        (principal, proptest::sample::select(Operation::ALL), resource, effect).prop_filter_map(
-            "operation fits the resource",
-            |(p, o, r, e)| Rule::new(&p, o, r, e).ok(),
+        (
+            principal,
+            proptest::sample::select(Operation::ALL),
+            resource,
+            effect,
         )
+            .prop_filter_map("operation fits the resource", |(p, o, r, e)| {
+                Rule::new(&p, o, r, e).ok()
+            })
     }
 
     fn arb_need() -> impl Strategy<Value = Need> {

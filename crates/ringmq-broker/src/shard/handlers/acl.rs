@@ -11,13 +11,13 @@
 //! shard's copy.
 
 use crate::config::Authorization;
+use crate::metrics::Counter;
 use crate::protocol::admin::AclList;
 use crate::protocol::message::{AclAdd, AclRemove};
 use crate::protocol::{Opcode, Status};
 use crate::security::acl::{self, acls_path, AclTable, Need, Rule, Target};
 use crate::security::audit::{self, AuditLine};
 use crate::security::Principal;
-use crate::metrics::Counter;
 use crate::shard::mesh::{Reply, ShardRequest};
 use crate::shard::{Shard, ShardError};
 use crate::store::io::Disk;
@@ -77,9 +77,11 @@ pub fn authorize<D: Disk>(
     if !enforced {
         return Ok(audited);
     }
-    let decided = shard
-        .acls()
-        .decide(caller.principal.map(|p| p.as_str()), &shard.config().superusers, &needs);
+    let decided = shard.acls().decide(
+        caller.principal.map(|p| p.as_str()),
+        &shard.config().superusers,
+        &needs,
+    );
     match decided {
         Ok(()) => Ok(audited),
         Err(denied) => {
@@ -105,7 +107,11 @@ pub fn authorize_needs<D: Disk>(
     }
     shard
         .acls()
-        .decide(caller.principal.map(|p| p.as_str()), &shard.config().superusers, needs)
+        .decide(
+            caller.principal.map(|p| p.as_str()),
+            &shard.config().superusers,
+            needs,
+        )
         .map_err(|denied| {
             shard.probe().add(Counter::AuthorizationRefused, 1);
             denied.to_string()
@@ -143,7 +149,12 @@ pub fn audit<D: Disk>(shard: &Shard<D>, audited: &Audited, caller: Caller<'_>, s
 }
 
 /// A rule from an `AclAdd`/`AclRemove` body's texts; a bad part is `BAD_REQUEST` naming it.
-fn rule_of(principal: &str, operation: &str, resource: &str, effect: &str) -> Result<Rule, ShardError> {
+fn rule_of(
+    principal: &str,
+    operation: &str,
+    resource: &str,
+    effect: &str,
+) -> Result<Rule, ShardError> {
     Rule::parse(principal, operation, resource, effect).map_err(ShardError::Refused)
 }
 
@@ -169,7 +180,10 @@ pub async fn remove<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, 
         &request.resource,
         &request.effect,
     )?;
-    change(shard, Opcode::AclRemove, raw, |table| Ok(table.without_rule(&rule))).await
+    change(shard, Opcode::AclRemove, raw, |table| {
+        Ok(table.without_rule(&rule))
+    })
+    .await
 }
 
 /// Runs an ACL change: refused on a slave (it copies its master's rules), forwarded to shard

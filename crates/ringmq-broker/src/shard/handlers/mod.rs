@@ -20,8 +20,8 @@ use crate::protocol::message::*;
 use crate::protocol::requests::for_each_request;
 use crate::protocol::{Acks, Opcode, Request, Status};
 use crate::security::Principal;
-use std::net::SocketAddr;
 use crate::store::io::Disk;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use tracing::debug;
 
