@@ -166,7 +166,13 @@ fn operations(topic: &str) -> Vec<(&'static str, Opcode, Vec<u8>)> {
 fn anonymous_table_on_the_shared_and_a_shard_port() {
     let dir = temp_store();
     let store = dir.path().join("data");
-    bootstrap(&store, "ANONYMOUS", "alter_acls", &["--cluster"], "--allow");
+    bootstrap(
+        &store,
+        "ANONYMOUS",
+        "alter_acls",
+        &["--cluster-resource"],
+        "--allow",
+    );
     bootstrap(
         &store,
         "ANONYMOUS",
@@ -440,7 +446,10 @@ fn a_slave_decides_with_the_replicated_rules() {
     let master_dir = temp_store();
     let slave_dir = temp_store();
     let master_store = master_dir.path().join("data");
-    for (operation, resource) in [("alter_acls", "--cluster"), ("describe", "--cluster")] {
+    for (operation, resource) in [
+        ("alter_acls", "--cluster-resource"),
+        ("describe", "--cluster-resource"),
+    ] {
         bootstrap(
             &master_store,
             "ANONYMOUS",
@@ -606,7 +615,7 @@ fn authorization_off_warns_once_and_still_audits() {
             "a",
             "--operation",
             "stats",
-            "--cluster",
+            "--cluster-resource",
             "--allow",
         ],
         b"",

@@ -67,8 +67,8 @@ pub struct ResourceArgs {
     #[arg(long)]
     pub group_prefix: Option<String>,
     /// The cluster (promote, demote, stats, describe, metadata_snapshot, retention,
-    /// alter_users, alter_acls).
-    #[arg(long)]
+    /// alter_users, alter_acls). Not `--cluster`, which names a cluster with --namesrv.
+    #[arg(long = "cluster-resource")]
     pub cluster: bool,
 }
 
