@@ -90,7 +90,7 @@ fn stats_body(topic: &str) -> Vec<u8> {
 
 /// The status `opcode` with `body` is answered with on `addr`.
 fn status_of(addr: &str, options: &ConnectionOptions, opcode: Opcode, body: &[u8]) -> Status {
-    let mut connection = Connection::connect(addr, options.clone()).expect("connect");
+    let mut connection = Connection::connect(addr, *options).expect("connect");
     let response = connection.call(opcode, body).expect("an answer");
     response.status(addr).expect("a known status")
 }
@@ -127,7 +127,7 @@ fn acl_change(addr: &str, options: &ConnectionOptions, add: bool, rule: [&str; 4
 }
 
 fn acl_list(addr: &str, options: &ConnectionOptions) -> Option<AclList> {
-    let mut connection = Connection::connect(addr, options.clone()).ok()?;
+    let mut connection = Connection::connect(addr, *options).ok()?;
     let response = connection.call(Opcode::AclList, &[]).ok()?;
     serde_json::from_slice(&response.body).ok()
 }
@@ -241,7 +241,7 @@ fn anonymous_table_on_the_shared_and_a_shard_port() {
         "deny wins over a matching prefix allow"
     );
     // The refusal names the operation and the resource.
-    let mut connection = Connection::connect(&broker.addr, plain.clone()).unwrap();
+    let mut connection = Connection::connect(&broker.addr, plain).unwrap();
     let refused = connection
         .call(Opcode::Produce, &produce_body("t-deny"))
         .unwrap();
