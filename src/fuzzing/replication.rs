@@ -311,6 +311,6 @@ pub(crate) fn sample_metadata(version: u64) -> MetadataFrame {
             queue: 1,
             offset: 17,
         }],
-        acls: None,
+        acls: crate::replication::protocol::AclTrailer::Absent,
     }
 }

@@ -959,24 +959,11 @@ impl BrokerConfig {
         Ok(())
     }
 
-    /// Superusers are principals as ACL rules name them: not empty, not `*` (which would make
-    /// everyone a superuser), no control characters.
+    /// Superusers are principals as ACL rules name them: not empty, no control characters,
+    /// and neither `*` (everyone) nor `ANONYMOUS` (every unauthenticated connection).
     fn validate_authorization(&self) -> Result<(), ConfigError> {
-        let max = crate::security::acl::MAX_PRINCIPAL_BYTES;
-        for name in &self.superusers {
-            if name.is_empty() || name.len() > max || name.chars().any(char::is_control) {
-                return Err(ConfigError::value(
-                    "superusers",
-                    format!("each principal is 1 to {max} bytes without control characters"),
-                ));
-            }
-            if name == crate::security::acl::ANY_PRINCIPAL {
-                return Err(ConfigError::value(
-                    "superusers",
-                    "`*` would make everyone a superuser: name the principals, or set authorization = \"off\"",
-                ));
-            }
-        }
+        crate::security::acl::check_superusers(&self.superusers)
+            .map_err(|e| ConfigError::value("superusers", e))?;
         if let Some(path) = &self.audit_log_file {
             if path.as_os_str().is_empty() {
                 return Err(ConfigError::value(

@@ -75,6 +75,7 @@ mod code {
     pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
     pub const UNSUPPORTED_VERSION: i16 = 35;
     pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+    pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
     pub const INVALID_PARTITIONS: i16 = 37;
     pub const INVALID_REQUEST: i16 = 42;
@@ -214,7 +215,9 @@ pub async fn handle(
         ApiKey::ListOffsets => run!(ListOffsetsRequest, |r| list_offsets(shard, r)),
         ApiKey::CreateTopics => run!(CreateTopicsRequest, |r| create_topics(shard, r)),
         ApiKey::DeleteTopics => run!(DeleteTopicsRequest, |r| delete_topics(shard, node, r)),
-        ApiKey::InitProducerId => run!(InitProducerIdRequest, |r| init_producer_id(node, r)),
+        ApiKey::InitProducerId => {
+            run!(InitProducerIdRequest, |r| init_producer_id(shard, node, r))
+        }
         _ => Answer::Close,
     }
 }
@@ -1083,8 +1086,17 @@ async fn create_topics(
             }
         };
         let result = if request.validate_only {
-            // The real create's checks, in its order, without applying the table it builds.
-            let checked = if !shard.is_master() {
+            // The real create's checks, in its order, without applying the table it builds:
+            // authorization first, as `handle_client` decides a create before it runs.
+            let need = [crate::security::acl::Need::topic(
+                crate::security::acl::Operation::Create,
+                topic_name.as_str(),
+            )];
+            let authorized =
+                handlers::acl::authorize_needs(shard, handlers::acl::Caller::default(), &need);
+            let checked = if let Err(refused) = authorized {
+                Err((code::TOPIC_AUTHORIZATION_FAILED, refused))
+            } else if !shard.is_master() {
                 Err((
                     code::NOT_LEADER_OR_FOLLOWER,
                     "topics are changed on the master".into(),
@@ -1150,9 +1162,22 @@ async fn delete_topics(
 }
 
 async fn init_producer_id(
+    shard: &Rc<Shard>,
     node: &KafkaNode,
     request: InitProducerIdRequest,
 ) -> Option<InitProducerIdResponse> {
+    // Kafka asks IdempotentWrite on the cluster or WRITE on some topic (KIP-679); ringmq's
+    // rule is the second (`handlers::acl::authorize_idempotent_producer`), as ANONYMOUS.
+    if let Err(refused) =
+        handlers::acl::authorize_idempotent_producer(shard, handlers::acl::Caller::default())
+    {
+        debug!("InitProducerId refused: {refused}");
+        return Some(
+            InitProducerIdResponse::default()
+                .with_error_code(code::CLUSTER_AUTHORIZATION_FAILED)
+                .with_producer_id(ProducerId(-1)),
+        );
+    }
     // A null transactional id (an empty one read as null too) asks for an idempotent producer.
     if request
         .transactional_id

@@ -12,7 +12,8 @@
 //! the master's metadata frames on a slave, or from `ringmq acl add --store` offline; the
 //! decision runs in `shard::handlers::handle_client` before anything else.
 
-use crate::constants::MAX_NAME_BYTES;
+use crate::config::Authorization;
+use crate::constants::{MAX_NAME_BYTES, MAX_TOPICS_PER_GROUP};
 use crate::protocol::codec::DecodeError;
 use crate::protocol::message::*;
 use crate::protocol::Opcode;
@@ -31,6 +32,38 @@ pub const ANY_PRINCIPAL: &str = "*";
 pub const MAX_ACL_RULES: usize = 4096;
 /// Longest principal in a rule: a SPIFFE URI or an e-mail SAN fits.
 pub const MAX_PRINCIPAL_BYTES: usize = 256;
+
+/// Whether `name` is one of the principal names the ACLs give a meaning of their own
+/// ([`ANONYMOUS`], [`ANY_PRINCIPAL`]): never a superuser, and a connection whose certificate
+/// or user name is literally one of them is decided as a connection with no principal.
+pub fn is_reserved_principal(name: &str) -> bool {
+    name == ANONYMOUS || name == ANY_PRINCIPAL
+}
+
+/// Checks a list of superusers (the `superusers` key, or a master's as replicated): each is
+/// 1 to [`MAX_PRINCIPAL_BYTES`] bytes without control characters, and none is reserved.
+pub fn check_superusers(superusers: &[String]) -> Result<(), String> {
+    for name in superusers {
+        if name.is_empty() || name.len() > MAX_PRINCIPAL_BYTES || name.chars().any(char::is_control)
+        {
+            return Err(format!(
+                "each principal is 1 to {MAX_PRINCIPAL_BYTES} bytes without control characters"
+            ));
+        }
+        if name == ANY_PRINCIPAL {
+            return Err(
+                "`*` would make everyone a superuser: name the principals, or set authorization = \"off\""
+                    .to_string(),
+            );
+        }
+        if name == ANONYMOUS {
+            return Err(format!(
+                "`{ANONYMOUS}` would make every unauthenticated connection a superuser: name the principals, or set authorization = \"off\""
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// What a request does, in the words of `ringmq acl --operation`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -388,8 +421,17 @@ impl Rule {
         Ok(())
     }
 
+    /// Whether this rule speaks of `need` for `principal`. An allow rule for produce or
+    /// consume on a topic also allows describing it (Kafka's rule: READ and WRITE imply
+    /// DESCRIBE), so a client allowed to write or read a topic can see its offsets, as every
+    /// Kafka producer's retry and consumer's position needs; a deny rule denies only its own
+    /// operation.
     fn matches(&self, principal: &str, need: &Need) -> bool {
-        self.operation == need.operation
+        let operation = self.operation == need.operation
+            || (self.effect == Effect::Allow
+                && need.operation == Operation::Describe
+                && matches!(self.operation, Operation::Produce | Operation::Consume));
+        operation
             && (self.principal == ANY_PRINCIPAL || self.principal == principal)
             && self.resource.matches(&need.target)
     }
@@ -526,8 +568,20 @@ pub fn needs(opcode: Opcode, body: &[u8]) -> Result<Vec<Need>, DecodeError> {
         Opcode::GroupDescribe => vec![Need::group(O::Fetch, GroupDescribe::decode(body)?.group)],
         Opcode::GroupJoin => {
             let r = GroupJoin::decode(body)?;
+            let mut topics = r.topics;
+            topics.sort();
+            topics.dedup();
+            // The handler refuses more (membership::settings); refusing them here keeps a
+            // frame repeating one name from costing a need per copy, each scanned against
+            // every rule, on the shard thread.
+            if topics.len() > MAX_TOPICS_PER_GROUP {
+                return Err(DecodeError::Invalid {
+                    field: "topics",
+                    reason: "a group consumes at most MAX_TOPICS_PER_GROUP (16) topics",
+                });
+            }
             let mut needs = vec![Need::group(O::Fetch, r.group)];
-            needs.extend(r.topics.into_iter().map(|t| Need::topic(O::Consume, t)));
+            needs.extend(topics.into_iter().map(|t| Need::topic(O::Consume, t)));
             needs
         }
         Opcode::GroupHeartbeat => {
@@ -585,6 +639,18 @@ pub fn is_admin(opcode: Opcode) -> bool {
     )
 }
 
+/// Whether every topic `inner` names is one `outer` names too.
+fn covers(outer: &Resource, inner: &Resource) -> bool {
+    match (outer, inner) {
+        (Resource::Topic(Pattern::Prefix(p)), Resource::Topic(Pattern::Literal(n)))
+        | (Resource::Topic(Pattern::Prefix(p)), Resource::Topic(Pattern::Prefix(n))) => {
+            n.starts_with(p.as_str())
+        }
+        (Resource::Topic(Pattern::Literal(a)), Resource::Topic(Pattern::Literal(b))) => a == b,
+        _ => false,
+    }
+}
+
 /// The name a Produce body starts with (a u16 length, then UTF-8), without decoding the
 /// messages: authorizing a produce costs this peek.
 fn leading_name(body: &[u8]) -> Result<&str, DecodeError> {
@@ -601,11 +667,44 @@ fn leading_name(body: &[u8]) -> Result<&str, DecodeError> {
         .ok_or(invalid)
 }
 
-/// Every rule of a broker, as `<store>/acls.json` holds it.
+/// Every rule of a broker, as `<store>/acls.json` holds it and a master's metadata frames
+/// carry it to its slaves.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AclTable {
     pub rules: Vec<Rule>,
+    /// The authorization and superusers of the master these rules came from: set in every
+    /// table a master sends, kept by the slave with the rules (in its file too, so a slave
+    /// restarted while its master is away still enforces them). A slave decides by the
+    /// stricter of its own configuration and this ([`Policy::effective`]); a master by its
+    /// own configuration alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<Policy>,
+}
+
+/// How a broker decides: its `authorization` and `superusers`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub authorization: Authorization,
+    pub superusers: Vec<String>,
+}
+
+impl Policy {
+    /// Whether a broker with configuration `own` (and, on a slave, its master's `master`)
+    /// enforces the ACLs: either says `acl`. A slave at `off` under an `acl` master enforces;
+    /// a slave at `acl` under an `off` master keeps enforcing.
+    pub fn enforced(own: Authorization, master: Option<&Policy>) -> bool {
+        own == Authorization::Acl || master.is_some_and(|m| m.authorization == Authorization::Acl)
+    }
+
+    /// Whether `principal` is a superuser on a broker whose own list is `own` (and, on a
+    /// slave, its master's list): a reserved name never is.
+    pub fn is_superuser(own: &[String], master: Option<&Policy>, principal: &str) -> bool {
+        !is_reserved_principal(principal)
+            && (own.iter().any(|s| s == principal)
+                || master.is_some_and(|m| m.superusers.iter().any(|s| s == principal)))
+    }
 }
 
 pub fn acls_path(store_dir: &Path) -> PathBuf {
@@ -622,8 +721,10 @@ impl AclTable {
         superusers: &[String],
         needs: &[Need],
     ) -> Result<(), Denied> {
-        let principal = principal.unwrap_or(ANONYMOUS);
-        if superusers.iter().any(|s| s == principal) {
+        let principal = principal
+            .filter(|p| !is_reserved_principal(p))
+            .unwrap_or(ANONYMOUS);
+        if Policy::is_superuser(superusers, None, principal) {
             return Ok(());
         }
         for need in needs {
@@ -671,8 +772,36 @@ impl AclTable {
         (table.rules.len() != before).then_some(table)
     }
 
+    /// The file's form (indented, for people who read `acls.json`).
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec_pretty(self).expect("an ACL table serializes")
+    }
+
+    /// The metadata frame's form (compact: it travels to every slave).
+    pub fn to_wire_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an ACL table serializes")
+    }
+
+    /// Whether `principal` (`None`: [`ANONYMOUS`]) may produce to some topic: a rule allows it
+    /// produce on a topic or prefix that no deny rule of it covers whole. What Kafka's
+    /// InitProducerId asks of a producer that is not allowed the cluster (KIP-679: WRITE on
+    /// any topic implies IdempotentWrite).
+    pub fn may_produce_somewhere(&self, principal: Option<&str>, superusers: &[String]) -> bool {
+        let principal = principal
+            .filter(|p| !is_reserved_principal(p))
+            .unwrap_or(ANONYMOUS);
+        if Policy::is_superuser(superusers, None, principal) {
+            return true;
+        }
+        let theirs = |effect| {
+            self.rules.iter().filter(move |r| {
+                r.effect == effect
+                    && r.operation == Operation::Produce
+                    && (r.principal == ANY_PRINCIPAL || r.principal == principal)
+            })
+        };
+        theirs(Effect::Allow)
+            .any(|allow| !theirs(Effect::Deny).any(|deny| covers(&deny.resource, &allow.resource)))
     }
 
     /// Reads a table back (a file, a metadata frame): every rule checked as when it was added.
@@ -687,6 +816,10 @@ impl AclTable {
         }
         for rule in &table.rules {
             rule.check().map_err(|e| format!("rule `{rule}`: {e}"))?;
+        }
+        if let Some(master) = &table.master {
+            check_superusers(&master.superusers)
+                .map_err(|e| format!("the master's superusers: {e}"))?;
         }
         Ok(table)
     }
@@ -891,6 +1024,164 @@ mod tests {
         assert!(AclTable::from_json(bad).is_err());
     }
 
+    fn join_body(topics: Vec<String>) -> Vec<u8> {
+        let mut body = Vec::new();
+        GroupJoin {
+            group: "g".into(),
+            client_id: "c".into(),
+            host: "h".into(),
+            topics,
+            mode: 0,
+            strategy: 0,
+            orderly: 0,
+            session_timeout_ms: 10_000,
+        }
+        .encode(&mut body);
+        body
+    }
+
+    /// A join naming more distinct topics than a group may consume is refused before a need
+    /// is built per name; repeats of one name count once.
+    #[test]
+    fn a_group_join_names_at_most_max_topics_per_group() {
+        let repeated = join_body(vec!["orders".to_string(); 100_000]);
+        assert_eq!(
+            needs(Opcode::GroupJoin, &repeated).unwrap(),
+            vec![
+                Need::group(Operation::Fetch, "g"),
+                Need::topic(Operation::Consume, "orders")
+            ]
+        );
+        let at_bound = join_body((0..MAX_TOPICS_PER_GROUP).map(|i| format!("t{i}")).collect());
+        assert_eq!(
+            needs(Opcode::GroupJoin, &at_bound).unwrap().len(),
+            1 + MAX_TOPICS_PER_GROUP
+        );
+        let past = join_body(
+            (0..=MAX_TOPICS_PER_GROUP)
+                .map(|i| format!("t{i}"))
+                .collect(),
+        );
+        assert!(needs(Opcode::GroupJoin, &past).is_err());
+    }
+
+    /// `ANONYMOUS` and `*` are never superusers, and a principal literally named so (from a
+    /// certificate, say) is decided as no principal.
+    #[test]
+    fn reserved_principal_names() {
+        assert!(check_superusers(&["ANONYMOUS".into()]).is_err());
+        assert!(check_superusers(&["*".into()]).is_err());
+        assert!(check_superusers(&["".into()]).is_err());
+        assert!(check_superusers(&["root".into()]).is_ok());
+        let need = [Need::cluster(Operation::Stats)];
+        let table = AclTable::default();
+        assert!(table.decide(Some("*"), &["*".into()], &need).is_err());
+        assert!(table
+            .decide(Some("ANONYMOUS"), &["ANONYMOUS".into()], &need)
+            .is_err());
+        let denied = table.decide(Some("*"), &[], &need).unwrap_err();
+        assert_eq!(denied.principal, ANONYMOUS);
+        let master = Policy {
+            authorization: Authorization::Acl,
+            superusers: vec!["root".into()],
+        };
+        assert!(Policy::is_superuser(&[], Some(&master), "root"));
+        assert!(!Policy::is_superuser(&[], Some(&master), "app"));
+        assert!(Policy::enforced(Authorization::Off, Some(&master)));
+        assert!(!Policy::enforced(Authorization::Off, None));
+        assert!(Policy::enforced(
+            Authorization::Acl,
+            Some(&Policy {
+                authorization: Authorization::Off,
+                superusers: Vec::new()
+            })
+        ));
+    }
+
+    /// Produce or consume allowed on a topic allows describing it (Kafka's rule); a deny of
+    /// produce does not deny describe, and an explicit deny of describe still wins.
+    #[test]
+    fn produce_and_consume_imply_describe() {
+        let describe = [Need::topic(Operation::Describe, "orders")];
+        let mut table = AclTable::default();
+        table.rules.push(rule(
+            "app",
+            Operation::Produce,
+            "topic:orders",
+            Effect::Allow,
+        ));
+        assert_eq!(table.decide(Some("app"), &[], &describe), Ok(()));
+        let consumer = AclTable {
+            rules: vec![rule(
+                "c",
+                Operation::Consume,
+                "topic-prefix:o",
+                Effect::Allow,
+            )],
+            master: None,
+        };
+        assert_eq!(consumer.decide(Some("c"), &[], &describe), Ok(()));
+        table.rules.push(rule(
+            "app",
+            Operation::Produce,
+            "topic:orders",
+            Effect::Deny,
+        ));
+        assert_eq!(
+            table.decide(Some("app"), &[], &describe),
+            Ok(()),
+            "a deny of produce is not a deny of describe (Kafka's rule)"
+        );
+        assert!(table
+            .decide(
+                Some("app"),
+                &[],
+                &[Need::topic(Operation::Produce, "orders")]
+            )
+            .is_err());
+        let mut explicit = consumer.clone();
+        explicit
+            .rules
+            .push(rule("c", Operation::Describe, "topic:orders", Effect::Deny));
+        assert!(explicit.decide(Some("c"), &[], &describe).is_err());
+    }
+
+    /// InitProducerId's rule: an allowed produce on some topic that no deny covers whole.
+    #[test]
+    fn may_produce_somewhere() {
+        let mut table = AclTable::default();
+        assert!(!table.may_produce_somewhere(Some("app"), &[]));
+        assert!(table.may_produce_somewhere(Some("root"), &["root".into()]));
+        table.rules.push(rule(
+            "app",
+            Operation::Produce,
+            "topic-prefix:ord",
+            Effect::Allow,
+        ));
+        assert!(table.may_produce_somewhere(Some("app"), &[]));
+        assert!(!table.may_produce_somewhere(None, &[]));
+        table.rules.push(rule(
+            "app",
+            Operation::Produce,
+            "topic:orders",
+            Effect::Deny,
+        ));
+        assert!(
+            table.may_produce_somewhere(Some("app"), &[]),
+            "other ord* remain"
+        );
+        table.rules.push(rule(
+            "*",
+            Operation::Produce,
+            "topic-prefix:o",
+            Effect::Deny,
+        ));
+        assert!(
+            !table.may_produce_somewhere(Some("app"), &[]),
+            "all of ord* denied"
+        );
+    }
+
     fn arb_rule() -> impl Strategy<Value = Rule> {
         let principal = prop_oneof![Just("*".to_string()), Just(ANONYMOUS.to_string()), "[a-c]"];
         let resource = prop_oneof![
@@ -931,15 +1222,37 @@ mod tests {
             need in arb_need(),
             principal in prop_oneof![Just(None), "[a-c]".prop_map(Some)],
         ) {
+            // The definition, written without `Rule::matches`: a rule applies when its
+            // principal is the caller's or `*`, its resource kind and name fit the target
+            // (literally, or by prefix), and its operation is the need's (or, for an allow,
+            // produce or consume where the need is describe).
             let name = principal.as_deref().unwrap_or(ANONYMOUS);
-            let matching = |effect| rules.iter().any(|r| r.effect == effect && r.matches(name, &need));
+            let fits = |r: &Rule| {
+                let who = r.principal == "*" || r.principal == name;
+                let what = match (&r.resource, &need.target) {
+                    (Resource::Topic(Pattern::Literal(l)), Target::Topic(t))
+                    | (Resource::Group(Pattern::Literal(l)), Target::Group(t)) => l == t,
+                    (Resource::Topic(Pattern::Prefix(p)), Target::Topic(t))
+                    | (Resource::Group(Pattern::Prefix(p)), Target::Group(t)) => t.starts_with(p.as_str()),
+                    (Resource::Cluster, Target::Cluster) => true,
+                    _ => false,
+                };
+                who && what
+            };
+            let operation = |r: &Rule| {
+                r.operation == need.operation
+                    || (r.effect == Effect::Allow
+                        && need.operation == Operation::Describe
+                        && [Operation::Produce, Operation::Consume].contains(&r.operation))
+            };
+            let matching = |effect| rules.iter().any(|r| r.effect == effect && fits(r) && operation(r));
             let expected = matching(Effect::Allow) && !matching(Effect::Deny);
-            let table = AclTable { rules: rules.clone() };
+            let table = AclTable { rules: rules.clone(), master: None };
             let needs = [need.clone()];
             prop_assert_eq!(table.decide(principal.as_deref(), &[], &needs).is_ok(), expected);
             let mut reversed = rules.clone();
             reversed.reverse();
-            let reversed = AclTable { rules: reversed };
+            let reversed = AclTable { rules: reversed, master: None };
             prop_assert_eq!(reversed.decide(principal.as_deref(), &[], &needs).is_ok(), expected);
             prop_assert_eq!(AclTable::from_json(&table.to_json()), Ok(table));
         }

@@ -3,19 +3,21 @@
 //! [`authorize`] is the one decision: `handle_client` calls it for every client request (the
 //! shared port, shard ports and the Kafka listener alike) before anything runs, so a request
 //! forwarded to another shard was decided on the shard that read it, and a slave decides on
-//! the rules its master replicated to it. [`audit`] writes the admin calls' lines.
+//! the rules its master replicated to it, by the stricter of its own configuration and its
+//! master's (`authorization` and `superusers` travel with the rules, [`acl::Policy`]).
+//! [`audit`] writes the admin calls' lines.
 //!
 //! `AclAdd`/`AclRemove` change the rules on shard 0 under the metadata gate (as topics are):
 //! `<store>/acls.json` is written atomically, then every shard takes the new table; the
 //! version bump sends it to the slaves in the next metadata frame. `AclList` reads this
 //! shard's copy.
 
-use crate::config::Authorization;
+use crate::config::{Authorization, BrokerConfig};
 use crate::metrics::Counter;
 use crate::protocol::admin::AclList;
-use crate::protocol::message::{AclAdd, AclRemove};
+use crate::protocol::message::{AclAdd, AclRemove, ClusterDemote, ClusterPromote};
 use crate::protocol::{Opcode, Status};
-use crate::security::acl::{self, acls_path, AclTable, Need, Rule, Target};
+use crate::security::acl::{self, acls_path, AclTable, Need, Policy, Rule, Target};
 use crate::security::audit::{self, AuditLine};
 use crate::security::Principal;
 use crate::shard::mesh::{Reply, ShardRequest};
@@ -49,40 +51,94 @@ pub struct Audited {
     target: String,
 }
 
+/// The rules and the policy one request is decided by: this shard's copy of the rules and,
+/// on a slave, the policy of the master they came from (a master goes by its own
+/// configuration alone, whatever an earlier master left in its file).
+struct Decider<'a> {
+    acls: Arc<AclTable>,
+    own: &'a BrokerConfig,
+    is_master: bool,
+}
+
+impl Decider<'_> {
+    fn of<D: Disk>(shard: &Shard<D>) -> Decider<'_> {
+        Decider {
+            acls: shard.acls(),
+            own: shard.config(),
+            is_master: shard.is_master(),
+        }
+    }
+
+    fn master(&self) -> Option<&Policy> {
+        if self.is_master {
+            return None;
+        }
+        self.acls.master.as_ref()
+    }
+
+    fn is_superuser(&self, caller: Caller<'_>) -> bool {
+        Policy::is_superuser(&self.own.superusers, self.master(), caller.name())
+    }
+
+    fn decide(&self, caller: Caller<'_>, needs: &[Need]) -> Result<(), acl::Denied> {
+        if self.is_superuser(caller) {
+            return Ok(());
+        }
+        self.acls
+            .decide(caller.principal.map(|p| p.as_str()), &[], needs)
+    }
+}
+
+/// Whether this shard enforces the ACLs now: its own `authorization`, or (on a slave) its
+/// master's ([`Policy::enforced`]). A master set to `off` pays a role read per request.
+fn enforced<D: Disk>(shard: &Shard<D>) -> bool {
+    let own = shard.config().authorization;
+    if own == Authorization::Acl || shard.is_master() {
+        return own == Authorization::Acl;
+    }
+    Policy::enforced(own, shard.acls().master.as_ref())
+}
+
 /// The decision for one client request. `Ok(Some)`: allowed, an admin call to audit once it
 /// is answered; `Ok(None)`: allowed; `Err`: the refusal to answer (already audited when it
-/// was an admin call). With `authorization = "off"` only admin calls are looked at (for the
-/// audit log), so the hot path pays nothing.
+/// was an admin call). With authorization off (here and, on a slave, on its master) only
+/// admin calls are looked at (for the audit log), so the hot path pays nothing.
 pub fn authorize<D: Disk>(
     shard: &Shard<D>,
     opcode: Opcode,
     body: &[u8],
     caller: Caller<'_>,
 ) -> Result<Option<Audited>, Reply> {
-    let enforced = shard.config().authorization == Authorization::Acl;
+    let enforced = enforced(shard);
     if !enforced && !acl::is_admin(opcode) {
         return Ok(None);
     }
     let needs = match acl::needs(opcode, body) {
         Ok(needs) => needs,
         // Undecodable: the handler answers BAD_REQUEST as it always did, and refuses
-        // nothing it would not; under enforcement nothing unchecked runs.
-        Err(e) if enforced => return Err(Reply::from(ShardError::from(e))),
+        // nothing it would not; under enforcement nothing unchecked runs, and an admin call
+        // refused so is audited like any other.
+        Err(e) if enforced => {
+            let refused = Reply::from(ShardError::from(e));
+            if acl::is_admin(opcode) {
+                let audited = Audited {
+                    operation: opcode,
+                    target: "unknown (the request did not decode)".to_string(),
+                };
+                audit(shard, &audited, caller, refused.status);
+            }
+            return Err(refused);
+        }
         Err(_) => Vec::new(),
     };
     let audited = acl::is_admin(opcode).then(|| Audited {
         operation: opcode,
-        target: describe_target(&needs),
+        target: describe_target(opcode, body, &needs),
     });
     if !enforced {
         return Ok(audited);
     }
-    let decided = shard.acls().decide(
-        caller.principal.map(|p| p.as_str()),
-        &shard.config().superusers,
-        &needs,
-    );
-    match decided {
+    match Decider::of(shard).decide(caller, &needs) {
         Ok(()) => Ok(audited),
         Err(denied) => {
             shard.probe().add(Counter::AuthorizationRefused, 1);
@@ -102,24 +158,70 @@ pub fn authorize_needs<D: Disk>(
     caller: Caller<'_>,
     needs: &[Need],
 ) -> Result<(), String> {
-    if shard.config().authorization != Authorization::Acl {
+    if !enforced(shard) {
         return Ok(());
     }
-    shard
-        .acls()
-        .decide(
-            caller.principal.map(|p| p.as_str()),
-            &shard.config().superusers,
-            needs,
-        )
-        .map_err(|denied| {
-            shard.probe().add(Counter::AuthorizationRefused, 1);
-            denied.to_string()
-        })
+    Decider::of(shard).decide(caller, needs).map_err(|denied| {
+        shard.probe().add(Counter::AuthorizationRefused, 1);
+        denied.to_string()
+    })
 }
 
-/// `cluster`, `topic:NAME` or `group:NAME`: what an admin call acts on, for its audit line.
-fn describe_target(needs: &[Need]) -> String {
+/// Kafka's InitProducerId: allowed to a producer allowed to produce to some topic (KIP-679:
+/// WRITE on any topic implies IdempotentWrite; ringmq has no cluster-wide produce right, so
+/// this is the whole check), refused otherwise.
+pub fn authorize_idempotent_producer<D: Disk>(
+    shard: &Shard<D>,
+    caller: Caller<'_>,
+) -> Result<(), String> {
+    if !enforced(shard) {
+        return Ok(());
+    }
+    let decider = Decider::of(shard);
+    let name = caller.name();
+    if decider.is_superuser(caller)
+        || decider
+            .acls
+            .may_produce_somewhere(caller.principal.map(|p| p.as_str()), &[])
+    {
+        return Ok(());
+    }
+    shard.probe().add(Counter::AuthorizationRefused, 1);
+    Err(format!(
+        "principal `{name}` is not authorized to produce to any topic (InitProducerId needs it)"
+    ))
+}
+
+/// What an admin call acts on, for its audit line: `topic:NAME`, `group:NAME`, `cluster`, or
+/// for the calls that change the cluster, what they change: the rule an `AclAdd` or
+/// `AclRemove` names, the role a promotion asks for, the master a demotion follows.
+fn describe_target(opcode: Opcode, body: &[u8], needs: &[Need]) -> String {
+    let rule = |principal: &str, operation: &str, resource: &str, effect: &str| {
+        format!("acl:{effect} {principal} {operation} on {resource}")
+    };
+    let named = match opcode {
+        Opcode::AclAdd => AclAdd::decode(body)
+            .ok()
+            .map(|r| rule(&r.principal, &r.operation, &r.resource, &r.effect)),
+        Opcode::AclRemove => AclRemove::decode(body)
+            .ok()
+            .map(|r| rule(&r.principal, &r.operation, &r.resource, &r.effect)),
+        Opcode::ClusterPromote => ClusterPromote::decode(body).ok().map(|r| {
+            let role = if r.role.is_empty() {
+                "default"
+            } else {
+                &r.role
+            };
+            format!("cluster (promote to role {role})")
+        }),
+        Opcode::ClusterDemote => ClusterDemote::decode(body)
+            .ok()
+            .map(|r| format!("cluster (demote to follow master {})", r.master)),
+        _ => None,
+    };
+    if let Some(named) = named {
+        return named;
+    }
     match needs.first().map(|n| &n.target) {
         Some(Target::Topic(name)) => format!("topic:{name}"),
         Some(Target::Group(name)) => format!("group:{name}"),
@@ -166,7 +268,8 @@ pub async fn add<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, Sha
         &request.resource,
         &request.effect,
     )?;
-    change(shard, Opcode::AclAdd, raw, |table| {
+    let described = rule.to_string();
+    change(shard, Opcode::AclAdd, raw, &described, |table| {
         table.with_rule(rule.clone()).map_err(ShardError::Refused)
     })
     .await
@@ -180,7 +283,8 @@ pub async fn remove<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, 
         &request.resource,
         &request.effect,
     )?;
-    change(shard, Opcode::AclRemove, raw, |table| {
+    let described = rule.to_string();
+    change(shard, Opcode::AclRemove, raw, &described, |table| {
         Ok(table.without_rule(&rule))
     })
     .await
@@ -194,6 +298,7 @@ async fn change<D: Disk>(
     shard: &Rc<Shard<D>>,
     opcode: Opcode,
     raw: &[u8],
+    rule: &str,
     edit: impl FnOnce(&AclTable) -> Result<Option<AclTable>, ShardError>,
 ) -> Result<Reply, ShardError> {
     if !shard.is_master() {
@@ -208,7 +313,7 @@ async fn change<D: Disk>(
     if let Some(table) = edit(&shard.acls())? {
         let rules = table.rules.len();
         publish(shard, table).await?;
-        info!(rules, "ACL rules changed ({})", opcode.name());
+        info!(rules, "ACL rules changed ({}: {rule})", opcode.name());
     }
     Ok(Reply::ok(Vec::new()))
 }
