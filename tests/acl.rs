@@ -214,7 +214,7 @@ fn anonymous_table_on_the_shared_and_a_shard_port() {
             for (name, opcode, body) in operations(topic) {
                 let status = status_of(addr, &plain, opcode, &body);
                 if allowed {
-                    assert_ne!(status, Status::NotAuthorized, "{name} {topic} on {addr}");
+                    assert!(served(status), "{name} {topic} on {addr}: {status:?}");
                 } else {
                     assert_eq!(status, Status::NotAuthorized, "{name} {topic} on {addr}");
                 }
@@ -231,9 +231,14 @@ fn anonymous_table_on_the_shared_and_a_shard_port() {
         ),
         Status::Ok
     );
-    assert_ne!(
+    assert_eq!(
         status_of(&ports[1], &plain, Opcode::Produce, &produce_body("t-none")),
-        Status::NotAuthorized
+        Status::Ok
+    );
+    // Produce allowed implies describe (Kafka's rule: a producer reads the offsets it wrote).
+    assert_eq!(
+        status_of(&ports[1], &plain, Opcode::QueueStats, &stats_body("t-none")),
+        Status::Ok
     );
     assert_eq!(
         status_of(&ports[1], &plain, Opcode::Produce, &produce_body("t-deny")),
@@ -268,12 +273,22 @@ fn anonymous_table_on_the_shared_and_a_shard_port() {
         "NOT_AUTHORIZED",
     );
     assert_eq!(line["result"], "refused");
-    assert_eq!(line["target"], "cluster");
+    assert_eq!(line["target"], "cluster (promote to role default)");
     assert!(line["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
     let created = wait_audit(&broker.store, "ANONYMOUS", "TopicCreate", "OK");
     assert_eq!(created["target"], "topic:t-allow");
     assert_eq!(created["result"], "ok");
-    wait_audit(&broker.store, "ANONYMOUS", "AclAdd", "OK");
+    let added = wait_audit(&broker.store, "ANONYMOUS", "AclAdd", "OK");
+    assert_eq!(
+        added["target"], "acl:allow ANONYMOUS produce on topic:t-allow",
+        "the audit line names the rule added"
+    );
+    assert!(
+        broker
+            .log()
+            .contains("ACL rules changed (AclAdd: allow ANONYMOUS produce on topic:t-allow)"),
+        "the info log names the rule"
+    );
     // Removing the allow closes it again.
     assert_eq!(
         acl_change(
@@ -440,9 +455,17 @@ fn mtls_principals_superusers_prefixes_and_deny() {
     wait_audit(&broker.store, "spiffe://t/app", "AclAdd", "NOT_AUTHORIZED");
 }
 
-/// A slave decides with the rules its master replicated; changes are refused on it.
+/// Whether a request was allowed and served: answered OK, or (for a pull of an empty queue)
+/// NO_NEW_MESSAGE. Anything else, `NOT_AUTHORIZED` or an error, is not.
+fn served(status: Status) -> bool {
+    matches!(status, Status::Ok | Status::NoNewMessage)
+}
+
+/// A slave decides as its master does: with the rules its master replicated and with the
+/// master's authorization, although the slave itself is configured `off` (and holds no rules
+/// of its own); changes are refused on it; a revocation on the master reaches it.
 #[test]
-fn a_slave_decides_with_the_replicated_rules() {
+fn a_slave_at_off_decides_as_its_acl_master() {
     let master_dir = temp_store();
     let slave_dir = temp_store();
     let master_store = master_dir.path().join("data");
@@ -457,13 +480,6 @@ fn a_slave_decides_with_the_replicated_rules() {
             &[resource],
             "--allow",
         );
-        bootstrap(
-            &slave_dir.path().join("data"),
-            "ANONYMOUS",
-            operation,
-            &[resource],
-            "--allow",
-        );
     }
     bootstrap(
         &master_store,
@@ -472,11 +488,11 @@ fn a_slave_decides_with_the_replicated_rules() {
         &["--topic-prefix", ""],
         "--allow",
     );
-    let ha = "ha_heartbeat_interval_ms = 100\nmetadata_sync_interval_ms = 200\nauthorization = \"acl\"\n";
+    let ha = "ha_heartbeat_interval_ms = 100\nmetadata_sync_interval_ms = 200\n";
     let (master_ports, slave_ports) = (PortBlock::allocate(), PortBlock::allocate());
     let master = Broker::start_with_config(
         master_dir.path(),
-        ha,
+        &format!("{ha}authorization = \"acl\"\nsuperusers = [\"root\"]\n"),
         &[
             "--listen",
             &master_ports.listen_addr(),
@@ -500,9 +516,10 @@ fn a_slave_decides_with_the_replicated_rules() {
     }
     let rule = ["ANONYMOUS", "consume", "topic:open", "allow"];
     assert_eq!(acl_change(&master.addr, &plain, true, rule), Status::Ok);
+    // The slave's own configuration says "off".
     let slave = Broker::start_with_config(
         slave_dir.path(),
-        ha,
+        &format!("{ha}authorization = \"off\"\n"),
         &[
             "--role",
             "SLAVE",
@@ -518,16 +535,23 @@ fn a_slave_decides_with_the_replicated_rules() {
         acl_list(&slave.addr, &plain).filter(|l| l.rules.iter().any(|r| r.resource == "topic:open"))
     });
     wait_until(CATCH_UP, "the topics on the slave", || {
-        (status_of(&slave.addr, &plain, Opcode::Pull, &pull_body("open")) != Status::TopicNotFound)
-            .then_some(())
+        served(status_of(
+            &slave.addr,
+            &plain,
+            Opcode::Pull,
+            &pull_body("open"),
+        ))
+        .then_some(())
     });
-    assert_ne!(
-        status_of(&slave.addr, &plain, Opcode::Pull, &pull_body("open")),
-        Status::NotAuthorized
-    );
     assert_eq!(
         status_of(&slave.addr, &plain, Opcode::Pull, &pull_body("closed")),
-        Status::NotAuthorized
+        Status::NotAuthorized,
+        "a slave at \"off\" enforces its master's \"acl\""
+    );
+    assert_eq!(
+        status_of(&slave.addr, &plain, Opcode::MetadataSnapshot, &[]),
+        Status::NotAuthorized,
+        "admin calls too"
     );
     assert_eq!(
         acl_change(
@@ -539,12 +563,132 @@ fn a_slave_decides_with_the_replicated_rules() {
         Status::NotMaster,
         "a slave copies its master's rules"
     );
+    let log = slave.log();
+    assert!(
+        log.contains("differ from its master's") && log.contains("master_authorization=acl"),
+        "the slave warns that its settings differ: {log}"
+    );
+    // The master's policy is kept with the rules in the slave's file.
+    let file = std::fs::read_to_string(slave.store.join("acls.json")).unwrap();
+    let file: serde_json::Value = serde_json::from_str(&file).unwrap();
+    assert_eq!(file["master"]["authorization"], "acl", "{file}");
+    assert_eq!(file["master"]["superusers"][0], "root", "{file}");
     // A rule the master removes is gone on the slave too.
     assert_eq!(acl_change(&master.addr, &plain, false, rule), Status::Ok);
     wait_until(CATCH_UP, "the removal on the slave", || {
         (status_of(&slave.addr, &plain, Opcode::Pull, &pull_body("open")) == Status::NotAuthorized)
             .then_some(())
     });
+}
+
+/// A slave of replication protocol version 3 (before the ACL trailer) is welcomed in version
+/// 3 and gets metadata frames that end right after the group offsets, the only frames its
+/// decoder takes: an upgraded master keeps its old slaves replicating metadata.
+#[test]
+fn a_version_3_slave_gets_metadata_frames_without_the_acl_trailer() {
+    use ringmq::replication::protocol::{
+        AclTrailer, Hello, LinkSecurity, MetadataFrame, ACL_TRAILER_VERSION, DATA_HEADER_BYTES,
+        HEARTBEAT_BYTES, KIND_DATA, KIND_HEARTBEAT, KIND_METADATA, MIN_HA_VERSION, NONCE_BYTES,
+    };
+    use std::io::{Read, Write};
+    assert!(MIN_HA_VERSION < ACL_TRAILER_VERSION);
+    let dir = temp_store();
+    let store = dir.path().join("data");
+    bootstrap(
+        &store,
+        "ANONYMOUS",
+        "create",
+        &["--topic-prefix", ""],
+        "--allow",
+    );
+    let ports = PortBlock::allocate();
+    let master = Broker::start_with_config(
+        dir.path(),
+        "shards = 1\nha_heartbeat_interval_ms = 100\nmetadata_sync_interval_ms = 200\nauthorization = \"acl\"\n",
+        &[
+            "--listen",
+            &ports.listen_addr(),
+            "--ha-listen",
+            &ports.ha_addr(),
+        ],
+    );
+    let create = encode(|b| {
+        TopicCreate {
+            name: "t".to_string(),
+            queue_count: 1,
+        }
+        .encode(b)
+    });
+    let plain = ConnectionOptions::default();
+    assert_eq!(
+        status_of(&master.addr, &plain, Opcode::TopicCreate, &create),
+        Status::Ok
+    );
+    let mut link = std::net::TcpStream::connect(ports.ha_addr()).unwrap();
+    link.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut hello = Vec::new();
+    Hello {
+        version: MIN_HA_VERSION,
+        shard: 0,
+        shard_count: 1,
+        segment_size_bytes: 1 << 20,
+        log_id: [0; 16],
+        last_epoch: 0,
+        max_offset: 0,
+        broker_name: "broker-a".into(),
+        security: LinkSecurity::Off,
+        nonce: [0; NONCE_BYTES],
+    }
+    .encode(&mut hello);
+    link.write_all(&hello).unwrap();
+    let read_body = |link: &mut std::net::TcpStream, len: usize| {
+        let mut body = vec![0u8; len];
+        link.read_exact(&mut body).unwrap();
+        body
+    };
+    let mut len = [0u8; 4];
+    link.read_exact(&mut len).unwrap();
+    let welcome = read_body(&mut link, u32::from_le_bytes(len) as usize);
+    // What a version-3 slave checks: accepted (0), empty reason, version 3.
+    assert_eq!(
+        welcome[..5],
+        [0, 0, 0, 3, 0],
+        "welcomed in version 3: {welcome:?}"
+    );
+    let deadline = std::time::Instant::now() + CATCH_UP;
+    let frame = loop {
+        assert!(std::time::Instant::now() < deadline, "no metadata frame");
+        let mut kind = [0u8; 1];
+        link.read_exact(&mut kind).unwrap();
+        match kind[0] {
+            KIND_DATA => {
+                let header = read_body(&mut link, DATA_HEADER_BYTES - 1);
+                let len = u32::from_le_bytes(header[8..12].try_into().unwrap()) as usize;
+                read_body(&mut link, len);
+            }
+            KIND_HEARTBEAT => {
+                read_body(&mut link, HEARTBEAT_BYTES - 1);
+            }
+            KIND_METADATA => {
+                let header = read_body(&mut link, 4);
+                let len = u32::from_le_bytes(header.try_into().unwrap()) as usize;
+                break read_body(&mut link, len);
+            }
+            other => panic!("an unknown frame kind {other}"),
+        }
+    };
+    let decoded = MetadataFrame::decode(&frame).expect("the frame decodes");
+    assert_eq!(decoded.acls, AclTrailer::Absent);
+    assert!(decoded.topics.is_some_and(|t| t.topics.contains_key("t")));
+    // Byte for byte what the frame's fields encode to without a trailer: nothing follows
+    // the offsets.
+    let again = MetadataFrame {
+        acls: AclTrailer::Absent,
+        ..MetadataFrame::decode(&frame).unwrap()
+    }
+    .encode();
+    assert_eq!(again[5..], frame[..], "bytes after the group offsets");
 }
 
 /// Authorization off: one warning at start naming what is exposed; admin calls are still
@@ -623,6 +767,11 @@ fn authorization_off_warns_once_and_still_audits() {
     assert!(
         !locked.status.success(),
         "--store on a running broker is refused"
+    );
+    let stderr = String::from_utf8_lossy(&locked.stderr);
+    assert!(
+        stderr.contains("stop the broker first"),
+        "refused for the store's lock: {stderr}"
     );
     assert_eq!(
         status_of(

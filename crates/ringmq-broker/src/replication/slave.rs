@@ -704,8 +704,8 @@ fn warn_on_policy_mismatch<D: Disk>(shard: &Shard<D>, acls: &crate::security::ac
     if config.authorization != master.authorization || own != theirs {
         warn!(
             shard = shard.id(),
-            own_authorization = config.authorization.name(),
-            master_authorization = master.authorization.name(),
+            own_authorization = %config.authorization.name(),
+            master_authorization = %master.authorization.name(),
             own_superusers = ?config.superusers,
             master_superusers = ?master.superusers,
             "this slave's authorization or superusers differ from its master's: it enforces the \
