@@ -591,7 +591,7 @@ fn a_version_3_slave_gets_metadata_frames_without_the_acl_trailer() {
         HEARTBEAT_BYTES, KIND_DATA, KIND_HEARTBEAT, KIND_METADATA, MIN_HA_VERSION, NONCE_BYTES,
     };
     use std::io::{Read, Write};
-    assert!(MIN_HA_VERSION < ACL_TRAILER_VERSION);
+    const { assert!(MIN_HA_VERSION < ACL_TRAILER_VERSION) };
     let dir = temp_store();
     let store = dir.path().join("data");
     bootstrap(

@@ -396,6 +396,8 @@ pub fn run(mut config: BrokerConfig) -> Result<(), ServerError> {
             Err(_) => break,
         }
     }
+    // Every admin call answered before the stop is in the audit file.
+    crate::security::audit::shutdown();
     info!("stopped cleanly");
     Ok(())
 }

@@ -6,7 +6,10 @@
 //! channel of [`AUDIT_QUEUE_LINES`] and leave through one writer thread that appends them to
 //! the file, so a shard never blocks on the file. A full channel drops the line, counts it in
 //! `audit_lines_dropped_total` and says so in the log (at most once every 10 s, with the
-//! number dropped since): a drop is never silent.
+//! number dropped since): a drop is never silent. Lines the writer failed to write count as
+//! dropped too (added by the next line recorded, as the writer has no shard's counters). At a
+//! clean shutdown [`shutdown`] drains the queue and joins the writer, so every line queued
+//! before it is in the file.
 
 use crate::constants::AUDIT_QUEUE_LINES;
 use serde::Serialize;
@@ -15,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Dropped lines are logged at most this often (with their count), so a stalled disk does not
@@ -40,8 +43,18 @@ pub struct AuditLine<'a> {
     pub status: &'a str,
 }
 
+/// What the writer thread is sent: a line, or the end (after every line queued before it).
+enum Message {
+    Line(String),
+    Stop,
+}
+
 struct AuditLog {
-    lines: SyncSender<String>,
+    lines: SyncSender<Message>,
+    /// The writer thread, joined by [`shutdown`].
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Lines the writer could not write, not yet counted by a shard.
+    failed_uncounted: AtomicU64,
     dropped_unlogged: AtomicU64,
     /// Milliseconds since the epoch of the last drop warning.
     last_warning_ms: AtomicU64,
@@ -67,6 +80,8 @@ pub fn install(path: &Path) -> Result<(), String> {
     let (lines, receiver) = sync_channel(AUDIT_QUEUE_LINES);
     let log = AuditLog {
         lines,
+        writer: Mutex::new(None),
+        failed_uncounted: AtomicU64::new(0),
         dropped_unlogged: AtomicU64::new(0),
         last_warning_ms: AtomicU64::new(0),
     };
@@ -74,26 +89,66 @@ pub fn install(path: &Path) -> Result<(), String> {
         return Err("the audit log is already open".to_string());
     }
     let shown = path.display().to_string();
-    std::thread::Builder::new()
+    let writer = std::thread::Builder::new()
         .name("ringmq-audit".to_string())
         .spawn(move || write_lines(file, receiver, &shown))
         .map_err(|e| format!("starting the audit writer: {e}"))?;
+    if let Some(log) = AUDIT.get() {
+        *log.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(writer);
+    }
     Ok(())
 }
 
-/// The writer thread: appends each line, flushing once the queue is drained, so a burst is
-/// one write and a lone line is on disk (in the page cache) at once.
-fn write_lines(file: std::fs::File, receiver: Receiver<String>, path: &str) {
-    let mut out = std::io::BufWriter::new(file);
-    while let Ok(line) = receiver.recv() {
-        let mut written = out.write_all(line.as_bytes());
-        while let Ok(next) = receiver.try_recv() {
-            written = written.and_then(|_| out.write_all(next.as_bytes()));
-        }
-        if let Err(e) = written.and_then(|_| out.flush()) {
-            tracing::error!(file = %path, "writing the audit log failed: {e}");
+/// Writes every line queued so far and stops the writer (a clean shutdown, once the shards
+/// stopped). Blocks until the file has them; without an open audit log it does nothing.
+pub fn shutdown() {
+    let Some(log) = AUDIT.get() else {
+        return;
+    };
+    let writer = log.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(writer) = writer {
+        if log.lines.send(Message::Stop).is_ok() {
+            let _ = writer.join();
         }
     }
+}
+
+/// The writer thread: appends each line, flushing once the queue is drained, so a burst is
+/// one write and a lone line is on disk (in the page cache) at once. A burst that fails is
+/// counted as dropped, all of it (which of its lines reached the file is unknown).
+fn write_lines(file: std::fs::File, receiver: Receiver<Message>, path: &str) {
+    let mut out = std::io::BufWriter::new(file);
+    let mut stopping = false;
+    while !stopping {
+        let Ok(Message::Line(line)) = receiver.recv() else {
+            break;
+        };
+        let mut burst = 1u64;
+        let mut written = out.write_all(line.as_bytes());
+        while let Ok(next) = receiver.try_recv() {
+            match next {
+                Message::Line(next) => {
+                    burst += 1;
+                    written = written.and_then(|_| out.write_all(next.as_bytes()));
+                }
+                Message::Stop => {
+                    stopping = true;
+                    break;
+                }
+            }
+        }
+        if let Err(e) = written.and_then(|_| out.flush()) {
+            if let Some(log) = AUDIT.get() {
+                log.failed_uncounted.fetch_add(burst, Ordering::Relaxed);
+            }
+            tracing::error!(
+                file = %path,
+                lines = burst,
+                "writing the audit log failed (the lines count in audit_lines_dropped_total): {e}"
+            );
+        }
+    }
+    let _ = out.flush();
 }
 
 fn now_ms() -> u64 {
@@ -103,16 +158,18 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Queues one line. `false`: dropped (queue full); the caller counts it. Without an open
-/// audit log (unit tests, simulations), nothing is written and nothing counts as dropped.
-pub fn record(line: &AuditLine<'_>) -> bool {
+/// Queues one line. Returns the lines the caller counts as dropped: this one if the queue was
+/// full, and those the writer failed to write since the last call. Without an open audit log
+/// (unit tests, simulations), nothing is written and nothing counts as dropped.
+pub fn record(line: &AuditLine<'_>) -> u64 {
     let Some(log) = AUDIT.get() else {
-        return true;
+        return 0;
     };
+    let failed = log.failed_uncounted.swap(0, Ordering::Relaxed);
     let mut text = serde_json::to_string(line).expect("an audit line serializes");
     text.push('\n');
-    match log.lines.try_send(text) {
-        Ok(()) => true,
+    match log.lines.try_send(Message::Line(text)) {
+        Ok(()) => failed,
         Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
             let dropped = log.dropped_unlogged.fetch_add(1, Ordering::Relaxed) + 1;
             let now = now_ms();
@@ -129,7 +186,7 @@ pub fn record(line: &AuditLine<'_>) -> bool {
                     "the audit writer's queue is full ({AUDIT_QUEUE_LINES} lines): dropped audit lines (audit_lines_dropped_total counts them)"
                 );
             }
-            false
+            failed + 1
         }
     }
 }

@@ -245,8 +245,9 @@ pub fn audit<D: Disk>(shard: &Shard<D>, audited: &Audited, caller: Caller<'_>, s
         result,
         status: status.name(),
     };
-    if !audit::record(&line) {
-        shard.probe().add(Counter::AuditLinesDropped, 1);
+    let dropped = audit::record(&line);
+    if dropped > 0 {
+        shard.probe().add(Counter::AuditLinesDropped, dropped);
     }
 }
 
