@@ -399,6 +399,7 @@ fn answer_challenge_with(
         .unwrap();
     let mut hello = Vec::new();
     Hello {
+        version: ringmq::replication::protocol::HA_VERSION,
         shard: 0,
         shard_count: 1,
         segment_size_bytes: 1 << 20,

@@ -691,6 +691,7 @@ fn fake_ack_beyond_the_master_is_refused() {
         .unwrap();
     let mut hello = Vec::new();
     Hello {
+        version: ringmq::replication::protocol::HA_VERSION,
         shard: 0,
         shard_count: 2,
         segment_size_bytes: 1 << 20,
@@ -1110,7 +1111,9 @@ fn metadata_changes_reach_the_slave_at_once() {
 /// in the layout every version decodes (see `replication::protocol`).
 #[test]
 fn a_slave_of_another_protocol_version_is_refused_naming_both_versions() {
-    use ringmq::replication::protocol::{Hello, LinkSecurity, Welcome, HA_VERSION, NONCE_BYTES};
+    use ringmq::replication::protocol::{
+        Hello, LinkSecurity, Welcome, HA_VERSION, MIN_HA_VERSION, NONCE_BYTES,
+    };
     use ringmq::replication::ReplicationError;
     let master = start_node("ASYNC_MASTER", "SYNC_FLUSH", None, "");
     let mut link = std::net::TcpStream::connect(&master.broker.ha).unwrap();
@@ -1118,6 +1121,7 @@ fn a_slave_of_another_protocol_version_is_refused_naming_both_versions() {
         .unwrap();
     let mut hello = Vec::new();
     Hello {
+        version: ringmq::replication::protocol::HA_VERSION,
         shard: 0,
         shard_count: 2,
         segment_size_bytes: 1 << 20,
@@ -1130,8 +1134,8 @@ fn a_slave_of_another_protocol_version_is_refused_naming_both_versions() {
     }
     .encode(&mut hello);
     let current = hello.clone();
-    // Length prefix, magic, then the version.
-    let old = HA_VERSION - 1;
+    // Length prefix, magic, then the version: one older than any this master takes.
+    let old = MIN_HA_VERSION - 1;
     hello[8..10].copy_from_slice(&old.to_le_bytes());
     link.write_all(&hello).unwrap();
     let mut len = [0u8; 4];
@@ -1218,6 +1222,7 @@ fn metadata_arrives_on_the_replication_link_alone() {
         let (mut link, hello) = fake.accept();
         let mut answer = Vec::new();
         Welcome {
+            version: ringmq::replication::protocol::HA_VERSION,
             log_id: [5; 16],
             epochs: vec![(1, 0)],
             truncate_to: u64::MAX,
@@ -1239,6 +1244,7 @@ fn metadata_arrives_on_the_replication_link_alone() {
             version: 1,
             topics: (shard == 0).then(|| table.clone()),
             group_offsets,
+            acls: ringmq::replication::protocol::AclTrailer::Absent,
         };
         link.write_all(&frame.encode()).unwrap();
         links.push((link, frame.encode()));
@@ -1299,6 +1305,7 @@ fn a_slave_names_both_versions_when_its_master_speaks_another() {
     let (mut link, _) = fake.accept();
     let mut answer = Vec::new();
     Welcome {
+        version: ringmq::replication::protocol::HA_VERSION,
         log_id: [5; 16],
         epochs: vec![(1, 0)],
         truncate_to: u64::MAX,
@@ -1631,6 +1638,7 @@ fn a_bad_metadata_frame_is_skipped_and_the_link_stays() {
         let (mut link, hello) = fake.accept();
         let mut answer = Vec::new();
         Welcome {
+            version: ringmq::replication::protocol::HA_VERSION,
             log_id: [5; 16],
             epochs: vec![(1, 0)],
             truncate_to: u64::MAX,
@@ -1645,12 +1653,14 @@ fn a_bad_metadata_frame_is_skipped_and_the_link_stays() {
                 version: 1,
                 topics: Some(beyond.clone()),
                 group_offsets: Vec::new(),
+                acls: ringmq::replication::protocol::AclTrailer::Absent,
             };
             link.write_all(&frame.encode()).unwrap();
             let frame = MetadataFrame {
                 version: 2,
                 topics: Some(good.clone()),
                 group_offsets: Vec::new(),
+                acls: ringmq::replication::protocol::AclTrailer::Absent,
             };
             link.write_all(&frame.encode()).unwrap();
         }

@@ -2,7 +2,7 @@
 //! non-zero exit code; nothing here panics on user input.
 
 use super::{
-    admin, bench, cluster, consume, controller, group, namesrv, produce, serve, stats, topic,
+    acl, admin, bench, cluster, consume, controller, group, namesrv, produce, serve, stats, topic,
 };
 use crate::client::{Client, ClientError};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -41,6 +41,9 @@ pub enum Command {
     Cluster(cluster::ClusterArgs),
     /// Retention: delete expired segments now, show disk use and the append state.
     Admin(admin::AdminArgs),
+    /// ACL rules: add, remove and list them (on a broker, every group's master with
+    /// --namesrv, or a stopped broker's store with --store).
+    Acl(acl::AclArgs),
     /// Measure throughput and latency: every mode x producer count, with HDR histograms,
     /// plots and a sync/async ratio table.
     Bench(bench::BenchArgs),
@@ -58,6 +61,7 @@ impl Command {
             Command::Stats(args) => Some(&args.broker.tls),
             Command::Cluster(args) => Some(&args.broker.tls),
             Command::Admin(args) => Some(&args.broker.tls),
+            Command::Acl(args) => Some(&args.broker.tls),
             Command::Bench(args) => Some(&args.tls),
         }
     }
@@ -162,7 +166,7 @@ pub const NAMESRV_ENV: &str = "RINGMQ_NAMESRV";
 /// The subcommands that take [`BrokerArgs`] (`serve` has a `--namesrv` of its own), and
 /// `bench`, whose `--broker`/`--namesrv` pair follows the same rule.
 const CLIENT_COMMANDS: &[&str] = &[
-    "topic", "produce", "consume", "group", "stats", "cluster", "admin", "bench",
+    "topic", "produce", "consume", "group", "stats", "cluster", "admin", "bench", "acl",
 ];
 
 impl Cli {
@@ -239,6 +243,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Stats(args) => stats::run(args),
         Command::Cluster(args) => cluster::run(args),
         Command::Admin(args) => admin::run(args),
+        Command::Acl(args) => acl::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -5,6 +5,7 @@
 //! [`app`] holds the top-level parser and dispatch, [`output`] the text/JSON formatting shared
 //! by the client subcommands.
 
+pub mod acl;
 pub mod admin;
 pub mod app;
 pub mod bench;

@@ -466,6 +466,7 @@ fn message_bodies() -> Vec<(&'static str, Vec<u8>)> {
 
 fn hello_body() -> Vec<u8> {
     let hello = Hello {
+        version: crate::replication::protocol::HA_VERSION,
         shard: 1,
         shard_count: 2,
         segment_size_bytes: 1 << 30,
@@ -481,6 +482,7 @@ fn hello_body() -> Vec<u8> {
 
 fn challenge_body() -> Vec<u8> {
     let challenge = Challenge {
+        version: crate::replication::protocol::HA_VERSION,
         nonce: [0xa5; NONCE_BYTES],
         broker_name: "broker-a".into(),
         last_epoch: 1 << 16,
@@ -490,6 +492,7 @@ fn challenge_body() -> Vec<u8> {
 
 fn welcome_body() -> Vec<u8> {
     let welcome = Welcome {
+        version: crate::replication::protocol::HA_VERSION,
         log_id: [9; 16],
         epochs: vec![(1, 0), (2, 8192)],
         truncate_to: 8192,

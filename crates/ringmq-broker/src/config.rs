@@ -390,6 +390,36 @@ pub struct BrokerConfig {
     /// once, so a flood of slow handshakes costs a bounded amount of memory and never delays
     /// the connections already serving.
     pub tls_max_handshakes_per_shard: u32,
+
+    // Authorization and the audit log (docs/security.md, "ACLs" and "Audit log").
+    /// `"off"` (the default; the broker warns at start that every operation, admin calls
+    /// included, is open to anyone who reaches a port) or `"acl"`: deny by default, each
+    /// request allowed by the ACL rules (`ringmq acl`), deny wins.
+    pub authorization: Authorization,
+    /// Principals allowed every operation (user and ACL administration included)
+    #[serde(default)]
+    pub superusers: Vec<String>,
+    /// Where every admin call is recorded, one JSON line each (unset: `<store_dir>/audit.log`).
+    pub audit_log_file: Option<PathBuf>,
+}
+
+/// Whether requests are checked against the ACLs (`authorization`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Authorization {
+    /// Every request is allowed (the broker warns at start).
+    Off,
+    /// Deny by default; the ACL rules allow, a deny rule wins, superusers pass.
+    Acl,
+}
+
+impl Authorization {
+    pub fn name(self) -> &'static str {
+        match self {
+            Authorization::Off => "off",
+            Authorization::Acl => "acl",
+        }
+    }
 }
 
 /// Whether TLS clients must present a certificate (`client_auth`).
@@ -493,6 +523,9 @@ impl Default for BrokerConfig {
             client_auth: ClientAuth::None,
             tls_handshake_timeout_ms: 10_000,
             tls_max_handshakes_per_shard: 256,
+            authorization: Authorization::Off,
+            superusers: Vec::new(),
+            audit_log_file: None,
         }
     }
 }
@@ -815,6 +848,7 @@ impl BrokerConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_tls()?;
+        self.validate_authorization()?;
         self.listen_addr()?;
         self.metrics_addr()?;
         self.validate_kafka()?;
@@ -947,6 +981,22 @@ impl BrokerConfig {
                     self.io_memory_bytes
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// Superusers are principals as ACL rules name them: not empty, no control characters,
+    /// and neither `*` (everyone) nor `ANONYMOUS` (every unauthenticated connection).
+    fn validate_authorization(&self) -> Result<(), ConfigError> {
+        crate::security::acl::check_superusers(&self.superusers)
+            .map_err(|e| ConfigError::value("superusers", e))?;
+        if let Some(path) = &self.audit_log_file {
+            if path.as_os_str().is_empty() {
+                return Err(ConfigError::value(
+                    "audit_log_file",
+                    "an empty path: give a file, or leave it unset for <store_dir>/audit.log",
+                ));
+            }
         }
         Ok(())
     }

@@ -206,3 +206,9 @@ pub const KAFKA_MEMBER_ID_CLIENT_ID_MAX: usize = 64;
 // The rebalance clamp (`kafka::groups`) needs the session's lower bound under the
 // rebalance's upper one.
 const _: () = assert!(KAFKA_SESSION_TIMEOUT_MS_MAX <= KAFKA_REBALANCE_TIMEOUT_MS_MAX);
+
+/// Audit lines queued for the audit writer thread (`security/audit.rs`). Admin calls are rare
+/// (an operator's commands, a monitor's stats every few seconds): 4096 lines of ~250 bytes
+/// (1 MiB) absorb a burst of minutes while the writer is stalled on a slow disk. Past it a
+/// line is dropped, counted and logged; a shard never waits on the file.
+pub const AUDIT_QUEUE_LINES: usize = 4096;

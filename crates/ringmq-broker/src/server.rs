@@ -225,6 +225,15 @@ fn warn_unauthenticated(config: &BrokerConfig) {
              and ha_secret_file on the master and its slaves"
         );
     }
+    if config.authorization == crate::config::Authorization::Off {
+        tracing::warn!(
+            "authorization is \"off\": anyone who reaches a client, shard or Kafka port may do \
+             everything: promote or demote this broker (cluster promote/demote), create and \
+             delete topics, read every group's offsets (metadata snapshot), run retention \
+             now (delete-expired), change ACLs, and produce to and consume from every topic; \
+             set authorization = \"acl\" with superusers and ACL rules (ringmq acl)"
+        );
+    }
     if !config.namesrv.is_empty() && config.namesrv_secret.is_none() {
         tracing::warn!(
             "namesrv_secret_file is not set: this broker's registrations are unsigned, so a \
@@ -255,6 +264,12 @@ pub fn run(mut config: BrokerConfig) -> Result<(), ServerError> {
     )?;
     info!("effective configuration:\n{}", config.to_toml());
     let topics = Arc::new(TopicTable::load(&config.store_dir)?);
+    let acls = Arc::new(
+        crate::security::acl::AclTable::load(&config.store_dir).map_err(ServerError::Startup)?,
+    );
+    let audit_path =
+        crate::security::audit::audit_path(config.audit_log_file.as_deref(), &config.store_dir);
+    crate::security::audit::install(&audit_path).map_err(ServerError::Startup)?;
     raise_descriptor_limit(&config);
     let listeners = bind_listeners(&config, shard_count)?;
     let shard_ports = Arc::new(listeners.shard_ports.clone());
@@ -290,6 +305,7 @@ pub fn run(mut config: BrokerConfig) -> Result<(), ServerError> {
             shard_count,
             config: config.clone(),
             topics: topics.clone(),
+            acls: acls.clone(),
             mesh,
             listener_fds,
             shard_ports: shard_ports.clone(),
@@ -381,6 +397,8 @@ pub fn run(mut config: BrokerConfig) -> Result<(), ServerError> {
             Err(_) => break,
         }
     }
+    // Every admin call answered before the stop is in the audit file.
+    crate::security::audit::shutdown();
     info!("stopped cleanly");
     Ok(())
 }

@@ -121,3 +121,20 @@ pub struct HistogramSummary {
     pub p999: u64,
     pub max: u64,
 }
+
+/// The `AclList` body (JSON): every rule, each part in the text `AclAdd` takes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AclList {
+    /// `"off"` or `"acl"`: whether the rules are enforced.
+    pub authorization: String,
+    pub rules: Vec<AclEntry>,
+}
+
+/// One rule as text (`docs/security.md`, "ACLs").
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AclEntry {
+    pub principal: String,
+    pub operation: String,
+    pub resource: String,
+    pub effect: String,
+}

@@ -99,6 +99,9 @@ wire_enum! {
         /// A correctly signed registration refused as a replay: signed outside the name
         /// server's replay window, or with a sequence it has already accepted.
         ReplayRefused = 143 => "REPLAY_REFUSED",
+        /// With `authorization = "acl"`: the connection's principal may not do this. The
+        /// message names the operation and the resource, never a rule or a secret.
+        NotAuthorized = 145 => "NOT_AUTHORIZED",
         /// Retryable, not stored: overload (a bounded queue, buffer or limit is full).
         SystemBusy = 200 => "SYSTEM_BUSY",
         /// Retryable: this broker's role does not accept the request (e.g. produce on a slave).

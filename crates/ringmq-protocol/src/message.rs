@@ -696,6 +696,37 @@ wire_body! {
     pub struct ClusterStatusRequest {}
 }
 
+wire_body! {
+    /// AclAdd request: one rule, each part as text the broker parses (docs/security.md,
+    /// "ACLs"): `principal` (a name, `ANONYMOUS`, or `*`), `operation` (`produce`,
+    /// `alter_acls`, ...), `resource` (`topic:NAME`, `topic-prefix:P`, `group:G`,
+    /// `group-prefix:P` or `cluster`) and `effect` (`allow` or `deny`).
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct AclAdd {
+        pub principal: String => Str16,
+        pub operation: String => Str16,
+        pub resource: String => Str16,
+        pub effect: String => Str16,
+    }
+}
+
+wire_body! {
+    /// AclRemove request: the rule to remove, as in [`AclAdd`].
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct AclRemove {
+        pub principal: String => Str16,
+        pub operation: String => Str16,
+        pub resource: String => Str16,
+        pub effect: String => Str16,
+    }
+}
+
+wire_body! {
+    /// AclList request: every rule of the broker.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct AclListRequest {}
+}
+
 /// Decodes an error response body (any status for which `Status::has_body` is false).
 pub fn decode_error_message(body: &[u8]) -> String {
     String::from_utf8_lossy(body).into_owned()

@@ -57,6 +57,7 @@ nothing_to_round_trip!(
     crate::admin::Stats,
     crate::admin::ClusterStatus,
     crate::admin::Retention,
+    crate::admin::AclList,
     serde_json::Value
 );
 

@@ -74,6 +74,9 @@ macro_rules! for_each_request {
             ClusterDemote = 52 => "ClusterDemote": ClusterDemote
                 => $crate::admin::ClusterStatus,
                 "cluster status after demotion" {};
+            AclAdd = 64 => "AclAdd": AclAdd => (), "acl add response" {};
+            AclRemove = 65 => "AclRemove": AclRemove => (), "acl remove response" {};
+            AclList = 66 => "AclList": AclListRequest => $crate::admin::AclList, "acl list" {};
             BrokerRegister = 70 => "BrokerRegister": $crate::namesrv::BrokerRegister
                 => $crate::namesrv::RegisterResult, "register result" {};
             BrokerUnregister = 71 => "BrokerUnregister": $crate::namesrv::BrokerUnregister
@@ -233,6 +236,7 @@ json_responses! {
     crate::admin::Stats => "stats",
     crate::admin::ClusterStatus => "cluster status",
     crate::admin::Retention => "retention",
+    crate::admin::AclList => "acl list",
     serde_json::Value => "metadata snapshot",
 }
 

@@ -86,6 +86,8 @@ pub(super) mod code {
     pub const NOT_ENOUGH_REPLICAS: i16 = 19;
     pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
     pub const UNSUPPORTED_VERSION: i16 = 35;
+    pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+    pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
     pub const INVALID_PARTITIONS: i16 = 37;
     pub const INVALID_REQUEST: i16 = 42;
@@ -231,7 +233,9 @@ pub async fn handle(
         ApiKey::ListOffsets => run!(ListOffsetsRequest, |r| list_offsets(shard, r)),
         ApiKey::CreateTopics => run!(CreateTopicsRequest, |r| create_topics(shard, r)),
         ApiKey::DeleteTopics => run!(DeleteTopicsRequest, |r| delete_topics(shard, node, r)),
-        ApiKey::InitProducerId => run!(InitProducerIdRequest, |r| init_producer_id(node, r)),
+        ApiKey::InitProducerId => {
+            run!(InitProducerIdRequest, |r| init_producer_id(shard, node, r))
+        }
         ApiKey::FindCoordinator => run!(FindCoordinatorRequest, |r| {
             group_api::find_coordinator(shard, node, r, version)
         }),
@@ -312,10 +316,18 @@ fn name(s: &str) -> TopicName {
 /// (`handle_client`: the same checks as a native client, broker-kept topics refused).
 pub(super) async fn native(shard: &Rc<Shard>, opcode: Opcode, body: Vec<u8>) -> Reply {
     debug_assert_ne!(opcode, Opcode::Produce);
-    handlers::handle_client(shard, FrameHeader::request(opcode, 0), opcode, &body)
-        .await
-        // Only a produce at level `none` goes unanswered.
-        .unwrap_or_else(|| Reply::error(Status::Internal, "no answer"))
+    // The Kafka listener authenticates no one yet: its calls are ANONYMOUS's.
+    handlers::handle_client(
+        shard,
+        FrameHeader::request(opcode, 0),
+        opcode,
+        &body,
+        None,
+        None,
+    )
+    .await
+    // Only a produce at level `none` goes unanswered.
+    .unwrap_or_else(|| Reply::error(Status::Internal, "no answer"))
 }
 
 fn message(reply: &Reply) -> String {
@@ -340,6 +352,7 @@ pub(super) fn error_code(status: Status) -> i16 {
         Status::TopicExists => code::TOPIC_ALREADY_EXISTS,
         Status::InvalidName => code::INVALID_TOPIC_EXCEPTION,
         Status::DiskFull | Status::StoreError => code::KAFKA_STORAGE_ERROR,
+        Status::NotAuthorized => code::TOPIC_AUTHORIZATION_FAILED,
         _ => code::UNKNOWN_SERVER_ERROR,
     }
 }
@@ -573,6 +586,15 @@ async fn produce_partition(
                 "`{topic}` is kept by the broker: clients read it but do not write it"
             )),
         );
+    }
+    // The same decision as a native produce (`handlers::acl::authorize`), as ANONYMOUS.
+    let need = [crate::security::acl::Need::topic(
+        crate::security::acl::Operation::Produce,
+        topic,
+    )];
+    let caller = handlers::acl::Caller::default();
+    if let Err(refused) = handlers::acl::authorize_needs(shard, caller, &need) {
+        return partition_produced(index, code::TOPIC_AUTHORIZATION_FAILED, -1, Some(refused));
     }
     if shard.topic(topic).is_none() {
         let created = node.auto_create_topics
@@ -1095,8 +1117,17 @@ async fn create_topics(
             }
         };
         let result = if request.validate_only {
-            // The real create's checks, in its order, without applying the table it builds.
-            let checked = if !shard.is_master() {
+            // The real create's checks, in its order, without applying the table it builds:
+            // authorization first, as `handle_client` decides a create before it runs.
+            let need = [crate::security::acl::Need::topic(
+                crate::security::acl::Operation::Create,
+                topic_name.as_str(),
+            )];
+            let authorized =
+                handlers::acl::authorize_needs(shard, handlers::acl::Caller::default(), &need);
+            let checked = if let Err(refused) = authorized {
+                Err((code::TOPIC_AUTHORIZATION_FAILED, refused))
+            } else if !shard.is_master() {
                 Err((
                     code::NOT_LEADER_OR_FOLLOWER,
                     "topics are changed on the master".into(),
@@ -1162,9 +1193,22 @@ async fn delete_topics(
 }
 
 async fn init_producer_id(
+    shard: &Rc<Shard>,
     node: &KafkaNode,
     request: InitProducerIdRequest,
 ) -> Option<InitProducerIdResponse> {
+    // Kafka asks IdempotentWrite on the cluster or WRITE on some topic (KIP-679); ringmq's
+    // rule is the second (`handlers::acl::authorize_idempotent_producer`), as ANONYMOUS.
+    if let Err(refused) =
+        handlers::acl::authorize_idempotent_producer(shard, handlers::acl::Caller::default())
+    {
+        debug!("InitProducerId refused: {refused}");
+        return Some(
+            InitProducerIdResponse::default()
+                .with_error_code(code::CLUSTER_AUTHORIZATION_FAILED)
+                .with_producer_id(ProducerId(-1)),
+        );
+    }
     // A null transactional id (an empty one read as null too) asks for an idempotent producer.
     if request
         .transactional_id

@@ -48,10 +48,12 @@ pub enum Counter {
     ProduceAcksAll,
     ProduceAcksRaised,
     ProduceAcksNoneErrors,
+    AuthorizationRefused,
+    AuditLinesDropped,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 25] = [
+    pub const ALL: [Counter; 27] = [
         Counter::ProduceRequests,
         Counter::MessagesAppended,
         Counter::BytesAppended,
@@ -77,6 +79,8 @@ impl Counter {
         Counter::ProduceAcksAll,
         Counter::ProduceAcksRaised,
         Counter::ProduceAcksNoneErrors,
+        Counter::AuthorizationRefused,
+        Counter::AuditLinesDropped,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -105,6 +109,8 @@ impl Counter {
             Counter::ProduceAcksAll => "produce_acks_all_total",
             Counter::ProduceAcksRaised => "produce_acks_raised_total",
             Counter::ProduceAcksNoneErrors => "produce_acks_none_errors_total",
+            Counter::AuthorizationRefused => "authorization_refused_total",
+            Counter::AuditLinesDropped => "audit_lines_dropped_total",
         }
     }
     pub fn help(self) -> &'static str {
@@ -155,6 +161,12 @@ impl Counter {
             }
             Counter::ProduceAcksNoneErrors => {
                 "Level none produce requests not answered OK (refused, failed, or stored without their guarantee in time); no response tells their sender."
+            }
+            Counter::AuthorizationRefused => {
+                "Requests refused NOT_AUTHORIZED by the ACLs (authorization = \"acl\")."
+            }
+            Counter::AuditLinesDropped => {
+                "Audit log lines dropped because the audit writer's queue was full (each drop is also logged)."
             }
         }
     }

@@ -470,9 +470,18 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         permits: (ConnectionPermits, BudgetPermit),
     ) {
         let (shard, tx, activity) = (self.shard.clone(), self.tx.clone(), self.activity.clone());
+        let peer = self.peer.clone();
         shard.lifecycle().request_started();
         spawn_local(observed(async move {
-            let reply = handlers::handle_client(&shard, header, opcode, &frame[body_start..]).await;
+            let reply = handlers::handle_client(
+                &shard,
+                header,
+                opcode,
+                &frame[body_start..],
+                peer.principal.as_ref(),
+                Some(peer.addr),
+            )
+            .await;
             drop(frame);
             // No reply: a produce at level `none`, whose sender waits for no answer.
             if let Some(reply) = reply {

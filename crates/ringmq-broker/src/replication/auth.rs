@@ -246,6 +246,7 @@ pub fn log_refusal(shard: usize, peer: &str, kind: RefusalKind, reason: &str) {
 mod tests {
     use super::*;
     use crate::replication::protocol::LinkSecurity;
+    use crate::replication::protocol::HA_VERSION;
 
     fn secret(byte: u8) -> Secret {
         Secret::from_file_contents(vec![byte; 32]).unwrap()
@@ -253,6 +254,7 @@ mod tests {
 
     fn hello(nonce: Nonce) -> Hello {
         Hello {
+            version: HA_VERSION,
             shard: 0,
             shard_count: 1,
             segment_size_bytes: 1 << 20,
@@ -267,6 +269,7 @@ mod tests {
 
     fn challenge(nonce: Nonce) -> Challenge {
         Challenge {
+            version: HA_VERSION,
             nonce,
             broker_name: "broker-a".into(),
             last_epoch: 1 << 16,

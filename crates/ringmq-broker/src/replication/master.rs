@@ -18,14 +18,16 @@ use super::auth::{self, RefusalKind};
 use super::error::ReplicationError;
 use super::protocol::{
     decode_proof, divergence_point, encode_data_header, encode_heartbeat, encode_refusal,
-    Challenge, Hello, LinkSecurity, MetadataFrame, Welcome, AUTH_REPORT_BYTES, HA_VERSION,
-    HEARTBEAT_BYTES, MAX_HANDSHAKE_BYTES, MAX_METADATA_BYTES, METADATA_HEADER_BYTES, REPORT_BYTES,
+    AclTrailer, Challenge, Hello, LinkSecurity, MetadataFrame, Welcome, ACL_TRAILER_VERSION,
+    AUTH_REPORT_BYTES, HA_VERSION, HEARTBEAT_BYTES, MAX_HANDSHAKE_BYTES, MAX_METADATA_BYTES,
+    METADATA_HEADER_BYTES, MIN_HA_VERSION, REPORT_BYTES,
 };
 use super::replicas::Replicas;
 use super::splice::SpliceSender;
 use super::tls::LinkStream;
 use crate::config::HaSecurity;
 use crate::metrics::Counter;
+use crate::security::acl::{AclTable, Policy};
 use crate::shard::mesh::ShardRequest;
 use crate::shard::Shard;
 use crate::store::io::Disk;
@@ -38,6 +40,7 @@ use ringmq_protocol::auth::Secret;
 use std::cell::Cell;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
@@ -129,7 +132,7 @@ async fn read_hello<D: Disk, S: AsyncRead + AsyncWrite + Unpin>(
     )
     .await?;
     let version = Hello::version_of(&body).map_err(ReplicationError::decode("handshake"))?;
-    if version != HA_VERSION {
+    if !(MIN_HA_VERSION..=HA_VERSION).contains(&version) {
         let reason = version_refusal(version);
         let mut answer = Vec::new();
         encode_refusal(&reason, &mut answer);
@@ -142,7 +145,8 @@ async fn read_hello<D: Disk, S: AsyncRead + AsyncWrite + Unpin>(
 /// Why a slave of protocol version `slave` is refused.
 pub fn version_refusal(slave: u16) -> String {
     format!(
-        "the slave speaks replication protocol version {slave}, this master version {HA_VERSION}"
+        "the slave speaks replication protocol version {slave}, this master version {HA_VERSION} \
+         (and takes slaves of version {MIN_HA_VERSION} to {HA_VERSION})"
     )
 }
 
@@ -292,6 +296,7 @@ async fn authenticate<D: Disk, S: AsyncRead + AsyncWrite + Unpin>(
         ));
     }
     let challenge = Challenge {
+        version: hello.version,
         nonce: auth::fresh_nonce()
             .map_err(|e| ReplicationError::io("drawing the challenge's nonce", e))?,
         broker_name: config.broker_name.clone(),
@@ -439,6 +444,7 @@ fn welcome<D: Disk>(shard: &Shard<D>, hello: &Hello) -> Result<(Welcome, u64), S
         start = head;
     }
     let welcome = Welcome {
+        version: hello.version,
         log_id: identity.log_id,
         epochs: identity.epochs,
         truncate_to: if truncate_to < hello.max_offset || restart {
@@ -537,7 +543,16 @@ async fn serve_slave<D: Disk, S: LinkStream>(
             closed.clone(),
         ));
         let splice_fd = S::ZERO_COPY.then_some(fd);
-        let result = ship(&shard, &replicas, &mut stream, splice_fd, start, &closed).await;
+        let result = ship(
+            &shard,
+            &replicas,
+            &mut stream,
+            splice_fd,
+            start,
+            hello.version,
+            &closed,
+        )
+        .await;
         if let Err(e) = result {
             info!(shard = shard.id(), %peer, "slave link closed: {e}");
         }
@@ -673,6 +688,7 @@ async fn ship<D: Disk, W: AsyncWrite + Unpin>(
     stream: &mut W,
     splice_fd: Option<RawFd>,
     start: u64,
+    link_version: u16,
     closed: &Cell<bool>,
 ) -> Result<(), ReplicationError> {
     let heartbeat = Duration::from_millis(shard.config().ha_heartbeat_interval_ms);
@@ -693,6 +709,7 @@ async fn ship<D: Disk, W: AsyncWrite + Unpin>(
     let mut last_sent_at = clock.now();
     let mut confirmed_sent = 0u64;
     let mut metadata = MetadataPacing::new(heartbeat, metadata_every);
+    let mut acls = AclsSent::new(link_version);
     while !closed.get() {
         // A demotion (or a demotion and a promotion back) ends this term: its links stop.
         if !shard.replicas().is_some_and(|r| Rc::ptr_eq(&r, replicas)) {
@@ -702,7 +719,7 @@ async fn ship<D: Disk, W: AsyncWrite + Unpin>(
         }
         let version = shard.metadata().version();
         if metadata.due(version, clock.now()) {
-            send_metadata(shard, stream, version).await?;
+            send_metadata(shard, stream, version, &mut acls).await?;
             metadata.sent(version, clock.now());
             last_sent_at = clock.now();
             continue;
@@ -791,18 +808,67 @@ impl MetadataPacing {
     }
 }
 
+/// What one link was last sent of the ACL state, so the table (up to `MAX_ACL_RULES` rules)
+/// travels on a link's first frame and after each change rather than in every frame.
+struct AclsSent {
+    /// Whether the link carries the trailer at all (version 4 on; a version-3 slave would
+    /// skip every frame that has one).
+    trailer: bool,
+    /// The shard's table as it was last sent (compared by pointer: a change swaps the `Arc`).
+    table: Option<Arc<AclTable>>,
+}
+
+impl AclsSent {
+    fn new(link_version: u16) -> AclsSent {
+        AclsSent {
+            trailer: link_version >= ACL_TRAILER_VERSION,
+            table: None,
+        }
+    }
+
+    /// The trailer for the next frame of `shard`; `sent` is to be called once it went out.
+    /// Only shard 0 sends rules (every shard holds the same); the master's own authorization
+    /// and superusers go with them, so its slaves decide as it does.
+    fn next<D: Disk>(&self, shard: &Shard<D>) -> (AclTrailer, Option<Arc<AclTable>>) {
+        if !self.trailer {
+            return (AclTrailer::Absent, None);
+        }
+        let current = shard.acls();
+        let same = self
+            .table
+            .as_ref()
+            .is_some_and(|t| Arc::ptr_eq(t, &current));
+        if shard.id() != 0 || same {
+            return (AclTrailer::Unchanged, None);
+        }
+        let config = shard.config();
+        let table = AclTable {
+            rules: current.rules.clone(),
+            master: Some(Policy {
+                authorization: config.authorization,
+                superusers: config.superusers.clone(),
+            }),
+        };
+        (AclTrailer::Table(table), Some(current))
+    }
+}
+
 /// Sends this shard's metadata as of `version`: the topic table from shard 0 (every shard
-/// holds the same table, one copy is enough), and the group offsets of this shard's queues.
-/// A snapshot over [`MAX_METADATA_BYTES`] is counted and logged, not sent.
+/// holds the same table, one copy is enough), the group offsets of this shard's queues, and
+/// the ACL trailer ([`AclsSent`]). A snapshot over [`MAX_METADATA_BYTES`] is counted and
+/// logged, not sent.
 async fn send_metadata<D: Disk, W: AsyncWrite + Unpin>(
     shard: &Shard<D>,
     stream: &mut W,
     version: u64,
+    acls: &mut AclsSent,
 ) -> Result<(), ReplicationError> {
+    let (trailer, table) = acls.next(shard);
     let frame = MetadataFrame {
         version,
         topics: (shard.id() == 0).then(|| (*shard.topic_table()).clone()),
         group_offsets: shard.metadata().groups().all_rows(),
+        acls: trailer,
     }
     .encode();
     let len = frame.len() - METADATA_HEADER_BYTES;
@@ -821,7 +887,11 @@ async fn send_metadata<D: Disk, W: AsyncWrite + Unpin>(
     stream
         .write_all(&frame)
         .await
-        .map_err(|e| ReplicationError::io("sending metadata", e))
+        .map_err(|e| ReplicationError::io("sending metadata", e))?;
+    if table.is_some() {
+        acls.table = table;
+    }
+    Ok(())
 }
 
 /// Sends one frame of the log starting at `from`, never past its segment, and never across the

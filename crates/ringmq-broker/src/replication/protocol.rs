@@ -8,7 +8,7 @@
 //! - master → slave: frames of one kind byte then a fixed header: `DATA` (commitlog offset u64,
 //!   length u32, master confirmed offset u64, then that many raw commitlog bytes), `HEARTBEAT`
 //!   (master max offset u64, master confirmed offset u64) or `METADATA` (length u32, then a
-//!   [`MetadataFrame`]: topics and group offsets). The confirmed offset bounds what the slave
+//!   [`MetadataFrame`]: topics, group offsets and, from version 4, the ACL state). The confirmed offset bounds what the slave
 //!   shows consumers, so a record is never served by a slave before the master's guarantee
 //!   holds for it. A `METADATA` frame follows the handshake and every change of the master
 //!   shard's topics or group offsets, so the slave copies them over the link it already has;
@@ -21,17 +21,30 @@
 use super::error::ReplicationError;
 use crate::constants::MAX_QUEUES_PER_TOPIC;
 use crate::protocol::codec::{DecodeError, Reader, Writer};
+use crate::security::acl::AclTable;
 use crate::shard::groups::OffsetRow;
 use crate::shard::topics::{validate_stored_name, TopicEntry, TopicTable};
 use crate::store::record::{self, END_OF_SEGMENT_MARKER_BYTES, RECORD_HEADER_BYTES};
 use std::collections::BTreeMap;
 
 pub const HA_MAGIC: u32 = 0x4148_4D52;
-/// Version 3: the hello names the slave's `ha_security` and carries its nonce, and an
-/// authenticating master answers it with a [`Challenge`] before the welcome. (Version 2:
-/// metadata travels in `METADATA` frames; the master's client address left the handshake and
-/// the metadata version left `DATA` and `HEARTBEAT` frames.)
-pub const HA_VERSION: u16 = 3;
+/// Version 4: metadata frames end with the ACL trailer ([`AclTrailer`]); the hello, the
+/// challenge and the welcome are laid out as in version 3. (Version 3: the hello names the
+/// slave's `ha_security` and carries its nonce, and an authenticating master answers it with
+/// a [`Challenge`] before the welcome. Version 2: metadata travels in `METADATA` frames; the
+/// master's client address left the handshake and the metadata version left `DATA` and
+/// `HEARTBEAT` frames.)
+///
+/// A slave sends its own version; a master takes any from [`MIN_HA_VERSION`] to this one and
+/// speaks the slave's on that link (its challenge and welcome carry it, and a version-3 link
+/// gets metadata frames without the trailer, which a version-3 slave's decoder requires), so
+/// masters can be upgraded before their slaves. A slave takes only its own version back: a
+/// newer slave is refused by an older master, naming both versions.
+pub const HA_VERSION: u16 = 4;
+/// The oldest slave version a master serves.
+pub const MIN_HA_VERSION: u16 = 3;
+/// The first version whose metadata frames carry the ACL trailer.
+pub const ACL_TRAILER_VERSION: u16 = 4;
 /// The refused byte of a master's answer: 0 a [`Welcome`], 1 a refusal, 2 a [`Challenge`].
 const ANSWER_WELCOME: u8 = 0;
 const ANSWER_REFUSED: u8 = 1;
@@ -69,6 +82,8 @@ pub type Epoch = (u32, u64);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
+    /// The protocol version the slave speaks ([`HA_VERSION`] for this build's slaves).
+    pub version: u16,
     pub shard: u16,
     pub shard_count: u16,
     pub segment_size_bytes: u64,
@@ -123,6 +138,8 @@ impl LinkSecurity {
 /// these, then the proof). The slave checks the proof before it proves itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Challenge {
+    /// The link's protocol version: the slave's, from its hello.
+    pub version: u16,
     pub nonce: Nonce,
     /// The master's `broker_name` and its shard's last epoch: the master's identity as the
     /// proofs bind it.
@@ -135,7 +152,7 @@ impl Challenge {
     pub fn unproved_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         let mut w = Writer::new(&mut out);
-        w.u8(ANSWER_CHALLENGE).str16("").u16(HA_VERSION);
+        w.u8(ANSWER_CHALLENGE).str16("").u16(self.version);
         out.extend_from_slice(&self.nonce);
         Writer::new(&mut out)
             .str16(&self.broker_name)
@@ -189,6 +206,7 @@ impl Answer {
         let proof = read_array(&mut r, "proof").map_err(answer)?;
         r.finish().map_err(answer)?;
         let challenge = Challenge {
+            version,
             nonce,
             broker_name,
             last_epoch,
@@ -224,6 +242,8 @@ fn read_array<const N: usize>(
 /// The master's acceptance of a slave.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Welcome {
+    /// The link's protocol version: the slave's, from its hello.
+    pub version: u16,
     pub log_id: LogId,
     pub epochs: Vec<Epoch>,
     /// The slave must first cut its log back to this offset (it diverged there); `u64::MAX`
@@ -244,7 +264,7 @@ impl Hello {
         with_length(out, |out| {
             let mut w = Writer::new(out);
             w.u32(HA_MAGIC)
-                .u16(HA_VERSION)
+                .u16(self.version)
                 .u16(self.shard)
                 .u16(self.shard_count)
                 .u64(self.segment_size_bytes);
@@ -280,10 +300,12 @@ impl Hello {
         r.u16("version")
     }
 
-    /// Decodes the body after the length prefix; a hello of another version is an error (check
-    /// [`Hello::version_of`] first to say which).
+    /// Decodes the body after the length prefix; a hello of a version outside
+    /// [`MIN_HA_VERSION`]..=[`HA_VERSION`] is an error (check [`Hello::version_of`] first to
+    /// say which).
     pub fn decode(body: &[u8]) -> Result<Hello, DecodeError> {
-        if Hello::version_of(body)? != HA_VERSION {
+        let version = Hello::version_of(body)?;
+        if !(MIN_HA_VERSION..=HA_VERSION).contains(&version) {
             return Err(DecodeError::Invalid {
                 field: "version",
                 reason: "unsupported replication protocol version",
@@ -295,6 +317,7 @@ impl Hello {
         let segment_size_bytes = r.u64("segment_size_bytes")?;
         let log_id = read_log_id(&mut r)?;
         let hello = Hello {
+            version,
             shard,
             shard_count,
             segment_size_bytes,
@@ -335,7 +358,7 @@ impl Welcome {
     pub fn encode(&self, out: &mut Vec<u8>) {
         with_length(out, |out| {
             let mut w = Writer::new(out);
-            w.u8(ANSWER_WELCOME).str16("").u16(HA_VERSION);
+            w.u8(ANSWER_WELCOME).str16("").u16(self.version);
             out.extend_from_slice(&self.log_id);
             let mut w = Writer::new(out);
             w.u32(self.epochs.len() as u32);
@@ -377,6 +400,7 @@ impl Welcome {
                 epochs.push((r.u32("epoch")?, r.u64("epoch_start")?));
             }
             Ok(Welcome {
+                version,
                 log_id,
                 epochs,
                 truncate_to: r.u64("truncate_to")?,
@@ -473,6 +497,54 @@ pub struct MetadataFrame {
     /// Master shard 0 only: the topic table, published by slave shard 0 when it differs.
     pub topics: Option<TopicTable>,
     pub group_offsets: Vec<OffsetRow>,
+    /// The ACL state, after the offsets: [`AclTrailer`].
+    pub acls: AclTrailer,
+}
+
+/// The ACL trailer of a metadata frame, right after the group offsets. Layout:
+///
+/// | bytes | field |
+/// |---|---|
+/// | 0 (the frame ends after the offsets) | [`AclTrailer::Absent`]: a version-3 link |
+/// | u8 `0` | [`AclTrailer::Unchanged`] |
+/// | u8 `1`, u32 length, that many bytes of compact JSON | [`AclTrailer::Table`] |
+///
+/// Self-delimiting: bytes after it belong to later trailers, which a decoder that does not
+/// know them skips, so a later version can append its own without breaking this one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum AclTrailer {
+    /// No trailer: the link speaks version 3 (whose slaves refuse bytes after the offsets).
+    #[default]
+    Absent,
+    /// The master's rules and policy are the ones it last sent on this link (and every frame
+    /// of a shard other than 0, which holds no rules of its own to send).
+    Unchanged,
+    /// Master shard 0's rules with its authorization and superusers (`AclTable::master`
+    /// set): sent on a link's first frame and after every change, taken by slave shard 0.
+    Table(AclTable),
+}
+
+/// Reads the [`AclTrailer`] at `r` (right after the group offsets), consuming exactly its
+/// bytes.
+fn decode_acl_trailer(r: &mut Reader<'_>) -> Result<AclTrailer, DecodeError> {
+    if r.remaining() == 0 {
+        return Ok(AclTrailer::Absent);
+    }
+    match r.u8("has_acls")? {
+        0 => Ok(AclTrailer::Unchanged),
+        1 => {
+            let json = r.bytes32("acls")?;
+            let table = AclTable::from_json(json).map_err(|_| DecodeError::Invalid {
+                field: "acls",
+                reason: "not a valid ACL table",
+            })?;
+            Ok(AclTrailer::Table(table))
+        }
+        _ => Err(DecodeError::Invalid {
+            field: "has_acls",
+            reason: "must be 0 or 1",
+        }),
+    }
 }
 
 /// Shortest encodings, for counts: a topic (empty name, id, queue count) and a row.
@@ -509,6 +581,15 @@ impl MetadataFrame {
                 .str16(&row.topic)
                 .u32(row.queue)
                 .u64(row.offset);
+        }
+        match &self.acls {
+            AclTrailer::Absent => {}
+            AclTrailer::Unchanged => {
+                w.u8(0);
+            }
+            AclTrailer::Table(acls) => {
+                w.u8(1).bytes32(&acls.to_wire_json());
+            }
         }
         let len = (out.len() - METADATA_HEADER_BYTES) as u32;
         out[1..METADATA_HEADER_BYTES].copy_from_slice(&len.to_le_bytes());
@@ -601,11 +682,13 @@ impl MetadataFrame {
                 offset: r.u64("offset")?,
             });
         }
-        r.finish()?;
+        let acls = decode_acl_trailer(&mut r)?;
+        // Whatever follows is a later version's trailer (see `AclTrailer`): skipped.
         Ok(MetadataFrame {
             version,
             topics,
             group_offsets,
+            acls,
         })
     }
 }
@@ -683,6 +766,7 @@ mod tests {
 
     fn hello() -> Hello {
         Hello {
+            version: HA_VERSION,
             shard: 1,
             shard_count: 2,
             segment_size_bytes: 1 << 20,
@@ -707,6 +791,7 @@ mod tests {
         assert_eq!(Hello::decode(&out[4..]).unwrap(), hello);
         assert_eq!(Hello::version_of(&out[4..]), Ok(HA_VERSION));
         let welcome = Welcome {
+            version: HA_VERSION,
             log_id: [9; 16],
             epochs: vec![(1, 0), (2, 8192)],
             truncate_to: 8192,
@@ -725,6 +810,7 @@ mod tests {
         hello.encode(&mut encoded);
         assert_eq!(hello.body_bytes(), encoded[4..].to_vec());
         let challenge = Challenge {
+            version: HA_VERSION,
             nonce: [3; NONCE_BYTES],
             broker_name: "broker-a".into(),
             last_epoch: 1 << 16,
@@ -757,6 +843,7 @@ mod tests {
         }
         let mut challenge = Vec::new();
         Challenge {
+            version: HA_VERSION,
             nonce: [3; NONCE_BYTES],
             broker_name: "broker-a".into(),
             last_epoch: 2,
@@ -795,6 +882,7 @@ mod tests {
         assert!(Hello::decode(&out[4..]).is_err());
         let mut out = Vec::new();
         Welcome {
+            version: HA_VERSION,
             log_id: [9; 16],
             epochs: vec![(1, 0)],
             truncate_to: u64::MAX,
@@ -874,6 +962,19 @@ mod tests {
                 queue: 2,
                 offset: 41,
             }],
+            acls: AclTrailer::Table(AclTable {
+                rules: vec![crate::security::acl::Rule::parse(
+                    "app",
+                    "produce",
+                    "topic-prefix:ord",
+                    "allow",
+                )
+                .unwrap()],
+                master: Some(crate::security::acl::Policy {
+                    authorization: crate::config::Authorization::Acl,
+                    superusers: vec!["root".into()],
+                }),
+            }),
         }
     }
 
@@ -911,10 +1012,84 @@ mod tests {
         let bytes = no_queues.encode();
         assert!(MetadataFrame::decode(&bytes[METADATA_HEADER_BYTES..]).is_err());
         let bytes = metadata().encode();
-        for cut in 0..bytes.len() - METADATA_HEADER_BYTES {
+        // Without the trailer (a version-3 link) the frame ends right after the offsets, as
+        // a version-3 slave's decoder requires: exactly one byte shorter than "unchanged".
+        let absent = MetadataFrame {
+            acls: AclTrailer::Absent,
+            ..metadata()
+        };
+        let unchanged = MetadataFrame {
+            acls: AclTrailer::Unchanged,
+            ..metadata()
+        };
+        let (absent_bytes, unchanged_bytes) = (absent.encode(), unchanged.encode());
+        assert_eq!(absent_bytes.len() + 1, unchanged_bytes.len());
+        assert_eq!(
+            absent_bytes[METADATA_HEADER_BYTES..],
+            unchanged_bytes[METADATA_HEADER_BYTES..absent_bytes.len()]
+        );
+        let offsets_end = absent_bytes.len() - METADATA_HEADER_BYTES;
+        assert_eq!(
+            MetadataFrame::decode(&absent_bytes[METADATA_HEADER_BYTES..]),
+            Ok(absent)
+        );
+        assert_eq!(
+            MetadataFrame::decode(&unchanged_bytes[METADATA_HEADER_BYTES..]),
+            Ok(unchanged)
+        );
+        // Bytes after the trailer are a later version's trailer: skipped.
+        let mut longer = bytes[METADATA_HEADER_BYTES..].to_vec();
+        longer.extend_from_slice(&[7, 0, 0, 0, 1]);
+        assert_eq!(MetadataFrame::decode(&longer), Ok(metadata()));
+        // Every other cut is an error; so is a flag that is neither 0 nor 1.
+        for cut in (0..bytes.len() - METADATA_HEADER_BYTES).filter(|c| *c != offsets_end) {
             let body = &bytes[METADATA_HEADER_BYTES..METADATA_HEADER_BYTES + cut];
             assert!(MetadataFrame::decode(body).is_err(), "cut at {cut}");
         }
+        let mut bad_flag = unchanged_bytes[METADATA_HEADER_BYTES..].to_vec();
+        *bad_flag.last_mut().unwrap() = 2;
+        assert!(MetadataFrame::decode(&bad_flag).is_err());
+        // A master's superusers are checked as the slave's own would be.
+        let mut reserved = metadata();
+        if let AclTrailer::Table(table) = &mut reserved.acls {
+            table.master.as_mut().unwrap().superusers = vec!["ANONYMOUS".into()];
+        }
+        let bytes = reserved.encode();
+        assert!(MetadataFrame::decode(&bytes[METADATA_HEADER_BYTES..]).is_err());
+    }
+
+    /// A master takes a hello of every version from MIN_HA_VERSION on and answers in it; the
+    /// hello, challenge and welcome of version 3 are those of version 4 but for the number.
+    #[test]
+    fn a_version_3_hello_is_taken_and_answered_in_version_3() {
+        let old = Hello {
+            version: MIN_HA_VERSION,
+            ..hello()
+        };
+        let mut out = Vec::new();
+        old.encode(&mut out);
+        assert_eq!(Hello::version_of(&out[4..]), Ok(3));
+        assert_eq!(Hello::decode(&out[4..]), Ok(old));
+        let mut current = Vec::new();
+        hello().encode(&mut current);
+        assert_eq!(out[10..], current[10..], "only the version differs");
+        let welcome = Welcome {
+            version: 3,
+            log_id: [1; 16],
+            epochs: Vec::new(),
+            truncate_to: u64::MAX,
+        };
+        let mut out = Vec::new();
+        welcome.encode(&mut out);
+        // What a version-3 slave reads: refused byte 0, empty reason, version 3.
+        assert_eq!(out[4..9], [0, 0, 0, 3, 0]);
+        let mut too_old = Vec::new();
+        Hello {
+            version: MIN_HA_VERSION - 1,
+            ..hello()
+        }
+        .encode(&mut too_old);
+        assert!(Hello::decode(&too_old[4..]).is_err());
     }
 
     /// A master's retry, dead-letter and schedule topics, and the scheduler's progress rows,

@@ -17,9 +17,9 @@ use super::error::ReplicationError;
 use super::identity::LogIdentity;
 use super::master::with_timeout;
 use super::protocol::{
-    encode_proof, next_shipped, Answer, Hello, LinkSecurity, MasterFrame, MetadataFrame, Shipped,
-    Welcome, AUTH_REPORT_BYTES, MAX_FRAME_HEADER_BYTES, MAX_HANDSHAKE_BYTES, MAX_METADATA_BYTES,
-    NONCE_BYTES, PROOF_BYTES, REPORT_BYTES,
+    encode_proof, next_shipped, AclTrailer, Answer, Hello, LinkSecurity, MasterFrame,
+    MetadataFrame, Shipped, Welcome, AUTH_REPORT_BYTES, HA_VERSION, MAX_FRAME_HEADER_BYTES,
+    MAX_HANDSHAKE_BYTES, MAX_METADATA_BYTES, NONCE_BYTES, PROOF_BYTES, REPORT_BYTES,
 };
 use super::tls::LinkStream;
 use crate::config::HaSecurity;
@@ -316,6 +316,7 @@ async fn handshake<D: Disk, S: AsyncRead + AsyncWrite + Unpin>(
         _ => None,
     };
     let hello = Hello {
+        version: HA_VERSION,
         shard: shard.id() as u16,
         shard_count: shard.shard_count() as u16,
         segment_size_bytes: shard.config().segment_size_bytes,
@@ -560,11 +561,21 @@ async fn receive<D: Disk, R: AsyncRead + Unpin>(
                 }
                 let mut body = vec![0u8; len];
                 read_with_progress(stream, &mut body, timeout, reading).await?;
-                let applied = match MetadataFrame::decode(&body) {
-                    Ok(metadata) => apply_metadata(shard, metadata).await,
-                    Err(e) => Err(ReplicationError::decode("metadata frame")(e)),
+                let mut metadata = match MetadataFrame::decode(&body) {
+                    Ok(metadata) => metadata,
+                    Err(e) => {
+                        metadata_failed(shard, ReplicationError::decode("metadata frame")(e));
+                        continue;
+                    }
                 };
-                if let Err(e) = applied {
+                // The ACL state first and whatever becomes of the rest: a revocation never
+                // waits on a topic table this slave cannot take. The master sends it only
+                // when it changed, so one this slave cannot take ends the link, and the
+                // next link's first frame carries it again.
+                if let AclTrailer::Table(acls) = std::mem::take(&mut metadata.acls) {
+                    apply_acls(shard, acls, metadata.version).await?;
+                }
+                if let Err(e) = apply_metadata(shard, metadata).await {
                     metadata_failed(shard, e);
                 }
             }
@@ -668,6 +679,9 @@ pub async fn apply_metadata<D: Disk>(
             );
         }
     }
+    if let AclTrailer::Table(acls) = metadata.acls {
+        apply_acls(shard, acls, metadata.version).await?;
+    }
     let table = shard.topic_table();
     let own = shard.id() as u16;
     let keep = |row: &OffsetRow| {
@@ -684,6 +698,66 @@ pub async fn apply_metadata<D: Disk>(
         .await
         .map_err(|e| ReplicationError::Metadata(e.to_string()))?;
     Ok(())
+}
+
+/// Slave shard 0 takes the master's ACL rules when they differ from its own, through the path
+/// a master's change takes (`handlers::acl::publish`: atomic write, then every shard), in a
+/// detached task for the reason the topic table's publish is.
+async fn apply_acls<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    acls: crate::security::acl::AclTable,
+    version: u64,
+) -> Result<(), ReplicationError> {
+    if shard.id() != 0 {
+        return Err(ReplicationError::Metadata(format!(
+            "master shard {} sent ACL rules; only shard 0 does",
+            shard.id()
+        )));
+    }
+    if *shard.acls() == acls {
+        return Ok(());
+    }
+    warn_on_policy_mismatch(shard, &acls);
+    let rules = acls.rules.len();
+    let publisher = shard.clone();
+    let published = spawn_local(async move {
+        let _gate = publisher.metadata().lock().await;
+        crate::shard::handlers::acl::publish(&publisher, acls).await
+    })
+    .detach()
+    .await
+    .ok_or_else(|| ReplicationError::Metadata("the ACL publish task was lost".into()))?;
+    published.map_err(|e| ReplicationError::Metadata(e.to_string()))?;
+    info!(
+        shard = shard.id(),
+        rules, version, "copied the ACL rules from the master"
+    );
+    Ok(())
+}
+
+/// A slave whose own `authorization` or `superusers` differ from its master's says so: it
+/// decides by the stricter of both while a slave, but by its own alone once promoted.
+fn warn_on_policy_mismatch<D: Disk>(shard: &Shard<D>, acls: &crate::security::acl::AclTable) {
+    let Some(master) = &acls.master else {
+        return;
+    };
+    let config = shard.config();
+    let mut own = config.superusers.clone();
+    own.sort();
+    let mut theirs = master.superusers.clone();
+    theirs.sort();
+    if config.authorization != master.authorization || own != theirs {
+        warn!(
+            shard = shard.id(),
+            own_authorization = %config.authorization.name(),
+            master_authorization = %master.authorization.name(),
+            own_superusers = ?config.superusers,
+            master_superusers = ?master.superusers,
+            "this slave's authorization or superusers differ from its master's: it enforces the \
+             ACLs if either says \"acl\" and takes the superusers of both while a slave, but \
+             only its own once promoted; give it the master's settings"
+        );
+    }
 }
 
 /// Appends every complete record at the front of `pending` (which starts at log offset

@@ -832,9 +832,10 @@ mod tests {
             });
             let header = |opcode| crate::protocol::FrameHeader::request(opcode, 1);
             let produce = header(Opcode::Produce);
-            let refused = handlers::handle_client(&shard, produce, Opcode::Produce, &looping)
-                .await
-                .expect("answered");
+            let refused =
+                handlers::handle_client(&shard, produce, Opcode::Produce, &looping, None, None)
+                    .await
+                    .expect("answered");
             assert_eq!(refused.status, Status::BadRequest);
             for name in [SCHEDULE_TOPIC, RETRY] {
                 let delete = encode(|out| {
@@ -844,19 +845,28 @@ mod tests {
                     .encode(out)
                 });
                 let delete_header = header(Opcode::TopicDelete);
-                let refused =
-                    handlers::handle_client(&shard, delete_header, Opcode::TopicDelete, &delete)
-                        .await
-                        .expect("answered");
+                let refused = handlers::handle_client(
+                    &shard,
+                    delete_header,
+                    Opcode::TopicDelete,
+                    &delete,
+                    None,
+                    None,
+                )
+                .await
+                .expect("answered");
                 assert_eq!(refused.status, Status::BadRequest, "{name}");
                 assert!(shard.topic(name).is_some());
             }
             // A produce that asks for `none` gets no answer, not even the refusal, nor for a
             // body that does not decode; both are counted, as SYSTEM_BUSY would be.
             let silent = produce.with_acks(Some(crate::protocol::Acks::None));
-            let refused = handlers::handle_client(&shard, silent, Opcode::Produce, &looping).await;
+            let refused =
+                handlers::handle_client(&shard, silent, Opcode::Produce, &looping, None, None)
+                    .await;
             assert!(refused.is_none(), "{refused:?}");
-            let garbled = handlers::handle_client(&shard, silent, Opcode::Produce, b"\x05").await;
+            let garbled =
+                handlers::handle_client(&shard, silent, Opcode::Produce, b"\x05", None, None).await;
             assert!(garbled.is_none(), "{garbled:?}");
             let busy = Reply::error(Status::SystemBusy, "no room");
             assert!(handlers::withheld(&shard, silent, &busy));

@@ -7,6 +7,7 @@
 use super::completion::Event;
 use super::groups::GroupOffsets;
 use super::topics::{TopicEntry, TopicTable};
+use crate::security::acl::AclTable;
 use crate::store::io::Disk;
 use futures_channel::oneshot;
 use glommio::sync::{Permit, Semaphore};
@@ -15,6 +16,9 @@ use std::sync::Arc;
 
 pub struct Metadata<D: Disk> {
     topics: RefCell<Arc<TopicTable>>,
+    /// The ACL rules, changed on shard 0 like the topic table (under the same gate) and
+    /// copied to every shard; a change bumps the version, so slaves get it too.
+    acls: RefCell<Arc<AclTable>>,
     groups: GroupOffsets<D>,
     /// Serializes topic-table changes on shard 0.
     gate: Semaphore,
@@ -24,9 +28,10 @@ pub struct Metadata<D: Disk> {
 }
 
 impl<D: Disk> Metadata<D> {
-    pub fn new(topics: Arc<TopicTable>, groups: GroupOffsets<D>) -> Self {
+    pub fn new(topics: Arc<TopicTable>, acls: Arc<AclTable>, groups: GroupOffsets<D>) -> Self {
         Metadata {
             topics: RefCell::new(topics),
+            acls: RefCell::new(acls),
             groups,
             gate: Semaphore::new(1),
             version: Cell::new(0),
@@ -50,6 +55,16 @@ impl<D: Disk> Metadata<D> {
     /// Swaps in a new table (the caller has registered and dropped the queues it implies).
     pub fn set_table(&self, table: Arc<TopicTable>) {
         *self.topics.borrow_mut() = table;
+        self.bump();
+    }
+
+    pub fn acls(&self) -> Arc<AclTable> {
+        self.acls.borrow().clone()
+    }
+
+    /// Swaps in new ACL rules (already durable on shard 0).
+    pub fn set_acls(&self, acls: Arc<AclTable>) {
+        *self.acls.borrow_mut() = acls;
         self.bump();
     }
 

@@ -128,6 +128,8 @@ pub struct ShardParts<D: Disk> {
     pub store: ShardStore<D>,
     pub groups: GroupOffsets<D>,
     pub topics: Arc<TopicTable>,
+    /// The ACL rules (`security::acl`), shared like the topic table.
+    pub acls: Arc<crate::security::acl::AclTable>,
     pub mesh: Mesh,
     pub role: BrokerRole,
     pub identity: LogIdentity,
@@ -180,7 +182,7 @@ impl<D: Disk> Shard<D> {
             flushing: Flushing::new(flushed),
             cleaning: Cleaning::default(),
             visibility: Visibility::default(),
-            metadata: Metadata::new(parts.topics, parts.groups),
+            metadata: Metadata::new(parts.topics, parts.acls, parts.groups),
             lifecycle: Lifecycle::default(),
             role: RoleState::new(role, parts.identity),
             delays: delays::Delays::default(),
@@ -245,6 +247,7 @@ impl<D: Disk> Shard<D> {
             store,
             groups,
             topics: Arc::new(topics),
+            acls: Arc::default(),
             mesh: Mesh::alone(),
             role,
             identity,
@@ -606,6 +609,11 @@ impl<D: Disk> Shard<D> {
 
     pub fn topic_table(&self) -> Arc<TopicTable> {
         self.metadata.table()
+    }
+
+    /// This shard's copy of the ACL rules.
+    pub fn acls(&self) -> Arc<crate::security::acl::AclTable> {
+        self.metadata.acls()
     }
 
     /// Queues of the table that this shard owns.

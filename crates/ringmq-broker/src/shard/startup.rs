@@ -26,6 +26,7 @@ pub struct ShardStartup {
     pub shard_count: usize,
     pub config: Arc<BrokerConfig>,
     pub topics: Arc<TopicTable>,
+    pub acls: Arc<crate::security::acl::AclTable>,
     pub mesh: MeshEnds,
     /// Listening sockets: the shared client port and this shard's own port.
     pub listener_fds: Vec<RawFd>,
@@ -216,6 +217,7 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, ShardError> {
         store,
         groups,
         topics: start.topics,
+        acls: start.acls,
         mesh,
         role,
         identity,

@@ -1,6 +1,7 @@
 //! Request handlers, one file per command. [`handle`] is the single entry point for a decoded
 //! request, whether it came from a connection of this shard or was forwarded by another shard.
 
+pub mod acl;
 pub(crate) mod cluster;
 mod group;
 mod membership;
@@ -18,7 +19,9 @@ use crate::protocol::frame::FrameHeader;
 use crate::protocol::message::*;
 use crate::protocol::requests::for_each_request;
 use crate::protocol::{Acks, Opcode, Request, Status};
+use crate::security::Principal;
 use crate::store::io::Disk;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use tracing::debug;
 
@@ -35,7 +38,34 @@ use tracing::debug;
 /// `None`: write no response. A produce frame that asks for `none` (and that `min_acks` leaves
 /// at `none`) gets no answer, ever: not for a refused topic, an undecodable body or a failure
 /// of the produce itself, which are counted and logged at debug instead ([`withheld`]).
+///
+/// Before any of that, [`acl::authorize`] decides (with `authorization = "acl"`): a refused
+/// request is answered `NOT_AUTHORIZED` (withheld like any refusal for a `none` produce) and
+/// nothing of it runs. `principal` is the connection's (`None`: `ANONYMOUS`), `peer` its
+/// address, for the audit log of admin calls.
 pub async fn handle_client<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    header: FrameHeader,
+    opcode: Opcode,
+    body: &[u8],
+    principal: Option<&Principal>,
+    peer: Option<SocketAddr>,
+) -> Option<Reply> {
+    let caller = acl::Caller { principal, peer };
+    let audited = match acl::authorize(shard, opcode, body, caller) {
+        Ok(audited) => audited,
+        Err(refused) => return (!withheld(shard, header, &refused)).then_some(refused),
+    };
+    let reply = serve_client(shard, header, opcode, body).await;
+    if let Some(audited) = audited {
+        let status = reply.as_ref().map_or(Status::Ok, |r| r.status);
+        acl::audit(shard, &audited, caller, status);
+    }
+    reply
+}
+
+/// [`handle_client`] once the request is allowed.
+async fn serve_client<D: Disk>(
     shard: &Rc<Shard<D>>,
     header: FrameHeader,
     opcode: Opcode,
@@ -200,6 +230,9 @@ handlers! {
     ClusterStatusRequest => |shard, _| cluster::status(shard).await;
     ClusterPromote => |shard, body| cluster::promote(shard, body).await;
     ClusterDemote => |shard, body| cluster::demote(shard, body).await;
+    AclAdd => |shard, body| acl::add(shard, body).await;
+    AclRemove => |shard, body| acl::remove(shard, body).await;
+    AclListRequest => |shard, _| acl::list(shard);
     crate::protocol::namesrv::BrokerRegister => |_shard, _| Err(name_server_only("BrokerRegister"));
     crate::protocol::namesrv::BrokerUnregister => |_shard, _| Err(name_server_only("BrokerUnregister"));
     crate::protocol::namesrv::RouteQuery => |_shard, _| Err(name_server_only("RouteQuery"));
@@ -239,6 +272,7 @@ pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRe
         ShardRequest::ApplyTopics { table, reply } => {
             let _ = reply.send(shard.apply_topics(table).await);
         }
+        ShardRequest::ApplyAcls { table, reply } => acl::apply(&shard, table, reply),
         ShardRequest::AdoptReplicaLink {
             fd,
             hello,
