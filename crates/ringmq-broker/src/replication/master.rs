@@ -510,7 +510,7 @@ async fn serve_slave<D: Disk>(
         return;
     };
     let _ = stream.set_nodelay(true);
-    let link = replicas.register(peer.clone(), start);
+    let link = replicas.register(peer.clone(), start, hello.controller_broker_id);
     info!(shard = shard.id(), %peer, start_offset = start, "slave connected");
     // SAFETY: a second descriptor for the same socket, owned by the report reader.
     let read_fd = unsafe { libc::dup(stream.as_raw_fd()) };

@@ -283,6 +283,7 @@ async fn handshake<D: Disk>(
         _ => None,
     };
     let hello = Hello {
+        controller_broker_id: crate::shard::controller_agent::own_broker_id(),
         shard: shard.id() as u16,
         shard_count: shard.shard_count() as u16,
         segment_size_bytes: shard.config().segment_size_bytes,

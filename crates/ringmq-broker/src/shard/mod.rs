@@ -28,6 +28,7 @@ pub mod allocation;
 pub mod appending;
 pub mod cleaning;
 pub mod completion;
+pub mod controller_agent;
 pub mod coordinator;
 pub mod delays;
 pub mod error;
@@ -97,6 +98,8 @@ pub struct Shard<D: Disk = GlommioDisk> {
     role: RoleState,
     delays: delays::Delays,
     registration: registration::Registration,
+    /// Controller mode: the controllers' view as shard 0 last sent it (lease, set, epochs).
+    controller: controller_agent::ControllerState,
     /// Members of the groups whose coordinator this shard is. Borrowed only between awaits.
     coordinator: RefCell<Coordinator>,
     /// Fences granted by other shards' coordinators for queues this shard owns.
@@ -152,7 +155,9 @@ impl<D: Disk> Shard<D> {
                     .identity
                     .master_addr
                     .filter(|_| parts.identity.promoted_role == Some(BrokerRole::Slave))
-                    .or_else(|| parts.config.master_addr().ok().flatten());
+                    .or_else(|| parts.config.master_addr().ok().flatten())
+                    // Controller mode starts fenced: no master until the controllers name one.
+                    .filter(|_| !parts.config.controller_mode());
                 // What this slave showed at its last checkpoint stays visible while its master
                 // is down (see `SlaveLink::visible_bound`); never past the recovered log.
                 let shown = parts
@@ -183,6 +188,7 @@ impl<D: Disk> Shard<D> {
             role: RoleState::new(role, parts.identity),
             delays: delays::Delays::default(),
             registration: registration::Registration::default(),
+            controller: controller_agent::ControllerState::default(),
             coordinator: RefCell::new(Coordinator::booted(boot_ms(), parts.id)),
             fence_cache: coordinator::FenceCache::default(),
             fence_announcements: glommio::sync::Semaphore::new(1),
@@ -424,6 +430,10 @@ impl<D: Disk> Shard<D> {
 
     pub fn registration(&self) -> &registration::Registration {
         &self.registration
+    }
+
+    pub fn controller(&self) -> &controller_agent::ControllerState {
+        &self.controller
     }
 
     pub fn role_state(&self) -> &RoleState {

@@ -411,7 +411,14 @@ impl<D: Disk> Shard<D> {
             confirmed,
             self.clock().clone(),
         ));
-        if mode == MasterMode::Sync && replicas.needed() > 0 {
+        if self.config().controller_mode() {
+            // The set the controllers committed: what `all` waits for from the first produce.
+            let view = self.controller().view();
+            replicas.set_required(
+                view.required_others(),
+                self.config().all_ack_in_sync_state_set,
+            );
+        } else if mode == MasterMode::Sync && replicas.needed() > 0 {
             warn!(
                 shard = self.id(),
                 "promoted to SYNC_MASTER: producers get SLAVE_NOT_AVAILABLE until a slave follows"
