@@ -168,7 +168,9 @@ fn produce_until(brokers: Vec<String>, stop: Arc<AtomicBool>, history: Arc<Mutex
                 let what = match other {
                     Ok(Some(result)) => result.status.to_string(),
                     Ok(None) => "no answer".to_string(),
-                    Err(e) => e.status().map_or("connection".to_string(), |s| s.to_string()),
+                    Err(e) => e
+                        .status()
+                        .map_or("connection".to_string(), |s| s.to_string()),
                 };
                 *history.lock().unwrap().errors.entry(what).or_default() += 1;
                 // The payload may be stored: it is never acknowledged, so it is not checked,
@@ -269,9 +271,17 @@ fn sigkill_of_the_master_fails_over_with_no_acknowledged_loss() {
             for (i, b) in brokers.iter().enumerate().filter(|(i, _)| *i != victim) {
                 let log = b.log();
                 let topics: Vec<&str> = log.lines().filter(|l| l.contains("topic")).collect();
-                eprintln!("--- broker {i} ({}) ---\n{}\n{}", b.addr, topics.join("\n"), b.log_tail());
+                eprintln!(
+                    "--- broker {i} ({}) ---\n{}\n{}",
+                    b.addr,
+                    topics.join("\n"),
+                    b.log_tail()
+                );
             }
-            panic!("no OK from another broker within 30 s of the SIGKILL; errors {errors}; group {:?}", controller.group());
+            panic!(
+                "no OK from another broker within 30 s of the SIGKILL; errors {errors}; group {:?}",
+                controller.group()
+            );
         }
         thread::sleep(Duration::from_millis(20));
     };
@@ -286,7 +296,10 @@ fn sigkill_of_the_master_fails_over_with_no_acknowledged_loss() {
         (history.lock().unwrap().acked.len() >= acked_at_restart + 200).then_some(())
     });
     let (back_master, _) = master_with_set(&controller, 3, Duration::from_secs(60));
-    assert_eq!(back_master, new_master, "the restarted broker did not take over");
+    assert_eq!(
+        back_master, new_master,
+        "the restarted broker did not take over"
+    );
     let group = controller.group().expect("group state");
     assert!(
         group.sync_state_set.contains(&master_id),
@@ -304,7 +317,12 @@ fn sigkill_of_the_master_fails_over_with_no_acknowledged_loss() {
     let mut lost = Vec::new();
     for (payload, queue, offset) in &history.acked {
         if stored[queue].get(offset) != Some(payload) {
-            lost.push((payload.clone(), *queue, *offset, stored[queue].get(offset).cloned()));
+            lost.push((
+                payload.clone(),
+                *queue,
+                *offset,
+                stored[queue].get(offset).cloned(),
+            ));
         }
     }
     assert!(
@@ -315,7 +333,10 @@ fn sigkill_of_the_master_fails_over_with_no_acknowledged_loss() {
     );
     let mut offsets = std::collections::BTreeSet::new();
     for (_, queue, offset) in &history.acked {
-        assert!(offsets.insert((*queue, *offset)), "queue {queue} offset {offset} acknowledged twice");
+        assert!(
+            offsets.insert((*queue, *offset)),
+            "queue {queue} offset {offset} acknowledged twice"
+        );
     }
     assert!(
         failover < Duration::from_secs(10),
@@ -329,12 +350,18 @@ fn a_one_broker_group_refuses_all_level_produce_and_promote() {
     let controller = Controller::start();
     let root = temp_store();
     let broker = controlled_broker(root.path(), &controller, Sizes::Small, "");
-    assert!(broker.ready_line.contains("role=CONTROLLED"), "{}", broker.ready_line);
+    assert!(
+        broker.ready_line.contains("role=CONTROLLED"),
+        "{}",
+        broker.ready_line
+    );
     master_with_set(&controller, 1, Duration::from_secs(30));
     let mut client = broker.client();
-    wait_until(Duration::from_secs(30), "the broker to act as master", || {
-        client.create_topic(TOPIC, 1).ok()
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "the broker to act as master",
+        || client.create_topic(TOPIC, 1).ok(),
+    );
     let message = MessageRef {
         born_timestamp_ms: 0,
         key: b"",

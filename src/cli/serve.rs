@@ -215,6 +215,9 @@ mod tests {
             controller: Some(vec![" ".into()]),
             ..ServeArgs::default()
         };
-        assert!(empty.effective_config().unwrap_err().contains("--controller"));
+        assert!(empty
+            .effective_config()
+            .unwrap_err()
+            .contains("--controller"));
     }
 }

@@ -562,7 +562,8 @@ impl BrokerConfig {
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let mut config: BrokerConfig =
             toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))?;
-        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))?;
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))?;
         config.given = GivenKeys {
             broker_role: table.contains_key("broker_role"),
             min_acks: table.contains_key("min_acks"),

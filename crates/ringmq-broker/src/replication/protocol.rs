@@ -733,7 +733,10 @@ mod tests {
         assert_eq!(Hello::decode(&new[4..]).unwrap(), with_id);
         let mut zero = old.clone();
         zero.extend_from_slice(&0u64.to_le_bytes());
-        assert!(Hello::decode(&zero[4..]).is_err(), "a zero id is never written");
+        assert!(
+            Hello::decode(&zero[4..]).is_err(),
+            "a zero id is never written"
+        );
         assert!(Hello::decode(&new[4..new.len() - 3]).is_err(), "a cut id");
     }
 

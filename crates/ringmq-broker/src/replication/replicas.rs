@@ -318,7 +318,11 @@ mod tests {
         replicas.set_required(vec![2, 4], true);
         assert_eq!(replicas.quorum_offset(), Some(0));
         replicas.set_required(vec![2, 4], false);
-        assert_eq!(replicas.quorum_offset(), Some(1000), "one of them, as min_in_sync - 1");
+        assert_eq!(
+            replicas.quorum_offset(),
+            Some(1000),
+            "one of them, as min_in_sync - 1"
+        );
         replicas.unregister(c);
         assert_eq!(replicas.acked_by(3), None);
     }

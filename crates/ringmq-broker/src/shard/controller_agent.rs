@@ -32,8 +32,8 @@ use super::mesh::ShardRequest;
 use super::role::{MasterMode, RoleTarget};
 use super::Shard;
 use crate::protocol::controller::{
-    AlterSyncStateSet, BrokerHeartbeat, GroupState, HeartbeatAnswer, RegisterBroker,
-    ROLE_FENCED, ROLE_MASTER, ROLE_SLAVE,
+    AlterSyncStateSet, BrokerHeartbeat, GroupState, HeartbeatAnswer, RegisterBroker, ROLE_FENCED,
+    ROLE_MASTER, ROLE_SLAVE,
 };
 use crate::protocol::{Acks, MasterHint};
 use crate::replication::identity::{epoch_term, promotion_epoch, GENERATION_BITS};
@@ -216,7 +216,10 @@ enum ControlRequest {
         BrokerHeartbeat,
         oneshot::Sender<Result<HeartbeatAnswer, String>>,
     ),
-    Alter(AlterSyncStateSet, oneshot::Sender<Result<GroupState, String>>),
+    Alter(
+        AlterSyncStateSet,
+        oneshot::Sender<Result<GroupState, String>>,
+    ),
 }
 
 /// The thread that owns the blocking controller client.
@@ -236,7 +239,8 @@ impl ControlThread {
                 for request in incoming {
                     match request {
                         ControlRequest::Register(r, reply) => {
-                            let _ = reply.send(client.register_broker(&r).map_err(|e| e.to_string()));
+                            let _ =
+                                reply.send(client.register_broker(&r).map_err(|e| e.to_string()));
                         }
                         ControlRequest::Heartbeat(h, reply) => {
                             let _ = reply.send(client.heartbeat(&h).map_err(|e| e.to_string()));
@@ -259,14 +263,25 @@ impl ControlThread {
     ) -> Result<T, String> {
         let (reply, answer) = oneshot::channel();
         self.requests.try_send(make(reply)).map_err(|e| match e {
-            mpsc::TrySendError::Full(_) => "the previous controller request is still running".to_string(),
-            mpsc::TrySendError::Disconnected(_) => "the controller client thread is gone".to_string(),
+            mpsc::TrySendError::Full(_) => {
+                "the previous controller request is still running".to_string()
+            }
+            mpsc::TrySendError::Disconnected(_) => {
+                "the controller client thread is gone".to_string()
+            }
         })?;
         future::or(
-            async { answer.await.unwrap_or_else(|_| Err("no answer".to_string())) },
+            async {
+                answer
+                    .await
+                    .unwrap_or_else(|_| Err("no answer".to_string()))
+            },
             async {
                 sleep(ANSWER_TIMEOUT).await;
-                Err(format!("no answer within {} ms", ANSWER_TIMEOUT.as_millis()))
+                Err(format!(
+                    "no answer within {} ms",
+                    ANSWER_TIMEOUT.as_millis()
+                ))
             },
         )
         .await
@@ -358,9 +373,7 @@ async fn round<D: Disk + 'static>(shard: &Rc<Shard<D>>, agent: &mut Agent) {
         epoch: agent.reports.iter().map(|r| r.epoch).max().unwrap_or(0),
         end_offsets: agent.reports.iter().map(|r| r.end_offset).collect(),
         unclean_restart: u8::from(shard.controller().unclean_restart.get()),
-        async_flush: u8::from(
-            config.flush_disk_type == crate::config::FlushDiskType::AsyncFlush,
-        ),
+        async_flush: u8::from(config.flush_disk_type == crate::config::FlushDiskType::AsyncFlush),
         learner: u8::from(config.async_learner),
         election_priority: config.broker_election_priority,
         sent_at_ms: monotonic_ms(),
@@ -393,7 +406,11 @@ async fn round<D: Disk + 'static>(shard: &Rc<Shard<D>>, agent: &mut Agent) {
 }
 
 /// Takes one heartbeat answer: the view to every shard, then the role.
-async fn apply<D: Disk + 'static>(shard: &Rc<Shard<D>>, agent: &mut Agent, answer: HeartbeatAnswer) {
+async fn apply<D: Disk + 'static>(
+    shard: &Rc<Shard<D>>,
+    agent: &mut Agent,
+    answer: HeartbeatAnswer,
+) {
     let first = *agent
         .first_epochs
         .get_or_insert((answer.master_epoch, answer.sync_state_set_epoch));
@@ -405,7 +422,8 @@ async fn apply<D: Disk + 'static>(shard: &Rc<Shard<D>>, agent: &mut Agent, answe
     }
     let epochs_moved = (answer.master_epoch, answer.sync_state_set_epoch)
         != (agent.view.master_epoch, agent.view.sync_state_set_epoch);
-    let was_master = agent.view.role == ROLE_MASTER && agent.view.master_epoch == answer.master_epoch;
+    let was_master =
+        agent.view.role == ROLE_MASTER && agent.view.master_epoch == answer.master_epoch;
     if !was_master && answer.role == ROLE_MASTER {
         // A new term as master: every member starts with a full grace period.
         agent.bad_since.clear();
@@ -416,7 +434,11 @@ async fn apply<D: Disk + 'static>(shard: &Rc<Shard<D>>, agent: &mut Agent, answe
         master_epoch: answer.master_epoch,
         sync_state_set_epoch: answer.sync_state_set_epoch,
         sync_state_set: answer.sync_state_set.clone(),
-        pending_set: if epochs_moved { None } else { agent.view.pending_set.take() },
+        pending_set: if epochs_moved {
+            None
+        } else {
+            agent.view.pending_set.take()
+        },
         lease_until: (answer.role == ROLE_MASTER && answer.lease_expires_ms > 0)
             .then(|| monotonic_base() + Duration::from_millis(answer.lease_expires_ms)),
         role: answer.role,
@@ -470,7 +492,11 @@ async fn broadcast<D: Disk>(shard: &Rc<Shard<D>>, view: &ControllerView) -> Vec<
 /// MASTER: every shard not yet a master is promoted, opening a term at least the
 /// controller's epoch and past every term any shard has seen (so queue offsets continue from
 /// the log's end and an epoch is never reused).
-async fn become_master<D: Disk + 'static>(shard: &Rc<Shard<D>>, agent: &mut Agent, master_epoch: u32) {
+async fn become_master<D: Disk + 'static>(
+    shard: &Rc<Shard<D>>,
+    agent: &mut Agent,
+    master_epoch: u32,
+) {
     let all_masters = local_status(shard).role.ends_with("MASTER")
         && agent.reports.len() == shard.shard_count()
         && shard_roles_are_master(shard).await;
@@ -521,7 +547,10 @@ async fn shard_roles_are_master<D: Disk>(shard: &Rc<Shard<D>>) -> bool {
 /// its link).
 async fn follow<D: Disk + 'static>(shard: &Rc<Shard<D>>, agent: &Agent, master_ha: &str) {
     let Some(master) = resolve(master_ha) else {
-        warn!(master_ha, "the controllers named a master HA address that does not resolve");
+        warn!(
+            master_ha,
+            "the controllers named a master HA address that does not resolve"
+        );
         return;
     };
     let following = |status: &crate::protocol::admin::ShardStatus| {
@@ -624,7 +653,9 @@ async fn review_sync_state_set<D: Disk>(shard: &Rc<Shard<D>>, agent: &mut Agent)
             );
             agent.view.sync_state_set = state.sync_state_set;
             agent.view.sync_state_set_epoch = state.sync_state_set_epoch;
-            agent.bad_since.retain(|id, _| agent.view.sync_state_set.contains(id));
+            agent
+                .bad_since
+                .retain(|id, _| agent.view.sync_state_set.contains(id));
         }
         Err(e) => warn!(proposal = ?proposal, "proposing a SyncStateSet change failed: {e}"),
     }

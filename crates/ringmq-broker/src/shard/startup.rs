@@ -88,7 +88,9 @@ pub async fn run_shard(start: ShardStartup) {
     let kafka = start.kafka.clone();
     match open_shard(start).await {
         Ok((shard, receivers, listener_fds, stop_fd, report)) => {
-            shard.controller().set_unclean_restart(report.unclean_shutdown);
+            shard
+                .controller()
+                .set_unclean_restart(report.unclean_shutdown);
             let _ = ready.send(StartupEvent::Ready { id, report });
             inject_test_panic(id);
             let listeners = Listeners {

@@ -237,7 +237,9 @@ async fn run<D: Disk>(
     // learns the new master from the NOT_MASTER.
     if shard.config().controller_mode()
         && (!shard.is_master()
-            || !shard.controller().may_acknowledge(acks, shard.clock().now()))
+            || !shard
+                .controller()
+                .may_acknowledge(acks, shard.clock().now()))
     {
         return Err(fenced(shard));
     }
@@ -278,7 +280,10 @@ fn check_controller_mode<D: Disk>(shard: &Shard<D>, acks: Acks) -> Result<(), Sh
     if !shard.config().controller_mode() {
         return Ok(());
     }
-    if !shard.controller().may_acknowledge(acks, shard.clock().now()) {
+    if !shard
+        .controller()
+        .may_acknowledge(acks, shard.clock().now())
+    {
         return Err(fenced(shard));
     }
     let view = shard.controller().view();
