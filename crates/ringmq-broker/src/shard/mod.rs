@@ -949,7 +949,10 @@ mod tests {
             create_topic(&shard).await;
             // A slave that connected and has acknowledged nothing yet: in sync by gap, so the
             // producer waits for it.
-            shard.replicas().unwrap().register("slave".to_string(), 0);
+            shard
+                .replicas()
+                .unwrap()
+                .register("slave".to_string(), 0, 0);
             let waiting = {
                 let shard = shard.clone();
                 glommio::spawn_local(async move {
@@ -1020,7 +1023,7 @@ mod tests {
             let background = shard.spawn_background();
             create_topic(&shard).await;
             let replicas = shard.replicas().unwrap();
-            let slave = replicas.register("slave".to_string(), 0);
+            let slave = replicas.register("slave".to_string(), 0, 0);
             let waiting = {
                 let shard = shard.clone();
                 glommio::spawn_local(async move {
