@@ -29,8 +29,12 @@ pub struct ReplicaState {
     pub shipped_from: u64,
     pub connected_at: Instant,
     pub last_report_at: Instant,
-    /// When this link last reported an offset at or past the master's end (caught up).
+    /// When this link last caught up, by Kafka's rule: a report at or past the master's end
+    /// as of the link's previous report (under steady load a healthy slave never equals the
+    /// end of the moment, but always reaches where the end was one report ago).
     pub caught_up_at: Instant,
+    /// The master's end when this link last reported (`u64::MAX` before its first report).
+    pub master_end_at_report: u64,
     /// Controller mode: the slave's broker id as its hello named it; 0 otherwise.
     pub broker_id: u64,
 }
@@ -122,6 +126,7 @@ impl Replicas {
                 connected_at: now,
                 last_report_at: now,
                 caught_up_at: now,
+                master_end_at_report: u64::MAX,
                 broker_id,
             },
         );
@@ -148,9 +153,10 @@ impl Replicas {
             let now = self.clock.now();
             link.acked_offset = offset;
             link.last_report_at = now;
-            if offset >= master_max {
+            if offset >= master_max || offset >= link.master_end_at_report {
                 link.caught_up_at = now;
             }
+            link.master_end_at_report = master_max;
         }
         let before = self.completions.released_offset();
         if let Some(quorum) = self.quorum_offset() {
@@ -325,6 +331,53 @@ mod tests {
         );
         replicas.unregister(c);
         assert_eq!(replicas.acked_by(3), None);
+    }
+
+    /// A clock that moves only when told (one second a step).
+    #[derive(Default)]
+    struct StepClock {
+        base: std::cell::OnceCell<Instant>,
+        steps: Cell<u32>,
+    }
+
+    impl StepClock {
+        fn step(&self) {
+            self.steps.set(self.steps.get() + 1);
+        }
+    }
+
+    impl crate::clock::Clock for StepClock {
+        fn now(&self) -> Instant {
+            *self.base.get_or_init(Instant::now)
+                + std::time::Duration::from_secs(u64::from(self.steps.get()))
+        }
+
+        fn sleep(&self, _: std::time::Duration) -> crate::clock::Sleep {
+            crate::clock::Sleep::Other(Box::pin(std::future::pending()))
+        }
+    }
+
+    /// Kafka's caught-up rule: a report that reaches where the master's end was at the
+    /// previous report counts, though the end moved on meanwhile.
+    #[test]
+    fn caught_up_means_reaching_the_end_of_the_previous_report() {
+        let clock = Rc::new(StepClock::default());
+        let replicas = Replicas::new(2, 0, clock.clone());
+        let link = replicas.register("b".into(), 0, 2);
+        let start = replicas.states()[0].caught_up_at;
+        clock.step();
+        // First report: behind the end of the moment, and no previous report to reach.
+        replicas.report(link, 900, 1000).unwrap();
+        assert_eq!(replicas.states()[0].caught_up_at, start);
+        clock.step();
+        // Past 1000 (the end at the first report), behind today's 1100: caught up.
+        replicas.report(link, 1050, 1100).unwrap();
+        let second = replicas.states()[0].caught_up_at;
+        assert!(second > start, "a pipelined slave counts as caught up");
+        clock.step();
+        // Behind 1100 (the end at the previous report): not caught up.
+        replicas.report(link, 1080, 5000).unwrap();
+        assert_eq!(replicas.states()[0].caught_up_at, second);
     }
 
     /// Retention's bound: the lowest of each link's acknowledged offset or, before it reports

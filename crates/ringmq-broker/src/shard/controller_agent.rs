@@ -36,7 +36,9 @@ use crate::protocol::controller::{
     ROLE_MASTER, ROLE_SLAVE,
 };
 use crate::protocol::{Acks, MasterHint};
-use crate::replication::identity::{epoch_term, promotion_epoch, GENERATION_BITS};
+use crate::replication::identity::{
+    describe_epoch, epoch_generation, epoch_term, GENERATION_BITS, MAX_GENERATION, MAX_TERM,
+};
 use crate::store::io::Disk;
 use futures_channel::oneshot;
 use futures_lite::future;
@@ -113,6 +115,9 @@ pub struct ControllerView {
     pub lease_until: Option<Instant>,
     /// The role the last answer gave (`ROLE_*`).
     pub role: u8,
+    /// The agent decided this broker's unclean restart no longer matters (see
+    /// `unclean_clears`): every shard drops its flag.
+    pub clear_unclean: bool,
 }
 
 impl ControllerView {
@@ -146,27 +151,52 @@ impl ControllerState {
         self.unclean_restart.set(unclean);
     }
 
-    /// Whether a master may acknowledge at `acks` now: an `all`-level produce that waits for
-    /// at least one other member is fenced by the set itself (a new master was one of them
-    /// and stopped confirming when it was elected); anything else needs an unexpired lease.
-    pub fn may_acknowledge(&self, acks: Acks, now: Instant) -> bool {
-        let view = self.view.borrow();
-        if acks == Acks::All && !view.required_others().is_empty() {
-            return true;
-        }
-        view.lease_until.is_some_and(|until| now < until)
+    /// Whether a master may acknowledge at `acks` now: only under an unexpired lease, at
+    /// every level. The set alone does not fence a deposed master: with
+    /// `all_ack_in_sync_state_set = false` it waits for some members only, and the
+    /// controllers may elect a master outside the set (`enable_elect_unclean_master`, which
+    /// the broker cannot see), so no member need hold what it acknowledged.
+    pub fn may_acknowledge(&self, _acks: Acks, now: Instant) -> bool {
+        self.view
+            .borrow()
+            .lease_until
+            .is_some_and(|until| now < until)
+    }
+
+    /// Whether a slave must neither follow nor acknowledge to a master whose log's last
+    /// epoch is `master_last_epoch`: the controllers named a later master epoch (a term is
+    /// exactly its master epoch in controller mode). Never outside controller mode (the
+    /// view's epoch stays 0).
+    pub fn fences_master(&self, master_last_epoch: u32) -> bool {
+        self.view.borrow().master_epoch > epoch_term(master_last_epoch)
     }
 }
 
-/// A shard's answer to a view: what the next heartbeat and the set review need.
+/// A shard's answer to a view: what the next heartbeat and the set review need. Taken right
+/// after the view's set was installed on the shard, in the same step: `end_offset` is then a
+/// bound on everything the shard acknowledged under the previous set.
 #[derive(Clone, Debug, Default)]
 pub struct ShardReport {
     pub shard: usize,
     pub epoch: u32,
     pub end_offset: u64,
-    /// Per slave broker id linked to this shard: (caught up within this term, behind for
-    /// longer than `ha_max_time_slave_not_catchup_ms`).
-    pub links: BTreeMap<u64, (bool, bool)>,
+    /// The shard recovered from an unclean shutdown and the flag was not cleared yet.
+    pub unclean_restart: bool,
+    /// Per slave broker id linked to this shard.
+    pub links: BTreeMap<u64, LinkReport>,
+}
+
+/// One slave broker's links on one shard (a reconnecting slave may briefly have two).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkReport {
+    /// The highest offset it acknowledged here.
+    pub acked: u64,
+    /// Caught up (Kafka's rule, `Replicas::report`) within the last
+    /// `ha_max_time_slave_not_catchup_ms`.
+    pub in_sync: bool,
+    /// Caught up at least once since it connected (a fresh link's grace period is not
+    /// evidence enough to admit it).
+    pub has_caught_up: bool,
 }
 
 impl<D: Disk> Shard<D> {
@@ -178,6 +208,9 @@ impl<D: Disk> Shard<D> {
                 self.config().all_ack_in_sync_state_set,
             );
         }
+        if view.clear_unclean {
+            self.controller().unclean_restart.set(false);
+        }
         *self.controller().view.borrow_mut() = view;
         self.controller_report()
     }
@@ -185,25 +218,22 @@ impl<D: Disk> Shard<D> {
     fn controller_report(&self) -> ShardReport {
         let identity = self.role_state().identity();
         let end_offset = self.store().max_offset();
-        let mut links = BTreeMap::new();
+        let mut links: BTreeMap<u64, LinkReport> = BTreeMap::new();
         if let Some(replicas) = self.replicas() {
-            let term_start = identity.epochs.last().map_or(0, |(_, start)| *start);
-            let target = replicas.completions.released_offset().max(term_start);
             let limit = Duration::from_millis(self.config().ha_max_time_slave_not_catchup_ms);
             let now = self.clock().now();
             for link in replicas.states().into_iter().filter(|l| l.broker_id != 0) {
-                let caught_up = link.acked_offset >= target.min(end_offset);
-                let behind = link.acked_offset < end_offset
-                    && now.saturating_duration_since(link.caught_up_at) >= limit;
-                let entry = links.entry(link.broker_id).or_insert((false, true));
-                entry.0 |= caught_up;
-                entry.1 &= behind;
+                let entry = links.entry(link.broker_id).or_default();
+                entry.acked = entry.acked.max(link.acked_offset);
+                entry.in_sync |= now.saturating_duration_since(link.caught_up_at) < limit;
+                entry.has_caught_up |= link.caught_up_at > link.connected_at;
             }
         }
         ShardReport {
             shard: self.id(),
             epoch: identity.last_epoch(),
             end_offset,
+            unclean_restart: self.controller().unclean_restart.get(),
             links,
         }
     }
@@ -294,12 +324,109 @@ struct Agent {
     broker_id: u64,
     reports: Vec<ShardReport>,
     view: ControllerView,
-    /// Per SyncStateSet member, since when it has been behind or disconnected on some shard.
+    /// Per SyncStateSet member, since when it has had no link on some shard.
     bad_since: BTreeMap<u64, Instant>,
-    /// The answer's (master epoch, set epoch) when this process first heard one: the
-    /// unclean-restart flag is cleared once a later set takes this broker in.
-    first_epochs: Option<(u32, u32)>,
+    /// A SyncStateSet change this master is making (see [`Proposal`]).
+    pending: Option<Proposal>,
+    /// The master epoch of the first answer this process heard, and whether some answer
+    /// since showed a set without this broker (see [`unclean_clears`]).
+    first_master_epoch: Option<u32>,
+    excluded_seen: bool,
     failing: bool,
+    warned_incomplete: bool,
+}
+
+/// A SyncStateSet change under way. From the moment it is made until a heartbeat answer
+/// shows a newer set epoch (or another master epoch), every shard counts `all`-level
+/// acknowledgements against the union of the committed set and `members`: an answer lost,
+/// a resend refused as STALE_EPOCH or a timeout says nothing about whether the controllers
+/// committed it.
+#[derive(Clone, Debug)]
+struct Proposal {
+    master_epoch: u32,
+    /// The set epoch the change is built on.
+    base_set_epoch: u32,
+    members: Vec<u64>,
+    /// Members not in the committed set: each must hold, on every shard, that shard's end
+    /// as of the moment the union was installed there (`targets`, by shard). Everything
+    /// acknowledged before lies below it; everything after waits for the joiners too.
+    joining: Vec<u64>,
+    targets: Vec<u64>,
+    /// Sent to the controllers at least once (a change with joiners waits for them first).
+    sent: bool,
+    since: Instant,
+}
+
+/// Whether a proposal still stands after an answer at these epochs: only while the
+/// controllers show neither a newer set nor another master epoch.
+fn proposal_survives(proposal: &Proposal, master_epoch: u32, set_epoch: u32) -> bool {
+    master_epoch == proposal.master_epoch && set_epoch <= proposal.base_set_epoch
+}
+
+/// Whether every joiner holds its target on every shard (a report per shard, by shard).
+fn joiners_hold(joining: &[u64], targets: &[u64], reports: &[ShardReport]) -> bool {
+    reports.len() == targets.len()
+        && reports.iter().zip(targets).all(|(report, target)| {
+            joining.iter().all(|id| {
+                report
+                    .links
+                    .get(id)
+                    .is_some_and(|link| link.acked >= *target)
+            })
+        })
+}
+
+/// The epoch a promotion opens on every shard: exactly the controllers' `master_epoch` as
+/// the term, so two masters never share one (the controllers elect past every term a
+/// broker reports). A shard already in that term (this broker was master in it before a
+/// restart) opens its next generation. Refused when a shard's log is past the master
+/// epoch: its term would be another master's.
+fn controller_epoch(
+    master_epoch: u32,
+    shard_epochs: impl IntoIterator<Item = u32>,
+) -> Result<u32, String> {
+    if master_epoch == 0 || master_epoch > MAX_TERM {
+        return Err(format!(
+            "master epoch {master_epoch} is outside the terms a log can hold (1 to {MAX_TERM})"
+        ));
+    }
+    let mut generation = None;
+    for epoch in shard_epochs {
+        let term = epoch_term(epoch);
+        if term > master_epoch {
+            return Err(format!(
+                "a shard's log is at term {term}, past the controllers' master epoch \
+                 {master_epoch}"
+            ));
+        }
+        if term == master_epoch {
+            generation = generation.max(Some(epoch_generation(epoch)));
+        }
+    }
+    match generation {
+        None => Ok(master_epoch << GENERATION_BITS),
+        Some(g) if g < MAX_GENERATION => Ok((master_epoch << GENERATION_BITS) | (g + 1)),
+        Some(_) => Err(format!("every generation of term {master_epoch} is used")),
+    }
+}
+
+/// Whether an unclean restart stops mattering with this answer: a set that takes this
+/// broker back in after one that excluded it (the master admitted it once it held what the
+/// set confirmed), or an election that made it master in a newer epoch than the one it
+/// restarted into (the controllers chose it knowing the flag).
+fn unclean_clears(
+    own_id: u64,
+    answer: &HeartbeatAnswer,
+    first_master_epoch: u32,
+    excluded_seen: bool,
+) -> bool {
+    if answer.role == ROLE_FENCED || !answer.sync_state_set.contains(&own_id) {
+        return false;
+    }
+    excluded_seen
+        || (answer.role == ROLE_MASTER
+            && answer.master_broker_id == own_id
+            && answer.master_epoch > first_master_epoch)
 }
 
 /// Runs the agent on shard 0 until the broker stops (see the module docs).
@@ -352,8 +479,11 @@ pub async fn run<D: Disk + 'static>(shard: Rc<Shard<D>>, identity: ControllerIde
             ..ControllerView::default()
         },
         bad_since: BTreeMap::new(),
-        first_epochs: None,
+        pending: None,
+        first_master_epoch: None,
+        excluded_seen: false,
         failing: false,
+        warned_incomplete: false,
     };
     agent.reports = broadcast(&shard, &agent.view).await;
     while !shard.lifecycle().is_stopping() {
@@ -364,15 +494,39 @@ pub async fn run<D: Disk + 'static>(shard: Rc<Shard<D>>, identity: ControllerIde
     }
 }
 
+/// Whether every shard answered; warns once per outage when not.
+fn complete<D: Disk>(shard: &Shard<D>, agent: &mut Agent) -> bool {
+    if agent.reports.len() == shard.shard_count() {
+        agent.warned_incomplete = false;
+        return true;
+    }
+    if !agent.warned_incomplete {
+        warn!(
+            answered = agent.reports.len(),
+            shards = shard.shard_count(),
+            "some shard did not report to the controller agent; no heartbeat until every one does"
+        );
+        agent.warned_incomplete = true;
+    }
+    false
+}
+
 async fn round<D: Disk + 'static>(shard: &Rc<Shard<D>>, agent: &mut Agent) {
     let config = shard.config().clone();
+    if !complete(shard, agent) {
+        // A heartbeat without every shard's epoch and end would mislead an election.
+        agent.reports = broadcast(shard, &agent.view).await;
+        if !complete(shard, agent) {
+            return;
+        }
+    }
     let heartbeat = BrokerHeartbeat {
         cluster_name: config.cluster_name.clone(),
         broker_name: config.broker_name.clone(),
         broker_id: agent.broker_id,
         epoch: agent.reports.iter().map(|r| r.epoch).max().unwrap_or(0),
         end_offsets: agent.reports.iter().map(|r| r.end_offset).collect(),
-        unclean_restart: u8::from(shard.controller().unclean_restart.get()),
+        unclean_restart: u8::from(agent.reports.iter().any(|r| r.unclean_restart)),
         async_flush: u8::from(config.flush_disk_type == crate::config::FlushDiskType::AsyncFlush),
         learner: u8::from(config.async_learner),
         election_priority: config.broker_election_priority,
@@ -409,42 +563,58 @@ async fn round<D: Disk + 'static>(shard: &Rc<Shard<D>>, agent: &mut Agent) {
 async fn apply<D: Disk + 'static>(
     shard: &Rc<Shard<D>>,
     agent: &mut Agent,
-    answer: HeartbeatAnswer,
+    mut answer: HeartbeatAnswer,
 ) {
-    let first = *agent
-        .first_epochs
-        .get_or_insert((answer.master_epoch, answer.sync_state_set_epoch));
-    if answer.role != ROLE_FENCED
-        && answer.sync_state_set.contains(&agent.broker_id)
-        && (answer.master_epoch, answer.sync_state_set_epoch) != first
-    {
-        shard.controller().unclean_restart.set(false);
+    if answer.role == ROLE_MASTER && answer.master_broker_id != agent.broker_id {
+        warn!(
+            master_broker_id = answer.master_broker_id,
+            own = agent.broker_id,
+            "an answer made this broker master under another broker's id; taken as fenced"
+        );
+        answer.role = ROLE_FENCED;
     }
-    let epochs_moved = (answer.master_epoch, answer.sync_state_set_epoch)
-        != (agent.view.master_epoch, agent.view.sync_state_set_epoch);
+    let first = *agent.first_master_epoch.get_or_insert(answer.master_epoch);
+    if !agent.view.clear_unclean
+        && unclean_clears(agent.broker_id, &answer, first, agent.excluded_seen)
+    {
+        agent.view.clear_unclean = true;
+    }
+    if !answer.sync_state_set.contains(&agent.broker_id) {
+        agent.excluded_seen = true;
+    }
     let was_master =
         agent.view.role == ROLE_MASTER && agent.view.master_epoch == answer.master_epoch;
     if !was_master && answer.role == ROLE_MASTER {
         // A new term as master: every member starts with a full grace period.
         agent.bad_since.clear();
     }
+    if agent
+        .pending
+        .as_ref()
+        .is_some_and(|p| !proposal_survives(p, answer.master_epoch, answer.sync_state_set_epoch))
+    {
+        agent.pending = None;
+    }
+    let lease_until = (answer.role == ROLE_MASTER && answer.lease_expires_ms > 0)
+        .then(|| monotonic_base().checked_add(Duration::from_millis(answer.lease_expires_ms)))
+        .flatten();
     agent.view = ControllerView {
         broker_id: agent.broker_id,
         master_broker_id: answer.master_broker_id,
         master_epoch: answer.master_epoch,
         sync_state_set_epoch: answer.sync_state_set_epoch,
         sync_state_set: answer.sync_state_set.clone(),
-        pending_set: if epochs_moved {
-            None
-        } else {
-            agent.view.pending_set.take()
-        },
-        lease_until: (answer.role == ROLE_MASTER && answer.lease_expires_ms > 0)
-            .then(|| monotonic_base() + Duration::from_millis(answer.lease_expires_ms)),
+        pending_set: agent.pending.as_ref().map(|p| p.members.clone()),
+        lease_until,
         role: answer.role,
+        clear_unclean: agent.view.clear_unclean,
     };
     publish_master(shard, agent.broker_id, &answer).await;
     agent.reports = broadcast(shard, &agent.view).await;
+    if !complete(shard, agent) {
+        // No role change on a partial picture (a promotion needs every shard's term).
+        return;
+    }
     match answer.role {
         ROLE_MASTER => become_master(shard, agent, answer.master_epoch).await,
         ROLE_SLAVE => follow(shard, agent, &answer.master_ha_listen).await,
@@ -460,7 +630,8 @@ async fn publish_master<D: Disk>(shard: &Rc<Shard<D>>, own_id: u64, answer: &Hea
         && !answer.master_listen.is_empty())
     .then(|| MasterHint {
         listen: answer.master_listen.clone(),
-        epoch: answer.master_epoch << GENERATION_BITS,
+        // The master's term is exactly the controllers' master epoch.
+        epoch: answer.master_epoch.min(MAX_TERM) << GENERATION_BITS,
     });
     if shard.registration().master() == hint {
         return;
@@ -475,7 +646,9 @@ async fn publish_master<D: Disk>(shard: &Rc<Shard<D>>, own_id: u64, answer: &Hea
     }
 }
 
-/// Sends `view` to every shard and collects their reports (this shard's included).
+/// Sends `view` to every shard and collects their reports (this shard's included), by
+/// shard. Fewer than `shard_count` when some shard did not answer: callers skip what needs
+/// every shard ([`complete`]).
 async fn broadcast<D: Disk>(shard: &Rc<Shard<D>>, view: &ControllerView) -> Vec<ShardReport> {
     let mut reports = shard
         .ask_others(|reply| ShardRequest::ControllerView {
@@ -489,9 +662,8 @@ async fn broadcast<D: Disk>(shard: &Rc<Shard<D>>, view: &ControllerView) -> Vec<
     reports
 }
 
-/// MASTER: every shard not yet a master is promoted, opening a term at least the
-/// controller's epoch and past every term any shard has seen (so queue offsets continue from
-/// the log's end and an epoch is never reused).
+/// MASTER: every shard not yet a master is promoted, opening exactly the controllers'
+/// epoch as its term ([`controller_epoch`]).
 async fn become_master<D: Disk + 'static>(
     shard: &Rc<Shard<D>>,
     agent: &mut Agent,
@@ -501,15 +673,27 @@ async fn become_master<D: Disk + 'static>(
         && agent.reports.len() == shard.shard_count()
         && shard_roles_are_master(shard).await;
     if all_masters {
+        if let Some(r) = agent
+            .reports
+            .iter()
+            .find(|r| epoch_term(r.epoch) != master_epoch)
+        {
+            warn!(
+                shard = r.shard,
+                term = epoch_term(r.epoch),
+                master_epoch,
+                "a master shard's term is not the controllers' master epoch"
+            );
+        }
         return;
     }
-    let seen = agent.reports.iter().map(|r| r.epoch);
-    let Some(next) = promotion_epoch(seen) else {
-        warn!("controller mode: every term an epoch can hold is used; staying fenced");
-        return;
+    let epoch = match controller_epoch(master_epoch, agent.reports.iter().map(|r| r.epoch)) {
+        Ok(epoch) => epoch,
+        Err(e) => {
+            warn!("controller mode: not becoming master: {e}; staying fenced");
+            return;
+        }
     };
-    let wanted = master_epoch.min(crate::replication::identity::MAX_TERM) << GENERATION_BITS;
-    let epoch = next.max(wanted);
     let started = Instant::now();
     match change_everywhere(
         shard,
@@ -523,7 +707,7 @@ async fn become_master<D: Disk + 'static>(
         Ok(()) => {
             info!(
                 master_epoch,
-                term = epoch_term(epoch),
+                term_generation = %describe_epoch(epoch),
                 took_ms = started.elapsed().as_millis() as u64,
                 "the controllers made this broker the master"
             );
@@ -586,9 +770,34 @@ fn resolve(addr: &str) -> Option<SocketAddr> {
 
 /// The master's review of its SyncStateSet from the shards' reports (see the module docs).
 async fn review_sync_state_set<D: Disk>(shard: &Rc<Shard<D>>, agent: &mut Agent) {
-    if agent.view.pending_set.is_some() || agent.reports.len() != shard.shard_count() {
+    if agent.reports.len() != shard.shard_count() {
         return;
     }
+    let limit = Duration::from_millis(shard.config().ha_max_time_slave_not_catchup_ms);
+    let Some(mut proposal) = agent.pending.take() else {
+        propose(shard, agent).await;
+        return;
+    };
+    if !proposal.sent {
+        if joiners_hold(&proposal.joining, &proposal.targets, &agent.reports) {
+            proposal.sent = true;
+        } else if proposal.since.elapsed() >= limit {
+            // Never sent: the controllers never saw it, so the union can go.
+            info!(joining = ?proposal.joining, "a joining member did not catch up in time; the SyncStateSet stays");
+            agent.view.pending_set = None;
+            agent.reports = broadcast(shard, &agent.view).await;
+            return;
+        } else {
+            agent.pending = Some(proposal);
+            return;
+        }
+    }
+    send_alter(shard, agent, proposal).await;
+}
+
+/// Decides a change from the reports; installs the union on every shard before anything
+/// else, then sends it once its joiners hold what was acknowledged before.
+async fn propose<D: Disk>(shard: &Rc<Shard<D>>, agent: &mut Agent) {
     let now = Instant::now();
     let limit = Duration::from_millis(shard.config().ha_max_time_slave_not_catchup_ms);
     let members: BTreeSet<u64> = agent.view.sync_state_set.iter().copied().collect();
@@ -598,21 +807,25 @@ async fn review_sync_state_set<D: Disk>(shard: &Rc<Shard<D>>, agent: &mut Agent)
         .flat_map(|r| r.links.keys().copied())
         .collect();
     let mut next = members.clone();
-    for id in &candidates {
-        let caught_up = agent
-            .reports
-            .iter()
-            .all(|r| r.links.get(id).is_some_and(|(caught_up, _)| *caught_up));
-        if caught_up && !members.contains(id) {
+    for id in candidates.iter().filter(|id| !members.contains(id)) {
+        let caught_up = agent.reports.iter().all(|r| {
+            r.links
+                .get(id)
+                .is_some_and(|l| l.in_sync && l.has_caught_up)
+        });
+        if caught_up {
             next.insert(*id);
         }
     }
     for id in members.iter().filter(|id| **id != agent.broker_id) {
-        let bad = agent
-            .reports
-            .iter()
-            .any(|r| r.links.get(id).is_none_or(|(_, behind)| *behind));
-        if !bad {
+        let links: Vec<Option<&LinkReport>> =
+            agent.reports.iter().map(|r| r.links.get(id)).collect();
+        // Behind already means "not caught up for ha_max_time_slave_not_catchup_ms".
+        if links.iter().any(|l| l.is_some_and(|l| !l.in_sync)) {
+            next.remove(id);
+            continue;
+        }
+        if links.iter().all(Option::is_some) {
             agent.bad_since.remove(id);
             continue;
         }
@@ -625,39 +838,226 @@ async fn review_sync_state_set<D: Disk>(shard: &Rc<Shard<D>>, agent: &mut Agent)
     if next == members {
         return;
     }
-    let proposal: Vec<u64> = next.into_iter().collect();
-    // Counted against the union from now until the controllers answer.
-    agent.view.pending_set = Some(proposal.clone());
+    let joining: Vec<u64> = next.difference(&members).copied().collect();
+    let proposal_members: Vec<u64> = next.into_iter().collect();
+    // Counted against the union from now on; each shard's report is taken right after it
+    // installed the union, so its end bounds everything acknowledged under the old set.
+    agent.view.pending_set = Some(proposal_members.clone());
     agent.reports = broadcast(shard, &agent.view).await;
+    if agent.reports.len() != shard.shard_count() {
+        agent.view.pending_set = None;
+        agent.reports = broadcast(shard, &agent.view).await;
+        return;
+    }
+    let targets: Vec<u64> = agent.reports.iter().map(|r| r.end_offset).collect();
+    let mut proposal = Proposal {
+        master_epoch: agent.view.master_epoch,
+        base_set_epoch: agent.view.sync_state_set_epoch,
+        members: proposal_members,
+        sent: false,
+        since: now,
+        joining,
+        targets,
+    };
+    if !joiners_hold(&proposal.joining, &proposal.targets, &agent.reports) {
+        agent.pending = Some(proposal);
+        return;
+    }
+    proposal.sent = true;
+    send_alter(shard, agent, proposal).await;
+}
+
+/// Sends the proposal; only the controllers' answer ends it here (a failure keeps it and
+/// the union until a heartbeat shows a newer set epoch, and the next round sends it again).
+async fn send_alter<D: Disk>(shard: &Rc<Shard<D>>, agent: &mut Agent, proposal: Proposal) {
     let config = shard.config();
     let alter = AlterSyncStateSet {
         cluster_name: config.cluster_name.clone(),
         broker_name: config.broker_name.clone(),
         master_broker_id: agent.broker_id,
-        master_epoch: agent.view.master_epoch,
-        sync_state_set_epoch: agent.view.sync_state_set_epoch,
-        new_sync_state_set: proposal.clone(),
+        master_epoch: proposal.master_epoch,
+        sync_state_set_epoch: proposal.base_set_epoch,
+        new_sync_state_set: proposal.members.clone(),
     };
-    let outcome = agent
+    match agent
         .thread
         .ask(|reply| ControlRequest::Alter(alter, reply))
-        .await;
-    agent.view.pending_set = None;
-    match outcome {
-        Ok(state) => {
+        .await
+    {
+        Ok(state) if state.sync_state_set_epoch > proposal.base_set_epoch => {
             info!(
-                old = ?members,
+                old = ?agent.view.sync_state_set,
                 new = ?state.sync_state_set,
                 sync_state_set_epoch = state.sync_state_set_epoch,
                 "the SyncStateSet changed"
             );
             agent.view.sync_state_set = state.sync_state_set;
             agent.view.sync_state_set_epoch = state.sync_state_set_epoch;
+            agent.view.pending_set = None;
             agent
                 .bad_since
                 .retain(|id, _| agent.view.sync_state_set.contains(id));
+            agent.reports = broadcast(shard, &agent.view).await;
         }
-        Err(e) => warn!(proposal = ?proposal, "proposing a SyncStateSet change failed: {e}"),
+        Ok(state) => {
+            warn!(proposal = ?proposal.members, sync_state_set_epoch = state.sync_state_set_epoch, "the controllers answered a SyncStateSet change with no newer set; kept until a heartbeat shows one");
+            agent.pending = Some(proposal);
+        }
+        Err(e) => {
+            warn!(proposal = ?proposal.members, "proposing a SyncStateSet change failed: {e}; kept (and counted) until a heartbeat shows a newer set");
+            agent.pending = Some(proposal);
+        }
     }
-    agent.reports = broadcast(shard, &agent.view).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proposal(master_epoch: u32, base_set_epoch: u32) -> Proposal {
+        Proposal {
+            master_epoch,
+            base_set_epoch,
+            members: vec![1, 2, 3],
+            joining: vec![2],
+            targets: vec![100, 200],
+            sent: true,
+            since: Instant::now(),
+        }
+    }
+
+    fn report(shard: usize, links: &[(u64, u64)]) -> ShardReport {
+        ShardReport {
+            shard,
+            links: links
+                .iter()
+                .map(|(id, acked)| {
+                    (
+                        *id,
+                        LinkReport {
+                            acked: *acked,
+                            in_sync: true,
+                            has_caught_up: true,
+                        },
+                    )
+                })
+                .collect(),
+            ..ShardReport::default()
+        }
+    }
+
+    /// The term is exactly the controllers' master epoch; a shard already in it (a master
+    /// restarted into its own epoch) takes the next generation; a shard past it refuses.
+    #[test]
+    fn a_promotion_opens_exactly_the_master_epoch() {
+        let term = |t: u32, g: u32| (t << GENERATION_BITS) | g;
+        assert_eq!(
+            controller_epoch(5, [term(2, 0), term(4, 3)]),
+            Ok(term(5, 0))
+        );
+        assert_eq!(
+            controller_epoch(5, [term(5, 0), term(5, 2), term(3, 0)]),
+            Ok(term(5, 3))
+        );
+        assert!(controller_epoch(5, [term(6, 0), term(1, 0)]).is_err());
+        assert!(controller_epoch(0, [0]).is_err());
+        assert!(controller_epoch(5, [term(5, MAX_GENERATION)]).is_err());
+        assert!(controller_epoch(MAX_TERM + 1, [0]).is_err());
+    }
+
+    /// A proposal and its union stand through failed, lost or refused answers, until the
+    /// controllers show a newer set or another master epoch.
+    #[test]
+    fn a_pending_set_stands_until_a_newer_set_epoch_is_seen() {
+        let p = proposal(3, 7);
+        assert!(proposal_survives(&p, 3, 7), "no news: the union stays");
+        assert!(!proposal_survives(&p, 3, 8), "a newer set was committed");
+        assert!(!proposal_survives(&p, 4, 7), "another term");
+    }
+
+    /// A joiner is admitted only when it holds, on every shard, the end that shard had when
+    /// the union was installed, and only with a report from every shard.
+    #[test]
+    fn joiners_must_hold_every_shards_target() {
+        let p = proposal(1, 1);
+        let both = [report(0, &[(2, 100)]), report(1, &[(2, 250)])];
+        assert!(joiners_hold(&p.joining, &p.targets, &both));
+        let behind = [report(0, &[(2, 100)]), report(1, &[(2, 199)])];
+        assert!(!joiners_hold(&p.joining, &p.targets, &behind));
+        let missing_link = [report(0, &[(2, 100)]), report(1, &[(3, 900)])];
+        assert!(!joiners_hold(&p.joining, &p.targets, &missing_link));
+        assert!(
+            !joiners_hold(&p.joining, &p.targets, &both[..1]),
+            "a shard that did not report"
+        );
+    }
+
+    /// The unclean flag clears when a set takes the broker back in after one without it, or
+    /// when it is elected master in a newer epoch; not on any later set epoch that lists it.
+    #[test]
+    fn the_unclean_flag_clears_only_on_readmission_or_election() {
+        let answer = |role, master, master_epoch, set: &[u64]| HeartbeatAnswer {
+            role,
+            master_broker_id: master,
+            master_listen: String::new(),
+            master_ha_listen: String::new(),
+            master_epoch,
+            sync_state_set_epoch: 1,
+            sync_state_set: set.to_vec(),
+            lease_expires_ms: 0,
+        };
+        // The master admitted another slave: set epoch moved, this broker (2) listed all along.
+        assert!(!unclean_clears(
+            2,
+            &answer(ROLE_SLAVE, 1, 3, &[1, 2, 3]),
+            3,
+            false
+        ));
+        assert!(unclean_clears(
+            2,
+            &answer(ROLE_SLAVE, 1, 3, &[1, 2]),
+            3,
+            true
+        ));
+        assert!(!unclean_clears(2, &answer(ROLE_SLAVE, 1, 3, &[1]), 3, true));
+        assert!(unclean_clears(
+            2,
+            &answer(ROLE_MASTER, 2, 4, &[2]),
+            3,
+            false
+        ));
+        assert!(!unclean_clears(
+            2,
+            &answer(ROLE_MASTER, 2, 3, &[2]),
+            3,
+            false
+        ));
+        assert!(!unclean_clears(
+            2,
+            &answer(ROLE_FENCED, 0, 4, &[2]),
+            3,
+            true
+        ));
+    }
+
+    /// Every level needs the lease, `all` with other members too; a slave stops
+    /// acknowledging a master of an older term once a newer master epoch is known.
+    #[test]
+    fn acknowledging_needs_the_lease_and_slaves_fence_older_terms() {
+        let state = ControllerState::default();
+        let now = Instant::now();
+        *state.view.borrow_mut() = ControllerView {
+            broker_id: 1,
+            master_epoch: 4,
+            sync_state_set: vec![1, 2, 3],
+            ..ControllerView::default()
+        };
+        assert!(!state.may_acknowledge(Acks::All, now));
+        state.view.borrow_mut().lease_until = Some(now + Duration::from_secs(1));
+        assert!(state.may_acknowledge(Acks::All, now));
+        assert!(!state.may_acknowledge(Acks::All, now + Duration::from_secs(2)));
+        assert!(state.fences_master(3 << GENERATION_BITS | 9));
+        assert!(!state.fences_master(4 << GENERATION_BITS));
+        assert!(!ControllerState::default().fences_master(0));
+    }
 }
