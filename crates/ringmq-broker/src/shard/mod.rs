@@ -490,6 +490,14 @@ impl<D: Disk> Shard<D> {
             store.flushed_offset(),
             store.max_offset()
         );
+        if let Some(replicas) = self.replicas() {
+            if replicas.required_count() == Some(0) {
+                // Controller mode, a SyncStateSet of this master alone: nothing to wait for,
+                // so what this shard holds is released (Kafka's HW = LEO with one in-sync
+                // replica); else consumers would never see a leader-level write.
+                replicas.completions.release(self.local_confirmed_offset());
+            }
+        }
         self.visibility.confirmed(self.confirmed_offset());
     }
 
