@@ -344,7 +344,11 @@ fn sigkill_of_the_master_fails_over_with_no_acknowledged_loss() {
     }
     // Every broker holds the same log per queue once the slaves caught up: a slave that kept
     // bytes of its own (a term opened twice, a cut missed) differs from the master there.
-    let others: Vec<String> = addrs.iter().filter(|a| **a != new_master).cloned().collect();
+    let others: Vec<String> = addrs
+        .iter()
+        .filter(|a| **a != new_master)
+        .cloned()
+        .collect();
     let mut last_difference = String::new();
     let converged = wait_until_or(Duration::from_secs(30), || {
         others.iter().all(|addr| match try_read_all(addr, QUEUES) {
@@ -450,7 +454,10 @@ fn a_one_broker_group_refuses_all_level_produce_and_promote() {
     assert_eq!(leader.status, Status::Ok);
     // Refused before the append: the accepted message took the queue's first offset, and
     // nothing a consumer sees is the refused one.
-    assert_eq!(leader.response.base_offset, 0, "the refused message took an offset");
+    assert_eq!(
+        leader.response.base_offset, 0,
+        "the refused message took an offset"
+    );
     // A set of the master alone holds back nothing a consumer may see.
     let mut stored = BTreeMap::new();
     let visible = wait_until_or(Duration::from_secs(10), || {
