@@ -409,6 +409,7 @@ fn answer_challenge_with(
         broker_name: "broker-a".into(),
         security: LinkSecurity::Auth,
         nonce: [0x42; 32],
+        controller_broker_id: 0,
     }
     .encode(&mut hello);
     link.write_all(&hello).unwrap();

@@ -701,6 +701,7 @@ fn fake_ack_beyond_the_master_is_refused() {
         broker_name: "broker-a".into(),
         security: LinkSecurity::Off,
         nonce: [0; NONCE_BYTES],
+        controller_broker_id: 0,
     }
     .encode(&mut hello);
     link.write_all(&hello).unwrap();
@@ -1131,6 +1132,7 @@ fn a_slave_of_another_protocol_version_is_refused_naming_both_versions() {
         broker_name: "broker-a".into(),
         security: LinkSecurity::Off,
         nonce: [0; NONCE_BYTES],
+        controller_broker_id: 0,
     }
     .encode(&mut hello);
     let current = hello.clone();

@@ -690,7 +690,7 @@ async fn replicate(
     mut rng: SeededRng,
 ) {
     let replicas = shard.replicas().expect("a SYNC_MASTER has replicas");
-    let link = replicas.register("simulated slave".to_string(), 0);
+    let link = replicas.register("simulated slave".to_string(), 0, 0);
     let segment = shard.config().segment_size_bytes;
     let mut cursor = slave.max_offset();
     loop {

@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// Serve Kafka's wire protocol on HOST:PORT (default: off; docs/kafka.md).
     #[arg(long)]
     pub kafka_listen: Option<String>,
+    /// Controller mode: the controllers HOST:PORT[,HOST:PORT...] assign this broker its id and
+    /// role (docs/controller.md); `--role` and `--master` are then refused.
+    #[arg(long, value_delimiter = ',')]
+    pub controller: Option<Vec<String>>,
 }
 
 impl ServeArgs {
@@ -81,6 +85,17 @@ impl ServeArgs {
         }
         if let Some(role) = &self.role {
             config.broker_role = role.parse().map_err(|e: ConfigError| e.to_string())?;
+            config.given.broker_role = true;
+        }
+        if let Some(controller) = &self.controller {
+            config.controller = controller
+                .iter()
+                .map(|a| a.trim().to_string())
+                .filter(|a| !a.is_empty())
+                .collect();
+            if config.controller.is_empty() {
+                return Err("--controller: give at least one HOST:PORT".into());
+            }
         }
         if let Some(name) = &self.broker_name {
             config.broker_name = name.clone();
@@ -174,5 +189,35 @@ mod tests {
             .effective_config()
             .unwrap_err()
             .starts_with("advertised_listen:"));
+    }
+
+    #[test]
+    fn controller_mode_refuses_a_configured_role_or_master() {
+        let controlled = ServeArgs {
+            controller: Some(vec!["127.0.0.1:9877".into()]),
+            ..ServeArgs::default()
+        };
+        let config = controlled.effective_config().expect("valid");
+        assert!(config.controller_mode());
+        let with_role = ServeArgs {
+            role: Some("SYNC_MASTER".into()),
+            ..controlled.clone()
+        };
+        let refused = with_role.effective_config().unwrap_err();
+        assert!(refused.starts_with("broker_role:"), "{refused}");
+        let with_master = ServeArgs {
+            master: Some("127.0.0.1:10912".into()),
+            ..controlled.clone()
+        };
+        let refused = with_master.effective_config().unwrap_err();
+        assert!(refused.starts_with("master:"), "{refused}");
+        let empty = ServeArgs {
+            controller: Some(vec![" ".into()]),
+            ..ServeArgs::default()
+        };
+        assert!(empty
+            .effective_config()
+            .unwrap_err()
+            .contains("--controller"));
     }
 }

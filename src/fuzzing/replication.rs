@@ -267,8 +267,8 @@ fn master_reads_reports(data: &[u8]) {
         std::rc::Rc::new(crate::clock::RealClock),
     );
     let mut links = [
-        Some(replicas.register("127.0.0.1:1".into(), 0)),
-        Some(replicas.register("127.0.0.1:2".into(), 0)),
+        Some(replicas.register("127.0.0.1:1".into(), 0, 0)),
+        Some(replicas.register("127.0.0.1:2".into(), 0, 0)),
     ];
     while !input.is_empty() {
         let which = input.u8();

@@ -476,6 +476,7 @@ fn hello_body() -> Vec<u8> {
         broker_name: "broker-a".into(),
         security: LinkSecurity::Auth,
         nonce: [0x5a; NONCE_BYTES],
+        controller_broker_id: 0,
     };
     encoded(|out| hello.encode(out))[4..].to_vec()
 }

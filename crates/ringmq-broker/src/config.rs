@@ -401,6 +401,36 @@ pub struct BrokerConfig {
     pub superusers: Vec<String>,
     /// Where every admin call is recorded, one JSON line each (unset: `<store_dir>/audit.log`).
     pub audit_log_file: Option<PathBuf>,
+    // Controller mode (docs/controller.md, "Brokers in controller mode"): the controllers
+    // assign this broker its id and its role; `broker_role` and `master` are then refused.
+    /// Controllers to register and heartbeat with, each `HOST:PORT`; empty (the default):
+    /// master/slave mode, the role comes from `broker_role`.
+    pub controller: Vec<String>,
+    /// How often this broker heartbeats to the controllers (and, as master, renews its lease
+    /// and reviews its SyncStateSet). 250 ms: the controller declares a master lost after 2 s
+    /// of silence (`--broker-silent-ms`), and the new master learns its role from the answer
+    /// to its next heartbeat, at most one interval later; the slaves that must confirm its
+    /// first `all`-level write learn the new master at their next heartbeat too. 2 s, 250 ms
+    /// and 250 ms leave half a second of the 3 s failover target for the HA handshake. It is
+    /// also the lease renewal the issue asks for: a 1.6 s lease survives five lost heartbeats.
+    pub controller_heartbeat_interval_ms: u64,
+    /// An asynchronous learner: replicates, is never in the SyncStateSet, never elected.
+    pub async_learner: bool,
+    /// Higher is preferred by the controller among otherwise equal candidates.
+    pub broker_election_priority: u32,
+    /// Controller mode: an `all`-level produce is acknowledged only once every SyncStateSet
+    /// member confirmed it (true, the default). False: once `min_in_sync_replicas - 1` of
+    /// them did (RocketMQ's `allAckInSyncStateSet = false`).
+    pub all_ack_in_sync_state_set: bool,
+    /// Controller mode, on the master: a SyncStateSet member this long behind the master's
+    /// end, or disconnected, on any shard is proposed out of the set (checked every
+    /// `controller_heartbeat_interval_ms`).
+    pub ha_max_time_slave_not_catchup_ms: u64,
+    /// Which keys the configuration file or a flag gave (not serialized): controller mode
+    /// refuses `broker_role` and `master` only when they were given, and takes its own
+    /// `min_acks` default only when it was not.
+    #[serde(skip)]
+    pub given: GivenKeys,
 }
 
 /// Whether requests are checked against the ACLs (`authorization`).
@@ -419,6 +449,21 @@ impl Authorization {
             Authorization::Off => "off",
             Authorization::Acl => "acl",
         }
+    }
+}
+
+/// Keys whose presence, not only their value, matters (see [`BrokerConfig::given`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GivenKeys {
+    pub broker_role: bool,
+    pub min_acks: bool,
+}
+
+/// Two configurations with the same values are equal however they were written: the effective
+/// configuration printed at start (every key) reads back equal to the one it came from.
+impl PartialEq for GivenKeys {
+    fn eq(&self, _: &GivenKeys) -> bool {
+        true
     }
 }
 
@@ -526,6 +571,13 @@ impl Default for BrokerConfig {
             authorization: Authorization::Off,
             superusers: Vec::new(),
             audit_log_file: None,
+            controller: Vec::new(),
+            controller_heartbeat_interval_ms: 250,
+            async_learner: false,
+            broker_election_priority: 0,
+            all_ack_in_sync_state_set: true,
+            ha_max_time_slave_not_catchup_ms: 3_000,
+            given: GivenKeys::default(),
         }
     }
 }
@@ -574,7 +626,95 @@ const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 1024;
 impl BrokerConfig {
     /// Parses a TOML document; unknown keys are refused so a typo is not silently ignored.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))
+        let mut config: BrokerConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))?;
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))?;
+        config.given = GivenKeys {
+            broker_role: table.contains_key("broker_role"),
+            min_acks: table.contains_key("min_acks"),
+        };
+        Ok(config)
+    }
+
+    /// Whether the controllers assign this broker's role (`controller` is set).
+    pub fn controller_mode(&self) -> bool {
+        !self.controller.is_empty()
+    }
+
+    /// The level of a produce that names none while `default_acks` is unset: `all` in
+    /// controller mode (every SyncStateSet member), else `None` (the role decides).
+    pub fn mode_default_acks(&self) -> Option<Acks> {
+        self.default_acks
+            .or_else(|| self.controller_mode().then_some(Acks::All))
+    }
+
+    /// The floor of every produce's level: `min_acks`, or `leader` in controller mode when
+    /// `min_acks` was not given (a fenced or lease-less master must answer, never stay silent).
+    pub fn mode_min_acks(&self) -> Acks {
+        if self.controller_mode() && !self.given.min_acks {
+            Acks::Leader
+        } else {
+            self.min_acks
+        }
+    }
+
+    /// Checks the controller-mode keys: the controllers assign the role, so `broker_role`
+    /// and `master` are refused beside `controller`.
+    fn validate_controller(&self) -> Result<(), ConfigError> {
+        check_duration_ms(
+            "controller_heartbeat_interval_ms",
+            self.controller_heartbeat_interval_ms,
+        )?;
+        check_duration_ms(
+            "ha_max_time_slave_not_catchup_ms",
+            self.ha_max_time_slave_not_catchup_ms,
+        )?;
+        if !self.controller_mode() {
+            return Ok(());
+        }
+        if self.given.broker_role {
+            return Err(ConfigError::value(
+                "broker_role",
+                "the controllers assign the role in controller mode (`controller` is set): \
+                 remove broker_role (or --role)",
+            ));
+        }
+        if self.master.is_some() {
+            return Err(ConfigError::value(
+                "master",
+                "the controllers name the master in controller mode (`controller` is set): \
+                 remove master (or --master)",
+            ));
+        }
+        for (i, entry) in self.controller.iter().enumerate() {
+            check_advertised("controller", entry)?;
+            if self.controller[..i].contains(entry) {
+                return Err(ConfigError::value(
+                    "controller",
+                    format!("{entry} is listed twice"),
+                ));
+            }
+        }
+        if self.controller_heartbeat_interval_ms > 1_000 {
+            return Err(ConfigError::value(
+                "controller_heartbeat_interval_ms",
+                "at most 1000: the controller declares a broker lost after 2 s of silence, \
+                 and its lease (1.6 s) must be renewed more than once within it",
+            ));
+        }
+        if self.cluster_name.is_empty()
+            || self.cluster_name.len() > crate::constants::MAX_NAME_BYTES
+        {
+            return Err(ConfigError::value(
+                "cluster_name",
+                format!(
+                    "must be 1 to {} bytes of UTF-8",
+                    crate::constants::MAX_NAME_BYTES
+                ),
+            ));
+        }
+        Ok(())
     }
 
     pub fn to_toml(&self) -> String {
@@ -961,6 +1101,7 @@ impl BrokerConfig {
         self.validate_connection_limits()?;
         self.validate_security()?;
         self.validate_cluster()?;
+        self.validate_controller()?;
         self.validate_retention()?;
         self.validate_retries()?;
         // A client that names no level waits for an answer (plain `Client::produce` does):
@@ -1198,6 +1339,52 @@ fn check_duration_ms(key: &'static str, value: u64) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Controller mode: `broker_role` and `master` beside `controller` are refused only when
+    /// given; the levels default to `all` with a `leader` floor unless `min_acks` is given.
+    #[test]
+    fn controller_mode_keys_are_checked_and_change_the_level_defaults() {
+        let controlled = BrokerConfig::from_toml("controller = [\"127.0.0.1:9877\"]").unwrap();
+        controlled.validate().unwrap();
+        assert_eq!(controlled.mode_default_acks(), Some(Acks::All));
+        assert_eq!(controlled.mode_min_acks(), Acks::Leader);
+        let floor =
+            BrokerConfig::from_toml("controller = [\"127.0.0.1:9877\"]\nmin_acks = \"none\"")
+                .unwrap();
+        assert_eq!(floor.mode_min_acks(), Acks::None);
+        let plain = BrokerConfig::default();
+        assert_eq!(
+            (plain.mode_default_acks(), plain.mode_min_acks()),
+            (None, Acks::None)
+        );
+        let role = BrokerConfig::from_toml(
+            "controller = [\"127.0.0.1:9877\"]\nbroker_role = \"SLAVE\"\nmaster = \"127.0.0.1:1\"",
+        )
+        .unwrap();
+        assert_eq!(role.validate().unwrap_err().key(), Some("broker_role"));
+        for (text, key) in [
+            (
+                "controller = [\"127.0.0.1:9877\"]\nmaster = \"127.0.0.1:1\"",
+                "master",
+            ),
+            ("controller = [\"nohost\"]", "controller"),
+            (
+                "controller = [\"127.0.0.1:9877\", \"127.0.0.1:9877\"]",
+                "controller",
+            ),
+            (
+                "controller = [\"127.0.0.1:9877\"]\ncontroller_heartbeat_interval_ms = 5000",
+                "controller_heartbeat_interval_ms",
+            ),
+            (
+                "ha_max_time_slave_not_catchup_ms = 0",
+                "ha_max_time_slave_not_catchup_ms",
+            ),
+        ] {
+            let config = BrokerConfig::from_toml(text).unwrap();
+            assert_eq!(config.validate().unwrap_err().key(), Some(key), "{text}");
+        }
+    }
 
     #[test]
     fn defaults_are_valid_and_round_trip_through_toml() {

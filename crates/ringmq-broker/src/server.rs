@@ -195,6 +195,28 @@ fn cluster_identity(
     }))
 }
 
+/// Controller mode: what the broker registers with the controllers as (the advertised
+/// addresses default to the bound ones, as for the name servers).
+fn controller_identity(
+    config: &BrokerConfig,
+    listeners: &crate::net::BoundListeners,
+) -> Result<Option<crate::shard::controller_agent::ControllerIdentity>, ServerError> {
+    if !config.controller_mode() {
+        return Ok(None);
+    }
+    Ok(Some(crate::shard::controller_agent::ControllerIdentity {
+        store_identity: load_or_create_broker_id(&config.store_dir)?.to_string(),
+        listen: config
+            .advertised_listen
+            .clone()
+            .unwrap_or_else(|| listeners.listen_addr.to_string()),
+        ha_listen: config
+            .advertised_ha_listen
+            .clone()
+            .unwrap_or_else(|| listeners.ha_addr.to_string()),
+    }))
+}
+
 fn blocking_eventfd() -> Result<RawFd, ServerError> {
     // Blocking on purpose: glommio's io_uring read arms an internal poll on it.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
@@ -276,6 +298,7 @@ pub fn run(mut config: BrokerConfig) -> Result<(), ServerError> {
     let admission = Admission::new(&config);
     let tls = ServerTls::from_config(&config).map_err(|e| ServerError::Startup(e.to_string()))?;
     let cluster = cluster_identity(&config, &listeners)?;
+    let controller = controller_identity(&config, &listeners)?;
     let kafka = match &listeners.kafka {
         Some((_, bound)) => {
             let broker_id = match &cluster {
@@ -320,6 +343,7 @@ pub fn run(mut config: BrokerConfig) -> Result<(), ServerError> {
             admission: admission.clone(),
             tls: tls.clone(),
             cluster: if id == 0 { cluster.clone() } else { None },
+            controller: if id == 0 { controller.clone() } else { None },
             kafka: listeners
                 .kafka
                 .as_ref()
@@ -367,7 +391,11 @@ pub fn run(mut config: BrokerConfig) -> Result<(), ServerError> {
         listeners.listen_addr,
         ports.join(","),
         shard_count,
-        config.broker_role,
+        if config.controller_mode() {
+            "CONTROLLED".to_string()
+        } else {
+            config.broker_role.to_string()
+        },
         config.flush_disk_type,
         listeners.ha_addr,
         config.store_dir.display()

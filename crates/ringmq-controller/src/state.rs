@@ -101,6 +101,10 @@ pub struct EpochEntry {
 /// failovers, small enough that a snapshot of many groups stays small.
 pub const EPOCH_HISTORY_KEPT: usize = 32;
 
+/// Brokers report their log's last epoch packed as `term << 16 | generation` (the broker's
+/// `replication::identity`); a master's term is exactly its master epoch.
+pub const BROKER_GENERATION_BITS: u32 = 16;
+
 /// A broker group's replicated state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupRecord {
@@ -157,6 +161,11 @@ pub enum Command {
         new_sync_state_set: BTreeSet<u64>,
         unclean: bool,
         lost: Vec<LostRange>,
+        /// The new master epoch is at least this: one past the highest term any broker
+        /// reported (a broker's epoch packs its term above [`BROKER_GENERATION_BITS`]), so
+        /// the new master's term is one nobody opened. 0 in commands from before the field.
+        #[serde(default)]
+        min_master_epoch: u32,
     },
     SetPeer {
         id: u64,
@@ -239,6 +248,7 @@ impl ControllerState {
                 new_sync_state_set,
                 unclean,
                 lost,
+                min_master_epoch,
             } => {
                 let record = self.group_mut(cluster, group)?;
                 if record.master_epoch != *expected_master_epoch
@@ -248,7 +258,7 @@ impl ControllerState {
                 }
                 check_set(record, *new_master_broker_id, new_sync_state_set)?;
                 record.master_broker_id = *new_master_broker_id;
-                record.master_epoch += 1;
+                record.master_epoch = (record.master_epoch + 1).max(*min_master_epoch);
                 record.sync_state_set = new_sync_state_set.clone();
                 record.sync_state_set_epoch += 1;
                 record.epoch_history.push(EpochEntry {
@@ -476,6 +486,14 @@ pub fn decide_election(
     } else {
         Vec::new()
     };
+    // A broker's term can be ahead of the record (a store from before controller mode, a
+    // term opened by an older broker): elect past every term reported.
+    let min_master_epoch = liveness
+        .reports
+        .values()
+        .map(|r| (r.epoch >> BROKER_GENERATION_BITS).saturating_add(1))
+        .max()
+        .unwrap_or(0);
     Some(Command::ElectMaster {
         cluster: cluster.to_string(),
         group: group.to_string(),
@@ -485,6 +503,7 @@ pub fn decide_election(
         new_sync_state_set: new_set,
         unclean,
         lost,
+        min_master_epoch,
     })
 }
 

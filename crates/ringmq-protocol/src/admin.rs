@@ -15,6 +15,27 @@ pub struct ClusterStatus {
     /// With `namesrv` set: each name server as this broker's registration last found it.
     #[serde(default)]
     pub namesrv: Vec<NameServerStatus>,
+    /// Controller mode: the broker's id, role and SyncStateSet as the controllers last told it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<ControllerModeStatus>,
+}
+
+/// A broker in controller mode, as its last heartbeat answer left it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerModeStatus {
+    pub controllers: Vec<String>,
+    /// 0 until the controllers assigned one.
+    pub broker_id: u64,
+    /// MASTER, SLAVE or FENCED.
+    pub assigned_role: String,
+    pub master_broker_id: u64,
+    pub master_epoch: u32,
+    pub sync_state_set_epoch: u32,
+    pub sync_state_set: Vec<u64>,
+    /// A change this master proposed that the controllers have not answered yet.
+    pub pending_sync_state_set: Option<Vec<u64>>,
+    /// A master's lease left, in ms (none on a slave or a fenced broker).
+    pub lease_ms_left: Option<u64>,
 }
 
 /// One name server as a broker's registration with it last went.

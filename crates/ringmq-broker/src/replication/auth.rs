@@ -264,6 +264,7 @@ mod tests {
             broker_name: "broker-a".into(),
             security: LinkSecurity::Auth,
             nonce,
+            controller_broker_id: 0,
         }
     }
 

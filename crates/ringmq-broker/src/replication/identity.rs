@@ -140,6 +140,17 @@ impl LogIdentity {
         Some(next)
     }
 
+    /// Opens exactly `epoch` at `offset` (controller mode: the term is the controllers'
+    /// master epoch, never one of this log's own choosing); `None` unless `epoch` is past
+    /// this log's last epoch.
+    pub fn open_exact(&self, epoch: u32, offset: u64) -> Option<LogIdentity> {
+        (epoch > self.last_epoch()).then(|| {
+            let mut next = self.clone();
+            next.epochs.push((epoch, offset));
+            next
+        })
+    }
+
     /// Where this log stops sharing `master`'s history: the start of its first epoch that the
     /// master's epoch list does not hold with the same start (a generation this shard opened
     /// after a crash, or a term it was promoted to, that the master never had); `u64::MAX`

@@ -529,7 +529,7 @@ async fn serve_slave<D: Disk, S: LinkStream>(
     };
     let fd = stream.socket_fd();
     let _ = socket2::SockRef::from(&BorrowedSocket(fd)).set_nodelay(true);
-    let link = replicas.register(peer.clone(), start);
+    let link = replicas.register(peer.clone(), start, hello.controller_broker_id);
     info!(shard = shard.id(), %peer, start_offset = start, "slave connected");
     if let Ok((reader, mut stream)) = stream.split_link() {
         let closed = Rc::new(Cell::new(false));

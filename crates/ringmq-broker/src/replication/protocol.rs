@@ -98,6 +98,10 @@ pub struct Hello {
     pub security: LinkSecurity,
     /// The slave's fresh challenge to the master (zeros when it does not authenticate).
     pub nonce: Nonce,
+    /// Controller mode: the broker id the controllers gave the slave, so the master can tell
+    /// which SyncStateSet member a link is; 0 otherwise. A trailing field written only when
+    /// non-zero, so a hello from before it decodes (as 0) and encodes to the same bytes.
+    pub controller_broker_id: u64,
 }
 
 /// How a link end authenticates, as the hello carries it (u8).
@@ -275,6 +279,9 @@ impl Hello {
                 .str16(&self.broker_name)
                 .u8(self.security.wire());
             out.extend_from_slice(&self.nonce);
+            if self.controller_broker_id != 0 {
+                Writer::new(out).u64(self.controller_broker_id);
+            }
         });
     }
 
@@ -327,6 +334,22 @@ impl Hello {
             broker_name: r.str16("broker_name")?.to_string(),
             security: LinkSecurity::from_wire(r.u8("security")?)?,
             nonce: read_array(&mut r, "nonce")?,
+            controller_broker_id: 0,
+        };
+        let hello = if r.remaining() > 0 {
+            let id = r.u64("controller_broker_id")?;
+            if id == 0 {
+                return Err(DecodeError::Invalid {
+                    field: "controller_broker_id",
+                    reason: "written only when non-zero",
+                });
+            }
+            Hello {
+                controller_broker_id: id,
+                ..hello
+            }
+        } else {
+            hello
         };
         r.finish()?;
         Ok(hello)
@@ -776,7 +799,33 @@ mod tests {
             broker_name: "broker-a".into(),
             security: LinkSecurity::Auth,
             nonce: [5; NONCE_BYTES],
+            controller_broker_id: 0,
         }
+    }
+
+    /// Controller mode's broker id rides after the nonce, only when set: an older hello (and
+    /// one without it) still decodes, to 0, and a set one round trips.
+    #[test]
+    fn the_controller_broker_id_is_an_optional_tail() {
+        let plain = hello();
+        let mut old = Vec::new();
+        plain.encode(&mut old);
+        let with_id = Hello {
+            controller_broker_id: 7,
+            ..hello()
+        };
+        let mut new = Vec::new();
+        with_id.encode(&mut new);
+        assert_eq!(new.len(), old.len() + 8);
+        assert_eq!(Hello::decode(&old[4..]).unwrap(), plain);
+        assert_eq!(Hello::decode(&new[4..]).unwrap(), with_id);
+        let mut zero = old.clone();
+        zero.extend_from_slice(&0u64.to_le_bytes());
+        assert!(
+            Hello::decode(&zero[4..]).is_err(),
+            "a zero id is never written"
+        );
+        assert!(Hello::decode(&new[4..new.len() - 3]).is_err(), "a cut id");
     }
 
     #[test]

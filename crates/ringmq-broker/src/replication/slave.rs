@@ -174,6 +174,17 @@ async fn follow<D: Disk, S: LinkStream>(
             shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
         }
     })?;
+    let master_epoch = welcome.epochs.last().map_or(0, |(epoch, _)| *epoch);
+    if shard.controller().fences_master(master_epoch) {
+        // Controller mode: the controllers named a later term than this master's; nothing of
+        // its log is taken (no cut either) and nothing is acknowledged to it.
+        return Err(ReplicationError::Refused(format!(
+            "the master's term {} is older than the controllers' master epoch {}",
+            crate::replication::identity::epoch_term(master_epoch),
+            shard.controller().view().master_epoch
+        )));
+    }
+    link.set_master_epoch(master_epoch);
     let max_offset = shard.store().max_offset();
     // The master cuts at its first epoch past this log's last one, which is right for the
     // epochs the master handed out. An epoch this shard opened on its own (a generation after
@@ -317,6 +328,7 @@ async fn handshake<D: Disk, S: AsyncRead + AsyncWrite + Unpin>(
     };
     let hello = Hello {
         version: HA_VERSION,
+        controller_broker_id: crate::shard::controller_agent::own_broker_id(),
         shard: shard.id() as u16,
         shard_count: shard.shard_count() as u16,
         segment_size_bytes: shard.config().segment_size_bytes,
@@ -443,6 +455,13 @@ async fn report<D: Disk, W: AsyncWrite + Unpin>(
     let mut bytes = [0u8; AUTH_REPORT_BYTES];
     while !closed.get() {
         let offset = shard.local_confirmed_offset();
+        if shard.controller().fences_master(link.master_epoch()) {
+            // Controller mode: a later term was named; this master may be deposed, and an
+            // acknowledgement now could answer a producer the new master never saw. The link
+            // ends at the role change that follows.
+            shard.wait_replication_news(heartbeat).await;
+            continue;
+        }
         if last != Some(offset) {
             bytes[..REPORT_BYTES].copy_from_slice(&offset.to_le_bytes());
             let len = match &session {

@@ -43,6 +43,10 @@ pub enum ShardError {
     Overloaded(String),
     #[error("{0}")]
     MessageTooLarge(String),
+    /// Controller mode: the SyncStateSet is smaller than `min_in_sync_replicas`; refused
+    /// before the append (nothing was stored).
+    #[error("{0}")]
+    InSyncReplicasNotEnough(String),
     #[error(transparent)]
     Append(#[from] AppendError),
     #[error(transparent)]
@@ -89,6 +93,7 @@ impl ShardError {
             ShardError::UnknownMember(_) => Status::UnknownMember,
             ShardError::Overloaded(_) => Status::SystemBusy,
             ShardError::MessageTooLarge(_) => Status::MessageTooLarge,
+            ShardError::InSyncReplicasNotEnough(_) => Status::InSyncReplicasNotEnough,
             ShardError::Append(e) => match e {
                 AppendError::TooLarge { .. } | AppendError::BatchTooLarge { .. } => {
                     Status::MessageTooLarge

@@ -96,6 +96,12 @@ pub enum ShardRequest {
         /// How registering with each name server last went (for `cluster status`).
         namesrv: Vec<crate::protocol::admin::NameServerStatus>,
     },
+    /// Controller mode: shard 0's view of the controllers' answer (epochs, SyncStateSet,
+    /// lease); the shard answers with its own report for the next heartbeat.
+    ControllerView {
+        view: Box<crate::shard::controller_agent::ControllerView>,
+        reply: oneshot::Sender<crate::shard::controller_agent::ShardReport>,
+    },
     /// Shard 0: what a registration carries changed on another shard (every shard's role
     /// after a role change); register again now.
     Reregister,

@@ -28,6 +28,7 @@ pub mod allocation;
 pub mod appending;
 pub mod cleaning;
 pub mod completion;
+pub mod controller_agent;
 pub mod coordinator;
 pub mod delays;
 pub mod error;
@@ -97,6 +98,8 @@ pub struct Shard<D: Disk = GlommioDisk> {
     role: RoleState,
     delays: delays::Delays,
     registration: registration::Registration,
+    /// Controller mode: the controllers' view as shard 0 last sent it (lease, set, epochs).
+    controller: controller_agent::ControllerState,
     /// Members of the groups whose coordinator this shard is. Borrowed only between awaits.
     coordinator: RefCell<Coordinator>,
     /// Fences granted by other shards' coordinators for queues this shard owns.
@@ -156,7 +159,9 @@ impl<D: Disk> Shard<D> {
                     .identity
                     .master_addr
                     .filter(|_| parts.identity.promoted_role == Some(BrokerRole::Slave))
-                    .or_else(|| parts.config.master_addr().ok().flatten());
+                    .or_else(|| parts.config.master_addr().ok().flatten())
+                    // Controller mode starts fenced: no master until the controllers name one.
+                    .filter(|_| !parts.config.controller_mode());
                 // What this slave showed at its last checkpoint stays visible while its master
                 // is down (see `SlaveLink::visible_bound`); never past the recovered log.
                 let shown = parts
@@ -187,6 +192,7 @@ impl<D: Disk> Shard<D> {
             role: RoleState::new(role, parts.identity),
             delays: delays::Delays::default(),
             registration: registration::Registration::default(),
+            controller: controller_agent::ControllerState::default(),
             coordinator: RefCell::new(Coordinator::booted(boot_ms(), parts.id)),
             fence_cache: coordinator::FenceCache::default(),
             kafka_groups: crate::kafka::groups::Coordinator::new(boot_ms() ^ parts.id as u64),
@@ -439,6 +445,10 @@ impl<D: Disk> Shard<D> {
         &self.registration
     }
 
+    pub fn controller(&self) -> &controller_agent::ControllerState {
+        &self.controller
+    }
+
     pub fn role_state(&self) -> &RoleState {
         &self.role
     }
@@ -493,6 +503,14 @@ impl<D: Disk> Shard<D> {
             store.flushed_offset(),
             store.max_offset()
         );
+        if let Some(replicas) = self.replicas() {
+            if replicas.required_count() == Some(0) {
+                // Controller mode, a SyncStateSet of this master alone: nothing to wait for,
+                // so what this shard holds is released (Kafka's HW = LEO with one in-sync
+                // replica); else consumers would never see a leader-level write.
+                replicas.completions.release(self.local_confirmed_offset());
+            }
+        }
         self.visibility.confirmed(self.confirmed_offset());
     }
 
@@ -968,7 +986,10 @@ mod tests {
             create_topic(&shard).await;
             // A slave that connected and has acknowledged nothing yet: in sync by gap, so the
             // producer waits for it.
-            shard.replicas().unwrap().register("slave".to_string(), 0);
+            shard
+                .replicas()
+                .unwrap()
+                .register("slave".to_string(), 0, 0);
             let waiting = {
                 let shard = shard.clone();
                 glommio::spawn_local(async move {
@@ -1039,7 +1060,7 @@ mod tests {
             let background = shard.spawn_background();
             create_topic(&shard).await;
             let replicas = shard.replicas().unwrap();
-            let slave = replicas.register("slave".to_string(), 0);
+            let slave = replicas.register("slave".to_string(), 0, 0);
             let waiting = {
                 let shard = shard.clone();
                 glommio::spawn_local(async move {

@@ -93,6 +93,9 @@ pub struct SlaveLink {
     /// When the link last stopped streaming: a master heard this recently may still have
     /// live group members (see [`SlaveLink::master_may_be_live`]).
     lost_at: Cell<Option<Instant>>,
+    /// The last epoch (packed) of the master this link streams from, as its welcome named
+    /// it: controller mode stops acknowledging once the controllers name a later term.
+    master_epoch: Cell<u32>,
 }
 
 impl SlaveLink {
@@ -104,7 +107,17 @@ impl SlaveLink {
             reported: Cell::new(0),
             stopped: Cell::new(false),
             lost_at: Cell::new(None),
+            master_epoch: Cell::new(0),
         }
+    }
+
+    /// The master's last epoch, from its welcome (0 before the first handshake).
+    pub fn master_epoch(&self) -> u32 {
+        self.master_epoch.get()
+    }
+
+    pub fn set_master_epoch(&self, epoch: u32) {
+        self.master_epoch.set(epoch);
     }
 
     pub fn master(&self) -> Option<SocketAddr> {
@@ -392,9 +405,26 @@ impl<D: Disk> Shard<D> {
             .map_or(0, |l| l.visible_bound())
             .min(end);
         let current = self.role_state().identity();
+        if let (true, Some(epoch)) = (self.config().controller_mode(), epoch) {
+            // Controller mode: exactly the controllers' epoch, so two masters never open one
+            // term (see `controller_agent::controller_epoch`).
+            if current.open_exact(epoch, end).is_none() {
+                return Err(ShardError::Refused(format!(
+                    "promotion: epoch {} is not past this log's last epoch {}",
+                    describe_epoch(epoch),
+                    describe_epoch(current.last_epoch())
+                )));
+            }
+        }
         let epoch = epoch.or_else(|| promotion_epoch([current.last_epoch()]));
         let mut identity = epoch
-            .and_then(|epoch| current.open_term(epoch, end))
+            .and_then(|epoch| {
+                if self.config().controller_mode() {
+                    current.open_exact(epoch, end)
+                } else {
+                    current.open_term(epoch, end)
+                }
+            })
             .ok_or_else(|| {
                 ShardError::Refused(format!(
                     "promotion: epoch {} is in the last term this log can hold",
@@ -416,7 +446,14 @@ impl<D: Disk> Shard<D> {
             confirmed,
             self.clock().clone(),
         ));
-        if mode == MasterMode::Sync && replicas.needed() > 0 {
+        if self.config().controller_mode() {
+            // The set the controllers committed: what `all` waits for from the first produce.
+            let view = self.controller().view();
+            replicas.set_required(
+                view.required_others(),
+                self.config().all_ack_in_sync_state_set,
+            );
+        } else if mode == MasterMode::Sync && replicas.needed() > 0 {
             warn!(
                 shard = self.id(),
                 "promoted to SYNC_MASTER: producers get SLAVE_NOT_AVAILABLE until a slave follows"

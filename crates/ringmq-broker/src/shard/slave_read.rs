@@ -146,7 +146,7 @@ mod tests {
             // No slave connected: nowhere to send the far consumer.
             assert_eq!(pull_suggest(&shard, 0).await, SUGGEST_STAY);
             let replicas = shard.replicas().unwrap();
-            let slave = replicas.register("slave".to_string(), 0);
+            let slave = replicas.register("slave".to_string(), 0, 0);
             // Connected but holding none of the records yet: its answer would be out of range.
             assert_eq!(pull_suggest(&shard, 0).await, SUGGEST_STAY);
             let end = shard.store().max_offset();

@@ -47,6 +47,8 @@ pub struct ShardStartup {
     pub tls: Option<Arc<crate::security::tls::ServerTls>>,
     /// Shard 0 with `namesrv` set: what to register with the name servers as.
     pub cluster: Option<super::registration::ClusterIdentity>,
+    /// Shard 0 in controller mode: what to register with the controllers as.
+    pub controller: Option<super::controller_agent::ControllerIdentity>,
     /// With `kafka_listen`: this shard's descriptor of the Kafka socket, and what the Kafka
     /// connections of every shard share.
     pub kafka: Option<(RawFd, Arc<crate::kafka::KafkaNode>)>,
@@ -83,9 +85,13 @@ pub async fn run_shard(start: ShardStartup) {
     let admission = start.admission.clone();
     let tls = start.tls.clone();
     let cluster = start.cluster.clone().map(Rc::new);
+    let controller = start.controller.clone();
     let kafka = start.kafka.clone();
     match open_shard(start).await {
         Ok((shard, receivers, listener_fds, stop_fd, report)) => {
+            shard
+                .controller()
+                .set_unclean_restart(report.unclean_shutdown);
             let _ = ready.send(StartupEvent::Ready { id, report });
             inject_test_panic(id);
             let listeners = Listeners {
@@ -95,6 +101,7 @@ pub async fn run_shard(start: ShardStartup) {
                 admission,
                 tls,
                 kafka,
+                controller,
             };
             serve_until_stopped(shard, receivers, listeners, stop_fd, cluster).await;
         }
@@ -158,6 +165,9 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, ShardError> {
     stage(format!("loading the log identity in {}", dir.display()));
     let mut identity = LogIdentity::load_or_create(&disk, &dir).await?;
     let role = match identity.promoted_role {
+        // Controller mode: fenced (a slave of no master) until the controllers say otherwise,
+        // whatever role the store ran in before.
+        _ if config.controller_mode() => BrokerRole::Slave,
         Some(promoted) if promoted != config.broker_role => {
             warn!(
                 shard = start.id,
@@ -242,6 +252,7 @@ struct Listeners {
     admission: Arc<net::admission::Admission>,
     tls: Option<Arc<crate::security::tls::ServerTls>>,
     kafka: Option<(RawFd, Arc<crate::kafka::KafkaNode>)>,
+    controller: Option<super::controller_agent::ControllerIdentity>,
 }
 
 async fn serve_until_stopped(
@@ -258,6 +269,7 @@ async fn serve_until_stopped(
         admission,
         tls,
         kafka,
+        controller,
     } = listeners;
     for (_, receiver) in receivers {
         let shard = shard.clone();
@@ -283,7 +295,7 @@ async fn serve_until_stopped(
         if link.master().is_some() {
             // Held in the role stage, like a link started at runtime: the stop ends it.
             shard.start_slave_link(link);
-        } else {
+        } else if !shard.config().controller_mode() {
             warn!(
                 shard = shard.id(),
                 "a SLAVE without a valid master address does not replicate"
@@ -300,6 +312,10 @@ async fn serve_until_stopped(
     }
     if let Some(fd) = metrics_fd {
         accept_loops.push(spawn_local(crate::metrics::http::serve(shard.clone(), fd)));
+    }
+    if let Some(identity) = controller {
+        // Ends with the shard: it checks the stop flag every round.
+        spawn_local(super::controller_agent::run(shard.clone(), identity)).detach();
     }
     let registering = cluster
         .as_ref()

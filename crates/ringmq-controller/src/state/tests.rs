@@ -59,6 +59,7 @@ fn three_in_sync() -> (ControllerState, [u64; 3]) {
             new_sync_state_set: ids.iter().copied().collect(),
             unclean: false,
             lost: vec![],
+            min_master_epoch: 0,
         })
         .unwrap();
     (state, ids)
@@ -219,6 +220,7 @@ fn of_two_elections_decided_at_one_epoch_only_the_first_applies() {
         new_sync_state_set: [id].into_iter().collect(),
         unclean: false,
         lost: vec![],
+        min_master_epoch: 0,
     };
     state.apply(&elect(ids[1])).unwrap();
     assert!(state.apply(&elect(ids[2])).is_err());
@@ -395,6 +397,7 @@ fn unclean_election_is_off_by_default_and_records_the_lost_range_when_on() {
             new_sync_state_set: ids[..2].iter().copied().collect(),
             unclean: false,
             lost: vec![],
+            min_master_epoch: 0,
         })
         .unwrap();
     let now = 9_000;
@@ -473,6 +476,7 @@ fn arbitrary_command() -> impl Strategy<Value = Command> {
                 new_sync_state_set: set,
                 unclean: false,
                 lost: vec![],
+                min_master_epoch: 0,
             }
         }),
     ]
@@ -562,4 +566,34 @@ fn a_lease_must_leave_a_margin_under_the_silence_that_elects_a_successor() {
         ..config
     };
     assert!(equal.validate().is_err(), "the old rule allowed this");
+}
+
+/// An election opens a master epoch past every term a broker reported, so a new master's
+/// term is never one a broker already opened (a restarted master that opened its own).
+#[test]
+fn an_election_opens_an_epoch_past_every_reported_term() {
+    let (mut state, ids) = three_in_sync();
+    let config = ElectionConfig::default();
+    let mut liveness = Liveness::new(0);
+    let now = 5_000;
+    // The master (epoch 1) is silent; a member reports term 3 (generation 2).
+    liveness.record(ids[0], report(now - config.broker_silent_ms, 1 << 16, 500));
+    liveness.record(ids[1], report(now - 100, (3 << 16) | 2, 100));
+    liveness.record(ids[2], report(now - 100, 1 << 16, 100));
+    let decided = elect(&state, &liveness, now, &config).unwrap();
+    assert!(matches!(
+        decided,
+        Command::ElectMaster {
+            min_master_epoch: 4,
+            ..
+        }
+    ));
+    state.apply(&decided).unwrap();
+    assert_eq!(state.group(C, G).unwrap().master_epoch, 4);
+    // Below the record's next epoch it changes nothing (epochs only grow by one then).
+    let (mut state, ids) = three_in_sync();
+    liveness.record(ids[1], report(now - 100, 0, 100));
+    let decided = elect(&state, &liveness, now, &config).unwrap();
+    state.apply(&decided).unwrap();
+    assert_eq!(state.group(C, G).unwrap().master_epoch, 2);
 }

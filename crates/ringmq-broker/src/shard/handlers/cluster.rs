@@ -13,7 +13,9 @@ use crate::store::io::Disk;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-pub use crate::protocol::admin::{ClusterStatus, MasterLink, ShardStatus, SlaveStatus};
+pub use crate::protocol::admin::{
+    ClusterStatus, ControllerModeStatus, MasterLink, ShardStatus, SlaveStatus,
+};
 
 pub fn local_status<D: Disk>(shard: &Shard<D>) -> ShardStatus {
     let identity = shard.role_state().identity();
@@ -76,6 +78,24 @@ pub async fn status<D: Disk>(shard: &Rc<Shard<D>>) -> Result<Reply, ShardError> 
         flush_disk_type: shard.config().flush_disk_type.name().to_string(),
         shards,
         namesrv: shard.registration().namesrv(),
+        controller: shard.config().controller_mode().then(|| {
+            let view = shard.controller().view();
+            ControllerModeStatus {
+                controllers: shard.config().controller.clone(),
+                broker_id: view.broker_id,
+                assigned_role: crate::protocol::controller::role_name(view.role).to_string(),
+                master_broker_id: view.master_broker_id,
+                master_epoch: view.master_epoch,
+                sync_state_set_epoch: view.sync_state_set_epoch,
+                sync_state_set: view.sync_state_set.clone(),
+                pending_sync_state_set: view.pending_set.clone(),
+                lease_ms_left: view.lease_until.map(|until| {
+                    until
+                        .saturating_duration_since(std::time::Instant::now())
+                        .as_millis() as u64
+                }),
+            }
+        }),
     };
     Ok(Reply::ok(
         serde_json::to_vec(&status).expect("status serializes"),
@@ -85,6 +105,7 @@ pub async fn status<D: Disk>(shard: &Rc<Shard<D>>) -> Result<Reply, ShardError> 
 /// Promotes every shard; the body names the new role (empty: ASYNC_MASTER).
 pub async fn promote<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
     let request = ClusterPromote::decode(raw)?;
+    refuse_in_controller_mode(shard, "promote")?;
     let mode = if request.role.is_empty() {
         MasterMode::Async
     } else {
@@ -142,6 +163,7 @@ async fn promotion_epoch_everywhere<D: Disk>(shard: &Rc<Shard<D>>) -> Result<u32
 /// on a slave, re-points every shard to that master.
 pub async fn demote<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, ShardError> {
     let request = ClusterDemote::decode(raw)?;
+    refuse_in_controller_mode(shard, "demote")?;
     let master: SocketAddr = request.master.parse().map_err(|_| {
         ShardError::Refused(format!(
             "demote: `{}` is not the new master's HA address (an IP and a port)",
@@ -153,12 +175,25 @@ pub async fn demote<D: Disk>(shard: &Rc<Shard<D>>, raw: &[u8]) -> Result<Reply, 
     status(shard).await
 }
 
+/// In controller mode only the controllers change roles: an operator's promotion would make
+/// a second master the controllers do not know about.
+fn refuse_in_controller_mode<D: Disk>(shard: &Shard<D>, what: &str) -> Result<(), ShardError> {
+    if shard.config().controller_mode() {
+        return Err(ShardError::Refused(format!(
+            "cluster {what}: {} runs in controller mode (--controller): the controllers \
+             assign roles and elect the master; stop the master to fail over",
+            shard.config().broker_name
+        )));
+    }
+    Ok(())
+}
+
 /// Runs the role transition on every other shard, then on this one (only if all the others
 /// changed). A transition that fails leaves its shard in its old role, but shards that already
 /// changed stay changed (no rollback: a rollback can fail the same way): the error names the
 /// shards of each kind, so the operator can retry the same command, which the changed shards
 /// take as done.
-async fn change_everywhere<D: Disk>(
+pub(crate) async fn change_everywhere<D: Disk>(
     shard: &Rc<Shard<D>>,
     target: RoleTarget,
 ) -> Result<(), ShardError> {

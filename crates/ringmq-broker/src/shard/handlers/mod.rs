@@ -297,6 +297,9 @@ pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRe
             let _ = reply.send(changed);
         }
         ShardRequest::Reregister => shard.registration().changed(),
+        ShardRequest::ControllerView { view, reply } => {
+            let _ = reply.send(shard.apply_controller_view(*view));
+        }
         ShardRequest::MasterHint { master, namesrv } => {
             shard.registration().set_master(master);
             shard.registration().set_namesrv(namesrv);

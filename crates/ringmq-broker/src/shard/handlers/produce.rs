@@ -51,8 +51,10 @@ impl AcksPolicy {
     /// the default when `default_acks` is unset).
     pub fn new(config: &BrokerConfig, role: BrokerRole) -> AcksPolicy {
         AcksPolicy {
-            default: config.default_acks.unwrap_or_else(|| role_acks(role)),
-            floor: config.min_acks,
+            default: config
+                .mode_default_acks()
+                .unwrap_or_else(|| role_acks(role)),
+            floor: config.mode_min_acks(),
         }
     }
 
@@ -192,6 +194,7 @@ async fn run<D: Disk>(
     if !shard.is_master() {
         return Err(not_master(shard));
     }
+    check_controller_mode(shard, acks)?;
     validate(shard, messages)?;
     let queue = if queue == ANY_QUEUE {
         pick_queue(shard, topic)?
@@ -230,6 +233,16 @@ async fn run<D: Disk>(
     if status == Status::StoreError {
         return Err(ShardError::NotDurable);
     }
+    // Fenced while it waited (demoted, or the lease ran out): never an OK, and the client
+    // learns the new master from the NOT_MASTER.
+    if shard.config().controller_mode()
+        && (!shard.is_master()
+            || !shard
+                .controller()
+                .may_acknowledge(acks, shard.clock().now()))
+    {
+        return Err(fenced(shard));
+    }
     shard
         .probe()
         .record_duration(Hist::ProduceLatency, shard.clock().now() - started);
@@ -256,6 +269,41 @@ fn produce_wire_len(topic: &str, messages: &[MessageRef<'_>]) -> usize {
 fn not_master<D: Disk>(shard: &Shard<D>) -> ShardError {
     ShardError::NotMaster(format!(
         "{} is a slave: send produce requests to its master",
+        shard.config().broker_name
+    ))
+}
+
+/// Controller mode, before the append: a master without a lease answers NOT_MASTER where the
+/// level needs one, and an `all`-level produce with a SyncStateSet smaller than
+/// `min_in_sync_replicas` gets IN_SYNC_REPLICAS_NOT_ENOUGH (nothing is stored).
+fn check_controller_mode<D: Disk>(shard: &Shard<D>, acks: Acks) -> Result<(), ShardError> {
+    if !shard.config().controller_mode() {
+        return Ok(());
+    }
+    if !shard
+        .controller()
+        .may_acknowledge(acks, shard.clock().now())
+    {
+        return Err(fenced(shard));
+    }
+    let view = shard.controller().view();
+    let members = view.sync_state_set.len();
+    let needed = shard.config().min_in_sync_replicas as usize;
+    if acks == Acks::All && members < needed {
+        return Err(ShardError::InSyncReplicasNotEnough(format!(
+            "the SyncStateSet of {} has {members} member(s) {:?}, fewer than \
+             min_in_sync_replicas = {needed}: refused before the append (a one-broker group \
+             needs min_in_sync_replicas = 1)",
+            shard.config().broker_name,
+            view.sync_state_set
+        )));
+    }
+    Ok(())
+}
+
+fn fenced<D: Disk>(shard: &Shard<D>) -> ShardError {
+    ShardError::NotMaster(format!(
+        "{} is fenced: its lease from the controllers ran out or another broker was elected",
         shard.config().broker_name
     ))
 }
@@ -423,10 +471,11 @@ async fn wait_for_guarantee<D: Disk>(
     deadline: Instant,
     acks: Acks,
 ) -> Status {
-    let replicas = shard
-        .replicas()
-        .filter(|r| waits_for_slaves(acks, r.needed()));
-    if let Some(replicas) = &replicas {
+    let replicas = shard.replicas().filter(|r| {
+        // Controller mode waits for the SyncStateSet's members, checked before the append.
+        waits_for_slaves(acks, r.required_count().unwrap_or(r.needed()))
+    });
+    if let Some(replicas) = replicas.as_ref().filter(|r| r.required_count().is_none()) {
         let in_sync = replicas.in_sync(shard.store().max_offset(), shard.config().ha_max_gap_bytes);
         if in_sync < replicas.needed() {
             return Status::SlaveNotAvailable;
