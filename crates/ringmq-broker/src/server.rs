@@ -254,6 +254,9 @@ pub fn run(mut config: BrokerConfig) -> Result<(), ServerError> {
     )?;
     info!("effective configuration:\n{}", config.to_toml());
     let topics = Arc::new(TopicTable::load(&config.store_dir)?);
+    let users = Arc::new(
+        crate::security::users::UserTable::load(&config.store_dir).map_err(ServerError::Startup)?,
+    );
     raise_descriptor_limit(&config);
     let listeners = bind_listeners(&config, shard_count)?;
     let shard_ports = Arc::new(listeners.shard_ports.clone());
@@ -289,6 +292,7 @@ pub fn run(mut config: BrokerConfig) -> Result<(), ServerError> {
             shard_count,
             config: config.clone(),
             topics: topics.clone(),
+            users: users.clone(),
             mesh,
             listener_fds,
             shard_ports: shard_ports.clone(),

@@ -48,10 +48,11 @@ pub enum Counter {
     ProduceAcksAll,
     ProduceAcksRaised,
     ProduceAcksNoneErrors,
+    AuthenticationFailures,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 25] = [
+    pub const ALL: [Counter; 26] = [
         Counter::ProduceRequests,
         Counter::MessagesAppended,
         Counter::BytesAppended,
@@ -77,6 +78,7 @@ impl Counter {
         Counter::ProduceAcksAll,
         Counter::ProduceAcksRaised,
         Counter::ProduceAcksNoneErrors,
+        Counter::AuthenticationFailures,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -105,6 +107,7 @@ impl Counter {
             Counter::ProduceAcksAll => "produce_acks_all_total",
             Counter::ProduceAcksRaised => "produce_acks_raised_total",
             Counter::ProduceAcksNoneErrors => "produce_acks_none_errors_total",
+            Counter::AuthenticationFailures => "authentication_failures_total",
         }
     }
     pub fn help(self) -> &'static str {
@@ -155,6 +158,9 @@ impl Counter {
             }
             Counter::ProduceAcksNoneErrors => {
                 "Level none produce requests not answered OK (refused, failed, or stored without their guarantee in time); no response tells their sender."
+            }
+            Counter::AuthenticationFailures => {
+                "SCRAM authentication steps refused (unknown user, wrong password, broken exchange)."
             }
         }
     }

@@ -768,6 +768,7 @@ async fn send_metadata<D: Disk>(
         version,
         topics: (shard.id() == 0).then(|| (*shard.topic_table()).clone()),
         group_offsets: shard.metadata().groups().all_rows(),
+        users: users_to_ship(shard),
     }
     .encode();
     let len = frame.len() - METADATA_HEADER_BYTES;
@@ -787,6 +788,16 @@ async fn send_metadata<D: Disk>(
         .write_all(&frame)
         .await
         .map_err(|e| ReplicationError::io("sending metadata", e))
+}
+
+/// The user table, from shard 0 once a user was ever made (generation above 0): a broker that
+/// never had users sends frames an older slave still decodes.
+fn users_to_ship<D: Disk>(shard: &Shard<D>) -> Option<crate::security::users::UserTable> {
+    if shard.id() != 0 {
+        return None;
+    }
+    let users = shard.metadata().users();
+    (users.generation > 0).then(|| (*users).clone())
 }
 
 /// Sends one frame of the log starting at `from`, never past its segment, and never across the

@@ -21,6 +21,9 @@
 use super::error::ReplicationError;
 use crate::constants::MAX_QUEUES_PER_TOPIC;
 use crate::protocol::codec::{DecodeError, Reader, Writer};
+use crate::protocol::codec::Fields;
+use crate::protocol::scram::{Credential, StoredCredential};
+use crate::security::users::UserTable;
 use crate::shard::groups::OffsetRow;
 use crate::shard::topics::{validate_stored_name, TopicEntry, TopicTable};
 use crate::store::record::{self, END_OF_SEGMENT_MARKER_BYTES, RECORD_HEADER_BYTES};
@@ -469,6 +472,10 @@ pub struct MetadataFrame {
     /// Master shard 0 only: the topic table, published by slave shard 0 when it differs.
     pub topics: Option<TopicTable>,
     pub group_offsets: Vec<OffsetRow>,
+    /// Master shard 0 only, once a user was ever created there: the SCRAM user table, after
+    /// the group offsets. Left out (no byte) otherwise, so a frame of a broker that never had
+    /// users is the one an older slave decodes.
+    pub users: Option<UserTable>,
 }
 
 /// Shortest encodings, for counts: a topic (empty name, id, queue count) and a row.
@@ -505,6 +512,9 @@ impl MetadataFrame {
                 .str16(&row.topic)
                 .u32(row.queue)
                 .u64(row.offset);
+        }
+        if let Some(users) = &self.users {
+            encode_users(&mut w, users);
         }
         let len = (out.len() - METADATA_HEADER_BYTES) as u32;
         out[1..METADATA_HEADER_BYTES].copy_from_slice(&len.to_le_bytes());
@@ -597,13 +607,78 @@ impl MetadataFrame {
                 offset: r.u64("offset")?,
             });
         }
+        let users = if r.remaining() > 0 {
+            Some(decode_users(&mut r)?)
+        } else {
+            None
+        };
         r.finish()?;
         Ok(MetadataFrame {
             version,
             topics,
             group_offsets,
+            users,
         })
     }
+}
+
+/// The user section of a metadata frame: `1`, the generation, the unknown-user key, then each
+/// user's name and credentials (the `StoredCredential` layout of `UserCreate`).
+fn encode_users(w: &mut Writer<'_>, users: &UserTable) {
+    w.u8(1)
+        .u64(users.generation)
+        .bytes16(&users.unknown_user_key)
+        .u32(users.users.len() as u32);
+    for (name, credentials) in users.to_wire() {
+        w.str16(&name).u32(credentials.len() as u32);
+        for credential in &credentials {
+            credential.write_fields(w);
+        }
+    }
+}
+
+/// Shortest user: an empty name and no credentials.
+const MIN_USER_BYTES: usize = 2 + 4;
+
+fn decode_users(r: &mut Reader<'_>) -> Result<UserTable, DecodeError> {
+    let invalid = |reason: &'static str| DecodeError::Invalid {
+        field: "users",
+        reason,
+    };
+    if r.u8("has_users")? != 1 {
+        return Err(invalid("the user section starts with 1"));
+    }
+    let generation = r.u64("user_generation")?;
+    let unknown_user_key = r
+        .bytes16("unknown_user_key")?
+        .try_into()
+        .map_err(|_| invalid("the unknown-user key is 32 bytes"))?;
+    let count = r.count("user_count", MIN_USER_BYTES)?;
+    let mut users = BTreeMap::new();
+    for _ in 0..count {
+        let name = r.str16("user")?.to_string();
+        let credentials = r.count("credential_count", StoredCredential::min_bytes())?;
+        let mut list = Vec::with_capacity(credentials);
+        for _ in 0..credentials {
+            let stored = StoredCredential::read_fields(r)?;
+            list.push(
+                Credential::from_stored(&stored)
+                    .map_err(|_| invalid("a credential a master cannot hold"))?,
+            );
+        }
+        if users.insert(name, list).is_some() {
+            return Err(invalid("a user is listed twice"));
+        }
+    }
+    let table = UserTable {
+        generation,
+        unknown_user_key,
+        users,
+    };
+    table
+        .check()
+        .map_err(|_| invalid("a user name or credential a master cannot hold"))?;
+    Ok(table)
 }
 
 /// What the front of a slave's received log bytes holds.
@@ -870,6 +945,36 @@ mod tests {
                 queue: 2,
                 offset: 41,
             }],
+            users: None,
+        }
+    }
+
+    #[test]
+    fn users_ride_after_the_offsets_and_stay_out_when_never_made() {
+        use crate::protocol::scram::{Credential, Mechanism};
+        let plain = metadata().encode();
+        let mut with_users = metadata();
+        let credential = Credential::derive(Mechanism::ScramSha512, b"pw", b"saltsalt", 4096);
+        with_users.users = Some(
+            UserTable::fresh()
+                .unwrap()
+                .with_user("alice", vec![credential])
+                .unwrap(),
+        );
+        let bytes = with_users.encode();
+        assert_eq!(
+            &bytes[METADATA_HEADER_BYTES..plain.len()],
+            &plain[METADATA_HEADER_BYTES..],
+            "the section only appends"
+        );
+        assert_eq!(
+            MetadataFrame::decode(&bytes[METADATA_HEADER_BYTES..]),
+            Ok(with_users)
+        );
+        let body = &bytes[METADATA_HEADER_BYTES..];
+        let plain_len = plain.len() - METADATA_HEADER_BYTES;
+        for cut in plain_len + 1..body.len() {
+            assert!(MetadataFrame::decode(&body[..cut]).is_err(), "cut at {cut}");
         }
     }
 

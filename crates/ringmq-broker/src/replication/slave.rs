@@ -623,6 +623,9 @@ pub async fn apply_metadata<D: Disk>(
             );
         }
     }
+    if let Some(users) = metadata.users {
+        apply_users(shard, users).await?;
+    }
     let table = shard.topic_table();
     let own = shard.id() as u16;
     let keep = |row: &OffsetRow| {
@@ -638,6 +641,34 @@ pub async fn apply_metadata<D: Disk>(
         .apply_from_master(metadata.group_offsets, keep)
         .await
         .map_err(|e| ReplicationError::Metadata(e.to_string()))?;
+    Ok(())
+}
+
+/// Slave shard 0 publishes the master's user table when it differs from its own (atomic
+/// write, then every shard swaps it in), in a detached task like the topic table.
+async fn apply_users<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    users: crate::security::users::UserTable,
+) -> Result<(), ReplicationError> {
+    if shard.id() != 0 {
+        return Err(ReplicationError::Metadata(format!(
+            "master shard {} sent a user table; only shard 0 does",
+            shard.id()
+        )));
+    }
+    if *shard.metadata().users() == users {
+        return Ok(());
+    }
+    let count = users.users.len();
+    let publisher = shard.clone();
+    let published = spawn_local(async move {
+        crate::shard::handlers::user::publish(&publisher, users).await
+    })
+    .detach()
+    .await
+    .ok_or_else(|| ReplicationError::Metadata("the publish task was lost".into()))?;
+    published.map_err(|e| ReplicationError::Metadata(e.to_string()))?;
+    info!(shard = shard.id(), users = count, "copied the user table from the master");
     Ok(())
 }
 

@@ -1,9 +1,12 @@
 //! Who a connection is and how it is protected: TLS on the client and shard ports
 //! ([`tls`]), and the identity a connection carries ([`principal`]). A connection's
 //! [`Peer`] is made once, when it is accepted (after its TLS handshake where TLS is on), and
-//! lives as long as the connection.
+//! lives as long as the connection; SCRAM ([`scram`], against the store's [`users`]) fills
+//! its principal when a connection authenticates after it was accepted.
 
 pub mod principal;
+pub mod scram;
 pub mod tls;
+pub mod users;
 
 pub use principal::{Peer, Principal};

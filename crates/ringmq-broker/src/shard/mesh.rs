@@ -60,6 +60,11 @@ pub enum ShardRequest {
         table: Arc<TopicTable>,
         reply: oneshot::Sender<Result<(), crate::shard::ShardError>>,
     },
+    /// Shard 0 changed the SCRAM user table: swap it in, then acknowledge.
+    ApplyUsers {
+        table: Arc<crate::security::users::UserTable>,
+        reply: oneshot::Sender<()>,
+    },
     /// A replication link for this shard, accepted by another shard on the shared HA port.
     AdoptReplicaLink {
         fd: std::os::fd::RawFd,

@@ -9,6 +9,7 @@ pub mod produce;
 mod pull;
 pub(crate) mod reject;
 pub(crate) mod topic;
+pub(crate) mod user;
 
 use super::mesh::{Reply, ShardRequest};
 use super::topics::is_internal_name;
@@ -200,6 +201,11 @@ handlers! {
     ClusterStatusRequest => |shard, _| cluster::status(shard).await;
     ClusterPromote => |shard, body| cluster::promote(shard, body).await;
     ClusterDemote => |shard, body| cluster::demote(shard, body).await;
+    crate::protocol::scram::AuthStart => |_shard, _| Err(user::connection_only("AuthStart"));
+    crate::protocol::scram::AuthFinish => |_shard, _| Err(user::connection_only("AuthFinish"));
+    crate::protocol::scram::UserCreate => |shard, body| user::create(shard, body).await;
+    crate::protocol::scram::UserDelete => |shard, body| user::delete(shard, body).await;
+    crate::protocol::scram::UserListRequest => |shard, _| Ok(user::list(shard));
     crate::protocol::namesrv::BrokerRegister => |_shard, _| Err(name_server_only("BrokerRegister"));
     crate::protocol::namesrv::BrokerUnregister => |_shard, _| Err(name_server_only("BrokerUnregister"));
     crate::protocol::namesrv::RouteQuery => |_shard, _| Err(name_server_only("RouteQuery"));
@@ -238,6 +244,10 @@ pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRe
         }
         ShardRequest::ApplyTopics { table, reply } => {
             let _ = reply.send(shard.apply_topics(table).await);
+        }
+        ShardRequest::ApplyUsers { table, reply } => {
+            shard.metadata().set_users(table);
+            let _ = reply.send(());
         }
         ShardRequest::AdoptReplicaLink {
             fd,
