@@ -51,6 +51,9 @@ pub struct ConnectionOptions {
     pub max_frame_bytes: usize,
     /// TLS for every connection made with these options; `None`: plaintext.
     pub tls: Option<&'static ClientTls>,
+    /// SCRAM credentials every connection made with these options authenticates with before
+    /// its first request; `None`: no authentication.
+    pub scram: Option<&'static crate::scram::ClientScram>,
 }
 
 impl Default for ConnectionOptions {
@@ -61,6 +64,7 @@ impl Default for ConnectionOptions {
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             tls: super::tls::default_tls(),
+            scram: crate::scram::default_scram(),
         }
     }
 }
@@ -378,7 +382,7 @@ impl Connection {
             None => Transport::Plain(stream),
             Some(tls) => start_tls(tls, addr, stream, options.connect_timeout)?,
         };
-        Ok(Connection {
+        let mut connection = Connection {
             addr: addr.to_string(),
             stream,
             options,
@@ -393,7 +397,11 @@ impl Connection {
             one_way_forgotten_through: 0,
             sent_one_way: false,
             broken: false,
-        })
+        };
+        if let Some(scram) = options.scram {
+            crate::scram::authenticate(&mut connection, scram)?;
+        }
+        Ok(connection)
     }
 
     pub fn addr(&self) -> &str {

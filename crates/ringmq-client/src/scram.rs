@@ -1,0 +1,185 @@
+//! SCRAM credentials of a client (`--user NAME --password-file FILE` in the CLI) and the
+//! exchange every new broker connection runs with them before its first request.
+//!
+//! Like [`ClientTls`](crate::ClientTls), a [`ClientScram`] is made once, leaked into a
+//! `&'static` and put in [`ConnectionOptions::scram`](crate::ConnectionOptions), or made the
+//! process default ([`set_default_scram`]) so every `ConnectionOptions::default()` carries it:
+//! the bootstrap connection, the shard connections, failover and group connections alike.
+//! Name-server connections never authenticate (they are cleared there, as TLS is).
+//!
+//! The password stays in this process: the broker gets a proof, and answers with its own,
+//! which [`authenticate`] checks, so a connection to something that does not hold the user's
+//! keys fails rather than serving requests.
+
+use crate::protocol::scram::{
+    nonce_text, AuthAnswer, AuthFinish, AuthStart, ClientExchange, Credential, Mechanism,
+    DEFAULT_ITERATIONS, SALT_BYTES,
+};
+use crate::protocol::{Opcode, Status};
+use crate::{ClientError, Connection};
+use std::fmt;
+use std::sync::OnceLock;
+
+/// Random bytes of the client's part of the nonce (base64: 24 characters).
+const CLIENT_NONCE_BYTES: usize = 18;
+
+/// A user, its password and the mechanism to prove it with.
+pub struct ClientScram {
+    pub mechanism: Mechanism,
+    pub user: String,
+    password: Vec<u8>,
+}
+
+impl fmt::Debug for ClientScram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ClientScram({}, user {}, <password redacted>)",
+            self.mechanism, self.user
+        )
+    }
+}
+
+impl Drop for ClientScram {
+    fn drop(&mut self) {
+        for byte in self.password.iter_mut() {
+            // SAFETY: a valid, exclusive reference; volatile so the zeroing is not elided.
+            unsafe { std::ptr::write_volatile(byte, 0) };
+        }
+    }
+}
+
+impl ClientScram {
+    pub fn new(mechanism: Mechanism, user: impl Into<String>, password: Vec<u8>) -> ClientScram {
+        ClientScram {
+            mechanism,
+            user: user.into(),
+            password,
+        }
+    }
+
+    /// Lives as long as the process: what `ConnectionOptions` (a `Copy` type) holds.
+    pub fn leak(self) -> &'static ClientScram {
+        Box::leak(Box::new(self))
+    }
+
+    pub fn password(&self) -> &[u8] {
+        &self.password
+    }
+}
+
+/// The password of a password file's contents: one trailing newline (`\n` or `\r\n`) is not
+/// part of it, so a file written with `echo` holds the password its text shows. Empty is
+/// refused.
+pub fn password_from_file_contents(mut bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    if bytes.is_empty() {
+        return Err("the password is empty".to_string());
+    }
+    Ok(bytes)
+}
+
+static DEFAULT_SCRAM: OnceLock<&'static ClientScram> = OnceLock::new();
+
+/// Makes `scram` the credentials of every `ConnectionOptions::default()` made afterwards (the
+/// CLI sets it from `--user`); the first call wins.
+pub fn set_default_scram(scram: &'static ClientScram) {
+    let _ = DEFAULT_SCRAM.set(scram);
+}
+
+pub(crate) fn default_scram() -> Option<&'static ClientScram> {
+    DEFAULT_SCRAM.get().copied()
+}
+
+/// Fresh random bytes from the kernel (getrandom(2)).
+fn random_bytes<const N: usize>() -> Result<[u8; N], ClientError> {
+    let mut bytes = [0u8; N];
+    let mut filled = 0;
+    while filled < N {
+        // SAFETY: getrandom writes at most the length given into the buffer given.
+        let n = unsafe { libc::getrandom(bytes[filled..].as_mut_ptr().cast(), N - filled, 0) };
+        if n < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(ClientError::InvalidArgument(format!(
+                "no random bytes for a SCRAM nonce: {error}"
+            )));
+        }
+        filled += n as usize;
+    }
+    Ok(bytes)
+}
+
+/// The keys `ringmq user create` sends for `password`: one credential per mechanism, each with
+/// its own fresh salt. Runs PBKDF2 here, in the client, so the broker never sees the password.
+pub fn credentials_for(
+    password: &[u8],
+    iterations: u32,
+    mechanisms: &[Mechanism],
+) -> Result<Vec<Credential>, ClientError> {
+    mechanisms
+        .iter()
+        .map(|mechanism| {
+            let salt = random_bytes::<SALT_BYTES>()?;
+            Ok(Credential::derive(*mechanism, password, &salt, iterations))
+        })
+        .collect()
+}
+
+/// The iteration count of new credentials unless told otherwise.
+pub const DEFAULT_CREDENTIAL_ITERATIONS: u32 = DEFAULT_ITERATIONS;
+
+fn answer(connection: &mut Connection, opcode: Opcode, body: &[u8], user: &str) -> Result<String, ClientError> {
+    let addr = connection.addr().to_string();
+    let response = connection.call(opcode, body)?;
+    match response.into_result(&addr) {
+        Ok((_, body)) => AuthAnswer::decode(&body)
+            .map(|a| a.message)
+            .map_err(|source| ClientError::Decode {
+                addr,
+                what: "SCRAM answer",
+                source,
+            }),
+        Err(ClientError::Status { status, message }) if status == Status::AuthenticationFailed => {
+            Err(ClientError::Status {
+                status,
+                message: format!("{message} (user `{user}`; check --user and --password-file)"),
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs the SCRAM exchange on a fresh connection: AuthStart, AuthFinish, then the broker's
+/// signature is checked. Fails with the broker's status (`AUTHENTICATION_FAILED`) or a
+/// protocol error when the broker's answers do not verify.
+pub fn authenticate(connection: &mut Connection, scram: &ClientScram) -> Result<(), ClientError> {
+    let nonce = nonce_text(&random_bytes::<CLIENT_NONCE_BYTES>()?);
+    let (mut exchange, first) = ClientExchange::start(scram.mechanism, &scram.user, &nonce);
+    let mut body = Vec::new();
+    AuthStart {
+        mechanism: scram.mechanism.name().to_string(),
+        message: first,
+    }
+    .encode(&mut body);
+    let server_first = answer(connection, Opcode::AuthStart, &body, &scram.user)?;
+    let protocol = |e: crate::protocol::scram::ScramError| ClientError::Protocol {
+        addr: connection.addr().to_string(),
+        reason: format!("SCRAM ({}): {e}", scram.mechanism),
+    };
+    let last = exchange.respond(&server_first, &scram.password).map_err(protocol)?;
+    body.clear();
+    AuthFinish { message: last }.encode(&mut body);
+    let server_final = answer(connection, Opcode::AuthFinish, &body, &scram.user)?;
+    exchange.verify(&server_final).map_err(|e| ClientError::Protocol {
+        addr: connection.addr().to_string(),
+        reason: format!("SCRAM ({}): {e}", scram.mechanism),
+    })
+}
