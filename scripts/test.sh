@@ -27,7 +27,7 @@ stage() {
 
 # Tests driving the broker with real Kafka clients, which this script installs first.
 kafka_clients=(kafka)
-crash_and_limits=(crash replication disk_full fail_stop limits ports retention_process groups retry broker_registration cluster ha_security acks tls controller)
+crash_and_limits=(crash replication disk_full fail_stop limits ports retention_process groups retry broker_registration cluster ha_security acks tls controller scram)
 end_to_end=()
 for file in tests/*.rs; do
   name=$(basename "$file" .rs)

@@ -311,5 +311,6 @@ pub(crate) fn sample_metadata(version: u64) -> MetadataFrame {
             queue: 1,
             offset: 17,
         }],
+        users: None,
     }
 }

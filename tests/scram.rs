@@ -1,0 +1,370 @@
+//! SCRAM authentication against the real binary on loopback: the first superuser made offline
+//! in a stopped broker's store, produce and consume through the CLI with SCRAM-SHA-256 and
+//! SCRAM-SHA-512, an unknown user and a wrong password answered alike (144, identical bodies),
+//! requests and oversized frames before authentication refused and the connection closed,
+//! user administration kept to superusers, `user list` without key material, a user created on
+//! a master usable on its slave, and a password that never reaches the broker's trace log.
+
+mod common;
+
+use common::{run_binary, temp_store, wait_until, Broker};
+use ringmq::client::{ClientOptions, ClientScram, Connection, ConnectionOptions};
+use ringmq::protocol::message::TopicListRequest;
+use ringmq::protocol::scram::{AuthAnswer, AuthFinish, AuthStart, ClientExchange, Mechanism};
+use ringmq::protocol::{Opcode, Request, Status};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const ADMIN_PASSWORD: &str = "admin-canary-Jx81q";
+const ALICE_PASSWORD: &str = "alice-canary-Zq47p";
+
+fn scram_config() -> String {
+    "authentication = \"scram\"\nsuperusers = [\"admin\"]\n".to_string()
+}
+
+/// Writes `password` to `<dir>/<name>.pw` (with a newline, as `echo` would).
+fn password_file(dir: &Path, name: &str, password: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.pw"));
+    std::fs::write(&path, format!("{password}\n")).unwrap();
+    path
+}
+
+fn ok(output: &std::process::Output, what: &str) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Creates `name` in the stopped store under `root/data` (the offline bootstrap).
+fn create_offline(root: &Path, name: &str, password: &str) {
+    let store = root.join("data");
+    std::fs::create_dir_all(&store).unwrap();
+    let out = run_binary(
+        &[
+            "user",
+            "create",
+            name,
+            "--store",
+            store.to_str().unwrap(),
+            "--new-password-file",
+            "-",
+        ],
+        format!("{password}\n").as_bytes(),
+    );
+    ok(&out, "offline user create");
+}
+
+/// A broker with authentication on, `admin` (a superuser) made offline before its start.
+fn broker(root: &Path, extra: &str) -> Broker {
+    create_offline(root, "admin", ADMIN_PASSWORD);
+    Broker::start_with_config(root, &format!("{}{extra}", scram_config()), &[])
+}
+
+fn scram_options(mechanism: Mechanism, user: &str, password: &str) -> ClientOptions {
+    ClientOptions {
+        connection: ConnectionOptions {
+            scram: Some(ClientScram::new(mechanism, user, password.as_bytes().to_vec()).leak()),
+            ..ConnectionOptions::default()
+        },
+        ..ClientOptions::default()
+    }
+}
+
+/// A connection that has not authenticated.
+fn bare(addr: &str) -> Connection {
+    Connection::connect(addr, ConnectionOptions::default()).expect("connect")
+}
+
+fn encode<R: Request>(request: &R) -> Vec<u8> {
+    let mut out = Vec::new();
+    request.encode_body(&mut out);
+    out
+}
+
+/// One exchange by hand; the status and body of the last answer.
+fn attempt(addr: &str, user: &str, password: &str) -> (Status, Vec<u8>) {
+    let mut connection = bare(addr);
+    let (mut client, first) = ClientExchange::start(Mechanism::ScramSha256, user, "nonce-0123456789");
+    let start = AuthStart {
+        mechanism: "SCRAM-SHA-256".into(),
+        message: first,
+    };
+    let answer = connection.call(Opcode::AuthStart, &encode(&start)).unwrap();
+    let (_, body) = answer.into_result(addr).expect("server-first");
+    let server_first = AuthAnswer::decode(&body).unwrap().message;
+    let last = client.respond(&server_first, password.as_bytes()).unwrap();
+    let finish = connection
+        .call(Opcode::AuthFinish, &encode(&AuthFinish { message: last }))
+        .unwrap();
+    let status = finish.status(addr).unwrap();
+    if status == Status::AuthenticationFailed {
+        assert!(
+            connection.call(Opcode::Ping, &[]).is_err(),
+            "the connection is closed after a failed step"
+        );
+    }
+    (status, finish.body)
+}
+
+#[test]
+fn produce_and_consume_with_sha256_and_sha512_through_the_cli() {
+    let dir = temp_store();
+    let broker = broker(dir.path(), "");
+    let admin_pw = password_file(dir.path(), "admin", ADMIN_PASSWORD);
+    let alice_pw = password_file(dir.path(), "alice", ALICE_PASSWORD);
+    let as_admin = ["--user", "admin", "--password-file", admin_pw.to_str().unwrap()];
+    let out = broker.cli(
+        &[&["user", "create", "alice", "--new-password-file", "-"][..], &as_admin].concat(),
+        format!("{ALICE_PASSWORD}\n").as_bytes(),
+    );
+    ok(&out, "user create alice");
+    let out = broker.cli(
+        &[&["topic", "create", "orders", "--queues", "2"][..], &as_admin].concat(),
+        b"",
+    );
+    ok(&out, "topic create");
+    for (mechanism, body) in [("SCRAM-SHA-256", "hello-256"), ("SCRAM-SHA-512", "hello-512")] {
+        let login = [
+            "--user",
+            "alice",
+            "--password-file",
+            alice_pw.to_str().unwrap(),
+            "--scram-mechanism",
+            mechanism,
+        ];
+        let out = broker.cli(&[&["produce", "orders"][..], &login].concat(), format!("{body}\n").as_bytes());
+        ok(&out, "produce");
+        let out = broker.cli(
+            &[&["consume", "orders", "--from", "earliest", "--max-wait-ms", "200"][..], &login].concat(),
+            b"",
+        );
+        let consumed = ok(&out, "consume");
+        assert!(consumed.contains(body), "{mechanism}: {consumed}");
+    }
+    // The same through RINGMQ_USER / RINGMQ_PASSWORD_FILE, the password on standard input.
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["topic", "list", "--broker", &broker.addr])
+        .env("RINGMQ_USER", "alice")
+        .env("RINGMQ_PASSWORD_FILE", &alice_pw)
+        .output()
+        .unwrap();
+    assert!(ok(&out, "topic list from the environment").contains("orders"));
+    // No credentials: the CLI names what is missing.
+    let out = broker.cli(&["topic", "list"], b"");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("NOT_AUTHENTICATED") && stderr.contains("--user") && stderr.contains("--password-file"),
+        "{stderr}"
+    );
+    let out = broker.cli(&["topic", "list", "--user", "alice"], b"");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--password-file"));
+    // The client library with both mechanisms, over shard-aware connections.
+    for mechanism in Mechanism::ALL {
+        let mut client = broker.client_with(scram_options(mechanism, "alice", ALICE_PASSWORD));
+        let topics = client.call(&TopicListRequest {}).unwrap();
+        assert_eq!(topics.topics.len(), 1);
+    }
+}
+
+#[test]
+fn unknown_user_and_wrong_password_fail_alike() {
+    let dir = temp_store();
+    let broker = broker(dir.path(), "");
+    let (status, ok_body) = attempt(&broker.addr, "admin", ADMIN_PASSWORD);
+    assert_eq!(status, Status::Ok, "{}", String::from_utf8_lossy(&ok_body));
+    let (wrong, wrong_body) = attempt(&broker.addr, "admin", "not-the-password");
+    let (unknown, unknown_body) = attempt(&broker.addr, "nobody", ADMIN_PASSWORD);
+    assert_eq!(wrong, Status::AuthenticationFailed);
+    assert_eq!(unknown, Status::AuthenticationFailed);
+    assert_eq!(wrong_body, unknown_body, "identical bodies");
+    // The client library reports it as the broker's status.
+    let error = ringmq::client::Client::connect_with(
+        &broker.addr,
+        scram_options(Mechanism::ScramSha512, "admin", "wrong"),
+    )
+    .err()
+    .expect("a wrong password is refused");
+    assert_eq!(error.status(), Some(Status::AuthenticationFailed), "{error}");
+}
+
+#[test]
+fn requests_and_large_frames_before_authentication_are_refused() {
+    let dir = temp_store();
+    let broker = broker(dir.path(), "authentication_timeout_ms = 1000\n");
+    for addr in std::iter::once(broker.addr.clone())
+        .chain(broker.shard_ports.iter().map(|p| format!("127.0.0.1:{p}")))
+    {
+        let mut connection = bare(&addr);
+        connection.call(Opcode::Ping, &[]).expect("ping before authentication");
+        let answer = connection
+            .call(Opcode::TopicList, &encode(&TopicListRequest {}))
+            .unwrap();
+        assert_eq!(answer.status(&addr).unwrap(), Status::NotAuthenticated);
+        assert!(connection.call(Opcode::Ping, &[]).is_err(), "closed after 142");
+
+        oversized_frame_is_refused_and_closed(&addr);
+    }
+    // A connection that never authenticates is closed at authentication_timeout_ms.
+    let mut idle = bare(&broker.addr);
+    wait_until(Duration::from_secs(10), "the unauthenticated connection to close", || {
+        idle.peer_closed().then_some(())
+    });
+    // After authentication the frame cap is the configured one.
+    let mut client = broker.client_with(scram_options(Mechanism::ScramSha256, "admin", ADMIN_PASSWORD));
+    client.create_topic("large", 1).unwrap();
+    let body = vec![7u8; 16 * 1024];
+    let produced = client.produce(
+        "large",
+        Some(0),
+        &[ringmq::protocol::message::MessageRef {
+            born_timestamp_ms: 0,
+            key: b"",
+            properties: b"",
+            body: &body,
+        }],
+    );
+    assert!(
+        matches!(&produced, Ok(r) if r.status == Status::Ok),
+        "{:?}",
+        produced.map(|r| r.status)
+    );
+}
+
+/// An 8 KiB frame before authentication: only its header is sent, and the broker answers
+/// FRAME_TOO_LARGE and closes without waiting for the body.
+fn oversized_frame_is_refused_and_closed(addr: &str) {
+    use std::io::{Read, Write};
+    let mut frame = Vec::new();
+    ringmq::protocol::frame::encode_frame(
+        &mut frame,
+        ringmq::protocol::FrameHeader::request(Opcode::Ping, 9),
+        &vec![0u8; 8 * 1024],
+    );
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(&frame[..64]).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("the broker closes the connection");
+    let decoded = ringmq::protocol::FrameDecoder::new(1 << 20)
+        .decode(&answer)
+        .unwrap()
+        .expect("one whole answer");
+    assert_eq!(
+        Status::from_u16(decoded.header.status),
+        Some(Status::FrameTooLarge),
+        "{}",
+        String::from_utf8_lossy(decoded.body)
+    );
+}
+
+#[test]
+fn user_administration_is_for_superusers_and_lists_no_keys() {
+    let dir = temp_store();
+    let broker = broker(dir.path(), "");
+    let admin_pw = password_file(dir.path(), "admin", ADMIN_PASSWORD);
+    let alice_pw = password_file(dir.path(), "alice", ALICE_PASSWORD);
+    let as_admin = ["--user", "admin", "--password-file", admin_pw.to_str().unwrap()];
+    ok(
+        &broker.cli(
+            &[&["user", "create", "alice", "--new-password-file", alice_pw.to_str().unwrap()][..], &as_admin].concat(),
+            b"",
+        ),
+        "create alice",
+    );
+    let as_alice = ["--user", "alice", "--password-file", alice_pw.to_str().unwrap()];
+    let out = broker.cli(&[&["user", "list"][..], &as_alice].concat(), b"");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOT_AUTHORIZED"));
+    let listed = ok(
+        &broker.cli(&[&["user", "list", "--format", "json"][..], &as_admin].concat(), b""),
+        "user list",
+    );
+    let json: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
+    let names: Vec<&str> = json["users"].as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["admin", "alice"]);
+    let stored = std::fs::read_to_string(broker.store.join("users.json")).unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    for credentials in stored["users"].as_object().unwrap().values() {
+        for credential in credentials.as_array().unwrap() {
+            for key in ["stored_key", "server_key", "salt"] {
+                let value = credential[key].as_str().unwrap();
+                assert!(!listed.contains(value), "user list shows {key}");
+            }
+        }
+    }
+    assert!(!serde_json::to_string(&stored).unwrap().contains(ALICE_PASSWORD));
+    ok(&broker.cli(&[&["user", "delete", "alice"][..], &as_admin].concat(), b""), "delete");
+    let out = broker.cli(&[&["topic", "list"][..], &as_alice].concat(), b"");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AUTHENTICATION_FAILED"));
+    // The offline store is locked while the broker runs.
+    let out = run_binary(&["user", "list", "--store", broker.store.to_str().unwrap()], b"");
+    assert!(!out.status.success(), "the store lock is respected");
+}
+
+#[test]
+fn a_user_made_on_the_master_works_on_its_slave() {
+    let master_dir = temp_store();
+    let master = broker(master_dir.path(), "");
+    let slave_dir = temp_store();
+    let slave = Broker::start_with_config(
+        slave_dir.path(),
+        &scram_config(),
+        &["--role", "SLAVE", "--master", &master.ha],
+    );
+    let mut admin = master.client_with(scram_options(Mechanism::ScramSha256, "admin", ADMIN_PASSWORD));
+    let credentials = ringmq::client::scram::credentials_for(ALICE_PASSWORD.as_bytes(), 4096, &Mechanism::ALL).unwrap();
+    admin
+        .call(&ringmq::protocol::scram::UserCreate {
+            name: "alice".into(),
+            credentials: credentials.iter().map(|c| c.to_stored()).collect(),
+        })
+        .unwrap();
+    wait_until(Duration::from_secs(20), "alice to reach the slave", || {
+        let options = scram_options(Mechanism::ScramSha512, "alice", ALICE_PASSWORD);
+        let mut client = ringmq::client::Client::connect_with(&slave.addr, options).ok()?;
+        client.call(&TopicListRequest {}).ok()
+    });
+}
+
+#[test]
+fn the_password_never_reaches_the_broker_log_at_trace_level() {
+    let dir = temp_store();
+    create_offline(dir.path(), "admin", ADMIN_PASSWORD);
+    let config = dir.path().join("broker.toml");
+    std::fs::write(&config, common::test_config(&scram_config())).unwrap();
+    let log = dir.path().join("trace.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["serve", "--config", config.to_str().unwrap(), "--store"])
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0", "--ha-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "the broker exited");
+        if let Some(addr) = line.split_whitespace().find_map(|f| f.strip_prefix("listen=")) {
+            break addr.to_string();
+        }
+    };
+    assert_eq!(attempt(&addr, "admin", ADMIN_PASSWORD).0, Status::Ok);
+    assert_eq!(attempt(&addr, "admin", ALICE_PASSWORD).0, Status::AuthenticationFailed);
+    assert_eq!(attempt(&addr, "alice", ALICE_PASSWORD).0, Status::AuthenticationFailed);
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("TRACE") || text.contains("DEBUG"), "the log is at trace level");
+    for password in [ADMIN_PASSWORD, ALICE_PASSWORD] {
+        assert!(!text.contains(password), "the log holds a password");
+    }
+}
