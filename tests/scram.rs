@@ -368,3 +368,29 @@ fn the_password_never_reaches_the_broker_log_at_trace_level() {
         assert!(!text.contains(password), "the log holds a password");
     }
 }
+
+#[test]
+fn the_bench_authenticates_with_either_driver() {
+    let dir = temp_store();
+    let broker = broker(dir.path(), "");
+    let admin_pw = password_file(dir.path(), "admin", ADMIN_PASSWORD);
+    for driver in ["event-loop", "threads"] {
+        let out = dir.path().join(format!("bench-{driver}"));
+        let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["bench", "--broker", &broker.addr, "--driver", driver])
+            .args(["--count", "50", "--producers-list", "1", "--size", "64", "--warmup", "0.1"])
+            .args(["--user", "admin", "--password-file"])
+            .arg(&admin_pw)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        ok(&output, &format!("bench --driver {driver}"));
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["bench", "--broker", &broker.addr, "--count", "10", "--out"])
+        .arg(dir.path().join("bench-anonymous"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "a bench without credentials is refused");
+}

@@ -408,6 +408,20 @@ impl Connection {
         &self.addr
     }
 
+    /// The socket of a plaintext connection with nothing in flight or buffered, for a caller
+    /// that frames its own requests after this connection authenticated (the bench's event
+    /// loop). `None` on TLS (the session's state cannot leave it) or with bytes pending.
+    pub fn into_plaintext_socket(self) -> Option<TcpStream> {
+        let idle = self.in_flight.is_empty()
+            && self.arrived.is_empty()
+            && self.read_start >= self.read_buf.len()
+            && !self.broken;
+        match &self.stream {
+            Transport::Plain(stream) if idle => stream.try_clone().ok(),
+            _ => None,
+        }
+    }
+
     pub fn options(&self) -> ConnectionOptions {
         self.options
     }

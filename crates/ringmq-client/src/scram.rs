@@ -92,7 +92,8 @@ pub fn set_default_scram(scram: &'static ClientScram) {
     let _ = DEFAULT_SCRAM.set(scram);
 }
 
-pub(crate) fn default_scram() -> Option<&'static ClientScram> {
+/// The credentials [`set_default_scram`] made the default, if any.
+pub fn default_scram() -> Option<&'static ClientScram> {
     DEFAULT_SCRAM.get().copied()
 }
 
@@ -155,6 +156,28 @@ fn answer(connection: &mut Connection, opcode: Opcode, body: &[u8], user: &str) 
         }
         Err(e) => Err(e),
     }
+}
+
+/// A plaintext socket to `addr`, authenticated with the default credentials when there are
+/// some, for callers that frame requests into raw sockets (the bench's event loop).
+pub fn connect_plaintext(addr: &str) -> Result<std::net::TcpStream, ClientError> {
+    let Some(scram) = default_scram() else {
+        return std::net::TcpStream::connect(addr).map_err(|source| ClientError::Io {
+            addr: addr.to_string(),
+            source,
+        });
+    };
+    let options = crate::ConnectionOptions {
+        tls: None,
+        scram: Some(scram),
+        ..crate::ConnectionOptions::default()
+    };
+    Connection::connect(addr, options)?
+        .into_plaintext_socket()
+        .ok_or_else(|| ClientError::Protocol {
+            addr: addr.to_string(),
+            reason: "the broker sent more than the SCRAM answers".to_string(),
+        })
 }
 
 /// Runs the SCRAM exchange on a fresh connection: AuthStart, AuthFinish, then the broker's
