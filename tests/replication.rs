@@ -1239,6 +1239,7 @@ fn metadata_arrives_on_the_replication_link_alone() {
             version: 1,
             topics: (shard == 0).then(|| table.clone()),
             group_offsets,
+            users: None,
         };
         link.write_all(&frame.encode()).unwrap();
         links.push((link, frame.encode()));
@@ -1645,12 +1646,14 @@ fn a_bad_metadata_frame_is_skipped_and_the_link_stays() {
                 version: 1,
                 topics: Some(beyond.clone()),
                 group_offsets: Vec::new(),
+                users: None,
             };
             link.write_all(&frame.encode()).unwrap();
             let frame = MetadataFrame {
                 version: 2,
                 topics: Some(good.clone()),
                 group_offsets: Vec::new(),
+                users: None,
             };
             link.write_all(&frame.encode()).unwrap();
         }

@@ -89,7 +89,8 @@ fn encode<R: Request>(request: &R) -> Vec<u8> {
 /// One exchange by hand; the status and body of the last answer.
 fn attempt(addr: &str, user: &str, password: &str) -> (Status, Vec<u8>) {
     let mut connection = bare(addr);
-    let (mut client, first) = ClientExchange::start(Mechanism::ScramSha256, user, "nonce-0123456789");
+    let (mut client, first) =
+        ClientExchange::start(Mechanism::ScramSha256, user, "nonce-0123456789");
     let start = AuthStart {
         mechanism: "SCRAM-SHA-256".into(),
         message: first,
@@ -117,18 +118,34 @@ fn produce_and_consume_with_sha256_and_sha512_through_the_cli() {
     let broker = broker(dir.path(), "");
     let admin_pw = password_file(dir.path(), "admin", ADMIN_PASSWORD);
     let alice_pw = password_file(dir.path(), "alice", ALICE_PASSWORD);
-    let as_admin = ["--user", "admin", "--password-file", admin_pw.to_str().unwrap()];
+    let as_admin = [
+        "--user",
+        "admin",
+        "--password-file",
+        admin_pw.to_str().unwrap(),
+    ];
     let out = broker.cli(
-        &[&["user", "create", "alice", "--new-password-file", "-"][..], &as_admin].concat(),
+        &[
+            &["user", "create", "alice", "--new-password-file", "-"][..],
+            &as_admin,
+        ]
+        .concat(),
         format!("{ALICE_PASSWORD}\n").as_bytes(),
     );
     ok(&out, "user create alice");
     let out = broker.cli(
-        &[&["topic", "create", "orders", "--queues", "2"][..], &as_admin].concat(),
+        &[
+            &["topic", "create", "orders", "--queues", "2"][..],
+            &as_admin,
+        ]
+        .concat(),
         b"",
     );
     ok(&out, "topic create");
-    for (mechanism, body) in [("SCRAM-SHA-256", "hello-256"), ("SCRAM-SHA-512", "hello-512")] {
+    for (mechanism, body) in [
+        ("SCRAM-SHA-256", "hello-256"),
+        ("SCRAM-SHA-512", "hello-512"),
+    ] {
         let login = [
             "--user",
             "alice",
@@ -137,10 +154,24 @@ fn produce_and_consume_with_sha256_and_sha512_through_the_cli() {
             "--scram-mechanism",
             mechanism,
         ];
-        let out = broker.cli(&[&["produce", "orders"][..], &login].concat(), format!("{body}\n").as_bytes());
+        let out = broker.cli(
+            &[&["produce", "orders"][..], &login].concat(),
+            format!("{body}\n").as_bytes(),
+        );
         ok(&out, "produce");
         let out = broker.cli(
-            &[&["consume", "orders", "--from", "earliest", "--max-wait-ms", "200"][..], &login].concat(),
+            &[
+                &[
+                    "consume",
+                    "orders",
+                    "--from",
+                    "earliest",
+                    "--max-wait-ms",
+                    "200",
+                ][..],
+                &login,
+            ]
+            .concat(),
             b"",
         );
         let consumed = ok(&out, "consume");
@@ -159,7 +190,9 @@ fn produce_and_consume_with_sha256_and_sha512_through_the_cli() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("NOT_AUTHENTICATED") && stderr.contains("--user") && stderr.contains("--password-file"),
+        stderr.contains("NOT_AUTHENTICATED")
+            && stderr.contains("--user")
+            && stderr.contains("--password-file"),
         "{stderr}"
     );
     let out = broker.cli(&["topic", "list", "--user", "alice"], b"");
@@ -190,7 +223,11 @@ fn unknown_user_and_wrong_password_fail_alike() {
     )
     .err()
     .expect("a wrong password is refused");
-    assert_eq!(error.status(), Some(Status::AuthenticationFailed), "{error}");
+    assert_eq!(
+        error.status(),
+        Some(Status::AuthenticationFailed),
+        "{error}"
+    );
 }
 
 #[test]
@@ -201,22 +238,33 @@ fn requests_and_large_frames_before_authentication_are_refused() {
         .chain(broker.shard_ports.iter().map(|p| format!("127.0.0.1:{p}")))
     {
         let mut connection = bare(&addr);
-        connection.call(Opcode::Ping, &[]).expect("ping before authentication");
+        connection
+            .call(Opcode::Ping, &[])
+            .expect("ping before authentication");
         let answer = connection
             .call(Opcode::TopicList, &encode(&TopicListRequest {}))
             .unwrap();
         assert_eq!(answer.status(&addr).unwrap(), Status::NotAuthenticated);
-        assert!(connection.call(Opcode::Ping, &[]).is_err(), "closed after 142");
+        assert!(
+            connection.call(Opcode::Ping, &[]).is_err(),
+            "closed after 142"
+        );
 
         oversized_frame_is_refused_and_closed(&addr);
     }
     // A connection that never authenticates is closed at authentication_timeout_ms.
     let mut idle = bare(&broker.addr);
-    wait_until(Duration::from_secs(10), "the unauthenticated connection to close", || {
-        idle.peer_closed().then_some(())
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the unauthenticated connection to close",
+        || idle.peer_closed().then_some(()),
+    );
     // After authentication the frame cap is the configured one.
-    let mut client = broker.client_with(scram_options(Mechanism::ScramSha256, "admin", ADMIN_PASSWORD));
+    let mut client = broker.client_with(scram_options(
+        Mechanism::ScramSha256,
+        "admin",
+        ADMIN_PASSWORD,
+    ));
     client.create_topic("large", 1).unwrap();
     let body = vec![7u8; 16 * 1024];
     let produced = client.produce(
@@ -247,10 +295,14 @@ fn oversized_frame_is_refused_and_closed(addr: &str) {
         &vec![0u8; 8 * 1024],
     );
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     stream.write_all(&frame[..64]).unwrap();
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).expect("the broker closes the connection");
+    stream
+        .read_to_end(&mut answer)
+        .expect("the broker closes the connection");
     let decoded = ringmq::protocol::FrameDecoder::new(1 << 20)
         .decode(&answer)
         .unwrap()
@@ -269,24 +321,52 @@ fn user_administration_is_for_superusers_and_lists_no_keys() {
     let broker = broker(dir.path(), "");
     let admin_pw = password_file(dir.path(), "admin", ADMIN_PASSWORD);
     let alice_pw = password_file(dir.path(), "alice", ALICE_PASSWORD);
-    let as_admin = ["--user", "admin", "--password-file", admin_pw.to_str().unwrap()];
+    let as_admin = [
+        "--user",
+        "admin",
+        "--password-file",
+        admin_pw.to_str().unwrap(),
+    ];
     ok(
         &broker.cli(
-            &[&["user", "create", "alice", "--new-password-file", alice_pw.to_str().unwrap()][..], &as_admin].concat(),
+            &[
+                &[
+                    "user",
+                    "create",
+                    "alice",
+                    "--new-password-file",
+                    alice_pw.to_str().unwrap(),
+                ][..],
+                &as_admin,
+            ]
+            .concat(),
             b"",
         ),
         "create alice",
     );
-    let as_alice = ["--user", "alice", "--password-file", alice_pw.to_str().unwrap()];
+    let as_alice = [
+        "--user",
+        "alice",
+        "--password-file",
+        alice_pw.to_str().unwrap(),
+    ];
     let out = broker.cli(&[&["user", "list"][..], &as_alice].concat(), b"");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("NOT_AUTHORIZED"));
     let listed = ok(
-        &broker.cli(&[&["user", "list", "--format", "json"][..], &as_admin].concat(), b""),
+        &broker.cli(
+            &[&["user", "list", "--format", "json"][..], &as_admin].concat(),
+            b"",
+        ),
         "user list",
     );
     let json: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
-    let names: Vec<&str> = json["users"].as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = json["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["admin", "alice"]);
     let stored = std::fs::read_to_string(broker.store.join("users.json")).unwrap();
     let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
@@ -298,12 +378,20 @@ fn user_administration_is_for_superusers_and_lists_no_keys() {
             }
         }
     }
-    assert!(!serde_json::to_string(&stored).unwrap().contains(ALICE_PASSWORD));
-    ok(&broker.cli(&[&["user", "delete", "alice"][..], &as_admin].concat(), b""), "delete");
+    assert!(!serde_json::to_string(&stored)
+        .unwrap()
+        .contains(ALICE_PASSWORD));
+    ok(
+        &broker.cli(&[&["user", "delete", "alice"][..], &as_admin].concat(), b""),
+        "delete",
+    );
     let out = broker.cli(&[&["topic", "list"][..], &as_alice].concat(), b"");
     assert!(String::from_utf8_lossy(&out.stderr).contains("AUTHENTICATION_FAILED"));
     // The offline store is locked while the broker runs.
-    let out = run_binary(&["user", "list", "--store", broker.store.to_str().unwrap()], b"");
+    let out = run_binary(
+        &["user", "list", "--store", broker.store.to_str().unwrap()],
+        b"",
+    );
     assert!(!out.status.success(), "the store lock is respected");
 }
 
@@ -317,8 +405,14 @@ fn a_user_made_on_the_master_works_on_its_slave() {
         &scram_config(),
         &["--role", "SLAVE", "--master", &master.ha],
     );
-    let mut admin = master.client_with(scram_options(Mechanism::ScramSha256, "admin", ADMIN_PASSWORD));
-    let credentials = ringmq::client::scram::credentials_for(ALICE_PASSWORD.as_bytes(), 4096, &Mechanism::ALL).unwrap();
+    let mut admin = master.client_with(scram_options(
+        Mechanism::ScramSha256,
+        "admin",
+        ADMIN_PASSWORD,
+    ));
+    let credentials =
+        ringmq::client::scram::credentials_for(ALICE_PASSWORD.as_bytes(), 4096, &Mechanism::ALL)
+            .unwrap();
     admin
         .call(&ringmq::protocol::scram::UserCreate {
             name: "alice".into(),
@@ -352,18 +446,33 @@ fn the_password_never_reaches_the_broker_log_at_trace_level() {
     let mut line = String::new();
     let addr = loop {
         line.clear();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "the broker exited");
-        if let Some(addr) = line.split_whitespace().find_map(|f| f.strip_prefix("listen=")) {
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the broker exited"
+        );
+        if let Some(addr) = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("listen="))
+        {
             break addr.to_string();
         }
     };
     assert_eq!(attempt(&addr, "admin", ADMIN_PASSWORD).0, Status::Ok);
-    assert_eq!(attempt(&addr, "admin", ALICE_PASSWORD).0, Status::AuthenticationFailed);
-    assert_eq!(attempt(&addr, "alice", ALICE_PASSWORD).0, Status::AuthenticationFailed);
+    assert_eq!(
+        attempt(&addr, "admin", ALICE_PASSWORD).0,
+        Status::AuthenticationFailed
+    );
+    assert_eq!(
+        attempt(&addr, "alice", ALICE_PASSWORD).0,
+        Status::AuthenticationFailed
+    );
     let _ = child.kill();
     let _ = child.wait();
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("TRACE") || text.contains("DEBUG"), "the log is at trace level");
+    assert!(
+        text.contains("TRACE") || text.contains("DEBUG"),
+        "the log is at trace level"
+    );
     for password in [ADMIN_PASSWORD, ALICE_PASSWORD] {
         assert!(!text.contains(password), "the log holds a password");
     }
@@ -378,7 +487,16 @@ fn the_bench_authenticates_with_either_driver() {
         let out = dir.path().join(format!("bench-{driver}"));
         let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
             .args(["bench", "--broker", &broker.addr, "--driver", driver])
-            .args(["--count", "50", "--producers-list", "1", "--size", "64", "--warmup", "0.1"])
+            .args([
+                "--count",
+                "50",
+                "--producers-list",
+                "1",
+                "--size",
+                "64",
+                "--warmup",
+                "0.1",
+            ])
             .args(["--user", "admin", "--password-file"])
             .arg(&admin_pw)
             .arg("--out")
@@ -392,5 +510,8 @@ fn the_bench_authenticates_with_either_driver() {
         .arg(dir.path().join("bench-anonymous"))
         .output()
         .unwrap();
-    assert!(!output.status.success(), "a bench without credentials is refused");
+    assert!(
+        !output.status.success(),
+        "a bench without credentials is refused"
+    );
 }

@@ -2,8 +2,7 @@
 //! non-zero exit code; nothing here panics on user input.
 
 use super::{
-    admin, bench, cluster, consume, controller, group, namesrv, produce, serve, stats, topic,
-    user,
+    admin, bench, cluster, consume, controller, group, namesrv, produce, serve, stats, topic, user,
 };
 use crate::client::{Client, ClientError};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -177,15 +176,19 @@ impl ScramArgs {
     /// naming what is missing.
     pub fn install(&self) -> Result<(), String> {
         let from_env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-        let user = self.user.clone().or_else(|| {
-            from_env(USER_ENV).map(|v| v.to_string_lossy().into_owned())
-        });
+        let user = self
+            .user
+            .clone()
+            .or_else(|| from_env(USER_ENV).map(|v| v.to_string_lossy().into_owned()));
         let (file, flag) = match &self.password_file {
             Some(file) => (Some(file.clone()), "--password-file"),
-            None => (from_env(PASSWORD_FILE_ENV).map(Into::into), PASSWORD_FILE_ENV),
+            None => (
+                from_env(PASSWORD_FILE_ENV).map(Into::into),
+                PASSWORD_FILE_ENV,
+            ),
         };
-        let mechanism = ringmq_protocol::scram::Mechanism::from_name(&self.mechanism)
-            .ok_or_else(|| {
+        let mechanism =
+            ringmq_protocol::scram::Mechanism::from_name(&self.mechanism).ok_or_else(|| {
                 format!(
                     "--scram-mechanism `{}`: use SCRAM-SHA-256 or SCRAM-SHA-512",
                     self.mechanism

@@ -45,7 +45,11 @@ pub enum UserCommand {
         #[arg(long, default_value_t = crate::client::scram::DEFAULT_CREDENTIAL_ITERATIONS)]
         iterations: u32,
         /// Mechanisms to make keys for (default: both).
-        #[arg(long, value_delimiter = ',', default_value = "SCRAM-SHA-256,SCRAM-SHA-512")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "SCRAM-SHA-256,SCRAM-SHA-512"
+        )]
         mechanisms: Vec<String>,
     },
     /// Delete a user.
@@ -63,7 +67,8 @@ pub fn run(args: UserArgs) -> Result<(), String> {
         Some(namesrv) => every_master(&args.broker, namesrv, &request),
         None => {
             let mut client = args.broker.connect()?;
-            let done = online(&mut client, &request).map_err(|e| describe(&args.broker.broker, &e))?;
+            let done =
+                online(&mut client, &request).map_err(|e| describe(&args.broker.broker, &e))?;
             report(&request, done, args.broker.format)
         }
     }
@@ -179,8 +184,12 @@ fn offline(store: &Path, request: Prepared, format: Format) -> Result<(), String
     };
     let done = match changed {
         Some(table) => {
-            write_blocking(store, &table)
-                .map_err(|e| format!("writing {}: {e}", crate::security::users::users_path(store).display()))?;
+            write_blocking(store, &table).map_err(|e| {
+                format!(
+                    "writing {}: {e}",
+                    crate::security::users::users_path(store).display()
+                )
+            })?;
             Done::Changed
         }
         None => Done::Listed(table.summaries()),
@@ -193,7 +202,9 @@ fn report(request: &Prepared, done: Done, format: Format) -> Result<(), String> 
         (Prepared::Create { name, credentials }, _) => {
             let mechanisms: Vec<&str> = credentials.iter().map(|c| c.mechanism.name()).collect();
             match format {
-                Format::Json => emit(&json!({"created": name, "mechanisms": mechanisms}).to_string()),
+                Format::Json => {
+                    emit(&json!({"created": name, "mechanisms": mechanisms}).to_string())
+                }
                 Format::Text => emit(&format!("user {name} created ({})", mechanisms.join(", "))),
             }
         }

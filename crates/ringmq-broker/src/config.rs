@@ -1363,6 +1363,37 @@ mod tests {
     }
 
     #[test]
+    fn authentication_keys_have_defaults_and_name_their_key() {
+        let config = BrokerConfig::from_toml("").unwrap();
+        assert_eq!(config.authentication, Authentication::Off);
+        assert_eq!(config.authentication_timeout_ms, 10_000);
+        assert!(config.superusers.is_empty());
+        let parsed = BrokerConfig::from_toml(
+            "authentication = \"scram\"\nsuperusers = [\"admin\", \"spiffe://prod/ops\"]",
+        )
+        .unwrap();
+        assert_eq!(parsed.authentication, Authentication::Scram);
+        assert!(parsed.validate().is_ok());
+        let key = |text: &str| {
+            BrokerConfig::from_toml(text)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .key()
+        };
+        assert_eq!(
+            key("authentication_timeout_ms = 0"),
+            Some("authentication_timeout_ms")
+        );
+        assert_eq!(key("superusers = [\" \"]"), Some("superusers"));
+        assert_eq!(
+            key("authentication = \"scram\"\nkafka_listen = \"127.0.0.1:0\""),
+            Some("authentication")
+        );
+        assert!(BrokerConfig::from_toml("authentication = \"plain\"").is_err());
+    }
+
+    #[test]
     fn tls_keys_name_their_key() {
         let with = |text: &str| BrokerConfig::from_toml(text).unwrap().validate();
         let key = |text: &str| with(text).unwrap_err().key();

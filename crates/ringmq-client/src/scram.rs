@@ -137,7 +137,12 @@ pub fn credentials_for(
 /// The iteration count of new credentials unless told otherwise.
 pub const DEFAULT_CREDENTIAL_ITERATIONS: u32 = DEFAULT_ITERATIONS;
 
-fn answer(connection: &mut Connection, opcode: Opcode, body: &[u8], user: &str) -> Result<String, ClientError> {
+fn answer(
+    connection: &mut Connection,
+    opcode: Opcode,
+    body: &[u8],
+    user: &str,
+) -> Result<String, ClientError> {
     let addr = connection.addr().to_string();
     let response = connection.call(opcode, body)?;
     match response.into_result(&addr) {
@@ -197,12 +202,16 @@ pub fn authenticate(connection: &mut Connection, scram: &ClientScram) -> Result<
         addr: connection.addr().to_string(),
         reason: format!("SCRAM ({}): {e}", scram.mechanism),
     };
-    let last = exchange.respond(&server_first, &scram.password).map_err(protocol)?;
+    let last = exchange
+        .respond(&server_first, &scram.password)
+        .map_err(protocol)?;
     body.clear();
     AuthFinish { message: last }.encode(&mut body);
     let server_final = answer(connection, Opcode::AuthFinish, &body, &scram.user)?;
-    exchange.verify(&server_final).map_err(|e| ClientError::Protocol {
-        addr: connection.addr().to_string(),
-        reason: format!("SCRAM ({}): {e}", scram.mechanism),
-    })
+    exchange
+        .verify(&server_final)
+        .map_err(|e| ClientError::Protocol {
+            addr: connection.addr().to_string(),
+            reason: format!("SCRAM ({}): {e}", scram.mechanism),
+        })
 }

@@ -290,9 +290,9 @@ impl fmt::Display for ScramError {
             ScramError::Nonce => f.write_str("the nonce is not this exchange's"),
             ScramError::Binding => f.write_str("the channel-binding attribute does not match"),
             ScramError::Proof => f.write_str("the client proof does not verify"),
-            ScramError::ServerSignature => {
-                f.write_str("the server's signature does not verify: not the broker holding this user's keys")
-            }
+            ScramError::ServerSignature => f.write_str(
+                "the server's signature does not verify: not the broker holding this user's keys",
+            ),
             ScramError::ServerError(e) => write!(f, "the server refused: {e}"),
             ScramError::Parameters(e) => write!(f, "refused server parameters: {e}"),
         }
@@ -304,7 +304,9 @@ impl std::error::Error for ScramError {}
 /// A nonce as SCRAM allows it: printable ASCII without a comma, of bounded length.
 fn valid_nonce(nonce: &str) -> bool {
     (MIN_NONCE_CHARS..=MAX_NONCE_CHARS).contains(&nonce.len())
-        && nonce.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b',')
+        && nonce
+            .bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && b != b',')
 }
 
 /// The nonce text of random bytes (base64: printable, no comma).
@@ -337,7 +339,11 @@ fn encode_saslname(name: &str) -> String {
 }
 
 /// The value of attribute `key` (`n=...`) in one comma-separated part.
-fn attribute<'a>(part: Option<&'a str>, key: char, what: &'static str) -> Result<&'a str, ScramError> {
+fn attribute<'a>(
+    part: Option<&'a str>,
+    key: char,
+    what: &'static str,
+) -> Result<&'a str, ScramError> {
     let part = part.ok_or(ScramError::Malformed(what))?;
     let mut chars = part.chars();
     if chars.next() != Some(key) || chars.next() != Some('=') {
@@ -376,12 +382,16 @@ impl ClientFirst {
         let mut attributes = bare.split(',');
         let first = attributes.next();
         if first.is_some_and(|a| a.starts_with("m=")) {
-            return Err(ScramError::Malformed("mandatory extensions are not supported"));
+            return Err(ScramError::Malformed(
+                "mandatory extensions are not supported",
+            ));
         }
         let user = decode_saslname(attribute(first, 'n', "no `n=` user name")?)?;
         let client_nonce = attribute(attributes.next(), 'r', "no `r=` nonce")?;
         if !valid_nonce(client_nonce) {
-            return Err(ScramError::Malformed("the client nonce is not 8 to 256 printable characters without a comma"));
+            return Err(ScramError::Malformed(
+                "the client nonce is not 8 to 256 printable characters without a comma",
+            ));
         }
         if attributes.next().is_some() {
             return Err(ScramError::Malformed("extensions are not supported"));
@@ -513,8 +523,14 @@ impl ClientExchange {
             return Err(ScramError::ServerError(error.to_string()));
         }
         let mut attributes = server_first.split(',');
-        if attributes.clone().next().is_some_and(|a| a.starts_with("m=")) {
-            return Err(ScramError::Malformed("mandatory extensions are not supported"));
+        if attributes
+            .clone()
+            .next()
+            .is_some_and(|a| a.starts_with("m="))
+        {
+            return Err(ScramError::Malformed(
+                "mandatory extensions are not supported",
+            ));
         }
         let nonce = attribute(attributes.next(), 'r', "no `r=` nonce")?;
         let salt = attribute(attributes.next(), 's', "no `s=` salt")?;
@@ -547,7 +563,11 @@ impl ClientExchange {
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{server_first},{without_proof}", self.bare);
         let signature = mechanism.hmac(&stored_key, &[auth_message.as_bytes()]);
-        let proof: Vec<u8> = client_key.iter().zip(&signature).map(|(k, s)| k ^ s).collect();
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(&signature)
+            .map(|(k, s)| k ^ s)
+            .collect();
         let server_key = mechanism.hmac(&salted, &[b"Server Key"]);
         self.expected_server_signature =
             Some(mechanism.hmac(&server_key, &[auth_message.as_bytes()]));
@@ -680,8 +700,11 @@ mod tests {
 
     fn rfc7677_server() -> ServerExchange {
         let first = ClientFirst::parse(RFC7677_CLIENT_FIRST).unwrap();
-        let (exchange, server_first) =
-            ServerExchange::start(first, rfc7677_credential(), "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0");
+        let (exchange, server_first) = ServerExchange::start(
+            first,
+            rfc7677_credential(),
+            "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0",
+        );
         assert_eq!(server_first, RFC7677_SERVER_FIRST);
         exchange
     }
@@ -716,9 +739,9 @@ mod tests {
         assert_eq!(
             out[..],
             [
-                0x55, 0xac, 0x04, 0x6e, 0x56, 0xe3, 0x08, 0x9f, 0xec, 0x16, 0x91, 0xc2, 0x25,
-                0x44, 0xb6, 0x05, 0xf9, 0x41, 0x85, 0x21, 0x6d, 0xde, 0x04, 0x65, 0xe6, 0x8b,
-                0x9d, 0x57, 0xc2, 0x0d, 0xac, 0xbc
+                0x55, 0xac, 0x04, 0x6e, 0x56, 0xe3, 0x08, 0x9f, 0xec, 0x16, 0x91, 0xc2, 0x25, 0x44,
+                0xb6, 0x05, 0xf9, 0x41, 0x85, 0x21, 0x6d, 0xde, 0x04, 0x65, 0xe6, 0x8b, 0x9d, 0x57,
+                0xc2, 0x0d, 0xac, 0xbc
             ]
         );
     }
@@ -774,7 +797,12 @@ mod tests {
     fn bad_proof_and_binding_are_refused() {
         let bad_proof = RFC7677_CLIENT_FINAL.replace("p=dHzb", "p=dHzc");
         assert_eq!(rfc7677_server().finish(&bad_proof), Err(ScramError::Proof));
-        let short = RFC7677_CLIENT_FINAL.split(",p=").next().unwrap().to_string() + ",p=AAAA";
+        let short = RFC7677_CLIENT_FINAL
+            .split(",p=")
+            .next()
+            .unwrap()
+            .to_string()
+            + ",p=AAAA";
         assert_eq!(rfc7677_server().finish(&short), Err(ScramError::Proof));
         let binding = RFC7677_CLIENT_FINAL.replace("c=biws", "c=eSws");
         assert_eq!(rfc7677_server().finish(&binding), Err(ScramError::Binding));
@@ -828,7 +856,10 @@ mod tests {
             "r=abcdefghijX,s=,i=4096",
             "e=other-error",
         ] {
-            assert!(client.respond(server_first, b"p").is_err(), "{server_first:?}");
+            assert!(
+                client.respond(server_first, b"p").is_err(),
+                "{server_first:?}"
+            );
         }
         assert!(client.verify("v=AAAA").is_err());
         assert!(client.verify("e=invalid-proof").is_err());

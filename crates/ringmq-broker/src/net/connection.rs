@@ -36,6 +36,7 @@
 
 use super::admission::{BudgetPermit, Ticket};
 use super::{HandshakeSlot, ShardNet};
+use crate::config::Authentication;
 use crate::constants::{
     CONNECTION_READ_BUFFER_BYTES, INFLIGHT_BUDGET_WAIT_MS, MAX_COALESCED_RESPONSE_BYTES,
     MAX_INFLIGHT_BYTES_PER_CONNECTION, MAX_INFLIGHT_REQUESTS_PER_CONNECTION,
@@ -45,11 +46,10 @@ use crate::metrics::Counter;
 use crate::protocol::frame::{encode_frame, FrameDecoder, FrameError, FrameHeader};
 use crate::protocol::frame::{FRAME_HEADER_BYTES, PROTOCOL_VERSION};
 use crate::protocol::{Opcode, Status};
+use crate::security::scram::{self as scram_steps, Step, PRE_AUTHENTICATION_MAX_FRAME_BYTES};
 use crate::security::tls::{
     opening, session_principal, Opening, OPENING_BYTES, PLAINTEXT_PORT_ALERT,
 };
-use crate::config::Authentication;
-use crate::security::scram::{self as scram_steps, Step, PRE_AUTHENTICATION_MAX_FRAME_BYTES};
 use crate::security::{Peer, Principal};
 use crate::shard::handlers;
 use crate::shard::mesh::Reply;
@@ -631,7 +631,10 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             reject(&self.shard, &self.tx, &e).await;
             return Err(End::Closed);
         }
-        if self.admit(opcode, header, &frame[FRAME_HEADER_BYTES..]).await? {
+        if self
+            .admit(opcode, header, &frame[FRAME_HEADER_BYTES..])
+            .await?
+        {
             self.start_at(opcode, header, frame, FRAME_HEADER_BYTES, (permits, budget));
         }
         Ok(())

@@ -20,8 +20,8 @@
 
 use super::error::ReplicationError;
 use crate::constants::MAX_QUEUES_PER_TOPIC;
-use crate::protocol::codec::{DecodeError, Reader, Writer};
 use crate::protocol::codec::Fields;
+use crate::protocol::codec::{DecodeError, Reader, Writer};
 use crate::protocol::scram::{Credential, StoredCredential};
 use crate::security::users::UserTable;
 use crate::shard::groups::OffsetRow;

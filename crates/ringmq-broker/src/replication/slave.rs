@@ -661,14 +661,17 @@ async fn apply_users<D: Disk>(
     }
     let count = users.users.len();
     let publisher = shard.clone();
-    let published = spawn_local(async move {
-        crate::shard::handlers::user::publish(&publisher, users).await
-    })
-    .detach()
-    .await
-    .ok_or_else(|| ReplicationError::Metadata("the publish task was lost".into()))?;
+    let published =
+        spawn_local(async move { crate::shard::handlers::user::publish(&publisher, users).await })
+            .detach()
+            .await
+            .ok_or_else(|| ReplicationError::Metadata("the publish task was lost".into()))?;
     published.map_err(|e| ReplicationError::Metadata(e.to_string()))?;
-    info!(shard = shard.id(), users = count, "copied the user table from the master");
+    info!(
+        shard = shard.id(),
+        users = count,
+        "copied the user table from the master"
+    );
     Ok(())
 }
 

@@ -106,9 +106,7 @@ pub fn finish(body: &[u8], pending: &mut Option<ServerExchange>) -> Step {
     };
     let user = exchange.user().to_string();
     match exchange.finish(&request.message) {
-        Ok((server_final, user)) => {
-            Step::Authenticated(answer(server_final), Principal::new(user))
-        }
+        Ok((server_final, user)) => Step::Authenticated(answer(server_final), Principal::new(user)),
         Err(e) => {
             // The user name a client sent is not a secret; the reason stays in the debug log.
             debug!(user = %user.escape_default(), "SCRAM authentication failed: {e}");
@@ -177,14 +175,20 @@ mod tests {
             finish(&step_body("c=biws,r=x,p=AAAA".into()), &mut pending),
             Step::Failed(_)
         ));
-        assert!(matches!(start(&table(), b"\xff\xff", &mut pending), Step::Failed(_)));
+        assert!(matches!(
+            start(&table(), b"\xff\xff", &mut pending),
+            Step::Failed(_)
+        ));
         let mut body = Vec::new();
         AuthStart {
             mechanism: "PLAIN".into(),
             message: "n,,n=alice,r=0123456789".into(),
         }
         .encode(&mut body);
-        assert!(matches!(start(&table(), &body, &mut pending), Step::Failed(_)));
+        assert!(matches!(
+            start(&table(), &body, &mut pending),
+            Step::Failed(_)
+        ));
         assert!(pending.is_none());
     }
 }

@@ -203,7 +203,9 @@ impl UserTable {
         validate_user_name(name)?;
         check_credentials(&credentials)?;
         if !self.users.contains_key(name) && self.users.len() >= MAX_USERS {
-            return Err(format!("the store holds {MAX_USERS} users, the most it may"));
+            return Err(format!(
+                "the store holds {MAX_USERS} users, the most it may"
+            ));
         }
         let mut table = self.clone();
         table.generation += 1;
@@ -374,7 +376,10 @@ mod tests {
             .with_user("bob", vec![good[0].clone(), good[0].clone()])
             .is_err());
         assert!(UserTable::from_json(b"{").is_err());
-        assert!(UserTable::from_json(br#"{"generation":1,"unknown_user_key":"AA==","users":{}}"#).is_err());
+        assert!(
+            UserTable::from_json(br#"{"generation":1,"unknown_user_key":"AA==","users":{}}"#)
+                .is_err()
+        );
     }
 
     #[test]

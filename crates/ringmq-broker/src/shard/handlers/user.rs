@@ -44,7 +44,9 @@ async fn change_users<D: Disk>(
 ) -> Result<Option<Reply>, ShardError> {
     refuse_on_slave(shard)?;
     if shard.id() != METADATA_SHARD {
-        return Ok(Some(shard.forward(METADATA_SHARD, opcode, raw.to_vec()).await));
+        return Ok(Some(
+            shard.forward(METADATA_SHARD, opcode, raw.to_vec()).await,
+        ));
     }
     let _gate = shard.metadata().lock().await;
     let table = change(&shard.metadata().users())?;
