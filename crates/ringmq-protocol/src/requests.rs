@@ -25,10 +25,6 @@ macro_rules! for_each_request {
     ($callback:ident $(, $($args:tt)*)?) => {
         $callback! { ($($($args)*)?)
             Ping = 1 => "Ping": Ping => (), "ping response" {};
-            AuthStart = 5 => "AuthStart": $crate::scram::AuthStart
-                => $crate::scram::AuthAnswer, "server-first" {};
-            AuthFinish = 6 => "AuthFinish": $crate::scram::AuthFinish
-                => $crate::scram::AuthAnswer, "server-final" {};
             Metadata = 2 => "Metadata": MetadataRequest => Metadata, "metadata"
                 { #[fails_over] };
             Produce = 10 => "Produce": ProduceRequest<'_> => ProduceResult, "produce response"
@@ -70,12 +66,6 @@ macro_rules! for_each_request {
                 => $crate::admin::Retention, "retention status" {};
             MetadataSnapshot = 60 => "MetadataSnapshot": MetadataSnapshotRequest
                 => serde_json::Value, "metadata snapshot" {};
-            UserCreate = 61 => "UserCreate": $crate::scram::UserCreate => (),
-                "user create response" {};
-            UserDelete = 62 => "UserDelete": $crate::scram::UserDelete => (),
-                "user delete response" {};
-            UserList = 63 => "UserList": $crate::scram::UserListRequest
-                => $crate::scram::UserList, "user list" {};
             ClusterStatus = 50 => "ClusterStatus": ClusterStatusRequest
                 => $crate::admin::ClusterStatus, "cluster status" {};
             ClusterPromote = 51 => "ClusterPromote": ClusterPromote
@@ -90,6 +80,18 @@ macro_rules! for_each_request {
                 => (), "unregister response" {};
             RouteQuery = 72 => "RouteQuery": $crate::namesrv::RouteQuery
                 => $crate::namesrv::Routes, "routes" {};
+            // SCRAM (security.md): last in the table, so the fuzz seeds that pick an opcode by
+            // its index in `Opcode::ALL` keep meaning what they meant.
+            AuthStart = 5 => "AuthStart": $crate::scram::AuthStart
+                => $crate::scram::AuthAnswer, "server-first" {};
+            AuthFinish = 6 => "AuthFinish": $crate::scram::AuthFinish
+                => $crate::scram::AuthAnswer, "server-final" {};
+            UserCreate = 61 => "UserCreate": $crate::scram::UserCreate => (),
+                "user create response" {};
+            UserDelete = 62 => "UserDelete": $crate::scram::UserDelete => (),
+                "user delete response" {};
+            UserList = 63 => "UserList": $crate::scram::UserListRequest
+                => $crate::scram::UserList, "user list" {};
         }
     };
 }
