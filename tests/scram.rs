@@ -515,3 +515,98 @@ fn the_bench_authenticates_with_either_driver() {
         "a bench without credentials is refused"
     );
 }
+
+/// Under TLS with `client_auth = optional`: a client certificate's principal counts as
+/// authenticated; a TLS client without one must run SCRAM inside the session.
+#[test]
+fn a_client_certificate_counts_as_authenticated_and_scram_runs_over_tls() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    let dir = temp_store();
+    let pem = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let mut ca_params = CertificateParams::default();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let ca_pem = pem("ca.pem", ca.pem());
+    let issue = |name: &str, san: SanType| {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![san];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        (
+            pem(&format!("{name}.crt"), cert.pem()),
+            pem(&format!("{name}.key"), key.serialize_pem()),
+        )
+    };
+    let (server_cert, server_key) =
+        issue("server", SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let client = issue(
+        "client",
+        SanType::DnsName("app.example".try_into().unwrap()),
+    );
+    let broker = broker(
+        dir.path(),
+        &format!(
+            "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\ntls_ca_file = \"{}\"\nclient_auth = \"optional\"\n",
+            server_cert.display(),
+            server_key.display(),
+            ca_pem.display()
+        ),
+    );
+    let tls = |identity: Option<&(PathBuf, PathBuf)>| {
+        ringmq::client::ClientTls::from_files(
+            &ca_pem,
+            identity.map(|(c, k)| (c.as_path(), k.as_path())),
+        )
+        .unwrap()
+        .leak()
+    };
+    let with_certificate = ConnectionOptions {
+        tls: Some(tls(Some(&client))),
+        ..ConnectionOptions::default()
+    };
+    let mut connection = Connection::connect(&broker.addr, with_certificate).unwrap();
+    let answer = connection
+        .call(Opcode::TopicList, &encode(&TopicListRequest {}))
+        .unwrap();
+    assert_eq!(
+        answer.status(&broker.addr).unwrap(),
+        Status::Ok,
+        "the certificate authenticates"
+    );
+    let plain_tls = ConnectionOptions {
+        tls: Some(tls(None)),
+        ..ConnectionOptions::default()
+    };
+    let mut connection = Connection::connect(&broker.addr, plain_tls).unwrap();
+    let answer = connection
+        .call(Opcode::TopicList, &encode(&TopicListRequest {}))
+        .unwrap();
+    assert_eq!(
+        answer.status(&broker.addr).unwrap(),
+        Status::NotAuthenticated
+    );
+    let scram_over_tls = ConnectionOptions {
+        scram: Some(
+            ClientScram::new(
+                Mechanism::ScramSha512,
+                "admin",
+                ADMIN_PASSWORD.as_bytes().to_vec(),
+            )
+            .leak(),
+        ),
+        ..plain_tls
+    };
+    let mut connection = Connection::connect(&broker.addr, scram_over_tls).unwrap();
+    let answer = connection
+        .call(Opcode::TopicList, &encode(&TopicListRequest {}))
+        .unwrap();
+    assert_eq!(answer.status(&broker.addr).unwrap(), Status::Ok);
+}
