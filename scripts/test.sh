@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, in stages, each timed: formatting and lints, build, unit, simulated-
 # disk and whole-shard simulation tests, end-to-end tests, crash and limit tests against the
-# real binary, real Kafka clients (kcat) against the Kafka listener, and a bounded
-# coverage-guided fuzzing run of every decoder. `.ci/run` runs exactly this.
+# real binary, multi-host scenarios in network namespaces, real Kafka clients against the
+# Kafka listener, and a bounded coverage-guided fuzzing run of every decoder. `.ci/run` runs
+# exactly this.
 #
-# Every file in tests/ runs in exactly one stage: the unit, crash-and-limits and Kafka-clients
-# stages name their files, and every other test file runs in the end-to-end stage. The
+# Every file in tests/ runs in exactly one stage: the unit, crash-and-limits, namespace and
+# Kafka-clients stages name their files, and every other test file runs in the end-to-end stage. The
 # Kafka-clients stage installs its clients first (scripts/kafka-clients.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,11 +28,14 @@ stage() {
 
 # Tests driving the broker with real Kafka clients, which this script installs first.
 kafka_clients=(kafka)
+# Multi-host scenarios in network namespaces (needs root; RINGMQ_REQUIRE_NETNS=1 makes a
+# machine without them fail the stage rather than skip it).
+netns_scenarios=(netns)
 crash_and_limits=(crash replication disk_full fail_stop limits ports retention_process groups retry broker_registration cluster ha_security acks tls controller scram)
 end_to_end=()
 for file in tests/*.rs; do
   name=$(basename "$file" .rs)
-  case " ${crash_and_limits[*]} ${kafka_clients[*]} store_sim store_glommio fuzz_regressions shard_sim " in
+  case " ${crash_and_limits[*]} ${kafka_clients[*]} ${netns_scenarios[*]} store_sim store_glommio fuzz_regressions shard_sim " in
     *" $name "*) ;;
     *) end_to_end+=("$name") ;;
   esac
@@ -72,6 +76,8 @@ mapfile -t e2e < <(test_args "${end_to_end[@]}")
 stage "end to end" cargo test "${e2e[@]}"
 mapfile -t crash < <(test_args "${crash_and_limits[@]}")
 stage "crash and limits" cargo test "${crash[@]}"
+mapfile -t netns < <(test_args "${netns_scenarios[@]}")
+stage "network namespace scenarios" env RINGMQ_REQUIRE_NETNS=1 cargo test "${netns[@]}"
 # Kafka clients: kcat, kafka-python, confluent-kafka, KafkaJS and kafka-python's own
 # integration suite, installed (pinned) by scripts/kafka-clients.sh when missing; the tests then
 # fail rather than skip without them.

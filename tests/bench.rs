@@ -468,3 +468,83 @@ fn two_group_mode_runs_beside_one_group_with_the_ratio() {
         "{ready:?}"
     );
 }
+
+/// `--protocol native,kafka`: the same mode over ringmq frames and over the broker's Kafka
+/// listener, each its own row; every Kafka-produced message is stored (and read by the
+/// native consumers), and the kafka ÷ native table and `protocol_ratios` are written.
+#[test]
+fn kafka_protocol_rows_run_beside_native_with_the_ratio() {
+    let root = common::temp_store();
+    let out = root.path().join("results");
+    let config = root.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        "segment_size_bytes = 4194304\nwrite_buffer_bytes = 1048576\nmax_message_bytes = 65536\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args([
+            "bench",
+            "--modes",
+            "SYNC_FLUSH",
+            "--protocol",
+            "native,kafka",
+        ])
+        .args([
+            "--count",
+            "300",
+            "--producers",
+            "3",
+            "--window",
+            "2",
+            "--batch",
+            "2",
+        ])
+        .args(["--warmup", "0", "--queues", "4", "--shards", "2"])
+        .arg("--broker-config")
+        .arg(&config)
+        .arg("--store-root")
+        .arg(root.path())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run ringmq bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("SYNC_FLUSH/kafka"), "{stdout}");
+    assert!(stdout.contains("SYNC_FLUSH kafka / native"), "{stdout}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let runs = results["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[1]["protocol"], "kafka", "{}", runs[1]);
+    assert_eq!(runs[1]["name"], "SYNC_FLUSH-kafka-p3");
+    for run in runs {
+        assert_eq!(run["messages"], 300, "{run}");
+        assert_eq!(run["failed_messages"], 0, "{run}");
+        assert_eq!(run["consumed_messages"], 300, "{run}");
+    }
+    let ratio = &results["protocol_ratios"][0];
+    assert_eq!(ratio["mode"], "SYNC_FLUSH", "{results}");
+    assert!(ratio["throughput_ratio"].as_f64().unwrap() > 0.0, "{ratio}");
+
+    // Refusals: the thread driver, and --protocol kafka against --broker without --kafka.
+    let threads = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args([
+            "bench",
+            "--protocol",
+            "kafka",
+            "--driver",
+            "threads",
+            "--count",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!threads.status.success());
+    assert!(String::from_utf8_lossy(&threads.stderr).contains("event-loop"));
+}

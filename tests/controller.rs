@@ -574,3 +574,95 @@ fn a_bad_frame_closes_only_its_connection_and_a_broker_opcode_is_unknown() {
         "the controller serves everyone else"
     );
 }
+
+/// `ringmq namesrv --controller-id ...`: one process serves routes and runs a one-replica
+/// controller (RocketMQ's `enableControllerInNamesrv`). One ready line names both addresses;
+/// the controller switches masters on its own, without fault tolerance of its own.
+#[test]
+fn a_controller_inside_the_name_server_switches_masters() {
+    let namesrv_addr = PortBlock::allocate().listen_addr();
+    let controller_addr = PortBlock::allocate().listen_addr();
+    let store = temp_store();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args([
+            "namesrv",
+            "--listen",
+            &namesrv_addr,
+            "--controller-id",
+            "1",
+            "--controller-peers",
+            &format!("1={controller_addr}"),
+            "--controller-store",
+        ])
+        .arg(store.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ringmq namesrv");
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the name server prints its ready line");
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _process = Kill(child);
+    assert!(line.starts_with("ringmq ready"), "{line}");
+    assert!(line.contains(&format!("listen={namesrv_addr}")), "{line}");
+    assert!(line.contains("role=NAMESRV"), "{line}");
+    assert!(
+        line.contains(&format!("controller={controller_addr} controller_id=1")),
+        "{line}"
+    );
+    assert!(
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "exactly one ready line"
+    );
+
+    // The name server still serves routes.
+    let listed = run_binary(&["cluster", "list", "--namesrv", &namesrv_addr], b"");
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+
+    // The controller elects a master, and another when the master falls silent.
+    let leader = wait_until(
+        Duration::from_secs(20),
+        "the embedded controller leads",
+        || leader_seen_by(&controller_addr),
+    );
+    assert_eq!(leader, 1);
+    let ids = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut first = FakeBroker::start(controller_addr.clone(), "store-one", ids.clone());
+    let mut second = FakeBroker::start(controller_addr.clone(), "store-two", ids.clone());
+    let mut client = ControllerClient::connect_list(&controller_addr).unwrap();
+    let state = wait_until(Duration::from_secs(20), "a master in a full set", || {
+        group_state(&mut client).filter(|s| s.master_broker_id != 0 && s.sync_state_set.len() == 2)
+    });
+    let (master, other) = if state.master_broker_id == first.id {
+        (&mut first, second.id)
+    } else {
+        (&mut second, first.id)
+    };
+    master.stop();
+    let after = wait_until(Duration::from_secs(20), "the other broker elected", || {
+        group_state(&mut client).filter(|s| s.master_broker_id == other)
+    });
+    assert!(
+        after.master_epoch > state.master_epoch,
+        "{after:?} after {state:?}"
+    );
+}

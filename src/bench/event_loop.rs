@@ -25,6 +25,7 @@
 //! driver's consumers do.
 
 use super::histogram::new_latency_histogram;
+use super::kafka_wire;
 use super::workload::{
     self, share, ConsumerOutcome, ConsumerState, InFlight, Pacer, ProducerOutcome, Shared,
     Topology, Workload,
@@ -104,6 +105,8 @@ struct Route {
     /// has none (the broker forwards).
     endpoints: Vec<String>,
     topology: Topology,
+    /// Produces go to a Kafka listener (the only endpoint) as Kafka requests.
+    kafka: bool,
 }
 
 fn route(topology: &Topology, topic: &str) -> Result<Route, String> {
@@ -151,6 +154,25 @@ fn route(topology: &Topology, topic: &str) -> Result<Route, String> {
         queues,
         endpoints,
         topology: topology.clone(),
+        kafka: false,
+    })
+}
+
+/// The route of `--protocol kafka`: every queue of the one group through its Kafka listener at
+/// `kafka`, a Kafka partition being a queue (the listener forwards to the owning shard).
+fn kafka_route(topology: &Topology, kafka: &str) -> Result<Route, String> {
+    if topology.masters.len() != 1 {
+        return Err("--protocol kafka drives one broker group (not --namesrv over several)".into());
+    }
+    Ok(Route {
+        queues: topology
+            .queues
+            .iter()
+            .map(|&(_, queue)| (0, queue))
+            .collect(),
+        endpoints: vec![kafka.to_string()],
+        topology: topology.clone(),
+        kafka: true,
     })
 }
 
@@ -165,7 +187,11 @@ pub fn run_producers(
     threads: u32,
     shared: &std::sync::Arc<Shared>,
 ) -> Result<Vec<LoopHandle>, String> {
-    let route = std::sync::Arc::new(route(topology, &workload.topic)?);
+    let route = match &workload.kafka {
+        Some(kafka) => kafka_route(topology, kafka)?,
+        None => route(topology, &workload.topic)?,
+    };
+    let route = std::sync::Arc::new(route);
     let threads = threads.clamp(1, workload.producers.max(1));
     let mut first = 0u32;
     let mut handles = Vec::new();
@@ -658,6 +684,25 @@ impl Driver<'_> {
             for body in self.bodies.iter_mut().take(messages as usize) {
                 body[..workload::TIMESTAMP_BYTES].copy_from_slice(&born_ns.to_le_bytes());
             }
+            if self.route.kafka {
+                let conn = &mut self.conns[token];
+                let request_id = conn.next_request_id;
+                conn.next_request_id += 1;
+                let batch = kafka_wire::Batch {
+                    topic: &workload.topic,
+                    partition: queue,
+                    acks: kafka_wire::kafka_acks(workload.acks),
+                    key,
+                    timestamp_ms: born_ns / 1_000_000,
+                    values: &self.bodies[..messages as usize],
+                };
+                kafka_wire::encode_produce(&mut conn.write_buf, request_id as i32, &batch)?;
+                let request = InFlight { intended, messages };
+                conn.in_flight
+                    .insert(request_id, Pending { request, sent: now });
+                self.flush(token)?;
+                continue;
+            }
             let batch: Vec<MessageRef<'_>> = self.bodies[..messages as usize]
                 .iter()
                 .map(|body| MessageRef {
@@ -710,19 +755,33 @@ impl Driver<'_> {
         let mut consumed = 0;
         loop {
             let conn = &self.conns[token];
-            let frame = match self.decoder.decode(&conn.read_buf[consumed..]) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => return Err(format!("{}: bad frame from the broker: {e}", conn.addr)),
+            let (request_id, result) = if self.route.kafka {
+                match kafka_wire::decode_answer(&conn.read_buf[consumed..], DEFAULT_MAX_FRAME_BYTES)
+                {
+                    Ok(Some((wire_len, correlation, result))) => {
+                        consumed += wire_len;
+                        (correlation as u64, result)
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(format!("{}: {e}", conn.addr)),
+                }
+            } else {
+                let frame = match self.decoder.decode(&conn.read_buf[consumed..]) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => return Err(format!("{}: bad frame from the broker: {e}", conn.addr)),
+                };
+                consumed += frame.wire_len();
+                (
+                    frame.header.request_id,
+                    produce_result(frame.header, frame.body),
+                )
             };
-            consumed += frame.wire_len();
-            let header = frame.header;
-            let result = produce_result(header, frame.body);
             let conn = &mut self.conns[token];
-            let Some(Pending { request, .. }) = conn.in_flight.remove(&header.request_id) else {
+            let Some(Pending { request, .. }) = conn.in_flight.remove(&request_id) else {
                 return Err(format!(
-                    "{}: answer to request {} that is not in flight",
-                    conn.addr, header.request_id
+                    "{}: answer to request {request_id} that is not in flight",
+                    conn.addr
                 ));
             };
             let producer = &mut self.producers[conn.producer];

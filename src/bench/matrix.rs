@@ -4,7 +4,7 @@
 use super::cpu::Watched;
 use super::embedded::{EmbeddedBroker, StartSpec};
 use super::histogram::{write_interval_log, write_percentile_distribution, IntervalSeries};
-use super::mode::BenchMode;
+use super::mode::{BenchMode, Protocol};
 use super::plot::{self, LatencyAxis, RatioSeries, Series};
 use super::report::{self, ModeRatio};
 use super::run::{self, run_name_at, RunMeasurement, RunSummary};
@@ -40,6 +40,12 @@ pub struct Matrix {
     /// The acknowledgement levels each mode runs at, each its own row (`[None]`: the
     /// broker's default only, as before `--acks`).
     pub acks_levels: Vec<Option<Acks>>,
+    /// The wires each mode and level run over, each its own row (`[Native]` by default); a
+    /// table gives each Kafka row's ratio to its native row.
+    pub protocols: Vec<Protocol>,
+    /// The Kafka listener of an external broker (`--kafka`), for [`Protocol::Kafka`] with
+    /// [`Target::External`]; embedded brokers open their own.
+    pub kafka_addr: Option<String>,
     pub producer_counts: Vec<u32>,
     /// The workload; `producers` and `topic` are set per run.
     pub workload: Workload,
@@ -58,12 +64,14 @@ pub fn run_matrix(matrix: &Matrix) -> Result<(), String> {
     let mut ready_lines = Vec::new();
     for &mode in &modes {
         for &acks in &matrix.acks_levels {
-            for &producers in &matrix.producer_counts {
-                let (measurement, ready) = run_one(matrix, mode, acks, producers)?;
-                ready_lines.extend(ready);
-                print_run(&measurement.summary);
-                write_run_files(&matrix.out_dir, &measurement)?;
-                measurements.push(measurement);
+            for &protocol in &matrix.protocols {
+                for &producers in &matrix.producer_counts {
+                    let (measurement, ready) = run_one(matrix, mode, acks, protocol, producers)?;
+                    ready_lines.extend(ready);
+                    print_run(&measurement.summary);
+                    write_run_files(&matrix.out_dir, &measurement)?;
+                    measurements.push(measurement);
+                }
             }
         }
     }
@@ -80,7 +88,12 @@ pub fn run_matrix(matrix: &Matrix) -> Result<(), String> {
         println!();
         print!("{}", report::acks_ratio_table(&acks_ratios));
     }
-    write_results_json(matrix, &summaries, &ratios, &acks_ratios)?;
+    let protocol_ratios = report::protocol_ratios(&summaries);
+    if !protocol_ratios.is_empty() {
+        println!();
+        print!("{}", report::protocol_ratio_table(&protocol_ratios));
+    }
+    write_results_json(matrix, &summaries, &ratios, &acks_ratios, &protocol_ratios)?;
     write_machine_json(matrix, &ready_lines)?;
     write_plots(&matrix.out_dir, &measurements, matrix.latency_axis)?;
     if !ratios.is_empty() {
@@ -114,10 +127,12 @@ fn run_one(
     matrix: &Matrix,
     mode: BenchMode,
     acks: Option<Acks>,
+    protocol: Protocol,
     producers: u32,
 ) -> Result<(RunMeasurement, Option<String>), String> {
-    let name = run_name_at(mode, acks, producers);
-    let workload = Workload {
+    let name = run_name_at(mode, acks, protocol, producers);
+    let kafka = protocol == Protocol::Kafka;
+    let mut workload = Workload {
         producers,
         acks,
         topic: format!(
@@ -129,6 +144,11 @@ fn run_one(
     };
     match &matrix.target {
         Target::External { addr, pid } => {
+            if kafka {
+                workload.kafka = Some(matrix.kafka_addr.clone().ok_or(
+                    "--protocol kafka with --broker needs --kafka HOST:PORT (its Kafka listener)",
+                )?);
+            }
             let watched: Vec<Watched> = pid
                 .or_else(|| external_pid(addr))
                 .map(|pid| Watched {
@@ -142,6 +162,12 @@ fn run_one(
             Ok((result, None))
         }
         Target::Cluster { namesrv, cluster } => {
+            if kafka {
+                return Err(
+                    "--protocol kafka drives one broker (--broker or embedded), not --namesrv"
+                        .into(),
+                );
+            }
             let masters = cluster_masters(namesrv, cluster, 0)?;
             let watched: Vec<Watched> = masters
                 .iter()
@@ -160,6 +186,15 @@ fn run_one(
             store_root,
         } => {
             let groups = mode.groups();
+            if kafka && groups > 1 {
+                return Err(format!(
+                    "--protocol kafka drives one broker group; {mode} runs {groups}"
+                ));
+            }
+            // The master opens a Kafka listener on a free port for a Kafka row (its address is
+            // in the ready line); the rest of the configuration is the native row's.
+            let kafka_toml = format!("{config_toml}\nkafka_listen = \"127.0.0.1:0\"\n");
+            let config_toml = if kafka { &kafka_toml } else { config_toml };
             let namesrv = match groups {
                 1 => None,
                 _ => Some(EmbeddedBroker::start_namesrv(
@@ -213,6 +248,13 @@ fn run_one(
                     super::embedded::wait_for_slaves(&brokers[first].addr, processes.len() - 1)?;
                 }
                 masters.push(brokers[first].addr.clone());
+                if kafka {
+                    workload.kafka = Some(
+                        brokers[first]
+                            .ready_field("kafka")
+                            .ok_or("the embedded broker's ready line names no Kafka listener")?,
+                    );
+                }
             }
             // With a name server the clients take the masters from its routes, as `--namesrv`
             // does, once every group has registered.
@@ -393,6 +435,7 @@ fn write_results_json(
     runs: &[RunSummary],
     ratios: &[ModeRatio],
     acks_ratios: &[report::AcksRatio],
+    protocol_ratios: &[report::ProtocolRatio],
 ) -> Result<(), String> {
     let value = json!({
         "workload": workload_json(&matrix.workload, matrix),
@@ -401,6 +444,8 @@ fn write_results_json(
         "ratios": ratios,
         // `all` against `leader` per mode and producer count (empty without both levels).
         "acks_ratios": acks_ratios,
+        // Kafka against native per mode, level and producer count (empty without both).
+        "protocol_ratios": protocol_ratios,
         "table": report::matrix_table(runs),
     });
     let path = matrix.out_dir.join("results.json");

@@ -16,6 +16,7 @@ pub mod cpu;
 pub mod embedded;
 pub mod event_loop;
 pub mod histogram;
+pub mod kafka_wire;
 pub mod machine;
 pub mod matrix;
 pub mod mode;

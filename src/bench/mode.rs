@@ -151,3 +151,28 @@ impl fmt::Display for BenchMode {
         f.write_str(self.name())
     }
 }
+
+/// The wire a run's producers speak (`--protocol`): ringmq's own frames, or Kafka's Produce
+/// requests to the broker's Kafka listener (`kafka_listen`), the same broker and settings
+/// otherwise, so the two rows of a mode compare the paths alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Native,
+    Kafka,
+}
+
+impl Protocol {
+    pub fn is_native(&self) -> bool {
+        *self == Protocol::Native
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Native => "native",
+            Protocol::Kafka => "kafka",
+        })
+    }
+}

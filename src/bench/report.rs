@@ -1,7 +1,7 @@
 //! Text output: the per-run summary lines (Kafka's producer-perf shape plus µs percentiles),
 //! the matrix table and the sync/async ratio table.
 
-use super::mode::BenchMode;
+use super::mode::{BenchMode, Protocol};
 use super::run::RunSummary;
 use crate::protocol::Acks;
 use serde::Serialize;
@@ -141,10 +141,14 @@ pub fn matrix_table(runs: &[RunSummary]) -> String {
 
 /// The mode column: the mode, and the level when `--acks` named one (`SYNC_MASTER/all`).
 fn mode_label(run: &RunSummary) -> String {
-    match run.acks {
-        Some(acks) => format!("{}/{acks}", run.mode.name()),
-        None => run.mode.name().to_string(),
+    let mut label = run.mode.name().to_string();
+    if let Some(acks) = run.acks {
+        label = format!("{label}/{acks}");
     }
+    if !run.protocol.is_native() {
+        label = format!("{label}/{}", run.protocol);
+    }
+    label
 }
 
 /// A sync mode against its async twin at one producer count.
@@ -162,14 +166,17 @@ pub struct ModeRatio {
 /// Every (mode with a twin, producer count) pair for which both runs exist.
 pub fn ratios(runs: &[RunSummary]) -> Vec<ModeRatio> {
     let mut out = Vec::new();
-    for run in runs {
+    // Native rows only: a Kafka row is compared with its native twin (`protocol_ratios`).
+    for run in runs.iter().filter(|r| r.protocol.is_native()) {
         let Some(baseline) = run.mode.async_twin() else {
             continue;
         };
-        let Some(twin) = runs
-            .iter()
-            .find(|r| r.mode == baseline && r.producers == run.producers && r.acks == run.acks)
-        else {
+        let Some(twin) = runs.iter().find(|r| {
+            r.mode == baseline
+                && r.producers == run.producers
+                && r.acks == run.acks
+                && r.protocol.is_native()
+        }) else {
             continue;
         };
         out.push(ModeRatio {
@@ -200,7 +207,7 @@ pub struct AcksRatio {
 
 /// Every (mode, producer count) run at both `all` and `leader`.
 pub fn acks_ratios(runs: &[RunSummary]) -> Vec<AcksRatio> {
-    let at = |run: &RunSummary, acks: Acks| run.acks == Some(acks);
+    let at = |run: &RunSummary, acks: Acks| run.acks == Some(acks) && run.protocol.is_native();
     runs.iter()
         .filter(|run| at(run, Acks::All))
         .filter_map(|all| {
@@ -225,6 +232,60 @@ pub fn acks_ratio_table(ratios: &[AcksRatio]) -> String {
         "acks ratio",
         ratios.iter().map(|r| {
             let pair = format!("{} all / leader", r.mode.name());
+            (pair, r.producers, r.throughput_ratio, r.p99_ratio)
+        }),
+    )
+}
+
+/// A mode's Kafka row against its native row (same level, same producers): what the Kafka
+/// wire costs on the same broker.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProtocolRatio {
+    pub mode: BenchMode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acks: Option<Acks>,
+    pub producers: u32,
+    /// Kafka msg/s ÷ native msg/s.
+    pub throughput_ratio: f64,
+    /// Kafka p99 ÷ native p99 (produce latency).
+    pub p99_ratio: f64,
+    /// Kafka broker CPU µs per message ÷ native (`None` where either is unknown).
+    pub broker_us_per_msg_ratio: Option<f64>,
+}
+
+/// Every (mode, level, producer count) run over both wires.
+pub fn protocol_ratios(runs: &[RunSummary]) -> Vec<ProtocolRatio> {
+    runs.iter()
+        .filter(|run| run.protocol == Protocol::Kafka)
+        .filter_map(|kafka| {
+            let native = runs.iter().find(|r| {
+                r.protocol.is_native()
+                    && r.mode == kafka.mode
+                    && r.acks == kafka.acks
+                    && r.producers == kafka.producers
+            })?;
+            let us = |r: &RunSummary| r.cpu.broker_us_per_message;
+            Some(ProtocolRatio {
+                mode: kafka.mode,
+                acks: kafka.acks,
+                producers: kafka.producers,
+                throughput_ratio: ratio(kafka.messages_per_sec, native.messages_per_sec),
+                p99_ratio: ratio(
+                    kafka.produce_latency.p99_us as f64,
+                    native.produce_latency.p99_us as f64,
+                ),
+                broker_us_per_msg_ratio: us(kafka).zip(us(native)).map(|(k, n)| ratio(k, n)),
+            })
+        })
+        .collect()
+}
+
+pub fn protocol_ratio_table(ratios: &[ProtocolRatio]) -> String {
+    ratio_rows(
+        "protocol ratio",
+        ratios.iter().map(|r| {
+            let level = r.acks.map(|a| format!("/{a}")).unwrap_or_default();
+            let pair = format!("{}{level} kafka / native", r.mode.name());
             (pair, r.producers, r.throughput_ratio, r.p99_ratio)
         }),
     )

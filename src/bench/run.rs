@@ -3,7 +3,7 @@
 
 use super::cpu::{CpuUse, Sample, Watched};
 use super::histogram::{merge_intervals, new_latency_histogram, Percentiles};
-use super::mode::BenchMode;
+use super::mode::{BenchMode, Protocol};
 use super::workload::{self, ConsumerOutcome, Driver, ProducerOutcome, Shared, Topology, Workload};
 use crate::protocol::Acks;
 use hdrhistogram::Histogram;
@@ -35,6 +35,9 @@ pub struct RunSummary {
     /// The level every produce named (`--acks`); absent: the broker's default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acks: Option<Acks>,
+    /// The wire the producers spoke (`--protocol`); absent from the JSON: native.
+    #[serde(skip_serializing_if = "Protocol::is_native")]
+    pub protocol: Protocol,
     pub name: String,
     pub messages: u64,
     pub seconds: f64,
@@ -59,12 +62,22 @@ pub fn run_name(mode: BenchMode, producers: u32) -> String {
     format!("{}-p{producers}", mode.name())
 }
 
-/// A run's name at an acknowledgement level named by `--acks`: `SYNC_MASTER-all-p16`.
-pub fn run_name_at(mode: BenchMode, acks: Option<Acks>, producers: u32) -> String {
-    match acks {
-        Some(acks) => format!("{}-{acks}-p{producers}", mode.name()),
-        None => run_name(mode, producers),
+/// A run's name at an acknowledgement level named by `--acks` and over the Kafka wire:
+/// `SYNC_MASTER-all-p16`, `SYNC_FLUSH-kafka-p16`, `SYNC_MASTER-all-kafka-p16`.
+pub fn run_name_at(
+    mode: BenchMode,
+    acks: Option<Acks>,
+    protocol: Protocol,
+    producers: u32,
+) -> String {
+    let mut name = mode.name().to_string();
+    if let Some(acks) = acks {
+        name = format!("{name}-{acks}");
     }
+    if !protocol.is_native() {
+        name = format!("{name}-{protocol}");
+    }
+    format!("{name}-p{producers}")
 }
 
 /// Creates the topic on every master (`masters`: one broker, or every broker group's master)
@@ -283,7 +296,8 @@ fn merge(
         mode,
         producers: workload.producers,
         acks: workload.acks,
-        name: run_name_at(mode, workload.acks, workload.producers),
+        protocol: workload.protocol(),
+        name: run_name_at(mode, workload.acks, workload.protocol(), workload.producers),
         messages,
         seconds,
         messages_per_sec,

@@ -290,6 +290,7 @@ fn summary(mode: BenchMode, producers: u32, rate: f64, p99_us: u64) -> RunSummar
         mode,
         producers,
         acks: None,
+        protocol: super::mode::Protocol::Native,
         name: super::run::run_name(mode, producers),
         messages: (rate * 10.0) as u64,
         seconds: 10.0,
@@ -348,7 +349,7 @@ fn acks_levels_are_rows_and_all_is_divided_by_leader() {
     use crate::protocol::Acks;
     let at = |mode, acks, rate, p99| RunSummary {
         acks: Some(acks),
-        name: super::run::run_name_at(mode, Some(acks), 1),
+        name: super::run::run_name_at(mode, Some(acks), super::mode::Protocol::Native, 1),
         ..summary(mode, 1, rate, p99)
     };
     let runs = vec![
@@ -725,6 +726,7 @@ fn event_loop_workload(producers: u32, window: u32, batch: u32, count: u64) -> W
         rate_per_sec: None,
         driver: Driver::EventLoop { threads: 2 },
         acks: None,
+        kafka: None,
     }
 }
 
@@ -1085,4 +1087,129 @@ fn groups_get_disjoint_cpus_and_share_them_only_when_there_are_too_few() {
     assert_eq!(split_cpus(&[], 2), vec![Vec::<usize>::new(), Vec::new()]);
     let mine = super::embedded::allowed_cpus();
     assert!(!mine.is_empty(), "this process runs on some CPU");
+}
+
+/// `--protocol native,kafka`: a Kafka row is its own row, divided by the native row of the same
+/// mode, level and producer count; sync/async and all/leader ratios stay among native rows.
+#[test]
+fn kafka_rows_are_divided_by_their_native_rows() {
+    use super::mode::Protocol;
+    use super::report::{protocol_ratio_table, protocol_ratios};
+    let kafka = |mode, rate, p99| RunSummary {
+        protocol: Protocol::Kafka,
+        name: super::run::run_name_at(mode, None, Protocol::Kafka, 4),
+        ..summary(mode, 4, rate, p99)
+    };
+    let runs = vec![
+        summary(BenchMode::SyncFlush, 4, 1000.0, 200),
+        kafka(BenchMode::SyncFlush, 800.0, 300),
+        summary(BenchMode::AsyncFlush, 4, 2000.0, 100),
+        kafka(BenchMode::AsyncFlush, 1000.0, 100),
+    ];
+    assert_eq!(runs[1].name, "SYNC_FLUSH-kafka-p4");
+    let by_wire = protocol_ratios(&runs);
+    assert_eq!(by_wire.len(), 2);
+    assert_eq!(by_wire[0].mode, BenchMode::SyncFlush);
+    assert!((by_wire[0].throughput_ratio - 0.8).abs() < 1e-9);
+    assert!((by_wire[0].p99_ratio - 1.5).abs() < 1e-9);
+    assert!((by_wire[1].throughput_ratio - 0.5).abs() < 1e-9);
+    let table = protocol_ratio_table(&by_wire);
+    assert!(table.contains("SYNC_FLUSH kafka / native"), "{table}");
+    // The sync/async ratio pairs the native rows only (0.5), not a Kafka row with anything.
+    let twins = ratios(&runs);
+    assert_eq!(twins.len(), 1);
+    assert!((twins[0].throughput_ratio - 0.5).abs() < 1e-9);
+    assert!(super::report::matrix_table(&runs).contains("SYNC_FLUSH/kafka"));
+}
+
+/// The Kafka wire's request decodes as the broker's listener decodes it (same crate), with
+/// the batch's values, key, timestamp and acks; an answer decodes to the native outcome.
+#[test]
+fn kafka_wire_requests_and_answers_round_trip() {
+    use super::kafka_wire::{decode_answer, encode_produce, Batch, PRODUCE_VERSION};
+    use bytes::{Bytes, BytesMut};
+    use kafka_protocol::messages::produce_response::{
+        PartitionProduceResponse, TopicProduceResponse,
+    };
+    use kafka_protocol::messages::{
+        ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable};
+    use kafka_protocol::records::RecordBatchDecoder;
+    let mut out = Vec::new();
+    let values = vec![b"one".to_vec(), b"two".to_vec()];
+    let batch = Batch {
+        topic: "t",
+        partition: 3,
+        acks: -1,
+        key: b"k",
+        timestamp_ms: 1_700_000_000_000,
+        values: &values,
+    };
+    encode_produce(&mut out, 42, &batch).unwrap();
+    let size = i32::from_be_bytes(out[..4].try_into().unwrap()) as usize;
+    assert_eq!(size + 4, out.len());
+    let mut body = Bytes::copy_from_slice(&out[4..]);
+    let header = RequestHeader::decode(
+        &mut body,
+        ApiKey::Produce.request_header_version(PRODUCE_VERSION),
+    )
+    .unwrap();
+    assert_eq!(header.correlation_id, 42);
+    let request = ProduceRequest::decode(&mut body, PRODUCE_VERSION).unwrap();
+    assert_eq!(request.acks, -1);
+    let partition = &request.topic_data[0].partition_data[0];
+    assert_eq!(partition.index, 3);
+    let mut records = partition.records.clone().unwrap();
+    let decoded = RecordBatchDecoder::decode(&mut records).unwrap();
+    let got: Vec<&[u8]> = decoded
+        .records
+        .iter()
+        .map(|r| r.value.as_deref().unwrap())
+        .collect();
+    assert_eq!(got, [&b"one"[..], b"two"]);
+    assert_eq!(decoded.records[0].key.as_deref(), Some(&b"k"[..]));
+    assert_eq!(decoded.records[1].timestamp, 1_700_000_000_000);
+
+    let answer = |error_code: i16| {
+        let response =
+            ProduceResponse::default().with_responses(vec![TopicProduceResponse::default()
+                .with_partition_responses(vec![PartitionProduceResponse::default()
+                    .with_index(3)
+                    .with_error_code(error_code)
+                    .with_base_offset(17)])]);
+        let mut body = BytesMut::new();
+        ResponseHeader::default()
+            .with_correlation_id(42)
+            .encode(
+                &mut body,
+                ApiKey::Produce.response_header_version(PRODUCE_VERSION),
+            )
+            .unwrap();
+        response.encode(&mut body, PRODUCE_VERSION).unwrap();
+        let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        frame
+    };
+    let ok = answer(0);
+    assert!(decode_answer(&ok[..ok.len() - 1], 1 << 20)
+        .unwrap()
+        .is_none());
+    let (len, correlation, result) = decode_answer(&ok, 1 << 20).unwrap().unwrap();
+    assert_eq!((len, correlation), (ok.len(), 42));
+    let result = result.unwrap();
+    assert_eq!(result.status, crate::protocol::Status::Ok);
+    assert_eq!(result.response.base_offset, 17);
+    let late = decode_answer(&answer(20), 1 << 20)
+        .unwrap()
+        .unwrap()
+        .2
+        .unwrap();
+    assert_eq!(late.status, crate::protocol::Status::FlushSlaveTimeout);
+    assert!(decode_answer(&answer(3), 1 << 20)
+        .unwrap()
+        .unwrap()
+        .2
+        .is_err());
+    assert!(decode_answer(&(-1i32).to_be_bytes(), 1 << 20).is_err());
 }

@@ -57,6 +57,19 @@ pub struct Workload {
     /// The acknowledgement level every produce names (`None`: the broker's `default_acks`).
     /// Never `Acks::None`: a produce nobody answers has no latency to measure.
     pub acks: Option<Acks>,
+    /// The broker's Kafka listener: `Some` sends every produce as a Kafka Produce request
+    /// there (`--protocol kafka`, event-loop driver, one broker group); `None`: ringmq frames.
+    pub kafka: Option<String>,
+}
+
+impl Workload {
+    /// The wire the producers speak.
+    pub fn protocol(&self) -> super::mode::Protocol {
+        match self.kafka {
+            Some(_) => super::mode::Protocol::Kafka,
+            None => super::mode::Protocol::Native,
+        }
+    }
 }
 
 /// How producers are driven.

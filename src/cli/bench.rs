@@ -2,7 +2,7 @@
 //! [`crate::bench::matrix`].
 
 use crate::bench::matrix::{run_matrix, Matrix, Target};
-use crate::bench::mode::BenchMode;
+use crate::bench::mode::{BenchMode, Protocol};
 use crate::bench::plot::LatencyAxis;
 use crate::bench::workload::{Driver, Workload, TIMESTAMP_BYTES};
 use crate::cli::app::TLS_CA_ENV;
@@ -55,6 +55,14 @@ pub struct BenchArgs {
     /// `none` is refused: nothing answers it, so there is no latency to measure.
     #[arg(long, value_delimiter = ',')]
     pub acks: Vec<Acks>,
+    /// Wires to run, comma-separated: `native` (ringmq frames, the default), `kafka` (Kafka
+    /// Produce requests to the broker's Kafka listener: embedded brokers open one, an external
+    /// one is named with --kafka). Each is its own row; a table gives kafka ÷ native.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub protocol: Vec<Protocol>,
+    /// With --broker and --protocol kafka: the broker's Kafka listener HOST:PORT.
+    #[arg(long, requires = "broker")]
+    pub kafka: Option<String>,
     /// Producers, each with its own connections and window of requests in flight.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub producers: u32,
@@ -159,6 +167,7 @@ impl BenchArgs {
                 DriverKind::Threads => Driver::Threads,
             },
             acks: None,
+            kafka: None,
         })
     }
 
@@ -257,6 +266,23 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
                 .into(),
         );
     }
+    let protocols = if args.protocol.is_empty() {
+        vec![Protocol::Native]
+    } else {
+        let mut p = args.protocol.clone();
+        p.dedup();
+        p
+    };
+    if protocols.contains(&Protocol::Kafka) {
+        if !matches!(args.driver, DriverKind::EventLoop) {
+            return Err(
+                "--protocol kafka runs on the event-loop driver; drop --driver threads".into(),
+            );
+        }
+        if args.tls.ca_path(std::env::var_os(TLS_CA_ENV)).is_some() {
+            return Err("--protocol kafka: the bench speaks plaintext Kafka only".into());
+        }
+    }
     let acks_levels = if args.acks.is_empty() {
         vec![None]
     } else {
@@ -266,6 +292,8 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         target: args.target()?,
         modes,
         acks_levels,
+        protocols,
+        kafka_addr: args.kafka.clone(),
         producer_counts,
         workload,
         out_dir: args.out.clone().unwrap_or_else(default_out_dir),

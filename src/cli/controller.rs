@@ -78,20 +78,53 @@ fn serve(args: ControllerArgs) -> Result<(), String> {
         format!("`ringmq controller` needs {flag} (or a subcommand: status, add-peer, remove-peer)")
     };
     let id = args.id.ok_or_else(|| missing("--id"))?;
-    let peers = server::parse_peers(args.peers.as_deref().ok_or_else(|| missing("--peers"))?)?;
-    let store = args.store.ok_or_else(|| missing("--store"))?;
-    let election = ElectionConfig {
-        broker_silent_ms: args.broker_silent_ms,
-        lease_ms: args.lease_ms,
-        enable_elect_unclean_master: args.enable_elect_unclean_master,
+    let peers = args.peers.as_deref().ok_or_else(|| missing("--peers"))?;
+    let store = args.store.clone().ok_or_else(|| missing("--store"))?;
+    server::run(server_config(id, peers, store, &args.election())?)
+}
+
+/// The controller settings both `ringmq controller` and a name server embedding one
+/// (`ringmq namesrv --controller-id ...`) take, apart from where it is.
+#[derive(Clone, Debug)]
+pub struct ElectionArgs {
+    pub broker_silent_ms: u64,
+    pub lease_ms: u64,
+    pub enable_elect_unclean_master: bool,
+    pub compact_threshold: u64,
+}
+
+impl ControllerArgs {
+    fn election(&self) -> ElectionArgs {
+        ElectionArgs {
+            broker_silent_ms: self.broker_silent_ms,
+            lease_ms: self.lease_ms,
+            enable_elect_unclean_master: self.enable_elect_unclean_master,
+            compact_threshold: self.compact_threshold,
+        }
+    }
+}
+
+/// A controller's configuration from its flags: `peers` is `ID=HOST:PORT,...`; the election
+/// settings are validated (a lease that could outlive the silence limit is refused).
+pub fn server_config(
+    id: u64,
+    peers: &str,
+    store: PathBuf,
+    election: &ElectionArgs,
+) -> Result<ServerConfig, String> {
+    let peers = server::parse_peers(peers)?;
+    let config = ElectionConfig {
+        broker_silent_ms: election.broker_silent_ms,
+        lease_ms: election.lease_ms,
+        enable_elect_unclean_master: election.enable_elect_unclean_master,
     };
-    election.validate()?;
-    server::run(ServerConfig {
+    config.validate()?;
+    Ok(ServerConfig {
         id,
         peers,
         store,
-        election,
-        compact_threshold: args.compact_threshold.max(1),
+        election: config,
+        compact_threshold: election.compact_threshold.max(1),
     })
 }
 

@@ -1,10 +1,15 @@
 //! `ringmq namesrv`: runs a name server (the `ringmq-namesrv` crate), a route registry that
 //! keeps nothing on disk. See docs/cluster.md.
 
+use super::controller::{server_config, ElectionArgs};
 use crate::namesrv::{
     NameServerConfig, DEFAULT_BROKER_EXPIRY_MS, DEFAULT_GROUP_EPOCH_RETENTION_MS, DEFAULT_LISTEN,
 };
 use clap::Args;
+use ringmq_controller::core::DEFAULT_COMPACT_THRESHOLD;
+use ringmq_controller::server;
+use ringmq_controller::state::ElectionConfig;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Args, Debug, Clone)]
@@ -24,6 +29,28 @@ pub struct NamesrvArgs {
     /// only registrations signed with it are taken. Read from the file, never printed.
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<std::path::PathBuf>,
+    /// Also run a controller in this process (RocketMQ's `enableControllerInNamesrv`): its
+    /// id, one of --controller-peers. Brokers then list the controllers' addresses in their
+    /// `--controller`. Needs --controller-peers and --controller-store.
+    #[arg(long, requires_all = ["controller_peers", "controller_store"])]
+    pub controller_id: Option<u64>,
+    /// Every controller, `ID=HOST:PORT,...`, as `ringmq controller --peers` (its own entry
+    /// is where this process's controller listens: a port apart from --listen).
+    #[arg(long, requires = "controller_id")]
+    pub controller_peers: Option<String>,
+    /// The embedded controller's store (Raft log, hard state, snapshots), as
+    /// `ringmq controller --store`: the name server itself keeps nothing on disk.
+    #[arg(long, requires = "controller_id")]
+    pub controller_store: Option<PathBuf>,
+    /// The embedded controller's `--broker-silent-ms`.
+    #[arg(long, default_value_t = ElectionConfig::default().broker_silent_ms)]
+    pub controller_broker_silent_ms: u64,
+    /// The embedded controller's `--lease-ms`.
+    #[arg(long, default_value_t = ElectionConfig::default().lease_ms)]
+    pub controller_lease_ms: u64,
+    /// The embedded controller's `--enable-elect-unclean-master`.
+    #[arg(long)]
+    pub controller_enable_elect_unclean_master: bool,
     /// Connections served at once (tests lower it).
     #[arg(long, hide = true)]
     pub max_connections: Option<usize>,
@@ -60,9 +87,38 @@ impl NamesrvArgs {
     }
 }
 
-/// Runs until SIGINT/SIGTERM. Returns a message for the user on failure.
+/// Runs until SIGINT/SIGTERM. Returns a message for the user on failure. With
+/// --controller-id the controller starts first, on threads of its own: its address joins the
+/// name server's ready line, and a failure of the controller (its store) ends the process, as
+/// it ends `ringmq controller`.
 pub fn run(args: NamesrvArgs) -> Result<(), String> {
-    crate::namesrv::run(args.config())
+    let mut config = args.config();
+    if let Some(id) = args.controller_id {
+        let (Some(peers), Some(store)) = (&args.controller_peers, &args.controller_store) else {
+            return Err("--controller-id needs --controller-peers and --controller-store".into());
+        };
+        let election = ElectionArgs {
+            broker_silent_ms: args.controller_broker_silent_ms,
+            lease_ms: args.controller_lease_ms,
+            enable_elect_unclean_master: args.controller_enable_elect_unclean_master,
+            compact_threshold: DEFAULT_COMPACT_THRESHOLD,
+        };
+        let controller = server::start(server_config(id, peers, store.clone(), &election)?)?;
+        config.ready_suffix = format!(" controller={} controller_id={id}", controller.listen);
+        std::thread::Builder::new()
+            .name("controller-watch".into())
+            .spawn(move || {
+                let cause = controller
+                    .wait()
+                    .err()
+                    .unwrap_or_else(|| "it returned".into());
+                tracing::error!("the embedded controller stopped: {cause}");
+                eprintln!("ringmq namesrv: the embedded controller stopped: {cause}");
+                std::process::exit(1);
+            })
+            .map_err(|e| format!("starting the controller's watcher: {e}"))?;
+    }
+    crate::namesrv::run(config)
 }
 
 #[cfg(test)]
@@ -111,5 +167,28 @@ mod tests {
         assert_eq!(config.max_connections_per_ip, 256);
         assert_eq!(config.idle_timeout, std::time::Duration::from_millis(500));
         assert!(parse(&["namesrv", "--broker-expiry-ms", "soon"]).is_err());
+    }
+
+    #[test]
+    fn an_embedded_controller_needs_its_id_peers_and_store() {
+        let Command::Namesrv(args) = parse(&[
+            "namesrv",
+            "--controller-id",
+            "2",
+            "--controller-peers",
+            "1=127.0.0.1:9877,2=127.0.0.1:9878",
+            "--controller-store",
+            "/var/lib/ringmq/controller-2",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not namesrv")
+        };
+        assert_eq!(args.controller_id, Some(2));
+        assert_eq!(args.controller_lease_ms, 1_600);
+        assert!(parse(&["namesrv", "--controller-id", "1"]).is_err());
+        assert!(parse(&["namesrv", "--controller-store", "/tmp/x"]).is_err());
+        assert!(parse(&["namesrv", "--controller-peers", "1=127.0.0.1:1"]).is_err());
     }
 }

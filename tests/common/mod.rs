@@ -3,6 +3,8 @@
 //! restart it on the same store.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -101,6 +103,9 @@ pub struct Broker {
     pub ready_line: String,
     /// Where the current process's part of the log starts.
     log_start: usize,
+    /// The network namespace it runs in (`ip netns exec`), for multi-host tests
+    /// ([`netns::Lab`]); `None`: this one.
+    netns: Option<String>,
 }
 
 impl Broker {
@@ -147,6 +152,48 @@ impl Broker {
             stderr_log: root.join("broker.log"),
             ready_line: String::new(),
             log_start: 0,
+            netns: None,
+        };
+        broker.spawn();
+        broker
+    }
+
+    /// Like [`Broker::start_sized`], inside the network namespace `netns` (a [`netns::Lab`]
+    /// host); `extra` names `--listen` and `--ha-listen` on the host's address.
+    pub fn start_in(
+        netns: &str,
+        root: &Path,
+        sizes: Sizes,
+        config_extra: &str,
+        extra: &[&str],
+    ) -> Broker {
+        assert!(
+            extra.contains(&"--listen") && extra.contains(&"--ha-listen"),
+            "a broker in a namespace listens on its host's address"
+        );
+        let store = root.join("data");
+        let config = root.join("broker.toml");
+        std::fs::write(&config, merged_config(sizes.config(), config_extra))
+            .expect("write test config");
+        let mut args = vec![
+            "serve".to_string(),
+            "--config".to_string(),
+            config.display().to_string(),
+            "--store".to_string(),
+            store.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut broker = Broker {
+            child: None,
+            store,
+            addr: String::new(),
+            shard_ports: Vec::new(),
+            ha: String::new(),
+            args,
+            stderr_log: root.join("broker.log"),
+            ready_line: String::new(),
+            log_start: 0,
+            netns: Some(netns.to_string()),
         };
         broker.spawn();
         broker
@@ -159,7 +206,15 @@ impl Broker {
             .open(&self.stderr_log)
             .expect("open broker log");
         self.log_start = self.log().len();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_ringmq")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_ringmq")),
+        };
+        let mut child = command
             .args(&self.args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

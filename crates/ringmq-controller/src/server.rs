@@ -86,6 +86,38 @@ enum Event {
 
 /// Opens the store, binds the listener, prints the ready line and serves until killed.
 pub fn run(config: ServerConfig) -> Result<(), String> {
+    let id = config.id;
+    let started = start(config)?;
+    println!(
+        "ringmq ready listen={} role=CONTROLLER id={id}",
+        started.listen
+    );
+    let _ = io::stdout().flush();
+    started.wait()
+}
+
+/// A controller serving on its own threads: what [`start`] returns.
+pub struct Started {
+    /// The address it listens on (its `--peers` entry, with a port 0 resolved).
+    pub listen: std::net::SocketAddr,
+    main_loop: thread::JoinHandle<Result<(), String>>,
+}
+
+impl Started {
+    /// Blocks until the controller stops, which only a failure of its store (or a bug) does:
+    /// the error says why.
+    pub fn wait(self) -> Result<(), String> {
+        match self.main_loop.join() {
+            Ok(result) => result,
+            Err(_) => Err("the controller's main loop panicked".into()),
+        }
+    }
+}
+
+/// Opens the store, binds the listener and starts serving on threads of its own, without
+/// printing anything: `ringmq controller` ([`run`]) and a name server that embeds a
+/// controller (`ringmq namesrv --controller-id ...`) both start one this way.
+pub fn start(config: ServerConfig) -> Result<Started, String> {
     let listen = config
         .peers
         .get(&config.id)
@@ -135,12 +167,14 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
         .name("controller-accept".into())
         .spawn(move || accept_loop(listener, events))
         .map_err(|e| e.to_string())?;
-    println!(
-        "ringmq ready listen={bound} role=CONTROLLER id={}",
-        config.id
-    );
-    let _ = io::stdout().flush();
-    main_loop(controller, inbox)
+    let main_loop = thread::Builder::new()
+        .name("controller-main".into())
+        .spawn(move || main_loop(controller, inbox))
+        .map_err(|e| e.to_string())?;
+    Ok(Started {
+        listen: bound,
+        main_loop,
+    })
 }
 
 fn main_loop(

@@ -77,6 +77,10 @@ pub struct NameServerConfig {
     /// The brokers' shared secret; with it only signed registrations are taken. `None`: any
     /// peer may register (a warning at start says so).
     pub secret_file: Option<std::path::PathBuf>,
+    /// Words appended to the ready line by a process that serves more than the name server
+    /// (`ringmq namesrv --controller-id ...` adds ` controller=HOST:PORT controller_id=N`), so
+    /// it still prints one ready line. Empty by default.
+    pub ready_suffix: String,
 }
 
 impl Default for NameServerConfig {
@@ -93,6 +97,7 @@ impl Default for NameServerConfig {
             idle_timeout: Duration::from_secs(600),
             write_timeout: Duration::from_secs(30),
             secret_file: None,
+            ready_suffix: String::new(),
         }
     }
 }
@@ -126,7 +131,8 @@ impl NameServerConfig {
 }
 
 /// Runs the name server until SIGINT or SIGTERM: prints the ready line
-/// (`ringmq ready listen=HOST:PORT role=NAMESRV expiry_ms=N`, the same form as the broker's)
+/// (`ringmq ready listen=HOST:PORT role=NAMESRV expiry_ms=N`, the same form as the broker's,
+/// then [`NameServerConfig::ready_suffix`])
 /// once it accepts connections. Returns a message for the user on failure.
 pub fn run(config: NameServerConfig) -> Result<(), String> {
     config.validate()?;
@@ -154,6 +160,7 @@ pub fn run(config: NameServerConfig) -> Result<(), String> {
         .map_err(|e| format!("installing signal handlers: {e}"))?;
     let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
     let expiry_ms = config.broker_expiry_ms;
+    let ready_suffix = config.ready_suffix.clone();
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
         .name("namesrv")
         .spawn(move || async move { serve(config, secret, ready_tx).await })
@@ -185,7 +192,7 @@ pub fn run(config: NameServerConfig) -> Result<(), String> {
             }
         })
         .map_err(|e| format!("starting the signal thread: {e}"))?;
-    println!("ringmq ready listen={listen} role=NAMESRV expiry_ms={expiry_ms}");
+    println!("ringmq ready listen={listen} role=NAMESRV expiry_ms={expiry_ms}{ready_suffix}");
     let _ = std::io::stdout().flush();
     match event.recv() {
         // Nothing to flush: the registry lives in memory only, by design.
