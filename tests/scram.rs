@@ -20,8 +20,18 @@ use std::time::Duration;
 const ADMIN_PASSWORD: &str = "admin-canary-Jx81q";
 const ALICE_PASSWORD: &str = "alice-canary-Zq47p";
 
-fn scram_config() -> String {
-    "authentication = \"scram\"\nsuperusers = [\"admin\"]\n".to_string()
+/// The link secret every broker of these tests shares (a slave must hold its master's).
+const HA_SECRET: &str = "scram-tests-ha-link-secret-0123456789abcdef";
+
+/// Authentication on, `admin` a superuser, and the replication link authenticated (a broker
+/// refuses SCRAM beside `ha_security = "off"`); the secret is written under `root`.
+fn scram_config(root: &Path) -> String {
+    let secret = root.join("ha.secret");
+    std::fs::write(&secret, HA_SECRET).unwrap();
+    format!(
+        "authentication = \"scram\"\nsuperusers = [\"admin\"]\nha_security = \"auth\"\nha_secret_file = \"{}\"\n",
+        secret.display()
+    )
 }
 
 /// Writes `password` to `<dir>/<name>.pw` (with a newline, as `echo` would).
@@ -62,7 +72,7 @@ fn create_offline(root: &Path, name: &str, password: &str) {
 /// A broker with authentication on, `admin` (a superuser) made offline before its start.
 fn broker(root: &Path, extra: &str) -> Broker {
     create_offline(root, "admin", ADMIN_PASSWORD);
-    Broker::start_with_config(root, &format!("{}{extra}", scram_config()), &[])
+    Broker::start_with_config(root, &format!("{}{extra}", scram_config(root)), &[])
 }
 
 fn scram_options(mechanism: Mechanism, user: &str, password: &str) -> ClientOptions {
@@ -402,7 +412,7 @@ fn a_user_made_on_the_master_works_on_its_slave() {
     let slave_dir = temp_store();
     let slave = Broker::start_with_config(
         slave_dir.path(),
-        &scram_config(),
+        &scram_config(slave_dir.path()),
         &["--role", "SLAVE", "--master", &master.ha],
     );
     let mut admin = master.client_with(scram_options(
@@ -431,7 +441,7 @@ fn the_password_never_reaches_the_broker_log_at_trace_level() {
     let dir = temp_store();
     create_offline(dir.path(), "admin", ADMIN_PASSWORD);
     let config = dir.path().join("broker.toml");
-    std::fs::write(&config, common::test_config(&scram_config())).unwrap();
+    std::fs::write(&config, common::test_config(&scram_config(dir.path()))).unwrap();
     let log = dir.path().join("trace.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
         .args(["serve", "--config", config.to_str().unwrap(), "--store"])
@@ -476,6 +486,49 @@ fn the_password_never_reaches_the_broker_log_at_trace_level() {
     for password in [ADMIN_PASSWORD, ALICE_PASSWORD] {
         assert!(!text.contains(password), "the log holds a password");
     }
+    // The client never sends the password, so the real check is on what the broker holds:
+    // no key of users.json, in base64 or hex, reaches its log.
+    let keys = stored_keys(&dir.path().join("data"));
+    assert!(keys.len() >= 3, "users.json names its keys: {keys:?}");
+    for (what, base64) in keys {
+        let bytes = base64_decode(&base64);
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!text.contains(&base64), "the log holds {what} in base64");
+        assert!(!text.contains(&hex), "the log holds {what} in hex");
+        assert!(
+            !text.contains(&format!("{bytes:?}")[1..20]),
+            "the log holds {what} as bytes"
+        );
+    }
+}
+
+/// Every `stored_key`, `server_key` and the `unknown_user_key` of `<store>/users.json`
+/// (base64), named.
+fn stored_keys(store: &Path) -> Vec<(String, String)> {
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("users.json")).unwrap()).unwrap();
+    let mut keys = vec![(
+        "unknown_user_key".to_string(),
+        json["unknown_user_key"].as_str().unwrap().to_string(),
+    )];
+    for (user, credentials) in json["users"].as_object().unwrap() {
+        for credential in credentials.as_array().unwrap() {
+            for field in ["stored_key", "server_key"] {
+                keys.push((
+                    format!("{user}'s {field}"),
+                    credential[field].as_str().unwrap().to_string(),
+                ));
+            }
+        }
+    }
+    keys
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap()
 }
 
 #[test]

@@ -828,6 +828,15 @@ impl BrokerConfig {
                 format!("`{empty}` is not a principal: give user names or certificate names"),
             ));
         }
+        if self.authentication == Authentication::Scram && self.ha_security == HaSecurity::Off {
+            // Refused rather than warned (as Kafka refuses SASL beside a plaintext inter-broker
+            // listener): the metadata frames carry every user's StoredKey and ServerKey, and
+            // with "off" anyone reaching the HA port can follow this broker as a slave.
+            return Err(ConfigError::value(
+                "authentication",
+                "\"scram\" needs ha_security = \"auth\" (with ha_secret_file) or stronger: the replication link carries the user keys, and with ha_security = \"off\" anyone who reaches the HA port can follow this broker and copy them",
+            ));
+        }
         if self.authentication == Authentication::Scram && self.kafka_listen.is_some() {
             // Refused rather than left open: the Kafka listener has no SASL yet, so it would
             // serve every client unauthenticated beside ports that require SCRAM.
@@ -1369,7 +1378,8 @@ mod tests {
         assert_eq!(config.authentication_timeout_ms, 10_000);
         assert!(config.superusers.is_empty());
         let parsed = BrokerConfig::from_toml(
-            "authentication = \"scram\"\nsuperusers = [\"admin\", \"spiffe://prod/ops\"]",
+            "authentication = \"scram\"\nsuperusers = [\"admin\", \"spiffe://prod/ops\"]\n\
+             ha_security = \"auth\"\nha_secret_file = \"/secret\"",
         )
         .unwrap();
         assert_eq!(parsed.authentication, Authentication::Scram);
@@ -1387,9 +1397,15 @@ mod tests {
         );
         assert_eq!(key("superusers = [\" \"]"), Some("superusers"));
         assert_eq!(
-            key("authentication = \"scram\"\nkafka_listen = \"127.0.0.1:0\""),
+            key("authentication = \"scram\"\nha_security = \"auth\"\nha_secret_file = \"/s\"\nkafka_listen = \"127.0.0.1:0\""),
             Some("authentication")
         );
+        let off = BrokerConfig::from_toml("authentication = \"scram\"")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(off.key(), Some("authentication"), "{off}");
+        assert!(off.to_string().contains("ha_security"), "{off}");
         assert!(BrokerConfig::from_toml("authentication = \"plain\"").is_err());
     }
 

@@ -31,8 +31,9 @@
 //! `authentication_timeout_ms` passes; any other request is answered `NOT_AUTHENTICATED` and
 //! the connection closes, as it does after a failed step (`AUTHENTICATION_FAILED`). The steps
 //! are answered by the reader itself, in order with the frames around them; on success the
-//! user becomes the connection's principal. User administration (61-63) needs a principal in
-//! `superusers` once authentication is on.
+//! user becomes the connection's principal. User administration (61-63) and cluster
+//! promote/demote need a principal in `superusers` once authentication is on; with it off,
+//! online user changes are refused.
 
 use super::admission::{BudgetPermit, Ticket};
 use super::{HandshakeSlot, ShardNet};
@@ -497,19 +498,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 .await;
             return Err(End::Closed);
         }
-        if matches!(
-            opcode,
-            Opcode::UserCreate | Opcode::UserDelete | Opcode::UserList
-        ) && !self.may_administer_users()
-        {
-            let message = format!(
-                "{}: user administration needs a principal in `superusers`; this connection's is {}",
-                opcode.name(),
-                self.peer
-                    .principal
-                    .as_ref()
-                    .map_or("none".to_string(), |p| format!("`{p}`"))
-            );
+        if let Some(message) = self.superuser_refusal(opcode) {
             self.answer(header, Reply::error(Status::NotAuthorized, message))
                 .await;
             return Ok(false);
@@ -517,16 +506,32 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         Ok(true)
     }
 
-    /// With authentication off every admin call is allowed (as it always was); with it on,
-    /// user administration is the superusers'.
-    fn may_administer_users(&self) -> bool {
+    /// The one check of the requests only `superusers` may make ([`needs_superuser`]): why
+    /// this connection may not, or `None` when it may. With authentication off, user changes
+    /// are refused to everyone (anyone could replace a user's keys; make users offline with
+    /// `--store` before turning authentication on) and the rest is allowed as it always was.
+    fn superuser_refusal(&self, opcode: Opcode) -> Option<String> {
+        if !needs_superuser(opcode) {
+            return None;
+        }
         let config = self.shard.config();
-        config.authentication == Authentication::Off
-            || self
-                .peer
-                .principal
-                .as_ref()
-                .is_some_and(|p| config.superusers.iter().any(|s| s == p.as_str()))
+        if config.authentication == Authentication::Off {
+            return matches!(opcode, Opcode::UserCreate | Opcode::UserDelete).then(|| {
+                format!(
+                    "{}: users are changed online only with authentication = \"scram\" (by a superuser); with it off, change them on the stopped broker (ringmq user create NAME --store DIR)",
+                    opcode.name()
+                )
+            });
+        }
+        let principal = self.peer.principal.as_ref();
+        if principal.is_some_and(|p| config.superusers.iter().any(|s| s == p.as_str())) {
+            return None;
+        }
+        Some(format!(
+            "{} needs a principal in `superusers` while authentication is on; this connection's is {}",
+            opcode.name(),
+            principal.map_or("none".to_string(), |p| format!("`{p}`"))
+        ))
     }
 
     /// One SCRAM step, answered in place. A failed step closes the connection. A connection
@@ -848,13 +853,20 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 
 /// Requests [`Reader::admit`] looks at even on an authenticated connection.
 fn opcode_needs_admission(opcode: Opcode) -> bool {
+    matches!(opcode, Opcode::AuthStart | Opcode::AuthFinish) || needs_superuser(opcode)
+}
+
+/// Requests kept to `superusers` while authentication is on: user administration, and the
+/// role changes (a demoted broker follows the master it is pointed at and copies its users,
+/// so demotion hands over the user table). The ACL round adds finer rules beside this one.
+fn needs_superuser(opcode: Opcode) -> bool {
     matches!(
         opcode,
-        Opcode::AuthStart
-            | Opcode::AuthFinish
-            | Opcode::UserCreate
+        Opcode::UserCreate
             | Opcode::UserDelete
             | Opcode::UserList
+            | Opcode::ClusterPromote
+            | Opcode::ClusterDemote
     )
 }
 

@@ -131,6 +131,7 @@ impl UserTable {
     /// missing file is a fresh table. The error names the file.
     pub fn load(store_dir: &Path) -> Result<UserTable, String> {
         let path = users_path(store_dir);
+        tighten_mode(&path)?;
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -319,19 +320,38 @@ fn credential_to_file(credential: &Credential) -> CredentialFile {
     }
 }
 
-/// Writes `users.json` with plain blocking I/O (the offline CLI): a temporary file, fsync,
-/// rename over the old one, fsync of the directory, so a crash leaves the old table or the
-/// new one.
+/// Writes `users.json` with plain blocking I/O (the offline CLI): a temporary file made `0600`,
+/// fsync, rename over the old one, fsync of the directory, so a crash leaves the old table or
+/// the new one (the store's one atomic write, which the broker's shard 0 also uses).
 pub fn write_blocking(store_dir: &Path, table: &UserTable) -> std::io::Result<()> {
-    use std::io::Write;
-    let path = users_path(store_dir);
-    let temporary = store_dir.join("users.json.tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(&table.to_json())?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&temporary, &path)?;
-    std::fs::File::open(store_dir)?.sync_all()
+    crate::store::glommio_disk::write_atomic_blocking(&users_path(store_dir), &table.to_json())
+}
+
+/// Removes group and other permissions from `users.json` when it has any (a file from before
+/// the broker made it `0600`, or a copy made by hand); the warning says the keys may have been
+/// read. Nothing to do when there is no file.
+fn tighten_mode(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = match std::fs::metadata(path) {
+        Ok(metadata) => metadata.permissions().mode(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    std::fs::set_permissions(
+        path,
+        std::fs::Permissions::from_mode(crate::store::glommio_disk::PRIVATE_FILE_MODE),
+    )
+    .map_err(|e| format!("{}: could not make it 0600: {e}", path.display()))?;
+    tracing::warn!(
+        file = %path.display(),
+        mode = format!("{:o}", mode & 0o777),
+        "users.json was readable by other local users; made it 0600. Its keys may have been \
+         copied: reset the passwords (ringmq user create NAME) if others share this machine"
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -380,6 +400,28 @@ mod tests {
             UserTable::from_json(br#"{"generation":1,"unknown_user_key":"AA==","users":{}}"#)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_file_is_owner_only_and_a_loose_one_is_tightened_on_load() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let path = users_path(dir.path());
+        // A stale temporary file someone else could have opened is replaced, not reused.
+        let stale = dir.path().join("users.json.tmp");
+        std::fs::write(&stale, b"stale").unwrap();
+        std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let table = UserTable::fresh()
+            .unwrap()
+            .with_user("alice", vec![credential(Mechanism::ScramSha256, b"p")])
+            .unwrap();
+        write_blocking(dir.path(), &table).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert!(!stale.exists());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(UserTable::load(dir.path()).unwrap(), table);
+        assert_eq!(mode(&path), 0o600, "load takes group and other access away");
     }
 
     #[test]
