@@ -790,8 +790,8 @@ async fn send_metadata<D: Disk>(
         .map_err(|e| ReplicationError::io("sending metadata", e))
 }
 
-/// The user table, from shard 0 once a user was ever made (generation above 0): a broker that
-/// never had users sends frames an older slave still decodes.
+/// The user table, from shard 0 once a user was ever made (generation above 0); otherwise the
+/// frame says "no users" and a slave keeps its own table.
 fn users_to_ship<D: Disk>(shard: &Shard<D>) -> Option<crate::security::users::UserTable> {
     if shard.id() != 0 {
         return None;

@@ -472,9 +472,11 @@ pub struct MetadataFrame {
     /// Master shard 0 only: the topic table, published by slave shard 0 when it differs.
     pub topics: Option<TopicTable>,
     pub group_offsets: Vec<OffsetRow>,
-    /// Master shard 0 only, once a user was ever created there: the SCRAM user table, after
-    /// the group offsets. Left out (no byte) otherwise, so a frame of a broker that never had
-    /// users is the one an older slave decodes.
+    /// Master shard 0 only, once a user was ever created there: the SCRAM user table. After
+    /// the group offsets: `has_users` (u8: 0 none, 1 a section follows), then for 1 the
+    /// section's length (u32) and the section ([`encode_users`]). Bytes after it belong to
+    /// later sections and are left to their decoders; a frame that ends right after the
+    /// offsets (a master from before users) carries none.
     pub users: Option<UserTable>,
 }
 
@@ -513,8 +515,15 @@ impl MetadataFrame {
                 .u32(row.queue)
                 .u64(row.offset);
         }
-        if let Some(users) = &self.users {
-            encode_users(&mut w, users);
+        match &self.users {
+            None => {
+                w.u8(NO_USERS);
+            }
+            Some(users) => {
+                let mut section = Vec::new();
+                encode_users(&mut Writer::new(&mut section), users);
+                w.u8(HAS_USERS).bytes32(&section);
+            }
         }
         let len = (out.len() - METADATA_HEADER_BYTES) as u32;
         out[1..METADATA_HEADER_BYTES].copy_from_slice(&len.to_le_bytes());
@@ -607,12 +616,26 @@ impl MetadataFrame {
                 offset: r.u64("offset")?,
             });
         }
-        let users = if r.remaining() > 0 {
-            Some(decode_users(&mut r)?)
-        } else {
-            None
+        // Sections after the users (the ACL round's) are left for their own decoders; a
+        // frame that ends after the offsets is one of a master from before users.
+        let users = match r.remaining() {
+            0 => None,
+            _ => match r.u8("has_users")? {
+                NO_USERS => None,
+                HAS_USERS => {
+                    let mut section = Reader::new(r.bytes32("users")?);
+                    let users = decode_users(&mut section)?;
+                    section.finish()?;
+                    Some(users)
+                }
+                _ => {
+                    return Err(DecodeError::Invalid {
+                        field: "has_users",
+                        reason: "must be 0 or 1",
+                    })
+                }
+            },
         };
-        r.finish()?;
         Ok(MetadataFrame {
             version,
             topics,
@@ -622,11 +645,18 @@ impl MetadataFrame {
     }
 }
 
-/// The user section of a metadata frame: `1`, the generation, the unknown-user key, then each
-/// user's name and credentials (the `StoredCredential` layout of `UserCreate`).
+/// `has_users` after the group offsets: no user table follows (a master that never made a
+/// user, or a shard other than 0).
+const NO_USERS: u8 = 0;
+/// `has_users`: a `u32` length and the user section of that many bytes follow.
+const HAS_USERS: u8 = 1;
+
+/// The user section of a metadata frame (inside its `u32` length): the generation (u64), the
+/// unknown-user key (bytes16), the user count (u32), then per user its name (str16), its
+/// credential count (u32) and each credential in the `StoredCredential` layout of
+/// `UserCreate`.
 fn encode_users(w: &mut Writer<'_>, users: &UserTable) {
-    w.u8(1)
-        .u64(users.generation)
+    w.u64(users.generation)
         .bytes16(&users.unknown_user_key)
         .u32(users.users.len() as u32);
     for (name, credentials) in users.to_wire() {
@@ -645,9 +675,6 @@ fn decode_users(r: &mut Reader<'_>) -> Result<UserTable, DecodeError> {
         field: "users",
         reason,
     };
-    if r.u8("has_users")? != 1 {
-        return Err(invalid("the user section starts with 1"));
-    }
     let generation = r.u64("user_generation")?;
     let unknown_user_key = r
         .bytes16("unknown_user_key")?
@@ -950,9 +977,13 @@ mod tests {
     }
 
     #[test]
-    fn users_ride_after_the_offsets_and_stay_out_when_never_made() {
+    fn the_user_section_is_self_delimiting_and_bytes_after_it_are_left() {
         use crate::protocol::scram::{Credential, Mechanism};
         let plain = metadata().encode();
+        let plain_body = &plain[METADATA_HEADER_BYTES..];
+        assert_eq!(plain_body.last(), Some(&NO_USERS), "no users: one 0 byte");
+        let old_master = &plain_body[..plain_body.len() - 1];
+        assert_eq!(MetadataFrame::decode(old_master), Ok(metadata()));
         let mut with_users = metadata();
         let credential = Credential::derive(Mechanism::ScramSha512, b"pw", b"saltsalt", 4096);
         with_users.users = Some(
@@ -962,20 +993,30 @@ mod tests {
                 .unwrap(),
         );
         let bytes = with_users.encode();
-        assert_eq!(
-            &bytes[METADATA_HEADER_BYTES..plain.len()],
-            &plain[METADATA_HEADER_BYTES..],
-            "the section only appends"
-        );
-        assert_eq!(
-            MetadataFrame::decode(&bytes[METADATA_HEADER_BYTES..]),
-            Ok(with_users)
-        );
         let body = &bytes[METADATA_HEADER_BYTES..];
-        let plain_len = plain.len() - METADATA_HEADER_BYTES;
-        for cut in plain_len + 1..body.len() {
+        assert_eq!(
+            &body[..old_master.len()],
+            old_master,
+            "the section comes after the offsets"
+        );
+        assert_eq!(body[old_master.len()], HAS_USERS);
+        let section_len = u32::from_le_bytes(
+            body[old_master.len() + 1..old_master.len() + 5]
+                .try_into()
+                .unwrap(),
+        ) as usize;
+        assert_eq!(old_master.len() + 5 + section_len, body.len(), "u32 length");
+        assert_eq!(MetadataFrame::decode(body), Ok(with_users.clone()));
+        // A later section (the ACL round appends one) after the users is left alone.
+        let mut trailer = body.to_vec();
+        trailer.extend_from_slice(&[1, 3, 0, 0, 0, b'{', b'}', b'x']);
+        assert_eq!(MetadataFrame::decode(&trailer), Ok(with_users));
+        for cut in old_master.len() + 1..body.len() {
             assert!(MetadataFrame::decode(&body[..cut]).is_err(), "cut at {cut}");
         }
+        let mut bad_flag = body.to_vec();
+        bad_flag[old_master.len()] = 2;
+        assert!(MetadataFrame::decode(&bad_flag).is_err());
     }
 
     #[test]
@@ -1012,7 +1053,8 @@ mod tests {
         let bytes = no_queues.encode();
         assert!(MetadataFrame::decode(&bytes[METADATA_HEADER_BYTES..]).is_err());
         let bytes = metadata().encode();
-        for cut in 0..bytes.len() - METADATA_HEADER_BYTES {
+        // The cut before `has_users` is a frame of a master from before users (it decodes).
+        for cut in 0..bytes.len() - METADATA_HEADER_BYTES - 1 {
             let body = &bytes[METADATA_HEADER_BYTES..METADATA_HEADER_BYTES + cut];
             assert!(MetadataFrame::decode(body).is_err(), "cut at {cut}");
         }
