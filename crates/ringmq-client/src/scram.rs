@@ -18,7 +18,7 @@ use crate::protocol::scram::{
 use crate::protocol::{Opcode, Status};
 use crate::{ClientError, Connection};
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// Random bytes of the client's part of the nonce (base64: 24 characters).
 const CLIENT_NONCE_BYTES: usize = 18;
@@ -28,6 +28,24 @@ pub struct ClientScram {
     pub mechanism: Mechanism,
     pub user: String,
     password: Vec<u8>,
+    /// SaltedPassword of the last (salt, iterations) a broker named: every connection of a
+    /// process (shard ports, failover, the bench's many) reuses it instead of running PBKDF2
+    /// again. A broker naming other parameters replaces it.
+    salted: Mutex<Option<Salted>>,
+}
+
+/// One SaltedPassword and the parameters it was computed for.
+struct Salted {
+    salt: Vec<u8>,
+    iterations: u32,
+    bytes: Vec<u8>,
+}
+
+fn wipe(bytes: &mut [u8]) {
+    for byte in bytes.iter_mut() {
+        // SAFETY: a valid, exclusive reference; volatile so the zeroing is not elided.
+        unsafe { std::ptr::write_volatile(byte, 0) };
+    }
 }
 
 impl fmt::Debug for ClientScram {
@@ -42,9 +60,9 @@ impl fmt::Debug for ClientScram {
 
 impl Drop for ClientScram {
     fn drop(&mut self) {
-        for byte in self.password.iter_mut() {
-            // SAFETY: a valid, exclusive reference; volatile so the zeroing is not elided.
-            unsafe { std::ptr::write_volatile(byte, 0) };
+        wipe(&mut self.password);
+        if let Some(salted) = self.salted.get_mut().ok().and_then(|s| s.as_mut()) {
+            wipe(&mut salted.bytes);
         }
     }
 }
@@ -55,7 +73,31 @@ impl ClientScram {
             mechanism,
             user: user.into(),
             password,
+            salted: Mutex::new(None),
         }
+    }
+
+    /// SaltedPassword for `salt` and `iterations`: from the cache when the last broker named
+    /// the same, else computed (PBKDF2) and kept.
+    fn salted_password(&self, salt: &[u8], iterations: u32) -> Vec<u8> {
+        let mut cache = self.salted.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(salted) = cache.as_ref() {
+            if salted.salt == salt && salted.iterations == iterations {
+                return salted.bytes.clone();
+            }
+        }
+        let bytes = self
+            .mechanism
+            .salted_password(&self.password, salt, iterations);
+        if let Some(old) = cache.as_mut() {
+            wipe(&mut old.bytes);
+        }
+        *cache = Some(Salted {
+            salt: salt.to_vec(),
+            iterations,
+            bytes: bytes.clone(),
+        });
+        bytes
     }
 
     /// Lives as long as the process: what `ConnectionOptions` (a `Copy` type) holds.
@@ -203,7 +245,9 @@ pub fn authenticate(connection: &mut Connection, scram: &ClientScram) -> Result<
         reason: format!("SCRAM ({}): {e}", scram.mechanism),
     };
     let last = exchange
-        .respond(&server_first, &scram.password)
+        .respond_with(&server_first, |salt, iterations| {
+            scram.salted_password(salt, iterations)
+        })
         .map_err(protocol)?;
     body.clear();
     AuthFinish { message: last }.encode(&mut body);
@@ -214,4 +258,28 @@ pub fn authenticate(connection: &mut Connection, scram: &ClientScram) -> Result<
             addr: connection.addr().to_string(),
             reason: format!("SCRAM ({}): {e}", scram.mechanism),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_salted_password_is_computed_once_per_salt_and_count() {
+        let scram = ClientScram::new(Mechanism::ScramSha256, "alice", b"pw".to_vec());
+        let first = scram.salted_password(b"salt-one", 4096);
+        assert_eq!(
+            first,
+            Mechanism::ScramSha256.salted_password(b"pw", b"salt-one", 4096)
+        );
+        // A cached value is returned as is: plant a marker and see it come back.
+        scram.salted.lock().unwrap().as_mut().unwrap().bytes = b"cached".to_vec();
+        assert_eq!(scram.salted_password(b"salt-one", 4096), b"cached");
+        let other = scram.salted_password(b"salt-two", 4096);
+        assert_eq!(
+            other,
+            Mechanism::ScramSha256.salted_password(b"pw", b"salt-two", 4096)
+        );
+        assert_ne!(scram.salted_password(b"salt-two", 8192), other);
+    }
 }

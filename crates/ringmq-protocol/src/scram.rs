@@ -30,9 +30,8 @@ use super::codec::{
 use super::message::wire_body;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use hmac::digest::core_api::BlockSizeUser;
-use hmac::digest::Digest;
-use hmac::{Mac, SimpleHmac};
+use hmac::digest::{Digest, KeyInit};
+use hmac::{Hmac, Mac};
 use sha2::{Sha256, Sha512};
 use std::fmt;
 
@@ -101,8 +100,8 @@ impl Mechanism {
 
     pub fn hmac(self, key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
         match self {
-            Mechanism::ScramSha256 => hmac_of::<Sha256>(key, parts),
-            Mechanism::ScramSha512 => hmac_of::<Sha512>(key, parts),
+            Mechanism::ScramSha256 => hmac_of::<Hmac<Sha256>>(key, parts),
+            Mechanism::ScramSha512 => hmac_of::<Hmac<Sha512>>(key, parts),
         }
     }
 
@@ -116,8 +115,8 @@ impl Mechanism {
     /// Hi(password, salt, i) of RFC 5802: PBKDF2 with this HMAC, one block of output.
     pub fn salted_password(self, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
         match self {
-            Mechanism::ScramSha256 => hi::<Sha256>(password, salt, iterations),
-            Mechanism::ScramSha512 => hi::<Sha512>(password, salt, iterations),
+            Mechanism::ScramSha256 => hi::<Hmac<Sha256>>(password, salt, iterations),
+            Mechanism::ScramSha512 => hi::<Hmac<Sha512>>(password, salt, iterations),
         }
     }
 }
@@ -128,8 +127,8 @@ impl fmt::Display for Mechanism {
     }
 }
 
-fn hmac_of<D: Digest + BlockSizeUser + Clone>(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-    let mut mac = <SimpleHmac<D> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+fn hmac_of<M: Mac + KeyInit>(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut mac = <M as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
     for part in parts {
         mac.update(part);
     }
@@ -137,9 +136,10 @@ fn hmac_of<D: Digest + BlockSizeUser + Clone>(key: &[u8], parts: &[&[u8]]) -> Ve
 }
 
 /// Hi(): U1 = HMAC(password, salt ‖ INT(1)), Ui = HMAC(password, Ui-1), result U1 ^ ... ^ Ui.
-fn hi<D: Digest + BlockSizeUser + Clone>(password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
-    let keyed =
-        <SimpleHmac<D> as Mac>::new_from_slice(password).expect("HMAC takes any key length");
+/// `Hmac<D>` keeps both pads' hashed state in the keyed value, so each round costs two
+/// compressions, not the four a from-scratch HMAC would.
+fn hi<M: Mac + KeyInit + Clone>(password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
+    let keyed = <M as KeyInit>::new_from_slice(password).expect("HMAC takes any key length");
     let mut mac = keyed.clone();
     mac.update(salt);
     mac.update(&1u32.to_be_bytes());
@@ -368,10 +368,12 @@ impl ClientFirst {
         let mut parts = message.splitn(3, ',');
         let flag = parts.next().ok_or(ScramError::Malformed("no GS2 header"))?;
         match flag {
-            "n" => {}
-            "y" => return Err(ScramError::ChannelBinding),
+            // `y`: the client could bind but believes the server cannot. This server offers no
+            // -PLUS mechanism, so that belief is right and the exchange goes on (RFC 5802 §6);
+            // client-final's `c=` then carries `y,,`.
+            "n" | "y" => {}
             f if f.starts_with("p=") => return Err(ScramError::ChannelBinding),
-            _ => return Err(ScramError::Malformed("the GS2 flag must be `n`")),
+            _ => return Err(ScramError::Malformed("the GS2 flag must be `n` or `y`")),
         }
         let authzid = parts
             .next()
@@ -403,7 +405,7 @@ impl ClientFirst {
             }
         }
         Ok(ClientFirst {
-            gs2_header: format!("n,{authzid},"),
+            gs2_header: format!("{flag},{authzid},"),
             user,
             client_nonce: client_nonce.to_string(),
             bare: bare.to_string(),
@@ -519,6 +521,20 @@ impl ClientExchange {
 
     /// Answers server-first with client-final (runs PBKDF2: the client's cost).
     pub fn respond(&mut self, server_first: &str, password: &[u8]) -> Result<String, ScramError> {
+        let mechanism = self.mechanism;
+        self.respond_with(server_first, |salt, iterations| {
+            mechanism.salted_password(password, salt, iterations)
+        })
+    }
+
+    /// [`respond`](Self::respond) with SaltedPassword from `salted(salt, iterations)`, called
+    /// once the server's parameters passed their checks: a caller that keeps it for the same
+    /// salt and count runs PBKDF2 once, not once per connection.
+    pub fn respond_with(
+        &mut self,
+        server_first: &str,
+        salted: impl FnOnce(&[u8], u32) -> Vec<u8>,
+    ) -> Result<String, ScramError> {
         if let Some(error) = server_first.strip_prefix("e=") {
             return Err(ScramError::ServerError(error.to_string()));
         }
@@ -557,7 +573,7 @@ impl ClientExchange {
             )));
         }
         let mechanism = self.mechanism;
-        let salted = mechanism.salted_password(password, &salt, iterations);
+        let salted = salted(&salt, iterations);
         let client_key = mechanism.hmac(&salted, &[b"Client Key"]);
         let stored_key = mechanism.hash(&client_key);
         let without_proof = format!("c=biws,r={nonce}");
@@ -793,6 +809,51 @@ mod tests {
         assert_eq!(same.gs2_header, "n,a=user,");
     }
 
+    /// RFC 5802 §6: `y` (the client could bind, and believes the server cannot) is accepted by
+    /// a server that offers no -PLUS mechanism; `c=` must then carry `y,,`, and `n,,` there
+    /// (a header the client did not send) is refused.
+    #[test]
+    fn the_y_flag_is_accepted_and_its_header_checked() {
+        let credential = rfc7677_credential();
+        let y_first = RFC7677_CLIENT_FIRST.replacen("n,,", "y,,", 1);
+        let server = |first: &str| {
+            let first = ClientFirst::parse(first).unwrap();
+            ServerExchange::start(first, credential.clone(), "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0").0
+        };
+        let (mut client, _) =
+            ClientExchange::start(Mechanism::ScramSha256, "user", "rOprNGfwEbeRWgbNEkqO");
+        // The client's final for a `y,,` header: the same proof computation over `c=eSws`.
+        let biws = client.respond(RFC7677_SERVER_FIRST, b"pencil").unwrap();
+        let nonce = "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+        let without_proof = format!("c=eSws,r={nonce}");
+        let bare = &RFC7677_CLIENT_FIRST[3..];
+        let auth_message = format!("{bare},{RFC7677_SERVER_FIRST},{without_proof}");
+        let m = Mechanism::ScramSha256;
+        let salted = m.salted_password(b"pencil", &credential.salt, 4096);
+        let client_key = m.hmac(&salted, &[b"Client Key"]);
+        let signature = m.hmac(&m.hash(&client_key), &[auth_message.as_bytes()]);
+        let proof: Vec<u8> = client_key.iter().zip(&signature).map(|(k, s)| k ^ s).collect();
+        let y_final = format!("{without_proof},p={}", BASE64.encode(proof));
+        let (_, user) = server(&y_first).finish(&y_final).unwrap();
+        assert_eq!(user, "user");
+        assert_eq!(server(&y_first).finish(&biws), Err(ScramError::Binding));
+    }
+
+    #[test]
+    fn respond_with_takes_the_salted_password_from_the_caller() {
+        let (mut client, _) =
+            ClientExchange::start(Mechanism::ScramSha256, "user", "rOprNGfwEbeRWgbNEkqO");
+        let mut asked = None;
+        let last = client
+            .respond_with(RFC7677_SERVER_FIRST, |salt, iterations| {
+                asked = Some((salt.to_vec(), iterations));
+                Mechanism::ScramSha256.salted_password(b"pencil", salt, iterations)
+            })
+            .unwrap();
+        assert_eq!(last, RFC7677_CLIENT_FINAL);
+        assert_eq!(asked, Some((rfc7677_credential().salt, 4096)));
+    }
+
     #[test]
     fn bad_proof_and_binding_are_refused() {
         let bad_proof = RFC7677_CLIENT_FINAL.replace("p=dHzb", "p=dHzc");
@@ -823,7 +884,6 @@ mod tests {
             "n,,n=us=er,r=abcdefghijk",
             "n,,n=user,r=abcdefghijk,x=ext",
             "n,,m=x,n=user,r=abcdefghijk",
-            "y,,n=user,r=abcdefghijk",
             "p=tls-unique,,n=user,r=abcdefghijk",
             "q,,n=user,r=abcdefghijk",
             "n,b=x,n=user,r=abcdefghijk",
