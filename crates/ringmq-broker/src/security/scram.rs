@@ -121,7 +121,7 @@ mod tests {
     use crate::protocol::scram::{ClientExchange, Credential};
 
     fn table() -> UserTable {
-        let credential = Credential::derive(Mechanism::ScramSha256, b"right", b"saltsalt", 4096);
+        let credential = Credential::derive(Mechanism::ScramSha256, b"right", b"saltsaltsaltsalt", 4096);
         UserTable::fresh()
             .unwrap()
             .with_user("alice", vec![credential])
@@ -166,6 +166,51 @@ mod tests {
         let unknown = attempt(&users, "mallory", b"right");
         assert_eq!(wrong.status, Status::AuthenticationFailed);
         assert_eq!((wrong.status, &wrong.body), (unknown.status, &unknown.body));
+    }
+
+    /// server-first for `user`: its `s=` (decoded) and `i=`.
+    fn parameters(users: &UserTable, user: &str) -> (Vec<u8>, String) {
+        use base64::Engine;
+        let (_, first) = ClientExchange::start(Mechanism::ScramSha256, user, "0123456789");
+        let mut body = Vec::new();
+        AuthStart {
+            mechanism: "SCRAM-SHA-256".into(),
+            message: first,
+        }
+        .encode(&mut body);
+        let Step::Continue(reply) = start(users, &body, &mut None) else {
+            panic!("AuthStart refused");
+        };
+        let server_first = AuthAnswer::decode(&reply.body).unwrap().message;
+        let field = |key: &str| {
+            server_first
+                .split(',')
+                .find_map(|a| a.strip_prefix(key))
+                .unwrap()
+                .to_string()
+        };
+        let salt = base64::engine::general_purpose::STANDARD
+            .decode(field("s="))
+            .unwrap();
+        (salt, field("i="))
+    }
+
+    #[test]
+    fn server_first_does_not_tell_a_known_name_from_an_unknown_one() {
+        let users = table();
+        let (known_salt, known_i) = parameters(&users, "alice");
+        let (unknown_salt, unknown_i) = parameters(&users, "mallory");
+        assert_eq!(known_i, unknown_i, "the same iteration count");
+        assert_eq!(known_salt.len(), unknown_salt.len(), "the same salt length");
+        assert_eq!(
+            parameters(&users, "mallory").0,
+            unknown_salt,
+            "the same salt every time for one unknown name"
+        );
+        // The table as a restart or a slave holds it (through its file and its wire form)
+        // answers the unknown name alike.
+        let reloaded = UserTable::from_json(&users.to_json()).unwrap();
+        assert_eq!(parameters(&reloaded, "mallory"), (unknown_salt, unknown_i));
     }
 
     #[test]

@@ -200,9 +200,18 @@ impl UserTable {
     }
 
     /// A new table with `name` holding `credentials` (replacing what it held).
+    /// Salts are [`SALT_BYTES`] long (what `ringmq user create` makes, and what an unknown
+    /// name is answered with), so a salt's length does not tell a user from a made-up one.
     pub fn with_user(&self, name: &str, credentials: Vec<Credential>) -> Result<UserTable, String> {
         validate_user_name(name)?;
         check_credentials(&credentials)?;
+        if let Some(odd) = credentials.iter().find(|c| c.salt.len() != SALT_BYTES) {
+            return Err(format!(
+                "{}: the salt is {} bytes; users are made with {SALT_BYTES}-byte salts",
+                odd.mechanism,
+                odd.salt.len()
+            ));
+        }
         if !self.users.contains_key(name) && self.users.len() >= MAX_USERS {
             return Err(format!(
                 "the store holds {MAX_USERS} users, the most it may"
@@ -238,16 +247,34 @@ impl UserTable {
 
     /// The credential to run an exchange with: the user's for `mechanism`, or, for a name
     /// that is not a user (or has no key of that mechanism), one made up from
-    /// `unknown_user_key` and the name, which no password matches. Both cost the same to use.
+    /// `unknown_user_key` and the name, which no password matches. The made-up one is computed
+    /// every time, so a known and an unknown name cost the same here too.
     pub fn credential_for(&self, name: &str, mechanism: Mechanism) -> (Credential, bool) {
+        let made_up = std::hint::black_box(self.made_up_credential(name, mechanism));
         let known = self
             .users
             .get(name)
             .and_then(|credentials| credentials.iter().find(|c| c.mechanism == mechanism));
         match known {
             Some(credential) => (credential.clone(), true),
-            None => (self.made_up_credential(name, mechanism), false),
+            None => (made_up, false),
         }
+    }
+
+    /// The iteration count an unknown name is answered with: the one most of this
+    /// mechanism's credentials use (the larger on a tie), so an unknown name looks like most
+    /// users whatever `--iterations` they were made with; the default in a table without any.
+    fn made_up_iterations(&self, mechanism: Mechanism) -> u32 {
+        let mut counts = BTreeMap::<u32, usize>::new();
+        for credential in self.users.values().flatten() {
+            if credential.mechanism == mechanism {
+                *counts.entry(credential.iterations).or_default() += 1;
+            }
+        }
+        counts
+            .into_iter()
+            .max_by_key(|(iterations, n)| (*n, *iterations))
+            .map_or(DEFAULT_ITERATIONS, |(iterations, _)| iterations)
     }
 
     fn made_up_credential(&self, name: &str, mechanism: Mechanism) -> Credential {
@@ -260,7 +287,7 @@ impl UserTable {
         Credential {
             mechanism,
             salt: derive(b"ringmq unknown user salt", SALT_BYTES),
-            iterations: DEFAULT_ITERATIONS,
+            iterations: self.made_up_iterations(mechanism),
             stored_key: derive(b"ringmq unknown user stored key", keys),
             server_key: derive(b"ringmq unknown user server key", keys),
         }
@@ -359,7 +386,7 @@ mod tests {
     use super::*;
 
     fn credential(mechanism: Mechanism, password: &[u8]) -> Credential {
-        Credential::derive(mechanism, password, b"salt-salt-salt", DEFAULT_ITERATIONS)
+        Credential::derive(mechanism, password, b"salt-salt-salt16", DEFAULT_ITERATIONS)
     }
 
     #[test]
@@ -436,5 +463,36 @@ mod tests {
         assert!(a.check().is_ok());
         let other = UserTable::fresh().unwrap();
         assert_ne!(other.credential_for("nobody", Mechanism::ScramSha256).0, a);
+    }
+
+    #[test]
+    fn an_unknown_user_looks_like_most_users() {
+        let made = |iterations| {
+            Credential::derive(
+                Mechanism::ScramSha256,
+                b"p",
+                b"sixteen-byte-slt",
+                iterations,
+            )
+        };
+        let table = UserTable::fresh()
+            .unwrap()
+            .with_user("a", vec![made(8192)])
+            .unwrap()
+            .with_user("b", vec![made(8192)])
+            .unwrap()
+            .with_user("c", vec![made(4096)])
+            .unwrap();
+        let (known, _) = table.credential_for("a", Mechanism::ScramSha256);
+        let (unknown, is_user) = table.credential_for("nobody", Mechanism::ScramSha256);
+        assert!(!is_user);
+        assert_eq!(unknown.iterations, 8192, "the count most users have");
+        assert_eq!(unknown.salt.len(), known.salt.len());
+        // No SHA-512 credential: the default count.
+        let (sha512, _) = table.credential_for("nobody", Mechanism::ScramSha512);
+        assert_eq!(sha512.iterations, DEFAULT_ITERATIONS);
+        let short_salt =
+            Credential::derive(Mechanism::ScramSha256, b"p", b"short", DEFAULT_ITERATIONS);
+        assert!(table.with_user("d", vec![short_salt]).is_err());
     }
 }
