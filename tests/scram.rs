@@ -662,4 +662,211 @@ fn a_client_certificate_counts_as_authenticated_and_scram_runs_over_tls() {
         .call(Opcode::TopicList, &encode(&TopicListRequest {}))
         .unwrap();
     assert_eq!(answer.status(&broker.addr).unwrap(), Status::Ok);
+    // A certificate the CA signed but that names no one (no SAN): no principal, so it does not
+    // count as authenticated.
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "nameless");
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let nameless = (
+        pem("nameless.crt", cert.pem()),
+        pem("nameless.key", key.serialize_pem()),
+    );
+    let without_san = ConnectionOptions {
+        tls: Some(tls(Some(&nameless))),
+        ..ConnectionOptions::default()
+    };
+    let mut connection = Connection::connect(&broker.addr, without_san).unwrap();
+    let answer = connection
+        .call(Opcode::TopicList, &encode(&TopicListRequest {}))
+        .unwrap();
+    assert_eq!(
+        answer.status(&broker.addr).unwrap(),
+        Status::NotAuthenticated,
+        "a certificate without a SAN names no principal"
+    );
+}
+
+/// Frames written in one `write_all`, then `count` answers read back in order.
+fn pipelined(
+    stream: &mut std::net::TcpStream,
+    frames: &[(Opcode, Vec<u8>)],
+    count: usize,
+) -> Vec<(Status, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let mut bytes = Vec::new();
+    for (id, (opcode, body)) in frames.iter().enumerate() {
+        ringmq::protocol::frame::encode_frame(
+            &mut bytes,
+            ringmq::protocol::FrameHeader::request(*opcode, id as u64 + 1),
+            body,
+        );
+    }
+    stream.write_all(&bytes).unwrap();
+    let decoder = ringmq::protocol::FrameDecoder::new(1 << 20);
+    let mut received = Vec::new();
+    let mut answers = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while answers.len() < count {
+        while let Some(frame) = decoder.decode(&received).unwrap() {
+            let used = ringmq::protocol::frame::FRAME_HEADER_BYTES + frame.body.len();
+            answers.push((
+                Status::from_u16(frame.header.status).unwrap(),
+                frame.body.to_vec(),
+            ));
+            received.drain(..used);
+            if answers.len() == count {
+                return answers;
+            }
+        }
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed after {} answers: {answers:?}", answers.len());
+        received.extend_from_slice(&chunk[..n]);
+    }
+    answers
+}
+
+#[test]
+fn the_gate_holds_for_pipelined_frames_and_a_second_exchange_is_refused() {
+    use std::io::Read;
+    let dir = temp_store();
+    let broker = broker(dir.path(), "");
+    let connect = || {
+        let stream = std::net::TcpStream::connect(&broker.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+    };
+    let topic_list = (Opcode::TopicList, encode(&TopicListRequest {}));
+    let (mut client, first) =
+        ClientExchange::start(Mechanism::ScramSha256, "admin", "nonce-0123456789");
+    let start = (
+        Opcode::AuthStart,
+        encode(&AuthStart {
+            mechanism: "SCRAM-SHA-256".into(),
+            message: first.clone(),
+        }),
+    );
+    // A request in the same write as AuthStart is before authentication: 142, and closed.
+    let mut stream = connect();
+    let answers = pipelined(&mut stream, &[start.clone(), topic_list.clone()], 2);
+    assert_eq!(answers[0].0, Status::Ok, "server-first");
+    assert_eq!(answers[1].0, Status::NotAuthenticated, "never served");
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "nothing after 142");
+    // AuthFinish and a request in one write: the request is served, after the exchange.
+    let mut stream = connect();
+    let answers = pipelined(&mut stream, &[start.clone()], 1);
+    let server_first = AuthAnswer::decode(&answers[0].1).unwrap().message;
+    let last = client
+        .respond(&server_first, ADMIN_PASSWORD.as_bytes())
+        .unwrap();
+    let finish = (Opcode::AuthFinish, encode(&AuthFinish { message: last }));
+    let answers = pipelined(&mut stream, &[finish, topic_list.clone()], 2);
+    assert_eq!(answers[0].0, Status::Ok, "server-final");
+    assert_eq!(answers[1].0, Status::Ok, "served in order after AuthFinish");
+    // A second exchange on an authenticated connection is refused, and the connection stays.
+    let answers = pipelined(&mut stream, &[start, topic_list], 2);
+    assert_eq!(answers[0].0, Status::BadRequest);
+    assert_eq!(answers[1].0, Status::Ok, "still authenticated as admin");
+}
+
+#[test]
+fn role_changes_are_for_superusers_and_user_changes_need_authentication() {
+    use ringmq::protocol::message::{ClusterDemote, ClusterPromote};
+    let dir = temp_store();
+    let broker = broker(dir.path(), "");
+    let mut admin = broker.client_with(scram_options(
+        Mechanism::ScramSha256,
+        "admin",
+        ADMIN_PASSWORD,
+    ));
+    let credentials =
+        ringmq::client::scram::credentials_for(ALICE_PASSWORD.as_bytes(), 4096, &Mechanism::ALL)
+            .unwrap();
+    admin
+        .call(&ringmq::protocol::scram::UserCreate {
+            name: "alice".into(),
+            credentials: credentials.iter().map(|c| c.to_stored()).collect(),
+        })
+        .unwrap();
+    let mut alice = Connection::connect(
+        &broker.addr,
+        scram_options(Mechanism::ScramSha256, "alice", ALICE_PASSWORD).connection,
+    )
+    .unwrap();
+    let role = broker_role(&broker);
+    let demote = encode(&ClusterDemote {
+        master: "127.0.0.1:1".into(),
+    });
+    let promote = encode(&ClusterPromote {
+        role: String::new(),
+    });
+    for (opcode, body) in [
+        (Opcode::ClusterDemote, demote),
+        (Opcode::ClusterPromote, promote),
+    ] {
+        let answer = alice.call(opcode, &body).unwrap();
+        assert_eq!(
+            answer.status(&broker.addr).unwrap(),
+            Status::NotAuthorized,
+            "{opcode:?} by a user not in superusers"
+        );
+    }
+    assert_eq!(
+        broker_role(&broker),
+        role,
+        "the refused demotion changed nothing"
+    );
+    // users.json, with its keys, is the owner's only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(broker.store.join("users.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    drop(broker);
+
+    // With authentication off, users are not changed online (anyone could replace the keys
+    // of a superuser-to-be); the offline store is the way.
+    let open_dir = temp_store();
+    let open = Broker::start(open_dir.path(), &[]);
+    let pw = password_file(open_dir.path(), "bob", ALICE_PASSWORD);
+    let out = open.cli(
+        &[
+            "user",
+            "create",
+            "bob",
+            "--new-password-file",
+            pw.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(
+        !out.status.success(),
+        "online user create with authentication off"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NOT_AUTHORIZED"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!open.store.join("users.json").exists());
+}
+
+/// The role the broker's cluster status names.
+fn broker_role(broker: &Broker) -> String {
+    let mut admin = broker.client_with(scram_options(
+        Mechanism::ScramSha256,
+        "admin",
+        ADMIN_PASSWORD,
+    ));
+    let status = admin
+        .call(&ringmq::protocol::message::ClusterStatusRequest {})
+        .unwrap();
+    status.role
 }

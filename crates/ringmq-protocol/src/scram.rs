@@ -832,7 +832,11 @@ mod tests {
         let salted = m.salted_password(b"pencil", &credential.salt, 4096);
         let client_key = m.hmac(&salted, &[b"Client Key"]);
         let signature = m.hmac(&m.hash(&client_key), &[auth_message.as_bytes()]);
-        let proof: Vec<u8> = client_key.iter().zip(&signature).map(|(k, s)| k ^ s).collect();
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(&signature)
+            .map(|(k, s)| k ^ s)
+            .collect();
         let y_final = format!("{without_proof},p={}", BASE64.encode(proof));
         let (_, user) = server(&y_first).finish(&y_final).unwrap();
         assert_eq!(user, "user");

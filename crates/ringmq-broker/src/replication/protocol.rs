@@ -985,7 +985,8 @@ mod tests {
         let old_master = &plain_body[..plain_body.len() - 1];
         assert_eq!(MetadataFrame::decode(old_master), Ok(metadata()));
         let mut with_users = metadata();
-        let credential = Credential::derive(Mechanism::ScramSha512, b"pw", b"saltsaltsaltsalt", 4096);
+        let credential =
+            Credential::derive(Mechanism::ScramSha512, b"pw", b"saltsaltsaltsalt", 4096);
         with_users.users = Some(
             UserTable::fresh()
                 .unwrap()

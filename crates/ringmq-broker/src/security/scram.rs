@@ -121,7 +121,8 @@ mod tests {
     use crate::protocol::scram::{ClientExchange, Credential};
 
     fn table() -> UserTable {
-        let credential = Credential::derive(Mechanism::ScramSha256, b"right", b"saltsaltsaltsalt", 4096);
+        let credential =
+            Credential::derive(Mechanism::ScramSha256, b"right", b"saltsaltsaltsalt", 4096);
         UserTable::fresh()
             .unwrap()
             .with_user("alice", vec![credential])

@@ -98,8 +98,10 @@ pub fn list<D: Disk>(shard: &Shard<D>) -> Reply {
     Reply::ok(body(|out| list.encode(out)))
 }
 
-/// Makes a new user table durable, then applies it on every shard (this one last). Also what
-/// slave shard 0 runs for a table its master sent.
+/// Makes a new user table durable, then applies it on every shard: this one first, then each
+/// other, every one tried even when one fails (a shard left with the old table would still
+/// let a deleted user in), and the error names those that did not take it. Also what slave
+/// shard 0 runs for a table its master sent.
 pub async fn publish<D: Disk>(shard: &Rc<Shard<D>>, table: UserTable) -> Result<(), ShardError> {
     let path = users_path(&shard.config().store_dir);
     shard
@@ -108,12 +110,28 @@ pub async fn publish<D: Disk>(shard: &Rc<Shard<D>>, table: UserTable) -> Result<
         .await
         .map_err(|e| ShardError::Metadata(format!("{}: {e}", path.display())))?;
     let table = Arc::new(table);
-    shard
-        .ask_others(|reply| ShardRequest::ApplyUsers {
+    shard.metadata().set_users(table.clone());
+    let mut missed = Vec::new();
+    for other in (0..shard.shard_count()).filter(|s| *s != shard.id()) {
+        let (reply, answer) = futures_channel::oneshot::channel();
+        let request = ShardRequest::ApplyUsers {
             table: table.clone(),
             reply,
-        })
-        .await?;
-    shard.metadata().set_users(table);
-    Ok(())
+        };
+        let applied = match shard.mesh().send(other, request).await {
+            Ok(()) => answer.await.is_ok(),
+            Err(_) => false,
+        };
+        if !applied {
+            missed.push(other);
+        }
+    }
+    if missed.is_empty() {
+        return Ok(());
+    }
+    Err(ShardError::Metadata(format!(
+        "{} is written, but shards {missed:?} did not take the new user table (they are \
+         stopping); a restart loads it everywhere",
+        path.display()
+    )))
 }
