@@ -760,7 +760,7 @@ fn the_gate_holds_for_pipelined_frames_and_a_second_exchange_is_refused() {
     assert!(rest.is_empty(), "nothing after 142");
     // AuthFinish and a request in one write: the request is served, after the exchange.
     let mut stream = connect();
-    let answers = pipelined(&mut stream, &[start.clone()], 1);
+    let answers = pipelined(&mut stream, std::slice::from_ref(&start), 1);
     let server_first = AuthAnswer::decode(&answers[0].1).unwrap().message;
     let last = client
         .respond(&server_first, ADMIN_PASSWORD.as_bytes())
