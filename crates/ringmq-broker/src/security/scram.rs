@@ -208,10 +208,24 @@ mod tests {
             unknown_salt,
             "the same salt every time for one unknown name"
         );
-        // The table as a restart or a slave holds it (through its file and its wire form)
-        // answers the unknown name alike.
+        // The table as a restart (through its file) and a slave (through a metadata frame)
+        // hold it answers the unknown name alike.
         let reloaded = UserTable::from_json(&users.to_json()).unwrap();
-        assert_eq!(parameters(&reloaded, "mallory"), (unknown_salt, unknown_i));
+        assert_eq!(
+            parameters(&reloaded, "mallory"),
+            (unknown_salt.clone(), unknown_i.clone())
+        );
+        use crate::replication::protocol::{MetadataFrame, METADATA_HEADER_BYTES};
+        let frame = MetadataFrame {
+            users: Some(users.clone()),
+            ..MetadataFrame::default()
+        }
+        .encode();
+        let on_slave = MetadataFrame::decode(&frame[METADATA_HEADER_BYTES..])
+            .unwrap()
+            .users
+            .unwrap();
+        assert_eq!(parameters(&on_slave, "mallory"), (unknown_salt, unknown_i));
     }
 
     #[test]

@@ -402,7 +402,23 @@ mod tests {
             )
             .unwrap();
         let json = table.to_json();
-        assert!(!String::from_utf8_lossy(&json).contains("hunter2"));
+        // What could leak by mistake is not the password (the broker never gets it) but what
+        // stands in for it: SaltedPassword and ClientKey must not be in the file.
+        let text = String::from_utf8_lossy(&json);
+        for mechanism in Mechanism::ALL {
+            let salted =
+                mechanism.salted_password(b"hunter2", b"salt-salt-salt16", DEFAULT_ITERATIONS);
+            let client_key = mechanism.hmac(&salted, &[b"Client Key"]);
+            assert!(
+                !text.contains(&BASE64.encode(&salted)),
+                "SaltedPassword stored"
+            );
+            assert!(
+                !text.contains(&BASE64.encode(&client_key)),
+                "ClientKey stored"
+            );
+        }
+        assert!(text.contains(&BASE64.encode(&table.users["alice"][0].stored_key)));
         assert_eq!(UserTable::from_json(&json).unwrap(), table);
         assert_eq!(table.generation, 1);
         let gone = table.without_user("alice").unwrap();
