@@ -31,7 +31,7 @@ kafka_clients=(kafka)
 # Multi-host scenarios in network namespaces (needs root; RINGMQ_REQUIRE_NETNS=1 makes a
 # machine without them fail the stage rather than skip it).
 netns_scenarios=(netns)
-crash_and_limits=(crash replication disk_full fail_stop limits ports retention_process groups retry broker_registration cluster ha_security acks tls controller controller_auth secrets_canary ha_tls tls_flood acl controller_mode)
+crash_and_limits=(crash replication disk_full fail_stop limits ports retention_process groups retry broker_registration cluster ha_security acks tls controller controller_auth secrets_canary ha_tls tls_flood acl controller_mode scram)
 end_to_end=()
 for file in tests/*.rs; do
   name=$(basename "$file" .rs)

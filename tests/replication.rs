@@ -1247,6 +1247,7 @@ fn metadata_arrives_on_the_replication_link_alone() {
             topics: (shard == 0).then(|| table.clone()),
             group_offsets,
             acls: ringmq::replication::protocol::AclTrailer::Absent,
+            users: None,
         };
         link.write_all(&frame.encode()).unwrap();
         links.push((link, frame.encode()));
@@ -1656,6 +1657,7 @@ fn a_bad_metadata_frame_is_skipped_and_the_link_stays() {
                 topics: Some(beyond.clone()),
                 group_offsets: Vec::new(),
                 acls: ringmq::replication::protocol::AclTrailer::Absent,
+                users: None,
             };
             link.write_all(&frame.encode()).unwrap();
             let frame = MetadataFrame {
@@ -1663,6 +1665,7 @@ fn a_bad_metadata_frame_is_skipped_and_the_link_stays() {
                 topics: Some(good.clone()),
                 group_offsets: Vec::new(),
                 acls: ringmq::replication::protocol::AclTrailer::Absent,
+                users: None,
             };
             link.write_all(&frame.encode()).unwrap();
         }

@@ -480,8 +480,9 @@ impl Driver<'_> {
         shards.dedup();
         for shard in shards {
             let addr = &self.route.endpoints[shard];
-            let stream = TcpStream::connect(addr)
-                .map_err(|e| format!("producer {index}: cannot reach broker at {addr}: {e}"))?;
+            // Authenticated first when the command has a SCRAM user (the raw socket after).
+            let stream = ringmq_client::scram::connect_plaintext(addr)
+                .map_err(|e| format!("producer {index}: {}", e.for_user(addr)))?;
             stream
                 .set_nodelay(true)
                 .and_then(|_| stream.set_nonblocking(true))
@@ -933,9 +934,8 @@ pub fn run_consumers(
     let mut pullers = Vec::new();
     for &(shard, queue) in &route.queues {
         let addr = route.endpoints[shard].clone();
-        let stream = TcpStream::connect(&addr).map_err(|e| {
-            format!("consumer of queue {queue}: cannot reach broker at {addr}: {e}")
-        })?;
+        let stream = ringmq_client::scram::connect_plaintext(&addr)
+            .map_err(|e| format!("consumer of queue {queue}: {}", e.for_user(&addr)))?;
         stream
             .set_nodelay(true)
             .and_then(|_| stream.set_nonblocking(true))

@@ -3,6 +3,7 @@
 
 use super::{
     acl, admin, bench, cluster, consume, controller, group, namesrv, produce, serve, stats, topic,
+    user,
 };
 use crate::client::{Client, ClientError};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -47,6 +48,9 @@ pub enum Command {
     /// Measure throughput and latency: every mode x producer count, with HDR histograms,
     /// plots and a sync/async ratio table.
     Bench(bench::BenchArgs),
+    /// SCRAM users: create (the keys are computed here, the broker never sees the
+    /// password), delete, list; on a broker, every group's master, or a stopped broker's store.
+    User(user::UserArgs),
 }
 
 impl Command {
@@ -63,6 +67,7 @@ impl Command {
             Command::Admin(args) => Some(&args.broker.tls),
             Command::Acl(args) => Some(&args.broker.tls),
             Command::Bench(args) => Some(&args.tls),
+            Command::User(args) => Some(&args.broker.tls),
         }
     }
 }
@@ -124,6 +129,92 @@ pub struct TlsArgs {
         requires = "tls_cert"
     )]
     pub tls_key: Option<std::path::PathBuf>,
+    /// The SCRAM user of the same connections (kept here so every command that takes the TLS
+    /// flags takes these too).
+    #[command(flatten)]
+    pub scram: ScramArgs,
+}
+
+/// SCRAM authentication of every broker connection (docs/security.md, "SCRAM"). A password is
+/// never a command-line argument: it is read from a file, or from standard input.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ScramArgs {
+    /// SCRAM user to authenticate as (default: RINGMQ_USER when set); needs --password-file.
+    #[arg(long = "user", global = true, value_name = "NAME")]
+    pub user: Option<String>,
+    /// File holding --user's password, one trailing newline ignored; `-`: the first line of
+    /// standard input (default: RINGMQ_PASSWORD_FILE when set).
+    #[arg(long = "password-file", global = true, value_name = "FILE")]
+    pub password_file: Option<std::path::PathBuf>,
+    /// SCRAM-SHA-256 or SCRAM-SHA-512.
+    #[arg(
+        long = "scram-mechanism",
+        global = true,
+        value_name = "MECHANISM",
+        default_value = "SCRAM-SHA-256"
+    )]
+    pub mechanism: String,
+}
+
+/// The environment variables that stand for `--user` and `--password-file`.
+pub const USER_ENV: &str = "RINGMQ_USER";
+pub const PASSWORD_FILE_ENV: &str = "RINGMQ_PASSWORD_FILE";
+
+/// A password from `path` (`-`: the first line of standard input, the rest stays there for
+/// the command, `produce` say); `flag` names where the path came from in errors.
+pub fn read_password(path: &std::path::Path, flag: &str) -> Result<Vec<u8>, String> {
+    let bytes = if path.as_os_str() == "-" {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::stdin().lock(), &mut line)
+            .map_err(|e| format!("{flag} -: reading standard input: {e}"))?;
+        line.into_bytes()
+    } else {
+        std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?
+    };
+    crate::client::scram::password_from_file_contents(bytes)
+        .map_err(|e| format!("{flag} {}: {e}", path.display()))
+}
+
+impl ScramArgs {
+    /// Reads the password and makes the user the credentials of every broker connection of
+    /// this process. A user without a password file, or the other way round, is refused
+    /// naming what is missing.
+    pub fn install(&self) -> Result<(), String> {
+        let from_env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        let user = self
+            .user
+            .clone()
+            .or_else(|| from_env(USER_ENV).map(|v| v.to_string_lossy().into_owned()));
+        let (file, flag) = match &self.password_file {
+            Some(file) => (Some(file.clone()), "--password-file"),
+            None => (
+                from_env(PASSWORD_FILE_ENV).map(Into::into),
+                PASSWORD_FILE_ENV,
+            ),
+        };
+        let mechanism =
+            ringmq_protocol::scram::Mechanism::from_name(&self.mechanism).ok_or_else(|| {
+                format!(
+                    "--scram-mechanism `{}`: use SCRAM-SHA-256 or SCRAM-SHA-512",
+                    self.mechanism
+                )
+            })?;
+        match (user, file) {
+            (None, None) => Ok(()),
+            (Some(user), None) => Err(format!(
+                "--user {user}: give its password with --password-file FILE (`-` reads standard input) or {PASSWORD_FILE_ENV}; a password is never a command-line argument"
+            )),
+            (None, Some(_)) => Err(format!(
+                "{flag}: give the user it belongs to with --user NAME (or {USER_ENV})"
+            )),
+            (Some(user), Some(file)) => {
+                let password = read_password(&file, flag)?;
+                let scram = crate::client::ClientScram::new(mechanism, user, password);
+                crate::client::set_default_scram(scram.leak());
+                Ok(())
+            }
+        }
+    }
 }
 
 /// The environment variable that names the CA file when `--tls-ca` is not given.
@@ -137,9 +228,14 @@ impl TlsArgs {
             .or_else(|| env.filter(|v| !v.is_empty()).map(Into::into))
     }
 
-    /// Loads the files and makes TLS the default of every broker connection of this
-    /// process; the error names the flag and the file.
+    /// Loads the files and makes TLS (and the SCRAM user, when given) the default of every
+    /// broker connection of this process; the error names the flag and the file.
     pub fn install(&self) -> Result<(), String> {
+        self.install_tls()?;
+        self.scram.install()
+    }
+
+    fn install_tls(&self) -> Result<(), String> {
         let Some(ca) = self.ca_path(std::env::var_os(TLS_CA_ENV)) else {
             return match self.tls_cert {
                 Some(_) => Err(format!(
@@ -166,7 +262,7 @@ pub const NAMESRV_ENV: &str = "RINGMQ_NAMESRV";
 /// The subcommands that take [`BrokerArgs`] (`serve` has a `--namesrv` of its own), and
 /// `bench`, whose `--broker`/`--namesrv` pair follows the same rule.
 const CLIENT_COMMANDS: &[&str] = &[
-    "topic", "produce", "consume", "group", "stats", "cluster", "admin", "bench", "acl",
+    "topic", "produce", "consume", "group", "stats", "cluster", "admin", "bench", "acl", "user",
 ];
 
 impl Cli {
@@ -245,6 +341,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Admin(args) => admin::run(args),
         Command::Acl(args) => acl::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::User(args) => user::run(args),
     };
     match result {
         Ok(()) => 0,

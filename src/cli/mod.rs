@@ -23,3 +23,4 @@ pub mod stats;
 #[cfg(test)]
 mod tests;
 pub mod topic;
+pub mod user;

@@ -409,3 +409,70 @@ fn bench_refuses_tls_it_cannot_use() {
     let threads = bench(&["bench", "--broker", "127.0.0.1:1", "--driver", "threads"]);
     assert!(check(&threads, Some("ca.pem".into())).is_ok());
 }
+
+/// Every client command, `bench` and `user` included, takes the SCRAM flags; a user without a
+/// password file (or the other way round) is refused naming what is missing, and no flag takes
+/// a password itself.
+#[test]
+fn scram_flags_reach_every_client_command() {
+    for command in [
+        &["topic", "list"][..],
+        &["produce", "t"],
+        &["consume", "t"],
+        &["bench", "--broker", "127.0.0.1:1"],
+        &["user", "list"],
+        &["user", "create", "bob", "--new-password-file", "-"],
+    ] {
+        let mut args = command.to_vec();
+        args.extend([
+            "--user",
+            "alice",
+            "--password-file",
+            "pw",
+            "--scram-mechanism",
+            "SCRAM-SHA-512",
+        ]);
+        let cli = parse(&args).unwrap_or_else(|e| panic!("{command:?}: {e}"));
+        let scram = &cli.command.tls_args().expect("a client command").scram;
+        assert_eq!(scram.user.as_deref(), Some("alice"));
+        assert_eq!(scram.mechanism, "SCRAM-SHA-512");
+    }
+    assert!(parse(&["topic", "list", "--password", "secret"]).is_err());
+    let only_user = parse(&["topic", "list", "--user", "alice"]).unwrap();
+    let error = only_user
+        .command
+        .tls_args()
+        .unwrap()
+        .scram
+        .install()
+        .unwrap_err();
+    assert!(error.contains("--password-file"), "{error}");
+    let only_file = parse(&["topic", "list", "--password-file", "pw"]).unwrap();
+    let error = only_file
+        .command
+        .tls_args()
+        .unwrap()
+        .scram
+        .install()
+        .unwrap_err();
+    assert!(error.contains("--user"), "{error}");
+    let bad = parse(&[
+        "topic",
+        "list",
+        "--user",
+        "a",
+        "--password-file",
+        "pw",
+        "--scram-mechanism",
+        "PLAIN",
+    ])
+    .unwrap();
+    assert!(bad
+        .command
+        .tls_args()
+        .unwrap()
+        .scram
+        .install()
+        .unwrap_err()
+        .contains("SCRAM-SHA-256"));
+}

@@ -312,5 +312,6 @@ pub(crate) fn sample_metadata(version: u64) -> MetadataFrame {
             offset: 17,
         }],
         acls: crate::replication::protocol::AclTrailer::Absent,
+        users: None,
     }
 }

@@ -265,6 +265,18 @@ fn warn_unauthenticated(config: &BrokerConfig) {
     }
 }
 
+/// `authentication = "scram"` with no user in the store: only client certificates can get in.
+fn warn_without_users(config: &BrokerConfig, users: &crate::security::users::UserTable) {
+    if config.authentication == crate::config::Authentication::Scram && users.users.is_empty() {
+        tracing::warn!(
+            store = %config.store_dir.display(),
+            "authentication = \"scram\" and the store has no user: only clients with a \
+             certificate principal can connect; make the first superuser with `ringmq user \
+             create NAME --store DIR --new-password-file -` on the stopped broker"
+        );
+    }
+}
+
 /// Runs the broker until SIGINT or SIGTERM.
 pub fn run(mut config: BrokerConfig) -> Result<(), ServerError> {
     config.validate()?;
@@ -292,6 +304,10 @@ pub fn run(mut config: BrokerConfig) -> Result<(), ServerError> {
     let audit_path =
         crate::security::audit::audit_path(config.audit_log_file.as_deref(), &config.store_dir);
     crate::security::audit::install(&audit_path).map_err(ServerError::Startup)?;
+    let users = Arc::new(
+        crate::security::users::UserTable::load(&config.store_dir).map_err(ServerError::Startup)?,
+    );
+    warn_without_users(&config, &users);
     raise_descriptor_limit(&config);
     let listeners = bind_listeners(&config, shard_count)?;
     let shard_ports = Arc::new(listeners.shard_ports.clone());
@@ -329,6 +345,7 @@ pub fn run(mut config: BrokerConfig) -> Result<(), ServerError> {
             config: config.clone(),
             topics: topics.clone(),
             acls: acls.clone(),
+            users: users.clone(),
             mesh,
             listener_fds,
             shard_ports: shard_ports.clone(),

@@ -51,6 +51,9 @@ pub struct ConnectionOptions {
     pub max_frame_bytes: usize,
     /// TLS for every connection made with these options; `None`: plaintext.
     pub tls: Option<&'static ClientTls>,
+    /// SCRAM credentials every connection made with these options authenticates with before
+    /// its first request; `None`: no authentication.
+    pub scram: Option<&'static crate::scram::ClientScram>,
 }
 
 impl Default for ConnectionOptions {
@@ -61,6 +64,7 @@ impl Default for ConnectionOptions {
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             tls: super::tls::default_tls(),
+            scram: crate::scram::default_scram(),
         }
     }
 }
@@ -378,7 +382,7 @@ impl Connection {
             None => Transport::Plain(stream),
             Some(tls) => start_tls(tls, addr, stream, options.connect_timeout)?,
         };
-        Ok(Connection {
+        let mut connection = Connection {
             addr: addr.to_string(),
             stream,
             options,
@@ -393,11 +397,29 @@ impl Connection {
             one_way_forgotten_through: 0,
             sent_one_way: false,
             broken: false,
-        })
+        };
+        if let Some(scram) = options.scram {
+            crate::scram::authenticate(&mut connection, scram)?;
+        }
+        Ok(connection)
     }
 
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The socket of a plaintext connection with nothing in flight or buffered, for a caller
+    /// that frames its own requests after this connection authenticated (the bench's event
+    /// loop). `None` on TLS (the session's state cannot leave it) or with bytes pending.
+    pub fn into_plaintext_socket(self) -> Option<TcpStream> {
+        let idle = self.in_flight.is_empty()
+            && self.arrived.is_empty()
+            && self.read_start >= self.read_buf.len()
+            && !self.broken;
+        match &self.stream {
+            Transport::Plain(stream) if idle => stream.try_clone().ok(),
+            _ => None,
+        }
     }
 
     pub fn options(&self) -> ConnectionOptions {

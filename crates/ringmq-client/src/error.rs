@@ -82,6 +82,12 @@ impl ClientError {
     pub fn for_user(&self, broker: &str) -> String {
         match self {
             ClientError::Io { addr, source } => format!("cannot reach broker at {addr}: {source}"),
+            ClientError::Status {
+                status: crate::protocol::Status::NotAuthenticated,
+                ..
+            } if crate::scram::default_scram().is_none() => format!(
+                "{self} [no SCRAM user given: pass --user NAME and --password-file FILE, or set RINGMQ_USER and RINGMQ_PASSWORD_FILE]"
+            ),
             ClientError::Status { .. } => self.to_string(),
             _ => format!("{self} (broker {broker})"),
         }

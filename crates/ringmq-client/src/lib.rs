@@ -19,6 +19,7 @@ mod group;
 pub mod namesrv;
 pub mod reset;
 pub mod retry;
+pub mod scram;
 #[cfg(test)]
 mod tests;
 mod tls;
@@ -41,6 +42,7 @@ pub use namesrv::NameServerClient;
 pub use reset::{OffsetReset, OffsetResetApplied};
 /// The wire protocol, under the name the modules here use for it.
 use ringmq_protocol as protocol;
+pub use scram::{set_default_scram, ClientScram};
 pub use tls::{set_default_tls, ClientTls};
 
 use std::time::Duration;

@@ -38,6 +38,7 @@ pub fn namesrv_connection_options() -> ConnectionOptions {
         max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
         // The name-server port is plaintext this round (its authentication is another slice).
         tls: None,
+        scram: None,
     }
 }
 
@@ -91,6 +92,7 @@ impl NameServerClient {
     pub fn new(addrs: Vec<String>, options: ConnectionOptions) -> Result<Self, ClientError> {
         let options = ConnectionOptions {
             tls: None,
+            scram: None,
             ..options
         };
         if addrs.is_empty() {

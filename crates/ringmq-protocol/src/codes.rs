@@ -94,11 +94,17 @@ wire_enum! {
         /// request id 0 before the broker closes the connection.
         TlsRequired = 140 => "TLS_REQUIRED",
         /// A name server that requires signed registrations refused one without a valid
-        /// signature under its secret (no signature, a wrong secret, an altered body).
+        /// signature under its secret (no signature, a wrong secret, an altered body); a broker
+        /// with `authentication = "scram"` sends it to a request other than ping and the
+        /// authentication steps before the connection authenticated, then closes it.
         NotAuthenticated = 142 => "NOT_AUTHENTICATED",
         /// A correctly signed registration refused as a replay: signed outside the name
         /// server's replay window, or with a sequence it has already accepted.
         ReplayRefused = 143 => "REPLAY_REFUSED",
+        /// A SCRAM exchange failed: the same status and message for an unknown user, a wrong
+        /// password and a broken exchange, so the answer does not tell them apart. The broker
+        /// closes the connection after it.
+        AuthenticationFailed = 144 => "AUTHENTICATION_FAILED",
         /// With `authorization = "acl"`: the connection's principal may not do this. The
         /// message names the operation and the resource, never a rule or a secret.
         NotAuthorized = 145 => "NOT_AUTHORIZED",

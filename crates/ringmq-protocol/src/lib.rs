@@ -18,6 +18,7 @@ pub mod message;
 pub mod namesrv;
 pub mod properties;
 pub mod requests;
+pub mod scram;
 
 pub use acks::Acks;
 pub use codes::{not_master_hint, not_master_message, MasterHint, Opcode, Status};

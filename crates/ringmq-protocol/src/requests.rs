@@ -83,6 +83,18 @@ macro_rules! for_each_request {
                 => (), "unregister response" {};
             RouteQuery = 72 => "RouteQuery": $crate::namesrv::RouteQuery
                 => $crate::namesrv::Routes, "routes" {};
+            // SCRAM (security.md): last in the table, so the fuzz seeds that pick an opcode by
+            // its index in `Opcode::ALL` keep meaning what they meant.
+            AuthStart = 5 => "AuthStart": $crate::scram::AuthStart
+                => $crate::scram::AuthAnswer, "server-first" {};
+            AuthFinish = 6 => "AuthFinish": $crate::scram::AuthFinish
+                => $crate::scram::AuthAnswer, "server-final" {};
+            UserCreate = 61 => "UserCreate": $crate::scram::UserCreate => (),
+                "user create response" {};
+            UserDelete = 62 => "UserDelete": $crate::scram::UserDelete => (),
+                "user delete response" {};
+            UserList = 63 => "UserList": $crate::scram::UserListRequest
+                => $crate::scram::UserList, "user list" {};
         }
     };
 }

@@ -50,10 +50,11 @@ pub enum Counter {
     ProduceAcksNoneErrors,
     AuthorizationRefused,
     AuditLinesDropped,
+    AuthenticationFailures,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 27] = [
+    pub const ALL: [Counter; 28] = [
         Counter::ProduceRequests,
         Counter::MessagesAppended,
         Counter::BytesAppended,
@@ -81,6 +82,7 @@ impl Counter {
         Counter::ProduceAcksNoneErrors,
         Counter::AuthorizationRefused,
         Counter::AuditLinesDropped,
+        Counter::AuthenticationFailures,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -111,6 +113,7 @@ impl Counter {
             Counter::ProduceAcksNoneErrors => "produce_acks_none_errors_total",
             Counter::AuthorizationRefused => "authorization_refused_total",
             Counter::AuditLinesDropped => "audit_lines_dropped_total",
+            Counter::AuthenticationFailures => "authentication_failures_total",
         }
     }
     pub fn help(self) -> &'static str {
@@ -167,6 +170,9 @@ impl Counter {
             }
             Counter::AuditLinesDropped => {
                 "Audit log lines dropped because the audit writer's queue was full (each drop is also logged)."
+            }
+            Counter::AuthenticationFailures => {
+                "SCRAM authentication steps refused (unknown user, wrong password, broken exchange)."
             }
         }
     }

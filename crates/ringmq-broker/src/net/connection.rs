@@ -24,9 +24,20 @@
 //! for `connections_max_idle_ms` is closed; a writer that makes no progress for
 //! `response_write_timeout_ms` (a peer that never reads) closes the connection. A TLS
 //! handshake not done within `tls_handshake_timeout_ms` closes the connection.
+//!
+//! Authentication (`authentication = "scram"`, `security::scram`): a connection without a
+//! certificate principal serves only ping and the two SCRAM steps, frames of at most
+//! `PRE_AUTHENTICATION_MAX_FRAME_BYTES`, until it authenticates or
+//! `authentication_timeout_ms` passes; any other request is answered `NOT_AUTHENTICATED` and
+//! the connection closes, as it does after a failed step (`AUTHENTICATION_FAILED`). The steps
+//! are answered by the reader itself, in order with the frames around them; on success the
+//! user becomes the connection's principal. User administration (61-63) and cluster
+//! promote/demote need a principal in `superusers` once authentication is on; with it off,
+//! online user changes are refused.
 
 use super::admission::{BudgetPermit, Ticket};
 use super::{HandshakeSlot, ShardNet};
+use crate::config::Authentication;
 use crate::constants::{
     CONNECTION_READ_BUFFER_BYTES, INFLIGHT_BUDGET_WAIT_MS, MAX_COALESCED_RESPONSE_BYTES,
     MAX_INFLIGHT_BYTES_PER_CONNECTION, MAX_INFLIGHT_REQUESTS_PER_CONNECTION,
@@ -36,10 +47,11 @@ use crate::metrics::Counter;
 use crate::protocol::frame::{encode_frame, FrameDecoder, FrameError, FrameHeader};
 use crate::protocol::frame::{FRAME_HEADER_BYTES, PROTOCOL_VERSION};
 use crate::protocol::{Opcode, Status};
+use crate::security::scram::{self as scram_steps, Step, PRE_AUTHENTICATION_MAX_FRAME_BYTES};
 use crate::security::tls::{
     opening, session_principal, Opening, OPENING_BYTES, PLAINTEXT_PORT_ALERT,
 };
-use crate::security::Peer;
+use crate::security::{Peer, Principal};
 use crate::shard::handlers;
 use crate::shard::mesh::Reply;
 use crate::shard::Shard;
@@ -239,8 +251,19 @@ async fn serve_halves<R, W>(
         rx,
         activity.clone(),
     )));
+    let authenticated =
+        shard.config().authentication == Authentication::Off || peer.principal.is_some();
+    let max_frame_bytes = shard.config().max_frame_bytes as usize;
     let reader = Reader {
-        decoder: FrameDecoder::new(shard.config().max_frame_bytes as usize),
+        decoder: FrameDecoder::new(if authenticated {
+            max_frame_bytes
+        } else {
+            max_frame_bytes.min(PRE_AUTHENTICATION_MAX_FRAME_BYTES)
+        }),
+        authenticated,
+        exchange: None,
+        authentication_deadline: Instant::now()
+            + Duration::from_millis(shard.config().authentication_timeout_ms),
         requests: Rc::new(Semaphore::new(MAX_INFLIGHT_REQUESTS_PER_CONNECTION as u64)),
         request_bytes: Rc::new(Semaphore::new(MAX_INFLIGHT_BYTES_PER_CONNECTION as u64)),
         buf: vec![0u8; CONNECTION_READ_BUFFER_BYTES],
@@ -340,6 +363,8 @@ enum End {
     ReadTimeout(Option<FrameHeader>),
     /// Nothing in flight and no traffic for `connections_max_idle_ms`.
     Idle,
+    /// Not authenticated within `authentication_timeout_ms`.
+    AuthenticationTimeout,
 }
 
 struct Reader<R> {
@@ -349,8 +374,16 @@ struct Reader<R> {
     /// On a plaintext port, the socket to answer a TLS ClientHello on, until the first bytes
     /// have told (cleared then, so it costs the hot path nothing after).
     answer_client_hello: Option<RawFd>,
-    /// Who is on the other end, for the handlers (the ACL round) and debug logs.
+    /// Who is on the other end, for the handlers (the ACL round) and debug logs; replaced
+    /// once, when a SCRAM exchange succeeds.
     peer: Rc<Peer>,
+    /// Whether requests other than ping and the SCRAM steps are served: authentication is
+    /// off, a certificate named the client, or a SCRAM exchange succeeded.
+    authenticated: bool,
+    /// A SCRAM exchange between its AuthStart and its AuthFinish.
+    exchange: Option<crate::protocol::scram::ServerExchange>,
+    /// An unauthenticated connection is closed then (`authentication_timeout_ms` after accept).
+    authentication_deadline: Instant,
     tx: Rc<LocalSender<Response>>,
     decoder: FrameDecoder,
     /// Requests of this connection in flight (count), so one peer cannot pin unbounded work.
@@ -389,6 +422,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             End::Closed => {}
             End::ReadTimeout(header) => self.answer_read_timeout(header).await,
             End::Idle => debug!(shard = self.shard.id(), "closing an idle connection"),
+            End::AuthenticationTimeout => self.answer_authentication_timeout().await,
         }
     }
 
@@ -408,6 +442,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             let body = frame.body.to_vec();
             consumed += wire_len;
             let opcode = self.opcode(header).await?;
+            if !self.admit(opcode, header, &body).await? {
+                continue;
+            }
             let permits = self.connection_permits(wire_len).await?;
             match self.net.budget.reserve(wire_len as u64).await {
                 Some(budget) => self.start(opcode, header, body, (permits, budget)),
@@ -437,6 +474,175 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 Err(End::Closed)
             }
         }
+    }
+
+    /// Whether a request goes on to the handlers: the SCRAM steps are answered here, a request
+    /// before authentication is refused (`NOT_AUTHENTICATED`, then the connection closes) and
+    /// user administration by a principal not in `superusers` is refused (`NOT_AUTHORIZED`).
+    async fn admit(
+        &mut self,
+        opcode: Opcode,
+        header: FrameHeader,
+        body: &[u8],
+    ) -> Result<bool, End> {
+        if matches!(opcode, Opcode::AuthStart | Opcode::AuthFinish) {
+            self.authentication_step(opcode, header, body).await?;
+            return Ok(false);
+        }
+        if !self.authenticated && opcode != Opcode::Ping {
+            let message = format!(
+                "{} needs an authenticated connection: this broker requires SCRAM (ringmq: --user NAME --password-file FILE) or a client certificate; closing",
+                opcode.name()
+            );
+            self.answer(header, Reply::error(Status::NotAuthenticated, message))
+                .await;
+            return Err(End::Closed);
+        }
+        if let Some(message) = self.superuser_refusal(opcode) {
+            self.answer(header, Reply::error(Status::NotAuthorized, message))
+                .await;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// The one check of the requests only `superusers` may make ([`needs_superuser`]): why
+    /// this connection may not, or `None` when it may. With authentication off, user changes
+    /// are refused to everyone (anyone could replace a user's keys; make users offline with
+    /// `--store` before turning authentication on) and the rest is allowed as it always was.
+    fn superuser_refusal(&self, opcode: Opcode) -> Option<String> {
+        if !needs_superuser(opcode) {
+            return None;
+        }
+        let config = self.shard.config();
+        if config.authentication == Authentication::Off {
+            return matches!(opcode, Opcode::UserCreate | Opcode::UserDelete).then(|| {
+                format!(
+                    "{}: users are changed online only with authentication = \"scram\" (by a superuser); with it off, change them on the stopped broker (ringmq user create NAME --store DIR)",
+                    opcode.name()
+                )
+            });
+        }
+        let principal = self.peer.principal.as_ref();
+        if principal.is_some_and(|p| config.superusers.iter().any(|s| s == p.as_str())) {
+            return None;
+        }
+        Some(format!(
+            "{} needs a principal in `superusers` while authentication is on; this connection's is {}",
+            opcode.name(),
+            principal.map_or("none".to_string(), |p| format!("`{p}`"))
+        ))
+    }
+
+    /// One SCRAM step, answered in place. A failed step closes the connection. A connection
+    /// that already has a principal (a certificate's, or an earlier exchange's) keeps it: a
+    /// new exchange there is refused without closing.
+    async fn authentication_step(
+        &mut self,
+        opcode: Opcode,
+        header: FrameHeader,
+        body: &[u8],
+    ) -> Result<(), End> {
+        if let Some(principal) = self.peer.principal.as_ref() {
+            let message = format!("this connection is already authenticated as `{principal}`");
+            self.answer(header, Reply::error(Status::BadRequest, message))
+                .await;
+            return Ok(());
+        }
+        let step = if opcode == Opcode::AuthStart {
+            let users = self.shard.metadata().users();
+            scram_steps::start(&users, body, &mut self.exchange)
+        } else {
+            scram_steps::finish(body, &mut self.exchange)
+        };
+        match step {
+            Step::Continue(reply) => {
+                self.answer(header, reply).await;
+                Ok(())
+            }
+            Step::Authenticated(reply, principal) => {
+                self.authenticated_as(principal);
+                self.answer(header, reply).await;
+                Ok(())
+            }
+            Step::Failed(reply) => {
+                self.shard.probe().add(Counter::AuthenticationFailures, 1);
+                self.answer(header, reply).await;
+                Err(End::Closed)
+            }
+        }
+    }
+
+    fn authenticated_as(&mut self, principal: Principal) {
+        debug!(shard = self.shard.id(), peer = %self.peer.addr, principal = %principal, "SCRAM authentication succeeded");
+        self.peer = Rc::new(Peer {
+            addr: self.peer.addr,
+            principal: Some(principal),
+        });
+        self.authenticated = true;
+        self.decoder.max_frame_bytes = self.shard.config().max_frame_bytes as usize;
+    }
+
+    async fn answer(&self, header: FrameHeader, reply: Reply) {
+        send_reply(&self.shard, &self.tx, header, reply).await;
+    }
+
+    async fn answer_authentication_timeout(&self) {
+        let message = format!(
+            "authentication_timeout_ms: not authenticated within {} ms; closing the connection",
+            self.shard.config().authentication_timeout_ms
+        );
+        debug!(shard = self.shard.id(), peer = %self.peer.addr, "{message}");
+        send_reply(
+            &self.shard,
+            &self.tx,
+            connection_error_header(),
+            Reply::error(Status::NotAuthenticated, message),
+        )
+        .await;
+    }
+
+    /// [`Reader::receive_large`] for a frame that must pass [`Reader::admit`] first: read
+    /// whole within the shard's budget, then admitted or answered.
+    async fn receive_large_checked(
+        &mut self,
+        total: usize,
+        header: FrameHeader,
+        opcode: Opcode,
+    ) -> Result<(), End> {
+        let permits = self.connection_permits(total).await?;
+        let Some((receiving, budget)) = self.net.budget.reserve_receiving(total as u64).await
+        else {
+            self.frame_started = Instant::now();
+            self.answer_busy(header, total).await;
+            return self
+                .discard(total)
+                .await
+                .map_err(|end| with_header(end, header));
+        };
+        self.frame_started = Instant::now();
+        let mut frame = vec![0u8; total];
+        frame[..self.filled].copy_from_slice(&self.buf[..self.filled]);
+        let mut got = self.filled;
+        self.filled = 0;
+        while got < total {
+            got += self
+                .read_frame_part(&mut frame, got, total)
+                .await
+                .map_err(|end| with_header(end, header))?;
+        }
+        drop(receiving);
+        if let Err(e) = self.decoder.decode(&frame) {
+            reject(&self.shard, &self.tx, &e).await;
+            return Err(End::Closed);
+        }
+        if self
+            .admit(opcode, header, &frame[FRAME_HEADER_BYTES..])
+            .await?
+        {
+            self.start_at(opcode, header, frame, FRAME_HEADER_BYTES, (permits, budget));
+        }
+        Ok(())
     }
 
     /// Waits (back-pressure on this connection only) for a place among its requests in flight.
@@ -523,6 +729,11 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     async fn receive_large(&mut self, total: usize) -> Result<(), End> {
         let header = pending_header(&self.buf);
         let opcode = self.opcode(header).await?;
+        if !self.authenticated || opcode_needs_admission(opcode) {
+            // Never reached before authentication (the pre-authentication cap is below the
+            // base buffer); a large step or user command is read whole and admitted as any.
+            return self.receive_large_checked(total, header, opcode).await;
+        }
         let permits = self.connection_permits(total).await?;
         let reserved = self.net.budget.reserve_receiving(total as u64).await;
         // The read deadline is the peer's to meet: time the broker spent not reading (waiting
@@ -589,9 +800,12 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         Ok(())
     }
 
-    /// Reads more bytes into the base buffer, within the read or the idle deadline.
+    /// Reads more bytes into the base buffer, within the read or the idle deadline (before
+    /// authentication: within the authentication deadline).
     async fn fill(&mut self) -> Result<(), End> {
-        let expire = if self.filled > 0 {
+        let expire = if !self.authenticated {
+            Expiry::Authentication(self.authentication_deadline)
+        } else if self.filled > 0 {
             Expiry::At(self.frame_started + self.net.timeouts.request_read)
         } else {
             Expiry::Idle {
@@ -646,6 +860,25 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 }
 
+/// Requests [`Reader::admit`] looks at even on an authenticated connection.
+fn opcode_needs_admission(opcode: Opcode) -> bool {
+    matches!(opcode, Opcode::AuthStart | Opcode::AuthFinish) || needs_superuser(opcode)
+}
+
+/// Requests kept to `superusers` while authentication is on: user administration, and the
+/// role changes (a demoted broker follows the master it is pointed at and copies its users,
+/// so demotion hands over the user table). The ACL round adds finer rules beside this one.
+fn needs_superuser(opcode: Opcode) -> bool {
+    matches!(
+        opcode,
+        Opcode::UserCreate
+            | Opcode::UserDelete
+            | Opcode::UserList
+            | Opcode::ClusterPromote
+            | Opcode::ClusterDemote
+    )
+}
+
 /// Names the frame a read timeout belongs to, once its header has left the base buffer.
 fn with_header(end: End, header: FrameHeader) -> End {
     match end {
@@ -658,6 +891,8 @@ fn with_header(end: End, header: FrameHeader) -> End {
 enum Expiry {
     /// A started frame must be complete by then.
     At(Instant),
+    /// Before authentication: the connection must have authenticated by then.
+    Authentication(Instant),
     /// Between frames: when nothing has been in flight and nothing has moved for `idle`.
     Idle {
         idle: Duration,
@@ -676,6 +911,10 @@ impl Expiry {
             Expiry::At(deadline) => {
                 sleep(deadline.saturating_duration_since(Instant::now())).await;
                 End::ReadTimeout(None)
+            }
+            Expiry::Authentication(deadline) => {
+                sleep(deadline.saturating_duration_since(Instant::now())).await;
+                End::AuthenticationTimeout
             }
             Expiry::Idle {
                 idle,

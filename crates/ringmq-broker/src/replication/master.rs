@@ -869,6 +869,7 @@ async fn send_metadata<D: Disk, W: AsyncWrite + Unpin>(
         topics: (shard.id() == 0).then(|| (*shard.topic_table()).clone()),
         group_offsets: shard.metadata().groups().all_rows(),
         acls: trailer,
+        users: users_to_ship(shard),
     }
     .encode();
     let len = frame.len() - METADATA_HEADER_BYTES;
@@ -892,6 +893,16 @@ async fn send_metadata<D: Disk, W: AsyncWrite + Unpin>(
         acls.table = table;
     }
     Ok(())
+}
+
+/// The user table, from shard 0 once a user was ever made (generation above 0); otherwise the
+/// frame says "no users" and a slave keeps its own table.
+fn users_to_ship<D: Disk>(shard: &Shard<D>) -> Option<crate::security::users::UserTable> {
+    if shard.id() != 0 {
+        return None;
+    }
+    let users = shard.metadata().users();
+    (users.generation > 0).then(|| (*users).clone())
 }
 
 /// Sends one frame of the log starting at `from`, never past its segment, and never across the

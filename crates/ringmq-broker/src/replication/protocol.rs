@@ -20,8 +20,11 @@
 
 use super::error::ReplicationError;
 use crate::constants::MAX_QUEUES_PER_TOPIC;
+use crate::protocol::codec::Fields;
 use crate::protocol::codec::{DecodeError, Reader, Writer};
+use crate::protocol::scram::{Credential, StoredCredential};
 use crate::security::acl::AclTable;
+use crate::security::users::UserTable;
 use crate::shard::groups::OffsetRow;
 use crate::shard::topics::{validate_stored_name, TopicEntry, TopicTable};
 use crate::store::record::{self, END_OF_SEGMENT_MARKER_BYTES, RECORD_HEADER_BYTES};
@@ -520,6 +523,12 @@ pub struct MetadataFrame {
     /// Master shard 0 only: the topic table, published by slave shard 0 when it differs.
     pub topics: Option<TopicTable>,
     pub group_offsets: Vec<OffsetRow>,
+    /// Master shard 0 only, once a user was ever created there: the SCRAM user table. After
+    /// the ACL trailer (so only on links of version 4 and later): `has_users` (u8: 0 none, 1 a
+    /// section follows), then for 1 the section's length (u32) and the section
+    /// ([`encode_users`]). Bytes after it belong to later sections and are left to their
+    /// decoders; a frame that ends before it carries none.
+    pub users: Option<UserTable>,
     /// The ACL state, after the offsets: [`AclTrailer`].
     pub acls: AclTrailer,
 }
@@ -605,13 +614,28 @@ impl MetadataFrame {
                 .u32(row.queue)
                 .u64(row.offset);
         }
-        match &self.acls {
-            AclTrailer::Absent => {}
-            AclTrailer::Unchanged => {
-                w.u8(0);
+        // After the offsets: the ACL trailer, then the users section, both only on links of
+        // version 4 and later (`AclTrailer::Absent`: a version-3 link, whose slaves refuse
+        // bytes after the offsets, gets neither).
+        if !matches!(self.acls, AclTrailer::Absent) {
+            match &self.acls {
+                AclTrailer::Absent => {}
+                AclTrailer::Unchanged => {
+                    w.u8(0);
+                }
+                AclTrailer::Table(acls) => {
+                    w.u8(1).bytes32(&acls.to_wire_json());
+                }
             }
-            AclTrailer::Table(acls) => {
-                w.u8(1).bytes32(&acls.to_wire_json());
+            match &self.users {
+                None => {
+                    w.u8(NO_USERS);
+                }
+                Some(users) => {
+                    let mut section = Vec::new();
+                    encode_users(&mut Writer::new(&mut section), users);
+                    w.u8(HAS_USERS).bytes32(&section);
+                }
             }
         }
         let len = (out.len() - METADATA_HEADER_BYTES) as u32;
@@ -706,14 +730,97 @@ impl MetadataFrame {
             });
         }
         let acls = decode_acl_trailer(&mut r)?;
-        // Whatever follows is a later version's trailer (see `AclTrailer`): skipped.
+        // Then the users section (only after an ACL trailer: a version-3 link carries
+        // neither); whatever follows it is a later version's and is skipped.
+        let users = match r.remaining() {
+            0 => None,
+            _ => match r.u8("has_users")? {
+                NO_USERS => None,
+                HAS_USERS => {
+                    let mut section = Reader::new(r.bytes32("users")?);
+                    let users = decode_users(&mut section)?;
+                    section.finish()?;
+                    Some(users)
+                }
+                _ => {
+                    return Err(DecodeError::Invalid {
+                        field: "has_users",
+                        reason: "must be 0 or 1",
+                    })
+                }
+            },
+        };
         Ok(MetadataFrame {
             version,
             topics,
             group_offsets,
             acls,
+            users,
         })
     }
+}
+
+/// `has_users` after the group offsets: no user table follows (a master that never made a
+/// user, or a shard other than 0).
+const NO_USERS: u8 = 0;
+/// `has_users`: a `u32` length and the user section of that many bytes follow.
+const HAS_USERS: u8 = 1;
+
+/// The user section of a metadata frame (inside its `u32` length): the generation (u64), the
+/// unknown-user key (bytes16), the user count (u32), then per user its name (str16), its
+/// credential count (u32) and each credential in the `StoredCredential` layout of
+/// `UserCreate`.
+fn encode_users(w: &mut Writer<'_>, users: &UserTable) {
+    w.u64(users.generation)
+        .bytes16(&users.unknown_user_key)
+        .u32(users.users.len() as u32);
+    for (name, credentials) in users.to_wire() {
+        w.str16(&name).u32(credentials.len() as u32);
+        for credential in &credentials {
+            credential.write_fields(w);
+        }
+    }
+}
+
+/// Shortest user: an empty name and no credentials.
+const MIN_USER_BYTES: usize = 2 + 4;
+
+fn decode_users(r: &mut Reader<'_>) -> Result<UserTable, DecodeError> {
+    let invalid = |reason: &'static str| DecodeError::Invalid {
+        field: "users",
+        reason,
+    };
+    let generation = r.u64("user_generation")?;
+    let unknown_user_key = r
+        .bytes16("unknown_user_key")?
+        .try_into()
+        .map_err(|_| invalid("the unknown-user key is 32 bytes"))?;
+    let count = r.count("user_count", MIN_USER_BYTES)?;
+    let mut users = BTreeMap::new();
+    for _ in 0..count {
+        let name = r.str16("user")?.to_string();
+        let credentials = r.count("credential_count", StoredCredential::min_bytes())?;
+        let mut list = Vec::with_capacity(credentials);
+        for _ in 0..credentials {
+            let stored = StoredCredential::read_fields(r)?;
+            list.push(
+                Credential::from_stored(&stored)
+                    .map_err(|_| invalid("a credential a master cannot hold"))?,
+            );
+        }
+        if users.insert(name, list).is_some() {
+            return Err(invalid("a user is listed twice"));
+        }
+    }
+    let table = UserTable {
+        generation,
+        unknown_user_key,
+        users,
+    };
+    table
+        .check()
+        .map_err(|_| invalid("a user name or credential a master cannot hold"))?;
+    Ok(table)
 }
 
 /// What the front of a slave's received log bytes holds.
@@ -1024,7 +1131,52 @@ mod tests {
                     superusers: vec!["root".into()],
                 }),
             }),
+            users: None,
         }
+    }
+
+    #[test]
+    fn the_user_section_is_self_delimiting_and_bytes_after_it_are_left() {
+        use crate::protocol::scram::{Credential, Mechanism};
+        let plain = metadata().encode();
+        let plain_body = &plain[METADATA_HEADER_BYTES..];
+        assert_eq!(plain_body.last(), Some(&NO_USERS), "no users: one 0 byte");
+        let old_master = &plain_body[..plain_body.len() - 1];
+        assert_eq!(MetadataFrame::decode(old_master), Ok(metadata()));
+        let mut with_users = metadata();
+        let credential =
+            Credential::derive(Mechanism::ScramSha512, b"pw", b"saltsaltsaltsalt", 4096);
+        with_users.users = Some(
+            UserTable::fresh()
+                .unwrap()
+                .with_user("alice", vec![credential])
+                .unwrap(),
+        );
+        let bytes = with_users.encode();
+        let body = &bytes[METADATA_HEADER_BYTES..];
+        assert_eq!(
+            &body[..old_master.len()],
+            old_master,
+            "the section comes after the offsets"
+        );
+        assert_eq!(body[old_master.len()], HAS_USERS);
+        let section_len = u32::from_le_bytes(
+            body[old_master.len() + 1..old_master.len() + 5]
+                .try_into()
+                .unwrap(),
+        ) as usize;
+        assert_eq!(old_master.len() + 5 + section_len, body.len(), "u32 length");
+        assert_eq!(MetadataFrame::decode(body), Ok(with_users.clone()));
+        // A later section (the ACL round appends one) after the users is left alone.
+        let mut trailer = body.to_vec();
+        trailer.extend_from_slice(&[1, 3, 0, 0, 0, b'{', b'}', b'x']);
+        assert_eq!(MetadataFrame::decode(&trailer), Ok(with_users));
+        for cut in old_master.len() + 1..body.len() {
+            assert!(MetadataFrame::decode(&body[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad_flag = body.to_vec();
+        bad_flag[old_master.len()] = 2;
+        assert!(MetadataFrame::decode(&bad_flag).is_err());
     }
 
     #[test]
@@ -1062,7 +1214,8 @@ mod tests {
         assert!(MetadataFrame::decode(&bytes[METADATA_HEADER_BYTES..]).is_err());
         let bytes = metadata().encode();
         // Without the trailer (a version-3 link) the frame ends right after the offsets, as
-        // a version-3 slave's decoder requires: exactly one byte shorter than "unchanged".
+        // a version-3 slave's decoder requires: exactly two bytes shorter than "unchanged"
+        // (its ACL flag and its users flag).
         let absent = MetadataFrame {
             acls: AclTrailer::Absent,
             ..metadata()
@@ -1072,7 +1225,7 @@ mod tests {
             ..metadata()
         };
         let (absent_bytes, unchanged_bytes) = (absent.encode(), unchanged.encode());
-        assert_eq!(absent_bytes.len() + 1, unchanged_bytes.len());
+        assert_eq!(absent_bytes.len() + 2, unchanged_bytes.len());
         assert_eq!(
             absent_bytes[METADATA_HEADER_BYTES..],
             unchanged_bytes[METADATA_HEADER_BYTES..absent_bytes.len()]
@@ -1090,8 +1243,12 @@ mod tests {
         let mut longer = bytes[METADATA_HEADER_BYTES..].to_vec();
         longer.extend_from_slice(&[7, 0, 0, 0, 1]);
         assert_eq!(MetadataFrame::decode(&longer), Ok(metadata()));
-        // Every other cut is an error; so is a flag that is neither 0 nor 1.
-        for cut in (0..bytes.len() - METADATA_HEADER_BYTES).filter(|c| *c != offsets_end) {
+        // Every other cut is an error but the one before `has_users` (a master from before
+        // users: it decodes); so is a flag that is neither 0 nor 1.
+        let users_at = bytes.len() - METADATA_HEADER_BYTES - 1;
+        for cut in
+            (0..bytes.len() - METADATA_HEADER_BYTES).filter(|c| *c != offsets_end && *c != users_at)
+        {
             let body = &bytes[METADATA_HEADER_BYTES..METADATA_HEADER_BYTES + cut];
             assert!(MetadataFrame::decode(body).is_err(), "cut at {cut}");
         }

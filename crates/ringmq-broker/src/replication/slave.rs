@@ -701,6 +701,9 @@ pub async fn apply_metadata<D: Disk>(
     if let AclTrailer::Table(acls) = metadata.acls {
         apply_acls(shard, acls, metadata.version).await?;
     }
+    if let Some(users) = metadata.users {
+        apply_users(shard, users).await?;
+    }
     let table = shard.topic_table();
     let own = shard.id() as u16;
     let keep = |row: &OffsetRow| {
@@ -750,6 +753,37 @@ async fn apply_acls<D: Disk>(
     info!(
         shard = shard.id(),
         rules, version, "copied the ACL rules from the master"
+    );
+    Ok(())
+}
+
+/// Slave shard 0 publishes the master's user table when it differs from its own (atomic
+/// write, then every shard swaps it in), in a detached task like the topic table.
+async fn apply_users<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    users: crate::security::users::UserTable,
+) -> Result<(), ReplicationError> {
+    if shard.id() != 0 {
+        return Err(ReplicationError::Metadata(format!(
+            "master shard {} sent a user table; only shard 0 does",
+            shard.id()
+        )));
+    }
+    if *shard.metadata().users() == users {
+        return Ok(());
+    }
+    let count = users.users.len();
+    let publisher = shard.clone();
+    let published =
+        spawn_local(async move { crate::shard::handlers::user::publish(&publisher, users).await })
+            .detach()
+            .await
+            .ok_or_else(|| ReplicationError::Metadata("the publish task was lost".into()))?;
+    published.map_err(|e| ReplicationError::Metadata(e.to_string()))?;
+    info!(
+        shard = shard.id(),
+        users = count,
+        "copied the user table from the master"
     );
     Ok(())
 }

@@ -542,7 +542,10 @@ pub fn needs(opcode: Opcode, body: &[u8]) -> Result<Vec<Need>, DecodeError> {
         | Opcode::TopicList
         | Opcode::BrokerRegister
         | Opcode::BrokerUnregister
-        | Opcode::RouteQuery => Vec::new(),
+        | Opcode::RouteQuery
+        // The SCRAM steps run on the connection before any request is decided.
+        | Opcode::AuthStart
+        | Opcode::AuthFinish => Vec::new(),
         Opcode::Produce => vec![Need::topic(O::Produce, leading_name(body)?)],
         Opcode::Pull => vec![Need::topic(O::Consume, PullRequest::decode(body)?.topic)],
         Opcode::QueueStats => vec![Need::topic(O::Describe, QueueRef::decode(body)?.topic)],
@@ -613,6 +616,8 @@ pub fn needs(opcode: Opcode, body: &[u8]) -> Result<Vec<Need>, DecodeError> {
         Opcode::ClusterPromote => vec![Need::cluster(O::Promote)],
         Opcode::ClusterDemote => vec![Need::cluster(O::Demote)],
         Opcode::AclAdd | Opcode::AclRemove => vec![Need::cluster(O::AlterAcls)],
+        Opcode::UserCreate | Opcode::UserDelete => vec![Need::cluster(O::AlterUsers)],
+        Opcode::UserList => vec![Need::cluster(O::Describe)],
     })
 }
 
@@ -636,6 +641,9 @@ pub fn is_admin(opcode: Opcode) -> bool {
             | Opcode::AclAdd
             | Opcode::AclRemove
             | Opcode::AclList
+            | Opcode::UserCreate
+            | Opcode::UserDelete
+            | Opcode::UserList
     )
 }
 

@@ -439,16 +439,14 @@ fn unclean_clears(
 /// Runs the agent on shard 0 until the broker stops (see the module docs).
 pub async fn run<D: Disk + 'static>(shard: Rc<Shard<D>>, identity: ControllerIdentity) {
     let config = shard.config().clone();
-    let thread = match ControlThread::start(
-        config.controller.clone(),
-        config.controller_secret.clone(),
-    ) {
-        Ok(thread) => thread,
-        Err(e) => {
-            warn!("controller mode: {e}; this broker stays fenced");
-            return;
-        }
-    };
+    let thread =
+        match ControlThread::start(config.controller.clone(), config.controller_secret.clone()) {
+            Ok(thread) => thread,
+            Err(e) => {
+                warn!("controller mode: {e}; this broker stays fenced");
+                return;
+            }
+        };
     let interval = Duration::from_millis(config.controller_heartbeat_interval_ms);
     let register = RegisterBroker {
         cluster_name: config.cluster_name.clone(),

@@ -65,6 +65,11 @@ pub enum ShardRequest {
         table: Arc<crate::security::acl::AclTable>,
         reply: oneshot::Sender<()>,
     },
+    /// Shard 0 changed the SCRAM user table: swap it in, then acknowledge.
+    ApplyUsers {
+        table: Arc<crate::security::users::UserTable>,
+        reply: oneshot::Sender<()>,
+    },
     /// A replication link for this shard, accepted by another shard on the shared HA port.
     AdoptReplicaLink {
         fd: std::os::fd::RawFd,

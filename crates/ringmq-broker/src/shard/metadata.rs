@@ -1,5 +1,5 @@
-//! The metadata stage: this shard's copy of the topic table, the group offsets of the queues
-//! it owns, and the version counter slaves watch to copy metadata as soon as it changes.
+//! The metadata stage: this shard's copy of the topic table and of the user table, the group
+//! offsets of the queues it owns, and the version counter slaves watch to copy metadata as soon as it changes.
 //!
 //! Its event, notified only here: `changed` (this shard's version moved: wakes the shippers,
 //! which send a metadata frame to the slaves).
@@ -8,6 +8,7 @@ use super::completion::Event;
 use super::groups::GroupOffsets;
 use super::topics::{TopicEntry, TopicTable};
 use crate::security::acl::AclTable;
+use crate::security::users::UserTable;
 use crate::store::io::Disk;
 use futures_channel::oneshot;
 use glommio::sync::{Permit, Semaphore};
@@ -19,6 +20,9 @@ pub struct Metadata<D: Disk> {
     /// The ACL rules, changed on shard 0 like the topic table (under the same gate) and
     /// copied to every shard; a change bumps the version, so slaves get it too.
     acls: RefCell<Arc<AclTable>>,
+    /// This shard's copy of the SCRAM users (`security::users`), swapped whole like the
+    /// topic table; connections read it for each authentication step.
+    users: RefCell<Arc<UserTable>>,
     groups: GroupOffsets<D>,
     /// Serializes topic-table changes on shard 0.
     gate: Semaphore,
@@ -32,6 +36,7 @@ impl<D: Disk> Metadata<D> {
         Metadata {
             topics: RefCell::new(topics),
             acls: RefCell::new(acls),
+            users: RefCell::new(Arc::new(UserTable::default())),
             groups,
             gate: Semaphore::new(1),
             version: Cell::new(0),
@@ -65,6 +70,22 @@ impl<D: Disk> Metadata<D> {
     /// Swaps in new ACL rules (already durable on shard 0).
     pub fn set_acls(&self, acls: Arc<AclTable>) {
         *self.acls.borrow_mut() = acls;
+        self.bump();
+    }
+
+    pub fn users(&self) -> Arc<UserTable> {
+        self.users.borrow().clone()
+    }
+
+    /// The table loaded at start-up: no change to ship.
+    pub fn install_users(&self, users: Arc<UserTable>) {
+        *self.users.borrow_mut() = users;
+    }
+
+    /// Swaps in a changed user table (shard 0 has written it); slaves get it with the next
+    /// metadata frame.
+    pub fn set_users(&self, users: Arc<UserTable>) {
+        *self.users.borrow_mut() = users;
         self.bump();
     }
 

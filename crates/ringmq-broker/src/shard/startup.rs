@@ -27,6 +27,8 @@ pub struct ShardStartup {
     pub config: Arc<BrokerConfig>,
     pub topics: Arc<TopicTable>,
     pub acls: Arc<crate::security::acl::AclTable>,
+    /// The SCRAM users loaded from `<store>/users.json`, shared by every shard.
+    pub users: Arc<crate::security::users::UserTable>,
     pub mesh: MeshEnds,
     /// Listening sockets: the shared client port and this shard's own port.
     pub listener_fds: Vec<RawFd>,
@@ -232,6 +234,7 @@ async fn open_shard(start: ShardStartup) -> Result<Opened, ShardError> {
         role,
         identity,
     }));
+    shard.metadata().install_users(start.users);
     Ok((shard, receivers, start.listener_fds, start.stop_fd, report))
 }
 

@@ -317,15 +317,32 @@ impl DiskFile for GlommioFile {
     }
 }
 
+/// Permissions of the files [`write_atomic_blocking`] makes.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
 /// Replaces `path` with `bytes` so that a crash leaves either the old file or the new one:
 /// write `<path>.tmp`, sync it, rename it over `path`, sync the directory. Blocks the calling
 /// thread; [`GlommioDisk::write_atomic`] runs it on the blocking pool, and the server calls it
 /// directly before any executor starts.
+///
+/// The file is made `0600` (owner only, whatever the umask): these are the store's metadata
+/// files, `users.json`'s SCRAM keys among them. A stale `<path>.tmp` (a crash mid-write, or one
+/// planted with looser permissions) is removed and the new one made with `O_EXCL`, so the
+/// bytes never land in a file someone else opened first.
 pub fn write_atomic_blocking(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.to_path_buf().into_os_string();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut file = fs::File::create(&tmp)?;
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(PRIVATE_FILE_MODE)
+        .open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     drop(file);

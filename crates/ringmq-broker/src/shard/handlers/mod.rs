@@ -10,6 +10,7 @@ pub mod produce;
 mod pull;
 pub(crate) mod reject;
 pub(crate) mod topic;
+pub(crate) mod user;
 
 use super::mesh::{Reply, ShardRequest};
 use super::topics::is_internal_name;
@@ -233,6 +234,11 @@ handlers! {
     AclAdd => |shard, body| acl::add(shard, body).await;
     AclRemove => |shard, body| acl::remove(shard, body).await;
     AclListRequest => |shard, _| acl::list(shard);
+    crate::protocol::scram::AuthStart => |_shard, _| Err(user::connection_only("AuthStart"));
+    crate::protocol::scram::AuthFinish => |_shard, _| Err(user::connection_only("AuthFinish"));
+    crate::protocol::scram::UserCreate => |shard, body| user::create(shard, body).await;
+    crate::protocol::scram::UserDelete => |shard, body| user::delete(shard, body).await;
+    crate::protocol::scram::UserListRequest => |shard, _| Ok(user::list(shard));
     crate::protocol::namesrv::BrokerRegister => |_shard, _| Err(name_server_only("BrokerRegister"));
     crate::protocol::namesrv::BrokerUnregister => |_shard, _| Err(name_server_only("BrokerUnregister"));
     crate::protocol::namesrv::RouteQuery => |_shard, _| Err(name_server_only("RouteQuery"));
@@ -273,6 +279,10 @@ pub async fn handle_shard_request<D: Disk>(shard: Rc<Shard<D>>, request: ShardRe
             let _ = reply.send(shard.apply_topics(table).await);
         }
         ShardRequest::ApplyAcls { table, reply } => acl::apply(&shard, table, reply),
+        ShardRequest::ApplyUsers { table, reply } => {
+            shard.metadata().set_users(table);
+            let _ = reply.send(());
+        }
         ShardRequest::AdoptReplicaLink {
             fd,
             hello,
