@@ -639,6 +639,7 @@ fn a_version_3_slave_gets_metadata_frames_without_the_acl_trailer() {
         broker_name: "broker-a".into(),
         security: LinkSecurity::Off,
         nonce: [0; NONCE_BYTES],
+        controller_broker_id: 0,
     }
     .encode(&mut hello);
     link.write_all(&hello).unwrap();
