@@ -218,6 +218,8 @@ mod tests {
         use crate::replication::protocol::{MetadataFrame, METADATA_HEADER_BYTES};
         let frame = MetadataFrame {
             users: Some(users.clone()),
+            // The users section follows the ACL trailer (links of version 4 and later).
+            acls: crate::replication::protocol::AclTrailer::Unchanged,
             ..MetadataFrame::default()
         }
         .encode();
