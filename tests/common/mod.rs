@@ -124,6 +124,34 @@ impl Broker {
 
     /// Like [`Broker::start_with_config`], at the configuration `sizes` names.
     pub fn start_sized(root: &Path, sizes: Sizes, config_extra: &str, extra: &[&str]) -> Broker {
+        Broker::launch(root, sizes, config_extra, extra, None)
+    }
+
+    /// Like [`Broker::start_sized`], inside the network namespace `netns` (a [`netns::Lab`]
+    /// host); `extra` names `--listen` and `--ha-listen` on the host's address.
+    pub fn start_in(
+        netns: &str,
+        root: &Path,
+        sizes: Sizes,
+        config_extra: &str,
+        extra: &[&str],
+    ) -> Broker {
+        assert!(
+            extra.contains(&"--listen") && extra.contains(&"--ha-listen"),
+            "a broker in a namespace listens on its host's address"
+        );
+        Broker::launch(root, sizes, config_extra, extra, Some(netns))
+    }
+
+    /// Writes the configuration, builds the arguments and starts the broker (in `netns`, if
+    /// given).
+    fn launch(
+        root: &Path,
+        sizes: Sizes,
+        config_extra: &str,
+        extra: &[&str],
+        netns: Option<&str>,
+    ) -> Broker {
         let store = root.join("data");
         let config = root.join("broker.toml");
         std::fs::write(&config, merged_config(sizes.config(), config_extra))
@@ -152,48 +180,7 @@ impl Broker {
             stderr_log: root.join("broker.log"),
             ready_line: String::new(),
             log_start: 0,
-            netns: None,
-        };
-        broker.spawn();
-        broker
-    }
-
-    /// Like [`Broker::start_sized`], inside the network namespace `netns` (a [`netns::Lab`]
-    /// host); `extra` names `--listen` and `--ha-listen` on the host's address.
-    pub fn start_in(
-        netns: &str,
-        root: &Path,
-        sizes: Sizes,
-        config_extra: &str,
-        extra: &[&str],
-    ) -> Broker {
-        assert!(
-            extra.contains(&"--listen") && extra.contains(&"--ha-listen"),
-            "a broker in a namespace listens on its host's address"
-        );
-        let store = root.join("data");
-        let config = root.join("broker.toml");
-        std::fs::write(&config, merged_config(sizes.config(), config_extra))
-            .expect("write test config");
-        let mut args = vec![
-            "serve".to_string(),
-            "--config".to_string(),
-            config.display().to_string(),
-            "--store".to_string(),
-            store.display().to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut broker = Broker {
-            child: None,
-            store,
-            addr: String::new(),
-            shard_ports: Vec::new(),
-            ha: String::new(),
-            args,
-            stderr_log: root.join("broker.log"),
-            ready_line: String::new(),
-            log_start: 0,
-            netns: Some(netns.to_string()),
+            netns: netns.map(str::to_string),
         };
         broker.spawn();
         broker
