@@ -28,7 +28,10 @@ const LOG_TAIL_LINES: usize = 40;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sizes {
     /// 1 MiB segments, 4 MiB write buffers, 256 KiB messages, checkpoints every 200 ms: a
-    /// short test rolls many segments and crosses many checkpoints.
+    /// short test rolls many segments and crosses many checkpoints. Disk-pressure retention
+    /// waits for 97% of the filesystem in use (DISK_FULL at 99%), so a test's segments are not
+    /// deleted because the machine running it happens to be fuller than 75%; the retention
+    /// tests set their own ratios.
     Small,
     /// Nothing set: 1 GiB segments, one shard per core, the default buffers, intervals and
     /// timeouts, as a user who installs the broker runs it.
@@ -41,7 +44,8 @@ impl Sizes {
             Sizes::Small => {
                 "segment_size_bytes = 1048576\nwrite_buffer_bytes = 4194304\n\
                  max_message_bytes = 262144\nmax_frame_bytes = 4194304\n\
-                 checkpoint_interval_ms = 200\nsync_flush_timeout_ms = 10000\n"
+                 checkpoint_interval_ms = 200\nsync_flush_timeout_ms = 10000\n\
+                 disk_max_used_space_ratio = 0.97\ndisk_space_warning_ratio = 0.99\n"
             }
             Sizes::Default => "",
         }
