@@ -165,6 +165,25 @@ async fn dispatch<D: Disk>(
     if shard.lifecycle().is_stopping() && opcode == Opcode::Produce {
         return Err(ShardError::ShuttingDown);
     }
+    // glommio stores a spawned task's future inline only below 2 KiB and boxes a larger one.
+    // Every client request runs as its own task (the connection's `start_at`), whose future
+    // holds the largest of these arms: the pull, the one request on the data path (produce
+    // runs before this dispatch), is polled in place; every other request's future goes to
+    // the heap, so a rarely used large handler (a group pull, a reject, a promotion) costs
+    // its own request one allocation rather than every request one. tests/hot_path.rs counts
+    // the allocations of a produce and a pull, so a pull that outgrows the limit fails it.
+    match opcode {
+        Opcode::Pull => <PullRequest as Handler>::run(shard, body).await,
+        _ => Box::pin(dispatch_any(shard, opcode, body)).await,
+    }
+}
+
+/// Every request's handler, by the request table.
+async fn dispatch_any<D: Disk>(
+    shard: &Rc<Shard<D>>,
+    opcode: Opcode,
+    body: &[u8],
+) -> Result<Reply, ShardError> {
     for_each_request!(dispatch_arms, shard, opcode, body)
 }
 
