@@ -6,12 +6,14 @@
 //! acknowledged with (no acknowledged loss, no offset given twice); the killed broker,
 //! restarted at once, rejoins as a slave and is taken back into the set. The measured
 //! failover time (SIGKILL to the first OK on the new master) is printed. Also: a one-broker
-//! group at the default `min_in_sync_replicas` gets IN_SYNC_REPLICAS_NOT_ENOUGH and refuses
-//! `cluster promote`; `--role` beside `--controller` is refused at start.
+//! group at the default `min_in_sync_replicas` gets IN_SYNC_REPLICAS_NOT_ENOUGH (Kafka's
+//! producers NOT_ENOUGH_REPLICAS) and refuses `cluster promote`; `--role` beside `--controller` is refused at start.
 
 mod common;
 
+use common::kafka::{idempotent_batch, produce_request, produced, Wire};
 use common::{run_binary, temp_store, wait_until, Broker, PortBlock, Sizes};
+use kafka_protocol::messages::ApiKey;
 use ringmq::client::controller::ControllerClient;
 use ringmq::client::Client;
 use ringmq::protocol::controller::GroupState;
@@ -415,7 +417,12 @@ fn first_difference(
 fn a_one_broker_group_refuses_all_level_produce_and_promote() {
     let controller = Controller::start();
     let root = temp_store();
-    let broker = controlled_broker(root.path(), &controller, Sizes::Small, "");
+    let broker = controlled_broker(
+        root.path(),
+        &controller,
+        Sizes::Small,
+        "kafka_listen = \"127.0.0.1:0\"\n",
+    );
     assert!(
         broker.ready_line.contains("role=CONTROLLED"),
         "{}",
@@ -470,6 +477,20 @@ fn a_one_broker_group_refuses_all_level_produce_and_promote() {
     assert!(!promote.status.success(), "promote was accepted");
     let stderr = String::from_utf8_lossy(&promote.stderr);
     assert!(stderr.contains("controller mode"), "{stderr}");
+
+    // Kafka's clients get the same refusal as NOT_ENOUGH_REPLICAS (19, "not stored"), and
+    // acks 1 is level `leader`: its batch lands right after the native message.
+    let kafka = broker.ready_field("kafka").expect("the Kafka listener");
+    let mut wire = Wire::connect(&kafka);
+    let all = produce_request(TOPIC, idempotent_batch(-1, -1, &["kafka refused"]));
+    let (error, _) = produced(&wire.call(ApiKey::Produce, 9, &all));
+    assert_eq!(error, 19, "acks -1 with a set of 1");
+    let one = produce_request(TOPIC, idempotent_batch(-1, -1, &["kafka accepted"])).with_acks(1);
+    assert_eq!(
+        produced(&wire.call(ApiKey::Produce, 9, &one)),
+        (0, 1),
+        "the refused batch took no offset"
+    );
 }
 
 #[test]

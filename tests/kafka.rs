@@ -9,6 +9,7 @@
 mod common;
 
 use bytes::{Bytes, BytesMut};
+use common::kafka::{idempotent_batch, produce_request, produced, Wire};
 use common::{temp_store, Broker};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
@@ -17,7 +18,6 @@ use kafka_protocol::records::{
 };
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -295,68 +295,6 @@ fn native_and_kafka_clients_read_each_others_messages() {
     assert_eq!(lines[1]["key"], "kafka-key");
     assert_eq!(lines[1]["body"], "kafka body");
     assert_eq!(lines[1]["properties"], "origin=kafka\nx=1");
-}
-
-/// A hand-driven Kafka connection: size-prefixed requests, answers read in order.
-struct Wire {
-    stream: TcpStream,
-    correlation: i32,
-}
-
-impl Wire {
-    fn connect(kafka: &str) -> Wire {
-        let stream = TcpStream::connect(kafka).expect("connect to the Kafka listener");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        Wire {
-            stream,
-            correlation: 0,
-        }
-    }
-
-    /// Sends `request` at `version` with a v1 header (or v2 for flexible versions).
-    fn send<R: Encodable>(&mut self, key: ApiKey, version: i16, request: &R) -> i32 {
-        self.correlation += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation)
-            .with_client_id(Some(StrBytes::from_static_str("ringmq-test")));
-        let mut body = BytesMut::new();
-        header
-            .encode(&mut body, key.request_header_version(version))
-            .expect("header");
-        request.encode(&mut body, version).expect("request");
-        self.raw(&body);
-        self.correlation
-    }
-
-    fn raw(&mut self, body: &[u8]) {
-        let mut frame = (body.len() as i32).to_be_bytes().to_vec();
-        frame.extend_from_slice(body);
-        self.stream.write_all(&frame).expect("send");
-    }
-
-    /// The next answer's body, after its header (version `header_version`) and correlation.
-    fn answer(&mut self, correlation: i32, header_version: i16) -> Option<Bytes> {
-        let mut size = [0u8; 4];
-        self.stream.read_exact(&mut size).ok()?;
-        let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
-        self.stream.read_exact(&mut body).ok()?;
-        let mut body = Bytes::from(body);
-        let header = ResponseHeader::decode(&mut body, header_version).expect("header");
-        assert_eq!(header.correlation_id, correlation);
-        Some(body)
-    }
-
-    fn call<R: Encodable, A: Decodable>(&mut self, key: ApiKey, version: i16, request: &R) -> A {
-        let correlation = self.send(key, version, request);
-        let mut body = self
-            .answer(correlation, key.response_header_version(version))
-            .expect("an answer");
-        A::decode(&mut body, version).expect("decodes")
-    }
 }
 
 #[test]
@@ -740,57 +678,6 @@ fn handler_built_answers_encode_at_every_advertised_version() {
             wire.call(ApiKey::Metadata, version, &MetadataRequest::default());
         assert_eq!(answer.brokers.len(), 1, "v{version}");
     }
-}
-
-fn idempotent_batch(producer_id: i64, base_sequence: i32, values: &[&str]) -> Bytes {
-    let records: Vec<Record> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id,
-            producer_epoch: 0,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: base_sequence + i as i32,
-            timestamp: 1_700_000_000_000,
-            key: None,
-            value: Some(Bytes::copy_from_slice(v.as_bytes())),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut out = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut out,
-        records.iter(),
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("batch");
-    out.freeze()
-}
-
-fn produce_request(topic: &str, records: Bytes) -> ProduceRequest {
-    ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(5_000)
-        .with_topic_data(vec![produce_request::TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-            .with_partition_data(vec![
-                produce_request::PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(records)),
-            ])])
-}
-
-fn produced(answer: &ProduceResponse) -> (i16, i64) {
-    let p = &answer.responses[0].partition_responses[0];
-    (p.error_code, p.base_offset)
 }
 
 #[test]
