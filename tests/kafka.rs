@@ -9,8 +9,8 @@
 mod common;
 
 use bytes::{Bytes, BytesMut};
-use common::kafka::{idempotent_batch, produce_request, produced, Wire};
-use common::{temp_store, Broker};
+use common::kafka::{batch_with_headers, idempotent_batch, produce_request, produced, Wire};
+use common::{temp_store, Broker, PortBlock, Sizes};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::{
@@ -594,6 +594,118 @@ fn a_retry_after_error_20_gets_the_error_again_and_is_stored_once() {
     );
 }
 
+/// The windows survive a kill -9: the broker at the default configuration (1 GiB segments,
+/// a shard per core) is SIGKILLed and restarted at once; the first batch a producer id of the
+/// earlier run sends to a partition makes the broker read that partition's stored tail, so
+/// retries of batches stored before the kill are answered with their offsets and stored
+/// once, the next sequence follows on, a gap is still refused, and an invented id is still
+/// unknown. The broker's mark on the stored batch never reaches a Kafka consumer, and a
+/// producer may not send it.
+#[test]
+fn idempotent_retries_after_a_kill_9_are_answered_with_their_offsets_and_stored_once() {
+    let dir = temp_store();
+    let mut broker = Broker::start_sized(
+        dir.path(),
+        Sizes::Default,
+        "",
+        &["--kafka-listen", "127.0.0.1:0"],
+    );
+    let created = broker.cli(&["topic", "create", "survives", "--queues", "2"], b"");
+    assert!(created.status.success(), "{created:?}");
+    let mut wire = Wire::connect(&broker.ready_field("kafka").expect("the Kafka listener"));
+    let init = |wire: &mut Wire| {
+        let answer: InitProducerIdResponse = wire.call(
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        );
+        assert_eq!(answer.error_code, 0);
+        answer.producer_id.0
+    };
+    let (pid, other) = (init(&mut wire), init(&mut wire));
+    let to = |partition: i32, records: Bytes| {
+        let mut request = produce_request("survives", records);
+        request.topic_data[0].partition_data[0].index = partition;
+        request
+    };
+    let first = to(0, idempotent_batch(pid, 0, &["a", "b"]));
+    let second = to(0, batch_with_headers(pid, 2, &["c"], &[("h", "v")]));
+    let elsewhere = to(1, idempotent_batch(pid, 0, &["p"]));
+    let others = to(0, idempotent_batch(other, 0, &["q"]));
+    for (request, expected) in [(&first, 0), (&second, 2), (&elsewhere, 0), (&others, 3)] {
+        assert_eq!(
+            produced(&wire.call(ApiKey::Produce, 9, request)),
+            (0, expected)
+        );
+    }
+
+    broker.kill();
+    broker.restart();
+    let kafka = broker.ready_field("kafka").expect("the Kafka listener");
+    let mut wire = Wire::connect(&kafka);
+    assert_eq!(
+        produced(&wire.call(ApiKey::Produce, 9, &second)),
+        (0, 2),
+        "the newest batch's retry: its offset"
+    );
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &first)), (0, 0));
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &elsewhere)), (0, 0));
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &others)), (0, 3));
+    let next = to(0, idempotent_batch(pid, 3, &["d"]));
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &next)), (0, 4));
+    let gap = to(0, idempotent_batch(pid, 9, &["g"]));
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &gap)).0, 45);
+    let invented = to(0, idempotent_batch(12_345, 0, &["z"]));
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &invented)).0, 59);
+    let forged = to(
+        0,
+        batch_with_headers(-1, -1, &["f"], &[("KAFKA_PRODUCER", "12345:0:0:1")]),
+    );
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &forged)).0, 87);
+
+    let fetched: FetchResponse = wire.call(
+        ApiKey::Fetch,
+        12,
+        &FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![fetch_request::FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("survives")))
+                .with_partitions(vec![fetch_request::FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)])]),
+    );
+    let partition = &fetched.responses[0].partitions[0];
+    assert_eq!((partition.error_code, partition.high_watermark), (0, 5));
+    let mut records = partition.records.clone().expect("records");
+    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut records).expect("batch");
+    let seen: Vec<(i64, String, Vec<String>)> = set
+        .records
+        .iter()
+        .map(|r| {
+            let value = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default());
+            let headers = r.headers.keys().map(|k| k.to_string()).collect();
+            (r.offset, value.into_owned(), headers)
+        })
+        .collect();
+    let expected: Vec<(i64, String, Vec<String>)> = [
+        (0, "a", vec![]),
+        (1, "b", vec![]),
+        (2, "c", vec!["h".to_string()]),
+        (3, "q", vec![]),
+        (4, "d", vec![]),
+    ]
+    .into_iter()
+    .map(|(o, v, h)| (o, v.to_string(), h))
+    .collect();
+    assert_eq!(seen, expected, "each record once, no broker header");
+}
+
 /// acks 0: no answer, and the next request on the connection gets its own answer with its
 /// own correlation id; a failed partition (an unknown topic) closes the connection, Kafka's
 /// only way to tell a producer that reads no answers.
@@ -944,6 +1056,158 @@ fn kafka_python_idempotent_producer_and_a_group_that_resumes_after_its_commit() 
     assert!(out.contains("\"second\": [\"second-0\""), "{out}");
     let described = native_committed(&broker, "kp-readers");
     assert!(described.contains("(total lag 0)"), "{described}");
+}
+
+/// The SIGKILL harness with a real Kafka producer: kafka-python, idempotent and acks=all,
+/// sends unique values to a broker at the default configuration (SYNC_FLUSH, 1 GiB segments,
+/// a shard per core), which is SIGKILLed once 2000 are acknowledged and restarted at once on
+/// the same Kafka port. The producer retries what was in flight and goes on. Every
+/// acknowledged value is then stored at the partition and offset it was acknowledged with,
+/// no send fails, and no value is stored twice (the restarted broker knows the producer id
+/// and the batches the killed one stored, from its store).
+#[test]
+fn kafka_python_acks_all_records_survive_a_kill_9_once_each() {
+    let Some(clients) = kafka_clients() else {
+        return;
+    };
+    const PARTITIONS: u32 = 3;
+    const COUNT: usize = 6_000;
+    const KILL_AFTER: usize = 2_000;
+    let dir = temp_store();
+    let ports = PortBlock::allocate();
+    let kafka = ports.kafka_addr();
+    let mut broker =
+        Broker::start_sized(dir.path(), Sizes::Default, "", &["--kafka-listen", &kafka]);
+    let created = broker.cli(&["topic", "create", "durable", "--queues", "3"], b"");
+    assert!(created.status.success(), "{created:?}");
+    let mut producer = python(
+        &clients,
+        "kafka_python_durable.py",
+        &[
+            &kafka,
+            "durable",
+            &PARTITIONS.to_string(),
+            &COUNT.to_string(),
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("start the producer");
+    let stdout = producer.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(value) = serde_json::from_str(&line) {
+                let _ = tx.send(value);
+            }
+        }
+    });
+    let mut outcomes = Vec::new();
+    let mut done = false;
+    let mut killed = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    while !done {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            let _ = producer.kill();
+            panic!(
+                "the producer stopped reporting after {} outcomes (killed: {killed}); broker log:\n{}",
+                outcomes.len(),
+                broker.log_tail()
+            );
+        };
+        done = line.get("done").is_some();
+        if !done {
+            outcomes.push(line);
+        }
+        if !killed && outcomes.len() >= KILL_AFTER {
+            broker.kill();
+            broker.restart();
+            killed = true;
+        }
+    }
+    let status = producer.wait().expect("the producer exits");
+    let mut stderr = String::new();
+    let _ = producer
+        .stderr
+        .take()
+        .map(|mut e| e.read_to_string(&mut stderr));
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(killed, "the broker was killed mid-run");
+
+    let mut acked = BTreeMap::new();
+    let mut failed = Vec::new();
+    for outcome in &outcomes {
+        let value = outcome["value"].as_str().expect("a value").to_string();
+        match outcome["offset"].as_u64() {
+            Some(offset) => {
+                let partition = outcome["partition"].as_u64().expect("a partition") as u32;
+                acked.insert(value, (partition, offset));
+            }
+            None => failed.push(value),
+        }
+    }
+    assert_eq!(
+        acked.len() + failed.len(),
+        COUNT,
+        "one outcome per value, none twice"
+    );
+    let mut client = broker.client();
+    let mut stored: BTreeMap<String, Vec<(u32, u64)>> = BTreeMap::new();
+    for queue in 0..PARTITIONS {
+        let mut offset = 0;
+        loop {
+            let pulled = client
+                .pull("durable", queue, offset, 1_000, 4 << 20, 0)
+                .expect("pull");
+            if pulled.messages.is_empty() {
+                break;
+            }
+            for m in &pulled.messages {
+                let value = String::from_utf8_lossy(&m.body).into_owned();
+                stored
+                    .entry(value)
+                    .or_default()
+                    .push((queue, m.queue_offset));
+                offset = m.queue_offset + 1;
+            }
+        }
+    }
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|(value, at)| stored.get(*value).is_none_or(|places| !places.contains(at)))
+        .collect();
+    let twice: Vec<_> = stored
+        .iter()
+        .filter(|(_, places)| places.len() > 1)
+        .collect();
+    let stranger: Vec<_> = stored
+        .keys()
+        .filter(|v| !acked.contains_key(*v) && !failed.contains(v))
+        .collect();
+    eprintln!(
+        "kafka-python across a kill -9: {} acknowledged, {} failed, {} stored, {} lost, {} twice",
+        acked.len(),
+        failed.len(),
+        stored.len(),
+        lost.len(),
+        twice.len()
+    );
+    // A producer id of the killed run is known to the restarted broker from its store, so
+    // the producer's retries are taken rather than refused (without that, UNKNOWN_PRODUCER_ID
+    // failed the batches in flight at the kill).
+    assert!(failed.is_empty(), "sends failed: {failed:?}");
+    assert!(
+        lost.is_empty(),
+        "acknowledged but not where acknowledged: {lost:?}"
+    );
+    assert!(twice.is_empty(), "stored twice: {twice:?}");
+    assert!(stranger.is_empty(), "stored but never sent: {stranger:?}");
 }
 
 #[test]

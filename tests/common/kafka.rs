@@ -80,6 +80,16 @@ impl Wire {
 }
 
 pub fn idempotent_batch(producer_id: i64, base_sequence: i32, values: &[&str]) -> Bytes {
+    batch_with_headers(producer_id, base_sequence, values, &[])
+}
+
+/// [`idempotent_batch`] whose records each carry `headers`.
+pub fn batch_with_headers(
+    producer_id: i64,
+    base_sequence: i32,
+    values: &[&str],
+    headers: &[(&str, &str)],
+) -> Bytes {
     let records: Vec<Record> = values
         .iter()
         .enumerate()
@@ -96,7 +106,15 @@ pub fn idempotent_batch(producer_id: i64, base_sequence: i32, values: &[&str]) -
             timestamp: 1_700_000_000_000,
             key: None,
             value: Some(Bytes::copy_from_slice(v.as_bytes())),
-            headers: Default::default(),
+            headers: headers
+                .iter()
+                .map(|(name, value)| {
+                    (
+                        StrBytes::from_string(name.to_string()),
+                        Some(Bytes::copy_from_slice(value.as_bytes())),
+                    )
+                })
+                .collect(),
         })
         .collect();
     let mut out = BytesMut::new();

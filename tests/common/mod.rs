@@ -497,8 +497,8 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> O
 
 /// Fixed ports for a broker that must keep its addresses across restarts (replication: a
 /// slave reconnects to its master's HA port; a failover consumer to its master's client port).
-/// The client port `listen`, the shard-aware ports `listen + 100 + n` (n < 4) and the HA port
-/// `listen + 1`, all below the kernel's ephemeral range (32768+) so no outgoing connection can
+/// The client port `listen`, the shard-aware ports `listen + 100 + n` (n < 4), the HA port
+/// `listen + 1` and a Kafka port `listen + 2`, all below the kernel's ephemeral range (32768+) so no outgoing connection can
 /// take them while the broker is down, and spread by process id so that concurrent test
 /// processes do not pick the same ones. Every port is checked free when allocated.
 #[derive(Clone, Copy, Debug)]
@@ -519,6 +519,7 @@ impl PortBlock {
             let ports = [
                 listen,
                 listen + 1,
+                listen + 2,
                 listen + 100,
                 listen + 101,
                 listen + 102,
@@ -542,6 +543,12 @@ impl PortBlock {
 
     pub fn ha_addr(&self) -> String {
         format!("127.0.0.1:{}", self.ha)
+    }
+
+    /// A Kafka listener's address, `listen + 2`, for a Kafka client that reconnects across a
+    /// restart.
+    pub fn kafka_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.listen + 2)
     }
 }
 

@@ -1,4 +1,5 @@
-//! Message properties the broker reads and writes: retries and dead letters.
+//! Message properties the broker reads and writes: retries, dead letters, and the producer of
+//! a Kafka idempotent batch.
 //!
 //! A message's `properties` bytes are opaque to the broker except for the names below, which
 //! it sets on the copies it makes when a consumer rejects a message (`MessageReject`). Its own
@@ -23,6 +24,12 @@ pub const REAL_TOPIC: &str = "REAL_TOPIC";
 pub const DELAY_LEVEL: &str = "DELAY_LEVEL";
 /// When a scheduled copy is due, in ms since the Unix epoch.
 pub const DUE_MS: &str = "DUE_MS";
+
+/// On the first message of a batch from a Kafka idempotent producer:
+/// `<producer id>:<epoch>:<base sequence>:<record count>`. A broker that restarted (or a new
+/// master) rebuilds its duplicate windows from the partition's tail with it; Kafka consumers
+/// never see it as a header, and a Kafka producer may not send it.
+pub const KAFKA_PRODUCER: &str = "KAFKA_PRODUCER";
 
 const SEPARATOR: u8 = b'\n';
 

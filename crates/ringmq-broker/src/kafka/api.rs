@@ -6,7 +6,7 @@
 //! Kafka answers with UNSUPPORTED_VERSION (35) in a v0 body and the list.
 
 use super::group_api;
-use super::producers::BatchId;
+use super::producers::{BatchId, RECOVERY_BYTES, RECOVERY_RECORDS};
 use super::records::{self, StoredMessage};
 use super::KafkaNode;
 use crate::constants::{MAX_BYTES_PER_PULL, MAX_MESSAGES_PER_PRODUCE, MAX_MESSAGES_PER_PULL};
@@ -14,7 +14,7 @@ use crate::net::admission::InflightBudget;
 use crate::protocol::message::{
     MessageRef, Metadata, PullRequest, PullResponse, QueueRef, QueueStats, TopicCreate, TopicDelete,
 };
-use crate::protocol::{Acks, FrameHeader, Opcode, Status};
+use crate::protocol::{properties, Acks, FrameHeader, Opcode, Status};
 use crate::shard::handlers;
 use crate::shard::mesh::Reply;
 use crate::shard::Shard;
@@ -22,7 +22,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use std::rc::Rc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// `(API, lowest version, highest version)` this listener serves; ApiVersions lists exactly
 /// these. The caps are Kafka's versions that need nothing ringmq lacks (topic ids in Fetch 13
@@ -644,18 +644,45 @@ async fn produce_partition(
             return partition_produced(index, code, -1, Some(e.to_string()));
         }
     };
+    if batches
+        .iter()
+        .flat_map(|b| &b.messages)
+        .any(|m| properties::get(&m.properties, properties::KAFKA_PRODUCER).is_some())
+    {
+        return partition_produced(
+            index,
+            code::INVALID_RECORD,
+            -1,
+            Some(format!(
+                "the header {} is the broker's own (it marks an idempotent batch)",
+                properties::KAFKA_PRODUCER
+            )),
+        );
+    }
     let mut first_offset = None;
     for batch in batches {
         let p = batch.producer;
-        // Only ids this broker handed out get a window: any other would make the windows
-        // grow with whatever ids clients invent.
-        if p.producer_id >= 0 && !node.producer_ids.issued(p.producer_id) {
+        // A producer id this run did not hand out may be one the store knows: after a restart
+        // or on a new master the partition's stored tail is read once for its batches.
+        if p.producer_id >= 0
+            && !node.producer_ids.issued(p.producer_id)
+            && !node.windows.is_recovered(topic, queue)
+        {
+            recover_windows(shard, node, topic, queue).await;
+        }
+        // Only ids this broker handed out, or found in the partition's tail, get a window:
+        // any other would make the windows grow with whatever ids clients invent.
+        if p.producer_id >= 0
+            && !node.producer_ids.issued(p.producer_id)
+            && !node.windows.knows(topic, queue, p.producer_id)
+        {
             return partition_produced(
                 index,
                 code::UNKNOWN_PRODUCER_ID,
                 -1,
                 Some(format!(
-                    "producer id {} was not handed out by this broker (InitProducerId)",
+                    "producer id {} was not handed out by this broker (InitProducerId) and \
+                     none of its batches is among this partition's last {RECOVERY_RECORDS} messages",
                     p.producer_id
                 )),
             );
@@ -721,13 +748,24 @@ async fn produce_partition(
                 )),
             );
         }
+        // The first message of an idempotent batch names it, for the windows of a later run.
+        let marked = (p.producer_id >= 0).then(|| {
+            properties::with(
+                &batch.messages[0].properties,
+                &[(properties::KAFKA_PRODUCER, id.property())],
+            )
+        });
         let messages: Vec<MessageRef> = batch
             .messages
             .iter()
-            .map(|m| MessageRef {
+            .enumerate()
+            .map(|(i, m)| MessageRef {
                 born_timestamp_ms: m.born_timestamp_ms,
                 key: &m.key,
-                properties: &m.properties,
+                properties: match (&marked, i) {
+                    (Some(marked), 0) => marked,
+                    _ => &m.properties,
+                },
                 body: &m.body,
             })
             .collect();
@@ -763,6 +801,66 @@ async fn produce_partition(
         first_offset.map_or(-1, |o| o as i64),
         None,
     )
+}
+
+/// Reads the last [`RECOVERY_RECORDS`] messages of a partition (at most [`RECOVERY_BYTES`]
+/// of answers) and remembers the idempotent batches their `KAFKA_PRODUCER` properties name
+/// ([`producers::Windows::recovered`]). Only what consumers may read is seen: a batch stored
+/// but not yet confirmed (a restarted SYNC_MASTER before its slave caught up) is not, and
+/// its retry is stored again, as the retry of a batch that missed its guarantee may be. A
+/// read that fails leaves the partition unmarked, so the next produce tries again.
+async fn recover_windows(shard: &Rc<Shard>, node: &KafkaNode, topic: &str, queue: u32) {
+    let mut body = Vec::new();
+    QueueRef {
+        topic: topic.to_string(),
+        queue,
+    }
+    .encode(&mut body);
+    let reply = native(shard, Opcode::QueueStats, body).await;
+    let stats = match (reply.status, QueueStats::decode(&reply.body)) {
+        (Status::Ok, Ok(stats)) => stats,
+        _ => return,
+    };
+    let started = shard.clock().now();
+    let mut offset = stats
+        .max_offset
+        .saturating_sub(RECOVERY_RECORDS)
+        .max(stats.min_offset);
+    let mut found = Vec::new();
+    let mut read = 0usize;
+    while offset < stats.max_offset && read < RECOVERY_BYTES {
+        let reply = pull(shard, topic, queue, offset, MAX_BYTES_PER_PULL, 0).await;
+        if reply.status != Status::Ok {
+            warn!(topic, queue, offset, status = %reply.status, "reading a partition's tail for its idempotent producers failed; the next produce tries again");
+            return;
+        }
+        let Ok(pulled) = PullResponse::decode(&reply.body) else {
+            return;
+        };
+        let Some(last) = pulled.messages.last() else {
+            break;
+        };
+        let next = last.queue_offset + 1;
+        for m in &pulled.messages {
+            if let Some(batch) = properties::get(m.properties, properties::KAFKA_PRODUCER)
+                .and_then(BatchId::parse_property)
+            {
+                found.push((batch, m.queue_offset));
+            }
+        }
+        read += reply.body.len();
+        offset = next;
+    }
+    node.windows
+        .recovered(topic, queue, &found, shard.clock().unix_ms());
+    info!(
+        topic,
+        queue,
+        batches = found.len(),
+        read_bytes = read,
+        took_ms = (shard.clock().now() - started).as_millis() as u64,
+        "rebuilt the idempotent producers' windows of a partition from its stored tail"
+    );
 }
 
 /// One partition's pull, as the native consumer would send it.

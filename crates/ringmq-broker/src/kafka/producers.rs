@@ -7,11 +7,17 @@
 //! millisecond of its life, or the clock went back. Nothing is persisted.
 //!
 //! The windows live in memory (one lock shared by the shards: a produce holds it for a map
-//! look-up, never across an await). They are not rebuilt on restart yet, so a batch retried
-//! across a broker restart can be stored twice. Only ids this run handed out get a window
-//! (any other is UNKNOWN_PRODUCER_ID), a producer's windows are forgotten after
-//! [`PRODUCER_IDLE_MS`] without a batch, and at most [`MAX_WINDOWS`] are kept (the least
-//! recently used go first), so the memory they take is bounded whatever clients send.
+//! look-up, never across an await). The store is what survives a restart: the first message
+//! of every idempotent batch carries its [`BatchId`] (the `KAFKA_PRODUCER` property, see
+//! [`BatchId::property`]), and the first time a run sees a producer id it did not hand out on
+//! a partition, it reads that partition's last [`RECOVERY_RECORDS`] messages once and
+//! remembers the batches found there ([`Windows::recovered`]). So a batch retried across a
+//! restart, or on a new master after a failover (the slaves hold the same messages), is
+//! answered with its first offset rather than stored twice. Only ids this run handed out, or
+//! found so on the partition, get a window (any other is UNKNOWN_PRODUCER_ID), a producer's
+//! windows are forgotten after [`PRODUCER_IDLE_MS`] without a batch, and at most
+//! [`MAX_WINDOWS`] are kept (the least recently used go first), so the memory they take is
+//! bounded whatever clients send.
 
 use crate::protocol::Status;
 use std::collections::{HashMap, VecDeque};
@@ -31,6 +37,14 @@ pub const PRODUCER_IDLE_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// `(topic, partition, producer)` windows kept at most: about 200 bytes each, so some 20 MiB.
 pub const MAX_WINDOWS: usize = 100_000;
+
+/// Messages at the end of a partition read to rebuild its windows after a restart: room for
+/// the last [`WINDOW`] batches of some hundred producers writing batches of a few records.
+pub const RECOVERY_RECORDS: u64 = 4_096;
+
+/// Bytes of pull answers the rebuild reads at most per partition (a tail of large messages
+/// is read partly: the batches past it fall back to sequence checks).
+pub const RECOVERY_BYTES: usize = 64 << 20;
 
 /// The producer-id counter.
 pub struct ProducerIds {
@@ -68,6 +82,28 @@ pub struct BatchId {
     pub record_count: u32,
 }
 
+impl BatchId {
+    /// The `KAFKA_PRODUCER` property value stored with the batch's first message.
+    pub fn property(&self) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            self.producer_id, self.epoch, self.base_sequence, self.record_count
+        )
+    }
+
+    /// The batch a `KAFKA_PRODUCER` value names; `None` for anything else.
+    pub fn parse_property(value: &str) -> Option<BatchId> {
+        let mut fields = value.split(':');
+        let batch = BatchId {
+            producer_id: fields.next()?.parse().ok().filter(|id: &i64| *id >= 0)?,
+            epoch: fields.next()?.parse().ok()?,
+            base_sequence: fields.next()?.parse().ok()?,
+            record_count: fields.next()?.parse().ok().filter(|n: &u32| *n > 0)?,
+        };
+        fields.next().is_none().then_some(batch)
+    }
+}
+
 /// One remembered batch: what identifies it, the first offset it was stored at, and the
 /// status its guarantee missed with, while it has not been seen to hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,13 +131,76 @@ struct Window {
     used_ms: u64,
 }
 
-/// `(topic, partition, producer id)` → its window.
+/// `(topic, partition, producer id)` → its window, and the partitions whose stored tail this
+/// run has read ([`Windows::recovered`]).
 #[derive(Default)]
 pub struct Windows {
     windows: Mutex<HashMap<(String, u32, i64), Window>>,
+    recovered: Mutex<std::collections::HashSet<(String, u32)>>,
 }
 
 impl Windows {
+    /// Whether this run has read the stored tail of `partition` already.
+    pub fn is_recovered(&self, topic: &str, partition: u32) -> bool {
+        self.recovered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(topic.to_string(), partition))
+    }
+
+    /// Remembers the batches found in the stored tail of `partition`, each with its first
+    /// offset, and marks the partition read. A batch already remembered is kept as it is
+    /// (a produce may have stored or retried it while the tail was read), and each window
+    /// stays in offset order with its newest [`WINDOW`] batches, so reading a partition
+    /// twice (two produces racing on the first contact) changes nothing.
+    pub fn recovered(&self, topic: &str, partition: u32, found: &[(BatchId, u64)], now_ms: u64) {
+        {
+            let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+            for &(batch, base_offset) in found {
+                let key = (topic.to_string(), partition, batch.producer_id);
+                if !windows.contains_key(&key) && windows.len() >= MAX_WINDOWS {
+                    evict(&mut windows, now_ms);
+                }
+                let window = windows.entry(key).or_default();
+                window.used_ms = window.used_ms.max(now_ms);
+                if window.seen.iter().any(|s| s.base_offset == base_offset) {
+                    continue;
+                }
+                let at = window
+                    .seen
+                    .iter()
+                    .position(|s| s.base_offset > base_offset)
+                    .unwrap_or(window.seen.len());
+                window.seen.insert(
+                    at,
+                    Seen {
+                        epoch: batch.epoch,
+                        base_sequence: batch.base_sequence,
+                        record_count: batch.record_count,
+                        base_offset,
+                        failed: None,
+                    },
+                );
+                while window.seen.len() > WINDOW {
+                    window.seen.pop_front();
+                }
+            }
+        }
+        self.recovered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((topic.to_string(), partition));
+    }
+
+    /// Whether a window of `producer_id` on `partition` is kept (this run stored one of its
+    /// batches there, or found one in the stored tail).
+    pub fn knows(&self, topic: &str, partition: u32, producer_id: i64) -> bool {
+        self.windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&(topic.to_string(), partition, producer_id))
+    }
+
     /// Where a batch with these fields was stored, if it is one of the last [`WINDOW`] of
     /// its producer on this partition.
     pub fn duplicate_of(&self, topic: &str, partition: u32, batch: BatchId) -> Option<Duplicate> {
@@ -217,10 +316,14 @@ impl Windows {
         self.len() == 0
     }
 
-    /// Forgets every window of a deleted topic.
+    /// Forgets every window of a deleted topic, and that its partitions were read.
     pub fn forget_topic(&self, topic: &str) {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         windows.retain(|(t, _, _), _| t != topic);
+        self.recovered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(t, _)| t != topic);
     }
 }
 
@@ -323,6 +426,52 @@ mod tests {
         assert_eq!(w.duplicate_of("t", 0, id(7, 0, 15, 3)), Some(ok(115)));
         w.forget_topic("t");
         assert_eq!(w.duplicate_of("t", 0, id(7, 0, 15, 3)), None);
+    }
+
+    /// The property names the batch and reads back; anything else is no batch.
+    #[test]
+    fn the_stored_mark_of_a_batch_reads_back() {
+        let batch = id(1_700_000_000_000_123, 2, 2_147_483_600, 40);
+        assert_eq!(BatchId::parse_property(&batch.property()), Some(batch));
+        for bad in [
+            "",
+            "1:0:0",
+            "1:0:0:5:9",
+            "-1:0:0:5",
+            "1:0:0:0",
+            "x:0:0:5",
+            "1:0:0:5 ",
+        ] {
+            assert_eq!(BatchId::parse_property(bad), None, "{bad:?}");
+        }
+    }
+
+    /// Batches found in a stored tail seed the windows in offset order, keep what a produce
+    /// remembered meanwhile, and reading the tail twice changes nothing.
+    #[test]
+    fn a_stored_tail_seeds_the_windows_once_in_offset_order() {
+        let w = Windows::default();
+        assert!(!w.is_recovered("t", 0));
+        // A produce raced the read: the producer's newest batch is remembered first.
+        w.stored("t", 0, id(7, 0, 9, 1), 40, None, 5);
+        let found: Vec<(BatchId, u64)> = (0..8)
+            .map(|i| (id(7, 0, i, 1), 30 + i as u64))
+            .chain([(id(8, 0, 0, 2), 20)])
+            .collect();
+        w.recovered("t", 0, &found, 5);
+        w.recovered("t", 0, &found, 6);
+        assert!(w.is_recovered("t", 0) && !w.is_recovered("t", 1));
+        assert!(w.knows("t", 0, 7) && w.knows("t", 0, 8) && !w.knows("t", 1, 7));
+        assert_eq!(w.next_sequence("t", 0, 7, 0), Some(10), "after the newest");
+        assert_eq!(w.next_sequence("t", 0, 8, 0), Some(2));
+        assert_eq!(w.duplicate_of("t", 0, id(7, 0, 7, 1)), Some(ok(37)));
+        assert_eq!(
+            w.duplicate_of("t", 0, id(7, 0, 3, 1)),
+            None,
+            "past the newest five"
+        );
+        w.forget_topic("t");
+        assert!(!w.is_recovered("t", 0) && !w.knows("t", 0, 7));
     }
 
     /// Past the cap, idle windows go first, then the least recently used; the count never

@@ -302,6 +302,10 @@ fn to_record(m: &StoredMessage<'_>, base: u64) -> Record {
         headers: Default::default(),
     };
     for (name, value) in properties_to_headers(m.properties) {
+        // The broker's mark of an idempotent batch is not the producer's header.
+        if name == crate::protocol::properties::KAFKA_PRODUCER.as_bytes() {
+            continue;
+        }
         // A header name must be UTF-8 on the wire; an unescaped binary name is escaped.
         let name = String::from_utf8(name).unwrap_or_else(|e| escape(e.as_bytes(), true));
         record
