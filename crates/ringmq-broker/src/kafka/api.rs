@@ -22,7 +22,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use std::rc::Rc;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 /// `(API, lowest version, highest version)` this listener serves; ApiVersions lists exactly
 /// these. The caps are Kafka's versions that need nothing ringmq lacks (topic ids in Fetch 13
@@ -662,13 +662,15 @@ async fn produce_partition(
     let mut first_offset = None;
     for batch in batches {
         let p = batch.producer;
-        // A producer id this run did not hand out may be one the store knows: after a restart
-        // or on a new master the partition's stored tail is read once for its batches.
+        // The windows come from the store once per partition and log epoch (a restart and
+        // a promotion each open one): the batches found in its stored tail, so a producer
+        // id handed out by an earlier run or another master is known with its batches.
+        let epoch = shard.role_state().last_epoch();
         if p.producer_id >= 0
-            && !node.producer_ids.issued(p.producer_id)
-            && !node.windows.is_recovered(topic, queue)
+            && shard.is_master()
+            && !node.windows.is_recovered(topic, queue, epoch)
         {
-            recover_windows(shard, node, topic, queue).await;
+            recover_windows(shard, node, topic, queue, epoch).await;
         }
         // Only ids this broker handed out, or found in the partition's tail, get a window:
         // any other would make the windows grow with whatever ids clients invent.
@@ -805,11 +807,14 @@ async fn produce_partition(
 
 /// Reads the last [`RECOVERY_RECORDS`] messages of a partition (at most [`RECOVERY_BYTES`]
 /// of answers) and remembers the idempotent batches their `KAFKA_PRODUCER` properties name
-/// ([`producers::Windows::recovered`]). Only what consumers may read is seen: a batch stored
-/// but not yet confirmed (a restarted SYNC_MASTER before its slave caught up) is not, and
-/// its retry is stored again, as the retry of a batch that missed its guarantee may be. A
-/// read that fails leaves the partition unmarked, so the next produce tries again.
-async fn recover_windows(shard: &Rc<Shard>, node: &KafkaNode, topic: &str, queue: u32) {
+/// ([`producers::Windows::recovered`]), in log epoch `epoch` (the windows of an earlier epoch
+/// are dropped first: another master may have stored batches since). Only what consumers may
+/// read is seen: a batch stored but not yet confirmed (a restarted SYNC_MASTER before its
+/// slave caught up) is not, and its retry is stored again, as the retry of a batch that
+/// missed its guarantee may be. A read that fails leaves the partition unmarked, so the next
+/// produce tries again.
+async fn recover_windows(shard: &Rc<Shard>, node: &KafkaNode, topic: &str, queue: u32, epoch: u32) {
+    node.windows.begin_recovery(topic, queue, epoch);
     let mut body = Vec::new();
     QueueRef {
         topic: topic.to_string(),
@@ -831,7 +836,14 @@ async fn recover_windows(shard: &Rc<Shard>, node: &KafkaNode, topic: &str, queue
     while offset < stats.max_offset && read < RECOVERY_BYTES {
         let reply = pull(shard, topic, queue, offset, MAX_BYTES_PER_PULL, 0).await;
         if reply.status != Status::Ok {
-            warn!(topic, queue, offset, status = %reply.status, "reading a partition's tail for its idempotent producers failed; the next produce tries again");
+            warn!(
+                topic,
+                queue,
+                offset,
+                status = %reply.status,
+                "reading a partition's tail for its idempotent producers failed; the next \
+                 produce tries again"
+            );
             return;
         }
         let Ok(pulled) = PullResponse::decode(&reply.body) else {
@@ -852,8 +864,8 @@ async fn recover_windows(shard: &Rc<Shard>, node: &KafkaNode, topic: &str, queue
         offset = next;
     }
     node.windows
-        .recovered(topic, queue, &found, shard.clock().unix_ms());
-    info!(
+        .recovered(topic, queue, &found, epoch, shard.clock().unix_ms());
+    debug!(
         topic,
         queue,
         batches = found.len(),

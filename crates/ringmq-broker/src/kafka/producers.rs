@@ -13,7 +13,10 @@
 //! a partition, it reads that partition's last [`RECOVERY_RECORDS`] messages once and
 //! remembers the batches found there ([`Windows::recovered`]). So a batch retried across a
 //! restart, or on a new master after a failover (the slaves hold the same messages), is
-//! answered with its first offset rather than stored twice. Only ids this run handed out, or
+//! answered with its first offset rather than stored twice. The windows are the store's only
+//! while this broker is the one master: a partition's are dropped and read again from the
+//! store in every new epoch of the log (a restart, a promotion; another master may have taken
+//! batches of the same producers meanwhile). Only ids this run handed out, or
 //! found so on the partition, get a window (any other is UNKNOWN_PRODUCER_ID), a producer's
 //! windows are forgotten after [`PRODUCER_IDLE_MS`] without a batch, and at most
 //! [`MAX_WINDOWS`] are kept (the least recently used go first), so the memory they take is
@@ -131,29 +134,63 @@ struct Window {
     used_ms: u64,
 }
 
-/// `(topic, partition, producer id)` → its window, and the partitions whose stored tail this
-/// run has read ([`Windows::recovered`]).
+/// How far a partition's windows come from its store, by the log epoch they were read in.
+#[derive(Clone, Copy, Default)]
+struct Recovery {
+    /// The epoch whose windows are kept: a partition's windows of another epoch were dropped.
+    cleared: Option<u32>,
+    /// The epoch in which the stored tail was read.
+    read: Option<u32>,
+}
+
+/// `(topic, partition, producer id)` → its window, and per partition the epoch its stored
+/// tail was read in ([`Windows::recovered`]).
 #[derive(Default)]
 pub struct Windows {
     windows: Mutex<HashMap<(String, u32, i64), Window>>,
-    recovered: Mutex<std::collections::HashSet<(String, u32)>>,
+    recovery: Mutex<HashMap<(String, u32), Recovery>>,
 }
 
 impl Windows {
-    /// Whether this run has read the stored tail of `partition` already.
-    pub fn is_recovered(&self, topic: &str, partition: u32) -> bool {
-        self.recovered
+    /// Whether the stored tail of `partition` was read in log epoch `epoch`.
+    pub fn is_recovered(&self, topic: &str, partition: u32, epoch: u32) -> bool {
+        self.recovery
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&(topic.to_string(), partition))
+            .get(&(topic.to_string(), partition))
+            .is_some_and(|r| r.read == Some(epoch))
+    }
+
+    /// Before the stored tail of `partition` is read in `epoch`: the first time in that epoch,
+    /// the partition's windows of earlier epochs are dropped (batches stored from now on are
+    /// remembered as usual, and the tail's are merged in by [`Windows::recovered`]).
+    pub fn begin_recovery(&self, topic: &str, partition: u32, epoch: u32) {
+        let mut recovery = self.recovery.lock().unwrap_or_else(|e| e.into_inner());
+        let mark = recovery.entry((topic.to_string(), partition)).or_default();
+        if mark.cleared == Some(epoch) {
+            return;
+        }
+        mark.cleared = Some(epoch);
+        drop(recovery);
+        self.windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(t, p, _), _| !(t == topic && *p == partition));
     }
 
     /// Remembers the batches found in the stored tail of `partition`, each with its first
-    /// offset, and marks the partition read. A batch already remembered is kept as it is
+    /// offset, and marks the partition read in `epoch`. A batch already remembered is kept as it is
     /// (a produce may have stored or retried it while the tail was read), and each window
     /// stays in offset order with its newest [`WINDOW`] batches, so reading a partition
     /// twice (two produces racing on the first contact) changes nothing.
-    pub fn recovered(&self, topic: &str, partition: u32, found: &[(BatchId, u64)], now_ms: u64) {
+    pub fn recovered(
+        &self,
+        topic: &str,
+        partition: u32,
+        found: &[(BatchId, u64)],
+        epoch: u32,
+        now_ms: u64,
+    ) {
         {
             let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
             for &(batch, base_offset) in found {
@@ -186,10 +223,12 @@ impl Windows {
                 }
             }
         }
-        self.recovered
+        self.recovery
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert((topic.to_string(), partition));
+            .entry((topic.to_string(), partition))
+            .or_default()
+            .read = Some(epoch);
     }
 
     /// Whether a window of `producer_id` on `partition` is kept (this run stored one of its
@@ -320,10 +359,10 @@ impl Windows {
     pub fn forget_topic(&self, topic: &str) {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         windows.retain(|(t, _, _), _| t != topic);
-        self.recovered
+        self.recovery
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|(t, _)| t != topic);
+            .retain(|(t, _), _| t != topic);
     }
 }
 
@@ -451,16 +490,23 @@ mod tests {
     #[test]
     fn a_stored_tail_seeds_the_windows_once_in_offset_order() {
         let w = Windows::default();
-        assert!(!w.is_recovered("t", 0));
+        // Remembered in an earlier epoch: dropped when the tail is read in epoch 3.
+        w.stored("t", 0, id(9, 0, 0, 1), 1, None, 0);
+        assert!(!w.is_recovered("t", 0, 3));
+        w.begin_recovery("t", 0, 3);
+        assert!(!w.knows("t", 0, 9), "an earlier epoch's window");
         // A produce raced the read: the producer's newest batch is remembered first.
         w.stored("t", 0, id(7, 0, 9, 1), 40, None, 5);
         let found: Vec<(BatchId, u64)> = (0..8)
             .map(|i| (id(7, 0, i, 1), 30 + i as u64))
             .chain([(id(8, 0, 0, 2), 20)])
             .collect();
-        w.recovered("t", 0, &found, 5);
-        w.recovered("t", 0, &found, 6);
-        assert!(w.is_recovered("t", 0) && !w.is_recovered("t", 1));
+        w.recovered("t", 0, &found, 3, 5);
+        // A second read in the same epoch keeps what was stored meanwhile.
+        w.begin_recovery("t", 0, 3);
+        w.recovered("t", 0, &found, 3, 6);
+        assert!(w.is_recovered("t", 0, 3) && !w.is_recovered("t", 1, 3));
+        assert!(!w.is_recovered("t", 0, 4), "a new epoch reads again");
         assert!(w.knows("t", 0, 7) && w.knows("t", 0, 8) && !w.knows("t", 1, 7));
         assert_eq!(w.next_sequence("t", 0, 7, 0), Some(10), "after the newest");
         assert_eq!(w.next_sequence("t", 0, 8, 0), Some(2));
@@ -471,7 +517,7 @@ mod tests {
             "past the newest five"
         );
         w.forget_topic("t");
-        assert!(!w.is_recovered("t", 0) && !w.knows("t", 0, 7));
+        assert!(!w.is_recovered("t", 0, 3) && !w.knows("t", 0, 7));
     }
 
     /// Past the cap, idle windows go first, then the least recently used; the count never

@@ -259,6 +259,11 @@ impl RoleState {
         self.identity.borrow().clone()
     }
 
+    /// The epoch this shard's log is in: a new one at every promotion and every restart.
+    pub fn last_epoch(&self) -> u32 {
+        self.identity.borrow().last_epoch()
+    }
+
     /// Replaces the identity in memory (the caller has saved it).
     pub fn set_identity(&self, identity: LogIdentity) {
         *self.identity.borrow_mut() = identity;
