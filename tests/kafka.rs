@@ -10,7 +10,7 @@ mod common;
 
 use bytes::{Bytes, BytesMut};
 use common::kafka::{batch_with_headers, idempotent_batch, produce_request, produced, Wire};
-use common::{temp_store, Broker, PortBlock, Sizes};
+use common::{temp_store, wait_until, Broker, PortBlock, Sizes};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::{
@@ -704,6 +704,81 @@ fn idempotent_retries_after_a_kill_9_are_answered_with_their_offsets_and_stored_
     .map(|(o, v, h)| (o, v.to_string(), h))
     .collect();
     assert_eq!(seen, expected, "each record once, no broker header");
+}
+
+/// After a failover the new master answers a retry from the store too: a SYNC_MASTER and its
+/// slave, both with Kafka listeners; an idempotent producer's batches are acknowledged by
+/// the master (so they are on the slave); the master is SIGKILLed and the slave promoted;
+/// the retry of the newest batch sent to the new master gets its offset, stored once, and
+/// the producer's next batch follows on.
+#[test]
+fn a_new_master_answers_an_idempotent_retry_with_its_offset() {
+    let (master_dir, slave_dir) = (temp_store(), temp_store());
+    let (master_ports, slave_ports) = (PortBlock::allocate(), PortBlock::allocate());
+    let start = |dir: &Path, ports: &PortBlock, role: &str, master: Option<&PortBlock>| {
+        let (listen, ha, kafka) = (ports.listen_addr(), ports.ha_addr(), ports.kafka_addr());
+        let master_ha = master.map(PortBlock::ha_addr);
+        let mut args = vec![
+            "--role",
+            role,
+            "--shards",
+            "1",
+            "--listen",
+            &listen,
+            "--ha-listen",
+            &ha,
+            "--kafka-listen",
+            &kafka,
+        ];
+        if let Some(m) = &master_ha {
+            args.extend(["--master", m.as_str()]);
+        }
+        Broker::start_with_config(dir, "metadata_sync_interval_ms = 200\n", &args)
+    };
+    let mut master = start(master_dir.path(), &master_ports, "SYNC_MASTER", None);
+    let slave = start(slave_dir.path(), &slave_ports, "SLAVE", Some(&master_ports));
+    let created = master.cli(&["topic", "create", "moves", "--queues", "1"], b"");
+    assert!(created.status.success(), "{created:?}");
+    wait_until(Duration::from_secs(30), "the topic on the slave", || {
+        let out = slave.cli(&["topic", "describe", "moves"], b"");
+        out.status.success().then_some(())
+    });
+    let mut wire = Wire::connect(&master_ports.kafka_addr());
+    let init: InitProducerIdResponse = wire.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    let pid = init.producer_id.0;
+    let first = produce_request("moves", idempotent_batch(pid, 0, &["a", "b"]));
+    let second = produce_request("moves", idempotent_batch(pid, 2, &["c"]));
+    // acks -1 on a SYNC_MASTER: answered once the slave has the batch.
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &first)), (0, 0));
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &second)), (0, 2));
+
+    master.kill();
+    let promoted = slave.cli(&["cluster", "promote", "--role", "ASYNC_MASTER"], b"");
+    assert!(promoted.status.success(), "{promoted:?}");
+    let mut wire = Wire::connect(&slave_ports.kafka_addr());
+    assert_eq!(
+        produced(&wire.call(ApiKey::Produce, 9, &second)),
+        (0, 2),
+        "the retry on the new master: its offset\n{}",
+        slave.log_tail()
+    );
+    let next = produce_request("moves", idempotent_batch(pid, 3, &["d"])).with_acks(1);
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &next)), (0, 3));
+    let mut client = slave.client();
+    let pulled = client.pull("moves", 0, 0, 100, 1 << 20, 0).expect("pull");
+    let bodies: Vec<String> = pulled
+        .messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect();
+    assert_eq!(bodies, ["a", "b", "c", "d"], "each record once");
 }
 
 /// acks 0: no answer, and the next request on the connection gets its own answer with its
