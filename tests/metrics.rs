@@ -6,14 +6,9 @@ mod common;
 use common::{temp_store, Broker};
 use ringmq::protocol::message::MessageRef;
 use ringmq::protocol::message::StatsRequest;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 
 fn http_get(addr: &str, path: &str) -> (String, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect to /metrics");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    let response = common::http_get(addr, path);
     let (head, body) = response.split_once("\r\n\r\n").expect("HTTP head");
     (head.to_string(), body.to_string())
 }

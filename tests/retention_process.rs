@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{checked, retention_on_request, temp_store, wait_until, Broker, LoopMount};
+use common::{checked, http_get, retention_on_request, temp_store, wait_until, Broker, LoopMount};
 use ringmq::client::Client;
 use ringmq::protocol::admin::Retention;
 use ringmq::protocol::message::{MessageRef, RetentionStatusRequest};
@@ -174,18 +174,6 @@ fn delete_expired_runs_a_pass_now_and_prints_what_it_deleted() {
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to /metrics");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    stream.read_to_string(&mut out).unwrap();
-    out
 }
 
 /// SIGKILL while the cleaner deletes (any hour, everything older than a millisecond, a pass

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{temp_store, test_config, wait_until, Broker, NameServer, PortBlock};
+use common::{http_get, temp_store, test_config, wait_until, Broker, NameServer, PortBlock};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
 use ringmq::client::controller::ControllerClient;
 use ringmq::client::{Client, ClientOptions, ClientTls, ConnectionOptions};
@@ -125,15 +125,6 @@ fn tls_options(ca: &Path) -> ClientOptions {
         },
         ..ClientOptions::default()
     }
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body
 }
 
 /// Bytes sent raw to `addr`, and whatever comes back before it closes or goes quiet.

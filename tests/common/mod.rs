@@ -552,6 +552,20 @@ impl PortBlock {
     }
 }
 
+/// The whole HTTP/1.0 response (head and body) to `GET path` on `addr` (the broker's
+/// `/metrics` listener), read until the server closes, at most 10 s between reads.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the HTTP listener");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send");
+    let mut out = String::new();
+    let _ = stream.read_to_string(&mut out);
+    out
+}
+
 /// The seed for a randomized test: from `var` to replay a failure, else from the clock. Tests
 /// print it so a failing run can be replayed.
 pub fn seed_from_env(var: &str) -> u64 {
