@@ -12,7 +12,7 @@
 mod common;
 
 use common::kafka::{idempotent_batch, produce_request, produced, Wire};
-use common::{run_binary, temp_store, wait_until, Broker, PortBlock, Sizes};
+use common::{http_get, run_binary, temp_store, wait_until, Broker, PortBlock, Sizes};
 use kafka_protocol::messages::ApiKey;
 use ringmq::client::controller::ControllerClient;
 use ringmq::client::Client;
@@ -421,7 +421,7 @@ fn a_one_broker_group_refuses_all_level_produce_and_promote() {
         root.path(),
         &controller,
         Sizes::Small,
-        "kafka_listen = \"127.0.0.1:0\"\n",
+        "kafka_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n",
     );
     assert!(
         broker.ready_line.contains("role=CONTROLLED"),
@@ -477,6 +477,23 @@ fn a_one_broker_group_refuses_all_level_produce_and_promote() {
     assert!(!promote.status.success(), "promote was accepted");
     let stderr = String::from_utf8_lossy(&promote.stderr);
     assert!(stderr.contains("controller mode"), "{stderr}");
+
+    // The controllers' view in /metrics: master under a lease, a set of one.
+    let metrics = broker.ready_field("metrics").expect("the metrics listener");
+    let text = http_get(&metrics, "/metrics");
+    let gauge = |name: &str| -> u64 {
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!("ringmq_{name} "))
+                    || l.starts_with(&format!("ringmq_{name}{{"))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    assert_eq!(gauge("controller_is_master"), 1);
+    assert_eq!(gauge("controller_sync_state_set_size"), 1);
+    assert!(gauge("controller_master_epoch") >= 1);
+    assert!(gauge("controller_lease_remaining_ms") > 0, "{text}");
 
     // Kafka's clients get the same refusal as NOT_ENOUGH_REPLICAS (19, "not stored"), and
     // acks 1 is level `leader`: its batch lands right after the native message.

@@ -336,10 +336,12 @@ pub struct ProbeSnapshot {
 }
 
 /// Gauges that describe something the shards share or a state any one of them is in (the
-/// store's file system, appends refused): merged by taking the largest, since a sum of the
+/// store's file system, appends refused, the controllers' view of the broker): merged by taking the largest, since a sum of the
 /// same disk's use seen by every shard means nothing.
 pub fn is_max_gauge(name: &str) -> bool {
-    name.starts_with("disk_") || name == "retention_appends_refused"
+    name.starts_with("disk_")
+        || name.starts_with("controller_")
+        || name == "retention_appends_refused"
 }
 
 impl ProbeSnapshot {

@@ -42,6 +42,19 @@ fn gauge_help(name: &str) -> &'static str {
         "retention_appends_refused" => {
             "1 while appends are refused with DISK_FULL: disk use is above disk_space_warning_ratio."
         }
+        "controller_master_epoch" => {
+            "Controller mode: the group's master epoch in the controllers' last answer."
+        }
+        "controller_is_master" => "Controller mode: 1 while the controllers name this broker master.",
+        "controller_sync_state_set_size" => {
+            "Controller mode: members of the group's committed SyncStateSet, the master included."
+        }
+        "controller_sync_state_set_epoch" => {
+            "Controller mode: the epoch of the group's committed SyncStateSet."
+        }
+        "controller_lease_remaining_ms" => {
+            "Controller mode: ms left of this master's lease (0: none; it acknowledges nothing)."
+        }
         _ => "A point-in-time value.",
     }
 }

@@ -163,6 +163,32 @@ impl ControllerState {
             .is_some_and(|until| now < until)
     }
 
+    /// The controller-mode gauges of `/metrics` and `ringmq stats` at `now`: the master epoch
+    /// and SyncStateSet (size and epoch) of the controllers' last answer, whether it names
+    /// this broker master, and the lease left (0 when none or expired).
+    pub fn gauges(&self, now: Instant) -> [(&'static str, u64); 5] {
+        let view = self.view.borrow();
+        let lease_ms = view.lease_until.map_or(0, |until| {
+            until.saturating_duration_since(now).as_millis() as u64
+        });
+        [
+            ("controller_master_epoch", u64::from(view.master_epoch)),
+            (
+                "controller_is_master",
+                u64::from(view.master_broker_id != 0 && view.master_broker_id == view.broker_id),
+            ),
+            (
+                "controller_sync_state_set_size",
+                view.sync_state_set.len() as u64,
+            ),
+            (
+                "controller_sync_state_set_epoch",
+                u64::from(view.sync_state_set_epoch),
+            ),
+            ("controller_lease_remaining_ms", lease_ms),
+        ]
+    }
+
     /// Whether a slave must neither follow nor acknowledge to a master whose log's last
     /// epoch is `master_last_epoch`: the controllers named a later master epoch (a term is
     /// exactly its master epoch in controller mode). Never outside controller mode (the

@@ -725,8 +725,9 @@ impl<D: Disk> Shard<D> {
         self.probe.snapshot(self.id, self.gauges())
     }
 
-    /// Point-in-time values for the probe: waiting producers, and per master shard its slaves
-    /// and the worst slave lag (bytes behind the master's end, and for how long).
+    /// Point-in-time values for the probe: waiting producers, per master shard its slaves
+    /// and the worst slave lag (bytes behind the master's end, and for how long), and in
+    /// controller mode the controllers' view of this broker.
     fn gauges(&self) -> Vec<(&'static str, u64)> {
         let max_offset = self.store.max_offset();
         let now = self.clock.now();
@@ -744,7 +745,7 @@ impl<D: Disk> Shard<D> {
             .max()
             .unwrap_or(0);
         let replica_waiters = replicas.as_ref().map_or(0, |r| r.completions.pending());
-        vec![
+        let mut gauges = vec![
             (
                 "pending_completions",
                 (self.flushing.pending() + replica_waiters) as u64,
@@ -760,7 +761,12 @@ impl<D: Disk> Shard<D> {
                 "retention_appends_refused",
                 self.cleaning.appends_refused() as u64,
             ),
-        ]
+        ];
+        // Every shard has the same list (the configuration is the broker's).
+        if self.config.controller_mode() {
+            gauges.extend(self.controller.gauges(now));
+        }
+        gauges
     }
 
     /// One snapshot per shard (a shard that does not answer is left out).
