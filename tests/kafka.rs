@@ -9,7 +9,9 @@
 mod common;
 
 use bytes::{Bytes, BytesMut};
-use common::kafka::{batch_with_headers, idempotent_batch, produce_request, produced, Wire};
+use common::kafka::{
+    batch_with_headers, fetch_from_start, idempotent_batch, produce_request, produced, Wire,
+};
 use common::{temp_store, wait_until, Broker, PortBlock, Sizes};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
@@ -570,15 +572,8 @@ fn a_retry_after_error_20_gets_the_error_again_and_is_stored_once() {
     let created = broker.cli(&["topic", "create", "unsure", "--queues", "1"], b"");
     assert!(created.status.success(), "{created:?}");
     let mut wire = Wire::connect(&kafka);
-    let init: InitProducerIdResponse = wire.call(
-        ApiKey::InitProducerId,
-        4,
-        &InitProducerIdRequest::default()
-            .with_transactional_id(None)
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1),
-    );
-    let batch = produce_request("unsure", idempotent_batch(init.producer_id.0, 0, &["a"]));
+    let pid = wire.init_producer_id();
+    let batch = produce_request("unsure", idempotent_batch(pid, 0, &["a"]));
     assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &batch)), (20, 0));
     assert_eq!(
         produced(&wire.call(ApiKey::Produce, 9, &batch)),
@@ -613,19 +608,7 @@ fn idempotent_retries_after_a_kill_9_are_answered_with_their_offsets_and_stored_
     let created = broker.cli(&["topic", "create", "survives", "--queues", "2"], b"");
     assert!(created.status.success(), "{created:?}");
     let mut wire = Wire::connect(&broker.ready_field("kafka").expect("the Kafka listener"));
-    let init = |wire: &mut Wire| {
-        let answer: InitProducerIdResponse = wire.call(
-            ApiKey::InitProducerId,
-            4,
-            &InitProducerIdRequest::default()
-                .with_transactional_id(None)
-                .with_producer_id(ProducerId(-1))
-                .with_producer_epoch(-1),
-        );
-        assert_eq!(answer.error_code, 0);
-        answer.producer_id.0
-    };
-    let (pid, other) = (init(&mut wire), init(&mut wire));
+    let (pid, other) = (wire.init_producer_id(), wire.init_producer_id());
     let to = |partition: i32, records: Bytes| {
         let mut request = produce_request("survives", records);
         request.topic_data[0].partition_data[0].index = partition;
@@ -666,26 +649,9 @@ fn idempotent_retries_after_a_kill_9_are_answered_with_their_offsets_and_stored_
     );
     assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &forged)).0, 87);
 
-    let fetched: FetchResponse = wire.call(
-        ApiKey::Fetch,
-        12,
-        &FetchRequest::default()
-            .with_max_wait_ms(0)
-            .with_min_bytes(1)
-            .with_max_bytes(1 << 20)
-            .with_topics(vec![fetch_request::FetchTopic::default()
-                .with_topic(TopicName(StrBytes::from_static_str("survives")))
-                .with_partitions(vec![fetch_request::FetchPartition::default()
-                    .with_partition(0)
-                    .with_fetch_offset(0)
-                    .with_partition_max_bytes(1 << 20)])]),
-    );
-    let partition = &fetched.responses[0].partitions[0];
+    let (partition, records) = fetch_from_start(&mut wire, "survives", 0);
     assert_eq!((partition.error_code, partition.high_watermark), (0, 5));
-    let mut records = partition.records.clone().expect("records");
-    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut records).expect("batch");
-    let seen: Vec<(i64, String, Vec<String>)> = set
-        .records
+    let seen: Vec<(i64, String, Vec<String>)> = records
         .iter()
         .map(|r| {
             let value = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default());
@@ -744,15 +710,7 @@ fn a_new_master_answers_an_idempotent_retry_with_its_offset() {
         out.status.success().then_some(())
     });
     let mut wire = Wire::connect(&master_ports.kafka_addr());
-    let init: InitProducerIdResponse = wire.call(
-        ApiKey::InitProducerId,
-        4,
-        &InitProducerIdRequest::default()
-            .with_transactional_id(None)
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1),
-    );
-    let pid = init.producer_id.0;
+    let pid = wire.init_producer_id();
     let first = produce_request("moves", idempotent_batch(pid, 0, &["a", "b"]));
     let second = produce_request("moves", idempotent_batch(pid, 2, &["c"]));
     // acks -1 on a SYNC_MASTER: answered once the slave has the batch.
@@ -912,27 +870,10 @@ fn an_idempotent_retry_is_answered_with_its_offset_and_stored_once() {
     let gap = produce_request("idem", idempotent_batch(pid, 5, &["g"]));
     assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &gap)).0, 45);
 
-    let fetched: FetchResponse = wire.call(
-        ApiKey::Fetch,
-        12,
-        &FetchRequest::default()
-            .with_max_wait_ms(0)
-            .with_min_bytes(1)
-            .with_max_bytes(1 << 20)
-            .with_topics(vec![fetch_request::FetchTopic::default()
-                .with_topic(TopicName(StrBytes::from_static_str("idem")))
-                .with_partitions(vec![fetch_request::FetchPartition::default()
-                    .with_partition(0)
-                    .with_fetch_offset(0)
-                    .with_partition_max_bytes(1 << 20)])]),
-    );
-    let partition = &fetched.responses[0].partitions[0];
+    let (partition, records) = fetch_from_start(&mut wire, "idem", 0);
     assert_eq!(partition.error_code, 0);
     assert_eq!(partition.high_watermark, 3);
-    let mut records = partition.records.clone().expect("records");
-    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut records).expect("batch");
-    let values: Vec<(i64, Bytes)> = set
-        .records
+    let values: Vec<(i64, Bytes)> = records
         .iter()
         .map(|r| (r.offset, r.value.clone().expect("value")))
         .collect();

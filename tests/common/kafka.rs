@@ -65,6 +65,20 @@ impl Wire {
         Some(body)
     }
 
+    /// InitProducerId v4 for a new idempotent (not transactional) producer: its id.
+    pub fn init_producer_id(&mut self) -> i64 {
+        let answer: InitProducerIdResponse = self.call(
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        );
+        assert_eq!(answer.error_code, 0, "InitProducerId");
+        answer.producer_id.0
+    }
+
     pub fn call<R: Encodable, A: Decodable>(
         &mut self,
         key: ApiKey,
@@ -146,4 +160,37 @@ pub fn produce_request(topic: &str, records: Bytes) -> ProduceRequest {
 pub fn produced(answer: &ProduceResponse) -> (i16, i64) {
     let p = &answer.responses[0].partition_responses[0];
     (p.error_code, p.base_offset)
+}
+
+/// Fetch v12 of `partition` of `topic` from offset 0 (no wait, 1 MiB): the partition's answer
+/// and its records, decoded.
+pub fn fetch_from_start(
+    wire: &mut Wire,
+    topic: &str,
+    partition: i32,
+) -> (fetch_response::PartitionData, Vec<Record>) {
+    let fetched: FetchResponse = wire.call(
+        ApiKey::Fetch,
+        12,
+        &FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![fetch_request::FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(vec![fetch_request::FetchPartition::default()
+                    .with_partition(partition)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)])]),
+    );
+    let answer = fetched.responses[0].partitions[0].clone();
+    let mut records = answer.records.clone().unwrap_or_default();
+    let decoded = if records.is_empty() {
+        Vec::new()
+    } else {
+        kafka_protocol::records::RecordBatchDecoder::decode(&mut records)
+            .expect("a record batch")
+            .records
+    };
+    (answer, decoded)
 }

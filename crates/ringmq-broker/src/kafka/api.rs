@@ -815,16 +815,8 @@ async fn produce_partition(
 /// produce tries again.
 async fn recover_windows(shard: &Rc<Shard>, node: &KafkaNode, topic: &str, queue: u32, epoch: u32) {
     node.windows.begin_recovery(topic, queue, epoch);
-    let mut body = Vec::new();
-    QueueRef {
-        topic: topic.to_string(),
-        queue,
-    }
-    .encode(&mut body);
-    let reply = native(shard, Opcode::QueueStats, body).await;
-    let stats = match (reply.status, QueueStats::decode(&reply.body)) {
-        (Status::Ok, Ok(stats)) => stats,
-        _ => return,
+    let Ok(stats) = queue_stats(shard, topic, queue).await else {
+        return;
     };
     let started = shard.clock().now();
     let mut offset = stats
@@ -1023,8 +1015,8 @@ async fn fetch_once(
     out
 }
 
-/// The end of a queue consumers may read (`None`: unknown).
-async fn readable_end(shard: &Rc<Shard>, topic: &str, queue: u32) -> Option<u64> {
+/// A queue's range as the native `QueueStats` answers it, or the status it failed with.
+async fn queue_stats(shard: &Rc<Shard>, topic: &str, queue: u32) -> Result<QueueStats, Status> {
     let mut body = Vec::new();
     QueueRef {
         topic: topic.to_string(),
@@ -1033,9 +1025,18 @@ async fn readable_end(shard: &Rc<Shard>, topic: &str, queue: u32) -> Option<u64>
     .encode(&mut body);
     let reply = native(shard, Opcode::QueueStats, body).await;
     match (reply.status, QueueStats::decode(&reply.body)) {
-        (Status::Ok, Ok(stats)) => Some(stats.max_offset),
-        _ => None,
+        (Status::Ok, Ok(stats)) => Ok(stats),
+        (Status::Ok, Err(_)) => Err(Status::Internal),
+        (status, _) => Err(status),
     }
+}
+
+/// The end of a queue consumers may read (`None`: unknown).
+async fn readable_end(shard: &Rc<Shard>, topic: &str, queue: u32) -> Option<u64> {
+    queue_stats(shard, topic, queue)
+        .await
+        .ok()
+        .map(|stats| stats.max_offset)
 }
 
 /// A partition answered without records: its watermarks (or its error).
@@ -1045,20 +1046,13 @@ async fn watermarks(
     topic: &str,
     queue: u32,
 ) -> fetch_response::PartitionData {
-    let mut body = Vec::new();
-    QueueRef {
-        topic: topic.to_string(),
-        queue,
-    }
-    .encode(&mut body);
-    let reply = native(shard, Opcode::QueueStats, body).await;
-    match (reply.status, QueueStats::decode(&reply.body)) {
-        (Status::Ok, Ok(stats)) => partition
+    match queue_stats(shard, topic, queue).await {
+        Ok(stats) => partition
             .with_high_watermark(stats.max_offset as i64)
             .with_last_stable_offset(stats.max_offset as i64)
             .with_log_start_offset(stats.min_offset as i64)
             .with_records(Some(Bytes::new())),
-        (status, _) => partition.with_error_code(error_code(status)),
+        Err(status) => partition.with_error_code(error_code(status)),
     }
 }
 
@@ -1129,16 +1123,9 @@ async fn list_offsets(
                 partitions.push(answer.with_error_code(code::UNKNOWN_TOPIC_OR_PARTITION));
                 continue;
             };
-            let mut body = Vec::new();
-            QueueRef {
-                topic: topic_name.clone(),
-                queue,
-            }
-            .encode(&mut body);
-            let reply = native(shard, Opcode::QueueStats, body).await;
-            let stats = match (reply.status, QueueStats::decode(&reply.body)) {
-                (Status::Ok, Ok(stats)) => stats,
-                (status, _) => {
+            let stats = match queue_stats(shard, &topic_name, queue).await {
+                Ok(stats) => stats,
+                Err(status) => {
                     partitions.push(answer.with_error_code(error_code(status)));
                     continue;
                 }
