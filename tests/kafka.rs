@@ -717,6 +717,10 @@ fn a_new_master_answers_an_idempotent_retry_with_its_offset() {
     assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &first)), (0, 0));
     assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &second)), (0, 2));
 
+    // The slave sends a producer with stale metadata to the master (6), never 59: a producer
+    // told its id is unknown would take a new one and lose its retries' dedup.
+    let mut on_slave = Wire::connect(&slave_ports.kafka_addr());
+    assert_eq!(produced(&on_slave.call(ApiKey::Produce, 9, &second)).0, 6);
     master.kill();
     let promoted = slave.cli(&["cluster", "promote", "--role", "ASYNC_MASTER"], b"");
     assert!(promoted.status.success(), "{promoted:?}");

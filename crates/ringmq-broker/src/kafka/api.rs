@@ -673,8 +673,11 @@ async fn produce_partition(
             recover_windows(shard, node, topic, queue, epoch).await;
         }
         // Only ids this broker handed out, or found in the partition's tail, get a window:
-        // any other would make the windows grow with whatever ids clients invent.
+        // any other would make the windows grow with whatever ids clients invent. A slave
+        // answers NOT_LEADER_OR_FOLLOWER below instead, so that a producer with stale
+        // metadata finds the master rather than giving up its id (and its retries' dedup).
         if p.producer_id >= 0
+            && shard.is_master()
             && !node.producer_ids.issued(p.producer_id)
             && !node.windows.knows(topic, queue, p.producer_id)
         {
