@@ -7,8 +7,8 @@
 
 mod common;
 
+use common::tls::Ca;
 use common::{temp_store, wait_until, Broker};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
 use ringmq::client::{Client, ClusterStatus};
 use ringmq::protocol::message::{ClusterStatusRequest, MessageRef, StatsRequest};
 use ringmq::protocol::Status;
@@ -18,41 +18,6 @@ use std::time::{Duration, Instant};
 const HA_CONFIG: &str = "ha_heartbeat_interval_ms = 100\nha_link_timeout_ms = 2000\n\
                          metadata_sync_interval_ms = 200\nsync_replica_timeout_ms = 1000\n";
 const CATCH_UP: Duration = Duration::from_secs(30);
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-    pem: PathBuf,
-}
-
-impl Ca {
-    fn new(dir: &Path, name: &str) -> Ca {
-        let mut params = CertificateParams::default();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        let pem = dir.join(format!("{name}.pem"));
-        std::fs::write(&pem, cert.pem()).unwrap();
-        Ca { cert, key, pem }
-    }
-
-    /// A broker's leaf naming 127.0.0.1, as `<name>.crt` / `<name>.key`.
-    fn broker(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let paths = (
-            dir.join(format!("{name}.crt")),
-            dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&paths.0, cert.pem()).unwrap();
-        std::fs::write(&paths.1, key.serialize_pem()).unwrap();
-        paths
-    }
-}
 
 fn tls_config(ca: &Ca, (cert, key): &(PathBuf, PathBuf)) -> String {
     format!(
@@ -120,7 +85,7 @@ fn only_a_slave_with_a_certificate_of_the_link_ca_is_served() {
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| temp_store()).collect();
     let master = Broker::start_with_config(
         dirs[0].path(),
-        &tls_config(&ca, &ca.broker(root.path(), "master")),
+        &tls_config(&ca, &ca.server(root.path(), "master")),
         &["--role", "SYNC_MASTER", "--shards", "1"],
     );
     let mut client = master.client();
@@ -137,7 +102,7 @@ fn only_a_slave_with_a_certificate_of_the_link_ca_is_served() {
     let foreign = slave(
         dirs[1].path(),
         &master,
-        &tls_config(&other_ca, &other_ca.broker(root.path(), "foreign")),
+        &tls_config(&other_ca, &other_ca.server(root.path(), "foreign")),
     );
     let plain = slave(dirs[2].path(), &master, HA_CONFIG);
     wait_until(CATCH_UP, "the master to refuse both rogues", || {
@@ -175,7 +140,7 @@ fn only_a_slave_with_a_certificate_of_the_link_ca_is_served() {
     let good = slave(
         dirs[3].path(),
         &master,
-        &tls_config(&ca, &ca.broker(root.path(), "good")),
+        &tls_config(&ca, &ca.server(root.path(), "good")),
     );
     wait_until(CATCH_UP, "the TLS slave to catch up", || {
         let s = status(&master)?;
@@ -260,7 +225,7 @@ fn catch_up_throughput_over_tls_and_over_splice() {
     let tls = |name: &str| {
         format!(
             "{segments}{}",
-            tls_config(&ca, &ca.broker(root.path(), name))
+            tls_config(&ca, &ca.server(root.path(), name))
         )
     };
     let master_dir = temp_store();
@@ -350,7 +315,7 @@ fn the_master_checks_slave_certificates_and_the_slave_the_master_s() {
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| temp_store()).collect();
     let master = Broker::start_with_config(
         dirs[0].path(),
-        &tls_config(&ca, &ca.broker(root.path(), "master")),
+        &tls_config(&ca, &ca.server(root.path(), "master")),
         &["--role", "SYNC_MASTER", "--shards", "1"],
     );
     let mut client = master.client();
@@ -360,7 +325,7 @@ fn the_master_checks_slave_certificates_and_the_slave_the_master_s() {
     let impostor = slave(
         dirs[1].path(),
         &master,
-        &tls_config(&ca, &other_ca.broker(root.path(), "impostor")),
+        &tls_config(&ca, &other_ca.server(root.path(), "impostor")),
     );
     wait_until(
         CATCH_UP,
@@ -386,7 +351,7 @@ fn the_master_checks_slave_certificates_and_the_slave_the_master_s() {
 
     let rogue_master = Broker::start_with_config(
         dirs[2].path(),
-        &tls_config(&ca, &other_ca.broker(root.path(), "rogue-master")),
+        &tls_config(&ca, &other_ca.server(root.path(), "rogue-master")),
         &["--role", "SYNC_MASTER", "--shards", "1"],
     );
     let mut rogue_client = rogue_master.client();
@@ -395,7 +360,7 @@ fn the_master_checks_slave_certificates_and_the_slave_the_master_s() {
     let victim = slave(
         dirs[3].path(),
         &rogue_master,
-        &tls_config(&ca, &ca.broker(root.path(), "victim")),
+        &tls_config(&ca, &ca.server(root.path(), "victim")),
     );
     wait_until(CATCH_UP, "the slave to refuse the rogue master", || {
         victim.log().contains("TLS with the master").then_some(())

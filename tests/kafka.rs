@@ -10,7 +10,8 @@ mod common;
 
 use bytes::{Bytes, BytesMut};
 use common::kafka::{
-    batch_with_headers, fetch_from_start, idempotent_batch, produce_request, produced, Wire,
+    batch_with_headers, fetch_from_start, idempotent_batch, kafka_clients, kcat, produce_request,
+    produced, python, run_client, run_to_end, script, Wire,
 };
 use common::{temp_store, wait_until, Broker, PortBlock, Sizes};
 use kafka_protocol::messages::*;
@@ -23,27 +24,6 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// The kcat binary, or `None` (after saying why) when it is not installed and not required.
-fn kcat() -> Option<&'static str> {
-    let found = Command::new("kcat")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if found {
-        return Some("kcat");
-    }
-    if std::env::var("RINGMQ_REQUIRE_KAFKA_CLIENTS").as_deref() == Ok("1") {
-        panic!(
-            "kcat is not installed and RINGMQ_REQUIRE_KAFKA_CLIENTS=1: install it \
-             (`apt-get install -y kcat`) or run scripts/test.sh, which does"
-        );
-    }
-    eprintln!("kcat is not installed: skipping (set RINGMQ_REQUIRE_KAFKA_CLIENTS=1 to fail)");
-    None
-}
 
 /// A lone ASYNC_MASTER with the default config: Kafka's acks -1 runs at the broker's default
 /// level (the flush guarantee here), so it succeeds without a slave (docs/kafka.md).
@@ -918,83 +898,6 @@ fn an_idempotent_retry_is_answered_with_its_offset_and_stored_once() {
 }
 
 // ---- Consumer groups with real clients (kcat -G, kafka-python, confluent-kafka, KafkaJS) ----
-
-/// The directory `scripts/kafka-clients.sh` installs (venv/, node/node_modules/,
-/// kafka-python-src/), from `RINGMQ_KAFKA_CLIENTS`; `None` (after saying why) when unset and not
-/// required.
-fn kafka_clients() -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("RINGMQ_KAFKA_CLIENTS").map(std::path::PathBuf::from);
-    if let Some(dir) = dir.filter(|d| d.join("venv/bin/python").exists()) {
-        return Some(dir);
-    }
-    if std::env::var("RINGMQ_REQUIRE_KAFKA_CLIENTS").as_deref() == Ok("1") {
-        panic!(
-            "RINGMQ_KAFKA_CLIENTS does not name an installed client directory and \
-             RINGMQ_REQUIRE_KAFKA_CLIENTS=1: run scripts/kafka-clients.sh and pass its output"
-        );
-    }
-    eprintln!("RINGMQ_KAFKA_CLIENTS unset: skipping (scripts/kafka-clients.sh installs them)");
-    None
-}
-
-fn script(name: &str) -> String {
-    format!("{}/tests/kafka/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs a client script to completion within `limit`; fails with its output and the broker's
-/// log when it fails; returns its stdout. The pipes are drained while it runs (a client that
-/// writes more than a pipe holds would otherwise block until the limit).
-fn run_client(broker: &Broker, command: Command, limit: Duration) -> String {
-    let (status, stdout, stderr, took) = run_to_end(command, limit);
-    assert!(
-        status.success(),
-        "{status} after {took:?}:\nstdout:\n{stdout}\nstderr:\n{stderr}\nbroker log:\n{}",
-        broker.log_tail()
-    );
-    stdout
-}
-
-/// Runs `command` until it exits or `limit` passes (then it is killed), reading its stdout and
-/// stderr on their own threads; returns its status, both outputs and how long it ran.
-fn run_to_end(
-    mut command: Command,
-    limit: Duration,
-) -> (std::process::ExitStatus, String, String, Duration) {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = Vec::new();
-            let _ = pipe.read_to_end(&mut text);
-            String::from_utf8_lossy(&text).into_owned()
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("client status") {
-            break status;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            break child.wait().expect("killed client");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stdout = stdout.join().expect("stdout reader");
-    let stderr = stderr.join().expect("stderr reader");
-    (status, stdout, stderr, started.elapsed())
-}
-
-fn python(clients: &Path, script_name: &str, args: &[&str]) -> Command {
-    let mut command = Command::new(clients.join("venv/bin/python"));
-    command.arg("-u").arg(script(script_name)).args(args);
-    command
-}
 
 fn native_committed(broker: &Broker, group: &str) -> String {
     let out = broker.cli(&["group", "describe", group], b"");

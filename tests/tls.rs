@@ -6,8 +6,9 @@
 
 mod common;
 
+use common::tls::Ca;
 use common::{temp_store, wait_until, Broker};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+use rcgen::SanType;
 use ringmq::client::{Client, ClientError, ClientOptions, ClientTls, ConnectionOptions};
 use ringmq::protocol::message::{MessageRef, PullRequest};
 use ringmq::protocol::Status;
@@ -15,50 +16,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// A CA and what it signed, written as PEM files under one directory.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-    pem: PathBuf,
-}
-
-impl Ca {
-    fn new(dir: &Path, name: &str) -> Ca {
-        let mut params = CertificateParams::default();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        let pem = dir.join(format!("{name}.pem"));
-        std::fs::write(&pem, cert.pem()).unwrap();
-        Ca { cert, key, pem }
-    }
-
-    /// A leaf with `sans`, written as `<name>.crt` / `<name>.key`.
-    fn issue(&self, dir: &Path, name: &str, sans: Vec<SanType>) -> (PathBuf, PathBuf) {
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = sans;
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let (cert_path, key_path) = (
-            dir.join(format!("{name}.crt")),
-            dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        (cert_path, key_path)
-    }
-
-    fn server(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        self.issue(
-            dir,
-            name,
-            vec![SanType::IpAddress("127.0.0.1".parse().unwrap())],
-        )
-    }
-}
 
 fn tls_config(cert: &Path, key: &Path, extra: &str) -> String {
     format!(

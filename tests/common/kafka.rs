@@ -10,6 +10,8 @@ use kafka_protocol::records::{
 };
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// A hand-driven Kafka connection: size-prefixed requests, answers read in order.
@@ -193,4 +195,104 @@ pub fn fetch_from_start(
             .records
     };
     (answer, decoded)
+}
+
+// ---- Real Kafka clients (installed by scripts/test.sh and scripts/kafka-clients.sh) ----
+
+/// The kcat binary, or `None` (after saying why) when it is not installed and not required.
+pub fn kcat() -> Option<&'static str> {
+    let found = Command::new("kcat")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return Some("kcat");
+    }
+    if std::env::var("RINGMQ_REQUIRE_KAFKA_CLIENTS").as_deref() == Ok("1") {
+        panic!(
+            "kcat is not installed and RINGMQ_REQUIRE_KAFKA_CLIENTS=1: install it \
+             (`apt-get install -y kcat`) or run scripts/test.sh, which does"
+        );
+    }
+    eprintln!("kcat is not installed: skipping (set RINGMQ_REQUIRE_KAFKA_CLIENTS=1 to fail)");
+    None
+}
+
+/// The directory `scripts/kafka-clients.sh` installs (venv/, node/node_modules/,
+/// kafka-python-src/), from `RINGMQ_KAFKA_CLIENTS`; `None` (after saying why) when unset and not
+/// required.
+pub fn kafka_clients() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("RINGMQ_KAFKA_CLIENTS").map(std::path::PathBuf::from);
+    if let Some(dir) = dir.filter(|d| d.join("venv/bin/python").exists()) {
+        return Some(dir);
+    }
+    if std::env::var("RINGMQ_REQUIRE_KAFKA_CLIENTS").as_deref() == Ok("1") {
+        panic!(
+            "RINGMQ_KAFKA_CLIENTS does not name an installed client directory and \
+             RINGMQ_REQUIRE_KAFKA_CLIENTS=1: run scripts/kafka-clients.sh and pass its output"
+        );
+    }
+    eprintln!("RINGMQ_KAFKA_CLIENTS unset: skipping (scripts/kafka-clients.sh installs them)");
+    None
+}
+
+pub fn script(name: &str) -> String {
+    format!("{}/tests/kafka/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a client script to completion within `limit`; fails with its output and the broker's
+/// log when it fails; returns its stdout. The pipes are drained while it runs (a client that
+/// writes more than a pipe holds would otherwise block until the limit).
+pub fn run_client(broker: &super::Broker, command: Command, limit: Duration) -> String {
+    let (status, stdout, stderr, took) = run_to_end(command, limit);
+    assert!(
+        status.success(),
+        "{status} after {took:?}:\nstdout:\n{stdout}\nstderr:\n{stderr}\nbroker log:\n{}",
+        broker.log_tail()
+    );
+    stdout
+}
+
+/// Runs `command` until it exits or `limit` passes (then it is killed), reading its stdout and
+/// stderr on their own threads; returns its status, both outputs and how long it ran.
+pub fn run_to_end(
+    mut command: Command,
+    limit: Duration,
+) -> (std::process::ExitStatus, String, String, Duration) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("client status") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            break child.wait().expect("killed client");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = stdout.join().expect("stdout reader");
+    let stderr = stderr.join().expect("stderr reader");
+    (status, stdout, stderr, started.elapsed())
+}
+
+pub fn python(clients: &Path, script_name: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(clients.join("venv/bin/python"));
+    command.arg("-u").arg(script(script_name)).args(args);
+    command
 }

@@ -5,6 +5,7 @@
 
 pub mod kafka;
 pub mod netns;
+pub mod tls;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
