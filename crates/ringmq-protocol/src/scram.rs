@@ -473,7 +473,14 @@ impl ServerExchange {
         if binding != self.first.gs2_header.as_bytes() {
             return Err(ScramError::Binding);
         }
-        if !constant_time_eq(nonce.as_bytes(), self.nonce.as_bytes()) {
+        // librdkafka (through 2.x at least) sends its own nonce again in front of the whole
+        // one server-first named (`r=<client><client><server>`); Kafka's broker accepts any
+        // nonce that ends with the server's part, so every librdkafka client gets in there.
+        // This accepts exactly the two forms: the exchange's nonce, and librdkafka's.
+        let repeated = format!("{}{}", self.first.client_nonce, self.nonce);
+        if !constant_time_eq(nonce.as_bytes(), self.nonce.as_bytes())
+            && !constant_time_eq(nonce.as_bytes(), repeated.as_bytes())
+        {
             return Err(ScramError::Nonce);
         }
         let proof = BASE64
@@ -789,6 +796,40 @@ mod tests {
         assert_eq!(rfc7677_server().finish(&altered), Err(ScramError::Nonce));
         let truncated = RFC7677_CLIENT_FINAL.replace("$k0,p=", ",p=");
         assert!(rfc7677_server().finish(&truncated).is_err());
+    }
+
+    /// librdkafka's client-final repeats its nonce in front of the whole one
+    /// (`r=<client><client><server>`), with a proof over what it sent: accepted; any other
+    /// prefix is not.
+    #[test]
+    fn librdkafkas_repeated_client_nonce_is_accepted_and_nothing_else() {
+        let client_nonce = "rOprNGfwEbeRWgbNEkqO";
+        let final_with = |nonce: &str| {
+            let mechanism = Mechanism::ScramSha256;
+            let salt = BASE64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
+            let salted = mechanism.salted_password(b"pencil", &salt, 4096);
+            let client_key = mechanism.hmac(&salted, &[b"Client Key"]);
+            let stored_key = mechanism.hash(&client_key);
+            let without_proof = format!("c=biws,r={nonce}");
+            let auth = format!("n=user,r={client_nonce},{RFC7677_SERVER_FIRST},{without_proof}");
+            let signature = mechanism.hmac(&stored_key, &[auth.as_bytes()]);
+            let proof: Vec<u8> = client_key
+                .iter()
+                .zip(&signature)
+                .map(|(k, s)| k ^ s)
+                .collect();
+            format!("{without_proof},p={}", BASE64.encode(proof))
+        };
+        let whole = "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+        assert!(rfc7677_server().finish(&final_with(whole)).is_ok());
+        let repeated = format!("{client_nonce}{whole}");
+        let (server_final, user) = rfc7677_server().finish(&final_with(&repeated)).unwrap();
+        assert!(server_final.starts_with("v=") && user == "user");
+        let other = format!("someoneelse{whole}");
+        assert_eq!(
+            rfc7677_server().finish(&final_with(&other)),
+            Err(ScramError::Nonce)
+        );
     }
 
     #[test]
