@@ -27,7 +27,7 @@ stage() {
 }
 
 # Tests driving the broker with real Kafka clients, which this script installs first.
-kafka_clients=(kafka)
+kafka_clients=(kafka kafka_security)
 # Multi-host scenarios in network namespaces (needs root; RINGMQ_REQUIRE_NETNS=1 makes a
 # machine without them fail the stage rather than skip it).
 netns_scenarios=(netns)

@@ -2,9 +2,12 @@
 consumer that commits, and a second consumer of the group that resumes after the commit.
 
 Usage: kafka_python_group.py BOOTSTRAP TOPIC GROUP. Prints one JSON line with what it saw;
-exits non-zero on any failure (tests/kafka.rs checks both)."""
+exits non-zero on any failure (tests/kafka.rs checks both). KAFKA_SECURITY, when set, is a
+JSON object of kafka-python settings every client gets (security_protocol, sasl_mechanism,
+sasl_plain_username, sasl_plain_password, ssl_cafile: tests/kafka_security.rs)."""
 
 import json
+import os
 import sys
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -12,15 +15,16 @@ from kafka.admin import NewTopic
 
 bootstrap, topic, group = sys.argv[1:4]
 PARTITIONS = 3
+security = json.loads(os.environ.get("KAFKA_SECURITY", "{}"))
 
-admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+admin = KafkaAdminClient(bootstrap_servers=bootstrap, **security)
 admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])
 admin.close()
 
 
 def produce(values):
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, retries=5
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, retries=5, **security
     )
     futures = [
         producer.send(topic, key=str(i).encode(), value=v.encode()) for i, v in enumerate(values)
@@ -40,6 +44,7 @@ def consume(expected):
         auto_offset_reset="earliest",
         session_timeout_ms=10000,
         consumer_timeout_ms=20000,
+        **security,
     )
     seen = []
     for message in consumer:

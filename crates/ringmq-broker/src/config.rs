@@ -1032,14 +1032,6 @@ impl BrokerConfig {
                 "\"scram\" needs ha_security = \"auth\" (with ha_secret_file) or stronger: the replication link carries the user keys, and with ha_security = \"off\" anyone who reaches the HA port can follow this broker and copy them",
             ));
         }
-        if self.authentication == Authentication::Scram && self.kafka_listen.is_some() {
-            // Refused rather than left open: the Kafka listener has no SASL yet, so it would
-            // serve every client unauthenticated beside ports that require SCRAM.
-            return Err(ConfigError::value(
-                "authentication",
-                "\"scram\" does not cover the Kafka listener yet (it has no SASL): remove kafka_listen or set authentication = \"off\"",
-            ));
-        }
         Ok(())
     }
 
@@ -1670,10 +1662,13 @@ mod tests {
             Some("authentication_timeout_ms")
         );
         assert_eq!(key("superusers = [\" \"]"), Some("superusers"));
-        assert_eq!(
-            key("authentication = \"scram\"\nha_security = \"auth\"\nha_secret_file = \"/s\"\nkafka_listen = \"127.0.0.1:0\""),
-            Some("authentication")
-        );
+        // The Kafka listener authenticates with SASL/SCRAM too (kafka::sasl).
+        BrokerConfig::from_toml(
+            "authentication = \"scram\"\nha_security = \"auth\"\nha_secret_file = \"/s\"\nkafka_listen = \"127.0.0.1:0\"",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
         let off = BrokerConfig::from_toml("authentication = \"scram\"")
             .unwrap()
             .validate()

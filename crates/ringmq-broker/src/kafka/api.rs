@@ -1,9 +1,11 @@
 //! The Kafka APIs this listener implements, each on top of a native request.
 //!
-//! [`SUPPORTED`] is what ApiVersions advertises, and exactly what [`handle`] accepts: a
-//! request for any other API or version gets one warning (API, version, the supported range,
-//! the client id and software) and the connection closes, except ApiVersions itself, which
-//! Kafka answers with UNSUPPORTED_VERSION (35) in a v0 body and the list.
+//! [`SUPPORTED`] (with [`SASL_SUPPORTED`] when SASL is on) is what ApiVersions advertises,
+//! and exactly what [`handle`] accepts: a request for any other API or version gets one
+//! warning (API, version, the supported range, the client id and software) and the
+//! connection closes, except ApiVersions itself, which Kafka answers with
+//! UNSUPPORTED_VERSION (35) in a v0 body and the list. Every request runs as its
+//! connection's principal ([`Who`]), under the same ACLs as a native client's.
 
 use super::group_api;
 use super::producers::{BatchId, RECOVERY_BYTES, RECOVERY_RECORDS};
@@ -50,6 +52,13 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetFetch, 1, 7),
 ];
 
+/// Offered beside [`SUPPORTED`] with `authentication = "scram"` only (`super::sasl`):
+/// SaslHandshake 0-1 (after v0 the exchange runs in bare frames), SaslAuthenticate 0-2.
+pub const SASL_SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
+];
+
 /// Queues of a topic created by CreateTopics with `num_partitions = -1`, or on first use with
 /// `kafka_auto_create_topics`: Kafka's own default (`num.partitions`).
 const DEFAULT_PARTITIONS: u32 = 1;
@@ -62,12 +71,45 @@ pub enum Answer {
     None,
     /// Close the connection (the reason is logged).
     Close,
+    /// Write this response, then close (a failed authentication: Kafka clients read the
+    /// error before the connection goes).
+    ReplyThenClose(Bytes),
 }
 
-/// Per-connection state: what the client said about itself, for the warnings.
-#[derive(Default)]
+/// Per-connection state: who the client is (its address, its principal, whether it still
+/// has to authenticate, [`super::sasl`]) and what it said about itself, for the warnings.
 pub struct Session {
     software: Option<String>,
+    pub(super) sasl: super::sasl::Sasl,
+    peer: Option<std::net::SocketAddr>,
+}
+
+impl Session {
+    /// A new connection from `peer`, with the principal its client certificate names (a
+    /// TLS listener with client certificates), if any.
+    pub fn new(
+        config: &crate::config::BrokerConfig,
+        peer: Option<std::net::SocketAddr>,
+        principal: Option<crate::security::Principal>,
+    ) -> Session {
+        Session {
+            software: None,
+            sasl: super::sasl::Sasl::new(config, principal),
+            peer,
+        }
+    }
+
+    /// Whether requests beyond the SASL exchange are served.
+    pub fn is_authenticated(&self) -> bool {
+        self.sasl.is_authenticated()
+    }
+
+    fn who(&self) -> Who<'_> {
+        Who::Client(handlers::acl::Caller {
+            principal: self.sasl.principal(),
+            peer: self.peer,
+        })
+    }
 }
 
 /// Kafka error codes used here.
@@ -98,8 +140,14 @@ pub(super) mod code {
     pub const INVALID_RECORD: i16 = 87;
 }
 
-fn supported(key: i16) -> Option<(ApiKey, i16, i16)> {
-    SUPPORTED.iter().copied().find(|(k, _, _)| *k as i16 == key)
+/// What this listener serves: [`SUPPORTED`], and [`SASL_SUPPORTED`] when SASL is on.
+fn served(sasl: bool) -> impl Iterator<Item = &'static (ApiKey, i16, i16)> {
+    let extra: &[(ApiKey, i16, i16)] = if sasl { SASL_SUPPORTED } else { &[] };
+    SUPPORTED.iter().chain(extra)
+}
+
+fn supported(key: i16, sasl: bool) -> Option<(ApiKey, i16, i16)> {
+    served(sasl).copied().find(|(k, _, _)| *k as i16 == key)
 }
 
 /// The fields of a request header that sit at fixed places in every header version from 1:
@@ -138,13 +186,32 @@ pub async fn handle(
     budget: &InflightBudget,
     request: Bytes,
 ) -> Answer {
+    if session.sasl.awaits_bare_token() {
+        // After a v0 handshake: a SCRAM message with no Kafka header, answered likewise.
+        let users = shard.metadata().users();
+        let failed = || {
+            shard
+                .probe()
+                .add(crate::metrics::Counter::AuthenticationFailures, 1)
+        };
+        return match session.sasl.bare_token(&users, &request, failed) {
+            Some(answer) => {
+                let mut out = BytesMut::with_capacity(answer.len() + 4);
+                out.put_i32(answer.len() as i32);
+                out.put_slice(&answer);
+                Answer::Reply(out.freeze())
+            }
+            None => Answer::Close,
+        };
+    }
     let Some(raw) = raw_header(&request) else {
         return Answer::Close;
     };
-    let Some((api, min, max)) = supported(raw.key).filter(|(_, min, max)| {
+    let sasl = session.sasl.is_offered();
+    let Some((api, min, max)) = supported(raw.key, sasl).filter(|(_, min, max)| {
         (*min..=*max).contains(&raw.version) || raw.key == ApiKey::ApiVersions as i16
     }) else {
-        let range = supported(raw.key)
+        let range = supported(raw.key, sasl)
             .map(|(_, min, max)| format!("{min}-{max}"))
             .unwrap_or_else(|| "none (not implemented)".to_string());
         warn!(
@@ -161,8 +228,20 @@ pub async fn handle(
     if api == ApiKey::ApiVersions && !(min..=max).contains(&raw.version) {
         // Kafka's rule: an ApiVersions the broker cannot read is answered in v0 with the list,
         // so the client can retry with a version both sides know.
-        let body = api_versions(code::UNSUPPORTED_VERSION);
+        let body = api_versions(code::UNSUPPORTED_VERSION, sasl);
         return encode(raw.correlation_id, 0, &body, 0);
+    }
+    let exchange = matches!(
+        api,
+        ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+    );
+    if !session.is_authenticated() && !exchange {
+        debug!(
+            api = ?api,
+            client_id = %raw.client_id,
+            "a Kafka request before SASL authentication; closing the connection"
+        );
+        return Answer::Close;
     }
     let mut buf = request.clone();
     let header = match RequestHeader::decode(&mut buf, api.request_header_version(raw.version)) {
@@ -172,6 +251,7 @@ pub async fn handle(
     let version = header.request_api_version;
     let response_header = api.response_header_version(version);
     let correlation = header.correlation_id;
+    let who = session.who();
     macro_rules! run {
         ($req:ty, $handler:expr) => {{
             let request = match <$req>::decode(&mut buf, version) {
@@ -199,16 +279,39 @@ pub async fn handle(
                     r.client_software_version.as_str()
                 ));
             }
-            async { Some(api_versions(code::NONE)) }
+            async move { Some(api_versions(code::NONE, sasl)) }
         }),
-        ApiKey::Metadata => run!(MetadataRequest, |r| metadata(shard, node, r, version)),
+        ApiKey::SaslHandshake => {
+            let mut then = super::sasl::Then::Close;
+            let answer = run!(SaslHandshakeRequest, |r: SaslHandshakeRequest| {
+                let (response, next) = session.sasl.handshake(&r, version);
+                then = next;
+                async { Some(response) }
+            });
+            closing_if(answer, then)
+        }
+        ApiKey::SaslAuthenticate => {
+            let mut then = super::sasl::Then::Close;
+            let users = shard.metadata().users();
+            let answer = run!(SaslAuthenticateRequest, |r: SaslAuthenticateRequest| {
+                let (response, next) = session.sasl.authenticate(&users, &r, || {
+                    shard
+                        .probe()
+                        .add(crate::metrics::Counter::AuthenticationFailures, 1)
+                });
+                then = next;
+                async { Some(response) }
+            });
+            closing_if(answer, then)
+        }
+        ApiKey::Metadata => run!(MetadataRequest, |r| metadata(shard, who, node, r, version)),
         ApiKey::Produce => {
             let request = match ProduceRequest::decode(&mut buf, version) {
                 Ok(request) => request,
                 Err(e) => return undecodable(&raw, &e),
             };
             let unanswered = request.acks == 0;
-            let response = produce(shard, node, budget, request).await;
+            let response = produce(shard, who, node, budget, request).await;
             let failed = response
                 .responses
                 .iter()
@@ -229,25 +332,33 @@ pub async fn handle(
                 }
             }
         }
-        ApiKey::Fetch => run!(FetchRequest, |r| fetch(shard, r)),
-        ApiKey::ListOffsets => run!(ListOffsetsRequest, |r| list_offsets(shard, r)),
-        ApiKey::CreateTopics => run!(CreateTopicsRequest, |r| create_topics(shard, r)),
-        ApiKey::DeleteTopics => run!(DeleteTopicsRequest, |r| delete_topics(shard, node, r)),
+        ApiKey::Fetch => run!(FetchRequest, |r| fetch(shard, who, r)),
+        ApiKey::ListOffsets => run!(ListOffsetsRequest, |r| list_offsets(shard, who, r)),
+        ApiKey::CreateTopics => run!(CreateTopicsRequest, |r| create_topics(shard, who, r)),
+        ApiKey::DeleteTopics => {
+            run!(DeleteTopicsRequest, |r| delete_topics(shard, who, node, r))
+        }
         ApiKey::InitProducerId => {
-            run!(InitProducerIdRequest, |r| init_producer_id(shard, node, r))
+            run!(InitProducerIdRequest, |r| init_producer_id(
+                shard, who, node, r
+            ))
         }
         ApiKey::FindCoordinator => run!(FindCoordinatorRequest, |r| {
             group_api::find_coordinator(shard, node, r, version)
         }),
         ApiKey::JoinGroup => run!(JoinGroupRequest, |r| {
-            group_api::join_group(shard, &raw.client_id, r, version)
+            group_api::join_group(shard, who, &raw.client_id, r, version)
         }),
-        ApiKey::SyncGroup => run!(SyncGroupRequest, |r| group_api::sync_group(shard, r)),
-        ApiKey::Heartbeat => run!(HeartbeatRequest, |r| group_api::heartbeat(shard, r)),
-        ApiKey::LeaveGroup => run!(LeaveGroupRequest, |r| group_api::leave_group(shard, r)),
-        ApiKey::OffsetCommit => run!(OffsetCommitRequest, |r| group_api::offset_commit(shard, r)),
+        ApiKey::SyncGroup => run!(SyncGroupRequest, |r| group_api::sync_group(shard, who, r)),
+        ApiKey::Heartbeat => run!(HeartbeatRequest, |r| group_api::heartbeat(shard, who, r)),
+        ApiKey::LeaveGroup => {
+            run!(LeaveGroupRequest, |r| group_api::leave_group(shard, who, r))
+        }
+        ApiKey::OffsetCommit => run!(OffsetCommitRequest, |r| {
+            group_api::offset_commit(shard, who, r)
+        }),
         ApiKey::OffsetFetch => run!(OffsetFetchRequest, |r| {
-            group_api::offset_fetch(shard, r, version)
+            group_api::offset_fetch(shard, who, r, version)
         }),
         _ => Answer::Close,
     }
@@ -292,12 +403,19 @@ fn encode(correlation_id: i32, header_version: i16, body: &dyn Body, version: i1
     Answer::Reply(out.freeze())
 }
 
-fn api_versions(error_code: i16) -> ApiVersionsResponse {
+/// A SASL answer whose exchange cannot go on is the connection's last.
+fn closing_if(answer: Answer, then: super::sasl::Then) -> Answer {
+    match (answer, then) {
+        (Answer::Reply(bytes), super::sasl::Then::Close) => Answer::ReplyThenClose(bytes),
+        (answer, _) => answer,
+    }
+}
+
+fn api_versions(error_code: i16, sasl: bool) -> ApiVersionsResponse {
     ApiVersionsResponse::default()
         .with_error_code(error_code)
         .with_api_keys(
-            SUPPORTED
-                .iter()
+            served(sasl)
                 .map(|(key, min, max)| {
                     api_versions_response::ApiVersion::default()
                         .with_api_key(*key as i16)
@@ -312,18 +430,57 @@ fn name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_string()))
 }
 
-/// A native request (not a produce: see [`produce_partition`]) through the client path
-/// (`handle_client`: the same checks as a native client, broker-kept topics refused).
-pub(super) async fn native(shard: &Rc<Shard>, opcode: Opcode, body: Vec<u8>) -> Reply {
+/// On whose behalf a native request runs: a Kafka client (its connection's principal, under
+/// the same ACLs as a native client's), or the broker itself (its own reads, such as the
+/// idempotence rebuild, which no client's rights should limit).
+#[derive(Clone, Copy)]
+pub(crate) enum Who<'a> {
+    Client(handlers::acl::Caller<'a>),
+    Broker,
+}
+
+impl Who<'_> {
+    /// Whether this caller may do what `needs` names (the broker may do anything).
+    pub(super) fn authorize(
+        self,
+        shard: &Rc<Shard>,
+        needs: &[crate::security::acl::Need],
+    ) -> Result<(), String> {
+        match self {
+            Who::Client(caller) => handlers::acl::authorize_needs(shard, caller, needs),
+            Who::Broker => Ok(()),
+        }
+    }
+
+    fn authorize_idempotent_producer(self, shard: &Rc<Shard>) -> Result<(), String> {
+        match self {
+            Who::Client(caller) => handlers::acl::authorize_idempotent_producer(shard, caller),
+            Who::Broker => Ok(()),
+        }
+    }
+}
+
+/// A native request (not a produce: see [`produce_partition`]). A client's goes through the
+/// client path (`handle_client`: the same checks as a native client, broker-kept topics
+/// refused); the broker's own straight to the handler.
+pub(super) async fn native(
+    shard: &Rc<Shard>,
+    who: Who<'_>,
+    opcode: Opcode,
+    body: Vec<u8>,
+) -> Reply {
     debug_assert_ne!(opcode, Opcode::Produce);
-    // The Kafka listener authenticates no one yet: its calls are ANONYMOUS's.
+    let caller = match who {
+        Who::Client(caller) => caller,
+        Who::Broker => return handlers::handle(shard, opcode, &body).await,
+    };
     handlers::handle_client(
         shard,
         FrameHeader::request(opcode, 0),
         opcode,
         &body,
-        None,
-        None,
+        caller.principal,
+        caller.peer,
     )
     .await
     // Only a produce at level `none` goes unanswered.
@@ -358,8 +515,8 @@ pub(super) fn error_code(status: Status) -> i16 {
 }
 
 /// The broker's topics (name → queue count), from the native Metadata.
-async fn topics(shard: &Rc<Shard>) -> Vec<(String, u32, u32)> {
-    let reply = native(shard, Opcode::Metadata, Vec::new()).await;
+async fn topics(shard: &Rc<Shard>, who: Who<'_>) -> Vec<(String, u32, u32)> {
+    let reply = native(shard, who, Opcode::Metadata, Vec::new()).await;
     match Metadata::decode(&reply.body) {
         Ok(metadata) if reply.status == Status::Ok => metadata
             .topics
@@ -378,23 +535,24 @@ fn topic_uuid(topic_id: u32) -> uuid::Uuid {
     uuid::Uuid::from_u64_pair(0x7269_6e67_6d71_0000, u64::from(topic_id))
 }
 
-async fn create_topic(shard: &Rc<Shard>, topic: &str, partitions: u32) -> Reply {
+async fn create_topic(shard: &Rc<Shard>, who: Who<'_>, topic: &str, partitions: u32) -> Reply {
     let mut body = Vec::new();
     TopicCreate {
         name: topic.to_string(),
         queue_count: partitions,
     }
     .encode(&mut body);
-    native(shard, Opcode::TopicCreate, body).await
+    native(shard, who, Opcode::TopicCreate, body).await
 }
 
 async fn metadata(
     shard: &Rc<Shard>,
+    who: Who<'_>,
     node: &KafkaNode,
     request: MetadataRequest,
     version: i16,
 ) -> Option<MetadataResponse> {
-    let mut known = topics(shard).await;
+    let mut known = topics(shard, who).await;
     // Version 0 has no "all topics" null: an empty list means all there.
     let wanted: Option<Vec<String>> = match request.topics {
         Some(list) if !(version == 0 && list.is_empty()) => Some(
@@ -410,12 +568,14 @@ async fn metadata(
         let mut created = false;
         for topic in wanted {
             if !known.iter().any(|(n, _, _)| n == topic) {
-                created |=
-                    create_topic(shard, topic, DEFAULT_PARTITIONS).await.status == Status::Ok;
+                created |= create_topic(shard, who, topic, DEFAULT_PARTITIONS)
+                    .await
+                    .status
+                    == Status::Ok;
             }
         }
         if created {
-            known = topics(shard).await;
+            known = topics(shard, who).await;
         }
     }
     let broker = metadata_response::MetadataResponseBroker::default()
@@ -498,6 +658,7 @@ fn partition_produced(
 
 async fn produce(
     shard: &Rc<Shard>,
+    who: Who<'_>,
     node: &KafkaNode,
     budget: &InflightBudget,
     request: ProduceRequest,
@@ -541,16 +702,7 @@ async fn produce(
                 )
             } else {
                 let acks = acks.flatten();
-                produce_partition(
-                    shard,
-                    node,
-                    &topic_name,
-                    index,
-                    partition.records,
-                    acks,
-                    budget,
-                )
-                .await
+                produce_partition(shard, who, node, &topic_name, partition, acks, budget).await
             };
             partitions.push(outcome);
         }
@@ -565,13 +717,14 @@ async fn produce(
 
 async fn produce_partition(
     shard: &Rc<Shard>,
+    who: Who<'_>,
     node: &KafkaNode,
     topic: &str,
-    index: i32,
-    records: Option<Bytes>,
+    partition: produce_request::PartitionProduceData,
     acks: Option<Acks>,
     budget: &InflightBudget,
 ) -> produce_response::PartitionProduceResponse {
+    let (index, records) = (partition.index, partition.records);
     let Ok(queue) = u32::try_from(index) else {
         return partition_produced(index, code::UNKNOWN_TOPIC_OR_PARTITION, -1, None);
     };
@@ -587,18 +740,20 @@ async fn produce_partition(
             )),
         );
     }
-    // The same decision as a native produce (`handlers::acl::authorize`), as ANONYMOUS.
+    // The same decision as a native produce (`handlers::acl::authorize`).
     let need = [crate::security::acl::Need::topic(
         crate::security::acl::Operation::Produce,
         topic,
     )];
-    let caller = handlers::acl::Caller::default();
-    if let Err(refused) = handlers::acl::authorize_needs(shard, caller, &need) {
+    if let Err(refused) = who.authorize(shard, &need) {
         return partition_produced(index, code::TOPIC_AUTHORIZATION_FAILED, -1, Some(refused));
     }
     if shard.topic(topic).is_none() {
         let created = node.auto_create_topics
-            && create_topic(shard, topic, DEFAULT_PARTITIONS).await.status == Status::Ok;
+            && create_topic(shard, who, topic, DEFAULT_PARTITIONS)
+                .await
+                .status
+                == Status::Ok;
         if !created {
             return partition_produced(
                 index,
@@ -704,7 +859,7 @@ async fn produce_partition(
                 // success only once the guarantee is seen to hold, never at once. The readable
                 // end covers the flush and a SYNC_MASTER's slaves; an ASYNC_MASTER's slaves
                 // (level all) it does not, so there the original error stands.
-                let end = readable_end(shard, topic, queue).await;
+                let end = readable_end(shard, Who::Broker, topic, queue).await;
                 let covered = status == Status::FlushDiskTimeout
                     || shard.role() == crate::config::BrokerRole::SyncMaster;
                 let last = dup.base_offset + u64::from(id.record_count);
@@ -818,7 +973,7 @@ async fn produce_partition(
 /// produce tries again.
 async fn recover_windows(shard: &Rc<Shard>, node: &KafkaNode, topic: &str, queue: u32, epoch: u32) {
     node.windows.begin_recovery(topic, queue, epoch);
-    let Ok(stats) = queue_stats(shard, topic, queue).await else {
+    let Ok(stats) = queue_stats(shard, Who::Broker, topic, queue).await else {
         return;
     };
     let started = shard.clock().now();
@@ -829,7 +984,16 @@ async fn recover_windows(shard: &Rc<Shard>, node: &KafkaNode, topic: &str, queue
     let mut found = Vec::new();
     let mut read = 0usize;
     while offset < stats.max_offset && read < RECOVERY_BYTES {
-        let reply = pull(shard, topic, queue, offset, MAX_BYTES_PER_PULL, 0).await;
+        let reply = pull(
+            shard,
+            Who::Broker,
+            topic,
+            queue,
+            offset,
+            MAX_BYTES_PER_PULL,
+            0,
+        )
+        .await;
         if reply.status != Status::Ok {
             warn!(
                 topic,
@@ -873,6 +1037,7 @@ async fn recover_windows(shard: &Rc<Shard>, node: &KafkaNode, topic: &str, queue
 /// One partition's pull, as the native consumer would send it.
 async fn pull(
     shard: &Rc<Shard>,
+    who: Who<'_>,
     topic: &str,
     queue: u32,
     offset: u64,
@@ -889,7 +1054,7 @@ async fn pull(
         max_wait_ms: wait_ms,
     }
     .encode(&mut body);
-    native(shard, Opcode::Pull, body).await
+    native(shard, who, Opcode::Pull, body).await
 }
 
 /// What a fetch partition is: its topic, queue, offset, byte limit.
@@ -905,7 +1070,7 @@ struct Wanted {
 /// thousands. The rest are read again when the poll ends, as every partition is.
 const MAX_LONG_POLL_PARTITIONS: usize = 256;
 
-async fn fetch(shard: &Rc<Shard>, request: FetchRequest) -> Option<FetchResponse> {
+async fn fetch(shard: &Rc<Shard>, who: Who<'_>, request: FetchRequest) -> Option<FetchResponse> {
     // A partition named twice is read and answered once.
     let mut seen = std::collections::HashSet::new();
     let wanted: Vec<Wanted> = request
@@ -921,7 +1086,7 @@ async fn fetch(shard: &Rc<Shard>, request: FetchRequest) -> Option<FetchResponse
         })
         .filter(|w| seen.insert((w.topic.clone(), w.partition)))
         .collect();
-    let mut answers = fetch_once(shard, &wanted, request.max_bytes).await;
+    let mut answers = fetch_once(shard, who, &wanted, request.max_bytes).await;
     let got: usize = answers
         .iter()
         .map(|a| a.records.as_ref().map_or(0, |r| r.len()))
@@ -941,6 +1106,7 @@ async fn fetch(shard: &Rc<Shard>, request: FetchRequest) -> Option<FetchResponse
             .map(|w| {
                 Box::pin(pull(
                     shard,
+                    who,
                     &w.topic,
                     w.partition.max(0) as u32,
                     w.offset as u64,
@@ -951,7 +1117,7 @@ async fn fetch(shard: &Rc<Shard>, request: FetchRequest) -> Option<FetchResponse
             .collect();
         if !waits.is_empty() {
             first_of(waits).await;
-            answers = fetch_once(shard, &wanted, request.max_bytes).await;
+            answers = fetch_once(shard, who, &wanted, request.max_bytes).await;
         }
     }
     let mut topics: Vec<fetch_response::FetchableTopicResponse> = Vec::new();
@@ -983,6 +1149,7 @@ async fn first_of<F: std::future::Future + Unpin>(mut futures: Vec<F>) {
 
 async fn fetch_once(
     shard: &Rc<Shard>,
+    who: Who<'_>,
     wanted: &[Wanted],
     max_bytes: i32,
 ) -> Vec<fetch_response::PartitionData> {
@@ -1005,10 +1172,10 @@ async fn fetch_once(
             wanted_bytes.min(left)
         };
         if limit == 0 {
-            out.push(watermarks(shard, partition, &w.topic, queue).await);
+            out.push(watermarks(shard, who, partition, &w.topic, queue).await);
             continue;
         }
-        let reply = pull(shard, &w.topic, queue, offset, limit as u32, 0).await;
+        let reply = pull(shard, who, &w.topic, queue, offset, limit as u32, 0).await;
         let data = partition_data(partition, &reply, !oversized_allowed, &mut left);
         if data.records.as_ref().is_some_and(|r| !r.is_empty()) {
             oversized_allowed = false;
@@ -1019,14 +1186,19 @@ async fn fetch_once(
 }
 
 /// A queue's range as the native `QueueStats` answers it, or the status it failed with.
-async fn queue_stats(shard: &Rc<Shard>, topic: &str, queue: u32) -> Result<QueueStats, Status> {
+async fn queue_stats(
+    shard: &Rc<Shard>,
+    who: Who<'_>,
+    topic: &str,
+    queue: u32,
+) -> Result<QueueStats, Status> {
     let mut body = Vec::new();
     QueueRef {
         topic: topic.to_string(),
         queue,
     }
     .encode(&mut body);
-    let reply = native(shard, Opcode::QueueStats, body).await;
+    let reply = native(shard, who, Opcode::QueueStats, body).await;
     match (reply.status, QueueStats::decode(&reply.body)) {
         (Status::Ok, Ok(stats)) => Ok(stats),
         (Status::Ok, Err(_)) => Err(Status::Internal),
@@ -1035,8 +1207,8 @@ async fn queue_stats(shard: &Rc<Shard>, topic: &str, queue: u32) -> Result<Queue
 }
 
 /// The end of a queue consumers may read (`None`: unknown).
-async fn readable_end(shard: &Rc<Shard>, topic: &str, queue: u32) -> Option<u64> {
-    queue_stats(shard, topic, queue)
+async fn readable_end(shard: &Rc<Shard>, who: Who<'_>, topic: &str, queue: u32) -> Option<u64> {
+    queue_stats(shard, who, topic, queue)
         .await
         .ok()
         .map(|stats| stats.max_offset)
@@ -1045,11 +1217,12 @@ async fn readable_end(shard: &Rc<Shard>, topic: &str, queue: u32) -> Option<u64>
 /// A partition answered without records: its watermarks (or its error).
 async fn watermarks(
     shard: &Rc<Shard>,
+    who: Who<'_>,
     partition: fetch_response::PartitionData,
     topic: &str,
     queue: u32,
 ) -> fetch_response::PartitionData {
-    match queue_stats(shard, topic, queue).await {
+    match queue_stats(shard, who, topic, queue).await {
         Ok(stats) => partition
             .with_high_watermark(stats.max_offset as i64)
             .with_last_stable_offset(stats.max_offset as i64)
@@ -1111,6 +1284,7 @@ const EARLIEST: i64 = -2;
 
 async fn list_offsets(
     shard: &Rc<Shard>,
+    who: Who<'_>,
     request: ListOffsetsRequest,
 ) -> Option<ListOffsetsResponse> {
     let mut topics = Vec::with_capacity(request.topics.len());
@@ -1126,7 +1300,7 @@ async fn list_offsets(
                 partitions.push(answer.with_error_code(code::UNKNOWN_TOPIC_OR_PARTITION));
                 continue;
             };
-            let stats = match queue_stats(shard, &topic_name, queue).await {
+            let stats = match queue_stats(shard, who, &topic_name, queue).await {
                 Ok(stats) => stats,
                 Err(status) => {
                     partitions.push(answer.with_error_code(error_code(status)));
@@ -1137,7 +1311,7 @@ async fn list_offsets(
                 LATEST => answer.with_offset(stats.max_offset as i64),
                 EARLIEST => answer.with_offset(stats.min_offset as i64),
                 timestamp => {
-                    match by_timestamp(shard, &topic_name, queue, stats, timestamp).await {
+                    match by_timestamp(shard, who, &topic_name, queue, stats, timestamp).await {
                         Ok((offset, found)) => answer.with_offset(offset).with_timestamp(found),
                         Err(code) => answer.with_error_code(code),
                     }
@@ -1160,6 +1334,7 @@ async fn list_offsets(
 /// is older, as Kafka answers.
 async fn by_timestamp(
     shard: &Rc<Shard>,
+    who: Who<'_>,
     topic: &str,
     queue: u32,
     stats: QueueStats,
@@ -1169,7 +1344,7 @@ async fn by_timestamp(
         return Err(code::INVALID_REQUEST);
     }
     let stamp_at = |offset: u64| async move {
-        let reply = pull(shard, topic, queue, offset, 1, 0).await;
+        let reply = pull(shard, who, topic, queue, offset, 1, 0).await;
         if reply.status != Status::Ok {
             return Err(error_code(reply.status));
         }
@@ -1197,6 +1372,7 @@ async fn by_timestamp(
 
 async fn create_topics(
     shard: &Rc<Shard>,
+    who: Who<'_>,
     request: CreateTopicsRequest,
 ) -> Option<CreateTopicsResponse> {
     let mut results = Vec::with_capacity(request.topics.len());
@@ -1223,8 +1399,7 @@ async fn create_topics(
                 crate::security::acl::Operation::Create,
                 topic_name.as_str(),
             )];
-            let authorized =
-                handlers::acl::authorize_needs(shard, handlers::acl::Caller::default(), &need);
+            let authorized = who.authorize(shard, &need);
             let checked = if let Err(refused) = authorized {
                 Err((code::TOPIC_AUTHORIZATION_FAILED, refused))
             } else if !shard.is_master() {
@@ -1250,7 +1425,7 @@ async fn create_topics(
                     .with_error_message(Some(StrBytes::from_string(message))),
             }
         } else {
-            let reply = create_topic(shard, &topic_name, partitions).await;
+            let reply = create_topic(shard, who, &topic_name, partitions).await;
             if reply.status == Status::Ok {
                 result
                     .with_num_partitions(partitions as i32)
@@ -1268,6 +1443,7 @@ async fn create_topics(
 
 async fn delete_topics(
     shard: &Rc<Shard>,
+    who: Who<'_>,
     node: &KafkaNode,
     request: DeleteTopicsRequest,
 ) -> Option<DeleteTopicsResponse> {
@@ -1279,7 +1455,7 @@ async fn delete_topics(
             name: topic_name.clone(),
         }
         .encode(&mut body);
-        let reply = native(shard, Opcode::TopicDelete, body).await;
+        let reply = native(shard, who, Opcode::TopicDelete, body).await;
         if reply.status == Status::Ok {
             node.windows.forget_topic(&topic_name);
         }
@@ -1294,14 +1470,13 @@ async fn delete_topics(
 
 async fn init_producer_id(
     shard: &Rc<Shard>,
+    who: Who<'_>,
     node: &KafkaNode,
     request: InitProducerIdRequest,
 ) -> Option<InitProducerIdResponse> {
     // Kafka asks IdempotentWrite on the cluster or WRITE on some topic (KIP-679); ringmq's
-    // rule is the second (`handlers::acl::authorize_idempotent_producer`), as ANONYMOUS.
-    if let Err(refused) =
-        handlers::acl::authorize_idempotent_producer(shard, handlers::acl::Caller::default())
-    {
+    // rule is the second (`handlers::acl::authorize_idempotent_producer`).
+    if let Err(refused) = who.authorize_idempotent_producer(shard) {
         debug!("InitProducerId refused: {refused}");
         return Some(
             InitProducerIdResponse::default()
@@ -1337,15 +1512,24 @@ mod tests {
     /// ApiVersions lists exactly the table, and every cap is one the crate can encode.
     #[test]
     fn every_advertised_version_is_one_the_codecs_know() {
-        for (key, min, max) in SUPPORTED {
+        for (key, min, max) in served(true) {
             let known = key.valid_versions();
             assert!(
                 known.min <= *min && *max <= known.max,
                 "{key:?} {min}-{max} vs {known}"
             );
         }
-        let body = api_versions(code::NONE);
+        let body = api_versions(code::NONE, false);
         assert_eq!(body.api_keys.len(), SUPPORTED.len());
+        let with_sasl = api_versions(code::NONE, true);
+        assert_eq!(
+            with_sasl.api_keys.len(),
+            SUPPORTED.len() + SASL_SUPPORTED.len()
+        );
+        assert!(with_sasl
+            .api_keys
+            .iter()
+            .any(|k| k.api_key == ApiKey::SaslAuthenticate as i16 && k.max_version == 2));
     }
 
     /// A request of a few bytes that declares 2^31-1 topics fails to decode (not enough
@@ -1380,7 +1564,7 @@ mod tests {
             topic in "[a-z]{1,12}",
         ) {
             for v in 0..=4 {
-                round_trip(&api_versions(error), v);
+                round_trip(&api_versions(error, v % 2 == 0), v);
             }
             for v in 3..=9 {
                 let p = partition_produced(1, error, offset, (v >= 8).then(|| "m".to_string()));
@@ -1436,6 +1620,20 @@ mod tests {
             }
             for v in 0..=4 {
                 round_trip(&InitProducerIdResponse::default().with_producer_id(ProducerId(offset)).with_producer_epoch(0), v);
+            }
+            round_trip(
+                &SaslHandshakeResponse::default()
+                    .with_error_code(error)
+                    .with_mechanisms(vec![StrBytes::from_string(topic.clone())]),
+                1,
+            );
+            for v in 0..=2 {
+                let r = SaslAuthenticateResponse::default()
+                    .with_error_code(error)
+                    .with_error_message((error != 0).then(|| StrBytes::from_string(topic.clone())))
+                    .with_auth_bytes(Bytes::from(topic.clone().into_bytes()))
+                    .with_session_lifetime_ms(if v >= 1 { offset } else { 0 });
+                round_trip(&r, v);
             }
         }
     }

@@ -3,7 +3,7 @@
 //! OffsetFetch (ringmq's group offsets through the native GroupCommit, GroupFetch and
 //! GroupDescribe, so `ringmq group describe` shows a Kafka group's offsets).
 
-use super::api::{code as kafka_code, error_code, native};
+use super::api::{code as kafka_code, error_code, native, Who};
 use super::groups::{self, code, Join, Joined, Request, Response, Synced};
 use super::KafkaNode;
 use crate::protocol::message::{
@@ -16,12 +16,14 @@ use crate::store::io::Disk;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use std::rc::Rc;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// FindCoordinator's key type of a transactional id.
 const KEY_TYPE_TRANSACTION: i8 = 1;
 /// OffsetCommit's error for an offset that is not one (negative).
 const INVALID_COMMIT_OFFSET_SIZE: i16 = 28;
+/// The caller may not act on the group (its ACLs).
+const GROUP_AUTHORIZATION_FAILED: i16 = 30;
 
 fn text(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
@@ -35,8 +37,19 @@ fn group_id_error(group_id: &str) -> Option<(i16, String)> {
         .map(|e| (code::INVALID_GROUP_ID, e.to_string()))
 }
 
-/// Runs a group request on its coordinator shard (here, or over the mesh).
-async fn coordinate(shard: &Rc<Shard>, group_id: &str, request: Request) -> Response {
+/// Runs a group request on its coordinator shard (here, or over the mesh), once the caller
+/// is allowed to: a join, sync, heartbeat or leave needs the group's `fetch` right, the
+/// commit check its `commit` right (the native GroupJoin's and GroupCommit's).
+async fn coordinate(shard: &Rc<Shard>, who: Who<'_>, group_id: &str, request: Request) -> Response {
+    use crate::security::acl::{Need, Operation};
+    let operation = match request {
+        Request::CommitCheck { .. } => Operation::Commit,
+        _ => Operation::Fetch,
+    };
+    if let Err(refused) = who.authorize(shard, &[Need::group(operation, group_id)]) {
+        debug!(group = %group_id, "a Kafka group request refused: {refused}");
+        return request.refused(GROUP_AUTHORIZATION_FAILED);
+    }
     let owner = groups::coordinator_shard(group_id, shard.shard_count());
     if owner == shard.id() {
         return serve_here(shard, request).await;
@@ -119,6 +132,7 @@ pub async fn find_coordinator(
 
 pub async fn join_group(
     shard: &Rc<Shard>,
+    who: Who<'_>,
     client_id: &str,
     request: JoinGroupRequest,
     version: i16,
@@ -147,7 +161,7 @@ pub async fn join_group(
                 .map(|p| (p.name.to_string(), p.metadata))
                 .collect(),
         };
-        match coordinate(shard, &group_id, Request::Join(join)).await {
+        match coordinate(shard, who, &group_id, Request::Join(join)).await {
             Response::Joined(joined) => joined,
             other => Joined::error(answer_code(other), &member_id),
         }
@@ -175,7 +189,11 @@ pub(super) fn join_response(joined: Joined) -> JoinGroupResponse {
         )
 }
 
-pub async fn sync_group(shard: &Rc<Shard>, request: SyncGroupRequest) -> Option<SyncGroupResponse> {
+pub async fn sync_group(
+    shard: &Rc<Shard>,
+    who: Who<'_>,
+    request: SyncGroupRequest,
+) -> Option<SyncGroupResponse> {
     let group_id = request.group_id.0.to_string();
     let synced = if let Some((error, _)) = group_id_error(&group_id) {
         Synced {
@@ -193,7 +211,7 @@ pub async fn sync_group(shard: &Rc<Shard>, request: SyncGroupRequest) -> Option<
                 .map(|a| (a.member_id.to_string(), a.assignment))
                 .collect(),
         };
-        match coordinate(shard, &group_id, sync).await {
+        match coordinate(shard, who, &group_id, sync).await {
             Response::Synced(synced) => synced,
             other => Synced {
                 error: answer_code(other),
@@ -208,13 +226,18 @@ pub async fn sync_group(shard: &Rc<Shard>, request: SyncGroupRequest) -> Option<
     )
 }
 
-pub async fn heartbeat(shard: &Rc<Shard>, request: HeartbeatRequest) -> Option<HeartbeatResponse> {
+pub async fn heartbeat(
+    shard: &Rc<Shard>,
+    who: Who<'_>,
+    request: HeartbeatRequest,
+) -> Option<HeartbeatResponse> {
     let group_id = request.group_id.0.to_string();
     let error = match group_id_error(&group_id) {
         Some((error, _)) => error,
         None => answer_code(
             coordinate(
                 shard,
+                who,
                 &group_id,
                 Request::Heartbeat {
                     group_id: group_id.clone(),
@@ -230,6 +253,7 @@ pub async fn heartbeat(shard: &Rc<Shard>, request: HeartbeatRequest) -> Option<H
 
 pub async fn leave_group(
     shard: &Rc<Shard>,
+    who: Who<'_>,
     request: LeaveGroupRequest,
 ) -> Option<LeaveGroupResponse> {
     let group_id = request.group_id.0.to_string();
@@ -238,6 +262,7 @@ pub async fn leave_group(
         None => answer_code(
             coordinate(
                 shard,
+                who,
                 &group_id,
                 Request::Leave {
                     group_id: group_id.clone(),
@@ -252,6 +277,7 @@ pub async fn leave_group(
 
 pub async fn offset_commit(
     shard: &Rc<Shard>,
+    who: Who<'_>,
     request: OffsetCommitRequest,
 ) -> Option<OffsetCommitResponse> {
     let group_id = request.group_id.0.to_string();
@@ -265,7 +291,7 @@ pub async fn offset_commit(
             generation: request.generation_id_or_member_epoch,
             member_id: request.member_id.to_string(),
         };
-        answer_code(coordinate(shard, &group_id, check).await)
+        answer_code(coordinate(shard, who, &group_id, check).await)
     };
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
@@ -277,6 +303,7 @@ pub async fn offset_commit(
             } else {
                 commit_one(
                     shard,
+                    who,
                     &group_id,
                     &topic_name,
                     p.partition_index,
@@ -303,6 +330,7 @@ pub async fn offset_commit(
 /// queue, durable when answered). The commit's metadata string is not kept.
 async fn commit_one(
     shard: &Rc<Shard>,
+    who: Who<'_>,
     group: &str,
     topic: &str,
     partition: i32,
@@ -323,11 +351,12 @@ async fn commit_one(
         offset,
     }
     .encode(&mut body);
-    error_code(native(shard, Opcode::GroupCommit, body).await.status)
+    error_code(native(shard, who, Opcode::GroupCommit, body).await.status)
 }
 
 pub async fn offset_fetch(
     shard: &Rc<Shard>,
+    who: Who<'_>,
     request: OffsetFetchRequest,
     version: i16,
 ) -> Option<OffsetFetchResponse> {
@@ -345,7 +374,7 @@ pub async fn offset_fetch(
             .map(|t| (t.name.0.to_string(), t.partition_indexes))
             .collect(),
         // Version 2 on: null asks for every partition the group committed.
-        None => match committed_partitions(shard, &group_id).await {
+        None => match committed_partitions(shard, who, &group_id).await {
             Ok(rows) => rows,
             Err(error) => {
                 return Some(OffsetFetchResponse::default().with_error_code(error));
@@ -356,7 +385,7 @@ pub async fn offset_fetch(
     for (topic, indexes) in wanted {
         let mut partitions = Vec::with_capacity(indexes.len());
         for index in indexes {
-            let (offset, error) = fetch_one(shard, &group_id, &topic, index).await;
+            let (offset, error) = fetch_one(shard, who, &group_id, &topic, index).await;
             partitions.push(
                 offset_fetch_response::OffsetFetchResponsePartition::default()
                     .with_partition_index(index)
@@ -374,7 +403,13 @@ pub async fn offset_fetch(
 }
 
 /// A partition's committed offset (-1: none), through the native GroupFetch.
-async fn fetch_one(shard: &Rc<Shard>, group: &str, topic: &str, index: i32) -> (i64, i16) {
+async fn fetch_one(
+    shard: &Rc<Shard>,
+    who: Who<'_>,
+    group: &str,
+    topic: &str,
+    index: i32,
+) -> (i64, i16) {
     let Ok(queue) = u32::try_from(index) else {
         return (-1, code::NONE);
     };
@@ -385,7 +420,7 @@ async fn fetch_one(shard: &Rc<Shard>, group: &str, topic: &str, index: i32) -> (
         queue,
     }
     .encode(&mut body);
-    let reply = native(shard, Opcode::GroupFetch, body).await;
+    let reply = native(shard, who, Opcode::GroupFetch, body).await;
     if matches!(reply.status, Status::TopicNotFound | Status::QueueNotFound) {
         // Kafka's answer for a partition nothing was committed to, existing or not.
         return (-1, code::NONE);
@@ -403,6 +438,7 @@ async fn fetch_one(shard: &Rc<Shard>, group: &str, topic: &str, index: i32) -> (
 /// Every (topic, partitions) the group committed, through the native GroupDescribe.
 async fn committed_partitions(
     shard: &Rc<Shard>,
+    who: Who<'_>,
     group: &str,
 ) -> Result<Vec<(String, Vec<i32>)>, i16> {
     let mut body = Vec::new();
@@ -410,7 +446,7 @@ async fn committed_partitions(
         group: group.to_string(),
     }
     .encode(&mut body);
-    let reply = native(shard, Opcode::GroupDescribe, body).await;
+    let reply = native(shard, who, Opcode::GroupDescribe, body).await;
     if reply.status != Status::Ok {
         return Err(error_code(reply.status));
     }

@@ -15,18 +15,27 @@
 //! `connections_max_idle_ms` is closed; an answer the peer does not read within
 //! `response_write_timeout_ms` closes it. A request's bytes are reserved from the shard's
 //! in-flight budget while it runs.
+//!
+//! Security follows the client ports' (docs/security.md): with `tls_cert_file` the Kafka
+//! listener speaks TLS only (the same certificates, client certificates and handshake bounds;
+//! a plaintext client is closed), and with `authentication = "scram"` a connection
+//! authenticates with SASL/SCRAM ([`sasl`]) before anything but ApiVersions is served. Every
+//! request then runs as the connection's principal, under the same ACLs as a native client.
 
 mod api;
 pub(crate) mod group_api;
 pub mod groups;
 pub mod producers;
 pub mod records;
+mod sasl;
 
 use crate::config::BrokerConfig;
 use crate::net::admission::BudgetPermit;
 use crate::net::ShardNet;
+use crate::security::scram::PRE_AUTHENTICATION_MAX_FRAME_BYTES;
+use crate::security::Principal;
 use crate::shard::Shard;
-use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::spawn_local;
 use glommio::timer::sleep;
@@ -99,11 +108,17 @@ pub async fn accept_loop(shard: Rc<Shard>, net: Rc<ShardNet>, node: Arc<KafkaNod
                     continue;
                 };
                 match net.admission.admit(peer.ip()) {
+                    Ok(ticket) if net.tls().is_some() => {
+                        debug!(shard = shard.id(), %peer, "Kafka TLS connection accepted");
+                        start_tls(&shard, &net, &node, stream, ticket);
+                    }
                     Ok(ticket) => {
                         debug!(shard = shard.id(), %peer, "Kafka connection accepted");
+                        let _ = stream.set_nodelay(true);
+                        let _ = stream.set_write_timeout(Some(net.timeouts.response_write));
                         let (shard, net, node) = (shard.clone(), net.clone(), node.clone());
                         spawn_local(async move {
-                            serve(shard, net, node, stream).await;
+                            serve(shard, net, node, stream, Some(peer), None).await;
                             drop(ticket);
                         })
                         .detach();
@@ -122,6 +137,55 @@ pub async fn accept_loop(shard: Rc<Shard>, net: Rc<ShardNet>, node: Arc<KafkaNod
     }
 }
 
+/// A TLS connection: its handshake in the shard's handshake queue within the handshake
+/// bounds (`tls_max_handshakes_per_shard`, `tls_handshake_timeout_ms`), as on the client
+/// ports, then served where plaintext connections are.
+fn start_tls(
+    shard: &Rc<Shard>,
+    net: &Rc<ShardNet>,
+    node: &Arc<KafkaNode>,
+    stream: TcpStream,
+    ticket: crate::net::admission::Ticket,
+) {
+    use crate::net::connection::{accept_tls, serve_where_plaintext_runs, Plaintext};
+    let (Some(tls), Some(queues)) = (net.tls(), net.tls_queues()) else {
+        return;
+    };
+    let Some(slot) = net.handshake_slot() else {
+        crate::net::refuse_handshake(shard, net, &stream);
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok();
+    let config = tls.current();
+    let shard_id = shard.id();
+    let (shard, net, node) = (shard.clone(), net.clone(), node.clone());
+    let connection = async move {
+        let Some((session, principal)) =
+            accept_tls(&shard, &net, stream, config, slot, Plaintext::Close).await
+        else {
+            return;
+        };
+        let serving = {
+            let (shard, net) = (shard.clone(), net.clone());
+            async move {
+                serve(shard, net, node, session, peer, principal).await;
+                drop(ticket);
+            }
+        };
+        serve_where_plaintext_runs(&shard, &net, serving).await;
+    };
+    match glommio::spawn_local_into(connection, queues.handshakes) {
+        Ok(task) => {
+            task.detach();
+        }
+        Err(e) => warn!(
+            shard = shard_id,
+            "starting a Kafka TLS connection failed: {e}"
+        ),
+    }
+}
+
 /// Why a connection's loop stops.
 enum End {
     Closed,
@@ -129,17 +193,47 @@ enum End {
     Idle,
     /// The shard's in-flight budget had no room for the request in time.
     NoBudget,
+    /// Not authenticated within `authentication_timeout_ms`.
+    NotAuthenticated,
 }
 
-async fn serve(shard: Rc<Shard>, net: Rc<ShardNet>, node: Arc<KafkaNode>, mut stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(net.timeouts.response_write));
+/// Serves one Kafka connection (plaintext or TLS) from `peer`, whose client certificate
+/// named `principal` (if any).
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    shard: Rc<Shard>,
+    net: Rc<ShardNet>,
+    node: Arc<KafkaNode>,
+    mut stream: S,
+    peer: Option<std::net::SocketAddr>,
+    principal: Option<Principal>,
+) {
     let max_frame = shard.config().max_frame_bytes as usize;
-    let mut session = api::Session::default();
+    let mut session = api::Session::new(shard.config(), peer, principal);
+    let authentication_deadline =
+        Instant::now() + Duration::from_millis(shard.config().authentication_timeout_ms);
     loop {
-        let (request, budget) = match read_request(&mut stream, &net, max_frame).await {
+        let read = if session.is_authenticated() {
+            read_request(&mut stream, &net, max_frame).await
+        } else {
+            // Before authentication: the exchange's few hundred bytes at most, and only
+            // until the deadline.
+            let limit = max_frame.min(PRE_AUTHENTICATION_MAX_FRAME_BYTES);
+            future::or(read_request(&mut stream, &net, limit), async {
+                sleep(authentication_deadline.saturating_duration_since(Instant::now())).await;
+                Err(End::NotAuthenticated)
+            })
+            .await
+        };
+        let (request, budget) = match read {
             Ok(request) => request,
             Err(End::Closed) => break,
+            Err(End::NotAuthenticated) => {
+                debug!(
+                    shard = shard.id(),
+                    "Kafka connection not authenticated within authentication_timeout_ms; closing"
+                );
+                break;
+            }
             Err(End::ReadTimeout) => {
                 debug!(
                     shard = shard.id(),
@@ -165,12 +259,18 @@ async fn serve(shard: Rc<Shard>, net: Rc<ShardNet>, node: Arc<KafkaNode>, mut st
         drop(budget);
         match answer {
             api::Answer::Reply(bytes) => {
-                if stream.write_all(&bytes).await.is_err() {
+                // A TLS stream holds records until flushed; a plaintext one flushes at once.
+                if stream.write_all(&bytes).await.is_err() || stream.flush().await.is_err() {
                     break;
                 }
             }
             api::Answer::None => {}
             api::Answer::Close => break,
+            api::Answer::ReplyThenClose(bytes) => {
+                let _ = stream.write_all(&bytes).await;
+                let _ = stream.flush().await;
+                break;
+            }
         }
     }
     let _ = stream.close().await;
@@ -181,8 +281,8 @@ async fn serve(shard: Rc<Shard>, net: Rc<ShardNet>, node: Arc<KafkaNode>, mut st
 /// in-flight budget (the share for requests still arriving included, as on the native
 /// connection) before its buffer is allocated, so connections that each announce a large
 /// request and stall hold budget, not unbounded memory; the permit is the request's to hold.
-async fn read_request(
-    stream: &mut TcpStream,
+async fn read_request<S: AsyncRead + Unpin>(
+    stream: &mut S,
     net: &ShardNet,
     max_frame: usize,
 ) -> Result<(bytes::Bytes, BudgetPermit), End> {

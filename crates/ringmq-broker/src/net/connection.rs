@@ -130,27 +130,12 @@ pub async fn serve_tls(
     let Ok(addr) = stream.peer_addr() else {
         return;
     };
-    let deadline = Instant::now() + net.timeouts.tls_handshake;
-    let session = future::or(
-        handshake(stream, config, net.timeouts.tls_handshake),
-        async {
-            sleep(deadline.saturating_duration_since(Instant::now())).await;
-            debug!(shard = shard.id(), %addr, "TLS handshake timed out; closing");
-            None
-        },
-    )
-    .await;
-    drop(slot);
-    let Some(session) = session else {
+    let Some((session, principal)) =
+        accept_tls(&shard, &net, stream, config, slot, Plaintext::TellRingmq).await
+    else {
         return;
     };
-    let principal = session_principal(session.get_ref().1);
-    debug!(shard = shard.id(), %addr, principal = ?principal.as_ref().map(|p| p.as_str()), "TLS handshake done");
     let fd = session.get_ref().0.as_raw_fd();
-    let _ = session
-        .get_ref()
-        .0
-        .set_write_timeout(Some(net.timeouts.response_write));
     let (reader, writer) = futures_lite::io::split(session);
     let halves = Halves {
         reader,
@@ -165,8 +150,62 @@ pub async fn serve_tls(
         Peer { addr, principal },
         ticket,
     );
-    // The handshake ran in the shard's low-share handshake queue; the connection is served
-    // where plaintext ones are.
+    serve_where_plaintext_runs(&shard, &net, serving).await;
+}
+
+/// What a TLS port does with a peer that speaks plaintext first.
+#[derive(Clone, Copy)]
+pub enum Plaintext {
+    /// Answer `TLS_REQUIRED` in ringmq framing (a native client reads why), then close.
+    TellRingmq,
+    /// Close at once (a Kafka client: Kafka has no frame to say it in).
+    Close,
+}
+
+/// The server side of a TLS handshake on an accepted connection, within
+/// `tls_handshake_timeout_ms`: the session and the principal its client certificate names,
+/// or `None` (the reason at debug). `slot`, one of the shard's handshake places, is given
+/// back when the handshake ends, whatever the outcome.
+pub async fn accept_tls(
+    shard: &Shard,
+    net: &ShardNet,
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    slot: HandshakeSlot,
+    plaintext: Plaintext,
+) -> Option<(
+    futures_rustls::server::TlsStream<TcpStream>,
+    Option<crate::security::Principal>,
+)> {
+    let addr = stream.peer_addr().ok()?;
+    let deadline = Instant::now() + net.timeouts.tls_handshake;
+    let session = future::or(
+        handshake(stream, config, net.timeouts.tls_handshake, plaintext),
+        async {
+            sleep(deadline.saturating_duration_since(Instant::now())).await;
+            debug!(shard = shard.id(), %addr, "TLS handshake timed out; closing");
+            None
+        },
+    )
+    .await;
+    drop(slot);
+    let session = session?;
+    let principal = session_principal(session.get_ref().1);
+    debug!(shard = shard.id(), %addr, principal = ?principal.as_ref().map(|p| p.as_str()), "TLS handshake done");
+    let _ = session
+        .get_ref()
+        .0
+        .set_write_timeout(Some(net.timeouts.response_write));
+    Some((session, principal))
+}
+
+/// Runs a TLS connection, whose handshake ran in the shard's low-share handshake queue,
+/// where plaintext connections run.
+pub async fn serve_where_plaintext_runs(
+    shard: &Shard,
+    net: &ShardNet,
+    serving: impl std::future::Future<Output = ()> + 'static,
+) {
     match net.tls_queues() {
         Some(queues) => match spawn_local_into(serving, queues.serving) {
             Ok(task) => {
@@ -189,6 +228,7 @@ async fn handshake(
     stream: TcpStream,
     config: Arc<rustls::ServerConfig>,
     timeout: Duration,
+    plaintext: Plaintext,
 ) -> Option<futures_rustls::server::TlsStream<TcpStream>> {
     let mut first = [0u8; OPENING_BYTES];
     loop {
@@ -198,6 +238,10 @@ async fn handshake(
         }
         match opening(&first[..n]) {
             Opening::ClientHello => break,
+            Opening::Plaintext if matches!(plaintext, Plaintext::Close) => {
+                debug!("a plaintext client on a TLS Kafka listener; closing");
+                return None;
+            }
             Opening::Plaintext => {
                 let reason = "this port requires TLS: the client sent plaintext; connect with TLS (ringmq: --tls-ca FILE)".to_string();
                 answer_and_close(stream, Status::TlsRequired, reason, timeout).await;

@@ -330,6 +330,18 @@ impl ShardNet {
     pub fn tls_queues(&self) -> Option<TlsQueues> {
         self.tls_queues
     }
+
+    /// The certificates of this shard's TLS ports, when TLS is on (`tls_cert_file`).
+    pub fn tls(&self) -> Option<&Arc<ServerTls>> {
+        self.tls.as_ref()
+    }
+
+    /// One of the shard's `tls_max_handshakes_per_shard` places, or `None` when every one is
+    /// taken (the caller closes the new connection at once).
+    pub fn handshake_slot(&self) -> Option<HandshakeSlot> {
+        let in_flight = self.handshakes_in_flight.clone();
+        (in_flight.get() < self.max_handshakes).then(|| HandshakeSlot::take(in_flight))
+    }
 }
 
 /// One of a shard's `tls_max_handshakes_per_shard` places, held while a handshake runs and
@@ -360,17 +372,10 @@ fn start_tls(
     stream: glommio::net::TcpStream,
     ticket: admission::Ticket,
 ) {
-    let in_flight = net.handshakes_in_flight.clone();
-    if in_flight.get() >= net.max_handshakes {
-        debug!(
-            shard = shard.id(),
-            "tls_max_handshakes_per_shard: {} TLS handshakes already running; closing a new connection",
-            net.max_handshakes
-        );
-        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    let Some(slot) = net.handshake_slot() else {
+        refuse_handshake(shard, net, &stream);
         return;
-    }
-    let slot = HandshakeSlot::take(in_flight);
+    };
     let connection = connection::serve_tls(
         shard.clone(),
         net.clone(),
@@ -390,6 +395,17 @@ fn start_tls(
             spawn_local(connection).detach();
         }
     }
+}
+
+/// Closes a connection at once (a reset) because the shard runs
+/// `tls_max_handshakes_per_shard` handshakes already.
+pub fn refuse_handshake(shard: &Shard, net: &ShardNet, stream: &glommio::net::TcpStream) {
+    debug!(
+        shard = shard.id(),
+        "tls_max_handshakes_per_shard: {} TLS handshakes already running; closing a new connection",
+        net.max_handshakes
+    );
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
 /// Accepts connections on one listening socket until the task is dropped.

@@ -73,44 +73,72 @@ pub fn start(users: &UserTable, body: &[u8], pending: &mut Option<ServerExchange
             ),
         ));
     };
-    let first = match ClientFirst::parse(&request.message) {
+    match start_exchange(users, mechanism, &request.message, pending) {
+        Some(server_first) => Step::Continue(answer(server_first)),
+        None => failed(),
+    }
+}
+
+/// The first step of an exchange, whatever carries it (the native AuthStart, Kafka's
+/// SaslAuthenticate): server-first for `client_first`, the exchange kept in `pending`;
+/// `None` when the exchange cannot go on (the reason is logged at debug).
+pub fn start_exchange(
+    users: &UserTable,
+    mechanism: Mechanism,
+    client_first: &str,
+    pending: &mut Option<ServerExchange>,
+) -> Option<String> {
+    let first = match ClientFirst::parse(client_first) {
         Ok(first) => first,
         Err(e) => {
-            debug!("AuthStart: {e}");
-            return failed();
+            debug!("SCRAM client-first: {e}");
+            return None;
         }
     };
     let nonce = match random_bytes::<SERVER_NONCE_BYTES>() {
         Ok(bytes) => nonce_text(&bytes),
         Err(e) => {
-            debug!("AuthStart: no random bytes for a nonce: {e}");
-            return failed();
+            debug!("SCRAM: no random bytes for a nonce: {e}");
+            return None;
         }
     };
     // An unknown user gets a made-up credential, so the answer and the work do not tell.
     let (credential, _known) = users.credential_for(&first.user, mechanism);
     let (exchange, server_first) = ServerExchange::start(first, credential, &nonce);
     *pending = Some(exchange);
-    Step::Continue(answer(server_first))
+    Some(server_first)
 }
 
 /// AuthFinish: checks client-final against the exchange AuthStart began (none: fails).
 pub fn finish(body: &[u8], pending: &mut Option<ServerExchange>) -> Step {
-    let Some(exchange) = pending.take() else {
-        debug!("AuthFinish without an AuthStart before it");
-        return failed();
-    };
     let Ok(request) = AuthFinish::decode(body) else {
         debug!("AuthFinish: not a valid body");
+        pending.take();
         return failed();
     };
+    match finish_exchange(&request.message, pending) {
+        Some((server_final, principal)) => Step::Authenticated(answer(server_final), principal),
+        None => failed(),
+    }
+}
+
+/// The last step of an exchange, whatever carries it: server-final and the principal when
+/// `client_final` proves the password, `None` otherwise (no exchange begun included).
+pub fn finish_exchange(
+    client_final: &str,
+    pending: &mut Option<ServerExchange>,
+) -> Option<(String, Principal)> {
+    let Some(exchange) = pending.take() else {
+        debug!("SCRAM client-final without a client-first before it");
+        return None;
+    };
     let user = exchange.user().to_string();
-    match exchange.finish(&request.message) {
-        Ok((server_final, user)) => Step::Authenticated(answer(server_final), Principal::new(user)),
+    match exchange.finish(client_final) {
+        Ok((server_final, user)) => Some((server_final, Principal::new(user))),
         Err(e) => {
             // The user name a client sent is not a secret; the reason stays in the debug log.
             debug!(user = %user.escape_default(), "SCRAM authentication failed: {e}");
-            failed()
+            None
         }
     }
 }
