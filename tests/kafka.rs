@@ -1080,27 +1080,7 @@ fn kafka_python_acks_all_records_survive_a_kill_9_once_each() {
         COUNT,
         "one outcome per value, none twice"
     );
-    let mut client = broker.client();
-    let mut stored: BTreeMap<String, Vec<(u32, u64)>> = BTreeMap::new();
-    for queue in 0..PARTITIONS {
-        let mut offset = 0;
-        loop {
-            let pulled = client
-                .pull("durable", queue, offset, 1_000, 4 << 20, 0)
-                .expect("pull");
-            if pulled.messages.is_empty() {
-                break;
-            }
-            for m in &pulled.messages {
-                let value = String::from_utf8_lossy(&m.body).into_owned();
-                stored
-                    .entry(value)
-                    .or_default()
-                    .push((queue, m.queue_offset));
-                offset = m.queue_offset + 1;
-            }
-        }
-    }
+    let stored = stored_values(&broker, "durable", PARTITIONS);
     let lost: Vec<_> = acked
         .iter()
         .filter(|(value, at)| stored.get(*value).is_none_or(|places| !places.contains(at)))
@@ -1130,6 +1110,127 @@ fn kafka_python_acks_all_records_survive_a_kill_9_once_each() {
         "acknowledged but not where acknowledged: {lost:?}"
     );
     assert!(twice.is_empty(), "stored twice: {twice:?}");
+    assert!(stranger.is_empty(), "stored but never sent: {stranger:?}");
+}
+
+/// Every value stored in `topic`'s `queues`, with where: value → [(queue, offset)].
+fn stored_values(broker: &Broker, topic: &str, queues: u32) -> BTreeMap<String, Vec<(u32, u64)>> {
+    let mut client = broker.client();
+    let mut stored: BTreeMap<String, Vec<(u32, u64)>> = BTreeMap::new();
+    for queue in 0..queues {
+        let mut offset = 0;
+        loop {
+            let pulled = client
+                .pull(topic, queue, offset, 1_000, 4 << 20, 0)
+                .expect("pull");
+            if pulled.messages.is_empty() {
+                break;
+            }
+            for m in &pulled.messages {
+                let value = String::from_utf8_lossy(&m.body).into_owned();
+                stored
+                    .entry(value)
+                    .or_default()
+                    .push((queue, m.queue_offset));
+                offset = m.queue_offset + 1;
+            }
+        }
+    }
+    stored
+}
+
+/// The SIGKILL harness with kcat (librdkafka) as the producer: idempotent, acks=all, to a
+/// broker at the default configuration (SYNC_FLUSH, 1 GiB segments, a shard per core) that is
+/// SIGKILLed once 2000 records are stored and restarted at once on the same Kafka port, while
+/// kcat still has records in flight and more to read. kcat (`-E`: it rides out "all brokers
+/// down") reports each failed delivery and exits non-zero if any failed; it reports no
+/// successes one by one, so the check is on the whole run: it exits 0 (every record
+/// acknowledged), and every value it was given is stored exactly once.
+#[test]
+fn kcat_idempotent_acks_all_records_survive_a_kill_9_once_each() {
+    if kcat().is_none() {
+        return;
+    }
+    const PARTITIONS: u32 = 3;
+    const COUNT: usize = 20_000;
+    const KILL_AFTER: u64 = 2_000;
+    let dir = temp_store();
+    let ports = PortBlock::allocate();
+    let kafka = ports.kafka_addr();
+    let mut broker =
+        Broker::start_sized(dir.path(), Sizes::Default, "", &["--kafka-listen", &kafka]);
+    let created = broker.cli(&["topic", "create", "kcat-durable", "--queues", "3"], b"");
+    assert!(created.status.success(), "{created:?}");
+    let mut producer = Command::new("kcat")
+        .args(["-E", "-P", "-b", &kafka, "-t", "kcat-durable", "-K", ":"])
+        .args(["-X", "acks=all", "-X", "enable.idempotence=true"])
+        .args(["-X", "message.timeout.ms=120000", "-X", "linger.ms=2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kcat");
+    let mut stdin = producer.stdin.take().expect("piped");
+    let values: Vec<String> = (0..COUNT).map(|i| format!("kcat-value-{i:06}")).collect();
+    // The key spreads the values over the partitions (librdkafka's hash of the key).
+    let line = |v: &String| format!("{v}:{v}\n");
+    let (first, second) = values.split_at(COUNT / 2);
+    for v in first {
+        stdin.write_all(line(v).as_bytes()).expect("feed kcat");
+    }
+    stdin.flush().expect("flush");
+    let mut client = broker.client();
+    let stored_so_far = |client: &mut ringmq::client::Client| -> u64 {
+        client
+            .describe_topic("kcat-durable")
+            .map(|d| d.queues.iter().map(|q| q.max_offset).sum())
+            .unwrap_or(0)
+    };
+    wait_until(Duration::from_secs(60), "2000 records stored", || {
+        (stored_so_far(&mut client) >= KILL_AFTER).then_some(())
+    });
+    let at_kill = stored_so_far(&mut client);
+    broker.kill();
+    broker.restart();
+    for v in second {
+        stdin.write_all(line(v).as_bytes()).expect("feed kcat");
+    }
+    drop(stdin);
+    let restarted = std::time::Instant::now();
+    let out = producer.wait_with_output().expect("kcat exits");
+    let (status, took) = (out.status, restarted.elapsed());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let failed = stderr.matches("Delivery failed").count();
+    let stored = stored_values(&broker, "kcat-durable", PARTITIONS);
+    let twice: Vec<_> = stored.iter().filter(|(_, at)| at.len() > 1).collect();
+    let missing: Vec<_> = values.iter().filter(|v| !stored.contains_key(*v)).collect();
+    let stranger: Vec<_> = stored
+        .keys()
+        .filter(|v| values.binary_search(v).is_err())
+        .collect();
+    eprintln!(
+        "kcat across a kill -9 (at {at_kill} stored): {COUNT} sent, {failed} failed, {} stored, \
+         {} missing, {} twice; kcat finished {took:?} after the restart",
+        stored.len(),
+        missing.len(),
+        twice.len()
+    );
+    assert!(
+        status.success() && failed == 0,
+        "kcat: {status}, {failed} failed deliveries:\n{stderr}"
+    );
+    assert!(
+        missing.is_empty(),
+        "acknowledged, not stored: {} of them, first {:?}",
+        missing.len(),
+        missing.first()
+    );
+    assert!(
+        twice.is_empty(),
+        "stored twice: {} of them, first {:?}",
+        twice.len(),
+        twice.first()
+    );
     assert!(stranger.is_empty(), "stored but never sent: {stranger:?}");
 }
 
