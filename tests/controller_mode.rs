@@ -11,214 +11,18 @@
 
 mod common;
 
+use common::controlled::*;
 use common::kafka::{idempotent_batch, produce_request, produced, Wire};
-use common::{http_get, run_binary, temp_store, wait_until, Broker, PortBlock, Sizes};
+use common::{http_get, run_binary, temp_store, wait_until, Broker, Sizes};
 use kafka_protocol::messages::ApiKey;
-use ringmq::client::controller::ControllerClient;
 use ringmq::client::Client;
-use ringmq::protocol::controller::GroupState;
 use ringmq::protocol::message::{MessageRef, TopicListRequest};
 use ringmq::protocol::{Acks, Status};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
-
-const CLUSTER: &str = "c1";
-const GROUP: &str = "group-a";
-const TOPIC: &str = "orders";
-const QUEUES: u32 = 4;
-
-/// One controller process on a fixed port; killed on drop.
-struct Controller {
-    addr: String,
-    _store: tempfile::TempDir,
-    child: Child,
-}
-
-impl Controller {
-    fn start() -> Controller {
-        let addr = PortBlock::allocate().listen_addr();
-        let store = temp_store();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["controller", "--id", "1", "--peers", &format!("1={addr}")])
-            .arg("--store")
-            .arg(store.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start ringmq controller");
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("ringmq ready") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(30))
-            .expect("the controller prints its ready line");
-        Controller {
-            addr,
-            _store: store,
-            child,
-        }
-    }
-
-    fn group(&self) -> Option<GroupState> {
-        let mut client =
-            ControllerClient::new(vec![self.addr.clone()], Duration::from_secs(2)).ok()?;
-        client.group_state(CLUSTER, GROUP).ok()
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A broker of the group in controller mode, on fixed ports so a restart keeps its
-/// addresses.
-fn controlled_broker(
-    root: &std::path::Path,
-    controller: &Controller,
-    sizes: Sizes,
-    config: &str,
-) -> Broker {
-    let ports = PortBlock::allocate();
-    Broker::start_sized(
-        root,
-        sizes,
-        config,
-        &[
-            "--controller",
-            &controller.addr,
-            "--broker-name",
-            GROUP,
-            "--cluster",
-            CLUSTER,
-            "--listen",
-            &ports.listen_addr(),
-            "--ha-listen",
-            &ports.ha_addr(),
-        ],
-    )
-}
-
-/// The listen address of the group's master and its broker id, once the controller has one
-/// whose SyncStateSet has `members` members.
-fn master_with_set(controller: &Controller, members: usize, timeout: Duration) -> (String, u64) {
-    wait_until(timeout, "a master with a full SyncStateSet", || {
-        let group = controller.group()?;
-        (group.master_broker_id != 0 && group.sync_state_set.len() == members).then_some(())?;
-        let master = group
-            .brokers
-            .iter()
-            .find(|b| b.broker_id == group.master_broker_id)?;
-        Some((master.listen.clone(), master.broker_id))
-    })
-}
-
-/// What the producer saw: every acknowledged payload with where it was stored, and when and
-/// where each OK came.
-#[derive(Default)]
-struct History {
-    acked: Vec<(String, u32, u64)>,
-    oks: Vec<(Instant, String)>,
-    errors: BTreeMap<String, u64>,
-}
-
-/// Sends unique payloads at level `all` until `stop`, to whichever of `brokers` answers: a
-/// failure moves to the next address (a NOT_MASTER names the master, the list finds it too).
-fn produce_until(brokers: Vec<String>, stop: Arc<AtomicBool>, history: Arc<Mutex<History>>) {
-    let mut current = 0;
-    let mut client: Option<Client> = None;
-    let mut n = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let addr = brokers[current].clone();
-        if client.is_none() {
-            client = Client::connect(&addr).ok();
-        }
-        let Some(c) = client.as_mut() else {
-            current = (current + 1) % brokers.len();
-            thread::sleep(Duration::from_millis(20));
-            continue;
-        };
-        let payload = format!("payload-{n:08}");
-        let queue = (n % u64::from(QUEUES)) as u32;
-        let message = MessageRef {
-            born_timestamp_ms: 0,
-            key: b"",
-            properties: b"",
-            body: payload.as_bytes(),
-        };
-        match c.produce_with(TOPIC, Some(queue), &[message], Acks::All) {
-            Ok(Some(result)) if result.status == Status::Ok => {
-                let mut h = history.lock().unwrap();
-                h.acked.push((payload, queue, result.response.base_offset));
-                h.oks.push((Instant::now(), addr));
-                n += 1;
-            }
-            other => {
-                let what = match other {
-                    Ok(Some(result)) => result.status.to_string(),
-                    Ok(None) => "no answer".to_string(),
-                    Err(e) => e
-                        .status()
-                        .map_or("connection".to_string(), |s| s.to_string()),
-                };
-                *history.lock().unwrap().errors.entry(what).or_default() += 1;
-                // The payload may be stored: it is never acknowledged, so it is not checked,
-                // and the next one is new.
-                n += 1;
-                client = None;
-                current = (current + 1) % brokers.len();
-                thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-/// Every visible message of the first `queues` queues on `addr`: queue → (offset → body).
-fn read_all(addr: &str, queues: u32) -> BTreeMap<u32, BTreeMap<u64, String>> {
-    try_read_all(addr, queues).unwrap_or_else(|e| panic!("reading {addr}: {e}"))
-}
-
-fn try_read_all(addr: &str, queues: u32) -> Result<BTreeMap<u32, BTreeMap<u64, String>>, String> {
-    let mut client = Client::connect(addr).map_err(|e| e.to_string())?;
-    let mut out = BTreeMap::new();
-    for queue in 0..queues {
-        let mut offset = 0;
-        let mut messages = BTreeMap::new();
-        loop {
-            let pulled = client
-                .pull(TOPIC, queue, offset, 256, 4 << 20, 0)
-                .map_err(|e| e.to_string())?;
-            if pulled.messages.is_empty() {
-                break;
-            }
-            for m in pulled.messages {
-                assert!(
-                    messages
-                        .insert(m.queue_offset, String::from_utf8_lossy(&m.body).to_string())
-                        .is_none(),
-                    "queue {queue}: offset {} read twice",
-                    m.queue_offset
-                );
-                offset = m.queue_offset + 1;
-            }
-        }
-        out.insert(queue, messages);
-    }
-    Ok(out)
-}
 
 #[test]
 fn sigkill_of_the_master_fails_over_with_no_acknowledged_loss() {
@@ -228,7 +32,11 @@ fn sigkill_of_the_master_fails_over_with_no_acknowledged_loss() {
         .iter()
         .map(|root| controlled_broker(root.path(), &controller, Sizes::Default, ""))
         .collect();
-    let (master_addr, master_id) = master_with_set(&controller, 3, Duration::from_secs(60));
+    let (master_addr, master_id) = master_with_set(
+        std::slice::from_ref(&controller.addr),
+        3,
+        Duration::from_secs(60),
+    );
     let mut admin = Client::connect(&master_addr).expect("connect to the master");
     admin.create_topic(TOPIC, QUEUES).expect("create the topic");
     // Topics reach the slaves with the next metadata frame, not with the log: a master lost
@@ -301,7 +109,11 @@ fn sigkill_of_the_master_fails_over_with_no_acknowledged_loss() {
     wait_until(Duration::from_secs(30), "200 more acknowledgements", || {
         (history.lock().unwrap().acked.len() >= acked_at_restart + 200).then_some(())
     });
-    let (back_master, _) = master_with_set(&controller, 3, Duration::from_secs(60));
+    let (back_master, _) = master_with_set(
+        std::slice::from_ref(&controller.addr),
+        3,
+        Duration::from_secs(60),
+    );
     assert_eq!(
         back_master, new_master,
         "the restarted broker did not take over"
@@ -320,97 +132,18 @@ fn sigkill_of_the_master_fails_over_with_no_acknowledged_loss() {
         history.errors
     );
     let stored = read_all(&new_master, QUEUES);
-    let mut lost = Vec::new();
-    for (payload, queue, offset) in &history.acked {
-        if stored[queue].get(offset) != Some(payload) {
-            lost.push((
-                payload.clone(),
-                *queue,
-                *offset,
-                stored[queue].get(offset).cloned(),
-            ));
-        }
-    }
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged payloads are missing or elsewhere on the new master: {:?}",
-        lost.len(),
-        &lost[..lost.len().min(10)]
-    );
-    let mut offsets = std::collections::BTreeSet::new();
-    for (_, queue, offset) in &history.acked {
-        assert!(
-            offsets.insert((*queue, *offset)),
-            "queue {queue} offset {offset} acknowledged twice"
-        );
-    }
-    // Every broker holds the same log per queue once the slaves caught up: a slave that kept
-    // bytes of its own (a term opened twice, a cut missed) differs from the master there.
+    assert_no_acknowledged_loss(&history, &stored);
     let others: Vec<String> = addrs
         .iter()
         .filter(|a| **a != new_master)
         .cloned()
         .collect();
-    let mut last_difference = String::new();
-    let converged = wait_until_or(Duration::from_secs(30), || {
-        others.iter().all(|addr| match try_read_all(addr, QUEUES) {
-            Ok(log) if log == stored => true,
-            Ok(log) => {
-                last_difference = first_difference(addr, &log, &stored);
-                false
-            }
-            Err(e) => {
-                last_difference = format!("{addr}: {e}");
-                false
-            }
-        })
-    });
-    assert!(
-        converged,
-        "the brokers' logs never agreed with the new master's: {last_difference}"
-    );
+    assert_converged(&others, &stored, Duration::from_secs(30));
     assert!(
         failover < Duration::from_secs(5),
         "failover took {} ms",
         failover.as_millis()
     );
-}
-
-/// Polls `probe` until it holds or `timeout` passes; whether it held.
-fn wait_until_or(timeout: Duration, mut probe: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if probe() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The first queue and offset where `log` (on `addr`) and the master's differ, in words.
-fn first_difference(
-    addr: &str,
-    log: &BTreeMap<u32, BTreeMap<u64, String>>,
-    master: &BTreeMap<u32, BTreeMap<u64, String>>,
-) -> String {
-    for (queue, messages) in master {
-        let theirs = log.get(queue).cloned().unwrap_or_default();
-        let offsets: std::collections::BTreeSet<u64> =
-            messages.keys().chain(theirs.keys()).copied().collect();
-        for offset in offsets {
-            if messages.get(&offset) != theirs.get(&offset) {
-                return format!(
-                    "{addr} queue {queue} offset {offset}: {:?} there, {:?} on the master",
-                    theirs.get(&offset),
-                    messages.get(&offset)
-                );
-            }
-        }
-    }
-    format!("{addr}: same messages, other queues")
 }
 
 #[test]
@@ -428,7 +161,11 @@ fn a_one_broker_group_refuses_all_level_produce_and_promote() {
         "{}",
         broker.ready_line
     );
-    master_with_set(&controller, 1, Duration::from_secs(30));
+    master_with_set(
+        std::slice::from_ref(&controller.addr),
+        1,
+        Duration::from_secs(30),
+    );
     let mut client = broker.client();
     wait_until(
         Duration::from_secs(30),

@@ -7,12 +7,15 @@
 
 mod common;
 
+use common::controlled::*;
 use common::netns::Lab;
 use common::{temp_store, wait_until, Broker, Sizes};
 use ringmq::client::{Acks, Client, ClusterStatus, ProduceResult};
-use ringmq::protocol::message::{ClusterStatusRequest, MessageRef};
+use ringmq::protocol::message::{ClusterStatusRequest, MessageRef, TopicListRequest};
 use ringmq::protocol::Status;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A short slave wait, so an `all` produce past a partition is answered quickly; a long link
 /// timeout, so the partitioned slave stays registered (the produce then gets
@@ -197,4 +200,273 @@ fn a_slow_link_delays_the_slave_and_loses_nothing() {
     let on_slave = bodies(&p.slave);
     assert_eq!(on_slave.len(), 257);
     assert_eq!(on_slave, bodies(&p.master));
+}
+
+// ---- Controller mode across hosts (issue 11's scenarios) ----
+
+/// Three controllers (hosts 0-2) and the three brokers of one group in controller mode
+/// (hosts 3-5), at the default sizes, timeouts and shard count.
+struct ControlledGroup {
+    controller_addrs: Vec<String>,
+    brokers: Vec<Broker>,
+    _controllers: Vec<Controller>,
+    _roots: Vec<tempfile::TempDir>,
+}
+
+const CONTROLLER_PORT: u16 = 10950;
+const BROKER_HOSTS: std::ops::Range<usize> = 3..6;
+
+fn controlled_group(lab: &Lab) -> ControlledGroup {
+    let controller_addrs: Vec<String> = (0..3)
+        .map(|h| format!("{}:{CONTROLLER_PORT}", lab.hosts[h].ip))
+        .collect();
+    let peers = controller_addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let controllers: Vec<Controller> = (0..3)
+        .map(|h| {
+            Controller::spawn(
+                lab.command(h, env!("CARGO_BIN_EXE_ringmq")),
+                h as u64 + 1,
+                &peers,
+                controller_addrs[h].clone(),
+            )
+        })
+        .collect();
+    let roots: Vec<tempfile::TempDir> = BROKER_HOSTS.map(|_| temp_store()).collect();
+    let controllers_arg = controller_addrs.join(",");
+    let brokers = BROKER_HOSTS
+        .zip(&roots)
+        .map(|(h, root)| {
+            let ip = &lab.hosts[h].ip;
+            Broker::start_in(
+                &lab.hosts[h].netns,
+                root.path(),
+                Sizes::Default,
+                "",
+                &[
+                    "--controller",
+                    &controllers_arg,
+                    "--broker-name",
+                    GROUP,
+                    "--cluster",
+                    CLUSTER,
+                    "--listen",
+                    &format!("{ip}:10911"),
+                    "--ha-listen",
+                    &format!("{ip}:10912"),
+                ],
+            )
+        })
+        .collect();
+    ControlledGroup {
+        controller_addrs,
+        brokers,
+        _controllers: controllers,
+        _roots: roots,
+    }
+}
+
+/// Creates the topic on the master and waits until every broker has it (topics reach the
+/// slaves with a metadata frame, not with the log).
+fn create_topic_everywhere(group: &ControlledGroup, master: &str) {
+    Client::connect(master)
+        .expect("connect to the master")
+        .create_topic(TOPIC, QUEUES)
+        .expect("create the topic");
+    for broker in &group.brokers {
+        wait_until(Duration::from_secs(30), "the topic on every broker", || {
+            let mut c = Client::connect(&broker.addr).ok()?;
+            c.call(&TopicListRequest {})
+                .ok()?
+                .topics
+                .iter()
+                .any(|t| t.name == TOPIC)
+                .then_some(())
+        });
+    }
+}
+
+/// The master cut from every controller, not from its clients or its slaves: the
+/// controllers elect a slave of the SyncStateSet; the old master, which can no longer renew
+/// its lease or be confirmed by slaves that now follow the new epoch, acknowledges nothing
+/// after the new master's first acknowledgement; no acknowledged payload is lost or given an
+/// offset twice; healed, the old master rejoins the set as a slave and every log ends
+/// identical to the new master's.
+#[test]
+fn a_master_cut_from_the_controllers_is_replaced_and_acknowledges_nothing_after() {
+    let Some(lab) = Lab::for_test(6) else { return };
+    let group = controlled_group(&lab);
+    let (old_master, old_id) = master_with_set(&group.controller_addrs, 3, Duration::from_secs(60));
+    create_topic_everywhere(&group, &old_master);
+    let producer = Producer::start(group.brokers.iter().map(|b| b.addr.clone()).collect());
+    producer.wait_for(300, "300 acknowledged payloads");
+    let master_host = BROKER_HOSTS
+        .zip(&group.brokers)
+        .find(|(_, b)| b.addr == old_master)
+        .map(|(h, _)| h)
+        .expect("the master is one of ours");
+    for controller_host in 0..3 {
+        lab.partition(master_host, controller_host);
+    }
+    let cut_at = Instant::now();
+    let (failover, new_master) =
+        wait_until(Duration::from_secs(30), "an OK from another broker", || {
+            let h = producer.history.lock().unwrap();
+            h.oks
+                .iter()
+                .find(|(at, addr)| *at > cut_at && *addr != old_master)
+                .map(|(at, addr)| (*at - cut_at, addr.clone()))
+        });
+    let new_master_first_ok = cut_at + failover;
+    println!(
+        "master cut from the controllers -> first OK on the new master {new_master} in {} ms",
+        failover.as_millis()
+    );
+    // The old master tries on its own for a while before the cut is healed.
+    producer.wait_for(200, "200 acknowledgements on the new master");
+    for controller_host in 0..3 {
+        lab.heal(master_host, controller_host);
+    }
+    rejoined_and_checked(
+        &group,
+        producer,
+        (&old_master, old_id),
+        &new_master,
+        new_master_first_ok,
+    );
+}
+
+/// The producer thread of a scenario and what it saw.
+struct Producer {
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<History>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Producer {
+    fn start(addrs: Vec<String>) -> Producer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let history = Arc::new(Mutex::new(History::default()));
+        let thread = {
+            let (stop, history) = (stop.clone(), history.clone());
+            std::thread::spawn(move || produce_until(addrs, stop, history))
+        };
+        Producer {
+            stop,
+            history,
+            thread,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.history.lock().unwrap().acked.len()
+    }
+
+    /// Waits for `more` acknowledgements past those so far.
+    fn wait_for(&self, more: usize, what: &str) {
+        let target = self.acked() + more;
+        wait_until(Duration::from_secs(60), what, || {
+            (self.acked() >= target).then_some(())
+        });
+    }
+}
+
+/// The end of a scenario once its fault is undone: the old master rejoins the set as a slave
+/// under the same new master, 100 more payloads are acknowledged, and then the checks: the
+/// old master acknowledged nothing after `fenced_from`, no acknowledged payload is lost or
+/// given an offset twice, and every broker's log ends identical to the new master's.
+fn rejoined_and_checked(
+    group: &ControlledGroup,
+    producer: Producer,
+    (old_master, old_id): (&str, u64),
+    new_master: &str,
+    fenced_from: Instant,
+) {
+    let (back, _) = master_with_set(&group.controller_addrs, 3, Duration::from_secs(60));
+    assert_eq!(back, new_master, "the old master took over again");
+    let state = group_state(&group.controller_addrs).expect("group state");
+    assert!(
+        state.sync_state_set.contains(&old_id),
+        "the old master rejoined the SyncStateSet: {state:?}"
+    );
+    producer.wait_for(100, "100 acknowledgements after the old master rejoined");
+    producer.stop.store(true, Ordering::Relaxed);
+    producer.thread.join().expect("producer");
+    let history = producer.history.lock().unwrap();
+    println!(
+        "acknowledged {} payloads; errors by status {:?}",
+        history.acked.len(),
+        history.errors
+    );
+    let late = history
+        .oks
+        .iter()
+        .filter(|(at, addr)| addr == old_master && *at > fenced_from)
+        .count();
+    assert_eq!(
+        late, 0,
+        "the old master acknowledged {late} produces after it was replaced"
+    );
+    let stored = read_all(new_master, QUEUES);
+    assert_no_acknowledged_loss(&history, &stored);
+    let others: Vec<String> = group
+        .brokers
+        .iter()
+        .map(|b| b.addr.clone())
+        .filter(|a| a != new_master)
+        .collect();
+    assert_converged(&others, &stored, Duration::from_secs(60));
+}
+
+/// A zombie master: SIGSTOPped past its lease (with the producer's request to it in flight),
+/// replaced by the controllers while stopped, then resumed. Its pending produce and any
+/// later one get NOT_MASTER, never an OK, once the new master is elected; it rejoins the set
+/// as a slave, cuts what it held past the new master's history, and nothing acknowledged is
+/// lost.
+#[test]
+fn a_master_stopped_past_its_lease_resumes_as_a_slave_and_acknowledges_nothing_after() {
+    let Some(lab) = Lab::for_test(6) else { return };
+    let group = controlled_group(&lab);
+    let (old_master, old_id) = master_with_set(&group.controller_addrs, 3, Duration::from_secs(60));
+    create_topic_everywhere(&group, &old_master);
+    let producer = Producer::start(group.brokers.iter().map(|b| b.addr.clone()).collect());
+    producer.wait_for(300, "300 acknowledged payloads");
+    let victim = group
+        .brokers
+        .iter()
+        .position(|b| b.addr == old_master)
+        .expect("the master is one of ours");
+    group.brokers[victim].pause();
+    let stopped_at = Instant::now();
+    let (new_id, new_master) = wait_until(
+        Duration::from_secs(30),
+        "the controllers to elect another master",
+        || {
+            let state = group_state(&group.controller_addrs)?;
+            (state.master_broker_id != 0 && state.master_broker_id != old_id).then_some(())?;
+            let b = state
+                .brokers
+                .iter()
+                .find(|b| b.broker_id == state.master_broker_id)?;
+            Some((b.broker_id, b.listen.clone()))
+        },
+    );
+    let elected_at = Instant::now();
+    println!(
+        "master SIGSTOPped -> broker {new_id} ({new_master}) elected in {} ms",
+        (elected_at - stopped_at).as_millis()
+    );
+    group.brokers[victim].signal(libc::SIGCONT);
+    producer.wait_for(200, "200 acknowledgements after the old master resumed");
+    rejoined_and_checked(
+        &group,
+        producer,
+        (&old_master, old_id),
+        &new_master,
+        elected_at,
+    );
 }

@@ -3,6 +3,7 @@
 //! restart it on the same store.
 #![allow(dead_code)]
 
+pub mod controlled;
 pub mod kafka;
 pub mod netns;
 pub mod tls;
