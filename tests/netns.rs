@@ -209,7 +209,8 @@ fn a_slow_link_delays_the_slave_and_loses_nothing() {
 struct ControlledGroup {
     controller_addrs: Vec<String>,
     brokers: Vec<Broker>,
-    _controllers: Vec<Controller>,
+    /// Dropping one kills it.
+    controllers: Vec<Controller>,
     _roots: Vec<tempfile::TempDir>,
 }
 
@@ -265,7 +266,7 @@ fn controlled_group(lab: &Lab) -> ControlledGroup {
     ControlledGroup {
         controller_addrs,
         brokers,
-        _controllers: controllers,
+        controllers,
         _roots: roots,
     }
 }
@@ -291,24 +292,19 @@ fn create_topic_everywhere(group: &ControlledGroup, master: &str) {
 }
 
 /// The master cut from every controller, not from its clients or its slaves: the
-/// controllers elect a slave of the SyncStateSet; the old master, which can no longer renew
-/// its lease or be confirmed by slaves that now follow the new epoch, acknowledges nothing
-/// after the new master's first acknowledgement; no acknowledged payload is lost or given an
-/// offset twice; healed, the old master rejoins the set as a slave and every log ends
-/// identical to the new master's.
+/// controllers elect a slave of the SyncStateSet; the old master, whose slaves leave it for
+/// the new epoch, acknowledges nothing they did not confirm (it answers NOT_MASTER once a
+/// member left); no acknowledged payload is lost or given an offset twice; healed, the old
+/// master rejoins the set as a slave and every log ends identical to the new master's.
 #[test]
-fn a_master_cut_from_the_controllers_is_replaced_and_acknowledges_nothing_after() {
+fn a_master_cut_from_the_controllers_is_replaced_and_nothing_acknowledged_is_lost() {
     let Some(lab) = Lab::for_test(6) else { return };
     let group = controlled_group(&lab);
     let (old_master, old_id) = master_with_set(&group.controller_addrs, 3, Duration::from_secs(60));
     create_topic_everywhere(&group, &old_master);
     let producer = Producer::start(group.brokers.iter().map(|b| b.addr.clone()).collect());
     producer.wait_for(300, "300 acknowledged payloads");
-    let master_host = BROKER_HOSTS
-        .zip(&group.brokers)
-        .find(|(_, b)| b.addr == old_master)
-        .map(|(h, _)| h)
-        .expect("the master is one of ours");
+    let master_host = host_of(&group, &old_master);
     for controller_host in 0..3 {
         lab.partition(master_host, controller_host);
     }
@@ -336,7 +332,7 @@ fn a_master_cut_from_the_controllers_is_replaced_and_acknowledges_nothing_after(
         producer,
         (&old_master, old_id),
         &new_master,
-        new_master_first_ok,
+        (new_master_first_ok, None),
     );
 }
 
@@ -376,15 +372,19 @@ impl Producer {
 }
 
 /// The end of a scenario once its fault is undone: the old master rejoins the set as a slave
-/// under the same new master, 100 more payloads are acknowledged, and then the checks: the
-/// old master acknowledged nothing after `fenced_from`, no acknowledged payload is lost or
-/// given an offset twice, and every broker's log ends identical to the new master's.
+/// under the same new master, 100 more payloads are acknowledged, and then the checks: no
+/// acknowledged payload is lost or given an offset twice, every broker's log ends identical
+/// to the new master's, and, with `fenced_from`, the old master acknowledged nothing after
+/// it (where it cannot have had every member's confirmation since). Without it, an OK the
+/// old master gives after the election is one every member, the new master included,
+/// confirmed before it learned it was master: it is on the new master, which the loss check
+/// sees.
 fn rejoined_and_checked(
     group: &ControlledGroup,
     producer: Producer,
     (old_master, old_id): (&str, u64),
     new_master: &str,
-    fenced_from: Instant,
+    (replaced_at, fenced_from): (Instant, Option<Instant>),
 ) {
     let (back, _) = master_with_set(&group.controller_addrs, 3, Duration::from_secs(60));
     assert_eq!(back, new_master, "the old master took over again");
@@ -402,15 +402,24 @@ fn rejoined_and_checked(
         history.acked.len(),
         history.errors
     );
-    let late = history
-        .oks
-        .iter()
-        .filter(|(at, addr)| addr == old_master && *at > fenced_from)
-        .count();
-    assert_eq!(
-        late, 0,
-        "the old master acknowledged {late} produces after it was replaced"
+    let late = |from: Instant| {
+        history
+            .oks
+            .iter()
+            .filter(|(at, addr)| addr == old_master && *at > from)
+            .count()
+    };
+    println!(
+        "the old master acknowledged {} produces after it was replaced",
+        late(replaced_at)
     );
+    if let Some(from) = fenced_from {
+        let late = late(from);
+        assert_eq!(
+            late, 0,
+            "the old master acknowledged {late} produces it could not"
+        );
+    }
     let stored = read_all(new_master, QUEUES);
     assert_no_acknowledged_loss(&history, &stored);
     let others: Vec<String> = group
@@ -423,12 +432,12 @@ fn rejoined_and_checked(
 }
 
 /// A zombie master: SIGSTOPped past its lease (with the producer's request to it in flight),
-/// replaced by the controllers while stopped, then resumed. Its pending produce and any
-/// later one get NOT_MASTER, never an OK, once the new master is elected; it rejoins the set
-/// as a slave, cuts what it held past the new master's history, and nothing acknowledged is
-/// lost.
+/// replaced by the controllers while stopped, then resumed. What it answers after it resumed
+/// is NOT_MASTER, or an OK for what every member confirmed before the stop (then on the new
+/// master too); it rejoins the set as a slave, cuts what it held past the new master's
+/// history, and nothing acknowledged is lost.
 #[test]
-fn a_master_stopped_past_its_lease_resumes_as_a_slave_and_acknowledges_nothing_after() {
+fn a_master_stopped_past_its_lease_resumes_as_a_slave_and_nothing_acknowledged_is_lost() {
     let Some(lab) = Lab::for_test(6) else { return };
     let group = controlled_group(&lab);
     let (old_master, old_id) = master_with_set(&group.controller_addrs, 3, Duration::from_secs(60));
@@ -467,6 +476,150 @@ fn a_master_stopped_past_its_lease_resumes_as_a_slave_and_acknowledges_nothing_a
         producer,
         (&old_master, old_id),
         &new_master,
-        elected_at,
+        (elected_at, None),
     );
+}
+
+/// The host each broker of `group` runs on, by its listen address.
+fn host_of(group: &ControlledGroup, addr: &str) -> usize {
+    BROKER_HOSTS
+        .zip(&group.brokers)
+        .find(|(_, b)| b.addr == addr)
+        .map(|(h, _)| h)
+        .expect("one of the group's brokers")
+}
+
+/// The master and one slave cut from the controllers and from the other slave (clients reach
+/// all three): the controllers elect the other slave, alone in its set, so at the default
+/// `min_in_sync_replicas` (2) it refuses every produce, and the old master, which cannot
+/// have its third member confirm or its set shrunk, acknowledges nothing either: the group
+/// is unavailable, not divergent. Healed, the old master and its slave rejoin the new
+/// master's set, produces are acknowledged again, and nothing acknowledged is lost.
+#[test]
+fn a_master_isolated_with_one_slave_acknowledges_nothing_and_loses_nothing() {
+    let Some(lab) = Lab::for_test(6) else { return };
+    let group = controlled_group(&lab);
+    let (old_master, old_id) = master_with_set(&group.controller_addrs, 3, Duration::from_secs(60));
+    create_topic_everywhere(&group, &old_master);
+    let producer = Producer::start(group.brokers.iter().map(|b| b.addr.clone()).collect());
+    producer.wait_for(300, "300 acknowledged payloads");
+    let master_host = host_of(&group, &old_master);
+    let mut others = BROKER_HOSTS.filter(|h| *h != master_host);
+    let (with_master, alone) = (others.next().unwrap(), others.next().unwrap());
+    let minority = [master_host, with_master];
+    let majority = [0, 1, 2, alone];
+    for a in minority {
+        for b in majority {
+            lab.partition(a, b);
+        }
+    }
+    let cut_at = Instant::now();
+    let alone_addr = group.brokers[alone - BROKER_HOSTS.start].addr.clone();
+    wait_until(Duration::from_secs(30), "the lone slave elected", || {
+        let state = group_state(&group.controller_addrs)?;
+        let master = state
+            .brokers
+            .iter()
+            .find(|b| b.broker_id == state.master_broker_id)?;
+        (master.listen == alone_addr).then_some(())
+    });
+    let elected_at = Instant::now();
+    println!(
+        "master isolated with one slave -> the other slave elected {} ms after the cut",
+        (elected_at - cut_at).as_millis()
+    );
+    // The producer goes round the three and is refused everywhere for a while.
+    let errors = || {
+        producer
+            .history
+            .lock()
+            .unwrap()
+            .errors
+            .values()
+            .sum::<u64>()
+    };
+    let before = errors();
+    wait_until(
+        Duration::from_secs(60),
+        "20 refusals after the election",
+        || (errors() >= before + 20).then_some(()),
+    );
+    let oks_while_cut = producer
+        .history
+        .lock()
+        .unwrap()
+        .oks
+        .iter()
+        .filter(|(at, _)| *at > elected_at)
+        .count();
+    assert_eq!(
+        oks_while_cut, 0,
+        "something acknowledged while the set could not be complete"
+    );
+    for a in minority {
+        for b in majority {
+            lab.heal(a, b);
+        }
+    }
+    producer.wait_for(200, "200 acknowledgements after healing");
+    rejoined_and_checked(
+        &group,
+        producer,
+        (&old_master, old_id),
+        &alone_addr,
+        (elected_at, Some(elected_at)),
+    );
+}
+
+/// Two of the three controllers SIGKILLed: no election can happen any more, but the running
+/// master keeps acknowledging at level `all` (its set is complete and nothing needs the
+/// controllers), well past a lease (1.6 s) and a silence limit (2 s), with no refusal.
+#[test]
+fn two_controllers_down_stop_no_all_level_traffic() {
+    let Some(lab) = Lab::for_test(6) else { return };
+    let mut group = controlled_group(&lab);
+    let (master, _) = master_with_set(&group.controller_addrs, 3, Duration::from_secs(60));
+    create_topic_everywhere(&group, &master);
+    let producer = Producer::start(group.brokers.iter().map(|b| b.addr.clone()).collect());
+    producer.wait_for(300, "300 acknowledged payloads");
+    let errors_before = producer.history.lock().unwrap().errors.clone();
+    group.controllers.truncate(1);
+    let killed_at = Instant::now();
+    let window = Duration::from_secs(6);
+    wait_until(
+        Duration::from_secs(30),
+        "an OK 6 s after the controllers died",
+        || {
+            let h = producer.history.lock().unwrap();
+            h.oks
+                .last()
+                .is_some_and(|(at, _)| *at > killed_at + window)
+                .then_some(())
+        },
+    );
+    producer.stop.store(true, Ordering::Relaxed);
+    producer.thread.join().expect("producer");
+    let history = producer.history.lock().unwrap();
+    let after: Vec<&(Instant, String)> = history
+        .oks
+        .iter()
+        .filter(|(at, _)| *at > killed_at)
+        .collect();
+    println!(
+        "two of three controllers down: {} OKs in the {} s after, errors {:?} (before {:?})",
+        after.len(),
+        window.as_secs(),
+        history.errors,
+        errors_before
+    );
+    assert_eq!(
+        history.errors, errors_before,
+        "refusals once the controllers died"
+    );
+    assert!(
+        after.iter().all(|(_, addr)| *addr == master),
+        "an OK from another broker: no election can have happened"
+    );
+    let stored = read_all(&master, QUEUES);
+    assert_no_acknowledged_loss(&history, &stored);
 }

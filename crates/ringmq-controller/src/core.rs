@@ -663,6 +663,7 @@ impl<C: Consensus, W> Controller<C, W> {
             } else {
                 0
             },
+            unclean_election: u8::from(self.config.enable_elect_unclean_master),
         };
         Reply::ok(encode(&answer))
     }

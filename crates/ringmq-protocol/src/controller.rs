@@ -184,6 +184,10 @@ wire_body! {
         /// For a master: until when (the broker's clock, `sent_at_ms` + the lease) it may
         /// acknowledge at lease-based levels; 0 for any other role.
         pub lease_expires_ms: u64 => U64,
+        /// 1: the controllers may elect a master outside the SyncStateSet
+        /// (`enable_elect_unclean_master`), so the set no longer fences a deposed master and
+        /// an `all`-level acknowledgement needs the lease too.
+        pub unclean_election: u8 => U8,
     }
 }
 

@@ -563,6 +563,16 @@ async fn serve_slave<D: Disk, S: LinkStream>(
     }
     replicas.unregister(link);
     info!(shard = shard.id(), %peer, "slave disconnected");
+    // Controller mode without a lease (the controllers unreachable): this master cannot have
+    // a member that left removed from the set, so `all`-level produces waiting for it would
+    // only time out; they are answered FLUSH_SLAVE_TIMEOUT now (stored, not confirmed), and
+    // new ones NOT_MASTER (`produce::check_controller_mode`).
+    if shard.config().controller_mode()
+        && !shard.controller().leased(shard.clock().now())
+        && !replicas.every_required_linked()
+    {
+        replicas.completions.fail_waiting();
+    }
 }
 
 async fn read_reports<D: Disk, R: AsyncRead + Unpin>(

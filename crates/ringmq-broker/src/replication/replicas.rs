@@ -111,6 +111,15 @@ impl Replicas {
         self.needed
     }
 
+    /// Controller mode: whether every member an `all`-level produce waits for has a link
+    /// here now (true in master/slave mode, and with no other member).
+    pub fn every_required_linked(&self) -> bool {
+        self.required
+            .borrow()
+            .as_ref()
+            .is_none_or(|(members, _)| members.iter().all(|id| self.acked_by(*id).is_some()))
+    }
+
     /// A new link counts as having acknowledged nothing until it reports: the offset in its
     /// handshake may include bytes it has not made durable.
     pub fn register(&self, peer: String, shipped_from: u64, broker_id: u64) -> u64 {

@@ -148,6 +148,11 @@ impl Completions {
     /// Fails every current and future waiter.
     pub fn fail_all(&self) {
         self.failed.set(true);
+        self.fail_waiting();
+    }
+
+    /// Fails every current waiter; later ones wait as before.
+    pub fn fail_waiting(&self) {
         loop {
             let next = self.waiters.borrow_mut().pop_front();
             let Some((_, slot)) = next else { break };
@@ -311,6 +316,20 @@ impl Signal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `fail_waiting` fails who waits now, not who comes later (a member that left a master
+    /// without a lease: the next produce may find it back).
+    #[test]
+    fn failing_the_waiting_leaves_later_waiters_waiting() {
+        let c = Completions::new(0);
+        let mut a = c.wait(100);
+        c.fail_waiting();
+        assert_eq!(a.try_recv(), Some(Completion::Failed));
+        let mut b = c.wait(200);
+        assert_eq!(b.try_recv(), None, "a later waiter waits");
+        assert_eq!(c.release(200), 1);
+        assert_eq!(b.try_recv(), Some(Completion::Done));
+    }
 
     #[test]
     fn one_release_completes_every_covered_waiter_in_order() {

@@ -115,6 +115,8 @@ pub struct ControllerView {
     pub lease_until: Option<Instant>,
     /// The role the last answer gave (`ROLE_*`).
     pub role: u8,
+    /// The controllers may elect outside the set (the last answer's `unclean_election`).
+    pub unclean_election: bool,
     /// The agent decided this broker's unclean restart no longer matters (see
     /// `unclean_clears`): every shard drops its flag.
     pub clear_unclean: bool,
@@ -151,16 +153,28 @@ impl ControllerState {
         self.unclean_restart.set(unclean);
     }
 
-    /// Whether a master may acknowledge at `acks` now: only under an unexpired lease, at
-    /// every level. The set alone does not fence a deposed master: with
-    /// `all_ack_in_sync_state_set = false` it waits for some members only, and the
-    /// controllers may elect a master outside the set (`enable_elect_unclean_master`, which
-    /// the broker cannot see), so no member need hold what it acknowledged.
-    pub fn may_acknowledge(&self, _acks: Acks, now: Instant) -> bool {
-        self.view
-            .borrow()
-            .lease_until
-            .is_some_and(|until| now < until)
+    /// Whether a master may acknowledge at `acks` now (`every_member`: the broker's
+    /// `all_ack_in_sync_state_set`). Never unless the controllers' last answer made it master
+    /// (a FENCED answer, an election under way, stops every level). Then under an unexpired
+    /// lease, at every level; and at `all` in strict mode without one, as long as the
+    /// controllers elect only inside the set (their answers say so): every member confirmed
+    /// what is acknowledged, a new master can only be a member, and a member that learned it
+    /// is master (or follows one of a newer epoch) confirms nothing more of this one, so the
+    /// set fences this master by itself and a majority of controllers down stops no `all`
+    /// traffic. With `all_ack_in_sync_state_set = false` (some members only) or unclean
+    /// elections possible, no member need hold what was acknowledged: the lease decides.
+    pub fn may_acknowledge(&self, acks: Acks, every_member: bool, now: Instant) -> bool {
+        let view = self.view.borrow();
+        if view.role != ROLE_MASTER {
+            return false;
+        }
+        self.leased(now) || (acks == Acks::All && every_member && !view.unclean_election)
+    }
+
+    /// Whether this broker holds an unexpired master lease.
+    pub fn leased(&self, now: Instant) -> bool {
+        let view = self.view.borrow();
+        view.role == ROLE_MASTER && view.lease_until.is_some_and(|until| now < until)
     }
 
     /// The controller-mode gauges of `/metrics` and `ringmq stats` at `now`: the master epoch
@@ -641,6 +655,7 @@ async fn apply<D: Disk + 'static>(
         pending_set: agent.pending.as_ref().map(|p| p.members.clone()),
         lease_until,
         role: answer.role,
+        unclean_election: answer.unclean_election != 0,
         clear_unclean: agent.view.clear_unclean,
     };
     publish_master(shard, agent.broker_id, &answer).await;
@@ -1039,6 +1054,7 @@ mod tests {
             sync_state_set_epoch: 1,
             sync_state_set: set.to_vec(),
             lease_expires_ms: 0,
+            unclean_election: 0,
         };
         // The master admitted another slave: set epoch moved, this broker (2) listed all along.
         assert!(!unclean_clears(
@@ -1074,22 +1090,40 @@ mod tests {
         ));
     }
 
-    /// Every level needs the lease, `all` with other members too; a slave stops
+    /// A master acknowledges under its lease at every level, and at `all` in strict mode
+    /// without it unless unclean elections are possible; nothing once fenced. A slave stops
     /// acknowledging a master of an older term once a newer master epoch is known.
     #[test]
-    fn acknowledging_needs_the_lease_and_slaves_fence_older_terms() {
+    fn acknowledging_needs_the_lease_but_strict_all_and_slaves_fence_older_terms() {
         let state = ControllerState::default();
         let now = Instant::now();
+        let later = now + Duration::from_secs(2);
         *state.view.borrow_mut() = ControllerView {
             broker_id: 1,
             master_epoch: 4,
             sync_state_set: vec![1, 2, 3],
+            role: ROLE_MASTER,
             ..ControllerView::default()
         };
-        assert!(!state.may_acknowledge(Acks::All, now));
+        // No lease yet (or none renewed): only strict `all`.
+        assert!(state.may_acknowledge(Acks::All, true, now));
+        assert!(!state.may_acknowledge(Acks::All, false, now));
+        assert!(!state.may_acknowledge(Acks::Leader, true, now));
         state.view.borrow_mut().lease_until = Some(now + Duration::from_secs(1));
-        assert!(state.may_acknowledge(Acks::All, now));
-        assert!(!state.may_acknowledge(Acks::All, now + Duration::from_secs(2)));
+        for acks in [Acks::All, Acks::Leader] {
+            assert!(state.may_acknowledge(acks, false, now));
+            assert!(!state.may_acknowledge(acks, false, later));
+        }
+        assert!(state.may_acknowledge(Acks::All, true, later));
+        // Unclean elections on: the set fences nothing, the lease decides.
+        state.view.borrow_mut().unclean_election = true;
+        assert!(state.may_acknowledge(Acks::All, true, now));
+        assert!(!state.may_acknowledge(Acks::All, true, later));
+        // Fenced (an election under way), lease or not: nothing.
+        state.view.borrow_mut().unclean_election = false;
+        state.view.borrow_mut().role = ROLE_FENCED;
+        assert!(!state.may_acknowledge(Acks::All, true, now));
+        assert!(!state.may_acknowledge(Acks::Leader, true, now));
         assert!(state.fences_master(3 << GENERATION_BITS | 9));
         assert!(!state.fences_master(4 << GENERATION_BITS));
         assert!(!ControllerState::default().fences_master(0));

@@ -237,9 +237,11 @@ async fn run<D: Disk>(
     // learns the new master from the NOT_MASTER.
     if shard.config().controller_mode()
         && (!shard.is_master()
-            || !shard
-                .controller()
-                .may_acknowledge(acks, shard.clock().now()))
+            || !shard.controller().may_acknowledge(
+                acks,
+                shard.config().all_ack_in_sync_state_set,
+                shard.clock().now(),
+            ))
     {
         return Err(fenced(shard));
     }
@@ -280,10 +282,16 @@ fn check_controller_mode<D: Disk>(shard: &Shard<D>, acks: Acks) -> Result<(), Sh
     if !shard.config().controller_mode() {
         return Ok(());
     }
-    if !shard
-        .controller()
-        .may_acknowledge(acks, shard.clock().now())
-    {
+    let now = shard.clock().now();
+    let controller = shard.controller();
+    if !controller.may_acknowledge(acks, shard.config().all_ack_in_sync_state_set, now) {
+        return Err(fenced(shard));
+    }
+    // Without a lease, strict `all` goes on only while every member is linked: a member
+    // that left (re-pointed by the controllers to a new master, most likely) will confirm
+    // nothing more, so the produce is sent to the master it follows now instead of waiting
+    // out `sync_replica_timeout_ms` here.
+    if !controller.leased(now) && !shard.replicas().is_none_or(|r| r.every_required_linked()) {
         return Err(fenced(shard));
     }
     let view = shard.controller().view();
