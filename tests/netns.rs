@@ -219,6 +219,11 @@ const CONTROLLER_PORT: u16 = 10950;
 const BROKER_HOSTS: std::ops::Range<usize> = 3..6;
 
 fn controlled_group(lab: &Lab) -> ControlledGroup {
+    controlled_group_with(lab, |_| "")
+}
+
+/// [`controlled_group`] with `config(i)` added to broker `i`'s configuration.
+fn controlled_group_with(lab: &Lab, config: impl Fn(usize) -> &'static str) -> ControlledGroup {
     let controller_addrs: Vec<String> = (0..3)
         .map(|h| format!("{}:{CONTROLLER_PORT}", lab.hosts[h].ip))
         .collect();
@@ -242,13 +247,14 @@ fn controlled_group(lab: &Lab) -> ControlledGroup {
     let controllers_arg = controller_addrs.join(",");
     let brokers = BROKER_HOSTS
         .zip(&roots)
-        .map(|(h, root)| {
+        .enumerate()
+        .map(|(i, (h, root))| {
             let ip = &lab.hosts[h].ip;
             Broker::start_in(
                 &lab.hosts[h].netns,
                 root.path(),
                 Sizes::Default,
-                "",
+                config(i),
                 &[
                     "--controller",
                     &controllers_arg,
@@ -722,6 +728,85 @@ fn every_broker_killed_at_once_comes_back_with_nothing_acknowledged_lost() {
         history.acked.len(),
         history.errors
     );
+    let stored = read_all(&new_master, QUEUES);
+    assert_no_acknowledged_loss(&history, &stored);
+    let others: Vec<String> = group
+        .brokers
+        .iter()
+        .map(|b| b.addr.clone())
+        .filter(|a| *a != new_master)
+        .collect();
+    assert_converged(&others, &stored, Duration::from_secs(60));
+}
+
+/// A learner (`async_learner = true`) replicates but is never in the SyncStateSet and never
+/// elected: with the master SIGKILLed the other member is elected, alone in its set (so it
+/// refuses `all` at the default `min_in_sync_replicas` until the killed broker, restarted at
+/// once, rejoins), while the learner, caught up and alive throughout, stays out; nothing
+/// acknowledged is lost, and the learner's log ends identical to the master's too.
+#[test]
+fn a_learner_is_never_in_the_set_nor_elected() {
+    let Some(lab) = Lab::for_test(6) else { return };
+    const LEARNER: usize = 2;
+    let mut group = controlled_group_with(&lab, |i| {
+        if i == LEARNER {
+            "async_learner = true\n"
+        } else {
+            ""
+        }
+    });
+    let (old_master, old_id) = master_with_set(&group.controller_addrs, 2, Duration::from_secs(60));
+    let learner_addr = group.brokers[LEARNER].addr.clone();
+    let learner_id = wait_until(Duration::from_secs(30), "the learner registered", || {
+        let state = group_state(&group.controller_addrs)?;
+        state
+            .brokers
+            .iter()
+            .find(|b| b.listen == learner_addr)
+            .map(|b| b.broker_id)
+    });
+    assert_ne!(old_master, learner_addr, "the learner was elected first");
+    create_topic_everywhere(&group, &old_master);
+    let producer = Producer::start(
+        group.brokers[..LEARNER]
+            .iter()
+            .map(|b| b.addr.clone())
+            .collect(),
+    );
+    producer.wait_for(300, "300 acknowledged payloads");
+    let victim = group
+        .brokers
+        .iter()
+        .position(|b| b.addr == old_master)
+        .expect("the master is one of ours");
+    group.brokers[victim].kill();
+    let (new_id, new_master) =
+        wait_until(Duration::from_secs(30), "another master elected", || {
+            let state = group_state(&group.controller_addrs)?;
+            (state.master_broker_id != 0 && state.master_broker_id != old_id).then_some(())?;
+            assert!(
+                !state.sync_state_set.contains(&learner_id),
+                "the learner is in the set: {state:?}"
+            );
+            let b = state
+                .brokers
+                .iter()
+                .find(|b| b.broker_id == state.master_broker_id)?;
+            Some((b.broker_id, b.listen.clone()))
+        });
+    assert_ne!(new_id, learner_id, "the learner was elected");
+    group.brokers[victim].restart();
+    let (back, _) = master_with_set(&group.controller_addrs, 2, Duration::from_secs(60));
+    assert_eq!(back, new_master);
+    producer.wait_for(100, "100 acknowledgements once the set is whole again");
+    let state = group_state(&group.controller_addrs).expect("group state");
+    assert!(
+        !state.sync_state_set.contains(&learner_id) && state.master_broker_id != learner_id,
+        "the learner joined: {state:?}"
+    );
+    producer.stop.store(true, Ordering::Relaxed);
+    producer.thread.join().expect("producer");
+    let history = producer.history.lock().unwrap();
     let stored = read_all(&new_master, QUEUES);
     assert_no_acknowledged_loss(&history, &stored);
     let others: Vec<String> = group
