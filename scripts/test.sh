@@ -30,7 +30,7 @@ stage() {
 kafka_clients=(kafka kafka_security)
 # Multi-host scenarios in network namespaces (needs root; RINGMQ_REQUIRE_NETNS=1 makes a
 # machine without them fail the stage rather than skip it).
-netns_scenarios=(netns)
+netns_scenarios=(netns netns_controller)
 crash_and_limits=(crash replication disk_full fail_stop limits ports retention_process groups retry broker_registration cluster ha_security acks tls controller controller_auth secrets_canary ha_tls tls_flood acl controller_mode scram)
 end_to_end=()
 for file in tests/*.rs; do

@@ -15,8 +15,8 @@ use common::controlled::*;
 use common::kafka::{idempotent_batch, produce_request, produced, Wire};
 use common::{http_get, run_binary, temp_store, wait_until, Broker, Sizes};
 use kafka_protocol::messages::ApiKey;
-use ringmq::client::Client;
-use ringmq::protocol::message::{MessageRef, TopicListRequest};
+
+use ringmq::protocol::message::MessageRef;
 use ringmq::protocol::{Acks, Status};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,22 +37,8 @@ fn sigkill_of_the_master_fails_over_with_no_acknowledged_loss() {
         3,
         Duration::from_secs(60),
     );
-    let mut admin = Client::connect(&master_addr).expect("connect to the master");
-    admin.create_topic(TOPIC, QUEUES).expect("create the topic");
-    // Topics reach the slaves with the next metadata frame, not with the log: a master lost
-    // before it sent one leaves a new master without the topic.
-    for broker in &brokers {
-        wait_until(Duration::from_secs(30), "the topic on every broker", || {
-            let mut c = Client::connect(&broker.addr).ok()?;
-            c.call(&TopicListRequest {})
-                .ok()?
-                .topics
-                .iter()
-                .any(|t| t.name == TOPIC)
-                .then_some(())
-        });
-    }
     let addrs: Vec<String> = brokers.iter().map(|b| b.addr.clone()).collect();
+    create_topic_everywhere(&master_addr, &addrs);
     let stop = Arc::new(AtomicBool::new(false));
     let history = Arc::new(Mutex::new(History::default()));
     let producer = {

@@ -44,25 +44,12 @@ fn ok(output: &std::process::Output, what: &str) {
 /// The store's users and rules, made offline: `admin` a superuser, `alice` with every topic
 /// right on `secure*` topics and both group rights on `secure*` groups, `bob` with none.
 fn bootstrap(store: &Path) {
-    std::fs::create_dir_all(store).unwrap();
     for (name, password) in [
         ("admin", ADMIN_PASSWORD),
         ("alice", ALICE_PASSWORD),
         ("bob", BOB_PASSWORD),
     ] {
-        let out = run_binary(
-            &[
-                "user",
-                "create",
-                name,
-                "--store",
-                store.to_str().unwrap(),
-                "--new-password-file",
-                "-",
-            ],
-            format!("{password}\n").as_bytes(),
-        );
-        ok(&out, "offline user create");
+        common::create_user_offline(store, name, password);
     }
     let rules: &[(&str, &str)] = &[
         ("produce", "--topic-prefix"),

@@ -52,21 +52,7 @@ fn ok(output: &std::process::Output, what: &str) -> String {
 
 /// Creates `name` in the stopped store under `root/data` (the offline bootstrap).
 fn create_offline(root: &Path, name: &str, password: &str) {
-    let store = root.join("data");
-    std::fs::create_dir_all(&store).unwrap();
-    let out = run_binary(
-        &[
-            "user",
-            "create",
-            name,
-            "--store",
-            store.to_str().unwrap(),
-            "--new-password-file",
-            "-",
-        ],
-        format!("{password}\n").as_bytes(),
-    );
-    ok(&out, "offline user create");
+    common::create_user_offline(&root.join("data"), name, password);
 }
 
 /// A broker with authentication on, `admin` (a superuser) made offline before its start.

@@ -8,7 +8,7 @@ use super::{temp_store, wait_until, Broker, PortBlock, Sizes};
 use ringmq::client::controller::ControllerClient;
 use ringmq::client::Client;
 use ringmq::protocol::controller::GroupState;
-use ringmq::protocol::message::MessageRef;
+use ringmq::protocol::message::{MessageRef, TopicListRequest};
 use ringmq::protocol::{Acks, Status};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -318,4 +318,25 @@ pub fn assert_converged(
         converged,
         "the brokers' logs never agreed with the master's: {last_difference}"
     );
+}
+
+/// Creates the topic on `master` and waits until every one of `brokers` has it: topics reach
+/// the slaves with the next metadata frame, not with the log, and a master lost before it
+/// sent one leaves a new master without the topic.
+pub fn create_topic_everywhere(master: &str, brokers: &[String]) {
+    Client::connect(master)
+        .expect("connect to the master")
+        .create_topic(TOPIC, QUEUES)
+        .expect("create the topic");
+    for broker in brokers {
+        wait_until(Duration::from_secs(30), "the topic on every broker", || {
+            let mut c = Client::connect(broker).ok()?;
+            c.call(&TopicListRequest {})
+                .ok()?
+                .topics
+                .iter()
+                .any(|t| t.name == TOPIC)
+                .then_some(())
+        });
+    }
 }

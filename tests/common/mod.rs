@@ -804,3 +804,26 @@ fn ready_lines(child: &mut Child) -> mpsc::Receiver<String> {
     });
     rx
 }
+
+/// Creates SCRAM user `name` with `password` in the stopped store `store` (`ringmq user
+/// create --store`, the offline bootstrap an operator runs before turning authentication on).
+pub fn create_user_offline(store: &Path, name: &str, password: &str) {
+    std::fs::create_dir_all(store).unwrap();
+    let out = run_binary(
+        &[
+            "user",
+            "create",
+            name,
+            "--store",
+            store.to_str().unwrap(),
+            "--new-password-file",
+            "-",
+        ],
+        format!("{password}\n").as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "offline user create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

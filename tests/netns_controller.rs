@@ -1,0 +1,524 @@
+//! Controller mode across hosts (issue 11's scenarios), in the network-namespace lab
+//! (`common::netns::Lab`, docs/testing-netns.md): three controllers on hosts 0-2 and the three
+//! brokers of one group in controller mode on hosts 3-5, at the default sizes, timeouts and
+//! shard count. A producer in the root namespace sends unique payloads at level `all` to
+//! whichever broker answers and records every outcome (`common::controlled`); each scenario
+//! makes its fault, undoes it where it can, and checks the history: every acknowledged
+//! payload is on the master at the queue and offset it was acknowledged with, no queue offset
+//! was acknowledged twice, and every broker's log ends identical to the master's.
+
+mod common;
+
+use common::controlled::*;
+use common::netns::Lab;
+use common::{temp_store, wait_until, Broker, Sizes};
+use ringmq::client::controller::ControllerClient;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Three controllers (hosts 0-2) and the three brokers of one group (hosts 3-5).
+struct ControlledGroup {
+    controller_addrs: Vec<String>,
+    brokers: Vec<Broker>,
+    /// Dropping one kills it.
+    controllers: Vec<Controller>,
+    _roots: Vec<tempfile::TempDir>,
+}
+
+const CONTROLLER_PORT: u16 = 10950;
+const BROKER_HOSTS: std::ops::Range<usize> = 3..6;
+
+/// The group, with `config(i)` added to broker `i`'s configuration.
+fn controlled_group(lab: &Lab, config: impl Fn(usize) -> &'static str) -> ControlledGroup {
+    let controller_addrs: Vec<String> = (0..3)
+        .map(|h| format!("{}:{CONTROLLER_PORT}", lab.hosts[h].ip))
+        .collect();
+    let peers = controller_addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let controllers: Vec<Controller> = (0..3)
+        .map(|h| {
+            Controller::spawn(
+                lab.command(h, env!("CARGO_BIN_EXE_ringmq")),
+                h as u64 + 1,
+                &peers,
+                controller_addrs[h].clone(),
+            )
+        })
+        .collect();
+    let roots: Vec<tempfile::TempDir> = BROKER_HOSTS.map(|_| temp_store()).collect();
+    let controllers_arg = controller_addrs.join(",");
+    let brokers = BROKER_HOSTS
+        .zip(&roots)
+        .enumerate()
+        .map(|(i, (h, root))| {
+            let ip = &lab.hosts[h].ip;
+            Broker::start_in(
+                &lab.hosts[h].netns,
+                root.path(),
+                Sizes::Default,
+                config(i),
+                &[
+                    "--controller",
+                    &controllers_arg,
+                    "--broker-name",
+                    GROUP,
+                    "--cluster",
+                    CLUSTER,
+                    "--listen",
+                    &format!("{ip}:10911"),
+                    "--ha-listen",
+                    &format!("{ip}:10912"),
+                ],
+            )
+        })
+        .collect();
+    ControlledGroup {
+        controller_addrs,
+        brokers,
+        controllers,
+        _roots: roots,
+    }
+}
+
+impl ControlledGroup {
+    fn addrs(&self) -> Vec<String> {
+        self.brokers.iter().map(|b| b.addr.clone()).collect()
+    }
+
+    /// Every broker's address but `master`'s.
+    fn others(&self, master: &str) -> Vec<String> {
+        self.addrs().into_iter().filter(|a| a != master).collect()
+    }
+
+    fn index_of(&self, addr: &str) -> usize {
+        self.brokers
+            .iter()
+            .position(|b| b.addr == addr)
+            .expect("one of the group's brokers")
+    }
+
+    fn host_of(&self, addr: &str) -> usize {
+        BROKER_HOSTS.start + self.index_of(addr)
+    }
+
+    /// Waits until the controllers name a master other than `old_id`: its id and address.
+    fn elected_other_than(&self, old_id: u64) -> (u64, String) {
+        wait_until(Duration::from_secs(30), "another master elected", || {
+            let state = group_state(&self.controller_addrs)?;
+            (state.master_broker_id != 0 && state.master_broker_id != old_id).then_some(())?;
+            let b = state
+                .brokers
+                .iter()
+                .find(|b| b.broker_id == state.master_broker_id)?;
+            Some((b.broker_id, b.listen.clone()))
+        })
+    }
+
+    /// The id of the controller that leads now (1-based: hosts 0-2 run ids 1-3).
+    fn controller_leader(&self) -> u64 {
+        wait_until(Duration::from_secs(30), "a controller leader", || {
+            let mut client =
+                ControllerClient::new(self.controller_addrs.clone(), Duration::from_secs(2))
+                    .ok()?;
+            client.status().ok()?["leader"]
+                .as_u64()
+                .filter(|id| *id != 0)
+        })
+    }
+}
+
+/// The producer thread of a scenario and what it saw.
+struct Producer {
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<History>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Producer {
+    fn start(addrs: Vec<String>) -> Producer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let history = Arc::new(Mutex::new(History::default()));
+        let thread = {
+            let (stop, history) = (stop.clone(), history.clone());
+            std::thread::spawn(move || produce_until(addrs, stop, history))
+        };
+        Producer {
+            stop,
+            history,
+            thread,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.history.lock().unwrap().acked.len()
+    }
+
+    /// Waits for `more` acknowledgements past those so far.
+    fn wait_for(&self, more: usize, what: &str) {
+        let target = self.acked() + more;
+        wait_until(Duration::from_secs(60), what, || {
+            (self.acked() >= target).then_some(())
+        });
+    }
+
+    /// Waits for the first OK after `since` from a broker other than `not`: how long after
+    /// `since`, and from which.
+    fn first_ok_after(&self, since: Instant, not: &str) -> (Duration, String) {
+        wait_until(Duration::from_secs(60), "an OK from another broker", || {
+            let h = self.history.lock().unwrap();
+            h.oks
+                .iter()
+                .find(|(at, addr)| *at > since && addr != not)
+                .map(|(at, addr)| (*at - since, addr.clone()))
+        })
+    }
+
+    /// Stops the producer and checks its history against `master`'s log: no acknowledged
+    /// loss, no offset given twice, every other broker's log identical. The history, for
+    /// more checks.
+    fn finish(self, group: &ControlledGroup, master: &str) -> History {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("producer");
+        let history = std::mem::take(&mut *self.history.lock().unwrap());
+        println!(
+            "acknowledged {} payloads; errors by status {:?}",
+            history.acked.len(),
+            history.errors
+        );
+        let stored = read_all(master, QUEUES);
+        assert_no_acknowledged_loss(&history, &stored);
+        assert_converged(&group.others(master), &stored, Duration::from_secs(60));
+        history
+    }
+}
+
+/// A scenario's start: the group (`config` per broker), a master whose set has `members`
+/// members, the topic on every broker, and a producer past 300 acknowledgements.
+fn running(
+    lab: &Lab,
+    members: usize,
+    config: impl Fn(usize) -> &'static str,
+) -> (ControlledGroup, Producer, String, u64) {
+    let group = controlled_group(lab, config);
+    let (master, id) = master_with_set(&group.controller_addrs, members, Duration::from_secs(60));
+    create_topic_everywhere(&master, &group.addrs());
+    let producer = Producer::start(group.addrs());
+    producer.wait_for(300, "300 acknowledged payloads");
+    (group, producer, master, id)
+}
+
+/// The end of a scenario once its fault is undone: the old master rejoins the set as a slave
+/// under the same new master, 100 more payloads are acknowledged, the history checks hold,
+/// and, with `fenced_from`, the old master acknowledged nothing after it (where it cannot
+/// have had every member's confirmation since). Without it, an OK the old master gives after
+/// `replaced_at` is one every member, the new master included, confirmed before it learned it
+/// was master: it is on the new master, which the loss check sees.
+fn rejoined_and_checked(
+    group: &ControlledGroup,
+    producer: Producer,
+    (old_master, old_id): (&str, u64),
+    new_master: &str,
+    (replaced_at, fenced_from): (Instant, Option<Instant>),
+) {
+    let (back, _) = master_with_set(&group.controller_addrs, 3, Duration::from_secs(60));
+    assert_eq!(back, new_master, "the old master took over again");
+    let state = group_state(&group.controller_addrs).expect("group state");
+    assert!(
+        state.sync_state_set.contains(&old_id),
+        "the old master rejoined the SyncStateSet: {state:?}"
+    );
+    producer.wait_for(100, "100 acknowledgements after the old master rejoined");
+    let history = producer.finish(group, new_master);
+    let late = |from: Instant| {
+        history
+            .oks
+            .iter()
+            .filter(|(at, addr)| addr == old_master && *at > from)
+            .count()
+    };
+    println!(
+        "the old master acknowledged {} produces after it was replaced",
+        late(replaced_at)
+    );
+    if let Some(from) = fenced_from {
+        let late = late(from);
+        assert_eq!(
+            late, 0,
+            "the old master acknowledged {late} produces it could not"
+        );
+    }
+}
+
+fn defaults(_: usize) -> &'static str {
+    ""
+}
+
+/// The master cut from every controller, not from its clients or its slaves: the
+/// controllers elect a slave of the SyncStateSet; the old master, whose slaves leave it for
+/// the new epoch, acknowledges nothing they did not confirm (it answers NOT_MASTER once a
+/// member left); healed, it rejoins the set as a slave.
+#[test]
+fn a_master_cut_from_the_controllers_is_replaced_and_nothing_acknowledged_is_lost() {
+    let Some(lab) = Lab::for_test(6) else { return };
+    let (group, producer, old_master, old_id) = running(&lab, 3, defaults);
+    let master_host = group.host_of(&old_master);
+    for controller_host in 0..3 {
+        lab.partition(master_host, controller_host);
+    }
+    let cut_at = Instant::now();
+    let (failover, new_master) = producer.first_ok_after(cut_at, &old_master);
+    println!(
+        "master cut from the controllers -> first OK on the new master {new_master} in {} ms",
+        failover.as_millis()
+    );
+    // The old master tries on its own for a while before the cut is healed.
+    producer.wait_for(200, "200 acknowledgements on the new master");
+    for controller_host in 0..3 {
+        lab.heal(master_host, controller_host);
+    }
+    rejoined_and_checked(
+        &group,
+        producer,
+        (&old_master, old_id),
+        &new_master,
+        (cut_at + failover, None),
+    );
+}
+
+/// A zombie master: SIGSTOPped past its lease (with the producer's request to it in flight),
+/// replaced by the controllers while stopped, then resumed. What it answers after it resumed
+/// is NOT_MASTER, or an OK for what every member confirmed before the stop (then on the new
+/// master too); it rejoins the set as a slave and cuts what it held past the new master's
+/// history.
+#[test]
+fn a_master_stopped_past_its_lease_resumes_as_a_slave_and_nothing_acknowledged_is_lost() {
+    let Some(lab) = Lab::for_test(6) else { return };
+    let (group, producer, old_master, old_id) = running(&lab, 3, defaults);
+    let victim = group.index_of(&old_master);
+    group.brokers[victim].pause();
+    let stopped_at = Instant::now();
+    let (new_id, new_master) = group.elected_other_than(old_id);
+    let elected_at = Instant::now();
+    println!(
+        "master SIGSTOPped -> broker {new_id} ({new_master}) elected in {} ms",
+        (elected_at - stopped_at).as_millis()
+    );
+    group.brokers[victim].signal(libc::SIGCONT);
+    producer.wait_for(200, "200 acknowledgements after the old master resumed");
+    rejoined_and_checked(
+        &group,
+        producer,
+        (&old_master, old_id),
+        &new_master,
+        (elected_at, None),
+    );
+}
+
+/// The master and one slave cut from the controllers and from the other slave (clients reach
+/// all three): the controllers elect the other slave, alone in its set, so at the default
+/// `min_in_sync_replicas` (2) it refuses every produce, and the old master, which cannot
+/// have its third member confirm or its set shrunk, acknowledges nothing either: the group
+/// is unavailable, not divergent. Healed, the old master and its slave rejoin the new
+/// master's set and produces are acknowledged again.
+#[test]
+fn a_master_isolated_with_one_slave_acknowledges_nothing_and_loses_nothing() {
+    let Some(lab) = Lab::for_test(6) else { return };
+    let (group, producer, old_master, old_id) = running(&lab, 3, defaults);
+    let master_host = group.host_of(&old_master);
+    let mut others = BROKER_HOSTS.filter(|h| *h != master_host);
+    let (with_master, alone) = (others.next().unwrap(), others.next().unwrap());
+    let minority = [master_host, with_master];
+    let majority = [0, 1, 2, alone];
+    for a in minority {
+        for b in majority {
+            lab.partition(a, b);
+        }
+    }
+    let cut_at = Instant::now();
+    let alone_addr = group.brokers[alone - BROKER_HOSTS.start].addr.clone();
+    let (_, elected) = group.elected_other_than(old_id);
+    assert_eq!(elected, alone_addr, "the lone slave is the one electable");
+    let elected_at = Instant::now();
+    println!(
+        "master isolated with one slave -> the other slave elected {} ms after the cut",
+        (elected_at - cut_at).as_millis()
+    );
+    // The producer goes round the three and is refused everywhere for a while.
+    let errors = || {
+        producer
+            .history
+            .lock()
+            .unwrap()
+            .errors
+            .values()
+            .sum::<u64>()
+    };
+    let before = errors();
+    wait_until(
+        Duration::from_secs(60),
+        "20 refusals after the election",
+        || (errors() >= before + 20).then_some(()),
+    );
+    for a in minority {
+        for b in majority {
+            lab.heal(a, b);
+        }
+    }
+    producer.wait_for(200, "200 acknowledgements after healing");
+    rejoined_and_checked(
+        &group,
+        producer,
+        (&old_master, old_id),
+        &alone_addr,
+        (elected_at, Some(elected_at)),
+    );
+}
+
+/// Two of the three controllers SIGKILLed: no election can happen any more, but the running
+/// master keeps acknowledging at level `all` (its set is complete and nothing needs the
+/// controllers), well past a lease (1.6 s) and a silence limit (2 s), with no refusal.
+#[test]
+fn two_controllers_down_stop_no_all_level_traffic() {
+    let Some(lab) = Lab::for_test(6) else { return };
+    let (mut group, producer, master, _) = running(&lab, 3, defaults);
+    let errors_before = producer.history.lock().unwrap().errors.clone();
+    group.controllers.truncate(1);
+    let killed_at = Instant::now();
+    let window = Duration::from_secs(6);
+    wait_until(
+        Duration::from_secs(30),
+        "an OK 6 s after the controllers died",
+        || {
+            let h = producer.history.lock().unwrap();
+            h.oks
+                .last()
+                .is_some_and(|(at, _)| *at > killed_at + window)
+                .then_some(())
+        },
+    );
+    let history = producer.finish(&group, &master);
+    let after: Vec<&(Instant, String)> = history
+        .oks
+        .iter()
+        .filter(|(at, _)| *at > killed_at)
+        .collect();
+    println!(
+        "two of three controllers down: {} OKs in the {} s after",
+        after.len(),
+        window.as_secs()
+    );
+    assert_eq!(
+        history.errors, errors_before,
+        "refusals once the controllers died"
+    );
+    assert!(
+        after.iter().all(|(_, addr)| *addr == master),
+        "an OK from another broker: no election can have happened"
+    );
+}
+
+/// The controller leader and the master SIGKILLed together: the two controllers left elect a
+/// leader, which listens for one silence period before it calls any broker lost, then elects
+/// a member of the set; the killed master, restarted at once, rejoins as a slave.
+#[test]
+fn the_controller_leader_and_the_master_killed_together_fail_over_with_no_loss() {
+    let Some(lab) = Lab::for_test(6) else { return };
+    let (mut group, producer, old_master, old_id) = running(&lab, 3, defaults);
+    let leader = group.controller_leader();
+    let victim = group.index_of(&old_master);
+    group.controllers.remove(leader as usize - 1);
+    group.brokers[victim].kill();
+    let killed_at = Instant::now();
+    let (failover, new_master) = producer.first_ok_after(killed_at, &old_master);
+    println!(
+        "controller leader {leader} and the master SIGKILLed -> first OK on {new_master} in {} ms",
+        failover.as_millis()
+    );
+    group.brokers[victim].restart();
+    producer.wait_for(200, "200 acknowledgements after the restart");
+    rejoined_and_checked(
+        &group,
+        producer,
+        (&old_master, old_id),
+        &new_master,
+        (killed_at + failover, None),
+    );
+}
+
+/// Every broker SIGKILLed at once and restarted at once (SYNC_FLUSH: none lost what it
+/// acknowledged): the controllers wait until every member of the last set has reported, then
+/// elect the one with the highest epoch and end offsets; the group serves again.
+#[test]
+fn every_broker_killed_at_once_comes_back_with_nothing_acknowledged_lost() {
+    let Some(lab) = Lab::for_test(6) else { return };
+    let (mut group, producer, _, _) = running(&lab, 3, defaults);
+    for broker in group.brokers.iter() {
+        broker.signal(libc::SIGKILL);
+    }
+    let killed_at = Instant::now();
+    for broker in group.brokers.iter_mut() {
+        broker.kill();
+        broker.restart();
+    }
+    let (first_ok, at) = producer.first_ok_after(killed_at, "");
+    println!(
+        "every broker SIGKILLed and restarted -> first OK on {at} in {} ms",
+        first_ok.as_millis()
+    );
+    producer.wait_for(200, "200 acknowledgements after the restarts");
+    let (master, _) = master_with_set(&group.controller_addrs, 3, Duration::from_secs(60));
+    producer.finish(&group, &master);
+}
+
+/// A learner (`async_learner = true`) replicates but is never in the SyncStateSet and never
+/// elected: with the master SIGKILLed the other member is elected, alone in its set (so it
+/// refuses `all` at the default `min_in_sync_replicas` until the killed broker, restarted at
+/// once, rejoins), while the learner, caught up and alive throughout, stays out; the
+/// learner's log ends identical to the master's too.
+#[test]
+fn a_learner_is_never_in_the_set_nor_elected() {
+    let Some(lab) = Lab::for_test(6) else { return };
+    const LEARNER: usize = 2;
+    let learner = |i| {
+        if i == LEARNER {
+            "async_learner = true\n"
+        } else {
+            ""
+        }
+    };
+    let (mut group, producer, old_master, old_id) = running(&lab, 2, learner);
+    let learner_addr = group.brokers[LEARNER].addr.clone();
+    assert_ne!(old_master, learner_addr, "the learner was elected first");
+    let learner_id = wait_until(Duration::from_secs(30), "the learner registered", || {
+        let state = group_state(&group.controller_addrs)?;
+        state
+            .brokers
+            .iter()
+            .find(|b| b.listen == learner_addr)
+            .map(|b| b.broker_id)
+    });
+    let outside = |what: &str| {
+        let state = group_state(&group.controller_addrs).expect("group state");
+        assert!(
+            !state.sync_state_set.contains(&learner_id) && state.master_broker_id != learner_id,
+            "{what}: the learner joined: {state:?}"
+        );
+    };
+    outside("before the kill");
+    let victim = group.index_of(&old_master);
+    group.brokers[victim].kill();
+    let (new_id, new_master) = group.elected_other_than(old_id);
+    assert_ne!(new_id, learner_id, "the learner was elected");
+    outside("after the election");
+    group.brokers[victim].restart();
+    let (back, _) = master_with_set(&group.controller_addrs, 2, Duration::from_secs(60));
+    assert_eq!(back, new_master);
+    producer.wait_for(100, "100 acknowledgements once the set is whole again");
+    outside("once the set is whole again");
+    producer.finish(&group, &new_master);
+}
