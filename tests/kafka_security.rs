@@ -303,6 +303,22 @@ fn sasl_scram_gates_the_kafka_listener_and_acls_apply_to_its_requests() {
     });
 }
 
+/// A CLI command against `broker` over TLS (its CA in `ca`), logged in as `admin`.
+fn as_admin_over_tls(broker: &Broker, ca: &Path, args: &[&str]) -> std::process::Output {
+    let login = [
+        "--tls-ca",
+        ca.to_str().unwrap(),
+        "--user",
+        "admin",
+        "--password-file",
+        "-",
+    ];
+    broker.cli(
+        &[args, &login[..]].concat(),
+        format!("{ADMIN_PASSWORD}\n").as_bytes(),
+    )
+}
+
 /// kcat with `args` and the SASL settings of `user`, over TLS to `kafka`; its output.
 fn kcat_as(
     kafka: &str,
@@ -356,21 +372,10 @@ fn kcat_over_tls_and_scram_produces_consumes_and_is_refused_what_it_may_not_do()
     let values: Vec<String> = (0..200).map(|i| format!("sealed-{i}")).collect();
     let input = values.join("\n") + "\n";
     // `kafka_auto_create_topics` is off: the topic comes from CreateTopics-equivalent CLI.
-    let out = broker.cli(
-        &[
-            "topic",
-            "create",
-            "secure-kcat",
-            "--queues",
-            "2",
-            "--tls-ca",
-            ca.pem.to_str().unwrap(),
-            "--user",
-            "admin",
-            "--password-file",
-            "-",
-        ],
-        format!("{ADMIN_PASSWORD}\n").as_bytes(),
+    let out = as_admin_over_tls(
+        &broker,
+        &ca.pem,
+        &["topic", "create", "secure-kcat", "--queues", "2"],
     );
     ok(&out, "topic create as admin over TLS");
     let out = kcat_as(
@@ -483,19 +488,10 @@ fn kafka_python_produces_and_a_group_commits_and_resumes_over_sasl_ssl() {
     command.env("KAFKA_SECURITY", security.to_string());
     let out = run_client(&broker, command, Duration::from_secs(120));
     assert!(out.contains("\"second\": [\"second-0\""), "{out}");
-    let described = broker.cli(
-        &[
-            "group",
-            "describe",
-            "secure-kp-readers",
-            "--tls-ca",
-            ca.pem.to_str().unwrap(),
-            "--user",
-            "admin",
-            "--password-file",
-            "-",
-        ],
-        format!("{ADMIN_PASSWORD}\n").as_bytes(),
+    let described = as_admin_over_tls(
+        &broker,
+        &ca.pem,
+        &["group", "describe", "secure-kp-readers"],
     );
     ok(&described, "group describe as admin");
     let described = String::from_utf8_lossy(&described.stdout);
