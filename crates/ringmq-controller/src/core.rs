@@ -222,19 +222,19 @@ impl<C: Consensus, W> Controller<C, W> {
         self.last_now_ms = now_ms;
         let reply = match self.dispatch(opcode, body, now_ms) {
             Dispatch::Now(reply) => reply,
-            Dispatch::Read(read) => {
-                if !self.consensus.committed_own_term() {
-                    self.not_serving()
-                } else {
-                    self.reads.push(PendingRead {
-                        waiter,
-                        read,
-                        deadline_ms: now_ms + READ_TIMEOUT_MS,
-                    });
-                    self.start_read_round(now_ms);
-                    return None;
-                }
+            // A leader just elected holds the read until an entry of its term commits (the
+            // round starts from `drive` then), rather than sending the caller away: a broker's
+            // first heartbeat after a controller failover is answered, not refused.
+            Dispatch::Read(read) if self.consensus.is_leader() => {
+                self.reads.push(PendingRead {
+                    waiter,
+                    read,
+                    deadline_ms: now_ms + READ_TIMEOUT_MS,
+                });
+                self.start_read_round(now_ms);
+                return None;
             }
+            Dispatch::Read(_) => self.not_leader(),
             Dispatch::Propose(command, owed) => match self.propose(&command, now_ms) {
                 Ok((sequence, proposed)) => {
                     self.pending.insert(
@@ -837,30 +837,40 @@ impl<C: Consensus, W> Controller<C, W> {
     /// Persists and applies what Raft produced: returns the messages to send (destination
     /// id, bytes) and the waiters now answered.
     pub fn drive(&mut self) -> io::Result<Driven<W>> {
-        let progress = self.consensus.drive()?;
         let mut answered = Vec::new();
-        for committed in progress.committed {
-            if let Committed::Restore { index, data } = &committed {
-                self.restore(*index, data)?;
-                continue;
+        let mut messages = Vec::new();
+        // A read-index round started here (the previous one answered, or reads held until
+        // this leader's term committed) is in Raft's next output: drive once more to send it
+        // now rather than at the next tick.
+        for _ in 0..2 {
+            let progress = self.consensus.drive()?;
+            messages.extend(progress.messages);
+            for committed in progress.committed {
+                if let Committed::Restore { index, data } = &committed {
+                    self.restore(*index, data)?;
+                    continue;
+                }
+                self.apply(committed, &mut answered);
             }
-            self.apply(committed, &mut answered);
-        }
-        for (context, index) in progress.reads {
-            if let Some(round) = self.read_round.as_mut().filter(|r| r.context == context) {
-                round.confirmed_index = Some(index);
+            for (context, index) in progress.reads {
+                if let Some(round) = self.read_round.as_mut().filter(|r| r.context == context) {
+                    round.confirmed_index = Some(index);
+                }
+            }
+            let round_before = self.read_round.as_ref().map(|r| r.context.clone());
+            self.answer_reads(&mut answered);
+            self.start_read_round(self.last_now_ms);
+            let round_after = self.read_round.as_ref().map(|r| r.context.clone());
+            if round_after.is_none() || round_after == round_before {
+                break;
             }
         }
-        self.answer_reads(&mut answered);
         let state = &self.state;
         self.consensus
             .maybe_compact(self.applied, self.compact_threshold, &|| {
                 serde_json::to_vec(state).expect("state serializes")
             })?;
-        Ok(Driven {
-            messages: progress.messages,
-            answered,
-        })
+        Ok(Driven { messages, answered })
     }
 
     /// Replaces the state by the snapshot the leader sent. One that does not decode is
@@ -1150,6 +1160,48 @@ mod tests {
             String::from_utf8_lossy(&reply.body)
         );
         HeartbeatAnswer::decode(&reply.body).unwrap()
+    }
+
+    #[test]
+    fn a_read_sent_to_a_leader_that_has_not_committed_its_term_waits_and_is_answered() {
+        let node = RaftNode::new(1, MemoryPersistence::new(&[1]), 0, (3, 4)).unwrap();
+        let peers = [(1, "127.0.0.1:1".to_string())].into_iter().collect();
+        let mut c: Lone = Controller::new(
+            node,
+            ControllerState::default(),
+            0,
+            peers,
+            ElectionConfig::default(),
+        );
+        let mut now = 0;
+        while !c.consensus.is_leader() {
+            now += 100;
+            assert!(now < 5_000, "a one-voter group elects itself");
+            c.tick(now);
+        }
+        assert!(
+            !c.consensus.committed_own_term(),
+            "the term's first entry is not persisted before drive"
+        );
+        let read = body(&GroupRef {
+            cluster_name: "c".into(),
+            broker_name: "g".into(),
+        });
+        assert!(
+            c.handle(ControllerOpcode::GetGroupState, &read, now, 7)
+                .is_none(),
+            "held, not refused"
+        );
+        let answered = c.drive().unwrap().answered;
+        assert_eq!(answered.len(), 1);
+        let (waiter, reply) = &answered[0];
+        assert_eq!(*waiter, 7);
+        assert_eq!(
+            reply.status,
+            Status::BadRequest,
+            "answered from the state (no such group): {}",
+            String::from_utf8_lossy(&reply.body)
+        );
     }
 
     #[test]
