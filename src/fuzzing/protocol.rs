@@ -159,6 +159,7 @@ fn controller_bodies(b: &[u8]) {
     round_trip!(b, GroupState, canonical: true);
     round_trip!(b, AddPeer, canonical: true);
     round_trip!(b, RemovePeer, canonical: true);
+    round_trip!(b, ResignMaster, canonical: true);
     black_box(not_leader_hint(&String::from_utf8_lossy(b)));
 }
 

@@ -414,6 +414,13 @@ pub struct BrokerConfig {
     /// and 250 ms leave half a second of the 3 s failover target for the HA handshake. It is
     /// also the lease renewal the issue asks for: a 1.6 s lease survives five lost heartbeats.
     pub controller_heartbeat_interval_ms: u64,
+    /// Controller mode, on SIGTERM or SIGINT: how long a master may spend handing its group
+    /// over before it stops (new produce refused with NOT_MASTER, a SyncStateSet member that
+    /// holds its whole log named to the controllers, which elect it at once). 5 s: the
+    /// hand-over itself takes a few hundred milliseconds; the rest lets a slave catch up.
+    /// Past it, or with 0, the broker stops without one and the controllers elect once its
+    /// silence passes their limit (2 s).
+    pub controller_handover_timeout_ms: u64,
     /// An asynchronous learner: replicates, is never in the SyncStateSet, never elected.
     pub async_learner: bool,
     /// Higher is preferred by the controller among otherwise equal candidates.
@@ -600,6 +607,7 @@ impl Default for BrokerConfig {
             audit_log_file: None,
             controller: Vec::new(),
             controller_heartbeat_interval_ms: 250,
+            controller_handover_timeout_ms: 5_000,
             async_learner: false,
             broker_election_priority: 0,
             all_ack_in_sync_state_set: true,
@@ -699,6 +707,12 @@ impl BrokerConfig {
             "ha_max_time_slave_not_catchup_ms",
             self.ha_max_time_slave_not_catchup_ms,
         )?;
+        if self.controller_handover_timeout_ms != 0 {
+            check_duration_ms(
+                "controller_handover_timeout_ms",
+                self.controller_handover_timeout_ms,
+            )?;
+        }
         if !self.controller_mode() {
             return Ok(());
         }

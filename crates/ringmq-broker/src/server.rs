@@ -19,7 +19,7 @@ use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// `<store>/store.json`: facts about the store that must not change between runs.
 #[derive(Serialize, Deserialize)]
@@ -214,7 +214,30 @@ fn controller_identity(
             .advertised_ha_listen
             .clone()
             .unwrap_or_else(|| listeners.ha_addr.to_string()),
+        handover: Default::default(),
     }))
+}
+
+/// Controller mode, a clean stop: a master hands its group to an in-sync slave before its
+/// shards stop (`controller_handover_timeout_ms`), so the group's next master is elected at
+/// once instead of after the controllers' silence limit.
+fn hand_over(config: &BrokerConfig, identity: &crate::shard::controller_agent::ControllerIdentity) {
+    use crate::shard::controller_agent::HandoverOutcome;
+    let timeout = Duration::from_millis(config.controller_handover_timeout_ms);
+    if timeout.is_zero() {
+        return;
+    }
+    match identity.handover.run(timeout) {
+        HandoverOutcome::NotMaster => {}
+        HandoverOutcome::HandedOver { successor, took } => info!(
+            successor,
+            took_ms = took.as_millis() as u64,
+            "handed the group over to broker {successor}"
+        ),
+        HandoverOutcome::Failed(why) => warn!(
+            "stopping without a hand-over ({why}); the controllers elect once this broker's silence passes their limit"
+        ),
+    }
 }
 
 fn blocking_eventfd() -> Result<RawFd, ServerError> {
@@ -427,6 +450,9 @@ pub fn run(mut config: BrokerConfig) -> Result<(), ServerError> {
         Err(_) => return Err(ServerError::Stopped("lost the shard watchers".to_string())),
     }
     info!("shutting down");
+    if let Some(identity) = &controller {
+        hand_over(&config, identity);
+    }
     signal_stop(&stop_fds);
     // Only shard exits count: a repeated SIGTERM must not cut a shard's final flush short.
     let mut exited = 0;

@@ -19,7 +19,7 @@ use crate::protocol::controller::{authenticate, HandshakeError};
 use crate::protocol::controller::{
     not_leader_hint, AddPeer, AlterSyncStateSet, BrokerHeartbeat, BrokerIdentity,
     ControllerRequest, GroupRef, GroupState, HeartbeatAnswer, RegisterBroker, RemovePeer,
-    StatusRequest,
+    ResignMaster, StatusRequest,
 };
 use crate::protocol::frame::{encode_frame, FrameDecoder, FrameHeader};
 use crate::protocol::{Response as _, Status};
@@ -104,6 +104,12 @@ impl ControllerClient {
         &mut self,
         request: &AlterSyncStateSet,
     ) -> Result<GroupState, ClientError> {
+        self.call(request)
+    }
+
+    /// A master stopping cleanly hands its group to `request.successor_broker_id`; the
+    /// answer is the group after the change (its master is the successor when it committed).
+    pub fn resign_master(&mut self, request: &ResignMaster) -> Result<GroupState, ClientError> {
         self.call(request)
     }
 

@@ -19,8 +19,8 @@
 
 use crate::node::{Committed, Consensus, MembershipChange, ProposeError};
 use crate::state::{
-    assigned_role, decide_election, Applied, BrokerAddress, BrokerReport, Command, ControllerState,
-    ElectionConfig, GroupRecord, Liveness, Refusal, Role,
+    assigned_role, decide_election, decide_handover, Applied, BrokerAddress, BrokerReport, Command,
+    ControllerState, ElectionConfig, GroupRecord, HandoverRefused, Liveness, Refusal, Role,
 };
 use ringmq_protocol::controller::{
     self as wire, ControllerOpcode, ROLE_FENCED, ROLE_MASTER, ROLE_SLAVE,
@@ -481,6 +481,38 @@ impl<C: Consensus, W> Controller<C, W> {
             }
             ControllerOpcode::GetGroupState => {
                 Dispatch::Read(Read::GroupState(decode!(wire::GroupRef)))
+            }
+            ControllerOpcode::ResignMaster => {
+                let r = decode!(wire::ResignMaster);
+                // Decided on the state and the liveness only a serving leader has.
+                let (true, Some(liveness)) = (self.can_serve(), self.liveness.as_ref()) else {
+                    return Dispatch::Now(self.not_serving());
+                };
+                let Some(record) = self.state.group(&r.cluster_name, &r.broker_name) else {
+                    return Dispatch::Now(Reply::error(
+                        Status::BadRequest,
+                        format!("no group {}/{}", r.cluster_name, r.broker_name),
+                    ));
+                };
+                match decide_handover(record, liveness, now_ms, &self.config, &r) {
+                    Ok(command) => {
+                        tracing::info!(
+                            "controller {}: {}/{} master {} hands over to {}",
+                            self.id(),
+                            r.cluster_name,
+                            r.broker_name,
+                            r.broker_id,
+                            r.successor_broker_id
+                        );
+                        Dispatch::Propose(command, Owed::Group)
+                    }
+                    Err(HandoverRefused::Stale(message)) => {
+                        Dispatch::Now(Reply::error(Status::StaleEpoch, message))
+                    }
+                    Err(HandoverRefused::Ineligible(message)) => {
+                        Dispatch::Now(Reply::error(Status::BadRequest, message))
+                    }
+                }
             }
             ControllerOpcode::AddPeer => {
                 let p = decode!(wire::AddPeer);
@@ -946,7 +978,8 @@ impl<C: Consensus, W> Controller<C, W> {
                     (
                         Ok(Applied::Group(record)),
                         Owed::Group,
-                        Command::AlterSyncStateSet { cluster, group, .. },
+                        Command::AlterSyncStateSet { cluster, group, .. }
+                        | Command::ElectMaster { cluster, group, .. },
                     ) => Reply::ok(encode(&self.group_state(cluster, group, &record, 0))),
                     (Err(e @ Refusal::StaleEpoch { .. }), _, _) => {
                         Reply::error(Status::StaleEpoch, e.to_string())
@@ -1202,6 +1235,59 @@ mod tests {
             "answered from the state (no such group): {}",
             String::from_utf8_lossy(&reply.body)
         );
+    }
+
+    #[test]
+    fn a_resigning_master_is_answered_with_the_group_its_successor_leads() {
+        let mut c = lone();
+        let a = register(&mut c, "a");
+        let b = register(&mut c, "b");
+        heartbeat(&mut c, a, 1_000);
+        heartbeat(&mut c, b, 1_000);
+        let now = 2_500;
+        c.tick(now);
+        c.drive().unwrap();
+        heartbeat(&mut c, a, now);
+        let answer = heartbeat(&mut c, b, now);
+        assert_eq!(answer.role, ROLE_MASTER, "the highest end offset");
+        let reply = ask(
+            &mut c,
+            ControllerOpcode::AlterSyncStateSet,
+            body(&AlterSyncStateSet {
+                cluster_name: "c".into(),
+                broker_name: "g".into(),
+                master_broker_id: b,
+                master_epoch: answer.master_epoch,
+                sync_state_set_epoch: answer.sync_state_set_epoch,
+                new_sync_state_set: vec![a, b],
+            }),
+            now,
+        );
+        assert_eq!(reply.status, Status::Ok);
+        let resign = |broker_id, successor| {
+            body(&wire::ResignMaster {
+                cluster_name: "c".into(),
+                broker_name: "g".into(),
+                broker_id,
+                master_epoch: answer.master_epoch,
+                successor_broker_id: successor,
+            })
+        };
+        let refused = ask(&mut c, ControllerOpcode::ResignMaster, resign(a, b), now);
+        assert_eq!(refused.status, Status::StaleEpoch, "a is not the master");
+        let reply = ask(&mut c, ControllerOpcode::ResignMaster, resign(b, a), now);
+        assert_eq!(
+            reply.status,
+            Status::Ok,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let group = GroupState::decode(&reply.body).unwrap();
+        assert_eq!(group.master_broker_id, a);
+        assert!(group.master_epoch > answer.master_epoch);
+        assert_eq!(group.sync_state_set, vec![a]);
+        assert_eq!(heartbeat(&mut c, a, now).role, ROLE_MASTER);
+        assert_eq!(heartbeat(&mut c, b, now).role, ROLE_SLAVE);
     }
 
     #[test]

@@ -486,14 +486,6 @@ pub fn decide_election(
     } else {
         Vec::new()
     };
-    // A broker's term can be ahead of the record (a store from before controller mode, a
-    // term opened by an older broker): elect past every term reported.
-    let min_master_epoch = liveness
-        .reports
-        .values()
-        .map(|r| (r.epoch >> BROKER_GENERATION_BITS).saturating_add(1))
-        .max()
-        .unwrap_or(0);
     Some(Command::ElectMaster {
         cluster: cluster.to_string(),
         group: group.to_string(),
@@ -503,7 +495,89 @@ pub fn decide_election(
         new_sync_state_set: new_set,
         unclean,
         lost,
-        min_master_epoch,
+        min_master_epoch: min_master_epoch(liveness),
+    })
+}
+
+/// A broker's term can be ahead of the record (a store from before controller mode, a term
+/// opened by an older broker): an election opens a term past every one reported.
+fn min_master_epoch(liveness: &Liveness) -> u32 {
+    liveness
+        .reports
+        .values()
+        .map(|r| (r.epoch >> BROKER_GENERATION_BITS).saturating_add(1))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Why a hand-over ([`decide_handover`]) is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HandoverRefused {
+    /// The sender is not the group's master at the epoch it names (deposed, or the group
+    /// moved on): nothing of it to hand over.
+    Stale(String),
+    /// The successor cannot take over.
+    Ineligible(String),
+}
+
+/// The election a clean stop of `record`'s master asks for (`ResignMaster`): `successor`,
+/// which the master saw hold its whole log on every shard, in a new epoch, with the master
+/// out of the set (it rejoins once it is back and caught up). The successor must be an
+/// alive member that an election could pick: in the set, not a learner, not disqualified.
+/// Fenced by both epochs like every election, so it cannot undo a change committed since.
+pub fn decide_handover(
+    record: &GroupRecord,
+    liveness: &Liveness,
+    now_ms: u64,
+    config: &ElectionConfig,
+    request: &ringmq_protocol::controller::ResignMaster,
+) -> Result<Command, HandoverRefused> {
+    let (cluster, group) = (&request.cluster_name, &request.broker_name);
+    let (broker_id, master_epoch) = (request.broker_id, request.master_epoch);
+    let successor = request.successor_broker_id;
+    if record.master_broker_id == 0
+        || record.master_broker_id != broker_id
+        || record.master_epoch != master_epoch
+    {
+        return Err(HandoverRefused::Stale(format!(
+            "broker {broker_id} at master epoch {master_epoch} is not the master of {cluster}/{group} (master {} at epoch {})",
+            record.master_broker_id, record.master_epoch
+        )));
+    }
+    let ineligible = |why: &str| {
+        Err(HandoverRefused::Ineligible(format!(
+            "broker {successor} cannot take over {cluster}/{group}: {why}"
+        )))
+    };
+    if successor == broker_id || !record.sync_state_set.contains(&successor) {
+        return ineligible("it is not another member of the SyncStateSet");
+    }
+    if !liveness.is_alive(successor, now_ms, config) {
+        return ineligible("the controllers have not heard from it within the silence limit");
+    }
+    match liveness.reports.get(&successor) {
+        Some(r) if r.learner => return ineligible("it is a learner"),
+        Some(r) if r.disqualified() => {
+            return ineligible("it restarted uncleanly under ASYNC_FLUSH since it was last in sync")
+        }
+        _ => {}
+    }
+    let new_sync_state_set = record
+        .sync_state_set
+        .iter()
+        .copied()
+        .filter(|id| *id != broker_id)
+        .collect();
+    Ok(Command::ElectMaster {
+        cluster: cluster.to_string(),
+        group: group.to_string(),
+        expected_master_epoch: record.master_epoch,
+        expected_sync_state_set_epoch: record.sync_state_set_epoch,
+        new_master_broker_id: successor,
+        new_sync_state_set,
+        unclean: false,
+        lost: Vec::new(),
+        min_master_epoch: min_master_epoch(liveness),
     })
 }
 

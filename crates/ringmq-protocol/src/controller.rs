@@ -46,6 +46,8 @@ macro_rules! for_each_controller_request {
                 => $crate::controller::ControllerChallenge, "controller challenge" {};
             ControllerProof = 89 => "ControllerProof": $crate::controller::ControllerProof
                 => (), "controller proof response" {};
+            ResignMaster = 90 => "ResignMaster": $crate::controller::ResignMaster
+                => $crate::controller::GroupState, "group state" {};
         }
     };
 }
@@ -203,6 +205,22 @@ wire_body! {
         pub master_epoch: u32 => U32,
         pub sync_state_set_epoch: u32 => U32,
         pub new_sync_state_set: Vec<u64> => list("sync_state_set_count", "broker_id", U64),
+    }
+}
+
+wire_body! {
+    /// ResignMaster (opcode 90): a master stopping cleanly hands its group to `successor`, a
+    /// SyncStateSet member it has seen hold its whole log on every shard. Committed as an
+    /// election of `successor` in a new master epoch, with the resigning broker out of the
+    /// set; refused (`STALE_EPOCH`) unless the sender is the group's master at
+    /// `master_epoch`, and (`BAD_REQUEST`) unless `successor` is an alive, eligible member.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct ResignMaster {
+        pub cluster_name: String => Name,
+        pub broker_name: String => Name,
+        pub broker_id: u64 => U64,
+        pub master_epoch: u32 => U32,
+        pub successor_broker_id: u64 => U64,
     }
 }
 

@@ -76,6 +76,7 @@ decodes!(
     ringmq_protocol::controller::GroupRef,
     ringmq_protocol::controller::AddPeer,
     ringmq_protocol::controller::RemovePeer,
+    ringmq_protocol::controller::ResignMaster,
     ProduceResponse,
     PullRequest,
     QueueRef,
@@ -805,6 +806,17 @@ fn controller_bodies() {
             new_sync_state_set: vec![7],
         },
         "01006301006707000000000000000400000009000000010000000700000000000000"
+    );
+    golden!(
+        "ResignMaster",
+        ringmq_protocol::controller::ResignMaster {
+            cluster_name: "c".into(),
+            broker_name: "g".into(),
+            broker_id: 7,
+            master_epoch: 4,
+            successor_broker_id: 8,
+        },
+        "0100630100670700000000000000040000000800000000000000"
     );
     golden!(
         "GroupState",

@@ -32,8 +32,8 @@ use super::mesh::ShardRequest;
 use super::role::{MasterMode, RoleTarget};
 use super::Shard;
 use crate::protocol::controller::{
-    AlterSyncStateSet, BrokerHeartbeat, GroupState, HeartbeatAnswer, RegisterBroker, ROLE_FENCED,
-    ROLE_MASTER, ROLE_SLAVE,
+    AlterSyncStateSet, BrokerHeartbeat, GroupState, HeartbeatAnswer, RegisterBroker, ResignMaster,
+    ROLE_FENCED, ROLE_MASTER, ROLE_SLAVE,
 };
 use crate::protocol::{Acks, MasterHint};
 use crate::replication::identity::{
@@ -49,7 +49,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
@@ -98,6 +98,49 @@ pub struct ControllerIdentity {
     pub listen: String,
     /// Advertised HA address (what the other brokers follow when this one is master).
     pub ha_listen: String,
+    /// Where the main thread asks for a clean stop's hand-over ([`Handover::run`]).
+    pub handover: Arc<Handover>,
+}
+
+/// A clean stop's hand-over (`controller_handover_timeout_ms`): the main thread asks on
+/// SIGTERM and waits; the agent on shard 0 does it between its heartbeat rounds and answers
+/// (see [`hand_over`]).
+#[derive(Debug, Default)]
+pub struct Handover {
+    /// The agent's wake-up, there once it registered: carries where to answer.
+    wake: Mutex<Option<oneshot::Sender<mpsc::Sender<HandoverOutcome>>>>,
+}
+
+/// How a hand-over ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HandoverOutcome {
+    /// This broker was not the master (or had not registered): nothing to hand over.
+    NotMaster,
+    /// The controllers made `successor` master, `took` after the request.
+    HandedOver { successor: u64, took: Duration },
+    /// None within the bound, or the controllers refused: the broker stops anyway and the
+    /// controllers elect once its silence passes their limit.
+    Failed(String),
+}
+
+impl Handover {
+    /// Asks the agent to hand over and waits for it at most `timeout` (the main thread, on
+    /// SIGTERM, before the shards stop).
+    pub fn run(&self, timeout: Duration) -> HandoverOutcome {
+        let Some(wake) = self.wake.lock().ok().and_then(|mut w| w.take()) else {
+            return HandoverOutcome::NotMaster;
+        };
+        let (done, outcome) = mpsc::channel();
+        if wake.send(done).is_err() {
+            return HandoverOutcome::NotMaster;
+        }
+        // The agent bounds its own work by `timeout`; the margin covers its last answer.
+        outcome
+            .recv_timeout(timeout + Duration::from_millis(500))
+            .unwrap_or_else(|_| {
+                HandoverOutcome::Failed(format!("no hand-over within {} ms", timeout.as_millis()))
+            })
+    }
 }
 
 /// What shard 0 last heard from the controllers, as every shard keeps it.
@@ -120,6 +163,9 @@ pub struct ControllerView {
     /// The agent decided this broker's unclean restart no longer matters (see
     /// `unclean_clears`): every shard drops its flag.
     pub clear_unclean: bool,
+    /// This master is stopping and handing its group over: new produce is refused with
+    /// NOT_MASTER (before the append), what is in flight completes.
+    pub handing_over: bool,
 }
 
 impl ControllerView {
@@ -169,6 +215,11 @@ impl ControllerState {
             return false;
         }
         self.leased(now) || (acks == Acks::All && every_member && !view.unclean_election)
+    }
+
+    /// Whether this master is handing its group over (a clean stop): new produce is refused.
+    pub fn handing_over(&self) -> bool {
+        self.view.borrow().handing_over
     }
 
     /// Whether this broker holds an unexpired master lease.
@@ -290,6 +341,7 @@ enum ControlRequest {
         AlterSyncStateSet,
         oneshot::Sender<Result<GroupState, String>>,
     ),
+    Resign(ResignMaster, oneshot::Sender<Result<GroupState, String>>),
 }
 
 /// The thread that owns the blocking controller client.
@@ -325,6 +377,9 @@ impl ControlThread {
                         ControlRequest::Alter(a, reply) => {
                             let _ = reply
                                 .send(client.alter_sync_state_set(&a).map_err(|e| e.to_string()));
+                        }
+                        ControlRequest::Resign(r, reply) => {
+                            let _ = reply.send(client.resign_master(&r).map_err(|e| e.to_string()));
                         }
                     }
                 }
@@ -381,6 +436,8 @@ struct Agent {
     excluded_seen: bool,
     failing: bool,
     warned_incomplete: bool,
+    /// A clean stop's hand-over is under way or done (kept in every view from then on).
+    handing_over: bool,
 }
 
 /// A SyncStateSet change under way. From the moment it is made until a heartbeat answer
@@ -532,14 +589,129 @@ pub async fn run<D: Disk + 'static>(shard: Rc<Shard<D>>, identity: ControllerIde
         excluded_seen: false,
         failing: false,
         warned_incomplete: false,
+        handing_over: false,
     };
     agent.reports = broadcast(&shard, &agent.view).await;
+    let (wake, asked) = oneshot::channel();
+    if let Ok(mut slot) = identity.handover.wake.lock() {
+        *slot = Some(wake);
+    }
+    // Raced against the wait between rounds until it fires once (or its sender is gone).
+    let mut asked = Some(asked);
     while !shard.lifecycle().is_stopping() {
         let started = Instant::now();
         round(&shard, &mut agent).await;
-        let spent = started.elapsed();
-        sleep(interval.saturating_sub(spent)).await;
+        let pause = sleep(interval.saturating_sub(started.elapsed()));
+        let Some(waiting) = asked.as_mut() else {
+            pause.await;
+            continue;
+        };
+        let request = future::or(async { Some(waiting.await) }, async {
+            pause.await;
+            None
+        })
+        .await;
+        if let Some(request) = request {
+            asked = None;
+            if let Ok(done) = request {
+                let timeout = Duration::from_millis(config.controller_handover_timeout_ms);
+                let _ = done.send(hand_over(&shard, &mut agent, timeout).await);
+            }
+        }
     }
+}
+
+/// How often a hand-over looks again for a member holding the whole log, and retries a
+/// refused or unanswered resignation.
+const HANDOVER_POLL: Duration = Duration::from_millis(5);
+
+/// A clean stop's hand-over: refuse new produce everywhere, wait until a SyncStateSet member
+/// acknowledged every shard's end, ask the controllers to elect it (`ResignMaster`), then
+/// take their next answer at once, so every shard follows the successor and NOT_MASTER names
+/// it. Bounded by `timeout` (`controller_handover_timeout_ms`). The successor learns its
+/// role from its own next heartbeat, at most one interval later.
+async fn hand_over<D: Disk + 'static>(
+    shard: &Rc<Shard<D>>,
+    agent: &mut Agent,
+    timeout: Duration,
+) -> HandoverOutcome {
+    let started = Instant::now();
+    if timeout.is_zero() || agent.view.role != ROLE_MASTER || !shard.is_master() {
+        return HandoverOutcome::NotMaster;
+    }
+    let config = shard.config().clone();
+    agent.handing_over = true;
+    agent.view.handing_over = true;
+    let master_epoch = agent.view.master_epoch;
+    let interval = Duration::from_millis(config.controller_heartbeat_interval_ms);
+    let mut last_round = Instant::now();
+    let mut last_error = String::from("no SyncStateSet member acknowledged the whole log");
+    while started.elapsed() < timeout {
+        agent.reports = broadcast(shard, &agent.view).await;
+        if agent.view.role != ROLE_MASTER || agent.view.master_epoch != master_epoch {
+            return HandoverOutcome::Failed("the controllers moved the group on first".into());
+        }
+        if let Some(successor) = holder_of_everything(agent) {
+            let request = ResignMaster {
+                cluster_name: config.cluster_name.clone(),
+                broker_name: config.broker_name.clone(),
+                broker_id: agent.broker_id,
+                master_epoch,
+                successor_broker_id: successor,
+            };
+            match agent
+                .thread
+                .ask(|reply| ControlRequest::Resign(request, reply))
+                .await
+            {
+                Ok(group) if group.master_broker_id == successor => {
+                    // Follow the successor now rather than at the next round.
+                    round(shard, agent).await;
+                    return HandoverOutcome::HandedOver {
+                        successor,
+                        took: started.elapsed(),
+                    };
+                }
+                Ok(group) => {
+                    last_error = format!(
+                        "the controllers kept broker {} master at epoch {}",
+                        group.master_broker_id, group.master_epoch
+                    );
+                }
+                Err(e) => last_error = e,
+            }
+        }
+        if last_round.elapsed() >= interval {
+            // Keeps the lease and the controllers' view fresh while a slave catches up.
+            round(shard, agent).await;
+            last_round = Instant::now();
+        }
+        sleep(HANDOVER_POLL).await;
+    }
+    HandoverOutcome::Failed(format!(
+        "no hand-over within {} ms: {last_error}",
+        timeout.as_millis()
+    ))
+}
+
+/// A SyncStateSet member (not this broker) whose links acknowledged every shard's end in
+/// the latest reports (the lowest id of those): the one broker that can take over without
+/// losing a record this master stored, at any acknowledgement level.
+fn holder_of_everything(agent: &Agent) -> Option<u64> {
+    agent
+        .view
+        .sync_state_set
+        .iter()
+        .copied()
+        .filter(|id| *id != agent.broker_id)
+        .find(|id| {
+            !agent.reports.is_empty()
+                && agent.reports.iter().all(|r| {
+                    r.links
+                        .get(id)
+                        .is_some_and(|link| link.acked >= r.end_offset)
+                })
+        })
 }
 
 /// Whether every shard answered; warns once per outage when not.
@@ -657,6 +829,7 @@ async fn apply<D: Disk + 'static>(
         role: answer.role,
         unclean_election: answer.unclean_election != 0,
         clear_unclean: agent.view.clear_unclean,
+        handing_over: agent.handing_over,
     };
     publish_master(shard, agent.broker_id, &answer).await;
     agent.reports = broadcast(shard, &agent.view).await;

@@ -597,3 +597,105 @@ fn an_election_opens_an_epoch_past_every_reported_term() {
     state.apply(&decided).unwrap();
     assert_eq!(state.group(C, G).unwrap().master_epoch, 2);
 }
+
+#[test]
+fn a_clean_stop_hands_the_group_to_a_named_member_and_nothing_else() {
+    let (mut state, ids) = three_in_sync();
+    let config = ElectionConfig::default();
+    let now = 10_000;
+    let mut liveness = Liveness::new(0);
+    for id in ids {
+        liveness.record(id, report(now, 1 << BROKER_GENERATION_BITS, 100));
+    }
+    let record = state.group(C, G).unwrap().clone();
+    let resign = |broker_id, master_epoch, successor| ringmq_protocol::controller::ResignMaster {
+        cluster_name: C.into(),
+        broker_name: G.into(),
+        broker_id,
+        master_epoch,
+        successor_broker_id: successor,
+    };
+    let decide = |liveness: &Liveness, r| decide_handover(&record, liveness, now, &config, &r);
+    let epoch = record.master_epoch;
+
+    assert!(
+        matches!(
+            decide(&liveness, resign(ids[1], epoch, ids[2])),
+            Err(HandoverRefused::Stale(_))
+        ),
+        "only the master hands over"
+    );
+    assert!(
+        matches!(
+            decide(&liveness, resign(ids[0], epoch + 1, ids[2])),
+            Err(HandoverRefused::Stale(_))
+        ),
+        "at its own epoch"
+    );
+    assert!(
+        matches!(
+            decide(&liveness, resign(ids[0], epoch, ids[0])),
+            Err(HandoverRefused::Ineligible(_))
+        ),
+        "to another broker"
+    );
+    assert!(
+        matches!(
+            decide(&liveness, resign(ids[0], epoch, 99)),
+            Err(HandoverRefused::Ineligible(_))
+        ),
+        "to a member of the set"
+    );
+    let mut silent = liveness.clone();
+    silent.record(
+        ids[2],
+        report(
+            now - config.broker_silent_ms,
+            1 << BROKER_GENERATION_BITS,
+            100,
+        ),
+    );
+    assert!(
+        matches!(
+            decide(&silent, resign(ids[0], epoch, ids[2])),
+            Err(HandoverRefused::Ineligible(_))
+        ),
+        "to one the controllers hear from"
+    );
+    let mut learner = liveness.clone();
+    learner.reports.get_mut(&ids[2]).unwrap().learner = true;
+    assert!(matches!(
+        decide(&learner, resign(ids[0], epoch, ids[2])),
+        Err(HandoverRefused::Ineligible(_))
+    ));
+    let mut unclean = liveness.clone();
+    let r = unclean.reports.get_mut(&ids[2]).unwrap();
+    r.unclean_restart = true;
+    r.async_flush = true;
+    assert!(matches!(
+        decide(&unclean, resign(ids[0], epoch, ids[2])),
+        Err(HandoverRefused::Ineligible(_))
+    ));
+
+    // Broker 3 is chosen though broker 2 ranks equal: the master named it.
+    let command = decide(&liveness, resign(ids[0], epoch, ids[2])).unwrap();
+    assert_eq!(
+        winner(&Some(command.clone())),
+        Some((ids[2], [ids[1], ids[2]].into_iter().collect(), false))
+    );
+    state.apply(&command).unwrap();
+    let after = state.group(C, G).unwrap();
+    assert_eq!(after.master_broker_id, ids[2]);
+    assert!(after.master_epoch > epoch, "a new epoch");
+    // Sent again (an answer lost), it is stale: the group has moved on.
+    assert!(matches!(
+        decide_handover(
+            after,
+            &liveness,
+            now,
+            &config,
+            &resign(ids[0], epoch, ids[2])
+        ),
+        Err(HandoverRefused::Stale(_))
+    ));
+}

@@ -284,6 +284,12 @@ fn check_controller_mode<D: Disk>(shard: &Shard<D>, acks: Acks) -> Result<(), Sh
     }
     let now = shard.clock().now();
     let controller = shard.controller();
+    if controller.handing_over() {
+        return Err(ShardError::NotMaster(format!(
+            "{} is stopping and handing its group over to another broker: retry",
+            shard.config().broker_name
+        )));
+    }
     if !controller.may_acknowledge(acks, shard.config().all_ack_in_sync_state_set, now) {
         return Err(fenced(shard));
     }
