@@ -197,23 +197,7 @@ fn sigterm_of_the_master_hands_the_group_over_with_no_acknowledged_loss() {
         exited.as_millis(),
         gap.as_millis()
     );
-    let log = group.brokers[victim].log();
-    let successor = log
-        .lines()
-        .find_map(|l| {
-            l.split("handed the group over to broker ")
-                .nth(1)?
-                .split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no hand-over in the stopped master's log:\n{}",
-                group.brokers[victim].log_tail()
-            )
-        });
+    let successor = handed_over_to(&group.brokers[victim]);
     let state = group.controller.group().expect("group state");
     let elected = state
         .brokers
@@ -236,7 +220,7 @@ fn sigterm_of_the_master_hands_the_group_over_with_no_acknowledged_loss() {
 fn a_one_broker_group_refuses_all_level_produce_and_promote() {
     let controller = Controller::start();
     let root = temp_store();
-    let broker = controlled_broker(
+    let mut broker = controlled_broker(
         root.path(),
         &controller,
         Sizes::Small,
@@ -330,6 +314,16 @@ fn a_one_broker_group_refuses_all_level_produce_and_promote() {
         produced(&wire.call(ApiKey::Produce, 9, &one)),
         (0, 1),
         "the refused batch took no offset"
+    );
+
+    // Alone in its set, the master has nobody to hand over to: SIGTERM stops it without
+    // waiting out controller_handover_timeout_ms for a member that cannot appear.
+    assert!(broker.stop(), "a clean exit");
+    let log = broker.log();
+    assert!(
+        log.contains("stopping without a hand-over (no other SyncStateSet member is linked"),
+        "{}",
+        broker.log_tail()
     );
 }
 

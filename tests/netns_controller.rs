@@ -3,7 +3,7 @@
 //! brokers of one group in controller mode on hosts 3-5, at the default sizes, timeouts and
 //! shard count. A producer in the root namespace sends unique payloads at level `all` to
 //! whichever broker answers and records every outcome (`common::controlled`); each scenario
-//! makes its fault, undoes it where it can, and checks the history: every acknowledged
+//! makes its fault (a SIGTERM among them: the hand-over), undoes it where it can, and checks the history: every acknowledged
 //! payload is on the master at the queue and offset it was acknowledged with, no queue offset
 //! was acknowledged twice, and every broker's log ends identical to the master's.
 
@@ -447,6 +447,43 @@ fn the_controller_leader_and_the_master_killed_together_fail_over_with_no_loss()
         (&old_master, old_id),
         &new_master,
         (killed_at + failover, None),
+    );
+}
+
+/// SIGTERM of the master under load: it hands the group to a member holding its whole log,
+/// which the controllers elect at once (the successor its log names is the master elected),
+/// and the producer moves over with nothing acknowledged lost; restarted at once, the old
+/// master rejoins the set as a slave. The gap (SIGTERM to the first OK on the new master) is
+/// printed; the SIGKILL scenarios above show the silence-based election it avoids.
+#[test]
+fn sigterm_of_the_master_hands_the_group_over_with_no_loss() {
+    let Some(lab) = Lab::for_test(6) else { return };
+    let (mut group, producer, old_master, old_id) = running(&lab, 3, defaults);
+    let victim = group.index_of(&old_master);
+    let terminated_at = Instant::now();
+    assert!(group.brokers[victim].stop(), "a clean exit");
+    let exited = terminated_at.elapsed();
+    let (gap, new_master) = producer.first_ok_after(terminated_at, &old_master);
+    println!(
+        "master SIGTERMed -> exited in {} ms, first OK on {new_master} in {} ms",
+        exited.as_millis(),
+        gap.as_millis()
+    );
+    let successor = handed_over_to(&group.brokers[victim]);
+    let (elected, elected_addr) = group.elected_other_than(old_id);
+    assert_eq!(
+        (elected, elected_addr.as_str()),
+        (successor, new_master.as_str()),
+        "the member the old master named is the master the producer reached"
+    );
+    group.brokers[victim].restart();
+    producer.wait_for(200, "200 acknowledgements after the restart");
+    rejoined_and_checked(
+        &group,
+        producer,
+        (&old_master, old_id),
+        &new_master,
+        (terminated_at + gap, None),
     );
 }
 

@@ -340,3 +340,25 @@ pub fn create_topic_everywhere(master: &str, brokers: &[String]) {
         });
     }
 }
+
+/// The broker id a stopped master's log says it handed its group to (SIGTERM in controller
+/// mode); fails with the log's end when it handed over to nobody.
+pub fn handed_over_to(broker: &Broker) -> u64 {
+    broker
+        .log()
+        .lines()
+        .find_map(|l| {
+            l.split("handed the group over to broker ")
+                .nth(1)?
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no hand-over in the stopped master's log:\n{}",
+                broker.log_tail()
+            )
+        })
+}

@@ -651,6 +651,12 @@ async fn hand_over<D: Disk + 'static>(
         if agent.view.role != ROLE_MASTER || agent.view.master_epoch != master_epoch {
             return HandoverOutcome::Failed("the controllers moved the group on first".into());
         }
+        if !any_member_linked(agent) {
+            // Nobody could catch up: waiting would only delay the stop.
+            return HandoverOutcome::Failed(
+                "no other SyncStateSet member is linked on every shard".into(),
+            );
+        }
         if let Some(successor) = holder_of_everything(agent) {
             let request = ResignMaster {
                 cluster_name: config.cluster_name.clone(),
@@ -692,6 +698,19 @@ async fn hand_over<D: Disk + 'static>(
         "no hand-over within {} ms: {last_error}",
         timeout.as_millis()
     ))
+}
+
+/// Whether some other SyncStateSet member has a link on every shard (one that may still
+/// catch up).
+fn any_member_linked(agent: &Agent) -> bool {
+    agent
+        .view
+        .sync_state_set
+        .iter()
+        .filter(|id| **id != agent.broker_id)
+        .any(|id| {
+            !agent.reports.is_empty() && agent.reports.iter().all(|r| r.links.contains_key(id))
+        })
 }
 
 /// A SyncStateSet member (not this broker) whose links acknowledged every shard's end in
