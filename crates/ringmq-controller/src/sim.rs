@@ -155,6 +155,11 @@ struct Sim {
     leases: [(u64, u32); 3],
     /// SyncStateSet changes a master asked for, sent from the run loop.
     alters: Vec<wire::AlterSyncStateSet>,
+    /// Per broker, the master epoch of its last answer that made it master (a clean stop
+    /// hands over from it), None after any other answer.
+    master_at: [Option<u32>; 3],
+    /// Hand-overs the controllers committed.
+    handovers: u32,
 }
 
 const CLUSTER: &str = "sim";
@@ -230,6 +235,8 @@ impl Sim {
             replies: BTreeMap::new(),
             leases: [(0, 0); 3],
             alters: Vec::new(),
+            master_at: [None; 3],
+            handovers: 0,
         }
     }
 
@@ -430,8 +437,10 @@ impl Sim {
             self.unclean_since[broker] = None;
         }
         if answer.role != ROLE_MASTER {
+            self.master_at[broker] = None;
             return;
         }
+        self.master_at[broker] = Some(answer.master_epoch);
         assert_eq!(
             answer.lease_expires_ms,
             sent_at + ElectionConfig::default().lease_ms
@@ -515,8 +524,57 @@ impl Sim {
         }
     }
 
+    /// A clean stop of `broker` while it believes it is master: it names another live
+    /// broker as its successor (`ResignMaster`) and stops, whatever the answer (its lease
+    /// dies with it). A committed hand-over makes the successor master in a newer epoch.
+    fn stop_cleanly(&mut self, broker: usize) {
+        let Some(epoch) = self.master_at[broker] else {
+            return;
+        };
+        let candidates: Vec<usize> = (0..3)
+            .filter(|b| *b != broker && self.brokers_alive[*b] && self.broker_ids[*b] != 0)
+            .collect();
+        if candidates.is_empty() || !self.brokers_alive[broker] {
+            return;
+        }
+        let successor = candidates[self.rng.below(candidates.len() as u64) as usize];
+        let r = wire::ResignMaster {
+            cluster_name: CLUSTER.into(),
+            broker_name: GROUP.into(),
+            broker_id: self.broker_ids[broker],
+            master_epoch: epoch,
+            successor_broker_id: self.broker_ids[successor],
+        };
+        let mut body = Vec::new();
+        r.encode(&mut body);
+        // From the start of a hand-over the master acknowledges nothing new (a real one
+        // refuses new produce and holds back what it appends meanwhile): its lease covers
+        // nothing from here on, and it stops whatever the answer.
+        self.leases[broker] = (0, 0);
+        self.incarnation[broker] += 1;
+        self.master_at[broker] = None;
+        let reply = self.request(ControllerOpcode::ResignMaster, body);
+        self.brokers_alive[broker] = false;
+        if let Some(reply) = reply.filter(|r| r.status == Status::Ok) {
+            let group = wire::GroupState::decode(&reply.body).unwrap();
+            if group.master_broker_id == self.broker_ids[successor] {
+                assert!(group.master_epoch > epoch, "a hand-over opens a new epoch");
+                assert!(
+                    !group.sync_state_set.contains(&self.broker_ids[broker]),
+                    "the resigning master left the set"
+                );
+                assert!(!self.traits[successor].learner, "a learner took over");
+                self.handovers += 1;
+            }
+        }
+    }
+
     fn fault(&mut self) {
-        match self.rng.below(6) {
+        match self.rng.below(7) {
+            6 => {
+                let b = self.rng.below(3) as usize;
+                self.stop_cleanly(b);
+            }
             0 => {
                 let id = self.ids[self.rng.below(self.ids.len() as u64) as usize];
                 self.crash(id);
@@ -559,8 +617,8 @@ impl Sim {
         }
     }
 
-    /// Runs the seed; returns the highest master epoch reached.
-    fn run(&mut self, steps: u64) -> u32 {
+    /// Runs the seed; returns the highest master epoch reached and the hand-overs committed.
+    fn run(&mut self, steps: u64) -> (u32, u32) {
         for broker in 0..3 {
             self.register(broker);
         }
@@ -643,7 +701,7 @@ impl Sim {
             answer.lease_expires_ms,
             7 + ElectionConfig::default().lease_ms
         );
-        record.master_epoch
+        (record.master_epoch, self.handovers)
     }
 }
 
@@ -663,20 +721,30 @@ fn seeds() -> Vec<u64> {
 #[test]
 fn controllers_never_elect_two_masters_in_one_epoch_nor_lose_committed_state() {
     let seeds = seeds();
-    let mut failovers = 0;
+    let (mut failovers, mut handovers) = (0, 0);
     for seed in &seeds {
         let controllers = if seed % 4 == 0 { 5 } else { 3 };
         match std::panic::catch_unwind(|| Sim::new(*seed, controllers).run(2_000)) {
-            Ok(epoch) => failovers += u64::from(epoch.saturating_sub(1)),
+            Ok((epoch, handed)) => {
+                failovers += u64::from(epoch.saturating_sub(1));
+                handovers += u64::from(handed);
+            }
             Err(e) => {
                 eprintln!("seed {seed} failed ({controllers} controllers): rerun with RINGMQ_CONTROLLER_SIM_SEED={seed}");
                 std::panic::resume_unwind(e);
             }
         }
     }
-    eprintln!("{} seeds, {failovers} failovers", seeds.len());
+    eprintln!(
+        "{} seeds, {failovers} failovers, {handovers} of them hand-overs",
+        seeds.len()
+    );
     assert!(
         seeds.len() < 20 || failovers > 0,
         "no seed elected a second master: the faults never hit"
+    );
+    assert!(
+        seeds.len() < 20 || handovers > 0,
+        "no seed committed a hand-over: the clean stops never hit"
     );
 }

@@ -188,6 +188,9 @@ pub struct ControllerState {
     /// The shard recovered from an unclean shutdown: reported to the controllers until a
     /// later SyncStateSet takes this broker in (then it holds what the set confirmed).
     unclean_restart: Cell<bool>,
+    /// The shard's end when a hand-over began here: a record past it may have been appended
+    /// after the report the successor was chosen on, so it is never acknowledged.
+    handover_from: Cell<Option<u64>>,
 }
 
 impl ControllerState {
@@ -220,6 +223,13 @@ impl ControllerState {
     /// Whether this master is handing its group over (a clean stop): new produce is refused.
     pub fn handing_over(&self) -> bool {
         self.view.borrow().handing_over
+    }
+
+    /// Whether a record ending at `end` was appended after a hand-over began on this shard
+    /// (a produce that passed the check before it and appended after): never acknowledged,
+    /// the successor need not hold it.
+    pub fn appended_during_handover(&self, end: u64) -> bool {
+        self.handover_from.get().is_some_and(|from| end > from)
     }
 
     /// Whether this broker holds an unexpired master lease.
@@ -302,7 +312,14 @@ impl<D: Disk> Shard<D> {
         if view.clear_unclean {
             self.controller().unclean_restart.set(false);
         }
-        *self.controller().view.borrow_mut() = view;
+        let controller = self.controller();
+        if view.handing_over && controller.handover_from.get().is_none() {
+            // In the same step as the report below: its end covers every record before.
+            controller
+                .handover_from
+                .set(Some(self.store().max_offset()));
+        }
+        *controller.view.borrow_mut() = view;
         self.controller_report()
     }
 
@@ -651,13 +668,15 @@ async fn hand_over<D: Disk + 'static>(
         if agent.view.role != ROLE_MASTER || agent.view.master_epoch != master_epoch {
             return HandoverOutcome::Failed("the controllers moved the group on first".into());
         }
-        if !any_member_linked(agent) {
+        if !any_member_linked(agent.broker_id, &agent.view.sync_state_set, &agent.reports) {
             // Nobody could catch up: waiting would only delay the stop.
             return HandoverOutcome::Failed(
                 "no other SyncStateSet member is linked on every shard".into(),
             );
         }
-        if let Some(successor) = holder_of_everything(agent) {
+        if let Some(successor) =
+            holder_of_everything(agent.broker_id, &agent.view.sync_state_set, &agent.reports)
+        {
             let request = ResignMaster {
                 cluster_name: config.cluster_name.clone(),
                 broker_name: config.broker_name.clone(),
@@ -700,37 +719,26 @@ async fn hand_over<D: Disk + 'static>(
     ))
 }
 
-/// Whether some other SyncStateSet member has a link on every shard (one that may still
-/// catch up).
-fn any_member_linked(agent: &Agent) -> bool {
-    agent
-        .view
-        .sync_state_set
-        .iter()
-        .filter(|id| **id != agent.broker_id)
-        .any(|id| {
-            !agent.reports.is_empty() && agent.reports.iter().all(|r| r.links.contains_key(id))
-        })
+/// Whether some other SyncStateSet member than `own` has a link on every shard of
+/// `reports` (one that may still catch up).
+fn any_member_linked(own: u64, set: &[u64], reports: &[ShardReport]) -> bool {
+    set.iter()
+        .filter(|id| **id != own)
+        .any(|id| !reports.is_empty() && reports.iter().all(|r| r.links.contains_key(id)))
 }
 
-/// A SyncStateSet member (not this broker) whose links acknowledged every shard's end in
-/// the latest reports (the lowest id of those): the one broker that can take over without
-/// losing a record this master stored, at any acknowledgement level.
-fn holder_of_everything(agent: &Agent) -> Option<u64> {
-    agent
-        .view
-        .sync_state_set
-        .iter()
-        .copied()
-        .filter(|id| *id != agent.broker_id)
-        .find(|id| {
-            !agent.reports.is_empty()
-                && agent.reports.iter().all(|r| {
-                    r.links
-                        .get(id)
-                        .is_some_and(|link| link.acked >= r.end_offset)
-                })
-        })
+/// A SyncStateSet member other than `own` whose links acknowledged every shard's end in
+/// `reports` (the lowest id of those): one that can take over without losing a record this
+/// master stored, at any acknowledgement level.
+fn holder_of_everything(own: u64, set: &[u64], reports: &[ShardReport]) -> Option<u64> {
+    set.iter().copied().filter(|id| *id != own).find(|id| {
+        !reports.is_empty()
+            && reports.iter().all(|r| {
+                r.links
+                    .get(id)
+                    .is_some_and(|link| link.acked >= r.end_offset)
+            })
+    })
 }
 
 /// Whether every shard answered; warns once per outage when not.
@@ -1185,6 +1193,47 @@ mod tests {
                 .collect(),
             ..ShardReport::default()
         }
+    }
+
+    /// A successor must have acknowledged every shard's end; a member without a link on
+    /// some shard can never catch up there.
+    #[test]
+    fn a_hand_over_names_only_a_member_holding_every_shards_end() {
+        let ended = |shard, end, links: &[(u64, u64)]| ShardReport {
+            end_offset: end,
+            ..report(shard, links)
+        };
+        let set = [1, 2, 3];
+        let behind = [
+            ended(0, 100, &[(2, 100), (3, 90)]),
+            ended(1, 50, &[(2, 40), (3, 50)]),
+        ];
+        assert_eq!(holder_of_everything(1, &set, &behind), None);
+        assert!(any_member_linked(1, &set, &behind));
+        let caught_up = [
+            ended(0, 100, &[(2, 100), (3, 100)]),
+            ended(1, 50, &[(2, 40), (3, 50)]),
+        ];
+        assert_eq!(holder_of_everything(1, &set, &caught_up), Some(3));
+        assert_eq!(
+            holder_of_everything(1, &[1, 2], &caught_up),
+            None,
+            "only members count"
+        );
+        assert_eq!(
+            holder_of_everything(3, &set, &caught_up),
+            None,
+            "not itself"
+        );
+        let half_linked = [ended(0, 100, &[(2, 100)]), ended(1, 50, &[(3, 50)])];
+        assert!(!any_member_linked(1, &set, &half_linked));
+        assert!(!any_member_linked(1, &set, &[]));
+
+        let state = ControllerState::default();
+        assert!(!state.appended_during_handover(u64::MAX), "no hand-over");
+        state.handover_from.set(Some(100));
+        assert!(!state.appended_during_handover(100));
+        assert!(state.appended_during_handover(101));
     }
 
     /// The term is exactly the controllers' master epoch; a shard already in it (a master

@@ -237,6 +237,7 @@ async fn run<D: Disk>(
     // learns the new master from the NOT_MASTER.
     if shard.config().controller_mode()
         && (!shard.is_master()
+            || shard.controller().appended_during_handover(last.end_offset)
             || !shard.controller().may_acknowledge(
                 acks,
                 shard.config().all_ack_in_sync_state_set,
