@@ -140,11 +140,14 @@ fn wait_for_leader(list: &[&ControllerProcess], timeout: Duration) -> u64 {
 }
 
 /// A fake broker: registers, then heartbeats every 300 ms until stopped; as master it takes
-/// every registered broker into its SyncStateSet (the fake slaves are always caught up).
+/// every running broker into its SyncStateSet (the fake slaves are always caught up; one
+/// stopped is not, as a real master would see its link gone).
 struct FakeBroker {
     id: u64,
     running: Arc<AtomicBool>,
     handle: Option<thread::JoinHandle<()>>,
+    /// The ids of the running fake brokers, shared.
+    all_ids: Arc<std::sync::Mutex<Vec<u64>>>,
 }
 
 impl FakeBroker {
@@ -166,6 +169,7 @@ impl FakeBroker {
         all_ids.lock().unwrap().push(id);
         let running = Arc::new(AtomicBool::new(true));
         let flag = running.clone();
+        let running_ids = all_ids.clone();
         let started = Instant::now();
         let handle = thread::spawn(move || {
             while flag.load(Ordering::SeqCst) {
@@ -206,6 +210,7 @@ impl FakeBroker {
             id,
             running,
             handle: Some(handle),
+            all_ids: running_ids,
         }
     }
 
@@ -214,6 +219,7 @@ impl FakeBroker {
         if let Some(h) = self.handle.take() {
             h.join().unwrap();
         }
+        self.all_ids.lock().unwrap().retain(|id| *id != self.id);
     }
 }
 
