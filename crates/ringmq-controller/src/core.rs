@@ -1195,6 +1195,35 @@ mod tests {
         HeartbeatAnswer::decode(&reply.body).unwrap()
     }
 
+    /// Brokers a and b registered, b elected master at 2,500 ms (the highest end offset) and
+    /// both in its SyncStateSet: (a, b, b's master answer).
+    fn two_in_sync(c: &mut Lone) -> (u64, u64, HeartbeatAnswer) {
+        let a = register(c, "a");
+        let b = register(c, "b");
+        heartbeat(c, a, 1_000);
+        heartbeat(c, b, 1_000);
+        c.tick(2_500);
+        c.drive().unwrap();
+        heartbeat(c, a, 2_500);
+        let answer = heartbeat(c, b, 2_500);
+        assert_eq!(answer.role, ROLE_MASTER, "the highest end offset");
+        let alter = ask(
+            c,
+            ControllerOpcode::AlterSyncStateSet,
+            body(&AlterSyncStateSet {
+                cluster_name: "c".into(),
+                broker_name: "g".into(),
+                master_broker_id: b,
+                master_epoch: answer.master_epoch,
+                sync_state_set_epoch: answer.sync_state_set_epoch,
+                new_sync_state_set: vec![a, b],
+            }),
+            2_500,
+        );
+        assert_eq!(alter.status, Status::Ok);
+        (a, b, answer)
+    }
+
     #[test]
     fn a_read_sent_to_a_leader_that_has_not_committed_its_term_waits_and_is_answered() {
         let node = RaftNode::new(1, MemoryPersistence::new(&[1]), 0, (3, 4)).unwrap();
@@ -1240,30 +1269,8 @@ mod tests {
     #[test]
     fn a_resigning_master_is_answered_with_the_group_its_successor_leads() {
         let mut c = lone();
-        let a = register(&mut c, "a");
-        let b = register(&mut c, "b");
-        heartbeat(&mut c, a, 1_000);
-        heartbeat(&mut c, b, 1_000);
+        let (a, b, answer) = two_in_sync(&mut c);
         let now = 2_500;
-        c.tick(now);
-        c.drive().unwrap();
-        heartbeat(&mut c, a, now);
-        let answer = heartbeat(&mut c, b, now);
-        assert_eq!(answer.role, ROLE_MASTER, "the highest end offset");
-        let reply = ask(
-            &mut c,
-            ControllerOpcode::AlterSyncStateSet,
-            body(&AlterSyncStateSet {
-                cluster_name: "c".into(),
-                broker_name: "g".into(),
-                master_broker_id: b,
-                master_epoch: answer.master_epoch,
-                sync_state_set_epoch: answer.sync_state_set_epoch,
-                new_sync_state_set: vec![a, b],
-            }),
-            now,
-        );
-        assert_eq!(reply.status, Status::Ok);
         let resign = |broker_id, successor| {
             body(&wire::ResignMaster {
                 cluster_name: "c".into(),
@@ -1388,28 +1395,7 @@ mod tests {
     #[test]
     fn a_master_back_from_an_unclean_async_flush_restart_gets_no_lease() {
         let mut c = lone();
-        let a = register(&mut c, "a");
-        let b = register(&mut c, "b");
-        heartbeat(&mut c, a, 1_000);
-        heartbeat(&mut c, b, 1_000);
-        c.tick(2_500);
-        c.drive().unwrap();
-        let answer = heartbeat(&mut c, b, 2_500);
-        assert_eq!(answer.role, ROLE_MASTER);
-        let alter = ask(
-            &mut c,
-            ControllerOpcode::AlterSyncStateSet,
-            body(&AlterSyncStateSet {
-                cluster_name: "c".into(),
-                broker_name: "g".into(),
-                master_broker_id: b,
-                master_epoch: answer.master_epoch,
-                sync_state_set_epoch: answer.sync_state_set_epoch,
-                new_sync_state_set: vec![a, b],
-            }),
-            2_500,
-        );
-        assert_eq!(alter.status, Status::Ok);
+        let (a, b, _) = two_in_sync(&mut c);
         let reply = ask(
             &mut c,
             ControllerOpcode::BrokerHeartbeat,
