@@ -16,6 +16,7 @@
 
 use super::auth::{self, RefusalKind};
 use super::error::ReplicationError;
+use super::identity::describe_epoch;
 use super::protocol::{
     decode_proof, divergence_point, encode_data_header, encode_heartbeat, encode_refusal,
     AclTrailer, Challenge, Hello, LinkSecurity, MetadataFrame, Welcome, ACL_TRAILER_VERSION,
@@ -515,8 +516,8 @@ async fn serve_slave<D: Disk, S: LinkStream>(
     // Past the handshake: an authenticated (or, with "off", accepted) link no longer counts
     // against the pending handshakes.
     drop(slot);
-    let start = match answer {
-        Ok((_, start)) => start,
+    let (start, term) = match answer {
+        Ok((welcome, start)) => (start, welcome.epochs.last().map_or(0, |(epoch, _)| *epoch)),
         Err(reason) => {
             shard.probe().add(Counter::ReplicationHandshakesRefused, 1);
             warn!(shard = shard.id(), %peer, "refused a slave: {reason}");
@@ -527,6 +528,12 @@ async fn serve_slave<D: Disk, S: LinkStream>(
     let Some(replicas) = shard.replicas() else {
         return;
     };
+    if shard.role_state().last_epoch() != term {
+        // A term re-opened while the welcome was sent (controller mode): the slave took the
+        // old term's epochs, and would fence this master; it reconnects into the new term.
+        info!(shard = shard.id(), %peer, "a new term opened during the handshake; the slave reconnects");
+        return;
+    }
     let fd = stream.socket_fd();
     let _ = socket2::SockRef::from(&BorrowedSocket(fd)).set_nodelay(true);
     let link = replicas.register(peer.clone(), start, hello.controller_broker_id);
@@ -704,6 +711,8 @@ async fn ship<D: Disk, W: AsyncWrite + Unpin>(
     let heartbeat = Duration::from_millis(shard.config().ha_heartbeat_interval_ms);
     let metadata_every = Duration::from_millis(shard.config().metadata_sync_interval_ms);
     let link_timeout = Duration::from_millis(shard.config().ha_link_timeout_ms);
+    // The term the welcome named (`serve_slave` checked it before the first await since).
+    let term = shard.role_state().last_epoch();
     let splice = match splice_fd {
         Some(_) => Some(
             SpliceSender::new().map_err(|e| ReplicationError::io("creating the splice ring", e))?,
@@ -726,6 +735,15 @@ async fn ship<D: Disk, W: AsyncWrite + Unpin>(
             return Err(ReplicationError::Protocol(
                 "this shard is no longer the master that accepted the link".to_string(),
             ));
+        }
+        // A term re-opened since the link began (controller mode): the slave holds the old
+        // term's epochs, and fences a master in it; it reconnects and takes the new ones.
+        if shard.role_state().last_epoch() != term {
+            return Err(ReplicationError::Protocol(format!(
+                "this master opened term {} after the link's handshake (in {})",
+                describe_epoch(shard.role_state().last_epoch()),
+                describe_epoch(term)
+            )));
         }
         let version = shard.metadata().version();
         if metadata.due(version, clock.now()) {

@@ -912,7 +912,8 @@ async fn broadcast<D: Disk>(shard: &Rc<Shard<D>>, view: &ControllerView) -> Vec<
 }
 
 /// MASTER: every shard not yet a master is promoted, opening exactly the controllers'
-/// epoch as its term ([`controller_epoch`]).
+/// epoch as its term ([`controller_epoch`]); a master elected again in a later epoch re-opens
+/// in it (slaves fence a master whose term is older than the controllers' epoch).
 async fn become_master<D: Disk + 'static>(
     shard: &Rc<Shard<D>>,
     agent: &mut Agent,
@@ -921,7 +922,11 @@ async fn become_master<D: Disk + 'static>(
     let all_masters = local_status(shard).role.ends_with("MASTER")
         && agent.reports.len() == shard.shard_count()
         && shard_roles_are_master(shard).await;
-    if all_masters {
+    let behind = agent
+        .reports
+        .iter()
+        .any(|r| epoch_term(r.epoch) < master_epoch);
+    if all_masters && !behind {
         if let Some(r) = agent
             .reports
             .iter()
@@ -931,7 +936,7 @@ async fn become_master<D: Disk + 'static>(
                 shard = r.shard,
                 term = epoch_term(r.epoch),
                 master_epoch,
-                "a master shard's term is not the controllers' master epoch"
+                "a master shard's term is past the controllers' master epoch"
             );
         }
         return;
@@ -958,7 +963,12 @@ async fn become_master<D: Disk + 'static>(
                 master_epoch,
                 term_generation = %describe_epoch(epoch),
                 took_ms = started.elapsed().as_millis() as u64,
-                "the controllers made this broker the master"
+                "{}",
+                if all_masters {
+                    "the controllers elected this master again: re-opened in their epoch"
+                } else {
+                    "the controllers made this broker the master"
+                }
             );
             agent.reports = broadcast(shard, &agent.view).await;
         }

@@ -1047,6 +1047,82 @@ mod tests {
         });
     }
 
+    /// Controller mode: a master the controllers elect again in a later epoch re-opens in
+    /// that term at its log's end (its slaves fence a master in an older term) and keeps its
+    /// replicas, so a producer waiting for the slave is answered OK by the slave's
+    /// acknowledgement in the new term; the same or an older term changes nothing.
+    #[test]
+    fn a_master_elected_again_in_a_later_epoch_reopens_its_term_and_keeps_waiting_producers() {
+        use crate::replication::identity::GENERATION_BITS;
+        use controller_agent::ControllerView;
+        use ringmq_protocol::controller::ROLE_MASTER;
+        use std::time::{Duration, Instant};
+        glommio::LocalExecutor::default().run(async {
+            let config = BrokerConfig {
+                broker_role: BrokerRole::Slave,
+                controller: vec!["127.0.0.1:9".to_string()],
+                min_in_sync_replicas: 2,
+                sync_replica_timeout_ms: 60_000,
+                ..config()
+            };
+            let shard = Shard::open_for_test(SimDisk::new(), Rc::new(RealClock), config)
+                .await
+                .unwrap();
+            let background = shard.spawn_background();
+            let view = |master_epoch| ControllerView {
+                broker_id: 1,
+                master_broker_id: 1,
+                master_epoch,
+                sync_state_set_epoch: 1,
+                sync_state_set: vec![1, 2],
+                lease_until: Some(Instant::now() + Duration::from_secs(600)),
+                role: ROLE_MASTER,
+                ..ControllerView::default()
+            };
+            let master = |term: u32| role::RoleTarget::Master {
+                mode: role::MasterMode::Sync,
+                epoch: Some(term << GENERATION_BITS),
+            };
+            shard.apply_controller_view(view(3));
+            shard.change_role(master(3)).await.unwrap();
+            create_topic(&shard).await;
+            let replicas = shard.replicas().unwrap();
+            let _old_term_link = replicas.register("slave".to_string(), 0, 2);
+            let waiting = {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    handlers::handle(&shard, Opcode::Produce, &produce(0, b"waits")).await
+                })
+            };
+            while replicas.completions.pending() == 0 {
+                futures_lite::future::yield_now().await;
+            }
+            let end = shard.store().max_offset();
+
+            shard.apply_controller_view(view(5));
+            shard.change_role(master(5)).await.unwrap();
+            let epochs = shard.role_state().identity().epochs;
+            assert_eq!(epochs.last(), Some(&(5 << GENERATION_BITS, end)));
+            assert_eq!(shard.role(), BrokerRole::SyncMaster);
+            assert!(Rc::ptr_eq(&shard.replicas().unwrap(), &replicas));
+            assert_eq!(
+                replicas.completions.pending(),
+                1,
+                "the producer still waits"
+            );
+            for again in [5, 4] {
+                shard.change_role(master(again)).await.unwrap();
+                assert_eq!(shard.role_state().identity().epochs, epochs, "term {again}");
+            }
+            let link = replicas.register("slave, in the new term".to_string(), end, 2);
+            replicas
+                .report(link, end, shard.store().max_offset())
+                .unwrap();
+            assert_eq!(waiting.await.status, Status::Ok);
+            shard.stop(background).await.unwrap();
+        });
+    }
+
     /// A demotion whose role file cannot be written leaves the shard the master it was, and
     /// its SYNC_MASTER producers still wait for their slaves (not failed for good): the slave's
     /// acknowledgement releases the one waiting.

@@ -13,7 +13,7 @@ use super::completion::Event;
 use super::error::ShardError;
 use super::Shard;
 use crate::config::BrokerRole;
-use crate::replication::identity::{describe_epoch, promotion_epoch, LogIdentity};
+use crate::replication::identity::{describe_epoch, epoch_term, promotion_epoch, LogIdentity};
 use crate::replication::replicas::Replicas;
 use crate::store::io::Disk;
 use futures_channel::oneshot;
@@ -300,7 +300,8 @@ pub enum RoleTarget {
     /// Master in `mode`. A slave promoted opens `epoch` (packed, see
     /// `replication::identity`): `cluster promote` computes it once for every shard, so all
     /// of them open the same term; `None` opens the next term of this shard's own log. A
-    /// shard that is already a master keeps its epoch.
+    /// shard that is already a master keeps its epoch, except in controller mode when
+    /// `epoch` is of a later term: it re-opens in that term (`Shard::reopen_term`).
     Master {
         mode: MasterMode,
         epoch: Option<u32>,
@@ -321,7 +322,9 @@ impl<D: Disk> Shard<D> {
     ///   it is stale), remember the role and the master, start the slave link; a divergent tail
     ///   is cut back by the link's handshake, as for any returning slave;
     /// - master to master of the other mode keeps its links; slave to slave of another master
-    ///   replaces the link.
+    ///   replaces the link;
+    /// - controller mode, master to master in a later term: the term is re-opened at the log's
+    ///   end, the replicas (and their waiting producers) kept, the old term's links ended.
     ///
     /// Every parked pull is woken to look again: what is confirmed depends on the role.
     ///
@@ -374,6 +377,15 @@ impl<D: Disk> Shard<D> {
         let _appends = self.appending().lock().await;
         let _store = self.flushing().lock_store().await;
         match target {
+            RoleTarget::Master {
+                mode,
+                epoch: Some(epoch),
+            } if current.is_master()
+                && self.config().controller_mode()
+                && epoch_term(epoch) > epoch_term(self.role_state().last_epoch()) =>
+            {
+                self.reopen_term(mode, epoch).await?
+            }
             RoleTarget::Master { mode, .. } if current.is_master() => {
                 let replicas = self.role_state().replicas().expect("a master has replicas");
                 self.persist_role(mode.broker_role(), None).await?;
@@ -471,6 +483,43 @@ impl<D: Disk> Shard<D> {
             term_generation = %describe_epoch(epoch),
             epoch_start_offset = end,
             "promoted to {}",
+            mode.broker_role()
+        );
+        Ok(())
+    }
+
+    /// Controller mode: the controllers elected this master again, in a later master epoch
+    /// (slaves fence a master whose term is older than the controllers' epoch, so staying in
+    /// the old term would leave it without a slave). It opens exactly that term at its log's
+    /// end and keeps its replicas: producers waiting for slaves go on waiting, and are released
+    /// by the slaves' acknowledgements in the new term (the bytes before the term's start are
+    /// this log's, which a slave's handshake in the new term confirms). Every link of the old
+    /// term ends (see `replication::master::ship`) and its slave reconnects into the new one.
+    async fn reopen_term(self: &Rc<Self>, mode: MasterMode, epoch: u32) -> Result<(), ShardError> {
+        super::flushing::flush_holding_gate(self).await?;
+        let end = self.store().max_offset();
+        let current = self.role_state().identity();
+        let mut identity = current.open_exact(epoch, end).ok_or_else(|| {
+            ShardError::Refused(format!(
+                "re-opening the term: epoch {} is not past this log's last epoch {}",
+                describe_epoch(epoch),
+                describe_epoch(current.last_epoch())
+            ))
+        })?;
+        identity.promoted_role = Some(mode.broker_role());
+        identity.master_addr = None;
+        identity.save(self.disk(), self.dir()).await?;
+        self.role_state().set_identity(identity);
+        if let Role::Master { mode: m, .. } = &mut *self.role_state().role.borrow_mut() {
+            *m = mode;
+        }
+        info!(
+            shard = self.id(),
+            epoch,
+            term_generation = %describe_epoch(epoch),
+            epoch_start_offset = end,
+            previous = %describe_epoch(current.last_epoch()),
+            "re-opened as {} in a later term",
             mode.broker_role()
         );
         Ok(())
