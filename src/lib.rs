@@ -6,16 +6,16 @@
 //! `ringmq-namesrv` (the route registry brokers register with and clients ask) and
 //! `ringmq-controller` (Raft-replicated broker ids, masters, epochs and SyncStateSets).
 //! This package holds what sits on top of them: the `ringmq` command line ([`cli`]), the
-//! benchmark tool ([`bench`]) and the fuzzing entry points. Its library re-exports the other
+//! benchmark tool ([`bench`]), and the fuzzing entry points re-exported from `ringmq-fuzzing`. Its library re-exports the other
 //! crates' modules under one name (`ringmq::store`, `ringmq::protocol`, ...), which is what the
-//! integration tests, the benches and the fuzz targets use. `docs/architecture.md` is the map.
+//! integration tests and the benches use. `docs/architecture.md` is the map.
 
 pub mod bench;
 pub mod cli;
 /// The fuzz targets' bodies run the store on the simulated disk, so they come with it.
 #[cfg(feature = "testing")]
 #[doc(hidden)]
-pub mod fuzzing;
+pub use ringmq_fuzzing as fuzzing;
 
 pub use ringmq_broker::*;
 pub use ringmq_client as client;

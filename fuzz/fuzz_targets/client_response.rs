@@ -1,5 +1,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(
-    |data: &[u8]| ringmq::fuzzing::client_response(std::hint::black_box(data))
+    |data: &[u8]| ringmq_fuzzing::client_response(std::hint::black_box(data))
 );

@@ -1,5 +1,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(
-    |data: &[u8]| ringmq::fuzzing::commitlog_record(std::hint::black_box(data))
+    |data: &[u8]| ringmq_fuzzing::commitlog_record(std::hint::black_box(data))
 );

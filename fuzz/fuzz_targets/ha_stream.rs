@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| ringmq::fuzzing::ha_stream(std::hint::black_box(data)));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ringmq_fuzzing::ha_stream(std::hint::black_box(data)));

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| ringmq::fuzzing::store_files(std::hint::black_box(data)));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ringmq_fuzzing::store_files(std::hint::black_box(data)));

@@ -1,14 +1,3 @@
-//! The bodies of the libFuzzer targets in `fuzz/`, as plain functions of the crate.
-//!
-//! Each binary in `fuzz/fuzz_targets/` is a three-line `fuzz_target!` that calls one function of
-//! [`TARGETS`]; `tests/fuzz_regressions.rs` calls the same functions on every file under
-//! `fuzz/seeds/<target>/` and `fuzz/regressions/<target>/`, so a crash found once is replayed by
-//! plain `cargo test` for ever. A check panics only on a bug: a decoder that panicked, or a
-//! decode → encode → decode round trip that changed the value. Bad input must give an error.
-//!
-//! Where one target covers a family of decoders, its first input byte picks the decoder.
-//! `docs/fuzzing.md` lists the targets and how to run them.
-
 mod client;
 mod protocol;
 mod replication;
