@@ -958,6 +958,24 @@ mod tests {
         out
     }
 
+    /// A producer of `body` to queue 0, spawned and run until it waits for a slave's
+    /// acknowledgement; its task answers the produce.
+    async fn parked_producer<D: Disk + 'static>(
+        shard: &Rc<Shard<D>>,
+        body: &'static [u8],
+    ) -> glommio::Task<mesh::Reply> {
+        let task = {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                handlers::handle(&shard, Opcode::Produce, &produce(0, body)).await
+            })
+        };
+        while shard.replicas().unwrap().completions.pending() == 0 {
+            futures_lite::future::yield_now().await;
+        }
+        task
+    }
+
     async fn create_topic<D: Disk>(shard: &Rc<Shard<D>>) {
         let mut create = Vec::new();
         TopicCreate {
@@ -996,15 +1014,7 @@ mod tests {
                 .replicas()
                 .unwrap()
                 .register("slave".to_string(), 0, 0);
-            let waiting = {
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    handlers::handle(&shard, Opcode::Produce, &produce(0, b"unconfirmed")).await
-                })
-            };
-            while shard.replicas().unwrap().completions.pending() == 0 {
-                futures_lite::future::yield_now().await;
-            }
+            let waiting = parked_producer(&shard, b"unconfirmed").await;
             // Nothing listens there: the link retries in the background until the promotion.
             let master: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
             let started = std::time::Instant::now();
@@ -1088,15 +1098,7 @@ mod tests {
             create_topic(&shard).await;
             let replicas = shard.replicas().unwrap();
             let _old_term_link = replicas.register("slave".to_string(), 0, 2);
-            let waiting = {
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    handlers::handle(&shard, Opcode::Produce, &produce(0, b"waits")).await
-                })
-            };
-            while replicas.completions.pending() == 0 {
-                futures_lite::future::yield_now().await;
-            }
+            let waiting = parked_producer(&shard, b"waits").await;
             let end = shard.store().max_offset();
 
             shard.apply_controller_view(view(5));
@@ -1143,15 +1145,8 @@ mod tests {
             create_topic(&shard).await;
             let replicas = shard.replicas().unwrap();
             let slave = replicas.register("slave".to_string(), 0, 0);
-            let waiting = {
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    handlers::handle(&shard, Opcode::Produce, &produce(0, b"waits")).await
-                })
-            };
-            while replicas.completions.pending() == 0
-                || shard.store().flushed_offset() < shard.store().max_offset()
-            {
+            let waiting = parked_producer(&shard, b"waits").await;
+            while shard.store().flushed_offset() < shard.store().max_offset() {
                 futures_lite::future::yield_now().await;
             }
             // Nothing is left to flush: the demotion's next write is the role file's.
@@ -1170,15 +1165,7 @@ mod tests {
             replicas.report(slave, end, end).unwrap();
             assert_eq!(waiting.await.status, Status::Ok);
             // And the next producer is served the same way.
-            let next = {
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    handlers::handle(&shard, Opcode::Produce, &produce(0, b"next")).await
-                })
-            };
-            while replicas.completions.pending() == 0 {
-                futures_lite::future::yield_now().await;
-            }
+            let next = parked_producer(&shard, b"next").await;
             let end = shard.store().max_offset();
             replicas.report(slave, end, end).unwrap();
             let next = next.await;
