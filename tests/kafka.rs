@@ -895,6 +895,27 @@ fn an_idempotent_retry_is_answered_with_its_offset_and_stored_once() {
         .map(|p| (p.error_code, p.offset))
         .collect();
     assert_eq!(got, vec![(0, 0), (0, 3), (0, 0)]);
+
+    // An id another run or broker handed out (a producer whose broker was killed before this
+    // partition stored any batch of it): its first batch, sequence 0, is taken and starts a
+    // window; any later sequence of such an id is UNKNOWN_PRODUCER_ID, nothing stored.
+    let created = broker.cli(&["topic", "create", "idem-new", "--queues", "1"], b"");
+    assert!(created.status.success(), "{created:?}");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let earlier_run = |ago_ms: u64| {
+        ringmq::kafka::producers::ProducerIds::starting_at_unix_ms(now_ms - ago_ms).next()
+    };
+    let (elsewhere, unseen) = (earlier_run(3_600_000), earlier_run(7_200_000));
+    let later = produce_request("idem-new", idempotent_batch(unseen, 4, &["u"]));
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &later)).0, 59);
+    let first = produce_request("idem-new", idempotent_batch(elsewhere, 0, &["p", "q"]));
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &first)), (0, 0));
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &first)), (0, 0), "its retry");
+    let next = produce_request("idem-new", idempotent_batch(elsewhere, 2, &["r"]));
+    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &next)), (0, 2));
 }
 
 // ---- Consumer groups with real clients (kcat -G, kafka-python, confluent-kafka, KafkaJS) ----

@@ -8,7 +8,7 @@
 //! connection's principal ([`Who`]), under the same ACLs as a native client's.
 
 use super::group_api;
-use super::producers::{BatchId, RECOVERY_BYTES, RECOVERY_RECORDS};
+use super::producers::{BatchId, ProducerIds, RECOVERY_BYTES, RECOVERY_RECORDS};
 use super::records::{self, StoredMessage};
 use super::KafkaNode;
 use crate::constants::{MAX_BYTES_PER_PULL, MAX_MESSAGES_PER_PRODUCE, MAX_MESSAGES_PER_PULL};
@@ -827,23 +827,27 @@ async fn produce_partition(
         {
             recover_windows(shard, node, topic, queue, epoch).await;
         }
-        // Only ids this broker handed out, or found in the partition's tail, get a window:
-        // any other would make the windows grow with whatever ids clients invent. A slave
+        // Only ids this broker handed out, or found in the partition's tail, or a first batch
+        // (sequence 0) of an id another run or broker handed out, get a window: any other
+        // would make the windows grow with whatever ids clients invent. A slave
         // answers NOT_LEADER_OR_FOLLOWER below instead, so that a producer with stale
         // metadata finds the master rather than giving up its id (and its retries' dedup).
         if p.producer_id >= 0
             && shard.is_master()
             && !node.producer_ids.issued(p.producer_id)
             && !node.windows.knows(topic, queue, p.producer_id)
+            && !(p.base_sequence == 0
+                && ProducerIds::could_have_issued(p.producer_id, shard.clock().unix_ms()))
         {
             return partition_produced(
                 index,
                 code::UNKNOWN_PRODUCER_ID,
                 -1,
                 Some(format!(
-                    "producer id {} was not handed out by this broker (InitProducerId) and \
-                     none of its batches is among this partition's last {RECOVERY_RECORDS} messages",
-                    p.producer_id
+                    "producer id {} was not handed out by this broker (InitProducerId), none of \
+                     its batches is among this partition's last {RECOVERY_RECORDS} messages, and \
+                     this batch (sequence {}) is not the first of an id a broker hands out",
+                    p.producer_id, p.base_sequence
                 )),
             );
         }

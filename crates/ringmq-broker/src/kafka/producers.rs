@@ -17,7 +17,9 @@
 //! while this broker is the one master: a partition's are dropped and read again from the
 //! store in every new epoch of the log (a restart, a promotion; another master may have taken
 //! batches of the same producers meanwhile). Only ids this run handed out, or
-//! found so on the partition, get a window (any other is UNKNOWN_PRODUCER_ID), a producer's
+//! found so on the partition, or of a broker's shape starting at sequence 0 (a producer whose
+//! first batch there came after a restart or a failover) get a window (any other is
+//! UNKNOWN_PRODUCER_ID), a producer's
 //! windows are forgotten after [`PRODUCER_IDLE_MS`] without a batch, and at most
 //! [`MAX_WINDOWS`] are kept (the least recently used go first), so the memory they take is
 //! bounded whatever clients send.
@@ -74,7 +76,26 @@ impl ProducerIds {
     pub fn issued(&self, id: i64) -> bool {
         id >= self.first && id < self.next.load(Ordering::Relaxed)
     }
+
+    /// Whether `id` has the shape of an id a ringmq broker hands out by `now_ms`: its time
+    /// part (`id / IDS_PER_MS`) from [`EARLIEST_ID_MS`] to `now_ms` plus [`ID_CLOCK_SKEW_MS`]
+    /// (another broker of the group, or an earlier run of this one). Such an id's first batch
+    /// on a partition (sequence 0) is taken without a window: a producer whose broker was
+    /// killed, or failed over, before that partition stored any of its batches is a new
+    /// producer there, as Kafka takes it. An invented small id is still UNKNOWN_PRODUCER_ID.
+    pub fn could_have_issued(id: i64, now_ms: u64) -> bool {
+        let ms = id / IDS_PER_MS;
+        let latest = i64::try_from(now_ms.saturating_add(ID_CLOCK_SKEW_MS)).unwrap_or(i64::MAX);
+        (EARLIEST_ID_MS..=latest).contains(&ms)
+    }
 }
+
+/// The earliest time part of a producer id [`ProducerIds::could_have_issued`] accepts
+/// (2020-01-01T00:00:00Z, before any ringmq broker ran).
+pub const EARLIEST_ID_MS: i64 = 1_577_836_800_000;
+
+/// How far another broker's clock may run ahead of this one's for its ids to count.
+pub const ID_CLOCK_SKEW_MS: u64 = 60_000;
 
 /// What identifies a produced batch of an idempotent producer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -561,5 +582,22 @@ mod tests {
         assert!(first.issued(a) && first.issued(b));
         assert!(!first.issued(b + 1), "not handed out yet");
         assert!(!first.issued(a - 1) && !first.issued(0));
+    }
+
+    #[test]
+    fn only_ids_of_a_brokers_shape_could_have_been_issued() {
+        let now_ms = 1_796_000_000_000u64;
+        let earlier_run = ProducerIds::starting_at_unix_ms(now_ms - 3_600_000).next();
+        let other_broker = ProducerIds::starting_at_unix_ms(now_ms + 1_000).next();
+        assert!(ProducerIds::could_have_issued(earlier_run, now_ms));
+        assert!(ProducerIds::could_have_issued(other_broker, now_ms));
+        for invented in [0, 12_345, i64::MAX] {
+            assert!(
+                !ProducerIds::could_have_issued(invented, now_ms),
+                "{invented}"
+            );
+        }
+        let ahead = ProducerIds::starting_at_unix_ms(now_ms + ID_CLOCK_SKEW_MS + 1).next();
+        assert!(!ProducerIds::could_have_issued(ahead, now_ms));
     }
 }
