@@ -913,7 +913,11 @@ fn an_idempotent_retry_is_answered_with_its_offset_and_stored_once() {
     assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &later)).0, 59);
     let first = produce_request("idem-new", idempotent_batch(elsewhere, 0, &["p", "q"]));
     assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &first)), (0, 0));
-    assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &first)), (0, 0), "its retry");
+    assert_eq!(
+        produced(&wire.call(ApiKey::Produce, 9, &first)),
+        (0, 0),
+        "its retry"
+    );
     let next = produce_request("idem-new", idempotent_batch(elsewhere, 2, &["r"]));
     assert_eq!(produced(&wire.call(ApiKey::Produce, 9, &next)), (0, 2));
 }

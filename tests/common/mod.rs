@@ -287,6 +287,16 @@ impl Broker {
         }
     }
 
+    /// SIGKILL and start again at once, before the killed process is reaped (a supervisor
+    /// that restarts on the signal, not on the exit): the new broker must wait out the dying
+    /// one's store lock and ports.
+    pub fn kill_and_restart_at_once(&mut self) {
+        let mut killed = self.child.take().expect("broker running");
+        let _ = killed.kill();
+        self.spawn();
+        let _ = killed.wait();
+    }
+
     /// Starts the broker again on the same store (after `kill` or `stop`). Ports may change.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "broker still running");

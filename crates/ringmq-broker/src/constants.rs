@@ -48,14 +48,15 @@ pub const MAX_PULL_SPAN_BYTES: u64 = 4 * 1024 * 1024;
 /// Listen backlog for client sockets.
 pub const LISTEN_BACKLOG: i32 = 1024;
 
-/// How long start-up keeps retrying a port that is in use. A broker killed a moment ago holds
-/// its listening sockets until the kernel has torn its io_uring rings down (measured up to
-/// about half a second), and supervisors restart at once; 5 s covers that ten times over,
-/// while a port held by a live process still fails start-up quickly, naming the port.
-pub const BIND_RETRY_MS: u64 = 5_000;
+/// How long start-up keeps retrying the store's lock and a port that are in use. A broker
+/// killed a moment ago holds both until the kernel has torn its io_uring rings down (measured
+/// up to about half a second, more on a loaded machine), and supervisors restart at once; 5 s
+/// covers that ten times over, while a store or port held by a live process still fails
+/// start-up quickly, naming it.
+pub const RESTART_RETRY_MS: u64 = 5_000;
 
-/// Pause between two binds of a port in use: 100 tries within [`BIND_RETRY_MS`].
-pub const BIND_RETRY_INTERVAL_MS: u64 = 50;
+/// Pause between two tries of a lock or port in use: 100 tries within [`RESTART_RETRY_MS`].
+pub const RESTART_RETRY_INTERVAL_MS: u64 = 50;
 
 /// Descriptors one client connection holds: its socket and the duplicate its writer owns.
 pub const DESCRIPTORS_PER_CONNECTION: u64 = 2;

@@ -313,7 +313,11 @@ pub fn run(mut config: BrokerConfig) -> Result<(), ServerError> {
     })?;
     // Held until the process exits, on every path: an error return while some shard still
     // writes must not let another broker take the store.
-    std::mem::forget(StoreLock::acquire(&config.store_dir)?);
+    std::mem::forget(StoreLock::acquire_retrying(
+        &config.store_dir,
+        Duration::from_millis(crate::constants::RESTART_RETRY_MS),
+        Duration::from_millis(crate::constants::RESTART_RETRY_INTERVAL_MS),
+    )?);
     check_store_identity(
         &config.store_dir,
         shard_count,

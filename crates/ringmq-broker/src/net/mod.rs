@@ -5,7 +5,7 @@
 //! a duplicate descriptor (every shard accepts on the same socket), and one socket per shard on
 //! its shard-aware port. No socket sets SO_REUSEPORT, so no other process can bind a port the
 //! broker holds; SO_REUSEADDR lets a restart bind over connections left in TIME_WAIT, and a
-//! port still held by a just-killed broker is retried for [`BIND_RETRY_MS`]. Each shard then
+//! port still held by a just-killed broker is retried for [`RESTART_RETRY_MS`]. Each shard then
 //! accepts on its sockets ([`accept_loop`]), admits the connection against the limits
 //! ([`admission`]) and serves it on its own core ([`connection`]).
 
@@ -14,8 +14,9 @@ pub mod connection;
 
 use crate::config::BrokerConfig;
 use crate::constants::{
-    BIND_RETRY_INTERVAL_MS, BIND_RETRY_MS, DESCRIPTORS_PER_CONNECTION, DESCRIPTOR_RESERVE,
-    LISTEN_BACKLOG, MAX_REFUSALS_IN_FLIGHT_PER_SHARD, REFUSAL_WRITE_TIMEOUT_MS,
+    DESCRIPTORS_PER_CONNECTION, DESCRIPTOR_RESERVE, LISTEN_BACKLOG,
+    MAX_REFUSALS_IN_FLIGHT_PER_SHARD, REFUSAL_WRITE_TIMEOUT_MS, RESTART_RETRY_INTERVAL_MS,
+    RESTART_RETRY_MS,
 };
 use crate::security::tls::ServerTls;
 use crate::shard::Shard;
@@ -55,7 +56,7 @@ pub enum NetError {
     /// An address in the configuration does not parse (the message names the key).
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("cannot listen on the {role} {addr}: it is in use by another process (still after {BIND_RETRY_MS} ms); stop that process or choose another port")]
+    #[error("cannot listen on the {role} {addr}: it is in use by another process (still after {RESTART_RETRY_MS} ms); stop that process or choose another port")]
     InUse { role: PortRole, addr: SocketAddr },
     #[error("cannot listen on the {role} {addr}: {source}")]
     Bind {
@@ -118,10 +119,10 @@ fn bind_retrying(addr: SocketAddr, role: PortRole, deadline: Instant) -> Result<
             Ok(socket) => return Ok(socket),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
                 if !logged {
-                    warn!("{role} {addr} is in use; retrying for up to {BIND_RETRY_MS} ms in case a stopped broker still holds it");
+                    warn!("{role} {addr} is in use; retrying for up to {RESTART_RETRY_MS} ms in case a stopped broker still holds it");
                     logged = true;
                 }
-                std::thread::sleep(Duration::from_millis(BIND_RETRY_INTERVAL_MS));
+                std::thread::sleep(Duration::from_millis(RESTART_RETRY_INTERVAL_MS));
             }
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 return Err(NetError::InUse { role, addr })
@@ -163,7 +164,7 @@ pub fn bind_listeners(
     config: &BrokerConfig,
     shard_count: usize,
 ) -> Result<BoundListeners, NetError> {
-    let deadline = Instant::now() + Duration::from_millis(BIND_RETRY_MS);
+    let deadline = Instant::now() + Duration::from_millis(RESTART_RETRY_MS);
     let mut listen_addr = config.listen_addr()?;
     let shared = bind_retrying(listen_addr, PortRole::Client, deadline)?;
     listen_addr.set_port(bound_port(&shared, PortRole::Client)?);
