@@ -585,6 +585,114 @@ fn a_bad_frame_closes_only_its_connection_and_a_broker_opcode_is_unknown() {
     );
 }
 
+/// A follower forwards a broker's requests to the leader and relays the answers, so a broker
+/// that reaches only a follower (cut from the leader alone) registers, heartbeats and holds
+/// its lease through it: the answers come from the follower's address, not after a redirect.
+/// A request another follower already forwarded is answered where it lands, never forwarded
+/// a second time.
+#[test]
+fn a_follower_forwards_a_brokers_requests_to_the_leader() {
+    use ringmq::protocol::controller::{GroupRef, FLAG_FORWARDED};
+    use ringmq::protocol::frame::{encode_frame, FrameDecoder, FrameHeader};
+    use std::io::{Read, Write};
+    let cs = controllers(3);
+    let leader = wait_for_leader(&cs.iter().collect::<Vec<_>>(), Duration::from_secs(15));
+    let follower = cs.iter().find(|c| c.id != leader).unwrap();
+    // Until the follower has heard from the leader it answers NOT_LEADER itself.
+    let mut client =
+        ControllerClient::new(vec![follower.addr.clone()], Duration::from_secs(2)).unwrap();
+    let register = RegisterBroker {
+        cluster_name: CLUSTER.into(),
+        broker_name: GROUP.into(),
+        store_identity: "forwarded-store".into(),
+        listen: "127.0.0.1:10".into(),
+        ha_listen: "127.0.0.1:20".into(),
+    };
+    let id = wait_until(Duration::from_secs(10), "a registration", || {
+        client.register_broker(&register).ok()
+    });
+    assert_eq!(
+        client.current_addr(),
+        follower.addr,
+        "the follower answered the registration itself"
+    );
+    let started = Instant::now();
+    let answer = wait_until(Duration::from_secs(15), "the lone broker elected", || {
+        let heartbeat = BrokerHeartbeat {
+            cluster_name: CLUSTER.into(),
+            broker_name: GROUP.into(),
+            broker_id: id,
+            epoch: 0,
+            end_offsets: vec![0],
+            unclean_restart: 0,
+            async_flush: 0,
+            learner: 0,
+            election_priority: 0,
+            sent_at_ms: started.elapsed().as_millis() as u64,
+        };
+        let answer = client.heartbeat(&heartbeat).expect("a forwarded heartbeat");
+        assert_eq!(
+            client.current_addr(),
+            follower.addr,
+            "answered by the follower"
+        );
+        if answer.role != ROLE_MASTER {
+            thread::sleep(Duration::from_millis(250));
+            return None;
+        }
+        Some((answer, heartbeat.sent_at_ms))
+    });
+    assert!(
+        answer.0.lease_expires_ms > answer.1,
+        "the leader's lease reached the broker through the follower: {:?}",
+        answer.0
+    );
+    let seen_by_leader = group_state(&mut client_of(&[cs
+        .iter()
+        .find(|c| c.id == leader)
+        .unwrap()]))
+    .expect("the leader's group state");
+    assert_eq!(seen_by_leader.master_broker_id, id);
+
+    // A frame marked forwarded is not passed on: the follower answers NOT_LEADER itself.
+    let mut stream = std::net::TcpStream::connect(&follower.addr).unwrap();
+    let mut body = Vec::new();
+    GroupRef {
+        cluster_name: CLUSTER.into(),
+        broker_name: GROUP.into(),
+    }
+    .encode(&mut body);
+    let mut frame = Vec::new();
+    encode_frame(
+        &mut frame,
+        FrameHeader {
+            flags: FLAG_FORWARDED,
+            opcode: ringmq::protocol::controller::ControllerOpcode::GetGroupState as u16,
+            status: 0,
+            request_id: 7,
+        },
+        &body,
+    );
+    stream.write_all(&frame).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let header = loop {
+        if let Some(frame) = FrameDecoder::new(1 << 20).decode(&buf).unwrap() {
+            break frame.header;
+        }
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before answering");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    assert_eq!(
+        (header.status, header.request_id),
+        (Status::NotLeader as u16, 7)
+    );
+}
+
 /// `ringmq namesrv --controller-id ...`: one process serves routes and runs a one-replica
 /// controller (RocketMQ's `enableControllerInNamesrv`). One ready line names both addresses;
 /// the controller switches masters on its own, without fault tolerance of its own.

@@ -290,6 +290,59 @@ fn a_master_cut_from_the_controllers_is_replaced_and_nothing_acknowledged_is_los
     );
 }
 
+/// An asymmetric partition: the master cut from the controller leader only (it reaches the
+/// other two controllers, its slaves and its clients). Its heartbeats time out at the leader
+/// and go to a follower, which forwards them: the leader keeps hearing from it, so three
+/// silence limits (6 s) pass with no election, no refusal and every OK from the master.
+#[test]
+fn a_master_cut_from_the_controller_leader_only_is_not_replaced() {
+    let Some(lab) = Lab::for_test(6) else { return };
+    let (group, producer, master, master_id) = running(&lab, 3, defaults);
+    let before = group_state(&group.controller_addrs).expect("group state");
+    let errors_before = producer.history.lock().unwrap().errors.clone();
+    let leader = group.controller_leader();
+    let (master_host, leader_host) = (group.host_of(&master), leader as usize - 1);
+    lab.partition(master_host, leader_host);
+    let cut_at = Instant::now();
+    let window = Duration::from_secs(6);
+    wait_until(Duration::from_secs(30), "an OK 6 s after the cut", || {
+        let h = producer.history.lock().unwrap();
+        h.oks
+            .last()
+            .is_some_and(|(at, _)| *at > cut_at + window)
+            .then_some(())
+    });
+    let during = group_state(&group.controller_addrs).expect("group state");
+    assert_eq!(
+        group.controller_leader(),
+        leader,
+        "the controllers changed leader: the scenario is not the one meant"
+    );
+    lab.heal(master_host, leader_host);
+    assert_eq!(
+        (during.master_broker_id, during.master_epoch),
+        (master_id, before.master_epoch),
+        "a master cut from the controller leader alone was replaced: {during:?}"
+    );
+    let history = producer.finish(&group, &master);
+    let after = history.oks.iter().filter(|(at, _)| *at > cut_at).count();
+    println!(
+        "master cut from controller leader {leader} only: {after} OKs in the {} s after, all from the master",
+        window.as_secs()
+    );
+    assert!(
+        history
+            .oks
+            .iter()
+            .all(|(at, addr)| *at <= cut_at || *addr == master),
+        "an OK from another broker"
+    );
+    assert_eq!(
+        history.errors, errors_before,
+        "refusals during the asymmetric partition"
+    );
+}
+
 /// A zombie master: SIGSTOPped past its lease (with the producer's request to it in flight),
 /// replaced by the controllers while stopped, then resumed. What it answers after it resumed
 /// is NOT_MASTER, or an OK for what every member confirmed before the stop (then on the new

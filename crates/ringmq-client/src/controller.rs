@@ -6,8 +6,10 @@
 //! leader, normally). A `NOT_LEADER` answer that names the leader is followed at once, in one
 //! round trip; one that names none (an election under way, or no majority) and a controller
 //! that cannot be reached move on to the next address of the list, each at most once per
-//! request. Every controller request is idempotent or fenced by epochs, so one sent twice is
-//! harmless.
+//! request. An address that failed (unreachable, timed out) is not tried again within the
+//! request, as a hint or from the list: a broker cut from the leader alone goes on to a
+//! follower, which forwards its request to the leader. Every controller request is
+//! idempotent or fenced by epochs, so one sent twice is harmless.
 //!
 //! It speaks frames over a plain `TcpStream` of its own rather than [`crate::Connection`],
 //! whose typed opcodes are the broker's table; the controller's is
@@ -163,12 +165,21 @@ impl ControllerClient {
         let mut target: Option<String> = self.last_answered.take();
         let mut tried = 0;
         let mut hops = 0;
+        // Addresses that failed during this request: not asked again in it.
+        let mut failed: Vec<String> = Vec::new();
         while tried < self.addrs.len() {
-            let addr = target.take().unwrap_or_else(|| {
-                let addr = self.addrs[self.current].clone();
-                tried += 1;
-                addr
-            });
+            let addr = match target.take() {
+                Some(addr) => addr,
+                None => {
+                    let addr = self.addrs[self.current].clone();
+                    tried += 1;
+                    if failed.contains(&addr) {
+                        self.current = (self.current + 1) % self.addrs.len();
+                        continue;
+                    }
+                    addr
+                }
+            };
             match self.exchange(&addr, R::OPCODE as u16, &body) {
                 Ok((Status::Ok, answer)) => {
                     self.last_answered = Some(addr.clone());
@@ -184,7 +195,7 @@ impl ControllerClient {
                     let message = String::from_utf8_lossy(&message).to_string();
                     let hint = not_leader_hint(&message).map(|(_, a)| a);
                     self.connection = None;
-                    match hint.filter(|h| *h != addr) {
+                    match hint.filter(|h| *h != addr && !failed.contains(h)) {
                         Some(leader) if hops < self.addrs.len() => {
                             hops += 1;
                             target = Some(leader);
@@ -205,7 +216,12 @@ impl ControllerClient {
                 }
                 Err(e) => {
                     self.connection = None;
-                    self.current = (self.current + 1) % self.addrs.len();
+                    // The list moves on from where it stands, unless this was the list's own
+                    // turn (then past it): a hint or the last answerer failing costs no turn.
+                    if self.addrs[self.current] == addr {
+                        self.current = (self.current + 1) % self.addrs.len();
+                    }
+                    failed.push(addr);
                     last_error = Some(e);
                 }
             }

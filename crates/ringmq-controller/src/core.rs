@@ -197,6 +197,17 @@ impl<C: Consensus, W> Controller<C, W> {
             .map(String::as_str)
     }
 
+    /// Where a follower forwards a broker's request: the leader it knows, with its address.
+    /// `None` on the leader itself, and while no leader is known (then the request is
+    /// answered `NOT_LEADER` here, as before).
+    pub fn forward_target(&self) -> Option<(u64, String)> {
+        if self.consensus.is_leader() {
+            return None;
+        }
+        let leader = self.consensus.leader().filter(|l| *l != self.id())?;
+        Some((leader, self.peer_addr(leader)?.to_string()))
+    }
+
     fn not_leader(&self) -> Reply {
         let leader = self.consensus.leader().filter(|l| *l != self.id());
         let hint = leader.and_then(|l| self.peer_addr(l).map(|a| (l, a)));

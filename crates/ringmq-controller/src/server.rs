@@ -27,7 +27,8 @@ use crate::state::{ControllerState, ElectionConfig};
 use crate::store::DiskStore;
 use ringmq_protocol::auth::{self, Secret};
 use ringmq_protocol::controller::{
-    ControllerChallenge, ControllerHello, ControllerOpcode, ControllerProof, RaftMessage,
+    forwarded_by_followers, ControllerChallenge, ControllerHello, ControllerOpcode,
+    ControllerProof, RaftMessage, FLAG_FORWARDED,
 };
 use ringmq_protocol::frame::{encode_frame, FrameDecoder, FrameHeader};
 use ringmq_protocol::Status;
@@ -83,6 +84,13 @@ pub const MAX_CONNECTIONS_PER_IP: usize = 256;
 /// Refused handshakes are logged at most this often (with the number not logged), so a peer
 /// reconnecting in a loop with a wrong secret cannot fill the log.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Broker requests a follower holds for forwarding to one leader; past it a request is
+/// answered `NOT_LEADER` at once (the broker tries the leader itself, or another).
+pub const FORWARD_QUEUE: usize = 64;
+/// How long a follower waits for the leader's answer to a forwarded request: past the
+/// leader's own read timeout (1 s), so a read the leader holds is answered, and short of a
+/// lease, so a broker whose answer is lost still renews through another controller in time.
+const FORWARD_TIMEOUT: Duration = Duration::from_millis(1_200);
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -109,6 +117,8 @@ enum Event {
         opcode: ControllerOpcode,
         body: Vec<u8>,
         waiter: Waiter,
+        /// A follower forwarded it ([`FLAG_FORWARDED`]): answered here, never forwarded on.
+        forwarded: bool,
     },
     Raft(Vec<u8>),
 }
@@ -222,18 +232,35 @@ fn main_loop(
     let started = Instant::now();
     let now_ms = || started.elapsed().as_millis() as u64;
     let mut peers: BTreeMap<u64, (String, SyncSender<Vec<u8>>)> = BTreeMap::new();
+    let mut forwarders = Forwarders {
+        by_addr: HashMap::new(),
+        secret: secret.clone(),
+        id: controller.id(),
+    };
     let mut next_tick = TICK_MS;
     loop {
         let wait = next_tick.saturating_sub(now_ms());
         let mut answered = Vec::new();
         match inbox.recv_timeout(Duration::from_millis(wait)) {
-            Ok(event) => handle_event(&mut controller, event, now_ms(), &mut answered),
+            Ok(event) => handle_event(
+                &mut controller,
+                &mut forwarders,
+                event,
+                now_ms(),
+                &mut answered,
+            ),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return Err("the listener stopped".into()),
         }
         // Take whatever else arrived before driving once: one fsync covers them all.
         while let Ok(event) = inbox.try_recv() {
-            handle_event(&mut controller, event, now_ms(), &mut answered);
+            handle_event(
+                &mut controller,
+                &mut forwarders,
+                event,
+                now_ms(),
+                &mut answered,
+            );
         }
         if now_ms() >= next_tick {
             answered.extend(controller.tick(now_ms()));
@@ -254,6 +281,7 @@ fn main_loop(
 
 fn handle_event(
     controller: &mut Controller<RaftNode<DiskStore>, Waiter>,
+    forwarders: &mut Forwarders,
     event: Event,
     now_ms: u64,
     answered: &mut Vec<(Waiter, Reply)>,
@@ -271,10 +299,184 @@ fn handle_event(
             opcode,
             body,
             waiter,
+            forwarded,
         } => {
+            let waiter = match controller.forward_target() {
+                Some((leader, addr)) if !forwarded && forwarded_by_followers(opcode) => {
+                    match forwarders.forward(leader, &addr, opcode, body.clone(), waiter) {
+                        Ok(()) => return,
+                        // Its queue is full: NOT_LEADER names the leader, the broker goes there.
+                        Err(waiter) => waiter,
+                    }
+                }
+                _ => waiter,
+            };
             if let Some(done) = controller.handle(opcode, &body, now_ms, waiter) {
                 answered.push(done);
             }
+        }
+    }
+}
+
+/// A follower's forwarding of broker requests to its leader: one thread and one
+/// authenticated connection per leader address, one request at a time (a broker sends a
+/// heartbeat every 250 ms; a group's few brokers never queue long).
+struct Forwarders {
+    by_addr: HashMap<String, SyncSender<Forward>>,
+    secret: Option<Arc<Secret>>,
+    /// This controller's id, for the refusals it writes.
+    id: u64,
+}
+
+struct Forward {
+    opcode: ControllerOpcode,
+    body: Vec<u8>,
+    waiter: Waiter,
+}
+
+impl Forwarders {
+    /// Queues the request for the leader at `addr`, or hands the waiter back when it cannot.
+    fn forward(
+        &mut self,
+        leader: u64,
+        addr: &str,
+        opcode: ControllerOpcode,
+        body: Vec<u8>,
+        waiter: Waiter,
+    ) -> Result<(), Waiter> {
+        if !self.by_addr.contains_key(addr) {
+            let (tx, rx) = mpsc::sync_channel(FORWARD_QUEUE);
+            let (target, secret, id) = (addr.to_string(), self.secret.clone(), self.id);
+            let spawned = thread::Builder::new()
+                .name(format!("controller-forward-{leader}"))
+                .spawn(move || forwarder(id, target, rx, secret));
+            if spawned.is_err() {
+                return Err(waiter);
+            }
+            self.by_addr.insert(addr.to_string(), tx);
+        }
+        let job = Forward {
+            opcode,
+            body,
+            waiter,
+        };
+        match self.by_addr[addr].try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job)) => Err(job.waiter),
+            Err(TrySendError::Disconnected(job)) => {
+                self.by_addr.remove(addr);
+                Err(job.waiter)
+            }
+        }
+    }
+}
+
+/// Sends forwarded requests to the leader at `addr` and relays each answer, whatever its
+/// status, to the broker that asked. A request the leader does not answer in time is
+/// answered `NOT_LEADER` without a leader hint, so the broker's client moves on to the next
+/// controller rather than back to this one's leader.
+fn forwarder(id: u64, addr: String, jobs: Receiver<Forward>, secret: Option<Arc<Secret>>) {
+    let mut stream: Option<TcpStream> = None;
+    let mut next_request_id: u64 = 1 << 32;
+    while let Ok(job) = jobs.recv() {
+        next_request_id += 1;
+        // A kept connection the leader closed meanwhile (idle, or restarted) fails once and
+        // is replaced: every forwarded request is idempotent or fenced, so a resend is safe.
+        let mut result = Err((false, String::new()));
+        for _ in 0..2 {
+            let reused = stream.is_some();
+            result = (|| {
+                if stream.is_none() {
+                    let s = connect(&addr, secret.as_deref())
+                        .ok_or_else(|| (false, "cannot connect".to_string()))?;
+                    s.set_read_timeout(Some(FORWARD_TIMEOUT))
+                        .map_err(|e| (false, e.to_string()))?;
+                    stream = Some(s);
+                }
+                let s = stream.as_mut().expect("connected above");
+                exchange_forwarded(s, next_request_id, job.opcode, &job.body)
+            })();
+            let closed = matches!(result, Err((true, _)));
+            if result.is_ok() {
+                break;
+            }
+            stream = None;
+            if !(reused && closed) {
+                break;
+            }
+            next_request_id += 1;
+        }
+        let reply = match result {
+            Ok(reply) => reply,
+            Err((_, e)) => {
+                Reply::error(
+                    Status::NotLeader,
+                    format!("controller {id} is not the leader and could not forward to the leader at {addr}: {e}"),
+                )
+            }
+        };
+        answer(job.waiter, reply);
+    }
+}
+
+/// One forwarded request and the leader's answer to it; an error says whether the
+/// connection was found closed (worth one more try on a fresh one) and why.
+fn exchange_forwarded(
+    stream: &mut TcpStream,
+    request_id: u64,
+    opcode: ControllerOpcode,
+    body: &[u8],
+) -> Result<Reply, (bool, String)> {
+    let mut frame = Vec::new();
+    encode_frame(
+        &mut frame,
+        FrameHeader {
+            flags: FLAG_FORWARDED,
+            opcode: opcode as u16,
+            status: 0,
+            request_id,
+        },
+        body,
+    );
+    stream
+        .write_all(&frame)
+        .map_err(|e| (true, e.to_string()))?;
+    let decoder = FrameDecoder::new(MAX_REQUEST_FRAME_BYTES);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(frame) = decoder.decode(&buf).map_err(|e| (false, e.to_string()))? {
+            if !frame.header.is_response() || frame.header.request_id != request_id {
+                return Err((
+                    false,
+                    format!(
+                        "the leader answered request {} where {request_id} was asked",
+                        frame.header.request_id
+                    ),
+                ));
+            }
+            let status = Status::from_u16(frame.header.status)
+                .ok_or_else(|| (false, format!("unknown status {}", frame.header.status)))?;
+            return Ok(Reply {
+                status,
+                body: frame.body.to_vec(),
+            });
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return Err((true, "the leader closed the connection".into())),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err((
+                    false,
+                    format!("no answer within {} ms", FORWARD_TIMEOUT.as_millis()),
+                ))
+            }
+            Err(e) => return Err((true, e.to_string())),
         }
     }
 }
@@ -752,6 +954,7 @@ fn serve_connection(
                         request_id: header.request_id,
                         opcode: header.opcode,
                     },
+                    forwarded: header.flags & FLAG_FORWARDED != 0,
                 }
             };
             if events.send(event).is_err() {

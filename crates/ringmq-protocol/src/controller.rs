@@ -53,6 +53,27 @@ macro_rules! for_each_controller_request {
 }
 pub use for_each_controller_request;
 
+/// Frame flag (bit 3) of a controller request that a follower controller forwarded to its
+/// leader on a broker's behalf: the receiver answers it itself, leader or not, and never
+/// forwards it again (one hop at most). Only controller frames use it; the broker's table keeps
+/// bits 3-7 reserved.
+pub const FLAG_FORWARDED: u8 = 0x08;
+
+/// The broker requests a follower forwards to its leader rather than answer `NOT_LEADER`:
+/// a broker cut from the leader alone still reaches it through the others, so an asymmetric
+/// partition is no failover. The operator's requests are not forwarded (status answers from
+/// any controller; membership changes go to the leader itself).
+pub fn forwarded_by_followers(opcode: ControllerOpcode) -> bool {
+    matches!(
+        opcode,
+        ControllerOpcode::RegisterBroker
+            | ControllerOpcode::BrokerHeartbeat
+            | ControllerOpcode::AlterSyncStateSet
+            | ControllerOpcode::GetGroupState
+            | ControllerOpcode::ResignMaster
+    )
+}
+
 /// A controller request body and what answers it (the controller's counterpart of
 /// [`crate::Request`]).
 pub trait ControllerRequest {
