@@ -343,6 +343,88 @@ fn a_master_cut_from_the_controller_leader_only_is_not_replaced() {
     );
 }
 
+/// A slow slave (what it receives shaped to 2 Mbit/s) under a bulk load at level `leader`
+/// on another topic that its link cannot carry: behind for `ha_max_time_slave_not_catchup_ms`
+/// (3 s), it is shrunk out of the SyncStateSet and `all` goes on with the other two; the
+/// limit lifted and the load stopped, it catches up and is readmitted, and its log ends
+/// identical to the master's.
+#[test]
+fn a_slow_slave_is_shrunk_out_of_the_set_and_readmitted_once_caught_up() {
+    let Some(lab) = Lab::for_test(6) else { return };
+    let (group, producer, master, master_id) = running(&lab, 3, defaults);
+    const BULK: &str = "bulk";
+    create_named_topic_everywhere(&master, &group.addrs(), BULK, 1);
+    let before = group_state(&group.controller_addrs).expect("group state");
+    let slow = before
+        .brokers
+        .iter()
+        .find(|b| b.broker_id != master_id)
+        .expect("a slave")
+        .clone();
+    let slow_host = group.host_of(&slow.listen);
+    lab.shape_incoming(slow_host, "2mbit");
+    let shaped_at = Instant::now();
+    let stop_bulk = Arc::new(AtomicBool::new(false));
+    let bulk = {
+        let (stop, master) = (stop_bulk.clone(), master.clone());
+        std::thread::spawn(move || {
+            let mut client = ringmq::client::Client::connect(&master).expect("connect");
+            let body = vec![b'x'; 32 << 10];
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let message = ringmq::protocol::message::MessageRef {
+                    born_timestamp_ms: 0,
+                    key: b"",
+                    properties: b"",
+                    body: &body,
+                };
+                match client.produce_with(BULK, Some(0), &[message], ringmq::protocol::Acks::Leader)
+                {
+                    Ok(Some(r)) if r.status == ringmq::protocol::Status::Ok => sent += 1,
+                    other => panic!("a bulk produce at level leader failed: {other:?}"),
+                }
+            }
+            sent
+        })
+    };
+    let shrunk = wait_until(Duration::from_secs(60), "the slow slave shrunk out", || {
+        let state = group_state(&group.controller_addrs)?;
+        (!state.sync_state_set.contains(&slow.broker_id)).then_some(state)
+    });
+    let shrunk_after = shaped_at.elapsed();
+    assert_eq!(
+        (shrunk.master_broker_id, shrunk.master_epoch),
+        (master_id, before.master_epoch),
+        "a shrink is no election"
+    );
+    assert_eq!(
+        shrunk.sync_state_set.len(),
+        2,
+        "only the slow slave left: {shrunk:?}"
+    );
+    producer.wait_for(200, "200 acknowledgements at `all` with the slow slave out");
+    stop_bulk.store(true, Ordering::Relaxed);
+    let bulk_sent = bulk.join().expect("bulk producer");
+    lab.unshape_incoming(slow_host);
+    let unshaped_at = Instant::now();
+    wait_until(
+        Duration::from_secs(120),
+        "the slow slave readmitted",
+        || {
+            let state = group_state(&group.controller_addrs)?;
+            state.sync_state_set.contains(&slow.broker_id).then_some(())
+        },
+    );
+    println!(
+        "slow slave {} shrunk out {} ms after its link was shaped ({bulk_sent} bulk messages of 32 KiB), readmitted {} ms after the limit was lifted",
+        slow.broker_id,
+        shrunk_after.as_millis(),
+        unshaped_at.elapsed().as_millis()
+    );
+    producer.wait_for(100, "100 acknowledgements with the slave back in the set");
+    producer.finish(&group, &master);
+}
+
 /// A zombie master: SIGSTOPped past its lease (with the producer's request to it in flight),
 /// replaced by the controllers while stopped, then resumed. What it answers after it resumed
 /// is NOT_MASTER, or an OK for what every member confirmed before the stop (then on the new

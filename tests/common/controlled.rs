@@ -324,9 +324,14 @@ pub fn assert_converged(
 /// the slaves with the next metadata frame, not with the log, and a master lost before it
 /// sent one leaves a new master without the topic.
 pub fn create_topic_everywhere(master: &str, brokers: &[String]) {
+    create_named_topic_everywhere(master, brokers, TOPIC, QUEUES);
+}
+
+/// [`create_topic_everywhere`] for a topic `topic` of `queues` queues.
+pub fn create_named_topic_everywhere(master: &str, brokers: &[String], topic: &str, queues: u32) {
     Client::connect(master)
         .expect("connect to the master")
-        .create_topic(TOPIC, QUEUES)
+        .create_topic(topic, queues)
         .expect("create the topic");
     for broker in brokers {
         wait_until(Duration::from_secs(30), "the topic on every broker", || {
@@ -335,7 +340,7 @@ pub fn create_topic_everywhere(master: &str, brokers: &[String]) {
                 .ok()?
                 .topics
                 .iter()
-                .any(|t| t.name == TOPIC)
+                .any(|t| t.name == topic)
                 .then_some(())
         });
     }

@@ -23,6 +23,8 @@ pub struct Host {
     pub ip: String,
     /// The veth end inside the namespace (what `shape` limits).
     veth: String,
+    /// Its peer in the root namespace, on the bridge (what `shape_incoming` limits).
+    outer: String,
 }
 
 pub struct Lab {
@@ -91,6 +93,7 @@ impl Lab {
                 netns: netns.clone(),
                 ip: host_ip.clone(),
                 veth: veth.clone(),
+                outer: outer.clone(),
             });
             ip(&["link", "add", &outer, "type", "veth", "peer", "name", &veth])?;
             ip(&["link", "set", &outer, "master", &lab.bridge, "up"])?;
@@ -183,6 +186,27 @@ impl Lab {
             ],
         )
         .expect("tc tbf");
+    }
+
+    /// Limits what host `host` receives, from every other host and the root namespace alike,
+    /// to `rate` (`tc tbf` on its veth's peer on the bridge): a slave whose link cannot keep
+    /// up with its master.
+    pub fn shape_incoming(&self, host: usize, rate: &str) {
+        let h = &self.hosts[host];
+        run(
+            "tc",
+            &[
+                "qdisc", "replace", "dev", &h.outer, "root", "tbf", "rate", rate, "burst",
+                "32kbit", "latency", "400ms",
+            ],
+        )
+        .expect("tc tbf");
+    }
+
+    /// Removes [`Lab::shape_incoming`]'s limit.
+    pub fn unshape_incoming(&self, host: usize) {
+        let h = &self.hosts[host];
+        run("tc", &["qdisc", "del", "dev", &h.outer, "root"]).expect("tc qdisc del");
     }
 
     /// Removes [`Lab::shape`]'s limit.
