@@ -29,8 +29,13 @@ struct ControlledGroup {
 const CONTROLLER_PORT: u16 = 10950;
 const BROKER_HOSTS: std::ops::Range<usize> = 3..6;
 
-/// The group, with `config(i)` added to broker `i`'s configuration.
-fn controlled_group(lab: &Lab, config: impl Fn(usize) -> &'static str) -> ControlledGroup {
+/// The group, with `controller_flags` on every controller's command line and `config(i)`
+/// added to broker `i`'s configuration.
+fn controlled_group(
+    lab: &Lab,
+    controller_flags: &[&str],
+    config: impl Fn(usize) -> &'static str,
+) -> ControlledGroup {
     let controller_addrs: Vec<String> = (0..3)
         .map(|h| format!("{}:{CONTROLLER_PORT}", lab.hosts[h].ip))
         .collect();
@@ -42,11 +47,12 @@ fn controlled_group(lab: &Lab, config: impl Fn(usize) -> &'static str) -> Contro
         .join(",");
     let controllers: Vec<Controller> = (0..3)
         .map(|h| {
-            Controller::spawn(
+            Controller::spawn_with(
                 lab.command(h, env!("CARGO_BIN_EXE_ringmq")),
                 h as u64 + 1,
                 &peers,
                 controller_addrs[h].clone(),
+                controller_flags,
             )
         })
         .collect();
@@ -154,6 +160,13 @@ impl Producer {
         }
     }
 
+    /// Stops the producer: what it saw.
+    fn stop(self) -> History {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("producer");
+        std::mem::take(&mut *self.history.lock().unwrap())
+    }
+
     fn acked(&self) -> usize {
         self.history.lock().unwrap().acked.len()
     }
@@ -182,9 +195,7 @@ impl Producer {
     /// loss, no offset given twice, every other broker's log identical. The history, for
     /// more checks.
     fn finish(self, group: &ControlledGroup, master: &str) -> History {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("producer");
-        let history = std::mem::take(&mut *self.history.lock().unwrap());
+        let history = self.stop();
         println!(
             "acknowledged {} payloads; errors by status {:?}",
             history.acked.len(),
@@ -204,7 +215,17 @@ fn running(
     members: usize,
     config: impl Fn(usize) -> &'static str,
 ) -> (ControlledGroup, Producer, String, u64) {
-    let group = controlled_group(lab, config);
+    running_with(lab, &[], members, config)
+}
+
+/// [`running`] with `controller_flags` on the controllers' command lines.
+fn running_with(
+    lab: &Lab,
+    controller_flags: &[&str],
+    members: usize,
+    config: impl Fn(usize) -> &'static str,
+) -> (ControlledGroup, Producer, String, u64) {
+    let group = controlled_group(lab, controller_flags, config);
     let (master, id) = master_with_set(&group.controller_addrs, members, Duration::from_secs(60));
     create_topic_everywhere(&master, &group.addrs());
     let producer = Producer::start(group.addrs());
@@ -423,6 +444,226 @@ fn a_slow_slave_is_shrunk_out_of_the_set_and_readmitted_once_caught_up() {
     );
     producer.wait_for(100, "100 acknowledgements with the slave back in the set");
     producer.finish(&group, &master);
+}
+
+/// The leader's status document's entry for the group.
+fn group_status(group: &ControlledGroup) -> Option<serde_json::Value> {
+    let mut client =
+        ControllerClient::new(group.controller_addrs.clone(), Duration::from_secs(2)).ok()?;
+    let status = client.status().ok()?;
+    (status["is_leader"] == true).then_some(())?;
+    status["groups"]
+        .as_array()?
+        .iter()
+        .find(|g| g["group"] == GROUP)
+        .cloned()
+}
+
+/// The first steps of both unclean-election scenarios: the replication link between the
+/// master and one slave `S` cut (S still reaches the controllers and the clients), S shrunk out
+/// of the set for it, 200 more payloads acknowledged by the other two alone, then the master and
+/// the other slave SIGKILLed and not restarted: only S lives, out of the set. With `stop`, the
+/// producer is stopped before the kill and the kill waits until the controller leader's last
+/// report from the master covers every acknowledged record, so what an unclean election gives
+/// up is exactly known. S's index and id, the killed brokers' indexes, and the history when
+/// stopped.
+fn only_an_out_of_set_slave_left(
+    lab: &Lab,
+    group: &mut ControlledGroup,
+    producer: Producer,
+    (master, master_id): (&str, u64),
+    stop: bool,
+) -> (usize, u64, [usize; 2], Option<History>, Option<Producer>) {
+    let state = group_state(&group.controller_addrs).expect("group state");
+    let s = state
+        .brokers
+        .iter()
+        .find(|b| b.broker_id != master_id)
+        .expect("a slave")
+        .clone();
+    let s_index = group.index_of(&s.listen);
+    let m_index = group.index_of(master);
+    let other = (0..3).find(|i| *i != s_index && *i != m_index).unwrap();
+    lab.partition(group.host_of(master), group.host_of(&s.listen));
+    wait_until(Duration::from_secs(60), "S shrunk out of the set", || {
+        let state = group_state(&group.controller_addrs)?;
+        (!state.sync_state_set.contains(&s.broker_id)).then_some(())
+    });
+    producer.wait_for(200, "200 acknowledgements without S");
+    let (history, producer) = if stop {
+        let history = producer.stop();
+        let topic = ringmq::client::Client::connect(master)
+            .expect("connect")
+            .call(&ringmq::protocol::message::TopicListRequest {})
+            .expect("topics")
+            .topics
+            .into_iter()
+            .find(|t| t.name == TOPIC)
+            .expect("the topic");
+        let mut last_record = std::collections::BTreeMap::<usize, u64>::new();
+        for ((_, queue, _), at) in history.acked.iter().zip(&history.commitlog_offsets) {
+            let shard = topic.queue_shards[*queue as usize] as usize;
+            let last = last_record.entry(shard).or_default();
+            *last = (*last).max(*at);
+        }
+        wait_until(
+            Duration::from_secs(30),
+            "a report from the master covering every acknowledged record",
+            || {
+                let status = group_status(group)?;
+                let reported = status["brokers"]
+                    .as_array()?
+                    .iter()
+                    .find(|b| b["broker_id"] == master_id)?["reported"]["end_offsets"]
+                    .as_array()?
+                    .iter()
+                    .map(|v| v.as_u64())
+                    .collect::<Option<Vec<u64>>>()?;
+                last_record
+                    .iter()
+                    .all(|(shard, at)| reported.get(*shard).is_some_and(|end| end > at))
+                    .then_some(())
+            },
+        );
+        (Some(history), None)
+    } else {
+        (None, Some(producer))
+    };
+    for i in [m_index, other] {
+        group.brokers[i].kill();
+    }
+    (s_index, s.broker_id, [m_index, other], history, producer)
+}
+
+/// Unclean election off (the default): with the master and the in-set slave killed and only
+/// an out-of-set slave alive, the controllers elect nobody: three silence limits pass with no
+/// new epoch and no OK anywhere (unavailable). Healed and restarted, the killed members take
+/// the group back, the slave rejoins, and nothing acknowledged was lost.
+#[test]
+fn with_unclean_election_off_only_an_out_of_set_slave_left_is_not_elected() {
+    let Some(lab) = Lab::for_test(6) else { return };
+    let (mut group, producer, master, master_id) = running(&lab, 3, defaults);
+    let epoch = group_state(&group.controller_addrs)
+        .expect("group state")
+        .master_epoch;
+    let (s_index, s_id, killed, _, producer) =
+        only_an_out_of_set_slave_left(&lab, &mut group, producer, (&master, master_id), false);
+    let producer = producer.expect("still producing");
+    let killed_at = Instant::now();
+    // Watch for three silence limits: no election may happen in them.
+    let window = Duration::from_secs(6);
+    while killed_at.elapsed() < window {
+        if let Some(state) = group_state(&group.controller_addrs) {
+            assert_eq!(
+                state.master_epoch, epoch,
+                "an election with unclean elections off and no member alive: {state:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let oks_after = producer
+        .history
+        .lock()
+        .unwrap()
+        .oks
+        .iter()
+        .filter(|(at, _)| *at > killed_at)
+        .count();
+    assert_eq!(oks_after, 0, "an OK with no master");
+    lab.heal(group.host_of(&master), BROKER_HOSTS.start + s_index);
+    for i in killed {
+        group.brokers[i].restart();
+    }
+    let (back, _) = master_with_set(&group.controller_addrs, 3, Duration::from_secs(60));
+    assert_ne!(
+        back, group.brokers[s_index].addr,
+        "the out-of-set slave {s_id} was elected"
+    );
+    println!(
+        "unclean election off: no master for {} s, then {back} took the group back",
+        window.as_secs()
+    );
+    producer.wait_for(100, "100 acknowledgements once the members are back");
+    producer.finish(&group, &back);
+}
+
+/// Unclean election on (`--enable-elect-unclean-master`): the out-of-set slave is elected
+/// in a new epoch marked unclean, and the byte range per shard the controllers record as lost
+/// is exactly what the history checker finds missing: every acknowledged payload whose record
+/// starts at or past the range's start on its shard, and no other. Healed and restarted, the
+/// killed brokers cut their divergent tails and follow it; every log ends identical to its.
+#[test]
+fn with_unclean_election_on_the_lost_range_recorded_is_what_the_checker_finds_missing() {
+    let Some(lab) = Lab::for_test(6) else { return };
+    let (mut group, producer, master, master_id) =
+        running_with(&lab, &["--enable-elect-unclean-master"], 3, defaults);
+    let (s_index, s_id, killed, history, _) =
+        only_an_out_of_set_slave_left(&lab, &mut group, producer, (&master, master_id), true);
+    let history = history.expect("stopped");
+    let (elected, s_addr) = group.elected_other_than(master_id);
+    assert_eq!(elected, s_id, "the only live broker is elected");
+    let status = group_status(&group).expect("group status");
+    let last = status["epoch_history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .cloned()
+        .expect("an epoch history");
+    assert_eq!(last["master_broker_id"], s_id, "{last}");
+    assert_eq!(last["unclean"], true, "{last}");
+    let lost: std::collections::BTreeMap<u64, (u64, u64)> = last["lost"]
+        .as_array()
+        .expect("lost ranges")
+        .iter()
+        .map(|r| {
+            (
+                r["shard"].as_u64().unwrap(),
+                (
+                    r["from_offset"].as_u64().unwrap(),
+                    r["to_offset"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    let topic = ringmq::client::Client::connect(&s_addr)
+        .expect("connect")
+        .call(&ringmq::protocol::message::TopicListRequest {})
+        .expect("topics")
+        .topics
+        .into_iter()
+        .find(|t| t.name == TOPIC)
+        .expect("the topic");
+    let stored = read_all(&s_addr, QUEUES);
+    let mut missing = 0;
+    for ((payload, queue, offset), at) in history.acked.iter().zip(&history.commitlog_offsets) {
+        let shard = u64::from(topic.queue_shards[*queue as usize]);
+        let on_s = stored.get(queue).and_then(|q| q.get(offset)) == Some(payload);
+        let in_range = lost
+            .get(&shard)
+            .is_some_and(|(from, to)| *at >= *from && *at < *to);
+        assert_eq!(
+            !on_s, in_range,
+            "{payload} (queue {queue} offset {offset}, shard {shard} record at {at}): missing {}, in the recorded range {:?}",
+            !on_s,
+            lost.get(&shard)
+        );
+        missing += usize::from(!on_s);
+    }
+    assert!(missing > 0, "the scenario lost nothing: it tests nothing");
+    println!(
+        "unclean election on: broker {s_id} elected; lost ranges {lost:?}; {missing} of {} acknowledged payloads missing, all in them",
+        history.acked.len()
+    );
+    lab.heal(group.host_of(&master), BROKER_HOSTS.start + s_index);
+    for i in killed {
+        group.brokers[i].restart();
+    }
+    let (back, _) = master_with_set(&group.controller_addrs, 3, Duration::from_secs(60));
+    assert_eq!(back, s_addr, "the unclean master keeps the group");
+    assert_converged(
+        &group.others(&s_addr),
+        &read_all(&s_addr, QUEUES),
+        Duration::from_secs(60),
+    );
 }
 
 /// A zombie master: SIGSTOPped past its lease (with the producer's request to it in flight),

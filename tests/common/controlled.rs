@@ -41,12 +41,24 @@ impl Controller {
     /// Controller `id` of `peers` (`ID=HOST:PORT,...`, its own entry `addr`), run by
     /// `command` (the binary, or `ip netns exec NS` and the binary); returns once it printed
     /// its ready line.
-    pub fn spawn(mut command: Command, id: u64, peers: &str, addr: String) -> Controller {
+    pub fn spawn(command: Command, id: u64, peers: &str, addr: String) -> Controller {
+        Controller::spawn_with(command, id, peers, addr, &[])
+    }
+
+    /// [`Controller::spawn`] with `extra` flags (`--enable-elect-unclean-master`, ...).
+    pub fn spawn_with(
+        mut command: Command,
+        id: u64,
+        peers: &str,
+        addr: String,
+        extra: &[&str],
+    ) -> Controller {
         let store = temp_store();
         let mut child = command
             .args(["controller", "--id", &id.to_string(), "--peers", peers])
             .arg("--store")
             .arg(store.path())
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -135,6 +147,8 @@ pub fn master_with_set(controllers: &[String], members: usize, timeout: Duration
 #[derive(Default)]
 pub struct History {
     pub acked: Vec<(String, u32, u64)>,
+    /// The commitlog offset of each acknowledged payload's record, in `acked`'s order.
+    pub commitlog_offsets: Vec<u64>,
     pub oks: Vec<(Instant, String)>,
     pub errors: BTreeMap<String, u64>,
 }
@@ -167,6 +181,7 @@ pub fn produce_until(brokers: Vec<String>, stop: Arc<AtomicBool>, history: Arc<M
             Ok(Some(result)) if result.status == Status::Ok => {
                 let mut h = history.lock().unwrap();
                 h.acked.push((payload, queue, result.response.base_offset));
+                h.commitlog_offsets.push(result.response.commitlog_offset);
                 h.oks.push((Instant::now(), addr));
                 n += 1;
             }

@@ -760,6 +760,16 @@ impl<C: Consensus, W> Controller<C, W> {
                         "alive": b.alive != 0,
                         "role": wire::role_name(match assigned_role(record, b.broker_id) {
                             Role::Master => ROLE_MASTER, Role::Slave => ROLE_SLAVE, Role::Fenced => ROLE_FENCED }),
+                        // The leader's soft state: the broker's last heartbeat, as elections
+                        // rank it (null on a follower, and for a broker not heard since this
+                        // controller leads).
+                        "reported": self.liveness.as_ref().and_then(|l| l.reports.get(&b.broker_id)).map(|r| serde_json::json!({
+                            "heard_ms_ago": now_ms.saturating_sub(r.received_at_ms),
+                            "epoch": r.epoch,
+                            "end_offsets": r.end_offsets,
+                            "unclean_restart": r.unclean_restart,
+                            "learner": r.learner,
+                        })),
                     })).collect::<Vec<_>>(),
                     "epoch_history": record.epoch_history,
                 }));
