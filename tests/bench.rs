@@ -469,6 +469,59 @@ fn two_group_mode_runs_beside_one_group_with_the_ratio() {
     );
 }
 
+/// The controller mode: an embedded controller and a SYNC_MASTER-like pair in controller mode
+/// (the controller elects the master the clients are given), reported beside SYNC_MASTER with
+/// the ratio; every message is acknowledged (at the default level `all`) and consumed.
+#[test]
+fn controller_mode_runs_beside_sync_master_with_the_ratio() {
+    let root = common::temp_store();
+    let out = root.path().join("results");
+    let config = root.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        "segment_size_bytes = 4194304\nwrite_buffer_bytes = 1048576\nmax_message_bytes = 65536\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["bench", "--modes", "SYNC_MASTER,CONTROLLER"])
+        .args(["--count", "200", "--producers", "2", "--window", "2"])
+        .args(["--warmup", "0", "--queues", "2", "--shards", "1"])
+        .arg("--broker-config")
+        .arg(&config)
+        .arg("--store-root")
+        .arg(root.path())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run ringmq bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("CONTROLLER / SYNC_MASTER"), "{stdout}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    for run in results["runs"].as_array().unwrap() {
+        assert_eq!(run["messages"], 200, "{run}");
+        assert_eq!(run["failed_messages"], 0, "{run}");
+        assert_eq!(run["consumed_messages"], 200, "{run}");
+    }
+    let controlled = &results["runs"][1];
+    assert_eq!(controlled["mode"], "CONTROLLER", "{controlled}");
+    assert!(
+        controlled["cpu"]["slave_percent"].is_number(),
+        "{controlled}"
+    );
+    let log = std::fs::read_to_string(out.join("CONTROLLER-p2-controller.controller.log"))
+        .expect("the controller's log");
+    assert!(
+        log.contains("ElectMaster"),
+        "the controller elected nobody:\n{log}"
+    );
+}
+
 /// `--protocol native,kafka`: the same mode over ringmq frames and over the broker's Kafka
 /// listener, each its own row; every Kafka-produced message is stored (and read by the
 /// native consumers), and the kafka ÷ native table and `protocol_ratios` are written.

@@ -28,6 +28,9 @@ pub struct EmbeddedBroker {
     log_path: PathBuf,
     pub addr: String,
     pub ready_line: String,
+    /// Whether SIGTERM must end it with a clean exit (a broker's or name server's stop), or
+    /// may simply end it (a controller, which keeps nothing in memory that its store lacks).
+    clean_exit: bool,
 }
 
 /// Where and how to start one broker process.
@@ -45,6 +48,9 @@ pub struct StartSpec<'a> {
     pub master_ha: Option<&'a str>,
     /// In a multi-group mode: the name servers to register with and the broker group.
     pub group: Option<(&'a str, &'a str)>,
+    /// In controller mode: the controller's address (the broker takes no `--role` or
+    /// `--master`; the controller assigns its role) and the broker group.
+    pub controller: Option<(&'a str, &'a str)>,
     /// The CPUs the process may run on (its affinity mask, which the broker pins its shards
     /// within); `None`: this process's own. Brokers on one machine each pin shard `n` to the
     /// `n`th CPU of their mask, so one-shard brokers left alone would all share the first CPU.
@@ -77,10 +83,18 @@ impl EmbeddedBroker {
                 "127.0.0.1:0",
                 "--flush",
             ])
-            .arg(spec.process.flush_disk_type.name())
-            .arg("--role")
-            .arg(spec.process.broker_role.name());
-        if let Some(master) = spec.master_ha {
+            .arg(spec.process.flush_disk_type.name());
+        match spec.controller {
+            Some((controller, group)) => {
+                command
+                    .args(["--controller", controller, "--cluster", BENCH_CLUSTER])
+                    .args(["--broker-name", group]);
+            }
+            None => {
+                command.arg("--role").arg(spec.process.broker_role.name());
+            }
+        }
+        if let Some(master) = spec.master_ha.filter(|_| spec.controller.is_none()) {
             command.arg("--master").arg(master);
         }
         if let Some(shards) = spec.shards {
@@ -100,6 +114,33 @@ impl EmbeddedBroker {
             log_path,
             &format!("{} broker", spec.process.flush_disk_type),
         )
+    }
+
+    /// Starts a one-replica `ringmq controller` on a free loopback port (its ready line has the
+    /// broker's form), its store a fresh directory removed like a broker's.
+    pub fn start_controller(
+        store_root: &Path,
+        name: &str,
+        out_dir: &Path,
+    ) -> Result<EmbeddedBroker, String> {
+        let exe = std::env::current_exe()
+            .map_err(|e| format!("cannot find the ringmq executable to start a controller: {e}"))?;
+        let store = fresh_dir(store_root, name)?;
+        let log_path = out_dir.join(format!("{name}.controller.log"));
+        let mut command = Command::new(exe);
+        command
+            .args([
+                "controller",
+                "--id",
+                "1",
+                "--peers",
+                "1=127.0.0.1:0",
+                "--store",
+            ])
+            .arg(&store);
+        let mut controller = EmbeddedBroker::spawn(command, store, log_path, "controller")?;
+        controller.clean_exit = false;
+        Ok(controller)
     }
 
     /// Starts `ringmq namesrv` on a free loopback port (its ready line has the broker's form);
@@ -140,6 +181,7 @@ impl EmbeddedBroker {
             log_path,
             addr: String::new(),
             ready_line: String::new(),
+            clean_exit: true,
         };
         match ready {
             Ok(line) => {
@@ -201,6 +243,12 @@ impl EmbeddedBroker {
         let _ = std::fs::remove_dir_all(&self.store);
         match status {
             Some(s) if s.success() => Ok(()),
+            Some(s)
+                if !self.clean_exit
+                    && std::os::unix::process::ExitStatusExt::signal(&s) == Some(libc::SIGTERM) =>
+            {
+                Ok(())
+            }
             Some(s) => Err(format!(
                 "embedded broker exited with {s} on SIGTERM\n{}",
                 self.log_tail()
@@ -301,6 +349,36 @@ const SLAVE_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Waits until every shard of the master at `addr` has `slaves` connected, caught-up slaves,
 /// so a SYNC_MASTER run measures replication rather than SLAVE_NOT_AVAILABLE answers.
+/// The client address of the master the controller at `controller` elected for the bench's
+/// group `group`, once its SyncStateSet holds `members` brokers.
+pub fn controlled_master(controller: &str, group: &str, members: usize) -> Result<String, String> {
+    let deadline = Instant::now() + SLAVE_CONNECT_TIMEOUT;
+    let mut client = crate::client::controller::ControllerClient::new(
+        vec![controller.to_string()],
+        Duration::from_secs(2),
+    )
+    .map_err(|e| e.to_string())?;
+    loop {
+        if let Ok(state) = client.group_state(BENCH_CLUSTER, group) {
+            let master = state
+                .brokers
+                .iter()
+                .find(|b| b.broker_id == state.master_broker_id && b.broker_id != 0);
+            if let (Some(master), true) = (master, state.sync_state_set.len() >= members) {
+                return Ok(master.listen.clone());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the embedded controller at {controller} elected no master with {members} members within {} s",
+                SLAVE_CONNECT_TIMEOUT.as_secs()
+            ));
+        }
+        // Polling a state that has no event to wait on; the interval only bounds start-up.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn wait_for_slaves(addr: &str, slaves: usize) -> Result<(), String> {
     let deadline = Instant::now() + SLAVE_CONNECT_TIMEOUT;
     let mut client = crate::client::Client::connect(addr)

@@ -204,6 +204,15 @@ fn run_one(
                 )?),
             };
             let namesrv_addr = namesrv.as_ref().map(|n| n.addr.clone());
+            let controller = match mode.controlled() {
+                true => Some(EmbeddedBroker::start_controller(
+                    store_root,
+                    &format!("{name}-controller"),
+                    &matrix.out_dir,
+                )?),
+                false => None,
+            };
+            let controller_addr = controller.as_ref().map(|c| c.addr.clone());
             // Several groups split the one-group run's shards between them, so the comparison
             // holds the total fixed.
             let group_shards = match groups {
@@ -240,14 +249,20 @@ fn run_one(
                         out_dir: &matrix.out_dir,
                         master_ha: master_ha.as_deref(),
                         group: namesrv_addr.as_deref().map(|n| (n, group_name.as_str())),
+                        controller: controller_addr.as_deref().map(|c| (c, group_name.as_str())),
                         cpus: Some(cpus.as_slice()).filter(|c| !c.is_empty()),
                     };
                     brokers.push(EmbeddedBroker::start(&spec)?);
                 }
+                // In controller mode the controller picks the master among the group's brokers.
+                let master = match &controller_addr {
+                    Some(c) => super::embedded::controlled_master(c, &group_name, processes.len())?,
+                    None => brokers[first].addr.clone(),
+                };
                 if processes.len() > 1 {
-                    super::embedded::wait_for_slaves(&brokers[first].addr, processes.len() - 1)?;
+                    super::embedded::wait_for_slaves(&master, processes.len() - 1)?;
                 }
-                masters.push(brokers[first].addr.clone());
+                masters.push(master);
                 if kafka {
                     workload.kafka = Some(
                         brokers[first]
@@ -262,12 +277,12 @@ fn run_one(
                 masters = cluster_masters(namesrv, super::embedded::BENCH_CLUSTER, groups)?;
             }
             let ready = brokers[0].ready_line.clone();
-            let per_group = processes.len();
+            // A master is the broker the clients were given (in controller mode not always the
+            // first started).
             let watched: Vec<Watched> = brokers
                 .iter()
-                .enumerate()
-                .filter_map(|(index, b)| {
-                    let label = if index % per_group == 0 {
+                .filter_map(|b| {
+                    let label = if masters.contains(&b.addr) {
                         "broker"
                     } else {
                         "slave"
@@ -282,6 +297,9 @@ fn run_one(
             }
             if let Some(namesrv) = namesrv {
                 namesrv.stop()?;
+            }
+            if let Some(controller) = controller {
+                controller.stop()?;
             }
             Ok((result?, Some(ready)))
         }

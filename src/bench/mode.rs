@@ -7,6 +7,9 @@
 //! for the slave costs. [`BenchMode::SyncMasterTwoGroups`] runs two such SYNC_MASTER groups
 //! behind an embedded name server, each broker with half the one-group run's shards, so its
 //! ratio to SYNC_MASTER shows what spreading the same shards over two groups costs.
+//! [`BenchMode::Controller`] runs the SYNC_MASTER pair in controller mode instead (one embedded
+//! controller elects the master; produces at the brokers' default level `all` wait for the
+//! SyncStateSet, the same one slave), so its ratio to SYNC_MASTER is what controller mode costs.
 
 use crate::config::{BrokerRole as Role, FlushDiskType};
 use serde::Serialize;
@@ -25,6 +28,8 @@ pub enum BenchMode {
     AsyncMaster,
     #[serde(rename = "SYNC_MASTER_X2")]
     SyncMasterTwoGroups,
+    #[serde(rename = "CONTROLLER")]
+    Controller,
 }
 
 /// What a broker process in a mode plays.
@@ -52,14 +57,16 @@ impl BenchMode {
         BenchMode::AsyncMaster,
     ];
 
-    /// Every mode `--modes` accepts: [`BenchMode::ALL`] (the default matrix) and the two-group
-    /// run, which starts five processes and is asked for by name.
-    pub const KNOWN: [BenchMode; 5] = [
+    /// Every mode `--modes` accepts: [`BenchMode::ALL`] (the default matrix), the two-group
+    /// run, which starts five processes, and the controller-mode pair (three); the last two are
+    /// asked for by name.
+    pub const KNOWN: [BenchMode; 6] = [
         BenchMode::SyncFlush,
         BenchMode::AsyncFlush,
         BenchMode::SyncMaster,
         BenchMode::AsyncMaster,
         BenchMode::SyncMasterTwoGroups,
+        BenchMode::Controller,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,7 +76,13 @@ impl BenchMode {
             BenchMode::SyncMaster => "SYNC_MASTER",
             BenchMode::AsyncMaster => "ASYNC_MASTER",
             BenchMode::SyncMasterTwoGroups => "SYNC_MASTER_X2",
+            BenchMode::Controller => "CONTROLLER",
         }
+    }
+
+    /// Whether the mode's brokers run in controller mode, behind an embedded controller.
+    pub fn controlled(self) -> bool {
+        self == BenchMode::Controller
     }
 
     /// The mode this mode's cost is measured against: for a sync mode the same topology with a
@@ -79,7 +92,7 @@ impl BenchMode {
         match self {
             BenchMode::SyncFlush => Some(BenchMode::AsyncFlush),
             BenchMode::SyncMaster => Some(BenchMode::AsyncMaster),
-            BenchMode::SyncMasterTwoGroups => Some(BenchMode::SyncMaster),
+            BenchMode::SyncMasterTwoGroups | BenchMode::Controller => Some(BenchMode::SyncMaster),
             BenchMode::AsyncFlush | BenchMode::AsyncMaster => None,
         }
     }
@@ -93,7 +106,8 @@ impl BenchMode {
         }
     }
 
-    /// The processes to start for one group, clients' target first.
+    /// The processes to start for one group, clients' target first (in controller mode the
+    /// controller picks the master; `broker_role` is not given to those brokers).
     pub fn broker_processes(self) -> Vec<BrokerProcess> {
         let single = |flush_disk_type| {
             vec![BrokerProcess {
@@ -119,7 +133,9 @@ impl BenchMode {
         match self {
             BenchMode::SyncFlush => single(FlushDiskType::SyncFlush),
             BenchMode::AsyncFlush => single(FlushDiskType::AsyncFlush),
-            BenchMode::SyncMaster | BenchMode::SyncMasterTwoGroups => pair(Role::SyncMaster),
+            BenchMode::SyncMaster | BenchMode::SyncMasterTwoGroups | BenchMode::Controller => {
+                pair(Role::SyncMaster)
+            }
             BenchMode::AsyncMaster => pair(Role::AsyncMaster),
         }
     }

@@ -428,6 +428,21 @@ fn modes_parse_and_pair() {
         !BenchMode::ALL.contains(&BenchMode::SyncMasterTwoGroups),
         "the five-process run is asked for by name"
     );
+    assert_eq!("controller".parse::<BenchMode>(), Ok(BenchMode::Controller));
+    assert_eq!(
+        BenchMode::Controller.async_twin(),
+        Some(BenchMode::SyncMaster),
+        "controller mode is measured against SYNC_MASTER with the same one slave"
+    );
+    assert_eq!(
+        BenchMode::Controller.broker_processes(),
+        BenchMode::SyncMaster.broker_processes()
+    );
+    assert!(BenchMode::Controller.controlled());
+    assert!(BenchMode::KNOWN
+        .iter()
+        .all(|m| m.controlled() == (*m == BenchMode::Controller)));
+    assert!(!BenchMode::ALL.contains(&BenchMode::Controller));
     for mode in BenchMode::ALL {
         assert_eq!(mode.groups(), 1);
     }
