@@ -6,6 +6,7 @@ mod common;
 use common::Broker;
 use ringmq::client::cluster::{NameServerSource, RouteSource};
 use ringmq::protocol::message::QueueRef;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -405,10 +406,10 @@ fn stored_by_bench_topics(broker: &Broker, driver: &str) -> u64 {
         .sum()
 }
 
-/// The two-group mode: an embedded name server and two SYNC_MASTER groups of one shard each,
-/// reported beside the one-group SYNC_MASTER run of two shards with their ratio.
-#[test]
-fn two_group_mode_runs_beside_one_group_with_the_ratio() {
+/// A bench run against embedded brokers with small segments, `args` after `bench`, stored
+/// under a fresh root: its root (keep it alive), results folder, stdout and results.json.
+/// Fails with both outputs unless it succeeded.
+fn embedded_bench(args: &[&str]) -> (tempfile::TempDir, PathBuf, String, serde_json::Value) {
     let root = common::temp_store();
     let out = root.path().join("results");
     let config = root.path().join("broker.toml");
@@ -418,9 +419,9 @@ fn two_group_mode_runs_beside_one_group_with_the_ratio() {
     )
     .unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-        .args(["bench", "--modes", "SYNC_MASTER,SYNC_MASTER_X2"])
-        .args(["--count", "200", "--producers", "2", "--window", "2"])
-        .args(["--warmup", "0", "--queues", "2", "--shards", "2"])
+        .arg("bench")
+        .args(args)
+        .args(["--warmup", "0"])
         .arg("--broker-config")
         .arg(&config)
         .arg("--store-root")
@@ -429,20 +430,46 @@ fn two_group_mode_runs_beside_one_group_with_the_ratio() {
         .arg(&out)
         .output()
         .expect("run ringmq bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
         "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    assert!(stdout.contains("SYNC_MASTER_X2 / SYNC_MASTER"), "{stdout}");
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    (root, out, stdout, results)
+}
+
+/// Every run of `results` sent `count` messages, none failed, and all were consumed.
+fn every_message_acknowledged_and_consumed(results: &serde_json::Value, count: u64) {
     for run in results["runs"].as_array().unwrap() {
-        assert_eq!(run["messages"], 200, "{run}");
+        assert_eq!(run["messages"], count, "{run}");
         assert_eq!(run["failed_messages"], 0, "{run}");
-        assert_eq!(run["consumed_messages"], 200, "{run}");
+        assert_eq!(run["consumed_messages"], count, "{run}");
     }
+}
+
+/// The two-group mode: an embedded name server and two SYNC_MASTER groups of one shard each,
+/// reported beside the one-group SYNC_MASTER run of two shards with their ratio.
+#[test]
+fn two_group_mode_runs_beside_one_group_with_the_ratio() {
+    let (_root, out, stdout, results) = embedded_bench(&[
+        "--modes",
+        "SYNC_MASTER,SYNC_MASTER_X2",
+        "--count",
+        "200",
+        "--producers",
+        "2",
+        "--window",
+        "2",
+        "--queues",
+        "2",
+        "--shards",
+        "2",
+    ]);
+    assert!(stdout.contains("SYNC_MASTER_X2 / SYNC_MASTER"), "{stdout}");
+    every_message_acknowledged_and_consumed(&results, 200);
     let x2 = &results["runs"][1];
     assert_eq!(x2["mode"], "SYNC_MASTER_X2", "{x2}");
     assert!(x2["cpu"]["slave_percent"].is_number(), "{x2}");
@@ -474,40 +501,22 @@ fn two_group_mode_runs_beside_one_group_with_the_ratio() {
 /// the ratio; every message is acknowledged (at the default level `all`) and consumed.
 #[test]
 fn controller_mode_runs_beside_sync_master_with_the_ratio() {
-    let root = common::temp_store();
-    let out = root.path().join("results");
-    let config = root.path().join("broker.toml");
-    std::fs::write(
-        &config,
-        "segment_size_bytes = 4194304\nwrite_buffer_bytes = 1048576\nmax_message_bytes = 65536\n",
-    )
-    .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-        .args(["bench", "--modes", "SYNC_MASTER,CONTROLLER"])
-        .args(["--count", "200", "--producers", "2", "--window", "2"])
-        .args(["--warmup", "0", "--queues", "2", "--shards", "1"])
-        .arg("--broker-config")
-        .arg(&config)
-        .arg("--store-root")
-        .arg(root.path())
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("run ringmq bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let (_root, out, stdout, results) = embedded_bench(&[
+        "--modes",
+        "SYNC_MASTER,CONTROLLER",
+        "--count",
+        "200",
+        "--producers",
+        "2",
+        "--window",
+        "2",
+        "--queues",
+        "2",
+        "--shards",
+        "1",
+    ]);
     assert!(stdout.contains("CONTROLLER / SYNC_MASTER"), "{stdout}");
-    let results: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
-    for run in results["runs"].as_array().unwrap() {
-        assert_eq!(run["messages"], 200, "{run}");
-        assert_eq!(run["failed_messages"], 0, "{run}");
-        assert_eq!(run["consumed_messages"], 200, "{run}");
-    }
+    every_message_acknowledged_and_consumed(&results, 200);
     let controlled = &results["runs"][1];
     assert_eq!(controlled["mode"], "CONTROLLER", "{controlled}");
     assert!(
@@ -527,51 +536,26 @@ fn controller_mode_runs_beside_sync_master_with_the_ratio() {
 /// native consumers), and the kafka ÷ native table and `protocol_ratios` are written.
 #[test]
 fn kafka_protocol_rows_run_beside_native_with_the_ratio() {
-    let root = common::temp_store();
-    let out = root.path().join("results");
-    let config = root.path().join("broker.toml");
-    std::fs::write(
-        &config,
-        "segment_size_bytes = 4194304\nwrite_buffer_bytes = 1048576\nmax_message_bytes = 65536\n",
-    )
-    .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-        .args([
-            "bench",
-            "--modes",
-            "SYNC_FLUSH",
-            "--protocol",
-            "native,kafka",
-        ])
-        .args([
-            "--count",
-            "300",
-            "--producers",
-            "3",
-            "--window",
-            "2",
-            "--batch",
-            "2",
-        ])
-        .args(["--warmup", "0", "--queues", "4", "--shards", "2"])
-        .arg("--broker-config")
-        .arg(&config)
-        .arg("--store-root")
-        .arg(root.path())
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("run ringmq bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let (_root, _out, stdout, results) = embedded_bench(&[
+        "--modes",
+        "SYNC_FLUSH",
+        "--protocol",
+        "native,kafka",
+        "--count",
+        "300",
+        "--producers",
+        "3",
+        "--window",
+        "2",
+        "--batch",
+        "2",
+        "--queues",
+        "4",
+        "--shards",
+        "2",
+    ]);
     assert!(stdout.contains("SYNC_FLUSH/kafka"), "{stdout}");
     assert!(stdout.contains("SYNC_FLUSH kafka / native"), "{stdout}");
-    let results: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     let runs = results["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
     assert_eq!(runs[1]["protocol"], "kafka", "{}", runs[1]);

@@ -173,18 +173,7 @@ impl FakeBroker {
         let started = Instant::now();
         let handle = thread::spawn(move || {
             while flag.load(Ordering::SeqCst) {
-                let heartbeat = BrokerHeartbeat {
-                    cluster_name: CLUSTER.into(),
-                    broker_name: GROUP.into(),
-                    broker_id: id,
-                    epoch: 0,
-                    end_offsets: vec![100],
-                    unclean_restart: 0,
-                    async_flush: 0,
-                    learner: 0,
-                    election_priority: 0,
-                    sent_at_ms: started.elapsed().as_millis() as u64,
-                };
+                let heartbeat = heartbeat_of(id, 100, started);
                 if let Ok(answer) = client.heartbeat(&heartbeat) {
                     let mut wanted = all_ids.lock().unwrap().clone();
                     wanted.sort();
@@ -226,6 +215,23 @@ impl FakeBroker {
 impl Drop for FakeBroker {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A fake broker's heartbeat: one shard ending at `end`, sent now by a clock started at
+/// `started`.
+fn heartbeat_of(id: u64, end: u64, started: Instant) -> BrokerHeartbeat {
+    BrokerHeartbeat {
+        cluster_name: CLUSTER.into(),
+        broker_name: GROUP.into(),
+        broker_id: id,
+        epoch: 0,
+        end_offsets: vec![end],
+        unclean_restart: 0,
+        async_flush: 0,
+        learner: 0,
+        election_priority: 0,
+        sent_at_ms: started.elapsed().as_millis() as u64,
     }
 }
 
@@ -618,18 +624,7 @@ fn a_follower_forwards_a_brokers_requests_to_the_leader() {
     );
     let started = Instant::now();
     let answer = wait_until(Duration::from_secs(15), "the lone broker elected", || {
-        let heartbeat = BrokerHeartbeat {
-            cluster_name: CLUSTER.into(),
-            broker_name: GROUP.into(),
-            broker_id: id,
-            epoch: 0,
-            end_offsets: vec![0],
-            unclean_restart: 0,
-            async_flush: 0,
-            learner: 0,
-            election_priority: 0,
-            sent_at_ms: started.elapsed().as_millis() as u64,
-        };
+        let heartbeat = heartbeat_of(id, 0, started);
         let answer = client.heartbeat(&heartbeat).expect("a forwarded heartbeat");
         assert_eq!(
             client.current_addr(),

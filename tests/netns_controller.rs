@@ -125,6 +125,24 @@ impl ControlledGroup {
         })
     }
 
+    /// A slave of the group whose master is `master_id`, as the controllers list it.
+    fn a_slave(&self, master_id: u64) -> ringmq::protocol::controller::BrokerEntry {
+        group_state(&self.controller_addrs)
+            .expect("group state")
+            .brokers
+            .into_iter()
+            .find(|b| b.broker_id != master_id)
+            .expect("a slave")
+    }
+
+    /// Waits until the controllers' SyncStateSet no longer holds `id`: the group then.
+    fn shrunk_out(&self, id: u64, what: &str) -> ringmq::protocol::controller::GroupState {
+        wait_until(Duration::from_secs(60), what, || {
+            let state = group_state(&self.controller_addrs)?;
+            (!state.sync_state_set.contains(&id)).then_some(state)
+        })
+    }
+
     /// The id of the controller that leads now (1-based: hosts 0-2 run ids 1-3).
     fn controller_leader(&self) -> u64 {
         wait_until(Duration::from_secs(30), "a controller leader", || {
@@ -376,12 +394,7 @@ fn a_slow_slave_is_shrunk_out_of_the_set_and_readmitted_once_caught_up() {
     const BULK: &str = "bulk";
     create_named_topic_everywhere(&master, &group.addrs(), BULK, 1);
     let before = group_state(&group.controller_addrs).expect("group state");
-    let slow = before
-        .brokers
-        .iter()
-        .find(|b| b.broker_id != master_id)
-        .expect("a slave")
-        .clone();
+    let slow = group.a_slave(master_id);
     let slow_host = group.host_of(&slow.listen);
     lab.shape_incoming(slow_host, "2mbit");
     let shaped_at = Instant::now();
@@ -408,10 +421,7 @@ fn a_slow_slave_is_shrunk_out_of_the_set_and_readmitted_once_caught_up() {
             sent
         })
     };
-    let shrunk = wait_until(Duration::from_secs(60), "the slow slave shrunk out", || {
-        let state = group_state(&group.controller_addrs)?;
-        (!state.sync_state_set.contains(&slow.broker_id)).then_some(state)
-    });
+    let shrunk = group.shrunk_out(slow.broker_id, "the slow slave shrunk out");
     let shrunk_after = shaped_at.elapsed();
     assert_eq!(
         (shrunk.master_broker_id, shrunk.master_epoch),
@@ -446,6 +456,19 @@ fn a_slow_slave_is_shrunk_out_of_the_set_and_readmitted_once_caught_up() {
     producer.finish(&group, &master);
 }
 
+/// Which shard owns each queue of the topic, as the broker at `addr` lists it.
+fn queue_shards(addr: &str) -> Vec<u16> {
+    ringmq::client::Client::connect(addr)
+        .expect("connect")
+        .call(&ringmq::protocol::message::TopicListRequest {})
+        .expect("topics")
+        .topics
+        .into_iter()
+        .find(|t| t.name == TOPIC)
+        .expect("the topic")
+        .queue_shards
+}
+
 /// The leader's status document's entry for the group.
 fn group_status(group: &ControlledGroup) -> Option<serde_json::Value> {
     let mut client =
@@ -474,35 +497,19 @@ fn only_an_out_of_set_slave_left(
     (master, master_id): (&str, u64),
     stop: bool,
 ) -> (usize, u64, [usize; 2], Option<History>, Option<Producer>) {
-    let state = group_state(&group.controller_addrs).expect("group state");
-    let s = state
-        .brokers
-        .iter()
-        .find(|b| b.broker_id != master_id)
-        .expect("a slave")
-        .clone();
+    let s = group.a_slave(master_id);
     let s_index = group.index_of(&s.listen);
     let m_index = group.index_of(master);
     let other = (0..3).find(|i| *i != s_index && *i != m_index).unwrap();
     lab.partition(group.host_of(master), group.host_of(&s.listen));
-    wait_until(Duration::from_secs(60), "S shrunk out of the set", || {
-        let state = group_state(&group.controller_addrs)?;
-        (!state.sync_state_set.contains(&s.broker_id)).then_some(())
-    });
+    group.shrunk_out(s.broker_id, "S shrunk out of the set");
     producer.wait_for(200, "200 acknowledgements without S");
     let (history, producer) = if stop {
         let history = producer.stop();
-        let topic = ringmq::client::Client::connect(master)
-            .expect("connect")
-            .call(&ringmq::protocol::message::TopicListRequest {})
-            .expect("topics")
-            .topics
-            .into_iter()
-            .find(|t| t.name == TOPIC)
-            .expect("the topic");
+        let queue_shards = queue_shards(master);
         let mut last_record = std::collections::BTreeMap::<usize, u64>::new();
         for ((_, queue, _), at) in history.acked.iter().zip(&history.commitlog_offsets) {
-            let shard = topic.queue_shards[*queue as usize] as usize;
+            let shard = queue_shards[*queue as usize] as usize;
             let last = last_record.entry(shard).or_default();
             *last = (*last).max(*at);
         }
@@ -638,18 +645,11 @@ fn with_unclean_election_on_the_lost_range_recorded_is_what_the_checker_finds_mi
             )
         })
         .collect();
-    let topic = ringmq::client::Client::connect(&s_addr)
-        .expect("connect")
-        .call(&ringmq::protocol::message::TopicListRequest {})
-        .expect("topics")
-        .topics
-        .into_iter()
-        .find(|t| t.name == TOPIC)
-        .expect("the topic");
+    let queue_shards = queue_shards(&s_addr);
     let stored = read_all(&s_addr, QUEUES);
     let mut missing = 0;
     for ((payload, queue, offset), at) in history.acked.iter().zip(&history.commitlog_offsets) {
-        let shard = u64::from(topic.queue_shards[*queue as usize]);
+        let shard = u64::from(queue_shards[*queue as usize]);
         let on_s = stored.get(queue).and_then(|q| q.get(offset)) == Some(payload);
         let in_range = lost
             .get(&shard)
