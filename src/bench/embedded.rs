@@ -347,8 +347,6 @@ pub fn log_tail(path: &Path) -> String {
 /// How long a slave may take to connect every shard's link before the run is abandoned.
 const SLAVE_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Waits until every shard of the master at `addr` has `slaves` connected, caught-up slaves,
-/// so a SYNC_MASTER run measures replication rather than SLAVE_NOT_AVAILABLE answers.
 /// The client address of the master the controller at `controller` elected for the bench's
 /// group `group`, once its SyncStateSet holds `members` brokers.
 pub fn controlled_master(controller: &str, group: &str, members: usize) -> Result<String, String> {
@@ -379,6 +377,8 @@ pub fn controlled_master(controller: &str, group: &str, members: usize) -> Resul
     }
 }
 
+/// Waits until every shard of the master at `addr` has `slaves` connected, caught-up slaves,
+/// so a SYNC_MASTER run measures replication rather than SLAVE_NOT_AVAILABLE answers.
 pub fn wait_for_slaves(addr: &str, slaves: usize) -> Result<(), String> {
     let deadline = Instant::now() + SLAVE_CONNECT_TIMEOUT;
     let mut client = crate::client::Client::connect(addr)

@@ -301,15 +301,20 @@ fn handle_event(
             waiter,
             forwarded,
         } => {
-            let waiter = match controller.forward_target() {
+            let (body, waiter) = match controller.forward_target() {
                 Some((leader, addr)) if !forwarded && forwarded_by_followers(opcode) => {
-                    match forwarders.forward(leader, &addr, opcode, body.clone(), waiter) {
+                    let job = Forward {
+                        opcode,
+                        body,
+                        waiter,
+                    };
+                    match forwarders.forward(leader, &addr, job) {
                         Ok(()) => return,
                         // Its queue is full: NOT_LEADER names the leader, the broker goes there.
-                        Err(waiter) => waiter,
+                        Err(job) => (job.body, job.waiter),
                     }
                 }
-                _ => waiter,
+                _ => (body, waiter),
             };
             if let Some(done) = controller.handle(opcode, &body, now_ms, waiter) {
                 answered.push(done);
@@ -335,15 +340,8 @@ struct Forward {
 }
 
 impl Forwarders {
-    /// Queues the request for the leader at `addr`, or hands the waiter back when it cannot.
-    fn forward(
-        &mut self,
-        leader: u64,
-        addr: &str,
-        opcode: ControllerOpcode,
-        body: Vec<u8>,
-        waiter: Waiter,
-    ) -> Result<(), Waiter> {
+    /// Queues the request for the leader at `addr`, or hands it back when it cannot.
+    fn forward(&mut self, leader: u64, addr: &str, job: Forward) -> Result<(), Forward> {
         if !self.by_addr.contains_key(addr) {
             let (tx, rx) = mpsc::sync_channel(FORWARD_QUEUE);
             let (target, secret, id) = (addr.to_string(), self.secret.clone(), self.id);
@@ -351,21 +349,16 @@ impl Forwarders {
                 .name(format!("controller-forward-{leader}"))
                 .spawn(move || forwarder(id, target, rx, secret));
             if spawned.is_err() {
-                return Err(waiter);
+                return Err(job);
             }
             self.by_addr.insert(addr.to_string(), tx);
         }
-        let job = Forward {
-            opcode,
-            body,
-            waiter,
-        };
         match self.by_addr[addr].try_send(job) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(job)) => Err(job.waiter),
+            Err(TrySendError::Full(job)) => Err(job),
             Err(TrySendError::Disconnected(job)) => {
                 self.by_addr.remove(addr);
-                Err(job.waiter)
+                Err(job)
             }
         }
     }
