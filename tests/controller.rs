@@ -232,6 +232,7 @@ fn heartbeat_of(id: u64, end: u64, started: Instant) -> BrokerHeartbeat {
         learner: 0,
         election_priority: 0,
         sent_at_ms: started.elapsed().as_millis() as u64,
+        ..BrokerHeartbeat::default()
     }
 }
 

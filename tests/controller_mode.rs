@@ -142,6 +142,22 @@ impl Running {
             group.sync_state_set.contains(&self.master_id),
             "the old master rejoined the SyncStateSet: {group:?}"
         );
+        for broker in &group.brokers {
+            let why = sync_state_why(
+                std::slice::from_ref(&self.controller.addr),
+                broker.broker_id,
+            )
+            .expect("the leader explains every broker");
+            if broker.broker_id == group.master_broker_id {
+                assert_eq!(why, "master");
+            } else {
+                assert!(
+                    why.starts_with("in"),
+                    "broker {} is a member: {why}",
+                    broker.broker_id
+                );
+            }
+        }
         self.stop.store(true, Ordering::Relaxed);
         self.producer.take().unwrap().join().expect("producer");
         let history = self.history.lock().unwrap();
@@ -170,6 +186,24 @@ fn sigkill_of_the_master_fails_over_with_no_acknowledged_loss() {
     let (failover, new_master) = group.first_ok_elsewhere(killed_at, "SIGKILL");
     println!(
         "failover: SIGKILL of the master -> first OK on the new master {new_master} in {} ms",
+        failover.as_millis()
+    );
+    let epoch = group.controller.group().expect("group state").master_epoch;
+    let timeline = group.controller.timeline(u64::from(epoch));
+    println!("failover timeline (ms from the old master's last heartbeat): {timeline}");
+    let phases = ordered_phases(&timeline, "failover");
+    assert!(
+        phases[0] >= 2_000,
+        "detected only after broker_silent_ms (2 s) of silence: {timeline}"
+    );
+    // The start is the last heartbeat before the SIGKILL (at most one 250 ms interval
+    // earlier); the first OK the producer saw follows the new master's first ack.
+    let first_ack = timeline["first_ack_ms"]
+        .as_u64()
+        .expect("the producer was acknowledged");
+    assert!(
+        first_ack <= failover.as_millis() as u64 + 1_000,
+        "the recorded first ack ({first_ack} ms) is no later than the producer's first OK ({} ms) plus one interval and slack",
         failover.as_millis()
     );
     group.rejoin_and_check(&new_master);
@@ -213,7 +247,45 @@ fn sigterm_of_the_master_hands_the_group_over_with_no_acknowledged_loss() {
         !state.sync_state_set.contains(&group.master_id),
         "the stopped master left the set: {state:?}"
     );
+    let timeline = group.controller.timeline(u64::from(state.master_epoch));
+    println!("hand-over timeline (ms from the resignation): {timeline}");
+    let phases = ordered_phases(&timeline, "handover");
+    assert_eq!(
+        phases[..2],
+        [0, 0],
+        "a resignation is detected and decided at once"
+    );
+    assert!(
+        timeline["first_ack_ms"].is_u64(),
+        "the producer was acknowledged: {timeline}"
+    );
     group.rejoin_and_check(&new_master);
+}
+
+/// The timeline's phases (detected, decided, committed, role sent, promoted, then first ack
+/// when there is one), checked to be of `kind` and in order.
+fn ordered_phases(timeline: &serde_json::Value, kind: &str) -> Vec<u64> {
+    assert_eq!(timeline["kind"], kind, "{timeline}");
+    let phases: Vec<u64> = [
+        "detected",
+        "decided",
+        "committed",
+        "role_sent",
+        "promoted",
+        "first_ack",
+    ]
+    .iter()
+    .filter_map(|p| timeline[format!("{p}_ms")].as_u64())
+    .collect();
+    assert!(
+        phases.len() >= 5,
+        "every phase up to the promotion: {timeline}"
+    );
+    assert!(
+        phases.windows(2).all(|w| w[0] <= w[1]),
+        "phases in order: {timeline}"
+    );
+    phases
 }
 
 #[test]

@@ -138,10 +138,35 @@ pub fn controller_status_text(status: &serde_json::Value) -> String {
                         "silent"
                     }
                     .to_string(),
+                    b["why"].as_str().unwrap_or("(ask the leader)").to_string(),
                 ]
             })
             .collect();
-        out.push_str(&table(&["BROKER", "ROLE", "LISTEN", "HEARD"], &rows));
+        out.push_str(&table(
+            &["BROKER", "ROLE", "LISTEN", "HEARD", "SYNC STATE"],
+            &rows,
+        ));
+        for entry in group["epoch_history"].as_array().into_iter().flatten() {
+            let t = &entry["timeline"];
+            if !t.is_object() {
+                continue;
+            }
+            let first_ack = t["first_ack_ms"]
+                .as_u64()
+                .map_or("none yet".to_string(), |ms| format!("{ms}"));
+            out.push_str(&format!(
+                "epoch {} ({} to broker {}): detected {}, decided {}, committed {}, role sent {}, promoted {}, first ack {} (ms from the start)\n",
+                entry["epoch"],
+                t["kind"].as_str().unwrap_or(""),
+                entry["master_broker_id"],
+                t["detected_ms"],
+                t["decided_ms"],
+                t["committed_ms"],
+                t["role_sent_ms"],
+                t["promoted_ms"],
+                first_ack
+            ));
+        }
     }
     out
 }

@@ -46,6 +46,10 @@ pub struct ControllerArgs {
     /// alike, must prove it holds the secret before it is served. Read once, never printed.
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
+    /// HOST:PORT of an HTTP endpoint answering `GET /metrics` with this controller's view
+    /// in Prometheus text: groups, masters, SyncStateSets, brokers, last failover timelines.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -100,7 +104,9 @@ fn serve(args: ControllerArgs) -> Result<(), String> {
         .as_deref()
         .map(|path| read_secret_file("--secret-file", path))
         .transpose()?;
-    server::run(server_config(id, peers, store, &args.election(), secret)?)
+    let mut config = server_config(id, peers, store, &args.election(), secret)?;
+    config.metrics_listen = args.metrics_listen.clone();
+    server::run(config)
 }
 
 /// The controller settings both `ringmq controller` and a name server embedding one
@@ -148,6 +154,7 @@ pub fn server_config(
         election: config,
         compact_threshold: election.compact_threshold.max(1),
         secret,
+        metrics_listen: None,
     })
 }
 

@@ -55,6 +55,10 @@ pub struct NamesrvArgs {
     /// bytes), apart from the brokers' --secret-file. Read once, never printed.
     #[arg(long, value_name = "FILE", requires = "controller_id")]
     pub controller_secret_file: Option<PathBuf>,
+    /// The embedded controller's `/metrics` endpoint, HOST:PORT (as `ringmq controller
+    /// --metrics-listen`).
+    #[arg(long, value_name = "HOST:PORT", requires = "controller_id")]
+    pub controller_metrics_listen: Option<String>,
     /// Connections served at once (tests lower it).
     #[arg(long, hide = true)]
     pub max_connections: Option<usize>,
@@ -112,8 +116,9 @@ pub fn run(args: NamesrvArgs) -> Result<(), String> {
             .as_deref()
             .map(|path| read_secret_file("--controller-secret-file", path))
             .transpose()?;
-        let controller =
-            server::start(server_config(id, peers, store.clone(), &election, secret)?)?;
+        let mut controller_config = server_config(id, peers, store.clone(), &election, secret)?;
+        controller_config.metrics_listen = args.controller_metrics_listen.clone();
+        let controller = server::start(controller_config)?;
         config.ready_suffix = format!(" controller={} controller_id={id}", controller.listen);
         std::thread::Builder::new()
             .name("controller-watch".into())

@@ -476,3 +476,39 @@ fn scram_flags_reach_every_client_command() {
         .unwrap_err()
         .contains("SCRAM-SHA-256"));
 }
+
+#[test]
+fn controller_status_text_shows_each_brokers_reason_and_the_recorded_timelines() {
+    let status = serde_json::json!({
+        "id": 1, "leader_addr": "127.0.0.1:9877", "voters": [1], "commit_index": 9,
+        "groups": [{
+            "cluster": "c1", "group": "g", "master_broker_id": 2, "master_epoch": 2,
+            "sync_state_set": [2], "sync_state_set_epoch": 4,
+            "brokers": [
+                {"broker_id": 1, "role": "SLAVE", "listen": "h:1", "alive": true,
+                 "why": "out: catching up on 1 of 2 shards"},
+                {"broker_id": 2, "role": "MASTER", "listen": "h:2", "alive": true, "why": null}
+            ],
+            "epoch_history": [
+                {"epoch": 1, "master_broker_id": 1},
+                {"epoch": 2, "master_broker_id": 2, "timeline": {"kind": "failover",
+                 "detected_ms": 2003, "decided_ms": 2003, "committed_ms": 2005,
+                 "role_sent_ms": 2036, "promoted_ms": 2040, "first_ack_ms": null}}
+            ]
+        }]
+    });
+    let text = super::cluster::controller_status_text(&status);
+    assert!(text.contains("out: catching up on 1 of 2 shards"), "{text}");
+    assert!(
+        text.contains("(ask the leader)"),
+        "a follower's null: {text}"
+    );
+    assert!(
+        text.contains("epoch 2 (failover to broker 2): detected 2003, decided 2003, committed 2005, role sent 2036, promoted 2040, first ack none yet"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("epoch 1 ("),
+        "an epoch without a timeline: {text}"
+    );
+}

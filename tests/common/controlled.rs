@@ -4,7 +4,7 @@
 //! outcome, and the readers and comparisons the history checks use.
 #![allow(dead_code)]
 
-use super::{temp_store, wait_until, Broker, PortBlock, Sizes};
+use super::{http_get, temp_store, wait_until, Broker, PortBlock, Sizes};
 use ringmq::client::controller::ControllerClient;
 use ringmq::client::Client;
 use ringmq::protocol::controller::GroupState;
@@ -26,6 +26,8 @@ pub const QUEUES: u32 = 4;
 /// One controller process; killed on drop.
 pub struct Controller {
     pub addr: String,
+    /// Its `/metrics` endpoint (a lone controller from [`Controller::start`] only).
+    pub metrics: Option<String>,
     _store: tempfile::TempDir,
     child: Child,
 }
@@ -33,9 +35,18 @@ pub struct Controller {
 impl Controller {
     /// A lone controller on loopback.
     pub fn start() -> Controller {
-        let addr = PortBlock::allocate().listen_addr();
+        let block = PortBlock::allocate();
+        let (addr, metrics) = (block.listen_addr(), block.ha_addr());
         let peers = format!("1={addr}");
-        Controller::spawn(Command::new(env!("CARGO_BIN_EXE_ringmq")), 1, &peers, addr)
+        let mut controller = Controller::spawn_with(
+            Command::new(env!("CARGO_BIN_EXE_ringmq")),
+            1,
+            &peers,
+            addr,
+            &["--metrics-listen", &metrics],
+        );
+        controller.metrics = Some(metrics);
+        controller
     }
 
     /// Controller `id` of `peers` (`ID=HOST:PORT,...`, its own entry `addr`), run by
@@ -77,6 +88,7 @@ impl Controller {
             .expect("the controller prints its ready line");
         Controller {
             addr,
+            metrics: None,
             _store: store,
             child,
         }
@@ -85,6 +97,41 @@ impl Controller {
     pub fn group(&self) -> Option<GroupState> {
         group_state(std::slice::from_ref(&self.addr))
     }
+
+    /// The status document (`cluster status --controller --format json`) of this controller.
+    pub fn status(&self) -> serde_json::Value {
+        let mut client =
+            ControllerClient::new(vec![self.addr.clone()], Duration::from_secs(2)).expect("client");
+        client.status().expect("controller status")
+    }
+
+    /// Waits (60 s at most) for the timeline of the switch to `epoch`, as the status document
+    /// and `/metrics` give it; the latter's phases must equal the former's.
+    pub fn timeline(&self, epoch: u64) -> serde_json::Value {
+        let timeline = wait_until(Duration::from_secs(60), "the failover timeline", || {
+            let status = self.status();
+            status["groups"][0]["epoch_history"]
+                .as_array()?
+                .iter()
+                .find(|e| e["epoch"] == epoch && e["timeline"].is_object())
+                .map(|e| e["timeline"].clone())
+        });
+        if let Some(metrics) = &self.metrics {
+            let text = http_get(metrics, "/metrics");
+            for phase in ["detected", "decided", "committed", "promoted"] {
+                let line = format!(
+                    r#"ringmq_controller_last_failover_phase_ms{{cluster="{CLUSTER}",group="{GROUP}",kind={},phase="{phase}"}} {}"#,
+                    timeline["kind"],
+                    timeline[format!("{phase}_ms")]
+                );
+                assert!(
+                    text.lines().any(|l| l == line),
+                    "{line} not in /metrics:\n{text}"
+                );
+            }
+        }
+        timeline
+    }
 }
 
 impl Drop for Controller {
@@ -92,6 +139,28 @@ impl Drop for Controller {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Why broker `broker_id` is in or out of the SyncStateSet, as the leading controller's
+/// status document says (`None` until a leader answers with a reason).
+pub fn sync_state_why(controllers: &[String], broker_id: u64) -> Option<String> {
+    let mut client = ControllerClient::new(controllers.to_vec(), Duration::from_secs(2)).ok()?;
+    let status = client.status().ok()?;
+    let leader = status["leader_addr"].as_str()?.to_string();
+    let status = if status["is_leader"] == true {
+        status
+    } else {
+        ControllerClient::new(vec![leader], Duration::from_secs(2))
+            .ok()?
+            .status()
+            .ok()?
+    };
+    status["groups"][0]["brokers"]
+        .as_array()?
+        .iter()
+        .find(|b| b["broker_id"] == broker_id)?["why"]
+        .as_str()
+        .map(str::to_string)
 }
 
 /// The group's state from whichever of `controllers` leads.

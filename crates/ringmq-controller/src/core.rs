@@ -20,8 +20,11 @@
 use crate::node::{Committed, Consensus, MembershipChange, ProposeError};
 use crate::state::{
     assigned_role, decide_election, decide_handover, Applied, BrokerAddress, BrokerReport, Command,
-    ControllerState, ElectionConfig, GroupRecord, HandoverRefused, Liveness, Refusal, Role,
+    ControllerState, ElectionConfig, GroupRecord, HandoverRefused, Liveness, Promotion, Refusal,
+    Role, SlaveLinks,
 };
+use crate::status::sync_state_reason;
+use crate::timeline::Switches;
 use ringmq_protocol::controller::{
     self as wire, ControllerOpcode, ROLE_FENCED, ROLE_MASTER, ROLE_SLAVE,
 };
@@ -136,6 +139,8 @@ pub struct Controller<C: Consensus, W> {
     initial_peers: BTreeMap<u64, String>,
     /// Soft state: `Some` while this controller leads.
     liveness: Option<Liveness>,
+    /// Soft state: the master switches this leader is timing.
+    switches: Switches,
     next_sequence: u64,
     /// Drawn at random at each start: with the id and the sequence, it makes a proposal's
     /// tag unique across restarts.
@@ -171,6 +176,7 @@ impl<C: Consensus, W> Controller<C, W> {
             applied,
             initial_peers,
             liveness: None,
+            switches: Switches::default(),
             next_sequence: 1,
             incarnation: random_incarnation(),
             pending: BTreeMap::new(),
@@ -515,6 +521,12 @@ impl<C: Consensus, W> Controller<C, W> {
                             r.broker_id,
                             r.successor_broker_id
                         );
+                        self.switches.resigned(
+                            &r.cluster_name,
+                            &r.broker_name,
+                            r.master_epoch,
+                            now_ms,
+                        );
                         Dispatch::Propose(command, Owed::Group)
                     }
                     Err(HandoverRefused::Stale(message)) => {
@@ -641,8 +653,33 @@ impl<C: Consensus, W> Controller<C, W> {
                 async_flush: h.async_flush != 0,
                 learner: h.learner != 0,
                 election_priority: h.election_priority,
+                links: h
+                    .slave_links
+                    .iter()
+                    .map(|l| SlaveLinks {
+                        broker_id: l.broker_id,
+                        linked_shards: l.linked_shards,
+                        in_sync_shards: l.in_sync_shards,
+                    })
+                    .collect(),
+                promotion: (h.promoted_epoch != 0).then(|| Promotion {
+                    master_epoch: h.promoted_epoch,
+                    promoted_in_ms: (h.promoted_in_ms != wire::NOT_YET)
+                        .then_some(u64::from(h.promoted_in_ms)),
+                    first_ack_in_ms: (h.first_ack_in_ms != wire::NOT_YET)
+                        .then_some(u64::from(h.first_ack_in_ms)),
+                }),
             },
         );
+        let record = self
+            .state
+            .group(&h.cluster_name, &h.broker_name)
+            .expect("checked above");
+        if let Some(command) = self.switches.heartbeat(h, record, now_ms) {
+            if self.propose(&command, now_ms).is_ok() {
+                tracing::info!("controller {}: recording {command:?}", self.id());
+            }
+        }
     }
 
     /// Whether an `ElectMaster` for the group is in the log past the commit index.
@@ -760,6 +797,9 @@ impl<C: Consensus, W> Controller<C, W> {
                         "alive": b.alive != 0,
                         "role": wire::role_name(match assigned_role(record, b.broker_id) {
                             Role::Master => ROLE_MASTER, Role::Slave => ROLE_SLAVE, Role::Fenced => ROLE_FENCED }),
+                        "in_sync_state_set": record.sync_state_set.contains(&b.broker_id),
+                        // Why it is in or out (the leader's view; null on a follower).
+                        "why": sync_state_reason(record, b.broker_id, self.liveness.as_ref(), now_ms, &self.config),
                         // The leader's soft state: the broker's last heartbeat, as elections
                         // rank it (null on a follower, and for a broker not heard since this
                         // controller leads).
@@ -791,7 +831,8 @@ impl<C: Consensus, W> Controller<C, W> {
 
     /// A Raft message from peer `from`: refused unless `from` is a controller we know (a
     /// member, or one the peer tables name: we could not answer one we have no address for).
-    pub fn step(&mut self, from: u64, message: &[u8]) -> Result<(), String> {
+    pub fn step(&mut self, from: u64, message: &[u8], now_ms: u64) -> Result<(), String> {
+        self.last_now_ms = now_ms;
         if self.peer_addr(from).is_none() && !self.consensus.voters().contains(&from) {
             return Err(format!("controller {from} is not a known member"));
         }
@@ -806,6 +847,7 @@ impl<C: Consensus, W> Controller<C, W> {
         let mut answered = Vec::new();
         if !self.consensus.is_leader() {
             self.liveness = None;
+            self.switches.clear();
             self.elections_in_flight.clear();
             let round = self.read_round.take().map(|r| r.batch).unwrap_or_default();
             for read in round.into_iter().chain(std::mem::take(&mut self.reads)) {
@@ -864,9 +906,12 @@ impl<C: Consensus, W> Controller<C, W> {
         self.elections_in_flight
             .retain(|_, deadline| *deadline > now_ms);
         let liveness = self.liveness.as_ref().expect("leader has liveness");
+        self.switches.expire(&self.state, now_ms);
         let mut commands = Vec::new();
         for (cluster, groups) in &self.state.clusters {
             for (name, record) in groups {
+                self.switches
+                    .observe(cluster, name, record, liveness, now_ms, &self.config);
                 let key = (cluster.clone(), name.clone(), record.master_epoch);
                 if self.elections_in_flight.contains_key(&key) {
                     continue;
@@ -881,6 +926,7 @@ impl<C: Consensus, W> Controller<C, W> {
         for (key, command) in commands {
             if self.propose(&command, now_ms).is_ok() {
                 tracing::info!("controller {}: proposing {command:?}", self.id());
+                self.switches.decided(&key.0, &key.1, key.2, now_ms);
                 self.elections_in_flight
                     .insert(key, now_ms + PROPOSAL_TIMEOUT_MS);
             }
@@ -988,6 +1034,16 @@ impl<C: Consensus, W> Controller<C, W> {
                         group.clone(),
                         *expected_master_epoch,
                     ));
+                    if let Ok(Applied::Group(record)) = &outcome {
+                        self.switches.committed(
+                            cluster,
+                            group,
+                            *expected_master_epoch,
+                            record.master_epoch,
+                            record.master_broker_id,
+                            self.last_now_ms,
+                        );
+                    }
                 }
                 let Some(pending) = self.take_pending(&context, &data) else {
                     return;
@@ -1204,6 +1260,7 @@ mod tests {
                 learner: 0,
                 election_priority: 0,
                 sent_at_ms: now + 5,
+                ..BrokerHeartbeat::default()
             }),
             now,
         );
@@ -1402,6 +1459,7 @@ mod tests {
                 learner: 0,
                 election_priority: 0,
                 sent_at_ms: 0,
+                ..BrokerHeartbeat::default()
             }),
             now,
         );
@@ -1431,6 +1489,7 @@ mod tests {
                 learner: 0,
                 election_priority: 0,
                 sent_at_ms: 2_600,
+                ..BrokerHeartbeat::default()
             }),
             2_600,
         );
@@ -1523,20 +1582,20 @@ mod tests {
             m.write_to_bytes().unwrap()
         };
         // raft-rs's commit_to panics on a commit past the log's end.
-        let past_end = c.step(2, &message(2, 1, 1_000));
+        let past_end = c.step(2, &message(2, 1, 1_000), 0);
         assert!(past_end.unwrap_err().contains("our log ends at 0"));
         assert!(
-            c.step(3, &message(2, 1, 0)).is_err(),
+            c.step(3, &message(2, 1, 0), 0).is_err(),
             "another sender inside"
         );
         assert!(
-            c.step(2, &message(2, 3, 0)).is_err(),
+            c.step(2, &message(2, 3, 0), 0).is_err(),
             "for another controller"
         );
-        assert!(c.step(9, &message(9, 1, 0)).is_err(), "not a member");
-        assert!(c.step(2, b"garbage").is_err());
+        assert!(c.step(9, &message(9, 1, 0), 0).is_err(), "not a member");
+        assert!(c.step(2, b"garbage", 0).is_err());
         // A well-formed heartbeat from a member is taken.
-        c.step(2, &message(2, 1, 0)).unwrap();
+        c.step(2, &message(2, 1, 0), 0).unwrap();
         assert_eq!(c.consensus.leader(), Some(2));
     }
 
@@ -1621,6 +1680,7 @@ mod tests {
             learner: 1,
             election_priority: 0,
             sent_at_ms: 1_000,
+            ..BrokerHeartbeat::default()
         };
         ask(
             &mut c,

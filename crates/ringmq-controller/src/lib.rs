@@ -11,16 +11,22 @@
 //!   raft-rs (tikv `raft` 0.7, pinned; why it and not openraft is in that module);
 //! - [`state`]: the state machine, pure: replicated commands, the leader's soft state of
 //!   heartbeats, and the election rules;
+//! - [`timeline`]: the leader's notes on a master switch under way, recorded as its
+//!   failover timeline once the new master acknowledged;
+//! - [`status`]: the status document's explanations and its `/metrics` rendering;
 //! - [`store`]: the Raft log, hard state and snapshots on disk.
 //!
-//! The broker side (a broker in controller mode) is not here yet: brokers use the blocking
-//! client in `ringmq_client::controller`.
+//! The broker side of controller mode is the broker's controller agent
+//! (`ringmq_broker::shard::controller_agent`), over the blocking client in
+//! `ringmq_client::controller`.
 
 pub mod core;
 pub mod node;
 pub mod server;
 pub mod state;
+pub mod status;
 pub mod store;
+pub mod timeline;
 
 #[cfg(test)]
 mod sim;

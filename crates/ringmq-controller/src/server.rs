@@ -103,6 +103,9 @@ pub struct ServerConfig {
     /// The controllers' shared secret (`--secret-file`): with it every connection, peers' and
     /// brokers' alike, authenticates first. `None`: the port is open (a warning at start).
     pub secret: Option<Secret>,
+    /// `HOST:PORT` of a plain-HTTP `GET /metrics` endpoint (Prometheus text; see
+    /// [`crate::status::metrics_text`]); `None`: no endpoint.
+    pub metrics_listen: Option<String>,
 }
 
 /// Where a request's answer goes: its connection's writer, with the request's id and opcode.
@@ -121,6 +124,8 @@ enum Event {
         forwarded: bool,
     },
     Raft(Vec<u8>),
+    /// A `/metrics` scrape: the status document, sent back on the channel.
+    Status(mpsc::Sender<serde_json::Value>),
 }
 
 /// Opens the store, binds the listener, prints the ready line and serves until killed.
@@ -209,6 +214,15 @@ pub fn start(config: ServerConfig) -> Result<Started, String> {
         );
     }
     let (events, inbox) = mpsc::sync_channel(EVENT_QUEUE);
+    if let Some(addr) = &config.metrics_listen {
+        let metrics = TcpListener::bind(addr)
+            .map_err(|e| format!("cannot listen on --metrics-listen {addr}: {e}"))?;
+        let scrapes = events.clone();
+        thread::Builder::new()
+            .name("controller-metrics".into())
+            .spawn(move || serve_metrics(metrics, scrapes))
+            .map_err(|e| e.to_string())?;
+    }
     let accept_secret = secret.clone();
     thread::Builder::new()
         .name("controller-accept".into())
@@ -287,9 +301,12 @@ fn handle_event(
     answered: &mut Vec<(Waiter, Reply)>,
 ) {
     match event {
+        Event::Status(reply) => {
+            let _ = reply.send(controller.status_document(now_ms));
+        }
         Event::Raft(body) => match RaftMessage::decode(&body) {
             Ok(message) => {
-                if let Err(e) = controller.step(message.from, &message.message) {
+                if let Err(e) = controller.step(message.from, &message.message, now_ms) {
                     tracing::debug!("raft message from {} refused: {e}", message.from);
                 }
             }
@@ -320,6 +337,54 @@ fn handle_event(
                 answered.push(done);
             }
         }
+    }
+}
+
+/// Longest `/metrics` request head read; a scraper's is a few hundred bytes.
+const MAX_HTTP_HEAD_BYTES: usize = 8192;
+/// A scraper that sends nothing (or reads nothing) for this long is dropped.
+const HTTP_IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `--metrics-listen`: answers `GET /metrics` one connection at a time (scrapers are few and
+/// each answer is built in microseconds) with the status document as Prometheus text.
+fn serve_metrics(listener: TcpListener, events: SyncSender<Event>) {
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let _ = stream.set_read_timeout(Some(HTTP_IO_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(HTTP_IO_TIMEOUT));
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() <= MAX_HTTP_HEAD_BYTES {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+        let mut parts = std::str::from_utf8(line).unwrap_or("").split_whitespace();
+        let (status, body) = match (parts.next(), parts.next()) {
+            (Some("GET"), Some("/metrics")) => {
+                let (reply, document) = mpsc::channel();
+                let answered = events
+                    .send(Event::Status(reply))
+                    .ok()
+                    .and_then(|()| document.recv_timeout(HTTP_IO_TIMEOUT).ok());
+                match answered {
+                    Some(document) => ("200 OK", crate::status::metrics_text(&document)),
+                    None => (
+                        "503 Service Unavailable",
+                        "the controller's main loop did not answer\n".to_string(),
+                    ),
+                }
+            }
+            (Some("GET"), _) => ("404 Not Found", "only /metrics is served\n".to_string()),
+            _ => ("405 Method Not Allowed", "only GET is served\n".to_string()),
+        };
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
     }
 }
 

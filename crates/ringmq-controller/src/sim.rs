@@ -320,7 +320,7 @@ impl Sim {
         self.in_flight = later;
         for (_, from, to, bytes) in due {
             if let Some(Some(node)) = self.nodes.get_mut(&to) {
-                node.step(from, &bytes)
+                node.step(from, &bytes, now)
                     .expect("a peer's message is accepted");
             }
         }
@@ -403,6 +403,7 @@ impl Sim {
             learner: self.traits[broker].learner as u8,
             election_priority: 0,
             sent_at_ms: self.now_ms,
+            ..wire::BrokerHeartbeat::default()
         };
         let mut body = Vec::new();
         h.encode(&mut body);
@@ -687,6 +688,7 @@ impl Sim {
             learner: 0,
             election_priority: 0,
             sent_at_ms: 7,
+            ..wire::BrokerHeartbeat::default()
         };
         let mut body = Vec::new();
         h.encode(&mut body);

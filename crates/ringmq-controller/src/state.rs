@@ -95,7 +95,40 @@ pub struct EpochEntry {
     pub master_broker_id: u64,
     pub unclean: bool,
     pub lost: Vec<LostRange>,
+    /// How the switch to this epoch went, when the leader that made it saw it through to the
+    /// new master's first acknowledgement (or gave up waiting for one): none for a group's
+    /// first master, and when a controller failover came in between.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<FailoverTimeline>,
 }
+
+/// The phases of one master switch, in ms from its start: the old master's last heartbeat
+/// the leader received (a failover), or the resignation's arrival (a hand-over). The first
+/// three are the leader's own clock; `promoted` and `first_ack` the new master's, measured
+/// from the answer that named it and placed where the leader received the heartbeat that
+/// answer went to (a read-index round, about one round trip between controllers, early).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverTimeline {
+    /// `"failover"` (the master went silent) or `"handover"` (it resigned, a clean stop).
+    pub kind: String,
+    /// The leader found the master lost (`broker_silent_ms` of silence).
+    pub detected_ms: u64,
+    /// It proposed the election.
+    pub decided_ms: u64,
+    /// The election committed and applied on the leader.
+    pub committed_ms: u64,
+    /// The new master's next heartbeat arrived, to be answered with its role.
+    pub role_sent_ms: u64,
+    /// Every shard of the new master was master.
+    pub promoted_ms: u64,
+    /// The new master acknowledged its first produce; none if it acknowledged nothing within
+    /// [`FIRST_ACK_WAIT_MS`] of its promotion.
+    pub first_ack_ms: Option<u64>,
+}
+
+/// How long after a promotion the leader waits for the new master's first acknowledgement
+/// before it records the timeline without one (a group with no traffic).
+pub const FIRST_ACK_WAIT_MS: u64 = 10_000;
 
 /// How many epochs of history a group keeps: enough for `cluster status` to show the last
 /// failovers, small enough that a snapshot of many groups stays small.
@@ -167,6 +200,14 @@ pub enum Command {
         #[serde(default)]
         min_master_epoch: u32,
     },
+    /// The timeline of the switch to `epoch` (see [`FailoverTimeline`]): kept only by that
+    /// epoch's entry, and only once.
+    RecordFailover {
+        cluster: String,
+        group: String,
+        epoch: u32,
+        timeline: FailoverTimeline,
+    },
     SetPeer {
         id: u64,
         addr: String,
@@ -189,6 +230,8 @@ pub enum Refusal {
     },
     #[error("invalid SyncStateSet: {0}")]
     InvalidSet(String),
+    #[error("epoch {0} is not in the group's history, or has its timeline already")]
+    NoSuchEpoch(u32),
 }
 
 /// What an applied command answers.
@@ -266,12 +309,28 @@ impl ControllerState {
                     master_broker_id: *new_master_broker_id,
                     unclean: *unclean,
                     lost: lost.clone(),
+                    timeline: None,
                 });
                 let excess = record
                     .epoch_history
                     .len()
                     .saturating_sub(EPOCH_HISTORY_KEPT);
                 record.epoch_history.drain(..excess);
+                Ok(Applied::Group(record.clone()))
+            }
+            Command::RecordFailover {
+                cluster,
+                group,
+                epoch,
+                timeline,
+            } => {
+                let record = self.group_mut(cluster, group)?;
+                let entry = record
+                    .epoch_history
+                    .iter_mut()
+                    .find(|e| e.epoch == *epoch && e.timeline.is_none())
+                    .ok_or(Refusal::NoSuchEpoch(*epoch))?;
+                entry.timeline = Some(timeline.clone());
                 Ok(Applied::Group(record.clone()))
             }
             Command::SetPeer { id, addr } => {
@@ -356,6 +415,29 @@ pub struct BrokerReport {
     pub async_flush: bool,
     pub learner: bool,
     pub election_priority: u32,
+    /// A master's view of its slaves' links (empty from anyone else).
+    pub links: Vec<SlaveLinks>,
+    /// The broker's last promotion: the master epoch, and ms from the answer that named it
+    /// to every shard master and to its first acknowledgement (`None`: not yet).
+    pub promotion: Option<Promotion>,
+}
+
+/// One slave as its master sees it, over the master's shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SlaveLinks {
+    pub broker_id: u64,
+    /// Shards with a link from it.
+    pub linked_shards: u16,
+    /// Shards where it caught up within `ha_max_time_slave_not_catchup_ms`.
+    pub in_sync_shards: u16,
+}
+
+/// What a new master says of its promotion in its heartbeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Promotion {
+    pub master_epoch: u32,
+    pub promoted_in_ms: Option<u64>,
+    pub first_ack_in_ms: Option<u64>,
 }
 
 impl BrokerReport {

@@ -12,7 +12,7 @@
 
 use super::codec::{
     list, Bytes16, Bytes32, Codec, DecodeError, EncodeError, Fields, Name, Reader, Str16, Struct,
-    Writer, U32, U64, U8,
+    Writer, U16, U32, U64, U8,
 };
 use super::codes::wire_enum;
 use super::message::wire_body;
@@ -169,7 +169,7 @@ wire_body! {
 wire_body! {
     /// BrokerHeartbeat (opcode 82): a broker's liveness and position, every
     /// heartbeat interval. Kept as soft state on the leader controller only.
-    #[derive(Clone, Debug, PartialEq, Eq)]
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
     pub struct BrokerHeartbeat {
         pub cluster_name: String => Name,
         pub broker_name: String => Name,
@@ -189,6 +189,31 @@ wire_body! {
         /// The broker's monotonic clock when it sent this, in ms: the lease in the answer is
         /// measured from it, so time spent in transit counts against the master, not for it.
         pub sent_at_ms: u64 => U64,
+        /// A master's slaves as its shards' links show them (empty from any other role):
+        /// why each is in or out of the SyncStateSet, for `cluster status`.
+        pub slave_links: Vec<SlaveLinkState> => list("slave_count", "slave", Struct),
+        /// The master epoch of this broker's last promotion since it started (0: none), and
+        /// the ms from receiving the answer that named it master then to every shard being
+        /// master and to its first acknowledged produce ([`NOT_YET`] until each happens): the
+        /// last phases of the failover timeline.
+        pub promoted_epoch: u32 => U32,
+        pub promoted_in_ms: u32 => U32,
+        pub first_ack_in_ms: u32 => U32,
+    }
+}
+
+/// `promoted_in_ms` / `first_ack_in_ms` of a phase that has not happened yet.
+pub const NOT_YET: u32 = u32::MAX;
+
+wire_body! {
+    /// One slave of a master, over the master's shards.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct SlaveLinkState {
+        pub broker_id: u64 => U64,
+        /// Shards it has a replication link on.
+        pub linked_shards: u16 => U16,
+        /// Shards where it caught up within `ha_max_time_slave_not_catchup_ms`.
+        pub in_sync_shards: u16 => U16,
     }
 }
 

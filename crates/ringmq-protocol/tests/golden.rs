@@ -777,8 +777,18 @@ fn controller_bodies() {
             learner: 0,
             election_priority: 5,
             sent_at_ms: 1000,
+            slave_links: vec![SlaveLinkState {
+                broker_id: 8,
+                linked_shards: 2,
+                in_sync_shards: 1,
+            }],
+            promoted_epoch: 4,
+            promoted_in_ms: 30,
+            first_ack_in_ms: NOT_YET,
         },
-        "010063010067070000000000000003000000020000000010000000000000000000000000000001000005000000e803000000000000"
+        "010063010067070000000000000003000000020000000010000000000000000000000000000001000005000000e803000000000000\
+         0100000008000000000000000200010004000000\
+         1e000000ffffffff"
     );
     golden!(
         "HeartbeatAnswer",

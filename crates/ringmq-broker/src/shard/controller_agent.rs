@@ -33,7 +33,7 @@ use super::role::{MasterMode, RoleTarget};
 use super::Shard;
 use crate::protocol::controller::{
     AlterSyncStateSet, BrokerHeartbeat, GroupState, HeartbeatAnswer, RegisterBroker, ResignMaster,
-    ROLE_FENCED, ROLE_MASTER, ROLE_SLAVE,
+    SlaveLinkState, NOT_YET, ROLE_FENCED, ROLE_MASTER, ROLE_SLAVE,
 };
 use crate::protocol::{Acks, MasterHint};
 use crate::replication::identity::{
@@ -191,6 +191,9 @@ pub struct ControllerState {
     /// The shard's end when a hand-over began here: a record past it may have been appended
     /// after the report the successor was chosen on, so it is never acknowledged.
     handover_from: Cell<Option<u64>>,
+    /// The master epoch and instant of this shard's first acknowledged produce in it: the
+    /// failover timeline's last phase.
+    first_ack: Cell<Option<(u32, Instant)>>,
 }
 
 impl ControllerState {
@@ -218,6 +221,15 @@ impl ControllerState {
             return false;
         }
         self.leased(now) || (acks == Acks::All && every_member && !view.unclean_election)
+    }
+
+    /// A produce is being acknowledged at `now`: kept when it is the first in the view's
+    /// master epoch.
+    pub fn acknowledged(&self, now: Instant) {
+        let epoch = self.view.borrow().master_epoch;
+        if self.first_ack.get().is_none_or(|(e, _)| e != epoch) {
+            self.first_ack.set(Some((epoch, now)));
+        }
     }
 
     /// Whether this master is handing its group over (a clean stop): new produce is refused.
@@ -285,6 +297,8 @@ pub struct ShardReport {
     pub unclean_restart: bool,
     /// Per slave broker id linked to this shard.
     pub links: BTreeMap<u64, LinkReport>,
+    /// The master epoch and instant of the shard's first acknowledgement in it.
+    pub first_ack: Option<(u32, Instant)>,
 }
 
 /// One slave broker's links on one shard (a reconnecting slave may briefly have two).
@@ -343,6 +357,7 @@ impl<D: Disk> Shard<D> {
             end_offset,
             unclean_restart: self.controller().unclean_restart.get(),
             links,
+            first_ack: self.controller().first_ack.get(),
         }
     }
 }
@@ -455,6 +470,56 @@ struct Agent {
     warned_incomplete: bool,
     /// A clean stop's hand-over is under way or done (kept in every view from then on).
     handing_over: bool,
+    /// This broker's last promotion, for the heartbeats' timeline fields.
+    promotion: Option<PromotionTimes>,
+}
+
+/// When the answer that made this broker master at `master_epoch` arrived, and when every
+/// shard was master after it.
+#[derive(Clone, Copy, Debug)]
+struct PromotionTimes {
+    master_epoch: u32,
+    named_at: Instant,
+    promoted_at: Option<Instant>,
+}
+
+impl PromotionTimes {
+    /// The heartbeat's `(promoted_epoch, promoted_in_ms, first_ack_in_ms)`: ms from the
+    /// naming answer, [`NOT_YET`] for a phase still to come.
+    fn heartbeat_fields(&self, reports: &[ShardReport]) -> (u32, u32, u32) {
+        let since = |at: Instant| {
+            u32::try_from(at.saturating_duration_since(self.named_at).as_millis())
+                .unwrap_or(NOT_YET - 1)
+        };
+        let first_ack = reports
+            .iter()
+            .filter_map(|r| r.first_ack)
+            .filter(|(epoch, _)| *epoch == self.master_epoch)
+            .map(|(_, at)| at)
+            .min();
+        (
+            self.master_epoch,
+            self.promoted_at.map_or(NOT_YET, since),
+            first_ack.map_or(NOT_YET, since),
+        )
+    }
+}
+
+/// A master's slaves over its shards' reports: per broker, the shards it is linked on and
+/// those where it is in sync.
+fn slave_links(reports: &[ShardReport]) -> Vec<SlaveLinkState> {
+    let mut by_id: BTreeMap<u64, SlaveLinkState> = BTreeMap::new();
+    for (id, link) in reports.iter().flat_map(|r| r.links.iter()) {
+        let entry = by_id.entry(*id).or_insert_with(|| SlaveLinkState {
+            broker_id: *id,
+            ..SlaveLinkState::default()
+        });
+        entry.linked_shards = entry.linked_shards.saturating_add(1);
+        entry.in_sync_shards = entry
+            .in_sync_shards
+            .saturating_add(u16::from(link.in_sync && link.has_caught_up));
+    }
+    by_id.into_values().collect()
 }
 
 /// A SyncStateSet change under way. From the moment it is made until a heartbeat answer
@@ -607,6 +672,7 @@ pub async fn run<D: Disk + 'static>(shard: Rc<Shard<D>>, identity: ControllerIde
         failing: false,
         warned_incomplete: false,
         handing_over: false,
+        promotion: None,
     };
     agent.reports = broadcast(&shard, &agent.view).await;
     let (wake, asked) = oneshot::channel();
@@ -767,6 +833,10 @@ async fn round<D: Disk + 'static>(shard: &Rc<Shard<D>>, agent: &mut Agent) {
             return;
         }
     }
+    let (promoted_epoch, promoted_in_ms, first_ack_in_ms) =
+        agent.promotion.map_or((0, NOT_YET, NOT_YET), |p| {
+            p.heartbeat_fields(&agent.reports)
+        });
     let heartbeat = BrokerHeartbeat {
         cluster_name: config.cluster_name.clone(),
         broker_name: config.broker_name.clone(),
@@ -778,6 +848,14 @@ async fn round<D: Disk + 'static>(shard: &Rc<Shard<D>>, agent: &mut Agent) {
         learner: u8::from(config.async_learner),
         election_priority: config.broker_election_priority,
         sent_at_ms: monotonic_ms(),
+        slave_links: if agent.view.role == ROLE_MASTER {
+            slave_links(&agent.reports)
+        } else {
+            Vec::new()
+        },
+        promoted_epoch,
+        promoted_in_ms,
+        first_ack_in_ms,
     };
     let answer = match agent
         .thread
@@ -788,6 +866,18 @@ async fn round<D: Disk + 'static>(shard: &Rc<Shard<D>>, agent: &mut Agent) {
             if agent.failing {
                 info!("heartbeats reach the controllers again");
                 agent.failing = false;
+            }
+            if answer.role == ROLE_MASTER
+                && answer.master_broker_id == agent.broker_id
+                && agent
+                    .promotion
+                    .is_none_or(|p| p.master_epoch != answer.master_epoch)
+            {
+                agent.promotion = Some(PromotionTimes {
+                    master_epoch: answer.master_epoch,
+                    named_at: Instant::now(),
+                    promoted_at: None,
+                });
             }
             answer
         }
@@ -939,6 +1029,7 @@ async fn become_master<D: Disk + 'static>(
                 "a master shard's term is past the controllers' master epoch"
             );
         }
+        mark_promoted(agent, master_epoch);
         return;
     }
     let epoch = match controller_epoch(master_epoch, agent.reports.iter().map(|r| r.epoch)) {
@@ -970,9 +1061,21 @@ async fn become_master<D: Disk + 'static>(
                     "the controllers made this broker the master"
                 }
             );
+            mark_promoted(agent, master_epoch);
             agent.reports = broadcast(shard, &agent.view).await;
         }
         Err(e) => warn!("becoming master failed: {e}; the next heartbeat retries"),
+    }
+}
+
+/// Every shard is master in `master_epoch`: the promotion's time, kept once.
+fn mark_promoted(agent: &mut Agent, master_epoch: u32) {
+    if let Some(p) = agent
+        .promotion
+        .as_mut()
+        .filter(|p| p.master_epoch == master_epoch && p.promoted_at.is_none())
+    {
+        p.promoted_at = Some(Instant::now());
     }
 }
 
@@ -1203,6 +1306,44 @@ mod tests {
                 .collect(),
             ..ShardReport::default()
         }
+    }
+
+    /// The heartbeat's view of the slaves counts, per broker, the shards it is linked on and
+    /// those where it is in sync (caught up lately and at least once since it connected).
+    #[test]
+    fn slave_links_count_linked_and_in_sync_shards_per_broker() {
+        let mut behind = report(1, &[(7, 10), (8, 10)]);
+        behind.links.get_mut(&7).unwrap().in_sync = false;
+        behind.links.get_mut(&8).unwrap().has_caught_up = false;
+        let reports = [report(0, &[(7, 5), (8, 5), (9, 5)]), behind];
+        let links = slave_links(&reports);
+        let counts: Vec<(u64, u16, u16)> = links
+            .iter()
+            .map(|l| (l.broker_id, l.linked_shards, l.in_sync_shards))
+            .collect();
+        assert_eq!(counts, [(7, 2, 1), (8, 2, 1), (9, 1, 1)]);
+    }
+
+    /// A promotion's phases are reported from the answer that named the master, the first
+    /// ack being the earliest of any shard in that epoch; those of other epochs do not count.
+    #[test]
+    fn a_promotion_reports_its_phases_from_the_naming_answer() {
+        let named_at = Instant::now();
+        let mut promotion = PromotionTimes {
+            master_epoch: 3,
+            named_at,
+            promoted_at: None,
+        };
+        let acked = |shard, epoch, after_ms| ShardReport {
+            first_ack: Some((epoch, named_at + Duration::from_millis(after_ms))),
+            ..report(shard, &[])
+        };
+        assert_eq!(promotion.heartbeat_fields(&[]), (3, NOT_YET, NOT_YET));
+        promotion.promoted_at = Some(named_at + Duration::from_millis(12));
+        let reports = [acked(0, 2, 1), report(1, &[])];
+        assert_eq!(promotion.heartbeat_fields(&reports), (3, 12, NOT_YET));
+        let reports = [acked(0, 3, 40), acked(1, 3, 25)];
+        assert_eq!(promotion.heartbeat_fields(&reports), (3, 12, 25));
     }
 
     /// A successor must have acknowledged every shard's end; a member without a link on

@@ -38,6 +38,8 @@ fn report(now: u64, epoch: u32, end: u64) -> BrokerReport {
         async_flush: false,
         learner: false,
         election_priority: 0,
+        links: Vec::new(),
+        promotion: None,
     }
 }
 
@@ -204,6 +206,48 @@ fn an_election_decided_before_a_set_change_that_committed_first_changes_nothing(
         matches!(again, Command::ElectMaster { new_master_broker_id, .. } if new_master_broker_id == ids[1])
     );
     state.apply(&again).unwrap();
+}
+
+#[test]
+fn a_failover_timeline_is_kept_once_by_its_epoch_only() {
+    let (mut state, _) = three_in_sync();
+    let timeline = FailoverTimeline {
+        kind: "failover".into(),
+        detected_ms: 2_000,
+        decided_ms: 2_001,
+        committed_ms: 2_004,
+        role_sent_ms: 2_100,
+        promoted_ms: 2_130,
+        first_ack_ms: Some(2_150),
+    };
+    let record = |epoch: u32, timeline: &FailoverTimeline| Command::RecordFailover {
+        cluster: C.into(),
+        group: G.into(),
+        epoch,
+        timeline: timeline.clone(),
+    };
+    assert_eq!(
+        state.apply(&record(9, &timeline)),
+        Err(Refusal::NoSuchEpoch(9)),
+        "an epoch the history does not hold"
+    );
+    state.apply(&record(1, &timeline)).unwrap();
+    let later = FailoverTimeline {
+        detected_ms: 1,
+        ..timeline.clone()
+    };
+    assert_eq!(
+        state.apply(&record(1, &later)),
+        Err(Refusal::NoSuchEpoch(1)),
+        "recorded once"
+    );
+    let history = &state.group(C, G).unwrap().epoch_history;
+    assert_eq!(history[0].timeline.as_ref(), Some(&timeline));
+    // Snapshots from before the field decode (no timeline).
+    let old: EpochEntry =
+        serde_json::from_str(r#"{"epoch":1,"master_broker_id":1,"unclean":false,"lost":[]}"#)
+            .unwrap();
+    assert_eq!(old.timeline, None);
 }
 
 #[test]
@@ -535,6 +579,7 @@ proptest! {
                 received_at_ms: if *alive { now } else { 0 },
                 epoch: *epoch, end_offsets: vec![*end], unclean_restart: *restart,
                 async_flush: *async_flush, learner: *learner, election_priority: 0,
+                links: Vec::new(), promotion: None,
             });
         }
         let config = ElectionConfig { enable_elect_unclean_master: unclean_on, ..Default::default() };

@@ -457,6 +457,14 @@ fn message_bodies() -> Vec<(&'static str, Vec<u8>)> {
                     learner: 0,
                     election_priority: 5,
                     sent_at_ms: 1000,
+                    slave_links: vec![crate::protocol::controller::SlaveLinkState {
+                        broker_id: 8,
+                        linked_shards: 2,
+                        in_sync_shards: 1,
+                    }],
+                    promoted_epoch: 4,
+                    promoted_in_ms: 30,
+                    first_ack_in_ms: crate::protocol::controller::NOT_YET,
                 }
                 .encode(out)
             }),

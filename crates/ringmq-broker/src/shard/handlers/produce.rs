@@ -246,9 +246,13 @@ async fn run<D: Disk>(
     {
         return Err(fenced(shard));
     }
+    let now = shard.clock().now();
+    if shard.config().controller_mode() {
+        shard.controller().acknowledged(now);
+    }
     shard
         .probe()
-        .record_duration(Hist::ProduceLatency, shard.clock().now() - started);
+        .record_duration(Hist::ProduceLatency, now - started);
     let response = ProduceResponse {
         queue,
         base_offset: first.queue_offset,
