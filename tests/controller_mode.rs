@@ -10,6 +10,8 @@
 //! acknowledged is lost, and the gap (SIGTERM to the first OK elsewhere) is printed. Also: a one-broker
 //! group at the default `min_in_sync_replicas` gets IN_SYNC_REPLICAS_NOT_ENOUGH (Kafka's
 //! producers NOT_ENOUGH_REPLICAS) and refuses `cluster promote`; `--role` beside `--controller` is refused at start.
+//! And the expansion race (RocketMQ #5663): a SyncStateSet change the controller committed and
+//! the master never heard of still counts its joiner (see the test).
 
 mod common;
 
@@ -418,4 +420,219 @@ fn a_role_beside_the_controller_is_refused_at_start() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("broker_role"), "{stderr}");
+}
+
+/// Between the brokers and the controller: passes every request, and once a SyncStateSet
+/// change admitting `joiner` goes by (while armed), drops every answer to the broker that
+/// proposed it, on any connection it makes: the controller commits the change, the master
+/// never hears that it did (RocketMQ #5663's window, held open).
+struct AnswerCutter {
+    addr: String,
+    armed: Arc<AtomicBool>,
+    /// The broker whose answers are dropped (0: none yet).
+    cut: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl AnswerCutter {
+    fn start(controller: &str, joiner: Arc<std::sync::atomic::AtomicU64>) -> AnswerCutter {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().unwrap().to_string();
+        let armed = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (upstream, armed2, cut2) = (controller.to_string(), armed.clone(), cut.clone());
+        thread::spawn(move || {
+            for broker in listener.incoming().map_while(Result::ok) {
+                let Ok(controller) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let sender = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let (b, c) = (broker.try_clone().unwrap(), controller.try_clone().unwrap());
+                let (armed, cut, joiner, id) =
+                    (armed2.clone(), cut2.clone(), joiner.clone(), sender.clone());
+                thread::spawn(move || {
+                    relay(b, c, |frame| {
+                        use ringmq::protocol::controller::{AlterSyncStateSet, BrokerHeartbeat};
+                        match frame.header.opcode {
+                            82 => {
+                                if let Ok(h) = BrokerHeartbeat::decode(frame.body) {
+                                    id.store(h.broker_id, Ordering::SeqCst);
+                                }
+                            }
+                            83 => {
+                                if let Ok(a) = AlterSyncStateSet::decode(frame.body) {
+                                    id.store(a.master_broker_id, Ordering::SeqCst);
+                                    let j = joiner.load(Ordering::SeqCst);
+                                    if armed.load(Ordering::SeqCst)
+                                        && a.new_sync_state_set.contains(&j)
+                                    {
+                                        cut.store(a.master_broker_id, Ordering::SeqCst);
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                        true
+                    })
+                });
+                let (cut, id) = (cut2.clone(), sender);
+                thread::spawn(move || {
+                    relay(controller, broker, |_| {
+                        let who = id.load(Ordering::SeqCst);
+                        who == 0 || who != cut.load(Ordering::SeqCst)
+                    })
+                });
+            }
+        });
+        AnswerCutter { addr, armed, cut }
+    }
+}
+
+/// Copies frames from `from` to `to`, each one only if `pass` says so, until either closes.
+fn relay(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    mut pass: impl FnMut(&ringmq::protocol::frame::Frame<'_>) -> bool,
+) {
+    use std::io::{Read, Write};
+    let decoder = ringmq::protocol::frame::FrameDecoder::new(64 << 20);
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            let (len, keep) = match decoder.decode(&buf) {
+                Ok(Some(frame)) => (frame.wire_len(), pass(&frame)),
+                Ok(None) => break,
+                Err(_) => {
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+            };
+            if keep && to.write_all(&buf[..len]).is_err() {
+                return;
+            }
+            buf.drain(..len);
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+/// The expansion race (RocketMQ #5663, issue 11 item 10): the master proposes taking a
+/// caught-up slave S back into the SyncStateSet; the controller commits it, and the master
+/// never learns (its answers are dropped). S is then SIGKILLed and stays down for a second,
+/// the master and the other member are SIGKILLed together, and S, restarted, is elected (a
+/// member of the committed set). Whatever the master acknowledged while the change was
+/// pending must be on S: acknowledgements count against the union of the old and the
+/// proposed set, so while S was down nothing was acknowledged that S lacks. Counting against
+/// the old set only, that second's acks would have needed the other member alone, and they
+/// would be lost (checked by hand: with the union removed from `required_others` this test
+/// fails).
+#[test]
+fn an_expansion_the_master_never_hears_committed_still_counts_the_joiner() {
+    let controller = Controller::start();
+    let joiner = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let cutter = AnswerCutter::start(&controller.addr, joiner.clone());
+    let roots: Vec<tempfile::TempDir> = (0..3).map(|_| temp_store()).collect();
+    let mut brokers: Vec<Broker> = roots
+        .iter()
+        .map(|root| controlled_broker_at(root.path(), &cutter.addr, Sizes::Default, ""))
+        .collect();
+    let controllers = std::slice::from_ref(&controller.addr);
+    let (master_addr, master_id) = master_with_set(controllers, 3, Duration::from_secs(60));
+    let addrs: Vec<String> = brokers.iter().map(|b| b.addr.clone()).collect();
+    create_topic_everywhere(&master_addr, &addrs);
+    let state = controller.group().expect("group state");
+    let address_of = |id: u64| {
+        state
+            .brokers
+            .iter()
+            .find(|b| b.broker_id == id)
+            .map(|b| b.listen.clone())
+            .unwrap()
+    };
+    let others: Vec<u64> = state
+        .sync_state_set
+        .iter()
+        .copied()
+        .filter(|id| *id != master_id)
+        .collect();
+    let (s_id, a_id) = (others[0], others[1]);
+    let index = |id: u64| addrs.iter().position(|a| *a == address_of(id)).unwrap();
+    let (m, a, s) = (
+        addrs.iter().position(|x| *x == master_addr).unwrap(),
+        index(a_id),
+        index(s_id),
+    );
+    joiner.store(s_id, Ordering::SeqCst);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let history = Arc::new(Mutex::new(History::default()));
+    let producer = {
+        let (addrs, stop, history) = (vec![master_addr.clone()], stop.clone(), history.clone());
+        thread::spawn(move || produce_until(addrs, stop, history))
+    };
+    // S stopped past ha_max_time_slave_not_catchup_ms: shrunk out.
+    brokers[s].pause();
+    wait_until(Duration::from_secs(30), "S shrunk out of the set", || {
+        let g = controller.group()?;
+        (!g.sync_state_set.contains(&s_id)).then_some(())
+    });
+    // Armed: the change that takes S back in is committed, its answer (and every later
+    // one to the master) dropped.
+    cutter.armed.store(true, Ordering::SeqCst);
+    brokers[s].signal(libc::SIGCONT);
+    wait_until(
+        Duration::from_secs(30),
+        "S readmitted by the controller",
+        || {
+            let g = controller.group()?;
+            g.sync_state_set.contains(&s_id).then_some(())
+        },
+    );
+    assert_eq!(
+        cutter.cut.load(Ordering::SeqCst),
+        master_id,
+        "the master's answers are cut from the readmission on"
+    );
+    let acked_before = history.lock().unwrap().acked.len();
+    // The master still believes S is only joining. S dies (SIGKILL: what its socket held
+    // unread is gone too, unlike under SIGSTOP) and stays down for a second; then the master
+    // and the other member die together and S is restarted, as a supervisor would. It ran
+    // SYNC_FLUSH, so its unclean restart does not disqualify it.
+    brokers[s].kill();
+    thread::sleep(Duration::from_secs(1));
+    let acked_while_s_down = history.lock().unwrap().acked.len() - acked_before;
+    brokers[m].kill();
+    brokers[a].kill();
+    brokers[s].restart();
+    stop.store(true, Ordering::Relaxed);
+    producer.join().expect("producer");
+    // Elected; reads show what every member confirmed, so wait until the dead member is
+    // shrunk out too.
+    let (new_master, elected) = master_with_set(controllers, 1, Duration::from_secs(60));
+    assert_eq!(elected, s_id, "S, the only live member, took over");
+    let history = history.lock().unwrap();
+    println!(
+        "acknowledged {} payloads, {acked_while_s_down} while S was down with the change pending on the master; errors {:?}",
+        history.acked.len(),
+        history.errors
+    );
+    // S learns its role at its next heartbeat, and its set of one at the one after: then
+    // it confirms everything it holds, and consumers see it.
+    wait_until(Duration::from_secs(30), "S confirming all it holds", || {
+        let out = run_binary(&["cluster", "status", "--broker", &new_master], b"");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let shards: Vec<Vec<&str>> = text
+            .lines()
+            .filter(|l| l.contains("SYNC_MASTER") && !l.starts_with("broker"))
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        (!shards.is_empty() && shards.iter().all(|row| row[3] == row[5])).then_some(())
+    });
+    let stored = read_all(&new_master, QUEUES);
+    assert_no_acknowledged_loss(&history, &stored);
 }

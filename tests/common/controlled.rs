@@ -177,6 +177,16 @@ pub fn controlled_broker(
     sizes: Sizes,
     config: &str,
 ) -> Broker {
+    controlled_broker_at(root, &controller.addr, sizes, config)
+}
+
+/// [`controlled_broker`] with the controllers at `controllers` (a list, or a proxy).
+pub fn controlled_broker_at(
+    root: &std::path::Path,
+    controllers: &str,
+    sizes: Sizes,
+    config: &str,
+) -> Broker {
     let ports = PortBlock::allocate();
     Broker::start_sized(
         root,
@@ -184,7 +194,7 @@ pub fn controlled_broker(
         config,
         &[
             "--controller",
-            &controller.addr,
+            controllers,
             "--broker-name",
             GROUP,
             "--cluster",

@@ -322,6 +322,9 @@ impl<D: Disk> Shard<D> {
                 view.required_others(),
                 self.config().all_ack_in_sync_state_set,
             );
+            // A smaller set may confirm more at once (down to this master alone, which
+            // confirms all it holds): consumers see it now, not at the next append.
+            self.publish_confirmed();
         }
         if view.clear_unclean {
             self.controller().unclean_restart.set(false);
