@@ -268,17 +268,10 @@ fn sigterm_of_the_master_hands_the_group_over_with_no_acknowledged_loss() {
 /// when there is one), checked to be of `kind` and in order.
 fn ordered_phases(timeline: &serde_json::Value, kind: &str) -> Vec<u64> {
     assert_eq!(timeline["kind"], kind, "{timeline}");
-    let phases: Vec<u64> = [
-        "detected",
-        "decided",
-        "committed",
-        "role_sent",
-        "promoted",
-        "first_ack",
-    ]
-    .iter()
-    .filter_map(|p| timeline[format!("{p}_ms")].as_u64())
-    .collect();
+    let phases: Vec<u64> = ringmq::controller::state::FAILOVER_PHASES
+        .iter()
+        .filter_map(|p| timeline[format!("{p}_ms")].as_u64())
+        .collect();
     assert!(
         phases.len() >= 5,
         "every phase up to the promotion: {timeline}"

@@ -118,7 +118,10 @@ impl Controller {
         });
         if let Some(metrics) = &self.metrics {
             let text = http_get(metrics, "/metrics");
-            for phase in ["detected", "decided", "committed", "promoted"] {
+            for phase in ringmq::controller::state::FAILOVER_PHASES {
+                if timeline[format!("{phase}_ms")].is_null() {
+                    continue;
+                }
                 let line = format!(
                     r#"ringmq_controller_last_failover_phase_ms{{cluster="{CLUSTER}",group="{GROUP}",kind={},phase="{phase}"}} {}"#,
                     timeline["kind"],

@@ -126,6 +126,17 @@ pub struct FailoverTimeline {
     pub first_ack_ms: Option<u64>,
 }
 
+/// The timeline's phases in order, each a `<phase>_ms` field of [`FailoverTimeline`] (and a
+/// `phase` label of `/metrics`).
+pub const FAILOVER_PHASES: [&str; 6] = [
+    "detected",
+    "decided",
+    "committed",
+    "role_sent",
+    "promoted",
+    "first_ack",
+];
+
 /// How long after a promotion the leader waits for the new master's first acknowledgement
 /// before it records the timeline without one (a group with no traffic).
 pub const FIRST_ACK_WAIT_MS: u64 = 10_000;
@@ -406,7 +417,7 @@ fn check_set(record: &GroupRecord, master: u64, set: &BTreeSet<u64>) -> Result<(
 }
 
 /// What a broker's last heartbeat said, and when the leader received it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BrokerReport {
     pub received_at_ms: u64,
     pub epoch: u32,

@@ -3,7 +3,7 @@
 //! leader's heartbeats, the master's view of its slaves' links included), and the status
 //! document rendered as Prometheus gauges.
 
-use crate::state::{ElectionConfig, GroupRecord, Liveness};
+use crate::state::{ElectionConfig, GroupRecord, Liveness, FAILOVER_PHASES};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -207,14 +207,7 @@ pub fn metrics_text(status: &serde_json::Value) -> String {
                 .get_or_create(&labels)
                 .set(number(&entry["epoch"]));
             let timeline = &entry["timeline"];
-            for name in [
-                "detected",
-                "decided",
-                "committed",
-                "role_sent",
-                "promoted",
-                "first_ack",
-            ] {
+            for name in FAILOVER_PHASES {
                 let value = &timeline[format!("{name}_ms")];
                 if value.is_null() {
                     continue;
@@ -242,14 +235,9 @@ mod tests {
     fn report(at: u64, shards: usize, links: Vec<SlaveLinks>) -> BrokerReport {
         BrokerReport {
             received_at_ms: at,
-            epoch: 0,
             end_offsets: vec![0; shards],
-            unclean_restart: false,
-            async_flush: false,
-            learner: false,
-            election_priority: 0,
             links,
-            promotion: None,
+            ..BrokerReport::default()
         }
     }
 

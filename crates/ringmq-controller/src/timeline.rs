@@ -256,14 +256,8 @@ mod tests {
             id,
             BrokerReport {
                 received_at_ms: at,
-                epoch: 0,
                 end_offsets: vec![0],
-                unclean_restart: false,
-                async_flush: false,
-                learner: false,
-                election_priority: 0,
-                links: Vec::new(),
-                promotion: None,
+                ..BrokerReport::default()
             },
         );
     }
