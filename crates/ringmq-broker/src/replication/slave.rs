@@ -72,6 +72,9 @@ pub async fn run<D: Disk>(shard: Rc<Shard<D>>, link: Rc<SlaveLink>) {
         link.lost(shard.clock().now());
         // Without the link, what this slave reported counts too (`SlaveLink::visible_bound`).
         shard.publish_confirmed();
+        // In controller mode the agent asks the controllers at once who leads now (at most
+        // once per reconnect attempt, which the backoff spaces).
+        shard.controller().link_ended();
         match outcome {
             Ok(true) => backoff = BACKOFF_START,
             Ok(false) => {}

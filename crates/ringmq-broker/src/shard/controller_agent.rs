@@ -27,6 +27,7 @@
 //! `min_in_sync_replicas` refuses `all`-level produce with IN_SYNC_REPLICAS_NOT_ENOUGH).
 //! A broker starts fenced (every shard a slave of no master) until an answer says otherwise.
 
+use super::completion::Event;
 use super::handlers::cluster::{change_everywhere, local_status};
 use super::mesh::ShardRequest;
 use super::role::{MasterMode, RoleTarget};
@@ -194,6 +195,10 @@ pub struct ControllerState {
     /// The master epoch and instant of this shard's first acknowledged produce in it: the
     /// failover timeline's last phase.
     first_ack: Cell<Option<(u32, Instant)>>,
+    /// This shard's replication link to its master ended (the master stopped, or the link
+    /// broke): on shard 0 the agent heartbeats at once instead of at the next interval, so
+    /// a slave whose master handed over and exited learns the new master in one round trip.
+    link_ended: Event,
 }
 
 impl ControllerState {
@@ -230,6 +235,11 @@ impl ControllerState {
         if self.first_ack.get().is_none_or(|(e, _)| e != epoch) {
             self.first_ack.set(Some((epoch, now)));
         }
+    }
+
+    /// This shard's link to its master ended (see `link_ended`).
+    pub fn link_ended(&self) {
+        self.link_ended.notify();
     }
 
     /// Whether this master is handing its group over (a clean stop): new produce is refused.
@@ -686,8 +696,16 @@ pub async fn run<D: Disk + 'static>(shard: Rc<Shard<D>>, identity: ControllerIde
     let mut asked = Some(asked);
     while !shard.lifecycle().is_stopping() {
         let started = Instant::now();
+        // Taken before the round: a link that ends during it shortens the next pause too.
+        let link_ended = shard.controller().link_ended.listen();
         round(&shard, &mut agent).await;
-        let pause = sleep(interval.saturating_sub(started.elapsed()));
+        let wait = interval.saturating_sub(started.elapsed());
+        let pause = future::or(sleep(wait), async {
+            // Its sender lives in the shard: a dropped one (never) waits out the interval.
+            if link_ended.await.is_err() {
+                sleep(wait).await;
+            }
+        });
         let Some(waiting) = asked.as_mut() else {
             pause.await;
             continue;
