@@ -20,8 +20,8 @@
 use crate::node::{Committed, Consensus, MembershipChange, ProposeError};
 use crate::state::{
     assigned_role, decide_election, decide_handover, Applied, BrokerAddress, BrokerReport, Command,
-    ControllerState, ElectionConfig, GroupRecord, HandoverRefused, Liveness, Promotion, Refusal,
-    Role, SlaveLinks,
+    ControllerState, ElectionConfig, GroupRecord, HandoverRefused, Liveness, Refusal, Role,
+    SlaveLinks,
 };
 use crate::status::sync_state_reason;
 use crate::timeline::Switches;
@@ -662,13 +662,6 @@ impl<C: Consensus, W> Controller<C, W> {
                         in_sync_shards: l.in_sync_shards,
                     })
                     .collect(),
-                promotion: (h.promoted_epoch != 0).then(|| Promotion {
-                    master_epoch: h.promoted_epoch,
-                    promoted_in_ms: (h.promoted_in_ms != wire::NOT_YET)
-                        .then_some(u64::from(h.promoted_in_ms)),
-                    first_ack_in_ms: (h.first_ack_in_ms != wire::NOT_YET)
-                        .then_some(u64::from(h.first_ack_in_ms)),
-                }),
             },
         );
         let record = self

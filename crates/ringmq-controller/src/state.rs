@@ -428,9 +428,6 @@ pub struct BrokerReport {
     pub election_priority: u32,
     /// A master's view of its slaves' links (empty from anyone else).
     pub links: Vec<SlaveLinks>,
-    /// The broker's last promotion: the master epoch, and ms from the answer that named it
-    /// to every shard master and to its first acknowledgement (`None`: not yet).
-    pub promotion: Option<Promotion>,
 }
 
 /// One slave as its master sees it, over the master's shards.
@@ -441,14 +438,6 @@ pub struct SlaveLinks {
     pub linked_shards: u16,
     /// Shards where it caught up within `ha_max_time_slave_not_catchup_ms`.
     pub in_sync_shards: u16,
-}
-
-/// What a new master says of its promotion in its heartbeats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Promotion {
-    pub master_epoch: u32,
-    pub promoted_in_ms: Option<u64>,
-    pub first_ack_in_ms: Option<u64>,
 }
 
 impl BrokerReport {

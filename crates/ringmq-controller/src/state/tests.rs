@@ -39,7 +39,6 @@ fn report(now: u64, epoch: u32, end: u64) -> BrokerReport {
         learner: false,
         election_priority: 0,
         links: Vec::new(),
-        promotion: None,
     }
 }
 
@@ -579,7 +578,7 @@ proptest! {
                 received_at_ms: if *alive { now } else { 0 },
                 epoch: *epoch, end_offsets: vec![*end], unclean_restart: *restart,
                 async_flush: *async_flush, learner: *learner, election_priority: 0,
-                links: Vec::new(), promotion: None,
+                links: Vec::new(),
             });
         }
         let config = ElectionConfig { enable_elect_unclean_master: unclean_on, ..Default::default() };
