@@ -15,6 +15,9 @@ FUZZ_SECONDS="${RINGMQ_FUZZ_SECONDS:-30}"
 # Seeds per shard simulation test, in the debug build the build stage made (docs/simulation.md;
 # thousands of seeds are a soak: `RINGMQ_SIM_SEEDS=5000 cargo test --release --test shard_sim`).
 SIM_SEEDS="${RINGMQ_SIM_SEEDS:-200}"
+# Seeds of the controller simulation (three or five raft-rs controllers and a broker group):
+# 2,000 take about 3 minutes in the debug build here, most of it the fsyncs of the disk seeds.
+CONTROLLER_SIM_SEEDS="${RINGMQ_CONTROLLER_SIM_SEEDS:-2000}"
 suite_start=$(date +%s)
 
 stage() {
@@ -64,7 +67,8 @@ member_tests() {
   done
 }
 unit_and_simulation() {
-  cargo test --workspace --lib --bins --benches --examples "${unit[@]}"
+  RINGMQ_CONTROLLER_SIM_SEEDS="$CONTROLLER_SIM_SEEDS" \
+    cargo test --workspace --lib --bins --benches --examples "${unit[@]}"
   local members
   mapfile -t members < <(member_tests)
   [ ${#members[@]} -eq 0 ] || cargo test "${members[@]}"
@@ -72,7 +76,7 @@ unit_and_simulation() {
   # took about 10 minutes cold on 2 cores, longer than these seeds take unoptimised.
   RINGMQ_SIM_SEEDS="$SIM_SEEDS" cargo test --test shard_sim
 }
-stage "unit, property and simulation (${SIM_SEEDS} shard seeds per mode)" unit_and_simulation
+stage "unit, property and simulation (${SIM_SEEDS} shard seeds per mode, ${CONTROLLER_SIM_SEEDS} controller seeds)" unit_and_simulation
 mapfile -t e2e < <(test_args "${end_to_end[@]}")
 stage "end to end" cargo test "${e2e[@]}"
 mapfile -t crash < <(test_args "${crash_and_limits[@]}")
